@@ -1,0 +1,1 @@
+"""Everything that moves DICOM data: receive, index, group, route, run, send, operate."""

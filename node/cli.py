@@ -1,0 +1,270 @@
+"""The ``radnode`` command line: serve, run offline, test routes, look after jobs and deliveries."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from node import logs
+from node.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radnode",
+        description="DICOM AI node: receives studies, runs pipelines, stores results in the PACS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                       help="configuration file (default: ./config.toml)")
+        return p
+
+    command("serve", "start the node: Storage SCP, workers and delivery")
+
+    run = command("run", "run a pipeline offline on the DICOM files under a folder")
+    run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")
+    run.add_argument("--input", required=True, type=Path, help="folder with the input DICOM files")
+    run.add_argument("--output", required=True, type=Path, help="folder for the result DICOM files")
+
+    rt = command("route-test", "show which routes a file or folder of DICOM files would take")
+    rt.add_argument("path", type=Path)
+
+    jobs = command("jobs", "list jobs")
+    jobs.add_argument("--state", choices=["queued", "running", "done", "failed"])
+
+    deliveries = command("deliveries", "list deliveries of results to destinations")
+    deliveries.add_argument("--state", choices=["pending", "retrying", "sent", "dead"])
+
+    retry = command("retry", "re-queue dead deliveries (all, or one) or a failed job")
+    target = retry.add_mutually_exclusive_group()
+    target.add_argument("--delivery", type=int, help="only this delivery id")
+    target.add_argument("--job", type=int, help="re-run this failed job instead")
+
+    echo = command("echo", "C-ECHO a destination named in the config")
+    echo.add_argument("destination", help="destination name from [[destinations]]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup()
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
+    handler = {
+        "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
+        "deliveries": _deliveries, "retry": _retry, "echo": _echo,
+    }[args.command]
+    try:
+        return handler(config, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from node.service import serve
+
+    serve(args.config)
+    return 0
+
+
+# ---- offline run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FolderSeries:
+    """A series found in a folder; quacks like the index's SeriesRow for role assignment."""
+
+    series_uid: str
+    instance_count: int
+    last_received: float
+    paths: tuple[Path, ...]
+
+
+def _scan(folder: Path) -> tuple[dict[str, list[Path]], dict[str, pydicom.Dataset], int]:
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, pydicom.Dataset] = {}
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = str(header.SeriesInstanceUID)
+        except (InvalidDicomError, AttributeError, OSError):
+            skipped += 1
+            continue
+        by_series[uid].append(path)
+        headers.setdefault(uid, header)
+    return by_series, headers, skipped
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from node.router import assign_inputs
+    from node.worker import PipelineCache, run_pipeline
+    from pipelines.base import SERIES_ROLE
+
+    if not args.input.is_dir():
+        print(f"radnode: --input {args.input} is not a folder", file=sys.stderr)
+        return 2
+    by_series, headers, skipped = _scan(args.input)
+    if not by_series:
+        print(f"radnode: no DICOM files under {args.input}", file=sys.stderr)
+        return 2
+    try:
+        pipeline = PipelineCache(config).get(args.pipeline)
+    except LookupError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
+    roles = [spec.role for spec in pipeline.inputs]
+    if roles == [SERIES_ROLE]:
+        batches = [{SERIES_ROLE: paths} for paths in by_series.values()]
+    else:
+        route = next((r for r in config.routes if r.pipeline == args.pipeline and r.level == "study"), None)
+        if route is None:
+            print(f"radnode: {args.pipeline} takes several series ({', '.join(roles)}); add a study-level "
+                  f"route for it to the config so its input selectors can pick them", file=sys.stderr)
+            return 2
+        found = [(_FolderSeries(uid, len(p), 0.0, tuple(p)), headers[uid]) for uid, p in by_series.items()]
+        assigned = assign_inputs(route, found)  # type: ignore[arg-type]
+        batches = [{role: by_series[uid] for role, uid in assigned.items()}]
+    args.output.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for number, series in enumerate(batches, 1):
+        with tempfile.TemporaryDirectory(dir=args.output) as tmp:
+            result = run_pipeline(pipeline, series, Path(tmp) / "out", f"offline-{number}")
+            for path in result.outputs:
+                shutil.move(str(path), args.output / path.name)
+        if result.applicable:
+            print(f"series {number}: {len(result.outputs)} objects written to {args.output}")
+        else:
+            print(f"series {number}: not applicable: {result.reason}")
+    if skipped:
+        print(f"{skipped} files under {args.input} are not DICOM and were skipped")
+    return status
+
+
+# ---- route-test ----------------------------------------------------------------------------
+
+
+def _route_test(config: Config, args: argparse.Namespace) -> int:
+    from node.router import Router
+
+    if not args.path.exists():
+        print(f"radnode: {args.path} does not exist", file=sys.stderr)
+        return 2
+    router = Router(config)
+    files = [args.path] if args.path.is_file() else sorted(p for p in args.path.rglob("*") if p.is_file())
+    seen: set[str] = set()
+    for path in files:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as error:
+            print(f"{path}: not a DICOM file ({error})")
+            continue
+        series = str(header.get("SeriesInstanceUID", ""))
+        if series in seen:
+            continue
+        seen.add(series)
+        print(f"{path}: series {series or '(no SeriesInstanceUID)'} "
+              f"{header.get('Modality', '?')} {header.get('SeriesDescription', '')!r}")
+        checks = router.check(header)
+        if not checks:
+            print("  no routes configured")
+        for check in checks:
+            verdict = "MATCH   " if check.matched else "no match"
+            detail = "; ".join(check.reasons)
+            print(f"  {verdict} {check.route}{': ' + detail if detail else ''}")
+    return 0
+
+
+# ---- jobs and deliveries -------------------------------------------------------------------
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _index(config: Config):
+    from node.store import Index
+
+    return Index(config.node.index_path)
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> int:
+    jobs = _index(config).jobs(args.state)
+    _table(
+        ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "OUTCOME"],
+        [[j.id, j.state, j.route, j.pipeline, j.attempts, _when(j.created_at), _when(j.finished_at),
+          j.outcome] for j in jobs],
+    )
+    return 0
+
+
+def _deliveries(config: Config, args: argparse.Namespace) -> int:
+    deliveries = _index(config).deliveries(args.state)
+    _table(
+        ["ID", "JOB", "DESTINATION", "STATE", "ATTEMPTS", "NEXT/SENT", "LAST ERROR"],
+        [[d.id, d.job_id, d.destination, d.state, d.attempts,
+          _when(d.sent_at if d.state == "sent" else d.next_attempt_at), d.last_error]
+         for d in deliveries],
+    )
+    return 0
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    index = _index(config)
+    if args.job is not None:
+        if not index.requeue_job(args.job):
+            print(f"radnode: job {args.job} is not a failed job", file=sys.stderr)
+            return 1
+        print(f"job {args.job} queued again")
+        return 0
+    count = index.retry_dead_deliveries(args.delivery)
+    print(f"{count} dead deliveries queued again")
+    return 0 if count or args.delivery is None else 1
+
+
+def _echo(config: Config, args: argparse.Namespace) -> int:
+    from node.dispatcher import echo
+
+    names = [d.name for d in config.destinations]
+    if args.destination not in names:
+        print(f"radnode: no destination {args.destination!r}; configured: {', '.join(names) or 'none'}",
+              file=sys.stderr)
+        return 2
+    destination = config.destination(args.destination)
+    try:
+        status = echo(config, destination)
+    except ConnectionError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 1
+    print(f"C-ECHO {destination.name} ({destination.ae_title}@{destination.host}:{destination.port}): "
+          f"status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

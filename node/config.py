@@ -1,0 +1,302 @@
+"""config.toml: one file that says who the node is, who may talk to it, where results go and
+which series go to which pipeline.
+
+The whole file is validated before anything listens on a port: a node that starts with a typo
+in a route would silently send nothing to the AI, which is worse than not starting. Every error
+names the key (``routes[1].destinations``) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from node.matcher import Condition, parse_condition
+
+
+class ConfigError(Exception):
+    """A config the node refuses to start with; the message is meant for the administrator."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ]$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class NodeSettings(_Strict):
+    ae_title: AETitle = "RADNODE"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    spool: Path = Path("spool")
+    index: Path | None = Field(
+        default=None, description="SQLite index; defaults to <spool>/index.sqlite"
+    )
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    max_pdu: Annotated[int, Field(ge=0)] = 4 * 1024 * 1024
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
+    accept_all_storage: bool = False
+    receivers: Annotated[int, Field(ge=1, le=64)] = 2
+    network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]+\.$")
+
+    @property
+    def index_path(self) -> Path:
+        return self.index if self.index is not None else self.spool / "index.sqlite"
+
+
+class CompletionSettings(_Strict):
+    settle_seconds: Annotated[float, Field(ge=0)] = 2.0
+    quiet_seconds: Annotated[float, Field(gt=0)] = 30.0
+    study_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
+
+
+class WorkerSettings(_Strict):
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    job_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+
+class DeliverySettings(_Strict):
+    max_attempts: Annotated[int, Field(ge=1)] = 6
+    backoff_seconds: Annotated[float, Field(gt=0)] = 5.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    batch_size: Annotated[int, Field(ge=1)] = 50
+
+
+class Allow(_Strict):
+    ae_title: AETitle | None = None
+    addresses: list[str] = Field(default_factory=list)
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network (CIDR)") from None
+        return values
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Allow":
+        if self.ae_title is None and not self.addresses:
+            raise ValueError("an [[allow]] entry needs ae_title, addresses or both")
+        return self
+
+    def permits(self, ae_title: str, address: str) -> bool:
+        if self.ae_title is not None and self.ae_title != ae_title:
+            return False
+        if not self.addresses:
+            return True
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
+
+
+class Destination(_Strict):
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class InputSelector(_Strict):
+    """Which series of a study plays one input role (for example "t1c")."""
+
+    required: bool = True
+    match: dict[str, Condition] = Field(default_factory=dict)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> dict[str, Condition]:
+        return _parse_conditions(value)
+
+
+class Route(_Strict):
+    name: str = Field(min_length=1)
+    pipeline: str = Field(min_length=1)
+    destinations: list[str] = Field(min_length=1)
+    priority: int = 0
+    level: Literal["series", "study"] = "series"
+    match: dict[str, Condition] = Field(default_factory=dict)
+    inputs: dict[str, InputSelector] = Field(default_factory=dict)
+    settle_seconds: Annotated[float, Field(ge=0)] | None = None
+    quiet_seconds: Annotated[float, Field(gt=0)] | None = None
+    study_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    on_late_instances: Literal["rerun", "ignore"] = "rerun"
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> dict[str, Condition]:
+        return _parse_conditions(value)
+
+    @model_validator(mode="after")
+    def _inputs_need_study_level(self) -> "Route":
+        if self.level == "series" and self.inputs:
+            raise ValueError("inputs (series selectors) are only used with level = \"study\"")
+        if self.level == "study" and not self.inputs:
+            raise ValueError("a study-level route needs [routes.inputs.<role>] selectors")
+        return self
+
+
+class PipelineConfig(_Strict):
+    model: Path | None = None
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    entry: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:Class of a site's own pipeline",
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(_Strict):
+    node: NodeSettings = NodeSettings()
+    completion: CompletionSettings = CompletionSettings()
+    workers: WorkerSettings = WorkerSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    allow: list[Allow] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        _unique([d.name for d in self.destinations], "destinations", "name")
+        _unique([r.name for r in self.routes], "routes", "name")
+        known = {d.name for d in self.destinations}
+        for i, route in enumerate(self.routes):
+            for dest in route.destinations:
+                if dest not in known:
+                    raise _RefError(
+                        f"routes[{i}].destinations",
+                        f"unknown destination {dest!r}; known: {sorted(known) or 'none'}",
+                    )
+        return self
+
+    def destination(self, name: str) -> Destination:
+        return next(d for d in self.destinations if d.name == name)
+
+    def route(self, name: str) -> Route:
+        return next(r for r in self.routes if r.name == name)
+
+
+class _RefError(ValueError):
+    """A cross-reference error that knows the exact key it is about."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _unique(names: list[str], table: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise _RefError(f"{table}[{i}].{key}", f"duplicate name {name!r}")
+        seen.add(name)
+
+
+def _parse_conditions(value: Any) -> dict[str, Condition]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table of KEYWORD = condition")
+    return {keyword: parse_condition(keyword, spec) for keyword, spec in value.items()}
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = [f"{source} is not valid:"]
+    for err in error.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _RefError):
+            lines.append(f"  {ctx_error}")
+            continue
+        key = _key(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and the table it is in)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format(error, source)) from None
+    _check_pipelines(config, source)
+    return config
+
+
+def _check_pipelines(config: Config, source: str) -> None:
+    from pipelines.registry import resolve_entry
+
+    for i, route in enumerate(config.routes):
+        try:
+            resolve_entry(route.pipeline, config.pipelines.get(route.pipeline))
+        except LookupError as error:
+            raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
+    for name, pipeline in config.pipelines.items():
+        try:
+            resolve_entry(name, pipeline)
+        except LookupError as error:
+            raise ConfigError(f"{source} is not valid:\n  pipelines.{name}: {error}") from None
+        if pipeline.model is not None and not pipeline.model.exists():
+            raise ConfigError(
+                f"{source} is not valid:\n  pipelines.{name}.model: {pipeline.model} does not exist"
+            )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate config.toml; relative paths in it are taken from its folder."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    config = parse_config(_anchor_paths(data, path.resolve().parent), str(path))
+    return config
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make spool, index and model paths relative to the config file, not to the shell's cwd."""
+    node = data.get("node")
+    if isinstance(node, dict):
+        for key in ("spool", "index"):
+            if isinstance(node.get(key), str):
+                node[key] = str(base / node[key])
+    pipelines = data.get("pipelines")
+    if isinstance(pipelines, dict):
+        for table in pipelines.values():
+            if isinstance(table, dict) and isinstance(table.get("model"), str):
+                table["model"] = str(base / table["model"])
+    return data

@@ -1,0 +1,141 @@
+"""Delivering results to the PACS with C-STORE, until it has them.
+
+Due deliveries to one destination go over one association. A delivery is sent when every one
+of its files got a success or warning status; otherwise it is retried with exponential backoff
+and, after ``max_attempts``, marked dead for an administrator to look at (``radnode deliveries``)
+and re-queue (``radnode retry``). Result files stay in the spool until then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Sequence
+
+import pydicom
+from pynetdicom import AE, build_context
+from pynetdicom.sop_class import Verification
+
+from node import logs
+from node.config import Config, DeliverySettings, Destination
+from node.store import Delivery, Index, ResultFile
+
+_OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+_MAX_CONTEXTS = 128
+
+
+def next_attempt_delay(attempts_done: int, settings: DeliverySettings) -> float | None:
+    """Seconds until the next try after ``attempts_done`` failures, or None to give up."""
+    if attempts_done >= settings.max_attempts:
+        return None
+    return min(settings.backoff_seconds * 2 ** (attempts_done - 1), settings.backoff_max_seconds)
+
+
+def scu_ae(config: Config) -> AE:
+    ae = AE(ae_title=config.node.ae_title)
+    ae.network_timeout = config.node.network_timeout_seconds
+    ae.acse_timeout = config.node.network_timeout_seconds
+    ae.dimse_timeout = config.node.network_timeout_seconds
+    return ae
+
+
+def echo(config: Config, destination: Destination) -> int:
+    """C-ECHO a destination; returns the DIMSE status, raises ConnectionError if unreachable."""
+    ae = scu_ae(config)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(_association_failure(assoc, destination))
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in status:
+        raise ConnectionError(f"{destination.name}: no C-ECHO response")
+    return int(status.Status)
+
+
+def _association_failure(assoc: object, destination: Destination) -> str:
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    if getattr(assoc, "is_rejected", False):
+        return f"association rejected by {where} (check its AE title and our AE on its side)"
+    return f"no association with {where} (is it running and reachable?)"
+
+
+class Dispatcher:
+    def __init__(self, config: Config, index: Index) -> None:
+        self.config = config
+        self.index = index
+
+    def tick(self, now: float | None = None) -> int:
+        """Try every due delivery once; returns how many were sent."""
+        now = time.time() if now is None else now
+        due = self.index.due_deliveries(now, self.config.delivery.batch_size)
+        by_destination: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in due:
+            by_destination[delivery.destination].append(delivery)
+        sent = 0
+        for name, deliveries in by_destination.items():
+            sent += self._send_batch(self.config.destination(name), deliveries)
+        return sent
+
+    def _send_batch(self, destination: Destination, deliveries: Sequence[Delivery]) -> int:
+        files = {d.id: self.index.results(d.job_id) for d in deliveries}
+        ae = scu_ae(self.config)
+        for context in _contexts([f for fs in files.values() for f in fs]):
+            ae.add_requested_context(context.abstract_syntax, context.transfer_syntax)
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            error = _association_failure(assoc, destination)
+            for delivery in deliveries:
+                self._failed(delivery, error)
+            return 0
+        sent = 0
+        try:
+            for delivery in deliveries:
+                error = self._send_files(assoc, files[delivery.id])
+                if error is None:
+                    self.index.delivery_sent(delivery.id)
+                    logs.info("delivery.sent", delivery=delivery.id, job=delivery.job_id,
+                              destination=destination.name, objects=len(files[delivery.id]))
+                    sent += 1
+                else:
+                    self._failed(delivery, error)
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return sent
+
+    @staticmethod
+    def _send_files(assoc: object, files: Sequence[ResultFile]) -> str | None:
+        for result in files:
+            if not result.path.exists():
+                return f"result file {result.path} is gone from the spool"
+            dataset = pydicom.dcmread(result.path)
+            status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+            if "Status" not in status:
+                return "connection lost during C-STORE"
+            if int(status.Status) not in _OK_STATUSES:
+                return f"C-STORE status 0x{int(status.Status):04X} for {result.path.name}"
+        return None
+
+    def _failed(self, delivery: Delivery, error: str) -> None:
+        delay = next_attempt_delay(delivery.attempts + 1, self.config.delivery)
+        self.index.delivery_failed(delivery.id, error, None if delay is None else time.time() + delay)
+        logs.warning("delivery.failed", delivery=delivery.id, job=delivery.job_id,
+                     destination=delivery.destination, attempt=delivery.attempts + 1,
+                     dead=delay is None, error=error)
+
+
+def _contexts(files: Sequence[ResultFile]) -> list:
+    pairs = sorted({(f.sop_class, _transfer_syntax(f)) for f in files})
+    if len(pairs) > _MAX_CONTEXTS:
+        raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed one association's 128")
+    return [build_context(sop, ts) for sop, ts in pairs]
+
+
+def _transfer_syntax(result: ResultFile) -> str:
+    meta = pydicom.filereader.read_file_meta_info(result.path)
+    return str(meta.TransferSyntaxUID)

@@ -1,0 +1,309 @@
+"""The Storage SCP: takes C-ECHO and C-STORE from scanners and PACS (pynetdicom).
+
+Receiving is kept cheap and safe: the encoded bytes are written as they came (no pixel decoding),
+fsynced, renamed into the spool and indexed before the 0x0000 status goes back, so a success
+status is a promise that survives a crash. Anything refused gets a DIMSE failure status, and a
+refused dataset is kept in the spool's quarantine folder with the reason.
+
+Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
+are spread over CPU cores instead of queueing behind Python's GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import pynetdicom.association
+import pynetdicom.dul
+from pydicom import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import (
+    ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedSRStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node import logs
+from node.config import Config
+from node.spool import Spool
+from node.store import Index, InstanceRecord
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+STORAGE_CLASSES = [
+    CTImageStorage,
+    MRImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SegmentationStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    Comprehensive3DSRStorage,
+]
+
+REQUIRED_ATTRIBUTES = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+
+# DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ: rejected-permanent, by the service user
+_REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
+_NO_REASON, _CALLING_AET_NOT_RECOGNISED = 0x01, 0x03
+
+#: Longest that pynetdicom's reactor threads sleep between polls of the socket and queues.
+#: Stock pynetdicom sleeps 1 ms per poll, which caps one association at a few hundred images/s.
+REACTOR_POLL_SECONDS = 0.0002
+
+
+def tighten_reactor_polling(max_sleep: float = REACTOR_POLL_SECONDS) -> None:
+    """Shorten pynetdicom's fixed polling sleeps (it has no setting for the association loop)."""
+
+    class _Time(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+    shim = _Time("time")
+    shim.sleep = lambda seconds: time.sleep(min(seconds, max_sleep))  # type: ignore[attr-defined]
+    pynetdicom.association.time = shim  # type: ignore[attr-defined]
+    pynetdicom.dul.time = shim  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class StoreRefusal:
+    status: int
+    reason: str
+
+    def response(self) -> Dataset:
+        ds = Dataset()
+        ds.Status = self.status
+        ds.ErrorComment = self.reason[:64]
+        return ds
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, sharing its port with sibling receiver processes."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        return client, address
+
+
+class Receiver:
+    """The handlers of one receiver process, bound to its spool and index connection."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.node.spool)
+        self.index = Index(config.node.index_path)
+        self._index_lock = threading.Lock()
+        self._min_free = config.node.min_free_disk_mb * 1024 * 1024
+        self._assoc_ids: dict[int, str] = {}
+        self._registered: set[str] = set()
+        self._server: ThreadedAssociationServer | None = None
+
+    # ---- association control --------------------------------------------------------------
+
+    def _allowed(self, calling_aet: str, address: str) -> bool:
+        rules = self.config.allow
+        return not rules or any(rule.permits(calling_aet, address) for rule in rules)
+
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        address = assoc.requestor.address
+        if self._allowed(calling, address):
+            return
+        known_aet = any(rule.ae_title == calling for rule in self.config.allow)
+        diagnostic = _NO_REASON if known_aet else _CALLING_AET_NOT_RECOGNISED
+        logs.warning("association.rejected", calling_aet=calling, address=address,
+                     reason="not on the allow-list")
+        assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, diagnostic)
+
+    def on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        assoc_id = f"{os.getpid()}-{id(assoc):x}-{time.time_ns()}"
+        self._assoc_ids[id(assoc)] = assoc_id
+        logs.info("association.accepted", association=assoc_id,
+                  calling_aet=assoc.requestor.ae_title, address=assoc.requestor.address)
+
+    def on_closed(self, event: evt.Event) -> None:
+        assoc_id = self._assoc_ids.pop(id(event.assoc), None)
+        if assoc_id is None:
+            return
+        if assoc_id in self._registered:
+            self._registered.discard(assoc_id)
+            with self._index_lock:
+                self.index.close_association(assoc_id)
+        logs.info("association.closed", association=assoc_id,
+                  how="aborted" if event.assoc.is_aborted else "released")
+
+    # ---- C-STORE --------------------------------------------------------------------------
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        if self.spool.free_bytes() < self._min_free:
+            logs.warning("store.refused", reason="disk below watermark",
+                         free_mb=self.spool.free_bytes() // 2**20)
+            return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
+        raw = event.encoded_dataset(include_meta=True)
+        try:
+            dataset = event.dataset
+            refusal = self._check(dataset, event.context.abstract_syntax)
+        except Exception as error:  # an undecodable dataset must not take the association down
+            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
+        if refusal is not None:
+            kept = self.spool.quarantine_bytes(raw, refusal.reason)
+            logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                         quarantined=kept.name)
+            return refusal.response()
+        try:
+            self._store(event, dataset, raw)
+        except OSError as error:
+            logs.error("store.failed", reason=str(error))
+            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
+        return SUCCESS
+
+    @staticmethod
+    def _check(dataset: Dataset, context_sop_class: str) -> StoreRefusal | None:
+        missing = [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
+        if missing:
+            return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
+        if dataset.SOPClassUID != context_sop_class:
+            return StoreRefusal(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID does not match the presentation context",
+            )
+        return None
+
+    def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
+        record = InstanceRecord(
+            sop_uid=str(dataset.SOPInstanceUID),
+            series_uid=str(dataset.SeriesInstanceUID),
+            study_uid=str(dataset.StudyInstanceUID),
+            modality=str(dataset.Modality),
+            sop_class=str(dataset.SOPClassUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            path=self.spool.instance_path(
+                str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
+            ),
+            size=len(raw),
+        )
+        self.spool.write(record.path, raw)
+        assoc_id = self._assoc_ids.get(id(event.assoc))
+        with self._index_lock:
+            if assoc_id is not None and assoc_id not in self._registered:
+                self.index.open_association(
+                    assoc_id, event.assoc.requestor.ae_title, event.assoc.requestor.address, os.getpid()
+                )
+                self._registered.add(assoc_id)
+            self.index.record_instance(record, assoc_id)
+
+    # ---- server ---------------------------------------------------------------------------
+
+    def make_ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_pdu_size = node.max_pdu
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout_seconds
+        ae.acse_timeout = node.network_timeout_seconds
+        ae.dimse_timeout = node.network_timeout_seconds
+        ae.add_supported_context(Verification)
+        if node.accept_all_storage:
+            _config.UNRESTRICTED_STORAGE_SERVICE = True
+            classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+        else:
+            classes = list(STORAGE_CLASSES)
+        for sop_class in classes:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    def serve_forever(self) -> None:
+        tighten_reactor_polling()
+        node = self.config.node
+        self._server = self.make_ae().make_server(
+            (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server
+        )
+        logs.info("receiver.listening", ae_title=node.ae_title, host=node.host, port=node.port,
+                  pid=os.getpid())
+        self._server.serve_forever()
+
+    def shutdown(self) -> None:
+        """Stop listening; associations in progress are aborted and the SCU resends what was
+        not acknowledged, so nothing unacknowledged is lost."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+

@@ -1,0 +1,209 @@
+"""``radnode serve``: the process tree of a running node and its supervisor.
+
+    radnode serve (supervisor: restarts children, enforces job timeouts)
+    ├── receiver processes (Storage SCP, sharing the DICOM port)
+    ├── worker processes (pipelines, one job at a time each)
+    ├── scheduler thread (assembler + router)
+    └── dispatcher thread (C-STORE to destinations)
+
+Everything they share lives in the index, so any of them can die and be restarted, and the whole
+node can be killed, without losing an acknowledged instance, a job or a delivery.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Callable
+
+from node import logs
+from node.assembler import Assembler
+from node.config import Config, load_config
+from node.dispatcher import Dispatcher
+from node.receiver import Receiver
+from node.spool import Spool
+from node.store import Index
+from node.worker import worker_main
+
+SCHEDULER_INTERVAL = 0.25
+DISPATCHER_INTERVAL = 0.5
+SUPERVISOR_INTERVAL = 0.25
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Children must not outlive a supervisor killed with SIGKILL (they would hold the port)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def receiver_main(config_path: str) -> None:
+    _die_with_parent()
+    logs.setup()
+    receiver = Receiver(load_config(Path(config_path)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
+    receiver.serve_forever()
+
+
+def _worker_entry(config_path: str) -> None:
+    _die_with_parent()
+    worker_main(config_path)
+
+
+@dataclass
+class _Child:
+    role: str
+    target: Callable[[str], None]
+    process: BaseProcess | None = None
+
+
+@dataclass
+class Node:
+    config: Config
+    config_path: Path
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _children: list[_Child] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._mp = multiprocessing.get_context("spawn")
+        self.index = Index(self.config.node.index_path)
+
+    # ---- start -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Pick up where a crash or a stop left off: every unfinished thing is in the index."""
+        spool = Spool(self.config.node.spool)
+        partial = spool.clear_partial_writes()
+        closed = self.index.close_associations_of(None)
+        requeued = self.index.requeue_running_jobs(None)
+        logs.info("node.recovered", partial_writes_removed=partial, associations_closed=closed,
+                  jobs_requeued=requeued,
+                  series_receiving=len(self.index.receiving_series()),
+                  deliveries_due=len(self.index.due_deliveries(time.time() + 1e9, 1_000_000)))
+
+    def start(self) -> None:
+        self._warn_about_open_access()
+        self.recover()
+        for _ in range(self.config.node.receivers):
+            self._children.append(_Child("receiver", receiver_main))
+        for _ in range(self.config.workers.count):
+            self._children.append(_Child("worker", _worker_entry))
+        for child in self._children:
+            self._spawn(child)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL),
+                             name="scheduler", daemon=True),
+            threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL),
+                             name="dispatcher", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
+                  receivers=self.config.node.receivers, workers=self.config.workers.count,
+                  routes=[r.name for r in self.config.routes])
+
+    def _warn_about_open_access(self) -> None:
+        if not self.config.allow:
+            logs.warning("config.allow_empty",
+                         message="no [[allow]] entries: any calling AE from any address may store")
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = self._mp.Process(target=child.target, args=(str(self.config_path),),
+                                         name=f"radnode-{child.role}")
+        child.process.start()
+
+    # ---- background loops ------------------------------------------------------------------
+
+    def _loop(self, step: Callable[[], Callable[[], object]], interval: float) -> None:
+        action = step()
+        while not self._stop.is_set():
+            try:
+                action()
+            except Exception as error:  # a bad tick is logged and retried, never fatal
+                logs.error("node.loop_error", loop=threading.current_thread().name,
+                           reason=f"{type(error).__name__}: {error}", exc_info=True)
+            self._stop.wait(interval)
+
+    def _schedule_once(self) -> Callable[[], object]:
+        return Assembler(self.config, Index(self.config.node.index_path)).tick
+
+    def _dispatch_once(self) -> Callable[[], object]:
+        return Dispatcher(self.config, Index(self.config.node.index_path)).tick
+
+    # ---- supervision -----------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """Run until SIGTERM/SIGINT: restart dead children and stop jobs past their timeout."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        while not self._stop.wait(SUPERVISOR_INTERVAL):
+            self._enforce_job_timeouts()
+            for child in self._children:
+                if child.process is not None and not child.process.is_alive():
+                    self._restart(child)
+        self.stop()
+
+    def _enforce_job_timeouts(self) -> None:
+        for job in self.index.overdue_jobs(time.time()):
+            limit = self.config.workers.job_timeout_seconds
+            if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
+                logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
+                for child in self._children:
+                    if child.process is not None and child.process.pid == job.worker_pid:
+                        child.process.kill()
+
+    def _restart(self, child: _Child) -> None:
+        assert child.process is not None
+        pid, code = child.process.pid, child.process.exitcode
+        logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
+        if child.role == "receiver":
+            self.index.close_associations_of([pid])
+        else:
+            for job in self.index.running_jobs():
+                if job.worker_pid == pid:
+                    self.index.fail_job(job.id, f"worker process died (exit code {code})", only_if_pid=pid)
+        self._spawn(child)
+
+    # ---- stop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop receiving first, let running jobs finish within the grace time, hand back the
+        rest (queued again for the next start), then stop the loops."""
+        logs.info("node.stopping")
+        self._stop.set()
+        self._terminate([c for c in self._children if c.role == "receiver"], grace=10.0)
+        workers = [c for c in self._children if c.role == "worker"]
+        self._terminate(workers, grace=self.config.workers.shutdown_grace_seconds)
+        pids = [c.process.pid for c in workers if c.process is not None and c.process.pid]
+        requeued = self.index.requeue_running_jobs(pids) if pids else 0
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.index.close_associations_of(None)
+        logs.info("node.stopped", jobs_handed_back=requeued)
+
+    @staticmethod
+    def _terminate(children: list[_Child], grace: float) -> None:
+        alive = [c.process for c in children if c.process is not None and c.process.is_alive()]
+        for process in alive:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in alive:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def serve(config_path: Path) -> None:
+    config = load_config(config_path)
+    node = Node(config, config_path)
+    node.start()
+    node.supervise()

@@ -1,0 +1,86 @@
+"""The spool: the folder of DICOM files next to the index.
+
+A file is either complete under its final name or not there at all: bytes go to a temporary
+name in the same file system, are fsynced, renamed, and the folder is fsynced, so an
+acknowledged instance survives a crash or a power cut, and a crash mid-write leaves only a
+``tmp/`` file that the next start removes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+_SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.instances = root / "instances"
+        self.results = root / "results"
+        self.quarantine = root / "quarantine"
+        self.tmp = root / "tmp"
+        for folder in (self.instances, self.results, self.quarantine, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.instances / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
+
+    def result_dir(self, job_id: int) -> Path:
+        return self.results / str(job_id)
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Durably place ``data`` at ``path`` (replacing any earlier file atomically)."""
+        folder = path.parent
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
+
+    def quarantine_bytes(self, data: bytes, reason: str) -> Path:
+        """Keep a refused object with the reason beside it, so that nothing sent is lost."""
+        stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}"
+        path = self.quarantine / f"{stem}.dcm"
+        self.write(path, data)
+        (self.quarantine / f"{stem}.reason.txt").write_text(reason + "\n")
+        return path
+
+    def clear_partial_writes(self) -> int:
+        """Remove temporary files a crash left behind; they were never acknowledged."""
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+
+def _safe(uid: str) -> str:
+    """UIDs are digits and dots, but the spool must never trust a peer's string as a path."""
+    return _SAFE.sub("_", uid)[:128] or "_"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,548 @@
+"""The index: every piece of state that must survive a crash, in one SQLite file (WAL mode).
+
+Receivers, the scheduler, workers and the dispatcher run in different processes and talk only
+through this file. Each state change is one short ``BEGIN IMMEDIATE`` transaction, so two
+processes never see half a change, and a restart finds every series, job and delivery where
+it was left.
+
+States: series ``receiving -> complete -> routed`` (a late instance re-opens it);
+job ``queued -> running -> done | failed``; delivery ``pending -> sent | retrying -> dead``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete', 'routed')),
+    generation INTEGER NOT NULL DEFAULT 0,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    completed_at REAL,
+    sample_path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    sop_class TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    association TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS associations (
+    id TEXT PRIMARY KEY,
+    calling_aet TEXT NOT NULL,
+    address TEXT NOT NULL,
+    receiver_pid INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    closed_at REAL
+);
+CREATE TABLE IF NOT EXISTS association_series (
+    association TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    PRIMARY KEY (association, series_uid)
+);
+CREATE INDEX IF NOT EXISTS association_series_series ON association_series(series_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    route TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    inputs TEXT NOT NULL,
+    destinations TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    deadline REAL,
+    worker_pid INTEGER,
+    UNIQUE (route, subject, generation)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority);
+CREATE TABLE IF NOT EXISTS results (
+    job_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class TEXT NOT NULL,
+    PRIMARY KEY (job_id, path)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'sent', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (job_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    modality: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    series_uid: str
+    study_uid: str
+    modality: str
+    state: str
+    generation: int
+    instance_count: int
+    first_received: float
+    last_received: float
+    sample_path: Path
+    open_associations: int
+    released_at: float | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    route: str
+    pipeline: str
+    subject: str
+    study_uid: str
+    generation: int
+    inputs: dict[str, str]
+    destinations: list[str]
+    priority: int
+    state: str
+    attempts: int
+    outcome: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    deadline: float | None
+    worker_pid: int | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    job_id: int
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    path: Path
+    sop_uid: str
+    sop_class: str
+
+
+class Index:
+    """One connection to the index; create one per process (and per thread that writes)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed row survives a power cut, like the fsynced file it points to.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def open_association(self, assoc_id: str, calling_aet: str, address: str, pid: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO associations(id, calling_aet, address, receiver_pid, opened_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (assoc_id, calling_aet, address, pid, time.time()),
+            )
+
+    def close_association(self, assoc_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE associations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+                (time.time(), assoc_id),
+            )
+
+    def close_associations_of(self, receiver_pids: Sequence[int] | None = None) -> int:
+        """Associations of receivers that died (all of them at start) are closed as of now."""
+        with self._tx() as db:
+            if receiver_pids is None:
+                cur = db.execute(
+                    "UPDATE associations SET closed_at = ? WHERE closed_at IS NULL", (time.time(),)
+                )
+            else:
+                marks = ",".join("?" * len(receiver_pids))
+                cur = db.execute(
+                    f"UPDATE associations SET closed_at = ? WHERE closed_at IS NULL"
+                    f" AND receiver_pid IN ({marks})",
+                    (time.time(), *receiver_pids),
+                )
+            return cur.rowcount
+
+    def record_instance(self, rec: InstanceRecord, assoc_id: str | None) -> bool:
+        """Index a stored instance; returns False when it replaced one with the same SOP UID.
+
+        A late instance of a series that was already complete re-opens it with a new
+        generation, so the route can decide whether to run again.
+        """
+        now = time.time()
+        with self._tx() as db:
+            old = db.execute(
+                "SELECT series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO studies(study_uid, first_received, last_received) VALUES (?, ?, ?)"
+                " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
+                (rec.study_uid, now, now),
+            )
+            db.execute(
+                "INSERT INTO series(series_uid, study_uid, modality, state, first_received,"
+                " last_received, sample_path) VALUES (?, ?, ?, 'receiving', ?, ?, ?)"
+                " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
+                " generation = CASE WHEN state = 'receiving' THEN generation ELSE generation + 1 END,"
+                " state = 'receiving'",
+                (rec.series_uid, rec.study_uid, rec.modality, now, now, str(rec.path)),
+            )
+            db.execute(
+                "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class, transfer_syntax,"
+                " path, size, received_at, association) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+                " study_uid = excluded.study_uid, sop_class = excluded.sop_class,"
+                " transfer_syntax = excluded.transfer_syntax, path = excluded.path,"
+                " size = excluded.size, received_at = excluded.received_at,"
+                " association = excluded.association",
+                (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
+                 str(rec.path), rec.size, now, assoc_id),
+            )
+            if old is None:
+                db.execute(
+                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
+                    (rec.series_uid,),
+                )
+            elif old["series_uid"] != rec.series_uid:
+                db.execute(
+                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
+                    (rec.series_uid,),
+                )
+                db.execute(
+                    "UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
+                    (old["series_uid"],),
+                )
+            if assoc_id is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
+                    (assoc_id, rec.series_uid),
+                )
+        return old is None
+
+    # ---- completion and routing ------------------------------------------------------------
+
+    def receiving_series(self) -> list[SeriesRow]:
+        return self._series_rows("WHERE s.state = 'receiving'", ())
+
+    def series_of_study(self, study_uid: str) -> list[SeriesRow]:
+        return self._series_rows("WHERE s.study_uid = ?", (study_uid,))
+
+    def series(self, series_uid: str) -> SeriesRow | None:
+        rows = self._series_rows("WHERE s.series_uid = ?", (series_uid,))
+        return rows[0] if rows else None
+
+    def all_series(self) -> list[SeriesRow]:
+        return self._series_rows("", ())
+
+    def _series_rows(self, where: str, args: tuple[Any, ...]) -> list[SeriesRow]:
+        rows = self._db.execute(
+            "SELECT s.*, "
+            " (SELECT COUNT(*) FROM association_series x JOIN associations a ON a.id = x.association"
+            "   WHERE x.series_uid = s.series_uid AND a.closed_at IS NULL) AS open_associations,"
+            " (SELECT MAX(a.closed_at) FROM association_series x JOIN associations a"
+            "   ON a.id = x.association WHERE x.series_uid = s.series_uid) AS released_at"
+            f" FROM series s {where} ORDER BY s.first_received",
+            args,
+        ).fetchall()
+        return [
+            SeriesRow(
+                series_uid=r["series_uid"], study_uid=r["study_uid"], modality=r["modality"],
+                state=r["state"], generation=r["generation"], instance_count=r["instance_count"],
+                first_received=r["first_received"], last_received=r["last_received"],
+                sample_path=Path(r["sample_path"]), open_associations=r["open_associations"],
+                released_at=r["released_at"],
+            )
+            for r in rows
+        ]
+
+    def mark_complete(self, series_uid: str, generation: int) -> bool:
+        """receiving -> complete, unless an instance arrived since the decision was taken."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE series SET state = 'complete', completed_at = ?"
+                " WHERE series_uid = ? AND state = 'receiving' AND generation = ?",
+                (time.time(), series_uid, generation),
+            )
+            return cur.rowcount == 1
+
+    def complete_series(self) -> list[SeriesRow]:
+        return self._series_rows("WHERE s.state = 'complete'", ())
+
+    def route_series(self, series_uid: str, generation: int, jobs: Sequence[dict[str, Any]]) -> None:
+        """complete -> routed and the jobs it needs, in one transaction."""
+        with self._tx() as db:
+            for job in jobs:
+                self._insert_job(db, job)
+            db.execute(
+                "UPDATE series SET state = 'routed' WHERE series_uid = ? AND state = 'complete'"
+                " AND generation = ?",
+                (series_uid, generation),
+            )
+
+    def add_job(self, job: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return self._insert_job(db, job)
+
+    def _insert_job(self, db: sqlite3.Connection, job: dict[str, Any]) -> bool:
+        now = time.time()
+        cur = db.execute(
+            "INSERT OR IGNORE INTO jobs(route, pipeline, subject, study_uid, generation, inputs,"
+            " destinations, priority, state, outcome, created_at, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job["route"], job["pipeline"], job["subject"], job["study_uid"], job["generation"],
+             json.dumps(job["inputs"]), json.dumps(job["destinations"]), job.get("priority", 0),
+             job.get("state", "queued"), job.get("outcome", ""), now,
+             now if job.get("state") == "failed" else None),
+        )
+        return cur.rowcount == 1
+
+    def has_job(self, route: str, subject: str, generation: int | None = None) -> bool:
+        if generation is None:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE route = ? AND subject = ?", (route, subject)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE route = ? AND subject = ? AND generation = ?",
+                (route, subject, generation),
+            ).fetchone()
+        return row is not None
+
+    def studies_with_activity_since(self, since: float) -> list[tuple[str, float]]:
+        rows = self._db.execute(
+            "SELECT study_uid, last_received FROM studies WHERE last_received >= ?", (since,)
+        ).fetchall()
+        return [(r["study_uid"], r["last_received"]) for r in rows]
+
+    def instance_paths(self, series_uid: str) -> list[Path]:
+        rows = self._db.execute(
+            "SELECT path FROM instances WHERE series_uid = ? ORDER BY path", (series_uid,)
+        ).fetchall()
+        return [Path(r["path"]) for r in rows]
+
+    def instance(self, sop_uid: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        return dict(row) if row else None
+
+    def count_instances(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    def claim_job(self, pid: int, timeout: float) -> Job | None:
+        """Take the most urgent queued job for worker ``pid``, or None."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, deadline = ?, worker_pid = ?,"
+                " attempts = attempts + 1 WHERE id = ?",
+                (now, now + timeout, pid, row["id"]),
+            )
+        return self.job(row["id"])
+
+    def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str) -> None:
+        """running -> done, with its result files and one delivery per destination."""
+        now = time.time()
+        with self._tx() as db:
+            job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            db.execute(
+                "UPDATE jobs SET state = 'done', outcome = ?, finished_at = ? WHERE id = ?",
+                (outcome, now, job_id),
+            )
+            db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT INTO results(job_id, path, sop_uid, sop_class) VALUES (?, ?, ?, ?)",
+                [(job_id, str(r.path), r.sop_uid, r.sop_class) for r in results],
+            )
+            if results:
+                db.executemany(
+                    "INSERT OR IGNORE INTO deliveries(job_id, destination, state, next_attempt_at,"
+                    " created_at) VALUES (?, ?, 'pending', ?, ?)",
+                    [(job_id, dest, now, now) for dest in json.loads(job["destinations"])],
+                )
+
+    def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None) -> bool:
+        with self._tx() as db:
+            sql = "UPDATE jobs SET state = 'failed', outcome = ?, finished_at = ? WHERE id = ? AND state = 'running'"
+            args: tuple[Any, ...] = (reason, time.time(), job_id)
+            if only_if_pid is not None:
+                sql += " AND worker_pid = ?"
+                args += (only_if_pid,)
+            return db.execute(sql, args).rowcount == 1
+
+    def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
+        """Running jobs whose worker is gone (every one, at start) are queued to run again."""
+        with self._tx() as db:
+            sql = "UPDATE jobs SET state = 'queued', worker_pid = NULL, deadline = NULL WHERE state = 'running'"
+            args: tuple[Any, ...] = ()
+            if worker_pids is not None:
+                sql += f" AND worker_pid IN ({','.join('?' * len(worker_pids))})"
+                args = tuple(worker_pids)
+            return db.execute(sql, args).rowcount
+
+    def requeue_job(self, job_id: int) -> bool:
+        """A failed job (after a fix on the site, say) is queued again on the admin's request."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', outcome = '', worker_pid = NULL, deadline = NULL"
+                " WHERE id = ? AND state = 'failed'",
+                (job_id,),
+            ).rowcount == 1
+
+    def overdue_jobs(self, now: float) -> list[Job]:
+        return self._jobs("WHERE state = 'running' AND deadline < ?", (now,))
+
+    def running_jobs(self) -> list[Job]:
+        return self._jobs("WHERE state = 'running'", ())
+
+    def job(self, job_id: int) -> Job | None:
+        jobs = self._jobs("WHERE id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
+
+    def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
+        rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
+        return [
+            Job(**{**dict(r), "inputs": json.loads(r["inputs"]),
+                   "destinations": json.loads(r["destinations"])})
+            for r in rows
+        ]
+
+    def results(self, job_id: int) -> list[ResultFile]:
+        rows = self._db.execute(
+            "SELECT path, sop_uid, sop_class FROM results WHERE job_id = ? ORDER BY path", (job_id,)
+        ).fetchall()
+        return [ResultFile(Path(r["path"]), r["sop_uid"], r["sop_class"]) for r in rows]
+
+    # ---- deliveries ------------------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        return self._deliveries(
+            "WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?",
+            (now, limit),
+        )
+
+    def deliveries(self, state: str | None = None) -> list[Delivery]:
+        if state:
+            return self._deliveries("WHERE state = ? ORDER BY id", (state,))
+        return self._deliveries("ORDER BY id", ())
+
+    def _deliveries(self, tail: str, args: tuple[Any, ...]) -> list[Delivery]:
+        rows = self._db.execute(f"SELECT * FROM deliveries {tail}", args).fetchall()
+        return [Delivery(**dict(r)) for r in rows]
+
+    def delivery_sent(self, delivery_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
+                " last_error = '' WHERE id = ?",
+                (time.time(), delivery_id),
+            )
+
+    def delivery_failed(self, delivery_id: int, error: str, next_attempt_at: float | None) -> None:
+        """Record a failed attempt; ``next_attempt_at=None`` means give up (dead)."""
+        with self._tx() as db:
+            if next_attempt_at is None:
+                db.execute(
+                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?"
+                    " WHERE id = ?",
+                    (error, delivery_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE deliveries SET state = 'retrying', attempts = attempts + 1,"
+                    " last_error = ?, next_attempt_at = ? WHERE id = ?",
+                    (error, next_attempt_at, delivery_id),
+                )
+
+    def retry_dead_deliveries(self, delivery_id: int | None = None) -> int:
+        with self._tx() as db:
+            sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?"
+                   " WHERE state = 'dead'")
+            args: tuple[Any, ...] = (time.time(),)
+            if delivery_id is not None:
+                sql += " AND id = ?"
+                args += (delivery_id,)
+            return db.execute(sql, args).rowcount

@@ -1,0 +1,117 @@
+"""Worker processes: take queued jobs from the index and run their pipeline.
+
+Workers are separate processes so that a model that crashes, hangs or eats memory never stops
+the receiver; the supervisor in ``node.service`` kills a worker whose job outlives its timeout
+and records why. Each worker loads a pipeline (and its model) once and keeps it for every
+later job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pydicom
+
+from node import logs
+from node.config import Config, load_config
+from node.spool import Spool
+from node.store import Index, Job, ResultFile
+from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
+from pipelines.registry import load_class, resolve_entry
+
+IDLE_POLL_SECONDS = 0.2
+
+
+class PipelineCache:
+    """Pipelines by name, each constructed (model loaded) the first time a job needs it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._loaded: dict[str, Pipeline] = {}
+
+    def get(self, name: str) -> Pipeline:
+        if name not in self._loaded:
+            table = self.config.pipelines.get(name)
+            cls = load_class(resolve_entry(name, table))
+            settings = PipelineSettings(
+                name=name,
+                model=table.model if table else None,
+                device=table.device if table else "auto",
+                uid_root=self.config.node.uid_root,
+                options=dict(table.options) if table else {},
+            )
+            started = time.monotonic()
+            self._loaded[name] = cls(settings)
+            logs.info("pipeline.loaded", pipeline=name, seconds=round(time.monotonic() - started, 3))
+        return self._loaded[name]
+
+
+def run_pipeline(pipeline: Pipeline, series: Mapping[str, Sequence[Path]], output_dir: Path,
+                 job_id: str) -> JobResult:
+    """Run one pipeline into a clean output folder; NotApplicable becomes a normal result."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)  # a rerun after a crash must not deliver stale files
+    output_dir.mkdir(parents=True)
+    try:
+        return pipeline.run(JobInput(series=series, output_dir=output_dir, job_id=job_id))
+    except NotApplicable as reason:
+        return JobResult(applicable=False, reason=str(reason))
+
+
+def describe_outputs(paths: Sequence[Path]) -> list[ResultFile]:
+    out = []
+    for path in paths:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        out.append(ResultFile(path, str(header.SOPInstanceUID), str(header.SOPClassUID)))
+    return out
+
+
+def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
+    """Run one claimed job and record its outcome; any exception becomes the job's reason."""
+    started = time.monotonic()
+    logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts)
+    try:
+        series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
+        result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
+        if not result.applicable:
+            index.finish_job(job.id, [], f"not applicable: {result.reason}")
+        else:
+            index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects")
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid())
+        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+        return
+    logs.info("job.end", job=job.id, pipeline=job.pipeline, seconds=round(time.monotonic() - started, 3))
+
+
+def worker_main(config_path: str) -> None:
+    """Entry point of a worker process: claim and run jobs until SIGTERM.
+
+    SIGTERM lets the job in hand finish; the supervisor decides how long that may take.
+    """
+    logs.setup()
+    config = load_config(Path(config_path))
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    index = Index(config.node.index_path)
+    spool = Spool(config.node.spool)
+    pipelines = PipelineCache(config)
+    while not stopping:
+        job = index.claim_job(os.getpid(), config.workers.job_timeout_seconds)
+        if job is None:
+            time.sleep(IDLE_POLL_SECONDS)
+            continue
+        execute(job, index, spool, pipelines)
+    index.close()

@@ -1,0 +1,1 @@
+"""Everything that turns images into findings: volumes, models, pipelines, DICOM writers."""

@@ -1,0 +1,48 @@
+"""Where a pipeline name from config.toml turns into code.
+
+Shipped pipelines are listed here by name; a site's own pipeline is named in config.toml with
+``entry = "package.module:Class"``. Resolution only locates the module (no import), so checking
+a config does not load torch or a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.config import PipelineConfig
+    from pipelines.base import Pipeline
+
+#: name -> "module:Class" of the pipelines that ship with radnode.
+SHIPPED: dict[str, str] = {}
+
+
+def resolve_entry(name: str, config: "PipelineConfig | None") -> str:
+    """The ``module:Class`` that implements pipeline ``name``; LookupError says what is missing."""
+    entry = (config.entry if config is not None else None) or SHIPPED.get(name)
+    if entry is None:
+        shipped = ", ".join(sorted(SHIPPED)) or "none in this version"
+        raise LookupError(
+            f"no pipeline named {name!r}: shipped pipelines are {shipped}; "
+            f"for your own, add [pipelines.{name}] with entry = \"module:Class\""
+        )
+    module = entry.split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise LookupError(f"pipeline {name!r}: module {module!r} of entry {entry!r} is not importable")
+    return entry
+
+
+def load_class(entry: str) -> "type[Pipeline]":
+    from pipelines.base import Pipeline
+
+    module_name, class_name = entry.split(":", 1)
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+        raise LookupError(f"{entry} is not a subclass of pipelines.base.Pipeline")
+    return cls

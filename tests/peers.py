@@ -1,0 +1,203 @@
+"""Real DICOM peers for the tests: dcmtk tools, Orthanc as the PACS, dciodvfy as the validator.
+
+Everything listens on loopback ports picked free at start, so tests can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: dcmtk's Debian binaries. pynetdicom installs Python scripts with the same names (storescu,
+#: echoscu, ...) that can shadow them on PATH, so the tests never resolve them through PATH.
+DCMTK_DIR = Path("/usr/bin")
+
+
+def dcmtk_bin(name: str) -> str:
+    """Path of a dcmtk tool; fails loudly if dcmtk is not installed (apt-get install dcmtk)."""
+    path = DCMTK_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: install the Debian package dcmtk")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """dcmtk stalls on Nagle's algorithm at about 16 images/s unless told to set TCP_NODELAY."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def storescu(
+    port: int,
+    paths: list[Path] | list[str],
+    *,
+    called_aet: str = "RADNODE",
+    calling_aet: str = "STORESCU",
+    propose: tuple[str, ...] = ("--required",),
+    extra: tuple[str, ...] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Send files with dcmtk storescu over one association.
+
+    By default storescu proposes each file's own SOP class and transfer syntax (--required);
+    dcmtk has no JPEG 2000 codec, so J2K files need ``propose=("-xv",)`` instead.
+    """
+    cmd = [
+        dcmtk_bin("storescu"),
+        *propose,
+        "--aetitle", calling_aet,
+        "--call", called_aet,
+        *extra,
+        "127.0.0.1", str(port),
+        *[str(p) for p in paths],
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout)
+
+
+class BitPreservingStorescp:
+    """dcmtk storescp writing exactly the bytes it received (-B): the reference for what an
+    SCU really put on the wire, which can differ from the file the SCU read."""
+
+    def __init__(self, folder: Path, prefer: str = "+x=") -> None:
+        self.folder = folder
+        self.prefer = prefer  # storescp accepts one compressed syntax at a time, e.g. +xt for JPEG-LS
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "BitPreservingStorescp":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [dcmtk_bin("storescp"), "--bit-preserving", self.prefer, "--output-directory", str(self.folder),
+             "--aetitle", "RADNODE", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
+        )
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._proc is not None
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+@dataclass
+class DciodvfyReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def dciodvfy(path: Path | str) -> DciodvfyReport:
+    """Validate one object against its IOD with dicom3tools' dciodvfy."""
+    exe = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
+    proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
+    report = DciodvfyReport()
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("Error"):
+            report.errors.append(line)
+        elif line.startswith("Warning"):
+            report.warnings.append(line)
+    return report
+
+
+class Orthanc:
+    """An Orthanc PACS on free loopback ports with a throw-away storage folder."""
+
+    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+        self.workdir = workdir
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _write_config(self) -> Path:
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "radnode-test-pacs",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "UnknownSopClassAccepted": True,
+            "Plugins": [],
+            "StableAge": 1,
+            "SaveJobs": False,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        return path
+
+    def start(self) -> "Orthanc":
+        exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        config = self._write_config()
+        log = open(self.workdir / "orthanc.log", "ab")
+        self._proc = subprocess.Popen([exe, str(config)], stdout=log, stderr=log)
+        wait_for_port(self.dicom_port)
+        wait_for_port(self.http_port)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def instances_of_study(self, study_uid: str) -> list[dict]:
+        """Orthanc's instance records (with MainDicomTags) of one StudyInstanceUID."""
+        out: list[dict] = []
+        for study_id in self.get("/studies"):  # type: ignore[union-attr]
+            study = self.get(f"/studies/{study_id}")
+            if study["MainDicomTags"].get("StudyInstanceUID") != study_uid:  # type: ignore[index]
+                continue
+            out.extend(self.get(f"/studies/{study_id}/instances"))  # type: ignore[arg-type]
+        return out
+
+    def wait_for(self, predicate, timeout: float = 60.0, interval: float = 0.25):
+        """Poll the PACS until ``predicate(self)`` returns something truthy, and return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate(self)
+            if value:
+                return value
+            time.sleep(interval)
+        raise TimeoutError(f"Orthanc did not reach the expected state within {timeout} s")
