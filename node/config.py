@@ -257,11 +257,6 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
 def _check_pipelines(config: Config, source: str) -> None:
     from pipelines.registry import resolve_entry
 
-    for i, route in enumerate(config.routes):
-        try:
-            resolve_entry(route.pipeline, config.pipelines.get(route.pipeline))
-        except LookupError as error:
-            raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
     for name, pipeline in config.pipelines.items():
         try:
             resolve_entry(name, pipeline)
@@ -271,6 +266,11 @@ def _check_pipelines(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source} is not valid:\n  pipelines.{name}.model: {pipeline.model} does not exist"
             )
+    for i, route in enumerate(config.routes):
+        try:
+            resolve_entry(route.pipeline, config.pipelines.get(route.pipeline))
+        except LookupError as error:
+            raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
 
 
 def load_config(path: Path) -> Config:

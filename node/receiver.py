@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import socketserver
 import threading
 import time
 import types
@@ -182,6 +183,7 @@ class Receiver:
         logs.warning("association.rejected", calling_aet=calling, address=address,
                      reason="not on the allow-list")
         assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, diagnostic)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
 
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -304,6 +306,8 @@ class Receiver:
         """Stop listening; associations in progress are aborted and the SCU resends what was
         not acknowledged, so nothing unacknowledged is lost."""
         if self._server is not None:
-            self._server.shutdown()
+            # socketserver's own shutdown: pynetdicom's also unregisters from AE.start_server's
+            # list, which a server made with make_server is not on.
+            socketserver.TCPServer.shutdown(self._server)
             self._server.server_close()
 

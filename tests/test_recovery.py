@@ -1,0 +1,155 @@
+"""Crashes and an unreachable PACS lose nothing: acknowledged instances, jobs and results survive."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+
+from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
+
+
+def pacs(orthanc: Orthanc) -> list[dict]:
+    return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+
+
+def acknowledged(storescu_output: str) -> list[str]:
+    """Files storescu reported as stored (its verbose log pairs each file with its response)."""
+    stored, current = [], None
+    for line in storescu_output.splitlines():
+        if m := re.search(r"Sending file: (.+)$", line):
+            current = m.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            stored.append(current)
+    return stored
+
+
+def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc, data_dir):
+    series_a = sorted((data_dir / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))
+    series_b = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
+    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
+                         pipelines=threshold_pipeline())
+    node = NodeProcess(config, tmp_path).start()
+    sender = subprocess.Popen(
+        [dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1", str(node.port),
+         *map(str, series_a + series_b)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
+    )
+    index = node.index()
+    wait_until(lambda: index.count_instances() >= 20, 60, 0.01, "first instances")
+    node.kill()
+    output, _ = sender.communicate(timeout=60)
+    stored = acknowledged(output)
+    assert 20 <= len(stored) < len(series_a) + len(series_b), "the crash must hit mid-transfer"
+
+    node.start()
+    index = node.index()
+    for path in stored:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        row = index.instance(uid)
+        assert row is not None, f"{Path(path).name} was acknowledged before the crash but is not indexed"
+        assert pydicom.dcmread(row["path"]).SOPInstanceUID == uid  # complete, readable file
+
+    # the scanner sends again what failed; both series complete and are processed
+    assert storescu(node.port, series_a + series_b).returncode == 0
+    expected = {str(pydicom.dcmread(s[0], stop_before_pixels=True).SeriesInstanceUID): len(s)
+                for s in (series_a, series_b)}
+
+    def processed_in_full() -> bool:
+        # a series cut by the crash may have run once on its first part; after the resend it is
+        # re-opened and runs again on every instance (on_late_instances = "rerun")
+        done = {j.subject: j for j in index.jobs("done")}
+        return set(done) == set(expected) and all(
+            index.series(uid).instance_count == n and index.series(uid).state == "routed"
+            and done[uid].generation == index.series(uid).generation for uid, n in expected.items())
+
+    wait_until(processed_in_full, 120, what="both series processed in full")
+    assert index.count_instances() == len(series_a) + len(series_b)
+    wait_until(lambda: not index.due_deliveries(time.time() + 3600, 100), 60, what="results delivered")
+    node.stop()
+
+
+def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    orthanc.stop()  # the PACS is down when the result is ready
+    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
+                         pipelines=threshold_pipeline())
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
+        assert storescu(node.port, files).returncode == 0
+        index = node.index()
+        retrying = wait_until(lambda: [d for d in index.deliveries() if d.attempts >= 2], 90,
+                              what="failed delivery attempts")
+        assert retrying[0].state == "retrying" and "no association" in retrying[0].last_error
+        listing = node.cli("deliveries")
+        assert "retrying" in listing.stdout
+
+        orthanc.start()
+        wait_until(lambda: index.deliveries("sent"), 60, what="delivery after the PACS is back")
+        (job,) = index.jobs("done")
+        sent_uids = {r.sop_uid for r in index.results(job.id)}
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        time.sleep(2)  # any duplicate send would have arrived by now
+        in_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.instances_of_study(study)]
+        assert sorted(in_pacs) == sorted(sent_uids)
+        stats = orthanc.get("/statistics")
+        assert stats["CountInstances"] == len(sent_uids)
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    orthanc.stop()
+    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
+                         pipelines=threshold_pipeline(), delivery={"max_attempts": 2, "backoff_seconds": 0.2})
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:5]
+        assert storescu(node.port, files).returncode == 0
+        index = node.index()
+        wait_until(lambda: index.deliveries("dead"), 60, what="dead delivery")
+        assert "dead" in node.cli("deliveries", "--state", "dead").stdout
+        orthanc.start()
+        retried = node.cli("retry")
+        assert retried.returncode == 0 and "1 dead deliveries queued again" in retried.stdout
+        wait_until(lambda: index.deliveries("sent"), 60, what="delivery after retry")
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, data_dir):
+    config = node_config(
+        tmp_path,
+        destinations=[{"name": "pacs", "ae_title": "NOBODY", "host": "127.0.0.1", "port": 9}],
+        routes=[threshold_route("slow", match={"SeriesDescription": {"regex": "B40f"}}),
+                {**threshold_route("broken", match={"SeriesDescription": {"regex": "B70f"}}),
+                 "pipeline": "broken"}],
+        pipelines={**threshold_pipeline(sleep_seconds=60),
+                   "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
+        workers={"count": 1, "job_timeout_seconds": 3},
+    )
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        ct = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002"
+        assert storescu(node.port, sorted((ct / "B40f").glob("*.dcm"))).returncode == 0
+        index = node.index()
+        wait_until(lambda: index.jobs("running"), 30, what="slow job running")
+        # receiving is not blocked by the hung pipeline
+        assert storescu(node.port, sorted((ct / "B70f").glob("*.dcm"))).returncode == 0
+        failed = wait_until(lambda: len(index.jobs("failed")) == 2 and index.jobs("failed"), 60,
+                            what="both jobs failed")
+        outcomes = {j.route: j.outcome for j in failed}
+        assert outcomes["slow"] == "timed out after 3 s"
+        assert "told to fail" in outcomes["broken"]
+        listing = node.cli("jobs", "--state", "failed").stdout
+        assert "timed out after 3 s" in listing and "told to fail" in listing
+    finally:
+        node.stop()
