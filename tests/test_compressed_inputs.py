@@ -12,7 +12,9 @@ from pipelines.volume import VolumeError, decode_pixels, load_series
 from tests.conftest import DATA
 
 WG04 = DATA / "transfer-syntaxes" / "nema-wg04"
-LOSSLESS = sorted(p for folder in ("J2KR", "JLSL", "JPLL", "RLE") for p in (WG04 / folder).iterdir())
+LOSSLESS = sorted(
+    p for folder in ("J2KR", "JLSL", "JPLL", "RLE") for p in (WG04 / folder).iterdir()
+)
 LOSSY_12_BIT = sorted((WG04 / "JPLY").iterdir())
 GENERIC = DATA / "malformed" / "dicom2nifti-geometry" / "generic"
 
@@ -30,12 +32,13 @@ def test_lossless_file_decodes_to_the_reference_pixels(path: Path):
 def test_undecodable_file_names_its_transfer_syntax(path: Path):
     with pytest.raises(
         VolumeError,
-        match=r"transfer syntax JPEG Extended \(Process 2 and 4\) \(1\.2\.840\.10008\.1\.2\.4\.51\)",
+        match=r"transfer syntax JPEG Extended \(Process 2 and 4\) "
+        r"\(1\.2\.840\.10008\.1\.2\.4\.51\)",
     ):
         decode_pixels(path)
 
 
-@pytest.mark.parametrize("codec", ["anatomical", "compressed_j2k", "compressed_jpeg",
+@pytest.mark.parametrize("codec", ["anatomical", "compressed", "compressed_j2k", "compressed_jpeg",
                                    "compressed_jpegls", "compressed_rle"])
 def test_compressed_series_matches_its_ground_truth_at_every_world_point(codec: str):
     """dicom2nifti's NIfTI of the same series is an independent decoder and geometry peer."""

@@ -58,7 +58,9 @@ def test_oblique_series_world_coordinates_agree_with_simpleitk():
         np.testing.assert_allclose(volume.lps_to_index(lps), kji, atol=1e-6)
     # The first voxel of every slice is where that slice's header says it is.
     for k, ds in enumerate(volume.sources):
-        np.testing.assert_allclose(volume.index_to_lps((k, 0, 0)), ds.ImagePositionPatient, atol=1e-4)
+        np.testing.assert_allclose(
+            volume.index_to_lps((k, 0, 0)), ds.ImagePositionPatient, atol=1e-4
+        )
     # Column index steps along the row cosine by the column spacing (PixelSpacing[1] = 6.4 mm).
     row_cosine = np.asarray(volume.sources[0].ImageOrientationPatient[:3], dtype=float)
     step = volume.index_to_lps((0, 0, 1)) - volume.index_to_lps((0, 0, 0))
@@ -67,6 +69,17 @@ def test_oblique_series_world_coordinates_agree_with_simpleitk():
     assert own.TransformIndexToPhysicalPoint((63, 27, 3)) == pytest.approx(
         tuple(volume.index_to_lps((3, 27, 63)))
     )
+
+
+def test_single_image_loads_when_allowed_with_its_nominal_thickness():
+    path = DATA / "transfer-syntaxes" / "nema-wg04" / "REF" / "CT1_UNC"
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    with pytest.raises(VolumeError, match="too few slices: 1, a volume needs at least 3"):
+        load_series([path])
+    volume = load_series([path], min_slices=1)
+    assert volume.array.shape == (1, header.Rows, header.Columns)
+    assert volume.spacing[2] == float(header.SliceThickness)
+    np.testing.assert_allclose(volume.origin, header.ImagePositionPatient)
 
 
 def test_enhanced_multiframe_matches_its_single_frame_series():

@@ -1,0 +1,117 @@
+"""Ingest speed: radnode vs dcmtk storescp vs Orthanc, receiving the same CT from dcmtk storescu.
+
+A 300-slice 512x512 CT (real slices of ../shared/data/ct-chest/cptac-luad-C3N-00247, repeated
+with new UIDs) is sent over one association, then split over 4 concurrent storescu processes.
+Every dcmtk process runs with TCP_NODELAY=1 (without it dcmtk stalls on Nagle at ~16 img/s).
+radnode runs with its durable writes (fsync before the ack) on; storescp and Orthanc as shipped.
+
+    python3 bench/ingest.py [--slices 300] [--receivers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.harness import NodeProcess, node_config  # noqa: E402
+from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
+
+SOURCE = REPO.parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
+
+
+def make_series(folder: Path, slices: int) -> list[Path]:
+    sources = sorted((pydicom.dcmread(p) for p in SOURCE.glob("*.dcm")),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    series_uid, study_uid = generate_uid(), generate_uid()
+    paths = []
+    for i in range(slices):
+        ds = sources[i % len(sources)]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = i + 1
+        paths.append(folder / f"{i:04d}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def send(port: int, aet: str, groups: list[list[Path]]) -> float:
+    """Seconds for all groups to be stored, one storescu process (association) per group."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen([dcmtk_bin("storescu"), "-aec", aet, "127.0.0.1", str(port), *map(str, g)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
+             for g in groups]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def split(paths: list[Path], parts: int) -> list[list[Path]]:
+    return [paths[i::parts] for i in range(parts)]
+
+
+def measure(name: str, port: int, aet: str, paths: list[Path]) -> dict[str, float]:
+    send(port, aet, [paths[:10]])  # warm-up: first association, caches
+    one = len(paths) / send(port, aet, [paths])
+    four = len(paths) / send(port, aet, split(paths, 4))
+    print(f"{name:10s} 1 association: {one:7.1f} img/s   4 associations: {four:7.1f} img/s", flush=True)
+    return {"one": one, "four": four}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--receivers", type=int, default=2, help="radnode receiver processes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "series").mkdir()
+        paths = make_series(tmp / "series", args.slices)
+        results = {}
+
+        (tmp / "radnode").mkdir()
+        node = NodeProcess(node_config(tmp / "radnode", node={"receivers": args.receivers},
+                                       completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
+                           tmp / "radnode").start()
+        try:
+            results["radnode"] = measure("radnode", node.port, "RADNODE", paths)
+        finally:
+            node.stop()
+
+        port = free_port()
+        (tmp / "storescp").mkdir()
+        scp = subprocess.Popen([dcmtk_bin("storescp"), "--output-directory", str(tmp / "storescp"), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
+        wait_for_port(port)
+        try:
+            results["storescp"] = measure("storescp", port, "STORESCP", paths)
+        finally:
+            scp.terminate()
+            scp.wait()
+
+        orthanc = Orthanc(tmp / "orthanc").start()
+        try:
+            results["orthanc"] = measure("orthanc", orthanc.dicom_port, orthanc.aet, paths)
+        finally:
+            orthanc.stop()
+
+    ours = results["radnode"]
+    print(f"radnode/storescp: 1 association {ours['one'] / results['storescp']['one']:.2f}x, "
+          f"4 associations {ours['four'] / results['storescp']['four']:.2f}x")
+    print(f"radnode/orthanc:  1 association {ours['one'] / results['orthanc']['one']:.2f}x, "
+          f"4 associations {ours['four'] / results['orthanc']['four']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""How long the DICOM writers take for a full-size CT: 5-segment SEG, SR, 300-slice derived series.
+
+The writers run after every model, so they must stay small next to inference (target: under 5 s
+each on 2 CPU cores). The source is the real chest CT header from ../shared/data repeated at 300
+positions, so highdicom and pydicom see real-world attributes; masks are synthetic.
+
+    python -m bench.writers [--slices 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from pipelines.volume import Volume
+from pipelines.writers import codes
+from pipelines.writers.derived import make_derived_series
+from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.output import write_datasets
+from pipelines.writers.seg import FrameCompression, Segment, make_segmentation
+from pipelines.writers.sr import Finding, make_measurement_report
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CHEST_SLICE = DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B70f" / "1-01.dcm"
+STRUCTURES = (codes.LUNG_NODULE, codes.NEOPLASM, codes.EDEMA, codes.NECROSIS,
+              codes.ENHANCING_TUMOR)
+
+
+def synthetic_volume(slices: int, identity: Identity) -> Volume:
+    """The real chest CT header at ``slices`` positions 1 mm apart, with a smooth HU field."""
+    header = pydicom.dcmread(CHEST_SLICE, stop_before_pixels=True)
+    series_uid = identity.new_uid()
+    sources = []
+    for k in range(slices):
+        ds = copy.deepcopy(header)
+        ds.SOPInstanceUID = identity.new_uid()
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [-173.1767578125, -294.1767578125, -150.0 + k]
+        sources.append(ds)
+    rows, columns = int(header.Rows), int(header.Columns)
+    z, y, x = np.ogrid[:slices, :rows, :columns]
+    array = (np.sin(x / 17.0) * np.cos(y / 23.0) * 400 + z - 300).astype(np.float32)
+    return Volume(
+        array=np.broadcast_to(array, (slices, rows, columns)).copy(),
+        spacing=(0.646484375, 0.646484375, 1.0),
+        origin=np.array([-173.1767578125, -294.1767578125, -150.0]),
+        direction=np.eye(3),
+        sources=tuple(sources),
+        frames=(1,) * slices,
+        frame_of_reference_uid=str(header.FrameOfReferenceUID),
+        modality="CT",
+    )
+
+
+def ellipsoids(shape: tuple[int, int, int], large: bool) -> np.ndarray:
+    """Five labelled ellipsoids: nodule-sized, or organ-sized ones that span every slice."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    mask = np.zeros(shape, dtype=np.uint8)
+    n = shape[0]
+    for label, (cz, cy, cx) in enumerate(
+        [(0.2, 0.3, 0.3), (0.4, 0.6, 0.6), (0.6, 0.5, 0.2), (0.8, 0.2, 0.8), (0.5, 0.8, 0.5)],
+        start=1,
+    ):
+        rz, rxy = (0.6 * n, 60) if large else (0.03 * n + 3 * label, 6 * label + 4)
+        inside = (((z - cz * n) / rz) ** 2 + ((y - cy * shape[1]) / rxy) ** 2
+                  + ((x - cx * shape[2]) / rxy) ** 2) <= 1
+        mask[inside] = label
+    return mask
+
+
+def megabytes(paths: list[Path]) -> float:
+    return sum(p.stat().st_size for p in paths) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    args = parser.parse_args()
+    identity = Identity()
+    algorithm = Algorithm("bench", "0")
+    volume = synthetic_volume(args.slices, identity)
+    segments = [Segment(s, f"s{n}") for n, s in enumerate(STRUCTURES, start=1)]
+    print(f"source: {args.slices} x 512 x 512 CT, 5 segments")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for large in (False, True):
+            mask = ellipsoids(volume.array.shape, large)
+            for compression in FrameCompression:
+                start = time.perf_counter()
+                seg = make_segmentation(volume, mask, segments, algorithm, identity,
+                                        compression=compression)
+                paths = write_datasets([seg], out / f"seg-{large}-{compression.value}")
+                seconds = time.perf_counter() - start
+                print(f"SEG {'organ-sized ' if large else 'nodule-sized'} segments, "
+                      f"{compression.value:8s}: {seconds:5.2f} s  {megabytes(paths):7.2f} MB  "
+                      f"{int(seg.NumberOfFrames)} frames")
+        findings = [
+            Finding(f"finding-{n}", structure, diameter_mm=10.0 + n, volume_mm3=500.0 * n,
+                    mean_hu=-20.0, score=0.5, segment_number=n)
+            for n, structure in enumerate(STRUCTURES, start=1)
+        ]
+        start = time.perf_counter()
+        report = make_measurement_report(volume, findings, algorithm, identity,
+                                         looked_for=codes.LUNG_NODULE, segmentation=seg)
+        paths = write_datasets([report], out / "sr")
+        seconds = time.perf_counter() - start
+        print(f"SR, 5 findings, {args.slices}-image library     : {seconds:5.2f} s  "
+              f"{megabytes(paths):7.2f} MB")
+        start = time.perf_counter()
+        derived = make_derived_series(volume, volume.array * 0.9, identity,
+                                      series_description="bench", derivation_description="bench")
+        paths = write_datasets(derived, out / "derived")
+        seconds = time.perf_counter() - start
+        print(f"derived series, {len(paths)} slices           : {seconds:5.2f} s  "
+              f"{megabytes(paths):7.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The coded concepts radnode's results use: what a segment or finding is, and where.
+
+Viewers and PACS group and colour results by code, not by label text, so every structure a
+pipeline reports is named here once with its DICOM/SNOMED CT codes (CID 7150 category, CID 7151
+type) and reused by the SEG and SR writers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a segment or a finding represents: a label for people, codes for machines."""
+
+    label: str
+    category: Code
+    type: Code
+    site: Code | None = None
+
+
+MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure
+LUNG = codes.SCT.Lung
+BRAIN = codes.SCT.Brain
+
+#: Structures without a site are organ-agnostic; give one with dataclasses.replace(s, site=BRAIN).
+LUNG_NODULE = Structure("Lung nodule", MORPHOLOGICALLY_ABNORMAL, codes.SCT.Nodule, LUNG)
+NEOPLASM = Structure("Neoplasm", MORPHOLOGICALLY_ABNORMAL, codes.SCT.Neoplasm)
+NECROSIS = Structure("Necrosis", MORPHOLOGICALLY_ABNORMAL, codes.SCT.Necrosis)
+EDEMA = Structure("Edema", MORPHOLOGICALLY_ABNORMAL, codes.SCT.Edema)
+#: DICOM's SNOMED CT subset has no enhancing-tumour concept; NCIt's is the one RadElement uses.
+ENHANCING_TUMOR = Structure(
+    "Enhancing tumor", MORPHOLOGICALLY_ABNORMAL, Code("C113842", "NCIt", "Enhancing Lesion")
+)
+#: CID 100 procedure reported in a measurement report, by source modality.
+PROCEDURE_BY_MODALITY: dict[str, Code] = {
+    "CT": codes.cid100.CTUnspecifiedBodyRegion,
+    "MR": codes.cid100.MRIUnspecifiedBodyRegion,
+    "PT": codes.cid100.PETUnspecifiedBodyRegion,
+}
+IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+
+#: CID 7203 image derivation: the generic term for a model-processed image.
+IMAGE_PROCESSING = codes.DCM.ImageProcessing

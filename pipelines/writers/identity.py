@@ -1,0 +1,103 @@
+"""Who made a result object: UIDs, manufacturer, software version and the algorithm.
+
+Every object radnode writes must say the same thing about its origin, so that a PACS can tell
+radnode's output from the scanner's and a site can trace a result to the model that produced it.
+Keeping it in one place means the SEG, the SR and the derived series can never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+MANUFACTURER = "radnode"
+MODEL_NAME = "radnode"
+#: Leaves at least 24 random digits in a 64-character UID, enough to never collide in practice.
+MAX_UID_ROOT_LENGTH = 40
+_UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.?$")
+
+
+def software_version() -> str:
+    """The installed radnode version; a source checkout that was never installed says so."""
+    try:
+        return version("radnode")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The model behind a result, as SEG and SR identify it (family: Artificial Intelligence)."""
+
+    name: str
+    version: str
+
+    def for_segmentation(self) -> hd.AlgorithmIdentificationSequence:
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name,
+            family=codes.DCM.ArtificialIntelligence,
+            version=self.version,
+            source=MANUFACTURER,
+        )
+
+    def for_report(self) -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The node as the creator of objects: its UID root and how it names itself.
+
+    ``uid_root`` is the site's own OID (config ``uid_root``); pydicom's root is only a fallback
+    for tests and trials, because UIDs under it are not traceable to the site.
+    """
+
+    uid_root: str | None = None
+    station_name: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        root = self.uid_root
+        if root is not None and (not _UID_ROOT.match(root) or len(root) > MAX_UID_ROOT_LENGTH):
+            raise ValueError(
+                f"uid_root {root!r} is not a usable UID root: use your organisation's OID, digits "
+                f"separated by dots without leading zeros, at most {MAX_UID_ROOT_LENGTH} "
+                "characters (for example '1.2.826.0.1.3680043.10.1234')"
+            )
+
+    @property
+    def prefix(self) -> str:
+        root = self.uid_root or PYDICOM_ROOT_UID
+        return root if root.endswith(".") else root + "."
+
+    def new_uid(self) -> str:
+        return generate_uid(prefix=self.prefix)
+
+    @property
+    def device_uid(self) -> str:
+        """Stable per node, so that SR observer contexts of one node can be grouped."""
+        return generate_uid(prefix=self.prefix, entropy_srcs=[MANUFACTURER, self.station_name])
+
+    @property
+    def manufacturer(self) -> str:
+        return MANUFACTURER
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAME
+
+    @property
+    def software_versions(self) -> str:
+        return software_version()
+
+
+def content_date_time(now: datetime | None = None) -> tuple[str, str]:
+    """ContentDate and ContentTime of an object created now (local time, as modalities do)."""
+    moment = now or datetime.now()
+    return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f")

@@ -1,0 +1,232 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of a pipeline's findings.
+
+One measurement group per finding, each tied to its segment in the SEG or to a 3D region in the
+frame of reference, so that a viewer can jump from a number to the voxels it was measured on.
+A report without findings still says what was looked for and that it was absent: an empty
+report would be indistinguishable from a pipeline that never ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.volume import Volume
+from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, Structure
+from pipelines.writers.identity import Algorithm, Identity
+
+DEFAULT_SERIES_NUMBER = 9102
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a model found, with what was measured on it.
+
+    It needs a ``segment_number`` (its segment in the SEG passed to the writer) or a
+    ``center_lps`` (a point, or a sphere of ``diameter_mm`` around it); with both, the segment is
+    the region and the center is only used when there is no SEG.
+    """
+
+    tracking_id: str
+    structure: Structure
+    center_lps: tuple[float, float, float] | None = None
+    diameter_mm: float | None = None
+    volume_mm3: float | None = None
+    mean_hu: float | None = None
+    score: float | None = None
+    segment_number: int | None = None
+    tracking_uid: str | None = None
+
+
+def make_measurement_report(
+    volume: Volume,
+    findings: Sequence[Finding],
+    algorithm: Algorithm,
+    identity: Identity,
+    *,
+    looked_for: Structure,
+    segmentation: Dataset | None = None,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_description: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding."""
+    sources = list({ds.SOPInstanceUID: ds for ds in volume.sources}.values())
+    groups = [_finding_group(volume, f, algorithm, identity, segmentation) for f in findings]
+    if not groups:
+        groups = [_absence_group(looked_for, algorithm, identity)]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm, identity),
+        procedure_reported=PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
+        imaging_measurements=groups,
+        # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
+        # multi-frame images keep in functional groups; those are referenced as evidence only.
+        referenced_images=None if volume.is_multiframe else sources,
+    )
+    evidence = sources + ([segmentation] if segmentation is not None else [])
+    summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else "none detected"
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=identity.new_uid(),
+        series_number=series_number,
+        sop_instance_uid=identity.new_uid(),
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        manufacturer_model_name=identity.model_name,
+        software_versions=identity.software_versions,
+        device_serial_number=identity.station_name,
+        series_description=(series_description or f"{algorithm.name} report: {summary}")[:64],
+        is_complete=True,
+        # An empty value in the source (seen in the wild) would be copied and is invalid.
+        specific_character_set=volume.sources[0].get("SpecificCharacterSet") or None,
+    )
+
+
+def _observation_context(algorithm: Algorithm, identity: Identity) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=identity.device_uid,
+        name=f"{algorithm.name} {algorithm.version}"[:64],
+        manufacturer_name=identity.manufacturer,
+        model_name=identity.model_name,
+        serial_number=identity.station_name,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _finding_group(
+    volume: Volume,
+    finding: Finding,
+    algorithm: Algorithm,
+    identity: Identity,
+    segmentation: Dataset | None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    structure = finding.structure
+    source_series = hd.sr.SourceSeriesForSegmentation(str(volume.sources[0].SeriesInstanceUID))
+    region: dict[str, object]
+    tracking_uid = finding.tracking_uid
+    if finding.segment_number is not None and segmentation is not None:
+        region = {
+            "referenced_segment": hd.sr.ReferencedSegment(
+                sop_class_uid=segmentation.SOPClassUID,
+                sop_instance_uid=segmentation.SOPInstanceUID,
+                segment_number=finding.segment_number,
+                source_series=source_series,
+            )
+        }
+        tracking_uid = tracking_uid or _segment_tracking_uid(segmentation, finding.segment_number)
+    elif finding.center_lps is not None:
+        region = {"referenced_volume_surface": _surface(volume, finding, source_series)}
+    else:
+        raise ValueError(
+            f"finding {finding.tracking_id!r} has neither a segment in a SEG nor a center: give "
+            "it a segment_number and pass the SEG, or a center_lps"
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid or identity.new_uid(), identifier=finding.tracking_id
+        ),
+        finding_type=structure.type,
+        finding_category=structure.category,
+        finding_sites=[hd.sr.FindingSite(structure.site)] if structure.site is not None else None,
+        algorithm_id=algorithm.for_report(),
+        measurements=_measurements(volume, finding, algorithm),
+        **region,
+    )
+
+
+def _surface(
+    volume: Volume, finding: Finding, source_series: hd.sr.SourceSeriesForSegmentation
+) -> hd.sr.VolumeSurface:
+    """A point, or the sphere of the finding's diameter as an ellipsoid (three axes' endpoints)."""
+    if volume.frame_of_reference_uid is None:
+        raise ValueError(
+            "the source series has no FrameOfReferenceUID, so 3D coordinates in the report would "
+            "be meaningless; reference a SEG segment instead"
+        )
+    center = np.asarray(finding.center_lps, dtype=np.float64)
+    if finding.diameter_mm is None:
+        graphic_type, data = hd.sr.GraphicTypeValues3D.POINT, center[np.newaxis]
+    else:
+        radius = finding.diameter_mm / 2.0
+        axes = volume.direction.T * radius
+        data = np.stack([center - axes[0], center + axes[0], center - axes[1],
+                         center + axes[1], center - axes[2], center + axes[2]])
+        graphic_type = hd.sr.GraphicTypeValues3D.ELLIPSOID
+    return hd.sr.VolumeSurface(
+        graphic_type=graphic_type,
+        graphic_data=data,
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+        source_series=source_series,
+    )
+
+
+def _measurements(
+    volume: Volume, finding: Finding, algorithm: Algorithm
+) -> list[hd.sr.Measurement]:
+    from_segment = finding.segment_number is not None
+    measurements = []
+    if finding.diameter_mm is not None:
+        measurements.append(hd.sr.Measurement(
+            name=codes.SCT.LongAxis, value=finding.diameter_mm, unit=codes.UCUM.Millimeter
+        ))
+    if finding.volume_mm3 is not None:
+        measurements.append(hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=finding.volume_mm3,
+            unit=codes.UCUM.CubicMillimeter,
+            method=codes.DCM.SumOfSegmentedVoxelMethodForVolume if from_segment else None,
+        ))
+    if finding.mean_hu is not None:
+        if volume.modality != "CT":
+            raise ValueError(
+                f"finding {finding.tracking_id!r} has mean_hu but the source is "
+                f"{volume.modality or 'not CT'}: Hounsfield units exist only for CT"
+            )
+        measurements.append(hd.sr.Measurement(
+            name=codes.DCM.AttenuationCoefficient,
+            value=finding.mean_hu,
+            unit=codes.UCUM.HounsfieldUnit,
+            derivation=codes.SCT.Mean,
+        ))
+    if finding.score is not None:
+        measurements.append(hd.sr.Measurement(
+            name=codes.SCT.Score,
+            value=finding.score,
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm.for_report(),
+        ))
+    return measurements
+
+
+def _absence_group(
+    looked_for: Structure, algorithm: Algorithm, identity: Identity
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """'No <structure> detected' as a coded statement: finding type plus Presence = Absent."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=identity.new_uid(), identifier=f"no {looked_for.label.lower()} detected"[:64]
+        ),
+        finding_type=looked_for.type,
+        finding_category=looked_for.category,
+        finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
+        algorithm_id=algorithm.for_report(),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty, value=codes.SCT.Absent)
+        ],
+    )
+
+
+def _segment_tracking_uid(segmentation: Dataset, number: int) -> str | None:
+    for item in segmentation.SegmentSequence:
+        if int(item.SegmentNumber) == number:
+            return item.get("TrackingUID")
+    raise ValueError(f"segment {number} is not in the SEG {segmentation.SOPInstanceUID}")
