@@ -350,6 +350,15 @@ def test_sr_round_trip_gives_back_every_finding(products, chest):
     }
     assert evidence == set(chest.sop_instance_uids) | {seg.SOPInstanceUID}
 
+    library, = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    entries = [i for i in library.ContentSequence[0].ContentSequence if i.ValueType == "IMAGE"]
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == (
+        chest.sop_instance_uids
+    )
+    assert [float(e.ContentSequence[2].MeasuredValueSequence[0].NumericValue) for e in entries] == [
+        float(ds.ImagePositionPatient[2]) for ds in chest.sources
+    ]
+
     segmented, = report.get_volumetric_roi_measurement_groups(
         reference_type=dicom_codes.DCM.ReferencedSegment
     )

@@ -21,6 +21,11 @@ from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, St
 from pipelines.writers.identity import Algorithm, Identity
 
 DEFAULT_SERIES_NUMBER = 9102
+_POSITION_CONCEPTS = (
+    codes.DCM.ImagePositionPatientX,
+    codes.DCM.ImagePositionPatientY,
+    codes.DCM.ImagePositionPatientZ,
+)
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,15 @@ def make_measurement_report(
         observation_context=_observation_context(algorithm, identity),
         procedure_reported=PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
         imaging_measurements=groups,
-        # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
-        # multi-frame images keep in functional groups; those are referenced as evidence only.
-        referenced_images=None if volume.is_multiframe else sources,
     )
+    # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
+    # multi-frame images keep in functional groups; those are referenced as evidence only.
+    if not volume.is_multiframe:
+        root = report[0].ContentSequence
+        measurements = next(
+            n for n, item in enumerate(root) if item.name == codes.DCM.ImagingMeasurements
+        )
+        root.insert(measurements, _image_library(sources))
     evidence = sources + ([segmentation] if segmentation is not None else [])
     summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else "none detected"
     return hd.sr.Comprehensive3DSR(
@@ -85,6 +95,45 @@ def make_measurement_report(
         # An empty value in the source (seen in the wild) would be copied and is invalid.
         specific_character_set=volume.sources[0].get("SpecificCharacterSet") or None,
     )
+
+
+def _image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 with what all slices share described once for the group, as dcmqi writes it.
+
+    highdicom's ImageLibrary repeats ~17 descriptors for every image, which makes the SR of a
+    300-slice series take seconds to build; a loaded Volume guarantees that size, spacing and
+    orientation are common, so only each image's position stays per entry.
+    """
+    shared = [
+        item for item in hd.sr.ImageLibraryEntryDescriptors(sources[0])
+        if item.name not in _POSITION_CONCEPTS
+    ]
+    group = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group.ContentSequence = hd.sr.ContentSequence(shared)
+    for ds in sources:
+        entry = hd.sr.ImageContentItem(
+            name=codes.SCT.Source,
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        entry.ContentSequence = hd.sr.ContentSequence([
+            hd.sr.NumContentItem(
+                name=concept,
+                value=float(value),
+                unit=codes.UCUM.Millimeter,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+            )
+            for concept, value in zip(_POSITION_CONCEPTS, ds.ImagePositionPatient)
+        ])
+        group.ContentSequence.append(entry)
+    library = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
 
 
 def _observation_context(algorithm: Algorithm, identity: Identity) -> hd.sr.ObservationContext:
