@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from pipelines.base import Pipeline
 
 #: name -> "module:Class" of the pipelines that ship with radnode.
-SHIPPED: dict[str, str] = {}
+SHIPPED: dict[str, str] = {
+    "ct-denoise": "pipelines.denoise.pipeline:CTDenoise",
+}
 
 
 def resolve_entry(name: str, config: "PipelineConfig | None") -> str:

@@ -1,0 +1,132 @@
+"""``ct-denoise``: a CT series in, a denoised derived CT series of the same study out.
+
+Radiologists read the result next to the original in their PACS, so the output must be the same
+images in every respect but the noise: same slices, positions, orientation, spacing, rescale and
+pixel representation (``writers.derived`` copies each source header and clips to the stored
+range), new series and instance UIDs, a SeriesDescription that says radnode denoised it, and a
+reference from each slice to the slice it came from.
+
+Settings (config.toml ``[pipelines.ct-denoise]``): ``model`` names a model folder
+(``inference`` documents the format; default: the weights shipped in ``weights/``), ``device``
+picks the GPU or CPU, and ``options.batch_pixels`` caps the pixels per forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from pipelines.base import (
+    SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
+)
+from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
+from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.writers.derived import make_derived_series
+from pipelines.writers.identity import MANUFACTURER, Identity
+from pipelines.writers.output import write_datasets
+
+SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
+
+
+class CTDenoise(Pipeline):
+    """Residual-CNN noise reduction of a CT series, written as a derived series."""
+
+    name: ClassVar[str] = "ct-denoise"
+    inputs: ClassVar[tuple[InputSpec, ...]] = (
+        InputSpec(SERIES_ROLE, description="a CT image series in Hounsfield units"),
+    )
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        super().__init__(settings)
+        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
+        self.device = resolve_device(settings.device)
+        batch_pixels = settings.options.get("batch_pixels")
+        self.denoiser = Denoiser.load(self.model_dir, self.device, int(batch_pixels) if batch_pixels else None)
+        self.identity = Identity(uid_root=settings.uid_root)
+        self.model_digest = _folder_digest(self.model_dir)
+
+    def run(self, job: JobInput) -> JobResult:
+        clock = _StageClock()
+        volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())))
+        clock.lap("load")
+        denoised = self.denoiser(volume.array)
+        clock.lap("denoise")
+        # Pixels below the model's input range are padding outside the reconstruction circle,
+        # not anatomy: they keep their value so viewers still recognise them.
+        outside = volume.array < self.denoiser.preprocessing.clip[0]
+        denoised[outside] = volume.array[outside]
+        source_description = str(volume.sources[0].get("SeriesDescription", "")).strip()
+        datasets = make_derived_series(
+            volume,
+            denoised,
+            self.identity,
+            series_description=f"{SERIES_DESCRIPTION_PREFIX} {source_description}".strip(),
+            derivation_description=(
+                f"Noise reduction by radnode {self.name} (residual CNN, model folder "
+                f"{self.model_dir.name}, sha256 {self.model_digest[:16]}); pixel data only, "
+                "geometry and rescale unchanged"
+            ),
+        )
+        outputs = write_datasets(datasets, job.output_dir)
+        clock.lap("write")
+        return JobResult(
+            outputs=outputs,
+            summary={
+                "slices": len(outputs),
+                "device": self.device,
+                "model_sha256": self.model_digest,
+                "mean_abs_change_hu": round(_mean_abs_change(denoised, volume.array), 2),
+                "seconds": clock.laps,
+            },
+        )
+
+
+class _StageClock:
+    """Wall-clock seconds per stage, reported in the job summary (and read by the benchmark)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now
+
+
+def _ct_volume(paths: list[Path]) -> Volume:
+    """The job's series as a volume, or NotApplicable saying why it cannot be denoised."""
+    if not paths:
+        raise NotApplicable(f"no files in the {SERIES_ROLE!r} input")
+    try:
+        volume = load_series(paths)
+    except VolumeError as exc:
+        raise NotApplicable(f"not a CT volume radnode can denoise: {exc}") from exc
+    first = volume.sources[0]
+    if volume.modality != "CT":
+        raise NotApplicable(f"modality {volume.modality or 'missing'}: ct-denoise takes CT only")
+    if "LOCALIZER" in [str(v).upper() for v in first.get("ImageType", [])]:
+        raise NotApplicable("a CT localizer (scout), not a cross-sectional series")
+    if str(first.get("Manufacturer", "")) == MANUFACTURER:
+        raise NotApplicable("the series was made by radnode; denoising it again would stack outputs")
+    if volume.is_multiframe:
+        raise NotApplicable("enhanced multi-frame CT: derived series are written for single-frame CT only")
+    return volume
+
+
+def _mean_abs_change(after: np.ndarray, before: np.ndarray) -> float:
+    """Mean |change| in HU, a slice at a time so a long series needs no third full-size array."""
+    return float(np.mean([np.abs(a - b).mean() for a, b in zip(after, before)]))
+
+
+def _folder_digest(folder: Path) -> str:
+    """sha256 over the model folder's files, so every output names the exact weights used."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(("model.", "params."))):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,201 @@
+"""Train the reference CT denoiser on real CT with simulated dose reduction.
+
+    python -m pipelines.denoise.train --seed 0 --out pipelines/denoise/weights
+
+reproduces the shipped weights from ``../shared/data`` in about a quarter of an hour on two CPU
+cores (faster on a GPU). Steps:
+
+1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
+   from its own measured noise, with the FBP filter that matches its kernel (``noise``).
+2. Simulate low-dose noise: per slice several independent realizations, each at a dose fraction
+   drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose) and with the scan's filter or a
+   sharper one. A sharper filter is what the same photons give with a sharper kernel; a smoother
+   one is never used, because a sharp-kernel target keeps its own sharp noise, and noise of a
+   smoother texture added on top would teach the network that sharp noise is anatomy.
+3. Fit the network on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
+   slice) with mean squared error. The targets carry their own full-dose noise; the error-optimal
+   prediction still removes most noise, since the part of the input noise that came from the
+   target is unpredictable from the part that was added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_photons, load_scan
+from pipelines.denoise.inference import Preprocessing
+from pipelines.denoise.model import Architecture, ResidualDenoiser
+from pipelines.denoise.noise import FILTERS, N_VIEWS, SliceScan, added_photons
+
+#: Dose fractions simulated for training (log-uniform): from a tenth to half of the scan's dose.
+DOSE_RANGE = (0.08, 0.5)
+#: Noise realizations per slice: many for the few smooth-kernel slices, fewer for the long scan.
+REALIZATIONS_PER_SLICE = {"few": 16, "many": 3}
+#: Scans with at most this many slices count as "few".
+FEW_SLICES = 5
+PATCH = 96
+BATCH = 16
+ITERATIONS = 3000
+LEARNING_RATE = 1e-3
+#: A patch must have at least this share of pixels inside the body to be used for training.
+MIN_BODY_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class Realization:
+    """One simulated low-dose version of one slice: input = hu[scan][slice] + noise."""
+
+    scan: int
+    slice: int
+    noise: np.ndarray  # float16 HU
+
+
+def sharper_filters(matched: str) -> tuple[str, ...]:
+    """The matched filter and every sharper one (``FILTERS`` is ordered sharpest first)."""
+    return FILTERS[: FILTERS.index(matched) + 1]
+
+
+def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
+             generator: torch.Generator) -> list[Realization]:
+    realizations = []
+    for s, (scan, full_dose) in enumerate(zip(scans, photons)):
+        per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
+        filters = sharper_filters(scan.filter_name)
+        for k, hu in enumerate(scan.hu):
+            sim = SliceScan.of(hu, scan.pixel_spacing_mm)
+            for _ in range(per_slice):
+                dose = float(math.exp(rng.uniform(*np.log(DOSE_RANGE))))
+                filter_name = str(rng.choice(filters))
+                noise = sim.acquisition_noise(added_photons(full_dose, dose), filter_name, generator)
+                realizations.append(Realization(s, k, noise.astype(np.float16)))
+    return realizations
+
+
+def patch_batch(scans: list[Scan], realizations: list[Realization], rng: np.random.Generator,
+                prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (noisy, clean) patches in network units, randomly flipped and turned."""
+    inputs, targets = [], []
+    while len(inputs) < BATCH:
+        item = realizations[rng.integers(len(realizations))]
+        hu = scans[item.scan].hu[item.slice]
+        r = rng.integers(0, hu.shape[0] - PATCH + 1)
+        c = rng.integers(0, hu.shape[1] - PATCH + 1)
+        clean = hu[r : r + PATCH, c : c + PATCH]
+        if np.mean(clean > -900) < MIN_BODY_FRACTION:
+            continue
+        noisy = clean + item.noise[r : r + PATCH, c : c + PATCH].astype(np.float32)
+        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+        for image, out in ((noisy, inputs), (clean, targets)):
+            image = np.rot90(image, turns)
+            out.append(np.ascontiguousarray(image[:, ::-1] if flip else image))
+    x = prep.to_network(torch.from_numpy(np.stack(inputs))[:, None])
+    y = prep.to_network(torch.from_numpy(np.stack(targets))[:, None])
+    return x, y
+
+
+def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, prep: Preprocessing,
+        rng: np.random.Generator, device: str, iterations: int) -> tuple[ResidualDenoiser, list[float]]:
+    network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=LEARNING_RATE / 100)
+    losses, running = [], 0.0
+    for step in range(1, iterations + 1):
+        x, y = patch_batch(scans, realizations, rng, prep)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        loss = torch.nn.functional.mse_loss(network(x), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+        if step % 250 == 0:
+            rmse_hu = math.sqrt(running / 250) * prep.scale
+            losses.append(rmse_hu)
+            print(f"step {step}/{iterations}: training RMSE {rmse_hu:.1f} HU", flush=True)
+            running = 0.0
+    return network.cpu().eval(), losses
+
+
+def write_weights(out: Path, network: ResidualDenoiser, arch: Architecture, prep: Preprocessing) -> None:
+    """``model.pt`` + ``params.toml``: the model folder format ``inference.Denoiser.load`` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out / "model.pt")
+    low, high = prep.clip
+    (out / "params.toml").write_text(
+        "# Written by pipelines.denoise.train; read by pipelines.denoise.inference.\n"
+        "[input]\n"
+        f"clip = [{low}, {high}]\n"
+        f"offset = {prep.offset}\n"
+        f"scale = {prep.scale}\n"
+        f"halo = {prep.halo}\n\n"
+        "[model]\n"
+        + "".join(f"{key} = {value}\n" for key, value in arch.as_dict().items())
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("pipelines/denoise/weights"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+
+    from pipelines.base import resolve_device
+
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.monotonic()
+
+    scans = [load_scan(args.data, name) for name in TRAINING]
+    photons = [full_dose_photons(scan, generator) for scan in scans]
+    for scan, full_dose in zip(scans, photons):
+        print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
+              f"full-dose photons/ray {full_dose:.3g}", flush=True)
+    realizations = simulate(scans, photons, rng, generator)
+    simulated_s = time.monotonic() - started
+    print(f"{len(realizations)} noise realizations in {simulated_s:.0f} s", flush=True)
+
+    arch = Architecture()
+    prep = Preprocessing(halo=arch.layers * arch.downscale)
+    network, losses = fit(scans, realizations, arch, prep, rng, device, args.iterations)
+    write_weights(args.out, network, arch, prep)
+    elapsed = time.monotonic() - started
+    (args.out / "training.json").write_text(json.dumps({
+        "command": f"python -m pipelines.denoise.train --seed {args.seed} --out {args.out}",
+        "seed": args.seed,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "seconds_total": round(elapsed),
+        "seconds_simulation": round(simulated_s),
+        "iterations": args.iterations,
+        "batch": BATCH,
+        "patch": PATCH,
+        "dose_range": DOSE_RANGE,
+        "views": N_VIEWS,
+        "architecture": arch.as_dict(),
+        "multiply_adds_per_pixel": arch.multiply_adds_per_pixel(),
+        "scans": [
+            {"name": s.name, "slices": len(s.hu), "kernel": s.kernel, "filter": s.filter_name,
+             "full_dose_photons_per_ray": round(p)}
+            for s, p in zip(scans, photons)
+        ],
+        "realizations": len(realizations),
+        "training_rmse_hu_every_250_steps": [round(v, 2) for v in losses],
+    }, indent=2) + "\n")
+    print(f"wrote {args.out} in {elapsed:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""ct-denoise with the shipped weights: quality on held-out real CT, and the series it writes.
+
+Quality runs on a few slices of the held-out scan (lung-pet-ct-dx-A0002, never trained on) at
+simulated quarter and tenth dose with a fixed seed; the full 30-slice numbers are in the model
+card (``python -m pipelines.denoise.evaluate``). The output checks run the pipeline exactly as a
+worker does, on copies of the real series as spool files, and hand the result to dciodvfy and
+Orthanc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from pipelines.base import JobInput, NotApplicable, PipelineSettings
+from pipelines.denoise import evaluate
+from pipelines.denoise.data import HELD_OUT, HELD_OUT_SHARP, Scan, load_scan
+from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
+from pipelines.denoise.noise import uniform_noise_std, uniform_region_mask
+from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
+from pipelines.volume import load_series
+from tests.peers import dciodvfy, storescu
+
+#: Held-out slices for the CI quality check: upper lobes, heart, lung bases, liver dome.
+QUALITY_SLICES = [4, 12, 18, 26]
+
+
+@pytest.fixture(scope="module")
+def denoiser() -> Denoiser:
+    return Denoiser.load(DEFAULT_MODEL_DIR, "cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out(data_dir) -> Scan:
+    return load_scan(data_dir, HELD_OUT)
+
+
+@pytest.fixture(scope="module")
+def simulated(held_out) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(full dose, {dose: low dose}) on the quality slices, seeded like the evaluation."""
+    photons = evaluate.scan_photons(held_out, evaluate.EVALUATION_SEED)
+    subset = Scan(held_out.name, held_out.hu[QUALITY_SLICES], held_out.pixel_spacing_mm, held_out.kernel)
+    return subset.hu, evaluate.simulate_doses(subset, photons, evaluate.EVALUATION_SEED)
+
+
+@pytest.mark.parametrize("dose, margin_db", [("quarter", 1.0), ("tenth", 1.0)])
+def test_model_beats_the_best_gaussian_filter(denoiser, simulated, dose, margin_db):
+    full, low = simulated
+    noisy = low[dose]
+    sigma = evaluate.best_gaussian_sigma(noisy, full)  # the best Gaussian for these very slices
+    gauss = evaluate.mean_metrics(evaluate.gaussian(noisy, sigma), full)
+    model = evaluate.mean_metrics(denoiser(noisy), full)
+    raw = evaluate.mean_metrics(noisy, full)
+    assert gauss["psnr_db"] > raw["psnr_db"]
+    assert model["psnr_db"] >= gauss["psnr_db"] + margin_db, (model, gauss)
+    assert model["ssim"] > gauss["ssim"], (model, gauss)
+
+
+def test_mean_hu_of_lung_soft_tissue_and_bone_is_kept(denoiser, simulated):
+    full, low = simulated
+    bias = evaluate.region_bias(denoiser(low["quarter"]), full, evaluate.region_masks(full))
+    assert set(bias) == {"lung", "soft tissue", "bone"}
+    for region, value in bias.items():
+        assert abs(value) < 5.0, f"{region}: mean HU off by {value:.1f} from full dose"
+
+
+def test_real_sharp_kernel_noise_drops_and_edges_stay(denoiser, data_dir, held_out):
+    """No simulation: the real B70f reconstruction of the held-out scan."""
+    sharp = load_scan(data_dir, HELD_OUT_SHARP).hu[QUALITY_SLICES]
+    smooth = held_out.hu[QUALITY_SLICES]
+    denoised = denoiser(sharp)
+    for k in range(len(sharp)):
+        mask = uniform_region_mask(smooth[k])
+        assert uniform_noise_std(denoised[k], mask) < 0.6 * uniform_noise_std(sharp[k], mask)
+    edges = evaluate._strong_edges(smooth)
+    assert evaluate._gradient_ratio(denoised, sharp, edges) > 0.8
+
+
+# --- the derived series -------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def spool_series(data_dir, tmp_path_factory) -> list[Path]:
+    """The held-out B40f series copied as a spool would hold it."""
+    folder = tmp_path_factory.mktemp("spool")
+    return [Path(shutil.copy(p, folder / p.name)) for p in sorted((data_dir / HELD_OUT).iterdir())]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> CTDenoise:
+    return CTDenoise(PipelineSettings(name="ct-denoise", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def run_result(pipeline, spool_series, tmp_path_factory):
+    before = {p: sha256(p) for p in spool_series}
+    result = pipeline.run(JobInput(series={"series": spool_series}, output_dir=tmp_path_factory.mktemp("out")))
+    return result, before
+
+
+def test_output_keeps_the_source_geometry_slice_for_slice(run_result, spool_series):
+    result, _ = run_result
+    source, derived = load_series(spool_series), load_series(result.outputs)
+    assert result.applicable and len(result.outputs) == len(spool_series) == derived.array.shape[0]
+    assert derived.array.shape == source.array.shape
+    np.testing.assert_allclose(derived.origin, source.origin)
+    np.testing.assert_allclose(derived.direction, source.direction)
+    np.testing.assert_allclose(derived.spacing, source.spacing)
+    for k in range(len(source.sources)):
+        np.testing.assert_allclose(derived.slice_position(k), source.slice_position(k))
+    assert derived.frame_of_reference_uid == source.frame_of_reference_uid
+
+
+def test_output_is_a_new_derived_series_of_the_same_study(run_result, spool_series):
+    result, _ = run_result
+    sources = {float(d.ImagePositionPatient[2]): d for d in (pydicom.dcmread(p) for p in spool_series)}
+    outputs = [pydicom.dcmread(p) for p in result.outputs]
+    source_series = {str(d.SeriesInstanceUID) for d in sources.values()}
+    assert len({str(d.SeriesInstanceUID) for d in outputs}) == 1
+    assert str(outputs[0].SeriesInstanceUID) not in source_series
+    assert {str(d.StudyInstanceUID) for d in outputs} == {str(d.StudyInstanceUID) for d in sources.values()}
+    assert len({str(d.SOPInstanceUID) for d in outputs}) == len(outputs)
+    assert not {str(d.SOPInstanceUID) for d in outputs} & {str(d.SOPInstanceUID) for d in sources.values()}
+    for out in outputs:
+        source = sources[float(out.ImagePositionPatient[2])]
+        assert out.SeriesDescription.startswith(SERIES_DESCRIPTION_PREFIX)
+        assert out.ImageType[0] == "DERIVED"
+        assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        for keyword in ("RescaleSlope", "RescaleIntercept", "BitsStored", "PixelRepresentation", "Rows",
+                        "Columns", "PixelSpacing", "ImageOrientationPatient", "SliceThickness"):
+            assert out[keyword].value == source[keyword].value, keyword
+        assert not np.array_equal(out.pixel_array, source.pixel_array)
+
+
+def test_output_has_less_noise_than_the_source(run_result, spool_series):
+    result, _ = run_result
+    source, derived = load_series(spool_series), load_series(result.outputs)
+    k = 15
+    mask = uniform_region_mask(source.array[k])
+    assert uniform_noise_std(derived.array[k], mask) < 0.8 * uniform_noise_std(source.array[k], mask)
+    assert result.summary["slices"] == len(spool_series)
+    assert set(result.summary["seconds"]) == {"load", "denoise", "write"}
+
+
+def test_original_series_is_untouched(run_result):
+    _, before = run_result
+    assert {p: sha256(p) for p in before} == before
+
+
+def test_dciodvfy_reports_no_errors(run_result):
+    result, _ = run_result
+    for path in result.outputs[:: max(1, len(result.outputs) // 4)]:
+        report = dciodvfy(path)
+        assert not report.errors, report.errors
+
+
+def test_orthanc_stores_the_derived_series_in_the_source_study(run_result, orthanc):
+    result, _ = run_result
+    sent = storescu(orthanc.dicom_port, result.outputs, called_aet=orthanc.aet)
+    assert sent.returncode == 0, sent.stderr
+    study = str(pydicom.dcmread(result.outputs[0], stop_before_pixels=True).StudyInstanceUID)
+    uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in result.outputs}
+
+    def all_stored(pacs) -> bool:
+        return uids <= {i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.instances_of_study(study)}
+
+    assert orthanc.wait_for(all_stored, timeout=60)
+
+
+# --- pixel range and applicability --------------------------------------------------------
+
+
+class _Offset(torch.nn.Module):
+    """A stand-in model that shifts every pixel by a fixed amount (network units)."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+@pytest.mark.parametrize("offset_hu", [10_000.0, -10_000.0])
+def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_path, offset_hu):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.jit.script(_Offset(offset_hu / 1000.0)).save(str(folder / "model.ts"))
+    (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n")
+    pipeline = CTDenoise(PipelineSettings(name="ct-denoise", model=folder, device="cpu"))
+    result = pipeline.run(JobInput(series={"series": spool_series[10:13]}, output_dir=tmp_path / "out"))
+    source = pydicom.dcmread(spool_series[10])
+    bits, signed = int(source.BitsStored), int(source.PixelRepresentation) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    for path in result.outputs:
+        stored = pydicom.dcmread(path).pixel_array
+        assert np.all(stored == (high if offset_hu > 0 else low))
+
+
+def test_non_ct_and_own_output_are_not_applicable(pipeline, spool_series, run_result, tmp_path):
+    mr = []
+    for path in spool_series[:3]:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        mr.append(tmp_path / path.name)
+        ds.save_as(mr[-1])
+    with pytest.raises(NotApplicable, match="CT only"):
+        pipeline.run(JobInput(series={"series": mr}, output_dir=tmp_path / "mr"))
+    result, _ = run_result
+    with pytest.raises(NotApplicable, match="made by radnode"):
+        pipeline.run(JobInput(series={"series": result.outputs}, output_dir=tmp_path / "again"))
+    with pytest.raises(NotApplicable, match="no files"):
+        pipeline.run(JobInput(series={}, output_dir=tmp_path / "none"))
