@@ -15,7 +15,8 @@ from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
 from pipelines.denoise.data import HELD_OUT, HELD_OUT_SHARP, load_scan
-from pipelines.denoise.inference import Denoiser, ModelFolderError, Preprocessing
+from pipelines.denoise.inference import Denoiser, Preprocessing
+from pipelines.model_folder import ModelFolderError
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.noise import (
     N_VIEWS, ParallelBeam, SliceScan, calibrate_photons, reconstruction_filter,

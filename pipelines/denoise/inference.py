@@ -22,8 +22,6 @@ A TorchScript model must map (N, 1, H, W) float32 network units to the same shap
 from __future__ import annotations
 
 import contextlib
-import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +30,9 @@ import numpy as np
 import torch
 
 from pipelines.denoise.model import Architecture, ResidualDenoiser
+from pipelines.model_folder import (
+    ModelFolderError, load_state_dict, read_params, require_folder, weights_files,
+)
 
 #: The weights trained by ``pipelines.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
@@ -39,10 +40,6 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 CPU_BATCH_PIXELS = 8 * 512 * 512
 #: ... and about 2 GB of a GPU's memory in half precision.
 GPU_BATCH_PIXELS = 64 * 512 * 512
-
-
-class ModelFolderError(ValueError):
-    """The model folder is missing a file or its parameters are unusable; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -59,17 +56,6 @@ class Preprocessing:
 
     def to_hu(self, units: torch.Tensor) -> torch.Tensor:
         return units * self.scale + self.offset
-
-
-def read_params(folder: Path) -> dict[str, Any]:
-    """``params.toml`` (preferred) or ``params.json`` of a model folder."""
-    toml_path, json_path = folder / "params.toml", folder / "params.json"
-    if toml_path.is_file():
-        with open(toml_path, "rb") as handle:
-            return tomllib.load(handle)
-    if json_path.is_file():
-        return json.loads(json_path.read_text())
-    raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
 
 
 def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
@@ -90,21 +76,16 @@ def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
 
 
 def _network(folder: Path, params: dict[str, Any], device: str) -> torch.nn.Module:
-    script, state = folder / "model.ts", folder / "model.pt"
-    if script.is_file():
+    script, state = weights_files(folder)
+    if script is not None:
         return torch.jit.load(str(script), map_location=device)
-    if not state.is_file():
+    if state is None:
         raise ModelFolderError(f"{folder} has neither model.ts (TorchScript) nor model.pt (state dict)")
     try:
         arch = Architecture(**params.get("model", {}))
     except TypeError as exc:
         raise ModelFolderError(f"{folder}: [model] does not describe a ResidualDenoiser: {exc}") from exc
-    network = ResidualDenoiser(arch)
-    try:
-        network.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
-    except RuntimeError as exc:
-        raise ModelFolderError(f"{folder}/model.pt does not match the [model] parameters: {exc}") from exc
-    return network.to(device)
+    return load_state_dict(state, ResidualDenoiser(arch)).to(device)
 
 
 class Denoiser:
@@ -121,9 +102,7 @@ class Denoiser:
 
     @classmethod
     def load(cls, folder: Path, device: str, batch_pixels: int | None = None) -> "Denoiser":
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ModelFolderError(f"model folder {folder} does not exist")
+        folder = require_folder(folder)
         params = read_params(folder)
         return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels)
 

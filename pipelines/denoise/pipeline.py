@@ -13,8 +13,6 @@ picks the GPU or CPU, and ``options.batch_pixels`` caps the pixels per forward p
 
 from __future__ import annotations
 
-import hashlib
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +22,8 @@ from pipelines.base import (
     SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
 )
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
+from pipelines.model_folder import folder_digest
+from pipelines.timing import StageClock
 from pipelines.volume import Volume, VolumeError, load_series
 from pipelines.writers.derived import make_derived_series
 from pipelines.writers.identity import MANUFACTURER, Identity
@@ -47,10 +47,10 @@ class CTDenoise(Pipeline):
         batch_pixels = settings.options.get("batch_pixels")
         self.denoiser = Denoiser.load(self.model_dir, self.device, int(batch_pixels) if batch_pixels else None)
         self.identity = Identity(uid_root=settings.uid_root)
-        self.model_digest = _folder_digest(self.model_dir)
+        self.model_digest = folder_digest(self.model_dir)
 
     def run(self, job: JobInput) -> JobResult:
-        clock = _StageClock()
+        clock = StageClock()
         volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())))
         clock.lap("load")
         denoised = self.denoiser(volume.array)
@@ -85,19 +85,6 @@ class CTDenoise(Pipeline):
         )
 
 
-class _StageClock:
-    """Wall-clock seconds per stage, reported in the job summary (and read by the benchmark)."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.laps[stage] = round(now - self._last, 3)
-        self._last = now
-
-
 def _ct_volume(paths: list[Path]) -> Volume:
     """The job's series as a volume, or NotApplicable saying why it cannot be denoised."""
     if not paths:
@@ -121,12 +108,3 @@ def _ct_volume(paths: list[Path]) -> Volume:
 def _mean_abs_change(after: np.ndarray, before: np.ndarray) -> float:
     """Mean |change| in HU, a slice at a time so a long series needs no third full-size array."""
     return float(np.mean([np.abs(a - b).mean() for a, b in zip(after, before)]))
-
-
-def _folder_digest(folder: Path) -> str:
-    """sha256 over the model folder's files, so every output names the exact weights used."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(("model.", "params."))):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

@@ -1,0 +1,90 @@
+"""What every shipped pipeline's model folder has in common.
+
+A site replaces shipped weights by pointing ``[pipelines.<name>] model`` at a folder. Two layouts
+are accepted, so that a site can drop in a model from MONAI's model zoo or export its own:
+
+- radnode's own: ``model.ts`` (TorchScript) or ``model.pt`` (a state dict of the pipeline's
+  network) plus ``params.toml`` / ``params.json`` with the pre- and post-processing;
+- a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``.
+
+Each pipeline reads its own parameters from the table returned here; this module only finds the
+files, reads them and fingerprints them, so the error messages are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ModelFolderError(ValueError):
+    """The model folder is missing a file or its parameters are unusable; the message says which."""
+
+
+def require_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist")
+    return folder
+
+
+def is_monai_bundle(folder: Path) -> bool:
+    return (folder / "configs" / "inference.json").is_file()
+
+
+def read_params(folder: Path) -> dict[str, Any]:
+    """``params.toml`` (preferred) or ``params.json`` of a radnode model folder."""
+    toml_path, json_path = folder / "params.toml", folder / "params.json"
+    try:
+        if toml_path.is_file():
+            with open(toml_path, "rb") as handle:
+                return tomllib.load(handle)
+        if json_path.is_file():
+            return json.loads(json_path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{folder}: the parameters file is not valid: {exc}") from exc
+    raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
+
+
+def read_bundle_config(folder: Path) -> dict[str, Any]:
+    """A MONAI bundle's ``configs/inference.json`` as a plain dictionary."""
+    path = folder / "configs" / "inference.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path} cannot be read as JSON: {exc}") from exc
+
+
+def weights_files(folder: Path) -> tuple[Path | None, Path | None]:
+    """(TorchScript file, state-dict file) of either layout; either may be None."""
+    base = folder / "models" if is_monai_bundle(folder) else folder
+    script, state = base / "model.ts", base / "model.pt"
+    return (script if script.is_file() else None, state if state.is_file() else None)
+
+
+def load_state_dict(path: Path, network: torch.nn.Module) -> torch.nn.Module:
+    """Load weights into ``network``; a mismatch names the file instead of a bare key list."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # MONAI bundles' checkpoints often wrap the weights this way
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFolderError(f"{path} does not match the network its parameters describe: {exc}") from exc
+    return network
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the model and parameter files, so every output names the exact weights used."""
+    digest = hashlib.sha256()
+    candidates = [p for p in folder.rglob("*") if p.is_file() and p.suffix in {".ts", ".pt", ".toml", ".json"}]
+    for path in sorted(candidates):
+        if path.name.startswith(("model.", "params.", "inference.")):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
