@@ -74,3 +74,13 @@ def test_missing_config_file_is_reported(tmp_path):
     result = subprocess.run([sys.executable, "-m", "node.cli", "jobs", "--config", str(tmp_path / "nope.toml")],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2 and "cannot read config" in result.stderr
+
+
+def test_shipped_config_is_valid_and_routes_only_to_shipped_pipelines():
+    from node.config import load_config
+    from pipelines.registry import SHIPPED
+
+    config = load_config(REPO / "config.toml")
+    assert config.routes, "the shipped config should show at least one working route"
+    assert {route.pipeline for route in config.routes} <= set(SHIPPED)
+    assert all(route.destinations == ["pacs"] for route in config.routes)
