@@ -20,6 +20,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+import pydicom.config
+import pydicom.filereader
 import pynetdicom.association
 import pynetdicom.dul
 from pydicom import Dataset
@@ -60,7 +62,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
-from node.spool import Spool
+from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
 
 TRANSFER_SYNTAXES = [
@@ -125,6 +127,35 @@ def tighten_reactor_polling(max_sleep: float = REACTOR_POLL_SECONDS) -> None:
     shim.sleep = lambda seconds: time.sleep(min(seconds, max_sleep))  # type: ignore[attr-defined]
     pynetdicom.association.time = shim  # type: ignore[attr-defined]
     pynetdicom.dul.time = shim  # type: ignore[attr-defined]
+
+
+#: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
+_LAST_IDENTIFYING_TAG = 0x0020000E
+
+
+def identifying_header(event: evt.Event) -> Dataset:
+    """The elements up to SeriesInstanceUID of a C-STORE dataset, without parsing the rest.
+
+    ``event.dataset`` decodes every element of a 0.5 MB image only for the receiver to read five
+    of them; stopping at (0020,000E) keeps the parse to a few dozen elements. Deflated and
+    big-endian data go through pynetdicom's full decoder, which knows how to undo them.
+    """
+    syntax = event.context.transfer_syntax
+    if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_little_endian:
+        return event.dataset
+    stream = event.request.DataSet
+    stream.seek(0)
+    return pydicom.filereader.read_dataset(
+        stream, syntax.is_implicit_VR, True,
+        stop_when=lambda tag, vr, length: tag > _LAST_IDENTIFYING_TAG,
+    )
+
+
+def part10_header_of(event: evt.Event) -> bytes:
+    """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
+    request = event.request
+    return part10_header(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                         str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
 
 
 @dataclass(frozen=True)
@@ -210,14 +241,14 @@ class Receiver:
             logs.warning("store.refused", reason="disk below watermark",
                          free_mb=self.spool.free_bytes() // 2**20)
             return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
-        raw = event.encoded_dataset(include_meta=True)
+        raw = event.encoded_dataset(include_meta=False)
         try:
-            dataset = event.dataset
+            dataset = identifying_header(event)
             refusal = self._check(dataset, event.context.abstract_syntax)
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
-            kept = self.spool.quarantine_bytes(raw, refusal.reason)
+            kept = self.spool.quarantine_bytes([part10_header_of(event), raw], refusal.reason)
             logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
                          quarantined=kept.name)
             return refusal.response()
@@ -241,6 +272,7 @@ class Receiver:
         return None
 
     def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
+        header = part10_header_of(event)
         record = InstanceRecord(
             sop_uid=str(dataset.SOPInstanceUID),
             series_uid=str(dataset.SeriesInstanceUID),
@@ -251,9 +283,9 @@ class Receiver:
             path=self.spool.instance_path(
                 str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
             ),
-            size=len(raw),
+            size=len(header) + len(raw),
         )
-        self.spool.write(record.path, raw)
+        self.spool.write(record.path, [header, raw])
         assoc_id = self._assoc_ids.get(id(event.assoc))
         with self._index_lock:
             if assoc_id is not None and assoc_id not in self._registered:
@@ -294,6 +326,10 @@ class Receiver:
 
     def serve_forever(self) -> None:
         tighten_reactor_polling()
+        # Values are stored as sent and checked by the pipelines that read them; validating every
+        # UID's characters again here only costs time on the path that must be fast.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         node = self.config.node
         self._server = self.make_ae().make_server(
             (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server

@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import time
 from pathlib import Path
+from typing import Sequence
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 
@@ -33,17 +37,19 @@ class Spool:
     def result_dir(self, job_id: int) -> Path:
         return self.results / str(job_id)
 
-    def write(self, path: Path, data: bytes) -> None:
-        """Durably place ``data`` at ``path`` (replacing any earlier file atomically)."""
+    def write(self, path: Path, data: bytes | Sequence[bytes]) -> None:
+        """Durably place ``data`` (bytes, or chunks written in order) at ``path``, replacing any
+        earlier file atomically."""
         folder = path.parent
         new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for chunk in [data] if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -53,7 +59,7 @@ class Spool:
             _fsync_dir(folder.parent)
             _fsync_dir(folder.parent.parent)
 
-    def quarantine_bytes(self, data: bytes, reason: str) -> Path:
+    def quarantine_bytes(self, data: bytes | Sequence[bytes], reason: str) -> Path:
         """Keep a refused object with the reason beside it, so that nothing sent is lost."""
         stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}"
         path = self.quarantine / f"{stem}.dcm"
@@ -71,6 +77,36 @@ class Spool:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
+
+
+def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble, "DICM" and the file meta group of a received instance, as PS3.10 lays them out.
+
+    This runs once per received image, so it is encoded directly: building a pydicom
+    FileMetaDataset and writing it cost more than the rest of the receive path together.
+    The elements are those pynetdicom itself writes, in the same explicit VR little endian form.
+    """
+    elements = b"".join((
+        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+        _short_element(0x0002, b"UI", _padded(sop_class, b"\x00")),
+        _short_element(0x0003, b"UI", _padded(sop_instance, b"\x00")),
+        _short_element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+        _short_element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _short_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        _short_element(0x0016, b"AE", _padded(source_ae.strip(), b" ")),
+    ))
+    group_length = _short_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return b"\x00" * 128 + b"DICM" + group_length + elements
+
+
+def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """An explicit VR little endian group 0x0002 element with a 2-byte length field."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    value = text.encode("ascii")
+    return value + pad if len(value) % 2 else value
 
 
 def _safe(uid: str) -> str:
