@@ -29,6 +29,10 @@ class FrameCompression(str, Enum):
     for 1-bit data, and decoders disagree on 1-bit RLE). RLE and JPEG-LS therefore store 8-bit
     FRACTIONAL OCCUPANCY frames with values 0 and 255, which every SEG reader understands as the
     same hard mask.
+
+    JPEG-LS is the one to choose for large masks: on a 300 x 512 x 512 five-segment mask it is
+    about as fast as no compression and 35x smaller (``bench/writers.py``). RLE is for PACS that
+    take no JPEG-LS; it costs a few ms per frame even with the pylibjpeg-rle encoder.
     """
 
     NONE = "none"
