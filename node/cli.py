@@ -81,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from node.service import serve
 
-    serve(args.config)
+    try:
+        serve(args.config)
+    except ConfigError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

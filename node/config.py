@@ -77,6 +77,22 @@ class DeliverySettings(_Strict):
     batch_size: Annotated[int, Field(ge=1)] = 50
 
 
+class RetentionSettings(_Strict):
+    """How long the spool keeps what the node is done with; 0 keeps it forever."""
+
+    instances_days: Annotated[float, Field(ge=0)] = 7.0
+    results_days: Annotated[float, Field(ge=0)] = 7.0
+    interval_minutes: Annotated[float, Field(gt=0)] = 60.0
+
+
+class MonitoringSettings(_Strict):
+    """The HTTP endpoint for Prometheus (/metrics) and load balancers or systemd checks (/health)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9108
+
+
 class Allow(_Strict):
     ae_title: AETitle | None = None
     addresses: list[str] = Field(default_factory=list)
@@ -168,6 +184,8 @@ class Config(_Strict):
     completion: CompletionSettings = CompletionSettings()
     workers: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     allow: list[Allow] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)

@@ -24,9 +24,11 @@ from typing import Callable
 
 from node import logs
 from node.assembler import Assembler
-from node.config import Config, load_config
+from node.config import Config, ConfigError, load_config
 from node.dispatcher import Dispatcher
+from node.monitoring import MonitoringServer
 from node.receiver import Receiver
+from node.retention import Retention
 from node.spool import Spool
 from node.store import Index
 from node.worker import worker_main
@@ -71,6 +73,7 @@ class Node:
     _stop: threading.Event = field(default_factory=threading.Event)
     _children: list[_Child] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _monitor: MonitoringServer | None = None
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
@@ -91,6 +94,7 @@ class Node:
 
     def start(self) -> None:
         self._warn_about_open_access()
+        self._start_monitoring()
         self.recover()
         for _ in range(self.config.node.receivers):
             self._children.append(_Child("receiver", receiver_main))
@@ -103,6 +107,9 @@ class Node:
                              name="scheduler", daemon=True),
             threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL),
                              name="dispatcher", daemon=True),
+            threading.Thread(target=self._loop,
+                             args=(self._retention_once, self.config.retention.interval_minutes * 60),
+                             name="retention", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -114,6 +121,28 @@ class Node:
         if not self.config.allow:
             logs.warning("config.allow_empty",
                          message="no [[allow]] entries: any calling AE from any address may store")
+
+    def _start_monitoring(self) -> None:
+        settings = self.config.monitoring
+        if not settings.enabled:
+            return
+        self._monitor = MonitoringServer(self.config, self.child_counts)
+        try:
+            self._monitor.start()
+        except OSError as error:
+            raise ConfigError(
+                f"monitoring: cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                "set [monitoring] port to a free port, or enabled = false"
+            ) from None
+
+    def child_counts(self) -> dict[str, tuple[int, int]]:
+        """role -> (alive, configured), for /health and /metrics."""
+        counts: dict[str, tuple[int, int]] = {}
+        for child in self._children:
+            alive, total = counts.get(child.role, (0, 0))
+            running = child.process is not None and child.process.is_alive()
+            counts[child.role] = (alive + int(running), total + 1)
+        return counts
 
     def _spawn(self, child: _Child) -> None:
         child.process = self._mp.Process(target=child.target, args=(str(self.config_path),),
@@ -137,6 +166,10 @@ class Node:
 
     def _dispatch_once(self) -> Callable[[], object]:
         return Dispatcher(self.config, Index(self.config.node.index_path)).tick
+
+    def _retention_once(self) -> Callable[[], object]:
+        return Retention(self.config.retention, Index(self.config.node.index_path),
+                         Spool(self.config.node.spool)).tick
 
     # ---- supervision -----------------------------------------------------------------------
 
@@ -187,6 +220,8 @@ class Node:
         for thread in self._threads:
             thread.join(timeout=30)
         self.index.close_associations_of(None)
+        if self._monitor is not None:
+            self._monitor.stop()
         logs.info("node.stopped", jobs_handed_back=requeued)
 
     @staticmethod

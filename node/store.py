@@ -546,3 +546,67 @@ class Index:
                 sql += " AND id = ?"
                 args += (delivery_id,)
             return db.execute(sql, args).rowcount
+
+    # ---- monitoring ------------------------------------------------------------------------
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """{table: {state: rows}} for series, jobs and deliveries: the node's work at a glance."""
+        counts: dict[str, dict[str, int]] = {}
+        for table in ("series", "jobs", "deliveries"):
+            rows = self._db.execute(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state").fetchall()
+            counts[table] = {r["state"]: r["n"] for r in rows}
+        return counts
+
+    def job_seconds(self) -> dict[str, tuple[int, float]]:
+        """{pipeline: (finished jobs, their total seconds from queued to done)}."""
+        rows = self._db.execute(
+            "SELECT pipeline, COUNT(*) AS n, SUM(finished_at - created_at) AS total FROM jobs"
+            " WHERE state = 'done' GROUP BY pipeline"
+        ).fetchall()
+        return {r["pipeline"]: (r["n"], float(r["total"] or 0.0)) for r in rows}
+
+    # ---- retention -------------------------------------------------------------------------
+
+    def settled_studies(self, received_before: float) -> list[str]:
+        """Studies quiet since ``received_before`` whose every series is routed and every job
+        has ended: nothing in the node will read their instances again."""
+        rows = self._db.execute(
+            "SELECT st.study_uid FROM studies st WHERE st.last_received < ?"
+            " AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = st.study_uid"
+            "                 AND s.state != 'routed')"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = st.study_uid"
+            "                 AND j.state IN ('queued', 'running'))",
+            (received_before,),
+        ).fetchall()
+        return [r["study_uid"] for r in rows]
+
+    def forget_study(self, study_uid: str) -> list[Path]:
+        """Drop a study's instances and series from the index; returns their spool files.
+
+        The rows go first and the files after, so a crash in between leaves unreferenced files
+        (found again by the next clean-up of orphans) rather than rows pointing at nothing.
+        """
+        with self._tx() as db:
+            paths = [Path(r["path"]) for r in db.execute(
+                "SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()]
+            db.execute("DELETE FROM association_series WHERE series_uid IN"
+                       " (SELECT series_uid FROM series WHERE study_uid = ?)", (study_uid,))
+            db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+        return paths
+
+    def delivered_jobs(self, finished_before: float) -> list[int]:
+        """Jobs finished before the cut-off with results that every destination has received."""
+        rows = self._db.execute(
+            "SELECT j.id FROM jobs j WHERE j.finished_at < ? AND j.state = 'done'"
+            " AND EXISTS (SELECT 1 FROM results r WHERE r.job_id = j.id)"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.state != 'sent')",
+            (finished_before,),
+        ).fetchall()
+        return [r["id"] for r in rows]
+
+    def forget_results(self, job_id: int) -> None:
+        """The job and its deliveries stay as history; only the result files' rows go."""
+        with self._tx() as db:
+            db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))

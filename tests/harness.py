@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +64,7 @@ def node_config(tmp: Path, *, routes: list[dict] | None = None, destinations: li
                  "min_free_disk_mb": 1, "receivers": 1},
         "completion": {"settle_seconds": 1.0, "quiet_seconds": 20.0},
         "delivery": {"backoff_seconds": 0.5, "backoff_max_seconds": 2.0, "max_attempts": 20},
+        "monitoring": {"host": "127.0.0.1", "port": free_port()},
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
@@ -139,6 +142,16 @@ class NodeProcess:
             [sys.executable, "-m", "node.cli", *args, "--config", str(self.config_path)],
             capture_output=True, text=True, env=self.env, timeout=120,
         )
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET from the node's monitoring endpoint: (HTTP status, body)."""
+        monitoring = self.config["monitoring"]
+        url = f"http://{monitoring['host']}:{monitoring['port']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")

@@ -1,0 +1,155 @@
+"""``/metrics`` for Prometheus and ``/health`` for load balancers, systemd and people.
+
+Both are read from the index and the supervisor at request time, so they show what the node
+really holds (a restart loses no counts) and cost nothing between scrapes. No patient data: only
+states, counts, seconds and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from node import logs
+from node.config import Config
+from node.store import Index
+
+#: role -> (processes alive, processes configured), from the supervisor.
+ChildCounts = Callable[[], dict[str, tuple[int, int]]]
+
+_STATES = {
+    "series": ("receiving", "complete", "routed"),
+    "jobs": ("queued", "running", "done", "failed"),
+    "deliveries": ("pending", "retrying", "sent", "dead"),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+class NodeCollector:
+    """Prometheus collector over the index, the spool disk and the supervisor's children."""
+
+    def __init__(self, config: Config, index: Index, children: ChildCounts) -> None:
+        self.config = config
+        self.index = index
+        self.children = children
+        self.lock = threading.Lock()  # one index connection, scraped from server threads
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            counts = self.index.state_counts()
+            instances = self.index.count_instances()
+            job_seconds = self.index.job_seconds()
+        for table, states in _STATES.items():
+            gauge = GaugeMetricFamily(f"radnode_{table}", f"{table} in the index by state", labels=["state"])
+            for state in states:
+                gauge.add_metric([state], counts[table].get(state, 0))
+            yield gauge
+        yield GaugeMetricFamily("radnode_instances_stored", "received instances held in the spool",
+                                value=instances)
+        yield GaugeMetricFamily("radnode_spool_free_bytes", "free bytes on the spool's file system",
+                                value=shutil.disk_usage(self.config.node.spool).free)
+        alive = GaugeMetricFamily("radnode_processes_alive", "receiver and worker processes running",
+                                  labels=["role"])
+        for role, (running, _) in self.children().items():
+            alive.add_metric([role], running)
+        yield alive
+        summary = SummaryMetricFamily("radnode_job_seconds", "seconds from job queued to results written",
+                                      labels=["pipeline"])
+        for pipeline, (count, total) in sorted(job_seconds.items()):
+            summary.add_metric([pipeline], count_value=count, sum_value=total)
+        yield summary
+
+
+def health_checks(config: Config, index: Index, children: ChildCounts) -> dict[str, Check]:
+    """What must hold for the node to take studies and return results."""
+    checks: dict[str, Check] = {}
+    for role, (running, expected) in children().items():
+        checks[f"{role}s"] = Check(running == expected, f"{running} of {expected} running")
+    try:
+        counts = index.state_counts()
+        checks["index"] = Check(True, str(config.node.index_path))
+    except Exception as error:  # a locked or corrupt index is exactly what health must report
+        counts = {}
+        checks["index"] = Check(False, f"{type(error).__name__}: {error}")
+    free_mb = shutil.disk_usage(config.node.spool).free // 2**20
+    checks["spool_disk"] = Check(
+        free_mb >= config.node.min_free_disk_mb,
+        f"{free_mb} MB free, C-STORE refused below {config.node.min_free_disk_mb} MB",
+    )
+    dead = counts.get("deliveries", {}).get("dead", 0)
+    # Dead deliveries do not stop the node, but someone must act: `radnode retry`.
+    checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
+    return checks
+
+
+class MonitoringServer:
+    def __init__(self, config: Config, children: ChildCounts) -> None:
+        self.config = config
+        self.children = children
+        self.index = Index(config.node.index_path)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = NodeCollector(config, self.index, children)
+        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        settings = self.config.monitoring
+        self._server = ThreadingHTTPServer((settings.host, settings.port), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="monitoring", daemon=True).start()
+        logs.info("monitoring.listening", host=settings.host, port=settings.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self) -> tuple[int, dict]:
+        with self.collector.lock:
+            checks = health_checks(self.config, self.index, self.children)
+        ok = all(c.ok for name, c in checks.items() if name != "deliveries")
+        body = {"status": "ok" if ok else "failing",
+                "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}
+        return (200 if ok else 503), body
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        monitor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, monitor.metrics())
+                elif path == "/health":
+                    status, body = monitor.health()
+                    self._reply(status, "application/json", json.dumps(body, indent=1).encode())
+                else:
+                    self._reply(404, "text/plain", b"radnode serves /metrics and /health\n")
+
+            def _reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:  # scrapes every few seconds: not worth a log line
+                pass
+
+        return Handler

@@ -1,0 +1,77 @@
+"""Retention: the spool must not fill the disk with studies the node is done with.
+
+Received instances are kept while anything may still read them (a series not yet routed, a job
+queued or running) and for ``instances_days`` after the study last received an instance, so an
+administrator can re-run a job on recent studies. Result files are kept until every destination
+has them (a dead delivery keeps its files for ``radnode retry``), then for ``results_days``.
+The PACS holds the long-term copy of both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from node import logs
+from node.config import RetentionSettings
+from node.spool import Spool
+from node.store import Index
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Swept:
+    studies: int
+    instance_files: int
+    result_jobs: int
+
+
+class Retention:
+    def __init__(self, settings: RetentionSettings, index: Index, spool: Spool) -> None:
+        self.settings = settings
+        self.index = index
+        self.spool = spool
+
+    def tick(self) -> Swept:
+        """One sweep; the node's retention loop calls it every ``interval_minutes``."""
+        return self.sweep(time.time())
+
+    def sweep(self, now: float) -> Swept:
+        studies = files = jobs = 0
+        if self.settings.instances_days > 0:
+            for study_uid in self.index.settled_studies(now - self.settings.instances_days * _DAY):
+                paths = self.index.forget_study(study_uid)
+                files += sum(_remove(p) for p in paths)
+                _prune_empty_parents({p.parent for p in paths}, self.spool.instances)
+                studies += 1
+        if self.settings.results_days > 0:
+            for job_id in self.index.delivered_jobs(now - self.settings.results_days * _DAY):
+                self.index.forget_results(job_id)
+                shutil.rmtree(self.spool.result_dir(job_id), ignore_errors=True)
+                jobs += 1
+        swept = Swept(studies, files, jobs)
+        if studies or jobs:
+            logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs)
+        return swept
+
+
+def _remove(path: Path) -> int:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _prune_empty_parents(folders: set[Path], root: Path) -> None:
+    """Remove series and study folders left empty, never ``root`` itself."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): stop climbing
+                break
+            folder = folder.parent
