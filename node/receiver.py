@@ -330,6 +330,9 @@ class Receiver:
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+        # pynetdicom's standard handlers format a multi-line description of every DIMSE message
+        # for its debug log; radnode logs associations and refusals itself.
+        _config.LOG_HANDLER_LEVEL = "none"
         node = self.config.node
         self._server = self.make_ae().make_server(
             (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server
