@@ -89,3 +89,16 @@ def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, 
         assert position == pytest.approx(reference[source], abs=1e-3)
     assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [
         "Necrosis / non-enhancing tumor core", "Peritumoral edema", "Enhancing tumor"]
+
+
+def test_radnode_run_offline_picks_the_contrasts_with_the_study_route(data_dir, tmp_path):
+    """``radnode run`` on a folder holding a T1c and a FLAIR series: the route's selectors assign them."""
+    write_clinical_study(load_images(TCGA, data_dir), tmp_path / "study", roles=("flair", "t1c"))
+    config = node_config(tmp_path, routes=[ROUTE], pipelines={"tumor-segmentation": {"device": "cpu"}},
+                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}])
+    ran = NodeProcess(config, tmp_path).cli("run", "--pipeline", "tumor-segmentation",
+                                            "--input", str(tmp_path / "study"), "--output", str(tmp_path / "out"))
+    assert ran.returncode == 0, ran.stderr
+    assert "2 objects written" in ran.stdout
+    modalities = sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in (tmp_path / "out").iterdir())
+    assert modalities == ["SEG", "SR"]

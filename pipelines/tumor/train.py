@@ -32,6 +32,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from pipelines.model_folder import load_state_dict
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="model folder whose model.pt to start from (a second cycle of the schedule)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
 
     architecture = Architecture()
     network = architecture.build()
+    if args.init is not None:
+        load_state_dict(args.init / "model.pt", network)
     optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / args.iterations, 1.0))))
@@ -169,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.save(network.state_dict(), args.out / "model.pt")
     write_params(args.out / "params.toml", architecture, SPACING)
     (args.out / "training.json").write_text(json.dumps({
-        "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}",
+        "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
+                   + (f" --init {args.init}" if args.init else ""),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
         "iterations": args.iterations, "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4),
