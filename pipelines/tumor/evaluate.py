@@ -30,7 +30,7 @@ from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.data import DEFAULT_DATA_ROOT, TCGA, load_images, load_labels
 from pipelines.tumor.inference import Segmenter
 from pipelines.tumor.pipeline import segment
-from pipelines.tumor.preprocess import REGIONS, brain_mask, region_dice
+from pipelines.tumor.preprocess import brain_mask, region_dice
 from pipelines.tumor.synthesis import insert_tumor, pick_center
 
 #: Contrast subsets evaluated: the full study and the two single contrasts the model must handle.
@@ -74,7 +74,7 @@ def synthetic_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: 
         inserted = _with_arrays(images, changed)
         for name, roles in subsets.items():
             scores[name].append(region_dice(labels_for(segmenter, inserted, roles), truth, ignore=near_real))
-    return {name: {region: round(float(np.mean([s[region] for s in runs])), 3) for region in REGIONS}
+    return {name: {region: round(float(np.mean([s[region] for s in runs])), 3) for region in runs[0]}
             for name, runs in scores.items()}
 
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     real = sitk.GetArrayFromImage(load_labels(TCGA, args.data))
     result = {
         "held_out_subject": TCGA.name,
-        "regions": "TC = labels 1+4, WT = 1+2+4, ET = 4 (BraTS)",
+        "regions": "TC = labels 1+4, WT = 1+2+4, ET = 4 (BraTS regions); NCR = 1, ED = 2 (sub-regions)",
         "synthetic_insertions": {
             "count": args.insertions, "seed": args.seed,
             "dice": synthetic_scores(segmenter, images, real, args.insertions, args.seed),

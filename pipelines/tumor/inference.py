@@ -11,7 +11,7 @@ A model folder is what a site hands the node to replace the shipped weights. Two
       axcodes = "SPL"          # array axes as MONAI/nibabel orientation codes (default SPL:
                                # the z, y, x order of an LPS image array)
       roi = [96, 96, 96]       # sliding-window size, voxels
-      threshold = 0.5          # on the sigmoid outputs
+      threshold = 0.5          # on the sigmoid outputs: one value, or [TC, WT, ET]
       [model]                  # only for model.pt: the SegResNet to rebuild
       init_filters = 8
       blocks_down = [1, 2, 2, 4]
@@ -58,7 +58,7 @@ class InputFormat:
     spacing: float
     axcodes: str
     roi: tuple[int, int, int]
-    threshold: float
+    threshold: tuple[float, float, float]
 
 
 def _axis_map(axcodes: str) -> tuple[list[int], list[bool]]:
@@ -89,6 +89,14 @@ def from_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, (0, *[1 + int(np.argsort(order)[a]) for a in range(3)])))
 
 
+def _thresholds(value: Any) -> tuple[float, float, float]:
+    """One threshold for all three outputs, or one each (TC, WT, ET)."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise ValueError(f"threshold needs one value or three (TC, WT, ET), got {value!r}")
+    return values[0], values[1], values[2]
+
+
 def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
     table = params.get("input", {})
     channels = list(table.get("channels", CHANNELS))
@@ -99,11 +107,11 @@ def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
             spacing=float(table.get("spacing", 2.0)),
             axcodes=str(table.get("axcodes", NATIVE_AXCODES)),
             roi=tuple(int(v) for v in table.get("roi", (96, 96, 96))),
-            threshold=float(table.get("threshold", 0.5)),
+            threshold=_thresholds(table.get("threshold", 0.5)),
         )
     except (TypeError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc
-    if result.spacing <= 0 or len(result.roi) != 3 or not 0 < result.threshold < 1:
+    if result.spacing <= 0 or len(result.roi) != 3 or not all(0 < t < 1 for t in result.threshold):
         raise ModelFolderError(f"{folder}: [input] needs spacing > 0, roi of three sizes, 0 < threshold < 1")
     _axis_map(result.axcodes)
     return result
@@ -132,7 +140,7 @@ def _bundle_format(config: dict[str, Any]) -> InputFormat:
         raise ModelFolderError(f"bundle Spacingd pixdim {pixdim}: only isotropic spacing is supported")
     roi = inferer.get("roi_size", [96, 96, 96])
     return InputFormat(spacing=float(pixdim[0]), axcodes=str(orientation.get("axcodes", "RAS")),
-                       roi=tuple(int(v) for v in roi), threshold=0.5)
+                       roi=tuple(int(v) for v in roi), threshold=(0.5, 0.5, 0.5))
 
 
 def _bundle_network(config: dict[str, Any], folder: Path) -> torch.nn.Module:

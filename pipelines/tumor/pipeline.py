@@ -213,10 +213,10 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
 
 
 def _labels_on_reference(probabilities: np.ndarray, grid: sitk.Image, reference: sitk.Image,
-                         threshold: float) -> np.ndarray:
+                         thresholds: Sequence[float]) -> np.ndarray:
     """BraTS labels on the reference series' grid, from model-grid probabilities (linear resampling)."""
     regions = []
-    for channel in probabilities:
+    for channel, threshold in zip(probabilities, thresholds):
         image = sitk.GetImageFromArray(channel.astype(np.float32))
         image.CopyInformation(grid)
         regions.append(sitk.GetArrayFromImage(resample(image, reference)) >= threshold)

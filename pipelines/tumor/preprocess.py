@@ -22,6 +22,8 @@ from pipelines.tumor.contrasts import CHANNELS
 
 #: A series with at least this share of exact zeros is taken as skull-stripped (zero = not brain).
 STRIPPED_ZERO_FRACTION = 0.2
+#: Network output channels, in order: tumor core, whole tumor, enhancing tumor.
+REGIONS: Sequence[str] = ("TC", "WT", "ET")
 
 
 def model_grid(reference: sitk.Image, spacing: float) -> sitk.Image:
@@ -103,10 +105,13 @@ def dice(predicted: np.ndarray, reference: np.ndarray, ignore: np.ndarray | None
 
 def region_dice(predicted_labels: np.ndarray, reference_labels: np.ndarray,
                 ignore: np.ndarray | None = None) -> dict[str, float]:
-    """Dice per BraTS evaluation region (TC, WT, ET) of two label maps."""
+    """Dice per BraTS evaluation region (TC, WT, ET) and per written sub-region (NCR, ED) of two label maps.
+
+    ET is both a region and a sub-region (label 4); NCR is label 1 (necrosis / non-enhancing
+    core) and ED label 2 (edema), the other two segments of the SEG.
+    """
     p, r = regions_from_labels(predicted_labels), regions_from_labels(reference_labels)
-    return {name: round(dice(p[i], r[i], ignore), 4) for i, name in enumerate(REGIONS)}
-
-
-#: Network output channels, in order.
-REGIONS: Sequence[str] = ("TC", "WT", "ET")
+    scores = {name: round(dice(p[i], r[i], ignore), 4) for i, name in enumerate(REGIONS)}
+    for name, label in (("NCR", 1), ("ED", 2)):
+        scores[name] = round(dice(predicted_labels == label, reference_labels == label, ignore), 4)
+    return scores

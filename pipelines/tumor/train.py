@@ -1,9 +1,10 @@
 """Train the reference tumor model on a real brain with synthetic tumors inserted on the fly.
 
-    python -m pipelines.tumor.train --seed 0 --out pipelines/tumor/weights
+    python -m pipelines.tumor.train --seed 0 --out /tmp/stage1
+    python -m pipelines.tumor.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
 
-reproduces the shipped weights from ``../shared/data`` in about half an hour on two CPU cores.
-Steps:
+reproduces the shipped weights from ``../shared/data`` (two cycles of ``ITERATIONS``, about 23
+minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
 
 1. Load BraTS-GLI-00001 (four contrasts) and resample it onto the model grid (axis-aligned,
    ``SPACING`` mm), exactly as the pipeline resamples a study.
@@ -15,6 +16,7 @@ Steps:
    ``PATCH`` cube, most often around a tumor.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
    nested regions TC / WT / ET.
+5. Choose the output thresholds on fresh samples of the training brain (``calibrate``).
 
 TCGA-FG-6692 is never used here; ``evaluate`` measures the result on it.
 """
@@ -48,6 +50,9 @@ LEARNING_RATE = 2e-3
 ALL_CONTRASTS_SHARE = 0.4
 #: Share of patches centred on a tumor (the rest anywhere in the brain).
 TUMOR_PATCH_SHARE = 0.8
+#: Samples and candidate thresholds for choosing the output thresholds after training.
+CALIBRATION_SAMPLES = 24
+CALIBRATION_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(13))
 
 
 def prepare_subject(images: dict[str, sitk.Image], spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -119,6 +124,34 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) ->
     return dice.mean() + bce
 
 
+def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
+              rng: np.random.Generator, samples: int = CALIBRATION_SAMPLES) -> list[float]:
+    """Per-region thresholds (TC, WT, ET) that maximize mean Dice on fresh training-brain samples.
+
+    A small network trained briefly is under-confident on the small regions (its sigmoid
+    outputs inside a core stay below 0.5); the threshold is chosen on training data only.
+    """
+    network.eval()
+    outputs, targets, weights = [], [], []
+    with torch.inference_mode():
+        for _ in range(samples):
+            x, y, w = make_sample(arrays, brain, ignore, rng)
+            outputs.append(torch.sigmoid(network(torch.from_numpy(x)[None]))[0].numpy())
+            targets.append(y > 0)
+            weights.append(w > 0)
+    chosen = []
+    for region in range(3):
+        def mean_dice(threshold: float) -> float:
+            scores = []
+            for p, y, w in zip(outputs, targets, weights):
+                predicted, truth = (p[region] >= threshold) & w, y[region] & w
+                total = predicted.sum() + truth.sum()
+                scores.append(1.0 if total == 0 else 2 * (predicted & truth).sum() / total)
+            return float(np.mean(scores))
+        chosen.append(max(CALIBRATION_GRID, key=mean_dice))
+    return chosen
+
+
 def pad_to_patch(array: np.ndarray) -> np.ndarray:
     """Pad the last three axes up to PATCH so that every crop is a full cube."""
     pad = [(0, 0)] * (array.ndim - 3) + [(0, max(PATCH - n, 0)) for n in array.shape[-3:]]
@@ -134,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--init", type=Path, default=None,
                         help="model folder whose model.pt to start from (a second cycle of the schedule)")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="no training: choose the thresholds of the model in --out and rewrite its params.toml")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -149,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
 
     architecture = Architecture()
     network = architecture.build()
+    if args.calibrate_only:
+        load_state_dict(args.out / "model.pt", network)
+        thresholds = calibrate(network, arrays, brain, ignore, rng)
+        write_params(args.out / "params.toml", architecture, SPACING, thresholds)
+        print(f"thresholds TC/WT/ET {thresholds} written to {args.out / 'params.toml'}")
+        return
     if args.init is not None:
         load_state_dict(args.init / "model.pt", network)
     optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
@@ -172,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), args.out / "model.pt")
-    write_params(args.out / "params.toml", architecture, SPACING)
+    thresholds = calibrate(network, arrays, brain, ignore, rng)
+    write_params(args.out / "params.toml", architecture, SPACING, thresholds)
     (args.out / "training.json").write_text(json.dumps({
         "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
                    + (f" --init {args.init}" if args.init else ""),
@@ -180,12 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         "iterations": args.iterations, "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4),
         "loss_last_100": round(float(np.mean(history[-100:])), 4),
-        "torch": torch.__version__, "threads": args.threads,
+        "thresholds": thresholds, "torch": torch.__version__, "threads": args.threads,
     }, indent=2) + "\n")
     print(f"saved {args.out} in {time.time() - started:.0f}s")
 
 
-def write_params(path: Path, architecture: Architecture, spacing: float) -> None:
+def write_params(path: Path, architecture: Architecture, spacing: float, thresholds: list[float]) -> None:
     """The radnode params file: preprocessing and the architecture to rebuild for model.pt."""
     model = architecture.as_params()
     path.write_text(
@@ -194,7 +236,7 @@ def write_params(path: Path, architecture: Architecture, spacing: float) -> None
         f"spacing = {spacing}          # mm, isotropic model grid\n"
         f"channels = {json.dumps(list(CHANNELS))}\n"
         "roi = [96, 96, 96]      # sliding-window size in voxels\n"
-        "threshold = 0.5\n\n"
+        f"threshold = {json.dumps(thresholds)}   # TC, WT, ET (chosen on training samples)\n\n"
         "[model]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in model.items())
     )
