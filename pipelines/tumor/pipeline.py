@@ -8,7 +8,9 @@ Steps, each timed in the job summary:
 2. registration: every other contrast rigidly onto the reference (``registration``), with a
    quality check that fails the job naming the contrast when the alignment is poor.
 3. preprocessing: all contrasts onto the model's isotropic grid in one interpolation, z-scored
-   over the brain (``preprocess``); absent contrasts are zero channels.
+   over the brain (``preprocess``); absent contrasts are zero channels. No skull stripping: the
+   shipped model was trained on skull-stripped images and radnode ships no stripping model, so
+   stripped series (zero background) are normalized over the brain, others over the head.
 4. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
 5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions,
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
