@@ -38,6 +38,9 @@ class Algorithm:
 
     name: str
     version: str
+    #: (name, value) pairs of how this run was made, e.g. ("contrasts used", "T1c, FLAIR"):
+    #: Algorithm Parameters in the SEG, "name: value" Algorithm Parameter items in the SR.
+    parameters: tuple[tuple[str, str], ...] = ()
 
     def for_segmentation(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(
@@ -45,10 +48,15 @@ class Algorithm:
             family=codes.DCM.ArtificialIntelligence,
             version=self.version,
             source=MANUFACTURER,
+            parameters=dict(self.parameters) or None,
         )
 
     def for_report(self) -> hd.sr.AlgorithmIdentification:
-        return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
+        return hd.sr.AlgorithmIdentification(
+            name=self.name,
+            version=self.version,
+            parameters=[f"{key}: {value}" for key, value in self.parameters] or None,
+        )
 
 
 @dataclass(frozen=True)

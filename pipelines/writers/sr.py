@@ -15,12 +15,15 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, Structure
 from pipelines.writers.identity import Algorithm, Identity
 
 DEFAULT_SERIES_NUMBER = 9102
+#: pydicom's UCUM dictionary has no millilitre; this is the UCUM code DICOM uses for it.
+MILLILITER = Code("mL", "UCUM", "milliliter")
 _POSITION_CONCEPTS = (
     codes.DCM.ImagePositionPatientX,
     codes.DCM.ImagePositionPatientY,
@@ -42,6 +45,8 @@ class Finding:
     center_lps: tuple[float, float, float] | None = None
     diameter_mm: float | None = None
     volume_mm3: float | None = None
+    #: Volume in millilitres, for findings read as organ or lesion volumes (brain tumor regions).
+    volume_ml: float | None = None
     mean_hu: float | None = None
     score: float | None = None
     segment_number: int | None = None
@@ -232,6 +237,13 @@ def _measurements(
             name=codes.SCT.Volume,
             value=finding.volume_mm3,
             unit=codes.UCUM.CubicMillimeter,
+            method=codes.DCM.SumOfSegmentedVoxelMethodForVolume if from_segment else None,
+        ))
+    if finding.volume_ml is not None:
+        measurements.append(hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=finding.volume_ml,
+            unit=MILLILITER,
             method=codes.DCM.SumOfSegmentedVoxelMethodForVolume if from_segment else None,
         ))
     if finding.mean_hu is not None:

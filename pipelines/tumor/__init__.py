@@ -1,0 +1,1 @@
+"""Brain tumor segmentation of multi-contrast MR studies (``tumor-segmentation``)."""

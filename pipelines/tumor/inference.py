@@ -1,0 +1,203 @@
+"""Load a tumor model folder once and turn normalized channels into region probabilities.
+
+A model folder is what a site hands the node to replace the shipped weights. Two layouts:
+
+- radnode's (the shipped ``weights/``): ``model.pt`` (state dict of ``model.Architecture``) or
+  ``model.ts`` (TorchScript) with ``params.toml``::
+
+      [input]
+      spacing = 2.0            # mm, isotropic grid the network reads
+      channels = ["t1c", "t1", "t2", "flair"]   # must be this order
+      axcodes = "SPL"          # array axes as MONAI/nibabel orientation codes (default SPL:
+                               # the z, y, x order of an LPS image array)
+      roi = [96, 96, 96]       # sliding-window size, voxels
+      threshold = 0.5          # on the sigmoid outputs: one value, or [TC, WT, ET]
+      [model]                  # only for model.pt: the SegResNet to rebuild
+      init_filters = 8
+      blocks_down = [1, 2, 2, 4]
+      blocks_up = [1, 1, 1]
+
+- a MONAI bundle such as the model zoo's ``brats_mri_segmentation``: ``configs/inference.json``
+  plus ``models/model.ts`` or ``models/model.pt``. The network is built from its
+  ``network_def``; the spacing from its ``Spacingd`` ``pixdim``, the orientation from its
+  ``Orientationd`` ``axcodes`` (RAS when absent) and the window from its inferer's ``roi_size``.
+
+Either way the network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
+and returns three logits: tumor core, whole tumor, enhancing tumor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from pipelines.model_folder import (
+    ModelFolderError, is_monai_bundle, load_state_dict, read_bundle_config, read_params,
+    require_folder, weights_files,
+)
+from pipelines.tumor.contrasts import CHANNELS
+from pipelines.tumor.model import Architecture
+
+#: The weights trained by ``pipelines.tumor.train``, shipped in the repository.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
+#: Orientation of the arrays radnode builds: axis 0 grows to Superior, 1 to Posterior, 2 to Left.
+NATIVE_AXCODES = "SPL"
+_OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What the network expects besides the channel order."""
+
+    spacing: float
+    axcodes: str
+    roi: tuple[int, int, int]
+    threshold: tuple[float, float, float]
+
+
+def _axis_map(axcodes: str) -> tuple[list[int], list[bool]]:
+    """For each target axis: which native (S, P, L) axis feeds it, and whether it is reversed."""
+    codes = axcodes.upper()
+    order, flips = [], []
+    for letter in codes:
+        for native_axis, native in enumerate(NATIVE_AXCODES):
+            if letter in (native, _OPPOSITE[native]):
+                order.append(native_axis)
+                flips.append(letter != native)
+    if len(codes) != 3 or sorted(order) != [0, 1, 2]:
+        raise ModelFolderError(f"orientation codes {axcodes!r} are not one of L/R, P/A, S/I each")
+    return order, flips
+
+
+def to_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
+    """(C, z, y, x) LPS array -> the same data in the network's orientation."""
+    order, flips = _axis_map(axcodes)
+    out = np.transpose(array, (0, *[1 + a for a in order]))
+    return np.ascontiguousarray(np.flip(out, axis=[1 + i for i, f in enumerate(flips) if f]))
+
+
+def from_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
+    """Inverse of ``to_model_axes``."""
+    order, flips = _axis_map(axcodes)
+    out = np.flip(array, axis=[1 + i for i, f in enumerate(flips) if f])
+    return np.ascontiguousarray(np.transpose(out, (0, *[1 + int(np.argsort(order)[a]) for a in range(3)])))
+
+
+def _thresholds(value: Any) -> tuple[float, float, float]:
+    """One threshold for all three outputs, or one each (TC, WT, ET)."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise ValueError(f"threshold needs one value or three (TC, WT, ET), got {value!r}")
+    return values[0], values[1], values[2]
+
+
+def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
+    table = params.get("input", {})
+    channels = list(table.get("channels", CHANNELS))
+    if channels != list(CHANNELS):
+        raise ModelFolderError(f"{folder}: [input] channels {channels}; radnode feeds {list(CHANNELS)} in that order")
+    try:
+        result = InputFormat(
+            spacing=float(table.get("spacing", 2.0)),
+            axcodes=str(table.get("axcodes", NATIVE_AXCODES)),
+            roi=tuple(int(v) for v in table.get("roi", (96, 96, 96))),
+            threshold=_thresholds(table.get("threshold", 0.5)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc
+    if result.spacing <= 0 or len(result.roi) != 3 or not all(0 < t < 1 for t in result.threshold):
+        raise ModelFolderError(f"{folder}: [input] needs spacing > 0, roi of three sizes, 0 < threshold < 1")
+    _axis_map(result.axcodes)
+    return result
+
+
+def _find_transform(config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The first ``monai.transforms.<name>`` entry anywhere in a bundle config."""
+    stack: list[Any] = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if str(item.get("_target_", "")).split(".")[-1] == name:
+                return item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return None
+
+
+def _bundle_format(config: dict[str, Any]) -> InputFormat:
+    spacing = _find_transform(config, "Spacingd") or {}
+    orientation = _find_transform(config, "Orientationd") or {}
+    inferer = _find_transform(config, "SlidingWindowInferer") or {}
+    pixdim = spacing.get("pixdim", [1.0, 1.0, 1.0])
+    if len(set(float(v) for v in pixdim)) != 1:
+        raise ModelFolderError(f"bundle Spacingd pixdim {pixdim}: only isotropic spacing is supported")
+    roi = inferer.get("roi_size", [96, 96, 96])
+    return InputFormat(spacing=float(pixdim[0]), axcodes=str(orientation.get("axcodes", "RAS")),
+                       roi=tuple(int(v) for v in roi), threshold=(0.5, 0.5, 0.5))
+
+
+def _bundle_network(config: dict[str, Any], folder: Path) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    if "network_def" not in config:
+        raise ModelFolderError(f"{folder}/configs/inference.json has no network_def to build the network from")
+    parser = ConfigParser(config)
+    try:
+        return parser.get_parsed_content("network_def")
+    except Exception as exc:  # noqa: BLE001 (any bundle error is reported with the folder)
+        raise ModelFolderError(f"{folder}: network_def of the bundle cannot be built: {exc}") from exc
+
+
+class Segmenter:
+    """A loaded tumor model: ``probabilities(channels)`` on the model grid."""
+
+    def __init__(self, network: torch.nn.Module, input_format: InputFormat, device: str) -> None:
+        self.network = network.to(device).eval()
+        self.format = input_format
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> "Segmenter":
+        folder = require_folder(folder)
+        script, state = weights_files(folder)
+        if script is None and state is None:
+            raise ModelFolderError(f"{folder} has neither model.ts nor model.pt (under models/ for a MONAI bundle)")
+        if is_monai_bundle(folder):
+            config = read_bundle_config(folder)
+            input_format = _bundle_format(config)
+            network = torch.jit.load(str(script), map_location="cpu") if script else load_state_dict(
+                state, _bundle_network(config, folder))
+        else:
+            params = read_params(folder)
+            input_format = _radnode_format(params, folder)
+            network = torch.jit.load(str(script), map_location="cpu") if script else load_state_dict(
+                state, Architecture.from_params(params.get("model", {})).build())
+        return cls(network, input_format, device)
+
+    def probabilities(self, channels: np.ndarray) -> np.ndarray:
+        """(3, z, y, x) sigmoid outputs (TC, WT, ET) for (4, z, y, x) normalized LPS channels."""
+        x = torch.from_numpy(to_model_axes(channels, self.format.axcodes))[None].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            logits = sliding_window_inference(
+                x, roi_size=self.format.roi, sw_batch_size=1, predictor=self.network,
+                overlap=0.25, mode="gaussian",
+            )
+        probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
+        return from_model_axes(probabilities, self.format.axcodes)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """Half precision on a GPU (the bandwidth is the cost there), full precision on the CPU."""
+        if self.device.startswith("cuda"):
+            with torch.autocast("cuda", dtype=torch.float16):
+                yield
+        else:
+            yield
+

@@ -1,0 +1,225 @@
+"""``tumor-segmentation``: a brain MR study in, tumor sub-regions (SEG) and their volumes (SR) out.
+
+Steps, each timed in the job summary:
+
+1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume; the
+   reference contrast is the first present of ``options.reference`` (default T1c, then FLAIR):
+   results are written on its grid, slice for slice.
+2. registration: every other contrast rigidly onto the reference (``registration``), with a
+   quality check that fails the job naming the contrast when the alignment is poor.
+3. preprocessing: all contrasts onto the model's isotropic grid in one interpolation, z-scored
+   over the brain (``preprocess``); absent contrasts are zero channels. No skull stripping: the
+   shipped model was trained on skull-stripped images and radnode ships no stripping model, so
+   stripped series (zero background) are normalized over the brain, others over the head.
+4. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
+5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions,
+   a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
+   TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
+   used are named in both (algorithm parameters) and in the SR's series description. No tumor:
+   the SR says so (finding absent) and no SEG is written.
+
+Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
+(radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
+``device``, and ``options.reference`` (a list of roles in order of preference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
+from pipelines.model_folder import folder_digest
+from pipelines.timing import StageClock
+from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
+from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.preprocess import (
+    brain_mask, labels_from_regions, model_grid, normalize, resample,
+)
+from pipelines.tumor.registration import align
+from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.writers import codes
+from pipelines.writers.identity import MANUFACTURER, Algorithm, Identity
+from pipelines.writers.output import write_datasets
+from pipelines.writers.seg import Segment, make_segmentation
+from pipelines.writers.sr import Finding, make_measurement_report
+
+#: How contrasts are named in reports.
+DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
+
+
+@dataclass(frozen=True)
+class SubRegion:
+    """One BraTS label written as one SEG segment and one SR measurement group."""
+
+    label: int
+    tracking_id: str
+    structure: codes.Structure
+
+
+SUB_REGIONS: tuple[SubRegion, ...] = (
+    SubRegion(1, "necrosis", replace(codes.NECROSIS, label="Necrosis / non-enhancing tumor core", site=codes.BRAIN)),
+    SubRegion(2, "edema", replace(codes.EDEMA, label="Peritumoral edema", site=codes.BRAIN)),
+    SubRegion(4, "enhancing-tumor", replace(codes.ENHANCING_TUMOR, site=codes.BRAIN)),
+)
+BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
+
+
+class TumorSegmentation(Pipeline):
+    """Multi-contrast brain tumor sub-region segmentation with volumes."""
+
+    name: ClassVar[str] = "tumor-segmentation"
+    inputs: ClassVar[tuple[InputSpec, ...]] = (
+        InputSpec("t1c", required=True, description=DESCRIPTIONS["t1c"]),
+        InputSpec("flair", required=False, description=DESCRIPTIONS["flair"] + " (alone enough without T1c)"),
+        InputSpec("t2", required=False, description=DESCRIPTIONS["t2"]),
+        InputSpec("t1", required=False, description=DESCRIPTIONS["t1"]),
+    )
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        super().__init__(settings)
+        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
+        self.device = resolve_device(settings.device)
+        self.segmenter = Segmenter.load(self.model_dir, self.device)
+        self.identity = Identity(uid_root=settings.uid_root)
+        self.model_digest = folder_digest(self.model_dir)
+        self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
+
+    def run(self, job: JobInput) -> JobResult:
+        clock = StageClock()
+        volumes = _contrast_volumes(job)
+        present = [role for role in CHANNELS if role in volumes]
+        reference_role = choose_reference(present, self.reference_order)
+        reference = volumes[reference_role]
+        images = {role: volumes[role].to_sitk() for role in present}
+        clock.lap("load")
+
+        transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
+        registration = {}
+        for role in present:
+            if role != reference_role:
+                alignment = align(images[reference_role], images[role], DISPLAY[role])
+                transforms[role] = alignment.transform
+                registration[role] = {"rotation_deg": round(alignment.rotation_deg, 2),
+                                      "shift_mm": round(alignment.translation_mm, 2),
+                                      "head_overlap": round(alignment.overlap, 3),
+                                      "edge_alignment": round(alignment.edge_alignment, 3)}
+        clock.lap("registration")
+
+        labels = segment(self.segmenter, images, transforms, reference_role, clock)
+        used = ", ".join(DISPLAY[role] for role in present)
+        algorithm = Algorithm(
+            name="radnode tumor-segmentation", version=self.model_digest[:16],
+            parameters=(("contrasts used", used), ("reference contrast", DISPLAY[reference_role])),
+        )
+        voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+        volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
+                      for region in SUB_REGIONS}
+        datasets = self._results(reference, labels, volumes_ml, algorithm, used)
+        outputs = write_datasets(datasets, job.output_dir)
+        clock.lap("writing")
+        return JobResult(
+            outputs=outputs,
+            summary={
+                "contrasts_used": [DISPLAY[role] for role in present],
+                "reference": DISPLAY[reference_role],
+                "volumes_ml": volumes_ml,
+                "tumor_found": any(volumes_ml.values()),
+                "registration": registration,
+                "device": self.device,
+                "model_sha256": self.model_digest,
+                "seconds": clock.laps,
+            },
+        )
+
+    def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
+                 algorithm: Algorithm, used: str) -> list:
+        """SEG + SR when a tumor was found; the SR alone saying "none detected" otherwise."""
+        if not any(volumes_ml.values()):
+            report = make_measurement_report(
+                reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
+                series_description=f"Brain tumor: none detected ({used})",
+            )
+            return [report]
+        segment_map = np.zeros(labels.shape, dtype=np.uint8)
+        for number, region in enumerate(SUB_REGIONS, start=1):
+            segment_map[labels == region.label] = number
+        segments = [Segment(region.structure, region.tracking_id) for region in SUB_REGIONS]
+        seg = make_segmentation(
+            reference, segment_map, segments, algorithm, self.identity,
+            series_description="Brain tumor sub-regions (radnode)",
+            # a segment with no voxels still needs frames to be a valid segment
+            keep_empty_frames=not all(volumes_ml.values()),
+        )
+        findings = [
+            Finding(region.tracking_id, region.structure, volume_ml=volumes_ml[region.tracking_id],
+                    segment_number=number)
+            for number, region in enumerate(SUB_REGIONS, start=1)
+        ]
+        total = sum(volumes_ml.values())
+        report = make_measurement_report(
+            reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
+            series_description=f"Brain tumor {total:.1f} mL ({used})",
+        )
+        return [seg, report]
+
+
+def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
+    """The MR volume of every role that arrived, or NotApplicable saying what is wrong."""
+    volumes = {}
+    for role in CHANNELS:
+        paths: Sequence[Path] = list(job.series.get(role, ()))
+        if not paths:
+            continue
+        try:
+            volume = load_series(paths)
+        except VolumeError as exc:
+            raise NotApplicable(f"the {DISPLAY[role]} series is not a volume radnode can read: {exc}") from exc
+        if volume.modality != "MR":
+            raise NotApplicable(f"the {DISPLAY[role]} series has modality {volume.modality or 'missing'}, not MR")
+        if str(volume.sources[0].get("Manufacturer", "")) == MANUFACTURER:
+            raise NotApplicable(f"the {DISPLAY[role]} series was made by radnode, not a scanner")
+        volumes[role] = volume
+    if not any(role in volumes for role in ANCHORS):
+        raise NotApplicable(
+            f"the study has {', '.join(DISPLAY[r] for r in volumes) or 'no contrasts'}; "
+            "the model needs T1c or FLAIR"
+        )
+    return volumes
+
+
+def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
+            reference_role: str, clock: StageClock | None = None) -> np.ndarray:
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts.
+
+    ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
+    model grid goes through it, so each contrast is interpolated once.
+    """
+    clock = clock or StageClock()
+    reference = images[reference_role]
+    grid = model_grid(reference, segmenter.format.spacing)
+    channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
+                for role, image in images.items()}
+    network_input = normalize(channels, brain_mask(channels[reference_role]))
+    clock.lap("preprocessing")
+    probabilities = segmenter.probabilities(network_input)
+    clock.lap("inference")
+    labels = _labels_on_reference(probabilities, grid, reference, segmenter.format.threshold)
+    labels[~brain_mask(sitk.GetArrayViewFromImage(reference))] = 0
+    clock.lap("postprocessing")
+    return labels
+
+
+def _labels_on_reference(probabilities: np.ndarray, grid: sitk.Image, reference: sitk.Image,
+                         thresholds: Sequence[float]) -> np.ndarray:
+    """BraTS labels on the reference series' grid, from model-grid probabilities (linear resampling)."""
+    regions = []
+    for channel, threshold in zip(probabilities, thresholds):
+        image = sitk.GetImageFromArray(channel.astype(np.float32))
+        image.CopyInformation(grid)
+        regions.append(sitk.GetArrayFromImage(resample(image, reference)) >= threshold)
+    return labels_from_regions(np.stack(regions))

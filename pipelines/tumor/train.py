@@ -1,0 +1,246 @@
+"""Train the reference tumor model on a real brain with synthetic tumors inserted on the fly.
+
+    python -m pipelines.tumor.train --seed 0 --out /tmp/stage1
+    python -m pipelines.tumor.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
+
+reproduces the shipped weights from ``../shared/data`` (two cycles of ``ITERATIONS``, about 23
+minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
+
+1. Load BraTS-GLI-00001 (four contrasts) and resample it onto the model grid (axis-aligned,
+   ``SPACING`` mm), exactly as the pipeline resamples a study.
+2. Find its own, unlabelled glioma roughly (largest FLAIR-bright blob, widened) and leave that
+   region out of the loss: calling it background would teach the network to miss real tumors.
+3. Each sample: insert zero to two synthetic tumors (``synthesis``) elsewhere in the brain,
+   z-score each contrast over the brain, jitter intensities, drop contrasts (any subset that
+   keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
+   ``PATCH`` cube, most often around a tumor.
+4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
+   nested regions TC / WT / ET.
+5. Choose the output thresholds on fresh samples of the training brain (``calibrate``).
+
+TCGA-FG-6692 is never used here; ``evaluate`` measures the result on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from pipelines.model_folder import load_state_dict
+from pipelines.tumor.contrasts import ANCHORS, CHANNELS
+from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
+from pipelines.tumor.model import Architecture
+from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, regions_from_labels, resample
+from pipelines.tumor.synthesis import insert_tumor, pick_center, rough_lesion_mask
+
+SPACING = 2.0
+PATCH = 64
+BATCH = 2
+ITERATIONS = 1000
+LEARNING_RATE = 2e-3
+#: Share of samples that see all four contrasts; the rest get a random usable subset.
+ALL_CONTRASTS_SHARE = 0.4
+#: Share of patches centred on a tumor (the rest anywhere in the brain).
+TUMOR_PATCH_SHARE = 0.8
+#: Samples and candidate thresholds for choosing the output thresholds after training.
+CALIBRATION_SAMPLES = 24
+CALIBRATION_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(13))
+
+
+def prepare_subject(images: dict[str, sitk.Image], spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Contrasts on the model grid as arrays (z, y, x), and the brain mask."""
+    grid = model_grid(images["t1c"], spacing)
+    arrays = {role: sitk.GetArrayFromImage(resample(image, grid)) for role, image in images.items()}
+    return arrays, brain_mask(arrays["t1c"])
+
+
+def random_subset(rng: np.random.Generator) -> list[str]:
+    """Contrasts kept for one sample: all four, or a random subset containing T1c or FLAIR."""
+    if rng.random() < ALL_CONTRASTS_SHARE:
+        return list(CHANNELS)
+    while True:
+        kept = [role for role in CHANNELS if rng.random() < 0.5]
+        if any(role in kept for role in ANCHORS):
+            return kept
+
+
+def make_sample(arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input C x P^3, regions 3 x P^3, loss weight P^3) for one synthetic training patch."""
+    images = {role: array.copy() for role, array in arrays.items()}
+    labels = np.zeros(brain.shape, dtype=np.uint8)
+    spacing = (SPACING,) * 3
+    centers = []
+    for _ in range(rng.choice([0, 1, 2], p=[0.1, 0.7, 0.2])):
+        center = pick_center(brain, rng, avoid=ignore)
+        if center is not None:
+            insert_tumor(images, labels, brain, spacing, center, rng)
+            centers.append(center)
+    kept = random_subset(rng)
+    x = normalize({role: images[role] for role in kept}, brain)
+    for c in range(len(CHANNELS)):  # intensity jitter: scanners and sites differ
+        if x[c].any():
+            x[c][brain] = x[c][brain] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
+    x += (rng.standard_normal(x.shape).astype(np.float32) * 0.05) * brain
+    y = regions_from_labels(labels)
+    weight = (~(ignore & (labels == 0))).astype(np.float32)
+    if rng.random() < 0.5:
+        x, y, weight = x[..., ::-1], y[..., ::-1], weight[..., ::-1]
+    start = _patch_start(brain, labels, centers, rng)
+    box = tuple(slice(s, s + PATCH) for s in start)
+    return (np.ascontiguousarray(x[(slice(None), *box)]), np.ascontiguousarray(y[(slice(None), *box)]),
+            np.ascontiguousarray(weight[box]))
+
+
+def _patch_start(brain: np.ndarray, labels: np.ndarray, centers: list, rng: np.random.Generator) -> list[int]:
+    shape = np.array(brain.shape)
+    if centers and rng.random() < TUMOR_PATCH_SHARE:
+        tumor = np.argwhere(labels > 0)
+        focus = tumor[rng.integers(len(tumor))] if len(tumor) else np.array(centers[0])
+    else:
+        inside = np.argwhere(brain)
+        focus = inside[rng.integers(len(inside))]
+    start = focus - PATCH // 2 + rng.integers(-PATCH // 4, PATCH // 4 + 1, size=3)
+    return [int(v) for v in np.clip(start, 0, np.maximum(shape - PATCH, 0))]
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Soft Dice (per region, over the batch) + BCE, both with ignored voxels weighted 0."""
+    w = weight[:, None]
+    probability = torch.sigmoid(logits)
+    dims = (0, 2, 3, 4)
+    intersection = (probability * target * w).sum(dims)
+    total = ((probability + target) * w).sum(dims)
+    dice = 1.0 - (2 * intersection + 1.0) / (total + 1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / (w.sum() * 3 + 1e-6)
+    return dice.mean() + bce
+
+
+def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
+              rng: np.random.Generator, samples: int = CALIBRATION_SAMPLES) -> list[float]:
+    """Per-region thresholds (TC, WT, ET) that maximize mean Dice on fresh training-brain samples.
+
+    A small network trained briefly is under-confident on the small regions (its sigmoid
+    outputs inside a core stay below 0.5); the threshold is chosen on training data only.
+    """
+    network.eval()
+    outputs, targets, weights = [], [], []
+    with torch.inference_mode():
+        for _ in range(samples):
+            x, y, w = make_sample(arrays, brain, ignore, rng)
+            outputs.append(torch.sigmoid(network(torch.from_numpy(x)[None]))[0].numpy())
+            targets.append(y > 0)
+            weights.append(w > 0)
+    chosen = []
+    for region in range(3):
+        def mean_dice(threshold: float) -> float:
+            scores = []
+            for p, y, w in zip(outputs, targets, weights):
+                predicted, truth = (p[region] >= threshold) & w, y[region] & w
+                total = predicted.sum() + truth.sum()
+                scores.append(1.0 if total == 0 else 2 * (predicted & truth).sum() / total)
+            return float(np.mean(scores))
+        chosen.append(max(CALIBRATION_GRID, key=mean_dice))
+    return chosen
+
+
+def pad_to_patch(array: np.ndarray) -> np.ndarray:
+    """Pad the last three axes up to PATCH so that every crop is a full cube."""
+    pad = [(0, 0)] * (array.ndim - 3) + [(0, max(PATCH - n, 0)) for n in array.shape[-3:]]
+    return np.pad(array, pad)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="model folder whose model.pt to start from (a second cycle of the schedule)")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="no training: choose the thresholds of the model in --out and rewrite its params.toml")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+
+    arrays, brain = prepare_subject(load_images(BRATS, args.data), SPACING)
+    arrays = {role: pad_to_patch(a) for role, a in arrays.items()}
+    brain = pad_to_patch(brain)
+    ignore = rough_lesion_mask(arrays["flair"], brain, (SPACING,) * 3)
+    print(f"grid {brain.shape}, brain {int(brain.sum())} voxels, own lesion left out: {int(ignore.sum())} voxels")
+
+    architecture = Architecture()
+    network = architecture.build()
+    if args.calibrate_only:
+        load_state_dict(args.out / "model.pt", network)
+        thresholds = calibrate(network, arrays, brain, ignore, rng)
+        write_params(args.out / "params.toml", architecture, SPACING, thresholds)
+        print(f"thresholds TC/WT/ET {thresholds} written to {args.out / 'params.toml'}")
+        return
+    if args.init is not None:
+        load_state_dict(args.init / "model.pt", network)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / args.iterations, 1.0))))
+    history = []
+    network.train()
+    for iteration in range(1, args.iterations + 1):
+        samples = [make_sample(arrays, brain, ignore, rng) for _ in range(BATCH)]
+        x, y, w = (torch.from_numpy(np.stack(part)) for part in zip(*samples))
+        loss = loss_fn(network(x), y, w)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        history.append(loss.item())
+        if iteration % 50 == 0:
+            elapsed = time.time() - started
+            print(f"{iteration}/{args.iterations} loss {np.mean(history[-50:]):.4f} "
+                  f"{elapsed:.0f}s (eta {elapsed / iteration * (args.iterations - iteration):.0f}s)", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), args.out / "model.pt")
+    thresholds = calibrate(network, arrays, brain, ignore, rng)
+    write_params(args.out / "params.toml", architecture, SPACING, thresholds)
+    (args.out / "training.json").write_text(json.dumps({
+        "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
+                   + (f" --init {args.init}" if args.init else ""),
+        "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
+        "iterations": args.iterations, "seconds": round(time.time() - started),
+        "loss_first_100": round(float(np.mean(history[:100])), 4),
+        "loss_last_100": round(float(np.mean(history[-100:])), 4),
+        "thresholds": thresholds, "torch": torch.__version__, "threads": args.threads,
+    }, indent=2) + "\n")
+    print(f"saved {args.out} in {time.time() - started:.0f}s")
+
+
+def write_params(path: Path, architecture: Architecture, spacing: float, thresholds: list[float]) -> None:
+    """The radnode params file: preprocessing and the architecture to rebuild for model.pt."""
+    model = architecture.as_params()
+    path.write_text(
+        "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
+        "[input]\n"
+        f"spacing = {spacing}          # mm, isotropic model grid\n"
+        f"channels = {json.dumps(list(CHANNELS))}\n"
+        "roi = [96, 96, 96]      # sliding-window size in voxels\n"
+        f"threshold = {json.dumps(thresholds)}   # TC, WT, ET (chosen on training samples)\n\n"
+        "[model]\n"
+        + "".join(f"{key} = {json.dumps(value)}\n" for key, value in model.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
