@@ -104,6 +104,20 @@ class Identity:
     def software_versions(self) -> str:
         return software_version()
 
+    def new_object(self, series_number: int) -> dict[str, object]:
+        """The keyword arguments every highdicom SOP class takes to name a new object and its
+        creator: fresh series and instance UIDs under the node's root, and the equipment."""
+        return {
+            "series_instance_uid": self.new_uid(),
+            "series_number": series_number,
+            "sop_instance_uid": self.new_uid(),
+            "instance_number": 1,
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_versions,
+            "device_serial_number": self.station_name,
+        }
+
 
 def content_date_time(now: datetime | None = None) -> tuple[str, str]:
     """ContentDate and ContentTime of an object created now (local time, as modalities do)."""

@@ -99,14 +99,7 @@ def make_segmentation(
             _describe(number, segment, algorithm, identity)
             for number, segment in enumerate(segments, start=1)
         ],
-        series_instance_uid=identity.new_uid(),
-        series_number=series_number,
-        sop_instance_uid=identity.new_uid(),
-        instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.model_name,
-        software_versions=identity.software_versions,
-        device_serial_number=identity.station_name,
+        **identity.new_object(series_number),
         series_description=series_description or f"{algorithm.name} segmentation",
         content_description=f"{algorithm.name} {algorithm.version}"[:64],
         content_label="RADNODE_SEG",

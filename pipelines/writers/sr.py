@@ -87,14 +87,7 @@ def make_measurement_report(
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=identity.new_uid(),
-        series_number=series_number,
-        sop_instance_uid=identity.new_uid(),
-        instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.model_name,
-        software_versions=identity.software_versions,
-        device_serial_number=identity.station_name,
+        **identity.new_object(series_number),
         series_description=(series_description or f"{algorithm.name} report: {summary}")[:64],
         is_complete=True,
         # An empty value in the source (seen in the wild) would be copied and is invalid.
