@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 #: name -> "module:Class" of the pipelines that ship with radnode.
 SHIPPED: dict[str, str] = {
     "ct-denoise": "pipelines.denoise.pipeline:CTDenoise",
+    "nodule-detection": "pipelines.nodule.pipeline:NoduleDetection",
 }
 
 
