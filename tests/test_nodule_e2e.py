@@ -20,7 +20,9 @@ def node(tmp_path, orthanc):
         destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
         routes=[{"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs"],
                  "match": {"Modality": "CT"}}],
-        pipelines={"nodule-detection": {"device": "cpu"}},
+        # empty_seg: the SEG is written even when no nodule is reported, so this test checks the
+        # transport and the objects whatever the weights find (detection has its own tests).
+        pipelines={"nodule-detection": {"device": "cpu", "options": {"empty_seg": True}}},
     )
     process = NodeProcess(config, tmp_path).start()
     yield process

@@ -47,7 +47,7 @@ from pipelines.model_folder import (
     require_folder, weights_files,
 )
 from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
-from pipelines.nodule.network import Architecture, build_retinanet
+from pipelines.nodule.network import Architecture, build_retinanet, size_divisible
 from pipelines.volume import Volume
 
 #: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
@@ -68,6 +68,8 @@ class Settings:
     nms_threshold: float = 0.22
     detections_per_image: int = 100
     report_threshold: float = 0.5
+    #: Input size multiple of the network; TorchScript networks may not carry it as an attribute.
+    size_divisible: tuple[int, int, int] = (16, 16, 8)
 
     def to_params(self, arch: Architecture) -> dict[str, Any]:
         """The params.toml tables of a radnode model folder."""
@@ -106,7 +108,10 @@ def make_detector(network: torch.nn.Module, settings: Settings) -> RetinaNetDete
         feature_map_scales=list(settings.feature_map_scales),
         base_anchor_shapes=[list(s) for s in settings.base_anchor_shapes],
     )
-    detector = RetinaNetDetector(network=network, anchor_generator=anchors, debug=False)
+    detector = RetinaNetDetector(
+        network=network, anchor_generator=anchors, spatial_dims=3, num_classes=1,
+        size_divisible=list(settings.size_divisible), debug=False,
+    )
     detector.set_target_keys(box_key="box", label_key="label")
     detector.set_box_selector_parameters(
         score_thresh=settings.score_threshold,
@@ -177,6 +182,7 @@ def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
             intensity_range=tuple(float(v) for v in pre["intensity_range"]),
             feature_map_scales=tuple(int(v) for v in anchors.get("feature_map_scales", Settings.feature_map_scales)),
             base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in anchors.get("base_anchor_shapes", Settings.base_anchor_shapes)),
+            size_divisible=tuple(size_divisible(Architecture(**params.get("network", {})))),
             **{k: _typed(k, v) for k, v in inference.items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -219,6 +225,7 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
         spacing = transforms["Spacingd"]["pixdim"]
         scale = transforms["ScaleIntensityRanged"]
         patch = parser.get_parsed_content("infer_patch_size")
+        divisible = parser.get_parsed_content("size_divisible") if "size_divisible" in raw else Settings.size_divisible
     except Exception as exc:  # ConfigParser raises many kinds; all mean the same to the user
         raise ModelFolderError(
             f"{folder}: configs/inference.json is not a detection bundle radnode can read (needs "
@@ -231,6 +238,7 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
         feature_map_scales=tuple(int(v) for v in scales),
         base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in shapes),
         roi_size=tuple(int(v) for v in patch),
+        size_divisible=tuple(int(v) for v in divisible),
         overlap=_op_value(ops, "overlap", Settings.overlap),
         score_threshold=_op_value(ops, "score_thresh", Settings.score_threshold),
         nms_threshold=_op_value(ops, "nms_thresh", Settings.nms_threshold),

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collections import OrderedDict
-
 import torch
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
@@ -88,7 +86,7 @@ class ResNetFPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)
-        taps: OrderedDict[str, torch.Tensor] = OrderedDict()
+        taps: dict[str, torch.Tensor] = {}  # insertion-ordered, and TorchScript-friendly
         for index, stage in enumerate(self.stages):
             x = stage(x)
             if index in self.returned:

@@ -98,7 +98,7 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
         if np.all(centre >= 0) and np.all(centre < hu.shape):
             boxes.append(np.concatenate([np.maximum(local[:3], -0.5), np.minimum(local[3:], np.array(hu.shape) - 0.5)]))
             avoid.append((centre, float(np.max((local[3:] - local[:3]) * spacing)) / 2))
-    for _ in range(int(rng.choice([0, 1, 2, 3, 4], p=[0.1, 0.35, 0.3, 0.15, 0.1]))):
+    for _ in range(int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.2, 0.25, 0.2, 0.15, 0.15]))):
         spec = synthesis.sample_spec(rng)
         where = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
         if where is None:
@@ -157,14 +157,14 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
         step += 1
-        history.append([float(losses[detector.cls_key]), float(losses[detector.box_reg_key])])
+        history.append([float(losses[detector.cls_key].detach()), float(losses[detector.box_reg_key].detach())])
         if step % 25 == 0:
             recent = np.mean(history[-25:], axis=0)
             print(f"step {step} {time.monotonic() - start:.0f}s cls {recent[0]:.4f} box {recent[1]:.4f}", flush=True)
+        if step % 200 == 0:  # a usable folder at any time, to evaluate while training goes on
+            _save(args.out, network, settings, arch)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), args.out / "model.pt")
-    _write_params(args.out / "params.toml", settings.to_params(arch))
+    _save(args.out, network, settings, arch)
     record = {
         "command": f"python -m pipelines.nodule.train --seed {args.seed} --minutes {args.minutes} "
                    f"--batch {args.batch} --patch {' '.join(map(str, args.patch))} --lr {args.lr} "
@@ -176,6 +176,12 @@ def train(args: argparse.Namespace) -> dict:
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _save(out: Path, network: torch.nn.Module, settings: Settings, arch: Architecture) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out / "model.pt")
+    _write_params(out / "params.toml", settings.to_params(arch))
 
 
 def _write_params(path: Path, params: dict) -> None:
