@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 SHIPPED: dict[str, str] = {
     "ct-denoise": "pipelines.denoise.pipeline:CTDenoise",
     "tumor-segmentation": "pipelines.tumor.pipeline:TumorSegmentation",
+    "nodule-detection": "pipelines.nodule.pipeline:NoduleDetection",
 }
 
 

@@ -1,0 +1,257 @@
+"""Load a nodule detection model folder once, and turn a CT volume into scored boxes in LPS.
+
+Two folder layouts are read (``pipelines.model_folder``):
+
+- radnode's: ``model.pt`` (state dict of ``network.build_retinanet``) or ``model.ts``
+  (TorchScript RetinaNet network), plus ``params.toml``::
+
+      [preprocessing]
+      spacing_mm = [1.25, 1.25, 2.5]        # x, y, z of the RAS grid the network sees
+      intensity_range = [-1024.0, 300.0]    # HU clipped and scaled to [0, 1]
+      [network]                             # network.Architecture (model.pt only)
+      [anchors]
+      feature_map_scales = [1, 2, 4]
+      base_anchor_shapes = [[4, 4, 2], [7, 7, 4], [12, 12, 6]]   # voxels, x y z
+      [inference]
+      roi_size = [400, 400, 224]            # sliding-window size; larger grids are tiled
+      overlap = 0.25
+      score_threshold = 0.02                # candidates kept before NMS
+      nms_threshold = 0.22
+      detections_per_image = 100
+      report_threshold = 0.5                # findings at or above this go to SEG and SR
+
+- a MONAI bundle (``configs/inference.json`` + ``models/model.pt|ts``) such as
+  ``lung_nodule_ct_detection``: the network and anchors are built by MONAI's ConfigParser from
+  ``network_def`` and ``anchor_generator``; spacing, intensity range, patch size, score and NMS
+  thresholds are read from ``preprocessing`` (Spacingd, ScaleIntensityRanged), ``infer_patch_size``
+  and ``detector_ops``. A bundle has no reporting threshold; ``report_threshold`` in the
+  pipeline options sets it (default 0.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+
+from pipelines.model_folder import (
+    ModelFolderError, is_monai_bundle, load_state_dict, read_bundle_config, read_params,
+    require_folder, weights_files,
+)
+from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
+from pipelines.nodule.network import Architecture, build_retinanet, size_divisible
+from pipelines.volume import Volume
+
+#: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the weights that decides what the detector reports."""
+
+    spacing_mm: tuple[float, float, float] = (1.25, 1.25, 2.5)
+    intensity_range: tuple[float, float] = (-1024.0, 300.0)
+    feature_map_scales: tuple[int, ...] = (1, 2, 4)
+    base_anchor_shapes: tuple[tuple[int, int, int], ...] = ((4, 4, 2), (7, 7, 4), (12, 12, 6))
+    roi_size: tuple[int, int, int] = (400, 400, 224)
+    overlap: float = 0.25
+    score_threshold: float = 0.02
+    nms_threshold: float = 0.22
+    detections_per_image: int = 100
+    report_threshold: float = 0.5
+    #: Input size multiple of the network; TorchScript networks may not carry it as an attribute.
+    size_divisible: tuple[int, int, int] = (16, 16, 8)
+
+    def to_params(self, arch: Architecture) -> dict[str, Any]:
+        """The params.toml tables of a radnode model folder."""
+        return {
+            "preprocessing": {"spacing_mm": list(self.spacing_mm), "intensity_range": list(self.intensity_range)},
+            "network": {f.name: getattr(arch, f.name) for f in fields(arch)},
+            "anchors": {
+                "feature_map_scales": list(self.feature_map_scales),
+                "base_anchor_shapes": [list(s) for s in self.base_anchor_shapes],
+            },
+            "inference": {
+                "roi_size": list(self.roi_size), "overlap": self.overlap,
+                "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
+                "detections_per_image": self.detections_per_image,
+                "report_threshold": self.report_threshold,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box: corners in the grid's (x, y, z) indices (voxel centres) and in LPS, and a score."""
+
+    grid_box: np.ndarray   # (6,) x0 y0 z0 x1 y1 z1
+    lps_corners: np.ndarray  # (8, 3)
+    score: float
+
+    @property
+    def center_lps(self) -> np.ndarray:
+        return self.lps_corners.mean(axis=0)
+
+
+def make_detector(network: torch.nn.Module, settings: Settings) -> RetinaNetDetector:
+    """MONAI's RetinaNetDetector around ``network`` with the folder's anchors and thresholds."""
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=list(settings.feature_map_scales),
+        base_anchor_shapes=[list(s) for s in settings.base_anchor_shapes],
+    )
+    detector = RetinaNetDetector(
+        network=network, anchor_generator=anchors, spatial_dims=3, num_classes=1,
+        size_divisible=list(settings.size_divisible), debug=False,
+    )
+    detector.set_target_keys(box_key="box", label_key="label")
+    detector.set_box_selector_parameters(
+        score_thresh=settings.score_threshold,
+        topk_candidates_per_level=1000,
+        nms_thresh=settings.nms_threshold,
+        detections_per_img=settings.detections_per_image,
+    )
+    detector.set_sliding_window_inferer(
+        roi_size=list(settings.roi_size), overlap=settings.overlap, sw_batch_size=1, mode="constant"
+    )
+    return detector
+
+
+class NoduleDetector:
+    """A loaded model folder on one device: ``detect(volume)`` gives scored boxes."""
+
+    def __init__(self, detector: RetinaNetDetector, settings: Settings, device: str) -> None:
+        self.detector = detector.eval()
+        self.settings = settings
+        self.device = device
+        self.cuda = device.startswith("cuda")
+
+    @classmethod
+    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> "NoduleDetector":
+        folder = require_folder(folder)
+        if is_monai_bundle(folder):
+            network, settings = _from_bundle(folder)
+        else:
+            network, settings = _from_radnode_folder(folder)
+        if report_threshold is not None:
+            settings = dataclasses.replace(settings, report_threshold=float(report_threshold))
+        network = network.to(device).eval()
+        return cls(make_detector(network, settings), settings, device)
+
+    def grid(self, volume: Volume) -> ModelGrid:
+        return to_model_grid(volume, self.settings.spacing_mm)
+
+    def detect(self, grid: ModelGrid) -> list[Detection]:
+        """All boxes above the candidate threshold, best first (the caller applies report_threshold)."""
+        image = torch.from_numpy(normalize(grid.hu, self.settings.intensity_range))[None].to(self.device)
+        # One forward pass when the grid fits a window (a whole chest on CPU); tiles otherwise.
+        padded = [int(np.ceil(n / d) * d) for n, d in zip(image.shape[1:], self.detector.size_divisible)]
+        tiled = any(p > r for p, r in zip(padded, self.settings.roi_size))
+        with torch.inference_mode(), self._autocast():
+            result = self.detector([image], use_inferer=tiled)[0]
+        boxes = result["box"].float().cpu().numpy()
+        scores = result["label_scores"].float().cpu().numpy()
+        order = np.argsort(-scores)
+        return [Detection(boxes[n], _corners_lps(grid, boxes[n]), float(scores[n])) for n in order]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def _corners_lps(grid: ModelGrid, box: np.ndarray) -> np.ndarray:
+    corners = np.array([[x, y, z] for x in (box[0], box[3]) for y in (box[1], box[4]) for z in (box[2], box[5])])
+    return grid.index_to_lps(corners)
+
+
+def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
+    params = read_params(folder)
+    try:
+        pre, anchors, inference = params["preprocessing"], params.get("anchors", {}), params.get("inference", {})
+        settings = Settings(
+            spacing_mm=tuple(float(v) for v in pre["spacing_mm"]),
+            intensity_range=tuple(float(v) for v in pre["intensity_range"]),
+            feature_map_scales=tuple(int(v) for v in anchors.get("feature_map_scales", Settings.feature_map_scales)),
+            base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in anchors.get("base_anchor_shapes", Settings.base_anchor_shapes)),
+            size_divisible=tuple(size_divisible(Architecture(**params.get("network", {})))),
+            **{k: _typed(k, v) for k, v in inference.items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFolderError(
+            f"{folder}: params file needs [preprocessing] spacing_mm and intensity_range, and valid "
+            f"[anchors]/[inference] (see pipelines/nodule/detector.py): {exc}"
+        ) from exc
+    script, state = weights_files(folder)
+    if script is not None:
+        return torch.jit.load(str(script), map_location="cpu"), settings
+    if state is None:
+        raise ModelFolderError(f"{folder} has neither model.ts (TorchScript) nor model.pt (state dict)")
+    try:
+        network = build_retinanet(**params.get("network", {}))
+    except TypeError as exc:
+        raise ModelFolderError(f"{folder}: [network] does not describe the reference RetinaNet: {exc}") from exc
+    return load_state_dict(state, network), settings
+
+
+def _typed(key: str, value: Any) -> Any:
+    default = getattr(Settings, key)  # unknown keys raise AttributeError -> reported below
+    if isinstance(default, tuple):
+        return tuple(type(default[0])(v) for v in value)
+    return type(default)(value)
+
+
+def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
+    """Network and settings of a MONAI detection bundle, built the way MONAI builds them."""
+    from monai.bundle import ConfigParser
+
+    raw = read_bundle_config(folder)
+    parser = ConfigParser(raw)
+    parser["bundle_root"] = str(folder)
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+        scales = parser.get_parsed_content("anchor_generator::feature_map_scales")
+        shapes = parser.get_parsed_content("anchor_generator::base_anchor_shapes")
+        transforms = {t.get("_target_", "").split(".")[-1]: t for t in raw["preprocessing"]["transforms"]
+                      if isinstance(t, dict)}
+        spacing = transforms["Spacingd"]["pixdim"]
+        scale = transforms["ScaleIntensityRanged"]
+        patch = parser.get_parsed_content("infer_patch_size")
+        divisible = parser.get_parsed_content("size_divisible") if "size_divisible" in raw else Settings.size_divisible
+    except Exception as exc:  # ConfigParser raises many kinds; all mean the same to the user
+        raise ModelFolderError(
+            f"{folder}: configs/inference.json is not a detection bundle radnode can read (needs "
+            f"network_def, anchor_generator, infer_patch_size, Spacingd and ScaleIntensityRanged): {exc}"
+        ) from exc
+    ops = " ".join(raw.get("detector_ops", []))
+    settings = Settings(
+        spacing_mm=tuple(float(v) for v in spacing),
+        intensity_range=(float(scale["a_min"]), float(scale["a_max"])),
+        feature_map_scales=tuple(int(v) for v in scales),
+        base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in shapes),
+        roi_size=tuple(int(v) for v in patch),
+        size_divisible=tuple(int(v) for v in divisible),
+        overlap=_op_value(ops, "overlap", Settings.overlap),
+        score_threshold=_op_value(ops, "score_thresh", Settings.score_threshold),
+        nms_threshold=_op_value(ops, "nms_thresh", Settings.nms_threshold),
+        detections_per_image=int(_op_value(ops, "detections_per_img", Settings.detections_per_image)),
+    )
+    script, state = weights_files(folder)
+    if script is not None:
+        return torch.jit.load(str(script), map_location="cpu"), settings
+    if state is None:
+        raise ModelFolderError(f"{folder}/models has neither model.ts nor model.pt")
+    return load_state_dict(state, network), settings
+
+
+def _op_value(ops: str, name: str, default: float) -> float:
+    match = re.search(rf"{name}\s*=\s*([0-9.eE+-]+)", ops)
+    return float(match.group(1)) if match else default

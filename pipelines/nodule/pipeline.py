@@ -1,0 +1,197 @@
+"""``nodule-detection``: a chest CT series in, a SEG of the nodules and a TID 1500 SR out.
+
+Stages (their seconds go into each job's summary): load the series as a volume in HU; preprocess
+it onto the detector's grid (resampling and intensity range from the model folder) and find the
+lungs there; run the detector (MONAI RetinaNet, ``detector``); postprocess: keep boxes at or
+above the reporting threshold whose centre lies in or near the lungs, segment and measure each on
+the source slices (``measure``); write one SEG segment and one SR measurement group per nodule.
+With no nodule the SR says so and, unless ``empty_seg`` is set, no SEG is written.
+
+Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
+format or a MONAI bundle, see ``detector``; default: the weights shipped in ``weights/``),
+``device`` picks the GPU or CPU. Options:
+
+- ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
+- ``empty_seg`` (bool, default false): write an empty SEG when nothing is found;
+- ``min_lung_ml`` (default 300): less aerated lung than this is "not a chest CT";
+- ``min_extent_mm`` (default 60): a series shorter than this along its slices is not applicable;
+- ``lung_margin_mm`` (default 10): how far outside the aerated lung a nodule's centre may lie
+  (pleural and juxta-mediastinal nodules sit on the border).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from pipelines.base import (
+    SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
+)
+from pipelines.model_folder import folder_digest
+from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
+from pipelines.nodule.grid import ModelGrid
+from pipelines.nodule.lungs import lung_mask, lung_volume_ml
+from pipelines.nodule.measure import Measurement, measure, source_box
+from pipelines.timing import StageClock
+from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.writers.codes import LUNG_NODULE
+from pipelines.writers.identity import MANUFACTURER, Algorithm, Identity
+from pipelines.writers.output import write_datasets
+from pipelines.writers.seg import Segment, make_segmentation
+from pipelines.writers.sr import Finding, make_measurement_report
+
+ALGORITHM_NAME = "radnode nodule-detection"
+
+
+class NoduleDetection(Pipeline):
+    """3D lung nodule detection, segmentation and measurement on chest CT."""
+
+    name: ClassVar[str] = "nodule-detection"
+    inputs: ClassVar[tuple[InputSpec, ...]] = (
+        InputSpec(SERIES_ROLE, description="a chest CT image series in Hounsfield units"),
+    )
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        super().__init__(settings)
+        options = settings.options
+        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
+        self.device = resolve_device(settings.device)
+        threshold = options.get("report_threshold")
+        self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
+        self.identity = Identity(uid_root=settings.uid_root)
+        self.model_digest = folder_digest(self.model_dir)
+        self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
+        self.empty_seg = bool(options.get("empty_seg", False))
+        self.min_lung_ml = float(options.get("min_lung_ml", 300.0))
+        self.min_extent_mm = float(options.get("min_extent_mm", 60.0))
+        self.lung_margin_mm = float(options.get("lung_margin_mm", 10.0))
+
+    def run(self, job: JobInput) -> JobResult:
+        clock = StageClock()
+        volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())), self.min_extent_mm)
+        clock.lap("load")
+        grid = self.detector.grid(volume)
+        lungs = lung_mask(grid.hu, slice_axis=2)
+        lung_ml = lung_volume_ml(lungs, grid.spacing)
+        if lung_ml < self.min_lung_ml:
+            raise NotApplicable(
+                f"only {lung_ml:.0f} mL of aerated lung in the series (at least {self.min_lung_ml:.0f} mL "
+                "needed): not a chest CT, or the lungs are outside its field of view"
+            )
+        clock.lap("preprocess")
+        candidates = self.detector.detect(grid)
+        clock.lap("inference")
+        nodules = self.nodules(volume, grid, lungs, candidates)
+        clock.lap("postprocess")
+        outputs = write_datasets(self.results(volume, nodules), job.output_dir)
+        clock.lap("write")
+        return JobResult(
+            outputs=outputs,
+            summary={
+                "nodules": [
+                    {"score": round(d.score, 3), "diameter_mm": round(m.diameter_mm, 1),
+                     "volume_mm3": round(m.volume_mm3, 1)}
+                    for d, m in nodules
+                ],
+                "candidates": len(candidates),
+                "lung_ml": round(lung_ml),
+                "device": self.device,
+                "model_sha256": self.model_digest,
+                "seconds": clock.laps,
+            },
+        )
+
+    def nodules(
+        self, volume: Volume, grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection]
+    ) -> list[tuple[Detection, Measurement]]:
+        """Reported detections, measured on the source slices, best score first."""
+        threshold = self.detector.settings.report_threshold
+        kept = []
+        for detection in near_lungs(grid, lungs, candidates, self.lung_margin_mm):
+            if detection.score < threshold:
+                break
+            measured = measure(volume, *source_box(volume, detection.lps_corners))
+            if measured is not None:
+                kept.append((detection, measured))
+        return kept
+
+    def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]]) -> list[Any]:
+        """The SEG (when there is something to segment, or empty_seg) and the SR."""
+        datasets: list[Any] = []
+        segmentation = None
+        if nodules or self.empty_seg:
+            labels = np.zeros(volume.array.shape, dtype=np.uint8 if len(nodules) < 255 else np.uint16)
+            for number, (_, measured) in enumerate(nodules, start=1):
+                region = labels[measured.window]
+                region[measured.mask & (region == 0)] = number
+            segments = [
+                Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}")
+                for n in range(1, len(nodules) + 1)
+            ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
+            segmentation = make_segmentation(
+                volume, labels, segments, self.algorithm, self.identity,
+                series_description=f"{ALGORITHM_NAME}: {len(nodules)} nodule(s)",
+            )
+            datasets.append(segmentation)
+        findings = [
+            Finding(
+                tracking_id=f"nodule-{n}",
+                structure=LUNG_NODULE,
+                center_lps=measured.center_lps,
+                diameter_mm=round(measured.diameter_mm, 1),
+                volume_mm3=round(measured.volume_mm3, 1),
+                mean_hu=round(measured.mean_hu, 1),
+                score=round(detection.score, 3),
+                segment_number=n,
+            )
+            for n, (detection, measured) in enumerate(nodules, start=1)
+        ]
+        datasets.append(make_measurement_report(
+            volume, findings, self.algorithm, self.identity,
+            looked_for=LUNG_NODULE, segmentation=segmentation,
+        ))
+        return datasets
+
+
+def near_lungs(
+    grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection], margin_mm: float
+) -> list[Detection]:
+    """The candidates whose box centre is in the lungs or within ``margin_mm`` of them.
+
+    A nodule is in the lung by definition; a box centred in the liver or the bowel is not one.
+    """
+    margin = np.maximum(np.round(margin_mm / grid.spacing).astype(int), 1)
+    near = ndi.maximum_filter(lungs, size=tuple(2 * margin + 1))
+    kept = []
+    for detection in candidates:
+        index = np.round(grid.lps_to_index(detection.center_lps)).astype(int)
+        if np.all(index >= 0) and np.all(index < grid.hu.shape) and near[tuple(index)]:
+            kept.append(detection)
+    return kept
+
+
+def _ct_volume(paths: list[Path], min_extent_mm: float) -> Volume:
+    """The job's series as a volume, or NotApplicable saying why nodules cannot be sought in it."""
+    if not paths:
+        raise NotApplicable(f"no files in the {SERIES_ROLE!r} input")
+    try:
+        volume = load_series(paths)
+    except VolumeError as exc:
+        raise NotApplicable(f"not a CT volume radnode can analyse: {exc}") from exc
+    first = volume.sources[0]
+    if volume.modality != "CT":
+        raise NotApplicable(f"modality {volume.modality or 'missing'}: nodule-detection takes CT only")
+    if "LOCALIZER" in [str(v).upper() for v in first.get("ImageType", [])]:
+        raise NotApplicable("a CT localizer (scout), not a cross-sectional series")
+    if str(first.get("Manufacturer", "")) == MANUFACTURER:
+        raise NotApplicable("the series was made by radnode, not by a scanner")
+    extent = volume.array.shape[0] * volume.spacing[2]
+    if extent < min_extent_mm:
+        raise NotApplicable(
+            f"the series covers {extent:.0f} mm across its {volume.array.shape[0]} slices; a chest CT "
+            f"for nodule detection covers at least {min_extent_mm:.0f} mm"
+        )
+    return volume

@@ -1,0 +1,210 @@
+"""Synthetic lung nodules inserted into real CT: the labels no public download gives us here.
+
+A nodule is a shape (sphere, ellipsoid or lobulated) with a density profile (solid, part-solid
+or ground-glass), optionally attached to a vessel stub or placed against the pleura. It is
+rendered with partial volume: each voxel takes the fraction of it the surface covers, computed
+from the signed distance to the surface and the voxel's extent across it, so a 4 mm nodule on
+8 mm slices is as faint as a scanner would make it. The same code inserts into a detector grid
+(training) and into a source series (evaluation and tests); its mask (coverage >= 0.5) is the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+KINDS = ("solid", "part-solid", "ground-glass")
+#: Vessel blood and solid nodule density (HU), before texture noise.
+VESSEL_HU = 40.0
+
+
+@dataclass(frozen=True)
+class NoduleSpec:
+    """What to insert: size, shape, density and attachment, independent of any grid."""
+
+    diameter_mm: float
+    kind: str = "solid"
+    solid_hu: float = 30.0
+    ground_glass_hu: float = -600.0
+    core_fraction: float = 0.5          # part-solid: core radius / nodule radius
+    axes: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    lobes: tuple[tuple[float, float, float, float, float], ...] = ()  # (amp, freq, nx, ny, nz)
+    texture_hu: float = 20.0
+    vessel: tuple[float, float, float, float] | None = None  # (radius mm, length mm, direction seed)
+    attachment: str = "none"            # "none", "vessel" or "pleura"
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """A nodule as inserted: where, how big, and its label box in the grid's indices."""
+
+    spec: NoduleSpec
+    center_index: tuple[float, float, float]
+    box: tuple[float, float, float, float, float, float]  # min and max corners, voxel-centre indices
+    volume_mm3: float                                      # coverage-weighted, the true volume
+
+
+def sample_spec(rng: np.random.Generator, min_mm: float = 4.0, max_mm: float = 60.0) -> NoduleSpec:
+    """A random nodule, weighted toward the small ones a screening reader hunts for."""
+    band = rng.choice(3, p=[0.65, 0.23, 0.12])
+    edges = [(min_mm, 12.0), (12.0, 30.0), (30.0, max_mm)][band]
+    low, high = max(edges[0], min_mm), min(edges[1], max_mm)
+    diameter = float(np.exp(rng.uniform(np.log(low), np.log(max(high, low + 0.1)))))
+    kind = str(rng.choice(KINDS, p=[0.6, 0.2, 0.2]))
+    lobulated = rng.random() < 0.5
+    lobes = tuple(
+        (float(rng.uniform(0.05, 0.2)), float(rng.integers(2, 6)), *(rng.normal(size=3) / 1.7).tolist())
+        for _ in range(int(rng.integers(2, 5)))
+    ) if lobulated else ()
+    attachment = str(rng.choice(["none", "vessel", "pleura"], p=[0.65, 0.2, 0.15]))
+    vessel = None
+    if attachment == "vessel":
+        vessel = (float(rng.uniform(0.8, 2.0)), float(rng.uniform(10.0, 30.0)), float(rng.integers(1 << 30)), 0.0)
+    return NoduleSpec(
+        diameter_mm=diameter,
+        kind=kind,
+        solid_hu=float(rng.normal(30.0, 25.0)),
+        ground_glass_hu=float(rng.uniform(-720.0, -450.0)),
+        core_fraction=float(rng.uniform(0.3, 0.6)),
+        axes=tuple(float(a) for a in rng.uniform(0.8, 1.2, size=3)) if not lobulated else (1.0, 1.0, 1.0),
+        lobes=lobes,
+        texture_hu=float(rng.uniform(10.0, 35.0)),
+        vessel=vessel,
+        attachment=attachment,
+    )
+
+
+def insert(
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    center: Sequence[float],
+    spec: NoduleSpec,
+    rng: np.random.Generator,
+) -> Inserted:
+    """Render ``spec`` into ``hu`` (in place) around ``center`` (continuous indices, any axis order).
+
+    ``spacing`` gives each array axis's voxel size in mm, in the array's own axis order.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    center = np.asarray(center, dtype=np.float64)
+    radius = spec.diameter_mm / 2.0
+    reach = radius * 1.5 + (spec.vessel[1] if spec.vessel else 0.0)
+    low = np.maximum(np.floor(center - reach / spacing).astype(int) - 1, 0)
+    high = np.minimum(np.ceil(center + reach / spacing).astype(int) + 2, hu.shape)
+    window = tuple(slice(a, b) for a, b in zip(low, high))
+    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij")
+    offset = np.stack([(g - c) * s for g, c, s in zip(grids, center, spacing)], axis=-1)
+
+    outer = _coverage(offset, spacing, radius, spec)
+    background = hu[window].copy()
+    texture = ndi.gaussian_filter(rng.normal(0.0, 1.0, outer.shape), 0.7) * spec.texture_hu * 2.0
+    if spec.kind == "solid":
+        value = background * (1 - outer) + (spec.solid_hu + texture) * outer
+    else:
+        value = background * (1 - outer) + (spec.ground_glass_hu + texture) * outer
+        value = np.maximum(value, background)  # vessels stay visible through ground glass
+        if spec.kind == "part-solid":
+            core = _coverage(offset, spacing, radius * spec.core_fraction, spec)
+            value = value * (1 - core) + (spec.solid_hu + texture) * core
+    if spec.vessel is not None:
+        stub = _vessel_coverage(offset, spacing, radius, spec.vessel)
+        value = np.where(VESSEL_HU > value, value + stub * (VESSEL_HU - value), value)
+    hu[window] = value.astype(hu.dtype)
+
+    label = outer >= 0.5
+    if not label.any():
+        label = outer >= outer.max() * 0.5
+    where = np.argwhere(label) + low
+    box = (*(where.min(axis=0) - 0.5), *(where.max(axis=0) + 0.5))
+    return Inserted(
+        spec=spec,
+        center_index=tuple(float(c) for c in center),
+        box=tuple(float(b) for b in box),
+        volume_mm3=float(outer.sum() * np.prod(spacing)),
+    )
+
+
+def _coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: NoduleSpec) -> np.ndarray:
+    """Fraction of each voxel inside the surface.
+
+    Within a voxel the surface is taken as flat (a linear ramp across the voxel's extent); along
+    a thick-slice axis that is no longer true, so the voxel is split into thin sub-slices there
+    and their coverages averaged: a sphere's cap then fades over a slice as a scanner's does.
+    """
+    finest = float(spacing.min())
+    thick = int(np.argmax(spacing))
+    parts = int(min(8, np.ceil(spacing[thick] / finest))) if spacing[thick] > 1.5 * finest else 1
+    if parts == 1:
+        return _ramp_coverage(offset, spacing, radius, spec)
+    sub = spacing.copy()
+    sub[thick] = spacing[thick] / parts
+    total = np.zeros(offset.shape[:-1])
+    for n in range(parts):
+        shifted = offset.copy()
+        shifted[..., thick] += (n + 0.5) * sub[thick] - spacing[thick] / 2.0
+        total += _ramp_coverage(shifted, sub, radius, spec)
+    return total / parts
+
+
+def _ramp_coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: NoduleSpec) -> np.ndarray:
+    scaled = offset / np.asarray(spec.axes)
+    distance = np.linalg.norm(scaled, axis=-1)
+    unit = scaled / np.maximum(distance, 1e-6)[..., None]
+    surface = np.full(distance.shape, radius)
+    for amplitude, frequency, nx, ny, nz in spec.lobes:
+        phase = unit @ np.array([nx, ny, nz])
+        surface += radius * amplitude * np.cos(np.pi * frequency * phase)
+    signed = distance - surface
+    width = np.sqrt(((unit * spacing) ** 2).sum(axis=-1))
+    return np.clip(0.5 - signed / width, 0.0, 1.0)
+
+
+def _vessel_coverage(
+    offset: np.ndarray, spacing: np.ndarray, radius: float, vessel: tuple[float, float, float, float]
+) -> np.ndarray:
+    """A straight vessel from the nodule's centre outward, past its surface."""
+    thickness, length, seed, _ = vessel
+    direction = np.random.default_rng(int(seed)).normal(size=3)
+    direction /= np.linalg.norm(direction)
+    along = np.clip(offset @ direction, 0.0, radius + length)
+    distance = np.linalg.norm(offset - along[..., None] * direction, axis=-1)
+    width = float(np.sqrt((spacing**2).mean()))
+    return np.clip(0.5 - (distance - thickness) / width, 0.0, 1.0)
+
+
+def pick_center(
+    lungs: np.ndarray,
+    spacing: Sequence[float],
+    spec: NoduleSpec,
+    rng: np.random.Generator,
+    avoid: Sequence[tuple[np.ndarray, float]] = (),
+    depth_mm: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """A centre in the lungs deep enough for the nodule (or against the pleura), away from ``avoid``.
+
+    ``avoid`` holds (centre index, radius mm) of nodules and real tumours already there.
+    ``depth_mm`` (distance to the lung border) can be passed to reuse one distance transform.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    depth = depth_mm if depth_mm is not None else ndi.distance_transform_edt(lungs, sampling=spacing)
+    radius = spec.diameter_mm / 2.0
+    deepest = float(depth.max())
+    if spec.attachment == "pleura":
+        low, high = 0.4 * radius, max(0.8 * radius, 0.4 * radius + spacing.max())
+    else:
+        low = min(radius * 0.9 + 1.0, deepest * 0.7)
+        high = np.inf
+    candidates = np.argwhere((depth >= low) & (depth <= high))
+    if len(candidates) == 0:
+        return None
+    for _ in range(50):
+        point = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, size=3)
+        clear = all(
+            np.linalg.norm((point - c) * spacing) > radius + r + 5.0 for c, r in avoid
+        )
+        if clear:
+            return point
+    return None

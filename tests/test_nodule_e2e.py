@@ -1,0 +1,60 @@
+"""storescu -> radnode serve -> nodule-detection -> SEG + SR in Orthanc; bad input recorded on the job."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from pydicom.uid import SegmentationStorage
+
+from tests.harness import NodeProcess, node_config, wait_until
+from tests.nodule_series import chest_files, rewrite_series
+from tests.peers import dciodvfy, storescu
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.fixture
+def node(tmp_path, orthanc):
+    config = node_config(
+        tmp_path,
+        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        routes=[{"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs"],
+                 "match": {"Modality": "CT"}}],
+        # empty_seg: the SEG is written even when no nodule is reported, so this test checks the
+        # transport and the objects whatever the weights find (detection has its own tests).
+        pipelines={"nodule-detection": {"device": "cpu", "options": {"empty_seg": True}}},
+    )
+    process = NodeProcess(config, tmp_path).start()
+    yield process
+    process.stop()
+
+
+def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data_dir, tmp_path):
+    files = chest_files(data_dir)
+    tiny = rewrite_series(chest_files(data_dir, "B70f")[:4], tmp_path / "tiny")
+    sent = storescu(node.port, files + tiny)
+    assert sent.returncode == 0, sent.stderr
+    index = node.index()
+    jobs = wait_until(lambda: (j := [j for j in index.jobs() if j.state in ("done", "failed")])
+                      and len(j) == 2 and j, 240, what="both jobs finished")
+    tiny_uid = str(pydicom.dcmread(tiny[0], stop_before_pixels=True).SeriesInstanceUID)
+    chest_job = next(j for j in jobs if tiny_uid not in j.inputs.values())
+    tiny_job = next(j for j in jobs if tiny_uid in j.inputs.values())
+
+    assert tiny_job.state == "done" and tiny_job.outcome.startswith("not applicable: the series covers 32 mm")
+    assert not index.results(tiny_job.id)
+
+    assert chest_job.state == "done", chest_job.outcome
+    results = index.results(chest_job.id)
+    assert sorted(r.sop_class for r in results) == sorted([SegmentationStorage, COMPREHENSIVE_3D_SR])
+    for result in results:
+        report = dciodvfy(result.path)
+        assert not report.errors, report.errors
+
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    wanted = {r.sop_uid for r in results}
+
+    def all_stored(pacs) -> bool:
+        return wanted <= {i["MainDicomTags"].get("SOPInstanceUID") for i in pacs.instances_of_study(study)}
+
+    assert orthanc.wait_for(all_stored, timeout=60)
