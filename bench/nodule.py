@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,8 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
-from pipelines.base import JobInput, PipelineSettings
+from bench.pipeline_timing import print_timing, time_pipeline
+from pipelines.base import PipelineSettings
 from pipelines.nodule.pipeline import NoduleDetection
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
@@ -58,9 +57,6 @@ def make_series(folder: Path, slices: int) -> list[Path]:
     return paths
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,30 +68,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_series(Path(tmp) / "in", args.slices)
-        started = time.perf_counter()
-        pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device=args.device))
-        load_s = time.perf_counter() - started
-        rss_after_load = peak_rss_gib()
-        runs = []
-        for attempt in range(args.repeat):
-            job = JobInput(series={"series": paths}, output_dir=Path(tmp) / f"out{attempt}")
-            started = time.perf_counter()
-            result = pipeline.run(job)
-            runs.append((time.perf_counter() - started, result.summary["seconds"], len(result.summary["nodules"])))
-        total, stages, found = min(runs)
-
-    device = pipeline.device
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"nodule-detection, {args.slices} slices of 512x512 on {device} ({name}); {found} nodule(s) reported")
-    print(f"  model load          {load_s:7.2f} s (once per worker)")
-    for stage, seconds in stages.items():
-        print(f"  {stage:<19} {seconds:7.2f} s")
-    print(f"  total               {total:7.2f} s")
-    print(f"  peak RSS            {peak_rss_gib():7.2f} GiB (after model load: {rss_after_load:.2f} GiB)")
-    if device.startswith("cuda"):
-        print(f"  peak GPU memory     {torch.cuda.max_memory_allocated() / 2**30:7.2f} GiB")
-
+        timing = time_pipeline(
+            lambda: NoduleDetection(PipelineSettings(name="nodule-detection", device=args.device)),
+            {"series": make_series(Path(tmp) / "in", args.slices)}, Path(tmp), args.repeat,
+        )
+    print_timing(f"nodule-detection, {args.slices} slices of 512x512; {len(timing.summary['nodules'])} nodule(s) reported", timing)
 
 if __name__ == "__main__":
     main()

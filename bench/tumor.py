@@ -12,14 +12,13 @@ is visible (mixed precision) and on the CPU otherwise.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from pipelines.base import JobInput, PipelineSettings
+from bench.pipeline_timing import print_timing, time_pipeline
+from pipelines.base import PipelineSettings
 from pipelines.tumor.data import BRATS, load_images
 from pipelines.tumor.pipeline import TumorSegmentation
 from tests.mr_dicom import CLINICAL, Study, moved, write_series
@@ -35,9 +34,6 @@ def make_study(folder: Path) -> dict[str, list[Path]]:
     return series
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,29 +44,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        series = make_study(Path(tmp) / "in")
-        started = time.perf_counter()
-        pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", device=args.device))
-        load_s = time.perf_counter() - started
-        runs = []
-        for attempt in range(args.repeat):
-            job = JobInput(series=series, output_dir=Path(tmp) / f"out{attempt}")
-            started = time.perf_counter()
-            result = pipeline.run(job)
-            runs.append((time.perf_counter() - started, result.summary["seconds"]))
-        total, stages = min(runs, key=lambda run: run[0])
-
-    device = pipeline.device
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"tumor-segmentation, four contrasts of 240x240x155 on {device} ({name})")
-    print(f"  model load          {load_s:7.2f} s (once per worker)")
-    for stage, seconds in stages.items():
-        print(f"  {stage:<19} {seconds:7.2f} s")
-    print(f"  total               {total:7.2f} s")
-    print(f"  peak RSS            {peak_rss_gib():7.2f} GiB")
-    if device.startswith("cuda"):
-        print(f"  peak GPU memory     {torch.cuda.max_memory_allocated() / 2**30:7.2f} GiB")
-
+        timing = time_pipeline(
+            lambda: TumorSegmentation(PipelineSettings(name="tumor-segmentation", device=args.device)),
+            make_study(Path(tmp) / "in"), Path(tmp), args.repeat,
+        )
+    print_timing("tumor-segmentation, four contrasts of 240x240x155", timing)
 
 if __name__ == "__main__":
     main()

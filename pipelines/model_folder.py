@@ -17,7 +17,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -77,6 +77,27 @@ def load_state_dict(path: Path, network: torch.nn.Module) -> torch.nn.Module:
     except RuntimeError as exc:
         raise ModelFolderError(f"{path} does not match the network its parameters describe: {exc}") from exc
     return network
+
+
+def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
+                 device: str = "cpu") -> torch.nn.Module:
+    """The folder's TorchScript model, or ``build()`` (called only then) with the state dict in it.
+
+    ``what`` names the network ``build`` makes, for the message when the parameters do not fit it.
+    """
+    script, state = weights_files(folder)
+    if script is not None:
+        return torch.jit.load(str(script), map_location=device)
+    if state is None:
+        where = f"{folder}/models" if is_monai_bundle(folder) else str(folder)
+        raise ModelFolderError(
+            f"{where} has neither model.ts nor model.pt: it needs a TorchScript file or a state dict"
+        )
+    try:
+        network = build()
+    except TypeError as exc:
+        raise ModelFolderError(f"{folder}: the parameters do not describe {what}: {exc}") from exc
+    return load_state_dict(state, network).to(device)
 
 
 def folder_digest(folder: Path) -> str:

@@ -16,7 +16,7 @@ from node.retention import Retention
 from node.spool import Spool
 from node.store import Index, InstanceRecord, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
-from tests.peers import free_port, storescu
+from tests.peers import storescu
 from tests.test_node_e2e import pacs_destination
 
 DAY = 86_400.0

@@ -30,9 +30,7 @@ import numpy as np
 import torch
 
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.model_folder import (
-    ModelFolderError, load_state_dict, read_params, require_folder, weights_files,
-)
+from pipelines.model_folder import ModelFolderError, load_network, read_params, require_folder
 
 #: The weights trained by ``pipelines.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
@@ -76,16 +74,8 @@ def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
 
 
 def _network(folder: Path, params: dict[str, Any], device: str) -> torch.nn.Module:
-    script, state = weights_files(folder)
-    if script is not None:
-        return torch.jit.load(str(script), map_location=device)
-    if state is None:
-        raise ModelFolderError(f"{folder} has neither model.ts (TorchScript) nor model.pt (state dict)")
-    try:
-        arch = Architecture(**params.get("model", {}))
-    except TypeError as exc:
-        raise ModelFolderError(f"{folder}: [model] does not describe a ResidualDenoiser: {exc}") from exc
-    return load_state_dict(state, ResidualDenoiser(arch)).to(device)
+    return load_network(folder, lambda: ResidualDenoiser(Architecture(**params.get("model", {}))),
+                        "a ResidualDenoiser ([model] channels, layers, downscale)", device)
 
 
 class Denoiser:

@@ -21,12 +21,13 @@ import numpy as np
 from pipelines.base import (
     SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
 )
+from pipelines.ct_input import scanner_ct_volume
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
-from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.volume import Volume
 from pipelines.writers.derived import make_derived_series
-from pipelines.writers.identity import MANUFACTURER, Identity
+from pipelines.writers.identity import Identity
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
@@ -86,20 +87,7 @@ class CTDenoise(Pipeline):
 
 
 def _ct_volume(paths: list[Path]) -> Volume:
-    """The job's series as a volume, or NotApplicable saying why it cannot be denoised."""
-    if not paths:
-        raise NotApplicable(f"no files in the {SERIES_ROLE!r} input")
-    try:
-        volume = load_series(paths)
-    except VolumeError as exc:
-        raise NotApplicable(f"not a CT volume radnode can denoise: {exc}") from exc
-    first = volume.sources[0]
-    if volume.modality != "CT":
-        raise NotApplicable(f"modality {volume.modality or 'missing'}: ct-denoise takes CT only")
-    if "LOCALIZER" in [str(v).upper() for v in first.get("ImageType", [])]:
-        raise NotApplicable("a CT localizer (scout), not a cross-sectional series")
-    if str(first.get("Manufacturer", "")) == MANUFACTURER:
-        raise NotApplicable("the series was made by radnode; denoising it again would stack outputs")
+    volume = scanner_ct_volume(paths, "ct-denoise")
     if volume.is_multiframe:
         raise NotApplicable("enhanced multi-frame CT: derived series are written for single-frame CT only")
     return volume

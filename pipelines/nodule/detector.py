@@ -43,8 +43,7 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
 from pipelines.model_folder import (
-    ModelFolderError, is_monai_bundle, load_state_dict, read_bundle_config, read_params,
-    require_folder, weights_files,
+    ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
 )
 from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
 from pipelines.nodule.network import Architecture, build_retinanet, size_divisible
@@ -190,16 +189,9 @@ def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
             f"{folder}: params file needs [preprocessing] spacing_mm and intensity_range, and valid "
             f"[anchors]/[inference] (see pipelines/nodule/detector.py): {exc}"
         ) from exc
-    script, state = weights_files(folder)
-    if script is not None:
-        return torch.jit.load(str(script), map_location="cpu"), settings
-    if state is None:
-        raise ModelFolderError(f"{folder} has neither model.ts (TorchScript) nor model.pt (state dict)")
-    try:
-        network = build_retinanet(**params.get("network", {}))
-    except TypeError as exc:
-        raise ModelFolderError(f"{folder}: [network] does not describe the reference RetinaNet: {exc}") from exc
-    return load_state_dict(state, network), settings
+    network = load_network(folder, lambda: build_retinanet(**params.get("network", {})),
+                           "the reference RetinaNet ([network])")
+    return network, settings
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -244,12 +236,7 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
         nms_threshold=_op_value(ops, "nms_thresh", Settings.nms_threshold),
         detections_per_image=int(_op_value(ops, "detections_per_img", Settings.detections_per_image)),
     )
-    script, state = weights_files(folder)
-    if script is not None:
-        return torch.jit.load(str(script), map_location="cpu"), settings
-    if state is None:
-        raise ModelFolderError(f"{folder}/models has neither model.ts nor model.pt")
-    return load_state_dict(state, network), settings
+    return load_network(folder, lambda: network, "the bundle's network_def"), settings
 
 
 def _op_value(ops: str, name: str, default: float) -> float:

@@ -30,15 +30,16 @@ from scipy import ndimage as ndi
 from pipelines.base import (
     SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
 )
+from pipelines.ct_input import scanner_ct_volume
 from pipelines.model_folder import folder_digest
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, measure, source_box
 from pipelines.timing import StageClock
-from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.volume import Volume
 from pipelines.writers.codes import LUNG_NODULE
-from pipelines.writers.identity import MANUFACTURER, Algorithm, Identity
+from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -174,20 +175,7 @@ def near_lungs(
 
 
 def _ct_volume(paths: list[Path], min_extent_mm: float) -> Volume:
-    """The job's series as a volume, or NotApplicable saying why nodules cannot be sought in it."""
-    if not paths:
-        raise NotApplicable(f"no files in the {SERIES_ROLE!r} input")
-    try:
-        volume = load_series(paths)
-    except VolumeError as exc:
-        raise NotApplicable(f"not a CT volume radnode can analyse: {exc}") from exc
-    first = volume.sources[0]
-    if volume.modality != "CT":
-        raise NotApplicable(f"modality {volume.modality or 'missing'}: nodule-detection takes CT only")
-    if "LOCALIZER" in [str(v).upper() for v in first.get("ImageType", [])]:
-        raise NotApplicable("a CT localizer (scout), not a cross-sectional series")
-    if str(first.get("Manufacturer", "")) == MANUFACTURER:
-        raise NotApplicable("the series was made by radnode, not by a scanner")
+    volume = scanner_ct_volume(paths, "nodule-detection")
     extent = volume.array.shape[0] * volume.spacing[2]
     if extent < min_extent_mm:
         raise NotApplicable(

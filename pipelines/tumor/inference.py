@@ -38,8 +38,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from pipelines.model_folder import (
-    ModelFolderError, is_monai_bundle, load_state_dict, read_bundle_config, read_params,
-    require_folder, weights_files,
+    ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
 )
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
@@ -166,19 +165,15 @@ class Segmenter:
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> "Segmenter":
         folder = require_folder(folder)
-        script, state = weights_files(folder)
-        if script is None and state is None:
-            raise ModelFolderError(f"{folder} has neither model.ts nor model.pt (under models/ for a MONAI bundle)")
         if is_monai_bundle(folder):
             config = read_bundle_config(folder)
             input_format = _bundle_format(config)
-            network = torch.jit.load(str(script), map_location="cpu") if script else load_state_dict(
-                state, _bundle_network(config, folder))
+            network = load_network(folder, lambda: _bundle_network(config, folder), "the bundle's network_def")
         else:
             params = read_params(folder)
             input_format = _radnode_format(params, folder)
-            network = torch.jit.load(str(script), map_location="cpu") if script else load_state_dict(
-                state, Architecture.from_params(params.get("model", {})).build())
+            network = load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
+                                   "a SegResNet ([model])")
         return cls(network, input_format, device)
 
     def probabilities(self, channels: np.ndarray) -> np.ndarray:

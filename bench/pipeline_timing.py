@@ -1,0 +1,62 @@
+"""Timing a shipped pipeline exactly as a worker runs it: model loaded once, then jobs.
+
+Shared by ``bench.denoise``, ``bench.nodule`` and ``bench.tumor`` so that their numbers mean the
+same thing: model load apart (paid once per worker), the best of ``repeat`` runs with the
+pipeline's own per-stage seconds, peak RSS of the process and, on CUDA, peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from pipelines.base import JobInput, Pipeline
+
+
+@dataclass(frozen=True)
+class Timing:
+    device: str
+    load_seconds: float
+    rss_after_load_gib: float
+    total_seconds: float
+    stages: Mapping[str, float]
+    summary: Mapping[str, Any]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def time_pipeline(make: Callable[[], Pipeline], series: Mapping[str, Sequence[Path]], workdir: Path,
+                  repeat: int) -> Timing:
+    started = time.perf_counter()
+    pipeline = make()
+    load_seconds = time.perf_counter() - started
+    rss_after_load = peak_rss_gib()
+    runs = []
+    for attempt in range(repeat):
+        job = JobInput(series=series, output_dir=workdir / f"out{attempt}")
+        started = time.perf_counter()
+        result = pipeline.run(job)
+        runs.append((time.perf_counter() - started, result.summary))
+    total, summary = min(runs, key=lambda run: run[0])
+    device = str(getattr(pipeline, "device", "cpu"))
+    return Timing(device, load_seconds, rss_after_load, total, summary["seconds"], summary)
+
+
+def print_timing(title: str, timing: Timing) -> None:
+    device = timing.device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{title} on {device} ({name})")
+    print(f"  model load          {timing.load_seconds:7.2f} s (once per worker)")
+    for stage, seconds in timing.stages.items():
+        print(f"  {stage:<19} {seconds:7.2f} s")
+    print(f"  total               {timing.total_seconds:7.2f} s")
+    print(f"  peak RSS            {peak_rss_gib():7.2f} GiB (after model load: {timing.rss_after_load_gib:.2f} GiB)")
+    if device.startswith("cuda"):
+        print(f"  peak GPU memory     {torch.cuda.max_memory_allocated() / 2**30:7.2f} GiB")
