@@ -10,7 +10,6 @@ CUDA when a GPU is visible (mixed precision) and on the CPU otherwise.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 from pathlib import Path
@@ -18,12 +17,10 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from bench.pipeline_timing import print_timing, time_pipeline
+from bench.ct_series import SOURCE, save_slice
+from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.denoise.pipeline import CTDenoise
-
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
-
 
 def make_series(folder: Path, slices: int) -> list[Path]:
     """``slices`` files of one new series: the real slices in turn, 1 mm apart along z."""
@@ -34,25 +31,12 @@ def make_series(folder: Path, slices: int) -> list[Path]:
     paths = []
     for i in range(slices):
         ds = copy.deepcopy(sources[i % len(sources)])
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = i + 1
-        x, y, _ = ds.ImagePositionPatient
-        ds.ImagePositionPatient = [x, y, -float(i)]
-        ds.SliceLocation = -float(i)
-        paths.append(folder / f"{i:04d}.dcm")
-        ds.save_as(paths[-1])
+        paths.append(save_slice(ds, folder, i, study_uid, series_uid, -float(i)))
     return paths
 
 
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeat", type=int, default=2, help="runs after model load; the best is reported")
-    args = parser.parse_args()
-
+    args = parse_arguments(__doc__, slices=300)
     with tempfile.TemporaryDirectory() as tmp:
         timing = time_pipeline(
             lambda: CTDenoise(PipelineSettings(name="ct-denoise", device=args.device)),

@@ -12,22 +12,18 @@ written), on CUDA when a GPU is visible (mixed precision) and on the CPU otherwi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import torch
 from pydicom.uid import generate_uid
 
-from bench.pipeline_timing import print_timing, time_pipeline
+from bench.ct_series import SOURCE, save_slice
+from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.nodule.pipeline import NoduleDetection
-
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
-
 
 def make_series(folder: Path, slices: int) -> list[Path]:
     """``slices`` files of one new series spanning the source's extent, interpolated along z."""
@@ -45,34 +41,20 @@ def make_series(folder: Path, slices: int) -> list[Path]:
         pixels = (1 - weight) * stored[below] + weight * stored[below + 1]
         ds = copy.deepcopy(sources[below])
         ds.PixelData = np.round(pixels).astype(sources[below].pixel_array.dtype).tobytes()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = i + 1
-        x, y, _ = ds.ImagePositionPatient
-        ds.ImagePositionPatient = [x, y, float(position)]
-        ds.SliceLocation = float(position)
         ds.SliceThickness = round(float(positions[1] - positions[0]), 3)
-        paths.append(folder / f"{i:04d}.dcm")
-        ds.save_as(paths[-1])
+        paths.append(save_slice(ds, folder, i, study_uid, series_uid, float(position)))
     return paths
 
 
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (the target is 2 cores)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs after model load; the best is reported")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+    args = parse_arguments(__doc__, slices=300)
     with tempfile.TemporaryDirectory() as tmp:
         timing = time_pipeline(
             lambda: NoduleDetection(PipelineSettings(name="nodule-detection", device=args.device)),
             {"series": make_series(Path(tmp) / "in", args.slices)}, Path(tmp), args.repeat,
         )
-    print_timing(f"nodule-detection, {args.slices} slices of 512x512; {len(timing.summary['nodules'])} nodule(s) reported", timing)
+    found = len(timing.summary["nodules"])
+    print_timing(f"nodule-detection, {args.slices} slices of 512x512; {found} nodule(s) reported", timing)
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ pipeline's own per-stage seconds, peak RSS of the process and, on CUDA, peak GPU
 
 from __future__ import annotations
 
+import argparse
 import resource
 import time
 from dataclasses import dataclass
@@ -26,6 +27,19 @@ class Timing:
     total_seconds: float
     stages: Mapping[str, float]
     summary: Mapping[str, Any]
+
+
+def parse_arguments(doc: str, slices: int | None = None) -> argparse.Namespace:
+    """The options every pipeline benchmark takes; torch's CPU threads are set from --threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if slices is not None:
+        parser.add_argument("--slices", type=int, default=slices)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--repeat", type=int, default=2, help="runs after model load; the best is reported")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the targets are for 2 cores)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def peak_rss_gib() -> float:

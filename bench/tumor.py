@@ -11,13 +11,11 @@ is visible (mixed precision) and on the CPU otherwise.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 
-from bench.pipeline_timing import print_timing, time_pipeline
+from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.tumor.data import BRATS, load_images
 from pipelines.tumor.pipeline import TumorSegmentation
@@ -34,15 +32,8 @@ def make_study(folder: Path) -> dict[str, list[Path]]:
     return series
 
 
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeat", type=int, default=2, help="runs after model load; the best is reported")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+    args = parse_arguments(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         timing = time_pipeline(
             lambda: TumorSegmentation(PipelineSettings(name="tumor-segmentation", device=args.device)),
