@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -21,3 +23,18 @@ def save_slice(ds: Dataset, folder: Path, index: int, study_uid: str, series_uid
     path = folder / f"{index:04d}.dcm"
     ds.save_as(path)
     return path
+
+
+def source_slices() -> list[Dataset]:
+    """The real chest CT's slices, ordered along z."""
+    return sorted((pydicom.dcmread(p) for p in SOURCE.glob("*.dcm")),
+                  key=lambda d: float(d.ImagePositionPatient[2]))
+
+
+def repeated_series(folder: Path, slices: int) -> list[Path]:
+    """``slices`` files of one new series: the real slices in turn, 1 mm apart along z."""
+    sources = source_slices()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_slice(copy.deepcopy(sources[i % len(sources)]), folder, i, study_uid, series_uid, -float(i))
+            for i in range(slices)]

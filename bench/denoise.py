@@ -10,39 +10,24 @@ CUDA when a GPU is visible (mixed precision) and on the CPU otherwise.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
 
-from bench.ct_series import SOURCE, save_slice
+from bench.ct_series import repeated_series
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.denoise.pipeline import CTDenoise
-
-def make_series(folder: Path, slices: int) -> list[Path]:
-    """``slices`` files of one new series: the real slices in turn, 1 mm apart along z."""
-    sources = sorted((pydicom.dcmread(p) for p in SOURCE.glob("*.dcm")),
-                     key=lambda d: float(d.ImagePositionPatient[2]))
-    study_uid, series_uid = generate_uid(), generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(slices):
-        ds = copy.deepcopy(sources[i % len(sources)])
-        paths.append(save_slice(ds, folder, i, study_uid, series_uid, -float(i)))
-    return paths
-
 
 def main() -> None:
     args = parse_arguments(__doc__, slices=300)
     with tempfile.TemporaryDirectory() as tmp:
         timing = time_pipeline(
             lambda: CTDenoise(PipelineSettings(name="ct-denoise", device=args.device)),
-            {"series": make_series(Path(tmp) / "in", args.slices)}, Path(tmp), args.repeat,
+            {"series": repeated_series(Path(tmp) / "in", args.slices)}, Path(tmp), args.repeat,
         )
     print_timing(f"ct-denoise, {args.slices} slices of 512x512", timing)
+
 
 if __name__ == "__main__":
     main()

@@ -17,32 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.ct_series import repeated_series  # noqa: E402
 from tests.harness import NodeProcess, node_config  # noqa: E402
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
-
-SOURCE = REPO.parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
-
-
-def make_series(folder: Path, slices: int) -> list[Path]:
-    sources = sorted((pydicom.dcmread(p) for p in SOURCE.glob("*.dcm")),
-                     key=lambda d: float(d.ImagePositionPatient[2]))
-    series_uid, study_uid = generate_uid(), generate_uid()
-    paths = []
-    for i in range(slices):
-        ds = sources[i % len(sources)]
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = i + 1
-        paths.append(folder / f"{i:04d}.dcm")
-        ds.save_as(paths[-1])
-    return paths
-
 
 def send(port: int, aet: str, groups: list[list[Path]]) -> float:
     """Seconds for all groups to be stored, one storescu process (association) per group."""
@@ -77,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "series").mkdir()
-        paths = make_series(tmp / "series", args.slices)
+        paths = repeated_series(tmp / "series", args.slices)
         results = {}
 
         (tmp / "radnode").mkdir()

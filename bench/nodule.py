@@ -17,18 +17,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.uid import generate_uid
 
-from bench.ct_series import SOURCE, save_slice
+from bench.ct_series import save_slice, source_slices
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.nodule.pipeline import NoduleDetection
 
 def make_series(folder: Path, slices: int) -> list[Path]:
     """``slices`` files of one new series spanning the source's extent, interpolated along z."""
-    sources = sorted((pydicom.dcmread(p) for p in SOURCE.glob("*.dcm")),
-                     key=lambda d: float(d.ImagePositionPatient[2]))
+    sources = source_slices()
     stored = np.stack([d.pixel_array.astype(np.float32) for d in sources])
     z = np.array([float(d.ImagePositionPatient[2]) for d in sources])
     positions = np.linspace(z[0], z[-1], slices)
@@ -55,6 +53,7 @@ def main() -> None:
         )
     found = len(timing.summary["nodules"])
     print_timing(f"nodule-detection, {args.slices} slices of 512x512; {found} nodule(s) reported", timing)
+
 
 if __name__ == "__main__":
     main()
