@@ -130,7 +130,7 @@ def tighten_reactor_polling(max_sleep: float = REACTOR_POLL_SECONDS) -> None:
 
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
-_LAST_IDENTIFYING_TAG = 0x0020000E
+LAST_IDENTIFYING_TAG = 0x0020000E
 
 
 def identifying_header(event: evt.Event) -> Dataset:
@@ -147,7 +147,7 @@ def identifying_header(event: evt.Event) -> Dataset:
     stream.seek(0)
     return pydicom.filereader.read_dataset(
         stream, syntax.is_implicit_VR, True,
-        stop_when=lambda tag, vr, length: tag > _LAST_IDENTIFYING_TAG,
+        stop_when=lambda tag, vr, length: tag > LAST_IDENTIFYING_TAG,
     )
 
 
@@ -190,7 +190,7 @@ class Receiver:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.node.spool)
-        self.index = Index(config.node.index_path)
+        self.index = Index(config.node.index_path, durable_commits=False)
         self._index_lock = threading.Lock()
         self._min_free = config.node.min_free_disk_mb * 1024 * 1024
         self._assoc_ids: dict[int, str] = {}
@@ -273,18 +273,11 @@ class Receiver:
 
     def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
         header = part10_header_of(event)
-        record = InstanceRecord(
-            sop_uid=str(dataset.SOPInstanceUID),
-            series_uid=str(dataset.SeriesInstanceUID),
-            study_uid=str(dataset.StudyInstanceUID),
-            modality=str(dataset.Modality),
-            sop_class=str(dataset.SOPClassUID),
-            transfer_syntax=str(event.context.transfer_syntax),
-            path=self.spool.instance_path(
-                str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
-            ),
-            size=len(header) + len(raw),
+        path = self.spool.instance_path(
+            str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
         )
+        record = InstanceRecord.from_header(dataset, str(event.context.transfer_syntax), path,
+                                            len(header) + len(raw))
         self.spool.write(record.path, [header, raw])
         assoc_id = self._assoc_ids.get(id(event.assoc))
         with self._index_lock:

@@ -43,9 +43,10 @@ class Retention:
         studies = files = jobs = 0
         if self.settings.instances_days > 0:
             for study_uid in self.index.settled_studies(now - self.settings.instances_days * _DAY):
-                paths = self.index.forget_study(study_uid)
+                paths = self.index.study_files(study_uid)
                 files += sum(_remove(p) for p in paths)
                 _prune_empty_parents({p.parent for p in paths}, self.spool.instances)
+                self.index.forget_study(study_uid)
                 studies += 1
         if self.settings.results_days > 0:
             for job_id in self.index.delivered_jobs(now - self.settings.results_days * _DAY):

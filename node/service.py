@@ -28,6 +28,7 @@ from node.config import Config, ConfigError, load_config
 from node.dispatcher import Dispatcher
 from node.monitoring import MonitoringServer
 from node.receiver import Receiver
+from node.reconcile import reindex_after_reboot
 from node.retention import Retention
 from node.spool import Spool
 from node.store import Index
@@ -85,9 +86,11 @@ class Node:
         """Pick up where a crash or a stop left off: every unfinished thing is in the index."""
         spool = Spool(self.config.node.spool)
         partial = spool.clear_partial_writes()
+        reindexed = reindex_after_reboot(spool, self.index)
         closed = self.index.close_associations_of(None)
         requeued = self.index.requeue_running_jobs(None)
-        logs.info("node.recovered", partial_writes_removed=partial, associations_closed=closed,
+        logs.info("node.recovered", partial_writes_removed=partial, instances_reindexed=reindexed,
+                  associations_closed=closed,
                   jobs_requeued=requeued,
                   series_receiving=len(self.index.receiving_series()),
                   deliveries_due=len(self.index.due_deliveries(time.time() + 1e9, 1_000_000)))

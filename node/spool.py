@@ -14,7 +14,7 @@ import shutil
 import struct
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
@@ -61,11 +61,31 @@ class Spool:
 
     def quarantine_bytes(self, data: bytes | Sequence[bytes], reason: str) -> Path:
         """Keep a refused object with the reason beside it, so that nothing sent is lost."""
+        kept = self._quarantine_slot(reason)
+        self.write(kept, data)
+        return kept
+
+    def quarantine_file(self, path: Path, reason: str) -> Path:
+        """Move a spool file the node cannot use out of the way, with the reason beside it."""
+        kept = self._quarantine_slot(reason)
+        os.replace(path, kept)
+        _fsync_dir(self.quarantine)
+        return kept
+
+    def _quarantine_slot(self, reason: str) -> Path:
+        """A new quarantine file name, its reason already written beside it."""
         stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}"
-        path = self.quarantine / f"{stem}.dcm"
-        self.write(path, data)
         (self.quarantine / f"{stem}.reason.txt").write_text(reason + "\n")
-        return path
+        return self.quarantine / f"{stem}.dcm"
+
+    def instance_files(self) -> Iterator[Path]:
+        """Every stored instance file (study/series/instance.dcm under ``instances``)."""
+        for study in _folders(self.instances):
+            for series in _folders(study):
+                with os.scandir(series) as entries:
+                    for entry in entries:
+                        if entry.is_file() and entry.name.endswith(".dcm"):
+                            yield Path(entry.path)
 
     def clear_partial_writes(self) -> int:
         """Remove temporary files a crash left behind; they were never acknowledged."""
@@ -112,6 +132,11 @@ def _padded(text: str, pad: bytes) -> bytes:
 def _safe(uid: str) -> str:
     """UIDs are digits and dots, but the spool must never trust a peer's string as a path."""
     return _SAFE.sub("_", uid)[:128] or "_"
+
+
+def _folders(folder: Path) -> Iterator[Path]:
+    with os.scandir(folder) as entries:
+        return iter([Path(e.path) for e in entries if e.is_dir()])
 
 
 def _fsync_dir(folder: Path) -> None:

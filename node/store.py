@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS instances (
     association TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS node_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS associations (
     id TEXT PRIMARY KEY,
     calling_aet TEXT NOT NULL,
@@ -120,6 +124,20 @@ class InstanceRecord:
     path: Path
     size: int
 
+    @classmethod
+    def from_header(cls, header: Any, transfer_syntax: str, path: Path, size: int) -> "InstanceRecord":
+        """The row of an instance, from its identifying attributes (a pydicom Dataset)."""
+        return cls(
+            sop_uid=str(header.SOPInstanceUID),
+            series_uid=str(header.SeriesInstanceUID),
+            study_uid=str(header.StudyInstanceUID),
+            modality=str(header.Modality),
+            sop_class=str(header.SOPClassUID),
+            transfer_syntax=transfer_syntax,
+            path=path,
+            size=size,
+        )
+
 
 @dataclass(frozen=True)
 class SeriesRow:
@@ -180,14 +198,16 @@ class ResultFile:
 class Index:
     """One connection to the index; create one per process (and per thread that writes)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable_commits: bool = True) -> None:
+        """``durable_commits=False`` saves the disk flush of every commit; only the receiver uses
+        it, because the rows it writes point at fsynced spool files and ``node.reconcile`` writes
+        them again after a power cut. Every other state change is fsynced when committed."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed row survives a power cut, like the fsynced file it points to.
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
 
@@ -580,21 +600,36 @@ class Index:
         ).fetchall()
         return [r["study_uid"] for r in rows]
 
-    def forget_study(self, study_uid: str) -> list[Path]:
-        """Drop a study's instances and series from the index; returns their spool files.
+    def study_files(self, study_uid: str) -> list[Path]:
+        return [Path(r["path"]) for r in self._db.execute(
+            "SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()]
 
-        The rows go first and the files after, so a crash in between leaves unreferenced files
-        (found again by the next clean-up of orphans) rather than rows pointing at nothing.
+    def forget_study(self, study_uid: str) -> None:
+        """Drop a study's instances and series from the index.
+
+        Retention removes the files first and the rows after: a crash in between leaves rows
+        that the next sweep removes, never unreferenced files, which ``node.reconcile`` would
+        take for received instances whose rows a power cut lost and route again.
         """
         with self._tx() as db:
-            paths = [Path(r["path"]) for r in db.execute(
-                "SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()]
             db.execute("DELETE FROM association_series WHERE series_uid IN"
                        " (SELECT series_uid FROM series WHERE study_uid = ?)", (study_uid,))
             db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
-        return paths
+
+    def indexed_files(self) -> set[str]:
+        return {r["path"] for r in self._db.execute("SELECT path FROM instances").fetchall()}
+
+    def state(self, key: str) -> str | None:
+        """A value the node keeps about itself between runs (see ``set_state``)."""
+        row = self._db.execute("SELECT value FROM node_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_state(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO node_state(key, value) VALUES (?, ?)"
+                       " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def delivered_jobs(self, finished_before: float) -> list[int]:
         """Jobs finished before the cut-off with results that every destination has received."""

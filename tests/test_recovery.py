@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pydicom
 
+from node.reconcile import reindex_spool
+from node.spool import Spool
+from node.store import Index
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 
@@ -153,3 +157,52 @@ def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, da
         assert "timed out after 3 s" in listing and "told to fail" in listing
     finally:
         node.stop()
+
+
+def lose_last_rows(index_path: Path, count: int) -> list[str]:
+    """What a power cut does to the receiver's unflushed commits: the last transactions, each an
+    instance row and its series count, are gone. Returns the SOP UIDs whose rows were lost."""
+    with sqlite3.connect(index_path) as db:
+        lost = db.execute("SELECT sop_uid, series_uid FROM instances ORDER BY received_at DESC LIMIT ?",
+                          (count,)).fetchall()
+        for sop_uid, series_uid in lost:
+            db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
+            db.execute("UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
+                       (series_uid,))
+        db.execute("UPDATE node_state SET value = 'the boot before the power cut' WHERE key = 'boot_id'")
+    return [sop_uid for sop_uid, _ in lost]
+
+
+def test_instances_whose_rows_a_power_cut_lost_are_indexed_and_processed_after_reboot(
+        tmp_path, orthanc, data_dir):
+    files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
+    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
+                         pipelines=threshold_pipeline(), completion={"settle_seconds": 30.0})
+    node = NodeProcess(config, tmp_path).start()
+    assert storescu(node.port, files).returncode == 0  # all acknowledged
+    node.kill()  # before the series settles
+    lost = lose_last_rows(Path(config["node"]["spool"]) / "index.sqlite", 12)
+
+    node.start()
+    try:
+        index = node.index()
+        assert all(index.instance(uid) is not None for uid in lost), "lost rows were not rebuilt"
+        series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        assert index.series(series_uid).instance_count == len(files)
+        assert '"instances_reindexed": 12' in node.logs()
+        wait_until(lambda: index.deliveries("sent"), 120, what="the whole series processed and delivered")
+        (job,) = index.jobs("done")
+        assert job.subject == series_uid
+    finally:
+        node.stop()
+
+
+def test_unreadable_spool_file_without_a_row_is_quarantined_at_reconcile(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    index = Index(tmp_path / "spool" / "index.sqlite")
+    stray = spool.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    spool.write(stray, b"\x00" * 128 + b"DICM" + b"truncated")
+    assert reindex_spool(spool, index) == 0
+    assert not stray.exists()
+    (reason,) = spool.quarantine.glob("*.reason.txt")
+    assert "cannot be read" in reason.read_text()
