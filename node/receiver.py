@@ -16,14 +16,11 @@ import socket
 import socketserver
 import threading
 import time
-import types
 from dataclasses import dataclass
 from typing import Any
 
 import pydicom.config
 import pydicom.filereader
-import pynetdicom.association
-import pynetdicom.dul
 from pydicom import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -62,6 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
+from node.reactor import wake_on_work
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
 
@@ -110,24 +108,6 @@ PROCESSING_FAILURE = 0x0110
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user
 _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
 _NO_REASON, _CALLING_AET_NOT_RECOGNISED = 0x01, 0x03
-
-#: Longest that pynetdicom's reactor threads sleep between polls of the socket and queues.
-#: Stock pynetdicom sleeps 1 ms per poll, which caps one association at a few hundred images/s.
-REACTOR_POLL_SECONDS = 0.0002
-
-
-def tighten_reactor_polling(max_sleep: float = REACTOR_POLL_SECONDS) -> None:
-    """Shorten pynetdicom's fixed polling sleeps (it has no setting for the association loop)."""
-
-    class _Time(types.ModuleType):
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
-
-    shim = _Time("time")
-    shim.sleep = lambda seconds: time.sleep(min(seconds, max_sleep))  # type: ignore[attr-defined]
-    pynetdicom.association.time = shim  # type: ignore[attr-defined]
-    pynetdicom.dul.time = shim  # type: ignore[attr-defined]
-
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
 LAST_IDENTIFYING_TAG = 0x0020000E
@@ -318,7 +298,7 @@ class Receiver:
         ]
 
     def serve_forever(self) -> None:
-        tighten_reactor_polling()
+        wake_on_work()
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
