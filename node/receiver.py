@@ -131,6 +131,11 @@ def identifying_header(event: evt.Event) -> Dataset:
     )
 
 
+def missing_attributes(dataset: Dataset) -> list[str]:
+    """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
+    return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
+
+
 def part10_header_of(event: evt.Event) -> bytes:
     """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
     request = event.request
@@ -241,7 +246,7 @@ class Receiver:
 
     @staticmethod
     def _check(dataset: Dataset, context_sop_class: str) -> StoreRefusal | None:
-        missing = [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
+        missing = missing_attributes(dataset)
         if missing:
             return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
         if dataset.SOPClassUID != context_sop_class:

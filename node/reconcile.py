@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom.filereader
 
 from node import logs
-from node.receiver import LAST_IDENTIFYING_TAG, REQUIRED_ATTRIBUTES
+from node.receiver import LAST_IDENTIFYING_TAG, missing_attributes
 from node.spool import Spool
 from node.store import Index, InstanceRecord
 
@@ -58,7 +58,7 @@ def _record_of(path: Path) -> InstanceRecord:
     with path.open("rb") as stream:
         header = pydicom.filereader.read_partial(
             stream, stop_when=lambda tag, vr, length: tag > LAST_IDENTIFYING_TAG)
-    missing = [k for k in REQUIRED_ATTRIBUTES if not str(header.get(k, "") or "").strip()]
+    missing = missing_attributes(header)
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     return InstanceRecord.from_header(header, str(header.file_meta.TransferSyntaxUID), path,
