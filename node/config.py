@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +38,31 @@ AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+class ServerTls(_Strict):
+    """DICOM TLS on the receiver: every association must then be TLS."""
+
+    cert_file: FilePath
+    key_file: FilePath
+    ca_file: FilePath | None = Field(
+        default=None, description="when set, callers must present a certificate this CA signed"
+    )
+
+
+class ClientTls(_Strict):
+    """DICOM TLS to a destination. The peer's certificate is always verified against ca_file."""
+
+    ca_file: FilePath
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> "ClientTls":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (our certificate and its key)")
+        return self
+
+
 class NodeSettings(_Strict):
     ae_title: AETitle = "RADNODE"
     host: str = "0.0.0.0"
@@ -52,6 +78,7 @@ class NodeSettings(_Strict):
     receivers: Annotated[int, Field(ge=1, le=64)] = 2
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]+\.$")
+    tls: ServerTls | None = None
 
     @property
     def index_path(self) -> Path:
@@ -127,6 +154,7 @@ class Destination(_Strict):
     ae_title: AETitle
     host: str
     port: Port
+    tls: ClientTls | None = None
 
 
 class InputSelector(_Strict):
@@ -269,6 +297,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     except ValidationError as error:
         raise ConfigError(_format(error, source)) from None
     _check_pipelines(config, source)
+    _check_tls(config, source)
     return config
 
 
@@ -291,6 +320,24 @@ def _check_pipelines(config: Config, source: str) -> None:
             raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
 
 
+def _check_tls(config: Config, source: str) -> None:
+    """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
+    from node.tls import client_context, server_context
+
+    checks: list[tuple[str, Any]] = []
+    if config.node.tls is not None:
+        checks.append(("node.tls", lambda: server_context(config.node.tls)))
+    for i, destination in enumerate(config.destinations):
+        if destination.tls is not None:
+            checks.append((f"destinations[{i}].tls", lambda tls=destination.tls: client_context(tls)))
+    for key, build in checks:
+        try:
+            build()
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise ConfigError(f"{source} is not valid:\n  {key}: cannot load the certificates: {error}"
+                              " (PEM files; an unencrypted key)") from None
+
+
 def load_config(path: Path) -> Config:
     """Read and validate config.toml; relative paths in it are taken from its folder."""
     try:
@@ -306,15 +353,27 @@ def load_config(path: Path) -> Config:
 
 
 def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make spool, index and model paths relative to the config file, not to the shell's cwd."""
+    """Make spool, index, model and certificate paths relative to the config file, not to the
+    shell's cwd."""
     node = data.get("node")
     if isinstance(node, dict):
         for key in ("spool", "index"):
             if isinstance(node.get(key), str):
                 node[key] = str(base / node[key])
+        _anchor_tls(node.get("tls"), base)
+    for destination in data.get("destinations") or []:
+        if isinstance(destination, dict):
+            _anchor_tls(destination.get("tls"), base)
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():
             if isinstance(table, dict) and isinstance(table.get("model"), str):
                 table["model"] = str(base / table["model"])
     return data
+
+
+def _anchor_tls(table: Any, base: Path) -> None:
+    if isinstance(table, dict):
+        for key in ("cert_file", "key_file", "ca_file"):
+            if isinstance(table.get(key), str):
+                table[key] = str(base / table[key])

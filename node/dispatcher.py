@@ -13,12 +13,13 @@ from collections import defaultdict
 from typing import Sequence
 
 import pydicom
-from pynetdicom import AE, build_context
+from pynetdicom import AE, Association, build_context
 from pynetdicom.sop_class import Verification
 
 from node import logs
 from node.config import Config, DeliverySettings, Destination
 from node.store import Delivery, Index, ResultFile
+from node.tls import client_context
 
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 _MAX_CONTEXTS = 128
@@ -43,7 +44,7 @@ def echo(config: Config, destination: Destination) -> int:
     """C-ECHO a destination; returns the DIMSE status, raises ConnectionError if unreachable."""
     ae = scu_ae(config)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = associate(ae, destination)
     if not assoc.is_established:
         raise ConnectionError(_association_failure(assoc, destination))
     try:
@@ -55,10 +56,23 @@ def echo(config: Config, destination: Destination) -> int:
     return int(status.Status)
 
 
+def associate(ae: AE, destination: Destination) -> Association:
+    """An association with ``destination``, over DICOM TLS when its config has a ``tls`` table."""
+    tls_args = None
+    if destination.tls is not None:
+        server_name = destination.host if destination.tls.check_hostname else None
+        tls_args = (client_context(destination.tls), server_name)
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                        tls_args=tls_args)
+
+
 def _association_failure(assoc: object, destination: Destination) -> str:
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if getattr(assoc, "is_rejected", False):
         return f"association rejected by {where} (check its AE title and our AE on its side)"
+    if destination.tls is not None:
+        return (f"no TLS association with {where} (is it running and reachable, does it speak TLS,"
+                " and does its certificate verify against tls.ca_file for that host name?)")
     return f"no association with {where} (is it running and reachable?)"
 
 
@@ -84,7 +98,7 @@ class Dispatcher:
         ae = scu_ae(self.config)
         for context in _contexts([f for fs in files.values() for f in fs]):
             ae.add_requested_context(context.abstract_syntax, context.transfer_syntax)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        assoc = associate(ae, destination)
         if not assoc.is_established:
             error = _association_failure(assoc, destination)
             for delivery in deliveries:

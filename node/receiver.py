@@ -62,6 +62,7 @@ from node.config import Config
 from node.reactor import wake_on_work
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
+from node.tls import server_context
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -163,9 +164,18 @@ class _Server(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        """Accept a connection; a TLS handshake is left to the association's own thread.
+
+        pynetdicom shakes hands here, in the one thread that accepts every connection, with no
+        timeout: a caller that opens a TLS connection and stalls would block everyone else.
+        """
+        client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        if self.ssl_context:
+            client.settimeout(self.ae.network_timeout)
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
         return client, address
 
 
@@ -313,10 +323,11 @@ class Receiver:
         _config.LOG_HANDLER_LEVEL = "none"
         node = self.config.node
         self._server = self.make_ae().make_server(
-            (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server
+            (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server,
+            ssl_context=None if node.tls is None else server_context(node.tls),
         )
         logs.info("receiver.listening", ae_title=node.ae_title, host=node.host, port=node.port,
-                  pid=os.getpid())
+                  tls=node.tls is not None, pid=os.getpid())
         self._server.serve_forever()
 
     def shutdown(self) -> None:

@@ -52,6 +52,10 @@ def serve(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
         (('entry = "tests.hu_threshold:HUThreshold"', 'entry = "nowhere.mod:Cls"'), "pipelines.hu-threshold",
          "not importable"),
         (("[node]", "[node]\n[node.extra]"), "node.extra", "unknown key"),
+        (("port = 104", 'port = 104\ntls = { ca_file = "no-such-ca.pem" }'), "destinations[0].tls.ca_file",
+         "does not point to a file"),
+        (("port = 104", 'port = 104\ntls = { ca_file = "config.toml", cert_file = "config.toml" }'),
+         "destinations[0].tls", "cert_file and key_file go together"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, change, key, problem):
