@@ -11,6 +11,7 @@ radnode runs with its durable writes (fsync before the ack) on; storescp and Ort
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
+from node.spool import Spool  # noqa: E402
 from tests.harness import NodeProcess, node_config  # noqa: E402
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
 
@@ -47,6 +49,19 @@ def measure(name: str, port: int, aet: str, paths: list[Path]) -> dict[str, floa
     four = len(paths) / send(port, aet, split(paths, 4))
     print(f"{name:10s} 1 association: {one:7.1f} img/s   4 associations: {four:7.1f} img/s", flush=True)
     return {"one": one, "four": four}
+
+
+def durable_write_seconds(folder: Path, sample: Path, count: int = 60) -> float:
+    """Median seconds of the spool's durable write (write, fsync, rename, fsync the folder) of
+    one image on this disk: the floor under every acknowledgement of one association."""
+    spool = Spool(folder)
+    data = sample.read_bytes()
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        spool.write(spool.instance_path("1.2", "1.2.3", f"1.2.3.{i}"), data)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -86,7 +101,13 @@ def main() -> None:
         finally:
             orthanc.stop()
 
+        flush = durable_write_seconds(tmp / "flush", paths[0])
+
     ours = results["radnode"]
+    per_image = 1 / results["storescp"]["one"]
+    print(f"spool durable write of one image on this disk: {flush * 1000:.2f} ms (median); storescp "
+          f"takes {per_image * 1000:.2f} ms per image in all, so one association of radnode is bounded near "
+          f"{1 / (per_image + flush):.0f} img/s here ({per_image / (per_image + flush):.2f}x storescp)")
     print(f"radnode/storescp: 1 association {ours['one'] / results['storescp']['one']:.2f}x, "
           f"4 associations {ours['four'] / results['storescp']['four']:.2f}x")
     print(f"radnode/orthanc:  1 association {ours['one'] / results['orthanc']['one']:.2f}x, "
