@@ -10,9 +10,8 @@ folder's ``params.toml``. Evaluation then reports the held-out numbers at that t
 For each held-out series (lung-pet-ct-dx-A0002, B40f and B70f) and each trial, six synthetic
 nodules (``synthesis``; seeded, 4-40 mm) are inserted into the lungs away from the real tumour and
 the pipeline's own detection path runs on the result (grid, detector, lung filter, fusion of
-nested boxes). A detection
-hits a nodule when its centre lies in the nodule's box grown by ``HIT_MARGIN_MM``; each nodule
-counts once; a hit on the annotated real tumour is neither a true nor a false positive for the
+nested boxes). A detection hits a nodule when its centre lies in the nodule's box grown by
+``HIT_MARGIN_MM``; each nodule counts once; a hit on the annotated real tumour is neither a true nor a false positive for the
 FROC and is reported as the real-tumour sensitivity instead.
 """
 
@@ -27,11 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
+from pipelines.model_folder import read_params
 from pipelines.nodule import data, synthesis
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import fuse_nested, near_lungs
-from pipelines.model_folder import read_params
 from pipelines.nodule.train import DEFAULT_DATA, write_params
 from pipelines.volume import Volume
 
