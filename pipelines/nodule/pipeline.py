@@ -21,10 +21,13 @@ format or a MONAI bundle, see ``detector``; default: the weights shipped in ``we
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from monai.data.box_utils import box_area, box_iou
 from scipy import ndimage as ndi
 
 from pipelines.base import (
@@ -45,6 +48,10 @@ from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
 ALGORITHM_NAME = "radnode nodule-detection"
+#: A box with this fraction of its volume inside a larger box is a piece of the same lesion
+#: (``fuse_nested``), when the larger box scores at least ``FUSE_SCORE_RATIO`` of it.
+NESTED_FRACTION = 0.7
+FUSE_SCORE_RATIO = 0.5
 
 
 class NoduleDetection(Pipeline):
@@ -111,7 +118,7 @@ class NoduleDetection(Pipeline):
         """Reported detections, measured on the source slices, best score first."""
         threshold = self.detector.settings.report_threshold
         kept = []
-        for detection in near_lungs(grid, lungs, candidates, self.lung_margin_mm):
+        for detection in fuse_nested(near_lungs(grid, lungs, candidates, self.lung_margin_mm)):
             if detection.score < threshold:
                 break
             measured = measure(volume, *source_box(volume, detection.lps_corners))
@@ -172,6 +179,38 @@ def near_lungs(
         if np.all(index >= 0) and np.all(index < grid.hu.shape) and near[tuple(index)]:
             kept.append(detection)
     return kept
+
+
+def fuse_nested(candidates: list[Detection]) -> list[Detection]:
+    """One detection per lesion: every box lying mostly inside a larger, comparably scored box is
+    folded into it, and the larger box takes the best score of what it holds. Best first.
+
+    The detector boxes a mass bigger than its anchors both whole and in small pieces, and the
+    pieces often score higher. NMS (by IoU) cannot merge them, because a piece's IoU with the whole
+    is small; reported as they come, the mass would be several small nodules, and one segmented
+    whole only if its own score passed the threshold. A larger box must score at least
+    ``FUSE_SCORE_RATIO`` of the piece, so that a faint box around the hilum does not swallow a
+    confident nodule in it.
+    """
+    if len(candidates) < 2:
+        return list(candidates)
+    boxes = torch.as_tensor(np.stack([c.grid_box for c in candidates]), dtype=torch.float64)
+    scores = np.array([c.score for c in candidates])
+    area = box_area(boxes)
+    iou = box_iou(boxes, boxes)
+    # Intersection from IoU: I = IoU (A + B) / (1 + IoU); inside[r, c] is the part of box r in box c.
+    inside = (iou * (area[:, None] + area[None, :]) / (1.0 + iou) / area[:, None]).numpy()
+    area = area.numpy()
+    holds = ((inside >= NESTED_FRACTION) & (area[None, :] > area[:, None])
+             & (scores[None, :] >= FUSE_SCORE_RATIO * scores[:, None]))
+    best = scores.copy()
+    for piece in np.flatnonzero(holds.any(axis=1)):
+        whole = int(piece)
+        while holds[whole].any():  # up to the outermost box; each step is to a larger one
+            whole = int(np.flatnonzero(holds[whole])[np.argmax(area[holds[whole]])])
+        best[whole] = max(best[whole], scores[piece])
+    kept = [dataclasses.replace(c, score=float(best[n])) for n, c in enumerate(candidates) if not holds[n].any()]
+    return sorted(kept, key=lambda c: -c.score)
 
 
 def _ct_volume(paths: list[Path], min_extent_mm: float) -> Volume:

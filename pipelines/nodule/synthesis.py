@@ -47,9 +47,15 @@ class Inserted:
     volume_mm3: float                                      # coverage-weighted, the true volume
 
 
-def sample_spec(rng: np.random.Generator, min_mm: float = 4.0, max_mm: float = 60.0) -> NoduleSpec:
+#: Share of nodules drawn from the 4-12, 12-30 and 30-60 mm bands (log-uniform within a band).
+SIZE_BANDS = (0.65, 0.23, 0.12)
+
+
+def sample_spec(
+    rng: np.random.Generator, min_mm: float = 4.0, max_mm: float = 60.0, bands: Sequence[float] = SIZE_BANDS,
+) -> NoduleSpec:
     """A random nodule, weighted toward the small ones a screening reader hunts for."""
-    band = rng.choice(3, p=[0.65, 0.23, 0.12])
+    band = rng.choice(3, p=list(bands))
     edges = [(min_mm, 12.0), (12.0, 30.0), (30.0, max_mm)][band]
     low, high = max(edges[0], min_mm), min(edges[1], max_mm)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(max(high, low + 0.1)))))
