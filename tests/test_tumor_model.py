@@ -21,15 +21,18 @@ from pipelines.tumor.data import TCGA, load_images, load_labels
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, resample
 
-#: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain.
+#: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain (measured
+#: with these two insertions: all four 0.93 / 0.91 / 0.93 / 0.88, T1c alone 0.95 / 0.72 / 0.95,
+#: FLAIR alone WT 0.47). No NCR floor: necrosis is not yet separated (NCR Dice 0 here, see
+#: MODEL_CARD.md), so any floor would be vacuous.
 SYNTHETIC_MIN_DICE = {
-    "all": {"TC": 0.6, "WT": 0.55, "ET": 0.6, "ED": 0.45},
-    "t1c": {"TC": 0.5, "WT": 0.35, "ET": 0.5},
-    "flair": {"WT": 0.2},
+    "all": {"TC": 0.7, "WT": 0.75, "ET": 0.7, "ED": 0.7},
+    "t1c": {"TC": 0.7, "WT": 0.55, "ET": 0.7},
+    "flair": {"WT": 0.3},
 }
 #: Dice against the fusion of five BraTS algorithms (a pseudo-reference), all four contrasts:
-#: loose, since the model never saw a real labelled tumor (measured 0.54 / 0.47 / 0.64).
-FUSION_MIN_DICE = {"TC": 0.35, "WT": 0.3, "ET": 0.4}
+#: loose, since the model never saw a real labelled tumor (measured 0.54 / 0.57 / 0.64).
+FUSION_MIN_DICE = {"TC": 0.4, "WT": 0.45, "ET": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def test_dice_on_synthetic_tumors_in_the_held_out_brain(segmenter, tcga):
 
 def test_dice_against_the_fusion_pseudo_reference(segmenter, tcga):
     images, real = tcga
-    scores = evaluate.fusion_scores(segmenter, images, real, subsets={"all": evaluate.SUBSETS["all"]})
+    scores = evaluate.fusion_scores(segmenter, images, real, subsets={"all": evaluate.SUBSETS["all"]})["dice"]
     print("TCGA-FG-6692 vs fusion/mav:", json.dumps(scores))
     for region, threshold in FUSION_MIN_DICE.items():
         assert scores["all"][region] >= threshold, (region, scores["all"])

@@ -8,7 +8,8 @@
    alone. Dice per region (TC, WT, ET) against the inserted labels; the real tumor and a 15 mm
    margin around it are left out of the score, since it has no label in this set-up.
 2. Real tumor: the unmodified study against ``fusion/mav`` (majority vote of five BraTS
-   algorithms). A pseudo-reference: agreement with other models, not with a radiologist.
+   algorithms), Dice and volumes in mL. A pseudo-reference: agreement with other models, not
+   with a radiologist.
 
 Runs on 1 mm images through ``pipeline.segment`` (the contrasts are already co-registered, so
 registration is the identity); prints the table and writes ``evaluation.json`` into the model
@@ -35,6 +36,8 @@ from pipelines.tumor.synthesis import insert_tumor, pick_center
 
 #: Contrast subsets evaluated: the full study and the two single contrasts the model must handle.
 SUBSETS: dict[str, tuple[str, ...]] = {"all": CHANNELS, "t1c": ("t1c",), "flair": ("flair",)}
+#: Written sub-regions and their BraTS labels.
+SUB_REGIONS = {"NCR": 1, "ED": 2, "ET": 4}
 #: Margin (mm) around the real tumor left out of the synthetic-insertion score.
 REAL_TUMOR_MARGIN_MM = 15.0
 
@@ -78,10 +81,27 @@ def synthetic_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: 
             for name, runs in scores.items()}
 
 
+def volumes_ml(labels: np.ndarray, spacing_mm: tuple[float, ...]) -> dict[str, float]:
+    """Volume in mL of each written sub-region (NCR, ED, ET) and of the whole tumor."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    volumes = {name: int((labels == label).sum()) * voxel_ml for name, label in SUB_REGIONS.items()}
+    volumes["WT"] = sum(volumes.values())
+    return {name: round(value, 1) for name, value in volumes.items()}
+
+
 def fusion_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: np.ndarray,
-                  subsets: dict[str, tuple[str, ...]] = SUBSETS) -> dict[str, dict[str, float]]:
-    """Dice per region and subset of the unmodified study against the fusion labels."""
-    return {name: region_dice(labels_for(segmenter, images, roles), real) for name, roles in subsets.items()}
+                  subsets: dict[str, tuple[str, ...]] = SUBSETS) -> dict[str, dict[str, dict[str, float]]]:
+    """Dice per region, and volumes, per subset of the unmodified study against the fusion labels.
+
+    Dice alone hides over-calling far from the tumor, so the volumes are reported beside it.
+    """
+    spacing = images["t1c"].GetSpacing()
+    predictions = {name: labels_for(segmenter, images, roles) for name, roles in subsets.items()}
+    return {
+        "dice": {name: region_dice(labels, real) for name, labels in predictions.items()},
+        "volumes_ml": {"fusion": volumes_ml(real, spacing),
+                       **{name: volumes_ml(labels, spacing) for name, labels in predictions.items()}},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "fusion_pseudo_reference": {
             "labels": TCGA.labels,
-            "dice": fusion_scores(segmenter, images, real),
+            **fusion_scores(segmenter, images, real),
             "note": "majority vote of five BraTS algorithms; not ground truth",
         },
         "seconds": round(time.time() - started),

@@ -12,6 +12,10 @@ A model folder is what a site hands the node to replace the shipped weights. Two
                                # the z, y, x order of an LPS image array)
       roi = [96, 96, 96]       # sliding-window size, voxels
       threshold = 0.5          # on the sigmoid outputs: one value, or [TC, WT, ET]
+      [output]
+      require_core = false     # drop tumors with no core voxel when T1c is present
+                               # (``preprocess.drop_tumors_without_core``)
+      fill_core = false        # what the core encloses is necrosis (``preprocess.fill_enclosed_core``)
       [model]                  # only for model.pt: the SegResNet to rebuild
       init_filters = 8
       blocks_down = [1, 2, 2, 4]
@@ -52,12 +56,16 @@ _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 @dataclass(frozen=True)
 class InputFormat:
-    """What the network expects besides the channel order."""
+    """What the network expects besides the channel order, and how its outputs become labels."""
 
     spacing: float
     axcodes: str
     roi: tuple[int, int, int]
     threshold: tuple[float, float, float]
+    #: Remove whole-tumor components without core (a post-processing the model's author asks for).
+    require_core: bool = False
+    #: Label what the core encloses necrosis (likewise).
+    fill_core: bool = False
 
 
 def _axis_map(axcodes: str) -> tuple[list[int], list[bool]]:
@@ -107,6 +115,8 @@ def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
             axcodes=str(table.get("axcodes", NATIVE_AXCODES)),
             roi=tuple(int(v) for v in table.get("roi", (96, 96, 96))),
             threshold=_thresholds(table.get("threshold", 0.5)),
+            require_core=bool(params.get("output", {}).get("require_core", False)),
+            fill_core=bool(params.get("output", {}).get("fill_core", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc

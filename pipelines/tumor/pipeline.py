@@ -12,7 +12,9 @@ Steps, each timed in the job summary:
    shipped model was trained on skull-stripped images and radnode ships no stripping model, so
    stripped series (zero background) are normalized over the brain, others over the head.
 4. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
-5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions,
+5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
+   (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
+   without a core removed if T1c is present),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -38,7 +40,7 @@ from pipelines.timing import StageClock
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.preprocess import (
-    brain_mask, labels_from_regions, model_grid, normalize, resample,
+    brain_mask, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -210,6 +212,10 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
     clock.lap("inference")
     labels = _labels_on_reference(probabilities, grid, reference, segmenter.format.threshold)
     labels[~brain_mask(sitk.GetArrayViewFromImage(reference))] = 0
+    if segmenter.format.fill_core:
+        labels = fill_enclosed_core(labels)
+    if segmenter.format.require_core and "t1c" in images:
+        labels = drop_tumors_without_core(labels)
     clock.lap("postprocessing")
     return labels
 

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from pipelines.tumor.contrasts import CHANNELS
 
@@ -87,6 +88,33 @@ def labels_from_regions(regions: np.ndarray) -> np.ndarray:
     labels[tc] = 1
     labels[et] = 4
     return labels
+
+
+def fill_enclosed_core(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with holes in the core, slice by slice, labelled necrosis (1).
+
+    In the BraTS annotation protocol the necrotic centre is what the enhancing rim encloses.
+    The shipped model finds the rim (bright on T1c) far better than the dark centre, which it
+    tends to call edema; tissue enclosed by core within a slice is core, and not enhancing, so
+    necrosis. Slices are the array's first axis (the series' own slices on the reference grid).
+    """
+    core = np.isin(labels, (1, 4))
+    enclosed = np.stack([ndimage.binary_fill_holes(plane) for plane in core]) & ~core
+    return np.where(enclosed, np.uint8(1), labels).astype(labels.dtype)
+
+
+def drop_tumors_without_core(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every connected tumor (labels > 0, 26-connected) that holds no core voxel removed.
+
+    A glioma's edema surrounds a core (necrosis or enhancing tumor); FLAIR/T2-bright tissue with
+    no core anywhere in it is far more often something else (white-matter disease, CSF partial
+    volume, another model's blind spot). The shipped model calls such tissue edema, so its model
+    folder asks for this filter (``[output] require_core``); it is only applied when T1c, which
+    shows the core, is among the contrasts.
+    """
+    components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    cored = np.unique(components[np.isin(labels, (1, 4))])
+    return np.where(np.isin(components, cored[cored > 0]), labels, 0).astype(labels.dtype)
 
 
 def regions_from_labels(labels: np.ndarray) -> np.ndarray:

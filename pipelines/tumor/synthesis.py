@@ -10,8 +10,12 @@ tissue        T1           T1c                  T2                   FLAIR
 ===========  ===========  ==================  ==================  =================
 edema        a bit dark    a bit dark           bright               bright
 enhancing    a bit dark    very bright (gad)    bright               bright
-necrosis     dark          dark                 very bright (fluid)  grey (suppressed)
+necrosis     dark          very dark            very bright (fluid)  grey (suppressed)
 ===========  ===========  ==================  ==================  =================
+
+Most cores (``NECROSIS_SHARE``) have a necrotic centre inside an enhancing rim a few millimetres
+thick, as in glioblastoma, so larger cores are mostly necrotic; a network that only ever sees
+small or absent necrosis learns to call the whole core enhancing.
 
 Intensities are set relative to the median brain intensity of each contrast, with random levels
 per tumor, texture noise, soft (partial-volume) edges, and edema that lets some of the anatomy
@@ -32,12 +36,15 @@ from scipy import ndimage
 APPEARANCE: dict[str, dict[str, tuple[float, float]]] = {
     "edema": {"t1": (0.65, 0.85), "t1c": (0.65, 0.85), "t2": (1.8, 3.0), "flair": (1.5, 2.3)},
     "enhancing": {"t1": (0.65, 0.9), "t1c": (1.7, 3.0), "t2": (1.3, 1.9), "flair": (1.3, 1.9)},
-    "necrosis": {"t1": (0.35, 0.6), "t1c": (0.3, 0.55), "t2": (2.4, 3.6), "flair": (0.8, 1.4)},
+    "necrosis": {"t1": (0.35, 0.6), "t1c": (0.2, 0.45), "t2": (2.4, 3.6), "flair": (0.8, 1.4)},
 }
-#: Whole-tumor (edema) radius range in mm, and the core and necrosis radii as fractions.
+#: Whole-tumor (edema) radius range in mm, and the core radius as a fraction of it.
 EDEMA_RADIUS_MM = (12.0, 34.0)
 CORE_FRACTION = (0.35, 0.75)
-NECROSIS_FRACTION = (0.0, 0.7)
+#: Thickness of the enhancing rim around a necrotic centre, in mm.
+RIM_THICKNESS_MM = (2.5, 6.0)
+#: Share of tumors with a necrotic centre (the rest have a solid enhancing core).
+NECROSIS_SHARE = 0.85
 #: How much of the underlying anatomy edema keeps (1 - opacity).
 EDEMA_OPACITY = (0.6, 0.95)
 
@@ -103,7 +110,7 @@ def insert_tumor(images: Mapping[str, np.ndarray], labels: np.ndarray, brain: np
     edema_d = _blob(offsets, radius, axes, rotation, _smooth_noise(shape, sigma, rng), rng.uniform(0.25, 0.45))
     core_r = radius * rng.uniform(*CORE_FRACTION)
     core_d = _blob(offsets, core_r, axes, rotation, _smooth_noise(shape, sigma * 0.7, rng), rng.uniform(0.1, 0.3))
-    nec_r = core_r * rng.uniform(*NECROSIS_FRACTION)
+    nec_r = core_r - rng.uniform(*RIM_THICKNESS_MM) if rng.random() < NECROSIS_SHARE else 0.0
     nec_d = _blob(offsets, max(nec_r, 1e-3), axes, rotation, _smooth_noise(shape, sigma * 0.7, rng), 0.15)
 
     inside = brain[box]

@@ -15,7 +15,7 @@ minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
    keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
    ``PATCH`` cube, most often around a tumor.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
-   nested regions TC / WT / ET.
+   nested regions TC / WT / ET and on necrosis (TC and not ET, computed from the outputs).
 5. Choose the output thresholds on fresh samples of the training brain (``calibrate``).
 
 TCGA-FG-6692 is never used here; ``evaluate`` measures the result on it.
@@ -112,16 +112,33 @@ def _patch_start(brain: np.ndarray, labels: np.ndarray, centers: list, rng: np.r
     return [int(v) for v in np.clip(start, 0, np.maximum(shape - PATCH, 0))]
 
 
+def necrosis(regions: torch.Tensor) -> torch.Tensor:
+    """Necrosis / non-enhancing core (label 1 = TC and not ET) from TC/WT/ET maps or probabilities.
+
+    The network has no necrosis output (the three outputs stay those of the MONAI bundle), so
+    necrosis exists only as the gap between core and enhancing tumor; scoring that gap directly
+    is what stops the network from calling the whole core enhancing.
+    """
+    return regions[:, 0] * (1.0 - regions[:, 2])
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (per region, over the batch) + BCE, both with ignored voxels weighted 0."""
+    """Soft Dice (per region, over the batch) + BCE on TC, WT, ET and necrosis; ignored voxels weigh 0."""
     w = weight[:, None]
     probability = torch.sigmoid(logits)
+    probability = torch.cat([probability, necrosis(probability)[:, None]], dim=1)
+    target4 = torch.cat([target, necrosis(target)[:, None]], dim=1)
     dims = (0, 2, 3, 4)
-    intersection = (probability * target * w).sum(dims)
-    total = ((probability + target) * w).sum(dims)
+    intersection = (probability * target4 * w).sum(dims)
+    total = ((probability + target4) * w).sum(dims)
     dice = 1.0 - (2 * intersection + 1.0) / (total + 1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / (w.sum() * 3 + 1e-6)
-    return dice.mean() + bce
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    log_necrosis = F.logsigmoid(logits[:, 0]) + F.logsigmoid(-logits[:, 2])  # log of TC * (1 - ET)
+    necrosis_target = target4[:, 3]
+    necrosis_bce = -(necrosis_target * log_necrosis
+                     + (1 - necrosis_target) * torch.log1p(-log_necrosis.exp().clamp(max=1 - 1e-6)))
+    bce = torch.cat([bce, necrosis_bce[:, None]], dim=1)
+    return dice.mean() + (bce * w).sum() / (w.sum() * bce.shape[1] + 1e-6)
 
 
 def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
@@ -237,6 +254,9 @@ def write_params(path: Path, architecture: Architecture, spacing: float, thresho
         f"channels = {json.dumps(list(CHANNELS))}\n"
         "roi = [96, 96, 96]      # sliding-window size in voxels\n"
         f"threshold = {json.dumps(thresholds)}   # TC, WT, ET (chosen on training samples)\n\n"
+        "[output]\n"
+        "require_core = true    # this model calls FLAIR-bright tissue edema: keep tumors with a core\n"
+        "fill_core = true       # and misses dark necrosis inside the rim: what the core encloses is necrosis\n\n"
         "[model]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in model.items())
     )
