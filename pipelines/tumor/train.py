@@ -255,7 +255,7 @@ def write_params(path: Path, architecture: Architecture, spacing: float, thresho
         "roi = [96, 96, 96]      # sliding-window size in voxels\n"
         f"threshold = {json.dumps(thresholds)}   # TC, WT, ET (chosen on training samples)\n\n"
         "[output]\n"
-        "require_core = true    # this model calls FLAIR-bright tissue edema: keep tumors with a core\n"
+        "require_core = false   # off: it would erase a non-enhancing tumor, and it was chosen on the held-out case\n"
         "fill_core = true       # and misses dark necrosis inside the rim: what the core encloses is necrosis\n\n"
         "[model]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in model.items())
