@@ -6,8 +6,10 @@ C-STORE and caps one association at a few hundred images/s, while shorter sleeps
 every idle association. pynetdicom has no setting for either loop, so the receiver gives those
 two modules a ``time`` module whose ``sleep`` waits for what the sleeping thread waits for:
 
-- the association thread (an ``Association``) waits on its DIMSE message queue, so a received
-  C-STORE reaches the handler the moment its last fragment is decoded;
+- the association thread of an accepted association waits on its DIMSE message queue, so a
+  received C-STORE reaches the handler the moment its last fragment is decoded. Only there:
+  on a requested association the caller's thread also blocks on that queue, and a wait here
+  could take the wake-up meant for it;
 - the DUL thread (a ``DULServiceProvider``) waits for its socket to become readable, so PDUs
   are read as they arrive. Its outgoing queue has nothing to wait on, so for ``BUSY_SECONDS``
   after data arrived it looks at that queue every ``SEND_POLL_SECONDS`` (a C-STORE response is
@@ -51,7 +53,7 @@ class _Time(types.ModuleType):
 
 def _sleep(seconds: float) -> None:
     thread = threading.current_thread()
-    if isinstance(thread, Association):
+    if isinstance(thread, Association) and thread.is_acceptor:
         _wait_for_message(thread, seconds)
     elif isinstance(thread, DULServiceProvider):
         _wait_for_data(thread, seconds)
