@@ -324,15 +324,13 @@ def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     from node.tls import client_context, server_context
 
-    checks: list[tuple[str, Any]] = []
-    if config.node.tls is not None:
-        checks.append(("node.tls", lambda: server_context(config.node.tls)))
-    for i, destination in enumerate(config.destinations):
-        if destination.tls is not None:
-            checks.append((f"destinations[{i}].tls", lambda tls=destination.tls: client_context(tls)))
-    for key, build in checks:
+    tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context)]
+    tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
+    for key, settings, build in tables:
+        if settings is None:
+            continue
         try:
-            build()
+            build(settings)
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             raise ConfigError(f"{source} is not valid:\n  {key}: cannot load the certificates: {error}"
                               " (PEM files; an unencrypted key)") from None

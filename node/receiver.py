@@ -111,7 +111,12 @@ _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
 _NO_REASON, _CALLING_AET_NOT_RECOGNISED = 0x01, 0x03
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
-LAST_IDENTIFYING_TAG = 0x0020000E
+_LAST_IDENTIFYING_TAG = 0x0020000E
+
+
+def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
+    """pydicom's ``stop_when``: parsing stops after SeriesInstanceUID, the last attribute read."""
+    return tag > _LAST_IDENTIFYING_TAG
 
 
 def identifying_header(event: evt.Event) -> Dataset:
@@ -128,7 +133,7 @@ def identifying_header(event: evt.Event) -> Dataset:
     stream.seek(0)
     return pydicom.filereader.read_dataset(
         stream, syntax.is_implicit_VR, True,
-        stop_when=lambda tag, vr, length: tag > LAST_IDENTIFYING_TAG,
+        stop_when=past_identifying_attributes,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom.filereader
 
 from node import logs
-from node.receiver import LAST_IDENTIFYING_TAG, missing_attributes
+from node.receiver import missing_attributes, past_identifying_attributes
 from node.spool import Spool
 from node.store import Index, InstanceRecord
 
@@ -56,8 +56,7 @@ def reindex_spool(spool: Spool, index: Index) -> int:
 
 def _record_of(path: Path) -> InstanceRecord:
     with path.open("rb") as stream:
-        header = pydicom.filereader.read_partial(
-            stream, stop_when=lambda tag, vr, length: tag > LAST_IDENTIFYING_TAG)
+        header = pydicom.filereader.read_partial(stream, stop_when=past_identifying_attributes)
     missing = missing_attributes(header)
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")

@@ -80,12 +80,7 @@ class Spool:
 
     def instance_files(self) -> Iterator[Path]:
         """Every stored instance file (study/series/instance.dcm under ``instances``)."""
-        for study in _folders(self.instances):
-            for series in _folders(study):
-                with os.scandir(series) as entries:
-                    for entry in entries:
-                        if entry.is_file() and entry.name.endswith(".dcm"):
-                            yield Path(entry.path)
+        return self.instances.glob("*/*/*.dcm")
 
     def clear_partial_writes(self) -> int:
         """Remove temporary files a crash left behind; they were never acknowledged."""
@@ -132,11 +127,6 @@ def _padded(text: str, pad: bytes) -> bytes:
 def _safe(uid: str) -> str:
     """UIDs are digits and dots, but the spool must never trust a peer's string as a path."""
     return _SAFE.sub("_", uid)[:128] or "_"
-
-
-def _folders(folder: Path) -> Iterator[Path]:
-    with os.scandir(folder) as entries:
-        return iter([Path(e.path) for e in entries if e.is_dir()])
 
 
 def _fsync_dir(folder: Path) -> None:
