@@ -20,9 +20,10 @@ from monai.data.box_utils import box_iou
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
 from pipelines.nodule import data, evaluate, synthesis
-from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
+from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
+from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
 from pipelines.volume import Volume
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
@@ -145,6 +146,21 @@ def test_anchors_cover_the_nodule_sizes():
         size = np.maximum(diameter / np.asarray(s.spacing_mm), 1.0)
         box = torch.as_tensor(np.concatenate([-size / 2, size / 2])[None])
         assert float(box_iou(box, anchors).max()) >= MIN_ANCHOR_IOU, diameter
+
+
+def test_mass_band_draws_lobulated_solid_masses_of_60_to_90_mm():
+    """The training-only mass band (``train --mass-every``): sizes and what such masses look like."""
+    rng = np.random.default_rng(0)
+    masses = [synthesis.sample_spec(rng, max_mm=90.0, bands=(0.0, 0.0, 0.0, 1.0)) for _ in range(50)]
+    assert all(60.0 <= m.diameter_mm <= 90.0 and m.lobes and m.kind != "ground-glass" for m in masses)
+    assert sum(m.attachment == "pleura" for m in masses) >= 20
+
+
+def test_settings_for_a_deeper_fpn_have_one_anchor_level_per_feature_map():
+    assert Settings.for_architecture(Architecture()) == Settings()
+    deeper = Settings.for_architecture(Architecture(returned_layers=[1, 2, 3]))
+    assert deeper.feature_map_scales == (1, 2, 4, 8)
+    assert all(r % d == 0 and r >= 400 for r, d in zip(deeper.roi_size[:2], deeper.size_divisible[:2]))
 
 
 def _box_overlap(corners: np.ndarray, box: np.ndarray) -> float:

@@ -46,7 +46,7 @@ from pipelines.model_folder import (
     ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
 )
 from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
-from pipelines.nodule.network import Architecture, build_retinanet, size_divisible
+from pipelines.nodule.network import Architecture, anchor_scales, build_retinanet, size_divisible
 from pipelines.volume import Volume
 
 #: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
@@ -69,6 +69,17 @@ class Settings:
     report_threshold: float = 0.5
     #: Input size multiple of the network; TorchScript networks may not carry it as an attribute.
     size_divisible: tuple[int, int, int] = (16, 16, 8)
+
+    @classmethod
+    def for_architecture(cls, arch: Architecture) -> "Settings":
+        """Defaults with one anchor level per FPN level of ``arch`` and a sliding window that is a
+        multiple of its input size multiple (MONAI's anchor strides are window // feature map)."""
+        divisible = size_divisible(arch)
+        return cls(
+            feature_map_scales=tuple(anchor_scales(arch)),
+            size_divisible=tuple(divisible),
+            roi_size=tuple(int(-(-r // d) * d) for r, d in zip(cls.roi_size, divisible)),
+        )
 
     def to_params(self, arch: Architecture) -> dict[str, Any]:
         """The params.toml tables of a radnode model folder."""

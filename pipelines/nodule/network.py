@@ -39,6 +39,13 @@ def size_divisible(arch: Architecture) -> list[int]:
     return [s * 2 * 2 ** max(arch.returned_layers) for s in arch.conv1_t_stride]
 
 
+def anchor_scales(arch: Architecture) -> list[int]:
+    """Feature-map scale of each FPN level (one per returned layer, then the max-pool level), relative
+    to the finest: each deeper ResNet stage and the max-pool level halve the resolution."""
+    scales = [2 ** (k - arch.returned_layers[0]) for k in arch.returned_layers]
+    return scales + [2 * scales[-1]]
+
+
 def build_retinanet(**kwargs) -> RetinaNet:
     """RetinaNet on a basic-block ResNet-FPN; keyword arguments are ``Architecture`` fields.
 

@@ -49,16 +49,25 @@ class Inserted:
 
 #: Share of nodules drawn from the 4-12, 12-30 and 30-60 mm bands (log-uniform within a band).
 SIZE_BANDS = (0.65, 0.23, 0.12)
+#: Upper edges of the size bands; the last band given to ``sample_spec`` ends at its ``max_mm``.
+#: A fourth weight selects the mass band (60 mm to ``max_mm``), drawn by ``_mass_spec``.
+BAND_EDGES_MM = (12.0, 30.0, 60.0)
 
 
 def sample_spec(
     rng: np.random.Generator, min_mm: float = 4.0, max_mm: float = 60.0, bands: Sequence[float] = SIZE_BANDS,
 ) -> NoduleSpec:
-    """A random nodule, weighted toward the small ones a screening reader hunts for."""
-    band = rng.choice(3, p=list(bands))
-    edges = [(min_mm, 12.0), (12.0, 30.0), (30.0, max_mm)][band]
-    low, high = max(edges[0], min_mm), min(edges[1], max_mm)
+    """A random nodule, weighted toward the small ones a screening reader hunts for.
+
+    With three ``bands`` the draws are those of the original 4-60 mm generator, so the seeded
+    evaluation and calibration nodules do not change when training adds the mass band.
+    """
+    band = int(rng.choice(len(bands), p=list(bands)))
+    low = max(min_mm if band == 0 else BAND_EDGES_MM[band - 1], min_mm)
+    high = min(BAND_EDGES_MM[band] if band < len(bands) - 1 else max_mm, max_mm)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(max(high, low + 0.1)))))
+    if band == len(BAND_EDGES_MM):
+        return _mass_spec(rng, diameter)
     kind = str(rng.choice(KINDS, p=[0.6, 0.2, 0.2]))
     lobulated = rng.random() < 0.5
     lobes = tuple(
@@ -80,6 +89,25 @@ def sample_spec(
         texture_hu=float(rng.uniform(10.0, 35.0)),
         vessel=vessel,
         attachment=attachment,
+    )
+
+
+def _mass_spec(rng: np.random.Generator, diameter: float) -> NoduleSpec:
+    """A lung cancer of 60 mm or more, as such masses present: solid or with a large solid core,
+    always lobulated, and mostly grown against the pleura or the mediastinum (60 %)."""
+    lobes = tuple(
+        (float(rng.uniform(0.05, 0.15)), float(rng.integers(2, 6)), *(rng.normal(size=3) / 1.7).tolist())
+        for _ in range(int(rng.integers(2, 5)))
+    )
+    return NoduleSpec(
+        diameter_mm=diameter,
+        kind=str(rng.choice(["solid", "part-solid"], p=[0.85, 0.15])),
+        solid_hu=float(rng.normal(35.0, 15.0)),
+        ground_glass_hu=float(rng.uniform(-600.0, -400.0)),
+        core_fraction=float(rng.uniform(0.6, 0.85)),
+        lobes=lobes,
+        texture_hu=float(rng.uniform(15.0, 35.0)),
+        attachment=str(rng.choice(["none", "pleura"], p=[0.4, 0.6])),
     )
 
 

@@ -5,7 +5,8 @@ resampled to the detector grid once and cut at the lungs' midline: only the pati
 is trained on, the left half is kept for ``evaluate --calibrate``. Every step crops patches around
 random lung positions and inserts 0-5 synthetic nodules (``synthesis``: 4-60 mm, weighted toward
 4-12 mm by ``SIZE_BANDS``, solid / part-solid / ground-glass, spherical / ellipsoid / lobulated,
-some on vessels or the pleura) whose masks give the boxes.
+some on vessels or the pleura) whose masks give the boxes. With ``--mass-every N``, every Nth
+step is a batch of larger patches (``--mass-patch``) that usually also holds a 60-90 mm mass.
 The scan's real tumour (``annotations/``) is a positive box whenever a patch holds it, so it is
 never taught as background. Augmentation: left-right mirror, HU gain and offset, added noise.
 Training stops after ``--minutes`` of wall clock (reproducible in content for a seed, not in the
@@ -36,6 +37,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 #: Training draws more 4-12 mm nodules than ``synthesis.SIZE_BANDS`` (the evaluation's mix): the
 #: small ones are the ones the first weights missed, and a 4-6 mm nodule is 3-5 grid voxels wide.
 SIZE_BANDS = (0.75, 0.17, 0.08)
+#: Mass patches: one mass from the 60-90 mm band (``synthesis._mass_spec``) with ``MASS_CHANCE``,
+#: then the usual nodules. Real lung cancers reach these sizes; the 64 x 64 x 32 patches cannot
+#: hold them.
+MASS_BANDS = (0.0, 0.0, 0.0, 1.0)
+MASS_MAX_MM = 90.0
+MASS_CHANCE = 0.8
+#: A mass's centre lies at least this share of its radius inside the patch, so most of it is in view.
+MASS_MARGIN = 0.6
 
 
 class _NoTorchvisionMatcher:
@@ -99,8 +108,9 @@ def _right_of(grid: ModelGrid, midline_x: float) -> tuple[int, int]:
 
 
 def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.random.Generator,
-           intensity: tuple[float, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One patch with inserted nodules, normalised, and its boxes (x0 y0 z0 x1 y1 z1)."""
+           intensity: tuple[float, float], mass: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One patch with inserted nodules (and, for a ``mass`` patch, usually a 60-90 mm mass first),
+    normalised, and its boxes (x0 y0 z0 x1 y1 z1)."""
     shape = np.array(scan.hu.shape)
     center = scan.lung_points[rng.integers(len(scan.lung_points))]
     if scan.tumors and rng.random() < 0.15:
@@ -118,14 +128,12 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
         if np.all(centre >= 0) and np.all(centre < hu.shape):
             boxes.append(np.concatenate([np.maximum(local[:3], -0.5), np.minimum(local[3:], np.array(hu.shape) - 0.5)]))
             avoid.append((centre, float(np.max((local[3:] - local[:3]) * spacing)) / 2))
+    if mass and rng.random() < MASS_CHANCE:
+        spec = synthesis.sample_spec(rng, max_mm=MASS_MAX_MM, bands=MASS_BANDS)
+        _place(hu, lungs, depth * _central(hu.shape, spacing, spec.diameter_mm / 2), spacing, spec, rng, boxes, avoid)
     for _ in range(int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.2, 0.25, 0.2, 0.15, 0.15]))):
         spec = synthesis.sample_spec(rng, bands=SIZE_BANDS)
-        where = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
-        if where is None:
-            continue
-        inserted = synthesis.insert(hu, spacing, where, spec, rng)
-        boxes.append(np.array(inserted.box))
-        avoid.append((where, spec.diameter_mm / 2))
+        _place(hu, lungs, depth, spacing, spec, rng, boxes, avoid)
 
     if rng.random() < 0.5:  # mirror left-right
         hu = hu[::-1].copy()
@@ -138,20 +146,57 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
     return image, {"box": box_tensor, "label": torch.zeros(len(boxes), dtype=torch.long)}
 
 
+def _place(hu: np.ndarray, lungs: np.ndarray, depth: np.ndarray, spacing: np.ndarray, spec: synthesis.NoduleSpec,
+           rng: np.random.Generator, boxes: list, avoid: list) -> None:
+    """Insert ``spec`` where ``depth`` (lung depth, zero where it may not go) allows; add its box."""
+    where = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
+    if where is None:
+        return
+    inserted = synthesis.insert(hu, spacing, where, spec, rng)
+    boxes.append(np.array(inserted.box))
+    avoid.append((where, spec.diameter_mm / 2))
+
+
+def _central(shape: tuple[int, ...], spacing: np.ndarray, radius_mm: float) -> np.ndarray:
+    """The voxels of a patch at least ``MASS_MARGIN`` radii from its faces."""
+    margin = np.ceil(MASS_MARGIN * radius_mm / spacing).astype(int)
+    inside = np.zeros(shape, dtype=bool)
+    inside[tuple(slice(m, n - m) for m, n in zip(margin, shape))] = True
+    return inside
+
+
+def warm_start(network: torch.nn.Module, folder: Path) -> list[str]:
+    """Load earlier weights into a network that may have more FPN levels; return what stayed new.
+
+    The RetinaNet head is shared by all levels, so it loads whole. A new level's lateral 1x1 conv
+    starts at zero: its top-down sum then adds nothing to the finer levels, which keep the
+    features the loaded head was trained on until the new stage has learned something.
+    """
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{folder}/model.pt has weights this network lacks: {unexpected}")
+    for name, parameter in network.named_parameters():
+        if name in missing and ".fpn.inner_blocks." in name:
+            torch.nn.init.zeros_(parameter)
+    return list(missing)
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(args.threads)
-    settings, arch = Settings(), Architecture()
+    arch = Architecture(returned_layers=list(args.returned_layers))
+    settings = Settings.for_architecture(arch)
     scans = prepare(args.data, settings)
     spacing = np.asarray(settings.spacing_mm)
-    patch = np.array(args.patch)
 
     network = build_retinanet(**vars(arch))
-    if args.init is not None:  # continue from earlier weights (a second session of training)
-        network.load_state_dict(torch.load(args.init / "model.pt", map_location="cpu", weights_only=True))
+    fresh = []
+    if args.init is not None:  # continue from earlier weights (a further session of training)
+        fresh = warm_start(network, args.init)
     network = network.to(device)
     detector = make_detector(network, settings)
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
@@ -167,8 +212,10 @@ def train(args: argparse.Namespace) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * 0.2
             lowered = True
-        batch = [sample(scans[rng.integers(len(scans))], patch, spacing, rng, settings.intensity_range)
-                 for _ in range(args.batch)]
+        mass = args.mass_every > 0 and step % args.mass_every == args.mass_every - 1
+        patch, size = (np.array(args.mass_patch), args.mass_batch) if mass else (np.array(args.patch), args.batch)
+        batch = [sample(scans[rng.integers(len(scans))], patch, spacing, rng, settings.intensity_range, mass)
+                 for _ in range(size)]
         images = [image.to(device) for image, _ in batch]
         targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
         losses = detector(images, targets)
@@ -188,12 +235,18 @@ def train(args: argparse.Namespace) -> dict:
     record = {
         "command": f"python -m pipelines.nodule.train --seed {args.seed} --minutes {args.minutes} "
                    f"--batch {args.batch} --patch {' '.join(map(str, args.patch))} --lr {args.lr} "
-                   f"--threads {args.threads} --out {args.out.name}"
-                   + (f" --init {args.init.name}" if args.init else ""),
+                   f"--threads {args.threads} --returned-layers {' '.join(map(str, args.returned_layers))}"
+                   + (f" --mass-every {args.mass_every} --mass-batch {args.mass_batch} "
+                      f"--mass-patch {' '.join(map(str, args.mass_patch))}" if args.mass_every else "")
+                   + f" --out {args.out.name}" + (f" --init {args.init.name}" if args.init else ""),
         "seed": args.seed, "device": device, "steps": step, "seconds": round(time.monotonic() - start),
         "training_scan": data.TRAINING, "slab_factors": list(data.SLAB_FACTORS),
         "training_region": "patient's right half (LPS x below the lungs' midline); left half kept for calibration",
         "size_bands": list(SIZE_BANDS),
+        **({"mass_patches": {"every": args.mass_every, "batch": args.mass_batch, "patch": list(args.mass_patch),
+                             "mass_chance": MASS_CHANCE, "mass_mm": [synthesis.BAND_EDGES_MM[-1], MASS_MAX_MM]}}
+           if args.mass_every else {}),
+        "fresh_at_init": fresh,
         "parameters": sum(p.numel() for p in network.parameters()),
         "final_losses": np.mean(history[-50:], axis=0).round(4).tolist() if history else None,
     }
@@ -235,6 +288,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, default=None, help="start from the model.pt in this folder")
+    parser.add_argument("--returned-layers", type=int, nargs="+", default=Architecture().returned_layers,
+                        help="ResNet stages that feed the FPN; one anchor level each, plus a max-pool level")
+    parser.add_argument("--mass-every", type=int, default=0, help="every Nth step is a batch of mass patches (0: never)")
+    parser.add_argument("--mass-batch", type=int, default=2)
+    parser.add_argument("--mass-patch", type=int, nargs=3, default=[96, 96, 48])
     print(json.dumps(train(parser.parse_args()), indent=2))
 
 
