@@ -3,8 +3,9 @@
     python -m pipelines.tumor.train --seed 0 --out /tmp/stage1
     python -m pipelines.tumor.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
 
-reproduces the shipped weights from ``../shared/data`` (two cycles of ``ITERATIONS``, about 23
-minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
+is the schedule of the shipped weights (two cycles of ``ITERATIONS``, about 23 minutes each on
+one CPU core), which were trained by this module as of commit ``b2fb63c``; MODEL_CARD.md has the
+details and the later, rejected cycles. Steps:
 
 1. Load BraTS-GLI-00001 (four contrasts) and resample it onto the model grid (axis-aligned,
    ``SPACING`` mm), exactly as the pipeline resamples a study.
@@ -13,9 +14,11 @@ minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
 3. Each sample: insert zero to two synthetic tumors (``synthesis``) elsewhere in the brain,
    z-score each contrast over the brain, jitter intensities, drop contrasts (any subset that
    keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
-   ``PATCH`` cube, most often around a tumor.
+   ``PATCH`` cube, most often around a tumor, else often on FLAIR-bright normal tissue.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
-   nested regions TC / WT / ET and on necrosis (TC and not ET, computed from the outputs).
+   nested regions TC / WT / ET, cross-entropy weighted up inside necrosis, and soft Dice on
+   necrosis (TC and not ET, computed from the outputs). A cycle started from trained weights
+   can re-initialize the output head first (``revive_head``).
 5. Choose the output thresholds on fresh samples of the training brain (``calibrate``).
 
 TCGA-FG-6692 is never used here; ``evaluate`` measures the result on it.
