@@ -52,13 +52,19 @@ ITERATIONS = 1000
 LEARNING_RATE = 2e-3
 #: Share of samples that see all four contrasts; the rest get a random usable subset.
 ALL_CONTRASTS_SHARE = 0.4
+#: Default of ``--single-share``: the share of samples that see T1c alone, and again FLAIR alone.
+#: The random subsets give each about 5 %, too few for the hardest inputs.
+SINGLE_CONTRAST_SHARE = 0.0
 #: Share of patches centred on a tumor (the rest anywhere in the brain).
 TUMOR_PATCH_SHARE = 0.8
 #: Extra cross-entropy weight on TC and ET inside necrosis (``loss_fn``).
 NECROSIS_WEIGHT = 5.0
 #: FLAIR-bright normal tissue: above the brain mean by this many standard deviations.
 BRIGHT_FLAIR_SD = 1.5
-#: Share of tumor-free patches centred on FLAIR-bright normal tissue (the rest anywhere).
+#: Default of ``--t1c-bright-sd``: T1c-bright normal tissue (vessels, choroid plexus, dura) above
+#: the brain mean by this many standard deviations joins the bright pool; 0 leaves it out.
+BRIGHT_T1C_SD = 0.0
+#: Share of tumor-free patches centred on bright normal tissue (the rest anywhere).
 BRIGHT_PATCH_SHARE = 0.5
 #: Iterations between saves of model.pt during training.
 CHECKPOINT_EVERY = 250
@@ -72,8 +78,9 @@ class TrainingBrain:
     """The training subject on the model grid, padded to at least one patch.
 
     ``ignore``: its own unlabelled lesion, left out of the loss. ``bright``: FLAIR-bright normal
-    tissue (periventricular caps, CSF partial volume) outside it, where some tumor-free patches
-    are centred so that the network learns that FLAIR brightness alone is not edema.
+    tissue (periventricular caps, CSF partial volume), and optionally T1c-bright normal tissue
+    (enhancing vessels, choroid plexus), outside it, where some tumor-free patches are centred
+    so that the network learns that brightness alone is neither edema nor enhancing tumor.
     """
 
     arrays: dict[str, np.ndarray]
@@ -82,28 +89,36 @@ class TrainingBrain:
     bright: np.ndarray
 
 
-def prepare_subject(images: dict[str, sitk.Image], spacing: float) -> TrainingBrain:
-    """Contrasts on the model grid as arrays (z, y, x), brain mask, own lesion and FLAIR-bright tissue."""
+def prepare_subject(images: dict[str, sitk.Image], spacing: float, t1c_bright_sd: float = BRIGHT_T1C_SD) -> TrainingBrain:
+    """Contrasts on the model grid as arrays (z, y, x), brain mask, own lesion and bright normal tissue."""
     grid = model_grid(images["t1c"], spacing)
     arrays = {role: pad_to_patch(sitk.GetArrayFromImage(resample(image, grid))) for role, image in images.items()}
     brain = pad_to_patch(brain_mask(arrays["t1c"]))
     ignore = rough_lesion_mask(arrays["flair"], brain, (spacing,) * 3)
     values = arrays["flair"][brain]
-    bright = (arrays["flair"] > values.mean() + BRIGHT_FLAIR_SD * values.std()) & brain & ~ignore
+    bright = arrays["flair"] > values.mean() + BRIGHT_FLAIR_SD * values.std()
+    if t1c_bright_sd > 0:
+        t1c = arrays["t1c"][brain]
+        bright |= arrays["t1c"] > t1c.mean() + t1c_bright_sd * t1c.std()
+    bright &= brain & ~ignore
     return TrainingBrain(arrays, brain, ignore, bright)
 
 
-def random_subset(rng: np.random.Generator) -> list[str]:
-    """Contrasts kept for one sample: all four, or a random subset containing T1c or FLAIR."""
-    if rng.random() < ALL_CONTRASTS_SHARE:
+def random_subset(rng: np.random.Generator, single_share: float = SINGLE_CONTRAST_SHARE) -> list[str]:
+    """Contrasts kept for one sample: all four, one anchor alone, or a random subset containing T1c or FLAIR."""
+    draw = rng.random()
+    if draw < ALL_CONTRASTS_SHARE:
         return list(CHANNELS)
+    if draw < ALL_CONTRASTS_SHARE + 2 * single_share:
+        return [ANCHORS[int(draw < ALL_CONTRASTS_SHARE + single_share)]]
     while True:
         kept = [role for role in CHANNELS if rng.random() < 0.5]
         if any(role in kept for role in ANCHORS):
             return kept
 
 
-def make_sample(subject: TrainingBrain, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_sample(subject: TrainingBrain, rng: np.random.Generator,
+                single_share: float = SINGLE_CONTRAST_SHARE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input C x P^3, regions 3 x P^3, loss weight P^3) for one synthetic training patch."""
     arrays, brain, ignore = subject.arrays, subject.brain, subject.ignore
     images = {role: array.copy() for role, array in arrays.items()}
@@ -115,7 +130,7 @@ def make_sample(subject: TrainingBrain, rng: np.random.Generator) -> tuple[np.nd
         if center is not None:
             insert_tumor(images, labels, brain, spacing, center, rng)
             centers.append(center)
-    kept = random_subset(rng)
+    kept = random_subset(rng, single_share)
     x = normalize({role: images[role] for role in kept}, brain)
     for c in range(len(CHANNELS)):  # intensity jitter: scanners and sites differ
         if x[c].any():
@@ -243,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="peak of the cosine schedule (lower for a cycle started from trained weights)")
     parser.add_argument("--necrosis-weight", type=float, default=NECROSIS_WEIGHT,
                         help="cross-entropy weight of TC and ET inside necrosis (1 = none)")
+    parser.add_argument("--single-share", type=float, default=SINGLE_CONTRAST_SHARE,
+                        help="share of samples with T1c alone, and again with FLAIR alone")
+    parser.add_argument("--t1c-bright-sd", type=float, default=BRIGHT_T1C_SD,
+                        help="also centre tumor-free patches on T1c-bright normal tissue above mean + this many SD (0: off)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--init", type=Path, default=None,
                         help="model folder whose model.pt to start from (a second cycle of the schedule)")
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     started = time.time()
 
-    subject = prepare_subject(load_images(BRATS, args.data), SPACING)
+    subject = prepare_subject(load_images(BRATS, args.data), SPACING, args.t1c_bright_sd)
     print(f"grid {subject.brain.shape}, brain {int(subject.brain.sum())} voxels, own lesion left out: "
           f"{int(subject.ignore.sum())} voxels, FLAIR-bright normal tissue: {int(subject.bright.sum())} voxels")
 
@@ -280,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     network.train()
     for iteration in range(1, args.iterations + 1):
-        samples = [make_sample(subject, rng) for _ in range(BATCH)]
+        samples = [make_sample(subject, rng, args.single_share) for _ in range(BATCH)]
         x, y, w = (torch.from_numpy(np.stack(part)) for part in zip(*samples))
         loss = loss_fn(network(x), y, w, args.necrosis_weight)
         optimizer.zero_grad()
@@ -299,10 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "training.json").write_text(json.dumps({
         "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
                    + f" --learning-rate {args.learning_rate} --necrosis-weight {args.necrosis_weight}"
+                   + f" --single-share {args.single_share} --t1c-bright-sd {args.t1c_bright_sd}"
                    + (f" --init {args.init}" if args.init else "") + (" --revive-head" if args.revive_head else ""),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
         "iterations": args.iterations, "learning_rate": args.learning_rate,
-        "necrosis_weight": args.necrosis_weight, "seconds": round(time.time() - started),
+        "necrosis_weight": args.necrosis_weight, "single_share": args.single_share,
+        "t1c_bright_sd": args.t1c_bright_sd, "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4),
         "loss_last_100": round(float(np.mean(history[-100:])), 4),
         "thresholds": thresholds, "torch": torch.__version__, "threads": args.threads,
