@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
 
     subject = prepare_subject(load_images(BRATS, args.data), SPACING, args.t1c_bright_sd)
     print(f"grid {subject.brain.shape}, brain {int(subject.brain.sum())} voxels, own lesion left out: "
-          f"{int(subject.ignore.sum())} voxels, FLAIR-bright normal tissue: {int(subject.bright.sum())} voxels")
+          f"{int(subject.ignore.sum())} voxels, bright normal tissue: {int(subject.bright.sum())} voxels")
 
     architecture = Architecture()
     network = architecture.build()
