@@ -3,8 +3,9 @@
     python -m pipelines.tumor.train --seed 0 --out /tmp/stage1
     python -m pipelines.tumor.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
 
-reproduces the shipped weights from ``../shared/data`` (two cycles of ``ITERATIONS``, about 23
-minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
+is the schedule of the shipped weights (two cycles of ``ITERATIONS``, about 23 minutes each on
+one CPU core), which were trained by this module as of commit ``b2fb63c``; MODEL_CARD.md has the
+details and the later, rejected cycles. Steps:
 
 1. Load BraTS-GLI-00001 (four contrasts) and resample it onto the model grid (axis-aligned,
    ``SPACING`` mm), exactly as the pipeline resamples a study.
@@ -13,9 +14,11 @@ minutes each on one CPU core; MODEL_CARD.md has the details). Steps:
 3. Each sample: insert zero to two synthetic tumors (``synthesis``) elsewhere in the brain,
    z-score each contrast over the brain, jitter intensities, drop contrasts (any subset that
    keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
-   ``PATCH`` cube, most often around a tumor.
+   ``PATCH`` cube, most often around a tumor, else often on FLAIR-bright normal tissue.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
-   nested regions TC / WT / ET and on necrosis (TC and not ET, computed from the outputs).
+   nested regions TC / WT / ET, cross-entropy weighted up inside necrosis, and soft Dice on
+   necrosis (TC and not ET, computed from the outputs). A cycle started from trained weights
+   can re-initialize the output head first (``revive_head``).
 5. Choose the output thresholds on fresh samples of the training brain (``calibrate``).
 
 TCGA-FG-6692 is never used here; ``evaluate`` measures the result on it.
@@ -27,6 +30,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,33 +52,75 @@ ITERATIONS = 1000
 LEARNING_RATE = 2e-3
 #: Share of samples that see all four contrasts; the rest get a random usable subset.
 ALL_CONTRASTS_SHARE = 0.4
+#: Default of ``--single-share``: the share of samples that see T1c alone, and again FLAIR alone.
+#: The random subsets give each about 5 %, too few for the hardest inputs.
+SINGLE_CONTRAST_SHARE = 0.0
 #: Share of patches centred on a tumor (the rest anywhere in the brain).
 TUMOR_PATCH_SHARE = 0.8
+#: Extra cross-entropy weight on TC and ET inside necrosis (``loss_fn``).
+NECROSIS_WEIGHT = 5.0
+#: FLAIR-bright normal tissue: above the brain mean by this many standard deviations.
+BRIGHT_FLAIR_SD = 1.5
+#: Default of ``--t1c-bright-sd``: T1c-bright normal tissue (vessels, choroid plexus, dura) above
+#: the brain mean by this many standard deviations joins the bright pool; 0 leaves it out.
+BRIGHT_T1C_SD = 0.0
+#: Share of tumor-free patches centred on bright normal tissue (the rest anywhere).
+BRIGHT_PATCH_SHARE = 0.5
+#: Iterations between saves of model.pt during training.
+CHECKPOINT_EVERY = 250
 #: Samples and candidate thresholds for choosing the output thresholds after training.
 CALIBRATION_SAMPLES = 24
 CALIBRATION_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(13))
 
 
-def prepare_subject(images: dict[str, sitk.Image], spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Contrasts on the model grid as arrays (z, y, x), and the brain mask."""
+@dataclass(frozen=True)
+class TrainingBrain:
+    """The training subject on the model grid, padded to at least one patch.
+
+    ``ignore``: its own unlabelled lesion, left out of the loss. ``bright``: FLAIR-bright normal
+    tissue (periventricular caps, CSF partial volume), and optionally T1c-bright normal tissue
+    (enhancing vessels, choroid plexus), outside it, where some tumor-free patches are centred
+    so that the network learns that brightness alone is neither edema nor enhancing tumor.
+    """
+
+    arrays: dict[str, np.ndarray]
+    brain: np.ndarray
+    ignore: np.ndarray
+    bright: np.ndarray
+
+
+def prepare_subject(images: dict[str, sitk.Image], spacing: float, t1c_bright_sd: float = BRIGHT_T1C_SD) -> TrainingBrain:
+    """Contrasts on the model grid as arrays (z, y, x), brain mask, own lesion and bright normal tissue."""
     grid = model_grid(images["t1c"], spacing)
-    arrays = {role: sitk.GetArrayFromImage(resample(image, grid)) for role, image in images.items()}
-    return arrays, brain_mask(arrays["t1c"])
+    arrays = {role: pad_to_patch(sitk.GetArrayFromImage(resample(image, grid))) for role, image in images.items()}
+    brain = pad_to_patch(brain_mask(arrays["t1c"]))
+    ignore = rough_lesion_mask(arrays["flair"], brain, (spacing,) * 3)
+    values = arrays["flair"][brain]
+    bright = arrays["flair"] > values.mean() + BRIGHT_FLAIR_SD * values.std()
+    if t1c_bright_sd > 0:
+        t1c = arrays["t1c"][brain]
+        bright |= arrays["t1c"] > t1c.mean() + t1c_bright_sd * t1c.std()
+    bright &= brain & ~ignore
+    return TrainingBrain(arrays, brain, ignore, bright)
 
 
-def random_subset(rng: np.random.Generator) -> list[str]:
-    """Contrasts kept for one sample: all four, or a random subset containing T1c or FLAIR."""
-    if rng.random() < ALL_CONTRASTS_SHARE:
+def random_subset(rng: np.random.Generator, single_share: float = SINGLE_CONTRAST_SHARE) -> list[str]:
+    """Contrasts kept for one sample: all four, one anchor alone, or a random subset containing T1c or FLAIR."""
+    draw = rng.random()
+    if draw < ALL_CONTRASTS_SHARE:
         return list(CHANNELS)
+    if draw < ALL_CONTRASTS_SHARE + 2 * single_share:
+        return [ANCHORS[int(draw < ALL_CONTRASTS_SHARE + single_share)]]
     while True:
         kept = [role for role in CHANNELS if rng.random() < 0.5]
         if any(role in kept for role in ANCHORS):
             return kept
 
 
-def make_sample(arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_sample(subject: TrainingBrain, rng: np.random.Generator,
+                single_share: float = SINGLE_CONTRAST_SHARE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input C x P^3, regions 3 x P^3, loss weight P^3) for one synthetic training patch."""
+    arrays, brain, ignore = subject.arrays, subject.brain, subject.ignore
     images = {role: array.copy() for role, array in arrays.items()}
     labels = np.zeros(brain.shape, dtype=np.uint8)
     spacing = (SPACING,) * 3
@@ -84,29 +130,32 @@ def make_sample(arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.nda
         if center is not None:
             insert_tumor(images, labels, brain, spacing, center, rng)
             centers.append(center)
-    kept = random_subset(rng)
+    kept = random_subset(rng, single_share)
     x = normalize({role: images[role] for role in kept}, brain)
     for c in range(len(CHANNELS)):  # intensity jitter: scanners and sites differ
         if x[c].any():
             x[c][brain] = x[c][brain] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
-    x += (rng.standard_normal(x.shape).astype(np.float32) * 0.05) * brain
+    present = np.array([role in kept for role in CHANNELS], dtype=np.float32)[:, None, None, None]
+    x += (rng.standard_normal(x.shape).astype(np.float32) * 0.05) * brain * present  # missing stays exactly 0
     y = regions_from_labels(labels)
     weight = (~(ignore & (labels == 0))).astype(np.float32)
     if rng.random() < 0.5:
         x, y, weight = x[..., ::-1], y[..., ::-1], weight[..., ::-1]
-    start = _patch_start(brain, labels, centers, rng)
+    start = _patch_start(subject, labels, centers, rng)
     box = tuple(slice(s, s + PATCH) for s in start)
     return (np.ascontiguousarray(x[(slice(None), *box)]), np.ascontiguousarray(y[(slice(None), *box)]),
             np.ascontiguousarray(weight[box]))
 
 
-def _patch_start(brain: np.ndarray, labels: np.ndarray, centers: list, rng: np.random.Generator) -> list[int]:
-    shape = np.array(brain.shape)
+def _patch_start(subject: TrainingBrain, labels: np.ndarray, centers: list, rng: np.random.Generator) -> list[int]:
+    """Patch corner: near a tumor voxel, else on FLAIR-bright normal tissue, else anywhere in the brain."""
+    shape = np.array(subject.brain.shape)
     if centers and rng.random() < TUMOR_PATCH_SHARE:
         tumor = np.argwhere(labels > 0)
         focus = tumor[rng.integers(len(tumor))] if len(tumor) else np.array(centers[0])
     else:
-        inside = np.argwhere(brain)
+        pool = subject.bright if rng.random() < BRIGHT_PATCH_SHARE and subject.bright.any() else subject.brain
+        inside = np.argwhere(pool)
         focus = inside[rng.integers(len(inside))]
     start = focus - PATCH // 2 + rng.integers(-PATCH // 4, PATCH // 4 + 1, size=3)
     return [int(v) for v in np.clip(start, 0, np.maximum(shape - PATCH, 0))]
@@ -122,27 +171,31 @@ def necrosis(regions: torch.Tensor) -> torch.Tensor:
     return regions[:, 0] * (1.0 - regions[:, 2])
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (per region, over the batch) + BCE on TC, WT, ET and necrosis; ignored voxels weigh 0."""
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+            necrosis_weight: float = NECROSIS_WEIGHT) -> torch.Tensor:
+    """Soft Dice on TC, WT, ET and necrosis + BCE on TC, WT, ET; ignored voxels weigh 0.
+
+    Inside necrosis the TC and ET cross-entropy weighs ``necrosis_weight`` times more: there the
+    two outputs must disagree (core, not enhancing), while everywhere else in a tumor they agree,
+    so without the emphasis the cheapest fit is one "core" map copied into both outputs.
+    """
     w = weight[:, None]
     probability = torch.sigmoid(logits)
     probability = torch.cat([probability, necrosis(probability)[:, None]], dim=1)
-    target4 = torch.cat([target, necrosis(target)[:, None]], dim=1)
+    necrosis_target = necrosis(target)
+    target4 = torch.cat([target, necrosis_target[:, None]], dim=1)
     dims = (0, 2, 3, 4)
     intersection = (probability * target4 * w).sum(dims)
     total = ((probability + target4) * w).sum(dims)
     dice = 1.0 - (2 * intersection + 1.0) / (total + 1.0)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    log_necrosis = F.logsigmoid(logits[:, 0]) + F.logsigmoid(-logits[:, 2])  # log of TC * (1 - ET)
-    necrosis_target = target4[:, 3]
-    necrosis_bce = -(necrosis_target * log_necrosis
-                     + (1 - necrosis_target) * torch.log1p(-log_necrosis.exp().clamp(max=1 - 1e-6)))
-    bce = torch.cat([bce, necrosis_bce[:, None]], dim=1)
-    return dice.mean() + (bce * w).sum() / (w.sum() * bce.shape[1] + 1e-6)
+    emphasis = torch.ones_like(target)
+    emphasis[:, (0, 2)] += (necrosis_weight - 1.0) * necrosis_target[:, None]
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=emphasis * w, reduction="sum")
+    return dice.mean() + bce / (w.sum() * target.shape[1] + 1e-6)
 
 
-def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np.ndarray, ignore: np.ndarray,
-              rng: np.random.Generator, samples: int = CALIBRATION_SAMPLES) -> list[float]:
+def calibrate(network: torch.nn.Module, subject: TrainingBrain, rng: np.random.Generator,
+              samples: int = CALIBRATION_SAMPLES) -> list[float]:
     """Per-region thresholds (TC, WT, ET) that maximize mean Dice on fresh training-brain samples.
 
     A small network trained briefly is under-confident on the small regions (its sigmoid
@@ -152,7 +205,7 @@ def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np
     outputs, targets, weights = [], [], []
     with torch.inference_mode():
         for _ in range(samples):
-            x, y, w = make_sample(arrays, brain, ignore, rng)
+            x, y, w = make_sample(subject, rng)
             outputs.append(torch.sigmoid(network(torch.from_numpy(x)[None]))[0].numpy())
             targets.append(y > 0)
             weights.append(w > 0)
@@ -169,6 +222,26 @@ def calibrate(network: torch.nn.Module, arrays: dict[str, np.ndarray], brain: np
     return chosen
 
 
+def revive_head(network: torch.nn.Module) -> None:
+    """Re-initialize SegResNet's output head (GroupNorm, ReLU, 1x1 conv), keeping the rest.
+
+    In the weights of the first two cycles every one of the eight head features is low inside a
+    tumor, and GroupNorm + ReLU sets all of them to zero in nearly the whole enhancing rim (83-100
+    % of its voxels): there the three outputs equal their biases (probabilities 0.62 / 0.71 /
+    0.59, hence thresholds below 0.5), TC and ET cannot differ, and no gradient reaches the
+    network from those voxels, which is why training on necrosis could not separate it. Every
+    other GroupNorm weight is negated so that, after normalization, what is low in a tumor
+    becomes high and those features are alive there again.
+    """
+    norm, conv = network.conv_final[0], network.conv_final[2].conv
+    with torch.no_grad():
+        signs = torch.ones_like(norm.weight)
+        signs[1::2] = -1.0
+        norm.weight.copy_(signs)
+        norm.bias.zero_()
+    conv.reset_parameters()
+
+
 def pad_to_patch(array: np.ndarray) -> np.ndarray:
     """Pad the last three axes up to PATCH so that every crop is a full cube."""
     pad = [(0, 0)] * (array.ndim - 3) + [(0, max(PATCH - n, 0)) for n in array.shape[-3:]]
@@ -181,9 +254,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                        help="peak of the cosine schedule (lower for a cycle started from trained weights)")
+    parser.add_argument("--necrosis-weight", type=float, default=NECROSIS_WEIGHT,
+                        help="cross-entropy weight of TC and ET inside necrosis (1 = none)")
+    parser.add_argument("--single-share", type=float, default=SINGLE_CONTRAST_SHARE,
+                        help="share of samples with T1c alone, and again with FLAIR alone")
+    parser.add_argument("--t1c-bright-sd", type=float, default=BRIGHT_T1C_SD,
+                        help="also centre tumor-free patches on T1c-bright normal tissue above mean + this many SD (0: off)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--init", type=Path, default=None,
                         help="model folder whose model.pt to start from (a second cycle of the schedule)")
+    parser.add_argument("--revive-head", action="store_true",
+                        help="with --init: re-initialize the output head (see revive_head)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="no training: choose the thresholds of the model in --out and rewrite its params.toml")
     args = parser.parse_args(argv)
@@ -193,31 +276,32 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     started = time.time()
 
-    arrays, brain = prepare_subject(load_images(BRATS, args.data), SPACING)
-    arrays = {role: pad_to_patch(a) for role, a in arrays.items()}
-    brain = pad_to_patch(brain)
-    ignore = rough_lesion_mask(arrays["flair"], brain, (SPACING,) * 3)
-    print(f"grid {brain.shape}, brain {int(brain.sum())} voxels, own lesion left out: {int(ignore.sum())} voxels")
+    subject = prepare_subject(load_images(BRATS, args.data), SPACING, args.t1c_bright_sd)
+    print(f"grid {subject.brain.shape}, brain {int(subject.brain.sum())} voxels, own lesion left out: "
+          f"{int(subject.ignore.sum())} voxels, bright normal tissue: {int(subject.bright.sum())} voxels")
 
     architecture = Architecture()
     network = architecture.build()
     if args.calibrate_only:
         load_state_dict(args.out / "model.pt", network)
-        thresholds = calibrate(network, arrays, brain, ignore, rng)
+        thresholds = calibrate(network, subject, rng)
         write_params(args.out / "params.toml", architecture, SPACING, thresholds)
         print(f"thresholds TC/WT/ET {thresholds} written to {args.out / 'params.toml'}")
         return
     if args.init is not None:
         load_state_dict(args.init / "model.pt", network)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
+        if args.revive_head:
+            revive_head(network)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=args.learning_rate, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / args.iterations, 1.0))))
     history = []
+    args.out.mkdir(parents=True, exist_ok=True)
     network.train()
     for iteration in range(1, args.iterations + 1):
-        samples = [make_sample(arrays, brain, ignore, rng) for _ in range(BATCH)]
+        samples = [make_sample(subject, rng, args.single_share) for _ in range(BATCH)]
         x, y, w = (torch.from_numpy(np.stack(part)) for part in zip(*samples))
-        loss = loss_fn(network(x), y, w)
+        loss = loss_fn(network(x), y, w, args.necrosis_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -227,16 +311,19 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.time() - started
             print(f"{iteration}/{args.iterations} loss {np.mean(history[-50:]):.4f} "
                   f"{elapsed:.0f}s (eta {elapsed / iteration * (args.iterations - iteration):.0f}s)", flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), args.out / "model.pt")
-    thresholds = calibrate(network, arrays, brain, ignore, rng)
+        if iteration % CHECKPOINT_EVERY == 0 or iteration == args.iterations:
+            torch.save(network.state_dict(), args.out / "model.pt")  # a long run cut short keeps its weights
+    thresholds = calibrate(network, subject, rng)
     write_params(args.out / "params.toml", architecture, SPACING, thresholds)
     (args.out / "training.json").write_text(json.dumps({
         "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
-                   + (f" --init {args.init}" if args.init else ""),
+                   + f" --learning-rate {args.learning_rate} --necrosis-weight {args.necrosis_weight}"
+                   + f" --single-share {args.single_share} --t1c-bright-sd {args.t1c_bright_sd}"
+                   + (f" --init {args.init}" if args.init else "") + (" --revive-head" if args.revive_head else ""),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
-        "iterations": args.iterations, "seconds": round(time.time() - started),
+        "iterations": args.iterations, "learning_rate": args.learning_rate,
+        "necrosis_weight": args.necrosis_weight, "single_share": args.single_share,
+        "t1c_bright_sd": args.t1c_bright_sd, "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4),
         "loss_last_100": round(float(np.mean(history[-100:])), 4),
         "thresholds": thresholds, "torch": torch.__version__, "threads": args.threads,
