@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -109,3 +111,12 @@ def folder_digest(folder: Path) -> str:
             digest.update(str(path.relative_to(folder)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def training_command(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command a training run was started with, for the ``training.json`` of its folder.
+
+    Recorded as given (``argv``, else this process's arguments) rather than rebuilt from the parsed
+    options, so that it reproduces the run exactly and cannot fall behind when an option is added.
+    """
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

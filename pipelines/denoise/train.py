@@ -34,6 +34,7 @@ from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_
 from pipelines.denoise.inference import Preprocessing
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.noise import FILTERS, N_VIEWS, SliceScan, added_photons
+from pipelines.model_folder import training_command
 
 #: Dose fractions simulated for training (log-uniform): from a tenth to half of the scan's dose.
 DOSE_RANGE = (0.08, 0.5)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     write_weights(args.out, network, arch, prep)
     elapsed = time.monotonic() - started
     (args.out / "training.json").write_text(json.dumps({
-        "command": f"python -m pipelines.denoise.train --seed {args.seed} --out {args.out}",
+        "command": training_command("pipelines.denoise.train", argv),
         "seed": args.seed,
         "device": device,
         "torch_threads": torch.get_num_threads(),

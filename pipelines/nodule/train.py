@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 
 from monai.apps.detection.networks import retinanet_detector
 
+from pipelines.model_folder import training_command
 from pipelines.nodule import data, synthesis
 from pipelines.nodule.detector import Settings, make_detector
 from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
@@ -182,7 +183,7 @@ def warm_start(network: torch.nn.Module, folder: Path) -> list[str]:
     return list(missing)
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: argparse.Namespace, command: str) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -233,12 +234,7 @@ def train(args: argparse.Namespace) -> dict:
 
     _save(args.out, network, settings, arch)
     record = {
-        "command": f"python -m pipelines.nodule.train --seed {args.seed} --minutes {args.minutes} "
-                   f"--batch {args.batch} --patch {' '.join(map(str, args.patch))} --lr {args.lr} "
-                   f"--threads {args.threads} --returned-layers {' '.join(map(str, args.returned_layers))}"
-                   + (f" --mass-every {args.mass_every} --mass-batch {args.mass_batch} "
-                      f"--mass-patch {' '.join(map(str, args.mass_patch))}" if args.mass_every else "")
-                   + f" --out {args.out.name}" + (f" --init {args.init.name}" if args.init else ""),
+        "command": command,
         "seed": args.seed, "device": device, "steps": step, "seconds": round(time.monotonic() - start),
         "training_scan": data.TRAINING, "slab_factors": list(data.SLAB_FACTORS),
         "training_region": "patient's right half (LPS x below the lungs' midline); left half kept for calibration",
@@ -276,7 +272,7 @@ def write_params(path: Path, params: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
@@ -293,7 +289,7 @@ def main() -> None:
     parser.add_argument("--mass-every", type=int, default=0, help="every Nth step is a batch of mass patches (0: never)")
     parser.add_argument("--mass-batch", type=int, default=2)
     parser.add_argument("--mass-patch", type=int, nargs=3, default=[96, 96, 48])
-    print(json.dumps(train(parser.parse_args()), indent=2))
+    print(json.dumps(train(parser.parse_args(argv), training_command("pipelines.nodule.train", argv)), indent=2))
 
 
 if __name__ == "__main__":

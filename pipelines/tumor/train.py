@@ -14,7 +14,8 @@ details and the later, rejected cycles. Steps:
 3. Each sample: insert zero to two synthetic tumors (``synthesis``) elsewhere in the brain,
    z-score each contrast over the brain, jitter intensities, drop contrasts (any subset that
    keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
-   ``PATCH`` cube, most often around a tumor, else often on FLAIR-bright normal tissue.
+   ``PATCH`` cube, most often around a tumor, else often on bright normal tissue (FLAIR, and
+   with ``--t1c-bright-sd`` T1c), and with ``--single-share`` more often one contrast alone.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
    nested regions TC / WT / ET, cross-entropy weighted up inside necrosis, and soft Dice on
    necrosis (TC and not ET, computed from the outputs). A cycle started from trained weights
@@ -38,7 +39,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from pipelines.model_folder import load_state_dict
+from pipelines.model_folder import load_state_dict, training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
@@ -148,7 +149,7 @@ def make_sample(subject: TrainingBrain, rng: np.random.Generator,
 
 
 def _patch_start(subject: TrainingBrain, labels: np.ndarray, centers: list, rng: np.random.Generator) -> list[int]:
-    """Patch corner: near a tumor voxel, else on FLAIR-bright normal tissue, else anywhere in the brain."""
+    """Patch corner: near a tumor voxel, else on bright normal tissue, else anywhere in the brain."""
     shape = np.array(subject.brain.shape)
     if centers and rng.random() < TUMOR_PATCH_SHARE:
         tumor = np.argwhere(labels > 0)
@@ -316,10 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = calibrate(network, subject, rng)
     write_params(args.out / "params.toml", architecture, SPACING, thresholds)
     (args.out / "training.json").write_text(json.dumps({
-        "command": f"python -m pipelines.tumor.train --seed {args.seed} --out {args.out} --iterations {args.iterations}"
-                   + f" --learning-rate {args.learning_rate} --necrosis-weight {args.necrosis_weight}"
-                   + f" --single-share {args.single_share} --t1c-bright-sd {args.t1c_bright_sd}"
-                   + (f" --init {args.init}" if args.init else "") + (" --revive-head" if args.revive_head else ""),
+        "command": training_command("pipelines.tumor.train", argv),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
         "iterations": args.iterations, "learning_rate": args.learning_rate,
         "necrosis_weight": args.necrosis_weight, "single_share": args.single_share,
