@@ -4,9 +4,10 @@
 
 1. Synthetic insertions: ``--insertions`` tumors, one at a time, inserted into the
    preprocessed TCGA brain away from its real tumor (with the same ``synthesis`` as training
-   but a different seed and brain), segmented with all four contrasts, T1c alone and FLAIR
-   alone. Dice per region (TC, WT, ET) against the inserted labels; the real tumor and a 15 mm
-   margin around it are left out of the score, since it has no label in this set-up.
+   but a different seed and brain), segmented with each contrast subset of ``SUBSETS`` (all
+   four, T1c alone, FLAIR alone, and four two-contrast pairs). Dice per region (TC, WT, ET)
+   against the inserted labels; the real tumor and a 15 mm margin around it are left out of
+   the score, since it has no label in this set-up.
 2. Real tumor: the unmodified study against ``fusion/mav`` (majority vote of five BraTS
    algorithms), Dice and volumes in mL. A pseudo-reference: agreement with other models, not
    with a radiologist.
@@ -34,8 +35,13 @@ from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import brain_mask, region_dice
 from pipelines.tumor.synthesis import insert_tumor, pick_center
 
-#: Contrast subsets evaluated: the full study and the two single contrasts the model must handle.
-SUBSETS: dict[str, tuple[str, ...]] = {"all": CHANNELS, "t1c": ("t1c",), "flair": ("flair",)}
+#: Contrast subsets evaluated: the full study, the two single contrasts the model must handle,
+#: and the two-contrast studies a site sends when a protocol is cut short (T1c with one other
+#: contrast, or FLAIR with T2 and no gadolinium).
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "all": CHANNELS, "t1c": ("t1c",), "flair": ("flair",),
+    "t1c_t1": ("t1c", "t1"), "t1c_t2": ("t1c", "t2"), "t1c_flair": ("t1c", "flair"), "flair_t2": ("flair", "t2"),
+}
 #: Written sub-regions and their BraTS labels.
 SUB_REGIONS = {"NCR": 1, "ED": 2, "ET": 4}
 #: Margin (mm) around the real tumor left out of the synthetic-insertion score.

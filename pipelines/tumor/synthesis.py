@@ -57,7 +57,7 @@ class Insertion:
     radius_mm: float
 
 
-def _smooth_noise(shape: tuple[int, ...], sigma_vox: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def smooth_noise(shape: tuple[int, ...], sigma_vox: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gaussian-smoothed white noise scaled to unit standard deviation."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
     return field / (field.std() + 1e-6)
@@ -107,11 +107,11 @@ def insert_tumor(images: Mapping[str, np.ndarray], labels: np.ndarray, brain: np
     rotation = _random_rotation(rng)
     axes = rng.uniform(0.75, 1.3, size=3)
     sigma = 6.0 / spacing
-    edema_d = _blob(offsets, radius, axes, rotation, _smooth_noise(shape, sigma, rng), rng.uniform(0.25, 0.45))
+    edema_d = _blob(offsets, radius, axes, rotation, smooth_noise(shape, sigma, rng), rng.uniform(0.25, 0.45))
     core_r = radius * rng.uniform(*CORE_FRACTION)
-    core_d = _blob(offsets, core_r, axes, rotation, _smooth_noise(shape, sigma * 0.7, rng), rng.uniform(0.1, 0.3))
+    core_d = _blob(offsets, core_r, axes, rotation, smooth_noise(shape, sigma * 0.7, rng), rng.uniform(0.1, 0.3))
     nec_r = core_r - rng.uniform(*RIM_THICKNESS_MM) if rng.random() < NECROSIS_SHARE else 0.0
-    nec_d = _blob(offsets, max(nec_r, 1e-3), axes, rotation, _smooth_noise(shape, sigma * 0.7, rng), 0.15)
+    nec_d = _blob(offsets, max(nec_r, 1e-3), axes, rotation, smooth_noise(shape, sigma * 0.7, rng), 0.15)
 
     inside = brain[box]
     tumor = (edema_d < 1) & inside
@@ -133,7 +133,7 @@ def insert_tumor(images: Mapping[str, np.ndarray], labels: np.ndarray, brain: np
         "necrosis": ndimage.gaussian_filter(necrosis.astype(np.float32), soft),
     }
     total = np.clip(sum(weights.values()), 0.0, 1.0) * inside
-    texture = _smooth_noise(shape, 1.5 / spacing, rng)
+    texture = smooth_noise(shape, 1.5 / spacing, rng)
     for role, image in images.items():
         reference = float(np.median(image[brain])) if brain.any() else 1.0
         region = image[box]

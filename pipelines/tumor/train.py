@@ -16,6 +16,8 @@ details and the later, rejected cycles. Steps:
    keeps T1c or FLAIR; missing channels are zeros, as at inference), flip left-right, and cut a
    ``PATCH`` cube, most often around a tumor, else often on bright normal tissue (FLAIR, and
    with ``--t1c-bright-sd`` T1c), and with ``--single-share`` more often one contrast alone.
+   With ``--normal-share``, T1c-bright normal structures (vessels, choroid plexus, dura;
+   ``normal_structures``) are painted outside the tumors as negatives before all that.
 4. Fit SegResNet (``model.Architecture``) with soft Dice + binary cross-entropy on the three
    nested regions TC / WT / ET, cross-entropy weighted up inside necrosis, and soft Dice on
    necrosis (TC and not ET, computed from the outputs). A cycle started from trained weights
@@ -43,6 +45,7 @@ from pipelines.model_folder import load_state_dict, training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
+from pipelines.tumor.normal_structures import NormalAnatomy, find_anatomy, paint_normal_structures
 from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, regions_from_labels, resample
 from pipelines.tumor.synthesis import insert_tumor, pick_center, rough_lesion_mask
 
@@ -65,6 +68,11 @@ BRIGHT_FLAIR_SD = 1.5
 #: Default of ``--t1c-bright-sd``: T1c-bright normal tissue (vessels, choroid plexus, dura) above
 #: the brain mean by this many standard deviations joins the bright pool; 0 leaves it out.
 BRIGHT_T1C_SD = 0.0
+#: Default of ``--normal-share``: share of samples with synthetic T1c-bright normal structures
+#: painted in (0: none, as in the cycles before the sixth), and of ``--normal-count``: the most
+#: structures in one such sample (each draws 1 to this many).
+NORMAL_SHARE = 0.0
+NORMAL_COUNT = 8
 #: Share of tumor-free patches centred on bright normal tissue (the rest anywhere).
 BRIGHT_PATCH_SHARE = 0.5
 #: Iterations between saves of model.pt during training.
@@ -82,12 +90,14 @@ class TrainingBrain:
     tissue (periventricular caps, CSF partial volume), and optionally T1c-bright normal tissue
     (enhancing vessels, choroid plexus), outside it, where some tumor-free patches are centred
     so that the network learns that brightness alone is neither edema nor enhancing tumor.
+    ``anatomy``: where synthetic normal structures may be painted (``normal_structures``).
     """
 
     arrays: dict[str, np.ndarray]
     brain: np.ndarray
     ignore: np.ndarray
     bright: np.ndarray
+    anatomy: NormalAnatomy
 
 
 def prepare_subject(images: dict[str, sitk.Image], spacing: float, t1c_bright_sd: float = BRIGHT_T1C_SD) -> TrainingBrain:
@@ -102,7 +112,7 @@ def prepare_subject(images: dict[str, sitk.Image], spacing: float, t1c_bright_sd
         t1c = arrays["t1c"][brain]
         bright |= arrays["t1c"] > t1c.mean() + t1c_bright_sd * t1c.std()
     bright &= brain & ~ignore
-    return TrainingBrain(arrays, brain, ignore, bright)
+    return TrainingBrain(arrays, brain, ignore, bright, find_anatomy(arrays, brain, (spacing,) * 3))
 
 
 def random_subset(rng: np.random.Generator, single_share: float = SINGLE_CONTRAST_SHARE) -> list[str]:
@@ -118,9 +128,14 @@ def random_subset(rng: np.random.Generator, single_share: float = SINGLE_CONTRAS
             return kept
 
 
-def make_sample(subject: TrainingBrain, rng: np.random.Generator,
-                single_share: float = SINGLE_CONTRAST_SHARE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(input C x P^3, regions 3 x P^3, loss weight P^3) for one synthetic training patch."""
+def make_sample(subject: TrainingBrain, rng: np.random.Generator, single_share: float = SINGLE_CONTRAST_SHARE,
+                normal_share: float = NORMAL_SHARE, normal_count: int = NORMAL_COUNT
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input C x P^3, regions 3 x P^3, loss weight P^3) for one synthetic training patch.
+
+    Normal structures are painted after the tumors (so that they keep clear of them) and only
+    draw random numbers when ``normal_share`` > 0, so that earlier seeds give the same samples.
+    """
     arrays, brain, ignore = subject.arrays, subject.brain, subject.ignore
     images = {role: array.copy() for role, array in arrays.items()}
     labels = np.zeros(brain.shape, dtype=np.uint8)
@@ -131,6 +146,9 @@ def make_sample(subject: TrainingBrain, rng: np.random.Generator,
         if center is not None:
             insert_tumor(images, labels, brain, spacing, center, rng)
             centers.append(center)
+    if normal_share > 0 and rng.random() < normal_share:
+        count = int(rng.integers(1, normal_count + 1))
+        paint_normal_structures(images, labels, subject.anatomy, rng, count, keep_out=ignore)
     kept = random_subset(rng, single_share)
     x = normalize({role: images[role] for role in kept}, brain)
     for c in range(len(CHANNELS)):  # intensity jitter: scanners and sites differ
@@ -196,17 +214,20 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
 
 
 def calibrate(network: torch.nn.Module, subject: TrainingBrain, rng: np.random.Generator,
-              samples: int = CALIBRATION_SAMPLES) -> list[float]:
+              samples: int = CALIBRATION_SAMPLES, normal_share: float = NORMAL_SHARE,
+              normal_count: int = NORMAL_COUNT) -> list[float]:
     """Per-region thresholds (TC, WT, ET) that maximize mean Dice on fresh training-brain samples.
 
     A small network trained briefly is under-confident on the small regions (its sigmoid
-    outputs inside a core stay below 0.5); the threshold is chosen on training data only.
+    outputs inside a core stay below 0.5); the threshold is chosen on training data only. The
+    samples carry normal structures as in training, since a threshold that calls them tumor
+    is the wrong one.
     """
     network.eval()
     outputs, targets, weights = [], [], []
     with torch.inference_mode():
         for _ in range(samples):
-            x, y, w = make_sample(subject, rng)
+            x, y, w = make_sample(subject, rng, normal_share=normal_share, normal_count=normal_count)
             outputs.append(torch.sigmoid(network(torch.from_numpy(x)[None]))[0].numpy())
             targets.append(y > 0)
             weights.append(w > 0)
@@ -263,6 +284,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of samples with T1c alone, and again with FLAIR alone")
     parser.add_argument("--t1c-bright-sd", type=float, default=BRIGHT_T1C_SD,
                         help="also centre tumor-free patches on T1c-bright normal tissue above mean + this many SD (0: off)")
+    parser.add_argument("--normal-share", type=float, default=NORMAL_SHARE,
+                        help="share of samples with synthetic T1c-bright normal structures as negatives (0: off)")
+    parser.add_argument("--normal-count", type=int, default=NORMAL_COUNT,
+                        help="most normal structures in one such sample (each draws 1 to this many)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--init", type=Path, default=None,
                         help="model folder whose model.pt to start from (a second cycle of the schedule)")
@@ -285,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     network = architecture.build()
     if args.calibrate_only:
         load_state_dict(args.out / "model.pt", network)
-        thresholds = calibrate(network, subject, rng)
+        thresholds = calibrate(network, subject, rng, normal_share=args.normal_share, normal_count=args.normal_count)
         write_params(args.out / "params.toml", architecture, SPACING, thresholds)
         print(f"thresholds TC/WT/ET {thresholds} written to {args.out / 'params.toml'}")
         return
@@ -300,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     network.train()
     for iteration in range(1, args.iterations + 1):
-        samples = [make_sample(subject, rng, args.single_share) for _ in range(BATCH)]
+        samples = [make_sample(subject, rng, args.single_share, args.normal_share, args.normal_count)
+                   for _ in range(BATCH)]
         x, y, w = (torch.from_numpy(np.stack(part)) for part in zip(*samples))
         loss = loss_fn(network(x), y, w, args.necrosis_weight)
         optimizer.zero_grad()
@@ -314,14 +340,15 @@ def main(argv: list[str] | None = None) -> None:
                   f"{elapsed:.0f}s (eta {elapsed / iteration * (args.iterations - iteration):.0f}s)", flush=True)
         if iteration % CHECKPOINT_EVERY == 0 or iteration == args.iterations:
             torch.save(network.state_dict(), args.out / "model.pt")  # a long run cut short keeps its weights
-    thresholds = calibrate(network, subject, rng)
+    thresholds = calibrate(network, subject, rng, normal_share=args.normal_share, normal_count=args.normal_count)
     write_params(args.out / "params.toml", architecture, SPACING, thresholds)
     (args.out / "training.json").write_text(json.dumps({
         "command": training_command("pipelines.tumor.train", argv),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
         "iterations": args.iterations, "learning_rate": args.learning_rate,
         "necrosis_weight": args.necrosis_weight, "single_share": args.single_share,
-        "t1c_bright_sd": args.t1c_bright_sd, "seconds": round(time.time() - started),
+        "t1c_bright_sd": args.t1c_bright_sd, "normal_share": args.normal_share,
+        "normal_count": args.normal_count, "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4),
         "loss_last_100": round(float(np.mean(history[-100:])), 4),
         "thresholds": thresholds, "torch": torch.__version__, "threads": args.threads,
