@@ -19,6 +19,7 @@ from pipelines.model_folder import ModelFolderError
 from pipelines.tumor import evaluate
 from pipelines.tumor.data import TCGA, load_images, load_labels
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, resample
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain (measured
@@ -36,9 +37,9 @@ FUSION_MIN_DICE = {"TC": 0.4, "WT": 0.4, "ET": 0.5}
 
 
 @pytest.fixture(scope="module")
-def segmenter():
+def models():
     torch.set_num_threads(2)
-    return Segmenter.load(DEFAULT_MODEL_DIR, "cpu")
+    return ModelSet.load(DEFAULT_MODEL_DIR, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +47,25 @@ def tcga(data_dir):
     return load_images(TCGA, data_dir), sitk.GetArrayFromImage(load_labels(TCGA, data_dir))
 
 
-def test_dice_on_synthetic_tumors_in_the_held_out_brain(segmenter, tcga):
+def test_dice_on_synthetic_tumors_in_the_held_out_brain(models, tcga):
     images, real = tcga
     subsets = {name: evaluate.SUBSETS[name] for name in SYNTHETIC_MIN_DICE}  # only those with a floor
-    scores = evaluate.synthetic_scores(segmenter, images, real, insertions=2, seed=7, subsets=subsets)
+    scores = evaluate.synthetic_scores(models, images, real, insertions=2, seed=7, subsets=subsets)
     print("held-out synthetic Dice:", json.dumps(scores))
     for subset, minimum in SYNTHETIC_MIN_DICE.items():
         for region, threshold in minimum.items():
             assert scores[subset][region] >= threshold, (subset, region, scores[subset])
 
 
-def test_dice_against_the_fusion_pseudo_reference(segmenter, tcga):
+def test_dice_against_the_fusion_pseudo_reference(models, tcga):
     images, real = tcga
-    scores = evaluate.fusion_scores(segmenter, images, real, subsets={"all": evaluate.SUBSETS["all"]})["dice"]
+    scores = evaluate.fusion_scores(models, images, real, subsets={"all": evaluate.SUBSETS["all"]})["dice"]
     print("TCGA-FG-6692 vs fusion/mav:", json.dumps(scores))
     for region, threshold in FUSION_MIN_DICE.items():
         assert scores["all"][region] >= threshold, (region, scores["all"])
 
 
-def test_monai_bundle_layout_gives_the_same_result(segmenter, tcga, tmp_path):
+def test_monai_bundle_layout_gives_the_same_result(models, tcga, tmp_path):
     """The shipped weights repackaged as a MONAI bundle (configs/inference.json + models/model.pt)."""
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
@@ -81,12 +82,12 @@ def test_monai_bundle_layout_gives_the_same_result(segmenter, tcga, tmp_path):
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 1},
     }))
     from_bundle = Segmenter.load(bundle, "cpu")
-    assert from_bundle.format.spacing == segmenter.format.spacing
+    assert from_bundle.format.spacing == models.main.format.spacing
     images, _ = tcga
     grid = model_grid(images["t1c"], 2.0)
     channels = {role: sitk.GetArrayFromImage(resample(images[role], grid)) for role in ("t1c", "flair")}
     network_input = normalize(channels, brain_mask(channels["t1c"]))
-    np.testing.assert_allclose(from_bundle.probabilities(network_input), segmenter.probabilities(network_input),
+    np.testing.assert_allclose(from_bundle.probabilities(network_input), models.main.probabilities(network_input),
                                atol=1e-5)
 
 
@@ -94,3 +95,21 @@ def test_a_folder_without_weights_is_refused(tmp_path):
     (tmp_path / "params.toml").write_text("[input]\nspacing = 2.0\n")
     with pytest.raises(ModelFolderError, match="neither model.ts nor model.pt"):
         Segmenter.load(tmp_path)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('contrasts = ["t1", "t2"]\nfolder = "sub"', "include T1c or FLAIR"),
+    ('contrasts = ["t1c", "dwi"]\nfolder = "sub"', "must be among"),
+    ('contrasts = ["t1c"]\nfolder = "../elsewhere"', "inside the model folder"),
+    ('contrasts = ["t1c"]', "needs contrasts"),
+    ('contrasts = ["t1c"]\nfolder = "missing"', "missing"),
+])
+def test_a_bad_reduced_model_entry_is_refused_with_the_reason(tmp_path, table, message):
+    for folder in (tmp_path / "model", tmp_path / "model" / "sub"):
+        folder.mkdir()
+        torch.jit.script(torch.nn.Identity()).save(str(folder / "model.ts"))
+        (folder / "params.toml").write_text("[input]\nspacing = 2.0\n")
+    (tmp_path / "model" / "params.toml").write_text(f"[input]\nspacing = 2.0\n[[reduced]]\n{table}\n")
+    with pytest.raises(ModelFolderError, match=message):
+        ModelSet.load(tmp_path / "model")
+

@@ -78,16 +78,27 @@ def test_a_single_anchor_contrast_is_enough(pipeline, study, tmp_path, roles, re
     assert f"contrasts used: {reference}" in _content_texts(sr)
 
 
+class _Constant(torch.nn.Module):
+    """A model that calls every voxel the same: tumor everywhere (logit > 0) or nowhere."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :3], self.logit)
+
+
+def _constant_model(folder: Path, logit: float, extra_params: str = "") -> Path:
+    folder.mkdir(parents=True)
+    torch.jit.script(_Constant(logit)).save(str(folder / "model.ts"))
+    (folder / "params.toml").write_text("[input]\nspacing = 3.0\nroi = [64, 64, 64]\n" + extra_params)
+    return folder
+
+
 def test_no_tumor_is_stated_in_the_report(study, tmp_path):
     """A TorchScript model that never finds anything: the SR says 'absent', no SEG is written."""
-    class Nothing(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.full_like(x[:, :3], -10.0)
-
-    folder = tmp_path / "model"
-    folder.mkdir()
-    torch.jit.script(Nothing()).save(str(folder / "model.ts"))
-    (folder / "params.toml").write_text("[input]\nspacing = 3.0\nroi = [64, 64, 64]\n")
+    folder = _constant_model(tmp_path / "model", -10.0)
     empty = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     result = _run(empty, study, ("t1c", "flair"), tmp_path / "out")
     assert not result.summary["tumor_found"]
@@ -95,6 +106,21 @@ def test_no_tumor_is_stated_in_the_report(study, tmp_path):
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
     assert "Absent" in _content_texts(report)
     assert not dciodvfy(result.outputs[0]).errors
+
+
+def test_a_reduced_model_serves_exactly_its_contrast_set(study, tmp_path):
+    """T1c alone goes to the model the folder names for it, any other set to the folder's own; the
+    report says which model spoke."""
+    folder = _constant_model(tmp_path / "model", -10.0,
+                             '[[reduced]]\ncontrasts = ["t1c"]\nfolder = "t1c-alone"\n')
+    _constant_model(folder / "t1c-alone", 10.0)
+    pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
+    alone = _run(pipeline, study, ("t1c",), tmp_path / "alone")
+    assert alone.summary["model"] == "t1c-alone" and alone.summary["tumor_found"]
+    sr = next(ds for ds in map(pydicom.dcmread, alone.outputs) if ds.Modality == "SR")
+    assert "model: t1c-alone" in _content_texts(sr)
+    both = _run(pipeline, study, ("t1c", "flair"), tmp_path / "both")
+    assert both.summary["model"] == "main" and not both.summary["tumor_found"]
 
 
 def test_a_study_without_t1c_or_flair_is_not_applicable(pipeline, study, tmp_path):

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.data import DEFAULT_DATA_ROOT, TCGA, load_images, load_labels
-from pipelines.tumor.inference import Segmenter
+from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import brain_mask, region_dice
 from pipelines.tumor.synthesis import insert_tumor, pick_center
@@ -57,14 +57,16 @@ def _with_arrays(template: dict[str, sitk.Image], arrays: dict[str, np.ndarray])
     return images
 
 
-def labels_for(segmenter: Segmenter, images: dict[str, sitk.Image], roles: tuple[str, ...]) -> np.ndarray:
-    """Segment co-registered images using only ``roles`` (reference: T1c if kept, else FLAIR)."""
+def labels_for(models: ModelSet, images: dict[str, sitk.Image], roles: tuple[str, ...]) -> np.ndarray:
+    """Segment co-registered images using only ``roles`` (reference: T1c if kept, else FLAIR), with
+    the model the pipeline would choose for them."""
     kept = {role: images[role] for role in roles}
+    _, segmenter = models.for_contrasts(roles)
     reference = "t1c" if "t1c" in kept else "flair"
     return segment(segmenter, kept, {}, reference)
 
 
-def synthetic_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: np.ndarray,
+def synthetic_scores(models: ModelSet, images: dict[str, sitk.Image], real: np.ndarray,
                      insertions: int, seed: int, subsets: dict[str, tuple[str, ...]] = SUBSETS
                      ) -> dict[str, dict[str, float]]:
     """Mean Dice per region and subset over ``insertions`` synthetic tumors in ``images``."""
@@ -82,7 +84,7 @@ def synthetic_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: 
         insert_tumor(changed, truth, brain, spacing, center, rng)
         inserted = _with_arrays(images, changed)
         for name, roles in subsets.items():
-            scores[name].append(region_dice(labels_for(segmenter, inserted, roles), truth, ignore=near_real))
+            scores[name].append(region_dice(labels_for(models, inserted, roles), truth, ignore=near_real))
     return {name: {region: round(float(np.mean([s[region] for s in runs])), 3) for region in runs[0]}
             for name, runs in scores.items()}
 
@@ -95,14 +97,14 @@ def volumes_ml(labels: np.ndarray, spacing_mm: tuple[float, ...]) -> dict[str, f
     return {name: round(value, 1) for name, value in volumes.items()}
 
 
-def fusion_scores(segmenter: Segmenter, images: dict[str, sitk.Image], real: np.ndarray,
+def fusion_scores(models: ModelSet, images: dict[str, sitk.Image], real: np.ndarray,
                   subsets: dict[str, tuple[str, ...]] = SUBSETS) -> dict[str, dict[str, dict[str, float]]]:
     """Dice per region, and volumes, per subset of the unmodified study against the fusion labels.
 
     Dice alone hides over-calling far from the tumor, so the volumes are reported beside it.
     """
     spacing = images["t1c"].GetSpacing()
-    predictions = {name: labels_for(segmenter, images, roles) for name, roles in subsets.items()}
+    predictions = {name: labels_for(models, images, roles) for name, roles in subsets.items()}
     return {
         "dice": {name: region_dice(labels, real) for name, labels in predictions.items()},
         "volumes_ml": {"fusion": volumes_ml(real, spacing),
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     started = time.time()
-    segmenter = Segmenter.load(args.model, "cpu")
+    models = ModelSet.load(args.model, "cpu")
     images = load_images(TCGA, args.data)
     real = sitk.GetArrayFromImage(load_labels(TCGA, args.data))
     result = {
@@ -128,12 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         "regions": "TC = labels 1+4, WT = 1+2+4, ET = 4 (BraTS regions); NCR = 1, ED = 2 (sub-regions)",
         "synthetic_insertions": {
             "count": args.insertions, "seed": args.seed,
-            "dice": synthetic_scores(segmenter, images, real, args.insertions, args.seed),
+            "dice": synthetic_scores(models, images, real, args.insertions, args.seed),
             "note": f"real tumor + {REAL_TUMOR_MARGIN_MM:g} mm left out of the score",
         },
         "fusion_pseudo_reference": {
             "labels": TCGA.labels,
-            **fusion_scores(segmenter, images, real),
+            **fusion_scores(models, images, real),
             "note": "majority vote of five BraTS algorithms; not ground truth",
         },
         "seconds": round(time.time() - started),

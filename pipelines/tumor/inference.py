@@ -20,6 +20,9 @@ A model folder is what a site hands the node to replace the shipped weights. Two
       init_filters = 8
       blocks_down = [1, 2, 2, 4]
       blocks_up = [1, 1, 1]
+      [[reduced]]              # optional: another model folder for an exact contrast set
+      contrasts = ["t1c"]      # (``model_set``)
+      folder = "t1c-alone"
 
 - a MONAI bundle such as the model zoo's ``brats_mri_segmentation``: ``configs/inference.json``
   plus ``models/model.ts`` or ``models/model.pt``. The network is built from its

@@ -39,6 +39,7 @@ from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
     brain_mask, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
 )
@@ -86,7 +87,7 @@ class TumorSegmentation(Pipeline):
         super().__init__(settings)
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
-        self.segmenter = Segmenter.load(self.model_dir, self.device)
+        self.models = ModelSet.load(self.model_dir, self.device)
         self.identity = Identity(uid_root=settings.uid_root)
         self.model_digest = folder_digest(self.model_dir)
         self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
@@ -112,11 +113,13 @@ class TumorSegmentation(Pipeline):
                                       "edge_alignment": round(alignment.edge_alignment, 3)}
         clock.lap("registration")
 
-        labels = segment(self.segmenter, images, transforms, reference_role, clock)
+        model_name, segmenter = self.models.for_contrasts(present)
+        labels = segment(segmenter, images, transforms, reference_role, clock)
         used = ", ".join(DISPLAY[role] for role in present)
         algorithm = Algorithm(
             name="radnode tumor-segmentation", version=self.model_digest[:16],
-            parameters=(("contrasts used", used), ("reference contrast", DISPLAY[reference_role])),
+            parameters=(("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
+                        ("model", model_name)),
         )
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
@@ -129,6 +132,7 @@ class TumorSegmentation(Pipeline):
             summary={
                 "contrasts_used": [DISPLAY[role] for role in present],
                 "reference": DISPLAY[reference_role],
+                "model": model_name,
                 "volumes_ml": volumes_ml,
                 "tumor_found": any(volumes_ml.values()),
                 "registration": registration,

@@ -1,0 +1,72 @@
+"""The model a study is segmented with, chosen by the contrasts that arrived.
+
+A single network trained with missing-contrast dropout serves every contrast set in principle, but
+one set can need a model of its own (the issue's "reduced models"): a model that learns to use
+FLAIR and T2 well can lean on them so much that it is worse with T1c alone than one that never
+had them. A radnode model folder may therefore name other model folders for exact contrast sets
+in its ``params.toml``::
+
+    [[reduced]]
+    contrasts = ["t1c"]       # used when exactly these contrasts arrived
+    folder = "t1c-alone"      # a model folder, relative to this one
+
+Every other set goes to the folder's own model. All models are loaded once, with the pipeline.
+A MONAI bundle has no such table and serves every set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.model_folder import ModelFolderError, is_monai_bundle, read_params, require_folder
+from pipelines.tumor.contrasts import CHANNELS
+from pipelines.tumor.inference import Segmenter
+
+#: What the summary and the SR call the folder's own model.
+MAIN_MODEL = "main"
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The folder's own model and the reduced models it names, keyed by exact contrast set."""
+
+    main: Segmenter
+    reduced: dict[frozenset[str], tuple[str, Segmenter]]
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> "ModelSet":
+        folder = require_folder(folder)
+        main = Segmenter.load(folder, device)
+        entries = [] if is_monai_bundle(folder) else read_params(folder).get("reduced", [])
+        reduced: dict[frozenset[str], tuple[str, Segmenter]] = {}
+        for entry in entries:
+            contrasts, name = _reduced_entry(entry, folder)
+            if contrasts in reduced:
+                raise ModelFolderError(f"{folder}: [[reduced]] names contrasts {sorted(contrasts)} twice")
+            reduced[contrasts] = (name, Segmenter.load(folder / name, device))
+        return cls(main, reduced)
+
+    def for_contrasts(self, roles: Iterable[str]) -> tuple[str, Segmenter]:
+        """The name of the model for exactly these contrasts, and the model."""
+        return self.reduced.get(frozenset(roles), (MAIN_MODEL, self.main))
+
+
+def _reduced_entry(entry: object, folder: Path) -> tuple[frozenset[str], str]:
+    """The contrast set and sub-folder of one ``[[reduced]]`` table, checked."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
+        raise ModelFolderError(f"{folder}: each [[reduced]] table needs contrasts = [...] and folder = \"...\"")
+    contrasts = frozenset(entry.get("contrasts", ()))
+    unknown = contrasts - set(CHANNELS)
+    if unknown or not contrasts & {"t1c", "flair"}:
+        raise ModelFolderError(
+            f"{folder}: [[reduced]] contrasts {sorted(contrasts)} must be among {list(CHANNELS)} and "
+            "include T1c or FLAIR"
+        )
+    name = entry["folder"]
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ModelFolderError(f"{folder}: [[reduced]] folder {name!r} must lie inside the model folder")
+    if (folder / name).resolve() == folder.resolve():
+        raise ModelFolderError(f"{folder}: [[reduced]] folder {name!r} is the folder itself")
+    return contrasts, name
