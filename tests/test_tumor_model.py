@@ -15,25 +15,33 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipelines.model_folder import ModelFolderError
+from pipelines.model_folder import ModelFolderError, read_params
 from pipelines.tumor import evaluate
 from pipelines.tumor.data import TCGA, load_images, load_labels
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.model import Architecture
 from pipelines.tumor.model_set import ModelSet
+from pipelines.tumor.train import write_params
 from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, resample
 
-#: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain (measured
-#: with these two insertions: all four 0.93 / 0.86 / 0.93 / 0.83, T1c alone 0.95 / 0.71 / 0.95,
-#: FLAIR alone WT 0.47). No NCR floor: necrosis is not yet separated (NCR Dice 0 here, see
-#: MODEL_CARD.md), so any floor would be vacuous.
+#: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
+#: model the pipeline picks for each subset (studies with FLAIR: weights/; without: without-flair/).
+#: Measured with these two insertions: all four 0.94 / 0.94 / 0.92 / ED 0.92, T1c + FLAIR 0.94 /
+#: 0.92 / 0.93, FLAIR + T2 WT 0.86, FLAIR alone WT 0.56, T1c alone 0.95 / 0.71 / 0.95.
 SYNTHETIC_MIN_DICE = {
-    "all": {"TC": 0.7, "WT": 0.75, "ET": 0.7, "ED": 0.7},
+    "all": {"TC": 0.85, "WT": 0.85, "ET": 0.8, "ED": 0.8},
+    "t1c_flair": {"TC": 0.85, "WT": 0.8, "ET": 0.8},
+    "flair_t2": {"WT": 0.75},
+    "flair": {"WT": 0.45},
     "t1c": {"TC": 0.7, "WT": 0.55, "ET": 0.7},
-    "flair": {"WT": 0.3},
 }
+#: Necrosis (label 1) with all four contrasts, over the first four of the model card's evaluation
+#: insertions (seed 100): measured 0.56; the weights now in without-flair/, which do not separate
+#: necrosis, score 0.17 (their non-zero share comes from fill_core and an insertion without any).
+NCR_MIN_DICE = 0.35
 #: Dice against the fusion of five BraTS algorithms (a pseudo-reference), all four contrasts:
-#: loose, since the model never saw a real labelled tumor (measured 0.54 / 0.47 / 0.64).
-FUSION_MIN_DICE = {"TC": 0.4, "WT": 0.4, "ET": 0.5}
+#: loose, since the model never saw a real labelled tumor (measured 0.68 / 0.73 / 0.71).
+FUSION_MIN_DICE = {"TC": 0.55, "WT": 0.6, "ET": 0.6}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +63,14 @@ def test_dice_on_synthetic_tumors_in_the_held_out_brain(models, tcga):
     for subset, minimum in SYNTHETIC_MIN_DICE.items():
         for region, threshold in minimum.items():
             assert scores[subset][region] >= threshold, (subset, region, scores[subset])
+
+
+def test_necrosis_is_separated_with_all_four_contrasts(models, tcga):
+    images, real = tcga
+    scores = evaluate.synthetic_scores(models, images, real, insertions=4, seed=100,
+                                       subsets={"all": evaluate.SUBSETS["all"]})
+    print("held-out synthetic Dice, four insertions:", json.dumps(scores))
+    assert scores["all"]["NCR"] >= NCR_MIN_DICE, scores["all"]
 
 
 def test_dice_against_the_fusion_pseudo_reference(models, tcga):
@@ -112,4 +128,17 @@ def test_a_bad_reduced_model_entry_is_refused_with_the_reason(tmp_path, table, m
     (tmp_path / "model" / "params.toml").write_text(f"[input]\nspacing = 2.0\n[[reduced]]\n{table}\n")
     with pytest.raises(ModelFolderError, match=message):
         ModelSet.load(tmp_path / "model")
+
+
+def test_recalibrating_a_folder_keeps_its_reduced_models(tmp_path):
+    """train --calibrate-only rewrites params.toml; which model serves which contrasts must survive."""
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    params = tmp_path / "model" / "params.toml"
+    before = ModelSet.load(tmp_path / "model")
+    assert before.reduced, "the shipped folder names reduced models"
+    write_params(params, Architecture.from_params(read_params(tmp_path / "model")["model"]), 2.0, [0.3, 0.4, 0.5])
+    after = ModelSet.load(tmp_path / "model")
+    assert after.main.format.threshold == (0.3, 0.4, 0.5)
+    assert {contrasts: name for contrasts, (name, _) in after.reduced.items()} == \
+        {contrasts: name for contrasts, (name, _) in before.reduced.items()}
 

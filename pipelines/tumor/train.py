@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,8 +358,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_params(path: Path, architecture: Architecture, spacing: float, thresholds: list[float]) -> None:
-    """The radnode params file: preprocessing and the architecture to rebuild for model.pt."""
+    """The radnode params file: preprocessing and the architecture to rebuild for model.pt.
+
+    The ``[[reduced]]`` tables of an existing file are kept: which model serves which contrast
+    set is a packaging decision (``model_set``), not this model's, and recalibrating the shipped
+    folder must not drop it.
+    """
     model = architecture.as_params()
+    reduced = tomllib.loads(path.read_text()).get("reduced", []) if path.is_file() else []
     path.write_text(
         "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
         "[input]\n"
@@ -371,6 +378,8 @@ def write_params(path: Path, architecture: Architecture, spacing: float, thresho
         "fill_core = true       # and misses dark necrosis inside the rim: what the core encloses is necrosis\n\n"
         "[model]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in model.items())
+        + "".join(f"\n[[reduced]]\ncontrasts = {json.dumps(entry['contrasts'])}\nfolder = {json.dumps(entry['folder'])}\n"
+                  for entry in reduced)
     )
 
 
