@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from pipelines.model_folder import load_state_dict, training_command
+from pipelines.model_folder import load_state_dict, read_params, training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
@@ -365,7 +364,7 @@ def write_params(path: Path, architecture: Architecture, spacing: float, thresho
     folder must not drop it.
     """
     model = architecture.as_params()
-    reduced = tomllib.loads(path.read_text()).get("reduced", []) if path.is_file() else []
+    reduced = read_params(path.parent).get("reduced", []) if path.is_file() else []
     path.write_text(
         "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
         "[input]\n"
