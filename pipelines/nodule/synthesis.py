@@ -34,7 +34,7 @@ class NoduleSpec:
     lobes: tuple[tuple[float, float, float, float, float], ...] = ()  # (amp, freq, nx, ny, nz)
     texture_hu: float = 20.0
     vessel: tuple[float, float, float, float] | None = None  # (radius mm, length mm, direction seed)
-    attachment: str = "none"            # "none", "vessel" or "pleura"
+    attachment: str = "none"            # "none", "vessel", "pleura" or "mediastinum" (masses only)
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,15 @@ SIZE_BANDS = (0.65, 0.23, 0.12)
 #: Upper edges of the size bands; the last band given to ``sample_spec`` ends at its ``max_mm``.
 #: A fourth weight selects the mass band (60 mm to ``max_mm``), drawn by ``_mass_spec``.
 BAND_EDGES_MM = (12.0, 30.0, 60.0)
+#: Where a mass grows: in aerated lung, against the pleura (any lung border), or against the
+#: mediastinum and hilum (the medial border only). Weights in this order; see ``_mass_spec``.
+MASS_SITES = ("none", "pleura", "mediastinum")
+MASS_SITE_WEIGHTS = (0.4, 0.6, 0.0)
 
 
 def sample_spec(
     rng: np.random.Generator, min_mm: float = 4.0, max_mm: float = 60.0, bands: Sequence[float] = SIZE_BANDS,
+    mass_sites: Sequence[float] = MASS_SITE_WEIGHTS,
 ) -> NoduleSpec:
     """A random nodule, weighted toward the small ones a screening reader hunts for.
 
@@ -67,7 +72,7 @@ def sample_spec(
     high = min(BAND_EDGES_MM[band] if band < len(bands) - 1 else max_mm, max_mm)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(max(high, low + 0.1)))))
     if band == len(BAND_EDGES_MM):
-        return _mass_spec(rng, diameter)
+        return _mass_spec(rng, diameter, mass_sites)
     kind = str(rng.choice(KINDS, p=[0.6, 0.2, 0.2]))
     lobulated = rng.random() < 0.5
     lobes = tuple(
@@ -92,9 +97,13 @@ def sample_spec(
     )
 
 
-def _mass_spec(rng: np.random.Generator, diameter: float) -> NoduleSpec:
+def _mass_spec(rng: np.random.Generator, diameter: float, sites: Sequence[float]) -> NoduleSpec:
     """A lung cancer of 60 mm or more, as such masses present: solid or with a large solid core,
-    always lobulated, and mostly grown against the pleura or the mediastinum (60 %)."""
+    always lobulated, and mostly grown against a lung border; ``sites`` weighs ``MASS_SITES``.
+
+    The default weights are those of stages 4-5 (60 % against any border, which is mostly chest
+    wall); a mediastinal site needs the caller's ``pick_center`` to be given the medial border.
+    """
     lobes = tuple(
         (float(rng.uniform(0.05, 0.15)), float(rng.integers(2, 6)), *(rng.normal(size=3) / 1.7).tolist())
         for _ in range(int(rng.integers(2, 5)))
@@ -107,7 +116,7 @@ def _mass_spec(rng: np.random.Generator, diameter: float) -> NoduleSpec:
         core_fraction=float(rng.uniform(0.6, 0.85)),
         lobes=lobes,
         texture_hu=float(rng.uniform(15.0, 35.0)),
-        attachment=str(rng.choice(["none", "pleura"], p=[0.4, 0.6])),
+        attachment=str(rng.choice(MASS_SITES, p=list(sites))),
     )
 
 
@@ -220,7 +229,10 @@ def pick_center(
     """A centre in the lungs deep enough for the nodule (or against the pleura), away from ``avoid``.
 
     ``avoid`` holds (centre index, radius mm) of nodules and real tumours already there.
-    ``depth_mm`` (distance to the lung border) can be passed to reuse one distance transform.
+    ``depth_mm`` (distance to the lung border) can be passed to reuse one distance transform;
+    zero in it forbids a voxel. A mediastinal mass sits shallower than a pleural one, so that a
+    third to half of it lies in the mediastinum and hilum, as a central cancer's does: the caller
+    passes a ``depth_mm`` that is zero except along the medial border.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     depth = depth_mm if depth_mm is not None else ndi.distance_transform_edt(lungs, sampling=spacing)
@@ -228,6 +240,8 @@ def pick_center(
     deepest = float(depth.max())
     if spec.attachment == "pleura":
         low, high = 0.4 * radius, max(0.8 * radius, 0.4 * radius + spacing.max())
+    elif spec.attachment == "mediastinum":
+        low, high = 0.1 * radius, max(0.5 * radius, 0.1 * radius + spacing.max())
     else:
         low = min(radius * 0.9 + 1.0, deepest * 0.7)
         high = np.inf

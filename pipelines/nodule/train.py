@@ -6,7 +6,8 @@ is trained on, the left half is kept for ``evaluate --calibrate``. Every step cr
 random lung positions and inserts 0-5 synthetic nodules (``synthesis``: 4-60 mm, weighted toward
 4-12 mm by ``SIZE_BANDS``, solid / part-solid / ground-glass, spherical / ellipsoid / lobulated,
 some on vessels or the pleura) whose masks give the boxes. With ``--mass-every N``, every Nth
-step is a batch of larger patches (``--mass-patch``) that usually also holds a 60-90 mm mass.
+step is a batch of larger patches (``--mass-patch``) that usually also holds a 60-90 mm mass,
+in aerated lung, against any border or against the mediastinum as ``--mass-sites`` weighs them.
 The scan's real tumour (``annotations/``) is a positive box whenever a patch holds it, so it is
 never taught as background. Augmentation: left-right mirror, HU gain and offset, added noise.
 Training stops after ``--minutes`` of wall clock (reproducible in content for a seed, not in the
@@ -46,6 +47,10 @@ MASS_MAX_MM = 90.0
 MASS_CHANCE = 0.8
 #: A mass's centre lies at least this share of its radius inside the patch, so most of it is in view.
 MASS_MARGIN = 0.6
+#: The medial border (``_medial_border``): the nearest outside point's x offset is at least this
+#: share of its distance, within this depth (half the largest mass's radius).
+MEDIAL_SHARE = 0.7
+MEDIAL_REACH_MM = MASS_MAX_MM / 4
 
 
 class _NoTorchvisionMatcher:
@@ -69,8 +74,10 @@ class TrainingScan:
     hu: np.ndarray
     lungs: np.ndarray
     depth_mm: np.ndarray
+    medial: np.ndarray        # lung voxels whose nearest border is the mediastinum (``_medial_border``)
     tumors: list[np.ndarray]  # grid-index boxes (6,)
     lung_points: np.ndarray
+    medial_points: np.ndarray
 
 
 def prepare(data_dir: Path, settings: Settings) -> list[TrainingScan]:
@@ -92,12 +99,27 @@ def prepare(data_dir: Path, settings: Settings) -> list[TrainingScan]:
             corners = np.array([[x, y, z] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
             index = grid.lps_to_index(corners) - np.array([start, 0, 0])
             boxes.append(np.concatenate([index.min(axis=0), index.max(axis=0)]))
+        toward_midline = 1 if start == 0 else -1
+        depth, medial = _medial_border(lungs, np.asarray(grid.spacing), toward_midline)
         scans.append(TrainingScan(
-            hu=hu, lungs=lungs,
-            depth_mm=ndi.distance_transform_edt(lungs, sampling=grid.spacing),
-            tumors=boxes, lung_points=np.argwhere(lungs),
+            hu=hu, lungs=lungs, depth_mm=depth, medial=medial,
+            tumors=boxes, lung_points=np.argwhere(lungs), medial_points=np.argwhere(medial),
         ))
     return scans
+
+
+def _medial_border(lungs: np.ndarray, spacing: np.ndarray, toward_midline: int) -> tuple[np.ndarray, np.ndarray]:
+    """Depth into the lung (mm), and the lung voxels within ``MEDIAL_REACH_MM`` of the mediastinum.
+
+    A voxel is medial when the nearest point outside the lung lies toward the midline, mostly
+    along x: the mediastinal and hilar surface, not the chest wall, apex or diaphragm. Central
+    cancers such as the held-out A0002 mass grow there, and the "pleura" site (any border, which
+    is mostly chest wall) rarely puts a synthetic mass there.
+    """
+    depth, nearest = ndi.distance_transform_edt(lungs, sampling=spacing, return_indices=True)
+    along_x = (nearest[0] - np.arange(lungs.shape[0])[:, None, None]) * spacing[0] * toward_midline
+    medial = lungs & (along_x >= MEDIAL_SHARE * depth) & (depth <= MEDIAL_REACH_MM)
+    return depth, medial
 
 
 def _right_of(grid: ModelGrid, midline_x: float) -> tuple[int, int]:
@@ -109,32 +131,27 @@ def _right_of(grid: ModelGrid, midline_x: float) -> tuple[int, int]:
 
 
 def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.random.Generator,
-           intensity: tuple[float, float], mass: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+           intensity: tuple[float, float], mass: bool = False,
+           mass_sites: tuple[float, ...] = synthesis.MASS_SITE_WEIGHTS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One patch with inserted nodules (and, for a ``mass`` patch, usually a 60-90 mm mass first),
     normalised, and its boxes (x0 y0 z0 x1 y1 z1)."""
-    shape = np.array(scan.hu.shape)
     center = scan.lung_points[rng.integers(len(scan.lung_points))]
     if scan.tumors and rng.random() < 0.15:
         box = scan.tumors[rng.integers(len(scan.tumors))]
         center = ((box[:3] + box[3:]) / 2 + rng.uniform(-20, 20, 3)).astype(int)
-    low = np.clip(center - patch // 2, 0, np.maximum(shape - patch, 0))
-    window = tuple(slice(a, a + p) for a, p in zip(low, patch))
-    hu = scan.hu[window].copy()
-    lungs, depth = scan.lungs[window], scan.depth_mm[window]
-
-    boxes, avoid = [], []
-    for box in scan.tumors:
-        local = box - np.concatenate([low, low])
-        centre = (local[:3] + local[3:]) / 2
-        if np.all(centre >= 0) and np.all(centre < hu.shape):
-            boxes.append(np.concatenate([np.maximum(local[:3], -0.5), np.minimum(local[3:], np.array(hu.shape) - 0.5)]))
-            avoid.append((centre, float(np.max((local[3:] - local[:3]) * spacing)) / 2))
+    crop = _Crop(scan, patch, spacing, center)
     if mass and rng.random() < MASS_CHANCE:
-        spec = synthesis.sample_spec(rng, max_mm=MASS_MAX_MM, bands=MASS_BANDS)
-        _place(hu, lungs, depth * _central(hu.shape, spacing, spec.diameter_mm / 2), spacing, spec, rng, boxes, avoid)
+        spec = synthesis.sample_spec(rng, max_mm=MASS_MAX_MM, bands=MASS_BANDS, mass_sites=mass_sites)
+        allowed = crop.depth * _central(crop.hu.shape, spacing, spec.diameter_mm / 2)
+        if spec.attachment == "mediastinum":  # move the patch to the mediastinal border first
+            near = scan.medial_points[rng.integers(len(scan.medial_points))]
+            crop = _Crop(scan, patch, spacing, near + np.round(rng.uniform(-15, 15, 3) / spacing).astype(int))
+            allowed = crop.depth * crop.medial * _central(crop.hu.shape, spacing, spec.diameter_mm / 2)
+        _place(crop.hu, crop.lungs, allowed, spacing, spec, rng, crop.boxes, crop.avoid)
+    hu, boxes = crop.hu, crop.boxes
     for _ in range(int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.2, 0.25, 0.2, 0.15, 0.15]))):
         spec = synthesis.sample_spec(rng, bands=SIZE_BANDS)
-        _place(hu, lungs, depth, spacing, spec, rng, boxes, avoid)
+        _place(hu, crop.lungs, crop.depth, spacing, spec, rng, boxes, crop.avoid)
 
     if rng.random() < 0.5:  # mirror left-right
         hu = hu[::-1].copy()
@@ -145,6 +162,28 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
     image = torch.from_numpy(normalize(hu, intensity))[None]
     box_tensor = torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 6)
     return image, {"box": box_tensor, "label": torch.zeros(len(boxes), dtype=torch.long)}
+
+
+class _Crop:
+    """A patch of a training scan around ``center``: a copy of its HU to insert into, its lung
+    masks, and the scan's real tumours whose centres it holds, as positive boxes and as places
+    no synthetic nodule may go."""
+
+    def __init__(self, scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, center: np.ndarray):
+        shape = np.array(scan.hu.shape)
+        low = np.clip(center - patch // 2, 0, np.maximum(shape - patch, 0))
+        window = tuple(slice(a, a + p) for a, p in zip(low, patch))
+        self.hu = scan.hu[window].copy()
+        self.lungs, self.depth, self.medial = scan.lungs[window], scan.depth_mm[window], scan.medial[window]
+        self.boxes: list[np.ndarray] = []
+        self.avoid: list[tuple[np.ndarray, float]] = []
+        for box in scan.tumors:
+            local = box - np.concatenate([low, low])
+            centre = (local[:3] + local[3:]) / 2
+            if np.all(centre >= 0) and np.all(centre < self.hu.shape):
+                self.boxes.append(np.concatenate([np.maximum(local[:3], -0.5),
+                                                  np.minimum(local[3:], np.array(self.hu.shape) - 0.5)]))
+                self.avoid.append((centre, float(np.max((local[3:] - local[:3]) * spacing)) / 2))
 
 
 def _place(hu: np.ndarray, lungs: np.ndarray, depth: np.ndarray, spacing: np.ndarray, spec: synthesis.NoduleSpec,
@@ -215,8 +254,8 @@ def train(args: argparse.Namespace, command: str) -> dict:
             lowered = True
         mass = args.mass_every > 0 and step % args.mass_every == args.mass_every - 1
         patch, size = (np.array(args.mass_patch), args.mass_batch) if mass else (np.array(args.patch), args.batch)
-        batch = [sample(scans[rng.integers(len(scans))], patch, spacing, rng, settings.intensity_range, mass)
-                 for _ in range(size)]
+        batch = [sample(scans[rng.integers(len(scans))], patch, spacing, rng, settings.intensity_range, mass,
+                        tuple(args.mass_sites)) for _ in range(size)]
         images = [image.to(device) for image, _ in batch]
         targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
         losses = detector(images, targets)
@@ -240,7 +279,8 @@ def train(args: argparse.Namespace, command: str) -> dict:
         "training_region": "patient's right half (LPS x below the lungs' midline); left half kept for calibration",
         "size_bands": list(SIZE_BANDS),
         **({"mass_patches": {"every": args.mass_every, "batch": args.mass_batch, "patch": list(args.mass_patch),
-                             "mass_chance": MASS_CHANCE, "mass_mm": [synthesis.BAND_EDGES_MM[-1], MASS_MAX_MM]}}
+                             "mass_chance": MASS_CHANCE, "mass_mm": [synthesis.BAND_EDGES_MM[-1], MASS_MAX_MM],
+                             "mass_sites": dict(zip(synthesis.MASS_SITES, args.mass_sites))}}
            if args.mass_every else {}),
         "fresh_at_init": fresh,
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -289,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mass-every", type=int, default=0, help="every Nth step is a batch of mass patches (0: never)")
     parser.add_argument("--mass-batch", type=int, default=2)
     parser.add_argument("--mass-patch", type=int, nargs=3, default=[96, 96, 48])
+    parser.add_argument("--mass-sites", type=float, nargs=3, default=list(synthesis.MASS_SITE_WEIGHTS),
+                        help="weights of a mass growing in aerated lung, against any border, against the mediastinum")
     print(json.dumps(train(parser.parse_args(argv), training_command("pipelines.nodule.train", argv)), indent=2))
 
 
