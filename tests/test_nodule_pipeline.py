@@ -19,7 +19,7 @@ from monai.data.box_utils import box_iou
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
-from pipelines.nodule import data, evaluate, synthesis
+from pipelines.nodule import data, evaluate, synthesis, train
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
@@ -154,6 +154,30 @@ def test_mass_band_draws_lobulated_solid_masses_of_60_to_90_mm():
     masses = [synthesis.sample_spec(rng, max_mm=90.0, bands=(0.0, 0.0, 0.0, 1.0)) for _ in range(50)]
     assert all(60.0 <= m.diameter_mm <= 90.0 and m.lobes and m.kind != "ground-glass" for m in masses)
     assert sum(m.attachment == "pleura" for m in masses) >= 20
+
+
+def test_a_mediastinal_mass_grows_from_the_medial_lung_border_into_the_mediastinum():
+    """The training-only mediastinal site (``train --mass-sites``), on a phantom hemithorax whose
+    midline lies toward +x: chest wall at low x, mediastinum at high x."""
+    spacing = np.array([1.25, 1.25, 2.5])
+    hu = np.full((100, 100, 50), 40.0, dtype=np.float32)
+    hu[8:80, 10:90, 5:45] = -850.0
+    lungs = hu < -400.0
+    depth, medial = train._medial_border(lungs, spacing, toward_midline=1)
+    assert medial[78, 50, 25] and not medial[9, 50, 25], "the medial border is the side toward the midline"
+    assert not medial[44, 11, 25] and not medial[44, 50, 6], "front, back, apex and base are not medial"
+
+    rng = np.random.default_rng(3)
+    spec = synthesis.sample_spec(rng, max_mm=90.0, bands=(0.0, 0.0, 0.0, 1.0), mass_sites=(0.0, 0.0, 1.0))
+    assert spec.attachment == "mediastinum"
+    for _ in range(5):
+        centre = synthesis.pick_center(lungs, spacing, spec, rng, depth_mm=depth * medial)
+        inside_mm = (80 - 0.5 - centre[0]) * spacing[0]
+        assert 0.1 * spec.diameter_mm / 2 - spacing[0] <= inside_mm <= 0.5 * spec.diameter_mm / 2 + spacing[0]
+    inserted = synthesis.insert(hu.copy(), spacing, centre, spec, rng)
+    lows, highs = np.array(inserted.box[:3]), np.array(inserted.box[3:])
+    beyond = (highs[0] - 79.5) / (highs[0] - lows[0])
+    assert 0.2 <= beyond <= 0.6, f"{beyond:.2f} of the mass's box lies in the mediastinum"
 
 
 def test_settings_for_a_deeper_fpn_have_one_anchor_level_per_feature_map():
