@@ -142,11 +142,13 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
     crop = _Crop(scan, patch, spacing, center)
     if mass and rng.random() < MASS_CHANCE:
         spec = synthesis.sample_spec(rng, max_mm=MASS_MAX_MM, bands=MASS_BANDS, mass_sites=mass_sites)
-        allowed = crop.depth * _central(crop.hu.shape, spacing, spec.diameter_mm / 2)
-        if spec.attachment == "mediastinum":  # move the patch to the mediastinal border first
+        mediastinal = spec.attachment == "mediastinum"
+        if mediastinal:  # move the patch to the mediastinal border first
             near = scan.medial_points[rng.integers(len(scan.medial_points))]
             crop = _Crop(scan, patch, spacing, near + np.round(rng.uniform(-15, 15, 3) / spacing).astype(int))
-            allowed = crop.depth * crop.medial * _central(crop.hu.shape, spacing, spec.diameter_mm / 2)
+        allowed = crop.depth * _central(crop.hu.shape, spacing, spec.diameter_mm / 2)
+        if mediastinal:
+            allowed = allowed * crop.medial
         _place(crop.hu, crop.lungs, allowed, spacing, spec, rng, crop.boxes, crop.avoid)
     hu, boxes = crop.hu, crop.boxes
     for _ in range(int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.2, 0.25, 0.2, 0.15, 0.15]))):
