@@ -36,7 +36,9 @@ def require_folder(folder: Path) -> Path:
 
 
 def is_monai_bundle(folder: Path) -> bool:
-    return (folder / "configs" / "inference.json").is_file()
+    from pipelines.bundle import is_bundle  # imports this module for ModelFolderError
+
+    return is_bundle(folder)
 
 
 def read_params(folder: Path) -> dict[str, Any]:
@@ -54,12 +56,10 @@ def read_params(folder: Path) -> dict[str, Any]:
 
 
 def read_bundle_config(folder: Path) -> dict[str, Any]:
-    """A MONAI bundle's ``configs/inference.json`` as a plain dictionary."""
-    path = folder / "configs" / "inference.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{path} cannot be read as JSON: {exc}") from exc
+    """A MONAI bundle's ``configs/inference.json`` (or ``.yaml``) as a plain dictionary."""
+    from pipelines.bundle import read_bundle
+
+    return read_bundle(folder).config
 
 
 def weights_files(folder: Path) -> tuple[Path | None, Path | None]:

@@ -42,6 +42,7 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
+from pipelines.bundle import root_cause
 from pipelines.model_folder import (
     ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
 )
@@ -218,9 +219,8 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
 
     raw = read_bundle_config(folder)
     parser = ConfigParser(raw)
-    parser["bundle_root"] = str(folder)
+    parser["bundle_root"] = str(Path(folder).resolve())
     try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
         scales = parser.get_parsed_content("anchor_generator::feature_map_scales")
         shapes = parser.get_parsed_content("anchor_generator::base_anchor_shapes")
         transforms = {t.get("_target_", "").split(".")[-1]: t for t in raw["preprocessing"]["transforms"]
@@ -232,7 +232,8 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
     except Exception as exc:  # ConfigParser raises many kinds; all mean the same to the user
         raise ModelFolderError(
             f"{folder}: configs/inference.json is not a detection bundle radnode can read (needs "
-            f"network_def, anchor_generator, infer_patch_size, Spacingd and ScaleIntensityRanged): {exc}"
+            f"network_def, anchor_generator, infer_patch_size, Spacingd and ScaleIntensityRanged): "
+            f"{root_cause(exc)}"
         ) from exc
     ops = " ".join(raw.get("detector_ops", []))
     settings = Settings(
@@ -247,7 +248,15 @@ def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
         nms_threshold=_op_value(ops, "nms_thresh", Settings.nms_threshold),
         detections_per_image=int(_op_value(ops, "detections_per_img", Settings.detections_per_image)),
     )
-    return load_network(folder, lambda: network, "the bundle's network_def"), settings
+    return load_network(folder, lambda: _build_network(parser, folder), "the bundle's network_def"), settings
+
+
+def _build_network(parser: Any, folder: Path) -> torch.nn.Module:
+    """The bundle's network_def, built only when the weights are a state dict (a model.ts needs none)."""
+    try:
+        return parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as exc:  # noqa: BLE001 (ConfigParser wraps every cause in RuntimeError)
+        raise ModelFolderError(f"{folder}: the bundle's network_def cannot be built: {root_cause(exc)}") from exc
 
 
 def _op_value(ops: str, name: str, default: float) -> float:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from pipelines.bundle import root_cause
 from pipelines.model_folder import (
     ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
 )
@@ -164,7 +165,7 @@ def _bundle_network(config: dict[str, Any], folder: Path) -> torch.nn.Module:
     try:
         return parser.get_parsed_content("network_def")
     except Exception as exc:  # noqa: BLE001 (any bundle error is reported with the folder)
-        raise ModelFolderError(f"{folder}: network_def of the bundle cannot be built: {exc}") from exc
+        raise ModelFolderError(f"{folder}: network_def of the bundle cannot be built: {root_cause(exc)}") from exc
 
 
 class Segmenter:

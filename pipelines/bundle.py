@@ -1,0 +1,124 @@
+"""A MONAI bundle folder read the way MONAI reads it, with errors a site can act on.
+
+A bundle (``configs/metadata.json`` + ``configs/inference.json`` or ``.yaml``) is parsed with
+``monai.bundle.ConfigParser``, with ``bundle_root`` set to the folder and the folder put on
+``sys.path`` (as ``monai.bundle.run`` does), so that ``scripts.*`` targets such as the detection
+bundle's ``RetinaNetInferer`` resolve. Parts are built only when asked for: a ``models/model.ts``
+needs no ``network_def``, so a bundle with TorchScript weights loads without its network's
+optional packages.
+
+MONAI reports a missing optional package as a 25-line ``RuntimeError`` around an
+``OptionalImportError``; ``build`` turns that into one sentence naming the package and the
+install command (the ``bundles`` extra of radnode's ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.model_folder import ModelFolderError
+
+#: Config file names MONAI's bundle scripts look for, in the order they are tried.
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+#: Packages that bundles' networks import optionally, and how radnode installs them.
+EXTRAS = {"torchvision": "python3 -m pip install 'radnode[bundles]'"}
+_MISSING = re.compile(r"No module named '([^']+)'")
+
+
+class BundleError(ModelFolderError):
+    """The bundle cannot run in radnode; the message names the key or the package."""
+
+
+@dataclass
+class Bundle:
+    """A parsed bundle: its folder, config parser, and name and version from metadata.json."""
+
+    folder: Path
+    parser: Any  # monai.bundle.ConfigParser
+    name: str
+    version: str
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.parser.get()
+
+    def has(self, key: str) -> bool:
+        return key in self.config
+
+    def build(self, key: str) -> Any:
+        """The instantiated content of ``key`` (``network_def``, ``preprocessing``, ...)."""
+        if not self.has(key):
+            raise BundleError(f"{self.folder}: {config_path(self.folder).name} has no {key!r}")
+        try:
+            return self.parser.get_parsed_content(key, instantiate=True)
+        except Exception as exc:  # noqa: BLE001 (ConfigParser wraps every cause in RuntimeError)
+            raise BundleError(f"{self.folder}: {key!r} of the bundle cannot be built: {root_cause(exc)}") from exc
+
+    @property
+    def label(self) -> str:
+        """``name version`` for the algorithm identification of SEG and SR."""
+        return f"{self.name} {self.version}".strip()
+
+
+def config_path(folder: Path) -> Path:
+    """The bundle's inference config (json or yaml); BundleError when there is none."""
+    for name in CONFIG_NAMES:
+        path = Path(folder) / "configs" / name
+        if path.is_file():
+            return path
+    raise BundleError(f"{folder}/configs has none of {', '.join(CONFIG_NAMES)}")
+
+
+def is_bundle(folder: Path) -> bool:
+    return any((Path(folder) / "configs" / name).is_file() for name in CONFIG_NAMES)
+
+
+def read_bundle(folder: Path) -> Bundle:
+    """Parse the bundle's inference config and metadata; nothing is instantiated yet."""
+    from monai.bundle import ConfigParser
+
+    folder = Path(folder).resolve()
+    path = config_path(folder)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(path))
+    except Exception as exc:  # noqa: BLE001 (json and yaml errors alike)
+        raise BundleError(f"{path} cannot be read: {root_cause(exc)}") from exc
+    parser["bundle_root"] = str(folder)
+    name, version = _metadata(folder)
+    if str(folder) not in sys.path and (folder / "scripts").is_dir():
+        sys.path.insert(0, str(folder))  # what monai.bundle.run does, for "scripts.*" targets
+    return Bundle(folder, parser, name, version)
+
+
+def _metadata(folder: Path) -> tuple[str, str]:
+    path = folder / "configs" / "metadata.json"
+    if not path.is_file():
+        return folder.name, "unversioned"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    return str(meta.get("name", folder.name)), str(meta.get("version", "unversioned"))
+
+
+def root_cause(exc: BaseException) -> str:
+    """The one line that says what is wrong, with the install command for a missing package."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        match = _MISSING.search(str(item))
+        if match:
+            package = match.group(1).split(".")[0]
+            how = EXTRAS.get(package, f"python3 -m pip install {package}")
+            return f"No module named {package!r}: install it with {how}"
+    last = chain[-1]
+    return f"{type(last).__name__}: {str(last).strip().splitlines()[0] if str(last).strip() else ''}"
