@@ -68,3 +68,18 @@ def test_a_yaml_bundle_is_read_like_a_json_one(tmp_path):
     (bundle / "configs" / "inference.yaml").write_text(yaml.safe_dump(config))
     parsed = read_bundle(bundle)
     assert parsed.build("inferer").roi_size == [240, 240, 160]
+
+
+def test_the_brats_bundle_without_orientationd_sees_arrays_in_file_voxel_order_lps():
+    """BraTS NIfTI arrays are (i, j, k) = (L, P, S); feeding RAS mirrored x and y (Dice 0.20)."""
+    import numpy as np
+
+    from pipelines.tumor.inference import _bundle_format, from_model_axes, to_model_axes
+
+    fmt = _bundle_format(read_bundle(BRATS).config)
+    assert fmt.axcodes == "LPS" and fmt.roi == (240, 240, 160) and fmt.threshold == (0.5, 0.5, 0.5)
+    assert fmt.spacing == 1.0  # no Spacingd: the bundle's metadata says 1x1x1 mm input
+    source = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (C, z, y, x) of an LPS grid
+    fed = to_model_axes(source, fmt.axcodes)
+    assert fed.shape == (2, 5, 4, 3) and fed[1, 4, 2, 0] == source[1, 0, 2, 4]  # [c, x, y, z]
+    np.testing.assert_array_equal(from_model_axes(fed, fmt.axcodes), source)

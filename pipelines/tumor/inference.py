@@ -27,7 +27,8 @@ A model folder is what a site hands the node to replace the shipped weights. Two
 - a MONAI bundle such as the model zoo's ``brats_mri_segmentation``: ``configs/inference.json``
   plus ``models/model.ts`` or ``models/model.pt``. The network is built from its
   ``network_def``; the spacing from its ``Spacingd`` ``pixdim``, the orientation from its
-  ``Orientationd`` ``axcodes`` (RAS when absent) and the window from its inferer's ``roi_size``.
+  ``Orientationd`` ``axcodes`` (when absent: LPS, the voxel order its loader gives for LPS-stored
+  volumes), the threshold from ``AsDiscreted`` and the window from its inferer's ``roi_size``.
 
 Either way the network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
 and returns three logits: tumor core, whole tumor, enhancing tumor.
@@ -55,6 +56,8 @@ from pipelines.tumor.model import Architecture
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Orientation of the arrays radnode builds: axis 0 grows to Superior, 1 to Posterior, 2 to Left.
 NATIVE_AXCODES = "SPL"
+#: Array axes a bundle without Orientationd is trained on: the voxel order of LPS-stored files.
+LOADER_AXCODES = "LPS"
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
@@ -152,8 +155,12 @@ def _bundle_format(config: dict[str, Any]) -> InputFormat:
     if len(set(float(v) for v in pixdim)) != 1:
         raise ModelFolderError(f"bundle Spacingd pixdim {pixdim}: only isotropic spacing is supported")
     roi = inferer.get("roi_size", [96, 96, 96])
-    return InputFormat(spacing=float(pixdim[0]), axcodes=str(orientation.get("axcodes", "RAS")),
-                       roi=tuple(int(v) for v in roi), threshold=(0.5, 0.5, 0.5))
+    discrete = _find_transform(config, "AsDiscreted") or {}
+    # Without Orientationd the bundle sees arrays as its loader gives them: voxel (i, j, k) order of
+    # the file, which for LPS-stored volumes (BraTS NIfTI, ITK, DICOM axial) is L, P, S -- not RAS.
+    return InputFormat(spacing=float(pixdim[0]), axcodes=str(orientation.get("axcodes", LOADER_AXCODES)),
+                       roi=tuple(int(v) for v in roi),
+                       threshold=_thresholds(discrete.get("threshold", 0.5)))
 
 
 def _bundle_network(config: dict[str, Any], folder: Path) -> torch.nn.Module:
