@@ -16,9 +16,12 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import logs
-from node.config import Config, ConfigError, load_config
+from node.config import Config, ConfigError, builtin_config, load_config
+from node.spool import keep_private
 
 DEFAULT_CONFIG = Path("config.toml")
+#: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
+_WORK_WITHOUT_CONFIG = ("run", "route-test")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                       help="configuration file (default: ./config.toml)")
+        p.add_argument("--config", type=Path, default=None,
+                       help="configuration file (default: ./config.toml"
+                            + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
         return p
 
     command("serve", "start the node: Storage SCP, workers and delivery")
@@ -46,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs = command("jobs", "list jobs")
     jobs.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    jobs.add_argument("--id", type=int, help="show one job in full: inputs, summary, traceback, deliveries")
 
     deliveries = command("deliveries", "list deliveries of results to destinations")
     deliveries.add_argument("--state", choices=["pending", "retrying", "sent", "dead"])
@@ -63,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup()
+    keep_private()
     try:
-        config = load_config(args.config)
+        config = _config(args)
     except ConfigError as error:
         print(f"radnode: {error}", file=sys.stderr)
         return 2
@@ -76,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(config, args)
     except KeyboardInterrupt:
         return 130
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """--config, else ./config.toml, else (run and route-test only) the built-in defaults."""
+    if args.config is None and not DEFAULT_CONFIG.exists() and args.command in _WORK_WITHOUT_CONFIG:
+        config, source = builtin_config()
+        print(f"radnode: no {DEFAULT_CONFIG} here and no --config: using the built-in defaults ({source})",
+              file=sys.stderr)
+        return config
+    if args.config is None:
+        args.config = DEFAULT_CONFIG
+    return load_config(args.config)
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -120,7 +138,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[Path]], dict[str, pydicom.Datase
 
 def _run(config: Config, args: argparse.Namespace) -> int:
     from node.router import assign_inputs
-    from node.worker import PipelineCache, run_pipeline
+    from node.worker import PipelineCache, protect_patient_values, run_pipeline
     from pipelines.base import SERIES_ROLE
 
     if not args.input.is_dir():
@@ -148,19 +166,25 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         assigned = assign_inputs(route, found)  # type: ignore[arg-type]
         batches = [{role: by_series[uid] for role, uid in assigned.items()}]
     args.output.mkdir(parents=True, exist_ok=True)
-    status = 0
+    applicable = 0
     for number, series in enumerate(batches, 1):
+        protect_patient_values(series)
         with tempfile.TemporaryDirectory(dir=args.output) as tmp:
             result = run_pipeline(pipeline, series, Path(tmp) / "out", f"offline-{number}")
             for path in result.outputs:
                 shutil.move(str(path), args.output / path.name)
         if result.applicable:
+            applicable += 1
             print(f"series {number}: {len(result.outputs)} objects written to {args.output}")
         else:
             print(f"series {number}: not applicable: {result.reason}")
     if skipped:
         print(f"{skipped} files under {args.input} are not DICOM and were skipped")
-    return status
+    if not applicable:
+        print(f"radnode: {args.pipeline} found nothing it applies to under {args.input} "
+              "(the reasons are above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- route-test ----------------------------------------------------------------------------
@@ -218,12 +242,45 @@ def _index(config: Config):
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
+    if args.id is not None:
+        return _job_detail(config, args.id)
     jobs = _index(config).jobs(args.state)
     _table(
         ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "OUTCOME"],
         [[j.id, j.state, j.route, j.pipeline, j.attempts, _when(j.created_at), _when(j.finished_at),
           j.outcome] for j in jobs],
     )
+    return 0
+
+
+def _job_detail(config: Config, job_id: int) -> int:
+    """One job in full: what a developer needs to reproduce a failure or check a result."""
+    import json
+
+    index = _index(config)
+    job = index.job(job_id)
+    if job is None:
+        print(f"radnode: no job {job_id} (radnode jobs lists them)", file=sys.stderr)
+        return 1
+    print(f"job {job.id}: {job.state}, route {job.route}, pipeline {job.pipeline}, attempts {job.attempts}")
+    print(f"  created {_when(job.created_at)}, started {_when(job.started_at)}, "
+          f"finished {_when(job.finished_at)}")
+    print(f"  study {job.study_uid}")
+    for role, series_uid in job.inputs.items():
+        print(f"  input {role}: series {series_uid}")
+    print(f"  outcome: {job.outcome or '-'}")
+    if job.summary:
+        print("  summary:")
+        print("\n".join("    " + line for line in json.dumps(job.summary, indent=2, default=str).splitlines()))
+    for result in index.results(job.id):
+        print(f"  result {result.path}")
+    for delivery in index.deliveries():
+        if delivery.job_id == job.id:
+            print(f"  delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
+                  f"{delivery.attempts} attempts{', ' + delivery.last_error if delivery.last_error else ''}")
+    if job.traceback:
+        print("  traceback:")
+        print("\n".join("    " + line for line in job.traceback.rstrip().splitlines()))
     return 0
 
 

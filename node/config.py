@@ -79,6 +79,10 @@ class NodeSettings(_Strict):
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]+\.$")
     tls: ServerTls | None = None
+    require_called_ae: bool = Field(
+        default=True,
+        description="refuse associations whose called AE title is not ae_title (A-ASSOCIATE-RJ)",
+    )
 
     @property
     def index_path(self) -> Path:
@@ -98,7 +102,11 @@ class WorkerSettings(_Strict):
 
 
 class DeliverySettings(_Strict):
-    max_attempts: Annotated[int, Field(ge=1)] = 6
+    """Retries outlast a PACS maintenance window: a result goes dead only after ``retry_hours``
+    of failures (or ``max_attempts``, when set), then waits for ``radnode retry``."""
+
+    retry_hours: Annotated[float, Field(gt=0)] = 24.0
+    max_attempts: Annotated[int, Field(ge=1)] | None = None
     backoff_seconds: Annotated[float, Field(gt=0)] = 5.0
     backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
     batch_size: Annotated[int, Field(ge=1)] = 50
@@ -334,6 +342,20 @@ def _check_tls(config: Config, source: str) -> None:
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             raise ConfigError(f"{source} is not valid:\n  {key}: cannot load the certificates: {error}"
                               " (PEM files; an unencrypted key)") from None
+
+
+#: The configuration that ships with radnode, beside the ``node`` package in a source checkout.
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+
+
+def builtin_config() -> tuple[Config, str]:
+    """The configuration ``radnode run`` and ``route-test`` use without a config file: the
+    shipped config.toml (its routes pick the inputs of study-level pipelines) when this
+    installation has it, else the defaults of every key (built-in pipelines, no routes).
+    Returns the config and where it came from."""
+    if SHIPPED_CONFIG.is_file():
+        return load_config(SHIPPED_CONFIG), f"the shipped {SHIPPED_CONFIG}"
+    return parse_config({}, "built-in defaults"), "every key at its default, no routes"
 
 
 def load_config(path: Path) -> Config:

@@ -2,8 +2,10 @@
 
 Due deliveries to one destination go over one association. A delivery is sent when every one
 of its files got a success or warning status; otherwise it is retried with exponential backoff
-and, after ``max_attempts``, marked dead for an administrator to look at (``radnode deliveries``)
-and re-queue (``radnode retry``). Result files stay in the spool until then.
+(capped at ``backoff_max_seconds``) for ``retry_hours`` (24 by default: a PACS maintenance window
+or a long outage needs no one), then marked dead for an administrator to look at
+(``radnode deliveries``) and re-queue (``radnode retry``, which opens a new window). Result files
+stay in the spool until then.
 """
 
 from __future__ import annotations
@@ -25,11 +27,25 @@ _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 _MAX_CONTEXTS = 128
 
 
-def next_attempt_delay(attempts_done: int, settings: DeliverySettings) -> float | None:
-    """Seconds until the next try after ``attempts_done`` failures, or None to give up."""
-    if attempts_done >= settings.max_attempts:
+def next_attempt_delay(attempts_done: int, settings: DeliverySettings, elapsed: float) -> float | None:
+    """Seconds until the next try after ``attempts_done`` failures over ``elapsed`` seconds of
+    the retry window, or None to give up. The last try falls at the end of the window."""
+    if settings.max_attempts is not None and attempts_done >= settings.max_attempts:
         return None
-    return min(settings.backoff_seconds * 2 ** (attempts_done - 1), settings.backoff_max_seconds)
+    left = settings.retry_hours * 3600 - elapsed
+    if left <= 0:
+        return None
+    return min(settings.backoff_seconds * 2 ** (attempts_done - 1), settings.backoff_max_seconds, left)
+
+
+def retry_schedule(settings: DeliverySettings) -> list[float]:
+    """Seconds from the first failure to each later try, until the delivery would be dead:
+    what ``settings`` promise an administrator (the README quotes it for the defaults)."""
+    times, elapsed = [], 0.0
+    while (delay := next_attempt_delay(len(times) + 1, settings, elapsed)) is not None:
+        elapsed += delay
+        times.append(elapsed)
+    return times
 
 
 def scu_ae(config: Config) -> AE:
@@ -136,8 +152,10 @@ class Dispatcher:
         return None
 
     def _failed(self, delivery: Delivery, error: str) -> None:
-        delay = next_attempt_delay(delivery.attempts + 1, self.config.delivery)
-        self.index.delivery_failed(delivery.id, error, None if delay is None else time.time() + delay)
+        now = time.time()
+        window_start = delivery.retry_from if delivery.retry_from is not None else delivery.created_at
+        delay = next_attempt_delay(delivery.attempts + 1, self.config.delivery, now - window_start)
+        self.index.delivery_failed(delivery.id, error, None if delay is None else now + delay)
         logs.warning("delivery.failed", delivery=delivery.id, job=delivery.job_id,
                      destination=delivery.destination, attempt=delivery.attempts + 1,
                      dead=delay is None, error=error)

@@ -3,23 +3,35 @@
 Log events name what happened (``association.accepted``, ``series.complete``) and carry UIDs,
 AE titles, counts and durations; the fields below are dropped whatever a caller passes, so a
 careless ``log.info(..., PatientName=...)`` cannot leak into a hospital's log collector.
+
+Libraries do not know this rule: highdicom's ``UserWarning`` quotes a single-component
+PatientName, pydicom logs invalid values. Python warnings and every library logger therefore go
+through the same handler, where their free text is scrubbed: quoted values are replaced, and so
+is every patient value the process was told about (``protect``), quoted or not.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
 #: Attributes that identify the patient; never written to a log line.
 PHI_FIELDS = frozenset(
     {"PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "PatientAddress",
      "AccessionNumber", "ReferringPhysicianName"}
 )
+REDACTED = "<redacted>"
+#: A quoted literal in a library's message: where libraries put the offending value.
+_QUOTED = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")
+#: Values shorter than this (a "1", an "M") would blank out ordinary words and numbers.
+_MIN_PROTECTED_LENGTH = 3
 
 _LOGGER = logging.getLogger("radnode")
+_protected: set[str] = set()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -28,25 +40,62 @@ class _JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
+        if record.name == _LOGGER.name:
+            line["event"] = scrub(record.getMessage())
+            line.update({k: _scrub_value(v) for k, v in getattr(record, "fields", {}).items()})
+        else:  # a library's or Python's own free text: it may quote any attribute value
+            line["event"] = "python.warning" if record.name == "py.warnings" else "library.log"
+            line["logger"] = record.name
+            line["message"] = scrub(_QUOTED.sub(f'"{REDACTED}"', record.getMessage()))
         if record.exc_info and record.levelno >= logging.ERROR:
-            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+            line["error"] = scrub(self.formatException(record.exc_info).splitlines()[-1])
         return json.dumps(line, default=str)
 
 
 def setup(level: str = "info") -> None:
-    """Send radnode's events to stderr as JSON lines; keep pynetdicom's chatter at warnings.
+    """Send radnode's events, Python warnings and library logs to stderr as JSON lines.
 
-    pynetdicom's debug output dumps whole datasets (patient name included), so it stays off.
+    Called first thing in every process (CLI, supervisor, receivers, workers): a process that
+    skips it would print warnings raw. pynetdicom's debug output dumps whole datasets (patient
+    name included), so libraries stay at warnings.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
-    _LOGGER.handlers[:] = [handler]
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    _LOGGER.handlers.clear()
     _LOGGER.setLevel(level.upper())
-    _LOGGER.propagate = False
+    _LOGGER.propagate = True
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def protect(values: Iterable[object]) -> None:
+    """Scrub these patient values (and a person name's components) from every later line.
+
+    The worker calls it with the identifying attributes of each job's input before running the
+    pipeline, so a library message that names them without quotes is still caught. Each call
+    replaces the previous job's values, so the set stays as small as one job's patients.
+    """
+    _protected.clear()
+    for value in values:
+        text = str(value or "").strip()
+        for part in {text, *re.split(r"[\^=]", text)}:
+            part = part.strip()
+            if len(part) >= _MIN_PROTECTED_LENGTH:
+                _protected.add(part)
+
+
+def scrub(text: str) -> str:
+    for value in sorted(_protected, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def _scrub_value(value: Any) -> Any:
+    return scrub(value) if isinstance(value, str) and _protected else value
 
 
 def _emit(level: int, event: str, fields: dict[str, Any]) -> None:

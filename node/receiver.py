@@ -108,7 +108,7 @@ PROCESSING_FAILURE = 0x0110
 
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user
 _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
-_NO_REASON, _CALLING_AET_NOT_RECOGNISED = 0x01, 0x03
+_NO_REASON, _CALLING_AET_NOT_RECOGNISED, _CALLED_AET_NOT_RECOGNISED = 0x01, 0x03, 0x07
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
 _LAST_IDENTIFYING_TAG = 0x0020000E
@@ -204,24 +204,42 @@ class Receiver:
         return not rules or any(rule.permits(calling_aet, address) for rule in rules)
 
     def on_requested(self, event: evt.Event) -> None:
+        """Refuse an association whose called AE title is not ours (strict by default: a sender
+        configured for another node must find out now, not after a study went to the wrong
+        place) or whose caller is not on the allow-list. AE titles and the peer's address are
+        logged for every association; they identify devices, not patients."""
         assoc = event.assoc
-        calling = assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        primitive = assoc.requestor.primitive
+        calling = primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        called = primitive.called_ae_title.strip()  # type: ignore[union-attr]
         address = assoc.requestor.address
-        if self._allowed(calling, address):
+        refusal = self._refusal(calling, called, address)
+        if refusal is None:
             return
-        known_aet = any(rule.ae_title == calling for rule in self.config.allow)
-        diagnostic = _NO_REASON if known_aet else _CALLING_AET_NOT_RECOGNISED
-        logs.warning("association.rejected", calling_aet=calling, address=address,
-                     reason="not on the allow-list")
+        diagnostic, reason = refusal
+        logs.warning("association.rejected", calling_aet=calling, called_aet=called, address=address,
+                     port=assoc.requestor.port, reason=reason)
         assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, diagnostic)
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
+
+    def _refusal(self, calling: str, called: str, address: str) -> tuple[int, str] | None:
+        """(A-ASSOCIATE-RJ diagnostic, reason) for an association to refuse, else None."""
+        node = self.config.node
+        if node.require_called_ae and called != node.ae_title:
+            return _CALLED_AET_NOT_RECOGNISED, f"called AE title is not {node.ae_title}"
+        if self._allowed(calling, address):
+            return None
+        known_aet = any(rule.ae_title == calling for rule in self.config.allow)
+        return (_NO_REASON if known_aet else _CALLING_AET_NOT_RECOGNISED), "not on the allow-list"
 
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         assoc_id = f"{os.getpid()}-{id(assoc):x}-{time.time_ns()}"
         self._assoc_ids[id(assoc)] = assoc_id
         logs.info("association.accepted", association=assoc_id,
-                  calling_aet=assoc.requestor.ae_title, address=assoc.requestor.address)
+                  calling_aet=assoc.requestor.ae_title,
+                  called_aet=assoc.requestor.primitive.called_ae_title.strip(),  # type: ignore[union-attr]
+                  address=assoc.requestor.address, port=assoc.requestor.port)
 
     def on_closed(self, event: evt.Event) -> None:
         assoc_id = self._assoc_ids.pop(id(event.assoc), None)

@@ -212,7 +212,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop receiving first, let running jobs finish within the grace time, hand back the
-        rest (queued again for the next start), then stop the loops."""
+        rest (queued again for the next start), stop the loops, then deliver the results of
+        the jobs that finished: a result made during the grace is not left for the next start."""
         logs.info("node.stopping")
         self._stop.set()
         self._terminate([c for c in self._children if c.role == "receiver"], grace=10.0)
@@ -222,10 +223,23 @@ class Node:
         requeued = self.index.requeue_running_jobs(pids) if pids else 0
         for thread in self._threads:
             thread.join(timeout=30)
+        delivered = self._deliver_due()
         self.index.close_associations_of(None)
         if self._monitor is not None:
             self._monitor.stop()
-        logs.info("node.stopped", jobs_handed_back=requeued)
+        logs.info("node.stopped", jobs_handed_back=requeued, deliveries_sent_at_stop=delivered)
+
+    def _deliver_due(self) -> int:
+        """One last pass of the dispatcher over every due delivery. A destination that fails
+        now keeps its delivery retrying, and the next start sends it."""
+        dispatcher = Dispatcher(self.config, self.index)
+        sent = 0
+        try:
+            while (batch := dispatcher.tick()) > 0:
+                sent += batch
+        except Exception as error:
+            logs.error("node.stop_delivery_failed", reason=f"{type(error).__name__}: {error}")
+        return sent
 
     @staticmethod
     def _terminate(children: list[_Child], grace: float) -> None:

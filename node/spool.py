@@ -19,6 +19,18 @@ from typing import Iterator, Sequence
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+#: Nothing radnode creates is readable by other users: files 0640, folders 0750 at most.
+PRIVATE_UMASK = 0o027
+
+
+def keep_private() -> None:
+    """Add ``PRIVATE_UMASK`` to this process's umask (children inherit it).
+
+    Received images, results, the index and quarantined objects all hold patient data; the
+    explicit modes on the files radnode writes itself do not cover what SQLite and libraries
+    create, and a service started by hand does not get the systemd unit's ``UMask=0027``.
+    """
+    os.umask(os.umask(0) | PRIVATE_UMASK)
 
 
 class Spool:

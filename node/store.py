@@ -12,10 +12,11 @@ job ``queued -> running -> done | failed``; delivery ``pending -> sent | retryin
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -112,6 +113,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
+#: Columns added after the first release: (table, column, definition). An index made by an
+#: older radnode gets them at open, so an upgrade needs no manual step.
+_ADDED_COLUMNS = (
+    ("jobs", "traceback", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "summary", "TEXT NOT NULL DEFAULT '{}'"),
+    ("deliveries", "retry_from", "REAL"),
+)
+
+#: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.
+INDEX_MODE = 0o600
+
 
 @dataclass(frozen=True)
 class InstanceRecord:
@@ -173,6 +185,10 @@ class Job:
     finished_at: float | None
     deadline: float | None
     worker_pid: int | None
+    #: Python traceback of a failed job (file, line), for the developer who fixes it.
+    traceback: str = ""
+    #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,8 @@ class Delivery:
     last_error: str
     created_at: float
     sent_at: float | None
+    #: start of the current retry window (None: created_at); ``radnode retry`` opens a new one.
+    retry_from: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,12 +222,20 @@ class Index:
         them again after a power cut. Every other state change is fsynced when committed."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        _restrict(path)
         self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -439,14 +465,16 @@ class Index:
             )
         return self.job(row["id"])
 
-    def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str) -> None:
-        """running -> done, with its result files and one delivery per destination."""
+    def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
+                   summary: dict[str, Any] | None = None) -> None:
+        """running -> done, with its result files, the pipeline's summary and one delivery per
+        destination."""
         now = time.time()
         with self._tx() as db:
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
             db.execute(
-                "UPDATE jobs SET state = 'done', outcome = ?, finished_at = ? WHERE id = ?",
-                (outcome, now, job_id),
+                "UPDATE jobs SET state = 'done', outcome = ?, finished_at = ?, summary = ? WHERE id = ?",
+                (outcome, now, json.dumps(summary or {}, default=str), job_id),
             )
             db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             db.executemany(
@@ -460,10 +488,12 @@ class Index:
                     [(job_id, dest, now, now) for dest in json.loads(job["destinations"])],
                 )
 
-    def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None) -> bool:
+    def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,
+                 traceback: str = "") -> bool:
         with self._tx() as db:
-            sql = "UPDATE jobs SET state = 'failed', outcome = ?, finished_at = ? WHERE id = ? AND state = 'running'"
-            args: tuple[Any, ...] = (reason, time.time(), job_id)
+            sql = ("UPDATE jobs SET state = 'failed', outcome = ?, finished_at = ?, traceback = ?"
+                   " WHERE id = ? AND state = 'running'")
+            args: tuple[Any, ...] = (reason, time.time(), traceback, job_id)
             if only_if_pid is not None:
                 sql += " AND worker_pid = ?"
                 args += (only_if_pid,)
@@ -483,8 +513,8 @@ class Index:
         """A failed job (after a fix on the site, say) is queued again on the admin's request."""
         with self._tx() as db:
             return db.execute(
-                "UPDATE jobs SET state = 'queued', outcome = '', worker_pid = NULL, deadline = NULL"
-                " WHERE id = ? AND state = 'failed'",
+                "UPDATE jobs SET state = 'queued', outcome = '', traceback = '', worker_pid = NULL,"
+                " deadline = NULL WHERE id = ? AND state = 'failed'",
                 (job_id,),
             ).rowcount == 1
 
@@ -505,7 +535,7 @@ class Index:
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
         return [
             Job(**{**dict(r), "inputs": json.loads(r["inputs"]),
-                   "destinations": json.loads(r["destinations"])})
+                   "destinations": json.loads(r["destinations"]), "summary": json.loads(r["summary"])})
             for r in rows
         ]
 
@@ -559,9 +589,10 @@ class Index:
 
     def retry_dead_deliveries(self, delivery_id: int | None = None) -> int:
         with self._tx() as db:
-            sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?"
-                   " WHERE state = 'dead'")
-            args: tuple[Any, ...] = (time.time(),)
+            sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                   " retry_from = ? WHERE state = 'dead'")
+            now = time.time()
+            args: tuple[Any, ...] = (now, now)
             if delivery_id is not None:
                 sql += " AND id = ?"
                 args += (delivery_id,)
@@ -645,3 +676,16 @@ class Index:
         """The job and its deliveries stay as history; only the result files' rows go."""
         with self._tx() as db:
             db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+
+
+def _restrict(path: Path) -> None:
+    """Create the index (and chmod an older one) owner-only before SQLite opens it: SQLite gives
+    its -wal and -shm files the database file's mode. An index this user does not own (an
+    administrator reading another account's node) is left as it is."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, INDEX_MODE))
+        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if name.exists() and name.stat().st_mode & 0o777 != INDEX_MODE:
+                os.chmod(name, INDEX_MODE)
+    except PermissionError:
+        pass

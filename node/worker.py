@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import time
+import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,6 +37,7 @@ class PipelineCache:
 
     def get(self, name: str) -> Pipeline:
         if name not in self._loaded:
+            started = time.monotonic()  # before the import: torch and MONAI are most of the load
             table = self.config.pipelines.get(name)
             cls = load_class(resolve_entry(name, table))
             settings = PipelineSettings(
@@ -45,10 +47,22 @@ class PipelineCache:
                 uid_root=self.config.node.uid_root,
                 options=dict(table.options) if table else {},
             )
-            started = time.monotonic()
             self._loaded[name] = cls(settings)
             logs.info("pipeline.loaded", pipeline=name, seconds=round(time.monotonic() - started, 3))
         return self._loaded[name]
+
+    def preload(self, names: Sequence[str]) -> None:
+        """Load these pipelines now, so that the first study does not wait for a model load.
+
+        A pipeline that cannot load is logged and left for its first job, which then fails
+        with the reason on the job, where an administrator looks.
+        """
+        for name in dict.fromkeys(names):
+            try:
+                self.get(name)
+            except Exception as error:
+                logs.error("pipeline.load_failed", pipeline=name, reason=f"{type(error).__name__}: {error}",
+                           where=where(error))
 
 
 def run_pipeline(pipeline: Pipeline, series: Mapping[str, Sequence[Path]], output_dir: Path,
@@ -71,21 +85,42 @@ def describe_outputs(paths: Sequence[Path]) -> list[ResultFile]:
     return out
 
 
+def where(error: BaseException) -> list[str]:
+    """The frames of an exception as "file:line in function", innermost last."""
+    return [f"{frame.filename}:{frame.lineno} in {frame.name}"
+            for frame in traceback.extract_tb(error.__traceback__)]
+
+
+def protect_patient_values(series: Mapping[str, Sequence[Path]]) -> None:
+    """Tell the log scrubber this job's patient values (one header per input series)."""
+    values: list[object] = []
+    for paths in series.values():
+        if paths:
+            header = pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=list(logs.PHI_FIELDS))
+            values += [header.get(keyword) for keyword in logs.PHI_FIELDS]
+    logs.protect(values)
+
+
 def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
-    """Run one claimed job and record its outcome; any exception becomes the job's reason."""
+    """Run one claimed job and record its outcome; any exception becomes the job's reason, and
+    its traceback is kept on the job (``radnode jobs --id N``) for the developer who fixes it."""
     started = time.monotonic()
     logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts)
     try:
         series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
+        protect_patient_values(series)
         result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
         if not result.applicable:
-            index.finish_job(job.id, [], f"not applicable: {result.reason}")
+            index.finish_job(job.id, [], f"not applicable: {result.reason}", summary=result.summary)
         else:
-            index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects")
+            index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
+                             summary=result.summary)
     except Exception as error:
         reason = f"{type(error).__name__}: {error}"
-        index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid())
-        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+        index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid(),
+                       traceback="".join(traceback.format_exception(error))[-20000:])
+        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500],
+                   where=where(error)[-8:])
         return
     logs.info("job.end", job=job.id, pipeline=job.pipeline, seconds=round(time.monotonic() - started, 3))
 
@@ -108,6 +143,7 @@ def worker_main(config_path: str) -> None:
     index = Index(config.node.index_path)
     spool = Spool(config.node.spool)
     pipelines = PipelineCache(config)
+    pipelines.preload([route.pipeline for route in config.routes])
     while not stopping:
         job = index.claim_job(os.getpid(), config.workers.job_timeout_seconds)
         if job is None:

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
 from pipelines.writers.identity import Identity, content_date_time
+from pipelines.writers.source import drop_invalid_items
 
 DEFAULT_SERIES_NUMBER = 9103
 
@@ -110,6 +111,7 @@ def _derived_slice(
     derivation_description: str,
 ) -> Dataset:
     ds = copy.deepcopy(source)
+    drop_invalid_items(ds)
     # Top-level private tags carry vendor pixel calibrations that no longer hold; private tags
     # nested in reference sequences are left alone (walking every sequence doubles the cost).
     for element in [e for e in ds if e.tag.is_private or e.tag.element == 0 or e.keyword in _STALE]:

@@ -11,6 +11,8 @@ from pydicom.dataset import Dataset
 
 #: fsync releases the GIL, so a few writer threads hide the disk's flush latency.
 WRITER_THREADS = 4
+#: Results carry the patient's name and IDs: owner and group only, whatever the umask.
+RESULT_MODE = 0o640
 
 
 def write_datasets(datasets: Iterable[Dataset], directory: Path) -> list[Path]:
@@ -27,7 +29,7 @@ def write_datasets(datasets: Iterable[Dataset], directory: Path) -> list[Path]:
 def _write(dataset: Dataset, directory: Path) -> Path:
     final = directory / f"{dataset.SOPInstanceUID}.dcm"
     temporary = final.with_suffix(".tmp")
-    with open(temporary, "wb") as handle:
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_MODE), "wb") as handle:
         dataset.save_as(handle, enforce_file_format=True)
         handle.flush()
         os.fsync(handle.fileno())

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from pipelines.volume import Volume
 from pipelines.writers.codes import Structure
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.source import copyable
 
 DEFAULT_SERIES_NUMBER = 9101
 
@@ -153,7 +154,7 @@ def _source_images(volume: Volume) -> list:
             f"the volume spans {len(unique)} multi-frame instances; a SEG can reference only one "
             "multi-frame source, so write one SEG per instance"
         )
-    return list(unique.values())
+    return [copyable(ds) for ds in unique.values()]
 
 
 def _describe(

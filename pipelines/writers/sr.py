@@ -20,6 +20,7 @@ from pydicom.sr.coding import Code
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, Structure
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.source import copyable
 
 DEFAULT_SERIES_NUMBER = 9102
 #: pydicom's UCUM dictionary has no millilitre; this is the UCUM code DICOM uses for it.
@@ -65,7 +66,7 @@ def make_measurement_report(
     series_description: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding."""
-    sources = list({ds.SOPInstanceUID: ds for ds in volume.sources}.values())
+    sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     groups = [_finding_group(volume, f, algorithm, identity, segmentation) for f in findings]
     if not groups:
         groups = [_absence_group(looked_for, algorithm, identity)]

@@ -1,0 +1,72 @@
+"""Source headers as result objects may copy them: study-level sequences without invalid items.
+
+highdicom copies the patient and study modules of the source into every SEG and SR, and a
+derived series starts from the source's header, so whatever is invalid there becomes an error
+in our object (seen: a ReferencedStudySequence item without ReferencedSOPClassUID, which makes
+dciodvfy fail the SEG and the SR). Only items that carry what their macro requires are kept;
+a sequence left empty is removed (these sequences are Type 3 in the patient and study modules).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from pydicom.dataset import Dataset
+
+#: Root-level sequences whose items are SOP Instance References (PS3.3 Table 10-11).
+_REFERENCE_SEQUENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
+_REFERENCE_ATTRIBUTES = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
+#: A code item (PS3.3 Table 8.8-1) needs one of these, a scheme and a meaning.
+_CODE_VALUES = ("CodeValue", "LongCodeValue", "URNCodeValue")
+
+
+def copyable(source: Dataset) -> Dataset:
+    """``source`` itself when it is clean (the usual case, no copy), else a cleaned copy."""
+    if not any(_invalid_items(source).values()):
+        return source
+    clean = copy.deepcopy(source)
+    drop_invalid_items(clean)
+    return clean
+
+
+def drop_invalid_items(dataset: Dataset) -> None:
+    """Remove, in place, the root-level reference and code sequence items that lack required
+    attributes, and any such sequence that is left empty."""
+    for keyword, bad in _invalid_items(dataset).items():
+        if not bad:
+            continue
+        kept = [item for n, item in enumerate(dataset[keyword].value) if n not in bad]
+        if kept:
+            dataset[keyword].value = kept
+        else:
+            del dataset[keyword]
+
+
+def _invalid_items(dataset: Dataset) -> dict[str, set[int]]:
+    """{sequence keyword: indices of its invalid items} for the sequences checked here."""
+    found: dict[str, set[int]] = {}
+    for element in dataset:
+        keyword = element.keyword
+        if element.VR != "SQ" or not keyword:
+            continue
+        if keyword in _REFERENCE_SEQUENCES:
+            valid = _is_reference
+        elif keyword.endswith("CodeSequence"):
+            valid = _is_code
+        else:
+            continue
+        found[keyword] = {n for n, item in enumerate(element.value) if not valid(item)}
+    return found
+
+
+def _present(item: Dataset, keyword: str) -> bool:
+    return str(item.get(keyword, "") or "").strip() != ""
+
+
+def _is_reference(item: Dataset) -> bool:
+    return all(_present(item, k) for k in _REFERENCE_ATTRIBUTES)
+
+
+def _is_code(item: Dataset) -> bool:
+    return (any(_present(item, k) for k in _CODE_VALUES)
+            and _present(item, "CodingSchemeDesignator") and _present(item, "CodeMeaning"))
