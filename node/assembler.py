@@ -55,6 +55,7 @@ def quiet_since(series: SeriesRow) -> float:
 class SeriesWait:
     """What a receiving series waits for, and until when at the latest (``radnode studies``)."""
 
+    kind: Literal["instances", "association", "settle"]
     waits_for: str
     until: float
 
@@ -65,13 +66,16 @@ class StudyDecision:
     missing: tuple[str, ...] = ()
 
 
-def enough_inputs(route: Route, assigned: dict[str, str]) -> bool:
-    """Every role is filled, or the required roles and the route's ``sufficient_roles`` are."""
+def wanted_roles(route: Route) -> list[str]:
+    """The roles a study route waits for: all of them, or the required ones and its
+    ``sufficient_roles``."""
     if route.sufficient_roles is None:
-        wanted = set(route.inputs)
-    else:
-        wanted = {role for role, sel in route.inputs.items() if sel.required} | set(route.sufficient_roles)
-    return wanted <= set(assigned)
+        return list(route.inputs)
+    return [role for role, sel in route.inputs.items() if sel.required or role in route.sufficient_roles]
+
+
+def enough_inputs(route: Route, assigned: dict[str, str]) -> bool:
+    return set(wanted_roles(route)) <= set(assigned)
 
 
 def study_decision(
@@ -143,12 +147,12 @@ class Assembler:
         timing = self.series_timing(series)
         expectation = self.expectation(series)
         if expectation is not None:
-            return SeriesWait(f"more instances ({expectation.reason})",
+            return SeriesWait("instances", f"more instances ({expectation.reason})",
                               series.last_received + timing.incomplete_seconds)
         if series.open_associations:
-            return SeriesWait("the sending association to be released",
+            return SeriesWait("association", "the sending association to be released",
                               series.last_received + timing.quiet_seconds)
-        return SeriesWait("settle time", quiet_since(series) + timing.settle_seconds)
+        return SeriesWait("settle", "settle time", quiet_since(series) + timing.settle_seconds)
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

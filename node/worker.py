@@ -21,6 +21,7 @@ from node import logs
 from node.config import Config, load_config
 from node.spool import Spool
 from node.store import Index, Job, ResultFile
+from node.supersede import replace_earlier
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
 from pipelines.registry import load_class, resolve_entry
 
@@ -81,6 +82,7 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
         if not result.applicable:
             index.finish_job(job.id, [], f"not applicable: {result.reason}")
         else:
+            replace_earlier(index, job, result.outputs)
             index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects")
     except Exception as error:
         reason = f"{type(error).__name__}: {error}"
