@@ -32,7 +32,8 @@ class HUThreshold(Pipeline):
         if options.get("fail"):
             raise RuntimeError("the test pipeline was told to fail")
         try:
-            volume = load_series(job.series[SERIES_ROLE], min_slices=1)
+            # a study route's job has one series per role: the first role's series is thresholded
+            volume = load_series(job.series.get(SERIES_ROLE) or next(iter(job.series.values())), min_slices=1)
         except VolumeError as error:
             raise NotApplicable(str(error)) from None
         mask = volume.array > float(options.get("threshold_hu", 300))
