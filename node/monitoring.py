@@ -55,7 +55,7 @@ class NodeCollector:
             counts = self.index.state_counts()
             instances = self.index.count_instances()
             job_seconds = self.index.job_seconds()
-            waits = wait_counts(self.watch.studies(time.time()))
+            waits = wait_counts(self.watch.studies(time.time(), detail=False))
         for table, states in _STATES.items():
             gauge = GaugeMetricFamily(f"radnode_{table}", f"{table} in the index by state", labels=["state"])
             for state in states:

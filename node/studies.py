@@ -65,12 +65,26 @@ class StudyWatch:
     def __init__(self, config: Config, index: Index) -> None:
         self.index = index
         self.assembler = Assembler(config, index)
+        timeouts = [r.study_timeout_seconds or config.completion.study_timeout_seconds
+                    for r in self.assembler.router.study_routes()]
+        #: a study quiet for longer, with no series receiving, has nothing left to wait for
+        self.longest_wait = max(timeouts, default=0.0)
 
-    def studies(self, now: float) -> list[StudyView]:
+    def studies(self, now: float, detail: bool = True) -> list[StudyView]:
+        """Studies of the last 7 days, newest first. ``detail=False`` (for /metrics) does not read
+        the headers of studies that can no longer be waiting, so a scrape stays cheap."""
         views = []
         for study_uid, last_received in self.index.studies():
             if now - last_received > STUDY_LOOKBACK_SECONDS:
                 break
+            if not detail and now - last_received >= self.longest_wait:
+                rows = self.index.series_of_study(study_uid)
+                if all(r.state != "receiving" for r in rows):
+                    view = StudyView(study_uid, last_received)
+                    view.series = [SeriesView(r.series_uid, r.modality, "", r.instance_count, r.state)
+                                   for r in rows]
+                    views.append(view)
+                    continue
             views.append(self.study(study_uid, last_received, now))
         return views
 
