@@ -58,7 +58,7 @@ def read_slice_header(path: Path) -> SliceHeader:
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_TAGS)
     return SliceHeader(
         acquisition=str(ds.get("AcquisitionNumber", "") or ""),
-        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        position=_position(ds.get("ImagePositionPatient")),
         orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         images_in_acquisition=_positive(ds.get("ImagesInAcquisition")),
         temporal_positions=_positive(ds.get("NumberOfTemporalPositions")),
@@ -72,6 +72,11 @@ def _floats(value: object, count: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count else None
+
+
+def _position(value: object) -> tuple[float, float, float] | None:
+    numbers = _floats(value, 3)
+    return None if numbers is None else (numbers[0], numbers[1], numbers[2])
 
 
 def _positive(value: object) -> int | None:
@@ -144,14 +149,19 @@ def slice_offsets(headers: Sequence[SliceHeader]) -> np.ndarray:
     Localizers and other orientations in the same series are left out, so that they do not
     look like gaps.
     """
-    oriented = [h for h in headers if h.position is not None and h.orientation is not None]
+    oriented = [(h.position, _rounded(h.orientation)) for h in headers
+                if h.position is not None and h.orientation is not None]
     if not oriented:
         return np.zeros(0)
-    main = Counter(tuple(round(v, 3) for v in h.orientation) for h in oriented).most_common(1)[0][0]  # type: ignore[union-attr]
+    main = Counter(orientation for _, orientation in oriented).most_common(1)[0][0]
     normal = np.cross(np.array(main[:3]), np.array(main[3:]))
-    offsets = {round(float(np.dot(normal, h.position)), 2) for h in oriented  # type: ignore[arg-type]
-               if tuple(round(v, 3) for v in h.orientation) == main}  # type: ignore[union-attr]
+    offsets = {round(float(np.dot(normal, position)), 2) for position, orientation in oriented
+               if orientation == main}
     return np.array(sorted(offsets))
+
+
+def _rounded(orientation: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(v, 3) for v in orientation)
 
 
 def adapted_seconds(arrivals: Sequence[float], floor: float) -> float:

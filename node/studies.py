@@ -8,7 +8,7 @@ roles are filled, what is still awaited and until when (``radnode complete`` end
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from node.assembler import STUDY_LOOKBACK_SECONDS, Assembler, wanted_roles
 from node.config import Config
@@ -97,8 +97,7 @@ class StudyWatch:
                                 row.instance_count, row.state)
             if row.state == "receiving":
                 wait = self.assembler.series_wait(row, now)
-                series = SeriesView(**{**series.__dict__, "waits_for": wait.waits_for, "until": wait.until,
-                                        "wait_kind": wait.kind})
+                series = replace(series, waits_for=wait.waits_for, until=wait.until, wait_kind=wait.kind)
             view.series.append(series)
         for route in self.assembler.router.study_routes():
             status = self.assembler.study_status(route, study_uid, rows, last_received, now)
