@@ -2,10 +2,15 @@
 
 DICOM never says "series finished", so completion is a decision. radnode uses what it knows:
 a series is complete once the associations that carried it are released and nothing new came
-for ``settle_seconds``; if an association stays open, ``quiet_seconds`` of silence decide.
-Study-level routes wait until every input role has a complete series, or until the study has
-been quiet for ``study_timeout_seconds``: then they run with what arrived if the required
-roles are there, and otherwise end as a failed job whose reason names the missing inputs.
+for ``settle_seconds``; if an association stays open, ``quiet_seconds`` of silence decide. Both
+grow with a series that arrives slowly (``node.completeness``), and while the series' own headers
+say more is coming (a gap in the slice positions, ImagesInAcquisition not reached, ...) it waits
+up to ``incomplete_timeout_seconds`` after its last instance.
+Study-level routes wait until every input role has a complete series (or the required roles
+plus the route's ``sufficient_roles``), or until the study has been quiet for
+``study_timeout_seconds`` or an administrator ran ``radnode complete``: then they run with what
+arrived if the required roles are there, and otherwise end as a failed job whose reason names
+the missing inputs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Literal, Sequence
 from pydicom import Dataset
 
 from node import logs
+from node.completeness import Expectation, HeaderCache, adapted_seconds, expected_more
 from node.config import Config, Route
 from node.matcher import failed_conditions
 from node.router import Router, assign_inputs, job_spec, read_header
@@ -30,15 +36,28 @@ STUDY_LOOKBACK_SECONDS = 7 * 24 * 3600
 class Timing:
     settle_seconds: float
     quiet_seconds: float
+    incomplete_seconds: float = 300.0
 
 
 def series_is_complete(series: SeriesRow, now: float, timing: Timing) -> bool:
-    """The completion rule itself, kept free of I/O so that it can be tested directly."""
+    """The quiet-time rule itself, kept free of I/O so that it can be tested directly."""
     if series.open_associations == 0:
-        quiet_since = max(series.last_received, series.released_at or series.last_received)
-        if now - quiet_since >= timing.settle_seconds:
+        if now - quiet_since(series) >= timing.settle_seconds:
             return True
     return now - series.last_received >= timing.quiet_seconds
+
+
+def quiet_since(series: SeriesRow) -> float:
+    return max(series.last_received, series.released_at or series.last_received)
+
+
+@dataclass(frozen=True)
+class SeriesWait:
+    """What a receiving series waits for, and until when at the latest (``radnode studies``)."""
+
+    kind: Literal["instances", "association", "settle"]
+    waits_for: str
+    until: float
 
 
 @dataclass(frozen=True)
@@ -47,17 +66,43 @@ class StudyDecision:
     missing: tuple[str, ...] = ()
 
 
+def wanted_roles(route: Route) -> list[str]:
+    """The roles a study route waits for: all of them, or the required ones and its
+    ``sufficient_roles``."""
+    if route.sufficient_roles is None:
+        return list(route.inputs)
+    return [role for role, sel in route.inputs.items() if sel.required or role in route.sufficient_roles]
+
+
+def enough_inputs(route: Route, assigned: dict[str, str]) -> bool:
+    return set(wanted_roles(route)) <= set(assigned)
+
+
 def study_decision(
-    route: Route, assigned: dict[str, str], pending: bool, quiet_for: float, timeout: float
+    route: Route, assigned: dict[str, str], pending: bool, quiet_for: float, timeout: float,
+    forced: bool = False,
 ) -> StudyDecision:
-    """Run when every role is filled and nothing is arriving; after the timeout, run with the
-    required roles or give up naming what is missing."""
-    if len(assigned) == len(route.inputs) and not pending:
+    """Run when enough roles are filled and nothing is arriving; after the timeout (or when an
+    administrator forced it), run with the required roles or give up naming what is missing."""
+    if enough_inputs(route, assigned) and not pending:
         return StudyDecision("run")
-    if quiet_for < timeout:
+    if quiet_for < timeout and not forced:
         return StudyDecision("wait")
     missing = tuple(role for role, sel in route.inputs.items() if sel.required and role not in assigned)
     return StudyDecision("missing", missing) if missing else StudyDecision("run")
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """Where one study-level route stands with one study."""
+
+    route: Route
+    generation: int
+    assigned: dict[str, str]
+    pending: tuple[str, ...]
+    decision: StudyDecision
+    deadline: float
+    forced: bool
 
 
 class Assembler:
@@ -67,7 +112,9 @@ class Assembler:
         self.config = config
         self.index = index
         self.router = Router(config)
+        self.slices = HeaderCache()
         self._headers: dict[str, Dataset] = {}
+        self._logged_waits: set[tuple[str, int, int]] = set()
 
     def header(self, series: SeriesRow) -> Dataset:
         cached = self._headers.get(series.series_uid)
@@ -75,27 +122,82 @@ class Assembler:
             cached = self._headers[series.series_uid] = read_header(series.sample_path)
         return cached
 
-    def timing(self, header: Dataset) -> Timing:
-        """A route may complete its series sooner (or later) than the node default."""
+    def timing(self, header: Dataset, arrivals: Sequence[float] = ()) -> Timing:
+        """A route may complete its series sooner (or later) than the node default; a series
+        that arrives slowly gets several times its own median gap between instances."""
         defaults = self.config.completion
         routes = self.router.matching(header)
-        settle = [r.settle_seconds for r in routes if r.settle_seconds is not None]
-        quiet = [r.quiet_seconds for r in routes if r.quiet_seconds is not None]
-        return Timing(min(settle, default=defaults.settle_seconds), min(quiet, default=defaults.quiet_seconds))
+        settle = min((r.settle_seconds for r in routes if r.settle_seconds is not None),
+                     default=defaults.settle_seconds)
+        quiet = min((r.quiet_seconds for r in routes if r.quiet_seconds is not None),
+                    default=defaults.quiet_seconds)
+        return Timing(adapted_seconds(arrivals, settle), adapted_seconds(arrivals, quiet),
+                      defaults.incomplete_timeout_seconds)
+
+    def series_timing(self, series: SeriesRow) -> Timing:
+        return self.timing(self.header(series), self.index.arrival_times(series.series_uid))
+
+    def expectation(self, series: SeriesRow) -> Expectation | None:
+        """What the series' own headers say is still missing, if anything."""
+        paths = self.index.instance_paths(series.series_uid)
+        return expected_more(self.slices.headers(series.series_uid, paths))
+
+    def series_wait(self, series: SeriesRow, now: float) -> SeriesWait:
+        """Why a receiving series is not complete yet, and when it will be at the latest."""
+        timing = self.series_timing(series)
+        expectation = self.expectation(series)
+        if expectation is not None:
+            return SeriesWait("instances", f"more instances ({expectation.reason})",
+                              series.last_received + timing.incomplete_seconds)
+        if series.open_associations:
+            return SeriesWait("association", "the sending association to be released",
+                              series.last_received + timing.quiet_seconds)
+        return SeriesWait("settle", "settle time", quiet_since(series) + timing.settle_seconds)
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for series in self.index.receiving_series():
-            if series_is_complete(series, now, self.timing(self.header(series))):
-                if self.index.mark_complete(series.series_uid, series.generation):
-                    logs.info("series.complete", series=series.series_uid, study=series.study_uid,
-                              instances=series.instance_count, generation=series.generation)
+            self._complete(series, now)
         for series in self.index.complete_series():
-            jobs = self.router.series_jobs(series, self.header(series))
+            header = self.header(series)
+            jobs = self.router.series_jobs(series, header)
+            if series.generation:
+                for route in self.router.matching(header, level="series"):
+                    if route.on_late_instances == "ignore":
+                        self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
             self.index.route_series(series.series_uid, series.generation, jobs)
             logs.info("series.routed", series=series.series_uid,
                       routes=[j["route"] for j in jobs])
         self._route_studies(now)
+
+    def _complete(self, series: SeriesRow, now: float) -> None:
+        timing = self.series_timing(series)
+        if not series_is_complete(series, now, timing):
+            return
+        expectation = self.expectation(series)
+        if expectation is not None and now - series.last_received < timing.incomplete_seconds:
+            key = (series.series_uid, series.generation, series.instance_count)
+            if key not in self._logged_waits:
+                self._logged_waits.add(key)
+                logs.info("series.waiting", series=series.series_uid, instances=series.instance_count,
+                          reason=expectation.reason, seconds=round(timing.incomplete_seconds, 1))
+            return
+        if self.index.mark_complete(series.series_uid, series.generation):
+            self.slices.forget(series.series_uid)
+            logs.info("series.complete", series=series.series_uid, study=series.study_uid,
+                      instances=series.instance_count, generation=series.generation,
+                      incomplete=expectation.reason if expectation else None)
+
+    def _note_ignored(self, route: Route, subject: str, study_uid: str, generation: int) -> None:
+        """on_late_instances = "ignore": say on the record why nothing ran."""
+        previous = self.index.latest_job(route.name, subject)
+        if previous is None:
+            return
+        note = (f"not run: instances arrived after job {previous.id} and on_late_instances = \"ignore\";"
+                f" job {previous.id} ({previous.state}) stays the answer")
+        if self.index.add_note(route.name, subject, study_uid, generation, note):
+            logs.info("route.late_ignored", route=route.name, subject=subject, generation=generation,
+                      job=previous.id)
 
     def _route_studies(self, now: float) -> None:
         routes = self.router.study_routes()
@@ -104,30 +206,44 @@ class Assembler:
         for study_uid, last_received in self.index.studies_with_activity_since(now - STUDY_LOOKBACK_SECONDS):
             rows = self.index.series_of_study(study_uid)
             for route in routes:
-                self._route_study(route, study_uid, rows, now - last_received)
+                self._route_study(route, study_uid, rows, last_received, now)
 
-    def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], quiet_for: float) -> None:
+    def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+                     now: float) -> StudyStatus | None:
+        """Where ``route`` stands with a study; None when no arrived series of it matches."""
+        arrived = [(r, self.header(r)) for r in rows if r.state != "receiving"]
+        if not any(not failed_conditions(route.match, header) for _, header in arrived):
+            return None
+        assigned = assign_inputs(route, arrived)
+        pending = tuple(r.series_uid for r in rows if r.state == "receiving")
+        timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
+        forced_at = self.index.forced_at(study_uid)
+        forced = forced_at is not None and forced_at >= last_received
+        decision = study_decision(route, assigned, bool(pending), now - last_received, timeout, forced)
+        return StudyStatus(route, sum(r.generation for r in rows), assigned, pending, decision,
+                           last_received + timeout, forced)
+
+    def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+                     now: float) -> None:
         generation = sum(r.generation for r in rows)
         if self.index.has_job(route.name, study_uid, generation):
             return
         if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
+            if not any(r.state == "receiving" for r in rows):
+                self._note_ignored(route, study_uid, study_uid, generation)
             return
-        arrived = [(r, self.header(r)) for r in rows if r.state != "receiving"]
-        if not any(not failed_conditions(route.match, header) for _, header in arrived):
+        status = self.study_status(route, study_uid, rows, last_received, now)
+        if status is None or status.decision.action == "wait":
             return
-        assigned = assign_inputs(route, arrived)
-        pending = any(r.state == "receiving" for r in rows)
-        timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
-        decision = study_decision(route, assigned, pending, quiet_for, timeout)
-        if decision.action == "wait":
-            return
-        if decision.action == "run":
+        if status.decision.action == "run":
             spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
-                            inputs=assigned)
+                            inputs=status.assigned)
         else:
-            reason = f"missing input: {', '.join(decision.missing)} (study quiet for {timeout:g} s)"
+            timeout = status.deadline - last_received
+            why = "completion forced" if status.forced else f"study quiet for {timeout:g} s"
+            reason = f"missing input: {', '.join(status.decision.missing)} ({why})"
             spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
-                            inputs=assigned, state="failed", outcome=reason)
+                            inputs=status.assigned, state="failed", outcome=reason)
         if self.index.add_job(spec):
-            logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(assigned),
-                      outcome=spec["outcome"] or "queued")
+            logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
+                      outcome=spec["outcome"] or "queued", forced=status.forced)

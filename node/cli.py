@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--delivery", type=int, help="only this delivery id")
     target.add_argument("--job", type=int, help="re-run this failed job instead")
 
+    studies = command("studies", "list studies: state, input roles filled, what each waits for and until when")
+    studies.add_argument("--all", action="store_true", help="also studies that are routed (default: only those "
+                         "still receiving or waiting)")
+
+    complete = command("complete", "force completion now of a study (its study routes decide at once) or a series")
+    what = complete.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", metavar="UID", help="StudyInstanceUID")
+    what.add_argument("--series", metavar="UID", help="SeriesInstanceUID")
+
     echo = command("echo", "C-ECHO a destination named in the config")
     echo.add_argument("destination", help="destination name from [[destinations]]")
     return parser
@@ -76,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
-        "deliveries": _deliveries, "retry": _retry, "echo": _echo,
+        "deliveries": _deliveries, "retry": _retry, "echo": _echo, "studies": _studies,
+        "complete": _complete,
     }[args.command]
     try:
         return handler(config, args)
@@ -244,12 +254,85 @@ def _index(config: Config):
 def _jobs(config: Config, args: argparse.Namespace) -> int:
     if args.id is not None:
         return _job_detail(config, args.id)
-    jobs = _index(config).jobs(args.state)
+    index = _index(config)
+    jobs = index.jobs(args.state)
+    replaces, replaced_by = _supersessions(index)
     _table(
-        ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "OUTCOME"],
+        ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "REPLACES", "REPLACED BY",
+         "OUTCOME"],
         [[j.id, j.state, j.route, j.pipeline, j.attempts, _when(j.created_at), _when(j.finished_at),
-          j.outcome] for j in jobs],
+          replaces.get(j.id, "-"), replaced_by.get(j.id, "-"), j.outcome] for j in jobs],
     )
+    _print_notes(index)
+    return 0
+
+
+def _supersessions(index) -> tuple[dict[int, str], dict[int, str]]:
+    """Which job's results replaced which: "job 1 (v1)" beside job 2, "job 2 (v2)" beside job 1."""
+    replaces: dict[int, str] = {}
+    replaced_by: dict[int, str] = {}
+    for job, (earlier, version) in index.supersessions().items():
+        replaces[job] = f"job {earlier} (v{version - 1})"
+        replaced_by[earlier] = f"job {job} (v{version})"
+    return replaces, replaced_by
+
+
+def _print_notes(index) -> None:
+    """Routes that did not run on purpose (late instances ignored): the reason is on record."""
+    notes = index.notes()
+    if notes:
+        print("\nNot run:")
+        _table(["WHEN", "ROUTE", "SUBJECT", "GENERATION", "WHY"],
+               [[_when(n.created_at), n.route, n.subject, n.generation, n.note] for n in notes])
+
+
+# ---- studies and forced completion ---------------------------------------------------------
+
+
+def _studies(config: Config, args: argparse.Namespace) -> int:
+    from node.studies import StudyWatch
+
+    views = StudyWatch(config, _index(config)).studies(time.time())
+    shown = [v for v in views if args.all or v.state != "routed"]
+    if not shown:
+        print("no study is receiving or waiting" + ("" if args.all else " (--all lists routed studies too)"))
+    for view in shown:
+        print(f"study {view.study_uid}: {view.state}, last instance {_when(view.last_received)}, "
+              f"{len(view.series)} series")
+        for series in view.series:
+            wait = f", waits for {series.waits_for} until {_when(series.until)}" if series.waits_for else ""
+            print(f"  series {series.series_uid} {series.modality} {series.description!r}: "
+                  f"{series.instances} instances, {series.state}{wait}")
+        for route in view.routes:
+            filled = ", ".join(f"{role}" for role in route.filled) or "none"
+            line = f"  route {route.route}: {route.state}; roles filled: {filled}"
+            if route.waits_for:
+                line += f"; waits for {', '.join(route.waits_for)} until {_when(route.until)}"
+            print(line)
+        if view.state != "routed":
+            print(f"  (radnode complete --study {view.study_uid} ends the wait now)")
+    return 0
+
+
+def _complete(config: Config, args: argparse.Namespace) -> int:
+    index = _index(config)
+    if args.series:
+        row = index.series(args.series)
+        if row is None:
+            print(f"radnode: no series {args.series} in the index", file=sys.stderr)
+            return 1
+        if not index.force_series_complete(args.series):
+            print(f"radnode: series {args.series} is not receiving (it is {row.state}); nothing to complete",
+                  file=sys.stderr)
+            return 1
+        print(f"series {args.series}: complete; the running node routes it within a second")
+        return 0
+    if not index.series_of_study(args.study):
+        print(f"radnode: no study {args.study} in the index", file=sys.stderr)
+        return 1
+    count = index.force_study(args.study)
+    print(f"study {args.study}: {count} receiving series completed; its study routes decide now "
+          "(they run with the roles filled, or fail naming a missing required role)")
     return 0
 
 

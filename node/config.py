@@ -93,6 +93,8 @@ class CompletionSettings(_Strict):
     settle_seconds: Annotated[float, Field(ge=0)] = 2.0
     quiet_seconds: Annotated[float, Field(gt=0)] = 30.0
     study_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
+    #: how long a series whose headers say instances are missing waits after its last one
+    incomplete_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
 
 
 class WorkerSettings(_Strict):
@@ -189,6 +191,9 @@ class Route(_Strict):
     quiet_seconds: Annotated[float, Field(gt=0)] | None = None
     study_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
     on_late_instances: Literal["rerun", "ignore"] = "rerun"
+    #: study routes: optional roles that, with the required ones, are enough to run at once
+    #: instead of waiting study_timeout_seconds for the other optional roles
+    sufficient_roles: list[str] | None = None
 
     @field_validator("match", mode="before")
     @classmethod
@@ -201,6 +206,18 @@ class Route(_Strict):
             raise ValueError("inputs (series selectors) are only used with level = \"study\"")
         if self.level == "study" and not self.inputs:
             raise ValueError("a study-level route needs [routes.inputs.<role>] selectors")
+        return self
+
+    @model_validator(mode="after")
+    def _sufficient_roles_are_inputs(self) -> "Route":
+        if self.sufficient_roles is None:
+            return self
+        if self.level != "study":
+            raise ValueError("sufficient_roles: only used with level = \"study\" (it lists input roles)")
+        unknown = [role for role in self.sufficient_roles if role not in self.inputs]
+        if unknown:
+            raise ValueError(f"sufficient_roles: unknown input role(s) {', '.join(map(repr, unknown))};"
+                             f" this route's roles: {', '.join(self.inputs)}")
         return self
 
 

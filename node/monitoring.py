@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
@@ -21,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from node import logs
 from node.config import Config
 from node.store import Index
+from node.studies import StudyWatch, wait_counts
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
@@ -46,17 +48,33 @@ class NodeCollector:
         self.index = index
         self.children = children
         self.lock = threading.Lock()  # one index connection, scraped from server threads
+        self.watch = StudyWatch(config, index)
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
             counts = self.index.state_counts()
             instances = self.index.count_instances()
             job_seconds = self.index.job_seconds()
+            waits = wait_counts(self.watch.studies(time.time(), detail=False))
         for table, states in _STATES.items():
             gauge = GaugeMetricFamily(f"radnode_{table}", f"{table} in the index by state", labels=["state"])
             for state in states:
                 gauge.add_metric([state], counts[table].get(state, 0))
             yield gauge
+        studies = GaugeMetricFamily("radnode_studies", "studies of the last 7 days by state (radnode studies)",
+                                    labels=["state"])
+        for state, count in waits.studies.items():
+            studies.add_metric([state], count)
+        yield studies
+        series = GaugeMetricFamily("radnode_series_waiting", "receiving series by what they wait for: "
+                                   "instances the headers announce, the association's release, the settle time",
+                                   labels=["waits_for"])
+        for kind, count in waits.series.items():
+            series.add_metric([kind], count)
+        yield series
+        yield GaugeMetricFamily("radnode_study_routes_waiting",
+                                "study routes waiting for input roles or their study timeout",
+                                value=waits.routes_waiting)
         yield GaugeMetricFamily("radnode_instances_stored", "received instances held in the spool",
                                 value=instances)
         yield GaugeMetricFamily("radnode_spool_free_bytes", "free bytes on the spool's file system",

@@ -111,6 +111,32 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (job_id, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS result_objects (
+    job_id INTEGER NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    PRIMARY KEY (job_id, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS supersessions (
+    job_id INTEGER PRIMARY KEY,
+    replaces INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS route_notes (
+    route TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (route, subject, generation)
+);
+CREATE TABLE IF NOT EXISTS forced_studies (
+    study_uid TEXT PRIMARY KEY,
+    forced_at REAL NOT NULL
+);
 """
 
 #: Columns added after the first release: (table, column, definition). An index made by an
@@ -204,6 +230,29 @@ class Delivery:
     sent_at: float | None
     #: start of the current retry window (None: created_at); ``radnode retry`` opens a new one.
     retry_from: float | None = None
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """What stays known of a delivered result after retention removed its file: enough to name
+    it as the predecessor of a newer result."""
+
+    sop_uid: str
+    sop_class: str
+    series_uid: str
+    study_uid: str
+
+
+@dataclass(frozen=True)
+class RouteNote:
+    """Why a route did not run for a subject (a series or a study) at one generation."""
+
+    route: str
+    subject: str
+    study_uid: str
+    generation: int
+    note: str
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -440,6 +489,115 @@ class Index:
         ).fetchall()
         return [Path(r["path"]) for r in rows]
 
+    def arrival_times(self, series_uid: str) -> list[float]:
+        rows = self._db.execute(
+            "SELECT received_at FROM instances WHERE series_uid = ? ORDER BY received_at", (series_uid,)
+        ).fetchall()
+        return [float(r["received_at"]) for r in rows]
+
+    def studies(self) -> list[tuple[str, float]]:
+        """(StudyInstanceUID, last instance received) of every study the index holds, newest first."""
+        rows = self._db.execute("SELECT study_uid, last_received FROM studies ORDER BY last_received DESC")
+        return [(r["study_uid"], r["last_received"]) for r in rows.fetchall()]
+
+    # ---- forced completion -----------------------------------------------------------------
+
+    def force_series_complete(self, series_uid: str) -> bool:
+        """receiving -> complete now, on the administrator's word (``radnode complete``)."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE series SET state = 'complete', completed_at = ? WHERE series_uid = ?"
+                " AND state = 'receiving'", (time.time(), series_uid),
+            ).rowcount == 1
+
+    def force_study(self, study_uid: str) -> int:
+        """Complete every receiving series of a study and let its study routes decide now, as if
+        their timeout had passed; returns how many series were still receiving."""
+        now = time.time()
+        with self._tx() as db:
+            count = db.execute(
+                "UPDATE series SET state = 'complete', completed_at = ? WHERE study_uid = ?"
+                " AND state = 'receiving'", (now, study_uid),
+            ).rowcount
+            db.execute("INSERT INTO forced_studies(study_uid, forced_at) VALUES (?, ?)"
+                       " ON CONFLICT(study_uid) DO UPDATE SET forced_at = excluded.forced_at",
+                       (study_uid, now))
+        return count
+
+    def forced_at(self, study_uid: str) -> float | None:
+        row = self._db.execute("SELECT forced_at FROM forced_studies WHERE study_uid = ?",
+                               (study_uid,)).fetchone()
+        return None if row is None else float(row["forced_at"])
+
+    # ---- notes: why a route did not run ----------------------------------------------------
+
+    def add_note(self, route: str, subject: str, study_uid: str, generation: int, note: str) -> bool:
+        """Record once why ``route`` did not run for ``subject`` at ``generation``."""
+        with self._tx() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO route_notes(route, subject, study_uid, generation, note,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (route, subject, study_uid, generation, note, time.time()),
+            ).rowcount == 1
+
+    def notes(self) -> list[RouteNote]:
+        rows = self._db.execute("SELECT * FROM route_notes ORDER BY created_at").fetchall()
+        return [RouteNote(**dict(r)) for r in rows]
+
+    # ---- superseded results ----------------------------------------------------------------
+
+    def latest_job(self, route: str, subject: str, before: int | None = None) -> Job | None:
+        """The newest job of a route for a subject (older than job ``before`` when given)."""
+        sql, args = "WHERE route = ? AND subject = ?", (route, subject)
+        if before is not None:
+            sql, args = sql + " AND id < ?", (*args, before)
+        jobs = self._jobs(sql, args)
+        return jobs[-1] if jobs else None
+
+    def predecessor(self, job: Job) -> tuple[int, list[ResultObject]] | None:
+        """The newest earlier job of the same route and subject that produced results: the answer
+        that ``job`` replaces. None for a first answer."""
+        row = self._db.execute(
+            "SELECT j.id FROM jobs j WHERE j.route = ? AND j.subject = ? AND j.id < ?"
+            " AND j.state = 'done' AND EXISTS (SELECT 1 FROM result_objects o WHERE o.job_id = j.id)"
+            " ORDER BY j.id DESC LIMIT 1",
+            (job.route, job.subject, job.id),
+        ).fetchone()
+        return None if row is None else (int(row["id"]), self.result_objects(int(row["id"])))
+
+    def result_objects(self, job_id: int) -> list[ResultObject]:
+        rows = self._db.execute(
+            "SELECT sop_uid, sop_class, series_uid, study_uid FROM result_objects WHERE job_id = ?"
+            " ORDER BY sop_uid", (job_id,)).fetchall()
+        return [ResultObject(**dict(r)) for r in rows]
+
+    def record_result_objects(self, job_id: int, objects: Sequence[ResultObject]) -> None:
+        """Kept after retention removes the files (a few rows per job), so that a later run can
+        still name what it replaces."""
+        with self._tx() as db:
+            db.execute("DELETE FROM result_objects WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT INTO result_objects(job_id, sop_uid, sop_class, series_uid, study_uid)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(job_id, o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in objects],
+            )
+
+    def record_supersession(self, job_id: int, replaces: int, version: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO supersessions(job_id, replaces, version) VALUES (?, ?, ?)"
+                       " ON CONFLICT(job_id) DO UPDATE SET replaces = excluded.replaces,"
+                       " version = excluded.version", (job_id, replaces, version))
+
+    def supersessions(self) -> dict[int, tuple[int, int]]:
+        """{job: (the job it replaces, its version number)}."""
+        rows = self._db.execute("SELECT job_id, replaces, version FROM supersessions").fetchall()
+        return {r["job_id"]: (r["replaces"], r["version"]) for r in rows}
+
+    def version(self, job_id: int) -> int:
+        """1 for a first answer, n + 1 for one that replaces version n."""
+        row = self._db.execute("SELECT version FROM supersessions WHERE job_id = ?", (job_id,)).fetchone()
+        return 1 if row is None else int(row["version"])
+
     def instance(self, sop_uid: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
         return dict(row) if row else None
@@ -453,8 +611,12 @@ class Index:
         """Take the most urgent queued job for worker ``pid``, or None."""
         now = time.time()
         with self._tx() as db:
+            # A rerun waits for the earlier job of its route and subject, so that it can name
+            # that job's results as the ones it replaces.
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1"
+                "SELECT id FROM jobs q WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs p"
+                " WHERE p.route = q.route AND p.subject = q.subject AND p.id < q.id"
+                " AND p.state IN ('queued', 'running')) ORDER BY priority DESC, id LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -648,6 +810,7 @@ class Index:
             db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM forced_studies WHERE study_uid = ?", (study_uid,))
 
     def indexed_files(self) -> set[str]:
         return {r["path"] for r in self._db.execute("SELECT path FROM instances").fetchall()}

@@ -22,6 +22,7 @@ from node import logs
 from node.config import Config, load_config
 from node.spool import Spool
 from node.store import Index, Job, ResultFile
+from node.supersede import replace_earlier
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
 from pipelines.registry import load_class, resolve_entry
 
@@ -113,6 +114,7 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
         if not result.applicable:
             index.finish_job(job.id, [], f"not applicable: {result.reason}", summary=result.summary)
         else:
+            replace_earlier(index, job, result.outputs)
             index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
                              summary=result.summary)
     except Exception as error:

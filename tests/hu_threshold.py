@@ -1,13 +1,16 @@
 """A small pipeline of the tests' own: voxels above a HU threshold, written as a DICOM SEG.
 
 It exercises routing, workers and delivery end to end without a model. Options let tests make
-it slow (job timeouts) or fail (failure reasons); node/ knows nothing about it: config.toml
+it slow (job timeouts) or fail (failure reasons) or add a TID 1500 report of the dense volume
+(``report = true``, for tests of superseded reports); node/ knows nothing about it: config.toml
 names it with ``entry = "tests.hu_threshold:HUThreshold"`` like any site pipeline.
 """
 
 from __future__ import annotations
 
 import time
+
+import numpy as np
 
 from pydicom.sr.codedict import codes
 
@@ -17,6 +20,7 @@ from pipelines.writers.codes import Structure
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
+from pipelines.writers.sr import Finding, make_measurement_report
 
 DENSE = Structure("Dense tissue", codes.SCT.Tissue, codes.SCT.Bone)
 
@@ -28,13 +32,18 @@ class HUThreshold(Pipeline):
         if options.get("fail"):
             raise RuntimeError("the test pipeline was told to fail")
         try:
-            volume = load_series(job.series[SERIES_ROLE], min_slices=1)
+            # a study route's job has one series per role: the first role's series is thresholded
+            volume = load_series(job.series.get(SERIES_ROLE) or next(iter(job.series.values())), min_slices=1)
         except VolumeError as error:
             raise NotApplicable(str(error)) from None
         mask = volume.array > float(options.get("threshold_hu", 300))
-        seg = make_segmentation(
-            volume, mask, [Segment(DENSE, tracking_id="dense-1")],
-            Algorithm("radnode-test-threshold", "1"), Identity(self.settings.uid_root),
-        )
-        return JobResult(outputs=write_datasets([seg], job.output_dir),
+        algorithm, identity = Algorithm("radnode-test-threshold", "1"), Identity(self.settings.uid_root)
+        seg = make_segmentation(volume, mask, [Segment(DENSE, tracking_id="dense-1")], algorithm, identity)
+        datasets = [seg]
+        if options.get("report"):
+            volume_mm3 = float(mask.sum() * np.prod(volume.spacing))
+            datasets.append(make_measurement_report(
+                volume, [Finding("dense-1", DENSE, volume_mm3=volume_mm3, segment_number=1)], algorithm,
+                identity, looked_for=DENSE, segmentation=seg))
+        return JobResult(outputs=write_datasets(datasets, job.output_dir),
                          summary={"voxels": int(mask.sum())})

@@ -150,3 +150,24 @@ def test_non_matching_series_is_routed_to_nothing(tmp_path, index):
     assembler.tick(time.time() + 5)
     assert index.series(series).state == "routed"
     assert index.jobs() == []
+
+
+def test_series_arriving_slowly_gets_a_settle_time_of_several_of_its_own_gaps(tmp_path, index):
+    """Instances 0.4 s apart with a 0.1 s configured settle: the settle becomes 5 x 0.4 = 2 s, so
+    a pause of 0.5 s no longer completes the series, and 2.5 s does."""
+    cfg = parse_config({
+        "node": {"spool": str(tmp_path)}, "completion": {"settle_seconds": 0.1},
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+        "routes": [SERIES_ROUTE], "pipelines": {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold"}},
+    })
+    assembler = Assembler(cfg, index)
+    study = Study(index, tmp_path)
+    series = study.series("CT", "chest", count=1)
+    for _ in range(3):
+        time.sleep(0.4)
+        study.series("CT", "chest", count=1, series_uid=series)
+    last = index.series(series).last_received
+    assembler.tick(last + 0.5)
+    assert index.series(series).state == "receiving"
+    assembler.tick(last + 2.5)
+    assert index.series(series).state == "routed"
