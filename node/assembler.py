@@ -114,7 +114,7 @@ class Assembler:
         self.router = Router(config)
         self.slices = HeaderCache()
         self._headers: dict[str, Dataset] = {}
-        self._logged_waits: set[tuple[str, int, int]] = set()
+        self._logged_waits: dict[str, tuple[int, int]] = {}  # series -> (generation, instances) logged
 
     def header(self, series: SeriesRow) -> Dataset:
         cached = self._headers.get(series.series_uid)
@@ -176,14 +176,15 @@ class Assembler:
             return
         expectation = self.expectation(series)
         if expectation is not None and now - series.last_received < timing.incomplete_seconds:
-            key = (series.series_uid, series.generation, series.instance_count)
-            if key not in self._logged_waits:
-                self._logged_waits.add(key)
+            seen = (series.generation, series.instance_count)
+            if self._logged_waits.get(series.series_uid) != seen:
+                self._logged_waits[series.series_uid] = seen
                 logs.info("series.waiting", series=series.series_uid, instances=series.instance_count,
                           reason=expectation.reason, seconds=round(timing.incomplete_seconds, 1))
             return
         if self.index.mark_complete(series.series_uid, series.generation):
             self.slices.forget(series.series_uid)
+            self._logged_waits.pop(series.series_uid, None)
             logs.info("series.complete", series=series.series_uid, study=series.study_uid,
                       instances=series.instance_count, generation=series.generation,
                       incomplete=expectation.reason if expectation else None)

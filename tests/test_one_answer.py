@@ -22,9 +22,10 @@ def pacs(orthanc) -> list[dict]:
     return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
 
 
-def start_node(tmp_path: Path, orthanc, **route: object) -> NodeProcess:
+def start_node(tmp_path: Path, orthanc, report: bool = False, **route: object) -> NodeProcess:
+    """A node whose test pipeline writes a SEG, and with ``report`` a TID 1500 SR too."""
     config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route(**route)],
-                         pipelines=threshold_pipeline(report=True))
+                         pipelines=threshold_pipeline(report=report))
     return NodeProcess(config, tmp_path).start()
 
 
@@ -96,7 +97,7 @@ def test_series_that_announces_images_in_acquisition_waits_for_all_of_them(tmp_p
 def test_rerun_names_the_report_it_replaces_and_orthanc_shows_which_is_current(tmp_path, orthanc, data_dir):
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    node = start_node(tmp_path, orthanc)
+    node = start_node(tmp_path, orthanc, report=True)
     try:
         index = node.index()
         send(node, files)

@@ -1,0 +1,56 @@
+"""Version numbers and SeriesDescription of results that replace earlier ones (node.supersede).
+
+The end-to-end case with Orthanc and dciodvfy is in test_one_answer.py; these pin the chain
+v1 -> v2 -> v3 and the 64-character limit of SeriesDescription (LO).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from node.store import Index
+from node.supersede import replace_earlier, versioned_description
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+
+
+def test_long_series_description_is_cut_to_fit_with_its_version():
+    text = versioned_description("x" * 80, 12)
+    assert len(text) == 64 and text.endswith("(v12, replaces v11)")
+
+
+def report(folder: Path, study_uid: str) -> Path:
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SR_CLASS, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.SeriesDescription, ds.Modality = "dense report", "SR"
+    folder.mkdir(parents=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_third_run_is_v3_and_names_only_the_v2_report(tmp_path: Path):
+    index = Index(tmp_path / "index.sqlite")
+    study = generate_uid()
+    paths = []
+    for run in range(3):
+        index.add_job({"route": "r", "pipeline": "p", "subject": "s", "study_uid": study, "generation": run,
+                       "inputs": {}, "destinations": ["pacs"]})
+        job = index.claim_job(1, 60)
+        paths.append(report(tmp_path / str(run), study))
+        replace_earlier(index, job, [paths[-1]])
+        index.finish_job(job.id, [], "1 objects")
+    third = pydicom.dcmread(paths[2])
+    assert third.SeriesDescription == "dense report (v3, replaces v2)"
+    second = pydicom.dcmread(paths[1])
+    named = third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert [r.ReferencedSOPInstanceUID for r in named] == [second.SOPInstanceUID]
+    assert index.supersessions() == {2: (1, 2), 3: (2, 3)}
+    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(paths[0])
