@@ -34,6 +34,7 @@ def test_failed_job_keeps_its_traceback_done_job_its_summary_and_pipelines_load_
         loaded = wait_until(lambda: len(events(node, "pipeline.loaded")) == 2 and events(node, "pipeline.loaded"),
                             30, what="pipelines preloaded")
         seconds = {e["pipeline"]: e["seconds"] for e in loaded}
+        # measured: 2.23 s with the 1.5 s import (0.0 s when the timer started after the import)
         assert seconds["hu-threshold"] >= IMPORT_SECONDS, f"load measured {seconds} without its import"
         for kernel in ("B40f", "B70f"):
             files = sorted(data_dir.joinpath(*CT, kernel).glob("*.dcm"))[:5]
