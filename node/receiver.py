@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pydicom.config
 import pydicom.filereader
 from pydicom import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2K,
@@ -40,6 +42,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
     Comprehensive3DSRStorage,
@@ -60,6 +63,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node import logs
 from node.config import Config
 from node.reactor import wake_on_work
+from node.screening import StructureError, check_structure, inflate, uid_problem
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
 from node.tls import server_context
@@ -97,6 +101,8 @@ STORAGE_CLASSES = [
     Comprehensive3DSRStorage,
 ]
 
+#: The UIDs that name the spool's folders and files, or that later stages compare.
+UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 REQUIRED_ATTRIBUTES = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 
 # DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C)
@@ -140,6 +146,27 @@ def identifying_header(event: evt.Event) -> Dataset:
 def missing_attributes(dataset: Dataset) -> list[str]:
     """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
+
+
+def screen_structure(raw: bytes, syntax: UID) -> StoreRefusal | None:
+    """Refuse a dataset whose element structure a parser could not safely walk (node.screening)."""
+    try:
+        data = inflate(raw) if syntax == DeflatedExplicitVRLittleEndian else raw
+        check_structure(data, syntax.is_implicit_VR)
+    except StructureError as error:
+        return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
+    return None
+
+
+def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
+    """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
+    otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
+    for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
+                                ("SOPClassUID", "AffectedSOPClassUID")):
+        if str(dataset[attribute].value) != str(getattr(command, affected) or ""):
+            return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                f"{attribute} differs from the C-STORE {affected}")
+    return None
 
 
 def part10_header_of(event: evt.Event) -> bytes:
@@ -243,14 +270,14 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
         raw = event.encoded_dataset(include_meta=False)
         try:
-            dataset = identifying_header(event)
-            refusal = self._check(dataset, event.context.abstract_syntax)
+            refusal = screen_structure(raw, event.context.transfer_syntax)
+            if refusal is None:
+                dataset = identifying_header(event)
+                refusal = self._check(dataset, event.request, event.context.abstract_syntax)
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
-            kept = self.spool.quarantine_bytes([part10_header_of(event), raw], refusal.reason)
-            logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
-                         quarantined=kept.name)
+            self._quarantine(event, raw, refusal)
             return refusal.response()
         try:
             self._store(event, dataset, raw)
@@ -259,17 +286,37 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
         return SUCCESS
 
+    def _quarantine(self, event: evt.Event, raw: bytes, refusal: StoreRefusal) -> None:
+        """Keep a refused dataset with its reason; the command's own UIDs may be what is wrong,
+        so a file meta that cannot be built from them is left out rather than losing the data."""
+        try:
+            header = part10_header_of(event)
+        except (UnicodeError, struct.error):
+            header = b""
+        try:
+            kept = self.spool.quarantine_bytes([header, raw], refusal.reason)
+        except OSError as error:
+            logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                       error=error.strerror)
+            return
+        logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                     quarantined=kept.name)
+
     @staticmethod
-    def _check(dataset: Dataset, context_sop_class: str) -> StoreRefusal | None:
+    def _check(dataset: Dataset, command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
         missing = missing_attributes(dataset)
         if missing:
             return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
+        for name in UID_ATTRIBUTES:
+            problem = uid_problem(name, dataset[name].value)
+            if problem is not None:
+                return StoreRefusal(CANNOT_UNDERSTAND, problem)
         if dataset.SOPClassUID != context_sop_class:
             return StoreRefusal(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOPClassUID does not match the presentation context",
             )
-        return None
+        return command_mismatch(dataset, command)
 
     def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
         header = part10_header_of(event)

@@ -9,7 +9,6 @@ acknowledged instance survives a crash or a power cut, and a crash mid-write lea
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import struct
 import time
@@ -18,7 +17,7 @@ from typing import Iterator, Sequence
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-_SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+from node.screening import uid_problem
 
 
 class Spool:
@@ -32,7 +31,17 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.instances / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
+        """The file of one instance, named by its UIDs themselves.
+
+        Only valid UIDs (digits and dots) are accepted, so a peer's string can never climb out
+        of the spool, and two different SOP Instance UIDs never share a file.
+        """
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                          ("SOPInstanceUID", sop_uid)):
+            problem = uid_problem(name, uid)
+            if problem is not None:
+                raise ValueError(problem)
+        return self.instances / study_uid / series_uid / f"{sop_uid}.dcm"
 
     def result_dir(self, job_id: int) -> Path:
         return self.results / str(job_id)
@@ -122,11 +131,6 @@ def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
 def _padded(text: str, pad: bytes) -> bytes:
     value = text.encode("ascii")
     return value + pad if len(value) % 2 else value
-
-
-def _safe(uid: str) -> str:
-    """UIDs are digits and dots, but the spool must never trust a peer's string as a path."""
-    return _SAFE.sub("_", uid)[:128] or "_"
 
 
 def _fsync_dir(folder: Path) -> None:
