@@ -19,7 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from pydicom.datadict import dictionary_VR
+from pydicom._dicom_dict import DicomDictionary
 
 #: PS3.5 9.1: at most 64 characters, components of digits separated by single dots. A leading
 #: zero in a component is not allowed by the standard but sent by real scanners; it is harmless
@@ -42,6 +42,8 @@ _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
 _VR_BYTES = re.compile(rb"[A-Z]{2}")
+#: Implicit VR carries no VR: the dictionary says which elements are sequences.
+_SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
 
 def uid_problem(name: str, value: object) -> str | None:
@@ -129,7 +131,7 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
             elif vr in (b"SQ", b"UN", None):
                 stack.append(_sequence(top, None, top.implicit or vr == b"UN", max_depth))
             else:
-                raise StructureError(f"undefined length on a {vr.decode()} element at byte {pos - header}")
+                raise StructureError(f"undefined length on ({group:04X},{element:04X}), which is not a sequence")
             continue
         if pos + length > top.limit:
             raise StructureError(f"element ({group:04X},{element:04X}) claims {length} bytes, "
@@ -149,10 +151,11 @@ def _sequence(parent: _Frame, end: int | None, implicit: bool, max_depth: int) -
 
 
 def _dictionary_vr(tag: int) -> bytes | None:
-    try:
-        return dictionary_VR(tag).encode()
-    except KeyError:
-        return None
+    """SQ for a sequence, None for an element the dictionary does not know (private ones), else
+    a placeholder: only "is it a sequence" matters here."""
+    if tag in _SEQUENCE_TAGS:
+        return b"SQ"
+    return b"--" if tag in DicomDictionary else None
 
 
 def _element_header(view: memoryview, pos: int, top: _Frame, tag: int) -> tuple[bytes | None, int, int]:
