@@ -18,6 +18,7 @@ from pydicom import Dataset
 
 from node import logs
 from node.config import Config, Route
+from node.isolation import isolated
 from node.matcher import failed_conditions
 from node.router import Router, assign_inputs, job_spec, read_header
 from node.store import Index, SeriesRow
@@ -84,18 +85,32 @@ class Assembler:
         return Timing(min(settle, default=defaults.settle_seconds), min(quiet, default=defaults.quiet_seconds))
 
     def tick(self, now: float | None = None) -> None:
+        """One pass; a series or study that raises is set aside with its reason, the rest go on."""
         now = time.time() if now is None else now
         for series in self.index.receiving_series():
-            if series_is_complete(series, now, self.timing(self.header(series))):
-                if self.index.mark_complete(series.series_uid, series.generation):
-                    logs.info("series.complete", series=series.series_uid, study=series.study_uid,
-                              instances=series.instance_count, generation=series.generation)
+            isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
+                     lambda reason: self._set_aside(series, reason))
         for series in self.index.complete_series():
-            jobs = self.router.series_jobs(series, self.header(series))
-            self.index.route_series(series.series_uid, series.generation, jobs)
-            logs.info("series.routed", series=series.series_uid,
-                      routes=[j["route"] for j in jobs])
+            isolated("router", series.series_uid, lambda: self._route(series),
+                     lambda reason: self._set_aside(series, reason))
         self._route_studies(now)
+
+    def _complete(self, series: SeriesRow, now: float) -> None:
+        if series_is_complete(series, now, self.timing(self.header(series))):
+            if self.index.mark_complete(series.series_uid, series.generation):
+                logs.info("series.complete", series=series.series_uid, study=series.study_uid,
+                          instances=series.instance_count, generation=series.generation)
+
+    def _route(self, series: SeriesRow) -> None:
+        jobs = self.router.series_jobs(series, self.header(series))
+        self.index.route_series(series.series_uid, series.generation, jobs)
+        logs.info("series.routed", series=series.series_uid, routes=[j["route"] for j in jobs])
+
+    def _set_aside(self, series: SeriesRow, reason: str) -> None:
+        self._headers.pop(series.series_uid, None)
+        self.index.set_aside_series(series.series_uid, series.generation, reason)
+        logs.error("series.set_aside", series=series.series_uid, study=series.study_uid,
+                   generation=series.generation, reason=reason)
 
     def _route_studies(self, now: float) -> None:
         routes = self.router.study_routes()
@@ -103,8 +118,14 @@ class Assembler:
             return
         for study_uid, last_received in self.index.studies_with_activity_since(now - STUDY_LOOKBACK_SECONDS):
             rows = self.index.series_of_study(study_uid)
+            generation = sum(r.generation for r in rows)
+            if self.index.has_problem("study", study_uid, generation):
+                continue
             for route in routes:
-                self._route_study(route, study_uid, rows, now - last_received)
+                isolated("router", study_uid,
+                         lambda: self._route_study(route, study_uid, rows, now - last_received),
+                         lambda reason: self.index.record_problem("study", study_uid, generation,
+                                                                  f"route {route.name}: {reason}"))
 
     def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], quiet_for: float) -> None:
         generation = sum(r.generation for r in rows)

@@ -31,7 +31,8 @@ from node.receiver import Receiver
 from node.reconcile import reindex_after_reboot
 from node.retention import Retention
 from node.spool import Spool
-from node.store import Index
+from node.isolation import isolated
+from node.store import Index, Job
 from node.worker import worker_main
 
 SCHEDULER_INTERVAL = 0.25
@@ -181,20 +182,24 @@ class Node:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         while not self._stop.wait(SUPERVISOR_INTERVAL):
-            self._enforce_job_timeouts()
+            isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
             for child in self._children:
                 if child.process is not None and not child.process.is_alive():
-                    self._restart(child)
+                    isolated("supervisor", f"{child.role} {child.process.pid}",
+                             lambda: self._restart(child), lambda _reason: None)
         self.stop()
 
     def _enforce_job_timeouts(self) -> None:
         for job in self.index.overdue_jobs(time.time()):
-            limit = self.config.workers.job_timeout_seconds
-            if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
-                logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
-                for child in self._children:
-                    if child.process is not None and child.process.pid == job.worker_pid:
-                        child.process.kill()
+            isolated("supervisor", f"job {job.id}", lambda: self._time_out(job), lambda _reason: None)
+
+    def _time_out(self, job: Job) -> None:
+        limit = self.config.workers.job_timeout_seconds
+        if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
+            logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
+            for child in self._children:
+                if child.process is not None and child.process.pid == job.worker_pid:
+                    child.process.kill()
 
     def _restart(self, child: _Child) -> None:
         assert child.process is not None
