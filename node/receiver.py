@@ -41,7 +41,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, Association, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
@@ -60,10 +60,11 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import logs
+from node import logs, pdu_guard
 from node.config import Config
 from node.reactor import wake_on_work
 from node.screening import StructureError, check_structure, inflate, uid_problem
+from node.slots import AssociationSlots
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
 from node.tls import server_context
@@ -115,6 +116,15 @@ PROCESSING_FAILURE = 0x0110
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user
 _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
 _NO_REASON, _CALLING_AET_NOT_RECOGNISED = 0x01, 0x03
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit exceeded
+_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
+
+#: A connection must send its A-ASSOCIATE-RQ within this many seconds (or the network timeout,
+#: if shorter): scanners send it at once, and an idle socket must not hold a thread for a minute.
+ASSOCIATE_REQUEST_SECONDS = 5.0
+#: pynetdicom's own per-process count includes idle and closed connections; the node's slots
+#: (node.slots) are the limit, so pynetdicom's is set out of the way.
+_PYNETDICOM_ASSOCIATIONS = 100_000
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
 _LAST_IDENTIFYING_TAG = 0x0020000E
@@ -191,6 +201,9 @@ class StoreRefusal:
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling receiver processes."""
 
+    #: socketserver's default backlog of 5 refuses a burst of scanners connecting at once.
+    request_queue_size = 128
+
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
@@ -223,6 +236,9 @@ class Receiver:
         self._assoc_ids: dict[int, str] = {}
         self._registered: set[str] = set()
         self._server: ThreadedAssociationServer | None = None
+        self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations)
+        self._held: dict[int, tuple[Association, int]] = {}
+        self._held_lock = threading.Lock()
 
     # ---- association control --------------------------------------------------------------
 
@@ -242,6 +258,44 @@ class Receiver:
                      reason="not on the allow-list")
         assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, diagnostic)
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
+
+    def on_connection(self, event: evt.Event) -> None:
+        """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout."""
+        event.assoc.acse_timeout = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+
+    def take_slot(self, event: evt.Event) -> None:
+        """A requested association takes one of the node's ``max_associations`` slots or is
+        rejected (transient, local limit exceeded), so the SCU knows to try again later."""
+        assoc = event.assoc
+        assoc.acse_timeout = self.config.node.network_timeout_seconds
+        if assoc.is_rejected or assoc.is_aborted:
+            return
+        fd = self._take_slot()
+        if fd is None:
+            logs.warning("association.rejected", calling_aet=assoc.requestor.ae_title,
+                         address=assoc.requestor.address, reason="max_associations reached (node-wide)")
+            assoc.acse.send_reject(_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
+        with self._held_lock:
+            self._held[id(assoc)] = (assoc, fd)
+
+    def free_slot(self, event: evt.Event) -> None:
+        with self._held_lock:
+            held = self._held.pop(id(event.assoc), None)
+        if held is not None:
+            self._slots.give_back(held[1])
+
+    def _take_slot(self) -> int | None:
+        fd = self._slots.take()
+        if fd is None:  # an association thread that ended without a close event gives its slot back
+            with self._held_lock:
+                ended = [key for key, (assoc, _) in self._held.items() if not assoc.is_alive()]
+                fds = [self._held.pop(key)[1] for key in ended]
+            for stale in fds:
+                self._slots.give_back(stale)
+            fd = self._slots.take() if fds else None
+        return fd
 
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -341,7 +395,7 @@ class Receiver:
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_pdu_size = node.max_pdu
-        ae.maximum_associations = node.max_associations
+        ae.maximum_associations = _PYNETDICOM_ASSOCIATIONS
         ae.network_timeout = node.network_timeout_seconds
         ae.acse_timeout = node.network_timeout_seconds
         ae.dimse_timeout = node.network_timeout_seconds
@@ -357,15 +411,21 @@ class Receiver:
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
+            (evt.EVT_CONN_OPEN, self.on_connection),
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_REQUESTED, self.take_slot),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_RELEASED, self.free_slot),
+            (evt.EVT_ABORTED, self.free_slot),
+            (evt.EVT_CONN_CLOSE, self.free_slot),
             (evt.EVT_C_STORE, self.on_store),
         ]
 
     def serve_forever(self) -> None:
         wake_on_work()
+        pdu_guard.install(self.config.node.max_pdu)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
