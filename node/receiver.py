@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import sqlite3
 import struct
 import threading
 import time
@@ -338,6 +339,9 @@ class Receiver:
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
+        except sqlite3.Error as error:
+            logs.error("store.failed", reason=f"index: {error}")
+            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
         return SUCCESS
 
     def _quarantine(self, event: evt.Event, raw: bytes, refusal: StoreRefusal) -> None:
@@ -379,7 +383,18 @@ class Receiver:
         )
         record = InstanceRecord.from_header(dataset, str(event.context.transfer_syntax), path,
                                             len(header) + len(raw))
+        replacing = path.exists()
         self.spool.write(record.path, [header, raw])
+        try:
+            self._index_instance(event, record)
+        except sqlite3.Error:
+            # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
+            # a file that replaced an indexed instance stays, its row still points at it.
+            if not replacing:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _index_instance(self, event: evt.Event, record: InstanceRecord) -> None:
         assoc_id = self._assoc_ids.get(id(event.assoc))
         with self._index_lock:
             if assoc_id is not None and assoc_id not in self._registered:

@@ -55,14 +55,19 @@ class Spool:
         tmp = self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            for chunk in [data] if isinstance(data, bytes) else data:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # a partial file on a full disk would keep it full and every later write refused
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(folder)
         if new_folder:
             _fsync_dir(folder.parent)
