@@ -163,7 +163,7 @@ def screen_structure(raw: bytes, syntax: UID) -> StoreRefusal | None:
     """Refuse a dataset whose element structure a parser could not safely walk (node.screening)."""
     try:
         data = inflate(raw) if syntax == DeflatedExplicitVRLittleEndian else raw
-        check_structure(data, syntax.is_implicit_VR)
+        check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
     except StructureError as error:
         return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
     return None

@@ -8,7 +8,7 @@ element structure itself, in a loop with an explicit stack, with limits on depth
 element count, and refuses what exceeds them; and it refuses identifiers that would become
 unsafe or ambiguous file names (a Study Instance UID of ``..``).
 
-Only little endian encodings reach this module (the receiver accepts no big endian syntax);
+Little and big endian (``accept_all_storage`` accepts any transfer syntax) are walked alike;
 a deflated data set is inflated first, with a bound on its inflated size.
 """
 
@@ -88,8 +88,8 @@ def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
 
 
 def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
-                    max_elements: int = MAX_ELEMENTS) -> None:
-    """Walk every element header of a little endian data set; raise StructureError if it is broken.
+                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True) -> None:
+    """Walk every element header of a data set; raise StructureError if it is broken.
 
     Checks what a parser would otherwise trust: that each length fits inside its parent, that
     undefined lengths end with their delimiter, that sequences hold only items, and that nesting
@@ -97,6 +97,7 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
     per element (pixel data is one step, or one per fragment).
     """
     view = memoryview(data)
+    order = "<" if little_endian else ">"
     stack = [_Frame("dataset", len(data), len(data), implicit, 0)]
     elements = pos = 0
     while stack:
@@ -109,7 +110,7 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
         if pos + 8 > top.limit:
             raise StructureError(f"truncated element header at byte {pos} "
                                  f"(an undefined-length {top.kind} without its delimiter?)")
-        group, element, length = struct.unpack_from("<HHI", view, pos)
+        group, element, length = struct.unpack_from(order + "HHI", view, pos)
         tag = group << 16 | element
         elements += 1
         if elements > max_elements:
@@ -123,7 +124,7 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
             stack.pop()
             pos += 8
             continue
-        vr, length, header = _element_header(view, pos, top, tag)
+        vr, length, header = _element_header(view, pos, top, tag, order)
         pos += header
         if length == _UNDEFINED:
             if tag == _PIXEL_DATA and len(stack) == 1:
@@ -158,18 +159,19 @@ def _dictionary_vr(tag: int) -> bytes | None:
     return b"--" if tag in DicomDictionary else None
 
 
-def _element_header(view: memoryview, pos: int, top: _Frame, tag: int) -> tuple[bytes | None, int, int]:
+def _element_header(view: memoryview, pos: int, top: _Frame, tag: int,
+                    order: str) -> tuple[bytes | None, int, int]:
     """(VR, value length, header size) of the element at ``pos``; VR None when unknown."""
     if top.implicit:
-        return _dictionary_vr(tag), struct.unpack_from("<I", view, pos + 4)[0], 8
+        return _dictionary_vr(tag), struct.unpack_from(order + "I", view, pos + 4)[0], 8
     vr = bytes(view[pos + 4:pos + 6])
     if not _VR_BYTES.fullmatch(vr):
         raise StructureError(f"element at byte {pos} has no valid VR")
     if vr in _LONG_VRS:
         if pos + 12 > top.limit:
             raise StructureError(f"truncated element header at byte {pos}")
-        return vr, struct.unpack_from("<I", view, pos + 8)[0], 12
-    return vr, struct.unpack_from("<H", view, pos + 6)[0], 8
+        return vr, struct.unpack_from(order + "I", view, pos + 8)[0], 12
+    return vr, struct.unpack_from(order + "H", view, pos + 6)[0], 8
 
 
 def _sequence_step(stack: list[_Frame], top: _Frame, tag: int, length: int, pos: int) -> int:

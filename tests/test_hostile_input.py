@@ -155,6 +155,7 @@ def test_structure_walk_accepts_real_nesting_and_refuses_broken_structure(data_d
         ds.file_meta = None
         check_structure(encode(ds, True, True), True)
         check_structure(encode(ds, False, True), False)
+        check_structure(encode(ds, False, False), False, little_endian=False)  # accept_all_storage
     check_structure(nested_sequences(MAX_SEQUENCE_DEPTH), True)
     broken = {
         "sequences nested deeper": nested_sequences(MAX_SEQUENCE_DEPTH + 1),
