@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Node:
 
     def start(self) -> None:
         self._warn_about_open_access()
+        self._check_port_is_free()
         self._start_monitoring()
         self.recover()
         for _ in range(self.config.node.receivers):
@@ -125,6 +127,23 @@ class Node:
         if not self.config.allow:
             logs.warning("config.allow_empty",
                          message="no [[allow]] entries: any calling AE from any address may store")
+
+    def _check_port_is_free(self) -> None:
+        """The receivers share their port (SO_REUSEPORT) with each other only: a second node
+        started on the same port would silently take half the associations into its own spool.
+        A bind without SO_REUSEPORT fails while anything listens there."""
+        node = self.config.node
+        probe = socket.socket(socket.AF_INET6 if ":" in node.host else socket.AF_INET)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((node.host, node.port))
+        except OSError as error:
+            raise ConfigError(
+                f"node.port: cannot listen on {node.host}:{node.port} ({error.strerror}); another "
+                "radnode or another program uses it: stop it, or set [node] port to a free port"
+            ) from None
+        finally:
+            probe.close()
 
     def _start_monitoring(self) -> None:
         settings = self.config.monitoring

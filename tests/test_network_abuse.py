@@ -5,6 +5,7 @@ throughout (issue 23)."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import struct
 import time
 from pathlib import Path
@@ -140,3 +141,17 @@ def test_max_associations_is_a_node_wide_limit(tmp_path, data_dir):
         assert storescu(process.port, ct_files(data_dir, 1)).returncode == 0
     finally:
         process.stop()
+
+
+def test_a_second_node_on_the_same_port_refuses_to_start(node, tmp_path):
+    (tmp_path / "second").mkdir()
+    config = node_config(tmp_path / "second")
+    config["node"]["port"] = node.port
+    second = NodeProcess(config, tmp_path / "second").start()  # returns at once: the port is open
+    try:
+        code = second.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        second.stop()
+        pytest.fail("a second node started on a port that another node serves")
+    assert code == 2 and f"node.port: cannot listen on 127.0.0.1:{node.port}" in second.logs()
+    assert node.proc.poll() is None
