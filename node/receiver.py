@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import ssl
 import sqlite3
 import struct
 import threading
@@ -261,8 +262,17 @@ class Receiver:
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
 
     def on_connection(self, event: evt.Event) -> None:
-        """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout."""
+        """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout; a TLS
+        connection shakes hands here, in its own thread, so that a failure is logged with why."""
         event.assoc.acse_timeout = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+        transport = event.assoc.dul.socket
+        raw = getattr(transport, "socket", None)
+        if isinstance(raw, ssl.SSLSocket):
+            try:
+                raw.do_handshake()
+            except (ssl.SSLError, OSError) as error:
+                logs.warning("tls.handshake_failed", address=event.address[0],
+                             reason=getattr(error, "reason", None) or type(error).__name__)
 
     def take_slot(self, event: evt.Event) -> None:
         """A requested association takes one of the node's ``max_associations`` slots or is
