@@ -2,7 +2,8 @@
 
 Received instances are kept while anything may still read them (a series not yet routed, a job
 queued or running) and for ``instances_days`` after the study last received an instance, so an
-administrator can re-run a job on recent studies. Result files are kept until every destination
+administrator can re-run a job on recent studies; refused datasets in the quarantine folder are
+kept for ``instances_days`` too. Result files are kept until every destination
 has them (a dead delivery keeps its files for ``radnode retry``), then for ``results_days``.
 The PACS holds the long-term copy of both.
 """
@@ -28,6 +29,7 @@ class Swept:
     studies: int
     instance_files: int
     result_jobs: int
+    quarantined: int = 0
 
 
 class Retention:
@@ -56,9 +58,13 @@ class Retention:
                 if isolated("retention", f"job {job_id}", lambda: self._forget_results(job_id),
                             lambda reason: self.index.record_problem("retention", f"job {job_id}", 0, reason)):
                     jobs += 1
-        swept = Swept(studies, files, jobs)
-        if studies or jobs:
-            logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs)
+        quarantined = 0
+        if self.settings.instances_days > 0:
+            quarantined = self._sweep_quarantine(now - self.settings.instances_days * _DAY)
+        swept = Swept(studies, files, jobs, quarantined)
+        if studies or jobs or quarantined:
+            logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs,
+                      quarantined=quarantined)
         return swept
 
     def _forget_study(self, study_uid: str) -> int:
@@ -66,6 +72,18 @@ class Retention:
         removed = sum(_remove(p) for p in paths)
         _prune_empty_parents({p.parent for p in paths}, self.spool.instances)
         self.index.forget_study(study_uid)
+        return removed
+
+    def _sweep_quarantine(self, older_than: float) -> int:
+        """Refused datasets (and their reasons) are kept as long as received instances are."""
+        removed = 0
+        for path in self.spool.quarantine.iterdir():
+            try:
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += path.suffix == ".dcm"
+            except FileNotFoundError:
+                continue
         return removed
 
     def _forget_results(self, job_id: int) -> None:

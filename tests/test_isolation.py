@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pydicom
@@ -94,3 +96,16 @@ def test_retention_sweeps_other_studies_when_one_cannot_be_removed(tmp_path):
     (problem,) = index.problems()
     assert (problem.kind, problem.subject) == ("retention", "1.2.1")
     assert "IsADirectoryError" in problem.reason
+
+
+def test_quarantined_datasets_are_removed_after_instances_days(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    index = Index(spool.root / "index.sqlite")
+    old = spool.quarantine_bytes(b"refused long ago", "missing SOPInstanceUID")
+    os.utime(old, (1e9, 1e9))
+    os.utime(old.with_suffix(".reason.txt"), (1e9, 1e9))
+    recent = spool.quarantine_bytes(b"refused today", "missing Modality")
+    swept = Retention(RetentionSettings(instances_days=7), index, spool).sweep(now=time.time())
+    assert swept.quarantined == 1
+    assert sorted(p.name for p in spool.quarantine.iterdir()) == sorted(
+        [recent.name, recent.with_suffix(".reason.txt").name])
