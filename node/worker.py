@@ -8,9 +8,11 @@ later job.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -25,6 +27,7 @@ from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, Pipelin
 from pipelines.registry import load_class, resolve_entry
 
 IDLE_POLL_SECONDS = 0.2
+DISK_FULL_RETRY_SECONDS = 5.0
 
 
 class PipelineCache:
@@ -72,22 +75,49 @@ def describe_outputs(paths: Sequence[Path]) -> list[ResultFile]:
 
 
 def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
-    """Run one claimed job and record its outcome; any exception becomes the job's reason."""
+    """Run one claimed job and record its outcome; any exception becomes the job's reason.
+
+    A full disk is not the job's fault: the worker waits and runs it again (the supervisor's
+    job timeout still bounds the whole), so no job is lost to a disk that fills for a while.
+    """
     started = time.monotonic()
     logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts)
-    try:
-        series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
-        result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
-        if not result.applicable:
-            index.finish_job(job.id, [], f"not applicable: {result.reason}")
-        else:
-            index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects")
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid())
-        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
-        return
+    while True:
+        try:
+            _run(job, index, spool, pipelines)
+            break
+        except Exception as error:
+            if is_disk_full(error):
+                logs.error("job.disk_full", job=job.id, pipeline=job.pipeline,
+                           retry_in_seconds=DISK_FULL_RETRY_SECONDS)
+                time.sleep(DISK_FULL_RETRY_SECONDS)
+                continue
+            reason = f"{type(error).__name__}: {error}"
+            index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid())
+            logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+            return
     logs.info("job.end", job=job.id, pipeline=job.pipeline, seconds=round(time.monotonic() - started, 3))
+
+
+def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
+    series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
+    result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
+    if not result.applicable:
+        index.finish_job(job.id, [], f"not applicable: {result.reason}")
+    else:
+        index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from a file write, or SQLite's "database or disk is full", anywhere in the chain."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def worker_main(config_path: str) -> None:

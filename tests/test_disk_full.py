@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -13,7 +14,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from node.spool import part10_header
-from tests.harness import NodeProcess, node_config, wait_until
+from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.peers import storescu
 from tests.test_hostile_input import ct_files, send_raw
 
 BLOCK = 4096
@@ -82,4 +84,35 @@ def test_full_spool_disk_answers_out_of_resources_leaves_nothing_and_recovers(sm
             assert send_raw(node.port, CTImageStorage, ds, ds.SOPInstanceUID) == 0x0000
         assert index.count_instances() == 3
     finally:
+        node.stop()
+
+
+def test_job_whose_results_meet_a_full_disk_runs_again_and_is_delivered_once(small_disk, tmp_path, data_dir, orthanc):
+    destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    config = node_config(tmp_path, node={"spool": str(small_disk / "spool"), "min_free_disk_mb": 0},
+                         destinations=destinations, routes=[threshold_route()],
+                         pipelines=threshold_pipeline(sleep_seconds=3))
+    node = NodeProcess(config, tmp_path).start()
+    filler = small_disk / "filler"
+    try:
+        files = ct_files(data_dir, 5)
+        assert storescu(node.port, files).returncode == 0
+        index = node.index()
+        wait_until(lambda: index.jobs("running"), 60, what="job running")
+        fill_leaving(filler, 0)  # while the pipeline sleeps: its SEG and the index meet ENOSPC
+        deadline = time.monotonic() + 30  # the pipeline sleeps 3 s, then writes into the full disk
+        while '"job.disk_full"' not in node.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.truncate(filler, 0)
+        (job,) = wait_until(lambda: index.jobs("done"), 60, what="job done after space returned")
+        wait_until(lambda: index.deliveries("sent"), 60, what="delivery")
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        sop_uids = [r.sop_uid for r in index.results(job.id)]
+        in_pacs = orthanc.wait_for(lambda pacs: [i for i in pacs.instances_of_study(study_uid)
+                                                 if i["MainDicomTags"].get("SOPInstanceUID") in sop_uids])
+        assert len(in_pacs) == len(sop_uids) == 1
+        assert [j.state for j in index.jobs()] == ["done"]
+    finally:
+        if filler.exists():
+            os.truncate(filler, 0)
         node.stop()
