@@ -109,7 +109,8 @@ def test_idle_sockets_and_port_scans_hold_no_association_slot(node, data_dir):
         sent = storescu(node.port, ct_files(data_dir, 3), timeout=60)
         took = time.monotonic() - started
         assert sent.returncode == 0, sent.stderr
-        assert took < 10, f"storescu took {took:.1f} s past 200 idle sockets (max_associations = 4)"
+        # measured 0.4 s (6.5 s while idle sockets' reactor threads polled every 1 ms)
+        assert took < 3, f"storescu took {took:.1f} s past 200 idle sockets (max_associations = 4)"
         time.sleep(7)  # the A-ASSOCIATE-RQ wait: 5 s
         closed = 0
         for sock in idle:
