@@ -24,6 +24,7 @@ from pydicom import Dataset
 from node import logs
 from node.completeness import Expectation, HeaderCache, adapted_seconds, expected_more
 from node.config import Config, Route
+from node.isolation import isolated
 from node.matcher import failed_conditions
 from node.router import Router, assign_inputs, job_spec, read_header
 from node.store import Index, SeriesRow
@@ -155,19 +156,14 @@ class Assembler:
         return SeriesWait("settle", "settle time", quiet_since(series) + timing.settle_seconds)
 
     def tick(self, now: float | None = None) -> None:
+        """One pass; a series or study that raises is set aside with its reason, the rest go on."""
         now = time.time() if now is None else now
         for series in self.index.receiving_series():
-            self._complete(series, now)
+            isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
+                     lambda reason: self._set_aside(series, reason))
         for series in self.index.complete_series():
-            header = self.header(series)
-            jobs = self.router.series_jobs(series, header)
-            if series.generation:
-                for route in self.router.matching(header, level="series"):
-                    if route.on_late_instances == "ignore":
-                        self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
-            self.index.route_series(series.series_uid, series.generation, jobs)
-            logs.info("series.routed", series=series.series_uid,
-                      routes=[j["route"] for j in jobs])
+            isolated("router", series.series_uid, lambda: self._route(series),
+                     lambda reason: self._set_aside(series, reason))
         self._route_studies(now)
 
     def _complete(self, series: SeriesRow, now: float) -> None:
@@ -200,14 +196,37 @@ class Assembler:
             logs.info("route.late_ignored", route=route.name, subject=subject, generation=generation,
                       job=previous.id)
 
+    def _route(self, series: SeriesRow) -> None:
+        header = self.header(series)
+        jobs = self.router.series_jobs(series, header)
+        if series.generation:
+            for route in self.router.matching(header, level="series"):
+                if route.on_late_instances == "ignore":
+                    self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
+        self.index.route_series(series.series_uid, series.generation, jobs)
+        logs.info("series.routed", series=series.series_uid, routes=[j["route"] for j in jobs])
+
+    def _set_aside(self, series: SeriesRow, reason: str) -> None:
+        self._headers.pop(series.series_uid, None)
+        self.slices.forget(series.series_uid)
+        self.index.set_aside_series(series.series_uid, series.generation, reason)
+        logs.error("series.set_aside", series=series.series_uid, study=series.study_uid,
+                   generation=series.generation, reason=reason)
+
     def _route_studies(self, now: float) -> None:
         routes = self.router.study_routes()
         if not routes:
             return
         for study_uid, last_received in self.index.studies_with_activity_since(now - STUDY_LOOKBACK_SECONDS):
             rows = self.index.series_of_study(study_uid)
+            generation = sum(r.generation for r in rows)
+            if self.index.has_problem("study", study_uid, generation):
+                continue
             for route in routes:
-                self._route_study(route, study_uid, rows, last_received, now)
+                isolated("router", study_uid,
+                         lambda: self._route_study(route, study_uid, rows, last_received, now),
+                         lambda reason: self.index.record_problem("study", study_uid, generation,
+                                                                  f"route {route.name}: {reason}"))
 
     def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
                      now: float) -> StudyStatus | None:

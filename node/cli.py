@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     deliveries = command("deliveries", "list deliveries of results to destinations")
     deliveries.add_argument("--state", choices=["pending", "retrying", "sent", "dead"])
 
+    command("problems", "list series, studies and clean-ups the node set aside, with the reason")
+
     retry = command("retry", "re-queue dead deliveries (all, or one) or a failed job")
     target = retry.add_mutually_exclusive_group()
     target.add_argument("--delivery", type=int, help="only this delivery id")
@@ -85,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
-        "deliveries": _deliveries, "retry": _retry, "echo": _echo, "studies": _studies,
-        "complete": _complete,
+        "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
+        "studies": _studies, "complete": _complete,
     }[args.command]
     try:
         return handler(config, args)
@@ -375,6 +377,12 @@ def _deliveries(config: Config, args: argparse.Namespace) -> int:
           _when(d.sent_at if d.state == "sent" else d.next_attempt_at), d.last_error]
          for d in deliveries],
     )
+    return 0
+
+
+def _problems(config: Config, args: argparse.Namespace) -> int:
+    _table(["KIND", "SUBJECT", "GENERATION", "AT", "REASON"],
+           [[p.kind, p.subject, p.generation, _when(p.at), p.reason] for p in _index(config).problems()])
     return 0
 
 

@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 
 from node import logs
 from node.config import Config, DeliverySettings, Destination
+from node.isolation import isolated
 from node.store import Delivery, Index, ResultFile
 from node.tls import client_context
 
@@ -106,7 +107,15 @@ class Dispatcher:
             by_destination[delivery.destination].append(delivery)
         sent = 0
         for name, deliveries in by_destination.items():
-            sent += self._send_batch(self.config.destination(name), deliveries)
+            def send(name: str = name, deliveries: list[Delivery] = deliveries) -> None:
+                nonlocal sent
+                sent += self._send_batch(self.config.destination(name), deliveries)
+
+            def give_up(reason: str, deliveries: list[Delivery] = deliveries) -> None:
+                for delivery in deliveries:
+                    self._failed(delivery, reason)
+
+            isolated("dispatcher", name, send, give_up)
         return sent
 
     def _send_batch(self, destination: Destination, deliveries: Sequence[Delivery]) -> int:
@@ -123,7 +132,10 @@ class Dispatcher:
         sent = 0
         try:
             for delivery in deliveries:
-                error = self._send_files(assoc, files[delivery.id])
+                try:
+                    error = self._send_files(assoc, files[delivery.id])
+                except Exception as failure:  # one unreadable result must not hold back the batch
+                    error = f"{type(failure).__name__}: {failure}"[:500]
                 if error is None:
                     self.index.delivery_sent(delivery.id)
                     logs.info("delivery.sent", delivery=delivery.id, job=delivery.job_id,

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import ssl
+import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import pydicom.config
 import pydicom.filereader
 from pydicom import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2K,
@@ -39,7 +43,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, Association, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
     Comprehensive3DSRStorage,
@@ -57,9 +62,11 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import logs
+from node import logs, pdu_guard
 from node.config import Config
 from node.reactor import wake_on_work
+from node.screening import StructureError, check_structure, inflate, uid_problem
+from node.slots import AssociationSlots
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord
 from node.tls import server_context
@@ -97,6 +104,8 @@ STORAGE_CLASSES = [
     Comprehensive3DSRStorage,
 ]
 
+#: The UIDs that name the spool's folders and files, or that later stages compare.
+UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 REQUIRED_ATTRIBUTES = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 
 # DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C)
@@ -109,6 +118,15 @@ PROCESSING_FAILURE = 0x0110
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user
 _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
 _NO_REASON, _CALLING_AET_NOT_RECOGNISED, _CALLED_AET_NOT_RECOGNISED = 0x01, 0x03, 0x07
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit exceeded
+_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
+
+#: A connection must send its A-ASSOCIATE-RQ within this many seconds (or the network timeout,
+#: if shorter): scanners send it at once, and an idle socket must not hold a thread for a minute.
+ASSOCIATE_REQUEST_SECONDS = 5.0
+#: pynetdicom's own per-process count includes idle and closed connections; the node's slots
+#: (node.slots) are the limit, so pynetdicom's is set out of the way.
+_PYNETDICOM_ASSOCIATIONS = 100_000
 
 #: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
 _LAST_IDENTIFYING_TAG = 0x0020000E
@@ -142,6 +160,27 @@ def missing_attributes(dataset: Dataset) -> list[str]:
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
 
 
+def screen_structure(raw: bytes, syntax: UID) -> StoreRefusal | None:
+    """Refuse a dataset whose element structure a parser could not safely walk (node.screening)."""
+    try:
+        data = inflate(raw) if syntax == DeflatedExplicitVRLittleEndian else raw
+        check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+    except StructureError as error:
+        return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
+    return None
+
+
+def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
+    """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
+    otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
+    for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
+                                ("SOPClassUID", "AffectedSOPClassUID")):
+        if str(dataset[attribute].value) != str(getattr(command, affected) or ""):
+            return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                f"{attribute} differs from the C-STORE {affected}")
+    return None
+
+
 def part10_header_of(event: evt.Event) -> bytes:
     """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
     request = event.request
@@ -163,6 +202,9 @@ class StoreRefusal:
 
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling receiver processes."""
+
+    #: socketserver's default backlog of 5 refuses a burst of scanners connecting at once.
+    request_queue_size = 128
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -196,6 +238,9 @@ class Receiver:
         self._assoc_ids: dict[int, str] = {}
         self._registered: set[str] = set()
         self._server: ThreadedAssociationServer | None = None
+        self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations)
+        self._held: dict[int, tuple[Association, int]] = {}
+        self._held_lock = threading.Lock()
 
     # ---- association control --------------------------------------------------------------
 
@@ -232,6 +277,53 @@ class Receiver:
         known_aet = any(rule.ae_title == calling for rule in self.config.allow)
         return (_NO_REASON if known_aet else _CALLING_AET_NOT_RECOGNISED), "not on the allow-list"
 
+    def on_connection(self, event: evt.Event) -> None:
+        """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout; a TLS
+        connection shakes hands here, in its own thread, so that a failure is logged with why."""
+        event.assoc.acse_timeout = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+        transport = event.assoc.dul.socket
+        raw = getattr(transport, "socket", None)
+        if isinstance(raw, ssl.SSLSocket):
+            try:
+                raw.do_handshake()
+            except (ssl.SSLError, OSError) as error:
+                logs.warning("tls.handshake_failed", address=event.address[0],
+                             reason=getattr(error, "reason", None) or type(error).__name__)
+
+    def take_slot(self, event: evt.Event) -> None:
+        """A requested association takes one of the node's ``max_associations`` slots or is
+        rejected (transient, local limit exceeded), so the SCU knows to try again later."""
+        assoc = event.assoc
+        assoc.acse_timeout = self.config.node.network_timeout_seconds
+        if assoc.is_rejected or assoc.is_aborted:
+            return
+        fd = self._take_slot()
+        if fd is None:
+            logs.warning("association.rejected", calling_aet=assoc.requestor.ae_title,
+                         address=assoc.requestor.address, reason="max_associations reached (node-wide)")
+            assoc.acse.send_reject(_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
+        with self._held_lock:
+            self._held[id(assoc)] = (assoc, fd)
+
+    def free_slot(self, event: evt.Event) -> None:
+        with self._held_lock:
+            held = self._held.pop(id(event.assoc), None)
+        if held is not None:
+            self._slots.give_back(held[1])
+
+    def _take_slot(self) -> int | None:
+        fd = self._slots.take()
+        if fd is None:  # an association thread that ended without a close event gives its slot back
+            with self._held_lock:
+                ended = [key for key, (assoc, _) in self._held.items() if not assoc.is_alive()]
+                fds = [self._held.pop(key)[1] for key in ended]
+            for stale in fds:
+                self._slots.give_back(stale)
+            fd = self._slots.take() if fds else None
+        return fd
+
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         assoc_id = f"{os.getpid()}-{id(assoc):x}-{time.time_ns()}"
@@ -261,33 +353,56 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
         raw = event.encoded_dataset(include_meta=False)
         try:
-            dataset = identifying_header(event)
-            refusal = self._check(dataset, event.context.abstract_syntax)
+            refusal = screen_structure(raw, event.context.transfer_syntax)
+            if refusal is None:
+                dataset = identifying_header(event)
+                refusal = self._check(dataset, event.request, event.context.abstract_syntax)
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
-            kept = self.spool.quarantine_bytes([part10_header_of(event), raw], refusal.reason)
-            logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
-                         quarantined=kept.name)
+            self._quarantine(event, raw, refusal)
             return refusal.response()
         try:
             self._store(event, dataset, raw)
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
+        except sqlite3.Error as error:
+            logs.error("store.failed", reason=f"index: {error}")
+            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
         return SUCCESS
 
+    def _quarantine(self, event: evt.Event, raw: bytes, refusal: StoreRefusal) -> None:
+        """Keep a refused dataset with its reason; the command's own UIDs may be what is wrong,
+        so a file meta that cannot be built from them is left out rather than losing the data."""
+        try:
+            header = part10_header_of(event)
+        except (UnicodeError, struct.error):
+            header = b""
+        try:
+            kept = self.spool.quarantine_bytes([header, raw], refusal.reason)
+        except OSError as error:
+            logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                       error=error.strerror)
+            return
+        logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                     quarantined=kept.name)
+
     @staticmethod
-    def _check(dataset: Dataset, context_sop_class: str) -> StoreRefusal | None:
+    def _check(dataset: Dataset, command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
         missing = missing_attributes(dataset)
         if missing:
             return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
+        for name in UID_ATTRIBUTES:
+            problem = uid_problem(name, dataset[name].value)
+            if problem is not None:
+                return StoreRefusal(CANNOT_UNDERSTAND, problem)
         if dataset.SOPClassUID != context_sop_class:
             return StoreRefusal(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOPClassUID does not match the presentation context",
             )
-        return None
+        return command_mismatch(dataset, command)
 
     def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
         header = part10_header_of(event)
@@ -296,7 +411,18 @@ class Receiver:
         )
         record = InstanceRecord.from_header(dataset, str(event.context.transfer_syntax), path,
                                             len(header) + len(raw))
+        replacing = path.exists()
         self.spool.write(record.path, [header, raw])
+        try:
+            self._index_instance(event, record)
+        except sqlite3.Error:
+            # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
+            # a file that replaced an indexed instance stays, its row still points at it.
+            if not replacing:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _index_instance(self, event: evt.Event, record: InstanceRecord) -> None:
         assoc_id = self._assoc_ids.get(id(event.assoc))
         with self._index_lock:
             if assoc_id is not None and assoc_id not in self._registered:
@@ -312,7 +438,7 @@ class Receiver:
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_pdu_size = node.max_pdu
-        ae.maximum_associations = node.max_associations
+        ae.maximum_associations = _PYNETDICOM_ASSOCIATIONS
         ae.network_timeout = node.network_timeout_seconds
         ae.acse_timeout = node.network_timeout_seconds
         ae.dimse_timeout = node.network_timeout_seconds
@@ -328,15 +454,21 @@ class Receiver:
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
+            (evt.EVT_CONN_OPEN, self.on_connection),
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_REQUESTED, self.take_slot),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_RELEASED, self.free_slot),
+            (evt.EVT_ABORTED, self.free_slot),
+            (evt.EVT_CONN_CLOSE, self.free_slot),
             (evt.EVT_C_STORE, self.on_store),
         ]
 
     def serve_forever(self) -> None:
         wake_on_work()
+        pdu_guard.install(self.config.node.max_pdu)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom.filereader
 
 from node import logs
+from node.isolation import isolated
 from node.receiver import missing_attributes, past_identifying_attributes
 from node.spool import Spool
 from node.store import Index, InstanceRecord
@@ -44,14 +45,21 @@ def reindex_spool(spool: Spool, index: Index) -> int:
         try:
             record = _record_of(path)
         except Exception as error:  # a file the receiver wrote is complete; anything else is kept aside
-            kept = spool.quarantine_file(path, f"spool file without index row cannot be read: {error}")
-            logs.warning("reconcile.quarantined", quarantined=kept.name, reason=type(error).__name__)
+            reason = f"spool file without index row cannot be read: {error}"
+            isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, error),
+                     lambda _reason: None)
             continue
-        index.record_instance(record, None)
-        added += 1
+        if isolated("reconcile", path.name, lambda: index.record_instance(record, None),
+                    lambda _reason: None):
+            added += 1
     if added:
         logs.info("reconcile.reindexed", instances=added)
     return added
+
+
+def _quarantine(spool: Spool, path: Path, reason: str, error: Exception) -> None:
+    kept = spool.quarantine_file(path, reason)
+    logs.warning("reconcile.quarantined", quarantined=kept.name, reason=type(error).__name__)
 
 
 def _record_of(path: Path) -> InstanceRecord:

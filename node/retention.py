@@ -2,7 +2,8 @@
 
 Received instances are kept while anything may still read them (a series not yet routed, a job
 queued or running) and for ``instances_days`` after the study last received an instance, so an
-administrator can re-run a job on recent studies. Result files are kept until every destination
+administrator can re-run a job on recent studies; refused datasets in the quarantine folder are
+kept for ``instances_days`` too. Result files are kept until every destination
 has them (a dead delivery keeps its files for ``radnode retry``), then for ``results_days``.
 The PACS holds the long-term copy of both.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from node import logs
 from node.config import RetentionSettings
+from node.isolation import isolated
 from node.spool import Spool
 from node.store import Index
 
@@ -27,6 +29,7 @@ class Swept:
     studies: int
     instance_files: int
     result_jobs: int
+    quarantined: int = 0
 
 
 class Retention:
@@ -40,23 +43,52 @@ class Retention:
         return self.sweep(time.time())
 
     def sweep(self, now: float) -> Swept:
+        """One pass; a study or job whose clean-up fails is logged and recorded, the rest go on
+        (the next sweep tries it again)."""
         studies = files = jobs = 0
         if self.settings.instances_days > 0:
             for study_uid in self.index.settled_studies(now - self.settings.instances_days * _DAY):
-                paths = self.index.study_files(study_uid)
-                files += sum(_remove(p) for p in paths)
-                _prune_empty_parents({p.parent for p in paths}, self.spool.instances)
-                self.index.forget_study(study_uid)
-                studies += 1
+                removed: list[int] = []
+                if isolated("retention", study_uid, lambda: removed.append(self._forget_study(study_uid)),
+                            lambda reason: self.index.record_problem("retention", study_uid, 0, reason)):
+                    files += removed[0]
+                    studies += 1
         if self.settings.results_days > 0:
             for job_id in self.index.delivered_jobs(now - self.settings.results_days * _DAY):
-                self.index.forget_results(job_id)
-                shutil.rmtree(self.spool.result_dir(job_id), ignore_errors=True)
-                jobs += 1
-        swept = Swept(studies, files, jobs)
-        if studies or jobs:
-            logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs)
+                if isolated("retention", f"job {job_id}", lambda: self._forget_results(job_id),
+                            lambda reason: self.index.record_problem("retention", f"job {job_id}", 0, reason)):
+                    jobs += 1
+        quarantined = 0
+        if self.settings.instances_days > 0:
+            quarantined = self._sweep_quarantine(now - self.settings.instances_days * _DAY)
+        swept = Swept(studies, files, jobs, quarantined)
+        if studies or jobs or quarantined:
+            logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs,
+                      quarantined=quarantined)
         return swept
+
+    def _forget_study(self, study_uid: str) -> int:
+        paths = self.index.study_files(study_uid)
+        removed = sum(_remove(p) for p in paths)
+        _prune_empty_parents({p.parent for p in paths}, self.spool.instances)
+        self.index.forget_study(study_uid)
+        return removed
+
+    def _sweep_quarantine(self, older_than: float) -> int:
+        """Refused datasets (and their reasons) are kept as long as received instances are."""
+        removed = 0
+        for path in self.spool.quarantine.iterdir():
+            try:
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += path.suffix == ".dcm"
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _forget_results(self, job_id: int) -> None:
+        self.index.forget_results(job_id)
+        shutil.rmtree(self.spool.result_dir(job_id), ignore_errors=True)
 
 
 def _remove(path: Path) -> int:

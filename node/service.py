@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from node.receiver import Receiver
 from node.reconcile import reindex_after_reboot
 from node.retention import Retention
 from node.spool import Spool
-from node.store import Index
+from node.isolation import isolated
+from node.store import Index, Job
 from node.worker import worker_main
 
 SCHEDULER_INTERVAL = 0.25
@@ -97,6 +99,7 @@ class Node:
 
     def start(self) -> None:
         self._warn_about_open_access()
+        self._check_port_is_free()
         self._start_monitoring()
         self.recover()
         for _ in range(self.config.node.receivers):
@@ -124,6 +127,23 @@ class Node:
         if not self.config.allow:
             logs.warning("config.allow_empty",
                          message="no [[allow]] entries: any calling AE from any address may store")
+
+    def _check_port_is_free(self) -> None:
+        """The receivers share their port (SO_REUSEPORT) with each other only: a second node
+        started on the same port would silently take half the associations into its own spool.
+        A bind without SO_REUSEPORT fails while anything listens there."""
+        node = self.config.node
+        probe = socket.socket(socket.AF_INET6 if ":" in node.host else socket.AF_INET)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((node.host, node.port))
+        except OSError as error:
+            raise ConfigError(
+                f"node.port: cannot listen on {node.host}:{node.port} ({error.strerror}); another "
+                "radnode or another program uses it: stop it, or set [node] port to a free port"
+            ) from None
+        finally:
+            probe.close()
 
     def _start_monitoring(self) -> None:
         settings = self.config.monitoring
@@ -181,20 +201,24 @@ class Node:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         while not self._stop.wait(SUPERVISOR_INTERVAL):
-            self._enforce_job_timeouts()
+            isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
             for child in self._children:
                 if child.process is not None and not child.process.is_alive():
-                    self._restart(child)
+                    isolated("supervisor", f"{child.role} {child.process.pid}",
+                             lambda: self._restart(child), lambda _reason: None)
         self.stop()
 
     def _enforce_job_timeouts(self) -> None:
         for job in self.index.overdue_jobs(time.time()):
-            limit = self.config.workers.job_timeout_seconds
-            if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
-                logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
-                for child in self._children:
-                    if child.process is not None and child.process.pid == job.worker_pid:
-                        child.process.kill()
+            isolated("supervisor", f"job {job.id}", lambda: self._time_out(job), lambda _reason: None)
+
+    def _time_out(self, job: Job) -> None:
+        limit = self.config.workers.job_timeout_seconds
+        if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
+            logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
+            for child in self._children:
+                if child.process is not None and child.process.pid == job.worker_pid:
+                    child.process.kill()
 
     def _restart(self, child: _Child) -> None:
         assert child.process is not None

@@ -9,7 +9,6 @@ acknowledged instance survives a crash or a power cut, and a crash mid-write lea
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import struct
 import time
@@ -18,7 +17,8 @@ from typing import Iterator, Sequence
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-_SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+from node.screening import uid_problem
+
 #: Nothing radnode creates is readable by other users: files 0640, folders 0750 at most.
 PRIVATE_UMASK = 0o027
 
@@ -44,7 +44,17 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.instances / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
+        """The file of one instance, named by its UIDs themselves.
+
+        Only valid UIDs (digits and dots) are accepted, so a peer's string can never climb out
+        of the spool, and two different SOP Instance UIDs never share a file.
+        """
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                          ("SOPInstanceUID", sop_uid)):
+            problem = uid_problem(name, uid)
+            if problem is not None:
+                raise ValueError(problem)
+        return self.instances / study_uid / series_uid / f"{sop_uid}.dcm"
 
     def result_dir(self, job_id: int) -> Path:
         return self.results / str(job_id)
@@ -58,14 +68,19 @@ class Spool:
         tmp = self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            for chunk in [data] if isinstance(data, bytes) else data:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # a partial file on a full disk would keep it full and every later write refused
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(folder)
         if new_folder:
             _fsync_dir(folder.parent)
@@ -134,11 +149,6 @@ def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
 def _padded(text: str, pad: bytes) -> bytes:
     value = text.encode("ascii")
     return value + pad if len(value) % 2 else value
-
-
-def _safe(uid: str) -> str:
-    """UIDs are digits and dots, but the spool must never trust a peer's string as a path."""
-    return _SAFE.sub("_", uid)[:128] or "_"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -137,6 +137,14 @@ CREATE TABLE IF NOT EXISTS forced_studies (
     study_uid TEXT PRIMARY KEY,
     forced_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS problems (
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, subject, generation)
+);
 """
 
 #: Columns added after the first release: (table, column, definition). An index made by an
@@ -253,6 +261,17 @@ class RouteNote:
     generation: int
     note: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An item a background loop could not handle, set aside so that the loop goes on."""
+
+    kind: str
+    subject: str
+    generation: int
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -447,6 +466,42 @@ class Index:
                 " AND generation = ?",
                 (series_uid, generation),
             )
+
+    def set_aside_series(self, series_uid: str, generation: int, reason: str) -> None:
+        """A series the scheduler cannot complete or route leaves the queue (state ``routed``,
+        no jobs) with the reason recorded; a late instance re-opens it for another try."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE series SET state = 'routed' WHERE series_uid = ? AND generation = ?"
+                " AND state IN ('receiving', 'complete')",
+                (series_uid, generation),
+            )
+            self._insert_problem(db, "series", series_uid, generation, reason)
+
+    def record_problem(self, kind: str, subject: str, generation: int, reason: str) -> None:
+        with self._tx() as db:
+            self._insert_problem(db, kind, subject, generation, reason)
+
+    @staticmethod
+    def _insert_problem(db: sqlite3.Connection, kind: str, subject: str, generation: int,
+                        reason: str) -> None:
+        db.execute(
+            "INSERT INTO problems(kind, subject, generation, reason, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(kind, subject, generation) DO UPDATE SET reason = excluded.reason,"
+            " at = excluded.at",
+            (kind, subject, generation, reason[:2000], time.time()),
+        )
+
+    def has_problem(self, kind: str, subject: str, generation: int) -> bool:
+        return self._db.execute(
+            "SELECT 1 FROM problems WHERE kind = ? AND subject = ? AND generation = ?",
+            (kind, subject, generation),
+        ).fetchone() is not None
+
+    def problems(self) -> list[Problem]:
+        rows = self._db.execute(
+            "SELECT kind, subject, generation, reason, at FROM problems ORDER BY at").fetchall()
+        return [Problem(**dict(r)) for r in rows]
 
     def add_job(self, job: dict[str, Any]) -> bool:
         with self._tx() as db:

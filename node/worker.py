@@ -8,9 +8,11 @@ later job.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import sqlite3
 import time
 import traceback
 from pathlib import Path
@@ -27,6 +29,7 @@ from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, Pipelin
 from pipelines.registry import load_class, resolve_entry
 
 IDLE_POLL_SECONDS = 0.2
+DISK_FULL_RETRY_SECONDS = 5.0
 
 
 class PipelineCache:
@@ -104,27 +107,54 @@ def protect_patient_values(series: Mapping[str, Sequence[Path]]) -> None:
 
 def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
     """Run one claimed job and record its outcome; any exception becomes the job's reason, and
-    its traceback is kept on the job (``radnode jobs --id N``) for the developer who fixes it."""
+    its traceback is kept on the job (``radnode jobs --id N``) for the developer who fixes it.
+
+    A full disk is not the job's fault: the worker waits and runs it again (the supervisor's
+    job timeout still bounds the whole), so no job is lost to a disk that fills for a while.
+    """
     started = time.monotonic()
     logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts)
-    try:
-        series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
-        protect_patient_values(series)
-        result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
-        if not result.applicable:
-            index.finish_job(job.id, [], f"not applicable: {result.reason}", summary=result.summary)
-        else:
-            replace_earlier(index, job, result.outputs)
-            index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
-                             summary=result.summary)
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid(),
-                       traceback="".join(traceback.format_exception(error))[-20000:])
-        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500],
-                   where=where(error)[-8:])
-        return
+    while True:
+        try:
+            _run(job, index, spool, pipelines)
+            break
+        except Exception as error:
+            if is_disk_full(error):
+                logs.error("job.disk_full", job=job.id, pipeline=job.pipeline,
+                           retry_in_seconds=DISK_FULL_RETRY_SECONDS)
+                time.sleep(DISK_FULL_RETRY_SECONDS)
+                continue
+            reason = f"{type(error).__name__}: {error}"
+            index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid(),
+                           traceback="".join(traceback.format_exception(error))[-20000:])
+            logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500],
+                       where=where(error)[-8:])
+            return
     logs.info("job.end", job=job.id, pipeline=job.pipeline, seconds=round(time.monotonic() - started, 3))
+
+
+def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
+    series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
+    protect_patient_values(series)
+    result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
+    if not result.applicable:
+        index.finish_job(job.id, [], f"not applicable: {result.reason}", summary=result.summary)
+    else:
+        replace_earlier(index, job, result.outputs)
+        index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
+                         summary=result.summary)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from a file write, or SQLite's "database or disk is full", anywhere in the chain."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def worker_main(config_path: str) -> None:

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import dciodvfy, storescu

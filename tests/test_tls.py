@@ -134,6 +134,7 @@ def test_scanner_sends_over_tls_and_a_plain_association_is_refused(tmp_path, pki
         files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:10]
         plain = storescu(node.port, files, timeout=120)
         assert plain.returncode != 0
+        assert '"tls.handshake_failed"' in node.logs()  # with the peer's address and the reason
         sent = storescu(node.port, files, extra=tls_args(pki.client_key, pki.client_cert, pki.ca))
         assert sent.returncode == 0, sent.stderr
         assert node.index().count_instances() == len(files)

@@ -1,0 +1,86 @@
+"""A PDU's length is checked at its header, before its body is read (pynetdicom reads it whole).
+
+pynetdicom's ``DULServiceProvider._read_pdu_data`` reads the 6-byte PDU header and then asks the
+socket for as many bytes as the header claims, buffering them all: a header claiming 0xFFFFFFF0
+bytes grows the receiver by as much as the peer cares to stream, before any association exists.
+dcmtk storescp and Orthanc drop such a connection at once. The receiver installs this reader in
+its process: a PDU longer than its limit is answered with an A-ABORT (the state machine's
+event for an invalid PDU) and its body is never read.
+
+Limits: a P-DATA-TF PDU may not exceed the maximum length the node offers (``max_pdu``,
+PS3.8 D.1; ``max_pdu = 0`` means no negotiated limit, and then ``UNLIMITED_PDATA_BYTES``
+applies); every other PDU (association, release, abort) may not exceed ``CONTROL_PDU_BYTES``,
+far above what 128 presentation contexts need.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pynetdicom.dul import DULServiceProvider
+
+from node import logs
+
+CONTROL_PDU_BYTES = 1024 * 1024
+UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
+_P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+def pdu_limit(pdu_type: int, max_pdu: int) -> int:
+    """The largest PDU length (the header's length field) the node reads for ``pdu_type``."""
+    if pdu_type == _P_DATA_TF:
+        return max_pdu if max_pdu > 0 else UNLIMITED_PDATA_BYTES
+    return CONTROL_PDU_BYTES
+
+
+def install(max_pdu: int) -> None:
+    """Replace this process's PDU reader with one that enforces ``pdu_limit``."""
+
+    def read_pdu_data(dul: DULServiceProvider) -> None:
+        _read_pdu_data(dul, max_pdu)
+
+    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
+
+
+def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
+    """pynetdicom 3.0's reader (same events in the same cases) with the length check added."""
+    transport = dul.socket
+    assert transport is not None
+    try:
+        header = transport.recv(6)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+    except (OSError, TimeoutError, struct.error):
+        dul.event_queue.put("Evt17")  # transport closed
+        return
+    if pdu_type not in _PDU_TYPES:
+        dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+        return
+    limit = pdu_limit(pdu_type, max_pdu)
+    if length > limit:
+        logs.warning("association.pdu_too_long", address=_peer(transport),
+                     pdu_type=f"0x{pdu_type:02X}", length=length, limit=limit)
+        dul.event_queue.put("Evt19")
+        return
+    try:
+        body = transport.recv(length)
+    except (OSError, TimeoutError):
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        dul.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+    except Exception:
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def _peer(transport: object) -> str:
+    try:
+        return str(transport.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError):
+        return "unknown"

@@ -1,0 +1,195 @@
+"""What the receiver checks before it trusts a received data set, without trusting the data.
+
+A success status is a promise that every later stage (completion, routing, pipelines, the
+writers) can read the instance. Those stages parse with pydicom, which recurses once per level
+of sequence nesting and believes every length it reads: one data set nested 10,000 levels deep
+would stop the scheduler with ``RecursionError`` on every pass. So the receiver walks the
+element structure itself, in a loop with an explicit stack, with limits on depth, lengths and
+element count, and refuses what exceeds them; and it refuses identifiers that would become
+unsafe or ambiguous file names (a Study Instance UID of ``..``).
+
+Little and big endian (``accept_all_storage`` accepts any transfer syntax) are walked alike;
+a deflated data set is inflated first, with a bound on its inflated size.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from pydicom._dicom_dict import DicomDictionary
+
+#: PS3.5 9.1: at most 64 characters, components of digits separated by single dots. A leading
+#: zero in a component is not allowed by the standard but sent by real scanners; it is harmless
+#: in a file name, so it is accepted.
+UID_MAX_LENGTH = 64
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+#: Sequences nest a handful of levels in real objects (a TID 1500 SR about 6); pydicom spends
+#: about five Python frames per level, so 64 levels stay far below its recursion limit.
+MAX_SEQUENCE_DEPTH = 64
+#: Elements outside pixel data; an enhanced multi-frame object with per-frame groups for a few
+#: thousand frames has a few hundred thousand.
+MAX_ELEMENTS = 2_000_000
+#: A deflated data set may not inflate beyond this (a few KB of zeros can claim gigabytes).
+MAX_INFLATED_BYTES = 2 * 1024**3
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+_VR_BYTES = re.compile(rb"[A-Z]{2}")
+#: Implicit VR carries no VR: the dictionary says which elements are sequences.
+_SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+
+
+def uid_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be used as the UID ``name`` (and so as a file name), or None.
+
+    The value itself is not repeated: it came from a peer and may be anything.
+    """
+    if not isinstance(value, str):
+        return f"{name} has more than one value"
+    if not value:
+        return f"{name} is empty"
+    if len(value) > UID_MAX_LENGTH:
+        return f"{name} is longer than {UID_MAX_LENGTH} characters"
+    if not _UID.fullmatch(value):
+        return f"{name} is not a UID (digits and single dots only, PS3.5 9.1)"
+    return None
+
+
+@dataclass(frozen=True)
+class _Frame:
+    kind: str  # "dataset", "item", "sequence" or "fragments"
+    end: int | None  # None: undefined length, ended by a delimiter
+    limit: int  # the nearest defined end at or above this frame
+    implicit: bool  # implicit VR inside (a UN sequence is implicit VR, PS3.5 6.2.2)
+    depth: int  # sequences enclosing this frame, itself included
+
+
+class StructureError(ValueError):
+    """The data set's element structure is broken or exceeds a limit; the message says which."""
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """A deflated data set (raw deflate, PS3.5 A.5), refusing one that inflates beyond ``limit``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise StructureError(f"deflated data set cannot be inflated ({error})") from None
+    if len(out) > limit:
+        raise StructureError(f"deflated data set inflates beyond {limit} bytes")
+    return out
+
+
+def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
+                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True) -> None:
+    """Walk every element header of a data set; raise StructureError if it is broken.
+
+    Checks what a parser would otherwise trust: that each length fits inside its parent, that
+    undefined lengths end with their delimiter, that sequences hold only items, and that nesting
+    stays within ``max_depth``. Values are skipped, not decoded, so this costs one loop step
+    per element (pixel data is one step, or one per fragment).
+    """
+    view = memoryview(data)
+    order = "<" if little_endian else ">"
+    stack = [_Frame("dataset", len(data), len(data), implicit, 0)]
+    elements = pos = 0
+    while stack:
+        top = stack[-1]
+        if top.end is not None and pos >= top.end:
+            if pos > top.end:
+                raise StructureError(f"an element runs past the end of its {top.kind} at byte {top.end}")
+            stack.pop()
+            continue
+        if pos + 8 > top.limit:
+            raise StructureError(f"truncated element header at byte {pos} "
+                                 f"(an undefined-length {top.kind} without its delimiter?)")
+        group, element, length = struct.unpack_from(order + "HHI", view, pos)
+        tag = group << 16 | element
+        elements += 1
+        if elements > max_elements:
+            raise StructureError(f"more than {max_elements} elements")
+        if top.kind in ("sequence", "fragments"):
+            pos = _sequence_step(stack, top, tag, length, pos)
+            continue
+        if tag == _ITEM_END:
+            if top.kind != "item" or top.end is not None:
+                raise StructureError(f"item delimiter outside an undefined-length item at byte {pos}")
+            stack.pop()
+            pos += 8
+            continue
+        vr, length, header = _element_header(view, pos, top, tag, order)
+        pos += header
+        if length == _UNDEFINED:
+            if tag == _PIXEL_DATA and len(stack) == 1:
+                stack.append(_Frame("fragments", None, top.limit, top.implicit, top.depth))
+            elif vr in (b"SQ", b"UN", None):
+                stack.append(_sequence(top, None, top.implicit or vr == b"UN", max_depth))
+            else:
+                raise StructureError(f"undefined length on ({group:04X},{element:04X}), which is not a sequence")
+            continue
+        if pos + length > top.limit:
+            raise StructureError(f"element ({group:04X},{element:04X}) claims {length} bytes, "
+                                 f"more than its container holds")
+        if vr == b"SQ":
+            stack.append(_sequence(top, pos + length, top.implicit, max_depth))
+        elif vr == b"UN" and _dictionary_vr(tag) == b"SQ":  # pydicom reads it as the SQ it is
+            stack.append(_sequence(top, pos + length, True, max_depth))
+        else:
+            pos += length
+
+
+def _sequence(parent: _Frame, end: int | None, implicit: bool, max_depth: int) -> _Frame:
+    if parent.depth + 1 > max_depth:
+        raise StructureError(f"sequences nested deeper than {max_depth} levels")
+    return _Frame("sequence", end, parent.limit if end is None else end, implicit, parent.depth + 1)
+
+
+def _dictionary_vr(tag: int) -> bytes | None:
+    """SQ for a sequence, None for an element the dictionary does not know (private ones), else
+    a placeholder: only "is it a sequence" matters here."""
+    if tag in _SEQUENCE_TAGS:
+        return b"SQ"
+    return b"--" if tag in DicomDictionary else None
+
+
+def _element_header(view: memoryview, pos: int, top: _Frame, tag: int,
+                    order: str) -> tuple[bytes | None, int, int]:
+    """(VR, value length, header size) of the element at ``pos``; VR None when unknown."""
+    if top.implicit:
+        return _dictionary_vr(tag), struct.unpack_from(order + "I", view, pos + 4)[0], 8
+    vr = bytes(view[pos + 4:pos + 6])
+    if not _VR_BYTES.fullmatch(vr):
+        raise StructureError(f"element at byte {pos} has no valid VR")
+    if vr in _LONG_VRS:
+        if pos + 12 > top.limit:
+            raise StructureError(f"truncated element header at byte {pos}")
+        return vr, struct.unpack_from(order + "I", view, pos + 8)[0], 12
+    return vr, struct.unpack_from(order + "H", view, pos + 6)[0], 8
+
+
+def _sequence_step(stack: list[_Frame], top: _Frame, tag: int, length: int, pos: int) -> int:
+    """Inside a sequence or encapsulated pixel data: an item, a fragment or the delimiter."""
+    if tag == _SEQUENCE_END:
+        if top.end is not None:
+            raise StructureError(f"sequence delimiter inside a defined-length {top.kind} at byte {pos}")
+        stack.pop()
+        return pos + 8
+    if tag != _ITEM:
+        raise StructureError(f"a {top.kind} holds something other than items at byte {pos}")
+    pos += 8
+    if top.kind == "fragments" or length != _UNDEFINED:
+        if length == _UNDEFINED or pos + length > top.limit:
+            raise StructureError(f"item at byte {pos - 8} claims more bytes than its container holds")
+        if top.kind == "fragments":
+            return pos + length
+        stack.append(_Frame("item", pos + length, pos + length, top.implicit, top.depth))
+        return pos
+    stack.append(_Frame("item", None, top.limit, top.implicit, top.depth))
+    return pos

@@ -1,0 +1,158 @@
+"""Network abuse on loopback: absurd PDU lengths, idle sockets, port scans. The node answers
+each at its header or within seconds, its memory stays bounded, and storescu is served
+throughout (issue 23)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.harness import NodeProcess, node_config, wait_until
+from tests.peers import storescu
+from tests.test_hostile_input import ct_files
+
+A_ASSOCIATE_RQ, P_DATA_TF, A_ABORT = 0x01, 0x04, 0x07
+MiB = 1024 * 1024
+
+
+def tree_rss(root_pid: int) -> int:
+    """Resident bytes of a process and all its descendants (the node's receivers and workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    pids, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        pids.update(children)
+        frontier.extend(children)
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS"))
+    return total
+
+
+def stream_until_dropped(sock: socket.socket, limit_bytes: int, seconds: float) -> tuple[int, bytes]:
+    """Send zeros until the node drops the connection, ``limit_bytes`` are sent or time is up;
+    returns (bytes sent, what the node sent back)."""
+    sock.settimeout(0.2)
+    chunk, sent, reply = b"\x00" * 65536, 0, b""
+    deadline = time.monotonic() + seconds
+    while sent < limit_bytes and time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+        except OSError:  # reset, broken pipe, timeout, or the SCU's own DUL closed it
+            break
+    try:
+        reply = sock.recv(64)
+    except OSError:
+        pass
+    return sent, reply
+
+
+@pytest.fixture
+def node(tmp_path):
+    process = NodeProcess(node_config(tmp_path, node={"max_associations": 4}), tmp_path).start()
+    yield process
+    process.stop()
+
+
+def test_pdu_headers_claiming_gigabytes_are_aborted_at_the_header_and_memory_stays_bounded(node, data_dir):
+    assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0  # receivers warmed up
+    before = tree_rss(node.proc.pid)
+    replies = []
+    for _ in range(4):  # the probe that added ~2 GB: four connections streaming 512 MiB each
+        with socket.create_connection(("127.0.0.1", node.port)) as sock:
+            sock.sendall(struct.pack(">BBL", A_ASSOCIATE_RQ, 0, 0xFFFFFFF0))
+            sent, reply = stream_until_dropped(sock, 512 * MiB, seconds=10)
+            replies.append(reply[:1])
+    ae = AE("HOSTILE")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADNODE")
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    raw.sendall(struct.pack(">BBL", P_DATA_TF, 0, 2 * 1024**3))
+    stream_until_dropped(raw, 512 * MiB, seconds=10)
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted, "a P-DATA claiming 2 GiB must be aborted"
+    grown = tree_rss(node.proc.pid) - before
+    # measured: +30 MB before the fix the same probes added ~2.5 GB
+    assert grown < 64 * MiB, f"node grew by {grown / MiB:.0f} MiB"
+    assert replies == [bytes([A_ABORT])] * 4, "each absurd A-ASSOCIATE-RQ is answered with an A-ABORT"
+    assert '"association.pdu_too_long"' in node.logs()
+    assert storescu(node.port, ct_files(data_dir, 2)[1:]).returncode == 0
+
+
+def test_idle_sockets_and_port_scans_hold_no_association_slot(node, data_dir):
+    for _ in range(100):  # a port scan: connect and close
+        socket.create_connection(("127.0.0.1", node.port)).close()
+    idle = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(200)]
+    try:
+        started = time.monotonic()
+        sent = storescu(node.port, ct_files(data_dir, 3), timeout=60)
+        took = time.monotonic() - started
+        assert sent.returncode == 0, sent.stderr
+        # measured 0.4 s (6.5 s while idle sockets' reactor threads polled every 1 ms)
+        assert took < 3, f"storescu took {took:.1f} s past 200 idle sockets (max_associations = 4)"
+        time.sleep(7)  # the A-ASSOCIATE-RQ wait: 5 s
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.5)
+            try:
+                closed += sock.recv(1) == b""
+            except (ConnectionResetError, socket.timeout):
+                closed += 0
+        assert closed == len(idle), f"{len(idle) - closed} idle sockets still open after 7 s"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_max_associations_is_a_node_wide_limit(tmp_path, data_dir):
+    config = node_config(tmp_path, node={"max_associations": 2, "receivers": 2})
+    process = NodeProcess(config, tmp_path).start()
+    try:
+        wait_until(lambda: process.logs().count('"receiver.listening"') == 2, 60, what="both receivers")
+        held = []
+        for _ in range(8):  # spread over both receivers by SO_REUSEPORT: per-process limits let 4 in
+            ae = AE("HOLDER")
+            ae.add_requested_context(CTImageStorage)
+            held.append(ae.associate("127.0.0.1", process.port, ae_title="RADNODE"))
+        assert [a.is_established for a in held].count(True) == 2
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+        assert storescu(process.port, ct_files(data_dir, 1)).returncode == 0
+    finally:
+        process.stop()
+
+
+def test_a_second_node_on_the_same_port_refuses_to_start(node, tmp_path):
+    (tmp_path / "second").mkdir()
+    config = node_config(tmp_path / "second")
+    config["node"]["port"] = node.port
+    second = NodeProcess(config, tmp_path / "second").start()  # returns at once: the port is open
+    try:
+        code = second.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        second.stop()
+        pytest.fail("a second node started on a port that another node serves")
+    assert code == 2 and f"node.port: cannot listen on 127.0.0.1:{node.port}" in second.logs()
+    assert node.proc.poll() is None
