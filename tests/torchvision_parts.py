@@ -11,8 +11,10 @@ state-dict keys as the published ``model.pt``), and the network built is the bun
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Dict
 
 import pytest
+import torch
 from torch import nn
 
 
@@ -29,10 +31,10 @@ class IntermediateLayerGetter(nn.ModuleDict):
             if not remaining:
                 break
         super().__init__(layers)
-        self.return_layers = wanted
+        self.return_layers: Dict[str, str] = wanted
 
-    def forward(self, x):
-        out = OrderedDict()
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}  # insertion-ordered, as torchvision's OrderedDict
         for name, module in self.items():
             x = module(x)
             if name in self.return_layers:
