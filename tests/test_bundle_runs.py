@@ -214,3 +214,126 @@ def _seg_labels(seg, volume) -> np.ndarray:
         source_sop_instance_uids=uids, combine_segments=True, ignore_spatial_locations=True,
         assert_missing_frames_are_empty=True)
     return np.asarray(array)
+
+
+#: BraTS 2023 file suffixes of the contrasts, in the brats bundle's channel order (T1c, T1, T2, FLAIR).
+BRATS_FILES = {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f"}
+#: CI window of the brats bundle's SlidingWindowInferer (published: 240 x 240 x 160), and the crop.
+SMALL_ROI = [32, 32, 32]
+CROP = (56, 56, 32)
+
+
+def small_roi(config: dict) -> dict:
+    config["inferer"]["roi_size"] = SMALL_ROI
+    return config
+
+
+@pytest.fixture(scope="module")
+def brain_study(data_dir, tmp_path_factory):
+    """A 56 x 56 x 32 mm block of a BraTS case around its FLAIR-bright tumour, as four DICOM MR
+    series and as the four NIfTI files the bundle's own LoadImaged reads (same voxels)."""
+    from tests.mr_dicom import Study, write_series
+
+    folder = tmp_path_factory.mktemp("brain")
+    images = {role: sitk.ReadImage(str(data_dir / BRATS_CASE / f"{BRATS_CASE.name}-{suffix}.nii.gz"))
+              for role, suffix in BRATS_FILES.items()}
+    flair = sitk.GetArrayFromImage(images["flair"])
+    centre = np.argwhere(flair > np.percentile(flair[flair > 0], 99)).mean(axis=0).astype(int)[::-1]  # (i, j, k)
+    start = [int(np.clip(c - n // 2, 0, s - n)) for c, n, s in zip(centre, CROP, images["t1c"].GetSize())]
+    study, series, nifti = Study(), {}, {}
+    for role, image in images.items():
+        block = sitk.Cast(sitk.RegionOfInterest(image, CROP, start), sitk.sitkInt16)  # integers already
+        series[role] = write_series(block, role, folder / role, study)
+        nifti[role] = folder / f"{role}.nii.gz"
+        sitk.WriteImage(block, str(nifti[role]))
+    return series, nifti
+
+
+def bundle_reference_run(bundle: Path, nifti: dict[str, Path]) -> sitk.Image:
+    """The bundle run the MONAI way on its NIfTI files: its whole preprocessing (LoadImaged
+    included), inferer and postprocessing (SaveImaged left out), labels as an LPS image."""
+    from monai.data import decollate_batch
+
+    parsed = read_bundle(bundle)
+    parser = parsed.parser
+    post = parsed.config["postprocessing"]["transforms"]
+    parser[f"postprocessing::transforms::{len(post) - 1}::_disabled_"] = True  # SaveImaged
+    network = parsed.build("network_def").eval()
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt"))
+    parser["network"] = network
+    pre, inferer, postprocessing = (parsed.build(k) for k in ("preprocessing", "inferer", "postprocessing"))
+    data = pre({"image": [str(nifti[role]) for role in BRATS_FILES]})
+    with torch.no_grad():
+        pred = decollate_batch(inferer(data["image"][None], network))[0]
+    labels = postprocessing({"image": data["image"], "pred": pred})["pred"][0].numpy().astype(np.uint8)
+    reference = sitk.ReadImage(str(nifti["t1c"]))
+    image = sitk.GetImageFromArray(np.transpose(labels, (2, 1, 0)))
+    image.CopyInformation(reference)
+    return image
+
+
+def test_the_brats_bundle_runs_its_own_sections_on_a_dicom_brain_study(brain_study, tmp_path, monkeypatch):
+    from pipelines.tumor import pipeline as tumor_pipeline
+    from pipelines.tumor.pipeline import TumorSegmentation
+    from pipelines.tumor.registration import Alignment
+
+    series, nifti = brain_study
+    # The block's contrasts are co-registered already (one BraTS case); registration's quality
+    # check needs the whole head, which is not in a 56 mm block, so it is left out here.
+    monkeypatch.setattr(tumor_pipeline, "align", lambda fixed, moving, name: Alignment(sitk.Euler3DTransform(), 1.0, 1.0))
+    bundle = bundle_with_weights(BRATS, tmp_path / "brats", edit=small_roi)
+    torch.set_num_threads(1)
+    pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=bundle, device="cpu"))
+    segmenter = pipeline.models.main
+    assert segmenter.roles == ("t1c", "t1", "t2", "flair") and segmenter.spacing == 1.0
+    runner = segmenter.runner
+    assert [type(t).__name__ for t in runner.postprocessing.transforms] == [
+        "Activationsd", "Invertd", "AsDiscreted", "Lambdad"]
+    fed: list[torch.Tensor] = []
+    runner.network.register_forward_hook(lambda m, i, o: fed.append(i[0].detach().clone()))
+    result = pipeline.run(JobInput(series=series, output_dir=tmp_path / "out"))
+
+    # The bundle's SlidingWindowInferer with its overlap 0.5: 3 x 3 x 1 windows of 32^3 over the
+    # 56 x 56 x 32 block (radnode's own 0.25 would have made 2 x 2 x 1).
+    assert len(fed) == 9, f"{len(fed)} windows"
+    # Its NormalizeIntensityd (nonzero, channel_wise) on T1c, T1, T2, FLAIR in (L, P, S) voxel order.
+    first = fed[0][0].numpy()
+    for c, role in enumerate(BRATS_FILES):
+        voxels = np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(nifti[role]))), (2, 1, 0)).astype(np.float64)
+        nonzero = voxels != 0
+        expected = np.where(nonzero, (voxels - voxels[nonzero].mean()) / voxels[nonzero].std(), 0.0)[:32, :32, :32]
+        np.testing.assert_allclose(first[c], expected, atol=1e-4)
+
+    # Its labels (Lambdad: 4 enhancing, 1 core, 2 edema) land on the same voxels radnode's SEG has.
+    own = sitk.GetArrayFromImage(bundle_reference_run(bundle, nifti))
+    seg_path, sr_path = _outputs(result.outputs)
+    for path in (seg_path, sr_path):
+        report = dciodvfy(path)
+        assert not report.errors, report.errors
+    seg = pydicom.dcmread(seg_path)
+    volume = load_series(series["t1c"])
+    segments = _seg_labels(seg, volume)
+    radnode = np.choose(segments, [0, 1, 2, 4]).astype(np.uint8)
+    agreement = float(np.mean(radnode == own))
+    print(f"voxel agreement with the bundle's own run: {agreement:.5f}; labels {np.unique(own).tolist()}")
+    assert own.any() and agreement >= 0.999, agreement  # measured 1.0
+    sr_text = pydicom.dcmread(sr_path).to_json()
+    assert "BraTS MRI segmentation" in sr_text and "0.5.2" in sr_text
+    assert result.summary["model"] == "BraTS MRI segmentation 0.5.2"
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "BraTS MRI segmentation"
+
+
+def test_a_torchscript_export_of_the_brats_network_gives_the_same_labels(brain_study, tmp_path):
+    from pipelines.tumor.bundle_segmentation import BundleSegmenter
+
+    series, _ = brain_study
+    torch.set_num_threads(1)
+    images = {role: load_series(paths).to_sitk() for role, paths in series.items()}
+    identity = {role: sitk.Transform() for role in images}
+    state = BundleSegmenter.load(bundle_with_weights(BRATS, tmp_path / "pt", edit=small_roi), "cpu")
+    script = BundleSegmenter.load(bundle_with_weights(BRATS, tmp_path / "ts", edit=small_roi, torchscript=True), "cpu")
+    assert isinstance(script.runner.network, torch.jit.ScriptModule)
+    ours = state.segment(images, identity, "t1c")
+    theirs = script.segment(images, identity, "t1c")
+    assert ours.any()
+    np.testing.assert_array_equal(theirs, ours)
