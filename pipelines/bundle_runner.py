@@ -17,7 +17,7 @@ half precision under CUDA, as MONAI's evaluators apply it (their autocast is CUD
 or its ``network_def`` with ``models/model.pt`` loaded the way its ``checkpointloader`` does.
 
 What radnode cannot honour is refused when the pipeline loads (``BundleError`` naming the key);
-``KEYS`` says for every inference config key how radnode treats it.
+``pipelines/BUNDLE_KEYS.md`` says for every key of the published configs how radnode treats it.
 """
 
 from __future__ import annotations
@@ -40,35 +40,6 @@ LOAD_SAVE = ("LoadImage", "SaveImage")
 ORIGINAL_SCAN_SWITCHES = {"whether_raw_luna16": True}
 #: RAS <-> LPS: x and y change sign.
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-#: How radnode treats each key of the published bundles' inference configs (README's table).
-KEYS: dict[str, str] = {
-    "preprocessing": "honoured: run as configured, LoadImage* dropped (radnode gives the loaded image)",
-    "inferer": "honoured: run as configured (SimpleInferer when absent, as MONAI Deploy)",
-    "postprocessing": "honoured: run as configured, SaveImage* dropped (radnode writes SEG/SR)",
-    "network_def": "honoured: built for models/model.pt; not built for models/model.ts",
-    "network": "mapped: the loaded model.ts or network_def with model.pt, on radnode's device",
-    "checkpointloader": "mapped: models/model.pt loaded as its load_dict says ({'model': network} or bare)",
-    "device": "mapped: radnode's [pipelines.*] device",
-    "amp": "honoured: float16 autocast on CUDA when true (MONAI's evaluators autocast CUDA only)",
-    "evaluator": "mapped: radnode runs preprocessing -> inferer -> postprocessing per series; its "
-                 "_requires_ (detector_ops) are run",
-    "image_key": "honoured: the key the preprocessing reads (network_data_format input name)",
-    "bundle_root": "mapped: the bundle folder",
-    "imports": "honoured: run by ConfigParser",
-    "whether_raw_luna16": "mapped: set true, radnode feeds original scans",
-    "whether_resampled_luna16": "honoured: follows whether_raw_luna16",
-    "dataset": "mapped: radnode's series from the route", "dataloader": "mapped: one series per job",
-    "test_datalist": "mapped: not used", "data_list_file_path": "mapped: not used",
-    "dataset_dir": "mapped: not used", "handlers": "mapped: not used (radnode writes SEG/SR)",
-    "output_dir": "mapped: not used", "output_filename": "mapped: not used",
-    "output_ext": "mapped: not used", "output_dtype": "mapped: not used", "output_postfix": "mapped: not used",
-    "separate_folder": "mapped: not used", "ckpt_dir": "mapped: models/ of the bundle",
-    "load_pretrain": "refused when false: radnode runs the bundle's weights",
-    "initialize": "mapped: cudnn.benchmark left to torch's default; checkpointloader as above",
-    "run": "mapped: radnode's worker runs the bundle per job",
-}
-
 
 @dataclass
 class BundleRunner:

@@ -40,6 +40,13 @@ def _edit(bundle: Path, change, name: str = "inference.json") -> Path:
     return bundle
 
 
+def test_every_key_of_the_published_inference_configs_is_in_the_treatment_table():
+    table = (Path(__file__).resolve().parents[1] / "pipelines" / "BUNDLE_KEYS.md").read_text()
+    for bundle in (LUNG, BRATS):
+        for key in json.loads((bundle / "configs" / "inference.json").read_text()):
+            assert f"`{key}`" in table, f"{bundle.name}: {key} is not in pipelines/BUNDLE_KEYS.md"
+
+
 def test_the_bundles_name_and_version_come_from_their_metadata():
     assert read_bundle(LUNG).label == "Lung nodule CT detection 0.6.8"
     assert read_bundle(BRATS).label == "BraTS MRI segmentation 0.5.2"
