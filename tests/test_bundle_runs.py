@@ -140,8 +140,10 @@ def test_the_lung_nodule_bundle_runs_its_own_sections_on_a_dicom_ct(
     expected = np.clip((expected + 1024.0) / 1324.0, 0.0, 1.0)
     inner = (slice(2, -2),) * 3  # the border voxels interpolate against the outside differently
     difference = np.abs(prepared[0].numpy()[inner] - expected[inner])
+    print(f"fed vs SimpleITK: median {np.median(difference):.2e}, 99th percentile {np.percentile(difference, 99):.2e}")
     assert float(np.median(difference)) < 1e-3 and float(np.percentile(difference, 99)) < 0.02, (
-        float(np.median(difference)), float(np.percentile(difference, 99)))  # measured 1.2e-7, 4.8e-7
+        float(np.median(difference)), float(np.percentile(difference, 99)))
+    # measured 0 and 0 (both trilinear); an x-mirrored input gives median 0.099, 99th percentile 0.74
 
     # Boxes: the bundle's postprocessing gives cccwhd boxes in LPS world millimetres; radnode
     # writes them unchanged: SR centre = box centre, SEG segment = the source voxels in the box.
