@@ -139,6 +139,18 @@ def test_a_detection_bundle_radnode_cannot_honour_is_refused_at_start_naming_the
     assert key in message and message.count("\n") == 0, message
 
 
+def test_radnode_run_refuses_a_bundle_it_cannot_honour_in_one_line_naming_the_key(tmp_path, data_dir):
+    from tests.harness import NodeProcess, node_config
+
+    bundle = _copy(LUNG, tmp_path, torchscript=True)
+    config = node_config(tmp_path, pipelines={"nodule-detection": {"model": str(bundle), "device": "cpu"}})
+    source = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
+    result = NodeProcess(config, tmp_path).cli("run", "--pipeline", "nodule-detection", "--input", str(source),
+                                               "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "report_threshold" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("change, name, key", [
     (_set("network_data_format::inputs::image::channel_def::3", "DWI"), "metadata.json", "channel_def"),
     (_set("image_classes", "4 channel data"), "metadata.json", "image_classes"),
