@@ -41,6 +41,7 @@ ORIGINAL_SCAN_SWITCHES = {"whether_raw_luna16": True}
 #: RAS <-> LPS: x and y change sign.
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+
 @dataclass
 class BundleRunner:
     """A bundle ready to run on one device: ``run(image)`` gives the postprocessed result dict."""
