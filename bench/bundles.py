@@ -39,6 +39,7 @@ def bundle_with_random_weights(folder: Path) -> Path:
     shutil.copytree(BUNDLE, folder)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    folder.chmod(0o755)
     (folder / "models").mkdir(exist_ok=True)
     torch.manual_seed(0)
     torch.save(read_bundle(folder).build("network_def").state_dict(), folder / "models" / "model.pt")

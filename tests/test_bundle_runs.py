@@ -37,15 +37,22 @@ BRATS_CASE = Path("mr-brain") / "brats-gli-00001" / "BraTS-GLI-00001-000"
 pytestmark = pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing")
 
 
-def bundle_with_weights(source: Path, folder: Path, edit=None, torchscript: bool = False) -> Path:
-    """A writable copy of ``source`` with seeded weights of its own network_def in models/."""
+def writable_copy(source: Path, folder: Path) -> Path:
+    """``source`` copied to ``folder`` (the shared data is read-only), with an empty models/."""
     shutil.copytree(source, folder)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    folder.chmod(0o755)
+    (folder / "models").mkdir(exist_ok=True)
+    return folder
+
+
+def bundle_with_weights(source: Path, folder: Path, edit=None, torchscript: bool = False) -> Path:
+    """A writable copy of ``source`` with seeded weights of its own network_def in models/."""
+    writable_copy(source, folder)
     if edit is not None:
         path = folder / "configs" / "inference.json"
         path.write_text(json.dumps(edit(json.loads(path.read_text())), indent=2))
-    (folder / "models").mkdir(exist_ok=True)
     torch.manual_seed(0)
     network = read_bundle(folder).build("network_def").eval()
     if torchscript:
@@ -380,9 +387,7 @@ def test_the_lung_nodule_bundle_box_lands_on_a_lesion_of_known_position(data_dir
         hu[inside[k]] = 500.0
         ds.PixelData = np.round((hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)).astype(ds.pixel_array.dtype).tobytes()
         ds.save_as(path)
-    bundle = tmp_path / "lung"
-    shutil.copytree(LUNG, bundle)
-    (bundle / "models").mkdir()
+    bundle = writable_copy(LUNG, tmp_path / "lung")
     torch.jit.script(BrightSpotNetwork()).save(str(bundle / "models" / "model.ts"))
     pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", model=bundle, device="cpu",
                                                 options={"report_threshold": 0.9}))

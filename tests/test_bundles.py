@@ -28,6 +28,7 @@ def _copy(source: Path, tmp_path: Path, torchscript: bool = False) -> Path:
     shutil.copytree(source, target)
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    target.chmod(0o755)
     (target / "models").mkdir(exist_ok=True)
     if torchscript:
         torch.jit.save(torch.jit.script(torch.nn.Identity()), str(target / "models" / "model.ts"))
