@@ -402,3 +402,20 @@ def test_the_lung_nodule_bundle_box_lands_on_a_lesion_of_known_position(data_dir
     assert np.all(error <= [1.41, 1.41, 1.25]), error
     for path in result.outputs:
         assert not dciodvfy(path).errors
+
+
+def test_a_brain_study_without_every_contrast_the_brats_bundle_names_is_not_applicable(
+        brain_study, tmp_path, monkeypatch):
+    from pipelines.base import NotApplicable
+    from pipelines.tumor import pipeline as tumor_pipeline
+    from pipelines.tumor.pipeline import TumorSegmentation
+    from pipelines.tumor.registration import Alignment
+
+    series, _ = brain_study
+    monkeypatch.setattr(tumor_pipeline, "align", lambda fixed, moving, name: Alignment(sitk.Euler3DTransform(), 1.0, 1.0))
+    bundle = writable_copy(BRATS, tmp_path / "brats")
+    torch.jit.script(torch.nn.Identity()).save(str(bundle / "models" / "model.ts"))  # never reached
+    pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=bundle, device="cpu"))
+    without_t2 = {role: paths for role, paths in series.items() if role != "t2"}
+    with pytest.raises(NotApplicable, match="needs T1c, T1, T2, FLAIR; the study lacks T2"):
+        pipeline.run(JobInput(series=without_t2, output_dir=tmp_path / "out"))
