@@ -152,6 +152,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from node.router import assign_inputs
     from node.worker import PipelineCache, protect_patient_values, run_pipeline
     from pipelines.base import SERIES_ROLE
+    from pipelines.model_folder import ModelFolderError
 
     if not args.input.is_dir():
         print(f"radnode: --input {args.input} is not a folder", file=sys.stderr)
@@ -162,7 +163,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return 2
     try:
         pipeline = PipelineCache(config).get(args.pipeline)
-    except LookupError as error:
+    except (LookupError, ModelFolderError) as error:  # a model folder or bundle it cannot run
         print(f"radnode: {error}", file=sys.stderr)
         return 2
     roles = [spec.role for spec in pipeline.inputs]

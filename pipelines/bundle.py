@@ -42,6 +42,8 @@ class Bundle:
     parser: Any  # monai.bundle.ConfigParser
     name: str
     version: str
+    #: configs/metadata.json (empty when the bundle has none): network_data_format and the like.
+    metadata: dict[str, Any]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -90,21 +92,25 @@ def read_bundle(folder: Path) -> Bundle:
     except Exception as exc:  # noqa: BLE001 (json and yaml errors alike)
         raise BundleError(f"{path} cannot be read: {root_cause(exc)}") from exc
     parser["bundle_root"] = str(folder)
-    name, version = _metadata(folder)
+    metadata = _metadata(folder)
+    name = str(metadata.get("name", folder.name))
+    version = str(metadata.get("version", "unversioned"))
     if str(folder) not in sys.path and (folder / "scripts").is_dir():
         sys.path.insert(0, str(folder))  # what monai.bundle.run does, for "scripts.*" targets
-    return Bundle(folder, parser, name, version)
+    return Bundle(folder, parser, name, version, metadata)
 
 
-def _metadata(folder: Path) -> tuple[str, str]:
+def _metadata(folder: Path) -> dict[str, Any]:
     path = folder / "configs" / "metadata.json"
     if not path.is_file():
-        return folder.name, "unversioned"
+        return {}
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    return str(meta.get("name", folder.name)), str(meta.get("version", "unversioned"))
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path} is not a JSON object")
+    return meta
 
 
 def root_cause(exc: BaseException) -> str:

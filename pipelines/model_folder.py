@@ -55,13 +55,6 @@ def read_params(folder: Path) -> dict[str, Any]:
     raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
 
 
-def read_bundle_config(folder: Path) -> dict[str, Any]:
-    """A MONAI bundle's ``configs/inference.json`` (or ``.yaml``) as a plain dictionary."""
-    from pipelines.bundle import read_bundle
-
-    return read_bundle(folder).config
-
-
 def weights_files(folder: Path) -> tuple[Path | None, Path | None]:
     """(TorchScript file, state-dict file) of either layout; either may be None."""
     base = folder / "models" if is_monai_bundle(folder) else folder

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.bundle import read_bundle
+from pipelines.base import PipelineSettings
+from pipelines.bundle import BundleError, read_bundle
+from pipelines.bundle_runner import BundleRunner
 from pipelines.model_folder import ModelFolderError
-from pipelines.nodule.detector import NoduleDetector
 
 BUNDLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"
@@ -20,11 +21,31 @@ BRATS = BUNDLES / "brats_mri_segmentation"
 pytestmark = pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing")
 
 
-def _copy(source: Path, tmp_path: Path) -> Path:
+def _copy(source: Path, tmp_path: Path, torchscript: bool = False) -> Path:
+    """A writable copy; with ``torchscript``, a stand-in model.ts so that no network is built
+    (what is tested here is read before the weights matter)."""
     target = tmp_path / source.name
     shutil.copytree(source, target)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    target.chmod(0o755)
     (target / "models").mkdir(exist_ok=True)
+    if torchscript:
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(target / "models" / "model.ts"))
     return target
+
+
+def _edit(bundle: Path, change, name: str = "inference.json") -> Path:
+    path = bundle / "configs" / name
+    path.write_text(json.dumps(change(json.loads(path.read_text())), indent=2))
+    return bundle
+
+
+def test_every_key_of_the_published_inference_configs_is_in_the_treatment_table():
+    table = (Path(__file__).resolve().parents[1] / "pipelines" / "BUNDLE_KEYS.md").read_text()
+    for bundle in (LUNG, BRATS):
+        for key in json.loads((bundle / "configs" / "inference.json").read_text()):
+            assert f"`{key}`" in table, f"{bundle.name}: {key} is not in pipelines/BUNDLE_KEYS.md"
 
 
 def test_the_bundles_name_and_version_come_from_their_metadata():
@@ -42,7 +63,7 @@ def test_a_missing_optional_package_is_named_with_its_install_command(tmp_path):
     bundle = _copy(LUNG, tmp_path)
     torch.save({}, bundle / "models" / "model.pt")
     with pytest.raises(ModelFolderError) as caught:
-        NoduleDetector.load(bundle, "cpu")
+        BundleRunner.load(bundle, "cpu")
     message = str(caught.value)
     assert "No module named 'torchvision'" in message and "radnode[bundles]" in message
     assert "Traceback" not in message and message.count("\n") == 0
@@ -54,9 +75,11 @@ def test_a_torchscript_model_alone_loads_without_building_network_def(tmp_path):
     config["network_def"]["feature_extractor"] = "$undefined_name_that_would_fail"
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(bundle / "models" / "model.ts"))
-    detector = NoduleDetector.load(bundle, "cpu")
-    assert detector.settings.spacing_mm == (0.703125, 0.703125, 1.25)  # the bundle's Spacingd pixdim
-    assert detector.settings.roi_size == (512, 512, 192)  # its infer_patch_size
+    runner = BundleRunner.load(bundle, "cpu")
+    assert isinstance(runner.network, torch.jit.ScriptModule)
+    spacing = next(t for t in runner.preprocessing.transforms if type(t).__name__ == "Spacingd")
+    assert list(spacing.spacing_transform.pixdim) == [0.703125, 0.703125, 1.25]  # its pixdim, for original scans
+    assert list(runner.inferer.detector.inferer.roi_size) == [512, 512, 192]  # its detector_ops ran
 
 
 def test_a_yaml_bundle_is_read_like_a_json_one(tmp_path):
@@ -70,16 +93,75 @@ def test_a_yaml_bundle_is_read_like_a_json_one(tmp_path):
     assert parsed.build("inferer").roi_size == [240, 240, 160]
 
 
-def test_the_brats_bundle_without_orientationd_sees_arrays_in_file_voxel_order_lps():
-    """BraTS NIfTI arrays are (i, j, k) = (L, P, S); feeding RAS mirrored x and y (Dice 0.20)."""
+def test_the_brats_bundle_is_fed_its_four_contrasts_as_its_loader_would_give_them(tmp_path):
+    """No Orientationd: BraTS NIfTI arrays are (i, j, k) = (L, P, S) with a RAS affine, channels first."""
     import numpy as np
 
-    from pipelines.tumor.inference import _bundle_format, from_model_axes, to_model_axes
+    from pipelines.bundle_runner import affine_lps
+    from pipelines.tumor.bundle_segmentation import BundleSegmenter
 
-    fmt = _bundle_format(read_bundle(BRATS).config)
-    assert fmt.axcodes == "LPS" and fmt.roi == (240, 240, 160) and fmt.threshold == (0.5, 0.5, 0.5)
-    assert fmt.spacing == 1.0  # no Spacingd: the bundle's metadata says 1x1x1 mm input
-    source = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (C, z, y, x) of an LPS grid
-    fed = to_model_axes(source, fmt.axcodes)
-    assert fed.shape == (2, 5, 4, 3) and fed[1, 4, 2, 0] == source[1, 0, 2, 4]  # [c, x, y, z]
-    np.testing.assert_array_equal(from_model_axes(fed, fmt.axcodes), source)
+    segmenter = BundleSegmenter.load(_copy(BRATS, tmp_path, torchscript=True), "cpu")
+    assert segmenter.roles == ("t1c", "t1", "t2", "flair")  # metadata channel_def: T1c, T1, T2, FLAIR
+    assert segmenter.spacing == 1.0  # metadata image_classes: "... at 1x1x1 mm"
+    image = segmenter.runner.loader_image(np.zeros((4, 5, 6, 7), np.float32),
+                                          affine_lps(np.array([10.0, 20.0, 30.0]), np.ones(3), np.eye(3)))
+    np.testing.assert_array_equal(np.asarray(image.affine), [[-1, 0, 0, -10], [0, -1, 0, -20], [0, 0, 1, 30], [0, 0, 0, 1]])
+    assert image.shape == (4, 5, 6, 7) and image.meta["original_channel_dim"] == 0
+
+
+def _set(path: str, value):
+    """A change to one key (``a::b::0::c``) of a config."""
+    def change(config):
+        *parents, last = path.split("::")
+        node = config
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+        return config
+    return change
+
+
+@pytest.mark.parametrize("change, options, key", [
+    (None, {}, "report_threshold"),
+    (_set("num_classes", 2), {"report_threshold": 0.5}, "num_classes"),
+    (_set("load_pretrain", False), {"report_threshold": 0.5}, "load_pretrain"),
+    (_set("postprocessing::transforms::1::_disabled_", True), {"report_threshold": 0.5}, "AffineBoxToWorldCoordinated"),
+    (_set("preprocessing::transforms::5::keys", ["image", "label"]), {"report_threshold": 0.5}, "'label'"),
+])
+def test_a_detection_bundle_radnode_cannot_honour_is_refused_at_start_naming_the_key(tmp_path, change, options, key):
+    from pipelines.nodule.pipeline import NoduleDetection
+
+    bundle = _copy(LUNG, tmp_path, torchscript=True)
+    if change is not None:
+        _edit(bundle, change)
+    with pytest.raises(BundleError) as caught:
+        NoduleDetection(PipelineSettings(name="nodule-detection", model=bundle, device="cpu", options=options))
+    message = str(caught.value)
+    assert key in message and message.count("\n") == 0, message
+
+
+def test_radnode_run_refuses_a_bundle_it_cannot_honour_in_one_line_naming_the_key(tmp_path, data_dir):
+    from tests.harness import NodeProcess, node_config
+
+    bundle = _copy(LUNG, tmp_path, torchscript=True)
+    config = node_config(tmp_path, pipelines={"nodule-detection": {"model": str(bundle), "device": "cpu"}})
+    source = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
+    result = NodeProcess(config, tmp_path).cli("run", "--pipeline", "nodule-detection", "--input", str(source),
+                                               "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "report_threshold" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("change, name, key", [
+    (_set("network_data_format::inputs::image::channel_def::3", "DWI"), "metadata.json", "channel_def"),
+    (_set("image_classes", "4 channel data"), "metadata.json", "image_classes"),
+    (_set("preprocessing::transforms::1", {"_target_": "NormalizeIntensity", "nonzero": True}), "inference.json",
+     "array transform"),
+])
+def test_a_segmentation_bundle_radnode_cannot_honour_is_refused_at_start_naming_the_key(tmp_path, change, name, key):
+    from pipelines.tumor.pipeline import TumorSegmentation
+
+    bundle = _edit(_copy(BRATS, tmp_path, torchscript=True), change, name)
+    with pytest.raises(BundleError) as caught:
+        TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=bundle, device="cpu"))
+    assert key in str(caught.value), str(caught.value)

@@ -9,7 +9,6 @@ model card's evaluation measured, so they catch a broken pipeline, not seed nois
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -218,48 +217,6 @@ def test_inserted_sphere_is_measured_within_tolerance(data_dir, name, volume_tol
     assert -100.0 < measured.mean_hu < 80.0  # a solid nodule, partial-volume edges included
 
 
-def test_a_monai_bundle_folder_of_the_same_weights_gives_the_same_detections(pipeline, held_out, tmp_path):
-    bundle = tmp_path / "bundle"
-    (bundle / "models").mkdir(parents=True)
-    (bundle / "configs").mkdir()
-    shutil.copy(DEFAULT_MODEL_DIR / "model.pt", bundle / "models" / "model.pt")
-    s = pipeline.detector.settings
-    network = json.loads(json.dumps(pipeline_network_params()))
-    config = {
-        "spatial_dims": 3,
-        "size_divisible": list(s.size_divisible),
-        "infer_patch_size": list(s.roi_size),
-        "anchor_generator": {
-            "_target_": "monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape",
-            "feature_map_scales": list(s.feature_map_scales),
-            "base_anchor_shapes": [list(a) for a in s.base_anchor_shapes],
-        },
-        "network_def": {"_target_": "pipelines.nodule.network.build_retinanet", **network},
-        "detector_ops": [
-            "$@detector.set_target_keys(box_key='box', label_key='label')",
-            f"$@detector.set_box_selector_parameters(score_thresh={s.score_threshold},topk_candidates_per_level=1000,"
-            f"nms_thresh={s.nms_threshold},detections_per_img={s.detections_per_image})",
-            f"$@detector.set_sliding_window_inferer(roi_size=@infer_patch_size,overlap={s.overlap},sw_batch_size=1,mode='constant',device='cpu')",
-        ],
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": list(s.spacing_mm)},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": s.intensity_range[0],
-             "a_max": s.intensity_range[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
-        ]},
-    }
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
-    from_bundle = NoduleDetector.load(bundle, "cpu", s.report_threshold)
-    assert from_bundle.settings == s
-    grid = pipeline.detector.grid(held_out)
-    ours = pipeline.detector.detect(grid)[:10]
-    theirs = from_bundle.detect(grid)[:10]
-    np.testing.assert_allclose([d.score for d in theirs], [d.score for d in ours], atol=1e-5)
-    np.testing.assert_allclose([d.grid_box for d in theirs], [d.grid_box for d in ours], atol=1e-3)
-
-
 def test_a_torchscript_model_folder_gives_the_same_detections(pipeline, held_out, tmp_path):
     folder = tmp_path / "scripted"
     folder.mkdir()
@@ -269,13 +226,6 @@ def test_a_torchscript_model_folder_gives_the_same_detections(pipeline, held_out
     grid = pipeline.detector.grid(held_out)
     ours, theirs = pipeline.detector.detect(grid)[:10], scripted.detect(grid)[:10]
     np.testing.assert_allclose([d.score for d in theirs], [d.score for d in ours], atol=1e-5)
-
-
-def pipeline_network_params() -> dict:
-    import tomllib
-
-    with open(DEFAULT_MODEL_DIR / "params.toml", "rb") as handle:
-        return tomllib.load(handle)["network"]
 
 
 def test_a_model_folder_without_parameters_is_refused_with_its_name(tmp_path):

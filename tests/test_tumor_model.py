@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -22,7 +21,6 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.train import write_params
-from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, resample
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
 #: model the pipeline picks for each subset (studies with FLAIR: weights/; without: without-flair/).
@@ -79,32 +77,6 @@ def test_dice_against_the_fusion_pseudo_reference(models, tcga):
     print("TCGA-FG-6692 vs fusion/mav:", json.dumps(scores))
     for region, threshold in FUSION_MIN_DICE.items():
         assert scores["all"][region] >= threshold, (region, scores["all"])
-
-
-def test_monai_bundle_layout_gives_the_same_result(models, tcga, tmp_path):
-    """The shipped weights repackaged as a MONAI bundle (configs/inference.json + models/model.pt)."""
-    bundle = tmp_path / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    shutil.copy(DEFAULT_MODEL_DIR / "model.pt", bundle / "models" / "model.pt")
-    (bundle / "configs" / "inference.json").write_text(json.dumps({
-        "network_def": {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 4, "out_channels": 3,
-                        "init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "SPL"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [2.0, 2.0, 2.0]},
-            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
-        ]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 1},
-    }))
-    from_bundle = Segmenter.load(bundle, "cpu")
-    assert from_bundle.format.spacing == models.main.format.spacing
-    images, _ = tcga
-    grid = model_grid(images["t1c"], 2.0)
-    channels = {role: sitk.GetArrayFromImage(resample(images[role], grid)) for role in ("t1c", "flair")}
-    network_input = normalize(channels, brain_mask(channels["t1c"]))
-    np.testing.assert_allclose(from_bundle.probabilities(network_input), models.main.probabilities(network_input),
-                               atol=1e-5)
 
 
 def test_a_folder_without_weights_is_refused(tmp_path):

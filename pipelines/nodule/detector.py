@@ -1,9 +1,7 @@
 """Load a nodule detection model folder once, and turn a CT volume into scored boxes in LPS.
 
-Two folder layouts are read (``pipelines.model_folder``):
-
-- radnode's: ``model.pt`` (state dict of ``network.build_retinanet``) or ``model.ts``
-  (TorchScript RetinaNet network), plus ``params.toml``::
+A radnode model folder (``pipelines.model_folder``): ``model.pt`` (state dict of
+``network.build_retinanet``) or ``model.ts`` (TorchScript RetinaNet network), plus ``params.toml``::
 
       [preprocessing]
       spacing_mm = [1.25, 1.25, 2.5]        # x, y, z of the RAS grid the network sees
@@ -20,19 +18,13 @@ Two folder layouts are read (``pipelines.model_folder``):
       detections_per_image = 100
       report_threshold = 0.5                # findings at or above this go to SEG and SR
 
-- a MONAI bundle (``configs/inference.json`` + ``models/model.pt|ts``) such as
-  ``lung_nodule_ct_detection``: the network and anchors are built by MONAI's ConfigParser from
-  ``network_def`` and ``anchor_generator``; spacing, intensity range, patch size, score and NMS
-  thresholds are read from ``preprocessing`` (Spacingd, ScaleIntensityRanged), ``infer_patch_size``
-  and ``detector_ops``. A bundle has no reporting threshold; ``report_threshold`` in the
-  pipeline options sets it (default 0.5).
+A MONAI bundle is not read here: it runs as published, see ``bundle_detection``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,10 +34,7 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
-from pipelines.bundle import root_cause
-from pipelines.model_folder import (
-    ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
-)
+from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
 from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
 from pipelines.nodule.network import Architecture, anchor_scales, build_retinanet, size_divisible
 from pipelines.volume import Volume
@@ -149,9 +138,8 @@ class NoduleDetector:
     def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> "NoduleDetector":
         folder = require_folder(folder)
         if is_monai_bundle(folder):
-            network, settings = _from_bundle(folder)
-        else:
-            network, settings = _from_radnode_folder(folder)
+            raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.nodule.bundle_detection")
+        network, settings = _from_radnode_folder(folder)
         if report_threshold is not None:
             settings = dataclasses.replace(settings, report_threshold=float(report_threshold))
         network = network.to(device).eval()
@@ -211,54 +199,3 @@ def _typed(key: str, value: Any) -> Any:
     if isinstance(default, tuple):
         return tuple(type(default[0])(v) for v in value)
     return type(default)(value)
-
-
-def _from_bundle(folder: Path) -> tuple[torch.nn.Module, Settings]:
-    """Network and settings of a MONAI detection bundle, built the way MONAI builds them."""
-    from monai.bundle import ConfigParser
-
-    raw = read_bundle_config(folder)
-    parser = ConfigParser(raw)
-    parser["bundle_root"] = str(Path(folder).resolve())
-    try:
-        scales = parser.get_parsed_content("anchor_generator::feature_map_scales")
-        shapes = parser.get_parsed_content("anchor_generator::base_anchor_shapes")
-        transforms = {t.get("_target_", "").split(".")[-1]: t for t in raw["preprocessing"]["transforms"]
-                      if isinstance(t, dict)}
-        spacing = transforms["Spacingd"]["pixdim"]
-        scale = transforms["ScaleIntensityRanged"]
-        patch = parser.get_parsed_content("infer_patch_size")
-        divisible = parser.get_parsed_content("size_divisible") if "size_divisible" in raw else Settings.size_divisible
-    except Exception as exc:  # ConfigParser raises many kinds; all mean the same to the user
-        raise ModelFolderError(
-            f"{folder}: configs/inference.json is not a detection bundle radnode can read (needs "
-            f"network_def, anchor_generator, infer_patch_size, Spacingd and ScaleIntensityRanged): "
-            f"{root_cause(exc)}"
-        ) from exc
-    ops = " ".join(raw.get("detector_ops", []))
-    settings = Settings(
-        spacing_mm=tuple(float(v) for v in spacing),
-        intensity_range=(float(scale["a_min"]), float(scale["a_max"])),
-        feature_map_scales=tuple(int(v) for v in scales),
-        base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in shapes),
-        roi_size=tuple(int(v) for v in patch),
-        size_divisible=tuple(int(v) for v in divisible),
-        overlap=_op_value(ops, "overlap", Settings.overlap),
-        score_threshold=_op_value(ops, "score_thresh", Settings.score_threshold),
-        nms_threshold=_op_value(ops, "nms_thresh", Settings.nms_threshold),
-        detections_per_image=int(_op_value(ops, "detections_per_img", Settings.detections_per_image)),
-    )
-    return load_network(folder, lambda: _build_network(parser, folder), "the bundle's network_def"), settings
-
-
-def _build_network(parser: Any, folder: Path) -> torch.nn.Module:
-    """The bundle's network_def, built only when the weights are a state dict (a model.ts needs none)."""
-    try:
-        return parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as exc:  # noqa: BLE001 (ConfigParser wraps every cause in RuntimeError)
-        raise ModelFolderError(f"{folder}: the bundle's network_def cannot be built: {root_cause(exc)}") from exc
-
-
-def _op_value(ops: str, name: str, default: float) -> float:
-    match = re.search(rf"{name}\s*=\s*([0-9.eE+-]+)", ops)
-    return float(match.group(1)) if match else default

@@ -33,13 +33,16 @@ VESSEL_CUT_MM = 3.0
 
 @dataclass(frozen=True)
 class Measurement:
-    """A nodule's mask in the source volume (as the bounding window and its boolean mask) and sizes."""
+    """A nodule's mask in the source volume (as the bounding window and its boolean mask) and sizes.
+
+    ``volume_mm3`` and ``mean_hu`` are None where the mask is not the nodule (a detection box).
+    """
 
     window: tuple[slice, slice, slice]
     mask: np.ndarray
     diameter_mm: float
-    volume_mm3: float
-    mean_hu: float
+    volume_mm3: float | None
+    mean_hu: float | None
     center_lps: tuple[float, float, float]
 
 

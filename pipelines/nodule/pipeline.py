@@ -7,11 +7,17 @@ above the reporting threshold whose centre lies in or near the lungs, segment an
 the source slices (``measure``); write one SEG segment and one SR measurement group per nodule.
 With no nodule the SR says so and, unless ``empty_seg`` is set, no SEG is written.
 
+A MONAI bundle (``lung_nodule_ct_detection``) runs as published instead (``bundle_detection``):
+its own preprocessing, inferer and postprocessing find the boxes; each box at or above
+``report_threshold`` becomes a SEG segment (the voxels inside it) and an SR group naming the
+bundle and its version. The lung check and radnode's postprocessing do not apply to it.
+
 Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
 format or a MONAI bundle, see ``detector``; default: the weights shipped in ``weights/``),
 ``device`` picks the GPU or CPU. Options:
 
 - ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
+  required for a MONAI bundle, which defines none;
 - ``empty_seg`` (bool, default false): write an empty SEG when nothing is found;
 - ``min_lung_ml`` (default 300): less aerated lung than this is "not a chest CT";
 - ``min_extent_mm`` (default 60): a series shorter than this along its slices is not applicable;
@@ -34,7 +40,8 @@ from pipelines.base import (
     SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
 )
 from pipelines.ct_input import scanner_ct_volume
-from pipelines.model_folder import folder_digest
+from pipelines.model_folder import folder_digest, is_monai_bundle
+from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
@@ -68,10 +75,19 @@ class NoduleDetection(Pipeline):
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
         threshold = options.get("report_threshold")
-        self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
         self.identity = Identity(uid_root=settings.uid_root)
         self.model_digest = folder_digest(self.model_dir)
-        self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
+        self.bundle: BundleDetector | None = None
+        if is_monai_bundle(self.model_dir):
+            self.bundle = BundleDetector.load(self.model_dir, self.device, threshold)
+            runner = self.bundle.runner
+            self.algorithm = Algorithm(runner.bundle.name, runner.bundle.version, parameters=(
+                ("MONAI bundle", runner.label), ("model sha256", self.model_digest[:16]),
+                ("report threshold", f"{self.bundle.report_threshold:g}"),
+            ))
+        else:
+            self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
+            self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
         self.empty_seg = bool(options.get("empty_seg", False))
         self.min_lung_ml = float(options.get("min_lung_ml", 300.0))
         self.min_extent_mm = float(options.get("min_extent_mm", 60.0))
@@ -81,6 +97,8 @@ class NoduleDetection(Pipeline):
         clock = StageClock()
         volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())), self.min_extent_mm)
         clock.lap("load")
+        if self.bundle is not None:
+            return self.run_bundle(job, volume, clock)
         grid = self.detector.grid(volume)
         lungs = lung_mask(grid.hu, slice_axis=2)
         lung_ml = lung_volume_ml(lungs, grid.spacing)
@@ -112,6 +130,32 @@ class NoduleDetection(Pipeline):
             },
         )
 
+    def run_bundle(self, job: JobInput, volume: Volume, clock: StageClock) -> JobResult:
+        """The bundle's boxes at or above the reporting threshold, as SEG and SR on the source series."""
+        assert self.bundle is not None
+        boxes = self.bundle.detect(volume)
+        clock.lap("inference")
+        nodules = []
+        for box in boxes:
+            if box.score < self.bundle.report_threshold:
+                break
+            region = box_mask(volume, box)
+            if region is not None:
+                nodules.append((_box_detection(box), _box_measurement(volume, box, *region)))
+        clock.lap("postprocess")
+        outputs = write_datasets(self.results(volume, nodules, box_regions=True), job.output_dir)
+        clock.lap("write")
+        return JobResult(outputs=outputs, summary={
+            "nodules": [{"score": round(d.score, 3), "center_lps": [round(v, 1) for v in m.center_lps],
+                         "box_mm": [round(float(v), 1) for v in d.lps_corners[-1] - d.lps_corners[0]]}
+                        for d, m in nodules],
+            "candidates": len(boxes),
+            "bundle": self.bundle.label,
+            "device": self.device,
+            "model_sha256": self.model_digest,
+            "seconds": clock.laps,
+        })
+
     def nodules(
         self, volume: Volume, grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection]
     ) -> list[tuple[Detection, Measurement]]:
@@ -126,8 +170,12 @@ class NoduleDetection(Pipeline):
                 kept.append((detection, measured))
         return kept
 
-    def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]]) -> list[Any]:
-        """The SEG (when there is something to segment, or empty_seg) and the SR."""
+    def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
+                box_regions: bool = False) -> list[Any]:
+        """The SEG (when there is something to segment, or empty_seg) and the SR.
+
+        ``box_regions``: the segments are a bundle's detection boxes, and are named so.
+        """
         datasets: list[Any] = []
         segmentation = None
         if nodules or self.empty_seg:
@@ -135,13 +183,14 @@ class NoduleDetection(Pipeline):
             for number, (_, measured) in enumerate(nodules, start=1):
                 region = labels[measured.window]
                 region[measured.mask & (region == 0)] = number
+            kind = " (detection box)" if box_regions else ""
             segments = [
-                Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}")
+                Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}{kind}")
                 for n in range(1, len(nodules) + 1)
             ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
             segmentation = make_segmentation(
                 volume, labels, segments, self.algorithm, self.identity,
-                series_description=f"{ALGORITHM_NAME}: {len(nodules)} nodule(s)",
+                series_description=f"{self.algorithm.name}: {len(nodules)} nodule(s)",
             )
             datasets.append(segmentation)
         findings = [
@@ -149,9 +198,9 @@ class NoduleDetection(Pipeline):
                 tracking_id=f"nodule-{n}",
                 structure=LUNG_NODULE,
                 center_lps=measured.center_lps,
-                diameter_mm=round(measured.diameter_mm, 1),
-                volume_mm3=round(measured.volume_mm3, 1),
-                mean_hu=round(measured.mean_hu, 1),
+                diameter_mm=_rounded(measured.diameter_mm),
+                volume_mm3=_rounded(measured.volume_mm3),
+                mean_hu=_rounded(measured.mean_hu),
                 score=round(detection.score, 3),
                 segment_number=n,
             )
@@ -211,6 +260,28 @@ def fuse_nested(candidates: list[Detection]) -> list[Detection]:
         best[whole] = max(best[whole], scores[piece])
     kept = [dataclasses.replace(c, score=float(best[n])) for n, c in enumerate(candidates) if not holds[n].any()]
     return sorted(kept, key=lambda c: -c.score)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _box_detection(box: Any) -> Detection:
+    """A bundle box in the shape radnode's writers take (corners in LPS; grid_box = LPS low, high)."""
+    corners = np.array([[x, y, z] for x in (box.low_lps[0], box.high_lps[0])
+                        for y in (box.low_lps[1], box.high_lps[1]) for z in (box.low_lps[2], box.high_lps[2])])
+    return Detection(np.concatenate([box.low_lps, box.high_lps]), corners, box.score)
+
+
+def _box_measurement(volume: Volume, box: Any, window: tuple[slice, slice, slice], mask: np.ndarray) -> Measurement:
+    """What the SR says of a bundle box: its centre and its longest in-plane side as long axis.
+
+    No volume or mean HU: the segment is the box, not the nodule.
+    """
+    return Measurement(
+        window=window, mask=mask, diameter_mm=float(max(box.size_mm[0], box.size_mm[1])),
+        volume_mm3=None, mean_hu=None, center_lps=tuple(float(v) for v in box.center_lps),
+    )
 
 
 def _ct_volume(paths: list[Path], min_extent_mm: float) -> Volume:

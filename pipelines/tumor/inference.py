@@ -24,13 +24,9 @@ A model folder is what a site hands the node to replace the shipped weights. Two
       contrasts = ["t1c"]      # (``model_set``)
       folder = "t1c-alone"
 
-- a MONAI bundle such as the model zoo's ``brats_mri_segmentation``: ``configs/inference.json``
-  plus ``models/model.ts`` or ``models/model.pt``. The network is built from its
-  ``network_def``; the spacing from its ``Spacingd`` ``pixdim``, the orientation from its
-  ``Orientationd`` ``axcodes`` (when absent: LPS, the voxel order its loader gives for LPS-stored
-  volumes), the threshold from ``AsDiscreted`` and the window from its inferer's ``roi_size``.
+- a MONAI bundle is not read here: it runs as published, see ``bundle_segmentation``.
 
-Either way the network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
+The network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
 and returns three logits: tumor core, whole tumor, enhancing tumor.
 """
 
@@ -45,10 +41,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from pipelines.bundle import root_cause
-from pipelines.model_folder import (
-    ModelFolderError, is_monai_bundle, load_network, read_bundle_config, read_params, require_folder,
-)
+from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
 
@@ -56,8 +49,6 @@ from pipelines.tumor.model import Architecture
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Orientation of the arrays radnode builds: axis 0 grows to Superior, 1 to Posterior, 2 to Left.
 NATIVE_AXCODES = "SPL"
-#: Array axes a bundle without Orientationd is trained on: the voxel order of LPS-stored files.
-LOADER_AXCODES = "LPS"
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
@@ -133,48 +124,6 @@ def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
     return result
 
 
-def _find_transform(config: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The first ``monai.transforms.<name>`` entry anywhere in a bundle config."""
-    stack: list[Any] = [config]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if str(item.get("_target_", "")).split(".")[-1] == name:
-                return item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-    return None
-
-
-def _bundle_format(config: dict[str, Any]) -> InputFormat:
-    spacing = _find_transform(config, "Spacingd") or {}
-    orientation = _find_transform(config, "Orientationd") or {}
-    inferer = _find_transform(config, "SlidingWindowInferer") or {}
-    pixdim = spacing.get("pixdim", [1.0, 1.0, 1.0])
-    if len(set(float(v) for v in pixdim)) != 1:
-        raise ModelFolderError(f"bundle Spacingd pixdim {pixdim}: only isotropic spacing is supported")
-    roi = inferer.get("roi_size", [96, 96, 96])
-    discrete = _find_transform(config, "AsDiscreted") or {}
-    # Without Orientationd the bundle sees arrays as its loader gives them: voxel (i, j, k) order of
-    # the file, which for LPS-stored volumes (BraTS NIfTI, ITK, DICOM axial) is L, P, S -- not RAS.
-    return InputFormat(spacing=float(pixdim[0]), axcodes=str(orientation.get("axcodes", LOADER_AXCODES)),
-                       roi=tuple(int(v) for v in roi),
-                       threshold=_thresholds(discrete.get("threshold", 0.5)))
-
-
-def _bundle_network(config: dict[str, Any], folder: Path) -> torch.nn.Module:
-    from monai.bundle import ConfigParser
-
-    if "network_def" not in config:
-        raise ModelFolderError(f"{folder}/configs/inference.json has no network_def to build the network from")
-    parser = ConfigParser(config)
-    try:
-        return parser.get_parsed_content("network_def")
-    except Exception as exc:  # noqa: BLE001 (any bundle error is reported with the folder)
-        raise ModelFolderError(f"{folder}: network_def of the bundle cannot be built: {root_cause(exc)}") from exc
-
-
 class Segmenter:
     """A loaded tumor model: ``probabilities(channels)`` on the model grid."""
 
@@ -187,14 +136,11 @@ class Segmenter:
     def load(cls, folder: Path, device: str = "cpu") -> "Segmenter":
         folder = require_folder(folder)
         if is_monai_bundle(folder):
-            config = read_bundle_config(folder)
-            input_format = _bundle_format(config)
-            network = load_network(folder, lambda: _bundle_network(config, folder), "the bundle's network_def")
-        else:
-            params = read_params(folder)
-            input_format = _radnode_format(params, folder)
-            network = load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
-                                   "a SegResNet ([model])")
+            raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.tumor.bundle_segmentation")
+        params = read_params(folder)
+        input_format = _radnode_format(params, folder)
+        network = load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
+                               "a SegResNet ([model])")
         return cls(network, input_format, device)
 
     def probabilities(self, channels: np.ndarray) -> np.ndarray:

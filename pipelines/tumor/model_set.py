@@ -11,7 +11,8 @@ in its ``params.toml``::
     folder = "t1c-alone"      # a model folder, relative to this one
 
 Every other set goes to the folder's own model. All models are loaded once, with the pipeline.
-A MONAI bundle has no such table and serves every set.
+A MONAI bundle has no such table: it runs as published (``bundle_segmentation``) on the contrasts
+it names, all of which must be present.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.model_folder import ModelFolderError, is_monai_bundle, read_params, require_folder
+from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.inference import Segmenter
 
@@ -32,14 +34,16 @@ MAIN_MODEL = "main"
 class ModelSet:
     """The folder's own model and the reduced models it names, keyed by exact contrast set."""
 
-    main: Segmenter
+    main: Segmenter | BundleSegmenter
     reduced: dict[frozenset[str], tuple[str, Segmenter]]
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> "ModelSet":
         folder = require_folder(folder)
+        if is_monai_bundle(folder):
+            return cls(BundleSegmenter.load(folder, device), {})
         main = Segmenter.load(folder, device)
-        entries = [] if is_monai_bundle(folder) else read_params(folder).get("reduced", [])
+        entries = read_params(folder).get("reduced", [])
         reduced: dict[frozenset[str], tuple[str, Segmenter]] = {}
         for entry in entries:
             contrasts, name = _reduced_entry(entry, folder)
@@ -48,7 +52,7 @@ class ModelSet:
             reduced[contrasts] = (name, Segmenter.load(folder / name, device))
         return cls(main, reduced)
 
-    def for_contrasts(self, roles: Iterable[str]) -> tuple[str, Segmenter]:
+    def for_contrasts(self, roles: Iterable[str]) -> tuple[str, Segmenter | BundleSegmenter]:
         """The name of the model for exactly these contrasts, and the model."""
         return self.reduced.get(frozenset(roles), (MAIN_MODEL, self.main))
 

@@ -23,6 +23,10 @@ Steps, each timed in the job summary:
 Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
 (radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
 ``device``, and ``options.reference`` (a list of roles in order of preference).
+
+A MONAI bundle (``brats_mri_segmentation``) replaces steps 3-5's model parts with its own
+preprocessing, inferer and postprocessing (``bundle_segmentation``); the SEG and SR name the
+bundle and its version, and a study without every contrast the bundle names is not applicable.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import SimpleITK as sitk
 from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
+from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
@@ -114,13 +119,19 @@ class TumorSegmentation(Pipeline):
         clock.lap("registration")
 
         model_name, segmenter = self.models.for_contrasts(present)
-        labels = segment(segmenter, images, transforms, reference_role, clock)
         used = ", ".join(DISPLAY[role] for role in present)
-        algorithm = Algorithm(
-            name="radnode tumor-segmentation", version=self.model_digest[:16],
-            parameters=(("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
-                        ("model", model_name)),
-        )
+        parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]))
+        if isinstance(segmenter, BundleSegmenter):
+            _require_bundle_contrasts(segmenter, present)
+            labels = segmenter.segment(images, transforms, reference_role, clock)
+            bundle = segmenter.runner.bundle
+            model_name = bundle.label
+            algorithm = Algorithm(name=bundle.name, version=bundle.version, parameters=(
+                *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
+        else:
+            labels = segment(segmenter, images, transforms, reference_role, clock)
+            algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
+                                  parameters=(*parameters, ("model", model_name)))
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
@@ -172,6 +183,16 @@ class TumorSegmentation(Pipeline):
             series_description=f"Brain tumor {total:.1f} mL ({used})",
         )
         return [seg, report]
+
+
+def _require_bundle_contrasts(segmenter: BundleSegmenter, present: Sequence[str]) -> None:
+    """A bundle gets every contrast it was trained on, or the job is not applicable."""
+    missing = [role for role in segmenter.roles if role not in present]
+    if missing:
+        raise NotApplicable(
+            f"the MONAI bundle {segmenter.runner.label} needs {', '.join(DISPLAY[r] for r in segmenter.roles)}; "
+            f"the study lacks {', '.join(DISPLAY[r] for r in missing)}"
+        )
 
 
 def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
