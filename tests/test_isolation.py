@@ -108,3 +108,20 @@ def test_quarantined_datasets_are_removed_after_instances_days(tmp_path):
     assert swept.quarantined == 1
     assert sorted(p.name for p in spool.quarantine.iterdir()) == sorted(
         [recent.name, recent.with_suffix(".reason.txt").name])
+
+
+def test_a_study_whose_headers_cannot_be_read_does_not_hold_back_another_study(tmp_path):
+    from node.assembler import Assembler
+    from tests.test_completion import MR_ROUTE, Study, config
+
+    index = Index(tmp_path / "index.sqlite")
+    broken, fine = Study(index, tmp_path), Study(index, tmp_path)
+    lost = broken.series("MR", "T1 AX POST GD")
+    t1c = fine.series("MR", "T1 AX POST GD")
+    for path in index.instance_paths(lost):
+        path.unlink()  # e.g. removed by hand from the spool
+    Assembler(config(tmp_path, [MR_ROUTE]), index).tick(time.time() + 61)  # past the study timeout
+    assert [(j.subject, j.inputs) for j in index.jobs()] == [(fine.uid, {"t1c": t1c})]
+    problems = {(p.kind, p.subject): p.reason for p in index.problems()}
+    assert set(problems) == {("series", lost), ("study", broken.uid)}
+    assert all("FileNotFoundError" in reason for reason in problems.values())
