@@ -5,14 +5,18 @@ Steps, each timed in the job summary:
 1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume; the
    reference contrast is the first present of ``options.reference`` (default T1c, then FLAIR):
    results are written on its grid, slice for slice.
-2. registration: every other contrast rigidly onto the reference (``registration``), with a
+   A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
+   localizer, a body part other than the head, a body wider than a head, too little brain.
+2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
+   are reduced to the brain, skull-stripped ones kept whole. The network sees only the brain,
+   and no voxel outside it is ever labelled; the SR states the brain volume used.
+3. registration: every other contrast rigidly onto the reference (``registration``), with a
    quality check that fails the job naming the contrast when the alignment is poor.
-3. preprocessing: all contrasts onto the model's isotropic grid in one interpolation, z-scored
-   over the brain (``preprocess``); absent contrasts are zero channels. No skull stripping: the
-   shipped model was trained on skull-stripped images and radnode ships no stripping model, so
-   stripped series (zero background) are normalized over the brain, others over the head.
-4. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
-5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
+4. preprocessing: all contrasts onto the model's isotropic grid in one interpolation (a thick-
+   slice series is interpolated to it like any other), z-scored over the brain and zero outside
+   it, as in training (``preprocess``); absent contrasts are zero channels.
+5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
+6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
    without a core removed if T1c is present),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
@@ -37,11 +41,13 @@ import SimpleITK as sitk
 from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
+from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
+from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    brain_mask, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
+    drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -101,6 +107,10 @@ class TumorSegmentation(Pipeline):
         images = {role: volumes[role].to_sitk() for role in present}
         clock.lap("load")
 
+        brain = extract_brain(images[reference_role])
+        brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
+        clock.lap("brain extraction")
+
         transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
         registration = {}
         for role in present:
@@ -114,12 +124,12 @@ class TumorSegmentation(Pipeline):
         clock.lap("registration")
 
         model_name, segmenter = self.models.for_contrasts(present)
-        labels = segment(segmenter, images, transforms, reference_role, clock)
+        labels = segment(segmenter, images, transforms, reference_role, clock, brain=brain)
         used = ", ".join(DISPLAY[role] for role in present)
         algorithm = Algorithm(
             name="radnode tumor-segmentation", version=self.model_digest[:16],
             parameters=(("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
-                        ("model", model_name)),
+                        ("model", model_name), ("brain volume used", f"{brain_ml:.0f} mL")),
         )
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
@@ -133,6 +143,7 @@ class TumorSegmentation(Pipeline):
                 "contrasts_used": [DISPLAY[role] for role in present],
                 "reference": DISPLAY[reference_role],
                 "model": model_name,
+                "brain_ml": round(brain_ml, 1),
                 "volumes_ml": volumes_ml,
                 "tumor_found": any(volumes_ml.values()),
                 "registration": registration,
@@ -189,6 +200,7 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
             raise NotApplicable(f"the {DISPLAY[role]} series has modality {volume.modality or 'missing'}, not MR")
         if str(volume.sources[0].get("Manufacturer", "")) == MANUFACTURER:
             raise NotApplicable(f"the {DISPLAY[role]} series was made by radnode, not a scanner")
+        check_brain_series(volume, DISPLAY[role])
         volumes[role] = volume
     if not any(role in volumes for role in ANCHORS):
         raise NotApplicable(
@@ -199,27 +211,30 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
 
 
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
-            reference_role: str, clock: StageClock | None = None) -> np.ndarray:
-    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts.
+            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None) -> np.ndarray:
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain.
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
-    model grid goes through it, so each contrast is interpolated once.
+    model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
+    mask on the reference grid (``extract_brain`` of the reference when not given).
     """
     clock = clock or StageClock()
     reference = images[reference_role]
+    if brain is None:
+        brain = extract_brain(reference)
     grid = model_grid(reference, segmenter.format.spacing)
     channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
                 for role, image in images.items()}
-    network_input = normalize(channels, brain_mask(channels[reference_role]))
+    network_input = normalize(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
     clock.lap("preprocessing")
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
     labels = _labels_on_reference(probabilities, grid, reference, segmenter.format.threshold)
-    labels[~brain_mask(sitk.GetArrayViewFromImage(reference))] = 0
     if segmenter.format.fill_core:
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
+    labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # last: nothing outside the brain, ever
     clock.lap("postprocessing")
     return labels
 
