@@ -19,7 +19,7 @@ from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.volume import load_series
-from tests.mr_dicom import Study, write_series
+from tests.mr_dicom import Study, seg_labels, write_series
 from tests.peers import dciodvfy
 
 CHEST_CT = "ct-chest/lung-pet-ct-dx-A0002/B40f"
@@ -34,18 +34,6 @@ def pipeline():
 @pytest.fixture(scope="module")
 def clinical_t1c(data_dir, tmp_path_factory) -> list[Path]:
     return write_series(load_clinical("t1c", data_dir), "t1c", tmp_path_factory.mktemp("clinical"), Study())
-
-
-def seg_labels(seg: pydicom.Dataset, source: list[Path]) -> np.ndarray:
-    """Segment numbers (0 = none) on the source series' grid, from the SEG's frames and their source references."""
-    volume = load_series(source)
-    slice_of = {uid: k for k, uid in enumerate(volume.sop_instance_uids)}
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
-    pixels = seg.pixel_array.reshape(-1, *labels.shape[1:])
-    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
-        k = slice_of[str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
-        labels[k][frame > 0] = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-    return labels
 
 
 def sr_texts(dataset) -> list[str]:
