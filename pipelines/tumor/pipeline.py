@@ -18,7 +18,7 @@ Steps, each timed in the job summary:
 5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
 6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present),
+   without a core removed if T1c is present, tumors under ``min_tumor_ml`` removed),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -26,7 +26,8 @@ Steps, each timed in the job summary:
 
 Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
 (radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
-``device``, and ``options.reference`` (a list of roles in order of preference).
+``device``, ``options.reference`` (a list of roles in order of preference) and
+``options.min_tumor_ml`` (smallest connected tumor reported, default 1 mL; 0 reports every voxel).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
+    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -57,6 +58,8 @@ from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
+#: Smallest tumor reported (mL): the issue's bound on false-positive volume in a healthy brain.
+MIN_TUMOR_ML = 1.0
 #: How contrasts are named in reports.
 DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
 
@@ -97,6 +100,7 @@ class TumorSegmentation(Pipeline):
         self.identity = Identity(uid_root=settings.uid_root)
         self.model_digest = folder_digest(self.model_dir)
         self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
+        self.min_tumor_ml = float(settings.options.get("min_tumor_ml", MIN_TUMOR_ML))
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
@@ -124,7 +128,8 @@ class TumorSegmentation(Pipeline):
         clock.lap("registration")
 
         model_name, segmenter = self.models.for_contrasts(present)
-        labels = segment(segmenter, images, transforms, reference_role, clock, brain=brain)
+        labels = segment(segmenter, images, transforms, reference_role, clock, brain=brain,
+                         min_tumor_ml=self.min_tumor_ml)
         used = ", ".join(DISPLAY[role] for role in present)
         algorithm = Algorithm(
             name="radnode tumor-segmentation", version=self.model_digest[:16],
@@ -211,12 +216,14 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
 
 
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
-            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None) -> np.ndarray:
+            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
+            min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
     """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain.
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
     model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
-    mask on the reference grid (``extract_brain`` of the reference when not given).
+    mask on the reference grid (``extract_brain`` of the reference when not given); tumors
+    smaller than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``).
     """
     clock = clock or StageClock()
     reference = images[reference_role]
@@ -234,7 +241,8 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
-    labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # last: nothing outside the brain, ever
+    labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
+    labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     clock.lap("postprocessing")
     return labels
 
