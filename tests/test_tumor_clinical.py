@@ -64,7 +64,7 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     print(f"labelled {labelled.sum()} voxels, outside HD-BET's brain mask {(labelled & ~hd_bet).sum()}")
     assert labelled.any()
     assert not (labelled & ~brain).any(), "a tumor voxel outside the extracted brain"
-    # against the independent HD-BET mask: 253 of 9,487 labelled voxels (2.7 %, 1.1 mL) lie outside it
+    # against the independent HD-BET mask: 218 of 9,199 labelled voxels (2.4 %, 0.97 mL) lie outside it
     assert (labelled & ~hd_bet).sum() <= 0.05 * labelled.sum()
     # the brain the pipeline used is the HD-BET brain to within 2 % (measured 1604 against 1598 mL)
     assert result.summary["brain_ml"] == pytest.approx(1598, rel=0.02)
