@@ -95,7 +95,7 @@ def test_a_localizer_is_not_applicable(pipeline, data_dir, tmp_path):
 
 
 def test_a_body_larger_than_a_head_is_not_applicable_even_labelled_brain(pipeline, data_dir, tmp_path):
-    """A real chest (CT slices written as an MR series whose header says BRAIN): the image decides."""
+    """A real chest (CT slices written as an MR series whose header says BRAIN): the image decides (330 mm wide)."""
     chest = load_series(sorted((data_dir / CHEST_CT).glob("*.dcm"))).to_sitk()
     as_mr = sitk.Clamp(chest + 1024.0, lowerBound=0.0)
     paths = write_series(as_mr, "t1c", tmp_path / "s", Study())
