@@ -1,4 +1,4 @@
-"""Brain MR NIfTI volumes written as DICOM MR series, so the tumor tests go through DICOM.
+"""Brain MR NIfTI volumes written as DICOM MR series, so the tumor tests go through DICOM (and SEGs read back).
 
 Geometry comes from the image (SimpleITK reads NIfTI into LPS, the DICOM patient frame): slice
 positions from the voxel grid, orientation from its direction cosines. Headers carry what a
@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from pipelines.volume import load_series
 
 #: Scanner-like acquisition attributes per contrast role.
 PROTOCOLS: dict[str, dict[str, object]] = {
@@ -161,3 +164,15 @@ def write_clinical_study(images: dict[str, sitk.Image], folder: Path, roles: tup
         image, _ = moved(resliced(images[role], spacing), rotation, shift)
         series[role] = write_series(image, role, folder / role, study)
     return study, series
+
+
+def seg_labels(seg: pydicom.Dataset, source: list[Path]) -> np.ndarray:
+    """Segment numbers (0 = none) on the source series' grid, from the SEG's frames and their source references."""
+    volume = load_series(source)
+    slice_of = {uid: k for k, uid in enumerate(volume.sop_instance_uids)}
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    pixels = seg.pixel_array.reshape(-1, *labels.shape[1:])
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        k = slice_of[str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        labels[k][frame > 0] = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    return labels

@@ -5,16 +5,20 @@ Steps, each timed in the job summary:
 1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume; the
    reference contrast is the first present of ``options.reference`` (default T1c, then FLAIR):
    results are written on its grid, slice for slice.
-2. registration: every other contrast rigidly onto the reference (``registration``), with a
+   A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
+   localizer, a body part other than the head, a body wider than a head, too little brain.
+2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
+   are reduced to the brain, skull-stripped ones kept whole. The network sees only the brain,
+   and no voxel outside it is ever labelled; the SR states the brain volume used.
+3. registration: every other contrast rigidly onto the reference (``registration``), with a
    quality check that fails the job naming the contrast when the alignment is poor.
-3. preprocessing: all contrasts onto the model's isotropic grid in one interpolation, z-scored
-   over the brain (``preprocess``); absent contrasts are zero channels. No skull stripping: the
-   shipped model was trained on skull-stripped images and radnode ships no stripping model, so
-   stripped series (zero background) are normalized over the brain, others over the head.
-4. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
-5. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
+4. preprocessing: all contrasts onto the model's isotropic grid in one interpolation (a thick-
+   slice series is interpolated to it like any other), z-scored over the brain and zero outside
+   it, as in training (``preprocess``); absent contrasts are zero channels.
+5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
+6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present),
+   without a core removed if T1c is present, tumors under ``min_tumor_ml`` removed),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -22,11 +26,14 @@ Steps, each timed in the job summary:
 
 Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
 (radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
-``device``, and ``options.reference`` (a list of roles in order of preference).
+``device``, ``options.reference`` (a list of roles in order of preference) and
+``options.min_tumor_ml`` (smallest connected tumor reported, default 1 mL; 0 reports every voxel).
 
 A MONAI bundle (``brats_mri_segmentation``) replaces steps 3-5's model parts with its own
-preprocessing, inferer and postprocessing (``bundle_segmentation``); the SEG and SR name the
-bundle and its version, and a study without every contrast the bundle names is not applicable.
+preprocessing, inferer and postprocessing (``bundle_segmentation``); it is given the reference
+contrast with everything outside the extracted brain set to 0, its labels outside the brain are
+dropped, the SEG and SR name the bundle and its version, and a study without every contrast the
+bundle names is not applicable.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ import SimpleITK as sitk
 from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
+from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
+from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    brain_mask, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
+    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -56,6 +65,8 @@ from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
+#: Smallest tumor reported (mL): the issue's bound on false-positive volume in a healthy brain.
+MIN_TUMOR_ML = 1.0
 #: How contrasts are named in reports.
 DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
 
@@ -96,6 +107,7 @@ class TumorSegmentation(Pipeline):
         self.identity = Identity(uid_root=settings.uid_root)
         self.model_digest = folder_digest(self.model_dir)
         self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
+        self.min_tumor_ml = float(settings.options.get("min_tumor_ml", MIN_TUMOR_ML))
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
@@ -105,6 +117,10 @@ class TumorSegmentation(Pipeline):
         reference = volumes[reference_role]
         images = {role: volumes[role].to_sitk() for role in present}
         clock.lap("load")
+
+        brain = extract_brain(images[reference_role])
+        brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
+        clock.lap("brain extraction")
 
         transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
         registration = {}
@@ -120,16 +136,20 @@ class TumorSegmentation(Pipeline):
 
         model_name, segmenter = self.models.for_contrasts(present)
         used = ", ".join(DISPLAY[role] for role in present)
-        parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]))
+        parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
+                      ("brain volume used", f"{brain_ml:.0f} mL"))
         if isinstance(segmenter, BundleSegmenter):
             _require_bundle_contrasts(segmenter, present)
-            labels = segmenter.segment(images, transforms, reference_role, clock)
+            stripped = {**images, reference_role: sitk.Mask(images[reference_role], brain > 0)}
+            labels = segmenter.segment(stripped, transforms, reference_role, clock)
+            labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
             bundle = segmenter.runner.bundle
             model_name = bundle.label
             algorithm = Algorithm(name=bundle.name, version=bundle.version, parameters=(
                 *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
         else:
-            labels = segment(segmenter, images, transforms, reference_role, clock)
+            labels = segment(segmenter, images, transforms, reference_role, clock, brain=brain,
+                             min_tumor_ml=self.min_tumor_ml)
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
@@ -144,6 +164,7 @@ class TumorSegmentation(Pipeline):
                 "contrasts_used": [DISPLAY[role] for role in present],
                 "reference": DISPLAY[reference_role],
                 "model": model_name,
+                "brain_ml": round(brain_ml, 1),
                 "volumes_ml": volumes_ml,
                 "tumor_found": any(volumes_ml.values()),
                 "registration": registration,
@@ -210,6 +231,7 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
             raise NotApplicable(f"the {DISPLAY[role]} series has modality {volume.modality or 'missing'}, not MR")
         if str(volume.sources[0].get("Manufacturer", "")) == MANUFACTURER:
             raise NotApplicable(f"the {DISPLAY[role]} series was made by radnode, not a scanner")
+        check_brain_series(volume, DISPLAY[role])
         volumes[role] = volume
     if not any(role in volumes for role in ANCHORS):
         raise NotApplicable(
@@ -220,27 +242,33 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
 
 
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
-            reference_role: str, clock: StageClock | None = None) -> np.ndarray:
-    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts.
+            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
+            min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain.
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
-    model grid goes through it, so each contrast is interpolated once.
+    model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
+    mask on the reference grid (``extract_brain`` of the reference when not given); tumors
+    smaller than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``).
     """
     clock = clock or StageClock()
     reference = images[reference_role]
+    if brain is None:
+        brain = extract_brain(reference)
     grid = model_grid(reference, segmenter.format.spacing)
     channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
                 for role, image in images.items()}
-    network_input = normalize(channels, brain_mask(channels[reference_role]))
+    network_input = normalize(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
     clock.lap("preprocessing")
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
     labels = _labels_on_reference(probabilities, grid, reference, segmenter.format.threshold)
-    labels[~brain_mask(sitk.GetArrayViewFromImage(reference))] = 0
     if segmenter.format.fill_core:
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
+    labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
+    labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     clock.lap("postprocessing")
     return labels
 
