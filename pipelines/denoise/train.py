@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--slice-stride", type=int, default=1,
+                        help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
     args = parser.parse_args(argv)
 
     from pipelines.base import resolve_device
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.monotonic()
 
-    scans = [load_scan(args.data, name) for name in TRAINING]
+    scans = [load_scan(args.data, name).subset(slice(None, None, args.slice_stride)) for name in TRAINING]
     photons = [full_dose_photons(scan, generator) for scan in scans]
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
