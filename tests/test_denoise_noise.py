@@ -80,16 +80,21 @@ def test_sharper_filters_give_more_noise_from_the_same_photons():
     assert std["hann"] < std["ramp"] < std["edge"], std
 
 
-def test_lower_tube_voltage_attenuates_more_and_is_noisier_at_equal_photons():
+def test_lower_tube_voltage_attenuates_more_and_leaves_fewer_photons():
     assert water_attenuation_per_mm(80) > water_attenuation_per_mm(100) > water_attenuation_per_mm(120) \
         > water_attenuation_per_mm(140)
     with pytest.raises(ValueError, match="outside"):
         water_attenuation_per_mm(40)
-    centre = (slice(56, 72), slice(56, 72))
-    std = {kvp: float(SliceScan.of(water_disk(60), 0.7, kvp).acquisition_noise(
-        2e4, "hann", torch.Generator().manual_seed(4))[centre].std()) for kvp in (80, 140)}
-    # 8.4 cm of water: 80 kVp leaves exp(-(0.0220-0.0185)*84) = 0.75x the photons of 140 kVp
-    assert std[80] > 1.05 * std[140], std
+    scans = {kvp: SliceScan.of(water_disk(60), 0.7, kvp) for kvp in (80, 140)}
+    # 8.4 cm of water: line integrals scale with water's attenuation at each voltage
+    ratio = float(scans[80].line_integrals.max() / scans[140].line_integrals.max())
+    assert ratio == pytest.approx(0.0220 / 0.0185, rel=0.01)
+    centre = (slice(48, 80), slice(48, 80))
+    std = {kvp: float(np.mean([scan.acquisition_noise(2e4, "hann", torch.Generator().manual_seed(s))[centre].std()
+                               for s in range(3)])) for kvp, scan in scans.items()}
+    # Equal photons: noise in mu grows by sqrt(exp(0.0035 * 84)) = 1.16, but HU divide by the larger
+    # mu_water (0.84x), so HU noise is about equal (0.97x); low kV is noisier only through fewer photons.
+    assert std[80] / std[140] == pytest.approx(0.97, rel=0.1), std
 
 
 def test_electronic_noise_matters_only_where_photons_are_few():
@@ -98,8 +103,9 @@ def test_electronic_noise_matters_only_where_photons_are_few():
     def std(photons: float, electronic: float) -> float:
         return float(scan.acquisition_noise(photons, "hann", torch.Generator().manual_seed(5), electronic)[centre].std())
 
-    assert std(1e6, 8.0) == pytest.approx(std(1e6, 0.0), rel=0.05)  # thousands of photons reach the detector
-    assert std(2e3, 8.0) > 1.3 * std(2e3, 0.0)  # ~35 photons behind 8.4 cm of water: starvation
+    assert std(1e6, 8.0) == pytest.approx(std(1e6, 0.0), rel=0.05)  # ~2e5 photons reach the detector
+    # 200 photons leave ~40 behind 8.4 cm of water: 8 counts of electronic noise dominate
+    assert std(2e2, 8.0) > 1.3 * std(2e2, 0.0)
 
 
 def test_dose_reduction_with_electronic_noise_equals_a_direct_low_dose_scan():
