@@ -241,7 +241,10 @@ def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_pa
     folder = tmp_path / "model"
     folder.mkdir()
     torch.jit.script(_Offset(offset_hu / 1000.0)).save(str(folder / "model.ts"))
-    (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n")
+    # [output] restore_mean_sigma_mm = 0: a uniform shift is pure low frequency, which the mean
+    # correction would remove; here the shifted values must reach the writer.
+    (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n"
+                                        "[output]\nrestore_mean_sigma_mm = 0.0\n")
     pipeline = CTDenoise(PipelineSettings(name="ct-denoise", model=folder, device="cpu"))
     result = pipeline.run(JobInput(series={"series": spool_series[10:13]}, output_dir=tmp_path / "out"))
     source = pydicom.dcmread(spool_series[10])
