@@ -19,7 +19,8 @@ from pipelines.denoise.inference import Denoiser, Preprocessing
 from pipelines.model_folder import ModelFolderError
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.noise import (
-    N_VIEWS, ParallelBeam, SliceScan, calibrate_photons, reconstruction_filter,
+    N_VIEWS, ParallelBeam, SliceScan, added_electronic_noise, added_photons, calibrate_photons,
+    reconstruction_filter, relative_tube_output, thickness_dose_factor, water_attenuation_per_mm,
 )
 from pipelines.denoise.train import write_weights
 
@@ -61,11 +62,80 @@ def test_noise_falls_with_photons_and_grows_with_attenuation():
     assert std(big, 1e4) > 1.5 * std(small, 1e4)  # longer paths through water, fewer photons
 
 
-def test_kernel_names_map_to_filter_textures():
+def test_kernel_names_map_to_filter_textures_from_smooth_to_very_sharp():
     assert reconstruction_filter("B40f") == "hann"
+    assert reconstruction_filter("Br40d") == "hann"
+    assert reconstruction_filter("B50f") == "shepp-logan"
     assert reconstruction_filter("B70f") == "ramp"
+    assert reconstruction_filter("B80f") == "edge"
+    assert reconstruction_filter("BONEPLUS") == "edge"
     assert reconstruction_filter("STANDARD") == "hann"
     assert reconstruction_filter(None) == "ramp"
+
+
+def test_sharper_filters_give_more_noise_from_the_same_photons():
+    scan, generator = SliceScan.of(water_disk(50), 0.7), torch.Generator().manual_seed(3)
+    centre = (slice(48, 80), slice(48, 80))
+    std = {name: float(scan.acquisition_noise(2e4, name, generator)[centre].std()) for name in ("hann", "ramp", "edge")}
+    assert std["hann"] < std["ramp"] < std["edge"], std
+
+
+def test_lower_tube_voltage_attenuates_more_and_leaves_fewer_photons():
+    assert water_attenuation_per_mm(80) > water_attenuation_per_mm(100) > water_attenuation_per_mm(120) \
+        > water_attenuation_per_mm(140)
+    with pytest.raises(ValueError, match="outside"):
+        water_attenuation_per_mm(40)
+    scans = {kvp: SliceScan.of(water_disk(60), 0.7, kvp) for kvp in (80, 140)}
+    # 8.4 cm of water: line integrals scale with water's attenuation at each voltage
+    ratio = float(scans[80].line_integrals.max() / scans[140].line_integrals.max())
+    assert ratio == pytest.approx(0.0220 / 0.0185, rel=0.01)
+    centre = (slice(48, 80), slice(48, 80))
+    std = {kvp: float(np.mean([scan.acquisition_noise(2e4, "hann", torch.Generator().manual_seed(s))[centre].std()
+                               for s in range(3)])) for kvp, scan in scans.items()}
+    # Equal photons: noise in mu grows by sqrt(exp(0.0035 * 84)) = 1.16, but HU divide by the larger
+    # mu_water (0.84x), so HU noise is about equal (0.97x); low kV is noisier only through fewer photons.
+    assert std[80] / std[140] == pytest.approx(0.97, rel=0.1), std
+
+
+def test_electronic_noise_matters_only_where_photons_are_few():
+    scan, centre = SliceScan.of(water_disk(60), 0.7), (slice(56, 72), slice(56, 72))
+
+    def std(photons: float, electronic: float) -> float:
+        return float(scan.acquisition_noise(photons, "hann", torch.Generator().manual_seed(5), electronic)[centre].std())
+
+    assert std(1e6, 8.0) == pytest.approx(std(1e6, 0.0), rel=0.05)  # ~2e5 photons reach the detector
+    # 200 photons leave ~40 behind 8.4 cm of water: 8 counts of electronic noise dominate
+    assert std(2e2, 8.0) > 1.3 * std(2e2, 0.0)
+
+
+def test_dose_reduction_with_electronic_noise_equals_a_direct_low_dose_scan():
+    """Full dose + the added scan (Poisson and electronic part) has the variance of dose f."""
+    scan, centre = SliceScan.of(water_disk(40), 0.7), (slice(48, 80), slice(48, 80))
+    photons, fraction, electronic = 5e4, 0.25, 8.0
+    generator = torch.Generator().manual_seed(6)
+    full = [scan.acquisition_noise(photons, "hann", generator, electronic) for _ in range(4)]
+    added = [scan.acquisition_noise(added_photons(photons, fraction), "hann", generator,
+                                    added_electronic_noise(electronic, fraction)) for _ in range(4)]
+    direct = [scan.acquisition_noise(photons * fraction, "hann", generator, electronic) for _ in range(4)]
+    combined = np.mean([(f + a)[centre].var() for f, a in zip(full, added)])
+    assert combined == pytest.approx(np.mean([d[centre].var() for d in direct]), rel=0.1)
+
+
+def test_tube_current_modulation_is_read_per_slice_from_real_headers(data_dir):
+    assert relative_tube_output([200.0, 400.0, None]) == pytest.approx([2 / 3, 4 / 3, 1.0])
+    assert list(relative_tube_output([None, None])) == [1.0, 1.0]
+    scan = load_scan(data_dir, "ct-chest/cptac-luad-C3N-00247")  # 237-493 mA along z, 100 kVp
+    assert scan.kvp == 100.0
+    assert scan.relative_dose.max() / scan.relative_dose.min() > 2.0
+    assert scan.slice_photons(1e5, int(np.argmax(scan.relative_dose))) > 1.9 * scan.slice_photons(
+        1e5, int(np.argmin(scan.relative_dose)))
+
+
+def test_thinner_slices_are_a_lower_dose_for_noise():
+    assert thickness_dose_factor(3.0, 0.6) == pytest.approx(0.2)
+    assert thickness_dose_factor(1.0, 5.0) == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        thickness_dose_factor(0.0, 1.0)
 
 
 def test_both_kernels_of_one_real_scan_imply_the_same_photon_count(data_dir):
@@ -90,8 +160,8 @@ def test_tiles_give_the_same_result_as_whole_slices(tmp_path):
     folder = tmp_path / "model"
     write_weights(folder, ResidualDenoiser(arch), arch, Preprocessing(halo=arch.layers * arch.downscale))
     hu = np.random.default_rng(0).normal(0, 300, (2, 130, 150)).astype(np.float32)
-    whole = Denoiser.load(folder, "cpu")(hu)
-    tiled = Denoiser.load(folder, "cpu", batch_pixels=64 * 64)(hu)
+    whole = Denoiser.load(folder, "cpu")(hu, (0.7, 0.7))
+    tiled = Denoiser.load(folder, "cpu", batch_pixels=64 * 64)(hu, (0.7, 0.7))
     np.testing.assert_allclose(tiled, whole, atol=1e-3)
 
 
@@ -105,7 +175,8 @@ def test_torchscript_and_state_dict_folders_agree(tmp_path):
     torch.jit.script(network).save(str(scripted / "model.ts"))
     (scripted / "params.json").write_text('{"input": {"clip": [-1024, 3071], "offset": 0, "scale": 1000}}')
     hu = np.random.default_rng(1).normal(0, 200, (1, 64, 64)).astype(np.float32)
-    np.testing.assert_allclose(Denoiser.load(scripted, "cpu")(hu), Denoiser.load(tmp_path / "state", "cpu")(hu),
+    np.testing.assert_allclose(Denoiser.load(scripted, "cpu")(hu, (0.7, 0.7)),
+                               Denoiser.load(tmp_path / "state", "cpu")(hu, (0.7, 0.7)),
                                atol=1e-3)
 
 
@@ -118,3 +189,17 @@ def test_unusable_model_folders_are_refused_with_the_reason(tmp_path):
     torch.save(ResidualDenoiser(Architecture(channels=8, layers=3)).state_dict(), tmp_path / "model.pt")
     with pytest.raises(ModelFolderError, match="does not match"):
         Denoiser.load(tmp_path, "cpu")  # [model] missing: defaults describe a different network
+
+
+def test_training_applies_the_same_mean_preservation_as_inference():
+    """The network is fitted with the high-pass it will run with, so it never relies on low frequencies."""
+    from pipelines.denoise.train import keep_mean
+
+    rng = np.random.default_rng(7)
+    hu = rng.normal(0, 100, (1, 64, 64)).astype(np.float32)
+    output = hu + rng.normal(20, 30, hu.shape).astype(np.float32)  # a model that adds a 20 HU offset
+    denoiser = Denoiser(torch.nn.Identity(), Preprocessing(restore_mean_sigma_mm=2.0), "cpu")
+    expected = denoiser._keep_mean(hu, output, (0.7, 0.7))
+    trained = keep_mean(torch.from_numpy(hu)[None], torch.from_numpy(output)[None], 2.0 / 0.7)[0].numpy()
+    np.testing.assert_allclose(trained[:, 12:-12, 12:-12], expected[:, 12:-12, 12:-12], atol=0.5)
+    assert abs(float(expected.mean() - hu.mean())) < 1.0  # the 20 HU offset is gone

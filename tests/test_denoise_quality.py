@@ -1,10 +1,11 @@
 """ct-denoise with the shipped weights: quality on held-out real CT, and the series it writes.
 
-Quality runs on a few slices of the held-out scan (lung-pet-ct-dx-A0002, never trained on) at
-simulated quarter and tenth dose with a fixed seed; the full 30-slice numbers are in the model
-card (``python -m pipelines.denoise.evaluate``). The output checks run the pipeline exactly as a
-worker does, on copies of the real series as spool files, and hand the result to dciodvfy and
-Orthanc.
+Quality runs on a few slices of each held-out kernel (``data.HELD_OUT_BY_KERNEL``: A0002 B40f
+and B70f, LIDC-IDRI-0003 GE STANDARD; never trained on) at simulated quarter and tenth dose with a
+fixed seed, against the oracle Gaussian (the sigma best on these very slices) and, on small crops
+because it is slow, BM3D given the true noise spectrum. The full tables are in the model card
+(``python -m pipelines.denoise.evaluate``). The output checks run the pipeline exactly as a worker
+does, on copies of the real series as spool files, and hand the result to dciodvfy and Orthanc.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import torch
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.denoise import evaluate
-from pipelines.denoise.data import HELD_OUT, HELD_OUT_SHARP, Scan, load_scan
+from pipelines.denoise.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.denoise.noise import uniform_noise_std, uniform_region_mask
 from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
 from pipelines.volume import load_series
 from tests.peers import dciodvfy, storescu
 
-#: Held-out slices for the CI quality check: upper lobes, heart, lung bases, liver dome.
+#: Held-out A0002 slices for the CI quality check: upper lobes, heart, lung bases, liver dome.
 QUALITY_SLICES = [4, 12, 18, 26]
+#: BM3D (about 3 s per 128 x 128 crop) runs on this many slices' centred crops per kernel.
+BM3D_SLICES, BM3D_CROP = 2, 128
 
 
 @pytest.fixture(scope="module")
@@ -41,30 +44,71 @@ def held_out(data_dir) -> Scan:
     return load_scan(data_dir, HELD_OUT)
 
 
+def quality_subset(scan: Scan) -> Scan:
+    """Four slices spread over the scan (A0002's named ones; evenly spread for the others)."""
+    if len(scan.hu) == 30:
+        return scan.subset(QUALITY_SLICES)
+    return scan.subset(list(np.linspace(len(scan.hu) * 0.15, len(scan.hu) * 0.85, 4).round().astype(int)))
+
+
 @pytest.fixture(scope="module")
-def simulated(held_out) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(full dose, {dose: low dose}) on the quality slices, seeded like the evaluation."""
-    photons = evaluate.scan_photons(held_out, evaluate.EVALUATION_SEED)
-    subset = Scan(held_out.name, held_out.hu[QUALITY_SLICES], held_out.pixel_spacing_mm, held_out.kernel)
-    return subset.hu, evaluate.simulate_doses(subset, photons, evaluate.EVALUATION_SEED)
+def simulated(data_dir) -> dict[str, tuple[Scan, dict[str, np.ndarray]]]:
+    """Per kernel: (full-dose subset, {dose: low dose}), seeded like the evaluation."""
+    out = {}
+    for kernel, name in HELD_OUT_BY_KERNEL.items():
+        subset = quality_subset(load_scan(data_dir, name))
+        photons = evaluate.scan_photons(subset, evaluate.EVALUATION_SEED)
+        out[kernel] = (subset, evaluate.simulate_doses(subset, photons, evaluate.EVALUATION_SEED))
+    return out
 
 
-@pytest.mark.parametrize("dose, margin_db", [("quarter", 1.0), ("tenth", 1.0)])
-def test_model_beats_the_best_gaussian_filter(denoiser, simulated, dose, margin_db):
-    full, low = simulated
-    noisy = low[dose]
+#: The issue 17 rule is quarter dose on every kernel; tenth dose is checked too and fails on the
+#: starved GE scan (30 slices: model 27.09 dB vs oracle Gaussian 28.77 dB, -1.7 dB).
+CASES = [("B40f", "quarter"), ("B70f", "quarter"), ("STANDARD", "quarter"), ("B40f", "tenth"), ("B70f", "tenth"),
+         pytest.param("STANDARD", "tenth", marks=pytest.mark.xfail(strict=True, reason=(
+             "not met: at tenth dose LIDC-IDRI-0003's darkest rays get ~6 photons and electronic noise "
+             "dominates, outside what the shipped weights were trained on")))]
+
+
+@pytest.mark.parametrize("kernel, dose", CASES)
+def test_model_beats_the_oracle_gaussian_filter_on_every_held_out_kernel(denoiser, simulated, kernel, dose):
+    margin_db = 1.0
+    scan, low = simulated[kernel]
+    full, noisy = scan.hu, low[dose]
     sigma = evaluate.best_gaussian_sigma(noisy, full)  # the best Gaussian for these very slices
     gauss = evaluate.mean_metrics(evaluate.gaussian(noisy, sigma), full)
-    model = evaluate.mean_metrics(denoiser(noisy), full)
+    model = evaluate.mean_metrics(denoiser(noisy, (scan.pixel_spacing_mm,) * 2), full)
     raw = evaluate.mean_metrics(noisy, full)
     assert gauss["psnr_db"] > raw["psnr_db"]
+    # measured on all evaluated slices (model card): quarter B40f +1.88, B70f +1.71, STANDARD +1.46 dB;
+    # tenth B40f +1.76, B70f +1.31 dB
     assert model["psnr_db"] >= gauss["psnr_db"] + margin_db, (model, gauss)
     assert model["ssim"] > gauss["ssim"], (model, gauss)
 
 
+@pytest.mark.parametrize("kernel", [
+    pytest.param("B40f", marks=pytest.mark.xfail(strict=True, reason=(
+        "not met on the smooth kernel: on these 2 crops of 128 px BM3D 41.20 dB, model 40.64 dB "
+        "(-0.56 dB); on 4 crops of 256 px the model leads by +0.38 dB"))),
+    "B70f", "STANDARD"])
+def test_model_is_at_least_as_good_as_bm3d_with_the_true_noise_spectrum(denoiser, simulated, kernel):
+    scan, low = simulated[kernel]
+    pick = [0, 2][:BM3D_SLICES]
+    full, noisy = scan.hu[pick], low["quarter"][pick]
+    model = denoiser(noisy, (scan.pixel_spacing_mm,) * 2)
+    crop = lambda a: evaluate.centre_crop(a, BM3D_CROP)  # noqa: E731
+    bm3d = evaluate.bm3d_denoise(crop(noisy), crop(noisy) - crop(full))
+    scores = {"bm3d": evaluate.mean_metrics(bm3d, crop(full)), "model": evaluate.mean_metrics(crop(model), crop(full))}
+    # measured on 4 crops of 256 px (model card): model - BM3D = B40f +0.38, B70f +1.87, STANDARD +1.44 dB;
+    # on these 2 crops of 128 px: B40f -0.56 dB (the xfail), B70f and STANDARD: see the test log
+    assert scores["model"]["psnr_db"] >= scores["bm3d"]["psnr_db"], scores
+
+
 def test_mean_hu_of_lung_soft_tissue_and_bone_is_kept(denoiser, simulated):
-    full, low = simulated
-    bias = evaluate.region_bias(denoiser(low["quarter"]), full, evaluate.region_masks(full))
+    scan, low = simulated["B40f"]
+    full = scan.hu
+    bias = evaluate.region_bias(denoiser(low["quarter"], (scan.pixel_spacing_mm,) * 2), full,
+                                evaluate.region_masks(full))
     assert set(bias) == {"lung", "soft tissue", "bone"}
     for region, value in bias.items():
         assert abs(value) < 5.0, f"{region}: mean HU off by {value:.1f} from full dose"
@@ -72,9 +116,10 @@ def test_mean_hu_of_lung_soft_tissue_and_bone_is_kept(denoiser, simulated):
 
 def test_real_sharp_kernel_noise_drops_and_edges_stay(denoiser, data_dir, held_out):
     """No simulation: the real B70f reconstruction of the held-out scan."""
-    sharp = load_scan(data_dir, HELD_OUT_SHARP).hu[QUALITY_SLICES]
+    sharp_scan = load_scan(data_dir, HELD_OUT_SHARP)
+    sharp = sharp_scan.hu[QUALITY_SLICES]
     smooth = held_out.hu[QUALITY_SLICES]
-    denoised = denoiser(sharp)
+    denoised = denoiser(sharp, (sharp_scan.pixel_spacing_mm,) * 2)
     for k in range(len(sharp)):
         mask = uniform_region_mask(smooth[k])
         assert uniform_noise_std(denoised[k], mask) < 0.6 * uniform_noise_std(sharp[k], mask)
@@ -196,7 +241,10 @@ def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_pa
     folder = tmp_path / "model"
     folder.mkdir()
     torch.jit.script(_Offset(offset_hu / 1000.0)).save(str(folder / "model.ts"))
-    (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n")
+    # [output] restore_mean_sigma_mm = 0: a uniform shift is pure low frequency, which the mean
+    # correction would remove; here the shifted values must reach the writer.
+    (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n"
+                                        "[output]\nrestore_mean_sigma_mm = 0.0\n")
     pipeline = CTDenoise(PipelineSettings(name="ct-denoise", model=folder, device="cpu"))
     result = pipeline.run(JobInput(series={"series": spool_series[10:13]}, output_dir=tmp_path / "out"))
     source = pydicom.dcmread(spool_series[10])

@@ -1,9 +1,9 @@
 """The real CT scans the reference weights are trained and validated on, and how to read them.
 
 All of it comes from ``../shared/data`` (see its README for sources and licences). The split is
-by patient: lung-pet-ct-dx-A0002 is held out entirely. Its smooth B40f reconstruction, the least
-noisy chest CT there, is the reference for the quality metrics; its sharp B70f reconstruction of
-the same raw data is the real-noise sanity check. Everything else trains.
+by patient: lung-pet-ct-dx-A0002 and LIDC-IDRI-0003 are held out entirely. A0002 gives two
+kernels of one acquisition (smooth B40f, sharp B70f: the sharp one is also the real-noise check),
+LIDC-IDRI-0003 a third (GE STANDARD). Everything else trains.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pipelines.denoise.noise import calibrate_photons, reconstruction_filter
+from pipelines.denoise.noise import calibrate_photons, reconstruction_filter, relative_tube_output
 from pipelines.volume import decode_pixels, load_series
 
 #: Slices, spread over a scan, on which its full-dose photon count is calibrated.
@@ -32,11 +32,17 @@ TRAINING = (
     "reference-seg-sr/dcmqi/segmentations/ct-3slice",
     "transfer-syntaxes/nema-wg04/REF/CT1_UNC",
     "transfer-syntaxes/nema-wg04/REF/CT2_UNC",
+    "ct-chest/lidc-idri-0001/ct",
+    "ct-chest/lidc-idri-0002/ct",
 )
 #: The held-out scan with simulated dose reduction (metrics) ...
 HELD_OUT = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 #: ... and the same acquisition reconstructed with a sharp kernel (real noise, no simulation).
 HELD_OUT_SHARP = "ct-chest/lung-pet-ct-dx-A0002/B70f"
+#: A third held-out patient, another vendor and kernel (GE LightSpeed, STANDARD, 2.5 mm).
+HELD_OUT_GE = "ct-chest/lidc-idri-0003/ct"
+#: Every held-out series, one per kernel: the per-kernel tables of the model card.
+HELD_OUT_BY_KERNEL = {"B40f": HELD_OUT, "B70f": HELD_OUT_SHARP, "STANDARD": HELD_OUT_GE}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,20 @@ class Scan:
     hu: np.ndarray  # (slices, rows, cols) float32, slices in patient order
     pixel_spacing_mm: float
     kernel: str
+    kvp: float | None = None
+    #: Per-slice tube output relative to the scan's mean (tube-current modulation); None: flat.
+    relative_dose: np.ndarray | None = None
+    slice_thickness_mm: float | None = None
+
+    def subset(self, slices: object) -> "Scan":
+        """The same scan restricted to some slices (an index, slice or list of them)."""
+        dose = None if self.relative_dose is None else self.relative_dose[slices]
+        return Scan(self.name, self.hu[slices], self.pixel_spacing_mm, self.kernel, self.kvp, dose,
+                    self.slice_thickness_mm)
+
+    def slice_photons(self, full_dose: float, k: int) -> float:
+        """Photons per ray of slice ``k``: the scan's calibrated count times its tube output."""
+        return full_dose * (1.0 if self.relative_dose is None else float(self.relative_dose[k]))
 
     @property
     def filter_name(self) -> str:
@@ -58,7 +78,9 @@ def full_dose_photons(scan: Scan, generator: torch.Generator) -> float:
     """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``)."""
     step = max(1, len(scan.hu) // CALIBRATION_SLICES)
     sample = list(scan.hu[::step][:CALIBRATION_SLICES])
-    return calibrate_photons(sample, scan.pixel_spacing_mm, scan.filter_name, generator)
+    dose = None if scan.relative_dose is None else list(scan.relative_dose[::step][:CALIBRATION_SLICES])
+    return calibrate_photons(sample, scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
+                             relative_dose=dose)
 
 
 def load_scan(data_root: Path, relative: str) -> Scan:
@@ -68,14 +90,32 @@ def load_scan(data_root: Path, relative: str) -> Scan:
         raise FileNotFoundError(f"{path} not found: is ../shared/data beside the repository?")
     if path.is_dir():
         volume = load_series(sorted(p for p in path.iterdir() if p.is_file()), min_slices=1)
-        header, hu, (col_mm, row_mm, _) = volume.sources[0], volume.array, volume.spacing
+        headers, hu, (col_mm, row_mm, _) = list(volume.sources), volume.array, volume.spacing
     else:
         header, hu, (row_mm, col_mm) = _single_image(path)
+        headers = [header]
     if abs(col_mm - row_mm) > 1e-3 * row_mm:
         raise ValueError(f"{relative}: the noise simulator needs square pixels, got {row_mm} x {col_mm} mm")
-    return Scan(name=relative, hu=hu, pixel_spacing_mm=row_mm, kernel=kernel_name(header))
+    header = headers[0]
+    kvp = float(header.KVP) if header.get("KVP") not in (None, "") else None
+    thickness = float(header.SliceThickness) if header.get("SliceThickness") not in (None, "") else None
+    return Scan(name=relative, hu=hu, pixel_spacing_mm=row_mm, kernel=kernel_name(header), kvp=kvp,
+                relative_dose=relative_tube_output([tube_output(h) for h in headers]),
+                slice_thickness_mm=thickness)
 
 
+def tube_output(header: Dataset) -> float | None:
+    """A slice's tube current (mA) or, failing that, its exposure (mAs): its relative dose.
+
+    The current is preferred: in a helical scan the rotation time is fixed, so the current is
+    what the modulation changes, and some scanners round Exposure to whole mAs (LIDC-IDRI-0002
+    writes 9 or 10 mAs for 424-441 mA).
+    """
+    for keyword in ("XRayTubeCurrentInuA", "XRayTubeCurrent", "ExposureInuAs", "Exposure"):
+        value = header.get(keyword)
+        if value not in (None, ""):
+            return float(value)
+    return None
 def _single_image(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     """One CT image file: ``load_series`` has no slice step to check on a single image."""
     header = pydicom.dcmread(path, stop_before_pixels=True)

@@ -11,12 +11,23 @@ A model folder is what a site hands the node to replace the shipped weights:
       scale = 1000.0
       halo = 16                  # pixels of context a tile needs: the receptive field radius
 
+      [output]
+      restore_mean_sigma_mm = 2.0  # the model may only change detail finer than this (0: off)
+
       [model]                    # only for model.pt: the architecture to rebuild
       channels = 48
       layers = 8
       downscale = 2
 
 A TorchScript model must map (N, 1, H, W) float32 network units to the same shape, denoised.
+
+Mean preservation: a denoiser must not change HU (lesion enhancement, fat and fluid are read
+from mean HU), and a network trained with MSE on few scans drifts by several HU on scans unlike its
+training data. So whatever model runs, its change to the image (the residual) is high-passed
+before it is applied: ``denoised = input + r - G(r)``, G an in-plane Gaussian of
+``restore_mean_sigma_mm``. Every structure coarser than that scale, including the local mean HU,
+comes from the input; CT noise has almost no power there (its spectrum rises like |f| from zero),
+so almost no noise comes back with it.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from scipy import ndimage
+
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.model_folder import ModelFolderError, load_network, read_params, require_folder
 
@@ -38,6 +51,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 CPU_BATCH_PIXELS = 8 * 512 * 512
 #: ... and about 2 GB of a GPU's memory in half precision.
 GPU_BATCH_PIXELS = 64 * 512 * 512
+#: Scale (mm) below which the model may change the image; see "Mean preservation" above.
+RESTORE_MEAN_SIGMA_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class Preprocessing:
     offset: float = 0.0
     scale: float = 1000.0
     halo: int = 40
+    restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
 
     def to_network(self, hu: torch.Tensor) -> torch.Tensor:
         return (hu.clamp(*self.clip) - self.offset) / self.scale
@@ -58,6 +74,7 @@ class Preprocessing:
 
 def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
     table = params.get("input", {})
+    output = params.get("output", {})
     try:
         low, high = (float(v) for v in table.get("clip", Preprocessing.clip))
         result = Preprocessing(
@@ -65,11 +82,14 @@ def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
             offset=float(table.get("offset", Preprocessing.offset)),
             scale=float(table.get("scale", Preprocessing.scale)),
             halo=int(table.get("halo", Preprocessing.halo)),
+            restore_mean_sigma_mm=float(output.get("restore_mean_sigma_mm", RESTORE_MEAN_SIGMA_MM)),
         )
     except (TypeError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc
     if not low < high or result.scale <= 0 or result.halo < 0:
         raise ModelFolderError(f"{folder}: [input] needs clip low < high, scale > 0 and halo >= 0")
+    if result.restore_mean_sigma_mm < 0:
+        raise ModelFolderError(f"{folder}: [output] restore_mean_sigma_mm must be >= 0 (0 turns it off)")
     return result
 
 
@@ -96,19 +116,33 @@ class Denoiser:
         params = read_params(folder)
         return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels)
 
-    def __call__(self, hu: np.ndarray) -> np.ndarray:
-        """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles."""
+    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+        """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
+
+        ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation.
+        """
         if hu.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
         out = np.empty(hu.shape, dtype=np.float32)
         per_batch = self.batch_pixels // (hu.shape[1] * hu.shape[2])
         if per_batch == 0:
             for k in range(hu.shape[0]):
-                out[k] = self._tiled(hu[k])
+                out[k] = self._keep_mean(hu[k : k + 1], self._tiled(hu[k])[None], pixel_spacing_mm)[0]
             return out
         for start in range(0, hu.shape[0], per_batch):
-            out[start : start + per_batch] = self._forward(hu[start : start + per_batch])
+            batch = hu[start : start + per_batch]
+            out[start : start + per_batch] = self._keep_mean(batch, self._forward(batch), pixel_spacing_mm)
         return out
+
+    def _keep_mean(self, hu: np.ndarray, output: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+        """``input + r - G(r)`` for the model's residual r: only detail finer than G may change."""
+        sigma_mm = self.preprocessing.restore_mean_sigma_mm
+        if sigma_mm == 0:
+            return output
+        clipped = np.clip(hu, *self.preprocessing.clip).astype(np.float32)
+        residual = output - clipped
+        sigma_px = (0.0, sigma_mm / float(pixel_spacing_mm[0]), sigma_mm / float(pixel_spacing_mm[1]))
+        return clipped + residual - ndimage.gaussian_filter(residual, sigma_px, mode="nearest")
 
     def _forward(self, hu: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(self.device)

@@ -6,15 +6,20 @@ is correlated (its texture is set by the reconstruction kernel) and its amplitud
 much the patient attenuates each ray. This module reproduces both, following the usual
 "noise insertion" recipe (Zeng et al., Med Phys 2015; Yu et al., Med Phys 2012):
 
-1. Attenuation: ``mu = MU_WATER_PER_MM * (1 + HU / 1000)``, clipped at 0 (air).
+1. Attenuation: ``mu = mu_water(kVp) * (1 + HU / 1000)``, clipped at 0 (air), with water's
+   attenuation at the beam's effective energy (``MU_WATER_BY_KVP``, 80-140 kVp).
 2. Line integrals ``p`` of a parallel-beam scan: ``N_VIEWS`` views over 180 degrees, detector
    bins as wide as a pixel, rotation centre at pixel (N/2, N/2) of the slice padded to N x N.
 3. A full-dose scan with ``I0`` incident photons per ray has counts ``Poisson(I0 exp(-p))``.
    Lowering the dose to a fraction ``f`` adds variance ``(1/f - 1)`` times the full-dose
    variance; an independent Poisson scan at ``I0 f / (1 - f)`` photons per ray has exactly that
-   variance (Gaussian approximation of Poisson statistics; electronic noise is not modelled).
-   Its log-domain error ``log(lambda / counts)`` (counts clamped at 1 photon where a ray is
-   starved) is that noise in the sinogram.
+   variance (Gaussian approximation of Poisson statistics). Electronic (detector) noise adds a
+   Gaussian of ``ELECTRONIC_NOISE_COUNTS`` to every reading; it matters only where few photons
+   arrive, and there, with counts clamped at 1, it makes the photon-starvation streaks of
+   low-dose CT. Its log-domain error ``log(lambda / counts)`` is that noise in the sinogram.
+   Tube-current modulation along z scales ``I0`` slice by slice (``relative_tube_output`` reads
+   it from XRayTubeCurrent / Exposure); a thinner slice from the same photons is a lower dose
+   (``thickness_dose_factor``).
 4. Filtered back projection of that sinogram noise with a ramp filter apodized like the
    reconstruction kernel (``FILTER_BY_KERNEL``), converted to HU and added to the real image.
    FBP is linear, so reconstructing only the noise equals ``FBP(noisy) - FBP(clean)``.
@@ -41,20 +46,33 @@ from scipy import ndimage
 
 #: Linear attenuation of water at ~70 keV, the effective energy of a 120 kVp beam (NIST XCOM).
 MU_WATER_PER_MM = 0.0193
+#: Water's attenuation (mm^-1) at the effective energy behind a patient for each tube voltage:
+#: about 54, 62, 70 and 77 keV for 80, 100, 120, 140 kVp (NIST XCOM mu/rho of water: 0.2200,
+#: 0.2041, 0.1930, 0.1850 cm^2/g). Lower kVp: more attenuation, so fewer photons cross the body.
+MU_WATER_BY_KVP = {80.0: 0.0220, 100.0: 0.0204, 120.0: MU_WATER_PER_MM, 140.0: 0.0185}
+#: Standard deviation of the detector's electronic noise, in photon-count units per reading
+#: (the order reported for clinical scanners, e.g. Xu & Tsui 2009; Zeng et al. 2015 use ~10).
+ELECTRONIC_NOISE_COUNTS = 8.0
 #: Views over 180 degrees, about what a clinical scanner samples per half rotation: the angular
 #: step stays near one pixel out to the edge of a 512 x 512 field of view, so the noise texture
 #: has no streaks from angular undersampling.
 N_VIEWS = 720
-#: Filters ``iradon`` offers, sharpest first.
-FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+#: FBP filters, sharpest first: ``iradon``'s, plus "edge", a ramp boosted towards Nyquist like
+#: the very sharp bone/inner-ear kernels (B80f, GE BONEPLUS/EDGE, U90).
+FILTERS = ("edge", "ramp", "shepp-logan", "cosine", "hamming", "hann")
+#: Gain of "edge" at the Nyquist frequency relative to the ramp (a quadratic rise from 1 at DC).
+EDGE_BOOST = 1.6
 #: Apodization that gives the noise texture of common kernel families; the first matching prefix
 #: wins; anything else counts as sharp. Checked on real data: the B40f and B70f reconstructions of
 #: one acquisition calibrate to the same photon count with hann and ramp (see MODEL_CARD.md).
 FILTER_BY_KERNEL = (
     ("B1", "hann"), ("B2", "hann"), ("B3", "hann"), ("B4", "hann"),
     ("I1", "hann"), ("I2", "hann"), ("I3", "hann"), ("I4", "hann"),
+    ("BR3", "hann"), ("BR4", "hann"), ("BV3", "hann"), ("BV4", "hann"), ("QR3", "hann"), ("QR4", "hann"),
     ("FC", "hann"), ("SOFT", "hann"), ("STANDARD", "hann"),
-    ("B5", "shepp-logan"), ("I5", "shepp-logan"),
+    ("B5", "shepp-logan"), ("I5", "shepp-logan"), ("BR5", "shepp-logan"), ("BL5", "shepp-logan"),
+    ("DETAIL", "shepp-logan"),
+    ("B8", "edge"), ("B9", "edge"), ("U9", "edge"), ("BONEPLUS", "edge"), ("EDGE", "edge"),
 )
 #: Poisson counts below this are clamped (photon starvation) before taking the logarithm.
 MIN_COUNTS = 1.0
@@ -94,6 +112,8 @@ def fourier_filter(size: int, filter_name: str) -> torch.Tensor:
         response *= np.fft.fftshift(np.hamming(size))
     elif filter_name == "hann":
         response *= np.fft.fftshift(np.hanning(size))
+    elif filter_name == "edge":
+        response *= 1 + (EDGE_BOOST - 1) * (2 * np.fft.fftfreq(size)) ** 2
     return torch.from_numpy(response).float()
 
 
@@ -189,6 +209,54 @@ def _to_square(hu: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
     return square, (slice(top, top + rows), slice(left, left + cols))
 
 
+def water_attenuation_per_mm(kvp: float | None) -> float:
+    """Water's attenuation at the effective energy of a ``kvp`` beam (120 kVp when unknown).
+
+    Interpolated linearly between the tabulated voltages; outside 70-150 kVp it is refused,
+    because the effective energy of such beams (or of a mislabelled header) is not known here.
+    """
+    if kvp is None:
+        return MU_WATER_PER_MM
+    if not 70 <= kvp <= 150:
+        raise ValueError(f"KVP {kvp} is outside the 70-150 kV the noise model knows")
+    voltages = sorted(MU_WATER_BY_KVP)
+    return float(np.interp(kvp, voltages, [MU_WATER_BY_KVP[v] for v in voltages]))
+
+
+def relative_tube_output(exposures: list[float | None]) -> np.ndarray:
+    """Per-slice dose relative to the scan's mean, from each slice's mAs or tube current.
+
+    Tube-current modulation gives shoulders more photons than the lungs; noise follows it slice
+    by slice. A slice without the attribute gets the mean of the others; none at all: flat.
+    """
+    known = [float(e) for e in exposures if e is not None and float(e) > 0]
+    if not known:
+        return np.ones(len(exposures))
+    mean = float(np.mean(known))
+    return np.array([float(e) / mean if e is not None and float(e) > 0 else 1.0 for e in exposures])
+
+
+def thickness_dose_factor(source_thickness_mm: float, target_thickness_mm: float) -> float:
+    """Dose fraction that gives a ``target``-thick slice the noise of the same photons in it.
+
+    Noise variance falls with the detected photons, which are proportional to slice thickness:
+    reconstructing 0.6 mm instead of 3 mm from one scan is, for noise, a fifth of the dose.
+    """
+    if source_thickness_mm <= 0 or target_thickness_mm <= 0:
+        raise ValueError("slice thicknesses must be positive")
+    return target_thickness_mm / source_thickness_mm
+
+
+def added_electronic_noise(electronic_noise: float, dose_fraction: float) -> float:
+    """Electronic noise (counts) of the added scan so that the sum has ``f``'s electronic share.
+
+    Full dose has log-domain variance ``1/l + e^2/l^2``; dose ``f`` has ``1/(f l) + e^2/(f l)^2``.
+    The added scan (``added_photons``) covers the Poisson part; this much electronic noise on it
+    covers the rest: ``e * sqrt((1 + f) / (1 - f))``.
+    """
+    return electronic_noise * math.sqrt((1 + dose_fraction) / (1 - dose_fraction))
+
+
 def added_photons(full_dose_photons: float, dose_fraction: float) -> float:
     """Photons per ray of the independent scan whose noise turns full dose into ``dose_fraction``."""
     if not 0 < dose_fraction < 1:
@@ -209,28 +277,38 @@ class SliceScan:
     line_integrals: torch.Tensor  # (N_VIEWS, n_det), dimensionless
     beam: ParallelBeam
     crop: tuple[slice, slice]
+    mu_water_per_mm: float = MU_WATER_PER_MM
 
     @classmethod
-    def of(cls, hu: np.ndarray, pixel_spacing_mm: float) -> "SliceScan":
+    def of(cls, hu: np.ndarray, pixel_spacing_mm: float, kvp: float | None = None) -> "SliceScan":
         square, crop = _to_square(hu)
         beam = ParallelBeam.for_size(square.shape[0])
-        mu = MU_WATER_PER_MM * np.clip(1 + square / 1000.0, 0, None)
+        mu_water = water_attenuation_per_mm(kvp)
+        mu = mu_water * np.clip(1 + square / 1000.0, 0, None)
         line_integrals = beam.project(torch.from_numpy(mu.astype(np.float32))) * pixel_spacing_mm
-        return cls(hu, pixel_spacing_mm, line_integrals.clamp(min=0), beam, crop)
+        return cls(hu, pixel_spacing_mm, line_integrals.clamp(min=0), beam, crop, mu_water)
 
-    def acquisition_noise(self, photons: float, filter_name: str, generator: torch.Generator) -> np.ndarray:
-        """Noise (HU) of an independent scan of this slice with ``photons`` incident per ray."""
+    def acquisition_noise(self, photons: float, filter_name: str, generator: torch.Generator,
+                          electronic_noise: float = 0.0) -> np.ndarray:
+        """Noise (HU) of an independent scan of this slice with ``photons`` incident per ray.
+
+        ``electronic_noise`` (counts, standard deviation) is added to every detector reading.
+        """
         expected = photons * torch.exp(-self.line_integrals)
-        counts = torch.poisson(expected, generator=generator).clamp(min=MIN_COUNTS)
-        sino_noise = torch.log(expected / counts)
+        counts = torch.poisson(expected, generator=generator)
+        if electronic_noise > 0:
+            counts = counts + electronic_noise * torch.randn(counts.shape, generator=generator)
+        sino_noise = torch.log(expected / counts.clamp(min=MIN_COUNTS))
         noise_mu = self.beam.filtered_backprojection(sino_noise, filter_name) / self.pixel_spacing_mm
-        return (1000.0 * noise_mu / MU_WATER_PER_MM).numpy()[self.crop]
+        return (1000.0 * noise_mu / self.mu_water_per_mm).numpy()[self.crop]
 
     def reduced_dose(self, full_dose_photons: float, dose_fraction: float, filter_name: str,
-                     generator: torch.Generator) -> np.ndarray:
+                     generator: torch.Generator, electronic_noise: float = 0.0) -> np.ndarray:
         """The slice as if scanned at ``dose_fraction`` of its dose (HU, float32)."""
         photons = added_photons(full_dose_photons, dose_fraction)
-        return (self.hu + self.acquisition_noise(photons, filter_name, generator)).astype(np.float32)
+        noise = self.acquisition_noise(photons, filter_name, generator,
+                                       added_electronic_noise(electronic_noise, dose_fraction))
+        return (self.hu + noise).astype(np.float32)
 
 
 def uniform_region_mask(hu: np.ndarray) -> np.ndarray:
@@ -259,20 +337,25 @@ def calibrate_photons(
     filter_name: str,
     generator: torch.Generator,
     reference_photons: float = 1e5,
+    kvp: float | None = None,
+    relative_dose: list[float] | None = None,
 ) -> float:
-    """Full-dose photons per ray whose simulated noise matches the noise measured in ``slices``.
+    """Full-dose photons per ray (at the scan's mean tube output) whose simulated noise matches
+    the noise measured in ``slices``.
 
     Noise standard deviation scales as ``1/sqrt(I0)``, so one simulation at a reference count
     gives the answer; several slices average out the anatomy's share of the measurement.
+    ``relative_dose`` (``relative_tube_output`` of each slice) takes tube-current modulation out.
     """
     measured, simulated = [], []
-    for hu in slices:
+    for k, hu in enumerate(slices):
         mask = uniform_region_mask(hu)
         if mask.sum() < 11 * 11:
             continue
-        noise = SliceScan.of(hu, pixel_spacing_mm).acquisition_noise(reference_photons, filter_name, generator)
+        scale = relative_dose[k] if relative_dose is not None else 1.0
+        noise = SliceScan.of(hu, pixel_spacing_mm, kvp).acquisition_noise(reference_photons, filter_name, generator)
         measured.append(uniform_noise_std(hu, mask))
-        simulated.append(uniform_noise_std(noise, mask))
+        simulated.append(uniform_noise_std(noise, mask) / math.sqrt(scale))
     if not measured:
         raise ValueError("no slice has a uniform soft-tissue region to calibrate the noise on")
     return reference_photons * (float(np.mean(simulated)) / float(np.mean(measured))) ** 2

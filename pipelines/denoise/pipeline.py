@@ -54,7 +54,7 @@ class CTDenoise(Pipeline):
         clock = StageClock()
         volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())))
         clock.lap("load")
-        denoised = self.denoiser(volume.array)
+        denoised = self.denoiser(volume.array, (volume.spacing[1], volume.spacing[0]))
         clock.lap("denoise")
         # Pixels below the model's input range are padding outside the reconstruction circle,
         # not anatomy: they keep their value so viewers still recognise them.

@@ -8,11 +8,14 @@ cores (faster on a GPU). Steps:
 1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
 2. Simulate low-dose noise: per slice several independent realizations, each at a dose fraction
-   drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose) and with the scan's filter or a
-   sharper one. A sharper filter is what the same photons give with a sharper kernel; a smoother
+   drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose), times the noise cost of a
+   thinner reconstruction (a slice thickness drawn from ``THICKNESS_RANGE_MM``, only thinner
+   than the scan's own), with the scan's kVp, its tube-current modulation along z, electronic
+   noise, and the scan's filter or a sharper one. A sharper filter is what the same photons give with a sharper kernel; a smoother
    one is never used, because a sharp-kernel target keeps its own sharp noise, and noise of a
    smoother texture added on top would teach the network that sharp noise is anatomy.
-3. Fit the network on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
+3. Fit the network, with the same mean-preserving high-pass of its residual that inference
+   applies (``inference``, "Mean preservation"), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
    slice) with mean squared error. The targets carry their own full-dose noise; the error-optimal
    prediction still removes most noise, since the part of the input noise that came from the
    target is unpredictable from the part that was added.
@@ -33,11 +36,18 @@ import torch
 from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_photons, load_scan
 from pipelines.denoise.inference import Preprocessing
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.noise import FILTERS, N_VIEWS, SliceScan, added_photons
+from pipelines.denoise.noise import (
+    ELECTRONIC_NOISE_COUNTS, FILTERS, N_VIEWS, SliceScan, added_electronic_noise, added_photons,
+    thickness_dose_factor,
+)
 from pipelines.model_folder import training_command
 
 #: Dose fractions simulated for training (log-uniform): from a tenth to half of the scan's dose.
 DOSE_RANGE = (0.08, 0.5)
+#: Slice thicknesses (mm) a realization may stand for (log-uniform), when thinner than the scan's.
+THICKNESS_RANGE_MM = (0.6, 5.0)
+#: The thinner-slice factor never takes a realization below this share of the scan's dose.
+MIN_EFFECTIVE_DOSE = 0.03
 #: Noise realizations per slice: many for the few smooth-kernel slices, fewer for the long scan.
 REALIZATIONS_PER_SLICE = {"few": 16, "many": 3}
 #: Scans with at most this many slices count as "few".
@@ -64,6 +74,27 @@ def sharper_filters(matched: str) -> tuple[str, ...]:
     return FILTERS[: FILTERS.index(matched) + 1]
 
 
+def effective_dose(scan: Scan, rng: np.random.Generator) -> float:
+    """A dose fraction, lowered further when the draw stands for a thinner slice than the scan's."""
+    dose = float(math.exp(rng.uniform(*np.log(DOSE_RANGE))))
+    if scan.slice_thickness_mm:
+        thickness = float(math.exp(rng.uniform(*np.log(THICKNESS_RANGE_MM))))
+        dose *= min(1.0, thickness_dose_factor(scan.slice_thickness_mm, thickness))
+    return max(dose, MIN_EFFECTIVE_DOSE)
+
+
+def keep_mean(network_input: torch.Tensor, output: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Training's copy of inference's mean preservation: ``input + r - G(r)`` on a batch."""
+    radius = int(math.ceil(4 * sigma_px))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=output.dtype) / sigma_px) ** 2)
+    taps = (taps / taps.sum()).to(output.device)
+    residual = output - network_input
+    padded = torch.nn.functional.pad(residual, (radius, radius, radius, radius), mode="replicate")
+    low = torch.nn.functional.conv2d(padded, taps.view(1, 1, 1, -1))
+    low = torch.nn.functional.conv2d(low, taps.view(1, 1, -1, 1))
+    return network_input + residual - low
+
+
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
              generator: torch.Generator) -> list[Realization]:
     realizations = []
@@ -71,11 +102,12 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
         filters = sharper_filters(scan.filter_name)
         for k, hu in enumerate(scan.hu):
-            sim = SliceScan.of(hu, scan.pixel_spacing_mm)
+            sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
             for _ in range(per_slice):
-                dose = float(math.exp(rng.uniform(*np.log(DOSE_RANGE))))
+                dose = effective_dose(scan, rng)
                 filter_name = str(rng.choice(filters))
-                noise = sim.acquisition_noise(added_photons(full_dose, dose), filter_name, generator)
+                noise = sim.acquisition_noise(added_photons(scan.slice_photons(full_dose, k), dose), filter_name,
+                                              generator, added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose))
                 realizations.append(Realization(s, k, noise.astype(np.float16)))
     return realizations
 
@@ -105,13 +137,15 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], rng: np.rand
 def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, prep: Preprocessing,
         rng: np.random.Generator, device: str, iterations: int) -> tuple[ResidualDenoiser, list[float]]:
     network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)
+    # Patches come from scans of 0.56-0.82 mm pixels: their median sets the high-pass in pixels.
+    sigma_px = prep.restore_mean_sigma_mm / float(np.median([s.pixel_spacing_mm for s in scans]))
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=LEARNING_RATE / 100)
     losses, running = [], 0.0
     for step in range(1, iterations + 1):
         x, y = patch_batch(scans, realizations, rng, prep)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = torch.nn.functional.mse_loss(network(x), y.to(device))
+        loss = torch.nn.functional.mse_loss(keep_mean(x, network(x), sigma_px), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -137,6 +171,8 @@ def write_weights(out: Path, network: ResidualDenoiser, arch: Architecture, prep
         f"offset = {prep.offset}\n"
         f"scale = {prep.scale}\n"
         f"halo = {prep.halo}\n\n"
+        "[output]\n"
+        f"restore_mean_sigma_mm = {prep.restore_mean_sigma_mm}\n\n"
         "[model]\n"
         + "".join(f"{key} = {value}\n" for key, value in arch.as_dict().items())
     )
@@ -149,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--slice-stride", type=int, default=1,
+                        help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
     args = parser.parse_args(argv)
 
     from pipelines.base import resolve_device
@@ -159,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.monotonic()
 
-    scans = [load_scan(args.data, name) for name in TRAINING]
+    scans = [load_scan(args.data, name).subset(slice(None, None, args.slice_stride)) for name in TRAINING]
     photons = [full_dose_photons(scan, generator) for scan in scans]
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
@@ -184,11 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         "batch": BATCH,
         "patch": PATCH,
         "dose_range": DOSE_RANGE,
+        "thickness_range_mm": THICKNESS_RANGE_MM,
+        "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
+        "restore_mean_sigma_mm": prep.restore_mean_sigma_mm,
         "views": N_VIEWS,
         "architecture": arch.as_dict(),
         "multiply_adds_per_pixel": arch.multiply_adds_per_pixel(),
         "scans": [
-            {"name": s.name, "slices": len(s.hu), "kernel": s.kernel, "filter": s.filter_name,
+            {"name": s.name, "slices": len(s.hu), "kernel": s.kernel, "filter": s.filter_name, "kvp": s.kvp,
              "full_dose_photons_per_ray": round(p)}
             for s, p in zip(scans, photons)
         ],
