@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
