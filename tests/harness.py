@@ -134,6 +134,16 @@ class NodeProcess:
         self.proc = None
         time.sleep(0.5)
 
+    def kill_group(self) -> None:
+        """SIGKILL every process of the node at once (supervisor, receivers, workers), as a power
+        loss or the OOM killer taking the whole service would; returns when all are gone."""
+        assert self.proc is not None
+        group = self.proc.pid  # start_new_session: the supervisor leads its own process group
+        os.killpg(group, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        wait_until(lambda: not _group_alive(group), 10, 0.02, "the node's processes gone after SIGKILL")
+
     def index(self) -> Index:
         return Index(Path(self.config["node"]["spool"]) / "index.sqlite")
 
@@ -155,6 +165,14 @@ class NodeProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.2,

@@ -1,0 +1,162 @@
+"""kill -9 of a whole ``radnode serve`` process group at a random moment, then a restart and a check.
+
+One trial sends a small CT series with fresh UIDs (so trials do not disturb each other), kills
+the node's process group after a random delay that falls anywhere from the first C-STORE to the
+last delivery, restarts the node, resends what storescu did not see acknowledged (as a scanner
+would), and checks what a site would notice:
+
+- every instance acknowledged before the kill is indexed and its file is complete;
+- the series is processed in full: the job of its last generation is done;
+- every result of every done job is in the PACS exactly once, and nothing else is.
+
+``tests/test_recovery.py`` runs a few trials; ``bench/kill9.py`` runs the 100 the issue asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from node.store import Index
+from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
+
+#: where the kill fell, judged from the index the restarted node finds
+STAGES = ("receive", "completion", "job run", "delivery", "after delivery")
+
+
+def acknowledged(storescu_output: str) -> list[str]:
+    """Files storescu reported as stored (its verbose log pairs each file with its response)."""
+    stored, current = [], None
+    for line in storescu_output.splitlines():
+        if m := re.search(r"Sending file: (.+)$", line):
+            current = m.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            stored.append(current)
+    return stored
+
+
+def fresh_series(sources: list[Path], folder: Path) -> tuple[str, str, list[Path]]:
+    """Copies of ``sources`` under new study, series and instance UIDs: (study, series, files)."""
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    files = []
+    for number, source in enumerate(sources):
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"{number:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return study, series, files
+
+
+def stage_at_kill(index: Index, series_uid: str, count: int) -> str:
+    """Which part of the flow the kill interrupted, from what the index had made durable."""
+    series = index.series(series_uid)
+    if series is None or series.instance_count < count:
+        return "receive"
+    jobs = [j for j in index.jobs() if j.subject == series_uid]
+    if not jobs:
+        return "completion"
+    if any(j.state != "done" for j in jobs):
+        return "job run"
+    wanted = {j.id for j in jobs}
+    if any(d.state != "sent" for d in index.deliveries() if d.job_id in wanted):
+        return "delivery"
+    return "after delivery"
+
+
+@dataclass
+class KillTrials:
+    """A node, its PACS and the series each trial sends; ``run`` does one trial."""
+
+    workdir: Path
+    orthanc: Orthanc
+    sources: list[Path]
+
+    def __post_init__(self) -> None:
+        destinations = [{"name": "pacs", "ae_title": self.orthanc.aet, "host": "127.0.0.1",
+                         "port": self.orthanc.dicom_port}]
+        config = node_config(self.workdir, destinations=destinations, routes=[threshold_route()],
+                             pipelines=threshold_pipeline(),
+                             completion={"settle_seconds": 0.5, "quiet_seconds": 20.0},
+                             delivery={"backoff_seconds": 0.2, "backoff_max_seconds": 1.0,
+                                       "max_attempts": 50})
+        self.node = NodeProcess(config, self.workdir)
+        self.stages: Counter[str] = Counter()
+        self.trials = 0
+
+    def start(self) -> "KillTrials":
+        self.node.start()
+        return self
+
+    def stop(self) -> None:
+        if self.node.proc is not None:
+            self.node.stop()
+
+    def sop_uids_in_pacs(self, study_uid: str) -> list[str]:
+        """SOP Instance UIDs the PACS holds in one study (one lookup, however many studies)."""
+        query = {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
+        request = urllib.request.Request(self.orthanc.url + "/tools/find", data=json.dumps(query).encode(),
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return [i["MainDicomTags"]["SOPInstanceUID"] for i in json.loads(response.read())]
+
+    def run(self, delay: float) -> str:
+        """One trial, the kill ``delay`` seconds after storescu starts; raises AssertionError
+        naming the trial when a check fails. Returns the stage the kill fell in."""
+        self.trials += 1
+        trial = self.trials
+        study, series_uid, files = fresh_series(self.sources, self.workdir / f"trial-{trial:03d}")
+        sender = subprocess.Popen(
+            [dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
+             str(self.node.port), *map(str, files)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
+        time.sleep(delay)
+        self.node.kill_group()
+        output, _ = sender.communicate(timeout=60)
+        stored = acknowledged(output)
+
+        index = Index(Path(self.node.config["node"]["spool"]) / "index.sqlite")
+        stage = stage_at_kill(index, series_uid, len(files))
+        self.stages[stage] += 1
+        self.start()
+        for path in stored:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            row = index.instance(uid)
+            assert row is not None, f"trial {trial} ({stage}): {Path(path).name} acknowledged, not indexed"
+            assert str(pydicom.dcmread(row["path"]).SOPInstanceUID) == uid, \
+                f"trial {trial} ({stage}): {Path(path).name} indexed but its file is not intact"
+        missing = [f for f in files if str(f) not in stored]
+        if missing:  # the scanner sends again what it did not see acknowledged
+            resent = storescu(self.node.port, missing)
+            assert resent.returncode == 0, f"trial {trial}: resend failed: {resent.stderr[-500:]}"
+
+        def processed_and_delivered() -> bool:
+            series = index.series(series_uid)
+            jobs = [j for j in index.jobs() if j.subject == series_uid]
+            latest = [j for j in jobs if series and j.generation == series.generation]
+            if not (series and series.instance_count == len(files) and series.state == "routed"
+                    and latest and all(j.state == "done" for j in latest)):
+                return False
+            done = {j.id for j in jobs if j.state == "done"}
+            return all(d.state == "sent" for d in index.deliveries() if d.job_id in done)
+
+        wait_until(processed_and_delivered, 90, 0.1, f"trial {trial} ({stage}): series processed and delivered")
+        done = [j for j in index.jobs("done") if j.subject == series_uid]
+        expected = Counter(r.sop_uid for j in done for r in index.results(j.id))
+        in_pacs = Counter(self.sop_uids_in_pacs(study))
+        assert in_pacs == expected and max(expected.values()) == 1, (
+            f"trial {trial} ({stage}): the PACS holds {dict(in_pacs)}, the index's results are {dict(expected)}")
+        index.close()
+        return stage
