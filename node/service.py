@@ -201,12 +201,17 @@ class Node:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         while not self._stop.wait(SUPERVISOR_INTERVAL):
-            isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
-            for child in self._children:
-                if child.process is not None and not child.process.is_alive():
-                    isolated("supervisor", f"{child.role} {child.process.pid}",
-                             lambda: self._restart(child), lambda _reason: None)
+            self.supervise_once()
         self.stop()
+
+    def supervise_once(self) -> None:
+        """One round: a job or child whose handling fails is logged and met again next round,
+        after every other overdue job and dead child has been handled."""
+        isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
+        for child in self._children:
+            if child.process is not None and not child.process.is_alive():
+                isolated("supervisor", f"{child.role} {child.process.pid}",
+                         lambda: self._restart(child), lambda _reason: None)
 
     def _enforce_job_timeouts(self) -> None:
         for job in self.index.overdue_jobs(time.time()):

@@ -125,3 +125,88 @@ def test_a_study_whose_headers_cannot_be_read_does_not_hold_back_another_study(t
     problems = {(p.kind, p.subject): p.reason for p in index.problems()}
     assert set(problems) == {("series", lost), ("study", broken.uid)}
     assert all("FileNotFoundError" in reason for reason in problems.values())
+
+
+def test_a_complete_series_the_router_cannot_read_is_set_aside_and_the_next_is_routed(tmp_path):
+    from node.assembler import Assembler
+    from tests.test_completion import SERIES_ROUTE, Study, config
+
+    index = Index(tmp_path / "index.sqlite")
+    study = Study(index, tmp_path)
+    lost, fine = study.series("CT", "lost"), study.series("CT", "fine")
+    for series in (lost, fine):
+        assert index.mark_complete(series, 0)
+    for path in index.instance_paths(lost):
+        path.unlink()  # removed by hand between completion and routing
+    Assembler(config(tmp_path, [SERIES_ROUTE]), index).tick()
+    assert [(j.subject, j.state) for j in index.jobs()] == [(fine, "queued")]
+    (problem,) = index.problems()
+    assert (problem.kind, problem.subject) == ("series", lost) and "FileNotFoundError" in problem.reason
+    assert index.series(lost).state == index.series(fine).state == "routed"
+
+
+def supervised_node(tmp_path: Path):
+    from node.config import parse_config
+    from node.service import Node
+
+    config = parse_config({"node": {"spool": str(tmp_path / "spool")},
+                           "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+                           "routes": [threshold_route()], "pipelines": threshold_pipeline()})
+    return Node(config, tmp_path / "config.toml")
+
+
+def running_jobs(node, pids: list[int], timeout: float) -> list[int]:
+    """One running job per worker pid, claimed with ``timeout`` seconds to run."""
+    route = Route.model_validate(threshold_route())
+    for number, _ in enumerate(pids):
+        node.index.add_job(job_spec(route, subject=f"1.2.{number}", study_uid="1.2", generation=0, inputs={}))
+    return [node.index.claim_job(pid, timeout).id for pid in pids]
+
+
+def test_the_supervisor_times_out_every_other_job_when_one_cannot_be_failed(tmp_path, monkeypatch):
+    import sqlite3
+
+    node = supervised_node(tmp_path)
+    stuck, *others = running_jobs(node, [101, 102, 103], timeout=-1)  # all past their deadline
+    # (the outcome names the configured job_timeout_seconds, 1800 by default)
+    fail_job = node.index.fail_job
+
+    def locked_for_one(job_id: int, *args, **kwargs):
+        if job_id == stuck:
+            raise sqlite3.OperationalError("database is locked")
+        return fail_job(job_id, *args, **kwargs)
+
+    monkeypatch.setattr(node.index, "fail_job", locked_for_one)
+    node.supervise_once()
+    states = {j.id: (j.state, j.outcome) for j in node.index.jobs()}
+    assert states[stuck][0] == "running"
+    assert all(states[j] == ("failed", "timed out after 1800 s") for j in others), states
+    monkeypatch.setattr(node.index, "fail_job", fail_job)
+    node.supervise_once()  # the next round meets it again
+    assert node.index.job(stuck).state == "failed"
+
+
+def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from node.service import _Child
+
+    node = supervised_node(tmp_path)
+    jobs = running_jobs(node, [201, 202], timeout=3600)
+    dead = [_Child("worker", print, SimpleNamespace(pid=pid, exitcode=-9, is_alive=lambda: False))
+            for pid in (201, 202)]
+    node._children.extend(dead)
+    spawned = []
+
+    def spawn(child) -> None:
+        if child is dead[0] and not spawned:
+            raise OSError(11, "Resource temporarily unavailable")  # fork refused, say by a pids limit
+        spawned.append(child)
+        child.process = SimpleNamespace(pid=300 + len(spawned), exitcode=None, is_alive=lambda: True)
+
+    monkeypatch.setattr(node, "_spawn", spawn)
+    node.supervise_once()
+    assert spawned == [dead[1]]
+    assert [node.index.job(j).outcome for j in jobs] == ["worker process died (exit code -9)"] * 2
+    node.supervise_once()  # the next round restarts the first
+    assert spawned == [dead[1], dead[0]]
