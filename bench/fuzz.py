@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.fuzz_corpus import Sender, corpus
+from tests.fuzz_corpus import Sender, corpus, outcome_table
 from tests.harness import NodeProcess, node_config
 from tests.test_network_abuse import tree_rss
 
@@ -35,7 +35,8 @@ def main() -> int:
             rss_before = tree_rss(node.proc.pid)
             sender = Sender(node.port)
             started = time.monotonic()
-            outcomes = Counter(sender.send(p) for p in probes)
+            by_probe = [(p.name, sender.send(p)) for p in probes]
+            outcomes = Counter(o for _, o in by_probe)
             sender.close()
             seconds = time.monotonic() - started
             rss_after = tree_rss(node.proc.pid)
@@ -44,6 +45,7 @@ def main() -> int:
         finally:
             node.stop()
     print(f"{len(probes)} probes in {seconds:.0f} s: {dict(outcomes)}")
+    print(outcome_table(by_probe))
     print(f"node RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB; alive: {alive}; "
           f"partial files: {len(partial)}")
     return 0 if alive and not partial else 1

@@ -12,13 +12,17 @@ Deterministic for a given seed, so a failing probe can be replayed by its name.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import random
+import re
 import struct
+import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pydicom
 from pydicom import Dataset
@@ -26,6 +30,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+
+from node.spool import part10_header
+from tests.peers import dcmtk_bin, dcmtk_env
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SEEDS = (
@@ -200,3 +207,66 @@ class Sender:
         for assoc in self._open.values():
             if assoc.is_established:
                 assoc.release()
+
+
+def kind(name: str) -> str:
+    """A probe's mutation without its seed file and element numbers: a row of the probe table."""
+    if name.startswith("malformed:"):
+        return "malformed file from ../shared/data/malformed"
+    mutation = name.split(":", 1)[1]
+    mutation = re.sub(r"-(Implicit|Explicit) VR Little Endian$", "", mutation)
+    if not mutation.startswith("nested"):  # there the number is the depth
+        mutation = re.sub(r"-at-element-\d+$|-\d+$", "", mutation)
+    return re.sub(r"length-\d+", "length-past-the-end" if "4294967280" not in mutation else "length-0xFFFFFFF0",
+                  mutation)
+
+
+def probe_file(probe: Probe, folder: Path) -> Path:
+    """The probe as a file storescu can be given: a malformed file as it ships, a generated
+    payload behind a file meta that names its SOP class, instance and transfer syntax."""
+    if probe.name.startswith("malformed:"):
+        return MALFORMED / probe.name.split(":", 1)[1]
+    path = folder / f"{hashlib.sha1(probe.name.encode()).hexdigest()}.dcm"
+    path.write_bytes(part10_header(probe.sop_class, probe.sop_uid, probe.transfer_syntax, "FUZZER") + probe.payload)
+    return path
+
+
+def storescu_outcome(port: int, path: Path, timeout: float = 60) -> str:
+    """Send one file with dcmtk storescu: its DIMSE status ("0xC000"), "aborted" when the node
+    ended the association instead, "storescu refused" when storescu would not send the file
+    (it reads and checks each file before it sends), or "no answer"."""
+    run = subprocess.run([dcmtk_bin("storescu"), "-d", "--required", "-aec", "RADNODE", "127.0.0.1", str(port),
+                          str(path)], capture_output=True, env=dcmtk_env(), timeout=timeout)
+    output = (run.stdout + run.stderr).decode(errors="replace")
+    if status := re.search(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})", output):
+        return f"0x{status.group(1).upper()}"
+    if "Sending Store Request" not in output or "unable to convert dataset" in output:
+        return "storescu refused"  # never sent, or (compressed, no codec) aborted by storescu itself
+    if re.search(r"Peer aborted|Peer Requested Abort|connection closed|Broken pipe|reset by peer",
+                 output, re.IGNORECASE):
+        return "aborted"
+    return "no answer"
+
+
+def sample(probes: list[Probe], per_kind: int = 4, malformed_every: int = 3) -> list[Probe]:
+    """A few probes of every kind and every n-th malformed file: all rows of the table, fewer sends."""
+    taken: Counter[str] = Counter()
+    chosen = []
+    for number, probe in enumerate(probes):
+        row = kind(probe.name)
+        if probe.name.startswith("malformed:"):
+            if number % malformed_every == 0:
+                chosen.append(probe)
+        elif taken[row] < per_kind:
+            taken[row] += 1
+            chosen.append(probe)
+    return chosen
+
+
+def outcome_table(outcomes: Iterable[tuple[str, str]]) -> str:
+    """Outcome counts per kind of probe from (probe name, outcome) pairs, one line per kind:
+    what was sent and what came back."""
+    rows: dict[str, Counter[str]] = {}
+    for name, outcome in outcomes:
+        rows.setdefault(kind(name), Counter())[outcome] += 1
+    return "\n".join(f"{k:45s} {sum(c.values()):4d}  {dict(sorted(c.items()))}" for k, c in sorted(rows.items()))
