@@ -4,6 +4,7 @@ throughout (issue 23)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import struct
@@ -156,3 +157,56 @@ def test_a_second_node_on_the_same_port_refuses_to_start(node, tmp_path):
         pytest.fail("a second node started on a port that another node serves")
     assert code == 2 and f"node.port: cannot listen on 127.0.0.1:{node.port}" in second.logs()
     assert node.proc.poll() is None
+
+
+def silent_associations(port: int, count: int) -> list:
+    """``count`` associations that are accepted and then send nothing, not even a release."""
+    held = []
+    for _ in range(count):
+        ae = AE("SILENT")
+        ae.add_requested_context(CTImageStorage)
+        held.append(ae.associate("127.0.0.1", port, ae_title="RADNODE"))
+    return held
+
+
+def test_associations_that_never_release_are_aborted_after_the_network_timeout_and_free_their_slots(
+        tmp_path, data_dir):
+    timeout = 3.0
+    config = node_config(tmp_path, node={"max_associations": 4, "network_timeout_seconds": timeout})
+    node = NodeProcess(config, tmp_path).start()
+    files = ct_files(data_dir, 2)
+    try:
+        assert storescu(node.port, files).returncode == 0  # receivers warmed up
+        before = tree_rss(node.proc.pid)
+        lifetimes = []
+        for _ in range(3):  # three waves of silent associations; storescu served beside each
+            opened = time.monotonic()
+            silent = silent_associations(node.port, 3)
+            assert all(a.is_established for a in silent)
+            served = 0
+            while any(a.is_established for a in silent) and time.monotonic() - opened < timeout + 5:
+                sent = storescu(node.port, files, timeout=30)
+                assert sent.returncode == 0, f"storescu refused beside 3 silent associations: {sent.stderr}"
+                served += 1
+                time.sleep(0.3)
+            lifetimes.append(time.monotonic() - opened)
+            assert all(a.is_aborted for a in silent), "a silent association is still open"
+            assert served >= 2, f"storescu sent {served} times while the silent associations were held"
+        # measured: 3.1 to 3.4 s with network_timeout_seconds = 3 (lifetimes [3.4, 3.4, 3.1])
+        assert all(timeout - 0.5 < t < timeout + 2 for t in lifetimes), lifetimes
+
+        silent = silent_associations(node.port, 4)  # every slot held by a silent association
+        assert all(a.is_established for a in silent)
+        refused = storescu(node.port, files, timeout=30)
+        assert refused.returncode != 0, "max_associations = 4 held by silent associations, storescu let in"
+        wait_until(lambda: all(a.is_aborted for a in silent), timeout + 5, 0.1, "silent associations aborted")
+        assert storescu(node.port, files, timeout=30).returncode == 0, "slots not freed by the abort"
+        grown = tree_rss(node.proc.pid) - before
+        print(f"silent associations lived {[round(t, 1) for t in lifetimes]} s; node RSS +{grown / MiB:.1f} MiB")
+        # measured: +3.1 MiB over 13 silent associations and ~12 storescu associations
+        assert grown < 32 * MiB, f"node grew by {grown / MiB:.0f} MiB"
+        aborted = [e for e in map(json.loads, node.logs().splitlines())
+                   if e["event"] == "association.closed" and e["how"] == "aborted"]
+        assert len(aborted) >= 13, f"{len(aborted)} aborts logged for 13 silent associations"
+    finally:
+        node.stop()
