@@ -11,6 +11,13 @@ Limits: a P-DATA-TF PDU may not exceed the maximum length the node offers (``max
 PS3.8 D.1; ``max_pdu = 0`` means no negotiated limit, and then ``UNLIMITED_PDATA_BYTES``
 applies); every other PDU (association, release, abort) may not exceed ``CONTROL_PDU_BYTES``,
 far above what 128 presentation contexts need.
+
+Once the node has aborted (or released) an association it waits for the peer to close the
+connection (state Sta13), and pynetdicom goes on reading whatever still comes, answering every
+6 bytes that are not a PDU with another A-ABORT: a peer streaming random bytes kept its
+connection, and a thread busy, for as long as it kept streaming (256 KiB took over 10 s). Here
+anything the peer sends after that is not read: the connection is closed at once, as dcmtk
+storescp and Orthanc do.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ CONTROL_PDU_BYTES = 1024 * 1024
 UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
 _P_DATA_TF = 0x04
 _PDU_TYPES = frozenset(range(0x01, 0x08))
+_AWAITING_CLOSE = "Sta13"
 
 
 def pdu_limit(pdu_type: int, max_pdu: int) -> int:
@@ -47,6 +55,9 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
     """pynetdicom 3.0's reader (same events in the same cases) with the length check added."""
     transport = dul.socket
     assert transport is not None
+    if dul.state_machine.current_state == _AWAITING_CLOSE:
+        transport.close()  # Evt17, as when the peer closes
+        return
     try:
         header = transport.recv(6)
         pdu_type, _, length = struct.unpack(">BBL", header)
