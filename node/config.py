@@ -130,6 +130,32 @@ class MonitoringSettings(_Strict):
     port: Port = 9108
 
 
+class WebSettings(_Strict):
+    """The administrator's web page (node.web). Off unless turned on; on, it needs a password
+    (``radnode hash-password`` prints the hash) because its buttons act on the node."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 9110
+    user: str = Field(default="admin", min_length=1, pattern=r"^[^:]+$")
+    password_hash: str = ""
+    #: patient name, ID and birth date on the studies page: only where the site decides so
+    show_patient_data: bool = False
+
+    @model_validator(mode="after")
+    def _password_when_enabled(self) -> "WebSettings":
+        from node.passwords import check_password_hash
+
+        if self.password_hash:
+            problem = check_password_hash(self.password_hash)
+            if problem:
+                raise _RefError("web.password_hash", problem)
+        elif self.enabled:
+            raise _RefError("web.password_hash", "required when enabled = true "
+                            "(radnode hash-password prints the line to paste)")
+        return self
+
+
 class Allow(_Strict):
     ae_title: AETitle | None = None
     addresses: list[str] = Field(default_factory=list)
@@ -239,6 +265,7 @@ class Config(_Strict):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    web: WebSettings = WebSettings()
     allow: list[Allow] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)

@@ -1,0 +1,149 @@
+"""What an administrator reads and does: shared by the ``radnode`` command line and the web page.
+
+Both faces of the node must tell the same story, so the queries behind a listing, the checks
+behind an action and the message that reports its result live here once; ``node.cli`` prints
+them, ``node.web`` renders them. Nothing here returns patient data: UIDs, states, counts, times.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from node.config import Config
+from node.store import Index
+
+
+def when(epoch: float | None) -> str:
+    """A local time for people ("-" for a time that has not come)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of an action: whether it changed anything, and the sentence that says so."""
+
+    ok: bool
+    message: str
+
+
+def supersessions(index: Index) -> tuple[dict[int, str], dict[int, str]]:
+    """Which job's results replaced which: "job 1 (v1)" beside job 2, "job 2 (v2)" beside job 1."""
+    replaces: dict[int, str] = {}
+    replaced_by: dict[int, str] = {}
+    for job, (earlier, version) in index.supersessions().items():
+        replaces[job] = f"job {earlier} (v{version - 1})"
+        replaced_by[earlier] = f"job {job} (v{version})"
+    return replaces, replaced_by
+
+
+def stage_seconds(job) -> dict[str, float]:
+    """Where a job's time went: waiting in the queue, then the pipeline's own stage laps
+    (``summary["seconds"]``), or the whole run when the pipeline keeps no laps."""
+    stages: dict[str, float] = {}
+    if job.started_at:
+        stages["queued"] = round(job.started_at - job.created_at, 3)
+    laps = job.summary.get("seconds")
+    if isinstance(laps, dict) and laps:
+        stages.update({str(k): float(v) for k, v in laps.items()})
+    elif job.started_at and job.finished_at:
+        stages["run"] = round(job.finished_at - job.started_at, 3)
+    return stages
+
+
+def model_identity(job) -> str:
+    """The model a job ran with, as its summary names it ("-" for pipelines without a model)."""
+    summary = job.summary
+    parts = [str(summary[key]) for key in ("model", "model_version") if summary.get(key)]
+    if summary.get("model_sha256"):
+        parts.append(f"sha256 {str(summary['model_sha256'])[:12]}")
+    return ", ".join(parts) or "-"
+
+
+# ---- actions ---------------------------------------------------------------------------------
+
+
+def complete_series(index: Index, series_uid: str) -> Outcome:
+    row = index.series(series_uid)
+    if row is None:
+        return Outcome(False, f"no series {series_uid} in the index")
+    if not index.force_series_complete(series_uid):
+        return Outcome(False, f"series {series_uid} is not receiving (it is {row.state}); nothing to complete")
+    return Outcome(True, f"series {series_uid}: complete; the running node routes it within a second")
+
+
+def complete_study(index: Index, study_uid: str) -> Outcome:
+    if not index.series_of_study(study_uid):
+        return Outcome(False, f"no study {study_uid} in the index")
+    count = index.force_study(study_uid)
+    return Outcome(True, f"study {study_uid}: {count} receiving series completed; its study routes decide now "
+                         "(they run with the roles filled, or fail naming a missing required role)")
+
+
+def retry_deliveries(index: Index, delivery_id: int | None = None) -> Outcome:
+    count = index.retry_dead_deliveries(delivery_id)
+    return Outcome(bool(count) or delivery_id is None, f"{count} dead deliveries queued again")
+
+
+def retry_job(index: Index, job_id: int) -> Outcome:
+    if not index.requeue_job(job_id):
+        return Outcome(False, f"job {job_id} is not a failed job")
+    return Outcome(True, f"job {job_id} queued again")
+
+
+def cancel_job(index: Index, job_id: int) -> Outcome:
+    if not index.cancel_job(job_id):
+        return Outcome(False, f"job {job_id} is not queued (only a queued job can be cancelled)")
+    return Outcome(True, f"job {job_id} cancelled (failed, 'cancelled by the administrator'); "
+                         "retry re-queues it")
+
+
+# ---- route test ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteVerdict:
+    route: str
+    matched: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileRoutes:
+    """The routes one series (represented by its first file under the path) would take; ``error``
+    says why a file was not read as DICOM."""
+
+    path: Path
+    series_uid: str = ""
+    modality: str = ""
+    description: str = ""
+    verdicts: tuple[RouteVerdict, ...] = ()
+    error: str = ""
+
+
+def route_test(config: Config, path: Path) -> list[FileRoutes]:
+    """Each series under ``path`` (a file or a folder) against every configured route."""
+    from node.router import Router
+
+    router = Router(config)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    seen: set[str] = set()
+    found: list[FileRoutes] = []
+    for file in files:
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as error:
+            found.append(FileRoutes(file, error=f"not a DICOM file ({error})"))
+            continue
+        series = str(header.get("SeriesInstanceUID", ""))
+        if series in seen:
+            continue
+        seen.add(series)
+        verdicts = tuple(RouteVerdict(c.route, c.matched, tuple(c.reasons)) for c in router.check(header))
+        found.append(FileRoutes(file, series, str(header.get("Modality", "?")),
+                                str(header.get("SeriesDescription", "")), verdicts))
+    return found

@@ -1,0 +1,332 @@
+"""The PACS administrator's web page: what arrived, what waits, what ran, what was sent, and buttons.
+
+Server-rendered (Jinja2 templates in node/templates, no JavaScript) on its own port, bound to
+127.0.0.1 unless the site says otherwise, and off by default. Every page and action goes through
+HTTP basic auth against the scrypt hash in ``[web] password_hash``; every action is a POST that
+carries the page's CSRF token, and is logged. The data comes from the index through node.admin
+and node.studies, the same functions ``radnode jobs``, ``studies``, ``retry``... print.
+
+Patient name, ID and birth date appear only with ``[web] show_patient_data = true``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import shutil
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from node import admin, logs
+from node.config import Config
+from node.monitoring import ChildCounts
+from node.passwords import verify_password
+from node.store import Index
+from node.studies import StudyWatch, wait_counts
+
+#: Throughput chart: the last hour in 5-minute bars.
+_HOUR, _BIN = 3600.0, 300.0
+#: What the studies page may show of the patient when the site turns it on.
+_PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+_HEADERS = {
+    # No scripts at all, no framing, forms post only here: the page's whole attack surface.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    height: float
+    label: str
+
+
+def bars(values: list[float], labels: list[str], height: float = 60.0, width: float = 20.0) -> list[Bar]:
+    """Bar geometry for an inline SVG chart, scaled to the largest value."""
+    top = max(values, default=0.0) or 1.0
+    out = []
+    for i, (value, label) in enumerate(zip(values, labels)):
+        h = height * value / top
+        out.append(Bar(i * (width + 4), height - h, h, label))
+    return out
+
+
+class WebApp:
+    """Page and action handlers over one index connection (guarded by a lock: server threads)."""
+
+    def __init__(self, config: Config, children: ChildCounts) -> None:
+        self.config = config
+        self.children = children
+        self.index = Index(config.node.index_path)
+        self.watch = StudyWatch(config, self.index)
+        self.lock = threading.Lock()
+        self.csrf_secret = secrets.token_bytes(32)
+        self._accepted: set[bytes] = set()  # digests of Authorization headers that passed scrypt
+        self.templates = Environment(loader=PackageLoader("node", "templates"),
+                                     autoescape=select_autoescape(["html"]))
+        self.templates.globals.update(when=admin.when, json=json)
+
+    # ---- access ------------------------------------------------------------------------------
+
+    def authorized(self, header: str | None) -> str | None:
+        """The user name when the Authorization header carries the configured user and password."""
+        settings = self.config.web
+        if not header or not header.startswith("Basic "):
+            return None
+        digest = hashlib.sha256(header.encode()).digest()
+        if digest in self._accepted:
+            return settings.user
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(user.encode(), settings.user.encode()):
+            return None
+        if not verify_password(password, settings.password_hash):
+            return None
+        self._accepted.add(digest)
+        return user
+
+    def csrf_token(self, user: str) -> str:
+        """One token per user and server start: a page from this server is needed to act."""
+        return hmac.new(self.csrf_secret, user.encode(), hashlib.sha256).hexdigest()
+
+    # ---- pages -------------------------------------------------------------------------------
+
+    def render(self, name: str, user: str, **context: Any) -> bytes:
+        return self.templates.get_template(name).render(
+            csrf=self.csrf_token(user), node=self.config.node.ae_title, **context).encode()
+
+    def overview(self, user: str, query: dict[str, str]) -> bytes:
+        now = time.time()
+        with self.lock:
+            counts = self.index.state_counts()
+            waits = wait_counts(self.watch.studies(now, detail=False))
+            arrivals = self.index.arrivals_since(now - _HOUR)
+            finished = [j for j in self.index.jobs() if j.finished_at and j.finished_at >= now - _HOUR]
+        spool = self.config.node.spool
+        free_mb = shutil.disk_usage(spool).free // 2**20
+        bins = [0.0] * int(_HOUR / _BIN)
+        for t in arrivals:
+            bins[min(int((t - (now - _HOUR)) // _BIN), len(bins) - 1)] += 1
+        bin_labels = [f"{time.strftime('%H:%M', time.localtime(now - _HOUR + i * _BIN))}: {int(v)} instances"
+                      for i, v in enumerate(bins)]
+        job_times = [round(j.finished_at - j.created_at, 1) for j in finished[-30:]]
+        job_labels = [f"job {j.id} {j.pipeline}: {round(j.finished_at - j.created_at, 1)} s" for j in finished[-30:]]
+        return self.render(
+            "overview.html", user, page="overview", notice=query.get("notice", ""),
+            children=self.children(), counts=counts, studies=waits.studies, free_mb=free_mb,
+            watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
+            arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels),
+            job_count=len(finished), job_max=max(job_times, default=0.0))
+
+    def studies(self, user: str, query: dict[str, str]) -> bytes:
+        with self.lock:
+            views = self.watch.studies(time.time())
+            patients = ({v.study_uid: self._patient(v.study_uid) for v in views}
+                        if self.config.web.show_patient_data else {})
+        return self.render("studies.html", user, page="studies", notice=query.get("notice", ""),
+                           studies=views, patients=patients)
+
+    def _patient(self, study_uid: str) -> dict[str, str]:
+        rows = self.index.series_of_study(study_uid)
+        try:
+            header = pydicom.dcmread(rows[0].sample_path, stop_before_pixels=True,
+                                     specific_tags=list(_PATIENT_KEYWORDS))
+        except (OSError, IndexError, InvalidDicomError):
+            return {}
+        return {k: str(header.get(k, "")) for k in _PATIENT_KEYWORDS}
+
+    def jobs(self, user: str, query: dict[str, str]) -> bytes:
+        with self.lock:
+            jobs = self.index.jobs()[::-1]
+            replaces, replaced_by = admin.supersessions(self.index)
+            notes, problems = self.index.notes(), self.index.problems()
+        return self.render("jobs.html", user, page="jobs", notice=query.get("notice", ""), jobs=jobs,
+                           replaces=replaces, replaced_by=replaced_by, stages=admin.stage_seconds,
+                           model=admin.model_identity, notes=notes, problems=problems)
+
+    def job(self, user: str, job_id: int, query: dict[str, str]) -> bytes | None:
+        with self.lock:
+            job = self.index.job(job_id)
+            if job is None:
+                return None
+            results = self.index.results(job_id)
+            deliveries = [d for d in self.index.deliveries() if d.job_id == job_id]
+            replaces, replaced_by = admin.supersessions(self.index)
+        return self.render("job.html", user, page="jobs", notice=query.get("notice", ""), job=job,
+                           results=results, deliveries=deliveries, stages=admin.stage_seconds(job),
+                           model=admin.model_identity(job), replaces=replaces.get(job_id, ""),
+                           replaced_by=replaced_by.get(job_id, ""))
+
+    def deliveries(self, user: str, query: dict[str, str]) -> bytes:
+        with self.lock:
+            deliveries = self.index.deliveries()[::-1]
+        return self.render("deliveries.html", user, page="deliveries", notice=query.get("notice", ""),
+                           deliveries=deliveries)
+
+    def routes(self, user: str, query: dict[str, str]) -> bytes:
+        folder = query.get("path", "").strip()
+        found: list[admin.FileRoutes] = []
+        error = ""
+        if folder:
+            path = Path(folder)
+            if not path.is_absolute():
+                error = f"{folder} is not an absolute path on the node's machine"
+            elif not path.exists():
+                error = f"{folder} does not exist on the node's machine (or the node may not read it)"
+            else:
+                found = admin.route_test(self.config, path)
+        return self.render("routes.html", user, page="routes", path=folder, found=found, error=error,
+                           routes=self.config.routes)
+
+    # ---- actions -----------------------------------------------------------------------------
+
+    def act(self, action: str, form: dict[str, str]) -> admin.Outcome:
+        """Run one button's action; a missing or malformed target is an answer, not a crash."""
+        target = form.get("target", "").strip()
+        handlers: dict[str, Callable[[Index, str], admin.Outcome]] = {
+            "complete-series": admin.complete_series,
+            "complete-study": admin.complete_study,
+            "retry-delivery": lambda index, t: admin.retry_deliveries(index, int(t)),
+            "retry-dead": lambda index, t: admin.retry_deliveries(index, None),
+            "retry-job": lambda index, t: admin.retry_job(index, int(t)),
+            "cancel-job": lambda index, t: admin.cancel_job(index, int(t)),
+        }
+        handler = handlers.get(action)
+        if handler is None:
+            return admin.Outcome(False, f"no action {action!r}")
+        if not target and action != "retry-dead":
+            return admin.Outcome(False, f"{action}: no target given")
+        try:
+            with self.lock:
+                return handler(self.index, target)
+        except ValueError:
+            return admin.Outcome(False, f"{action}: target {target!r} is not a number")
+
+
+class WebServer:
+    def __init__(self, config: Config, children: ChildCounts) -> None:
+        self.config = config
+        self.app = WebApp(config, children)
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        settings = self.config.web
+        self._server = ThreadingHTTPServer((settings.host, settings.port), _handler(self.app))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="web", daemon=True).start()
+        logs.info("web.listening", host=settings.host, port=self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "radnode"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            user = self._user()
+            if user is None:
+                return
+            url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            pages: dict[str, Callable[[str, dict[str, str]], bytes]] = {
+                "/": app.overview, "/studies": app.studies, "/jobs": app.jobs,
+                "/deliveries": app.deliveries, "/routes": app.routes,
+            }
+            body: bytes | None = None
+            if url.path in pages:
+                body = pages[url.path](user, query)
+            elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
+                body = app.job(user, int(url.path[6:]), query)
+            if body is None:
+                self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes\n",
+                            "text/plain")
+            else:
+                self._reply(200, body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            user = self._user()
+            if user is None:
+                return
+            url = urllib.parse.urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 64 * 1024:
+                self._reply(413, b"form too large\n", "text/plain")
+                return
+            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode(errors="replace")))
+            action = url.path.removeprefix("/actions/")
+            if not url.path.startswith("/actions/"):
+                self._reply(404, b"actions are POSTed to /actions/<name>\n", "text/plain")
+                return
+            if not hmac.compare_digest(form.get("csrf", "").encode(), app.csrf_token(user).encode()):
+                logs.warning("web.action_refused", action=action, user=user, address=self.client_address[0],
+                             reason="CSRF token missing or wrong")
+                self._reply(403, b"refused: the form's CSRF token is missing or out of date; reload the page "
+                                 b"and press the button again\n", "text/plain")
+                return
+            outcome = app.act(action, form)
+            logs.info("web.action", action=action, target=form.get("target", ""), user=user,
+                      address=self.client_address[0], ok=outcome.ok, result=outcome.message)
+            back = form.get("back", "/")
+            if not back.startswith("/") or back.startswith("//"):
+                back = "/"
+            prefix = "" if outcome.ok else "refused: "
+            separator = "&" if "?" in back else "?"
+            self.send_response(303)
+            self.send_header("Location", back + separator + urllib.parse.urlencode({"notice": prefix + outcome.message}))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _user(self) -> str | None:
+            user = app.authorized(self.headers.get("Authorization"))
+            if user is None:
+                body = b"radnode: log in with the [web] user and its password\n"
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="radnode", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            return user
+
+        def _reply(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in _HEADERS.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:  # page views are not worth a log line; actions are
+            pass
+
+    return Handler
