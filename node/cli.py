@@ -23,7 +23,7 @@ from node.spool import keep_private
 
 DEFAULT_CONFIG = Path("config.toml")
 #: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
-_WORK_WITHOUT_CONFIG = ("run", "route-test", "hash-password")
+_WORK_WITHOUT_CONFIG = ("run", "route-test")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel a queued job (it ends as failed; retry --job re-queues it)")
     cancel.add_argument("--job", type=int, required=True, help="job id (radnode jobs --state queued)")
 
-    command("hash-password", "print the [web] password_hash line for a password read from the terminal")
+    sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
 
     echo = command("echo", "C-ECHO a destination named in the config")
     echo.add_argument("destination", help="destination name from [[destinations]]")
@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup()
     keep_private()
+    if args.command == "hash-password":  # needs no config: it is how one is written
+        return _hash_password()
     try:
         config = _config(args)
     except ConfigError as error:
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
         "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
-        "studies": _studies, "complete": _complete, "cancel": _cancel, "hash-password": _hash_password,
+        "studies": _studies, "complete": _complete, "cancel": _cancel,
     }[args.command]
     try:
         return handler(config, args)
@@ -376,7 +378,7 @@ def _cancel(config: Config, args: argparse.Namespace) -> int:
     return _report(cancel_job(_index(config), args.job))
 
 
-def _hash_password(config: Config, args: argparse.Namespace) -> int:
+def _hash_password() -> int:
     """Reads the password without echo (or from stdin when piped) and prints the [web] line."""
     import getpass
 

@@ -1,0 +1,182 @@
+"""The administrator's web page in a real browser (headless Chromium driven by Selenium) over a
+real node: a series sent with storescu, a threshold job, results stored in Orthanc, a delivery
+that goes dead while the PACS is down and is sent again by the page's retry button.
+
+Screenshots of every page land in <tmp_path>/screenshots (the test's artefacts).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.config import load_config
+from node.passwords import hash_password
+from node.web import WebApp
+from tests.harness import NodeProcess, node_config, threshold_route, wait_until
+from tests.peers import free_port, storescu
+from tests.test_node_e2e import pacs_destination
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+PASSWORD = "web page test password"
+CT = ("ct-chest", "lung-pet-ct-dx-A0002")
+
+
+def _browser(shots: Path):
+    """Headless Chromium that sends the basic-auth header with every request (as a browser does
+    once the user typed the password into its login prompt)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            pytest.fail(f"{path} not found: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000", f"--user-data-dir={shots.parent / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+    return driver
+
+
+class Pages:
+    """Loads pages, keeps their HTML for the patient-data check and screenshots them."""
+
+    def __init__(self, driver, base: str, shots: Path) -> None:
+        self.driver, self.base, self.shots = driver, base, shots
+        self.seen: dict[str, str] = {}
+        shots.mkdir(parents=True, exist_ok=True)
+
+    def open(self, path: str, shot: str) -> str:
+        self.driver.get(self.base + path)
+        return self.keep(shot)
+
+    def keep(self, shot: str) -> str:
+        html = self.driver.page_source
+        self.seen[shot] = html
+        self.driver.save_screenshot(str(self.shots / f"{shot}.png"))
+        return html
+
+    def click(self, action: str, target: object, shot: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        self.driver.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"][data-target="{target}"]').click()
+        return self.keep(shot)
+
+    def text(self, css: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result(tmp_path, orthanc, data_dir):
+    b40f = sorted(data_dir.joinpath(*CT, "B40f").glob("*.dcm"))[:5]
+    b70f = sorted(data_dir.joinpath(*CT, "B70f").glob("*.dcm"))[:5]
+    header = pydicom.dcmread(b40f[0], stop_before_pixels=True)
+    patient = [str(header.PatientName), str(header.PatientID)]
+    web_port = free_port()
+    # The threshold route waits 10 min for its series (the page's "complete" button ends the
+    # wait); a B70f-only route fails, for the failure reason and traceback; a 1.8 s retry
+    # window makes a delivery dead while the PACS is down.
+    config = node_config(
+        tmp_path, destinations=pacs_destination(orthanc),
+        routes=[threshold_route(settle_seconds=600, quiet_seconds=600),
+                threshold_route("broken", pipeline="broken", match={"SeriesDescription": {"regex": "B70f"}})],
+        pipelines={"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold"},
+                   "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
+        delivery={"retry_hours": 0.0005, "backoff_seconds": 0.3, "backoff_max_seconds": 0.5},
+        web={"enabled": True, "host": "127.0.0.1", "port": web_port, "password_hash": hash_password(PASSWORD)})
+    node = NodeProcess(config, tmp_path).start()
+    index = node.index()
+    shots = tmp_path / "screenshots"
+    driver = _browser(shots)
+    pages = Pages(driver, f"http://127.0.0.1:{web_port}", shots)
+    try:
+        # 1. A series that arrived and waits: the studies page says for what and until when.
+        assert storescu(node.port, b40f).returncode == 0
+        wait_until(lambda: (s := index.series(str(header.SeriesInstanceUID))) and s.instance_count == 5, 30,
+                   what="B40f indexed")
+        html = pages.open("/studies", "1-studies-waiting")
+        assert "receiving" in html and "B40f" in html and "settle" in html
+        row = pages.text(f'tr.series:has(button[data-target="{header.SeriesInstanceUID}"])')
+        assert " CT " in f" {row} " and " 5 " in f" {row} ", row
+        pages.click("complete-series", header.SeriesInstanceUID, "2-series-completed")
+        assert "complete; the running node routes it" in pages.text("#notice")
+        wait_until(lambda: index.deliveries("sent"), 60, what="the B40f result delivered")
+
+        # 2. The PACS goes down: B70f's result goes dead, its second route fails.
+        orthanc.stop()
+        assert storescu(node.port, b70f).returncode == 0
+        wait_until(lambda: len(index.series_of_study(str(header.StudyInstanceUID))) == 2, 30, what="B70f indexed")
+        pages.open("/studies", "3-studies-second-series")
+        pages.click("complete-study", header.StudyInstanceUID, "4-study-completed")
+        assert "1 receiving series completed" in pages.text("#notice")
+        (dead,) = wait_until(lambda: index.deliveries("dead"), 60, what="a dead delivery")
+        (failed,) = wait_until(lambda: index.jobs("failed"), 60, what="the broken route's job failing")
+
+        # 3. Overview, jobs, one job, deliveries as the administrator sees them.
+        html = pages.open("/", "5-overview")
+        assert "receivers 1 1" in pages.text("#processes") and "workers 1 1" in pages.text("#processes")
+        assert "MB free; C-STORE is refused below 1 MB" in pages.text("#disk")
+        counts = pages.text("#counts")
+        assert "dead 1" in counts and "sent 1" in counts and "failed 1" in counts and "done 2" in counts, counts
+        assert "10 instances received" in pages.text("#throughput")
+        assert "3 jobs finished" in pages.text("#jobtimes")
+        assert html.count("<rect") == 12 + 3, "12 five-minute bars and one bar per finished job"
+
+        pages.open("/jobs", "6-jobs")
+        done = index.jobs("done")[0]
+        assert "queued" in pages.text(f"#job-{done.id}") and " run " in pages.text(f"#job-{done.id}")
+        assert "the test pipeline was told to fail" in pages.text(f"#job-{failed.id}")
+        pages.open(f"/jobs/{failed.id}", "7-failed-job")
+        assert "RuntimeError: the test pipeline was told to fail" in pages.text("#traceback")
+        assert "hu_threshold.py" in pages.text("#traceback")
+        pages.click("retry-job", failed.id, "8-failed-job-retried")
+        assert f"job {failed.id} queued again" in pages.text("#notice")
+        wait_until(lambda: (j := index.job(failed.id)).state == "failed" and j.attempts == 2, 60,
+                   what="the retried job running (and failing) again")
+
+        pages.open("/deliveries", "9-deliveries-dead")
+        assert "dead" in pages.text(f"#delivery-{dead.id}") and "no association" in pages.text(f"#delivery-{dead.id}")
+
+        # 4. The PACS is back: the page's retry button delivers the dead result to Orthanc.
+        orthanc.start()
+        pages.click("retry-delivery", dead.id, "10-delivery-retried")
+        assert "1 dead deliveries queued again" in pages.text("#notice")
+        wait_until(lambda: len(index.deliveries("sent")) == 2, 30, what="delivery after the retry button")
+        pages.open("/deliveries", "11-deliveries-sent")
+        assert "sent" in pages.text(f"#delivery-{dead.id}")
+        ours = config["node"].get("uid_root", "1.2.826.0.1.3680043.8.498.")
+        orthanc.wait_for(lambda pacs: len([i for i in pacs.instances_of_study(str(header.StudyInstanceUID))
+                                           if i["MainDicomTags"]["SOPInstanceUID"].startswith(ours)]) == 2, 30)
+        # both SEGs in the PACS: B40f's sent at once, B70f's by the retry button
+
+        # 5. The route tester on a folder of the node's machine says which routes match and why not.
+        pages.open("/routes?path=" + str(b70f[0].parent), "12-route-tester")
+        verdicts = [e.text for e in driver.find_elements("css selector", "tr.verdict")]
+        assert any(v.startswith("threshold match") for v in verdicts), verdicts
+        assert any(v.startswith("broken match") for v in verdicts), verdicts
+        pages.open("/routes?path=" + str(b40f[0].parent), "13-route-tester-no-match")
+        verdicts = [e.text for e in driver.find_elements("css selector", "tr.verdict")]
+        assert any(v.startswith("broken no match") and "SeriesDescription" in v for v in verdicts), verdicts
+
+        # 6. No patient name or ID on any page by default.
+        assert len(pages.seen) == 13
+        for shot, html in pages.seen.items():
+            for value in patient:
+                assert value not in html, f"{shot} shows a patient value"
+    finally:
+        driver.quit()
+        node.stop()
+    assert "web.action" in node.logs() and all(value not in node.logs() for value in patient), \
+        "every action is logged, without patient data"
+    with_names = load_config(node.config_path).model_copy(update={"web": load_config(node.config_path).web
+                                                          .model_copy(update={"show_patient_data": True})})
+    assert patient[0] in WebApp(with_names, lambda: {}).studies("admin", {}).decode(), \
+        "show_patient_data = true puts the patient name on the studies page"
