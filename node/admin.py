@@ -7,15 +7,17 @@ them, ``node.web`` renders them. Nothing here returns patient data: UIDs, states
 
 from __future__ import annotations
 
+import io
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from node.config import Config
-from node.store import Index
+from node.store import Index, Job
 
 
 def when(epoch: float | None) -> str:
@@ -41,7 +43,7 @@ def supersessions(index: Index) -> tuple[dict[int, str], dict[int, str]]:
     return replaces, replaced_by
 
 
-def stage_seconds(job) -> dict[str, float]:
+def stage_seconds(job: Job) -> dict[str, float]:
     """Where a job's time went: waiting in the queue, then the pipeline's own stage laps
     (``summary["seconds"]``), or the whole run when the pipeline keeps no laps."""
     stages: dict[str, float] = {}
@@ -55,10 +57,11 @@ def stage_seconds(job) -> dict[str, float]:
     return stages
 
 
-def model_identity(job) -> str:
-    """The model a job ran with, as its summary names it ("-" for pipelines without a model)."""
+def model_identity(job: Job) -> str:
+    """The model a job ran with, as its summary names it: name or bundle, version, weights digest
+    ("-" for pipelines without a model)."""
     summary = job.summary
-    parts = [str(summary[key]) for key in ("model", "model_version") if summary.get(key)]
+    parts = [str(summary[key]) for key in ("model", "bundle", "model_version") if summary.get(key)]
     if summary.get("model_sha256"):
         parts.append(f"sha256 {str(summary['model_sha256'])[:12]}")
     return ", ".join(parts) or "-"
@@ -127,23 +130,35 @@ class FileRoutes:
 
 def route_test(config: Config, path: Path) -> list[FileRoutes]:
     """Each series under ``path`` (a file or a folder) against every configured route."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return _route_test(config, ((file, file) for file in files))
+
+
+def route_test_uploads(config: Config, uploads: list[tuple[str, bytes]]) -> list[FileRoutes]:
+    """The same verdicts for files a browser uploaded (name, bytes); they are read in memory and
+    never written to the node's disk."""
+    return _route_test(config, ((Path(name), io.BytesIO(data)) for name, data in uploads))
+
+
+def _route_test(config: Config, sources: Iterable[tuple[Path, Path | BinaryIO]]) -> list[FileRoutes]:
+    """The router's own ``check`` on the first header of each series: the page and ``radnode
+    route-test`` say what the running node would decide."""
     from node.router import Router
 
     router = Router(config)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     seen: set[str] = set()
     found: list[FileRoutes] = []
-    for file in files:
+    for name, source in sources:
         try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError) as error:
-            found.append(FileRoutes(file, error=f"not a DICOM file ({error})"))
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+        except Exception as error:  # noqa: BLE001 (any unreadable file is an answer, not a crash)
+            found.append(FileRoutes(name, error=f"not a DICOM file ({type(error).__name__}: {error})"))
             continue
         series = str(header.get("SeriesInstanceUID", ""))
         if series in seen:
             continue
         seen.add(series)
         verdicts = tuple(RouteVerdict(c.route, c.matched, tuple(c.reasons)) for c in router.check(header))
-        found.append(FileRoutes(file, series, str(header.get("Modality", "?")),
+        found.append(FileRoutes(name, series, str(header.get("Modality", "?")),
                                 str(header.get("SeriesDescription", "")), verdicts))
     return found

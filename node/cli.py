@@ -16,8 +16,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import logs
-from node.admin import (Outcome, cancel_job, complete_series, complete_study, retry_deliveries, retry_job,
-                        supersessions, when as _when)
+from node.admin import (Outcome, cancel_job, complete_series, complete_study, model_identity, retry_deliveries,
+                        retry_job, stage_seconds, supersessions, when as _when)
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.spool import keep_private
 
@@ -332,6 +332,12 @@ def _job_detail(config: Config, job_id: int) -> int:
     print(f"  study {job.study_uid}")
     for role, series_uid in job.inputs.items():
         print(f"  input {role}: series {series_uid}")
+    stages = "; ".join(f"{stage} {seconds} s" for stage, seconds in stage_seconds(job).items())
+    print(f"  model: {model_identity(job)}")
+    print(f"  seconds by stage: {stages or '-'}")
+    replaces, replaced_by = supersessions(index)
+    if job.id in replaces or job.id in replaced_by:
+        print(f"  replaces: {replaces.get(job.id, '-')}; replaced by: {replaced_by.get(job.id, '-')}")
     print(f"  outcome: {job.outcome or '-'}")
     if job.summary:
         print("  summary:")

@@ -1,8 +1,9 @@
 """The PACS administrator's web page: what arrived, what waits, what ran, what was sent, and buttons.
 
 Server-rendered (Jinja2 templates in node/templates, no JavaScript) on its own port, bound to
-127.0.0.1 unless the site says otherwise, and off by default. Every page and action goes through
-HTTP basic auth against the scrypt hash in ``[web] password_hash``; every action is a POST that
+127.0.0.1 unless the site says otherwise, and off by default. Every page and action needs a login:
+HTTP basic auth against the scrypt hash in ``[web] password_hash``, or a TLS client certificate
+signed by ``[web.tls] ca_file`` (both when both are configured). Every action is a POST that
 carries the page's CSRF token, and is logged. The data comes from the index through node.admin
 and node.studies, the same functions ``radnode jobs``, ``studies``, ``retry``... print.
 
@@ -17,17 +18,22 @@ import hmac
 import json
 import secrets
 import shutil
+import ssl
+import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydicom.errors import InvalidDicomError
 
 from node import admin, logs
 from node.config import Config
@@ -35,11 +41,16 @@ from node.monitoring import ChildCounts
 from node.passwords import verify_password
 from node.store import Index
 from node.studies import StudyWatch, wait_counts
+from node.tls import server_context
 
 #: Throughput chart: the last hour in 5-minute bars.
 _HOUR, _BIN = 3600.0, 300.0
 #: What the studies page may show of the patient when the site turns it on.
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+#: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
+_FORM_LIMIT, _UPLOAD_LIMIT = 64 * 1024, 64 * 2**20
+#: A client that stalls (or never finishes a TLS handshake) frees its server thread after this.
+_CLIENT_TIMEOUT_SECONDS = 30.0
 _HEADERS = {
     # No scripts at all, no framing, forms post only here: the page's whole attack surface.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -84,6 +95,23 @@ class WebApp:
         self.templates.globals.update(when=admin.when, json=json)
 
     # ---- access ------------------------------------------------------------------------------
+
+    def login(self, header: str | None, certificate: dict[str, Any] | None) -> str | None:
+        """Who is asking, when every configured door let them through: the client certificate
+        (the TLS handshake already checked it against ``[web.tls] ca_file``) and the password."""
+        settings = self.config.web
+        names = []
+        if settings.client_certificates:
+            name = certificate_name(certificate)
+            if name is None:
+                return None
+            names.append(name)
+        if settings.password_hash:
+            user = self.authorized(header)
+            if user is None:
+                return None
+            names.insert(0, user)
+        return " / ".join(names) or None
 
     def authorized(self, header: str | None) -> str | None:
         """The user name when the Authorization header carries the configured user and password."""
@@ -195,7 +223,14 @@ class WebApp:
             else:
                 found = admin.route_test(self.config, path)
         return self.render("routes.html", user, page="routes", path=folder, found=found, error=error,
-                           routes=self.config.routes)
+                           uploaded=0, routes=self.config.routes)
+
+    def routes_uploaded(self, user: str, uploads: list[tuple[str, bytes]]) -> bytes:
+        """The route tester on files the browser sent (the administrator's own copy of a series)."""
+        error = "" if uploads else "choose one or more DICOM files to upload"
+        found = admin.route_test_uploads(self.config, uploads)
+        return self.render("routes.html", user, page="routes", path="", found=found, error=error,
+                           uploaded=len(uploads), routes=self.config.routes)
 
     # ---- actions -----------------------------------------------------------------------------
 
@@ -222,11 +257,40 @@ class WebApp:
             return admin.Outcome(False, f"{action}: target {target!r} is not a number")
 
 
+def certificate_name(certificate: dict[str, Any] | None) -> str | None:
+    """The common name of a verified client certificate (its whole subject when it has none)."""
+    if not certificate or not certificate.get("subject"):
+        return None
+    fields = [pair for rdn in certificate["subject"] for pair in rdn]
+    common = [value for key, value in fields if key == "commonName"]
+    return common[0] if common else ",".join(f"{key}={value}" for key, value in fields)
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer, over TLS when configured: the handshake runs in the connection's own
+    thread (``Handler.setup``), so one slow or refused client never holds up the others."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 context: ssl.SSLContext | None) -> None:
+        super().__init__(address, handler)
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A refused TLS handshake (no or a wrong client certificate) or a dropped connection: one
+        log line, not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        event = "web.tls_refused" if isinstance(error, ssl.SSLError) else "web.connection_failed"
+        logs.warning(event, address=client_address[0], error=f"{type(error).__name__}: {error}")
+
+
 class WebServer:
     def __init__(self, config: Config, children: ChildCounts) -> None:
         self.config = config
         self.app = WebApp(config, children)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
 
     @property
     def port(self) -> int:
@@ -235,10 +299,16 @@ class WebServer:
 
     def start(self) -> None:
         settings = self.config.web
-        self._server = ThreadingHTTPServer((settings.host, settings.port), _handler(self.app))
-        self._server.daemon_threads = True
+        context = server_context(settings.tls) if settings.tls is not None else None
+        self._server = _Server((settings.host, settings.port), _handler(self.app), context)
         threading.Thread(target=self._server.serve_forever, name="web", daemon=True).start()
-        logs.info("web.listening", host=settings.host, port=self.port)
+        login = " and ".join(([] if not settings.password_hash else ["password"])
+                             + (["client certificate"] if settings.client_certificates else []))
+        logs.info("web.listening", host=settings.host, port=self.port, https=context is not None, login=login)
+        if context is None and settings.host not in ("127.0.0.1", "::1", "localhost"):
+            logs.warning("web.plain_http", host=settings.host,
+                         advice="the password crosses the network readable: set [web.tls], or keep "
+                                "host = 127.0.0.1 behind an SSH tunnel or a TLS reverse proxy")
 
     def stop(self) -> None:
         if self._server is not None:
@@ -246,12 +316,38 @@ class WebServer:
             self._server.server_close()
 
 
+def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
+    """A multipart/form-data body as (fields, files), with the standard library's MIME parser."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    files: list[tuple[str, bytes]] = []
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            if filename or data:
+                files.append((Path(filename).name or "upload", data))
+        elif isinstance(name, str):
+            fields[name] = data.decode(errors="replace")
+    return fields, files
+
+
 def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "radnode"
         sys_version = ""
+        timeout = _CLIENT_TIMEOUT_SECONDS
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def setup(self) -> None:
+            super().setup()
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()
+
+        def do_GET(self) -> None:
             user = self._user()
             if user is None:
                 return
@@ -272,25 +368,38 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             else:
                 self._reply(200, body)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             user = self._user()
             if user is None:
                 return
             url = urllib.parse.urlsplit(self.path)
+            upload = url.path == "/routes"
+            if not upload and not url.path.startswith("/actions/"):
+                self._reply(404, b"actions are POSTed to /actions/<name>, route tests to /routes\n", "text/plain")
+                return
             length = int(self.headers.get("Content-Length") or 0)
-            if length > 64 * 1024:
-                self._reply(413, b"form too large\n", "text/plain")
+            if length > (_UPLOAD_LIMIT if upload else _FORM_LIMIT):
+                self.close_connection = True
+                self._reply(413, b"too large: upload at most 64 MB to the route tester; for a bigger series "
+                                 b"give it the series' folder on the node's machine\n", "text/plain")
                 return
-            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode(errors="replace")))
-            action = url.path.removeprefix("/actions/")
-            if not url.path.startswith("/actions/"):
-                self._reply(404, b"actions are POSTed to /actions/<name>\n", "text/plain")
-                return
+            body = self.rfile.read(length)
+            files: list[tuple[str, bytes]] = []
+            if upload:
+                form, files = _multipart(self.headers.get("Content-Type", ""), body)
+            else:
+                form = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
+            action = "route-test" if upload else url.path.removeprefix("/actions/")
             if not hmac.compare_digest(form.get("csrf", "").encode(), app.csrf_token(user).encode()):
                 logs.warning("web.action_refused", action=action, user=user, address=self.client_address[0],
                              reason="CSRF token missing or wrong")
                 self._reply(403, b"refused: the form's CSRF token is missing or out of date; reload the page "
                                  b"and press the button again\n", "text/plain")
+                return
+            if upload:
+                logs.info("web.route_test", user=user, address=self.client_address[0], files=len(files),
+                          bytes=sum(len(data) for _, data in files))
+                self._reply(200, app.routes_uploaded(user, files))
                 return
             outcome = app.act(action, form)
             logs.info("web.action", action=action, target=form.get("target", ""), user=user,
@@ -306,8 +415,12 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
 
         def _user(self) -> str | None:
-            user = app.authorized(self.headers.get("Authorization"))
+            header = self.headers.get("Authorization")
+            certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+            user = app.login(header, certificate)
             if user is None:
+                if header:  # a browser's first request carries none: only a wrong login is news
+                    logs.warning("web.login_refused", address=self.client_address[0])
                 body = b"radnode: log in with the [web] user and its password\n"
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="radnode", charset="UTF-8"')
