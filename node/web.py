@@ -140,7 +140,7 @@ class WebApp:
 
     def render(self, name: str, user: str, **context: Any) -> bytes:
         return self.templates.get_template(name).render(
-            csrf=self.csrf_token(user), node=self.config.node.ae_title, **context).encode()
+            csrf=self.csrf_token(user), node=self.config.node.ae_title, user=user, **context).encode()
 
     def overview(self, user: str, query: dict[str, str]) -> bytes:
         now = time.time()
