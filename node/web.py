@@ -282,7 +282,7 @@ class _Server(ThreadingHTTPServer):
         """A refused TLS handshake (no or a wrong client certificate) or a dropped connection: one
         log line, not a traceback on stderr."""
         error = sys.exc_info()[1]
-        event = "web.tls_refused" if isinstance(error, ssl.SSLError) else "web.connection_failed"
+        event = "web.tls_refused" if isinstance(error, ssl.SSLError) else "web.request_failed"
         logs.warning(event, address=client_address[0], error=f"{type(error).__name__}: {error}")
 
 
@@ -358,10 +358,16 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
                 "/deliveries": app.deliveries, "/routes": app.routes,
             }
             body: bytes | None = None
-            if url.path in pages:
-                body = pages[url.path](user, query)
-            elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
-                body = app.job(user, int(url.path[6:]), query)
+            try:
+                if url.path in pages:
+                    body = pages[url.path](user, query)
+                elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
+                    body = app.job(user, int(url.path[6:]), query)
+            except Exception:  # noqa: BLE001 (a page that cannot be built says so; the log says why)
+                logs.error("web.page_failed", page=url.path, exc_info=True)
+                self._reply(500, b"this page failed: the node's log has the error (web.page_failed)\n",
+                            "text/plain")
+                return
             if body is None:
                 self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes\n",
                             "text/plain")
