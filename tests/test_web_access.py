@@ -152,6 +152,10 @@ def test_web_config_errors_name_the_key(tmp_path: Path):
         parse_config({"web": {"enabled": True, "password_hash": "hunter2"}})
     with pytest.raises(ConfigError, match=r"web\.tls\.cert_file"):
         parse_config({"web": {"tls": {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(tmp_path)}}})
+    garbage = tmp_path / "web.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"web\.tls: cannot load the certificates"):
+        parse_config({"web": {"tls": {"cert_file": str(garbage), "key_file": str(garbage)}}})
     with pytest.raises(ConfigError, match=r"web\.show_patient_data"):
         parse_config({"web": {"show_patient_data": "yes please"}})
     assert parse_config({}).web.enabled is False, "off by default"

@@ -31,14 +31,17 @@ CT = ("ct-chest", "lung-pet-ct-dx-A0002")
 def _browser(shots: Path):
     """Headless Chromium that sends the basic-auth header with every request (as a browser does
     once the user typed the password into its login prompt)."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.fail("selenium is missing: python3 -m pip install -e '.[test]'")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.exists():
             pytest.fail(f"{path} not found: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", f"--user-data-dir={shots.parent / 'chromium-profile'}"):
+                 "--window-size=1400,1200", f"--user-data-dir={shots.parent / 'chromium-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
     token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
