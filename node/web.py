@@ -411,7 +411,7 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             logs.info("web.action", action=action, target=form.get("target", ""), user=user,
                       address=self.client_address[0], ok=outcome.ok, result=outcome.message)
             back = form.get("back", "/")
-            if not back.startswith("/") or back.startswith("//"):
+            if not back.startswith("/") or back[1:2] in ("/", "\\"):  # "//host" or "/\\host" would leave the node
                 back = "/"
             prefix = "" if outcome.ok else "refused: "
             separator = "&" if "?" in back else "?"

@@ -140,9 +140,10 @@ def test_an_action_with_a_wrong_or_missing_csrf_token_is_refused_and_changes_not
 
     again = _request(url + "/actions/cancel-job", _auth(), {"target": str(job), "csrf": token, "back": "/jobs"})
     assert "refused: job" in urllib.parse.unquote_plus(again[2]["Location"]), "a failed job cannot be cancelled"
-    offsite = _request(url + "/actions/retry-job", _auth(), {"target": "x", "csrf": token, "back": "//evil.example"})
-    assert offsite[2]["Location"].startswith("/?notice="), "the redirect never leaves the node"
-    assert "is not a number" in urllib.parse.unquote_plus(offsite[2]["Location"])
+    for elsewhere in ("//evil.example", "/\\evil.example", "https://evil.example/"):
+        offsite = _request(url + "/actions/retry-job", _auth(), {"target": "x", "csrf": token, "back": elsewhere})
+        assert offsite[2]["Location"].startswith("/?notice="), "the redirect never leaves the node"
+        assert "is not a number" in urllib.parse.unquote_plus(offsite[2]["Location"])
 
 
 def test_web_config_errors_name_the_key(tmp_path: Path):
