@@ -758,6 +758,10 @@ class Index:
     def jobs(self, state: str | None = None) -> list[Job]:
         return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
 
+    def jobs_finished_since(self, since: float) -> list[Job]:
+        """Jobs that ended (done or failed) after ``since``: the overview's job-time chart."""
+        return self._jobs("WHERE finished_at >= ?", (since,))
+
     def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
         return [

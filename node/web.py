@@ -43,8 +43,10 @@ from node.store import Index
 from node.studies import StudyWatch, wait_counts
 from node.tls import server_context
 
-#: Throughput chart: the last hour in 5-minute bars.
-_HOUR, _BIN = 3600.0, 300.0
+#: Throughput chart: the last hour in 5-minute bars; the job-time chart: the latest jobs of that hour.
+_HOUR, _BIN, _CHART_JOBS = 3600.0, 300.0, 30
+#: The jobs and deliveries pages show the newest rows (the command line lists them all).
+_PAGE_ROWS = 500
 #: What the studies page may show of the patient when the site turns it on.
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 #: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
@@ -66,17 +68,17 @@ class Bar:
     x: float
     y: float
     height: float
-    label: str
+    label: str  # the tooltip
+    tick: str = ""  # the text under the bar
 
 
-def bars(values: list[float], labels: list[str], height: float = 60.0, width: float = 20.0) -> list[Bar]:
+def bars(values: list[float], labels: list[str], ticks: list[str] | None = None, height: float = 60.0,
+         width: float = 20.0) -> list[Bar]:
     """Bar geometry for an inline SVG chart, scaled to the largest value."""
     top = max(values, default=0.0) or 1.0
-    out = []
-    for i, (value, label) in enumerate(zip(values, labels)):
-        h = height * value / top
-        out.append(Bar(i * (width + 4), height - h, h, label))
-    return out
+    ticks = ticks or [""] * len(values)
+    return [Bar(i * (width + 4), height - height * value / top, height * value / top, label, tick)
+            for i, (value, label, tick) in enumerate(zip(values, labels, ticks))]
 
 
 class WebApp:
@@ -148,7 +150,7 @@ class WebApp:
             counts = self.index.state_counts()
             waits = wait_counts(self.watch.studies(now, detail=False))
             arrivals = self.index.arrivals_since(now - _HOUR)
-            finished = [j for j in self.index.jobs() if j.finished_at and j.finished_at >= now - _HOUR]
+            finished = self.index.jobs_finished_since(now - _HOUR)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -156,13 +158,14 @@ class WebApp:
             bins[min(int((t - (now - _HOUR)) // _BIN), len(bins) - 1)] += 1
         bin_labels = [f"{time.strftime('%H:%M', time.localtime(now - _HOUR + i * _BIN))}: {int(v)} instances"
                       for i, v in enumerate(bins)]
-        job_times = [round(j.finished_at - j.created_at, 1) for j in finished[-30:]]
-        job_labels = [f"job {j.id} {j.pipeline}: {round(j.finished_at - j.created_at, 1)} s" for j in finished[-30:]]
+        recent = finished[-_CHART_JOBS:]
+        job_times = [round((j.finished_at or j.created_at) - j.created_at, 1) for j in recent]
+        job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
             "overview.html", user, page="overview", notice=query.get("notice", ""),
             children=self.children(), counts=counts, studies=waits.studies, free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
-            arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels),
+            arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))
 
     def studies(self, user: str, query: dict[str, str]) -> bytes:
@@ -184,10 +187,11 @@ class WebApp:
 
     def jobs(self, user: str, query: dict[str, str]) -> bytes:
         with self.lock:
-            jobs = self.index.jobs()[::-1]
+            jobs = self.index.jobs(query.get("state") or None)[::-1]
             replaces, replaced_by = admin.supersessions(self.index)
             notes, problems = self.index.notes(), self.index.problems()
-        return self.render("jobs.html", user, page="jobs", notice=query.get("notice", ""), jobs=jobs,
+        return self.render("jobs.html", user, page="jobs", notice=query.get("notice", ""), jobs=jobs[:_PAGE_ROWS],
+                           total=len(jobs), state=query.get("state", ""),
                            replaces=replaces, replaced_by=replaced_by, stages=admin.stage_seconds,
                            model=admin.model_identity, notes=notes, problems=problems)
 
@@ -206,9 +210,9 @@ class WebApp:
 
     def deliveries(self, user: str, query: dict[str, str]) -> bytes:
         with self.lock:
-            deliveries = self.index.deliveries()[::-1]
+            deliveries = self.index.deliveries(query.get("state") or None)[::-1]
         return self.render("deliveries.html", user, page="deliveries", notice=query.get("notice", ""),
-                           deliveries=deliveries)
+                           deliveries=deliveries[:_PAGE_ROWS], total=len(deliveries), state=query.get("state", ""))
 
     def routes(self, user: str, query: dict[str, str]) -> bytes:
         folder = query.get("path", "").strip()

@@ -125,6 +125,8 @@ def test_every_page_asks_for_the_password_and_refuses_a_wrong_one(web):
 def test_an_action_with_a_wrong_or_missing_csrf_token_is_refused_and_changes_nothing(web):
     url, index = web
     job = _queued_job(index)
+    assert f'id="job-{job}"' in _request(url + "/jobs?state=queued", _auth())[1]
+    assert f'id="job-{job}"' not in _request(url + "/jobs?state=done", _auth())[1], "the state filter"
     for form in ({"target": str(job)}, {"target": str(job), "csrf": "0" * 64}):
         status, body, _ = _request(url + "/actions/cancel-job", _auth(), form)
         assert status == 403 and "CSRF" in body
