@@ -226,6 +226,8 @@ class WebApp:
                 error = f"{folder} does not exist on the node's machine (or the node may not read it)"
             else:
                 found = admin.route_test(self.config, path)
+                # the folder's name is not logged: sites name folders after patients
+                logs.info("web.route_test", user=user, source="folder", series=len(found))
         return self.render("routes.html", user, page="routes", path=folder, found=found, error=error,
                            uploaded=0, routes=self.config.routes)
 
@@ -407,8 +409,8 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
                                  b"and press the button again\n", "text/plain")
                 return
             if upload:
-                logs.info("web.route_test", user=user, address=self.client_address[0], files=len(files),
-                          bytes=sum(len(data) for _, data in files))
+                logs.info("web.route_test", user=user, address=self.client_address[0], source="upload",
+                          files=len(files), bytes=sum(len(data) for _, data in files))
                 self._reply(200, app.routes_uploaded(user, files))
                 return
             outcome = app.act(action, form)
