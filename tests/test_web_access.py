@@ -164,6 +164,21 @@ def test_web_config_errors_name_the_key(tmp_path: Path):
     assert parse_config({}).web.enabled is False, "off by default"
 
 
+def test_the_jobs_pages_say_which_job_a_later_answer_replaces(web):
+    url, index = web
+    first = _queued_job(index)
+    index.route_series("1.2.3", 0, [{"route": "r", "pipeline": "p", "subject": "1.2.3", "study_uid": "1.2",
+                                     "generation": 1, "inputs": {"series": "1.2.3"}, "destinations": ["pacs"]}])
+    second = max(job.id for job in index.jobs())
+    index.record_supersession(second, first, 2)  # what the worker records when a rerun's results replace
+    listing = _request(url + "/jobs", _auth())[1]
+    rows = {job: _text(re.search(rf'<tr class="job" id="job-{job}">.*?</tr>', listing, re.DOTALL).group(0))
+            for job in (first, second)}
+    assert f"job {first} (v1)" in rows[second] and f"job {second} (v2)" in rows[first], rows
+    detail = _text(_request(url + f"/jobs/{second}", _auth())[1])
+    assert f"replaces job {first} (v1) replaced by -" in detail, detail
+
+
 def test_hash_password_prints_a_line_the_config_accepts(tmp_path: Path):
     run = subprocess.run([sys.executable, "-m", "node.cli", "hash-password"], check=False, input=PASSWORD + "\n",
                          capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=60)
