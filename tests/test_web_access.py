@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import ConfigError, parse_config
+from node.config import ConfigError, ServerTls, load_config, parse_config
 from node.passwords import hash_password
 from node.store import Index, InstanceRecord
 from node.web import WebServer
@@ -238,6 +238,10 @@ def _client(ca: Path, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
 
 def test_a_client_certificate_signed_by_the_configured_ca_is_the_login_and_its_name_is_logged(
         tmp_path: Path, pki, password_hash: str, caplog: pytest.LogCaptureFixture):  # noqa: F811 (the fixture)
+    written = pki.ca.parent / "web.toml"  # config.toml's relative certificate paths are from its folder
+    written.write_text('[web]\nenabled = true\n[web.tls]\ncert_file = "localhost.crt"\nkey_file = "localhost.key"\n'
+                       'ca_file = "ca.crt"\n')
+    assert load_config(written).web.tls == ServerTls(cert_file=pki.server_cert, key_file=pki.server_key, ca_file=pki.ca)
     stranger_ca = _make_ca(tmp_path, "stranger-ca")
     stranger = _issue(tmp_path, stranger_ca, "stranger")
     tls = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "ca_file": str(pki.ca)}
