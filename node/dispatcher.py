@@ -120,8 +120,17 @@ class Dispatcher:
 
     def _send_batch(self, destination: Destination, deliveries: Sequence[Delivery]) -> int:
         files = {d.id: self.index.results(d.job_id) for d in deliveries}
+        syntaxes: dict[int, set[tuple[str, str]]] = {}
+        for delivery in deliveries:
+            try:
+                syntaxes[delivery.id] = _syntaxes(files[delivery.id])
+            except Exception as failure:  # one unreadable result fails its delivery, not the batch
+                self._failed(delivery, f"{type(failure).__name__}: {failure}"[:500])
+        deliveries = [d for d in deliveries if d.id in syntaxes]
+        if not deliveries:
+            return 0
         ae = scu_ae(self.config)
-        for context in _contexts([f for fs in files.values() for f in fs]):
+        for context in _contexts({pair for d in deliveries for pair in syntaxes[d.id]}):
             ae.add_requested_context(context.abstract_syntax, context.transfer_syntax)
         assoc = associate(ae, destination)
         if not assoc.is_established:
@@ -173,13 +182,18 @@ class Dispatcher:
                      dead=delay is None, error=error)
 
 
-def _contexts(files: Sequence[ResultFile]) -> list:
-    pairs = sorted({(f.sop_class, _transfer_syntax(f)) for f in files})
+def _syntaxes(files: Sequence[ResultFile]) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) of each result file; raises when one is gone or unreadable."""
+    pairs = set()
+    for result in files:
+        if not result.path.exists():
+            raise FileNotFoundError(f"result file {result.path} is gone from the spool")
+        meta = pydicom.filereader.read_file_meta_info(result.path)
+        pairs.add((result.sop_class, str(meta.TransferSyntaxUID)))
+    return pairs
+
+
+def _contexts(pairs: set[tuple[str, str]]) -> list:
     if len(pairs) > _MAX_CONTEXTS:
         raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed one association's 128")
-    return [build_context(sop, ts) for sop, ts in pairs]
-
-
-def _transfer_syntax(result: ResultFile) -> str:
-    meta = pydicom.filereader.read_file_meta_info(result.path)
-    return str(meta.TransferSyntaxUID)
+    return [build_context(sop, ts) for sop, ts in sorted(pairs)]

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pydicom
 
 from node.config import RetentionSettings
 from node.retention import Retention
@@ -15,7 +16,7 @@ from node.config import Route
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.peers import storescu
+from tests.peers import BitPreservingStorescp, storescu
 from tests.test_hostile_input import ct_files, with_nested_sequences
 
 
@@ -33,17 +34,22 @@ def poison_instance(spool: Spool, index: Index, data_dir: Path) -> str:
     return series
 
 
-def poison_delivery(spool: Spool, index: Index) -> int:
-    """A finished job whose result file is not DICOM, due before anything else to the PACS."""
+def finished_job(spool: Spool, index: Index, subject: str, result_bytes: bytes, sop_uid: str) -> int:
+    """A job already done with one result file of ``result_bytes``: its delivery to "pacs" is due."""
     route = Route.model_validate(threshold_route("old-route"))
-    index.add_job(job_spec(route, subject="1.2.3", study_uid="1.2", generation=0, inputs={},
+    index.add_job(job_spec(route, subject=subject, study_uid="1.2", generation=0, inputs={},
                            state="failed", outcome="placeholder"))
-    (job,) = index.jobs()
+    job = [j for j in index.jobs() if j.subject == subject][0]
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
-    result.write_bytes(b"not DICOM at all")
-    index.finish_job(job.id, [ResultFile(result, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.66.4")], "1 objects")
+    result.write_bytes(result_bytes)
+    index.finish_job(job.id, [ResultFile(result, sop_uid, "1.2.840.10008.5.1.4.1.1.2")], "1 objects")
     return job.id
+
+
+def poison_delivery(spool: Spool, index: Index) -> int:
+    """A finished job whose result file is not DICOM, due before anything else to the PACS."""
+    return finished_job(spool, index, "1.2.3", b"not DICOM at all", "1.2.3.4")
 
 
 def test_poison_series_and_delivery_are_set_aside_while_a_normal_series_flows_end_to_end(
@@ -210,3 +216,27 @@ def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(
     assert [node.index.job(j).outcome for j in jobs] == ["worker process died (exit code -9)"] * 2
     node.supervise_once()  # the next round restarts the first
     assert spawned == [dead[1], dead[0]]
+
+
+def test_a_delivery_whose_result_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_sent(
+        tmp_path, data_dir):
+    from node.config import parse_config
+    from node.dispatcher import Dispatcher
+
+    spool = Spool(tmp_path / "spool")
+    index = Index(spool.root / "index.sqlite")
+    bad_job = poison_delivery(spool, index)
+    good = ct_files(data_dir, 1)[0]
+    good_job = finished_job(spool, index, "1.2.4", good.read_bytes(),
+                            str(pydicom.dcmread(good, stop_before_pixels=True).SOPInstanceUID))
+    with BitPreservingStorescp(tmp_path / "pacs") as pacs:
+        config = parse_config({"node": {"spool": str(spool.root)},
+                               "destinations": [{"name": "pacs", "ae_title": "RADNODE", "host": "127.0.0.1",
+                                                 "port": pacs.port}],
+                               "routes": [threshold_route()], "pipelines": threshold_pipeline()})
+        assert len(index.due_deliveries(time.time(), 10)) == 2  # one batch, the poison first
+        assert Dispatcher(config, index).tick() == 1
+    states = {d.job_id: (d.state, d.last_error) for d in index.deliveries()}
+    assert states[good_job] == ("sent", "")
+    assert states[bad_job][0] == "retrying" and "InvalidDicomError" in states[bad_job][1]
+    assert len(list((tmp_path / "pacs").iterdir())) == 1
