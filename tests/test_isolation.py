@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 
 from node.config import RetentionSettings
+from pipelines.base import SERIES_ROLE
 from node.retention import Retention
 from node.router import job_spec
 from node.config import Route
@@ -52,26 +53,64 @@ def poison_delivery(spool: Spool, index: Index) -> int:
     return finished_job(spool, index, "1.2.3", b"not DICOM at all", "1.2.3.4")
 
 
-def test_poison_series_and_delivery_are_set_aside_while_a_normal_series_flows_end_to_end(
+def lost_series(index: Index, folder: Path, modality: str, description: str) -> tuple[str, str]:
+    """(study, series) indexed and complete, whose files were then removed from the spool by hand:
+    the router, a study route and a job on it all meet FileNotFoundError."""
+    from tests.test_completion import Study
+
+    study = Study(index, folder)
+    series = study.series(modality, description, count=1)
+    index.mark_complete(series, 0)
+    for path in index.instance_paths(series):
+        path.unlink()
+    return study.uid, series
+
+
+def test_a_poison_item_in_each_loop_is_set_aside_while_a_normal_series_flows_end_to_end(
         tmp_path, data_dir, orthanc):
+    """Before the node starts, one item each loop cannot handle: a stray spool file that is not
+    DICOM (reconcile), an instance nested 10,000 deep (scheduler), a complete CT series whose files
+    are gone (router), an MR study whose series is gone (assembler, study route), a queued job on a
+    lost series (worker), a result that is not DICOM (dispatcher). Then a normal CT series is sent:
+    it is processed and reaches Orthanc, and each poison item is set aside with its reason.
+    (Supervisor and retention: the tests below, on the loop objects.)"""
+    from tests.test_completion import MR_ROUTE
+
     destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
-    config = node_config(tmp_path, destinations=destinations, routes=[threshold_route()],
+    config = node_config(tmp_path, destinations=destinations, routes=[threshold_route(), MR_ROUTE],
                          pipelines=threshold_pipeline(), delivery={"max_attempts": 2})
     spool = Spool(Path(config["node"]["spool"]))
     index = Index(spool.root / "index.sqlite")
+    stray = spool.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    spool.write(stray, b"\x00" * 128 + b"DICM" + b"truncated")
     bad_series = poison_instance(spool, index, data_dir)
+    _, unroutable = lost_series(index, tmp_path, "CT", "removed by hand")
+    bad_study, bad_mr = lost_series(index, tmp_path, "MR", "T1 AX POST GD")
+    route = Route.model_validate(threshold_route())
+    _, gone = lost_series(index, tmp_path, "CT", "removed by hand")
+    index.route_series(gone, 0, [])  # routed before its files were removed
+    index.add_job(job_spec(route, subject=gone, study_uid="1.2", generation=0, inputs={SERIES_ROLE: gone}))
     bad_job = poison_delivery(spool, index)
+    normal = str(pydicom.dcmread(ct_files(data_dir, 1)[0], stop_before_pixels=True).SeriesInstanceUID)
     node = NodeProcess(config, tmp_path).start()
     try:
         assert storescu(node.port, ct_files(data_dir, 5)).returncode == 0
-        job = wait_until(lambda: [j for j in index.jobs() if j.id != bad_job and j.state in ("done", "failed")],
+        job = wait_until(lambda: [j for j in index.jobs() if j.subject == normal and j.state in ("done", "failed")],
                          90, what="the normal series' job")[0]
         assert job.state == "done", job.outcome
         wait_until(lambda: [d for d in index.deliveries("sent") if d.job_id == job.id], 60, what="delivery")
-        (problem,) = index.problems()
-        assert (problem.kind, problem.subject) == ("series", bad_series)
-        assert "RecursionError" in problem.reason
-        assert index.series(bad_series).state == "routed"
+        assert len(orthanc.instances_of_study(job.study_uid)) == len(index.results(job.id)) > 0
+        series_problems = {p.subject: p.reason for p in index.problems() if p.kind == "series"}
+        assert set(series_problems) == {bad_series, unroutable, bad_mr}, series_problems
+        assert "RecursionError" in series_problems[bad_series]
+        assert "FileNotFoundError" in series_problems[unroutable] and "FileNotFoundError" in series_problems[bad_mr]
+        # the study route reads every arrived series of a study: each poison's study is set aside too
+        study_problems = {p.subject: p.reason for p in index.problems() if p.kind == "study"}
+        assert "FileNotFoundError" in study_problems[bad_study] and job.study_uid not in study_problems
+        assert index.series(bad_series).state == index.series(unroutable).state == "routed"
+        (lost_job,) = [j for j in index.jobs() if j.subject == gone]
+        assert lost_job.state == "failed" and "FileNotFoundError" in lost_job.outcome
+        assert not stray.exists() and len(list(spool.quarantine.glob("*.reason.txt"))) == 1
         bad = wait_until(lambda: [d for d in index.deliveries("dead") if d.job_id == bad_job], 30,
                          what="the poison delivery to end dead")[0]
         assert "InvalidDicomError" in bad.last_error
