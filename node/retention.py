@@ -75,15 +75,15 @@ class Retention:
         return removed
 
     def _sweep_quarantine(self, older_than: float) -> int:
-        """Refused datasets (and their reasons) are kept as long as received instances are."""
+        """Refused datasets (and their reasons) are kept as long as received instances are; an
+        entry that cannot be removed is recorded and the others are still swept."""
         removed = 0
         for path in self.spool.quarantine.iterdir():
-            try:
-                if path.stat().st_mtime < older_than:
-                    path.unlink()
-                    removed += path.suffix == ".dcm"
-            except FileNotFoundError:
-                continue
+            subject = f"quarantine {path.name}"
+            gone: list[bool] = []
+            if isolated("retention", subject, lambda: gone.append(_remove_older(path, older_than)),
+                        lambda reason: self.index.record_problem("retention", subject, 0, reason)) and gone[0]:
+                removed += path.suffix == ".dcm"
         return removed
 
     def _forget_results(self, job_id: int) -> None:
@@ -97,6 +97,17 @@ def _remove(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return 1
+
+
+def _remove_older(path: Path, older_than: float) -> bool:
+    """Remove ``path`` if it is older than ``older_than``; True if this call removed it."""
+    try:
+        if path.stat().st_mtime >= older_than:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _prune_empty_parents(folders: set[Path], root: Path) -> None:

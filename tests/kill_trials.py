@@ -26,12 +26,13 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+from node.spool import Spool
 from node.store import Index
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 
 #: where the kill fell, judged from the index the restarted node finds
-STAGES = ("receive", "completion", "job run", "delivery", "after delivery")
+STAGES = ("receive", "completion", "job run", "result commit", "delivery", "after delivery")
 
 
 def acknowledged(storescu_output: str) -> list[str]:
@@ -60,8 +61,9 @@ def fresh_series(sources: list[Path], folder: Path) -> tuple[str, str, list[Path
     return study, series, files
 
 
-def stage_at_kill(index: Index, series_uid: str, count: int) -> str:
-    """Which part of the flow the kill interrupted, from what the index had made durable."""
+def stage_at_kill(index: Index, spool: Spool, series_uid: str, count: int) -> str:
+    """Which part of the flow the kill interrupted, from what the index had made durable: a job
+    not done whose result files are already in the spool was killed at its result commit."""
     series = index.series(series_uid)
     if series is None or series.instance_count < count:
         return "receive"
@@ -69,7 +71,8 @@ def stage_at_kill(index: Index, series_uid: str, count: int) -> str:
     if not jobs:
         return "completion"
     if any(j.state != "done" for j in jobs):
-        return "job run"
+        written = any(any(spool.result_dir(j.id).glob("*")) for j in jobs if j.state != "done")
+        return "result commit" if written else "job run"
     wanted = {j.id for j in jobs}
     if any(d.state != "sent" for d in index.deliveries() if d.job_id in wanted):
         return "delivery"
@@ -94,6 +97,9 @@ class KillTrials:
                                        "max_attempts": 50})
         self.node = NodeProcess(config, self.workdir)
         self.stages: Counter[str] = Counter()
+        #: per stage: instances acknowledged before the kill and found intact, jobs done, results
+        #: found exactly once in the PACS
+        self.checked: dict[str, Counter[str]] = {stage: Counter() for stage in STAGES}
         self.trials = 0
 
     def start(self) -> "KillTrials":
@@ -127,8 +133,9 @@ class KillTrials:
         output, _ = sender.communicate(timeout=60)
         stored = acknowledged(output)
 
-        index = Index(Path(self.node.config["node"]["spool"]) / "index.sqlite")
-        stage = stage_at_kill(index, series_uid, len(files))
+        spool = Spool(Path(self.node.config["node"]["spool"]))
+        index = Index(spool.root / "index.sqlite")
+        stage = stage_at_kill(index, spool, series_uid, len(files))
         self.stages[stage] += 1
         self.start()
         for path in stored:
@@ -158,5 +165,7 @@ class KillTrials:
         in_pacs = Counter(self.sop_uids_in_pacs(study))
         assert in_pacs == expected and max(expected.values()) == 1, (
             f"trial {trial} ({stage}): the PACS holds {dict(in_pacs)}, the index's results are {dict(expected)}")
+        self.checked[stage].update({"acknowledged intact": len(stored), "jobs done": len(done),
+                                    "results once in PACS": len(expected)})
         index.close()
         return stage

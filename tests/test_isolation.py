@@ -120,7 +120,7 @@ def test_a_poison_item_in_each_loop_is_set_aside_while_a_normal_series_flows_end
         node.stop()
 
 
-def test_retention_sweeps_other_studies_when_one_cannot_be_removed(tmp_path):
+def test_retention_sweeps_other_studies_and_quarantined_files_when_one_cannot_be_removed(tmp_path):
     spool = Spool(tmp_path / "spool")
     index = Index(spool.root / "index.sqlite")
     for study in ("1.2.1", "1.2.2"):
@@ -134,12 +134,14 @@ def test_retention_sweeps_other_studies_when_one_cannot_be_removed(tmp_path):
         index.record_instance(InstanceRecord(f"{series}.1", series, study, "CT", "1.2", "1.2", path, 8), None)
         index.mark_complete(series, 0)
         index.route_series(series, 0, [])
+    (spool.quarantine / "a.dcm").mkdir()  # likewise in the quarantine folder
+    refused = spool.quarantine_bytes(b"refused long ago", "missing SOPInstanceUID")
     swept = Retention(RetentionSettings(instances_days=1), index, spool).sweep(now=4e9)
-    assert (swept.studies, swept.instance_files) == (1, 1)
-    assert index.study_files("1.2.2") == [] and index.study_files("1.2.1") != []
-    (problem,) = index.problems()
-    assert (problem.kind, problem.subject) == ("retention", "1.2.1")
-    assert "IsADirectoryError" in problem.reason
+    assert (swept.studies, swept.instance_files, swept.quarantined) == (1, 1, 1)
+    assert index.study_files("1.2.2") == [] and index.study_files("1.2.1") != [] and not refused.exists()
+    problems = {(p.kind, p.subject): p.reason for p in index.problems()}
+    assert set(problems) == {("retention", "1.2.1"), ("retention", "quarantine a.dcm")}
+    assert all("IsADirectoryError" in reason for reason in problems.values())
 
 
 def test_quarantined_datasets_are_removed_after_instances_days(tmp_path):
