@@ -1,7 +1,7 @@
 """Longer fuzz run than tests/test_fuzz.py: the same corpus with more rounds of random byte
 flips (a new random draw each round), against a fresh ``radnode serve``.
 
-    python3 -m bench.fuzz --rounds 20 --seed 7
+    python3 -m bench.fuzz --rounds 20 --seed 23
 
 Prints the outcome counts, the seconds taken and the node's resident memory before and after;
 exits non-zero if any probe got no answer, the node died, or the spool kept a partial file.

@@ -5,7 +5,8 @@ with. The mutations are the structural ways a data set can lie (issue 23): trunc
 boundaries, sequences nested up to 10,000 deep, undefined lengths without delimiters, lengths
 past the end, wrong VRs, duplicated and out-of-order tags, odd lengths, huge multiplicity,
 non-ASCII and over-long UIDs, pixel data shorter than Rows x Columns, explicit VR bytes sent as
-implicit, random byte flips; and the malformed files that ship in ../shared/data/malformed.
+implicit, an unknown transfer syntax UID and a JPEG one on native pixel data, random byte flips;
+and the malformed files that ship in ../shared/data/malformed.
 Deterministic for a given seed, so a failing probe can be replayed by its name.
 """
 
@@ -26,7 +27,7 @@ from typing import Iterable, Iterator
 
 import pydicom
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
@@ -122,6 +123,8 @@ def seed_probes(path: Path, rng: random.Random) -> Iterator[Probe]:
         wrong = [c if j != i else c[:4] + vr + c[6:] for j, c in enumerate(explicit)]
         yield probe(f"wrong-vr-{vr!r}-at-element-{i}", b"".join(wrong), ExplicitVRLittleEndian)
     yield probe("explicit-bytes-in-implicit-context", b"".join(explicit), ImplicitVRLittleEndian)
+    yield probe("unknown-transfer-syntax-uid", b"".join(explicit), "1.2.840.10008.1.2.4.9999")
+    yield probe("jpeg-transfer-syntax-on-native-pixel-data", b"".join(explicit), JPEGBaseline8Bit)
     for name, change in (
         ("huge-multiplicity", lambda d: setattr(d, "ImageType", ["DERIVED"] * 50_000)),
         ("non-ascii-study-uid", lambda d: setattr(d, "StudyInstanceUID", "1.2.840.\u00e9\u00e9")),
