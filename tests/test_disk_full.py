@@ -119,3 +119,43 @@ def test_job_whose_results_meet_a_full_disk_runs_again_and_is_delivered_once(sma
         if filler.exists():
             os.truncate(filler, 0)
         node.stop()
+
+
+def test_delivery_whose_record_meets_a_full_disk_stays_due_and_reaches_the_pacs_once(
+        small_disk, tmp_path, data_dir, orthanc):
+    """The C-STORE goes out but the index cannot record it (SQLite: database or disk is full):
+    the delivery stays due, neither lost nor dead, and is sent again once space returns; the
+    PACS keeps one copy of the result."""
+    import sqlite3
+
+    from node.config import parse_config
+    from node.dispatcher import Dispatcher
+    from node.spool import Spool
+    from node.store import Index
+    from tests.test_isolation import finished_job
+
+    spool = Spool(small_disk / "spool")
+    index = Index(spool.root / "index.sqlite")
+    source = ct_files(data_dir, 1)[0]
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    finished_job(spool, index, "1.2.4", source.read_bytes(), str(header.SOPInstanceUID))
+    config = parse_config({"node": {"spool": str(spool.root)},
+                           "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                                             "port": orthanc.dicom_port}],
+                           "routes": [threshold_route()], "pipelines": threshold_pipeline()})
+    with sqlite3.connect(spool.root / "index.sqlite") as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next index write needs new blocks
+    filler = small_disk / "filler"
+    fill_leaving(filler, 0)
+    dispatcher = Dispatcher(config, index)
+    try:
+        assert dispatcher.tick() == 0
+        (delivery,) = index.deliveries()
+        assert (delivery.state, delivery.attempts) == ("pending", 0), "the delivery must stay due"
+        in_pacs = orthanc.instances_of_study(str(header.StudyInstanceUID))
+        assert len(in_pacs) == 1, "the C-STORE itself went out before the index write failed"
+    finally:
+        os.truncate(filler, 0)
+    assert dispatcher.tick() == 1
+    assert [d.state for d in index.deliveries()] == ["sent"]
+    assert len(orthanc.instances_of_study(str(header.StudyInstanceUID))) == 1
