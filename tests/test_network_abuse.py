@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import socket
 import subprocess
 import struct
@@ -176,6 +177,36 @@ def test_idle_sockets_and_port_scans_hold_no_association_slot(node, data_dir):
     finally:
         for sock in idle:
             sock.close()
+
+
+def burst_connect(port: int, count: int, seconds: float) -> int:
+    """Open ``count`` connections at once (non-blocking connects) and return how many the kernel
+    completed within ``seconds``: a SYN that finds the listen queue full is dropped, and the
+    client's retry comes a second later."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        pending, deadline = set(socks), time.monotonic() + seconds
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], list(pending), [], max(0.0, deadline - time.monotonic()))
+            pending -= {s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0}
+        return count - len(pending)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_burst_of_connections_is_queued_not_dropped(node, data_dir):
+    """120 connections opened at once (a scanner, or modalities reconnecting after a network
+    outage) all complete within 0.5 s, and storescu is served right after. The listen backlog is
+    128 (socketserver's default of 5 let 7 of 120 through in 0.5 s; Linux caps the backlog at
+    net.core.somaxconn, 128 on older kernels, so the burst stays under 128)."""
+    assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0  # receivers warmed up
+    connected = burst_connect(node.port, 120, 0.5)
+    assert connected == 120, f"{120 - connected} of 120 connections not completed in 0.5 s"
+    assert storescu(node.port, ct_files(data_dir, 2)[1:]).returncode == 0
 
 
 def test_max_associations_is_a_node_wide_limit(tmp_path, data_dir):
