@@ -1,7 +1,8 @@
 """A small pipeline of the tests' own: voxels above a HU threshold, written as a DICOM SEG.
 
 It exercises routing, workers and delivery end to end without a model. Options let tests make
-it slow (job timeouts) or fail (failure reasons) or add a TID 1500 report of the dense volume
+it slow (job timeouts), pause between writing its results and handing them to the worker (a
+kill -9 at the result commit) or fail (failure reasons) or add a TID 1500 report of the dense volume
 (``report = true``, for tests of superseded reports); node/ knows nothing about it: config.toml
 names it with ``entry = "tests.hu_threshold:HUThreshold"`` like any site pipeline.
 """
@@ -52,5 +53,6 @@ class HUThreshold(Pipeline):
                 identity, looked_for=DENSE, segmentation=seg))
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
+        time.sleep(float(options.get("sleep_after_write_seconds", 0)))  # results on disk, not committed
         return JobResult(outputs=outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
                                                    "model_version": VERSION, "seconds": clock.laps})

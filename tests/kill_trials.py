@@ -90,8 +90,10 @@ class KillTrials:
     def __post_init__(self) -> None:
         destinations = [{"name": "pacs", "ae_title": self.orthanc.aet, "host": "127.0.0.1",
                          "port": self.orthanc.dicom_port}]
+        # the pipeline waits 0.4 s between writing its SEG and returning it: a kill can fall
+        # between the result files and their commit to the index, not only before or after
         config = node_config(self.workdir, destinations=destinations, routes=[threshold_route()],
-                             pipelines=threshold_pipeline(),
+                             pipelines=threshold_pipeline(sleep_after_write_seconds=0.4),
                              completion={"settle_seconds": 0.5, "quiet_seconds": 20.0},
                              delivery={"backoff_seconds": 0.2, "backoff_max_seconds": 1.0,
                                        "max_attempts": 50})
