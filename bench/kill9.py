@@ -31,6 +31,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--max-delay", type=float, default=4.0,
                         help="kills fall uniformly in [0, this] seconds after storescu starts")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no trial after this many minutes (the summary says how many ran)")
     args = parser.parse_args()
     sources = sorted((DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:8]
     rng = random.Random(args.seed)
@@ -43,6 +45,9 @@ def main() -> int:
         try:
             trials.start()
             for number in range(args.trials):
+                if args.minutes is not None and time.monotonic() - started > args.minutes * 60:
+                    print(f"time budget of {args.minutes:g} min spent after {number} trials", flush=True)
+                    break
                 trials.run(rng.uniform(0, args.max_delay))
                 print(f"trial {number + 1}: {dict(trials.stages)}", flush=True)
         except AssertionError as failure:
