@@ -224,9 +224,9 @@ def test_kill_9_of_the_whole_node_at_spread_points_loses_nothing_and_delivers_ea
     """Five of the trials bench/kill9.py runs a hundred times: the node's whole process group is
     killed 0.2 to 2.4 s after storescu starts sending 8 slices (on a 2-core machine the series
     is received, processed and delivered in about 2.4 s, so the kills fall in receiving,
-    completion, the job and delivery: measured receive, job run, job run, delivery, after
-    delivery; on a loaded machine receive, completion, after delivery, job run, after delivery),
-    restarted, and checked (tests/kill_trials.py)."""
+    completion, the job and delivery: measured completion, job run, delivery, delivery, after
+    delivery with the pipeline's 0.4 s pause after writing its result; 30 s in all), restarted,
+    and checked (tests/kill_trials.py)."""
     sources = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:8]
     trials = KillTrials(tmp_path, orthanc, sources).start()
     try:
