@@ -97,10 +97,27 @@ class CompletionSettings(_Strict):
     incomplete_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
 
 
+class RaySettings(_Strict):
+    """Where the Ray cluster is (``engine = "ray"``); see README "Running jobs on a Ray cluster"."""
+
+    #: a Ray GCS address (``head:6379``), ``auto`` (the cluster this machine joined) or a Ray
+    #: Client address (``ray://head:10001``).
+    address: str = "auto"
+    namespace: str = "radnode"
+    #: attempts of a job whose Ray worker died before it is failed (its machine died, say).
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    #: Ray's token authentication: the token, read from this file (kept out of config.toml).
+    token_file: Path | None = None
+
+
 class WorkerSettings(_Strict):
+    #: ``local``: worker processes on this machine; ``ray``: actors on a Ray cluster.
+    engine: Literal["local", "ray"] = "local"
+    #: local: worker processes; ray: jobs in flight on the cluster at once.
     count: Annotated[int, Field(ge=1, le=64)] = 1
     job_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    ray: RaySettings = RaySettings()
 
 
 class DeliverySettings(_Strict):
@@ -230,6 +247,10 @@ class PipelineConfig(_Strict):
         description="module:Class of a site's own pipeline",
     )
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Ray resources of this pipeline's actor (``engine = "ray"``): GPUs, CPUs and memory.
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    memory_mb: Annotated[int, Field(ge=0)] = 0
 
 
 class Config(_Strict):

@@ -37,8 +37,9 @@ def poison_delivery(spool: Spool, index: Index) -> int:
     """A finished job whose result file is not DICOM, due before anything else to the PACS."""
     route = Route.model_validate(threshold_route("old-route"))
     index.add_job(job_spec(route, subject="1.2.3", study_uid="1.2", generation=0, inputs={},
-                           state="failed", outcome="placeholder"))
-    (job,) = index.jobs()
+                           state="queued", outcome=""))
+    job = index.claim_job(None, 60)  # a job ends (done) only from running: node.jobstates
+    assert job is not None
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(b"not DICOM at all")

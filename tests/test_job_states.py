@@ -1,0 +1,74 @@
+"""The job state machine (node.jobstates): only allowed transitions happen, and only the
+current attempt of a job may end it, so a late result of an earlier attempt is never delivered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node import jobstates
+from node.config import Route
+from node.router import job_spec
+from node.store import Index, ResultFile
+from tests.harness import threshold_route
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def queued_job(index: Index) -> int:
+    route = Route.model_validate(threshold_route("r", destinations=["pacs"]))
+    index.add_job(job_spec(route, subject="1.2.3", study_uid="1.2", generation=0, inputs={}))
+    (job,) = index.jobs()
+    return job.id
+
+
+def test_a_stale_attempts_result_is_refused_and_the_current_attempts_result_is_delivered_once(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    job_id = queued_job(index)
+    first = index.claim_job(None, 60)
+    assert first is not None and first.attempts == 1
+    # its worker machine died: the node hands the job back and a second attempt starts
+    assert index.hand_back_job(job_id, attempt=1, reason="Ray worker died")
+    second = index.claim_job(None, 60)
+    assert second is not None and second.attempts == 2
+
+    late = index.finish_job(job_id, [ResultFile(tmp_path / "old.dcm", "9.1", SEG)], "1 objects", attempt=1)
+    assert late is False, "the first attempt came back after the job was handed back"
+    assert index.job(job_id).state == "running" and index.results(job_id) == []
+    assert index.deliveries() == []
+    assert index.fail_job(job_id, "late failure", attempt=1) is False
+    assert index.hand_back_job(job_id, attempt=1, reason="late") is False
+
+    assert index.finish_job(job_id, [ResultFile(tmp_path / "new.dcm", "9.2", SEG)], "1 objects", attempt=2)
+    assert [r.sop_uid for r in index.results(job_id)] == ["9.2"]
+    assert [d.destination for d in index.deliveries()] == ["pacs"]
+    # the same attempt cannot end twice either
+    assert index.finish_job(job_id, [ResultFile(tmp_path / "new.dcm", "9.2", SEG)], "again", attempt=2) is False
+    assert len(index.deliveries()) == 1
+
+
+def test_only_the_transitions_of_the_state_machine_happen(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    job_id = queued_job(index)
+    # queued: nothing ends it, nothing requeues it
+    assert index.finish_job(job_id, [], "done without running") is False
+    assert index.fail_job(job_id, "failed without running") is False
+    assert index.requeue_job(job_id) is False
+    assert index.job(job_id).state == "queued"
+    job = index.claim_job(None, 60)
+    assert index.fail_job(job_id, "model crashed", attempt=job.attempts)
+    assert index.finish_job(job_id, [], "too late", attempt=job.attempts) is False
+    assert index.job(job_id).state == "failed" and index.job(job_id).outcome == "model crashed"
+    assert index.requeue_job(job_id)
+    again = index.claim_job(None, 60)
+    assert again.attempts == job.attempts + 1 and again.state == "running"
+    assert set(jobstates.STATES) == {t.target for t in jobstates.TRANSITIONS.values()}
+
+
+def test_a_transition_that_starts_no_attempts_end_takes_no_fence(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    queued_job(index)
+    with pytest.raises(ValueError, match="no fence"):
+        with index._tx() as db:
+            jobstates.apply(db, jobstates.CLAIM, 1, {"worker_pid": 5}, jobstates.Fence(attempt=1))
