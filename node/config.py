@@ -108,6 +108,10 @@ class RaySettings(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     #: Ray's token authentication: the token, read from this file (kept out of config.toml).
     token_file: Path | None = None
+    #: Ray's TLS between its processes: CA, this machine's certificate and key (all or none).
+    tls_ca_cert: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class WorkerSettings(_Strict):

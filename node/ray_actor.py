@@ -1,0 +1,52 @@
+"""The Ray actor of the ``ray`` executor: one pipeline, loaded once, run on shipped series.
+
+It runs on a machine of the cluster, which holds no spool and no index: the series arrive as
+bytes, go to a scratch folder for the pipeline, and the result files go back as bytes for the
+node to keep. The node's own config (UID root, station) makes the outputs, so they identify the
+node, not the worker host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from node.config import Config
+from node.worker import PipelineCache, run_pipeline
+
+Shipped = list[tuple[str, bytes]]
+
+
+class PipelineActor:
+    def __init__(self, config: dict[str, Any], pipeline: str) -> None:
+        self.pipeline_name = pipeline
+        self.pipelines = PipelineCache(Config.model_validate(config))
+        self.pipelines.get(pipeline)  # load the model now, once per actor
+
+    def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
+        started = time.monotonic()
+        scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
+        try:
+            inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
+            result = run_pipeline(self.pipelines.get(self.pipeline_name), inputs, scratch / "out", job_id)
+            files = [(path.name, path.read_bytes()) for path in result.outputs]
+            return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
+                    "files": files, "node": f"{socket.gethostname()}:{os.getpid()}",
+                    "seconds": round(time.monotonic() - started, 3)}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unpack(files: Shipped, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for name, data in files:
+        path = folder / Path(name).name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
