@@ -100,18 +100,27 @@ class CompletionSettings(_Strict):
 class RaySettings(_Strict):
     """Where the Ray cluster is (``engine = "ray"``); see README "Running jobs on a Ray cluster"."""
 
-    #: a Ray GCS address (``head:6379``), ``auto`` (the cluster this machine joined) or a Ray
-    #: Client address (``ray://head:10001``).
+    #: the Ray head's GCS address (``head:6379``), ``auto`` (the cluster this machine joined
+    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``ray[client]``).
     address: str = "auto"
     namespace: str = "radnode"
-    #: attempts of a job whose Ray worker died before it is failed (its machine died, say).
+    #: attempts of a job lost with the machine that ran them before the job is failed.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
-    #: Ray's token authentication: the token, read from this file (kept out of config.toml).
-    token_file: Path | None = None
+    #: Ray's token authentication (Ray >= 2.52): the token, read from this file (kept out of
+    #: config.toml); every machine of the cluster runs with the same token.
+    token_file: FilePath | None = None
     #: Ray's TLS between its processes: CA, this machine's certificate and key (all or none).
-    tls_ca_cert: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_ca_cert: FilePath | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "RaySettings":
+        given = [self.tls_ca_cert, self.tls_cert, self.tls_key]
+        if any(given) and not all(given):
+            raise ValueError("tls_ca_cert, tls_cert and tls_key go together (Ray's RAY_TLS_CA_CERT, "
+                             "RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY)")
+        return self
 
 
 class WorkerSettings(_Strict):

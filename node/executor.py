@@ -72,6 +72,10 @@ class Executor(ABC):
     def health(self) -> dict[str, tuple[int, int]]:
         """role -> (alive, expected), for /health and /metrics."""
 
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """Further /health checks, name -> (ok, detail): what jobs need beyond processes."""
+        return {}
+
 
 class ProcessExecutor(Executor):
     """Worker processes of this node, fed attempts through one queue; each worker records which
@@ -106,6 +110,12 @@ class ProcessExecutor(Executor):
         self._attempts.put((job.id, job.attempts))
 
     def cancel(self, job: Job) -> None:
+        """Kill the worker still running the ended attempt, unless it has already moved on to
+        another job (the attempt ended on its own just as the node ended it)."""
+        if job.worker_pid is None:
+            return  # no worker took it yet; the one that does finds it ended (attempt_started)
+        if any(other.worker_pid == job.worker_pid for other in self.index.running_jobs()):
+            return
         for process in self._workers:
             if process.pid == job.worker_pid:
                 process.kill()

@@ -1,14 +1,17 @@
 """The job state machine: its states, the transitions allowed between them, and their guards.
 
     queued ──claim──> running ──finish──> done
-      ^                 │  └────fail────> failed ──requeue (admin)──> queued
-      └──hand back──────┘
+      ^               │  │ └────fail────> failed ──requeue (admin)──> queued
+      │               │  └─start (a worker takes the attempt: running -> running)
+      └──hand back────┘
 
 Every transition is one guarded ``UPDATE`` inside the caller's transaction: it changes the row
 only if the job is in a state the transition starts from and, for the end of an attempt, only if
 the attempt is still the job's current one. ``attempts`` is that fencing token: a claim raises it,
 so a result from an earlier attempt (a worker machine that came back, a Ray task the node had
-given up on) finds a different number and is refused, whatever executor produced it.
+given up on) finds a different number and is refused, whatever executor produced it. Starting,
+finishing and failing an attempt must name it; only the node itself hands back every running
+attempt at once (at start and stop, when none of them can still be running).
 """
 
 from __future__ import annotations
@@ -25,17 +28,20 @@ class Transition:
     name: str
     sources: tuple[str, ...]
     target: str
-    #: the end of an attempt: the caller must name the attempt it ends (or the worker holding it).
+    #: about one attempt: the caller may name it (its number, the worker holding it) ...
     fenced: bool
+    #: ... and must name its number (a result, a failure, a worker taking it).
+    attempt_required: bool = False
 
 
 CLAIM = Transition("claim", ("queued",), "running", fenced=False)
-FINISH = Transition("finish", ("running",), "done", fenced=True)
-FAIL = Transition("fail", ("running",), "failed", fenced=True)
+START = Transition("start", ("running",), "running", fenced=True, attempt_required=True)
+FINISH = Transition("finish", ("running",), "done", fenced=True, attempt_required=True)
+FAIL = Transition("fail", ("running",), "failed", fenced=True, attempt_required=True)
 HAND_BACK = Transition("hand back", ("running",), "queued", fenced=True)
 REQUEUE = Transition("requeue", ("failed",), "queued", fenced=False)
 
-TRANSITIONS = {t.name: t for t in (CLAIM, FINISH, FAIL, HAND_BACK, REQUEUE)}
+TRANSITIONS = {t.name: t for t in (CLAIM, START, FINISH, FAIL, HAND_BACK, REQUEUE)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ def apply(db: sqlite3.Connection, transition: Transition, job_id: int | None,
     """
     if transition.fenced is False and (fence.attempt is not None or fence.worker_pid is not None):
         raise ValueError(f"job transition {transition.name!r} starts no attempt's end: no fence")
+    if transition.attempt_required and fence.attempt is None:
+        raise ValueError(f"job transition {transition.name!r} must name the attempt it ends")
     sets = ", ".join(f"{column} = {expression}" for column, expression in _assignments(values))
     args: list[Any] = [v for _, v in values.items() if not _is_sql(v)]
     where = [f"state IN ({','.join('?' * len(transition.sources))})"]

@@ -2,8 +2,8 @@
 
 It runs on a machine of the cluster, which holds no spool and no index: the series arrive as
 bytes, go to a scratch folder for the pipeline, and the result files go back as bytes for the
-node to keep. The node's own config (UID root, station) makes the outputs, so they identify the
-node, not the worker host.
+node to keep. The node's own config (UID root) and host name make the outputs, so they identify
+the node, not the worker host.
 """
 
 from __future__ import annotations
@@ -19,24 +19,28 @@ from typing import Any
 from node.config import Config
 from node.worker import PipelineCache, run_pipeline
 
+#: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
 
 
 class PipelineActor:
-    def __init__(self, config: dict[str, Any], pipeline: str) -> None:
+    def __init__(self, config: dict[str, Any], pipeline: str, station_name: str) -> None:
         self.pipeline_name = pipeline
-        self.pipelines = PipelineCache(Config.model_validate(config))
+        self.pipelines = PipelineCache(Config.model_validate(config), station_name=station_name)
         self.pipelines.get(pipeline)  # load the model now, once per actor
 
     def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
+        """Run the pipeline on the shipped series; the result files come back as bytes."""
         started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
         try:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
+            unpacked = time.monotonic()
             result = run_pipeline(self.pipelines.get(self.pipeline_name), inputs, scratch / "out", job_id)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
-                    "files": files, "node": f"{socket.gethostname()}:{os.getpid()}",
+                    "files": files, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
+                    "unpack_seconds": round(unpacked - started, 3),
                     "seconds": round(time.monotonic() - started, 3)}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

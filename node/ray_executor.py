@@ -7,12 +7,18 @@ to the actor through Ray's object store, gets the result files back, writes them
 spool with the same durable write as local results and commits them under the attempt number
 (``node.worker.commit_result``), so a result of an attempt the node gave up on is refused.
 
-Faults: an actor whose machine died raises in the driver; the job goes back to the queue for
-another attempt (``[workers.ray] max_attempts`` in all) and Ray restarts the actor where there
-is room. A driver that dies (the Ray head went away) hands its attempt back the same way. The
-actors belong to their driver, so a node killed with SIGKILL leaves nothing running on the
-cluster, and the next start runs the job again under a new attempt number. While the head is
-unreachable no attempt is submitted: jobs wait queued in the index, and /health says so.
+Faults:
+- an actor whose machine died fails the attempt in the driver; the job goes back to the queue
+  and its next attempt runs on a new actor, wherever the cluster has room, until
+  ``[workers.ray] max_attempts`` attempts are lost and the job fails;
+- an attempt the node ended (its timeout) is cancelled on the cluster: the driver, which watches
+  the attempt's fence while it waits, kills the actor, the only way Ray stops a running actor
+  task, and the next job gets a new actor;
+- the actors belong to their driver, and the drivers die with the node, so a node killed with
+  SIGKILL leaves nothing running on the cluster; the next start runs the job again under a new
+  attempt number;
+- while the head is unreachable no attempt is claimed: jobs wait queued in the index, and
+  /health says so. A driver whose connection broke exits and the node starts a fresh one.
 
 Ray is imported only in the driver processes: the node itself needs no Ray to start.
 """
@@ -37,7 +43,8 @@ from node.store import Index, Job
 from pipelines.base import JobResult
 
 REACHABILITY_CACHE_SECONDS = 1.0
-CONNECT_RETRY_SECONDS = 2.0
+#: How often a driver waiting for its actor checks that its attempt is still the current one.
+FENCE_POLL_SECONDS = 0.25
 #: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
 
@@ -47,7 +54,7 @@ class RayExecutor(ProcessExecutor):
 
     def __init__(self, config: Config, config_path: str, index: Index) -> None:
         super().__init__(config, config_path, ray_driver_main, index, config.workers.count)
-        self._reachable = (0.0, False)
+        self._reachable = (float("-inf"), False)
 
     def has_room(self) -> bool:
         return self.reachable() and super().has_room()
@@ -61,12 +68,21 @@ class RayExecutor(ProcessExecutor):
             self._reachable = (time.monotonic(), answer)
         return answer
 
+    def cancel(self, job: Job) -> None:
+        """Nothing to kill on the node: the driver holding the attempt sees within
+        ``FENCE_POLL_SECONDS`` that it ended and kills its actor, which stops the task."""
+        logs.info("job.cancel_requested", job=job.id, attempt=job.attempts, engine="ray")
+
     def worker_died(self, job: Job, reason: str) -> None:
         """A driver dies with its connection (the head went away), not because of the job."""
         hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
 
-    def health(self) -> dict[str, tuple[int, int]]:
-        return {**super().health(), "ray_head": (int(self.reachable()), 1)}
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        address = self.config.workers.ray.address
+        if self.reachable():
+            return {"ray_cluster": (True, f"Ray head {address} answers")}
+        return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
+                                       "is back; receiving and delivery go on")}
 
 
 def head_answers(address: str) -> bool:
@@ -94,10 +110,14 @@ def head_endpoint(address: str) -> tuple[str | None, int]:
 
 
 def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings) -> None:
-    if job.attempts < settings.max_attempts:
-        if index.hand_back_job(job.id, job.attempts, reason[:2000]):
-            logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason=reason[:500])
-    elif index.fail_job(job.id, f"{reason} (attempt {job.attempts} of {settings.max_attempts})"[:2000],
+    """An attempt lost with the machine that ran it: run the job again, on another actor,
+    until ``max_attempts`` attempts are lost."""
+    lost = job.lost_attempts + 1
+    if lost < settings.max_attempts:
+        if index.hand_back_job(job.id, job.attempts, reason[:2000], lost=True):
+            logs.error("job.attempt_lost", job=job.id, attempt=job.attempts, lost=lost,
+                       max_attempts=settings.max_attempts, reason=reason[:500])
+    elif index.fail_job(job.id, f"{reason} ({lost} of {settings.max_attempts} attempts lost)"[:2000],
                         attempt=job.attempts):
         logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
 
@@ -105,7 +125,8 @@ def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings
 # ---- the driver process (node side) ------------------------------------------------------
 
 def ray_environment(settings: RaySettings) -> None:
-    """Ray reads its token and TLS settings from the environment of every process it starts."""
+    """Ray reads its token and TLS settings from the environment of the driver (and every
+    process of the cluster must run with the same: README "Running jobs on a Ray cluster")."""
     if settings.token_file is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.token_file)
@@ -117,7 +138,9 @@ def ray_environment(settings: RaySettings) -> None:
 
 
 def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
-    """Entry point of a driver process: run the attempts the executor submits on the cluster."""
+    """Entry point of a driver process: run the attempts the executor submits on the cluster,
+    until SIGTERM (the attempt in hand finishes) or until its connection to the cluster breaks
+    (the executor starts a fresh driver)."""
     die_with_parent()
     logs.setup()
     config = load_config(Path(config_path))
@@ -130,104 +153,161 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     index = Index(config.node.index_path)
-    driver = Driver(config, index, Spool(config.node.spool))
-    while not stopping:
+    driver = Driver(config, index, Spool(config.node.spool), station_name=socket.gethostname())
+    usable = True
+    while usable and not stopping:
         try:
             job_id, attempt = attempts.get(timeout=0.2)
         except queue.Empty:
             continue
         if not index.attempt_started(job_id, attempt, os.getpid()):
-            continue
+            continue  # the node ended or handed back this attempt while it waited
         job = index.job(job_id)
         assert job is not None
-        driver.execute(job)
+        usable = driver.execute(job)
     index.close()
 
 
 class Driver:
     """One connection to the cluster and this driver's actors, one per pipeline."""
 
-    def __init__(self, config: Config, index: Index, spool: Spool) -> None:
+    def __init__(self, config: Config, index: Index, spool: Spool, station_name: str) -> None:
         self.config = config
         self.index = index
         self.spool = spool
+        self.station_name = station_name
         self._actors: dict[str, Any] = {}
 
     def connect(self) -> None:
         import ray
         if ray.is_initialized():
             return
-        ray_environment(self.config.workers.ray)
-        ray.init(address=self.config.workers.ray.address, namespace=self.config.workers.ray.namespace,
-                 log_to_driver=False, logging_level="warning")
-        logs.info("ray.connected", address=self.config.workers.ray.address,
+        settings = self.config.workers.ray
+        ray_environment(settings)
+        ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
+                 logging_level="warning")
+        logs.info("ray.connected", address=settings.address,
                   nodes=len([n for n in ray.nodes() if n["Alive"]]))
 
     def actor(self, pipeline: str) -> Any:
-        """This driver's actor for ``pipeline``; Ray restarts it (another machine, a reload)
-        when its machine dies, as often as needed."""
+        """This driver's actor for ``pipeline``, created (its pipeline loaded) on first use and
+        after the last one was lost or cancelled."""
         if pipeline not in self._actors:
             import ray
 
             from node.ray_actor import PipelineActor
             table = self.config.pipelines.get(pipeline)
-            options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0,
+            options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
                                        "num_cpus": table.num_cpus if table else 1.0,
                                        "num_gpus": table.num_gpus if table else 0.0}
             if table is not None and table.memory_mb:
                 options["memory"] = table.memory_mb * 2**20
             remote = ray.remote(PipelineActor).options(**options)
-            self._actors[pipeline] = remote.remote(self.config.model_dump(mode="json"), pipeline)
+            self._actors[pipeline] = remote.remote(self.config.model_dump(mode="json"), pipeline,
+                                                   self.station_name)
         return self._actors[pipeline]
 
-    def execute(self, job: Job) -> None:
+    def forget(self, pipeline: str) -> None:
+        """Kill this pipeline's actor (a running task with it) so the next attempt gets a new one."""
+        import ray
+        actor = self._actors.pop(pipeline, None)
+        if actor is not None:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as error:  # already dead with its machine
+                logs.info("ray.actor_gone", pipeline=pipeline, reason=f"{type(error).__name__}")
+
+    def execute(self, job: Job) -> bool:
+        """Run one attempt and record its outcome; False: the connection to the cluster broke
+        and this driver must be replaced (the attempt went back to the queue)."""
         started = time.monotonic()
         logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts,
                   engine="ray")
         try:
             self.connect()
-            import ray
-            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
-            ref = self.actor(job.pipeline).run.remote(ray.put(series), str(job.id))
-            shipped_at = time.monotonic()
-            outcome = ray.get(ref)
         except Exception as error:
-            self._attempt_failed(job, error)
-            return
-        result = self._keep(job, outcome)
-        from node.worker import commit_result
-        committed = commit_result(job, self.index, result)
+            return self._unreachable(job, error)
+        import ray
+        try:
+            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
+            actor = self.actor(job.pipeline)
+            ref = actor.run.remote(ray.put(series), str(job.id))
+            shipped = time.monotonic()
+            outcome = self._wait(job, actor, ref)
+        except Exception as error:
+            return self._attempt_failed(job, error)
+        if outcome is None:
+            return True
+        try:
+            committed = self._commit(job, outcome)
+        except Exception as error:
+            self._fail(job, f"{type(error).__name__}: {error}", error)
+            return True
         logs.info("job.end", job=job.id, pipeline=job.pipeline, engine="ray", committed=committed,
-                  seconds=round(time.monotonic() - started, 3),
-                  ship_seconds=round(shipped_at - started, 3),
-                  actor_seconds=outcome.get("seconds"))
+                  seconds=round(time.monotonic() - started, 3), ship_seconds=round(shipped - started, 3),
+                  actor_seconds=outcome.get("seconds"), ran_on=outcome.get("ran_on"))
+        return True
 
-    def _attempt_failed(self, job: Job, error: Exception) -> None:
+    def _wait(self, job: Job, actor: Any, ref: Any) -> dict[str, Any] | None:
+        """The actor's outcome, or None when the node ended the attempt first (its timeout):
+        then the actor is killed, which cancels the task on the cluster."""
+        import ray
+        while True:
+            ready, _ = ray.wait([ref], timeout=FENCE_POLL_SECONDS)
+            if ready:
+                return ray.get(ref)
+            current = self.index.job(job.id)
+            if current is None or current.state != "running" or current.attempts != job.attempts:
+                self.forget(job.pipeline)
+                logs.warning("job.cancelled_on_cluster", job=job.id, attempt=job.attempts,
+                             state=None if current is None else current.state)
+                return None
+
+    def _attempt_failed(self, job: Job, error: Exception) -> bool:
         import ray.exceptions as rex
         reason = f"{type(error).__name__}: {error}"
-        if isinstance(error, (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError,
-                              rex.ObjectLostError, ConnectionError)):
+        if isinstance(error, rex.RayTaskError):  # the pipeline raised: the job's own failure
+            self._fail(job, f"{type(error.cause).__name__}: {error.cause}", error)
+            return True
+        if isinstance(error, (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError,
+                              rex.WorkerCrashedError)):  # the machine or process running it died
+            self.forget(job.pipeline)
             hand_back_or_fail(self.index, job, reason, self.config.workers.ray)
-            return
-        cause = error.cause if isinstance(error, rex.RayTaskError) else error
-        if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts,
-                               traceback=str(error)[-20000:]):
-            logs.error("job.failed", job=job.id, pipeline=job.pipeline,
-                       reason=f"{type(cause).__name__}: {cause}"[:500])
+            return True
+        if isinstance(error, (rex.RaySystemError, rex.RpcError, rex.GetTimeoutError, ConnectionError)):
+            return self._unreachable(job, error)
+        self._fail(job, reason, error)
+        return True
 
-    def _keep(self, job: Job, outcome: dict[str, Any]) -> JobResult:
-        """The actor's files, written durably into the job's result folder on the node."""
-        folder = self.spool.result_dir(job.id)
+    def _unreachable(self, job: Job, error: Exception) -> bool:
+        """The cluster could not be reached: not the job's fault, so no attempt is counted."""
+        reason = f"Ray cluster unreachable: {type(error).__name__}: {error}"
+        if self.index.hand_back_job(job.id, job.attempts, reason[:2000], lost=False):
+            logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason=reason[:500])
+        return False
+
+    def _fail(self, job: Job, reason: str, error: Exception) -> None:
+        if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts, traceback=str(error)[-20000:]):
+            logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+
+    def _commit(self, job: Job, outcome: dict[str, Any]) -> bool:
+        """The actor's files, written durably into this attempt's own folder of the job's
+        results (a stale attempt can never overwrite the current one's files), committed
+        under the attempt number."""
+        from node.worker import commit_result
+        summary = {**outcome["summary"], "ran_on": outcome["ran_on"]}
         if not outcome["applicable"]:
-            return JobResult(applicable=False, reason=outcome["reason"], summary=outcome["summary"])
+            return commit_result(job, self.index, JobResult(applicable=False, reason=outcome["reason"],
+                                                            summary=summary))
+        folder = self.spool.result_dir(job.id) / f"attempt-{job.attempts}"
         paths = []
         for name, data in outcome["files"]:
             path = folder / Path(name).name
             self.spool.write(path, data)
             paths.append(path)
-        summary = {**outcome["summary"], "ray_node": outcome["node"]}
-        return JobResult(outputs=paths, summary=summary)
+        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary))
 
 
 def ship(paths: list[Path]) -> Shipped:
+    """A series' files as (name, bytes), in the index's order (names kept unique)."""
     return [(f"{i:05d}_{path.name}", path.read_bytes()) for i, path in enumerate(paths)]

@@ -138,7 +138,7 @@ class Node:
         settings = self.config.monitoring
         if not settings.enabled:
             return
-        self._monitor = MonitoringServer(self.config, self.child_counts)
+        self._monitor = MonitoringServer(self.config, self.child_counts, self.executor.checks)
         try:
             self._monitor.start()
         except OSError as error:

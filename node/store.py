@@ -155,6 +155,7 @@ _ADDED_COLUMNS = (
     ("jobs", "traceback", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "summary", "TEXT NOT NULL DEFAULT '{}'"),
     ("deliveries", "retry_from", "REAL"),
+    ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.
@@ -225,6 +226,9 @@ class Job:
     traceback: str = ""
     #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
     summary: dict[str, Any] = field(default_factory=dict)
+    #: attempts lost with the machine or process that ran them (not the job's fault); a job is
+    #: failed when these reach ``[workers.ray] max_attempts`` (``node.jobstates``).
+    lost_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -686,14 +690,13 @@ class Index:
     def attempt_started(self, job_id: int, attempt: int, pid: int) -> bool:
         """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET worker_pid = ? WHERE id = ? AND state = 'running' AND attempts = ?",
-                (pid, job_id, attempt)).rowcount == 1
+            return jobstates.apply(db, jobstates.START, job_id, {"worker_pid": pid},
+                                   jobstates.Fence(attempt)) == 1
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
-                   summary: dict[str, Any] | None = None, attempt: int | None = None) -> bool:
+                   summary: dict[str, Any] | None = None, *, attempt: int) -> bool:
         """running -> done, with its result files, the pipeline's summary and one delivery per
-        destination, all in one transaction. With ``attempt``, only that attempt's result is
+        destination, all in one transaction. Only the result of the current ``attempt`` is
         taken: False means a later attempt owns the job (or it ended) and nothing was written."""
         now = time.time()
         with self._tx() as db:
@@ -717,18 +720,22 @@ class Index:
         return True
 
     def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,
-                 traceback: str = "", attempt: int | None = None) -> bool:
+                 traceback: str = "", *, attempt: int) -> bool:
+        """running -> failed for ``attempt`` (and, with ``only_if_pid``, only while that worker
+        holds it): a late failure of an attempt the node already ended changes nothing."""
         with self._tx() as db:
             return jobstates.apply(db, jobstates.FAIL, job_id, {
                 "outcome": reason, "finished_at": time.time(), "traceback": traceback},
                 jobstates.Fence(attempt, only_if_pid)) == 1
 
-    def hand_back_job(self, job_id: int, attempt: int, reason: str) -> bool:
-        """running -> queued for a new attempt (its worker machine died, say); the reason stays
-        in ``outcome`` until the next attempt ends."""
+    def hand_back_job(self, job_id: int, attempt: int, reason: str, lost: bool) -> bool:
+        """running -> queued for a new attempt; ``lost``: the attempt died with the machine that
+        ran it and counts against the job's retries (a cluster that could not be reached before
+        the attempt ran does not). The reason stays in ``outcome`` until the next attempt ends."""
         with self._tx() as db:
             return jobstates.apply(db, jobstates.HAND_BACK, job_id, {
-                "outcome": reason, "worker_pid": None, "deadline": None},
+                "outcome": reason, "worker_pid": None, "deadline": None,
+                "lost_attempts": jobstates.Sql(f"lost_attempts + {int(lost)}")},
                 jobstates.Fence(attempt)) == 1
 
     def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:

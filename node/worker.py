@@ -38,8 +38,9 @@ DISK_FULL_RETRY_SECONDS = 5.0
 class PipelineCache:
     """Pipelines by name, each constructed (model loaded) the first time a job needs it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, station_name: str | None = None) -> None:
         self.config = config
+        self.station_name = station_name  # None: this machine's name
         self._loaded: dict[str, Pipeline] = {}
 
     def get(self, name: str) -> Pipeline:
@@ -53,6 +54,7 @@ class PipelineCache:
                 device=table.device if table else "auto",
                 uid_root=self.config.node.uid_root,
                 options=dict(table.options) if table else {},
+                station_name=self.station_name,
             )
             self._loaded[name] = cls(settings)
             logs.info("pipeline.loaded", pipeline=name, seconds=round(time.monotonic() - started, 3))

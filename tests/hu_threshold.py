@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, SERIES_ROLE
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
-from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.identity import Algorithm, identity_of
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -37,7 +37,7 @@ class HUThreshold(Pipeline):
         except VolumeError as error:
             raise NotApplicable(str(error)) from None
         mask = volume.array > float(options.get("threshold_hu", 300))
-        algorithm, identity = Algorithm("radnode-test-threshold", "1"), Identity(self.settings.uid_root)
+        algorithm, identity = Algorithm("radnode-test-threshold", "1"), identity_of(self.settings)
         seg = make_segmentation(volume, mask, [Segment(DENSE, tracking_id="dense-1")], algorithm, identity)
         datasets = [seg]
         if options.get("report"):

@@ -43,7 +43,8 @@ def poison_delivery(spool: Spool, index: Index) -> int:
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(b"not DICOM at all")
-    index.finish_job(job.id, [ResultFile(result, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.66.4")], "1 objects")
+    index.finish_job(job.id, [ResultFile(result, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.66.4")], "1 objects",
+                     attempt=job.attempts)
     return job.id
 
 
