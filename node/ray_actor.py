@@ -1,9 +1,10 @@
 """The Ray actor of the ``ray`` executor: one pipeline, loaded once, run on shipped series.
 
-It runs on a machine of the cluster, which holds no spool and no index: the series arrive as
-bytes, go to a scratch folder for the pipeline, and the result files go back as bytes for the
-node to keep. The node's own config (UID root) and host name make the outputs, so they identify
-the node, not the worker host.
+It runs on a machine of the cluster, which holds no spool, no index and no config: the node
+gives it the pipeline's settings (``node.worker.pipeline_settings``: the node's UID root and
+host name, so that outputs identify the node, not the worker host), the series arrive as bytes
+and go to a scratch folder for the pipeline, and the result files go back as bytes for the node
+to keep.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.config import Config
-from node.worker import PipelineCache, run_pipeline
+from node.worker import load_pipeline, run_pipeline
+from pipelines.base import PipelineSettings
 
 #: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
 
 
 class PipelineActor:
-    def __init__(self, config: dict[str, Any], pipeline: str, station_name: str) -> None:
-        self.pipeline_name = pipeline
-        self.pipelines = PipelineCache(Config.model_validate(config), station_name=station_name)
-        self.pipelines.get(pipeline)  # load the model now, once per actor
+    def __init__(self, entry: str, settings: PipelineSettings) -> None:
+        self.pipeline = load_pipeline(entry, settings)  # the model, once per actor
 
     def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
@@ -36,7 +35,7 @@ class PipelineActor:
         try:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
             unpacked = time.monotonic()
-            result = run_pipeline(self.pipelines.get(self.pipeline_name), inputs, scratch / "out", job_id)
+            result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
                     "files": files, "ran_on": f"{socket.gethostname()}:{os.getpid()}",

@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import tempfile
 import time
 from multiprocessing import Queue
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from node import logs
 from node.config import Config, RaySettings, load_config
 from node.executor import ProcessExecutor, die_with_parent
 from node.spool import Spool
 from node.store import Index, Job
+from node.worker import commit_result, pipeline_settings
 from pipelines.base import JobResult
 
 REACHABILITY_CACHE_SECONDS = 1.0
@@ -47,6 +49,8 @@ REACHABILITY_CACHE_SECONDS = 1.0
 FENCE_POLL_SECONDS = 0.25
 #: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
+#: Ray colours the tracebacks it forwards; the job's reason is read in a terminal or a page.
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class RayExecutor(ProcessExecutor):
@@ -146,14 +150,14 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
     config = load_config(Path(config_path))
     stopping = False
 
-    def _stop(_signum: int, _frame: object) -> None:
+    def _stop(_signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     index = Index(config.node.index_path)
-    driver = Driver(config, index, Spool(config.node.spool), station_name=socket.gethostname())
+    driver = Driver(config, index, Spool(config.node.spool), socket.gethostname(), _stop)
     usable = True
     while usable and not stopping:
         try:
@@ -171,7 +175,9 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
 class Driver:
     """One connection to the cluster and this driver's actors, one per pipeline."""
 
-    def __init__(self, config: Config, index: Index, spool: Spool, station_name: str) -> None:
+    def __init__(self, config: Config, index: Index, spool: Spool, station_name: str,
+                 on_sigterm: Callable[[int, Any], None]) -> None:
+        self.on_sigterm = on_sigterm
         self.config = config
         self.index = index
         self.spool = spool
@@ -186,6 +192,7 @@ class Driver:
         ray_environment(settings)
         ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
                  logging_level="warning")
+        signal.signal(signal.SIGTERM, self.on_sigterm)  # Ray's own handler would kill the attempt
         logs.info("ray.connected", address=settings.address,
                   nodes=len([n for n in ray.nodes() if n["Alive"]]))
 
@@ -203,8 +210,7 @@ class Driver:
             if table is not None and table.memory_mb:
                 options["memory"] = table.memory_mb * 2**20
             remote = ray.remote(PipelineActor).options(**options)
-            self._actors[pipeline] = remote.remote(self.config.model_dump(mode="json"), pipeline,
-                                                   self.station_name)
+            self._actors[pipeline] = remote.remote(*pipeline_settings(self.config, pipeline, self.station_name))
         return self._actors[pipeline]
 
     def forget(self, pipeline: str) -> None:
@@ -265,9 +271,9 @@ class Driver:
 
     def _attempt_failed(self, job: Job, error: Exception) -> bool:
         import ray.exceptions as rex
-        reason = f"{type(error).__name__}: {error}"
+        reason = _COLOUR.sub("", f"{type(error).__name__}: {error}")
         if isinstance(error, rex.RayTaskError):  # the pipeline raised: the job's own failure
-            self._fail(job, f"{type(error.cause).__name__}: {error.cause}", error)
+            self._fail(job, _COLOUR.sub("", f"{type(error.cause).__name__}: {error.cause}"), error)
             return True
         if isinstance(error, (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError,
                               rex.WorkerCrashedError)):  # the machine or process running it died
@@ -287,14 +293,13 @@ class Driver:
         return False
 
     def _fail(self, job: Job, reason: str, error: Exception) -> None:
-        if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts, traceback=str(error)[-20000:]):
+        if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts, traceback=_COLOUR.sub("", str(error))[-20000:]):
             logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
 
     def _commit(self, job: Job, outcome: dict[str, Any]) -> bool:
         """The actor's files, written durably into this attempt's own folder of the job's
         results (a stale attempt can never overwrite the current one's files), committed
         under the attempt number."""
-        from node.worker import commit_result
         summary = {**outcome["summary"], "ran_on": outcome["ran_on"]}
         if not outcome["applicable"]:
             return commit_result(job, self.index, JobResult(applicable=False, reason=outcome["reason"],

@@ -35,29 +35,37 @@ IDLE_POLL_SECONDS = 0.2
 DISK_FULL_RETRY_SECONDS = 5.0
 
 
+def pipeline_settings(config: Config, name: str, station_name: str | None = None) -> tuple[str, PipelineSettings]:
+    """The ``module:Class`` of pipeline ``name`` and what the node's config gives it: all a
+    process needs to load it, here or on a cluster machine (``node.ray_actor``)."""
+    table = config.pipelines.get(name)
+    return resolve_entry(name, table), PipelineSettings(
+        name=name,
+        model=table.model if table else None,
+        device=table.device if table else "auto",
+        uid_root=config.node.uid_root,
+        options=dict(table.options) if table else {},
+        station_name=station_name,
+    )
+
+
+def load_pipeline(entry: str, settings: PipelineSettings) -> Pipeline:
+    started = time.monotonic()  # before the import: torch and MONAI are most of the load
+    pipeline = load_class(entry)(settings)
+    logs.info("pipeline.loaded", pipeline=settings.name, seconds=round(time.monotonic() - started, 3))
+    return pipeline
+
+
 class PipelineCache:
     """Pipelines by name, each constructed (model loaded) the first time a job needs it."""
 
-    def __init__(self, config: Config, station_name: str | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.station_name = station_name  # None: this machine's name
         self._loaded: dict[str, Pipeline] = {}
 
     def get(self, name: str) -> Pipeline:
         if name not in self._loaded:
-            started = time.monotonic()  # before the import: torch and MONAI are most of the load
-            table = self.config.pipelines.get(name)
-            cls = load_class(resolve_entry(name, table))
-            settings = PipelineSettings(
-                name=name,
-                model=table.model if table else None,
-                device=table.device if table else "auto",
-                uid_root=self.config.node.uid_root,
-                options=dict(table.options) if table else {},
-                station_name=self.station_name,
-            )
-            self._loaded[name] = cls(settings)
-            logs.info("pipeline.loaded", pipeline=name, seconds=round(time.monotonic() - started, 3))
+            self._loaded[name] = load_pipeline(*pipeline_settings(self.config, name))
         return self._loaded[name]
 
     def preload(self, names: Sequence[str]) -> None:
