@@ -30,6 +30,7 @@ import queue
 import re
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing import Queue
@@ -59,6 +60,7 @@ class RayExecutor(ProcessExecutor):
     def __init__(self, config: Config, config_path: str, index: Index) -> None:
         super().__init__(config, config_path, ray_driver_main, index, config.workers.count)
         self._reachable = (float("-inf"), False)
+        self._head_was_away = False
 
     def has_room(self) -> bool:
         return self.reachable() and super().has_room()
@@ -77,8 +79,37 @@ class RayExecutor(ProcessExecutor):
         ``FENCE_POLL_SECONDS`` that it ended and kills its actor, which stops the task."""
         logs.info("job.cancel_requested", job=job.id, attempt=job.attempts, engine="ray")
 
+    def supervise(self) -> None:
+        """Also: when the head is back after an outage, replace the drivers before any job is
+        claimed: their connections lead to the cluster that went away."""
+        if not self.reachable():
+            self._head_was_away = True
+        elif self._head_was_away:
+            self._head_was_away = False
+            self._replace_drivers()
+        super().supervise()
+
+    def _replace_drivers(self) -> None:
+        logs.info("ray.reconnecting", address=self.config.workers.ray.address, drivers=len(self._workers))
+        for i, process in enumerate(self._workers):
+            process.terminate()  # SIGTERM: it leaves the attempt queue cleanly, not holding its lock
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            for job in self.index.running_jobs():
+                if job.worker_pid == process.pid:
+                    self.index.hand_back_job(job.id, job.attempts, "the Ray head went away", lost=False)
+            self._workers[i] = self._spawn()
+
     def worker_died(self, job: Job, reason: str) -> None:
-        """A driver dies with its connection (the head went away), not because of the job."""
+        """A driver dies with its connection: while the head is away that is not the job's
+        fault; otherwise its attempt counts as lost (its machine, or the driver, died)."""
+        if not self.reachable():
+            if self.index.hand_back_job(job.id, job.attempts, f"the Ray head went away ({reason})"[:2000],
+                                        lost=False):
+                logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason="the Ray head went away")
+            return
         hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
 
     def checks(self) -> dict[str, tuple[bool, str]]:
@@ -170,6 +201,8 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
         assert job is not None
         usable = driver.execute(job)
     index.close()
+    sys.stderr.flush()
+    os._exit(0)  # not Ray's exit handlers: they wait for a cluster that may be gone
 
 
 class Driver:

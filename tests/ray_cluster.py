@@ -31,9 +31,9 @@ def ray_env() -> dict[str, str]:
 class RayCluster:
     def __init__(self) -> None:
         self.port = free_port()
-        self.head_dir = Path(tempfile.mkdtemp(prefix="rn-rayh-", dir="/tmp"))  # socket paths stay short
-        #: a fresh folder for each start of the second node: a restart must not meet the sockets
-        #: and session files its killed predecessor left behind
+        #: a fresh folder (short: Ray's socket paths live in it) for each start of a node, so
+        #: that a restart never meets the sockets and session files its killed predecessor left
+        self.head_dirs: list[Path] = []
         self.node_dirs: list[Path] = []
 
     @property
@@ -49,8 +49,9 @@ class RayCluster:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
     def start_head(self) -> "RayCluster":
+        self.head_dirs.append(Path(tempfile.mkdtemp(prefix="rn-rayh-", dir="/tmp")))
         self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
-                        "--temp-dir", str(self.head_dir))
+                        "--temp-dir", str(self.head_dirs[-1]))
         wait_for_port(self.port, timeout=60)
         return self
 
@@ -60,7 +61,8 @@ class RayCluster:
         return self
 
     def kill_head(self) -> None:
-        kill_tree(str(self.head_dir))
+        for folder in self.head_dirs:
+            kill_tree(str(folder))
 
     def kill_second_node(self) -> None:
         """SIGKILL the second node's raylet, its workers (the actors on it) and its helpers."""
@@ -70,14 +72,14 @@ class RayCluster:
     def running_tasks(self, node: str = "") -> list[int]:
         """Pids of actor processes running a task now (Ray titles them ``ray::Class.method``), on
         every node or on one (``head`` or ``second``)."""
-        folders = {"head": [self.head_dir], "second": self.node_dirs, "": [self.head_dir, *self.node_dirs]}
+        folders = {"head": self.head_dirs, "second": self.node_dirs, "": [*self.head_dirs, *self.node_dirs]}
         pids = set().union(*(tree_of(str(folder)) for folder in folders[node]))
         return [pid for pid in pids if command_line(pid).startswith("ray::PipelineActor.run")]
 
     def stop(self) -> None:
         self.kill_second_node()
         self.kill_head()
-        for folder in [self.head_dir, *self.node_dirs]:
+        for folder in [*self.head_dirs, *self.node_dirs]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -89,8 +91,10 @@ def command_line(pid: int) -> str:
 
 
 def _parent(pid: int) -> int:
+    """The parent's pid; -1 for a process gone or dead (a zombie waiting to be reaped)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        return -1 if state == "Z" else int(parent)
     except (OSError, IndexError, ValueError):
         return -1
 
@@ -99,23 +103,25 @@ def tree_of(tag: str) -> set[int]:
     """Processes whose command line names ``tag`` (a node's temp folder), and their descendants."""
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
     parents = {pid: _parent(pid) for pid in pids}
-    tree = {pid for pid in pids if tag in command_line(pid)}
+    tree = {pid for pid in pids if parents[pid] != -1 and tag in command_line(pid)}
     grew = True
     while grew:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        children = {pid for pid, parent in parents.items() if parent in tree and parent != -1} - tree
         tree |= children
         grew = bool(children)
     return tree
 
 
-def kill_tree(tag: str) -> None:
-    for _ in range(3):  # a dying raylet may still start a worker: sweep until nothing is left
-        pids = tree_of(tag)
-        if not pids:
-            return
+def kill_tree(tag: str, timeout: float = 15.0) -> None:
+    """SIGKILL the processes of ``tag`` and wait until they are gone (a dying raylet may still
+    start a worker: sweep until nothing is left)."""
+    deadline = time.monotonic() + timeout
+    while pids := tree_of(tag):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Ray processes {sorted(pids)} of {tag} outlived SIGKILL")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.3)
+        time.sleep(0.2)
