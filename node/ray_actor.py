@@ -30,7 +30,7 @@ class PipelineActor:
 
     def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
-        started = time.monotonic()
+        received_at, started = time.time(), time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
         try:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
@@ -39,6 +39,7 @@ class PipelineActor:
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
                     "files": files, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
+                    "received_at": received_at,
                     "unpack_seconds": round(unpacked - started, 3),
                     "seconds": round(time.monotonic() - started, 3)}
         finally:
