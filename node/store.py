@@ -258,6 +258,16 @@ class ResultObject:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """A job's result objects and the earlier job they replace (with the version they are), as
+    ``node.supersede`` works them out; recorded with the job's end, in its transaction."""
+
+    objects: Sequence[ResultObject]
+    replaces: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
 class RouteNote:
     """Why a route did not run for a subject (a series or a study) at one generation."""
 
@@ -632,22 +642,20 @@ class Index:
             " ORDER BY sop_uid", (job_id,)).fetchall()
         return [ResultObject(**dict(r)) for r in rows]
 
-    def record_result_objects(self, job_id: int, objects: Sequence[ResultObject]) -> None:
-        """Kept after retention removes the files (a few rows per job), so that a later run can
-        still name what it replaces."""
-        with self._tx() as db:
-            db.execute("DELETE FROM result_objects WHERE job_id = ?", (job_id,))
-            db.executemany(
-                "INSERT INTO result_objects(job_id, sop_uid, sop_class, series_uid, study_uid)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(job_id, o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in objects],
-            )
-
-    def record_supersession(self, job_id: int, replaces: int, version: int) -> None:
-        with self._tx() as db:
+    @staticmethod
+    def _record_lineage(db: sqlite3.Connection, job_id: int, lineage: Lineage) -> None:
+        """The result objects are kept after retention removes the files (a few rows per job), so
+        that a later run can still name what it replaces."""
+        db.execute("DELETE FROM result_objects WHERE job_id = ?", (job_id,))
+        db.executemany(
+            "INSERT INTO result_objects(job_id, sop_uid, sop_class, series_uid, study_uid)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(job_id, o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in lineage.objects],
+        )
+        if lineage.replaces is not None:
             db.execute("INSERT INTO supersessions(job_id, replaces, version) VALUES (?, ?, ?)"
                        " ON CONFLICT(job_id) DO UPDATE SET replaces = excluded.replaces,"
-                       " version = excluded.version", (job_id, replaces, version))
+                       " version = excluded.version", (job_id, lineage.replaces, lineage.version))
 
     def supersessions(self) -> dict[int, tuple[int, int]]:
         """{job: (the job it replaces, its version number)}."""
@@ -694,10 +702,12 @@ class Index:
                                    jobstates.Fence(attempt)) == 1
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
-                   summary: dict[str, Any] | None = None, *, attempt: int) -> bool:
-        """running -> done, with its result files, the pipeline's summary and one delivery per
-        destination, all in one transaction. Only the result of the current ``attempt`` is
-        taken: False means a later attempt owns the job (or it ended) and nothing was written."""
+                   summary: dict[str, Any] | None = None, *, attempt: int,
+                   lineage: Lineage | None = None) -> bool:
+        """running -> done, with its result files, their lineage (what they replace), the
+        pipeline's summary and one delivery per destination, all in one transaction. Only the
+        result of the current ``attempt`` is taken: False means a later attempt owns the job (or
+        it ended) and nothing was written."""
         now = time.time()
         with self._tx() as db:
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -706,6 +716,8 @@ class Index:
                 "summary": json.dumps(summary or {}, default=str)}, jobstates.Fence(attempt))
             if not moved:
                 return False
+            if lineage is not None:
+                self._record_lineage(db, job_id, lineage)
             db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             db.executemany(
                 "INSERT INTO results(job_id, path, sop_uid, sop_class) VALUES (?, ?, ?, ?)",

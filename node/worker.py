@@ -165,9 +165,9 @@ def commit_result(job: Job, index: Index, result: JobResult) -> bool:
     if not result.applicable:
         return index.finish_job(job.id, [], f"not applicable: {result.reason}",
                                 summary=result.summary, attempt=job.attempts)
-    replace_earlier(index, job, result.outputs)
+    lineage = replace_earlier(index, job, result.outputs)
     return index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
-                            summary=result.summary, attempt=job.attempts)
+                            summary=result.summary, attempt=job.attempts, lineage=lineage)
 
 
 def is_disk_full(error: BaseException) -> bool:

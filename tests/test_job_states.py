@@ -10,7 +10,7 @@ import pytest
 from node import jobstates
 from node.config import Route
 from node.router import job_spec
-from node.store import Index, ResultFile
+from node.store import Index, Lineage, ResultFile, ResultObject
 from tests.harness import threshold_route
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -33,10 +33,12 @@ def test_a_stale_attempts_result_is_refused_and_the_current_attempts_result_is_d
     second = index.claim_job(None, 60)
     assert second is not None and second.attempts == 2
 
-    late = index.finish_job(job_id, [ResultFile(tmp_path / "old.dcm", "9.1", SEG)], "1 objects", attempt=1)
+    stale = Lineage([ResultObject("9.1", SEG, "9", "1.2")], replaces=99, version=2)
+    late = index.finish_job(job_id, [ResultFile(tmp_path / "old.dcm", "9.1", SEG)], "1 objects", attempt=1,
+                            lineage=stale)
     assert late is False, "the first attempt came back after the job was handed back"
     assert index.job(job_id).state == "running" and index.results(job_id) == []
-    assert index.deliveries() == []
+    assert index.deliveries() == [] and index.supersessions() == {}, "nothing of the stale result is kept"
     assert index.fail_job(job_id, "late failure", attempt=1) is False
     assert index.hand_back_job(job_id, attempt=1, reason="late", lost=True) is False
     assert index.attempt_started(job_id, 1, pid=4242) is False, "a worker took the stale attempt"
