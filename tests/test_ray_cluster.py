@@ -192,7 +192,7 @@ def test_with_the_ray_head_down_receiving_acknowledges_jobs_wait_queued_and_heal
         status, body = node.http("/health")
         check = json.loads(body)["checks"]["ray_cluster"]
         assert status == 503 and not check["ok"] and "does not answer" in check["detail"]
-        time.sleep(3)  # jobs are not claimed while the head is away: nothing is lost or failed
+        time.sleep(2)  # jobs are not claimed while the head is away: nothing is lost or failed
         assert [j.state for j in index.jobs()] == ["done", "queued"]
 
         cluster.start_head()
