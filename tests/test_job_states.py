@@ -3,7 +3,6 @@ current attempt of a job may end it, so a late result of an earlier attempt is n
 
 from __future__ import annotations
 
-
 import pytest
 
 from node import jobstates
