@@ -1,8 +1,9 @@
 """The job state machine: its states, the transitions allowed between them, and their guards.
 
     queued ──claim──> running ──finish──> done
-      ^               │  │ └────fail────> failed ──requeue (admin)──> queued
-      │               │  └─start (a worker takes the attempt: running -> running)
+      ^ │             │  │ └────fail────> failed ──requeue (admin)──> queued
+      │ │             │  └─start (a worker takes the attempt: running -> running)
+      │ └─cancel (admin)──────────────────> failed
       └──hand back────┘
 
 Every transition is one guarded ``UPDATE`` inside the caller's transaction: it changes the row
@@ -40,8 +41,11 @@ FINISH = Transition("finish", ("running",), "done", fenced=True, attempt_require
 FAIL = Transition("fail", ("running",), "failed", fenced=True, attempt_required=True)
 HAND_BACK = Transition("hand back", ("running",), "queued", fenced=True)
 REQUEUE = Transition("requeue", ("failed",), "queued", fenced=False)
+#: the administrator does not want a queued job run; it ends failed with the reason on record
+#: (the states stay the four the design names) and ``requeue`` undoes it.
+CANCEL = Transition("cancel", ("queued",), "failed", fenced=False)
 
-TRANSITIONS = {t.name: t for t in (CLAIM, START, FINISH, FAIL, HAND_BACK, REQUEUE)}
+TRANSITIONS = {t.name: t for t in (CLAIM, START, FINISH, FAIL, HAND_BACK, REQUEUE, CANCEL)}
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,20 @@ def test_only_attempts_lost_with_their_machine_count_against_the_retries(tmp_pat
     assert (third.attempts, third.lost_attempts) == (3, 1)
     assert index.requeue_running_jobs(None) == 1  # a node restart: not the job's fault either
     assert index.job(job_id).lost_attempts == 1
+
+
+def test_the_administrators_cancel_ends_only_a_queued_job_and_retry_undoes_it(tmp_path):
+    """The web page's and CLI's cancel and retry are transitions of the machine: a running
+    attempt is not cancelled under its executor, a done job is not re-run."""
+    index = Index(tmp_path / "index.sqlite")
+    job_id = queued_job(index)
+    assert index.cancel_job(job_id)
+    job = index.job(job_id)
+    assert (job.state, job.outcome) == ("failed", "cancelled by the administrator")
+    assert index.cancel_job(job_id) is False, "a failed job is not cancelled again"
+    assert index.requeue_job(job_id) and index.job(job_id).state == "queued"
+    running = index.claim_job(None, 60)
+    assert index.cancel_job(job_id) is False and index.job(job_id).state == "running"
+    assert index.finish_job(job_id, [], "0 objects", attempt=running.attempts)
+    assert index.cancel_job(job_id) is False and index.requeue_job(job_id) is False
+    assert index.job(job_id).state == "done"
