@@ -179,6 +179,7 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
     die_with_parent()
     logs.setup()
     config = load_config(Path(config_path))
+    ray_environment(config.workers.ray)  # before Ray is imported, which reads them on import
     stopping = False
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -222,7 +223,6 @@ class Driver:
         if ray.is_initialized():
             return
         settings = self.config.workers.ray
-        ray_environment(settings)
         ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
                  logging_level="warning")
         signal.signal(signal.SIGTERM, self.on_sigterm)  # Ray's own handler would kill the attempt

@@ -1,7 +1,7 @@
 """A real local Ray cluster for the tests: a head and a second node, separate processes.
 
 Each node is started with ``ray start`` (``--num-cpus 1``, a small object store, no dashboard,
-no usage stats) in a temp folder of its own, so that the test can find a node's processes (the
+no usage stats, token authentication when given a token) in a temp folder of its own, so that the test can find a node's processes (the
 folder is on their command lines; actors are children of the node's raylet), kill one node with
 SIGKILL as a machine that dies, and stop everything it started, by process id, in teardown.
 """
@@ -23,14 +23,18 @@ from tests.peers import free_port, wait_for_port
 OBJECT_STORE_BYTES = 80 * 2**20
 
 
-def ray_env() -> dict[str, str]:
+def ray_env(token_file: Path | None = None) -> dict[str, str]:
+    """The environment of ``ray start``; with ``token_file``, Ray's token authentication (the
+    variables README "Running jobs on a Ray cluster" shows), so only holders of it may connect."""
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)} if token_file else {}
     return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_DISABLE_USAGE_STATS": "1"}
+            "RAY_DISABLE_USAGE_STATS": "1", **auth}
 
 
 class RayCluster:
-    def __init__(self) -> None:
+    def __init__(self, token_file: Path | None = None) -> None:
         self.port = free_port()
+        self.token_file = token_file
         #: a fresh folder (short: Ray's socket paths live in it) for each start of a node, so
         #: that a restart never meets the sockets and session files its killed predecessor left
         self.head_dirs: list[Path] = []
@@ -44,7 +48,7 @@ class RayCluster:
         proc = subprocess.run(
             [shutil.which("ray") or "ray", "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
              "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *args],
-            capture_output=True, text=True, env=ray_env(), timeout=120)
+            capture_output=True, text=True, env=ray_env(self.token_file), timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 

@@ -10,6 +10,7 @@ stops the head runs last.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -31,10 +32,15 @@ SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """The cluster runs with Ray's token authentication, as the README sets it up: every job of
+    these tests reaches it through the node's ``[workers.ray] token_file``."""
     if shutil.which("ray") is None:
         pytest.fail("the ray command is missing: pip install 'radnode[ray]' (the test extra has it)")
-    ray_cluster = RayCluster()
+    token = tmp_path_factory.mktemp("ray-auth") / "ray-token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    ray_cluster = RayCluster(token_file=token)
     try:
         yield ray_cluster.start_head().start_second_node()
     finally:
@@ -52,7 +58,7 @@ def ray_node(tmp_path: Path, orthanc: Orthanc, cluster: RayCluster, count: int =
         destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
                        "port": orthanc.dicom_port}],
         workers={"engine": "ray", "count": count, "job_timeout_seconds": job_timeout_seconds,
-                 "ray": {"address": cluster.address}})
+                 "ray": {"address": cluster.address, "token_file": str(cluster.token_file)}})
     return NodeProcess(config, tmp_path).start()
 
 
