@@ -102,19 +102,21 @@ def test_lost_attempts_are_retried_up_to_max_attempts_then_the_job_fails(tmp_pat
     assert job.state == "failed" and job.outcome.endswith("(2 of 2 attempts lost)")
 
 
-def test_a_series_sent_to_the_node_is_run_by_a_ray_actor_and_its_result_arrives_once(
+def test_series_sent_to_the_node_are_run_by_one_ray_actor_that_loaded_its_pipeline_once_and_each_result_arrives_once(
         tmp_path, orthanc, cluster, data_dir):
-    files = ct_series(data_dir)
+    files = ct_series(data_dir, "B40f") + ct_series(data_dir, "B70f")
     node = ray_node(tmp_path, orthanc, cluster)
     try:
         assert storescu(node.port, files).returncode == 0
         index = node.index()
-        wait_until(lambda: index.deliveries("sent"), 90, what="the result delivered")
-        (job,) = index.jobs("done")
-        assert job.attempts == 1 and job.summary["ran_on"]  # the actor's host:pid
+        wait_until(lambda: len(index.deliveries("sent")) == 2, 90, what="both results delivered")
+        jobs = index.jobs("done")
+        assert len(jobs) == 2 and all(job.attempts == 1 for job in jobs)
+        # the actor's host:pid: the second job ran in the process that loaded the pipeline for the first
+        assert jobs[0].summary["ran_on"] and jobs[0].summary["ran_on"] == jobs[1].summary["ran_on"]
         assert '"engine": "ray"' in node.logs() and '"event": "ray.connected"' in node.logs()
-        assert_pacs_holds_each_result_once(orthanc, index, [study_of(files)])
-        assert [r.sop_class for r in index.results(job.id)] == [SEG]
+        assert_pacs_holds_each_result_once(orthanc, index, sorted({study_of(files[:1]), study_of(files[-1:])}))
+        assert [r.sop_class for job in jobs for r in index.results(job.id)] == [SEG, SEG]
         status, body = node.http("/health")
         assert status == 200 and json.loads(body)["checks"]["ray_cluster"]["ok"]
     finally:
