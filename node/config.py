@@ -97,10 +97,40 @@ class CompletionSettings(_Strict):
     incomplete_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
 
 
+class RaySettings(_Strict):
+    """Where the Ray cluster is (``engine = "ray"``); see README "Running jobs on a Ray cluster"."""
+
+    #: the Ray head's GCS address (``head:6379``), ``auto`` (the cluster this machine joined
+    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``ray[client]``).
+    address: str = "auto"
+    namespace: str = "radnode"
+    #: attempts of a job lost with the machine that ran them before the job is failed.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    #: Ray's token authentication (Ray >= 2.52): the token, read from this file (kept out of
+    #: config.toml); every machine of the cluster runs with the same token.
+    token_file: FilePath | None = None
+    #: Ray's TLS between its processes: CA, this machine's certificate and key (all or none).
+    tls_ca_cert: FilePath | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "RaySettings":
+        given = [self.tls_ca_cert, self.tls_cert, self.tls_key]
+        if any(given) and not all(given):
+            raise ValueError("tls_ca_cert, tls_cert and tls_key go together (Ray's RAY_TLS_CA_CERT, "
+                             "RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY)")
+        return self
+
+
 class WorkerSettings(_Strict):
+    #: ``local``: worker processes on this machine; ``ray``: actors on a Ray cluster.
+    engine: Literal["local", "ray"] = "local"
+    #: local: worker processes; ray: jobs in flight on the cluster at once.
     count: Annotated[int, Field(ge=1, le=64)] = 1
     job_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    ray: RaySettings = RaySettings()
 
 
 class DeliverySettings(_Strict):
@@ -263,6 +293,10 @@ class PipelineConfig(_Strict):
         description="module:Class of a site's own pipeline",
     )
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Ray resources of this pipeline's actor (``engine = "ray"``): GPUs, CPUs and memory.
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    memory_mb: Annotated[int, Field(ge=0)] = 0
 
 
 class Config(_Strict):

@@ -26,6 +26,8 @@ from node.studies import StudyWatch, wait_counts
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
+#: name -> (ok, detail): the executor's own checks (a cluster it must reach), from the supervisor.
+ExecutorChecks = Callable[[], dict[str, tuple[bool, str]]]
 
 _STATES = {
     "series": ("receiving", "complete", "routed"),
@@ -91,11 +93,14 @@ class NodeCollector:
         yield summary
 
 
-def health_checks(config: Config, index: Index, children: ChildCounts) -> dict[str, Check]:
+def health_checks(config: Config, index: Index, children: ChildCounts,
+                  executor_checks: ExecutorChecks = dict) -> dict[str, Check]:
     """What must hold for the node to take studies and return results."""
     checks: dict[str, Check] = {}
     for role, (running, expected) in children().items():
         checks[f"{role}s"] = Check(running == expected, f"{running} of {expected} running")
+    for name, (ok, detail) in executor_checks().items():
+        checks[name] = Check(ok, detail)
     try:
         counts = index.state_counts()
         checks["index"] = Check(True, str(config.node.index_path))
@@ -114,9 +119,11 @@ def health_checks(config: Config, index: Index, children: ChildCounts) -> dict[s
 
 
 class MonitoringServer:
-    def __init__(self, config: Config, children: ChildCounts) -> None:
+    def __init__(self, config: Config, children: ChildCounts,
+                 executor_checks: ExecutorChecks = dict) -> None:
         self.config = config
         self.children = children
+        self.executor_checks = executor_checks
         self.index = Index(config.node.index_path)
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = NodeCollector(config, self.index, children)
@@ -140,7 +147,7 @@ class MonitoringServer:
 
     def health(self) -> tuple[int, dict]:
         with self.collector.lock:
-            checks = health_checks(self.config, self.index, self.children)
+            checks = health_checks(self.config, self.index, self.children, self.executor_checks)
         ok = all(c.ok for name, c in checks.items() if name != "deliveries")
         body = {"status": "ok" if ok else "failing",
                 "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}

@@ -2,7 +2,7 @@
 
     radnode serve (supervisor: restarts children, enforces job timeouts)
     ├── receiver processes (Storage SCP, sharing the DICOM port)
-    ├── worker processes (pipelines, one job at a time each)
+    ├── the executor (``node.executor``): local worker processes, or a Ray cluster's actors
     ├── scheduler thread (assembler + router)
     └── dispatcher thread (C-STORE to destinations)
 
@@ -12,7 +12,6 @@ node can be killed, without losing an acknowledged instance, a job or a delivery
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import signal
 import socket
@@ -35,32 +34,20 @@ from node.retention import Retention
 from node.spool import Spool
 from node.isolation import isolated
 from node.store import Index, Job
-from node.worker import worker_main
+from node.executor import Executor, die_with_parent, make_executor
 
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
 SUPERVISOR_INTERVAL = 0.25
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children must not outlive a supervisor killed with SIGKILL (they would hold the port)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def receiver_main(config_path: str) -> None:
-    _die_with_parent()
+    die_with_parent()
     logs.setup()
     receiver = Receiver(load_config(Path(config_path)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
     receiver.serve_forever()
-
-
-def _worker_entry(config_path: str) -> None:
-    _die_with_parent()
-    worker_main(config_path)
 
 
 @dataclass
@@ -83,6 +70,8 @@ class Node:
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
         self.index = Index(self.config.node.index_path)
+        self.executor: Executor = make_executor(self.config, str(self.config_path),
+                                                Index(self.config.node.index_path))
 
     # ---- start -----------------------------------------------------------------------------
 
@@ -107,10 +96,9 @@ class Node:
         self.recover()
         for _ in range(self.config.node.receivers):
             self._children.append(_Child("receiver", receiver_main))
-        for _ in range(self.config.workers.count):
-            self._children.append(_Child("worker", _worker_entry))
         for child in self._children:
             self._spawn(child)
+        self.executor.start()
         self._threads = [
             threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL),
                              name="scheduler", daemon=True),
@@ -123,7 +111,8 @@ class Node:
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
-                  receivers=self.config.node.receivers, workers=self.config.workers.count,
+                  receivers=self.config.node.receivers, engine=self.config.workers.engine,
+                  workers=self.config.workers.count,
                   routes=[r.name for r in self.config.routes])
 
     def _warn_about_open_access(self) -> None:
@@ -152,7 +141,7 @@ class Node:
         settings = self.config.monitoring
         if not settings.enabled:
             return
-        self._monitor = MonitoringServer(self.config, self.child_counts)
+        self._monitor = MonitoringServer(self.config, self.child_counts, self.executor.checks)
         try:
             self._monitor.start()
         except OSError as error:
@@ -181,7 +170,7 @@ class Node:
             alive, total = counts.get(child.role, (0, 0))
             running = child.process is not None and child.process.is_alive()
             counts[child.role] = (alive + int(running), total + 1)
-        return counts
+        return {**counts, **self.executor.health()}
 
     def _spawn(self, child: _Child) -> None:
         child.process = self._mp.Process(target=child.target, args=(str(self.config_path),),
@@ -213,7 +202,8 @@ class Node:
     # ---- supervision -----------------------------------------------------------------------
 
     def supervise(self) -> None:
-        """Run until SIGTERM/SIGINT: restart dead children and stop jobs past their timeout."""
+        """Run until SIGTERM/SIGINT: restart dead children, stop jobs past their timeout and
+        hand queued jobs to the executor while it has room."""
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         while not self._stop.wait(SUPERVISOR_INTERVAL):
@@ -224,10 +214,22 @@ class Node:
         """One round: a job or child whose handling fails is logged and met again next round,
         after every other overdue job and dead child has been handled."""
         isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
+        isolated("supervisor", "executor", self.executor.supervise, lambda _reason: None)
+        isolated("supervisor", "job submission", self._submit_jobs, lambda _reason: None)
         for child in self._children:
             if child.process is not None and not child.process.is_alive():
                 isolated("supervisor", f"{child.role} {child.process.pid}",
                          lambda: self._restart(child), lambda _reason: None)
+
+    def _submit_jobs(self) -> None:
+        """Start attempts of queued jobs while the executor has room; the rest wait in the index."""
+        while self.executor.has_room():
+            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds)
+            if job is None:
+                return
+            logs.info("job.submitted", job=job.id, pipeline=job.pipeline, attempt=job.attempts,
+                      engine=self.config.workers.engine)
+            self.executor.submit(job)
 
     def _enforce_job_timeouts(self) -> None:
         for job in self.index.overdue_jobs(time.time()):
@@ -235,22 +237,15 @@ class Node:
 
     def _time_out(self, job: Job) -> None:
         limit = self.config.workers.job_timeout_seconds
-        if self.index.fail_job(job.id, f"timed out after {limit:g} s", only_if_pid=job.worker_pid):
+        if self.index.fail_job(job.id, f"timed out after {limit:g} s", attempt=job.attempts):
             logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
-            for child in self._children:
-                if child.process is not None and child.process.pid == job.worker_pid:
-                    child.process.kill()
+            self.executor.cancel(job)
 
     def _restart(self, child: _Child) -> None:
         assert child.process is not None
         pid, code = child.process.pid, child.process.exitcode
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
-        if child.role == "receiver":
-            self.index.close_associations_of([pid])
-        else:
-            for job in self.index.running_jobs():
-                if job.worker_pid == pid:
-                    self.index.fail_job(job.id, f"worker process died (exit code {code})", only_if_pid=pid)
+        self.index.close_associations_of([pid])
         self._spawn(child)
 
     # ---- stop ------------------------------------------------------------------------------
@@ -262,10 +257,8 @@ class Node:
         logs.info("node.stopping")
         self._stop.set()
         self._terminate([c for c in self._children if c.role == "receiver"], grace=10.0)
-        workers = [c for c in self._children if c.role == "worker"]
-        self._terminate(workers, grace=self.config.workers.shutdown_grace_seconds)
-        pids = [c.process.pid for c in workers if c.process is not None and c.process.pid]
-        requeued = self.index.requeue_running_jobs(pids) if pids else 0
+        self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
+        requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
         for thread in self._threads:
             thread.join(timeout=30)
         delivered = self._deliver_due()

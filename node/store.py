@@ -6,7 +6,7 @@ processes never see half a change, and a restart finds every series, job and del
 it was left.
 
 States: series ``receiving -> complete -> routed`` (a late instance re-opens it);
-job ``queued -> running -> done | failed``; delivery ``pending -> sent | retrying -> dead``.
+job: see ``node.jobstates``; delivery ``pending -> sent | retrying -> dead``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from node import jobstates
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -153,6 +155,7 @@ _ADDED_COLUMNS = (
     ("jobs", "traceback", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "summary", "TEXT NOT NULL DEFAULT '{}'"),
     ("deliveries", "retry_from", "REAL"),
+    ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.
@@ -223,6 +226,9 @@ class Job:
     traceback: str = ""
     #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
     summary: dict[str, Any] = field(default_factory=dict)
+    #: attempts lost with the machine or process that ran them (not the job's fault); a job is
+    #: failed when these reach ``[workers.ray] max_attempts`` (``node.jobstates``).
+    lost_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,16 @@ class ResultObject:
     sop_class: str
     series_uid: str
     study_uid: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A job's result objects and the earlier job they replace (with the version they are), as
+    ``node.supersede`` works them out; recorded with the job's end, in its transaction."""
+
+    objects: Sequence[ResultObject]
+    replaces: int | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -626,22 +642,20 @@ class Index:
             " ORDER BY sop_uid", (job_id,)).fetchall()
         return [ResultObject(**dict(r)) for r in rows]
 
-    def record_result_objects(self, job_id: int, objects: Sequence[ResultObject]) -> None:
-        """Kept after retention removes the files (a few rows per job), so that a later run can
-        still name what it replaces."""
-        with self._tx() as db:
-            db.execute("DELETE FROM result_objects WHERE job_id = ?", (job_id,))
-            db.executemany(
-                "INSERT INTO result_objects(job_id, sop_uid, sop_class, series_uid, study_uid)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(job_id, o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in objects],
-            )
-
-    def record_supersession(self, job_id: int, replaces: int, version: int) -> None:
-        with self._tx() as db:
+    @staticmethod
+    def _record_lineage(db: sqlite3.Connection, job_id: int, lineage: Lineage) -> None:
+        """The result objects are kept after retention removes the files (a few rows per job), so
+        that a later run can still name what it replaces."""
+        db.execute("DELETE FROM result_objects WHERE job_id = ?", (job_id,))
+        db.executemany(
+            "INSERT INTO result_objects(job_id, sop_uid, sop_class, series_uid, study_uid)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(job_id, o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in lineage.objects],
+        )
+        if lineage.replaces is not None:
             db.execute("INSERT INTO supersessions(job_id, replaces, version) VALUES (?, ?, ?)"
                        " ON CONFLICT(job_id) DO UPDATE SET replaces = excluded.replaces,"
-                       " version = excluded.version", (job_id, replaces, version))
+                       " version = excluded.version", (job_id, lineage.replaces, lineage.version))
 
     def supersessions(self) -> dict[int, tuple[int, int]]:
         """{job: (the job it replaces, its version number)}."""
@@ -662,8 +676,9 @@ class Index:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def claim_job(self, pid: int, timeout: float) -> Job | None:
-        """Take the most urgent queued job for worker ``pid``, or None."""
+    def claim_job(self, pid: int | None, timeout: float) -> Job | None:
+        """Start a new attempt of the most urgent queued job, or None; ``pid`` is the worker
+        process that runs it when known now (a local executor's worker records it on start)."""
         now = time.time()
         with self._tx() as db:
             # A rerun waits for the earlier job of its route and subject, so that it can name
@@ -675,24 +690,34 @@ class Index:
             ).fetchone()
             if row is None:
                 return None
-            db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, deadline = ?, worker_pid = ?,"
-                " attempts = attempts + 1 WHERE id = ?",
-                (now, now + timeout, pid, row["id"]),
-            )
+            jobstates.apply(db, jobstates.CLAIM, row["id"], {
+                "started_at": now, "deadline": now + timeout, "worker_pid": pid,
+                "attempts": jobstates.Sql("attempts + 1")})
         return self.job(row["id"])
 
+    def attempt_started(self, job_id: int, attempt: int, pid: int) -> bool:
+        """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
+        with self._tx() as db:
+            return jobstates.apply(db, jobstates.START, job_id, {"worker_pid": pid},
+                                   jobstates.Fence(attempt)) == 1
+
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
-                   summary: dict[str, Any] | None = None) -> None:
-        """running -> done, with its result files, the pipeline's summary and one delivery per
-        destination."""
+                   summary: dict[str, Any] | None = None, *, attempt: int,
+                   lineage: Lineage | None = None) -> bool:
+        """running -> done, with its result files, their lineage (what they replace), the
+        pipeline's summary and one delivery per destination, all in one transaction. Only the
+        result of the current ``attempt`` is taken: False means a later attempt owns the job (or
+        it ended) and nothing was written."""
         now = time.time()
         with self._tx() as db:
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            db.execute(
-                "UPDATE jobs SET state = 'done', outcome = ?, finished_at = ?, summary = ? WHERE id = ?",
-                (outcome, now, json.dumps(summary or {}, default=str), job_id),
-            )
+            moved = jobstates.apply(db, jobstates.FINISH, job_id, {
+                "outcome": outcome, "finished_at": now,
+                "summary": json.dumps(summary or {}, default=str)}, jobstates.Fence(attempt))
+            if not moved:
+                return False
+            if lineage is not None:
+                self._record_lineage(db, job_id, lineage)
             db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             db.executemany(
                 "INSERT INTO results(job_id, path, sop_uid, sop_class) VALUES (?, ?, ?, ?)",
@@ -704,46 +729,50 @@ class Index:
                     " created_at) VALUES (?, ?, 'pending', ?, ?)",
                     [(job_id, dest, now, now) for dest in json.loads(job["destinations"])],
                 )
+        return True
 
     def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,
-                 traceback: str = "") -> bool:
+                 traceback: str = "", *, attempt: int) -> bool:
+        """running -> failed for ``attempt`` (and, with ``only_if_pid``, only while that worker
+        holds it): a late failure of an attempt the node already ended changes nothing."""
         with self._tx() as db:
-            sql = ("UPDATE jobs SET state = 'failed', outcome = ?, finished_at = ?, traceback = ?"
-                   " WHERE id = ? AND state = 'running'")
-            args: tuple[Any, ...] = (reason, time.time(), traceback, job_id)
-            if only_if_pid is not None:
-                sql += " AND worker_pid = ?"
-                args += (only_if_pid,)
-            return db.execute(sql, args).rowcount == 1
+            return jobstates.apply(db, jobstates.FAIL, job_id, {
+                "outcome": reason, "finished_at": time.time(), "traceback": traceback},
+                jobstates.Fence(attempt, only_if_pid)) == 1
+
+    def hand_back_job(self, job_id: int, attempt: int, reason: str, lost: bool) -> bool:
+        """running -> queued for a new attempt; ``lost``: the attempt died with the machine that
+        ran it and counts against the job's retries (a cluster that could not be reached before
+        the attempt ran does not). The reason stays in ``outcome`` until the next attempt ends."""
+        with self._tx() as db:
+            return jobstates.apply(db, jobstates.HAND_BACK, job_id, {
+                "outcome": reason, "worker_pid": None, "deadline": None,
+                "lost_attempts": jobstates.Sql(f"lost_attempts + {int(lost)}")},
+                jobstates.Fence(attempt)) == 1
 
     def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
         """Running jobs whose worker is gone (every one, at start) are queued to run again."""
         with self._tx() as db:
-            sql = "UPDATE jobs SET state = 'queued', worker_pid = NULL, deadline = NULL WHERE state = 'running'"
-            args: tuple[Any, ...] = ()
+            extra, args = "", ()
             if worker_pids is not None:
-                sql += f" AND worker_pid IN ({','.join('?' * len(worker_pids))})"
+                extra = f"worker_pid IN ({','.join('?' * len(worker_pids))})"
                 args = tuple(worker_pids)
-            return db.execute(sql, args).rowcount
+            return jobstates.apply(db, jobstates.HAND_BACK, None,
+                                   {"worker_pid": None, "deadline": None}, jobstates.Fence(),
+                                   extra, args)
 
     def requeue_job(self, job_id: int) -> bool:
         """A failed job (after a fix on the site, say) is queued again on the admin's request."""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET state = 'queued', outcome = '', traceback = '', worker_pid = NULL,"
-                " deadline = NULL WHERE id = ? AND state = 'failed'",
-                (job_id,),
-            ).rowcount == 1
+            return jobstates.apply(db, jobstates.REQUEUE, job_id, {
+                "outcome": "", "traceback": "", "worker_pid": None, "deadline": None}) == 1
 
     def cancel_job(self, job_id: int) -> bool:
         """A queued job the administrator does not want run ends as failed, with the reason on
         record (the schema's states stay the four the design names); ``requeue_job`` undoes it."""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET state = 'failed', outcome = 'cancelled by the administrator',"
-                " finished_at = ? WHERE id = ? AND state = 'queued'",
-                (time.time(), job_id),
-            ).rowcount == 1
+            return jobstates.apply(db, jobstates.CANCEL, job_id, {
+                "outcome": "cancelled by the administrator", "finished_at": time.time()}) == 1
 
     def overdue_jobs(self, now: float) -> list[Job]:
         return self._jobs("WHERE state = 'running' AND deadline < ?", (now,))

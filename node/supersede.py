@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from node import logs
-from node.store import Index, Job, ResultObject
+from node.store import Index, Job, Lineage, ResultObject
 
 #: Every structured report storage SOP class (Basic Text, Enhanced, Comprehensive, 3D, ...).
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -92,17 +92,16 @@ def describe(paths: Sequence[Path]) -> list[ResultObject]:
     return out
 
 
-def replace_earlier(index: Index, job: Job, outputs: Sequence[Path]) -> int | None:
+def replace_earlier(index: Index, job: Job, outputs: Sequence[Path]) -> Lineage:
     """Before a job's results are recorded: if an earlier run of the same route on the same
-    subject produced results, mark these as their replacement. Returns the replaced job."""
+    subject produced results, mark these as their replacement. Returns their lineage, which
+    the job's end records (``Index.finish_job``), so a stale attempt records none of it."""
     previous = index.predecessor(job)
-    replaced = None
-    if previous is not None:
-        replaced, objects = previous
-        version = index.version(replaced) + 1
-        for path in outputs:
-            mark_replacement(path, version, objects)
-        index.record_supersession(job.id, replaced, version)
-        logs.info("job.replaces", job=job.id, replaces=replaced, version=version)
-    index.record_result_objects(job.id, describe(outputs))
-    return replaced
+    if previous is None:
+        return Lineage(describe(outputs))
+    replaced, objects = previous
+    version = index.version(replaced) + 1
+    for path in outputs:
+        mark_replacement(path, version, objects)
+    logs.info("job.replaces", job=job.id, replaces=replaced, version=version)
+    return Lineage(describe(outputs), replaced, version)

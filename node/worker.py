@@ -1,4 +1,4 @@
-"""Worker processes: take queued jobs from the index and run their pipeline.
+"""Worker processes of the local executor: run the job attempts it submits.
 
 Workers are separate processes so that a model that crashes, hangs or eats memory never stops
 the receiver; the supervisor in ``node.service`` kills a worker whose job outlives its timeout
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import shutil
 import signal
 import sqlite3
 import time
 import traceback
 from pathlib import Path
+from multiprocessing import Queue
 from typing import Mapping, Sequence
 
 import pydicom
 
 from node import logs
 from node.config import Config, load_config
+from node.executor import die_with_parent
 from node.spool import Spool
 from node.store import Index, Job, ResultFile
 from node.supersede import replace_earlier
@@ -30,6 +33,27 @@ from pipelines.registry import load_class, resolve_entry
 
 IDLE_POLL_SECONDS = 0.2
 DISK_FULL_RETRY_SECONDS = 5.0
+
+
+def pipeline_settings(config: Config, name: str, station_name: str | None = None) -> tuple[str, PipelineSettings]:
+    """The ``module:Class`` of pipeline ``name`` and what the node's config gives it: all a
+    process needs to load it, here or on a cluster machine (``node.ray_actor``)."""
+    table = config.pipelines.get(name)
+    return resolve_entry(name, table), PipelineSettings(
+        name=name,
+        model=table.model if table else None,
+        device=table.device if table else "auto",
+        uid_root=config.node.uid_root,
+        options=dict(table.options) if table else {},
+        station_name=station_name,
+    )
+
+
+def load_pipeline(entry: str, settings: PipelineSettings) -> Pipeline:
+    started = time.monotonic()  # before the import: torch and MONAI are most of the load
+    pipeline = load_class(entry)(settings)
+    logs.info("pipeline.loaded", pipeline=settings.name, seconds=round(time.monotonic() - started, 3))
+    return pipeline
 
 
 class PipelineCache:
@@ -41,18 +65,7 @@ class PipelineCache:
 
     def get(self, name: str) -> Pipeline:
         if name not in self._loaded:
-            started = time.monotonic()  # before the import: torch and MONAI are most of the load
-            table = self.config.pipelines.get(name)
-            cls = load_class(resolve_entry(name, table))
-            settings = PipelineSettings(
-                name=name,
-                model=table.model if table else None,
-                device=table.device if table else "auto",
-                uid_root=self.config.node.uid_root,
-                options=dict(table.options) if table else {},
-            )
-            self._loaded[name] = cls(settings)
-            logs.info("pipeline.loaded", pipeline=name, seconds=round(time.monotonic() - started, 3))
+            self._loaded[name] = load_pipeline(*pipeline_settings(self.config, name))
         return self._loaded[name]
 
     def preload(self, names: Sequence[str]) -> None:
@@ -125,7 +138,7 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
                 time.sleep(DISK_FULL_RETRY_SECONDS)
                 continue
             reason = f"{type(error).__name__}: {error}"
-            index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid(),
+            index.fail_job(job.id, reason[:2000], only_if_pid=os.getpid(), attempt=job.attempts,
                            traceback="".join(traceback.format_exception(error))[-20000:])
             logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500],
                        where=where(error)[-8:])
@@ -137,12 +150,24 @@ def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None
     series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
     protect_patient_values(series)
     result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
+    commit_result(job, index, result)
+
+
+def commit_result(job: Job, index: Index, result: JobResult) -> bool:
+    """Record the outcome of attempt ``job.attempts`` (files already durable in the job's result
+    folder); False when that attempt is no longer the job's current one, and nothing changed.
+    Every executor commits through here, so a result is delivered once whoever ran it."""
+    current = index.job(job.id)
+    if current is None or current.state != "running" or current.attempts != job.attempts:
+        logs.warning("job.stale_result", job=job.id, attempt=job.attempts,
+                     current_attempt=None if current is None else current.attempts)
+        return False
     if not result.applicable:
-        index.finish_job(job.id, [], f"not applicable: {result.reason}", summary=result.summary)
-    else:
-        replace_earlier(index, job, result.outputs)
-        index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
-                         summary=result.summary)
+        return index.finish_job(job.id, [], f"not applicable: {result.reason}",
+                                summary=result.summary, attempt=job.attempts)
+    lineage = replace_earlier(index, job, result.outputs)
+    return index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
+                            summary=result.summary, attempt=job.attempts, lineage=lineage)
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -157,11 +182,13 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def worker_main(config_path: str) -> None:
-    """Entry point of a worker process: claim and run jobs until SIGTERM.
+def worker_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
+    """Entry point of a worker process of the local executor: run the attempts it submits
+    until SIGTERM.
 
     SIGTERM lets the job in hand finish; the supervisor decides how long that may take.
     """
+    die_with_parent()
     logs.setup()
     config = load_config(Path(config_path))
     stopping = False
@@ -177,9 +204,13 @@ def worker_main(config_path: str) -> None:
     pipelines = PipelineCache(config)
     pipelines.preload([route.pipeline for route in config.routes])
     while not stopping:
-        job = index.claim_job(os.getpid(), config.workers.job_timeout_seconds)
-        if job is None:
-            time.sleep(IDLE_POLL_SECONDS)
+        try:
+            job_id, attempt = attempts.get(timeout=IDLE_POLL_SECONDS)
+        except queue.Empty:
             continue
+        if not index.attempt_started(job_id, attempt, os.getpid()):
+            continue  # the node ended or handed back this attempt while it waited
+        job = index.job(job_id)
+        assert job is not None
         execute(job, index, spool, pipelines)
     index.close()

@@ -35,6 +35,9 @@ class PipelineSettings:
     device: str = "auto"
     uid_root: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: how outputs name their creator (DeviceSerialNumber): the node's host name, also when a
+    #: pipeline runs on a cluster machine (``node.ray_actor``); None: this machine's name.
+    station_name: str | None = None
 
 
 @dataclass(frozen=True)

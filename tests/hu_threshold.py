@@ -18,7 +18,7 @@ from pipelines.base import SERIES_ROLE, JobInput, JobResult, NotApplicable, Pipe
 from pipelines.timing import StageClock
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
-from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.identity import Algorithm, identity_of
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -43,7 +43,7 @@ class HUThreshold(Pipeline):
         clock.lap("load")
         mask = volume.array > float(options.get("threshold_hu", 300))
         clock.lap("threshold")
-        algorithm, identity = Algorithm(ALGORITHM, VERSION), Identity(self.settings.uid_root)
+        algorithm, identity = Algorithm(ALGORITHM, VERSION), identity_of(self.settings)
         seg = make_segmentation(volume, mask, [Segment(DENSE, tracking_id="dense-1")], algorithm, identity)
         datasets = [seg]
         if options.get("report"):

@@ -56,6 +56,10 @@ def serve(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
          "does not point to a file"),
         (("port = 104", 'port = 104\ntls = { ca_file = "config.toml", cert_file = "config.toml" }'),
          "destinations[0].tls", "cert_file and key_file go together"),
+
+        (("[node]", '[workers]\nengine = "spark"\n[node]'), "workers.engine", "'local' or 'ray'"),
+        (("[node]", '[workers.ray]\ntls_ca_cert = "config.toml"\n[node]'), "workers.ray",
+         "tls_ca_cert, tls_cert and tls_key go together"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, change, key, problem):

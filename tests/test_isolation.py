@@ -39,12 +39,14 @@ def finished_job(spool: Spool, index: Index, subject: str, result_bytes: bytes, 
     """A job already done with one result file of ``result_bytes``: its delivery to "pacs" is due."""
     route = Route.model_validate(threshold_route("old-route"))
     index.add_job(job_spec(route, subject=subject, study_uid="1.2", generation=0, inputs={},
-                           state="failed", outcome="placeholder"))
-    job = [j for j in index.jobs() if j.subject == subject][0]
+                           state="queued", outcome=""))
+    job = index.claim_job(None, 60)  # a job ends (done) only from running: node.jobstates
+    assert job is not None and job.subject == subject
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(result_bytes)
-    index.finish_job(job.id, [ResultFile(result, sop_uid, "1.2.840.10008.5.1.4.1.1.2")], "1 objects")
+    index.finish_job(job.id, [ResultFile(result, sop_uid, "1.2.840.10008.5.1.4.1.1.2")], "1 objects",
+                     attempt=job.attempts)
     return job.id
 
 

@@ -113,7 +113,7 @@ def _routed_job(index: Index, spool: Spool, study: str, series: str) -> tuple[in
     job = index.claim_job(pid=1, timeout=60)
     result = spool.result_dir(job.id) / "seg.dcm"
     spool.write(result, b"DICM")
-    index.finish_job(job.id, [ResultFile(result, "9.9", "1.2.840.10008.5.1.4.1.1.66.4")], "ok")
+    index.finish_job(job.id, [ResultFile(result, "9.9", "1.2.840.10008.5.1.4.1.1.66.4")], "ok", attempt=job.attempts)
     return job.id, result
 
 

@@ -45,8 +45,8 @@ def test_third_run_is_v3_and_names_only_the_v2_report(tmp_path: Path):
                        "inputs": {}, "destinations": ["pacs"]})
         job = index.claim_job(1, 60)
         paths.append(report(tmp_path / str(run), study))
-        replace_earlier(index, job, [paths[-1]])
-        index.finish_job(job.id, [], "1 objects")
+        lineage = replace_earlier(index, job, [paths[-1]])
+        index.finish_job(job.id, [], "1 objects", attempt=job.attempts, lineage=lineage)
     third = pydicom.dcmread(paths[2])
     assert third.SeriesDescription == "dense report (v3, replaces v2)"
     second = pydicom.dcmread(paths[1])

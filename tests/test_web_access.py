@@ -24,7 +24,7 @@ import pytest
 
 from node.config import ConfigError, ServerTls, load_config, parse_config
 from node.passwords import hash_password
-from node.store import Index, InstanceRecord
+from node.store import Index, InstanceRecord, Lineage
 from node.web import WebServer
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
@@ -170,7 +170,11 @@ def test_the_jobs_pages_say_which_job_a_later_answer_replaces(web):
     index.route_series("1.2.3", 0, [{"route": "r", "pipeline": "p", "subject": "1.2.3", "study_uid": "1.2",
                                      "generation": 1, "inputs": {"series": "1.2.3"}, "destinations": ["pacs"]}])
     second = max(job.id for job in index.jobs())
-    index.record_supersession(second, first, 2)  # what the worker records when a rerun's results replace
+    # the rerun ends with its lineage, in the transaction of its attempt's end, as the worker records it
+    for job_id, lineage in ((first, None), (second, Lineage([], replaces=first, version=2))):
+        attempt = index.claim_job(None, 60)
+        assert attempt is not None and attempt.id == job_id, "a rerun waits for its route's earlier job"
+        assert index.finish_job(job_id, [], "0 objects", attempt=attempt.attempts, lineage=lineage)
     listing = _request(url + "/jobs", _auth())[1]
     rows = {job: _text(re.search(rf'<tr class="job" id="job-{job}">.*?</tr>', listing, re.DOTALL).group(0))
             for job in (first, second)}

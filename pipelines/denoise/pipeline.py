@@ -27,7 +27,7 @@ from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
 from pipelines.writers.derived import make_derived_series
-from pipelines.writers.identity import Identity
+from pipelines.writers.identity import identity_of
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
@@ -47,7 +47,7 @@ class CTDenoise(Pipeline):
         self.device = resolve_device(settings.device)
         batch_pixels = settings.options.get("batch_pixels")
         self.denoiser = Denoiser.load(self.model_dir, self.device, int(batch_pixels) if batch_pixels else None)
-        self.identity = Identity(uid_root=settings.uid_root)
+        self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
 
     def run(self, job: JobInput) -> JobResult:

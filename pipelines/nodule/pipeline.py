@@ -49,7 +49,7 @@ from pipelines.nodule.measure import Measurement, measure, source_box
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
 from pipelines.writers.codes import LUNG_NODULE
-from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.identity import Algorithm, identity_of
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -75,7 +75,7 @@ class NoduleDetection(Pipeline):
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
         threshold = options.get("report_threshold")
-        self.identity = Identity(uid_root=settings.uid_root)
+        self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
         self.bundle: BundleDetector | None = None
         if is_monai_bundle(self.model_dir):

@@ -60,7 +60,7 @@ from pipelines.tumor.preprocess import (
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
 from pipelines.writers import codes
-from pipelines.writers.identity import MANUFACTURER, Algorithm, Identity
+from pipelines.writers.identity import MANUFACTURER, Algorithm, identity_of
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -104,7 +104,7 @@ class TumorSegmentation(Pipeline):
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
         self.models = ModelSet.load(self.model_dir, self.device)
-        self.identity = Identity(uid_root=settings.uid_root)
+        self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
         self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
         self.min_tumor_ml = float(settings.options.get("min_tumor_ml", MIN_TUMOR_ML))

@@ -12,10 +12,14 @@ import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+if TYPE_CHECKING:
+    from pipelines.base import PipelineSettings
 
 MANUFACTURER = "radnode"
 MODEL_NAME = "radnode"
@@ -117,6 +121,14 @@ class Identity:
             "software_versions": self.software_versions,
             "device_serial_number": self.station_name,
         }
+
+
+def identity_of(settings: "PipelineSettings") -> Identity:
+    """The node's identity as its config gives it to a pipeline: its UID root and, where the
+    pipeline runs on another machine (a Ray cluster), the node's name rather than that machine's."""
+    if settings.station_name is None:
+        return Identity(uid_root=settings.uid_root)
+    return Identity(uid_root=settings.uid_root, station_name=settings.station_name)
 
 
 def content_date_time(now: datetime | None = None) -> tuple[str, str]:

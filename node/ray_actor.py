@@ -1,0 +1,56 @@
+"""The Ray actor of the ``ray`` executor: one pipeline, loaded once, run on shipped series.
+
+It runs on a machine of the cluster, which holds no spool, no index and no config: the node
+gives it the pipeline's settings (``node.worker.pipeline_settings``: the node's UID root and
+host name, so that outputs identify the node, not the worker host), the series arrive as bytes
+and go to a scratch folder for the pipeline, and the result files go back as bytes for the node
+to keep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from node.worker import load_pipeline, run_pipeline
+from pipelines.base import PipelineSettings
+
+#: A file's name and bytes, as shipped to and from the actor.
+Shipped = list[tuple[str, bytes]]
+
+
+class PipelineActor:
+    def __init__(self, entry: str, settings: PipelineSettings) -> None:
+        self.pipeline = load_pipeline(entry, settings)  # the model, once per actor
+
+    def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
+        """Run the pipeline on the shipped series; the result files come back as bytes."""
+        received_at, started = time.time(), time.monotonic()
+        scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
+        try:
+            inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
+            unpacked = time.monotonic()
+            result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
+            files = [(path.name, path.read_bytes()) for path in result.outputs]
+            return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
+                    "files": files, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
+                    "received_at": received_at,
+                    "unpack_seconds": round(unpacked - started, 3),
+                    "seconds": round(time.monotonic() - started, 3)}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unpack(files: Shipped, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for name, data in files:
+        path = folder / Path(name).name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths

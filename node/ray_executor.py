@@ -1,0 +1,351 @@
+"""The ``ray`` executor: job attempts run in actors on a Ray cluster; the node keeps the truth.
+
+Each of the node's ``[workers] count`` Ray driver processes (children of the node, like local
+workers) owns one actor per pipeline on the cluster; the actor loads its pipeline once (on a GPU
+when ``num_gpus`` asks for one) and keeps it. For an attempt the driver ships the input series
+to the actor through Ray's object store, gets the result files back, writes them into the node's
+spool with the same durable write as local results and commits them under the attempt number
+(``node.worker.commit_result``), so a result of an attempt the node gave up on is refused.
+
+Faults:
+- an actor whose machine died fails the attempt in the driver; the job goes back to the queue
+  and its next attempt runs on a new actor, wherever the cluster has room, until
+  ``[workers.ray] max_attempts`` attempts are lost and the job fails;
+- an attempt the node ended (its timeout) is cancelled on the cluster: the driver, which watches
+  the attempt's fence while it waits, kills the actor, the only way Ray stops a running actor
+  task, and the next job gets a new actor;
+- the actors belong to their driver, and the drivers die with the node, so a node killed with
+  SIGKILL leaves nothing running on the cluster; the next start runs the job again under a new
+  attempt number;
+- while the head is unreachable no attempt is claimed: jobs wait queued in the index, and
+  /health says so. A driver whose connection broke exits and the node starts a fresh one.
+
+Ray is imported only in the driver processes: the node itself needs no Ray to start.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+from multiprocessing import Queue
+from pathlib import Path
+from typing import Any, Callable
+
+from node import logs
+from node.config import Config, RaySettings, load_config
+from node.executor import ProcessExecutor, die_with_parent
+from node.spool import Spool
+from node.store import Index, Job
+from node.worker import commit_result, pipeline_settings
+from pipelines.base import JobResult
+
+REACHABILITY_CACHE_SECONDS = 1.0
+#: How often a driver waiting for its actor checks that its attempt is still the current one.
+FENCE_POLL_SECONDS = 0.25
+#: A file's name and bytes, as shipped to and from the actor.
+Shipped = list[tuple[str, bytes]]
+#: Ray colours the tracebacks it forwards; the job's reason is read in a terminal or a page.
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class RayExecutor(ProcessExecutor):
+    role = "ray_driver"
+
+    def __init__(self, config: Config, config_path: str, index: Index) -> None:
+        super().__init__(config, config_path, ray_driver_main, index, config.workers.count)
+        self._reachable = (float("-inf"), False)
+        self._head_was_away = False
+
+    def has_room(self) -> bool:
+        return self.reachable() and super().has_room()
+
+    def reachable(self) -> bool:
+        """Whether the Ray head answers on its port (a TCP connect, cached for a second): jobs
+        are claimed only then, so that they wait queued while the cluster is away."""
+        checked, answer = self._reachable
+        if time.monotonic() - checked > REACHABILITY_CACHE_SECONDS:
+            answer = head_answers(self.config.workers.ray.address)
+            self._reachable = (time.monotonic(), answer)
+        return answer
+
+    def cancel(self, job: Job) -> None:
+        """Nothing to kill on the node: the driver holding the attempt sees within
+        ``FENCE_POLL_SECONDS`` that it ended and kills its actor, which stops the task."""
+        logs.info("job.cancel_requested", job=job.id, attempt=job.attempts, engine="ray")
+
+    def supervise(self) -> None:
+        """Also: when the head is back after an outage, replace the drivers before any job is
+        claimed: their connections lead to the cluster that went away."""
+        if not self.reachable():
+            self._head_was_away = True
+        elif self._head_was_away:
+            self._head_was_away = False
+            self._replace_drivers()
+        super().supervise()
+
+    def _replace_drivers(self) -> None:
+        logs.info("ray.reconnecting", address=self.config.workers.ray.address, drivers=len(self._workers))
+        for i, process in enumerate(self._workers):
+            process.terminate()  # SIGTERM: it leaves the attempt queue cleanly, not holding its lock
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            for job in self.index.running_jobs():
+                if job.worker_pid == process.pid:
+                    self.index.hand_back_job(job.id, job.attempts, "the Ray head went away", lost=False)
+            self._workers[i] = self._spawn()
+
+    def worker_died(self, job: Job, reason: str) -> None:
+        """A driver dies with its connection: while the head is away that is not the job's
+        fault; otherwise its attempt counts as lost (its machine, or the driver, died)."""
+        if not self.reachable():
+            if self.index.hand_back_job(job.id, job.attempts, f"the Ray head went away ({reason})"[:2000],
+                                        lost=False):
+                logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason="the Ray head went away")
+            return
+        hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        address = self.config.workers.ray.address
+        if self.reachable():
+            return {"ray_cluster": (True, f"Ray head {address} answers")}
+        return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
+                                       "is back; receiving and delivery go on")}
+
+
+def head_answers(address: str) -> bool:
+    host, port = head_endpoint(address)
+    if host is None:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def head_endpoint(address: str) -> tuple[str | None, int]:
+    """(host, port) of the head from ``host:port``, ``ray://host:port`` or ``auto`` (the
+    cluster this machine joined, which ``ray start`` notes in /tmp/ray)."""
+    if address == "auto":
+        noted = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not noted.exists():
+            return None, 0
+        address = noted.read_text().strip()
+    address = address.removeprefix("ray://")
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings) -> None:
+    """An attempt lost with the machine that ran it: run the job again, on another actor,
+    until ``max_attempts`` attempts are lost."""
+    lost = job.lost_attempts + 1
+    if lost < settings.max_attempts:
+        if index.hand_back_job(job.id, job.attempts, reason[:2000], lost=True):
+            logs.error("job.attempt_lost", job=job.id, attempt=job.attempts, lost=lost,
+                       max_attempts=settings.max_attempts, reason=reason[:500])
+    elif index.fail_job(job.id, f"{reason} ({lost} of {settings.max_attempts} attempts lost)"[:2000],
+                        attempt=job.attempts):
+        logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+
+
+# ---- the driver process (node side) ------------------------------------------------------
+
+def ray_environment(settings: RaySettings) -> None:
+    """Ray reads its token and TLS settings from the environment of the driver (and every
+    process of the cluster must run with the same: README "Running jobs on a Ray cluster")."""
+    if settings.token_file is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.token_file)
+    if settings.tls_ca_cert is not None:
+        os.environ["RAY_USE_TLS"] = "1"
+        os.environ["RAY_TLS_CA_CERT"] = str(settings.tls_ca_cert)
+        os.environ["RAY_TLS_SERVER_CERT"] = str(settings.tls_cert)
+        os.environ["RAY_TLS_SERVER_KEY"] = str(settings.tls_key)
+
+
+def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
+    """Entry point of a driver process: run the attempts the executor submits on the cluster,
+    until SIGTERM (the attempt in hand finishes) or until its connection to the cluster breaks
+    (the executor starts a fresh driver)."""
+    die_with_parent()
+    logs.setup()
+    config = load_config(Path(config_path))
+    ray_environment(config.workers.ray)  # before Ray is imported, which reads them on import
+    stopping = False
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    index = Index(config.node.index_path)
+    driver = Driver(config, index, Spool(config.node.spool), socket.gethostname(), _stop)
+    usable = True
+    while usable and not stopping:
+        try:
+            job_id, attempt = attempts.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if not index.attempt_started(job_id, attempt, os.getpid()):
+            continue  # the node ended or handed back this attempt while it waited
+        job = index.job(job_id)
+        assert job is not None
+        usable = driver.execute(job)
+    index.close()
+    sys.stderr.flush()
+    os._exit(0)  # not Ray's exit handlers: they wait for a cluster that may be gone
+
+
+class Driver:
+    """One connection to the cluster and this driver's actors, one per pipeline."""
+
+    def __init__(self, config: Config, index: Index, spool: Spool, station_name: str,
+                 on_sigterm: Callable[[int, Any], None]) -> None:
+        self.on_sigterm = on_sigterm
+        self.config = config
+        self.index = index
+        self.spool = spool
+        self.station_name = station_name
+        self._actors: dict[str, Any] = {}
+
+    def connect(self) -> None:
+        import ray
+        if ray.is_initialized():
+            return
+        settings = self.config.workers.ray
+        ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
+                 logging_level="warning")
+        signal.signal(signal.SIGTERM, self.on_sigterm)  # Ray's own handler would kill the attempt
+        logs.info("ray.connected", address=settings.address,
+                  nodes=len([n for n in ray.nodes() if n["Alive"]]))
+
+    def actor(self, pipeline: str) -> Any:
+        """This driver's actor for ``pipeline``, created (its pipeline loaded) on first use and
+        after the last one was lost or cancelled."""
+        if pipeline not in self._actors:
+            import ray
+
+            from node.ray_actor import PipelineActor
+            table = self.config.pipelines.get(pipeline)
+            options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
+                                       "num_cpus": table.num_cpus if table else 1.0,
+                                       "num_gpus": table.num_gpus if table else 0.0}
+            if table is not None and table.memory_mb:
+                options["memory"] = table.memory_mb * 2**20
+            remote = ray.remote(PipelineActor).options(**options)
+            self._actors[pipeline] = remote.remote(*pipeline_settings(self.config, pipeline, self.station_name))
+        return self._actors[pipeline]
+
+    def forget(self, pipeline: str) -> None:
+        """Kill this pipeline's actor (a running task with it) so the next attempt gets a new one."""
+        import ray
+        actor = self._actors.pop(pipeline, None)
+        if actor is not None:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as error:  # already dead with its machine
+                logs.info("ray.actor_gone", pipeline=pipeline, reason=f"{type(error).__name__}")
+
+    def execute(self, job: Job) -> bool:
+        """Run one attempt and record its outcome; False: the connection to the cluster broke
+        and this driver must be replaced (the attempt went back to the queue)."""
+        started = time.monotonic()
+        logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts,
+                  engine="ray")
+        try:
+            self.connect()
+        except Exception as error:
+            return self._unreachable(job, error)
+        import ray
+        try:
+            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
+            actor = self.actor(job.pipeline)
+            ref = actor.run.remote(ray.put(series), str(job.id))
+            shipped = time.monotonic()
+            outcome = self._wait(job, actor, ref)
+        except Exception as error:
+            return self._attempt_failed(job, error)
+        if outcome is None:
+            return True
+        try:
+            committed = self._commit(job, outcome)
+        except Exception as error:
+            self._fail(job, f"{type(error).__name__}: {error}", error)
+            return True
+        logs.info("job.end", job=job.id, pipeline=job.pipeline, engine="ray", committed=committed,
+                  seconds=round(time.monotonic() - started, 3), ship_seconds=round(shipped - started, 3),
+                  actor_seconds=outcome.get("seconds"), ran_on=outcome.get("ran_on"))
+        return True
+
+    def _wait(self, job: Job, actor: Any, ref: Any) -> dict[str, Any] | None:
+        """The actor's outcome, or None when the node ended the attempt first (its timeout):
+        then the actor is killed, which cancels the task on the cluster."""
+        import ray
+        while True:
+            ready, _ = ray.wait([ref], timeout=FENCE_POLL_SECONDS)
+            if ready:
+                return ray.get(ref)
+            current = self.index.job(job.id)
+            if current is None or current.state != "running" or current.attempts != job.attempts:
+                self.forget(job.pipeline)
+                logs.warning("job.cancelled_on_cluster", job=job.id, attempt=job.attempts,
+                             state=None if current is None else current.state)
+                return None
+
+    def _attempt_failed(self, job: Job, error: Exception) -> bool:
+        import ray.exceptions as rex
+        reason = _COLOUR.sub("", f"{type(error).__name__}: {error}")
+        if isinstance(error, rex.RayTaskError):  # the pipeline raised: the job's own failure
+            self._fail(job, _COLOUR.sub("", f"{type(error.cause).__name__}: {error.cause}"), error)
+            return True
+        if isinstance(error, (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError,
+                              rex.WorkerCrashedError)):  # the machine or process running it died
+            self.forget(job.pipeline)
+            hand_back_or_fail(self.index, job, reason, self.config.workers.ray)
+            return True
+        if isinstance(error, (rex.RaySystemError, rex.RpcError, rex.GetTimeoutError, ConnectionError)):
+            return self._unreachable(job, error)
+        self._fail(job, reason, error)
+        return True
+
+    def _unreachable(self, job: Job, error: Exception) -> bool:
+        """The cluster could not be reached: not the job's fault, so no attempt is counted."""
+        reason = f"Ray cluster unreachable: {type(error).__name__}: {error}"
+        if self.index.hand_back_job(job.id, job.attempts, reason[:2000], lost=False):
+            logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason=reason[:500])
+        return False
+
+    def _fail(self, job: Job, reason: str, error: Exception) -> None:
+        if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts, traceback=_COLOUR.sub("", str(error))[-20000:]):
+            logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
+
+    def _commit(self, job: Job, outcome: dict[str, Any]) -> bool:
+        """The actor's files, written durably into this attempt's own folder of the job's
+        results (a stale attempt can never overwrite the current one's files), committed
+        under the attempt number."""
+        summary = {**outcome["summary"], "ran_on": outcome["ran_on"]}
+        if not outcome["applicable"]:
+            return commit_result(job, self.index, JobResult(applicable=False, reason=outcome["reason"],
+                                                            summary=summary))
+        folder = self.spool.result_dir(job.id) / f"attempt-{job.attempts}"
+        paths = []
+        for name, data in outcome["files"]:
+            path = folder / Path(name).name
+            self.spool.write(path, data)
+            paths.append(path)
+        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary))
+
+
+def ship(paths: list[Path]) -> Shipped:
+    """A series' files as (name, bytes), in the index's order (names kept unique)."""
+    return [(f"{i:05d}_{path.name}", path.read_bytes()) for i, path in enumerate(paths)]

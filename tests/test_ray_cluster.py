@@ -1,0 +1,213 @@
+"""Jobs on a real Ray cluster (``[workers] engine = "ray"``): a head and a second node started
+as separate processes, radnode sending its series to Ray actors and keeping the truth in its
+index, so that whatever dies (a worker machine, the node, the head) every result reaches the
+PACS exactly once.
+
+The cluster is shared by the tests of this module (starting it costs about 15 s); the test that
+stops the head runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.config import RaySettings, Route, parse_config
+from node.ray_actor import PipelineActor
+from node.ray_executor import hand_back_or_fail, ship
+from node.router import job_spec
+from node.store import Index
+from node.worker import pipeline_settings
+from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.peers import Orthanc, storescu
+from tests.ray_cluster import RayCluster
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The cluster runs with Ray's token authentication, as the README sets it up: every job of
+    these tests reaches it through the node's ``[workers.ray] token_file``."""
+    if shutil.which("ray") is None:
+        pytest.fail("the ray command is missing: pip install 'radnode[ray]' (the test extra has it)")
+    token = tmp_path_factory.mktemp("ray-auth") / "ray-token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    ray_cluster = RayCluster(token_file=token)
+    try:
+        yield ray_cluster.start_head().start_second_node()
+    finally:
+        ray_cluster.stop()
+
+
+def ct_series(data_dir: Path, name: str = "B40f", count: int = 10) -> list[Path]:
+    return sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / name).glob("*.dcm"))[:count]
+
+
+def ray_node(tmp_path: Path, orthanc: Orthanc, cluster: RayCluster, count: int = 1,
+             job_timeout_seconds: float = 120, **pipeline_options: float) -> NodeProcess:
+    config = node_config(
+        tmp_path, routes=[threshold_route()], pipelines=threshold_pipeline(**pipeline_options),
+        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                       "port": orthanc.dicom_port}],
+        workers={"engine": "ray", "count": count, "job_timeout_seconds": job_timeout_seconds,
+                 "ray": {"address": cluster.address, "token_file": str(cluster.token_file)}})
+    return NodeProcess(config, tmp_path).start()
+
+
+def study_of(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def assert_pacs_holds_each_result_once(orthanc: Orthanc, index: Index, studies: list[str]) -> None:
+    """Orthanc holds exactly the results the index committed: one copy each, none from an
+    attempt the node gave up on."""
+    time.sleep(1.0)  # a duplicate send would have arrived by now
+    committed = sorted(r.sop_uid for job in index.jobs("done") for r in index.results(job.id))
+    in_pacs = sorted(i["MainDicomTags"]["SOPInstanceUID"] for s in studies for i in orthanc.instances_of_study(s))
+    assert in_pacs == committed
+    assert orthanc.get("/statistics")["CountInstances"] == len(committed)
+
+
+def test_outputs_made_on_a_cluster_machine_name_the_node_not_that_machine(tmp_path, data_dir):
+    config = parse_config(node_config(tmp_path, routes=[threshold_route()], pipelines=threshold_pipeline(),
+                                      destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                     "port": 104}]))
+    actor = PipelineActor(*pipeline_settings(config, "hu-threshold", station_name="radnode-host"))
+    outcome = actor.run({"series": ship(ct_series(data_dir, count=3))}, "7")
+    ((name, data),) = outcome["files"]
+    result = tmp_path / name
+    result.write_bytes(data)
+    seg = pydicom.dcmread(result)
+    assert seg.DeviceSerialNumber == "radnode-host"
+    assert seg.SOPInstanceUID.startswith(config.node.uid_root)
+
+
+def test_lost_attempts_are_retried_up_to_max_attempts_then_the_job_fails(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    index.add_job(job_spec(Route.model_validate(threshold_route()), subject="1.2.3", study_uid="1.2",
+                           generation=0, inputs={}))
+    settings = RaySettings(max_attempts=2)
+    hand_back_or_fail(index, index.claim_job(None, 60), "ActorDiedError: node died", settings)
+    assert index.jobs()[0].state == "queued"
+    hand_back_or_fail(index, index.claim_job(None, 60), "ActorDiedError: node died", settings)
+    (job,) = index.jobs()
+    assert job.state == "failed" and job.outcome.endswith("(2 of 2 attempts lost)")
+
+
+def test_series_sent_to_the_node_are_run_by_one_ray_actor_that_loaded_its_pipeline_once_and_each_result_arrives_once(
+        tmp_path, orthanc, cluster, data_dir):
+    files = ct_series(data_dir, "B40f") + ct_series(data_dir, "B70f")
+    node = ray_node(tmp_path, orthanc, cluster)
+    try:
+        assert storescu(node.port, files).returncode == 0
+        index = node.index()
+        wait_until(lambda: len(index.deliveries("sent")) == 2, 90, what="both results delivered")
+        jobs = index.jobs("done")
+        assert len(jobs) == 2 and all(job.attempts == 1 for job in jobs)
+        # the actor's host:pid: the second job ran in the process that loaded the pipeline for the first
+        assert jobs[0].summary["ran_on"] and jobs[0].summary["ran_on"] == jobs[1].summary["ran_on"]
+        assert '"engine": "ray"' in node.logs() and '"event": "ray.connected"' in node.logs()
+        assert_pacs_holds_each_result_once(orthanc, index, sorted({study_of(files[:1]), study_of(files[-1:])}))
+        assert [r.sop_class for job in jobs for r in index.results(job.id)] == [SEG, SEG]
+        status, body = node.http("/health")
+        assert status == 200 and json.loads(body)["checks"]["ray_cluster"]["ok"]
+    finally:
+        node.stop()
+
+
+def test_a_job_past_its_timeout_is_failed_and_its_task_cancelled_on_the_cluster(
+        tmp_path, orthanc, cluster, data_dir):
+    node = ray_node(tmp_path, orthanc, cluster, job_timeout_seconds=15, sleep_seconds=120)
+    try:
+        assert storescu(node.port, ct_series(data_dir, count=3)).returncode == 0
+        index = node.index()
+        wait_until(lambda: cluster.running_tasks() or index.jobs("failed"), 60, 0.1, what="the task running")
+        assert cluster.running_tasks(), "the actor did not start within the job's 15 s: machine too busy"
+        (job,) = wait_until(lambda: index.jobs("failed"), 30, what="the job timed out")
+        assert job.outcome == "timed out after 15 s"
+        # without the cancel the task would sleep on for about 100 s more
+        wait_until(lambda: not cluster.running_tasks(), 10, what="the task stopped on the cluster")
+        assert '"event": "job.cancelled_on_cluster"' in node.logs()
+        assert index.deliveries() == []
+    finally:
+        node.stop()
+
+
+def test_kill_9_of_a_ray_worker_node_mid_job_retries_the_job_and_the_pacs_holds_one_copy_of_each_result(
+        tmp_path, orthanc, cluster, data_dir):
+    series = [ct_series(data_dir, "B40f"), ct_series(data_dir, "B70f")]
+    node = ray_node(tmp_path, orthanc, cluster, count=2, sleep_seconds=4)  # one actor per Ray node
+    try:
+        for files in series:
+            assert storescu(node.port, files).returncode == 0
+        index = node.index()
+        wait_until(lambda: cluster.running_tasks("second"), 60, 0.1, what="a job running on the second node")
+        cluster.kill_second_node()
+        lost = wait_until(lambda: [j for j in index.jobs() if j.lost_attempts], 60, what="the attempt lost")
+        assert "Actor" in lost[0].outcome  # ActorUnavailableError / ActorDiedError, from Ray
+        cluster.start_second_node()  # the job runs on the head or here, whichever has room first
+        wait_until(lambda: len(index.deliveries("sent")) == 2, 120, what="both results delivered")
+        jobs = index.jobs("done")
+        assert len(jobs) == 2 and sorted(j.lost_attempts for j in jobs) == [0, 1]
+        assert_pacs_holds_each_result_once(orthanc, index, sorted({study_of(files) for files in series}))
+        assert orthanc.get("/statistics")["CountInstances"] == 2
+    finally:
+        node.stop()
+
+
+def test_kill_9_of_the_node_while_its_job_runs_on_ray_delivers_the_result_exactly_once_after_restart(
+        tmp_path, orthanc, cluster, data_dir):
+    files = ct_series(data_dir)
+    node = ray_node(tmp_path, orthanc, cluster, sleep_seconds=4)
+    assert storescu(node.port, files).returncode == 0
+    wait_until(cluster.running_tasks, 60, 0.1, what="the job running on the cluster")
+    node.kill()
+    # the actor belongs to the node's driver: it dies with it, and nothing of attempt 1 goes on
+    wait_until(lambda: not cluster.running_tasks(), 15, what="the orphaned task ended on the cluster")
+    node.start()
+    try:
+        index = node.index()
+        wait_until(lambda: index.deliveries("sent"), 90, what="the result delivered after the restart")
+        (job,) = index.jobs("done")
+        assert job.attempts == 2, "the restart runs the job again under a new attempt number"
+        assert len(index.deliveries()) == 1
+        assert_pacs_holds_each_result_once(orthanc, index, [study_of(files)])
+        assert orthanc.get("/statistics")["CountInstances"] == 1
+    finally:
+        node.stop()
+
+
+def test_with_the_ray_head_down_receiving_acknowledges_jobs_wait_queued_and_health_says_so_until_it_is_back(
+        tmp_path, orthanc, cluster, data_dir):
+    first, second = ct_series(data_dir, "B40f"), ct_series(data_dir, "B70f")
+    node = ray_node(tmp_path, orthanc, cluster)
+    try:
+        assert storescu(node.port, first).returncode == 0
+        index = node.index()
+        wait_until(lambda: index.deliveries("sent"), 90, what="a first result, over a live connection")
+
+        cluster.kill_head()
+        assert storescu(node.port, second).returncode == 0, "receiving must go on without the cluster"
+        wait_until(lambda: len(index.jobs()) == 2, 30, what="the second series routed")
+        status, body = node.http("/health")
+        check = json.loads(body)["checks"]["ray_cluster"]
+        assert status == 503 and not check["ok"] and "does not answer" in check["detail"]
+        time.sleep(2)  # jobs are not claimed while the head is away: nothing is lost or failed
+        assert [j.state for j in index.jobs()] == ["done", "queued"]
+
+        cluster.start_head()
+        wait_until(lambda: len(index.deliveries("sent")) == 2, 120, what="the waiting job run after the head is back")
+        assert [j.state for j in index.jobs()] == ["done", "done"]
+        assert index.jobs()[1].lost_attempts == 0
+        assert_pacs_holds_each_result_once(orthanc, index, [study_of(first)])
+        assert node.http("/health")[0] == 200
+    finally:
+        node.stop()
