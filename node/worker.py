@@ -163,7 +163,7 @@ def worker_main(config_path: str) -> None:
     SIGTERM lets the job in hand finish; the supervisor decides how long that may take.
     """
     logs.setup()
-    config = load_config(Path(config_path))
+    config = load_config(Path(config_path), check_site_pipelines=False)  # the node checked them
     stopping = False
 
     def _stop(_signum: int, _frame: object) -> None:

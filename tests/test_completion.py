@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from node.assembler import Assembler, Timing, series_is_complete
 from node.config import parse_config
 from node.store import Index, InstanceRecord, SeriesRow
+from tests.harness import threshold_pipeline
 
 TIMING = Timing(settle_seconds=2.0, quiet_seconds=30.0)
 
@@ -41,7 +42,7 @@ def test_open_association_waits_for_quiet_timeout():
 # ---- the assembler on a real index ---------------------------------------------------------
 
 MR_ROUTE = {
-    "name": "brain", "pipeline": "hu-threshold", "destinations": ["pacs"], "level": "study",
+    "name": "brain", "pipeline": "hu-threshold-study", "destinations": ["pacs"], "level": "study",
     "study_timeout_seconds": 60, "match": {"Modality": "MR"},
     "inputs": {
         "t1c": {"required": True, "match": {"SeriesDescription": {"regex": "(?i)t1.*post"}}},
@@ -55,7 +56,7 @@ def config(tmp: Path, routes: list[dict]):
         "node": {"spool": str(tmp)},
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
         "routes": routes,
-        "pipelines": {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold"}},
+        "pipelines": threshold_pipeline(),
     })
 
 
