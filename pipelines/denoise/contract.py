@@ -20,5 +20,5 @@ INPUTS: tuple[InputSpec, ...] = (
 class Options(PipelineOptions):
     """``[pipelines.ct-denoise] options``."""
 
-    #: at most this many pixels per forward pass (bounds GPU memory); None: the model folder's own
+    #: at most this many pixels per forward pass (bounds memory); None: a GPU or a CPU default
     batch_pixels: Annotated[int, Field(gt=0)] | None = None
