@@ -158,11 +158,33 @@ def test_checking_the_shipped_config_does_not_import_torch():
     assert result.stdout.strip() == "[]", result.stdout
 
 
-def test_serve_refuses_a_study_route_with_a_role_the_pipeline_does_not_declare(tmp_path):
-    text = (REPO / "config.toml").read_text().replace("[routes.inputs.t1c]", "[routes.inputs.t1ce]")
-    text = text.replace('spool = "spool"', f'spool = "{tmp_path / "spool"}"')
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (("[routes.inputs.t1c]", "[routes.inputs.t1ce]"), "routes[2].inputs.t1ce",
+         "pipeline 'tumor-segmentation' has no input role 't1ce'; did you mean 't1c'?"),
+        (('pipeline = "nodule-detection"', 'pipeline = "tumor-segmentation"'), "routes[0].level",
+         "pipeline 'tumor-segmentation' takes a study's series by role (t1c, flair, t2, t1)"),
+        (('pipeline = "tumor-segmentation"', 'pipeline = "nodule-detection"'), "routes[2].level",
+         "pipeline 'nodule-detection' takes one series; use level = \"series\""),
+        (("# options = { report_threshold = 0.9, empty_seg = false }", "options = { report_treshold = 0.9 }"),
+         "pipelines.nodule-detection.options.report_treshold", "unknown key"),
+        (("# options = { min_tumor_ml = 1.0 }", 'options = { min_tumor_ml = "one" }'),
+         "pipelines.tumor-segmentation.options.min_tumor_ml", "valid number"),
+    ],
+    ids=["role-t1ce-for-t1c", "series-route-to-study-pipeline", "study-route-to-series-pipeline",
+         "misspelt-option", "option-of-wrong-type"],
+)
+def test_serve_refuses_the_shipped_config_with_a_route_or_option_its_pipeline_cannot_honour(
+        tmp_path, change, key, problem):
+    """Each case used to start and end as quiet "not applicable" jobs; now ``radnode serve``
+    stops at once (exit 2) with the key and the problem, before anything is received."""
+    old, new = change
+    text = (REPO / "config.toml").read_text()
+    assert old in text
+    text = text.replace(old, new, 1).replace('spool = "spool"', f'spool = "{tmp_path / "spool"}"')
     result = serve(tmp_path, text)
     assert result.returncode == 2, result.stderr
-    assert "routes[2].inputs.t1ce: pipeline 'tumor-segmentation' has no input role 't1ce'" in result.stderr
-    assert "routes[2].inputs: pipeline 'tumor-segmentation' requires role 't1c'" in result.stderr
+    assert f"  {key}: " in result.stderr and problem in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "spool").exists(), "a refused config must not start receiving"
