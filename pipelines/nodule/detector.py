@@ -35,7 +35,7 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
 from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
-from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
+from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.network import Architecture, anchor_scales, build_retinanet, size_divisible
 from pipelines.volume import Volume
 
@@ -150,7 +150,7 @@ class NoduleDetector:
 
     def detect(self, grid: ModelGrid) -> list[Detection]:
         """All boxes above the candidate threshold, best first (the caller applies report_threshold)."""
-        image = torch.from_numpy(normalize(grid.hu, self.settings.intensity_range))[None].to(self.device)
+        image = torch.from_numpy(scale_hu_window(grid.hu, self.settings.intensity_range))[None].to(self.device)
         # One forward pass when the grid fits a window (a whole chest on CPU); tiles otherwise.
         padded = [int(np.ceil(n / d) * d) for n, d in zip(image.shape[1:], self.detector.size_divisible)]
         tiled = any(p > r for p, r in zip(padded, self.settings.roi_size))
@@ -169,7 +169,7 @@ class NoduleDetector:
 
 def _corners_lps(grid: ModelGrid, box: np.ndarray) -> np.ndarray:
     corners = np.array([[x, y, z] for x in (box[0], box[3]) for y in (box[1], box[4]) for z in (box[2], box[5])])
-    return grid.index_to_lps(corners)
+    return grid.xyz_to_lps(corners)
 
 
 def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:

@@ -224,7 +224,7 @@ def near_lungs(
     near = ndi.maximum_filter(lungs, size=tuple(2 * margin + 1))
     kept = []
     for detection in candidates:
-        index = np.round(grid.lps_to_index(detection.center_lps)).astype(int)
+        index = np.round(grid.lps_to_xyz(detection.center_lps)).astype(int)
         if np.all(index >= 0) and np.all(index < grid.hu.shape) and near[tuple(index)]:
             kept.append(detection)
     return kept

@@ -57,7 +57,7 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
+    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, resample, zscore_channels,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -257,7 +257,7 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
     grid = model_grid(reference, segmenter.format.spacing)
     channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
                 for role, image in images.items()}
-    network_input = normalize(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
+    network_input = zscore_channels(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
     clock.lap("preprocessing")
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
