@@ -16,8 +16,9 @@ the missing inputs.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 from pydicom import Dataset
 
@@ -31,6 +32,10 @@ from node.store import Index, SeriesRow
 
 #: Studies quiet for longer than this are no longer examined by study-level routes.
 STUDY_LOOKBACK_SECONDS = 7 * 24 * 3600
+#: Series whose routing header (one instance's, about 60 KiB) stays in memory: a study being
+#: routed needs its series' headers on every tick; past this, the least recently used is read
+#: again when needed (about 15 MiB at most).
+HEADER_CACHE_SERIES = 256
 
 
 @dataclass(frozen=True)
@@ -114,14 +119,29 @@ class Assembler:
         self.index = index
         self.router = Router(config)
         self.slices = HeaderCache()
-        self._headers: dict[str, Dataset] = {}
+        self._headers: OrderedDict[str, Dataset] = OrderedDict()  # least recently used first
         self._logged_waits: dict[str, tuple[int, int]] = {}  # series -> (generation, instances) logged
+        #: studies the study routes look at on each tick: those with a series seen receiving or
+        #: complete and not yet settled; None until the first tick reads the lookback window
+        self._open_studies: set[str] | None = None
 
     def header(self, series: SeriesRow) -> Dataset:
         cached = self._headers.get(series.series_uid)
         if cached is None:
             cached = self._headers[series.series_uid] = read_header(series.sample_path)
+            if len(self._headers) > HEADER_CACHE_SERIES:
+                self._headers.popitem(last=False)
+        else:
+            self._headers.move_to_end(series.series_uid)
         return cached
+
+    def cached_headers(self) -> int:
+        """How many series headers are held in memory (at most ``HEADER_CACHE_SERIES``)."""
+        return len(self._headers)
+
+    def _forget_headers(self, series_uids: Iterable[str]) -> None:
+        for series_uid in series_uids:
+            self._headers.pop(series_uid, None)
 
     def timing(self, header: Dataset, arrivals: Sequence[float] = ()) -> Timing:
         """A route may complete its series sooner (or later) than the node default; a series
@@ -158,13 +178,15 @@ class Assembler:
     def tick(self, now: float | None = None) -> None:
         """One pass; a series or study that raises is set aside with its reason, the rest go on."""
         now = time.time() if now is None else now
-        for series in self.index.receiving_series():
+        receiving = self.index.receiving_series()
+        for series in receiving:
             isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
                      lambda reason: self._set_aside(series, reason))
-        for series in self.index.complete_series():
+        complete = self.index.complete_series()  # with the series completed just now
+        for series in complete:
             isolated("router", series.series_uid, lambda: self._route(series),
                      lambda reason: self._set_aside(series, reason))
-        self._route_studies(now)
+        self._route_studies(now, {series.study_uid for series in (*receiving, *complete)})
 
     def _complete(self, series: SeriesRow, now: float) -> None:
         timing = self.series_timing(series)
@@ -204,6 +226,10 @@ class Assembler:
                 if route.on_late_instances == "ignore":
                     self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
         self.index.route_series(series.series_uid, series.generation, jobs)
+        self.slices.forget(series.series_uid)  # also when ``radnode complete`` completed it
+        self._logged_waits.pop(series.series_uid, None)
+        if not self.router.study_routes():
+            self._forget_headers([series.series_uid])  # no study route will look at it again
         logs.info("series.routed", series=series.series_uid, routes=[j["route"] for j in jobs])
 
     def _set_aside(self, series: SeriesRow, reason: str) -> None:
@@ -213,20 +239,48 @@ class Assembler:
         logs.error("series.set_aside", series=series.series_uid, study=series.study_uid,
                    generation=series.generation, reason=reason)
 
-    def _route_studies(self, now: float) -> None:
+    def _route_studies(self, now: float, touched: set[str]) -> None:
+        """Study routes look only at open studies, so an idle tick costs the same with a week of
+        finished studies in the index as with none.
+
+        A study opens when one of its series is seen receiving or complete (every new instance
+        makes its series receiving, and the tick reads those anyway) and closes once settled
+        (``_examine_study``). The first tick opens every study of the lookback window, so a
+        restart resumes the waiting ones.
+        """
         routes = self.router.study_routes()
         if not routes:
             return
-        for study_uid, last_received in self.index.studies_with_activity_since(now - STUDY_LOOKBACK_SECONDS):
-            rows = self.index.series_of_study(study_uid)
-            generation = sum(r.generation for r in rows)
-            if self.index.has_problem("study", study_uid, generation):
-                continue
+        if self._open_studies is None:
+            since = now - STUDY_LOOKBACK_SECONDS
+            self._open_studies = {uid for uid, _ in self.index.studies_with_activity_since(since)}
+        self._open_studies |= touched
+        for study_uid in sorted(self._open_studies):
+            if self._examine_study(study_uid, routes, now):
+                self._open_studies.discard(study_uid)
+
+    def _examine_study(self, study_uid: str, routes: Sequence[Route], now: float) -> bool:
+        """Route one study; True when it is settled: no series of it receiving and every route
+        answered (a job or a note for this generation, a recorded problem, or no series it
+        matches), so that nothing but a new instance can change it."""
+        rows = self.index.series_of_study(study_uid)
+        if not rows:
+            return True  # removed by retention
+        last_received = max(r.last_received for r in rows)
+        generation = sum(r.generation for r in rows)
+        answered: list[bool] = []
+        if self.index.has_problem("study", study_uid, generation):
+            answered = [True] * len(routes)
+        else:
             for route in routes:
                 isolated("router", study_uid,
-                         lambda: self._route_study(route, study_uid, rows, last_received, now),
+                         lambda: answered.append(self._route_study(route, study_uid, rows, last_received, now)),
                          lambda reason: self.index.record_problem("study", study_uid, generation,
                                                                   f"route {route.name}: {reason}"))
+        settled = len(answered) == len(routes) and all(answered)
+        if settled:
+            self._forget_headers(r.series_uid for r in rows)
+        return settled
 
     def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
                      now: float) -> StudyStatus | None:
@@ -244,17 +298,22 @@ class Assembler:
                            last_received + timeout, forced)
 
     def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
-                     now: float) -> None:
+                     now: float) -> bool:
+        """Start the route's job for the study when it is time; True once the route has answered
+        this generation of the study (see ``_examine_study``)."""
         generation = sum(r.generation for r in rows)
         if self.index.has_job(route.name, study_uid, generation):
-            return
+            return True
+        receiving = any(r.state == "receiving" for r in rows)
         if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
-            if not any(r.state == "receiving" for r in rows):
+            if not receiving:
                 self._note_ignored(route, study_uid, study_uid, generation)
-            return
+            return not receiving
         status = self.study_status(route, study_uid, rows, last_received, now)
-        if status is None or status.decision.action == "wait":
-            return
+        if status is None:
+            return not receiving
+        if status.decision.action == "wait":
+            return False
         if status.decision.action == "run":
             spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
                             inputs=status.assigned)
@@ -267,3 +326,4 @@ class Assembler:
         if self.index.add_job(spec):
             logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
                       outcome=spec["outcome"] or "queued", forced=status.forced)
+        return True

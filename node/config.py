@@ -8,10 +8,11 @@ names the key (``routes[1].destinations``) and what is wrong with it.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 from pydantic import (
     BaseModel,
@@ -24,6 +25,9 @@ from pydantic import (
 )
 
 from node.matcher import Condition, parse_condition
+
+if TYPE_CHECKING:
+    from pipelines.base import InputSpec
 
 
 class ConfigError(Exception):
@@ -368,28 +372,37 @@ def _key(loc: tuple[int | str, ...]) -> str:
 
 
 def _format(error: ValidationError, source: str) -> str:
-    lines = [f"{source} is not valid:"]
+    return "\n".join([f"{source} is not valid:", *_error_lines(error)])
+
+
+def _error_lines(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem, each starting with the key it is about (under ``prefix``)."""
+    lines = []
     for err in error.errors():
         message = err["msg"].removeprefix("Value error, ")
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _RefError):
             lines.append(f"  {ctx_error}")
             continue
-        key = _key(tuple(err["loc"]))
+        key = ".".join(part for part in (prefix, _key(tuple(err["loc"]))) if part)
         if err["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and the table it is in)"
         elif err["type"] == "missing":
             message = "required key is missing"
         lines.append(f"  {key or '(top level)'}: {message}")
-    return "\n".join(lines)
+    return lines
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+def parse_config(data: dict[str, Any], source: str = "config", check_site_pipelines: bool = True) -> Config:
+    """Validate a config; ``check_site_pipelines=False`` leaves a site pipeline's contract
+    unchecked, for a worker: the node checked the same file at start, and importing the
+    pipeline here would take its import out of the load time the worker measures."""
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format(error, source)) from None
     _check_pipelines(config, source)
+    _check_contracts(config, source, check_site_pipelines)
     _check_tls(config, source)
     return config
 
@@ -411,6 +424,64 @@ def _check_pipelines(config: Config, source: str) -> None:
             resolve_entry(route.pipeline, config.pipelines.get(route.pipeline))
         except LookupError as error:
             raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
+
+
+def _check_contracts(config: Config, source: str, check_site_pipelines: bool) -> None:
+    """Each pipeline's options against its options model, each route against its pipeline's
+    inputs: a mismatch would otherwise end as quiet "not applicable" jobs."""
+    from pipelines.registry import Contract, contract
+
+    contracts: dict[str, Contract] = {}
+    for name in dict.fromkeys([*config.pipelines, *(route.pipeline for route in config.routes)]):
+        table = config.pipelines.get(name)
+        if check_site_pipelines or table is None or table.entry is None:
+            contracts[name] = contract(name, table)
+    lines: list[str] = []
+    for name, table in config.pipelines.items():
+        if name in contracts:
+            try:
+                contracts[name].options.model_validate(table.options)
+            except ValidationError as error:
+                lines += _error_lines(error, f"pipelines.{name}.options")
+    for i, route in enumerate(config.routes):
+        if route.pipeline in contracts:
+            lines += [f"  routes[{i}].{key}: {problem}"
+                      for key, problem in route_problems(route, contracts[route.pipeline].inputs)]
+    if lines:
+        raise ConfigError("\n".join([f"{source} is not valid:", *lines]))
+
+
+def route_problems(route: Route, inputs: "Sequence[InputSpec]") -> list[tuple[str, str]]:
+    """(key under the route, problem) for each way the route cannot feed a pipeline that
+    declares ``inputs``: the wrong level, a role it does not know, a required role left out."""
+    from pipelines.base import takes_one_series
+
+    name = repr(route.pipeline)
+    roles = [spec.role for spec in inputs]
+    if takes_one_series(inputs):
+        if route.level == "study":
+            return [("level", f"pipeline {name} takes one series; use level = \"series\" (without inputs)")]
+        return []
+    if route.level == "series":
+        return [("level", f"pipeline {name} takes a study's series by role ({', '.join(roles)}); "
+                          "use level = \"study\" with [routes.inputs.<role>]")]
+    problems = []
+    for role in route.inputs:
+        if role not in roles:
+            close = difflib.get_close_matches(role, roles, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append((f"inputs.{role}", f"pipeline {name} has no input role {role!r}; "
+                                               f"{hint}its roles: {', '.join(roles)}"))
+    for spec in inputs:
+        if not spec.required:
+            continue
+        if spec.role not in route.inputs:
+            problems.append(("inputs", f"pipeline {name} requires role {spec.role!r}; "
+                                       f"add [routes.inputs.{spec.role}]"))
+        elif not route.inputs[spec.role].required:
+            problems.append((f"inputs.{spec.role}.required",
+                             f"pipeline {name} requires role {spec.role!r}: set required = true"))
+    return problems
 
 
 def _check_tls(config: Config, source: str) -> None:
@@ -444,7 +515,7 @@ def builtin_config() -> tuple[Config, str]:
     return parse_config({}, "built-in defaults"), "every key at its default, no routes"
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, check_site_pipelines: bool = True) -> Config:
     """Read and validate config.toml; relative paths in it are taken from its folder."""
     try:
         text = path.read_text()
@@ -454,7 +525,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
-    config = parse_config(_anchor_paths(data, path.resolve().parent), str(path))
+    config = parse_config(_anchor_paths(data, path.resolve().parent), str(path), check_site_pipelines)
     return config
 
 

@@ -64,7 +64,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs, pdu_guard
 from node.config import Config
-from node.reactor import wake_on_work
+from node.pynetdicom_patch import patch_reactor_sleep
 from node.screening import StructureError, check_structure, inflate, uid_problem
 from node.slots import AssociationSlots
 from node.spool import Spool, part10_header
@@ -467,7 +467,7 @@ class Receiver:
         ]
 
     def serve_forever(self) -> None:
-        wake_on_work()
+        patch_reactor_sleep()
         pdu_guard.install(self.config.node.max_pdu)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.

@@ -98,6 +98,8 @@ class StudyWatch:
             if row.state == "receiving":
                 wait = self.assembler.series_wait(row, now)
                 series = replace(series, waits_for=wait.waits_for, until=wait.until, wait_kind=wait.kind)
+            else:
+                self.assembler.slices.forget(row.series_uid)  # its slice headers were for the wait
             view.series.append(series)
         for route in self.assembler.router.study_routes():
             status = self.assembler.study_status(route, study_uid, rows, last_received, now)

@@ -190,7 +190,7 @@ def worker_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
     """
     die_with_parent()
     logs.setup()
-    config = load_config(Path(config_path))
+    config = load_config(Path(config_path), check_site_pipelines=False)  # the node checked them
     stopping = False
 
     def _stop(_signum: int, _frame: object) -> None:

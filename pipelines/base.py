@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from pydantic import BaseModel, ConfigDict
+
 #: Role name under which a series-level route hands its one series to a pipeline.
 SERIES_ROLE = "series"
 
@@ -24,6 +26,25 @@ class InputSpec:
     role: str
     required: bool = True
     description: str = ""
+
+
+def takes_one_series(inputs: Sequence[InputSpec]) -> bool:
+    """True for a pipeline that series-level routes feed: its one input is ``SERIES_ROLE``.
+
+    Any other declaration (several inputs, or named roles) takes a study's series by role, so
+    only a study-level route can feed it.
+    """
+    return [spec.role for spec in inputs] == [SERIES_ROLE]
+
+
+class PipelineOptions(BaseModel):
+    """A pipeline's ``options`` table in config.toml; each pipeline declares its own subclass.
+
+    Typed fields with defaults, and no other keys: a misspelt or mistyped option stops the node
+    at start, naming the key, instead of being ignored in favour of the default.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -73,9 +94,13 @@ class Pipeline(ABC):
 
     #: The inputs this pipeline declares; routes map their series selectors onto these roles.
     inputs: ClassVar[tuple[InputSpec, ...]] = (InputSpec(SERIES_ROLE),)
+    #: The options this pipeline reads; the config check validates ``[pipelines.<name>] options``
+    #: against it, and ``self.options`` is the validated instance.
+    Options: ClassVar[type[PipelineOptions]] = PipelineOptions
 
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
+        self.options = self.Options.model_validate(dict(settings.options))
 
     @abstractmethod
     def run(self, job: JobInput) -> JobResult:

@@ -2,18 +2,21 @@
 
 Shipped pipelines are listed here by name; a site's own pipeline is named in config.toml with
 ``entry = "package.module:Class"``. Resolution only locates the module (no import), so checking
-a config does not load torch or a model.
+a config does not load torch or a model. A pipeline's contract (its input roles and options
+model) is read from a light ``contract`` module for the shipped ones; a site's pipeline is
+imported for it, since its class is where it declares them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from node.config import PipelineConfig
-    from pipelines.base import Pipeline
+    from pipelines.base import InputSpec, Pipeline, PipelineOptions
 
 #: name -> "module:Class" of the pipelines that ship with radnode.
 SHIPPED: dict[str, str] = {
@@ -21,6 +24,30 @@ SHIPPED: dict[str, str] = {
     "tumor-segmentation": "pipelines.tumor.pipeline:TumorSegmentation",
     "nodule-detection": "pipelines.nodule.pipeline:NoduleDetection",
 }
+#: name -> module with ``INPUTS`` and ``Options`` of a shipped pipeline, importable without torch.
+CONTRACTS: dict[str, str] = {
+    "ct-denoise": "pipelines.denoise.contract",
+    "tumor-segmentation": "pipelines.tumor.contract",
+    "nodule-detection": "pipelines.nodule.contract",
+}
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a pipeline takes: the input roles routes must fill, and its options model."""
+
+    inputs: "tuple[InputSpec, ...]"
+    options: "type[PipelineOptions]"
+
+
+def contract(name: str, config: "PipelineConfig | None") -> Contract:
+    """The contract of pipeline ``name``; a site's pipeline (``entry``) is imported to read it."""
+    entry = resolve_entry(name, config)
+    if (config is None or config.entry is None) and name in CONTRACTS:
+        module = importlib.import_module(CONTRACTS[name])
+        return Contract(tuple(module.INPUTS), module.Options)
+    cls = load_class(entry)
+    return Contract(tuple(cls.inputs), cls.Options)
 
 
 def resolve_entry(name: str, config: "PipelineConfig | None") -> str:

@@ -77,13 +77,13 @@ class Volume:
         """True when the slices are frames of enhanced (multi-frame) instances."""
         return "PerFrameFunctionalGroupsSequence" in self.sources[0]
 
-    def index_to_lps(self, index: np.ndarray | Sequence[float]) -> np.ndarray:
+    def kji_to_lps(self, index: np.ndarray | Sequence[float]) -> np.ndarray:
         """LPS (mm) of array indices given as (k, j, i), the order used to index ``array``."""
         kji = np.asarray(index, dtype=np.float64)
         ijk = kji[..., ::-1]
         return ijk @ (self.direction * np.asarray(self.spacing)).T + self.origin
 
-    def lps_to_index(self, points: np.ndarray | Sequence[float]) -> np.ndarray:
+    def lps_to_kji(self, points: np.ndarray | Sequence[float]) -> np.ndarray:
         """Continuous array indices (k, j, i) of LPS points; round them to pick a voxel."""
         lps = np.asarray(points, dtype=np.float64)
         ijk = (lps - self.origin) @ self.direction / np.asarray(self.spacing)

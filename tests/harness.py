@@ -83,7 +83,9 @@ def threshold_route(name: str = "threshold", **extra: Any) -> dict[str, Any]:
 
 
 def threshold_pipeline(**options: Any) -> dict[str, Any]:
-    return {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold", "options": options}}
+    """The tests' threshold pipeline as ``hu-threshold`` (series routes) and ``hu-threshold-study``."""
+    return {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold", "options": options},
+            "hu-threshold-study": {"entry": "tests.hu_threshold:StudyThreshold", "options": options}}
 
 
 class NodeProcess:

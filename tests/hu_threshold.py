@@ -5,6 +5,7 @@ it slow (job timeouts), pause between writing its results and handing them to th
 kill -9 at the result commit) or fail (failure reasons) or add a TID 1500 report of the dense volume
 (``report = true``, for tests of superseded reports); node/ knows nothing about it: config.toml
 names it with ``entry = "tests.hu_threshold:HUThreshold"`` like any site pipeline.
+``StudyThreshold`` is the same for the tests' study routes: it declares their input roles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from pipelines.base import SERIES_ROLE, JobInput, JobResult, NotApplicable, Pipeline
+from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineOptions
 from pipelines.timing import StageClock
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
@@ -28,11 +29,21 @@ ALGORITHM, VERSION = "radnode-test-threshold", "1"
 DENSE = Structure("Dense tissue", codes.SCT.Tissue, codes.SCT.Bone)
 
 
+class ThresholdOptions(PipelineOptions):
+    sleep_seconds: float = 0.0
+    fail: bool = False
+    threshold_hu: float = 300.0
+    report: bool = False
+
+
 class HUThreshold(Pipeline):
+    Options = ThresholdOptions
+    options: ThresholdOptions
+
     def run(self, job: JobInput) -> JobResult:
-        options = self.settings.options
-        time.sleep(float(options.get("sleep_seconds", 0)))
-        if options.get("fail"):
+        options = self.options
+        time.sleep(options.sleep_seconds)
+        if options.fail:
             raise RuntimeError("the test pipeline was told to fail")
         clock = StageClock()
         try:
@@ -41,12 +52,12 @@ class HUThreshold(Pipeline):
         except VolumeError as error:
             raise NotApplicable(str(error)) from None
         clock.lap("load")
-        mask = volume.array > float(options.get("threshold_hu", 300))
+        mask = volume.array > options.threshold_hu
         clock.lap("threshold")
         algorithm, identity = Algorithm(ALGORITHM, VERSION), identity_of(self.settings)
         seg = make_segmentation(volume, mask, [Segment(DENSE, tracking_id="dense-1")], algorithm, identity)
         datasets = [seg]
-        if options.get("report"):
+        if options.report:
             volume_mm3 = float(mask.sum() * np.prod(volume.spacing))
             datasets.append(make_measurement_report(
                 volume, [Finding("dense-1", DENSE, volume_mm3=volume_mm3, segment_number=1)], algorithm,
@@ -56,3 +67,9 @@ class HUThreshold(Pipeline):
         time.sleep(float(options.get("sleep_after_write_seconds", 0)))  # results on disk, not committed
         return JobResult(outputs=outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
                                                    "model_version": VERSION, "seconds": clock.laps})
+
+
+class StudyThreshold(HUThreshold):
+    """For study routes: the roles of the tests' brain MR (``tests.mr_dicom``) and CT kernel studies."""
+
+    inputs = tuple(InputSpec(role, required=False) for role in ("t1c", "flair", "t2", "t1", "soft", "sharp"))

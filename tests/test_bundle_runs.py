@@ -158,7 +158,7 @@ def test_the_lung_nodule_bundle_runs_its_own_sections_on_a_dicom_ct(
     assert len(boxes) == result.summary["candidates"] and len(nodules) == 5
     for box, reported in zip(boxes, nodules):
         np.testing.assert_allclose(reported["center_lps"], box.center_lps, atol=0.06)
-        low, high = volume.index_to_lps([0, 0, 0]), volume.index_to_lps(np.array(volume.array.shape) - 1)
+        low, high = volume.kji_to_lps([0, 0, 0]), volume.kji_to_lps(np.array(volume.array.shape) - 1)
         assert np.all(box.center_lps >= np.minimum(low, high) - 1) and np.all(box.center_lps <= np.maximum(low, high) + 1)
 
     seg_path, sr_path = _outputs(result.outputs)
@@ -170,7 +170,7 @@ def test_the_lung_nodule_bundle_runs_its_own_sections_on_a_dicom_ct(
     labels = _seg_labels(seg, volume)
     first = boxes[0]
     inside = np.argwhere(labels == 1)
-    centre = volume.index_to_lps(inside.mean(axis=0))
+    centre = volume.kji_to_lps(inside.mean(axis=0))
     spacing = np.array(volume.spacing)
     assert np.all(np.abs(centre - first.center_lps) <= spacing), (centre, first.center_lps)
     text = sr.to_json()
@@ -382,9 +382,9 @@ def test_the_lung_nodule_bundle_box_lands_on_a_lesion_of_known_position(data_dir
     files = cropped_ct(chest_files(data_dir)[12:22], tmp_path / "ct", slice(180, 260), slice(110, 190))
     volume = load_series(files)
     centre_kji = np.array([3, 25, 55])  # off the crop's centre, so that a mirrored axis would show
-    lesion = volume.index_to_lps(centre_kji)
+    lesion = volume.kji_to_lps(centre_kji)
     grids = np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij")
-    points = volume.index_to_lps(np.stack(grids, axis=-1).astype(float))
+    points = volume.kji_to_lps(np.stack(grids, axis=-1).astype(float))
     inside = np.linalg.norm(points - lesion, axis=-1) <= 8.0
     for k, path in enumerate(sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))):
         ds = pydicom.dcmread(path)

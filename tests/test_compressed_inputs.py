@@ -47,7 +47,7 @@ def test_compressed_series_matches_its_ground_truth_at_every_world_point(codec: 
     to_lps = np.array(truth.GetDirection()).reshape(3, 3) * np.array(truth.GetSpacing())
 
     kji = np.indices(volume.array.shape).reshape(3, -1).T
-    lps = volume.index_to_lps(kji)
+    lps = volume.kji_to_lps(kji)
     ijk = np.rint(np.linalg.solve(to_lps, (lps - truth.GetOrigin()).T).T).astype(int)
     expected = sitk.GetArrayViewFromImage(truth)[ijk[:, 2], ijk[:, 1], ijk[:, 0]]
     np.testing.assert_array_equal(volume.array.reshape(-1), expected)

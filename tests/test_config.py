@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from node.config import ConfigError, parse_config
+from pipelines.registry import contract
 from tests.harness import REPO
 
 GOOD = """
@@ -92,3 +94,101 @@ def test_shipped_config_is_valid_and_routes_only_to_shipped_pipelines():
     assert config.routes, "the shipped config should show at least one working route"
     assert {route.pipeline for route in config.routes} <= set(SHIPPED)
     assert all(route.destinations == ["pacs"] for route in config.routes)
+
+
+TUMOR_INPUTS = {"t1c": {"match": {"SeriesDescription": {"regex": "(?i)t1"}}},
+                "flair": {"required": False, "match": {"SeriesDescription": {"regex": "(?i)flair"}}}}
+
+
+def contract_config(route: dict, pipelines: dict | None = None) -> dict:
+    """A config with one route, to the shipped pipelines (read from their light contract modules)."""
+    return {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+            "routes": [{"name": "r", "destinations": ["pacs"], "match": {"Modality": "MR"}, **route}],
+            "pipelines": pipelines or {}}
+
+
+@pytest.mark.parametrize(
+    ("route", "pipelines", "key", "problem"),
+    [
+        ({"pipeline": "tumor-segmentation", "level": "study",
+          "inputs": {"t1ce": TUMOR_INPUTS["t1c"], "flair": TUMOR_INPUTS["flair"]}},
+         None, "routes[0].inputs.t1ce", "no input role 't1ce'; did you mean 't1c'?"),
+        ({"pipeline": "tumor-segmentation", "level": "study", "inputs": {"flair": TUMOR_INPUTS["flair"]}},
+         None, "routes[0].inputs", "requires role 't1c'; add [routes.inputs.t1c]"),
+        ({"pipeline": "tumor-segmentation", "level": "study",
+          "inputs": {**TUMOR_INPUTS, "t1c": {**TUMOR_INPUTS["t1c"], "required": False}}},
+         None, "routes[0].inputs.t1c.required", "requires role 't1c': set required = true"),
+        ({"pipeline": "tumor-segmentation"}, None, "routes[0].level", "use level = \"study\""),
+        ({"pipeline": "nodule-detection", "level": "study", "inputs": TUMOR_INPUTS},
+         None, "routes[0].level", "takes one series; use level = \"series\""),
+        ({"pipeline": "nodule-detection"}, {"nodule-detection": {"options": {"report_treshold": 0.9}}},
+         "pipelines.nodule-detection.options.report_treshold", "unknown key"),
+        ({"pipeline": "nodule-detection"}, {"nodule-detection": {"options": {"report_threshold": 90}}},
+         "pipelines.nodule-detection.options.report_threshold", "less than or equal to 1"),
+        ({"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
+         {"tumor-segmentation": {"options": {"min_tumor_ml": "one"}}},
+         "pipelines.tumor-segmentation.options.min_tumor_ml", "valid number"),
+        ({"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
+         {"tumor-segmentation": {"options": {"reference": ["t1ce"]}}},
+         "pipelines.tumor-segmentation.options.reference[0]", "'t1c', 't1', 't2' or 'flair'"),
+        ({"pipeline": "ct-denoise"}, {"ct-denoise": {"options": {"batch_pixels": 0}}},
+         "pipelines.ct-denoise.options.batch_pixels", "greater than 0"),
+        ({"pipeline": "hu-threshold"}, {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold",
+                                                         "options": {"sleep_second": 1}}},
+         "pipelines.hu-threshold.options.sleep_second", "unknown key"),
+    ],
+)
+def test_a_route_or_option_the_pipeline_cannot_honour_is_refused_naming_the_key(route, pipelines, key, problem):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(contract_config(route, pipelines))
+    assert f"  {key}: " in str(refused.value) and problem in str(refused.value), str(refused.value)
+
+
+def test_the_shipped_routes_and_options_fit_their_pipelines_and_are_read_validated():
+    config = parse_config(contract_config(
+        {"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
+        {"tumor-segmentation": {"options": {"min_tumor_ml": 2, "reference": ["flair"]}}}))
+    options = contract("tumor-segmentation", config.pipelines["tumor-segmentation"]).options.model_validate(
+        config.pipelines["tumor-segmentation"].options)
+    assert options.min_tumor_ml == 2.0 and options.reference == ("flair",)
+
+
+def test_checking_the_shipped_config_does_not_import_torch():
+    """The contracts of the shipped pipelines are read without their models: a config check stays quick."""
+    code = ("import sys; from node.config import load_config; load_config(__import__('pathlib').Path('config.toml'));"
+            " print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (("[routes.inputs.t1c]", "[routes.inputs.t1ce]"), "routes[2].inputs.t1ce",
+         "pipeline 'tumor-segmentation' has no input role 't1ce'; did you mean 't1c'?"),
+        (('pipeline = "nodule-detection"', 'pipeline = "tumor-segmentation"'), "routes[0].level",
+         "pipeline 'tumor-segmentation' takes a study's series by role (t1c, flair, t2, t1)"),
+        (('pipeline = "tumor-segmentation"', 'pipeline = "nodule-detection"'), "routes[2].level",
+         "pipeline 'nodule-detection' takes one series; use level = \"series\""),
+        (("# options = { report_threshold = 0.9, empty_seg = false }", "options = { report_treshold = 0.9 }"),
+         "pipelines.nodule-detection.options.report_treshold", "unknown key"),
+        (("# options = { min_tumor_ml = 1.0 }", 'options = { min_tumor_ml = "one" }'),
+         "pipelines.tumor-segmentation.options.min_tumor_ml", "valid number"),
+    ],
+    ids=["role-t1ce-for-t1c", "series-route-to-study-pipeline", "study-route-to-series-pipeline",
+         "misspelt-option", "option-of-wrong-type"],
+)
+def test_serve_refuses_the_shipped_config_with_a_route_or_option_its_pipeline_cannot_honour(
+        tmp_path, change, key, problem):
+    """Each case used to start and end as quiet "not applicable" jobs; now ``radnode serve``
+    stops at once (exit 2) with the key and the problem, before anything is received."""
+    old, new = change
+    text = (REPO / "config.toml").read_text()
+    assert old in text
+    text = text.replace(old, new, 1).replace('spool = "spool"', f'spool = "{tmp_path / "spool"}"')
+    result = serve(tmp_path, text)
+    assert result.returncode == 2, result.stderr
+    assert f"  {key}: " in result.stderr and problem in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "spool").exists(), "a refused config must not start receiving"

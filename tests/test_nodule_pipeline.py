@@ -119,7 +119,7 @@ def test_real_annotated_tumor_is_a_top_candidate_and_its_largest_box_is_measured
     assert abs(tumor.diameter_mm - side_mm) <= TUMOR_LONG_AXIS_TOLERANCE * side_mm, (tumor.diameter_mm, side_mm)
     assert tumor.volume_mm3 >= TUMOR_MIN_VOLUME_MM3, tumor.volume_mm3
     voxels = np.argwhere(tumor.mask) + [s.start for s in tumor.window]
-    lps = held_out.index_to_lps(voxels)
+    lps = held_out.kji_to_lps(voxels)
     within = np.all((lps >= tumor_box[0] - 2.0) & (lps <= tumor_box[1] + 2.0), axis=1).mean()
     assert within >= TUMOR_MIN_INSIDE, f"{within:.2f} of the tumour's SEG voxels lie in the annotated box"
 
@@ -202,7 +202,7 @@ def test_inserted_sphere_is_measured_within_tolerance(data_dir, name, volume_tol
     spacing = np.asarray(source.spacing[::-1])
     rng = np.random.default_rng(5)
     spec = synthesis.NoduleSpec(diameter_mm=SPHERE_MM, texture_hu=10.0)
-    avoid = [(source.lps_to_index(b.mean(axis=0)), 45.0) for b in data.tumor_boxes(data_dir, name, source)]
+    avoid = [(source.lps_to_kji(b.mean(axis=0)), 45.0) for b in data.tumor_boxes(data_dir, name, source)]
     centre = synthesis.pick_center(lung_mask(array, slice_axis=0), spacing, spec, rng, avoid)
     box = np.array(synthesis.insert(array, spacing, centre, spec, rng).box)
     volume = Volume(**{**source.__dict__, "array": array})
@@ -211,7 +211,7 @@ def test_inserted_sphere_is_measured_within_tolerance(data_dir, name, volume_tol
     true_volume = np.pi / 6 * SPHERE_MM**3
     assert measured is not None
     # The centre is known to about half a slice.
-    assert np.linalg.norm(np.asarray(measured.center_lps) - source.index_to_lps(centre)) < source.spacing[2] / 2 + 1.0
+    assert np.linalg.norm(np.asarray(measured.center_lps) - source.kji_to_lps(centre)) < source.spacing[2] / 2 + 1.0
     assert abs(measured.diameter_mm - SPHERE_MM) <= DIAMETER_TOLERANCE_MM, measured.diameter_mm
     assert abs(measured.volume_mm3 - true_volume) <= volume_tolerance * true_volume, measured.volume_mm3
     assert -100.0 < measured.mean_hu < 80.0  # a solid nodule, partial-volume edges included

@@ -21,7 +21,7 @@ STUDY_TIMEOUT = 600.0  # the shipped default: these tests must never wait for it
 
 
 def brain_route(**extra: object) -> dict:
-    return {"name": "brain", "pipeline": "hu-threshold", "destinations": ["pacs"], "level": "study",
+    return {"name": "brain", "pipeline": "hu-threshold-study", "destinations": ["pacs"], "level": "study",
             "study_timeout_seconds": STUDY_TIMEOUT, "match": {"Modality": "MR"}, "inputs": ROUTE_INPUTS,
             **extra}
 

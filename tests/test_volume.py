@@ -52,22 +52,22 @@ def test_oblique_series_world_coordinates_agree_with_simpleitk():
     peer = reader.Execute()
 
     for kji in [(0, 0, 0), (3, 27, 63), (2, 5, 40), (1, 20, 3)]:
-        lps = volume.index_to_lps(kji)
+        lps = volume.kji_to_lps(kji)
         ijk_in_peer = peer.TransformPhysicalPointToIndex(tuple(lps))
         assert peer.GetPixel(ijk_in_peer) == pytest.approx(volume.array[kji], rel=1e-6)
-        np.testing.assert_allclose(volume.lps_to_index(lps), kji, atol=1e-6)
+        np.testing.assert_allclose(volume.lps_to_kji(lps), kji, atol=1e-6)
     # The first voxel of every slice is where that slice's header says it is.
     for k, ds in enumerate(volume.sources):
         np.testing.assert_allclose(
-            volume.index_to_lps((k, 0, 0)), ds.ImagePositionPatient, atol=1e-4
+            volume.kji_to_lps((k, 0, 0)), ds.ImagePositionPatient, atol=1e-4
         )
     # Column index steps along the row cosine by the column spacing (PixelSpacing[1] = 6.4 mm).
     row_cosine = np.asarray(volume.sources[0].ImageOrientationPatient[:3], dtype=float)
-    step = volume.index_to_lps((0, 0, 1)) - volume.index_to_lps((0, 0, 0))
+    step = volume.kji_to_lps((0, 0, 1)) - volume.kji_to_lps((0, 0, 0))
     np.testing.assert_allclose(step, row_cosine * 6.39995861053464, atol=1e-6)
     own = volume.to_sitk()
     assert own.TransformIndexToPhysicalPoint((63, 27, 3)) == pytest.approx(
-        tuple(volume.index_to_lps((3, 27, 63)))
+        tuple(volume.kji_to_lps((3, 27, 63)))
     )
 
 
@@ -101,9 +101,9 @@ def test_enhanced_ct_with_mirrored_rows_places_frames_in_the_patient_frame():
     # Rows run towards patient right (-x); slices step +10 mm along the normal (0, 0, -1).
     np.testing.assert_allclose(volume.direction[:, 0], [-1, 0, 0])
     np.testing.assert_allclose(volume.direction[:, 2], [0, 0, -1])
-    np.testing.assert_allclose(volume.index_to_lps((0, 0, 0)), [99.5, -301.5, -149.0])
-    np.testing.assert_allclose(volume.index_to_lps((1, 0, 0)), [99.5, -301.5, -159.0])
-    np.testing.assert_allclose(volume.index_to_lps((0, 0, 1)), [99.5 - 0.388672, -301.5, -149.0])
+    np.testing.assert_allclose(volume.kji_to_lps((0, 0, 0)), [99.5, -301.5, -149.0])
+    np.testing.assert_allclose(volume.kji_to_lps((1, 0, 0)), [99.5, -301.5, -159.0])
+    np.testing.assert_allclose(volume.kji_to_lps((0, 0, 1)), [99.5 - 0.388672, -301.5, -149.0])
     assert volume.frames == (2, 1)
 
 

@@ -19,7 +19,7 @@ import pytest
 from node.config import load_config
 from node.passwords import hash_password
 from node.web import WebApp
-from tests.harness import NodeProcess, node_config, threshold_route, wait_until
+from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import free_port, storescu
 from tests.test_node_e2e import pacs_destination
 
@@ -90,7 +90,7 @@ class Pages:
 
 def kernels_route() -> dict:
     """A study route that wants both reconstructions of the chest CT: with only B40f it waits."""
-    return {"name": "kernels", "pipeline": "hu-threshold", "destinations": ["pacs"], "level": "study",
+    return {"name": "kernels", "pipeline": "hu-threshold-study", "destinations": ["pacs"], "level": "study",
             "study_timeout_seconds": 600, "match": {"Modality": "CT"},
             "inputs": {"soft": {"match": {"SeriesDescription": {"regex": "B40f"}}},
                        "sharp": {"match": {"SeriesDescription": {"regex": "B70f"}}}}}
@@ -112,7 +112,7 @@ def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result
         tmp_path, destinations=pacs_destination(orthanc),
         routes=[threshold_route(settle_seconds=600, quiet_seconds=600), kernels_route(),
                 threshold_route("broken", pipeline="broken", match={"SeriesDescription": {"regex": "B70f"}})],
-        pipelines={"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold"},
+        pipelines={**threshold_pipeline(),
                    "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
         delivery={"retry_hours": 0.0005, "backoff_seconds": 0.3, "backoff_max_seconds": 0.5},
         web={"enabled": True, "host": "127.0.0.1", "port": web_port, "password_hash": hash_password(PASSWORD)})

@@ -215,7 +215,7 @@ def test_seg_marker_voxel_is_at_its_world_position_on_its_source_slice(products,
     (row,), (column,) = np.nonzero(pixels[marker_frames[0]])
     world = frame_world_point(seg, marker_frames[0], row, column)
 
-    np.testing.assert_allclose(world, chest.index_to_lps(ASYMMETRIC_VOXEL), atol=1e-3)
+    np.testing.assert_allclose(world, chest.kji_to_lps(ASYMMETRIC_VOXEL), atol=1e-3)
     derivation = seg.PerFrameFunctionalGroupsSequence[marker_frames[0]].DerivationImageSequence[0]
     referenced_uid = derivation.SourceImageSequence[0].ReferencedSOPInstanceUID
     source = next(

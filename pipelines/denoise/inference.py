@@ -32,18 +32,17 @@ so almost no noise comes back with it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-
 from scipy import ndimage
 
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.model_folder import ModelFolderError, load_network, read_params, require_folder
+from pipelines.precision import autocast
 
 #: The weights trained by ``pipelines.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
@@ -147,15 +146,9 @@ class Denoiser:
     def _forward(self, hu: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(self.device)
         x = self.preprocessing.to_network(x).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.cuda):
             y = self.network(x)
         return self.preprocessing.to_hu(y.float())[:, 0].cpu().numpy()
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """float16 on CUDA (11-bit mantissa: well under 1 HU of rounding); float32 on a CPU."""
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
 
     def _tiled(self, hu: np.ndarray) -> np.ndarray:
         """One slice too large for a batch, in square tiles that overlap by the receptive field."""

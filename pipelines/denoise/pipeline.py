@@ -22,6 +22,7 @@ from pipelines.base import (
     SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
 )
 from pipelines.ct_input import scanner_ct_volume
+from pipelines.denoise import contract
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
@@ -37,16 +38,15 @@ class CTDenoise(Pipeline):
     """Residual-CNN noise reduction of a CT series, written as a derived series."""
 
     name: ClassVar[str] = "ct-denoise"
-    inputs: ClassVar[tuple[InputSpec, ...]] = (
-        InputSpec(SERIES_ROLE, description="a CT image series in Hounsfield units"),
-    )
+    inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
+    Options = contract.Options
+    options: contract.Options
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
-        batch_pixels = settings.options.get("batch_pixels")
-        self.denoiser = Denoiser.load(self.model_dir, self.device, int(batch_pixels) if batch_pixels else None)
+        self.denoiser = Denoiser.load(self.model_dir, self.device, self.options.batch_pixels)
         self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
 

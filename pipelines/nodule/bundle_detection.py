@@ -123,13 +123,13 @@ def box_mask(volume: Volume, box: BundleBox) -> tuple[tuple[slice, slice, slice]
     """The source voxels whose centres lie in the box: (window, mask); None when none do."""
     corners = np.array([[x, y, z] for x in (box.low_lps[0], box.high_lps[0])
                         for y in (box.low_lps[1], box.high_lps[1]) for z in (box.low_lps[2], box.high_lps[2])])
-    index = volume.lps_to_index(corners)
+    index = volume.lps_to_kji(corners)
     start = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
     stop = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, volume.array.shape)
     if np.any(stop <= start):
         return None
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(start, stop)], indexing="ij")
-    lps = volume.index_to_lps(np.stack(grids, axis=-1).astype(np.float64))
+    lps = volume.kji_to_lps(np.stack(grids, axis=-1).astype(np.float64))
     mask = np.all((lps >= box.low_lps) & (lps <= box.high_lps), axis=-1)
     if not mask.any():
         return None

@@ -49,7 +49,7 @@ def midline_x(volume: Volume) -> float:
     Points with a larger x are on the patient's left (calibration), smaller on the right (training).
     """
     lungs = lung_mask(volume.array, slice_axis=0)
-    x = volume.index_to_lps(np.argwhere(lungs)[::_MIDLINE_SUBSAMPLE])[:, 0]
+    x = volume.kji_to_lps(np.argwhere(lungs)[::_MIDLINE_SUBSAMPLE])[:, 0]
     return float((x.min() + x.max()) / 2.0)
 
 
@@ -84,7 +84,7 @@ def _voc_box(data_dir: Path, name: str, volume: Volume) -> np.ndarray:
     corners = []
     for k, (x0, y0, x1, y1) in annotated_slices(data_dir, name, volume):
         for kk in (k - 0.5, k + 0.5):
-            corners += [volume.index_to_lps([kk, y, x]) for y in (y0 - 0.5, y1 + 0.5) for x in (x0 - 0.5, x1 + 0.5)]
+            corners += [volume.kji_to_lps([kk, y, x]) for y in (y0 - 0.5, y1 + 0.5) for x in (x0 - 0.5, x1 + 0.5)]
     points = np.array(corners)
     return np.array([points.min(axis=0), points.max(axis=0)])
 

@@ -23,7 +23,6 @@ A MONAI bundle is not read here: it runs as published, see ``bundle_detection``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,8 +34,9 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
 from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
-from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
+from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.network import Architecture, anchor_scales, build_retinanet, size_divisible
+from pipelines.precision import autocast
 from pipelines.volume import Volume
 
 #: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
@@ -150,26 +150,21 @@ class NoduleDetector:
 
     def detect(self, grid: ModelGrid) -> list[Detection]:
         """All boxes above the candidate threshold, best first (the caller applies report_threshold)."""
-        image = torch.from_numpy(normalize(grid.hu, self.settings.intensity_range))[None].to(self.device)
+        image = torch.from_numpy(scale_hu_window(grid.hu, self.settings.intensity_range))[None].to(self.device)
         # One forward pass when the grid fits a window (a whole chest on CPU); tiles otherwise.
         padded = [int(np.ceil(n / d) * d) for n, d in zip(image.shape[1:], self.detector.size_divisible)]
         tiled = any(p > r for p, r in zip(padded, self.settings.roi_size))
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.cuda):
             result = self.detector([image], use_inferer=tiled)[0]
         boxes = result["box"].float().cpu().numpy()
         scores = result["label_scores"].float().cpu().numpy()
         order = np.argsort(-scores)
         return [Detection(boxes[n], _corners_lps(grid, boxes[n]), float(scores[n])) for n in order]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
 
 def _corners_lps(grid: ModelGrid, box: np.ndarray) -> np.ndarray:
     corners = np.array([[x, y, z] for x in (box[0], box[3]) for y in (box[1], box[4]) for z in (box[2], box[5])])
-    return grid.index_to_lps(corners)
+    return grid.xyz_to_lps(corners)
 
 
 def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:

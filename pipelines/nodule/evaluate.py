@@ -67,7 +67,7 @@ def insert_nodules(
         lungs &= region
     avoid = []
     for box in avoid_lps:
-        centre = volume.lps_to_index(box.mean(axis=0))
+        centre = volume.lps_to_kji(box.mean(axis=0))
         avoid.append((centre, float(np.max(box[1] - box[0])) / 2))
     truths = []
     while len(truths) < count:
@@ -77,7 +77,7 @@ def insert_nodules(
             continue
         inserted = synthesis.insert(array, spacing, centre, spec, rng)
         corners = np.array([[k, j, i] for k in inserted.box[0::3] for j in inserted.box[1::3] for i in inserted.box[2::3]])
-        lps = volume.index_to_lps(corners)
+        lps = volume.kji_to_lps(corners)
         truths.append(Truth(np.array([lps.min(axis=0), lps.max(axis=0)]), spec.diameter_mm, spec.kind))
         avoid.append((centre, spec.diameter_mm / 2))
     return dataclasses.replace(volume, array=array), truths

@@ -31,11 +31,11 @@ class ModelGrid:
     spacing: np.ndarray
     direction: np.ndarray
 
-    def index_to_lps(self, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
+    def xyz_to_lps(self, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
         """LPS (mm) of continuous grid indices (x, y, z)."""
         return np.asarray(xyz, dtype=np.float64) @ (self.direction * self.spacing).T + self.origin
 
-    def lps_to_index(self, lps: np.ndarray | Sequence[float]) -> np.ndarray:
+    def lps_to_xyz(self, lps: np.ndarray | Sequence[float]) -> np.ndarray:
         """Continuous grid indices (x, y, z) of LPS points."""
         return (np.asarray(lps, dtype=np.float64) - self.origin) @ self.direction / self.spacing
 
@@ -80,7 +80,7 @@ def to_model_grid(volume: Volume, spacing_mm: Sequence[float]) -> ModelGrid:
     return ModelGrid(hu=hu, origin=origin, spacing=spacing, direction=direction)
 
 
-def normalize(hu: np.ndarray, intensity_range: Sequence[float]) -> np.ndarray:
+def scale_hu_window(hu: np.ndarray, intensity_range: Sequence[float]) -> np.ndarray:
     """HU clipped to the range and scaled to [0, 1], as MONAI's ScaleIntensityRanged(clip=True)."""
     low, high = (float(v) for v in intensity_range)
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)

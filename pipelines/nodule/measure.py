@@ -48,7 +48,7 @@ class Measurement:
 
 def source_box(volume: Volume, lps_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The detection box as (low, high) continuous source indices (k, j, i)."""
-    index = volume.lps_to_index(lps_corners)
+    index = volume.lps_to_kji(lps_corners)
     return index.min(axis=0), index.max(axis=0)
 
 
@@ -89,7 +89,7 @@ def measure(volume: Volume, low: np.ndarray, high: np.ndarray) -> Measurement | 
         diameter_mm=_long_axis_mm(mask, spacing_kji),
         volume_mm3=float(mask.sum() * voxel_mm3),
         mean_hu=float(hu[mask].mean()),
-        center_lps=tuple(float(v) for v in volume.index_to_lps(centroid)),
+        center_lps=tuple(float(v) for v in volume.kji_to_lps(centroid)),
     )
 
 

@@ -41,6 +41,7 @@ from pipelines.base import (
 )
 from pipelines.ct_input import scanner_ct_volume
 from pipelines.model_folder import folder_digest, is_monai_bundle
+from pipelines.nodule import contract
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
@@ -65,16 +66,15 @@ class NoduleDetection(Pipeline):
     """3D lung nodule detection, segmentation and measurement on chest CT."""
 
     name: ClassVar[str] = "nodule-detection"
-    inputs: ClassVar[tuple[InputSpec, ...]] = (
-        InputSpec(SERIES_ROLE, description="a chest CT image series in Hounsfield units"),
-    )
+    inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
+    Options = contract.Options
+    options: contract.Options
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
-        options = settings.options
         self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
         self.device = resolve_device(settings.device)
-        threshold = options.get("report_threshold")
+        threshold = self.options.report_threshold
         self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
         self.bundle: BundleDetector | None = None
@@ -88,10 +88,10 @@ class NoduleDetection(Pipeline):
         else:
             self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
             self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
-        self.empty_seg = bool(options.get("empty_seg", False))
-        self.min_lung_ml = float(options.get("min_lung_ml", 300.0))
-        self.min_extent_mm = float(options.get("min_extent_mm", 60.0))
-        self.lung_margin_mm = float(options.get("lung_margin_mm", 10.0))
+        self.empty_seg = self.options.empty_seg
+        self.min_lung_ml = self.options.min_lung_ml
+        self.min_extent_mm = self.options.min_extent_mm
+        self.lung_margin_mm = self.options.lung_margin_mm
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
@@ -224,7 +224,7 @@ def near_lungs(
     near = ndi.maximum_filter(lungs, size=tuple(2 * margin + 1))
     kept = []
     for detection in candidates:
-        index = np.round(grid.lps_to_index(detection.center_lps)).astype(int)
+        index = np.round(grid.lps_to_xyz(detection.center_lps)).astype(int)
         if np.all(index >= 0) and np.all(index < grid.hu.shape) and near[tuple(index)]:
             kept.append(detection)
     return kept

@@ -31,7 +31,7 @@ from monai.apps.detection.networks import retinanet_detector
 from pipelines.model_folder import training_command
 from pipelines.nodule import data, synthesis
 from pipelines.nodule.detector import Settings, make_detector
-from pipelines.nodule.grid import ModelGrid, normalize, to_model_grid
+from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.network import Architecture, build_retinanet
 
@@ -97,7 +97,7 @@ def prepare(data_dir: Path, settings: Settings) -> list[TrainingScan]:
         boxes = []
         for box in tumors_lps:
             corners = np.array([[x, y, z] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
-            index = grid.lps_to_index(corners) - np.array([start, 0, 0])
+            index = grid.lps_to_xyz(corners) - np.array([start, 0, 0])
             boxes.append(np.concatenate([index.min(axis=0), index.max(axis=0)]))
         toward_midline = 1 if start == 0 else -1
         depth, medial = _medial_border(lungs, np.asarray(grid.spacing), toward_midline)
@@ -125,7 +125,7 @@ def _medial_border(lungs: np.ndarray, spacing: np.ndarray, toward_midline: int) 
 def _right_of(grid: ModelGrid, midline_x: float) -> tuple[int, int]:
     """The range of grid x indices on the patient's right of the midline (LPS x below it)."""
     size = grid.hu.shape[0]
-    lps_x = grid.index_to_lps(np.column_stack([np.arange(size), np.zeros(size), np.zeros(size)]))[:, 0]
+    lps_x = grid.xyz_to_lps(np.column_stack([np.arange(size), np.zeros(size), np.zeros(size)]))[:, 0]
     right = np.flatnonzero(lps_x < midline_x)
     return int(right.min()), int(right.max()) + 1
 
@@ -161,7 +161,7 @@ def sample(scan: TrainingScan, patch: np.ndarray, spacing: np.ndarray, rng: np.r
     hu = hu * rng.uniform(0.97, 1.03) + rng.uniform(-20, 20)
     if rng.random() < 0.5:
         hu = hu + rng.normal(0, rng.uniform(5, 40), hu.shape)
-    image = torch.from_numpy(normalize(hu, intensity))[None]
+    image = torch.from_numpy(scale_hu_window(hu, intensity))[None]
     box_tensor = torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 6)
     return image, {"box": box_tensor, "label": torch.zeros(len(boxes), dtype=torch.long)}
 

@@ -32,16 +32,16 @@ and returns three logits: tumor core, whole tumor, enhancing tumor.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
 from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
+from pipelines.precision import autocast
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
 
@@ -146,20 +146,11 @@ class Segmenter:
     def probabilities(self, channels: np.ndarray) -> np.ndarray:
         """(3, z, y, x) sigmoid outputs (TC, WT, ET) for (4, z, y, x) normalized LPS channels."""
         x = torch.from_numpy(to_model_axes(channels, self.format.axcodes))[None].to(self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device.startswith("cuda")):
             logits = sliding_window_inference(
                 x, roi_size=self.format.roi, sw_batch_size=1, predictor=self.network,
                 overlap=0.25, mode="gaussian",
             )
         probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
         return from_model_axes(probabilities, self.format.axcodes)
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        """Half precision on a GPU (the bandwidth is the cost there), full precision on the CPU."""
-        if self.device.startswith("cuda"):
-            with torch.autocast("cuda", dtype=torch.float16):
-                yield
-        else:
-            yield
 

@@ -48,14 +48,16 @@ import SimpleITK as sitk
 from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
 from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
+from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
-from pipelines.tumor.contrasts import ANCHORS, CHANNELS, DESCRIPTIONS, REFERENCE_ORDER, choose_reference
+from pipelines.tumor.contract import MIN_TUMOR_ML
+from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, normalize, resample,
+    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, resample, zscore_channels,
 )
 from pipelines.tumor.registration import align
 from pipelines.volume import Volume, VolumeError, load_series
@@ -65,8 +67,6 @@ from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
-#: Smallest tumor reported (mL): the issue's bound on false-positive volume in a healthy brain.
-MIN_TUMOR_ML = 1.0
 #: How contrasts are named in reports.
 DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
 
@@ -92,12 +92,9 @@ class TumorSegmentation(Pipeline):
     """Multi-contrast brain tumor sub-region segmentation with volumes."""
 
     name: ClassVar[str] = "tumor-segmentation"
-    inputs: ClassVar[tuple[InputSpec, ...]] = (
-        InputSpec("t1c", required=True, description=DESCRIPTIONS["t1c"]),
-        InputSpec("flair", required=False, description=DESCRIPTIONS["flair"] + " (alone enough without T1c)"),
-        InputSpec("t2", required=False, description=DESCRIPTIONS["t2"]),
-        InputSpec("t1", required=False, description=DESCRIPTIONS["t1"]),
-    )
+    inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
+    Options = contract.Options
+    options: contract.Options
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
@@ -106,8 +103,8 @@ class TumorSegmentation(Pipeline):
         self.models = ModelSet.load(self.model_dir, self.device)
         self.identity = identity_of(settings)
         self.model_digest = folder_digest(self.model_dir)
-        self.reference_order = tuple(settings.options.get("reference", REFERENCE_ORDER))
-        self.min_tumor_ml = float(settings.options.get("min_tumor_ml", MIN_TUMOR_ML))
+        self.reference_order = self.options.reference
+        self.min_tumor_ml = self.options.min_tumor_ml
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
@@ -260,7 +257,7 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
     grid = model_grid(reference, segmenter.format.spacing)
     channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
                 for role, image in images.items()}
-    network_input = normalize(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
+    network_input = zscore_channels(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
     clock.lap("preprocessing")
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")

@@ -58,7 +58,7 @@ def brain_mask(reference: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(foreground).astype(bool)
 
 
-def normalize(channels: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+def zscore_channels(channels: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
     """(C, z, y, x) float32 network input: z-score per present channel over ``mask``, zeros elsewhere.
 
     Missing contrasts stay all-zero channels, which is how training presented them.

@@ -46,7 +46,7 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.normal_structures import NormalAnatomy, find_anatomy, paint_normal_structures
-from pipelines.tumor.preprocess import brain_mask, model_grid, normalize, regions_from_labels, resample
+from pipelines.tumor.preprocess import brain_mask, model_grid, regions_from_labels, resample, zscore_channels
 from pipelines.tumor.synthesis import insert_tumor, pick_center, rough_lesion_mask
 
 SPACING = 2.0
@@ -150,7 +150,7 @@ def make_sample(subject: TrainingBrain, rng: np.random.Generator, single_share: 
         count = int(rng.integers(1, normal_count + 1))
         paint_normal_structures(images, labels, subject.anatomy, rng, count, keep_out=ignore)
     kept = random_subset(rng, single_share)
-    x = normalize({role: images[role] for role in kept}, brain)
+    x = zscore_channels({role: images[role] for role in kept}, brain)
     for c in range(len(CHANNELS)):  # intensity jitter: scanners and sites differ
         if x[c].any():
             x[c][brain] = x[c][brain] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)

@@ -37,7 +37,8 @@ from pipelines.tumor.data import BRATS2015_CASES, DEFAULT_DATA_ROOT, load_brats2
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.pipeline import segment
-from pipelines.tumor.preprocess import model_grid, normalize, region_dice, regions_from_labels, resample
+from pipelines.tumor.preprocess import (model_grid, region_dice, regions_from_labels, resample,
+                                       zscore_channels)
 from pipelines.tumor.train import loss_fn
 
 SPACING = 2.0
@@ -75,7 +76,7 @@ def sample(case: Case, rng: np.random.Generator, patch: int) -> tuple[np.ndarray
     """A (4, p, p, p) input patch and its (3, p, p, p) targets."""
     roles = SUBSETS[rng.choice(len(SUBSETS), p=[share for _, share in SUBSETS])][0]
     channels = {role: case.channels[role] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15) for role in roles}
-    x = normalize(channels, case.brain)
+    x = zscore_channels(channels, case.brain)
     y = case.regions
     pad = [(0, 0)] + [(patch, patch)] * 3
     x, y = np.pad(x, pad), np.pad(y, pad)

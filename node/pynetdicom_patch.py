@@ -1,4 +1,9 @@
-"""How pynetdicom's reactor threads wait: woken by their work instead of polling.
+"""A patch of pynetdicom internals: its reactor threads wait woken by their work instead of polling.
+
+It replaces the ``time`` module that ``pynetdicom.association`` and ``pynetdicom.dul`` sleep
+with and reads their private attributes; the receiver applies it with ``patch_reactor_sleep()``
+and nothing else depends on it, so a pynetdicom upgrade that changes these internals is checked
+here (and in ``node.pdu_guard``, the other patch: it replaces the DUL's PDU reader).
 
 pynetdicom runs two threads per association, and both loop, calling ``time.sleep`` when there
 is nothing to do: 1 ms in stock pynetdicom, which adds up to a millisecond to each step of every
@@ -41,7 +46,7 @@ _AWAITING_REQUEST = "Sta2"
 _last_data: weakref.WeakKeyDictionary[DULServiceProvider, float] = weakref.WeakKeyDictionary()
 
 
-def wake_on_work() -> None:
+def patch_reactor_sleep() -> None:
     """Install the waiting ``sleep`` for this process's pynetdicom reactors."""
     shim = _Time("time")
     shim.sleep = _sleep  # type: ignore[attr-defined]

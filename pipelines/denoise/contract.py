@@ -1,0 +1,24 @@
+"""What ``ct-denoise`` takes: its input and its options, readable without torch.
+
+The config check reads this module at start (``pipelines.registry.contract``), so an option the
+pipeline cannot honour stops the node before a model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions
+
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec(SERIES_ROLE, description="a CT image series in Hounsfield units"),
+)
+
+
+class Options(PipelineOptions):
+    """``[pipelines.ct-denoise] options``."""
+
+    #: at most this many pixels per forward pass (bounds memory); None: a GPU or a CPU default
+    batch_pixels: Annotated[int, Field(gt=0)] | None = None

@@ -1,0 +1,33 @@
+"""What ``nodule-detection`` takes: its input and its options, readable without torch.
+
+The config check reads this module at start (``pipelines.registry.contract``), so a route or an
+option the pipeline cannot honour stops the node before a model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions
+
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec(SERIES_ROLE, description="a chest CT image series in Hounsfield units"),
+)
+
+
+class Options(PipelineOptions):
+    """``[pipelines.nodule-detection] options``."""
+
+    #: score at or above which a candidate is reported; None keeps the model folder's own
+    #: (a MONAI bundle has none, so a bundle needs it)
+    report_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    #: write a SEG with no segment when nothing is found (some viewers expect one per study)
+    empty_seg: bool = False
+    #: a series with less aerated lung is not a chest CT (not applicable)
+    min_lung_ml: Annotated[float, Field(ge=0)] = 300.0
+    #: a series shorter than this along the patient axis is not applicable
+    min_extent_mm: Annotated[float, Field(ge=0)] = 60.0
+    #: candidates farther than this outside the lungs are dropped
+    lung_margin_mm: Annotated[float, Field(ge=0)] = 10.0

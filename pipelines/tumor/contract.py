@@ -1,0 +1,36 @@
+"""What ``tumor-segmentation`` takes: its input roles and its options, readable without torch.
+
+The config check reads this module at start (``pipelines.registry.contract``), so a route whose
+roles the pipeline does not know (``t1ce`` for ``t1c``) or an option it cannot honour stops the
+node before a model is loaded, instead of ending as "not applicable" jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pipelines.base import InputSpec, PipelineOptions
+from pipelines.tumor.contrasts import DESCRIPTIONS, REFERENCE_ORDER
+
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec("t1c", required=True, description=DESCRIPTIONS["t1c"]),
+    InputSpec("flair", required=False, description=DESCRIPTIONS["flair"] + " (alone enough without T1c)"),
+    InputSpec("t2", required=False, description=DESCRIPTIONS["t2"]),
+    InputSpec("t1", required=False, description=DESCRIPTIONS["t1"]),
+)
+
+#: Smallest tumor reported (mL): the issue's bound on false-positive volume in a healthy brain.
+MIN_TUMOR_ML = 1.0
+
+Contrast = Literal["t1c", "t1", "t2", "flair"]
+
+
+class Options(PipelineOptions):
+    """``[pipelines.tumor-segmentation] options``."""
+
+    #: reference contrast, in order of preference: the first present gives the results' grid
+    reference: Annotated[tuple[Contrast, ...], Field(min_length=1)] = REFERENCE_ORDER
+    #: smallest connected tumor reported (mL); 0 reports every voxel
+    min_tumor_ml: Annotated[float, Field(ge=0)] = MIN_TUMOR_ML
