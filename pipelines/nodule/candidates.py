@@ -24,6 +24,7 @@ Nearly concentric candidates are merged (the larger box is kept, ``merge``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,10 @@ LOG_SIGMAS_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.6)
 LOG_MIN_RESPONSE = 60.0
 #: Smoothed HU at a blob's centre: faint ground glass is about -700, aerated lung about -850.
 MIN_CENTRE_HU = -750.0
+#: Hessian eigenvalue ratio (smallest / largest magnitude) a blob must reach at its centre.
+BLOBNESS = 0.25
 SOLID_HU = -400.0
-OPENING_MM = (3.0, 6.0, 10.0)
+OPENING_MM = (6.0, 10.0)
 SOLID_DIAMETER_MM = (6.0, 90.0)
 #: Intensity range the LoG sees: lung to soft tissue; bone and contrast would dominate otherwise.
 LOG_RANGE_HU = (-1000.0, 150.0)
@@ -82,12 +85,22 @@ class CandidateScan:
 
 
 def find(volume: Volume) -> CandidateScan:
-    grid = to_model_grid(volume, (GRID_MM,) * 3)
+    return find_on_grid(to_model_grid(volume, (GRID_MM,) * 3))
+
+
+def find_on_grid(grid: ModelGrid) -> CandidateScan:
+    """Candidates of a scan already on the 2 mm grid (training inserts nodules there)."""
     lungs = lung_mask(grid.hu, slice_axis=2)
     region = lung_region(lungs)
-    smooth = ndi.gaussian_filter(grid.hu, 1.0)
-    found = blob_candidates(grid.hu, smooth, region) + solid_candidates(smooth, region)
-    return CandidateScan(grid, lungs, region, merge(found))
+    where = np.argwhere(region)
+    if len(where) == 0:
+        return CandidateScan(grid, lungs, region, [])
+    low, high = np.maximum(where.min(axis=0) - 4, 0), where.max(axis=0) + 5
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    hu, inside = grid.hu[crop], region[crop]
+    found = blob_candidates(hu, inside) + solid_candidates(hu, inside)
+    shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]
+    return CandidateScan(grid, lungs, region, merge(shifted))
 
 
 def lung_region(lungs: np.ndarray) -> np.ndarray:
@@ -100,14 +113,22 @@ def lung_region(lungs: np.ndarray) -> np.ndarray:
     return ndi.binary_dilation(hull | lungs, structure=ball(grow).astype(bool))
 
 
-def blob_candidates(hu: np.ndarray, smooth: np.ndarray, region: np.ndarray) -> list[Candidate]:
-    """Scale-space maxima of the normalised LoG inside the region."""
+def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
+    """Scale-space maxima of the normalised LoG inside the region that are blobs, not tubes.
+
+    At each maximum the Hessian of the image smoothed at that scale must have three negative
+    eigenvalues, the smallest in magnitude at least ``BLOBNESS`` of the largest (a sphere: 1, a
+    vessel: about 0, a plate such as a fissure: two about 0): Li et al.'s dot filter.
+    """
     image = np.clip(hu, *LOG_RANGE_HU).astype(np.float32)
-    stack = np.stack([-(s / GRID_MM) ** 2 * ndi.gaussian_laplace(image, s / GRID_MM) for s in LOG_SIGMAS_MM])
-    peaks = (stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))) & (stack >= LOG_MIN_RESPONSE)
-    peaks &= region[None] & (smooth >= MIN_CENTRE_HU)[None]
+    smoothed = [ndi.gaussian_filter(image, s / GRID_MM) for s in LOG_SIGMAS_MM]
+    stack = np.stack([-(s / GRID_MM) ** 2 * ndi.laplace(g) for s, g in zip(LOG_SIGMAS_MM, smoothed)])
+    peaks = (stack >= LOG_MIN_RESPONSE) & region[None] & (smoothed[0] >= MIN_CENTRE_HU)[None]
+    peaks &= stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))
     found = []
     for scale, x, y, z in np.argwhere(peaks):
+        if not _is_blob(smoothed[scale], x, y, z):
+            continue
         radius = LOG_SIGMAS_MM[scale] * np.sqrt(3.0) / GRID_MM
         centre = np.array([x, y, z], dtype=np.float64)
         found.append(Candidate(centre, np.concatenate([centre - radius, centre + radius]),
@@ -115,25 +136,53 @@ def blob_candidates(hu: np.ndarray, smooth: np.ndarray, region: np.ndarray) -> l
     return found
 
 
-def solid_candidates(smooth: np.ndarray, region: np.ndarray) -> list[Candidate]:
-    """Dense components inside the region after openings that cut vessels off them."""
-    dense = (smooth > SOLID_HU) & region
+def _is_blob(smoothed: np.ndarray, x: int, y: int, z: int) -> bool:
+    """Three negative Hessian eigenvalues of similar size at (x, y, z) (central differences)."""
+    if min(x, y, z) < 1 or any(v >= n - 1 for v, n in zip((x, y, z), smoothed.shape)):
+        return False
+    p = smoothed[x - 1:x + 2, y - 1:y + 2, z - 1:z + 2].astype(np.float64)
+    h = np.empty((3, 3))
+    h[0, 0] = p[2, 1, 1] - 2 * p[1, 1, 1] + p[0, 1, 1]
+    h[1, 1] = p[1, 2, 1] - 2 * p[1, 1, 1] + p[1, 0, 1]
+    h[2, 2] = p[1, 1, 2] - 2 * p[1, 1, 1] + p[1, 1, 0]
+    h[0, 1] = h[1, 0] = (p[2, 2, 1] - p[2, 0, 1] - p[0, 2, 1] + p[0, 0, 1]) / 4
+    h[0, 2] = h[2, 0] = (p[2, 1, 2] - p[2, 1, 0] - p[0, 1, 2] + p[0, 1, 0]) / 4
+    h[1, 2] = h[2, 1] = (p[1, 2, 2] - p[1, 2, 0] - p[1, 0, 2] + p[1, 0, 0]) / 4
+    eigen = np.linalg.eigvalsh(h)  # ascending: eigen[0] most negative
+    return bool(eigen[2] < 0 and eigen[2] / eigen[0] >= BLOBNESS)
+
+
+def solid_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
+    """Dense components inside the region after openings that cut vessels off them, on a grid
+    of twice the spacing (these are the large lesions; the blobs cover the small ones)."""
+    coarse = _block_mean(hu)
+    inside = _block_mean(region.astype(np.float32)) >= 0.5
+    dense = (coarse > SOLID_HU) & inside
+    step = 2 * GRID_MM
+    depth = ndi.distance_transform_edt(dense)
     found = []
     for radius_mm in OPENING_MM:
-        opened = ndi.binary_opening(dense, structure=ball(max(int(round(radius_mm / GRID_MM)), 1)).astype(bool))
+        opened = ndi.distance_transform_edt(depth <= radius_mm / step) <= radius_mm / step
         labels, count = ndi.label(opened)
         if count == 0:
             continue
         sizes = ndi.sum_labels(opened, labels, index=np.arange(1, count + 1))
         for n, where in enumerate(ndi.find_objects(labels), start=1):
-            diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * GRID_MM
+            diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * step
             if not SOLID_DIAMETER_MM[0] <= diameter <= SOLID_DIAMETER_MM[1]:
                 continue
             part = labels[where] == n
-            centre = np.array(ndi.center_of_mass(part)) + np.array([s.start for s in where])
-            box = np.array([s.start - 0.5 for s in where] + [s.stop - 0.5 for s in where], dtype=np.float64)
-            found.append(Candidate(centre, box, float(diameter), "solid", float(smooth[where][part].mean())))
+            centre = (np.array(ndi.center_of_mass(part)) + np.array([s.start for s in where])) * 2 + 0.5
+            box = np.array([s.start * 2 - 0.5 for s in where] + [s.stop * 2 - 0.5 for s in where], dtype=np.float64)
+            found.append(Candidate(centre, box, float(diameter), "solid", float(coarse[where][part].mean())))
     return found
+
+
+def _block_mean(array: np.ndarray) -> np.ndarray:
+    """Means of 2 x 2 x 2 blocks (the last odd row, column or slice is dropped)."""
+    x, y, z = (n // 2 * 2 for n in array.shape)
+    a = array[:x, :y, :z]
+    return a.reshape(x // 2, 2, y // 2, 2, z // 2, 2).mean(axis=(1, 3, 5))
 
 
 def merge(candidates: list[Candidate]) -> list[Candidate]:
@@ -143,7 +192,9 @@ def merge(candidates: list[Candidate]) -> list[Candidate]:
     would let a false 80 mm component around the heart swallow a real nodule beside it."""
     order = sorted(candidates, key=lambda c: (-c.diameter_mm, -c.response))
     kept: list[Candidate] = []
+    centres = np.empty((0, 3))
     for c in order:
-        if not any(np.linalg.norm((c.center - k.center) * GRID_MM) < 0.5 * c.diameter_mm for k in kept):
+        if len(kept) == 0 or np.min(np.linalg.norm(centres - c.center, axis=1)) * GRID_MM >= 0.5 * c.diameter_mm:
             kept.append(c)
+            centres = np.vstack([centres, c.center])
     return kept
