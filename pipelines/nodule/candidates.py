@@ -15,9 +15,11 @@ real A0002 mass whole). So the first stage is classical and generous, and a smal
   their centre; ground glass answers too, more weakly.
 - **Large solid lesions** (about 8-80 mm, blob filters do not box them whole): connected
   components of dense tissue (> ``SOLID_HU``) inside the lung region after an opening with a
-  ball of radius ``OPENING_MM`` (each), which cuts the vessels thinner than the ball off them.
-  Components with an equivalent diameter in ``SOLID_DIAMETER_MM`` are candidates with their
-  own box, so a mass is boxed whole.
+  ball of radius ``OPENING_MM``, which cuts the vessels thinner than the ball off them.
+  Components (and their watershed pieces) with an equivalent diameter in ``SOLID_DIAMETER_MM``
+  are candidates with their own box, so a mass is boxed whole.
+- **Budget**: at most ``MAX_CANDIDATES`` per scan: the largest solid components and pieces
+  (up to ``MAX_SOLIDS``), then the strongest blobs.
 
 Nearly concentric candidates are merged (the larger box is kept, ``merge``).
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import ball, convex_hull_object
+from skimage.segmentation import watershed
 
 from pipelines.nodule.grid import ModelGrid, to_model_grid
 from pipelines.nodule.lungs import lung_mask
@@ -44,10 +47,15 @@ LOG_SIGMAS_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.6)
 LOG_MIN_RESPONSE = 60.0
 #: Smoothed HU at a blob's centre: faint ground glass is about -700, aerated lung about -850.
 MIN_CENTRE_HU = -750.0
+#: The candidate budget per scan: the ``MAX_SOLIDS`` largest solid components and pieces, then
+#: the strongest blobs up to ``MAX_CANDIDATES`` in all. The weakest blobs, dropped first, are
+#: mostly 4 mm vessel cross-sections and noise.
+MAX_CANDIDATES = 300
+MAX_SOLIDS = 100
 #: Hessian eigenvalue ratio (smallest / largest magnitude) a blob must reach at its centre.
 BLOBNESS = 0.25
 SOLID_HU = -400.0
-OPENING_MM = (6.0, 10.0)
+OPENING_MM = 6.0
 SOLID_DIAMETER_MM = (6.0, 90.0)
 #: Intensity range the LoG sees: lung to soft tissue; bone and contrast would dominate otherwise.
 LOG_RANGE_HU = (-1000.0, 150.0)
@@ -98,7 +106,8 @@ def find_on_grid(grid: ModelGrid) -> CandidateScan:
     low, high = np.maximum(where.min(axis=0) - 4, 0), where.max(axis=0) + 5
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     hu, inside = grid.hu[crop], region[crop]
-    found = blob_candidates(hu, inside) + solid_candidates(hu, inside)
+    solids = sorted(solid_candidates(hu, inside), key=lambda c: -c.diameter_mm)[:MAX_SOLIDS]
+    found = solids + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(solids)]
     shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]
     return CandidateScan(grid, lungs, region, merge(shifted))
 
@@ -126,7 +135,11 @@ def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     peaks = (stack >= LOG_MIN_RESPONSE) & region[None] & (smoothed[0] >= MIN_CENTRE_HU)[None]
     peaks &= stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))
     found = []
-    for scale, x, y, z in np.argwhere(peaks):
+    points = np.argwhere(peaks)
+    points = points[np.argsort(-stack[tuple(points.T)])]
+    for scale, x, y, z in points:
+        if len(found) == MAX_CANDIDATES:
+            break
         if not _is_blob(smoothed[scale], x, y, z):
             continue
         radius = LOG_SIGMAS_MM[scale] * np.sqrt(3.0) / GRID_MM
@@ -153,21 +166,34 @@ def _is_blob(smoothed: np.ndarray, x: int, y: int, z: int) -> bool:
 
 
 def solid_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
-    """Dense components inside the region after openings that cut vessels off them, on a grid
-    of twice the spacing (these are the large lesions; the blobs cover the small ones)."""
+    """Dense components inside the region after an opening that cuts vessels off them, on a grid
+    of twice the spacing (these are the large lesions; the blobs cover the small ones).
+
+    A lesion against the mediastinum or the chest wall can stay joined to the soft tissue that
+    the lung hull takes in (the heart, the aorta), making one component far larger than any
+    lesion. Each component is therefore also split at the necks of its distance map (a
+    watershed from the distance maxima), and every piece and every whole component of lesion
+    size is a candidate with its own box.
+    """
     coarse = _block_mean(hu)
     inside = _block_mean(region.astype(np.float32)) >= 0.5
     dense = (coarse > SOLID_HU) & inside
     step = 2 * GRID_MM
-    depth = ndi.distance_transform_edt(dense)
+    radius = OPENING_MM / step
+    opened = ndi.distance_transform_edt(ndi.distance_transform_edt(dense) <= radius) <= radius
+    depth = ndi.distance_transform_edt(opened)
+    peaks = (depth == ndi.maximum_filter(depth, size=5)) & (depth >= radius)
+    markers, _ = ndi.label(peaks)
+    pieces = watershed(-depth, markers, mask=opened)
     found = []
-    for radius_mm in OPENING_MM:
-        opened = ndi.distance_transform_edt(depth <= radius_mm / step) <= radius_mm / step
-        labels, count = ndi.label(opened)
+    for labels in (ndi.label(opened)[0], pieces):
+        count = int(labels.max())
         if count == 0:
             continue
-        sizes = ndi.sum_labels(opened, labels, index=np.arange(1, count + 1))
+        sizes = ndi.sum_labels(labels > 0, labels, index=np.arange(1, count + 1))
         for n, where in enumerate(ndi.find_objects(labels), start=1):
+            if where is None:
+                continue
             diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * step
             if not SOLID_DIAMETER_MM[0] <= diameter <= SOLID_DIAMETER_MM[1]:
                 continue

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from pipelines.model_folder import training_command
 from pipelines.nodule import candidates, evaluate, patients, scorer, synthesis
@@ -93,6 +94,7 @@ def _with_nodules(grid: ModelGrid, real: list[patients.RealLesion], count: int,
     hu = grid.hu.copy()
     spacing = np.asarray(grid.spacing)
     lungs = lung_mask(hu, slice_axis=2)
+    depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per copy, not per nodule
     avoid = [(grid.lps_to_index(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
              for les in real]
     truths = []
@@ -100,7 +102,7 @@ def _with_nodules(grid: ModelGrid, real: list[patients.RealLesion], count: int,
         if len(truths) == count:
             break
         spec = synthesis.sample_spec(rng)
-        centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid)
+        centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
         if centre is None:
             continue
         inserted = synthesis.insert(hu, spacing, centre, spec, rng)

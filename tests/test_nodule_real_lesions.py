@@ -1,8 +1,10 @@
-"""LIDC-IDRI reader XML turned into lesions on the real scans (lidc-idri-0001..0003).
+"""Real lesions: LIDC-IDRI reader XML turned into lesions (lidc-idri-0001..0003), and the
+candidate stage on them and on the real A0002 mass.
 
 What the data README says the scans hold (each a ~3 cm lesion contoured by at least two readers,
 0003 two more of 11-16 mm) must come out of ``pipelines.nodule.lidc``, on the right voxels, with
-the readers' other marks kept as ignore regions.
+the readers' other marks kept as ignore regions. The candidate stage (``candidates``) must put a
+candidate on every one of those lesions and box the A0002 mass close to whole, within its budget.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.nodule import data, lidc
+from pipelines.nodule import candidates, data, evaluate, lidc, patients
 
 SCANS = ("ct-chest/lidc-idri-0001/ct", "ct-chest/lidc-idri-0002/ct", "ct-chest/lidc-idri-0003/ct")
 #: Consensus lesions per scan, long axes (mm) of the consensus masks as measured: 31.8 | 31.0 |
@@ -24,6 +26,11 @@ SOLID_MIN_HU = -300.0
 #: Every lesion, ground glass included, is denser than aerated lung (~ -850 HU). Measured -704 HU
 #: for 0002's ground-glass nodule, the faintest.
 ANY_MIN_HU = -750.0
+
+
+#: The A0002 mass (longest annotated side 76.3 mm): its largest candidate box's longest side must
+#: reach this share of it (the issue's target). Measured: 68.0 mm, 0.89.
+MASS_EXTENT_SHARE = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +93,25 @@ def test_an_xml_of_another_series_is_refused_with_a_clear_message(scans, data_di
 
 def _inside(point: np.ndarray, box: np.ndarray) -> bool:
     return bool(np.all(point >= box[0]) and np.all(point <= box[1]))
+
+
+def test_every_lidc_consensus_lesion_gets_a_candidate_within_the_budget(scans):
+    for name, (volume, annotation) in scans.items():
+        scan = candidates.find(volume)
+        assert len(scan.candidates) <= candidates.MAX_CANDIDATES
+        for les in annotation.lesions:
+            on = [c for c in scan.candidates if _inside(scan.center_lps(c), _grown(les.lps_box))]
+            assert on, (name, round(les.diameter_mm, 1))
+
+
+def test_the_real_a0002_mass_is_a_candidate_boxed_close_to_whole(data_dir):
+    series = patients.load(data_dir, "lung-pet-ct-dx-A0002", data.HELD_OUT[0])
+    mass = series.lesions[0]
+    scan = candidates.find(series.volume)
+    on = [c for c in scan.candidates if _inside(scan.center_lps(c), _grown(mass.lps_box))]
+    largest = max(float(np.max(np.diff(scan.box_lps(c), axis=0))) for c in on)
+    assert largest >= MASS_EXTENT_SHARE * mass.diameter_mm, (largest, mass.diameter_mm)
+
+
+def _grown(box: np.ndarray) -> np.ndarray:
+    return np.array([box[0] - evaluate.HIT_MARGIN_MM, box[1] + evaluate.HIT_MARGIN_MM])
