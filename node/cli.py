@@ -16,6 +16,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import logs
+from node.admin import (Outcome, cancel_job, complete_series, complete_study, model_identity, retry_deliveries,
+                        retry_job, stage_seconds, supersessions, when as _when)
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.spool import keep_private
 
@@ -71,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--study", metavar="UID", help="StudyInstanceUID")
     what.add_argument("--series", metavar="UID", help="SeriesInstanceUID")
 
+    cancel = command("cancel", "cancel a queued job (it ends as failed; retry --job re-queues it)")
+    cancel.add_argument("--job", type=int, required=True, help="job id (radnode jobs --state queued)")
+
+    sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
+
     echo = command("echo", "C-ECHO a destination named in the config")
     echo.add_argument("destination", help="destination name from [[destinations]]")
     return parser
@@ -80,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup()
     keep_private()
+    if args.command == "hash-password":  # needs no config: it is how one is written
+        return _hash_password()
     try:
         config = _config(args)
     except ConfigError as error:
@@ -88,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
         "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
-        "studies": _studies, "complete": _complete,
+        "studies": _studies, "complete": _complete, "cancel": _cancel,
     }[args.command]
     try:
         return handler(config, args)
@@ -204,41 +213,27 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _route_test(config: Config, args: argparse.Namespace) -> int:
-    from node.router import Router
+    from node.admin import route_test
 
     if not args.path.exists():
         print(f"radnode: {args.path} does not exist", file=sys.stderr)
         return 2
-    router = Router(config)
-    files = [args.path] if args.path.is_file() else sorted(p for p in args.path.rglob("*") if p.is_file())
-    seen: set[str] = set()
-    for path in files:
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError) as error:
-            print(f"{path}: not a DICOM file ({error})")
+    for found in route_test(config, args.path):
+        if found.error:
+            print(f"{found.path}: {found.error}")
             continue
-        series = str(header.get("SeriesInstanceUID", ""))
-        if series in seen:
-            continue
-        seen.add(series)
-        print(f"{path}: series {series or '(no SeriesInstanceUID)'} "
-              f"{header.get('Modality', '?')} {header.get('SeriesDescription', '')!r}")
-        checks = router.check(header)
-        if not checks:
+        print(f"{found.path}: series {found.series_uid or '(no SeriesInstanceUID)'} "
+              f"{found.modality} {found.description!r}")
+        if not found.verdicts:
             print("  no routes configured")
-        for check in checks:
-            verdict = "MATCH   " if check.matched else "no match"
-            detail = "; ".join(check.reasons)
-            print(f"  {verdict} {check.route}{': ' + detail if detail else ''}")
+        for verdict in found.verdicts:
+            detail = "; ".join(verdict.reasons)
+            print(f"  {'MATCH   ' if verdict.matched else 'no match'} {verdict.route}"
+                  f"{': ' + detail if detail else ''}")
     return 0
 
 
 # ---- jobs and deliveries -------------------------------------------------------------------
-
-
-def _when(epoch: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -259,7 +254,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
         return _job_detail(config, args.id)
     index = _index(config)
     jobs = index.jobs(args.state)
-    replaces, replaced_by = _supersessions(index)
+    replaces, replaced_by = supersessions(index)
     _table(
         ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "REPLACES", "REPLACED BY",
          "OUTCOME"],
@@ -268,16 +263,6 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     )
     _print_notes(index)
     return 0
-
-
-def _supersessions(index) -> tuple[dict[int, str], dict[int, str]]:
-    """Which job's results replaced which: "job 1 (v1)" beside job 2, "job 2 (v2)" beside job 1."""
-    replaces: dict[int, str] = {}
-    replaced_by: dict[int, str] = {}
-    for job, (earlier, version) in index.supersessions().items():
-        replaces[job] = f"job {earlier} (v{version - 1})"
-        replaced_by[earlier] = f"job {job} (v{version})"
-    return replaces, replaced_by
 
 
 def _print_notes(index) -> None:
@@ -319,24 +304,17 @@ def _studies(config: Config, args: argparse.Namespace) -> int:
 
 def _complete(config: Config, args: argparse.Namespace) -> int:
     index = _index(config)
-    if args.series:
-        row = index.series(args.series)
-        if row is None:
-            print(f"radnode: no series {args.series} in the index", file=sys.stderr)
-            return 1
-        if not index.force_series_complete(args.series):
-            print(f"radnode: series {args.series} is not receiving (it is {row.state}); nothing to complete",
-                  file=sys.stderr)
-            return 1
-        print(f"series {args.series}: complete; the running node routes it within a second")
+    outcome = complete_series(index, args.series) if args.series else complete_study(index, args.study)
+    return _report(outcome)
+
+
+def _report(outcome: Outcome) -> int:
+    """An action's sentence: on stdout when it did something, else on stderr with status 1."""
+    if outcome.ok:
+        print(outcome.message)
         return 0
-    if not index.series_of_study(args.study):
-        print(f"radnode: no study {args.study} in the index", file=sys.stderr)
-        return 1
-    count = index.force_study(args.study)
-    print(f"study {args.study}: {count} receiving series completed; its study routes decide now "
-          "(they run with the roles filled, or fail naming a missing required role)")
-    return 0
+    print(f"radnode: {outcome.message}", file=sys.stderr)
+    return 1
 
 
 def _job_detail(config: Config, job_id: int) -> int:
@@ -354,6 +332,12 @@ def _job_detail(config: Config, job_id: int) -> int:
     print(f"  study {job.study_uid}")
     for role, series_uid in job.inputs.items():
         print(f"  input {role}: series {series_uid}")
+    stages = "; ".join(f"{stage} {seconds} s" for stage, seconds in stage_seconds(job).items())
+    print(f"  model: {model_identity(job)}")
+    print(f"  seconds by stage: {stages or '-'}")
+    replaces, replaced_by = supersessions(index)
+    if job.id in replaces or job.id in replaced_by:
+        print(f"  replaces: {replaces.get(job.id, '-')}; replaced by: {replaced_by.get(job.id, '-')}")
     print(f"  outcome: {job.outcome or '-'}")
     if job.summary:
         print("  summary:")
@@ -390,14 +374,28 @@ def _problems(config: Config, args: argparse.Namespace) -> int:
 def _retry(config: Config, args: argparse.Namespace) -> int:
     index = _index(config)
     if args.job is not None:
-        if not index.requeue_job(args.job):
-            print(f"radnode: job {args.job} is not a failed job", file=sys.stderr)
-            return 1
-        print(f"job {args.job} queued again")
-        return 0
-    count = index.retry_dead_deliveries(args.delivery)
-    print(f"{count} dead deliveries queued again")
-    return 0 if count or args.delivery is None else 1
+        return _report(retry_job(index, args.job))
+    outcome = retry_deliveries(index, args.delivery)
+    print(outcome.message)
+    return 0 if outcome.ok else 1
+
+
+def _cancel(config: Config, args: argparse.Namespace) -> int:
+    return _report(cancel_job(_index(config), args.job))
+
+
+def _hash_password() -> int:
+    """Reads the password without echo (or from stdin when piped) and prints the [web] line."""
+    import getpass
+
+    from node.passwords import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("radnode: the password needs at least 8 characters", file=sys.stderr)
+        return 2
+    print(f'password_hash = "{hash_password(password)}"')
+    return 0
 
 
 def _echo(config: Config, args: argparse.Namespace) -> int:

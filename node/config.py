@@ -130,6 +130,39 @@ class MonitoringSettings(_Strict):
     port: Port = 9108
 
 
+class WebSettings(_Strict):
+    """The administrator's web page (node.web). Off unless turned on; on, it needs a login because
+    its buttons act on the node: a password (``radnode hash-password`` prints the hash) or a TLS
+    client certificate signed by ``[web.tls] ca_file`` (both, when both are configured)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 9110
+    user: str = Field(default="admin", min_length=1, pattern=r"^[^:]+$")
+    password_hash: str = ""
+    #: patient name, ID and birth date on the studies page: only where the site decides so
+    show_patient_data: bool = False
+    #: HTTPS; with ca_file, the browser must present a certificate that CA signed
+    tls: ServerTls | None = None
+
+    @property
+    def client_certificates(self) -> bool:
+        return self.tls is not None and self.tls.ca_file is not None
+
+    @model_validator(mode="after")
+    def _login_when_enabled(self) -> "WebSettings":
+        from node.passwords import check_password_hash
+
+        if self.password_hash:
+            problem = check_password_hash(self.password_hash)
+            if problem:
+                raise _RefError("web.password_hash", problem)
+        elif self.enabled and not self.client_certificates:
+            raise _RefError("web.password_hash", "required when enabled = true, unless [web.tls] ca_file "
+                            "makes client certificates the login (radnode hash-password prints the line to paste)")
+        return self
+
+
 class Allow(_Strict):
     ae_title: AETitle | None = None
     addresses: list[str] = Field(default_factory=list)
@@ -239,6 +272,7 @@ class Config(_Strict):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    web: WebSettings = WebSettings()
     allow: list[Allow] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
@@ -349,7 +383,8 @@ def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     from node.tls import client_context, server_context
 
-    tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context)]
+    tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
+                                          ("web.tls", config.web.tls, server_context)]
     tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
     for key, settings, build in tables:
         if settings is None:
@@ -398,6 +433,9 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(node.get(key), str):
                 node[key] = str(base / node[key])
         _anchor_tls(node.get("tls"), base)
+    web = data.get("web")
+    if isinstance(web, dict):
+        _anchor_tls(web.get("tls"), base)
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)

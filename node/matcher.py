@@ -23,6 +23,8 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 
+from node.logs import PHI_FIELDS, REDACTED
+
 _COMPARE: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "gt": (operator.gt, ">"),
     "ge": (operator.ge, ">="),
@@ -49,16 +51,18 @@ class Condition:
         if values is None:
             return f"{self.keyword} is absent"
         shown = "\\".join(values)
+        # a reason reaches the route tester's page and the logs: a patient's value is not said
+        said = REDACTED if self.keyword in PHI_FIELDS else shown
         if self.kind == "equals":
             wanted = str(self.argument)
-            return None if wanted in (shown, *values) else f"{self.keyword} = {shown!r}, not {wanted!r}"
+            return None if wanted in (shown, *values) else f"{self.keyword} = {said!r}, not {wanted!r}"
         if self.kind == "one_of":
             wanted_set = {str(a) for a in self.argument}
             if wanted_set & {shown, *values}:
                 return None
-            return f"{self.keyword} = {shown!r}, not one of {sorted(wanted_set)}"
+            return f"{self.keyword} = {said!r}, not one of {sorted(wanted_set)}"
         if self.kind == "regex":
-            return None if self.argument.search(shown) else f"{self.keyword} = {shown!r} does not match /{self.argument.pattern}/"
+            return None if self.argument.search(shown) else f"{self.keyword} = {said!r} does not match /{self.argument.pattern}/"
         if self.kind == "compare":
             return _compare(self.keyword, values, self.argument)
         raise AssertionError(self.kind)

@@ -45,8 +45,8 @@ def reindex_spool(spool: Spool, index: Index) -> int:
         try:
             record = _record_of(path)
         except Exception as error:  # a file the receiver wrote is complete; anything else is kept aside
-            reason = f"spool file without index row cannot be read: {error}"
-            isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, error),
+            reason, cause = f"spool file without index row cannot be read: {error}", error
+            isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, cause),
                      lambda _reason: None)
             continue
         if isolated("reconcile", path.name, lambda: index.record_instance(record, None),

@@ -28,6 +28,7 @@ from node.assembler import Assembler
 from node.config import Config, ConfigError, load_config
 from node.dispatcher import Dispatcher
 from node.monitoring import MonitoringServer
+from node.web import WebServer
 from node.receiver import Receiver
 from node.reconcile import reindex_after_reboot
 from node.retention import Retention
@@ -77,6 +78,7 @@ class Node:
     _children: list[_Child] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _monitor: MonitoringServer | None = None
+    _web: WebServer | None = None
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
@@ -101,6 +103,7 @@ class Node:
         self._warn_about_open_access()
         self._check_port_is_free()
         self._start_monitoring()
+        self._start_web()
         self.recover()
         for _ in range(self.config.node.receivers):
             self._children.append(_Child("receiver", receiver_main))
@@ -156,6 +159,19 @@ class Node:
             raise ConfigError(
                 f"monitoring: cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
                 "set [monitoring] port to a free port, or enabled = false"
+            ) from None
+
+    def _start_web(self) -> None:
+        settings = self.config.web
+        if not settings.enabled:
+            return
+        self._web = WebServer(self.config, self.child_counts)
+        try:
+            self._web.start()
+        except OSError as error:
+            raise ConfigError(
+                f"web.port: cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                "set [web] port to a free port, or enabled = false"
             ) from None
 
     def child_counts(self) -> dict[str, tuple[int, int]]:
@@ -251,6 +267,8 @@ class Node:
         self.index.close_associations_of(None)
         if self._monitor is not None:
             self._monitor.stop()
+        if self._web is not None:
+            self._web.stop()
         logs.info("node.stopped", jobs_handed_back=requeued, deliveries_sent_at_stop=delivered)
 
     def _deliver_due(self) -> int:

@@ -735,6 +735,16 @@ class Index:
                 (job_id,),
             ).rowcount == 1
 
+    def cancel_job(self, job_id: int) -> bool:
+        """A queued job the administrator does not want run ends as failed, with the reason on
+        record (the schema's states stay the four the design names); ``requeue_job`` undoes it."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'failed', outcome = 'cancelled by the administrator',"
+                " finished_at = ? WHERE id = ? AND state = 'queued'",
+                (time.time(), job_id),
+            ).rowcount == 1
+
     def overdue_jobs(self, now: float) -> list[Job]:
         return self._jobs("WHERE state = 'running' AND deadline < ?", (now,))
 
@@ -747,6 +757,10 @@ class Index:
 
     def jobs(self, state: str | None = None) -> list[Job]:
         return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
+
+    def jobs_finished_since(self, since: float) -> list[Job]:
+        """Jobs that ended (done or failed) after ``since``: the overview's job-time chart."""
+        return self._jobs("WHERE finished_at >= ?", (since,))
 
     def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
@@ -824,6 +838,12 @@ class Index:
             rows = self._db.execute(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state").fetchall()
             counts[table] = {r["state"]: r["n"] for r in rows}
         return counts
+
+    def arrivals_since(self, since: float) -> list[float]:
+        """Receive times of the instances that arrived after ``since`` (the overview's throughput)."""
+        rows = self._db.execute("SELECT received_at FROM instances WHERE received_at >= ? ORDER BY received_at",
+                                (since,)).fetchall()
+        return [float(r[0]) for r in rows]
 
     def job_seconds(self) -> dict[str, tuple[int, float]]:
         """{pipeline: (finished jobs, their total seconds from queued to done)}."""

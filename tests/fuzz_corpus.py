@@ -154,8 +154,8 @@ def corpus(seed: int = 23, byte_flip_rounds: int = 1) -> list[Probe]:
 
 
 class Sender:
-    """Sends probes over associations kept open per (SOP class, transfer syntax), reopening
-    one after the node aborts it. An outcome is a status, "aborted", "context rejected" or
+    """Sends probes over one association at a time, kept open while the (SOP class, transfer
+    syntax) stays the same and reopened after the node aborts it. An outcome is a status, "aborted", "context rejected" or
     "association rejected"; a probe that got no outcome within the DIMSE timeout raises."""
 
     def __init__(self, port: int, timeout: float = 30) -> None:
@@ -167,6 +167,7 @@ class Sender:
         key = (probe.sop_class, probe.transfer_syntax)
         assoc = self._open.get(key)
         if assoc is None or not assoc.is_established:
+            self.close()  # one association at a time: the node's max_associations must not decide
             ae = AE("FUZZER")
             ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = self.timeout
             ae.add_requested_context(probe.sop_class, [probe.transfer_syntax])
@@ -200,3 +201,4 @@ class Sender:
         for assoc in self._open.values():
             if assoc.is_established:
                 assoc.release()
+        self._open.clear()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from pydicom.sr.codedict import codes
 
-from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, SERIES_ROLE
+from pipelines.base import SERIES_ROLE, JobInput, JobResult, NotApplicable, Pipeline
+from pipelines.timing import StageClock
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
 from pipelines.writers.identity import Algorithm, Identity
@@ -22,6 +22,8 @@ from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
+#: The algorithm identification its SEG carries, also named in the job summary (the web page's "model").
+ALGORITHM, VERSION = "radnode-test-threshold", "1"
 DENSE = Structure("Dense tissue", codes.SCT.Tissue, codes.SCT.Bone)
 
 
@@ -31,13 +33,16 @@ class HUThreshold(Pipeline):
         time.sleep(float(options.get("sleep_seconds", 0)))
         if options.get("fail"):
             raise RuntimeError("the test pipeline was told to fail")
+        clock = StageClock()
         try:
             # a study route's job has one series per role: the first role's series is thresholded
             volume = load_series(job.series.get(SERIES_ROLE) or next(iter(job.series.values())), min_slices=1)
         except VolumeError as error:
             raise NotApplicable(str(error)) from None
+        clock.lap("load")
         mask = volume.array > float(options.get("threshold_hu", 300))
-        algorithm, identity = Algorithm("radnode-test-threshold", "1"), Identity(self.settings.uid_root)
+        clock.lap("threshold")
+        algorithm, identity = Algorithm(ALGORITHM, VERSION), Identity(self.settings.uid_root)
         seg = make_segmentation(volume, mask, [Segment(DENSE, tracking_id="dense-1")], algorithm, identity)
         datasets = [seg]
         if options.get("report"):
@@ -45,5 +50,7 @@ class HUThreshold(Pipeline):
             datasets.append(make_measurement_report(
                 volume, [Finding("dense-1", DENSE, volume_mm3=volume_mm3, segment_number=1)], algorithm,
                 identity, looked_for=DENSE, segmentation=seg))
-        return JobResult(outputs=write_datasets(datasets, job.output_dir),
-                         summary={"voxels": int(mask.sum())})
+        outputs = write_datasets(datasets, job.output_dir)
+        clock.lap("write")
+        return JobResult(outputs=outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
+                                                   "model_version": VERSION, "seconds": clock.laps})

@@ -51,6 +51,20 @@ def test_failed_conditions_say_why():
     assert reasons == ["Modality = 'CT', not 'MR'", "SliceThickness = 1.25, not <= 1", "Manufacturer is absent"]
 
 
+def test_a_failed_condition_on_a_patient_attribute_does_not_repeat_the_patients_value():
+    """Reasons reach the route tester's page and the logs: they name the condition, not the patient."""
+    conditions = {k: parse_condition(k, v) for k, v in
+                  {"PatientID": {"regex": "^RESEARCH-"}, "AccessionNumber": ["A1", "A2"],
+                   "PatientName": "Test^Case"}.items()}
+    patient = ct(PatientID="HOSP-4711", AccessionNumber="ACC-99821", PatientName="Doe^Jane")
+    reasons = failed_conditions(conditions, patient)
+    assert reasons == ["PatientID = '<redacted>' does not match /^RESEARCH-/",
+                       "AccessionNumber = '<redacted>', not one of ['A1', 'A2']",
+                       "PatientName = '<redacted>', not 'Test^Case'"]
+    assert failed_conditions(conditions, ct(PatientID="RESEARCH-1", AccessionNumber="A2",
+                                            PatientName="Test^Case")) == [], "matching still sees the values"
+
+
 @pytest.mark.parametrize(
     ("keyword", "spec", "message"),
     [

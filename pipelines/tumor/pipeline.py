@@ -118,6 +118,10 @@ class TumorSegmentation(Pipeline):
         images = {role: volumes[role].to_sitk() for role in present}
         clock.lap("load")
 
+        model_name, segmenter = self.models.for_contrasts(present)
+        if isinstance(segmenter, BundleSegmenter):
+            _require_bundle_contrasts(segmenter, present)  # before any work: the study cannot run
+
         brain = extract_brain(images[reference_role])
         brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
         clock.lap("brain extraction")
@@ -134,12 +138,10 @@ class TumorSegmentation(Pipeline):
                                       "edge_alignment": round(alignment.edge_alignment, 3)}
         clock.lap("registration")
 
-        model_name, segmenter = self.models.for_contrasts(present)
         used = ", ".join(DISPLAY[role] for role in present)
         parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
                       ("brain volume used", f"{brain_ml:.0f} mL"))
         if isinstance(segmenter, BundleSegmenter):
-            _require_bundle_contrasts(segmenter, present)
             stripped = {**images, reference_role: sitk.Mask(images[reference_role], brain > 0)}
             labels = segmenter.segment(stripped, transforms, reference_role, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
