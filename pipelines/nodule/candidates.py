@@ -96,9 +96,11 @@ def find(volume: Volume) -> CandidateScan:
     return find_on_grid(to_model_grid(volume, (GRID_MM,) * 3))
 
 
-def find_on_grid(grid: ModelGrid) -> CandidateScan:
-    """Candidates of a scan already on the 2 mm grid (training inserts nodules there)."""
-    lungs = lung_mask(grid.hu, slice_axis=2)
+def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None) -> CandidateScan:
+    """Candidates of a scan already on the 2 mm grid (training inserts nodules there); ``lungs``
+    is its lung mask when the caller has found it already (the pipeline checks the lung volume)."""
+    if lungs is None:
+        lungs = lung_mask(grid.hu, slice_axis=2)
     region = lung_region(lungs)
     where = np.argwhere(region)
     if len(where) == 0:

@@ -42,6 +42,7 @@ from pipelines.base import (
 from pipelines.ct_input import scanner_ct_volume
 from pipelines.model_folder import folder_digest, is_monai_bundle
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
+from pipelines.nodule.candidate_detector import CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
@@ -86,7 +87,8 @@ class NoduleDetection(Pipeline):
                 ("report threshold", f"{self.bundle.report_threshold:g}"),
             ))
         else:
-            self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
+            loader = CandidateDetector if is_scorer_folder(self.model_dir) else NoduleDetector
+            self.detector: CandidateDetector | NoduleDetector = loader.load(self.model_dir, self.device, threshold)
             self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
         self.empty_seg = bool(options.get("empty_seg", False))
         self.min_lung_ml = float(options.get("min_lung_ml", 300.0))
@@ -108,7 +110,10 @@ class NoduleDetection(Pipeline):
                 "needed): not a chest CT, or the lungs are outside its field of view"
             )
         clock.lap("preprocess")
-        candidates = self.detector.detect(grid)
+        if isinstance(self.detector, CandidateDetector):
+            candidates = self.detector.detect(grid, lungs)
+        else:
+            candidates = self.detector.detect(grid)
         clock.lap("inference")
         nodules = self.nodules(volume, grid, lungs, candidates)
         clock.lap("postprocess")

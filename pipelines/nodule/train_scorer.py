@@ -33,21 +33,27 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.model_folder import training_command
-from pipelines.nodule import candidates, evaluate, patients, scorer, synthesis
-from pipelines.nodule.grid import ModelGrid, to_model_grid
-from pipelines.nodule.lungs import lung_mask
-from pipelines.nodule.train import DEFAULT_DATA
+from pipelines.nodule import scorer
 
 #: The operating point, fixed before any held-out number was seen (model card).
 TARGET_FP = 2.0
 NEGATIVE_RATIO = 3
 NEGATIVES_PER_COPY = 150
 MIN_LESION_MM = 10.0
-FP_RATES = evaluate.FP_RATES
+#: The FROC's false-positive rates and the hit rule, as ``evaluate.FP_RATES`` and
+#: ``HIT_MARGIN_MM`` (a test checks they agree). Not imported from there: training from
+#: a cached ``candidates.npz`` needs only torch and numpy, so it runs on a GPU machine that has
+#: no DICOM or MONAI stack.
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+HIT_MARGIN_MM = 2.0
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # as train.DEFAULT_DATA
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
     """All candidates of the real series and their synthetic copies, with labels and inputs."""
+    from pipelines.nodule import candidates, patients
+    from pipelines.nodule.grid import to_model_grid
+
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
                                               "lesion", "diameter")}
@@ -88,9 +94,13 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.
     return arrays
 
 
-def _with_nodules(grid: ModelGrid, real: list[patients.RealLesion], count: int,
-                  rng: np.random.Generator) -> tuple[ModelGrid, list[tuple[np.ndarray, float, str]]]:
-    """A copy of the grid with ``count`` synthetic nodules in its lungs, away from real lesions."""
+def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
+    """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
+    from the real lesions (``patients.RealLesion``)."""
+    from pipelines.nodule import synthesis
+    from pipelines.nodule.grid import ModelGrid
+    from pipelines.nodule.lungs import lung_mask
+
     hu = grid.hu.copy()
     spacing = np.asarray(grid.spacing)
     lungs = lung_mask(hu, slice_axis=2)
@@ -114,13 +124,13 @@ def _with_nodules(grid: ModelGrid, real: list[patients.RealLesion], count: int,
     return ModelGrid(hu=hu, origin=grid.origin, spacing=grid.spacing, direction=grid.direction), truths
 
 
-def _labels(scan: candidates.CandidateScan, truth, ignore) -> tuple[np.ndarray, np.ndarray]:
+def _labels(scan, truth, ignore) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate: 1 on a lesion, -1 in an ignore region, 0 otherwise; and which lesion (-1 none)."""
     labels = np.zeros(len(scan.candidates), dtype=np.int8)
     which = np.full(len(scan.candidates), -1, dtype=np.int32)
     for n, c in enumerate(scan.candidates):
         centre = scan.center_lps(c)
-        hit = next((t for t, (box, _, _) in enumerate(truth) if _inside(centre, box, evaluate.HIT_MARGIN_MM)), None)
+        hit = next((t for t, (box, _, _) in enumerate(truth) if _inside(centre, box, HIT_MARGIN_MM)), None)
         if hit is not None:
             labels[n], which[n] = 1, hit
         elif any(_inside(centre, box, 0.0) for box in ignore):
@@ -149,7 +159,7 @@ def train(arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: in
         rng.shuffle(chosen)
         for start in range(0, len(chosen), batch):
             take = np.sort(chosen[start:start + batch])
-            patches = torch.from_numpy(_augment(arrays["patches"][take].astype(np.float32), rng)).to(device)
+            patches = scorer.as_input(_augment(arrays["patches"][take], rng), device)
             scalars = torch.from_numpy(arrays["scalars"][take]).to(device)
             target = torch.from_numpy((arrays["label"][take] == 1).astype(np.float32)).to(device)
             loss = loss_fn(net(patches, scalars), target)
@@ -236,6 +246,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
+    parser.add_argument("--data-only", action="store_true",
+                        help="build DIR/candidates.npz and stop (to carry it to a GPU machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,13 +258,15 @@ def main() -> None:
         arrays = dict(np.load(cache))
     else:
         arrays = build(args.data, args.synthetic, args.nodules, args.seed)
-        np.savez(cache, **arrays)
+        np.savez_compressed(cache, **arrays)
+    if args.data_only:
+        return
     lesions = json.loads(str(arrays["lesions"]))
     print(f"data: {len(arrays['label'])} candidates, {int((arrays['label'] == 1).sum())} positive "
           f"({time.time() - started:.0f} s)", flush=True)
     usable = np.flatnonzero(arrays["label"] >= 0)
     folds = []
-    for patient in patients.PATIENTS:
+    for patient in dict.fromkeys(arrays["patient"].tolist()):  # the patients in build order
         t0 = time.time()
         train_rows = usable[arrays["patient"][usable] != patient]
         test_rows = usable[arrays["patient"][usable] == patient]
@@ -273,6 +287,11 @@ def main() -> None:
         net = train(arrays, usable, args.epochs, args.seed, args.device)
         record["threshold"] = _threshold_on(net, arrays, usable, args.device)
         torch.save(net.state_dict(), args.out / "scorer.pt")
+        (args.out / "params.toml").write_text(
+            "# Written by pipelines.nodule.train_scorer; read by pipelines.nodule.candidate_detector.\n"
+            "# report_threshold: the model card's operating point (<= 2 false positives per real scan\n"
+            "# of the training patients), set by the training, not by any held-out number.\n"
+            f"[scorer]\nreport_threshold = {record['threshold']!r}\n")
     record["seconds"] = round(time.time() - started)
     with open(args.out / "training.json", "w") as handle:
         json.dump(record, handle, indent=1, default=float)
