@@ -49,8 +49,9 @@ class Series:
     ignore: list[np.ndarray]  # LPS boxes
 
 
-def load(data_dir: Path, patient: str, name: str) -> Series:
-    volume = data.load(data_dir, name)
+def load(data_dir: Path, patient: str, name: str, volume: Volume | None = None) -> Series:
+    """A series with its lesions; ``volume`` when the caller has loaded it already."""
+    volume = volume if volume is not None else data.load(data_dir, name)
     if patient.startswith("lidc-idri"):
         annotation = lidc.load_annotation(volume, data_dir / name)
         lesions = [RealLesion(f"LIDC consensus ({len({r.reader for r in les.readers})} readers)",

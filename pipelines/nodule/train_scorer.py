@@ -15,7 +15,8 @@
    the lowest score at which the fold's *training* real series have at most ``TARGET_FP`` false
    positives per scan.
 3. **Shipped scorer**: trained on all five patients, threshold by the same rule; written with
-   ``training.json`` (every fold's numbers) to ``DIR``.
+   ``params.toml`` and ``training.json`` (every fold's numbers) to ``DIR``, each fold's scorer
+   as a model folder ``DIR/folds/PATIENT`` (CI runs each real patient through the scorer that did not see it).
 
 Each epoch takes every positive (flipped and rotated at random) and three times as many random
 negatives. The content of each epoch depends only on ``--seed``.
@@ -274,6 +275,7 @@ def main() -> None:
         threshold = _threshold_on(net, arrays, train_rows, args.device)
         test_scores = scorer.score(net, arrays["patches"][test_rows], arrays["scalars"][test_rows], args.device)
         numbers = held_out_numbers(arrays, test_rows, test_scores, threshold, lesions)
+        write_folder(args.out / "folds" / patient, net, threshold)  # CI runs each patient through its fold
         folds.append({"held_out": patient, "threshold": threshold, "seconds": round(time.time() - t0), **numbers})
         found = sum(r["found"] for r in numbers["lesions"])
         print(f"fold {patient}: threshold {threshold:.4f}, lesions >= 10 mm found {found}/{len(numbers['lesions'])}, "
@@ -286,15 +288,21 @@ def main() -> None:
     if not args.folds_only:
         net = train(arrays, usable, args.epochs, args.seed, args.device)
         record["threshold"] = _threshold_on(net, arrays, usable, args.device)
-        torch.save(net.state_dict(), args.out / "scorer.pt")
-        (args.out / "params.toml").write_text(
-            "# Written by pipelines.nodule.train_scorer; read by pipelines.nodule.candidate_detector.\n"
-            "# report_threshold: the model card's operating point (<= 2 false positives per real scan\n"
-            "# of the training patients), set by the training, not by any held-out number.\n"
-            f"[scorer]\nreport_threshold = {record['threshold']!r}\n")
+        write_folder(args.out, net, record["threshold"])
     record["seconds"] = round(time.time() - started)
     with open(args.out / "training.json", "w") as handle:
         json.dump(record, handle, indent=1, default=float)
+
+
+def write_folder(folder: Path, net: scorer.ScorerNet, threshold: float) -> None:
+    """A scorer model folder (``candidate_detector``): weights and the operating point."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "scorer.pt")
+    (folder / "params.toml").write_text(
+        "# Written by pipelines.nodule.train_scorer; read by pipelines.nodule.candidate_detector.\n"
+        "# report_threshold: the model card's operating point (<= 2 false positives per real scan\n"
+        "# of the training patients), set by the training, not by any held-out number.\n"
+        f"[scorer]\nreport_threshold = {float(threshold)!r}\n")
 
 
 def _threshold_on(net, arrays, rows: np.ndarray, device: str) -> float:
