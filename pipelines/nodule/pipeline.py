@@ -7,13 +7,19 @@ above the reporting threshold whose centre lies in or near the lungs, segment an
 the source slices (``measure``); write one SEG segment and one SR measurement group per nodule.
 With no nodule the SR says so and, unless ``empty_seg`` is set, no SEG is written.
 
+A scorer model folder (``pipelines/nodule/scorer_weights``, ``candidate_detector``) replaces the
+RetinaNet: classical candidates on a 2 mm grid (solid components box a mass whole), each scored by
+a small 3-D CNN; everything after detection is the same. It is not the default: it reports more
+false positives than the model card's rule allows (model card, "Issue 16").
+
 A MONAI bundle (``lung_nodule_ct_detection``) runs as published instead (``bundle_detection``):
 its own preprocessing, inferer and postprocessing find the boxes; each box at or above
 ``report_threshold`` becomes a SEG segment (the voxels inside it) and an SR group naming the
 bundle and its version. The lung check and radnode's postprocessing do not apply to it.
 
 Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
-format or a MONAI bundle, see ``detector``; default: the weights shipped in ``weights/``),
+RetinaNet format, a scorer folder, or a MONAI bundle, see ``detector`` and ``candidate_detector``;
+default: the RetinaNet weights shipped in ``weights/``),
 ``device`` picks the GPU or CPU. Options:
 
 - ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
