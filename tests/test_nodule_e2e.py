@@ -38,8 +38,10 @@ def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data
     files = sorted((data_dir / LIDC_SCAN).glob("*.dcm"))
     assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     tiny = rewrite_series(chest_files(data_dir, "B70f")[:4], tmp_path / "tiny")
-    sent = storescu(node.port, files + tiny)
-    assert sent.returncode == 0, sent.stderr
+    # storescu proposes JPEG-LS lossless only when told to (-xt, as tests/test_node_e2e.py does).
+    for batch, propose in ((files, ("-xt",)), (tiny, ("--required",))):
+        sent = storescu(node.port, batch, propose=propose)
+        assert sent.returncode == 0, sent.stderr
     index = node.index()
     jobs = wait_until(lambda: (j := [j for j in index.jobs() if j.state in ("done", "failed")])
                       and len(j) == 2 and j, 240, what="both jobs finished")
@@ -51,6 +53,9 @@ def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data
     assert not index.results(tiny_job.id)
 
     assert chest_job.state == "done", chest_job.outcome
+    # kept as received: the spool holds the JPEG-LS bytes, decoded only by the pipeline
+    spooled = index.instance(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
+    assert pydicom.dcmread(spooled["path"], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     # the pipeline's summary is kept on the job and shown to whoever looks at it
     assert len(chest_job.summary["model_sha256"]) == 64 and chest_job.summary["seconds"]
     assert chest_job.summary["model_sha256"] in node.cli("jobs", "--id", str(chest_job.id)).stdout
