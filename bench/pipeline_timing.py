@@ -29,11 +29,13 @@ class Timing:
     summary: Mapping[str, Any]
 
 
-def parse_arguments(doc: str, slices: int | None = None) -> argparse.Namespace:
+def parse_arguments(doc: str, slices: int | None = None, model: bool = False) -> argparse.Namespace:
     """The options every pipeline benchmark takes; torch's CPU threads are set from --threads."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if slices is not None:
         parser.add_argument("--slices", type=int, default=slices)
+    if model:
+        parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--repeat", type=int, default=2, help="runs after model load; the best is reported")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the targets are for 2 cores)")

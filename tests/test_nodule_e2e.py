@@ -1,16 +1,21 @@
-"""storescu -> radnode serve -> nodule-detection -> SEG + SR in Orthanc; bad input recorded on the job."""
+"""storescu -> radnode serve -> nodule-detection -> SEG + SR in Orthanc; bad input recorded on the job.
+
+The chest CT is a LIDC-IDRI scan sent as the archive holds it (JPEG-LS lossless): the node
+receives it compressed, the pipeline decodes it, and the results validate."""
 
 from __future__ import annotations
 
 import pydicom
 import pytest
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import JPEGLSLossless, SegmentationStorage
 
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.nodule_series import chest_files, rewrite_series
 from tests.peers import dciodvfy, storescu
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+#: 133 slices of 2.5 mm, JPEG-LS lossless, one 32 mm nodule contoured by four readers.
+LIDC_SCAN = "ct-chest/lidc-idri-0001/ct"
 
 
 @pytest.fixture
@@ -30,10 +35,13 @@ def node(tmp_path, orthanc):
 
 
 def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data_dir, tmp_path):
-    files = chest_files(data_dir)
+    files = sorted((data_dir / LIDC_SCAN).glob("*.dcm"))
+    assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     tiny = rewrite_series(chest_files(data_dir, "B70f")[:4], tmp_path / "tiny")
-    sent = storescu(node.port, files + tiny)
-    assert sent.returncode == 0, sent.stderr
+    # storescu proposes JPEG-LS lossless only when told to (-xt, as tests/test_node_e2e.py does).
+    for batch, propose in ((files, ("-xt",)), (tiny, ("--required",))):
+        sent = storescu(node.port, batch, propose=propose)
+        assert sent.returncode == 0, sent.stderr
     index = node.index()
     jobs = wait_until(lambda: (j := [j for j in index.jobs() if j.state in ("done", "failed")])
                       and len(j) == 2 and j, 240, what="both jobs finished")
@@ -45,6 +53,9 @@ def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data
     assert not index.results(tiny_job.id)
 
     assert chest_job.state == "done", chest_job.outcome
+    # kept as received: the spool holds the JPEG-LS bytes, decoded only by the pipeline
+    spooled = index.instance(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
+    assert pydicom.dcmread(spooled["path"], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     # the pipeline's summary is kept on the job and shown to whoever looks at it
     assert len(chest_job.summary["model_sha256"]) == 64 and chest_job.summary["seconds"]
     assert chest_job.summary["model_sha256"] in node.cli("jobs", "--id", str(chest_job.id)).stdout

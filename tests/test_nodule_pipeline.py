@@ -19,6 +19,7 @@ from monai.data.box_utils import box_iou
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
 from pipelines.nodule import data, evaluate, synthesis, train
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
@@ -60,7 +61,8 @@ MIN_ANCHOR_IOU = 0.4
 @pytest.fixture(scope="module")
 def pipeline() -> NoduleDetection:
     torch.set_num_threads(2)
-    return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu"))
+    # The RetinaNet folder (no longer the default detector): these tests are about it.
+    return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_MODEL_DIR)))
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +234,17 @@ def test_a_model_folder_without_parameters_is_refused_with_its_name(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"")
     with pytest.raises(ModelFolderError, match="params"):
         NoduleDetector.load(tmp_path, "cpu")
+
+
+def test_a_scorer_folder_without_its_threshold_or_with_foreign_weights_is_refused_with_its_name(tmp_path):
+    shutil.copytree(DEFAULT_SCORER_DIR, tmp_path / "scorer", ignore=shutil.ignore_patterns("folds"))
+    (tmp_path / "scorer" / "params.toml").write_text("[scorer]\n")
+    with pytest.raises(ModelFolderError, match="report_threshold"):
+        CandidateDetector.load(tmp_path / "scorer", "cpu")
+    shutil.copy(DEFAULT_SCORER_DIR / "params.toml", tmp_path / "scorer" / "params.toml")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "scorer" / "scorer.pt")
+    with pytest.raises(ModelFolderError, match="scorer.pt is not a state dict"):
+        CandidateDetector.load(tmp_path / "scorer", "cpu")
 
 
 def test_tiny_series_is_not_applicable(pipeline, data_dir, tmp_path):

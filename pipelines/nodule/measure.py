@@ -86,7 +86,7 @@ def measure(volume: Volume, low: np.ndarray, high: np.ndarray) -> Measurement | 
     return Measurement(
         window=window,
         mask=mask,
-        diameter_mm=_long_axis_mm(mask, spacing_kji),
+        diameter_mm=long_axis_mm(mask, spacing_kji),
         volume_mm3=float(mask.sum() * voxel_mm3),
         mean_hu=float(hu[mask].mean()),
         center_lps=tuple(float(v) for v in volume.kji_to_lps(centroid)),
@@ -113,7 +113,7 @@ def _disk(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
     return disk[None]
 
 
-def _long_axis_mm(mask: np.ndarray, spacing_kji: np.ndarray) -> float:
+def long_axis_mm(mask: np.ndarray, spacing_kji: np.ndarray) -> float:
     """Longest in-plane chord over all slices, voxel edge to voxel edge."""
     row, column = spacing_kji[1], spacing_kji[2]
     best = 0.0

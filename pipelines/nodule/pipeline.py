@@ -7,13 +7,19 @@ above the reporting threshold whose centre lies in or near the lungs, segment an
 the source slices (``measure``); write one SEG segment and one SR measurement group per nodule.
 With no nodule the SR says so and, unless ``empty_seg`` is set, no SEG is written.
 
+A scorer model folder (``pipelines/nodule/scorer_weights``, ``candidate_detector``) replaces the
+RetinaNet: classical candidates on a 2 mm grid (solid components box a mass whole), each scored by
+a small 3-D CNN; everything after detection is the same. It is not the default: it reports more
+false positives than the model card's rule allows (model card, "Issue 16").
+
 A MONAI bundle (``lung_nodule_ct_detection``) runs as published instead (``bundle_detection``):
 its own preprocessing, inferer and postprocessing find the boxes; each box at or above
 ``report_threshold`` becomes a SEG segment (the voxels inside it) and an SR group naming the
 bundle and its version. The lung check and radnode's postprocessing do not apply to it.
 
 Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
-format or a MONAI bundle, see ``detector``; default: the weights shipped in ``weights/``),
+RetinaNet format, a scorer folder, or a MONAI bundle, see ``detector`` and ``candidate_detector``;
+default: the RetinaNet weights shipped in ``weights/``),
 ``device`` picks the GPU or CPU. Options:
 
 - ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
@@ -43,6 +49,7 @@ from pipelines.ct_input import scanner_ct_volume
 from pipelines.model_folder import folder_digest, is_monai_bundle
 from pipelines.nodule import contract
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
+from pipelines.nodule.candidate_detector import CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
@@ -86,7 +93,8 @@ class NoduleDetection(Pipeline):
                 ("report threshold", f"{self.bundle.report_threshold:g}"),
             ))
         else:
-            self.detector = NoduleDetector.load(self.model_dir, self.device, threshold)
+            loader = CandidateDetector if is_scorer_folder(self.model_dir) else NoduleDetector
+            self.detector: CandidateDetector | NoduleDetector = loader.load(self.model_dir, self.device, threshold)
             self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
         self.empty_seg = self.options.empty_seg
         self.min_lung_ml = self.options.min_lung_ml
@@ -108,7 +116,10 @@ class NoduleDetection(Pipeline):
                 "needed): not a chest CT, or the lungs are outside its field of view"
             )
         clock.lap("preprocess")
-        candidates = self.detector.detect(grid)
+        if isinstance(self.detector, CandidateDetector):
+            candidates = self.detector.detect(grid, lungs)
+        else:
+            candidates = self.detector.detect(grid)
         clock.lap("inference")
         nodules = self.nodules(volume, grid, lungs, candidates)
         clock.lap("postprocess")

@@ -1,0 +1,86 @@
+"""The candidate stage and its learned scorer as one detector: a CT on the 2 mm grid in, scored boxes out.
+
+``candidates`` puts a box on every solid component and blob in the lungs (a mass against the
+mediastinum is boxed whole by its component), ``scorer`` scores each from its two patches, and
+the boxes come back best first in the shape the pipeline already reports (``Detection``), so
+fusion of nested boxes, the lung check and the measurement stay the pipeline's.
+
+A scorer model folder (written by ``train_scorer``)::
+
+    scorer.pt        state dict of scorer.ScorerNet
+    params.toml      [scorer] report_threshold = ...   (the model card's operating point)
+    training.json    every leave-one-patient-out fold and the shipped model's training
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.model_folder import ModelFolderError, read_params, require_folder
+from pipelines.nodule import candidates, scorer
+from pipelines.nodule.detector import Detection
+from pipelines.nodule.grid import ModelGrid, to_model_grid
+from pipelines.volume import Volume
+
+#: The candidate stage + scorer shipped in the repository (``train_scorer``; model card).
+DEFAULT_SCORER_DIR = Path(__file__).resolve().parent / "scorer_weights"
+WEIGHTS = "scorer.pt"
+
+
+def is_scorer_folder(folder: Path) -> bool:
+    return (Path(folder) / WEIGHTS).is_file()
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """What decides what is reported besides the weights."""
+
+    report_threshold: float
+
+
+class CandidateDetector:
+    """A loaded scorer folder on one device; ``detect(grid)`` gives every candidate, scored."""
+
+    def __init__(self, net: scorer.ScorerNet, settings: ScorerSettings, device: str) -> None:
+        self.net = net.to(device).eval()
+        self.settings = settings
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> "CandidateDetector":
+        folder = require_folder(folder)
+        try:
+            threshold = float(read_params(folder)["scorer"]["report_threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(f"{folder}: params.toml needs [scorer] report_threshold (a number): {exc}") from exc
+        net = scorer.ScorerNet()
+        try:
+            net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ModelFolderError(
+                f"{folder / WEIGHTS} is not a state dict of pipelines.nodule.scorer.ScorerNet: {exc}"
+            ) from exc
+        if report_threshold is not None:
+            threshold = float(report_threshold)
+        return cls(net, ScorerSettings(report_threshold=threshold), device)
+
+    def grid(self, volume: Volume) -> ModelGrid:
+        return to_model_grid(volume, (candidates.GRID_MM,) * 3)
+
+    def detect(self, grid: ModelGrid, lungs: np.ndarray | None = None) -> list[Detection]:
+        """Every candidate with its score, best first (the caller applies report_threshold)."""
+        scan = candidates.find_on_grid(grid, lungs)
+        patches, scalars = scorer.inputs(scan, scan.candidates)
+        scores = scorer.score(self.net, patches, scalars, self.device)
+        found = [Detection(c.box, _corners_lps(scan, c), float(s)) for c, s in zip(scan.candidates, scores)]
+        return sorted(found, key=lambda d: -d.score)
+
+
+def _corners_lps(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> np.ndarray:
+    low, high = candidate.box[:3], candidate.box[3:]
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    return scan.grid.index_to_lps(corners)

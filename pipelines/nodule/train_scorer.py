@@ -1,0 +1,317 @@
+"""Train the candidate scorer leave-one-patient-out, and the shipped scorer on all patients.
+
+    python -m pipelines.nodule.train_scorer --out DIR [--device cuda] [--synthetic 2] [--epochs 15]
+
+1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
+   (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
+   ``--nodules`` synthetic nodules inserted there (``synthesis``, 4-60 mm, weighted to the small
+   ones). The candidate stage runs on each; a candidate is positive when its centre lies in a
+   real or inserted lesion's box grown by 2 mm, *ignored* (never a negative) when it lies in an
+   ignore region of the LIDC readers, negative otherwise. Synthetic copies keep their positives
+   and ``NEGATIVES_PER_COPY`` random negatives.
+2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
+   series) and scores the held-out patient's real series (and, for the FROC on inserted
+   nodules, its synthetic copies). The operating point is fixed by the rule in the model card:
+   the lowest score at which the fold's *training* real series have at most ``TARGET_FP`` false
+   positives per scan.
+3. **Shipped scorer**: trained on all five patients, threshold by the same rule; written with
+   ``params.toml`` and ``training.json`` (every fold's numbers) to ``DIR``, each fold's scorer
+   as a model folder ``DIR/folds/PATIENT`` (CI runs each real patient through the scorer that did not see it).
+
+Each epoch takes every positive (flipped and rotated at random) and three times as many random
+negatives. The content of each epoch depends only on ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from pipelines.model_folder import training_command
+from pipelines.nodule import scorer
+
+#: The operating point, fixed before any held-out number was seen (model card).
+TARGET_FP = 2.0
+NEGATIVE_RATIO = 3
+NEGATIVES_PER_COPY = 150
+MIN_LESION_MM = 10.0
+#: The FROC's false-positive rates and the hit rule, as ``evaluate.FP_RATES`` and
+#: ``HIT_MARGIN_MM`` (a test checks they agree). Not imported from there: training from
+#: a cached ``candidates.npz`` needs only torch and numpy, so it runs on a GPU machine that has
+#: no DICOM or MONAI stack.
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+HIT_MARGIN_MM = 2.0
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # as train.DEFAULT_DATA
+
+
+def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
+    """All candidates of the real series and their synthetic copies, with labels and inputs."""
+    from pipelines.nodule import candidates, patients
+    from pipelines.nodule.grid import to_model_grid
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
+                                              "lesion", "diameter")}
+    lesion_table = []
+    for series in patients.all_series(data_dir):
+        grid = to_model_grid(series.volume, (candidates.GRID_MM,) * 3)
+        for copy in range(copies + 1):
+            if copy == 0:
+                scan_grid, inserted = grid, []
+            else:
+                scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng)
+            started = time.process_time()
+            scan = candidates.find_on_grid(scan_grid)
+            truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
+            labels, which = _labels(scan, truth, series.ignore)
+            keep = np.arange(len(labels))
+            if copy > 0:  # synthetic copies: positives and a sample of negatives
+                negatives = np.flatnonzero(labels == 0)
+                sampled = rng.choice(negatives, size=min(NEGATIVES_PER_COPY, len(negatives)), replace=False)
+                keep = np.sort(np.concatenate([np.flatnonzero(labels == 1), sampled]))
+            kept = [scan.candidates[n] for n in keep]
+            p, s = scorer.inputs(scan, kept)
+            base = len(lesion_table)
+            lesion_table += [{"series": series.name, "patient": series.patient, "copy": copy,
+                              "label": t[2], "diameter_mm": round(float(t[1]), 1)} for t in truth]
+            parts["patches"].append(p)
+            parts["scalars"].append(s)
+            parts["label"].append(labels[keep])
+            parts["lesion"].append(np.where(which[keep] >= 0, which[keep] + base, -1))
+            parts["diameter"].append(np.array([c.diameter_mm for c in kept], dtype=np.float32))
+            for key, value in (("patient", series.patient), ("series", series.name), ("copy", copy)):
+                parts[key].append(np.full(len(keep), value))
+            print(f"{series.name} copy {copy}: {len(scan.candidates)} candidates, {int((labels == 1).sum())} on "
+                  f"lesions, {int((labels == -1).sum())} ignored ({time.process_time() - started:.0f} CPU s)",
+                  flush=True)
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    arrays["lesions"] = np.array(json.dumps(lesion_table))
+    return arrays
+
+
+def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
+    """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
+    from the real lesions (``patients.RealLesion``)."""
+    from pipelines.nodule import synthesis
+    from pipelines.nodule.grid import ModelGrid
+    from pipelines.nodule.lungs import lung_mask
+
+    hu = grid.hu.copy()
+    spacing = np.asarray(grid.spacing)
+    lungs = lung_mask(hu, slice_axis=2)
+    depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per copy, not per nodule
+    avoid = [(grid.lps_to_index(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
+             for les in real]
+    truths = []
+    for _ in range(count * 5):
+        if len(truths) == count:
+            break
+        spec = synthesis.sample_spec(rng)
+        centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
+        if centre is None:
+            continue
+        inserted = synthesis.insert(hu, spacing, centre, spec, rng)
+        b = inserted.box
+        corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])])
+        lps = grid.index_to_lps(corners)
+        truths.append((np.array([lps.min(axis=0), lps.max(axis=0)]), spec.diameter_mm, f"inserted {spec.kind}"))
+        avoid.append((centre, spec.diameter_mm / 2))
+    return ModelGrid(hu=hu, origin=grid.origin, spacing=grid.spacing, direction=grid.direction), truths
+
+
+def _labels(scan, truth, ignore) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate: 1 on a lesion, -1 in an ignore region, 0 otherwise; and which lesion (-1 none)."""
+    labels = np.zeros(len(scan.candidates), dtype=np.int8)
+    which = np.full(len(scan.candidates), -1, dtype=np.int32)
+    for n, c in enumerate(scan.candidates):
+        centre = scan.center_lps(c)
+        hit = next((t for t, (box, _, _) in enumerate(truth) if _inside(centre, box, HIT_MARGIN_MM)), None)
+        if hit is not None:
+            labels[n], which[n] = 1, hit
+        elif any(_inside(centre, box, 0.0) for box in ignore):
+            labels[n] = -1
+    return labels, which
+
+
+def _inside(point: np.ndarray, box: np.ndarray, margin: float) -> bool:
+    return bool(np.all(point >= box[0] - margin) and np.all(point <= box[1] + margin))
+
+
+def train(arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: int, device: str,
+          batch: int = 32, lr: float = 2e-3) -> scorer.ScorerNet:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = scorer.ScorerNet().to(device)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    labels = arrays["label"][rows]
+    positives, negatives = rows[labels == 1], rows[labels == 0]
+    steps = epochs * int(np.ceil(len(positives) * (1 + NEGATIVE_RATIO) / batch))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 1))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    for _ in range(epochs):
+        chosen = np.concatenate([positives, rng.choice(negatives, size=len(positives) * NEGATIVE_RATIO)])
+        rng.shuffle(chosen)
+        for start in range(0, len(chosen), batch):
+            take = np.sort(chosen[start:start + batch])
+            patches = scorer.as_input(_augment(arrays["patches"][take], rng), device)
+            scalars = torch.from_numpy(arrays["scalars"][take]).to(device)
+            target = torch.from_numpy((arrays["label"][take] == 1).astype(np.float32)).to(device)
+            loss = loss_fn(net(patches, scalars), target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    return net
+
+
+def _augment(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips of each axis and a random in-plane transpose, one draw per batch."""
+    for axis in (2, 3, 4):
+        if rng.random() < 0.5:
+            patches = np.flip(patches, axis=axis)
+    if rng.random() < 0.5:
+        patches = np.swapaxes(patches, 2, 3)
+    return np.ascontiguousarray(patches)
+
+
+def operating_threshold(scores: np.ndarray, labels: np.ndarray, scans: int) -> float:
+    """The lowest score at which the false positives (label 0) stay within ``TARGET_FP`` per scan."""
+    negatives = np.sort(scores[labels == 0])[::-1]
+    allowed = int(np.floor(TARGET_FP * scans))
+    if allowed >= len(negatives):
+        return 0.0
+    return float(np.nextafter(negatives[allowed], 1.0))
+
+
+def held_out_numbers(arrays, rows: np.ndarray, scores: np.ndarray, threshold: float, lesions: list[dict]) -> dict:
+    """Per real lesion >= 10 mm: best score and found at the threshold; FP per scan; FROC on the
+    inserted nodules of the held-out patient's synthetic copies."""
+    real = rows[arrays["copy"][rows] == 0]
+    real_scores = scores[np.searchsorted(rows, real)]
+    table = []
+    for index in sorted({int(i) for i in arrays["lesion"][real] if i >= 0}):
+        lesion = lesions[index]
+        if lesion["diameter_mm"] < MIN_LESION_MM:
+            continue
+        on = arrays["lesion"][real] == index
+        best = float(real_scores[on].max())
+        table.append({**lesion, "best_score": round(best, 4), "found": best >= threshold})
+    for index, lesion in enumerate(lesions):  # lesions without any candidate are misses too
+        if (lesion["copy"] == 0 and lesion["diameter_mm"] >= MIN_LESION_MM and lesion["patient"] == arrays["patient"][rows[0]]
+                and index not in set(arrays["lesion"][real].tolist())):
+            table.append({**lesion, "best_score": 0.0, "found": False})
+    series = sorted(set(arrays["series"][real].tolist()))
+    fp = int(((arrays["label"][real] == 0) & (real_scores >= threshold)).sum())
+    synthetic = rows[arrays["copy"][rows] > 0]
+    froc = _froc(arrays, synthetic, scores[np.searchsorted(rows, synthetic)], lesions)
+    return {"lesions": table, "fp_per_scan": fp / max(len(series), 1), "series": series, "froc_inserted": froc}
+
+
+def _froc(arrays, rows: np.ndarray, scores: np.ndarray, lesions: list[dict]) -> dict[str, float]:
+    """Sensitivity on the inserted nodules at each FP rate per synthetic copy (negatives there are
+    a sample, ``NEGATIVES_PER_COPY``, so the rates are per sampled copy: an estimate)."""
+    if len(rows) == 0:
+        return {}
+    inserted = [n for n, les in enumerate(lesions) if les["copy"] > 0 and les["patient"] == arrays["patient"][rows[0]]
+                and les["label"].startswith("inserted")]
+    copies = len({(arrays["series"][r], arrays["copy"][r]) for r in rows})
+    result = {}
+    for rate in FP_RATES:
+        threshold = operating_threshold_at(scores, arrays["label"][rows], copies, rate)
+        found = {int(arrays["lesion"][r]) for r, s in zip(rows, scores) if s >= threshold and arrays["lesion"][r] >= 0}
+        result[str(rate)] = round(len(found & set(inserted)) / max(len(inserted), 1), 3)
+    return result
+
+
+def operating_threshold_at(scores: np.ndarray, labels: np.ndarray, scans: int, rate: float) -> float:
+    negatives = np.sort(scores[labels == 0])[::-1]
+    allowed = int(np.floor(rate * scans))
+    return 0.0 if allowed >= len(negatives) else float(np.nextafter(negatives[allowed], 1.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--synthetic", type=int, default=2, help="synthetic copies of each real series")
+    parser.add_argument("--nodules", type=int, default=6, help="nodules inserted per copy")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
+    parser.add_argument("--data-only", action="store_true",
+                        help="build DIR/candidates.npz and stop (to carry it to a GPU machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "candidates.npz"
+    started = time.time()
+    if cache.is_file():
+        arrays = dict(np.load(cache))
+    else:
+        arrays = build(args.data, args.synthetic, args.nodules, args.seed)
+        np.savez_compressed(cache, **arrays)
+    if args.data_only:
+        return
+    lesions = json.loads(str(arrays["lesions"]))
+    print(f"data: {len(arrays['label'])} candidates, {int((arrays['label'] == 1).sum())} positive "
+          f"({time.time() - started:.0f} s)", flush=True)
+    usable = np.flatnonzero(arrays["label"] >= 0)
+    folds = []
+    for patient in dict.fromkeys(arrays["patient"].tolist()):  # the patients in build order
+        t0 = time.time()
+        train_rows = usable[arrays["patient"][usable] != patient]
+        test_rows = usable[arrays["patient"][usable] == patient]
+        net = train(arrays, train_rows, args.epochs, args.seed, args.device)
+        threshold = _threshold_on(net, arrays, train_rows, args.device)
+        test_scores = scorer.score(net, arrays["patches"][test_rows], arrays["scalars"][test_rows], args.device)
+        numbers = held_out_numbers(arrays, test_rows, test_scores, threshold, lesions)
+        write_folder(args.out / "folds" / patient, net, threshold)  # CI runs each patient through its fold
+        folds.append({"held_out": patient, "threshold": threshold, "seconds": round(time.time() - t0), **numbers})
+        found = sum(r["found"] for r in numbers["lesions"])
+        print(f"fold {patient}: threshold {threshold:.4f}, lesions >= 10 mm found {found}/{len(numbers['lesions'])}, "
+              f"{numbers['fp_per_scan']:.1f} FP/scan, FROC inserted {numbers['froc_inserted']} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        for row in numbers["lesions"]:
+            print(f"    {row['label']} {row['diameter_mm']} mm: best {row['best_score']:.3f} found={row['found']}")
+    record = {"command": training_command("pipelines.nodule.train_scorer"), "args": {k: str(v) for k, v in vars(args).items()},
+              "target_fp_per_scan": TARGET_FP, "folds": folds}
+    if not args.folds_only:
+        net = train(arrays, usable, args.epochs, args.seed, args.device)
+        record["threshold"] = _threshold_on(net, arrays, usable, args.device)
+        write_folder(args.out, net, record["threshold"])
+    record["seconds"] = round(time.time() - started)
+    with open(args.out / "training.json", "w") as handle:
+        json.dump(record, handle, indent=1, default=float)
+
+
+def write_folder(folder: Path, net: scorer.ScorerNet, threshold: float) -> None:
+    """A scorer model folder (``candidate_detector``): weights and the operating point."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "scorer.pt")
+    (folder / "params.toml").write_text(
+        "# Written by pipelines.nodule.train_scorer; read by pipelines.nodule.candidate_detector.\n"
+        "# report_threshold: the model card's operating point (<= 2 false positives per real scan\n"
+        "# of the training patients), set by the training, not by any held-out number.\n"
+        f"[scorer]\nreport_threshold = {float(threshold)!r}\n")
+
+
+def _threshold_on(net, arrays, rows: np.ndarray, device: str) -> float:
+    """The operating point from the rows' real series (copy 0), as the model card's rule says."""
+    real = rows[arrays["copy"][rows] == 0]
+    scores = scorer.score(net, arrays["patches"][real], arrays["scalars"][real], device)
+    scans = len(set(arrays["series"][real].tolist()))
+    return operating_threshold(scores, arrays["label"][real], scans)
+
+
+if __name__ == "__main__":
+    main()

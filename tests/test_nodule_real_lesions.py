@@ -1,0 +1,222 @@
+"""Real lesions: LIDC-IDRI reader XML turned into lesions (lidc-idri-0001..0003), the candidate
+stage on them and on the real A0002 mass, and the pipeline's findings on each real patient by the
+scorer that never saw that patient (leave-one-patient-out folds shipped in ``scorer_weights/folds``).
+
+What the data README says the scans hold (each a ~3 cm lesion contoured by at least two readers,
+0003 two more of 11-16 mm) must come out of ``pipelines.nodule.lidc``, on the right voxels, with
+the readers' other marks kept as ignore regions. The candidate stage (``candidates``) must put a
+candidate on every one of those lesions and box the A0002 mass close to whole, within its budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.base import JobInput, PipelineSettings
+from pipelines.nodule import candidates, data, evaluate, lidc, patients, train, train_scorer
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
+from pipelines.nodule.lungs import lung_mask
+from pipelines.nodule.pipeline import NoduleDetection
+from tests.nodule_series import chest_files
+from tests.peers import dciodvfy
+
+SCANS = ("ct-chest/lidc-idri-0001/ct", "ct-chest/lidc-idri-0002/ct", "ct-chest/lidc-idri-0003/ct")
+#: Consensus lesions per scan, long axes (mm) of the consensus masks as measured: 31.8 | 31.0 |
+#: 31.0, 14.3, 12.6.
+EXPECTED_LESIONS = {SCANS[0]: 1, SCANS[1]: 1, SCANS[2]: 3}
+#: Consensus long axis vs the mean of the readers' long axes. Measured worst 0.9 mm (0002, whose
+#: two readers' masks are united by the 50 % vote).
+DIAMETER_TOLERANCE_MM = 2.0
+#: 0001's lesion is solid: its mask on the CT must be soft tissue, not lung. Measured -77 HU.
+SOLID_MIN_HU = -300.0
+#: Every lesion, ground glass included, is denser than aerated lung (~ -850 HU). Measured -704 HU
+#: for 0002's ground-glass nodule, the faintest.
+ANY_MIN_HU = -750.0
+
+
+#: The A0002 mass (longest annotated side 76.3 mm): its largest candidate box's longest side must
+#: reach this share of it (the issue's target). Measured: 68.0 mm, 0.89.
+MASS_EXTENT_SHARE = 0.6
+#: The pipeline's findings on each real patient by the fold scorer that never saw it, at that
+#: fold's threshold. The issue's targets (every lesion >= 10 mm reported, <= 2 false positives per
+#: scan; written in the model card before any fold) are NOT met; as the card says, the tests then
+#: assert the measured results (``bench/nodule_real_lesions.py --detector scorer``) as regression
+#: floors: per LIDC scan, the long axes (mm) of the lesions reported and the false positives.
+#: Missed: 0002's 31.0 mm ground-glass nodule (best score 0.06) and 0003's 14.3 mm nodule (0.24).
+MIN_LESION_MM = 10.0
+LIDC_FLOORS = {SCANS[0]: ([31.8], 2), SCANS[1]: ([], 4), SCANS[2]: ([31.0, 12.6], 5)}
+#: A0002 B40f: the mass is reported (score 0.895), boxed 68.0 mm (0.89 of its longest annotated
+#: side), measured 79.6 mm long (annotation 76.3 mm), with 18 false positives (target 2: missed).
+A0002_MAX_FALSE_POSITIVES = 18
+#: The mass's measured long axis against the annotation's longest side (measured +4 %).
+MASS_LONG_AXIS_TOLERANCE = 0.25
+
+
+@pytest.fixture(scope="module")
+def scans(data_dir):
+    loaded = {}
+    for name in SCANS:
+        volume = data.load(data_dir, name)
+        loaded[name] = (volume, lidc.load_annotation(volume, data_dir / name))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def a0002(data_dir) -> patients.Series:
+    return patients.load(data_dir, "lung-pet-ct-dx-A0002", data.HELD_OUT[0])
+
+
+def test_each_scan_has_the_consensus_lesions_its_readers_agree_on(scans):
+    for name, (_, annotation) in scans.items():
+        sizes = [round(les.diameter_mm, 1) for les in annotation.lesions]
+        assert len(annotation.lesions) == EXPECTED_LESIONS[name], (name, sizes)
+        assert 28.0 <= annotation.lesions[0].diameter_mm <= 36.0, (name, sizes)
+        assert all(len({r.reader for r in les.readers}) >= lidc.MIN_READERS for les in annotation.lesions)
+    small = sorted(les.diameter_mm for les in scans[SCANS[2]][1].lesions[1:])
+    assert 11.0 <= small[0] and small[-1] <= 16.0, small
+
+
+def test_consensus_long_axis_matches_the_readers_mean(scans):
+    for name, (_, annotation) in scans.items():
+        for les in annotation.lesions:
+            difference = abs(les.diameter_mm - les.readers_mean_diameter_mm)
+            assert difference <= DIAMETER_TOLERANCE_MM, (name, les.diameter_mm, les.readers_mean_diameter_mm)
+
+
+def test_lesion_masks_lie_on_the_lesions_in_the_ct(scans):
+    volume, annotation = scans[SCANS[0]]
+    solid = annotation.lesions[0]
+    assert volume.array[solid.window][solid.mask].mean() > SOLID_MIN_HU
+    # The same mask flipped top to bottom in its slices would sit on other tissue: a check that
+    # rows and columns were not swapped or mirrored (the LIDC edge map is x = column, y = row).
+    for name, (volume, annotation) in scans.items():
+        for les in annotation.lesions:
+            assert volume.array[les.window][les.mask].mean() > ANY_MIN_HU, (name, les.diameter_mm)
+            centre = volume.lps_to_index(les.center_lps)
+            window_centre = [(s.start + s.stop - 1) / 2 for s in les.window]
+            assert np.allclose(centre, window_centre, atol=max(les.mask.shape) / 2)
+
+
+def test_small_nodules_non_nodules_and_single_reader_marks_are_ignore_regions(scans):
+    _, first = scans[SCANS[0]]
+    reasons = {region.reason for region in first.ignore}
+    assert reasons == {"small nodule", "non-nodule"}, reasons
+    _, third = scans[SCANS[2]]
+    single = [r for r in third.ignore if r.reason == "single reader"]
+    # One reader drew a second contour below 0003's large lesion; nobody else did.
+    assert len(single) == 1
+    assert not any(_inside(les.center_lps, r.lps_box) for les in third.lesions for r in single)
+
+
+def test_an_xml_of_another_series_is_refused_with_a_clear_message(scans, data_dir):
+    volume, _ = scans[SCANS[0]]
+    other = lidc.read(lidc.xml_path(data_dir / SCANS[2]))
+    with pytest.raises(lidc.LidcError, match="another series"):
+        lidc.annotate(volume, other)
+
+
+def _inside(point: np.ndarray, box: np.ndarray) -> bool:
+    return bool(np.all(point >= box[0]) and np.all(point <= box[1]))
+
+
+def test_every_lidc_consensus_lesion_gets_a_candidate_within_the_budget(scans):
+    for name, (volume, annotation) in scans.items():
+        scan = candidates.find(volume)
+        assert len(scan.candidates) <= candidates.MAX_CANDIDATES
+        for les in annotation.lesions:
+            on = [c for c in scan.candidates if _inside(scan.center_lps(c), _grown(les.lps_box))]
+            assert on, (name, round(les.diameter_mm, 1))
+
+
+def test_the_real_a0002_mass_is_a_candidate_boxed_close_to_whole(a0002):
+    series = a0002
+    mass = series.lesions[0]
+    scan = candidates.find(series.volume)
+    on = [c for c in scan.candidates if _inside(scan.center_lps(c), _grown(mass.lps_box))]
+    largest = max(float(np.max(np.diff(scan.box_lps(c), axis=0))) for c in on)
+    assert largest >= MASS_EXTENT_SHARE * mass.diameter_mm, (largest, mass.diameter_mm)
+
+
+def _grown(box: np.ndarray) -> np.ndarray:
+    return np.array([box[0] - evaluate.HIT_MARGIN_MM, box[1] + evaluate.HIT_MARGIN_MM])
+
+
+def fold_pipeline(patient: str) -> NoduleDetection:
+    """The nodule pipeline with the scorer trained without ``patient``, at that fold's threshold."""
+    torch.set_num_threads(2)
+    return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu",
+                                            model=str(DEFAULT_SCORER_DIR / "folds" / patient)))
+
+
+def reported_on(pipeline: NoduleDetection, series: patients.Series) -> tuple[dict[str, bool], list]:
+    """The pipeline's reported findings on a series: which lesions >= 10 mm were reported, and the
+    findings on no lesion and in no ignore region (false positives)."""
+    volume = series.volume
+    grid = pipeline.detector.grid(volume)
+    lungs = lung_mask(grid.hu, slice_axis=2)
+    findings = pipeline.nodules(volume, grid, lungs, pipeline.detector.detect(grid, lungs))
+    hit = {f"{les.label} {les.diameter_mm:.1f} mm": any(evaluate.hits(d, les.lps_box) for d, _ in findings)
+           for les in series.lesions if les.diameter_mm >= MIN_LESION_MM}
+    false = [d for d, _ in findings
+             if not any(evaluate.hits(d, b) for b in [les.lps_box for les in series.lesions] + series.ignore)]
+    return hit, false
+
+
+@pytest.mark.parametrize("name", SCANS)
+def test_lidc_lesions_are_reported_by_the_scorer_that_never_saw_their_patient(scans, data_dir, name):
+    volume, _ = scans[name]
+    patient = name.split("/")[1]
+    series = patients.load(data_dir, patient, name, volume)
+    hit, false = reported_on(fold_pipeline(patient), series)
+    expected, max_false = LIDC_FLOORS[name]
+    reported = sorted(round(les.diameter_mm, 1) for les in series.lesions
+                      if les.diameter_mm >= MIN_LESION_MM and hit[f"{les.label} {les.diameter_mm:.1f} mm"])
+    assert set(expected) <= set(reported), (reported, hit)
+    assert len(false) <= max_false, [round(d.score, 3) for d in false]
+
+
+def test_the_a0002_mass_is_reported_whole_by_the_scorer_that_never_saw_the_patient(a0002):
+    pipeline = fold_pipeline("lung-pet-ct-dx-A0002")
+    volume = a0002.volume
+    grid = pipeline.detector.grid(volume)
+    lungs = lung_mask(grid.hu, slice_axis=2)
+    findings = pipeline.nodules(volume, grid, lungs, pipeline.detector.detect(grid, lungs))
+    mass = a0002.lesions[0]
+    on = [(d, m) for d, m in findings if evaluate.hits(d, mass.lps_box)]
+    assert on, "the mass is not reported"
+    box = max(float(np.max(d.lps_corners.max(axis=0) - d.lps_corners.min(axis=0))) for d, _ in on)
+    assert box >= MASS_EXTENT_SHARE * mass.diameter_mm, (box, mass.diameter_mm)
+    long_axis = max(m.diameter_mm for _, m in on)
+    assert abs(long_axis - mass.diameter_mm) <= MASS_LONG_AXIS_TOLERANCE * mass.diameter_mm, long_axis
+    false = [d for d, _ in findings if not evaluate.hits(d, mass.lps_box)]
+    assert len(false) <= A0002_MAX_FALSE_POSITIVES, [round(d.score, 3) for d in false]
+
+
+def test_the_scorer_pipeline_writes_the_mass_as_one_segment_and_sr_group_that_validate(data_dir, tmp_path):
+    pipeline = fold_pipeline("lung-pet-ct-dx-A0002")
+    result = pipeline.run(JobInput(series={"series": chest_files(data_dir)}, output_dir=tmp_path))
+    assert len(result.outputs) == 2  # SEG + SR
+    for path in result.outputs:
+        report = dciodvfy(path)
+        assert not report.errors, report.errors
+    # One finding measures the mass (79.6 mm long, 76 mL, as the bench measured it).
+    longest = max(n["diameter_mm"] for n in result.summary["nodules"])
+    assert longest >= MASS_EXTENT_SHARE * 76.3, result.summary["nodules"]
+
+
+def test_the_operating_point_is_the_lowest_score_with_at_most_2_false_positives_per_scan():
+    # Two scans: negatives 0.9, 0.8, 0.7, 0.6, 0.5 and a lesion at 0.65: 4 false positives are
+    # allowed, so the fifth-best negative (0.5) must fall below the threshold and 0.6 stay at it.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.65])
+    labels = np.array([0, 0, 0, 0, 0, 1])
+    threshold = train_scorer.operating_threshold(scores, labels, scans=2)
+    assert 0.5 < threshold <= 0.6
+    assert ((scores >= threshold) & (labels == 0)).sum() == 2 * train_scorer.TARGET_FP
+
+
+def test_scorer_training_counts_hits_as_the_evaluation_does():
+    assert train_scorer.HIT_MARGIN_MM == evaluate.HIT_MARGIN_MM
+    assert train_scorer.FP_RATES == evaluate.FP_RATES
+    assert train_scorer.DEFAULT_DATA == train.DEFAULT_DATA
