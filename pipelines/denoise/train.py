@@ -3,7 +3,8 @@
     python -m pipelines.denoise.train --seed 0 --out pipelines/denoise/weights
 
 reproduces the shipped weights from ``../shared/data`` in about a quarter of an hour on two CPU
-cores (faster on a GPU). Steps:
+cores (faster on a GPU). Where the shared data is not at hand (a lent GPU machine), ``--data``
+takes a training pack instead (``pack``: the same scans as one file). Steps:
 
 1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
