@@ -191,15 +191,46 @@ def test_unusable_model_folders_are_refused_with_the_reason(tmp_path):
         Denoiser.load(tmp_path, "cpu")  # [model] missing: defaults describe a different network
 
 
-def test_training_applies_the_same_mean_preservation_as_inference():
-    """The network is fitted with the high-pass it will run with, so it never relies on low frequencies."""
-    from pipelines.denoise.train import keep_mean
+def test_mean_preservation_is_a_gaussian_high_pass_of_the_change_and_removes_an_offset():
+    """``keep_mean`` (run by inference on the model's device, and by training) equals scipy's Gaussian."""
+    from scipy import ndimage
+
+    from pipelines.denoise.inference import keep_mean
 
     rng = np.random.default_rng(7)
-    hu = rng.normal(0, 100, (1, 64, 64)).astype(np.float32)
+    hu = rng.normal(0, 100, (2, 64, 80)).astype(np.float32)
     output = hu + rng.normal(20, 30, hu.shape).astype(np.float32)  # a model that adds a 20 HU offset
+    sigma = (2.0 / 0.7, 2.0 / 0.6)
+    result = keep_mean(torch.from_numpy(hu)[:, None], torch.from_numpy(output)[:, None], sigma)[:, 0].numpy()
+    residual = output - hu
+    expected = hu + residual - ndimage.gaussian_filter(residual, (0, *sigma), mode="nearest")
+    np.testing.assert_allclose(result, expected, atol=1e-3)
+    assert abs(float(result.mean() - hu.mean())) < 1.0  # the 20 HU offset is gone
     denoiser = Denoiser(torch.nn.Identity(), Preprocessing(restore_mean_sigma_mm=2.0), "cpu")
-    expected = denoiser._keep_mean(hu, output, (0.7, 0.7))
-    trained = keep_mean(torch.from_numpy(hu)[None], torch.from_numpy(output)[None], 2.0 / 0.7)[0].numpy()
-    np.testing.assert_allclose(trained[:, 12:-12, 12:-12], expected[:, 12:-12, 12:-12], atol=0.5)
-    assert abs(float(expected.mean() - hu.mean())) < 1.0  # the 20 HU offset is gone
+    on_cpu = denoiser._finish(torch.from_numpy(hu)[:, None], torch.from_numpy(output)[:, None], sigma)
+    np.testing.assert_allclose(on_cpu, result, atol=1e-3)  # the CPU path (scipy) and the GPU path (torch) agree
+
+
+def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tmp_path):
+    """The compact file a GPU machine trains from holds the same HU and metadata as the DICOM scans."""
+    from pipelines.denoise import pack
+    from pipelines.denoise.data import Scan, thin_slices
+
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-1024, 3000, (12, 32, 40)).astype(np.float32)
+    scan = Scan("x/ct", hu, 0.7, "B70f", 100.0, np.linspace(0.8, 1.2, 12), 1.25)
+    thinned = thin_slices(scan, 5.0)
+    assert len(thinned.hu) == 3  # every 4th slice of 1.25 mm: 5 mm apart
+    assert len(thin_slices(scan.subset(slice(0, 5)), 5.0).hu) == 5  # a few-slice scan stays whole
+    pack.save(tmp_path / "p.npz", [thinned], "python -m pipelines.denoise.pack")
+    (back,), header = pack.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(back.hu, thinned.hu)
+    np.testing.assert_allclose(back.relative_dose, thinned.relative_dose)
+    assert (back.name, back.kernel, back.kvp, back.pixel_spacing_mm, back.slice_thickness_mm) == \
+        ("x/ct", "B70f", 100.0, 0.7, 1.25)
+    assert header["command"] == "python -m pipelines.denoise.pack"
+    with pytest.raises(ValueError, match="not integers"):
+        pack.save(tmp_path / "q.npz", [Scan("y", hu + 0.5, 0.7, "B70f")], "")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a training pack"):
+        pack.load(tmp_path / "other.npz")

@@ -94,7 +94,7 @@ def test_lesion_masks_lie_on_the_lesions_in_the_ct(scans):
     for name, (volume, annotation) in scans.items():
         for les in annotation.lesions:
             assert volume.array[les.window][les.mask].mean() > ANY_MIN_HU, (name, les.diameter_mm)
-            centre = volume.lps_to_index(les.center_lps)
+            centre = volume.lps_to_kji(les.center_lps)
             window_centre = [(s.start + s.stop - 1) / 2 for s in les.window]
             assert np.allclose(centre, window_centre, atol=max(les.mask.shape) / 2)
 

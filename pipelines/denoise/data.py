@@ -22,6 +22,8 @@ from pipelines.volume import decode_pixels, load_series
 
 #: Slices, spread over a scan, on which its full-dose photon count is calibrated.
 CALIBRATION_SLICES = 6
+#: Scans with at most this many slices are never thinned (``thin_slices``).
+KEEP_WHOLE_SLICES = 5
 
 #: Where the repository expects the shared data: beside the checkout, as in CI.
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -72,6 +74,20 @@ class Scan:
     def filter_name(self) -> str:
         """The FBP filter whose noise texture matches this scan's reconstruction kernel."""
         return reconstruction_filter(self.kernel)
+
+
+def thin_slices(scan: Scan, gap_mm: float) -> Scan:
+    """Every n-th slice, n = round(gap / slice thickness): kept slices lie about ``gap_mm`` apart.
+
+    For a 2D denoiser, neighbouring thin slices repeat the same anatomy with new noise; thinning
+    them loses little and makes the training set small enough to travel (``pack``). Scans of at
+    most ``KEEP_WHOLE_SLICES`` slices, or without a thickness, are kept whole; 0 keeps every slice.
+    """
+    if gap_mm < 0:
+        raise ValueError(f"the slice gap must be >= 0 mm, got {gap_mm}")
+    if gap_mm == 0 or len(scan.hu) <= KEEP_WHOLE_SLICES or not scan.slice_thickness_mm:
+        return scan
+    return scan.subset(slice(None, None, max(1, round(gap_mm / scan.slice_thickness_mm))))
 
 
 def full_dose_photons(scan: Scan, generator: torch.Generator) -> float:

@@ -97,12 +97,32 @@ def _network(folder: Path, params: dict[str, Any], device: str) -> torch.nn.Modu
                         "a ResidualDenoiser ([model] channels, layers, downscale)", device)
 
 
+def keep_mean(before: torch.Tensor, after: torch.Tensor, sigma_px: tuple[float, float]) -> torch.Tensor:
+    """``before + r - G(r)`` for the change ``r = after - before`` of (N, 1, H, W) images.
+
+    G is an in-plane Gaussian of ``sigma_px`` (rows, columns) pixels, cut at 4 sigma with edge
+    pixels repeated: ``scipy.ndimage.gaussian_filter``'s defaults with mode "nearest". The units
+    do not matter (HU or network units): it is linear. Training fits through the same function.
+    """
+    residual = after - before
+    low = residual
+    for axis, sigma in ((2, sigma_px[0]), (3, sigma_px[1])):
+        radius = int(4.0 * sigma + 0.5)
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+        taps = (taps / taps.sum()).to(device=low.device, dtype=low.dtype)
+        pad = (0, 0, radius, radius) if axis == 2 else (radius, radius, 0, 0)
+        shape = (1, 1, -1, 1) if axis == 2 else (1, 1, 1, -1)
+        low = torch.nn.functional.conv2d(torch.nn.functional.pad(low, pad, mode="replicate"), taps.view(shape))
+    return before + residual - low
+
+
 class Denoiser:
     """A loaded model plus its preprocessing, on one device; call it on (slices, rows, cols) HU."""
 
     def __init__(self, network: torch.nn.Module, preprocessing: Preprocessing, device: str,
-                 batch_pixels: int | None = None) -> None:
+                 batch_pixels: int | None = None, half_precision: bool = True) -> None:
         self.device = device
+        self.half_precision = half_precision
         self.preprocessing = preprocessing
         self.cuda = device.startswith("cuda")
         self.batch_pixels = batch_pixels or (GPU_BATCH_PIXELS if self.cuda else CPU_BATCH_PIXELS)
@@ -110,45 +130,62 @@ class Denoiser:
         self.network = network.eval().to(memory_format=torch.channels_last)
 
     @classmethod
-    def load(cls, folder: Path, device: str, batch_pixels: int | None = None) -> "Denoiser":
+    def load(cls, folder: Path, device: str, batch_pixels: int | None = None,
+             half_precision: bool = True) -> "Denoiser":
         folder = require_folder(folder)
         params = read_params(folder)
-        return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels)
+        return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels,
+                   half_precision)
 
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
         """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
 
-        ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation.
+        ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation, which
+        runs on a GPU too when the model does: the volume crosses the bus once each way.
         """
         if hu.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
+        sigma_mm = self.preprocessing.restore_mean_sigma_mm
+        sigma_px = (sigma_mm / float(pixel_spacing_mm[0]), sigma_mm / float(pixel_spacing_mm[1]))
         out = np.empty(hu.shape, dtype=np.float32)
         per_batch = self.batch_pixels // (hu.shape[1] * hu.shape[2])
         if per_batch == 0:
             for k in range(hu.shape[0]):
-                out[k] = self._keep_mean(hu[k : k + 1], self._tiled(hu[k])[None], pixel_spacing_mm)[0]
+                tiled = torch.from_numpy(self._tiled(hu[k]))[None, None].to(self.device)
+                out[k] = self._finish(self._to_device(hu[k : k + 1]), tiled, sigma_px)[0]
             return out
         for start in range(0, hu.shape[0], per_batch):
-            batch = hu[start : start + per_batch]
-            out[start : start + per_batch] = self._keep_mean(batch, self._forward(batch), pixel_spacing_mm)
+            x = self._to_device(hu[start : start + per_batch])
+            out[start : start + per_batch] = self._finish(x, self._forward(x), sigma_px)
         return out
 
-    def _keep_mean(self, hu: np.ndarray, output: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
-        """``input + r - G(r)`` for the model's residual r: only detail finer than G may change."""
-        sigma_mm = self.preprocessing.restore_mean_sigma_mm
-        if sigma_mm == 0:
-            return output
-        clipped = np.clip(hu, *self.preprocessing.clip).astype(np.float32)
-        residual = output - clipped
-        sigma_px = (0.0, sigma_mm / float(pixel_spacing_mm[0]), sigma_mm / float(pixel_spacing_mm[1]))
-        return clipped + residual - ndimage.gaussian_filter(residual, sigma_px, mode="nearest")
+    def _to_device(self, hu: np.ndarray) -> torch.Tensor:
+        """(N, H, W) HU -> (N, 1, H, W) float32 HU on the model's device."""
+        return torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(self.device)
 
-    def _forward(self, hu: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(self.device)
-        x = self.preprocessing.to_network(x).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.cuda):
+    def _finish(self, hu: torch.Tensor, output: torch.Tensor, sigma_px: tuple[float, float]) -> np.ndarray:
+        """The mean-preserved output (``keep_mean``) as (N, H, W) float32 on the CPU.
+
+        On a CPU scipy's Gaussian does the same about 3x faster than torch's convolutions
+        (0.08 s against 0.28 s per 8 slices of 512 x 512 on one core); on a GPU torch keeps the
+        batch on the device.
+        """
+        if self.preprocessing.restore_mean_sigma_mm == 0:
+            return output[:, 0].cpu().numpy()
+        before = hu.clamp(*self.preprocessing.clip)
+        if hu.device.type != "cpu":
+            with torch.inference_mode():
+                return keep_mean(before, output, sigma_px)[:, 0].cpu().numpy()
+        start = before[:, 0].numpy()
+        residual = output[:, 0].numpy() - start
+        return start + residual - ndimage.gaussian_filter(residual, (0.0, *sigma_px), mode="nearest")
+
+    def _forward(self, hu: torch.Tensor) -> torch.Tensor:
+        """The network's output in HU (float32, on the device) for (N, 1, H, W) HU."""
+        x = self.preprocessing.to_network(hu).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.cuda and self.half_precision):
             y = self.network(x)
-        return self.preprocessing.to_hu(y.float())[:, 0].cpu().numpy()
+        return self.preprocessing.to_hu(y.float())
 
     def _tiled(self, hu: np.ndarray) -> np.ndarray:
         """One slice too large for a batch, in square tiles that overlap by the receptive field."""
@@ -159,7 +196,7 @@ class Denoiser:
         for rows, cols in _tiles(hu.shape, tile):
             r0, r1 = max(rows.start - halo, 0), min(rows.stop + halo, hu.shape[0])
             c0, c1 = max(cols.start - halo, 0), min(cols.stop + halo, hu.shape[1])
-            result = self._forward(hu[None, r0:r1, c0:c1])[0]
+            result = self._forward(self._to_device(hu[None, r0:r1, c0:c1]))[0, 0].cpu().numpy()
             out[rows, cols] = result[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
         return out
 

@@ -3,7 +3,8 @@
     python -m pipelines.denoise.train --seed 0 --out pipelines/denoise/weights
 
 reproduces the shipped weights from ``../shared/data`` in about a quarter of an hour on two CPU
-cores (faster on a GPU). Steps:
+cores (faster on a GPU). Where the shared data is not at hand (a lent GPU machine), ``--data``
+takes a training pack instead (``pack``: the same scans as one file). Steps:
 
 1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
@@ -15,7 +16,7 @@ cores (faster on a GPU). Steps:
    one is never used, because a sharp-kernel target keeps its own sharp noise, and noise of a
    smoother texture added on top would teach the network that sharp noise is anatomy.
 3. Fit the network, with the same mean-preserving high-pass of its residual that inference
-   applies (``inference``, "Mean preservation"), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
+   applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
    slice) with mean squared error. The targets carry their own full-dose noise; the error-optimal
    prediction still removes most noise, since the part of the input noise that came from the
    target is unpredictable from the part that was added.
@@ -33,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_photons, load_scan
-from pipelines.denoise.inference import Preprocessing
+from pipelines.denoise import pack
+from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_photons, load_scan, thin_slices
+from pipelines.denoise.inference import Preprocessing, keep_mean
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.noise import (
     ELECTRONIC_NOISE_COUNTS, FILTERS, N_VIEWS, SliceScan, added_electronic_noise, added_photons,
@@ -81,18 +83,6 @@ def effective_dose(scan: Scan, rng: np.random.Generator) -> float:
         thickness = float(math.exp(rng.uniform(*np.log(THICKNESS_RANGE_MM))))
         dose *= min(1.0, thickness_dose_factor(scan.slice_thickness_mm, thickness))
     return max(dose, MIN_EFFECTIVE_DOSE)
-
-
-def keep_mean(network_input: torch.Tensor, output: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Training's copy of inference's mean preservation: ``input + r - G(r)`` on a batch."""
-    radius = int(math.ceil(4 * sigma_px))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=output.dtype) / sigma_px) ** 2)
-    taps = (taps / taps.sum()).to(output.device)
-    residual = output - network_input
-    padded = torch.nn.functional.pad(residual, (radius, radius, radius, radius), mode="replicate")
-    low = torch.nn.functional.conv2d(padded, taps.view(1, 1, 1, -1))
-    low = torch.nn.functional.conv2d(low, taps.view(1, 1, -1, 1))
-    return network_input + residual - low
 
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
@@ -145,7 +135,7 @@ def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, 
     for step in range(1, iterations + 1):
         x, y = patch_batch(scans, realizations, rng, prep)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = torch.nn.functional.mse_loss(keep_mean(x, network(x), sigma_px), y.to(device))
+        loss = torch.nn.functional.mse_loss(keep_mean(x, network(x), (sigma_px, sigma_px)), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,15 +168,35 @@ def write_weights(out: Path, network: ResidualDenoiser, arch: Architecture, prep
     )
 
 
+def training_scans(data: Path, slice_gap_mm: float) -> tuple[list[Scan], dict]:
+    """The training scans from the shared data folder (DICOM) or from a pack file (``pack``).
+
+    Also returns where they came from, for ``training.json``: a pack names the command that
+    wrote it, so the weights can be traced back to the DICOM files.
+    """
+    if data.is_file():
+        if slice_gap_mm:
+            raise SystemExit("--slice-gap-mm applies to DICOM data; a pack is thinned when it is written "
+                             "(python -m pipelines.denoise.pack --slice-gap-mm)")
+        scans, header = pack.load(data)
+        return scans, {"pack": data.name, "pack_command": header["command"]}
+    scans = [thin_slices(load_scan(data, name), slice_gap_mm) for name in TRAINING]
+    return scans, {"dicom": "../shared/data"}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("pipelines/denoise/weights"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT,
+                        help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.pack")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--slice-stride", type=int, default=1,
                         help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
+    parser.add_argument("--slice-gap-mm", type=float, default=0.0,
+                        help="keep slices about this far apart (data.thin_slices; 0: every slice); "
+                             "a pack is thinned when it is written")
     args = parser.parse_args(argv)
 
     from pipelines.base import resolve_device
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.monotonic()
 
-    scans = [load_scan(args.data, name).subset(slice(None, None, args.slice_stride)) for name in TRAINING]
+    scans, source = training_scans(args.data, args.slice_gap_mm)
+    scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
     photons = [full_dose_photons(scan, generator) for scan in scans]
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
@@ -233,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
              "full_dose_photons_per_ray": round(p)}
             for s, p in zip(scans, photons)
         ],
+        "data": source,
+        "slice_gap_mm": args.slice_gap_mm,
         "realizations": len(realizations),
         "training_rmse_hu_every_250_steps": [round(v, 2) for v in losses],
     }, indent=2) + "\n")

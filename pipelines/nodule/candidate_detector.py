@@ -83,4 +83,4 @@ class CandidateDetector:
 def _corners_lps(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> np.ndarray:
     low, high = candidate.box[:3], candidate.box[3:]
     corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
-    return scan.grid.index_to_lps(corners)
+    return scan.grid.xyz_to_lps(corners)

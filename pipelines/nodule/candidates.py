@@ -82,13 +82,13 @@ class CandidateScan:
     candidates: list[Candidate]
 
     def center_lps(self, candidate: Candidate) -> np.ndarray:
-        return self.grid.index_to_lps(candidate.center)
+        return self.grid.xyz_to_lps(candidate.center)
 
     def box_lps(self, candidate: Candidate) -> np.ndarray:
         """The candidate's box as [[min], [max]] LPS corners."""
         low, high = candidate.box[:3], candidate.box[3:]
         corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
-        lps = self.grid.index_to_lps(corners)
+        lps = self.grid.xyz_to_lps(corners)
         return np.array([lps.min(axis=0), lps.max(axis=0)])
 
 

@@ -293,7 +293,7 @@ def _crop(stack: np.ndarray, k0: int) -> tuple[tuple[slice, slice, slice], np.nd
 def _measured(volume: Volume, reader: int, nodule_id: str, window, mask: np.ndarray) -> ReaderMask:
     spacing_kji = np.asarray(volume.spacing[::-1])
     start = np.array([s.start for s in window])
-    centre = volume.index_to_lps(np.array(ndi.center_of_mass(mask)) + start)
+    centre = volume.kji_to_lps(np.array(ndi.center_of_mass(mask)) + start)
     return ReaderMask(reader, nodule_id, window, mask, centre, long_axis_mm(mask, spacing_kji),
                       float(mask.sum() * np.prod(spacing_kji)))
 
@@ -358,7 +358,7 @@ def _mask_box(volume: Volume, window, mask: np.ndarray) -> np.ndarray:
     where = np.argwhere(mask) + np.array([s.start for s in window])
     low, high = where.min(axis=0) - 0.5, where.max(axis=0) + 0.5
     corners = np.array([[k, j, i] for k in (low[0], high[0]) for j in (low[1], high[1]) for i in (low[2], high[2])])
-    lps = volume.index_to_lps(corners)
+    lps = volume.kji_to_lps(corners)
     return np.array([lps.min(axis=0), lps.max(axis=0)])
 
 
@@ -367,5 +367,5 @@ def _sphere_box(volume: Volume, slices, uid: str, z_mm: float, xy: tuple[int, in
     k = _slice_of(slices, uid, z_mm)
     if k is None:
         k = int(np.argmin(np.abs(slices[1] - z_mm)))  # a mark slightly off the series still ignores
-    centre = volume.index_to_lps([k, xy[1], xy[0]])
+    centre = volume.kji_to_lps([k, xy[1], xy[0]])
     return IgnoreRegion(np.array([centre - radius_mm, centre + radius_mm]), reason)

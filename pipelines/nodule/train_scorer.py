@@ -106,7 +106,7 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[obj
     spacing = np.asarray(grid.spacing)
     lungs = lung_mask(hu, slice_axis=2)
     depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per copy, not per nodule
-    avoid = [(grid.lps_to_index(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
+    avoid = [(grid.lps_to_xyz(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
              for les in real]
     truths = []
     for _ in range(count * 5):
@@ -119,7 +119,7 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[obj
         inserted = synthesis.insert(hu, spacing, centre, spec, rng)
         b = inserted.box
         corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])])
-        lps = grid.index_to_lps(corners)
+        lps = grid.xyz_to_lps(corners)
         truths.append((np.array([lps.min(axis=0), lps.max(axis=0)]), spec.diameter_mm, f"inserted {spec.kind}"))
         avoid.append((centre, spec.diameter_mm / 2))
     return ModelGrid(hu=hu, origin=grid.origin, spacing=grid.spacing, direction=grid.direction), truths
