@@ -34,6 +34,7 @@ class ThresholdOptions(PipelineOptions):
     fail: bool = False
     threshold_hu: float = 300.0
     report: bool = False
+    sleep_after_write_seconds: float = 0.0  # results on disk, job not yet done: kill -9 trials
 
 
 class HUThreshold(Pipeline):
@@ -64,7 +65,7 @@ class HUThreshold(Pipeline):
                 identity, looked_for=DENSE, segmentation=seg))
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
-        time.sleep(float(options.get("sleep_after_write_seconds", 0)))  # results on disk, not committed
+        time.sleep(options.sleep_after_write_seconds)  # results on disk, not committed
         return JobResult(outputs=outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
                                                    "model_version": VERSION, "seconds": clock.laps})
 
