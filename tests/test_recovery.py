@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import subprocess
 import time
@@ -13,24 +12,13 @@ import pydicom
 from node.reconcile import reindex_spool
 from node.spool import Spool
 from node.store import Index
-from tests.kill_trials import KillTrials
+from tests.kill_trials import KillTrials, acknowledged
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 
 
 def pacs(orthanc: Orthanc) -> list[dict]:
     return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
-
-
-def acknowledged(storescu_output: str) -> list[str]:
-    """Files storescu reported as stored (its verbose log pairs each file with its response)."""
-    stored, current = [], None
-    for line in storescu_output.splitlines():
-        if m := re.search(r"Sending file: (.+)$", line):
-            current = m.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            stored.append(current)
-    return stored
 
 
 def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc, data_dir):
