@@ -28,6 +28,7 @@ from node.config import Config, Route
 from node.isolation import isolated
 from node.matcher import failed_conditions
 from node.router import Router, assign_inputs, job_spec, read_header
+from node.states import JobState, SeriesState
 from node.store import Index, SeriesRow
 
 #: Studies quiet for longer than this are no longer examined by study-level routes.
@@ -230,7 +231,7 @@ class Assembler:
         self._logged_waits.pop(series.series_uid, None)
         if not self.router.study_routes():
             self._forget_headers([series.series_uid])  # no study route will look at it again
-        logs.info("series.routed", series=series.series_uid, routes=[j["route"] for j in jobs])
+        logs.info("series.routed", series=series.series_uid, routes=[j.route for j in jobs])
 
     def _set_aside(self, series: SeriesRow, reason: str) -> None:
         self._headers.pop(series.series_uid, None)
@@ -285,11 +286,11 @@ class Assembler:
     def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
                      now: float) -> StudyStatus | None:
         """Where ``route`` stands with a study; None when no arrived series of it matches."""
-        arrived = [(r, self.header(r)) for r in rows if r.state != "receiving"]
+        arrived = [(r, self.header(r)) for r in rows if r.state != SeriesState.RECEIVING]
         if not any(not failed_conditions(route.match, header) for _, header in arrived):
             return None
         assigned = assign_inputs(route, arrived)
-        pending = tuple(r.series_uid for r in rows if r.state == "receiving")
+        pending = tuple(r.series_uid for r in rows if r.state == SeriesState.RECEIVING)
         timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
         forced_at = self.index.forced_at(study_uid)
         forced = forced_at is not None and forced_at >= last_received
@@ -304,7 +305,7 @@ class Assembler:
         generation = sum(r.generation for r in rows)
         if self.index.has_job(route.name, study_uid, generation):
             return True
-        receiving = any(r.state == "receiving" for r in rows)
+        receiving = any(r.state == SeriesState.RECEIVING for r in rows)
         if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
             if not receiving:
                 self._note_ignored(route, study_uid, study_uid, generation)
@@ -322,8 +323,8 @@ class Assembler:
             why = "completion forced" if status.forced else f"study quiet for {timeout:g} s"
             reason = f"missing input: {', '.join(status.decision.missing)} ({why})"
             spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
-                            inputs=status.assigned, state="failed", outcome=reason)
+                            inputs=status.assigned, state=JobState.FAILED, outcome=reason)
         if self.index.add_job(spec):
             logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
-                      outcome=spec["outcome"] or "queued", forced=status.forced)
+                      outcome=spec.outcome or spec.state, forced=status.forced)
         return True

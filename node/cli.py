@@ -20,6 +20,7 @@ from node.admin import (Outcome, cancel_job, complete_series, complete_study, mo
                         retry_job, stage_seconds, supersessions, when as _when)
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.spool import keep_private
+from node.states import DeliveryState, JobState
 
 DEFAULT_CONFIG = Path("config.toml")
 #: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
@@ -51,11 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("path", type=Path)
 
     jobs = command("jobs", "list jobs")
-    jobs.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    jobs.add_argument("--state", type=JobState, choices=list(JobState))
     jobs.add_argument("--id", type=int, help="show one job in full: inputs, summary, traceback, deliveries")
 
     deliveries = command("deliveries", "list deliveries of results to destinations")
-    deliveries.add_argument("--state", choices=["pending", "retrying", "sent", "dead"])
+    deliveries.add_argument("--state", type=DeliveryState, choices=list(DeliveryState))
 
     command("problems", "list series, studies and clean-ups the node set aside, with the reason")
 
@@ -278,10 +279,10 @@ def _print_notes(index) -> None:
 
 
 def _studies(config: Config, args: argparse.Namespace) -> int:
-    from node.studies import StudyWatch
+    from node.studies import StudyState, StudyWatch
 
     views = StudyWatch(config, _index(config)).studies(time.time())
-    shown = [v for v in views if args.all or v.state != "routed"]
+    shown = [v for v in views if args.all or v.state != StudyState.ROUTED]
     if not shown:
         print("no study is receiving or waiting" + ("" if args.all else " (--all lists routed studies too)"))
     for view in shown:
@@ -297,7 +298,7 @@ def _studies(config: Config, args: argparse.Namespace) -> int:
             if route.waits_for:
                 line += f"; waits for {', '.join(route.waits_for)} until {_when(route.until)}"
             print(line)
-        if view.state != "routed":
+        if view.state != StudyState.ROUTED:
             print(f"  (radnode complete --study {view.study_uid} ends the wait now)")
     return 0
 
@@ -359,7 +360,7 @@ def _deliveries(config: Config, args: argparse.Namespace) -> int:
     _table(
         ["ID", "JOB", "DESTINATION", "STATE", "ATTEMPTS", "NEXT/SENT", "LAST ERROR"],
         [[d.id, d.job_id, d.destination, d.state, d.attempts,
-          _when(d.sent_at if d.state == "sent" else d.next_attempt_at), d.last_error]
+          _when(d.sent_at if d.state == DeliveryState.SENT else d.next_attempt_at), d.last_error]
          for d in deliveries],
     )
     return 0

@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node import logs
 from node.config import Config
+from node.states import MACHINES, DeliveryState
 from node.store import Index
 from node.studies import StudyWatch, wait_counts
 
@@ -29,11 +30,7 @@ ChildCounts = Callable[[], dict[str, tuple[int, int]]]
 #: name -> (ok, detail): the executor's own checks (a cluster it must reach), from the supervisor.
 ExecutorChecks = Callable[[], dict[str, tuple[bool, str]]]
 
-_STATES = {
-    "series": ("receiving", "complete", "routed"),
-    "jobs": ("queued", "running", "done", "failed"),
-    "deliveries": ("pending", "retrying", "sent", "dead"),
-}
+_STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
         free_mb >= config.node.min_free_disk_mb,
         f"{free_mb} MB free, C-STORE refused below {config.node.min_free_disk_mb} MB",
     )
-    dead = counts.get("deliveries", {}).get("dead", 0)
+    dead = counts.get("deliveries", {}).get(DeliveryState.DEAD, 0)
     # Dead deliveries do not stop the node, but someone must act: `radnode retry`.
     checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
     return checks

@@ -41,6 +41,7 @@ from node import logs
 from node.config import Config, RaySettings, load_config
 from node.executor import ProcessExecutor, die_with_parent
 from node.spool import Spool
+from node.states import JobState
 from node.store import Index, Job
 from node.worker import commit_result, pipeline_settings
 from pipelines.base import JobResult
@@ -296,7 +297,7 @@ class Driver:
             if ready:
                 return ray.get(ref)
             current = self.index.job(job.id)
-            if current is None or current.state != "running" or current.attempts != job.attempts:
+            if current is None or current.state != JobState.RUNNING or current.attempts != job.attempts:
                 self.forget(job.pipeline)
                 logs.warning("job.cancelled_on_cluster", job=job.id, attempt=job.attempts,
                              state=None if current is None else current.state)

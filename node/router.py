@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import pydicom
 from pydicom import Dataset
 
 from node.config import Config, Route
 from node.matcher import failed_conditions
-from node.store import SeriesRow
+from node.states import JobState
+from node.store import JobSpec, SeriesRow
 from pipelines.base import SERIES_ROLE
 
 
@@ -58,7 +59,7 @@ class Router:
             if (level is None or route.level == level) and not failed_conditions(route.match, header)
         ]
 
-    def series_jobs(self, series: SeriesRow, header: Dataset) -> list[dict[str, Any]]:
+    def series_jobs(self, series: SeriesRow, header: Dataset) -> list[JobSpec]:
         """Jobs for a series that just completed: one per matching series-level route."""
         return [
             job_spec(route, subject=series.series_uid, study_uid=series.study_uid,
@@ -95,11 +96,10 @@ def assign_inputs(route: Route, series: Iterable[tuple[SeriesRow, Dataset]]) -> 
 
 def job_spec(
     route: Route, *, subject: str, study_uid: str, generation: int, inputs: Mapping[str, str],
-    state: str = "queued", outcome: str = "",
-) -> dict[str, Any]:
-    return {
-        "route": route.name, "pipeline": route.pipeline, "subject": subject,
-        "study_uid": study_uid, "generation": generation, "inputs": dict(inputs),
-        "destinations": list(route.destinations), "priority": route.priority,
-        "state": state, "outcome": outcome,
-    }
+    state: JobState = JobState.QUEUED, outcome: str = "",
+) -> JobSpec:
+    return JobSpec(
+        route=route.name, pipeline=route.pipeline, subject=subject, study_uid=study_uid,
+        generation=generation, inputs=dict(inputs), destinations=list(route.destinations),
+        priority=route.priority, state=state, outcome=outcome,
+    )

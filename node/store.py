@@ -6,7 +6,7 @@ processes never see half a change, and a restart finds every series, job and del
 it was left.
 
 States: series ``receiving -> complete -> routed`` (a late instance re-opens it);
-job: see ``node.jobstates``; delivery ``pending -> sent | retrying -> dead``.
+job and delivery: see ``node.states``, whose ``apply`` makes every state change.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from node import jobstates
+from node import states
+from node.states import DeliveryState, JobState, SeriesState
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     first_received REAL NOT NULL,
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
     modality TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete', 'routed')),
+    state TEXT NOT NULL {states.schema_check(states.SERIES)},
     generation INTEGER NOT NULL DEFAULT 0,
     instance_count INTEGER NOT NULL DEFAULT 0,
     first_received REAL NOT NULL,
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     inputs TEXT NOT NULL,
     destinations TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    state TEXT NOT NULL {states.schema_check(states.JOBS)},
     attempts INTEGER NOT NULL DEFAULT 0,
     outcome TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -104,7 +105,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER NOT NULL,
     destination TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'sent', 'dead')),
+    state TEXT NOT NULL {states.schema_check(states.DELIVERIES)},
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
@@ -158,6 +159,9 @@ _ADDED_COLUMNS = (
     ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
 
+#: a job that has not ended: a rerun of its route and subject waits, its study is not settled
+_UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.
 INDEX_MODE = 0o600
 
@@ -193,7 +197,7 @@ class SeriesRow:
     series_uid: str
     study_uid: str
     modality: str
-    state: str
+    state: SeriesState
     generation: int
     instance_count: int
     first_received: float
@@ -201,6 +205,23 @@ class SeriesRow:
     sample_path: Path
     open_associations: int
     released_at: float | None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job to create: what the router decided for a series or study at one generation."""
+
+    route: str
+    pipeline: str
+    subject: str
+    study_uid: str
+    generation: int
+    inputs: dict[str, str]
+    destinations: list[str]
+    priority: int = 0
+    #: ``failed`` (with the outcome saying why) for a route that cannot run for its subject
+    state: JobState = JobState.QUEUED
+    outcome: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,7 +235,7 @@ class Job:
     inputs: dict[str, str]
     destinations: list[str]
     priority: int
-    state: str
+    state: JobState
     attempts: int
     outcome: str
     created_at: float
@@ -227,7 +248,7 @@ class Job:
     #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
     summary: dict[str, Any] = field(default_factory=dict)
     #: attempts lost with the machine or process that ran them (not the job's fault); a job is
-    #: failed when these reach ``[workers.ray] max_attempts`` (``node.jobstates``).
+    #: failed when these reach ``[workers.ray] max_attempts`` (``node.states``).
     lost_attempts: int = 0
 
 
@@ -236,7 +257,7 @@ class Delivery:
     id: int
     job_id: int
     destination: str
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_error: str
@@ -385,11 +406,12 @@ class Index:
             )
             db.execute(
                 "INSERT INTO series(series_uid, study_uid, modality, state, first_received,"
-                " last_received, sample_path) VALUES (?, ?, ?, 'receiving', ?, ?, ?)"
+                " last_received, sample_path) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                " generation = CASE WHEN state = 'receiving' THEN generation ELSE generation + 1 END,"
-                " state = 'receiving'",
-                (rec.series_uid, rec.study_uid, rec.modality, now, now, str(rec.path)),
+                " generation = CASE WHEN state = ? THEN generation ELSE generation + 1 END,"
+                " state = ?",  # states.REOPEN, for a series no longer receiving
+                (rec.series_uid, rec.study_uid, rec.modality, SeriesState.RECEIVING, now, now,
+                 str(rec.path), SeriesState.RECEIVING, states.REOPEN.target),
             )
             db.execute(
                 "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class, transfer_syntax,"
@@ -426,7 +448,7 @@ class Index:
     # ---- completion and routing ------------------------------------------------------------
 
     def receiving_series(self) -> list[SeriesRow]:
-        return self._series_rows("WHERE s.state = 'receiving'", ())
+        return self._series_rows("WHERE s.state = ?", (SeriesState.RECEIVING,))
 
     def series_of_study(self, study_uid: str) -> list[SeriesRow]:
         return self._series_rows("WHERE s.study_uid = ?", (study_uid,))
@@ -451,7 +473,7 @@ class Index:
         return [
             SeriesRow(
                 series_uid=r["series_uid"], study_uid=r["study_uid"], modality=r["modality"],
-                state=r["state"], generation=r["generation"], instance_count=r["instance_count"],
+                state=SeriesState(r["state"]), generation=r["generation"], instance_count=r["instance_count"],
                 first_received=r["first_received"], last_received=r["last_received"],
                 sample_path=Path(r["sample_path"]), open_associations=r["open_associations"],
                 released_at=r["released_at"],
@@ -462,36 +484,27 @@ class Index:
     def mark_complete(self, series_uid: str, generation: int) -> bool:
         """receiving -> complete, unless an instance arrived since the decision was taken."""
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE series SET state = 'complete', completed_at = ?"
-                " WHERE series_uid = ? AND state = 'receiving' AND generation = ?",
-                (time.time(), series_uid, generation),
-            )
-            return cur.rowcount == 1
+            return states.apply(db, states.SERIES, states.COMPLETE, series_uid,
+                                {"completed_at": time.time()}, extra_where="generation = ?",
+                                extra_args=(generation,)) == 1
 
     def complete_series(self) -> list[SeriesRow]:
-        return self._series_rows("WHERE s.state = 'complete'", ())
+        return self._series_rows("WHERE s.state = ?", (SeriesState.COMPLETE,))
 
-    def route_series(self, series_uid: str, generation: int, jobs: Sequence[dict[str, Any]]) -> None:
+    def route_series(self, series_uid: str, generation: int, jobs: Sequence[JobSpec]) -> None:
         """complete -> routed and the jobs it needs, in one transaction."""
         with self._tx() as db:
             for job in jobs:
                 self._insert_job(db, job)
-            db.execute(
-                "UPDATE series SET state = 'routed' WHERE series_uid = ? AND state = 'complete'"
-                " AND generation = ?",
-                (series_uid, generation),
-            )
+            states.apply(db, states.SERIES, states.ROUTE, series_uid, {},
+                         extra_where="generation = ?", extra_args=(generation,))
 
     def set_aside_series(self, series_uid: str, generation: int, reason: str) -> None:
         """A series the scheduler cannot complete or route leaves the queue (state ``routed``,
         no jobs) with the reason recorded; a late instance re-opens it for another try."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE series SET state = 'routed' WHERE series_uid = ? AND generation = ?"
-                " AND state IN ('receiving', 'complete')",
-                (series_uid, generation),
-            )
+            states.apply(db, states.SERIES, states.SET_ASIDE, series_uid, {},
+                         extra_where="generation = ?", extra_args=(generation,))
             self._insert_problem(db, "series", series_uid, generation, reason)
 
     def record_problem(self, kind: str, subject: str, generation: int, reason: str) -> None:
@@ -519,20 +532,20 @@ class Index:
             "SELECT kind, subject, generation, reason, at FROM problems ORDER BY at").fetchall()
         return [Problem(**dict(r)) for r in rows]
 
-    def add_job(self, job: dict[str, Any]) -> bool:
+    def add_job(self, job: JobSpec) -> bool:
         with self._tx() as db:
             return self._insert_job(db, job)
 
-    def _insert_job(self, db: sqlite3.Connection, job: dict[str, Any]) -> bool:
+    def _insert_job(self, db: sqlite3.Connection, job: JobSpec) -> bool:
         now = time.time()
         cur = db.execute(
             "INSERT OR IGNORE INTO jobs(route, pipeline, subject, study_uid, generation, inputs,"
             " destinations, priority, state, outcome, created_at, finished_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job["route"], job["pipeline"], job["subject"], job["study_uid"], job["generation"],
-             json.dumps(job["inputs"]), json.dumps(job["destinations"]), job.get("priority", 0),
-             job.get("state", "queued"), job.get("outcome", ""), now,
-             now if job.get("state") == "failed" else None),
+            (job.route, job.pipeline, job.subject, job.study_uid, job.generation,
+             json.dumps(job.inputs), json.dumps(job.destinations), job.priority,
+             states.JOBS.check_initial(job.state), job.outcome, now,
+             now if job.state == JobState.FAILED else None),
         )
         return cur.rowcount == 1
 
@@ -576,20 +589,16 @@ class Index:
     def force_series_complete(self, series_uid: str) -> bool:
         """receiving -> complete now, on the administrator's word (``radnode complete``)."""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE series SET state = 'complete', completed_at = ? WHERE series_uid = ?"
-                " AND state = 'receiving'", (time.time(), series_uid),
-            ).rowcount == 1
+            return states.apply(db, states.SERIES, states.COMPLETE, series_uid,
+                                {"completed_at": time.time()}) == 1
 
     def force_study(self, study_uid: str) -> int:
         """Complete every receiving series of a study and let its study routes decide now, as if
         their timeout had passed; returns how many series were still receiving."""
         now = time.time()
         with self._tx() as db:
-            count = db.execute(
-                "UPDATE series SET state = 'complete', completed_at = ? WHERE study_uid = ?"
-                " AND state = 'receiving'", (now, study_uid),
-            ).rowcount
+            count = states.apply(db, states.SERIES, states.COMPLETE, None, {"completed_at": now},
+                                 extra_where="study_uid = ?", extra_args=(study_uid,))
             db.execute("INSERT INTO forced_studies(study_uid, forced_at) VALUES (?, ?)"
                        " ON CONFLICT(study_uid) DO UPDATE SET forced_at = excluded.forced_at",
                        (study_uid, now))
@@ -630,9 +639,9 @@ class Index:
         that ``job`` replaces. None for a first answer."""
         row = self._db.execute(
             "SELECT j.id FROM jobs j WHERE j.route = ? AND j.subject = ? AND j.id < ?"
-            " AND j.state = 'done' AND EXISTS (SELECT 1 FROM result_objects o WHERE o.job_id = j.id)"
+            " AND j.state = ? AND EXISTS (SELECT 1 FROM result_objects o WHERE o.job_id = j.id)"
             " ORDER BY j.id DESC LIMIT 1",
-            (job.route, job.subject, job.id),
+            (job.route, job.subject, job.id, JobState.DONE),
         ).fetchone()
         return None if row is None else (int(row["id"]), self.result_objects(int(row["id"])))
 
@@ -684,22 +693,23 @@ class Index:
             # A rerun waits for the earlier job of its route and subject, so that it can name
             # that job's results as the ones it replaces.
             row = db.execute(
-                "SELECT id FROM jobs q WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs p"
+                "SELECT id FROM jobs q WHERE state = ? AND NOT EXISTS (SELECT 1 FROM jobs p"
                 " WHERE p.route = q.route AND p.subject = q.subject AND p.id < q.id"
-                " AND p.state IN ('queued', 'running')) ORDER BY priority DESC, id LIMIT 1"
+                " AND p.state IN (?, ?)) ORDER BY priority DESC, id LIMIT 1",
+                (JobState.QUEUED, *_UNFINISHED),
             ).fetchone()
             if row is None:
                 return None
-            jobstates.apply(db, jobstates.CLAIM, row["id"], {
+            states.apply(db, states.JOBS, states.CLAIM, row["id"], {
                 "started_at": now, "deadline": now + timeout, "worker_pid": pid,
-                "attempts": jobstates.Sql("attempts + 1")})
+                "attempts": states.Sql("attempts + 1")})
         return self.job(row["id"])
 
     def attempt_started(self, job_id: int, attempt: int, pid: int) -> bool:
         """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
         with self._tx() as db:
-            return jobstates.apply(db, jobstates.START, job_id, {"worker_pid": pid},
-                                   jobstates.Fence(attempt)) == 1
+            return states.apply(db, states.JOBS, states.START, job_id, {"worker_pid": pid},
+                                   states.Fence(attempt)) == 1
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
                    summary: dict[str, Any] | None = None, *, attempt: int,
@@ -711,9 +721,9 @@ class Index:
         now = time.time()
         with self._tx() as db:
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            moved = jobstates.apply(db, jobstates.FINISH, job_id, {
+            moved = states.apply(db, states.JOBS, states.FINISH, job_id, {
                 "outcome": outcome, "finished_at": now,
-                "summary": json.dumps(summary or {}, default=str)}, jobstates.Fence(attempt))
+                "summary": json.dumps(summary or {}, default=str)}, states.Fence(attempt))
             if not moved:
                 return False
             if lineage is not None:
@@ -726,8 +736,9 @@ class Index:
             if results:
                 db.executemany(
                     "INSERT OR IGNORE INTO deliveries(job_id, destination, state, next_attempt_at,"
-                    " created_at) VALUES (?, ?, 'pending', ?, ?)",
-                    [(job_id, dest, now, now) for dest in json.loads(job["destinations"])],
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
+                    [(job_id, dest, states.DELIVERIES.check_initial(DeliveryState.PENDING), now, now)
+                     for dest in json.loads(job["destinations"])],
                 )
         return True
 
@@ -736,19 +747,19 @@ class Index:
         """running -> failed for ``attempt`` (and, with ``only_if_pid``, only while that worker
         holds it): a late failure of an attempt the node already ended changes nothing."""
         with self._tx() as db:
-            return jobstates.apply(db, jobstates.FAIL, job_id, {
+            return states.apply(db, states.JOBS, states.FAIL, job_id, {
                 "outcome": reason, "finished_at": time.time(), "traceback": traceback},
-                jobstates.Fence(attempt, only_if_pid)) == 1
+                states.Fence(attempt, only_if_pid)) == 1
 
     def hand_back_job(self, job_id: int, attempt: int, reason: str, lost: bool) -> bool:
         """running -> queued for a new attempt; ``lost``: the attempt died with the machine that
         ran it and counts against the job's retries (a cluster that could not be reached before
         the attempt ran does not). The reason stays in ``outcome`` until the next attempt ends."""
         with self._tx() as db:
-            return jobstates.apply(db, jobstates.HAND_BACK, job_id, {
+            return states.apply(db, states.JOBS, states.HAND_BACK, job_id, {
                 "outcome": reason, "worker_pid": None, "deadline": None,
-                "lost_attempts": jobstates.Sql(f"lost_attempts + {int(lost)}")},
-                jobstates.Fence(attempt)) == 1
+                "lost_attempts": states.Sql(f"lost_attempts + {int(lost)}")},
+                states.Fence(attempt)) == 1
 
     def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
         """Running jobs whose worker is gone (every one, at start) are queued to run again."""
@@ -757,34 +768,34 @@ class Index:
             if worker_pids is not None:
                 extra = f"worker_pid IN ({','.join('?' * len(worker_pids))})"
                 args = tuple(worker_pids)
-            return jobstates.apply(db, jobstates.HAND_BACK, None,
-                                   {"worker_pid": None, "deadline": None}, jobstates.Fence(),
+            return states.apply(db, states.JOBS, states.HAND_BACK, None,
+                                   {"worker_pid": None, "deadline": None}, states.Fence(),
                                    extra, args)
 
     def requeue_job(self, job_id: int) -> bool:
         """A failed job (after a fix on the site, say) is queued again on the admin's request."""
         with self._tx() as db:
-            return jobstates.apply(db, jobstates.REQUEUE, job_id, {
+            return states.apply(db, states.JOBS, states.REQUEUE, job_id, {
                 "outcome": "", "traceback": "", "worker_pid": None, "deadline": None}) == 1
 
     def cancel_job(self, job_id: int) -> bool:
         """A queued job the administrator does not want run ends as failed, with the reason on
         record (the schema's states stay the four the design names); ``requeue_job`` undoes it."""
         with self._tx() as db:
-            return jobstates.apply(db, jobstates.CANCEL, job_id, {
+            return states.apply(db, states.JOBS, states.CANCEL, job_id, {
                 "outcome": "cancelled by the administrator", "finished_at": time.time()}) == 1
 
     def overdue_jobs(self, now: float) -> list[Job]:
-        return self._jobs("WHERE state = 'running' AND deadline < ?", (now,))
+        return self._jobs("WHERE state = ? AND deadline < ?", (JobState.RUNNING, now))
 
     def running_jobs(self) -> list[Job]:
-        return self._jobs("WHERE state = 'running'", ())
+        return self._jobs("WHERE state = ?", (JobState.RUNNING,))
 
     def job(self, job_id: int) -> Job | None:
         jobs = self._jobs("WHERE id = ?", (job_id,))
         return jobs[0] if jobs else None
 
-    def jobs(self, state: str | None = None) -> list[Job]:
+    def jobs(self, state: JobState | None = None) -> list[Job]:
         return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
 
     def jobs_finished_since(self, since: float) -> list[Job]:
@@ -794,7 +805,7 @@ class Index:
     def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
         return [
-            Job(**{**dict(r), "inputs": json.loads(r["inputs"]),
+            Job(**{**dict(r), "state": JobState(r["state"]), "inputs": json.loads(r["inputs"]),
                    "destinations": json.loads(r["destinations"]), "summary": json.loads(r["summary"])})
             for r in rows
         ]
@@ -809,54 +820,40 @@ class Index:
 
     def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
         return self._deliveries(
-            "WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+            "WHERE state IN (?, ?) AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
+            (DeliveryState.PENDING, DeliveryState.RETRYING, now, limit),
         )
 
-    def deliveries(self, state: str | None = None) -> list[Delivery]:
+    def deliveries(self, state: DeliveryState | None = None) -> list[Delivery]:
         if state:
             return self._deliveries("WHERE state = ? ORDER BY id", (state,))
         return self._deliveries("ORDER BY id", ())
 
     def _deliveries(self, tail: str, args: tuple[Any, ...]) -> list[Delivery]:
         rows = self._db.execute(f"SELECT * FROM deliveries {tail}", args).fetchall()
-        return [Delivery(**dict(r)) for r in rows]
+        return [Delivery(**{**dict(r), "state": DeliveryState(r["state"])}) for r in rows]
 
     def delivery_sent(self, delivery_id: int) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
-                " last_error = '' WHERE id = ?",
-                (time.time(), delivery_id),
-            )
+            states.apply(db, states.DELIVERIES, states.SEND, delivery_id, {
+                "sent_at": time.time(), "attempts": states.Sql("attempts + 1"), "last_error": ""})
 
     def delivery_failed(self, delivery_id: int, error: str, next_attempt_at: float | None) -> None:
         """Record a failed attempt; ``next_attempt_at=None`` means give up (dead)."""
         with self._tx() as db:
+            values: dict[str, Any] = {"attempts": states.Sql("attempts + 1"), "last_error": error}
             if next_attempt_at is None:
-                db.execute(
-                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?"
-                    " WHERE id = ?",
-                    (error, delivery_id),
-                )
+                states.apply(db, states.DELIVERIES, states.GIVE_UP, delivery_id, values)
             else:
-                db.execute(
-                    "UPDATE deliveries SET state = 'retrying', attempts = attempts + 1,"
-                    " last_error = ?, next_attempt_at = ? WHERE id = ?",
-                    (error, next_attempt_at, delivery_id),
-                )
+                states.apply(db, states.DELIVERIES, states.RETRY_LATER, delivery_id,
+                             {**values, "next_attempt_at": next_attempt_at})
 
     def retry_dead_deliveries(self, delivery_id: int | None = None) -> int:
         with self._tx() as db:
-            sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                   " retry_from = ? WHERE state = 'dead'")
             now = time.time()
-            args: tuple[Any, ...] = (now, now)
-            if delivery_id is not None:
-                sql += " AND id = ?"
-                args += (delivery_id,)
-            return db.execute(sql, args).rowcount
+            return states.apply(db, states.DELIVERIES, states.RETRY_DEAD, delivery_id, {
+                "attempts": 0, "next_attempt_at": now, "retry_from": now})
 
     # ---- monitoring ------------------------------------------------------------------------
 
@@ -878,7 +875,7 @@ class Index:
         """{pipeline: (finished jobs, their total seconds from queued to done)}."""
         rows = self._db.execute(
             "SELECT pipeline, COUNT(*) AS n, SUM(finished_at - created_at) AS total FROM jobs"
-            " WHERE state = 'done' GROUP BY pipeline"
+            " WHERE state = ? GROUP BY pipeline", (JobState.DONE,)
         ).fetchall()
         return {r["pipeline"]: (r["n"], float(r["total"] or 0.0)) for r in rows}
 
@@ -890,10 +887,10 @@ class Index:
         rows = self._db.execute(
             "SELECT st.study_uid FROM studies st WHERE st.last_received < ?"
             " AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = st.study_uid"
-            "                 AND s.state != 'routed')"
+            "                 AND s.state != ?)"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = st.study_uid"
-            "                 AND j.state IN ('queued', 'running'))",
-            (received_before,),
+            "                 AND j.state IN (?, ?))",
+            (received_before, SeriesState.ROUTED, *_UNFINISHED),
         ).fetchall()
         return [r["study_uid"] for r in rows]
 
@@ -932,10 +929,10 @@ class Index:
     def delivered_jobs(self, finished_before: float) -> list[int]:
         """Jobs finished before the cut-off with results that every destination has received."""
         rows = self._db.execute(
-            "SELECT j.id FROM jobs j WHERE j.finished_at < ? AND j.state = 'done'"
+            "SELECT j.id FROM jobs j WHERE j.finished_at < ? AND j.state = ?"
             " AND EXISTS (SELECT 1 FROM results r WHERE r.job_id = j.id)"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.state != 'sent')",
-            (finished_before,),
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.state != ?)",
+            (finished_before, JobState.DONE, DeliveryState.SENT),
         ).fetchall()
         return [r["id"] for r in rows]
 

@@ -9,13 +9,22 @@ roles are filled, what is still awaited and until when (``radnode complete`` end
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 from node.assembler import STUDY_LOOKBACK_SECONDS, Assembler, wanted_roles
 from node.config import Config
+from node.states import SeriesState
 from node.store import Index
 
-#: Study states, in the order /metrics lists them.
-STUDY_STATES = ("receiving", "waiting", "routed")
+class StudyState(StrEnum):
+    """A study's standing, worked out from its series and study routes (not stored, so no
+    transitions: see ``node.states`` for the stored machines). /metrics lists them in this order."""
+
+    RECEIVING = "receiving"
+    WAITING = "waiting"
+    ROUTED = "routed"
+
+
 #: What a receiving series waits for (``SeriesWait.kind``).
 SERIES_WAITS = ("instances", "association", "settle")
 
@@ -26,7 +35,7 @@ class SeriesView:
     modality: str
     description: str
     instances: int
-    state: str
+    state: SeriesState
     waits_for: str = ""
     until: float | None = None
     wait_kind: str = ""
@@ -51,12 +60,12 @@ class StudyView:
     routes: list[RouteView] = field(default_factory=list)
 
     @property
-    def state(self) -> str:
-        if any(s.state == "receiving" for s in self.series):
-            return "receiving"
-        if any(r.state == "waiting" for r in self.routes):
-            return "waiting"
-        return "routed"
+    def state(self) -> StudyState:
+        if any(s.state == SeriesState.RECEIVING for s in self.series):
+            return StudyState.RECEIVING
+        if any(r.state == StudyState.WAITING for r in self.routes):
+            return StudyState.WAITING
+        return StudyState.ROUTED
 
 
 class StudyWatch:
@@ -79,7 +88,7 @@ class StudyWatch:
                 break
             if not detail and now - last_received >= self.longest_wait:
                 rows = self.index.series_of_study(study_uid)
-                if all(r.state != "receiving" for r in rows):
+                if all(r.state != SeriesState.RECEIVING for r in rows):
                     view = StudyView(study_uid, last_received)
                     view.series = [SeriesView(r.series_uid, r.modality, "", r.instance_count, r.state)
                                    for r in rows]
@@ -95,7 +104,7 @@ class StudyWatch:
             header = self.assembler.header(row)
             series = SeriesView(row.series_uid, row.modality, str(header.get("SeriesDescription", "")),
                                 row.instance_count, row.state)
-            if row.state == "receiving":
+            if row.state == SeriesState.RECEIVING:
                 wait = self.assembler.series_wait(row, now)
                 series = replace(series, waits_for=wait.waits_for, until=wait.until, wait_kind=wait.kind)
             else:
@@ -111,7 +120,7 @@ class StudyWatch:
             elif status.decision.action == "wait":
                 awaited = tuple(f"role {role}" for role in wanted_roles(route) if role not in status.assigned)
                 pending = tuple(f"series {uid} to complete" for uid in status.pending)
-                view.routes.append(RouteView(route.name, "waiting", status.assigned, pending + awaited,
+                view.routes.append(RouteView(route.name, StudyState.WAITING, status.assigned, pending + awaited,
                                              status.deadline))
             else:
                 view.routes.append(RouteView(route.name, "routing now", status.assigned))
@@ -122,18 +131,18 @@ class StudyWatch:
 class WaitCounts:
     """The numbers behind ``radnode studies``, for /metrics."""
 
-    studies: dict[str, int]
+    studies: dict[StudyState, int]
     series: dict[str, int]
     routes_waiting: int
 
 
 def wait_counts(views: list[StudyView]) -> WaitCounts:
-    studies = dict.fromkeys(STUDY_STATES, 0)
+    studies = dict.fromkeys(StudyState, 0)
     series = dict.fromkeys(SERIES_WAITS, 0)
     for view in views:
         studies[view.state] += 1
         for item in view.series:
             if item.wait_kind:
                 series[item.wait_kind] += 1
-    waiting = sum(1 for view in views for route in view.routes if route.state == "waiting")
+    waiting = sum(1 for view in views for route in view.routes if route.state == StudyState.WAITING)
     return WaitCounts(studies, series, waiting)

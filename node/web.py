@@ -39,6 +39,7 @@ from node import admin, logs
 from node.config import Config
 from node.monitoring import ChildCounts
 from node.passwords import verify_password
+from node.states import DeliveryState, JobState, named
 from node.store import Index
 from node.studies import StudyWatch, wait_counts
 from node.tls import server_context
@@ -187,7 +188,9 @@ class WebApp:
 
     def jobs(self, user: str, query: dict[str, str]) -> bytes:
         with self.lock:
-            jobs = self.index.jobs(query.get("state") or None)[::-1]
+            wanted = query.get("state", "")
+            state = named(JobState, wanted)
+            jobs = self.index.jobs(state)[::-1] if state or not wanted else []
             replaces, replaced_by = admin.supersessions(self.index)
             notes, problems = self.index.notes(), self.index.problems()
         return self.render("jobs.html", user, page="jobs", notice=query.get("notice", ""), jobs=jobs[:_PAGE_ROWS],
@@ -210,7 +213,9 @@ class WebApp:
 
     def deliveries(self, user: str, query: dict[str, str]) -> bytes:
         with self.lock:
-            deliveries = self.index.deliveries(query.get("state") or None)[::-1]
+            wanted = query.get("state", "")
+            state = named(DeliveryState, wanted)
+            deliveries = self.index.deliveries(state)[::-1] if state or not wanted else []
         return self.render("deliveries.html", user, page="deliveries", notice=query.get("notice", ""),
                            deliveries=deliveries[:_PAGE_ROWS], total=len(deliveries), state=query.get("state", ""))
 

@@ -26,6 +26,7 @@ from node import logs
 from node.config import Config, load_config
 from node.executor import die_with_parent
 from node.spool import Spool
+from node.states import JobState
 from node.store import Index, Job, ResultFile
 from node.supersede import replace_earlier
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
@@ -158,7 +159,7 @@ def commit_result(job: Job, index: Index, result: JobResult) -> bool:
     folder); False when that attempt is no longer the job's current one, and nothing changed.
     Every executor commits through here, so a result is delivered once whoever ran it."""
     current = index.job(job.id)
-    if current is None or current.state != "running" or current.attempts != job.attempts:
+    if current is None or current.state != JobState.RUNNING or current.attempts != job.attempts:
         logs.warning("job.stale_result", job=job.id, attempt=job.attempts,
                      current_attempt=None if current is None else current.attempts)
         return False

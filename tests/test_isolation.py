@@ -50,8 +50,8 @@ def finished_job(spool: Spool, index: Index, subject: str, result_bytes: bytes, 
     """A job already done with one result file of ``result_bytes``: its delivery to "pacs" is due."""
     route = Route.model_validate(threshold_route("old-route"))
     index.add_job(job_spec(route, subject=subject, study_uid="1.2", generation=0, inputs={},
-                           state="queued", outcome=""))
-    job = claim_own(index, subject)  # a job ends (done) only from running: node.jobstates
+                           outcome=""))
+    job = claim_own(index, subject)  # a job ends (done) only from running: node.states
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(result_bytes)

@@ -1,14 +1,18 @@
-"""The job state machine (node.jobstates): only allowed transitions happen, and only the
-current attempt of a job may end it, so a late result of an earlier attempt is never delivered."""
+"""The state machines (node.states): only the transitions of each machine's table happen, and
+only the current attempt of a job may end it, so a late result of an earlier attempt is never
+delivered."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from node import jobstates
+from node import states
 from node.config import Route
 from node.router import job_spec
-from node.store import Index, Lineage, ResultFile, ResultObject
+from node.states import DeliveryState, JobState, SeriesState
+from node.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile, ResultObject
 from tests.harness import threshold_route
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -66,7 +70,7 @@ def test_only_the_transitions_of_the_state_machine_happen(tmp_path):
     assert index.requeue_job(job_id)
     again = index.claim_job(None, 60)
     assert again.attempts == job.attempts + 1 and again.state == "running"
-    assert set(jobstates.STATES) == {t.target for t in jobstates.TRANSITIONS.values()}
+    assert set(JobState) == {t.target for t in states.JOBS.transitions}
 
 
 def test_a_transition_that_starts_no_attempts_end_takes_no_fence(tmp_path):
@@ -74,7 +78,7 @@ def test_a_transition_that_starts_no_attempts_end_takes_no_fence(tmp_path):
     queued_job(index)
     with pytest.raises(ValueError, match="no fence"):
         with index._tx() as db:
-            jobstates.apply(db, jobstates.CLAIM, 1, {"worker_pid": 5}, jobstates.Fence(attempt=1))
+            states.apply(db, states.JOBS, states.CLAIM, 1, {"worker_pid": 5}, states.Fence(attempt=1))
 
 
 def test_an_attempt_that_ends_or_starts_must_name_itself(tmp_path):
@@ -84,10 +88,10 @@ def test_an_attempt_that_ends_or_starts_must_name_itself(tmp_path):
     job = index.claim_job(None, 60)
     with pytest.raises(TypeError):
         index.finish_job(job.id, [], "1 objects")  # type: ignore[call-arg]
-    for transition in (jobstates.START, jobstates.FINISH, jobstates.FAIL):
+    for transition in (states.START, states.FINISH, states.FAIL):
         with pytest.raises(ValueError, match="must name the attempt"):
             with index._tx() as db:
-                jobstates.apply(db, transition, job.id, {"outcome": "x"}, jobstates.Fence(worker_pid=1))
+                states.apply(db, states.JOBS, transition, job.id, {"outcome": "x"}, states.Fence(worker_pid=1))
     assert index.job(job.id).state == "running"
 
 
@@ -120,3 +124,70 @@ def test_the_administrators_cancel_ends_only_a_queued_job_and_retry_undoes_it(tm
     assert index.finish_job(job_id, [], "0 objects", attempt=running.attempts)
     assert index.cancel_job(job_id) is False and index.requeue_job(job_id) is False
     assert index.job(job_id).state == "done"
+
+
+def _series(index: Index, series_uid: str = "1.2.3") -> None:
+    index.record_instance(InstanceRecord("1.2.3.1", series_uid, "1.2", "CT", "1.2.840.10008.5.1.4.1.1.2",
+                                         "1.2.840.10008.1.2.1", Path("/nonexistent"), 4), None)
+
+
+def _delivery(index: Index, tmp_path: Path) -> int:
+    job_id = queued_job(index)
+    job = index.claim_job(None, 60)
+    index.finish_job(job_id, [ResultFile(tmp_path / "r.dcm", "9.1", SEG)], "1 objects", attempt=job.attempts)
+    (delivery,) = index.deliveries()
+    return delivery.id
+
+
+@pytest.mark.parametrize("machine, made_up", [
+    (states.SERIES, states.Transition("un-route", (SeriesState.ROUTED,), SeriesState.COMPLETE)),
+    (states.JOBS, states.Transition("redo", (JobState.DONE,), JobState.QUEUED)),
+    (states.DELIVERIES, states.Transition("resend", (DeliveryState.SENT,), DeliveryState.PENDING)),
+    # a transition of another machine is not one of this machine's either
+    (states.DELIVERIES, states.FINISH),
+    (states.SERIES, states.RETRY_DEAD),
+])
+def test_a_transition_not_in_its_machines_table_raises_and_changes_nothing(tmp_path, machine, made_up):
+    """A code path that would move a row along an edge the table does not draw is a bug: it is
+    refused loudly, before any row changes, whatever state the row is in."""
+    index = Index(tmp_path / "index.sqlite")
+    _series(index)
+    delivery = _delivery(index, tmp_path)
+    before = index.state_counts()
+    key = {"series": "1.2.3", "jobs": 1, "deliveries": delivery}[machine.table]
+    with pytest.raises(states.IllegalTransition, match="is not a transition of the"):
+        with index._tx() as db:
+            states.apply(db, machine, made_up, key, {})
+    assert index.state_counts() == before
+
+
+def test_series_and_deliveries_move_only_along_their_tables(tmp_path):
+    """The guarded transitions of the series and delivery machines: a move from a state the
+    transition does not start from changes no row (the caller learns it from the count)."""
+    index = Index(tmp_path / "index.sqlite")
+    _series(index)
+    index.route_series("1.2.3", 0, [])
+    assert index.series("1.2.3").state == SeriesState.RECEIVING, "a receiving series is not routed"
+    assert index.mark_complete("1.2.3", 0) and index.mark_complete("1.2.3", 0) is False
+    index.route_series("1.2.3", 0, [])
+    assert index.series("1.2.3").state == SeriesState.ROUTED
+    assert index.force_series_complete("1.2.3") is False, "routed is not receiving: nothing to complete"
+    _series(index)  # a late instance re-opens it with a new generation
+    assert (index.series("1.2.3").state, index.series("1.2.3").generation) == (SeriesState.RECEIVING, 1)
+
+    delivery = _delivery(index, tmp_path)
+    assert index.retry_dead_deliveries(delivery) == 0, "a pending delivery is not dead"
+    index.delivery_failed(delivery, "refused", next_attempt_at=None)
+    assert index.deliveries()[0].state == DeliveryState.DEAD
+    index.delivery_sent(delivery)  # a late success of a delivery given up on does not revive it
+    assert index.deliveries()[0].state == DeliveryState.DEAD
+    assert index.retry_dead_deliveries(delivery) == 1 and index.deliveries()[0].state == DeliveryState.PENDING
+
+
+def test_a_job_is_created_queued_or_failed_and_nothing_else(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    spec = JobSpec(route="r", pipeline="p", subject="s", study_uid="1.2", generation=0, inputs={},
+                   destinations=["pacs"], state=JobState.DONE)
+    with pytest.raises(states.IllegalTransition, match="it starts queued or failed"):
+        index.add_job(spec)
+    assert index.jobs() == []

@@ -14,7 +14,7 @@ import pydicom
 from node.config import RetentionSettings
 from node.retention import Retention
 from node.spool import Spool
-from node.store import Index, InstanceRecord, ResultFile
+from node.store import Index, InstanceRecord, JobSpec, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
 from tests.peers import storescu
 from tests.test_node_e2e import pacs_destination
@@ -107,9 +107,9 @@ def _instance(spool: Spool, index: Index, study: str, series: str, sop: str) -> 
 def _routed_job(index: Index, spool: Spool, study: str, series: str) -> tuple[int, Path]:
     generation = index.series(series).generation
     index.mark_complete(series, generation)
-    index.route_series(series, generation, [{
-        "route": "r", "pipeline": "p", "subject": series, "study_uid": study, "generation": generation,
-        "inputs": {"series": [series]}, "destinations": ["pacs"]}])
+    index.route_series(series, generation, [JobSpec(
+        route="r", pipeline="p", subject=series, study_uid=study, generation=generation,
+        inputs={"series": series}, destinations=["pacs"])])
     job = index.claim_job(pid=1, timeout=60)
     result = spool.result_dir(job.id) / "seg.dcm"
     spool.write(result, b"DICM")

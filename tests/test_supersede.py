@@ -12,7 +12,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.store import Index
+from node.store import Index, JobSpec
 from node.supersede import replace_earlier, versioned_description
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -41,8 +41,8 @@ def test_third_run_is_v3_and_names_only_the_v2_report(tmp_path: Path):
     study = generate_uid()
     paths = []
     for run in range(3):
-        index.add_job({"route": "r", "pipeline": "p", "subject": "s", "study_uid": study, "generation": run,
-                       "inputs": {}, "destinations": ["pacs"]})
+        index.add_job(JobSpec(route="r", pipeline="p", subject="s", study_uid=study, generation=run,
+                              inputs={}, destinations=["pacs"]))
         job = index.claim_job(1, 60)
         paths.append(report(tmp_path / str(run), study))
         lineage = replace_earlier(index, job, [paths[-1]])

@@ -24,7 +24,7 @@ import pytest
 
 from node.config import ConfigError, ServerTls, load_config, parse_config
 from node.passwords import hash_password
-from node.store import Index, InstanceRecord, Lineage
+from node.store import Index, InstanceRecord, JobSpec, Lineage
 from node.web import WebServer
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
@@ -102,8 +102,8 @@ def _queued_job(index: Index) -> int:
     index.record_instance(InstanceRecord("1.2.3.1", "1.2.3", "1.2", "CT", "1.2.840.10008.5.1.4.1.1.2",
                                          "1.2.840.10008.1.2.1", Path("/nonexistent"), 4), None)
     index.mark_complete("1.2.3", 0)
-    index.route_series("1.2.3", 0, [{"route": "r", "pipeline": "p", "subject": "1.2.3", "study_uid": "1.2",
-                                     "generation": 0, "inputs": {"series": ["1.2.3"]}, "destinations": ["pacs"]}])
+    index.route_series("1.2.3", 0, [JobSpec(route="r", pipeline="p", subject="1.2.3", study_uid="1.2",
+                                            generation=0, inputs={"series": "1.2.3"}, destinations=["pacs"])])
     return index.jobs("queued")[0].id
 
 
@@ -167,8 +167,8 @@ def test_web_config_errors_name_the_key(tmp_path: Path):
 def test_the_jobs_pages_say_which_job_a_later_answer_replaces(web):
     url, index = web
     first = _queued_job(index)
-    index.route_series("1.2.3", 0, [{"route": "r", "pipeline": "p", "subject": "1.2.3", "study_uid": "1.2",
-                                     "generation": 1, "inputs": {"series": "1.2.3"}, "destinations": ["pacs"]}])
+    index.route_series("1.2.3", 0, [JobSpec(route="r", pipeline="p", subject="1.2.3", study_uid="1.2",
+                                            generation=1, inputs={"series": "1.2.3"}, destinations=["pacs"])])
     second = max(job.id for job in index.jobs())
     # the rerun ends with its lineage, in the transaction of its attempt's end, as the worker records it
     for job_id, lineage in ((first, None), (second, Lineage([], replaces=first, version=2))):
