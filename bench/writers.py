@@ -23,7 +23,7 @@ from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.derived import make_derived_series
 from pipelines.writers.identity import Algorithm, Identity
-from pipelines.writers.output import write_datasets
+from pipelines.writers.output import WrittenObject, write_datasets
 from pipelines.writers.seg import FrameCompression, Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 
@@ -76,10 +76,10 @@ def ellipsoids(shape: tuple[int, int, int], large: bool) -> np.ndarray:
     return mask
 
 
-def report(label: str, started: tuple[float, float], paths: list[Path], extra: str = "") -> None:
+def report(label: str, started: tuple[float, float], written: list[WrittenObject], extra: str = "") -> None:
     seconds = time.perf_counter() - started[0]
     cpu = time.process_time() - started[1]
-    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    megabytes = sum(w.path.stat().st_size for w in written) / 1e6
     print(f"{label:42s} {seconds:5.2f} s ({cpu:5.2f} s CPU) {megabytes:7.2f} MB {extra}")
 
 
@@ -105,8 +105,8 @@ def main() -> None:
                 started = clock()
                 seg = make_segmentation(volume, mask, segments, algorithm, identity,
                                         compression=compression)
-                paths = write_datasets([seg], out / f"seg-{size}-{compression.value}")
-                report(f"SEG, {size} segments, {compression.value}", started, paths,
+                written = write_datasets([seg], out / f"seg-{size}-{compression.value}")
+                report(f"SEG, {size} segments, {compression.value}", started, written,
                        f"{int(seg.NumberOfFrames)} frames")
         findings = [
             Finding(f"finding-{n}", structure, diameter_mm=10.0 + n, volume_mm3=500.0 * n,

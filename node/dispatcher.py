@@ -183,13 +183,15 @@ class Dispatcher:
 
 
 def _syntaxes(files: Sequence[ResultFile]) -> set[tuple[str, str]]:
-    """(SOP class, transfer syntax) of each result file; raises when one is gone or unreadable."""
+    """(SOP class, transfer syntax) of each result file, as its writer recorded them (the file
+    is read once, by the C-STORE); raises when one is gone or, for a row of an older radnode
+    without its transfer syntax, unreadable."""
     pairs = set()
     for result in files:
         if not result.path.exists():
             raise FileNotFoundError(f"result file {result.path} is gone from the spool")
-        meta = pydicom.filereader.read_file_meta_info(result.path)
-        pairs.add((result.sop_class, str(meta.TransferSyntaxUID)))
+        syntax = result.transfer_syntax or pydicom.filereader.read_file_meta_info(result.path).TransferSyntaxUID
+        pairs.add((result.sop_class, str(syntax)))
     return pairs
 
 

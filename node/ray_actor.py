@@ -38,7 +38,7 @@ class PipelineActor:
             result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
-                    "files": files, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
+                    "files": files, "objects": result.objects, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
                     "received_at": received_at,
                     "unpack_seconds": round(unpacked - started, 3),
                     "seconds": round(time.monotonic() - started, 3)}

@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from multiprocessing import Queue
 from pathlib import Path
 from typing import Any, Callable
@@ -344,7 +345,9 @@ class Driver:
             path = folder / Path(name).name
             self.spool.write(path, data)
             paths.append(path)
-        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary))
+        # what the writer on the cluster knew of each file, at its place here: no read back
+        objects = [replace(o, path=folder / o.path.name) for o in outcome["objects"]]
+        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary, objects=objects))
 
 
 def ship(paths: list[Path]) -> Shipped:

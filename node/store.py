@@ -157,6 +157,7 @@ _ADDED_COLUMNS = (
     ("jobs", "summary", "TEXT NOT NULL DEFAULT '{}'"),
     ("deliveries", "retry_from", "REAL"),
     ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "transfer_syntax", "TEXT NOT NULL DEFAULT ''"),
 )
 
 #: a job that has not ended: a rerun of its route and subject waits, its study is not settled
@@ -313,9 +314,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class ResultFile:
+    """A result file to deliver, with what its writer knew of it (the dispatcher offers its SOP
+    class and transfer syntax without opening it)."""
+
     path: Path
     sop_uid: str
     sop_class: str
+    #: "": not known (a row an older radnode wrote): the dispatcher reads the file's meta
+    transfer_syntax: str = ""
 
 
 class Index:
@@ -730,8 +736,8 @@ class Index:
                 self._record_lineage(db, job_id, lineage)
             db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             db.executemany(
-                "INSERT INTO results(job_id, path, sop_uid, sop_class) VALUES (?, ?, ?, ?)",
-                [(job_id, str(r.path), r.sop_uid, r.sop_class) for r in results],
+                "INSERT INTO results(job_id, path, sop_uid, sop_class, transfer_syntax) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, str(r.path), r.sop_uid, r.sop_class, r.transfer_syntax) for r in results],
             )
             if results:
                 db.executemany(
@@ -812,9 +818,9 @@ class Index:
 
     def results(self, job_id: int) -> list[ResultFile]:
         rows = self._db.execute(
-            "SELECT path, sop_uid, sop_class FROM results WHERE job_id = ? ORDER BY path", (job_id,)
-        ).fetchall()
-        return [ResultFile(Path(r["path"]), r["sop_uid"], r["sop_class"]) for r in rows]
+            "SELECT path, sop_uid, sop_class, transfer_syntax FROM results WHERE job_id = ? ORDER BY path",
+            (job_id,)).fetchall()
+        return [ResultFile(Path(r["path"]), r["sop_uid"], r["sop_class"], r["transfer_syntax"]) for r in rows]
 
     # ---- deliveries ------------------------------------------------------------------------
 

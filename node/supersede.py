@@ -27,6 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from node import logs
 from node.store import Index, Job, Lineage, ResultObject
+from pipelines.writers.output import WrittenObject
 
 #: Every structured report storage SOP class (Basic Text, Enhanced, Comprehensive, 3D, ...).
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -83,25 +84,17 @@ def mark_replacement(path: Path, version: int, predecessors: Sequence[ResultObje
     os.replace(temporary, path)
 
 
-def describe(paths: Sequence[Path]) -> list[ResultObject]:
-    out = []
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(ResultObject(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID),
-                                str(ds.StudyInstanceUID)))
-    return out
-
-
-def replace_earlier(index: Index, job: Job, outputs: Sequence[Path]) -> Lineage:
+def replace_earlier(index: Index, job: Job, outputs: Sequence[WrittenObject]) -> Lineage:
     """Before a job's results are recorded: if an earlier run of the same route on the same
     subject produced results, mark these as their replacement. Returns their lineage, which
     the job's end records (``Index.finish_job``), so a stale attempt records none of it."""
+    described = [ResultObject(o.sop_uid, o.sop_class, o.series_uid, o.study_uid) for o in outputs]
     previous = index.predecessor(job)
     if previous is None:
-        return Lineage(describe(outputs))
+        return Lineage(described)
     replaced, objects = previous
     version = index.version(replaced) + 1
-    for path in outputs:
-        mark_replacement(path, version, objects)
+    for output in outputs:
+        mark_replacement(output.path, version, objects)
     logs.info("job.replaces", job=job.id, replaces=replaced, version=version)
-    return Lineage(describe(outputs), replaced, version)
+    return Lineage(described, replaced, version)

@@ -31,6 +31,7 @@ from node.store import Index, Job, ResultFile
 from node.supersede import replace_earlier
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
 from pipelines.registry import load_class, resolve_entry
+from pipelines.writers.output import WrittenObject
 
 IDLE_POLL_SECONDS = 0.2
 DISK_FULL_RETRY_SECONDS = 5.0
@@ -95,11 +96,15 @@ def run_pipeline(pipeline: Pipeline, series: Mapping[str, Sequence[Path]], outpu
         return JobResult(applicable=False, reason=str(reason))
 
 
-def describe_outputs(paths: Sequence[Path]) -> list[ResultFile]:
+def written_objects(result: JobResult) -> list[WrittenObject]:
+    """What the pipeline's writer knew of each output; an output it gave no record for (a site
+    pipeline writing its files its own way) has its header read, once."""
+    known = {o.path: o for o in result.objects}
     out = []
-    for path in paths:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(ResultFile(path, str(header.SOPInstanceUID), str(header.SOPClassUID)))
+    for path in result.outputs:
+        if path not in known:
+            known[path] = WrittenObject.of(pydicom.dcmread(path, stop_before_pixels=True), path)
+        out.append(known[path])
     return out
 
 
@@ -166,9 +171,11 @@ def commit_result(job: Job, index: Index, result: JobResult) -> bool:
     if not result.applicable:
         return index.finish_job(job.id, [], f"not applicable: {result.reason}",
                                 summary=result.summary, attempt=job.attempts)
-    lineage = replace_earlier(index, job, result.outputs)
-    return index.finish_job(job.id, describe_outputs(result.outputs), f"{len(result.outputs)} objects",
-                            summary=result.summary, attempt=job.attempts, lineage=lineage)
+    written = written_objects(result)
+    lineage = replace_earlier(index, job, written)
+    files = [ResultFile(o.path, o.sop_uid, o.sop_class, o.transfer_syntax) for o in written]
+    return index.finish_job(job.id, files, f"{len(files)} objects", summary=result.summary,
+                            attempt=job.attempts, lineage=lineage)
 
 
 def is_disk_full(error: BaseException) -> bool:

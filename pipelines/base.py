@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from pipelines.writers.output import WrittenObject
+
 #: Role name under which a series-level route hands its one series to a pipeline.
 SERIES_ROLE = "series"
 
@@ -83,6 +85,15 @@ class JobResult:
     summary: dict[str, Any] = field(default_factory=dict)
     applicable: bool = True
     reason: str = ""
+    #: what the writer knew of each output (``write_datasets``), so the node records it without
+    #: reading the files back; a pipeline that writes its files another way may leave it empty,
+    #: and the node reads each such file's header once.
+    objects: list[WrittenObject] = field(default_factory=list)
+
+    @classmethod
+    def written(cls, objects: Sequence[WrittenObject], summary: dict[str, Any]) -> "JobResult":
+        """The result of a pipeline that wrote its objects with ``write_datasets``."""
+        return cls(outputs=[o.path for o in objects], summary=summary, objects=list(objects))
 
 
 class NotApplicable(Exception):

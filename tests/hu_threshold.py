@@ -66,7 +66,7 @@ class HUThreshold(Pipeline):
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
         time.sleep(options.sleep_after_write_seconds)  # results on disk, not committed
-        return JobResult(outputs=outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
+        return JobResult.written(outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
                                                    "model_version": VERSION, "seconds": clock.laps})
 
 

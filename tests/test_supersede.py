@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.store import Index, JobSpec
 from node.supersede import replace_earlier, versioned_description
+from pipelines.writers.output import WrittenObject
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
@@ -23,7 +24,7 @@ def test_long_series_description_is_cut_to_fit_with_its_version():
     assert len(text) == 64 and text.endswith("(v12, replaces v11)")
 
 
-def report(folder: Path, study_uid: str) -> Path:
+def report(folder: Path, study_uid: str) -> WrittenObject:
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -33,13 +34,13 @@ def report(folder: Path, study_uid: str) -> Path:
     folder.mkdir(parents=True)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    return path
+    return WrittenObject.of(ds, path)
 
 
 def test_third_run_is_v3_and_names_only_the_v2_report(tmp_path: Path):
     index = Index(tmp_path / "index.sqlite")
     study = generate_uid()
-    paths = []
+    paths: list[WrittenObject] = []
     for run in range(3):
         index.add_job(JobSpec(route="r", pipeline="p", subject="s", study_uid=study, generation=run,
                               inputs={}, destinations=["pacs"]))
@@ -47,10 +48,10 @@ def test_third_run_is_v3_and_names_only_the_v2_report(tmp_path: Path):
         paths.append(report(tmp_path / str(run), study))
         lineage = replace_earlier(index, job, [paths[-1]])
         index.finish_job(job.id, [], "1 objects", attempt=job.attempts, lineage=lineage)
-    third = pydicom.dcmread(paths[2])
+    third = pydicom.dcmread(paths[2].path)
     assert third.SeriesDescription == "dense report (v3, replaces v2)"
-    second = pydicom.dcmread(paths[1])
+    second = pydicom.dcmread(paths[1].path)
     named = third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert [r.ReferencedSOPInstanceUID for r in named] == [second.SOPInstanceUID]
     assert index.supersessions() == {2: (1, 2), 3: (2, 3)}
-    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(paths[0])
+    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(paths[0].path)

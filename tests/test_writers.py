@@ -107,7 +107,7 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
     made: dict[str, list[Path]] = {}
 
     def write(name: str, *datasets: pydicom.Dataset) -> None:
-        made[name] = write_datasets(datasets, out / name)
+        made[name] = [written.path for written in write_datasets(datasets, out / name)]
 
     chest_seg = make_segmentation(chest, chest_mask, segments, ALGORITHM, IDENTITY)
     write("seg_chest", chest_seg)

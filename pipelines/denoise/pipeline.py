@@ -74,8 +74,8 @@ class CTDenoise(Pipeline):
         )
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
-        return JobResult(
-            outputs=outputs,
+        return JobResult.written(
+            outputs,
             summary={
                 "slices": len(outputs),
                 "device": self.device,

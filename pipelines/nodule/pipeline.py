@@ -125,8 +125,8 @@ class NoduleDetection(Pipeline):
         clock.lap("postprocess")
         outputs = write_datasets(self.results(volume, nodules), job.output_dir)
         clock.lap("write")
-        return JobResult(
-            outputs=outputs,
+        return JobResult.written(
+            outputs,
             summary={
                 "nodules": [
                     {"score": round(d.score, 3), "diameter_mm": round(m.diameter_mm, 1),
@@ -156,7 +156,7 @@ class NoduleDetection(Pipeline):
         clock.lap("postprocess")
         outputs = write_datasets(self.results(volume, nodules, box_regions=True), job.output_dir)
         clock.lap("write")
-        return JobResult(outputs=outputs, summary={
+        return JobResult.written(outputs, summary={
             "nodules": [{"score": round(d.score, 3), "center_lps": [round(v, 1) for v in m.center_lps],
                          "box_mm": [round(float(v), 1) for v in d.lps_corners[-1] - d.lps_corners[0]]}
                         for d, m in nodules],

@@ -157,8 +157,8 @@ class TumorSegmentation(Pipeline):
         datasets = self._results(reference, labels, volumes_ml, algorithm, used)
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
-        return JobResult(
-            outputs=outputs,
+        return JobResult.written(
+            outputs,
             summary={
                 "contrasts_used": [DISPLAY[role] for role in present],
                 "reference": DISPLAY[reference_role],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -15,18 +16,38 @@ WRITER_THREADS = 4
 RESULT_MODE = 0o640
 
 
-def write_datasets(datasets: Iterable[Dataset], directory: Path) -> list[Path]:
+@dataclass(frozen=True)
+class WrittenObject:
+    """What the writer knew of a file it wrote: all the node records of a result and all the
+    dispatcher needs to offer it, so no one reads the file back before the C-STORE sends it."""
+
+    path: Path
+    sop_uid: str
+    sop_class: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax: str
+
+    @classmethod
+    def of(cls, dataset: Dataset, path: Path) -> "WrittenObject":
+        """The record of ``dataset`` (with its file meta) as written at ``path``."""
+        return cls(path, str(dataset.SOPInstanceUID), str(dataset.SOPClassUID),
+                   str(dataset.SeriesInstanceUID), str(dataset.StudyInstanceUID),
+                   str(dataset.file_meta.TransferSyntaxUID))
+
+
+def write_datasets(datasets: Iterable[Dataset], directory: Path) -> list[WrittenObject]:
     """Write each object as ``<SOPInstanceUID>.dcm`` via a temporary name, fsync'd then renamed.
 
     A crash mid-write leaves only a ``.tmp`` file, never a truncated ``.dcm`` that a restart
-    would deliver to the PACS. Paths come back in the order of ``datasets``.
+    would deliver to the PACS. The records come back in the order of ``datasets``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(WRITER_THREADS) as pool:
         return list(pool.map(lambda dataset: _write(dataset, directory), datasets))
 
 
-def _write(dataset: Dataset, directory: Path) -> Path:
+def _write(dataset: Dataset, directory: Path) -> WrittenObject:
     final = directory / f"{dataset.SOPInstanceUID}.dcm"
     temporary = final.with_suffix(".tmp")
     with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_MODE), "wb") as handle:
@@ -34,4 +55,4 @@ def _write(dataset: Dataset, directory: Path) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final)
-    return final
+    return WrittenObject.of(dataset, final)
