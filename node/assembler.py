@@ -183,7 +183,7 @@ class Assembler:
         for series in receiving:
             isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
                      lambda reason: self._set_aside(series, reason))
-        complete = self.index.complete_series()  # with the series completed just now
+        complete = self.index.series_to_route()  # with the series completed just now
         for series in complete:
             isolated("router", series.series_uid, lambda: self._route(series),
                      lambda reason: self._set_aside(series, reason))

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification
 from node import logs
 from node.config import Config, DeliverySettings, Destination
 from node.isolation import isolated
-from node.store import Delivery, Index, ResultFile
+from node.store import Delivery, ResultFile, ResultIndex
 from node.tls import client_context
 
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -94,7 +94,7 @@ def _association_failure(assoc: object, destination: Destination) -> str:
 
 
 class Dispatcher:
-    def __init__(self, config: Config, index: Index) -> None:
+    def __init__(self, config: Config, index: ResultIndex) -> None:
         self.config = config
         self.index = index
 
@@ -146,7 +146,7 @@ class Dispatcher:
                 except Exception as failure:  # one unreadable result must not hold back the batch
                     error = f"{type(failure).__name__}: {failure}"[:500]
                 if error is None:
-                    self.index.delivery_sent(delivery.id)
+                    self.index.mark_delivery_sent(delivery.id)
                     logs.info("delivery.sent", delivery=delivery.id, job=delivery.job_id,
                               destination=destination.name, objects=len(files[delivery.id]))
                     sent += 1
@@ -176,7 +176,7 @@ class Dispatcher:
         now = time.time()
         window_start = delivery.retry_from if delivery.retry_from is not None else delivery.created_at
         delay = next_attempt_delay(delivery.attempts + 1, self.config.delivery, now - window_start)
-        self.index.delivery_failed(delivery.id, error, None if delay is None else now + delay)
+        self.index.mark_delivery_failed(delivery.id, error, None if delay is None else now + delay)
         logs.warning("delivery.failed", delivery=delivery.id, job=delivery.job_id,
                      destination=delivery.destination, attempt=delivery.attempts + 1,
                      dead=delay is None, error=error)

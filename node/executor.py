@@ -113,7 +113,7 @@ class ProcessExecutor(Executor):
         """Kill the worker still running the ended attempt, unless it has already moved on to
         another job (the attempt ended on its own just as the node ended it)."""
         if job.worker_pid is None:
-            return  # no worker took it yet; the one that does finds it ended (attempt_started)
+            return  # no worker took it yet; the one that does finds it ended (start_attempt)
         if any(other.worker_pid == job.worker_pid for other in self.index.running_jobs()):
             return
         for process in self._workers:

@@ -198,7 +198,7 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
             job_id, attempt = attempts.get(timeout=0.2)
         except queue.Empty:
             continue
-        if not index.attempt_started(job_id, attempt, os.getpid()):
+        if not index.start_attempt(job_id, attempt, os.getpid()):
             continue  # the node ended or handed back this attempt while it waited
         job = index.job(job_id)
         assert job is not None

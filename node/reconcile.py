@@ -27,11 +27,11 @@ _BOOT_KEY = "boot_id"
 def reindex_after_reboot(spool: Spool, index: Index) -> int:
     """Index the spool files the index lacks if the machine rebooted since the last start."""
     boot = _current_boot()
-    if boot is not None and index.state(_BOOT_KEY) == boot:
+    if boot is not None and index.node_value(_BOOT_KEY) == boot:
         return 0
     added = reindex_spool(spool, index)
     if boot is not None:
-        index.set_state(_BOOT_KEY, boot)
+        index.set_node_value(_BOOT_KEY, boot)
     return added
 
 

@@ -216,7 +216,7 @@ def worker_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
             job_id, attempt = attempts.get(timeout=IDLE_POLL_SECONDS)
         except queue.Empty:
             continue
-        if not index.attempt_started(job_id, attempt, os.getpid()):
+        if not index.start_attempt(job_id, attempt, os.getpid()):
             continue  # the node ended or handed back this attempt while it waited
         job = index.job(job_id)
         assert job is not None

@@ -43,8 +43,8 @@ def test_a_stale_attempts_result_is_refused_and_the_current_attempts_result_is_d
     assert index.deliveries() == [] and index.supersessions() == {}, "nothing of the stale result is kept"
     assert index.fail_job(job_id, "late failure", attempt=1) is False
     assert index.hand_back_job(job_id, attempt=1, reason="late", lost=True) is False
-    assert index.attempt_started(job_id, 1, pid=4242) is False, "a worker took the stale attempt"
-    assert index.attempt_started(job_id, 2, pid=4243) and index.job(job_id).worker_pid == 4243
+    assert index.start_attempt(job_id, 1, pid=4242) is False, "a worker took the stale attempt"
+    assert index.start_attempt(job_id, 2, pid=4243) and index.job(job_id).worker_pid == 4243
 
     assert index.finish_job(job_id, [ResultFile(tmp_path / "new.dcm", "9.2", SEG)], "1 objects", attempt=2)
     assert [r.sop_uid for r in index.results(job_id)] == ["9.2"]
@@ -60,7 +60,7 @@ def test_only_the_transitions_of_the_state_machine_happen(tmp_path):
     # queued: nothing ends it, nothing requeues it
     assert index.finish_job(job_id, [], "done without running", attempt=0) is False
     assert index.fail_job(job_id, "failed without running", attempt=0) is False
-    assert index.attempt_started(job_id, 0, pid=4242) is False
+    assert index.start_attempt(job_id, 0, pid=4242) is False
     assert index.requeue_job(job_id) is False
     assert index.job(job_id).state == "queued"
     job = index.claim_job(None, 60)
@@ -177,9 +177,9 @@ def test_series_and_deliveries_move_only_along_their_tables(tmp_path):
 
     delivery = _delivery(index, tmp_path)
     assert index.retry_dead_deliveries(delivery) == 0, "a pending delivery is not dead"
-    index.delivery_failed(delivery, "refused", next_attempt_at=None)
+    index.mark_delivery_failed(delivery, "refused", next_attempt_at=None)
     assert index.deliveries()[0].state == DeliveryState.DEAD
-    index.delivery_sent(delivery)  # a late success of a delivery given up on does not revive it
+    index.mark_delivery_sent(delivery)  # a late success of a delivery given up on does not revive it
     assert index.deliveries()[0].state == DeliveryState.DEAD
     assert index.retry_dead_deliveries(delivery) == 1 and index.deliveries()[0].state == DeliveryState.PENDING
 

@@ -121,10 +121,10 @@ def test_retention_keeps_what_is_still_needed(tmp_path: Path):
     spool, index = Spool(tmp_path / "spool"), Index(tmp_path / "index.sqlite")
     delivered = _instance(spool, index, "1.1", "1.1.1", "1.1.1.1")
     delivered_job, delivered_result = _routed_job(index, spool, "1.1", "1.1.1")
-    index.delivery_sent(index.deliveries()[0].id)
+    index.mark_delivery_sent(index.deliveries()[0].id)
     undeliverable = _instance(spool, index, "2.1", "2.1.1", "2.1.1.1")
     dead_job, dead_result = _routed_job(index, spool, "2.1", "2.1.1")
-    index.delivery_failed(index.deliveries("pending")[0].id, "PACS refused", None)
+    index.mark_delivery_failed(index.deliveries("pending")[0].id, "PACS refused", None)
     receiving = _instance(spool, index, "3.1", "3.1.1", "3.1.1.1")
 
     retention = Retention(RetentionSettings(instances_days=7, results_days=7), index, spool)
