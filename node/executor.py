@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
+import queue
 import signal
 import time
 from abc import ABC, abstractmethod
 from multiprocessing.process import BaseProcess
-from typing import Callable
+from typing import Callable, Iterator
 
 from node import logs
 from node.config import Config
@@ -31,6 +33,42 @@ def die_with_parent() -> None:
     or run jobs the next start runs again)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class StopOnSigterm:
+    """How a worker or driver process stops: SIGTERM lets the attempt in hand finish (the loop
+    asks ``stopping`` between attempts; the supervisor decides how long it may take), and SIGINT,
+    a terminal's Ctrl-C reaching the whole process group, is the supervisor's to handle."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.install()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def install(self) -> None:
+        """Make SIGTERM set the flag, again after a library installed its own handler (Ray's
+        would kill the attempt in hand)."""
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+
+def held_attempts(attempts: "multiprocessing.Queue[tuple[int, int]]", index: Index, stop: StopOnSigterm,
+                  poll_seconds: float) -> Iterator[Job]:
+    """The attempts the executor submits to this worker or driver process, each once this
+    process holds it, until SIGTERM; one the node ended or handed back while it waited in the
+    queue is passed over."""
+    while not stop.stopping:
+        try:
+            job_id, attempt = attempts.get(timeout=poll_seconds)
+        except queue.Empty:
+            continue
+        if not index.start_attempt(job_id, attempt, os.getpid()):
+            continue
+        job = index.job(job_id)
+        if job is not None:
+            yield job
 
 
 #: What a worker process runs: (config path, queue of submitted attempts).

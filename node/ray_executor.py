@@ -26,9 +26,7 @@ Ray is imported only in the driver processes: the node itself needs no Ray to st
 from __future__ import annotations
 
 import os
-import queue
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -36,11 +34,11 @@ import time
 from dataclasses import replace
 from multiprocessing import Queue
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from node import logs
 from node.config import Config, RaySettings, load_config
-from node.executor import ProcessExecutor, die_with_parent
+from node.executor import ProcessExecutor, StopOnSigterm, die_with_parent, held_attempts
 from node.spool import Spool
 from node.states import JobState
 from node.store import Index, Job
@@ -182,27 +180,12 @@ def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> Non
     logs.setup()
     config = load_config(Path(config_path))
     ray_environment(config.workers.ray)  # before Ray is imported, which reads them on import
-    stopping = False
-
-    def _stop(_signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopOnSigterm()
     index = Index(config.node.index_path)
-    driver = Driver(config, index, Spool(config.node.spool), socket.gethostname(), _stop)
-    usable = True
-    while usable and not stopping:
-        try:
-            job_id, attempt = attempts.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if not index.start_attempt(job_id, attempt, os.getpid()):
-            continue  # the node ended or handed back this attempt while it waited
-        job = index.job(job_id)
-        assert job is not None
-        usable = driver.execute(job)
+    driver = Driver(config, index, Spool(config.node.spool), socket.gethostname(), stop)
+    for job in held_attempts(attempts, index, stop, poll_seconds=0.2):
+        if not driver.execute(job):
+            break  # the connection to the cluster broke: the executor starts a fresh driver
     index.close()
     sys.stderr.flush()
     os._exit(0)  # not Ray's exit handlers: they wait for a cluster that may be gone
@@ -212,8 +195,8 @@ class Driver:
     """One connection to the cluster and this driver's actors, one per pipeline."""
 
     def __init__(self, config: Config, index: Index, spool: Spool, station_name: str,
-                 on_sigterm: Callable[[int, Any], None]) -> None:
-        self.on_sigterm = on_sigterm
+                 stop: StopOnSigterm) -> None:
+        self.stop = stop
         self.config = config
         self.index = index
         self.spool = spool
@@ -227,7 +210,7 @@ class Driver:
         settings = self.config.workers.ray
         ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
                  logging_level="warning")
-        signal.signal(signal.SIGTERM, self.on_sigterm)  # Ray's own handler would kill the attempt
+        self.stop.install()  # over Ray's own SIGTERM handler
         logs.info("ray.connected", address=settings.address,
                   nodes=len([n for n in ray.nodes() if n["Alive"]]))
 

@@ -35,20 +35,12 @@ class JobSpec:
     outcome: str = ""
 
 
-@dataclass(frozen=True)
-class Job:
+@dataclass(frozen=True, kw_only=True)
+class Job(JobSpec):
+    """A job as the index holds it: its spec and where its attempts stand."""
+
     id: int
-    route: str
-    pipeline: str
-    subject: str
-    study_uid: str
-    generation: int
-    inputs: dict[str, str]
-    destinations: list[str]
-    priority: int
-    state: JobState
     attempts: int
-    outcome: str
     created_at: float
     started_at: float | None
     finished_at: float | None

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import shutil
-import signal
 import sqlite3
 import time
 import traceback
@@ -24,7 +22,7 @@ import pydicom
 
 from node import logs
 from node.config import Config, load_config
-from node.executor import die_with_parent
+from node.executor import StopOnSigterm, die_with_parent, held_attempts
 from node.spool import Spool
 from node.states import JobState
 from node.store import Index, Job, ResultFile
@@ -199,26 +197,11 @@ def worker_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
     die_with_parent()
     logs.setup()
     config = load_config(Path(config_path), check_site_pipelines=False)  # the node checked them
-    stopping = False
-
-    def _stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopOnSigterm()
     index = Index(config.node.index_path)
     spool = Spool(config.node.spool)
     pipelines = PipelineCache(config)
     pipelines.preload([route.pipeline for route in config.routes])
-    while not stopping:
-        try:
-            job_id, attempt = attempts.get(timeout=IDLE_POLL_SECONDS)
-        except queue.Empty:
-            continue
-        if not index.start_attempt(job_id, attempt, os.getpid()):
-            continue  # the node ended or handed back this attempt while it waited
-        job = index.job(job_id)
-        assert job is not None
+    for job in held_attempts(attempts, index, stop, IDLE_POLL_SECONDS):
         execute(job, index, spool, pipelines)
     index.close()
