@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -21,6 +21,9 @@ from node.admin import (Outcome, cancel_job, complete_series, complete_study, mo
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.spool import keep_private
 from node.states import DeliveryState, JobState
+
+if TYPE_CHECKING:
+    from node.store import Index
 
 DEFAULT_CONFIG = Path("config.toml")
 #: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
@@ -244,7 +247,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def _index(config: Config):
+def _index(config: Config) -> Index:
     from node.store import Index
 
     return Index(config.node.index_path)
@@ -266,7 +269,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_notes(index) -> None:
+def _print_notes(index: Index) -> None:
     """Routes that did not run on purpose (late instances ignored): the reason is on record."""
     notes = index.notes()
     if notes:

@@ -68,7 +68,7 @@ def read_slice_header(path: Path) -> SliceHeader:
 
 def _floats(value: object, count: int) -> tuple[float, ...] | None:
     try:
-        numbers = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]  # not iterable: TypeError
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count else None

@@ -15,7 +15,8 @@ from collections import defaultdict
 from typing import Sequence
 
 import pydicom
-from pynetdicom import AE, Association, build_context
+from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from node import logs
@@ -36,13 +37,14 @@ def next_attempt_delay(attempts_done: int, settings: DeliverySettings, elapsed: 
     left = settings.retry_hours * 3600 - elapsed
     if left <= 0:
         return None
-    return min(settings.backoff_seconds * 2 ** (attempts_done - 1), settings.backoff_max_seconds, left)
+    return min(settings.backoff_seconds * 2.0 ** (attempts_done - 1), settings.backoff_max_seconds, left)
 
 
 def retry_schedule(settings: DeliverySettings) -> list[float]:
     """Seconds from the first failure to each later try, until the delivery would be dead:
     what ``settings`` promise an administrator (the README quotes it for the defaults)."""
-    times, elapsed = [], 0.0
+    times: list[float] = []
+    elapsed = 0.0
     while (delay := next_attempt_delay(len(times) + 1, settings, elapsed)) is not None:
         elapsed += delay
         times.append(elapsed)
@@ -79,8 +81,10 @@ def associate(ae: AE, destination: Destination) -> Association:
     if destination.tls is not None:
         server_name = destination.host if destination.tls.check_hostname else None
         tls_args = (client_context(destination.tls), server_name)
+    # pynetdicom annotates the host name as str, but passes it to ssl, where None (the
+    # destination's check_hostname = false) means "do not check the name"
     return ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                        tls_args=tls_args)
+                        tls_args=tls_args)  # type: ignore[arg-type]
 
 
 def _association_failure(assoc: object, destination: Destination) -> str:
@@ -130,17 +134,18 @@ class Dispatcher:
         if not deliveries:
             return 0
         ae = scu_ae(self.config)
-        for context in _contexts({pair for d in deliveries for pair in syntaxes[d.id]}):
-            ae.add_requested_context(context.abstract_syntax, context.transfer_syntax)
+        for sop_class, syntax in _contexts({pair for d in deliveries for pair in syntaxes[d.id]}):
+            ae.add_requested_context(sop_class, syntax)
         assoc = associate(ae, destination)
         if not assoc.is_established:
-            error = _association_failure(assoc, destination)
+            reason = _association_failure(assoc, destination)
             for delivery in deliveries:
-                self._failed(delivery, error)
+                self._failed(delivery, reason)
             return 0
         sent = 0
         try:
             for delivery in deliveries:
+                error: str | None
                 try:
                     error = self._send_files(assoc, files[delivery.id])
                 except Exception as failure:  # one unreadable result must not hold back the batch
@@ -195,7 +200,8 @@ def _syntaxes(files: Sequence[ResultFile]) -> set[tuple[str, str]]:
     return pairs
 
 
-def _contexts(pairs: set[tuple[str, str]]) -> list:
+def _contexts(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (SOP class, transfer syntax) pairs to request, one presentation context each."""
     if len(pairs) > _MAX_CONTEXTS:
         raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed one association's 128")
-    return [build_context(sop, ts) for sop, ts in sorted(pairs)]
+    return sorted(pairs)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -124,7 +124,7 @@ class MonitoringServer:
         self.index = Index(config.node.index_path)
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = NodeCollector(config, self.index, children)
-        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self.registry.register(self.collector)
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -142,7 +142,7 @@ class MonitoringServer:
     def metrics(self) -> bytes:
         return generate_latest(self.registry)
 
-    def health(self) -> tuple[int, dict]:
+    def health(self) -> tuple[int, dict[str, Any]]:
         with self.collector.lock:
             checks = health_checks(self.config, self.index, self.children, self.executor_checks)
         ok = all(c.ok for name, c in checks.items() if name != "deliveries")

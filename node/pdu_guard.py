@@ -48,7 +48,7 @@ def install(max_pdu: int) -> None:
     def read_pdu_data(dul: DULServiceProvider) -> None:
         _read_pdu_data(dul, max_pdu)
 
-    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
+    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign,assignment]
 
 
 def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:

@@ -25,6 +25,7 @@ Ray is imported only in the driver processes: the node itself needs no Ray to st
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -209,10 +210,10 @@ class Driver:
             return
         settings = self.config.workers.ray
         ray.init(address=settings.address, namespace=settings.namespace, log_to_driver=False,
-                 logging_level="warning")
+                 logging_level=logging.WARNING)
         self.stop.install()  # over Ray's own SIGTERM handler
         logs.info("ray.connected", address=settings.address,
-                  nodes=len([n for n in ray.nodes() if n["Alive"]]))
+                  nodes=len([n for n in ray.nodes() if n["Alive"]]))  # type: ignore[no-untyped-call]
 
     def actor(self, pipeline: str) -> Any:
         """This driver's actor for ``pipeline``, created (its pipeline loaded) on first use and
@@ -279,7 +280,8 @@ class Driver:
         while True:
             ready, _ = ray.wait([ref], timeout=FENCE_POLL_SECONDS)
             if ready:
-                return ray.get(ref)
+                outcome: dict[str, Any] = ray.get(ref)
+                return outcome
             current = self.index.job(job.id)
             if current is None or current.state != JobState.RUNNING or current.attempts != job.attempts:
                 self.forget(job.pipeline)

@@ -20,7 +20,6 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pydicom.config
 import pydicom.filereader
@@ -43,7 +42,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, Association, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
@@ -147,7 +147,8 @@ def identifying_header(event: evt.Event) -> Dataset:
     syntax = event.context.transfer_syntax
     if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_little_endian:
         return event.dataset
-    stream = event.request.DataSet
+    stream = store_request(event).DataSet
+    assert stream is not None  # pynetdicom keeps a C-STORE's data set in memory
     stream.seek(0)
     return pydicom.filereader.read_dataset(
         stream, syntax.is_implicit_VR, True,
@@ -181,9 +182,16 @@ def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
     return None
 
 
+def store_request(event: evt.Event) -> C_STORE:
+    """The C-STORE request of an EVT_C_STORE event (pynetdicom types ``event.request`` as any
+    DIMSE request)."""
+    assert isinstance(event.request, C_STORE)
+    return event.request
+
+
 def part10_header_of(event: evt.Event) -> bytes:
     """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
-    request = event.request
+    request = store_request(event)
     return part10_header(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
                          str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
 
@@ -207,6 +215,7 @@ class _Server(ThreadedAssociationServer):
     request_queue_size = 128
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # made by TCPServer before it binds
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -216,6 +225,7 @@ class _Server(ThreadedAssociationServer):
         pynetdicom shakes hands here, in the one thread that accepts every connection, with no
         timeout: a caller that opens a TLS connection and stalls would block everyone else.
         """
+        assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -287,7 +297,7 @@ class Receiver:
             try:
                 raw.do_handshake()
             except (ssl.SSLError, OSError) as error:
-                logs.warning("tls.handshake_failed", address=event.address[0],
+                logs.warning("tls.handshake_failed", address=event.address[0],  # type: ignore[attr-defined]
                              reason=getattr(error, "reason", None) or type(error).__name__)
 
     def take_slot(self, event: evt.Event) -> None:
@@ -356,7 +366,7 @@ class Receiver:
             refusal = screen_structure(raw, event.context.transfer_syntax)
             if refusal is None:
                 dataset = identifying_header(event)
-                refusal = self._check(dataset, event.request, event.context.abstract_syntax)
+                refusal = self._check(dataset, store_request(event), event.context.abstract_syntax)
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
@@ -445,14 +455,14 @@ class Receiver:
         ae.add_supported_context(Verification)
         if node.accept_all_storage:
             _config.UNRESTRICTED_STORAGE_SERVICE = True
-            classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+            classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax]
         else:
             classes = list(STORAGE_CLASSES)
         for sop_class in classes:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         return ae
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self.on_connection),
             (evt.EVT_REQUESTED, self.on_requested),
@@ -483,6 +493,7 @@ class Receiver:
         )
         logs.info("receiver.listening", ae_title=node.ae_title, host=node.host, port=node.port,
                   tls=node.tls is not None, pid=os.getpid())
+        assert self._server is not None
         self._server.serve_forever()
 
     def shutdown(self) -> None:

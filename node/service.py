@@ -245,7 +245,8 @@ class Node:
         assert child.process is not None
         pid, code = child.process.pid, child.process.exitcode
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
-        self.index.close_associations_of([pid])
+        if pid is not None:  # None: it never started, so it held no association
+            self.index.close_associations_of([pid])
         self._spawn(child)
 
     # ---- stop ------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class JobIndex(Database):
         """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
         with self._tx() as db:
             return states.apply(db, states.JOBS, states.START, job_id, {"worker_pid": pid},
-                                   states.Fence(attempt)) == 1
+                                states.Fence(attempt)) == 1
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
                    summary: dict[str, Any] | None = None, *, attempt: int,
@@ -155,13 +155,13 @@ class JobIndex(Database):
     def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
         """Running jobs whose worker is gone (every one, at start) are queued to run again."""
         with self._tx() as db:
-            extra, args = "", ()
+            extra = ""
+            args: tuple[int, ...] = ()
             if worker_pids is not None:
                 extra = f"worker_pid IN ({','.join('?' * len(worker_pids))})"
                 args = tuple(worker_pids)
             return states.apply(db, states.JOBS, states.HAND_BACK, None,
-                                   {"worker_pid": None, "deadline": None}, states.Fence(),
-                                   extra, args)
+                                {"worker_pid": None, "deadline": None}, states.Fence(), extra, args)
 
     def requeue_job(self, job_id: int) -> bool:
         """A failed job (after a fix on the site, say) is queued again on the admin's request."""
@@ -203,7 +203,8 @@ class JobIndex(Database):
 
     def latest_job(self, route: str, subject: str, before: int | None = None) -> Job | None:
         """The newest job of a route for a subject (older than job ``before`` when given)."""
-        sql, args = "WHERE route = ? AND subject = ?", (route, subject)
+        sql = "WHERE route = ? AND subject = ?"
+        args: tuple[Any, ...] = (route, subject)
         if before is not None:
             sql, args = sql + " AND id < ?", (*args, before)
         jobs = self._jobs(sql, args)

@@ -337,7 +337,8 @@ def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], list[tup
         return fields, files
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         if filename is not None:
             if filename or data:
