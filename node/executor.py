@@ -1,7 +1,7 @@
 """The executor: the one interface between the node's scheduler and whatever runs jobs.
 
 The node keeps every job in its index; an executor only runs attempts of them. The scheduler
-claims a queued job (a new attempt, ``node.jobstates``) when the executor has room, submits the
+claims a queued job (a new attempt, ``node.states``) when the executor has room, submits the
 attempt, and learns its outcome from the index, where the attempt's result is committed under its
 attempt number, so that a late result of an earlier attempt is refused. Two implementations:
 ``local`` (worker processes on this machine, ``node.worker``) and ``ray`` (actors on a Ray
