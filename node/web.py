@@ -39,9 +39,9 @@ from node import admin, logs
 from node.config import Config
 from node.monitoring import ChildCounts
 from node.passwords import verify_password
-from node.states import DeliveryState, JobState, named
+from node.states import MACHINES, DeliveryState, JobState, SeriesState, named
 from node.store import Index
-from node.studies import StudyWatch, wait_counts
+from node.studies import StudyState, StudyWatch, wait_counts
 from node.tls import server_context
 
 #: Throughput chart: the last hour in 5-minute bars; the job-time chart: the latest jobs of that hour.
@@ -95,7 +95,8 @@ class WebApp:
         self._accepted: set[bytes] = set()  # digests of Authorization headers that passed scrypt
         self.templates = Environment(loader=PackageLoader("node", "templates"),
                                      autoescape=select_autoescape(["html"]))
-        self.templates.globals.update(when=admin.when, json=json)
+        self.templates.globals.update(when=admin.when, json=json, machines=MACHINES, JobState=JobState,
+                                      DeliveryState=DeliveryState, SeriesState=SeriesState, StudyState=StudyState)
 
     # ---- access ------------------------------------------------------------------------------
 
