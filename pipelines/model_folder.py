@@ -107,9 +107,8 @@ def folder_digest(folder: Path) -> str:
 
 
 def training_command(module: str, argv: Sequence[str] | None = None) -> str:
-    """The command a training run was started with, for the ``training.json`` of its folder.
+    """``pipelines.training.record.training_command``, still here for ``pipelines.tumor``'s training.
 
-    Recorded as given (``argv``, else this process's arguments) rather than rebuilt from the parsed
-    options, so that it reproduces the run exactly and cannot fall behind when an option is added.
+    Goes when the tumor pipeline's training imports it from ``pipelines.training.record``.
     """
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

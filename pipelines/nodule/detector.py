@@ -39,7 +39,7 @@ from pipelines.nodule.network import Architecture, anchor_scales, build_retinane
 from pipelines.precision import autocast
 from pipelines.volume import Volume
 
-#: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
+#: The weights trained by ``pipelines.nodule.training.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 
 
