@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.denoise.training import pack
 from pipelines.denoise.inference import Denoiser
+from pipelines.denoise.training import pack
 
 #: The pack's scan the volumes are made from (real chest CT, 0.56 mm pixels, 3 mm slices).
 SOURCE_SCAN = "ct-chest/cptac-luad-C3N-00247"

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from pipelines.base import PipelineSettings
-from pipelines.nodule.training import evaluate, patients
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.training import evaluate, patients
 from pipelines.training.data_folder import DATA_ROOT
 
 MIN_LESION_MM = 10.0

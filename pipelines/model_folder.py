@@ -49,7 +49,8 @@ def read_params(folder: Path) -> dict[str, Any]:
             with open(toml_path, "rb") as handle:
                 return tomllib.load(handle)
         if json_path.is_file():
-            return json.loads(json_path.read_text())
+            params: dict[str, Any] = json.loads(json_path.read_text())
+            return params
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{folder}: the parameters file is not valid: {exc}") from exc
     raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
@@ -82,7 +83,8 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
     """
     script, state = weights_files(folder)
     if script is not None:
-        return torch.jit.load(str(script), map_location=device)
+        scripted: torch.nn.Module = torch.jit.load(str(script), map_location=device)
+        return scripted
     if state is None:
         where = f"{folder}/models" if is_monai_bundle(folder) else str(folder)
         raise ModelFolderError(

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
+from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
+from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
 from pipelines.denoise.training import evaluate
 from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
-from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.denoise.training.noise import uniform_noise_std, uniform_region_mask
-from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
 from pipelines.volume import load_series
 from tests.peers import dciodvfy, storescu
 

@@ -18,13 +18,13 @@ from monai.data.box_utils import box_iou
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
-from pipelines.nodule.training import data, evaluate, synthesis, train
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
 from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
+from pipelines.nodule.training import data, evaluate, synthesis, train
 from pipelines.volume import Volume
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
 

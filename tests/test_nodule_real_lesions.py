@@ -16,10 +16,10 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule import candidates
-from pipelines.nodule.training import data, evaluate, lidc, patients, train, train_scorer
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.training import data, evaluate, lidc, patients, train_scorer
 from tests.nodule_series import chest_files
 from tests.peers import dciodvfy
 

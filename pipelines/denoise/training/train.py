@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.denoise.training import pack
-from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.inference import Preprocessing, keep_mean
 from pipelines.denoise.model import Architecture, ResidualDenoiser
+from pipelines.denoise.training import pack
+from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS, FILTERS, N_VIEWS, SliceScan, added_electronic_noise, added_photons,
     thickness_dose_factor,

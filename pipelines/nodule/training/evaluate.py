@@ -27,10 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from pipelines.model_folder import read_params
-from pipelines.nodule.training import data, synthesis
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import fuse_nested, near_lungs
+from pipelines.nodule.training import data, synthesis
 from pipelines.nodule.training.train import write_params
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import Volume

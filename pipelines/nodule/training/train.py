@@ -28,11 +28,11 @@ from scipy import ndimage as ndi
 
 from monai.apps.detection.networks import retinanet_detector
 
-from pipelines.nodule.training import data, synthesis
 from pipelines.nodule.detector import Settings, make_detector
 from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.network import Architecture, build_retinanet
+from pipelines.nodule.training import data, synthesis
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from pipelines.nodule import scorer
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
-from pipelines.nodule import scorer
 
 #: The operating point, fixed before any held-out number was seen (model card).
 TARGET_FP = 2.0
@@ -53,8 +53,8 @@ HIT_MARGIN_MM = 2.0
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
     """All candidates of the real series and their synthetic copies, with labels and inputs."""
     from pipelines.nodule import candidates
-    from pipelines.nodule.training import patients
     from pipelines.nodule.grid import to_model_grid
+    from pipelines.nodule.training import patients
 
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
@@ -99,9 +99,9 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.
 def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
     """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
     from the real lesions (``patients.RealLesion``)."""
-    from pipelines.nodule.training import synthesis
     from pipelines.nodule.grid import ModelGrid
     from pipelines.nodule.lungs import lung_mask
+    from pipelines.nodule.training import synthesis
 
     hu = grid.hu.copy()
     spacing = np.asarray(grid.spacing)
