@@ -24,7 +24,6 @@ from tests.kill_trials import STAGES, KillTrials
 from tests.peers import Orthanc
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
