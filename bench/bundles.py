@@ -30,9 +30,10 @@ from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.bundle import read_bundle
 from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.training.data_folder import DATA_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO.parent / "shared" / "data" / "monai-bundles" / "lung_nodule_ct_detection"
+BUNDLE = DATA_ROOT / "monai-bundles" / "lung_nodule_ct_detection"
 
 
 def bundle_with_random_weights(folder: Path) -> Path:

@@ -9,7 +9,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest" / "cptac-luad-C3N-00247"
+from pipelines.training.data_folder import DATA_ROOT
+
+SOURCE = DATA_ROOT / "ct-chest" / "cptac-luad-C3N-00247"
 
 
 def save_slice(ds: Dataset, folder: Path, index: int, study_uid: str, series_uid: str, z: float) -> Path:

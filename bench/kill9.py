@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.training.data_folder import DATA_ROOT
 from tests.kill_trials import STAGES, KillTrials
 from tests.peers import Orthanc
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def main() -> int:
@@ -34,7 +33,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="start no trial after this many minutes (the summary says how many ran)")
     args = parser.parse_args()
-    sources = sorted((DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:8]
+    sources = sorted((DATA_ROOT / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:8]
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)

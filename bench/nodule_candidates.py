@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
-from pipelines.nodule import candidates, evaluate, patients
-from pipelines.nodule.train import DEFAULT_DATA
+from pipelines.nodule import candidates
+from pipelines.nodule.training import evaluate, patients
+from pipelines.training.data_folder import DATA_ROOT
 
 MIN_LESION_MM = 10.0
 
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows, scans = [], []
-    for series in patients.all_series(DEFAULT_DATA):
+    for series in patients.all_series(DATA_ROOT):
         start = time.process_time()
         scan = candidates.find(series.volume)
         cpu = time.process_time() - start

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from pipelines.base import PipelineSettings
-from pipelines.nodule import evaluate, patients
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.train_scorer import DEFAULT_DATA
+from pipelines.nodule.training import evaluate, patients
+from pipelines.training.data_folder import DATA_ROOT
 
 MIN_LESION_MM = 10.0
 
@@ -61,7 +61,7 @@ def main() -> None:
         pipeline = pipeline_for(args.detector, patient)
         threshold = pipeline.detector.settings.report_threshold
         for name in patients.PATIENTS[patient]:
-            series = patients.load(DEFAULT_DATA, patient, name)
+            series = patients.load(DATA_ROOT, patient, name)
             started = time.process_time()
             reported = findings(pipeline, series)
             seconds = time.process_time() - started

@@ -47,7 +47,8 @@ class Bundle:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.parser.get()
+        config: dict[str, Any] = self.parser.get()
+        return config
 
     def has(self, key: str) -> bool:
         return key in self.config

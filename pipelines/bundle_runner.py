@@ -22,16 +22,16 @@ What radnode cannot honour is refused when the pipeline loads (``BundleError`` n
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from pipelines.bundle import Bundle, BundleError, read_bundle
 from pipelines.model_folder import load_network, require_folder
+from pipelines.precision import autocast
 
 #: Transforms MONAI Deploy drops from a bundle: radnode reads DICOM and writes SEG/SR itself.
 LOAD_SAVE = ("LoadImage", "SaveImage")
@@ -93,7 +93,7 @@ class BundleRunner:
         with torch.no_grad():
             data = self.preprocessing({self.input_key: image})
             inputs = data[self.input_key][None].to(self.device)
-            with self._autocast():
+            with autocast(self.amp and self.device.startswith("cuda")):
                 output = self.inferer(inputs, self.network)
             item = dict(data)
             first = _first_item(output)
@@ -101,7 +101,8 @@ class BundleRunner:
                 item.update(first)  # detection: {box, label, label_scores}, as the bundle's saver merges it
             else:
                 item[self.output_key] = first
-            return self.postprocessing(item)
+            result: dict[str, Any] = self.postprocessing(item)
+            return result
 
     def loader_image(self, array_xyz: np.ndarray, affine_lps: np.ndarray) -> Any:
         """What the bundle's dropped LoadImaged would give for a volume stored as ``array_xyz``.
@@ -127,16 +128,8 @@ class BundleRunner:
     def label(self) -> str:
         return self.bundle.label
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.amp and self.device.startswith("cuda"):
-            with torch.autocast("cuda", dtype=torch.float16):
-                yield
-        else:
-            yield
 
-
-def affine_lps(origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> np.ndarray:
+def affine_lps(origin: np.ndarray, spacing: np.ndarray | Sequence[float], direction: np.ndarray) -> np.ndarray:
     """(i, j, k, 1) -> LPS of a grid whose columns of ``direction`` are the i, j, k axes."""
     affine = np.eye(4)
     affine[:3, :3] = np.asarray(direction, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)

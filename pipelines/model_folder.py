@@ -49,7 +49,8 @@ def read_params(folder: Path) -> dict[str, Any]:
             with open(toml_path, "rb") as handle:
                 return tomllib.load(handle)
         if json_path.is_file():
-            return json.loads(json_path.read_text())
+            params: dict[str, Any] = json.loads(json_path.read_text())
+            return params
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{folder}: the parameters file is not valid: {exc}") from exc
     raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
@@ -82,7 +83,8 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
     """
     script, state = weights_files(folder)
     if script is not None:
-        return torch.jit.load(str(script), map_location=device)
+        scripted: torch.nn.Module = torch.jit.load(str(script), map_location=device)
+        return scripted
     if state is None:
         where = f"{folder}/models" if is_monai_bundle(folder) else str(folder)
         raise ModelFolderError(
@@ -107,9 +109,8 @@ def folder_digest(folder: Path) -> str:
 
 
 def training_command(module: str, argv: Sequence[str] | None = None) -> str:
-    """The command a training run was started with, for the ``training.json`` of its folder.
+    """``pipelines.training.record.training_command``, still here for ``pipelines.tumor``'s training.
 
-    Recorded as given (``argv``, else this process's arguments) rather than rebuilt from the parsed
-    options, so that it reproduces the run exactly and cannot fall behind when an option is added.
+    Goes when the tumor pipeline's training imports it from ``pipelines.training.record``.
     """
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pydicom
@@ -81,13 +81,15 @@ class Volume:
         """LPS (mm) of array indices given as (k, j, i), the order used to index ``array``."""
         kji = np.asarray(index, dtype=np.float64)
         ijk = kji[..., ::-1]
-        return ijk @ (self.direction * np.asarray(self.spacing)).T + self.origin
+        lps: np.ndarray = ijk @ (self.direction * np.asarray(self.spacing)).T + self.origin
+        return lps
 
     def lps_to_kji(self, points: np.ndarray | Sequence[float]) -> np.ndarray:
         """Continuous array indices (k, j, i) of LPS points; round them to pick a voxel."""
         lps = np.asarray(points, dtype=np.float64)
         ijk = (lps - self.origin) @ self.direction / np.asarray(self.spacing)
-        return ijk[..., ::-1]
+        kji: np.ndarray = ijk[..., ::-1]
+        return kji
 
     def slice_position(self, k: int) -> np.ndarray:
         """ImagePositionPatient of slice ``k`` as its source stored it."""
@@ -264,7 +266,7 @@ def _plane_position(header: Dataset, frame: int) -> np.ndarray:
     return np.asarray(position, dtype=np.float64)
 
 
-def _frame_value(header: Dataset, frame: int, sequence: str, keyword: str):
+def _frame_value(header: Dataset, frame: int, sequence: str, keyword: str) -> Any:
     """An attribute from the frame's functional groups, the shared groups, or the top level."""
     if "PerFrameFunctionalGroupsSequence" in header:
         per_frame = header.PerFrameFunctionalGroupsSequence[frame - 1]
@@ -310,7 +312,8 @@ def _check_frame_of_reference(slices: Sequence[_Slice]) -> str | None:
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
     normal = np.cross(orientation[:3], orientation[3:])
-    return normal / np.linalg.norm(normal)
+    unit: np.ndarray = normal / np.linalg.norm(normal)
+    return unit
 
 
 def _check_slice_steps(slices: Sequence[_Slice], normal: np.ndarray, tolerance: float) -> float:

@@ -33,9 +33,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from node.spool import part10_header
+from pipelines.training.data_folder import DATA_ROOT
 from tests.peers import dcmtk_bin, dcmtk_env
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = DATA_ROOT
 SEEDS = (
     DATA / "ct-chest" / "cptac-luad-C3N-00247" / "000000.dcm",
     DATA / "reference-seg-sr" / "highdicom" / "sr_document_with_multiple_groups.dcm",

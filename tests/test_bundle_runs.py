@@ -24,12 +24,13 @@ from pydicom.uid import generate_uid
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.bundle import read_bundle
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import load_series
 from tests import torchvision_parts
 from tests.nodule_series import chest_files
 from tests.peers import dciodvfy
 
-BUNDLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "monai-bundles"
+BUNDLES = DATA_ROOT / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"
 BRATS = BUNDLES / "brats_mri_segmentation"
 BRATS_CASE = Path("mr-brain") / "brats-gli-00001" / "BraTS-GLI-00001-000"

@@ -13,8 +13,9 @@ from pipelines.base import PipelineSettings
 from pipelines.bundle import BundleError, read_bundle
 from pipelines.bundle_runner import BundleRunner
 from pipelines.model_folder import ModelFolderError
+from pipelines.training.data_folder import DATA_ROOT
 
-BUNDLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "monai-bundles"
+BUNDLES = DATA_ROOT / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"
 BRATS = BUNDLES / "brats_mri_segmentation"
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.denoise import evaluate
-from pipelines.denoise.data import HELD_OUT_BY_KERNEL, load_scan
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser, Preprocessing
-from pipelines.denoise.noise import ELECTRONIC_NOISE_COUNTS, SliceScan, water_attenuation_per_mm
+from pipelines.denoise.training import evaluate
+from pipelines.denoise.training.data import HELD_OUT_BY_KERNEL, load_scan
+from pipelines.denoise.training.noise import ELECTRONIC_NOISE_COUNTS, SliceScan, water_attenuation_per_mm
 
 #: Noise draws averaged per measurement: the noise's box mean falls by sqrt(DRAWS).
 DRAWS = 8

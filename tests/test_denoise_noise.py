@@ -14,15 +14,15 @@ import torch
 from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
-from pipelines.denoise.data import HELD_OUT, HELD_OUT_SHARP, load_scan
 from pipelines.denoise.inference import Denoiser, Preprocessing
-from pipelines.model_folder import ModelFolderError
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.noise import (
+from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_SHARP, load_scan
+from pipelines.denoise.training.noise import (
     N_VIEWS, ParallelBeam, SliceScan, added_electronic_noise, added_photons, calibrate_photons,
     reconstruction_filter, relative_tube_output, thickness_dose_factor, water_attenuation_per_mm,
 )
-from pipelines.denoise.train import write_weights
+from pipelines.denoise.training.train import write_weights
+from pipelines.model_folder import ModelFolderError
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +213,8 @@ def test_mean_preservation_is_a_gaussian_high_pass_of_the_change_and_removes_an_
 
 def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tmp_path):
     """The compact file a GPU machine trains from holds the same HU and metadata as the DICOM scans."""
-    from pipelines.denoise import pack
-    from pipelines.denoise.data import Scan, thin_slices
+    from pipelines.denoise.training import pack
+    from pipelines.denoise.training.data import Scan, thin_slices
 
     rng = np.random.default_rng(3)
     hu = rng.integers(-1024, 3000, (12, 32, 40)).astype(np.float32)
@@ -222,13 +222,13 @@ def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tm
     thinned = thin_slices(scan, 5.0)
     assert len(thinned.hu) == 3  # every 4th slice of 1.25 mm: 5 mm apart
     assert len(thin_slices(scan.subset(slice(0, 5)), 5.0).hu) == 5  # a few-slice scan stays whole
-    pack.save(tmp_path / "p.npz", [thinned], "python -m pipelines.denoise.pack")
+    pack.save(tmp_path / "p.npz", [thinned], "python -m pipelines.denoise.training.pack")
     (back,), header = pack.load(tmp_path / "p.npz")
     np.testing.assert_array_equal(back.hu, thinned.hu)
     np.testing.assert_allclose(back.relative_dose, thinned.relative_dose)
     assert (back.name, back.kernel, back.kvp, back.pixel_spacing_mm, back.slice_thickness_mm) == \
         ("x/ct", "B70f", 100.0, 0.7, 1.25)
-    assert header["command"] == "python -m pipelines.denoise.pack"
+    assert header["command"] == "python -m pipelines.denoise.training.pack"
     with pytest.raises(ValueError, match="not integers"):
         pack.save(tmp_path / "q.npz", [Scan("y", hu + 0.5, 0.7, "B70f")], "")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))

@@ -4,7 +4,7 @@ Quality runs on a few slices of each held-out kernel (``data.HELD_OUT_BY_KERNEL`
 and B70f, LIDC-IDRI-0003 GE STANDARD; never trained on) at simulated quarter and tenth dose with a
 fixed seed, against the oracle Gaussian (the sigma best on these very slices) and, on small crops
 because it is slow, BM3D given the true noise spectrum. The full tables are in the model card
-(``python -m pipelines.denoise.evaluate``). The output checks run the pipeline exactly as a worker
+(``python -m pipelines.denoise.training.evaluate``). The output checks run the pipeline exactly as a worker
 does, on copies of the real series as spool files, and hand the result to dciodvfy and Orthanc.
 """
 
@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
-from pipelines.denoise import evaluate
-from pipelines.denoise.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
-from pipelines.denoise.noise import uniform_noise_std, uniform_region_mask
 from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
+from pipelines.denoise.training import evaluate
+from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
+from pipelines.denoise.training.noise import uniform_noise_std, uniform_region_mask
 from pipelines.volume import load_series
 from tests.peers import dciodvfy, storescu
 

@@ -1,6 +1,6 @@
 """nodule-detection with the shipped weights on the held-out real chest CT (lung-pet-ct-dx-A0002).
 
-The scan was never trained on (``pipelines.nodule.data``). Detection is checked on synthetic
+The scan was never trained on (``pipelines.nodule.training.data``). Detection is checked on synthetic
 nodules inserted with a fixed seed (6-30 mm: on 8 mm slices a 4-5 mm nodule is a faint smudge on
 one slice, the model card reports that band separately), on the real annotated tumour, and the
 measurements on an inserted sphere of known size. Thresholds are set a margin below what the
@@ -18,13 +18,13 @@ from monai.data.box_utils import box_iou
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
-from pipelines.nodule import data, evaluate, synthesis, train
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
 from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
+from pipelines.nodule.training import data, evaluate, synthesis, train
 from pipelines.volume import Volume
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
 

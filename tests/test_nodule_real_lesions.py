@@ -3,7 +3,7 @@ stage on them and on the real A0002 mass, and the pipeline's findings on each re
 scorer that never saw that patient (leave-one-patient-out folds shipped in ``scorer_weights/folds``).
 
 What the data README says the scans hold (each a ~3 cm lesion contoured by at least two readers,
-0003 two more of 11-16 mm) must come out of ``pipelines.nodule.lidc``, on the right voxels, with
+0003 two more of 11-16 mm) must come out of ``pipelines.nodule.training.lidc``, on the right voxels, with
 the readers' other marks kept as ignore regions. The candidate stage (``candidates``) must put a
 candidate on every one of those lesions and box the A0002 mass close to whole, within its budget.
 """
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from pipelines.base import JobInput, PipelineSettings
-from pipelines.nodule import candidates, data, evaluate, lidc, patients, train, train_scorer
+from pipelines.nodule import candidates
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.training import data, evaluate, lidc, patients, train_scorer
 from tests.nodule_series import chest_files
 from tests.peers import dciodvfy
 
@@ -219,4 +220,3 @@ def test_the_operating_point_is_the_lowest_score_with_at_most_2_false_positives_
 def test_scorer_training_counts_hits_as_the_evaluation_does():
     assert train_scorer.HIT_MARGIN_MM == evaluate.HIT_MARGIN_MM
     assert train_scorer.FP_RATES == evaluate.FP_RATES
-    assert train_scorer.DEFAULT_DATA == train.DEFAULT_DATA

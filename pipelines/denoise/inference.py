@@ -44,7 +44,7 @@ from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.model_folder import ModelFolderError, load_network, read_params, require_folder
 from pipelines.precision import autocast
 
-#: The weights trained by ``pipelines.denoise.train``, shipped in the repository.
+#: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Pixels per forward pass: about 0.3 GB of activations on a CPU (8 slices of 512 x 512) ...
 CPU_BATCH_PIXELS = 8 * 512 * 512
@@ -127,7 +127,8 @@ class Denoiser:
         self.cuda = device.startswith("cuda")
         self.batch_pixels = batch_pixels or (GPU_BATCH_PIXELS if self.cuda else CPU_BATCH_PIXELS)
         # channels_last lets oneDNN use its fast convolution kernels: about 1.7x on a CPU.
-        self.network = network.eval().to(memory_format=torch.channels_last)
+        # (torch's stubs leave out Module.to's memory_format, which it has had since 1.5.)
+        self.network = network.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @classmethod
     def load(cls, folder: Path, device: str, batch_pixels: int | None = None,
@@ -178,7 +179,8 @@ class Denoiser:
                 return keep_mean(before, output, sigma_px)[:, 0].cpu().numpy()
         start = before[:, 0].numpy()
         residual = output[:, 0].numpy() - start
-        return start + residual - ndimage.gaussian_filter(residual, (0.0, *sigma_px), mode="nearest")
+        denoised: np.ndarray = start + residual - ndimage.gaussian_filter(residual, (0.0, *sigma_px), mode="nearest")
+        return denoised
 
     def _forward(self, hu: torch.Tensor) -> torch.Tensor:
         """The network's output in HU (float32, on the device) for (N, 1, H, W) HU."""

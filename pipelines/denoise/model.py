@@ -59,5 +59,5 @@ class ResidualDenoiser(nn.Module):
         rows, cols = x.shape[-2:]
         pad_rows, pad_cols = (-rows) % self.downscale, (-cols) % self.downscale
         padded = nn.functional.pad(x, (0, pad_cols, 0, pad_rows), mode="replicate")
-        noise = self.shuffle(self.body(self.unshuffle(padded)))
+        noise: torch.Tensor = self.shuffle(self.body(self.unshuffle(padded)))
         return x - noise[..., :rows, :cols]

@@ -18,37 +18,31 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipelines.base import (
-    SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
-)
-from pipelines.ct_input import scanner_ct_volume
+from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings
 from pipelines.denoise import contract
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
-from pipelines.model_folder import folder_digest
+from pipelines.model_pipeline import ModelPipeline
+from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
 from pipelines.writers.derived import make_derived_series
-from pipelines.writers.identity import identity_of
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
 
 
-class CTDenoise(Pipeline):
+class CTDenoise(ModelPipeline):
     """Residual-CNN noise reduction of a CT series, written as a derived series."""
 
     name: ClassVar[str] = "ct-denoise"
     inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
     Options = contract.Options
     options: contract.Options
+    shipped_model = DEFAULT_MODEL_DIR
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
-        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
-        self.device = resolve_device(settings.device)
         self.denoiser = Denoiser.load(self.model_dir, self.device, self.options.batch_pixels)
-        self.identity = identity_of(settings)
-        self.model_digest = folder_digest(self.model_dir)
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()

@@ -29,6 +29,7 @@ import torch
 
 from pipelines.bundle import BundleError
 from pipelines.bundle_runner import BundleRunner, affine_lps
+from pipelines.nodule.measure import voxel_window
 from pipelines.volume import Volume
 
 #: The detector's own box mode (``RetinaNetDetector`` returns StandardMode boxes).
@@ -46,11 +47,13 @@ class BundleBox:
 
     @property
     def center_lps(self) -> np.ndarray:
-        return (self.low_lps + self.high_lps) / 2.0
+        center: np.ndarray = (self.low_lps + self.high_lps) / 2.0
+        return center
 
     @property
     def size_mm(self) -> np.ndarray:
-        return self.high_lps - self.low_lps
+        size: np.ndarray = self.high_lps - self.low_lps
+        return size
 
 
 @dataclass
@@ -104,7 +107,7 @@ class BundleDetector:
         boxes = torch.as_tensor(result[self.box_key]).float().cpu()
         if len(boxes) == 0:
             return []
-        corners = convert_box_mode(boxes, src_mode=self.box_mode, dst_mode=DETECTOR_BOX_MODE).numpy()
+        corners = np.asarray(convert_box_mode(boxes, src_mode=self.box_mode, dst_mode=DETECTOR_BOX_MODE))
         low, high = corners[:, :3].astype(np.float64), corners[:, 3:].astype(np.float64)
         if not self.world_lps:
             low, high = low * [-1, -1, 1], high * [-1, -1, 1]
@@ -133,7 +136,7 @@ def box_mask(volume: Volume, box: BundleBox) -> tuple[tuple[slice, slice, slice]
     mask = np.all((lps >= box.low_lps) & (lps <= box.high_lps), axis=-1)
     if not mask.any():
         return None
-    return tuple(slice(a, b) for a, b in zip(start, stop)), mask
+    return voxel_window(start, stop), mask
 
 
 def _find(compose: Any, name: str, last: bool = False) -> Any:

@@ -121,7 +121,8 @@ def lung_region(lungs: np.ndarray) -> np.ndarray:
         if lungs[:, :, z].any():
             hull[:, :, z] = convex_hull_object(lungs[:, :, z], connectivity=2)
     grow = max(int(round(REGION_MARGIN_MM / GRID_MM)), 1)
-    return ndi.binary_dilation(hull | lungs, structure=ball(grow).astype(bool))
+    region: np.ndarray = ndi.binary_dilation(hull | lungs, structure=ball(grow).astype(bool))
+    return region
 
 
 def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
@@ -136,7 +137,7 @@ def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     stack = np.stack([-(s / GRID_MM) ** 2 * ndi.laplace(g) for s, g in zip(LOG_SIGMAS_MM, smoothed)])
     peaks = (stack >= LOG_MIN_RESPONSE) & region[None] & (smoothed[0] >= MIN_CENTRE_HU)[None]
     peaks &= stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))
-    found = []
+    found: list[Candidate] = []
     points = np.argwhere(peaks)
     points = points[np.argsort(-stack[tuple(points.T)])]
     for scale, x, y, z in points:
@@ -210,7 +211,8 @@ def _block_mean(array: np.ndarray) -> np.ndarray:
     """Means of 2 x 2 x 2 blocks (the last odd row, column or slice is dropped)."""
     x, y, z = (n // 2 * 2 for n in array.shape)
     a = array[:x, :y, :z]
-    return a.reshape(x // 2, 2, y // 2, 2, z // 2, 2).mean(axis=(1, 3, 5))
+    means: np.ndarray = a.reshape(x // 2, 2, y // 2, 2, z // 2, 2).mean(axis=(1, 3, 5))
+    return means
 
 
 def merge(candidates: list[Candidate]) -> list[Candidate]:

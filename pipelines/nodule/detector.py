@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ from pipelines.nodule.network import Architecture, anchor_scales, build_retinane
 from pipelines.precision import autocast
 from pipelines.volume import Volume
 
-#: The weights trained by ``pipelines.nodule.train``, shipped in the repository.
+#: The weights trained by ``pipelines.nodule.training.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class Settings:
         divisible = size_divisible(arch)
         return cls(
             feature_map_scales=tuple(anchor_scales(arch)),
-            size_divisible=tuple(divisible),
-            roi_size=tuple(int(-(-r // d) * d) for r, d in zip(cls.roi_size, divisible)),
+            size_divisible=_three(int, divisible),
+            roi_size=_three(int, (-(-r // d) * d for r, d in zip(cls.roi_size, divisible))),
         )
 
     def to_params(self, arch: Architecture) -> dict[str, Any]:
@@ -99,7 +100,8 @@ class Detection:
 
     @property
     def center_lps(self) -> np.ndarray:
-        return self.lps_corners.mean(axis=0)
+        center: np.ndarray = self.lps_corners.mean(axis=0)
+        return center
 
 
 def make_detector(network: torch.nn.Module, settings: Settings) -> RetinaNetDetector:
@@ -172,11 +174,11 @@ def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
     try:
         pre, anchors, inference = params["preprocessing"], params.get("anchors", {}), params.get("inference", {})
         settings = Settings(
-            spacing_mm=tuple(float(v) for v in pre["spacing_mm"]),
-            intensity_range=tuple(float(v) for v in pre["intensity_range"]),
+            spacing_mm=_three(float, pre["spacing_mm"]),
+            intensity_range=_two(float, pre["intensity_range"]),
             feature_map_scales=tuple(int(v) for v in anchors.get("feature_map_scales", Settings.feature_map_scales)),
-            base_anchor_shapes=tuple(tuple(int(v) for v in s) for s in anchors.get("base_anchor_shapes", Settings.base_anchor_shapes)),
-            size_divisible=tuple(size_divisible(Architecture(**params.get("network", {})))),
+            base_anchor_shapes=tuple(_three(int, s) for s in anchors.get("base_anchor_shapes", Settings.base_anchor_shapes)),
+            size_divisible=_three(int, size_divisible(Architecture(**params.get("network", {})))),
             **{k: _typed(k, v) for k, v in inference.items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -187,6 +189,18 @@ def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
     network = load_network(folder, lambda: build_retinanet(**params.get("network", {})),
                            "the reference RetinaNet ([network])")
     return network, settings
+
+
+def _three(kind: Callable[[Any], T], values: Iterable[Any]) -> tuple[T, T, T]:
+    """Three values of ``kind``, one per axis; any other count is a ValueError."""
+    a, b, c = (kind(v) for v in values)
+    return a, b, c
+
+
+def _two(kind: Callable[[Any], T], values: Iterable[Any]) -> tuple[T, T]:
+    """Two values of ``kind``, a range's low and high; any other count is a ValueError."""
+    low, high = (kind(v) for v in values)
+    return low, high
 
 
 def _typed(key: str, value: Any) -> Any:

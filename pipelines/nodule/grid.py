@@ -33,11 +33,13 @@ class ModelGrid:
 
     def xyz_to_lps(self, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
         """LPS (mm) of continuous grid indices (x, y, z)."""
-        return np.asarray(xyz, dtype=np.float64) @ (self.direction * self.spacing).T + self.origin
+        lps: np.ndarray = np.asarray(xyz, dtype=np.float64) @ (self.direction * self.spacing).T + self.origin
+        return lps
 
     def lps_to_xyz(self, lps: np.ndarray | Sequence[float]) -> np.ndarray:
         """Continuous grid indices (x, y, z) of LPS points."""
-        return (np.asarray(lps, dtype=np.float64) - self.origin) @ self.direction / self.spacing
+        xyz: np.ndarray = (np.asarray(lps, dtype=np.float64) - self.origin) @ self.direction / self.spacing
+        return xyz
 
 
 def ras_direction(direction: np.ndarray) -> np.ndarray:
@@ -68,12 +70,8 @@ def to_model_grid(volume: Volume, spacing_mm: Sequence[float]) -> ModelGrid:
     size = [int(n) for n in np.floor((high - low) / spacing).astype(int) + 1]
     origin = direction @ low
 
-    source = sitk.GetImageFromArray(volume.array)
-    source.SetSpacing([float(s) for s in volume.spacing])
-    source.SetOrigin([float(o) for o in volume.origin])
-    source.SetDirection([float(d) for d in volume.direction.ravel()])
     resampled = sitk.Resample(
-        source, size, sitk.Transform(), sitk.sitkLinear, [float(o) for o in origin],
+        volume.to_sitk(), size, sitk.Transform(), sitk.sitkLinear, [float(o) for o in origin],
         [float(s) for s in spacing], [float(d) for d in direction.ravel()], OUTSIDE_HU, sitk.sitkFloat32,
     )
     hu = np.ascontiguousarray(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
@@ -83,4 +81,5 @@ def to_model_grid(volume: Volume, spacing_mm: Sequence[float]) -> ModelGrid:
 def scale_hu_window(hu: np.ndarray, intensity_range: Sequence[float]) -> np.ndarray:
     """HU clipped to the range and scaled to [0, 1], as MONAI's ScaleIntensityRanged(clip=True)."""
     low, high = (float(v) for v in intensity_range)
-    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+    scaled: np.ndarray = ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+    return scaled

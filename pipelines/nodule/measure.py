@@ -46,6 +46,17 @@ class Measurement:
     center_lps: tuple[float, float, float]
 
 
+def voxel_window(start: np.ndarray, stop: np.ndarray) -> tuple[slice, slice, slice]:
+    """The (k, j, i) slices from voxel ``start`` up to, not including, ``stop``."""
+    return slice(start[0], stop[0]), slice(start[1], stop[1]), slice(start[2], stop[2])
+
+
+def as_point(values: np.ndarray) -> tuple[float, float, float]:
+    """A 3-vector (an LPS position) as the plain floats that results and reports carry."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 def source_box(volume: Volume, lps_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The detection box as (low, high) continuous source indices (k, j, i)."""
     index = volume.lps_to_kji(lps_corners)
@@ -61,7 +72,7 @@ def measure(volume: Volume, low: np.ndarray, high: np.ndarray) -> Measurement | 
     stop = np.minimum(np.ceil(center + half).astype(int) + 1, volume.array.shape)
     if np.any(stop <= start):
         return None
-    window = tuple(slice(a, b) for a, b in zip(start, stop))
+    window = voxel_window(start, stop)
     hu = volume.array[window]
 
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(start, stop)], indexing="ij")
@@ -89,7 +100,7 @@ def measure(volume: Volume, low: np.ndarray, high: np.ndarray) -> Measurement | 
         diameter_mm=long_axis_mm(mask, spacing_kji),
         volume_mm3=float(mask.sum() * voxel_mm3),
         mean_hu=float(hu[mask].mean()),
-        center_lps=tuple(float(v) for v in volume.kji_to_lps(centroid)),
+        center_lps=as_point(volume.kji_to_lps(centroid)),
     )
 
 
@@ -101,7 +112,8 @@ def _component_at(mask: np.ndarray, core: np.ndarray) -> np.ndarray | None:
     overlap = ndi.sum_labels(core, labels, index=np.arange(1, count + 1))
     if overlap.max() == 0:
         return None
-    return labels == int(np.argmax(overlap)) + 1
+    component: np.ndarray = labels == int(np.argmax(overlap)) + 1
+    return component
 
 
 def _disk(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
@@ -110,7 +122,8 @@ def _disk(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
     cols = max(int(radius_mm / spacing_kji[2]), 1)
     j, i = np.mgrid[-rows : rows + 1, -cols : cols + 1]
     disk = (j * spacing_kji[1]) ** 2 + (i * spacing_kji[2]) ** 2 <= radius_mm**2
-    return disk[None]
+    element: np.ndarray = disk[None]
+    return element
 
 
 def long_axis_mm(mask: np.ndarray, spacing_kji: np.ndarray) -> float:

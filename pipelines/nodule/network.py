@@ -12,6 +12,7 @@ its ``configs/inference.json`` instead (see ``model``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from monai.apps.detection.networks.retinanet_network import RetinaNet
@@ -46,7 +47,7 @@ def anchor_scales(arch: Architecture) -> list[int]:
     return scales + [2 * scales[-1]]
 
 
-def build_retinanet(**kwargs) -> RetinaNet:
+def build_retinanet(**kwargs: Any) -> RetinaNet:
     """RetinaNet on a basic-block ResNet-FPN; keyword arguments are ``Architecture`` fields.
 
     Importable by dotted name, so a MONAI bundle's ``network_def`` can name it as ``_target_``.
@@ -58,8 +59,9 @@ def build_retinanet(**kwargs) -> RetinaNet:
         block_inplanes=arch.block_inplanes,
         spatial_dims=3,
         n_input_channels=1,
-        conv1_t_size=arch.conv1_t_size,
-        conv1_t_stride=arch.conv1_t_stride,
+        # MONAI annotates these as a 1-tuple or an int; it takes one value per spatial dimension.
+        conv1_t_size=arch.conv1_t_size,  # type: ignore[arg-type]
+        conv1_t_stride=arch.conv1_t_stride,  # type: ignore[arg-type]
     )
     return RetinaNet(
         spatial_dims=3,
@@ -98,4 +100,5 @@ class ResNetFPN(nn.Module):
             x = stage(x)
             if index in self.returned:
                 taps[str(len(taps))] = x
-        return self.fpn(taps)
+        features: dict[str, torch.Tensor] = self.fpn(taps)
+        return features

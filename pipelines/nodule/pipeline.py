@@ -42,22 +42,21 @@ import torch
 from monai.data.box_utils import box_area, box_iou
 from scipy import ndimage as ndi
 
-from pipelines.base import (
-    SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device,
-)
-from pipelines.ct_input import scanner_ct_volume
-from pipelines.model_folder import folder_digest, is_monai_bundle
+from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings
+from pipelines.model_folder import is_monai_bundle
+from pipelines.model_pipeline import ModelPipeline
 from pipelines.nodule import contract
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
-from pipelines.nodule.measure import Measurement, measure, source_box
+from pipelines.nodule.measure import Measurement, as_point, measure, source_box
+from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
 from pipelines.writers.codes import LUNG_NODULE
-from pipelines.writers.identity import Algorithm, identity_of
+from pipelines.writers.identity import Algorithm
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -69,21 +68,18 @@ NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
 
 
-class NoduleDetection(Pipeline):
+class NoduleDetection(ModelPipeline):
     """3D lung nodule detection, segmentation and measurement on chest CT."""
 
     name: ClassVar[str] = "nodule-detection"
     inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
     Options = contract.Options
     options: contract.Options
+    shipped_model = DEFAULT_MODEL_DIR
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
-        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
-        self.device = resolve_device(settings.device)
         threshold = self.options.report_threshold
-        self.identity = identity_of(settings)
-        self.model_digest = folder_digest(self.model_dir)
         self.bundle: BundleDetector | None = None
         if is_monai_bundle(self.model_dir):
             self.bundle = BundleDetector.load(self.model_dir, self.device, threshold)
@@ -130,7 +126,7 @@ class NoduleDetection(Pipeline):
             summary={
                 "nodules": [
                     {"score": round(d.score, 3), "diameter_mm": round(m.diameter_mm, 1),
-                     "volume_mm3": round(m.volume_mm3, 1)}
+                     "volume_mm3": _rounded(m.volume_mm3)}
                     for d, m in nodules
                 ],
                 "candidates": len(candidates),
@@ -259,8 +255,8 @@ def fuse_nested(candidates: list[Detection]) -> list[Detection]:
     area = box_area(boxes)
     iou = box_iou(boxes, boxes)
     # Intersection from IoU: I = IoU (A + B) / (1 + IoU); inside[r, c] is the part of box r in box c.
-    inside = (iou * (area[:, None] + area[None, :]) / (1.0 + iou) / area[:, None]).numpy()
-    area = area.numpy()
+    inside = np.asarray(iou * (area[:, None] + area[None, :]) / (1.0 + iou) / area[:, None])
+    area = np.asarray(area)
     holds = ((inside >= NESTED_FRACTION) & (area[None, :] > area[:, None])
              & (scores[None, :] >= FUSE_SCORE_RATIO * scores[:, None]))
     best = scores.copy()
@@ -291,7 +287,7 @@ def _box_measurement(volume: Volume, box: Any, window: tuple[slice, slice, slice
     """
     return Measurement(
         window=window, mask=mask, diameter_mm=float(max(box.size_mm[0], box.size_mm[1])),
-        volume_mm3=None, mean_hu=None, center_lps=tuple(float(v) for v in box.center_lps),
+        volume_mm3=None, mean_hu=None, center_lps=as_point(box.center_lps),
     )
 
 

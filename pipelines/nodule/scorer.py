@@ -46,7 +46,8 @@ class ScorerNet(nn.Module):
 
     def forward(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         pooled = self.features(patches).mean(dim=(2, 3, 4))
-        return self.head(torch.cat([pooled, scalars], dim=1)).squeeze(1)
+        logits: torch.Tensor = self.head(torch.cat([pooled, scalars], dim=1))
+        return logits.squeeze(1)
 
 
 def inputs(scan: CandidateScan, candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
@@ -63,6 +63,19 @@ class Algorithm:
         )
 
 
+class NewObject(TypedDict):
+    """``Identity.new_object``: the keyword arguments, typed as highdicom takes them."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
 @dataclass(frozen=True)
 class Identity:
     """The node as the creator of objects: its UID root and how it names itself.
@@ -108,7 +121,7 @@ class Identity:
     def software_versions(self) -> str:
         return software_version()
 
-    def new_object(self, series_number: int) -> dict[str, object]:
+    def new_object(self, series_number: int) -> NewObject:
         """The keyword arguments every highdicom SOP class takes to name a new object and its
         creator: fresh series and instance UIDs under the node's root, and the equipment."""
         return {

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from pipelines.volume import Volume
@@ -83,7 +84,7 @@ def make_segmentation(
     _check_mask(volume, mask, segments)
     fractional = compression in (FrameCompression.RLE, FrameCompression.JPEGLS)
     plane_positions = [
-        hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, volume.slice_position(k))
+        hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, volume.slice_position(k).tolist())
         for k in range(volume.array.shape[0])
     ]
     return hd.seg.Segmentation(
@@ -146,7 +147,7 @@ def _as_unsigned(mask: np.ndarray, segment_count: int) -> np.ndarray:
     return mask if mask.dtype == dtype else mask.astype(dtype)
 
 
-def _source_images(volume: Volume) -> list:
+def _source_images(volume: Volume) -> list[Dataset]:
     """The distinct source instances in slice order (one instance for a multi-frame source)."""
     unique = {ds.SOPInstanceUID: ds for ds in volume.sources}
     if volume.is_multiframe and len(unique) > 1:

@@ -9,7 +9,7 @@ report would be indistinguishable from a pipeline that never ran.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -67,7 +67,9 @@ def make_measurement_report(
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding."""
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
-    groups = [_finding_group(volume, f, algorithm, identity, segmentation) for f in findings]
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
+        _finding_group(volume, f, algorithm, identity, segmentation) for f in findings
+    ]
     if not groups:
         groups = [_absence_group(looked_for, algorithm, identity)]
     report = hd.sr.MeasurementReport(
@@ -159,7 +161,7 @@ def _finding_group(
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     structure = finding.structure
     source_series = hd.sr.SourceSeriesForSegmentation(str(volume.sources[0].SeriesInstanceUID))
-    region: dict[str, object]
+    region: dict[str, Any]  # the one keyword that places the finding: a segment or a surface
     tracking_uid = finding.tracking_uid
     if finding.segment_number is not None and segmentation is not None:
         region = {
@@ -283,5 +285,6 @@ def _absence_group(
 def _segment_tracking_uid(segmentation: Dataset, number: int) -> str | None:
     for item in segmentation.SegmentSequence:
         if int(item.SegmentNumber) == number:
-            return item.get("TrackingUID")
+            uid = item.get("TrackingUID")
+            return None if uid is None else str(uid)
     raise ValueError(f"segment {number} is not in the SEG {segmentation.SOPInstanceUID}")

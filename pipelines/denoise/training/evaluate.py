@@ -1,6 +1,6 @@
 """Measure the denoiser on every held-out kernel and write the numbers the model card quotes.
 
-    python -m pipelines.denoise.evaluate --weights pipelines/denoise/weights
+    python -m pipelines.denoise.training.evaluate --weights pipelines/denoise/weights
 
 prints one table per held-out kernel (``data.HELD_OUT_BY_KERNEL``: Siemens B40f and B70f of
 patient A0002, GE STANDARD of LIDC-IDRI-0003) and writes every number to
@@ -36,13 +36,14 @@ import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from pipelines.denoise.data import (
-    DEFAULT_DATA_ROOT, HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, full_dose_photons, load_scan,
-)
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
-from pipelines.denoise.noise import (
+from pipelines.denoise.training.data import (
+    HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, full_dose_photons, load_scan,
+)
+from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS, SliceScan, uniform_noise_std, uniform_region_mask,
 )
+from pipelines.training.data_folder import DATA_ROOT
 
 #: HU window of the metrics: lung to dense bone, data range 2000 HU.
 WINDOW = (-1000.0, 1000.0)
@@ -341,7 +342,7 @@ def print_tables(kernels: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, help="JSON to write (default: <weights>/evaluation.json)")
     parser.add_argument("--no-bm3d", action="store_true", help="skip BM3D (the slow part)")
     args = parser.parse_args(argv)
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d)
                for kernel, scan in scans.items()}
     report = {
-        "command": "python -m pipelines.denoise.evaluate --weights " + str(args.weights)
+        "command": "python -m pipelines.denoise.training.evaluate --weights " + str(args.weights)
         + (" --no-bm3d" if args.no_bm3d else ""),
         "held_out": HELD_OUT_BY_KERNEL,
         "window_hu": list(WINDOW),

@@ -1,7 +1,7 @@
 """Validation of a nodule model on the held-out real CT: FROC with inserted nodules, real tumour.
 
-``python -m pipelines.nodule.evaluate [--model DIR] [--trials 5] [--out evaluation.json]``
-``python -m pipelines.nodule.evaluate --calibrate [--apply] [--out calibration.json]``
+``python -m pipelines.nodule.training.evaluate [--model DIR] [--trials 5] [--out evaluation.json]``
+``python -m pipelines.nodule.training.evaluate --calibrate [--apply] [--out calibration.json]``
 
 Calibration (``calibrate``) sets the reporting threshold without the held-out patient, on the
 half of the training scan that training never saw; ``--apply`` writes it into the model
@@ -27,11 +27,12 @@ from typing import Sequence
 import numpy as np
 
 from pipelines.model_folder import read_params
-from pipelines.nodule import data, synthesis
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import fuse_nested, near_lungs
-from pipelines.nodule.train import DEFAULT_DATA, write_params
+from pipelines.nodule.training import data, synthesis
+from pipelines.nodule.training.train import write_params
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import Volume
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -232,7 +233,7 @@ def evaluate(model: Path, data_dir: Path, trials: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--calibrate", action="store_true",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.nodule import data, lidc
+from pipelines.nodule.training import data, lidc
 from pipelines.volume import Volume
 
 #: patient -> its series folders under the shared data.

@@ -1,6 +1,6 @@
 """Train the reference CT denoiser on real CT with simulated dose reduction.
 
-    python -m pipelines.denoise.train --seed 0 --out pipelines/denoise/weights
+    python -m pipelines.denoise.training.train --seed 0 --out pipelines/denoise/weights
 
 reproduces the shipped weights from ``../shared/data`` in about a quarter of an hour on two CPU
 cores (faster on a GPU). Where the shared data is not at hand (a lent GPU machine), ``--data``
@@ -34,15 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.denoise import pack
-from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.inference import Preprocessing, keep_mean
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.noise import (
+from pipelines.denoise.training import pack
+from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
+from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS, FILTERS, N_VIEWS, SliceScan, added_electronic_noise, added_photons,
     thickness_dose_factor,
 )
-from pipelines.model_folder import training_command
+from pipelines.training.data_folder import DATA_ROOT
+from pipelines.training.record import training_command
 
 #: Dose fractions simulated for training (log-uniform): from a tenth to half of the scan's dose.
 DOSE_RANGE = (0.08, 0.5)
@@ -155,7 +156,7 @@ def write_weights(out: Path, network: ResidualDenoiser, arch: Architecture, prep
     torch.save(network.state_dict(), out / "model.pt")
     low, high = prep.clip
     (out / "params.toml").write_text(
-        "# Written by pipelines.denoise.train; read by pipelines.denoise.inference.\n"
+        "# Written by pipelines.denoise.training.train; read by pipelines.denoise.inference.\n"
         "[input]\n"
         f"clip = [{low}, {high}]\n"
         f"offset = {prep.offset}\n"
@@ -177,7 +178,7 @@ def training_scans(data: Path, slice_gap_mm: float) -> tuple[list[Scan], dict]:
     if data.is_file():
         if slice_gap_mm:
             raise SystemExit("--slice-gap-mm applies to DICOM data; a pack is thinned when it is written "
-                             "(python -m pipelines.denoise.pack --slice-gap-mm)")
+                             "(python -m pipelines.denoise.training.pack --slice-gap-mm)")
         scans, header = pack.load(data)
         return scans, {"pack": data.name, "pack_command": header["command"]}
     scans = [thin_slices(load_scan(data, name), slice_gap_mm) for name in TRAINING]
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("pipelines/denoise/weights"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT,
-                        help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.pack")
+    parser.add_argument("--data", type=Path, default=DATA_ROOT,
+                        help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.training.pack")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--slice-stride", type=int, default=1,
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     write_weights(args.out, network, arch, prep)
     elapsed = time.monotonic() - started
     (args.out / "training.json").write_text(json.dumps({
-        "command": training_command("pipelines.denoise.train", argv),
+        "command": training_command("pipelines.denoise.training.train", argv),
         "seed": args.seed,
         "device": device,
         "torch_threads": torch.get_num_threads(),

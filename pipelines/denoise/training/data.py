@@ -17,16 +17,13 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pipelines.denoise.noise import calibrate_photons, reconstruction_filter, relative_tube_output
+from pipelines.denoise.training.noise import calibrate_photons, reconstruction_filter, relative_tube_output
 from pipelines.volume import decode_pixels, load_series
 
 #: Slices, spread over a scan, on which its full-dose photon count is calibrated.
 CALIBRATION_SLICES = 6
 #: Scans with at most this many slices are never thinned (``thin_slices``).
 KEEP_WHOLE_SLICES = 5
-
-#: Where the repository expects the shared data: beside the checkout, as in CI.
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 #: Training scans: folders of one series, or single files, relative to the data root.
 TRAINING = (

@@ -1,6 +1,6 @@
 """Train the candidate scorer leave-one-patient-out, and the shipped scorer on all patients.
 
-    python -m pipelines.nodule.train_scorer --out DIR [--device cuda] [--synthetic 2] [--epochs 15]
+    python -m pipelines.nodule.training.train_scorer --out DIR [--device cuda] [--synthetic 2] [--epochs 15]
 
 1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
    (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from pipelines.model_folder import training_command
 from pipelines.nodule import scorer
+from pipelines.training.data_folder import DATA_ROOT
+from pipelines.training.record import training_command
 
 #: The operating point, fixed before any held-out number was seen (model card).
 TARGET_FP = 2.0
@@ -47,13 +48,13 @@ MIN_LESION_MM = 10.0
 #: no DICOM or MONAI stack.
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 HIT_MARGIN_MM = 2.0
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # as train.DEFAULT_DATA
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
     """All candidates of the real series and their synthetic copies, with labels and inputs."""
-    from pipelines.nodule import candidates, patients
+    from pipelines.nodule import candidates
     from pipelines.nodule.grid import to_model_grid
+    from pipelines.nodule.training import patients
 
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
@@ -98,9 +99,9 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.
 def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
     """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
     from the real lesions (``patients.RealLesion``)."""
-    from pipelines.nodule import synthesis
     from pipelines.nodule.grid import ModelGrid
     from pipelines.nodule.lungs import lung_mask
+    from pipelines.nodule.training import synthesis
 
     hu = grid.hu.copy()
     spacing = np.asarray(grid.spacing)
@@ -239,7 +240,7 @@ def operating_threshold_at(scores: np.ndarray, labels: np.ndarray, scans: int, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=2, help="synthetic copies of each real series")
     parser.add_argument("--nodules", type=int, default=6, help="nodules inserted per copy")
@@ -283,7 +284,7 @@ def main() -> None:
               f"({time.time() - t0:.0f} s)", flush=True)
         for row in numbers["lesions"]:
             print(f"    {row['label']} {row['diameter_mm']} mm: best {row['best_score']:.3f} found={row['found']}")
-    record = {"command": training_command("pipelines.nodule.train_scorer"), "args": {k: str(v) for k, v in vars(args).items()},
+    record = {"command": training_command("pipelines.nodule.training.train_scorer"), "args": {k: str(v) for k, v in vars(args).items()},
               "target_fp_per_scan": TARGET_FP, "folds": folds}
     if not args.folds_only:
         net = train(arrays, usable, args.epochs, args.seed, args.device)
@@ -299,7 +300,7 @@ def write_folder(folder: Path, net: scorer.ScorerNet, threshold: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), folder / "scorer.pt")
     (folder / "params.toml").write_text(
-        "# Written by pipelines.nodule.train_scorer; read by pipelines.nodule.candidate_detector.\n"
+        "# Written by pipelines.nodule.training.train_scorer; read by pipelines.nodule.candidate_detector.\n"
         "# report_threshold: the model card's operating point (<= 2 false positives per real scan\n"
         "# of the training patients), set by the training, not by any held-out number.\n"
         f"[scorer]\nreport_threshold = {float(threshold)!r}\n")

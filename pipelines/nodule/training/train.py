@@ -1,4 +1,4 @@
-"""Train the reference nodule detector: ``python -m pipelines.nodule.train --seed 0 --out DIR``.
+"""Train the reference nodule detector: ``python -m pipelines.nodule.training.train --seed 0 --out DIR``.
 
 Data (see ``data``): the CPTAC-LUAD chest CT as acquired and slab-averaged to 6 and 9 mm,
 resampled to the detector grid once and cut at the lungs' midline: only the patient's right half
@@ -28,14 +28,14 @@ from scipy import ndimage as ndi
 
 from monai.apps.detection.networks import retinanet_detector
 
-from pipelines.model_folder import training_command
-from pipelines.nodule import data, synthesis
 from pipelines.nodule.detector import Settings, make_detector
 from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.network import Architecture, build_retinanet
+from pipelines.nodule.training import data, synthesis
+from pipelines.training.data_folder import DATA_ROOT
+from pipelines.training.record import training_command
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 #: Training draws more 4-12 mm nodules than ``synthesis.SIZE_BANDS`` (the evaluation's mix): the
 #: small ones are the ones the first weights missed, and a 4-6 mm nodule is 3-5 grid voxels wide.
 SIZE_BANDS = (0.75, 0.17, 0.08)
@@ -307,7 +307,7 @@ def write_params(path: Path, params: dict) -> None:
             return "true" if v else "false"
         return repr(v)
 
-    lines = ["# Written by pipelines.nodule.train (report_threshold: evaluate --calibrate --apply);",
+    lines = ["# Written by pipelines.nodule.training.train (report_threshold: evaluate --calibrate --apply);",
              "# read by pipelines.nodule.detector."]
     for table, body in params.items():
         lines += ["", f"[{table}]"] + [f"{k} = {value(v)}" for k, v in body.items()]
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     parser.add_argument("--batch", type=int, default=2)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mass-patch", type=int, nargs=3, default=[96, 96, 48])
     parser.add_argument("--mass-sites", type=float, nargs=3, default=list(synthesis.MASS_SITE_WEIGHTS),
                         help="weights of a mass growing in aerated lung, against any border, against the mediastinum")
-    print(json.dumps(train(parser.parse_args(argv), training_command("pipelines.nodule.train", argv)), indent=2))
+    print(json.dumps(train(parser.parse_args(argv), training_command("pipelines.nodule.training.train", argv)), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The training scans as one compact file, for training where ``../shared/data`` is not at hand.
 
-    python -m pipelines.denoise.pack --out training.npz [--slice-gap-mm 5]
+    python -m pipelines.denoise.training.pack --out training.npz [--slice-gap-mm 5]
 
 A GPU machine lent for a training run gets the repository and a few tens of MB beside it, not
 the shared data folder, and has no DICOM stack to read it with. The noise simulation needs the
@@ -11,7 +11,7 @@ what ``data.Scan`` carries (pixel spacing, kernel, kVp, tube output per slice, t
 
 ``--slice-gap-mm`` keeps every n-th slice so that kept slices lie about that far apart
 (``data.thin_slices``): neighbouring 1.25 mm slices show nearly the same anatomy, and all 498
-training slices do not fit in the transfer. ``pipelines.denoise.train --data FILE`` reads the
+training slices do not fit in the transfer. ``pipelines.denoise.training.train --data FILE`` reads the
 file; ``train --data ../shared/data --slice-gap-mm G`` trains on exactly the same slices.
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.denoise.data import DEFAULT_DATA_ROOT, TRAINING, Scan, load_scan, thin_slices
+from pipelines.denoise.training.data import TRAINING, Scan, load_scan, thin_slices
+from pipelines.training.data_folder import DATA_ROOT
 
 #: Format tag, so that a file from another layout is refused with a clear message.
 FORMAT = "radnode-denoise-training-pack/1"
@@ -58,7 +59,7 @@ def load(path: Path) -> tuple[list[Scan], dict]:
                 raise ValueError
             blobs = [stored[f"hu_{n}"].tobytes() for n in range(len(header["scans"]))]
     except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"{path} is not a training pack written by python -m pipelines.denoise.pack "
+        raise ValueError(f"{path} is not a training pack written by python -m pipelines.denoise.training.pack "
                          f"({FORMAT}); write one with that command") from exc
     scans = []
     for meta, blob in zip(header["scans"], blobs):
@@ -70,16 +71,16 @@ def load(path: Path) -> tuple[list[Scan], dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipelines.model_folder import training_command
+    from pipelines.training.record import training_command
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--slice-gap-mm", type=float, default=0.0,
                         help="keep slices about this far apart (0: every slice)")
     args = parser.parse_args(argv)
     scans = [thin_slices(load_scan(args.data, name), args.slice_gap_mm) for name in TRAINING]
-    save(args.out, scans, training_command("pipelines.denoise.pack", argv))
+    save(args.out, scans, training_command("pipelines.denoise.training.pack", argv))
     for scan in scans:
         print(f"{scan.name}: {len(scan.hu)} slices")
     print(f"wrote {args.out}: {args.out.stat().st_size / 2**20:.1f} MiB")

@@ -1,0 +1,1 @@
+"""Training, evaluation, data preparation and synthesis of the nodule detector; inference never imports it."""
