@@ -11,12 +11,13 @@ are spread over CPU cores instead of queueing behind Python's GIL.
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 import socket
 import socketserver
 import ssl
 import sqlite3
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -62,12 +63,12 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import logs, pdu_guard
+from node import logs, pdata_stream, pdu_guard
 from node.config import Config
 from node.pynetdicom_patch import patch_reactor_sleep
 from node.screening import StructureError, check_structure, inflate, uid_problem
 from node.slots import AssociationSlots
-from node.spool import Spool, part10_header
+from node.spool import Spool
 from node.store import Index, InstanceRecord
 from node.tls import server_context
 
@@ -137,22 +138,21 @@ def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
     return tag > _LAST_IDENTIFYING_TAG
 
 
-def identifying_header(event: evt.Event) -> Dataset:
-    """The elements up to SeriesInstanceUID of a C-STORE dataset, without parsing the rest.
+def identifying_header(incoming: pdata_stream.Incoming) -> Dataset:
+    """The elements up to SeriesInstanceUID of a received data set, without parsing the rest.
 
-    ``event.dataset`` decodes every element of a 0.5 MB image only for the receiver to read five
-    of them; stopping at (0020,000E) keeps the parse to a few dozen elements. Deflated and
-    big-endian data go through pynetdicom's full decoder, which knows how to undo them.
+    Decoding every element of a 0.5 MB image only to read five of them cost more than writing
+    it; stopping at (0020,000E) keeps the parse to a few dozen elements, read from the part file
+    (the page cache) where the data set starts. Deflated data is inflated first.
     """
-    syntax = event.context.transfer_syntax
-    if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_little_endian:
-        return event.dataset
-    stream = event.request.DataSet
-    stream.seek(0)
-    return pydicom.filereader.read_dataset(
-        stream, syntax.is_implicit_VR, True,
-        stop_when=past_identifying_attributes,
-    )
+    syntax = UID(incoming.transfer_syntax)
+    assert incoming.part is not None
+    with open(incoming.part.tmp, "rb") as stream:
+        stream.seek(incoming.header_size)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            stream = io.BytesIO(inflate(stream.read()))  # type: ignore[assignment]
+        return pydicom.filereader.read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
+                                               stop_when=past_identifying_attributes)
 
 
 def missing_attributes(dataset: Dataset) -> list[str]:
@@ -160,13 +160,21 @@ def missing_attributes(dataset: Dataset) -> list[str]:
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
 
 
-def screen_structure(raw: bytes, syntax: UID) -> StoreRefusal | None:
-    """Refuse a dataset whose element structure a parser could not safely walk (node.screening)."""
-    try:
-        data = inflate(raw) if syntax == DeflatedExplicitVRLittleEndian else raw
-        check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
-    except StructureError as error:
-        return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
+def screen_structure(incoming: pdata_stream.Incoming) -> StoreRefusal | None:
+    """Refuse a dataset whose element structure a parser could not safely walk (node.screening).
+
+    The data set is walked where it lies, in the part file mapped into memory, not copied."""
+    assert incoming.part is not None
+    syntax = UID(incoming.transfer_syntax)
+    with open(incoming.part.tmp, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
+            try:
+                if syntax == DeflatedExplicitVRLittleEndian:
+                    check_structure(inflate(data), False)
+                else:
+                    check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+            except StructureError as error:
+                return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
     return None
 
 
@@ -179,13 +187,6 @@ def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
             return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                 f"{attribute} differs from the C-STORE {affected}")
     return None
-
-
-def part10_header_of(event: evt.Event) -> bytes:
-    """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
-    request = event.request
-    return part10_header(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
-                         str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ class Receiver:
             self._held[id(assoc)] = (assoc, fd)
 
     def free_slot(self, event: evt.Event) -> None:
+        pdata_stream.discard(event.assoc)  # data sets of an association that ended unanswered
         with self._held_lock:
             held = self._held.pop(id(event.assoc), None)
         if held is not None:
@@ -347,23 +349,32 @@ class Receiver:
     # ---- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: evt.Event) -> int | Dataset:
-        if self.spool.free_bytes() < self._min_free:
+        """Answer one C-STORE whose data set ``node.pdata_stream`` has already written to a part
+        file: check it, then make it durable under its name and index it, or keep it aside."""
+        incoming = pdata_stream.take(event.assoc)
+        if incoming is None:  # pynetdicom assembled it: its fragments came on another context
+            return StoreRefusal(CANNOT_UNDERSTAND, "data set fragments on another presentation context "
+                                "than their command (PS3.8 9.3.5)").response()
+        if incoming.refused == "disk":
             logs.warning("store.refused", reason="disk below watermark",
                          free_mb=self.spool.free_bytes() // 2**20)
             return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
-        raw = event.encoded_dataset(include_meta=False)
+        if isinstance(incoming.refused, OSError):
+            logs.error("store.failed", reason=str(incoming.refused))
+            return StoreRefusal(OUT_OF_RESOURCES,
+                                f"cannot write to spool: {incoming.refused.strerror}").response()
         try:
-            refusal = screen_structure(raw, event.context.transfer_syntax)
+            refusal = screen_structure(incoming)
             if refusal is None:
-                dataset = identifying_header(event)
+                dataset = identifying_header(incoming)
                 refusal = self._check(dataset, event.request, event.context.abstract_syntax)
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
-            self._quarantine(event, raw, refusal)
+            self._quarantine(incoming, refusal)
             return refusal.response()
         try:
-            self._store(event, dataset, raw)
+            self._store(event, dataset, incoming)
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
@@ -372,15 +383,12 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
         return SUCCESS
 
-    def _quarantine(self, event: evt.Event, raw: bytes, refusal: StoreRefusal) -> None:
-        """Keep a refused dataset with its reason; the command's own UIDs may be what is wrong,
-        so a file meta that cannot be built from them is left out rather than losing the data."""
+    def _quarantine(self, incoming: pdata_stream.Incoming, refusal: StoreRefusal) -> None:
+        """Keep a refused dataset with its reason (its file meta is left out when the command's
+        own UIDs could not make one, rather than losing the data)."""
+        assert incoming.part is not None
         try:
-            header = part10_header_of(event)
-        except (UnicodeError, struct.error):
-            header = b""
-        try:
-            kept = self.spool.quarantine_bytes([header, raw], refusal.reason)
+            kept = self.spool.quarantine_part(incoming.part, refusal.reason)
         except OSError as error:
             logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
                        error=error.strerror)
@@ -404,15 +412,14 @@ class Receiver:
             )
         return command_mismatch(dataset, command)
 
-    def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
-        header = part10_header_of(event)
+    def _store(self, event: evt.Event, dataset: Dataset, incoming: pdata_stream.Incoming) -> None:
+        assert incoming.part is not None
         path = self.spool.instance_path(
             str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
         )
-        record = InstanceRecord.from_header(dataset, str(event.context.transfer_syntax), path,
-                                            len(header) + len(raw))
+        record = InstanceRecord.from_header(dataset, incoming.transfer_syntax, path, incoming.part.size)
         replacing = path.exists()
-        self.spool.write(record.path, [header, raw])
+        incoming.part.commit(path)
         try:
             self._index_instance(event, record)
         except sqlite3.Error:
@@ -469,6 +476,7 @@ class Receiver:
     def serve_forever(self) -> None:
         patch_reactor_sleep()
         pdu_guard.install(self.config.node.max_pdu)
+        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

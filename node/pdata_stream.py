@@ -1,0 +1,257 @@
+"""C-STORE data sets streamed from P-DATA PDUs into spool files, as they arrive.
+
+pynetdicom turns every P-DATA-TF PDU into PDU, item and primitive objects, walks them through
+its state machine and copies each fragment into an in-memory buffer, which the receiver then
+copied again to write the file: for a CT image that was most of the receiver's time. Here the
+receiver's PDU reader (``node.pdu_guard``) hands the body of each P-DATA-TF PDU of an
+established association to ``receive``, which splits it into its presentation data values
+(PS3.8 9.3.5) and:
+
+- passes every command fragment on to pynetdicom unchanged, and reads the few command fields
+  it needs itself (PS3.7 E.1: implicit VR little endian);
+- writes each data set fragment of a C-STORE request straight into a spool part file that
+  starts with the instance's file meta (built from the command, as pynetdicom does), and
+  passes pynetdicom only an empty last fragment, so that pynetdicom still completes the
+  message, calls the C-STORE handler and sends the response as it always did;
+- passes the data set of any other message (none is accepted today) to pynetdicom unchanged.
+
+pynetdicom keeps association negotiation, release, abort, every other DIMSE message and the
+state machine. The C-STORE handler takes the finished file with ``take``: files are handed
+over in the order their messages completed, which is the order pynetdicom delivers them.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+
+from node.spool import PartFile, Spool, part10_header
+
+_C_STORE_RQ = 0x0001
+_NO_DATA_SET = 0x0101
+_COMMAND_FIELD, _DATA_SET_TYPE = 0x00000100, 0x00000800
+_AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE = 0x00000002, 0x00001000
+#: The data value pynetdicom gets for a streamed data set: its last fragment, empty.
+_LAST_DATA_FRAGMENT = b"\x02"
+
+
+class PDataError(ValueError):
+    """A P-DATA-TF PDU whose items do not add up; the association is aborted (as pynetdicom does)."""
+
+
+@dataclass
+class Incoming:
+    """One C-STORE data set on its way into the spool."""
+
+    context_id: int
+    transfer_syntax: str
+    sop_class: str
+    sop_instance: str
+    #: The file, from its file meta on; None when nothing is written (see ``refused``).
+    part: PartFile | None
+    #: Length of the file meta in front of the data set.
+    header_size: int
+    #: Why the data set was not kept: "disk" (below the free-space watermark) or the write error.
+    refused: str | OSError | None = None
+    complete: bool = False
+
+
+@dataclass
+class _Stream:
+    """The receiving side of one association."""
+
+    spool: Spool
+    has_room: Callable[[], bool]
+    command: bytearray = field(default_factory=bytearray)
+    current: Incoming | None = None
+    done: collections.deque[Incoming] = field(default_factory=collections.deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class Settings:
+    spool: Spool
+    has_room: Callable[[], bool]
+
+
+_settings: Settings | None = None
+
+
+def install(spool: Spool, has_room: Callable[[], bool]) -> None:
+    """Stream this process's C-STORE data sets into ``spool``; ``has_room`` says whether the
+    disk is above its watermark (checked once per instance, before anything is written)."""
+    global _settings
+    _settings = Settings(spool, has_room)
+
+
+def enabled() -> bool:
+    return _settings is not None
+
+
+def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]]:
+    """Take one P-DATA-TF PDU's items; returns the presentation data values for pynetdicom
+    (empty: nothing for it in this PDU). Raises PDataError for items that do not add up."""
+    stream = _stream_of(dul)
+    passed: list[list[int | bytes]] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        if pos + 6 > end:
+            raise PDataError("truncated presentation data value item")
+        length = int.from_bytes(body[pos:pos + 4], "big")
+        if length < 2 or pos + 4 + length > end:
+            raise PDataError("presentation data value item length does not fit its PDU")
+        context_id, control = body[pos + 4], body[pos + 5]
+        value = body[pos + 5:pos + 4 + length]  # the control byte and the fragment
+        pos += 4 + length
+        if control & 1:
+            passed.append([context_id, bytes(value)])
+            stream.command += value[1:]
+            if control & 2:
+                _command_complete(dul, stream, context_id)
+            continue
+        incoming = stream.current
+        if incoming is None or incoming.context_id != context_id:
+            passed.append([context_id, bytes(value)])
+            continue
+        _write(stream, incoming, value[1:])
+        if control & 2:
+            incoming.complete = True
+            stream.current = None
+            with stream.lock:
+                stream.done.append(incoming)
+            passed.append([context_id, _LAST_DATA_FRAGMENT])
+    return passed
+
+
+def to_pynetdicom(dul: DULServiceProvider, values: list[list[int | bytes]]) -> None:
+    """Hand presentation data values to pynetdicom as its own PDU reader would (Evt10, DT-2)."""
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = values  # type: ignore[assignment]
+    dul._recv_pdu.put(_Received(primitive))
+    dul.event_queue.put("Evt10")
+
+
+def take(assoc: Association) -> Incoming | None:
+    """The oldest completed data set of ``assoc`` (the C-STORE its handler is answering)."""
+    stream: _Stream | None = getattr(assoc.dul, "_radnode_stream", None)
+    if stream is None:
+        return None
+    with stream.lock:
+        return stream.done.popleft() if stream.done else None
+
+
+def discard(assoc: Association) -> None:
+    """Remove the files of ``assoc`` that no handler took (an aborted or dropped association)."""
+    stream: _Stream | None = getattr(assoc.dul, "_radnode_stream", None)
+    if stream is None:
+        return
+    with stream.lock:
+        left = list(stream.done) + ([stream.current] if stream.current is not None else [])
+        stream.done.clear()
+        stream.current = None
+        for incoming in left:
+            if incoming.part is not None:
+                incoming.part.discard()
+
+
+class _Received:
+    """What DT-2 takes from ``dul._recv_pdu``: anything with ``to_primitive``."""
+
+    def __init__(self, primitive: P_DATA) -> None:
+        self._primitive = primitive
+
+    def to_primitive(self) -> P_DATA:
+        return self._primitive
+
+
+def _stream_of(dul: DULServiceProvider) -> _Stream:
+    stream: _Stream | None = getattr(dul, "_radnode_stream", None)
+    if stream is None:
+        assert _settings is not None, "pdata_stream.install() first"
+        stream = _Stream(_settings.spool, _settings.has_room)
+        dul._radnode_stream = stream  # type: ignore[attr-defined]
+    return stream
+
+
+def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int) -> None:
+    """A whole command set arrived: a C-STORE request with a data set starts a spool file."""
+    fields = command_fields(bytes(stream.command))
+    stream.command.clear()
+    if stream.current is not None:  # its data set never ended: a new message replaces it
+        with stream.lock:
+            if stream.current.part is not None:
+                stream.current.part.discard()
+            stream.current = None
+    context = dul.assoc._accepted_cx.get(context_id)
+    if (fields is None or context is None or fields.get(_COMMAND_FIELD) != _C_STORE_RQ
+            or fields.get(_DATA_SET_TYPE) == _NO_DATA_SET):
+        return  # pynetdicom decodes (or refuses) the message as it always did
+    sop_class = _text(fields.get(_AFFECTED_SOP_CLASS))
+    sop_instance = _text(fields.get(_AFFECTED_SOP_INSTANCE))
+    syntax = str(context.transfer_syntax[0])
+    incoming = Incoming(context_id, syntax, sop_class, sop_instance, None, 0)
+    stream.current = incoming
+    if not stream.has_room():
+        incoming.refused = "disk"
+        return
+    try:
+        header = part10_header(sop_class, sop_instance, syntax, dul.assoc.requestor.ae_title)
+    except (UnicodeError, struct.error):
+        header = b""  # the command's own UIDs are wrong; the handler refuses and keeps the data
+    try:
+        incoming.part = stream.spool.open_part()
+        incoming.part.write(header)
+        incoming.header_size = len(header)
+    except OSError as error:
+        _failed(incoming, error)
+
+
+def _write(stream: _Stream, incoming: Incoming, fragment: memoryview) -> None:
+    if incoming.part is None or incoming.refused is not None:
+        return
+    with stream.lock:  # ``discard`` may close the file from the association's thread
+        try:
+            incoming.part.write(fragment)
+        except (OSError, AssertionError) as error:
+            _failed(incoming, error if isinstance(error, OSError) else OSError(str(error)))
+
+
+def _failed(incoming: Incoming, error: OSError) -> None:
+    """A write failed (the disk filled up): drop what was written, refuse at the handler."""
+    incoming.refused = error
+    if incoming.part is not None:
+        incoming.part.discard()
+        incoming.part = None
+
+
+def command_fields(command: bytes) -> dict[int, bytes | int] | None:
+    """The command set's elements (implicit VR little endian): US values as ints, others as
+    bytes; None when the elements do not add up (pynetdicom then refuses the message itself)."""
+    fields: dict[int, bytes | int] = {}
+    pos, end = 0, len(command)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        if pos + length > end:
+            return None
+        value = command[pos:pos + length]
+        pos += length
+        tag = group << 16 | element
+        fields[tag] = int.from_bytes(value, "little") if tag in (_COMMAND_FIELD, _DATA_SET_TYPE) else value
+    return fields
+
+
+def _text(value: bytes | int | None) -> str:
+    """A UI value of the command as text (PS3.5 6.2: padded with a trailing NUL)."""
+    if not isinstance(value, bytes):
+        return ""
+    return value.rstrip(b"\x00 ").decode("ascii", errors="replace")
