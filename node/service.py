@@ -246,6 +246,8 @@ class Node:
         pid, code = child.process.pid, child.process.exitcode
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
         self.index.close_associations_of([pid])
+        if child.role == "receiver" and pid is not None:  # the data sets it was receiving, never answered
+            Spool(self.config.node.spool).clear_partial_writes(pid)
         self._spawn(child)
 
     # ---- stop ------------------------------------------------------------------------------
