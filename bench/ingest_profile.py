@@ -37,7 +37,7 @@ def receiver_pid(node: NodeProcess) -> int:
 
 
 #: Leaf frames that are a thread waiting (py-spy counts a select with a timeout as busy).
-_WAITING = frozenset({"_PollLikeSelector.select", "Condition.wait", "_wait_for_data", "_wait_for_message",
+_WAITING = frozenset({"_PollLikeSelector.select", "Condition.wait", "_wait_for_work", "_wait_for_message",
                       "select", "wait", "_wait"})
 
 

@@ -18,6 +18,11 @@ established association to ``receive``, which splits it into its presentation da
 pynetdicom keeps association negotiation, release, abort, every other DIMSE message and the
 state machine. The C-STORE handler takes the finished file with ``take``: files are handed
 over in the order their messages completed, which is the order pynetdicom delivers them.
+
+The success response of a C-STORE is encoded here too (``store_success_response``), the same
+bytes pynetdicom would send: pynetdicom builds a pydicom data set for the seven elements and
+encodes it twice (once to learn its length), which cost as much as the rest of the response.
+Every other response (a refusal, a warning) is pynetdicom's.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
 from node.spool import PartFile, Spool, part10_header
 
-_C_STORE_RQ = 0x0001
+_C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _NO_DATA_SET = 0x0101
 _COMMAND_FIELD, _DATA_SET_TYPE = 0x00000100, 0x00000800
 _AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE = 0x00000002, 0x00001000
@@ -88,6 +95,8 @@ def install(spool: Spool, has_room: Callable[[], bool]) -> None:
     """Stream this process's C-STORE data sets into ``spool``; ``has_room`` says whether the
     disk is above its watermark (checked once per instance, before anything is written)."""
     global _settings
+    if _settings is None:
+        _answer_success_leanly()
     _settings = Settings(spool, has_room)
 
 
@@ -229,6 +238,52 @@ def _failed(incoming: Incoming, error: OSError) -> None:
     if incoming.part is not None:
         incoming.part.discard()
         incoming.part = None
+
+
+def store_success_response(primitive: object) -> bytes | None:
+    """The command set of a C-STORE response with status 0x0000 and nothing optional (implicit
+    VR little endian, PS3.7 9.3.1.2), or None for any other message."""
+    if (type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status != 0 or primitive.ErrorComment is not None
+            or primitive.OffendingElement is not None):
+        return None
+    elements = b"".join((
+        _element(0x0002, _uid(primitive.AffectedSOPClassUID)),
+        _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
+        _element(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
+        _element(0x0900, struct.pack("<H", 0)),
+        _element(0x1000, _uid(primitive.AffectedSOPInstanceUID)),
+    ))
+    return _element(0x0000, struct.pack("<I", len(elements))) + elements
+
+
+def _answer_success_leanly() -> None:
+    """Send C-STORE success responses encoded by ``store_success_response`` (one P-DATA-TF
+    with one command fragment, when the peer's maximum PDU length allows: always, in practice)."""
+    original = DIMSEServiceProvider.send_msg
+
+    def send_msg(dimse: DIMSEServiceProvider, primitive: object, context_id: int) -> None:
+        command = store_success_response(primitive)
+        limit = dimse.maximum_pdu_size
+        if command is None or (limit and len(command) + 12 > limit):
+            original(dimse, primitive, context_id)  # type: ignore[arg-type]
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+        dimse.dul.send_pdu(pdata)
+
+    send_msg.__doc__ = original.__doc__
+    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _uid(value: object) -> bytes:
+    text = str(value or "").encode("ascii")
+    return text + b"\x00" if len(text) % 2 else text
 
 
 def command_fields(command: bytes) -> dict[int, bytes | int] | None:

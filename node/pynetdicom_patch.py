@@ -78,6 +78,8 @@ class _Wake:
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._lock = threading.Lock()
+        #: Set while the DUL thread waits: only then does a ``put`` need to wake it.
+        self.waiting = False
 
     def signal(self) -> None:
         with self._lock:
@@ -106,7 +108,8 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wake.signal()
+        if self._wake.waiting:
+            self._wake.signal()
 
 
 class _Checkpoint(threading.Event):
@@ -188,15 +191,18 @@ def _wait_for_work(dul: DULServiceProvider, seconds: float) -> None:
     if wake is None or wake.fd < 0 or raw is None:
         time.sleep(seconds)
         return
-    if not dul.event_queue.empty() or not dul.to_provider_queue.empty():
-        wake.drain()
-        return
-    if isinstance(raw, ssl.SSLSocket) and raw.pending():
-        return  # decrypted bytes already buffered: select would not see them
+    wake.waiting = True  # before looking at the queues: a put from now on signals
     try:
-        readable, _, _ = select.select([raw, wake.fd], [], [], IDLE_WAIT_SECONDS)
-    except (OSError, ValueError):  # closed under us: the reactor notices on its next read
-        time.sleep(seconds)
-        return
+        if not dul.event_queue.empty() or not dul.to_provider_queue.empty():
+            return
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return  # decrypted bytes already buffered: select would not see them
+        try:
+            readable, _, _ = select.select([raw, wake.fd], [], [], IDLE_WAIT_SECONDS)
+        except (OSError, ValueError):  # closed under us: the reactor notices on its next read
+            time.sleep(seconds)
+            return
+    finally:
+        wake.waiting = False
     if wake.fd in readable:
         wake.drain()

@@ -11,7 +11,6 @@ are spread over CPU cores instead of queueing behind Python's GIL.
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import socket
@@ -21,10 +20,10 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import pydicom.config
-import pydicom.filereader
 from pydicom import Dataset
 from pydicom.uid import (
     UID,
@@ -129,7 +128,11 @@ ASSOCIATE_REQUEST_SECONDS = 5.0
 #: (node.slots) are the limit, so pynetdicom's is set out of the way.
 _PYNETDICOM_ASSOCIATIONS = 100_000
 
-#: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
+#: The attributes the receiver reads, by tag; all lie in groups 0x0008 and 0x0020.
+IDENTIFYING_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080060: "Modality",
+                    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
+_MODALITY = 0x00080060
+#: Parsing a stored file's header (node.reconcile) stops after the last of them.
 _LAST_IDENTIFYING_TAG = 0x0020000E
 
 
@@ -138,52 +141,53 @@ def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
     return tag > _LAST_IDENTIFYING_TAG
 
 
-def identifying_header(incoming: pdata_stream.Incoming) -> Dataset:
-    """The elements up to SeriesInstanceUID of a received data set, without parsing the rest.
-
-    Decoding every element of a 0.5 MB image only to read five of them cost more than writing
-    it; stopping at (0020,000E) keeps the parse to a few dozen elements, read from the part file
-    (the page cache) where the data set starts. Deflated data is inflated first.
-    """
-    syntax = UID(incoming.transfer_syntax)
-    assert incoming.part is not None
-    with open(incoming.part.tmp, "rb") as stream:
-        stream.seek(incoming.header_size)
-        if syntax == DeflatedExplicitVRLittleEndian:
-            stream = io.BytesIO(inflate(stream.read()))  # type: ignore[assignment]
-        return pydicom.filereader.read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
-                                               stop_when=past_identifying_attributes)
-
-
-def missing_attributes(dataset: Dataset) -> list[str]:
+def missing_attributes(dataset: Dataset | Mapping[str, object]) -> list[str]:
     """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
 
 
-def screen_structure(incoming: pdata_stream.Incoming) -> StoreRefusal | None:
-    """Refuse a dataset whose element structure a parser could not safely walk (node.screening).
+def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
+    """Walk a received data set's element structure where it lies (the part file, mapped into
+    memory, not copied) and return its identifying attributes, read on the same walk.
 
-    The data set is walked where it lies, in the part file mapped into memory, not copied."""
+    Raises StructureError for a data set a parser could not safely walk (node.screening).
+    Decoding every element of a 0.5 MB image with pydicom only to read five of them cost more
+    than writing it. Deflated data is inflated first.
+    """
     assert incoming.part is not None
     syntax = UID(incoming.transfer_syntax)
+    tags = frozenset(IDENTIFYING_TAGS)
+    problem = None
     with open(incoming.part.tmp, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
             try:
                 if syntax == DeflatedExplicitVRLittleEndian:
-                    check_structure(inflate(data), False)
+                    raw = check_structure(inflate(data), False, collect=tags)
                 else:
-                    check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+                    raw = check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
+                                          collect=tags)
             except StructureError as error:
-                return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
-    return None
+                # raised below, once its traceback no longer holds views of the mapped file
+                problem = str(error)
+    if problem is not None:
+        raise StructureError(problem)
+    return {IDENTIFYING_TAGS[tag]: _value(tag, value) for tag, value in raw.items()}
 
 
-def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
+def _value(tag: int, raw: bytes) -> str | list[str]:
+    """A UI or CS value as text (a list when it has several): UIDs lose their trailing NUL or
+    space padding, code strings their spaces (PS3.5 6.2), as pydicom reads them."""
+    strip = " " if tag == _MODALITY else None
+    values = [v.strip(strip) if strip else v.rstrip("\x00 ") for v in raw.decode("latin-1").split("\\")]
+    return values[0] if len(values) == 1 else values
+
+
+def command_mismatch(identifiers: Mapping[str, object], command: C_STORE) -> StoreRefusal | None:
     """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
     otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
     for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
                                 ("SOPClassUID", "AffectedSOPClassUID")):
-        if str(dataset[attribute].value) != str(getattr(command, affected) or ""):
+        if str(identifiers[attribute]) != str(getattr(command, affected) or ""):
             return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                 f"{attribute} differs from the C-STORE {affected}")
     return None
@@ -364,17 +368,17 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES,
                                 f"cannot write to spool: {incoming.refused.strerror}").response()
         try:
-            refusal = screen_structure(incoming)
-            if refusal is None:
-                dataset = identifying_header(incoming)
-                refusal = self._check(dataset, event.request, event.context.abstract_syntax)
+            identifiers = screen(incoming)
+            refusal = self._check(identifiers, event.request, event.context.abstract_syntax)
+        except StructureError as error:
+            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
             self._quarantine(incoming, refusal)
             return refusal.response()
         try:
-            self._store(event, dataset, incoming)
+            self._store(event, identifiers, incoming)
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
@@ -397,27 +401,28 @@ class Receiver:
                      quarantined=kept.name)
 
     @staticmethod
-    def _check(dataset: Dataset, command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
-        missing = missing_attributes(dataset)
+    def _check(identifiers: Mapping[str, object], command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
+        missing = missing_attributes(identifiers)
         if missing:
             return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
         for name in UID_ATTRIBUTES:
-            problem = uid_problem(name, dataset[name].value)
+            problem = uid_problem(name, identifiers[name])
             if problem is not None:
                 return StoreRefusal(CANNOT_UNDERSTAND, problem)
-        if dataset.SOPClassUID != context_sop_class:
+        if identifiers["SOPClassUID"] != context_sop_class:
             return StoreRefusal(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOPClassUID does not match the presentation context",
             )
-        return command_mismatch(dataset, command)
+        return command_mismatch(identifiers, command)
 
-    def _store(self, event: evt.Event, dataset: Dataset, incoming: pdata_stream.Incoming) -> None:
+    def _store(self, event: evt.Event, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
         assert incoming.part is not None
-        path = self.spool.instance_path(
-            str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
-        )
-        record = InstanceRecord.from_header(dataset, incoming.transfer_syntax, path, incoming.part.size)
+        study, series, sop = (str(identifiers[k]) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        path = self.spool.instance_path(study, series, sop)
+        record = InstanceRecord(sop_uid=sop, series_uid=series, study_uid=study,
+                                modality=str(identifiers["Modality"]), sop_class=str(identifiers["SOPClassUID"]),
+                                transfer_syntax=incoming.transfer_syntax, path=path, size=incoming.part.size)
         replacing = path.exists()
         incoming.part.commit(path)
         try:

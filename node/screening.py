@@ -87,15 +87,19 @@ def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
     return out
 
 
-def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
-                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True) -> None:
+def check_structure(data: bytes | memoryview, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
+                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True,
+                    collect: frozenset[int] = frozenset()) -> dict[int, bytes]:
     """Walk every element header of a data set; raise StructureError if it is broken.
 
     Checks what a parser would otherwise trust: that each length fits inside its parent, that
     undefined lengths end with their delimiter, that sequences hold only items, and that nesting
     stays within ``max_depth``. Values are skipped, not decoded, so this costs one loop step
-    per element (pixel data is one step, or one per fragment).
+    per element (pixel data is one step, or one per fragment). Returns the raw values of the
+    top-level elements whose tags are in ``collect``: the receiver reads its few identifying
+    attributes on the same walk instead of parsing the data set a second time.
     """
+    collected: dict[int, bytes] = {}
     view = memoryview(data)
     order = "<" if little_endian else ">"
     stack = [_Frame("dataset", len(data), len(data), implicit, 0)]
@@ -142,7 +146,10 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
         elif vr == b"UN" and _dictionary_vr(tag) == b"SQ":  # pydicom reads it as the SQ it is
             stack.append(_sequence(top, pos + length, True, max_depth))
         else:
+            if tag in collect and len(stack) == 1:
+                collected[tag] = bytes(view[pos:pos + length])
             pos += length
+    return collected
 
 
 def _sequence(parent: _Frame, end: int | None, implicit: bool, max_depth: int) -> _Frame:
