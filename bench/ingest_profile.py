@@ -2,8 +2,10 @@
 
 Starts ``radnode serve`` with one receiver, sends the series once to warm up, then samples the
 receiver with py-spy (``pip install py-spy``) while the series is sent again over one
-association, and prints the functions with the most samples: on the GIL-holding thread's own
-code (self) and including what they call (total). Idle waits are not sampled.
+association, and prints the functions with the most samples of the thread holding the GIL (the
+Python work; waits for the disk, the socket or the GIL are left out): in their own code (self)
+and including what they call (total). The receiver's CPU time per image is measured first, on
+a send that is not sampled.
 
     python3 bench/ingest_profile.py [--slices 100] [--top 25]
 """
@@ -37,7 +39,7 @@ def receiver_pid(node: NodeProcess) -> int:
 
 
 #: Leaf frames that are a thread waiting (py-spy counts a select with a timeout as busy).
-_WAITING = frozenset({"_PollLikeSelector.select", "Condition.wait", "_wait_for_work", "_wait_for_message",
+_WAITING = frozenset({"_PollLikeSelector.select", "Condition.wait", "_wait_for_work", "_wait_for_data", "_wait_for_message",
                       "select", "wait", "_wait"})
 
 
@@ -92,7 +94,7 @@ def main() -> None:
             user, system = (after - before for after, before in zip(cpu_after, cpu_before))
             assert unsampled.returncode == 0, unsampled.stderr
             raw = tmp / "profile.txt"
-            spy_proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
+            spy_proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
                                          "--output", str(raw), "--pid", str(pid)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
@@ -110,7 +112,7 @@ def main() -> None:
           f"system {system / args.slices * 1000:.2f} ms "
           f"({args.slices / unsampled_seconds:.0f} img/s)")
     print(f"{args.slices} images in {seconds:.2f} s ({args.slices / seconds:.0f} img/s while sampled, on a second send), "
-          f"{samples} samples of busy threads (waits left out)")
+          f"{samples} samples holding the GIL")
     print("self:")
     for name, n in own:
         print(f"  {n / samples:6.1%}  {name}")
