@@ -1,23 +1,27 @@
-"""C-STORE data sets streamed from P-DATA PDUs into spool files, as they arrive.
+"""C-STORE requests taken from P-DATA PDUs by the receiver itself, their data sets streamed
+into spool files as they arrive.
 
 pynetdicom turns every P-DATA-TF PDU into PDU, item and primitive objects, walks them through
-its state machine and copies each fragment into an in-memory buffer, which the receiver then
-copied again to write the file: for a CT image that was most of the receiver's time. Here the
-receiver's PDU reader (``node.pdu_guard``) hands the body of each P-DATA-TF PDU of an
-established association to ``receive``, which splits it into its presentation data values
-(PS3.8 9.3.5) and:
+its state machine, copies each fragment into an in-memory buffer and decodes the command set
+with pydicom; the receiver then copied the data set again to write the file: for a CT image
+that was most of the receiver's time. Here the receiver's PDU reader (``node.pdu_guard``)
+hands the body of each P-DATA-TF PDU of an established association to ``receive``, which
+splits it into its presentation data values (PS3.8 9.3.5) and:
 
-- passes every command fragment on to pynetdicom unchanged, and reads the few command fields
-  it needs itself (PS3.7 E.1: implicit VR little endian);
-- writes each data set fragment of a C-STORE request straight into a spool part file that
-  starts with the instance's file meta (built from the command, as pynetdicom does), and
-  passes pynetdicom only an empty last fragment, so that pynetdicom still completes the
-  message, calls the C-STORE handler and sends the response as it always did;
-- passes the data set of any other message (none is accepted today) to pynetdicom unchanged.
+- gathers the command fragments and reads the command's fields itself (PS3.7 E.1: implicit
+  VR little endian, a dozen bytes of header per element);
+- for a C-STORE request with a data set on an accepted context, writes each data set fragment
+  straight into a spool part file that starts with the instance's file meta (built from the
+  command, as pynetdicom does), and when the last fragment arrives puts the C-STORE request
+  primitive, built from those fields with pynetdicom's own (validating) setters, on the
+  association's DIMSE message queue, where pynetdicom's message decoder would have put it:
+  pynetdicom then calls the C-STORE handler and sends the response as it always did;
+- hands any other message (a C-ECHO, a command it cannot read) to pynetdicom unchanged, as
+  pynetdicom's own reader would have (event 10, action DT-2).
 
 pynetdicom keeps association negotiation, release, abort, every other DIMSE message and the
 state machine. The C-STORE handler takes the finished file with ``take``: files are handed
-over in the order their messages completed, which is the order pynetdicom delivers them.
+over in the order their messages completed, which is the order their requests were queued.
 
 The success response of a C-STORE is encoded here too (``store_success_response``), the same
 bytes pynetdicom would send: pynetdicom builds a pydicom data set for the seven elements and
@@ -28,6 +32,7 @@ Every other response (a refusal, a warning) is pynetdicom's.
 from __future__ import annotations
 
 import collections
+import io
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -45,8 +50,10 @@ _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _NO_DATA_SET = 0x0101
 _COMMAND_FIELD, _DATA_SET_TYPE = 0x00000100, 0x00000800
 _AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE = 0x00000002, 0x00001000
-#: The data value pynetdicom gets for a streamed data set: its last fragment, empty.
-_LAST_DATA_FRAGMENT = b"\x02"
+_MESSAGE_ID, _PRIORITY = 0x00000110, 0x00000700
+_MOVE_ORIGINATOR_AET, _MOVE_ORIGINATOR_ID = 0x00001030, 0x00001031
+#: Command elements whose value is an US (PS3.7 E.1), read as numbers.
+_US_TAGS = frozenset({_COMMAND_FIELD, _DATA_SET_TYPE, _MESSAGE_ID, _PRIORITY, _MOVE_ORIGINATOR_ID})
 
 
 class PDataError(ValueError):
@@ -65,9 +72,10 @@ class Incoming:
     part: PartFile | None
     #: Length of the file meta in front of the data set.
     header_size: int
+    #: The C-STORE request, queued for pynetdicom once the data set is complete.
+    request: C_STORE
     #: Why the data set was not kept: "disk" (below the free-space watermark) or the write error.
     refused: str | OSError | None = None
-    complete: bool = False
 
 
 @dataclass
@@ -76,7 +84,8 @@ class _Stream:
 
     spool: Spool
     has_room: Callable[[], bool]
-    command: bytearray = field(default_factory=bytearray)
+    #: The command fragments received so far, as presentation data values (control byte first).
+    command: list[bytes] = field(default_factory=list)
     current: Incoming | None = None
     done: collections.deque[Incoming] = field(default_factory=collections.deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -120,10 +129,11 @@ def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]
         value = body[pos + 5:pos + 4 + length]  # the control byte and the fragment
         pos += 4 + length
         if control & 1:
-            passed.append([context_id, bytes(value)])
-            stream.command += value[1:]
+            stream.command.append(bytes(value))
+            if control & 2 and not _command_complete(dul, stream, context_id):
+                passed += [[context_id, fragment] for fragment in stream.command]
             if control & 2:
-                _command_complete(dul, stream, context_id)
+                stream.command.clear()
             continue
         incoming = stream.current
         if incoming is None or incoming.context_id != context_id:
@@ -131,11 +141,10 @@ def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]
             continue
         _write(stream, incoming, value[1:])
         if control & 2:
-            incoming.complete = True
             stream.current = None
             with stream.lock:
                 stream.done.append(incoming)
-            passed.append([context_id, _LAST_DATA_FRAGMENT])
+            dul.assoc.dimse.msg_queue.put((context_id, incoming.request))
     return passed
 
 
@@ -189,27 +198,31 @@ def _stream_of(dul: DULServiceProvider) -> _Stream:
     return stream
 
 
-def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int) -> None:
-    """A whole command set arrived: a C-STORE request with a data set starts a spool file."""
-    fields = command_fields(bytes(stream.command))
-    stream.command.clear()
+def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int) -> bool:
+    """A whole command set arrived: a C-STORE request with a data set on an accepted context
+    starts a spool file (True); anything else is pynetdicom's to decode (False)."""
     if stream.current is not None:  # its data set never ended: a new message replaces it
         with stream.lock:
             if stream.current.part is not None:
                 stream.current.part.discard()
             stream.current = None
+    fields = command_fields(b"".join(fragment[1:] for fragment in stream.command))
     context = dul.assoc._accepted_cx.get(context_id)
     if (fields is None or context is None or fields.get(_COMMAND_FIELD) != _C_STORE_RQ
             or fields.get(_DATA_SET_TYPE) == _NO_DATA_SET):
-        return  # pynetdicom decodes (or refuses) the message as it always did
-    sop_class = _text(fields.get(_AFFECTED_SOP_CLASS))
-    sop_instance = _text(fields.get(_AFFECTED_SOP_INSTANCE))
+        return False
+    try:
+        request = store_request(fields)
+    except (ValueError, TypeError, KeyError):
+        return False  # pynetdicom refuses the message as it always did (an A-ABORT)
+    sop_class = str(request.AffectedSOPClassUID or "")
+    sop_instance = str(request.AffectedSOPInstanceUID or "")
     syntax = str(context.transfer_syntax[0])
-    incoming = Incoming(context_id, syntax, sop_class, sop_instance, None, 0)
+    incoming = Incoming(context_id, syntax, sop_class, sop_instance, None, 0, request)
     stream.current = incoming
     if not stream.has_room():
         incoming.refused = "disk"
-        return
+        return True
     try:
         header = part10_header(sop_class, sop_instance, syntax, dul.assoc.requestor.ae_title)
     except (UnicodeError, struct.error):
@@ -220,6 +233,24 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
         incoming.header_size = len(header)
     except OSError as error:
         _failed(incoming, error)
+    return True
+
+
+def store_request(fields: dict[int, bytes | int]) -> C_STORE:
+    """The C-STORE request primitive of a command's fields, set through pynetdicom's own
+    setters (which validate as they do when pynetdicom decodes the message); no data set in
+    it: the data set is in the spool part file."""
+    request = C_STORE()
+    request.MessageID = fields[_MESSAGE_ID]  # type: ignore[assignment]
+    request.AffectedSOPClassUID = _text(fields.get(_AFFECTED_SOP_CLASS))
+    request.AffectedSOPInstanceUID = _text(fields.get(_AFFECTED_SOP_INSTANCE))
+    request.Priority = fields.get(_PRIORITY, 2)  # type: ignore[assignment]
+    if _MOVE_ORIGINATOR_AET in fields:
+        request.MoveOriginatorApplicationEntityTitle = _text(fields[_MOVE_ORIGINATOR_AET]).strip()
+    if _MOVE_ORIGINATOR_ID in fields:
+        request.MoveOriginatorMessageID = fields[_MOVE_ORIGINATOR_ID]  # type: ignore[assignment]
+    request.DataSet = io.BytesIO()
+    return request
 
 
 def _write(stream: _Stream, incoming: Incoming, fragment: memoryview) -> None:
@@ -301,7 +332,7 @@ def command_fields(command: bytes) -> dict[int, bytes | int] | None:
         value = command[pos:pos + length]
         pos += length
         tag = group << 16 | element
-        fields[tag] = int.from_bytes(value, "little") if tag in (_COMMAND_FIELD, _DATA_SET_TYPE) else value
+        fields[tag] = int.from_bytes(value, "little") if tag in _US_TAGS else value
     return fields
 
 
@@ -309,4 +340,4 @@ def _text(value: bytes | int | None) -> str:
     """A UI value of the command as text (PS3.5 6.2: padded with a trailing NUL)."""
     if not isinstance(value, bytes):
         return ""
-    return value.rstrip(b"\x00 ").decode("ascii", errors="replace")
+    return value.rstrip(b"\x00 ").decode("latin-1")  # as pydicom decodes it, byte for byte
