@@ -23,6 +23,16 @@ two modules a ``time`` module whose ``sleep`` waits for what the sleeping thread
 - the association thread of a requested association (the dispatcher's) waits for the caller
   to ask it to pause: each ``send_c_store`` asks, and polled until the reactor had slept its
   millisecond out.
+
+P-DATA is sent leaner too: the state machine's DT-1 action (send a P-DATA-TF PDU) builds the
+PDU's bytes directly from the primitive's presentation data values (PS3.8 9.3.5) instead of
+building PDU and item objects to encode them, the same bytes with less work; the dispatcher
+sends a CT image to a PACS as about 32 such PDUs.
+
+And the socket of a requested association sets TCP_NODELAY (the receiver's accepted sockets
+already do): pynetdicom sends each P-DATA-TF PDU with its own ``send``, and with Nagle's
+algorithm the last short segment of each C-STORE waited for the peer's delayed ACK, about
+40 ms an image (the dispatcher delivered 33 images/s to an Orthanc that takes 127 from storescu).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ from __future__ import annotations
 import os
 import queue
 import select
+import socket
 import ssl
+import struct
 import threading
 import time
 import types
@@ -38,8 +50,10 @@ from typing import Any
 
 import pynetdicom.association
 import pynetdicom.dul
+import pynetdicom.fsm
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 
 #: The longest a DUL thread waits with nothing readable and nothing queued: its timers (ARTIM)
 #: are looked at this often. Everything it has to act on wakes it at once.
@@ -62,6 +76,9 @@ def patch_reactor_sleep() -> None:
     _wrap(DULServiceProvider, "run_reactor", _closing_wake)
     _wrap(DULServiceProvider, "kill_dul", _waking)
     _wrap(Association, "__init__", _with_checkpoint)
+    _wrap(AssociationSocket, "_create_socket", _without_nagle)
+    description, _, next_state = pynetdicom.fsm.ACTIONS["DT-1"]
+    pynetdicom.fsm.ACTIONS["DT-1"] = (description, _send_p_data, next_state)
 
 
 class _Time(types.ModuleType):
@@ -162,6 +179,22 @@ def _with_checkpoint(original: Any, assoc: Association, *args: Any, **kwargs: An
     original(assoc, *args, **kwargs)
     assoc._reactor_checkpoint = _Checkpoint()
     assoc._reactor_checkpoint.set()
+
+
+def _send_p_data(dul: DULServiceProvider) -> str:
+    """DT-1 (Sta6 + Evt9): send the queued P-DATA request as a P-DATA-TF PDU."""
+    primitive = dul.to_provider_queue.get(False)
+    items = b"".join(struct.pack(">IB", len(value) + 1, context_id) + value
+                     for context_id, value in primitive.presentation_data_value_list)
+    if dul.socket is not None:
+        dul.socket.send(struct.pack(">BBI", 0x04, 0x00, len(items)) + items)
+    return "Sta6"
+
+
+def _without_nagle(original: Any, transport: AssociationSocket, *args: Any, **kwargs: Any) -> socket.socket:
+    sock: socket.socket = original(transport, *args, **kwargs)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _sleep(seconds: float) -> None:
