@@ -15,13 +15,14 @@ from collections import defaultdict
 from typing import Sequence
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from node import logs
 from node.config import Config, DeliverySettings, Destination
 from node.isolation import isolated
+from node.pynetdicom_patch import patch_reactor_sleep
 from node.store import Delivery, ResultFile, ResultIndex
 from node.tls import client_context
 
@@ -52,6 +53,11 @@ def retry_schedule(settings: DeliverySettings) -> list[float]:
 
 
 def scu_ae(config: Config) -> AE:
+    """The node's requesting AE: its reactors wait woken by their work (node.pynetdicom_patch),
+    and a C-STORE of a file sends the file's bytes as they are, without decoding and encoding
+    the data set again (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, off by default)."""
+    patch_reactor_sleep()
+    _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=config.node.ae_title)
     ae.network_timeout = config.node.network_timeout_seconds
     ae.acse_timeout = config.node.network_timeout_seconds
@@ -169,8 +175,7 @@ class Dispatcher:
         for result in files:
             if not result.path.exists():
                 return f"result file {result.path} is gone from the spool"
-            dataset = pydicom.dcmread(result.path)
-            status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+            status = assoc.send_c_store(result.path)  # type: ignore[attr-defined]
             if "Status" not in status:
                 return "connection lost during C-STORE"
             if int(status.Status) not in _OK_STATUSES:

@@ -18,6 +18,10 @@ connection (state Sta13), and pynetdicom goes on reading whatever still comes, a
 connection, and a thread busy, for as long as it kept streaming (256 KiB took over 10 s). Here
 anything the peer sends after that is not read: the connection is closed at once, as dcmtk
 storescp and Orthanc do.
+
+A PDU's body is read into one buffer with as few reads as the kernel allows, and the P-DATA-TF
+PDUs of an established association go to ``node.pdata_stream`` (when the receiver installed it),
+which writes C-STORE data sets straight into the spool.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from __future__ import annotations
 import struct
 
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 
-from node import logs
+from node import logs, pdata_stream
 
 CONTROL_PDU_BYTES = 1024 * 1024
 UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
 _P_DATA_TF = 0x04
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _AWAITING_CLOSE = "Sta13"
+_ESTABLISHED = "Sta6"
 
 
 def pdu_limit(pdu_type: int, max_pdu: int) -> int:
@@ -73,21 +79,43 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
                      pdu_type=f"0x{pdu_type:02X}", length=length, limit=limit)
         dul.event_queue.put("Evt19")
         return
-    try:
-        body = transport.recv(length)
-    except (OSError, TimeoutError):
+    body = _recv_exactly(transport, length)
+    if body is None:
         dul.event_queue.put("Evt17")
         return
-    if len(body) != length:
-        dul.event_queue.put("Evt17")
+    if pdu_type == _P_DATA_TF and pdata_stream.enabled() and dul.state_machine.current_state == _ESTABLISHED:
+        try:
+            values = pdata_stream.receive(dul, memoryview(body))
+        except pdata_stream.PDataError:
+            dul.event_queue.put("Evt19")
+            return
+        if values:
+            pdata_stream.to_pynetdicom(dul, values)
         return
     try:
-        pdu, event = dul._decode_pdu(bytearray(header + body))
+        pdu, event = dul._decode_pdu(bytearray(header) + body)
     except Exception:
         dul.event_queue.put("Evt19")
         return
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
+
+
+def _recv_exactly(transport: AssociationSocket, length: int) -> bytearray | None:
+    """``length`` bytes from the connection in as few reads as the kernel allows (pynetdicom
+    reads 4 KiB at a time), or None if it closed or failed first."""
+    body = bytearray(length)
+    view = memoryview(body)
+    raw = transport.socket
+    try:
+        while view:
+            got = raw.recv_into(view)  # type: ignore[union-attr]
+            if not got:
+                return None
+            view = view[got:]
+    except (OSError, TimeoutError, AttributeError):
+        return None
+    return body
 
 
 def _peer(transport: object) -> str:

@@ -1,8 +1,9 @@
 """The Storage SCP: takes C-ECHO and C-STORE from scanners and PACS (pynetdicom).
 
-Receiving is kept cheap and safe: the encoded bytes are written as they came (no pixel decoding),
-fsynced, renamed into the spool and indexed before the 0x0000 status goes back, so a success
-status is a promise that survives a crash. Anything refused gets a DIMSE failure status, and a
+Receiving is kept cheap and safe: the encoded bytes are written to a spool part file as their
+P-DATA fragments arrive (``node.pdata_stream``; no pixel decoding, no copy in memory), their
+structure is walked where they lie, and they are fsynced, renamed into the spool and indexed
+before the 0x0000 status goes back, so a success status is a promise that survives a crash. Anything refused gets a DIMSE failure status, and a
 refused dataset is kept in the spool's quarantine folder with the reason.
 
 Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
@@ -11,18 +12,19 @@ are spread over CPU cores instead of queueing behind Python's GIL.
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import socketserver
 import ssl
 import sqlite3
-import struct
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pydicom.config
-import pydicom.filereader
 from pydicom import Dataset
 from pydicom.uid import (
     UID,
@@ -62,12 +64,12 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import logs, pdu_guard
+from node import logs, pdata_stream, pdu_guard
 from node.config import Config
 from node.pynetdicom_patch import patch_reactor_sleep
 from node.screening import StructureError, check_structure, inflate, uid_problem
 from node.slots import AssociationSlots
-from node.spool import Spool, part10_header
+from node.spool import Spool
 from node.store import Index, InstanceRecord
 from node.tls import server_context
 
@@ -128,7 +130,11 @@ ASSOCIATE_REQUEST_SECONDS = 5.0
 #: (node.slots) are the limit, so pynetdicom's is set out of the way.
 _PYNETDICOM_ASSOCIATIONS = 100_000
 
-#: The attributes the receiver reads all lie in groups 0x0008 and 0x0020; parsing stops after them.
+#: The attributes the receiver reads, by tag; all lie in groups 0x0008 and 0x0020.
+IDENTIFYING_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080060: "Modality",
+                    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
+_MODALITY = 0x00080060
+#: Parsing a stored file's header (node.reconcile) stops after the last of them.
 _LAST_IDENTIFYING_TAG = 0x0020000E
 
 
@@ -137,46 +143,53 @@ def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
     return tag > _LAST_IDENTIFYING_TAG
 
 
-def identifying_header(event: evt.Event) -> Dataset:
-    """The elements up to SeriesInstanceUID of a C-STORE dataset, without parsing the rest.
-
-    ``event.dataset`` decodes every element of a 0.5 MB image only for the receiver to read five
-    of them; stopping at (0020,000E) keeps the parse to a few dozen elements. Deflated and
-    big-endian data go through pynetdicom's full decoder, which knows how to undo them.
-    """
-    syntax = event.context.transfer_syntax
-    if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_little_endian:
-        return event.dataset
-    stream = store_request(event).DataSet
-    assert stream is not None  # pynetdicom keeps a C-STORE's data set in memory
-    stream.seek(0)
-    return pydicom.filereader.read_dataset(
-        stream, syntax.is_implicit_VR, True,
-        stop_when=past_identifying_attributes,
-    )
-
-
-def missing_attributes(dataset: Dataset) -> list[str]:
+def missing_attributes(dataset: Dataset | Mapping[str, object]) -> list[str]:
     """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
 
 
-def screen_structure(raw: bytes, syntax: UID) -> StoreRefusal | None:
-    """Refuse a dataset whose element structure a parser could not safely walk (node.screening)."""
-    try:
-        data = inflate(raw) if syntax == DeflatedExplicitVRLittleEndian else raw
-        check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
-    except StructureError as error:
-        return StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
-    return None
+def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
+    """Walk a received data set's element structure where it lies (the part file, mapped into
+    memory, not copied) and return its identifying attributes, read on the same walk.
+
+    Raises StructureError for a data set a parser could not safely walk (node.screening).
+    Decoding every element of a 0.5 MB image with pydicom only to read five of them cost more
+    than writing it. Deflated data is inflated first.
+    """
+    assert incoming.part is not None
+    syntax = UID(incoming.transfer_syntax)
+    tags = frozenset(IDENTIFYING_TAGS)
+    problem = None
+    with open(incoming.part.tmp, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
+            try:
+                if syntax == DeflatedExplicitVRLittleEndian:
+                    raw = check_structure(inflate(data), False, collect=tags)
+                else:
+                    raw = check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
+                                          collect=tags)
+            except StructureError as error:
+                # raised below, once its traceback no longer holds views of the mapped file
+                problem = str(error)
+    if problem is not None:
+        raise StructureError(problem)
+    return {IDENTIFYING_TAGS[tag]: _value(tag, value) for tag, value in raw.items()}
 
 
-def command_mismatch(dataset: Dataset, command: C_STORE) -> StoreRefusal | None:
+def _value(tag: int, raw: bytes) -> str | list[str]:
+    """A UI or CS value as text (a list when it has several): UIDs lose their trailing NUL or
+    space padding, code strings their spaces (PS3.5 6.2), as pydicom reads them."""
+    strip = " " if tag == _MODALITY else None
+    values = [v.strip(strip) if strip else v.rstrip("\x00 ") for v in raw.decode("latin-1").split("\\")]
+    return values[0] if len(values) == 1 else values
+
+
+def command_mismatch(identifiers: Mapping[str, object], command: C_STORE) -> StoreRefusal | None:
     """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
     otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
     for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
                                 ("SOPClassUID", "AffectedSOPClassUID")):
-        if str(dataset[attribute].value) != str(getattr(command, affected) or ""):
+        if str(identifiers[attribute]) != str(getattr(command, affected) or ""):
             return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                 f"{attribute} differs from the C-STORE {affected}")
     return None
@@ -187,13 +200,6 @@ def store_request(event: evt.Event) -> C_STORE:
     DIMSE request)."""
     assert isinstance(event.request, C_STORE)
     return event.request
-
-
-def part10_header_of(event: evt.Event) -> bytes:
-    """The file meta of a received instance, from the C-STORE command (as pynetdicom does)."""
-    request = store_request(event)
-    return part10_header(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
-                         str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
 
 
 @dataclass(frozen=True)
@@ -318,6 +324,7 @@ class Receiver:
             self._held[id(assoc)] = (assoc, fd)
 
     def free_slot(self, event: evt.Event) -> None:
+        pdata_stream.discard(event.assoc)  # data sets of an association that ended unanswered
         with self._held_lock:
             held = self._held.pop(id(event.assoc), None)
         if held is not None:
@@ -357,23 +364,32 @@ class Receiver:
     # ---- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: evt.Event) -> int | Dataset:
-        if self.spool.free_bytes() < self._min_free:
+        """Answer one C-STORE whose data set ``node.pdata_stream`` has already written to a part
+        file: check it, then make it durable under its name and index it, or keep it aside."""
+        incoming = pdata_stream.take(event.assoc)
+        if incoming is None:  # pynetdicom assembled it: its fragments came on another context
+            return StoreRefusal(CANNOT_UNDERSTAND, "data set fragments on another presentation context "
+                                "than their command (PS3.8 9.3.5)").response()
+        if incoming.refused == "disk":
             logs.warning("store.refused", reason="disk below watermark",
                          free_mb=self.spool.free_bytes() // 2**20)
             return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
-        raw = event.encoded_dataset(include_meta=False)
+        if isinstance(incoming.refused, OSError):
+            logs.error("store.failed", reason=str(incoming.refused))
+            return StoreRefusal(OUT_OF_RESOURCES,
+                                f"cannot write to spool: {incoming.refused.strerror}").response()
         try:
-            refusal = screen_structure(raw, event.context.transfer_syntax)
-            if refusal is None:
-                dataset = identifying_header(event)
-                refusal = self._check(dataset, store_request(event), event.context.abstract_syntax)
+            identifiers = screen(incoming)
+            refusal = self._check(identifiers, store_request(event), event.context.abstract_syntax)
+        except StructureError as error:
+            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
         except Exception as error:  # an undecodable dataset must not take the association down
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
         if refusal is not None:
-            self._quarantine(event, raw, refusal)
+            self._quarantine(incoming, refusal)
             return refusal.response()
         try:
-            self._store(event, dataset, raw)
+            self._store(event, identifiers, incoming)
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
@@ -382,15 +398,12 @@ class Receiver:
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
         return SUCCESS
 
-    def _quarantine(self, event: evt.Event, raw: bytes, refusal: StoreRefusal) -> None:
-        """Keep a refused dataset with its reason; the command's own UIDs may be what is wrong,
-        so a file meta that cannot be built from them is left out rather than losing the data."""
+    def _quarantine(self, incoming: pdata_stream.Incoming, refusal: StoreRefusal) -> None:
+        """Keep a refused dataset with its reason (its file meta is left out when the command's
+        own UIDs could not make one, rather than losing the data)."""
+        assert incoming.part is not None
         try:
-            header = part10_header_of(event)
-        except (UnicodeError, struct.error):
-            header = b""
-        try:
-            kept = self.spool.quarantine_bytes([header, raw], refusal.reason)
+            kept = self.spool.quarantine_part(incoming.part, refusal.reason)
         except OSError as error:
             logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
                        error=error.strerror)
@@ -399,30 +412,30 @@ class Receiver:
                      quarantined=kept.name)
 
     @staticmethod
-    def _check(dataset: Dataset, command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
-        missing = missing_attributes(dataset)
+    def _check(identifiers: Mapping[str, object], command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
+        missing = missing_attributes(identifiers)
         if missing:
             return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
         for name in UID_ATTRIBUTES:
-            problem = uid_problem(name, dataset[name].value)
+            problem = uid_problem(name, identifiers[name])
             if problem is not None:
                 return StoreRefusal(CANNOT_UNDERSTAND, problem)
-        if dataset.SOPClassUID != context_sop_class:
+        if identifiers["SOPClassUID"] != context_sop_class:
             return StoreRefusal(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOPClassUID does not match the presentation context",
             )
-        return command_mismatch(dataset, command)
+        return command_mismatch(identifiers, command)
 
-    def _store(self, event: evt.Event, dataset: Dataset, raw: bytes) -> None:
-        header = part10_header_of(event)
-        path = self.spool.instance_path(
-            str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
-        )
-        record = InstanceRecord.from_header(dataset, str(event.context.transfer_syntax), path,
-                                            len(header) + len(raw))
+    def _store(self, event: evt.Event, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
+        assert incoming.part is not None
+        study, series, sop = (str(identifiers[k]) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        path = self.spool.instance_path(study, series, sop)
+        record = InstanceRecord(sop_uid=sop, series_uid=series, study_uid=study,
+                                modality=str(identifiers["Modality"]), sop_class=str(identifiers["SOPClassUID"]),
+                                transfer_syntax=incoming.transfer_syntax, path=path, size=incoming.part.size)
         replacing = path.exists()
-        self.spool.write(record.path, [header, raw])
+        incoming.part.commit(path)
         try:
             self._index_instance(event, record)
         except sqlite3.Error:
@@ -479,6 +492,7 @@ class Receiver:
     def serve_forever(self) -> None:
         patch_reactor_sleep()
         pdu_guard.install(self.config.node.max_pdu)
+        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

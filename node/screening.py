@@ -41,7 +41,15 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
-_VR_BYTES = re.compile(rb"[A-Z]{2}")
+#: Any two upper-case letters (what a VR looks like; an unknown one is skipped by its length).
+_VR_BYTES = frozenset(bytes((a, b)) for a in range(ord("A"), ord("Z") + 1) for b in range(ord("A"), ord("Z") + 1))
+#: (element header, 4-byte length, 2-byte length) decoders, by byte order
+_STRUCTS = {order: (struct.Struct(order + "HHI"), struct.Struct(order + "I"), struct.Struct(order + "H"))
+            for order in "<>"}
+#: An explicit VR element header with a 2-byte length: group, element, VR, length.
+_EXPLICIT_HEADERS = {order: struct.Struct(order + "HH2sH") for order in "<>"}
+#: VRs with a 4-byte length that hold a value, not items (sequences and UN take the general way).
+_LONG_VALUE_VRS = _LONG_VRS - {b"SQ", b"UN"}
 #: Implicit VR carries no VR: the dictionary says which elements are sequences.
 _SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
@@ -75,7 +83,7 @@ class StructureError(ValueError):
     """The data set's element structure is broken or exceeds a limit; the message says which."""
 
 
-def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
+def inflate(data: bytes | memoryview, limit: int = MAX_INFLATED_BYTES) -> bytes:
     """A deflated data set (raw deflate, PS3.5 A.5), refusing one that inflates beyond ``limit``."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -87,21 +95,29 @@ def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
     return out
 
 
-def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
-                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True) -> None:
+def check_structure(data: bytes | memoryview, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
+                    max_elements: int = MAX_ELEMENTS, little_endian: bool = True,
+                    collect: frozenset[int] = frozenset()) -> dict[int, bytes]:
     """Walk every element header of a data set; raise StructureError if it is broken.
 
     Checks what a parser would otherwise trust: that each length fits inside its parent, that
     undefined lengths end with their delimiter, that sequences hold only items, and that nesting
     stays within ``max_depth``. Values are skipped, not decoded, so this costs one loop step
-    per element (pixel data is one step, or one per fragment).
+    per element (pixel data is one step, or one per fragment). Returns the raw values of the
+    top-level elements whose tags are in ``collect``: the receiver reads its few identifying
+    attributes on the same walk instead of parsing the data set a second time.
     """
+    collected: dict[int, bytes] = {}
     view = memoryview(data)
     order = "<" if little_endian else ">"
+    header_struct = _STRUCTS[order][0]
     stack = [_Frame("dataset", len(data), len(data), implicit, 0)]
     elements = pos = 0
     while stack:
         top = stack[-1]
+        if not top.implicit and top.kind in ("dataset", "item"):
+            pos, elements = _plain_elements(view, pos, top, order, elements, max_elements, collect,
+                                            collected if len(stack) == 1 else None)
         if top.end is not None and pos >= top.end:
             if pos > top.end:
                 raise StructureError(f"an element runs past the end of its {top.kind} at byte {top.end}")
@@ -110,7 +126,7 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
         if pos + 8 > top.limit:
             raise StructureError(f"truncated element header at byte {pos} "
                                  f"(an undefined-length {top.kind} without its delimiter?)")
-        group, element, length = struct.unpack_from(order + "HHI", view, pos)
+        group, element, length = header_struct.unpack_from(view, pos)
         tag = group << 16 | element
         elements += 1
         if elements > max_elements:
@@ -142,7 +158,41 @@ def check_structure(data: bytes, implicit: bool, max_depth: int = MAX_SEQUENCE_D
         elif vr == b"UN" and _dictionary_vr(tag) == b"SQ":  # pydicom reads it as the SQ it is
             stack.append(_sequence(top, pos + length, True, max_depth))
         else:
+            if tag in collect and len(stack) == 1:
+                collected[tag] = bytes(view[pos:pos + length])
             pos += length
+    return collected
+
+
+def _plain_elements(view: memoryview, pos: int, top: _Frame, order: str, elements: int, max_elements: int,
+                    collect: frozenset[int], collected: dict[int, bytes] | None) -> tuple[int, int]:
+    """Step over the run of explicit VR elements at ``pos`` that are neither sequences nor of
+    undefined length (nearly all of them), and return (position, elements counted) where the
+    general loop takes over: at anything else, at a length that does not fit (the general loop
+    then says why) or at the frame's end. The same checks as the general loop, with less work
+    per element: this walk runs on every received instance."""
+    header = _EXPLICIT_HEADERS[order]
+    long_length = _STRUCTS[order][1]
+    end = top.end if top.end is not None else top.limit
+    limit = top.limit
+    while pos + 8 <= end and elements < max_elements:
+        group, element, vr, length = header.unpack_from(view, pos)
+        if vr in _LONG_VALUE_VRS:
+            if pos + 12 > limit:
+                break
+            length = long_length.unpack_from(view, pos + 8)[0]
+            start = pos + 12
+        elif vr in _VR_BYTES and vr not in _LONG_VRS and group != 0xFFFE:
+            start = pos + 8
+        else:
+            break
+        if length == _UNDEFINED or start + length > limit:
+            break
+        elements += 1
+        if collected is not None and (group << 16 | element) in collect:
+            collected[group << 16 | element] = bytes(view[start:start + length])
+        pos = start + length
+    return pos, elements
 
 
 def _sequence(parent: _Frame, end: int | None, implicit: bool, max_depth: int) -> _Frame:
@@ -162,16 +212,17 @@ def _dictionary_vr(tag: int) -> bytes | None:
 def _element_header(view: memoryview, pos: int, top: _Frame, tag: int,
                     order: str) -> tuple[bytes | None, int, int]:
     """(VR, value length, header size) of the element at ``pos``; VR None when unknown."""
+    _, long_length, short_length = _STRUCTS[order]
     if top.implicit:
-        return _dictionary_vr(tag), struct.unpack_from(order + "I", view, pos + 4)[0], 8
+        return _dictionary_vr(tag), long_length.unpack_from(view, pos + 4)[0], 8
     vr = bytes(view[pos + 4:pos + 6])
-    if not _VR_BYTES.fullmatch(vr):
+    if vr not in _VR_BYTES:
         raise StructureError(f"element at byte {pos} has no valid VR")
     if vr in _LONG_VRS:
         if pos + 12 > top.limit:
             raise StructureError(f"truncated element header at byte {pos}")
-        return vr, struct.unpack_from(order + "I", view, pos + 8)[0], 12
-    return vr, struct.unpack_from(order + "H", view, pos + 6)[0], 8
+        return vr, long_length.unpack_from(view, pos + 8)[0], 12
+    return vr, short_length.unpack_from(view, pos + 6)[0], 8
 
 
 def _sequence_step(stack: list[_Frame], top: _Frame, tag: int, length: int, pos: int) -> int:

@@ -247,6 +247,8 @@ class Node:
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
         if pid is not None:  # None: it never started, so it held no association
             self.index.close_associations_of([pid])
+            if child.role == "receiver":  # the data sets it was receiving, never answered
+                Spool(self.config.node.spool).clear_partial_writes(pid)
         self._spawn(child)
 
     # ---- stop ------------------------------------------------------------------------------

@@ -62,34 +62,29 @@ class Spool:
     def write(self, path: Path, data: bytes | Sequence[bytes]) -> None:
         """Durably place ``data`` (bytes, or chunks written in order) at ``path``, replacing any
         earlier file atomically."""
-        folder = path.parent
-        new_folder = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        part = self.open_part()
         try:
-            try:
-                for chunk in [data] if isinstance(data, bytes) else data:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            for chunk in [data] if isinstance(data, bytes) else data:
+                part.write(chunk)
         except BaseException:
-            # a partial file on a full disk would keep it full and every later write refused
-            tmp.unlink(missing_ok=True)
+            part.discard()
             raise
-        _fsync_dir(folder)
-        if new_folder:
-            _fsync_dir(folder.parent)
-            _fsync_dir(folder.parent.parent)
+        part.commit(path)
+
+    def open_part(self) -> "PartFile":
+        """A new file under ``tmp/`` to be written piece by piece, then committed to its name."""
+        return PartFile(self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part")
 
     def quarantine_bytes(self, data: bytes | Sequence[bytes], reason: str) -> Path:
         """Keep a refused object with the reason beside it, so that nothing sent is lost."""
         kept = self._quarantine_slot(reason)
         self.write(kept, data)
+        return kept
+
+    def quarantine_part(self, part: "PartFile", reason: str) -> Path:
+        """Keep a refused object received into ``part`` with the reason beside it."""
+        kept = self._quarantine_slot(reason)
+        part.commit(kept)
         return kept
 
     def quarantine_file(self, path: Path, reason: str) -> Path:
@@ -109,16 +104,67 @@ class Spool:
         """Every stored instance file (study/series/instance.dcm under ``instances``)."""
         return self.instances.glob("*/*/*.dcm")
 
-    def clear_partial_writes(self) -> int:
-        """Remove temporary files a crash left behind; they were never acknowledged."""
+    def clear_partial_writes(self, pid: int | None = None) -> int:
+        """Remove temporary files a crash left behind (of one dead process, or all); they were
+        never acknowledged."""
         removed = 0
-        for part in self.tmp.glob("*.part"):
+        for part in self.tmp.glob("*.part" if pid is None else f"{pid}-*.part"):
             part.unlink(missing_ok=True)
             removed += 1
         return removed
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
+
+
+class PartFile:
+    """A file written under ``tmp/`` that appears at its final name only once it is durable.
+
+    The receiver streams a data set into one fragment by fragment as the P-DATA arrives, so an
+    instance is never assembled in memory; ``commit`` makes it durable and gives it its name.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.size = 0
+        self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._fd is not None, "write to a committed or discarded part file"
+        view = memoryview(data)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def commit(self, path: Path) -> None:
+        """fsync, rename to ``path`` (replacing any earlier file atomically) and fsync the
+        folders that changed; on failure the temporary file is gone (a partial file on a full
+        disk would keep it full and every later write refused)."""
+        assert self._fd is not None, "commit of a committed or discarded part file"
+        folder = path.parent
+        try:
+            try:
+                os.fdatasync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+            new_folder = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp, path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
+
+    def discard(self) -> None:
+        """Remove the file; it was never acknowledged. Safe to call more than once."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.tmp.unlink(missing_ok=True)
 
 
 def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:

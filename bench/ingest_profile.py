@@ -1,0 +1,125 @@
+"""Where one receiver process spends its time while dcmtk storescu sends it a CT series.
+
+Starts ``radnode serve`` with one receiver, sends the series once to warm up, then samples the
+receiver with py-spy (``pip install py-spy``) while the series is sent again over one
+association, and prints the functions with the most samples of the thread holding the GIL (the
+Python work; waits for the disk, the socket or the GIL are left out): in their own code (self)
+and including what they call (total). The receiver's CPU time per image is measured first, on
+a send that is not sampled.
+
+    python3 bench/ingest_profile.py [--slices 100] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.ct_series import repeated_series  # noqa: E402
+from tests.harness import NodeProcess, node_config  # noqa: E402
+from tests.peers import storescu  # noqa: E402
+
+
+def receiver_pid(node: NodeProcess) -> int:
+    """The receiver process that took the last association (the index records its pid)."""
+    index = node.index()
+    row = index._db.execute("SELECT receiver_pid FROM associations ORDER BY opened_at DESC LIMIT 1").fetchone()
+    index.close()
+    return int(row[0])
+
+
+#: Leaf frames that are a thread waiting (py-spy counts a select with a timeout as busy).
+_WAITING = frozenset({"_PollLikeSelector.select", "Condition.wait", "_wait_for_work", "_wait_for_data", "_wait_for_message",
+                      "select", "wait", "_wait"})
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def top_functions(raw: Path, count: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """(self, total, samples) from py-spy's raw (collapsed stacks) output."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  for f in stack.split(";")[1:]]  # the first frame is the thread
+        if not frames or frames[-1].split(" (")[0] in _WAITING:
+            continue
+        weight = int(n)
+        samples += weight
+        own[frames[-1]] += weight
+        for frame in set(frames):
+            total[frame] += weight
+    return own.most_common(count), total.most_common(count), samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("py-spy not found: python3 -m pip install py-spy")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        paths = repeated_series(tmp / "series", args.slices)
+        (tmp / "radnode").mkdir()
+        node = NodeProcess(node_config(tmp / "radnode", node={"receivers": 1},
+                                       completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
+                           tmp / "radnode").start()
+        try:
+            storescu(node.port, paths[:10])
+            pid = receiver_pid(node)
+            cpu_before, clock = cpu_seconds(pid), time.perf_counter()
+            unsampled = storescu(node.port, paths)
+            unsampled_seconds = time.perf_counter() - clock
+            cpu_after = cpu_seconds(pid)
+            user, system = (after - before for after, before in zip(cpu_after, cpu_before))
+            assert unsampled.returncode == 0, unsampled.stderr
+            raw = tmp / "profile.txt"
+            spy_proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
+                                         "--output", str(raw), "--pid", str(pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            started = time.perf_counter()
+            sent = storescu(node.port, paths)
+            seconds = time.perf_counter() - started
+            assert sent.returncode == 0, sent.stderr
+            time.sleep(0.2)
+            spy_proc.send_signal(2)
+            spy_proc.wait(timeout=60)
+        finally:
+            node.stop()
+        own, total, samples = top_functions(raw, args.top)
+    print(f"receiver CPU per image, unsampled: user {user / args.slices * 1000:.2f} ms, "
+          f"system {system / args.slices * 1000:.2f} ms "
+          f"({args.slices / unsampled_seconds:.0f} img/s)")
+    print(f"{args.slices} images in {seconds:.2f} s ({args.slices / seconds:.0f} img/s while sampled, on a second send), "
+          f"{samples} samples holding the GIL")
+    print("self:")
+    for name, n in own:
+        print(f"  {n / samples:6.1%}  {name}")
+    print("total:")
+    for name, n in total:
+        print(f"  {n / samples:6.1%}  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""A receiver killed (SIGKILL) at random points between a data set's arrival and its
+acknowledgement, 100 times: every instance acknowledged before a kill is indexed and intact.
+
+Each trial forks a fresh receiver (``tests.receiver_zygote``: the node's own
+``receiver_main``, started in milliseconds instead of a second of imports), lets dcmtk storescu
+send a few CT slices under fresh UIDs over one association, and kills the receiver at a random
+moment of that transfer, uniformly over the time the transfer takes (measured first): so a
+kill falls while fragments arrive, while the data set is checked, fsynced and renamed, while
+its row is written, or while the response is on its way. The index and the spool are what the
+restarted node would find; each trial records where its kill fell, from what it left behind.
+
+A killed process leaves the kernel's page cache behind, so these trials check the order of the
+steps (file complete and in place, row committed, then the response), not the fsyncs: a power
+cut is what the fsyncs are for.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+
+from node.spool import Spool
+from node.store import Index
+from tests.harness import REPO, node_config, write_toml
+from tests.kill_trials import acknowledged, fresh_series
+from tests.peers import dcmtk_bin, dcmtk_env, wait_for_port
+
+TRIALS = 100
+SLICES = 4
+
+
+class Zygote:
+    """``tests.receiver_zygote`` on one config: ``fork()`` starts a receiver, returns its pid."""
+
+    def __init__(self, config_path: Path, port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.receiver_zygote", str(config_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                     stderr=open(config_path.parent / "receivers.log", "ab"),
+                                     env={**dcmtk_env(), "PYTHONPATH": str(REPO)})
+
+    def fork(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("fork\n")
+        self.proc.stdin.flush()
+        pid = int(self.proc.stdout.readline())
+        wait_for_port(self.port, timeout=30)
+        return pid
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def send(port: int, files: list[Path]) -> subprocess.Popen[str]:
+    return subprocess.Popen([dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
+                             str(port), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
+
+
+def until_associated(sender: subprocess.Popen[str]) -> list[str]:
+    """storescu's output up to its association being accepted (the transfer starts then)."""
+    assert sender.stdout is not None
+    lines = []
+    for line in sender.stdout:
+        lines.append(line)
+        if "Association Accepted" in line or "Association Request Failed" in line:
+            break
+    return lines
+
+
+def where_it_fell(spool: Spool, index: Index, pid: int, first_unacknowledged: Path | None,
+                  series: tuple[str, str]) -> str:
+    """What the kill interrupted, judged from what it left: the first data set not acknowledged
+    was not begun, was arriving (a part file), or was in place (indexed or not) unanswered."""
+    if first_unacknowledged is None:
+        return "after the last response"
+    sop_uid = str(pydicom.dcmread(first_unacknowledged, stop_before_pixels=True).SOPInstanceUID)
+    if (spool.instance_path(*series, sop_uid)).exists():
+        return "in place and indexed, response not sent" if index.instance(sop_uid) else "in place, not indexed"
+    if list(spool.tmp.glob(f"{pid}-*.part")):
+        return "data set arriving or being checked"
+    return "before its data set"
+
+
+def same_instance(stored: Path, sent: Path) -> bool:
+    return pydicom.dcmread(stored) == pydicom.dcmread(sent)
+
+
+def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowledged_instance(
+        tmp_path, data_dir):
+    sources = sorted((data_dir / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))[:SLICES]
+    config = node_config(tmp_path, completion={"settle_seconds": 3600, "quiet_seconds": 3600})
+    port = config["node"]["port"]
+    config_path = write_toml(config, tmp_path / "config.toml")
+    spool = Spool(Path(config["node"]["spool"]))
+    zygote = Zygote(config_path, port)
+    rng = random.Random(21)
+    started = time.monotonic()
+    try:
+        pid = zygote.fork()
+        for warm_up in ("warm-up", "timed"):  # the first association of a receiver is slower
+            _, _, warm = fresh_series(sources, tmp_path / warm_up)
+            sender = send(port, warm)
+            until_associated(sender)
+            clock = time.perf_counter()
+            assert sender.wait(timeout=60) == 0
+            transfer = time.perf_counter() - clock  # from the association to the last response
+        index = Index(spool.root / "index.sqlite")
+        where: Counter[str] = Counter()
+        acknowledged_total = 0
+        for trial in range(TRIALS):
+            study, series, files = fresh_series(sources, tmp_path / f"trial-{trial:03d}")
+            sender = send(port, files)
+            output = until_associated(sender)
+            time.sleep(rng.uniform(0, transfer))
+            os.kill(pid, signal.SIGKILL)
+            rest, _ = sender.communicate(timeout=60)
+            stored = acknowledged("".join(output) + rest)
+            unacknowledged = [f for f in files if str(f) not in stored]
+            where[where_it_fell(spool, index, pid, unacknowledged[0] if unacknowledged else None,
+                                (study, series))] += 1
+            for path in stored:
+                uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                row = index.instance(uid)
+                assert row is not None, f"trial {trial}: {Path(path).name} acknowledged, not indexed"
+                assert same_instance(Path(row["path"]), Path(path)), \
+                    f"trial {trial}: {Path(path).name} acknowledged, its stored file differs from what was sent"
+            acknowledged_total += len(stored)
+            spool.clear_partial_writes(pid)  # as the supervisor does for a receiver that died
+            pid = zygote.fork()
+    finally:
+        zygote.stop()
+    seconds = time.monotonic() - started
+    print(f"{TRIALS} kills in {seconds:.0f} s, {acknowledged_total} acknowledged instances all intact; "
+          f"kills fell: {dict(where)}")
+    assert not list(spool.tmp.iterdir()), "partial writes of killed receivers were left behind"
+    # every data set a kill interrupted either never reached its name or reached it whole
+    for path in spool.instance_files():
+        assert pydicom.dcmread(path).SOPInstanceUID == path.stem, f"{path.name} in the spool is not whole"
+    assert acknowledged_total >= TRIALS, f"too few acknowledged instances to mean anything ({acknowledged_total})"
+    assert sum(n for k, n in where.items() if k != "after the last response") >= TRIALS // 2, \
+        f"most kills must fall inside a transfer, fell: {dict(where)}"
