@@ -9,6 +9,7 @@ names the key (``routes[1].destinations``) and what is wrong with it.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import tomllib
 from pathlib import Path
@@ -135,6 +136,19 @@ class WorkerSettings(_Strict):
     job_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _ray_installed(self) -> "WorkerSettings":
+        """Said at start, not as jobs that never leave the queue."""
+        if self.engine != "ray":
+            return self
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("engine = \"ray\" needs Ray on this machine: pip install 'radnode[ray]'")
+        if self.ray.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise ValueError(f"[workers.ray] address = \"{self.ray.address}\" is a Ray Client address, which "
+                             "needs pip install 'radnode[ray-client]' on this machine; or give the head's GCS "
+                             "address (host:6379) and join this machine to the cluster")
+        return self
 
 
 class DeliverySettings(_Strict):
