@@ -102,7 +102,7 @@ def probe(settings: RaySettings) -> Verdict:
 
 def _ask_gcs(gcs_address: str) -> None:
     """One authenticated call: the GCS checks the token on every call but its health check."""
-    from ray._raylet import InnerGcsClient
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]  # (not in its stubs)
     timeout_ms = int(PROBE_TIMEOUT_SECONDS * 1000)
     client = InnerGcsClient.standalone(gcs_address, None, timeout_ms)
     client.internal_kv_get(b"radnode-probe", None, PROBE_TIMEOUT_SECONDS)
@@ -115,7 +115,7 @@ def _ask_client_server(client_address: str) -> None:
     from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
     channel = init_grpc_channel(client_address)
     try:
-        ping = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+        ping = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)  # type: ignore[attr-defined]
         ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
             ping, timeout=PROBE_TIMEOUT_SECONDS, metadata=[("client_id", "radnode-probe")])
     finally:

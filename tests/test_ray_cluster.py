@@ -34,6 +34,11 @@ from tests.ray_cluster import RayCluster, RayTls, has_ray_client
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
+def folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def secret_file(path: Path) -> Path:
     path.write_text(secrets.token_hex(32))
     path.chmod(0o600)
@@ -152,31 +157,35 @@ def test_series_sent_to_the_node_run_over_tls_with_a_token_on_one_ray_actor_that
         node.stop()
 
 
-def test_a_node_with_a_wrong_token_no_token_or_no_tls_certificates_is_refused_and_health_says_which_key_to_fix(
+def test_a_node_with_a_wrong_token_no_token_or_other_tls_certificates_is_refused_and_health_says_which_key_to_fix(
         tmp_path, orthanc, cluster, data_dir):
     """Ray's own connect retries for about 20 s before it fails; the node's probe says within
     seconds what is wrong, and no job is claimed meanwhile (it waits queued, nothing is lost)."""
     right = ray_settings(cluster)
     wrong_token = secret_file(tmp_path / "wrong-token")
+    other_ca = RayTls.make(tmp_path)  # a CA the cluster does not know, and a certificate it issued
     settings = {"wrong token": {**right, "token_file": str(wrong_token)},
                 "no token": {k: v for k, v in right.items() if k != "token_file"},
-                "no TLS": {k: v for k, v in right.items() if not k.startswith("tls_")}}
+                "no TLS": {k: v for k, v in right.items() if not k.startswith("tls_")},
+                "other CA": {**right, **other_ca.settings()}}
     started = time.monotonic()
-    nodes = {name: ray_node(tmp_path / name.replace(" ", "-"), orthanc, cluster, ray=ray)
+    nodes = {name: ray_node(folder(tmp_path / f"node-{name.replace(' ', '-')}"), orthanc, cluster, ray=ray)
              for name, ray in settings.items()}
     try:
         assert storescu(nodes["wrong token"].port, ct_series(data_dir, count=3)).returncode == 0
         verdicts = {name: wait_until(lambda node=node: probe_verdict(node), 30, what=f"the probe's verdict ({name})")
                     for name, node in nodes.items()}
-        seconds = time.monotonic() - started  # measured: about 6 s for the three at once, on 2 busy cores
+        seconds = time.monotonic() - started  # measured: about 6 s for the four at once, on 2 busy cores
         assert seconds < 30, f"refusal said after {seconds:.0f} s"
         assert all(status == 503 and not check["ok"] for status, check in verdicts.values()), verdicts
         details = {name: check["detail"] for name, (_status, check) in verdicts.items()}
         assert f"refused this node's token: [workers.ray] token_file {wrong_token}" in details["wrong token"]
         assert "requires a token and this node has none: set [workers.ray] token_file" in details["no token"]
         assert "uses TLS (RAY_USE_TLS=1) and this node does not: set [workers.ray] tls_ca_cert" in details["no TLS"]
+        assert "do not trust each other's certificates" in details["other CA"]
         index = nodes["wrong token"].index()
         wait_until(lambda: index.jobs(), 30, what="the series routed")
+        time.sleep(2)  # four rounds of the supervisor, which would have claimed it by now
         (job,) = index.jobs()
         assert job.state == "queued" and job.attempts == 0, "a job must not be claimed for a cluster that refuses"
         assert '"event": "ray.refused"' in nodes["wrong token"].logs()
