@@ -72,6 +72,11 @@ def ray_environment(settings: RaySettings) -> None:
     if settings.token_file is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.token_file)
+    if settings.address.startswith("ray://"):
+        # no reconnect grace: the actors go with their driver's connection (after up to 30 s
+        # otherwise), as they go with the driver itself with a GCS address; a broken
+        # connection hands the attempt back and a new driver takes over
+        os.environ["RAY_CLIENT_RECONNECT_GRACE_PERIOD"] = "0"
     if settings.tls_ca_cert is not None:
         os.environ["RAY_USE_TLS"] = "1"
         os.environ["RAY_TLS_CA_CERT"] = str(settings.tls_ca_cert)

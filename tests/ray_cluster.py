@@ -120,6 +120,11 @@ class RayCluster:
         pids = set().union(*(tree_of(str(folder)) for folder in folders[node]))
         return [pid for pid in pids if command_line(pid).startswith("ray::PipelineActor.run")]
 
+    def actors(self) -> list[int]:
+        """Pids of the pipeline actors alive on the cluster, busy or idle."""
+        pids = set().union(*(tree_of(str(folder)) for folder in [*self.head_dirs, *self.node_dirs]))
+        return [pid for pid in pids if command_line(pid).startswith("ray::PipelineActor")]
+
     def stop(self) -> None:
         self.kill_second_node()
         self.kill_head()
