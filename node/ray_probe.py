@@ -95,13 +95,16 @@ def probe(settings: RaySettings) -> Verdict:
                        "here, or set [workers.ray] address to the head's host:port")
     if not head_answers(address):
         return False, f"Ray head {address} does not answer: jobs wait queued until it is back"
+    mismatch = tls_mismatch(settings, host, port)  # Ray itself would only time out, after 13 s
+    if mismatch:
+        return False, mismatch
     try:
         if address.startswith("ray://"):
             _ask_client_server(f"{host}:{port}")
         else:
             _ask_gcs(f"{host}:{port}")
     except Exception as error:
-        return False, refusal(settings, host, port, error)
+        return False, refusal(settings, error)
     return True, f"Ray head {address} accepts this node"
 
 
@@ -127,16 +130,10 @@ def _ask_client_server(client_address: str) -> None:
         channel.close()
 
 
-def refusal(settings: RaySettings, host: str, port: int, error: BaseException) -> str:
-    """The reason a head that answers on its port refused the node, naming what to fix."""
+def tls_mismatch(settings: RaySettings, host: str, port: int) -> str | None:
+    """Why the node's TLS settings cannot work with the head's port, naming the keys; None when
+    both sides speak TLS and trust each other, or neither does."""
     head = f"Ray head {settings.address}"
-    text = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-    if is_token_refusal(error):
-        if settings.token_file is None:
-            return (f"{head} requires a token and this node has none: set [workers.ray] token_file to "
-                    f"the cluster's token (the RAY_AUTH_TOKEN_PATH of its `ray start`)")
-        return (f"{head} refused this node's token: [workers.ray] token_file {settings.token_file} "
-                f"does not hold the cluster's token")
     cluster_tls = speaks_tls(host, port)
     if cluster_tls and settings.tls_ca_cert is None:
         return (f"{head} uses TLS (RAY_USE_TLS=1) and this node does not: set [workers.ray] "
@@ -144,19 +141,32 @@ def refusal(settings: RaySettings, host: str, port: int, error: BaseException) -
     if not cluster_tls and settings.tls_ca_cert is not None:
         return (f"{head} does not use TLS and this node does: remove [workers.ray] tls_ca_cert, "
                 f"tls_cert and tls_key, or start every Ray process with RAY_USE_TLS=1")
-    if cluster_tls:
-        handshake = tls_handshake_error(host, port, settings)
-        if handshake:
-            return (f"{head} and this node do not trust each other's certificates ({handshake}): "
-                    f"[workers.ray] tls_ca_cert must be the CA of the cluster (its RAY_TLS_CA_CERT) "
-                    f"and tls_cert a certificate that CA issued")
+    handshake = tls_handshake_error(host, port, settings) if cluster_tls else None
+    if handshake:
+        return (f"{head} and this node do not trust each other's certificates ({handshake}): "
+                f"[workers.ray] tls_ca_cert must be the CA of the cluster (its RAY_TLS_CA_CERT) "
+                f"and tls_cert a certificate that CA issued")
+    return None
+
+
+def refusal(settings: RaySettings, error: BaseException) -> str:
+    """The reason a head whose TLS matches the node's refused the node's call."""
+    head = f"Ray head {settings.address}"
+    if is_token_refusal(error):
+        if settings.token_file is None:
+            return (f"{head} requires a token and this node has none: set [workers.ray] token_file to "
+                    f"the cluster's token (the RAY_AUTH_TOKEN_PATH of its `ray start`)")
+        return (f"{head} refused this node's token: [workers.ray] token_file {settings.token_file} "
+                f"does not hold the cluster's token")
+    text = " ".join(f"{type(error).__name__}: {error}".split())[:300]
     return f"{head} answers on its port but did not answer the node's call ({text})"
 
 
 def is_token_refusal(error: BaseException) -> bool:
-    """Ray raises AuthenticationError, or reports gRPC's UNAUTHENTICATED in its message."""
+    """Ray raises AuthenticationError, or reports gRPC's UNAUTHENTICATED in its message
+    ("Unauthenticated: RPC error: InvalidAuthToken: ...")."""
     return (type(error).__name__ == "AuthenticationError"
-            or any(word in str(error) for word in ("UNAUTHENTICATED", "Unauthenticated", "authentication")))
+            or any(word in str(error) for word in ("UNAUTHENTICATED", "Unauthenticated", "InvalidAuthToken")))
 
 
 def speaks_tls(host: str, port: int) -> bool:

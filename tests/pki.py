@@ -20,12 +20,13 @@ def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.crt", folder / f"{name}.key"
 
 
-def issue(folder: Path, ca: tuple[Path, Path], name: str) -> tuple[Path, Path]:
-    """A certificate of ``ca`` for localhost and 127.0.0.1, good as server and as client:
-    (certificate, key)."""
+def issue(folder: Path, ca: tuple[Path, Path], name: str, ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A certificate of ``ca`` for localhost and 127.0.0.1 (and ``ips``), good as server and as
+    client: (certificate, key)."""
+    names = ",".join(["DNS:localhost", "IP:127.0.0.1", *(f"IP:{ip}" for ip in ips)])
     (folder / f"{name}.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={names}\n"
         "authorityKeyIdentifier=keyid,issuer\n")
     _openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
              "-out", f"{name}.csr", "-subj", f"/CN={name}")

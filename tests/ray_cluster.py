@@ -39,8 +39,12 @@ class RayTls:
 
     @classmethod
     def make(cls, folder: Path) -> "RayTls":
+        """Ray's gRPC clients check the server's certificate against this machine's own address
+        as Ray finds it (that of the default route), whatever ``--node-ip-address`` says: the
+        certificate names it too (nothing listens there for it)."""
+        from ray._common.network_utils import node_ip_address_from_perspective
         ca = make_ca(folder, "ray-ca")
-        cert, key = issue(folder, ca, "ray-node")
+        cert, key = issue(folder, ca, "ray-node", ips=(node_ip_address_from_perspective(),))
         return cls(ca[0], cert, key)
 
     def env(self) -> dict[str, str]:
