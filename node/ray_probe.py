@@ -194,7 +194,7 @@ def tls_handshake_error(host: str, port: int, settings: RaySettings) -> str | No
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS) as raw, \
                 context.wrap_socket(raw) as tls:
-            tls.settimeout(1.0)
+            tls.settimeout(0.5)
             tls.recv(1)  # TLS 1.3: the server's verdict on our certificate comes after the handshake
     except ssl.SSLError as error:
         return str(error.reason or error).lower().replace("_", " ")
