@@ -106,7 +106,7 @@ class RaySettings(_Strict):
     """Where the Ray cluster is (``engine = "ray"``); see README "Running jobs on a Ray cluster"."""
 
     #: the Ray head's GCS address (``head:6379``), ``auto`` (the cluster this machine joined
-    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``ray[client]``).
+    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``radnode[ray-client]``).
     address: str = "auto"
     namespace: str = "radnode"
     #: attempts of a job lost with the machine that ran them before the job is failed.
