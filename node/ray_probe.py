@@ -132,21 +132,24 @@ def _ask_client_server(client_address: str) -> None:
 
 def tls_mismatch(settings: RaySettings, host: str, port: int) -> str | None:
     """Why the node's TLS settings cannot work with the head's port, naming the keys; None when
-    both sides speak TLS and trust each other, or neither does."""
+    both sides speak TLS and trust each other, or neither does. A node with TLS makes a full
+    handshake (which the cluster logs as nothing when it succeeds); only a failed one, or a node
+    without TLS, sends the bare hello that a TLS cluster logs as a refused handshake."""
     head = f"Ray head {settings.address}"
-    cluster_tls = speaks_tls(host, port)
-    if cluster_tls and settings.tls_ca_cert is None:
-        return (f"{head} uses TLS (RAY_USE_TLS=1) and this node does not: set [workers.ray] "
-                f"tls_ca_cert, tls_cert and tls_key to the cluster's CA and a certificate it issued")
-    if not cluster_tls and settings.tls_ca_cert is not None:
+    if settings.tls_ca_cert is None:
+        if speaks_tls(host, port):
+            return (f"{head} uses TLS (RAY_USE_TLS=1) and this node does not: set [workers.ray] "
+                    f"tls_ca_cert, tls_cert and tls_key to the cluster's CA and a certificate it issued")
+        return None
+    handshake = tls_handshake_error(host, port, settings)
+    if handshake is None:
+        return None
+    if not speaks_tls(host, port):
         return (f"{head} does not use TLS and this node does: remove [workers.ray] tls_ca_cert, "
                 f"tls_cert and tls_key, or start every Ray process with RAY_USE_TLS=1")
-    handshake = tls_handshake_error(host, port, settings) if cluster_tls else None
-    if handshake:
-        return (f"{head} and this node do not trust each other's certificates ({handshake}): "
-                f"[workers.ray] tls_ca_cert must be the CA of the cluster (its RAY_TLS_CA_CERT) "
-                f"and tls_cert a certificate that CA issued")
-    return None
+    return (f"{head} and this node do not trust each other's certificates ({handshake}): "
+            f"[workers.ray] tls_ca_cert must be the CA of the cluster (its RAY_TLS_CA_CERT) "
+            f"and tls_cert a certificate that CA issued")
 
 
 def refusal(settings: RaySettings, error: BaseException) -> str:

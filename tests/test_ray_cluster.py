@@ -213,9 +213,13 @@ def test_a_node_outside_the_cluster_runs_its_job_through_the_heads_ray_client_se
     try:
         assert storescu(node.port, files).returncode == 0
         index = node.index()
-        wait_until(lambda: index.deliveries("sent"), 90, what="the result delivered through Ray Client")
+        wait_until(lambda: index.deliveries("sent"), 120, what="the result delivered through Ray Client")
         (job,) = index.jobs("done")
-        assert job.attempts == 1 and job.summary["ran_on"]
+        # Ray Client's server may fail to start the driver it runs for a connection (seen once in
+        # four runs, after 40 s, "Starting Ray client server failed"): that attempt is handed
+        # back, not counted as lost, and the next one runs
+        assert job.lost_attempts == 0 and job.summary["ran_on"]
+        assert job.attempts == 1 or "Ray cluster unreachable" in node.logs()
         assert_pacs_holds_each_result_once(orthanc, index, [study_of(files)])
         status, check = ray_cluster_check(node)
         assert status == 200 and check["ok"], check
