@@ -9,6 +9,7 @@ names the key (``routes[1].destinations``) and what is wrong with it.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import tomllib
 from pathlib import Path
@@ -105,7 +106,7 @@ class RaySettings(_Strict):
     """Where the Ray cluster is (``engine = "ray"``); see README "Running jobs on a Ray cluster"."""
 
     #: the Ray head's GCS address (``head:6379``), ``auto`` (the cluster this machine joined
-    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``ray[client]``).
+    #: with ``ray start``), or a Ray Client address (``ray://head:10001``, needs ``radnode[ray-client]``).
     address: str = "auto"
     namespace: str = "radnode"
     #: attempts of a job lost with the machine that ran them before the job is failed.
@@ -135,6 +136,19 @@ class WorkerSettings(_Strict):
     job_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _ray_installed(self) -> "WorkerSettings":
+        """Said at start, not as jobs that never leave the queue."""
+        if self.engine != "ray":
+            return self
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("engine = \"ray\" needs Ray on this machine: pip install 'radnode[ray]'")
+        if self.ray.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise ValueError(f"[workers.ray] address = \"{self.ray.address}\" is a Ray Client address, which "
+                             "needs pip install 'radnode[ray-client]' on this machine; or give the head's GCS "
+                             "address (host:6379) and join this machine to the cluster")
+        return self
 
 
 class DeliverySettings(_Strict):

@@ -17,10 +17,11 @@ Faults:
 - the actors belong to their driver, and the drivers die with the node, so a node killed with
   SIGKILL leaves nothing running on the cluster; the next start runs the job again under a new
   attempt number;
-- while the head is unreachable no attempt is claimed: jobs wait queued in the index, and
-  /health says so. A driver whose connection broke exits and the node starts a fresh one.
+- while the head is unreachable, or refuses this node (token, TLS: ``node.ray_probe``), no
+  attempt is claimed: jobs wait queued in the index, and /health says why. A driver whose
+  connection broke exits and the node starts a fresh one.
 
-Ray is imported only in the driver processes: the node itself needs no Ray to start.
+Ray is imported only in the driver and probe processes: the node itself needs no Ray to start.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from multiprocessing import Queue
@@ -40,6 +40,7 @@ from typing import Any
 from node import logs
 from node.config import Config, RaySettings, load_config
 from node.executor import ProcessExecutor, StopOnSigterm, die_with_parent, held_attempts
+from node.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray_environment
 from node.spool import Spool
 from node.states import JobState
 from node.store import Index, Job
@@ -62,13 +63,21 @@ class RayExecutor(ProcessExecutor):
         super().__init__(config, config_path, ray_driver_main, index, config.workers.count)
         self._reachable = (float("-inf"), False)
         self._head_was_away = False
+        self.probe = ClusterProbe(config_path)
+
+    def start(self) -> None:
+        self.reachable()  # /health's first answer is about the head, not a guess
+        self.probe.start()
+        super().start()
 
     def has_room(self) -> bool:
-        return self.reachable() and super().has_room()
+        """Jobs are claimed only while the head answers and the probe found that the cluster
+        accepts this node: otherwise they wait queued, with /health saying why."""
+        return self.reachable() and self.probe.accepted() and super().has_room()
 
     def reachable(self) -> bool:
-        """Whether the Ray head answers on its port (a TCP connect, cached for a second): jobs
-        are claimed only then, so that they wait queued while the cluster is away."""
+        """Whether the Ray head answers on its port (a TCP connect, cached for a second): the
+        quick sign that the cluster went away, between two verdicts of the probe."""
         checked, answer = self._reachable
         if time.monotonic() - checked > REACHABILITY_CACHE_SECONDS:
             answer = head_answers(self.config.workers.ray.address)
@@ -81,14 +90,20 @@ class RayExecutor(ProcessExecutor):
         logs.info("job.cancel_requested", job=job.id, attempt=job.attempts, engine="ray")
 
     def supervise(self) -> None:
-        """Also: when the head is back after an outage, replace the drivers before any job is
-        claimed: their connections lead to the cluster that went away."""
+        """Also: take in the probe's verdicts; when the head is back after an outage, replace
+        the drivers before any job is claimed: their connections lead to the cluster that went
+        away."""
+        self.probe.supervise()
         if not self.reachable():
             self._head_was_away = True
         elif self._head_was_away:
             self._head_was_away = False
             self._replace_drivers()
         super().supervise()
+
+    def stop(self, grace: float) -> None:
+        super().stop(grace)
+        self.probe.stop()
 
     def _replace_drivers(self) -> None:
         logs.info("ray.reconnecting", address=self.config.workers.ray.address, drivers=len(self._workers))
@@ -113,36 +128,22 @@ class RayExecutor(ProcessExecutor):
             return
         hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
 
+    def health(self) -> dict[str, tuple[int, int]]:
+        return {**super().health(), "ray_probe": (int(self.probe.alive()), 1)}
+
     def checks(self) -> dict[str, tuple[bool, str]]:
+        """From cached answers only (the supervisor refreshes them): the page never waits on
+        the cluster."""
         address = self.config.workers.ray.address
-        if self.reachable():
-            return {"ray_cluster": (True, f"Ray head {address} answers")}
-        return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
-                                       "is back; receiving and delivery go on")}
-
-
-def head_answers(address: str) -> bool:
-    host, port = head_endpoint(address)
-    if host is None:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def head_endpoint(address: str) -> tuple[str | None, int]:
-    """(host, port) of the head from ``host:port``, ``ray://host:port`` or ``auto`` (the
-    cluster this machine joined, which ``ray start`` notes in /tmp/ray)."""
-    if address == "auto":
-        noted = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if not noted.exists():
-            return None, 0
-        address = noted.read_text().strip()
-    address = address.removeprefix("ray://")
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+        if not self._reachable[1]:
+            return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
+                                           "is back; receiving and delivery go on")}
+        verdict = self.probe.verdict()
+        if verdict is None:
+            return {"ray_cluster": (False, f"Ray head {address} answers; whether it accepts this node is "
+                                           "being checked: jobs wait queued until then")}
+        accepted, detail = verdict
+        return {"ray_cluster": (accepted, detail if accepted else f"{detail}; jobs wait queued until then")}
 
 
 def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings) -> None:
@@ -159,19 +160,6 @@ def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings
 
 
 # ---- the driver process (node side) ------------------------------------------------------
-
-def ray_environment(settings: RaySettings) -> None:
-    """Ray reads its token and TLS settings from the environment of the driver (and every
-    process of the cluster must run with the same: README "Running jobs on a Ray cluster")."""
-    if settings.token_file is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.token_file)
-    if settings.tls_ca_cert is not None:
-        os.environ["RAY_USE_TLS"] = "1"
-        os.environ["RAY_TLS_CA_CERT"] = str(settings.tls_ca_cert)
-        os.environ["RAY_TLS_SERVER_CERT"] = str(settings.tls_cert)
-        os.environ["RAY_TLS_SERVER_KEY"] = str(settings.tls_key)
-
 
 def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
     """Entry point of a driver process: run the attempts the executor submits on the cluster,
@@ -306,8 +294,13 @@ class Driver:
         return True
 
     def _unreachable(self, job: Job, error: Exception) -> bool:
-        """The cluster could not be reached: not the job's fault, so no attempt is counted."""
-        reason = f"Ray cluster unreachable: {type(error).__name__}: {error}"
+        """The cluster could not be reached, or refused this node: not the job's fault, so no
+        attempt is counted; the probe stops further claims while the cluster refuses."""
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        if is_token_refusal(error):
+            reason = f"the Ray cluster refused this node's token ([workers.ray] token_file): {cause}"
+        else:
+            reason = f"Ray cluster unreachable: {cause}"
         if self.index.hand_back_job(job.id, job.attempts, reason[:2000], lost=False):
             logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason=reason[:500])
         return False

@@ -104,11 +104,20 @@ class NodeProcess:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start(self) -> "NodeProcess":
+        return self.launch().wait_started()
+
+    def launch(self) -> "NodeProcess":
+        """Start ``radnode serve`` without waiting for it (several nodes start at once)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
                 stdout=log, stderr=log, env=self.env, cwd=self.workdir, start_new_session=True,
             )
+        return self
+
+    def wait_started(self) -> "NodeProcess":
+        """Return once the node takes associations; raise with its log if it exited."""
+        assert self.proc is not None
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:

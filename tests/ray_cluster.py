@@ -1,40 +1,83 @@
 """A real local Ray cluster for the tests: a head and a second node, separate processes.
 
 Each node is started with ``ray start`` (``--num-cpus 1``, a small object store, no dashboard,
-no usage stats, token authentication when given a token) in a temp folder of its own, so that the test can find a node's processes (the
-folder is on their command lines; actors are children of the node's raylet), kill one node with
-SIGKILL as a machine that dies, and stop everything it started, by process id, in teardown.
+no usage stats; token authentication when given a token, TLS when given certificates, and on the
+head a Ray Client server on a free loopback port) in a temp folder of its own, so that the test
+can find a node's processes (the folder is on their command lines; actors are children of the
+node's raylet), kill one node with SIGKILL as a machine that dies, and stop everything it
+started, by process id, in teardown.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness import REPO
 from tests.peers import free_port, wait_for_port
+from tests.pki import issue, make_ca
 
 #: Ray's smallest object store (it refuses less): enough for the tests' series of a few MB.
 OBJECT_STORE_BYTES = 80 * 2**20
 
 
-def ray_env(token_file: Path | None = None) -> dict[str, str]:
+@dataclass(frozen=True)
+class RayTls:
+    """The cluster's CA and one certificate it issued (for 127.0.0.1), which every Ray process
+    of the test presents, as README "Running jobs on a Ray cluster" sets up TLS."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> "RayTls":
+        """Ray's gRPC clients check the server's certificate against this machine's own address
+        as Ray finds it (that of the default route), whatever ``--node-ip-address`` says: the
+        certificate names it too (nothing listens there for it)."""
+        from ray._common.network_utils import node_ip_address_from_perspective
+        ca = make_ca(folder, "ray-ca")
+        cert, key = issue(folder, ca, "ray-node", ips=(node_ip_address_from_perspective(),))
+        return cls(ca[0], cert, key)
+
+    def env(self) -> dict[str, str]:
+        return {"RAY_USE_TLS": "1", "RAY_TLS_CA_CERT": str(self.ca), "RAY_TLS_SERVER_CERT": str(self.cert),
+                "RAY_TLS_SERVER_KEY": str(self.key)}
+
+    def settings(self) -> dict[str, str]:
+        """The node's ``[workers.ray]`` keys for these files."""
+        return {"tls_ca_cert": str(self.ca), "tls_cert": str(self.cert), "tls_key": str(self.key)}
+
+
+def ray_env(token_file: Path | None = None, tls: RayTls | None = None) -> dict[str, str]:
     """The environment of ``ray start``; with ``token_file``, Ray's token authentication (the
-    variables README "Running jobs on a Ray cluster" shows), so only holders of it may connect."""
+    variables README "Running jobs on a Ray cluster" shows), so only holders of it may connect;
+    with ``tls``, TLS between every process of the cluster."""
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)} if token_file else {}
     return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_DISABLE_USAGE_STATS": "1", **auth}
+            "RAY_DISABLE_USAGE_STATS": "1", **auth, **(tls.env() if tls else {})}
+
+
+def has_ray_client() -> bool:
+    """Whether Ray Client (``pip install 'ray[client]'``: grpcio) is installed; ``ray start
+    --head`` then starts its server, on port 10001 unless told another."""
+    return importlib.util.find_spec("grpc") is not None
 
 
 class RayCluster:
-    def __init__(self, token_file: Path | None = None) -> None:
+    def __init__(self, token_file: Path | None = None, tls: RayTls | None = None) -> None:
         self.port = free_port()
+        #: the head's Ray Client server (``ray://127.0.0.1:client_port``), where Ray Client is installed
+        self.client_port = free_port() if has_ray_client() else None
         self.token_file = token_file
+        self.tls = tls
         #: a fresh folder (short: Ray's socket paths live in it) for each start of a node, so
         #: that a restart never meets the sockets and session files its killed predecessor left
         self.head_dirs: list[Path] = []
@@ -48,14 +91,15 @@ class RayCluster:
         proc = subprocess.run(
             [shutil.which("ray") or "ray", "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
              "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *args],
-            capture_output=True, text=True, env=ray_env(self.token_file), timeout=120)
+            capture_output=True, text=True, env=ray_env(self.token_file, self.tls), timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
     def start_head(self) -> "RayCluster":
         self.head_dirs.append(Path(tempfile.mkdtemp(prefix="rn-rayh-", dir="/tmp")))
+        client = ["--ray-client-server-port", str(self.client_port)] if self.client_port else []
         self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
-                        "--temp-dir", str(self.head_dirs[-1]))
+                        "--temp-dir", str(self.head_dirs[-1]), *client)
         wait_for_port(self.port, timeout=60)
         return self
 
@@ -79,6 +123,11 @@ class RayCluster:
         folders = {"head": self.head_dirs, "second": self.node_dirs, "": [*self.head_dirs, *self.node_dirs]}
         pids = set().union(*(tree_of(str(folder)) for folder in folders[node]))
         return [pid for pid in pids if command_line(pid).startswith("ray::PipelineActor.run")]
+
+    def actors(self) -> list[int]:
+        """Pids of the pipeline actors alive on the cluster, busy or idle."""
+        pids = set().union(*(tree_of(str(folder)) for folder in [*self.head_dirs, *self.node_dirs]))
+        return [pid for pid in pids if command_line(pid).startswith("ray::PipelineActor")]
 
     def stop(self) -> None:
         self.kill_second_node()

@@ -192,3 +192,16 @@ def test_serve_refuses_the_shipped_config_with_a_route_or_option_its_pipeline_ca
     assert f"  {key}: " in result.stderr and problem in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "spool").exists(), "a refused config must not start receiving"
+
+
+def test_a_ray_client_address_without_ray_client_installed_is_refused_naming_the_key_and_the_install(monkeypatch):
+    """Without grpcio every job would wait queued behind a driver that cannot import Ray Client."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else find_spec(name, *a))
+    workers = {"engine": "ray", "ray": {"address": "ray://10.0.0.1:10001"}}
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**contract_config({"pipeline": "hu-threshold"}), "workers": workers})
+    message = str(refused.value)
+    assert '[workers.ray] address = "ray://10.0.0.1:10001" is a Ray Client address' in message
+    assert "pip install 'radnode[ray-client]'" in message

@@ -1,6 +1,6 @@
 """DICOM TLS: results reach a PACS that only speaks TLS, and scanners may send over TLS.
 
-The certificates are made for each test run with the openssl command line: a CA, a certificate
+The certificates are made for each test run (``tests.pki``, openssl): a CA, a certificate
 for "localhost" / 127.0.0.1 that the peers serve, one that radnode presents as a client, and an
 unrelated CA that must not be trusted.
 """
@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness import REPO, NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
 from tests.peers import dcmtk_bin, dcmtk_env, free_port, storescu, wait_for_port
+from tests.pki import issue, make_ca
 
 
 @dataclass(frozen=True)
@@ -29,37 +30,13 @@ class Pki:
     other_ca: Path
 
 
-def _openssl(folder: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-
-def _make_ca(folder: Path, name: str) -> tuple[Path, Path]:
-    _openssl(folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN=radnode test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return folder / f"{name}.crt", folder / f"{name}.key"
-
-
-def _issue(folder: Path, ca: tuple[Path, Path], name: str) -> tuple[Path, Path]:
-    (folder / f"{name}.ext").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
-        "authorityKeyIdentifier=keyid,issuer\n")
-    _openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}")
-    _openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext")
-    return folder / f"{name}.crt", folder / f"{name}.key"
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    ca = _make_ca(folder, "ca")
-    server = _issue(folder, ca, "localhost")
-    client = _issue(folder, ca, "radnode")
-    other_ca, _ = _make_ca(folder, "other-ca")
+    ca = make_ca(folder, "ca")
+    server = issue(folder, ca, "localhost")
+    client = issue(folder, ca, "radnode")
+    other_ca, _ = make_ca(folder, "other-ca")
     return Pki(ca[0], server[0], server[1], client[0], client[1], other_ca)
 
 
