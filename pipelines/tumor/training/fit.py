@@ -74,7 +74,10 @@ def load_brain(path: Path, patch: int, device: str) -> Brain:
     regions = np.stack([np.isin(labels, (1, 4)), labels > 0, labels == 4]).astype(np.float32)
     brain = np.pad(data["brain"], pad) > 0
     weight = (np.pad(data["ignore"], pad) == 0).astype(np.float32)
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
     return Brain(path.stem, as_tensor(x), as_tensor(regions), as_tensor(weight), as_tensor(brain),
                  as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)))
 
@@ -82,7 +85,10 @@ def load_brain(path: Path, patch: int, device: str) -> Brain:
 def sample(brain: Brain, generator: torch.Generator, patch: int) -> tuple[torch.Tensor, ...]:
     """(4, p, p, p) input, (3, p, p, p) targets, (p, p, p) weight for one training patch."""
     device = brain.x.device
-    uniform = lambda: float(torch.rand((), generator=generator))  # noqa: E731
+
+    def uniform() -> float:
+        return float(torch.rand((), generator=generator))
+
     pool = brain.tumor_voxels if len(brain.tumor_voxels) and uniform() < TUMOR_CENTRED else brain.brain_voxels
     centre = pool[int(torch.randint(len(pool), (), generator=generator))].cpu()
     jitter = torch.randint(-patch // 4, patch // 4 + 1, (3,), generator=generator)
