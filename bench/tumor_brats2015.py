@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
@@ -22,11 +21,7 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
-
-
-def brats_labels(labels: np.ndarray) -> np.ndarray:
-    """BraTS-2015 labels (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing) as the pipeline's 1/2/4."""
-    return np.select([labels == 4, np.isin(labels, (1, 3)), labels == 2], [4, 1, 2], 0).astype(np.uint8)
+from pipelines.tumor.training.prepare import brats_labels
 
 
 def main() -> None:

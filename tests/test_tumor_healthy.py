@@ -1,7 +1,7 @@
 """A healthy brain reads "no tumor": whole brains built from the tumor-free hemisphere of BraTS-2015 cases.
 
 How the false-positive volume is measured: the tumor-free hemisphere of a case (no tumor label
-within 5 mm of it; pat0005 and pat0001 qualify) joined to its mirror image (``pipelines.tumor.healthy``),
+within 5 mm of it; pat0005 and pat0001 qualify) joined to its mirror image (``pipelines.tumor.training.healthy``),
 T1c + FLAIR written as DICOM and run through the pipeline; every voxel it labels is a false
 positive, and the pipeline reports only connected tumors of 1 mL or more (``min_tumor_ml``).
 Before that rule, 0.80 mL (12 specks, largest 0.26 mL) and 0.07 mL were labelled. T1c alone is
@@ -18,7 +18,7 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.data import load_brats2015
-from pipelines.tumor.healthy import mirrored_healthy
+from pipelines.tumor.training.healthy import mirrored_healthy
 from pipelines.tumor.pipeline import TumorSegmentation
 from tests.mr_dicom import Study, write_series
 from tests.peers import dciodvfy

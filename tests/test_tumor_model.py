@@ -2,7 +2,7 @@
 
 Held-out subject: TCGA-FG-6692 (preprocessed, 1 mm), never used in training (training used
 BraTS-GLI-00001 only). Thresholds are set below the figures in pipelines/tumor/MODEL_CARD.md,
-which come from more insertions (``python -m pipelines.tumor.evaluate``).
+which come from more insertions (``python -m pipelines.tumor.training.evaluate``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import SimpleITK as sitk
 import torch
 
 from pipelines.model_folder import ModelFolderError, read_params
-from pipelines.tumor import evaluate
+from pipelines.tumor.training import evaluate
 from pipelines.tumor.data import TCGA, load_images, load_labels
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.model_set import ModelSet
-from pipelines.tumor.train import write_params
+from pipelines.tumor.training.train import write_params
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
 #: model the pipeline picks for each subset (studies with FLAIR: weights/; without: without-flair/).

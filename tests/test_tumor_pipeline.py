@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +155,12 @@ def test_what_the_core_encloses_becomes_necrosis():
     filled = fill_enclosed_core(labels)
     assert (filled[:2, 5:7, 5:7] == 1).all() and (filled[2, 5:7, 5:7] == 2).all()
     assert ((filled != labels) == ((filled == 1) & (labels == 2))).all()
+
+
+def test_the_pipeline_never_imports_the_training_code():
+    """Training, evaluation and synthesis live in ``pipelines.tumor.training``; serving needs none of it."""
+    code = ("import sys, pipelines.tumor.pipeline; "
+            "print(sorted(m for m in sys.modules if m.startswith('pipelines.tumor.training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.stdout.strip() == "[]", result.stdout

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipelines.tumor.normal_structures import MARGIN_MM, find_anatomy, paint_normal_structures
+from pipelines.tumor.training.normal_structures import MARGIN_MM, find_anatomy, paint_normal_structures
 
 SPACING = (2.0, 2.0, 2.0)
 #: Median brain intensity of each phantom contrast (arbitrary scanner units).

@@ -45,7 +45,7 @@ from pipelines.precision import autocast
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
 
-#: The weights trained by ``pipelines.tumor.train``, shipped in the repository.
+#: The weights trained by ``pipelines.tumor.training.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Orientation of the arrays radnode builds: axis 0 grows to Superior, 1 to Posterior, 2 to Left.
 NATIVE_AXCODES = "SPL"

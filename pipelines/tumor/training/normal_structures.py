@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from pipelines.tumor.synthesis import smooth_noise
+from pipelines.tumor.training.synthesis import smooth_noise
 
 #: Intensity ranges per structure and contrast, as multiples of the contrast's median brain intensity.
 APPEARANCE: dict[str, dict[str, tuple[float, float]]] = {

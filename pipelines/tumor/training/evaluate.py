@@ -1,6 +1,6 @@
 """Measure a tumor model on the held-out subject (TCGA-FG-6692, never used in training).
 
-    python -m pipelines.tumor.evaluate --model pipelines/tumor/weights --seed 100
+    python -m pipelines.tumor.training.evaluate --model pipelines/tumor/weights --seed 100
 
 1. Synthetic insertions: ``--insertions`` tumors, one at a time, inserted into the
    preprocessed TCGA brain away from its real tumor (with the same ``synthesis`` as training
@@ -33,7 +33,7 @@ from pipelines.tumor.data import DEFAULT_DATA_ROOT, TCGA, load_images, load_labe
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import brain_mask, region_dice
-from pipelines.tumor.synthesis import insert_tumor, pick_center
+from pipelines.tumor.training.synthesis import insert_tumor, pick_center
 
 #: Contrast subsets evaluated: the full study, the two single contrasts the model must handle,
 #: and the two-contrast studies a site sends when a protocol is cut short (T1c with one other

@@ -1,7 +1,7 @@
 """Train the reference tumor model on a real brain with synthetic tumors inserted on the fly.
 
-    python -m pipelines.tumor.train --seed 0 --out /tmp/stage1
-    python -m pipelines.tumor.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
+    python -m pipelines.tumor.training.train --seed 0 --out /tmp/stage1
+    python -m pipelines.tumor.training.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
 
 is the schedule of the shipped weights (two cycles of ``ITERATIONS``, about 23 minutes each on
 one CPU core), which were trained by this module as of commit ``b2fb63c``; MODEL_CARD.md has the
@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from pipelines.model_folder import load_state_dict, read_params, training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
-from pipelines.tumor.normal_structures import NormalAnatomy, find_anatomy, paint_normal_structures
+from pipelines.tumor.training.loss import NECROSIS_WEIGHT, loss_fn
+from pipelines.tumor.training.normal_structures import NormalAnatomy, find_anatomy, paint_normal_structures
 from pipelines.tumor.preprocess import brain_mask, model_grid, regions_from_labels, resample, zscore_channels
-from pipelines.tumor.synthesis import insert_tumor, pick_center, rough_lesion_mask
+from pipelines.tumor.training.synthesis import insert_tumor, pick_center, rough_lesion_mask
 
 SPACING = 2.0
 PATCH = 64
@@ -61,8 +61,6 @@ ALL_CONTRASTS_SHARE = 0.4
 SINGLE_CONTRAST_SHARE = 0.0
 #: Share of patches centred on a tumor (the rest anywhere in the brain).
 TUMOR_PATCH_SHARE = 0.8
-#: Extra cross-entropy weight on TC and ET inside necrosis (``loss_fn``).
-NECROSIS_WEIGHT = 5.0
 #: FLAIR-bright normal tissue: above the brain mean by this many standard deviations.
 BRIGHT_FLAIR_SD = 1.5
 #: Default of ``--t1c-bright-sd``: T1c-bright normal tissue (vessels, choroid plexus, dura) above
@@ -178,39 +176,6 @@ def _patch_start(subject: TrainingBrain, labels: np.ndarray, centers: list, rng:
         focus = inside[rng.integers(len(inside))]
     start = focus - PATCH // 2 + rng.integers(-PATCH // 4, PATCH // 4 + 1, size=3)
     return [int(v) for v in np.clip(start, 0, np.maximum(shape - PATCH, 0))]
-
-
-def necrosis(regions: torch.Tensor) -> torch.Tensor:
-    """Necrosis / non-enhancing core (label 1 = TC and not ET) from TC/WT/ET maps or probabilities.
-
-    The network has no necrosis output (the three outputs stay those of the MONAI bundle), so
-    necrosis exists only as the gap between core and enhancing tumor; scoring that gap directly
-    is what stops the network from calling the whole core enhancing.
-    """
-    return regions[:, 0] * (1.0 - regions[:, 2])
-
-
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-            necrosis_weight: float = NECROSIS_WEIGHT) -> torch.Tensor:
-    """Soft Dice on TC, WT, ET and necrosis + BCE on TC, WT, ET; ignored voxels weigh 0.
-
-    Inside necrosis the TC and ET cross-entropy weighs ``necrosis_weight`` times more: there the
-    two outputs must disagree (core, not enhancing), while everywhere else in a tumor they agree,
-    so without the emphasis the cheapest fit is one "core" map copied into both outputs.
-    """
-    w = weight[:, None]
-    probability = torch.sigmoid(logits)
-    probability = torch.cat([probability, necrosis(probability)[:, None]], dim=1)
-    necrosis_target = necrosis(target)
-    target4 = torch.cat([target, necrosis_target[:, None]], dim=1)
-    dims = (0, 2, 3, 4)
-    intersection = (probability * target4 * w).sum(dims)
-    total = ((probability + target4) * w).sum(dims)
-    dice = 1.0 - (2 * intersection + 1.0) / (total + 1.0)
-    emphasis = torch.ones_like(target)
-    emphasis[:, (0, 2)] += (necrosis_weight - 1.0) * necrosis_target[:, None]
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=emphasis * w, reduction="sum")
-    return dice.mean() + bce / (w.sum() * target.shape[1] + 1e-6)
 
 
 def calibrate(network: torch.nn.Module, subject: TrainingBrain, rng: np.random.Generator,
@@ -343,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = calibrate(network, subject, rng, normal_share=args.normal_share, normal_count=args.normal_count)
     write_params(args.out / "params.toml", architecture, SPACING, thresholds)
     (args.out / "training.json").write_text(json.dumps({
-        "command": training_command("pipelines.tumor.train", argv),
+        "command": training_command("pipelines.tumor.training.train", argv),
         "data": BRATS.name, "spacing_mm": SPACING, "patch": PATCH, "batch": BATCH,
         "iterations": args.iterations, "learning_rate": args.learning_rate,
         "necrosis_weight": args.necrosis_weight, "single_share": args.single_share,

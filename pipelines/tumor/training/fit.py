@@ -1,0 +1,206 @@
+"""Fine-tune the tumor model on prepared real brains (``prepare``): torch, numpy and MONAI only.
+
+    python -m pipelines.tumor.training.fit --data /tmp/tumor_npz --init pipelines/tumor/weights \\
+        --train pat0005 pat0006 pat0003 pat0004 --tumor-free healthy_pat0005 gli00001 \\
+        --out /tmp/brats2015 --iterations 6000 --max-seconds 330
+
+Runs where SimpleITK and the shared data folder are absent (a GPU machine): it reads only the
+``.npz`` files of ``prepare``. The held-out evaluation runs afterwards through the real pipeline
+(``heldout``), on the machine that has the data.
+
+Each sample: a brain drawn from the labelled patients (``--train``, share ``1 - tumor_free_share``)
+or the tumor-free brains (``--tumor-free``: mirrored healthy brains, BraTS-GLI-00001 with its own
+lesion out of the loss); a ``--patch`` cube centred on a tumor voxel (``TUMOR_CENTRED`` of the
+labelled draws) or on any brain voxel, so that most of every brain is seen as "no tumor"
+somewhere; T1c alone or T1c + FLAIR (half each: the contrast sets this model serves; T1 and T2
+stay zero channels as at inference); intensity jitter and noise on the present channels inside
+the brain; a left-right flip. Everything after loading runs on the device.
+
+The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever ends first,
+``--iterations`` or ``--max-seconds`` (a GPU session is counted in seconds); ``training.json``
+records the iterations actually run. Writes ``model.pt``, ``params.toml`` (thresholds 0.5, the
+post-processing of the shipped folders: MODEL_CARD.md, "Retraining on BraTS-2015") and
+``training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.model_folder import load_state_dict, training_command
+from pipelines.tumor.contrasts import CHANNELS
+from pipelines.tumor.model import Architecture
+from pipelines.tumor.training.loss import loss_fn
+
+SPACING = 2.0
+#: Fixed before training (MODEL_CARD.md): sigmoid outputs trained on real labels, as the MONAI bundle.
+THRESHOLDS = (0.5, 0.5, 0.5)
+#: Share of labelled-patient patches centred on a tumor voxel (the rest on any brain voxel).
+TUMOR_CENTRED = 0.6
+#: Share of samples drawn from the tumor-free brains.
+TUMOR_FREE_SHARE = 0.25
+#: Share of samples with T1c alone (the rest T1c + FLAIR).
+T1C_ALONE_SHARE = 0.5
+T1C, FLAIR = CHANNELS.index("t1c"), CHANNELS.index("flair")
+
+
+@dataclass
+class Brain:
+    """One prepared brain on the device: input channels, region targets, loss weight, sampling pools."""
+
+    name: str
+    x: torch.Tensor        # (2, z, y, x) z-scored T1c, FLAIR
+    y: torch.Tensor        # (3, z, y, x) TC, WT, ET
+    weight: torch.Tensor   # (z, y, x) 0 where ignored
+    brain: torch.Tensor    # (z, y, x) bool
+    brain_voxels: torch.Tensor
+    tumor_voxels: torch.Tensor
+
+
+def load_brain(path: Path, patch: int, device: str) -> Brain:
+    """A prepared ``.npz`` padded so that every patch is a full cube, moved to ``device``."""
+    data = np.load(path)
+    pad = [(0, max(patch - n, 0)) for n in data["brain"].shape]
+    x = np.stack([np.pad(data[role].astype(np.float32), pad) for role in ("t1c", "flair")])
+    labels = np.pad(data["labels"], pad)
+    regions = np.stack([np.isin(labels, (1, 4)), labels > 0, labels == 4]).astype(np.float32)
+    brain = np.pad(data["brain"], pad) > 0
+    weight = (np.pad(data["ignore"], pad) == 0).astype(np.float32)
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    return Brain(path.stem, as_tensor(x), as_tensor(regions), as_tensor(weight), as_tensor(brain),
+                 as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)))
+
+
+def sample(brain: Brain, generator: torch.Generator, patch: int) -> tuple[torch.Tensor, ...]:
+    """(4, p, p, p) input, (3, p, p, p) targets, (p, p, p) weight for one training patch."""
+    device = brain.x.device
+
+    def uniform() -> float:
+        return float(torch.rand((), generator=generator))
+
+    pool = brain.tumor_voxels if len(brain.tumor_voxels) and uniform() < TUMOR_CENTRED else brain.brain_voxels
+    centre = pool[int(torch.randint(len(pool), (), generator=generator))].cpu()
+    jitter = torch.randint(-patch // 4, patch // 4 + 1, (3,), generator=generator)
+    shape = torch.tensor(brain.brain.shape)
+    start = torch.clamp(centre - patch // 2 + jitter, min=torch.zeros(3, dtype=torch.long), max=shape - patch)
+    box = tuple(slice(int(s), int(s) + patch) for s in start)
+    x2 = brain.x[(slice(None), *box)].clone()
+    inside = brain.brain[box]
+    if uniform() < T1C_ALONE_SHARE:
+        x2[1] = 0.0
+    for c in range(2):
+        if x2[c].any():  # jitter and noise on present channels, inside the brain only (missing stays 0)
+            scale, shift = 0.85 + 0.3 * uniform(), -0.15 + 0.3 * uniform()
+            noise = torch.randn(x2[c].shape, device=device) * 0.05
+            x2[c] = torch.where(inside, x2[c] * scale + shift + noise, x2[c])
+    x = torch.zeros((len(CHANNELS), patch, patch, patch), device=device)
+    x[T1C], x[FLAIR] = x2[0], x2[1]
+    y, weight = brain.y[(slice(None), *box)], brain.weight[box]
+    if uniform() < 0.5:
+        x, y, weight = x.flip(-1), y.flip(-1), weight.flip(-1)
+    return x, y, weight
+
+
+def write_params(path: Path, architecture: Architecture) -> None:
+    """The radnode params file of the fine-tuned model (thresholds and post-processing fixed beforehand)."""
+    path.write_text(
+        "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
+        "# fine-tuned on BraTS-2015 (pipelines/tumor/training/fit.py); MODEL_CARD.md, \"Retraining on BraTS-2015\"\n"
+        "[input]\n"
+        f"spacing = {SPACING}          # mm, isotropic model grid\n"
+        f"channels = {json.dumps(list(CHANNELS))}\n"
+        "roi = [96, 96, 96]      # sliding-window size in voxels\n"
+        f"threshold = {json.dumps(list(THRESHOLDS))}   # TC, WT, ET (fixed before training)\n\n"
+        "[output]\n"
+        "require_core = false   # off: it would erase a non-enhancing tumor\n"
+        "fill_core = true       # what the core encloses is necrosis\n\n"
+        "[model]\n"
+        + "".join(f"{key} = {json.dumps(value)}\n" for key, value in architecture.as_params().items())
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder of prepare's .npz files")
+    parser.add_argument("--train", nargs="+", required=True, help="labelled patients, e.g. pat0005")
+    parser.add_argument("--tumor-free", nargs="*", default=[], help="tumor-free brains, e.g. healthy_pat0005 gli00001")
+    parser.add_argument("--init", type=Path, required=True, help="model folder whose model.pt to start from")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=6000)
+    parser.add_argument("--max-seconds", type=float, default=float("inf"))
+    parser.add_argument("--patch", type=int, default=96, help="patch edge in voxels (a multiple of 8)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    started = time.time()
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    labelled = [load_brain(args.data / f"brats2015_{name}.npz", args.patch, args.device) for name in args.train]
+    tumor_free = [load_brain(args.data / f"{name}.npz", args.patch, args.device) for name in args.tumor_free]
+    architecture = Architecture()
+    network = architecture.build()
+    load_state_dict(args.init / "model.pt", network)
+    network.to(args.device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=args.learning_rate, weight_decay=1e-5)
+    use_bf16 = args.device.startswith("cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    history: list[float] = []
+    iteration = 0
+    while iteration < args.iterations:
+        progress = max(iteration / args.iterations, (time.time() - started) / args.max_seconds)
+        if progress >= 1.0:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = args.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        batch = []
+        for _ in range(args.batch):
+            pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
+            batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch))
+        x, y, w = (torch.stack(part) for part in zip(*batch))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = network(x)
+        loss = loss_fn(logits.float(), y, w)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        iteration += 1
+        history.append(loss.item())
+        if iteration % 100 == 0:
+            print(f"{iteration} loss {np.mean(history[-100:]):.4f} {time.time() - started:.0f}s", flush=True)
+        if iteration % 500 == 0:
+            torch.save(network.state_dict(), args.out / "model.pt")  # a run cut short keeps its weights
+    network.cpu()
+    torch.save(network.state_dict(), args.out / "model.pt")
+    write_params(args.out / "params.toml", architecture)
+    (args.out / "training.json").write_text(json.dumps({
+        "command": training_command("pipelines.tumor.training.fit", argv),
+        "labelled_patients": args.train, "tumor_free_brains": args.tumor_free, "init": str(args.init),
+        "channels": list(CHANNELS), "spacing_mm": SPACING, "patch": args.patch, "batch": args.batch,
+        "iterations_run": iteration, "learning_rate": args.learning_rate, "seed": args.seed,
+        "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": T1C_ALONE_SHARE,
+        "thresholds": list(THRESHOLDS), "device": torch.cuda.get_device_name() if use_bf16 else args.device,
+        "seconds": round(time.time() - started),
+        "loss_first_100": round(float(np.mean(history[:100])), 4) if history else None,
+        "loss_last_100": round(float(np.mean(history[-100:])), 4) if history else None,
+        "loss_per_100": [round(float(np.mean(history[i:i + 100])), 4) for i in range(0, len(history), 100)],
+        "torch": torch.__version__,
+        "licence": "trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial, share-alike",
+    }, indent=2) + "\n")
+    print(f"saved {args.out}: {iteration} iterations in {time.time() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
