@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.data import (
-    BRATS, BRATS2015_CASES, CLINICAL_BRAIN_MASK, DEFAULT_DATA_ROOT, TCGA, load_brats2015, load_clinical, load_images,
+from pipelines.tumor.training.data import (
+    BRATS, BRATS2015_CASES, CLINICAL_BRAIN_MASK, DATA_ROOT, TCGA, load_brats2015, load_clinical, load_images,
 )
 from pipelines.tumor.registration import register
 
@@ -28,7 +28,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    reference = sitk.ReadImage(str(DEFAULT_DATA_ROOT / CLINICAL_BRAIN_MASK))
+    reference = sitk.ReadImage(str(DATA_ROOT / CLINICAL_BRAIN_MASK))
     t1c = load_clinical("t1c")
     print("| series | kind | Dice vs HD-BET | kept | brain mL | reference mL | seconds |")
     print("|---|---|---|---|---|---|---|")

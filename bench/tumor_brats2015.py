@@ -16,7 +16,7 @@ import time
 import SimpleITK as sitk
 import torch
 
-from pipelines.tumor.data import BRATS2015_CASES, load_brats2015
+from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
-import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -107,10 +105,3 @@ def folder_digest(folder: Path) -> str:
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
-
-def training_command(module: str, argv: Sequence[str] | None = None) -> str:
-    """``pipelines.training.record.training_command``, still here for ``pipelines.tumor``'s training.
-
-    Goes when the tumor pipeline's training imports it from ``pipelines.training.record``.
-    """
-    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])

@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipelines.tumor.data import load_brats2015
+from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment

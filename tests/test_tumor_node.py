@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.data import CLINICAL_BRAIN_MASK, TCGA, load_clinical, load_images
+from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, TCGA, load_clinical, load_images
 from pipelines.volume import load_series
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.mr_dicom import ROUTE_INPUTS, Study, seg_labels, write_clinical_study, write_series

@@ -75,7 +75,8 @@ def extract_brain(image: sitk.Image) -> sitk.Image:
     mask.CopyInformation(work)
     # Linear interpolation of the 0/1 mask, cut at one half: a smooth outline on the fine grid.
     back = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.Cast(back >= 0.5, sitk.sitkUInt8)
+    mask_on_image: sitk.Image = sitk.Cast(back >= 0.5, sitk.sitkUInt8)
+    return mask_on_image
 
 
 def stripped_background(array: np.ndarray, voxel_ml: float) -> float | None:
@@ -149,7 +150,7 @@ def skull_on_brain(work: sitk.Image) -> np.ndarray:
     if OUTLINE_SMOOTH_MM > 0:
         smooth_mask = ndimage.gaussian_filter(brain.astype(np.float32),
                                               [OUTLINE_SMOOTH_MM / s for s in spacing[::-1]])
-        brain = smooth_mask >= 0.5
+        brain = np.asarray(smooth_mask >= 0.5)
     return brain
 
 
@@ -168,7 +169,7 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     if count <= 1:
         return mask
     sizes = ndimage.sum(mask, components, index=np.arange(1, count + 1))
-    return components == 1 + int(np.argmax(sizes))
+    return np.asarray(components == 1 + int(np.argmax(sizes)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ FLAIR), so a site can drop that bundle in and feed it the same tensor.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 #: Input roles of the pipeline, in model channel order.
 CHANNELS: tuple[str, ...] = ("t1c", "t1", "t2", "flair")
@@ -14,7 +14,7 @@ CHANNELS: tuple[str, ...] = ("t1c", "t1", "t2", "flair")
 ANCHORS: tuple[str, ...] = ("t1c", "flair")
 #: Reference contrast preference: the first present one gives the grid of the SEG. T1c first,
 #: because enhancement is read on it and it is the series most often acquired thin (3D).
-REFERENCE_ORDER: tuple[str, ...] = ("t1c", "flair")
+REFERENCE_ORDER: tuple[Literal["t1c", "flair"], ...] = ("t1c", "flair")
 
 DESCRIPTIONS: dict[str, str] = {
     "t1c": "T1-weighted after gadolinium (contrast-enhanced)",

@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
+from pipelines.model_folder import (
+    ModelFolderError,
+    is_monai_bundle,
+    load_network,
+    read_params,
+    require_folder,
+)
 from pipelines.precision import autocast
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
@@ -84,14 +90,22 @@ def to_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
     """(C, z, y, x) LPS array -> the same data in the network's orientation."""
     order, flips = _axis_map(axcodes)
     out = np.transpose(array, (0, *[1 + a for a in order]))
-    return np.ascontiguousarray(np.flip(out, axis=[1 + i for i, f in enumerate(flips) if f]))
+    return np.ascontiguousarray(np.flip(out, axis=tuple(1 + i for i, f in enumerate(flips) if f)))
 
 
 def from_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
     """Inverse of ``to_model_axes``."""
     order, flips = _axis_map(axcodes)
-    out = np.flip(array, axis=[1 + i for i, f in enumerate(flips) if f])
+    out = np.flip(array, axis=tuple(1 + i for i, f in enumerate(flips) if f))
     return np.ascontiguousarray(np.transpose(out, (0, *[1 + int(np.argsort(order)[a]) for a in range(3)])))
+
+
+def _roi(value: Any) -> tuple[int, int, int]:
+    """``[input] roi``: the network's patch size, three voxel counts."""
+    sizes = [int(v) for v in value]
+    if len(sizes) != 3:
+        raise ValueError(f"roi {sizes} is not three sizes")
+    return sizes[0], sizes[1], sizes[2]
 
 
 def _thresholds(value: Any) -> tuple[float, float, float]:
@@ -111,7 +125,7 @@ def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
         result = InputFormat(
             spacing=float(table.get("spacing", 2.0)),
             axcodes=str(table.get("axcodes", NATIVE_AXCODES)),
-            roi=tuple(int(v) for v in table.get("roi", (96, 96, 96))),
+            roi=_roi(table.get("roi", (96, 96, 96))),
             threshold=_thresholds(table.get("threshold", 0.5)),
             require_core=bool(params.get("output", {}).get("require_core", False)),
             fill_core=bool(params.get("output", {}).get("fill_core", False)),
@@ -151,6 +165,7 @@ class Segmenter:
                 x, roi_size=self.format.roi, sw_batch_size=1, predictor=self.network,
                 overlap=0.25, mode="gaussian",
             )
+        assert isinstance(logits, torch.Tensor)  # the network returns one tensor
         probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
         return from_model_axes(probabilities, self.format.axcodes)
 

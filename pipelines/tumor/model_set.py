@@ -21,7 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.model_folder import ModelFolderError, is_monai_bundle, read_params, require_folder
+from pipelines.model_folder import (
+    ModelFolderError,
+    is_monai_bundle,
+    read_params,
+    require_folder,
+)
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.inference import Segmenter

@@ -44,9 +44,17 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom import Dataset
 
-from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings, resolve_device
-from pipelines.model_folder import folder_digest
+from pipelines.base import (
+    InputSpec,
+    JobInput,
+    JobResult,
+    NotApplicable,
+    PipelineSettings,
+)
+from pipelines.model_pipeline import ModelPipeline
+from pipelines.scanner_input import scanner_volume
 from pipelines.timing import StageClock
 from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
@@ -57,12 +65,18 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
-    drop_small_tumors, drop_tumors_without_core, fill_enclosed_core, labels_from_regions, model_grid, resample, zscore_channels,
+    drop_small_tumors,
+    drop_tumors_without_core,
+    fill_enclosed_core,
+    labels_from_regions,
+    model_grid,
+    resample,
+    zscore_channels,
 )
 from pipelines.tumor.registration import align
-from pipelines.volume import Volume, VolumeError, load_series
+from pipelines.volume import Volume
 from pipelines.writers import codes
-from pipelines.writers.identity import MANUFACTURER, Algorithm, identity_of
+from pipelines.writers.identity import Algorithm
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
@@ -88,21 +102,18 @@ SUB_REGIONS: tuple[SubRegion, ...] = (
 BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
 
 
-class TumorSegmentation(Pipeline):
+class TumorSegmentation(ModelPipeline):
     """Multi-contrast brain tumor sub-region segmentation with volumes."""
 
     name: ClassVar[str] = "tumor-segmentation"
+    shipped_model = DEFAULT_MODEL_DIR
     inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
     Options = contract.Options
     options: contract.Options
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
-        self.model_dir = Path(settings.model) if settings.model else DEFAULT_MODEL_DIR
-        self.device = resolve_device(settings.device)
         self.models = ModelSet.load(self.model_dir, self.device)
-        self.identity = identity_of(settings)
-        self.model_digest = folder_digest(self.model_dir)
         self.reference_order = self.options.reference
         self.min_tumor_ml = self.options.min_tumor_ml
 
@@ -174,7 +185,7 @@ class TumorSegmentation(Pipeline):
         )
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
-                 algorithm: Algorithm, used: str) -> list:
+                 algorithm: Algorithm, used: str) -> list[Dataset]:
         """SEG + SR when a tumor was found; the SR alone saying "none detected" otherwise."""
         if not any(volumes_ml.values()):
             report = make_measurement_report(
@@ -222,14 +233,7 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
         paths: Sequence[Path] = list(job.series.get(role, ()))
         if not paths:
             continue
-        try:
-            volume = load_series(paths)
-        except VolumeError as exc:
-            raise NotApplicable(f"the {DISPLAY[role]} series is not a volume radnode can read: {exc}") from exc
-        if volume.modality != "MR":
-            raise NotApplicable(f"the {DISPLAY[role]} series has modality {volume.modality or 'missing'}, not MR")
-        if str(volume.sources[0].get("Manufacturer", "")) == MANUFACTURER:
-            raise NotApplicable(f"the {DISPLAY[role]} series was made by radnode, not a scanner")
+        volume = scanner_volume(paths, "MR", TumorSegmentation.name, f"the {DISPLAY[role]} series")
         check_brain_series(volume, DISPLAY[role])
         volumes[role] = volume
     if not any(role in volumes for role in ANCHORS):

@@ -76,8 +76,10 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     """Foreground of an MR volume: nonzero if skull-stripped, else above the Otsu threshold."""
     array = sitk.GetArrayViewFromImage(image)
     if np.mean(array == 0) >= 0.2:
-        return sitk.Cast(image != 0, sitk.sitkUInt8)
-    return sitk.OtsuThreshold(image, 0, 1)
+        mask: sitk.Image = sitk.Cast(image != 0, sitk.sitkUInt8)
+    else:
+        mask = sitk.OtsuThreshold(image, 0, 1)
+    return mask
 
 
 def overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:

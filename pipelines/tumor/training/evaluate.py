@@ -29,10 +29,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipelines.tumor.contrasts import CHANNELS
-from pipelines.tumor.data import DEFAULT_DATA_ROOT, TCGA, load_images, load_labels
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import brain_mask, region_dice
+from pipelines.tumor.training.data import DATA_ROOT, TCGA, load_images, load_labels
 from pipelines.tumor.training.synthesis import insert_tumor, pick_center
 
 #: Contrast subsets evaluated: the full study, the two single contrasts the model must handle,
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--insertions", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     args = parser.parse_args(argv)
 
     started = time.time()

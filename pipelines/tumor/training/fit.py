@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.model_folder import load_state_dict, training_command
+from pipelines.model_folder import load_state_dict
+from pipelines.training.record import training_command
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.training.loss import loss_fn

@@ -30,12 +30,20 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from pipelines.tumor.data import (BRATS2015_CASES, CLINICAL_BRAIN_MASK, DEFAULT_DATA_ROOT, TCGA, load_brats2015,
-                                  load_clinical, load_images, load_labels)
 from pipelines.tumor.inference import Segmenter
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import dice, region_dice
 from pipelines.tumor.registration import edge_alignment, overlap
+from pipelines.tumor.training.data import (
+    BRATS2015_CASES,
+    CLINICAL_BRAIN_MASK,
+    DATA_ROOT,
+    TCGA,
+    load_brats2015,
+    load_clinical,
+    load_images,
+    load_labels,
+)
 from pipelines.tumor.training.healthy import mirrored_healthy
 from pipelines.tumor.training.prepare import brats_labels, patient
 
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", nargs="*", default=[])
     parser.add_argument("--healthy", nargs="*", default=[])
     parser.add_argument("--clinical", action="store_true")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

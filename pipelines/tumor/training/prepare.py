@@ -32,8 +32,15 @@ import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.contrasts import CHANNELS
-from pipelines.tumor.data import BRATS, BRATS2015_CASES, DEFAULT_DATA_ROOT, load_brats2015, load_clinical, load_images
 from pipelines.tumor.preprocess import model_grid, resample, zscore_channels
+from pipelines.tumor.training.data import (
+    BRATS,
+    BRATS2015_CASES,
+    DATA_ROOT,
+    load_brats2015,
+    load_clinical,
+    load_images,
+)
 from pipelines.tumor.training.healthy import mirrored_healthy
 from pipelines.tumor.training.synthesis import rough_lesion_mask
 
@@ -97,7 +104,7 @@ def prepare(root: Path, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     args = parser.parse_args(argv)
     started = time.time()
     names = prepare(args.data, args.out)

@@ -40,14 +40,29 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pipelines.model_folder import load_state_dict, read_params, training_command
+from pipelines.model_folder import load_state_dict, read_params
+from pipelines.training.record import training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
-from pipelines.tumor.data import BRATS, DEFAULT_DATA_ROOT, load_images
 from pipelines.tumor.model import Architecture
+from pipelines.tumor.preprocess import (
+    brain_mask,
+    model_grid,
+    regions_from_labels,
+    resample,
+    zscore_channels,
+)
+from pipelines.tumor.training.data import BRATS, DATA_ROOT, load_images
 from pipelines.tumor.training.loss import NECROSIS_WEIGHT, loss_fn
-from pipelines.tumor.training.normal_structures import NormalAnatomy, find_anatomy, paint_normal_structures
-from pipelines.tumor.preprocess import brain_mask, model_grid, regions_from_labels, resample, zscore_channels
-from pipelines.tumor.training.synthesis import insert_tumor, pick_center, rough_lesion_mask
+from pipelines.tumor.training.normal_structures import (
+    NormalAnatomy,
+    find_anatomy,
+    paint_normal_structures,
+)
+from pipelines.tumor.training.synthesis import (
+    insert_tumor,
+    pick_center,
+    rough_lesion_mask,
+)
 
 SPACING = 2.0
 PATCH = 64
@@ -253,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of samples with synthetic T1c-bright normal structures as negatives (0: off)")
     parser.add_argument("--normal-count", type=int, default=NORMAL_COUNT,
                         help="most normal structures in one such sample (each draws 1 to this many)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--init", type=Path, default=None,
                         help="model folder whose model.pt to start from (a second cycle of the schedule)")
     parser.add_argument("--revive-head", action="store_true",

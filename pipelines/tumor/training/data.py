@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
-DEFAULT_DATA_ROOT = Path(os.environ.get("RADNODE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+from pipelines.training.data_folder import DATA_ROOT
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ TCGA = Subject(
 )
 
 
-def load_images(subject: Subject, root: Path = DEFAULT_DATA_ROOT) -> dict[str, sitk.Image]:
+def load_images(subject: Subject, root: Path = DATA_ROOT) -> dict[str, sitk.Image]:
     """The subject's contrasts as float32 SimpleITK images (LPS, as ITK reads NIfTI)."""
     images = {}
     for role, relative in subject.contrasts.items():
@@ -53,7 +52,7 @@ def load_images(subject: Subject, root: Path = DEFAULT_DATA_ROOT) -> dict[str, s
     return images
 
 
-def load_labels(subject: Subject, root: Path = DEFAULT_DATA_ROOT) -> sitk.Image:
+def load_labels(subject: Subject, root: Path = DATA_ROOT) -> sitk.Image:
     if subject.labels is None:
         raise ValueError(f"{subject.name} has no label map")
     return sitk.ReadImage(str(Path(root) / subject.labels))
@@ -78,7 +77,7 @@ BRATS2015_CASES = (
 )
 
 
-def load_clinical(role: str, root: Path = DEFAULT_DATA_ROOT) -> sitk.Image:
+def load_clinical(role: str, root: Path = DATA_ROOT) -> sitk.Image:
     """One raw skull-on clinical series of TCGA-FG-6692 as float32 (LPS)."""
     path = Path(root) / CLINICAL_DIR / CLINICAL[role]
     if not path.is_file():
@@ -86,7 +85,7 @@ def load_clinical(role: str, root: Path = DEFAULT_DATA_ROOT) -> sitk.Image:
     return sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
 
 
-def load_brats2015(case: str, root: Path = DEFAULT_DATA_ROOT) -> dict[str, sitk.Image]:
+def load_brats2015(case: str, root: Path = DATA_ROOT) -> dict[str, sitk.Image]:
     """One BraTS-2015 case: ``t1c``, ``flair`` (float32), ``brainmask`` and ``labels`` (BraTS-2015 1-4)."""
     folder = Path(root) / BRATS2015_DIR / case
     files = {"t1c": "T1c_subtrMeanDivStd.nii.gz", "flair": "Flair_subtrMeanDivStd.nii.gz",
