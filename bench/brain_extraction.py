@@ -17,10 +17,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.training.data import (
-    BRATS, BRATS2015_CASES, CLINICAL_BRAIN_MASK, DATA_ROOT, TCGA, load_brats2015, load_clinical, load_images,
-)
 from pipelines.tumor.registration import register
+from pipelines.tumor.training.data import (
+    BRATS,
+    BRATS2015_CASES,
+    CLINICAL_BRAIN_MASK,
+    DATA_ROOT,
+    TCGA,
+    load_brats2015,
+    load_clinical,
+    load_images,
+)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,7 +59,8 @@ def main() -> None:
             mask = sitk.GetArrayFromImage(extract_brain(images[role])).astype(bool)
             seconds = time.perf_counter() - start
             print(f"| BraTS-2015 {case.split('/')[1]} {role} | stripped | {dice(mask, truth):.4f} | "
-                  f"{(mask & truth).sum() / truth.sum():.4f} | {mask.sum() / 1000:.0f} | {truth.sum() / 1000:.0f} | {seconds:.1f} |")
+                  f"{(mask & truth).sum() / truth.sum():.4f} | {mask.sum() / 1000:.0f} | {truth.sum() / 1000:.0f} | "
+                  f"{seconds:.1f} |")
     for subject in (BRATS, TCGA):
         for role, image in load_images(subject).items():
             truth = sitk.GetArrayFromImage(image) > 0

@@ -13,11 +13,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-
 from bench.ct_series import repeated_series
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.denoise.pipeline import CTDenoise
+
 
 def main() -> None:
     args = parse_arguments(__doc__, slices=300)

@@ -29,6 +29,7 @@ from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.nodule.pipeline import NoduleDetection
 
+
 def make_series(folder: Path, slices: int) -> list[Path]:
     """``slices`` files of one new series spanning the source's extent, interpolated along z."""
     sources = source_slices()

@@ -50,6 +50,13 @@ def findings(pipeline: NoduleDetection, series: patients.Series) -> list:
     return pipeline.nodules(volume, grid, lungs, candidates)
 
 
+def _mean_abs_difference(lesions: list[dict], unit: str, digits: int) -> float | None:
+    """Mean |measured - reference| over the LIDC lesions, in ``unit`` ("mm" or "ml"); None without any."""
+    if not lesions:
+        return None
+    return round(float(np.mean([abs(r[f"measured_{unit}"] - r[f"reference_{unit}"]) for r in lesions])), digits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", choices=("scorer", "retinanet"), default="scorer")
@@ -90,8 +97,8 @@ def main() -> None:
     fp = np.mean([s["false_positives"] for s in scans])
     lidc = [r for r in real if r["reported"] and r["reference_ml"] is not None]
     summary = {"detector": args.detector, "lesions_reported": f"{found}/{len(real)}", "fp_per_scan": round(float(fp), 2),
-               "lidc_long_axis_mad_mm": round(float(np.mean([abs(r["measured_mm"] - r["reference_mm"]) for r in lidc])), 1) if lidc else None,
-               "lidc_volume_mad_ml": round(float(np.mean([abs(r["measured_ml"] - r["reference_ml"]) for r in lidc])), 2) if lidc else None}
+               "lidc_long_axis_mad_mm": _mean_abs_difference(lidc, "mm", 1),
+               "lidc_volume_mad_ml": _mean_abs_difference(lidc, "ml", 2)}
     print(summary)
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "scans": scans, "lesions": rows}, indent=1))

@@ -16,11 +16,11 @@ import time
 import SimpleITK as sitk
 import torch
 
-from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
+from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
 from pipelines.tumor.training.prepare import brats_labels
 
 

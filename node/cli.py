@@ -8,16 +8,27 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import logs
-from node.admin import (Outcome, cancel_job, complete_series, complete_study, model_identity, retry_deliveries,
-                        retry_job, stage_seconds, supersessions, when as _when)
+from node.admin import (
+    Outcome,
+    cancel_job,
+    complete_series,
+    complete_study,
+    model_identity,
+    retry_deliveries,
+    retry_job,
+    stage_seconds,
+    supersessions,
+)
+from node.admin import when as _when
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.spool import keep_private
 from node.states import DeliveryState, JobState

@@ -12,8 +12,9 @@ import difflib
 import importlib.util
 import ipaddress
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -62,7 +63,7 @@ class ClientTls(_Strict):
     check_hostname: bool = True
 
     @model_validator(mode="after")
-    def _key_with_cert(self) -> "ClientTls":
+    def _key_with_cert(self) -> ClientTls:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (our certificate and its key)")
         return self
@@ -120,7 +121,7 @@ class RaySettings(_Strict):
     tls_key: FilePath | None = None
 
     @model_validator(mode="after")
-    def _tls_complete(self) -> "RaySettings":
+    def _tls_complete(self) -> RaySettings:
         given = [self.tls_ca_cert, self.tls_cert, self.tls_key]
         if any(given) and not all(given):
             raise ValueError("tls_ca_cert, tls_cert and tls_key go together (Ray's RAY_TLS_CA_CERT, "
@@ -138,7 +139,7 @@ class WorkerSettings(_Strict):
     ray: RaySettings = RaySettings()
 
     @model_validator(mode="after")
-    def _ray_installed(self) -> "WorkerSettings":
+    def _ray_installed(self) -> WorkerSettings:
         """Said at start, not as jobs that never leave the queue."""
         if self.engine != "ray":
             return self
@@ -198,7 +199,7 @@ class WebSettings(_Strict):
         return self.tls is not None and self.tls.ca_file is not None
 
     @model_validator(mode="after")
-    def _login_when_enabled(self) -> "WebSettings":
+    def _login_when_enabled(self) -> WebSettings:
         from node.passwords import check_password_hash
 
         if self.password_hash:
@@ -226,7 +227,7 @@ class Allow(_Strict):
         return values
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Allow":
+    def _not_empty(self) -> Allow:
         if self.ae_title is None and not self.addresses:
             raise ValueError("an [[allow]] entry needs ae_title, addresses or both")
         return self
@@ -282,7 +283,7 @@ class Route(_Strict):
         return _parse_conditions(value)
 
     @model_validator(mode="after")
-    def _inputs_need_study_level(self) -> "Route":
+    def _inputs_need_study_level(self) -> Route:
         if self.level == "series" and self.inputs:
             raise ValueError("inputs (series selectors) are only used with level = \"study\"")
         if self.level == "study" and not self.inputs:
@@ -290,7 +291,7 @@ class Route(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _sufficient_roles_are_inputs(self) -> "Route":
+    def _sufficient_roles_are_inputs(self) -> Route:
         if self.sufficient_roles is None:
             return self
         if self.level != "study":
@@ -331,7 +332,7 @@ class Config(_Strict):
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _references(self) -> "Config":
+    def _references(self) -> Config:
         _unique([d.name for d in self.destinations], "destinations", "name")
         _unique([r.name for r in self.routes], "routes", "name")
         known = {d.name for d in self.destinations}
@@ -465,7 +466,7 @@ def _check_contracts(config: Config, source: str, check_site_pipelines: bool) ->
         raise ConfigError("\n".join([f"{source} is not valid:", *lines]))
 
 
-def route_problems(route: Route, inputs: "Sequence[InputSpec]") -> list[tuple[str, str]]:
+def route_problems(route: Route, inputs: Sequence[InputSpec]) -> list[tuple[str, str]]:
     """(key under the route, problem) for each way the route cannot feed a pipeline that
     declares ``inputs``: the wrong level, a role it does not know, a required role left out."""
     from pipelines.base import takes_one_series

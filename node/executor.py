@@ -18,8 +18,8 @@ import queue
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
-from typing import Callable, Iterator
 
 from node import logs
 from node.config import Config
@@ -54,7 +54,7 @@ class StopOnSigterm:
         self.stopping = True
 
 
-def held_attempts(attempts: "multiprocessing.Queue[tuple[int, int]]", index: Index, stop: StopOnSigterm,
+def held_attempts(attempts: multiprocessing.Queue[tuple[int, int]], index: Index, stop: StopOnSigterm,
                   poll_seconds: float) -> Iterator[Job]:
     """The attempts the executor submits to this worker or driver process, each once this
     process holds it, until SIGTERM; one the node ended or handed back while it waited in the
@@ -129,7 +129,7 @@ class ProcessExecutor(Executor):
         self.index = index
         self.processes = processes
         self._mp = multiprocessing.get_context("spawn")
-        self._attempts: "multiprocessing.Queue[tuple[int, int]]" = self._mp.Queue()
+        self._attempts: multiprocessing.Queue[tuple[int, int]] = self._mp.Queue()
         self._workers: list[BaseProcess] = []
 
     def start(self) -> None:

@@ -10,7 +10,7 @@ the item aside (a recorded problem, a failed delivery), and the loop goes on wit
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from node import logs
 

@@ -17,7 +17,8 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 #: Attributes that identify the patient; never written to a log line.
 PHI_FIELDS = frozenset(

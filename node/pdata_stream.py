@@ -35,8 +35,8 @@ import collections
 import io
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider

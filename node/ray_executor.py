@@ -161,7 +161,7 @@ def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings
 
 # ---- the driver process (node side) ------------------------------------------------------
 
-def ray_driver_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
+def ray_driver_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
     """Entry point of a driver process: run the attempts the executor submits on the cluster,
     until SIGTERM (the attempt in hand finishes) or until its connection to the cluster breaks
     (the executor starts a fresh driver)."""

@@ -206,7 +206,7 @@ def tls_handshake_error(host: str, port: int, settings: RaySettings) -> str | No
     return None
 
 
-def probe_main(config_path: str, verdicts: "multiprocessing.Queue[tuple[float, bool, str]]") -> None:
+def probe_main(config_path: str, verdicts: multiprocessing.Queue[tuple[float, bool, str]]) -> None:
     """Entry point of the probe process: a verdict every ``PROBE_SECONDS`` until SIGTERM."""
     from node.executor import die_with_parent
     die_with_parent()
@@ -229,7 +229,7 @@ class ClusterProbe:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self._mp = multiprocessing.get_context("spawn")
-        self._verdicts: "multiprocessing.Queue[tuple[float, bool, str]]" = self._mp.Queue()
+        self._verdicts: multiprocessing.Queue[tuple[float, bool, str]] = self._mp.Queue()
         self._process: BaseProcess | None = None
         self._last: tuple[float, bool, str] | None = None
         self._started = time.time()

@@ -3,8 +3,8 @@
 Receiving is kept cheap and safe: the encoded bytes are written to a spool part file as their
 P-DATA fragments arrive (``node.pdata_stream``; no pixel decoding, no copy in memory), their
 structure is walked where they lie, and they are fsynced, renamed into the spool and indexed
-before the 0x0000 status goes back, so a success status is a promise that survives a crash. Anything refused gets a DIMSE failure status, and a
-refused dataset is kept in the spool's quarantine folder with the reason.
+before the 0x0000 status goes back, so a success status is a promise that survives a crash.
+Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's quarantine folder with the reason.
 
 Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
 are spread over CPU cores instead of queueing behind Python's GIL.
@@ -16,25 +16,24 @@ import mmap
 import os
 import socket
 import socketserver
-import ssl
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pydicom.config
 from pydicom import Dataset
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -48,8 +47,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
-    ComprehensiveSRStorage,
     Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,

@@ -6,9 +6,9 @@ same choice mercure and Orthanc make: a series shares its routing attributes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pydicom
 from pydicom import Dataset

@@ -17,24 +17,24 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Callable
 
 from node import logs
 from node.assembler import Assembler
 from node.config import Config, ConfigError, load_config
 from node.dispatcher import Dispatcher
+from node.executor import Executor, die_with_parent, make_executor
+from node.isolation import isolated
 from node.monitoring import MonitoringServer
-from node.web import WebServer
 from node.receiver import Receiver
 from node.reconcile import reindex_after_reboot
 from node.retention import Retention
 from node.spool import Spool
-from node.isolation import isolated
 from node.store import Index, Job
-from node.executor import Executor, die_with_parent, make_executor
+from node.web import WebServer
 
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5

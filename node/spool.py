@@ -12,8 +12,8 @@ import os
 import shutil
 import struct
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
@@ -71,7 +71,7 @@ class Spool:
             raise
         part.commit(path)
 
-    def open_part(self) -> "PartFile":
+    def open_part(self) -> PartFile:
         """A new file under ``tmp/`` to be written piece by piece, then committed to its name."""
         return PartFile(self.tmp / f"{os.getpid()}-{time.monotonic_ns()}.part")
 
@@ -81,7 +81,7 @@ class Spool:
         self.write(kept, data)
         return kept
 
-    def quarantine_part(self, part: "PartFile", reason: str) -> Path:
+    def quarantine_part(self, part: PartFile, reason: str) -> Path:
         """Keep a refused object received into ``part`` with the reason beside it."""
         kept = self._quarantine_slot(reason)
         part.commit(kept)

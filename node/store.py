@@ -18,9 +18,10 @@ or delivery state goes through ``node.states.apply``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from node import states
 from node.states import SeriesState
@@ -47,7 +48,7 @@ class InstanceRecord:
     size: int
 
     @classmethod
-    def from_header(cls, header: Any, transfer_syntax: str, path: Path, size: int) -> "InstanceRecord":
+    def from_header(cls, header: Any, transfer_syntax: str, path: Path, size: int) -> InstanceRecord:
         """The row of an instance, from its identifying attributes (a pydicom Dataset)."""
         return cls(
             sop_uid=str(header.SOPInstanceUID),

@@ -16,6 +16,7 @@ from node.config import Config
 from node.states import SeriesState
 from node.store import Index
 
+
 class StudyState(StrEnum):
     """A study's standing, worked out from its series and study routes (not stored, so no
     transitions: see ``node.states`` for the stored machines). /metrics lists them in this order."""

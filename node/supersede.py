@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pydicom
 from pydicom.dataset import Dataset

@@ -14,9 +14,9 @@ import shutil
 import sqlite3
 import time
 import traceback
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from multiprocessing import Queue
-from typing import Mapping, Sequence
+from pathlib import Path
 
 import pydicom
 
@@ -188,7 +188,7 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def worker_main(config_path: str, attempts: "Queue[tuple[int, int]]") -> None:
+def worker_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
     """Entry point of a worker process of the local executor: run the attempts it submits
     until SIGTERM.
 

@@ -9,9 +9,10 @@ pipeline (``entry = "package.module:Class"`` in config.toml) without touching ``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -91,7 +92,7 @@ class JobResult:
     objects: list[WrittenObject] = field(default_factory=list)
 
     @classmethod
-    def written(cls, objects: Sequence[WrittenObject], summary: dict[str, Any]) -> "JobResult":
+    def written(cls, objects: Sequence[WrittenObject], summary: dict[str, Any]) -> JobResult:
         """The result of a pipeline that wrote its objects with ``write_datasets``."""
         return cls(outputs=[o.path for o in objects], summary=summary, objects=list(objects))
 

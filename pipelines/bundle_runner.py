@@ -22,9 +22,10 @@ What radnode cannot honour is refused when the pipeline loads (``BundleError`` n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class BundleRunner:
     input_space: str
 
     @classmethod
-    def load(cls, folder: Path, device: str) -> "BundleRunner":
+    def load(cls, folder: Path, device: str) -> BundleRunner:
         folder = require_folder(folder)
         bundle = read_bundle(folder)
         config = bundle.config

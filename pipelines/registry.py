@@ -36,11 +36,11 @@ CONTRACTS: dict[str, str] = {
 class Contract:
     """What a pipeline takes: the input roles routes must fill, and its options model."""
 
-    inputs: "tuple[InputSpec, ...]"
-    options: "type[PipelineOptions]"
+    inputs: tuple[InputSpec, ...]
+    options: type[PipelineOptions]
 
 
-def contract(name: str, config: "PipelineConfig | None") -> Contract:
+def contract(name: str, config: PipelineConfig | None) -> Contract:
     """The contract of pipeline ``name``; a site's pipeline (``entry``) is imported to read it."""
     entry = resolve_entry(name, config)
     if (config is None or config.entry is None) and name in CONTRACTS:
@@ -50,7 +50,7 @@ def contract(name: str, config: "PipelineConfig | None") -> Contract:
     return Contract(tuple(cls.inputs), cls.Options)
 
 
-def resolve_entry(name: str, config: "PipelineConfig | None") -> str:
+def resolve_entry(name: str, config: PipelineConfig | None) -> str:
     """The ``module:Class`` that implements pipeline ``name``; LookupError says what is missing."""
     entry = (config.entry if config is not None else None) or SHIPPED.get(name)
     if entry is None:
@@ -69,7 +69,7 @@ def resolve_entry(name: str, config: "PipelineConfig | None") -> str:
     return entry
 
 
-def load_class(entry: str) -> "type[Pipeline]":
+def load_class(entry: str) -> type[Pipeline]:
     from pipelines.base import Pipeline
 
     module_name, class_name = entry.split(":", 1)

@@ -8,8 +8,8 @@ recorded on the job.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipelines.base import SERIES_ROLE, NotApplicable
 from pipelines.volume import Volume, VolumeError, load_series

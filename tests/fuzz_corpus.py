@@ -21,9 +21,9 @@ import struct
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pydicom
 from pydicom import Dataset

@@ -10,8 +10,9 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from node.store import Index
 from tests.peers import free_port, wait_for_port
@@ -103,10 +104,10 @@ class NodeProcess:
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
-    def start(self) -> "NodeProcess":
+    def start(self) -> NodeProcess:
         return self.launch().wait_started()
 
-    def launch(self) -> "NodeProcess":
+    def launch(self) -> NodeProcess:
         """Start ``radnode serve`` without waiting for it (several nodes start at once)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -115,7 +116,7 @@ class NodeProcess:
             )
         return self
 
-    def wait_started(self) -> "NodeProcess":
+    def wait_started(self) -> NodeProcess:
         """Return once the node takes associations; raise with its log if it exited."""
         assert self.proc is not None
         deadline = time.monotonic() + 60

@@ -104,7 +104,7 @@ class KillTrials:
         self.checked: dict[str, Counter[str]] = {stage: Counter() for stage in STAGES}
         self.trials = 0
 
-    def start(self) -> "KillTrials":
+    def start(self) -> KillTrials:
         self.node.start()
         return self
 

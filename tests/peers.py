@@ -88,7 +88,7 @@ class BitPreservingStorescp:
         self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "BitPreservingStorescp":
+    def __enter__(self) -> BitPreservingStorescp:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [dcmtk_bin("storescp"), "--bit-preserving", self.prefer, "--output-directory", str(self.folder),
@@ -159,7 +159,7 @@ class Orthanc:
         path.write_text(json.dumps(config))
         return path
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
         config = self._write_config()
         log = open(self.workdir / "orthanc.log", "ab")

@@ -38,7 +38,7 @@ class RayTls:
     key: Path
 
     @classmethod
-    def make(cls, folder: Path) -> "RayTls":
+    def make(cls, folder: Path) -> RayTls:
         """Ray's gRPC clients check the server's certificate against this machine's own address
         as Ray finds it (that of the default route), whatever ``--node-ip-address`` says: the
         certificate names it too (nothing listens there for it)."""
@@ -95,7 +95,7 @@ class RayCluster:
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
-    def start_head(self) -> "RayCluster":
+    def start_head(self) -> RayCluster:
         self.head_dirs.append(Path(tempfile.mkdtemp(prefix="rn-rayh-", dir="/tmp")))
         client = ["--ray-client-server-port", str(self.client_port)] if self.client_port else []
         self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
@@ -103,7 +103,7 @@ class RayCluster:
         wait_for_port(self.port, timeout=60)
         return self
 
-    def start_second_node(self) -> "RayCluster":
+    def start_second_node(self) -> RayCluster:
         self.node_dirs.append(Path(tempfile.mkdtemp(prefix="rn-rayn-", dir="/tmp")))
         self._ray_start("--address", self.address, "--temp-dir", str(self.node_dirs[-1]))
         return self

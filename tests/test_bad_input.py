@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.dsutils import encode
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from tests.harness import NodeProcess, node_config

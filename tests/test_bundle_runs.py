@@ -240,8 +240,9 @@ def small_roi(config: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def brain_study(data_dir, tmp_path_factory):
-    """An 80 x 80 x 40 mm block of a BraTS case (200 mL of brain: the pipeline refuses under 100 mL) around its FLAIR-bright tumour, as four DICOM MR
-    series and as the four NIfTI files the bundle's own LoadImaged reads (same voxels)."""
+    """An 80 x 80 x 40 mm block of a BraTS case (200 mL of brain: the pipeline refuses under 100 mL)
+    around its FLAIR-bright tumour, as four DICOM MR series and as the four NIfTI files the
+    bundle's own LoadImaged reads (same voxels)."""
     from tests.mr_dicom import Study, write_series
 
     folder = tmp_path_factory.mktemp("brain")

@@ -17,9 +17,9 @@ def test_route_test_shows_matches_and_failed_conditions(tmp_path, data_dir):
     result = node.cli("route-test", str(data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len([l for l in lines if "series" in l]) == 1  # one series, listed once
-    assert any(l.strip().startswith("no match ct-chest") and "SliceThickness = 8, not <= 5" in l for l in lines)
-    assert any(l.strip().startswith("no match mr-only") and "Modality = 'CT', not 'MR'" in l for l in lines)
+    assert len([line for line in lines if "series" in line]) == 1  # one series, listed once
+    assert any(line.strip().startswith("no match ct-chest") and "SliceThickness = 8, not <= 5" in line for line in lines)
+    assert any(line.strip().startswith("no match mr-only") and "Modality = 'CT', not 'MR'" in line for line in lines)
     cptac = node.cli("route-test", str(data_dir / "ct-chest" / "cptac-luad-C3N-00247" / "000022.dcm"))
     assert "MATCH    ct-chest" in cptac.stdout
 

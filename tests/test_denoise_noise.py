@@ -18,8 +18,16 @@ from pipelines.denoise.inference import Denoiser, Preprocessing
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_SHARP, load_scan
 from pipelines.denoise.training.noise import (
-    N_VIEWS, ParallelBeam, SliceScan, added_electronic_noise, added_photons, calibrate_photons,
-    reconstruction_filter, relative_tube_output, thickness_dose_factor, water_attenuation_per_mm,
+    N_VIEWS,
+    ParallelBeam,
+    SliceScan,
+    added_electronic_noise,
+    added_photons,
+    calibrate_photons,
+    reconstruction_filter,
+    relative_tube_output,
+    thickness_dose_factor,
+    water_attenuation_per_mm,
 )
 from pipelines.denoise.training.train import write_weights
 from pipelines.model_folder import ModelFolderError

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pydicom
 
-from node.config import RetentionSettings
-from pipelines.base import SERIES_ROLE
+from node.config import RetentionSettings, Route
 from node.retention import Retention
 from node.router import job_spec
-from node.config import Route
 from node.spool import Spool, part10_header
 from node.store import Index, InstanceRecord, Job, ResultFile
+from pipelines.base import SERIES_ROLE
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import BitPreservingStorescp, storescu
 from tests.test_hostile_input import ct_files, with_nested_sequences

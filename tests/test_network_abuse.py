@@ -8,8 +8,8 @@ import json
 import random
 import select
 import socket
-import subprocess
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         try:
             if sock.recv(65536) == b"":
                 return True
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:  # reset
             return True
@@ -172,7 +172,7 @@ def test_idle_sockets_and_port_scans_hold_no_association_slot(node, data_dir):
             sock.settimeout(0.5)
             try:
                 closed += sock.recv(1) == b""
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 closed += 0
         assert closed == len(idle), f"{len(idle) - closed} idle sockets still open after 7 s"
     finally:

@@ -142,7 +142,7 @@ def test_lost_attempts_are_retried_up_to_max_attempts_then_the_job_fails(tmp_pat
     assert job.state == "failed" and job.outcome.endswith("(2 of 2 attempts lost)")
 
 
-def test_series_sent_to_the_node_run_over_tls_with_a_token_on_one_ray_actor_that_loaded_its_pipeline_once_and_each_result_arrives_once(
+def test_series_run_over_tls_with_a_token_on_one_ray_actor_that_loaded_its_pipeline_once_and_each_result_arrives_once(
         tmp_path, orthanc, cluster, data_dir):
     files = ct_series(data_dir, "B40f") + ct_series(data_dir, "B70f")
     assert speaks_tls("127.0.0.1", cluster.port), "the cluster's GCS port must answer in TLS only"

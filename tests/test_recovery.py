@@ -12,8 +12,8 @@ import pydicom
 from node.reconcile import reindex_spool
 from node.spool import Spool
 from node.store import Index
-from tests.kill_trials import KillTrials, acknowledged
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.kill_trials import KillTrials, acknowledged
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 
 

@@ -51,7 +51,7 @@ class TlsStorescp:
     def __init__(self, folder: Path, pki: Pki) -> None:
         self.folder, self.pki, self.port = folder, pki, free_port()
 
-    def __enter__(self) -> "TlsStorescp":
+    def __enter__(self) -> TlsStorescp:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [dcmtk_bin("storescp"), *tls_args(self.pki.server_key, self.pki.server_cert, self.pki.ca),

@@ -19,11 +19,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
+from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.training.prepare import brats_labels
 
 HELD_OUT = ("test/brats_2013_pat0001_1", "test/brats_2013_pat0002_1")

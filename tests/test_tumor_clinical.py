@@ -15,8 +15,8 @@ import torch
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.tumor.pipeline import TumorSegmentation
+from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.volume import load_series
 from tests.mr_dicom import Study, seg_labels, write_series
 from tests.peers import dciodvfy

@@ -17,9 +17,9 @@ import SimpleITK as sitk
 import torch
 
 from pipelines.base import JobInput, PipelineSettings
+from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.training.healthy import mirrored_healthy
-from pipelines.tumor.pipeline import TumorSegmentation
 from tests.mr_dicom import Study, write_series
 from tests.peers import dciodvfy
 

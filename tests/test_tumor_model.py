@@ -15,11 +15,11 @@ import SimpleITK as sitk
 import torch
 
 from pipelines.model_folder import ModelFolderError, read_params
-from pipelines.tumor.training import evaluate
-from pipelines.tumor.training.data import TCGA, load_images, load_labels
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.model_set import ModelSet
+from pipelines.tumor.training import evaluate
+from pipelines.tumor.training.data import TCGA, load_images, load_labels
 from pipelines.tumor.training.train import write_params
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the

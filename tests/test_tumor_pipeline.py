@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
-from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
+from pipelines.tumor.training.data import TCGA, load_images
 from tests.mr_dicom import write_clinical_study
 from tests.peers import dciodvfy
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.volume import load_series
 from tests.mr_dicom import Study, moved, resliced, write_series
 

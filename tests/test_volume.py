@@ -10,8 +10,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import DATA
 from pipelines.volume import VolumeError, load_series
+from tests.conftest import DATA
 
 CHEST = DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B70f"
 GEOMETRY = DATA / "malformed" / "dicom2nifti-geometry"

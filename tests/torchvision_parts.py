@@ -11,7 +11,6 @@ state-dict keys as the published ``model.pt``), and the network built is the bun
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict
 
 import pytest
 import torch
@@ -31,10 +30,10 @@ class IntermediateLayerGetter(nn.ModuleDict):
             if not remaining:
                 break
         super().__init__(layers)
-        self.return_layers: Dict[str, str] = wanted
+        self.return_layers: dict[str, str] = wanted
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}  # insertion-ordered, as torchvision's OrderedDict
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}  # insertion-ordered, as torchvision's OrderedDict
         for name, module in self.items():
             x = module(x)
             if name in self.return_layers:

@@ -32,9 +32,10 @@ so almost no noise comes back with it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,7 +133,7 @@ class Denoiser:
 
     @classmethod
     def load(cls, folder: Path, device: str, batch_pixels: int | None = None,
-             half_precision: bool = True) -> "Denoiser":
+             half_precision: bool = True) -> Denoiser:
         folder = require_folder(folder)
         params = read_params(folder)
         return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+
 @dataclass(frozen=True)
 class Architecture:
     """Hyper-parameters saved next to the weights so a state dict can be rebuilt."""

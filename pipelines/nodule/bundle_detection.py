@@ -70,7 +70,7 @@ class BundleDetector:
     label_key: str
 
     @classmethod
-    def load(cls, folder: Path, device: str, report_threshold: float | None) -> "BundleDetector":
+    def load(cls, folder: Path, device: str, report_threshold: float | None) -> BundleDetector:
         runner = BundleRunner.load(folder, device)
         where = runner.bundle.folder
         if report_threshold is None:

@@ -51,7 +51,7 @@ class CandidateDetector:
         self.device = device
 
     @classmethod
-    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> "CandidateDetector":
+    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> CandidateDetector:
         folder = require_folder(folder)
         try:
             threshold = float(read_params(folder)["scorer"]["report_threshold"])

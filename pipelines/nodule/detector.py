@@ -24,9 +24,10 @@ A MONAI bundle is not read here: it runs as published, see ``bundle_detection``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class Settings:
     size_divisible: tuple[int, int, int] = (16, 16, 8)
 
     @classmethod
-    def for_architecture(cls, arch: Architecture) -> "Settings":
+    def for_architecture(cls, arch: Architecture) -> Settings:
         """Defaults with one anchor level per FPN level of ``arch`` and a sliding window that is a
         multiple of its input size multiple (MONAI's anchor strides are window // feature map)."""
         divisible = size_divisible(arch)
@@ -137,7 +138,7 @@ class NoduleDetector:
         self.cuda = device.startswith("cuda")
 
     @classmethod
-    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> "NoduleDetector":
+    def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> NoduleDetector:
         folder = require_folder(folder)
         if is_monai_bundle(folder):
             raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.nodule.bundle_detection")

@@ -8,8 +8,8 @@ returns in grid indices maps back to LPS millimetres and from there onto the sou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk

@@ -4,9 +4,9 @@ Input per candidate: two 24^3 patches centred on it, HU at 2 mm (48 mm of contex
 own texture) and HU smoothed and sampled at 4 mm (96 mm, enough to see a mass with its
 surroundings: a mass against the mediastinum looks different from the heart), clipped to
 [-1000, 400] HU and stored as uint8 (5.5 HU steps, below CT noise: a cache of thousands of
-candidates stays small enough to carry to a GPU), scaled to [0, 1] for the network; plus the candidate's log size and whether it came from a
-solid component. Output: one logit. Small enough (about 60 k parameters) to train on a CPU in
-minutes; ``train_scorer`` trains it leave-one-patient-out.
+candidates stays small enough to carry to a GPU), scaled to [0, 1] for the network; plus the
+candidate's log size and whether it came from a solid component. Output: one logit. Small
+enough (about 60 k parameters) to train on a CPU in minutes; ``train_scorer`` trains it leave-one-patient-out.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def training_command(module: str, argv: Sequence[str] | None = None) -> str:

@@ -21,9 +21,10 @@ zero channels. No skull stripping is done (the bundle expects skull-stripped inp
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,7 +57,7 @@ class BundleSegmenter:
     spacing: float
 
     @classmethod
-    def load(cls, folder: Path, device: str) -> "BundleSegmenter":
+    def load(cls, folder: Path, device: str) -> BundleSegmenter:
         runner = BundleRunner.load(folder, device)
         return cls(runner, channel_roles(runner), input_spacing(runner))
 

@@ -6,7 +6,8 @@ FLAIR), so a site can drop that bundle in and feed it the same tensor.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 #: Input roles of the pipeline, in model channel order.
 CHANNELS: tuple[str, ...] = ("t1c", "t1", "t2", "flair")

@@ -147,7 +147,7 @@ class Segmenter:
         self.device = device
 
     @classmethod
-    def load(cls, folder: Path, device: str = "cpu") -> "Segmenter":
+    def load(cls, folder: Path, device: str = "cpu") -> Segmenter:
         folder = require_folder(folder)
         if is_monai_bundle(folder):
             raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.tumor.bundle_segmentation")

@@ -7,8 +7,9 @@ enhancing tumor). The shipped reference model is the same architecture made smal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from monai.networks.nets import SegResNet
@@ -22,7 +23,7 @@ class Architecture:
     dropout: float = 0.0
 
     @classmethod
-    def from_params(cls, table: Mapping[str, Any]) -> "Architecture":
+    def from_params(cls, table: Mapping[str, Any]) -> Architecture:
         return cls(
             init_filters=int(table.get("init_filters", cls.init_filters)),
             blocks_down=tuple(int(v) for v in table.get("blocks_down", cls.blocks_down)),

@@ -43,7 +43,7 @@ class ModelSet:
     reduced: dict[frozenset[str], tuple[str, Segmenter]]
 
     @classmethod
-    def load(cls, folder: Path, device: str = "cpu") -> "ModelSet":
+    def load(cls, folder: Path, device: str = "cpu") -> ModelSet:
         folder = require_folder(folder)
         if is_monai_bundle(folder):
             return cls(BundleSegmenter.load(folder, device), {})

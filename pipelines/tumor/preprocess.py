@@ -13,7 +13,7 @@ MODEL_CARD.md: the shipped model was trained on skull-stripped BraTS-style image
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk

@@ -136,7 +136,7 @@ class Identity:
         }
 
 
-def identity_of(settings: "PipelineSettings") -> Identity:
+def identity_of(settings: PipelineSettings) -> Identity:
     """The node's identity as its config gives it to a pipeline: its UID root and, where the
     pipeline runs on another machine (a Ray cluster), the node's name rather than that machine's."""
     if settings.station_name is None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from pydicom.dataset import Dataset
 
@@ -29,7 +29,7 @@ class WrittenObject:
     transfer_syntax: str
 
     @classmethod
-    def of(cls, dataset: Dataset, path: Path) -> "WrittenObject":
+    def of(cls, dataset: Dataset, path: Path) -> WrittenObject:
         """The record of ``dataset`` (with its file meta) as written at ``path``."""
         return cls(path, str(dataset.SOPInstanceUID), str(dataset.SOPClassUID),
                    str(dataset.SeriesInstanceUID), str(dataset.StudyInstanceUID),

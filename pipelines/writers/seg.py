@@ -7,9 +7,9 @@ so a mask can only ever land on the slice the model looked at.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Sequence
+from enum import StrEnum
 
 import highdicom as hd
 import numpy as np
@@ -24,7 +24,7 @@ from pipelines.writers.source import copyable
 DEFAULT_SERIES_NUMBER = 9101
 
 
-class FrameCompression(str, Enum):
+class FrameCompression(StrEnum):
     """Lossless frame compression for large masks.
 
     BINARY (1 bit) frames can only be encapsulated as JPEG 2000 (highdicom refuses RLE and JPEG-LS

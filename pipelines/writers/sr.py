@@ -8,8 +8,9 @@ report would be indistinguishable from a pipeline that never ran.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np

@@ -38,10 +38,18 @@ from skimage.metrics import structural_similarity
 
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.denoise.training.data import (
-    HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, full_dose_photons, load_scan,
+    HELD_OUT,
+    HELD_OUT_BY_KERNEL,
+    HELD_OUT_SHARP,
+    Scan,
+    full_dose_photons,
+    load_scan,
 )
 from pipelines.denoise.training.noise import (
-    ELECTRONIC_NOISE_COUNTS, SliceScan, uniform_noise_std, uniform_region_mask,
+    ELECTRONIC_NOISE_COUNTS,
+    SliceScan,
+    uniform_noise_std,
+    uniform_region_mask,
 )
 from pipelines.training.data_folder import DATA_ROOT
 

@@ -141,7 +141,7 @@ class ParallelBeam:
 
     @staticmethod
     @lru_cache(maxsize=4)
-    def for_size(size: int) -> "ParallelBeam":
+    def for_size(size: int) -> ParallelBeam:
         """Build (once per process and size) the tables for an N x N slice."""
         if size % 2:
             raise ValueError("ParallelBeam needs an even image size")
@@ -280,7 +280,7 @@ class SliceScan:
     mu_water_per_mm: float = MU_WATER_PER_MM
 
     @classmethod
-    def of(cls, hu: np.ndarray, pixel_spacing_mm: float, kvp: float | None = None) -> "SliceScan":
+    def of(cls, hu: np.ndarray, pixel_spacing_mm: float, kvp: float | None = None) -> SliceScan:
         square, crop = _to_square(hu)
         beam = ParallelBeam.for_size(square.shape[0])
         mu_water = water_attenuation_per_mm(kvp)

@@ -39,7 +39,12 @@ from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.training.noise import (
-    ELECTRONIC_NOISE_COUNTS, FILTERS, N_VIEWS, SliceScan, added_electronic_noise, added_photons,
+    ELECTRONIC_NOISE_COUNTS,
+    FILTERS,
+    N_VIEWS,
+    SliceScan,
+    added_electronic_noise,
+    added_photons,
     thickness_dose_factor,
 )
 from pipelines.training.data_folder import DATA_ROOT

@@ -2,8 +2,8 @@
 
 | patient | series | lesions (reference) |
 |---|---|---|
-| lidc-idri-0001..0003 | ``ct/`` of each | LIDC consensus (>= 2 of 4 readers, ``lidc``); the readers' other marks are ignore regions |
-| lung-pet-ct-dx-A0002 | B40f and B70f (one acquisition, two kernels: one patient) | the annotated adenocarcinoma (``data.tumor_boxes``) |
+| lidc-idri-0001..0003 | ``ct/`` of each | LIDC consensus (>= 2 of 4 readers, ``lidc``); other marks: ignored regions |
+| lung-pet-ct-dx-A0002 | B40f and B70f (one acquisition, two kernels) | the annotated adenocarcinoma (``data.tumor_boxes``) |
 | cptac-luad-C3N-00247 | as acquired | the developer-marked tumour (``annotations/``) |
 
 A lesion is an LPS box with a long axis; the LIDC ones also carry the consensus mask's volume.

@@ -10,8 +10,8 @@ from the signed distance to the surface and the voxel's extent across it, so a 4
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi

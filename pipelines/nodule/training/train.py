@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
-
 from monai.apps.detection.networks import retinanet_detector
+from scipy import ndimage as ndi
 
 from pipelines.nodule.detector import Settings, make_detector
 from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid

@@ -284,7 +284,8 @@ def main() -> None:
               f"({time.time() - t0:.0f} s)", flush=True)
         for row in numbers["lesions"]:
             print(f"    {row['label']} {row['diameter_mm']} mm: best {row['best_score']:.3f} found={row['found']}")
-    record = {"command": training_command("pipelines.nodule.training.train_scorer"), "args": {k: str(v) for k, v in vars(args).items()},
+    record = {"command": training_command("pipelines.nodule.training.train_scorer"),
+              "args": {k: str(v) for k, v in vars(args).items()},
               "target_fp_per_scan": TARGET_FP, "folds": folds}
     if not args.folds_only:
         net = train(arrays, usable, args.epochs, args.seed, args.device)

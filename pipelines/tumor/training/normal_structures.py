@@ -26,8 +26,8 @@ out of tumors and of a keep-out region (a training brain's own lesion): labels a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import ndimage

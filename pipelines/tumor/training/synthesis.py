@@ -26,8 +26,8 @@ mass effect is not simulated. Labels use the BraTS convention (1 necrosis / non-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import ndimage
