@@ -4,7 +4,8 @@ Receiving is kept cheap and safe: the encoded bytes are written to a spool part 
 P-DATA fragments arrive (``node.pdata_stream``; no pixel decoding, no copy in memory), their
 structure is walked where they lie, and they are fsynced, renamed into the spool and indexed
 before the 0x0000 status goes back, so a success status is a promise that survives a crash.
-Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's quarantine folder with the reason.
+Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's
+quarantine folder with the reason.
 
 Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
 are spread over CPU cores instead of queueing behind Python's GIL.
