@@ -28,7 +28,8 @@ from node.store import Index, InstanceRecord, JobSpec, Lineage
 from node.web import WebServer
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
-from tests.test_tls import _issue, _make_ca, pki  # noqa: F401 (pki is a fixture)
+from tests.pki import issue, make_ca
+from tests.test_tls import pki  # noqa: F401 (pki is a fixture)
 
 PASSWORD = "correct horse battery"
 
@@ -246,8 +247,8 @@ def test_a_client_certificate_signed_by_the_configured_ca_is_the_login_and_its_n
     written.write_text('[web]\nenabled = true\n[web.tls]\ncert_file = "localhost.crt"\nkey_file = "localhost.key"\n'
                        'ca_file = "ca.crt"\n')
     assert load_config(written).web.tls == ServerTls(cert_file=pki.server_cert, key_file=pki.server_key, ca_file=pki.ca)
-    stranger_ca = _make_ca(tmp_path, "stranger-ca")
-    stranger = _issue(tmp_path, stranger_ca, "stranger")
+    stranger_ca = make_ca(tmp_path, "stranger-ca")
+    stranger = issue(tmp_path, stranger_ca, "stranger")
     tls = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "ca_file": str(pki.ca)}
     port = free_port()
     config, server = _serve({"node": {"spool": str(tmp_path / "spool")},
