@@ -24,14 +24,14 @@ from pipelines.tumor.training.train import write_params
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
 #: model the pipeline picks for each subset (studies with FLAIR: weights/; without: without-flair/).
-#: Measured with these two insertions: all four 0.94 / 0.94 / 0.92 / ED 0.92, T1c + FLAIR 0.94 /
-#: 0.92 / 0.93, FLAIR + T2 WT 0.86, FLAIR alone WT 0.56, T1c alone 0.95 / 0.71 / 0.95.
+#: Measured with these two insertions: all four 0.94 / 0.94 / 0.92 / ED 0.92, FLAIR + T2 WT 0.86,
+#: FLAIR alone WT 0.56. Only the contrast sets that have no real labelled tumor to be measured on:
+#: T1c + FLAIR and T1c alone are asserted on real gliomas with expert labels, held out by patient
+#: (tests/test_tumor_brats2015.py), which is the measure that counts for them.
 SYNTHETIC_MIN_DICE = {
     "all": {"TC": 0.85, "WT": 0.85, "ET": 0.8, "ED": 0.8},
-    "t1c_flair": {"TC": 0.85, "WT": 0.8, "ET": 0.8},
     "flair_t2": {"WT": 0.75},
     "flair": {"WT": 0.45},
-    "t1c": {"TC": 0.7, "WT": 0.55, "ET": 0.7},
 }
 #: Necrosis (label 1) with all four contrasts, over the first four of the model card's evaluation
 #: insertions (seed 100): measured 0.56; the weights now in without-flair/, which do not separate
