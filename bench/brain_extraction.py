@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
+from pipelines.tumor.preprocess import dice
 from pipelines.tumor.registration import register
 from pipelines.tumor.training.data import (
     BRATS,
@@ -28,10 +29,6 @@ from pipelines.tumor.training.data import (
     load_clinical,
     load_images,
 )
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def main() -> None:

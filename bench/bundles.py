@@ -22,7 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
 
 from bench.nodule import make_series
@@ -30,9 +29,9 @@ from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.bundle import read_bundle
 from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.torchvision_parts import provide_if_missing
 from pipelines.training.data_folder import DATA_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = DATA_ROOT / "monai-bundles" / "lung_nodule_ct_detection"
 
 
@@ -42,6 +41,7 @@ def bundle_with_random_weights(folder: Path) -> Path:
         path.chmod(0o755 if path.is_dir() else 0o644)
     folder.chmod(0o755)
     (folder / "models").mkdir(exist_ok=True)
+    provide_if_missing()  # as the pipeline does: torchvision's two helpers where its wheel cannot load
     torch.manual_seed(0)
     torch.save(read_bundle(folder).build("network_def").state_dict(), folder / "models" / "model.pt")
     return folder
@@ -50,11 +50,7 @@ def bundle_with_random_weights(folder: Path) -> Path:
 def main() -> None:
     sys.argv, threshold = _threshold_argument(sys.argv)
     args = parse_arguments(__doc__, slices=300)
-    sys.path.insert(0, str(REPO))
-    from tests.torchvision_parts import install  # torchvision's helpers where its wheel cannot load
-
-    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
-        install(patch)
+    with tempfile.TemporaryDirectory() as tmp:
         bundle = bundle_with_random_weights(Path(tmp) / "bundle")
         series = {"series": make_series(Path(tmp) / "in", args.slices)}
         timing = time_pipeline(

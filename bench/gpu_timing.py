@@ -37,6 +37,7 @@ import torch
 
 from pipelines.denoise.inference import Denoiser
 from pipelines.denoise.training import pack
+from pipelines.torchvision_parts import provide_if_missing
 
 #: The pack's scan the volumes are made from (real chest CT, 0.56 mm pixels, 3 mm slices).
 SOURCE_SCAN = "ct-chest/cptac-luad-C3N-00247"
@@ -116,18 +117,6 @@ def bundle_timing(bundle_dir: Path, slices: np.ndarray, spacing_mm: float, slice
     return report
 
 
-def _torchvision_or_its_parts() -> None:
-    """MONAI's detection network imports torchvision; without it (this CPU machine) use the tests' stand-in."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # noqa: BLE001 (ImportError, or a CUDA wheel failing on a CPU torch)
-        import pytest
-
-        from tests.torchvision_parts import install
-
-        install(pytest.MonkeyPatch())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pack", type=Path, required=True)
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.bundle:
-        _torchvision_or_its_parts()
+        provide_if_missing()
         report["lung_nodule_ct_detection"] = bundle_timing(args.bundle, slices, spacing_mm, slice_mm, args.device,
                                                            args.repeat, args.slices)
         if args.out:

@@ -24,10 +24,15 @@ two modules a ``time`` module whose ``sleep`` waits for what the sleeping thread
   to ask it to pause: each ``send_c_store`` asks, and polled until the reactor had slept its
   millisecond out.
 
-P-DATA is sent leaner too: the state machine's DT-1 action (send a P-DATA-TF PDU) builds the
-PDU's bytes directly from the primitive's presentation data values (PS3.8 9.3.5) instead of
-building PDU and item objects to encode them, the same bytes with less work; the dispatcher
-sends a CT image to a PACS as about 32 such PDUs.
+A response that the reactor of a requested association takes by the race in pynetdicom's
+reactor pause goes back to the caller waiting for it instead of being dropped.
+
+P-DATA is sent leaner too. The state machine's DT-1 and AR-7 actions (send a P-DATA-TF PDU)
+build the PDU's bytes directly from the primitive's presentation data values (PS3.8 9.3.5)
+instead of building PDU and item objects to encode them, the same bytes with less work. And
+``send_msg`` queues a message's PDUs for the DUL thread in batches instead of one at a time:
+the dispatcher sends a CT image to a PACS as about 32 PDUs, now one queued item and one socket
+write; the PDUs on the wire are the same.
 
 And the socket of a requested association sets TCP_NODELAY (the receiver's accepted sockets
 already do): pynetdicom sends each P-DATA-TF PDU with its own ``send``, and with Nagle's
@@ -51,10 +56,15 @@ from typing import Any
 import pynetdicom.association
 import pynetdicom.dul
 import pynetdicom.fsm
+from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
+
+#: A DIMSE message's P-DATA requests are queued for the DUL thread in batches of this many bytes.
+BATCH_BYTES = 4 * 1024 * 1024
 
 #: The longest a DUL thread waits with nothing readable and nothing queued: its timers (ARTIM)
 #: are looked at this often. Everything it has to act on wakes it at once.
@@ -77,9 +87,12 @@ def patch_reactor_sleep() -> None:
     _wrap(DULServiceProvider, "run_reactor", _closing_wake)
     _wrap(DULServiceProvider, "kill_dul", _waking)
     _wrap(Association, "__init__", _with_checkpoint)
+    _wrap(Association, "_serve_request", _handing_back_responses)
     _wrap(AssociationSocket, "_create_socket", _without_nagle)
-    description, _, next_state = pynetdicom.fsm.ACTIONS["DT-1"]
-    pynetdicom.fsm.ACTIONS["DT-1"] = (description, _send_p_data, next_state)
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign,assignment]
+    for action, send in (("DT-1", _send_p_data), ("AR-7", _send_p_data_releasing)):
+        description, _, next_state = pynetdicom.fsm.ACTIONS[action]
+        pynetdicom.fsm.ACTIONS[action] = (description, send, next_state)
 
 
 class _Time(types.ModuleType):
@@ -182,15 +195,75 @@ def _with_checkpoint(original: Any, assoc: Association, *args: Any, **kwargs: An
     assoc._reactor_checkpoint.set()
 
 
-def _send_p_data(dul: DULServiceProvider) -> str:
-    """DT-1 (Sta6 + Evt9): send the queued P-DATA request as a P-DATA-TF PDU."""
+def _handing_back_responses(original: Any, assoc: Association, msg: Any, context_id: int) -> None:
+    """A response the reactor of a requested association took goes back to the caller waiting
+    for it. ``send_c_store`` pauses the reactor by clearing its checkpoint and waiting for
+    ``_is_paused``, which still says True from the last pause while the reactor, released a
+    moment ago, has not yet run: that reactor then takes the next response, stock pynetdicom
+    drops it ("Received unexpected C-STORE service message"), and the delivery waits out its
+    DIMSE timeout and is aborted."""
+    if assoc.is_requestor and not msg.is_valid_request:
+        assoc.dimse.msg_queue.put((context_id, msg))
+        return
+    original(assoc, msg, context_id)
+
+
+class _PDUs(P_DATA):
+    """Consecutive P-DATA requests of one DIMSE message, queued for the DUL thread as one:
+    each presentation data value is sent as the P-DATA-TF PDU it was sized for."""
+
+
+def _send_msg(dimse: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg``, queuing the message's P-DATA requests in batches of
+    ``BATCH_BYTES`` rather than one by one: a CT image is about 32 PDUs, and each queued alone
+    cost a wake-up of the DUL thread, a pass through the state machine and a socket write."""
+    if primitive.MessageIDBeingRespondedTo is None:
+        message = _RQ_TO_MESSAGE[type(primitive)]()
+    else:
+        message = _RSP_TO_MESSAGE[type(primitive)]()
+    message.primitive_to_message(primitive)
+    message.context_id = context_id
+    evt.trigger(dimse.assoc, evt.EVT_DIMSE_SENT, {"message": message})
+    batch, size = _PDUs(), 0
+    for pdata in message.encode_msg(context_id, dimse.maximum_pdu_size):
+        batch.presentation_data_value_list.extend(pdata.presentation_data_value_list)
+        size += sum(len(value) for _, value in pdata.presentation_data_value_list)
+        if size >= BATCH_BYTES:
+            dimse.dul.send_pdu(batch)
+            batch, size = _PDUs(), 0
+    if batch.presentation_data_value_list:
+        dimse.dul.send_pdu(batch)
+
+
+def _p_data_tf(values: list[tuple[int, bytes]]) -> bytes:
+    """One P-DATA-TF PDU carrying ``values`` (PS3.8 9.3.5)."""
+    items = b"".join(struct.pack(">IB", len(value) + 1, context_id) + value for context_id, value in values)
+    return struct.pack(">BBI", 0x04, 0x00, len(items)) + items
+
+
+def _send_queued_p_data(dul: DULServiceProvider) -> None:
+    """Send the queued P-DATA request: a ``_PDUs`` batch as one PDU per value, in one write."""
     primitive = dul.to_provider_queue.get(False)
-    assert isinstance(primitive, P_DATA)  # DT-1 is Evt9: a P-DATA request
-    items = b"".join(struct.pack(">IB", len(value) + 1, context_id) + value
-                     for context_id, value in primitive.presentation_data_value_list)
+    assert isinstance(primitive, P_DATA)  # DT-1 and AR-7 are Evt9: a P-DATA request
+    values = primitive.presentation_data_value_list
+    if isinstance(primitive, _PDUs):
+        data = b"".join(_p_data_tf([value]) for value in values)
+    else:
+        data = _p_data_tf(values)
     if dul.socket is not None:
-        dul.socket.send(struct.pack(">BBI", 0x04, 0x00, len(items)) + items)
+        dul.socket.send(memoryview(data))  # type: ignore[arg-type]  # sliced on partial sends: no copies
+
+
+def _send_p_data(dul: DULServiceProvider) -> str:
+    """DT-1 (Sta6 + Evt9): send the queued P-DATA request."""
+    _send_queued_p_data(dul)
     return "Sta6"
+
+
+def _send_p_data_releasing(dul: DULServiceProvider) -> str:
+    """AR-7 (Sta8 + Evt9): send the queued P-DATA request while the peer's release waits."""
+    _send_queued_p_data(dul)
+    return "Sta8"
 
 
 def _without_nagle(original: Any, transport: AssociationSocket, *args: Any, **kwargs: Any) -> socket.socket:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from node import logs
 from node.assembler import Assembler
+from node.bundle_check import check_bundles
 from node.config import Config, ConfigError, load_config
 from node.dispatcher import Dispatcher
 from node.executor import Executor, die_with_parent, make_executor
@@ -299,6 +300,7 @@ class Node:
 
 def serve(config_path: Path) -> None:
     config = load_config(config_path)
+    check_bundles(config, config_path)
     node = Node(config, config_path)
     node.start()
     node.supervise()

@@ -1,15 +1,15 @@
 """A MONAI bundle folder read the way MONAI reads it, with errors a site can act on.
 
 A bundle (``configs/metadata.json`` + ``configs/inference.json`` or ``.yaml``) is parsed with
-``monai.bundle.ConfigParser``, with ``bundle_root`` set to the folder and the folder put on
-``sys.path`` (as ``monai.bundle.run`` does), so that ``scripts.*`` targets such as the detection
-bundle's ``RetinaNetInferer`` resolve. Parts are built only when asked for: a ``models/model.ts``
-needs no ``network_def``, so a bundle with TorchScript weights loads without its network's
-optional packages.
+``monai.bundle.ConfigParser``, with ``bundle_root`` set to the folder and, while its parts are
+built, the folder on ``sys.path`` (as ``monai.bundle.run`` does), so that ``scripts.*`` targets
+such as the detection bundle's ``RetinaNetInferer`` resolve, each to its own bundle's. Parts
+are built only when asked for: a ``models/model.ts`` needs no ``network_def``, so a bundle with
+TorchScript weights loads without its network's optional packages.
 
 MONAI reports a missing optional package as a 25-line ``RuntimeError`` around an
 ``OptionalImportError``; ``build`` turns that into one sentence naming the package and the
-install command (the ``bundles`` extra of radnode's ``pyproject.toml``).
+install command (the ``bundles`` extra of radnode's ``pyproject.toml`` where it has the package).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pipelines.model_folder import ModelFolderError
@@ -26,7 +29,11 @@ from pipelines.model_folder import ModelFolderError
 #: Config file names MONAI's bundle scripts look for, in the order they are tried.
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 #: Packages that bundles' networks import optionally, and how radnode installs them.
-EXTRAS = {"torchvision": "python3 -m pip install 'radnode[bundles]'"}
+EXTRAS = {
+    "nibabel": "python3 -m pip install 'radnode[bundles]'",
+    "torchvision": "python3 -m pip install 'torchvision==<the release made for your torch>' "
+                   "(PyPI's torchvision needs PyPI's CUDA build of torch)",
+}
 _MISSING = re.compile(r"No module named '([^']+)'")
 
 
@@ -58,7 +65,8 @@ class Bundle:
         if not self.has(key):
             raise BundleError(f"{self.folder}: {config_path(self.folder).name} has no {key!r}")
         try:
-            return self.parser.get_parsed_content(key, instantiate=True)
+            with _own_scripts(self.folder):
+                return self.parser.get_parsed_content(key, instantiate=True)
         except Exception as exc:  # noqa: BLE001 (ConfigParser wraps every cause in RuntimeError)
             raise BundleError(f"{self.folder}: {key!r} of the bundle cannot be built: {root_cause(exc)}") from exc
 
@@ -96,9 +104,31 @@ def read_bundle(folder: Path) -> Bundle:
     metadata = _metadata(folder)
     name = str(metadata.get("name", folder.name))
     version = str(metadata.get("version", "unversioned"))
-    if str(folder) not in sys.path and (folder / "scripts").is_dir():
-        sys.path.insert(0, str(folder))  # what monai.bundle.run does, for "scripts.*" targets
     return Bundle(folder, parser, name, version, metadata)
+
+
+@contextmanager
+def _own_scripts(folder: Path) -> Iterator[None]:
+    """The bundle's folder first on ``sys.path`` while its parts are built (what ``monai.bundle.run``
+    does, for ``scripts.*`` targets), and no other bundle's ``scripts`` package in ``sys.modules``.
+
+    Every bundle calls its package ``scripts``: two bundles in one worker would otherwise share
+    whichever was imported first. Built objects keep their classes; the modules are set aside.
+    """
+    def scripts_modules() -> dict[str, ModuleType]:
+        return {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
+
+    others = scripts_modules()
+    for name in others:
+        del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for name in scripts_modules():
+            del sys.modules[name]
+        sys.modules.update(others)
 
 
 def _metadata(folder: Path) -> dict[str, Any]:

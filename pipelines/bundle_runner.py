@@ -33,6 +33,7 @@ import torch
 from pipelines.bundle import Bundle, BundleError, read_bundle
 from pipelines.model_folder import load_network, require_folder
 from pipelines.precision import autocast
+from pipelines.torchvision_parts import provide_if_missing
 
 #: Transforms MONAI Deploy drops from a bundle: radnode reads DICOM and writes SEG/SR itself.
 LOAD_SAVE = ("LoadImage", "SaveImage")
@@ -76,7 +77,7 @@ class BundleRunner:
         space = _loader_space(_disable_load_save(bundle, "preprocessing"))
         _disable_load_save(bundle, "postprocessing")
         bundle.parser["device"] = torch.device(device)
-        network = load_network(folder, lambda: bundle.build("network_def"), "the bundle's network_def", device)
+        network = load_network(folder, lambda: _build_network(bundle), "the bundle's network_def", device)
         network = network.to(device).eval()
         # What the bundle's detector or evaluator refer to. Setting a key resets the parser's
         # cache, so nothing is built before this line that must be the same object afterwards.
@@ -155,6 +156,14 @@ def _data_format(bundle: Bundle) -> tuple[str, str, tuple[str, ...]]:
     names = spec.get("channel_def", {})
     channels = tuple(str(names.get(str(c), f"channel {c}")) for c in range(count))
     return str(name), str(next(iter(outputs))), channels
+
+
+def _build_network(bundle: Bundle) -> torch.nn.Module:
+    """The bundle's ``network_def``; MONAI's detection ResNet-FPN gets torchvision's two helpers
+    from radnode where torchvision cannot load (``torchvision_parts``)."""
+    provide_if_missing()
+    network: torch.nn.Module = bundle.build("network_def")
+    return network
 
 
 def _run_requirements(bundle: Bundle) -> None:

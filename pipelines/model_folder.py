@@ -18,9 +18,10 @@ import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where weights load: the node checks folders without it
+    import torch
 
 
 class ModelFolderError(ValueError):
@@ -64,6 +65,8 @@ def weights_files(folder: Path) -> tuple[Path | None, Path | None]:
 
 def load_state_dict(path: Path, network: torch.nn.Module) -> torch.nn.Module:
     """Load weights into ``network``; a mismatch names the file instead of a bare key list."""
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # MONAI bundles' checkpoints often wrap the weights this way
@@ -80,6 +83,8 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
 
     ``what`` names the network ``build`` makes, for the message when the parameters do not fit it.
     """
+    import torch
+
     script, state = weights_files(folder)
     if script is not None:
         scripted: torch.nn.Module = torch.jit.load(str(script), map_location=device)

@@ -19,7 +19,6 @@ import random
 import re
 import struct
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pynetdicom.dsutils import encode
 from node.spool import part10_header
 from pipelines.training.data_folder import DATA_ROOT
 from tests.peers import dcmtk_bin, dcmtk_env
+from tests.raw_scu import exchange
 
 DATA = DATA_ROOT
 SEEDS = (
@@ -194,14 +194,7 @@ class Sender:
         request._affected_sop_instance_uid = probe.sop_uid
         request.Priority = 2
         request.DataSet = io.BytesIO(probe.payload)
-        assoc._reactor_checkpoint.clear()
-        while not assoc._is_paused and assoc.is_established:
-            time.sleep(0.001)
-        try:
-            assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
-            _, response = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
+        response = exchange(assoc, request, assoc.accepted_contexts[0].context_id)
         if response is None:
             if assoc.is_established:
                 raise TimeoutError(f"{probe.name}: no answer within {self.timeout} s")

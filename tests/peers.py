@@ -82,9 +82,10 @@ class BitPreservingStorescp:
     """dcmtk storescp writing exactly the bytes it received (-B): the reference for what an
     SCU really put on the wire, which can differ from the file the SCU read."""
 
-    def __init__(self, folder: Path, prefer: str = "+x=") -> None:
+    def __init__(self, folder: Path, prefer: str = "+x=", max_pdu: int = 16384) -> None:
         self.folder = folder
         self.prefer = prefer  # storescp accepts one compressed syntax at a time, e.g. +xt for JPEG-LS
+        self.max_pdu = max_pdu  # the largest PDU it accepts: 4096 to 131072 bytes
         self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -92,7 +93,7 @@ class BitPreservingStorescp:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [dcmtk_bin("storescp"), "--bit-preserving", self.prefer, "--output-directory", str(self.folder),
-             "--aetitle", "RADNODE", str(self.port)],
+             "--max-pdu", str(self.max_pdu), "--aetitle", "RADNODE", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
         )
         wait_for_port(self.port)

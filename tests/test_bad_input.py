@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -17,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from tests.harness import NodeProcess, node_config
 from tests.peers import dcmtk_bin, dcmtk_env, storescu
+from tests.raw_scu import exchange
 
 
 def ct_file(data_dir: Path) -> Path:
@@ -37,13 +37,7 @@ def raw_store(port: int, context_class: str, dataset: pydicom.Dataset, sop_uid: 
     request.Priority = 2
     implicit = context.transfer_syntax[0] == ImplicitVRLittleEndian
     request.DataSet = io.BytesIO(encode(dataset, implicit, True))
-    # pause the association's reactor as pynetdicom's own send_c_store does
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc._reactor_checkpoint.set()
+    response = exchange(assoc, request, context.context_id)
     assoc.release()
     return int(response.Status)
 

@@ -55,19 +55,28 @@ def test_the_bundles_name_and_version_come_from_their_metadata():
 
 
 def test_a_missing_optional_package_is_named_with_its_install_command(tmp_path):
-    pytest.importorskip("monai")
-    try:
-        import torchvision  # noqa: F401
-        pytest.skip("torchvision is installed: the missing-package message cannot be shown")
-    except ImportError:
-        pass
-    bundle = _copy(LUNG, tmp_path)
+    """A bundle whose network imports a package the site lacks gets one line naming it."""
+    bundle = _edit(_copy(LUNG, tmp_path), lambda config: {
+        **config, "network_def": "$__import__('radnode_absent_package').Network()"})
     torch.save({}, bundle / "models" / "model.pt")
     with pytest.raises(ModelFolderError) as caught:
         BundleRunner.load(bundle, "cpu")
     message = str(caught.value)
-    assert "No module named 'torchvision'" in message and "radnode[bundles]" in message
+    assert "No module named 'radnode_absent_package'" in message
+    assert "pip install radnode_absent_package" in message
     assert "Traceback" not in message and message.count("\n") == 0
+
+
+def test_the_lung_bundle_builds_its_network_from_a_state_dict_with_or_without_torchvision(tmp_path):
+    """There is no CPU build of torchvision; the default install still builds the bundle's
+    ResNet50-FPN and loads the published state-dict keys into it."""
+    from pipelines.torchvision_parts import torchvision_imports
+    from tests.test_bundle_runs import bundle_with_weights
+
+    runner = BundleRunner.load(bundle_with_weights(LUNG, tmp_path / "lung"), "cpu")
+    keys = list(runner.network.state_dict())
+    print(f"torchvision imports: {torchvision_imports()}; {len(keys)} state-dict keys")
+    assert "feature_extractor.body.conv1.weight" in keys and "feature_extractor.fpn.layer_blocks.0.weight" in keys
 
 
 def test_a_torchscript_model_alone_loads_without_building_network_def(tmp_path):
@@ -166,3 +175,37 @@ def test_a_segmentation_bundle_radnode_cannot_honour_is_refused_at_start_naming_
     with pytest.raises(BundleError) as caught:
         TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=bundle, device="cpu"))
     assert key in str(caught.value), str(caught.value)
+
+
+def test_radnode_serve_refuses_to_start_with_a_bundle_it_cannot_honour_naming_the_key(tmp_path):
+    """The refusal comes before the node listens, not as every job's failure reason later."""
+    from tests.harness import NodeProcess, node_config
+
+    bundle = _copy(LUNG, tmp_path, torchscript=True)
+    route = {"name": "nodules", "pipeline": "nodule-detection", "destinations": ["pacs"], "match": {"Modality": "CT"}}
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}  # never reached
+    config = node_config(tmp_path, routes=[route], destinations=[pacs],
+                         pipelines={"nodule-detection": {"model": str(bundle), "device": "cpu"}})
+    result = NodeProcess(config, tmp_path).cli("serve")
+    assert result.returncode == 2, result.stderr
+    assert "pipelines.nodule-detection.model" in result.stderr and "report_threshold" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+    config["pipelines"]["nodule-detection"]["options"] = {"report_threshold": 0.5}
+    node = NodeProcess(config, tmp_path).start()  # the same bundle, honourable: the node starts
+    node.stop()
+
+
+def test_two_bundles_in_one_worker_each_build_from_their_own_scripts_package(tmp_path):
+    """Every bundle names its package ``scripts``; a worker loading two must not mix them up."""
+    bundles = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        (folder / "configs").mkdir(parents=True)
+        (folder / "scripts").mkdir()
+        (folder / "scripts" / "__init__.py").write_text("")
+        (folder / "scripts" / "marker.py").write_text(f"class Marker:\n    name = {name!r}\n")
+        (folder / "configs" / "inference.json").write_text(json.dumps({"marker": {"_target_": "scripts.marker.Marker"}}))
+        bundles.append(read_bundle(folder))
+    built = [bundle.build("marker").name for bundle in (*bundles, bundles[0])]
+    assert built == ["first", "second", "first"]

@@ -8,7 +8,6 @@ import io
 import socket
 import struct
 import subprocess
-import time
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from node.receiver import TRANSFER_SYNTAXES
 from tests.conftest import DATA
 from tests.harness import NodeProcess, node_config
 from tests.peers import dcmtk_bin, storescu
+from tests.raw_scu import exchange
 
 SYNTAXES = DATA / "transfer-syntaxes"
 #: One real file of each accepted transfer syntax, of a SOP class the node accepts.
@@ -119,16 +119,12 @@ def store(port: int, sample: Path, fragments: int | None = None) -> int:
     request.AffectedSOPInstanceUID = ds.SOPInstanceUID
     request.Priority = 2
     request.DataSet = io.BytesIO(data_set_bytes(sample))
-    assoc._reactor_checkpoint.clear()  # pause the reactor as pynetdicom's own send_c_store does
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    if fragments is None:
-        assoc.dimse.send_msg(request, context.context_id)
-    else:
-        raw: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
-        raw.sendall(fragmented_pdus(request, context.context_id, fragments))
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc._reactor_checkpoint.set()
+    raw: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+
+    def send_fragmented() -> None:
+        raw.sendall(fragmented_pdus(request, context.context_id, fragments or 1))
+
+    response = exchange(assoc, request, context.context_id, None if fragments is None else send_fragmented)
     assoc.release()
     return -1 if response is None else int(response.Status)
 

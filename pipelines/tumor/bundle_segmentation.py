@@ -6,16 +6,18 @@ The bundle's preprocessing (``NormalizeIntensityd`` nonzero, channel-wise), infe
 configured (``pipelines.bundle_runner``). radnode adds only what its loader would have done with
 four co-registered files:
 
-- the contrasts, registered to the reference series (``registration``), resampled once onto one
-  axis-aligned grid in LPS voxel order (as BraTS NIfTI files store them), stacked in the order the
-  bundle's metadata names its input channels (``channel_def``: T1c, T1, T2, FLAIR);
+- the contrasts, registered to the reference series (``registration``) and zero outside its
+  extracted brain, resampled once onto one axis-aligned grid in LPS voxel order (as BraTS NIfTI
+  files store them), stacked in the order the bundle's metadata names its input channels
+  (``channel_def``: T1c, T1, T2, FLAIR);
 - the grid's spacing: the bundle's ``Spacingd`` pixdim when it resamples itself, else the input
   spacing its metadata states (``image_classes``: "... at 1x1x1 mm");
 - the label map the postprocessing returns, back onto the reference series (nearest neighbour),
   with labels 1, 2, 4 written as the SEG segments and SR volumes of the BraTS sub-regions.
 
 Every contrast the bundle names must have arrived: a bundle trained on four contrasts is not fed
-zero channels. No skull stripping is done (the bundle expects skull-stripped input).
+zero channels. Every contrast is reduced to the brain extracted from the reference series
+(``brain_extraction``), as the bundle expects skull-stripped input.
 """
 
 from __future__ import annotations
@@ -62,13 +64,20 @@ class BundleSegmenter:
         return cls(runner, channel_roles(runner), input_spacing(runner))
 
     def segment(self, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
-                reference_role: str, clock: StageClock | None = None) -> np.ndarray:
-        """BraTS labels (1, 2, 4) on the reference image's grid (z, y, x) from aligned contrasts."""
+                reference_role: str, brain: sitk.Image, clock: StageClock | None = None) -> np.ndarray:
+        """BraTS labels (1, 2, 4) on the reference image's grid (z, y, x) from aligned contrasts.
+
+        ``brain`` (on the reference image's grid) strips every contrast on the bundle's grid, as
+        the bundle's skull-stripped training data were: its ``NormalizeIntensityd(nonzero=True)``
+        then takes its statistics over the brain alone, in every channel.
+        """
         clock = clock or StageClock()
         reference = images[reference_role]
         grid = model_grid(reference, self.spacing)
+        inside = sitk.GetArrayFromImage(resample(brain, grid, nearest=True)) > 0
         stacked = np.stack([
-            np.transpose(sitk.GetArrayFromImage(resample(images[role], grid, transforms.get(role))), (2, 1, 0))
+            np.transpose(np.where(inside, sitk.GetArrayFromImage(resample(images[role], grid, transforms.get(role))),
+                                  np.float32(0)), (2, 1, 0))
             for role in self.roles
         ])
         affine = affine_lps(np.asarray(grid.GetOrigin()), np.asarray(grid.GetSpacing()),

@@ -30,7 +30,7 @@ Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a mod
 ``options.min_tumor_ml`` (smallest connected tumor reported, default 1 mL; 0 reports every voxel).
 
 A MONAI bundle (``brats_mri_segmentation``) replaces steps 3-5's model parts with its own
-preprocessing, inferer and postprocessing (``bundle_segmentation``); it is given the reference
+preprocessing, inferer and postprocessing (``bundle_segmentation``); it is given every
 contrast with everything outside the extracted brain set to 0, its labels outside the brain are
 dropped, the SEG and SR name the bundle and its version, and a study without every contrast the
 bundle names is not applicable.
@@ -151,8 +151,7 @@ class TumorSegmentation(ModelPipeline):
         parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
                       ("brain volume used", f"{brain_ml:.0f} mL"))
         if isinstance(segmenter, BundleSegmenter):
-            stripped = {**images, reference_role: sitk.Mask(images[reference_role], brain > 0)}
-            labels = segmenter.segment(stripped, transforms, reference_role, clock)
+            labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
             bundle = segmenter.runner.bundle
             model_name = bundle.label

@@ -1,9 +1,11 @@
 """The two pure-Python torchvision helpers MONAI's detection ResNet-FPN uses, for a CPU-only torch.
 
 ``lung_nodule_ct_detection``'s ``network_def`` builds MONAI's ``resnet_fpn_feature_extractor``,
-which takes ``IntermediateLayerGetter`` and ``_validate_trainable_layers`` from torchvision. The
-torchvision wheels on PyPI link the CUDA build of torch and cannot be imported beside the CPU
-build these tests run on. Where torchvision imports, it is used; where it does not, ``install``
+which takes ``IntermediateLayerGetter`` and ``_validate_trainable_layers`` from torchvision. There
+is no CPU build of torchvision: the wheels on PyPI link the CUDA build of torch, and beside the
+CPU torch radnode's install uses, ``import torchvision`` fails ("operator torchvision::nms does
+not exist"). So a site on the default install could not build the bundle's network from its
+``model.pt``. Where torchvision imports, it is used; where it does not, ``provide_if_missing``
 gives MONAI these two helpers with torchvision's behaviour (same module tree, so the same
 state-dict keys as the published ``model.pt``), and the network built is the bundle's own.
 """
@@ -11,8 +13,8 @@ state-dict keys as the published ``model.pt``), and the network built is the bun
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import cache
 
-import pytest
 import torch
 from torch import nn
 
@@ -54,16 +56,23 @@ class _Models:
         IntermediateLayerGetter = IntermediateLayerGetter
 
 
-def install(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give MONAI's detection modules these helpers when torchvision cannot be imported."""
+@cache
+def torchvision_imports() -> bool:
+    """Once per process: a failed import is not cached by Python and would run again on each call."""
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except Exception:  # noqa: BLE001 (ImportError, or a CUDA wheel failing on a CPU torch)
+        return False
+    return True
 
+
+def provide_if_missing() -> None:
+    """Give MONAI's detection modules these helpers, for this process, when torchvision cannot be
+    imported; with a working torchvision, nothing changes."""
+    if torchvision_imports():
         return
-    except Exception:  # noqa: BLE001 (ImportError, or a CUDA wheel failing on this CPU torch)
-        pass
     from monai.apps.detection.networks import retinanet_network
     from monai.networks.blocks import backbone_fpn_utils
 
-    monkeypatch.setattr(retinanet_network, "_validate_trainable_layers", validate_trainable_layers)
-    monkeypatch.setattr(backbone_fpn_utils, "torchvision_models", _Models)
+    retinanet_network._validate_trainable_layers = validate_trainable_layers
+    backbone_fpn_utils.torchvision_models = _Models

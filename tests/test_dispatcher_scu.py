@@ -1,0 +1,72 @@
+"""The dispatcher's pynetdicom SCU, as patched by node.pynetdicom_patch: it never loses a
+response, and the PDUs it sends in batches are the ones the PACS asked for."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage
+
+from node.pynetdicom_patch import patch_reactor_sleep
+from tests.peers import BitPreservingStorescp
+from tests.test_bad_input import ct_file
+from tests.test_pdata_stream import data_set_bytes
+
+
+def test_a_c_store_response_the_reactor_takes_in_the_pause_race_still_reaches_the_delivery(tmp_path, data_dir,
+                                                                                          caplog):
+    """pynetdicom's ``send_c_store`` pauses the association's reactor by waiting for a flag that
+    still says "paused" from the previous C-STORE while the reactor has been released and not yet
+    run; that reactor can take the next response, which stock pynetdicom drops, and the delivery
+    then waits out its DIMSE timeout (CI saw it in a test's SCU). Here the reactor runs unpaused
+    for a whole C-STORE, the widest that window can be: the response still reaches the caller."""
+    patch_reactor_sleep()
+    ds = pydicom.dcmread(ct_file(data_dir))
+    with BitPreservingStorescp(tmp_path / "pacs") as pacs:
+        ae = AE("RADNODE")
+        ae.dimse_timeout = 10
+        ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", pacs.port, ae_title="RADNODE")
+        assert assoc.is_established
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = CTImageStorage
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.Priority = 2
+        request.DataSet = io.BytesIO(encode(ds, True, True))
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+            time.sleep(0.5)  # storescp answers in milliseconds: the running reactor takes the response
+            _, response = assoc.dimse.get_msg(block=True)
+        assoc.release()
+    assert response is not None, "the response was dropped: the caller waited out its 10 s DIMSE timeout"
+    assert int(response.Status) == 0x0000
+    assert not [r for r in caplog.records if "unexpected" in r.getMessage()]
+    assert len(list((tmp_path / "pacs").iterdir())) == 1, "storescp stored the image once"
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 131072])
+def test_a_ct_image_sent_in_batched_pdus_arrives_bit_identical_within_the_pacs_max_pdu(tmp_path, data_dir, max_pdu):
+    """The patch queues a message's P-DATA-TF PDUs in batches and writes each batch at once;
+    dcmtk storescp rejects a PDU longer than the maximum it announced, and writes what it
+    received byte for byte (--bit-preserving)."""
+    patch_reactor_sleep()
+    source = ct_file(data_dir)
+    with BitPreservingStorescp(tmp_path / "pacs", max_pdu=max_pdu) as pacs:
+        ae = AE("RADNODE")
+        ae.add_requested_context(CTImageStorage, [str(pydicom.dcmread(source).file_meta.TransferSyntaxUID)])
+        assoc = ae.associate("127.0.0.1", pacs.port, ae_title="RADNODE")
+        assert assoc.is_established
+        status = assoc.send_c_store(source)
+        assoc.release()
+    assert int(status.Status) == 0x0000
+    (received,) = (tmp_path / "pacs").iterdir()
+    assert data_set_bytes(received) == data_set_bytes(source)
