@@ -186,7 +186,7 @@ class Denoiser:
     def _forward(self, hu: torch.Tensor) -> torch.Tensor:
         """The network's output in HU (float32, on the device) for (N, 1, H, W) HU."""
         x = self.preprocessing.to_network(hu).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.cuda and self.half_precision):
+        with torch.inference_mode(), autocast(self.cuda and self.half_precision, cpu_bfloat16=self.half_precision):
             y = self.network(x)
         return self.preprocessing.to_hu(y.float())
 

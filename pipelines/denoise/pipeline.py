@@ -42,7 +42,8 @@ class CTDenoise(ModelPipeline):
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
-        self.denoiser = Denoiser.load(self.model_dir, self.device, self.options.batch_pixels)
+        self.denoiser = Denoiser.load(self.model_dir, self.device, self.options.batch_pixels,
+                                       self.options.half_precision)
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
