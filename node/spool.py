@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -128,26 +129,47 @@ class PartFile:
         self.tmp = tmp
         self.size = 0
         self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        #: Whether every byte written so far is on the disk (``sync``).
+        self._synced = False
+        #: ``sync`` may run in one thread while another commits or discards the file.
+        self._lock = threading.Lock()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._fd is not None, "write to a committed or discarded part file"
         view = memoryview(data)
         self.size += len(view)
+        self._synced = False
         while view:
             view = view[os.write(self._fd, view):]
+
+    def sync(self) -> None:
+        """Flush what was written to the disk now, ahead of ``commit``. The receiver calls it
+        from the thread that wrote the last fragment while the C-STORE handler checks the data
+        set in its own thread: the flush, the longest step before an acknowledgement, then
+        overlaps the checks. A failed flush is left for ``commit`` to repeat and report."""
+        with self._lock:
+            if self._fd is None or self._synced:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                return
+            self._synced = True
 
     def commit(self, path: Path) -> None:
         """fsync, rename to ``path`` (replacing any earlier file atomically) and fsync the
         folders that changed; on failure the temporary file is gone (a partial file on a full
         disk would keep it full and every later write refused)."""
-        assert self._fd is not None, "commit of a committed or discarded part file"
         folder = path.parent
         try:
-            try:
-                os.fdatasync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+            with self._lock:
+                assert self._fd is not None, "commit of a committed or discarded part file"
+                try:
+                    if not self._synced:
+                        os.fdatasync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
             new_folder = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp, path)
@@ -161,10 +183,11 @@ class PartFile:
 
     def discard(self) -> None:
         """Remove the file; it was never acknowledged. Safe to call more than once."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self.tmp.unlink(missing_ok=True)
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+                self.tmp.unlink(missing_ok=True)
 
 
 def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:

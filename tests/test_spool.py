@@ -1,16 +1,19 @@
-"""The spool's file format: what a received instance looks like on disk."""
+"""The spool's file format and its durable writes: what a received instance looks like on disk."""
 
 from __future__ import annotations
 
+import errno
+import os
 from io import BytesIO
 
 import pydicom
+import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import encode_file_meta
 
-from node.spool import part10_header
+from node.spool import Spool, part10_header
 
 
 def test_file_meta_is_what_pynetdicom_and_pydicom_would_write():
@@ -29,3 +32,35 @@ def test_file_meta_is_what_pynetdicom_and_pydicom_would_write():
         assert header[132:] == encode_file_meta(meta)
         read = pydicom.dcmread(BytesIO(header), force=True).file_meta
         assert read.MediaStorageSOPInstanceUID == sop_uid and read.TransferSyntaxUID == syntax
+
+
+def test_an_early_flush_covers_what_was_written_before_it_and_commit_flushes_the_rest(tmp_path, monkeypatch):
+    flushed: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (flushed.append(os.fstat(fd).st_size), real(fd))[1])
+    spool = Spool(tmp_path)
+    part = spool.open_part()
+    part.write(b"a" * 100)
+    part.sync()  # the receiver's flush after the last fragment
+    part.commit(tmp_path / "one.dcm")
+    assert flushed == [100], "a flushed file is not flushed twice"
+    part = spool.open_part()
+    part.write(b"b" * 100)
+    part.sync()
+    part.write(b"c" * 50)  # written after the flush: the commit must flush again
+    part.commit(tmp_path / "two.dcm")
+    assert flushed == [100, 100, 150]
+
+
+def test_a_failed_early_flush_is_repeated_by_the_commit_which_reports_it(tmp_path, monkeypatch):
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    spool = Spool(tmp_path)
+    part = spool.open_part()
+    part.write(b"a" * 100)
+    monkeypatch.setattr(os, "fdatasync", failing)
+    part.sync()  # no exception in the receiving thread
+    with pytest.raises(OSError, match="Input/output"):
+        part.commit(tmp_path / "one.dcm")
+    assert not (tmp_path / "one.dcm").exists() and not part.tmp.exists(), "nothing half-written is left"
