@@ -11,13 +11,15 @@ only where its model card measured that its results do not change (``cpu_bfloat1
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
 
+@functools.cache
 def native_cpu_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles); oneDNN
-    emulates it elsewhere, more slowly than float32."""
+    emulates it elsewhere, more slowly than float32. Asked once: every forward pass asks."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
