@@ -195,13 +195,6 @@ def command_mismatch(identifiers: Mapping[str, object], command: C_STORE) -> Sto
     return None
 
 
-def store_request(event: evt.Event) -> C_STORE:
-    """The C-STORE request of an EVT_C_STORE event (pynetdicom types ``event.request`` as any
-    DIMSE request)."""
-    assert isinstance(event.request, C_STORE)
-    return event.request
-
-
 @dataclass(frozen=True)
 class StoreRefusal:
     status: int
@@ -364,12 +357,27 @@ class Receiver:
     # ---- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: evt.Event) -> int | Dataset:
-        """Answer one C-STORE whose data set ``node.pdata_stream`` has already written to a part
-        file: check it, then make it durable under its name and index it, or keep it aside."""
+        """Answer a C-STORE that pynetdicom's association thread took (``answer_in_reader``
+        could not): the first of an association whose acceptance was still being handled."""
         incoming = pdata_stream.take(event.assoc)
         if incoming is None:  # pynetdicom assembled it: its fragments came on another context
             return StoreRefusal(CANNOT_UNDERSTAND, "data set fragments on another presentation context "
                                 "than their command (PS3.8 9.3.5)").response()
+        return self.answer_store(event.assoc, incoming)
+
+    def answer_in_reader(self, assoc: Association, incoming: pdata_stream.Incoming) -> int | Dataset | None:
+        """Answer a C-STORE in the thread that read its last fragment (``node.pdata_stream``);
+        None until ``on_accepted`` gave the association its index id (pynetdicom runs it after
+        sending the A-ASSOCIATE-AC, when the SCU may already be sending its first C-STORE):
+        the stream answers only on established associations, which pynetdicom marks after its
+        EVT_ACCEPTED handlers, but what the index needs is checked here, where it is known."""
+        if id(assoc) not in self._assoc_ids:
+            return None
+        return self.answer_store(assoc, incoming)
+
+    def answer_store(self, assoc: Association, incoming: pdata_stream.Incoming) -> int | Dataset:
+        """Answer one C-STORE whose data set ``node.pdata_stream`` has already written to a part
+        file: check it, then make it durable under its name and index it, or keep it aside."""
         if incoming.refused == "disk":
             logs.warning("store.refused", reason="disk below watermark",
                          free_mb=self.spool.free_bytes() // 2**20)
@@ -380,7 +388,7 @@ class Receiver:
                                 f"cannot write to spool: {incoming.refused.strerror}").response()
         try:
             identifiers = screen(incoming)
-            refusal = self._check(identifiers, store_request(event), event.context.abstract_syntax)
+            refusal = self._check(identifiers, incoming.request, incoming.abstract_syntax)
         except StructureError as error:
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
         except Exception as error:  # an undecodable dataset must not take the association down
@@ -389,7 +397,7 @@ class Receiver:
             self._quarantine(incoming, refusal)
             return refusal.response()
         try:
-            self._store(event, identifiers, incoming)
+            self._store(assoc, identifiers, incoming)
         except OSError as error:
             logs.error("store.failed", reason=str(error))
             return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
@@ -427,7 +435,7 @@ class Receiver:
             )
         return command_mismatch(identifiers, command)
 
-    def _store(self, event: evt.Event, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
+    def _store(self, assoc: Association, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
         assert incoming.part is not None
         study, series, sop = (str(identifiers[k]) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
         path = self.spool.instance_path(study, series, sop)
@@ -437,7 +445,7 @@ class Receiver:
         replacing = path.exists()
         incoming.part.commit(path)
         try:
-            self._index_instance(event, record)
+            self._index_instance(assoc, record)
         except sqlite3.Error:
             # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
             # a file that replaced an indexed instance stays, its row still points at it.
@@ -445,12 +453,12 @@ class Receiver:
                 path.unlink(missing_ok=True)
             raise
 
-    def _index_instance(self, event: evt.Event, record: InstanceRecord) -> None:
-        assoc_id = self._assoc_ids.get(id(event.assoc))
+    def _index_instance(self, assoc: Association, record: InstanceRecord) -> None:
+        assoc_id = self._assoc_ids.get(id(assoc))
         with self._index_lock:
             if assoc_id is not None and assoc_id not in self._registered:
                 self.index.open_association(
-                    assoc_id, event.assoc.requestor.ae_title, event.assoc.requestor.address, os.getpid()
+                    assoc_id, assoc.requestor.ae_title, assoc.requestor.address, os.getpid()
                 )
                 self._registered.add(assoc_id)
             self.index.record_instance(record, assoc_id)
@@ -492,7 +500,8 @@ class Receiver:
     def serve_forever(self) -> None:
         patch_reactor_sleep()
         pdu_guard.install(self.config.node.max_pdu)
-        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free)
+        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free,
+                             self.answer_in_reader)
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -8,6 +8,8 @@ import io
 import socket
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node import pdata_stream
 from node.receiver import TRANSFER_SYNTAXES
+from node.store import Index
 from tests.conftest import DATA
-from tests.harness import NodeProcess, node_config
-from tests.peers import dcmtk_bin, storescu
+from tests.harness import REPO, NodeProcess, node_config, write_toml
+from tests.peers import dcmtk_bin, storescu, wait_for_port
 from tests.raw_scu import exchange
 
 SYNTAXES = DATA / "transfer-syntaxes"
@@ -216,3 +219,72 @@ def pynetdicom_response(primitive: C_STORE) -> bytes:
 def test_deflated_sample_is_really_deflated(samples):
     """The deflated sample must hold raw deflate data, or the deflated case tests nothing."""
     zlib.decompressobj(-zlib.MAX_WBITS).decompress(data_set_bytes(samples["1.2.840.10008.1.2.1.99"]))
+
+
+#: How long ``tests.hobbled_receiver`` holds back its handling of each association's acceptance.
+LATE_ACCEPTANCE_SECONDS = 0.5
+
+
+def hobbled_receiver(tmp_path: Path, *how: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``tests.hobbled_receiver`` on a fresh node config: the process, its port, its spool."""
+    config = node_config(tmp_path, completion={"settle_seconds": 3600, "quiet_seconds": 3600})
+    config_path = write_toml(config, tmp_path / "config.toml")
+    receiver = subprocess.Popen([sys.executable, "-m", "tests.hobbled_receiver", str(config_path), *how],
+                                cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "receiver.log", "ab"))
+    wait_for_port(config["node"]["port"], timeout=30)
+    return receiver, config["node"]["port"], Path(config["node"]["spool"])
+
+
+def store_each(port: int, sources: list[Path]) -> list[tuple[int, float]]:
+    """C-STORE each file over one association: (status, seconds to its response) per file."""
+    ae = AE("PYNETDICOM")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
+    assert assoc.is_established
+    answers = []
+    for source in sources:
+        started = time.perf_counter()
+        status = int(assoc.send_c_store(pydicom.dcmread(source)).Status)
+        answers.append((status, time.perf_counter() - started))
+    assoc.release()
+    return answers
+
+
+def test_c_stores_sent_before_the_receiver_handled_the_acceptance_are_stored_and_indexed_under_their_association(
+        tmp_path, data_dir):
+    """A C-STORE is answered in the thread that read it only once the association is
+    established and has its index id; a fast SCU's first one can come before that (here it
+    always does) and is answered by pynetdicom's association thread instead."""
+    sources = sorted((data_dir / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))[:4]
+    receiver, port, spool = hobbled_receiver(tmp_path, "late-acceptance", str(LATE_ACCEPTANCE_SECONDS))
+    try:
+        answers = store_each(port, sources)
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=30)
+    assert [status for status, _ in answers] == [0, 0, 0, 0]
+    # the first waited for the held-back acceptance: it went the association thread's way
+    assert answers[0][1] >= LATE_ACCEPTANCE_SECONDS * 0.8, f"first response after {answers[0][1]:.3f} s"
+    index = Index(spool / "index.sqlite")
+    rows = [index.instance(str(pydicom.dcmread(s, stop_before_pixels=True).SOPInstanceUID)) for s in sources]
+    associations = {row["association"] if row is not None else "not indexed" for row in rows}
+    assert len(associations) == 1 and None not in associations and "not indexed" not in associations, associations
+    for source, row in zip(sources, rows):
+        assert row is not None
+        assert pydicom.dcmread(row["path"]) == pydicom.dcmread(source)
+
+
+def test_an_unexpected_error_in_storing_answers_0xC211_and_leaves_no_file_behind(tmp_path, data_dir):
+    """As pynetdicom answers for a handler that raised; the association stays usable."""
+    sources = sorted((data_dir / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))[:2]
+    receiver, port, spool = hobbled_receiver(tmp_path, "failing-store")
+    try:
+        answers = store_each(port, sources)
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=30)
+    assert [status for status, _ in answers] == [0xC211, 0xC211]
+    left = [p for p in spool.rglob("*") if p.is_file() and p.suffix in (".part", ".dcm")]
+    assert left == [], left
+    assert "store.failed" in (tmp_path / "receiver.log").read_text()

@@ -64,3 +64,25 @@ def test_a_failed_early_flush_is_repeated_by_the_commit_which_reports_it(tmp_pat
     with pytest.raises(OSError, match="Input/output"):
         part.commit(tmp_path / "one.dcm")
     assert not (tmp_path / "one.dcm").exists() and not part.tmp.exists(), "nothing half-written is left"
+
+
+def test_writeback_started_before_the_checks_still_leaves_the_flush_to_the_commit(tmp_path, monkeypatch):
+    """``start_writeback`` only starts the kernel writing; it promises nothing, so the commit
+    flushes as if it had not run, and the file is whole under its name."""
+    flushed: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    part = Spool(tmp_path).open_part()
+    part.write(b"a" * 4096)
+    part.start_writeback()
+    part.write(b"b" * 10)
+    part.start_writeback()
+    part.commit(tmp_path / "one.dcm")
+    assert flushed == [4106]
+    assert (tmp_path / "one.dcm").read_bytes() == b"a" * 4096 + b"b" * 10
+    part.start_writeback()  # after the commit: nothing to write, no error
