@@ -2,8 +2,13 @@
 and delivery speed: radnode's dispatcher vs dcmtk storescu, sending a derived series to Orthanc.
 
 A 300-slice 512x512 CT (real slices of ../shared/data/ct-chest/cptac-luad-C3N-00247, repeated
-with new UIDs) is sent over one association, then split over 4 concurrent storescu processes;
-then the same series compressed with JPEG-LS lossless (dcmtk dcmcjpls). Every dcmtk-based
+with new UIDs) is sent over one association, then split over 4 concurrent storescu processes,
+``--repeat`` times each (medians are printed); then the same series compressed with JPEG-LS
+lossless (dcmtk dcmcjpls). Every send is a series of its own UIDs, the same series to every
+receiver, so that every receiver stores every image it is sent: Orthanc, by default
+(OverwriteInstances false), keeps the copy of an instance it already has. The three receivers
+run side by side and take turns at each send, so that a shared machine that slows down for a
+while slows all three alike. Every dcmtk-based
 process (storescu, storescp, Orthanc) runs with TCP_NODELAY=1: without it dcmtk stalls on
 Nagle's algorithm at ~16-20 img/s and a comparison means nothing. radnode runs with its
 durable writes (fsync before the ack); storescp as shipped (no fsync), Orthanc as shipped.
@@ -14,18 +19,20 @@ radnode could be if its own work cost nothing beyond storescp's. Targets (issue 
 association >= 0.85 of that floor and >= 2x Orthanc, four associations >= 2x Orthanc; the
 dispatcher delivers a 300-slice derived series at >= 0.7x storescu's rate.
 
-    python3 bench/ingest.py [--slices 300] [--receivers 2] [--delivery-only]
+    python3 bench/ingest.py [--slices 300] [--repeat 3] [--receivers 2] [--delivery-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +69,63 @@ def split(paths: list[Path], parts: int) -> list[list[Path]]:
     return [paths[i::parts] for i in range(parts)]
 
 
-def measure(name: str, port: int, aet: str, paths: list[Path], propose: tuple[str, ...]) -> Rates:
-    send(port, aet, [paths[:10]], propose)  # warm-up: first association, caches
-    one = len(paths) / send(port, aet, [paths], propose)
-    four = len(paths) / send(port, aet, split(paths, 4), propose)
-    print(f"  {name:10s} 1 association: {one:7.1f} img/s   4 associations: {four:7.1f} img/s", flush=True)
-    return {"one": one, "four": four}
+@dataclass(frozen=True)
+class Sends:
+    """What every receiver is sent: a short warm-up, then a series of its own UIDs per send."""
+
+    warm_up: list[Path]
+    one: list[list[Path]]  # one series per send over one association
+    four: list[list[Path]]  # one series per send split over four associations
 
 
-def durable_write_seconds(folder: Path, sample: Path, count: int = 60) -> float:
-    """Median seconds of the spool's durable write (write, fsync, rename, fsync the folder) of
-    one image on this disk: the floor under every acknowledgement of one association."""
+def fresh_sends(folder: Path, slices: int, repeat: int) -> Sends:
+    series = [repeated_series(folder / f"series-{i}", slices) for i in range(2 * repeat)]
+    return Sends(repeated_series(folder / "warm-up", 10), series[:repeat], series[repeat:])
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A receiver under test: its name, DICOM port and AE title."""
+
+    name: str
+    port: int
+    aet: str
+
+
+def measure(peers: list[Peer], sends: Sends, propose: tuple[str, ...], flush_folder: Path,
+            sample: Path) -> tuple[dict[str, Rates], float]:
+    """Every peer on every send, interleaved (each round's sends go to the peers in turn, a
+    different one first each round), so that a machine that slows down for a while slows all
+    of them alike; the spool's durable write is timed in every round too. Returns the median
+    rates per peer and the median durable write (seconds)."""
+    for peer in peers:
+        send(peer.port, peer.aet, [sends.warm_up], propose)  # first association, caches
+    one: dict[str, list[float]] = {peer.name: [] for peer in peers}
+    four: dict[str, list[float]] = {peer.name: [] for peer in peers}
+    flushes: list[float] = []
+    for turn, (single, split_four) in enumerate(zip(sends.one, sends.four)):
+        order = peers[turn % len(peers):] + peers[:turn % len(peers)]
+        for peer in order:
+            one[peer.name].append(len(single) / send(peer.port, peer.aet, [single], propose))
+        for peer in order:
+            four[peer.name].append(len(split_four) / send(peer.port, peer.aet, split(split_four, 4), propose))
+        flushes += durable_write_times(flush_folder / str(turn), sample)
+    rates = {}
+    for peer in peers:
+        rates[peer.name] = {"one": statistics.median(one[peer.name]), "four": statistics.median(four[peer.name])}
+        print(f"  {peer.name:10s} 1 association: {rates[peer.name]['one']:7.1f} img/s   4 associations: "
+              f"{rates[peer.name]['four']:7.1f} img/s   (median of {len(one[peer.name])}; "
+              f"{_rates(one[peer.name])} / {_rates(four[peer.name])})", flush=True)
+    return rates, statistics.median(flushes)
+
+
+def _rates(values: list[float]) -> str:
+    return " ".join(f"{v:.0f}" for v in values)
+
+
+def durable_write_times(folder: Path, sample: Path, count: int = 20) -> list[float]:
+    """Seconds of the spool's durable write (write, fsync, rename, fsync the folder) of one
+    image on this disk, ``count`` times: the floor under every acknowledgement of one association."""
     spool = Spool(folder)
     data = sample.read_bytes()
     times = []
@@ -80,7 +133,7 @@ def durable_write_seconds(folder: Path, sample: Path, count: int = 60) -> float:
         started = time.perf_counter()
         spool.write(spool.instance_path("1.2", "1.2.3", f"1.2.3.{i}"), data)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
 def jpeg_ls(paths: list[Path], folder: Path) -> list[Path]:
@@ -96,41 +149,39 @@ def jpeg_ls(paths: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def ingest(series: str, paths: list[Path], tmp: Path, receivers: int, propose: tuple[str, ...] = ()) -> None:
-    """Every receiver on one series, then the ratios the issue's targets are stated in."""
+def jpeg_ls_sends(sends: Sends, folder: Path) -> Sends:
+    folder.mkdir()
+    return Sends(jpeg_ls(sends.warm_up, folder / "warm-up"),
+                 [jpeg_ls(series, folder / f"one-{i}") for i, series in enumerate(sends.one)],
+                 [jpeg_ls(series, folder / f"four-{i}") for i, series in enumerate(sends.four)])
+
+
+def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[str, ...] = ()) -> None:
+    """Every receiver on the same sends, then the ratios the issue's targets are stated in."""
+    paths = sends.one[0]
     print(f"{series}: {len(paths)} images, {sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KiB "
           "each on average", flush=True)
-    results: dict[str, Rates] = {}
     (tmp / "radnode").mkdir()
-    node = NodeProcess(node_config(tmp / "radnode", node={"receivers": receivers},
-                                   completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
-                       tmp / "radnode").start()
-    try:
-        results["radnode"] = measure("radnode", node.port, "RADNODE", paths, propose)
-    finally:
-        node.stop()
-
-    port = free_port()
     (tmp / "storescp").mkdir()
-    scp = subprocess.Popen([dcmtk_bin("storescp"), "+xa", "--output-directory", str(tmp / "storescp"), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
-    wait_for_port(port)
-    try:
-        results["storescp"] = measure("storescp", port, "STORESCP", paths, propose)
-    finally:
-        scp.terminate()
-        scp.wait()
-
-    orthanc = Orthanc(tmp / "orthanc").start()
-    try:
-        results["orthanc"] = measure("orthanc", orthanc.dicom_port, orthanc.aet, paths, propose)
-    finally:
-        orthanc.stop()
-
-    flush = durable_write_seconds(tmp / "flush", paths[0])
+    with contextlib.ExitStack() as running:
+        node = NodeProcess(node_config(tmp / "radnode", node={"receivers": receivers},
+                                       completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
+                           tmp / "radnode").start()
+        running.callback(node.stop)
+        port = free_port()
+        scp = subprocess.Popen([dcmtk_bin("storescp"), "+xa", "--output-directory", str(tmp / "storescp"),
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
+        running.callback(scp.wait)
+        running.callback(scp.terminate)
+        wait_for_port(port)
+        orthanc = Orthanc(tmp / "orthanc").start()
+        running.callback(orthanc.stop)
+        peers = [Peer("radnode", node.port, "RADNODE"), Peer("storescp", port, "STORESCP"),
+                 Peer("orthanc", orthanc.dicom_port, orthanc.aet)]
+        results, flush = measure(peers, sends, propose, tmp / "flush", paths[0])
     ours, scp_rates, orthanc_rates = results["radnode"], results["storescp"], results["orthanc"]
     floor = {k: 1 / (1 / scp_rates[k] + flush) for k in ("one", "four")}
-    print(f"  spool durable write of one image here: {flush * 1000:.2f} ms (median of 60); storescp takes "
+    print(f"  spool durable write of one image here: {flush * 1000:.2f} ms (median); storescp takes "
           f"{1000 / scp_rates['one']:.2f} ms per image over one association, so the durable floor is "
           f"{floor['one']:.0f} img/s (1 association), {floor['four']:.0f} img/s (4)")
     for name, reference in (("storescp", scp_rates), ("orthanc", orthanc_rates), ("durable floor", floor)):
@@ -211,20 +262,22 @@ def delivery(paths: list[Path], tmp: Path, rounds: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3, help="sends of each kind per receiver (medians)")
     parser.add_argument("--receivers", type=int, default=2, help="radnode receiver processes")
     parser.add_argument("--delivery-only", action="store_true", help="only the dispatcher vs storescu part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        paths = repeated_series(tmp / "series", args.slices)
-        if not args.delivery_only:
-            compressed = jpeg_ls(paths, tmp / "series-jpeg-ls")
-            (tmp / "ct").mkdir()
-            ingest("CT, explicit VR little endian", paths, tmp / "ct", args.receivers)
-            (tmp / "jls").mkdir()
-            ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers,
-                   propose=("--propose-jls-lossless",))
-        delivery(paths, tmp)
+        if args.delivery_only:
+            delivery(repeated_series(tmp / "series", args.slices), tmp)
+            return
+        sends = fresh_sends(tmp / "series", args.slices, args.repeat)
+        compressed = jpeg_ls_sends(sends, tmp / "series-jpeg-ls")
+        (tmp / "ct").mkdir()
+        ingest("CT, explicit VR little endian", sends, tmp / "ct", args.receivers)
+        (tmp / "jls").mkdir()
+        ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers, propose=("--propose-jls-lossless",))
+        delivery(sends.one[0], tmp)
 
 
 if __name__ == "__main__":
