@@ -88,24 +88,10 @@ class Incoming:
     part: PartFile | None
     #: Length of the file meta in front of the data set.
     header_size: int
-    #: The C-STORE request, queued for pynetdicom once the data set is complete.
+    #: The C-STORE request: answered once the data set is complete, here or by pynetdicom.
     request: C_STORE
     #: Why the data set was not kept: "disk" (below the free-space watermark) or the write error.
     refused: str | OSError | None = None
-
-
-@dataclass
-class _Stream:
-    """The receiving side of one association."""
-
-    spool: Spool
-    has_room: Callable[[], bool]
-    answer: Answer | None
-    #: The command fragments received so far, as presentation data values (control byte first).
-    command: list[bytes] = field(default_factory=list)
-    current: Incoming | None = None
-    done: collections.deque[Incoming] = field(default_factory=collections.deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 #: The C-STORE handler run where the last fragment arrived: the response's status (a code, or
@@ -122,6 +108,18 @@ class Settings:
     spool: Spool
     has_room: Callable[[], bool]
     answer: Answer | None
+
+
+@dataclass
+class _Stream:
+    """The receiving side of one association."""
+
+    settings: Settings
+    #: The command fragments received so far, as presentation data values (control byte first).
+    command: list[bytes] = field(default_factory=list)
+    current: Incoming | None = None
+    done: collections.deque[Incoming] = field(default_factory=collections.deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _settings: Settings | None = None
@@ -180,7 +178,7 @@ def _answered_here(dul: DULServiceProvider, stream: _Stream, incoming: Incoming)
     here yet. The kernel is asked to start writing the data set to the disk first, so that the
     commit's flush, after the checks, waits for less: the flush no longer runs in one thread
     while the checks run in another, and without this the hand-offs saved were lost again."""
-    answer = stream.answer
+    answer = stream.settings.answer
     assoc = dul.assoc
     if answer is None or not assoc.is_established:
         return False
@@ -258,7 +256,7 @@ def _stream_of(dul: DULServiceProvider) -> _Stream:
     stream: _Stream | None = getattr(dul, "_radnode_stream", None)
     if stream is None:
         assert _settings is not None, "pdata_stream.install() first"
-        stream = _Stream(_settings.spool, _settings.has_room, _settings.answer)
+        stream = _Stream(_settings)
         dul._radnode_stream = stream  # type: ignore[attr-defined]
     return stream
 
@@ -286,7 +284,7 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
     incoming = Incoming(context_id, str(context.abstract_syntax), syntax, sop_class, sop_instance, None, 0,
                         request)
     stream.current = incoming
-    if not stream.has_room():
+    if not stream.settings.has_room():
         incoming.refused = "disk"
         return True
     try:
@@ -294,7 +292,7 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
     except (UnicodeError, struct.error):
         header = b""  # the command's own UIDs are wrong; the handler refuses and keeps the data
     try:
-        incoming.part = stream.spool.open_part()
+        incoming.part = stream.settings.spool.open_part()
         incoming.part.write(header)
         incoming.header_size = len(header)
     except OSError as error:
