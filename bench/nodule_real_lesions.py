@@ -2,7 +2,11 @@
 the candidate stage + scorer (each patient by the fold scorer that never saw it, at that fold's
 threshold) against the RetinaNet at its shipped threshold (the model card's replacement rule).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=$PWD python3 bench/nodule_real_lesions.py [--detector scorer|retinanet] [--out FILE.json]
+    OMP_NUM_THREADS=2 PYTHONPATH=$PWD python3 bench/nodule_real_lesions.py \
+        [--detector scorer|retinanet] [--scorer DIR] [--out FILE.json]
+
+``--scorer`` measures a scorer folder written by ``train_scorer`` (with its ``folds/``) before
+it replaces the shipped one.
 
 Both run through the pipeline's own path (grid, lung check, fusion of nested boxes, threshold,
 in-box segmentation and measurement on the source slices). A lesion is reported when a reported
@@ -34,8 +38,8 @@ from pipelines.training.data_folder import DATA_ROOT
 MIN_LESION_MM = 10.0
 
 
-def pipeline_for(detector: str, patient: str) -> NoduleDetection:
-    model = DEFAULT_SCORER_DIR / "folds" / patient if detector == "scorer" else DEFAULT_MODEL_DIR
+def pipeline_for(detector: str, patient: str, scorer_dir: Path = DEFAULT_SCORER_DIR) -> NoduleDetection:
+    model = scorer_dir / "folds" / patient if detector == "scorer" else DEFAULT_MODEL_DIR
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(model)))
 
 
@@ -60,12 +64,13 @@ def _mean_abs_difference(lesions: list[dict], unit: str, digits: int) -> float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", choices=("scorer", "retinanet"), default="scorer")
+    parser.add_argument("--scorer", type=Path, default=DEFAULT_SCORER_DIR, help="scorer folder with its folds/")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows, scans = [], []
     for patient in patients.PATIENTS:
-        pipeline = pipeline_for(args.detector, patient)
+        pipeline = pipeline_for(args.detector, patient, args.scorer)
         threshold = pipeline.detector.settings.report_threshold
         for name in patients.PATIENTS[patient]:
             series = patients.load(DATA_ROOT, patient, name)

@@ -8,7 +8,10 @@
    ones). The candidate stage runs on each; a candidate is positive when its centre lies in a
    real or inserted lesion's box grown by 2 mm, *ignored* (never a negative) when it lies in an
    ignore region of the LIDC readers, negative otherwise. Synthetic copies keep their positives
-   and ``NEGATIVES_PER_COPY`` random negatives.
+   and ``NEGATIVES_PER_COPY`` random negatives. Every series thinner than ``THICK_MM`` also
+   enters as slab averages about 5 and 8 mm thick (``slab_factors``): real series of their
+   patient, held out with it, counted with the real series when a threshold is set; the held-out
+   numbers are on the series as acquired.
 2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
    series) and scores the held-out patient's real series (and, for the FROC on inserted
    nodules, its synthetic copies). The operating point is the model card's nested rule: four
@@ -27,10 +30,10 @@ negatives. The content of each epoch depends only on ``--seed``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,9 @@ TARGET_FP = 2.0
 NEGATIVE_RATIO = 3
 NEGATIVES_PER_COPY = 150
 MIN_LESION_MM = 10.0
+#: Thin-slice series also train as slab averages this thick (model card, "Thick-slice training series").
+SLAB_TARGETS_MM = (5.0, 8.0)
+THICK_MM = 5.0
 #: The FROC's false-positive rates and the hit rule, as ``evaluate.FP_RATES`` and
 #: ``HIT_MARGIN_MM`` (a test checks they agree). Not imported from there: training from
 #: a cached ``candidates.npz`` needs only torch and numpy, so it runs on a GPU machine that has
@@ -55,49 +61,71 @@ HIT_MARGIN_MM = 2.0
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
-    """All candidates of the real series and their synthetic copies, with labels and inputs."""
-    from pipelines.nodule import candidates
-    from pipelines.nodule.grid import to_model_grid
-    from pipelines.nodule.training import patients
+    """All candidates of the real series, their slab averages and synthetic copies, with labels
+    and inputs. The slab series come last, so the rest is drawn from the same random stream as
+    before they existed."""
+    from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
+    parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy", "slab",
                                               "lesion", "diameter")}
-    lesion_table = []
-    for series in patients.all_series(data_dir):
-        grid = to_model_grid(series.volume, (candidates.GRID_MM,) * 3)
+    lesion_table: list[dict] = []
+    real = patients.all_series(data_dir)
+    for series in real:
         for copy in range(copies + 1):
-            if copy == 0:
-                scan_grid, inserted = grid, []
-            else:
-                scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng)
-            started = time.process_time()
-            scan = candidates.find_on_grid(scan_grid)
-            truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
-            labels, which = _labels(scan, truth, series.ignore)
-            keep = np.arange(len(labels))
-            if copy > 0:  # synthetic copies: positives and a sample of negatives
-                negatives = np.flatnonzero(labels == 0)
-                sampled = rng.choice(negatives, size=min(NEGATIVES_PER_COPY, len(negatives)), replace=False)
-                keep = np.sort(np.concatenate([np.flatnonzero(labels == 1), sampled]))
-            kept = [scan.candidates[n] for n in keep]
-            p, s = scorer.inputs(scan, kept)
-            base = len(lesion_table)
-            lesion_table += [{"series": series.name, "patient": series.patient, "copy": copy,
-                              "label": t[2], "diameter_mm": round(float(t[1]), 1)} for t in truth]
-            parts["patches"].append(p)
-            parts["scalars"].append(s)
-            parts["label"].append(labels[keep])
-            parts["lesion"].append(np.where(which[keep] >= 0, which[keep] + base, -1))
-            parts["diameter"].append(np.array([c.diameter_mm for c in kept], dtype=np.float32))
-            for key, value in (("patient", series.patient), ("series", series.name), ("copy", copy)):
-                parts[key].append(np.full(len(keep), value))
-            print(f"{series.name} copy {copy}: {len(scan.candidates)} candidates, {int((labels == 1).sum())} on "
-                  f"lesions, {int((labels == -1).sum())} ignored ({time.process_time() - started:.0f} CPU s)",
-                  flush=True)
+            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng)
+    for series in real:
+        for factor in slab_factors(series.volume.spacing[2]):
+            thick = dataclasses.replace(series, volume=data.slab_average(series.volume, factor),
+                                        name=f"{series.name} (slab {factor})")
+            _add_scan(parts, lesion_table, thick, 0, factor, nodules, rng)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     arrays["lesions"] = np.array(json.dumps(lesion_table))
     return arrays
+
+
+def slab_factors(thickness_mm: float) -> tuple[int, ...]:
+    """Slab averages that make a thin-slice series about 5 and 8 mm thick (model card); none for
+    a series already at ``THICK_MM`` or more."""
+    if thickness_mm >= THICK_MM:
+        return ()
+    return tuple(sorted({max(2, round(target / thickness_mm)) for target in SLAB_TARGETS_MM}))
+
+
+def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: int, slab: int, nodules: int,
+              rng: np.random.Generator) -> None:
+    """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules)."""
+    from pipelines.nodule import candidates
+    from pipelines.nodule.grid import to_model_grid
+
+    grid = to_model_grid(series.volume, (candidates.GRID_MM,) * 3)
+    if copy == 0:
+        scan_grid, inserted = grid, []
+    else:
+        scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng)
+    started = time.process_time()
+    scan = candidates.find_on_grid(scan_grid)
+    truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
+    labels, which = _labels(scan, truth, series.ignore)
+    keep = np.arange(len(labels))
+    if copy > 0:  # synthetic copies: positives and a sample of negatives
+        negatives = np.flatnonzero(labels == 0)
+        sampled = rng.choice(negatives, size=min(NEGATIVES_PER_COPY, len(negatives)), replace=False)
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == 1), sampled]))
+    kept = [scan.candidates[n] for n in keep]
+    p, s = scorer.inputs(scan, kept)
+    base = len(lesion_table)
+    lesion_table += [{"series": series.name, "patient": series.patient, "copy": copy, "slab": slab,
+                      "label": t[2], "diameter_mm": round(float(t[1]), 1)} for t in truth]
+    parts["patches"].append(p)
+    parts["scalars"].append(s)
+    parts["label"].append(labels[keep])
+    parts["lesion"].append(np.where(which[keep] >= 0, which[keep] + base, -1))
+    parts["diameter"].append(np.array([c.diameter_mm for c in kept], dtype=np.float32))
+    for key, value in (("patient", series.patient), ("series", series.name), ("copy", copy), ("slab", slab)):
+        parts[key].append(np.full(len(keep), value))
+    print(f"{series.name} copy {copy}: {len(scan.candidates)} candidates, {int((labels == 1).sum())} on "
+          f"lesions, {int((labels == -1).sum())} ignored ({time.process_time() - started:.0f} CPU s)", flush=True)
 
 
 def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
@@ -198,7 +226,7 @@ def operating_threshold(scores: np.ndarray, labels: np.ndarray, scans: int) -> f
 def held_out_numbers(arrays, rows: np.ndarray, scores: np.ndarray, threshold: float, lesions: list[dict]) -> dict:
     """Per real lesion >= 10 mm: best score and found at the threshold; FP per scan; FROC on the
     inserted nodules of the held-out patient's synthetic copies."""
-    real = rows[arrays["copy"][rows] == 0]
+    real = rows[(arrays["copy"][rows] == 0) & (arrays["slab"][rows] == 1)]  # the series as acquired
     real_scores = scores[np.searchsorted(rows, real)]
     table = []
     for index in sorted({int(i) for i in arrays["lesion"][real] if i >= 0}):
@@ -208,9 +236,10 @@ def held_out_numbers(arrays, rows: np.ndarray, scores: np.ndarray, threshold: fl
         on = arrays["lesion"][real] == index
         best = float(real_scores[on].max())
         table.append({**lesion, "best_score": round(best, 4), "found": best >= threshold})
+    with_candidate = set(arrays["lesion"][real].tolist())
     for index, lesion in enumerate(lesions):  # lesions without any candidate are misses too
-        if (lesion["copy"] == 0 and lesion["diameter_mm"] >= MIN_LESION_MM and lesion["patient"] == arrays["patient"][rows[0]]
-                and index not in set(arrays["lesion"][real].tolist())):
+        if (lesion["copy"] == 0 and lesion["slab"] == 1 and lesion["diameter_mm"] >= MIN_LESION_MM
+                and lesion["patient"] == arrays["patient"][rows[0]] and index not in with_candidate):
             table.append({**lesion, "best_score": 0.0, "found": False})
     series = sorted(set(arrays["series"][real].tolist()))
     fp = int(((arrays["label"][real] == 0) & (real_scores >= threshold)).sum())
@@ -241,7 +270,7 @@ def operating_threshold_at(scores: np.ndarray, labels: np.ndarray, scans: int, r
     return 0.0 if allowed >= len(negatives) else float(np.nextafter(negatives[allowed], 1.0))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Task:
     """One scorer to train on ``train_rows``, then to score ``score_rows`` with."""
 
@@ -249,7 +278,7 @@ class Task:
     score_rows: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Trained:
     state: dict
     scores: np.ndarray
