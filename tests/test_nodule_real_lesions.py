@@ -240,6 +240,14 @@ def test_thin_slice_series_also_train_as_5_and_8_mm_slabs_and_thick_ones_as_they
     assert thickness == {1.25: [5.0, 7.5], 2.5: [5.0, 7.5], 3.0: [6.0, 9.0], 8.0: []}
 
 
+def test_a_lesion_with_many_candidates_is_drawn_no_more_often_than_one_with_a_single_candidate():
+    # A mass boxed by 40 candidates beside two nodules with one and three candidates.
+    lesion = np.array([7] * 40 + [3] + [5] * 3)
+    weights = train_scorer.lesion_weights(lesion)
+    per_lesion = {int(k): float(weights[lesion == k].sum()) for k in np.unique(lesion)}
+    assert per_lesion == pytest.approx({3: 1 / 3, 5: 1 / 3, 7: 1 / 3})
+
+
 def test_scorer_training_counts_hits_as_the_evaluation_does():
     assert train_scorer.HIT_MARGIN_MM == evaluate.HIT_MARGIN_MM
     assert train_scorer.FP_RATES == evaluate.FP_RATES

@@ -24,7 +24,9 @@
    as a model folder ``DIR/folds/PATIENT`` (CI runs each real patient through the scorer that did not see it).
 
 Each epoch takes every positive (flipped and rotated at random) and three times as many random
-negatives. The content of each epoch depends only on ``--seed``.
+negatives; ``--positives lesions`` instead draws as many positives, each lesion equally often
+(``lesion_weights``: the model card's rejected "one lesion, one vote" run). The content of each
+epoch depends only on ``--seed``.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _inside(point: np.ndarray, box: np.ndarray, margin: float) -> bool:
 
 
 def train(arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: int, device: str,
-          batch: int = 32, lr: float = 2e-3) -> scorer.ScorerNet:
+          per_lesion: bool = False, batch: int = 32, lr: float = 2e-3) -> scorer.ScorerNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = scorer.ScorerNet().to(device)
@@ -188,8 +190,10 @@ def train(arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: in
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 1))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     net.train()
+    weights = lesion_weights(arrays["lesion"][positives]) if per_lesion else None
     for _ in range(epochs):
-        chosen = np.concatenate([positives, rng.choice(negatives, size=len(positives) * NEGATIVE_RATIO)])
+        drawn = positives if weights is None else rng.choice(positives, size=len(positives), p=weights)
+        chosen = np.concatenate([drawn, rng.choice(negatives, size=len(positives) * NEGATIVE_RATIO)])
         rng.shuffle(chosen)
         for start in range(0, len(chosen), batch):
             take = np.sort(chosen[start:start + batch])
@@ -202,6 +206,14 @@ def train(arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: in
             optimiser.step()
             schedule.step()
     return net
+
+
+def lesion_weights(lesion: np.ndarray) -> np.ndarray:
+    """Drawing probabilities for positive candidates (``lesion``: the lesion each lies on) that
+    draw every lesion equally often, however many candidates the candidate stage put on it."""
+    _, which, count = np.unique(lesion, return_inverse=True, return_counts=True)
+    weights = 1.0 / count[which]
+    return weights / weights.sum()
 
 
 def _augment(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -291,9 +303,9 @@ _SHARED: dict = {}
 
 def _run(item: tuple[tuple[str, ...], Task]) -> tuple[tuple[str, ...], Trained]:
     key, task = item
-    arrays, epochs, seed, device = (_SHARED[k] for k in ("arrays", "epochs", "seed", "device"))
+    arrays, epochs, seed, device, per_lesion = (_SHARED[k] for k in ("arrays", "epochs", "seed", "device", "per_lesion"))
     started = time.time()
-    net = train(arrays, task.train_rows, epochs, seed, device)
+    net = train(arrays, task.train_rows, epochs, seed, device, per_lesion)
     scores = scorer.score(net, arrays["patches"][task.score_rows], arrays["scalars"][task.score_rows], device)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return key, Trained(state, scores, time.time() - started)
@@ -344,6 +356,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--positives", choices=("candidates", "lesions"), default="candidates",
+                        help="each epoch: every positive candidate, or as many drawn one lesion one vote")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
     parser.add_argument("--data-only", action="store_true",
@@ -366,7 +380,8 @@ def main() -> None:
           f"({time.time() - started:.0f} s)", flush=True)
     usable = np.flatnonzero(arrays["label"] >= 0)
     tasks = fold_tasks(arrays, usable, final=not args.folds_only)
-    _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device)
+    _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device,
+                   per_lesion=args.positives == "lesions")
     results = run_tasks(tasks, args.jobs)
     folds, out_of_fold = [], []
     for key in (k for k in tasks if len(k) == 1):
