@@ -292,6 +292,8 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
+    """What a task gives back: the scorer's weights (CPU tensors), its scores of ``score_rows``, wall seconds."""
+
     state: dict
     scores: np.ndarray
     seconds: float
