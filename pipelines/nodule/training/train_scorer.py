@@ -392,12 +392,13 @@ def main() -> None:
         threshold = nested_threshold(arrays, np.concatenate([tasks[k].score_rows for k in inner]),
                                      np.concatenate([results[k].scores for k in inner]))
         outer, test_rows = results[key], tasks[key].score_rows
+        outer_net = _net(outer.state)
         numbers = held_out_numbers(arrays, test_rows, outer.scores, threshold, lesions)
-        write_folder(args.out / "folds" / held_out, _net(outer.state), threshold)  # CI runs each patient through its fold
+        write_folder(args.out / "folds" / held_out, outer_net, threshold)  # CI runs each patient through its fold
         real = arrays["copy"][test_rows] == 0
         out_of_fold.append((test_rows[real], outer.scores[real]))
         folds.append({"held_out": held_out, "threshold": threshold,
-                      "threshold_first_rule": _threshold_on(_net(outer.state), arrays, tasks[key].train_rows, args.device),
+                      "threshold_first_rule": _threshold_on(outer_net, arrays, tasks[key].train_rows, args.device),
                       "seconds": round(outer.seconds), "inner_seconds": [round(results[k].seconds) for k in inner],
                       **numbers})
         found = sum(r["found"] for r in numbers["lesions"])
