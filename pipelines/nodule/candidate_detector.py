@@ -9,6 +9,8 @@ A scorer model folder (written by ``train_scorer``)::
 
     scorer.pt        state dict of scorer.ScorerNet
     params.toml      [scorer] report_threshold = ...   (the model card's operating point)
+                     [scorer] weights = ["scorer.pt", "scorer-lesions.pt"]   (optional: several
+                     scorers whose probabilities are averaged; default ["scorer.pt"])
     training.json    every leave-one-patient-out fold and the shipped model's training
 """
 
@@ -32,7 +34,8 @@ WEIGHTS = "scorer.pt"
 
 
 def is_scorer_folder(folder: Path) -> bool:
-    return (Path(folder) / WEIGHTS).is_file()
+    """A folder with scorer weights (``scorer.pt``, or ``scorer-<weighting>.pt`` from ``train_scorer``)."""
+    return any(Path(folder).glob("scorer*.pt"))
 
 
 @dataclass(frozen=True)
@@ -45,28 +48,26 @@ class ScorerSettings:
 class CandidateDetector:
     """A loaded scorer folder on one device; ``detect(grid)`` gives every candidate, scored."""
 
-    def __init__(self, net: scorer.ScorerNet, settings: ScorerSettings, device: str) -> None:
-        self.net = net.to(device).eval()
+    def __init__(self, nets: list[scorer.ScorerNet], settings: ScorerSettings, device: str) -> None:
+        self.nets = [net.to(device).eval() for net in nets]
         self.settings = settings
         self.device = device
 
     @classmethod
     def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> CandidateDetector:
         folder = require_folder(folder)
+        params = read_params(folder).get("scorer", {})
         try:
-            threshold = float(read_params(folder)["scorer"]["report_threshold"])
+            threshold = float(params["report_threshold"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFolderError(f"{folder}: params.toml needs [scorer] report_threshold (a number): {exc}") from exc
-        net = scorer.ScorerNet()
-        try:
-            net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise ModelFolderError(
-                f"{folder / WEIGHTS} is not a state dict of pipelines.nodule.scorer.ScorerNet: {exc}"
-            ) from exc
+        names = params.get("weights", [WEIGHTS])
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ModelFolderError(f"{folder}: [scorer] weights must be a list of weight file names, got {names!r}")
+        nets = [_load_net(folder / name) for name in names]
         if report_threshold is not None:
             threshold = float(report_threshold)
-        return cls(net, ScorerSettings(report_threshold=threshold), device)
+        return cls(nets, ScorerSettings(report_threshold=threshold), device)
 
     def grid(self, volume: Volume) -> ModelGrid:
         return to_model_grid(volume, (candidates.GRID_MM,) * 3)
@@ -75,9 +76,18 @@ class CandidateDetector:
         """Every candidate with its score, best first (the caller applies report_threshold)."""
         scan = candidates.find_on_grid(grid, lungs)
         patches, scalars = scorer.inputs(scan, scan.candidates)
-        scores = scorer.score(self.net, patches, scalars, self.device)
+        scores = scorer.mean_score(self.nets, patches, scalars, self.device)
         found = [Detection(c.box, _corners_lps(scan, c), float(s)) for c, s in zip(scan.candidates, scores)]
         return sorted(found, key=lambda d: -d.score)
+
+
+def _load_net(path: Path) -> scorer.ScorerNet:
+    net = scorer.ScorerNet()
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelFolderError(f"{path} is not a state dict of pipelines.nodule.scorer.ScorerNet: {exc}") from exc
+    return net
 
 
 def _corners_lps(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> np.ndarray:

@@ -84,3 +84,10 @@ def score(net: ScorerNet, patches: np.ndarray, scalars: np.ndarray, device: str 
             s = torch.from_numpy(scalars[start:start + batch]).to(device)
             out.append(torch.sigmoid(net(p, s)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """The members' probabilities averaged: a scorer folder may hold scorers trained with different
+    weightings of the positives, each good at lesions the other misses (model card)."""
+    mean: np.ndarray = np.mean([score(net, patches, scalars, device) for net in nets], axis=0)
+    return mean

@@ -25,8 +25,10 @@
 
 Each epoch takes every positive (flipped and rotated at random) and three times as many random
 negatives; ``--positives lesions`` instead draws as many positives, each lesion equally often
-(``lesion_weights``: the model card's rejected "one lesion, one vote" run). The content of each
-epoch depends only on ``--seed``.
+(``lesion_weights``: the model card's rejected "one lesion, one vote" run). ``--positives
+choose`` trains both and lets each fold choose between them and their mean on its inner folds'
+out-of-fold scores (``choose``; the model card's "weighting chosen on the inner folds"). The
+content of each epoch depends only on ``--seed``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ THICK_MM = 5.0
 #: no DICOM or MONAI stack.
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 HIT_MARGIN_MM = 2.0
+#: The two ways to draw each epoch's positives (``train``), and what a fold may choose from with
+#: ``--positives choose``, in the model card's tie order: "mean" averages the two scorers' probabilities.
+WEIGHTINGS = ("candidates", "lesions")
+CHOICES = ("candidates", "mean", "lesions")
+#: The weight file of each weighting in a scorer folder (``candidate_detector`` reads ``weights``).
+WEIGHT_FILES = {"candidates": "scorer.pt", "lesions": "scorer-lesions.pt"}
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
@@ -304,10 +312,11 @@ _SHARED: dict = {}
 
 
 def _run(item: tuple[tuple[str, ...], Task]) -> tuple[tuple[str, ...], Trained]:
+    """One task; its key starts with the weighting of its positives (``WEIGHTINGS``)."""
     key, task = item
-    arrays, epochs, seed, device, per_lesion = (_SHARED[k] for k in ("arrays", "epochs", "seed", "device", "per_lesion"))
+    arrays, epochs, seed, device = (_SHARED[k] for k in ("arrays", "epochs", "seed", "device"))
     started = time.time()
-    net = train(arrays, task.train_rows, epochs, seed, device, per_lesion)
+    net = train(arrays, task.train_rows, epochs, seed, device, per_lesion=key[0] == "lesions")
     scores = scorer.score(net, arrays["patches"][task.score_rows], arrays["scalars"][task.score_rows], device)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return key, Trained(state, scores, time.time() - started)
@@ -348,6 +357,39 @@ def nested_threshold(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np
     return operating_threshold(scores, arrays["label"][rows], len(set(arrays["series"][rows].tolist())))
 
 
+def choice_scores(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], choice: str) -> np.ndarray:
+    """The scores of one fold task (``fold`` a ``fold_tasks`` key) under a choice of ``CHOICES``."""
+    if choice == "mean":
+        return np.mean([results[(w, *fold)].scores for w in WEIGHTINGS], axis=0)
+    return results[(choice, *fold)].scores
+
+
+def choose(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: dict[str, np.ndarray],
+           lesions: list[dict]) -> tuple[str, dict[str, dict]]:
+    """The model card's choice of weighting on out-of-fold scores of real series (``rows``;
+    ``scores`` per choice, in tie order): the most lesion-series >= 10 mm found at each choice's
+    nested threshold, then the fewest false positives, then the first. Returns the choice and
+    every choice's numbers."""
+    numbers = {}
+    for choice, score in scores.items():
+        threshold = nested_threshold(arrays, rows, score)
+        found, total = _lesion_series_found(arrays["lesion"][rows], score, threshold, lesions)
+        false_positives = int(((arrays["label"][rows] == 0) & (score >= threshold)).sum())
+        numbers[choice] = {"threshold": threshold, "lesion_series_found": found, "lesion_series": total,
+                           "false_positives": false_positives}
+    best = min(numbers, key=lambda c: (-numbers[c]["lesion_series_found"], numbers[c]["false_positives"]))
+    return best, numbers
+
+
+def _lesion_series_found(lesion: np.ndarray, scores: np.ndarray, threshold: float,
+                         lesions: list[dict]) -> tuple[int, int]:
+    """(found, with a candidate) over the lesions >= 10 mm that have candidates here: each entry of
+    ``lesions`` is one lesion in one series, found when one of its candidates reaches the threshold."""
+    on = [int(i) for i in np.unique(lesion) if i >= 0 and lesions[i]["diameter_mm"] >= MIN_LESION_MM]
+    found = sum(bool(scores[lesion == i].max() >= threshold) for i in on)
+    return found, len(on)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -358,8 +400,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--positives", choices=("candidates", "lesions"), default="candidates",
-                        help="each epoch: every positive candidate, or as many drawn one lesion one vote")
+    parser.add_argument("--positives", choices=(*WEIGHTINGS, "choose"), default="candidates",
+                        help="each epoch: every positive candidate, or as many drawn one lesion one vote; "
+                             "or train both and choose per fold (model card)")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
     parser.add_argument("--data-only", action="store_true",
@@ -381,29 +424,35 @@ def main() -> None:
     print(f"data: {len(arrays['label'])} candidates, {int((arrays['label'] == 1).sum())} positive "
           f"({time.time() - started:.0f} s)", flush=True)
     usable = np.flatnonzero(arrays["label"] >= 0)
-    tasks = fold_tasks(arrays, usable, final=not args.folds_only)
-    _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device,
-                   per_lesion=args.positives == "lesions")
+    folds_of = fold_tasks(arrays, usable, final=not args.folds_only)
+    choices = CHOICES if args.positives == "choose" else (args.positives,)
+    weightings = [w for w in WEIGHTINGS if w in choices or "mean" in choices]
+    tasks = {(w, *key): task for w in weightings for key, task in folds_of.items()}
+    _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device)
     results = run_tasks(tasks, args.jobs)
     folds, out_of_fold = [], []
-    for key in (k for k in tasks if len(k) == 1):
+    for key in (k for k in folds_of if len(k) == 1):
         held_out = key[0]
-        inner = [k for k in tasks if len(k) == 2 and k[0] == held_out]
-        threshold = nested_threshold(arrays, np.concatenate([tasks[k].score_rows for k in inner]),
-                                     np.concatenate([results[k].scores for k in inner]))
-        outer, test_rows = results[key], tasks[key].score_rows
-        outer_net = _net(outer.state)
-        numbers = held_out_numbers(arrays, test_rows, outer.scores, threshold, lesions)
-        write_folder(args.out / "folds" / held_out, outer_net, threshold)  # CI runs each patient through its fold
+        inner = [k for k in folds_of if len(k) == 2 and k[0] == held_out]
+        inner_rows = np.concatenate([folds_of[k].score_rows for k in inner])
+        chosen, choice_numbers = choose(arrays, inner_rows, {
+            c: np.concatenate([choice_scores(results, k, c) for k in inner]) for c in choices}, lesions)
+        threshold = choice_numbers[chosen]["threshold"]
+        test_rows, outer_scores = folds_of[key].score_rows, {c: choice_scores(results, key, c) for c in choices}
+        outer_nets = _members(results, key, chosen)
+        numbers = held_out_numbers(arrays, test_rows, outer_scores[chosen], threshold, lesions)
+        write_folder(args.out / "folds" / held_out, outer_nets, threshold)  # CI runs each patient through its fold
         real = arrays["copy"][test_rows] == 0
-        out_of_fold.append((test_rows[real], outer.scores[real]))
-        folds.append({"held_out": held_out, "threshold": threshold,
-                      "threshold_first_rule": _threshold_on(outer_net, arrays, tasks[key].train_rows, args.device),
-                      "seconds": round(outer.seconds), "inner_seconds": [round(results[k].seconds) for k in inner],
+        out_of_fold.append((test_rows[real], {c: s[real] for c, s in outer_scores.items()}))
+        folds.append({"held_out": held_out, "choice": chosen, "threshold": threshold, "inner_choices": choice_numbers,
+                      "threshold_first_rule": _threshold_on(outer_nets, arrays, folds_of[key].train_rows, args.device),
+                      "seconds": sum(round(results[(w, *key)].seconds) for w in weightings),
+                      "inner_seconds": [sum(round(results[(w, *k)].seconds) for w in weightings) for k in inner],
                       **numbers})
         found = sum(r["found"] for r in numbers["lesions"])
-        print(f"fold {held_out}: nested threshold {threshold:.4f} (first rule {folds[-1]['threshold_first_rule']:.4f}), "
-              f"lesions >= 10 mm found {found}/{len(numbers['lesions'])}, {numbers['fp_per_scan']:.1f} FP/scan, "
+        print(f"fold {held_out}: chose {chosen} ({_choice_line(choice_numbers)}), nested threshold {threshold:.4f} "
+              f"(first rule {folds[-1]['threshold_first_rule']:.4f}), lesions >= 10 mm found "
+              f"{found}/{len(numbers['lesions'])}, {numbers['fp_per_scan']:.1f} FP/scan, "
               f"FROC inserted {numbers['froc_inserted']}", flush=True)
         for row in numbers["lesions"]:
             print(f"    {row['label']} {row['diameter_mm']} mm: best {row['best_score']:.3f} found={row['found']}")
@@ -412,39 +461,55 @@ def main() -> None:
               "target_fp_per_scan": TARGET_FP, "operating_point": "nested leave-one-patient-out (model card)",
               "folds": folds}
     if not args.folds_only:
-        record["threshold"] = nested_threshold(arrays, np.concatenate([rows for rows, _ in out_of_fold]),
-                                               np.concatenate([scores for _, scores in out_of_fold]))
-        record["seconds_shipped"] = round(results[()].seconds)
-        write_folder(args.out, _net(results[()].state), record["threshold"])
-        print(f"shipped scorer: threshold {record['threshold']:.4f} from the outer folds' out-of-fold scores", flush=True)
+        rows = np.concatenate([r for r, _ in out_of_fold])
+        chosen, choice_numbers = choose(arrays, rows, {
+            c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
+        record.update(choice=chosen, threshold=choice_numbers[chosen]["threshold"], outer_choices=choice_numbers,
+                      seconds_shipped=sum(round(results[(w,)].seconds) for w in weightings))
+        write_folder(args.out, _members(results, (), chosen), record["threshold"])
+        print(f"shipped scorer: chose {chosen} ({_choice_line(choice_numbers)}), threshold {record['threshold']:.4f} "
+              "from the outer folds' out-of-fold scores", flush=True)
     record["seconds"] = round(time.time() - started)
     with open(args.out / "training.json", "w") as handle:
         json.dump(record, handle, indent=1, default=float)
 
 
-def _net(state: dict) -> scorer.ScorerNet:
-    net = scorer.ScorerNet()
-    net.load_state_dict(state)
-    return net
+def _members(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], choice: str) -> dict[str, scorer.ScorerNet]:
+    """The scorers a choice needs, by weighting: one, or both for "mean"."""
+    nets = {}
+    for weighting in (WEIGHTINGS if choice == "mean" else (choice,)):
+        nets[weighting] = scorer.ScorerNet()
+        nets[weighting].load_state_dict(results[(weighting, *fold)].state)
+    return nets
 
 
-def write_folder(folder: Path, net: scorer.ScorerNet, threshold: float) -> None:
-    """A scorer model folder (``candidate_detector``): weights and the operating point."""
+def _choice_line(numbers: dict[str, dict]) -> str:
+    return ", ".join(f"{c} {n['lesion_series_found']}/{n['lesion_series']} at {n['false_positives']} FP"
+                     for c, n in numbers.items())
+
+
+def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: float) -> None:
+    """A scorer model folder (``candidate_detector``): weights (one file per weighting, averaged
+    when there are two) and the operating point."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), folder / "scorer.pt")
+    for stale in folder.glob("scorer*.pt"):
+        stale.unlink()
+    for weighting, net in nets.items():
+        torch.save(net.state_dict(), folder / WEIGHT_FILES[weighting])
+    weights = "" if list(nets) == ["candidates"] else f"weights = {[WEIGHT_FILES[w] for w in nets]!r}\n"
     (folder / "params.toml").write_text(
         "# Written by pipelines.nodule.training.train_scorer; read by pipelines.nodule.candidate_detector.\n"
         "# report_threshold: the model card's nested operating point (<= 2 false positives per real\n"
         "# scan on out-of-fold scores of the training patients), set by the training, not by any\n"
         "# held-out number.\n"
-        f"[scorer]\nreport_threshold = {float(threshold)!r}\n")
+        f"[scorer]\nreport_threshold = {float(threshold)!r}\n{weights}")
 
 
-def _threshold_on(net, arrays, rows: np.ndarray, device: str) -> float:
+def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, device: str) -> float:
     """The first rule's operating point, on the rows' real series (copy 0) scored by the scorer
     trained on them: kept in ``training.json`` beside the nested one, for the card's comparison."""
     real = rows[arrays["copy"][rows] == 0]
-    scores = scorer.score(net, arrays["patches"][real], arrays["scalars"][real], device)
+    scores = scorer.mean_score(list(nets.values()), arrays["patches"][real], arrays["scalars"][real], device)
     scans = len(set(arrays["series"][real].tolist()))
     return operating_threshold(scores, arrays["label"][real], scans)
 
