@@ -18,12 +18,14 @@ from monai.data.box_utils import box_iou
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
+from pipelines.nodule import scorer
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.measure import measure, source_box
 from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
+from pipelines.nodule.scorer import ScorerNet
 from pipelines.nodule.training import data, evaluate, synthesis, train
 from pipelines.volume import Volume
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
@@ -245,6 +247,25 @@ def test_a_scorer_folder_without_its_threshold_or_with_foreign_weights_is_refuse
     torch.save({"weight": torch.zeros(3)}, tmp_path / "scorer" / "scorer.pt")
     with pytest.raises(ModelFolderError, match="scorer.pt is not a state dict"):
         CandidateDetector.load(tmp_path / "scorer", "cpu")
+
+
+def test_a_scorer_folder_with_two_weightings_reports_their_mean_probability(tmp_path):
+    folder = tmp_path / "scorer"
+    shutil.copytree(DEFAULT_SCORER_DIR, folder, ignore=shutil.ignore_patterns("folds"))
+    torch.manual_seed(0)
+    torch.save(ScorerNet().state_dict(), folder / "scorer-lesions.pt")
+    with open(folder / "params.toml", "a") as handle:
+        handle.write('weights = ["scorer.pt", "scorer-lesions.pt"]\n')
+    pair = CandidateDetector.load(folder, "cpu")
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 255, (4, 2, 24, 24, 24), dtype=np.uint8)
+    scalars = rng.normal(size=(4, 2)).astype(np.float32)
+    singles = [scorer.score(net, patches, scalars) for net in pair.nets]
+    assert len(pair.nets) == 2 and not np.allclose(*singles)
+    np.testing.assert_allclose(scorer.mean_score(pair.nets, patches, scalars), (singles[0] + singles[1]) / 2, atol=1e-6)
+    (folder / "params.toml").write_text('[scorer]\nreport_threshold = 0.5\nweights = "scorer.pt"\n')
+    with pytest.raises(ModelFolderError, match="weights must be a list"):
+        CandidateDetector.load(folder, "cpu")
 
 
 def test_tiny_series_is_not_applicable(pipeline, data_dir, tmp_path):

@@ -248,6 +248,23 @@ def test_a_lesion_with_many_candidates_is_drawn_no_more_often_than_one_with_a_si
     assert per_lesion == pytest.approx({3: 1 / 3, 5: 1 / 3, 7: 1 / 3})
 
 
+def test_each_fold_chooses_the_weighting_that_finds_most_lesions_then_fewest_false_positives_then_the_first():
+    # One scan: negatives at 0.9, 0.5 and 0.3 (2 false positives allowed: the threshold falls
+    # between 0.3 and 0.5), a 20 mm lesion (index 0, two candidates) and a 6 mm one (index 1, not counted).
+    lesions = [{"diameter_mm": 20.0}, {"diameter_mm": 6.0}]
+    arrays = {"label": np.array([0, 0, 0, 1, 1, 1]), "lesion": np.array([-1, -1, -1, 0, 0, 1]),
+              "series": np.array(["s"] * 6)}
+    rows = np.arange(6)
+    misses = np.array([0.9, 0.5, 0.3, 0.1, 0.2, 0.9])  # the 20 mm lesion below the threshold
+    finds = np.array([0.9, 0.5, 0.3, 0.1, 0.6, 0.0])  # one of its candidates above it
+    chosen, numbers = train_scorer.choose(arrays, rows, {"candidates": misses, "mean": finds, "lesions": finds},
+                                          lesions)
+    assert chosen == "mean"  # finds it; "lesions" ties with it and comes later in the card's order
+    assert numbers["candidates"]["lesion_series_found"] == 0 and numbers["mean"]["lesion_series_found"] == 1
+    assert numbers["mean"]["lesion_series"] == 1 and numbers["mean"]["false_positives"] == 2
+    assert train_scorer.choose(arrays, rows, {"candidates": misses, "mean": misses}, lesions)[0] == "candidates"
+
+
 def test_scorer_training_counts_hits_as_the_evaluation_does():
     assert train_scorer.HIT_MARGIN_MM == evaluate.HIT_MARGIN_MM
     assert train_scorer.FP_RATES == evaluate.FP_RATES
