@@ -30,7 +30,7 @@ from pipelines.volume import Volume
 
 #: The candidate stage + scorer shipped in the repository (``train_scorer``; model card).
 DEFAULT_SCORER_DIR = Path(__file__).resolve().parent / "scorer_weights"
-WEIGHTS = "scorer.pt"
+WEIGHTS = scorer.WEIGHT_FILES["candidates"]
 
 
 def is_scorer_folder(folder: Path) -> bool:

@@ -26,6 +26,9 @@ PATCH = 24
 CHANNEL_STEPS = (1.0, 2.0)
 HU_RANGE = (-1000.0, 400.0)
 SCALARS = 2
+#: The weight file of each weighting of the positives (``train_scorer``) in a scorer folder; a
+#: folder without ``[scorer] weights`` has the first (``candidate_detector``).
+WEIGHT_FILES = {"candidates": "scorer.pt", "lesions": "scorer-lesions.pt"}
 
 
 class ScorerNet(nn.Module):

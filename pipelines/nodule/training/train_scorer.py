@@ -66,8 +66,6 @@ HIT_MARGIN_MM = 2.0
 #: ``--positives choose``, in the model card's tie order: "mean" averages the two scorers' probabilities.
 WEIGHTINGS = ("candidates", "lesions")
 CHOICES = ("candidates", "mean", "lesions")
-#: The weight file of each weighting in a scorer folder (``candidate_detector`` reads ``weights``).
-WEIGHT_FILES = {"candidates": "scorer.pt", "lesions": "scorer-lesions.pt"}
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
@@ -234,10 +232,10 @@ def _augment(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(patches)
 
 
-def operating_threshold(scores: np.ndarray, labels: np.ndarray, scans: int) -> float:
-    """The lowest score at which the false positives (label 0) stay within ``TARGET_FP`` per scan."""
+def operating_threshold(scores: np.ndarray, labels: np.ndarray, scans: int, rate: float = TARGET_FP) -> float:
+    """The lowest score at which the false positives (label 0) stay within ``rate`` per scan."""
     negatives = np.sort(scores[labels == 0])[::-1]
-    allowed = int(np.floor(TARGET_FP * scans))
+    allowed = int(np.floor(rate * scans))
     if allowed >= len(negatives):
         return 0.0
     return float(np.nextafter(negatives[allowed], 1.0))
@@ -278,16 +276,10 @@ def _froc(arrays, rows: np.ndarray, scores: np.ndarray, lesions: list[dict]) -> 
     copies = len({(arrays["series"][r], arrays["copy"][r]) for r in rows})
     result = {}
     for rate in FP_RATES:
-        threshold = operating_threshold_at(scores, arrays["label"][rows], copies, rate)
+        threshold = operating_threshold(scores, arrays["label"][rows], copies, rate)
         found = {int(arrays["lesion"][r]) for r, s in zip(rows, scores) if s >= threshold and arrays["lesion"][r] >= 0}
         result[str(rate)] = round(len(found & set(inserted)) / max(len(inserted), 1), 3)
     return result
-
-
-def operating_threshold_at(scores: np.ndarray, labels: np.ndarray, scans: int, rate: float) -> float:
-    negatives = np.sort(scores[labels == 0])[::-1]
-    allowed = int(np.floor(rate * scans))
-    return 0.0 if allowed >= len(negatives) else float(np.nextafter(negatives[allowed], 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,8 +344,8 @@ def fold_tasks(arrays: dict[str, np.ndarray], usable: np.ndarray, final: bool) -
 
 
 def nested_threshold(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray) -> float:
-    """The operating point on out-of-fold scores: ``rows`` are real series only, each scored by a
-    scorer that did not see its patient."""
+    """The operating point on the scores of ``rows`` (real series only), each series one scan. The
+    nested rule passes out-of-fold scores: each series scored by a scorer that did not see its patient."""
     return operating_threshold(scores, arrays["label"][rows], len(set(arrays["series"][rows].tolist())))
 
 
@@ -495,8 +487,8 @@ def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: flo
     for stale in folder.glob("scorer*.pt"):
         stale.unlink()
     for weighting, net in nets.items():
-        torch.save(net.state_dict(), folder / WEIGHT_FILES[weighting])
-    weights = "" if list(nets) == ["candidates"] else f"weights = {[WEIGHT_FILES[w] for w in nets]!r}\n"
+        torch.save(net.state_dict(), folder / scorer.WEIGHT_FILES[weighting])
+    weights = "" if list(nets) == ["candidates"] else f"weights = {[scorer.WEIGHT_FILES[w] for w in nets]!r}\n"
     (folder / "params.toml").write_text(
         "# Written by pipelines.nodule.training.train_scorer; read by pipelines.nodule.candidate_detector.\n"
         "# report_threshold: the model card's nested operating point (<= 2 false positives per real\n"
@@ -509,9 +501,8 @@ def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, d
     """The first rule's operating point, on the rows' real series (copy 0) scored by the scorer
     trained on them: kept in ``training.json`` beside the nested one, for the card's comparison."""
     real = rows[arrays["copy"][rows] == 0]
-    scores = scorer.mean_score(list(nets.values()), arrays["patches"][real], arrays["scalars"][real], device)
-    scans = len(set(arrays["series"][real].tolist()))
-    return operating_threshold(scores, arrays["label"][real], scans)
+    return nested_threshold(arrays, real, scorer.mean_score(list(nets.values()), arrays["patches"][real],
+                                                            arrays["scalars"][real], device))
 
 
 if __name__ == "__main__":
