@@ -242,3 +242,37 @@ def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tm
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not a training pack"):
         pack.load(tmp_path / "other.npz")
+
+
+def test_training_mixes_differ_only_in_how_often_a_dose_also_stands_for_a_thinner_slice():
+    """scan-thickness never lowers the dose below its draw; thin-slices always may; half-thin half as often."""
+    from pipelines.denoise.training.data import Scan
+    from pipelines.denoise.training.train import DOSE_RANGE, MIN_EFFECTIVE_DOSE, MIXES, effective_dose
+
+    scan = Scan("x/ct", np.zeros((1, 8, 8), np.float32), 0.7, "B70f", 120.0, None, 3.0)
+    doses = {name: np.array([effective_dose(scan, np.random.default_rng(k), mix) for k in range(2000)])
+             for name, mix in MIXES.items()}
+    assert doses["scan-thickness"].min() >= DOSE_RANGE[0] and doses["scan-thickness"].max() <= DOSE_RANGE[1]
+    assert doses["thin-slices"].min() == MIN_EFFECTIVE_DOSE
+    # a 0.6-5 mm draw is thinner than the 3 mm scan about 72 % of the time (log-uniform)
+    thinned = {name: float(np.mean(d < DOSE_RANGE[0])) for name, d in doses.items()}
+    assert thinned["scan-thickness"] == 0
+    assert 0.3 * thinned["thin-slices"] < thinned["half-thin"] < 0.7 * thinned["thin-slices"], thinned
+
+
+def test_the_dose_mix_is_chosen_by_the_worst_validation_patient_after_the_phantom_rule():
+    from pipelines.denoise.training.choose_mix import choose
+
+    def score(phantom: float, quarter: tuple[float, float], tenth: tuple[float, float]) -> dict:
+        return {"phantom_max_hu": phantom,
+                "gains": {p: {"quarter": q, "tenth": t} for p, q, t in zip("ab", quarter, tenth)}}
+
+    # b has the best mean but a worse worst patient; c fails the phantom rule
+    scores = {"a": score(1.0, (1.2, 1.3), (0.0, 0.0)), "b": score(1.0, (0.9, 2.5), (1.0, 1.0)),
+              "c": score(2.5, (3.0, 3.0), (3.0, 3.0))}
+    assert choose(scores) == "a"
+    # within 0.05 dB on quarter dose, tenth dose decides
+    scores["b"] = score(1.0, (1.17, 2.0), (0.5, 0.5))
+    assert choose(scores) == "b"
+    # nobody passes the phantom rule: the same ranking among all
+    assert choose({name: {**s, "phantom_max_hu": 9.0} for name, s in scores.items()}) == "c"

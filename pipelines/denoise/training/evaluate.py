@@ -50,6 +50,7 @@ from pipelines.denoise.training.noise import (
     SliceScan,
     uniform_noise_std,
     uniform_region_mask,
+    water_attenuation_per_mm,
 )
 from pipelines.training.data_folder import DATA_ROOT
 
@@ -67,6 +68,14 @@ BM3D_SLICES, BM3D_ROI = 4, 256
 REGIONS = {"lung": (-950.0, -600.0, 3), "soft tissue": (0.0, 100.0, 3), "bone": (300.0, 3000.0, 1)}
 #: The bias rule: squares of this side, counted when every pixel of them is soft tissue.
 BIAS_SQUARE_MM, SOFT_TISSUE_HU = 15.0, (-100.0, 200.0)
+#: Water cylinder of the bias rule: 32 cm across in a 512 x 512 slice of 0.7 mm pixels (36 cm
+#: field of view).
+PHANTOM_DIAMETER_MM, PHANTOM_PIXEL_MM = 320.0, 0.7
+#: Photons per ray at 120 kVp: about 40 HU of noise in the centre, a quarter-dose abdomen. The
+#: other voltages get the photons that leave the same count behind the cylinder's centre, as
+#: automatic exposure control does (more mAs at low kV); their HU noise then differs only
+#: through water's attenuation at that kV.
+PHANTOM_PHOTONS_120KVP = 2.5e5
 #: Square ROIs (pixels) in which the noise power spectrum is measured.
 NPS_ROI = 32
 #: A horizontal line on the held-out slice ``PROFILE_SLICE``: heart -> lung -> chest wall.
@@ -163,6 +172,30 @@ def local_mean_deviation(output: np.ndarray, source: np.ndarray, pixel_spacing_m
     return {"max_hu": float(values.max()), "p99_hu": float(np.percentile(values, 99)), "squares": int(counted.sum())}
 
 
+def water_cylinder() -> np.ndarray:
+    """The bias rule's phantom: uniform water (0 HU) in air, one slice."""
+    yy, xx = (np.mgrid[:512, :512] - 255.5) * PHANTOM_PIXEL_MM
+    return np.where(np.hypot(yy, xx) <= PHANTOM_DIAMETER_MM / 2, 0.0, -1000.0).astype(np.float32)
+
+
+def water_phantom_deviation(denoiser: Denoiser, kvp: float, draws: int, seed: int) -> dict[str, float]:
+    """The 15 mm rule on the water cylinder at ``kvp``: mean over ``draws`` noise draws.
+
+    One draw cannot tell bias from noise (the noise's own 15 mm box mean is several HU), so the
+    rule is applied to the mean over draws of the denoised images and of the inputs.
+    """
+    scan = SliceScan.of(water_cylinder(), PHANTOM_PIXEL_MM, kvp)
+    photons = PHANTOM_PHOTONS_120KVP * np.exp(
+        (water_attenuation_per_mm(kvp) - water_attenuation_per_mm(120)) * PHANTOM_DIAMETER_MM)
+    generator = torch.Generator().manual_seed(seed)
+    noisy = np.stack([
+        (scan.hu + scan.acquisition_noise(photons, "hann", generator, ELECTRONIC_NOISE_COUNTS))[None]
+        for _ in range(draws)
+    ]).astype(np.float32)
+    outputs = np.stack([denoiser(draw, (PHANTOM_PIXEL_MM, PHANTOM_PIXEL_MM)) for draw in noisy])
+    return local_mean_deviation(outputs.mean(0), noisy.mean(0), PHANTOM_PIXEL_MM)
+
+
 def noise_power_peak(errors: np.ndarray, uniform: np.ndarray, pixel_spacing_mm: float) -> float:
     """Peak frequency (mm^-1) of the radially averaged NPS of ``errors`` in uniform tissue.
 
@@ -204,9 +237,9 @@ def scan_photons(scan: Scan, seed: int) -> float:
     return full_dose_photons(scan, torch.Generator().manual_seed(seed))
 
 
-def evaluation_slices(scan: Scan) -> Scan:
-    """At most ``MAX_SLICES`` slices of a held-out scan, evenly spread."""
-    step = max(1, int(np.ceil(len(scan.hu) / MAX_SLICES)))
+def evaluation_slices(scan: Scan, most: int = MAX_SLICES) -> Scan:
+    """At most ``most`` slices of a scan, evenly spread."""
+    step = max(1, int(np.ceil(len(scan.hu) / most)))
     return scan.subset(slice(None, None, step))
 
 

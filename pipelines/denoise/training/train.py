@@ -9,12 +9,14 @@ takes a training pack instead (``pack``: the same scans as one file). Steps:
 1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
 2. Simulate low-dose noise: per slice several independent realizations, each at a dose fraction
-   drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose), times the noise cost of a
-   thinner reconstruction (a slice thickness drawn from ``THICKNESS_RANGE_MM``, only thinner
-   than the scan's own), with the scan's kVp, its tube-current modulation along z, electronic
-   noise, and the scan's filter or a sharper one. A sharper filter is what the same photons give with a sharper kernel; a smoother
-   one is never used, because a sharp-kernel target keeps its own sharp noise, and noise of a
-   smoother texture added on top would teach the network that sharp noise is anatomy.
+   drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose), times, for the share of
+   realizations the mix sets (``--mix``, ``MIXES``; ``choose_mix`` picks it on validation
+   patients), the noise cost of a thinner reconstruction (a slice thickness drawn from
+   ``THICKNESS_RANGE_MM``, only thinner than the scan's own), with the scan's kVp, its
+   tube-current modulation along z, electronic noise, and the scan's filter or a sharper one. A
+   sharper filter is what the same photons give with a sharper kernel; a smoother one is never
+   used, because a sharp-kernel target keeps its own sharp noise, and noise of a smoother texture
+   added on top would teach the network that sharp noise is anatomy.
 3. Fit the network, with the same mean-preserving high-pass of its residual that inference
    applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
    slice) with mean squared error. The targets carry their own full-dose noise; the error-optimal
@@ -69,6 +71,24 @@ MIN_BODY_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
+class NoiseMix:
+    """How training doses are drawn: how often a realization also stands for a thinner slice.
+
+    A thinner slice costs dose (``thickness_dose_factor``), so a mix that always applies it trains
+    on far noisier inputs than quarter dose; ``choose_mix`` picks the share on validation patients.
+    """
+
+    name: str
+    thin_share: float
+
+
+#: The mixes compared by ``choose_mix`` (model card, "Choosing the training dose mix").
+MIXES = {mix.name: mix for mix in (NoiseMix("thin-slices", 1.0), NoiseMix("scan-thickness", 0.0),
+                                   NoiseMix("half-thin", 0.5))}
+DEFAULT_MIX = "thin-slices"
+
+
+@dataclass(frozen=True)
 class Realization:
     """One simulated low-dose version of one slice: input = hu[scan][slice] + noise."""
 
@@ -82,17 +102,22 @@ def sharper_filters(matched: str) -> tuple[str, ...]:
     return FILTERS[: FILTERS.index(matched) + 1]
 
 
-def effective_dose(scan: Scan, rng: np.random.Generator) -> float:
+def effective_dose(scan: Scan, rng: np.random.Generator, mix: NoiseMix) -> float:
     """A dose fraction, lowered further when the draw stands for a thinner slice than the scan's."""
     dose = float(math.exp(rng.uniform(*np.log(DOSE_RANGE))))
-    if scan.slice_thickness_mm:
+    if scan.slice_thickness_mm and _applies(mix.thin_share, rng):
         thickness = float(math.exp(rng.uniform(*np.log(THICKNESS_RANGE_MM))))
         dose *= min(1.0, thickness_dose_factor(scan.slice_thickness_mm, thickness))
     return max(dose, MIN_EFFECTIVE_DOSE)
 
 
+def _applies(share: float, rng: np.random.Generator) -> bool:
+    """True with probability ``share``; 0 and 1 draw nothing, so those mixes keep one seed's stream."""
+    return share >= 1.0 or (share > 0.0 and bool(rng.random() < share))
+
+
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
-             generator: torch.Generator) -> list[Realization]:
+             generator: torch.Generator, mix: NoiseMix) -> list[Realization]:
     realizations = []
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
@@ -100,7 +125,7 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
         for k, hu in enumerate(scan.hu):
             sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
             for _ in range(per_slice):
-                dose = effective_dose(scan, rng)
+                dose = effective_dose(scan, rng, mix)
                 filter_name = str(rng.choice(filters))
                 noise = sim.acquisition_noise(added_photons(scan.slice_photons(full_dose, k), dose), filter_name,
                                               generator, added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose))
@@ -190,54 +215,43 @@ def training_scans(data: Path, slice_gap_mm: float) -> tuple[list[Scan], dict]:
     return scans, {"dicom": "../shared/data"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("pipelines/denoise/weights"))
-    parser.add_argument("--data", type=Path, default=DATA_ROOT,
-                        help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.training.pack")
-    parser.add_argument("--iterations", type=int, default=ITERATIONS)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--slice-stride", type=int, default=1,
-                        help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
-    parser.add_argument("--slice-gap-mm", type=float, default=0.0,
-                        help="keep slices about this far apart (data.thin_slices; 0: every slice); "
-                             "a pack is thinned when it is written")
-    args = parser.parse_args(argv)
+@dataclass
+class Trained:
+    """A fitted network with what ``training.json`` records about how it was made."""
 
-    from pipelines.base import resolve_device
+    network: ResidualDenoiser
+    arch: Architecture
+    prep: Preprocessing
+    record: dict
 
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
+
+def train_network(scans: list[Scan], mix: NoiseMix, seed: int, iterations: int, device: str) -> Trained:
+    """Calibrate, simulate and fit: the whole training on scans already loaded."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     started = time.monotonic()
-
-    scans, source = training_scans(args.data, args.slice_gap_mm)
-    scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
     photons = [full_dose_photons(scan, generator) for scan in scans]
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator)
+    realizations = simulate(scans, photons, rng, generator, mix)
     simulated_s = time.monotonic() - started
-    print(f"{len(realizations)} noise realizations in {simulated_s:.0f} s", flush=True)
+    print(f"{len(realizations)} noise realizations ({mix.name}) in {simulated_s:.0f} s", flush=True)
 
     arch = Architecture()
     prep = Preprocessing(halo=arch.layers * arch.downscale)
-    network, losses = fit(scans, realizations, arch, prep, rng, device, args.iterations)
-    write_weights(args.out, network, arch, prep)
-    elapsed = time.monotonic() - started
-    (args.out / "training.json").write_text(json.dumps({
-        "command": training_command("pipelines.denoise.training.train", argv),
-        "seed": args.seed,
+    network, losses = fit(scans, realizations, arch, prep, rng, device, iterations)
+    record = {
+        "seed": seed,
         "device": device,
         "torch_threads": torch.get_num_threads(),
-        "seconds_total": round(elapsed),
+        "seconds_total": round(time.monotonic() - started),
         "seconds_simulation": round(simulated_s),
-        "iterations": args.iterations,
+        "iterations": iterations,
         "batch": BATCH,
         "patch": PATCH,
+        "mix": {"name": mix.name, "thin_share": mix.thin_share},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
@@ -250,12 +264,39 @@ def main(argv: list[str] | None = None) -> None:
              "full_dose_photons_per_ray": round(p)}
             for s, p in zip(scans, photons)
         ],
-        "data": source,
-        "slice_gap_mm": args.slice_gap_mm,
         "realizations": len(realizations),
         "training_rmse_hu_every_250_steps": [round(v, 2) for v in losses],
-    }, indent=2) + "\n")
-    print(f"wrote {args.out} in {elapsed:.0f} s", flush=True)
+    }
+    return Trained(network, arch, prep, record)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("pipelines/denoise/weights"))
+    parser.add_argument("--data", type=Path, default=DATA_ROOT,
+                        help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.training.pack")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--mix", choices=sorted(MIXES), default=DEFAULT_MIX,
+                        help="how often a training dose also stands for a thinner slice (train.MIXES)")
+    parser.add_argument("--slice-stride", type=int, default=1,
+                        help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
+    parser.add_argument("--slice-gap-mm", type=float, default=0.0,
+                        help="keep slices about this far apart (data.thin_slices; 0: every slice); "
+                             "a pack is thinned when it is written")
+    args = parser.parse_args(argv)
+
+    from pipelines.base import resolve_device
+
+    scans, source = training_scans(args.data, args.slice_gap_mm)
+    scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
+    trained = train_network(scans, MIXES[args.mix], args.seed, args.iterations, resolve_device(args.device))
+    write_weights(args.out, trained.network, trained.arch, trained.prep)
+    record = {"command": training_command("pipelines.denoise.training.train", argv), **trained.record,
+              "data": source, "slice_gap_mm": args.slice_gap_mm}
+    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out} in {record['seconds_total']} s", flush=True)
 
 
 if __name__ == "__main__":

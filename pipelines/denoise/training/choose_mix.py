@@ -1,0 +1,108 @@
+"""Choose the training dose mix on validation patients taken from the training set.
+
+    python -m pipelines.denoise.training.choose_mix --out DIR
+
+applies the model card's rule ("Choosing the training dose mix"): every mix of ``train.MIXES``
+trains on the training scans minus ``VALIDATION`` and is scored on the validation patients at
+simulated quarter and tenth dose (model PSNR minus the oracle Gaussian's) and on the water
+cylinder (the bias rule). The held-out scans are never read, so the choice cannot be fitted to
+them; they are measured once, afterwards, by ``evaluate`` on the network trained with the chosen
+mix on every training scan. Writes ``DIR/<mix>/`` (weights) and ``DIR/choice.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.denoise.inference import Denoiser
+from pipelines.denoise.training import evaluate
+from pipelines.denoise.training.data import TRAINING, Scan, load_scan, thin_slices
+from pipelines.denoise.training.train import ITERATIONS, MIXES, train_network, write_weights
+from pipelines.training.data_folder import DATA_ROOT
+from pipelines.training.record import training_command
+
+#: One validation patient per kernel family of the training set (Siemens sharp, GE STANDARD).
+VALIDATION = ("ct-chest/cptac-luad-C3N-00247", "ct-chest/lidc-idri-0002/ct")
+#: Slices scored per validation patient, evenly spread.
+VALIDATION_SLICES = 12
+#: Seed of the validation noise (not the held-out evaluation's).
+VALIDATION_SEED = 5
+#: The water cylinder check: tube voltage, noise draws (as the bias test) and the rule's limit.
+PHANTOM_KVP, PHANTOM_DRAWS, MAX_BIAS_HU = 120, 8, 2.0
+#: Quarter-dose gains closer than this count as a tie, broken by the tenth-dose gain.
+TIE_DB = 0.05
+#: Slice gap of the training scans (as the shipped pack and the final network use).
+SLICE_GAP_MM = 5.0
+
+
+def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
+    """Model PSNR minus oracle-Gaussian PSNR (dB) per simulated dose, on ``scan``'s slices."""
+    photons = evaluate.scan_photons(scan, VALIDATION_SEED)
+    spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
+    gains = {}
+    for dose, noisy in evaluate.simulate_doses(scan, photons, VALIDATION_SEED).items():
+        sigma = evaluate.best_gaussian_sigma(noisy, scan.hu)
+        model = evaluate.mean_metrics(denoiser(noisy, spacing), scan.hu)["psnr_db"]
+        gains[dose] = model - evaluate.mean_metrics(evaluate.gaussian(noisy, sigma), scan.hu)["psnr_db"]
+    return gains
+
+
+def choose(scores: dict[str, dict]) -> str:
+    """The card's rule: eligible by the phantom, then the best worst quarter-dose gain, then tenth.
+
+    ``scores[mix]`` has ``phantom_max_hu`` and ``gains`` ({patient: {dose: dB}}); dict order is
+    the card's order, the last tie-break.
+    """
+    eligible = [m for m, s in scores.items() if s["phantom_max_hu"] <= MAX_BIAS_HU] or list(scores)
+
+    def worst_quarter(mix: str) -> float:
+        return min(g["quarter"] for g in scores[mix]["gains"].values())
+
+    def mean_tenth(mix: str) -> float:
+        return float(np.mean([g["tenth"] for g in scores[mix]["gains"].values()]))
+
+    best = max(worst_quarter(m) for m in eligible)
+    tied = [m for m in eligible if worst_quarter(m) >= best - TIE_DB]
+    top = max(mean_tenth(m) for m in tied)
+    return next(m for m in tied if mean_tenth(m) == top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the shared data folder (DICOM)")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--mixes", nargs="+", choices=sorted(MIXES), default=list(MIXES),
+                        help="a subset, for a quick check of the whole run (the rule compares all)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
+    fitting = [scan for name, scan in scans.items() if name not in VALIDATION]
+    validation = {name: evaluate.evaluation_slices(scans[name], VALIDATION_SLICES) for name in VALIDATION}
+    scores: dict[str, dict] = {}
+    for name in args.mixes:
+        trained = train_network(fitting, MIXES[name], seed=0, iterations=args.iterations, device="cpu")
+        write_weights(args.out / name, trained.network, trained.arch, trained.prep)
+        denoiser = Denoiser.load(args.out / name, "cpu")
+        phantom = evaluate.water_phantom_deviation(denoiser, PHANTOM_KVP, PHANTOM_DRAWS, seed=PHANTOM_KVP)
+        gains = {patient: gain_over_gaussian(denoiser, scan) for patient, scan in validation.items()}
+        scores[name] = {"phantom_max_hu": phantom["max_hu"], "gains": gains, "training": trained.record}
+        print(f"{name}: phantom {phantom['max_hu']:.2f} HU, gains over the oracle Gaussian "
+              + json.dumps({p: {d: round(v, 2) for d, v in g.items()} for p, g in gains.items()}), flush=True)
+    chosen = choose(scores)
+    (args.out / "choice.json").write_text(json.dumps({
+        "command": training_command("pipelines.denoise.training.choose_mix", argv),
+        "validation": list(VALIDATION), "validation_slices": VALIDATION_SLICES, "seed": VALIDATION_SEED,
+        "scores": scores, "chosen": chosen, "seconds": round(time.monotonic() - started),
+    }, indent=2) + "\n")
+    print(f"chosen: {chosen} ({time.monotonic() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
