@@ -276,3 +276,39 @@ def test_the_dose_mix_is_chosen_by_the_worst_validation_patient_after_the_phanto
     assert choose(scores) == "b"
     # nobody passes the phantom rule: the same ranking among all
     assert choose({name: {**s, "phantom_max_hu": 9.0} for name, s in scores.items()}) == "c"
+
+
+def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
+    from pipelines.denoise.training.data import Scan
+    from pipelines.denoise.training.train import Realization, draw_groups, patch_loss
+
+    clean = torch.zeros(2, 1, 4, 4)
+    noisy = torch.cat([torch.full((1, 1, 4, 4), 0.1), torch.full((1, 1, 4, 4), 1.0)])
+    # each prediction removes half of its patch's noise: plain MSE is ruled by the noisy patch
+    predicted = noisy / 2
+    assert patch_loss(predicted, noisy, clean, noise_weighted=False).item() == pytest.approx((0.05**2 + 0.5**2) / 2)
+    # weighted: each patch's error over its noise is 0.25; weights 100 and 1, normalised by their mean
+    assert patch_loss(predicted, noisy, clean, noise_weighted=True).item() == pytest.approx(0.25 / 50.5)
+
+    scans = [Scan(f"s{k}", np.zeros((1, 8, 8), np.float32), 0.7, kernel) for k, kernel in
+             enumerate(["B70f", "STANDARD", "STANDARD", "FC21"])]
+    realizations = [Realization(s, 0, np.zeros((8, 8), np.float16)) for s in (0, 1, 1, 2, 3, 3)]
+    assert [list(g) for g in draw_groups(scans, realizations, balanced=False)] == [[0, 1, 2, 3, 4, 5]]
+    # hann (STANDARD, FC21) and ramp (B70f): two families, whatever their sizes
+    assert sorted(map(list, draw_groups(scans, realizations, balanced=True))) == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_a_slab_split_scan_trains_on_its_first_slices_and_validates_on_its_last_with_a_gap_between():
+    from pipelines.denoise.training.choose_mix import SLAB_SHARE, Round, split
+    from pipelines.denoise.training.data import Scan
+
+    def scan(name: str, n: int) -> Scan:
+        return Scan(name, np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32), 0.7, "B70f")
+
+    scans = {"a": scan("a", 50), "b": scan("b", 20), "c": scan("c", 10)}
+    fitting, validation = split(scans, Round(("x",), whole=("b",), slab=("a",)))
+    assert [s.name for s in fitting] == ["a", "c"]
+    trained = fitting[0].hu[:, 0, 0]
+    validated = validation[f"a (last {SLAB_SHARE:.0%})"].hu[:, 0, 0]
+    assert trained.max() == 21 and validated.min() >= 28  # 6 slices between them
+    assert set(validation) == {"a (last 45%)", "b"}

@@ -1,13 +1,15 @@
-"""Choose the training dose mix on validation patients taken from the training set.
+"""Choose a training recipe on validation data taken from the training patients.
 
-    python -m pipelines.denoise.training.choose_mix --out DIR
+    python -m pipelines.denoise.training.choose_mix --round dose-mix --out DIR
+    python -m pipelines.denoise.training.choose_mix --round loss-balance --out DIR
 
-applies the model card's rule ("Choosing the training dose mix"): every mix of ``train.MIXES``
-trains on the training scans minus ``VALIDATION`` and is scored on the validation patients at
-simulated quarter and tenth dose (model PSNR minus the oracle Gaussian's) and on the water
-cylinder (the bias rule). The held-out scans are never read, so the choice cannot be fitted to
-them; they are measured once, afterwards, by ``evaluate`` on the network trained with the chosen
-mix on every training scan. Writes ``DIR/<mix>/`` (weights) and ``DIR/choice.json``.
+applies the model card's rules ("Choosing the training dose mix", "Loss weighting and kernel
+balance"): every recipe of the round (``ROUNDS``, from ``train.RECIPES``) trains on the training
+scans minus the round's validation part and is scored on that part at simulated quarter and
+tenth dose (model PSNR minus the oracle Gaussian's) and on the water cylinder (the bias rule).
+The held-out scans are never read, so the choice cannot be fitted to them; they are measured
+once, afterwards, by ``evaluate`` on the network trained with the chosen recipe on every
+training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +25,35 @@ import numpy as np
 from pipelines.denoise.inference import Denoiser
 from pipelines.denoise.training import evaluate
 from pipelines.denoise.training.data import TRAINING, Scan, load_scan, thin_slices
-from pipelines.denoise.training.train import ITERATIONS, MIXES, train_network, write_weights
+from pipelines.denoise.training.train import ITERATIONS, RECIPES, train_network, write_weights
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 
-#: One validation patient per kernel family of the training set (Siemens sharp, GE STANDARD).
-VALIDATION = ("ct-chest/cptac-luad-C3N-00247", "ct-chest/lidc-idri-0002/ct")
+
+@dataclass(frozen=True)
+class Round:
+    """Recipes compared, scans validated whole (by patient), and scans split by slab.
+
+    A slab-split scan trains on its first ``SLAB_SHARE`` of slices and validates on its last, the
+    slices between them used by neither, so no validated slice has a trained neighbour.
+    """
+
+    recipes: tuple[str, ...]
+    whole: tuple[str, ...]
+    slab: tuple[str, ...] = ()
+
+
+C3N, LIDC_0002 = "ct-chest/cptac-luad-C3N-00247", "ct-chest/lidc-idri-0002/ct"
+#: The model card's two rounds.
+ROUNDS = {
+    # one validation patient per kernel family of the training set (Siemens sharp, GE STANDARD)
+    "dose-mix": Round(("thin-slices", "scan-thickness", "half-thin"), whole=(C3N, LIDC_0002)),
+    # C3N is the only Siemens sharp training patient: a caudal slab of it validates
+    "loss-balance": Round(("scan-thickness", "noise-weighted", "noise-weighted-balanced"), whole=(LIDC_0002,),
+                          slab=(C3N,)),
+}
+#: Share of a slab-split scan's slices that trains (first) and that validates (last).
+SLAB_SHARE = 0.45
 #: Slices scored per validation patient, evenly spread.
 VALIDATION_SLICES = 12
 #: Seed of the validation noise (not the held-out evaluation's).
@@ -72,22 +98,38 @@ def choose(scores: dict[str, dict]) -> str:
     return next(m for m in tied if mean_tenth(m) == top)
 
 
+def split(scans: dict[str, Scan], plan: Round) -> tuple[list[Scan], dict[str, Scan]]:
+    """Training scans and validation parts (at most ``VALIDATION_SLICES`` each) for a round."""
+    fitting, validation = [], {}
+    for name, scan in scans.items():
+        if name in plan.whole:
+            validation[name] = scan
+        elif name in plan.slab:
+            n = int(len(scan.hu) * SLAB_SHARE)
+            fitting.append(scan.subset(slice(0, n)))
+            validation[f"{name} (last {SLAB_SHARE:.0%})"] = scan.subset(slice(len(scan.hu) - n, None))
+        else:
+            fitting.append(scan)
+    return fitting, {name: evaluate.evaluation_slices(scan, VALIDATION_SLICES) for name, scan in validation.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the shared data folder (DICOM)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
-    parser.add_argument("--mixes", nargs="+", choices=sorted(MIXES), default=list(MIXES),
-                        help="a subset, for a quick check of the whole run (the rule compares all)")
+    parser.add_argument("--round", choices=sorted(ROUNDS), default="dose-mix")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
+                        help="a subset of the round's, for a quick check of the whole run (the rule compares all)")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    plan = ROUNDS[args.round]
 
     scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
-    fitting = [scan for name, scan in scans.items() if name not in VALIDATION]
-    validation = {name: evaluate.evaluation_slices(scans[name], VALIDATION_SLICES) for name in VALIDATION}
+    fitting, validation = split(scans, plan)
     scores: dict[str, dict] = {}
-    for name in args.mixes:
-        trained = train_network(fitting, MIXES[name], seed=0, iterations=args.iterations, device="cpu")
+    for name in args.recipes or plan.recipes:
+        trained = train_network(fitting, RECIPES[name], seed=0, iterations=args.iterations, device="cpu")
         write_weights(args.out / name, trained.network, trained.arch, trained.prep)
         denoiser = Denoiser.load(args.out / name, "cpu")
         phantom = evaluate.water_phantom_deviation(denoiser, PHANTOM_KVP, PHANTOM_DRAWS, seed=PHANTOM_KVP)
@@ -98,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     chosen = choose(scores)
     (args.out / "choice.json").write_text(json.dumps({
         "command": training_command("pipelines.denoise.training.choose_mix", argv),
-        "validation": list(VALIDATION), "validation_slices": VALIDATION_SLICES, "seed": VALIDATION_SEED,
+        "round": args.round, "validation_whole": list(plan.whole), "validation_slab": list(plan.slab),
+        "slab_share": SLAB_SHARE, "validation_slices": VALIDATION_SLICES, "seed": VALIDATION_SEED,
         "scores": scores, "chosen": chosen, "seconds": round(time.monotonic() - started),
     }, indent=2) + "\n")
     print(f"chosen: {chosen} ({time.monotonic() - started:.0f} s)", flush=True)

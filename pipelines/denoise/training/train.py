@@ -10,7 +10,7 @@ takes a training pack instead (``pack``: the same scans as one file). Steps:
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
 2. Simulate low-dose noise: per slice several independent realizations, each at a dose fraction
    drawn log-uniformly from ``DOSE_RANGE`` (tenth to half dose), times, for the share of
-   realizations the mix sets (``--mix``, ``MIXES``; ``choose_mix`` picks it on validation
+   realizations the mix sets (``--recipe``, ``RECIPES``; ``choose_mix`` picks it on validation
    patients), the noise cost of a thinner reconstruction (a slice thickness drawn from
    ``THICKNESS_RANGE_MM``, only thinner than the scan's own), with the scan's kVp, its
    tube-current modulation along z, electronic noise, and the scan's filter or a sharper one. A
@@ -85,7 +85,32 @@ class NoiseMix:
 #: The mixes compared by ``choose_mix`` (model card, "Choosing the training dose mix").
 MIXES = {mix.name: mix for mix in (NoiseMix("thin-slices", 1.0), NoiseMix("scan-thickness", 0.0),
                                    NoiseMix("half-thin", 0.5))}
-DEFAULT_MIX = "thin-slices"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dose mix, how the loss weighs noise levels, and how realizations are drawn.
+
+    ``noise_weighted``: each patch's squared error is divided by its added noise's mean square
+    (weights normalised to mean 1 per batch), so a starved tenth-dose patch does not outweigh a
+    quarter-dose one. ``balanced``: a patch first picks a matched-filter family with equal
+    chance, so a kernel with few training slices is not outnumbered.
+    """
+
+    name: str
+    mix: NoiseMix
+    noise_weighted: bool = False
+    balanced: bool = False
+
+
+#: Every recipe a validation round compares (model card); a plain mix is a recipe of its name.
+RECIPES = {
+    **{name: Recipe(name, mix) for name, mix in MIXES.items()},
+    "noise-weighted": Recipe("noise-weighted", MIXES["scan-thickness"], noise_weighted=True),
+    "noise-weighted-balanced": Recipe("noise-weighted-balanced", MIXES["scan-thickness"], noise_weighted=True,
+                                      balanced=True),
+}
+DEFAULT_RECIPE = "thin-slices"
 
 
 @dataclass(frozen=True)
@@ -133,12 +158,24 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
     return realizations
 
 
-def patch_batch(scans: list[Scan], realizations: list[Realization], rng: np.random.Generator,
-                prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of (noisy, clean) patches in network units, randomly flipped and turned."""
+def draw_groups(scans: list[Scan], realizations: list[Realization], balanced: bool) -> list[np.ndarray]:
+    """Realization indices a patch draws from: one group, or one per matched filter family."""
+    if not balanced:
+        return [np.arange(len(realizations))]
+    family = np.array([scans[r.scan].filter_name for r in realizations])
+    return [np.flatnonzero(family == name) for name in sorted(set(family))]
+
+
+def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list[np.ndarray],
+                rng: np.random.Generator, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (noisy, clean) patches in network units, randomly flipped and turned.
+
+    Each patch picks a group with equal chance (``draw_groups``), then a realization in it.
+    """
     inputs, targets = [], []
     while len(inputs) < BATCH:
-        item = realizations[rng.integers(len(realizations))]
+        group = groups[rng.integers(len(groups))] if len(groups) > 1 else groups[0]
+        item = realizations[group[rng.integers(len(group))]]
         hu = scans[item.scan].hu[item.slice]
         r = rng.integers(0, hu.shape[0] - PATCH + 1)
         c = rng.integers(0, hu.shape[1] - PATCH + 1)
@@ -155,23 +192,35 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], rng: np.rand
     return x, y
 
 
+def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, noise_weighted: bool) -> torch.Tensor:
+    """MSE, or each patch's MSE over its added noise's mean square (normalised to mean 1)."""
+    if not noise_weighted:
+        return torch.nn.functional.mse_loss(predicted, clean)
+    error = ((predicted - clean) ** 2).mean(dim=(1, 2, 3))
+    weight = 1.0 / ((noisy - clean) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-8)
+    return (error * weight / weight.mean()).mean()
+
+
 def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, prep: Preprocessing,
-        rng: np.random.Generator, device: str, iterations: int) -> tuple[ResidualDenoiser, list[float]]:
+        rng: np.random.Generator, device: str, iterations: int,
+        recipe: Recipe) -> tuple[ResidualDenoiser, list[float]]:
     network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)
     # Patches come from scans of 0.56-0.82 mm pixels: their median sets the high-pass in pixels.
     sigma_px = prep.restore_mean_sigma_mm / float(np.median([s.pixel_spacing_mm for s in scans]))
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=LEARNING_RATE / 100)
+    groups = draw_groups(scans, realizations, recipe.balanced)
     losses, running = [], 0.0
     for step in range(1, iterations + 1):
-        x, y = patch_batch(scans, realizations, rng, prep)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = torch.nn.functional.mse_loss(keep_mean(x, network(x), (sigma_px, sigma_px)), y.to(device))
+        x, y = patch_batch(scans, realizations, groups, rng, prep)
+        x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+        predicted = keep_mean(x, network(x), (sigma_px, sigma_px))
+        loss = patch_loss(predicted, x, y, recipe.noise_weighted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        running += loss.item()
+        running += torch.nn.functional.mse_loss(predicted, y).item()
         if step % 250 == 0:
             rmse_hu = math.sqrt(running / 250) * prep.scale
             losses.append(rmse_hu)
@@ -225,7 +274,7 @@ class Trained:
     record: dict
 
 
-def train_network(scans: list[Scan], mix: NoiseMix, seed: int, iterations: int, device: str) -> Trained:
+def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int, device: str) -> Trained:
     """Calibrate, simulate and fit: the whole training on scans already loaded."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -235,13 +284,13 @@ def train_network(scans: list[Scan], mix: NoiseMix, seed: int, iterations: int, 
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator, mix)
+    realizations = simulate(scans, photons, rng, generator, recipe.mix)
     simulated_s = time.monotonic() - started
-    print(f"{len(realizations)} noise realizations ({mix.name}) in {simulated_s:.0f} s", flush=True)
+    print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
     arch = Architecture()
     prep = Preprocessing(halo=arch.layers * arch.downscale)
-    network, losses = fit(scans, realizations, arch, prep, rng, device, iterations)
+    network, losses = fit(scans, realizations, arch, prep, rng, device, iterations, recipe)
     record = {
         "seed": seed,
         "device": device,
@@ -251,7 +300,8 @@ def train_network(scans: list[Scan], mix: NoiseMix, seed: int, iterations: int, 
         "iterations": iterations,
         "batch": BATCH,
         "patch": PATCH,
-        "mix": {"name": mix.name, "thin_share": mix.thin_share},
+        "recipe": {"name": recipe.name, "mix": recipe.mix.name, "thin_share": recipe.mix.thin_share,
+                   "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
@@ -278,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the shared data folder (DICOM), or a training pack file from pipelines.denoise.training.pack")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--mix", choices=sorted(MIXES), default=DEFAULT_MIX,
-                        help="how often a training dose also stands for a thinner slice (train.MIXES)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help="dose mix, loss weighting and kernel balance (train.RECIPES)")
     parser.add_argument("--slice-stride", type=int, default=1,
                         help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
     parser.add_argument("--slice-gap-mm", type=float, default=0.0,
@@ -291,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scans, source = training_scans(args.data, args.slice_gap_mm)
     scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
-    trained = train_network(scans, MIXES[args.mix], args.seed, args.iterations, resolve_device(args.device))
+    trained = train_network(scans, RECIPES[args.recipe], args.seed, args.iterations, resolve_device(args.device))
     write_weights(args.out, trained.network, trained.arch, trained.prep)
     record = {"command": training_command("pipelines.denoise.training.train", argv), **trained.record,
               "data": source, "slice_gap_mm": args.slice_gap_mm}
