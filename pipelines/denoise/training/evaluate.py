@@ -182,7 +182,7 @@ def water_phantom_deviation(denoiser: Denoiser, kvp: float, draws: int, seed: in
     """The 15 mm rule on the water cylinder at ``kvp``: mean over ``draws`` noise draws.
 
     One draw cannot tell bias from noise (the noise's own 15 mm box mean is several HU), so the
-    rule is applied to the mean over draws of the denoised images and of the inputs.
+    rule is applied to the mean over draws (``systematic_deviation``).
     """
     scan = SliceScan.of(water_cylinder(), PHANTOM_PIXEL_MM, kvp)
     photons = PHANTOM_PHOTONS_120KVP * np.exp(
@@ -192,8 +192,13 @@ def water_phantom_deviation(denoiser: Denoiser, kvp: float, draws: int, seed: in
         (scan.hu + scan.acquisition_noise(photons, "hann", generator, ELECTRONIC_NOISE_COUNTS))[None]
         for _ in range(draws)
     ]).astype(np.float32)
-    outputs = np.stack([denoiser(draw, (PHANTOM_PIXEL_MM, PHANTOM_PIXEL_MM)) for draw in noisy])
-    return local_mean_deviation(outputs.mean(0), noisy.mean(0), PHANTOM_PIXEL_MM)
+    return systematic_deviation(denoiser, noisy, PHANTOM_PIXEL_MM)
+
+
+def systematic_deviation(denoiser: Denoiser, noisy: np.ndarray, pixel_spacing_mm: float) -> dict[str, float]:
+    """The 15 mm rule applied to the mean over draws (axis 0) of the denoised images and inputs."""
+    outputs = np.stack([denoiser(draw, (pixel_spacing_mm, pixel_spacing_mm)) for draw in noisy])
+    return local_mean_deviation(outputs.mean(0), noisy.mean(0), pixel_spacing_mm)
 
 
 def noise_power_peak(errors: np.ndarray, uniform: np.ndarray, pixel_spacing_mm: float) -> float:
