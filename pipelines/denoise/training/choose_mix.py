@@ -2,6 +2,7 @@
 
     python -m pipelines.denoise.training.choose_mix --round dose-mix --out DIR
     python -m pipelines.denoise.training.choose_mix --round loss-balance --out DIR
+    python -m pipelines.denoise.training.choose_mix --round restore-scale --out DIR [--network DIR]
 
 applies the model card's rules ("Choosing the training dose mix", "Loss weighting and kernel
 balance"): every recipe of the round (``ROUNDS``, from ``train.RECIPES``) trains on the training
@@ -10,6 +11,10 @@ tenth dose (model PSNR minus the oracle Gaussian's) and on the water cylinder (t
 The held-out scans are never read, so the choice cannot be fitted to them; they are measured
 once, afterwards, by ``evaluate`` on the network trained with the chosen recipe on every
 training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
+
+The restore-scale round ("Bias against a known truth, and the mean-restore scale") trains no
+new recipe: it takes round 2's chosen recipe on round 2's split (``--network`` reuses one
+already trained) and scores the mean correction's scale at inference by the known-truth bias.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +71,12 @@ TIE_DB = 0.05
 SLICE_GAP_MM = 5.0
 
 
+#: The restore-scale round: its name, the round whose split and chosen recipe it reuses, and the
+#: scales compared (mm), largest first.
+RESTORE_ROUND, RESTORE_SPLIT, RESTORE_RECIPE = "restore-scale", "loss-balance", "noise-weighted-balanced"
+RESTORE_SCALES_MM = (2.0, 1.5, 1.0)
+
+
 def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
     """Model PSNR minus oracle-Gaussian PSNR (dB) per simulated dose, on ``scan``'s slices."""
     photons = evaluate.scan_photons(scan, VALIDATION_SEED)
@@ -98,6 +109,29 @@ def choose(scores: dict[str, dict]) -> str:
     return next(m for m in tied if mean_tenth(m) == top)
 
 
+def choose_restore_scale(worst_deviation_hu: dict[float, float]) -> float:
+    """The card's rule: the largest scale whose worst known-truth deviation is <= 2 HU, else the smallest."""
+    passing = [scale for scale, worst in worst_deviation_hu.items() if worst <= MAX_BIAS_HU]
+    return max(passing) if passing else min(worst_deviation_hu)
+
+
+def restore_scale_scores(network: Path, validation: dict[str, Scan]) -> dict[float, dict]:
+    """Per scale: known-truth deviation and gains over the oracle Gaussian per validation patient."""
+    base = Denoiser.load(network, "cpu")
+    scores = {}
+    for scale in RESTORE_SCALES_MM:
+        denoiser = Denoiser(base.network, replace(base.preprocessing, restore_mean_sigma_mm=scale), "cpu")
+        bias = {name: evaluate.known_truth_deviation(denoiser, scan, VALIDATION_SEED)
+                for name, scan in validation.items()}
+        gains = {name: gain_over_gaussian(denoiser, scan) for name, scan in validation.items()}
+        scores[scale] = {"known_truth_deviation": bias, "gains": gains,
+                         "worst_max_hu": max(b["max_hu"] for b in bias.values())}
+        print(f"restore {scale} mm: known-truth max "
+              + json.dumps({name: round(b["max_hu"], 2) for name, b in bias.items()}) + ", gains "
+              + json.dumps({name: {d: round(v, 2) for d, v in g.items()} for name, g in gains.items()}), flush=True)
+    return scores
+
+
 def split(scans: dict[str, Scan], plan: Round) -> tuple[list[Scan], dict[str, Scan]]:
     """Training scans and validation parts (at most ``VALIDATION_SLICES`` each) for a round."""
     fitting, validation = [], {}
@@ -118,33 +152,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the shared data folder (DICOM)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
-    parser.add_argument("--round", choices=sorted(ROUNDS), default="dose-mix")
+    parser.add_argument("--round", choices=sorted([*ROUNDS, RESTORE_ROUND]), default="dose-mix")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
                         help="a subset of the round's, for a quick check of the whole run (the rule compares all)")
+    parser.add_argument("--network", type=Path,
+                        help=f"{RESTORE_ROUND} only: round 2's validation network, if already trained")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    plan = ROUNDS[args.round]
+    plan = ROUNDS[RESTORE_SPLIT if args.round == RESTORE_ROUND else args.round]
 
     scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
     fitting, validation = split(scans, plan)
-    scores: dict[str, dict] = {}
-    for name in args.recipes or plan.recipes:
-        trained = train_network(fitting, RECIPES[name], seed=0, iterations=args.iterations, device="cpu")
-        write_weights(args.out / name, trained.network, trained.arch, trained.prep)
-        denoiser = Denoiser.load(args.out / name, "cpu")
-        phantom = evaluate.water_phantom_deviation(denoiser, PHANTOM_KVP, PHANTOM_DRAWS, seed=PHANTOM_KVP)
-        gains = {patient: gain_over_gaussian(denoiser, scan) for patient, scan in validation.items()}
-        scores[name] = {"phantom_max_hu": phantom["max_hu"], "gains": gains, "training": trained.record}
-        print(f"{name}: phantom {phantom['max_hu']:.2f} HU, gains over the oracle Gaussian "
-              + json.dumps({p: {d: round(v, 2) for d, v in g.items()} for p, g in gains.items()}), flush=True)
-    chosen = choose(scores)
+    record: dict
+    if args.round == RESTORE_ROUND:
+        network = args.network or _train(fitting, RESTORE_RECIPE, args)[0]
+        scale_scores = restore_scale_scores(network, validation)
+        chosen: object = choose_restore_scale({s: v["worst_max_hu"] for s, v in scale_scores.items()})
+        record = {"network": str(network), "scores": {str(s): v for s, v in scale_scores.items()}}
+    else:
+        scores = {name: _score(fitting, validation, name, args) for name in args.recipes or plan.recipes}
+        chosen = choose(scores)
+        record = {"scores": scores}
     (args.out / "choice.json").write_text(json.dumps({
         "command": training_command("pipelines.denoise.training.choose_mix", argv),
         "round": args.round, "validation_whole": list(plan.whole), "validation_slab": list(plan.slab),
         "slab_share": SLAB_SHARE, "validation_slices": VALIDATION_SLICES, "seed": VALIDATION_SEED,
-        "scores": scores, "chosen": chosen, "seconds": round(time.monotonic() - started),
+        **record, "chosen": chosen, "seconds": round(time.monotonic() - started),
     }, indent=2) + "\n")
     print(f"chosen: {chosen} ({time.monotonic() - started:.0f} s)", flush=True)
+
+
+def _train(fitting: list[Scan], recipe: str, args: argparse.Namespace) -> tuple[Path, dict]:
+    """Train ``recipe`` on the round's training part and write it to ``args.out/<recipe>``."""
+    trained = train_network(fitting, RECIPES[recipe], seed=0, iterations=args.iterations, device="cpu")
+    write_weights(args.out / recipe, trained.network, trained.arch, trained.prep)
+    return args.out / recipe, trained.record
+
+
+def _score(fitting: list[Scan], validation: dict[str, Scan], recipe: str, args: argparse.Namespace) -> dict:
+    """Train one recipe and score it: water cylinder and gains over the oracle Gaussian."""
+    folder, training = _train(fitting, recipe, args)
+    denoiser = Denoiser.load(folder, "cpu")
+    phantom = evaluate.water_phantom_deviation(denoiser, PHANTOM_KVP, PHANTOM_DRAWS, seed=PHANTOM_KVP)
+    gains = {patient: gain_over_gaussian(denoiser, scan) for patient, scan in validation.items()}
+    print(f"{recipe}: phantom {phantom['max_hu']:.2f} HU, gains over the oracle Gaussian "
+          + json.dumps({p: {d: round(v, 2) for d, v in g.items()} for p, g in gains.items()}), flush=True)
+    return {"phantom_max_hu": phantom["max_hu"], "gains": gains, "training": training}
 
 
 if __name__ == "__main__":
