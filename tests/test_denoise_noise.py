@@ -278,6 +278,15 @@ def test_the_dose_mix_is_chosen_by_the_worst_validation_patient_after_the_phanto
     assert choose({name: {**s, "phantom_max_hu": 9.0} for name, s in scores.items()}) == "c"
 
 
+def test_the_restore_scale_is_the_largest_that_keeps_the_known_truth_bias_within_2_hu_else_the_smallest():
+    from pipelines.denoise.training.choose_mix import choose_restore_scale
+
+    assert choose_restore_scale({2.0: 2.6, 1.5: 1.9, 1.0: 1.1}) == 1.5
+    assert choose_restore_scale({2.0: 2.0, 1.5: 1.9, 1.0: 1.1}) == 2.0  # the limit itself passes
+    # the validation round of 2026-11-24: nobody passes, so the scale that hands back most
+    assert choose_restore_scale({2.0: 4.90, 1.5: 3.53, 1.0: 2.12}) == 1.0
+
+
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
     from pipelines.denoise.training.data import Scan
     from pipelines.denoise.training.train import Realization, draw_groups, patch_loss
