@@ -30,7 +30,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,10 @@ RECIPES = {
 }
 #: The shipped weights' recipe (model card, "Loss weighting and kernel balance: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced"
+#: The mean-restore scale (mm) the shipped weights are written with: chosen at inference by
+#: ``choose_mix --round restore-scale`` (model card, "Bias against a known truth"). Training
+#: itself fits through ``inference.RESTORE_MEAN_SIGMA_MM``.
+SHIPPED_RESTORE_SCALE_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                         help="dose mix, loss weighting and kernel balance (train.RECIPES)")
+    parser.add_argument("--restore-scale-mm", type=float, default=SHIPPED_RESTORE_SCALE_MM,
+                        help="params.toml [output] restore_mean_sigma_mm of the written weights")
     parser.add_argument("--slice-stride", type=int, default=1,
                         help="use every n-th slice of each scan (a quick check of the whole run; 1 for real weights)")
     parser.add_argument("--slice-gap-mm", type=float, default=0.0,
@@ -343,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     scans, source = training_scans(args.data, args.slice_gap_mm)
     scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
     trained = train_network(scans, RECIPES[args.recipe], args.seed, args.iterations, resolve_device(args.device))
-    write_weights(args.out, trained.network, trained.arch, trained.prep)
+    write_weights(args.out, trained.network, trained.arch,
+                  replace(trained.prep, restore_mean_sigma_mm=args.restore_scale_mm))
     record = {"command": training_command("pipelines.denoise.training.train", argv), **trained.record,
               "data": source, "slice_gap_mm": args.slice_gap_mm}
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
