@@ -3,6 +3,7 @@
     python -m pipelines.denoise.training.choose_mix --round dose-mix --out DIR
     python -m pipelines.denoise.training.choose_mix --round loss-balance --out DIR
     python -m pipelines.denoise.training.choose_mix --round restore-scale --out DIR [--network DIR]
+    python -m pipelines.denoise.training.choose_mix --round restore-trained --out DIR [--network DIR]
 
 applies the model card's rules ("Choosing the training dose mix", "Loss weighting and kernel
 balance"): every recipe of the round (``ROUNDS``, from ``train.RECIPES``) trains on the training
@@ -15,6 +16,8 @@ training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
 The restore-scale round ("Bias against a known truth, and the mean-restore scale") trains no
 new recipe: it takes round 2's chosen recipe on round 2's split (``--network`` reuses one
 already trained) and scores the mean correction's scale at inference by the known-truth bias.
+The restore-trained round ("Training through the restore scale") scores that network against
+the same recipe trained through the chosen scale, both at that scale.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ SLICE_GAP_MM = 5.0
 #: scales compared (mm), largest first.
 RESTORE_ROUND, RESTORE_SPLIT, RESTORE_RECIPE = "restore-scale", "loss-balance", "noise-weighted-balanced"
 RESTORE_SCALES_MM = (2.0, 1.5, 1.0)
+#: The restore-trained round: its name, the recipe trained through the shipped scale, that scale
+#: (mm), and the margins B must win by: known-truth deviation (HU) and quarter-dose gain (dB).
+TRAINED_ROUND, TRAINED_RECIPE, TRAINED_SCALE_MM = "restore-trained", "noise-weighted-balanced-1mm", 1.0
+MIN_BIAS_GAIN_HU, MAX_QUALITY_LOSS_DB = 0.3, 0.3
 
 
 def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
@@ -115,21 +122,35 @@ def choose_restore_scale(worst_deviation_hu: dict[float, float]) -> float:
     return max(passing) if passing else min(worst_deviation_hu)
 
 
+def choose_training_scale(current: dict, trained: dict) -> str:
+    """The card's rule: the recipe trained through the scale wins only by a clear bias margin.
+
+    Each argument is an ``at_scale`` score; returns ``RESTORE_RECIPE`` or ``TRAINED_RECIPE``.
+    """
+    def worst_quarter(score: dict) -> float:
+        return min(g["quarter"] for g in score["gains"].values())
+
+    less_biased = trained["worst_max_hu"] <= current["worst_max_hu"] - MIN_BIAS_GAIN_HU
+    as_good = worst_quarter(trained) >= worst_quarter(current) - MAX_QUALITY_LOSS_DB
+    return TRAINED_RECIPE if less_biased and as_good else RESTORE_RECIPE
+
+
+def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: str) -> dict:
+    """Known-truth deviation and gains over the oracle Gaussian per validation patient, ``base``
+    run through the mean restore at ``scale`` mm."""
+    denoiser = Denoiser(base.network, replace(base.preprocessing, restore_mean_sigma_mm=scale), "cpu")
+    bias = {name: evaluate.known_truth_deviation(denoiser, scan, VALIDATION_SEED) for name, scan in validation.items()}
+    gains = {name: gain_over_gaussian(denoiser, scan) for name, scan in validation.items()}
+    print(f"{label}, restore {scale} mm: known-truth max "
+          + json.dumps({name: round(b["max_hu"], 2) for name, b in bias.items()}) + ", gains "
+          + json.dumps({name: {d: round(v, 2) for d, v in g.items()} for name, g in gains.items()}), flush=True)
+    return {"known_truth_deviation": bias, "gains": gains, "worst_max_hu": max(b["max_hu"] for b in bias.values())}
+
+
 def restore_scale_scores(network: Path, validation: dict[str, Scan]) -> dict[float, dict]:
-    """Per scale: known-truth deviation and gains over the oracle Gaussian per validation patient."""
+    """Per scale: ``at_scale``'s scores of one network."""
     base = Denoiser.load(network, "cpu")
-    scores = {}
-    for scale in RESTORE_SCALES_MM:
-        denoiser = Denoiser(base.network, replace(base.preprocessing, restore_mean_sigma_mm=scale), "cpu")
-        bias = {name: evaluate.known_truth_deviation(denoiser, scan, VALIDATION_SEED)
-                for name, scan in validation.items()}
-        gains = {name: gain_over_gaussian(denoiser, scan) for name, scan in validation.items()}
-        scores[scale] = {"known_truth_deviation": bias, "gains": gains,
-                         "worst_max_hu": max(b["max_hu"] for b in bias.values())}
-        print(f"restore {scale} mm: known-truth max "
-              + json.dumps({name: round(b["max_hu"], 2) for name, b in bias.items()}) + ", gains "
-              + json.dumps({name: {d: round(v, 2) for d, v in g.items()} for name, g in gains.items()}), flush=True)
-    return scores
+    return {scale: at_scale(base, scale, validation, network.name) for scale in RESTORE_SCALES_MM}
 
 
 def split(scans: dict[str, Scan], plan: Round) -> tuple[list[Scan], dict[str, Scan]]:
@@ -152,14 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the shared data folder (DICOM)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
-    parser.add_argument("--round", choices=sorted([*ROUNDS, RESTORE_ROUND]), default="dose-mix")
+    parser.add_argument("--round", choices=sorted([*ROUNDS, RESTORE_ROUND, TRAINED_ROUND]), default="dose-mix")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
                         help="a subset of the round's, for a quick check of the whole run (the rule compares all)")
     parser.add_argument("--network", type=Path,
-                        help=f"{RESTORE_ROUND} only: round 2's validation network, if already trained")
+                        help=f"{RESTORE_ROUND} and {TRAINED_ROUND}: round 2's validation network, if already trained")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    plan = ROUNDS[RESTORE_SPLIT if args.round == RESTORE_ROUND else args.round]
+    plan = ROUNDS[RESTORE_SPLIT if args.round in (RESTORE_ROUND, TRAINED_ROUND) else args.round]
 
     scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
     fitting, validation = split(scans, plan)
@@ -169,6 +190,14 @@ def main(argv: list[str] | None = None) -> None:
         scale_scores = restore_scale_scores(network, validation)
         chosen: object = choose_restore_scale({s: v["worst_max_hu"] for s, v in scale_scores.items()})
         record = {"network": str(network), "scores": {str(s): v for s, v in scale_scores.items()}}
+    elif args.round == TRAINED_ROUND:
+        current = args.network or _train(fitting, RESTORE_RECIPE, args)[0]
+        trained, training = _train(fitting, TRAINED_RECIPE, args)
+        scores = {name: at_scale(Denoiser.load(folder, "cpu"), TRAINED_SCALE_MM, validation, name)
+                  for name, folder in ((RESTORE_RECIPE, current), (TRAINED_RECIPE, trained))}
+        chosen = choose_training_scale(scores[RESTORE_RECIPE], scores[TRAINED_RECIPE])
+        record = {"networks": {RESTORE_RECIPE: str(current), TRAINED_RECIPE: str(trained)}, "scores": scores,
+                  "training": training}
     else:
         scores = {name: _score(fitting, validation, name, args) for name in args.recipes or plan.recipes}
         chosen = choose(scores)

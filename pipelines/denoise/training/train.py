@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.denoise.inference import Preprocessing, keep_mean
+from pipelines.denoise.inference import RESTORE_MEAN_SIGMA_MM, Preprocessing, keep_mean
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
@@ -94,13 +94,15 @@ class Recipe:
     ``noise_weighted``: each patch's squared error is divided by its added noise's mean square
     (weights normalised to mean 1 per batch), so a starved tenth-dose patch does not outweigh a
     quarter-dose one. ``balanced``: a patch first picks a matched-filter family with equal
-    chance, so a kernel with few training slices is not outnumbered.
+    chance, so a kernel with few training slices is not outnumbered. ``restore_mean_sigma_mm``:
+    the mean restore the loss is computed through (the network learns only finer detail).
     """
 
     name: str
     mix: NoiseMix
     noise_weighted: bool = False
     balanced: bool = False
+    restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
 
 
 #: Every recipe a validation round compares (model card); a plain mix is a recipe of its name.
@@ -109,6 +111,8 @@ RECIPES = {
     "noise-weighted": Recipe("noise-weighted", MIXES["scan-thickness"], noise_weighted=True),
     "noise-weighted-balanced": Recipe("noise-weighted-balanced", MIXES["scan-thickness"], noise_weighted=True,
                                       balanced=True),
+    "noise-weighted-balanced-1mm": Recipe("noise-weighted-balanced-1mm", MIXES["scan-thickness"],
+                                          noise_weighted=True, balanced=True, restore_mean_sigma_mm=1.0),
 }
 #: The shipped weights' recipe (model card, "Loss weighting and kernel balance: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced"
@@ -294,7 +298,7 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
     arch = Architecture()
-    prep = Preprocessing(halo=arch.layers * arch.downscale)
+    prep = Preprocessing(halo=arch.layers * arch.downscale, restore_mean_sigma_mm=recipe.restore_mean_sigma_mm)
     network, losses = fit(scans, realizations, arch, prep, rng, device, iterations, recipe)
     record = {
         "seed": seed,
@@ -306,7 +310,8 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
         "batch": BATCH,
         "patch": PATCH,
         "recipe": {"name": recipe.name, "mix": recipe.mix.name, "thin_share": recipe.mix.thin_share,
-                   "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced},
+                   "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
+                   "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
