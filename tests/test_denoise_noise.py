@@ -287,6 +287,18 @@ def test_the_restore_scale_is_the_largest_that_keeps_the_known_truth_bias_within
     assert choose_restore_scale({2.0: 4.90, 1.5: 3.53, 1.0: 2.12}) == 1.0
 
 
+def test_training_through_the_restore_scale_is_chosen_only_when_it_cuts_the_bias_by_0_3_hu_at_no_more_than_0_3_db():
+    from pipelines.denoise.training.choose_mix import RESTORE_RECIPE, TRAINED_RECIPE, choose_training_scale
+
+    def score(worst_hu: float, quarter_db: tuple[float, float]) -> dict:
+        return {"worst_max_hu": worst_hu, "gains": {"p": {"quarter": quarter_db[0]}, "q": {"quarter": quarter_db[1]}}}
+
+    current = score(2.12, (0.93, 2.84))
+    assert choose_training_scale(current, score(1.80, (0.70, 3.0))) == TRAINED_RECIPE
+    assert choose_training_scale(current, score(1.90, (0.93, 2.84))) == RESTORE_RECIPE  # within the noise
+    assert choose_training_scale(current, score(1.00, (0.60, 2.84))) == RESTORE_RECIPE  # costs 0.33 dB
+
+
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
     from pipelines.denoise.training.data import Scan
     from pipelines.denoise.training.train import Realization, draw_groups, patch_loss
