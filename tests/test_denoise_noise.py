@@ -18,12 +18,14 @@ from pipelines.denoise.inference import Denoiser, Preprocessing
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_SHARP, load_scan
 from pipelines.denoise.training.noise import (
+    MIN_COUNTS,
     N_VIEWS,
     ParallelBeam,
     SliceScan,
     added_electronic_noise,
     added_photons,
     calibrate_photons,
+    expected_log_error,
     reconstruction_filter,
     relative_tube_output,
     thickness_dose_factor,
@@ -114,6 +116,33 @@ def test_electronic_noise_matters_only_where_photons_are_few():
     assert std(1e6, 8.0) == pytest.approx(std(1e6, 0.0), rel=0.05)  # ~2e5 photons reach the detector
     # 200 photons leave ~40 behind 8.4 cm of water: 8 counts of electronic noise dominate
     assert std(2e2, 8.0) > 1.3 * std(2e2, 0.0)
+
+
+def test_the_mean_sinogram_error_of_starved_readings_is_the_computed_one():
+    """The simulated input's own systematic error is computed, not sampled (issue 17's bias reference)."""
+    generator = torch.Generator().manual_seed(7)
+    counts = np.array([0.3, 3.0, 10.0, 100.0])
+    computed = expected_log_error(counts, 8.0)
+    for lam, mean in zip(counts, computed, strict=True):
+        expected = torch.full((400_000,), float(lam), dtype=torch.float64)
+        readings = torch.poisson(expected, generator=generator) + 8.0 * torch.randn(
+            expected.shape, generator=generator, dtype=torch.float64)
+        error = torch.log(expected / readings.clamp(min=MIN_COUNTS))
+        standard_error = float(error.std()) / np.sqrt(len(error))
+        assert float(error.mean()) == pytest.approx(mean, abs=5 * standard_error), lam
+    # clamped starved readings read low, the concave logarithm reads high, plentiful photons ~0:
+    # computed -2.01, -0.03, +0.33, +0.008 and 5e-7 at a million
+    assert computed[0] < -1 and computed[2] > 0.2 and abs(expected_log_error(np.array([1e6]), 8.0)[0]) < 1e-5
+
+
+def test_the_expected_error_image_is_what_many_starved_draws_average_to():
+    scan, inside = SliceScan.of(water_disk(60), 0.7), water_disk(50) == 0
+    photons, generator = 300.0, torch.Generator().manual_seed(8)  # ~1 photon behind 8.4 cm of water
+    expected = scan.expected_acquisition_error(photons, "hann", 8.0)
+    mean = np.mean([scan.acquisition_noise(photons, "hann", generator, 8.0) for _ in range(100)], axis=0)
+    # measured: +10.09 HU computed; 400 draws average to +10.05 HU (130 HU of noise per pixel)
+    assert expected[inside].mean() > 5
+    assert mean[inside].mean() == pytest.approx(expected[inside].mean(), abs=1.0)
 
 
 def test_dose_reduction_with_electronic_noise_equals_a_direct_low_dose_scan():
