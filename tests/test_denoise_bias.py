@@ -10,7 +10,9 @@ What is measured is the systematic part: the mean over ``DRAWS`` independent noi
 draw cannot tell bias from noise: the noise's own 15 mm box mean reaches 8 HU on the sharp kernel.
 Nor can draws that share a real full-dose image's own noise, which a good denoiser removes, so the
 real anatomy is measured against a known truth (``evaluate.known_truth_deviation``): the full-dose
-slices smoothed by 1 mm, and draws simulated from it.
+slices smoothed by 1 mm, and draws simulated from it. The rule's reference is the input's expected
+image: that truth plus the simulation's own systematic error, which is not zero where few photons
+arrive (model card, "The input's own systematic error").
 """
 
 from __future__ import annotations

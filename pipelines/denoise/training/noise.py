@@ -42,7 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, stats
 
 #: Linear attenuation of water at ~70 keV, the effective energy of a 120 kVp beam (NIST XCOM).
 MU_WATER_PER_MM = 0.0193
@@ -277,8 +277,6 @@ def _log_error_table(electronic_noise: float) -> tuple[np.ndarray, np.ndarray]:
     deviations each side); the Gaussian electronic noise is integrated on a fine grid of z,
     which resolves the clamp's kink.
     """
-    from scipy import stats
-
     lam = np.geomspace(*_TABLE_COUNTS, _TABLE_POINTS)
     z = np.linspace(-8.0, 8.0, 2001)
     weight_z = stats.norm.pdf(z) * (z[1] - z[0])
@@ -311,8 +309,9 @@ def expected_log_error(expected_counts: np.ndarray, electronic_noise: float) -> 
     counts = np.asarray(expected_counts, dtype=np.float64)
     log_lam, table = _log_error_table(float(electronic_noise))
     inside = np.interp(np.log(np.clip(counts, _TABLE_COUNTS[0], None)), log_lam, table)
-    variance = counts + electronic_noise**2
-    above = variance / (2 * counts**2) - counts / (3 * counts**3) + 3 * variance**2 / (4 * counts**4)
+    many = np.maximum(counts, _TABLE_COUNTS[1])  # the expansion, only where it is used
+    variance = many + electronic_noise**2
+    above = variance / (2 * many**2) - many / (3 * many**3) + 3 * variance**2 / (4 * many**4)
     return np.where(counts <= _TABLE_COUNTS[1], inside, above)
 
 
