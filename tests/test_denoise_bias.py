@@ -124,7 +124,7 @@ def test_the_noise_floor_reads_noise_left_in_the_output_and_not_a_fixed_bias(dat
     offset = evaluate.known_truth_deviation(_Offset(truth, Preprocessing()), scan, evaluate.EVALUATION_SEED, draws=2)  # type: ignore[arg-type]
     unchanged = Denoiser(torch.nn.Identity(), Preprocessing(), "cpu")  # leaves every bit of noise in
     left = evaluate.known_truth_deviation(unchanged, scan, evaluate.EVALUATION_SEED, draws=2, most_draws=2)
-    assert offset["max_hu"] == pytest.approx(3.0, abs=1e-3) and offset["noise_floor_hu"] < 1e-3, offset
+    assert offset["truth_max_hu"] == pytest.approx(3.0, abs=1e-3) and offset["noise_floor_hu"] < 1e-3, offset
     # measured: the unchanged input reads a floor of 3.68 HU beside a maximum of 3.63 HU (2 draws)
     assert left["noise_floor_hu"] > 0.5 * left["max_hu"] > 0, left
     # and where the floor is above 1 HU the draws go on, four times as many (2 -> 8 here)
