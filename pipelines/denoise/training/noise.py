@@ -349,9 +349,7 @@ class SliceScan:
         counts = torch.poisson(expected, generator=generator)
         if electronic_noise > 0:
             counts = counts + electronic_noise * torch.randn(counts.shape, generator=generator)
-        sino_noise = torch.log(expected / counts.clamp(min=MIN_COUNTS))
-        noise_mu = self.beam.filtered_backprojection(sino_noise, filter_name) / self.pixel_spacing_mm
-        return (1000.0 * noise_mu / self.mu_water_per_mm).numpy()[self.crop]
+        return self._reconstructed_hu(torch.log(expected / counts.clamp(min=MIN_COUNTS)), filter_name)
 
     def expected_acquisition_error(self, photons: float, filter_name: str, electronic_noise: float = 0.0) -> np.ndarray:
         """The mean over noise draws of ``acquisition_noise`` (HU), computed, not sampled.
@@ -361,6 +359,10 @@ class SliceScan:
         """
         expected = (photons * torch.exp(-self.line_integrals)).double().numpy()
         sino_error = torch.from_numpy(expected_log_error(expected, electronic_noise)).float()
+        return self._reconstructed_hu(sino_error, filter_name)
+
+    def _reconstructed_hu(self, sino_error: torch.Tensor, filter_name: str) -> np.ndarray:
+        """FBP of a sinogram error (line-integral units) as HU on the slice's own pixels."""
         error_mu = self.beam.filtered_backprojection(sino_error, filter_name) / self.pixel_spacing_mm
         return (1000.0 * error_mu / self.mu_water_per_mm).numpy()[self.crop]
 
