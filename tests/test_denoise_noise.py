@@ -328,6 +328,50 @@ def test_training_through_the_restore_scale_is_chosen_only_when_it_cuts_the_bias
     assert choose_training_scale(current, score(1.00, (0.60, 2.84))) == RESTORE_RECIPE  # costs 0.33 dB
 
 
+def test_the_input_mean_target_is_adopted_unless_it_misses_2_hu_deviates_0_3_hu_more_or_costs_0_3_db():
+    from pipelines.denoise.training.choose_mix import INPUT_MEAN_RECIPE, RESTORE_RECIPE, choose_input_mean_target
+
+    def score(worst_input_hu: float, quarter_db: tuple[float, float]) -> dict:
+        return {"worst_input_max_hu": worst_input_hu,
+                "gains": {"p": {"quarter": quarter_db[0]}, "q": {"quarter": quarter_db[1]}}}
+
+    current = score(1.75, (0.93, 2.84))
+    assert choose_input_mean_target(current, score(1.90, (0.80, 2.70))) == INPUT_MEAN_RECIPE  # within both margins
+    assert choose_input_mean_target(current, score(2.10, (0.93, 2.84))) == RESTORE_RECIPE  # 0.35 HU more
+    assert choose_input_mean_target(score(1.9, (0.93, 2.84)), score(2.05, (0.93, 2.84))) == RESTORE_RECIPE  # > 2 HU
+    assert choose_input_mean_target(current, score(1.20, (0.60, 2.84))) == RESTORE_RECIPE  # costs 0.33 dB
+
+
+def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_noise_mean_on_the_same_draws():
+    """A starved water disk: each draw's noise has a mean of +0.7 to +11 HU inside, by its dose (the
+    concave logarithm), which the input-mean target carries and the bare-slice target does not."""
+    from pipelines.denoise.inference import Preprocessing
+    from pipelines.denoise.training.data import Scan
+    from pipelines.denoise.training.train import MIXES, draw_groups, patch_batch, simulate
+
+    yy, xx = np.mgrid[:128, :128]
+    disk = np.where((yy - 64) ** 2 + (xx - 64) ** 2 < 55**2, 0.0, -1000.0).astype(np.float32)
+    scans = [Scan("disk", disk[None], 0.7, "STANDARD")]
+
+    def first_batch(input_mean_target: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+        realizations = simulate(scans, [300.0 / 0.08], np.random.default_rng(0), torch.Generator().manual_seed(0),
+                                MIXES["scan-thickness"], input_mean_target)
+        prep = Preprocessing(halo=8)
+        x, y = patch_batch(scans, realizations, draw_groups(scans, realizations, False),
+                           np.random.default_rng(1), prep)
+        return prep.to_hu(x), prep.to_hu(y), realizations
+
+    x_plain, y_plain, plain = first_batch(False)
+    x_mean, y_mean, with_mean = first_batch(True)
+    assert all(r.expected is None for r in plain)
+    assert all(np.array_equal(a.noise, b.noise) for a, b in zip(plain, with_mean))  # the same draws
+    assert torch.equal(x_plain, x_mean)
+    shift = (y_mean - y_plain)[:, :, 40:56, 40:56]  # the disk's centre in every patch
+    assert float(shift.mean()) > 3.0  # measured +5.4 HU over the batch
+    # the target's shift is the draws' mean, not their noise: 4.4 HU spread against 224 HU of noise
+    assert float(shift.std()) < 0.05 * float((x_mean - y_plain)[:, :, 40:56, 40:56].std())
+
+
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
     from pipelines.denoise.training.data import Scan
     from pipelines.denoise.training.train import Realization, draw_groups, patch_loss

@@ -4,6 +4,7 @@
     python -m pipelines.denoise.training.choose_mix --round loss-balance --out DIR
     python -m pipelines.denoise.training.choose_mix --round restore-scale --out DIR [--network DIR]
     python -m pipelines.denoise.training.choose_mix --round restore-trained --out DIR [--network DIR]
+    python -m pipelines.denoise.training.choose_mix --round input-mean-target --out DIR [--network DIR]
 
 applies the model card's rules ("Choosing the training dose mix", "Loss weighting and kernel
 balance"): every recipe of the round (``ROUNDS``, from ``train.RECIPES``) trains on the training
@@ -16,8 +17,9 @@ training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
 The restore-scale round ("Bias against a known truth, and the mean-restore scale") trains no
 new recipe: it takes round 2's chosen recipe on round 2's split (``--network`` reuses one
 already trained) and scores the mean correction's scale at inference by the known-truth bias.
-The restore-trained round ("Training through the restore scale") scores that network against
-the same recipe trained through the chosen scale, both at that scale.
+The challenger rounds score that network against one changed recipe, both at the shipped scale:
+restore-trained ("Training through the restore scale") trains through that scale,
+input-mean-target ("Training towards the input's expected image") trains towards E[input].
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,10 +81,12 @@ SLICE_GAP_MM = 5.0
 #: scales compared (mm), largest first.
 RESTORE_ROUND, RESTORE_SPLIT, RESTORE_RECIPE = "restore-scale", "loss-balance", "noise-weighted-balanced"
 RESTORE_SCALES_MM = (2.0, 1.5, 1.0)
-#: The restore-trained round: its name, the recipe trained through the shipped scale, that scale
-#: (mm), and the margins B must win by: known-truth deviation (HU) and quarter-dose gain (dB).
-TRAINED_ROUND, TRAINED_RECIPE, TRAINED_SCALE_MM = "restore-trained", "noise-weighted-balanced-1mm", 1.0
-MIN_BIAS_GAIN_HU, MAX_QUALITY_LOSS_DB = 0.3, 0.3
+#: The challenger rounds' names, the scale (mm) both candidates run at, and the margins: the
+#: known-truth deviation a challenger must win by (restore-trained) or may lose by
+#: (input-mean-target), in HU, and the quarter-dose gain it may lose, in dB.
+TRAINED_ROUND, INPUT_MEAN_ROUND, CHALLENGE_SCALE_MM = "restore-trained", "input-mean-target", 1.0
+MIN_BIAS_GAIN_HU, MAX_BIAS_LOSS_HU, MAX_QUALITY_LOSS_DB = 0.3, 0.3, 0.3
+TRAINED_RECIPE, INPUT_MEAN_RECIPE = "noise-weighted-balanced-1mm", "noise-weighted-balanced-input-mean"
 
 
 def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
@@ -122,24 +127,45 @@ def choose_restore_scale(worst_deviation_hu: dict[float, float]) -> float:
     return max(passing) if passing else min(worst_deviation_hu)
 
 
+def _worst_quarter(score: dict) -> float:
+    return min(g["quarter"] for g in score["gains"].values())
+
+
 def choose_training_scale(current: dict, trained: dict) -> str:
     """The card's rule: the recipe trained through the scale wins only by a clear bias margin.
 
     Each argument is an ``at_scale`` score; returns ``RESTORE_RECIPE`` or ``TRAINED_RECIPE``.
     """
-    def worst_quarter(score: dict) -> float:
-        return min(g["quarter"] for g in score["gains"].values())
-
     less_biased = trained["worst_max_hu"] <= current["worst_max_hu"] - MIN_BIAS_GAIN_HU
-    as_good = worst_quarter(trained) >= worst_quarter(current) - MAX_QUALITY_LOSS_DB
+    as_good = _worst_quarter(trained) >= _worst_quarter(current) - MAX_QUALITY_LOSS_DB
     return TRAINED_RECIPE if less_biased and as_good else RESTORE_RECIPE
+
+
+def choose_input_mean_target(current: dict, challenger: dict) -> str:
+    """The card's rule of no harm: the input-mean target is adopted for its reason, unless it
+    misses 2 HU against the input, deviates from the input clearly more, or costs quality.
+
+    Each argument is an ``at_scale`` score; returns ``RESTORE_RECIPE`` or ``INPUT_MEAN_RECIPE``.
+    """
+    worst = challenger["worst_input_max_hu"]
+    no_worse = worst <= MAX_BIAS_HU and worst <= current["worst_input_max_hu"] + MAX_BIAS_LOSS_HU
+    as_good = _worst_quarter(challenger) >= _worst_quarter(current) - MAX_QUALITY_LOSS_DB
+    return INPUT_MEAN_RECIPE if no_worse and as_good else RESTORE_RECIPE
+
+
+#: Each challenger round's recipe and its rule.
+CHALLENGES: dict[str, tuple[str, Callable[[dict, dict], str]]] = {
+    TRAINED_ROUND: (TRAINED_RECIPE, choose_training_scale),
+    INPUT_MEAN_ROUND: (INPUT_MEAN_RECIPE, choose_input_mean_target),
+}
 
 
 def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: str) -> dict:
     """Known-truth deviation and gains over the oracle Gaussian per validation patient, ``base``
     run through the mean restore at ``scale`` mm. ``worst_max_hu`` is the worse of the two
     references (against the input and against the truth) over the patients: a scale is chosen
-    only where both meet the rule (model card, "The input's own systematic error")."""
+    only where both meet the rule (model card, "The input's own systematic error");
+    ``worst_input_max_hu`` the worst against the input alone."""
     denoiser = Denoiser(base.network, replace(base.preprocessing, restore_mean_sigma_mm=scale), "cpu")
     bias = {name: evaluate.known_truth_deviation(denoiser, scan, VALIDATION_SEED) for name, scan in validation.items()}
     gains = {name: gain_over_gaussian(denoiser, scan) for name, scan in validation.items()}
@@ -148,7 +174,8 @@ def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: s
           + ", gains "
           + json.dumps({name: {d: round(v, 2) for d, v in g.items()} for name, g in gains.items()}), flush=True)
     worst = max(max(b["max_hu"], b["truth_max_hu"]) for b in bias.values())
-    return {"known_truth_deviation": bias, "gains": gains, "worst_max_hu": worst}
+    return {"known_truth_deviation": bias, "gains": gains, "worst_max_hu": worst,
+            "worst_input_max_hu": max(b["max_hu"] for b in bias.values())}
 
 
 def restore_scale_scores(network: Path, validation: dict[str, Scan]) -> dict[float, dict]:
@@ -177,14 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the shared data folder (DICOM)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
-    parser.add_argument("--round", choices=sorted([*ROUNDS, RESTORE_ROUND, TRAINED_ROUND]), default="dose-mix")
+    parser.add_argument("--round", choices=sorted([*ROUNDS, RESTORE_ROUND, *CHALLENGES]), default="dose-mix")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
                         help="a subset of the round's, for a quick check of the whole run (the rule compares all)")
     parser.add_argument("--network", type=Path,
-                        help=f"{RESTORE_ROUND} and {TRAINED_ROUND}: round 2's validation network, if already trained")
+                        help=f"{RESTORE_ROUND} and the challenger rounds: round 2's validation network, if already trained")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    plan = ROUNDS[RESTORE_SPLIT if args.round in (RESTORE_ROUND, TRAINED_ROUND) else args.round]
+    plan = ROUNDS[RESTORE_SPLIT if args.round in (RESTORE_ROUND, *CHALLENGES) else args.round]
 
     scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
     fitting, validation = split(scans, plan)
@@ -194,13 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         scale_scores = restore_scale_scores(network, validation)
         chosen: object = choose_restore_scale({s: v["worst_max_hu"] for s, v in scale_scores.items()})
         record = {"network": str(network), "scores": {str(s): v for s, v in scale_scores.items()}}
-    elif args.round == TRAINED_ROUND:
+    elif args.round in CHALLENGES:
+        recipe, rule = CHALLENGES[args.round]
         current = args.network or _train(fitting, RESTORE_RECIPE, args)[0]
-        trained, training = _train(fitting, TRAINED_RECIPE, args)
-        scores = {name: at_scale(Denoiser.load(folder, "cpu"), TRAINED_SCALE_MM, validation, name)
-                  for name, folder in ((RESTORE_RECIPE, current), (TRAINED_RECIPE, trained))}
-        chosen = choose_training_scale(scores[RESTORE_RECIPE], scores[TRAINED_RECIPE])
-        record = {"networks": {RESTORE_RECIPE: str(current), TRAINED_RECIPE: str(trained)}, "scores": scores,
+        challenger, training = _train(fitting, recipe, args)
+        scores = {name: at_scale(Denoiser.load(folder, "cpu"), CHALLENGE_SCALE_MM, validation, name)
+                  for name, folder in ((RESTORE_RECIPE, current), (recipe, challenger))}
+        chosen = rule(scores[RESTORE_RECIPE], scores[recipe])
+        record = {"networks": {RESTORE_RECIPE: str(current), recipe: str(challenger)}, "scores": scores,
                   "training": training}
     else:
         scores = {name: _score(fitting, validation, name, args) for name in args.recipes or plan.recipes}

@@ -96,6 +96,10 @@ class Recipe:
     quarter-dose one. ``balanced``: a patch first picks a matched-filter family with equal
     chance, so a kernel with few training slices is not outnumbered. ``restore_mean_sigma_mm``:
     the mean restore the loss is computed through (the network learns only finer detail).
+    ``input_mean_target``: the target is the slice plus the input's expected error (its
+    systematic part, ``SliceScan.expected_acquisition_error``) instead of the bare slice, so the
+    error-optimal network removes only zero-mean noise and keeps the input's local means, which
+    is what the bias rule compares with (model card, "Training towards the input's expected image").
     """
 
     name: str
@@ -103,6 +107,7 @@ class Recipe:
     noise_weighted: bool = False
     balanced: bool = False
     restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
+    input_mean_target: bool = False
 
 
 #: Every recipe a validation round compares (model card); a plain mix is a recipe of its name.
@@ -113,6 +118,8 @@ RECIPES = {
                                       balanced=True),
     "noise-weighted-balanced-1mm": Recipe("noise-weighted-balanced-1mm", MIXES["scan-thickness"],
                                           noise_weighted=True, balanced=True, restore_mean_sigma_mm=1.0),
+    "noise-weighted-balanced-input-mean": Recipe("noise-weighted-balanced-input-mean", MIXES["scan-thickness"],
+                                                 noise_weighted=True, balanced=True, input_mean_target=True),
 }
 #: The shipped weights' recipe (model card, "Loss weighting and kernel balance: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced"
@@ -124,11 +131,16 @@ SHIPPED_RESTORE_SCALE_MM = 1.0
 
 @dataclass(frozen=True)
 class Realization:
-    """One simulated low-dose version of one slice: input = hu[scan][slice] + noise."""
+    """One simulated low-dose version of one slice: input = hu[scan][slice] + noise.
+
+    ``expected``: the noise's mean over draws (float16 HU), when the target is the input's
+    expected image (``Recipe.input_mean_target``); None: the target is the bare slice.
+    """
 
     scan: int
     slice: int
     noise: np.ndarray  # float16 HU
+    expected: np.ndarray | None = None
 
 
 def sharper_filters(matched: str) -> tuple[str, ...]:
@@ -151,7 +163,11 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
-             generator: torch.Generator, mix: NoiseMix) -> list[Realization]:
+             generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False) -> list[Realization]:
+    """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
+
+    The mean is computed, not drawn, so both kinds of target see the same noise stream.
+    """
     realizations = []
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
@@ -161,9 +177,12 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
             for _ in range(per_slice):
                 dose = effective_dose(scan, rng, mix)
                 filter_name = str(rng.choice(filters))
-                noise = sim.acquisition_noise(added_photons(scan.slice_photons(full_dose, k), dose), filter_name,
-                                              generator, added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose))
-                realizations.append(Realization(s, k, noise.astype(np.float16)))
+                photons_added = added_photons(scan.slice_photons(full_dose, k), dose)
+                electronic = added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose)
+                noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic)
+                expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic).astype(np.float16)
+                            if input_mean_target else None)
+                realizations.append(Realization(s, k, noise.astype(np.float16), expected))
     return realizations
 
 
@@ -177,9 +196,10 @@ def draw_groups(scans: list[Scan], realizations: list[Realization], balanced: bo
 
 def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list[np.ndarray],
                 rng: np.random.Generator, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of (noisy, clean) patches in network units, randomly flipped and turned.
+    """A batch of (noisy, target) patches in network units, randomly flipped and turned.
 
-    Each patch picks a group with equal chance (``draw_groups``), then a realization in it.
+    Each patch picks a group with equal chance (``draw_groups``), then a realization in it. The
+    target is the clean slice, plus the noise's mean where the realization carries it.
     """
     inputs, targets = [], []
     while len(inputs) < BATCH:
@@ -192,8 +212,9 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list
         if np.mean(clean > -900) < MIN_BODY_FRACTION:
             continue
         noisy = clean + item.noise[r : r + PATCH, c : c + PATCH].astype(np.float32)
+        target = clean if item.expected is None else clean + item.expected[r : r + PATCH, c : c + PATCH].astype(np.float32)
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-        for image, out in ((noisy, inputs), (clean, targets)):
+        for image, out in ((noisy, inputs), (target, targets)):
             image = np.rot90(image, turns)
             out.append(np.ascontiguousarray(image[:, ::-1] if flip else image))
     x = prep.to_network(torch.from_numpy(np.stack(inputs))[:, None])
@@ -201,12 +222,13 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list
     return x, y
 
 
-def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor, noise_weighted: bool) -> torch.Tensor:
-    """MSE, or each patch's MSE over its added noise's mean square (normalised to mean 1)."""
+def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, target: torch.Tensor, noise_weighted: bool) -> torch.Tensor:
+    """MSE, or each patch's MSE over the mean square of its input's noise about the target
+    (weights normalised to mean 1)."""
     if not noise_weighted:
-        return torch.nn.functional.mse_loss(predicted, clean)
-    error = ((predicted - clean) ** 2).mean(dim=(1, 2, 3))
-    weight = 1.0 / ((noisy - clean) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-8)
+        return torch.nn.functional.mse_loss(predicted, target)
+    error = ((predicted - target) ** 2).mean(dim=(1, 2, 3))
+    weight = 1.0 / ((noisy - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-8)
     return (error * weight / weight.mean()).mean()
 
 
@@ -293,7 +315,7 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator, recipe.mix)
+    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
@@ -311,7 +333,8 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
         "patch": PATCH,
         "recipe": {"name": recipe.name, "mix": recipe.mix.name, "thin_share": recipe.mix.thin_share,
                    "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
-                   "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm},
+                   "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
+                   "input_mean_target": recipe.input_mean_target},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
