@@ -2,7 +2,7 @@
 
     python -m pipelines.denoise.training.train --seed 0 --slice-gap-mm 5 --out pipelines/denoise/weights
 
-reproduces the shipped weights from ``../shared/data`` in about 7 minutes on two CPU cores
+reproduces the shipped weights from ``../shared/data`` in about 10 minutes on two CPU cores
 (faster on a GPU). Where the shared data is not at hand (a lent GPU machine), ``--data``
 takes a training pack instead (``pack``: the same scans as one file). Steps:
 
@@ -19,9 +19,12 @@ takes a training pack instead (``pack``: the same scans as one file). Steps:
    added on top would teach the network that sharp noise is anatomy.
 3. Fit the network, with the same mean-preserving high-pass of its residual that inference
    applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
-   slice) with mean squared error. The targets carry their own full-dose noise; the error-optimal
-   prediction still removes most noise, since the part of the input noise that came from the
-   target is unpredictable from the part that was added.
+   slice + the noise's mean) with mean squared error, weighted by noise level and balanced
+   between kernel families (``DEFAULT_RECIPE``). The noise's mean is its systematic part, not
+   zero where photons are scarce; keeping it in the target keeps the input's local means, which
+   is what the bias rule compares with. The targets carry their own full-dose noise; the
+   error-optimal prediction still removes most noise, since the part of the input noise that came
+   from the target is unpredictable from the part that was added.
 """
 
 from __future__ import annotations
@@ -121,8 +124,8 @@ RECIPES = {
     "noise-weighted-balanced-input-mean": Recipe("noise-weighted-balanced-input-mean", MIXES["scan-thickness"],
                                                  noise_weighted=True, balanced=True, input_mean_target=True),
 }
-#: The shipped weights' recipe (model card, "Loss weighting and kernel balance: outcome").
-DEFAULT_RECIPE = "noise-weighted-balanced"
+#: The shipped weights' recipe (model card, "Training towards the input's expected image: outcome").
+DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
 #: The mean-restore scale (mm) the shipped weights are written with: chosen at inference by
 #: ``choose_mix --round restore-scale`` (model card, "Bias against a known truth"). Training
 #: itself fits through ``inference.RESTORE_MEAN_SIGMA_MM``.
