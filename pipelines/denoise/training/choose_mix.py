@@ -36,7 +36,13 @@ import numpy as np
 from pipelines.denoise.inference import Denoiser
 from pipelines.denoise.training import evaluate
 from pipelines.denoise.training.data import TRAINING, Scan, load_scan, thin_slices
-from pipelines.denoise.training.train import ITERATIONS, RECIPES, train_network, write_weights
+from pipelines.denoise.training.train import (
+    ITERATIONS,
+    RECIPES,
+    SHIPPED_RESTORE_SCALE_MM,
+    train_network,
+    write_weights,
+)
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 
@@ -81,10 +87,10 @@ SLICE_GAP_MM = 5.0
 #: scales compared (mm), largest first.
 RESTORE_ROUND, RESTORE_SPLIT, RESTORE_RECIPE = "restore-scale", "loss-balance", "noise-weighted-balanced"
 RESTORE_SCALES_MM = (2.0, 1.5, 1.0)
-#: The challenger rounds' names, the scale (mm) both candidates run at, and the margins: the
-#: known-truth deviation a challenger must win by (restore-trained) or may lose by
+#: The challenger rounds' names (both candidates run at the shipped restore scale) and the
+#: margins: the known-truth deviation a challenger must win by (restore-trained) or may lose by
 #: (input-mean-target), in HU, and the quarter-dose gain it may lose, in dB.
-TRAINED_ROUND, INPUT_MEAN_ROUND, CHALLENGE_SCALE_MM = "restore-trained", "input-mean-target", 1.0
+TRAINED_ROUND, INPUT_MEAN_ROUND = "restore-trained", "input-mean-target"
 MIN_BIAS_GAIN_HU, MAX_BIAS_LOSS_HU, MAX_QUALITY_LOSS_DB = 0.3, 0.3, 0.3
 TRAINED_RECIPE, INPUT_MEAN_RECIPE = "noise-weighted-balanced-1mm", "noise-weighted-balanced-input-mean"
 
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe, rule = CHALLENGES[args.round]
         current = args.network or _train(fitting, RESTORE_RECIPE, args)[0]
         challenger, training = _train(fitting, recipe, args)
-        scores = {name: at_scale(Denoiser.load(folder, "cpu"), CHALLENGE_SCALE_MM, validation, name)
+        scores = {name: at_scale(Denoiser.load(folder, "cpu"), SHIPPED_RESTORE_SCALE_MM, validation, name)
                   for name, folder in ((RESTORE_RECIPE, current), (recipe, challenger))}
         chosen = rule(scores[RESTORE_RECIPE], scores[recipe])
         record = {"networks": {RESTORE_RECIPE: str(current), recipe: str(challenger)}, "scores": scores,
