@@ -28,7 +28,7 @@ def main() -> None:
         start = time.process_time()
         scan = candidates.find(series.volume)
         cpu = time.process_time() - start
-        counts = {s: sum(c.source == s for c in scan.candidates) for s in ("blob", "solid")}
+        counts = {s: sum(c.source == s for c in scan.candidates) for s in ("blob", "solid", "subsolid")}
         scans.append({"series": series.name, "slices": series.volume.array.shape[0],
                       "candidates": len(scan.candidates), **counts, "cpu_s": round(cpu, 1)})
         print(f"{series.name}: {len(scan.candidates)} candidates {counts}, {cpu:.1f} CPU s", flush=True)
@@ -36,17 +36,24 @@ def main() -> None:
             if lesion.diameter_mm < MIN_LESION_MM:
                 continue
             on = [c for c in scan.candidates if _hits(scan.center_lps(c), lesion.lps_box)]
-            largest = max((float(np.max(np.diff(scan.box_lps(c), axis=0))) for c in on), default=0.0)
+            sides = {source: max((_long_side_mm(scan, c) for c in on if c.source == source), default=0.0)
+                     for source in ("blob", "solid", "subsolid")}
+            largest = max(sides.values())
             rows.append({"series": series.name, "lesion": lesion.label, "long_axis_mm": round(lesion.diameter_mm, 1),
-                         "found": bool(on), "candidates_on_it": len(on), "largest_box_side_mm": round(largest, 1)})
+                         "found": bool(on), "candidates_on_it": len(on), "largest_box_side_mm": round(largest, 1),
+                         "largest_box_side_mm_by_source": {k: round(v, 1) for k, v in sides.items()}})
             print(f"  {lesion.label} {lesion.diameter_mm:.1f} mm: found={bool(on)} ({len(on)} candidates, "
-                  f"largest box side {largest:.1f} mm)", flush=True)
+                  f"largest box side {largest:.1f} mm; by source {sides})", flush=True)
     found = sum(r["found"] for r in rows)
     print(f"recall {found}/{len(rows)}; candidates per scan mean {np.mean([s['candidates'] for s in scans]):.0f}, "
           f"max {max(s['candidates'] for s in scans)}; CPU s max {max(s['cpu_s'] for s in scans)}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"lesions": rows, "scans": scans}, handle, indent=1)
+
+
+def _long_side_mm(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> float:
+    return float(np.max(np.diff(scan.box_lps(candidate), axis=0)))
 
 
 def _hits(centre: np.ndarray, box: np.ndarray) -> bool:

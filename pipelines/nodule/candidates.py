@@ -1,4 +1,4 @@
-"""A candidate stage that should not miss a solid lesion of 4-80 mm: the detector's first stage.
+"""A candidate stage that should not miss a lesion of 4-80 mm, solid or ground glass: the detector's first stage.
 
 A learned model with few real examples misses what it has not seen (the RetinaNet never boxed the
 real A0002 mass whole). So the first stage is classical and generous, and a small learned scorer
@@ -18,8 +18,13 @@ real A0002 mass whole). So the first stage is classical and generous, and a smal
   ball of radius ``OPENING_MM``, which cuts the vessels thinner than the ball off them.
   Components (and their watershed pieces) with an equivalent diameter in ``SOLID_DIAMETER_MM``
   are candidates with their own box, so a mass is boxed whole.
-- **Budget**: at most ``MAX_CANDIDATES`` per scan: the largest solid components and pieces
-  (up to ``MAX_SOLIDS``), then the strongest blobs.
+- **Ground glass** (about 8-60 mm): connected components of smoothed HU in ``SUBSOLID_HU`` inside
+  the aerated lung, opened with a ball of radius ``SUBSOLID_OPENING_MM``. A ground-glass nodule
+  is below ``SOLID_HU`` and answers the LoG too weakly and unevenly to be a blob at its own size
+  (LIDC-IDRI-0002's 31 mm nodule was reached only by a 4 mm blob; model card).
+- **Budget**: at most ``MAX_CANDIDATES`` per scan: the largest solid components and pieces (up to
+  ``MAX_SOLIDS``), the largest subsolid components (up to ``MAX_SUBSOLIDS``), then the strongest
+  blobs.
 
 Nearly concentric candidates are merged (the larger box is kept, ``merge``).
 """
@@ -57,6 +62,14 @@ BLOBNESS = 0.25
 SOLID_HU = -400.0
 OPENING_MM = 6.0
 SOLID_DIAMETER_MM = (6.0, 90.0)
+#: Ground glass: denser than aerated lung (about -850 HU), less dense than solid tissue; on HU
+#: smoothed with a Gaussian of ``SUBSOLID_SMOOTHING_MM`` (sigma) and averaged over 4 mm blocks.
+SUBSOLID_HU = (-800.0, -400.0)
+SUBSOLID_SMOOTHING_MM = 3.0
+#: One 4 mm block: cuts the partial-volume shells of vessels and of the lung border.
+SUBSOLID_OPENING_MM = 4.0
+SUBSOLID_DIAMETER_MM = (8.0, 60.0)
+MAX_SUBSOLIDS = 50
 #: Intensity range the LoG sees: lung to soft tissue; bone and contrast would dominate otherwise.
 LOG_RANGE_HU = (-1000.0, 150.0)
 
@@ -68,8 +81,8 @@ class Candidate:
     center: np.ndarray   # (3,) grid index
     box: np.ndarray      # (6,) x0 y0 z0 x1 y1 z1, voxel edges
     diameter_mm: float
-    source: str          # "blob" or "solid"
-    response: float      # LoG response (blob) or mean HU (solid)
+    source: str          # "blob", "solid" or "subsolid"
+    response: float      # LoG response (blob) or mean HU (solid, subsolid)
 
 
 @dataclass
@@ -109,7 +122,9 @@ def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None) -> CandidateS
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     hu, inside = grid.hu[crop], region[crop]
     solids = sorted(solid_candidates(hu, inside), key=lambda c: -c.diameter_mm)[:MAX_SOLIDS]
-    found = solids + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(solids)]
+    subsolids = sorted(subsolid_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_SUBSOLIDS]
+    components = solids + subsolids
+    found = components + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
     shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]
     return CandidateScan(grid, lungs, region, merge(shifted))
 
@@ -188,22 +203,46 @@ def solid_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     peaks = (depth == ndi.maximum_filter(depth, size=5)) & (depth >= radius)
     markers, _ = ndi.label(peaks)
     pieces = watershed(-depth, markers, mask=opened)
+    return [c for labels in (ndi.label(opened)[0], pieces)
+            for c in _component_candidates(labels, coarse, SOLID_DIAMETER_MM, "solid")]
+
+
+def subsolid_candidates(hu: np.ndarray, lungs: np.ndarray) -> list[Candidate]:
+    """Ground-glass components inside the aerated lung, on the solid components' 4 mm grid.
+
+    Ground glass lies inside the lung mask (it is below ``lungs.AIR_HU``), so the mask, not the
+    hull region, bounds it; the opening cuts the thin shells of intermediate HU that every vessel
+    and the lung border have after smoothing.
+    """
+    smoothed = ndi.gaussian_filter(hu.astype(np.float32), SUBSOLID_SMOOTHING_MM / GRID_MM)
+    coarse = _block_mean(smoothed)
+    inside = _block_mean(lungs.astype(np.float32)) >= 0.5
+    ground_glass = (coarse > SUBSOLID_HU[0]) & (coarse < SUBSOLID_HU[1]) & inside
+    radius = SUBSOLID_OPENING_MM / (2 * GRID_MM)
+    opened = ndi.distance_transform_edt(ndi.distance_transform_edt(ground_glass) <= radius) <= radius
+    return _component_candidates(ndi.label(opened)[0], coarse, SUBSOLID_DIAMETER_MM, "subsolid")
+
+
+def _component_candidates(labels: np.ndarray, coarse: np.ndarray, diameters_mm: tuple[float, float],
+                          source: str) -> list[Candidate]:
+    """A candidate per labelled component of the 4 mm grid with an equivalent diameter in
+    ``diameters_mm``: its centre of mass and box on the 2 mm grid, its mean HU as the response."""
+    count = int(labels.max())
+    if count == 0:
+        return []
+    step = 2 * GRID_MM
+    sizes = ndi.sum_labels(labels > 0, labels, index=np.arange(1, count + 1))
     found = []
-    for labels in (ndi.label(opened)[0], pieces):
-        count = int(labels.max())
-        if count == 0:
+    for n, where in enumerate(ndi.find_objects(labels), start=1):
+        if where is None:
             continue
-        sizes = ndi.sum_labels(labels > 0, labels, index=np.arange(1, count + 1))
-        for n, where in enumerate(ndi.find_objects(labels), start=1):
-            if where is None:
-                continue
-            diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * step
-            if not SOLID_DIAMETER_MM[0] <= diameter <= SOLID_DIAMETER_MM[1]:
-                continue
-            part = labels[where] == n
-            centre = (np.array(ndi.center_of_mass(part)) + np.array([s.start for s in where])) * 2 + 0.5
-            box = np.array([s.start * 2 - 0.5 for s in where] + [s.stop * 2 - 0.5 for s in where], dtype=np.float64)
-            found.append(Candidate(centre, box, float(diameter), "solid", float(coarse[where][part].mean())))
+        diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * step
+        if not diameters_mm[0] <= diameter <= diameters_mm[1]:
+            continue
+        part = labels[where] == n
+        centre = (np.array(ndi.center_of_mass(part)) + np.array([s.start for s in where])) * 2 + 0.5
+        box = np.array([s.start * 2 - 0.5 for s in where] + [s.stop * 2 - 0.5 for s in where], dtype=np.float64)
+        found.append(Candidate(centre, box, float(diameter), source, float(coarse[where][part].mean())))
     return found
 
 
