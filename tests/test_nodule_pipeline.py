@@ -18,7 +18,7 @@ from monai.data.box_utils import box_iou
 
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.model_folder import ModelFolderError
-from pipelines.nodule import scorer
+from pipelines.nodule import candidates, scorer
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector, Settings
 from pipelines.nodule.lungs import lung_mask
@@ -26,7 +26,7 @@ from pipelines.nodule.measure import measure, source_box
 from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
 from pipelines.nodule.scorer import ScorerNet
-from pipelines.nodule.training import data, evaluate, synthesis, train
+from pipelines.nodule.training import data, evaluate, synthesis, train, train_scorer
 from pipelines.volume import Volume
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
 
@@ -111,9 +111,9 @@ def test_real_annotated_tumor_is_a_top_candidate_and_its_largest_box_is_measured
     of the annotated per-slice boxes and its SEG voxels must lie in the annotated box.
     """
     grid = pipeline.detector.grid(held_out)
-    candidates = fuse_nested(near_lungs(grid, lung_mask(grid.hu, slice_axis=2), pipeline.detector.detect(grid),
-                                        pipeline.lung_margin_mm))
-    on_tumor = [d for d in candidates if _box_overlap(d.lps_corners, tumor_box) > 0.3]
+    boxes = fuse_nested(near_lungs(grid, lung_mask(grid.hu, slice_axis=2), pipeline.detector.detect(grid),
+                                   pipeline.lung_margin_mm))
+    on_tumor = [d for d in boxes if _box_overlap(d.lps_corners, tumor_box) > 0.3]
     assert on_tumor and on_tumor[0].score >= MIN_TUMOR_SCORE, [round(d.score, 3) for d in on_tumor[:3]]
     measured = [measure(held_out, *source_box(held_out, d.lps_corners))
                 for d in on_tumor if d.score >= TUMOR_CANDIDATE_SCORE]
@@ -266,6 +266,34 @@ def test_a_scorer_folder_with_two_weightings_reports_their_mean_probability(tmp_
     (folder / "params.toml").write_text('[scorer]\nreport_threshold = 0.5\nweights = "scorer.pt"\n')
     with pytest.raises(ModelFolderError, match="weights must be a list"):
         CandidateDetector.load(folder, "cpu")
+
+
+def test_a_scorer_folder_runs_the_candidate_stage_its_scorer_was_trained_with(tmp_path):
+    shipped = CandidateDetector.load(DEFAULT_SCORER_DIR, "cpu")
+    assert shipped.settings.ground_glass is (
+        "ground_glass = true" in (DEFAULT_SCORER_DIR / "params.toml").read_text())
+    folder = tmp_path / "scorer"
+    train_scorer.write_folder(folder, {"candidates": ScorerNet()}, 0.5)
+    assert CandidateDetector.load(folder, "cpu").settings.ground_glass is train_scorer.GROUND_GLASS is True
+    (folder / "params.toml").write_text("[scorer]\nreport_threshold = 0.5\n[candidates]\nground_glass = 1\n")
+    with pytest.raises(ModelFolderError, match="ground_glass must be true or false"):
+        CandidateDetector.load(folder, "cpu")
+
+
+def test_a_ground_glass_ball_is_a_candidate_and_a_10_mm_vessel_beside_it_is_not():
+    # 2 mm grid of aerated lung (-850 HU, noise 20): a 32 mm ball at -650 HU, a 10 mm solid vessel.
+    rng = np.random.default_rng(0)
+    n = 80
+    hu = np.full((n, n, n), -850.0, np.float32) + rng.normal(0, 20, (n, n, n)).astype(np.float32)
+    x, y, z = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    ball = (x - 25) ** 2 + (y - 40) ** 2 + (z - 40) ** 2 <= 8 ** 2
+    hu[ball] = -650.0
+    hu[(y - 40) ** 2 + (z - 15) ** 2 <= 2.5 ** 2] = 40.0
+    found = candidates.subsolid_candidates(hu, np.ones(hu.shape, dtype=bool))
+    assert len(found) == 1, [(c.center, c.diameter_mm) for c in found]
+    # Measured: centre 0.1 voxel off, equivalent diameter 34.4 mm (the ball's coverage after smoothing).
+    assert np.linalg.norm(found[0].center - [25, 40, 40]) <= 1.0
+    assert 24.0 <= found[0].diameter_mm <= 40.0
 
 
 def test_tiny_series_is_not_applicable(pipeline, data_dir, tmp_path):

@@ -1,6 +1,6 @@
 """The candidate stage and its learned scorer as one detector: a CT on the 2 mm grid in, scored boxes out.
 
-``candidates`` puts a box on every solid component and blob in the lungs (a mass against the
+``candidates`` puts a box on every solid (and ground-glass) component and blob in the lungs (a mass against the
 mediastinum is boxed whole by its component), ``scorer`` scores each from its two patches, and
 the boxes come back best first in the shape the pipeline already reports (``Detection``), so
 fusion of nested boxes, the lung check and the measurement stay the pipeline's.
@@ -11,6 +11,8 @@ A scorer model folder (written by ``train_scorer``)::
     params.toml      [scorer] report_threshold = ...   (the model card's operating point)
                      [scorer] weights = ["scorer.pt", "scorer-lesions.pt"]   (optional: several
                      scorers whose probabilities are averaged; default ["scorer.pt"])
+                     [candidates] ground_glass = true   (the scorer was trained with the
+                     stage's ground-glass components; default false, the stage before them)
     training.json    every leave-one-patient-out fold and the shipped model's training
 """
 
@@ -43,6 +45,8 @@ class ScorerSettings:
     """What decides what is reported besides the weights."""
 
     report_threshold: float
+    #: Whether the candidate stage adds its ground-glass components (as the scorer's training did).
+    ground_glass: bool = False
 
 
 class CandidateDetector:
@@ -64,17 +68,20 @@ class CandidateDetector:
         names = params.get("weights", [WEIGHTS])
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise ModelFolderError(f"{folder}: [scorer] weights must be a list of weight file names, got {names!r}")
+        ground_glass = read_params(folder).get("candidates", {}).get("ground_glass", False)
+        if not isinstance(ground_glass, bool):
+            raise ModelFolderError(f"{folder}: [candidates] ground_glass must be true or false, got {ground_glass!r}")
         nets = [_load_net(folder / name) for name in names]
         if report_threshold is not None:
             threshold = float(report_threshold)
-        return cls(nets, ScorerSettings(report_threshold=threshold), device)
+        return cls(nets, ScorerSettings(report_threshold=threshold, ground_glass=ground_glass), device)
 
     def grid(self, volume: Volume) -> ModelGrid:
         return to_model_grid(volume, (candidates.GRID_MM,) * 3)
 
     def detect(self, grid: ModelGrid, lungs: np.ndarray | None = None) -> list[Detection]:
         """Every candidate with its score, best first (the caller applies report_threshold)."""
-        scan = candidates.find_on_grid(grid, lungs)
+        scan = candidates.find_on_grid(grid, lungs, ground_glass=self.settings.ground_glass)
         patches, scalars = scorer.inputs(scan, scan.candidates)
         scores = scorer.mean_score(self.nets, patches, scalars, self.device)
         found = [Detection(c.box, _corners_lps(scan, c), float(s)) for c, s in zip(scan.candidates, scores)]

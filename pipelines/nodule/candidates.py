@@ -105,13 +105,17 @@ class CandidateScan:
         return np.array([lps.min(axis=0), lps.max(axis=0)])
 
 
-def find(volume: Volume) -> CandidateScan:
-    return find_on_grid(to_model_grid(volume, (GRID_MM,) * 3))
+def find(volume: Volume, ground_glass: bool = True) -> CandidateScan:
+    return find_on_grid(to_model_grid(volume, (GRID_MM,) * 3), ground_glass=ground_glass)
 
 
-def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None) -> CandidateScan:
+def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None, ground_glass: bool = True) -> CandidateScan:
     """Candidates of a scan already on the 2 mm grid (training inserts nodules there); ``lungs``
-    is its lung mask when the caller has found it already (the pipeline checks the lung volume)."""
+    is its lung mask when the caller has found it already (the pipeline checks the lung volume).
+
+    ``ground_glass`` adds the subsolid components: a scorer must see the candidates it was trained
+    on, so a scorer folder says whether its training had them (``candidate_detector``).
+    """
     if lungs is None:
         lungs = lung_mask(grid.hu, slice_axis=2)
     region = lung_region(lungs)
@@ -122,7 +126,8 @@ def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None) -> CandidateS
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     hu, inside = grid.hu[crop], region[crop]
     solids = sorted(solid_candidates(hu, inside), key=lambda c: -c.diameter_mm)[:MAX_SOLIDS]
-    subsolids = sorted(subsolid_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_SUBSOLIDS]
+    subsolids = (sorted(subsolid_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_SUBSOLIDS]
+                 if ground_glass else [])
     components = solids + subsolids
     found = components + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
     shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]

@@ -66,6 +66,9 @@ HIT_MARGIN_MM = 2.0
 #: ``--positives choose``, in the model card's tie order: "mean" averages the two scorers' probabilities.
 WEIGHTINGS = ("candidates", "lesions")
 CHOICES = ("candidates", "mean", "lesions")
+#: The candidate stage's ground-glass components are built, trained on and written into every
+#: scorer folder (``[candidates] ground_glass``), so the pipeline runs the stage its scorer saw.
+GROUND_GLASS = True
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
@@ -112,7 +115,7 @@ def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: in
     else:
         scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng)
     started = time.process_time()
-    scan = candidates.find_on_grid(scan_grid)
+    scan = candidates.find_on_grid(scan_grid, ground_glass=GROUND_GLASS)
     truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
     labels, which = _labels(scan, truth, series.ignore)
     keep = np.arange(len(labels))
@@ -494,7 +497,8 @@ def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: flo
         "# report_threshold: the model card's nested operating point (<= 2 false positives per real\n"
         "# scan on out-of-fold scores of the training patients), set by the training, not by any\n"
         "# held-out number.\n"
-        f"[scorer]\nreport_threshold = {float(threshold)!r}\n{weights}")
+        f"[scorer]\nreport_threshold = {float(threshold)!r}\n{weights}"
+        f"\n[candidates]\nground_glass = {str(GROUND_GLASS).lower()}\n")
 
 
 def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, device: str) -> float:
