@@ -273,8 +273,9 @@ def test_a_scorer_folder_runs_the_candidate_stage_its_scorer_was_trained_with(tm
     assert shipped.settings.ground_glass is (
         "ground_glass = true" in (DEFAULT_SCORER_DIR / "params.toml").read_text())
     folder = tmp_path / "scorer"
-    train_scorer.write_folder(folder, {"candidates": ScorerNet()}, 0.5)
-    assert CandidateDetector.load(folder, "cpu").settings.ground_glass is train_scorer.GROUND_GLASS is True
+    for ground_glass in (True, False):
+        train_scorer.write_folder(folder, {"scorer.pt": ScorerNet()}, 0.5, ground_glass)
+        assert CandidateDetector.load(folder, "cpu").settings.ground_glass is ground_glass
     (folder / "params.toml").write_text("[scorer]\nreport_threshold = 0.5\n[candidates]\nground_glass = 1\n")
     with pytest.raises(ModelFolderError, match="ground_glass must be true or false"):
         CandidateDetector.load(folder, "cpu")

@@ -27,7 +27,10 @@ Each epoch takes every positive (flipped and rotated at random) and three times 
 negatives; ``--positives lesions`` instead draws as many positives, each lesion equally often
 (``lesion_weights``: the model card's rejected "one lesion, one vote" run). ``--positives
 choose`` trains both and lets each fold choose between them and their mean on its inner folds'
-out-of-fold scores (``choose``; the model card's "weighting chosen on the inner folds"). The
+out-of-fold scores (``choose``; the model card's "weighting chosen on the inner folds"). ``--report
+inner-mean`` reports each held-out patient with the mean of its four inner scorers, and the shipped
+folder with the mean of all of them, instead of scorers trained on more patients than the
+threshold's (the model card's "the scorer whose threshold is set is the scorer that reports"). The
 content of each epoch depends only on ``--seed``.
 """
 
@@ -66,9 +69,13 @@ HIT_MARGIN_MM = 2.0
 #: ``--positives choose``, in the model card's tie order: "mean" averages the two scorers' probabilities.
 WEIGHTINGS = ("candidates", "lesions")
 CHOICES = ("candidates", "mean", "lesions")
-#: The candidate stage's ground-glass components are built, trained on and written into every
-#: scorer folder (``[candidates] ground_glass``), so the pipeline runs the stage its scorer saw.
+#: A new cache is built with the candidate stage's ground-glass components; the cache records it
+#: and every scorer folder trained from it says so (``[candidates] ground_glass``), so the pipeline
+#: runs the stage its scorer saw. A cache without the record predates the component.
 GROUND_GLASS = True
+#: What reports for a held-out patient (``--report``): its outer scorer, or the mean of its inner
+#: scorers, whose out-of-fold scores set its threshold (model card).
+REPORTERS = ("outer", "inner-mean")
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
@@ -92,6 +99,7 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.
             _add_scan(parts, lesion_table, thick, 0, factor, nodules, rng)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     arrays["lesions"] = np.array(json.dumps(lesion_table))
+    arrays["ground_glass"] = np.array(GROUND_GLASS)
     return arrays
 
 
@@ -398,11 +406,15 @@ def main() -> None:
     parser.add_argument("--positives", choices=(*WEIGHTINGS, "choose"), default="candidates",
                         help="each epoch: every positive candidate, or as many drawn one lesion one vote; "
                              "or train both and choose per fold (model card)")
+    parser.add_argument("--report", choices=REPORTERS, default="outer",
+                        help="what reports for a held-out patient: its outer scorer, or its inner scorers' mean")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
     parser.add_argument("--data-only", action="store_true",
                         help="build DIR/candidates.npz and stop (to carry it to a GPU machine)")
     args = parser.parse_args()
+    if args.report == "inner-mean" and args.positives == "choose":
+        parser.error("--report inner-mean takes one weighting of the positives, not --positives choose")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -416,6 +428,7 @@ def main() -> None:
     if args.data_only:
         return
     lesions = json.loads(str(arrays["lesions"]))
+    ground_glass = bool(arrays.get("ground_glass", False))
     print(f"data: {len(arrays['label'])} candidates, {int((arrays['label'] == 1).sum())} positive "
           f"({time.time() - started:.0f} s)", flush=True)
     usable = np.flatnonzero(arrays["label"] >= 0)
@@ -433,10 +446,17 @@ def main() -> None:
         chosen, choice_numbers = choose(arrays, inner_rows, {
             c: np.concatenate([choice_scores(results, k, c) for k in inner]) for c in choices}, lesions)
         threshold = choice_numbers[chosen]["threshold"]
-        test_rows, outer_scores = folds_of[key].score_rows, {c: choice_scores(results, key, c) for c in choices}
-        outer_nets = _members(results, key, chosen)
+        test_rows = folds_of[key].score_rows
+        if args.report == "inner-mean":
+            outer_nets = _inner_members(results, inner, chosen)
+            outer_scores = {chosen: scorer.mean_score(list(outer_nets.values()), arrays["patches"][test_rows],
+                                                      arrays["scalars"][test_rows], args.device)}
+        else:
+            outer_nets = _members(results, key, chosen)
+            outer_scores = {c: choice_scores(results, key, c) for c in choices}
         numbers = held_out_numbers(arrays, test_rows, outer_scores[chosen], threshold, lesions)
-        write_folder(args.out / "folds" / held_out, outer_nets, threshold)  # CI runs each patient through its fold
+        # CI runs each patient through its fold.
+        write_folder(args.out / "folds" / held_out, outer_nets, threshold, ground_glass)
         real = arrays["copy"][test_rows] == 0
         out_of_fold.append((test_rows[real], {c: s[real] for c, s in outer_scores.items()}))
         folds.append({"held_out": held_out, "choice": chosen, "threshold": threshold, "inner_choices": choice_numbers,
@@ -461,7 +481,9 @@ def main() -> None:
             c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
         record.update(choice=chosen, threshold=choice_numbers[chosen]["threshold"], outer_choices=choice_numbers,
                       seconds_shipped=sum(round(results[(w,)].seconds) for w in weightings))
-        write_folder(args.out, _members(results, (), chosen), record["threshold"])
+        shipped = (_inner_members(results, [k for k in folds_of if len(k) == 2], chosen)
+                   if args.report == "inner-mean" else _members(results, (), chosen))
+        write_folder(args.out, shipped, record["threshold"], ground_glass)
         print(f"shipped scorer: chose {chosen} ({_choice_line(choice_numbers)}), threshold {record['threshold']:.4f} "
               "from the outer folds' out-of-fold scores", flush=True)
     record["seconds"] = round(time.time() - started)
@@ -470,12 +492,20 @@ def main() -> None:
 
 
 def _members(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], choice: str) -> dict[str, scorer.ScorerNet]:
-    """The scorers a choice needs, by weighting: one, or both for "mean"."""
-    nets = {}
-    for weighting in (WEIGHTINGS if choice == "mean" else (choice,)):
-        nets[weighting] = scorer.ScorerNet()
-        nets[weighting].load_state_dict(results[(weighting, *fold)].state)
-    return nets
+    """The scorers a choice needs, by weight file name: one, or both weightings for "mean"."""
+    return {scorer.WEIGHT_FILES[w]: _net(results[(w, *fold)]) for w in (WEIGHTINGS if choice == "mean" else (choice,))}
+
+
+def _inner_members(results: dict[tuple[str, ...], Trained], inner: list[tuple[str, ...]],
+                   weighting: str) -> dict[str, scorer.ScorerNet]:
+    """Inner scorers (``fold_tasks`` keys (P, Q)) by weight file name, named for the patients they left out."""
+    return {f"scorer-without-{'-and-'.join(key)}.pt": _net(results[(weighting, *key)]) for key in inner}
+
+
+def _net(trained: Trained) -> scorer.ScorerNet:
+    net = scorer.ScorerNet()
+    net.load_state_dict(trained.state)
+    return net
 
 
 def _choice_line(numbers: dict[str, dict]) -> str:
@@ -483,22 +513,22 @@ def _choice_line(numbers: dict[str, dict]) -> str:
                      for c, n in numbers.items())
 
 
-def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: float) -> None:
-    """A scorer model folder (``candidate_detector``): weights (one file per weighting, averaged
-    when there are two) and the operating point."""
+def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: float, ground_glass: bool) -> None:
+    """A scorer model folder (``candidate_detector``): weights by file name (their probabilities
+    averaged when there are several), the operating point and the candidate stage they saw."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("scorer*.pt"):
         stale.unlink()
-    for weighting, net in nets.items():
-        torch.save(net.state_dict(), folder / scorer.WEIGHT_FILES[weighting])
-    weights = "" if list(nets) == ["candidates"] else f"weights = {[scorer.WEIGHT_FILES[w] for w in nets]!r}\n"
+    for name, net in nets.items():
+        torch.save(net.state_dict(), folder / name)
+    weights = "" if list(nets) == [scorer.WEIGHT_FILES["candidates"]] else f"weights = {list(nets)!r}\n"
     (folder / "params.toml").write_text(
         "# Written by pipelines.nodule.training.train_scorer; read by pipelines.nodule.candidate_detector.\n"
         "# report_threshold: the model card's nested operating point (<= 2 false positives per real\n"
         "# scan on out-of-fold scores of the training patients), set by the training, not by any\n"
         "# held-out number.\n"
         f"[scorer]\nreport_threshold = {float(threshold)!r}\n{weights}"
-        f"\n[candidates]\nground_glass = {str(GROUND_GLASS).lower()}\n")
+        f"\n[candidates]\nground_glass = {str(ground_glass).lower()}\n")
 
 
 def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, device: str) -> float:
