@@ -239,23 +239,24 @@ def test_a_model_folder_without_parameters_is_refused_with_its_name(tmp_path):
 
 
 def test_a_scorer_folder_without_its_threshold_or_with_foreign_weights_is_refused_with_its_name(tmp_path):
-    shutil.copytree(DEFAULT_SCORER_DIR, tmp_path / "scorer", ignore=shutil.ignore_patterns("folds"))
-    (tmp_path / "scorer" / "params.toml").write_text("[scorer]\n")
+    folder = tmp_path / "scorer"
+    train_scorer.write_folder(folder, {"scorer.pt": ScorerNet()}, 0.5, ground_glass=False)
+    written = (folder / "params.toml").read_text()
+    (folder / "params.toml").write_text("[scorer]\n")
     with pytest.raises(ModelFolderError, match="report_threshold"):
-        CandidateDetector.load(tmp_path / "scorer", "cpu")
-    shutil.copy(DEFAULT_SCORER_DIR / "params.toml", tmp_path / "scorer" / "params.toml")
-    torch.save({"weight": torch.zeros(3)}, tmp_path / "scorer" / "scorer.pt")
+        CandidateDetector.load(folder, "cpu")
+    (folder / "params.toml").write_text(written)
+    torch.save({"weight": torch.zeros(3)}, folder / "scorer.pt")
     with pytest.raises(ModelFolderError, match="scorer.pt is not a state dict"):
-        CandidateDetector.load(tmp_path / "scorer", "cpu")
+        CandidateDetector.load(folder, "cpu")
 
 
 def test_a_scorer_folder_with_two_weightings_reports_their_mean_probability(tmp_path):
     folder = tmp_path / "scorer"
-    shutil.copytree(DEFAULT_SCORER_DIR, folder, ignore=shutil.ignore_patterns("folds"))
     torch.manual_seed(0)
-    torch.save(ScorerNet().state_dict(), folder / "scorer-lesions.pt")
-    with open(folder / "params.toml", "a") as handle:
-        handle.write('weights = ["scorer.pt", "scorer-lesions.pt"]\n')
+    train_scorer.write_folder(folder, {"scorer.pt": ScorerNet(), "scorer-lesions.pt": ScorerNet()}, 0.5,
+                              ground_glass=False)
+    assert "weights = ['scorer.pt', 'scorer-lesions.pt']" in (folder / "params.toml").read_text()
     pair = CandidateDetector.load(folder, "cpu")
     rng = np.random.default_rng(0)
     patches = rng.integers(0, 255, (4, 2, 24, 24, 24), dtype=np.uint8)

@@ -2,15 +2,17 @@
 
 Stages (their seconds go into each job's summary): load the series as a volume in HU; preprocess
 it onto the detector's grid (resampling and intensity range from the model folder) and find the
-lungs there; run the detector (MONAI RetinaNet, ``detector``); postprocess: keep boxes at or
-above the reporting threshold whose centre lies in or near the lungs, segment and measure each on
-the source slices (``measure``); write one SEG segment and one SR measurement group per nodule.
-With no nodule the SR says so and, unless ``empty_seg`` is set, no SEG is written.
+lungs there; run the detector; postprocess: keep boxes at or above the reporting threshold whose
+centre lies in or near the lungs, segment and measure each on the source slices (``measure``);
+write one SEG segment and one SR measurement group per nodule. With no nodule the SR says so and,
+unless ``empty_seg`` is set, no SEG is written.
 
-A scorer model folder (``pipelines/nodule/scorer_weights``, ``candidate_detector``) replaces the
-RetinaNet: classical candidates on a 2 mm grid (solid components box a mass whole), each scored by
-a small 3-D CNN; everything after detection is the same. It is not the default: it reports more
-false positives than the model card's rule allows (model card, "Issue 16").
+The default detector is the shipped scorer folder (``pipelines/nodule/scorer_weights``,
+``candidate_detector``): classical candidates on a 2 mm grid (solid components box a mass whole),
+each scored by small 3-D CNNs. It replaced the MONAI RetinaNet (``detector``, ``weights/``) by the
+model card's replacement rule: more real lesions found on patients neither saw, with fewer false
+positives. The RetinaNet folder still runs when ``model`` names it; everything after detection is
+the same for both.
 
 A MONAI bundle (``lung_nodule_ct_detection``) runs as published instead (``bundle_detection``):
 its own preprocessing, inferer and postprocessing find the boxes; each box at or above
@@ -19,7 +21,7 @@ bundle and its version. The lung check and radnode's postprocessing do not apply
 
 Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
 RetinaNet format, a scorer folder, or a MONAI bundle, see ``detector`` and ``candidate_detector``;
-default: the RetinaNet weights shipped in ``weights/``),
+default: the scorer folder shipped in ``scorer_weights/``),
 ``device`` picks the GPU or CPU. Options:
 
 - ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
@@ -47,8 +49,8 @@ from pipelines.model_folder import is_monai_bundle
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.nodule import contract
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
-from pipelines.nodule.candidate_detector import CandidateDetector, is_scorer_folder
-from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
+from pipelines.nodule.detector import Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box
@@ -75,7 +77,7 @@ class NoduleDetection(ModelPipeline):
     inputs: ClassVar[tuple[InputSpec, ...]] = contract.INPUTS
     Options = contract.Options
     options: contract.Options
-    shipped_model = DEFAULT_MODEL_DIR
+    shipped_model = DEFAULT_SCORER_DIR
 
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
