@@ -7,7 +7,8 @@ fusion of nested boxes, the lung check and the measurement stay the pipeline's.
 
 A scorer model folder (written by ``train_scorer``)::
 
-    scorer.pt        state dict of scorer.ScorerNet
+    scorer*.pt       state dicts of scorer.ScorerNet (the shipped folder: twenty, one per inner
+                     scorer of train_scorer --report inner-mean)
     params.toml      [scorer] report_threshold = ...   (the model card's operating point)
                      [scorer] weights = ["scorer.pt", "scorer-lesions.pt"]   (optional: several
                      scorers whose probabilities are averaged; default ["scorer.pt"])
@@ -60,7 +61,8 @@ class CandidateDetector:
     @classmethod
     def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> CandidateDetector:
         folder = require_folder(folder)
-        params = read_params(folder).get("scorer", {})
+        all_params = read_params(folder)
+        params = all_params.get("scorer", {})
         try:
             threshold = float(params["report_threshold"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -68,7 +70,7 @@ class CandidateDetector:
         names = params.get("weights", [WEIGHTS])
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise ModelFolderError(f"{folder}: [scorer] weights must be a list of weight file names, got {names!r}")
-        ground_glass = read_params(folder).get("candidates", {}).get("ground_glass", False)
+        ground_glass = all_params.get("candidates", {}).get("ground_glass", False)
         if not isinstance(ground_glass, bool):
             raise ModelFolderError(f"{folder}: [candidates] ground_glass must be true or false, got {ground_glass!r}")
         nets = [_load_net(folder / name) for name in names]
