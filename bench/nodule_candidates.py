@@ -36,7 +36,7 @@ def main() -> None:
             if lesion.diameter_mm < MIN_LESION_MM:
                 continue
             on = [c for c in scan.candidates if _hits(scan.center_lps(c), lesion.lps_box)]
-            sides = {source: max((_long_side_mm(scan, c) for c in on if c.source == source), default=0.0)
+            sides = {source: max((scan.box_long_side_mm(c) for c in on if c.source == source), default=0.0)
                      for source in ("blob", "solid", "subsolid")}
             largest = max(sides.values())
             rows.append({"series": series.name, "lesion": lesion.label, "long_axis_mm": round(lesion.diameter_mm, 1),
@@ -50,10 +50,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"lesions": rows, "scans": scans}, handle, indent=1)
-
-
-def _long_side_mm(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> float:
-    return float(np.max(np.diff(scan.box_lps(candidate), axis=0)))
 
 
 def _hits(centre: np.ndarray, box: np.ndarray) -> bool:

@@ -159,7 +159,7 @@ def test_the_faint_ground_glass_nodule_of_lidc_0002_is_boxed_by_a_ground_glass_c
     volume, annotation = scans[SCANS[1]]
     nodule = annotation.lesions[0]
     scan = candidates.find(volume)
-    sides = [float(np.max(np.diff(scan.box_lps(c), axis=0))) for c in scan.candidates
+    sides = [scan.box_long_side_mm(c) for c in scan.candidates
              if c.source == "subsolid" and _inside(scan.center_lps(c), _grown(nodule.lps_box))]
     assert sides, "no ground-glass candidate on the nodule"
     assert max(sides) >= GROUND_GLASS_EXTENT_SHARE * nodule.diameter_mm, (sides, nodule.diameter_mm)
@@ -170,7 +170,7 @@ def test_the_real_a0002_mass_is_a_candidate_boxed_close_to_whole(a0002):
     mass = series.lesions[0]
     scan = candidates.find(series.volume)
     on = [c for c in scan.candidates if _inside(scan.center_lps(c), _grown(mass.lps_box))]
-    largest = max(float(np.max(np.diff(scan.box_lps(c), axis=0))) for c in on)
+    largest = max(scan.box_long_side_mm(c) for c in on)
     assert largest >= MASS_EXTENT_SHARE * mass.diameter_mm, (largest, mass.diameter_mm)
 
 

@@ -104,6 +104,10 @@ class CandidateScan:
         lps = self.grid.xyz_to_lps(corners)
         return np.array([lps.min(axis=0), lps.max(axis=0)])
 
+    def box_long_side_mm(self, candidate: Candidate) -> float:
+        """The longest side of the candidate's box: how much of a lesion the candidate covers."""
+        return float(np.max(np.diff(self.box_lps(candidate), axis=0)))
+
 
 def find(volume: Volume, ground_glass: bool = True) -> CandidateScan:
     return find_on_grid(to_model_grid(volume, (GRID_MM,) * 3), ground_glass=ground_glass)

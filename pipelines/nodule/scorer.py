@@ -79,18 +79,27 @@ def as_input(patches: np.ndarray, device: str) -> torch.Tensor:
 def score(net: ScorerNet, patches: np.ndarray, scalars: np.ndarray, device: str = "cpu",
           batch: int = 64) -> np.ndarray:
     """Probabilities (sigmoid of the logits) in the candidates' order."""
-    net.eval()
-    out = []
+    probabilities: np.ndarray = _member_scores([net], patches, scalars, device, batch)[0]
+    return probabilities
+
+
+def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """The members' probabilities averaged: a scorer folder may hold several scorers (the inner
+    scorers of each fold, or two weightings of the positives; model card)."""
+    mean: np.ndarray = np.mean(_member_scores(nets, patches, scalars, device), axis=0)
+    return mean
+
+
+def _member_scores(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str,
+                   batch: int = 64) -> np.ndarray:
+    """(members, candidates) probabilities; each batch is made a float tensor once for all members."""
+    out: list[list[np.ndarray]] = [[] for _ in nets]
+    for net in nets:
+        net.eval()
     with torch.inference_mode():
         for start in range(0, len(patches), batch):
             p = as_input(patches[start:start + batch], device)
             s = torch.from_numpy(scalars[start:start + batch]).to(device)
-            out.append(torch.sigmoid(net(p, s)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """The members' probabilities averaged: a scorer folder may hold scorers trained with different
-    weightings of the positives, each good at lesions the other misses (model card)."""
-    mean: np.ndarray = np.mean([score(net, patches, scalars, device) for net in nets], axis=0)
-    return mean
+            for member, net in zip(out, nets):
+                member.append(torch.sigmoid(net(p, s)).float().cpu().numpy())
+    return np.array([np.concatenate(m) if m else np.zeros(0, dtype=np.float32) for m in out])

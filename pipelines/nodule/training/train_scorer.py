@@ -435,7 +435,9 @@ def main() -> None:
     folds_of = fold_tasks(arrays, usable, final=not args.folds_only)
     choices = CHOICES if args.positives == "choose" else (args.positives,)
     weightings = [w for w in WEIGHTINGS if w in choices or "mean" in choices]
-    tasks = {(w, *key): task for w in weightings for key, task in folds_of.items()}
+    # With --report inner-mean only the inner scorers report, so the outer and all-patient ones are not trained.
+    tasks = {(w, *key): task for w in weightings for key, task in folds_of.items()
+             if args.report == "outer" or len(key) == 2}
     _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device)
     results = run_tasks(tasks, args.jobs)
     folds, out_of_fold = [], []
@@ -461,7 +463,7 @@ def main() -> None:
         out_of_fold.append((test_rows[real], {c: s[real] for c, s in outer_scores.items()}))
         folds.append({"held_out": held_out, "choice": chosen, "threshold": threshold, "inner_choices": choice_numbers,
                       "threshold_first_rule": _threshold_on(outer_nets, arrays, folds_of[key].train_rows, args.device),
-                      "seconds": sum(round(results[(w, *key)].seconds) for w in weightings),
+                      "seconds": sum(round(results[(w, *key)].seconds) for w in weightings if (w, *key) in results),
                       "inner_seconds": [sum(round(results[(w, *k)].seconds) for w in weightings) for k in inner],
                       **numbers})
         found = sum(r["found"] for r in numbers["lesions"])
@@ -480,7 +482,7 @@ def main() -> None:
         chosen, choice_numbers = choose(arrays, rows, {
             c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
         record.update(choice=chosen, threshold=choice_numbers[chosen]["threshold"], outer_choices=choice_numbers,
-                      seconds_shipped=sum(round(results[(w,)].seconds) for w in weightings))
+                      seconds_shipped=sum(round(results[(w,)].seconds) for w in weightings if (w,) in results))
         shipped = (_inner_members(results, [k for k in folds_of if len(k) == 2], chosen)
                    if args.report == "inner-mean" else _members(results, (), chosen))
         write_folder(args.out, shipped, record["threshold"], ground_glass)
