@@ -13,8 +13,10 @@ or the tumor-free brains (``--tumor-free``: mirrored healthy brains, BraTS-GLI-0
 lesion out of the loss); a ``--patch`` cube centred on a tumor voxel (``TUMOR_CENTRED`` of the
 labelled draws) or on any brain voxel, so that most of every brain is seen as "no tumor"
 somewhere; T1c alone or T1c + FLAIR (half each: the contrast sets this model serves; T1 and T2
-stay zero channels as at inference); intensity jitter and noise on the present channels inside
-the brain; a left-right flip. Everything after loading runs on the device.
+stay zero channels as at inference); with ``--thick-slices`` probability, the patch as a series of
+3-7 mm axial slices would reach the model grid (``thick_slices``); intensity jitter and noise on
+the present channels inside the brain; a left-right flip. Everything after loading runs on the
+device, in bfloat16 autocast on a GPU and on a CPU that computes in it natively.
 
 The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever ends first,
 ``--iterations`` or ``--max-seconds`` (a GPU session is counted in seconds); ``training.json``
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from pipelines.model_folder import load_state_dict
+from pipelines.precision import native_cpu_bfloat16
 from pipelines.training.record import training_command
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
@@ -50,6 +53,8 @@ TUMOR_CENTRED = 0.6
 TUMOR_FREE_SHARE = 0.25
 #: Share of samples with T1c alone (the rest T1c + FLAIR).
 T1C_ALONE_SHARE = 0.5
+#: Slice thicknesses (mm) that ``thick_slices`` simulates: the issue's clinical range above the grid.
+THICKNESS_MM = (3.0, 7.0)
 T1C, FLAIR = CHANNELS.index("t1c"), CHANNELS.index("flair")
 
 
@@ -83,7 +88,29 @@ def load_brain(path: Path, patch: int, device: str) -> Brain:
                  as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)))
 
 
-def sample(brain: Brain, generator: torch.Generator, patch: int) -> tuple[torch.Tensor, ...]:
+def thick_slices(x: torch.Tensor, thickness_mm: float, phase: float) -> torch.Tensor:
+    """``x`` (c, z, y, x) on the 2 mm grid as a series of ``thickness_mm`` axial slices would reach it.
+
+    Why: a clinical series of 5.5 mm slices, resampled onto the model grid by ``segment``, is
+    blurred through-plane in a way no 1 mm BraTS case is. Each acquired slice is a Gaussian slice
+    profile (full width at half maximum = the thickness) centred every ``thickness_mm`` from
+    ``phase`` (0-1 of a slice); the grid is then interpolated linearly between slice centres, as
+    ``resample`` does. One (z, z) matrix does both, applied to every channel.
+    """
+    n = x.shape[1]
+    grid = torch.arange(n, dtype=torch.float64) * SPACING
+    centres = (phase - 1.0) * thickness_mm + torch.arange(int(n * SPACING / thickness_mm) + 3) * thickness_mm
+    sigma = thickness_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    profile = torch.exp(-0.5 * ((centres[:, None] - grid[None, :]) / sigma) ** 2)
+    acquire = profile / profile.sum(dim=1, keepdim=True)
+    interpolate = torch.clamp(1.0 - (grid[:, None] - centres[None, :]).abs() / thickness_mm, min=0.0)
+    interpolate = interpolate / interpolate.sum(dim=1, keepdim=True)
+    matrix = (interpolate @ acquire).to(x.dtype).to(x.device)
+    return torch.einsum("zk,ckyx->czyx", matrix, x)
+
+
+def sample(brain: Brain, generator: torch.Generator, patch: int,
+           thick_share: float = 0.0) -> tuple[torch.Tensor, ...]:
     """(4, p, p, p) input, (3, p, p, p) targets, (p, p, p) weight for one training patch."""
     device = brain.x.device
 
@@ -100,6 +127,9 @@ def sample(brain: Brain, generator: torch.Generator, patch: int) -> tuple[torch.
     inside = brain.brain[box]
     if uniform() < T1C_ALONE_SHARE:
         x2[1] = 0.0
+    if uniform() < thick_share:
+        low, high = THICKNESS_MM
+        x2 = torch.where(inside, thick_slices(x2, low + (high - low) * uniform(), uniform()), 0.0)
     for c in range(2):
         if x2[c].any():  # jitter and noise on present channels, inside the brain only (missing stays 0)
             scale, shift = 0.85 + 0.3 * uniform(), -0.15 + 0.3 * uniform()
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--thick-slices", type=float, default=0.0,
+                        help="share of samples made as if acquired as 3-7 mm axial slices (thick_slices)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     started = time.time()
@@ -156,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     load_state_dict(args.init / "model.pt", network)
     network.to(args.device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.learning_rate, weight_decay=1e-5)
-    use_bf16 = args.device.startswith("cuda")
+    cuda = args.device.startswith("cuda")
+    use_bf16 = cuda or native_cpu_bfloat16()
     args.out.mkdir(parents=True, exist_ok=True)
     history: list[float] = []
     iteration = 0
@@ -169,9 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         batch = []
         for _ in range(args.batch):
             pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
-            batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch))
+            batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch,
+                                args.thick_slices))
         x, y, w = (torch.stack(part) for part in zip(*batch))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = network(x)
         loss = loss_fn(logits.float(), y, w)
         optimizer.zero_grad(set_to_none=True)
@@ -192,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         "channels": list(CHANNELS), "spacing_mm": SPACING, "patch": args.patch, "batch": args.batch,
         "iterations_run": iteration, "learning_rate": args.learning_rate, "seed": args.seed,
         "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": T1C_ALONE_SHARE,
-        "thresholds": list(THRESHOLDS), "device": torch.cuda.get_device_name() if use_bf16 else args.device,
+        "thick_slices_share": args.thick_slices, "thickness_mm": list(THICKNESS_MM),
+        "thresholds": list(THRESHOLDS), "device": torch.cuda.get_device_name() if cuda else args.device,
+        "bfloat16": use_bf16,
         "seconds": round(time.time() - started),
         "loss_first_100": round(float(np.mean(history[:100])), 4) if history else None,
         "loss_last_100": round(float(np.mean(history[-100:])), 4) if history else None,
