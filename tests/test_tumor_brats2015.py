@@ -1,15 +1,16 @@
 """Real gliomas with expert labels: the shipped models on the BraTS-2015 patients held out for testing.
 
 The two ``test/`` patients of ``../shared/data/mr-brain/brats2015-deepmedic`` (pat0001, pat0002)
-are held out by patient: no shipped weights were trained or calibrated on any BraTS-2015 case.
-Each runs through ``pipeline.segment`` exactly as a study does (brain extraction, the model the
-pipeline picks for the contrasts, thresholds, post-processing, the 1 mL rule), T1c alone and
-T1c + FLAIR; BraTS-2015 labels 1 and 3 count as core, 2 edema, 4 enhancing.
+are held out by patient: no shipped weights were trained or calibrated on them. Each runs through
+``pipeline.segment`` exactly as a study does (brain extraction, the model the pipeline picks for
+the contrasts, thresholds, post-processing, the 1 mL rule), T1c alone and T1c + FLAIR; BraTS-2015
+labels 1 and 3 count as core, 2 edema, 4 enhancing.
 
-The BraTS-2015 fine-tuned model was not shipped (it failed the rule fixed before training,
-MODEL_CARD.md "Retraining on BraTS-2015"), so the floors here are those of the shipped models:
-regression guards set below the figures measured for them before this test existed
-(``bench/tumor_brats2015.py``), not the issue's targets (WT >= 0.8), which they do not reach.
+T1c + FLAIR is served by ``weights/brats2015/``, fine-tuned on the four other BraTS-2015 patients
+(MODEL_CARD.md, "Clinical slices, trained on a CPU"); its floors are the ones that rule fixed
+before training. T1c alone keeps the earlier weights (the new model failed the clinical condition
+for it), and its floors are regression guards below what those weights measured
+(``bench/tumor_brats2015.py``), far from the issue's targets.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.training.prepare import brats_labels
 
 HELD_OUT = ("test/brats_2013_pat0001_1", "test/brats_2013_pat0002_1")
-#: Floors on the mean Dice of the two held-out patients. Measured before (pat0001 / pat0002):
-#: T1c + FLAIR TC 0.723 / 0.653, WT 0.663 / 0.350, ET 0.769 / 0.423 (means 0.688 / 0.507 / 0.596);
+#: Floors on the mean Dice of the two held-out patients. Measured (pat0001 / pat0002):
+#: T1c + FLAIR (brats2015/) TC 0.804 / 0.605, WT 0.774 / 0.902, ET 0.785 / 0.733 (means 0.705 / 0.838 / 0.759);
 #: T1c alone TC 0.412 / 0.000, WT 0.570 / 0.000, ET 0.587 / 0.000 (means 0.206 / 0.285 / 0.294).
 MIN_MEAN_DICE = {
-    ("t1c", "flair"): {"TC": 0.6, "WT": 0.45, "ET": 0.5},
+    ("t1c", "flair"): {"TC": 0.45, "WT": 0.65, "ET": 0.45},
     ("t1c",): {"TC": 0.15, "WT": 0.2, "ET": 0.2},
 }
 

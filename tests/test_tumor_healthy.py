@@ -4,8 +4,10 @@ How the false-positive volume is measured: the tumor-free hemisphere of a case (
 within 5 mm of it; pat0005 and pat0001 qualify) joined to its mirror image (``pipelines.tumor.training.healthy``),
 T1c + FLAIR written as DICOM and run through the pipeline; every voxel it labels is a false
 positive, and the pipeline reports only connected tumors of 1 mL or more (``min_tumor_ml``).
-Before that rule, 0.80 mL (12 specks, largest 0.26 mL) and 0.07 mL were labelled. T1c alone is
-not asserted: it calls 61 and 64 mL of these healthy brains tumor (MODEL_CARD.md).
+T1c + FLAIR is served by ``weights/brats2015/``, which labels no voxel of the held-out pat0001
+brain (0.0 mL; pat0005's mirrored brain was among its tumor-free training brains, so it is a
+regression check there, not a held-out one). T1c alone is not asserted: the earlier weights that
+serve it call 61 and 64 mL of these healthy brains tumor (MODEL_CARD.md).
 """
 
 from __future__ import annotations

@@ -66,3 +66,21 @@ def test_normal_structures_are_t1c_bright_not_flair_bright_and_leave_labels_alon
     flair = images["flair"][structure] / TISSUE["flair"]
     assert np.median(t1c) >= 1.6, "normal structures must be as bright on T1c as an enhancing rim"
     assert np.median(flair) <= 1.1 and np.percentile(flair, 99) <= 1.35, "and not bright on FLAIR (no edema)"
+
+
+def test_thick_slice_augmentation_keeps_uniform_tissue_and_blurs_an_edge_over_the_slice_thickness():
+    """A 5.5 mm series reaches the 2 mm grid blurred through-plane only: uniform tissue keeps its
+    value, an axial edge spreads over about one slice thickness, and nothing moves in-plane."""
+    import torch
+
+    from pipelines.tumor.training.fit import thick_slices
+
+    uniform = torch.full((2, 64, 3, 3), 1.7)
+    assert torch.allclose(thick_slices(uniform, 5.5, 0.3), uniform, atol=1e-5)
+    edge = torch.zeros((1, 64, 3, 3))
+    edge[:, 32:] = 1.0
+    profile = thick_slices(edge, 5.5, 0.0)[0, :, 1, 1]
+    ramp = ((profile > 0.05) & (profile < 0.95)).sum().item() * 2.0  # mm of the 2 mm grid
+    assert 6.0 <= ramp <= 16.0, f"edge spread over {ramp} mm for 5.5 mm slices"  # measured 12 mm (5-95 %)
+    assert profile[:24].abs().max() < 0.01 and (profile[40:] - 1).abs().max() < 0.01
+    assert torch.equal(thick_slices(edge, 5.5, 0.0)[0, :, 0, 0], profile)  # in-plane untouched

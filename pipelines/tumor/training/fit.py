@@ -148,6 +148,7 @@ def write_params(path: Path, architecture: Architecture) -> None:
     path.write_text(
         "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
         "# fine-tuned on BraTS-2015 (pipelines/tumor/training/fit.py); MODEL_CARD.md, \"Retraining on BraTS-2015\"\n"
+        "# trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial use only, shared alike\n"
         "[input]\n"
         f"spacing = {SPACING}          # mm, isotropic model grid\n"
         f"channels = {json.dumps(list(CHANNELS))}\n"
