@@ -9,8 +9,10 @@ labels, the tumor, the keep-out region and everything outside the brain untouche
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
+from pipelines.tumor.training.fit import thick_slices
 from pipelines.tumor.training.normal_structures import MARGIN_MM, find_anatomy, paint_normal_structures
 
 SPACING = (2.0, 2.0, 2.0)
@@ -71,10 +73,6 @@ def test_normal_structures_are_t1c_bright_not_flair_bright_and_leave_labels_alon
 def test_thick_slice_augmentation_keeps_uniform_tissue_and_blurs_an_edge_over_the_slice_thickness():
     """A 5.5 mm series reaches the 2 mm grid blurred through-plane only: uniform tissue keeps its
     value, an axial edge spreads over about one slice thickness, and nothing moves in-plane."""
-    import torch
-
-    from pipelines.tumor.training.fit import thick_slices
-
     uniform = torch.full((2, 64, 3, 3), 1.7)
     assert torch.allclose(thick_slices(uniform, 5.5, 0.3), uniform, atol=1e-5)
     edge = torch.zeros((1, 64, 3, 3))
