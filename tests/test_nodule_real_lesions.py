@@ -273,6 +273,16 @@ def test_thin_slice_series_also_train_as_5_and_8_mm_slabs_and_thick_ones_as_they
     assert thickness == {1.25: [5.0, 7.5], 2.5: [5.0, 7.5], 3.0: [6.0, 9.0], 8.0: []}
 
 
+def test_a_synthetic_copy_can_give_only_its_inserted_nodules_as_positives_not_the_real_mass_again():
+    # Truth of a copy: one real lesion (index 0) then two inserted nodules; candidates on the real
+    # lesion, on each nodule, a negative and one in a readers' ignore region.
+    labels = np.array([1, 1, 1, 1, 0, -1], dtype=np.int8)
+    which = np.array([0, 0, 1, 2, -1, -1], dtype=np.int32)
+    inserted_only = train_scorer.copy_labels(labels, which, real_lesions=1, copy_positives="inserted")
+    assert inserted_only.tolist() == [-1, -1, 1, 1, 0, -1]
+    assert train_scorer.copy_labels(labels, which, 1, "all").tolist() == labels.tolist()
+
+
 def test_a_lesion_with_many_candidates_is_drawn_no_more_often_than_one_with_a_single_candidate():
     # A mass boxed by 40 candidates beside two nodules with one and three candidates.
     lesion = np.array([7] * 40 + [3] + [5] * 3)

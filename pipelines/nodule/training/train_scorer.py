@@ -8,7 +8,8 @@
    ones). The candidate stage runs on each; a candidate is positive when its centre lies in a
    real or inserted lesion's box grown by 2 mm, *ignored* (never a negative) when it lies in an
    ignore region of the LIDC readers, negative otherwise. Synthetic copies keep their positives
-   and ``NEGATIVES_PER_COPY`` random negatives. Every series thinner than ``THICK_MM`` also
+   (``--copy-positives inserted``: only their inserted nodules) and ``NEGATIVES_PER_COPY`` random
+   negatives. Every series thinner than ``THICK_MM`` also
    enters as slab averages about 5 and 8 mm thick (``slab_factors``): real series of their
    patient, held out with it, counted with the real series when a threshold is set; the held-out
    numbers are on the series as acquired.
@@ -58,6 +59,8 @@ NEGATIVES_PER_COPY = 150
 MIN_LESION_MM = 10.0
 #: Thin-slice series also train as slab averages this thick (model card, "Thick-slice training series").
 SLAB_TARGETS_MM = (5.0, 8.0)
+#: What a synthetic copy's positives are (``copy_labels``).
+COPY_POSITIVES = ("all", "inserted")
 THICK_MM = 5.0
 #: The FROC's false-positive rates and the hit rule, as ``evaluate.FP_RATES`` and
 #: ``HIT_MARGIN_MM`` (a test checks they agree). Not imported from there: training from
@@ -78,10 +81,11 @@ GROUND_GLASS = True
 REPORTERS = ("outer", "inner-mean")
 
 
-def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.ndarray]:
+def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: str = "all") -> dict[str, np.ndarray]:
     """All candidates of the real series, their slab averages and synthetic copies, with labels
     and inputs. The slab series come last, so the rest is drawn from the same random stream as
-    before they existed."""
+    before they existed. ``copy_positives`` "inserted": a copy's candidates on the real lesions
+    are left out (``copy_labels``)."""
     from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
@@ -91,7 +95,7 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int) -> dict[str, np.
     real = patients.all_series(data_dir)
     for series in real:
         for copy in range(copies + 1):
-            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng)
+            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng, copy_positives)
     for series in real:
         for factor in slab_factors(series.volume.spacing[2]):
             thick = dataclasses.replace(series, volume=data.slab_average(series.volume, factor),
@@ -112,7 +116,7 @@ def slab_factors(thickness_mm: float) -> tuple[int, ...]:
 
 
 def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: int, slab: int, nodules: int,
-              rng: np.random.Generator) -> None:
+              rng: np.random.Generator, copy_positives: str = "all") -> None:
     """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules)."""
     from pipelines.nodule import candidates
     from pipelines.nodule.grid import to_model_grid
@@ -128,6 +132,7 @@ def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: in
     labels, which = _labels(scan, truth, series.ignore)
     keep = np.arange(len(labels))
     if copy > 0:  # synthetic copies: positives and a sample of negatives
+        labels = copy_labels(labels, which, len(series.lesions), copy_positives)
         negatives = np.flatnonzero(labels == 0)
         sampled = rng.choice(negatives, size=min(NEGATIVES_PER_COPY, len(negatives)), replace=False)
         keep = np.sort(np.concatenate([np.flatnonzero(labels == 1), sampled]))
@@ -145,6 +150,16 @@ def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: in
         parts[key].append(np.full(len(keep), value))
     print(f"{series.name} copy {copy}: {len(scan.candidates)} candidates, {int((labels == 1).sum())} on "
           f"lesions, {int((labels == -1).sum())} ignored ({time.process_time() - started:.0f} CPU s)", flush=True)
+
+
+def copy_labels(labels: np.ndarray, which: np.ndarray, real_lesions: int, copy_positives: str) -> np.ndarray:
+    """A synthetic copy's labels. With "inserted", its candidates on the real lesions (the first
+    ``real_lesions`` of the truth) become ignored: the series as acquired already has them, and
+    every copy repeating them made one patient's mass most of the positives (model card, "Synthetic
+    copies add nodules, not the real lesions again")."""
+    if copy_positives == "all":
+        return labels
+    return np.where((labels == 1) & (which >= 0) & (which < real_lesions), np.int8(-1), labels)
 
 
 def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
@@ -400,6 +415,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=2, help="synthetic copies of each real series")
     parser.add_argument("--nodules", type=int, default=6, help="nodules inserted per copy")
+    parser.add_argument("--copy-positives", choices=COPY_POSITIVES, default="all",
+                        help="positives of a synthetic copy: its inserted nodules and the real lesions again, "
+                             "or only the inserted nodules (model card)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -423,7 +441,7 @@ def main() -> None:
     if cache.is_file():
         arrays = dict(np.load(cache))
     else:
-        arrays = build(args.data, args.synthetic, args.nodules, args.seed)
+        arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives)
         np.savez_compressed(cache, **arrays)
     if args.data_only:
         return
