@@ -345,6 +345,21 @@ class Config(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _listeners_apart(self) -> Config:
+        """Two listeners on one port would let the second fail at start ("Address already in
+        use") after the first is up: a node whose receiver died while its /health answered."""
+        listeners = [("node.port", self.node.host, self.node.port)]
+        if self.monitoring.enabled:
+            listeners.append(("monitoring.port", self.monitoring.host, self.monitoring.port))
+        if self.web.enabled:
+            listeners.append(("web.port", self.web.host, self.web.port))
+        for n, (key, host, port) in enumerate(listeners):
+            for other_key, other_host, other_port in listeners[:n]:
+                if port == other_port and _hosts_overlap(host, other_host):
+                    raise _RefError(key, f"{port} is also {other_key}; each listener needs a port of its own")
+        return self
+
     def destination(self, name: str) -> Destination:
         return next(d for d in self.destinations if d.name == name)
 
@@ -358,6 +373,14 @@ class _RefError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+_ANY_ADDRESS = {"", "0.0.0.0", "::"}
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether two listen addresses can clash: the same one, or one of them every address."""
+    return a == b or a in _ANY_ADDRESS or b in _ANY_ADDRESS
 
 
 def _unique(names: list[str], table: str, key: str) -> None:

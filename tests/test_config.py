@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -59,6 +60,8 @@ def serve(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
         (("port = 104", 'port = 104\ntls = { ca_file = "config.toml", cert_file = "config.toml" }'),
          "destinations[0].tls", "cert_file and key_file go together"),
 
+        (("[node]", "[monitoring]\nport = 11112\n[node]"), "monitoring.port",
+         "11112 is also node.port; each listener needs a port of its own"),
         (("[node]", '[workers]\nengine = "spark"\n[node]'), "workers.engine", "'local' or 'ray'"),
         (("[node]", '[workers.ray]\ntls_ca_cert = "config.toml"\n[node]'), "workers.ray",
          "tls_ca_cert, tls_cert and tls_key go together"),
@@ -71,6 +74,14 @@ def test_config_error_names_the_key(tmp_path, change, key, problem):
     assert result.returncode == 2
     assert key in result.stderr and problem in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_port_on_two_different_listen_addresses_or_a_disabled_listener_is_accepted():
+    apart = tomllib.loads(GOOD.replace("[node]", '[monitoring]\nhost = "127.0.0.2"\nport = 11112\n'
+                                                 '[node]\nhost = "127.0.0.1"', 1))
+    assert parse_config(apart).monitoring.port == parse_config(apart).node.port
+    disabled = tomllib.loads(GOOD.replace("[node]", "[monitoring]\nenabled = false\nport = 11112\n[node]", 1))
+    assert not parse_config(disabled).monitoring.enabled
 
 
 def test_invalid_toml_is_reported_with_its_position(tmp_path):
