@@ -48,20 +48,19 @@ GROUND_GLASS_EXTENT_SHARE = 0.6
 #: mean of its four inner scorers), at that fold's nested threshold (their out-of-fold scores of
 #: its training patients, thin and slab-averaged series; model card). The issue's target (every
 #: lesion >= 10 mm reported, <= 2 false positives per scan; written in the model card before any
-#: fold) is met on false positives and NOT on lesions; as the card says, the tests then assert the
-#: measured results (``bench/nodule_real_lesions.py --detector scorer``) as regression floors: per
-#: LIDC scan, the long axes (mm) of the lesions reported and the false positives. Missed: 0002's
-#: 31.0 mm ground-glass nodule, 0003's 14.3 and 12.6 mm nodules.
+#: fold) is met on false positives on average (1.67) and on 7 of 8 lesion-series; as the card
+#: says, the tests then assert the measured results (``bench/nodule_real_lesions.py --detector
+#: scorer``) as regression floors: per LIDC scan, the long axes (mm) of the lesions reported and
+#: the false positives. Missed: 0002's 31.0 mm ground-glass nodule (best score 0.17).
 MIN_LESION_MM = 10.0
-LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 0), SCANS[2]: ([31.0], 0)}
-#: A0002 (one patient, two kernels): the mass is reported on both, with 2 (B40f) and 4 (B70f)
-#: false positives (target 2: met on B40f, missed on B70f). Only on B70f is it reported whole
-#: (score 0.812, box 64.0 mm = 0.82 of its longest annotated side, measured 76.4 mm long against
-#: 77.6 mm); on B40f the finding on it is a 4.2 mm box on a piece of it, measured 7.0 mm (the
-#: whole-mass candidate scores under half the piece's 0.807, so ``fuse_nested`` keeps them apart):
-#: the issue's "boxed at >= 60 %" is met on B70f only (model card).
-A0002_MAX_FALSE_POSITIVES = {"B40f": 2, "B70f": 4}
-#: The mass's measured long axis against the annotation's longest side (measured -2 % on B70f).
+LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 1), SCANS[2]: ([31.0, 14.3, 12.6], 1)}
+#: A0002 (one patient, two kernels): the mass is reported on both (score 0.996), with 4 false
+#: positives on each (target 2: missed on both). On B40f it is reported whole: box 68.0 mm (0.89 of
+#: its longest annotated side), measured 79.6 mm long against 76.3 mm. On B70f the finding on it is
+#: a 144 mm ground-glass component around the mass, measured 103.1 mm and 457 mL: boxed beyond its
+#: extent and over-measured by a third (model card, limits).
+A0002_MAX_FALSE_POSITIVES = {"B40f": 4, "B70f": 4}
+#: The mass's measured long axis against the annotation's longest side (measured +4 % on B40f).
 MASS_LONG_AXIS_TOLERANCE = 0.25
 
 
@@ -221,8 +220,8 @@ def test_the_a0002_mass_is_reported_by_the_scorers_that_never_saw_the_patient(a0
     assert len(false) <= A0002_MAX_FALSE_POSITIVES[kernel], [round(d.score, 3) for d in false]
 
 
-def test_on_b70f_the_a0002_mass_is_reported_whole_and_measured_within_25_percent(a0002_findings):
-    series, findings = a0002_findings["B70f"]
+def test_on_b40f_the_a0002_mass_is_reported_whole_and_measured_within_25_percent(a0002_findings):
+    series, findings = a0002_findings["B40f"]
     mass = series.lesions[0]
     on = [(d, m) for d, m in findings if evaluate.hits(d, mass.lps_box)]
     box = max(float(np.max(d.lps_corners.max(axis=0) - d.lps_corners.min(axis=0))) for d, _ in on)
@@ -233,12 +232,12 @@ def test_on_b70f_the_a0002_mass_is_reported_whole_and_measured_within_25_percent
 
 def test_the_scorer_pipeline_writes_the_mass_as_one_segment_and_sr_group_that_validate(data_dir, tmp_path):
     pipeline = fold_pipeline("lung-pet-ct-dx-A0002")
-    result = pipeline.run(JobInput(series={"series": chest_files(data_dir, "B70f")}, output_dir=tmp_path))
+    result = pipeline.run(JobInput(series={"series": chest_files(data_dir, "B40f")}, output_dir=tmp_path))
     assert len(result.outputs) == 2  # SEG + SR
     for path in result.outputs:
         report = dciodvfy(path)
         assert not report.errors, report.errors
-    # One finding measures the mass (B70f: 76.4 mm long, 73 mL, as the bench measured it).
+    # One finding measures the mass (B40f: 79.6 mm long, 76 mL, as the bench measured it).
     longest = max(n["diameter_mm"] for n in result.summary["nodules"])
     assert longest >= MASS_EXTENT_SHARE * 76.3, result.summary["nodules"]
 
