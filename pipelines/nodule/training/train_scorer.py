@@ -1,6 +1,10 @@
 """Train the candidate scorer leave-one-patient-out, and the shipped scorer on all patients.
 
     python -m pipelines.nodule.training.train_scorer --out DIR [--jobs 2] [--device cuda] [--synthetic 2] [--epochs 15]
+        [--nodules 6] [--copy-positives all|inserted] [--report outer|inner-mean]
+
+The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
+--copy-positives inserted --threads 1 --jobs 2`` (model card, "Synthetic copies add nodules").
 
 1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
    (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
@@ -9,10 +13,9 @@
    real or inserted lesion's box grown by 2 mm, *ignored* (never a negative) when it lies in an
    ignore region of the LIDC readers, negative otherwise. Synthetic copies keep their positives
    (``--copy-positives inserted``: only their inserted nodules) and ``NEGATIVES_PER_COPY`` random
-   negatives. Every series thinner than ``THICK_MM`` also
-   enters as slab averages about 5 and 8 mm thick (``slab_factors``): real series of their
-   patient, held out with it, counted with the real series when a threshold is set; the held-out
-   numbers are on the series as acquired.
+   negatives. Every series thinner than ``THICK_MM`` also enters as slab averages about 5 and
+   8 mm thick (``slab_factors``): real series of their patient, held out with it, counted with
+   the real series when a threshold is set; the held-out numbers are on the series as acquired.
 2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
    series) and scores the held-out patient's real series (and, for the FROC on inserted
    nodules, its synthetic copies). The operating point is the model card's nested rule: four
