@@ -79,7 +79,8 @@ def test_config_error_names_the_key(tmp_path, change, key, problem):
 def test_one_port_on_two_different_listen_addresses_or_a_disabled_listener_is_accepted():
     apart = tomllib.loads(GOOD.replace("[node]", '[monitoring]\nhost = "127.0.0.2"\nport = 11112\n'
                                                  '[node]\nhost = "127.0.0.1"', 1))
-    assert parse_config(apart).monitoring.port == parse_config(apart).node.port
+    config = parse_config(apart)
+    assert config.monitoring.port == config.node.port
     disabled = tomllib.loads(GOOD.replace("[node]", "[monitoring]\nenabled = false\nport = 11112\n[node]", 1))
     assert not parse_config(disabled).monitoring.enabled
 

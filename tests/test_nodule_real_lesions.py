@@ -11,6 +11,8 @@ and the A0002 mass close to whole, within its budget.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -280,6 +282,15 @@ def test_a_synthetic_copy_can_give_only_its_inserted_nodules_as_positives_not_th
     inserted_only = train_scorer.copy_labels(labels, which, real_lesions=1, copy_positives="inserted")
     assert inserted_only.tolist() == [-1, -1, 1, 1, 0, -1]
     assert train_scorer.copy_labels(labels, which, 1, "all").tolist() == labels.tolist()
+
+
+def test_a_cached_training_set_built_with_other_arguments_is_refused_naming_them():
+    built = train_scorer.build_arguments(6, 8, 0, "inserted")
+    arrays = {"built_with": np.array(json.dumps(built))}
+    assert train_scorer.cache_mismatch(arrays, built) is None
+    problem = train_scorer.cache_mismatch(arrays, train_scorer.build_arguments(10, 8, 0, "inserted"))
+    assert problem is not None and "--synthetic 6 (asked 10)" in problem
+    assert train_scorer.cache_mismatch({}, built) is None  # a cache from before the record
 
 
 def test_a_lesion_with_many_candidates_is_drawn_no_more_often_than_one_with_a_single_candidate():

@@ -107,7 +107,24 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     arrays["lesions"] = np.array(json.dumps(lesion_table))
     arrays["ground_glass"] = np.array(GROUND_GLASS)
+    arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives)))
     return arrays
+
+
+def build_arguments(copies: int, nodules: int, seed: int, copy_positives: str) -> dict[str, object]:
+    """The arguments a cache was built with, as it records them (``cache_mismatch``)."""
+    return {"synthetic": copies, "nodules": nodules, "seed": seed, "copy_positives": copy_positives}
+
+
+def cache_mismatch(arrays: dict[str, np.ndarray], wanted: dict[str, object]) -> str | None:
+    """Why a cache in DIR does not hold the data the command asks for, or None. A cache from before
+    the record (like the one the card's runs reuse by copying it into DIR) is taken as it is."""
+    if "built_with" not in arrays:
+        return None
+    built = json.loads(str(arrays["built_with"]))
+    differ = [f"--{k.replace('_', '-')} {built[k]} (asked {v})" for k, v in wanted.items() if built.get(k) != v]
+    return None if not differ else ("the cached candidates.npz was built with " + ", ".join(differ)
+                                    + ": use another --out, or delete the cache to rebuild it")
 
 
 def slab_factors(thickness_mm: float) -> tuple[int, ...]:
@@ -443,6 +460,9 @@ def main() -> None:
     started = time.time()
     if cache.is_file():
         arrays = dict(np.load(cache))
+        mismatch = cache_mismatch(arrays, build_arguments(args.synthetic, args.nodules, args.seed, args.copy_positives))
+        if mismatch:
+            parser.error(mismatch)
     else:
         arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives)
         np.savez_compressed(cache, **arrays)
