@@ -159,6 +159,23 @@ def test_mass_band_draws_lobulated_solid_masses_of_60_to_90_mm():
     assert sum(m.attachment == "pleura" for m in masses) >= 20
 
 
+
+@pytest.mark.parametrize("rendering", synthesis.GROUND_GLASS_RENDERINGS)
+def test_lifted_ground_glass_keeps_the_lungs_noise_where_the_plateau_smooths_it_away(rendering):
+    """A 30 mm ground-glass nodule at -600 HU in lung of -850 HU with 40 HU of noise: both renderings
+    reach the density (within 15 HU; measured -600 / -601); only the lifted one keeps the scan's
+    noise (standard deviation 41 HU, the plateau 10 HU: a texture no real ground glass has)."""
+    hu = np.random.default_rng(1).normal(-850.0, 40.0, (40, 40, 40)).astype(np.float32)
+    spec = synthesis.NoduleSpec(diameter_mm=30.0, kind="ground-glass", ground_glass_hu=-600.0, texture_hu=20.0)
+    synthesis.insert(hu, (1.0, 1.0, 1.0), (20.0, 20.0, 20.0), spec, np.random.default_rng(5), rendering)
+    inside = hu[12:28, 12:28, 12:28]
+    assert abs(float(inside.mean()) + 600.0) <= 15.0, float(inside.mean())
+    if rendering == "lifted":
+        assert 0.8 * 40.0 <= float(inside.std()) <= 1.3 * 40.0, float(inside.std())
+    else:
+        assert float(inside.std()) < 0.5 * 40.0, float(inside.std())
+
+
 def test_a_mediastinal_mass_grows_from_the_medial_lung_border_into_the_mediastinum():
     """The training-only mediastinal site (``train --mass-sites``), on a phantom hemithorax whose
     midline lies toward +x: chest wall at low x, mediastinum at high x."""

@@ -291,6 +291,11 @@ def test_a_cached_training_set_built_with_other_arguments_is_refused_naming_them
     problem = train_scorer.cache_mismatch(arrays, train_scorer.build_arguments(10, 8, 0, "inserted"))
     assert problem is not None and "--synthetic 6 (asked 10)" in problem
     assert train_scorer.cache_mismatch({}, built) is None  # a cache from before the record
+    lifted = train_scorer.build_arguments(6, 8, 0, "inserted", "lifted")
+    problem = train_scorer.cache_mismatch(arrays, lifted)
+    assert problem is not None and "--synthetic-ground-glass plateau (asked lifted)" in problem
+    before_the_key = {k: v for k, v in built.items() if k != "synthetic_ground_glass"}
+    assert train_scorer.cache_mismatch({"built_with": np.array(json.dumps(before_the_key))}, built) is None
 
 
 def test_a_lesion_with_many_candidates_is_drawn_no_more_often_than_one_with_a_single_candidate():

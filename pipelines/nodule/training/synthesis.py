@@ -120,16 +120,24 @@ def _mass_spec(rng: np.random.Generator, diameter: float, sites: Sequence[float]
     )
 
 
+#: How ground glass is rendered (``insert``): a smooth plateau at its density that replaces the lung
+#: (the original generator), or the scan's own lung lifted to that density, its noise, fine
+#: vessels and fissures kept, as partly filled air spaces look (model card, "Synthetic ground glass").
+GROUND_GLASS_RENDERINGS = ("plateau", "lifted")
+
+
 def insert(
     hu: np.ndarray,
     spacing: Sequence[float],
     center: Sequence[float],
     spec: NoduleSpec,
     rng: np.random.Generator,
+    ground_glass: str = "plateau",
 ) -> Inserted:
     """Render ``spec`` into ``hu`` (in place) around ``center`` (continuous indices, any axis order).
 
-    ``spacing`` gives each array axis's voxel size in mm, in the array's own axis order.
+    ``spacing`` gives each array axis's voxel size in mm, in the array's own axis order;
+    ``ground_glass`` is one of ``GROUND_GLASS_RENDERINGS``. Either draws the same random numbers.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     center = np.asarray(center, dtype=np.float64)
@@ -146,12 +154,14 @@ def insert(
     texture = ndi.gaussian_filter(rng.normal(0.0, 1.0, outer.shape), 0.7) * spec.texture_hu * 2.0
     if spec.kind == "solid":
         value = background * (1 - outer) + (spec.solid_hu + texture) * outer
+    elif ground_glass == "lifted":
+        value = _lifted(background, outer, spec.ground_glass_hu, texture)
     else:
         value = background * (1 - outer) + (spec.ground_glass_hu + texture) * outer
         value = np.maximum(value, background)  # vessels stay visible through ground glass
-        if spec.kind == "part-solid":
-            core = _coverage(offset, spacing, radius * spec.core_fraction, spec)
-            value = value * (1 - core) + (spec.solid_hu + texture) * core
+    if spec.kind == "part-solid":
+        core = _coverage(offset, spacing, radius * spec.core_fraction, spec)
+        value = value * (1 - core) + (spec.solid_hu + texture) * core
     if spec.vessel is not None:
         stub = _vessel_coverage(offset, spacing, radius, spec.vessel)
         value = np.where(VESSEL_HU > value, value + stub * (VESSEL_HU - value), value)
@@ -168,6 +178,16 @@ def insert(
         box=tuple(float(b) for b in box),
         volume_mm3=float(outer.sum() * np.prod(spacing)),
     )
+
+
+def _lifted(background: np.ndarray, outer: np.ndarray, density_hu: float, texture: np.ndarray) -> np.ndarray:
+    """Ground glass as partly filled air spaces: each aerated voxel (below ``density_hu``) keeps its
+    own value, raised by the difference between ``density_hu`` and the window's median aerated
+    lung, so the scan's noise, fine vessels and fissures stay; denser voxels (vessels) are left."""
+    aerated = background < density_hu
+    level = float(np.median(background[aerated])) if aerated.any() else density_hu
+    lifted = background + (density_hu - level) + texture
+    return np.where(aerated, background * (1 - outer) + lifted * outer, background)
 
 
 def _coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: NoduleSpec) -> np.ndarray:

@@ -52,6 +52,7 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.nodule import scorer
+from pipelines.nodule.training.synthesis import GROUND_GLASS_RENDERINGS
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 
@@ -84,11 +85,13 @@ GROUND_GLASS = True
 REPORTERS = ("outer", "inner-mean")
 
 
-def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: str = "all") -> dict[str, np.ndarray]:
+def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: str = "all",
+          ground_glass: str = "plateau") -> dict[str, np.ndarray]:
     """All candidates of the real series, their slab averages and synthetic copies, with labels
     and inputs. The slab series come last, so the rest is drawn from the same random stream as
     before they existed. ``copy_positives`` "inserted": a copy's candidates on the real lesions
-    are left out (``copy_labels``)."""
+    are left out (``copy_labels``); ``ground_glass``: how the copies' ground glass is rendered
+    (``synthesis.GROUND_GLASS_RENDERINGS``; the same nodules at the same places either way)."""
     from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
@@ -98,7 +101,7 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     real = patients.all_series(data_dir)
     for series in real:
         for copy in range(copies + 1):
-            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng, copy_positives)
+            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng, copy_positives, ground_glass)
     for series in real:
         for factor in slab_factors(series.volume.spacing[2]):
             thick = dataclasses.replace(series, volume=data.slab_average(series.volume, factor),
@@ -107,13 +110,19 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     arrays["lesions"] = np.array(json.dumps(lesion_table))
     arrays["ground_glass"] = np.array(GROUND_GLASS)
-    arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives)))
+    arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives, ground_glass)))
     return arrays
 
 
-def build_arguments(copies: int, nodules: int, seed: int, copy_positives: str) -> dict[str, object]:
+def build_arguments(copies: int, nodules: int, seed: int, copy_positives: str,
+                    ground_glass: str = "plateau") -> dict[str, object]:
     """The arguments a cache was built with, as it records them (``cache_mismatch``)."""
-    return {"synthetic": copies, "nodules": nodules, "seed": seed, "copy_positives": copy_positives}
+    return {"synthetic": copies, "nodules": nodules, "seed": seed, "copy_positives": copy_positives,
+            "synthetic_ground_glass": ground_glass}
+
+
+#: What a record from before an argument existed was built with.
+RECORD_DEFAULTS: dict[str, object] = {"synthetic_ground_glass": "plateau"}
 
 
 def cache_mismatch(arrays: dict[str, np.ndarray], wanted: dict[str, object]) -> str | None:
@@ -122,7 +131,8 @@ def cache_mismatch(arrays: dict[str, np.ndarray], wanted: dict[str, object]) -> 
     if "built_with" not in arrays:
         return None
     built = json.loads(str(arrays["built_with"]))
-    differ = [f"--{k.replace('_', '-')} {built[k]} (asked {v})" for k, v in wanted.items() if built.get(k) != v]
+    built = RECORD_DEFAULTS | built
+    differ = [f"--{k.replace('_', '-')} {built.get(k)} (asked {v})" for k, v in wanted.items() if built.get(k) != v]
     return None if not differ else ("the cached candidates.npz was built with " + ", ".join(differ)
                                     + ": use another --out, or delete the cache to rebuild it")
 
@@ -136,7 +146,7 @@ def slab_factors(thickness_mm: float) -> tuple[int, ...]:
 
 
 def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: int, slab: int, nodules: int,
-              rng: np.random.Generator, copy_positives: str = "all") -> None:
+              rng: np.random.Generator, copy_positives: str = "all", ground_glass: str = "plateau") -> None:
     """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules)."""
     from pipelines.nodule import candidates
     from pipelines.nodule.grid import to_model_grid
@@ -145,7 +155,7 @@ def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: in
     if copy == 0:
         scan_grid, inserted = grid, []
     else:
-        scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng)
+        scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng, ground_glass)
     started = time.process_time()
     scan = candidates.find_on_grid(scan_grid, ground_glass=GROUND_GLASS)
     truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
@@ -182,7 +192,8 @@ def copy_labels(labels: np.ndarray, which: np.ndarray, real_lesions: int, copy_p
     return np.where((labels == 1) & (which >= 0) & (which < real_lesions), np.int8(-1), labels)
 
 
-def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[object, list[tuple[np.ndarray, float, str]]]:
+def _with_nodules(grid, real, count: int, rng: np.random.Generator,
+                  ground_glass: str = "plateau") -> tuple[object, list[tuple[np.ndarray, float, str]]]:
     """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
     from the real lesions (``patients.RealLesion``)."""
     from pipelines.nodule.grid import ModelGrid
@@ -203,7 +214,7 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator) -> tuple[obj
         centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
         if centre is None:
             continue
-        inserted = synthesis.insert(hu, spacing, centre, spec, rng)
+        inserted = synthesis.insert(hu, spacing, centre, spec, rng, ground_glass)
         b = inserted.box
         corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])])
         lps = grid.xyz_to_lps(corners)
@@ -438,6 +449,9 @@ def main() -> None:
     parser.add_argument("--copy-positives", choices=COPY_POSITIVES, default="all",
                         help="positives of a synthetic copy: its inserted nodules and the real lesions again, "
                              "or only the inserted nodules (model card)")
+    parser.add_argument("--synthetic-ground-glass", choices=GROUND_GLASS_RENDERINGS, default="plateau",
+                        help="how the copies' ground glass is rendered: a smooth plateau, or the scan's own "
+                             "lung lifted to its density (model card, 'Synthetic ground glass')")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -460,11 +474,13 @@ def main() -> None:
     started = time.time()
     if cache.is_file():
         arrays = dict(np.load(cache))
-        mismatch = cache_mismatch(arrays, build_arguments(args.synthetic, args.nodules, args.seed, args.copy_positives))
+        mismatch = cache_mismatch(arrays, build_arguments(args.synthetic, args.nodules, args.seed, args.copy_positives,
+                                                          args.synthetic_ground_glass))
         if mismatch:
             parser.error(mismatch)
     else:
-        arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives)
+        arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives,
+                       args.synthetic_ground_glass)
         np.savez_compressed(cache, **arrays)
     if args.data_only:
         return
