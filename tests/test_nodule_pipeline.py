@@ -159,7 +159,6 @@ def test_mass_band_draws_lobulated_solid_masses_of_60_to_90_mm():
     assert sum(m.attachment == "pleura" for m in masses) >= 20
 
 
-
 @pytest.mark.parametrize("rendering", synthesis.GROUND_GLASS_RENDERINGS)
 def test_lifted_ground_glass_keeps_the_lungs_noise_where_the_plateau_smooths_it_away(rendering):
     """A 30 mm ground-glass nodule at -600 HU in lung of -850 HU with 40 HU of noise: both renderings
@@ -174,6 +173,8 @@ def test_lifted_ground_glass_keeps_the_lungs_noise_where_the_plateau_smooths_it_
         assert 0.8 * 40.0 <= float(inside.std()) <= 1.3 * 40.0, float(inside.std())
     else:
         assert float(inside.std()) < 0.5 * 40.0, float(inside.std())
+    with pytest.raises(ValueError, match="plateau or lifted"):
+        synthesis.insert(hu, (1.0, 1.0, 1.0), (20.0, 20.0, 20.0), spec, np.random.default_rng(5), "smooth")
 
 
 def test_a_mediastinal_mass_grows_from_the_medial_lung_border_into_the_mediastinum():

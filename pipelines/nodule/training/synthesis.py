@@ -139,6 +139,8 @@ def insert(
     ``spacing`` gives each array axis's voxel size in mm, in the array's own axis order;
     ``ground_glass`` is one of ``GROUND_GLASS_RENDERINGS``. Either draws the same random numbers.
     """
+    if ground_glass not in GROUND_GLASS_RENDERINGS:
+        raise ValueError(f"ground_glass is {ground_glass!r}; use {' or '.join(GROUND_GLASS_RENDERINGS)}")
     spacing = np.asarray(spacing, dtype=np.float64)
     center = np.asarray(center, dtype=np.float64)
     radius = spec.diameter_mm / 2.0
