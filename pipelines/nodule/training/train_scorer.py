@@ -1,7 +1,8 @@
 """Train the candidate scorer leave-one-patient-out, and the shipped scorer on all patients.
 
     python -m pipelines.nodule.training.train_scorer --out DIR [--jobs 2] [--device cuda] [--synthetic 2] [--epochs 15]
-        [--nodules 6] [--copy-positives all|inserted] [--report outer|inner-mean]
+        [--nodules 6] [--copy-positives all|inserted] [--synthetic-ground-glass plateau|lifted]
+        [--report outer|inner-mean]
 
 The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
 --copy-positives inserted --threads 1 --jobs 2`` (model card, "Synthetic copies add nodules").
@@ -52,7 +53,7 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.nodule import scorer
-from pipelines.nodule.training.synthesis import GROUND_GLASS_RENDERINGS
+from pipelines.nodule.training import synthesis
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 
@@ -198,7 +199,6 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator,
     from the real lesions (``patients.RealLesion``)."""
     from pipelines.nodule.grid import ModelGrid
     from pipelines.nodule.lungs import lung_mask
-    from pipelines.nodule.training import synthesis
 
     hu = grid.hu.copy()
     spacing = np.asarray(grid.spacing)
@@ -449,7 +449,7 @@ def main() -> None:
     parser.add_argument("--copy-positives", choices=COPY_POSITIVES, default="all",
                         help="positives of a synthetic copy: its inserted nodules and the real lesions again, "
                              "or only the inserted nodules (model card)")
-    parser.add_argument("--synthetic-ground-glass", choices=GROUND_GLASS_RENDERINGS, default="plateau",
+    parser.add_argument("--synthetic-ground-glass", choices=synthesis.GROUND_GLASS_RENDERINGS, default="plateau",
                         help="how the copies' ground glass is rendered: a smooth plateau, or the scan's own "
                              "lung lifted to its density (model card, 'Synthetic ground glass')")
     parser.add_argument("--epochs", type=int, default=15)
