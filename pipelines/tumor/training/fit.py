@@ -23,6 +23,14 @@ The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever 
 records the iterations actually run. Writes ``model.pt``, ``params.toml`` (thresholds 0.5, the
 post-processing of the shipped folders: MODEL_CARD.md, "Retraining on BraTS-2015") and
 ``training.json``.
+
+A run longer than one session (the recipe is 2.4 hours on a CPU without AMX tiles) is carried in
+parts: ``--pause-after SECONDS`` ends this session's part with ``checkpoint.pt`` in ``--out``
+(network, optimizer, random streams, loss history, seconds used), and the same command with
+``--resume`` carries it on, on this machine or another; the schedule and the random streams are
+those of an uninterrupted run (on one device, bit for bit). A checkpoint is also written every
+``CHECKPOINT_EVERY`` iterations, so a killed run loses at most that many; ``training.json`` lists
+the sessions.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +171,27 @@ def write_params(path: Path, architecture: Architecture) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+#: The arguments that define a run: a paused run resumes only with the same ones (``--data``,
+#: ``--init``, ``--out`` and ``--device`` may differ between the machines that carry it on).
+RUN_ARGUMENTS = ("train", "tumor_free", "iterations", "max_seconds", "patch", "batch", "learning_rate", "seed",
+                 "thick_slices")
+#: Iterations between checkpoints: a run that is killed loses at most this many.
+CHECKPOINT_EVERY = 100
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Progress:
+    """Where a run stands: carried from session to session in ``checkpoint.pt``."""
+
+    command: str
+    iteration: int = 0
+    seconds: float = 0.0   # counted against --max-seconds, over every session
+    history: list[float] = field(default_factory=list)
+    sessions: list[dict[str, object]] = field(default_factory=list)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of prepare's .npz files")
     parser.add_argument("--train", nargs="+", required=True, help="labelled patients, e.g. pat0005")
@@ -178,7 +207,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thick-slices", type=float, default=0.0,
                         help="share of samples made as if acquired as 3-7 mm axial slices (thick_slices)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pause-after", type=float, default=float("inf"), metavar="SECONDS",
+                        help="stop this session after SECONDS with a checkpoint in --out (the schedule is not "
+                             "shortened); the same command with --resume carries the run on, here or elsewhere")
+    parser.add_argument("--resume", action="store_true", help="carry on the paused run in --out (checkpoint.pt)")
+    return parser.parse_args(argv)
+
+
+def run_arguments(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in RUN_ARGUMENTS}
+
+
+def save_checkpoint(path: Path, progress: Progress, args: argparse.Namespace, network: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+    """Everything the next iteration depends on, written whole or not at all (a temporary file
+    renamed), so that a resumed run continues the same random streams and schedule."""
+    state = {
+        "arguments": run_arguments(args), "progress": asdict(progress),
+        "network": network.state_dict(), "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if args.device.startswith("cuda") else None,
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def resume(path: Path, args: argparse.Namespace, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           generator: torch.Generator) -> Progress:
+    """The paused run's progress, with the network, optimizer and random streams restored."""
+    if not path.exists():
+        raise SystemExit(f"--resume: no {CHECKPOINT} in {path.parent}; start the run without --resume")
+    state = torch.load(path, map_location=args.device, weights_only=True)
+    for name, value in run_arguments(args).items():
+        if state["arguments"][name] != value:
+            option = "--" + name.replace("_", "-")
+            raise SystemExit(f"--resume: {option} is {value!r}, but the paused run in {path.parent} was started "
+                             f"with {state['arguments'][name]!r}; resume it with the same {option}")
+    network.load_state_dict(state["network"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and args.device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda_rng"])  # from a CPU session the CUDA stream starts from the seed
+    return Progress(**state["progress"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     started = time.time()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -192,14 +268,26 @@ def main(argv: list[str] | None = None) -> None:
     cuda = args.device.startswith("cuda")
     use_bf16 = cuda or native_cpu_bfloat16()
     args.out.mkdir(parents=True, exist_ok=True)
-    history: list[float] = []
-    iteration = 0
-    while iteration < args.iterations:
-        progress = max(iteration / args.iterations, (time.time() - started) / args.max_seconds)
-        if progress >= 1.0:
+    checkpoint = args.out / CHECKPOINT
+    if args.resume:
+        progress = resume(checkpoint, args, network, optimizer, generator)
+    elif checkpoint.exists():
+        raise SystemExit(f"{args.out} holds a paused run ({CHECKPOINT}): add --resume to carry it on, "
+                         "or choose another --out")
+    else:
+        progress = Progress(command=training_command("pipelines.tumor.training.fit", argv))
+    first, before = progress.iteration, progress.seconds
+
+    def seconds() -> float:
+        return before + time.time() - started
+
+    paused = False
+    while progress.iteration < args.iterations:
+        fraction = max(progress.iteration / args.iterations, seconds() / args.max_seconds)
+        if fraction >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = args.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+            group["lr"] = args.learning_rate * 0.5 * (1 + math.cos(math.pi * fraction))
         batch = []
         for _ in range(args.batch):
             pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
@@ -212,32 +300,54 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        iteration += 1
-        history.append(loss.item())
-        if iteration % 100 == 0:
-            print(f"{iteration} loss {np.mean(history[-100:]):.4f} {time.time() - started:.0f}s", flush=True)
-        if iteration % 500 == 0:
-            torch.save(network.state_dict(), args.out / "model.pt")  # a run cut short keeps its weights
+        progress.iteration += 1
+        progress.history.append(loss.item())
+        if progress.iteration % 100 == 0:
+            print(f"{progress.iteration} loss {np.mean(progress.history[-100:]):.4f} {seconds():.0f}s", flush=True)
+        if progress.iteration % CHECKPOINT_EVERY == 0:
+            progress.seconds = seconds()
+            save_checkpoint(checkpoint, progress, args, network, optimizer, generator)
+        if time.time() - started >= args.pause_after and progress.iteration < args.iterations:
+            paused = True
+            break
+    progress.seconds = seconds()
+    progress.sessions.append({
+        "iterations": [first, progress.iteration], "seconds": round(time.time() - started),
+        "device": torch.cuda.get_device_name() if cuda else args.device, "bfloat16": use_bf16,
+        "command": training_command("pipelines.tumor.training.fit", argv)})
+    if paused:
+        save_checkpoint(checkpoint, progress, args, network, optimizer, generator)
+        print(f"paused at iteration {progress.iteration} of {args.iterations}: run the same command with "
+              f"--resume to carry it on", flush=True)
+        return
     network.cpu()
     torch.save(network.state_dict(), args.out / "model.pt")
     write_params(args.out / "params.toml", architecture)
-    (args.out / "training.json").write_text(json.dumps({
-        "command": training_command("pipelines.tumor.training.fit", argv),
+    write_record(args.out / "training.json", args, progress, use_bf16)
+    checkpoint.unlink(missing_ok=True)
+    print(f"saved {args.out}: {progress.iteration} iterations in {progress.seconds:.0f}s", flush=True)
+
+
+def write_record(path: Path, args: argparse.Namespace, progress: Progress, use_bf16: bool) -> None:
+    """``training.json``: the command, the recipe, the loss curve and each session that carried the run."""
+    history = progress.history
+    path.write_text(json.dumps({
+        "command": progress.command,
         "labelled_patients": args.train, "tumor_free_brains": args.tumor_free, "init": str(args.init),
         "channels": list(CHANNELS), "spacing_mm": SPACING, "patch": args.patch, "batch": args.batch,
-        "iterations_run": iteration, "learning_rate": args.learning_rate, "seed": args.seed,
+        "iterations_run": progress.iteration, "learning_rate": args.learning_rate, "seed": args.seed,
         "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": T1C_ALONE_SHARE,
         "thick_slices_share": args.thick_slices, "thickness_mm": list(THICKNESS_MM),
-        "thresholds": list(THRESHOLDS), "device": torch.cuda.get_device_name() if cuda else args.device,
+        "thresholds": list(THRESHOLDS), "device": progress.sessions[-1]["device"],
         "bfloat16": use_bf16,
-        "seconds": round(time.time() - started),
+        "seconds": round(progress.seconds),
+        "sessions": progress.sessions,
         "loss_first_100": round(float(np.mean(history[:100])), 4) if history else None,
         "loss_last_100": round(float(np.mean(history[-100:])), 4) if history else None,
         "loss_per_100": [round(float(np.mean(history[i:i + 100])), 4) for i in range(0, len(history), 100)],
         "torch": torch.__version__,
         "licence": "trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial, share-alike",
     }, indent=2) + "\n")
-    print(f"saved {args.out}: {iteration} iterations in {time.time() - started:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
