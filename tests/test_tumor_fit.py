@@ -53,12 +53,15 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch) -> dict[str, Path]:
-    """One run uninterrupted, and the same run paused after every iteration and resumed."""
+def runs(tmp_path_factory: pytest.TempPathFactory,
+         monkeypatch_module: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
+    """One run uninterrupted, and the same run paused after every iteration and resumed (on one
+    thread; the suite's thread count is given back afterwards)."""
     monkeypatch_module.setattr(fit, "native_cpu_bfloat16", lambda: False)
     root = tmp_path_factory.mktemp("fit")
     data = root / "npz"
     _phantom_brains(data)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     fit.main(_command(data, root / "whole"))
     fit.main(_command(data, root / "parts", "--pause-after", "0"))
@@ -66,7 +69,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.Mo
     for _ in range(ITERATIONS - 1):
         fit.main(_command(data, root / "parts", "--pause-after", "0", "--resume"))
     (root / "paused_folder.json").write_text(json.dumps(paused_folder))
-    return {"root": root, "data": data, "whole": root / "whole", "parts": root / "parts"}
+    yield {"root": root, "data": data, "whole": root / "whole", "parts": root / "parts"}
+    torch.set_num_threads(threads)
 
 
 def test_a_run_paused_after_every_iteration_ends_with_the_weights_of_the_run_uninterrupted(
