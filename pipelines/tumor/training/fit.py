@@ -253,6 +253,40 @@ def resume(path: Path, args: argparse.Namespace, network: torch.nn.Module, optim
     return Progress(**state["progress"])
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, fraction: float) -> None:
+    """Cosine from ``peak`` to 0 over the run; ``fraction`` is the share of it done, so that a
+    resumed run continues the schedule of the uninterrupted one."""
+    for group in optimizer.param_groups:
+        group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def draw_batch(labelled: list[Brain], tumor_free: list[Brain], generator: torch.Generator,
+               args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets and loss weights of one batch, every random choice from ``generator`` (the
+    stream a checkpoint carries): a tumor-free brain with ``TUMOR_FREE_SHARE``, else a labelled one."""
+    batch = []
+    for _ in range(args.batch):
+        pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
+        batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch,
+                            args.thick_slices))
+    x, y, w = (torch.stack(part) for part in zip(*batch))
+    return x, y, w
+
+
+def train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], use_bf16: bool) -> float:
+    """One optimizer step; the forward pass in bfloat16 autocast where the device computes in it
+    natively, the loss in float32. Returns the loss."""
+    x, y, w = batch
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        logits = network(x)
+    loss = loss_fn(logits.float(), y, w)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     started = time.time()
@@ -286,22 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         fraction = max(progress.iteration / args.iterations, seconds() / args.max_seconds)
         if fraction >= 1.0:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = args.learning_rate * 0.5 * (1 + math.cos(math.pi * fraction))
-        batch = []
-        for _ in range(args.batch):
-            pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
-            batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch,
-                                args.thick_slices))
-        x, y, w = (torch.stack(part) for part in zip(*batch))
-        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            logits = network(x)
-        loss = loss_fn(logits.float(), y, w)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        set_learning_rate(optimizer, args.learning_rate, fraction)
+        batch = draw_batch(labelled, tumor_free, generator, args)
+        progress.history.append(train_step(network, optimizer, batch, use_bf16))
         progress.iteration += 1
-        progress.history.append(loss.item())
         if progress.iteration % 100 == 0:
             print(f"{progress.iteration} loss {np.mean(progress.history[-100:]):.4f} {seconds():.0f}s", flush=True)
         if progress.iteration % CHECKPOINT_EVERY == 0:
