@@ -35,6 +35,19 @@ def require_folder(folder: Path) -> Path:
     return folder
 
 
+def inner_folder(folder: Path, name: str, key: str) -> Path:
+    """The sub-folder that ``key`` of the parameters names, refused unless it lies inside ``folder``.
+
+    Why inside: a model folder is copied, fingerprinted (``folder_digest``) and handed over whole;
+    a name that leaves it would load weights that the folder's digest does not cover.
+    """
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ModelFolderError(f"{folder}: {key} {name!r} must lie inside the model folder")
+    if (folder / name).resolve() == folder.resolve():
+        raise ModelFolderError(f"{folder}: {key} {name!r} is the folder itself")
+    return folder / name
+
+
 def is_monai_bundle(folder: Path) -> bool:
     from pipelines.bundle import is_bundle  # imports this module for ModelFolderError
 

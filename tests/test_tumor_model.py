@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -21,9 +22,10 @@ from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.training import evaluate
 from pipelines.tumor.training.data import TCGA, load_images, load_labels
 from pipelines.tumor.training.train import write_params
+from tests.tumor_models import constant_model
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
-#: model the pipeline picks for each subset (studies with FLAIR: weights/; without: without-flair/).
+#: model the pipeline picks for each subset (all four, FLAIR + T2, FLAIR alone: weights/ itself).
 #: Measured with these two insertions: all four 0.94 / 0.94 / 0.92 / ED 0.92, FLAIR + T2 WT 0.86,
 #: FLAIR alone WT 0.56. Only the contrast sets that have no real labelled tumor to be measured on:
 #: T1c + FLAIR and T1c alone are asserted on real gliomas with expert labels, held out by patient
@@ -113,4 +115,36 @@ def test_recalibrating_a_folder_keeps_its_reduced_models(tmp_path):
     assert after.main.format.threshold == (0.3, 0.4, 0.5)
     assert {contrasts: name for contrasts, (name, _) in after.reduced.items()} == \
         {contrasts: name for contrasts, (name, _) in before.reduced.items()}
+
+
+
+def _ensemble(folder, members: str, logits: dict[str, float], **grid) -> None:
+    constant_model(folder, 0.0, f"[ensemble]\nmembers = {members}\n", spacing=2.0, roi=8)
+    for name, logit in logits.items():
+        constant_model(folder / name, logit, **({"spacing": 2.0, "roi": 8} | grid.get(name, {})))
+
+
+def test_an_ensemble_reports_the_mean_of_its_members_probabilities_not_of_their_logits(tmp_path):
+    """Members that say logit 1 and 3: the mean of sigmoids is 0.842 (the sigmoid of the mean logit would be 0.881)."""
+    _ensemble(tmp_path / "folds", '["fold-a", "fold-b"]', {"fold-a": 1.0, "fold-b": 3.0})
+    segmenter = Segmenter.load(tmp_path / "folds")
+    assert len(segmenter.networks) == 2
+    probabilities = segmenter.probabilities(np.zeros((4, 10, 12, 9), dtype=np.float32))
+    assert probabilities.shape == (3, 10, 12, 9)
+    expected = (torch.sigmoid(torch.tensor(1.0)) + torch.sigmoid(torch.tensor(3.0))).item() / 2
+    assert np.allclose(probabilities, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("members, grid, message", [
+    ('["fold-a", "fold-b"]', {"fold-b": {"spacing": 1.0}}, "fold-b: \\[input\\] spacing 1.0 differs"),
+    ('["fold-a", "fold-b"]', {"fold-b": {"roi": 16}}, "fold-b: \\[input\\] roi"),
+    ('[]', {}, "members must be a list"),
+    ('"fold-a"', {}, "members must be a list"),
+    ('["fold-a", "../fold-b"]', {}, "inside the model folder"),
+    ('["fold-a", "fold-z"]', {}, "fold-z does not exist"),
+])
+def test_a_bad_ensemble_is_refused_naming_the_member_or_key(tmp_path, members, grid, message):
+    _ensemble(tmp_path / "folds", members, {"fold-a": 1.0, "fold-b": 3.0}, **grid)
+    with pytest.raises(ModelFolderError, match=message):
+        Segmenter.load(tmp_path / "folds")
 

@@ -18,6 +18,7 @@ from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_c
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.mr_dicom import write_clinical_study
 from tests.peers import dciodvfy
+from tests.tumor_models import constant_model
 
 #: Whole-tumor volume of the fusion pseudo-reference of TCGA-FG-6692 (labels 1+2+4), in mL.
 FUSION_WT_ML = 30.2
@@ -85,27 +86,9 @@ def test_a_single_anchor_contrast_is_enough(pipeline, study, tmp_path, roles, re
     assert f"contrasts used: {reference}" in _content_texts(sr)
 
 
-class _Constant(torch.nn.Module):
-    """A model that calls every voxel the same: tumor everywhere (logit > 0) or nowhere."""
-
-    def __init__(self, logit: float) -> None:
-        super().__init__()
-        self.logit = logit
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x[:, :3], self.logit)
-
-
-def _constant_model(folder: Path, logit: float, extra_params: str = "") -> Path:
-    folder.mkdir(parents=True)
-    torch.jit.script(_Constant(logit)).save(str(folder / "model.ts"))
-    (folder / "params.toml").write_text("[input]\nspacing = 3.0\nroi = [64, 64, 64]\n" + extra_params)
-    return folder
-
-
 def test_no_tumor_is_stated_in_the_report(study, tmp_path):
     """A TorchScript model that never finds anything: the SR says 'absent', no SEG is written."""
-    folder = _constant_model(tmp_path / "model", -10.0)
+    folder = constant_model(tmp_path / "model", -10.0)
     empty = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     result = _run(empty, study, ("t1c", "flair"), tmp_path / "out")
     assert not result.summary["tumor_found"]
@@ -118,9 +101,9 @@ def test_no_tumor_is_stated_in_the_report(study, tmp_path):
 def test_a_reduced_model_serves_exactly_its_contrast_set(study, tmp_path):
     """T1c alone goes to the model the folder names for it, any other set to the folder's own; the
     report says which model spoke."""
-    folder = _constant_model(tmp_path / "model", -10.0,
+    folder = constant_model(tmp_path / "model", -10.0,
                              '[[reduced]]\ncontrasts = ["t1c"]\nfolder = "t1c-alone"\n')
-    _constant_model(folder / "t1c-alone", 10.0)
+    constant_model(folder / "t1c-alone", 10.0)
     pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     alone = _run(pipeline, study, ("t1c",), tmp_path / "alone")
     assert alone.summary["model"] == "t1c-alone" and alone.summary["tumor_found"]

@@ -24,6 +24,16 @@ A model folder is what a site hands the node to replace the shipped weights. Two
       contrasts = ["t1c"]      # (``model_set``)
       folder = "t1c-alone"
 
+  or, instead of weights of its own, an ensemble of member folders inside it::
+
+      [ensemble]
+      members = ["fold-a", "fold-b", "fold-c"]   # each a radnode folder with model.pt or model.ts
+
+  Each member runs the same sliding window on the same grid, and the folder reports the mean of
+  their sigmoid outputs with its own ``[input] threshold`` and ``[output]``: the usual way to
+  serve a cross-validation's fold models. A member whose spacing, orientation or patch differs
+  from the folder's is refused, naming it.
+
 - a MONAI bundle is not read here: it runs as published, see ``bundle_segmentation``.
 
 The network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
@@ -42,6 +52,7 @@ from monai.inferers import sliding_window_inference
 
 from pipelines.model_folder import (
     ModelFolderError,
+    inner_folder,
     is_monai_bundle,
     load_network,
     read_params,
@@ -139,10 +150,10 @@ def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
 
 
 class Segmenter:
-    """A loaded tumor model: ``probabilities(channels)`` on the model grid."""
+    """A loaded tumor model (one network, or the members of an ensemble): ``probabilities(channels)``."""
 
-    def __init__(self, network: torch.nn.Module, input_format: InputFormat, device: str) -> None:
-        self.network = network.to(device).eval()
+    def __init__(self, networks: list[torch.nn.Module], input_format: InputFormat, device: str) -> None:
+        self.networks = [network.to(device).eval() for network in networks]
         self.format = input_format
         self.device = device
 
@@ -153,19 +164,55 @@ class Segmenter:
             raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.tumor.bundle_segmentation")
         params = read_params(folder)
         input_format = _radnode_format(params, folder)
-        network = load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
-                               "a SegResNet ([model])")
-        return cls(network, input_format, device)
+        if "ensemble" not in params:
+            return cls([_network(folder, params)], input_format, device)
+        members = [_member(folder, name, input_format) for name in _member_names(params, folder)]
+        return cls(members, input_format, device)
 
     def probabilities(self, channels: np.ndarray) -> np.ndarray:
-        """(3, z, y, x) sigmoid outputs (TC, WT, ET) for (4, z, y, x) normalized LPS channels."""
-        x = torch.from_numpy(to_model_axes(channels, self.format.axcodes))[None].to(self.device)
-        with torch.inference_mode(), autocast(self.device.startswith("cuda")):
-            logits = sliding_window_inference(
-                x, roi_size=self.format.roi, sw_batch_size=1, predictor=self.network,
-                overlap=0.25, mode="gaussian",
-            )
-        assert isinstance(logits, torch.Tensor)  # the network returns one tensor
-        probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
-        return from_model_axes(probabilities, self.format.axcodes)
+        """(3, z, y, x) sigmoid outputs (TC, WT, ET) for (4, z, y, x) normalized LPS channels.
 
+        An ensemble's is the mean of its members' sigmoid outputs.
+        """
+        x = torch.from_numpy(to_model_axes(channels, self.format.axcodes))[None].to(self.device)
+        total: torch.Tensor | None = None
+        with torch.inference_mode(), autocast(self.device.startswith("cuda")):
+            for network in self.networks:
+                logits = sliding_window_inference(
+                    x, roi_size=self.format.roi, sw_batch_size=1, predictor=network,
+                    overlap=0.25, mode="gaussian",
+                )
+                assert isinstance(logits, torch.Tensor)  # the network returns one tensor
+                sigmoid = torch.sigmoid(logits.float())[0]
+                total = sigmoid if total is None else total + sigmoid
+        assert total is not None  # a Segmenter has at least one network
+        return from_model_axes((total / len(self.networks)).cpu().numpy(), self.format.axcodes)
+
+
+def _network(folder: Path, params: dict[str, Any]) -> torch.nn.Module:
+    return load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
+                        "a SegResNet ([model])")
+
+
+def _member_names(params: dict[str, Any], folder: Path) -> list[str]:
+    """``[ensemble] members``: a non-empty list of sub-folder names."""
+    names = params["ensemble"].get("members") if isinstance(params["ensemble"], dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+        raise ModelFolderError(f"{folder}: [ensemble] members must be a list of member folder names, got {names!r}")
+    return names
+
+
+def _member(folder: Path, name: str, ensemble_format: InputFormat) -> torch.nn.Module:
+    """One member's network, refused unless it reads the grid the ensemble feeds it."""
+    member = require_folder(inner_folder(folder, name, "[ensemble] member"))
+    params = read_params(member)
+    if "ensemble" in params:
+        raise ModelFolderError(f"{member}: an ensemble member must be one model, not another ensemble")
+    own = _radnode_format(params, member)
+    for field in ("spacing", "axcodes", "roi"):
+        if getattr(own, field) != getattr(ensemble_format, field):
+            raise ModelFolderError(
+                f"{member}: [input] {field} {getattr(own, field)!r} differs from the ensemble's "
+                f"{getattr(ensemble_format, field)!r}; every member must read the same grid"
+            )
+    return _network(member, params)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipelines.model_folder import (
     ModelFolderError,
+    inner_folder,
     is_monai_bundle,
     read_params,
     require_folder,
@@ -74,8 +75,5 @@ def _reduced_entry(entry: object, folder: Path) -> tuple[frozenset[str], str]:
             "include T1c or FLAIR"
         )
     name = entry["folder"]
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ModelFolderError(f"{folder}: [[reduced]] folder {name!r} must lie inside the model folder")
-    if (folder / name).resolve() == folder.resolve():
-        raise ModelFolderError(f"{folder}: [[reduced]] folder {name!r} is the folder itself")
+    inner_folder(folder, name, "[[reduced]] folder")
     return contrasts, name

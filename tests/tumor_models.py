@@ -1,0 +1,26 @@
+"""Tumor model folders whose answer is known in advance, for tests of how folders are read and served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class Constant(torch.nn.Module):
+    """A model that gives every voxel the same logit: tumor everywhere (logit > 0) or nowhere."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :3], self.logit)
+
+
+def constant_model(folder: Path, logit: float, extra_params: str = "", spacing: float = 3.0, roi: int = 64) -> Path:
+    """A TorchScript model folder of ``Constant(logit)`` on a ``spacing`` mm grid with a ``roi``^3 window."""
+    folder.mkdir(parents=True)
+    torch.jit.script(Constant(logit)).save(str(folder / "model.ts"))
+    (folder / "params.toml").write_text(f"[input]\nspacing = {spacing}\nroi = [{roi}, {roi}, {roi}]\n" + extra_params)
+    return folder
