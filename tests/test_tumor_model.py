@@ -117,7 +117,6 @@ def test_recalibrating_a_folder_keeps_its_reduced_models(tmp_path):
         {contrasts: name for contrasts, (name, _) in before.reduced.items()}
 
 
-
 def _ensemble(folder, members: str, logits: dict[str, float], **grid) -> None:
     constant_model(folder, 0.0, f"[ensemble]\nmembers = {members}\n", spacing=2.0, roi=8)
     for name, logit in logits.items():
@@ -147,4 +146,3 @@ def test_a_bad_ensemble_is_refused_naming_the_member_or_key(tmp_path, members, g
     _ensemble(tmp_path / "folds", members, {"fold-a": 1.0, "fold-b": 3.0}, **grid)
     with pytest.raises(ModelFolderError, match=message):
         Segmenter.load(tmp_path / "folds")
-

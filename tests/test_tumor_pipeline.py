@@ -102,7 +102,7 @@ def test_a_reduced_model_serves_exactly_its_contrast_set(study, tmp_path):
     """T1c alone goes to the model the folder names for it, any other set to the folder's own; the
     report says which model spoke."""
     folder = constant_model(tmp_path / "model", -10.0,
-                             '[[reduced]]\ncontrasts = ["t1c"]\nfolder = "t1c-alone"\n')
+                            '[[reduced]]\ncontrasts = ["t1c"]\nfolder = "t1c-alone"\n')
     constant_model(folder / "t1c-alone", 10.0)
     pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     alone = _run(pipeline, study, ("t1c",), tmp_path / "alone")
