@@ -175,18 +175,15 @@ class Segmenter:
         An ensemble's is the mean of its members' sigmoid outputs.
         """
         x = torch.from_numpy(to_model_axes(channels, self.format.axcodes))[None].to(self.device)
-        total: torch.Tensor | None = None
         with torch.inference_mode(), autocast(self.device.startswith("cuda")):
-            for network in self.networks:
-                logits = sliding_window_inference(
-                    x, roi_size=self.format.roi, sw_batch_size=1, predictor=network,
-                    overlap=0.25, mode="gaussian",
-                )
-                assert isinstance(logits, torch.Tensor)  # the network returns one tensor
-                sigmoid = torch.sigmoid(logits.float())[0]
-                total = sigmoid if total is None else total + sigmoid
-        assert total is not None  # a Segmenter has at least one network
-        return from_model_axes((total / len(self.networks)).cpu().numpy(), self.format.axcodes)
+            mean = torch.stack([torch.sigmoid(self._logits(x, network).float())[0] for network in self.networks]).mean(0)
+        return from_model_axes(mean.cpu().numpy(), self.format.axcodes)
+
+    def _logits(self, x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        logits = sliding_window_inference(x, roi_size=self.format.roi, sw_batch_size=1, predictor=network,
+                                          overlap=0.25, mode="gaussian")
+        assert isinstance(logits, torch.Tensor)  # the network returns one tensor
+        return logits
 
 
 def _network(folder: Path, params: dict[str, Any]) -> torch.nn.Module:
