@@ -572,9 +572,7 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     shell's cwd."""
     node = data.get("node")
     if isinstance(node, dict):
-        for key in ("spool", "index"):
-            if isinstance(node.get(key), str):
-                node[key] = str(base / node[key])
+        _anchor_keys(node, ("spool", "index"), base)
         _anchor_tls(node.get("tls"), base)
     web = data.get("web")
     if isinstance(web, dict):
@@ -585,13 +583,21 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():
-            if isinstance(table, dict) and isinstance(table.get("model"), str):
-                table["model"] = str(base / table["model"])
+            if isinstance(table, dict):
+                _anchor_keys(table, ("model",), base)
+    workers = data.get("workers")
+    ray = workers.get("ray") if isinstance(workers, dict) else None
+    if isinstance(ray, dict):
+        _anchor_keys(ray, ("token_file", "tls_ca_cert", "tls_cert", "tls_key"), base)
     return data
+
+
+def _anchor_keys(table: dict[str, Any], keys: tuple[str, ...], base: Path) -> None:
+    for key in keys:
+        if isinstance(table.get(key), str):
+            table[key] = str(base / table[key])
 
 
 def _anchor_tls(table: Any, base: Path) -> None:
     if isinstance(table, dict):
-        for key in ("cert_file", "key_file", "ca_file"):
-            if isinstance(table.get(key), str):
-                table[key] = str(base / table[key])
+        _anchor_keys(table, ("cert_file", "key_file", "ca_file"), base)

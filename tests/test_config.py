@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from node.config import ConfigError, parse_config
+from node.config import ConfigError, load_config, parse_config
 from pipelines.registry import contract
 from tests.harness import REPO
 
@@ -217,3 +217,26 @@ def test_a_ray_client_address_without_ray_client_installed_is_refused_naming_the
     message = str(refused.value)
     assert '[workers.ray] address = "ray://10.0.0.1:10001" is a Ray Client address' in message
     assert "pip install 'radnode[ray-client]'" in message
+
+
+def test_ray_token_and_tls_files_are_read_from_the_configs_folder_whatever_the_working_directory(
+        tmp_path, monkeypatch):
+    site = tmp_path / "etc-radnode"
+    (site / "ray").mkdir(parents=True)
+    for name in ("token", "ca.pem", "node.pem", "node.key"):
+        (site / "ray" / name).write_text(name)
+    (site / "config.toml").write_text(GOOD + """
+[workers]
+engine = "ray"
+[workers.ray]
+token_file = "ray/token"
+tls_ca_cert = "ray/ca.pem"
+tls_cert = "ray/node.pem"
+tls_key = "ray/node.key"
+""")
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as `radnode serve --config /etc/radnode/config.toml` from $HOME
+    ray = load_config(site / "config.toml").workers.ray
+    assert (ray.token_file, ray.tls_ca_cert, ray.tls_cert, ray.tls_key) == (
+        site / "ray" / "token", site / "ray" / "ca.pem", site / "ray" / "node.pem", site / "ray" / "node.key")
