@@ -34,6 +34,7 @@ from node.receiver import Receiver
 from node.reconcile import reindex_after_reboot
 from node.retention import Retention
 from node.spool import Spool
+from node.spool_lock import lock_spool
 from node.store import Index, Job
 from node.web import WebServer
 
@@ -301,6 +302,7 @@ class Node:
 def serve(config_path: Path) -> None:
     config = load_config(config_path)
     check_bundles(config, config_path)
+    lock_spool(config.node)  # held until this process ends: one spool and index, one node
     node = Node(config, config_path)
     node.start()
     node.supervise()

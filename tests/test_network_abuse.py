@@ -243,6 +243,22 @@ def test_a_second_node_on_the_same_port_refuses_to_start(node, tmp_path):
     assert node.proc.poll() is None
 
 
+
+def test_a_second_node_on_the_same_spool_refuses_to_start_naming_the_first_and_admin_commands_still_work(
+        node, tmp_path):
+    (tmp_path / "second").mkdir()
+    config = node_config(tmp_path / "second")
+    config["node"]["spool"] = node.config["node"]["spool"]  # another port, the same spool and index
+    second = NodeProcess(config, tmp_path / "second").launch()
+    code = second.proc.wait(timeout=60)
+    assert code == 2, second.logs()[-2000:]
+    assert f"is in use by radnode pid {node.proc.pid} on host" in second.logs(), second.logs()[-2000:]
+    assert "give this one its own [node] spool" in second.logs()
+    assert node.proc.poll() is None, "the first node runs on"
+    listing = second.cli("jobs")
+    assert listing.returncode == 0, listing.stderr
+
+
 def silent_associations(port: int, count: int) -> list:
     """``count`` associations that are accepted and then send nothing, not even a release."""
     held = []
