@@ -47,6 +47,11 @@ class Timing:
     incomplete_seconds: float = 300.0
 
 
+#: Why a series is set aside when every instance it had was sent again under another series: it
+#: is never routed (a pipeline would read nothing), and a new instance of it re-opens it.
+NO_INSTANCES_LEFT = "no instances left: each was sent again under another study or series"
+
+
 def series_is_complete(series: SeriesRow, now: float, timing: Timing) -> bool:
     """The quiet-time rule itself, kept free of I/O so that it can be tested directly."""
     if series.open_associations == 0:
@@ -191,6 +196,9 @@ class Assembler:
         self._route_studies(now, {series.study_uid for series in (*receiving, *complete)})
 
     def _complete(self, series: SeriesRow, now: float) -> None:
+        if series.instance_count == 0:  # its files are gone: nothing to read, nothing to wait for
+            self._set_aside(series, NO_INSTANCES_LEFT)
+            return
         timing = self.series_timing(series)
         if not series_is_complete(series, now, timing):
             return
@@ -221,6 +229,9 @@ class Assembler:
                       job=previous.id)
 
     def _route(self, series: SeriesRow) -> None:
+        if series.instance_count == 0:
+            self._set_aside(series, NO_INSTANCES_LEFT)
+            return
         header = self.header(series)
         jobs = self.router.series_jobs(series, header)
         if series.generation:
@@ -287,7 +298,7 @@ class Assembler:
     def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
                      now: float) -> StudyStatus | None:
         """Where ``route`` stands with a study; None when no arrived series of it matches."""
-        arrived = [(r, self.header(r)) for r in rows if r.state != SeriesState.RECEIVING]
+        arrived = [(r, self.header(r)) for r in rows if r.state != SeriesState.RECEIVING and r.instance_count]
         if not any(not failed_conditions(route.match, header) for _, header in arrived):
             return None
         assigned = assign_inputs(route, arrived)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pydicom.config
 from pydicom import Dataset
@@ -445,15 +446,17 @@ class Receiver:
         replacing = path.exists()
         incoming.part.commit(path)
         try:
-            self._index_instance(assoc, record)
+            replaced = self._index_instance(assoc, record)
         except sqlite3.Error:
             # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
             # a file that replaced an indexed instance stays, its row still points at it.
             if not replacing:
                 path.unlink(missing_ok=True)
             raise
+        if replaced is not None:
+            self.spool.remove_replaced(replaced)
 
-    def _index_instance(self, assoc: Association, record: InstanceRecord) -> None:
+    def _index_instance(self, assoc: Association, record: InstanceRecord) -> Path | None:
         assoc_id = self._assoc_ids.get(id(assoc))
         with self._index_lock:
             if assoc_id is not None and assoc_id not in self._registered:
@@ -461,7 +464,7 @@ class Receiver:
                     assoc_id, assoc.requestor.ae_title, assoc.requestor.address, os.getpid()
                 )
                 self._registered.add(assoc_id)
-            self.index.record_instance(record, assoc_id)
+            return self.index.record_instance(record, assoc_id)
 
     # ---- server ---------------------------------------------------------------------------
 

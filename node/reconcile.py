@@ -49,12 +49,31 @@ def reindex_spool(spool: Spool, index: Index) -> int:
             isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, cause),
                      lambda _reason: None)
             continue
-        if isolated("reconcile", path.name, lambda: index.record_instance(record, None),
-                    lambda _reason: None):
-            added += 1
+        indexed: list[bool] = []
+        isolated("reconcile", path.name, lambda: indexed.append(_reindex(spool, index, record)),
+                 lambda _reason: None)
+        added += sum(indexed)
     if added:
         logs.info("reconcile.reindexed", instances=added)
     return added
+
+
+def _reindex(spool: Spool, index: Index, record: InstanceRecord) -> bool:
+    """Index a spool file whose row was lost. Its SOP Instance UID may be indexed at another
+    path: it was sent again under another study or series, and a crash came between the commit
+    of the move and the removal of one copy. The copy written last is the instance as it was
+    last sent; the other is removed, so a reboot never moves an instance back where it was."""
+    current = index.instance(record.sop_uid)
+    if current is not None and current["path"] != str(record.path):
+        indexed = Path(current["path"])
+        if indexed.exists() and indexed.stat().st_mtime_ns >= record.path.stat().st_mtime_ns:
+            spool.remove_replaced(record.path)
+            logs.info("reconcile.earlier_copy_removed", sop_class=record.sop_class)
+            return False
+    replaced = index.record_instance(record, None)
+    if replaced is not None:
+        spool.remove_replaced(replaced)
+    return True
 
 
 def _quarantine(spool: Spool, path: Path, reason: str, error: Exception) -> None:

@@ -102,6 +102,12 @@ class Spool:
         (self.quarantine / f"{stem}.reason.txt").write_text(reason + "\n")
         return self.quarantine / f"{stem}.dcm"
 
+    def remove_replaced(self, path: Path) -> None:
+        """Remove the earlier copy of an instance sent again under another study or series
+        (``SeriesIndex.record_instance`` returned it), durably: a reboot must not find it."""
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
     def instance_files(self) -> Iterator[Path]:
         """Every stored instance file (study/series/instance.dcm under ``instances``)."""
         return self.instances.glob("*/*/*.dcm")

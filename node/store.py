@@ -113,8 +113,11 @@ class SeriesIndex(Database):
                 )
             return cur.rowcount
 
-    def record_instance(self, rec: InstanceRecord, assoc_id: str | None) -> bool:
-        """Index a stored instance; returns False when it replaced one with the same SOP UID.
+    def record_instance(self, rec: InstanceRecord, assoc_id: str | None) -> Path | None:
+        """Index a stored instance. A SOP Instance UID sent again replaces the earlier copy and
+        counts once; when that copy lay at another path (the UID came again under another study
+        or series), its path is returned: it is no longer indexed, and the caller removes the
+        file, so that neither the spool nor a reconcile after a reboot keeps two copies.
 
         A late instance of a series that was already complete re-opens it with a new
         generation, so the route can decide whether to run again.
@@ -122,7 +125,7 @@ class SeriesIndex(Database):
         now = time.time()
         with self._tx() as db:
             old = db.execute(
-                "SELECT series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+                "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
             ).fetchone()
             db.execute(
                 "INSERT INTO studies(study_uid, first_received, last_received) VALUES (?, ?, ?)"
@@ -163,12 +166,19 @@ class SeriesIndex(Database):
                     "UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
                     (old["series_uid"],),
                 )
+            if old is not None and old["path"] != str(rec.path):
+                # the series it left reads its header from one of the files it still has
+                db.execute(
+                    "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"
+                    " WHERE series_uid = ? LIMIT 1), sample_path) WHERE series_uid = ? AND sample_path = ?",
+                    (old["series_uid"], old["series_uid"], old["path"]),
+                )
             if assoc_id is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
                     (assoc_id, rec.series_uid),
                 )
-        return old is None
+        return Path(old["path"]) if old is not None and old["path"] != str(rec.path) else None
 
     # ---- completion and routing ------------------------------------------------------------
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pydicom
+import pydicom.uid
 
 from node.reconcile import reindex_spool
 from node.spool import Spool
-from node.store import Index
+from node.store import Index, InstanceRecord
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.kill_trials import KillTrials, acknowledged
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
@@ -224,3 +226,89 @@ def test_kill_9_of_the_whole_node_at_spread_points_loses_nothing_and_delivers_ea
     finally:
         trials.stop()
     print("kills fell in:", stages)
+
+
+def relabelled(files: list[Path], folder: Path, series_uid: str) -> list[Path]:
+    """The same instances (same SOP Instance UIDs) under another SeriesInstanceUID, as a sender
+    re-sending a corrected series would."""
+    folder.mkdir()
+    copies = []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        copies.append(folder / path.name)
+        ds.save_as(copies[-1])
+    return copies
+
+
+def test_an_instance_sent_again_under_another_series_stays_where_it_was_last_sent_after_a_reboot(
+        tmp_path, orthanc, data_dir):
+    files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:9]
+    series_a = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    series_b, series_c, series_d = (pydicom.uid.generate_uid() for _ in range(3))
+    moved = relabelled(files[3:6], tmp_path / "b", series_b)  # three of A's six go to B
+    whole_c = relabelled(files[6:9], tmp_path / "c", series_c)
+    whole_d = relabelled(files[6:9], tmp_path / "d", series_d)  # all of C's go to D
+    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
+                         pipelines=threshold_pipeline(), completion={"settle_seconds": 4.0})
+    node = NodeProcess(config, tmp_path).start()
+    spool = Spool(Path(config["node"]["spool"]))
+    try:
+        for batch in (files[:6], moved, whole_c, whole_d):
+            assert storescu(node.port, batch).returncode == 0
+        index = node.index()
+        wait_until(lambda: len(index.jobs("done")) == 3, 120, what="the jobs of series A, B and D")
+        wait_until(lambda: index.series(series_c).state == "routed", 30, what="series C decided")
+
+        def where_things_are() -> dict[str, object]:
+            return {"rows": {uid: index.series(uid).instance_count for uid in (series_a, series_b, series_c, series_d)},
+                    "files": {uid: len(list(spool.instances.glob(f"*/{uid}/*.dcm")))
+                              for uid in (series_a, series_b, series_c, series_d)},
+                    "jobs": sorted(job.subject for job in index.jobs()),
+                    "moved_rows": {index.instance(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID))
+                                   ["series_uid"] for p in moved}}
+
+        expected = {"rows": {series_a: 3, series_b: 3, series_c: 0, series_d: 3},
+                    "files": {series_a: 3, series_b: 3, series_c: 0, series_d: 3},
+                    "jobs": sorted([series_a, series_b, series_d]), "moved_rows": {series_b}}
+        assert where_things_are() == expected, "no copy left behind, no job for the series left empty"
+        assert any(p.subject == series_c and "no instances left" in p.reason for p in index.problems())
+
+        node.kill()  # then a reboot: the next start reconciles the spool with the index
+        with sqlite3.connect(Path(config["node"]["spool"]) / "index.sqlite") as db:
+            db.execute("UPDATE node_state SET value = 'the boot before' WHERE key = 'boot_id'")
+        node.start()
+        index = node.index()
+        wait_until(lambda: '"instances_reindexed"' in node.logs(), 30, what="the start's reconcile")
+        time.sleep(2)  # a scheduler pass or more
+        assert where_things_are() == expected, "the reboot moved nothing back"
+    finally:
+        node.stop()
+
+
+def test_reconcile_keeps_the_copy_sent_last_when_a_crash_left_two_copies_of_one_instance(tmp_path, data_dir):
+    source = data_dir / "ct-chest" / "cptac-luad-C3N-00247" / "000000.dcm"
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    spool = Spool(tmp_path / "spool")
+    index = Index(tmp_path / "spool" / "index.sqlite")
+    first = spool.instance_path(header.StudyInstanceUID, "1.2.826.0.1.1", header.SOPInstanceUID)
+    second = spool.instance_path(header.StudyInstanceUID, "1.2.826.0.1.2", header.SOPInstanceUID)
+    for path, mtime in ((first, 1_000_000_000), (second, 1_000_000_100)):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID = path.parent.name
+        spool.write(path, b"")
+        ds.save_as(path)
+        os.utime(path, (mtime, mtime))
+
+    # the move to the second series was committed, the crash came before the first copy went
+    index.record_instance(InstanceRecord.from_header(pydicom.dcmread(second, stop_before_pixels=True),
+                                                     str(header.file_meta.TransferSyntaxUID), second, 1), None)
+    assert reindex_spool(spool, index) == 0
+    assert not first.exists() and index.instance(header.SOPInstanceUID)["path"] == str(second)
+
+    # the move's commit was lost with the power (the row still says first): the later copy wins
+    spool.write(first, source.read_bytes())
+    os.utime(first, (1_000_000_000, 1_000_000_000))
+    index.record_instance(InstanceRecord.from_header(header, str(header.file_meta.TransferSyntaxUID), first, 1), None)
+    assert reindex_spool(spool, index) == 1
+    assert not first.exists() and index.instance(header.SOPInstanceUID)["path"] == str(second)
