@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.uid import UID
 
 from node.config import Config
-from node.store import Index, Job
+from node.states import DeliveryState, JobState
+from node.store import Delivery, Index, Job, ResultFile
 
 
 def when(epoch: float | None) -> str:
@@ -43,12 +46,21 @@ def supersessions(index: Index) -> tuple[dict[int, str], dict[int, str]]:
     return replaces, replaced_by
 
 
-def stage_seconds(job: Job) -> dict[str, float]:
+def queued_since(job: Job, requeued_at: dict[int, float]) -> float:
+    """When the job's current attempt began to wait: its creation, or its last hand-back or
+    retry (``Index.requeued_at``), so that a retry's wait does not count the earlier attempts."""
+    return requeued_at.get(job.id, job.created_at)
+
+
+def stage_seconds(job: Job, requeued_at: dict[int, float] | None = None) -> dict[str, float]:
     """Where a job's time went: waiting in the queue, then the pipeline's own stage laps
-    (``summary["seconds"]``), or the whole run when the pipeline keeps no laps."""
+    (``summary["seconds"]``), or the whole run when the pipeline keeps no laps. A job waiting
+    again (handed back at a stop, at boot, or retried) has no queue time yet: its ``started_at``
+    is its previous attempt's."""
     stages: dict[str, float] = {}
-    if job.started_at:
-        stages["queued"] = round(job.started_at - job.created_at, 3)
+    queued = queued_since(job, requeued_at or {})
+    if job.started_at and job.state != JobState.QUEUED and job.started_at >= queued:
+        stages["queued"] = round(job.started_at - queued, 3)
     laps = job.summary.get("seconds")
     if isinstance(laps, dict) and laps:
         stages.update({str(k): float(v) for k, v in laps.items()})
@@ -65,6 +77,38 @@ def model_identity(job: Job) -> str:
     if summary.get("model_sha256"):
         parts.append(f"sha256 {str(summary['model_sha256'])[:12]}")
     return ", ".join(parts) or "-"
+
+
+@dataclass(frozen=True)
+class ResultGroup:
+    """A job's result files of one object type in one folder: a derived series is hundreds of
+    files, which people read as one line ("300 CT Image Storage in .../results/7")."""
+
+    kind: str
+    count: int
+    folder: Path
+
+
+def result_groups(results: Iterable[ResultFile]) -> list[ResultGroup]:
+    """Results grouped by object type (the SOP class's name, not its UID) and folder."""
+    counts: Counter[tuple[str, Path]] = Counter(
+        (UID(r.sop_class).name, r.path.parent) for r in results)
+    return [ResultGroup(kind, count, folder) for (kind, folder), count in sorted(counts.items())]
+
+
+def summary_rows(summary: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    """A pipeline's summary as (name, value) rows for people: nested tables flattened to
+    "seconds load", lists joined, instead of a JSON dump."""
+    rows: list[tuple[str, str]] = []
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            rows.extend(summary_rows(value, f"{name} "))
+        elif isinstance(value, (list, tuple)):
+            rows.append((name, ", ".join(map(str, value)) or "-"))
+        else:
+            rows.append((name, str(value)))
+    return rows
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -88,13 +132,30 @@ def complete_study(index: Index, study_uid: str) -> Outcome:
 
 
 def retry_deliveries(index: Index, delivery_id: int | None = None) -> Outcome:
-    count = index.retry_dead_deliveries(delivery_id)
-    return Outcome(bool(count) or delivery_id is None, f"{count} dead deliveries queued again")
+    """Every dead delivery, or one: a wrong id is told apart from a delivery that is not dead,
+    so that the administrator knows whether to look again at the id or at the delivery."""
+    if delivery_id is None:
+        return Outcome(True, f"{index.retry_dead_deliveries()} dead deliveries queued again")
+    delivery = index.delivery(delivery_id)
+    if delivery is None:
+        return Outcome(False, f"no delivery {delivery_id} (radnode deliveries lists them)")
+    if not index.retry_dead_deliveries(delivery_id):
+        return Outcome(False, f"delivery {delivery_id} is {delivery.state}, not dead: {_not_dead(delivery)}")
+    return Outcome(True, f"delivery {delivery_id} to {delivery.destination} queued again")
+
+
+def _not_dead(delivery: Delivery) -> str:
+    if delivery.state == DeliveryState.SENT:
+        return f"{delivery.destination} has its results since {when(delivery.sent_at)}; nothing to retry"
+    return f"the node tries it again by itself at {when(delivery.next_attempt_at)}"
 
 
 def retry_job(index: Index, job_id: int) -> Outcome:
+    job = index.job(job_id)
+    if job is None:
+        return Outcome(False, f"no job {job_id} (radnode jobs lists them)")
     if not index.requeue_job(job_id):
-        return Outcome(False, f"job {job_id} is not a failed job")
+        return Outcome(False, f"job {job_id} is {job.state}, not failed: only a failed job is queued again")
     return Outcome(True, f"job {job_id} queued again")
 
 
@@ -128,10 +189,27 @@ class FileRoutes:
     error: str = ""
 
 
-def route_test(config: Config, path: Path) -> list[FileRoutes]:
-    """Each series under ``path`` (a file or a folder) against every configured route."""
+def route_test(config: Config, path: Path, roots: Sequence[Path] | None = None) -> list[FileRoutes]:
+    """Each series under ``path`` (a file or a folder) against every configured route. With
+    ``roots`` (the web page), only files that really lie under one of them are read, so that a
+    link inside a root does not lead elsewhere."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return _route_test(config, ((file, file) for file in files))
+    readable = [f for f in files if not _index_file(config, f) and (roots is None or under_roots(f, roots))]
+    return _route_test(config, ((file, file) for file in readable))
+
+
+def under_roots(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path``, its links and ".." resolved, lies in one of ``roots``."""
+    real = path.resolve()
+    return any(real.is_relative_to(root.resolve()) for root in roots)
+
+
+def _index_file(config: Config, path: Path) -> bool:
+    """The node's own index (and its -wal, -shm, -journal) is never opened by a route test: in the
+    node's process, closing any descriptor of that file drops SQLite's POSIX locks on it."""
+    index = config.node.index_path.resolve()
+    real = path.resolve()
+    return real.parent == index.parent and real.name.startswith(index.name)
 
 
 def route_test_uploads(config: Config, uploads: list[tuple[str, bytes]]) -> list[FileRoutes]:

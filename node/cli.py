@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -23,6 +25,7 @@ from node.admin import (
     complete_series,
     complete_study,
     model_identity,
+    result_groups,
     retry_deliveries,
     retry_job,
     stage_seconds,
@@ -35,6 +38,7 @@ from node.states import DeliveryState, JobState
 
 if TYPE_CHECKING:
     from node.store import Index
+    from pipelines.base import Pipeline
 
 DEFAULT_CONFIG = Path("config.toml")
 #: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
@@ -61,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")
     run.add_argument("--input", required=True, type=Path, help="folder with the input DICOM files")
     run.add_argument("--output", required=True, type=Path, help="folder for the result DICOM files")
+    run.add_argument("--traceback", action="store_true",
+                     help="on a pipeline error, print its traceback too (for the developer who fixes it)")
 
     rt = command("route-test", "show which routes a file or folder of DICOM files would take")
     rt.add_argument("path", type=Path)
@@ -118,6 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(config, args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """``radnode jobs | head -1``: the reader closed the pipe, which is not an error of ours.
+    Standard output is pointed at /dev/null so that Python's flush at exit does not fail again
+    with a traceback (the recipe of the signal module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # what a shell reports for a command killed by SIGPIPE
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -174,7 +191,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[Path]], dict[str, pydicom.Datase
 
 def _run(config: Config, args: argparse.Namespace) -> int:
     from node.router import assign_inputs
-    from node.worker import PipelineCache, protect_patient_values, run_pipeline
+    from node.worker import PipelineCache
     from pipelines.base import SERIES_ROLE
     from pipelines.model_folder import ModelFolderError
 
@@ -192,7 +209,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return 2
     roles = [spec.role for spec in pipeline.inputs]
     if roles == [SERIES_ROLE]:
-        batches = [{SERIES_ROLE: paths} for paths in by_series.values()]
+        batches = {f"series {number}": {SERIES_ROLE: paths} for number, paths in enumerate(by_series.values(), 1)}
     else:
         route = next((r for r in config.routes if r.pipeline == args.pipeline and r.level == "study"), None)
         if route is None:
@@ -201,27 +218,55 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             return 2
         found = [(_FolderSeries(uid, len(p), 0.0, tuple(p)), headers[uid]) for uid, p in by_series.items()]
         assigned = assign_inputs(route, found)  # type: ignore[arg-type]
-        batches = [{role: by_series[uid] for role, uid in assigned.items()}]
+        batches = {"study": {role: by_series[uid] for role, uid in assigned.items()}}
     args.output.mkdir(parents=True, exist_ok=True)
-    applicable = 0
-    for number, series in enumerate(batches, 1):
-        protect_patient_values(series)
-        with tempfile.TemporaryDirectory(dir=args.output) as tmp:
-            result = run_pipeline(pipeline, series, Path(tmp) / "out", f"offline-{number}")
-            for path in result.outputs:
-                shutil.move(str(path), args.output / path.name)
-        if result.applicable:
-            applicable += 1
-            print(f"series {number}: {len(result.outputs)} objects written to {args.output}")
-        else:
-            print(f"series {number}: not applicable: {result.reason}")
+    outcomes = {label: _run_one(pipeline, label, series, args) for label, series in batches.items()}
     if skipped:
         print(f"{skipped} files under {args.input} are not DICOM and were skipped")
-    if not applicable:
+    failed = [label for label, outcome in outcomes.items() if outcome == "failed"]
+    if failed:
+        print(f"radnode: {args.pipeline} failed on {', '.join(failed)} (the reasons are above)", file=sys.stderr)
+        return 1
+    if "done" not in outcomes.values():
         print(f"radnode: {args.pipeline} found nothing it applies to under {args.input} "
               "(the reasons are above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_one(pipeline: Pipeline, label: str, series: dict[str, list[Path]],
+             args: argparse.Namespace) -> Literal["done", "not applicable", "failed"]:
+    """Run one series or study and print what came of it; "done", "not applicable" or "failed".
+
+    A pipeline error is the input's problem as the user sees it: one line naming it and the
+    reason, never a raw traceback (``--traceback`` adds it for the developer who fixes it).
+    """
+    from node.findings import finding_lines
+    from node.worker import protect_patient_values, run_pipeline
+
+    protect_patient_values(series)
+    with tempfile.TemporaryDirectory(dir=args.output) as tmp:
+        try:
+            result = run_pipeline(pipeline, series, Path(tmp) / "out", f"offline-{label.replace(' ', '-')}")
+        except Exception as error:
+            if args.traceback:
+                traceback.print_exc()
+            print(f"{label}: failed: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+            return "failed"
+        written = [args.output / path.name for path in result.outputs]
+        for source, target in zip(result.outputs, written):
+            shutil.move(str(source), target)
+    if not result.applicable:
+        print(f"{label}: not applicable: {result.reason}")
+        return "not applicable"
+    print(f"{label}: {len(written)} objects written to {args.output}")
+    for path in written:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.Modality == "SR":
+            print(f"  report: {header.get('SeriesDescription', '')}")
+            for line in finding_lines(header):
+                print(f"  {line}")
+    return "done"
 
 
 # ---- route-test ----------------------------------------------------------------------------
@@ -347,7 +392,7 @@ def _job_detail(config: Config, job_id: int) -> int:
     print(f"  study {job.study_uid}")
     for role, series_uid in job.inputs.items():
         print(f"  input {role}: series {series_uid}")
-    stages = "; ".join(f"{stage} {seconds} s" for stage, seconds in stage_seconds(job).items())
+    stages = "; ".join(f"{stage} {seconds} s" for stage, seconds in stage_seconds(job, index.requeued_at()).items())
     print(f"  model: {model_identity(job)}")
     print(f"  seconds by stage: {stages or '-'}")
     replaces, replaced_by = supersessions(index)
@@ -357,8 +402,8 @@ def _job_detail(config: Config, job_id: int) -> int:
     if job.summary:
         print("  summary:")
         print("\n".join("    " + line for line in json.dumps(job.summary, indent=2, default=str).splitlines()))
-    for result in index.results(job.id):
-        print(f"  result {result.path}")
+    for group in result_groups(index.results(job.id)):
+        print(f"  results: {group.count} {group.kind} in {group.folder}")
     for delivery in index.deliveries():
         if delivery.job_id == job.id:
             print(f"  delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
@@ -390,9 +435,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
     index = _index(config)
     if args.job is not None:
         return _report(retry_job(index, args.job))
-    outcome = retry_deliveries(index, args.delivery)
-    print(outcome.message)
-    return 0 if outcome.ok else 1
+    return _report(retry_deliveries(index, args.delivery))
 
 
 def _cancel(config: Config, args: argparse.Namespace) -> int:

@@ -193,6 +193,8 @@ class WebSettings(_Strict):
     show_patient_data: bool = False
     #: HTTPS; with ca_file, the browser must present a certificate that CA signed
     tls: ServerTls | None = None
+    #: folders whose files the route tester may read (relative to config.toml); none: uploads only
+    route_test_roots: tuple[Path, ...] = ()
 
     @property
     def client_certificates(self) -> bool:
@@ -577,6 +579,9 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     web = data.get("web")
     if isinstance(web, dict):
         _anchor_tls(web.get("tls"), base)
+        if isinstance(web.get("route_test_roots"), list):
+            web["route_test_roots"] = [base / root if isinstance(root, str) else root
+                                       for root in web["route_test_roots"]]
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 
 import pydicom
 from pynetdicom import AE, _config
@@ -28,6 +29,9 @@ from node.tls import client_context
 
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 _MAX_CONTEXTS = 128
+#: A destination that neither took nor refused a delivery for this long is asked with a C-ECHO,
+#: so that /health knows whether the PACS answers before a result waits on it.
+ECHO_INTERVAL_SECONDS = 60.0
 
 
 def next_attempt_delay(attempts_done: int, settings: DeliverySettings, elapsed: float) -> float | None:
@@ -109,8 +113,33 @@ class Dispatcher:
         self.index = index
 
     def tick(self, now: float | None = None) -> int:
-        """Try every due delivery once; returns how many were sent."""
+        """Try every due delivery once, then echo the destinations not heard of for a while;
+        returns how many deliveries were sent."""
         now = time.time() if now is None else now
+        sent = self._deliver_due(now)
+        self._echo_quiet_destinations(now)
+        return sent
+
+    def _echo_quiet_destinations(self, now: float) -> None:
+        checks = self.index.destination_checks()
+        for destination in self.config.destinations:
+            last = checks.get(destination.name)
+            if last is None or now - last.at >= ECHO_INTERVAL_SECONDS:
+                isolated("dispatcher", f"echo {destination.name}", partial(self._echo, destination),
+                         partial(self._echo_failed, destination))
+
+    def _echo_failed(self, destination: Destination, reason: str) -> None:
+        self.index.record_destination_check(destination.name, False, f"C-ECHO: {reason}")
+
+    def _echo(self, destination: Destination) -> None:
+        try:
+            status = echo(self.config, destination)
+        except (ConnectionError, OSError) as error:
+            self.index.record_destination_check(destination.name, False, f"C-ECHO: {error}")
+            return
+        self.index.record_destination_check(destination.name, status == 0, f"C-ECHO status 0x{status:04X}")
+
+    def _deliver_due(self, now: float) -> int:
         due = self.index.due_deliveries(now, self.config.delivery.batch_size)
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in due:
@@ -145,6 +174,7 @@ class Dispatcher:
         assoc = associate(ae, destination)
         if not assoc.is_established:
             reason = _association_failure(assoc, destination)
+            self.index.record_destination_check(destination.name, False, reason)
             for delivery in deliveries:
                 self._failed(delivery, reason)
             return 0
@@ -156,6 +186,8 @@ class Dispatcher:
                     error = self._send_files(assoc, files[delivery.id])
                 except Exception as failure:  # one unreadable result must not hold back the batch
                     error = f"{type(failure).__name__}: {failure}"[:500]
+                self.index.record_destination_check(destination.name, error is None,
+                                                    error or f"delivery {delivery.id} sent")
                 if error is None:
                     self.index.mark_delivery_sent(delivery.id)
                     logs.info("delivery.sent", delivery=delivery.id, job=delivery.job_id,

@@ -21,9 +21,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node import logs
-from node.config import Config
+from node.admin import when
+from node.config import Config, Destination
 from node.states import MACHINES, DeliveryState
 from node.store import Index
+from node.store_results import DestinationCheck
 from node.studies import StudyWatch, wait_counts
 
 #: role -> (processes alive, processes configured), from the supervisor.
@@ -32,6 +34,8 @@ ChildCounts = Callable[[], dict[str, tuple[int, int]]]
 ExecutorChecks = Callable[[], dict[str, tuple[bool, str]]]
 
 _STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
+#: /health names a destination's check "destination NAME".
+DESTINATION_CHECK = "destination "
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,41 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
     dead = counts.get("deliveries", {}).get(DeliveryState.DEAD, 0)
     # Dead deliveries do not stop the node, but someone must act: `radnode retry`.
     checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
+    checks.update(destination_checks(config, index))
     return checks
+
+
+def destination_checks(config: Config, index: Index) -> dict[str, Check]:
+    """"destination NAME": each destination's last C-ECHO or delivery. An unreachable PACS leaves
+    the node degraded, not down: it keeps receiving and running, and delivers when the PACS is back."""
+    try:
+        seen = index.destination_checks()
+    except Exception:  # noqa: BLE001 (the index check above already names the failure)
+        seen = {}
+    return {f"{DESTINATION_CHECK}{d.name}": _destination_check(d, seen.get(d.name)) for d in config.destinations}
+
+
+def _destination_check(destination: Destination, last: DestinationCheck | None) -> Check:
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    if last is None:
+        return Check(True, f"{where}: not tried yet")
+    if last.ok:
+        return Check(True, f"{where}: answered at {when(last.at)} ({last.detail})")
+    return Check(False, f"{where}: unreachable since {when(last.failing_since or last.at)}, last tried at "
+                        f"{when(last.at)}: {last.detail}")
+
+
+def health_status(checks: dict[str, Check]) -> str:
+    """"ok"; "degraded" when only deliveries or destinations fail (the node still receives and
+    runs, and answers 200); "failing" when the node itself cannot do its work (503)."""
+    hard = [c.ok for name, c in checks.items() if not _soft(name)]
+    if not all(hard):
+        return "failing"
+    return "ok" if all(c.ok for c in checks.values()) else "degraded"
+
+
+def _soft(name: str) -> bool:
+    return name == "deliveries" or name.startswith(DESTINATION_CHECK)
 
 
 class MonitoringServer:
@@ -146,10 +184,10 @@ class MonitoringServer:
     def health(self) -> tuple[int, dict[str, Any]]:
         with self.collector.lock:
             checks = health_checks(self.config, self.index, self.children, self.executor_checks)
-        ok = all(c.ok for name, c in checks.items() if name != "deliveries")
-        body = {"status": "ok" if ok else "failing",
+        status = health_status(checks)
+        body = {"status": status,
                 "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}
-        return (200 if ok else 503), body
+        return (503 if status == "failing" else 200), body
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         monitor = self

@@ -99,10 +99,17 @@ class Bookkeeping(Database):
                                 (since,)).fetchall()
         return [float(r[0]) for r in rows]
 
+    def requeued_at(self) -> dict[int, float]:
+        """{job: when it was last queued again} for jobs handed back or retried (a trigger of the
+        schema notes it): their queue time starts there, not at their creation."""
+        rows = self._db.execute("SELECT job_id, queued_at FROM jobs_requeued").fetchall()
+        return {int(r["job_id"]): float(r["queued_at"]) for r in rows}
+
     def job_seconds(self) -> dict[str, tuple[int, float]]:
-        """{pipeline: (finished jobs, their total seconds from queued to done)}."""
+        """{pipeline: (finished jobs, their total seconds from last queued to done)}."""
         rows = self._db.execute(
-            "SELECT pipeline, COUNT(*) AS n, SUM(finished_at - created_at) AS total FROM jobs"
+            "SELECT pipeline, COUNT(*) AS n, SUM(finished_at - COALESCE(q.queued_at, created_at)) AS total"
+            " FROM jobs LEFT JOIN jobs_requeued q ON q.job_id = jobs.id"
             " WHERE state = ? GROUP BY pipeline", (JobState.DONE,)
         ).fetchall()
         return {r["pipeline"]: (r["n"], float(r["total"] or 0.0)) for r in rows}

@@ -135,6 +135,29 @@ CREATE TABLE IF NOT EXISTS forced_studies (
     study_uid TEXT PRIMARY KEY,
     forced_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    delivery_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_delivery ON delivery_attempts(delivery_id);
+CREATE TABLE IF NOT EXISTS jobs_requeued (
+    job_id INTEGER PRIMARY KEY,
+    queued_at REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS job_queued_again AFTER UPDATE OF state ON jobs
+WHEN NEW.state = '{states.JobState.QUEUED}' AND OLD.state <> '{states.JobState.QUEUED}'
+BEGIN
+    INSERT OR REPLACE INTO jobs_requeued(job_id, queued_at)
+    VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TABLE IF NOT EXISTS destination_checks (
+    destination TEXT PRIMARY KEY,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL,
+    failing_since REAL
+);
 CREATE TABLE IF NOT EXISTS problems (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,

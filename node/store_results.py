@@ -105,6 +105,33 @@ def _record_lineage(db: sqlite3.Connection, job_id: int, lineage: Lineage) -> No
                    " version = excluded.version", (job_id, lineage.replaces, lineage.version))
 
 
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One try of a delivery ("" error: sent). Kept across ``radnode retry``, which starts the
+    delivery's count and window again, so that its history says what happened before."""
+
+    at: float
+    error: str
+
+
+def _note_attempt(db: sqlite3.Connection, delivery_id: int, error: str) -> None:
+    db.execute("INSERT INTO delivery_attempts(delivery_id, at, error) VALUES (?, ?, ?)",
+               (delivery_id, time.time(), error[:500]))
+
+
+@dataclass(frozen=True)
+class DestinationCheck:
+    """What the node last learnt of a destination, by a C-ECHO or a delivery: ``/health`` and the
+    overview say from it whether the PACS is reachable, without trying it at request time."""
+
+    destination: str
+    ok: bool
+    detail: str
+    at: float
+    #: when the current run of failures began (None while it answers)
+    failing_since: float | None
+
+
 class ResultIndex(Database):
     """Result files, what they replace, and the delivery machine."""
 
@@ -139,18 +166,46 @@ class ResultIndex(Database):
             return self._deliveries("WHERE state = ? ORDER BY id", (state,))
         return self._deliveries("ORDER BY id", ())
 
+    def record_destination_check(self, destination: str, ok: bool, detail: str) -> None:
+        """The latest echo or delivery outcome of ``destination``; a failure keeps the time the
+        failures began, so that people read how long the PACS has been unreachable."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO destination_checks(destination, ok, detail, at, failing_since)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(destination) DO UPDATE SET ok = excluded.ok,"
+                " detail = excluded.detail, at = excluded.at,"
+                " failing_since = CASE WHEN excluded.ok THEN NULL"
+                " ELSE COALESCE(destination_checks.failing_since, excluded.at) END",
+                (destination, int(ok), detail[:500], now, None if ok else now))
+
+    def destination_checks(self) -> dict[str, DestinationCheck]:
+        rows = self._db.execute("SELECT * FROM destination_checks").fetchall()
+        return {r["destination"]: DestinationCheck(**{**dict(r), "ok": bool(r["ok"])}) for r in rows}
+
+    def delivery_attempts(self, delivery_id: int) -> list[DeliveryAttempt]:
+        rows = self._db.execute("SELECT at, error FROM delivery_attempts WHERE delivery_id = ? ORDER BY at",
+                                (delivery_id,)).fetchall()
+        return [DeliveryAttempt(r["at"], r["error"]) for r in rows]
+
+    def delivery(self, delivery_id: int) -> Delivery | None:
+        found = self._deliveries("WHERE id = ?", (delivery_id,))
+        return found[0] if found else None
+
     def _deliveries(self, tail: str, args: tuple[Any, ...]) -> list[Delivery]:
         rows = self._db.execute(f"SELECT * FROM deliveries {tail}", args).fetchall()
         return [Delivery(**{**dict(r), "state": DeliveryState(r["state"])}) for r in rows]
 
     def mark_delivery_sent(self, delivery_id: int) -> None:
         with self._tx() as db:
+            _note_attempt(db, delivery_id, "")
             states.apply(db, states.DELIVERIES, states.SEND, delivery_id, {
                 "sent_at": time.time(), "attempts": states.Sql("attempts + 1"), "last_error": ""})
 
     def mark_delivery_failed(self, delivery_id: int, error: str, next_attempt_at: float | None) -> None:
         """Record a failed attempt; ``next_attempt_at=None`` means give up (dead)."""
         with self._tx() as db:
+            _note_attempt(db, delivery_id, error)
             values: dict[str, Any] = {"attempts": states.Sql("attempts + 1"), "last_error": error}
             if next_attempt_at is None:
                 states.apply(db, states.DELIVERIES, states.GIVE_UP, delivery_id, values)

@@ -59,6 +59,14 @@ class StudyView:
     last_received: float
     series: list[SeriesView] = field(default_factory=list)
     routes: list[RouteView] = field(default_factory=list)
+    #: StudyDescription and StudyDate (YYYY-MM-DD) from a series' header: what people recognise a
+    #: study by on the page, instead of its UID (no patient data)
+    description: str = ""
+    date: str = ""
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({s.modality for s in self.series})
 
     @property
     def state(self) -> StudyState:
@@ -103,6 +111,8 @@ class StudyWatch:
         view = StudyView(study_uid, last_received)
         for row in rows:
             header = self.assembler.header(row)
+            view.description = view.description or str(header.get("StudyDescription", ""))
+            view.date = view.date or _date(str(header.get("StudyDate", "")))
             series = SeriesView(row.series_uid, row.modality, str(header.get("SeriesDescription", "")),
                                 row.instance_count, row.state)
             if row.state == SeriesState.RECEIVING:
@@ -126,6 +136,13 @@ class StudyWatch:
             else:
                 view.routes.append(RouteView(route.name, "routing now", status.assigned))
         return view
+
+
+def _date(dicom_date: str) -> str:
+    """A DICOM DA (YYYYMMDD) as YYYY-MM-DD; anything else as it is."""
+    if len(dicom_date) == 8 and dicom_date.isdigit():
+        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
+    return dicom_date
 
 
 @dataclass(frozen=True)

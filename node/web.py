@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
@@ -37,7 +38,7 @@ from pydicom.errors import InvalidDicomError
 
 from node import admin, logs
 from node.config import Config
-from node.monitoring import ChildCounts
+from node.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
 from node.passwords import verify_password
 from node.states import MACHINES, DeliveryState, JobState, SeriesState, named
 from node.store import Index
@@ -52,6 +53,8 @@ _PAGE_ROWS = 500
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 #: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
 _FORM_LIMIT, _UPLOAD_LIMIT = 64 * 1024, 64 * 2**20
+#: Action results kept for the page the browser is sent back to (the newest ones).
+_NOTICES = 200
 #: A client that stalls (or never finishes a TLS handshake) frees its server thread after this.
 _CLIENT_TIMEOUT_SECONDS = 30.0
 _HEADERS = {
@@ -93,9 +96,11 @@ class WebApp:
         self.lock = threading.Lock()
         self.csrf_secret = secrets.token_bytes(32)
         self._accepted: set[bytes] = set()  # digests of Authorization headers that passed scrypt
+        self._notices: OrderedDict[str, str] = OrderedDict()
         self.templates = Environment(loader=PackageLoader("node", "templates"),
                                      autoescape=select_autoescape(["html"]))
-        self.templates.globals.update(when=admin.when, json=json, machines=MACHINES, JobState=JobState,
+        self.templates.globals.update(when=admin.when, destination_prefix=DESTINATION_CHECK, json=json,
+                                      machines=MACHINES, JobState=JobState,
                                       DeliveryState=DeliveryState, SeriesState=SeriesState, StudyState=StudyState)
 
     # ---- access ------------------------------------------------------------------------------
@@ -140,6 +145,21 @@ class WebApp:
         """One token per user and server start: a page from this server is needed to act."""
         return hmac.new(self.csrf_secret, user.encode(), hashlib.sha256).hexdigest()
 
+    def remember(self, outcome: admin.Outcome) -> str:
+        """The key under which an action's sentence waits for the page the browser is sent back
+        to: the URL carries this key, never the text, so a link cannot make the page say anything
+        the node did not say."""
+        key = secrets.token_urlsafe(12)
+        with self.lock:
+            self._notices[key] = ("" if outcome.ok else "refused: ") + outcome.message
+            while len(self._notices) > _NOTICES:
+                self._notices.popitem(last=False)
+        return key
+
+    def notice(self, query: dict[str, str]) -> str:
+        """The sentence of the action the page's ``?notice=`` key names ("" for any other text)."""
+        return self._notices.get(query.get("notice", ""), "")
+
     # ---- pages -------------------------------------------------------------------------------
 
     def render(self, name: str, user: str, **context: Any) -> bytes:
@@ -153,6 +173,8 @@ class WebApp:
             waits = wait_counts(self.watch.studies(now, detail=False))
             arrivals = self.index.arrivals_since(now - _HOUR)
             finished = self.index.jobs_finished_since(now - _HOUR)
+            requeued_at = self.index.requeued_at()
+            destinations = destination_checks(self.config, self.index)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -161,11 +183,11 @@ class WebApp:
         bin_labels = [f"{time.strftime('%H:%M', time.localtime(now - _HOUR + i * _BIN))}: {int(v)} instances"
                       for i, v in enumerate(bins)]
         recent = finished[-_CHART_JOBS:]
-        job_times = [round((j.finished_at or j.created_at) - j.created_at, 1) for j in recent]
+        job_times = [round(max(0.0, (j.finished_at or now) - admin.queued_since(j, requeued_at)), 1) for j in recent]
         job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
-            "overview.html", user, page="overview", notice=query.get("notice", ""),
-            children=self.children(), counts=counts, studies=waits.studies, free_mb=free_mb,
+            "overview.html", user, page="overview", notice=self.notice(query),
+            children=self.children(), destinations=destinations, counts=counts, studies=waits.studies, free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
             arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))
@@ -175,7 +197,7 @@ class WebApp:
             views = self.watch.studies(time.time())
             patients = ({v.study_uid: self._patient(v.study_uid) for v in views}
                         if self.config.web.show_patient_data else {})
-        return self.render("studies.html", user, page="studies", notice=query.get("notice", ""),
+        return self.render("studies.html", user, page="studies", notice=self.notice(query),
                            studies=views, patients=patients)
 
     def _patient(self, study_uid: str) -> dict[str, str]:
@@ -194,9 +216,10 @@ class WebApp:
             jobs = self.index.jobs(state)[::-1] if state or not wanted else []
             replaces, replaced_by = admin.supersessions(self.index)
             notes, problems = self.index.notes(), self.index.problems()
-        return self.render("jobs.html", user, page="jobs", notice=query.get("notice", ""), jobs=jobs[:_PAGE_ROWS],
-                           total=len(jobs), state=query.get("state", ""),
-                           replaces=replaces, replaced_by=replaced_by, stages=admin.stage_seconds,
+            requeued_at = self.index.requeued_at()
+        return self.render("jobs.html", user, page="jobs", notice=self.notice(query), jobs=jobs[:_PAGE_ROWS],
+                           total=len(jobs), state=query.get("state", ""), replaces=replaces, replaced_by=replaced_by,
+                           stages=lambda job: admin.stage_seconds(job, requeued_at),
                            model=admin.model_identity, notes=notes, problems=problems)
 
     def job(self, user: str, job_id: int, query: dict[str, str]) -> bytes | None:
@@ -204,11 +227,13 @@ class WebApp:
             job = self.index.job(job_id)
             if job is None:
                 return None
-            results = self.index.results(job_id)
-            deliveries = [d for d in self.index.deliveries() if d.job_id == job_id]
+            results = admin.result_groups(self.index.results(job_id))
+            deliveries = [(d, self.index.delivery_attempts(d.id)) for d in self.index.deliveries() if d.job_id == job_id]
             replaces, replaced_by = admin.supersessions(self.index)
-        return self.render("job.html", user, page="jobs", notice=query.get("notice", ""), job=job,
-                           results=results, deliveries=deliveries, stages=admin.stage_seconds(job),
+            stages = admin.stage_seconds(job, self.index.requeued_at())
+        return self.render("job.html", user, page="jobs", notice=self.notice(query), job=job,
+                           summary=admin.summary_rows(job.summary), results=results, deliveries=deliveries,
+                           stages=stages,
                            model=admin.model_identity(job), replaces=replaces.get(job_id, ""),
                            replaced_by=replaced_by.get(job_id, ""))
 
@@ -217,32 +242,36 @@ class WebApp:
             wanted = query.get("state", "")
             state = named(DeliveryState, wanted)
             deliveries = self.index.deliveries(state)[::-1] if state or not wanted else []
-        return self.render("deliveries.html", user, page="deliveries", notice=query.get("notice", ""),
+        return self.render("deliveries.html", user, page="deliveries", notice=self.notice(query),
                            deliveries=deliveries[:_PAGE_ROWS], total=len(deliveries), state=query.get("state", ""))
 
     def routes(self, user: str, query: dict[str, str]) -> bytes:
         folder = query.get("path", "").strip()
         found: list[admin.FileRoutes] = []
         error = ""
+        roots = self.config.web.route_test_roots
         if folder:
             path = Path(folder)
             if not path.is_absolute():
                 error = f"{folder} is not an absolute path on the node's machine"
+            elif not admin.under_roots(path, roots):
+                error = (f"{folder} is not under a folder the route tester may read ([web] route_test_roots: "
+                         f"{', '.join(map(str, roots)) or 'none, upload the files instead'})")
             elif not path.exists():
                 error = f"{folder} does not exist on the node's machine (or the node may not read it)"
             else:
-                found = admin.route_test(self.config, path)
+                found = admin.route_test(self.config, path, roots)
                 # the folder's name is not logged: sites name folders after patients
                 logs.info("web.route_test", user=user, source="folder", series=len(found))
         return self.render("routes.html", user, page="routes", path=folder, found=found, error=error,
-                           uploaded=0, routes=self.config.routes)
+                           uploaded=0, routes=self.config.routes, roots=roots)
 
     def routes_uploaded(self, user: str, uploads: list[tuple[str, bytes]]) -> bytes:
         """The route tester on files the browser sent (the administrator's own copy of a series)."""
         error = "" if uploads else "choose one or more DICOM files to upload"
         found = admin.route_test_uploads(self.config, uploads)
         return self.render("routes.html", user, page="routes", path="", found=found, error=error,
-                           uploaded=len(uploads), routes=self.config.routes)
+                           uploaded=len(uploads), routes=self.config.routes, roots=self.config.web.route_test_roots)
 
     # ---- actions -----------------------------------------------------------------------------
 
@@ -426,10 +455,9 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             back = form.get("back", "/")
             if not back.startswith("/") or back[1:2] in ("/", "\\"):  # "//host" or "/\\host" would leave the node
                 back = "/"
-            prefix = "" if outcome.ok else "refused: "
             separator = "&" if "?" in back else "?"
             self.send_response(303)
-            self.send_header("Location", back + separator + urllib.parse.urlencode({"notice": prefix + outcome.message}))
+            self.send_header("Location", back + separator + urllib.parse.urlencode({"notice": app.remember(outcome)}))
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pydicom
 
+from node.store import Index, JobSpec, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route
 from tests.peers import Orthanc
 
@@ -54,8 +60,91 @@ def test_run_offline_writes_results_into_the_output_folder(tmp_path, data_dir):
     assert seg.StudyInstanceUID == pydicom.dcmread(next(source.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
 
+def test_run_offline_prints_each_finding_of_the_report_in_one_line(tmp_path, data_dir):
+    config = node_config(tmp_path, pipelines=threshold_pipeline(threshold_hu=200, report=True))
+    source = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
+    result = NodeProcess(config, tmp_path).cli("run", "--pipeline", "hu-threshold", "--input", str(source),
+                                               "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [f"series 1: 2 objects written to {tmp_path / 'out'}",
+                         "  report: radnode-test-threshold report: 1 dense tissue(s)"], result.stdout
+    assert re.fullmatch(r"  dense-1: Bone, Volume \d+ mm3", lines[2]), result.stdout
+
+
+def test_run_offline_names_a_pipeline_error_in_one_line_without_a_traceback_and_exits_1(tmp_path, data_dir):
+    config = node_config(tmp_path, pipelines=threshold_pipeline(fail=True))
+    source = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
+    result = NodeProcess(config, tmp_path).cli("run", "--pipeline", "hu-threshold", "--input", str(source),
+                                               "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "series 1: failed: RuntimeError: the test pipeline was told to fail" in result.stderr.splitlines()
+    assert "radnode: hu-threshold failed on series 1 (the reasons are above)" in result.stderr.splitlines()
+
+
 def test_every_command_has_help(tmp_path):
     node = NodeProcess(node_config(tmp_path), tmp_path)
     for command in ("serve", "run", "route-test", "jobs", "deliveries", "retry", "echo"):
         result = node.cli(command, "--help")
         assert result.returncode == 0 and "--config" in result.stdout, command
+
+
+# ---- jobs and retry on an index the test fills ----------------------------------------------
+
+CT, SEG = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _finished_job(index: Index, spool: Path, subject: str, results: list[tuple[str, str]]) -> int:
+    """A done job of route ``r`` with result files (name, SOP class) and a pending delivery to pacs."""
+    index.add_job(JobSpec(route="r", pipeline="p", subject=subject, study_uid="1.1", generation=0,
+                          inputs={"series": subject}, destinations=["pacs"]))
+    job = index.claim_job(pid=1, timeout=60)
+    files = [ResultFile(spool / "results" / str(job.id) / name, f"9.{i}", sop_class)
+             for i, (name, sop_class) in enumerate(results)]
+    index.finish_job(job.id, files, "ok", attempt=job.attempts)
+    return job.id
+
+
+def test_retry_names_a_delivery_or_job_that_is_unknown_or_not_failed(tmp_path: Path):
+    node = NodeProcess(node_config(tmp_path), tmp_path)
+    index = node.index()
+    _finished_job(index, tmp_path / "spool", "1.1.1", [("seg.dcm", SEG)])
+    (delivery,) = index.deliveries()
+    index.mark_delivery_sent(delivery.id)
+
+    sent = node.cli("retry", "--delivery", str(delivery.id))
+    assert sent.returncode == 1 and f"delivery {delivery.id} is sent, not dead" in sent.stderr, sent
+    assert "nothing to retry" in sent.stderr
+    unknown = node.cli("retry", "--delivery", "999")
+    assert unknown.returncode == 1 and "no delivery 999" in unknown.stderr, unknown
+    no_job = node.cli("retry", "--job", "999")
+    assert no_job.returncode == 1 and "no job 999" in no_job.stderr, no_job
+    done_job = node.cli("retry", "--job", "1")
+    assert done_job.returncode == 1 and "job 1 is done, not failed" in done_job.stderr, done_job
+
+
+def test_job_detail_groups_its_result_files_by_object_type(tmp_path: Path):
+    node = NodeProcess(node_config(tmp_path), tmp_path)
+    results = [(f"ct{i:03}.dcm", CT) for i in range(97)] + [("seg.dcm", SEG), ("sr.dcm", "1.2.840.10008.5.1.4.1.1.88.34")]
+    job_id = _finished_job(node.index(), tmp_path / "spool", "1.1.1", results)
+    shown = node.cli("jobs", "--id", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("results:")]
+    folder = tmp_path / "spool" / "results" / str(job_id)
+    assert lines == [f"results: 97 CT Image Storage in {folder}",
+                     f"results: 1 Comprehensive 3D SR Storage in {folder}",
+                     f"results: 1 Segmentation Storage in {folder}"], shown.stdout
+    assert "ct000.dcm" not in shown.stdout
+
+
+def test_jobs_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path):
+    node = NodeProcess(node_config(tmp_path), tmp_path)
+    index = node.index()
+    for i in range(1500):  # more than a pipe's 64 KB buffer of lines
+        index.add_job(JobSpec(route="r", pipeline="p", subject=f"1.1.{i}", study_uid="1.1", generation=0,
+                              inputs={"series": f"1.1.{i}"}, destinations=["pacs"]))
+    command = f"{sys.executable} -m node.cli jobs --config {node.config_path} | head -1"
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=node.env, timeout=120)
+    assert piped.stdout.startswith("ID"), piped
+    assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pydicom
 
 from node.config import RetentionSettings
+from node.passwords import hash_password
 from node.retention import Retention
 from node.spool import Spool
 from node.store import Index, InstanceRecord, JobSpec, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
-from tests.peers import storescu
+from tests.peers import free_port, storescu
 from tests.test_node_e2e import pacs_destination
 
 DAY = 86_400.0
@@ -138,3 +143,48 @@ def test_retention_keeps_what_is_still_needed(tmp_path: Path):
     assert dead_result.exists() and index.results(dead_job), "results wait for `radnode retry`"
     assert receiving.exists() and index.series("3.1.1") is not None, "a series still arriving stays"
     assert (swept.studies, swept.instance_files, swept.result_jobs) == (2, 2, 1)
+
+
+def test_health_stays_up_but_names_an_unreachable_destination_with_its_last_error(tmp_path: Path):
+    web_port, password = free_port(), "correct horse battery"
+    config = node_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                  "port": free_port()}],  # nothing listens there
+                         web={"enabled": True, "port": web_port, "password_hash": hash_password(password)})
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        body = wait_until(lambda: (reply := node.http("/health"))[0] == 200 and "unreachable" in reply[1]
+                          and json.loads(reply[1]), 30, what="the destination's first C-ECHO on record")
+        check = body["checks"]["destination pacs"]
+        assert body["status"] == "degraded" and check["ok"] is False, body
+        assert "unreachable since" in check["detail"] and "no association with PACS@127.0.0.1" in check["detail"]
+        login = base64.b64encode(f"admin:{password}".encode()).decode()
+        request = urllib.request.Request(f"http://127.0.0.1:{web_port}/", headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            overview = response.read().decode()
+        row = re.search(r'<tr class="destination">(.*?)</tr>', overview, re.S)
+        assert row and "pacs" in row.group(1) and "unreachable (degraded)" in row.group(1), overview
+    finally:
+        node.stop()
+
+
+def test_sigterm_lets_an_association_in_progress_finish_and_keeps_what_it_sent(tmp_path: Path, data_dir):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:4]
+    node = NodeProcess(node_config(tmp_path), tmp_path).start()
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADNODE")
+    try:
+        assert assoc.is_established
+        statuses = [assoc.send_c_store(files[0]).Status, assoc.send_c_store(files[1]).Status]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the node is stopping now
+        statuses += [assoc.send_c_store(files[2]).Status, assoc.send_c_store(files[3]).Status]
+        assoc.release()
+    finally:
+        assert node.stop() == 0
+    assert statuses == [0, 0, 0, 0], "the association in progress is served to its end"
+    assert node.index().count_instances() == 4

@@ -24,7 +24,7 @@ import pytest
 
 from node.config import ConfigError, ServerTls, load_config, parse_config
 from node.passwords import hash_password
-from node.store import Index, InstanceRecord, JobSpec, Lineage
+from node.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile
 from node.web import WebServer
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
@@ -138,15 +138,53 @@ def test_an_action_with_a_wrong_or_missing_csrf_token_is_refused_and_changes_not
                                   {"target": str(job), "csrf": token, "back": "/jobs"})
     assert status == 303 and headers["Location"].startswith("/jobs?notice=")
     assert index.job(job).state == "failed" and index.job(job).outcome == "cancelled by the administrator"
-    notice = urllib.parse.unquote_plus(headers["Location"])
-    assert f"job {job} cancelled" in notice
+    assert f"job {job} cancelled" in _notice(url, headers)
 
     again = _request(url + "/actions/cancel-job", _auth(), {"target": str(job), "csrf": token, "back": "/jobs"})
-    assert "refused: job" in urllib.parse.unquote_plus(again[2]["Location"]), "a failed job cannot be cancelled"
+    assert _notice(url, again[2]).startswith("refused: job"), "a failed job cannot be cancelled"
     for elsewhere in ("//evil.example", "/\\evil.example", "https://evil.example/"):
         offsite = _request(url + "/actions/retry-job", _auth(), {"target": "x", "csrf": token, "back": elsewhere})
         assert offsite[2]["Location"].startswith("/?notice="), "the redirect never leaves the node"
-        assert "is not a number" in urllib.parse.unquote_plus(offsite[2]["Location"])
+        assert "is not a number" in _notice(url, offsite[2])
+
+
+def _notice(url: str, headers: dict[str, str]) -> str:
+    """The notice of the page a 303 after an action sends the browser to."""
+    page = _request(url + headers["Location"], _auth())[1]
+    found = re.search(r'id="notice">([^<]*)<', page)
+    return html.unescape(found.group(1)) if found else ""
+
+
+def test_a_notice_in_the_address_is_not_shown_unless_the_node_wrote_it(web):
+    url, _ = web
+    for page in ("/", "/jobs", "/deliveries", "/studies"):
+        body = _request(url + page + "?notice=" + urllib.parse.quote("Call the helpdesk at 555-0100"), _auth())[1]
+        assert "555-0100" not in body and 'id="notice"' not in body, page
+
+
+def test_the_route_tester_reads_only_folders_under_its_roots_and_never_the_index(
+        tmp_path: Path, password_hash: str, data_dir: Path):
+    series = data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
+    spool = tmp_path / "spool"
+    config, server = _serve({
+        "node": {"spool": str(spool)},
+        "web": {"enabled": True, "port": free_port(), "password_hash": password_hash,
+                "route_test_roots": [str(data_dir), str(spool)]},
+    })
+    (spool / "elsewhere").symlink_to("/usr/share/common-licenses")
+    url = f"http://127.0.0.1:{server.port}/routes?path="
+    try:
+        outside = _request(url + "/usr/share", _auth())[1]
+        escaped = _request(url + urllib.parse.quote(f"{series}/../../../../../../../usr/share"), _auth())[1]
+        inside = _request(url + urllib.parse.quote(str(series)), _auth())[1]
+        linked = _request(url + urllib.parse.quote(str(spool / "elsewhere")), _auth())[1]
+        own_spool = _request(url + urllib.parse.quote(str(spool)), _auth())[1]
+    finally:
+        server.stop()
+    for refused in (outside, escaped, linked):
+        assert "is not under a folder the route tester may read" in _text(refused) and len(refused) < 20_000
+    assert "Series " in _text(inside) and "not under" not in _text(inside)
+    assert "index.sqlite" not in own_spool, "the node's own index is never opened"
 
 
 def test_web_config_errors_name_the_key(tmp_path: Path):
@@ -261,7 +299,7 @@ def test_a_client_certificate_signed_by_the_configured_ca_is_the_login_and_its_n
         assert status == 200 and _text(page).count("radnode RADNODE · radnode") == 1, "logged in as the CN"
         status, _, headers = _request(url + "/actions/cancel-job", form={"target": str(job), "csrf": _csrf(page)},
                                       context=_client(pki.ca, (pki.client_cert, pki.client_key)))
-        assert status == 303 and "cancelled" in urllib.parse.unquote_plus(headers["Location"])
+        assert status == 303 and Index(config.node.index_path).job(job).state == "failed", "cancelled"
         for refused in (None, stranger):  # no certificate; one from a CA the node does not trust
             with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
                 _request(url + "/", context=_client(pki.ca, refused))
@@ -283,3 +321,44 @@ def test_a_client_certificate_signed_by_the_configured_ca_is_the_login_and_its_n
         assert status == 200 and "radnode RADNODE · admin / radnode" in _text(page)
     finally:
         server.stop()
+
+
+def test_a_job_page_reads_as_tables_and_a_retried_job_and_delivery_keep_their_history(web):
+    url, index = web
+    job = _queued_job(index)
+    index._db.execute("UPDATE jobs SET created_at = created_at - 3600 WHERE id = ?", (job,))  # queued an hour ago
+    first = index.claim_job(pid=1, timeout=60)
+    index.fail_job(job, "out of memory", attempt=first.attempts)
+    assert index.requeue_job(job)  # the administrator's retry: its queue time starts now
+    second = index.claim_job(pid=1, timeout=60)
+    results = [ResultFile(Path(f"/spool/results/{job}/ct{i}.dcm"), f"9.{i}", "1.2.840.10008.5.1.4.1.1.2")
+               for i in range(3)] + [ResultFile(Path(f"/spool/results/{job}/seg.dcm"), "9.9", "1.2.840.10008.5.1.4.1.1.66.4")]
+    index.finish_job(job, results, "3 slices", {"model": "unet", "seconds": {"load": 0.5, "infer": 1.25}},
+                     attempt=second.attempts)
+    (delivery,) = index.deliveries()
+    index.mark_delivery_failed(delivery.id, "association rejected by PACS", None)
+    index.retry_dead_deliveries(delivery.id)
+    index.mark_delivery_sent(delivery.id)
+    late = _queued_job_of(index, "1.2.4")  # created before a reboot whose clock then ran an hour behind
+    index._db.execute("UPDATE jobs SET created_at = created_at + 3600 WHERE id = ?", (late,))
+    index.claim_job(pid=1, timeout=60)
+
+    page = _text(_request(f"{url}/jobs/{job}", _auth())[1])
+    assert "seconds load 0.5 seconds infer 1.25" in page and "\"load\": 0.5" not in page, "a table, not JSON"
+    assert "CT Image Storage 3" in page and "Segmentation Storage 1" in page
+    assert "1.2.840.10008.5.1.4.1.1.2" not in page, "object types by name, not SOP Class UID"
+    queued = float(re.search(r"queued ([0-9.-]+) s", page).group(1))
+    assert 0 <= queued < 60, f"the retry waited {queued} s, not since the job's creation"
+    assert re.search(r"1 .* association rejected by PACS 2 .* sent", page), "both tries of the retried delivery"
+    overview = _request(url + "/", _auth())[1]
+    assert float(re.search(rf"job {job} p: ([0-9.]+) s", overview).group(1)) < 60, "the chart's bar of the retry"
+    assert "queued -" not in _text(_request(f"{url}/jobs", _auth())[1]), "no negative queue time"
+
+
+def _queued_job_of(index: Index, series: str) -> int:
+    index.record_instance(InstanceRecord(f"{series}.1", series, "1.2", "CT", "1.2.840.10008.5.1.4.1.1.2",
+                                         "1.2.840.10008.1.2.1", Path("/nonexistent"), 4), None)
+    index.mark_complete(series, 0)
+    index.route_series(series, 0, [JobSpec(route="r", pipeline="p", subject=series, study_uid="1.2",
+                                           generation=0, inputs={"series": series}, destinations=["pacs"])])
+    return max(j.id for j in index.jobs("queued"))

@@ -115,7 +115,8 @@ def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result
         pipelines={**threshold_pipeline(),
                    "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
         delivery={"retry_hours": 0.0005, "backoff_seconds": 0.3, "backoff_max_seconds": 0.5},
-        web={"enabled": True, "host": "127.0.0.1", "port": web_port, "password_hash": hash_password(PASSWORD)})
+        web={"enabled": True, "host": "127.0.0.1", "port": web_port, "password_hash": hash_password(PASSWORD),
+             "route_test_roots": [str(data_dir)]})
     node = NodeProcess(config, tmp_path).start()
     index = node.index()
     shots = tmp_path / "screenshots"
@@ -128,6 +129,11 @@ def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result
                    what="B40f indexed")
         html = pages.open("/studies", "01-studies-series-waiting")
         assert "receiving" in html and "B40f" in html and "settle" in html
+        date = str(header.StudyDate)
+        title = f"{' '.join(str(header.get('StudyDescription', '')).split()) or '(no study description)'}, " \
+                f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        assert pages.text("h2").startswith(title), "a study is shown by its description and date, not its UID"
+        assert pages.text("p.study-summary").startswith("CT, 1 series: "), pages.text("p.study-summary")
         row = pages.text(f'tr.series:has(button[data-target="{header.SeriesInstanceUID}"])')
         assert " CT " in f" {row} " and " 5 " in f" {row} ", row
         pages.click("complete-series", header.SeriesInstanceUID, "02-series-completed")
@@ -153,6 +159,7 @@ def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result
         html = pages.open("/", "06-overview")
         assert "receivers 1 1" in pages.text("#processes") and "workers 1 1" in pages.text("#processes")
         assert "MB free; C-STORE is refused below 1 MB" in pages.text("#disk")
+        assert "pacs unreachable (degraded)" in pages.text("#destinations"), "the PACS is down"
         counts = pages.text("#counts")
         assert "dead 2" in counts and "sent 1" in counts and "failed 1" in counts and "done 3" in counts, counts
         assert "10 instances received" in pages.text("#throughput")
@@ -184,7 +191,7 @@ def test_the_web_page_shows_the_node_and_its_retry_button_delivers_a_dead_result
         # 4. The PACS is back: the page's retry button delivers that dead result to Orthanc.
         orthanc.start()
         pages.click("retry-delivery", retried.id, "12-delivery-retried")
-        assert "1 dead deliveries queued again" in pages.text("#notice")
+        assert f"delivery {retried.id} to pacs queued again" in pages.text("#notice")
         wait_until(lambda: len(index.deliveries("sent")) == 2, 30, what="delivery after the retry button")
         pages.open("/deliveries", "13-deliveries-sent")
         assert "sent" in pages.text(f"#delivery-{retried.id}")

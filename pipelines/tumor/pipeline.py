@@ -11,7 +11,11 @@ Steps, each timed in the job summary:
    are reduced to the brain, skull-stripped ones kept whole. The network sees only the brain,
    and no voxel outside it is ever labelled; the SR states the brain volume used.
 3. registration: every other contrast rigidly onto the reference (``registration``), with a
-   quality check that fails the job naming the contrast when the alignment is poor.
+   quality check. A contrast on the reference's own grid in the same frame of reference (one
+   session, one prescription) is taken as it is, unregistered. A contrast that fails the check
+   is left out, never the study: the study is segmented from the others (the model for that
+   set), and the SEG and SR (algorithm parameter "contrasts left out", series description) and
+   the job summary (``left_out``) say which one and why.
 4. preprocessing: all contrasts onto the model's isotropic grid in one interpolation (a thick-
    slice series is interpolated to it like any other), z-scored over the brain and zero outside
    it, as in training (``preprocess``); absent contrasts are zero channels.
@@ -74,7 +78,7 @@ from pipelines.tumor.preprocess import (
     resample,
     zscore_channels,
 )
-from pipelines.tumor.registration import align
+from pipelines.tumor.registration import RegistrationError, align, shares_grid
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
@@ -103,6 +107,18 @@ SUB_REGIONS: tuple[SubRegion, ...] = (
 BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
 
 
+@dataclass(frozen=True)
+class Alignments:
+    """How each contrast was put on the reference, and the contrasts that could not be."""
+
+    #: reference point -> contrast point, for every contrast used (identity for the reference)
+    transforms: dict[str, sitk.Transform]
+    #: per contrast: the measured quality of its registration, or that it shares the grid
+    registration: dict[str, dict[str, object]]
+    #: per contrast left out: the failed checks, for the report's reader
+    left_out: dict[str, str]
+
+
 class TumorSegmentation(ModelPipeline):
     """Multi-contrast brain tumor sub-region segmentation with volumes."""
 
@@ -127,29 +143,25 @@ class TumorSegmentation(ModelPipeline):
         images = {role: volumes[role].to_sitk() for role in present}
         clock.lap("load")
 
-        model_name, segmenter = self.models.for_contrasts(present)
-        if isinstance(segmenter, BundleSegmenter):
-            _require_bundle_contrasts(segmenter, present)  # before any work: the study cannot run
+        if isinstance(self.models.main, BundleSegmenter):  # before any work: the study cannot run
+            _require_bundle_contrasts(self.models.main, present)
 
         brain = extract_brain(images[reference_role])
         brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
         clock.lap("brain extraction")
 
-        transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
-        registration = {}
-        for role in present:
-            if role != reference_role:
-                alignment = align(images[reference_role], images[role], DISPLAY[role])
-                transforms[role] = alignment.transform
-                registration[role] = {"rotation_deg": round(alignment.rotation_deg, 2),
-                                      "shift_mm": round(alignment.translation_mm, 2),
-                                      "head_overlap": round(alignment.overlap, 3),
-                                      "edge_alignment": round(alignment.edge_alignment, 3)}
+        alignments = _align_contrasts(volumes, images, present, reference_role)
+        transforms = alignments.transforms
+        present = [role for role in present if role in transforms]
+        images = {role: images[role] for role in present}
         clock.lap("registration")
 
+        model_name, segmenter = self.models.for_contrasts(present)
+        if isinstance(segmenter, BundleSegmenter):
+            _require_bundle_contrasts(segmenter, present, alignments.left_out)
         used = ", ".join(DISPLAY[role] for role in present)
-        parameters = (("contrasts used", used), ("reference contrast", DISPLAY[reference_role]),
-                      ("brain volume used", f"{brain_ml:.0f} mL"))
+        parameters = (("contrasts used", used), *_left_out_parameter(alignments.left_out),
+                      ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"))
         if isinstance(segmenter, BundleSegmenter):
             labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
@@ -165,19 +177,20 @@ class TumorSegmentation(ModelPipeline):
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
-        datasets = self._results(reference, labels, volumes_ml, algorithm, used)
+        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, alignments.left_out))
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
         return JobResult.written(
             outputs,
             summary={
                 "contrasts_used": [DISPLAY[role] for role in present],
+                "left_out": {DISPLAY[role]: reason for role, reason in alignments.left_out.items()},
                 "reference": DISPLAY[reference_role],
                 "model": model_name,
                 "brain_ml": round(brain_ml, 1),
                 "volumes_ml": volumes_ml,
                 "tumor_found": any(volumes_ml.values()),
-                "registration": registration,
+                "registration": alignments.registration,
                 "device": self.device,
                 "model_sha256": self.model_digest,
                 "seconds": clock.laps,
@@ -216,13 +229,56 @@ class TumorSegmentation(ModelPipeline):
         return [seg, report]
 
 
-def _require_bundle_contrasts(segmenter: BundleSegmenter, present: Sequence[str]) -> None:
+def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Image], present: Sequence[str],
+                     reference_role: str) -> Alignments:
+    """Every contrast onto the reference: unregistered on a shared grid, registered otherwise,
+    and left out (with the failed checks) when its registration fails the quality check."""
+    transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
+    registration: dict[str, dict[str, object]] = {}
+    left_out: dict[str, str] = {}
+    for role in present:
+        if role == reference_role:
+            continue
+        if shares_grid(volumes[reference_role], volumes[role]):
+            transforms[role] = sitk.Transform()
+            registration[role] = {"registered": False, "why": "same frame of reference and grid as the reference"}
+            continue
+        try:
+            alignment = align(images[reference_role], images[role], DISPLAY[role])
+        except RegistrationError as error:
+            left_out[role] = f"not aligned to {DISPLAY[reference_role]}: {'; '.join(error.problems)}"
+            continue
+        transforms[role] = alignment.transform
+        registration[role] = {"rotation_deg": round(alignment.rotation_deg, 2),
+                              "shift_mm": round(alignment.translation_mm, 2),
+                              "head_overlap": round(alignment.overlap, 3),
+                              "edge_alignment": round(alignment.edge_alignment, 3)}
+    return Alignments(transforms, registration, left_out)
+
+
+def _left_out_parameter(left_out: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The algorithm parameter that tells the reader of the SEG and SR which contrast was not used and why."""
+    if not left_out:
+        return ()
+    return (("contrasts left out", "; ".join(f"{DISPLAY[role]} ({why})" for role, why in left_out.items())),)
+
+
+def _described(used: str, left_out: Mapping[str, str]) -> str:
+    """The contrasts as the series description names them, the left-out ones included."""
+    if not left_out:
+        return used
+    return f"{used}; {', '.join(DISPLAY[role] for role in left_out)} left out"
+
+
+def _require_bundle_contrasts(segmenter: BundleSegmenter, present: Sequence[str],
+                              left_out: Mapping[str, str] | None = None) -> None:
     """A bundle gets every contrast it was trained on, or the job is not applicable."""
     missing = [role for role in segmenter.roles if role not in present]
     if missing:
+        why = {role: f" ({reason})" for role, reason in (left_out or {}).items()}
         raise NotApplicable(
             f"the MONAI bundle {segmenter.runner.label} needs {', '.join(DISPLAY[r] for r in segmenter.roles)}; "
-            f"the study lacks {', '.join(DISPLAY[r] for r in missing)}"
+            f"the study lacks {', '.join(DISPLAY[r] + why.get(r, '') for r in missing)}"
         )
 
 

@@ -18,7 +18,14 @@ Quality check, because a tumor segmented from misaligned channels is wrong witho
   transform must stay within ``MAX_ROTATION_DEG`` / ``MAX_TRANSLATION_MM`` of the scanner
   geometry (larger motion within one session means a wrong series, not a moving patient).
 
-A failed check ends the job with ``RegistrationError`` naming the contrast.
+A failed check raises ``RegistrationError`` naming the contrast and what failed; the pipeline
+then leaves that contrast out of the study (every contrast but the reference is optional).
+
+Series of one session on one grid need none of this (``shares_grid``): the same
+FrameOfReferenceUID and the same voxel grid mean the scanner already placed every voxel of both
+at the same point of the patient. Registering them could only add error, and the quality check
+would only measure how differently two contrasts show the head: TCGA-FG-6692's skull-on T1 on its
+T1c's grid has a head overlap of 0.79 unregistered and 0.84 after a needless 9 degree "correction".
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+from pipelines.volume import Volume
 
 #: Dice of the head masks below which an alignment is refused.
 MIN_OVERLAP = 0.85
@@ -46,10 +55,37 @@ LEVELS_MM = (6.0, 3.0, 1.5)
 SMOOTHING = (2.0, 1.0, 0.0)
 SAMPLING = 0.05
 SEED = 1234
+#: Grids that differ by less than this (mm for origin and spacing, cosines for the direction)
+#: are one grid: DICOM writes positions as decimal strings of at most 16 characters.
+SAME_GRID_TOLERANCE = 1e-3
 
 
 class RegistrationError(RuntimeError):
-    """A contrast could not be aligned to the reference; the message says which and how badly."""
+    """A contrast could not be aligned to the reference; the message says which and how badly.
+
+    ``problems`` are the failed checks alone ("head overlap 0.41 < 0.85"), short enough for the
+    note that tells a report's reader why the contrast was left out.
+    """
+
+    def __init__(self, name: str, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            f"the {name} series could not be aligned to the reference ({'; '.join(problems)}): check that "
+            "it belongs to the same patient and session and covers the head, or leave it out of the route"
+        )
+
+
+def shares_grid(reference: Volume, other: Volume) -> bool:
+    """True when ``other`` lies on ``reference``'s voxel grid in the same frame of reference.
+
+    Such a series needs no registration (module docstring): its transform is the identity.
+    """
+    return (reference.frame_of_reference_uid is not None
+            and reference.frame_of_reference_uid == other.frame_of_reference_uid
+            and reference.array.shape == other.array.shape
+            and bool(np.allclose(reference.spacing, other.spacing, atol=SAME_GRID_TOLERANCE))
+            and bool(np.allclose(reference.origin, other.origin, atol=SAME_GRID_TOLERANCE))
+            and bool(np.allclose(reference.direction, other.direction, atol=SAME_GRID_TOLERANCE)))
 
 
 @dataclass(frozen=True)
@@ -158,8 +194,5 @@ def align(fixed: sitk.Image, moving: sitk.Image, name: str) -> Alignment:
     if alignment.translation_mm > MAX_TRANSLATION_MM:
         problems.append(f"shift {alignment.translation_mm:.1f} mm > {MAX_TRANSLATION_MM}")
     if problems:
-        raise RegistrationError(
-            f"the {name} series could not be aligned to the reference ({'; '.join(problems)}): check that "
-            "it belongs to the same patient and session and covers the head, or leave it out of the route"
-        )
+        raise RegistrationError(name, problems)
     return alignment
