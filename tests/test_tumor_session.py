@@ -26,6 +26,7 @@ from pipelines.volume import load_series
 from tests.harness import REPO, NodeProcess, node_config, wait_until
 from tests.mr_dicom import Study, moved, write_series
 from tests.peers import dciodvfy, storescu
+from tests.test_tumor_clinical import sr_texts
 
 ROLES = ("t1c", "t1", "t2", "flair")
 
@@ -36,15 +37,6 @@ def session(data_dir, tmp_path_factory) -> tuple[Path, dict[str, list[Path]]]:
     folder = tmp_path_factory.mktemp("tcga-fg-6692")
     study = Study()
     return folder, {role: write_series(load_clinical(role, data_dir), role, folder / role, study) for role in ROLES}
-
-
-def sr_texts(dataset: pydicom.Dataset) -> list[str]:
-    found = []
-    for item in dataset.get("ContentSequence", []):
-        if "TextValue" in item:
-            found.append(str(item.TextValue))
-        found.extend(sr_texts(item))
-    return found
 
 
 def shipped_brain_route() -> dict:
