@@ -16,13 +16,17 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from node import logs
 from node.config import Config
+from node.states import JobState
 from node.store import Index, Job
 
 _PR_SET_PDEATHSIG = 1
@@ -54,25 +58,92 @@ class StopOnSigterm:
         self.stopping = True
 
 
-def held_attempts(attempts: multiprocessing.Queue[tuple[int, int]], index: Index, stop: StopOnSigterm,
-                  poll_seconds: float) -> Iterator[Job]:
+#: How often a worker or driver process says in the index that it still holds its attempt.
+HEARTBEAT_SECONDS = 2.0
+#: A child silent this long (no heartbeat of its attempt, no turn of its idle loop) is wedged
+#: or dead: it is killed and replaced, and the attempt it held goes back to the queue. Longer
+#: than any pause of a live process (a spawn under load, a Ray connect of about 20 s).
+STALL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ChildLink:
+    """What the executor shares with one worker or driver process, and with no other: its own
+    queue of submitted attempts (a child that dies inside ``get``, holding the queue's lock,
+    wedges only this queue, which its successor does not inherit), and a lock-free stamp of
+    when its idle loop last turned (``ready`` once it has loaded and waits for work)."""
+
+    attempts: multiprocessing.Queue[tuple[int, int]]
+    seen: ctypes.c_double
+
+
+class Heartbeat:
+    """Beats the attempt this process holds into the index (and the link's stamp) every
+    ``HEARTBEAT_SECONDS``, from a thread with its own connection: a pipeline that computes for
+    an hour still shows its process alive, and a process that died shows nothing."""
+
+    def __init__(self, index_path: Path, link: ChildLink) -> None:
+        self.held: tuple[int, int] | None = None
+        self._index_path = index_path
+        self._link = link
+        threading.Thread(target=self._run, name="radnode-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        index = Index(self._index_path)
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            held = self.held
+            try:
+                if held is not None and index.beat(*held, os.getpid()):
+                    self._link.seen.value = time.time()
+            except Exception as error:  # a busy index this once; the next beat may pass
+                logs.warning("job.heartbeat_failed", job=held[0] if held else None, reason=f"{type(error).__name__}")
+
+
+def held_attempts(link: ChildLink, index: Index, stop: StopOnSigterm, poll_seconds: float,
+                  idle: Callable[[], None] = lambda: None) -> Iterator[Job]:
     """The attempts the executor submits to this worker or driver process, each once this
-    process holds it, until SIGTERM; one the node ended or handed back while it waited in the
-    queue is passed over."""
+    process holds it (its heartbeat beating meanwhile), until SIGTERM; one the node ended or
+    handed back while it waited in the queue is passed over. ``idle`` runs at each turn of the
+    loop without work."""
+    heartbeat = Heartbeat(index.path, link)
     while not stop.stopping:
+        link.seen.value = time.time()
         try:
-            job_id, attempt = attempts.get(timeout=poll_seconds)
+            job_id, attempt = link.attempts.get(timeout=poll_seconds)
         except queue.Empty:
+            idle()
             continue
         if not index.start_attempt(job_id, attempt, os.getpid()):
             continue
         job = index.job(job_id)
         if job is not None:
+            heartbeat.held = (job_id, attempt)
             yield job
+            heartbeat.held = None
 
 
-#: What a worker process runs: (config path, queue of submitted attempts).
-WorkerEntry = Callable[[str, "multiprocessing.Queue[tuple[int, int]]"], None]
+#: What a worker process runs: (config path, its link to the executor).
+WorkerEntry = Callable[[str, ChildLink], None]
+
+
+@dataclass
+class _Child:
+    """A worker or driver process, its link, and the attempt last submitted to it."""
+
+    process: BaseProcess
+    link: ChildLink
+    #: (job id, attempt): it holds the child until that attempt is no longer running in the index
+    holds: tuple[int, int] | None = None
+
+    def ready(self) -> bool:
+        """Alive and waiting for work (a worker that is still loading its pipelines is not)."""
+        return self.process.is_alive() and self.link.seen.value > 0
+
+    def wedged(self, before: float) -> bool:
+        """Alive, ready once, and silent since ``before``: neither its loop turned nor did
+        its attempt's heartbeat beat."""
+        return self.process.is_alive() and 0 < self.link.seen.value < before
 
 
 class Executor(ABC):
@@ -116,8 +187,9 @@ class Executor(ABC):
 
 
 class ProcessExecutor(Executor):
-    """Worker processes of this node, fed attempts through one queue; each worker records which
-    attempt it holds (its pid on the job) and commits its result under the attempt number."""
+    """Worker processes of this node, each fed attempts through a queue of its own; each worker
+    records in the index which attempt it holds (its pid on the job, a heartbeat while it runs)
+    and commits its result under the attempt number."""
 
     role = "worker"
 
@@ -129,23 +201,31 @@ class ProcessExecutor(Executor):
         self.index = index
         self.processes = processes
         self._mp = multiprocessing.get_context("spawn")
-        self._attempts: multiprocessing.Queue[tuple[int, int]] = self._mp.Queue()
-        self._workers: list[BaseProcess] = []
+        self._children: list[_Child] = []
 
     def start(self) -> None:
-        self._workers = [self._spawn() for _ in range(self.processes)]
+        self._children = [self._spawn() for _ in range(self.processes)]
 
-    def _spawn(self) -> BaseProcess:
-        process = self._mp.Process(target=self.entry, args=(self.config_path, self._attempts),
-                                   name=f"radnode-{self.role}")
+    def _spawn(self) -> _Child:
+        link = ChildLink(self._mp.Queue(), self._mp.RawValue(ctypes.c_double, 0.0))
+        process = self._mp.Process(target=self.entry, args=(self.config_path, link), name=f"radnode-{self.role}")
         process.start()
-        return process
+        return _Child(process, link)
+
+    def _free(self) -> list[_Child]:
+        """Children ready for work whose last attempt has ended in the index."""
+        running = {(job.id, job.attempts) for job in self.index.running_jobs()}
+        return [c for c in self._children if c.ready() and (c.holds is None or c.holds not in running)]
 
     def has_room(self) -> bool:
-        return len(self.index.running_jobs()) < self.processes
+        return bool(self._free())
 
     def submit(self, job: Job) -> None:
-        self._attempts.put((job.id, job.attempts))
+        free = self._free()
+        if not free:  # the scheduler asked has_room first; the attempt goes stale and back
+            raise RuntimeError(f"no {self.role} free for job {job.id}")
+        free[0].holds = (job.id, job.attempts)
+        free[0].link.attempts.put((job.id, job.attempts))
 
     def cancel(self, job: Job) -> None:
         """Kill the worker still running the ended attempt, unless it has already moved on to
@@ -154,22 +234,68 @@ class ProcessExecutor(Executor):
             return  # no worker took it yet; the one that does finds it ended (start_attempt)
         if any(other.worker_pid == job.worker_pid for other in self.index.running_jobs()):
             return
-        for process in self._workers:
-            if process.pid == job.worker_pid:
-                process.kill()
+        for child in self._children:
+            if child.process.pid == job.worker_pid:
+                child.process.kill()
 
     def supervise(self) -> None:
-        for i, process in enumerate(self._workers):
-            if not process.is_alive():
-                self._restart(i, process)
+        """Replace children that stopped making progress, then those that died."""
+        self._end_stalled(time.time() - STALL_SECONDS)
+        for i, child in enumerate(self._children):
+            if not child.process.is_alive():
+                self._restart(i, child)
 
-    def _restart(self, i: int, process: BaseProcess) -> None:
-        pid, code = process.pid, process.exitcode
+    def _end_stalled(self, before: float) -> None:
+        """An attempt whose holder stopped beating, and an idle child whose loop stopped
+        turning, are what a wedged or dead process leaves: kill it (it is replaced as dead)
+        and give its attempt back, or fail it as the worker's crash."""
+        for job in self.index.stalled_jobs(before):
+            child = self._holder(job)
+            reason = f"{self.role} process made no progress for {STALL_SECONDS:g} s"
+            logs.error("node.child_stalled", role=self.role, job=job.id, attempt=job.attempts,
+                       pid=None if child is None else child.process.pid)
+            self._end_attempt(job, reason)
+            if child is not None:
+                self._kill(child)
+        for child in self._children:
+            if child.wedged(before):
+                logs.error("node.child_stalled", role=self.role, pid=child.process.pid, job=None)
+                self._kill(child)
+
+    def _holder(self, job: Job) -> _Child | None:
+        for child in self._children:
+            if child.holds == (job.id, job.attempts) or (job.worker_pid and child.process.pid == job.worker_pid):
+                return child
+        return None
+
+    def _holder_of_running(self, child: _Child) -> Job | None:
+        """The running attempt submitted to ``child``, if it is still current."""
+        if child.holds is None:
+            return None
+        job = self.index.job(child.holds[0])
+        return job if job is not None and job.state == JobState.RUNNING and job.attempts == child.holds[1] else None
+
+    @staticmethod
+    def _kill(child: _Child) -> None:
+        child.process.kill()
+        child.process.join(timeout=10)
+
+    def _restart(self, i: int, child: _Child) -> None:
+        pid, code = child.process.pid, child.process.exitcode
         logs.error("node.child_died", role=self.role, pid=pid, exit_code=code)
-        for job in self.index.running_jobs():
-            if job.worker_pid == pid:
-                self.worker_died(job, f"worker process died (exit code {code})")
-        self._workers[i] = self._spawn()
+        job = self._holder_of_running(child)
+        if job is not None and job.worker_pid in (None, pid):
+            self._end_attempt(job, f"{self.role} process died (exit code {code})")
+        self._children[i] = self._spawn()
+
+    def _end_attempt(self, job: Job, reason: str) -> None:
+        """An attempt its process never took goes back to the queue, not the job's fault;
+        one it held ends as the executor says (``worker_died``)."""
+        if job.worker_pid is None:
+            if self.index.hand_back_job(job.id, job.attempts, reason, lost=False):
+                logs.error("job.handed_back", job=job.id, attempt=job.attempts, reason=reason)
+            return
+        self.worker_died(job, reason)
 
     def worker_died(self, job: Job, reason: str) -> None:
         """A crash of the local process that ran the job is the job's failure: a pipeline
@@ -177,19 +303,22 @@ class ProcessExecutor(Executor):
         self.index.fail_job(job.id, reason, only_if_pid=job.worker_pid, attempt=job.attempts)
 
     def stop(self, grace: float) -> None:
-        for process in self._workers:
-            if process.is_alive():
-                process.terminate()
+        for child in self._children:
+            if child.process.is_alive():
+                child.process.terminate()
         deadline = time.monotonic() + grace
-        for process in self._workers:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join()
+        for child in self._children:
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join()
 
     def health(self) -> dict[str, tuple[int, int]]:
-        alive = sum(1 for p in self._workers if p.is_alive())
-        return {self.role: (alive, len(self._workers))}
+        """A child counts while it is alive and its loop or its attempt's heartbeat is recent:
+        a wedged one is not reported running (the supervisor replaces it)."""
+        before = time.time() - STALL_SECONDS
+        alive = sum(1 for c in self._children if c.process.is_alive() and not c.wedged(before))
+        return {self.role: (alive, len(self._children))}
 
 
 def make_executor(config: Config, config_path: str, index: Index) -> Executor:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.worker import load_pipeline, run_pipeline
+from node import logs
+from node.worker import load_pipeline, protect_patient_values, run_pipeline
 from pipelines.base import PipelineSettings
 
 #: A file's name and bytes, as shipped to and from the actor.
@@ -26,7 +27,12 @@ Shipped = list[tuple[str, bytes]]
 
 class PipelineActor:
     def __init__(self, entry: str, settings: PipelineSettings) -> None:
+        logs.setup()  # Ray keeps a worker's stderr in the cluster's log files: scrubbed as on the node
         self.pipeline = load_pipeline(entry, settings)  # the model, once per actor
+
+    def ready(self) -> str:
+        """Answers once the pipeline is loaded: the job's timeout counts from then."""
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
@@ -35,10 +41,11 @@ class PipelineActor:
         try:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
             unpacked = time.monotonic()
+            protect_patient_values(inputs)
             result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
-                    "files": files, "objects": result.objects, "ran_on": f"{socket.gethostname()}:{os.getpid()}",
+                    "files": files, "objects": result.objects, "ran_on": self.ready(),
                     "received_at": received_at,
                     "unpack_seconds": round(unpacked - started, 3),
                     "seconds": round(time.monotonic() - started, 3)}

@@ -10,7 +10,11 @@ spool with the same durable write as local results and commits them under the at
 Faults:
 - an actor whose machine died fails the attempt in the driver; the job goes back to the queue
   and its next attempt runs on a new actor, wherever the cluster has room, until
-  ``[workers.ray] max_attempts`` attempts are lost and the job fails;
+  ``[workers.ray] max_attempts`` attempts are lost and the job fails. An actor holds its
+  resources while it lives, so an idle driver kills its actors when another actor of the node's
+  waits for room (``Driver.idle``): a retry never waits behind a loaded but idle model;
+- the job's timeout counts from when its actor is ready (started, pipeline loaded): connecting,
+  waiting for room and loading the model are bounded by ``ACTOR_START_SECONDS`` of their own;
 - an attempt the node ended (its timeout) is cancelled on the cluster: the driver, which watches
   the attempt's fence while it waits, kills the actor, the only way Ray stops a running actor
   task, and the next job gets a new actor;
@@ -19,7 +23,10 @@ Faults:
   attempt number;
 - while the head is unreachable, or refuses this node (token, TLS: ``node.ray_probe``), no
   attempt is claimed: jobs wait queued in the index, and /health says why. A driver whose
-  connection broke exits and the node starts a fresh one.
+  connection broke exits and the node starts a fresh one (Ray ends a connected driver itself
+  after a minute without the head), and an attempt lost with the head does not count against
+  ``max_attempts``. A driver that dies or stops making progress is noticed and replaced by the
+  executor (``node.executor``: a queue per driver and a heartbeat per attempt in the index).
 
 Ray is imported only in the driver and probe processes: the node itself needs no Ray to start.
 """
@@ -33,13 +40,12 @@ import socket
 import sys
 import time
 from dataclasses import replace
-from multiprocessing import Queue
 from pathlib import Path
 from typing import Any
 
 from node import logs
 from node.config import Config, RaySettings, load_config
-from node.executor import ProcessExecutor, StopOnSigterm, die_with_parent, held_attempts
+from node.executor import ChildLink, ProcessExecutor, StopOnSigterm, die_with_parent, held_attempts
 from node.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray_environment
 from node.spool import Spool
 from node.states import JobState
@@ -50,6 +56,11 @@ from pipelines.base import JobResult
 REACHABILITY_CACHE_SECONDS = 1.0
 #: How often a driver waiting for its actor checks that its attempt is still the current one.
 FENCE_POLL_SECONDS = 0.25
+#: How long an attempt may wait for its actor (the connect, room on the cluster, the model's
+#: load) before its own timeout starts: the node ends it when both have passed.
+ACTOR_START_SECONDS = 600.0
+#: How often an idle driver with actors asks the cluster whether another actor waits for room.
+RELEASE_CHECK_SECONDS = 2.0
 #: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
 #: Ray colours the tracebacks it forwards; the job's reason is read in a terminal or a page.
@@ -106,17 +117,17 @@ class RayExecutor(ProcessExecutor):
         self.probe.stop()
 
     def _replace_drivers(self) -> None:
-        logs.info("ray.reconnecting", address=self.config.workers.ray.address, drivers=len(self._workers))
-        for i, process in enumerate(self._workers):
-            process.terminate()  # SIGTERM: it leaves the attempt queue cleanly, not holding its lock
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        logs.info("ray.reconnecting", address=self.config.workers.ray.address, drivers=len(self._children))
+        for i, child in enumerate(self._children):
+            child.process.terminate()  # SIGTERM: the attempt in hand, if any, ends first
+            child.process.join(timeout=10)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join()
             for job in self.index.running_jobs():
-                if job.worker_pid == process.pid:
+                if job.worker_pid == child.process.pid or child.holds == (job.id, job.attempts):
                     self.index.hand_back_job(job.id, job.attempts, "the Ray head went away", lost=False)
-            self._workers[i] = self._spawn()
+            self._children[i] = self._spawn()
 
     def worker_died(self, job: Job, reason: str) -> None:
         """A driver dies with its connection: while the head is away that is not the job's
@@ -161,7 +172,7 @@ def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings
 
 # ---- the driver process (node side) ------------------------------------------------------
 
-def ray_driver_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
+def ray_driver_main(config_path: str, link: ChildLink) -> None:
     """Entry point of a driver process: run the attempts the executor submits on the cluster,
     until SIGTERM (the attempt in hand finishes) or until its connection to the cluster breaks
     (the executor starts a fresh driver)."""
@@ -172,7 +183,7 @@ def ray_driver_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
     stop = StopOnSigterm()
     index = Index(config.node.index_path)
     driver = Driver(config, index, Spool(config.node.spool), socket.gethostname(), stop)
-    for job in held_attempts(attempts, index, stop, poll_seconds=0.2):
+    for job in held_attempts(link, index, stop, poll_seconds=0.2, idle=driver.idle):
         if not driver.execute(job):
             break  # the connection to the cluster broke: the executor starts a fresh driver
     index.close()
@@ -191,6 +202,7 @@ class Driver:
         self.spool = spool
         self.station_name = station_name
         self._actors: dict[str, Any] = {}
+        self._release_checked = 0.0
 
     def connect(self) -> None:
         import ray
@@ -230,23 +242,57 @@ class Driver:
             except Exception as error:  # already dead with its machine
                 logs.info("ray.actor_gone", pipeline=pipeline, reason=f"{type(error).__name__}")
 
+    def idle(self) -> None:
+        """Between jobs: kill this driver's actors when another actor of this pipeline class
+        waits for room on the cluster (a retry after a machine died, another driver's first
+        job), so it starts on the resources they hold; otherwise they stay, models loaded."""
+        if not self._actors or time.monotonic() - self._release_checked < RELEASE_CHECK_SECONDS:
+            return
+        self._release_checked = time.monotonic()
+        if not head_answers(self.config.workers.ray.address):
+            return  # nothing waits on a cluster without its head; Ray replaces this driver
+        try:
+            waiting = self._others_waiting()
+        except Exception as error:  # the head went away just now
+            logs.info("ray.release_check_failed", reason=f"{type(error).__name__}")
+            return
+        if waiting:
+            logs.info("ray.actors_released", pipelines=sorted(self._actors), waiting=waiting)
+            for pipeline in list(self._actors):
+                self.forget(pipeline)
+
+    def _others_waiting(self) -> int:
+        """How many pipeline actors that are not this driver's wait to be placed (Ray's actor
+        table, from the head: no dashboard needed)."""
+        import ray._private.state
+        ours = {actor._actor_id.hex() for actor in self._actors.values()}
+        pending = ray._private.state.actors(actor_state_name="PENDING_CREATION")
+        return sum(1 for actor_id, info in pending.items()
+                   if info["ActorClassName"].endswith("PipelineActor") and actor_id not in ours)
+
     def execute(self, job: Job) -> bool:
         """Run one attempt and record its outcome; False: the connection to the cluster broke
         and this driver must be replaced (the attempt went back to the queue)."""
         started = time.monotonic()
         logs.info("job.start", job=job.id, route=job.route, pipeline=job.pipeline, attempt=job.attempts,
                   engine="ray")
+        timeout = self.config.workers.job_timeout_seconds
+        self.index.restart_deadline(job.id, job.attempts, ACTOR_START_SECONDS + timeout)
         try:
             self.connect()
         except Exception as error:
             return self._unreachable(job, error)
         import ray
         try:
-            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
             actor = self.actor(job.pipeline)
+            if self._wait(job, actor.ready.remote()) is None:
+                return True
+            self.index.restart_deadline(job.id, job.attempts, timeout)
+            ready = time.monotonic()
+            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
             ref = actor.run.remote(ray.put(series), str(job.id))
             shipped = time.monotonic()
-            outcome = self._wait(job, actor, ref)
+            outcome = self._wait(job, ref)
         except Exception as error:
             return self._attempt_failed(job, error)
         if outcome is None:
@@ -257,19 +303,19 @@ class Driver:
             self._fail(job, f"{type(error).__name__}: {error}", error)
             return True
         logs.info("job.end", job=job.id, pipeline=job.pipeline, engine="ray", committed=committed,
-                  seconds=round(time.monotonic() - started, 3), ship_seconds=round(shipped - started, 3),
+                  seconds=round(time.monotonic() - started, 3), actor_ready_seconds=round(ready - started, 3),
+                  ship_seconds=round(shipped - ready, 3),
                   actor_seconds=outcome.get("seconds"), ran_on=outcome.get("ran_on"))
         return True
 
-    def _wait(self, job: Job, actor: Any, ref: Any) -> dict[str, Any] | None:
-        """The actor's outcome, or None when the node ended the attempt first (its timeout):
-        then the actor is killed, which cancels the task on the cluster."""
+    def _wait(self, job: Job, ref: Any) -> Any:
+        """What the actor's task returns, or None when the node ended the attempt first (its
+        timeout): then the actor is killed, which cancels the task on the cluster."""
         import ray
         while True:
             ready, _ = ray.wait([ref], timeout=FENCE_POLL_SECONDS)
             if ready:
-                outcome: dict[str, Any] = ray.get(ref)
-                return outcome
+                return ray.get(ref)
             current = self.index.job(job.id)
             if current is None or current.state != JobState.RUNNING or current.attempts != job.attempts:
                 self.forget(job.pipeline)
@@ -286,6 +332,8 @@ class Driver:
         if isinstance(error, (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError,
                               rex.WorkerCrashedError)):  # the machine or process running it died
             self.forget(job.pipeline)
+            if not head_answers(self.config.workers.ray.address):  # with the head: not the job's loss
+                return self._unreachable(job, error)
             hand_back_or_fail(self.index, job, reason, self.config.workers.ray)
             return True
         if isinstance(error, (rex.RaySystemError, rex.RpcError, rex.GetTimeoutError, ConnectionError)):

@@ -176,6 +176,7 @@ _ADDED_COLUMNS = (
     ("deliveries", "retry_from", "REAL"),
     ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("results", "transfer_syntax", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "heartbeat_at", "REAL"),
 )
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.

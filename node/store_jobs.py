@@ -54,6 +54,9 @@ class Job(JobSpec):
     #: attempts lost with the machine or process that ran them (not the job's fault); a job is
     #: failed when these reach ``[workers.ray] max_attempts`` (``node.states``).
     lost_attempts: int = 0
+    #: when the process holding the running attempt last said it is alive (``beat``); the
+    #: claim and the start count as beats, so an attempt nobody took goes stale too.
+    heartbeat_at: float | None = None
 
 
 def insert_job(db: sqlite3.Connection, job: JobSpec) -> bool:
@@ -107,14 +110,32 @@ class JobIndex(Database):
                 return None
             states.apply(db, states.JOBS, states.CLAIM, row["id"], {
                 "started_at": now, "deadline": now + timeout, "worker_pid": pid,
-                "attempts": states.Sql("attempts + 1")})
+                "heartbeat_at": now, "attempts": states.Sql("attempts + 1")})
         return self.job(row["id"])
 
     def start_attempt(self, job_id: int, attempt: int, pid: int) -> bool:
         """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
         with self._tx() as db:
-            return states.apply(db, states.JOBS, states.START, job_id, {"worker_pid": pid},
+            return states.apply(db, states.JOBS, states.START, job_id,
+                                {"worker_pid": pid, "heartbeat_at": time.time()}, states.Fence(attempt)) == 1
+
+    def beat(self, job_id: int, attempt: int, pid: int) -> bool:
+        """The worker process ``pid`` still holds this attempt and is alive; False: the
+        attempt is no longer current or no longer its."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.START, job_id, {"heartbeat_at": time.time()},
+                                states.Fence(attempt, pid)) == 1
+
+    def restart_deadline(self, job_id: int, attempt: int, timeout: float) -> bool:
+        """The attempt's timeout counts from now: its runner became ready (a Ray actor that
+        started and loaded its pipeline), so waiting for it is not held against the run."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.START, job_id, {"deadline": time.time() + timeout},
                                 states.Fence(attempt)) == 1
+
+    def stalled_jobs(self, before: float) -> list[Job]:
+        """Running attempts whose holder has not beaten since ``before``: dead or wedged."""
+        return self._jobs("WHERE state = ? AND heartbeat_at < ?", (JobState.RUNNING, before))
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
                    summary: dict[str, Any] | None = None, *, attempt: int,

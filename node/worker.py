@@ -15,14 +15,13 @@ import sqlite3
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from multiprocessing import Queue
 from pathlib import Path
 
 import pydicom
 
 from node import logs
 from node.config import Config, load_config
-from node.executor import StopOnSigterm, die_with_parent, held_attempts
+from node.executor import ChildLink, StopOnSigterm, die_with_parent, held_attempts
 from node.spool import Spool
 from node.states import JobState
 from node.store import Index, Job, ResultFile
@@ -188,7 +187,7 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def worker_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
+def worker_main(config_path: str, link: ChildLink) -> None:
     """Entry point of a worker process of the local executor: run the attempts it submits
     until SIGTERM.
 
@@ -202,6 +201,6 @@ def worker_main(config_path: str, attempts: Queue[tuple[int, int]]) -> None:
     spool = Spool(config.node.spool)
     pipelines = PipelineCache(config)
     pipelines.preload([route.pipeline for route in config.routes])
-    for job in held_attempts(attempts, index, stop, IDLE_POLL_SECONDS):
+    for job in held_attempts(link, index, stop, IDLE_POLL_SECONDS):
         execute(job, index, spool, pipelines)
     index.close()

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineOptions
+from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineOptions, PipelineSettings
 from pipelines.timing import StageClock
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
@@ -35,11 +35,16 @@ class ThresholdOptions(PipelineOptions):
     threshold_hu: float = 300.0
     report: bool = False
     sleep_after_write_seconds: float = 0.0  # results on disk, job not yet done: kill -9 trials
+    load_seconds: float = 0.0  # a slow model load (a large network): job timeouts count from after it
 
 
 class HUThreshold(Pipeline):
     Options = ThresholdOptions
     options: ThresholdOptions
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        super().__init__(settings)
+        time.sleep(self.options.load_seconds)
 
     def run(self, job: JobInput) -> JobResult:
         options = self.options
