@@ -382,7 +382,7 @@ def test_with_the_ray_head_down_receiving_acknowledges_jobs_wait_queued_and_heal
         node.stop()
 
 
-@pytest.mark.parametrize("outage_seconds", [70, 300], ids=["70s", "5min"])
+@pytest.mark.parametrize("outage_seconds", [70, pytest.param(300, marks=pytest.mark.long)], ids=["70s", "5min"])
 def test_after_a_head_outage_past_rays_minute_a_new_ct_runs_and_the_attempt_the_crash_broke_costs_no_retry(
         tmp_path, orthanc, cluster, data_dir, outage_seconds):
     """Ray ends a connected driver a minute after its head went away: each driver dies (idle,
