@@ -78,11 +78,16 @@ class NodeSettings(_Strict):
         default=None, description="SQLite index; defaults to <spool>/index.sqlite"
     )
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    #: associations one peer address may hold at once (node-wide)
+    max_associations_per_peer: Annotated[int, Field(ge=1, le=1000)] = 8
     max_pdu: Annotated[int, Field(ge=0)] = 4 * 1024 * 1024
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
     accept_all_storage: bool = False
     receivers: Annotated[int, Field(ge=1, le=64)] = 2
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    #: an accepted association that has sent nothing since its A-ASSOCIATE-AC is aborted after this
+    #: (or network_timeout_seconds, if shorter)
+    idle_association_seconds: Annotated[float, Field(gt=0)] = 10.0
     uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]+\.$")
     tls: ServerTls | None = None
     require_called_ae: bool = Field(

@@ -48,9 +48,11 @@ class _JsonFormatter(logging.Formatter):
         else:  # a library's or Python's own free text: it may quote any attribute value
             line["event"] = "python.warning" if record.name == "py.warnings" else "library.log"
             line["logger"] = record.name
-            line["message"] = scrub(_QUOTED.sub(f'"{REDACTED}"', record.getMessage()))
+            line["message"] = _scrub_library(record.getMessage())
         if record.exc_info and record.levelno >= logging.ERROR:
-            line["error"] = scrub(self.formatException(record.exc_info).splitlines()[-1])
+            error = self.formatException(record.exc_info).splitlines()[-1]
+            # a library's exception quotes the offending value as its messages do
+            line["error"] = scrub(error) if record.name == _LOGGER.name else _scrub_library(error)
         return json.dumps(line, default=str)
 
 
@@ -93,6 +95,11 @@ def scrub(text: str) -> str:
     for value in sorted(_protected, key=len, reverse=True):
         text = text.replace(value, REDACTED)
     return text
+
+
+def _scrub_library(text: str) -> str:
+    """A library's free text with every quoted literal and protected value replaced."""
+    return scrub(_QUOTED.sub(f'"{REDACTED}"', text))
 
 
 def _scrub_value(value: Any) -> Any:

@@ -29,6 +29,18 @@ splits it into its presentation data values (PS3.8 9.3.5) and:
 - hands any other message (a C-ECHO, a command it cannot read) to pynetdicom unchanged, as
   pynetdicom's own reader would have (event 10, action DT-2).
 
+Every message is bounded, because pynetdicom buffers whatever it is handed and a peer could
+otherwise grow the receiver without limit on one association (2.5 GB streamed in 5 s kept a
+receiver at 2.6 GB): a command set longer than ``MAX_COMMAND_BYTES`` (a real one is a few
+hundred bytes), a data set fragment with no command before it on its context, and a data set
+of more than ``MAX_HANDED_DATA_BYTES`` for a message handed to pynetdicom (a query's
+identifier, or any message the node does not take itself) each abort the association. Only a
+C-STORE's data set may be large, and it goes to the disk.
+
+A C-STORE whose command names a SOP Class or Instance UID that pynetdicom's setters refuse (more
+than 64 characters) is still streamed: the handler refuses it with 0xC000 and keeps it in
+quarantine with the reason, rather than pynetdicom aborting the association.
+
 pynetdicom keeps association negotiation, release, abort, every other DIMSE message and the
 state machine. A C-STORE handler that pynetdicom calls takes the finished file with ``take``:
 files are handed over in the order their messages completed, which is the order their
@@ -58,6 +70,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 
 from node import logs
+from node.screening import uid_problem
 from node.spool import PartFile, Spool, part10_header
 
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
@@ -70,8 +83,16 @@ _MOVE_ORIGINATOR_AET, _MOVE_ORIGINATOR_ID = 0x00001030, 0x00001031
 _US_TAGS = frozenset({_COMMAND_FIELD, _DATA_SET_TYPE, _MESSAGE_ID, _PRIORITY, _MOVE_ORIGINATOR_ID})
 
 
+#: A command set is a dozen elements, a few hundred bytes; anything longer is not one.
+MAX_COMMAND_BYTES = 64 * 1024
+#: The data set of a message handed to pynetdicom, which keeps it in memory: a C-FIND
+#: identifier is a few kilobytes, and the node takes no other message with a data set.
+MAX_HANDED_DATA_BYTES = 1024 * 1024
+
+
 class PDataError(ValueError):
-    """A P-DATA-TF PDU whose items do not add up; the association is aborted (as pynetdicom does)."""
+    """A P-DATA-TF PDU whose items do not add up, or a message beyond its bound; the
+    association is aborted (as pynetdicom does)."""
 
 
 @dataclass
@@ -92,6 +113,9 @@ class Incoming:
     request: C_STORE
     #: Why the data set was not kept: "disk" (below the free-space watermark) or the write error.
     refused: str | OSError | None = None
+    #: Why the command itself cannot be taken (a UID pynetdicom refuses): the data set is
+    #: written all the same, to be kept in quarantine with this reason.
+    command_problem: str | None = None
 
 
 #: The C-STORE handler run where the last fragment arrived: the response's status (a code, or
@@ -117,6 +141,10 @@ class _Stream:
     settings: Settings
     #: The command fragments received so far, as presentation data values (control byte first).
     command: list[bytes] = field(default_factory=list)
+    command_bytes: int = 0
+    #: Bytes of the data set pynetdicom is assembling for the last message handed to it; None
+    #: when that message has no data set (or its data set is complete).
+    handed_data: int | None = None
     current: Incoming | None = None
     done: collections.deque[Incoming] = field(default_factory=collections.deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,15 +183,16 @@ def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]
         value = body[pos + 5:pos + 4 + length]  # the control byte and the fragment
         pos += 4 + length
         if control & 1:
-            stream.command.append(bytes(value))
+            _add_command_fragment(stream, value)
             if control & 2 and not _command_complete(dul, stream, context_id):
                 passed += [[context_id, fragment] for fragment in stream.command]
             if control & 2:
                 stream.command.clear()
+                stream.command_bytes = 0
             continue
         incoming = stream.current
         if incoming is None or incoming.context_id != context_id:
-            passed.append([context_id, bytes(value)])
+            passed.append([context_id, _handed_data(stream, value)])
             continue
         _write(stream, incoming, value[1:])
         if control & 2:
@@ -171,6 +200,31 @@ def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]
             if not _answered_here(dul, stream, incoming):
                 _to_association_thread(dul, stream, incoming)
     return passed
+
+
+def _add_command_fragment(stream: _Stream, value: memoryview) -> None:
+    stream.command_bytes += len(value) - 1
+    if stream.command_bytes > MAX_COMMAND_BYTES:
+        raise _protocol_error(f"a command set longer than {MAX_COMMAND_BYTES} bytes")
+    stream.command.append(bytes(value))
+
+
+def _handed_data(stream: _Stream, value: memoryview) -> bytes:
+    """A data set fragment for the message pynetdicom assembles, within its bound."""
+    if stream.handed_data is None:
+        raise _protocol_error("a data set fragment with no command before it on its presentation context")
+    stream.handed_data += len(value) - 1
+    if stream.handed_data > MAX_HANDED_DATA_BYTES:
+        raise _protocol_error(f"a data set of more than {MAX_HANDED_DATA_BYTES} bytes "
+                              "for a message the node does not store")
+    if value[0] & 2:
+        stream.handed_data = None
+    return bytes(value)
+
+
+def _protocol_error(reason: str) -> PDataError:
+    logs.warning("association.message_refused", reason=reason)
+    return PDataError(reason)
 
 
 def _answered_here(dul: DULServiceProvider, stream: _Stream, incoming: Incoming) -> bool:
@@ -270,19 +324,20 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
                 stream.current.part.discard()
             stream.current = None
     fields = command_fields(b"".join(fragment[1:] for fragment in stream.command))
+    stream.handed_data = None
     context = dul.assoc._accepted_cx.get(context_id)
     if (fields is None or context is None or fields.get(_COMMAND_FIELD) != _C_STORE_RQ
             or fields.get(_DATA_SET_TYPE) == _NO_DATA_SET):
-        return False
-    try:
-        request = store_request(fields)
-    except (ValueError, TypeError, KeyError):
-        return False  # pynetdicom refuses the message as it always did (an A-ABORT)
-    sop_class = str(request.AffectedSOPClassUID or "")
-    sop_instance = str(request.AffectedSOPInstanceUID or "")
+        return _hand_over(stream, fields)
+    taken = _request_of(fields)
+    if taken is None:
+        return _hand_over(stream, fields)  # pynetdicom refuses the message as it always did (an A-ABORT)
+    request, problem = taken
+    sop_class = _text(fields.get(_AFFECTED_SOP_CLASS))
+    sop_instance = _text(fields.get(_AFFECTED_SOP_INSTANCE))
     syntax = str(context.transfer_syntax[0])
     incoming = Incoming(context_id, str(context.abstract_syntax), syntax, sop_class, sop_instance, None, 0,
-                        request)
+                        request, command_problem=problem)
     stream.current = incoming
     if not stream.settings.has_room():
         incoming.refused = "disk"
@@ -298,6 +353,33 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
     except OSError as error:
         _failed(incoming, error)
     return True
+
+
+def _hand_over(stream: _Stream, fields: dict[int, bytes | int] | None) -> bool:
+    """A command for pynetdicom to decode: count the data set it will assemble (False)."""
+    if fields is not None and fields.get(_DATA_SET_TYPE, _NO_DATA_SET) != _NO_DATA_SET:
+        stream.handed_data = 0
+    return False
+
+
+def _request_of(fields: dict[int, bytes | int]) -> tuple[C_STORE, str | None] | None:
+    """The C-STORE request of a command and why it cannot be taken (None: it can), or None for a
+    command pynetdicom is left to refuse. A UID the setters refuse is left out of the request
+    (and so out of the response) and named as the problem."""
+    try:
+        return store_request(fields), None
+    except (ValueError, TypeError, KeyError):
+        pass
+    for tag, name in ((_AFFECTED_SOP_CLASS, "AffectedSOPClassUID"),
+                      (_AFFECTED_SOP_INSTANCE, "AffectedSOPInstanceUID")):
+        problem = uid_problem(name, _text(fields.get(tag)))
+        if problem is not None:
+            try:
+                return store_request({**fields, _AFFECTED_SOP_CLASS: b"", _AFFECTED_SOP_INSTANCE: b""}), \
+                    f"C-STORE command: {problem}"
+            except (ValueError, TypeError, KeyError):
+                return None
+    return None
 
 
 def store_request(fields: dict[int, bytes | int]) -> C_STORE:

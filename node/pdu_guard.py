@@ -22,11 +22,25 @@ storescp and Orthanc do.
 A PDU's body is read into one buffer with as few reads as the kernel allows, and the P-DATA-TF
 PDUs of an established association go to ``node.pdata_stream`` (when the receiver installed it),
 which writes C-STORE data sets straight into the spool.
+
+Every read of a PDU has a deadline, and the connection is closed when it passes. pynetdicom reads
+a PDU with blocking reads and no timeout once the socket turns readable, and its timers (ARTIM,
+the network timeout) are looked at only between PDUs: one byte, a half header or half an
+A-ASSOCIATE-RQ held the socket and both threads of the connection for minutes (1,000 of them made
+2,000 threads), and a PDU stalled mid-body kept them after the association was aborted and its
+slot freed. Before the association, the A-ASSOCIATE-RQ must be whole by the end of the ARTIM timer
+the receiver set (5 s from the connection); after it, each PDU must be whole within the network
+timeout of its first byte.
+
+An association's first PDU after its A-ASSOCIATE-AC ends its idle limit: the receiver gives an
+accepted association a network timeout shorter than the node's until it has said something
+(node.receiver), and the reader puts the node's back the moment it does.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
@@ -39,6 +53,13 @@ _P_DATA_TF = 0x04
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _AWAITING_CLOSE = "Sta13"
 _ESTABLISHED = "Sta6"
+#: States before an A-ASSOCIATE-RQ was read: idle (the connection's event not yet handled) and
+#: awaiting the request, when the ARTIM timer runs.
+_BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
+
+
+class _Stalled(Exception):
+    """A PDU's bytes did not all arrive before its deadline."""
 
 
 def pdu_limit(pdu_type: int, max_pdu: int) -> int:
@@ -64,11 +85,15 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
     if dul.state_machine.current_state == _AWAITING_CLOSE:
         transport.close()  # Evt17, as when the peer closes
         return
+    deadline = _deadline(dul)
     try:
-        header = transport.recv(6)
+        header = _recv_exactly(transport, 6, deadline)
+        if header is None:
+            dul.event_queue.put("Evt17")  # transport closed
+            return
         pdu_type, _, length = struct.unpack(">BBL", header)
-    except (OSError, TimeoutError, struct.error):
-        dul.event_queue.put("Evt17")  # transport closed
+    except _Stalled as stalled:
+        _close_stalled(dul, transport, str(stalled))
         return
     if pdu_type not in _PDU_TYPES:
         dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
@@ -79,10 +104,15 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
                      pdu_type=f"0x{pdu_type:02X}", length=length, limit=limit)
         dul.event_queue.put("Evt19")
         return
-    body = _recv_exactly(transport, length)
+    try:
+        body = _recv_exactly(transport, length, deadline)
+    except _Stalled as stalled:
+        _close_stalled(dul, transport, str(stalled))
+        return
     if body is None:
         dul.event_queue.put("Evt17")
         return
+    _spoke(dul)
     if pdu_type == _P_DATA_TF and pdata_stream.enabled() and dul.state_machine.current_state == _ESTABLISHED:
         try:
             values = pdata_stream.receive(dul, memoryview(body))
@@ -101,19 +131,56 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
     dul._recv_pdu.put(pdu)
 
 
-def _recv_exactly(transport: AssociationSocket, length: int) -> bytearray | None:
+def _deadline(dul: DULServiceProvider) -> float:
+    """When the PDU whose first bytes are readable must be whole (``time.monotonic``)."""
+    if dul.state_machine.current_state in _BEFORE_REQUEST:
+        seconds = dul.artim_timer.remaining  # its timeout, until the connection's event starts it
+    else:
+        seconds = dul.assoc.ae.network_timeout or 0.0
+    return time.monotonic() + max(seconds, 0.0)
+
+
+def _spoke(dul: DULServiceProvider) -> None:
+    """The peer sent a whole PDU: the node's network timeout replaces a shorter idle limit."""
+    timeout = dul.assoc.ae.network_timeout
+    if dul.state_machine.current_state not in _BEFORE_REQUEST and dul.assoc.network_timeout != timeout:
+        dul.assoc.network_timeout = timeout
+
+
+def _close_stalled(dul: DULServiceProvider, transport: AssociationSocket, progress: str) -> None:
+    """Close a connection whose PDU missed its deadline (closing puts Evt17, as when the peer
+    closes: the association, if any, is aborted and its slot given back)."""
+    logs.warning("association.pdu_stalled", address=_peer(transport), state=dul.state_machine.current_state,
+                 received=progress)
+    transport.close()
+
+
+def _recv_exactly(transport: AssociationSocket, length: int, deadline: float) -> bytearray | None:
     """``length`` bytes from the connection in as few reads as the kernel allows (pynetdicom
-    reads 4 KiB at a time), or None if it closed or failed first."""
+    reads 4 KiB at a time), or None if it closed or failed first; raises _Stalled (with the
+    bytes received so far) when ``deadline`` passes first."""
     body = bytearray(length)
     view = memoryview(body)
     raw = transport.socket
     try:
+        kept = raw.gettimeout()  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+    try:
         while view:
-            got = raw.recv_into(view)  # type: ignore[union-attr]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Stalled(f"{length - len(view)} of {length} bytes")
+            raw.settimeout(left)  # type: ignore[union-attr]
+            try:
+                got = raw.recv_into(view)  # type: ignore[union-attr]
+            except TimeoutError:
+                continue
             if not got:
                 return None
             view = view[got:]
-    except (OSError, TimeoutError, AttributeError):
+        raw.settimeout(kept)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
         return None
     return body
 

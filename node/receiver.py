@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import socket
 import socketserver
 import sqlite3
@@ -68,8 +69,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node import logs, pdata_stream, pdu_guard
 from node.config import Config
 from node.pynetdicom_patch import patch_reactor_sleep
-from node.screening import StructureError, check_structure, inflate, uid_problem
-from node.slots import AssociationSlots
+from node.screening import StructureError, check_structure, inflated, uid_problem
+from node.slots import AssociationSlots, Slot, SlotsFull
 from node.spool import Spool
 from node.store import Index, InstanceRecord
 from node.tls import server_context
@@ -155,7 +156,7 @@ def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
 
     Raises StructureError for a data set a parser could not safely walk (node.screening).
     Decoding every element of a 0.5 MB image with pydicom only to read five of them cost more
-    than writing it. Deflated data is inflated first.
+    than writing it. Deflated data is inflated first, within its limits (``inflated``).
     """
     assert incoming.part is not None
     syntax = UID(incoming.transfer_syntax)
@@ -165,7 +166,8 @@ def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
         with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
             try:
                 if syntax == DeflatedExplicitVRLittleEndian:
-                    raw = check_structure(inflate(data), False, collect=tags)
+                    with inflated(data) as plain:
+                        raw = check_structure(plain, False, collect=tags)
                 else:
                     raw = check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
                                           collect=tags)
@@ -208,6 +210,27 @@ class StoreRefusal:
         return ds
 
 
+def handshake(raw: ssl.SSLSocket, deadline: float) -> None:
+    """Complete a server-side TLS handshake by ``deadline`` (``time.monotonic``) or raise
+    TimeoutError: a socket timeout bounds each read, not the handshake, which a peer sending a
+    byte at a time could stretch."""
+    kept = raw.gettimeout()
+    raw.setblocking(False)
+    wait: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]]
+    while True:
+        try:
+            raw.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            wait = ([raw], [])
+        except ssl.SSLWantWriteError:
+            wait = ([], [raw])
+        left = deadline - time.monotonic()
+        if left <= 0 or not any(select.select(*wait, [], left)[:2]):
+            raise TimeoutError("TLS handshake not complete in time")
+    raw.settimeout(kept)
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling receiver processes."""
 
@@ -248,8 +271,9 @@ class Receiver:
         self._assoc_ids: dict[int, str] = {}
         self._registered: set[str] = set()
         self._server: ThreadedAssociationServer | None = None
-        self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations)
-        self._held: dict[int, tuple[Association, int]] = {}
+        self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations,
+                                       config.node.max_associations_per_peer)
+        self._held: dict[int, tuple[Association, Slot]] = {}
         self._held_lock = threading.Lock()
 
     # ---- association control --------------------------------------------------------------
@@ -289,33 +313,51 @@ class Receiver:
 
     def on_connection(self, event: evt.Event) -> None:
         """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout; a TLS
-        connection shakes hands here, in its own thread, so that a failure is logged with why."""
-        event.assoc.acse_timeout = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+        connection shakes hands here, in its own thread, within the same time, so that a failure
+        is logged with why and the connection closed (a stalled ClientHello held it for the
+        network timeout)."""
+        seconds = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+        event.assoc.acse_timeout = seconds
         transport = event.assoc.dul.socket
         raw = getattr(transport, "socket", None)
-        if isinstance(raw, ssl.SSLSocket):
+        if isinstance(raw, ssl.SSLSocket) and transport is not None:
             try:
-                raw.do_handshake()
+                handshake(raw, time.monotonic() + seconds)
             except (ssl.SSLError, OSError) as error:
                 logs.warning("tls.handshake_failed", address=event.address[0],  # type: ignore[attr-defined]
                              reason=getattr(error, "reason", None) or type(error).__name__)
+                transport.close()
 
     def take_slot(self, event: evt.Event) -> None:
-        """A requested association takes one of the node's ``max_associations`` slots or is
-        rejected (transient, local limit exceeded), so the SCU knows to try again later."""
+        """A requested association takes one of the node's ``max_associations`` slots (and one of
+        its address's ``max_associations_per_peer``) or is rejected (transient, local limit
+        exceeded), so the SCU knows to try again later. Until it sends its first PDU it may idle
+        ``idle_association_seconds`` only (node.pdu_guard restores the network timeout)."""
         assoc = event.assoc
-        assoc.acse_timeout = self.config.node.network_timeout_seconds
+        node = self.config.node
+        assoc.acse_timeout = node.network_timeout_seconds
+        assoc.network_timeout = min(node.idle_association_seconds, node.network_timeout_seconds)
         if assoc.is_rejected or assoc.is_aborted:
             return
-        fd = self._take_slot()
-        if fd is None:
-            logs.warning("association.rejected", calling_aet=assoc.requestor.ae_title,
-                         address=assoc.requestor.address, reason="max_associations reached (node-wide)")
+        address = assoc.requestor.address
+        calling = assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        try:
+            slot = self._take_slot(address, self._reserved_for(calling, address))
+        except SlotsFull as full:
+            logs.warning("association.rejected", calling_aet=calling, address=address, reason=str(full))
             assoc.acse.send_reject(_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED)
             assoc.kill()
             return
         with self._held_lock:
-            self._held[id(assoc)] = (assoc, fd)
+            self._held[id(assoc)] = (assoc, slot)
+
+    def _reserved_for(self, calling: str, address: str) -> int:
+        """Slots this caller may not take: when the allow-list names addresses, the last
+        ``max_associations_per_peer`` are kept for callers from them."""
+        by_address = [rule for rule in self.config.allow if rule.addresses]
+        if not by_address or any(rule.permits(calling, address) for rule in by_address):
+            return 0
+        return self.config.node.max_associations_per_peer
 
     def free_slot(self, event: evt.Event) -> None:
         pdata_stream.discard(event.assoc)  # data sets of an association that ended unanswered
@@ -324,16 +366,18 @@ class Receiver:
         if held is not None:
             self._slots.give_back(held[1])
 
-    def _take_slot(self) -> int | None:
-        fd = self._slots.take()
-        if fd is None:  # an association thread that ended without a close event gives its slot back
+    def _take_slot(self, address: str, reserved: int) -> Slot:
+        try:
+            return self._slots.take(address, reserved)
+        except SlotsFull:  # an association thread that ended without a close event gives its slot back
             with self._held_lock:
                 ended = [key for key, (assoc, _) in self._held.items() if not assoc.is_alive()]
-                fds = [self._held.pop(key)[1] for key in ended]
-            for stale in fds:
-                self._slots.give_back(stale)
-            fd = self._slots.take() if fds else None
-        return fd
+                stale = [self._held.pop(key)[1] for key in ended]
+            for slot in stale:
+                self._slots.give_back(slot)
+            if not stale:
+                raise
+        return self._slots.take(address, reserved)
 
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -387,6 +431,10 @@ class Receiver:
             logs.error("store.failed", reason=str(incoming.refused))
             return StoreRefusal(OUT_OF_RESOURCES,
                                 f"cannot write to spool: {incoming.refused.strerror}").response()
+        if incoming.command_problem is not None:
+            unusable = StoreRefusal(CANNOT_UNDERSTAND, incoming.command_problem)
+            self._quarantine(incoming, unusable)
+            return unusable.response()
         try:
             identifiers = screen(incoming)
             refusal = self._check(identifiers, incoming.request, incoming.abstract_syntax)

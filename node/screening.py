@@ -9,14 +9,24 @@ element count, and refuses what exceeds them; and it refuses identifiers that wo
 unsafe or ambiguous file names (a Study Instance UID of ``..``).
 
 Little and big endian (``accept_all_storage`` accepts any transfer syntax) are walked alike;
-a deflated data set is inflated first, with a bound on its inflated size.
+a deflated data set is inflated first, in steps, into memory that is taken only as it is
+written, and refused as soon as it inflates beyond ``inflated_limit`` of its compressed size: a
+1 MB file of zeros that inflates to 1000 MiB was taken whole into memory by the receiver, and
+again by every later stage that read it with pydicom (which inflates the whole file at once).
+
+The element budget bounds what pydicom builds for a data set in the later stages: about 370 bytes
+per element in the scheduler and 640 in a worker, so 2 million empty elements (16 MB sent)
+cost 0.7 and 1.3 GB there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom._dicom_dict import DicomDictionary
@@ -32,9 +42,16 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 MAX_SEQUENCE_DEPTH = 64
 #: Elements outside pixel data; an enhanced multi-frame object with per-frame groups for a few
 #: thousand frames has a few hundred thousand.
-MAX_ELEMENTS = 2_000_000
+MAX_ELEMENTS = 500_000
 #: A deflated data set may not inflate beyond this (a few KB of zeros can claim gigabytes).
-MAX_INFLATED_BYTES = 2 * 1024**3
+MAX_INFLATED_BYTES = 512 * 1024**2
+#: Nor beyond this many times its compressed size: real images and reports deflate 2 to 10
+#: times, a bomb of zeros a thousand times.
+MAX_INFLATION_RATIO = 100
+#: Whatever the ratio, a data set may inflate this far (a small, mostly empty one deflates well).
+MIN_INFLATED_LIMIT = 16 * 1024**2
+#: Compressed bytes fed, and inflated bytes taken, per step.
+_INFLATE_STEP = 1024 * 1024
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -83,16 +100,47 @@ class StructureError(ValueError):
     """The data set's element structure is broken or exceeds a limit; the message says which."""
 
 
-def inflate(data: bytes | memoryview, limit: int = MAX_INFLATED_BYTES) -> bytes:
-    """A deflated data set (raw deflate, PS3.5 A.5), refusing one that inflates beyond ``limit``."""
+def inflated_limit(compressed: int) -> int:
+    """The most a deflated data set of ``compressed`` bytes may inflate to."""
+    return min(MAX_INFLATED_BYTES, max(MIN_INFLATED_LIMIT, MAX_INFLATION_RATIO * compressed))
+
+
+@contextlib.contextmanager
+def inflated(data: bytes | memoryview) -> Iterator[memoryview]:
+    """A deflated data set (raw deflate, PS3.5 A.5), inflated: the one decoded copy, in an
+    anonymous mapping whose pages are taken as they are written and given back when the
+    last view of it goes. Raises StructureError for one that inflates beyond
+    ``inflated_limit``, as soon as it does, or that cannot be inflated."""
+    limit = inflated_limit(len(data))
+    buffer = mmap.mmap(-1, limit)
+    size = _inflate_into(buffer, memoryview(data), limit)
+    with memoryview(buffer) as whole, whole[:size] as view:
+        yield view
+
+
+def _inflate_into(buffer: mmap.mmap, data: memoryview, limit: int) -> int:
+    """Inflate ``data`` into ``buffer`` a step at a time; returns the inflated size."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
     try:
-        out = inflater.decompress(data, limit + 1)
+        for start in range(0, len(data), _INFLATE_STEP):
+            pending: bytes | memoryview = data[start:start + _INFLATE_STEP]
+            while pending:
+                size = _put(buffer, size, inflater.decompress(pending, min(_INFLATE_STEP, limit + 1 - size)), limit,
+                            len(data))
+                pending = inflater.unconsumed_tail
+        return _put(buffer, size, inflater.flush(), limit, len(data))
     except zlib.error as error:
         raise StructureError(f"deflated data set cannot be inflated ({error})") from None
-    if len(out) > limit:
-        raise StructureError(f"deflated data set inflates beyond {limit} bytes")
-    return out
+
+
+def _put(buffer: mmap.mmap, size: int, chunk: bytes, limit: int, compressed: int) -> int:
+    if size + len(chunk) > limit:
+        raise StructureError(f"deflated data set of {compressed} bytes inflates beyond {limit} bytes "
+                             f"(limit: {MAX_INFLATION_RATIO} times its size, at least {MIN_INFLATED_LIMIT}, "
+                             f"at most {MAX_INFLATED_BYTES})")
+    buffer[size:size + len(chunk)] = chunk
+    return size + len(chunk)
 
 
 def check_structure(data: bytes | memoryview, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,

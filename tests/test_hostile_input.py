@@ -121,10 +121,18 @@ def test_uids_that_are_not_digits_and_dots_are_refused_quarantined_and_never_bec
     assert node.index().count_instances() == 0
     stray = [p for p in tmp_path.rglob("*.dcm") if p.parent != spool / "quarantine"]
     assert stray == [], f"instance files written outside the quarantine: {stray}"
-    too_long_in_command = send_raw(node.port, CTImageStorage, source, "1." + "2" * 63)
-    assert too_long_in_command == -1, "pynetdicom aborts a command whose UID exceeds 64 characters"
     assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0
     assert node.index().count_instances() == 1
+
+
+def test_a_65_character_sop_instance_uid_in_the_command_gets_0xC000_and_quarantine_not_an_abort(node, data_dir):
+    source = pydicom.dcmread(ct_files(data_dir, 1)[0])
+    # measured: 0xC000 and the data set kept; before, pynetdicom aborted the association (-1)
+    assert send_raw(node.port, CTImageStorage, source, "1." + "2" * 63) == 0xC000
+    (reason,) = quarantine_reasons(Path(node.config["node"]["spool"]))
+    assert reason == "C-STORE command: AffectedSOPInstanceUID is longer than 64 characters"
+    assert node.index().count_instances() == 0
+    assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0
 
 
 def test_two_different_sop_instance_uids_never_share_a_file(tmp_path):

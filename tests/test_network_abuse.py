@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom import pdu as pdus
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.peers import storescu
@@ -26,8 +29,8 @@ A_ASSOCIATE_RQ, P_DATA_TF, A_ABORT = 0x01, 0x04, 0x07
 MiB = 1024 * 1024
 
 
-def tree_rss(root_pid: int) -> int:
-    """Resident bytes of a process and all its descendants (the node's receivers and workers)."""
+def tree_pids(root_pid: int) -> set[int]:
+    """A process and all its descendants (the node's receivers and workers)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -41,14 +44,36 @@ def tree_rss(root_pid: int) -> int:
         children = [pid for pid, ppid in parents.items() if ppid == parent]
         pids.update(children)
         frontier.extend(children)
+    return pids
+
+
+def tree_status(root_pid: int, field: str) -> int:
+    """The sum of a numeric /proc/<pid>/status field over a process and its descendants."""
     total = 0
-    for pid in pids:
+    for pid in tree_pids(root_pid):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS"))
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":"))
     return total
+
+
+def tree_rss(root_pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    return tree_status(root_pid, "VmRSS") * 1024
+
+
+def tree_threads(root_pid: int) -> int:
+    return tree_status(root_pid, "Threads")
+
+
+def threads_settled(root_pid: int, baseline: int, seconds: float) -> int:
+    """The node's thread count once it is back to ``baseline``, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (threads := tree_threads(root_pid)) > baseline and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return threads
 
 
 def stream_until_dropped(sock: socket.socket, limit_bytes: int, seconds: float) -> tuple[int, bytes]:
@@ -332,3 +357,151 @@ def test_an_association_request_with_an_absurd_maximum_length_still_gets_its_sto
     assert status.Status == 0x0000
     assert storescu(node.port, rest[1:]).returncode == 0 and node.proc.poll() is None
     assert tree_rss(node.proc.pid) - before < 32 * MiB
+
+
+def association_request(calling_aet: str = "HALFSENT") -> bytes:
+    """An A-ASSOCIATE-RQ for Verification, as a scanner would send it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling_aet
+    primitive.called_ae_title = "RADNODE"
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    pdu = pdus.A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def seconds_until_closed(socks: dict[socket.socket, float], limit: float) -> list[float | None]:
+    """For each socket (with the monotonic time its last bytes were sent), the seconds until the
+    node closed or reset it (an A-ABORT before is read and skipped), or None past ``limit``."""
+    closed: dict[socket.socket, float] = {}
+    deadline = max(socks.values()) + limit
+    while len(closed) < len(socks) and time.monotonic() < deadline:
+        waiting = [sock for sock in socks if sock not in closed]
+        readable, _, _ = select.select(waiting, [], [], 0.1)
+        for sock in readable:
+            try:
+                ended = sock.recv(65536) == b""
+            except OSError:  # reset
+                ended = True
+            if ended:
+                closed[sock] = time.monotonic() - socks[sock]
+    return [round(closed[sock], 2) if sock in closed else None for sock in socks]
+
+
+def test_200_half_sent_pdus_are_closed_within_6_s_and_their_threads_end_while_storescu_is_served(
+        node, data_dir):
+    """One byte, a PDU header's first bytes or half an A-ASSOCIATE-RQ each held a socket and two
+    threads for minutes: pynetdicom reads a PDU with blocking reads once the socket is readable."""
+    assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0  # receivers warmed up
+    baseline = tree_threads(node.proc.pid)
+    request = association_request()
+    partials = [b"\x01", request[:3], request[:5], request[:len(request) // 2]]
+    socks: dict[socket.socket, float] = {}
+    try:
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", node.port))
+            sock.sendall(partials[i % len(partials)])
+            socks[sock] = time.monotonic()
+        held = tree_threads(node.proc.pid) - baseline
+        sent = storescu(node.port, ct_files(data_dir, 2)[1:], timeout=30)
+        assert sent.returncode == 0, f"storescu refused beside 200 half-sent PDUs: {sent.stderr}"
+        seconds = seconds_until_closed(socks, 8)
+        threads = threads_settled(node.proc.pid, baseline, 5)  # before the test closes its sockets
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"+{held} threads while held; closed after {min(filter(None, seconds), default=None)} to "
+          f"{max(filter(None, seconds), default=None)} s; threads {baseline} -> {threads}")
+    # measured: +270 threads while held, closed after 5.0 to 5.8 s, threads 13 -> 12
+    # (before the fix: none closed within 8 s, +285 threads still held)
+    assert None not in seconds, f"{seconds.count(None)} of 200 half-sent PDUs still open after 8 s"
+    assert max(seconds) < 6, f"half-sent PDUs closed after up to {max(seconds)} s"
+    assert threads <= baseline, f"{threads} threads, {baseline} before the half-sent PDUs"
+    assert '"association.pdu_stalled"' in node.logs()
+
+
+def test_a_pdu_stalled_mid_body_in_an_association_is_closed_by_its_deadline_and_its_threads_end(
+        tmp_path, data_dir):
+    timeout = 3.0
+    config = node_config(tmp_path, node={"max_associations": 4, "network_timeout_seconds": timeout})
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0  # receivers warmed up
+        baseline = tree_threads(node.proc.pid)
+        with socket.create_connection(("127.0.0.1", node.port)) as sock:
+            sock.sendall(association_request())
+            assert sock.recv(1) == b"\x02", "no A-ASSOCIATE-AC"
+            sock.settimeout(1)
+            sock.recv(65536)  # the rest of the A-ASSOCIATE-AC
+            sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, 1000) + bytes(100))  # 106 of 1006 bytes
+            seconds = seconds_until_closed({sock: time.monotonic()}, timeout + 5)[0]
+            threads = threads_settled(node.proc.pid, baseline, 3)
+        # measured: closed after 3.0 s with network_timeout_seconds = 3 (before: open after 8 s)
+        assert seconds is not None and seconds < timeout + 1, f"stalled PDU closed after {seconds} s"
+        assert threads <= baseline, f"{threads} threads, {baseline} before the stalled PDU"
+        assert storescu(node.port, ct_files(data_dir, 2)[1:]).returncode == 0
+    finally:
+        node.stop()
+
+
+def silent_from(port: int, addresses: list[str], count: int) -> list:
+    """``count`` associations from each source address that, once accepted, send nothing."""
+    held = []
+    for address in addresses:
+        for _ in range(count):
+            ae = AE("SILENT")
+            ae.add_requested_context(CTImageStorage)
+            ae.network_timeout = 120
+            held.append(ae.associate("127.0.0.1", port, ae_title="RADNODE", bind_address=(address, 0)))
+    return held
+
+
+def test_50_silent_associations_from_one_address_leave_room_for_others_and_end_after_the_idle_limit(
+        tmp_path, data_dir):
+    """max_associations 32 (default), max_associations_per_peer 8 and idle_association_seconds 10
+    (defaults): 32 silent associations from one caller shut every other sender out for 60 s."""
+    node = NodeProcess(node_config(tmp_path), tmp_path).start()
+    try:
+        assert storescu(node.port, ct_files(data_dir, 1)).returncode == 0  # receivers warmed up
+        opened = time.monotonic()
+        silent = silent_from(node.port, ["127.0.0.2"], 50)
+        established = [a for a in silent if a.is_established]
+        sent = storescu(node.port, ct_files(data_dir, 2)[1:], timeout=30)  # from 127.0.0.1
+        assert sent.returncode == 0, f"storescu refused beside 50 silent associations: {sent.stderr}"
+        wait_until(lambda: not any(a.is_established for a in established), 15, 0.1, "silent ones aborted")
+        lived = time.monotonic() - opened
+        print(f"{len(established)} of 50 silent associations accepted; aborted after {lived:.1f} s")
+        # measured: 8 of 50 accepted, aborted after 10.1 s (before: 32 accepted, storescu refused)
+        assert len(established) == 8, f"{len(established)} silent associations from one address accepted"
+        assert lived < 13, f"silent associations lived {lived:.1f} s"
+        assert all(a.is_aborted for a in established)
+    finally:
+        node.stop()
+
+
+def test_silent_associations_under_an_allow_list_by_ae_title_leave_the_last_slots_to_callers_named_by_address(
+        tmp_path, data_dir):
+    """An allow-list entry by AE title alone can be claimed from any address: 50 silent
+    associations from 5 addresses may take 6 of 8 slots, and storescu from 127.0.0.1 is served."""
+    allow = [{"ae_title": "SILENT"}, {"ae_title": "STORESCU", "addresses": ["127.0.0.1"]}]
+    config = node_config(tmp_path, node={"max_associations": 8, "max_associations_per_peer": 2})
+    config["allow"] = allow
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        silent = silent_from(node.port, [f"127.0.0.{i}" for i in range(2, 7)], 10)
+        established = sum(a.is_established for a in silent)
+        sent = storescu(node.port, ct_files(data_dir, 2), timeout=30)
+        # measured: 6 of 50 accepted (2 per address until the 6 open slots were taken)
+        assert established == 6, f"{established} silent associations accepted"
+        assert sent.returncode == 0, f"storescu on the allow-list refused: {sent.stderr}"
+        for assoc in silent:
+            if assoc.is_established:
+                assoc.abort()
+    finally:
+        node.stop()

@@ -103,3 +103,17 @@ def test_offline_run_keeps_the_patient_off_stderr(tmp_path, data_dir):
 def test_the_systemd_unit_creates_nothing_other_users_can_read():
     unit = (REPO / "systemd" / "radnode.service").read_text().splitlines()
     assert "UMask=0027" in unit
+
+
+def test_a_library_exception_quoting_a_value_is_redacted_in_the_error_field_as_in_the_message():
+    """pynetdicom logs "Exception in DUL.run()" with the exception, whose text may quote what the
+    peer sent; ``message`` was redacted, ``error`` repeated it."""
+    code = ("import logging; from node import logs; logs.setup()\n"
+            "try:\n    raise ValueError(\"invalid value 'Trustme-Doe' in 'PID-7731-XQ'\")\n"
+            "except ValueError:\n"
+            "    logging.getLogger('pynetdicom.dul').exception(\"bad value 'Trustme-Doe'\")\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    (line,) = map(json.loads, run.stderr.splitlines())
+    assert line["event"] == "library.log" and line["message"] == 'bad value "<redacted>"'
+    assert line["error"] == 'ValueError: invalid value "<redacted>" in "<redacted>"', line
+    assert not leaks(run.stderr)

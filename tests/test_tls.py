@@ -7,8 +7,10 @@ unrelated CA that must not be trusted.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +134,28 @@ def test_unreadable_certificate_stops_the_start_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "node.tls: cannot load the certificates" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stalled_tls_client_hello_is_closed_within_6_s_not_the_network_timeout(tmp_path, pki, data_dir):
+    """The handshake has the 5 s of the A-ASSOCIATE-RQ, not network_timeout_seconds (60 s)."""
+    from tests.test_network_abuse import seconds_until_closed
+
+    config = node_config(tmp_path, node={"tls": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}})
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        stalled: dict[socket.socket, float] = {}
+        for hello in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # none, or its first 11 bytes
+            sock = socket.create_connection(("127.0.0.1", node.port))
+            sock.sendall(hello)
+            stalled[sock] = time.monotonic()
+        seconds = seconds_until_closed(stalled, 10)
+        for sock in stalled:
+            sock.close()
+        # measured: closed after 5.0 s each (before: both open after 10 s, closed at 60 s)
+        assert None not in seconds and max(seconds) < 6, f"stalled handshakes closed after {seconds} s"
+        files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:2]
+        sent = storescu(node.port, files, extra=("+tls", str(pki.client_key), str(pki.client_cert), "-pw",
+                                                 "+cf", str(pki.ca)))
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        node.stop()
