@@ -40,10 +40,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
 from node.config import Route, parse_config  # noqa: E402
-from node.dispatcher import Dispatcher  # noqa: E402
-from node.router import job_spec  # noqa: E402
-from node.spool import Spool  # noqa: E402
-from node.store import Index, ResultFile  # noqa: E402
+from node.deliver.dispatcher import Dispatcher  # noqa: E402
+from node.index.store import Index, ResultFile  # noqa: E402
+from node.receive.spool import Spool  # noqa: E402
+from node.route.router import job_spec  # noqa: E402
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route  # noqa: E402
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
 

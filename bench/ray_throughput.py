@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
 from node.config import parse_config  # noqa: E402
-from node.ray_actor import PipelineActor  # noqa: E402
-from node.ray_executor import ship  # noqa: E402
-from node.spool import Spool  # noqa: E402
-from node.worker import load_pipeline, pipeline_settings, run_pipeline  # noqa: E402
+from node.receive.spool import Spool  # noqa: E402
+from node.run.invoke import load_pipeline, pipeline_settings, run_pipeline  # noqa: E402
+from node.run.ray_actor import PipelineActor  # noqa: E402
+from node.run.ray_executor import ship  # noqa: E402
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until  # noqa: E402
 from tests.peers import Orthanc, storescu  # noqa: E402
 from tests.ray_cluster import RayCluster  # noqa: E402

@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from node.matcher import Condition, parse_condition
+from node.route.matcher import Condition, parse_condition
+from node.tls import ClientTls, ServerTls, client_context, server_context
 
 if TYPE_CHECKING:
     from pipelines.base import InputSpec
@@ -42,31 +43,6 @@ class _Strict(BaseModel):
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ]$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class ServerTls(_Strict):
-    """DICOM TLS on the receiver: every association must then be TLS."""
-
-    cert_file: FilePath
-    key_file: FilePath
-    ca_file: FilePath | None = Field(
-        default=None, description="when set, callers must present a certificate this CA signed"
-    )
-
-
-class ClientTls(_Strict):
-    """DICOM TLS to a destination. The peer's certificate is always verified against ca_file."""
-
-    ca_file: FilePath
-    cert_file: FilePath | None = None
-    key_file: FilePath | None = None
-    check_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _key_with_cert(self) -> ClientTls:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (our certificate and its key)")
-        return self
 
 
 class NodeSettings(_Strict):
@@ -185,7 +161,7 @@ class MonitoringSettings(_Strict):
 
 
 class WebSettings(_Strict):
-    """The administrator's web page (node.web). Off unless turned on; on, it needs a login because
+    """The administrator's web page (node.operate.web). Off unless turned on; on, it needs a login because
     its buttons act on the node: a password (``radnode hash-password`` prints the hash) or a TLS
     client certificate signed by ``[web.tls] ca_file`` (both, when both are configured)."""
 
@@ -457,7 +433,7 @@ def _check_pipelines(config: Config, source: str) -> None:
 
     for name, pipeline in config.pipelines.items():
         try:
-            resolve_entry(name, pipeline)
+            resolve_entry(name, pipeline.entry)
         except LookupError as error:
             raise ConfigError(f"{source} is not valid:\n  pipelines.{name}: {error}") from None
         if pipeline.model is not None and not pipeline.model.exists():
@@ -466,9 +442,15 @@ def _check_pipelines(config: Config, source: str) -> None:
             )
     for i, route in enumerate(config.routes):
         try:
-            resolve_entry(route.pipeline, config.pipelines.get(route.pipeline))
+            resolve_entry(route.pipeline, _entry(config, route.pipeline))
         except LookupError as error:
             raise ConfigError(f"{source} is not valid:\n  routes[{i}].pipeline: {error}") from None
+
+
+def _entry(config: Config, name: str) -> str | None:
+    """The site's ``entry`` of pipeline ``name``; None for a shipped pipeline."""
+    table = config.pipelines.get(name)
+    return table.entry if table is not None else None
 
 
 def _check_contracts(config: Config, source: str, check_site_pipelines: bool) -> None:
@@ -480,7 +462,7 @@ def _check_contracts(config: Config, source: str, check_site_pipelines: bool) ->
     for name in dict.fromkeys([*config.pipelines, *(route.pipeline for route in config.routes)]):
         table = config.pipelines.get(name)
         if check_site_pipelines or table is None or table.entry is None:
-            contracts[name] = contract(name, table)
+            contracts[name] = contract(name, table.entry if table else None)
     lines: list[str] = []
     for name, table in config.pipelines.items():
         if name in contracts:
@@ -531,8 +513,6 @@ def route_problems(route: Route, inputs: Sequence[InputSpec]) -> list[tuple[str,
 
 def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
-    from node.tls import client_context, server_context
-
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
                                           ("web.tls", config.web.tls, server_context)]
     tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]

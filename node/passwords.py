@@ -12,7 +12,7 @@ import hmac
 import secrets
 
 #: scrypt cost: about 50 ms and 16 MiB per check on a 2020s CPU core (RFC 7914's interactive
-#: range); basic auth checks on every request, so the verdict is cached per password in node.web.
+#: range); basic auth checks on every request, so the verdict is cached per password in node.operate.web.
 _N, _R, _P = 2**14, 8, 1
 _PREFIX = "scrypt"
 

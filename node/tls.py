@@ -1,4 +1,5 @@
-"""DICOM TLS (PS3.15 Annex B): the SSL contexts of the receiver and of the dispatcher.
+"""DICOM TLS (PS3.15 Annex B): its settings in config.toml, and the SSL contexts of the
+receiver, the web page and the dispatcher.
 
 Verification is never optional towards a destination: results carry patient data, and a TLS
 connection to a peer whose certificate is not checked protects nothing. The receiver asks for a
@@ -9,7 +10,36 @@ from __future__ import annotations
 
 import ssl
 
-from node.config import ClientTls, ServerTls
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerTls(_Strict):
+    """DICOM TLS on the receiver: every association must then be TLS."""
+
+    cert_file: FilePath
+    key_file: FilePath
+    ca_file: FilePath | None = Field(
+        default=None, description="when set, callers must present a certificate this CA signed"
+    )
+
+
+class ClientTls(_Strict):
+    """DICOM TLS to a destination. The peer's certificate is always verified against ca_file."""
+
+    ca_file: FilePath
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> ClientTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (our certificate and its key)")
+        return self
 
 
 def server_context(settings: ServerTls) -> ssl.SSLContext:

@@ -60,7 +60,7 @@ class PipelineSettings:
     uid_root: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     #: how outputs name their creator (DeviceSerialNumber): the node's host name, also when a
-    #: pipeline runs on a cluster machine (``node.ray_actor``); None: this machine's name.
+    #: pipeline runs on a cluster machine (``node.run.ray_actor``); None: this machine's name.
     station_name: str | None = None
 
 

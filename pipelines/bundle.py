@@ -24,10 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipelines.model_folder import ModelFolderError
+from pipelines.model_folder import CONFIG_NAMES, ModelFolderError
 
-#: Config file names MONAI's bundle scripts look for, in the order they are tried.
-CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 #: Packages that bundles' networks import optionally, and how radnode installs them.
 EXTRAS = {
     "nibabel": "python3 -m pip install 'radnode[bundles]'",
@@ -83,10 +81,6 @@ def config_path(folder: Path) -> Path:
         if path.is_file():
             return path
     raise BundleError(f"{folder}/configs has none of {', '.join(CONFIG_NAMES)}")
-
-
-def is_bundle(folder: Path) -> bool:
-    return any((Path(folder) / "configs" / name).is_file() for name in CONFIG_NAMES)
 
 
 def read_bundle(folder: Path) -> Bundle:

@@ -48,10 +48,13 @@ def inner_folder(folder: Path, name: str, key: str) -> Path:
     return folder / name
 
 
-def is_monai_bundle(folder: Path) -> bool:
-    from pipelines.bundle import is_bundle  # imports this module for ModelFolderError
+#: Config file names MONAI's bundle scripts look for, in the order they are tried.
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
-    return is_bundle(folder)
+
+def is_monai_bundle(folder: Path) -> bool:
+    """A MONAI bundle's layout (``configs/inference.*``), as opposed to a radnode model folder."""
+    return any((Path(folder) / "configs" / name).is_file() for name in CONFIG_NAMES)
 
 
 def read_params(folder: Path) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from node.config import PipelineConfig
     from pipelines.base import InputSpec, Pipeline, PipelineOptions
 
 #: name -> "module:Class" of the pipelines that ship with radnode.
@@ -40,19 +39,21 @@ class Contract:
     options: type[PipelineOptions]
 
 
-def contract(name: str, config: PipelineConfig | None) -> Contract:
-    """The contract of pipeline ``name``; a site's pipeline (``entry``) is imported to read it."""
-    entry = resolve_entry(name, config)
-    if (config is None or config.entry is None) and name in CONTRACTS:
+def contract(name: str, site_entry: str | None = None) -> Contract:
+    """The contract of pipeline ``name``; a site's pipeline (``site_entry``, config.toml's
+    ``entry``) is imported to read it."""
+    entry = resolve_entry(name, site_entry)
+    if site_entry is None and name in CONTRACTS:
         module = importlib.import_module(CONTRACTS[name])
         return Contract(tuple(module.INPUTS), module.Options)
     cls = load_class(entry)
     return Contract(tuple(cls.inputs), cls.Options)
 
 
-def resolve_entry(name: str, config: PipelineConfig | None) -> str:
-    """The ``module:Class`` that implements pipeline ``name``; LookupError says what is missing."""
-    entry = (config.entry if config is not None else None) or SHIPPED.get(name)
+def resolve_entry(name: str, site_entry: str | None = None) -> str:
+    """The ``module:Class`` that implements pipeline ``name`` (a site's ``entry`` from config.toml,
+    else the shipped one); LookupError says what is missing."""
+    entry = site_entry or SHIPPED.get(name)
     if entry is None:
         shipped = ", ".join(sorted(SHIPPED)) or "none in this version"
         raise LookupError(

@@ -31,7 +31,7 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from node.spool import part10_header
+from node.receive.spool import part10_header
 from pipelines.training.data_folder import DATA_ROOT
 from tests.peers import dcmtk_bin, dcmtk_env
 from tests.raw_scu import exchange

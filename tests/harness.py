@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.store import Index
+from node.index.store import Index
 from tests.peers import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ class NodeProcess:
         """Start ``radnode serve`` without waiting for it (several nodes start at once)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "node.operate.cli", "serve", "--config", str(self.config_path)],
                 stdout=log, stderr=log, env=self.env, cwd=self.workdir, start_new_session=True,
             )
         return self
@@ -161,7 +161,7 @@ class NodeProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "node.cli", *args, "--config", str(self.config_path)],
+            [sys.executable, "-m", "node.operate.cli", *args, "--config", str(self.config_path)],
             capture_output=True, text=True, env=self.env, timeout=120,
         )
 

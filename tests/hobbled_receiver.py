@@ -20,8 +20,8 @@ from typing import Any
 
 from pynetdicom import evt
 
-from node.receiver import Receiver
-from node.service import receiver_main
+from node.operate.service import receiver_main
+from node.receive.scp import Receiver
 
 
 def hold_back_acceptance(seconds: float) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from node.spool import Spool
-from node.store import Index
+from node.index.store import Index
+from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 

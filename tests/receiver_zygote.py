@@ -2,8 +2,8 @@
 
 The supervisor spawns a receiver as a new interpreter (about a second of imports); a test that
 kills a receiver a hundred times would spend minutes restarting it. This process imports
-``node.service`` once and then, for each line ``fork`` on stdin, forks a child that runs the
-node's own receiver entry point (``node.service.receiver_main``) on the given config, and
+``node.operate.service`` once and then, for each line ``fork`` on stdin, forks a child that runs the
+node's own receiver entry point (``node.operate.service.receiver_main``) on the given config, and
 prints the child's pid. It starts no thread before forking, so the child is a clean copy.
 
     python3 -m tests.receiver_zygote CONFIG
@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from node.service import receiver_main
+from node.operate.service import receiver_main
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from node.store import Index, JobSpec, ResultFile
+from node.index.store import Index, JobSpec, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route
 from tests.peers import Orthanc
 
@@ -144,7 +144,7 @@ def test_jobs_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path):
     for i in range(1500):  # more than a pipe's 64 KB buffer of lines
         index.add_job(JobSpec(route="r", pipeline="p", subject=f"1.1.{i}", study_uid="1.1", generation=0,
                               inputs={"series": f"1.1.{i}"}, destinations=["pacs"]))
-    command = f"{sys.executable} -m node.cli jobs --config {node.config_path} | head -1"
+    command = f"{sys.executable} -m node.operate.cli jobs --config {node.config_path} | head -1"
     piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=node.env, timeout=120)
     assert piped.stdout.startswith("ID"), piped
     assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr

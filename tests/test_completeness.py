@@ -1,4 +1,4 @@
-"""What a series' own headers and arrival pattern say about whether more is coming (node.completeness).
+"""What a series' own headers and arrival pattern say about whether more is coming (node.complete.completeness).
 
 The end-to-end cases (a CT sent in two parts, ImagesInAcquisition) are in test_one_answer.py;
 these pin the rules on hand-made headers, including the cases that must NOT hold a series back.
@@ -6,7 +6,7 @@ these pin the rules on hand-made headers, including the cases that must NOT hold
 
 from __future__ import annotations
 
-from node.completeness import SliceHeader, adapted_seconds, expected_more
+from node.complete.completeness import SliceHeader, adapted_seconds, expected_more
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)

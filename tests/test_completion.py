@@ -11,10 +11,10 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node import assembler as assembler_module
-from node.assembler import Assembler, Timing, series_is_complete
+from node.complete import assembler as assembler_module
+from node.complete.assembler import Assembler, Timing, series_is_complete
 from node.config import parse_config
-from node.store import Index, InstanceRecord, SeriesRow
+from node.index.store import Index, InstanceRecord, SeriesRow
 from tests.harness import threshold_pipeline
 
 TIMING = Timing(settle_seconds=2.0, quiet_seconds=30.0)

@@ -34,7 +34,7 @@ entry = "tests.hu_threshold:HUThreshold"
 def serve(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "config.toml"
     path.write_text(text)
-    return subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(path)],
+    return subprocess.run([sys.executable, "-m", "node.operate.cli", "serve", "--config", str(path)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
@@ -93,7 +93,7 @@ def test_invalid_toml_is_reported_with_its_position(tmp_path):
 
 
 def test_missing_config_file_is_reported(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "node.cli", "jobs", "--config", str(tmp_path / "nope.toml")],
+    result = subprocess.run([sys.executable, "-m", "node.operate.cli", "jobs", "--config", str(tmp_path / "nope.toml")],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2 and "cannot read config" in result.stderr
 
@@ -160,7 +160,7 @@ def test_the_shipped_routes_and_options_fit_their_pipelines_and_are_read_validat
     config = parse_config(contract_config(
         {"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
         {"tumor-segmentation": {"options": {"min_tumor_ml": 2, "reference": ["flair"]}}}))
-    options = contract("tumor-segmentation", config.pipelines["tumor-segmentation"]).options.model_validate(
+    options = contract("tumor-segmentation", config.pipelines["tumor-segmentation"].entry).options.model_validate(
         config.pipelines["tumor-segmentation"].options)
     assert options.min_tumor_ml == 2.0 and options.reference == ("flair",)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 
 from node.config import DeliverySettings, load_config
-from node.dispatcher import retry_schedule
+from node.deliver.dispatcher import retry_schedule
 from tests.harness import REPO, NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, storescu
 from tests.test_node_e2e import pacs_destination

@@ -13,7 +13,7 @@ import pytest
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
-from node.spool import part10_header
+from node.receive.spool import part10_header
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import storescu
 from tests.test_hostile_input import ct_files, send_raw
@@ -129,9 +129,9 @@ def test_delivery_whose_record_meets_a_full_disk_stays_due_and_reaches_the_pacs_
     import sqlite3
 
     from node.config import parse_config
-    from node.dispatcher import Dispatcher
-    from node.spool import Spool
-    from node.store import Index
+    from node.deliver.dispatcher import Dispatcher
+    from node.index.store import Index
+    from node.receive.spool import Spool
     from tests.test_isolation import finished_job
 
     spool = Spool(small_disk / "spool")

@@ -1,4 +1,4 @@
-"""The dispatcher's pynetdicom SCU, as patched by node.pynetdicom_patch: it never loses a
+"""The dispatcher's pynetdicom SCU, as patched by node.receive.pynetdicom_ext: it never loses a
 response, and the PDUs it sends in batches are the ones the PACS asked for."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
-from node.pynetdicom_patch import patch_reactor_sleep
+from node.receive.pynetdicom_ext import patch_reactor_sleep
 from tests.peers import BitPreservingStorescp
 from tests.test_bad_input import ct_file
 from tests.test_pdata_stream import data_set_bytes

@@ -17,8 +17,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from node.screening import MAX_SEQUENCE_DEPTH, StructureError, check_structure
-from node.spool import Spool
+from node.receive.screening import MAX_SEQUENCE_DEPTH, StructureError, check_structure
+from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import storescu
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom
 
-from node.store import Index
+from node.index.store import Index
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import storescu
 from tests.test_node_e2e import pacs_destination
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _in_another_process(code: str, index_path: Path) -> str:
     """Run ``code`` with ``index`` bound to a fresh ``Index`` on the file, as an admin command
     would, and return what it printed."""
-    script = f"from pathlib import Path\nfrom node.store import Index\nindex = Index(Path({str(index_path)!r}))\n{code}"
+    script = f"from pathlib import Path\nfrom node.index.store import Index\nindex = Index(Path({str(index_path)!r}))\n{code}"
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=True)
     return done.stdout.strip()
@@ -129,7 +129,7 @@ def test_a_series_received_after_admin_commands_is_routed_and_seen_by_them(tmp_p
 _ADMIN_LOOP = """
 import sys, time
 from pathlib import Path
-from node.store import Index
+from node.index.store import Index
 path, until = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2])
 while time.monotonic() < until:
     if path.exists():

@@ -38,7 +38,7 @@ print(json.dumps({
 
 #: What a worker does before its first job: import the node's worker and build each shipped pipeline.
 WORKER = """
-from node import worker
+from node.run import worker
 from pipelines.base import PipelineSettings
 from pipelines.registry import SHIPPED, load_class
 for name, entry in SHIPPED.items():

@@ -10,10 +10,10 @@ from pathlib import Path
 import pydicom
 
 from node.config import RetentionSettings, Route
-from node.retention import Retention
-from node.router import job_spec
-from node.spool import Spool, part10_header
-from node.store import Index, InstanceRecord, Job, ResultFile
+from node.index.store import Index, InstanceRecord, Job, ResultFile
+from node.operate.retention import Retention
+from node.receive.spool import Spool, part10_header
+from node.route.router import job_spec
 from pipelines.base import SERIES_ROLE
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import BitPreservingStorescp, storescu
@@ -50,7 +50,7 @@ def finished_job(spool: Spool, index: Index, subject: str, result_bytes: bytes, 
     route = Route.model_validate(threshold_route("old-route"))
     index.add_job(job_spec(route, subject=subject, study_uid="1.2", generation=0, inputs={},
                            outcome=""))
-    job = claim_own(index, subject)  # a job ends (done) only from running: node.states
+    job = claim_own(index, subject)  # a job ends (done) only from running: node.index.states
     result = spool.result_dir(job.id) / "result.dcm"
     result.parent.mkdir(parents=True)
     result.write_bytes(result_bytes)
@@ -169,7 +169,7 @@ def test_quarantined_datasets_are_removed_after_instances_days(tmp_path):
 
 
 def test_a_study_whose_headers_cannot_be_read_does_not_hold_back_another_study(tmp_path):
-    from node.assembler import Assembler
+    from node.complete.assembler import Assembler
     from tests.test_completion import MR_ROUTE, Study, config
 
     index = Index(tmp_path / "index.sqlite")
@@ -186,7 +186,7 @@ def test_a_study_whose_headers_cannot_be_read_does_not_hold_back_another_study(t
 
 
 def test_a_complete_series_the_router_cannot_read_is_set_aside_and_the_next_is_routed(tmp_path):
-    from node.assembler import Assembler
+    from node.complete.assembler import Assembler
     from tests.test_completion import SERIES_ROUTE, Study, config
 
     index = Index(tmp_path / "index.sqlite")
@@ -205,7 +205,7 @@ def test_a_complete_series_the_router_cannot_read_is_set_aside_and_the_next_is_r
 
 def supervised_node(tmp_path: Path):
     from node.config import parse_config
-    from node.service import Node
+    from node.operate.service import Node
 
     config = parse_config({"node": {"spool": str(tmp_path / "spool")},
                            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
@@ -247,7 +247,7 @@ def test_the_supervisor_times_out_every_other_job_when_one_cannot_be_failed(tmp_
 def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from node.service import _Child
+    from node.operate.service import _Child
 
     node = supervised_node(tmp_path)
     dead = [_Child("receiver", print, SimpleNamespace(pid=pid, exitcode=-9, is_alive=lambda: False))
@@ -271,7 +271,7 @@ def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(
 def test_a_delivery_whose_result_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_sent(
         tmp_path, data_dir):
     from node.config import parse_config
-    from node.dispatcher import Dispatcher
+    from node.deliver.dispatcher import Dispatcher
 
     spool = Spool(tmp_path / "spool")
     index = Index(spool.root / "index.sqlite")

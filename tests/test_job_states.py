@@ -1,4 +1,4 @@
-"""The state machines (node.states): only the transitions of each machine's table happen, and
+"""The state machines (node.index.states): only the transitions of each machine's table happen, and
 only the current attempt of a job may end it, so a late result of an earlier attempt is never
 delivered."""
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from node import states
 from node.config import Route
-from node.router import job_spec
-from node.states import DeliveryState, JobState, SeriesState
-from node.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile, ResultObject
+from node.index import states
+from node.index.states import DeliveryState, JobState, SeriesState
+from node.index.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile, ResultObject
+from node.route.router import job_spec
 from tests.harness import threshold_route
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

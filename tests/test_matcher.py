@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom import Dataset
 
-from node.matcher import failed_conditions, parse_condition
+from node.route.matcher import failed_conditions, parse_condition
 
 
 def ct(**extra) -> Dataset:

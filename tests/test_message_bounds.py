@@ -28,7 +28,7 @@ from tests.test_hostile_input import ct_files, quarantine_reasons
 
 MB = 1000 * 1000
 MiB = 1024 * 1024
-#: The element budget (node.screening.MAX_ELEMENTS) the test holds the node to.
+#: The element budget (node.receive.screening.MAX_ELEMENTS) the test holds the node to.
 ELEMENTS = 500_000
 _P_DATA_TF = 0x04
 _COMMAND, _LAST = 0x01, 0x02

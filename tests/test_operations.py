@@ -16,10 +16,10 @@ from pathlib import Path
 import pydicom
 
 from node.config import RetentionSettings
+from node.index.store import Index, InstanceRecord, JobSpec, ResultFile
+from node.operate.retention import Retention
 from node.passwords import hash_password
-from node.retention import Retention
-from node.spool import Spool
-from node.store import Index, InstanceRecord, JobSpec, ResultFile
+from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
 from tests.peers import free_port, storescu
 from tests.test_node_e2e import pacs_destination
@@ -92,7 +92,7 @@ def test_busy_monitoring_port_stops_the_node_with_the_key_to_change(tmp_path: Pa
         config = node_config(tmp_path)
         config["monitoring"]["port"] = busy.getsockname()[1]
         path = write_toml(config, tmp_path / "config.toml")
-        run = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(path)],
+        run = subprocess.run([sys.executable, "-m", "node.operate.cli", "serve", "--config", str(path)],
                              capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "[monitoring] port" in run.stderr and "Traceback" not in run.stderr

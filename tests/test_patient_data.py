@@ -90,7 +90,7 @@ def test_offline_run_keeps_the_patient_off_stderr(tmp_path, data_dir):
     config = tmp_path / "config.toml"
     config.write_text('[pipelines.hu-threshold]\nentry = "tests.hu_threshold:HUThreshold"\n')
     run = subprocess.run(
-        [sys.executable, "-m", "node.cli", "run", "--config", str(config), "--pipeline", "hu-threshold",
+        [sys.executable, "-m", "node.operate.cli", "run", "--config", str(config), "--pipeline", "hu-threshold",
          "--input", str(series[0].parent), "--output", str(tmp_path / "out")],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert run.returncode == 0, run.stderr

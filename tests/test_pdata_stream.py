@@ -1,4 +1,4 @@
-"""The receiver's own C-STORE data path (node.pdata_stream) stores exactly what was sent: in every
+"""The receiver's own C-STORE data path (node.receive.pdata_stream) stores exactly what was sent: in every
 transfer syntax the node accepts, from pynetdicom and dcmtk SCUs, whatever the PDU size and
 however the sender splits the data set into fragments and PDUs."""
 
@@ -22,9 +22,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
-from node import pdata_stream
-from node.receiver import TRANSFER_SYNTAXES
-from node.store import Index
+from node.index.store import Index
+from node.receive import pdata_stream
+from node.receive.scp import TRANSFER_SYNTAXES
 from tests.conftest import DATA
 from tests.harness import REPO, NodeProcess, node_config, write_toml
 from tests.peers import dcmtk_bin, storescu, wait_for_port

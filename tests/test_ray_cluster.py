@@ -21,12 +21,12 @@ import pydicom
 import pytest
 
 from node.config import RaySettings, Route, parse_config
-from node.ray_actor import PipelineActor
-from node.ray_executor import hand_back_or_fail, ship
-from node.ray_probe import speaks_tls, tls_mismatch
-from node.router import job_spec
-from node.store import Index
-from node.worker import pipeline_settings
+from node.index.store import Index
+from node.route.router import job_spec
+from node.run.invoke import pipeline_settings
+from node.run.ray_actor import PipelineActor
+from node.run.ray_executor import hand_back_or_fail, ship
+from node.run.ray_probe import speaks_tls, tls_mismatch
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import Orthanc, storescu
 from tests.ray_cluster import RayCluster, RayTls, has_ray_client

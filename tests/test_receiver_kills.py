@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pydicom
 
-from node.spool import Spool
-from node.store import Index
+from node.index.store import Index
+from node.receive.spool import Spool
 from tests.harness import REPO, node_config, write_toml
 from tests.kill_trials import acknowledged, fresh_series
 from tests.peers import dcmtk_bin, dcmtk_env, wait_for_port

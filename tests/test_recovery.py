@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom
 import pydicom.uid
 
-from node.reconcile import reindex_spool
-from node.spool import Spool
-from node.store import Index, InstanceRecord
+from node.index.store import Index, InstanceRecord
+from node.operate.reconcile import reindex_spool
+from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.kill_trials import KillTrials, acknowledged
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu

@@ -16,12 +16,13 @@ from typing import Any
 import pydicom
 
 from node.config import Route, parse_config
-from node.dispatcher import Dispatcher
-from node.router import job_spec
-from node.spool import Spool
-from node.states import DeliveryState, JobState
-from node.store import Index, InstanceRecord
-from node.worker import PipelineCache, execute
+from node.deliver.dispatcher import Dispatcher
+from node.index.states import DeliveryState, JobState
+from node.index.store import Index, InstanceRecord
+from node.receive.spool import Spool
+from node.route.router import job_spec
+from node.run.invoke import PipelineCache
+from node.run.worker import execute
 from pipelines.base import SERIES_ROLE
 from tests.harness import threshold_pipeline, threshold_route
 from tests.peers import BitPreservingStorescp

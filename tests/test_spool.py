@@ -13,7 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import encode_file_meta
 
-from node.spool import Spool, part10_header
+from node.receive.spool import Spool, part10_header
 
 
 def test_file_meta_is_what_pynetdicom_and_pydicom_would_write():

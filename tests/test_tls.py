@@ -98,7 +98,7 @@ def test_a_pacs_whose_certificate_does_not_verify_gets_nothing_and_the_reason_is
     with TlsStorescp(tmp_path / "pacs", pki) as pacs:
         config = node_config(tmp_path, destinations=[pacs.destination(pki.other_ca)])
         path = write_toml(config, tmp_path / "config.toml")
-        echo = subprocess.run([sys.executable, "-m", "node.cli", "echo", "pacs", "--config", str(path)],
+        echo = subprocess.run([sys.executable, "-m", "node.operate.cli", "echo", "pacs", "--config", str(path)],
                               capture_output=True, text=True, timeout=120, cwd=REPO)
     assert echo.returncode == 1
     assert "no TLS association" in echo.stderr and "tls.ca_file" in echo.stderr
@@ -129,7 +129,7 @@ def test_unreadable_certificate_stops_the_start_naming_the_key(tmp_path):
     (tmp_path / "radnode.key").write_text("not a key\n")
     config = node_config(tmp_path, node={"tls": {"cert_file": "radnode.crt", "key_file": "radnode.key"}})
     path = write_toml(config, tmp_path / "config.toml")
-    result = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(path)],
+    result = subprocess.run([sys.executable, "-m", "node.operate.cli", "serve", "--config", str(path)],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
     assert "node.tls: cannot load the certificates" in result.stderr

@@ -22,10 +22,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import ConfigError, ServerTls, load_config, parse_config
+from node.config import ConfigError, load_config, parse_config
+from node.index.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile
+from node.operate.web import WebServer
 from node.passwords import hash_password
-from node.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile
-from node.web import WebServer
+from node.tls import ServerTls
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
 from tests.pki import issue, make_ca
@@ -223,14 +224,14 @@ def test_the_jobs_pages_say_which_job_a_later_answer_replaces(web):
 
 
 def test_hash_password_prints_a_line_the_config_accepts(tmp_path: Path):
-    run = subprocess.run([sys.executable, "-m", "node.cli", "hash-password"], check=False, input=PASSWORD + "\n",
+    run = subprocess.run([sys.executable, "-m", "node.operate.cli", "hash-password"], check=False, input=PASSWORD + "\n",
                          capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=60)
     assert run.returncode == 0, run.stderr
     line = run.stdout.strip()
     assert line.startswith('password_hash = "scrypt$') and PASSWORD not in line
     stored = line.split('"')[1]
     assert parse_config({"web": {"enabled": True, "password_hash": stored}}).web.password_hash == stored
-    short = subprocess.run([sys.executable, "-m", "node.cli", "hash-password"], check=False, input="short\n",
+    short = subprocess.run([sys.executable, "-m", "node.operate.cli", "hash-password"], check=False, input="short\n",
                            capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=60)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
 

@@ -17,8 +17,8 @@ import pydicom
 import pytest
 
 from node.config import load_config
+from node.operate.web import WebApp
 from node.passwords import hash_password
-from node.web import WebApp
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import free_port, storescu
 from tests.test_node_e2e import pacs_destination

@@ -1,0 +1,298 @@
+"""Deciding when a series or a study has arrived, and handing it to the router.
+
+DICOM never says "series finished", so completion is a decision. radnode uses what it knows:
+a series is complete once the associations that carried it are released and nothing new came
+for ``settle_seconds``; if an association stays open, ``quiet_seconds`` of silence decide. Both
+grow with a series that arrives slowly (``node.complete.completeness``), and while the series' own headers
+say more is coming (a gap in the slice positions, ImagesInAcquisition not reached, ...) it waits
+up to ``incomplete_timeout_seconds`` after its last instance.
+Study-level routes wait until every input role has a complete series (or the required roles
+plus the route's ``sufficient_roles``), or until the study has been quiet for
+``study_timeout_seconds`` or an administrator ran ``radnode complete``: then they run with what
+arrived if the required roles are there, and otherwise end as a failed job whose reason names
+the missing inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydicom import Dataset
+
+from node import logs
+from node.complete.completeness import Expectation, HeaderCache, adapted_seconds, expected_more
+from node.config import Config, Route
+from node.index.states import JobState, SeriesState
+from node.index.store import Index, SeriesRow
+from node.isolation import isolated
+from node.route.matcher import failed_conditions
+from node.route.router import Router, assign_inputs, job_spec, read_header
+from node.route.study import StudyStatus, study_decision
+
+#: Studies quiet for longer than this are no longer examined by study-level routes.
+STUDY_LOOKBACK_SECONDS = 7 * 24 * 3600
+#: Series whose routing header (one instance's, about 60 KiB) stays in memory: a study being
+#: routed needs its series' headers on every tick; past this, the least recently used is read
+#: again when needed (about 15 MiB at most).
+HEADER_CACHE_SERIES = 256
+
+
+@dataclass(frozen=True)
+class Timing:
+    settle_seconds: float
+    quiet_seconds: float
+    incomplete_seconds: float = 300.0
+
+
+#: Why a series is set aside when every instance it had was sent again under another series: it
+#: is never routed (a pipeline would read nothing), and a new instance of it re-opens it.
+NO_INSTANCES_LEFT = "no instances left: each was sent again under another study or series"
+
+
+def series_is_complete(series: SeriesRow, now: float, timing: Timing) -> bool:
+    """The quiet-time rule itself, kept free of I/O so that it can be tested directly."""
+    if series.open_associations == 0:
+        if now - quiet_since(series) >= timing.settle_seconds:
+            return True
+    return now - series.last_received >= timing.quiet_seconds
+
+
+def quiet_since(series: SeriesRow) -> float:
+    return max(series.last_received, series.released_at or series.last_received)
+
+
+@dataclass(frozen=True)
+class SeriesWait:
+    """What a receiving series waits for, and until when at the latest (``radnode studies``)."""
+
+    kind: Literal["instances", "association", "settle"]
+    waits_for: str
+    until: float
+
+
+class Assembler:
+    """One pass of ``tick`` completes series, routes them, and starts study-level jobs."""
+
+    def __init__(self, config: Config, index: Index) -> None:
+        self.config = config
+        self.index = index
+        self.router = Router(config)
+        self.slices = HeaderCache()
+        self._headers: OrderedDict[str, Dataset] = OrderedDict()  # least recently used first
+        self._logged_waits: dict[str, tuple[int, int]] = {}  # series -> (generation, instances) logged
+        #: studies the study routes look at on each tick: those with a series seen receiving or
+        #: complete and not yet settled; None until the first tick reads the lookback window
+        self._open_studies: set[str] | None = None
+
+    def header(self, series: SeriesRow) -> Dataset:
+        cached = self._headers.get(series.series_uid)
+        if cached is None:
+            cached = self._headers[series.series_uid] = read_header(series.sample_path)
+            if len(self._headers) > HEADER_CACHE_SERIES:
+                self._headers.popitem(last=False)
+        else:
+            self._headers.move_to_end(series.series_uid)
+        return cached
+
+    def cached_headers(self) -> int:
+        """How many series headers are held in memory (at most ``HEADER_CACHE_SERIES``)."""
+        return len(self._headers)
+
+    def _forget_headers(self, series_uids: Iterable[str]) -> None:
+        for series_uid in series_uids:
+            self._headers.pop(series_uid, None)
+
+    def timing(self, header: Dataset, arrivals: Sequence[float] = ()) -> Timing:
+        """A route may complete its series sooner (or later) than the node default; a series
+        that arrives slowly gets several times its own median gap between instances."""
+        defaults = self.config.completion
+        routes = self.router.matching(header)
+        settle = min((r.settle_seconds for r in routes if r.settle_seconds is not None),
+                     default=defaults.settle_seconds)
+        quiet = min((r.quiet_seconds for r in routes if r.quiet_seconds is not None),
+                    default=defaults.quiet_seconds)
+        return Timing(adapted_seconds(arrivals, settle), adapted_seconds(arrivals, quiet),
+                      defaults.incomplete_timeout_seconds)
+
+    def series_timing(self, series: SeriesRow) -> Timing:
+        return self.timing(self.header(series), self.index.arrival_times(series.series_uid))
+
+    def expectation(self, series: SeriesRow) -> Expectation | None:
+        """What the series' own headers say is still missing, if anything."""
+        paths = self.index.instance_paths(series.series_uid)
+        return expected_more(self.slices.headers(series.series_uid, paths))
+
+    def series_wait(self, series: SeriesRow, now: float) -> SeriesWait:
+        """Why a receiving series is not complete yet, and when it will be at the latest."""
+        timing = self.series_timing(series)
+        expectation = self.expectation(series)
+        if expectation is not None:
+            return SeriesWait("instances", f"more instances ({expectation.reason})",
+                              series.last_received + timing.incomplete_seconds)
+        if series.open_associations:
+            return SeriesWait("association", "the sending association to be released",
+                              series.last_received + timing.quiet_seconds)
+        return SeriesWait("settle", "settle time", quiet_since(series) + timing.settle_seconds)
+
+    def tick(self, now: float | None = None) -> None:
+        """One pass; a series or study that raises is set aside with its reason, the rest go on."""
+        now = time.time() if now is None else now
+        receiving = self.index.receiving_series()
+        for series in receiving:
+            isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
+                     lambda reason: self._set_aside(series, reason))
+        complete = self.index.series_to_route()  # with the series completed just now
+        for series in complete:
+            isolated("router", series.series_uid, lambda: self._route(series),
+                     lambda reason: self._set_aside(series, reason))
+        self._route_studies(now, {series.study_uid for series in (*receiving, *complete)})
+
+    def _complete(self, series: SeriesRow, now: float) -> None:
+        if series.instance_count == 0:  # its files are gone: nothing to read, nothing to wait for
+            self._set_aside(series, NO_INSTANCES_LEFT)
+            return
+        timing = self.series_timing(series)
+        if not series_is_complete(series, now, timing):
+            return
+        expectation = self.expectation(series)
+        if expectation is not None and now - series.last_received < timing.incomplete_seconds:
+            seen = (series.generation, series.instance_count)
+            if self._logged_waits.get(series.series_uid) != seen:
+                self._logged_waits[series.series_uid] = seen
+                logs.info("series.waiting", series=series.series_uid, instances=series.instance_count,
+                          reason=expectation.reason, seconds=round(timing.incomplete_seconds, 1))
+            return
+        if self.index.mark_complete(series.series_uid, series.generation):
+            self.slices.forget(series.series_uid)
+            self._logged_waits.pop(series.series_uid, None)
+            logs.info("series.complete", series=series.series_uid, study=series.study_uid,
+                      instances=series.instance_count, generation=series.generation,
+                      incomplete=expectation.reason if expectation else None)
+
+    def _note_ignored(self, route: Route, subject: str, study_uid: str, generation: int) -> None:
+        """on_late_instances = "ignore": say on the record why nothing ran."""
+        previous = self.index.latest_job(route.name, subject)
+        if previous is None:
+            return
+        note = (f"not run: instances arrived after job {previous.id} and on_late_instances = \"ignore\";"
+                f" job {previous.id} ({previous.state}) stays the answer")
+        if self.index.add_note(route.name, subject, study_uid, generation, note):
+            logs.info("route.late_ignored", route=route.name, subject=subject, generation=generation,
+                      job=previous.id)
+
+    def _route(self, series: SeriesRow) -> None:
+        if series.instance_count == 0:
+            self._set_aside(series, NO_INSTANCES_LEFT)
+            return
+        header = self.header(series)
+        jobs = self.router.series_jobs(series, header)
+        if series.generation:
+            for route in self.router.matching(header, level="series"):
+                if route.on_late_instances == "ignore":
+                    self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
+        self.index.route_series(series.series_uid, series.generation, jobs)
+        self.slices.forget(series.series_uid)  # also when ``radnode complete`` completed it
+        self._logged_waits.pop(series.series_uid, None)
+        if not self.router.study_routes():
+            self._forget_headers([series.series_uid])  # no study route will look at it again
+        logs.info("series.routed", series=series.series_uid, routes=[j.route for j in jobs])
+
+    def _set_aside(self, series: SeriesRow, reason: str) -> None:
+        self._headers.pop(series.series_uid, None)
+        self.slices.forget(series.series_uid)
+        self.index.set_aside_series(series.series_uid, series.generation, reason)
+        logs.error("series.set_aside", series=series.series_uid, study=series.study_uid,
+                   generation=series.generation, reason=reason)
+
+    def _route_studies(self, now: float, touched: set[str]) -> None:
+        """Study routes look only at open studies, so an idle tick costs the same with a week of
+        finished studies in the index as with none.
+
+        A study opens when one of its series is seen receiving or complete (every new instance
+        makes its series receiving, and the tick reads those anyway) and closes once settled
+        (``_examine_study``). The first tick opens every study of the lookback window, so a
+        restart resumes the waiting ones.
+        """
+        routes = self.router.study_routes()
+        if not routes:
+            return
+        if self._open_studies is None:
+            since = now - STUDY_LOOKBACK_SECONDS
+            self._open_studies = {uid for uid, _ in self.index.studies_with_activity_since(since)}
+        self._open_studies |= touched
+        for study_uid in sorted(self._open_studies):
+            if self._examine_study(study_uid, routes, now):
+                self._open_studies.discard(study_uid)
+
+    def _examine_study(self, study_uid: str, routes: Sequence[Route], now: float) -> bool:
+        """Route one study; True when it is settled: no series of it receiving and every route
+        answered (a job or a note for this generation, a recorded problem, or no series it
+        matches), so that nothing but a new instance can change it."""
+        rows = self.index.series_of_study(study_uid)
+        if not rows:
+            return True  # removed by retention
+        last_received = max(r.last_received for r in rows)
+        generation = sum(r.generation for r in rows)
+        answered: list[bool] = []
+        if self.index.has_problem("study", study_uid, generation):
+            answered = [True] * len(routes)
+        else:
+            for route in routes:
+                isolated("router", study_uid,
+                         lambda: answered.append(self._route_study(route, study_uid, rows, last_received, now)),
+                         lambda reason: self.index.record_problem("study", study_uid, generation,
+                                                                  f"route {route.name}: {reason}"))
+        settled = len(answered) == len(routes) and all(answered)
+        if settled:
+            self._forget_headers(r.series_uid for r in rows)
+        return settled
+
+    def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+                     now: float) -> StudyStatus | None:
+        """Where ``route`` stands with a study; None when no arrived series of it matches."""
+        arrived = [(r, self.header(r)) for r in rows if r.state != SeriesState.RECEIVING and r.instance_count]
+        if not any(not failed_conditions(route.match, header) for _, header in arrived):
+            return None
+        assigned = assign_inputs(route, arrived)
+        pending = tuple(r.series_uid for r in rows if r.state == SeriesState.RECEIVING)
+        timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
+        forced_at = self.index.forced_at(study_uid)
+        forced = forced_at is not None and forced_at >= last_received
+        decision = study_decision(route, assigned, bool(pending), now - last_received, timeout, forced)
+        return StudyStatus(route, sum(r.generation for r in rows), assigned, pending, decision,
+                           last_received + timeout, forced)
+
+    def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+                     now: float) -> bool:
+        """Start the route's job for the study when it is time; True once the route has answered
+        this generation of the study (see ``_examine_study``)."""
+        generation = sum(r.generation for r in rows)
+        if self.index.has_job(route.name, study_uid, generation):
+            return True
+        receiving = any(r.state == SeriesState.RECEIVING for r in rows)
+        if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
+            if not receiving:
+                self._note_ignored(route, study_uid, study_uid, generation)
+            return not receiving
+        status = self.study_status(route, study_uid, rows, last_received, now)
+        if status is None:
+            return not receiving
+        if status.decision.action == "wait":
+            return False
+        if status.decision.action == "run":
+            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
+                            inputs=status.assigned)
+        else:
+            timeout = status.deadline - last_received
+            why = "completion forced" if status.forced else f"study quiet for {timeout:g} s"
+            reason = f"missing input: {', '.join(status.decision.missing)} ({why})"
+            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
+                            inputs=status.assigned, state=JobState.FAILED, outcome=reason)
+        if self.index.add_job(spec):
+            logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
+                      outcome=spec.outcome or spec.state, forced=status.forced)
+        return True

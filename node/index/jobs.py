@@ -1,0 +1,244 @@
+"""Jobs in the index: creating them, their attempts along the job machine (``node.index.states``),
+and reading them back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.index import states
+from node.index.db import Database
+from node.index.results import Lineage, ResultFile, ResultObject, record_results, result_objects
+from node.index.states import JobState
+
+#: a job that has not ended: a rerun of its route and subject waits, its study is not settled
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job to create: what the router decided for a series or study at one generation."""
+
+    route: str
+    pipeline: str
+    subject: str
+    study_uid: str
+    generation: int
+    inputs: dict[str, str]
+    destinations: list[str]
+    priority: int = 0
+    #: ``failed`` (with the outcome saying why) for a route that cannot run for its subject
+    state: JobState = JobState.QUEUED
+    outcome: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job(JobSpec):
+    """A job as the index holds it: its spec and where its attempts stand."""
+
+    id: int
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    deadline: float | None
+    worker_pid: int | None
+    #: Python traceback of a failed job (file, line), for the developer who fixes it.
+    traceback: str = ""
+    #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: attempts lost with the machine or process that ran them (not the job's fault); a job is
+    #: failed when these reach ``[workers.ray] max_attempts`` (``node.index.states``).
+    lost_attempts: int = 0
+    #: when the process holding the running attempt last said it is alive (``beat``); the
+    #: claim and the start count as beats, so an attempt nobody took goes stale too.
+    heartbeat_at: float | None = None
+
+
+def insert_job(db: sqlite3.Connection, job: JobSpec) -> bool:
+    """Create a job (once per route, subject and generation) inside the caller's transaction."""
+    now = time.time()
+    cur = db.execute(
+        "INSERT OR IGNORE INTO jobs(route, pipeline, subject, study_uid, generation, inputs,"
+        " destinations, priority, state, outcome, created_at, finished_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.route, job.pipeline, job.subject, job.study_uid, job.generation,
+         json.dumps(job.inputs), json.dumps(job.destinations), job.priority,
+         states.JOBS.check_initial(job.state), job.outcome, now,
+         now if job.state == JobState.FAILED else None),
+    )
+    return cur.rowcount == 1
+
+
+class JobIndex(Database):
+    """Jobs and the job machine's transitions of their attempts."""
+
+    def add_job(self, job: JobSpec) -> bool:
+        with self._tx() as db:
+            return insert_job(db, job)
+
+    def has_job(self, route: str, subject: str, generation: int | None = None) -> bool:
+        if generation is None:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE route = ? AND subject = ?", (route, subject)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE route = ? AND subject = ? AND generation = ?",
+                (route, subject, generation),
+            ).fetchone()
+        return row is not None
+
+    def claim_job(self, pid: int | None, timeout: float) -> Job | None:
+        """Start a new attempt of the most urgent queued job, or None; ``pid`` is the worker
+        process that runs it when known now (a local executor's worker records it on start)."""
+        now = time.time()
+        with self._tx() as db:
+            # A rerun waits for the earlier job of its route and subject, so that it can name
+            # that job's results as the ones it replaces.
+            row = db.execute(
+                "SELECT id FROM jobs q WHERE state = ? AND NOT EXISTS (SELECT 1 FROM jobs p"
+                " WHERE p.route = q.route AND p.subject = q.subject AND p.id < q.id"
+                " AND p.state IN (?, ?)) ORDER BY priority DESC, id LIMIT 1",
+                (JobState.QUEUED, *UNFINISHED),
+            ).fetchone()
+            if row is None:
+                return None
+            states.apply(db, states.JOBS, states.CLAIM, row["id"], {
+                "started_at": now, "deadline": now + timeout, "worker_pid": pid,
+                "heartbeat_at": now, "attempts": states.Sql("attempts + 1")})
+        return self.job(row["id"])
+
+    def start_attempt(self, job_id: int, attempt: int, pid: int) -> bool:
+        """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.START, job_id,
+                                {"worker_pid": pid, "heartbeat_at": time.time()}, states.Fence(attempt)) == 1
+
+    def beat(self, job_id: int, attempt: int, pid: int) -> bool:
+        """The worker process ``pid`` still holds this attempt and is alive; False: the
+        attempt is no longer current or no longer its."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.START, job_id, {"heartbeat_at": time.time()},
+                                states.Fence(attempt, pid)) == 1
+
+    def restart_deadline(self, job_id: int, attempt: int, timeout: float) -> bool:
+        """The attempt's timeout counts from now: its runner became ready (a Ray actor that
+        started and loaded its pipeline), so waiting for it is not held against the run."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.START, job_id, {"deadline": time.time() + timeout},
+                                states.Fence(attempt)) == 1
+
+    def stalled_jobs(self, before: float) -> list[Job]:
+        """Running attempts whose holder has not beaten since ``before``: dead or wedged."""
+        return self._jobs("WHERE state = ? AND heartbeat_at < ?", (JobState.RUNNING, before))
+
+    def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
+                   summary: dict[str, Any] | None = None, *, attempt: int,
+                   lineage: Lineage | None = None) -> bool:
+        """running -> done, with its result files, their lineage (what they replace), the
+        pipeline's summary and one delivery per destination, all in one transaction. Only the
+        result of the current ``attempt`` is taken: False means a later attempt owns the job (or
+        it ended) and nothing was written."""
+        now = time.time()
+        with self._tx() as db:
+            job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            moved = states.apply(db, states.JOBS, states.FINISH, job_id, {
+                "outcome": outcome, "finished_at": now,
+                "summary": json.dumps(summary or {}, default=str)}, states.Fence(attempt))
+            if not moved:
+                return False
+            record_results(db, job_id, results, json.loads(job["destinations"]), lineage, now)
+        return True
+
+    def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,
+                 traceback: str = "", *, attempt: int) -> bool:
+        """running -> failed for ``attempt`` (and, with ``only_if_pid``, only while that worker
+        holds it): a late failure of an attempt the node already ended changes nothing."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.FAIL, job_id, {
+                "outcome": reason, "finished_at": time.time(), "traceback": traceback},
+                states.Fence(attempt, only_if_pid)) == 1
+
+    def hand_back_job(self, job_id: int, attempt: int, reason: str, lost: bool) -> bool:
+        """running -> queued for a new attempt; ``lost``: the attempt died with the machine that
+        ran it and counts against the job's retries (a cluster that could not be reached before
+        the attempt ran does not). The reason stays in ``outcome`` until the next attempt ends."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.HAND_BACK, job_id, {
+                "outcome": reason, "worker_pid": None, "deadline": None,
+                "lost_attempts": states.Sql(f"lost_attempts + {int(lost)}")},
+                states.Fence(attempt)) == 1
+
+    def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
+        """Running jobs whose worker is gone (every one, at start) are queued to run again."""
+        with self._tx() as db:
+            extra = ""
+            args: tuple[int, ...] = ()
+            if worker_pids is not None:
+                extra = f"worker_pid IN ({','.join('?' * len(worker_pids))})"
+                args = tuple(worker_pids)
+            return states.apply(db, states.JOBS, states.HAND_BACK, None,
+                                {"worker_pid": None, "deadline": None}, states.Fence(), extra, args)
+
+    def requeue_job(self, job_id: int) -> bool:
+        """A failed job (after a fix on the site, say) is queued again on the admin's request."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.REQUEUE, job_id, {
+                "outcome": "", "traceback": "", "worker_pid": None, "deadline": None}) == 1
+
+    def cancel_job(self, job_id: int) -> bool:
+        """A queued job the administrator does not want run ends as failed, with the reason on
+        record (the schema's states stay the four the design names); ``requeue_job`` undoes it."""
+        with self._tx() as db:
+            return states.apply(db, states.JOBS, states.CANCEL, job_id, {
+                "outcome": "cancelled by the administrator", "finished_at": time.time()}) == 1
+
+    def overdue_jobs(self, now: float) -> list[Job]:
+        return self._jobs("WHERE state = ? AND deadline < ?", (JobState.RUNNING, now))
+
+    def running_jobs(self) -> list[Job]:
+        return self._jobs("WHERE state = ?", (JobState.RUNNING,))
+
+    def job(self, job_id: int) -> Job | None:
+        jobs = self._jobs("WHERE id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def jobs(self, state: JobState | None = None) -> list[Job]:
+        return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
+
+    def jobs_finished_since(self, since: float) -> list[Job]:
+        """Jobs that ended (done or failed) after ``since``: the overview's job-time chart."""
+        return self._jobs("WHERE finished_at >= ?", (since,))
+
+    def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
+        rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
+        return [
+            Job(**{**dict(r), "state": JobState(r["state"]), "inputs": json.loads(r["inputs"]),
+                   "destinations": json.loads(r["destinations"]), "summary": json.loads(r["summary"])})
+            for r in rows
+        ]
+
+    def latest_job(self, route: str, subject: str, before: int | None = None) -> Job | None:
+        """The newest job of a route for a subject (older than job ``before`` when given)."""
+        sql = "WHERE route = ? AND subject = ?"
+        args: tuple[Any, ...] = (route, subject)
+        if before is not None:
+            sql, args = sql + " AND id < ?", (*args, before)
+        jobs = self._jobs(sql, args)
+        return jobs[-1] if jobs else None
+
+    def predecessor(self, job: Job) -> tuple[int, list[ResultObject]] | None:
+        """The newest earlier job of the same route and subject that produced results: the answer
+        that ``job`` replaces. None for a first answer."""
+        row = self._db.execute(
+            "SELECT j.id FROM jobs j WHERE j.route = ? AND j.subject = ? AND j.id < ?"
+            " AND j.state = ? AND EXISTS (SELECT 1 FROM result_objects o WHERE o.job_id = j.id)"
+            " ORDER BY j.id DESC LIMIT 1",
+            (job.route, job.subject, job.id, JobState.DONE),
+        ).fetchone()
+        return None if row is None else (int(row["id"]), result_objects(self._db, int(row["id"])))

@@ -1,0 +1,479 @@
+"""The ``radnode`` command line: serve, run offline, test routes, look after jobs and deliveries."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from node import logs
+from node.config import Config, ConfigError, builtin_config, load_config
+from node.index.states import DeliveryState, JobState
+from node.operate.admin import (
+    Outcome,
+    cancel_job,
+    complete_series,
+    complete_study,
+    model_identity,
+    result_groups,
+    retry_deliveries,
+    retry_job,
+    stage_seconds,
+    supersessions,
+)
+from node.operate.admin import when as _when
+from node.receive.spool import keep_private
+
+if TYPE_CHECKING:
+    from node.index.store import Index
+    from pipelines.base import Pipeline
+
+DEFAULT_CONFIG = Path("config.toml")
+#: Commands that work without a config file, on the built-in defaults (a newcomer's first try).
+_WORK_WITHOUT_CONFIG = ("run", "route-test")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radnode",
+        description="DICOM AI node: receives studies, runs pipelines, stores results in the PACS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", type=Path, default=None,
+                       help="configuration file (default: ./config.toml"
+                            + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
+        return p
+
+    command("serve", "start the node: Storage SCP, workers and delivery")
+
+    run = command("run", "run a pipeline offline on the DICOM files under a folder")
+    run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")
+    run.add_argument("--input", required=True, type=Path, help="folder with the input DICOM files")
+    run.add_argument("--output", required=True, type=Path, help="folder for the result DICOM files")
+    run.add_argument("--traceback", action="store_true",
+                     help="on a pipeline error, print its traceback too (for the developer who fixes it)")
+
+    rt = command("route-test", "show which routes a file or folder of DICOM files would take")
+    rt.add_argument("path", type=Path)
+
+    jobs = command("jobs", "list jobs")
+    jobs.add_argument("--state", type=JobState, choices=list(JobState))
+    jobs.add_argument("--id", type=int, help="show one job in full: inputs, summary, traceback, deliveries")
+
+    deliveries = command("deliveries", "list deliveries of results to destinations")
+    deliveries.add_argument("--state", type=DeliveryState, choices=list(DeliveryState))
+
+    command("problems", "list series, studies and clean-ups the node set aside, with the reason")
+
+    retry = command("retry", "re-queue dead deliveries (all, or one) or a failed job")
+    target = retry.add_mutually_exclusive_group()
+    target.add_argument("--delivery", type=int, help="only this delivery id")
+    target.add_argument("--job", type=int, help="re-run this failed job instead")
+
+    studies = command("studies", "list studies: state, input roles filled, what each waits for and until when")
+    studies.add_argument("--all", action="store_true", help="also studies that are routed (default: only those "
+                         "still receiving or waiting)")
+
+    complete = command("complete", "force completion now of a study (its study routes decide at once) or a series")
+    what = complete.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", metavar="UID", help="StudyInstanceUID")
+    what.add_argument("--series", metavar="UID", help="SeriesInstanceUID")
+
+    cancel = command("cancel", "cancel a queued job (it ends as failed; retry --job re-queues it)")
+    cancel.add_argument("--job", type=int, required=True, help="job id (radnode jobs --state queued)")
+
+    sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
+
+    echo = command("echo", "C-ECHO a destination named in the config")
+    echo.add_argument("destination", help="destination name from [[destinations]]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup()
+    keep_private()
+    if args.command == "hash-password":  # needs no config: it is how one is written
+        return _hash_password()
+    try:
+        config = _config(args)
+    except ConfigError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
+    handler = {
+        "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
+        "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
+        "studies": _studies, "complete": _complete, "cancel": _cancel,
+    }[args.command]
+    try:
+        return handler(config, args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """``radnode jobs | head -1``: the reader closed the pipe, which is not an error of ours.
+    Standard output is pointed at /dev/null so that Python's flush at exit does not fail again
+    with a traceback (the recipe of the signal module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # what a shell reports for a command killed by SIGPIPE
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """--config, else ./config.toml, else (run and route-test only) the built-in defaults."""
+    if args.config is None and not DEFAULT_CONFIG.exists() and args.command in _WORK_WITHOUT_CONFIG:
+        config, source = builtin_config()
+        print(f"radnode: no {DEFAULT_CONFIG} here and no --config: using the built-in defaults ({source})",
+              file=sys.stderr)
+        return config
+    if args.config is None:
+        args.config = DEFAULT_CONFIG
+    return load_config(args.config)
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from node.operate.service import serve
+
+    try:
+        serve(args.config)
+    except ConfigError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---- offline run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FolderSeries:
+    """A series found in a folder; quacks like the index's SeriesRow for role assignment."""
+
+    series_uid: str
+    instance_count: int
+    last_received: float
+    paths: tuple[Path, ...]
+
+
+def _scan(folder: Path) -> tuple[dict[str, list[Path]], dict[str, pydicom.Dataset], int]:
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, pydicom.Dataset] = {}
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = str(header.SeriesInstanceUID)
+        except (InvalidDicomError, AttributeError, OSError):
+            skipped += 1
+            continue
+        by_series[uid].append(path)
+        headers.setdefault(uid, header)
+    return by_series, headers, skipped
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from node.route.router import assign_inputs
+    from node.run.invoke import PipelineCache
+    from pipelines.base import SERIES_ROLE
+    from pipelines.model_folder import ModelFolderError
+
+    if not args.input.is_dir():
+        print(f"radnode: --input {args.input} is not a folder", file=sys.stderr)
+        return 2
+    by_series, headers, skipped = _scan(args.input)
+    if not by_series:
+        print(f"radnode: no DICOM files under {args.input}", file=sys.stderr)
+        return 2
+    try:
+        pipeline = PipelineCache(config).get(args.pipeline)
+    except (LookupError, ModelFolderError) as error:  # a model folder or bundle it cannot run
+        print(f"radnode: {error}", file=sys.stderr)
+        return 2
+    roles = [spec.role for spec in pipeline.inputs]
+    if roles == [SERIES_ROLE]:
+        batches = {f"series {number}": {SERIES_ROLE: paths} for number, paths in enumerate(by_series.values(), 1)}
+    else:
+        route = next((r for r in config.routes if r.pipeline == args.pipeline and r.level == "study"), None)
+        if route is None:
+            print(f"radnode: {args.pipeline} takes several series ({', '.join(roles)}); add a study-level "
+                  f"route for it to the config so its input selectors can pick them", file=sys.stderr)
+            return 2
+        found = [(_FolderSeries(uid, len(p), 0.0, tuple(p)), headers[uid]) for uid, p in by_series.items()]
+        assigned = assign_inputs(route, found)  # type: ignore[arg-type]
+        batches = {"study": {role: by_series[uid] for role, uid in assigned.items()}}
+    args.output.mkdir(parents=True, exist_ok=True)
+    outcomes = {label: _run_one(pipeline, label, series, args) for label, series in batches.items()}
+    if skipped:
+        print(f"{skipped} files under {args.input} are not DICOM and were skipped")
+    failed = [label for label, outcome in outcomes.items() if outcome == "failed"]
+    if failed:
+        print(f"radnode: {args.pipeline} failed on {', '.join(failed)} (the reasons are above)", file=sys.stderr)
+        return 1
+    if "done" not in outcomes.values():
+        print(f"radnode: {args.pipeline} found nothing it applies to under {args.input} "
+              "(the reasons are above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_one(pipeline: Pipeline, label: str, series: dict[str, list[Path]],
+             args: argparse.Namespace) -> Literal["done", "not applicable", "failed"]:
+    """Run one series or study and print what came of it; "done", "not applicable" or "failed".
+
+    A pipeline error is the input's problem as the user sees it: one line naming it and the
+    reason, never a raw traceback (``--traceback`` adds it for the developer who fixes it).
+    """
+    from node.operate.findings import finding_lines
+    from node.run.invoke import protect_patient_values, run_pipeline
+
+    protect_patient_values(series)
+    with tempfile.TemporaryDirectory(dir=args.output) as tmp:
+        try:
+            result = run_pipeline(pipeline, series, Path(tmp) / "out", f"offline-{label.replace(' ', '-')}")
+        except Exception as error:
+            if args.traceback:
+                traceback.print_exc()
+            print(f"{label}: failed: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+            return "failed"
+        written = [args.output / path.name for path in result.outputs]
+        for source, target in zip(result.outputs, written):
+            shutil.move(str(source), target)
+    if not result.applicable:
+        print(f"{label}: not applicable: {result.reason}")
+        return "not applicable"
+    print(f"{label}: {len(written)} objects written to {args.output}")
+    for path in written:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.Modality == "SR":
+            print(f"  report: {header.get('SeriesDescription', '')}")
+            for line in finding_lines(header):
+                print(f"  {line}")
+    return "done"
+
+
+# ---- route-test ----------------------------------------------------------------------------
+
+
+def _route_test(config: Config, args: argparse.Namespace) -> int:
+    from node.operate.admin import route_test
+
+    if not args.path.exists():
+        print(f"radnode: {args.path} does not exist", file=sys.stderr)
+        return 2
+    for found in route_test(config, args.path):
+        if found.error:
+            print(f"{found.path}: {found.error}")
+            continue
+        print(f"{found.path}: series {found.series_uid or '(no SeriesInstanceUID)'} "
+              f"{found.modality} {found.description!r}")
+        if not found.verdicts:
+            print("  no routes configured")
+        for verdict in found.verdicts:
+            detail = "; ".join(verdict.reasons)
+            print(f"  {'MATCH   ' if verdict.matched else 'no match'} {verdict.route}"
+                  f"{': ' + detail if detail else ''}")
+    return 0
+
+
+# ---- jobs and deliveries -------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _index(config: Config) -> Index:
+    from node.index.store import Index
+
+    return Index(config.node.index_path)
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> int:
+    if args.id is not None:
+        return _job_detail(config, args.id)
+    index = _index(config)
+    jobs = index.jobs(args.state)
+    replaces, replaced_by = supersessions(index)
+    _table(
+        ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "REPLACES", "REPLACED BY",
+         "OUTCOME"],
+        [[j.id, j.state, j.route, j.pipeline, j.attempts, _when(j.created_at), _when(j.finished_at),
+          replaces.get(j.id, "-"), replaced_by.get(j.id, "-"), j.outcome] for j in jobs],
+    )
+    _print_notes(index)
+    return 0
+
+
+def _print_notes(index: Index) -> None:
+    """Routes that did not run on purpose (late instances ignored): the reason is on record."""
+    notes = index.notes()
+    if notes:
+        print("\nNot run:")
+        _table(["WHEN", "ROUTE", "SUBJECT", "GENERATION", "WHY"],
+               [[_when(n.created_at), n.route, n.subject, n.generation, n.note] for n in notes])
+
+
+# ---- studies and forced completion ---------------------------------------------------------
+
+
+def _studies(config: Config, args: argparse.Namespace) -> int:
+    from node.complete.studies import StudyState, StudyWatch
+
+    views = StudyWatch(config, _index(config)).studies(time.time())
+    shown = [v for v in views if args.all or v.state != StudyState.ROUTED]
+    if not shown:
+        print("no study is receiving or waiting" + ("" if args.all else " (--all lists routed studies too)"))
+    for view in shown:
+        print(f"study {view.study_uid}: {view.state}, last instance {_when(view.last_received)}, "
+              f"{len(view.series)} series")
+        for series in view.series:
+            wait = f", waits for {series.waits_for} until {_when(series.until)}" if series.waits_for else ""
+            print(f"  series {series.series_uid} {series.modality} {series.description!r}: "
+                  f"{series.instances} instances, {series.state}{wait}")
+        for route in view.routes:
+            filled = ", ".join(f"{role}" for role in route.filled) or "none"
+            line = f"  route {route.route}: {route.state}; roles filled: {filled}"
+            if route.waits_for:
+                line += f"; waits for {', '.join(route.waits_for)} until {_when(route.until)}"
+            print(line)
+        if view.state != StudyState.ROUTED:
+            print(f"  (radnode complete --study {view.study_uid} ends the wait now)")
+    return 0
+
+
+def _complete(config: Config, args: argparse.Namespace) -> int:
+    index = _index(config)
+    outcome = complete_series(index, args.series) if args.series else complete_study(index, args.study)
+    return _report(outcome)
+
+
+def _report(outcome: Outcome) -> int:
+    """An action's sentence: on stdout when it did something, else on stderr with status 1."""
+    if outcome.ok:
+        print(outcome.message)
+        return 0
+    print(f"radnode: {outcome.message}", file=sys.stderr)
+    return 1
+
+
+def _job_detail(config: Config, job_id: int) -> int:
+    """One job in full: what a developer needs to reproduce a failure or check a result."""
+    import json
+
+    index = _index(config)
+    job = index.job(job_id)
+    if job is None:
+        print(f"radnode: no job {job_id} (radnode jobs lists them)", file=sys.stderr)
+        return 1
+    print(f"job {job.id}: {job.state}, route {job.route}, pipeline {job.pipeline}, attempts {job.attempts}")
+    print(f"  created {_when(job.created_at)}, started {_when(job.started_at)}, "
+          f"finished {_when(job.finished_at)}")
+    print(f"  study {job.study_uid}")
+    for role, series_uid in job.inputs.items():
+        print(f"  input {role}: series {series_uid}")
+    stages = "; ".join(f"{stage} {seconds} s" for stage, seconds in stage_seconds(job, index.requeued_at()).items())
+    print(f"  model: {model_identity(job)}")
+    print(f"  seconds by stage: {stages or '-'}")
+    replaces, replaced_by = supersessions(index)
+    if job.id in replaces or job.id in replaced_by:
+        print(f"  replaces: {replaces.get(job.id, '-')}; replaced by: {replaced_by.get(job.id, '-')}")
+    print(f"  outcome: {job.outcome or '-'}")
+    if job.summary:
+        print("  summary:")
+        print("\n".join("    " + line for line in json.dumps(job.summary, indent=2, default=str).splitlines()))
+    for group in result_groups(index.results(job.id)):
+        print(f"  results: {group.count} {group.kind} in {group.folder}")
+    for delivery in index.deliveries():
+        if delivery.job_id == job.id:
+            print(f"  delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
+                  f"{delivery.attempts} attempts{', ' + delivery.last_error if delivery.last_error else ''}")
+    if job.traceback:
+        print("  traceback:")
+        print("\n".join("    " + line for line in job.traceback.rstrip().splitlines()))
+    return 0
+
+
+def _deliveries(config: Config, args: argparse.Namespace) -> int:
+    deliveries = _index(config).deliveries(args.state)
+    _table(
+        ["ID", "JOB", "DESTINATION", "STATE", "ATTEMPTS", "NEXT/SENT", "LAST ERROR"],
+        [[d.id, d.job_id, d.destination, d.state, d.attempts,
+          _when(d.sent_at if d.state == DeliveryState.SENT else d.next_attempt_at), d.last_error]
+         for d in deliveries],
+    )
+    return 0
+
+
+def _problems(config: Config, args: argparse.Namespace) -> int:
+    _table(["KIND", "SUBJECT", "GENERATION", "AT", "REASON"],
+           [[p.kind, p.subject, p.generation, _when(p.at), p.reason] for p in _index(config).problems()])
+    return 0
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    index = _index(config)
+    if args.job is not None:
+        return _report(retry_job(index, args.job))
+    return _report(retry_deliveries(index, args.delivery))
+
+
+def _cancel(config: Config, args: argparse.Namespace) -> int:
+    return _report(cancel_job(_index(config), args.job))
+
+
+def _hash_password() -> int:
+    """Reads the password without echo (or from stdin when piped) and prints the [web] line."""
+    import getpass
+
+    from node.passwords import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("radnode: the password needs at least 8 characters", file=sys.stderr)
+        return 2
+    print(f'password_hash = "{hash_password(password)}"')
+    return 0
+
+
+def _echo(config: Config, args: argparse.Namespace) -> int:
+    from node.deliver.dispatcher import echo
+
+    names = [d.name for d in config.destinations]
+    if args.destination not in names:
+        print(f"radnode: no destination {args.destination!r}; configured: {', '.join(names) or 'none'}",
+              file=sys.stderr)
+        return 2
+    destination = config.destination(args.destination)
+    try:
+        status = echo(config, destination)
+    except ConnectionError as error:
+        print(f"radnode: {error}", file=sys.stderr)
+        return 1
+    print(f"C-ECHO {destination.name} ({destination.ae_title}@{destination.host}:{destination.port}): "
+          f"status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Index rows that a power cut took away, written again from the spool.
+
+The receiver commits its instance rows without a disk flush (``Index(durable_commits=False)``):
+each row points at a file that was already fsynced and renamed into the spool, so a power cut
+can lose the last rows but never the files. At the first start after a reboot, every spool file
+the index does not know is read (its header only) and indexed again, so every acknowledged
+instance is completed and routed as if its row had never been lost. A clean restart of the
+service skips the walk: the rows of a process that stopped are already on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom.filereader
+
+from node import logs
+from node.index.store import Index, InstanceRecord
+from node.isolation import isolated
+from node.receive.scp import missing_attributes, past_identifying_attributes
+from node.receive.spool import Spool
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_BOOT_KEY = "boot_id"
+
+
+def reindex_after_reboot(spool: Spool, index: Index) -> int:
+    """Index the spool files the index lacks if the machine rebooted since the last start."""
+    boot = _current_boot()
+    if boot is not None and index.node_value(_BOOT_KEY) == boot:
+        return 0
+    added = reindex_spool(spool, index)
+    if boot is not None:
+        index.set_node_value(_BOOT_KEY, boot)
+    return added
+
+
+def reindex_spool(spool: Spool, index: Index) -> int:
+    """Index every instance file of the spool that has no row; returns how many were added."""
+    known = index.indexed_files()
+    added = 0
+    for path in spool.instance_files():
+        if str(path) in known:
+            continue
+        try:
+            record = _record_of(path)
+        except Exception as error:  # a file the receiver wrote is complete; anything else is kept aside
+            reason, cause = f"spool file without index row cannot be read: {error}", error
+            isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, cause),
+                     lambda _reason: None)
+            continue
+        indexed: list[bool] = []
+        isolated("reconcile", path.name, lambda: indexed.append(_reindex(spool, index, record)),
+                 lambda _reason: None)
+        added += sum(indexed)
+    if added:
+        logs.info("reconcile.reindexed", instances=added)
+    return added
+
+
+def _reindex(spool: Spool, index: Index, record: InstanceRecord) -> bool:
+    """Index a spool file whose row was lost. Its SOP Instance UID may be indexed at another
+    path: it was sent again under another study or series, and a crash came between the commit
+    of the move and the removal of one copy. The copy written last is the instance as it was
+    last sent; the other is removed, so a reboot never moves an instance back where it was."""
+    current = index.instance(record.sop_uid)
+    if current is not None and current["path"] != str(record.path):
+        indexed = Path(current["path"])
+        if indexed.exists() and indexed.stat().st_mtime_ns >= record.path.stat().st_mtime_ns:
+            spool.remove_replaced(record.path)
+            logs.info("reconcile.earlier_copy_removed", sop_class=record.sop_class)
+            return False
+    replaced = index.record_instance(record, None)
+    if replaced is not None:
+        spool.remove_replaced(replaced)
+    return True
+
+
+def _quarantine(spool: Spool, path: Path, reason: str, error: Exception) -> None:
+    kept = spool.quarantine_file(path, reason)
+    logs.warning("reconcile.quarantined", quarantined=kept.name, reason=type(error).__name__)
+
+
+def _record_of(path: Path) -> InstanceRecord:
+    with path.open("rb") as stream:
+        header = pydicom.filereader.read_partial(stream, stop_when=past_identifying_attributes)
+    missing = missing_attributes(header)
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return InstanceRecord.from_header(header, str(header.file_meta.TransferSyntaxUID), path,
+                                      path.stat().st_size)
+
+
+def _current_boot() -> str | None:
+    """The kernel's id of this boot; None where there is none (then every start reconciles)."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return None

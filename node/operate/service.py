@@ -1,0 +1,310 @@
+"""``radnode serve``: the process tree of a running node and its supervisor.
+
+    radnode serve (supervisor: restarts children, enforces job timeouts)
+    ├── receiver processes (Storage SCP, sharing the DICOM port)
+    ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
+    ├── scheduler thread (assembler + router)
+    └── dispatcher thread (C-STORE to destinations)
+
+Everything they share lives in the index, so any of them can die and be restarted, and the whole
+node can be killed, without losing an acknowledged instance, a job or a delivery.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from node import logs
+from node.complete.assembler import Assembler
+from node.config import Config, ConfigError, load_config
+from node.deliver.dispatcher import Dispatcher
+from node.index.store import Index, Job
+from node.isolation import isolated
+from node.operate.monitoring import MonitoringServer
+from node.operate.reconcile import reindex_after_reboot
+from node.operate.retention import Retention
+from node.operate.web import WebServer
+from node.receive.scp import Receiver
+from node.receive.spool import Spool
+from node.receive.spool_lock import lock_spool
+from node.run.bundle_check import check_bundles
+from node.run.child import die_with_parent
+from node.run.engine import make_executor
+from node.run.executor import Executor
+
+SCHEDULER_INTERVAL = 0.25
+DISPATCHER_INTERVAL = 0.5
+SUPERVISOR_INTERVAL = 0.25
+
+
+def receiver_main(config_path: str) -> None:
+    die_with_parent()
+    logs.setup()
+    receiver = Receiver(load_config(Path(config_path)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
+    receiver.serve_forever()
+
+
+@dataclass
+class _Child:
+    role: str
+    target: Callable[[str], None]
+    process: BaseProcess | None = None
+
+
+@dataclass
+class Node:
+    config: Config
+    config_path: Path
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _children: list[_Child] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _monitor: MonitoringServer | None = None
+    _web: WebServer | None = None
+
+    def __post_init__(self) -> None:
+        self._mp = multiprocessing.get_context("spawn")
+        self.index = Index(self.config.node.index_path)
+        self.executor: Executor = make_executor(self.config, str(self.config_path),
+                                                Index(self.config.node.index_path))
+
+    # ---- start -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Pick up where a crash or a stop left off: every unfinished thing is in the index."""
+        spool = Spool(self.config.node.spool)
+        partial = spool.clear_partial_writes()
+        reindexed = reindex_after_reboot(spool, self.index)
+        closed = self.index.close_associations_of(None)
+        requeued = self.index.requeue_running_jobs(None)
+        logs.info("node.recovered", partial_writes_removed=partial, instances_reindexed=reindexed,
+                  associations_closed=closed,
+                  jobs_requeued=requeued,
+                  series_receiving=len(self.index.receiving_series()),
+                  deliveries_due=len(self.index.due_deliveries(time.time() + 1e9, 1_000_000)))
+
+    def start(self) -> None:
+        self._warn_about_open_access()
+        self._check_port_is_free()
+        self._start_monitoring()
+        self._start_web()
+        self.recover()
+        for _ in range(self.config.node.receivers):
+            self._children.append(_Child("receiver", receiver_main))
+        for child in self._children:
+            self._spawn(child)
+        self.executor.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL),
+                             name="scheduler", daemon=True),
+            threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL),
+                             name="dispatcher", daemon=True),
+            threading.Thread(target=self._loop,
+                             args=(self._retention_once, self.config.retention.interval_minutes * 60),
+                             name="retention", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
+                  receivers=self.config.node.receivers, engine=self.config.workers.engine,
+                  workers=self.config.workers.count,
+                  routes=[r.name for r in self.config.routes])
+
+    def _warn_about_open_access(self) -> None:
+        if not self.config.allow:
+            logs.warning("config.allow_empty",
+                         message="no [[allow]] entries: any calling AE from any address may store")
+
+    def _check_port_is_free(self) -> None:
+        """The receivers share their port (SO_REUSEPORT) with each other only: a second node
+        started on the same port would silently take half the associations into its own spool.
+        A bind without SO_REUSEPORT fails while anything listens there."""
+        node = self.config.node
+        probe = socket.socket(socket.AF_INET6 if ":" in node.host else socket.AF_INET)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((node.host, node.port))
+        except OSError as error:
+            raise ConfigError(
+                f"node.port: cannot listen on {node.host}:{node.port} ({error.strerror}); another "
+                "radnode or another program uses it: stop it, or set [node] port to a free port"
+            ) from None
+        finally:
+            probe.close()
+
+    def _start_monitoring(self) -> None:
+        settings = self.config.monitoring
+        if not settings.enabled:
+            return
+        self._monitor = MonitoringServer(self.config, self.child_counts, self.executor.checks)
+        try:
+            self._monitor.start()
+        except OSError as error:
+            raise ConfigError(
+                f"monitoring: cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                "set [monitoring] port to a free port, or enabled = false"
+            ) from None
+
+    def _start_web(self) -> None:
+        settings = self.config.web
+        if not settings.enabled:
+            return
+        self._web = WebServer(self.config, self.child_counts)
+        try:
+            self._web.start()
+        except OSError as error:
+            raise ConfigError(
+                f"web.port: cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                "set [web] port to a free port, or enabled = false"
+            ) from None
+
+    def child_counts(self) -> dict[str, tuple[int, int]]:
+        """role -> (alive, configured), for /health and /metrics."""
+        counts: dict[str, tuple[int, int]] = {}
+        for child in self._children:
+            alive, total = counts.get(child.role, (0, 0))
+            running = child.process is not None and child.process.is_alive()
+            counts[child.role] = (alive + int(running), total + 1)
+        return {**counts, **self.executor.health()}
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = self._mp.Process(target=child.target, args=(str(self.config_path),),
+                                         name=f"radnode-{child.role}")
+        child.process.start()
+
+    # ---- background loops ------------------------------------------------------------------
+
+    def _loop(self, step: Callable[[], Callable[[], object]], interval: float) -> None:
+        action = step()
+        while not self._stop.is_set():
+            try:
+                action()
+            except Exception as error:  # a bad tick is logged and retried, never fatal
+                logs.error("node.loop_error", loop=threading.current_thread().name,
+                           reason=f"{type(error).__name__}: {error}", exc_info=True)
+            self._stop.wait(interval)
+
+    def _schedule_once(self) -> Callable[[], object]:
+        return Assembler(self.config, Index(self.config.node.index_path)).tick
+
+    def _dispatch_once(self) -> Callable[[], object]:
+        return Dispatcher(self.config, Index(self.config.node.index_path)).tick
+
+    def _retention_once(self) -> Callable[[], object]:
+        return Retention(self.config.retention, Index(self.config.node.index_path),
+                         Spool(self.config.node.spool)).tick
+
+    # ---- supervision -----------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """Run until SIGTERM/SIGINT: restart dead children, stop jobs past their timeout and
+        hand queued jobs to the executor while it has room."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        while not self._stop.wait(SUPERVISOR_INTERVAL):
+            self.supervise_once()
+        self.stop()
+
+    def supervise_once(self) -> None:
+        """One round: a job or child whose handling fails is logged and met again next round,
+        after every other overdue job and dead child has been handled."""
+        isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
+        isolated("supervisor", "executor", self.executor.supervise, lambda _reason: None)
+        isolated("supervisor", "job submission", self._submit_jobs, lambda _reason: None)
+        for child in self._children:
+            if child.process is not None and not child.process.is_alive():
+                isolated("supervisor", f"{child.role} {child.process.pid}",
+                         lambda: self._restart(child), lambda _reason: None)
+
+    def _submit_jobs(self) -> None:
+        """Start attempts of queued jobs while the executor has room; the rest wait in the index."""
+        while self.executor.has_room():
+            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds)
+            if job is None:
+                return
+            logs.info("job.submitted", job=job.id, pipeline=job.pipeline, attempt=job.attempts,
+                      engine=self.config.workers.engine)
+            self.executor.submit(job)
+
+    def _enforce_job_timeouts(self) -> None:
+        for job in self.index.overdue_jobs(time.time()):
+            isolated("supervisor", f"job {job.id}", lambda: self._time_out(job), lambda _reason: None)
+
+    def _time_out(self, job: Job) -> None:
+        limit = self.config.workers.job_timeout_seconds
+        if self.index.fail_job(job.id, f"timed out after {limit:g} s", attempt=job.attempts):
+            logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
+            self.executor.cancel(job)
+
+    def _restart(self, child: _Child) -> None:
+        assert child.process is not None
+        pid, code = child.process.pid, child.process.exitcode
+        logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
+        if pid is not None:  # None: it never started, so it held no association
+            self.index.close_associations_of([pid])
+            if child.role == "receiver":  # the data sets it was receiving, never answered
+                Spool(self.config.node.spool).clear_partial_writes(pid)
+        self._spawn(child)
+
+    # ---- stop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop receiving first, let running jobs finish within the grace time, hand back the
+        rest (queued again for the next start), stop the loops, then deliver the results of
+        the jobs that finished: a result made during the grace is not left for the next start."""
+        logs.info("node.stopping")
+        self._stop.set()
+        self._terminate([c for c in self._children if c.role == "receiver"], grace=10.0)
+        self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
+        requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
+        for thread in self._threads:
+            thread.join(timeout=30)
+        delivered = self._deliver_due()
+        self.index.close_associations_of(None)
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._web is not None:
+            self._web.stop()
+        logs.info("node.stopped", jobs_handed_back=requeued, deliveries_sent_at_stop=delivered)
+
+    def _deliver_due(self) -> int:
+        """One last pass of the dispatcher over every due delivery. A destination that fails
+        now keeps its delivery retrying, and the next start sends it."""
+        dispatcher = Dispatcher(self.config, self.index)
+        sent = 0
+        try:
+            while (batch := dispatcher.tick()) > 0:
+                sent += batch
+        except Exception as error:
+            logs.error("node.stop_delivery_failed", reason=f"{type(error).__name__}: {error}")
+        return sent
+
+    @staticmethod
+    def _terminate(children: list[_Child], grace: float) -> None:
+        alive = [c.process for c in children if c.process is not None and c.process.is_alive()]
+        for process in alive:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in alive:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def serve(config_path: Path) -> None:
+    config = load_config(config_path)
+    check_bundles(config, config_path)
+    lock_spool(config.node)  # held until this process ends: one spool and index, one node
+    node = Node(config, config_path)
+    node.start()
+    node.supervise()

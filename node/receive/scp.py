@@ -1,0 +1,582 @@
+"""The Storage SCP: takes C-ECHO and C-STORE from scanners and PACS (pynetdicom).
+
+Receiving is kept cheap and safe: the encoded bytes are written to a spool part file as their
+P-DATA fragments arrive (``node.receive.pdata_stream``; no pixel decoding, no copy in memory), their
+structure is walked where they lie, and they are fsynced, renamed into the spool and indexed
+before the 0x0000 status goes back, so a success status is a promise that survives a crash.
+Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's
+quarantine folder with the reason.
+
+Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
+are spread over CPU cores instead of queueing behind Python's GIL.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import socket
+import socketserver
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom.config
+from pydicom import Dataset
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedSRStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node import logs
+from node.config import Config
+from node.index.store import Index, InstanceRecord
+from node.receive import pdata_stream, pdu_guard
+from node.receive.pynetdicom_ext import patch_reactor_sleep
+from node.receive.screening import StructureError, check_structure, inflated, uid_problem
+from node.receive.slots import AssociationSlots, Slot, SlotsFull
+from node.receive.spool import Spool
+from node.tls import server_context
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+STORAGE_CLASSES = [
+    CTImageStorage,
+    MRImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SegmentationStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    Comprehensive3DSRStorage,
+]
+
+#: The UIDs that name the spool's folders and files, or that later stages compare.
+UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+REQUIRED_ATTRIBUTES = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+
+# DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ: rejected-permanent, by the service user
+_REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
+_NO_REASON, _CALLING_AET_NOT_RECOGNISED, _CALLED_AET_NOT_RECOGNISED = 0x01, 0x03, 0x07
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit exceeded
+_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
+
+#: A connection must send its A-ASSOCIATE-RQ within this many seconds (or the network timeout,
+#: if shorter): scanners send it at once, and an idle socket must not hold a thread for a minute.
+ASSOCIATE_REQUEST_SECONDS = 5.0
+#: pynetdicom's own per-process count includes idle and closed connections; the node's slots
+#: (node.receive.slots) are the limit, so pynetdicom's is set out of the way.
+_PYNETDICOM_ASSOCIATIONS = 100_000
+
+#: The attributes the receiver reads, by tag; all lie in groups 0x0008 and 0x0020.
+IDENTIFYING_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080060: "Modality",
+                    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
+_MODALITY = 0x00080060
+#: Parsing a stored file's header (node.operate.reconcile) stops after the last of them.
+_LAST_IDENTIFYING_TAG = 0x0020000E
+
+
+def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
+    """pydicom's ``stop_when``: parsing stops after SeriesInstanceUID, the last attribute read."""
+    return tag > _LAST_IDENTIFYING_TAG
+
+
+def missing_attributes(dataset: Dataset | Mapping[str, object]) -> list[str]:
+    """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
+    return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
+
+
+def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
+    """Walk a received data set's element structure where it lies (the part file, mapped into
+    memory, not copied) and return its identifying attributes, read on the same walk.
+
+    Raises StructureError for a data set a parser could not safely walk (node.receive.screening).
+    Decoding every element of a 0.5 MB image with pydicom only to read five of them cost more
+    than writing it. Deflated data is inflated first, within its limits (``inflated``).
+    """
+    assert incoming.part is not None
+    syntax = UID(incoming.transfer_syntax)
+    tags = frozenset(IDENTIFYING_TAGS)
+    problem = None
+    with open(incoming.part.tmp, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
+            try:
+                if syntax == DeflatedExplicitVRLittleEndian:
+                    with inflated(data) as plain:
+                        raw = check_structure(plain, False, collect=tags)
+                else:
+                    raw = check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
+                                          collect=tags)
+            except StructureError as error:
+                # raised below, once its traceback no longer holds views of the mapped file
+                problem = str(error)
+    if problem is not None:
+        raise StructureError(problem)
+    return {IDENTIFYING_TAGS[tag]: _value(tag, value) for tag, value in raw.items()}
+
+
+def _value(tag: int, raw: bytes) -> str | list[str]:
+    """A UI or CS value as text (a list when it has several): UIDs lose their trailing NUL or
+    space padding, code strings their spaces (PS3.5 6.2), as pydicom reads them."""
+    strip = " " if tag == _MODALITY else None
+    values = [v.strip(strip) if strip else v.rstrip("\x00 ") for v in raw.decode("latin-1").split("\\")]
+    return values[0] if len(values) == 1 else values
+
+
+def command_mismatch(identifiers: Mapping[str, object], command: C_STORE) -> StoreRefusal | None:
+    """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
+    otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
+    for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
+                                ("SOPClassUID", "AffectedSOPClassUID")):
+        if str(identifiers[attribute]) != str(getattr(command, affected) or ""):
+            return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                f"{attribute} differs from the C-STORE {affected}")
+    return None
+
+
+@dataclass(frozen=True)
+class StoreRefusal:
+    status: int
+    reason: str
+
+    def response(self) -> Dataset:
+        ds = Dataset()
+        ds.Status = self.status
+        ds.ErrorComment = self.reason[:64]
+        return ds
+
+
+def handshake(raw: ssl.SSLSocket, deadline: float) -> None:
+    """Complete a server-side TLS handshake by ``deadline`` (``time.monotonic``) or raise
+    TimeoutError: a socket timeout bounds each read, not the handshake, which a peer sending a
+    byte at a time could stretch."""
+    kept = raw.gettimeout()
+    raw.setblocking(False)
+    wait: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]]
+    while True:
+        try:
+            raw.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            wait = ([raw], [])
+        except ssl.SSLWantWriteError:
+            wait = ([], [raw])
+        left = deadline - time.monotonic()
+        if left <= 0 or not any(select.select(*wait, [], left)[:2]):
+            raise TimeoutError("TLS handshake not complete in time")
+    raw.settimeout(kept)
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, sharing its port with sibling receiver processes."""
+
+    #: socketserver's default backlog of 5 refuses a burst of scanners connecting at once.
+    request_queue_size = 128
+
+    def server_bind(self) -> None:
+        assert self.socket is not None  # made by TCPServer before it binds
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection; a TLS handshake is left to the association's own thread.
+
+        pynetdicom shakes hands here, in the one thread that accepts every connection, with no
+        timeout: a caller that opens a TLS connection and stalls would block everyone else.
+        """
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        if self.ssl_context:
+            client.settimeout(self.ae.network_timeout)
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+
+class Receiver:
+    """The handlers of one receiver process, bound to its spool and index connection."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.node.spool)
+        self.index = Index(config.node.index_path, durable_commits=False)
+        self._index_lock = threading.Lock()
+        self._min_free = config.node.min_free_disk_mb * 1024 * 1024
+        self._assoc_ids: dict[int, str] = {}
+        self._registered: set[str] = set()
+        self._server: ThreadedAssociationServer | None = None
+        self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations,
+                                       config.node.max_associations_per_peer)
+        self._held: dict[int, tuple[Association, Slot]] = {}
+        self._held_lock = threading.Lock()
+
+    # ---- association control --------------------------------------------------------------
+
+    def _allowed(self, calling_aet: str, address: str) -> bool:
+        rules = self.config.allow
+        return not rules or any(rule.permits(calling_aet, address) for rule in rules)
+
+    def on_requested(self, event: evt.Event) -> None:
+        """Refuse an association whose called AE title is not ours (strict by default: a sender
+        configured for another node must find out now, not after a study went to the wrong
+        place) or whose caller is not on the allow-list. AE titles and the peer's address are
+        logged for every association; they identify devices, not patients."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        called = primitive.called_ae_title.strip()  # type: ignore[union-attr]
+        address = assoc.requestor.address
+        refusal = self._refusal(calling, called, address)
+        if refusal is None:
+            return
+        diagnostic, reason = refusal
+        logs.warning("association.rejected", calling_aet=calling, called_aet=called, address=address,
+                     port=assoc.requestor.port, reason=reason)
+        assoc.acse.send_reject(_REJECT_PERMANENT, _SERVICE_USER, diagnostic)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
+
+    def _refusal(self, calling: str, called: str, address: str) -> tuple[int, str] | None:
+        """(A-ASSOCIATE-RJ diagnostic, reason) for an association to refuse, else None."""
+        node = self.config.node
+        if node.require_called_ae and called != node.ae_title:
+            return _CALLED_AET_NOT_RECOGNISED, f"called AE title is not {node.ae_title}"
+        if self._allowed(calling, address):
+            return None
+        known_aet = any(rule.ae_title == calling for rule in self.config.allow)
+        return (_NO_REASON if known_aet else _CALLING_AET_NOT_RECOGNISED), "not on the allow-list"
+
+    def on_connection(self, event: evt.Event) -> None:
+        """Until its A-ASSOCIATE-RQ arrives a connection gets a short ACSE (ARTIM) timeout; a TLS
+        connection shakes hands here, in its own thread, within the same time, so that a failure
+        is logged with why and the connection closed (a stalled ClientHello held it for the
+        network timeout)."""
+        seconds = min(ASSOCIATE_REQUEST_SECONDS, self.config.node.network_timeout_seconds)
+        event.assoc.acse_timeout = seconds
+        transport = event.assoc.dul.socket
+        raw = getattr(transport, "socket", None)
+        if isinstance(raw, ssl.SSLSocket) and transport is not None:
+            try:
+                handshake(raw, time.monotonic() + seconds)
+            except (ssl.SSLError, OSError) as error:
+                logs.warning("tls.handshake_failed", address=event.address[0],  # type: ignore[attr-defined]
+                             reason=getattr(error, "reason", None) or type(error).__name__)
+                transport.close()
+
+    def take_slot(self, event: evt.Event) -> None:
+        """A requested association takes one of the node's ``max_associations`` slots (and one of
+        its address's ``max_associations_per_peer``) or is rejected (transient, local limit
+        exceeded), so the SCU knows to try again later. Until it sends its first PDU it may idle
+        ``idle_association_seconds`` only (node.receive.pdu_guard restores the network timeout)."""
+        assoc = event.assoc
+        node = self.config.node
+        assoc.acse_timeout = node.network_timeout_seconds
+        assoc.network_timeout = min(node.idle_association_seconds, node.network_timeout_seconds)
+        if assoc.is_rejected or assoc.is_aborted:
+            return
+        address = assoc.requestor.address
+        calling = assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        try:
+            slot = self._take_slot(address, self._reserved_for(calling, address))
+        except SlotsFull as full:
+            logs.warning("association.rejected", calling_aet=calling, address=address, reason=str(full))
+            assoc.acse.send_reject(_REJECT_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
+        with self._held_lock:
+            self._held[id(assoc)] = (assoc, slot)
+
+    def _reserved_for(self, calling: str, address: str) -> int:
+        """Slots this caller may not take: when the allow-list names addresses, the last
+        ``max_associations_per_peer`` are kept for callers from them."""
+        by_address = [rule for rule in self.config.allow if rule.addresses]
+        if not by_address or any(rule.permits(calling, address) for rule in by_address):
+            return 0
+        return self.config.node.max_associations_per_peer
+
+    def free_slot(self, event: evt.Event) -> None:
+        pdata_stream.discard(event.assoc)  # data sets of an association that ended unanswered
+        with self._held_lock:
+            held = self._held.pop(id(event.assoc), None)
+        if held is not None:
+            self._slots.give_back(held[1])
+
+    def _take_slot(self, address: str, reserved: int) -> Slot:
+        try:
+            return self._slots.take(address, reserved)
+        except SlotsFull:  # an association thread that ended without a close event gives its slot back
+            with self._held_lock:
+                ended = [key for key, (assoc, _) in self._held.items() if not assoc.is_alive()]
+                stale = [self._held.pop(key)[1] for key in ended]
+            for slot in stale:
+                self._slots.give_back(slot)
+            if not stale:
+                raise
+        return self._slots.take(address, reserved)
+
+    def on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        assoc_id = f"{os.getpid()}-{id(assoc):x}-{time.time_ns()}"
+        self._assoc_ids[id(assoc)] = assoc_id
+        logs.info("association.accepted", association=assoc_id,
+                  calling_aet=assoc.requestor.ae_title,
+                  called_aet=assoc.requestor.primitive.called_ae_title.strip(),  # type: ignore[union-attr]
+                  address=assoc.requestor.address, port=assoc.requestor.port)
+
+    def on_closed(self, event: evt.Event) -> None:
+        assoc_id = self._assoc_ids.pop(id(event.assoc), None)
+        if assoc_id is None:
+            return
+        if assoc_id in self._registered:
+            self._registered.discard(assoc_id)
+            with self._index_lock:
+                self.index.close_association(assoc_id)
+        logs.info("association.closed", association=assoc_id,
+                  how="aborted" if event.assoc.is_aborted else "released")
+
+    # ---- C-STORE --------------------------------------------------------------------------
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        """Answer a C-STORE that pynetdicom's association thread took (``answer_in_reader``
+        could not): the first of an association whose acceptance was still being handled."""
+        incoming = pdata_stream.take(event.assoc)
+        if incoming is None:  # pynetdicom assembled it: its fragments came on another context
+            return StoreRefusal(CANNOT_UNDERSTAND, "data set fragments on another presentation context "
+                                "than their command (PS3.8 9.3.5)").response()
+        return self.answer_store(event.assoc, incoming)
+
+    def answer_in_reader(self, assoc: Association, incoming: pdata_stream.Incoming) -> int | Dataset | None:
+        """Answer a C-STORE in the thread that read its last fragment (``node.receive.pdata_stream``);
+        None until ``on_accepted`` gave the association its index id (pynetdicom runs it after
+        sending the A-ASSOCIATE-AC, when the SCU may already be sending its first C-STORE):
+        the stream answers only on established associations, which pynetdicom marks after its
+        EVT_ACCEPTED handlers, but what the index needs is checked here, where it is known."""
+        if id(assoc) not in self._assoc_ids:
+            return None
+        return self.answer_store(assoc, incoming)
+
+    def answer_store(self, assoc: Association, incoming: pdata_stream.Incoming) -> int | Dataset:
+        """Answer one C-STORE whose data set ``node.receive.pdata_stream`` has already written to a part
+        file: check it, then make it durable under its name and index it, or keep it aside."""
+        if incoming.refused == "disk":
+            logs.warning("store.refused", reason="disk below watermark",
+                         free_mb=self.spool.free_bytes() // 2**20)
+            return StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark").response()
+        if isinstance(incoming.refused, OSError):
+            logs.error("store.failed", reason=str(incoming.refused))
+            return StoreRefusal(OUT_OF_RESOURCES,
+                                f"cannot write to spool: {incoming.refused.strerror}").response()
+        if incoming.command_problem is not None:
+            unusable = StoreRefusal(CANNOT_UNDERSTAND, incoming.command_problem)
+            self._quarantine(incoming, unusable)
+            return unusable.response()
+        try:
+            identifiers = screen(incoming)
+            refusal = self._check(identifiers, incoming.request, incoming.abstract_syntax)
+        except StructureError as error:
+            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
+        except Exception as error:  # an undecodable dataset must not take the association down
+            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
+        if refusal is not None:
+            self._quarantine(incoming, refusal)
+            return refusal.response()
+        try:
+            self._store(assoc, identifiers, incoming)
+        except OSError as error:
+            logs.error("store.failed", reason=str(error))
+            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
+        except sqlite3.Error as error:
+            logs.error("store.failed", reason=f"index: {error}")
+            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
+        return SUCCESS
+
+    def _quarantine(self, incoming: pdata_stream.Incoming, refusal: StoreRefusal) -> None:
+        """Keep a refused dataset with its reason (its file meta is left out when the command's
+        own UIDs could not make one, rather than losing the data)."""
+        assert incoming.part is not None
+        try:
+            kept = self.spool.quarantine_part(incoming.part, refusal.reason)
+        except OSError as error:
+            logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                       error=error.strerror)
+            return
+        logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
+                     quarantined=kept.name)
+
+    @staticmethod
+    def _check(identifiers: Mapping[str, object], command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
+        missing = missing_attributes(identifiers)
+        if missing:
+            return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
+        for name in UID_ATTRIBUTES:
+            problem = uid_problem(name, identifiers[name])
+            if problem is not None:
+                return StoreRefusal(CANNOT_UNDERSTAND, problem)
+        if identifiers["SOPClassUID"] != context_sop_class:
+            return StoreRefusal(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID does not match the presentation context",
+            )
+        return command_mismatch(identifiers, command)
+
+    def _store(self, assoc: Association, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
+        assert incoming.part is not None
+        study, series, sop = (str(identifiers[k]) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        path = self.spool.instance_path(study, series, sop)
+        record = InstanceRecord(sop_uid=sop, series_uid=series, study_uid=study,
+                                modality=str(identifiers["Modality"]), sop_class=str(identifiers["SOPClassUID"]),
+                                transfer_syntax=incoming.transfer_syntax, path=path, size=incoming.part.size)
+        replacing = path.exists()
+        incoming.part.commit(path)
+        try:
+            replaced = self._index_instance(assoc, record)
+        except sqlite3.Error:
+            # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
+            # a file that replaced an indexed instance stays, its row still points at it.
+            if not replacing:
+                path.unlink(missing_ok=True)
+            raise
+        if replaced is not None:
+            self.spool.remove_replaced(replaced)
+
+    def _index_instance(self, assoc: Association, record: InstanceRecord) -> Path | None:
+        assoc_id = self._assoc_ids.get(id(assoc))
+        with self._index_lock:
+            if assoc_id is not None and assoc_id not in self._registered:
+                self.index.open_association(
+                    assoc_id, assoc.requestor.ae_title, assoc.requestor.address, os.getpid()
+                )
+                self._registered.add(assoc_id)
+            return self.index.record_instance(record, assoc_id)
+
+    # ---- server ---------------------------------------------------------------------------
+
+    def make_ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_pdu_size = node.max_pdu
+        ae.maximum_associations = _PYNETDICOM_ASSOCIATIONS
+        ae.network_timeout = node.network_timeout_seconds
+        ae.acse_timeout = node.network_timeout_seconds
+        ae.dimse_timeout = node.network_timeout_seconds
+        ae.add_supported_context(Verification)
+        if node.accept_all_storage:
+            _config.UNRESTRICTED_STORAGE_SERVICE = True
+            classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax]
+        else:
+            classes = list(STORAGE_CLASSES)
+        for sop_class in classes:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        return ae
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_connection),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_REQUESTED, self.take_slot),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_RELEASED, self.free_slot),
+            (evt.EVT_ABORTED, self.free_slot),
+            (evt.EVT_CONN_CLOSE, self.free_slot),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    def serve_forever(self) -> None:
+        patch_reactor_sleep()
+        pdu_guard.install(self.config.node.max_pdu)
+        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free,
+                             self.answer_in_reader)
+        # Values are stored as sent and checked by the pipelines that read them; validating every
+        # UID's characters again here only costs time on the path that must be fast.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+        # pynetdicom's standard handlers format a multi-line description of every DIMSE message
+        # for its debug log; radnode logs associations and refusals itself.
+        _config.LOG_HANDLER_LEVEL = "none"
+        node = self.config.node
+        self._server = self.make_ae().make_server(
+            (node.host, node.port), evt_handlers=self.handlers(), server_class=_Server,
+            ssl_context=None if node.tls is None else server_context(node.tls),
+        )
+        logs.info("receiver.listening", ae_title=node.ae_title, host=node.host, port=node.port,
+                  tls=node.tls is not None, pid=os.getpid())
+        assert self._server is not None
+        self._server.serve_forever()
+
+    def shutdown(self) -> None:
+        """Stop listening; associations in progress are aborted and the SCU resends what was
+        not acknowledged, so nothing unacknowledged is lost."""
+        if self._server is not None:
+            # socketserver's own shutdown: pynetdicom's also unregisters from AE.start_server's
+            # list, which a server made with make_server is not on.
+            socketserver.TCPServer.shutdown(self._server)
+            self._server.server_close()
+
