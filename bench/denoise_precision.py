@@ -1,10 +1,11 @@
 """ct-denoise on a CPU in bfloat16 against float32: same weights, same held-out scans.
 
-The model card's rule ("bfloat16 on a CPU") lets the network run under CPU bfloat16 autocast
-only where, on every held-out kernel at simulated quarter and tenth dose, PSNR moves by at most
-0.05 dB, SSIM by at most 0.001, the 15 mm bias measure by at most 0.2 HU, and the denoise stage
-is at least 1.5x faster. This script measures all four in one run and prints the verdict. It
-needs a CPU with native bfloat16 (AVX512-BF16 or AMX); elsewhere there is nothing to compare.
+The rule "bfloat16 on a CPU" (pipelines/denoise/training/LOG.md,
+"Acceptance rules for the quality and bias targets") lets the network run under CPU bfloat16
+autocast only where, on every held-out kernel at simulated quarter and tenth dose, PSNR moves by
+at most 0.05 dB, SSIM by at most 0.001, the 15 mm bias measure by at most 0.2 HU, and the denoise
+stage is at least 1.5x faster. This script measures all four in one run and prints the verdict.
+It needs a CPU with native bfloat16 (AVX512-BF16 or AMX); elsewhere there is nothing to compare.
 
     python -m bench.denoise_precision [--data ../shared/data] [--repeat 2]
 """
@@ -31,7 +32,7 @@ from pipelines.denoise.training.evaluate import (
 from pipelines.precision import native_cpu_bfloat16
 from pipelines.training.data_folder import DATA_ROOT
 
-#: The rule's limits (model card, written before the first measurement).
+#: The rule's limits (pipelines/denoise/training/LOG.md, written before the first measurement).
 MAX_PSNR_CHANGE_DB, MAX_SSIM_CHANGE, MAX_BIAS_CHANGE_HU, MIN_SPEED_UP = 0.05, 0.001, 0.2, 1.5
 
 

@@ -15,7 +15,7 @@ durable writes (fsync before the ack); storescp as shipped (no fsync), Orthanc a
 
 The durable floor of one association is what storescp takes per image plus what the spool's
 durable write of that image takes on this disk (measured here, in the same run): the fastest
-radnode could be if its own work cost nothing beyond storescp's. Targets (issue 21): one
+radnode could be if its own work cost nothing beyond storescp's. Targets: one
 association >= 0.85 of that floor and >= 2x Orthanc, four associations >= 2x Orthanc; the
 dispatcher delivers a 300-slice derived series at >= 0.7x storescu's rate.
 
@@ -157,7 +157,7 @@ def jpeg_ls_sends(sends: Sends, folder: Path) -> Sends:
 
 
 def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[str, ...] = ()) -> None:
-    """Every receiver on the same sends, then the ratios the issue's targets are stated in."""
+    """Every receiver on the same sends, then the ratios the targets are stated in (module docstring)."""
     paths = sends.one[0]
     print(f"{series}: {len(paths)} images, {sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KiB "
           "each on average", flush=True)

@@ -1,4 +1,4 @@
-"""kill -9 of the whole node at random points, many times: the 100 trials of issue 23.
+"""kill -9 of the whole node at random points, many times (100 trials by default), losing nothing acknowledged.
 
     python3 -m bench.kill9 --trials 100 --seed 23
 

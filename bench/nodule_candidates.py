@@ -1,5 +1,7 @@
 """The candidate stage (``pipelines.nodule.candidates``) on every real chest CT: recall of the real
-lesions >= 10 mm, candidates per scan, CPU seconds. The acceptance rule is in the model card.
+lesions >= 10 mm, candidates per scan, CPU seconds. The acceptance rule is in
+pipelines/nodule/training/LOG.md, "Candidate stage (`candidates.py`): rule fixed before it was measured"
+(and "Ground-glass candidates" for the ground-glass components).
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_candidates.py [--json out.json]
 """

@@ -60,7 +60,7 @@ def time_pipeline(make: Callable[[], Pipeline], series: Mapping[str, Sequence[Pa
         job = JobInput(series=series, output_dir=workdir / f"out{attempt}")
         started = time.perf_counter()
         result = pipeline.run(job)
-        runs.append((time.perf_counter() - started, result.summary))
+        runs.append((time.perf_counter() - started, result.summary.to_stored()))
     total, summary = min(runs, key=lambda run: run[0])
     device = str(getattr(pipeline, "device", "cpu"))
     return Timing(device, load_seconds, rss_after_load, total, summary["seconds"], summary)

@@ -73,17 +73,17 @@ def overhead(cluster: RayCluster, files: list[Path], tmp: Path, repeats: int) ->
         outcome = ray.get(ref)
         returned_at = time.time()
         got = time.perf_counter()
-        for name, data in outcome["files"]:
+        for name, data in outcome.files:
             spool.write(spool.result_dir(i) / name, data)
         kept = time.perf_counter()
         if i == 0:
             continue
         parts["total"].append(kept - started)
         parts["ship"].append(shipped - started)
-        parts["to_actor"].append(outcome["received_at"] - submitted_at - (shipped - started))
-        parts["unpack"].append(outcome["unpack_seconds"])
-        parts["pipeline"].append(outcome["seconds"] - outcome["unpack_seconds"])
-        parts["back"].append(returned_at - outcome["received_at"] - outcome["seconds"])
+        parts["to_actor"].append(outcome.received_at - submitted_at - (shipped - started))
+        parts["unpack"].append(outcome.unpack_seconds)
+        parts["pipeline"].append(outcome.seconds - outcome.unpack_seconds)
+        parts["back"].append(returned_at - outcome.received_at - outcome.seconds)
         parts["keep"].append(kept - got)
     ray.shutdown()
     median = {k: statistics.median(v) for k, v in parts.items()}

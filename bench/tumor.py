@@ -1,6 +1,6 @@
 """How long ``tumor-segmentation`` takes for a four-contrast 240 x 240 x 155 brain MR study, per stage.
 
-Targets (issue 6): under 90 s on 2 CPU cores, under 3 s on one H100. The study is
+Targets: under 90 s on 2 CPU cores, under 3 s on one H100. The study is
 BraTS-GLI-00001 (../shared/data/mr-brain) written as four DICOM series of 155 slices at 1 mm
 (``tests.mr_dicom``), with FLAIR, T2 and T1 each moved by a few millimetres and degrees so that
 registration has real work; the pipeline runs exactly as a worker runs it, on CUDA when a GPU

@@ -1,6 +1,6 @@
 """How long ``tumor-segmentation`` takes for the commonest clinical study: a skull-on T1c alone, thick slices.
 
-Target (issue 15): under 30 s on 2 CPU cores including brain extraction, peak RSS under 3 GB.
+Target: under 30 s on 2 CPU cores including brain extraction, peak RSS under 3 GB.
 The study is TCGA-FG-6692's raw post-contrast T1 (../shared/data/mr-brain: 26 axial slices of
 5.5 mm, 224 x 256 pixels of 0.9 mm, skull on) written as one DICOM series (``tests.mr_dicom``);
 the pipeline runs exactly as a worker runs it, with the model the shipped folder picks for T1c

@@ -28,6 +28,7 @@ from pydantic import (
 
 from node.route.matcher import Condition, parse_condition
 from node.tls import ClientTls, ServerTls, client_context, server_context
+from pipelines.validation import not_valid, problem_line
 
 if TYPE_CHECKING:
     from pipelines.base import InputSpec
@@ -380,37 +381,17 @@ def _parse_conditions(value: Any) -> dict[str, Condition]:
     return {keyword: parse_condition(keyword, spec) for keyword, spec in value.items()}
 
 
-def _key(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before") or "[" in str(part):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _format(error: ValidationError, source: str) -> str:
-    return "\n".join([f"{source} is not valid:", *_error_lines(error)])
+    return not_valid(source, _error_lines(error))
 
 
 def _error_lines(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem, each starting with the key it is about (under ``prefix``)."""
+    """One line per problem, each starting with the key it is about (under ``prefix``); the
+    shape is shared with a model folder's params.toml (``pipelines.validation``)."""
     lines = []
     for err in error.errors():
-        message = err["msg"].removeprefix("Value error, ")
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _RefError):
-            lines.append(f"  {ctx_error}")
-            continue
-        key = ".".join(part for part in (prefix, _key(tuple(err["loc"]))) if part)
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling and the table it is in)"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"  {key or '(top level)'}: {message}")
+        lines.append(f"  {ctx_error}" if isinstance(ctx_error, _RefError) else problem_line(err, prefix))
     return lines
 
 

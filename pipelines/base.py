@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from pipelines.writers.output import WrittenObject
 
@@ -73,6 +73,87 @@ class JobInput:
     job_id: str = "offline"
 
 
+def _as_text(value: Any) -> Any:
+    """A version written as a number (``model_version = 2``) is still a version: text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+#: text that a site pipeline may have written as a number
+Text = Annotated[str, BeforeValidator(_as_text)]
+
+
+class JobSummary(BaseModel):
+    """What a pipeline reports about one job besides its files: kept on the job in the index,
+    shown by ``radnode jobs --id N`` and the web page under the key names written here.
+
+    The fields here are the ones the node reads (which model ran, where the time went, which
+    cluster machine ran it); each pipeline subclasses this with its own typed findings
+    (``NoduleSummary``) and refuses keys it does not declare. The index keeps the JSON of
+    ``to_stored()``; ``from_stored`` reads any row back, one an older version wrote included,
+    as this class, with the pipeline's own keys untyped in ``details``.
+    """
+
+    #: extra keys: a site pipeline's plain dict, or a stored row read back (``details``);
+    #: no protected names: ``model_version`` is a summary key, not a pydantic method
+    model_config = ConfigDict(frozen=True, extra="allow", protected_namespaces=())
+
+    #: the model's name as people know it (a shipped folder's model, a site's algorithm)
+    model: Text | None = None
+    #: the MONAI bundle that ran, "name version"
+    bundle: str | None = None
+    model_version: Text | None = None
+    #: where the pipeline ran: "cpu", "cuda"
+    device: str | None = None
+    #: sha256 of the model folder (``model_folder.folder_digest``): the exact weights used
+    model_sha256: str | None = None
+    #: seconds per pipeline stage (``timing.StageClock``), in the order they ran
+    seconds: dict[str, float] = {}
+    #: the cluster machine and process that ran the job (the ``ray`` executor adds it)
+    ran_on: str | None = None
+
+    def to_stored(self) -> dict[str, Any]:
+        """The keys a pipeline set, its own first and then the common ones above, as the index
+        stores them and people read them; keys never set are left out, not shown as null."""
+        data = self.model_dump(exclude_unset=True)
+        common = JobSummary.model_fields
+        return {**{key: value for key, value in data.items() if key not in common},
+                **{key: data[key] for key in common if key in data}}
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The pipeline's own keys (``nodules``, ``volumes_ml``), as stored."""
+        return {key: value for key, value in self.to_stored().items() if key not in JobSummary.model_fields}
+
+    @staticmethod
+    def from_stored(data: Mapping[str, Any]) -> JobSummary:
+        """A stored summary (or a site pipeline's plain dict) as the common record.
+
+        A key of the common fields holding something of another type (written by another
+        version) is kept for people under "<key> (as stored)" instead of making the job
+        unreadable: ``radnode jobs`` must list every job the index holds.
+        """
+        try:
+            return JobSummary.model_validate(dict(data))
+        except ValidationError as error:
+            unreadable = {str(err["loc"][0]) for err in error.errors() if err["loc"]}
+            kept = {key: value for key, value in data.items() if key not in unreadable}
+            moved = {f"{key} (as stored)": value for key, value in data.items() if key in unreadable}
+            return JobSummary.model_validate({**kept, **moved})
+
+
+class PipelineSummary(JobSummary):
+    """The base of a shipped pipeline's summary: its own keys typed, and a key it does not
+    declare (a misspelling) refused when the summary is built, not stored unnoticed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class SummaryRecord(BaseModel):
+    """One item of a summary's list or table (a nodule), typed and closed the same way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 @dataclass
 class JobResult:
     """What a pipeline produced.
@@ -83,7 +164,7 @@ class JobResult:
     """
 
     outputs: list[Path] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: JobSummary = field(default_factory=JobSummary)
     applicable: bool = True
     reason: str = ""
     #: what the writer knew of each output (``write_datasets``), so the node records it without
@@ -91,8 +172,13 @@ class JobResult:
     #: and the node reads each such file's header once.
     objects: list[WrittenObject] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # A site pipeline written before summaries were typed hands a plain dict: still read.
+        if not isinstance(self.summary, JobSummary):
+            self.summary = JobSummary.from_stored(self.summary)
+
     @classmethod
-    def written(cls, objects: Sequence[WrittenObject], summary: dict[str, Any]) -> JobResult:
+    def written(cls, objects: Sequence[WrittenObject], summary: JobSummary) -> JobResult:
         """The result of a pipeline that wrote its objects with ``write_datasets``."""
         return cls(outputs=[o.path for o in objects], summary=summary, objects=list(objects))
 

@@ -7,8 +7,11 @@ are accepted, so that a site can drop in a model from MONAI's model zoo or expor
   network) plus ``params.toml`` / ``params.json`` with the pre- and post-processing;
 - a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``.
 
-Each pipeline reads its own parameters from the table returned here; this module only finds the
-files, reads them and fingerprints them, so the error messages are the same everywhere.
+Each pipeline declares its parameters as a ``ModelParams`` model (``pipelines/<name>/params.py``)
+and reads them with ``load_params``: typed keys with their defaults, and a misspelt or unknown key
+refused with the file and the key named, in config.toml's words (``pipelines.validation``),
+instead of being ignored in favour of a default. This module finds the files, reads and checks
+them and fingerprints them, so the error messages are the same everywhere.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
+
+from pipelines.validation import not_valid, problem_lines
 
 if TYPE_CHECKING:  # torch is imported where weights load: the node checks folders without it
     import torch
@@ -57,19 +64,80 @@ def is_monai_bundle(folder: Path) -> bool:
     return any((Path(folder) / "configs" / name).is_file() for name in CONFIG_NAMES)
 
 
+def params_file(folder: Path) -> Path:
+    """``params.toml`` (preferred) or ``params.json`` (the older form) of a radnode model folder."""
+    for name in ("params.toml", "params.json"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
+
+
 def read_params(folder: Path) -> dict[str, Any]:
-    """``params.toml`` (preferred) or ``params.json`` of a radnode model folder."""
-    toml_path, json_path = folder / "params.toml", folder / "params.json"
+    """The parameters file's tables as read, unchecked: for the training scripts that rewrite it;
+    a pipeline reads its parameters with ``load_params``."""
+    path = params_file(folder)
     try:
-        if toml_path.is_file():
-            with open(toml_path, "rb") as handle:
+        if path.suffix == ".toml":
+            with open(path, "rb") as handle:
                 return tomllib.load(handle)
-        if json_path.is_file():
-            params: dict[str, Any] = json.loads(json_path.read_text())
-            return params
+        params: dict[str, Any] = json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{folder}: the parameters file is not valid: {exc}") from exc
-    raise ModelFolderError(f"{folder} has no params.toml or params.json describing the model's input")
+    if not isinstance(params, dict):
+        raise ModelFolderError(f"{path} is not valid: it must hold tables of keys, not {type(params).__name__}")
+    return params
+
+
+class ParamsTable(BaseModel):
+    """One table of a parameters file (``[input]``): typed keys, and no others."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def given(self) -> dict[str, Any]:
+        """The keys the file sets, for a table whose unset keys (None) keep the code's defaults."""
+        return self.model_dump(exclude_none=True)
+
+
+class ModelParams(ParamsTable):
+    """A whole parameters file of one kind of model folder; each pipeline declares its own."""
+
+
+Params = TypeVar("Params", bound=ModelParams)
+
+
+def load_params(folder: Path, kind: type[Params]) -> Params:
+    """The folder's ``params.toml`` (or ``params.json``) checked against ``kind``.
+
+    A key ``kind`` does not declare, a wrong type or a missing required key is refused with
+    the file and every bad key named, one line each, in config.toml's words.
+    """
+    folder = Path(folder)
+    raw = read_params(folder)
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as error:
+        raise ModelFolderError(not_valid(str(params_file(folder)), problem_lines(error))) from None
+
+
+def _true_or_false(value: Any, info: ValidationInfo) -> Any:
+    """TOML's true and false only: 1 or "yes" is a mistake to point out, not a boolean."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{info.field_name} must be true or false, got {value!r}")
+    return value
+
+
+#: A switch of a parameters file: ``true`` or ``false``, nothing that merely converts to one.
+Switch = Annotated[bool, BeforeValidator(_true_or_false)]
+
+
+def _low_below_high(value: tuple[float, float]) -> tuple[float, float]:
+    if not value[0] < value[1]:
+        raise ValueError(f"low must be below high, got {list(value)}")
+    return value
+
+
+#: A ``[low, high]`` pair of a parameters file (an HU clip, an intensity range): low below high.
+Interval = Annotated[tuple[float, float], AfterValidator(_low_below_high)]
 
 
 def weights_files(folder: Path) -> tuple[Path | None, Path | None]:
@@ -117,13 +185,25 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
     return load_state_dict(state, network).to(device)
 
 
+#: Weights files, whatever their names (a folder's params may list several, e.g. an ensemble).
+WEIGHTS_SUFFIXES = frozenset({".ts", ".pt", ".pth"})
+#: Sub-folders a model folder may carry that its pipeline never loads: the nodule scorer's
+#: per-patient leave-one-out copies, which the held-out tests run as model folders of their own
+#: (left out of the wheel, so an installed node and a checkout name the same digest).
+NOT_LOADED = frozenset({"folds"})
+
+
 def folder_digest(folder: Path) -> str:
-    """sha256 over the model and parameter files, so every output names the exact weights used."""
+    """sha256 over every weights file and the parameter and config files of the folder and the
+    sub-folders it loads, so every output names the exact weights used."""
     digest = hashlib.sha256()
-    candidates = [p for p in folder.rglob("*") if p.is_file() and p.suffix in {".ts", ".pt", ".toml", ".json"}]
-    for path in sorted(candidates):
-        if path.name.startswith(("model.", "params.", "inference.")):
-            digest.update(str(path.relative_to(folder)).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if NOT_LOADED.intersection(relative.parts[:-1]):
+            continue
+        if path.suffix in WEIGHTS_SUFFIXES or (path.name.startswith(("model.", "params.", "inference."))
+                                               and path.suffix in {".toml", ".json", ".yaml", ".yml"}):
+            digest.update(str(relative).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -1,7 +1,7 @@
 """A corpus of hostile C-STORE payloads, generated in code from real files in ../shared/data.
 
 Each probe is a data set's bytes plus the presentation context and command UIDs to send it
-with. The mutations are the structural ways a data set can lie (issue 23): truncation at element
+with. The mutations are the structural ways a data set can lie: truncation at element
 boundaries, sequences nested up to 10,000 deep, undefined lengths without delimiters, lengths
 past the end, wrong VRs, duplicated and out-of-order tags, odd lengths, huge multiplicity,
 non-ASCII and over-long UIDs, pixel data shorter than Rows x Columns, explicit VR bytes sent as

@@ -9,7 +9,7 @@ would), and checks what a site would notice:
 - the series is processed in full: the job of its last generation is done;
 - every result of every done job is in the PACS exactly once, and nothing else is.
 
-``tests/test_recovery.py`` runs a few trials; ``bench/kill9.py`` runs the 100 the issue asks for.
+``tests/test_recovery.py`` runs a few trials; ``bench/kill9.py`` runs 100, enough for kills in every part of the flow.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.harness import NodeProcess, node_config
 from tests.peers import dcmtk_bin, dcmtk_env
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 
 def echoscu(port: int, called: str, calling: str = "MODALITY1") -> subprocess.CompletedProcess[str]:

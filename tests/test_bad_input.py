@@ -18,6 +18,8 @@ from tests.harness import NodeProcess, node_config
 from tests.peers import dcmtk_bin, dcmtk_env, storescu
 from tests.raw_scu import exchange
 
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
 
 def ct_file(data_dir: Path) -> Path:
     return sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[0]

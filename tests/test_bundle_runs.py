@@ -35,7 +35,7 @@ LUNG = BUNDLES / "lung_nodule_ct_detection"
 BRATS = BUNDLES / "brats_mri_segmentation"
 BRATS_CASE = Path("mr-brain") / "brats-gli-00001" / "BraTS-GLI-00001-000"
 
-pytestmark = pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing")
+pytestmark = [pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing"), pytest.mark.data, pytest.mark.slow]
 
 
 def writable_copy(source: Path, folder: Path) -> Path:
@@ -117,6 +117,7 @@ def run_nodule_bundle(bundle: Path, files: list[Path], out: Path, reported: int)
     return pipeline, result, fed, boxes
 
 
+@pytest.mark.peers
 def test_the_lung_nodule_bundle_runs_its_own_sections_on_a_dicom_ct(
         lung_ct, tmp_path):
     bundle = bundle_with_weights(LUNG, tmp_path / "lung")
@@ -151,10 +152,10 @@ def test_the_lung_nodule_bundle_runs_its_own_sections_on_a_dicom_ct(
 
     # Boxes: the bundle's postprocessing gives cccwhd boxes in LPS world millimetres; radnode
     # writes them unchanged: SR centre = box centre, SEG segment = the source voxels in the box.
-    nodules = result.summary["nodules"]
-    assert len(boxes) == result.summary["candidates"] and len(nodules) == 5
+    nodules = result.summary.nodules
+    assert len(boxes) == result.summary.candidates and len(nodules) == 5
     for box, reported in zip(boxes, nodules):
-        np.testing.assert_allclose(reported["center_lps"], box.center_lps, atol=0.06)
+        np.testing.assert_allclose(reported.center_lps, box.center_lps, atol=0.06)
         low, high = volume.kji_to_lps([0, 0, 0]), volume.kji_to_lps(np.array(volume.array.shape) - 1)
         assert np.all(box.center_lps >= np.minimum(low, high) - 1) and np.all(box.center_lps <= np.maximum(low, high) + 1)
 
@@ -279,6 +280,7 @@ def bundle_reference_run(bundle: Path, nifti: dict[str, Path]) -> sitk.Image:
     return image
 
 
+@pytest.mark.peers
 def test_the_brats_bundle_runs_its_own_sections_on_a_dicom_brain_study(brain_study, tmp_path, monkeypatch):
     from pipelines.tumor import pipeline as tumor_pipeline
     from pipelines.tumor.pipeline import TumorSegmentation
@@ -331,7 +333,7 @@ def test_the_brats_bundle_runs_its_own_sections_on_a_dicom_brain_study(brain_stu
     assert not radnode[~brain].any()
     sr_text = pydicom.dcmread(sr_path).to_json()
     assert "BraTS MRI segmentation" in sr_text and "0.5.2" in sr_text
-    assert result.summary["model"] == "BraTS MRI segmentation 0.5.2"
+    assert result.summary.model == "BraTS MRI segmentation 0.5.2"
     assert seg.SegmentSequence[0].SegmentAlgorithmName == "BraTS MRI segmentation"
 
 
@@ -388,6 +390,7 @@ class BrightSpotNetwork(torch.nn.Module):
         return {"classification": classification, "box_regression": regression}
 
 
+@pytest.mark.peers
 def test_the_lung_nodule_bundle_box_lands_on_a_lesion_of_known_position(data_dir, tmp_path):
     """A calcified (500 HU) 16 mm sphere written into the cropped CT (its brightest voxel was
     289 HU) at a known LPS position; the bundle's detector around a network that scores
@@ -412,10 +415,10 @@ def test_the_lung_nodule_bundle_box_lands_on_a_lesion_of_known_position(data_dir
     pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", model=bundle, device="cpu",
                                                 options={"report_threshold": 0.9}))
     result = pipeline.run(JobInput(series={"series": files}, output_dir=tmp_path / "out"))
-    nodules = result.summary["nodules"]
+    nodules = result.summary.nodules
     assert len(nodules) >= 1
-    error = np.abs(np.array(nodules[0]["center_lps"]) - lesion)
-    print(f"top box centre {nodules[0]['center_lps']} vs lesion {lesion.round(1).tolist()}: {error.round(2).tolist()} mm")
+    error = np.abs(np.array(nodules[0].center_lps) - lesion)
+    print(f"top box centre {nodules[0].center_lps} vs lesion {lesion.round(1).tolist()}: {error.round(2).tolist()} mm")
     # The nearest of the finest anchors, 4 x 4 x 2 voxels of 0.703 x 0.703 x 1.25 mm apart, is at
     # most half a step away on each axis; measured 0.01, 0.25, 0.20 mm. A mirrored axis would miss
     # by 21 mm (x), 21 mm (y) or 24 mm (z).

@@ -19,7 +19,7 @@ BUNDLES = DATA_ROOT / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"
 BRATS = BUNDLES / "brats_mri_segmentation"
 
-pytestmark = pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing")
+pytestmark = [pytest.mark.skipif(not LUNG.is_dir(), reason=f"{BUNDLES} is missing"), pytest.mark.data]
 
 
 def _copy(source: Path, tmp_path: Path, torchscript: bool = False) -> Path:
@@ -150,6 +150,7 @@ def test_a_detection_bundle_radnode_cannot_honour_is_refused_at_start_naming_the
     assert key in message and message.count("\n") == 0, message
 
 
+@pytest.mark.slow
 def test_radnode_run_refuses_a_bundle_it_cannot_honour_in_one_line_naming_the_key(tmp_path, data_dir):
     from tests.harness import NodeProcess, node_config
 
@@ -177,6 +178,7 @@ def test_a_segmentation_bundle_radnode_cannot_honour_is_refused_at_start_naming_
     assert key in str(caught.value), str(caught.value)
 
 
+@pytest.mark.slow
 def test_radnode_serve_refuses_to_start_with_a_bundle_it_cannot_honour_naming_the_key(tmp_path):
     """The refusal comes before the node listens, not as every job's failure reason later."""
     from tests.harness import NodeProcess, node_config

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.index.store import Index, JobSpec, ResultFile
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route
 from tests.peers import Orthanc
+
+pytestmark = [pytest.mark.slow]
 
 
 def test_route_test_shows_matches_and_failed_conditions(tmp_path, data_dir):
@@ -30,6 +33,7 @@ def test_route_test_shows_matches_and_failed_conditions(tmp_path, data_dir):
     assert "MATCH    ct-chest" in cptac.stdout
 
 
+@pytest.mark.peers
 def test_echo_a_destination(tmp_path):
     orthanc = Orthanc(tmp_path / "pacs").start()
     try:

@@ -188,6 +188,7 @@ def idle_tick_seconds(assembler: Assembler, now: float, ticks: int = 40) -> floa
     return statistics.median(times)
 
 
+@pytest.mark.slow
 def test_idle_tick_costs_the_same_with_5000_finished_studies_in_the_index_as_with_none(tmp_path):
     """Before, study routing re-read every study of the last 7 days on every tick and kept each
     series' header for good: 379 ms per idle tick and 5,000 headers held with these 5,000

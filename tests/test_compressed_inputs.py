@@ -11,6 +11,8 @@ import SimpleITK as sitk
 from pipelines.volume import VolumeError, decode_pixels, load_series
 from tests.conftest import DATA
 
+pytestmark = [pytest.mark.data]
+
 WG04 = DATA / "transfer-syntaxes" / "nema-wg04"
 LOSSLESS = sorted(
     p for folder in ("J2KR", "JLSL", "JPLL", "RLE") for p in (WG04 / folder).iterdir()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from node.config import DeliverySettings, load_config
 from node.deliver.dispatcher import retry_schedule
@@ -31,6 +32,8 @@ def test_shipped_defaults_retry_a_delivery_for_a_day_at_most_ten_minutes_apart()
         assert gaps.max() <= 600, f"{source}: {gaps.max():.0f} s between tries"
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_a_delivery_outlives_a_pacs_outage_and_goes_dead_only_after_its_window(tmp_path, data_dir):
     pacs = Orthanc(tmp_path / "orthanc").start()
     pacs.stop()  # down when the first result is ready

@@ -46,6 +46,7 @@ def water_disk(radius_px: int, size: int = 128) -> np.ndarray:
     return np.where(xx**2 + yy**2 <= radius_px**2, 0.0, -1000.0).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_projection_matches_skimage_radon(phantom):
     beam = ParallelBeam.for_size(128)
     mine = beam.project(torch.from_numpy(phantom)).numpy()
@@ -119,7 +120,7 @@ def test_electronic_noise_matters_only_where_photons_are_few():
 
 
 def test_the_mean_sinogram_error_of_starved_readings_is_the_computed_one():
-    """The simulated input's own systematic error is computed, not sampled (issue 17's bias reference)."""
+    """The simulated input's own systematic error is computed, not sampled (part of the bias rule's reference)."""
     generator = torch.Generator().manual_seed(7)
     counts = np.array([0.3, 3.0, 10.0, 100.0])
     computed = expected_log_error(counts, 8.0)
@@ -135,6 +136,7 @@ def test_the_mean_sinogram_error_of_starved_readings_is_the_computed_one():
     assert computed[0] < -1 and computed[2] > 0.2 and abs(expected_log_error(np.array([1e6]), 8.0)[0]) < 1e-5
 
 
+@pytest.mark.slow
 def test_the_expected_error_image_is_what_many_starved_draws_average_to():
     scan, inside = SliceScan.of(water_disk(60), 0.7), water_disk(50) == 0
     photons, generator = 300.0, torch.Generator().manual_seed(8)  # ~1 photon behind 8.4 cm of water
@@ -175,6 +177,7 @@ def test_thinner_slices_are_a_lower_dose_for_noise():
         thickness_dose_factor(0.0, 1.0)
 
 
+@pytest.mark.slow
 def test_both_kernels_of_one_real_scan_imply_the_same_photon_count(data_dir):
     """B40f and B70f are two reconstructions of the same raw data: one I0 must explain both."""
     photons = {}
@@ -342,6 +345,7 @@ def test_the_input_mean_target_is_adopted_unless_it_misses_2_hu_deviates_0_3_hu_
     assert choose_input_mean_target(current, score(1.20, (0.60, 2.84))) == RESTORE_RECIPE  # costs 0.33 dB
 
 
+@pytest.mark.slow
 def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_noise_mean_on_the_same_draws():
     """A starved water disk: each draw's noise has a mean of +0.7 to +11 HU inside, by its dose (the
     concave logarithm), which the input-mean target carries and the bare-slice target does not."""

@@ -29,6 +29,8 @@ from pipelines.precision import native_cpu_bfloat16
 from pipelines.volume import load_series
 from tests.peers import dciodvfy, storescu
 
+pytestmark = [pytest.mark.slow]
+
 #: Held-out A0002 slices for the CI quality check: upper lobes, heart, lung bases, liver dome.
 QUALITY_SLICES = [4, 12, 18, 26]
 #: BM3D (about 3 s per 128 x 128 crop) runs on this many slices' centred crops per kernel.
@@ -63,9 +65,10 @@ def simulated(data_dir) -> dict[str, tuple[Scan, dict[str, np.ndarray]]]:
     return out
 
 
-#: The issue 17 rule is quarter dose on every kernel; tenth dose is checked too and, on the
-#: starved GE scan, the model gains neither PSNR nor SSIM over the oracle Gaussian (28 slices:
-#: -1.24 dB, SSIM 0.680 vs 0.758; these 4 slices: -0.29 dB, SSIM 0.723 vs 0.772).
+#: The quality rule (PSNR >= oracle Gaussian + 1.0 dB) is set at quarter dose on every kernel;
+#: tenth dose is checked too and, on the starved GE scan, the model gains neither PSNR nor SSIM
+#: over the oracle Gaussian (28 slices: -1.24 dB, SSIM 0.680 vs 0.758; these 4 slices: -0.29 dB,
+#: SSIM 0.723 vs 0.772).
 CASES = [("B40f", "quarter"), ("B70f", "quarter"), ("STANDARD", "quarter"), ("B40f", "tenth"), ("B70f", "tenth"),
          pytest.param("STANDARD", "tenth", marks=pytest.mark.xfail(strict=True, reason=(
              "not met: at tenth dose LIDC-IDRI-0003's darkest rays get ~6 photons; on these slices the "
@@ -99,7 +102,9 @@ def test_bfloat16_on_a_cpu_that_has_it_changes_psnr_by_at_most_a_twentieth_of_a_
         assert np.array_equal(default, float32), "a CPU without native bfloat16 must run float32"
         return
     change = evaluate.mean_metrics(default, scan.hu)["psnr_db"] - evaluate.mean_metrics(float32, scan.hu)["psnr_db"]
-    # the model card's rule; measured on the 30 evaluation slices: 0.013 dB at most (bench.denoise_precision)
+    # the "bfloat16 on a CPU" rule (pipelines/denoise/training/LOG.md,
+    # "Acceptance rules for the quality and bias targets"); measured on the 30 evaluation slices: 0.013 dB
+    # at most (bench.denoise_precision)
     assert abs(change) <= 0.05, f"bfloat16 moved PSNR by {change:+.3f} dB"
 
 
@@ -210,8 +215,8 @@ def test_output_has_less_noise_than_the_source(run_result, spool_series):
     k = 15
     mask = uniform_region_mask(source.array[k])
     assert uniform_noise_std(derived.array[k], mask) < 0.8 * uniform_noise_std(source.array[k], mask)
-    assert result.summary["slices"] == len(spool_series)
-    assert set(result.summary["seconds"]) == {"load", "denoise", "write"}
+    assert result.summary.slices == len(spool_series)
+    assert set(result.summary.seconds) == {"load", "denoise", "write"}
 
 
 def test_original_series_is_untouched(run_result):
@@ -219,8 +224,10 @@ def test_original_series_is_untouched(run_result):
     assert {p: sha256(p) for p in before} == before
 
 
-def test_dciodvfy_reports_no_errors(run_result):
+@pytest.mark.peers
+def test_dciodvfy_reports_no_errors(run_result, spool_series):
     result, _ = run_result
+    assert len(result.outputs) == len(spool_series), f"{len(result.outputs)} of {len(spool_series)} slices written"
     for path in result.outputs[:: max(1, len(result.outputs) // 4)]:
         report = dciodvfy(path)
         assert not report.errors, report.errors
@@ -253,23 +260,49 @@ class _Offset(torch.nn.Module):
         return x + self.offset
 
 
-@pytest.mark.parametrize("offset_hu", [10_000.0, -10_000.0])
-def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_path, offset_hu):
-    folder = tmp_path / "model"
+def offset_pipeline(folder: Path, offset_hu: float) -> CTDenoise:
+    """ct-denoise running ``_Offset`` from a model folder made in ``folder``."""
     folder.mkdir()
     torch.jit.script(_Offset(offset_hu / 1000.0)).save(str(folder / "model.ts"))
     # [output] restore_mean_sigma_mm = 0: a uniform shift is pure low frequency, which the mean
     # correction would remove; here the shifted values must reach the writer.
     (folder / "params.toml").write_text("[input]\nclip = [-1024.0, 3071.0]\noffset = 0.0\nscale = 1000.0\n"
                                         "[output]\nrestore_mean_sigma_mm = 0.0\n")
-    pipeline = CTDenoise(PipelineSettings(name="ct-denoise", model=folder, device="cpu"))
-    result = pipeline.run(JobInput(series={"series": spool_series[10:13]}, output_dir=tmp_path / "out"))
-    source = pydicom.dcmread(spool_series[10])
+    return CTDenoise(PipelineSettings(name="ct-denoise", model=folder, device="cpu"))
+
+
+def written_pixels(outputs: list[Path], expected: int) -> list[np.ndarray]:
+    """The stored pixels of each image written, once it is sure all ``expected`` were: a check
+    over every written image passes vacuously on a pipeline that writes none."""
+    assert len(outputs) == expected, f"the pipeline wrote {len(outputs)} of {expected} images"
+    return [pydicom.dcmread(path).pixel_array for path in outputs]
+
+
+#: the slices the saturation tests denoise
+SATURATED_SLICES = slice(10, 13)
+
+
+@pytest.mark.parametrize("offset_hu", [10_000.0, -10_000.0])
+def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_path, offset_hu):
+    sources = spool_series[SATURATED_SLICES]
+    pipeline = offset_pipeline(tmp_path / "model", offset_hu)
+    result = pipeline.run(JobInput(series={"series": sources}, output_dir=tmp_path / "out"))
+    source = pydicom.dcmread(sources[0])
     bits, signed = int(source.BitsStored), int(source.PixelRepresentation) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    for path in result.outputs:
-        stored = pydicom.dcmread(path).pixel_array
+    for stored in written_pixels(result.outputs, len(sources)):
         assert np.all(stored == (high if offset_hu > 0 else low))
+
+
+def test_a_pipeline_that_writes_none_of_its_3_images_fails_the_saturation_check(spool_series, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr("pipelines.denoise.pipeline.write_datasets", lambda datasets, folder: [])
+    sources = spool_series[SATURATED_SLICES]
+    result = offset_pipeline(tmp_path / "model", 10_000.0).run(
+        JobInput(series={"series": sources}, output_dir=tmp_path / "out"))
+    assert result.outputs == []
+    with pytest.raises(AssertionError, match="wrote 0 of 3 images"):
+        written_pixels(result.outputs, len(sources))
 
 
 def test_non_ct_and_own_output_are_not_applicable(pipeline, spool_series, run_result, tmp_path):

@@ -1,5 +1,5 @@
 """The spool's disk really full (a small tmpfs): the node answers 0xA700, leaves no partial or
-unindexed file behind, and stores again as soon as space returns (issue 23)."""
+unindexed file behind, and stores again as soon as space returns, with no restart."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from node.receive.spool import part10_header
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import storescu
 from tests.test_hostile_input import ct_files, send_raw
+
+pytestmark = [pytest.mark.slow]
 
 BLOCK = 4096
 

@@ -20,6 +20,8 @@ from tests.peers import BitPreservingStorescp
 from tests.test_bad_input import ct_file
 from tests.test_pdata_stream import data_set_bytes
 
+pytestmark = [pytest.mark.peers]
+
 
 def test_a_c_store_response_the_reactor_takes_in_the_pause_race_still_reaches_the_delivery(tmp_path, data_dir,
                                                                                           caplog):

@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO, NodeProcess, node_config, threshold_route, wait_until
 from tests.peers import storescu
 from tests.slow_import import IMPORT_SECONDS
+
+pytestmark = [pytest.mark.slow]
 
 CT = ("ct-chest", "lung-pet-ct-dx-A0002")
 NOWHERE = [{"name": "pacs", "ae_title": "NOBODY", "host": "127.0.0.1", "port": 9}]
@@ -21,6 +25,7 @@ def events(node: NodeProcess, name: str) -> list[dict]:
     return [e for e in map(json.loads, node.logs().splitlines()) if e["event"] == name]
 
 
+@pytest.mark.peers
 def test_failed_job_keeps_its_traceback_done_job_its_summary_and_pipelines_load_at_start(tmp_path, data_dir):
     config = node_config(
         tmp_path, destinations=NOWHERE,
@@ -47,8 +52,8 @@ def test_failed_job_keeps_its_traceback_done_job_its_summary_and_pipelines_load_
         missing = node.cli("jobs", "--id", "99")
     finally:
         node.stop()
-    assert done.summary["voxels"] > 0  # the pipeline's JobResult.summary, kept on the job
-    assert done_view.returncode == 0 and f'"voxels": {done.summary["voxels"]}' in done_view.stdout
+    assert done.summary.details["voxels"] > 0  # the pipeline's JobResult.summary, kept on the job
+    assert done_view.returncode == 0 and f'"voxels": {done.summary.details["voxels"]}' in done_view.stdout
     assert "RuntimeError: the test pipeline was told to fail" in failed.outcome
     assert 'tests/hu_threshold.py", line' in failed.traceback and "in run" in failed.traceback
     assert 'tests/hu_threshold.py", line' in failed_view.stdout and "traceback:" in failed_view.stdout

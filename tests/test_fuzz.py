@@ -1,6 +1,6 @@
 """The fuzz corpus (tests/fuzz_corpus.py) against a running node: every probe gets a status or a
 rejection, the node stays up, nothing half-written stays in the spool, and a normal series sent
-afterwards is processed end to end (issue 23). The longer run is bench/fuzz.py."""
+afterwards is processed end to end. The longer run is bench/fuzz.py."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from collections import Counter
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from tests.fuzz_corpus import Sender, corpus, outcome_table, probe_file, sample, storescu_outcome
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.peers import storescu
 from tests.test_hostile_input import ct_files
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 #: what the receiver answers itself; 0xC211/0x0110 would mean its handler raised
 RECEIVER_STATUSES = {"0x0000", "0xA700", "0xA900", "0xC000"}

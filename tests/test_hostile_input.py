@@ -1,5 +1,5 @@
 """A hostile sender must never stop the node: what it sends is refused with a status, kept in
-quarantine with the reason, and the node goes on serving everyone else (issue 23)."""
+quarantine with the reason, and the node goes on serving everyone else."""
 
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ BAD_UIDS = {
 }
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_uids_that_are_not_digits_and_dots_are_refused_quarantined_and_never_become_paths(
         node, data_dir, tmp_path):
     source = pydicom.dcmread(ct_files(data_dir, 1)[0])
@@ -125,6 +127,8 @@ def test_uids_that_are_not_digits_and_dots_are_refused_quarantined_and_never_bec
     assert node.index().count_instances() == 1
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_a_65_character_sop_instance_uid_in_the_command_gets_0xC000_and_quarantine_not_an_abort(node, data_dir):
     source = pydicom.dcmread(ct_files(data_dir, 1)[0])
     # measured: 0xC000 and the data set kept; before, pynetdicom aborted the association (-1)
@@ -144,6 +148,7 @@ def test_two_different_sop_instance_uids_never_share_a_file(tmp_path):
             spool.instance_path("1.2", "1.2.3", uid)
 
 
+@pytest.mark.slow
 def test_dataset_that_is_not_the_instance_its_command_names_is_refused(node, data_dir):
     ds = pydicom.dcmread(ct_files(data_dir, 1)[0])
     other_uid = ds.SOPInstanceUID[:-1] + ("1" if ds.SOPInstanceUID[-1] != "1" else "2")

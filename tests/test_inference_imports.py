@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from tests.conftest import REPO
 
 #: pyproject extras whose packages only training and evaluation need.
@@ -65,6 +67,7 @@ def imported_after(statements: str) -> dict[str, list[str]]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_worker_loads_every_shipped_pipeline_without_training_code_or_training_only_packages():
     assert "bm3d" in training_only_packages()  # the denoiser's evaluation anchor, an extra's package
     loaded = imported_after(WORKER)

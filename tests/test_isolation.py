@@ -1,5 +1,5 @@
 """One item a loop cannot handle is set aside with its reason; every other item still flows
-(issue 23: a poison instance used to stop the scheduler for every later series)."""
+(a poison instance used to stop the scheduler for every later series)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.config import RetentionSettings, Route
 from node.index.store import Index, InstanceRecord, Job, ResultFile
@@ -268,6 +269,7 @@ def test_the_supervisor_restarts_every_other_dead_worker_when_one_restart_fails(
     assert spawned == [dead[1], dead[0]]
 
 
+@pytest.mark.peers
 def test_a_delivery_whose_result_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_sent(
         tmp_path, data_dir):
     from node.config import parse_config

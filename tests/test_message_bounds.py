@@ -26,6 +26,8 @@ from tests.peers import storescu
 from tests.raw_scu import exchange
 from tests.test_hostile_input import ct_files, quarantine_reasons
 
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
 MB = 1000 * 1000
 MiB = 1024 * 1024
 #: The element budget (node.receive.screening.MAX_ELEMENTS) the test holds the node to.

@@ -1,6 +1,6 @@
 """Network abuse on loopback: absurd PDU lengths, idle sockets, port scans. The node answers
 each at its header or within seconds, its memory stays bounded, and storescu is served
-throughout (issue 23)."""
+throughout: one abusive peer must not deny service to the scanners."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.peers import storescu
 from tests.test_hostile_input import ct_files
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 A_ASSOCIATE_RQ, P_DATA_TF, A_ABORT = 0x01, 0x04, 0x07
 MiB = 1024 * 1024

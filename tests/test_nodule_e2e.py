@@ -57,8 +57,8 @@ def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data
     spooled = index.instance(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
     assert pydicom.dcmread(spooled["path"], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     # the pipeline's summary is kept on the job and shown to whoever looks at it
-    assert len(chest_job.summary["model_sha256"]) == 64 and chest_job.summary["seconds"]
-    assert chest_job.summary["model_sha256"] in node.cli("jobs", "--id", str(chest_job.id)).stdout
+    assert len(chest_job.summary.model_sha256) == 64 and chest_job.summary.seconds
+    assert chest_job.summary.model_sha256 in node.cli("jobs", "--id", str(chest_job.id)).stdout
     results = index.results(chest_job.id)
     assert sorted(r.sop_class for r in results) == sorted([SegmentationStorage, COMPREHENSIVE_3D_SR])
     for result in results:

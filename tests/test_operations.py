@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.config import RetentionSettings
 from node.index.store import Index, InstanceRecord, JobSpec, ResultFile
@@ -73,6 +74,7 @@ def test_health_metrics_and_retention_over_a_study_lifecycle(tmp_path: Path, ort
         node.stop()
 
 
+@pytest.mark.slow
 def test_health_fails_when_the_spool_disk_is_below_its_watermark(tmp_path: Path):
     config = node_config(tmp_path, node={"min_free_disk_mb": 2**40})
     node = NodeProcess(config, tmp_path).start()
@@ -145,6 +147,7 @@ def test_retention_keeps_what_is_still_needed(tmp_path: Path):
     assert (swept.studies, swept.instance_files, swept.result_jobs) == (2, 2, 1)
 
 
+@pytest.mark.slow
 def test_health_stays_up_but_names_an_unreachable_destination_with_its_last_error(tmp_path: Path):
     web_port, password = free_port(), "correct horse battery"
     config = node_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
@@ -167,6 +170,7 @@ def test_health_stays_up_but_names_an_unreachable_destination_with_its_last_erro
         node.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_lets_an_association_in_progress_finish_and_keeps_what_it_sent(tmp_path: Path, data_dir):
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage

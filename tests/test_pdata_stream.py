@@ -156,6 +156,9 @@ def fragmented_pdus(request: C_STORE, context_id: int, pieces: int) -> bytes:
 
 
 @pytest.mark.parametrize("max_pdu", PDU_SIZES, ids=lambda n: f"max_pdu={n or 'unlimited'}")
+@pytest.mark.data
+@pytest.mark.peers
+@pytest.mark.slow
 def test_every_accepted_syntax_from_pynetdicom_and_dcmtk_is_stored_byte_for_byte(tmp_path, samples, max_pdu):
     node = NodeProcess(node_config(tmp_path, node={"max_pdu": max_pdu},
                                    completion={"settle_seconds": 3600, "quiet_seconds": 3600}), tmp_path).start()
@@ -182,6 +185,9 @@ def test_every_accepted_syntax_from_pynetdicom_and_dcmtk_is_stored_byte_for_byte
         node.stop()
 
 
+@pytest.mark.data
+@pytest.mark.peers
+@pytest.mark.slow
 def test_data_set_in_uneven_fragments_several_to_a_pdu_is_stored_byte_for_byte(tmp_path, samples):
     node = NodeProcess(node_config(tmp_path, completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
                        tmp_path).start()
@@ -216,6 +222,8 @@ def pynetdicom_response(primitive: C_STORE) -> bytes:
     return encode(message.command_set, True, True)
 
 
+@pytest.mark.data
+@pytest.mark.peers
 def test_deflated_sample_is_really_deflated(samples):
     """The deflated sample must hold raw deflate data, or the deflated case tests nothing."""
     zlib.decompressobj(-zlib.MAX_WBITS).decompress(data_set_bytes(samples["1.2.840.10008.1.2.1.99"]))

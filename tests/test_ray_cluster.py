@@ -146,7 +146,7 @@ def test_outputs_made_on_a_cluster_machine_name_the_node_not_that_machine(tmp_pa
                                                      "port": 104}]))
     actor = PipelineActor(*pipeline_settings(config, "hu-threshold", station_name="radnode-host"))
     outcome = actor.run({"series": ship(ct_series(data_dir, count=3))}, "7")
-    ((name, data),) = outcome["files"]
+    ((name, data),) = outcome.files
     result = tmp_path / name
     result.write_bytes(data)
     seg = pydicom.dcmread(result)
@@ -178,7 +178,7 @@ def test_series_run_over_tls_with_a_token_on_one_ray_actor_that_loaded_its_pipel
         jobs = index.jobs("done")
         assert len(jobs) == 2 and all(job.attempts == 1 for job in jobs)
         # the actor's host:pid: the second job ran in the process that loaded the pipeline for the first
-        assert jobs[0].summary["ran_on"] and jobs[0].summary["ran_on"] == jobs[1].summary["ran_on"]
+        assert jobs[0].summary.ran_on and jobs[0].summary.ran_on == jobs[1].summary.ran_on
         assert '"engine": "ray"' in node.logs() and '"event": "ray.connected"' in node.logs()
         assert_pacs_holds_each_result_once(orthanc, index, sorted({study_of(files[:1]), study_of(files[-1:])}))
         assert [r.sop_class for job in jobs for r in index.results(job.id)] == [SEG, SEG]
@@ -242,7 +242,7 @@ def test_a_node_outside_the_cluster_runs_its_job_through_the_heads_ray_client_se
         # Ray Client's server may fail to start the driver it runs for a connection (seen once in
         # four runs, after 40 s, "Starting Ray client server failed"): that attempt is handed
         # back, not counted as lost, and the next one runs
-        assert job.lost_attempts == 0 and job.summary["ran_on"]
+        assert job.lost_attempts == 0 and job.summary.ran_on
         assert job.attempts == 1 or "Ray cluster unreachable" in node.logs()
         assert_pacs_holds_each_result_once(orthanc, index, [study_of(files)])
         status, check = ray_cluster_check(node)

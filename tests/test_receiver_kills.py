@@ -26,12 +26,15 @@ from collections import Counter
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.index.store import Index
 from node.receive.spool import Spool
 from tests.harness import REPO, node_config, write_toml
 from tests.kill_trials import acknowledged, fresh_series
 from tests.peers import dcmtk_bin, dcmtk_env, wait_for_port
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 TRIALS = 100
 SLICES = 4

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pydicom
 import pydicom.uid
+import pytest
 
 from node.index.store import Index, InstanceRecord
 from node.operate.reconcile import reindex_spool
 from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.kill_trials import KillTrials, acknowledged
+from tests.kill_trials import STAGES, KillTrials, acknowledged
 from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
 
 
@@ -70,6 +71,8 @@ def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc
     node.stop()
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
     orthanc.stop()  # the PACS is down when the result is ready
@@ -101,6 +104,8 @@ def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
         orthanc.stop()
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
     orthanc.stop()
@@ -122,6 +127,8 @@ def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
         orthanc.stop()
 
 
+@pytest.mark.peers
+@pytest.mark.slow
 def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, data_dir):
     config = node_config(
         tmp_path,
@@ -214,18 +221,46 @@ def test_unreadable_spool_file_without_a_row_is_quarantined_at_reconcile_and_the
 def test_kill_9_of_the_whole_node_at_spread_points_loses_nothing_and_delivers_each_result_once(
         tmp_path, orthanc, data_dir):
     """Five of the trials bench/kill9.py runs a hundred times: the node's whole process group is
-    killed 0.2 to 2.4 s after storescu starts sending 8 slices (on a 2-core machine the series
-    is received, processed and delivered in about 2.4 s, so the kills fall in receiving,
-    completion, the job and delivery: measured completion, job run, delivery, delivery, after
-    delivery with the pipeline's 0.4 s pause after writing its result; 30 s in all), restarted,
-    and checked (tests/kill_trials.py)."""
+    killed 0.2 to 2.4 s after storescu starts sending 8 slices, restarted, and checked
+    (tests/kill_trials.py). The delays are fixed, not drawn; on a 2-core machine the series is
+    received, processed and delivered in about 2.4 s (with the pipeline's 0.4 s pause after
+    writing its result), so the kills spread over the flow: measured completion, job run,
+    delivery, delivery, after delivery (4 stages) and completion, job run, delivery, result
+    commit, after delivery (5 stages); 30 to 50 s in all. At least 3 distinct stages are
+    required, below those measured, because a slower or busier machine shifts every kill to
+    an earlier stage; fewer means the trials no longer test what they claim to."""
     sources = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:8]
     trials = KillTrials(tmp_path, orthanc, sources).start()
     try:
-        stages = [trials.run(delay) for delay in (0.2, 0.9, 1.6, 2.0, 2.4)]
+        stages = [trials.run(delay) for delay in KILL_DELAYS_SECONDS]
     finally:
         trials.stop()
     print("kills fell in:", stages)
+    assert_kills_spread(stages, KILL_STAGES_AT_LEAST)
+
+
+#: when each trial of the test above kills the node, in seconds after storescu starts
+KILL_DELAYS_SECONDS = (0.2, 0.9, 1.6, 2.0, 2.4)
+#: how many of ``tests.kill_trials.STAGES`` those kills must fall in
+KILL_STAGES_AT_LEAST = 3
+
+
+def assert_kills_spread(stages: list[str], at_least: int) -> None:
+    """The kills fell in ``at_least`` distinct stages of the flow, each one a stage kill_trials
+    knows; the message lists where each fell."""
+    unknown = sorted(set(stages) - set(STAGES))
+    assert not unknown, f"stages not in tests.kill_trials.STAGES: {unknown}"
+    seen = [stage for stage in STAGES if stage in stages]
+    assert len(seen) >= at_least, (
+        f"the {len(stages)} kills fell in {len(seen)} distinct stages ({', '.join(seen)}; in trial order "
+        f"{', '.join(stages)}), at least {at_least} of the {len(STAGES)} are needed: the delays "
+        f"{KILL_DELAYS_SECONDS} s no longer spread over the flow; time it again and move them")
+
+
+def test_kills_in_2_distinct_stages_fail_the_spread_check_that_3_distinct_stages_pass():
+    assert_kills_spread(["completion", "job run", "delivery", "delivery", "after delivery"], 3)
+    with pytest.raises(AssertionError, match="fell in 2 distinct stages"):
+        assert_kills_spread(["delivery"] * 3 + ["after delivery"] * 2, 3)
 
 
 def relabelled(files: list[Path], folder: Path, series_uid: str) -> list[Path]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 
 from pipelines.volume import load_series
@@ -17,6 +18,8 @@ from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
 from tests.conftest import DATA
 from tests.peers import dciodvfy
+
+pytestmark = [pytest.mark.data, pytest.mark.peers]
 
 SOURCE = DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"
 SLICES = 6

@@ -21,6 +21,8 @@ from tests.harness import REPO, NodeProcess, node_config, threshold_pipeline, th
 from tests.peers import dcmtk_bin, dcmtk_env, free_port, storescu, wait_for_port
 from tests.pki import issue, make_ca
 
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
 
 @dataclass(frozen=True)
 class Pki:

@@ -21,6 +21,8 @@ from pipelines.volume import load_series
 from tests.mr_dicom import Study, seg_labels, write_series
 from tests.peers import dciodvfy
 
+pytestmark = [pytest.mark.slow]
+
 CHEST_CT = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 
 
@@ -44,6 +46,7 @@ def sr_texts(dataset) -> list[str]:
     return found
 
 
+@pytest.mark.peers
 def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_the_brain(
         pipeline, clinical_t1c, data_dir, tmp_path):
     result = pipeline.run(JobInput(series={"t1c": clinical_t1c}, output_dir=tmp_path))
@@ -66,8 +69,8 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     # against the independent HD-BET mask: 218 of 9,199 labelled voxels (2.4 %, 0.97 mL) lie outside it
     assert (labelled & ~hd_bet).sum() <= 0.05 * labelled.sum()
     # the brain the pipeline used is the HD-BET brain to within 2 % (measured 1604 against 1598 mL)
-    assert result.summary["brain_ml"] == pytest.approx(1598, rel=0.02)
-    assert f"brain volume used: {result.summary['brain_ml']:.0f} mL" in sr_texts(datasets["SR"])
+    assert result.summary.brain_ml == pytest.approx(1598, rel=0.02)
+    assert f"brain volume used: {result.summary.brain_ml:.0f} mL" in sr_texts(datasets["SR"])
 
 
 def _edited(paths: list[Path], **attributes) -> list[Path]:

@@ -21,6 +21,8 @@ import torch
 
 from pipelines.tumor.training import fit
 
+pytestmark = [pytest.mark.slow]
+
 INIT = Path(__file__).resolve().parents[1] / "pipelines" / "tumor" / "weights"
 ITERATIONS = 4
 

@@ -55,6 +55,7 @@ def tcga(data_dir):
     return load_images(TCGA, data_dir), sitk.GetArrayFromImage(load_labels(TCGA, data_dir))
 
 
+@pytest.mark.slow
 def test_dice_on_synthetic_tumors_in_the_held_out_brain(models, tcga):
     images, real = tcga
     subsets = {name: evaluate.SUBSETS[name] for name in SYNTHETIC_MIN_DICE}  # only those with a floor
@@ -65,6 +66,7 @@ def test_dice_on_synthetic_tumors_in_the_held_out_brain(models, tcga):
             assert scores[subset][region] >= threshold, (subset, region, scores[subset])
 
 
+@pytest.mark.slow
 def test_necrosis_is_separated_with_all_four_contrasts(models, tcga):
     images, real = tcga
     scores = evaluate.synthetic_scores(models, images, real, insertions=4, seed=100,
@@ -73,6 +75,7 @@ def test_necrosis_is_separated_with_all_four_contrasts(models, tcga):
     assert scores["all"]["NCR"] >= NCR_MIN_DICE, scores["all"]
 
 
+@pytest.mark.slow
 def test_dice_against_the_fusion_pseudo_reference(models, tcga):
     images, real = tcga
     scores = evaluate.fusion_scores(models, images, real, subsets={"all": evaluate.SUBSETS["all"]})["dice"]

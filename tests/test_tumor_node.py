@@ -21,6 +21,8 @@ from tests.harness import NodeProcess, node_config, wait_until
 from tests.mr_dicom import ROUTE_INPUTS, Study, seg_labels, write_clinical_study, write_series
 from tests.peers import dciodvfy, storescu
 
+pytestmark = [pytest.mark.slow]
+
 STUDY_TIMEOUT_S = 8.0
 ROUTE = {
     "name": "brain-tumor", "pipeline": "tumor-segmentation", "destinations": ["pacs"], "level": "study",

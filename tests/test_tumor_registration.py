@@ -13,6 +13,8 @@ from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.volume import load_series
 from tests.mr_dicom import Study, moved, resliced, write_series
 
+pytestmark = [pytest.mark.slow]
+
 #: Known patient motion between the two series: rotation (degrees about x, y, z) and shift (mm).
 ROTATION_DEG = (4.0, -3.0, 6.0)
 SHIFT_MM = (6.0, -8.0, 4.0)

@@ -28,6 +28,8 @@ from tests.mr_dicom import Study, moved, write_series
 from tests.peers import dciodvfy, storescu
 from tests.test_tumor_clinical import sr_texts
 
+pytestmark = [pytest.mark.slow]
+
 ROLES = ("t1c", "t1", "t2", "flair")
 
 
@@ -53,6 +55,7 @@ def test_a_t1_on_the_t1c_grid_of_the_same_session_shares_it_and_nothing_else_doe
     assert not shares_grid(t1c, replace(t1, frame_of_reference_uid="1.2.3"))  # another frame: registered
 
 
+@pytest.mark.peers
 def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study_is_still_segmented(
         session, data_dir, tmp_path):
     """The T2 sent upside down (a wrong series): the study is segmented from T1c, T1 and FLAIR."""
@@ -66,20 +69,21 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     result = pipeline.run(JobInput(series={**series, "t2": wrong_t2}, output_dir=tmp_path / "out"))
 
     print("summary:", result.summary)
-    assert result.summary["contrasts_used"] == ["T1c", "T1", "FLAIR"]
-    assert list(result.summary["left_out"]) == ["T2"]
-    assert result.summary["left_out"]["T2"].startswith("not aligned to T1c: edge alignment")
-    assert result.summary["registration"]["t1"] == {"registered": False,
-                                                    "why": "same frame of reference and grid as the reference"}
+    assert result.summary.contrasts_used == ["T1c", "T1", "FLAIR"]
+    assert list(result.summary.left_out) == ["T2"]
+    assert result.summary.left_out["T2"].startswith("not aligned to T1c: edge alignment")
+    assert result.summary.registration["t1"] == {"registered": False,
+                                                 "why": "same frame of reference and grid as the reference"}
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
     assert set(datasets) == {"SEG", "SR"}
     report = datasets["SR"]
     assert report.SeriesDescription.endswith("(T1c, T1, FLAIR; T2 left out)")
-    assert f"contrasts left out: T2 ({result.summary['left_out']['T2']})" in sr_texts(report)
+    assert f"contrasts left out: T2 ({result.summary.left_out['T2']})" in sr_texts(report)
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
 
+@pytest.mark.peers
 def test_radnode_run_on_the_four_series_study_prints_its_findings_and_no_traceback(session, tmp_path):
     folder, _ = session
     config = node_config(tmp_path, routes=[shipped_brain_route()], pipelines={"tumor-segmentation": {"device": "cpu"}},
@@ -129,8 +133,8 @@ def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiti
                             what=f"the tumor job, without waiting {route['study_timeout_seconds']} s for T2")
         assert job.state == "done", job.outcome
         assert sorted(job.inputs) == ["flair", "t1", "t1c"]
-        assert job.summary["contrasts_used"] == ["T1c", "T1", "FLAIR"]
-        assert job.summary["registration"]["t1"]["registered"] is False
+        assert job.summary.details["contrasts_used"] == ["T1c", "T1", "FLAIR"]
+        assert job.summary.details["registration"]["t1"]["registered"] is False
         files = _pacs_files(orthanc, job.study_uid, tmp_path)
         assert set(files) == {"SEG", "SR"}
         for path in files.values():

@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from pipelines.volume import VolumeError, load_series
 from tests.conftest import DATA
 
+pytestmark = [pytest.mark.data]
+
 CHEST = DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B70f"
 GEOMETRY = DATA / "malformed" / "dicom2nifti-geometry"
 ANATOMICAL = GEOMETRY / "generic" / "anatomical" / "001"

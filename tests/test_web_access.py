@@ -27,6 +27,7 @@ from node.index.store import Index, InstanceRecord, JobSpec, Lineage, ResultFile
 from node.operate.web import WebServer
 from node.passwords import hash_password
 from node.tls import ServerTls
+from pipelines.base import JobSummary
 from tests.harness import REPO, threshold_pipeline, threshold_route
 from tests.peers import free_port
 from tests.pki import issue, make_ca
@@ -223,6 +224,7 @@ def test_the_jobs_pages_say_which_job_a_later_answer_replaces(web):
     assert f"replaces job {first} (v1) replaced by -" in detail, detail
 
 
+@pytest.mark.slow
 def test_hash_password_prints_a_line_the_config_accepts(tmp_path: Path):
     run = subprocess.run([sys.executable, "-m", "node.operate.cli", "hash-password"], check=False, input=PASSWORD + "\n",
                          capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=60)
@@ -280,6 +282,7 @@ def _client(ca: Path, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
     return context
 
 
+@pytest.mark.slow
 def test_a_client_certificate_signed_by_the_configured_ca_is_the_login_and_its_name_is_logged(
         tmp_path: Path, pki, password_hash: str, caplog: pytest.LogCaptureFixture):  # noqa: F811 (the fixture)
     written = pki.ca.parent / "web.toml"  # config.toml's relative certificate paths are from its folder
@@ -334,7 +337,7 @@ def test_a_job_page_reads_as_tables_and_a_retried_job_and_delivery_keep_their_hi
     second = index.claim_job(pid=1, timeout=60)
     results = [ResultFile(Path(f"/spool/results/{job}/ct{i}.dcm"), f"9.{i}", "1.2.840.10008.5.1.4.1.1.2")
                for i in range(3)] + [ResultFile(Path(f"/spool/results/{job}/seg.dcm"), "9.9", "1.2.840.10008.5.1.4.1.1.66.4")]
-    index.finish_job(job, results, "3 slices", {"model": "unet", "seconds": {"load": 0.5, "infer": 1.25}},
+    index.finish_job(job, results, "3 slices", JobSummary(model="unet", seconds={"load": 0.5, "infer": 1.25}),
                      attempt=second.attempts)
     (delivery,) = index.deliveries()
     index.mark_delivery_failed(delivery.id, "association rejected by PACS", None)

@@ -23,6 +23,8 @@ from tests.harness import NodeProcess, node_config, threshold_pipeline, threshol
 from tests.peers import free_port, storescu
 from tests.test_node_e2e import pacs_destination
 
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PASSWORD = "web page test password"
 CT = ("ct-chest", "lung-pet-ct-dx-A0002")

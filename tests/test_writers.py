@@ -25,6 +25,8 @@ from pipelines.writers.sr import Finding, make_measurement_report
 from tests.conftest import DATA
 from tests.peers import dciodvfy, storescu
 
+pytestmark = [pytest.mark.data]
+
 CHEST = DATA / "ct-chest" / "lung-pet-ct-dx-A0002" / "B70f"
 DCMQI = DATA / "reference-seg-sr" / "dcmqi"
 CT3 = DCMQI / "segmentations" / "ct-3slice"
@@ -489,6 +491,7 @@ def test_stored_values_saturate_instead_of_wrapping():
     assert stored_values(values, header).dtype == np.int16
 
 
+@pytest.mark.peers
 def test_dciodvfy_reports_no_errors_on_any_written_object(products):
     problems = {}
     for name, paths in products.items():

@@ -25,16 +25,12 @@ from pydicom import Dataset
 
 from node import logs
 from node.complete.completeness import Expectation, HeaderCache, adapted_seconds, expected_more
-from node.config import Config, Route
-from node.index.states import JobState, SeriesState
+from node.config import Config
 from node.index.store import Index, SeriesRow
 from node.isolation import isolated
-from node.route.matcher import failed_conditions
-from node.route.router import Router, assign_inputs, job_spec, read_header
-from node.route.study import StudyStatus, study_decision
+from node.route.router import Router, note_ignored, read_header
+from node.route.study import StudyRouter
 
-#: Studies quiet for longer than this are no longer examined by study-level routes.
-STUDY_LOOKBACK_SECONDS = 7 * 24 * 3600
 #: Series whose routing header (one instance's, about 60 KiB) stays in memory: a study being
 #: routed needs its series' headers on every tick; past this, the least recently used is read
 #: again when needed (about 15 MiB at most).
@@ -84,9 +80,7 @@ class Assembler:
         self.slices = HeaderCache()
         self._headers: OrderedDict[str, Dataset] = OrderedDict()  # least recently used first
         self._logged_waits: dict[str, tuple[int, int]] = {}  # series -> (generation, instances) logged
-        #: studies the study routes look at on each tick: those with a series seen receiving or
-        #: complete and not yet settled; None until the first tick reads the lookback window
-        self._open_studies: set[str] | None = None
+        self.studies = StudyRouter(config, index, self.router, self.header, self._forget_headers)
 
     def header(self, series: SeriesRow) -> Dataset:
         cached = self._headers.get(series.series_uid)
@@ -149,7 +143,7 @@ class Assembler:
         for series in complete:
             isolated("router", series.series_uid, lambda: self._route(series),
                      lambda reason: self._set_aside(series, reason))
-        self._route_studies(now, {series.study_uid for series in (*receiving, *complete)})
+        self.studies.tick(now, {series.study_uid for series in (*receiving, *complete)})
 
     def _complete(self, series: SeriesRow, now: float) -> None:
         if series.instance_count == 0:  # its files are gone: nothing to read, nothing to wait for
@@ -173,16 +167,6 @@ class Assembler:
                       instances=series.instance_count, generation=series.generation,
                       incomplete=expectation.reason if expectation else None)
 
-    def _note_ignored(self, route: Route, subject: str, study_uid: str, generation: int) -> None:
-        """on_late_instances = "ignore": say on the record why nothing ran."""
-        previous = self.index.latest_job(route.name, subject)
-        if previous is None:
-            return
-        note = (f"not run: instances arrived after job {previous.id} and on_late_instances = \"ignore\";"
-                f" job {previous.id} ({previous.state}) stays the answer")
-        if self.index.add_note(route.name, subject, study_uid, generation, note):
-            logs.info("route.late_ignored", route=route.name, subject=subject, generation=generation,
-                      job=previous.id)
 
     def _route(self, series: SeriesRow) -> None:
         if series.instance_count == 0:
@@ -193,7 +177,7 @@ class Assembler:
         if series.generation:
             for route in self.router.matching(header, level="series"):
                 if route.on_late_instances == "ignore":
-                    self._note_ignored(route, series.series_uid, series.study_uid, series.generation)
+                    note_ignored(self.index, route, series.series_uid, series.study_uid, series.generation)
         self.index.route_series(series.series_uid, series.generation, jobs)
         self.slices.forget(series.series_uid)  # also when ``radnode complete`` completed it
         self._logged_waits.pop(series.series_uid, None)
@@ -207,92 +191,3 @@ class Assembler:
         self.index.set_aside_series(series.series_uid, series.generation, reason)
         logs.error("series.set_aside", series=series.series_uid, study=series.study_uid,
                    generation=series.generation, reason=reason)
-
-    def _route_studies(self, now: float, touched: set[str]) -> None:
-        """Study routes look only at open studies, so an idle tick costs the same with a week of
-        finished studies in the index as with none.
-
-        A study opens when one of its series is seen receiving or complete (every new instance
-        makes its series receiving, and the tick reads those anyway) and closes once settled
-        (``_examine_study``). The first tick opens every study of the lookback window, so a
-        restart resumes the waiting ones.
-        """
-        routes = self.router.study_routes()
-        if not routes:
-            return
-        if self._open_studies is None:
-            since = now - STUDY_LOOKBACK_SECONDS
-            self._open_studies = {uid for uid, _ in self.index.studies_with_activity_since(since)}
-        self._open_studies |= touched
-        for study_uid in sorted(self._open_studies):
-            if self._examine_study(study_uid, routes, now):
-                self._open_studies.discard(study_uid)
-
-    def _examine_study(self, study_uid: str, routes: Sequence[Route], now: float) -> bool:
-        """Route one study; True when it is settled: no series of it receiving and every route
-        answered (a job or a note for this generation, a recorded problem, or no series it
-        matches), so that nothing but a new instance can change it."""
-        rows = self.index.series_of_study(study_uid)
-        if not rows:
-            return True  # removed by retention
-        last_received = max(r.last_received for r in rows)
-        generation = sum(r.generation for r in rows)
-        answered: list[bool] = []
-        if self.index.has_problem("study", study_uid, generation):
-            answered = [True] * len(routes)
-        else:
-            for route in routes:
-                isolated("router", study_uid,
-                         lambda: answered.append(self._route_study(route, study_uid, rows, last_received, now)),
-                         lambda reason: self.index.record_problem("study", study_uid, generation,
-                                                                  f"route {route.name}: {reason}"))
-        settled = len(answered) == len(routes) and all(answered)
-        if settled:
-            self._forget_headers(r.series_uid for r in rows)
-        return settled
-
-    def study_status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
-                     now: float) -> StudyStatus | None:
-        """Where ``route`` stands with a study; None when no arrived series of it matches."""
-        arrived = [(r, self.header(r)) for r in rows if r.state != SeriesState.RECEIVING and r.instance_count]
-        if not any(not failed_conditions(route.match, header) for _, header in arrived):
-            return None
-        assigned = assign_inputs(route, arrived)
-        pending = tuple(r.series_uid for r in rows if r.state == SeriesState.RECEIVING)
-        timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
-        forced_at = self.index.forced_at(study_uid)
-        forced = forced_at is not None and forced_at >= last_received
-        decision = study_decision(route, assigned, bool(pending), now - last_received, timeout, forced)
-        return StudyStatus(route, sum(r.generation for r in rows), assigned, pending, decision,
-                           last_received + timeout, forced)
-
-    def _route_study(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
-                     now: float) -> bool:
-        """Start the route's job for the study when it is time; True once the route has answered
-        this generation of the study (see ``_examine_study``)."""
-        generation = sum(r.generation for r in rows)
-        if self.index.has_job(route.name, study_uid, generation):
-            return True
-        receiving = any(r.state == SeriesState.RECEIVING for r in rows)
-        if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
-            if not receiving:
-                self._note_ignored(route, study_uid, study_uid, generation)
-            return not receiving
-        status = self.study_status(route, study_uid, rows, last_received, now)
-        if status is None:
-            return not receiving
-        if status.decision.action == "wait":
-            return False
-        if status.decision.action == "run":
-            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
-                            inputs=status.assigned)
-        else:
-            timeout = status.deadline - last_received
-            why = "completion forced" if status.forced else f"study quiet for {timeout:g} s"
-            reason = f"missing input: {', '.join(status.decision.missing)} ({why})"
-            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
-                            inputs=status.assigned, state=JobState.FAILED, outcome=reason)
-        if self.index.add_job(spec):
-            logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
-                      outcome=spec.outcome or spec.state, forced=status.forced)
-        return True

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from node.complete.assembler import STUDY_LOOKBACK_SECONDS, Assembler
+from node.complete.assembler import Assembler
 from node.config import Config
 from node.index.states import SeriesState
 from node.index.store import Index
-from node.route.study import wanted_roles
+from node.route.study import STUDY_LOOKBACK_SECONDS, wanted_roles
 
 
 class StudyState(StrEnum):
@@ -123,7 +123,7 @@ class StudyWatch:
                 self.assembler.slices.forget(row.series_uid)  # its slice headers were for the wait
             view.series.append(series)
         for route in self.assembler.router.study_routes():
-            status = self.assembler.study_status(route, study_uid, rows, last_received, now)
+            status = self.assembler.studies.status(route, study_uid, rows, last_received, now)
             if status is None:
                 continue
             job = self.index.latest_job(route.name, study_uid)

@@ -1,5 +1,5 @@
-"""The index's SQLite file: its schema, how it is opened (WAL mode, owner only) and the one way
-a change is made.
+"""The index's SQLite file: its schema (and how an index an older radnode made is brought to
+it at open), how it is opened (WAL mode, owner only) and the one way a change is made.
 
 Receivers, the scheduler, workers and the dispatcher run in different processes and talk only
 through this file. Each state change is one short ``BEGIN IMMEDIATE`` transaction, so two
@@ -11,9 +11,12 @@ them); a part of the node that needs one concern takes that class, not the whole
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from node.index import states
@@ -169,7 +172,10 @@ CREATE TABLE IF NOT EXISTS problems (
 """
 
 #: Columns added after the first release: (table, column, definition). An index made by an
-#: older radnode gets them at open, so an upgrade needs no manual step.
+#: older radnode gets them at open, so an upgrade needs no manual step. A change to anything
+#: else in a table (a state added to a machine, so its CHECK; a constraint) needs no entry:
+#: opening the index rebuilds each table whose definition differs from the schema's
+#: (``tables_to_rebuild``, ``Database._migrate``).
 _ADDED_COLUMNS = (
     ("jobs", "traceback", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "summary", "TEXT NOT NULL DEFAULT '{}'"),
@@ -198,14 +204,22 @@ class Database:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
-        self._add_missing_columns()
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
-    def _add_missing_columns(self) -> None:
-        for table, column, definition in _ADDED_COLUMNS:
-            present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    def _migrate(self) -> None:
+        """Bring an index made by an older radnode to this schema: new tables, added columns,
+        and tables whose definition changed rebuilt with their rows."""
+        self._db.executescript(_SCHEMA)
+        _add_missing_columns(self._db)
+        if tables_to_rebuild(self._db):
+            with _schema_change(self._db):
+                # again under the write lock: another process opening the index may have rebuilt them
+                for table in tables_to_rebuild(self._db):
+                    _rebuild(self._db, table, _current_tables()[table])
 
     def close(self) -> None:
         self._db.close()
@@ -219,6 +233,127 @@ class Database:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        if column not in _columns(db, table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+class IndexSchemaError(RuntimeError):
+    """The index holds rows this radnode's schema refuses, so a table could not be brought to it."""
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One table as this radnode's schema makes it."""
+
+    #: its ``CREATE TABLE`` statement, added columns included, as SQLite stores it
+    create: str
+    columns: tuple[str, ...]
+    #: the ``CREATE INDEX`` and ``CREATE TRIGGER`` statements on it (dropped with the table)
+    companions: tuple[str, ...]
+
+
+@cache
+def _current_tables() -> dict[str, _Table]:
+    """The tables a new index gets, read back from a scratch database made the way an index
+    is (the schema, then the added columns), so that they compare with an index file's own
+    ``sqlite_master`` text like for like: SQLite stores an added column inside the table's
+    ``CREATE`` text."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.executescript(_SCHEMA)
+        _add_missing_columns(scratch)
+        rows = scratch.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+                               " ORDER BY rowid").fetchall()
+        return {name: _Table(sql, _columns(scratch, name),
+                             tuple(s for kind, _, owner, s in rows if kind != "table" and owner == name))
+                for kind, name, _, sql in rows if kind == "table" and name != "sqlite_sequence"}
+    finally:
+        scratch.close()
+
+
+def tables_to_rebuild(db: sqlite3.Connection) -> list[str]:
+    """The tables of an index file whose definition (columns, CHECKs, other constraints)
+    differs from this radnode's schema. A table with a column this schema does not know was
+    made by a newer radnode: it is left as it is, for a rebuild would drop that column."""
+    stored = {r[0]: r[1] for r in db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+    return [name for name, table in _current_tables().items()
+            if name in stored and _definition(stored[name]) != _definition(table.create)
+            and set(_columns(db, name)) <= set(table.columns)]
+
+
+def _definition(create: str) -> str:
+    """A ``CREATE TABLE`` statement from its opening parenthesis on (a renamed table's name is
+    stored quoted), whitespace evened out."""
+    body = create[create.index("("):]
+    return re.sub(r"\s*([(),])\s*", r"\1", re.sub(r"\s+", " ", body)).strip()
+
+
+def _columns(db: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(r[1] for r in db.execute(f"PRAGMA table_info({table})"))
+
+
+@contextmanager
+def _schema_change(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction for rebuilding tables, the way SQLite's documentation gives for a
+    schema change ALTER TABLE cannot make: foreign keys off meanwhile (a pragma that has no
+    effect inside a transaction), and the rename of the new table leaving other tables'
+    triggers alone (``legacy_alter_table``: a trigger that names the table would otherwise
+    fail the rename while the old table is gone)."""
+    foreign_keys = int(db.execute("PRAGMA foreign_keys").fetchone()[0])
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.execute("PRAGMA legacy_alter_table=ON")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if foreign_keys and db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise IndexSchemaError("rebuilding the index's tables would break a foreign key; "
+                                       "nothing was changed")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.execute("PRAGMA legacy_alter_table=OFF")
+        db.execute(f"PRAGMA foreign_keys={foreign_keys}")
+
+
+def _rebuild(db: sqlite3.Connection, name: str, table: _Table) -> None:
+    """Bring one table to ``table``'s definition keeping every row: a new table, the rows
+    copied, the old one dropped, the new one renamed, its indexes and triggers made again, and
+    an AUTOINCREMENT counter kept where it was (a job's id is never given out twice). Runs in
+    the caller's transaction."""
+    scratch = f"{name}__rebuilt"
+    kept = ", ".join(c for c in _columns(db, name) if c in table.columns)
+    counter = _sequence(db, name)
+    db.execute(f"CREATE TABLE {scratch} {table.create[table.create.index('('):]}")
+    try:
+        db.execute(f"INSERT INTO {scratch} ({kept}) SELECT {kept} FROM {name}")
+    except sqlite3.IntegrityError as refused:
+        raise IndexSchemaError(
+            f"the index's table {name!r} holds rows this radnode's schema refuses ({refused}); "
+            "it was probably written by a newer radnode: run that version again, or restore the "
+            "index from before the upgrade") from refused
+    db.execute(f"DROP TABLE {name}")
+    db.execute(f"ALTER TABLE {scratch} RENAME TO {name}")
+    for statement in table.companions:
+        db.execute(statement)
+    counters = [c for c in (counter, _sequence(db, name)) if c is not None]
+    if counters:
+        db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (name,))
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, max(counters)))
+
+
+def _sequence(db: sqlite3.Connection, table: str) -> int | None:
+    """The AUTOINCREMENT counter of ``table`` (None: it has none, or gave out no id yet)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() is None:
+        return None
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _restrict(path: Path) -> None:

@@ -14,6 +14,7 @@ from node.index import states
 from node.index.db import Database
 from node.index.results import Lineage, ResultFile, ResultObject, record_results, result_objects
 from node.index.states import JobState
+from pipelines.base import JobSummary
 
 #: a job that has not ended: a rerun of its route and subject waits, its study is not settled
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
@@ -49,8 +50,9 @@ class Job(JobSpec):
     worker_pid: int | None
     #: Python traceback of a failed job (file, line), for the developer who fixes it.
     traceback: str = ""
-    #: the pipeline's JobResult.summary: stage timings, model sha256, volumes.
-    summary: dict[str, Any] = field(default_factory=dict)
+    #: the pipeline's JobResult.summary as stored (``JobSummary.from_stored``): the model, stage
+    #: timings, and the pipeline's own keys in ``details``.
+    summary: JobSummary = field(default_factory=JobSummary)
     #: attempts lost with the machine or process that ran them (not the job's fault); a job is
     #: failed when these reach ``[workers.ray] max_attempts`` (``node.index.states``).
     lost_attempts: int = 0
@@ -138,7 +140,7 @@ class JobIndex(Database):
         return self._jobs("WHERE state = ? AND heartbeat_at < ?", (JobState.RUNNING, before))
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
-                   summary: dict[str, Any] | None = None, *, attempt: int,
+                   summary: JobSummary | None = None, *, attempt: int,
                    lineage: Lineage | None = None) -> bool:
         """running -> done, with its result files, their lineage (what they replace), the
         pipeline's summary and one delivery per destination, all in one transaction. Only the
@@ -149,7 +151,8 @@ class JobIndex(Database):
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
             moved = states.apply(db, states.JOBS, states.FINISH, job_id, {
                 "outcome": outcome, "finished_at": now,
-                "summary": json.dumps(summary or {}, default=str)}, states.Fence(attempt))
+                "summary": json.dumps(summary.to_stored() if summary is not None else {}, default=str)},
+                states.Fence(attempt))
             if not moved:
                 return False
             record_results(db, job_id, results, json.loads(job["destinations"]), lineage, now)
@@ -219,7 +222,8 @@ class JobIndex(Database):
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
         return [
             Job(**{**dict(r), "state": JobState(r["state"]), "inputs": json.loads(r["inputs"]),
-                   "destinations": json.loads(r["destinations"]), "summary": json.loads(r["summary"])})
+                   "destinations": json.loads(r["destinations"]),
+                   "summary": JobSummary.from_stored(json.loads(r["summary"]))})
             for r in rows
         ]
 

@@ -21,6 +21,7 @@ from pydicom.uid import UID
 from node.config import Config
 from node.index.states import DeliveryState, JobState
 from node.index.store import Delivery, Index, Job, ResultFile
+from pipelines.base import JobSummary
 
 
 def when(epoch: float | None) -> str:
@@ -54,16 +55,15 @@ def queued_since(job: Job, requeued_at: dict[int, float]) -> float:
 
 def stage_seconds(job: Job, requeued_at: dict[int, float] | None = None) -> dict[str, float]:
     """Where a job's time went: waiting in the queue, then the pipeline's own stage laps
-    (``summary["seconds"]``), or the whole run when the pipeline keeps no laps. A job waiting
+    (``summary.seconds``), or the whole run when the pipeline keeps no laps. A job waiting
     again (handed back at a stop, at boot, or retried) has no queue time yet: its ``started_at``
     is its previous attempt's."""
     stages: dict[str, float] = {}
     queued = queued_since(job, requeued_at or {})
     if job.started_at and job.state != JobState.QUEUED and job.started_at >= queued:
         stages["queued"] = round(job.started_at - queued, 3)
-    laps = job.summary.get("seconds")
-    if isinstance(laps, dict) and laps:
-        stages.update({str(k): float(v) for k, v in laps.items()})
+    if job.summary.seconds:
+        stages.update(job.summary.seconds)
     elif job.started_at and job.finished_at:
         stages["run"] = round(job.finished_at - job.started_at, 3)
     return stages
@@ -73,9 +73,9 @@ def model_identity(job: Job) -> str:
     """The model a job ran with, as its summary names it: name or bundle, version, weights digest
     ("-" for pipelines without a model)."""
     summary = job.summary
-    parts = [str(summary[key]) for key in ("model", "bundle", "model_version") if summary.get(key)]
-    if summary.get("model_sha256"):
-        parts.append(f"sha256 {str(summary['model_sha256'])[:12]}")
+    parts = [name for name in (summary.model, summary.bundle, summary.model_version) if name]
+    if summary.model_sha256:
+        parts.append(f"sha256 {summary.model_sha256[:12]}")
     return ", ".join(parts) or "-"
 
 
@@ -96,14 +96,18 @@ def result_groups(results: Iterable[ResultFile]) -> list[ResultGroup]:
     return [ResultGroup(kind, count, folder) for (kind, folder), count in sorted(counts.items())]
 
 
-def summary_rows(summary: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
-    """A pipeline's summary as (name, value) rows for people: nested tables flattened to
-    "seconds load", lists joined, instead of a JSON dump."""
+def summary_rows(summary: JobSummary) -> list[tuple[str, str]]:
+    """A pipeline's summary as (name, value) rows for people, under the keys it is stored
+    with: nested tables flattened to "seconds load", lists joined, instead of a JSON dump."""
+    return _rows(summary.to_stored())
+
+
+def _rows(table: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    for key, value in summary.items():
+    for key, value in table.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            rows.extend(summary_rows(value, f"{name} "))
+            rows.extend(_rows(value, f"{name} "))
         elif isinstance(value, (list, tuple)):
             rows.append((name, ", ".join(map(str, value)) or "-"))
         else:

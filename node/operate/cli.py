@@ -399,9 +399,10 @@ def _job_detail(config: Config, job_id: int) -> int:
     if job.id in replaces or job.id in replaced_by:
         print(f"  replaces: {replaces.get(job.id, '-')}; replaced by: {replaced_by.get(job.id, '-')}")
     print(f"  outcome: {job.outcome or '-'}")
-    if job.summary:
+    summary = job.summary.to_stored()
+    if summary:
         print("  summary:")
-        print("\n".join("    " + line for line in json.dumps(job.summary, indent=2, default=str).splitlines()))
+        print("\n".join("    " + line for line in json.dumps(summary, indent=2, default=str).splitlines()))
     for group in result_groups(index.results(job.id)):
         print(f"  results: {group.count} {group.kind} in {group.folder}")
     for delivery in index.deliveries():

@@ -50,6 +50,17 @@ The success response of a C-STORE is encoded here too (``store_success_response`
 bytes pynetdicom would send: pynetdicom builds a pydicom data set for the seven elements and
 encodes it twice (once to learn its length), which cost as much as the rest of the response.
 Every other response (a refusal, a warning) is pynetdicom's.
+
+This works inside pynetdicom 3.0: it feeds DT-2 through the DUL's private ``_recv_pdu``, puts
+requests on the DIMSE message queue, reads ``_accepted_cx`` and replaces
+``DIMSEServiceProvider.send_msg`` (``node.receive.pynetdicom_internals`` checks at import that
+they are the ones expected). What pynetdicom would need to offer for it to go: a streaming
+C-STORE handler, told the command when it arrives, that chooses where the data set goes and has
+it written there as it arrives, in the thread that reads the socket; and a success response
+encoded without building a data set. ``_config.STORE_RECV_CHUNKED_DATASET``
+(https://github.com/pydicom/pynetdicom/pull/526) comes closest: it writes the data set to a
+temporary file of its own as it arrives, but still turns every PDU into its objects and hands
+the handler the file only when it is complete, in the association's thread.
 """
 
 from __future__ import annotations
@@ -70,8 +81,12 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 
 from node import logs
+from node.receive import pynetdicom_internals
+from node.receive.pynetdicom_internals import replacing
 from node.receive.screening import uid_problem
 from node.receive.spool import PartFile, Spool, part10_header
+
+pynetdicom_internals.require()
 
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _NO_DATA_SET = 0x0101
@@ -437,7 +452,8 @@ def store_success_response(primitive: object) -> bytes | None:
 
 def _answer_success_leanly() -> None:
     """Send C-STORE success responses encoded by ``store_success_response`` (one P-DATA-TF
-    with one command fragment, when the peer's maximum PDU length allows: always, in practice)."""
+    with one command fragment, when the peer's maximum PDU length allows: always, in practice).
+    It can go once pynetdicom encodes a C-STORE response without building a pydicom data set."""
     original = DIMSEServiceProvider.send_msg
 
     def send_msg(dimse: DIMSEServiceProvider, primitive: object, context_id: int) -> None:
@@ -451,7 +467,7 @@ def _answer_success_leanly() -> None:
         dimse.dul.send_pdu(pdata)
 
     send_msg.__doc__ = original.__doc__
-    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign,assignment]
+    DIMSEServiceProvider.send_msg = replacing(original, send_msg)  # type: ignore[method-assign,assignment]
 
 
 def _element(element: int, value: bytes) -> bytes:

@@ -35,6 +35,12 @@ timeout of its first byte.
 An association's first PDU after its A-ASSOCIATE-AC ends its idle limit: the receiver gives an
 accepted association a network timeout shorter than the node's until it has said something
 (node.receive.scp), and the reader puts the node's back the moment it does.
+
+This replaces a private pynetdicom 3.0 method (``node.receive.pynetdicom_internals`` checks at
+import that it is still the one expected). What pynetdicom would need to offer for it to go: a
+hook for the PDU reader, or in its own reader a bound on a received PDU's length (it offers a
+maximum in the association but does not enforce it on what it reads), a deadline for a PDU's
+bytes once its first one arrived, and closing in Sta13 instead of reading on.
 """
 
 from __future__ import annotations
@@ -46,7 +52,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from node import logs
-from node.receive import pdata_stream
+from node.receive import pdata_stream, pynetdicom_internals
+from node.receive.pynetdicom_internals import replacing
+
+pynetdicom_internals.require()
 
 CONTROL_PDU_BYTES = 1024 * 1024
 UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
@@ -76,7 +85,8 @@ def install(max_pdu: int) -> None:
     def read_pdu_data(dul: DULServiceProvider) -> None:
         _read_pdu_data(dul, max_pdu)
 
-    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign,assignment]
+    DULServiceProvider._read_pdu_data = replacing(  # type: ignore[method-assign,assignment]
+        DULServiceProvider._read_pdu_data, read_pdu_data)
 
 
 def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:

@@ -2,9 +2,12 @@
 
 It replaces the ``time`` module that ``pynetdicom.association`` and ``pynetdicom.dul`` sleep
 with, wraps three constructors and reads private attributes; the receiver and the dispatcher
-apply it with ``patch_reactor_sleep()`` and nothing else depends on it, so a pynetdicom upgrade
-that changes these internals is checked here (and in ``node.receive.pdu_guard``, the other patch: it
-replaces the DUL's PDU reader).
+apply it with ``patch_reactor_sleep()`` and nothing else depends on it. The other patches are
+``node.receive.pdu_guard`` (the DUL's PDU reader) and ``node.receive.pdata_stream`` (P-DATA
+streamed to disk); all three stay in node/receive, are written against pynetdicom 3.0
+(pyproject.toml pins ``pynetdicom>=3.0,<3.1``), and ``node.receive.pynetdicom_internals`` checks
+at import that the internals they replace or read are still the ones they expect.
+``patch_reactor_sleep`` says what pynetdicom would need to offer for each part to go.
 
 pynetdicom runs two threads per association, and both loop, calling ``time.sleep`` when there
 is nothing to do: 1 ms in stock pynetdicom, which adds up to a millisecond to each step of every
@@ -63,6 +66,11 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from node.receive import pynetdicom_internals
+from node.receive.pynetdicom_internals import replacing
+
+pynetdicom_internals.require()
+
 #: A DIMSE message's P-DATA requests are queued for the DUL thread in batches of this many bytes.
 BATCH_BYTES = 4 * 1024 * 1024
 
@@ -74,7 +82,25 @@ _installed = False
 
 
 def patch_reactor_sleep() -> None:
-    """Install the waiting ``sleep`` for this process's pynetdicom reactors (once)."""
+    """Install the waiting ``sleep`` for this process's pynetdicom reactors (once), with the
+    leaner P-DATA sending and TCP_NODELAY described above.
+
+    Each part stands in for something pynetdicom 3.0 does not offer, and can go once it does:
+
+    - the ``time`` shims and the wrapped DUL and association constructors, ``run_reactor`` and
+      ``kill_dul``: an event-driven reactor wait (the DUL thread woken by its socket and its
+      queues, an accepted association's thread by its message queue), or at least a setting for
+      the reactor sleep: ``_run_loop_delay`` is private and the association thread's 1 ms has
+      none. Upstream knows the trade-off (https://github.com/pydicom/pynetdicom/issues/650 made
+      the DUL sleep only when idle) and ``DULServiceProvider.__init__`` carries a TODO to make
+      the loop event based;
+    - ``_serve_request``: a reactor pause that cannot hand a response to the wrong thread (the
+      race ``_handing_back_responses`` describes);
+    - ``send_msg`` and the DT-1/AR-7 actions: ``send_msg`` queuing a message's PDUs for the DUL
+      together, and a P-DATA-TF encoded without its PDU and item objects;
+    - ``_create_socket``: a TCP_NODELAY option (or socket options) for requested associations;
+      pynetdicom has no API for socket options (https://github.com/pydicom/pynetdicom/pull/565).
+    """
     global _installed
     if _installed:
         return
@@ -89,10 +115,10 @@ def patch_reactor_sleep() -> None:
     _wrap(Association, "__init__", _with_checkpoint)
     _wrap(Association, "_serve_request", _handing_back_responses)
     _wrap(AssociationSocket, "_create_socket", _without_nagle)
-    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign,assignment]
+    DIMSEServiceProvider.send_msg = replacing(DIMSEServiceProvider.send_msg, _send_msg)  # type: ignore[method-assign,assignment]
     for action, send in (("DT-1", _send_p_data), ("AR-7", _send_p_data_releasing)):
-        description, _, next_state = pynetdicom.fsm.ACTIONS[action]
-        pynetdicom.fsm.ACTIONS[action] = (description, send, next_state)
+        description, original, next_state = pynetdicom.fsm.ACTIONS[action]
+        pynetdicom.fsm.ACTIONS[action] = (description, replacing(original, send), next_state)
 
 
 class _Time(types.ModuleType):
@@ -166,7 +192,7 @@ def _wrap(cls: type, name: str, wrapper: Any) -> None:
         return wrapper(original, self, *args, **kwargs)
 
     method.__doc__ = original.__doc__
-    setattr(cls, name, method)
+    setattr(cls, name, replacing(original, method))
 
 
 def _with_wake(original: Any, dul: DULServiceProvider, *args: Any, **kwargs: Any) -> None:

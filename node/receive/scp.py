@@ -248,6 +248,8 @@ class _Server(ThreadedAssociationServer):
 
         pynetdicom shakes hands here, in the one thread that accepts every connection, with no
         timeout: a caller that opens a TLS connection and stalls would block everyone else.
+        This override can go once pynetdicom shakes hands in the association's thread, with a
+        deadline, and sets TCP_NODELAY on accepted sockets.
         """
         assert self.socket is not None
         client, address = self.socket.accept()

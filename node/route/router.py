@@ -13,9 +13,10 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 
+from node import logs
 from node.config import Config, Route
 from node.index.states import JobState
-from node.index.store import JobSpec, SeriesRow
+from node.index.store import Index, JobSpec, SeriesRow
 from node.route.matcher import failed_conditions
 from pipelines.base import SERIES_ROLE
 
@@ -103,3 +104,15 @@ def job_spec(
         generation=generation, inputs=dict(inputs), destinations=list(route.destinations),
         priority=route.priority, state=state, outcome=outcome,
     )
+
+
+def note_ignored(index: Index, route: Route, subject: str, study_uid: str, generation: int) -> None:
+    """on_late_instances = "ignore": say on the record why nothing ran."""
+    previous = index.latest_job(route.name, subject)
+    if previous is None:
+        return
+    note = (f"not run: instances arrived after job {previous.id} and on_late_instances = \"ignore\";"
+            f" job {previous.id} ({previous.state}) stays the answer")
+    if index.add_note(route.name, subject, study_uid, generation, note):
+        logs.info("route.late_ignored", route=route.name, subject=subject, generation=generation,
+                  job=previous.id)

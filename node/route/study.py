@@ -1,15 +1,24 @@
-"""Study-level routing decisions: which roles a study route waits for, and whether a study with
-the series it has should wait, run, or end naming the inputs it is missing. Pure functions of
-the route, the assigned series and the clock; ``node.complete.assembler`` applies them to the
-index on each tick.
+"""Study-level routing: which roles a study route waits for, and whether a study with the series
+it has should wait, run, or end naming the inputs it is missing (pure functions of the route, the
+assigned series and the clock), and ``StudyRouter``, which applies them to the open studies of
+the index on each of the assembler's ticks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from node.config import Route
+from pydicom import Dataset
+
+from node import logs
+from node.config import Config, Route
+from node.index.states import JobState, SeriesState
+from node.index.store import Index, SeriesRow
+from node.isolation import isolated
+from node.route.matcher import failed_conditions
+from node.route.router import Router, assign_inputs, job_spec, note_ignored
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,116 @@ class StudyStatus:
     decision: StudyDecision
     deadline: float
     forced: bool
+
+
+#: Studies quiet for longer than this are no longer examined by study-level routes.
+STUDY_LOOKBACK_SECONDS = 7 * 24 * 3600
+
+
+class StudyRouter:
+    """Study-level routes applied to the index on each of the assembler's ticks: a job (or a
+    failed job naming the missing inputs) once ``study_decision`` says so, for each open study.
+
+    The assembler owns the header cache; this reads through it (``header``) and tells it when a
+    settled study's headers are no longer needed (``forget_headers``).
+    """
+
+    def __init__(self, config: Config, index: Index, router: Router,
+                 header: Callable[[SeriesRow], Dataset], forget_headers: Callable[[Iterable[str]], None]) -> None:
+        self.config = config
+        self.index = index
+        self.router = router
+        self._header = header
+        self._forget_headers = forget_headers
+        #: studies the study routes look at on each tick: those with a series seen receiving or
+        #: complete and not yet settled; None until the first tick reads the lookback window
+        self._open_studies: set[str] | None = None
+
+    def tick(self, now: float, touched: set[str]) -> None:
+        """Study routes look only at open studies, so an idle tick costs the same with a week of
+        finished studies in the index as with none.
+
+        A study opens when one of its series is seen receiving or complete (every new instance
+        makes its series receiving, and the tick reads those anyway) and closes once settled
+        (``_examine``). The first tick opens every study of the lookback window, so a
+        restart resumes the waiting ones.
+        """
+        routes = self.router.study_routes()
+        if not routes:
+            return
+        if self._open_studies is None:
+            since = now - STUDY_LOOKBACK_SECONDS
+            self._open_studies = {uid for uid, _ in self.index.studies_with_activity_since(since)}
+        self._open_studies |= touched
+        for study_uid in sorted(self._open_studies):
+            if self._examine(study_uid, routes, now):
+                self._open_studies.discard(study_uid)
+
+    def _examine(self, study_uid: str, routes: Sequence[Route], now: float) -> bool:
+        """Route one study; True when it is settled: no series of it receiving and every route
+        answered (a job or a note for this generation, a recorded problem, or no series it
+        matches), so that nothing but a new instance can change it."""
+        rows = self.index.series_of_study(study_uid)
+        if not rows:
+            return True  # removed by retention
+        last_received = max(r.last_received for r in rows)
+        generation = sum(r.generation for r in rows)
+        answered: list[bool] = []
+        if self.index.has_problem("study", study_uid, generation):
+            answered = [True] * len(routes)
+        else:
+            for route in routes:
+                isolated("router", study_uid,
+                         lambda: answered.append(self._route(route, study_uid, rows, last_received, now)),
+                         lambda reason: self.index.record_problem("study", study_uid, generation,
+                                                                  f"route {route.name}: {reason}"))
+        settled = len(answered) == len(routes) and all(answered)
+        if settled:
+            self._forget_headers(r.series_uid for r in rows)
+        return settled
+
+    def status(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+               now: float) -> StudyStatus | None:
+        """Where ``route`` stands with a study; None when no arrived series of it matches."""
+        arrived = [(r, self._header(r)) for r in rows if r.state != SeriesState.RECEIVING and r.instance_count]
+        if not any(not failed_conditions(route.match, header) for _, header in arrived):
+            return None
+        assigned = assign_inputs(route, arrived)
+        pending = tuple(r.series_uid for r in rows if r.state == SeriesState.RECEIVING)
+        timeout = route.study_timeout_seconds or self.config.completion.study_timeout_seconds
+        forced_at = self.index.forced_at(study_uid)
+        forced = forced_at is not None and forced_at >= last_received
+        decision = study_decision(route, assigned, bool(pending), now - last_received, timeout, forced)
+        return StudyStatus(route, sum(r.generation for r in rows), assigned, pending, decision,
+                           last_received + timeout, forced)
+
+    def _route(self, route: Route, study_uid: str, rows: Sequence[SeriesRow], last_received: float,
+               now: float) -> bool:
+        """Start the route's job for the study when it is time; True once the route has answered
+        this generation of the study (see ``_examine``)."""
+        generation = sum(r.generation for r in rows)
+        if self.index.has_job(route.name, study_uid, generation):
+            return True
+        receiving = any(r.state == SeriesState.RECEIVING for r in rows)
+        if generation and route.on_late_instances == "ignore" and self.index.has_job(route.name, study_uid):
+            if not receiving:
+                note_ignored(self.index, route, study_uid, study_uid, generation)
+            return not receiving
+        status = self.status(route, study_uid, rows, last_received, now)
+        if status is None:
+            return not receiving
+        if status.decision.action == "wait":
+            return False
+        if status.decision.action == "run":
+            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
+                            inputs=status.assigned)
+        else:
+            timeout = status.deadline - last_received
+            why = "completion forced" if status.forced else f"study quiet for {timeout:g} s"
+            reason = f"missing input: {', '.join(status.decision.missing)} ({why})"
+            spec = job_spec(route, subject=study_uid, study_uid=study_uid, generation=generation,
+                            inputs=status.assigned, state=JobState.FAILED, outcome=reason)
+        if self.index.add_job(spec):
+            logs.info("study.routed", study=study_uid, route=route.name, roles=sorted(status.assigned),
+                      outcome=spec.outcome or spec.state, forced=status.forced)
+        return True

@@ -14,15 +14,41 @@ import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from node import logs
 from node.run.invoke import load_pipeline, protect_patient_values, run_pipeline
-from pipelines.base import PipelineSettings
+from pipelines.base import JobSummary, PipelineSettings
+from pipelines.writers.output import WrittenObject
 
 #: A file's name and bytes, as shipped to and from the actor.
 Shipped = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class ActorOutcome:
+    """What one run on the cluster sends back to the node's driver (pickled by Ray).
+
+    The summary travels as the common ``JobSummary``, not the pipeline's own subclass: the
+    driver unpickles it, and must not import a pipeline's module (and torch) to do so.
+    """
+
+    applicable: bool
+    #: why the pipeline found the job not applicable ("" when it was)
+    reason: str
+    summary: JobSummary
+    #: the result files, for the node to keep
+    files: Shipped
+    #: what the writer knew of each file, at its path on the cluster machine
+    objects: list[WrittenObject]
+    #: host:pid of the actor's process
+    ran_on: str
+    #: the actor's clock when the task began, for ``bench/ray_throughput.py``'s split of the time
+    received_at: float
+    #: seconds spent writing the shipped series to the scratch folder, and in the whole task
+    unpack_seconds: float
+    seconds: float
 
 
 class PipelineActor:
@@ -34,7 +60,7 @@ class PipelineActor:
         """Answers once the pipeline is loaded: the job's timeout counts from then."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, series: dict[str, Shipped], job_id: str) -> dict[str, Any]:
+    def run(self, series: dict[str, Shipped], job_id: str) -> ActorOutcome:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
         received_at, started = time.time(), time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
@@ -44,11 +70,11 @@ class PipelineActor:
             protect_patient_values(inputs)
             result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
-            return {"applicable": result.applicable, "reason": result.reason, "summary": result.summary,
-                    "files": files, "objects": result.objects, "ran_on": self.ready(),
-                    "received_at": received_at,
-                    "unpack_seconds": round(unpacked - started, 3),
-                    "seconds": round(time.monotonic() - started, 3)}
+            return ActorOutcome(applicable=result.applicable, reason=result.reason,
+                                summary=JobSummary.from_stored(result.summary.to_stored()),
+                                files=files, objects=result.objects, ran_on=self.ready(),
+                                received_at=received_at, unpack_seconds=round(unpacked - started, 3),
+                                seconds=round(time.monotonic() - started, 3))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node import logs
 from node.config import Config, RaySettings, load_config
@@ -54,6 +54,9 @@ from node.run.invoke import pipeline_settings
 from node.run.outcome import commit_result
 from node.run.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray_environment
 from pipelines.base import JobResult
+
+if TYPE_CHECKING:  # the actor's module is imported where the actor is made
+    from node.run.ray_actor import ActorOutcome
 
 REACHABILITY_CACHE_SECONDS = 1.0
 #: How often a driver waiting for its actor checks that its attempt is still the current one.
@@ -307,7 +310,7 @@ class Driver:
         logs.info("job.end", job=job.id, pipeline=job.pipeline, engine="ray", committed=committed,
                   seconds=round(time.monotonic() - started, 3), actor_ready_seconds=round(ready - started, 3),
                   ship_seconds=round(shipped - ready, 3),
-                  actor_seconds=outcome.get("seconds"), ran_on=outcome.get("ran_on"))
+                  actor_seconds=outcome.seconds, ran_on=outcome.ran_on)
         return True
 
     def _wait(self, job: Job, ref: Any) -> Any:
@@ -359,22 +362,22 @@ class Driver:
         if self.index.fail_job(job.id, reason[:2000], attempt=job.attempts, traceback=_COLOUR.sub("", str(error))[-20000:]):
             logs.error("job.failed", job=job.id, pipeline=job.pipeline, reason=reason[:500])
 
-    def _commit(self, job: Job, outcome: dict[str, Any]) -> bool:
+    def _commit(self, job: Job, outcome: ActorOutcome) -> bool:
         """The actor's files, written durably into this attempt's own folder of the job's
         results (a stale attempt can never overwrite the current one's files), committed
         under the attempt number."""
-        summary = {**outcome["summary"], "ran_on": outcome["ran_on"]}
-        if not outcome["applicable"]:
-            return commit_result(job, self.index, JobResult(applicable=False, reason=outcome["reason"],
+        summary = outcome.summary.model_copy(update={"ran_on": outcome.ran_on})
+        if not outcome.applicable:
+            return commit_result(job, self.index, JobResult(applicable=False, reason=outcome.reason,
                                                             summary=summary))
         folder = self.spool.result_dir(job.id) / f"attempt-{job.attempts}"
         paths = []
-        for name, data in outcome["files"]:
+        for name, data in outcome.files:
             path = folder / Path(name).name
             self.spool.write(path, data)
             paths.append(path)
         # what the writer on the cluster knew of each file, at its place here: no read back
-        objects = [replace(o, path=folder / o.path.name) for o in outcome["objects"]]
+        objects = [replace(o, path=folder / o.path.name) for o in outcome.objects]
         return commit_result(job, self.index, JobResult(outputs=paths, summary=summary, objects=objects))
 
 

@@ -19,6 +19,7 @@ A model folder is what a site hands the node to replace the shipped weights:
       layers = 8
       downscale = 2
 
+Every key is checked (``params.DenoiseParams``): one the file misspells is refused, naming it.
 A TorchScript model must map (N, 1, H, W) float32 network units to the same shape, denoised.
 
 Mean preservation: a denoiser must not change HU (lesion enhancement, fat and fluid are read
@@ -35,14 +36,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.model_folder import ModelFolderError, load_network, read_params, require_folder
+from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
+from pipelines.model_folder import load_network, load_params, require_folder
 from pipelines.precision import autocast
 
 #: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
@@ -51,19 +52,25 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 CPU_BATCH_PIXELS = 8 * 512 * 512
 #: ... and about 2 GB of a GPU's memory in half precision.
 GPU_BATCH_PIXELS = 64 * 512 * 512
-#: Scale (mm) below which the model may change the image; see "Mean preservation" above.
-RESTORE_MEAN_SIGMA_MM = 2.0
+#: the defaults of a params file's [input], which the training starts from too
+_INPUT = Input()
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How HU become network units and back, and how much context a tile needs."""
 
-    clip: tuple[float, float] = (-1024.0, 3071.0)
-    offset: float = 0.0
-    scale: float = 1000.0
-    halo: int = 40
+    clip: tuple[float, float] = _INPUT.clip
+    offset: float = _INPUT.offset
+    scale: float = _INPUT.scale
+    halo: int = _INPUT.halo
+    #: scale (mm) below which the model may change the image; see "Mean preservation" above
     restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
+
+    @classmethod
+    def of(cls, params: DenoiseParams) -> Preprocessing:
+        return cls(clip=params.input.clip, offset=params.input.offset, scale=params.input.scale,
+                   halo=params.input.halo, restore_mean_sigma_mm=params.output.restore_mean_sigma_mm)
 
     def to_network(self, hu: torch.Tensor) -> torch.Tensor:
         return (hu.clamp(*self.clip) - self.offset) / self.scale
@@ -72,29 +79,8 @@ class Preprocessing:
         return units * self.scale + self.offset
 
 
-def _preprocessing(params: dict[str, Any], folder: Path) -> Preprocessing:
-    table = params.get("input", {})
-    output = params.get("output", {})
-    try:
-        low, high = (float(v) for v in table.get("clip", Preprocessing.clip))
-        result = Preprocessing(
-            clip=(low, high),
-            offset=float(table.get("offset", Preprocessing.offset)),
-            scale=float(table.get("scale", Preprocessing.scale)),
-            halo=int(table.get("halo", Preprocessing.halo)),
-            restore_mean_sigma_mm=float(output.get("restore_mean_sigma_mm", RESTORE_MEAN_SIGMA_MM)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc
-    if not low < high or result.scale <= 0 or result.halo < 0:
-        raise ModelFolderError(f"{folder}: [input] needs clip low < high, scale > 0 and halo >= 0")
-    if result.restore_mean_sigma_mm < 0:
-        raise ModelFolderError(f"{folder}: [output] restore_mean_sigma_mm must be >= 0 (0 turns it off)")
-    return result
-
-
-def _network(folder: Path, params: dict[str, Any], device: str) -> torch.nn.Module:
-    return load_network(folder, lambda: ResidualDenoiser(Architecture(**params.get("model", {}))),
+def _network(folder: Path, params: DenoiseParams, device: str) -> torch.nn.Module:
+    return load_network(folder, lambda: ResidualDenoiser(Architecture(**params.model.given())),
                         "a ResidualDenoiser ([model] channels, layers, downscale)", device)
 
 
@@ -135,8 +121,8 @@ class Denoiser:
     def load(cls, folder: Path, device: str, batch_pixels: int | None = None,
              half_precision: bool = True) -> Denoiser:
         folder = require_folder(folder)
-        params = read_params(folder)
-        return cls(_network(folder, params, device), _preprocessing(params, folder), device, batch_pixels,
+        params = load_params(folder, DenoiseParams)
+        return cls(_network(folder, params, device), Preprocessing.of(params), device, batch_pixels,
                    half_precision)
 
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:

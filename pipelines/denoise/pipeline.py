@@ -18,7 +18,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings
+from pipelines.base import (
+    SERIES_ROLE,
+    InputSpec,
+    JobInput,
+    JobResult,
+    NotApplicable,
+    PipelineSettings,
+    PipelineSummary,
+)
 from pipelines.denoise import contract
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.model_pipeline import ModelPipeline
@@ -29,6 +37,15 @@ from pipelines.writers.derived import make_derived_series
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
+
+
+class DenoiseSummary(PipelineSummary):
+    """A denoised series: how many slices, and how much the model changed them on average."""
+
+    slices: int
+    #: mean |denoised - source| in HU over the whole series: near the noise level, or the model
+    #: changed anatomy
+    mean_abs_change_hu: float
 
 
 class CTDenoise(ModelPipeline):
@@ -71,13 +88,13 @@ class CTDenoise(ModelPipeline):
         clock.lap("write")
         return JobResult.written(
             outputs,
-            summary={
-                "slices": len(outputs),
-                "device": self.device,
-                "model_sha256": self.model_digest,
-                "mean_abs_change_hu": round(_mean_abs_change(denoised, volume.array), 2),
-                "seconds": clock.laps,
-            },
+            summary=DenoiseSummary(
+                slices=len(outputs),
+                device=self.device,
+                model_sha256=self.model_digest,
+                mean_abs_change_hu=round(_mean_abs_change(denoised, volume.array), 2),
+                seconds=clock.laps,
+            ),
         )
 
 

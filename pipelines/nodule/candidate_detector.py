@@ -14,6 +14,7 @@ A scorer model folder (written by ``train_scorer``)::
                      scorers whose probabilities are averaged; default ["scorer.pt"])
                      [candidates] ground_glass = true   (the scorer was trained with the
                      stage's ground-glass components; default false, the stage before them)
+                     (every key checked: ``params.ScorerParams``)
     training.json    every leave-one-patient-out fold and the shipped model's training
 """
 
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.model_folder import ModelFolderError, read_params, require_folder
+from pipelines.model_folder import ModelFolderError, load_params, require_folder
 from pipelines.nodule import candidates, scorer
 from pipelines.nodule.detector import Detection
 from pipelines.nodule.grid import ModelGrid, to_model_grid
+from pipelines.nodule.params import ScorerParams
 from pipelines.volume import Volume
 
 #: The candidate stage + scorer shipped in the repository (``train_scorer``; model card).
@@ -61,22 +63,11 @@ class CandidateDetector:
     @classmethod
     def load(cls, folder: Path, device: str, report_threshold: float | None = None) -> CandidateDetector:
         folder = require_folder(folder)
-        all_params = read_params(folder)
-        params = all_params.get("scorer", {})
-        try:
-            threshold = float(params["report_threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFolderError(f"{folder}: params.toml needs [scorer] report_threshold (a number): {exc}") from exc
-        names = params.get("weights", [WEIGHTS])
-        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            raise ModelFolderError(f"{folder}: [scorer] weights must be a list of weight file names, got {names!r}")
-        ground_glass = all_params.get("candidates", {}).get("ground_glass", False)
-        if not isinstance(ground_glass, bool):
-            raise ModelFolderError(f"{folder}: [candidates] ground_glass must be true or false, got {ground_glass!r}")
-        nets = [_load_net(folder / name) for name in names]
-        if report_threshold is not None:
-            threshold = float(report_threshold)
-        return cls(nets, ScorerSettings(report_threshold=threshold, ground_glass=ground_glass), device)
+        params = load_params(folder, ScorerParams)
+        nets = [_load_net(folder / name) for name in params.scorer.weights or [WEIGHTS]]
+        threshold = params.scorer.report_threshold if report_threshold is None else float(report_threshold)
+        return cls(nets, ScorerSettings(report_threshold=threshold, ground_glass=params.candidates.ground_glass),
+                   device)
 
     def grid(self, volume: Volume) -> ModelGrid:
         return to_model_grid(volume, (candidates.GRID_MM,) * 3)

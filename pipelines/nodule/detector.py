@@ -18,6 +18,7 @@ A radnode model folder (``pipelines.model_folder``): ``model.pt`` (state dict of
       detections_per_image = 100
       report_threshold = 0.5                # findings at or above this go to SEG and SR
 
+Every key is checked (``params.DetectorParams``): one the file misspells is refused, naming it.
 A MONAI bundle is not read here: it runs as published, see ``bundle_detection``.
 """
 
@@ -34,9 +35,10 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
-from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, read_params, require_folder
+from pipelines.model_folder import ModelFolderError, is_monai_bundle, load_network, load_params, require_folder
 from pipelines.nodule.grid import ModelGrid, scale_hu_window, to_model_grid
 from pipelines.nodule.network import Architecture, anchor_scales, build_retinanet, size_divisible
+from pipelines.nodule.params import DetectorParams
 from pipelines.precision import autocast
 from pipelines.volume import Volume
 
@@ -171,24 +173,16 @@ def _corners_lps(grid: ModelGrid, box: np.ndarray) -> np.ndarray:
 
 
 def _from_radnode_folder(folder: Path) -> tuple[torch.nn.Module, Settings]:
-    params = read_params(folder)
-    try:
-        pre, anchors, inference = params["preprocessing"], params.get("anchors", {}), params.get("inference", {})
-        settings = Settings(
-            spacing_mm=_three(float, pre["spacing_mm"]),
-            intensity_range=_two(float, pre["intensity_range"]),
-            feature_map_scales=tuple(int(v) for v in anchors.get("feature_map_scales", Settings.feature_map_scales)),
-            base_anchor_shapes=tuple(_three(int, s) for s in anchors.get("base_anchor_shapes", Settings.base_anchor_shapes)),
-            size_divisible=_three(int, size_divisible(Architecture(**params.get("network", {})))),
-            **{k: _typed(k, v) for k, v in inference.items()},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFolderError(
-            f"{folder}: params file needs [preprocessing] spacing_mm and intensity_range, and valid "
-            f"[anchors]/[inference] (see pipelines/nodule/detector.py): {exc}"
-        ) from exc
-    network = load_network(folder, lambda: build_retinanet(**params.get("network", {})),
-                           "the reference RetinaNet ([network])")
+    params = load_params(folder, DetectorParams)
+    network_keys = params.network.given()
+    settings = Settings(
+        spacing_mm=params.preprocessing.spacing_mm,
+        intensity_range=params.preprocessing.intensity_range,
+        size_divisible=_three(int, size_divisible(Architecture(**network_keys))),
+        **params.anchors.given(),
+        **params.inference.given(),
+    )
+    network = load_network(folder, lambda: build_retinanet(**network_keys), "the reference RetinaNet ([network])")
     return network, settings
 
 
@@ -196,16 +190,3 @@ def _three(kind: Callable[[Any], T], values: Iterable[Any]) -> tuple[T, T, T]:
     """Three values of ``kind``, one per axis; any other count is a ValueError."""
     a, b, c = (kind(v) for v in values)
     return a, b, c
-
-
-def _two(kind: Callable[[Any], T], values: Iterable[Any]) -> tuple[T, T]:
-    """Two values of ``kind``, a range's low and high; any other count is a ValueError."""
-    low, high = (kind(v) for v in values)
-    return low, high
-
-
-def _typed(key: str, value: Any) -> Any:
-    default = getattr(Settings, key)  # unknown keys raise AttributeError -> reported below
-    if isinstance(default, tuple):
-        return tuple(type(default[0])(v) for v in value)
-    return type(default)(value)

@@ -44,7 +44,16 @@ import torch
 from monai.data.box_utils import box_area, box_iou
 from scipy import ndimage as ndi
 
-from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings
+from pipelines.base import (
+    SERIES_ROLE,
+    InputSpec,
+    JobInput,
+    JobResult,
+    NotApplicable,
+    PipelineSettings,
+    PipelineSummary,
+    SummaryRecord,
+)
 from pipelines.model_folder import is_monai_bundle
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.nodule import contract
@@ -68,6 +77,40 @@ ALGORITHM_NAME = "radnode nodule-detection"
 #: (``fuse_nested``), when the larger box scores at least ``FUSE_SCORE_RATIO`` of it.
 NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
+
+
+class FoundNodule(SummaryRecord):
+    """A reported nodule, measured on the source slices."""
+
+    score: float
+    diameter_mm: float
+    #: None when the nodule could not be segmented apart from what touches it
+    volume_mm3: float | None
+
+
+class FoundBox(SummaryRecord):
+    """A MONAI bundle's box at or above the reporting threshold: the box is the finding."""
+
+    score: float
+    center_lps: list[float]
+    box_mm: list[float]
+
+
+class NoduleSummary(PipelineSummary):
+    """A job of radnode's own detector (the scorer folder or the RetinaNet folder)."""
+
+    nodules: list[FoundNodule]
+    #: boxes the detector scored, reported or not
+    candidates: int
+    #: aerated lung found in the series
+    lung_ml: int
+
+
+class BundleNoduleSummary(PipelineSummary):
+    """A job of a MONAI detection bundle (its name and version in ``bundle``)."""
+
+    nodules: list[FoundBox]
+    candidates: int
 
 
 class NoduleDetection(ModelPipeline):
@@ -125,18 +168,18 @@ class NoduleDetection(ModelPipeline):
         clock.lap("write")
         return JobResult.written(
             outputs,
-            summary={
-                "nodules": [
-                    {"score": round(d.score, 3), "diameter_mm": round(m.diameter_mm, 1),
-                     "volume_mm3": _rounded(m.volume_mm3)}
+            summary=NoduleSummary(
+                nodules=[
+                    FoundNodule(score=round(d.score, 3), diameter_mm=round(m.diameter_mm, 1),
+                                volume_mm3=_rounded(m.volume_mm3))
                     for d, m in nodules
                 ],
-                "candidates": len(candidates),
-                "lung_ml": round(lung_ml),
-                "device": self.device,
-                "model_sha256": self.model_digest,
-                "seconds": clock.laps,
-            },
+                candidates=len(candidates),
+                lung_ml=round(lung_ml),
+                device=self.device,
+                model_sha256=self.model_digest,
+                seconds=clock.laps,
+            ),
         )
 
     def run_bundle(self, job: JobInput, volume: Volume, clock: StageClock) -> JobResult:
@@ -154,16 +197,16 @@ class NoduleDetection(ModelPipeline):
         clock.lap("postprocess")
         outputs = write_datasets(self.results(volume, nodules, box_regions=True), job.output_dir)
         clock.lap("write")
-        return JobResult.written(outputs, summary={
-            "nodules": [{"score": round(d.score, 3), "center_lps": [round(v, 1) for v in m.center_lps],
-                         "box_mm": [round(float(v), 1) for v in d.lps_corners[-1] - d.lps_corners[0]]}
-                        for d, m in nodules],
-            "candidates": len(boxes),
-            "bundle": self.bundle.label,
-            "device": self.device,
-            "model_sha256": self.model_digest,
-            "seconds": clock.laps,
-        })
+        return JobResult.written(outputs, summary=BundleNoduleSummary(
+            nodules=[FoundBox(score=round(d.score, 3), center_lps=[round(v, 1) for v in m.center_lps],
+                              box_mm=[round(float(v), 1) for v in d.lps_corners[-1] - d.lps_corners[0]])
+                     for d, m in nodules],
+            candidates=len(boxes),
+            bundle=self.bundle.label,
+            device=self.device,
+            model_sha256=self.model_digest,
+            seconds=clock.laps,
+        ))
 
     def nodules(
         self, volume: Volume, grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection]

@@ -21,7 +21,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("t1", required=False, description=DESCRIPTIONS["t1"]),
 )
 
-#: Smallest tumor reported (mL): the issue's bound on false-positive volume in a healthy brain.
+#: Smallest tumor reported (mL): the bound on false-positive volume in a healthy brain; a glioma
+#: this pipeline is for is larger, so smaller specks are not reported.
 MIN_TUMOR_ML = 1.0
 
 Contrast = Literal["t1c", "t1", "t2", "flair"]

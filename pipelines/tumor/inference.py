@@ -34,6 +34,8 @@ A model folder is what a site hands the node to replace the shipped weights. Two
   serve a cross-validation's fold models. A member whose spacing, orientation or patch differs
   from the folder's is refused, naming it.
 
+  Every key is checked (``params.TumorParams``): one the file misspells is refused, naming it.
+
 - a MONAI bundle is not read here: it runs as published, see ``bundle_segmentation``.
 
 The network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
@@ -44,7 +46,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -55,17 +56,15 @@ from pipelines.model_folder import (
     inner_folder,
     is_monai_bundle,
     load_network,
-    read_params,
+    load_params,
     require_folder,
 )
 from pipelines.precision import autocast
-from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.model import Architecture
+from pipelines.tumor.params import NATIVE_AXCODES, TumorParams
 
 #: The weights trained by ``pipelines.tumor.training.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
-#: Orientation of the arrays radnode builds: axis 0 grows to Superior, 1 to Posterior, 2 to Left.
-NATIVE_AXCODES = "SPL"
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
@@ -111,42 +110,14 @@ def from_model_axes(array: np.ndarray, axcodes: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, (0, *[1 + int(np.argsort(order)[a]) for a in range(3)])))
 
 
-def _roi(value: Any) -> tuple[int, int, int]:
-    """``[input] roi``: the network's patch size, three voxel counts."""
-    sizes = [int(v) for v in value]
-    if len(sizes) != 3:
-        raise ValueError(f"roi {sizes} is not three sizes")
-    return sizes[0], sizes[1], sizes[2]
-
-
-def _thresholds(value: Any) -> tuple[float, float, float]:
-    """One threshold for all three outputs, or one each (TC, WT, ET)."""
-    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
-    if len(values) != 3:
-        raise ValueError(f"threshold needs one value or three (TC, WT, ET), got {value!r}")
-    return values[0], values[1], values[2]
-
-
-def _radnode_format(params: dict[str, Any], folder: Path) -> InputFormat:
-    table = params.get("input", {})
-    channels = list(table.get("channels", CHANNELS))
-    if channels != list(CHANNELS):
-        raise ModelFolderError(f"{folder}: [input] channels {channels}; radnode feeds {list(CHANNELS)} in that order")
+def _radnode_format(params: TumorParams, folder: Path) -> InputFormat:
+    table = params.input
     try:
-        result = InputFormat(
-            spacing=float(table.get("spacing", 2.0)),
-            axcodes=str(table.get("axcodes", NATIVE_AXCODES)),
-            roi=_roi(table.get("roi", (96, 96, 96))),
-            threshold=_thresholds(table.get("threshold", 0.5)),
-            require_core=bool(params.get("output", {}).get("require_core", False)),
-            fill_core=bool(params.get("output", {}).get("fill_core", False)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ModelFolderError(f"{folder}: [input] in the parameters file is malformed: {exc}") from exc
-    if result.spacing <= 0 or len(result.roi) != 3 or not all(0 < t < 1 for t in result.threshold):
-        raise ModelFolderError(f"{folder}: [input] needs spacing > 0, roi of three sizes, 0 < threshold < 1")
-    _axis_map(result.axcodes)
-    return result
+        _axis_map(table.axcodes)
+    except ModelFolderError as error:
+        raise ModelFolderError(f"{folder}: [input] axcodes: {error}") from None
+    return InputFormat(spacing=table.spacing, axcodes=table.axcodes, roi=table.roi, threshold=table.threshold,
+                       require_core=params.output.require_core, fill_core=params.output.fill_core)
 
 
 class Segmenter:
@@ -162,11 +133,11 @@ class Segmenter:
         folder = require_folder(folder)
         if is_monai_bundle(folder):
             raise ModelFolderError(f"{folder} is a MONAI bundle: it runs through pipelines.tumor.bundle_segmentation")
-        params = read_params(folder)
+        params = load_params(folder, TumorParams)
         input_format = _radnode_format(params, folder)
-        if "ensemble" not in params:
+        if params.ensemble is None:
             return cls([_network(folder, params)], input_format, device)
-        members = [_member(folder, name, input_format) for name in _member_names(params, folder)]
+        members = [_member(folder, name, input_format) for name in params.ensemble.members]
         return cls(members, input_format, device)
 
     def probabilities(self, channels: np.ndarray) -> np.ndarray:
@@ -186,24 +157,16 @@ class Segmenter:
         return logits
 
 
-def _network(folder: Path, params: dict[str, Any]) -> torch.nn.Module:
-    return load_network(folder, lambda: Architecture.from_params(params.get("model", {})).build(),
+def _network(folder: Path, params: TumorParams) -> torch.nn.Module:
+    return load_network(folder, lambda: Architecture.from_params(params.model.given()).build(),
                         "a SegResNet ([model])")
-
-
-def _member_names(params: dict[str, Any], folder: Path) -> list[str]:
-    """``[ensemble] members``: a non-empty list of sub-folder names."""
-    names = params["ensemble"].get("members") if isinstance(params["ensemble"], dict) else None
-    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
-        raise ModelFolderError(f"{folder}: [ensemble] members must be a list of member folder names, got {names!r}")
-    return names
 
 
 def _member(folder: Path, name: str, ensemble_format: InputFormat) -> torch.nn.Module:
     """One member's network, refused unless it reads the grid the ensemble feeds it."""
     member = require_folder(inner_folder(folder, name, "[ensemble] member"))
-    params = read_params(member)
-    if "ensemble" in params:
+    params = load_params(member, TumorParams)
+    if params.ensemble is not None:
         raise ModelFolderError(f"{member}: an ensemble member must be one model, not another ensemble")
     own = _radnode_format(params, member)
     for field in ("spacing", "axcodes", "roi"):

@@ -1,7 +1,7 @@
 """The model a study is segmented with, chosen by the contrasts that arrived.
 
 A single network trained with missing-contrast dropout serves every contrast set in principle, but
-one set can need a model of its own (the issue's "reduced models"): a model that learns to use
+one set can need a model of its own (a "reduced model"): a model that learns to use
 FLAIR and T2 well can lean on them so much that it is worse with T1c alone than one that never
 had them. A radnode model folder may therefore name other model folders for exact contrast sets
 in its ``params.toml``::
@@ -21,16 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.model_folder import (
-    ModelFolderError,
-    inner_folder,
-    is_monai_bundle,
-    read_params,
-    require_folder,
-)
+from pipelines.model_folder import inner_folder, is_monai_bundle, load_params, require_folder
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
-from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.inference import Segmenter
+from pipelines.tumor.params import TumorParams
 
 #: What the summary and the SR call the folder's own model.
 MAIN_MODEL = "main"
@@ -49,31 +43,12 @@ class ModelSet:
         if is_monai_bundle(folder):
             return cls(BundleSegmenter.load(folder, device), {})
         main = Segmenter.load(folder, device)
-        entries = read_params(folder).get("reduced", [])
         reduced: dict[frozenset[str], tuple[str, Segmenter]] = {}
-        for entry in entries:
-            contrasts, name = _reduced_entry(entry, folder)
-            if contrasts in reduced:
-                raise ModelFolderError(f"{folder}: [[reduced]] names contrasts {sorted(contrasts)} twice")
-            reduced[contrasts] = (name, Segmenter.load(folder / name, device))
+        for entry in load_params(folder, TumorParams).reduced:  # contrast sets checked there
+            sub_folder = inner_folder(folder, entry.folder, "[[reduced]] folder")
+            reduced[frozenset(entry.contrasts)] = (entry.folder, Segmenter.load(sub_folder, device))
         return cls(main, reduced)
 
     def for_contrasts(self, roles: Iterable[str]) -> tuple[str, Segmenter | BundleSegmenter]:
         """The name of the model for exactly these contrasts, and the model."""
         return self.reduced.get(frozenset(roles), (MAIN_MODEL, self.main))
-
-
-def _reduced_entry(entry: object, folder: Path) -> tuple[frozenset[str], str]:
-    """The contrast set and sub-folder of one ``[[reduced]]`` table, checked."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
-        raise ModelFolderError(f"{folder}: each [[reduced]] table needs contrasts = [...] and folder = \"...\"")
-    contrasts = frozenset(entry.get("contrasts", ()))
-    unknown = contrasts - set(CHANNELS)
-    if unknown or not contrasts & {"t1c", "flair"}:
-        raise ModelFolderError(
-            f"{folder}: [[reduced]] contrasts {sorted(contrasts)} must be among {list(CHANNELS)} and "
-            "include T1c or FLAIR"
-        )
-    name = entry["folder"]
-    inner_folder(folder, name, "[[reduced]] folder")
-    return contrasts, name

@@ -57,6 +57,7 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
+    PipelineSummary,
 )
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_volume
@@ -107,6 +108,22 @@ SUB_REGIONS: tuple[SubRegion, ...] = (
 BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
 
 
+class TumorSummary(PipelineSummary):
+    """A brain study's segmentation; ``model`` names which model of the folder served it."""
+
+    #: the contrasts segmented, by display name ("T1c"), and those left out with why
+    contrasts_used: list[str]
+    left_out: dict[str, str]
+    #: the contrast whose grid the others were put on
+    reference: str
+    brain_ml: float
+    #: per sub-region (``SubRegion.tracking_id``)
+    volumes_ml: dict[str, float]
+    tumor_found: bool
+    #: per contrast (role): the measured quality of its registration, or that it shares the grid
+    registration: dict[str, dict[str, bool | float | str]]
+
+
 @dataclass(frozen=True)
 class Alignments:
     """How each contrast was put on the reference, and the contrasts that could not be."""
@@ -114,7 +131,7 @@ class Alignments:
     #: reference point -> contrast point, for every contrast used (identity for the reference)
     transforms: dict[str, sitk.Transform]
     #: per contrast: the measured quality of its registration, or that it shares the grid
-    registration: dict[str, dict[str, object]]
+    registration: dict[str, dict[str, bool | float | str]]
     #: per contrast left out: the failed checks, for the report's reader
     left_out: dict[str, str]
 
@@ -182,19 +199,19 @@ class TumorSegmentation(ModelPipeline):
         clock.lap("writing")
         return JobResult.written(
             outputs,
-            summary={
-                "contrasts_used": [DISPLAY[role] for role in present],
-                "left_out": {DISPLAY[role]: reason for role, reason in alignments.left_out.items()},
-                "reference": DISPLAY[reference_role],
-                "model": model_name,
-                "brain_ml": round(brain_ml, 1),
-                "volumes_ml": volumes_ml,
-                "tumor_found": any(volumes_ml.values()),
-                "registration": alignments.registration,
-                "device": self.device,
-                "model_sha256": self.model_digest,
-                "seconds": clock.laps,
-            },
+            summary=TumorSummary(
+                contrasts_used=[DISPLAY[role] for role in present],
+                left_out={DISPLAY[role]: reason for role, reason in alignments.left_out.items()},
+                reference=DISPLAY[reference_role],
+                model=model_name,
+                brain_ml=round(brain_ml, 1),
+                volumes_ml=volumes_ml,
+                tumor_found=any(volumes_ml.values()),
+                registration=alignments.registration,
+                device=self.device,
+                model_sha256=self.model_digest,
+                seconds=clock.laps,
+            ),
         )
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
@@ -234,7 +251,7 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
     """Every contrast onto the reference: unregistered on a shared grid, registered otherwise,
     and left out (with the failed checks) when its registration fails the quality check."""
     transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
-    registration: dict[str, dict[str, object]] = {}
+    registration: dict[str, dict[str, bool | float | str]] = {}
     left_out: dict[str, str] = {}
     for role in present:
         if role == reference_role:

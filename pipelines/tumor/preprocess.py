@@ -122,7 +122,7 @@ def drop_small_tumors(labels: np.ndarray, voxel_ml: float, min_ml: float) -> np.
 
     A healthy brain must read "no tumor". The network leaves specks of a few voxels on normal
     tissue (vessels, partial volume at the cortex); a glioma this pipeline is for is larger than
-    the bound the project set on false-positive volume per healthy brain (1 mL, issue 15), so
+    the bound the project set on false-positive volume per healthy brain (1 mL), so
     anything smaller is not reported.
     """
     if min_ml <= 0:

@@ -1,8 +1,9 @@
 """DICOM Segmentation from masks in the geometry of a loaded series.
 
 Each mask slice is tied to the source slice it was computed on: plane positions are copied from
-that slice's header, never derived from array order (the mistake highdicom issue #117 describes),
-so a mask can only ever land on the slice the model looked at.
+that slice's header, never derived from array order (the mistake described at
+https://github.com/ImagingDataCommons/highdicom/issues/117), so a mask can only ever land on the
+slice the model looked at.
 """
 
 from __future__ import annotations

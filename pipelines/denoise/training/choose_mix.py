@@ -6,13 +6,13 @@
     python -m pipelines.denoise.training.choose_mix --round restore-trained --out DIR [--network DIR]
     python -m pipelines.denoise.training.choose_mix --round input-mean-target --out DIR [--network DIR]
 
-applies the model card's rules ("Choosing the training dose mix", "Loss weighting and kernel
-balance"): every recipe of the round (``ROUNDS``, from ``train.RECIPES``) trains on the training
-scans minus the round's validation part and is scored on that part at simulated quarter and
-tenth dose (model PSNR minus the oracle Gaussian's) and on the water cylinder (the bias rule).
-The held-out scans are never read, so the choice cannot be fitted to them; they are measured
-once, afterwards, by ``evaluate`` on the network trained with the chosen recipe on every
-training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
+applies the rules of training/LOG.md ("Choosing the training dose mix on training patients",
+"Loss weighting and kernel balance"): every recipe of the round (``ROUNDS``, from
+``train.RECIPES``) trains on the training scans minus the round's validation part and is scored
+on that part at simulated quarter and tenth dose (model PSNR minus the oracle Gaussian's) and on
+the water cylinder (the bias rule). The held-out scans are never read, so the choice cannot be
+fitted to them; they are measured once, afterwards, by ``evaluate`` on the network trained with
+the chosen recipe on every training scan. Writes ``DIR/<recipe>/`` (weights) and ``DIR/choice.json``.
 
 The restore-scale round ("Bias against a known truth, and the mean-restore scale") trains no
 new recipe: it takes round 2's chosen recipe on round 2's split (``--network`` reuses one
@@ -61,7 +61,7 @@ class Round:
 
 
 C3N, LIDC_0002 = "ct-chest/cptac-luad-C3N-00247", "ct-chest/lidc-idri-0002/ct"
-#: The model card's two rounds.
+#: The two recipe rounds of training/LOG.md (the dose mix, and loss weighting and kernel balance).
 ROUNDS = {
     # one validation patient per kernel family of the training set (Siemens sharp, GE STANDARD)
     "dose-mix": Round(("thin-slices", "scan-thickness", "half-thin"), whole=(C3N, LIDC_0002)),
@@ -108,10 +108,12 @@ def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
 
 
 def choose(scores: dict[str, dict]) -> str:
-    """The card's rule: eligible by the phantom, then the best worst quarter-dose gain, then tenth.
+    """The rule: eligible by the phantom, then the best worst quarter-dose gain, then tenth
+    (training/LOG.md, "Choosing the training dose mix on training patients"; the loss-balance
+    round uses it too).
 
     ``scores[mix]`` has ``phantom_max_hu`` and ``gains`` ({patient: {dose: dB}}); dict order is
-    the card's order, the last tie-break.
+    the order of the rule's table, the last tie-break.
     """
     eligible = [m for m, s in scores.items() if s["phantom_max_hu"] <= MAX_BIAS_HU] or list(scores)
 
@@ -128,7 +130,8 @@ def choose(scores: dict[str, dict]) -> str:
 
 
 def choose_restore_scale(worst_deviation_hu: dict[float, float]) -> float:
-    """The card's rule: the largest scale whose worst known-truth deviation is <= 2 HU, else the smallest."""
+    """The rule: the largest scale whose worst known-truth deviation is <= 2 HU, else the smallest
+    (training/LOG.md, "Bias against a known truth, and the mean-restore scale")."""
     passing = [scale for scale, worst in worst_deviation_hu.items() if worst <= MAX_BIAS_HU]
     return max(passing) if passing else min(worst_deviation_hu)
 
@@ -138,7 +141,8 @@ def _worst_quarter(score: dict) -> float:
 
 
 def choose_training_scale(current: dict, trained: dict) -> str:
-    """The card's rule: the recipe trained through the scale wins only by a clear bias margin.
+    """The rule: the recipe trained through the scale wins only by a clear bias margin
+    (training/LOG.md, "Training through the restore scale").
 
     Each argument is an ``at_scale`` score; returns ``RESTORE_RECIPE`` or ``TRAINED_RECIPE``.
     """
@@ -148,8 +152,9 @@ def choose_training_scale(current: dict, trained: dict) -> str:
 
 
 def choose_input_mean_target(current: dict, challenger: dict) -> str:
-    """The card's rule of no harm: the input-mean target is adopted for its reason, unless it
-    misses 2 HU against the input, deviates from the input clearly more, or costs quality.
+    """The rule of no harm: the input-mean target is adopted for its reason, unless it misses
+    2 HU against the input, deviates from the input clearly more, or costs quality
+    (training/LOG.md, "Training towards the input's expected image").
 
     Each argument is an ``at_scale`` score; returns ``RESTORE_RECIPE`` or ``INPUT_MEAN_RECIPE``.
     """
@@ -170,7 +175,7 @@ def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: s
     """Known-truth deviation and gains over the oracle Gaussian per validation patient, ``base``
     run through the mean restore at ``scale`` mm. ``worst_max_hu`` is the worse of the two
     references (against the input and against the truth) over the patients: a scale is chosen
-    only where both meet the rule (model card, "The input's own systematic error");
+    only where both meet the rule (training/LOG.md, "The input's own systematic error as the reference");
     ``worst_input_max_hu`` the worst against the input alone."""
     denoiser = Denoiser(base.network, replace(base.preprocessing, restore_mean_sigma_mm=scale), "cpu")
     bias = {name: evaluate.known_truth_deviation(denoiser, scan, VALIDATION_SEED) for name, scan in validation.items()}

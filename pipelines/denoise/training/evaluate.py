@@ -17,8 +17,8 @@ scan's kVp, its tube-current modulation, electronic noise):
    noise's peak. A denoiser that only removes high frequencies moves the peak down: the image
    looks plastic.
 3. Bias: the largest deviation of the mean HU of any 15 mm soft-tissue square from the same
-   square of the input (the issue 17 rule, ``local_mean_deviation``), and the mean-HU change of
-   lung, soft tissue and bone against full dose; and the rule against a known truth, the mean
+   square of the input (the bias rule: at most 2 HU, ``local_mean_deviation``), and the mean-HU
+   change of lung, soft tissue and bone against full dose; and the rule against a known truth, the mean
    over draws that do not share the full-dose image's noise (``known_truth_deviation``).
 
 Then, without simulation, the model on the real series as they are (bias rule) and on the real
@@ -71,7 +71,8 @@ REGIONS = {"lung": (-950.0, -600.0, 3), "soft tissue": (0.0, 100.0, 3), "bone": 
 BIAS_SQUARE_MM, SOFT_TISSUE_HU = 15.0, (-100.0, 200.0)
 #: The known-truth bias measurement (``known_truth_deviation``): the full-dose slices smoothed by
 #: this Gaussian (mm) are the truth, and this many draws at this dose fraction are averaged (32:
-#: with 8 the maximum read the noise the network leaves; model card, "noise floor").
+#: with 8 the maximum read the noise the network leaves;
+#: training/LOG.md, "The known-truth measurement's noise floor").
 TRUTH_SMOOTHING_MM, TRUTH_DRAWS, TRUTH_DOSE = 1.0, 32, 0.25
 #: Where the noise floor after ``TRUTH_DRAWS`` exceeds this (HU, half the rule's limit), the draws
 #: go on, four times as many each step, to at most ``TRUTH_MOST_DRAWS``.
@@ -157,7 +158,7 @@ def region_bias(images: np.ndarray, full_dose: np.ndarray, masks: dict[str, np.n
 
 
 def local_mean_deviation(output: np.ndarray, source: np.ndarray, pixel_spacing_mm: float) -> dict[str, float]:
-    """The issue 17 bias rule: the largest |mean(output) - mean(source)| over 15 mm squares.
+    """The bias rule's measure: the largest |mean(output) - mean(source)| over 15 mm squares (at most 2 HU).
 
     A square counts when all its pixels are soft tissue in the 5 x 5 smoothed ``source`` (the
     image the denoiser was given): the region a radiologist puts an ROI in to read a tissue's
@@ -211,7 +212,7 @@ def systematic_deviation(denoiser: Denoiser, noisy: np.ndarray, pixel_spacing_mm
 
 def known_truth_deviation(denoiser: Denoiser, scan: Scan, seed: int, draws: int = TRUTH_DRAWS,
                           most_draws: int = TRUTH_MOST_DRAWS) -> dict[str, float]:
-    """The 15 mm rule against a known truth (model card, "Bias against a known truth").
+    """The 15 mm rule against a known truth (training/LOG.md, "Bias against a known truth, and the mean-restore scale").
 
     A real full-dose image carries its own noise, which every simulated draw shares and a good
     denoiser removes, so comparing with it measures that noise too. Here the truth is the
@@ -220,13 +221,13 @@ def known_truth_deviation(denoiser: Denoiser, scan: Scan, seed: int, draws: int 
     the mean correction returns by design (``G(n)``). A perfect denoiser scores 0, and
     subtracting each draw's known ``G(n)`` takes most of the noise out of the estimate.
 
-    Two references, from the same draws (model card, "The input's own systematic error"): the
-    issue's rule compares with *the input's* local mean, whose expectation is truth + b, b the
-    simulation's own systematic error (``SliceScan.expected_acquisition_error``, computed
-    exactly). ``max_hu`` and ``p99_hu`` are against it (ideal truth + b + G(n - b)), the rule's
-    figure; ``truth_max_hu`` and ``truth_p99_hu`` against the noise-free truth (ideal
-    truth + G(n)). They differ by the fine part b - G(b), whose own maximum is
-    ``input_fine_error_max_hu``.
+    Two references, from the same draws (training/LOG.md,
+    "The input's own systematic error as the reference"): the bias rule compares with *the
+    input's* local mean, whose expectation is truth + b, b the simulation's own systematic error
+    (``SliceScan.expected_acquisition_error``, computed exactly). ``max_hu`` and ``p99_hu`` are
+    against it (ideal truth + b + G(n - b)), the rule's figure; ``truth_max_hu`` and
+    ``truth_p99_hu`` against the noise-free truth (ideal truth + G(n)). They differ by the fine
+    part b - G(b), whose own maximum is ``input_fine_error_max_hu``.
 
     Also returns ``noise_floor_hu``: the same maximum of half the difference between the means of
     the first and the last half of the draws, which has the estimate's noise and none of its

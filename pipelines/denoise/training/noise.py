@@ -64,7 +64,8 @@ FILTERS = ("edge", "ramp", "shepp-logan", "cosine", "hamming", "hann")
 EDGE_BOOST = 1.6
 #: Apodization that gives the noise texture of common kernel families; the first matching prefix
 #: wins; anything else counts as sharp. Checked on real data: the B40f and B70f reconstructions of
-#: one acquisition calibrate to the same photon count with hann and ramp (see MODEL_CARD.md).
+#: one acquisition calibrate to the same photon count with hann and ramp (training/LOG.md,
+#: "Noise model (`training/noise.py`)", item 5).
 FILTER_BY_KERNEL = (
     ("B1", "hann"), ("B2", "hann"), ("B3", "hann"), ("B4", "hann"),
     ("I1", "hann"), ("I2", "hann"), ("I3", "hann"), ("I4", "hann"),
@@ -303,8 +304,9 @@ def expected_log_error(expected_counts: np.ndarray, electronic_noise: float) -> 
     Its noise is not zero-mean where few photons arrive: the logarithm is concave (a positive
     error, about ``(lambda + e^2) / (2 lambda^2)``) and starved readings are clamped at
     ``MIN_COUNTS`` (a negative one). That mean is the simulated input's own systematic error,
-    part of the "input's local mean" the issue 17 bias rule compares with; FBP is linear, so
-    reconstructing it gives the input's expected image exactly, with no sampling noise.
+    part of the "input's local mean" that the bias rule (every 15 mm soft-tissue square within
+    2 HU of it) compares with; FBP is linear, so reconstructing it gives the input's expected
+    image exactly, with no sampling noise.
     """
     counts = np.asarray(expected_counts, dtype=np.float64)
     log_lam, table = _log_error_table(float(electronic_noise))

@@ -85,7 +85,7 @@ class NoiseMix:
     thin_share: float
 
 
-#: The mixes compared by ``choose_mix`` (model card, "Choosing the training dose mix").
+#: The mixes compared by ``choose_mix`` (training/LOG.md, "Choosing the training dose mix on training patients").
 MIXES = {mix.name: mix for mix in (NoiseMix("thin-slices", 1.0), NoiseMix("scan-thickness", 0.0),
                                    NoiseMix("half-thin", 0.5))}
 
@@ -102,7 +102,7 @@ class Recipe:
     ``input_mean_target``: the target is the slice plus the input's expected error (its
     systematic part, ``SliceScan.expected_acquisition_error``) instead of the bare slice, so the
     error-optimal network removes only zero-mean noise and keeps the input's local means, which
-    is what the bias rule compares with (model card, "Training towards the input's expected image").
+    is what the bias rule compares with (training/LOG.md, "Training towards the input's expected image").
     """
 
     name: str
@@ -113,7 +113,7 @@ class Recipe:
     input_mean_target: bool = False
 
 
-#: Every recipe a validation round compares (model card); a plain mix is a recipe of its name.
+#: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
 RECIPES = {
     **{name: Recipe(name, mix) for name, mix in MIXES.items()},
     "noise-weighted": Recipe("noise-weighted", MIXES["scan-thickness"], noise_weighted=True),
@@ -124,11 +124,12 @@ RECIPES = {
     "noise-weighted-balanced-input-mean": Recipe("noise-weighted-balanced-input-mean", MIXES["scan-thickness"],
                                                  noise_weighted=True, balanced=True, input_mean_target=True),
 }
-#: The shipped weights' recipe (model card, "Training towards the input's expected image: outcome").
+#: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
 #: The mean-restore scale (mm) the shipped weights are written with: chosen at inference by
-#: ``choose_mix --round restore-scale`` (model card, "Bias against a known truth"). Training
-#: itself fits through ``inference.RESTORE_MEAN_SIGMA_MM``.
+#: ``choose_mix --round restore-scale`` (training/LOG.md,
+#: "Bias against a known truth, and the mean-restore scale: outcome"). Training itself fits
+#: through ``inference.RESTORE_MEAN_SIGMA_MM``.
 SHIPPED_RESTORE_SCALE_MM = 1.0
 
 

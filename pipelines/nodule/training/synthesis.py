@@ -122,7 +122,8 @@ def _mass_spec(rng: np.random.Generator, diameter: float, sites: Sequence[float]
 
 #: How ground glass is rendered (``insert``): a smooth plateau at its density that replaces the lung
 #: (the original generator), or the scan's own lung lifted to that density, its noise, fine
-#: vessels and fissures kept, as partly filled air spaces look (model card, "Synthetic ground glass").
+#: vessels and fissures kept, as partly filled air spaces look (training/LOG.md,
+#: "Synthetic ground glass keeps the scan's own lung").
 GROUND_GLASS_RENDERINGS = ("plateau", "lifted")
 
 

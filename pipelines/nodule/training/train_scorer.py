@@ -5,7 +5,8 @@
         [--report outer|inner-mean]
 
 The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
---copy-positives inserted --threads 1 --jobs 2`` (model card, "Synthetic copies add nodules").
+--copy-positives inserted --threads 1 --jobs 2`` (training/LOG.md,
+"Synthetic copies add nodules, not the real lesions again").
 
 1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
    (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
@@ -19,10 +20,10 @@ The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --
    the real series when a threshold is set; the held-out numbers are on the series as acquired.
 2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
    series) and scores the held-out patient's real series (and, for the FROC on inserted
-   nodules, its synthetic copies). The operating point is the model card's nested rule: four
-   inner scorers, each without the held-out patient and one training patient, score that
-   training patient's real series; the threshold is the lowest score at which these
-   out-of-fold scores have at most ``TARGET_FP`` false positives per scan.
+   nodules, its synthetic copies). The operating point is the nested rule (training/LOG.md,
+   "Nested operating point"): four inner scorers, each without the held-out patient and one
+   training patient, score that training patient's real series; the threshold is the lowest
+   score at which these out-of-fold scores have at most ``TARGET_FP`` false positives per scan.
 3. **Shipped scorer**: trained on all five patients; its threshold is the same rule on the five
    folds' out-of-fold scores of every real series; written with
    ``params.toml`` and ``training.json`` (every fold's numbers) to ``DIR``, each fold's scorer
@@ -30,13 +31,13 @@ The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --
 
 Each epoch takes every positive (flipped and rotated at random) and three times as many random
 negatives; ``--positives lesions`` instead draws as many positives, each lesion equally often
-(``lesion_weights``: the model card's rejected "one lesion, one vote" run). ``--positives
+(``lesion_weights``: the rejected run of training/LOG.md, "One lesion, one vote"). ``--positives
 choose`` trains both and lets each fold choose between them and their mean on its inner folds'
-out-of-fold scores (``choose``; the model card's "weighting chosen on the inner folds"). ``--report
-inner-mean`` reports each held-out patient with the mean of its four inner scorers, and the shipped
-folder with the mean of all of them, instead of scorers trained on more patients than the
-threshold's (the model card's "the scorer whose threshold is set is the scorer that reports"). The
-content of each epoch depends only on ``--seed``.
+out-of-fold scores (``choose``; training/LOG.md, "Weighting chosen on the inner folds").
+``--report inner-mean`` reports each held-out patient with the mean of its four inner scorers, and
+the shipped folder with the mean of all of them, instead of scorers trained on more patients than
+the threshold's (training/LOG.md, "The scorer whose threshold is set is the scorer that reports").
+The content of each epoch depends only on ``--seed``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ TARGET_FP = 2.0
 NEGATIVE_RATIO = 3
 NEGATIVES_PER_COPY = 150
 MIN_LESION_MM = 10.0
-#: Thin-slice series also train as slab averages this thick (model card, "Thick-slice training series").
+#: Thin-slice series also train as slab averages this thick (training/LOG.md, "Thick-slice training series").
 SLAB_TARGETS_MM = (5.0, 8.0)
 #: What a synthetic copy's positives are (``copy_labels``).
 COPY_POSITIVES = ("all", "inserted")
@@ -74,7 +75,8 @@ THICK_MM = 5.0
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 HIT_MARGIN_MM = 2.0
 #: The two ways to draw each epoch's positives (``train``), and what a fold may choose from with
-#: ``--positives choose``, in the model card's tie order: "mean" averages the two scorers' probabilities.
+#: ``--positives choose``, in the tie order of training/LOG.md, "Weighting chosen on the inner folds":
+#: "mean" averages the two scorers' probabilities.
 WEIGHTINGS = ("candidates", "lesions")
 CHOICES = ("candidates", "mean", "lesions")
 #: A new cache is built with the candidate stage's ground-glass components; the cache records it
@@ -128,7 +130,7 @@ RECORD_DEFAULTS: dict[str, object] = {"synthetic_ground_glass": "plateau"}
 
 def cache_mismatch(arrays: dict[str, np.ndarray], wanted: dict[str, object]) -> str | None:
     """Why a cache in DIR does not hold the data the command asks for, or None. A cache from before
-    the record (like the one the card's runs reuse by copying it into DIR) is taken as it is."""
+    the record (like the one the runs of training/LOG.md reuse by copying it into DIR) is taken as it is."""
     if "built_with" not in arrays:
         return None
     built = json.loads(str(arrays["built_with"]))
@@ -186,8 +188,8 @@ def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: in
 def copy_labels(labels: np.ndarray, which: np.ndarray, real_lesions: int, copy_positives: str) -> np.ndarray:
     """A synthetic copy's labels. With "inserted", its candidates on the real lesions (the first
     ``real_lesions`` of the truth) become ignored: the series as acquired already has them, and
-    every copy repeating them made one patient's mass most of the positives (model card, "Synthetic
-    copies add nodules, not the real lesions again")."""
+    every copy repeating them made one patient's mass most of the positives (training/LOG.md,
+    "Synthetic copies add nodules, not the real lesions again")."""
     if copy_positives == "all":
         return labels
     return np.where((labels == 1) & (which >= 0) & (which < real_lesions), np.int8(-1), labels)
@@ -383,7 +385,7 @@ def run_tasks(tasks: dict[tuple[str, ...], Task], jobs: int) -> dict[tuple[str, 
 
 
 def fold_tasks(arrays: dict[str, np.ndarray], usable: np.ndarray, final: bool) -> dict[tuple[str, ...], Task]:
-    """The nested leave-one-patient-out of the model card.
+    """The nested leave-one-patient-out (training/LOG.md, "Nested operating point").
 
     (P,): the outer scorer without patient P, scoring all of P's rows; (P, Q): an inner scorer
     without P and Q, scoring Q's real series; (): the shipped scorer on every patient."""
@@ -415,10 +417,10 @@ def choice_scores(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...]
 
 def choose(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: dict[str, np.ndarray],
            lesions: list[dict]) -> tuple[str, dict[str, dict]]:
-    """The model card's choice of weighting on out-of-fold scores of real series (``rows``;
-    ``scores`` per choice, in tie order): the most lesion-series >= 10 mm found at each choice's
-    nested threshold, then the fewest false positives, then the first. Returns the choice and
-    every choice's numbers."""
+    """The choice of weighting of training/LOG.md, "Weighting chosen on the inner folds", on
+    out-of-fold scores of real series (``rows``; ``scores`` per choice, in tie order): the most
+    lesion-series >= 10 mm found at each choice's nested threshold, then the fewest false
+    positives, then the first. Returns the choice and every choice's numbers."""
     numbers = {}
     for choice, score in scores.items():
         threshold = nested_threshold(arrays, rows, score)
@@ -451,13 +453,15 @@ def main() -> None:
                              "or only the inserted nodules (model card)")
     parser.add_argument("--synthetic-ground-glass", choices=synthesis.GROUND_GLASS_RENDERINGS, default="plateau",
                         help="how the copies' ground glass is rendered: a smooth plateau, or the scan's own "
-                             "lung lifted to its density (model card, 'Synthetic ground glass')")
+                             "lung lifted to its density (pipelines/nodule/training/LOG.md, "
+                             "\"Synthetic ground glass keeps the scan's own lung\")")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--positives", choices=(*WEIGHTINGS, "choose"), default="candidates",
                         help="each epoch: every positive candidate, or as many drawn one lesion one vote; "
-                             "or train both and choose per fold (model card)")
+                             "or train both and choose per fold (pipelines/nodule/training/LOG.md, "
+                             "\"Weighting chosen on the inner folds\")")
     parser.add_argument("--report", choices=REPORTERS, default="outer",
                         help="what reports for a held-out patient: its outer scorer, or its inner scorers' mean")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
@@ -592,7 +596,8 @@ def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: flo
 
 def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, device: str) -> float:
     """The first rule's operating point, on the rows' real series (copy 0) scored by the scorer
-    trained on them: kept in ``training.json`` beside the nested one, for the card's comparison."""
+    trained on them: kept in ``training.json`` beside the nested one, for the comparison in
+    training/LOG.md, "Nested operating point: measured"."""
     real = rows[arrays["copy"][rows] == 0]
     return nested_threshold(arrays, real, scorer.mean_score(list(nets.values()), arrays["patches"][real],
                                                             arrays["scalars"][real], device))

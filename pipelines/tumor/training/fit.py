@@ -21,8 +21,8 @@ device, in bfloat16 autocast on a GPU and on a CPU that computes in it natively.
 The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever ends first,
 ``--iterations`` or ``--max-seconds`` (a GPU session is counted in seconds); ``training.json``
 records the iterations actually run. Writes ``model.pt``, ``params.toml`` (thresholds 0.5, the
-post-processing of the shipped folders: MODEL_CARD.md, "Retraining on BraTS-2015") and
-``training.json``.
+post-processing of the shipped folders:
+training/LOG.md, "Retraining on BraTS-2015: rules fixed before training") and ``training.json``.
 
 A run longer than one session (the recipe is 2.4 hours on a CPU without AMX tiles) is carried in
 parts: ``--pause-after SECONDS`` ends this session's part with ``checkpoint.pt`` in ``--out``
@@ -54,7 +54,8 @@ from pipelines.tumor.model import Architecture
 from pipelines.tumor.training.loss import loss_fn
 
 SPACING = 2.0
-#: Fixed before training (MODEL_CARD.md): sigmoid outputs trained on real labels, as the MONAI bundle.
+#: Fixed before training (training/LOG.md, "Retraining on BraTS-2015: rules fixed before training"):
+#: sigmoid outputs trained on real labels, as the MONAI bundle.
 THRESHOLDS = (0.5, 0.5, 0.5)
 #: Share of labelled-patient patches centred on a tumor voxel (the rest on any brain voxel).
 TUMOR_CENTRED = 0.6
@@ -62,7 +63,7 @@ TUMOR_CENTRED = 0.6
 TUMOR_FREE_SHARE = 0.25
 #: Share of samples with T1c alone (the rest T1c + FLAIR).
 T1C_ALONE_SHARE = 0.5
-#: Slice thicknesses (mm) that ``thick_slices`` simulates: the issue's clinical range above the grid.
+#: Slice thicknesses (mm) that ``thick_slices`` simulates: clinical axial slices, thicker than the 2 mm grid.
 THICKNESS_MM = (3.0, 7.0)
 T1C, FLAIR = CHANNELS.index("t1c"), CHANNELS.index("flair")
 
@@ -156,7 +157,8 @@ def write_params(path: Path, architecture: Architecture) -> None:
     """The radnode params file of the fine-tuned model (thresholds and post-processing fixed beforehand)."""
     path.write_text(
         "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
-        "# fine-tuned on BraTS-2015 (pipelines/tumor/training/fit.py); MODEL_CARD.md, \"Retraining on BraTS-2015\"\n"
+        "# fine-tuned on BraTS-2015 (pipelines/tumor/training/fit.py);\n"
+        "# pipelines/tumor/training/LOG.md, \"Retraining on BraTS-2015: rules fixed before training\"\n"
         "# trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial use only, shared alike\n"
         "[input]\n"
         f"spacing = {SPACING}          # mm, isotropic model grid\n"

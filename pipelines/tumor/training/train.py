@@ -4,8 +4,8 @@
     python -m pipelines.tumor.training.train --seed 1 --init /tmp/stage1 --out pipelines/tumor/weights
 
 is the schedule of the shipped weights (two cycles of ``ITERATIONS``, about 23 minutes each on
-one CPU core), which were trained by this module as of commit ``b2fb63c``; MODEL_CARD.md has the
-details and the later, rejected cycles. Steps:
+one CPU core), which were trained by this module as of commit ``b2fb63c``; training/LOG.md has the
+details ("Training (`train.py`)") and the later, rejected cycles. Steps:
 
 1. Load BraTS-GLI-00001 (four contrasts) and resample it onto the model grid (axis-aligned,
    ``SPACING`` mm), exactly as the pipeline resamples a study.
