@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def gain_over_gaussian(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
     return gains
 
 
-def choose(scores: dict[str, dict]) -> str:
+def choose(scores: dict[str, dict[str, Any]]) -> str:
     """The rule: eligible by the phantom, then the best worst quarter-dose gain, then tenth
     (training/LOG.md, "Choosing the training dose mix on training patients"; the loss-balance
     round uses it too).
@@ -118,7 +119,7 @@ def choose(scores: dict[str, dict]) -> str:
     eligible = [m for m, s in scores.items() if s["phantom_max_hu"] <= MAX_BIAS_HU] or list(scores)
 
     def worst_quarter(mix: str) -> float:
-        return min(g["quarter"] for g in scores[mix]["gains"].values())
+        return float(min(g["quarter"] for g in scores[mix]["gains"].values()))
 
     def mean_tenth(mix: str) -> float:
         return float(np.mean([g["tenth"] for g in scores[mix]["gains"].values()]))
@@ -136,11 +137,11 @@ def choose_restore_scale(worst_deviation_hu: dict[float, float]) -> float:
     return max(passing) if passing else min(worst_deviation_hu)
 
 
-def _worst_quarter(score: dict) -> float:
-    return min(g["quarter"] for g in score["gains"].values())
+def _worst_quarter(score: dict[str, Any]) -> float:
+    return float(min(g["quarter"] for g in score["gains"].values()))
 
 
-def choose_training_scale(current: dict, trained: dict) -> str:
+def choose_training_scale(current: dict[str, Any], trained: dict[str, Any]) -> str:
     """The rule: the recipe trained through the scale wins only by a clear bias margin
     (training/LOG.md, "Training through the restore scale").
 
@@ -151,7 +152,7 @@ def choose_training_scale(current: dict, trained: dict) -> str:
     return TRAINED_RECIPE if less_biased and as_good else RESTORE_RECIPE
 
 
-def choose_input_mean_target(current: dict, challenger: dict) -> str:
+def choose_input_mean_target(current: dict[str, Any], challenger: dict[str, Any]) -> str:
     """The rule of no harm: the input-mean target is adopted for its reason, unless it misses
     2 HU against the input, deviates from the input clearly more, or costs quality
     (training/LOG.md, "Training towards the input's expected image").
@@ -165,13 +166,13 @@ def choose_input_mean_target(current: dict, challenger: dict) -> str:
 
 
 #: Each challenger round's recipe and its rule.
-CHALLENGES: dict[str, tuple[str, Callable[[dict, dict], str]]] = {
+CHALLENGES: dict[str, tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]] = {
     TRAINED_ROUND: (TRAINED_RECIPE, choose_training_scale),
     INPUT_MEAN_ROUND: (INPUT_MEAN_RECIPE, choose_input_mean_target),
 }
 
 
-def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: str) -> dict:
+def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: str) -> dict[str, Any]:
     """Known-truth deviation and gains over the oracle Gaussian per validation patient, ``base``
     run through the mean restore at ``scale`` mm. ``worst_max_hu`` is the worse of the two
     references (against the input and against the truth) over the patients: a scale is chosen
@@ -189,7 +190,7 @@ def at_scale(base: Denoiser, scale: float, validation: dict[str, Scan], label: s
             "worst_input_max_hu": max(b["max_hu"] for b in bias.values())}
 
 
-def restore_scale_scores(network: Path, validation: dict[str, Scan]) -> dict[float, dict]:
+def restore_scale_scores(network: Path, validation: dict[str, Scan]) -> dict[float, dict[str, Any]]:
     """Per scale: ``at_scale``'s scores of one network."""
     base = Denoiser.load(network, "cpu")
     return {scale: at_scale(base, scale, validation, network.name) for scale in RESTORE_SCALES_MM}
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scans = {name: thin_slices(load_scan(args.data, name), SLICE_GAP_MM) for name in TRAINING}
     fitting, validation = split(scans, plan)
-    record: dict
+    record: dict[str, Any]
     if args.round == RESTORE_ROUND:
         network = args.network or _train(fitting, RESTORE_RECIPE, args)[0]
         scale_scores = restore_scale_scores(network, validation)
@@ -254,14 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"chosen: {chosen} ({time.monotonic() - started:.0f} s)", flush=True)
 
 
-def _train(fitting: list[Scan], recipe: str, args: argparse.Namespace) -> tuple[Path, dict]:
+def _train(fitting: list[Scan], recipe: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Train ``recipe`` on the round's training part and write it to ``args.out/<recipe>``."""
     trained = train_network(fitting, RECIPES[recipe], seed=0, iterations=args.iterations, device="cpu")
     write_weights(args.out / recipe, trained.network, trained.arch, trained.prep)
     return args.out / recipe, trained.record
 
 
-def _score(fitting: list[Scan], validation: dict[str, Scan], recipe: str, args: argparse.Namespace) -> dict:
+def _score(fitting: list[Scan], validation: dict[str, Scan], recipe: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one recipe and score it: water cylinder and gains over the oracle Gaussian."""
     folder, training = _train(fitting, recipe, args)
     denoiser = Denoiser.load(folder, "cpu")

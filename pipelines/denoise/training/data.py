@@ -57,7 +57,7 @@ class Scan:
     relative_dose: np.ndarray | None = None
     slice_thickness_mm: float | None = None
 
-    def subset(self, slices: object) -> Scan:
+    def subset(self, slices: int | slice | list[int]) -> Scan:
         """The same scan restricted to some slices (an index, slice or list of them)."""
         dose = None if self.relative_dose is None else self.relative_dose[slices]
         return Scan(self.name, self.hu[slices], self.pixel_spacing_mm, self.kernel, self.kvp, dose,

@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,13 +94,14 @@ PROFILE_SLICE, PROFILE_ROW, PROFILE_COLUMNS = 15, 160, (300, 460)
 
 
 def windowed(hu: np.ndarray) -> np.ndarray:
-    return np.clip(hu, *WINDOW)
+    clipped: np.ndarray = np.clip(hu, *WINDOW)
+    return clipped
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """PSNR (dB) of one slice in ``WINDOW``: both images clipped to it, peak = window width."""
     mse = float(np.mean((windowed(image) - windowed(reference)) ** 2))
-    return 10 * np.log10((WINDOW[1] - WINDOW[0]) ** 2 / mse)
+    return float(10 * np.log10((WINDOW[1] - WINDOW[0]) ** 2 / mse))
 
 
 def ssim(image: np.ndarray, reference: np.ndarray) -> float:
@@ -133,7 +136,7 @@ def bm3d_denoise(noisy: np.ndarray, noise: np.ndarray) -> np.ndarray:
     try:
         if not hasattr(np, "trapz"):  # bm3d 4.0 calls np.trapz, which numpy 2.4 removed
             np.trapz = np.trapezoid  # type: ignore[attr-defined]
-        import bm3d
+        import bm3d  # type: ignore[import-untyped]  # bm3d ships no type hints (no py.typed)
     except ImportError as exc:
         raise RuntimeError("BM3D needs the evaluation extra: pip install 'radnode[evaluation]'") from exc
     scale = 1000.0  # HU -> the units BM3D works in (any scale works if the PSD matches)
@@ -332,7 +335,7 @@ def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
     return images[:, r0 : r0 + size, c0 : c0 + size]
 
 
-def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = True) -> dict:
+def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = True) -> dict[str, Any]:
     """Quality, texture and bias of every method at every dose on one held-out scan."""
     full = scan.hu
     spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
@@ -341,12 +344,12 @@ def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = T
     masks = region_masks(full)
     uniform = np.stack([uniform_region_mask(s) for s in full])
     bm3d_pick = np.linspace(0, len(full) - 1, BM3D_SLICES).round().astype(int)
-    report: dict = {"slices": len(full), "kvp": scan.kvp, "full_dose_photons_per_ray": round(photons)}
+    report: dict[str, Any] = {"slices": len(full), "kvp": scan.kvp, "full_dose_photons_per_ray": round(photons)}
     for dose, noisy in low_dose.items():
         sigma = best_gaussian_sigma(noisy, full)
         outputs = {"noisy": noisy, f"oracle gaussian (sigma {sigma} px)": gaussian(noisy, sigma),
                    "model": denoiser(noisy, spacing)}
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for name, images in outputs.items():
             rows[name] = {
                 **mean_metrics(images, full),
@@ -355,7 +358,7 @@ def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = T
                 "region_bias_hu": region_bias(images, full, masks),
             }
         if with_bm3d:
-            crop = lambda a: centre_crop(a[bm3d_pick], BM3D_ROI)  # noqa: E731
+            crop: Callable[[np.ndarray], np.ndarray] = lambda a: centre_crop(a[bm3d_pick], BM3D_ROI)  # noqa: E731
             reference = crop(full)
             bm3d_out = bm3d_denoise(crop(noisy), crop(noisy) - reference)
             rows["bm3d (oracle PSD)"] = {"crop": mean_metrics(bm3d_out, reference)}
@@ -393,7 +396,7 @@ def edge_width(profile: np.ndarray, half_window: int = 6) -> float:
     return crossings[1] - crossings[0]
 
 
-def real_noise_check(denoiser: Denoiser, sharp: Scan, smooth: np.ndarray) -> dict:
+def real_noise_check(denoiser: Denoiser, sharp: Scan, smooth: np.ndarray) -> dict[str, Any]:
     """The model on the real B70f series: noise down, edges kept (same grid as the B40f series)."""
     denoised = denoiser(sharp.hu, (sharp.pixel_spacing_mm, sharp.pixel_spacing_mm))
     before, after, reference = [], [], []
@@ -433,18 +436,20 @@ def real_noise_check(denoiser: Denoiser, sharp: Scan, smooth: np.ndarray) -> dic
 def _strong_edges(smooth: np.ndarray) -> np.ndarray:
     """The 2 % strongest in-plane gradients of the smooth-kernel image: real edges, not noise."""
     magnitude = _gradient(smooth)
-    return magnitude > np.percentile(magnitude, 98)
+    edges: np.ndarray = magnitude > np.percentile(magnitude, 98)
+    return edges
 
 
 def _gradient(images: np.ndarray) -> np.ndarray:
-    return np.hypot(ndimage.sobel(images, axis=1), ndimage.sobel(images, axis=2))
+    magnitude: np.ndarray = np.hypot(ndimage.sobel(images, axis=1), ndimage.sobel(images, axis=2))
+    return magnitude
 
 
 def _gradient_ratio(images: np.ndarray, reference: np.ndarray, edges: np.ndarray) -> float:
     return float(_gradient(images)[edges].mean() / _gradient(reference)[edges].mean())
 
 
-def print_tables(kernels: dict[str, dict]) -> None:
+def print_tables(kernels: dict[str, dict[str, Any]]) -> None:
     """One markdown table per kernel and dose, as the model card shows them."""
     for kernel, report in kernels.items():
         for dose in DOSES:
@@ -478,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     scans = {kernel: load_scan(args.data, name) for kernel, name in HELD_OUT_BY_KERNEL.items()}
     kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d)
                for kernel, scan in scans.items()}
-    report = {
+    report: dict[str, Any] = {
         "command": "python -m pipelines.denoise.training.evaluate --weights " + str(args.weights)
         + (" --no-bm3d" if args.no_bm3d else ""),
         "held_out": HELD_OUT_BY_KERNEL,

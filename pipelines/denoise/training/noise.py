@@ -183,7 +183,7 @@ class ParallelBeam:
         canvas = torch.fft.ifftshift(torch.nn.functional.pad(scaled, (pad, pad, pad, pad)))
         spectrum = torch.fft.fft2(canvas).reshape(-1)
         slices = (spectrum[self.index] * self.weight).sum(1).reshape(N_VIEWS, self.n_det)
-        sino = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(slices, dim=1), dim=1), dim=1)
+        sino: torch.Tensor = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(slices, dim=1), dim=1), dim=1)
         return sino.real
 
     def filtered_backprojection(self, sino: torch.Tensor, filter_name: str) -> torch.Tensor:
@@ -194,7 +194,7 @@ class ParallelBeam:
         values = spectrum.reshape(-1, 1) * self.weight
         gridded = torch.zeros(m * m, dtype=torch.complex64)
         gridded.index_add_(0, self.index.reshape(-1), values.reshape(-1))
-        image = torch.fft.fftshift(torch.fft.ifft2(gridded.reshape(m, m)).real * (m * m))
+        image: torch.Tensor = torch.fft.fftshift(torch.fft.ifft2(gridded.reshape(m, m)).real * (m * m))
         pad = (m - n) // 2
         image = image[pad : pad + n, pad : pad + n] * self.deapodize[:, None] * self.deapodize[None, :]
         return image * (math.pi / (2 * N_VIEWS * self.n_det))
@@ -314,7 +314,8 @@ def expected_log_error(expected_counts: np.ndarray, electronic_noise: float) -> 
     many = np.maximum(counts, _TABLE_COUNTS[1])  # the expansion, only where it is used
     variance = many + electronic_noise**2
     above = variance / (2 * many**2) - many / (3 * many**3) + 3 * variance**2 / (4 * many**4)
-    return np.where(counts <= _TABLE_COUNTS[1], inside, above)
+    error: np.ndarray = np.where(counts <= _TABLE_COUNTS[1], inside, above)
+    return error
 
 
 @dataclass(frozen=True)
@@ -374,13 +375,15 @@ class SliceScan:
         photons = added_photons(full_dose_photons, dose_fraction)
         noise = self.acquisition_noise(photons, filter_name, generator,
                                        added_electronic_noise(electronic_noise, dose_fraction))
-        return (self.hu + noise).astype(np.float32)
+        reduced: np.ndarray = (self.hu + noise).astype(np.float32)
+        return reduced
 
 
 def uniform_region_mask(hu: np.ndarray) -> np.ndarray:
     """Soft tissue (-50..200 HU in a smoothed copy) away from edges: where noise is measurable."""
     smooth = ndimage.uniform_filter(hu.astype(np.float32), 5)
-    return ndimage.binary_erosion((smooth > -50) & (smooth < 200), iterations=6)
+    mask: np.ndarray = ndimage.binary_erosion((smooth > -50) & (smooth < 200), iterations=6)
+    return mask
 
 
 def uniform_noise_std(image: np.ndarray, mask: np.ndarray, window: int = 11) -> float:

@@ -21,6 +21,7 @@ import argparse
 import json
 import lzma
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ FORMAT = "radnode-denoise-training-pack/1"
 
 def save(path: Path, scans: list[Scan], command: str) -> None:
     """Write ``scans`` (HU must be integers within int16) to one ``.npz`` file."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}  # of arrays; Any, as mypy checks **arrays against savez's allow_pickle: bool too
     meta = []
     for n, scan in enumerate(scans):
         hu = np.asarray(scan.hu)
@@ -50,7 +51,7 @@ def save(path: Path, scans: list[Scan], command: str) -> None:
     np.savez(path, header=np.array(json.dumps(header)), **arrays)
 
 
-def load(path: Path) -> tuple[list[Scan], dict]:
+def load(path: Path) -> tuple[list[Scan], dict[str, Any]]:
     """The scans of a pack (float32 HU, as ``data.load_scan`` gives them) and its header."""
     try:
         with np.load(path, allow_pickle=False) as stored:

@@ -35,12 +35,14 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipelines.denoise.inference import RESTORE_MEAN_SIGMA_MM, Preprocessing, keep_mean
+from pipelines.denoise.inference import Preprocessing, keep_mean
 from pipelines.denoise.model import Architecture, ResidualDenoiser
+from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.training.noise import (
@@ -205,7 +207,8 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list
     Each patch picks a group with equal chance (``draw_groups``), then a realization in it. The
     target is the clean slice, plus the noise's mean where the realization carries it.
     """
-    inputs, targets = [], []
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     while len(inputs) < BATCH:
         group = groups[rng.integers(len(groups))] if len(groups) > 1 else groups[0]
         item = realizations[group[rng.integers(len(group))]]
@@ -239,7 +242,8 @@ def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, target: torch.Tenso
 def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, prep: Preprocessing,
         rng: np.random.Generator, device: str, iterations: int,
         recipe: Recipe) -> tuple[ResidualDenoiser, list[float]]:
-    network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)
+    # Module.to takes memory_format (torch._C._nn._parse_to), but torch's overloads of it leave it out.
+    network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # Patches come from scans of 0.56-0.82 mm pixels: their median sets the high-pass in pixels.
     sigma_px = prep.restore_mean_sigma_mm / float(np.median([s.pixel_spacing_mm for s in scans]))
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
@@ -252,7 +256,7 @@ def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, 
         predicted = keep_mean(x, network(x), (sigma_px, sigma_px))
         loss = patch_loss(predicted, x, y, recipe.noise_weighted)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
         optimizer.step()
         schedule.step()
         running += torch.nn.functional.mse_loss(predicted, y).item()
@@ -283,7 +287,7 @@ def write_weights(out: Path, network: ResidualDenoiser, arch: Architecture, prep
     )
 
 
-def training_scans(data: Path, slice_gap_mm: float) -> tuple[list[Scan], dict]:
+def training_scans(data: Path, slice_gap_mm: float) -> tuple[list[Scan], dict[str, str]]:
     """The training scans from the shared data folder (DICOM) or from a pack file (``pack``).
 
     Also returns where they came from, for ``training.json``: a pack names the command that
@@ -306,7 +310,7 @@ class Trained:
     network: ResidualDenoiser
     arch: Architecture
     prep: Preprocessing
-    record: dict
+    record: dict[str, Any]
 
 
 def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int, device: str) -> Trained:

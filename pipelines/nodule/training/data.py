@@ -73,10 +73,18 @@ def annotated_slices(data_dir: Path, name: str, volume: Volume) -> list[tuple[in
         path = folder / f"{uid}.xml"
         if path.is_file():
             for item in ET.parse(path).getroot().iter("bndbox"):
-                slices.append((k, np.array([float(item.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")])))
+                slices.append((k, np.array([_voc_coordinate(item, t) for t in ("xmin", "ymin", "xmax", "ymax")])))
     if not slices:
         raise FileNotFoundError(f"no annotation in {folder} matches a slice of this series")
     return slices
+
+
+def _voc_coordinate(bndbox: ET.Element, tag: str) -> float:
+    """One coordinate of a PASCAL VOC ``<bndbox>``."""
+    text = bndbox.findtext(tag)
+    if text is None:
+        raise ValueError(f"a PASCAL VOC <bndbox> has no <{tag}>")
+    return float(text)
 
 
 def _voc_box(data_dir: Path, name: str, volume: Volume) -> np.ndarray:

@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +69,8 @@ def insert_nodules(
         lungs &= region
     avoid = []
     for box in avoid_lps:
-        centre = volume.lps_to_kji(box.mean(axis=0))
-        avoid.append((centre, float(np.max(box[1] - box[0])) / 2))
-    truths = []
+        avoid.append((volume.lps_to_kji(box.mean(axis=0)), float(np.max(box[1] - box[0])) / 2))
+    truths: list[Truth] = []
     while len(truths) < count:
         spec = synthesis.sample_spec(rng, min_mm, max_mm)
         centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid)
@@ -96,7 +96,7 @@ def hits(detection: Detection, box: np.ndarray) -> bool:
     return bool(np.all(centre >= box[0] - HIT_MARGIN_MM) and np.all(centre <= box[1] + HIT_MARGIN_MM))
 
 
-def score_scan(detections: list[Detection], truths: list[Truth], tumors: list[np.ndarray]) -> dict:
+def score_scan(detections: list[Detection], truths: list[Truth], tumors: list[np.ndarray]) -> dict[str, Any]:
     """Per detection: (score, kind) where kind is 'tp' (first hit of a nodule), 'fp', 'tumor' or 'dup'."""
     found: dict[int, float] = {}
     marks = []
@@ -113,7 +113,7 @@ def score_scan(detections: list[Detection], truths: list[Truth], tumors: list[np
     return {"marks": marks, "found": found, "tumor_score": tumor_score}
 
 
-def froc(scans: list[dict], truths: list[list[Truth]], rates: Sequence[float] = FP_RATES) -> dict[str, float]:
+def froc(scans: list[dict[str, Any]], truths: list[list[Truth]], rates: Sequence[float] = FP_RATES) -> dict[str, float]:
     """Sensitivity at each false-positive rate per scan (the best threshold that stays within it)."""
     total = sum(len(t) for t in truths)
     events = sorted(
@@ -136,7 +136,7 @@ def froc(scans: list[dict], truths: list[list[Truth]], rates: Sequence[float] = 
     return result
 
 
-def at_threshold(scans: list[dict], truths: list[list[Truth]], threshold: float) -> dict[str, float]:
+def at_threshold(scans: list[dict[str, Any]], truths: list[list[Truth]], threshold: float) -> dict[str, float | dict[str, str]]:
     total = sum(len(t) for t in truths)
     tp = sum(1 for scan in scans for s, kind in scan["marks"] if kind == "tp" and s >= threshold)
     fp = sum(1 for scan in scans for s, kind in scan["marks"] if kind == "fp" and s >= threshold)
@@ -157,14 +157,14 @@ def at_threshold(scans: list[dict], truths: list[list[Truth]], threshold: float)
     }
 
 
-def threshold_for(scans: list[dict], fp_per_scan: float) -> float:
+def threshold_for(scans: list[dict[str, Any]], fp_per_scan: float) -> float:
     """The lowest score threshold that keeps false positives within ``fp_per_scan``."""
     fps = sorted((s for scan in scans for s, kind in scan["marks"] if kind == "fp"), reverse=True)
     allowed = int(fp_per_scan * len(scans))
     return float(fps[allowed]) + 1e-3 if len(fps) > allowed else 0.05
 
 
-def calibrate(model: Path, data_dir: Path, trials: int, fp_per_scan: float = CALIBRATION_FP_PER_SCAN) -> dict:
+def calibrate(model: Path, data_dir: Path, trials: int, fp_per_scan: float = CALIBRATION_FP_PER_SCAN) -> dict[str, Any]:
     """The reporting threshold, set on the half of the training scan that training never sees.
 
     ``train`` cuts the training scan at the lungs' midline and trains on the patient's right half
@@ -203,10 +203,11 @@ def _left_of(volume: Volume, midline_x: float) -> np.ndarray:
     step = volume.direction[0] * np.asarray(volume.spacing)  # LPS x per i, j, k step
     x = (volume.origin[0] + axes[0][:, None, None] * step[2] + axes[1][None, :, None] * step[1]
          + axes[2][None, None, :] * step[0])
-    return x > midline_x
+    left: np.ndarray = x > midline_x
+    return left
 
 
-def evaluate(model: Path, data_dir: Path, trials: int) -> dict:
+def evaluate(model: Path, data_dir: Path, trials: int) -> dict[str, Any]:
     detector = NoduleDetector.load(model, "cpu")
     rng = np.random.default_rng(EVALUATION_SEED)
     scans, truths, tumor_scores = [], [], {}

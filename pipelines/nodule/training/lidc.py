@@ -178,6 +178,8 @@ def read(path: Path) -> Reading:
                 nodules.append(ReaderNodule(reader, _text(nodule, "lidc:noduleID"), contours))
         for mark in session.findall("lidc:nonNodule", _NS):
             locus = mark.find("lidc:locus", _NS)
+            if locus is None:
+                raise LidcError("LIDC XML element <nonNodule> has no <locus>")
             marks.append(Mark(
                 reader, _text(mark, "lidc:imageSOP_UID"), float(_text(mark, "lidc:imageZposition")),
                 (int(_text(locus, "lidc:xCoord")), int(_text(locus, "lidc:yCoord"))),
@@ -194,8 +196,8 @@ def annotate(volume: Volume, reading: Reading) -> Annotation:
         raise LidcError("the LIDC XML names another series than the one loaded: pass the XML that "
                         "sits beside this scan's images")
     slices = _slice_lookup(volume)
-    masks = [_reader_mask(volume, n, slices) for n in reading.nodules if not n.is_point]
-    masks = [m for m in masks if m is not None]
+    filled = [_reader_mask(volume, n, slices) for n in reading.nodules if not n.is_point]
+    masks = [m for m in filled if m is not None]
     groups = _group(masks, volume.array.shape)
     lesions, ignore = [], []
     for group in groups:
@@ -249,7 +251,7 @@ def _slice_of(slices: tuple[dict[str, int], np.ndarray], uid: str, z_mm: float) 
     return nearest if abs(z[nearest] - z_mm) <= Z_TOLERANCE_MM else None
 
 
-def _reader_mask(volume: Volume, nodule: ReaderNodule, slices) -> ReaderMask | None:
+def _reader_mask(volume: Volume, nodule: ReaderNodule, slices: tuple[dict[str, int], np.ndarray]) -> ReaderMask | None:
     """The reader's contours filled slice by slice: interiors of inclusion contours without their
     outlines, minus exclusion contours (outline included, since it bounds what is cut out)."""
     shape = volume.array.shape
@@ -290,7 +292,8 @@ def _crop(stack: np.ndarray, k0: int) -> tuple[tuple[slice, slice, slice], np.nd
     return window, stack[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
 
 
-def _measured(volume: Volume, reader: int, nodule_id: str, window, mask: np.ndarray) -> ReaderMask:
+def _measured(volume: Volume, reader: int, nodule_id: str, window: tuple[slice, slice, slice],
+              mask: np.ndarray) -> ReaderMask:
     spacing_kji = np.asarray(volume.spacing[::-1])
     start = np.array([s.start for s in window])
     centre = volume.kji_to_lps(np.array(ndi.center_of_mass(mask)) + start)
@@ -338,7 +341,8 @@ def _consensus(volume: Volume, members: list[ReaderMask]) -> Lesion:
     """The group's readers' masks voted voxel by voxel (one vote per reader, at ``CONSENSUS_LEVEL``)."""
     low = np.min([[s.start for s in m.window] for m in members], axis=0)
     high = np.max([[s.stop for s in m.window] for m in members], axis=0)
-    window = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    k, j, i = (slice(int(a), int(b)) for a, b in zip(low, high))
+    window = (k, j, i)
     by_reader: dict[int, np.ndarray] = {}
     for m in members:
         local = tuple(slice(s.start - int(a), s.stop - int(a)) for s, a in zip(m.window, low))
@@ -353,7 +357,7 @@ def _consensus(volume: Volume, members: list[ReaderMask]) -> Lesion:
     )
 
 
-def _mask_box(volume: Volume, window, mask: np.ndarray) -> np.ndarray:
+def _mask_box(volume: Volume, window: tuple[slice, slice, slice], mask: np.ndarray) -> np.ndarray:
     """The LPS box of a mask's voxels, to their outer edges."""
     where = np.argwhere(mask) + np.array([s.start for s in window])
     low, high = where.min(axis=0) - 0.5, where.max(axis=0) + 0.5
@@ -362,8 +366,8 @@ def _mask_box(volume: Volume, window, mask: np.ndarray) -> np.ndarray:
     return np.array([lps.min(axis=0), lps.max(axis=0)])
 
 
-def _sphere_box(volume: Volume, slices, uid: str, z_mm: float, xy: tuple[int, int], radius_mm: float,
-                reason: str) -> IgnoreRegion:
+def _sphere_box(volume: Volume, slices: tuple[dict[str, int], np.ndarray], uid: str, z_mm: float,
+                xy: tuple[int, int], radius_mm: float, reason: str) -> IgnoreRegion:
     k = _slice_of(slices, uid, z_mm)
     if k is None:
         k = int(np.argmin(np.abs(slices[1] - z_mm)))  # a mark slightly off the series still ignores

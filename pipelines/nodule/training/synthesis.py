@@ -10,7 +10,7 @@ from the signed distance to the surface and the voxel's extent across it, so a 4
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,12 +89,18 @@ def sample_spec(
         solid_hu=float(rng.normal(30.0, 25.0)),
         ground_glass_hu=float(rng.uniform(-720.0, -450.0)),
         core_fraction=float(rng.uniform(0.3, 0.6)),
-        axes=tuple(float(a) for a in rng.uniform(0.8, 1.2, size=3)) if not lobulated else (1.0, 1.0, 1.0),
+        axes=_three_floats(rng.uniform(0.8, 1.2, size=3)) if not lobulated else (1.0, 1.0, 1.0),
         lobes=lobes,
         texture_hu=float(rng.uniform(10.0, 35.0)),
         vessel=vessel,
         attachment=attachment,
     )
+
+
+def _three_floats(values: Iterable[float]) -> tuple[float, float, float]:
+    """Three numbers (an array's, say) as a tuple of Python floats."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 def _mass_spec(rng: np.random.Generator, diameter: float, sites: Sequence[float]) -> NoduleSpec:
@@ -129,8 +135,8 @@ GROUND_GLASS_RENDERINGS = ("plateau", "lifted")
 
 def insert(
     hu: np.ndarray,
-    spacing: Sequence[float],
-    center: Sequence[float],
+    spacing: np.ndarray | Sequence[float],
+    center: np.ndarray | Sequence[float],
     spec: NoduleSpec,
     rng: np.random.Generator,
     ground_glass: str = "plateau",
@@ -142,17 +148,17 @@ def insert(
     """
     if ground_glass not in GROUND_GLASS_RENDERINGS:
         raise ValueError(f"ground_glass is {ground_glass!r}; use {' or '.join(GROUND_GLASS_RENDERINGS)}")
-    spacing = np.asarray(spacing, dtype=np.float64)
-    center = np.asarray(center, dtype=np.float64)
+    spacing_mm = np.asarray(spacing, dtype=np.float64)
+    center_index = np.asarray(center, dtype=np.float64)
     radius = spec.diameter_mm / 2.0
     reach = radius * 1.5 + (spec.vessel[1] if spec.vessel else 0.0)
-    low = np.maximum(np.floor(center - reach / spacing).astype(int) - 1, 0)
-    high = np.minimum(np.ceil(center + reach / spacing).astype(int) + 2, hu.shape)
+    low = np.maximum(np.floor(center_index - reach / spacing_mm).astype(int) - 1, 0)
+    high = np.minimum(np.ceil(center_index + reach / spacing_mm).astype(int) + 2, hu.shape)
     window = tuple(slice(a, b) for a, b in zip(low, high))
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij")
-    offset = np.stack([(g - c) * s for g, c, s in zip(grids, center, spacing)], axis=-1)
+    offset = np.stack([(g - c) * s for g, c, s in zip(grids, center_index, spacing_mm)], axis=-1)
 
-    outer = _coverage(offset, spacing, radius, spec)
+    outer = _coverage(offset, spacing_mm, radius, spec)
     background = hu[window].copy()
     texture = ndi.gaussian_filter(rng.normal(0.0, 1.0, outer.shape), 0.7) * spec.texture_hu * 2.0
     if spec.kind == "solid":
@@ -163,10 +169,10 @@ def insert(
         value = background * (1 - outer) + (spec.ground_glass_hu + texture) * outer
         value = np.maximum(value, background)  # vessels stay visible through ground glass
     if spec.kind == "part-solid":
-        core = _coverage(offset, spacing, radius * spec.core_fraction, spec)
+        core = _coverage(offset, spacing_mm, radius * spec.core_fraction, spec)
         value = value * (1 - core) + (spec.solid_hu + texture) * core
     if spec.vessel is not None:
-        stub = _vessel_coverage(offset, spacing, radius, spec.vessel)
+        stub = _vessel_coverage(offset, spacing_mm, radius, spec.vessel)
         value = np.where(VESSEL_HU > value, value + stub * (VESSEL_HU - value), value)
     hu[window] = value.astype(hu.dtype)
 
@@ -174,12 +180,12 @@ def insert(
     if not label.any():
         label = outer >= outer.max() * 0.5
     where = np.argwhere(label) + low
-    box = (*(where.min(axis=0) - 0.5), *(where.max(axis=0) + 0.5))
+    box = (*_three_floats(where.min(axis=0) - 0.5), *_three_floats(where.max(axis=0) + 0.5))
     return Inserted(
         spec=spec,
-        center_index=tuple(float(c) for c in center),
-        box=tuple(float(b) for b in box),
-        volume_mm3=float(outer.sum() * np.prod(spacing)),
+        center_index=_three_floats(center_index),
+        box=box,
+        volume_mm3=float(outer.sum() * np.prod(spacing_mm)),
     )
 
 
@@ -190,7 +196,8 @@ def _lifted(background: np.ndarray, outer: np.ndarray, density_hu: float, textur
     aerated = background < density_hu
     level = float(np.median(background[aerated])) if aerated.any() else density_hu
     lifted = background + (density_hu - level) + texture
-    return np.where(aerated, background * (1 - outer) + lifted * outer, background)
+    rendered: np.ndarray = np.where(aerated, background * (1 - outer) + lifted * outer, background)
+    return rendered
 
 
 def _coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: NoduleSpec) -> np.ndarray:
@@ -207,7 +214,7 @@ def _coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: Nodu
         return _ramp_coverage(offset, spacing, radius, spec)
     sub = spacing.copy()
     sub[thick] = spacing[thick] / parts
-    total = np.zeros(offset.shape[:-1])
+    total: np.ndarray = np.zeros(offset.shape[:-1])
     for n in range(parts):
         shifted = offset.copy()
         shifted[..., thick] += (n + 0.5) * sub[thick] - spacing[thick] / 2.0
@@ -225,7 +232,8 @@ def _ramp_coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec:
         surface += radius * amplitude * np.cos(np.pi * frequency * phase)
     signed = distance - surface
     width = np.sqrt(((unit * spacing) ** 2).sum(axis=-1))
-    return np.clip(0.5 - signed / width, 0.0, 1.0)
+    coverage: np.ndarray = np.clip(0.5 - signed / width, 0.0, 1.0)
+    return coverage
 
 
 def _vessel_coverage(
@@ -238,12 +246,13 @@ def _vessel_coverage(
     along = np.clip(offset @ direction, 0.0, radius + length)
     distance = np.linalg.norm(offset - along[..., None] * direction, axis=-1)
     width = float(np.sqrt((spacing**2).mean()))
-    return np.clip(0.5 - (distance - thickness) / width, 0.0, 1.0)
+    coverage: np.ndarray = np.clip(0.5 - (distance - thickness) / width, 0.0, 1.0)
+    return coverage
 
 
 def pick_center(
     lungs: np.ndarray,
-    spacing: Sequence[float],
+    spacing: np.ndarray | Sequence[float],
     spec: NoduleSpec,
     rng: np.random.Generator,
     avoid: Sequence[tuple[np.ndarray, float]] = (),
@@ -257,14 +266,14 @@ def pick_center(
     third to half of it lies in the mediastinum and hilum, as a central cancer's does: the caller
     passes a ``depth_mm`` that is zero except along the medial border.
     """
-    spacing = np.asarray(spacing, dtype=np.float64)
-    depth = depth_mm if depth_mm is not None else ndi.distance_transform_edt(lungs, sampling=spacing)
+    spacing_mm = np.asarray(spacing, dtype=np.float64)
+    depth = depth_mm if depth_mm is not None else ndi.distance_transform_edt(lungs, sampling=spacing_mm)
     radius = spec.diameter_mm / 2.0
     deepest = float(depth.max())
     if spec.attachment == "pleura":
-        low, high = 0.4 * radius, max(0.8 * radius, 0.4 * radius + spacing.max())
+        low, high = 0.4 * radius, max(0.8 * radius, 0.4 * radius + spacing_mm.max())
     elif spec.attachment == "mediastinum":
-        low, high = 0.1 * radius, max(0.5 * radius, 0.1 * radius + spacing.max())
+        low, high = 0.1 * radius, max(0.5 * radius, 0.1 * radius + spacing_mm.max())
     else:
         low = min(radius * 0.9 + 1.0, deepest * 0.7)
         high = np.inf
@@ -272,9 +281,9 @@ def pick_center(
     if len(candidates) == 0:
         return None
     for _ in range(50):
-        point = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, size=3)
+        point: np.ndarray = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, size=3)
         clear = all(
-            np.linalg.norm((point - c) * spacing) > radius + r + 5.0 for c, r in avoid
+            np.linalg.norm((point - c) * spacing_mm) > radius + r + 5.0 for c, r in avoid
         )
         if clear:
             return point

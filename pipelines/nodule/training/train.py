@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,7 +189,7 @@ class _Crop:
 
 
 def _place(hu: np.ndarray, lungs: np.ndarray, depth: np.ndarray, spacing: np.ndarray, spec: synthesis.NoduleSpec,
-           rng: np.random.Generator, boxes: list, avoid: list) -> None:
+           rng: np.random.Generator, boxes: list[np.ndarray], avoid: list[tuple[np.ndarray, float]]) -> None:
     """Insert ``spec`` where ``depth`` (lung depth, zero where it may not go) allows; add its box."""
     where = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
     if where is None:
@@ -223,7 +224,7 @@ def warm_start(network: torch.nn.Module, folder: Path) -> list[str]:
     return list(missing)
 
 
-def train(args: argparse.Namespace, command: str) -> dict:
+def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -297,9 +298,9 @@ def _save(out: Path, network: torch.nn.Module, settings: Settings, arch: Archite
     write_params(out / "params.toml", settings.to_params(arch))
 
 
-def write_params(path: Path, params: dict) -> None:
+def write_params(path: Path, params: dict[str, dict[str, Any]]) -> None:
     """A small TOML writer for the params file (tomllib only reads); ``evaluate --apply`` uses it too."""
-    def value(v) -> str:
+    def value(v: object) -> str:
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, bool):

@@ -47,7 +47,9 @@ import dataclasses
 import json
 import multiprocessing
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -57,6 +59,14 @@ from pipelines.nodule import scorer
 from pipelines.nodule.training import synthesis
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
+
+if TYPE_CHECKING:  # imported where used: training from a cached candidates.npz needs no DICOM stack
+    from pipelines.nodule.candidates import CandidateScan
+    from pipelines.nodule.grid import ModelGrid
+    from pipelines.nodule.training.patients import RealLesion, Series
+
+#: A lesion to find: LPS box, diameter (mm) and label.
+Truth = tuple[np.ndarray, float, str]
 
 #: The operating point, fixed before any held-out number was seen (model card).
 TARGET_FP = 2.0
@@ -98,9 +108,9 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy", "slab",
-                                              "lesion", "diameter")}
-    lesion_table: list[dict] = []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
+                                                          "slab", "lesion", "diameter")}
+    lesion_table: list[dict[str, Any]] = []
     real = patients.all_series(data_dir)
     for series in real:
         for copy in range(copies + 1):
@@ -148,13 +158,15 @@ def slab_factors(thickness_mm: float) -> tuple[int, ...]:
     return tuple(sorted({max(2, round(target / thickness_mm)) for target in SLAB_TARGETS_MM}))
 
 
-def _add_scan(parts: dict[str, list], lesion_table: list[dict], series, copy: int, slab: int, nodules: int,
-              rng: np.random.Generator, copy_positives: str = "all", ground_glass: str = "plateau") -> None:
+def _add_scan(parts: dict[str, list[np.ndarray]], lesion_table: list[dict[str, Any]], series: Series, copy: int,
+              slab: int, nodules: int, rng: np.random.Generator, copy_positives: str = "all",
+              ground_glass: str = "plateau") -> None:
     """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules)."""
     from pipelines.nodule import candidates
     from pipelines.nodule.grid import to_model_grid
 
     grid = to_model_grid(series.volume, (candidates.GRID_MM,) * 3)
+    inserted: list[Truth]
     if copy == 0:
         scan_grid, inserted = grid, []
     else:
@@ -195,8 +207,8 @@ def copy_labels(labels: np.ndarray, which: np.ndarray, real_lesions: int, copy_p
     return np.where((labels == 1) & (which >= 0) & (which < real_lesions), np.int8(-1), labels)
 
 
-def _with_nodules(grid, real, count: int, rng: np.random.Generator,
-                  ground_glass: str = "plateau") -> tuple[object, list[tuple[np.ndarray, float, str]]]:
+def _with_nodules(grid: ModelGrid, real: list[RealLesion], count: int, rng: np.random.Generator,
+                  ground_glass: str = "plateau") -> tuple[ModelGrid, list[Truth]]:
     """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
     from the real lesions (``patients.RealLesion``)."""
     from pipelines.nodule.grid import ModelGrid
@@ -208,7 +220,7 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator,
     depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per copy, not per nodule
     avoid = [(grid.lps_to_xyz(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
              for les in real]
-    truths = []
+    truths: list[Truth] = []
     for _ in range(count * 5):
         if len(truths) == count:
             break
@@ -225,7 +237,7 @@ def _with_nodules(grid, real, count: int, rng: np.random.Generator,
     return ModelGrid(hu=hu, origin=grid.origin, spacing=grid.spacing, direction=grid.direction), truths
 
 
-def _labels(scan, truth, ignore) -> tuple[np.ndarray, np.ndarray]:
+def _labels(scan: CandidateScan, truth: list[Truth], ignore: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate: 1 on a lesion, -1 in an ignore region, 0 otherwise; and which lesion (-1 none)."""
     labels = np.zeros(len(scan.candidates), dtype=np.int8)
     which = np.full(len(scan.candidates), -1, dtype=np.int32)
@@ -278,7 +290,8 @@ def lesion_weights(lesion: np.ndarray) -> np.ndarray:
     draw every lesion equally often, however many candidates the candidate stage put on it."""
     _, which, count = np.unique(lesion, return_inverse=True, return_counts=True)
     weights = 1.0 / count[which]
-    return weights / weights.sum()
+    probabilities: np.ndarray = weights / weights.sum()
+    return probabilities
 
 
 def _augment(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -300,7 +313,8 @@ def operating_threshold(scores: np.ndarray, labels: np.ndarray, scans: int, rate
     return float(np.nextafter(negatives[allowed], 1.0))
 
 
-def held_out_numbers(arrays, rows: np.ndarray, scores: np.ndarray, threshold: float, lesions: list[dict]) -> dict:
+def held_out_numbers(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, threshold: float,
+                     lesions: list[dict[str, Any]]) -> dict[str, Any]:
     """Per real lesion >= 10 mm: best score and found at the threshold; FP per scan; FROC on the
     inserted nodules of the held-out patient's synthetic copies."""
     real = rows[(arrays["copy"][rows] == 0) & (arrays["slab"][rows] == 1)]  # the series as acquired
@@ -325,7 +339,7 @@ def held_out_numbers(arrays, rows: np.ndarray, scores: np.ndarray, threshold: fl
     return {"lesions": table, "fp_per_scan": fp / max(len(series), 1), "series": series, "froc_inserted": froc}
 
 
-def _froc(arrays, rows: np.ndarray, scores: np.ndarray, lesions: list[dict]) -> dict[str, float]:
+def _froc(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, lesions: list[dict[str, Any]]) -> dict[str, float]:
     """Sensitivity on the inserted nodules at each FP rate per synthetic copy (negatives there are
     a sample, ``NEGATIVES_PER_COPY``, so the rates are per sampled copy: an estimate)."""
     if len(rows) == 0:
@@ -353,13 +367,13 @@ class Task:
 class Trained:
     """What a task gives back: the scorer's weights (CPU tensors), its scores of ``score_rows``, wall seconds."""
 
-    state: dict
+    state: dict[str, torch.Tensor]
     scores: np.ndarray
     seconds: float
 
 
 #: What a worker process trains from: set before the pool forks, so the arrays are shared, not pickled.
-_SHARED: dict = {}
+_SHARED: dict[str, Any] = {}
 
 
 def _run(item: tuple[tuple[str, ...], Task]) -> tuple[tuple[str, ...], Trained]:
@@ -391,7 +405,7 @@ def fold_tasks(arrays: dict[str, np.ndarray], usable: np.ndarray, final: bool) -
     without P and Q, scoring Q's real series; (): the shipped scorer on every patient."""
     patient = arrays["patient"][usable]
     real = arrays["copy"][usable] == 0
-    tasks = {}
+    tasks: dict[tuple[str, ...], Task] = {}
     for held_out in dict.fromkeys(patient.tolist()):  # the patients in build order
         tasks[(held_out,)] = Task(usable[patient != held_out], usable[patient == held_out])
         for left_out in dict.fromkeys(patient[patient != held_out].tolist()):
@@ -411,12 +425,13 @@ def nested_threshold(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np
 def choice_scores(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], choice: str) -> np.ndarray:
     """The scores of one fold task (``fold`` a ``fold_tasks`` key) under a choice of ``CHOICES``."""
     if choice == "mean":
-        return np.mean([results[(w, *fold)].scores for w in WEIGHTINGS], axis=0)
+        mean: np.ndarray = np.mean([results[(w, *fold)].scores for w in WEIGHTINGS], axis=0)
+        return mean
     return results[(choice, *fold)].scores
 
 
 def choose(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: dict[str, np.ndarray],
-           lesions: list[dict]) -> tuple[str, dict[str, dict]]:
+           lesions: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, float]]]:
     """The choice of weighting of training/LOG.md, "Weighting chosen on the inner folds", on
     out-of-fold scores of real series (``rows``; ``scores`` per choice, in tie order): the most
     lesion-series >= 10 mm found at each choice's nested threshold, then the fewest false
@@ -433,7 +448,7 @@ def choose(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: dict[str, np
 
 
 def _lesion_series_found(lesion: np.ndarray, scores: np.ndarray, threshold: float,
-                         lesions: list[dict]) -> tuple[int, int]:
+                         lesions: list[dict[str, Any]]) -> tuple[int, int]:
     """(found, with a candidate) over the lesions >= 10 mm that have candidates here: each entry of
     ``lesions`` is one lesion in one series, found when one of its candidates reaches the threshold."""
     on = [int(i) for i in np.unique(lesion) if i >= 0 and lesions[i]["diameter_mm"] >= MIN_LESION_MM]
@@ -485,7 +500,8 @@ def main() -> None:
     else:
         arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives,
                        args.synthetic_ground_glass)
-        np.savez_compressed(cache, **arrays)
+        # Widened for mypy only: numpy's stub has allow_pickle: bool beside **kwds, which any str-keyed dict could fill.
+        np.savez_compressed(cache, **cast(dict[str, Any], arrays))
     if args.data_only:
         return
     lesions = json.loads(str(arrays["lesions"]))
@@ -534,10 +550,10 @@ def main() -> None:
               f"FROC inserted {numbers['froc_inserted']}", flush=True)
         for row in numbers["lesions"]:
             print(f"    {row['label']} {row['diameter_mm']} mm: best {row['best_score']:.3f} found={row['found']}")
-    record = {"command": training_command("pipelines.nodule.training.train_scorer"),
-              "args": {k: str(v) for k, v in vars(args).items()},
-              "target_fp_per_scan": TARGET_FP, "operating_point": "nested leave-one-patient-out (model card)",
-              "folds": folds}
+    record: dict[str, Any] = {"command": training_command("pipelines.nodule.training.train_scorer"),
+                              "args": {k: str(v) for k, v in vars(args).items()},
+                              "target_fp_per_scan": TARGET_FP, "operating_point": "nested leave-one-patient-out (model card)",
+                              "folds": folds}
     if not args.folds_only:
         rows = np.concatenate([r for r, _ in out_of_fold])
         chosen, choice_numbers = choose(arrays, rows, {
@@ -559,7 +575,7 @@ def _members(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], cho
     return {scorer.WEIGHT_FILES[w]: _net(results[(w, *fold)]) for w in (WEIGHTINGS if choice == "mean" else (choice,))}
 
 
-def _inner_members(results: dict[tuple[str, ...], Trained], inner: list[tuple[str, ...]],
+def _inner_members(results: dict[tuple[str, ...], Trained], inner: Sequence[tuple[str, ...]],
                    weighting: str) -> dict[str, scorer.ScorerNet]:
     """Inner scorers (``fold_tasks`` keys (P, Q)) by weight file name, named for the patients they left out."""
     return {f"scorer-without-{'-and-'.join(key)}.pt": _net(results[(weighting, *key)]) for key in inner}
@@ -571,7 +587,7 @@ def _net(trained: Trained) -> scorer.ScorerNet:
     return net
 
 
-def _choice_line(numbers: dict[str, dict]) -> str:
+def _choice_line(numbers: dict[str, dict[str, float]]) -> str:
     return ", ".join(f"{c} {n['lesion_series_found']}/{n['lesion_series']} at {n['false_positives']} FP"
                      for c, n in numbers.items())
 
@@ -594,7 +610,7 @@ def write_folder(folder: Path, nets: dict[str, scorer.ScorerNet], threshold: flo
         f"\n[candidates]\nground_glass = {str(ground_glass).lower()}\n")
 
 
-def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays, rows: np.ndarray, device: str) -> float:
+def _threshold_on(nets: dict[str, scorer.ScorerNet], arrays: dict[str, np.ndarray], rows: np.ndarray, device: str) -> float:
     """The first rule's operating point, on the rows' real series (copy 0) scored by the scorer
     trained on them: kept in ``training.json`` beside the nested one, for the comparison in
     training/LOG.md, "Nested operating point: measured"."""

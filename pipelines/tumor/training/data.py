@@ -82,7 +82,8 @@ def load_clinical(role: str, root: Path = DATA_ROOT) -> sitk.Image:
     path = Path(root) / CLINICAL_DIR / CLINICAL[role]
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: point RADNODE_DATA at the shared data folder")
-    return sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    image: sitk.Image = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    return image
 
 
 def load_brats2015(case: str, root: Path = DATA_ROOT) -> dict[str, sitk.Image]:

@@ -28,11 +28,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.contrasts import CHANNELS
+from pipelines.tumor.inference import Segmenter
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import brain_mask, region_dice
-from pipelines.tumor.training.data import DATA_ROOT, TCGA, load_images, load_labels
+from pipelines.tumor.training.data import TCGA, load_images, load_labels
 from pipelines.tumor.training.synthesis import insert_tumor, pick_center
 
 #: Contrast subsets evaluated: the full study, the two single contrasts the model must handle,
@@ -62,6 +64,8 @@ def labels_for(models: ModelSet, images: dict[str, sitk.Image], roles: tuple[str
     the model the pipeline would choose for them."""
     kept = {role: images[role] for role in roles}
     _, segmenter = models.for_contrasts(roles)
+    if not isinstance(segmenter, Segmenter):  # segment() takes radnode's own models only
+        raise TypeError(f"this evaluation runs radnode's own models, not {type(segmenter).__name__}")
     reference = "t1c" if "t1c" in kept else "flair"
     return segment(segmenter, kept, {}, reference)
 
@@ -72,7 +76,8 @@ def synthetic_scores(models: ModelSet, images: dict[str, sitk.Image], real: np.n
     """Mean Dice per region and subset over ``insertions`` synthetic tumors in ``images``."""
     rng = np.random.default_rng(seed)
     arrays = {role: sitk.GetArrayFromImage(image) for role, image in images.items()}
-    spacing = tuple(float(s) for s in reversed(images["t1c"].GetSpacing()))
+    z_mm, y_mm, x_mm = (float(s) for s in reversed(images["t1c"].GetSpacing()))
+    spacing = (z_mm, y_mm, x_mm)
     brain = brain_mask(arrays["t1c"])
     near_real = ndimage.distance_transform_edt(real == 0, sampling=spacing) <= REAL_TUMOR_MARGIN_MM
     scores: dict[str, list[dict[str, float]]] = {name: [] for name in subsets}
@@ -81,6 +86,8 @@ def synthetic_scores(models: ModelSet, images: dict[str, sitk.Image], real: np.n
         truth = np.zeros(brain.shape, dtype=np.uint8)
         avoid = ndimage.distance_transform_edt(real == 0, sampling=spacing) <= REAL_TUMOR_MARGIN_MM + 30
         center = pick_center(brain, rng, avoid=avoid, margin_vox=8)
+        if center is None:
+            raise ValueError("no brain voxel is left for a synthetic tumor away from the real one")
         insert_tumor(changed, truth, brain, spacing, center, rng)
         inserted = _with_arrays(images, changed)
         for name, roles in subsets.items():

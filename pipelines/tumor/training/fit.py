@@ -284,7 +284,7 @@ def train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
         logits = network(x)
     loss = loss_fn(logits.float(), y, w)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
     optimizer.step()
     return loss.item()
 

@@ -24,12 +24,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.inference import Segmenter
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import dice, region_dice
@@ -37,7 +39,6 @@ from pipelines.tumor.registration import edge_alignment, overlap
 from pipelines.tumor.training.data import (
     BRATS2015_CASES,
     CLINICAL_BRAIN_MASK,
-    DATA_ROOT,
     TCGA,
     load_brats2015,
     load_clinical,
@@ -62,7 +63,7 @@ def volumes_ml(labels: np.ndarray, image: sitk.Image) -> dict[str, float]:
             "ET": round(float((labels == 4).sum()) * voxel_ml, 2), "WT": round(float((labels > 0).sum()) * voxel_ml, 2)}
 
 
-def evaluate_patient(segmenter: Segmenter, name: str, root: Path) -> dict[str, dict]:
+def evaluate_patient(segmenter: Segmenter, name: str, root: Path) -> dict[str, dict[str, Any]]:
     images = load_brats2015(case_of(name), root)
     reference = brats_labels(sitk.GetArrayFromImage(images["labels"]))
     results = {}
@@ -76,7 +77,7 @@ def evaluate_patient(segmenter: Segmenter, name: str, root: Path) -> dict[str, d
     return results
 
 
-def evaluate_healthy(segmenter: Segmenter, name: str, root: Path) -> dict[str, dict]:
+def evaluate_healthy(segmenter: Segmenter, name: str, root: Path) -> dict[str, dict[str, Any]]:
     images = load_brats2015(case_of(name), root)
     healthy = mirrored_healthy({role: images[role] for role in ("t1c", "flair")}, images["labels"])
     if healthy is None:
@@ -134,7 +135,7 @@ def clinical_reference(root: Path) -> tuple[dict[str, np.ndarray], dict[str, flo
     return regions, fit
 
 
-def evaluate_clinical(segmenter: Segmenter, root: Path) -> dict:
+def evaluate_clinical(segmenter: Segmenter, root: Path) -> dict[str, Any]:
     image = load_clinical("t1c", root)
     started = time.time()
     labels = segment(segmenter, {"t1c": image}, {}, "t1c")
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     segmenter = Segmenter.load(args.model)
     training = args.model / "training.json"
-    results = {"model": str(args.model),
-               "training": json.loads(training.read_text()) if training.is_file() else None,
-               "patients": {name: evaluate_patient(segmenter, name, args.data) for name in args.patients},
-               "healthy": {name: evaluate_healthy(segmenter, name, args.data) for name in args.healthy}}
+    results: dict[str, Any] = {"model": str(args.model),
+                               "training": json.loads(training.read_text()) if training.is_file() else None,
+                               "patients": {name: evaluate_patient(segmenter, name, args.data) for name in args.patients},
+                               "healthy": {name: evaluate_healthy(segmenter, name, args.data) for name in args.healthy}}
     if results["training"]:
         results["training"].pop("loss_per_100", None)
     if args.clinical:

@@ -103,7 +103,8 @@ def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Structuring element: the voxels within ``radius_mm`` of the centre (at least one voxel out)."""
     reach = np.maximum(np.floor(radius_mm / spacing).astype(int), 1)
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    return sum((g * d) ** 2 for g, d in zip(grids, spacing)) <= max(radius_mm, float(spacing.max())) ** 2
+    ball: np.ndarray = sum((g * d) ** 2 for g, d in zip(grids, spacing)) <= max(radius_mm, float(spacing.max())) ** 2
+    return ball
 
 
 def _box_around(points_mm: np.ndarray, reach_mm: float, anatomy: NormalAnatomy) -> tuple[slice, ...]:
@@ -160,7 +161,8 @@ def _vessel(anatomy: NormalAnatomy, rng: np.random.Generator) -> tuple[tuple[sli
         direction = direction / np.linalg.norm(direction) + rng.normal(0.0, 0.06, 3)
         points.append(points[-1] + step * direction / np.linalg.norm(direction))
     path = np.asarray(points)
-    radius = np.linspace(*rng.uniform(*VESSEL_RADIUS_MM, size=2), len(path))
+    first, last = rng.uniform(*VESSEL_RADIUS_MM, size=2)
+    radius = np.linspace(first, last, len(path))
     box = _box_around(path, VESSEL_RADIUS_MM[1] + 2 * anatomy.spacing.max(), anatomy)
     distance, nearest = cKDTree(path).query(_voxel_centres_mm(box, anatomy.spacing))
     return box, _occupancy(radius[nearest] - distance, anatomy.spacing)

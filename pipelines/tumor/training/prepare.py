@@ -26,17 +26,18 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.preprocess import model_grid, resample, zscore_channels
 from pipelines.tumor.training.data import (
     BRATS,
     BRATS2015_CASES,
-    DATA_ROOT,
     load_brats2015,
     load_clinical,
     load_images,
@@ -77,7 +78,7 @@ def prepare(root: Path, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def save(name: str, arrays: dict[str, np.ndarray]) -> None:
+    def save(name: str, arrays: dict[str, Any]) -> None:  # of arrays; Any, as mypy checks **arrays against allow_pickle: bool too
         np.savez_compressed(out / f"{name}.npz", **arrays)
         written.append(name)
         print(f"{name}: grid {arrays['brain'].shape}, brain {int(arrays['brain'].sum())} voxels, "

@@ -60,7 +60,8 @@ class Insertion:
 def smooth_noise(shape: tuple[int, ...], sigma_vox: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gaussian-smoothed white noise scaled to unit standard deviation."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
-    return field / (field.std() + 1e-6)
+    noise: np.ndarray = field / (field.std() + 1e-6)
+    return noise
 
 
 def _blob(offsets_mm: np.ndarray, radius: float, axes: np.ndarray, rotation: np.ndarray,
@@ -68,7 +69,8 @@ def _blob(offsets_mm: np.ndarray, radius: float, axes: np.ndarray, rotation: np.
     """Normalized distance (<1 inside) of an irregular ellipsoid around the origin."""
     local = np.einsum("ij,j...->i...", rotation, offsets_mm) / axes[:, None, None, None]
     distance = np.sqrt((local**2).sum(axis=0)) / radius
-    return distance / np.clip(1.0 + roughness * noise, 0.3, None)
+    normalized: np.ndarray = distance / np.clip(1.0 + roughness * noise, 0.3, None)
+    return normalized
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -85,7 +87,8 @@ def pick_center(brain: np.ndarray, rng: np.random.Generator, avoid: np.ndarray |
     candidates = np.argwhere(allowed)
     if len(candidates) == 0:
         return None
-    return tuple(int(v) for v in candidates[rng.integers(len(candidates))])
+    z, y, x = (int(v) for v in candidates[rng.integers(len(candidates))])
+    return z, y, x
 
 
 def insert_tumor(images: Mapping[str, np.ndarray], labels: np.ndarray, brain: np.ndarray,
@@ -142,7 +145,8 @@ def insert_tumor(images: Mapping[str, np.ndarray], labels: np.ndarray, brain: np
             level = rng.uniform(*APPEARANCE[tissue][role]) * reference
             painted += weight * inside * level * (1.0 + 0.08 * texture)
         region[...] = painted
-    return Insertion(center=tuple(int(v) for v in center), radius_mm=radius)
+    z, y, x = center
+    return Insertion(center=(int(z), int(y), int(x)), radius_mm=radius)
 
 
 def rough_lesion_mask(flair: np.ndarray, brain: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -160,5 +164,5 @@ def rough_lesion_mask(flair: np.ndarray, brain: np.ndarray, spacing_zyx: tuple[f
         return np.zeros_like(brain)
     sizes = ndimage.sum(bright, components, index=range(1, count + 1))
     largest = components == (int(np.argmax(sizes)) + 1)
-    distance = ndimage.distance_transform_edt(~largest, sampling=spacing_zyx)
+    distance: np.ndarray = ndimage.distance_transform_edt(~largest, sampling=spacing_zyx)
     return distance <= margin_mm

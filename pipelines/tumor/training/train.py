@@ -35,12 +35,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from pipelines.model_folder import load_state_dict, read_params
+from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS
 from pipelines.tumor.model import Architecture
@@ -51,7 +53,7 @@ from pipelines.tumor.preprocess import (
     resample,
     zscore_channels,
 )
-from pipelines.tumor.training.data import BRATS, DATA_ROOT, load_images
+from pipelines.tumor.training.data import BRATS, load_images
 from pipelines.tumor.training.loss import NECROSIS_WEIGHT, loss_fn
 from pipelines.tumor.training.normal_structures import (
     NormalAnatomy,
@@ -179,7 +181,8 @@ def make_sample(subject: TrainingBrain, rng: np.random.Generator, single_share: 
             np.ascontiguousarray(weight[box]))
 
 
-def _patch_start(subject: TrainingBrain, labels: np.ndarray, centers: list, rng: np.random.Generator) -> list[int]:
+def _patch_start(subject: TrainingBrain, labels: np.ndarray, centers: list[tuple[int, int, int]],
+                 rng: np.random.Generator) -> list[int]:
     """Patch corner: near a tumor voxel, else on bright normal tissue, else anywhere in the brain."""
     shape = np.array(subject.brain.shape)
     if centers and rng.random() < TUMOR_PATCH_SHARE:
@@ -235,7 +238,9 @@ def revive_head(network: torch.nn.Module) -> None:
     other GroupNorm weight is negated so that, after normalization, what is low in a tumor
     becomes high and those features are alive there again.
     """
-    norm, conv = network.conv_final[0], network.conv_final[2].conv
+    # A SegResNet (Architecture.build) typed as a Module: its head is GroupNorm, ReLU, Convolution(Conv3d).
+    head = cast(torch.nn.Sequential, network.conv_final)
+    norm, conv = cast(torch.nn.GroupNorm, head[0]), cast(torch.nn.Conv3d, head[2].conv)
     with torch.no_grad():
         signs = torch.ones_like(norm.weight)
         signs[1::2] = -1.0
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         x, y, w = (torch.from_numpy(np.stack(part)) for part in zip(*samples))
         loss = loss_fn(network(x), y, w, args.necrosis_weight)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
         optimizer.step()
         schedule.step()
         history.append(loss.item())
