@@ -235,14 +235,18 @@ def _contour(roi: ET.Element) -> Contour:
                    _text(roi, "lidc:inclusion").upper() == "TRUE", xy.reshape(-1, 2))
 
 
-def _slice_lookup(volume: Volume) -> tuple[dict[str, int], np.ndarray]:
+#: SOP Instance UID -> slice index, and each slice's position along the slice normal (mm)
+SliceLookup = tuple[dict[str, int], np.ndarray]
+
+
+def _slice_lookup(volume: Volume) -> SliceLookup:
     """SOP Instance UID -> slice index, and each slice's position along the slice normal."""
     uids = {uid: k for k, uid in enumerate(volume.sop_instance_uids)}
     z = np.array([volume.slice_position(k)[2] for k in range(volume.array.shape[0])])
     return uids, z
 
 
-def _slice_of(slices: tuple[dict[str, int], np.ndarray], uid: str, z_mm: float) -> int | None:
+def _slice_of(slices: SliceLookup, uid: str, z_mm: float) -> int | None:
     """The slice an roi is drawn on: by SOP Instance UID, else by z position (LIDC gives both)."""
     uids, z = slices
     if uid in uids:
@@ -251,7 +255,7 @@ def _slice_of(slices: tuple[dict[str, int], np.ndarray], uid: str, z_mm: float) 
     return nearest if abs(z[nearest] - z_mm) <= Z_TOLERANCE_MM else None
 
 
-def _reader_mask(volume: Volume, nodule: ReaderNodule, slices: tuple[dict[str, int], np.ndarray]) -> ReaderMask | None:
+def _reader_mask(volume: Volume, nodule: ReaderNodule, slices: SliceLookup) -> ReaderMask | None:
     """The reader's contours filled slice by slice: interiors of inclusion contours without their
     outlines, minus exclusion contours (outline included, since it bounds what is cut out)."""
     shape = volume.array.shape
@@ -366,7 +370,7 @@ def _mask_box(volume: Volume, window: tuple[slice, slice, slice], mask: np.ndarr
     return np.array([lps.min(axis=0), lps.max(axis=0)])
 
 
-def _sphere_box(volume: Volume, slices: tuple[dict[str, int], np.ndarray], uid: str, z_mm: float,
+def _sphere_box(volume: Volume, slices: SliceLookup, uid: str, z_mm: float,
                 xy: tuple[int, int], radius_mm: float, reason: str) -> IgnoreRegion:
     k = _slice_of(slices, uid, z_mm)
     if k is None:
