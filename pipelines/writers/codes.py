@@ -46,3 +46,19 @@ IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
 
 #: CID 7203 image derivation: the generic term for a model-processed image.
 IMAGE_PROCESSING = codes.DCM.ImageProcessing
+
+
+@dataclass(frozen=True)
+class AnatomicLocation:
+    """Where a finding lies, as people read it and as the SR codes it (TID 1501 Finding Site).
+
+    ``site`` is the anatomic structure (a lung zone, a brain lobe), ``laterality`` its side
+    (``codes.SCT.Right`` / ``codes.SCT.Left``) and ``label`` the words of the key image and the
+    SR's text ("right lung, upper zone"). ``rule`` says how it was worked out, so that a reader
+    knows an approximation from a segmentation ("by position in the lung: thirds of its height").
+    """
+
+    label: str
+    site: Code
+    laterality: Code | None = None
+    rule: str = ""
