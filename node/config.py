@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from node.result_formats import FORMATS, ResultFormat, format_of
 from node.route.matcher import Condition, parse_condition
 from node.tls import ClientTls, ServerTls, client_context, server_context
 from pipelines.validation import not_valid, problem_line
@@ -231,6 +232,37 @@ class Destination(_Strict):
     host: str
     port: Port
     tls: ClientTls | None = None
+    #: the kinds of result this destination receives (``node.result_formats``); all by default
+    formats: tuple[ResultFormat, ...] = FORMATS
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: Any) -> Any:
+        """An unknown name is told the known ones (and the closest), not pydantic's per-item
+        "Input should be" under a list index or its "valid tuple" for a bare string."""
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"a list of formats, e.g. formats = [\"seg\", \"sr\"]; known: {', '.join(FORMATS)}")
+        for name in value:
+            if isinstance(name, str) and name not in FORMATS:
+                close = difflib.get_close_matches(name, FORMATS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown format {name!r}; {hint}known: {', '.join(FORMATS)}")
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _formats_listed_once(cls, value: tuple[ResultFormat, ...]) -> tuple[ResultFormat, ...]:
+        if not value:
+            raise ValueError("an empty list would send this destination nothing; leave the key out "
+                             "to send every format, or take the destination out of the routes")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once; list each format once")
+        return value
+
+    def takes(self, sop_class: str) -> bool:
+        """Whether a result object of ``sop_class`` goes to this destination."""
+        return format_of(sop_class) in self.formats
 
 
 class InputSelector(_Strict):

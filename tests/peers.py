@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
+
 #: dcmtk's Debian binaries. pynetdicom installs Python scripts with the same names (storescu,
 #: echoscu, ...) that can shadow them on PATH, so the tests never resolve them through PATH.
 DCMTK_DIR = Path("/usr/bin")
@@ -198,6 +200,26 @@ class Orthanc:
     def get(self, path: str) -> object:
         with urllib.request.urlopen(self.url + path, timeout=30) as resp:
             return json.loads(resp.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        """A REST answer as it came (a rendered PNG of ``/instances/{id}/preview``)."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return bytes(resp.read())
+
+    def result_files(self, study_uid: str, folder: Path, modalities: set[str], timeout: float = 60.0) -> dict[str, Path]:
+        """Wait until the study holds an instance of every one of ``modalities`` (results arrive
+        one C-STORE at a time), then download them: {modality: file} (the last of each)."""
+        def arrived(pacs: Orthanc) -> list[dict] | None:
+            found = pacs.instances_of_study(study_uid)
+            have = {pacs.get(f"/instances/{i['ID']}/tags?simplify").get("Modality") for i in found}  # type: ignore[union-attr]
+            return found if modalities <= have else None
+
+        files = {}
+        for instance in self.wait_for(arrived, timeout=timeout):
+            path = folder / f"{instance['ID']}.dcm"
+            path.write_bytes(self.get_bytes(f"/instances/{instance['ID']}/file"))
+            files[str(pydicom.dcmread(path, stop_before_pixels=True).Modality)] = path
+        return files
 
     def instances_of_study(self, study_uid: str) -> list[dict]:
         """Orthanc's instance records (with MainDicomTags) of one StudyInstanceUID."""

@@ -59,6 +59,11 @@ def serve(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
          "does not point to a file"),
         (("port = 104", 'port = 104\ntls = { ca_file = "config.toml", cert_file = "config.toml" }'),
          "destinations[0].tls", "cert_file and key_file go together"),
+        (("port = 104", 'port = 104\nformats = ["keyimages"]'), "destinations[0].formats",
+         "unknown format 'keyimages'; did you mean 'key-images'? known: seg, sr, key-images, gsps, images"),
+        (("port = 104", "port = 104\nformats = []"), "destinations[0].formats", "leave the key out"),
+        (("port = 104", 'port = 104\nformats = ["sr", "seg", "sr"]'), "destinations[0].formats",
+         "'sr' listed more than once"),
 
         (("[node]", "[monitoring]\nport = 11112\n[node]"), "monitoring.port",
          "11112 is also node.port; each listener needs a port of its own"),

@@ -1,29 +1,46 @@
-"""storescu -> radnode serve -> nodule-detection -> SEG + SR in Orthanc; bad input recorded on the job.
+"""storescu -> radnode serve -> nodule-detection -> SEG, SR, key images and GSPS in Orthanc; bad
+input recorded on the job.
 
 The chest CT is a LIDC-IDRI scan sent as the archive holds it (JPEG-LS lossless): the node
-receives it compressed, the pipeline decodes it, and the results validate."""
+receives it compressed, the pipeline decodes it, and the results validate. A second Orthanc plays
+a PACS without SEG support whose destination asks for key images only, and gets only those."""
 
 from __future__ import annotations
 
 import pydicom
 import pytest
-from pydicom.uid import JPEGLSLossless, SegmentationStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    JPEGLSLossless,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.nodule_series import chest_files, rewrite_series
-from tests.peers import dciodvfy, storescu
+from tests.peers import Orthanc, dciodvfy, storescu
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: 133 slices of 2.5 mm, JPEG-LS lossless, one 32 mm nodule contoured by four readers.
 LIDC_SCAN = "ct-chest/lidc-idri-0001/ct"
 
 
 @pytest.fixture
-def node(tmp_path, orthanc):
+def viewer(tmp_path):
+    """A second PACS, whose viewer shows no SEG: its destination asks for key images only."""
+    pacs = Orthanc(tmp_path / "viewer", aet="VIEWER").start()
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture
+def node(tmp_path, orthanc, viewer):
     config = node_config(
         tmp_path,
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        routes=[{"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs"],
+        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
+                      {"name": "viewer", "ae_title": viewer.aet, "host": "127.0.0.1", "port": viewer.dicom_port,
+                       "formats": ["key-images"]}],
+        routes=[{"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs", "viewer"],
                  "match": {"Modality": "CT"}}],
         # empty_seg: the SEG is written even when no nodule is reported, so this test checks the
         # transport and the objects whatever the weights find (detection has its own tests).
@@ -34,7 +51,8 @@ def node(tmp_path, orthanc):
     process.stop()
 
 
-def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data_dir, tmp_path):
+def test_chest_ct_gives_seg_sr_key_images_and_gsps_in_the_pacs_and_only_key_images_to_the_viewer(
+        node, orthanc, viewer, data_dir, tmp_path):
     files = sorted((data_dir / LIDC_SCAN).glob("*.dcm"))
     assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     tiny = rewrite_series(chest_files(data_dir, "B70f")[:4], tmp_path / "tiny")
@@ -60,15 +78,23 @@ def test_chest_ct_gives_seg_and_sr_in_the_pacs_that_validate(node, orthanc, data
     assert len(chest_job.summary.model_sha256) == 64 and chest_job.summary.seconds
     assert chest_job.summary.model_sha256 in node.cli("jobs", "--id", str(chest_job.id)).stdout
     results = index.results(chest_job.id)
-    assert sorted(r.sop_class for r in results) == sorted([SegmentationStorage, COMPREHENSIVE_3D_SR])
+    nodules = len(chest_job.summary.details["nodules"])
+    assert nodules >= 1, "LIDC-0001's 32 mm nodule is not reported"
+    # one SEG, one SR, one GSPS, and the summary plus a key image per nodule
+    assert sorted(r.sop_class for r in results) == sorted(
+        [SegmentationStorage, Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage]
+        + [SecondaryCaptureImageStorage] * (1 + nodules))
     for result in results:
         report = dciodvfy(result.path)
         assert not report.errors, report.errors
 
     study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    wanted = {r.sop_uid for r in results}
+    pictures = {r.sop_uid for r in results if r.sop_class == SecondaryCaptureImageStorage}
 
-    def all_stored(pacs) -> bool:
-        return wanted <= {i["MainDicomTags"].get("SOPInstanceUID") for i in pacs.instances_of_study(study)}
+    def stored(pacs) -> list[str]:
+        return [i["MainDicomTags"].get("SOPInstanceUID") for i in pacs.instances_of_study(study)]
 
-    assert orthanc.wait_for(all_stored, timeout=60)
+    assert orthanc.wait_for(lambda pacs: {r.sop_uid for r in results} <= set(stored(pacs)), timeout=60)
+    assert viewer.wait_for(lambda pacs: pictures <= set(stored(pacs)), timeout=60)
+    # the viewer got nothing but the key images, each once
+    assert sorted(stored(viewer)) == sorted(pictures)

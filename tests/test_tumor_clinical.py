@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from node.operate.findings import finding_lines
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.pipeline import TumorSegmentation
@@ -52,7 +53,7 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     result = pipeline.run(JobInput(series={"t1c": clinical_t1c}, output_dir=tmp_path))
     print("summary:", result.summary)
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR"}
+    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
     for path in result.outputs:
         assert not dciodvfy(path).errors
     labels = seg_labels(datasets["SEG"], clinical_t1c)
@@ -71,6 +72,11 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     # the brain the pipeline used is the HD-BET brain to within 2 % (measured 1604 against 1598 mL)
     assert result.summary.brain_ml == pytest.approx(1598, rel=0.02)
     assert f"brain volume used: {result.summary.brain_ml:.0f} mL" in sr_texts(datasets["SR"])
+    # TCGA-FG-6692's tumor is right frontal (tests/test_finding_location.py says how that was
+    # established): the SR places the largest sub-region there
+    largest = max(result.summary.volumes_ml, key=lambda region: result.summary.volumes_ml[region])
+    line = next(line for line in finding_lines(datasets["SR"]) if line.startswith(f"{largest}:"))
+    assert " in Frontal lobe (right)" in line, line
 
 
 def _edited(paths: list[Path], **attributes) -> list[Path]:

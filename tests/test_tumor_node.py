@@ -7,7 +7,6 @@ The contrasts are TCGA-FG-6692 written as a clinical-style DICOM study (tests/mr
 from __future__ import annotations
 
 import random
-import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -42,13 +41,6 @@ def node(tmp_path: Path, orthanc):
     process.stop()
 
 
-def _pacs_file(orthanc, instance_id: str, folder: Path) -> Path:
-    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance_id}/file", timeout=30) as response:
-        path = folder / f"{instance_id}.dcm"
-        path.write_bytes(response.read())
-    return path
-
-
 def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, data_dir, tmp_path):
     images = load_images(TCGA, data_dir)
     study, series = write_clinical_study(images, tmp_path / "study")
@@ -71,11 +63,7 @@ def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, 
     missing = wait_until(lambda: finished(incomplete.study_uid), 60, what="missing-input job")[0]
     assert missing.state == "failed" and missing.outcome.startswith("missing input: t1c"), missing.outcome
 
-    instances = orthanc.wait_for(lambda pacs: len(pacs.instances_of_study(study.study_uid)) >= 2 and
-                                 pacs.instances_of_study(study.study_uid), timeout=60)
-    files = {pydicom.dcmread(p).Modality: p for p in
-             (_pacs_file(orthanc, i["ID"], tmp_path) for i in instances)}
-    assert set(files) == {"SEG", "SR"}
+    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR"})
     for path in files.values():
         report = dciodvfy(path)
         print(path.name, "dciodvfy warnings:", report.warnings)
@@ -107,12 +95,8 @@ def test_a_skull_on_clinical_t1c_alone_reaches_the_pacs_with_nothing_outside_the
                      240, what="tumor job end")[0]
     assert job.state == "done", job.outcome
     assert set(job.inputs) == {"t1c"}
-    instances = orthanc.wait_for(lambda pacs: len(pacs.instances_of_study(study.study_uid)) >= 2 and
-                                 pacs.instances_of_study(study.study_uid), timeout=60)
-    files = {pydicom.dcmread(p, stop_before_pixels=True).Modality: p for p in
-             (_pacs_file(orthanc, i["ID"], tmp_path) for i in instances)}
-    assert set(files) == {"SEG", "SR"}
-    for modality in ("SEG", "SR"):
+    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR"})
+    for modality in ("SEG", "SR", "OT", "PR"):
         report = dciodvfy(files[modality])
         assert not report.errors, report.errors
     labels = seg_labels(pydicom.dcmread(files["SEG"]), paths)
@@ -136,6 +120,7 @@ def test_radnode_run_offline_picks_the_contrasts_with_the_study_route(data_dir, 
     ran = NodeProcess(config, tmp_path).cli("run", "--pipeline", "tumor-segmentation",
                                             "--input", str(tmp_path / "study"), "--output", str(tmp_path / "out"))
     assert ran.returncode == 0, ran.stderr
-    assert "2 objects written" in ran.stdout
     modalities = sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in (tmp_path / "out").iterdir())
-    assert modalities == ["SEG", "SR"]
+    assert f"{len(modalities)} objects written" in ran.stdout
+    # SEG, SR, the presentation state, and the summary plus at least one lesion's key image
+    assert set(modalities) == {"SEG", "SR", "OT", "PR"} and modalities.count("OT") >= 2, modalities

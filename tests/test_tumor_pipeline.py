@@ -69,7 +69,7 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     assert 0.25 * FUSION_WT_ML < whole < 3 * FUSION_WT_ML
     assert result.summary.volumes_ml["necrosis"] > 0.5
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR"}
+    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
     texts = _content_texts(datasets["SR"])
     assert "contrasts used: T1c, T1, T2, FLAIR" in texts
     assert texts.count("mL") == 3
@@ -92,15 +92,19 @@ def test_a_single_anchor_contrast_is_enough(pipeline, study, tmp_path, roles, re
 @pytest.mark.peers
 @pytest.mark.slow
 def test_no_tumor_is_stated_in_the_report(study, tmp_path):
-    """A TorchScript model that never finds anything: the SR says 'absent', no SEG is written."""
+    """A TorchScript model that never finds anything: the SR says 'absent' and names the series
+    examined, the summary image says so too; no SEG and no presentation state are written."""
     folder = constant_model(tmp_path / "model", -10.0)
     empty = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     result = _run(empty, study, ("t1c", "flair"), tmp_path / "out")
     assert not result.summary.tumor_found
-    [report] = [pydicom.dcmread(p) for p in result.outputs]
+    [report, summary] = sorted((pydicom.dcmread(p) for p in result.outputs), key=lambda ds: ds.Modality, reverse=True)
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
     assert "Absent" in _content_texts(report)
-    assert not dciodvfy(result.outputs[0]).errors
+    assert any(text.startswith("No brain tumor found in series ") for text in _content_texts(report))
+    assert summary.Modality == "OT" and summary.DerivationDescription == "Summary of AI findings"
+    for path in result.outputs:
+        assert not dciodvfy(path).errors
 
 
 @pytest.mark.slow

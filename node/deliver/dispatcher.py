@@ -1,6 +1,7 @@
 """Delivering results to the PACS with C-STORE, until it has them.
 
-Due deliveries to one destination go over one association. A delivery is sent when every one
+Due deliveries to one destination go over one association, each with the result files the
+destination's ``formats`` take (``node.result_formats``). A delivery is sent when every one
 of its files got a success or warning status; otherwise it is retried with exponential backoff
 (capped at ``backoff_max_seconds``) for ``retry_hours`` (24 by default: a PACS maintenance window
 or a long outage needs no one), then marked dead for an administrator to look at
@@ -158,7 +159,11 @@ class Dispatcher:
         return sent
 
     def _send_batch(self, destination: Destination, deliveries: Sequence[Delivery]) -> int:
-        files = {d.id: self.index.results(d.job_id) for d in deliveries}
+        files = {d.id: self._files_for(destination, d) for d in deliveries}
+        sent = self._settle_empty([d for d in deliveries if not files[d.id]], destination)
+        deliveries = [d for d in deliveries if files[d.id]]
+        if not deliveries:
+            return sent
         syntaxes: dict[int, set[tuple[str, str]]] = {}
         for delivery in deliveries:
             try:
@@ -167,7 +172,7 @@ class Dispatcher:
                 self._failed(delivery, f"{type(failure).__name__}: {failure}"[:500])
         deliveries = [d for d in deliveries if d.id in syntaxes]
         if not deliveries:
-            return 0
+            return sent
         ae = scu_ae(self.config)
         for sop_class, syntax in _contexts({pair for d in deliveries for pair in syntaxes[d.id]}):
             ae.add_requested_context(sop_class, syntax)
@@ -177,8 +182,7 @@ class Dispatcher:
             self.index.record_destination_check(destination.name, False, reason)
             for delivery in deliveries:
                 self._failed(delivery, reason)
-            return 0
-        sent = 0
+            return sent
         try:
             for delivery in deliveries:
                 error: str | None
@@ -191,7 +195,8 @@ class Dispatcher:
                 if error is None:
                     self.index.mark_delivery_sent(delivery.id)
                     logs.info("delivery.sent", delivery=delivery.id, job=delivery.job_id,
-                              destination=destination.name, objects=len(files[delivery.id]))
+                              destination=destination.name, objects=len(files[delivery.id]),
+                              formats=list(destination.formats))
                     sent += 1
                 else:
                     self._failed(delivery, error)
@@ -201,6 +206,20 @@ class Dispatcher:
             if assoc.is_established:
                 assoc.release()
         return sent
+
+    def _files_for(self, destination: Destination, delivery: Delivery) -> list[ResultFile]:
+        """The delivery's result files that ``destination``'s formats take: a destination that
+        asks only for key images is sent the Secondary Captures of a job that wrote SEG and SR too."""
+        return [f for f in self.index.results(delivery.job_id) if destination.takes(f.sop_class)]
+
+    def _settle_empty(self, deliveries: Sequence[Delivery], destination: Destination) -> int:
+        """Deliveries with nothing left to send (the destination's formats changed after their
+        job ended) are done without an association: the destination asked for none of it."""
+        for delivery in deliveries:
+            self.index.mark_delivery_sent(delivery.id)
+            logs.warning("delivery.nothing_to_send", delivery=delivery.id, job=delivery.job_id,
+                         destination=destination.name, objects=0, formats=list(destination.formats))
+        return len(deliveries)
 
     @staticmethod
     def _send_files(assoc: object, files: Sequence[ResultFile]) -> str | None:

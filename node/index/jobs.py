@@ -141,11 +141,12 @@ class JobIndex(Database):
 
     def finish_job(self, job_id: int, results: Sequence[ResultFile], outcome: str,
                    summary: JobSummary | None = None, *, attempt: int,
-                   lineage: Lineage | None = None) -> bool:
+                   lineage: Lineage | None = None, destinations: Sequence[str] | None = None) -> bool:
         """running -> done, with its result files, their lineage (what they replace), the
         pipeline's summary and one delivery per destination, all in one transaction. Only the
         result of the current ``attempt`` is taken: False means a later attempt owns the job (or
-        it ended) and nothing was written."""
+        it ended) and nothing was written. ``destinations``: which of the job's destinations get
+        a delivery (the caller knows which take these results' formats); None: all of them."""
         now = time.time()
         with self._tx() as db:
             job = db.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -155,7 +156,9 @@ class JobIndex(Database):
                 states.Fence(attempt))
             if not moved:
                 return False
-            record_results(db, job_id, results, json.loads(job["destinations"]), lineage, now)
+            receiving = [name for name in json.loads(job["destinations"])
+                         if destinations is None or name in destinations]
+            record_results(db, job_id, results, receiving, lineage, now)
         return True
 
     def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,

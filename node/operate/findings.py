@@ -16,6 +16,7 @@ TRACKING_IDENTIFIER = ("112039", "DCM")
 FINDING = ("121071", "DCM")
 FINDING_SITE = ("363698007", "SCT")
 FINDING_CATEGORY = ("276214006", "SCT")
+LATERALITY = ("272741003", "SCT")
 
 
 def finding_lines(report: Dataset) -> list[str]:
@@ -47,12 +48,20 @@ def _line(group: Dataset) -> str:
         elif concept == FINDING:
             finding = _meaning(item)
         elif concept == FINDING_SITE:
-            site = f" in {_meaning(item)}"
+            site = f" in {_meaning(item)}{_laterality(item)}"
         elif item.ValueType == "NUM" and item.RelationshipType == "CONTAINS":
             values.append(_measurement(item))
         elif item.ValueType == "CODE" and item.RelationshipType == "CONTAINS" and concept != FINDING_CATEGORY:
             values.append(f"{item.ConceptNameCodeSequence[0].CodeMeaning}: {_meaning(item)}")
     return ", ".join([f"{name}: {finding}{site}", *values])
+
+
+def _laterality(site: Dataset) -> str:
+    """" (right)" when the finding site has a laterality modifier, else nothing."""
+    for modifier in site.get("ContentSequence", []):
+        if _concept(modifier) == LATERALITY:
+            return f" ({_meaning(modifier).lower()})"
+    return ""
 
 
 def _meaning(item: Dataset) -> str:

@@ -369,7 +369,7 @@ class Driver:
         summary = outcome.summary.model_copy(update={"ran_on": outcome.ran_on})
         if not outcome.applicable:
             return commit_result(job, self.index, JobResult(applicable=False, reason=outcome.reason,
-                                                            summary=summary))
+                                                            summary=summary), self.config)
         folder = self.spool.result_dir(job.id) / f"attempt-{job.attempts}"
         paths = []
         for name, data in outcome.files:
@@ -378,7 +378,8 @@ class Driver:
             paths.append(path)
         # what the writer on the cluster knew of each file, at its place here: no read back
         objects = [replace(o, path=folder / o.path.name) for o in outcome.objects]
-        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary, objects=objects))
+        return commit_result(job, self.index, JobResult(outputs=paths, summary=summary, objects=objects),
+                             self.config)
 
 
 def ship(paths: list[Path]) -> Shipped:

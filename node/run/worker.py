@@ -57,7 +57,7 @@ def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None
     series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
     protect_patient_values(series)
     result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
-    commit_result(job, index, result)
+    commit_result(job, index, result, pipelines.config)
 
 
 def worker_main(config_path: str, link: ChildLink) -> None:

@@ -17,6 +17,17 @@ INPUTS: tuple[InputSpec, ...] = (
 )
 
 
+#: What "none detected" means with the shipped models, said in every report without findings and
+#: on its summary image (the model card's validation and limits, in a reader's words).
+COVERAGE = (
+    "The model reports nodules and masses of 10 mm and more (validated on real lesions of 12-78 mm; "
+    "smaller nodules are learned from synthetic ones, not validated). It can miss ground-glass "
+    "nodules of any size. AI result, not a diagnosis."
+)
+#: The same for a site's MONAI bundle, whose limits radnode does not know.
+BUNDLE_COVERAGE = "What the model can find is stated by its bundle's own documentation. AI result, not a diagnosis."
+
+
 class Options(PipelineOptions):
     """``[pipelines.nodule-detection] options``."""
 

@@ -61,16 +61,19 @@ from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
+from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
-from pipelines.writers.codes import LUNG_NODULE
+from pipelines.writers.codes import CT_CHEST, LUNG_NODULE, AnatomicLocation
 from pipelines.writers.identity import Algorithm
+from pipelines.writers.key_images import LUNG_WINDOW, YELLOW, KeyFinding, Page, Region, make_key_images
 from pipelines.writers.output import write_datasets
+from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
-from pipelines.writers.sr import Finding, make_measurement_report
+from pipelines.writers.sr import Finding, absence_statement, make_measurement_report
 
 ALGORITHM_NAME = "radnode nodule-detection"
 #: A box with this fraction of its volume inside a larger box is a piece of the same lesion
@@ -224,27 +227,23 @@ class NoduleDetection(ModelPipeline):
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
                 box_regions: bool = False) -> list[Any]:
-        """The SEG (when there is something to segment, or empty_seg) and the SR.
+        """The SEG (when there is something to segment, or empty_seg), the SR, the key images
+        and the presentation state: every format a destination may ask for (the node sends
+        each destination those in its ``formats``).
 
         ``box_regions``: the segments are a bundle's detection boxes, and are named so.
         """
         datasets: list[Any] = []
         segmentation = None
+        labels = _label_map(volume, nodules)
         if nodules or self.empty_seg:
-            labels = np.zeros(volume.array.shape, dtype=np.uint8 if len(nodules) < 255 else np.uint16)
-            for number, (_, measured) in enumerate(nodules, start=1):
-                region = labels[measured.window]
-                region[measured.mask & (region == 0)] = number
-            kind = " (detection box)" if box_regions else ""
-            segments = [
-                Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}{kind}")
-                for n in range(1, len(nodules) + 1)
-            ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
-            segmentation = make_segmentation(
-                volume, labels, segments, self.algorithm, self.identity,
-                series_description=f"{self.algorithm.name}: {len(nodules)} nodule(s)",
-            )
+            segmentation = self._segmentation(volume, labels, len(nodules), box_regions)
             datasets.append(segmentation)
+        locations = _locations(volume, [m for _, m in nodules])
+        shown = [
+            KeyFinding(_caption(n, detection, measured, location), (_segmented(labels, n, measured),))
+            for n, ((detection, measured), location) in enumerate(zip(nodules, locations), start=1)
+        ]
         findings = [
             Finding(
                 tracking_id=f"nodule-{n}",
@@ -255,14 +254,69 @@ class NoduleDetection(ModelPipeline):
                 mean_hu=_rounded(measured.mean_hu),
                 score=round(detection.score, 3),
                 segment_number=n,
+                location=location,
+                point_kji=key.center_point(volume.array.shape),
             )
-            for n, (detection, measured) in enumerate(nodules, start=1)
+            for n, ((detection, measured), location, key) in enumerate(zip(nodules, locations, shown), start=1)
         ]
+        coverage = contract.BUNDLE_COVERAGE if self.bundle is not None else contract.COVERAGE
         datasets.append(make_measurement_report(
             volume, findings, self.algorithm, self.identity,
-            looked_for=LUNG_NODULE, segmentation=segmentation,
+            looked_for=LUNG_NODULE, segmentation=segmentation, procedure=CT_CHEST, coverage=coverage,
         ))
+        page = Page(
+            self.algorithm, "radnode nodule-detection",
+            f"Lung nodules: {len(nodules) or 'none'} found",
+            tuple(key.summary_line(volume) for key in shown)
+            or (absence_statement(volume, LUNG_NODULE, coverage),),
+            body_part="CHEST", window=LUNG_WINDOW,
+        )
+        datasets += make_key_images(volume, shown, page, self.identity)
+        if shown:  # a presentation state shows outlines: with none it would show nothing
+            datasets.append(make_presentation_state(volume, shown, page, self.identity))
         return datasets
+
+    def _segmentation(self, volume: Volume, labels: np.ndarray, count: int, box_regions: bool) -> Any:
+        kind = " (detection box)" if box_regions else ""
+        segments = [
+            Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}{kind}")
+            for n in range(1, count + 1)
+        ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
+        return make_segmentation(
+            volume, labels, segments, self.algorithm, self.identity,
+            series_description=f"{self.algorithm.name}: {count} nodule(s)",
+        )
+
+
+def _label_map(volume: Volume, nodules: list[tuple[Detection, Measurement]]) -> np.ndarray:
+    """The SEG's labels: nodule n's voxels are n, where no better-scored nodule took them first."""
+    labels = np.zeros(volume.array.shape, dtype=np.uint8 if len(nodules) < 255 else np.uint16)
+    for number, (_, measured) in enumerate(nodules, start=1):
+        region = labels[measured.window]
+        region[measured.mask & (region == 0)] = number
+    return labels
+
+
+def _segmented(labels: np.ndarray, number: int, measured: Measurement) -> Region:
+    """Nodule ``number`` as the SEG holds it, so that the key image, the presentation state and
+    the SR's centre show the segment a viewer shows; its own mask when a better-scored nodule
+    took every voxel of it."""
+    mine = labels[measured.window] == number
+    return Region(measured.window, mine if mine.any() else measured.mask, YELLOW)
+
+
+def _locations(volume: Volume, measured: list[Measurement]) -> list[AnatomicLocation]:
+    """Side and zone of each nodule, from the lungs of the source volume (found only when there
+    is something to place)."""
+    if not measured:
+        return []
+    lungs = lung_sides(volume)
+    return [lungs.locate(m.center_lps) for m in measured]
+
+
+def _caption(number: int, detection: Detection, measured: Measurement, location: AnatomicLocation) -> str:
+    """"Nodule 1: 12.4 mm, right lung, upper zone, score 0.93": a key image's label."""
+    return f"Nodule {number}: {measured.diameter_mm:.1f} mm, {location.label}, score {detection.score:.2f}"
 
 
 def near_lungs(

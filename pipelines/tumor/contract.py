@@ -25,6 +25,12 @@ INPUTS: tuple[InputSpec, ...] = (
 #: this pipeline is for is larger, so smaller specks are not reported.
 MIN_TUMOR_ML = 1.0
 
+#: What "none detected" means with the shipped models (the model card's limits in a reader's words).
+COVERAGE = (
+    "The model segments gliomas (enhancing tumor, necrosis, edema); it is not validated on metastases "
+    "or on tumors under {min_ml:g} mL, and on T1c alone it is not reliable. AI result, not a diagnosis."
+)
+
 Contrast = Literal["t1c", "t1", "t2", "flair"]
 
 

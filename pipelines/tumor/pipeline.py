@@ -50,6 +50,7 @@ from typing import ClassVar
 import numpy as np
 import SimpleITK as sitk
 from pydicom import Dataset
+from scipy import ndimage
 
 from pipelines.base import (
     InputSpec,
@@ -69,6 +70,7 @@ from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contract import MIN_TUMOR_ML
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.location import brain_location
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.preprocess import (
     drop_small_tumors,
@@ -83,9 +85,11 @@ from pipelines.tumor.registration import RegistrationError, align, shares_grid
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
+from pipelines.writers.key_images import GREEN, RED, RGB, YELLOW, KeyFinding, Page, Region, make_key_images
 from pipelines.writers.output import write_datasets
+from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
-from pipelines.writers.sr import Finding, make_measurement_report
+from pipelines.writers.sr import Finding, absence_statement, make_measurement_report
 
 #: How contrasts are named in reports.
 DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
@@ -98,14 +102,21 @@ class SubRegion:
     label: int
     tracking_id: str
     structure: codes.Structure
+    #: its outline on the key images and in the presentation state
+    color: RGB
+    #: how a caption names it
+    short: str
 
 
 SUB_REGIONS: tuple[SubRegion, ...] = (
-    SubRegion(1, "necrosis", replace(codes.NECROSIS, label="Necrosis / non-enhancing tumor core", site=codes.BRAIN)),
-    SubRegion(2, "edema", replace(codes.EDEMA, label="Peritumoral edema", site=codes.BRAIN)),
-    SubRegion(4, "enhancing-tumor", replace(codes.ENHANCING_TUMOR, site=codes.BRAIN)),
+    SubRegion(1, "necrosis", replace(codes.NECROSIS, label="Necrosis / non-enhancing tumor core", site=codes.BRAIN),
+              YELLOW, "necrosis"),
+    SubRegion(2, "edema", replace(codes.EDEMA, label="Peritumoral edema", site=codes.BRAIN), GREEN, "edema"),
+    SubRegion(4, "enhancing-tumor", replace(codes.ENHANCING_TUMOR, site=codes.BRAIN), RED, "enhancing tumor"),
 )
 BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
+#: Lesions shown on a key image each, largest first; the summary image counts the rest.
+MAX_KEY_LESIONS = 5
 
 
 class TumorSummary(PipelineSummary):
@@ -194,7 +205,8 @@ class TumorSegmentation(ModelPipeline):
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
-        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, alignments.left_out))
+        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, alignments.left_out),
+                                 brain)
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
         return JobResult.written(
@@ -215,14 +227,29 @@ class TumorSegmentation(ModelPipeline):
         )
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
-                 algorithm: Algorithm, used: str) -> list[Dataset]:
-        """SEG + SR when a tumor was found; the SR alone saying "none detected" otherwise."""
+                 algorithm: Algorithm, used: str, brain: sitk.Image) -> list[Dataset]:
+        """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
+        key images and the presentation state: every format a destination may ask for."""
+        coverage = contract.COVERAGE.format(min_ml=self.min_tumor_ml)
+        lesions = _key_lesions(reference, labels, brain)
+        total = sum(volumes_ml.values())
+        page = Page(
+            algorithm, "radnode tumor-segmentation",
+            f"Brain tumor: {total:.1f} mL ({used})" if total else f"Brain tumor: none found ({used})",
+            tuple(lesion.summary_line(reference) for lesion in lesions)
+            or (absence_statement(reference, BRAIN_TUMOR, coverage),),
+            body_part="HEAD",
+        )
+        pictures: list[Dataset] = [*make_key_images(reference, lesions, page, self.identity)]
+        if lesions:  # a presentation state shows outlines: with none it would show nothing
+            pictures.append(make_presentation_state(reference, lesions, page, self.identity))
         if not any(volumes_ml.values()):
             report = make_measurement_report(
                 reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
-                series_description=f"Brain tumor: none detected ({used})",
+                series_description=f"Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
+                coverage=coverage,
             )
-            return [report]
+            return [report, *pictures]
         segment_map = np.zeros(labels.shape, dtype=np.uint8)
         for number, region in enumerate(SUB_REGIONS, start=1):
             segment_map[labels == region.label] = number
@@ -234,16 +261,56 @@ class TumorSegmentation(ModelPipeline):
             keep_empty_frames=not all(volumes_ml.values()),
         )
         findings = [
-            Finding(region.tracking_id, region.structure, volume_ml=volumes_ml[region.tracking_id],
-                    segment_number=number)
+            _sub_region_finding(number, region, volumes_ml[region.tracking_id], reference, labels, brain)
             for number, region in enumerate(SUB_REGIONS, start=1)
         ]
-        total = sum(volumes_ml.values())
         report = make_measurement_report(
             reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
-            series_description=f"Brain tumor {total:.1f} mL ({used})",
+            series_description=f"Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
+            coverage=coverage,
         )
-        return [seg, report]
+        return [seg, report, *pictures]
+
+
+def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, reference: Volume,
+                        labels: np.ndarray, brain: sitk.Image) -> Finding:
+    """A sub-region's SR group: its volume and, when it has voxels, where it lies."""
+    mask = labels == region.label
+    if not mask.any():
+        return Finding(region.tracking_id, region.structure, volume_ml=volume_ml, segment_number=number)
+    whole = (slice(0, mask.shape[0]), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
+    shown = KeyFinding("", (Region(whole, mask, region.color),))
+    return Finding(region.tracking_id, region.structure, volume_ml=volume_ml, segment_number=number,
+                   location=brain_location(brain, mask),
+                   point_kji=shown.center_point(reference.array.shape))
+
+
+def _key_lesions(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[KeyFinding]:
+    """The connected tumors, largest first (up to ``MAX_KEY_LESIONS``), each with its sub-regions
+    outlined in their colours and a caption of its volumes and place."""
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return []
+    sizes = ndimage.sum_labels(np.ones(labels.shape), components, index=np.arange(1, count + 1))
+    order = np.argsort(-sizes)[:MAX_KEY_LESIONS] + 1
+    boxes = ndimage.find_objects(components)
+    voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+    lesions = []
+    for rank, component in enumerate(order, start=1):
+        window = boxes[component - 1]
+        assert window is not None
+        inside = components[window] == component
+        regions = tuple(Region(window, inside & (labels[window] == r.label), r.color, r.short)
+                        for r in SUB_REGIONS if (inside & (labels[window] == r.label)).any())
+        # a part of a lesion under 0.05 mL is outlined but not listed: "necrosis 0.0 mL" says nothing
+        parts = ", ".join(f"{r.name} {float(r.mask.sum()) * voxel_ml:.1f} mL" for r in regions
+                          if float(r.mask.sum()) * voxel_ml >= 0.05)
+        whole = np.zeros(labels.shape, dtype=bool)
+        whole[window] = inside
+        place = brain_location(brain, whole).label
+        caption = f"Lesion {rank} of {count}: {float(inside.sum()) * voxel_ml:.1f} mL ({parts}), {place}"
+        lesions.append(KeyFinding(caption, regions))
+    return lesions
 
 
 def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Image], present: Sequence[str],

@@ -43,6 +43,10 @@ PROCEDURE_BY_MODALITY: dict[str, Code] = {
     "PT": codes.cid100.PETUnspecifiedBodyRegion,
 }
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+#: The procedures reported by the shipped pipelines, as the RSNA/LOINC radiology playbook names
+#: them (CID 100 is extensible and has no chest CT or brain MR of its own).
+CT_CHEST = Code("24627-2", "LN", "CT Chest")
+MR_BRAIN = Code("24590-2", "LN", "MR Brain")
 
 #: CID 7203 image derivation: the generic term for a model-processed image.
 IMAGE_PROCESSING = codes.DCM.ImageProcessing

@@ -13,6 +13,8 @@ import copy
 
 from pydicom.dataset import Dataset
 
+from pipelines.volume import Volume
+
 #: Root-level sequences whose items are SOP Instance References (PS3.3 Table 10-11).
 _REFERENCE_SEQUENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
 _REFERENCE_ATTRIBUTES = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
@@ -70,3 +72,18 @@ def _is_reference(item: Dataset) -> bool:
 def _is_code(item: Dataset) -> bool:
     return (any(_present(item, k) for k in _CODE_VALUES)
             and _present(item, "CodingSchemeDesignator") and _present(item, "CodeMeaning"))
+
+
+def series_label(volume: Volume) -> str:
+    """``series 3 "Chest 1.25mm" (300 images)``: how a report names the series it examined.
+
+    Series number and description are what a radiologist sees in the viewer's series list; they
+    carry no patient data (the description is the protocol's name).
+    """
+    first = volume.sources[0]
+    number = first.get("SeriesNumber")
+    description = str(first.get("SeriesDescription", "") or "").strip()
+    named = f"series {number}" if number is not None else "the series"
+    if description:
+        named += f' "{description}"'
+    return f"{named} ({volume.array.shape[0]} images)"

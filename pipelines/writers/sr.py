@@ -19,9 +19,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from pipelines.volume import Volume
-from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, Structure
+from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, AnatomicLocation, Structure
 from pipelines.writers.identity import Algorithm, Identity
-from pipelines.writers.source import copyable
+from pipelines.writers.source import copyable, series_label
 
 DEFAULT_SERIES_NUMBER = 9102
 #: pydicom's UCUM dictionary has no millilitre; this is the UCUM code DICOM uses for it.
@@ -53,6 +53,12 @@ class Finding:
     score: float | None = None
     segment_number: int | None = None
     tracking_uid: str | None = None
+    #: where it lies (side and zone or lobe); coded as its Finding Site
+    location: AnatomicLocation | None = None
+    #: (k, j, i) of a voxel of the finding on the slice where it is largest, nearest its centre:
+    #: the SR's "Center" point on that source image (SCOORD) and in the patient (SCOORD3D), a
+    #: point a viewer can jump to that lies in the finding even when its centre of mass does not
+    point_kji: tuple[int, int, int] | None = None
 
 
 def make_measurement_report(
@@ -65,17 +71,25 @@ def make_measurement_report(
     segmentation: Dataset | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
     series_description: str | None = None,
+    procedure: Code | None = None,
+    coverage: str = "",
 ) -> hd.sr.Comprehensive3DSR:
-    """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding."""
+    """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
+
+    ``procedure`` is the imaging procedure reported (default: the modality's unspecified body
+    region). ``coverage`` says what the model can and cannot find; with no finding, the report
+    states that nothing was found in the series it names, followed by it, so that "none
+    detected" is read with its limits.
+    """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
         _finding_group(volume, f, algorithm, identity, segmentation) for f in findings
     ]
     if not groups:
-        groups = [_absence_group(looked_for, algorithm, identity)]
+        groups = [_absence_group(looked_for, algorithm, identity, absence_statement(volume, looked_for, coverage))]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, identity),
-        procedure_reported=PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
+        procedure_reported=procedure or PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
         imaging_measurements=groups,
     )
     # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
@@ -181,17 +195,66 @@ def _finding_group(
             f"finding {finding.tracking_id!r} has neither a segment in a SEG nor a center: give "
             "it a segment_number and pass the SEG, or a center_lps"
         )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid or identity.new_uid(), identifier=finding.tracking_id
         ),
         finding_type=structure.type,
         finding_category=structure.category,
-        finding_sites=[hd.sr.FindingSite(structure.site)] if structure.site is not None else None,
+        finding_sites=_finding_sites(structure, finding.location),
         algorithm_id=algorithm.for_report(),
         measurements=_measurements(volume, finding, algorithm),
         **region,
     )
+    if finding.point_kji is not None:
+        group[0].ContentSequence.extend(_center_items(volume, finding.point_kji))
+    return group
+
+
+def _finding_sites(structure: Structure, location: AnatomicLocation | None) -> list[hd.sr.FindingSite] | None:
+    """The finding's site with its laterality (a lung zone, a brain lobe), else the organ."""
+    if location is not None:
+        return [hd.sr.FindingSite(location.site, laterality=location.laterality)]
+    return [hd.sr.FindingSite(structure.site)] if structure.site is not None else None
+
+
+def _center_items(volume: Volume, point_kji: tuple[int, int, int]) -> list[hd.sr.ContentItem]:
+    """"Center" twice: a POINT on the source image it was measured on (SCOORD, with that image
+    as SELECTED FROM) and the same point in the patient (SCOORD3D), plus the words a reader of
+    the plain-text rendering needs to find that image."""
+    k, j, i = point_kji
+    source = volume.sources[k]
+    image = hd.sr.ImageContentItem(
+        name=codes.DCM.SourceImage,
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+        referenced_frame_numbers=volume.frames[k] if volume.is_multiframe else None,
+        relationship_type=hd.sr.RelationshipTypeValues.SELECTED_FROM,
+    )
+    # SCOORD pixel coordinates: column\row, (0, 0) the top left corner of the top left pixel
+    on_image = hd.sr.ScoordContentItem(
+        name=codes.DCM.Center,
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[i + 0.5, j + 0.5]]),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    on_image.ContentSequence = hd.sr.ContentSequence([image])
+    items: list[hd.sr.ContentItem] = [on_image]
+    if volume.frame_of_reference_uid is not None:
+        items.append(hd.sr.Scoord3DContentItem(
+            name=codes.DCM.Center,
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=volume.kji_to_lps(point_kji)[np.newaxis],
+            frame_of_reference_uid=volume.frame_of_reference_uid,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ))
+    instance = source.get("InstanceNumber")
+    items.append(hd.sr.TextContentItem(
+        name=codes.DCM.Comment,
+        value=f"Measured on {series_label(volume)}, image {instance if instance is not None else k + 1}"[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    ))
+    return items
 
 
 def _surface(
@@ -265,11 +328,18 @@ def _measurements(
     return measurements
 
 
+def absence_statement(volume: Volume, looked_for: Structure, coverage: str) -> str:
+    """"No lung nodule found in series 3 "Chest" (300 images). <coverage>": what a report
+    without findings says in words, naming the series examined and the model's limits."""
+    return f"No {looked_for.label.lower()} found in {series_label(volume)}. {coverage}".strip()
+
+
 def _absence_group(
-    looked_for: Structure, algorithm: Algorithm, identity: Identity
+    looked_for: Structure, algorithm: Algorithm, identity: Identity, statement: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """'No <structure> detected' as a coded statement: finding type plus Presence = Absent."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    """'No <structure> detected' as a coded statement (finding type plus Presence = Absent) and
+    in words: which series was examined, and what the model covers."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=identity.new_uid(), identifier=f"no {looked_for.label.lower()} detected"[:64]
         ),
@@ -281,6 +351,10 @@ def _absence_group(
             hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty, value=codes.SCT.Absent)
         ],
     )
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    ))
+    return group
 
 
 def _segment_tracking_uid(segmentation: Dataset, number: int) -> str | None:

@@ -1,0 +1,121 @@
+"""Where a brain lesion lies, as a radiologist names it: which hemisphere, and which lobe.
+
+The SR's finding site and the key image's caption say "right frontal lobe". Everything is worked
+out in patient coordinates (LPS: +x is the patient's left, +y posterior, +z superior) through the
+image's direction matrix, so a sagittal or coronal series, or one whose columns run to the
+patient's right, gives the same answer as an axial one.
+
+**Hemisphere.** The lesion's centre of mass against the brain's midline: the left-right centre of
+the brain mask on the line through the lesion's centre (a band ``BAND_MM`` wide in y and z), so
+that a head turned or tilted in the scanner moves the midline with it. A lesion with more than
+``CROSSING_SHARE`` of its voxels on each side crosses the midline and gets no laterality.
+
+**Lobe: an approximation by position, not a parcellation.** The lesion's centre is placed in the
+brain mask's bounding box: ``ap`` runs from 0 at the frontal pole to 1 at the occipital pole,
+``si`` from 0 at the lowest brain voxel (brainstem or cerebellum) to 1 at the vertex, and
+``lateral`` from 0 at the midline to 1 at the brain's side on the lesion's line. The first rule
+that holds names the lobe; thresholds are read off the brain's usual proportions (MNI-152
+template, checked on the sagittal slices of BraTS-GLI-00001):
+
+- cerebellum: ``si`` < 0.35 and ``ap`` > 0.6: the posterior fossa, below the tentorium and
+  behind the brainstem;
+- occipital: ``ap`` > 0.8: behind the parieto-occipital sulcus, about a fifth of the brain's length;
+- temporal: ``si`` < 0.45, ``ap`` >= 0.25, ``lateral`` >= 0.35: below the Sylvian fissure, from
+  the temporal pole back, and off the deep midline structures;
+- frontal: ``ap`` < 0.5: in front of the central sulcus, which runs from about 45 % of the length
+  (at the Sylvian fissure) to 60 % (at the vertex);
+- parietal: the rest.
+
+Near a boundary the lobe is a guess a reader should check. Deep structures (basal ganglia,
+thalamus, brainstem) have no rule of their own: a lesion there gets the lobe its position gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from pipelines.writers.codes import AnatomicLocation
+
+#: Half-width (mm) in y and z of the band through the lesion's centre whose brain voxels give the midline.
+BAND_MM = 10.0
+#: A lesion with more than this share of its voxels on each side of the midline crosses it.
+CROSSING_SHARE = 0.25
+CEREBELLUM_BELOW_SI = 0.35
+CEREBELLUM_BEHIND_AP = 0.6
+OCCIPITAL_BEHIND_AP = 0.8
+TEMPORAL_BELOW_SI = 0.45
+TEMPORAL_BEHIND_AP = 0.25
+TEMPORAL_LATERAL = 0.35
+FRONTAL_BEFORE_AP = 0.5
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A lesion centre in the brain's bounding box: shares from anterior, inferior and the midline."""
+
+    ap: float
+    si: float
+    lateral: float
+
+
+def brain_location(brain: sitk.Image, lesion: np.ndarray) -> AnatomicLocation:
+    """Hemisphere and lobe of ``lesion`` by the rule of this module.
+
+    ``brain`` is the brain mask (non-zero inside) and ``lesion`` a boolean mask on the same grid,
+    in SimpleITK's array order (k, j, i): ``brain_location(brain, labels > 0)`` in the tumor pipeline.
+    """
+    brain_array = sitk.GetArrayViewFromImage(brain)
+    if lesion.shape != brain_array.shape:
+        raise ValueError(f"the lesion mask is {lesion.shape}, the brain {brain_array.shape}: they must share a grid")
+    if not lesion.any():
+        raise ValueError("the lesion mask is empty: nothing to place")
+    brain_points = _patient_points(brain, brain_array != 0)
+    lesion_points = _patient_points(brain, lesion.astype(bool))
+    centre = lesion_points.mean(axis=0)
+    midline, half_width = _midline(brain_points, centre)
+    left_share = float(np.mean(lesion_points[:, 0] > midline))
+    low, high = brain_points.min(axis=0), brain_points.max(axis=0)
+    span = np.maximum(high - low, 1e-6)
+    position = _Position(ap=float((centre[1] - low[1]) / span[1]), si=float((centre[2] - low[2]) / span[2]),
+                         lateral=float(abs(centre[0] - midline) / max(half_width, 1e-6)))
+    lobe, site = _lobe(position)
+    rule = (f"hemisphere: lesion centre vs the brain's midline on its left-right line ({left_share:.0%} of the lesion "
+            f"on the left); lobe, approximate: by position in the brain's bounding box ({position.ap:.0%} back, "
+            f"{position.si:.0%} up, {position.lateral:.0%} out)")
+    if min(left_share, 1 - left_share) > CROSSING_SHARE:
+        return AnatomicLocation(f"crossing the midline, {lobe}", site, None, rule)
+    side, laterality = ("left", codes.SCT.Left) if centre[0] > midline else ("right", codes.SCT.Right)
+    return AnatomicLocation(f"{side} {lobe}", site, laterality, rule)
+
+
+def _patient_points(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
+    """LPS (mm) of the voxels of ``mask`` (array order k, j, i), one row per voxel."""
+    ijk = np.argwhere(mask)[:, ::-1].astype(np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    points: np.ndarray = (ijk * np.asarray(image.GetSpacing())) @ direction.T + np.asarray(image.GetOrigin())
+    return points
+
+
+def _midline(brain_points: np.ndarray, centre: np.ndarray) -> tuple[float, float]:
+    """Patient x of the brain's left-right centre on the line through ``centre``, and its half-width there."""
+    near = np.all(np.abs(brain_points[:, 1:] - centre[1:]) <= BAND_MM, axis=1)
+    band = brain_points[near, 0] if near.any() else brain_points[:, 0]
+    return float(band.min() + band.max()) / 2, float(band.max() - band.min()) / 2
+
+
+def _lobe(position: _Position) -> tuple[str, Code]:
+    """The lobe by the module's first rule that holds."""
+    if position.si < CEREBELLUM_BELOW_SI and position.ap > CEREBELLUM_BEHIND_AP:
+        return "cerebellum", codes.SCT.Cerebellum
+    if position.ap > OCCIPITAL_BEHIND_AP:
+        return "occipital lobe", codes.SCT.OccipitalLobe
+    if position.si < TEMPORAL_BELOW_SI and position.ap >= TEMPORAL_BEHIND_AP and position.lateral >= TEMPORAL_LATERAL:
+        return "temporal lobe", codes.SCT.TemporalLobe
+    if position.ap < FRONTAL_BEFORE_AP:
+        return "frontal lobe", codes.SCT.FrontalLobe
+    return "parietal lobe", codes.SCT.ParietalLobe
