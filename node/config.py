@@ -477,16 +477,19 @@ def _check_contracts(config: Config, source: str, check_site_pipelines: bool) ->
         if check_site_pipelines or table is None or table.entry is None:
             contracts[name] = contract(name, table.entry if table else None)
     lines: list[str] = []
-    for name, table in config.pipelines.items():
-        if name in contracts:
-            try:
-                contracts[name].options.model_validate(table.options)
-            except ValidationError as error:
-                lines += _error_lines(error, f"pipelines.{name}.options")
+    inputs: dict[str, tuple[InputSpec, ...]] = {}
+    for name, found in contracts.items():
+        table = config.pipelines.get(name)
+        if table is None:  # no options given: the roles it takes without them
+            inputs[name] = found.inputs
+            continue
+        try:
+            inputs[name] = found.inputs_for(found.options.model_validate(table.options))
+        except ValidationError as error:
+            lines += _error_lines(error, f"pipelines.{name}.options")
     for i, route in enumerate(config.routes):
-        if route.pipeline in contracts:
-            lines += [f"  routes[{i}].{key}: {problem}"
-                      for key, problem in route_problems(route, contracts[route.pipeline].inputs)]
+        if route.pipeline in inputs:
+            lines += [f"  routes[{i}].{key}: {problem}" for key, problem in route_problems(route, inputs[route.pipeline])]
     if lines:
         raise ConfigError("\n".join([f"{source} is not valid:", *lines]))
 

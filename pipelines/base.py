@@ -200,6 +200,11 @@ class Pipeline(ABC):
         self.settings = settings
         self.options = self.Options.model_validate(dict(settings.options))
 
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        """The inputs this loaded pipeline takes: ``inputs``, unless its options decide them (an
+        nnU-Net folder's channels mapped to roles)."""
+        return self.inputs
+
     @abstractmethod
     def run(self, job: JobInput) -> JobResult:
         """Analyse the job's series and write result DICOM files into ``job.output_dir``."""

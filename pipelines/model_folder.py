@@ -5,7 +5,9 @@ are accepted, so that a site can drop in a model from MONAI's model zoo or expor
 
 - radnode's own: ``model.ts`` (TorchScript) or ``model.pt`` (a state dict of the pipeline's
   network) plus ``params.toml`` / ``params.json`` with the pre- and post-processing;
-- a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``.
+- a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``;
+- an nnU-Net v2 results folder (``dataset.json``, ``plans.json``, ``fold_N/``), which the
+  ``nnunet-segmentation`` pipeline runs with nnunetv2 itself (``pipelines/nnunet``).
 
 Each pipeline declares its parameters as a ``ModelParams`` model (``pipelines/<name>/params.py``)
 and reads them with ``load_params``: typed keys with their defaults, and a misspelt or unknown key
@@ -57,6 +59,13 @@ def inner_folder(folder: Path, name: str, key: str) -> Path:
 
 #: Config file names MONAI's bundle scripts look for, in the order they are tried.
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def is_nnunet_folder(folder: Path) -> bool:
+    """nnU-Net v2's trained-model layout: dataset.json, plans.json and at least one fold_* folder."""
+    folder = Path(folder)
+    return ((folder / "dataset.json").is_file() and (folder / "plans.json").is_file()
+            and any(p.is_dir() for p in folder.glob("fold_*")))
 
 
 def is_monai_bundle(folder: Path) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipelines.base import InputSpec, Pipeline, PipelineOptions
@@ -22,21 +23,31 @@ SHIPPED: dict[str, str] = {
     "ct-denoise": "pipelines.denoise.pipeline:CTDenoise",
     "tumor-segmentation": "pipelines.tumor.pipeline:TumorSegmentation",
     "nodule-detection": "pipelines.nodule.pipeline:NoduleDetection",
+    "nnunet-segmentation": "pipelines.nnunet.pipeline:NnUNetSegmentation",
 }
 #: name -> module with ``INPUTS`` and ``Options`` of a shipped pipeline, importable without torch.
 CONTRACTS: dict[str, str] = {
     "ct-denoise": "pipelines.denoise.contract",
     "tumor-segmentation": "pipelines.tumor.contract",
     "nodule-detection": "pipelines.nodule.contract",
+    "nnunet-segmentation": "pipelines.nnunet.contract",
 }
 
 
 @dataclass(frozen=True)
 class Contract:
-    """What a pipeline takes: the input roles routes must fill, and its options model."""
+    """What a pipeline takes: the input roles routes must fill, and its options model.
+
+    ``roles``: a contract whose roles depend on its options (``inputs_for`` in the contract
+    module, as an nnU-Net folder's channel mapping) gives them from the validated options.
+    """
 
     inputs: tuple[InputSpec, ...]
     options: type[PipelineOptions]
+    roles: Callable[[Any], tuple[InputSpec, ...]] | None = None
+
+    def inputs_for(self, options: PipelineOptions) -> tuple[InputSpec, ...]:
+        return self.roles(options) if self.roles is not None else self.inputs
 
 
 def contract(name: str, site_entry: str | None = None) -> Contract:
@@ -45,7 +56,7 @@ def contract(name: str, site_entry: str | None = None) -> Contract:
     entry = resolve_entry(name, site_entry)
     if site_entry is None and name in CONTRACTS:
         module = importlib.import_module(CONTRACTS[name])
-        return Contract(tuple(module.INPUTS), module.Options)
+        return Contract(tuple(module.INPUTS), module.Options, getattr(module, "inputs_for", None))
     cls = load_class(entry)
     return Contract(tuple(cls.inputs), cls.Options)
 

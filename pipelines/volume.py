@@ -42,6 +42,9 @@ PIXEL_SPACING_TOLERANCE = 1e-3
 SLICE_SPACING_TOLERANCE = 0.05
 #: Slices whose stack direction leans more than this off the image normal are a tilted gantry.
 TILT_TOLERANCE_DEG = 0.25
+#: Positions, spacings (mm) and direction cosines closer than this are the same grid: DICOM
+#: writes positions as decimal strings of at most 16 characters.
+SAME_GRID_TOLERANCE = 1e-3
 #: Fewer slices than this are localizers or single images, not a volume.
 MIN_SLICES = 3
 
@@ -95,6 +98,16 @@ class Volume:
     def slice_position(self, k: int) -> np.ndarray:
         """ImagePositionPatient of slice ``k`` as its source stored it."""
         return _plane_position(self.sources[k], self.frames[k])
+
+    def shares_grid(self, other: Volume) -> bool:
+        """True when ``other`` lies on this volume's voxel grid in the same frame of reference: one
+        session, one prescription, so its voxels need no registration nor resampling."""
+        return (self.frame_of_reference_uid is not None
+                and self.frame_of_reference_uid == other.frame_of_reference_uid
+                and self.array.shape == other.array.shape
+                and bool(np.allclose(self.spacing, other.spacing, atol=SAME_GRID_TOLERANCE))
+                and bool(np.allclose(self.origin, other.origin, atol=SAME_GRID_TOLERANCE))
+                and bool(np.allclose(self.direction, other.direction, atol=SAME_GRID_TOLERANCE)))
 
     def to_sitk(self) -> sitk.Image:
         """The volume as a SimpleITK image with the same LPS geometry (ITK is LPS too)."""

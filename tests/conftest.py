@@ -144,6 +144,13 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the nnU-Net tests' folders are built once per session (``tests/nnunet_folder.py``):
+    planning takes about 20 s, so every test that needs a folder shares these."""
+    return tmp_path_factory.mktemp("nnunet")
+
+
 @pytest.fixture
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
     pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()

@@ -58,7 +58,7 @@ from node.operate.cli import main
 from pipelines.base import PipelineSettings
 from pipelines.registry import SHIPPED, load_class
 models = {name: str(load_class(entry)(PipelineSettings(name=name, device="cpu")).model_dir)
-          for name, entry in SHIPPED.items()}
+          for name, entry in SHIPPED.items() if load_class(entry).shipped_model is not None}
 print(json.dumps({
     "packages": [node.__file__, pipelines.__file__],
     "cli_main_callable": callable(main),
@@ -131,12 +131,13 @@ def loaded_from_wheel(wheel: Wheel, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def default_model_folders() -> dict[str, Path]:
-    """Each shipped pipeline's default model folder in the checkout (``shipped_model``)."""
+    """Each shipped pipeline's default model folder in the checkout (``shipped_model``); a pipeline
+    that only runs a site's model (nnU-Net) has none."""
     folders = {}
     for name, entry in SHIPPED.items():
         folder = getattr(load_class(entry), "shipped_model", None)
-        assert isinstance(folder, Path), f"{name} has no shipped_model"
-        folders[name] = folder
+        if folder is not None:
+            folders[name] = folder
     return folders
 
 

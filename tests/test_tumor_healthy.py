@@ -55,8 +55,11 @@ def test_a_healthy_brain_reads_no_tumor(pipeline, data_dir, tmp_path, case):
     false_positive_ml = sum(result.summary.volumes_ml.values())
     assert false_positive_ml < MAX_FALSE_POSITIVE_ML
     assert not result.summary.tumor_found
-    [report] = [pydicom.dcmread(p) for p in result.outputs]
+    report = next(ds for ds in map(pydicom.dcmread, result.outputs) if ds.Modality == "SR")
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
-    assert not dciodvfy(result.outputs[0]).errors
+    # the report and the summary image, nothing else: no SEG, no key image of a lesion, no GSPS
+    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in result.outputs) == ["OT", "SR"]
+    for path in result.outputs:
+        assert not dciodvfy(path).errors
     assert np.isclose(result.summary.brain_ml, (sitk.GetArrayFromImage(images["brainmask"]) > 0).sum() / 1000,
                       rtol=0.03)

@@ -20,7 +20,6 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.registration import shares_grid
 from pipelines.tumor.training.data import load_clinical
 from pipelines.volume import load_series
 from tests.harness import REPO, NodeProcess, node_config, wait_until
@@ -50,9 +49,9 @@ def shipped_brain_route() -> dict:
 def test_a_t1_on_the_t1c_grid_of_the_same_session_shares_it_and_nothing_else_does(session):
     _, series = session
     t1c, t1, t2 = (load_series(series[role]) for role in ("t1c", "t1", "t2"))
-    assert shares_grid(t1c, t1)
-    assert not shares_grid(t1c, t2)  # same session, another grid: registered
-    assert not shares_grid(t1c, replace(t1, frame_of_reference_uid="1.2.3"))  # another frame: registered
+    assert t1c.shares_grid(t1)
+    assert not t1c.shares_grid(t2)  # same session, another grid: registered
+    assert not t1c.shares_grid(replace(t1, frame_of_reference_uid="1.2.3"))  # another frame: registered
 
 
 @pytest.mark.peers

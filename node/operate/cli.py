@@ -207,7 +207,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     except (LookupError, ModelFolderError) as error:  # a model folder or bundle it cannot run
         print(f"radnode: {error}", file=sys.stderr)
         return 2
-    roles = [spec.role for spec in pipeline.inputs]
+    roles = [spec.role for spec in pipeline.input_specs()]
     if roles == [SERIES_ROLE]:
         batches = {f"series {number}": {SERIES_ROLE: paths} for number, paths in enumerate(by_series.values(), 1)}
     else:

@@ -108,14 +108,20 @@ class LungSides:
         )
 
 
-def lung_sides(volume: Volume, lungs: np.ndarray | None = None) -> LungSides:
+def lung_sides(volume: Volume, lungs: np.ndarray | None = None) -> LungSides | None:
     """The two lungs of ``volume``: from ``lungs``, the boolean mask on its own array grid (k, j,
-    i) as ``lung_mask(volume.array, slice_axis=0)`` gives it, or found here on the subsampled CT."""
+    i) as ``lung_mask(volume.array, slice_axis=0)`` gives it, or found here on the subsampled CT.
+    None when there are not two lungs to tell apart (no aerated lung, one lung): then no finding
+    gets a side, rather than a wrong one."""
     if lungs is not None and lungs.shape != volume.array.shape:
         raise ValueError(f"the lung mask is {lungs.shape}, the volume {volume.array.shape}: the mask must be on its grid")
     grid = _coarse(volume, lungs)
+    if grid is None:
+        return None
     separated = _separate(grid)
     points = {label: grid.lps(np.argwhere(separated.labels == label)) for label in (1, 2)}
+    if not (len(points[1]) and len(points[2])):
+        return None
     left = 1 if float(points[1][:, 0].mean()) > float(points[2][:, 0].mean()) else 2  # +x is the patient's left
     return LungSides(right=points[3 - left], left=points[left], how=separated.how, voxel_mm=float(grid.spacing.max()))
 
@@ -135,17 +141,17 @@ def _zone(share: float) -> tuple[str, Code]:
     return "upper", codes.SCT.UpperZoneOfLung
 
 
-def _coarse(volume: Volume, lungs: np.ndarray | None) -> _Grid:
+def _coarse(volume: Volume, lungs: np.ndarray | None) -> _Grid | None:
     """The mask at about ``COARSE_MM`` (found on the subsampled CT when not given), cropped to the
     lungs with one empty voxel around them: every distance the rule needs runs between voxels of
-    the mask, so the crop changes none of them."""
+    the mask, so the crop changes none of them; None when the mask is empty."""
     spacing = np.asarray(volume.spacing, dtype=np.float64)[::-1]
     stride = np.maximum(1, np.ceil(COARSE_MM / spacing - 1e-6)).astype(int)
     every = (slice(None, None, stride[0]), slice(None, None, stride[1]), slice(None, None, stride[2]))
     mask = lung_mask(volume.array[every], slice_axis=0) if lungs is None else lungs[every].astype(bool)
     filled = np.argwhere(mask)
     if not len(filled):
-        raise ValueError("the lung mask is empty: no lung to place the finding in")
+        return None  # no aerated lung: nothing to place a finding in
     low = np.maximum(filled.min(axis=0) - 1, 0)
     high = filled.max(axis=0) + 2
     crop = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]

@@ -305,18 +305,17 @@ def _segmented(labels: np.ndarray, number: int, measured: Measurement) -> Region
     return Region(measured.window, mine if mine.any() else measured.mask, YELLOW)
 
 
-def _locations(volume: Volume, measured: list[Measurement]) -> list[AnatomicLocation]:
+def _locations(volume: Volume, measured: list[Measurement]) -> list[AnatomicLocation | None]:
     """Side and zone of each nodule, from the lungs of the source volume (found only when there
-    is something to place)."""
-    if not measured:
-        return []
-    lungs = lung_sides(volume)
-    return [lungs.locate(m.center_lps) for m in measured]
+    is something to place); None for each when two lungs cannot be told apart."""
+    lungs = lung_sides(volume) if measured else None
+    return [None if lungs is None else lungs.locate(m.center_lps) for m in measured]
 
 
-def _caption(number: int, detection: Detection, measured: Measurement, location: AnatomicLocation) -> str:
+def _caption(number: int, detection: Detection, measured: Measurement, location: AnatomicLocation | None) -> str:
     """"Nodule 1: 12.4 mm, right lung, upper zone, score 0.93": a key image's label."""
-    return f"Nodule {number}: {measured.diameter_mm:.1f} mm, {location.label}, score {detection.score:.2f}"
+    where = f"{location.label}, " if location is not None else ""
+    return f"Nodule {number}: {measured.diameter_mm:.1f} mm, {where}score {detection.score:.2f}"
 
 
 def near_lungs(

@@ -81,7 +81,7 @@ from pipelines.tumor.preprocess import (
     resample,
     zscore_channels,
 )
-from pipelines.tumor.registration import RegistrationError, align, shares_grid
+from pipelines.tumor.registration import RegistrationError, align
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
@@ -323,7 +323,7 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
     for role in present:
         if role == reference_role:
             continue
-        if shares_grid(volumes[reference_role], volumes[role]):
+        if volumes[reference_role].shares_grid(volumes[role]):
             transforms[role] = sitk.Transform()
             registration[role] = {"registered": False, "why": "same frame of reference and grid as the reference"}
             continue

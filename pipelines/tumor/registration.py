@@ -21,7 +21,7 @@ Quality check, because a tumor segmented from misaligned channels is wrong witho
 A failed check raises ``RegistrationError`` naming the contrast and what failed; the pipeline
 then leaves that contrast out of the study (every contrast but the reference is optional).
 
-Series of one session on one grid need none of this (``shares_grid``): the same
+Series of one session on one grid need none of this (``Volume.shares_grid``): the same
 FrameOfReferenceUID and the same voxel grid mean the scanner already placed every voxel of both
 at the same point of the patient. Registering them could only add error, and the quality check
 would only measure how differently two contrasts show the head: TCGA-FG-6692's skull-on T1 on its
@@ -35,8 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-
-from pipelines.volume import Volume
 
 #: Dice of the head masks below which an alignment is refused.
 MIN_OVERLAP = 0.85
@@ -55,9 +53,6 @@ LEVELS_MM = (6.0, 3.0, 1.5)
 SMOOTHING = (2.0, 1.0, 0.0)
 SAMPLING = 0.05
 SEED = 1234
-#: Grids that differ by less than this (mm for origin and spacing, cosines for the direction)
-#: are one grid: DICOM writes positions as decimal strings of at most 16 characters.
-SAME_GRID_TOLERANCE = 1e-3
 
 
 class RegistrationError(RuntimeError):
@@ -73,19 +68,6 @@ class RegistrationError(RuntimeError):
             f"the {name} series could not be aligned to the reference ({'; '.join(problems)}): check that "
             "it belongs to the same patient and session and covers the head, or leave it out of the route"
         )
-
-
-def shares_grid(reference: Volume, other: Volume) -> bool:
-    """True when ``other`` lies on ``reference``'s voxel grid in the same frame of reference.
-
-    Such a series needs no registration (module docstring): its transform is the identity.
-    """
-    return (reference.frame_of_reference_uid is not None
-            and reference.frame_of_reference_uid == other.frame_of_reference_uid
-            and reference.array.shape == other.array.shape
-            and bool(np.allclose(reference.spacing, other.spacing, atol=SAME_GRID_TOLERANCE))
-            and bool(np.allclose(reference.origin, other.origin, atol=SAME_GRID_TOLERANCE))
-            and bool(np.allclose(reference.direction, other.direction, atol=SAME_GRID_TOLERANCE)))
 
 
 @dataclass(frozen=True)

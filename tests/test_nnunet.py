@@ -1,0 +1,145 @@
+"""An nnU-Net v2 results folder as a model: radnode runs it as nnU-Net runs it.
+
+The folders are real: a tiny BraTS-2015 dataset planned by nnU-Net's own tools, networks built from
+the plans and saved as nnU-Net saves a checkpoint (``tests/nnunet_folder.py``). ``nnUNetv2_predict``
+on the held-out case's NIfTI files is the reference; radnode gets the same case as DICOM series
+and must give the same labels, voxel for voxel, with one fold, two folds (ensembled) and a
+region-based label set. A folder radnode cannot run as configured is refused at start with the
+key named.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from pipelines.base import JobInput, PipelineSettings
+from pipelines.nnunet.folder import INSTALL, NnUNetFolderError, require_nnunetv2
+from tests.nnunet_folder import NnUNetCase, build_case, to_dicom_series
+from tests.peers import dciodvfy
+
+#: building the two folders takes about 90 s of the file's 2 minutes (2 cores); dciodvfy checks the SEG
+pytestmark = [pytest.mark.data, pytest.mark.peers, pytest.mark.slow]
+
+CHANNELS = {"T1c": "t1c", "FLAIR": "flair"}
+#: nnUNetv2_predict and radnode on the same voxels: the share that must carry the same label.
+MIN_AGREEMENT = 0.999
+
+
+#: The folds each test asks for; the one-fold and two-fold cases share one folder (fold_0, fold_1).
+FOLDS = {"one fold": (0,), "two folds": (0, 1), "regions": (0,)}
+
+
+@pytest.fixture(scope="session")
+def cases(nnunet_root) -> dict[str, NnUNetCase]:
+    return {name: build_case(nnunet_root, folds=folds, region_based=name == "regions") for name, folds in FOLDS.items()}
+
+
+def _labels(case: NnUNetCase) -> dict[str, int | list[int]]:
+    """dataset.json's labels but the background: a value, or a region's list of values."""
+    labels = json.loads((case.folder / "dataset.json").read_text())["labels"]
+    return {name: value for name, value in labels.items() if value != 0}
+
+
+def _pipeline(case: NnUNetCase, **options: object):
+    from pipelines.nnunet.pipeline import NnUNetSegmentation
+
+    return NnUNetSegmentation(PipelineSettings(name="nnunet-segmentation", model=case.folder, device="cpu",
+                                               options={"channels": CHANNELS, **options}))
+
+
+def _run(case: NnUNetCase, tmp_path, **options: object):
+    series = to_dicom_series(case, tmp_path / "dicom")
+    result = _pipeline(case, **options).run(JobInput(series={CHANNELS[name]: paths for name, paths in series.items()},
+                                                     output_dir=tmp_path / "out"))
+    return result, series
+
+
+def _segments(result, t1c_paths) -> dict[str, np.ndarray]:
+    """Each SEG segment (by its label) as a mask on the T1c's slices, in slice order."""
+    seg_path = next(p for p in result.outputs if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG")
+    seg = hd.seg.segread(seg_path)
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in t1c_paths]
+    masks = {}
+    for item in seg.SegmentSequence:
+        pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[int(item.SegmentNumber)],
+                                                   skip_overlap_checks=True)
+        masks[str(item.SegmentLabel)] = pixels[..., 0].astype(bool)
+    return masks
+
+
+def _in_slice_order(t1c_paths, reference: np.ndarray) -> np.ndarray:
+    """The reference label map (SimpleITK array order of the NIfTI) in the DICOM files' slice order."""
+    numbers = [int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) for p in t1c_paths]
+    return reference[np.asarray(numbers) - 1]
+
+
+@pytest.mark.parametrize("name", ["one fold", "two folds"])
+def test_radnode_gives_the_labels_nnunetv2_predict_gives_on_the_same_case(cases, tmp_path, name):
+    case = cases[name]
+    result, series = _run(case, tmp_path, folds=list(FOLDS[name]))
+    assert result.summary.folds == [str(f) for f in FOLDS[name]]
+    reference = _in_slice_order(series["T1c"], sitk.GetArrayFromImage(sitk.ReadImage(str(case.reference))))
+    masks = _segments(result, series["T1c"])
+    ours = np.zeros(reference.shape, dtype=np.int16)
+    labels = _labels(case)
+    for label, value in labels.items():
+        ours[masks[label]] = value
+    agreement = float((ours == reference).mean())
+    found = {label: int((reference == value).sum()) for label, value in labels.items()}
+    print(f"{name}: agreement {agreement:.5f}; reference voxels per label {found}")
+    assert agreement >= MIN_AGREEMENT, f"{agreement:.5f} of the voxels agree"
+    for path in result.outputs:
+        assert not dciodvfy(path).errors, path.name
+
+
+def test_region_based_labels_are_written_as_the_overlapping_regions_nnunet_exports(cases, tmp_path):
+    case = cases["regions"]
+    result, series = _run(case, tmp_path)
+    reference = _in_slice_order(series["T1c"], sitk.GetArrayFromImage(sitk.ReadImage(str(case.reference))))
+    masks = _segments(result, series["T1c"])
+    for region, values in _labels(case).items():
+        agreement = float((masks[region] == np.isin(reference, values)).mean())
+        assert agreement >= MIN_AGREEMENT, f"{region}: {agreement:.5f}"
+    assert (masks["enhancing tumor"] <= masks["whole tumor"]).all(), "a region outside the region that holds it"
+
+
+def test_a_channel_without_a_role_is_refused_naming_the_option(cases):
+    with pytest.raises(NnUNetFolderError) as caught:
+        _pipeline(cases["one fold"], channels={"T1c": "t1c"})
+    assert caught.value.key == "options.channels" and "'FLAIR'" in str(caught.value), str(caught.value)
+
+
+def test_a_fold_the_folder_does_not_hold_is_refused_naming_the_option(cases):
+    with pytest.raises(NnUNetFolderError) as caught:
+        _pipeline(cases["one fold"], folds=[0, 3])
+    assert caught.value.key == "options.folds" and "fold 3" in str(caught.value), str(caught.value)
+
+
+def test_without_nnunetv2_the_folder_is_refused_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import nnunetv2 raises ImportError
+    with pytest.raises(NnUNetFolderError) as caught:
+        require_nnunetv2()
+    assert INSTALL in str(caught.value)
+
+
+def test_radnode_serve_refuses_to_start_with_a_channel_without_a_role(cases, tmp_path):
+    """The refusal comes before the node listens, naming the key to change."""
+    from tests.harness import NodeProcess, node_config
+
+    route = {"name": "brain", "pipeline": "nnunet-segmentation", "destinations": ["pacs"], "level": "study",
+             "match": {"Modality": "MR"},
+             "inputs": {"t1c": {"match": {"SeriesDescription": {"regex": "T1c"}}}}}
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}  # never reached
+    config = node_config(tmp_path, routes=[route], destinations=[pacs], pipelines={"nnunet-segmentation": {
+        "model": str(cases["one fold"].folder), "device": "cpu", "options": {"channels": {"T1c": "t1c"}}}})
+    result = NodeProcess(config, tmp_path).cli("serve")
+    assert result.returncode == 2, result.stderr
+    assert "pipelines.nnunet-segmentation.options.channels" in result.stderr and "FLAIR" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
