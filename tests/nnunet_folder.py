@@ -85,11 +85,14 @@ HEAD_VOXELS = 40000
 HEAD_STEPS = 60
 
 
-def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool = False) -> NnUNetCase:
+def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool = False,
+               shrink: tuple[int, int, int] = SHRINK) -> NnUNetCase:
     """The nnU-Net raw, preprocessed and results folders under ``root`` and the reference for ``folds``.
 
     Each step is skipped when its output is already there, so session fixtures may call this for
     the same root again (with more folds, or the other variant) and pay only for what is new.
+    ``shrink``: voxels of the 1 mm source averaged per axis (x, y, z); (1, 1, 1) is BraTS's own
+    grid (``bench.nnunet``), one shrink per root.
     """
     dataset_id, name = DATASETS[region_based]
     root = root.resolve()  # the subprocesses get these paths, from their own working directory
@@ -97,7 +100,7 @@ def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool 
     raw = Path(env["nnUNet_raw"]) / name
     folder = Path(env["nnUNet_results"]) / name / TRAINED_MODEL
     if not (raw / "dataset.json").is_file():
-        write_raw_dataset(raw, region_based)
+        write_raw_dataset(raw, region_based, shrink)
     if not (folder / "plans.json").is_file():
         plan(dataset_id, env, Path(env["nnUNet_preprocessed"]) / name, folder)
     missing = [fold for fold in folds if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()]
@@ -128,10 +131,10 @@ def case_id(case: str) -> str:
     return case.split("_")[-2]
 
 
-def write_raw_dataset(raw: Path, region_based: bool) -> None:
+def write_raw_dataset(raw: Path, region_based: bool, shrink: tuple[int, int, int]) -> None:
     """imagesTr/labelsTr of the training cases, imagesTs of the held-out case, dataset.json last (the mark of done)."""
     for case in (*TRAIN_CASES, TEST_CASE):
-        images, labels = shrunk_case(case)
+        images, labels = shrunk_case(case, shrink)
         held_out = case == TEST_CASE
         for k, channel in CHANNELS.items():
             write_nifti(images[channel], raw / ("imagesTs" if held_out else "imagesTr") / f"{case_id(case)}_{int(k):04d}.nii.gz")
@@ -155,12 +158,12 @@ def dataset_json(region_based: bool) -> dict[str, Any]:
     return description
 
 
-def shrunk_case(case: str) -> tuple[dict[str, sitk.Image], sitk.Image]:
-    """One BraTS-2015 case on the SHRINK grid: channel name -> int16 image (0 outside the brain), and the labels
+def shrunk_case(case: str, shrink: tuple[int, int, int]) -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """One BraTS-2015 case on the ``shrink`` grid: channel name -> int16 image (0 outside the brain), and the labels
     as uint8 on the same grid (nearest neighbour: the label at each coarse voxel's centre)."""
     source = load_brats2015(case)
     brain = source["brainmask"] > 0.5
-    images = {channel: integer_image(sitk.BinShrink(sitk.Mask(source[role], brain), SHRINK))
+    images = {channel: integer_image(sitk.BinShrink(sitk.Mask(source[role], brain), shrink))
               for channel, role in ROLES.items()}
     grid = images["T1c"]
     labels = sitk.Resample(source["labels"], grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)

@@ -38,13 +38,15 @@ print(json.dumps({
 }))
 """
 
-#: What a worker does before its first job: import the node's worker and build each shipped pipeline.
+#: What a worker does before its first job: import the node's worker and build each shipped pipeline
+#: that ships its model (nnunet-segmentation runs only a site's folder).
 WORKER = """
 from node.run import worker
 from pipelines.base import PipelineSettings
 from pipelines.registry import SHIPPED, load_class
 for name, entry in SHIPPED.items():
-    load_class(entry)(PipelineSettings(name=name, device="cpu"))
+    if getattr(load_class(entry), "shipped_model", None) is not None:
+        load_class(entry)(PipelineSettings(name=name, device="cpu"))
 """
 
 
