@@ -60,7 +60,7 @@ class _Models:
 def torchvision_imports() -> bool:
     """Once per process: a failed import is not cached by Python and would run again on each call."""
     try:
-        import torchvision  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        import torchvision  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
     except Exception:  # noqa: BLE001 (ImportError, or a CUDA wheel failing on a CPU torch)
         return False
     return True
