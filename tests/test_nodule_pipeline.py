@@ -80,8 +80,7 @@ def tumor_box(data_dir, held_out) -> np.ndarray:
 
 def reported(pipeline: NoduleDetection, volume: Volume):
     """The pipeline's post-processed, measured findings for a volume: [(detection, measurement)]."""
-    grid = pipeline.detector.grid(volume)
-    return pipeline.nodules(volume, grid, lung_mask(grid.hu, slice_axis=2), pipeline.detector.detect(grid))
+    return pipeline.search(volume).nodules
 
 
 @pytest.mark.slow

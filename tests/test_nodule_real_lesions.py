@@ -20,7 +20,6 @@ import torch
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule import candidates
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
-from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import data, evaluate, lidc, patients, train_scorer
 from tests.nodule_series import chest_files
@@ -89,10 +88,7 @@ def a0002_findings(data_dir) -> dict[str, tuple[patients.Series, list]]:
     found = {}
     for name in data.HELD_OUT:
         series = patients.load(data_dir, "lung-pet-ct-dx-A0002", name)
-        grid = pipeline.detector.grid(series.volume)
-        lungs = lung_mask(grid.hu, slice_axis=2)
-        found[name.rsplit("/", 1)[-1]] = (series, pipeline.nodules(series.volume, grid, lungs,
-                                                                   pipeline.detector.detect(grid, lungs)))
+        found[name.rsplit("/", 1)[-1]] = (series, pipeline.search(series.volume).nodules)
     return found
 
 
@@ -199,10 +195,7 @@ def fold_pipeline(patient: str) -> NoduleDetection:
 def reported_on(pipeline: NoduleDetection, series: patients.Series) -> tuple[dict[str, bool], list]:
     """The pipeline's reported findings on a series: which lesions >= 10 mm were reported, and the
     findings on no lesion and in no ignore region (false positives)."""
-    volume = series.volume
-    grid = pipeline.detector.grid(volume)
-    lungs = lung_mask(grid.hu, slice_axis=2)
-    findings = pipeline.nodules(volume, grid, lungs, pipeline.detector.detect(grid, lungs))
+    findings = pipeline.search(series.volume).nodules
     hit = {f"{les.label} {les.diameter_mm:.1f} mm": any(evaluate.hits(d, les.lps_box) for d, _ in findings)
            for les in series.lesions if les.diameter_mm >= MIN_LESION_MM}
     false = [d for d, _ in findings

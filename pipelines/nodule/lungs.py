@@ -21,6 +21,16 @@ def lung_mask(hu: np.ndarray, slice_axis: int) -> np.ndarray:
     ``slice_axis`` is the axis across slices (2 on a detector grid, 0 on a ``Volume``); air that
     touches the image border in the other two axes is outside air.
     """
+    lungs = inner_air(hu, slice_axis)
+    # Vessels and nodules are holes in the air mask; fill them slice by slice.
+    moved = np.moveaxis(lungs, slice_axis, 0)
+    filled = np.stack([ndi.binary_fill_holes(plane) for plane in moved])
+    return np.moveaxis(filled, 0, slice_axis)
+
+
+def inner_air(hu: np.ndarray, slice_axis: int) -> np.ndarray:
+    """The aerated lung and the airways, without what lies in them (vessels, nodules): air inside
+    the body, in components of at least ``MIN_COMPONENT_FRACTION`` of the largest."""
     air = hu < AIR_HU
     labels, count = ndi.label(air)
     if count == 0:
@@ -37,11 +47,8 @@ def lung_mask(hu: np.ndarray, slice_axis: int) -> np.ndarray:
         return np.zeros(hu.shape, dtype=bool)
     largest = max(sizes[n - 1] for n in inner)
     keep = [n for n in inner if sizes[n - 1] >= MIN_COMPONENT_FRACTION * largest]
-    lungs = np.isin(labels, keep)
-    # Vessels and nodules are holes in the air mask; fill them slice by slice.
-    moved = np.moveaxis(lungs, slice_axis, 0)
-    filled = np.stack([ndi.binary_fill_holes(plane) for plane in moved])
-    return np.moveaxis(filled, 0, slice_axis)
+    kept: np.ndarray = np.isin(labels, keep)
+    return kept
 
 
 def lung_volume_ml(mask: np.ndarray, spacing_mm: np.ndarray) -> float:

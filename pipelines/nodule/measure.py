@@ -92,16 +92,64 @@ def measure(volume: Volume, low: np.ndarray, high: np.ndarray) -> Measurement | 
         mask = _component_at(dense, core)
     if mask is None:
         return None
-    voxel_mm3 = float(np.prod(spacing_kji))
+    return measure_mask(volume, window, mask)
+
+
+def measure_mask(volume: Volume, window: tuple[slice, slice, slice], mask: np.ndarray) -> Measurement:
+    """The sizes of the segmentation ``mask`` of the source voxels in ``window``."""
+    spacing_kji = np.asarray(volume.spacing[::-1])
+    start = np.array([s.start for s in window])
     centroid = np.array(ndi.center_of_mass(mask)) + start
     return Measurement(
         window=window,
         mask=mask,
         diameter_mm=long_axis_mm(mask, spacing_kji),
-        volume_mm3=float(mask.sum() * voxel_mm3),
-        mean_hu=float(hu[mask].mean()),
+        volume_mm3=float(mask.sum() * np.prod(spacing_kji)),
+        mean_hu=float(volume.array[window][mask].mean()),
         center_lps=as_point(volume.kji_to_lps(centroid)),
     )
+
+
+def union(volume: Volume, first: Measurement, second: Measurement) -> Measurement:
+    """One measurement of the voxels of both segmentations."""
+    start = np.minimum([s.start for s in first.window], [s.start for s in second.window])
+    stop = np.maximum([s.stop for s in first.window], [s.stop for s in second.window])
+    window = voxel_window(start, stop)
+    mask = np.zeros(tuple(stop - start), dtype=bool)
+    for part in (first, second):
+        mask[_within(part.window, start)] |= part.mask
+    return measure_mask(volume, window, mask)
+
+
+def touch(first: Measurement, second: Measurement) -> bool:
+    """Whether the two segmentations share a voxel or lie side by side (26-connected)."""
+    start = np.maximum([s.start for s in first.window], [s.start for s in second.window]) - 1
+    stop = np.minimum([s.stop for s in first.window], [s.stop for s in second.window]) + 1
+    if np.any(stop <= start):
+        return False
+    start = np.maximum(start, 0)
+    window = voxel_window(start, stop)
+    grown = ndi.binary_dilation(_cropped(first, window), structure=np.ones((3, 3, 3), dtype=bool))
+    return bool((grown & _cropped(second, window)).any())
+
+
+def _cropped(part: Measurement, window: tuple[slice, slice, slice]) -> np.ndarray:
+    """``part``'s mask on ``window``'s voxels (False where it has none)."""
+    start = np.array([s.start for s in window])
+    shape = tuple(s.stop - s.start for s in window)
+    full = np.zeros(shape, dtype=bool)
+    low = np.maximum([s.start for s in part.window], start)
+    high = np.minimum([s.stop for s in part.window], start + np.array(shape))
+    if np.any(high <= low):
+        return full
+    source = tuple(slice(int(a - s.start), int(b - s.start)) for a, b, s in zip(low, high, part.window))
+    full[tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(low, high, start))] = part.mask[source]
+    return full
+
+
+def _within(window: tuple[slice, slice, slice], start: np.ndarray) -> tuple[slice, slice, slice]:
+    """``window`` relative to a larger window that begins at ``start``."""
+    return voxel_window(np.array([s.start for s in window]) - start, np.array([s.stop for s in window]) - start)
 
 
 def _component_at(mask: np.ndarray, core: np.ndarray) -> np.ndarray | None:

@@ -36,6 +36,7 @@ default: the scorer folder shipped in ``scorer_weights/``),
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,9 +62,12 @@ from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
+from pipelines.nodule.harmonize import Harmonized, harmonize
+from pipelines.nodule.lesions import in_lung, merge_touching
 from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box
+from pipelines.nodule.parenchyma import parenchyma
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
@@ -105,8 +109,16 @@ class NoduleSummary(PipelineSummary):
     nodules: list[FoundNodule]
     #: boxes the detector scored, reported or not
     candidates: int
+    #: lesions at the reporting threshold left out because they lie outside the lung (jobs
+    #: stored before the lung rule have none)
+    outside_lung: int = 0
     #: aerated lung found in the series
     lung_ml: int
+    #: the series' noise index (HU), and the in-plane smoothing (mm) that brought a sharp
+    #: reconstruction to a standard kernel's noise before detection (0: none; None: stored
+    #: before harmonization)
+    noise_hu: float | None = None
+    softened_mm: float = 0.0
 
 
 class BundleNoduleSummary(PipelineSummary):
@@ -114,6 +126,19 @@ class BundleNoduleSummary(PipelineSummary):
 
     nodules: list[FoundBox]
     candidates: int
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the detector found in a series, before anything is written."""
+
+    seen: Harmonized
+    lung_ml: float
+    #: boxes the detector scored
+    candidates: int
+    #: reported lesions, best score first
+    nodules: list[tuple[Detection, Measurement]]
+    outside_lung: int
 
 
 class NoduleDetection(ModelPipeline):
@@ -151,22 +176,8 @@ class NoduleDetection(ModelPipeline):
         clock.lap("load")
         if self.bundle is not None:
             return self.run_bundle(job, volume, clock)
-        grid = self.detector.grid(volume)
-        lungs = lung_mask(grid.hu, slice_axis=2)
-        lung_ml = lung_volume_ml(lungs, grid.spacing)
-        if lung_ml < self.min_lung_ml:
-            raise NotApplicable(
-                f"only {lung_ml:.0f} mL of aerated lung in the series (at least {self.min_lung_ml:.0f} mL "
-                "needed): not a chest CT, or the lungs are outside its field of view"
-            )
-        clock.lap("preprocess")
-        if isinstance(self.detector, CandidateDetector):
-            candidates = self.detector.detect(grid, lungs)
-        else:
-            candidates = self.detector.detect(grid)
-        clock.lap("inference")
-        nodules = self.nodules(volume, grid, lungs, candidates)
-        clock.lap("postprocess")
+        found = self.search(volume, clock)
+        nodules = found.nodules
         outputs = write_datasets(self.results(volume, nodules), job.output_dir)
         clock.lap("write")
         return JobResult.written(
@@ -177,8 +188,11 @@ class NoduleDetection(ModelPipeline):
                                 volume_mm3=_rounded(m.volume_mm3))
                     for d, m in nodules
                 ],
-                candidates=len(candidates),
-                lung_ml=round(lung_ml),
+                candidates=found.candidates,
+                outside_lung=found.outside_lung,
+                lung_ml=round(found.lung_ml),
+                noise_hu=round(found.seen.noise_hu, 1),
+                softened_mm=found.seen.sigma_mm,
                 device=self.device,
                 model_sha256=self.model_digest,
                 seconds=clock.laps,
@@ -211,19 +225,47 @@ class NoduleDetection(ModelPipeline):
             seconds=clock.laps,
         ))
 
-    def nodules(
+    def search(self, volume: Volume, clock: StageClock | None = None) -> Search:
+        """The reported lesions of a chest CT, and what the summary says of the search.
+
+        Everything is found and measured on the series as ``harmonize`` softens it; the results
+        are written on the series as acquired."""
+        clock = clock if clock is not None else StageClock()
+        seen = harmonize(volume)
+        grid = self.detector.grid(seen.volume)
+        lungs = lung_mask(grid.hu, slice_axis=2)
+        lung_ml = lung_volume_ml(lungs, grid.spacing)
+        if lung_ml < self.min_lung_ml:
+            raise NotApplicable(
+                f"only {lung_ml:.0f} mL of aerated lung in the series (at least {self.min_lung_ml:.0f} mL "
+                "needed): not a chest CT, or the lungs are outside its field of view"
+            )
+        clock.lap("preprocess")
+        if isinstance(self.detector, CandidateDetector):
+            candidates = self.detector.detect(grid, lungs)
+        else:
+            candidates = self.detector.detect(grid)
+        clock.lap("inference")
+        nodules, outside_lung = self.lesions(seen.volume, grid, lungs, candidates)
+        clock.lap("postprocess")
+        return Search(seen, lung_ml, len(candidates), nodules, outside_lung)
+
+    def lesions(
         self, volume: Volume, grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection]
-    ) -> list[tuple[Detection, Measurement]]:
-        """Reported detections, measured on the source slices, best score first."""
+    ) -> tuple[list[tuple[Detection, Measurement]], int]:
+        """Reported lesions, measured on the source slices, best score first: detections at the
+        threshold, one per lesion, in the lung (``lesions``); and how many lesions at the
+        threshold were left out as outside the lung."""
         threshold = self.detector.settings.report_threshold
-        kept = []
+        measured_detections = []
         for detection in fuse_nested(near_lungs(grid, lungs, candidates, self.lung_margin_mm)):
             if detection.score < threshold:
                 break
             measured = measure(volume, *source_box(volume, detection.lps_corners))
             if measured is not None:
-                kept.append((detection, measured))
-        return kept
+                measured_detections.append((detection, measured))
+        found = merge_touching(volume, measured_detections)
+        return in_lung(parenchyma(volume), found) if found else ([], 0)
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
                 box_regions: bool = False) -> list[Any]:

@@ -2,7 +2,7 @@
 
     python -m pipelines.nodule.training.train_scorer --out DIR [--jobs 2] [--device cuda] [--synthetic 2] [--epochs 15]
         [--nodules 6] [--copy-positives all|inserted] [--synthetic-ground-glass plateau|lifted]
-        [--report outer|inner-mean]
+        [--report outer|inner-mean] [--reconstructions]
 
 The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
 --copy-positives inserted --threads 1 --jobs 2`` (training/LOG.md,
@@ -18,6 +18,10 @@ The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --
    negatives. Every series thinner than ``THICK_MM`` also enters as slab averages about 5 and
    8 mm thick (``slab_factors``): real series of their patient, held out with it, counted with
    the real series when a threshold is set; the held-out numbers are on the series as acquired.
+   ``--reconstructions``: each synthetic copy is first reconstructed anew (``reconstruction``:
+   the other kernel or not, a thicker slice or not, drawn at random), and every real series also
+   enters once as the other kernel (thicker or not), counted like the slab series: so the
+   scorer and its nested threshold both see the kernels and thicknesses a series could have had.
 2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
    series) and scores the held-out patient's real series (and, for the FROC on inserted
    nodules, its synthetic copies). The operating point is the nested rule (training/LOG.md,
@@ -99,43 +103,70 @@ REPORTERS = ("outer", "inner-mean")
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: str = "all",
-          ground_glass: str = "plateau") -> dict[str, np.ndarray]:
+          ground_glass: str = "plateau", reconstructions: bool = False) -> dict[str, np.ndarray]:
     """All candidates of the real series, their slab averages and synthetic copies, with labels
     and inputs. The slab series come last, so the rest is drawn from the same random stream as
     before they existed. ``copy_positives`` "inserted": a copy's candidates on the real lesions
     are left out (``copy_labels``); ``ground_glass``: how the copies' ground glass is rendered
-    (``synthesis.GROUND_GLASS_RENDERINGS``; the same nodules at the same places either way)."""
+    (``synthesis.GROUND_GLASS_RENDERINGS``; the same nodules at the same places either way).
+    ``reconstructions``: the copies reconstructed anew and each real series once more as the
+    other kernel, last, with their own random stream (``reconstructed``)."""
     from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
+    stream = np.random.default_rng([seed, RECONSTRUCTION_STREAM]) if reconstructions else None
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("patches", "scalars", "label", "patient", "series", "copy",
-                                                          "slab", "lesion", "diameter")}
+                                                          "slab", "lesion", "diameter", "reconstructed")}
     lesion_table: list[dict[str, Any]] = []
     real = patients.all_series(data_dir)
     for series in real:
         for copy in range(copies + 1):
-            _add_scan(parts, lesion_table, series, copy, 1, nodules, rng, copy_positives, ground_glass)
+            _add_scan(parts, lesion_table, reconstructed(series, stream) if copy else series, copy, 1, nodules, rng,
+                      copy_positives, ground_glass, anew=bool(copy) and stream is not None)
     for series in real:
         for factor in slab_factors(series.volume.spacing[2]):
             thick = dataclasses.replace(series, volume=data.slab_average(series.volume, factor),
                                         name=f"{series.name} (slab {factor})")
             _add_scan(parts, lesion_table, thick, 0, factor, nodules, rng)
+    for series in real if stream is not None else ():
+        _add_scan(parts, lesion_table, reconstructed(series, stream, other_kernel=True), 0, 1, nodules, rng, anew=True)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     arrays["lesions"] = np.array(json.dumps(lesion_table))
     arrays["ground_glass"] = np.array(GROUND_GLASS)
-    arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives, ground_glass)))
+    arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives, ground_glass,
+                                                               reconstructions)))
     return arrays
 
 
+def reconstructed(series: Series, rng: np.random.Generator | None, other_kernel: bool = False) -> Series:
+    """The series as another reconstruction of its acquisition would show it (``reconstruction.draw``;
+    ``other_kernel``: always the other kernel), named for it; as it is when ``rng`` is None."""
+    from pipelines.nodule.training import reconstruction
+
+    if rng is None:
+        return series
+    drawn = reconstruction.draw(rng, series.volume)
+    if other_kernel:
+        drawn = dataclasses.replace(drawn, kernel=reconstruction.other_kernel(series.volume))
+    thickness = "" if drawn.thickness_mm is None else f", {drawn.thickness_mm:g} mm"
+    return dataclasses.replace(series, volume=reconstruction.reconstruct(series.volume, drawn, rng),
+                               name=f"{series.name} ({drawn.kernel}{thickness})")
+
+
 def build_arguments(copies: int, nodules: int, seed: int, copy_positives: str,
-                    ground_glass: str = "plateau") -> dict[str, object]:
-    """The arguments a cache was built with, as it records them (``cache_mismatch``)."""
+                    ground_glass: str = "plateau", reconstructions: bool = False) -> dict[str, object]:
+    """The arguments a cache was built with, as it records them (``cache_mismatch``); ``harmonized``:
+    every series was softened as the pipeline softens it (``harmonize``) before its candidates."""
     return {"synthetic": copies, "nodules": nodules, "seed": seed, "copy_positives": copy_positives,
-            "synthetic_ground_glass": ground_glass}
+            "synthetic_ground_glass": ground_glass, "reconstructions": reconstructions,
+            "harmonized": True}
 
 
 #: What a record from before an argument existed was built with.
-RECORD_DEFAULTS: dict[str, object] = {"synthetic_ground_glass": "plateau"}
+RECORD_DEFAULTS: dict[str, object] = {"synthetic_ground_glass": "plateau", "reconstructions": False,
+                                      "harmonized": False}
+#: ``build``'s second random stream (``--reconstructions``), beside ``--seed``'s.
+RECONSTRUCTION_STREAM = 1
 
 
 def cache_mismatch(arrays: dict[str, np.ndarray], wanted: dict[str, object]) -> str | None:
@@ -160,12 +191,14 @@ def slab_factors(thickness_mm: float) -> tuple[int, ...]:
 
 def _add_scan(parts: dict[str, list[np.ndarray]], lesion_table: list[dict[str, Any]], series: Series, copy: int,
               slab: int, nodules: int, rng: np.random.Generator, copy_positives: str = "all",
-              ground_glass: str = "plateau") -> None:
-    """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules)."""
+              ground_glass: str = "plateau", anew: bool = False) -> None:
+    """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules;
+    ``anew``: reconstructed anew, ``reconstructed``)."""
     from pipelines.nodule import candidates
     from pipelines.nodule.grid import to_model_grid
+    from pipelines.nodule.harmonize import harmonize
 
-    grid = to_model_grid(series.volume, (candidates.GRID_MM,) * 3)
+    grid = to_model_grid(harmonize(series.volume).volume, (candidates.GRID_MM,) * 3)
     inserted: list[Truth]
     if copy == 0:
         scan_grid, inserted = grid, []
@@ -185,13 +218,14 @@ def _add_scan(parts: dict[str, list[np.ndarray]], lesion_table: list[dict[str, A
     p, s = scorer.inputs(scan, kept)
     base = len(lesion_table)
     lesion_table += [{"series": series.name, "patient": series.patient, "copy": copy, "slab": slab,
-                      "label": t[2], "diameter_mm": round(float(t[1]), 1)} for t in truth]
+                      "reconstructed": anew, "label": t[2], "diameter_mm": round(float(t[1]), 1)} for t in truth]
     parts["patches"].append(p)
     parts["scalars"].append(s)
     parts["label"].append(labels[keep])
     parts["lesion"].append(np.where(which[keep] >= 0, which[keep] + base, -1))
     parts["diameter"].append(np.array([c.diameter_mm for c in kept], dtype=np.float32))
-    for key, value in (("patient", series.patient), ("series", series.name), ("copy", copy), ("slab", slab)):
+    for key, value in (("patient", series.patient), ("series", series.name), ("copy", copy), ("slab", slab),
+                       ("reconstructed", anew)):
         parts[key].append(np.full(len(keep), value))
     print(f"{series.name} copy {copy}: {len(scan.candidates)} candidates, {int((labels == 1).sum())} on "
           f"lesions, {int((labels == -1).sum())} ignored ({time.process_time() - started:.0f} CPU s)", flush=True)
@@ -317,7 +351,8 @@ def held_out_numbers(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np
                      lesions: list[dict[str, Any]]) -> dict[str, Any]:
     """Per real lesion >= 10 mm: best score and found at the threshold; FP per scan; FROC on the
     inserted nodules of the held-out patient's synthetic copies."""
-    real = rows[(arrays["copy"][rows] == 0) & (arrays["slab"][rows] == 1)]  # the series as acquired
+    as_acquired = (arrays["copy"][rows] == 0) & (arrays["slab"][rows] == 1) & ~reconstructed_rows(arrays, rows)
+    real = rows[as_acquired]  # the series as acquired
     real_scores = scores[np.searchsorted(rows, real)]
     table = []
     for index in sorted({int(i) for i in arrays["lesion"][real] if i >= 0}):
@@ -329,7 +364,8 @@ def held_out_numbers(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np
         table.append({**lesion, "best_score": round(best, 4), "found": best >= threshold})
     with_candidate = set(arrays["lesion"][real].tolist())
     for index, lesion in enumerate(lesions):  # lesions without any candidate are misses too
-        if (lesion["copy"] == 0 and lesion["slab"] == 1 and lesion["diameter_mm"] >= MIN_LESION_MM
+        if (lesion["copy"] == 0 and lesion["slab"] == 1 and not lesion.get("reconstructed", False)
+                and lesion["diameter_mm"] >= MIN_LESION_MM
                 and lesion["patient"] == arrays["patient"][rows[0]] and index not in with_candidate):
             table.append({**lesion, "best_score": 0.0, "found": False})
     series = sorted(set(arrays["series"][real].tolist()))
@@ -337,6 +373,15 @@ def held_out_numbers(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np
     synthetic = rows[arrays["copy"][rows] > 0]
     froc = _froc(arrays, synthetic, scores[np.searchsorted(rows, synthetic)], lesions)
     return {"lesions": table, "fp_per_scan": fp / max(len(series), 1), "series": series, "froc_inserted": froc}
+
+
+def reconstructed_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Which rows come from a series reconstructed anew (``--reconstructions``); none in a cache
+    from before the flag."""
+    if "reconstructed" not in arrays:
+        return np.zeros(len(rows), dtype=bool)
+    flags: np.ndarray = arrays["reconstructed"][rows].astype(bool)
+    return flags
 
 
 def _froc(arrays: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, lesions: list[dict[str, Any]]) -> dict[str, float]:
@@ -470,6 +515,9 @@ def main() -> None:
                         help="how the copies' ground glass is rendered: a smooth plateau, or the scan's own "
                              "lung lifted to its density (pipelines/nodule/training/LOG.md, "
                              "\"Synthetic ground glass keeps the scan's own lung\")")
+    parser.add_argument("--reconstructions", action="store_true",
+                        help="reconstruct each synthetic copy anew (kernel, slice thickness) and add every real "
+                             "series once as the other kernel (pipelines/nodule/training/reconstruction.py)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -494,12 +542,12 @@ def main() -> None:
     if cache.is_file():
         arrays = dict(np.load(cache))
         mismatch = cache_mismatch(arrays, build_arguments(args.synthetic, args.nodules, args.seed, args.copy_positives,
-                                                          args.synthetic_ground_glass))
+                                                          args.synthetic_ground_glass, args.reconstructions))
         if mismatch:
             parser.error(mismatch)
     else:
         arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives,
-                       args.synthetic_ground_glass)
+                       args.synthetic_ground_glass, args.reconstructions)
         # Widened for mypy only: numpy's stub has allow_pickle: bool beside **kwds, which any str-keyed dict could fill.
         np.savez_compressed(cache, **cast(dict[str, Any], arrays))
     if args.data_only:

@@ -1,0 +1,64 @@
+"""From measured detections to lesions a radiologist would count: one finding per lesion, and
+only findings that lie in the lung.
+
+- **One finding per lesion.** Boxes of different sizes and sources (a blob, a solid component, a
+  watershed piece of it) land on the same lesion, and ``fuse_nested`` folds only boxes that lie
+  inside one another. Two boxes on one lesion segment overlapping or adjacent voxels, whatever
+  their boxes, so detections whose segmentations touch in 3D (26-connected) are one lesion: it is
+  measured once on the union of their voxels and keeps the best score.
+- **In the lung.** A finding is kept when most of what surrounds it is aerated lung parenchyma
+  (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
+  round they look. The rule is applied to the merged lesion, so a mass is judged whole, not by a
+  piece of it that touches the mediastinum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.nodule.detector import Detection
+from pipelines.nodule.measure import Measurement, touch, union
+from pipelines.nodule.parenchyma import MIN_LUNG_CONTACT, Parenchyma
+from pipelines.volume import Volume
+
+Found = tuple[Detection, Measurement]
+
+
+def merge_touching(volume: Volume, found: list[Found]) -> list[Found]:
+    """``found`` (best score first) with every group of touching segmentations measured as one.
+
+    A lesion takes each later detection that touches it, and a detection that touches two
+    lesions joins them; each keeps the place of its best-scored member, so the order stays best first.
+    """
+    lesions: list[Found] = []
+    for detection, measured in found:
+        touching = [n for n, (_, lesion) in enumerate(lesions) if touch(lesion, measured)]
+        if not touching:
+            lesions.append((detection, measured))
+            continue
+        first, *others = touching
+        joined_detection, joined = lesions[first]
+        for extra_detection, extra in [(detection, measured)] + [lesions[n] for n in others]:
+            joined_detection = _joined(joined_detection, extra_detection)
+            joined = union(volume, joined, extra)
+        lesions[first] = (joined_detection, joined)
+        for n in reversed(others):
+            del lesions[n]
+    return lesions
+
+
+def _joined(first: Detection, second: Detection) -> Detection:
+    """The box around both boxes, with the better score."""
+    corners = np.concatenate([first.lps_corners, second.lps_corners])
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    box_corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    grid_box = np.concatenate([np.minimum(first.grid_box[:3], second.grid_box[:3]),
+                               np.maximum(first.grid_box[3:], second.grid_box[3:])])
+    return Detection(grid_box, box_corners, max(first.score, second.score))
+
+
+def in_lung(lungs: Parenchyma, found: list[Found]) -> tuple[list[Found], int]:
+    """The findings whose lung contact is at least ``MIN_LUNG_CONTACT``, and how many were not."""
+    kept = [(detection, measured) for detection, measured in found
+            if lungs.lung_contact(measured) >= MIN_LUNG_CONTACT]
+    return kept, len(found) - len(kept)
