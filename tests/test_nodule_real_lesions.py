@@ -48,21 +48,20 @@ MASS_EXTENT_SHARE = 0.6
 GROUND_GLASS_EXTENT_SHARE = 0.6
 #: The pipeline's findings on each real patient by the fold's scorers that never saw it (the
 #: mean of its four inner scorers), at that fold's nested threshold (their out-of-fold scores of
-#: its training patients, thin and slab-averaged series; model card). The target (every
-#: lesion >= 10 mm reported, <= 2 false positives per scan; written before any fold in
-#: pipelines/nodule/training/LOG.md, "In the pipeline, and the CI tests") is met on false positives
-#: on average (1.67) and on 7 of 8 lesion-series; as that section says, the tests then assert the
-#: measured results (``bench/nodule_real_lesions.py --detector scorer``) as regression floors: per
-#: LIDC scan, the long axes (mm) of the lesions reported and the false positives. Missed: 0002's
-#: 31.0 mm ground-glass nodule (best score 0.17).
+#: its training patients, thin and slab-averaged series; model card), through today's pipeline
+#: (kernel harmonization, touching segmentations merged, findings outside the lung left out).
+#: Targets: every lesion >= 10 mm reported at <= 1 false positive per scan; measured 7 of 8
+#: lesion-series at 0.50 (``bench/nodule_real_lesions.py --detector scorer``, saved in
+#: scorer_weights/real_lesions.json); the tests assert those results as regression floors: per LIDC
+#: scan, the long axes (mm) of the lesions reported and the false positives. Missed: 0002's 31.0 mm
+#: ground-glass nodule.
 MIN_LESION_MM = 10.0
-LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 1), SCANS[2]: ([31.0, 14.3, 12.6], 1)}
-#: A0002 (one patient, two kernels): the mass is reported on both (score 0.996), with 4 false
-#: positives on each (target 2: missed on both). On B40f it is reported whole: box 68.0 mm (0.89 of
-#: its longest annotated side), measured 79.6 mm long against 76.3 mm. On B70f the finding on it is
-#: a 144 mm ground-glass component around the mass, measured 103.1 mm and 457 mL: boxed beyond its
-#: extent and over-measured by a third (model card, limits).
-A0002_MAX_FALSE_POSITIVES = {"B40f": 4, "B70f": 4}
+LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 0), SCANS[2]: ([31.0, 14.3, 12.6], 1)}
+#: A0002 (one patient, two kernels): the mass is reported on both (0.996, 0.997), with 1 false
+#: positive on each (a 3.3 mm finding 1.4 mm from the mass's segmentation). On B40f it is reported
+#: whole: measured 79.6 mm against 76.3 mm; on B70f (softened 0.5 mm first) 75.0 mm against 77.6
+#: (test_nodule_lung_only: within 15 % of each other).
+A0002_MAX_FALSE_POSITIVES = {"B40f": 1, "B70f": 1}
 #: The mass's measured long axis against the annotation's longest side (measured +4 % on B40f).
 MASS_LONG_AXIS_TOLERANCE = 0.25
 
