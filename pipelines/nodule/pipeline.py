@@ -1,11 +1,13 @@
 """``nodule-detection``: a chest CT series in, a SEG of the nodules and a TID 1500 SR out.
 
-Stages (their seconds go into each job's summary): load the series as a volume in HU; preprocess
-it onto the detector's grid (resampling and intensity range from the model folder) and find the
-lungs there; run the detector; postprocess: keep boxes at or above the reporting threshold whose
-centre lies in or near the lungs, segment and measure each on the source slices (``measure``);
-write one SEG segment and one SR measurement group per nodule. With no nodule the SR says so and,
-unless ``empty_seg`` is set, no SEG is written.
+Stages (their seconds go into each job's summary): load the series as a volume in HU; preprocess:
+soften a sharp reconstruction to a standard kernel's noise (``harmonize``), put it onto the
+detector's grid (resampling and intensity range from the model folder) and find the lungs there;
+run the detector; postprocess: keep boxes at or above the reporting threshold whose centre lies in
+or near the lungs, segment and measure each on the source slices (``measure``), merge those whose
+segmentations touch and keep the lesions that lie in the lung parenchyma (``lesions``); write one
+SEG segment and one SR measurement group per nodule, on the series as acquired. With no nodule
+the SR says so and, unless ``empty_seg`` is set, no SEG is written.
 
 The default detector is the shipped scorer folder (``pipelines/nodule/scorer_weights``,
 ``candidate_detector``): classical candidates on a 2 mm grid (solid components box a mass whole),
