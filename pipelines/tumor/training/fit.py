@@ -14,8 +14,11 @@ lesion out of the loss); a ``--patch`` cube centred on a tumor voxel (``TUMOR_CE
 labelled draws) or on any brain voxel, so that most of every brain is seen as "no tumor"
 somewhere; T1c alone or T1c + FLAIR (half each: the contrast sets this model serves; T1 and T2
 stay zero channels as at inference); with ``--thick-slices`` probability, the patch as a series of
-3-7 mm axial slices would reach the model grid (``thick_slices``); intensity jitter and noise on
-the present channels inside the brain; a left-right flip. Everything after loading runs on the
+3-7 mm axial slices would reach the model grid (``thick_slices``; thin-slice brains only); with
+``--gamma`` and ``--bias-field`` shares, a contrast change and a smooth coil gain (what clinical
+scans vary in); intensity jitter and noise on the present channels inside the brain; a
+left-right flip. A clinical brain whose mask is the tumor core only (``prepare --clinical``) is
+scored on the core everywhere, on whole tumor inside the core, on enhancing tumor outside it. Everything after loading runs on the
 device, in bfloat16 autocast on a GPU and on a CPU that computes in it natively.
 
 The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever ends first,
@@ -68,6 +71,10 @@ THICKNESS_MM = (3.0, 7.0)
 T1C, FLAIR = CHANNELS.index("t1c"), CHANNELS.index("flair")
 
 
+#: Acquired slices at most this far apart (mm) count as thin: only those are made thick (``thick_slices``).
+THIN_SLICE_MM = 3.0
+
+
 @dataclass
 class Brain:
     """One prepared brain on the device: input channels, region targets, loss weight, sampling pools."""
@@ -75,27 +82,42 @@ class Brain:
     name: str
     x: torch.Tensor        # (2, z, y, x) z-scored T1c, FLAIR
     y: torch.Tensor        # (3, z, y, x) TC, WT, ET
-    weight: torch.Tensor   # (z, y, x) 0 where ignored
+    weight: torch.Tensor   # (3, z, y, x) per region, 0 where ignored or not known
     brain: torch.Tensor    # (z, y, x) bool
     brain_voxels: torch.Tensor
     tumor_voxels: torch.Tensor
+    thin: bool             # acquired in thin slices, so a thick-slice version is worth simulating
 
 
 def load_brain(path: Path, patch: int, device: str) -> Brain:
-    """A prepared ``.npz`` padded so that every patch is a full cube, moved to ``device``."""
+    """A prepared ``.npz`` padded so that every patch is a full cube, moved to ``device``.
+
+    Optional arrays (``prepare`` writes them for clinical masks): ``supervised`` (3, z, y, x), which
+    regions the labels speak for at each voxel (all of them where absent), and ``slice_mm``, the
+    acquired slice spacing (1 mm where absent: the BraTS cases)."""
     data = np.load(path)
     pad = [(0, max(patch - n, 0)) for n in data["brain"].shape]
     x = np.stack([np.pad(data[role].astype(np.float32), pad) for role in ("t1c", "flair")])
     labels = np.pad(data["labels"], pad)
     regions = np.stack([np.isin(labels, (1, 4)), labels > 0, labels == 4]).astype(np.float32)
     brain = np.pad(data["brain"], pad) > 0
-    weight = (np.pad(data["ignore"], pad) == 0).astype(np.float32)
+    known = np.pad(data["ignore"], pad) == 0
+    supervised = (np.stack([np.pad(s, pad) for s in data["supervised"]]) > 0 if "supervised" in data.files
+                  else np.ones((3, *known.shape), bool))
+    weight = (supervised & known).astype(np.float32)
+    slice_mm = float(data["slice_mm"]) if "slice_mm" in data.files else 1.0
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     return Brain(path.stem, as_tensor(x), as_tensor(regions), as_tensor(weight), as_tensor(brain),
-                 as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)))
+                 as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)), slice_mm <= THIN_SLICE_MM)
+
+
+def npz_path(data: Path, name: str) -> Path:
+    """A brain's prepared file: ``brats2015_<name>.npz`` for a BraTS-2015 patient, else ``<name>.npz``."""
+    brats = data / f"brats2015_{name}.npz"
+    return brats if brats.is_file() else data / f"{name}.npz"
 
 
 def thick_slices(x: torch.Tensor, thickness_mm: float, phase: float) -> torch.Tensor:
@@ -119,9 +141,50 @@ def thick_slices(x: torch.Tensor, thickness_mm: float, phase: float) -> torch.Te
     return torch.einsum("zk,ckyx->czyx", matrix, x)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How often each change of appearance is drawn; a share of 0 draws no random number, so
+    that a recipe without it keeps the random stream (and the weights) it had before it existed."""
+
+    thick_slices: float = 0.0     # thin brains as if acquired as 3-7 mm axial slices
+    t1c_alone: float = T1C_ALONE_SHARE
+    bias_field: float = 0.0       # a smooth multiplicative field over the patch (coil sensitivity)
+    gamma: float = 0.0            # a contrast change: a power of the T1c's rank within the brain
+
+
+#: A brain's mean intensity over its standard deviation in T1c, about: what a gain on the raw
+#: intensities adds to a z-score (``with_bias_field``).
+MEAN_OVER_SD = 4.0
+
+
+def with_bias_field(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` (c, z, y, x) z-scores as if the raw intensities carried a smooth gain of about +-20 %.
+
+    Why: a receive coil's sensitivity makes the same tissue brighter near it; clinical scans
+    without bias correction carry it, the BraTS cases (corrected) do not. The gain ``g`` is a 2^3
+    grid trilinearly upsampled over the patch; on raw intensities ``m + s z`` it makes the z-score
+    ``g z + (g - 1) m / s``."""
+    coarse = 1.0 + 0.2 * (2.0 * torch.rand((1, 1, 2, 2, 2), generator=generator) - 1.0)
+    gain = torch.nn.functional.interpolate(coarse, size=tuple(x.shape[1:]), mode="trilinear", align_corners=True)
+    gain = gain[0].to(x.device)
+    return x * gain + (gain - 1.0) * MEAN_OVER_SD
+
+
+def gamma_change(x: torch.Tensor, inside: torch.Tensor, power: float) -> torch.Tensor:
+    """T1c z-scores re-shaped by ``power`` through a min-max map inside the brain: contrast between
+    tissues changes, order does not (another scanner, another sequence, another contrast dose)."""
+    low, high = x[inside].min(), x[inside].max()
+    if float(high - low) <= 0:
+        return x
+    unit = ((x - low) / (high - low)).clamp(0.0, 1.0)
+    changed = low + unit ** power * (high - low)
+    mean, spread = changed[inside].mean(), changed[inside].std()
+    return torch.where(inside, (changed - mean) / (spread + 1e-6), x)
+
+
 def sample(brain: Brain, generator: torch.Generator, patch: int,
-           thick_share: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """(4, p, p, p) input, (3, p, p, p) targets, (p, p, p) weight for one training patch."""
+           augmentation: Augmentation = Augmentation()) -> tuple[torch.Tensor, ...]:
+    """(4, p, p, p) input, (3, p, p, p) targets, (3, p, p, p) weights for one training patch."""
     device = brain.x.device
 
     def uniform() -> float:
@@ -135,11 +198,16 @@ def sample(brain: Brain, generator: torch.Generator, patch: int,
     box = tuple(slice(int(s), int(s) + patch) for s in start)
     x2 = brain.x[(slice(None), *box)].clone()
     inside = brain.brain[box]
-    if uniform() < T1C_ALONE_SHARE:
+    if uniform() < augmentation.t1c_alone:
         x2[1] = 0.0
-    if uniform() < thick_share:
+    if brain.thin and uniform() < augmentation.thick_slices:
         low, high = THICKNESS_MM
         x2 = torch.where(inside, thick_slices(x2, low + (high - low) * uniform(), uniform()), 0.0)
+    if augmentation.gamma and uniform() < augmentation.gamma:
+        x2[0] = gamma_change(x2[0], inside, float(np.exp(0.4 * (2.0 * uniform() - 1.0))))
+    if augmentation.bias_field and uniform() < augmentation.bias_field:
+        present = x2.flatten(1).any(dim=1)[:, None, None, None]   # a missing contrast stays 0
+        x2 = torch.where(inside & present, with_bias_field(x2, generator), x2)
     for c in range(2):
         if x2[c].any():  # jitter and noise on present channels, inside the brain only (missing stays 0)
             scale, shift = 0.85 + 0.3 * uniform(), -0.15 + 0.3 * uniform()
@@ -147,19 +215,34 @@ def sample(brain: Brain, generator: torch.Generator, patch: int,
             x2[c] = torch.where(inside, x2[c] * scale + shift + noise, x2[c])
     x = torch.zeros((len(CHANNELS), patch, patch, patch), device=device)
     x[T1C], x[FLAIR] = x2[0], x2[1]
-    y, weight = brain.y[(slice(None), *box)], brain.weight[box]
+    y, weight = brain.y[(slice(None), *box)], brain.weight[(slice(None), *box)]
     if uniform() < 0.5:
         x, y, weight = x.flip(-1), y.flip(-1), weight.flip(-1)
     return x, y, weight
 
 
-def write_params(path: Path, architecture: Architecture) -> None:
+#: The licence each source of training brains brings, by the prefix of its prepared file.
+LICENCES = {
+    "brats2015_": "BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial use only, shared alike",
+    "healthy_": "BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial use only, shared alike",
+    "gli00001": "BraTS-GLI-00001 (BraTS 2023 data terms)",
+    "clinical_": "TCIA QIN-BRAIN-DSC-MRI and Brain-Tumor-Progression (CC BY 3.0, cite Schmainda et al.)",
+}
+
+
+def licences(names: list[str]) -> list[str]:
+    """What the training brains (prepared file stems) bring, each source once."""
+    found = {text for prefix, text in LICENCES.items() for name in names if name.startswith(prefix)}
+    return sorted(found)
+
+
+def write_params(path: Path, architecture: Architecture, trained_on: list[str]) -> None:
     """The radnode params file of the fine-tuned model (thresholds and post-processing fixed beforehand)."""
     path.write_text(
         "# radnode tumor-segmentation model folder (see pipelines/tumor/inference.py)\n"
-        "# fine-tuned on BraTS-2015 (pipelines/tumor/training/fit.py);\n"
-        "# pipelines/tumor/training/LOG.md, \"Retraining on BraTS-2015: rules fixed before training\"\n"
-        "# trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial use only, shared alike\n"
+        "# fine-tuned by pipelines/tumor/training/fit.py (the run's training.json has the recipe);\n"
+        "# thresholds and post-processing: pipelines/tumor/training/LOG.md, rules fixed before training\n"
+        + "".join(f"# trained on {text}\n" for text in licences(trained_on)) +
         "[input]\n"
         f"spacing = {SPACING}          # mm, isotropic model grid\n"
         f"channels = {json.dumps(list(CHANNELS))}\n"
@@ -176,7 +259,7 @@ def write_params(path: Path, architecture: Architecture) -> None:
 #: The arguments that define a run: a paused run resumes only with the same ones (``--data``,
 #: ``--init``, ``--out`` and ``--device`` may differ between the machines that carry it on).
 RUN_ARGUMENTS = ("train", "tumor_free", "iterations", "max_seconds", "patch", "batch", "learning_rate", "seed",
-                 "thick_slices")
+                 "thick_slices", "t1c_alone", "bias_field", "gamma")
 #: Iterations between checkpoints: a run that is killed loses at most this many.
 CHECKPOINT_EVERY = 100
 CHECKPOINT = "checkpoint.pt"
@@ -207,7 +290,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--thick-slices", type=float, default=0.0,
-                        help="share of samples made as if acquired as 3-7 mm axial slices (thick_slices)")
+                        help="share of thin-slice samples made as if acquired as 3-7 mm axial slices (thick_slices)")
+    parser.add_argument("--t1c-alone", type=float, default=T1C_ALONE_SHARE,
+                        help="share of samples with the FLAIR channel left empty (the rest keep it where the brain has it)")
+    parser.add_argument("--bias-field", type=float, default=0.0,
+                        help="share of samples given a smooth intensity gain (with_bias_field)")
+    parser.add_argument("--gamma", type=float, default=0.0, help="share of samples given a T1c contrast change (gamma_change)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pause-after", type=float, default=float("inf"), metavar="SECONDS",
                         help="stop this session after SECONDS with a checkpoint in --out (the schedule is not "
@@ -262,6 +350,10 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, fraction: f
         group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
+def augmentation(args: argparse.Namespace) -> Augmentation:
+    return Augmentation(args.thick_slices, args.t1c_alone, args.bias_field, args.gamma)
+
+
 def draw_batch(labelled: list[Brain], tumor_free: list[Brain], generator: torch.Generator,
                args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs, targets and loss weights of one batch, every random choice from ``generator`` (the
@@ -270,7 +362,7 @@ def draw_batch(labelled: list[Brain], tumor_free: list[Brain], generator: torch.
     for _ in range(args.batch):
         pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
         batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch,
-                            args.thick_slices))
+                            augmentation(args)))
     x, y, w = (torch.stack(part) for part in zip(*batch))
     return x, y, w
 
@@ -294,8 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    labelled = [load_brain(args.data / f"brats2015_{name}.npz", args.patch, args.device) for name in args.train]
-    tumor_free = [load_brain(args.data / f"{name}.npz", args.patch, args.device) for name in args.tumor_free]
+    labelled = [load_brain(npz_path(args.data, name), args.patch, args.device) for name in args.train]
+    tumor_free = [load_brain(npz_path(args.data, name), args.patch, args.device) for name in args.tumor_free]
     architecture = Architecture()
     network = architecture.build()
     load_state_dict(args.init / "model.pt", network)
@@ -346,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     network.cpu()
     torch.save(network.state_dict(), args.out / "model.pt")
-    write_params(args.out / "params.toml", architecture)
+    write_params(args.out / "params.toml", architecture,
+                 [npz_path(args.data, name).stem for name in [*args.train, *args.tumor_free]])
     write_record(args.out / "training.json", args, progress, use_bf16)
     checkpoint.unlink(missing_ok=True)
     print(f"saved {args.out}: {progress.iteration} iterations in {progress.seconds:.0f}s", flush=True)
@@ -360,8 +453,9 @@ def write_record(path: Path, args: argparse.Namespace, progress: Progress, use_b
         "labelled_patients": args.train, "tumor_free_brains": args.tumor_free, "init": str(args.init),
         "channels": list(CHANNELS), "spacing_mm": SPACING, "patch": args.patch, "batch": args.batch,
         "iterations_run": progress.iteration, "learning_rate": args.learning_rate, "seed": args.seed,
-        "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": T1C_ALONE_SHARE,
+        "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": args.t1c_alone,
         "thick_slices_share": args.thick_slices, "thickness_mm": list(THICKNESS_MM),
+        "bias_field_share": args.bias_field, "gamma_share": args.gamma,
         "thresholds": list(THRESHOLDS), "device": progress.sessions[-1]["device"],
         "bfloat16": use_bf16,
         "seconds": round(progress.seconds),
@@ -370,7 +464,7 @@ def write_record(path: Path, args: argparse.Namespace, progress: Progress, use_b
         "loss_last_100": round(float(np.mean(history[-100:])), 4) if history else None,
         "loss_per_100": [round(float(np.mean(history[i:i + 100])), 4) for i in range(0, len(history), 100)],
         "torch": torch.__version__,
-        "licence": "trained on BraTS-2015 (CC BY-NC-SA 3.0): a derived work, non-commercial, share-alike",
+        "licence": licences([npz_path(args.data, name).stem for name in [*args.train, *args.tumor_free]]),
     }, indent=2) + "\n")
 
 

@@ -1,6 +1,6 @@
 """Prepare the real training brains as compact arrays on the model grid, for training elsewhere.
 
-    python -m pipelines.tumor.training.prepare --out /tmp/tumor_npz
+    python -m pipelines.tumor.training.prepare --out /tmp/tumor_npz [--clinical /work/clinical]
 
 A GPU machine may have torch, numpy and MONAI but no SimpleITK and no shared data folder, so
 everything that needs them happens here, once, on the CPU: each brain is put onto the 2 mm
@@ -19,6 +19,13 @@ Brains: the six BraTS-2015 patients (``brats2015_patNNNN``), the mirrored health
 that qualifies (``healthy_patNNNN``, ``healthy``), BraTS-GLI-00001 (``gli00001``, no labels: its
 own lesion ignored) and, for timing inference elsewhere, the model input of the clinical
 TCGA-FG-6692 T1c alone (``clinical_t1c_input``, the four-channel array ``segment`` builds).
+
+With ``--clinical ROOT`` (the fetched repositories of ``clinical_t1c``), also the 30 skull-on
+clinical T1c training volumes on their recovered geometry (``clinical_<name>``): T1c only, their
+tumor-core mask as label 1, ``supervised`` saying which regions that mask speaks for (core
+everywhere; whole tumor inside the core; enhancing tumor outside it, where it is 0), and
+``slice_mm`` (their 6 mm slices are not made thicker). Core voxels outside the extracted brain
+weigh nothing: the pipeline never reports a voxel there.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.preprocess import model_grid, resample, zscore_channels
+from pipelines.tumor.training.clinical_t1c import SLICE_SPACING_MM, load_scan, training_scans
 from pipelines.tumor.training.data import (
     BRATS,
     BRATS2015_CASES,
@@ -73,6 +81,33 @@ def on_model_grid(images: dict[str, sitk.Image], labels: sitk.Image | None = Non
     return arrays
 
 
+def clinical_on_model_grid(t1c: sitk.Image, core: sitk.Image) -> dict[str, Any]:
+    """A clinical T1c and its tumor-core mask as ``on_model_grid`` writes a brain, with what the mask
+    says and does not say (module docstring)."""
+    arrays: dict[str, Any] = dict(on_model_grid({"t1c": t1c}))  # of arrays; Any, as in ``save``
+    grid = model_grid(t1c, SPACING)
+    inside = sitk.GetArrayFromImage(resample(sitk.Cast(core, sitk.sitkFloat32), grid)) >= 0.5
+    brain = arrays["brain"] > 0
+    arrays["labels"] = np.where(inside & brain, 1, 0).astype(np.uint8)
+    arrays["ignore"] = (inside & ~brain).astype(np.uint8)
+    arrays["supervised"] = np.stack([np.ones_like(inside), inside, ~inside]).astype(np.uint8)
+    arrays["slice_mm"] = np.float32(SLICE_SPACING_MM)
+    return arrays
+
+
+def prepare_clinical(root: Path, out: Path) -> list[str]:
+    """Write each clinical training volume's npz (``clinical_<name>``) into ``out``; returns the names."""
+    names = []
+    for scan in training_scans(root):
+        arrays = clinical_on_model_grid(*load_scan(scan))
+        name = f"clinical_{scan.name}"
+        np.savez_compressed(out / f"{name}.npz", **arrays)
+        print(f"{name}: grid {arrays['brain'].shape}, brain {int(arrays['brain'].sum())} voxels, "
+              f"core {int(arrays['labels'].sum())} voxels ({int(arrays['ignore'].sum())} outside the brain)", flush=True)
+        names.append(name)
+    return names
+
+
 def prepare(root: Path, out: Path) -> list[str]:
     """Write every brain's npz into ``out``; returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -106,9 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA_ROOT)
+    parser.add_argument("--clinical", type=Path, help="the fetched clinical T1c repositories (clinical_t1c.SOURCES)")
+    parser.add_argument("--clinical-only", action="store_true", help="write only the clinical volumes")
     args = parser.parse_args(argv)
     started = time.time()
-    names = prepare(args.data, args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [] if args.clinical_only else prepare(args.data, args.out)
+    if args.clinical:
+        names += prepare_clinical(args.clinical, args.out)
     print(f"{len(names)} brains in {args.out} in {time.time() - started:.0f}s")
 
 
