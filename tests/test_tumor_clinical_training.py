@@ -17,6 +17,7 @@ import torch
 
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.training import fit
+from pipelines.tumor.training.clinical_eval import at_floor, score
 from pipelines.tumor.training.clinical_t1c import (
     HEAD_BREADTH_MM,
     SLICE_SPACING_MM,
@@ -76,6 +77,22 @@ def test_a_prepared_clinical_brain_is_thick_and_weighs_each_region_where_its_mas
     assert float(brain.weight[WT][torch.from_numpy(~core)].max()) == 0.0
     assert float(brain.weight[ET][torch.from_numpy(core)].max()) == 0.0
     assert float(brain.weight[TC].min()) == 1.0
+
+
+def test_a_size_floor_drops_the_small_false_lesion_and_keeps_the_small_real_one_and_its_dice() -> None:
+    """0.008 mL voxels: a 0.5 mL lesion found by a 0.4 mL component, a false 0.2 mL one, a 1 mL miss."""
+    reference = np.zeros((20, 20, 20), bool)
+    labels = np.zeros((20, 20, 20), np.uint8)
+    reference[2:6, 2:6, 2:6] = True            # 64 voxels, 0.512 mL
+    labels[2:6, 2:6, 2:5] = 4                  # 48 voxels on it, 0.384 mL
+    labels[10:13, 10:13, 10:13] = 4            # 27 voxels, 0.216 mL, on nothing
+    reference[14:19, 14:19, 14:19] = True      # 125 voxels, 1.0 mL, missed
+    scored = score(labels, reference, 0.008)
+    assert at_floor(scored, 0.1) == {"tc_dice": round(2 * 0.384 / (0.384 + 0.216 + 1.512), 4), "lesions_1ml": 1,
+                                     "found_1ml": 0, "lesions": 2, "found": 1, "false_lesions": 1}
+    assert at_floor(scored, 0.3) == {"tc_dice": round(2 * 0.384 / (0.384 + 1.512), 4), "lesions_1ml": 1,
+                                     "found_1ml": 0, "lesions": 2, "found": 1, "false_lesions": 0}
+    assert at_floor(scored, 1.0)["found"] == 0
 
 
 def test_folds_keep_a_patients_scans_before_and_after_treatment_together() -> None:
