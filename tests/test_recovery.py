@@ -138,7 +138,9 @@ def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, da
                  "pipeline": "broken"}],
         pipelines={**threshold_pipeline(sleep_seconds=60),
                    "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
-        workers={"count": 1, "job_timeout_seconds": 3},
+        # 10 s: long enough for the broken pipeline to load its series and fail on a loaded machine
+        # (at 3 s it timed out there too), far below the slow pipeline's 60 s
+        workers={"count": 1, "job_timeout_seconds": 10},
     )
     node = NodeProcess(config, tmp_path).start()
     try:
@@ -151,10 +153,10 @@ def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, da
         failed = wait_until(lambda: len(index.jobs("failed")) == 2 and index.jobs("failed"), 60,
                             what="both jobs failed")
         outcomes = {j.route: j.outcome for j in failed}
-        assert outcomes["slow"] == "timed out after 3 s"
+        assert outcomes["slow"] == "timed out after 10 s"
         assert "told to fail" in outcomes["broken"]
         listing = node.cli("jobs", "--state", "failed").stdout
-        assert "timed out after 3 s" in listing and "told to fail" in listing
+        assert "timed out after 10 s" in listing and "told to fail" in listing
     finally:
         node.stop()
 
