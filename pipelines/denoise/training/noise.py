@@ -23,6 +23,11 @@ much the patient attenuates each ray. This module reproduces both, following the
 4. Filtered back projection of that sinogram noise with a ramp filter apodized like the
    reconstruction kernel (``FILTER_BY_KERNEL``), converted to HU and added to the real image.
    FBP is linear, so reconstructing only the noise equals ``FBP(noisy) - FBP(clean)``.
+   ``iradon``'s windows are defined per pixel, so their texture changes with the field of view;
+   the kernel families (``kernel_family``: smooth, medium, sharp) instead apodize the ramp in
+   cycles/mm, with the window fitted to the noise power spectrum measured on real scans of each
+   family (``FAMILY_APODIZATION``, ``training/nps.py``). A family's name is a filter name like
+   the others; callers that pass ``reconstruction_filter``'s names get what they always got.
 
 ``I0`` is not a property of the scanner we can read from DICOM, so it is calibrated per scan:
 ``calibrate_photons`` picks the ``I0`` whose simulated full-dose noise matches the noise measured
@@ -75,6 +80,36 @@ FILTER_BY_KERNEL = (
     ("DETAIL", "shepp-logan"),
     ("B8", "edge"), ("B9", "edge"), ("U9", "edge"), ("BONEPLUS", "edge"), ("EDGE", "edge"),
 )
+#: Siemens kernel letters (body, head, iterative, ADMIRE, dual-energy, ...): the two digits after
+#: them number the sharpness.
+SIEMENS_LETTERS = ("B", "BR", "BV", "BF", "BL", "I", "QR", "D", "J", "H", "HR", "HC", "T", "U")
+#: Kernel families by DICOM ConvolutionKernel prefix, the first match wins (``kernel_family``);
+#: a one-letter prefix matches only when no letter follows it. Siemens by number: 10-39 smooth,
+#: 40-49 medium, 50 and up sharp (so D45f, "medium sharp" in Siemens' words, is medium). GE by
+#: name: SOFT/SMOOTH smooth, STANDARD medium; DETAIL, LUNG, BONE, BONEPLUS, EDGE sharp. Toshiba/
+#: Canon by number: FC01-FC14 smooth, FC15-FC29 medium, FC30 and up (bone, lung, HRCT) sharp.
+#: Philips by letter: A smooth, B and C medium, D, E, L, Y* sharp. Measured on real scans
+#: (``training/nps.py``): smooth B30s, medium GE STANDARD and B40f (one NPS shape), sharp B70f.
+KERNEL_FAMILIES = (
+    *((f"{letters}{digit}", family) for letters in SIEMENS_LETTERS
+      for digit, family in (("1", "smooth"), ("2", "smooth"), ("3", "smooth"), ("4", "medium"))),
+    *((f"{letters}{digit}", "sharp") for letters in SIEMENS_LETTERS for digit in "56789"),
+    ("SOFT", "smooth"), ("SMOOTH", "smooth"), ("STANDARD", "medium"),
+    *((f"FC{n:02d}", "smooth") for n in range(1, 15)), *((f"FC{n:02d}", "medium") for n in range(15, 30)),
+    ("A", "smooth"), ("B", "medium"), ("C", "medium"),
+)
+#: The families, sharpest first; ``FAMILY_APODIZATION`` holds each one's window.
+FAMILIES = ("sharp", "medium", "smooth")
+#: Each family's window on the ramp, as the squared gain at ``f`` cycles/mm (the noise power it
+#: passes): ``W^2 = (1 + a (f/fc)^2) exp(-(f/fc)^p)``, (fc cycles/mm, p, a). Fitted by ``training/nps.py
+#: --fit`` to real NPS over the simulation's ramp NPS on the same slices: smooth on the B30s neck
+#: slice, medium on LIDC-IDRI-0001/0002 (GE STANDARD), sharp on C3N-00247 (B70f); A0002's B40f
+#: and B70f and LIDC-IDRI-0003 check them. The magnitude is the photon calibration's, not this.
+FAMILY_APODIZATION: dict[str, tuple[float, float, float]] = {
+    "smooth": (0.1836, 1.14, 0.005),
+    "medium": (0.1532, 1.214, 0.276),
+    "sharp": (0.6398, 3.993, 1.045),
+}
 #: Poisson counts below this are clamped (photon starvation) before taking the logarithm.
 MIN_COUNTS = 1.0
 #: Kaiser-Bessel gridding: kernel width in grid cells and oversampling of the FFT grid.
@@ -91,14 +126,38 @@ def reconstruction_filter(kernel: str | None) -> str:
     return "ramp"
 
 
-def fourier_filter(size: int, filter_name: str) -> torch.Tensor:
+def kernel_family(kernel: str | None) -> str:
+    """The family (``FAMILIES``) of a DICOM ConvolutionKernel: smooth, medium or sharp.
+
+    Anything ``KERNEL_FAMILIES`` does not name (B5x-B9x, LUNG, BONE, EDGE, DETAIL, Philips D/L/Y,
+    an empty name) is sharp, as ``reconstruction_filter`` takes unknown kernels to be."""
+    name = (kernel or "").strip().upper()
+    for prefix, family in KERNEL_FAMILIES:
+        if name.startswith(prefix) and not (len(prefix) == 1 and name[1:2].isalpha()):
+            return family
+    return "sharp"
+
+
+def family_window(frequency_per_mm: np.ndarray, family: str) -> np.ndarray:
+    """A family's gain on the ramp (``FAMILY_APODIZATION``) at each frequency (cycles/mm); 1 at 0."""
+    fc, power, boost = FAMILY_APODIZATION[family]
+    x = np.abs(frequency_per_mm) / fc
+    window: np.ndarray = np.sqrt((1 + boost * x**2) * np.exp(-(x**power)))
+    return window
+
+
+def fourier_filter(size: int, filter_name: str, pixel_mm: float | None = None) -> torch.Tensor:
     """FBP filter in FFT order, as ``skimage.transform.iradon`` builds it.
 
     The ramp is the Fourier transform of the band-limited spatial ramp kernel (Kak & Slaney,
     ch. 3 eq. 61), which avoids the DC offset of a sampled ``|omega|``; the other names window it.
+    A family's name (``FAMILIES``) windows it in cycles/mm, so it needs the detector bin's width,
+    ``pixel_mm`` (bins are one pixel wide).
     """
-    if filter_name not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {FILTERS}")
+    if filter_name not in FILTERS + FAMILIES:
+        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {FILTERS + FAMILIES}")
+    if filter_name in FAMILIES and pixel_mm is None:
+        raise ValueError(f"the {filter_name} family's filter is defined in cycles/mm: pass pixel_mm")
     n = np.concatenate((np.arange(1, size / 2 + 1, 2, dtype=int), np.arange(size / 2 - 1, 0, -2, dtype=int)))
     kernel = np.zeros(size)
     kernel[0] = 0.25
@@ -115,6 +174,9 @@ def fourier_filter(size: int, filter_name: str) -> torch.Tensor:
         response *= np.fft.fftshift(np.hanning(size))
     elif filter_name == "edge":
         response *= 1 + (EDGE_BOOST - 1) * (2 * np.fft.fftfreq(size)) ** 2
+    elif filter_name in FAMILIES:
+        assert pixel_mm is not None
+        response *= family_window(np.fft.fftfreq(size) / pixel_mm, filter_name)
     return torch.from_numpy(response).float()
 
 
@@ -186,11 +248,13 @@ class ParallelBeam:
         sino: torch.Tensor = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(slices, dim=1), dim=1), dim=1)
         return sino.real
 
-    def filtered_backprojection(self, sino: torch.Tensor, filter_name: str) -> torch.Tensor:
-        """FBP of a sinogram from ``project``'s geometry, scaled like ``iradon``: FBP(project(f)) ~ f."""
+    def filtered_backprojection(self, sino: torch.Tensor, filter_name: str, pixel_mm: float | None = None) -> torch.Tensor:
+        """FBP of a sinogram from ``project``'s geometry, scaled like ``iradon``: FBP(project(f)) ~ f.
+
+        ``pixel_mm``: the pixel's width, which a family's filter (cycles/mm) needs."""
         n, m = self.size, self.grid
         spectrum = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(sino, dim=1), dim=1), dim=1)
-        spectrum = spectrum * torch.fft.fftshift(fourier_filter(self.n_det, filter_name))[None, :]
+        spectrum = spectrum * torch.fft.fftshift(fourier_filter(self.n_det, filter_name, pixel_mm))[None, :]
         values = spectrum.reshape(-1, 1) * self.weight
         gridded = torch.zeros(m * m, dtype=torch.complex64)
         gridded.index_add_(0, self.index.reshape(-1), values.reshape(-1))
@@ -366,7 +430,7 @@ class SliceScan:
 
     def _reconstructed_hu(self, sino_error: torch.Tensor, filter_name: str) -> np.ndarray:
         """FBP of a sinogram error (line-integral units) as HU on the slice's own pixels."""
-        error_mu = self.beam.filtered_backprojection(sino_error, filter_name) / self.pixel_spacing_mm
+        error_mu = self.beam.filtered_backprojection(sino_error, filter_name, self.pixel_spacing_mm) / self.pixel_spacing_mm
         return (1000.0 * error_mu / self.mu_water_per_mm).numpy()[self.crop]
 
     def reduced_dose(self, full_dose_photons: float, dose_fraction: float, filter_name: str,

@@ -12,8 +12,9 @@ square root of the ratio of a sharp and a soft kernel's NPS, normalised to 1 at 
 (where both kernels pass everything and the ratio is the two scans' dose), is the filter that
 turns the soft one into the sharp one (``kernel_gain``). The sharp kernel: cptac-luad-C3N-00247
 (Siemens B70f); the soft: the three LIDC scans (GE STANDARD). lung-pet-ct-dx-A0002 (B70f and B40f
-of one acquisition) fits nothing here: it is the held-out test of this augmentation. The measured
-table is ``nps.json``, written by
+of one acquisition) fits nothing here: it is the held-out test of this augmentation. The measurement
+itself (flat soft-tissue ROIs, ``measure_nps``) is ``pipelines.training.nps``, shared with the
+denoiser's noise model. The measured table is ``nps.json``, written by
 
     PYTHONPATH=$PWD python -m pipelines.nodule.training.reconstruction --out pipelines/nodule/training/nps.json
 """
@@ -23,13 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from pipelines.training.nps import ROI_PX, measure_nps, radial_frequency
 from pipelines.volume import Volume
 
 #: The measured table (``measure``; the module docstring has the command).
@@ -47,12 +47,6 @@ KERNEL_CHANGES = ("as acquired", "sharper", "softer")
 THICKNESSES_MM = (1.0, 2.0, 3.0, 5.0)
 #: Noise variance scales as 1 / slice thickness; every NPS in the table is at this thickness.
 REFERENCE_THICKNESS_MM = 3.0
-#: ROI side (pixels) and the soft-tissue window a noise ROI must lie in (HU), its structure
-#: (range of the ROI smoothed by ``STRUCTURE_SIGMA_PX`` after the plane fit) below ``FLAT_HU``.
-ROI_PX = 32
-TISSUE_HU = (-150.0, 150.0)
-STRUCTURE_SIGMA_PX = 3.0
-FLAT_HU = 15.0
 #: The table's radial frequency grid (cycles/mm).
 FREQUENCY_STEP = 0.025
 #: The low band where both kernels pass everything: the gain is 1 there (cycles/mm).
@@ -95,59 +89,6 @@ class Reconstruction:
 
     kernel: str = "as acquired"
     thickness_mm: float | None = None
-
-
-def noise_rois(hu_slice: np.ndarray) -> np.ndarray:
-    """Detrended ``ROI_PX`` tiles of one slice that lie in flat soft tissue: (n, ROI_PX, ROI_PX).
-
-    A patient's NPS is only noise where the anatomy is flat; a tile that holds an edge, air or
-    bone passes its structure into the spectrum, so it is left out."""
-    rows, cols = (s // ROI_PX for s in hu_slice.shape)
-    grid = hu_slice[: rows * ROI_PX, : cols * ROI_PX].reshape(rows, ROI_PX, cols, ROI_PX).swapaxes(1, 2)
-    tiles = grid.reshape(-1, ROI_PX, ROI_PX).astype(np.float64)
-    inside = (tiles.min(axis=(1, 2)) > TISSUE_HU[0] - 200) & (tiles.max(axis=(1, 2)) < TISSUE_HU[1] + 200)
-    inside &= (tiles.mean(axis=(1, 2)) > TISSUE_HU[0]) & (tiles.mean(axis=(1, 2)) < TISSUE_HU[1])
-    residual = detrend(tiles[inside])
-    smooth = ndi.gaussian_filter(residual, (0, STRUCTURE_SIGMA_PX, STRUCTURE_SIGMA_PX))
-    flat = np.ptp(smooth[:, ROI_PX // 4: -ROI_PX // 4, ROI_PX // 4: -ROI_PX // 4], axis=(1, 2)) < FLAT_HU
-    kept: np.ndarray = residual[flat]
-    return kept
-
-
-def detrend(tiles: np.ndarray) -> np.ndarray:
-    """Tiles less their least-squares quadratic surface: slow anatomy is not noise."""
-    j, i = np.mgrid[:ROI_PX, :ROI_PX] / ROI_PX - 0.5
-    design = np.stack([np.ones_like(i), i, j, i * i, j * j, i * j], axis=-1).reshape(-1, 6)
-    flat = tiles.reshape(len(tiles), ROI_PX * ROI_PX)
-    fit = flat @ np.linalg.pinv(design).T @ design.T
-    residual: np.ndarray = (flat - fit).reshape(tiles.shape)
-    return residual
-
-
-def measure_nps(hu: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """One series' radial NPS on its own frequency grid: (frequency cycles/mm, HU^2 mm^2, ROIs).
-
-    The standard estimate: NPS(u, v) = |DFT(ROI)|^2 * pixel area / pixel count, averaged over
-    the flat soft-tissue ROIs of every slice, then over rings one frequency step wide."""
-    rois = np.concatenate([noise_rois(s) for s in hu])
-    if not len(rois):
-        raise ValueError("no flat soft-tissue ROI in these slices: no NPS to measure")
-    power = np.mean(np.abs(np.fft.fft2(rois)) ** 2, axis=0) * pixel_mm**2 / ROI_PX**2
-    step = 1.0 / (ROI_PX * pixel_mm)
-    radius = radial_frequency((ROI_PX, ROI_PX), pixel_mm)
-    ring = np.rint(radius / step).astype(int)
-    count = np.bincount(ring.ravel())
-    keep = (count > 0) & (np.arange(len(count)) <= ROI_PX // 2)
-    frequency = np.bincount(ring.ravel(), radius.ravel())[keep] / count[keep]
-    return frequency, np.bincount(ring.ravel(), power.ravel())[keep] / count[keep], len(rois)
-
-
-def radial_frequency(shape: Sequence[int], pixel_mm: float) -> np.ndarray:
-    """|f| (cycles/mm) of each element of a 2-D DFT of ``shape``."""
-    v = np.fft.fftfreq(shape[0], pixel_mm)[:, None]
-    u = np.fft.fftfreq(shape[1], pixel_mm)[None, :]
-    radius: np.ndarray = np.hypot(u, v)
-    return radius
 
 
 def measure(data_dir: Path, kernel: str) -> NoiseSpectrum:
