@@ -12,14 +12,16 @@ Each sample: a brain drawn from the labelled patients (``--train``, share ``1 - 
 or the tumor-free brains (``--tumor-free``: mirrored healthy brains, BraTS-GLI-00001 with its own
 lesion out of the loss); a ``--patch`` cube centred on a tumor voxel (``TUMOR_CENTRED`` of the
 labelled draws) or on any brain voxel, so that most of every brain is seen as "no tumor"
-somewhere; T1c alone or T1c + FLAIR (half each: the contrast sets this model serves; T1 and T2
-stay zero channels as at inference); with ``--thick-slices`` probability, the patch as a series of
+somewhere; T1c alone with ``--t1c-alone`` probability (default 0.5: the two contrast sets the
+BraTS-2015 model serves), else T1c + FLAIR where the brain has it (T1 and T2 stay zero channels,
+as at inference); with ``--thick-slices`` probability, the patch as a series of
 3-7 mm axial slices would reach the model grid (``thick_slices``; thin-slice brains only); with
 ``--gamma`` and ``--bias-field`` shares, a contrast change and a smooth coil gain (what clinical
 scans vary in); intensity jitter and noise on the present channels inside the brain; a
 left-right flip. A clinical brain whose mask is the tumor core only (``prepare --clinical``) is
-scored on the core everywhere, on whole tumor inside the core, on enhancing tumor outside it. Everything after loading runs on the
-device, in bfloat16 autocast on a GPU and on a CPU that computes in it natively.
+scored on the core everywhere, on whole tumor inside the core, on enhancing tumor outside it.
+Everything after loading runs on the device, in bfloat16 autocast on a GPU and on a CPU that
+computes in it natively.
 
 The learning rate follows a cosine from ``--learning-rate`` to 0 over whichever ends first,
 ``--iterations`` or ``--max-seconds`` (a GPU session is counted in seconds); ``training.json``
@@ -149,7 +151,7 @@ class Augmentation:
     thick_slices: float = 0.0     # thin brains as if acquired as 3-7 mm axial slices
     t1c_alone: float = T1C_ALONE_SHARE
     bias_field: float = 0.0       # a smooth multiplicative field over the patch (coil sensitivity)
-    gamma: float = 0.0            # a contrast change: a power of the T1c's rank within the brain
+    gamma: float = 0.0            # a contrast change: T1c's min-max scaled values raised to a power
 
 
 #: A brain's mean intensity over its standard deviation in T1c, about: what a gain on the raw
