@@ -138,8 +138,8 @@ def test_job_timeout_and_failure_are_recorded_and_receiving_goes_on(tmp_path, da
                  "pipeline": "broken"}],
         pipelines={**threshold_pipeline(sleep_seconds=60),
                    "broken": {"entry": "tests.hu_threshold:HUThreshold", "options": {"fail": True}}},
-        # 10 s: long enough for the broken pipeline to load its series and fail on a loaded machine
-        # (at 3 s it timed out there too), far below the slow pipeline's 60 s
+        # the broken job waits for the worker that replaces the killed one: its timeout counts
+        # from when that worker holds it (Index.start_attempt), so 10 s is its own run's limit
         workers={"count": 1, "job_timeout_seconds": 10},
     )
     node = NodeProcess(config, tmp_path).start()

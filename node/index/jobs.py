@@ -116,10 +116,17 @@ class JobIndex(Database):
         return self.job(row["id"])
 
     def start_attempt(self, job_id: int, attempt: int, pid: int) -> bool:
-        """The worker process ``pid`` holds this attempt now; False: it is no longer current."""
+        """The worker process ``pid`` holds this attempt now; False: it is no longer current.
+
+        The attempt's timeout counts from now: the time it waited for a worker (one replacing a
+        killed worker loads its pipelines first) is not held against the run, as on Ray
+        (``restart_deadline``)."""
+        now = time.time()
         with self._tx() as db:
             return states.apply(db, states.JOBS, states.START, job_id,
-                                {"worker_pid": pid, "heartbeat_at": time.time()}, states.Fence(attempt)) == 1
+                                {"worker_pid": pid, "heartbeat_at": now,
+                                 "deadline": states.Sql(f"deadline - started_at + {now!r}")},
+                                states.Fence(attempt)) == 1
 
     def beat(self, job_id: int, attempt: int, pid: int) -> bool:
         """The worker process ``pid`` still holds this attempt and is alive; False: the
