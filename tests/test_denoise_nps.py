@@ -19,7 +19,7 @@ import torch
 from pipelines.denoise.training import nps
 from pipelines.denoise.training.data import load_scan
 from pipelines.denoise.training.noise import SliceScan, kernel_family, reconstruction_filter
-from pipelines.training.nps import detrend, flat_tiles, rois_nps, tiles
+from pipelines.noise_power import detrend, flat_tiles, rois_nps, tiles
 
 SLICES = 6
 

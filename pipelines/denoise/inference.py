@@ -29,6 +29,14 @@ before it is applied: ``denoised = input + r - G(r)``, G an in-plane Gaussian of
 ``restore_mean_sigma_mm``. Every structure coarser than that scale, including the local mean HU,
 comes from the input; CT noise has almost no power there (its spectrum rises like |f| from zero),
 so almost no noise comes back with it.
+
+Kernel family: a ``model.pt`` whose ``[model]`` has ``families = 3`` is conditioned on the series'
+kernel family (``kernels``); the caller passes it (the pipeline takes it from ConvolutionKernel,
+else from the series' measured noise), or it is measured here. Other models ignore it.
+
+Strength: ``strength`` s in [0, 1] blends the result with the input, ``input + s (denoised -
+input)``, for a site that wants less smoothing than the model's full effect (the model card says
+what each setting costs in low-contrast detectability and gains in noise).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from pipelines.denoise.kernels import FAMILIES, measured_family
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
 from pipelines.model_folder import load_network, load_params, require_folder
@@ -107,9 +116,14 @@ class Denoiser:
     """A loaded model plus its preprocessing, on one device; call it on (slices, rows, cols) HU."""
 
     def __init__(self, network: torch.nn.Module, preprocessing: Preprocessing, device: str,
-                 batch_pixels: int | None = None, half_precision: bool = True) -> None:
+                 batch_pixels: int | None = None, half_precision: bool = True, strength: float = 1.0) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must lie in [0, 1], got {strength}")
         self.device = device
         self.half_precision = half_precision
+        self.strength = strength
+        #: True for a network that takes the kernel family (``model.ResidualDenoiser`` with families)
+        self.conditioned = bool(getattr(network, "families", 0))
         self.preprocessing = preprocessing
         self.cuda = device.startswith("cuda")
         self.batch_pixels = batch_pixels or (GPU_BATCH_PIXELS if self.cuda else CPU_BATCH_PIXELS)
@@ -119,32 +133,48 @@ class Denoiser:
 
     @classmethod
     def load(cls, folder: Path, device: str, batch_pixels: int | None = None,
-             half_precision: bool = True) -> Denoiser:
+             half_precision: bool = True, strength: float = 1.0) -> Denoiser:
         folder = require_folder(folder)
         params = load_params(folder, DenoiseParams)
         return cls(_network(folder, params, device), Preprocessing.of(params), device, batch_pixels,
-                   half_precision)
+                   half_precision, strength)
 
-    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: str | None = None) -> np.ndarray:
         """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
 
         ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation, which
         runs on a GPU too when the model does: the volume crosses the bus once each way.
+        ``family`` (``kernels.FAMILIES``) conditions a network that takes it; None measures it
+        from the slices' noise (sharp when they hold too little flat soft tissue to tell).
         """
         if hu.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
+        index = None
+        if self.conditioned:
+            family = family or measured_family(hu, float(pixel_spacing_mm[1])) or "sharp"
+            index = torch.tensor([FAMILIES.index(family)], device=self.device)
+        out = self._denoise(hu, pixel_spacing_mm, index)
+        if self.strength < 1.0:
+            start = np.clip(hu, *self.preprocessing.clip)
+            out = (start + self.strength * (out - start)).astype(np.float32)
+        return out
+
+    def _denoise(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: torch.Tensor | None) -> np.ndarray:
+        """The model's full effect (strength 1), mean-preserved, batch by batch."""
         sigma_mm = self.preprocessing.restore_mean_sigma_mm
         sigma_px = (sigma_mm / float(pixel_spacing_mm[0]), sigma_mm / float(pixel_spacing_mm[1]))
         out = np.empty(hu.shape, dtype=np.float32)
         per_batch = self.batch_pixels // (hu.shape[1] * hu.shape[2])
         if per_batch == 0:
             for k in range(hu.shape[0]):
-                tiled = torch.from_numpy(self._tiled(hu[k]))[None, None].to(self.device)
+                tiled = torch.from_numpy(self._tiled(hu[k], family))[None, None].to(self.device)
                 out[k] = self._finish(self._to_device(hu[k : k + 1]), tiled, sigma_px)[0]
             return out
         for start in range(0, hu.shape[0], per_batch):
             x = self._to_device(hu[start : start + per_batch])
-            out[start : start + per_batch] = self._finish(x, self._forward(x), sigma_px)
+            out[start : start + per_batch] = self._finish(x, self._forward(x, family), sigma_px)
         return out
 
     def _to_device(self, hu: np.ndarray) -> torch.Tensor:
@@ -169,14 +199,15 @@ class Denoiser:
         denoised: np.ndarray = start + residual - ndimage.gaussian_filter(residual, (0.0, *sigma_px), mode="nearest")
         return denoised
 
-    def _forward(self, hu: torch.Tensor) -> torch.Tensor:
-        """The network's output in HU (float32, on the device) for (N, 1, H, W) HU."""
+    def _forward(self, hu: torch.Tensor, family: torch.Tensor | None) -> torch.Tensor:
+        """The network's output in HU (float32, on the device) for (N, 1, H, W) HU; ``family``
+        (one index) conditions a network that takes it."""
         x = self.preprocessing.to_network(hu).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.cuda and self.half_precision, cpu_bfloat16=self.half_precision):
-            y = self.network(x)
+            y = self.network(x) if family is None else self.network(x, family.expand(len(x)))
         return self.preprocessing.to_hu(y.float())
 
-    def _tiled(self, hu: np.ndarray) -> np.ndarray:
+    def _tiled(self, hu: np.ndarray, family: torch.Tensor | None) -> np.ndarray:
         """One slice too large for a batch, in square tiles that overlap by the receptive field."""
         # An even halo keeps every tile's 2x2 sub-image grid aligned with the whole slice's.
         halo = self.preprocessing.halo + self.preprocessing.halo % 2
@@ -185,7 +216,7 @@ class Denoiser:
         for rows, cols in _tiles(hu.shape, tile):
             r0, r1 = max(rows.start - halo, 0), min(rows.stop + halo, hu.shape[0])
             c0, c1 = max(cols.start - halo, 0), min(cols.stop + halo, hu.shape[1])
-            result = self._forward(self._to_device(hu[None, r0:r1, c0:c1]))[0, 0].cpu().numpy()
+            result = self._forward(self._to_device(hu[None, r0:r1, c0:c1]), family)[0, 0].cpu().numpy()
             out[rows, cols] = result[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
         return out
 

@@ -43,6 +43,8 @@ class Network(ParamsTable):
     channels: Annotated[int, Field(gt=0)] | None = None
     layers: Annotated[int, Field(ge=2)] | None = None
     downscale: Annotated[int, Field(gt=0)] | None = None
+    #: conditioning planes, one per kernel family (``kernels.FAMILIES``); 0: not conditioned
+    families: Annotated[int, Field(ge=0)] | None = None
 
 
 class DenoiseParams(ModelParams):

@@ -17,11 +17,14 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pipelines.denoise.training.noise import calibrate_photons, reconstruction_filter, relative_tube_output
+from pipelines.denoise.training.noise import calibrate_photons, kernel_family, relative_tube_output
 from pipelines.volume import decode_pixels, load_series
 
-#: Slices, spread over a scan, on which its full-dose photon count is calibrated.
-CALIBRATION_SLICES = 6
+#: Slices on which a scan's full-dose photon count is calibrated, spread evenly over the middle
+#: ``CALIBRATION_SPREAD`` of the scan (the chest, not the neck or abdomen): the slices whose noise
+#: power spectrum ``training/nps.py`` compares with the simulation's.
+CALIBRATION_SLICES = 12
+CALIBRATION_SPREAD = (0.15, 0.85)
 #: Scans with at most this many slices are never thinned (``thin_slices``).
 KEEP_WHOLE_SLICES = 5
 
@@ -69,8 +72,9 @@ class Scan:
 
     @property
     def filter_name(self) -> str:
-        """The FBP filter whose noise texture matches this scan's reconstruction kernel."""
-        return reconstruction_filter(self.kernel)
+        """The FBP filter whose noise texture matches this scan's reconstruction kernel: its kernel
+        family's window (``noise.FAMILY_APODIZATION``, fitted to real noise power spectra)."""
+        return kernel_family(self.kernel)
 
 
 def thin_slices(scan: Scan, gap_mm: float) -> Scan:
@@ -87,12 +91,19 @@ def thin_slices(scan: Scan, gap_mm: float) -> Scan:
     return scan.subset(slice(None, None, max(1, round(gap_mm / scan.slice_thickness_mm))))
 
 
+def spread_slices(count: int, picks: int = CALIBRATION_SLICES) -> list[int]:
+    """``picks`` slice indices spread evenly over the middle ``CALIBRATION_SPREAD`` of ``count``
+    slices (every slice of a short scan)."""
+    if count <= picks:
+        return list(range(count))
+    return sorted({int(k) for k in np.linspace(count * CALIBRATION_SPREAD[0], count * CALIBRATION_SPREAD[1], picks)})
+
+
 def full_dose_photons(scan: Scan, generator: torch.Generator) -> float:
     """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``)."""
-    step = max(1, len(scan.hu) // CALIBRATION_SLICES)
-    sample = list(scan.hu[::step][:CALIBRATION_SLICES])
-    dose = None if scan.relative_dose is None else list(scan.relative_dose[::step][:CALIBRATION_SLICES])
-    return calibrate_photons(sample, scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
+    sample = scan.subset(spread_slices(len(scan.hu)))
+    dose = None if sample.relative_dose is None else list(sample.relative_dose)
+    return calibrate_photons(list(sample.hu), scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
                              relative_dose=dose)
 
 

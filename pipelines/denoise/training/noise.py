@@ -30,8 +30,9 @@ much the patient attenuates each ray. This module reproduces both, following the
    the others; callers that pass ``reconstruction_filter``'s names get what they always got.
 
 ``I0`` is not a property of the scanner we can read from DICOM, so it is calibrated per scan:
-``calibrate_photons`` picks the ``I0`` whose simulated full-dose noise matches the noise measured
-in the real image (``uniform_noise_std``). Quarter dose is then ``f = 0.25``, tenth ``f = 0.1``.
+``calibrate_photons`` picks the ``I0`` whose simulated full-dose noise matches the noise power
+measured in flat soft-tissue ROIs of the real image. Quarter dose is then ``f = 0.25``, tenth
+``f = 0.1``.
 
 The projector is implemented with the Fourier slice theorem and a Kaiser-Bessel gridding NUFFT in
 torch (projection and back projection are exact adjoints), which makes one simulated slice take
@@ -48,6 +49,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 from scipy import ndimage, stats
+
+from pipelines.denoise.kernels import FAMILIES, named_family
+from pipelines.noise_power import ROI_PX, detrend, flat_tiles, rois_nps, tiles
 
 #: Linear attenuation of water at ~70 keV, the effective energy of a 120 kVp beam (NIST XCOM).
 MU_WATER_PER_MM = 0.0193
@@ -80,26 +84,6 @@ FILTER_BY_KERNEL = (
     ("DETAIL", "shepp-logan"),
     ("B8", "edge"), ("B9", "edge"), ("U9", "edge"), ("BONEPLUS", "edge"), ("EDGE", "edge"),
 )
-#: Siemens kernel letters (body, head, iterative, ADMIRE, dual-energy, ...): the two digits after
-#: them number the sharpness.
-SIEMENS_LETTERS = ("B", "BR", "BV", "BF", "BL", "I", "QR", "D", "J", "H", "HR", "HC", "T", "U")
-#: Kernel families by DICOM ConvolutionKernel prefix, the first match wins (``kernel_family``);
-#: a one-letter prefix matches only when no letter follows it. Siemens by number: 10-39 smooth,
-#: 40-49 medium, 50 and up sharp (so D45f, "medium sharp" in Siemens' words, is medium). GE by
-#: name: SOFT/SMOOTH smooth, STANDARD medium; DETAIL, LUNG, BONE, BONEPLUS, EDGE sharp. Toshiba/
-#: Canon by number: FC01-FC14 smooth, FC15-FC29 medium, FC30 and up (bone, lung, HRCT) sharp.
-#: Philips by letter: A smooth, B and C medium, D, E, L, Y* sharp. Measured on real scans
-#: (``training/nps.py``): smooth B30s, medium GE STANDARD and B40f (one NPS shape), sharp B70f.
-KERNEL_FAMILIES = (
-    *((f"{letters}{digit}", family) for letters in SIEMENS_LETTERS
-      for digit, family in (("1", "smooth"), ("2", "smooth"), ("3", "smooth"), ("4", "medium"))),
-    *((f"{letters}{digit}", "sharp") for letters in SIEMENS_LETTERS for digit in "56789"),
-    ("SOFT", "smooth"), ("SMOOTH", "smooth"), ("STANDARD", "medium"),
-    *((f"FC{n:02d}", "smooth") for n in range(1, 15)), *((f"FC{n:02d}", "medium") for n in range(15, 30)),
-    ("A", "smooth"), ("B", "medium"), ("C", "medium"),
-)
-#: The families, sharpest first; ``FAMILY_APODIZATION`` holds each one's window.
-FAMILIES = ("sharp", "medium", "smooth")
 #: Each family's window on the ramp, as the squared gain at ``f`` cycles/mm (the noise power it
 #: passes): ``W^2 = (1 + a (f/fc)^2) exp(-(f/fc)^p)``, (fc cycles/mm, p, a). Fitted by ``training/nps.py
 #: --fit`` to real NPS over the simulation's ramp NPS on the same slices: smooth on the B30s neck
@@ -127,15 +111,11 @@ def reconstruction_filter(kernel: str | None) -> str:
 
 
 def kernel_family(kernel: str | None) -> str:
-    """The family (``FAMILIES``) of a DICOM ConvolutionKernel: smooth, medium or sharp.
+    """The family (``kernels.FAMILIES``) of a DICOM ConvolutionKernel: smooth, medium or sharp.
 
-    Anything ``KERNEL_FAMILIES`` does not name (B5x-B9x, LUNG, BONE, EDGE, DETAIL, Philips D/L/Y,
-    an empty name) is sharp, as ``reconstruction_filter`` takes unknown kernels to be."""
-    name = (kernel or "").strip().upper()
-    for prefix, family in KERNEL_FAMILIES:
-        if name.startswith(prefix) and not (len(prefix) == 1 and name[1:2].isalpha()):
-            return family
-    return "sharp"
+    A name ``kernels.named_family`` does not know (or none) is sharp, as ``reconstruction_filter``
+    takes unknown kernels to be."""
+    return named_family(kernel) or "sharp"
 
 
 def family_window(frequency_per_mm: np.ndarray, family: str) -> np.ndarray:
@@ -464,6 +444,19 @@ def uniform_noise_std(image: np.ndarray, mask: np.ndarray, window: int = 11) -> 
     return float(np.percentile(np.sqrt(np.clip(var[mask], 0, None)), 25))
 
 
+#: Lowest frequency (cycles/mm) the calibration compares: below it a flat soft-tissue ROI of a
+#: real slice still holds anatomy (organ texture, slow trends the detrend leaves), not only noise.
+CALIBRATION_FROM_PER_MM = 0.1
+
+
+def flat_noise_power(rois: np.ndarray, pixel_spacing_mm: float) -> float:
+    """The variance (HU^2) of detrended ROIs carried above ``CALIBRATION_FROM_PER_MM``."""
+    frequency, power = rois_nps(rois, pixel_spacing_mm)
+    step = 1.0 / (ROI_PX * pixel_spacing_mm)
+    ring_power = power * 2 * math.pi * frequency * step
+    return float(ring_power[frequency >= CALIBRATION_FROM_PER_MM].sum())
+
+
 def calibrate_photons(
     slices: list[np.ndarray],
     pixel_spacing_mm: float,
@@ -476,10 +469,44 @@ def calibrate_photons(
     """Full-dose photons per ray (at the scan's mean tube output) whose simulated noise matches
     the noise measured in ``slices``.
 
-    Noise standard deviation scales as ``1/sqrt(I0)``, so one simulation at a reference count
-    gives the answer; several slices average out the anatomy's share of the measurement.
-    ``relative_dose`` (``relative_tube_output`` of each slice) takes tube-current modulation out.
+    Both are measured alike: the noise power above ``CALIBRATION_FROM_PER_MM`` in the flat
+    soft-tissue ROIs of the real slices (``pipelines.noise_power``, the ROIs an NPS is measured
+    in), and in the same ROIs cut from the noise simulated at ``reference_photons``. Noise
+    variance scales as ``1/I0``, so one simulation gives the answer. Matching the mean power of
+    the ROIs, not a low percentile of a local SD, matters because the simulation spreads its
+    noise less evenly over a slice than a scanner does (no bowtie filter): a percentile of the
+    two compared different parts of their distributions and left the simulation about 1.5x too
+    strong (``pipelines/denoise/MODEL_CARD.md``). ``relative_dose`` (``relative_tube_output`` of
+    each slice) takes tube-current modulation out. A scan without a flat ROI (a phantom slice, a
+    head) falls back on ``uniform_noise_std`` over its soft-tissue mask.
     """
+    real_rois, simulated_rois = [], []
+    for k, hu in enumerate(slices):
+        flat = flat_tiles(hu)
+        if not flat.any():
+            continue
+        scale = relative_dose[k] if relative_dose is not None else 1.0
+        noise = SliceScan.of(hu, pixel_spacing_mm, kvp).acquisition_noise(reference_photons, filter_name, generator)
+        real_rois.append(detrend(tiles(hu)[flat]))
+        simulated_rois.append(detrend(tiles(noise)[flat]) / math.sqrt(scale))
+    if not real_rois:
+        return _calibrate_on_local_sd(slices, pixel_spacing_mm, filter_name, generator, reference_photons, kvp,
+                                      relative_dose)
+    measured = flat_noise_power(np.concatenate(real_rois), pixel_spacing_mm)
+    simulated = flat_noise_power(np.concatenate(simulated_rois), pixel_spacing_mm)
+    return reference_photons * simulated / measured
+
+
+def _calibrate_on_local_sd(
+    slices: list[np.ndarray],
+    pixel_spacing_mm: float,
+    filter_name: str,
+    generator: torch.Generator,
+    reference_photons: float,
+    kvp: float | None,
+    relative_dose: list[float] | None,
+) -> float:
+    """``calibrate_photons`` for slices with no flat ROI: the 25th percentile of the local SD."""
     measured, simulated = [], []
     for k, hu in enumerate(slices):
         mask = uniform_region_mask(hu)

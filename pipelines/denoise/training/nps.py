@@ -1,7 +1,7 @@
 """Real against simulated CT noise power spectra (NPS), per kernel family (``noise.kernel_family``).
 
 The denoiser learns the noise ``noise.py`` inserts; it must look like the scanner's. Both are
-measured alike (``pipelines.training.nps``): 32 x 32 ROIs in flat soft tissue of real full-dose
+measured alike (``pipelines.noise_power``): 32 x 32 ROIs in flat soft tissue of real full-dose
 slices, quadratic detrend, radial NPS. The real NPS comes from the slices as they are; the
 simulated one from the noise ``noise.SliceScan.reduced_dose`` adds to the same slices, cut from
 the same ROIs. At ``DOSE_FRACTION`` = 0.5 the added scan has the full-dose photon count, so its
@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from pipelines.denoise.training.data import Scan, load_scan
+from pipelines.denoise.kernels import FAMILIES
+from pipelines.denoise.training.data import CALIBRATION_SLICES, Scan, load_scan, spread_slices
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS,
-    FAMILIES,
     SliceScan,
     calibrate_photons,
     kernel_family,
     reconstruction_filter,
 )
-from pipelines.training.nps import detrend, flat_tiles, measure_nps, rois_nps, tiles
+from pipelines.noise_power import detrend, flat_tiles, measure_nps, rois_nps, tiles
 
 #: Scans each family's window is fitted on (``data.load_scan`` names under the shared data).
 #: Smooth has one image in the data, a Siemens B30s neck slice: fitted on it, checked on none.
@@ -54,9 +54,8 @@ CHECK: dict[str, tuple[str, ...]] = {
     "medium": ("ct-chest/lung-pet-ct-dx-A0002/B40f", "ct-chest/lidc-idri-0003/ct"),
     "sharp": ("ct-chest/lung-pet-ct-dx-A0002/B70f",),
 }
-#: Slices per scan, spread evenly over its middle ``SPREAD`` (the chest, not the neck or abdomen).
-SLICES = 12
-SPREAD = (0.15, 0.85)
+#: Slices per scan (``data.spread_slices``), as many as the photon calibration uses.
+SLICES = CALIBRATION_SLICES
 #: Dose fraction of the simulated scan: at one half the inserted scan has the full-dose photons.
 DOSE_FRACTION = 0.5
 #: The share of the real noise power the compared band holds (from its 5th to 95th percentile).
@@ -121,12 +120,9 @@ class Spectrum:
 
 
 def sample(scan: Scan, count: int = SLICES) -> Scan:
-    """``count`` slices spread evenly over the middle ``SPREAD`` of the scan (all of a short one)."""
-    n = len(scan.hu)
-    if n <= count:
-        return scan
-    picks = sorted({int(k) for k in np.linspace(n * SPREAD[0], n * SPREAD[1], count)})
-    return scan.subset(picks)
+    """``count`` slices spread evenly over the middle of the scan (``data.spread_slices``): the
+    slices ``data.full_dose_photons`` calibrates the photon count on."""
+    return scan.subset(spread_slices(len(scan.hu), count))
 
 
 def real_spectrum(scan: Scan) -> Spectrum:

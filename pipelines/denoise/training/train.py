@@ -13,15 +13,18 @@ takes a training pack instead (``pack``: the same scans as one file). Steps:
    realizations the mix sets (``--recipe``, ``RECIPES``; ``choose_mix`` picks it on validation
    patients), the noise cost of a thinner reconstruction (a slice thickness drawn from
    ``THICKNESS_RANGE_MM``, only thinner than the scan's own), with the scan's kVp, its
-   tube-current modulation along z, electronic noise, and the scan's filter or a sharper one. A
-   sharper filter is what the same photons give with a sharper kernel; a smoother one is never
-   used, because a sharp-kernel target keeps its own sharp noise, and noise of a smoother texture
-   added on top would teach the network that sharp noise is anatomy.
+   tube-current modulation along z, electronic noise, and a kernel family's filter (``noise``:
+   windows fitted to real noise power spectra). The shipped recipe (``family-conditioned``)
+   draws the family with equal chance and tells the network which it was, so each family's
+   noise is learnt on every scan; at inference the series' own family is given (``kernels``).
+   Unconditioned recipes use the scan's family or a sharper one: a sharp-kernel target keeps its
+   own sharp noise, and smoother noise added on top would teach an unconditioned network that
+   sharp noise is anatomy (a conditioned one learns only that, told "smooth", it is not smooth noise).
 3. Fit the network, with the same mean-preserving high-pass of its residual that inference
    applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
    slice + the noise's mean) with mean squared error, weighted by noise level and balanced
-   between kernel families (``DEFAULT_RECIPE``). The noise's mean is its systematic part, not
-   zero where photons are scarce; keeping it in the target keeps the input's local means, which
+   between kernel families (``DEFAULT_RECIPE``), the family's one-hot planes beside the input. The noise's mean is its
+   systematic part, not zero where photons are scarce; keeping it in the target keeps the input's local means, which
    is what the bias rule compares with. The targets carry their own full-dose noise; the
    error-optimal prediction still removes most noise, since the part of the input noise that came
    from the target is unpredictable from the part that was added.
@@ -41,13 +44,13 @@ import numpy as np
 import torch
 
 from pipelines.denoise.inference import Preprocessing, keep_mean
+from pipelines.denoise.kernels import FAMILIES
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS,
-    FILTERS,
     N_VIEWS,
     SliceScan,
     added_electronic_noise,
@@ -105,6 +108,10 @@ class Recipe:
     systematic part, ``SliceScan.expected_acquisition_error``) instead of the bare slice, so the
     error-optimal network removes only zero-mean noise and keeps the input's local means, which
     is what the bias rule compares with (training/LOG.md, "Training towards the input's expected image").
+    ``conditioned``: every realization's noise takes a kernel family drawn with equal chance
+    (whatever the scan's own kernel), the network is told it (``model.Architecture.families``),
+    and patches are balanced over families instead of over the scans' kernels: a sharp kernel's
+    noise is trained on every scan, not only on the one sharp training scan.
     """
 
     name: str
@@ -113,6 +120,7 @@ class Recipe:
     balanced: bool = False
     restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
     input_mean_target: bool = False
+    conditioned: bool = False
 
 
 #: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
@@ -125,9 +133,11 @@ RECIPES = {
                                           noise_weighted=True, balanced=True, restore_mean_sigma_mm=1.0),
     "noise-weighted-balanced-input-mean": Recipe("noise-weighted-balanced-input-mean", MIXES["scan-thickness"],
                                                  noise_weighted=True, balanced=True, input_mean_target=True),
+    "family-conditioned": Recipe("family-conditioned", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
+                                 input_mean_target=True, conditioned=True),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
-DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
+DEFAULT_RECIPE = "family-conditioned"
 #: The mean-restore scale (mm) the shipped weights are written with: chosen at inference by
 #: ``choose_mix --round restore-scale`` (training/LOG.md,
 #: "Bias against a known truth, and the mean-restore scale: outcome"). Training itself fits
@@ -147,11 +157,14 @@ class Realization:
     slice: int
     noise: np.ndarray  # float16 HU
     expected: np.ndarray | None = None
+    #: the kernel family of the noise (``kernels.FAMILIES`` index)
+    family: int = 0
 
 
-def sharper_filters(matched: str) -> tuple[str, ...]:
-    """The matched filter and every sharper one (``FILTERS`` is ordered sharpest first)."""
-    return FILTERS[: FILTERS.index(matched) + 1]
+def noise_families(matched: str, conditioned: bool) -> tuple[str, ...]:
+    """The families a scan's realizations draw from: every one for a conditioned network, else
+    the scan's own and every sharper one (``FAMILIES`` is ordered sharpest first)."""
+    return FAMILIES if conditioned else FAMILIES[: FAMILIES.index(matched) + 1]
 
 
 def effective_dose(scan: Scan, rng: np.random.Generator, mix: NoiseMix) -> float:
@@ -169,7 +182,8 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
-             generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False) -> list[Realization]:
+             generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False,
+             conditioned: bool = False) -> list[Realization]:
     """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
 
     The mean is computed, not drawn, so both kinds of target see the same noise stream.
@@ -177,7 +191,7 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
     realizations = []
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
-        filters = sharper_filters(scan.filter_name)
+        filters = noise_families(scan.filter_name, conditioned)
         for k, hu in enumerate(scan.hu):
             sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
             for _ in range(per_slice):
@@ -188,27 +202,29 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
                 noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic)
                 expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic).astype(np.float16)
                             if input_mean_target else None)
-                realizations.append(Realization(s, k, noise.astype(np.float16), expected))
+                realizations.append(Realization(s, k, noise.astype(np.float16), expected, FAMILIES.index(filter_name)))
     return realizations
 
 
-def draw_groups(scans: list[Scan], realizations: list[Realization], balanced: bool) -> list[np.ndarray]:
-    """Realization indices a patch draws from: one group, or one per matched filter family."""
-    if not balanced:
+def draw_groups(scans: list[Scan], realizations: list[Realization], recipe: Recipe) -> list[np.ndarray]:
+    """Realization indices a patch draws from: one group, or one per kernel family (the noise's
+    for a conditioned recipe, else the scan's)."""
+    if not recipe.balanced:
         return [np.arange(len(realizations))]
-    family = np.array([scans[r.scan].filter_name for r in realizations])
+    family = np.array([FAMILIES[r.family] if recipe.conditioned else scans[r.scan].filter_name for r in realizations])
     return [np.flatnonzero(family == name) for name in sorted(set(family))]
 
 
 def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list[np.ndarray],
-                rng: np.random.Generator, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of (noisy, target) patches in network units, randomly flipped and turned.
+                rng: np.random.Generator, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of (noisy, target, family index) patches in network units, randomly flipped and turned.
 
     Each patch picks a group with equal chance (``draw_groups``), then a realization in it. The
     target is the clean slice, plus the noise's mean where the realization carries it.
     """
     inputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    families: list[int] = []
     while len(inputs) < BATCH:
         group = groups[rng.integers(len(groups))] if len(groups) > 1 else groups[0]
         item = realizations[group[rng.integers(len(group))]]
@@ -220,13 +236,14 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list
             continue
         noisy = clean + item.noise[r : r + PATCH, c : c + PATCH].astype(np.float32)
         target = clean if item.expected is None else clean + item.expected[r : r + PATCH, c : c + PATCH].astype(np.float32)
+        families.append(item.family)
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
         for image, out in ((noisy, inputs), (target, targets)):
             image = np.rot90(image, turns)
             out.append(np.ascontiguousarray(image[:, ::-1] if flip else image))
     x = prep.to_network(torch.from_numpy(np.stack(inputs))[:, None])
     y = prep.to_network(torch.from_numpy(np.stack(targets))[:, None])
-    return x, y
+    return x, y, torch.tensor(families)
 
 
 def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, target: torch.Tensor, noise_weighted: bool) -> torch.Tensor:
@@ -248,12 +265,13 @@ def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, 
     sigma_px = prep.restore_mean_sigma_mm / float(np.median([s.pixel_spacing_mm for s in scans]))
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=LEARNING_RATE / 100)
-    groups = draw_groups(scans, realizations, recipe.balanced)
+    groups = draw_groups(scans, realizations, recipe)
     losses, running = [], 0.0
     for step in range(1, iterations + 1):
-        x, y = patch_batch(scans, realizations, groups, rng, prep)
+        x, y, family = patch_batch(scans, realizations, groups, rng, prep)
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-        predicted = keep_mean(x, network(x), (sigma_px, sigma_px))
+        output = network(x, family.to(device)) if recipe.conditioned else network(x)
+        predicted = keep_mean(x, output, (sigma_px, sigma_px))
         loss = patch_loss(predicted, x, y, recipe.noise_weighted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
@@ -323,11 +341,11 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target)
+    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.conditioned)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
-    arch = Architecture()
+    arch = Architecture(families=len(FAMILIES) if recipe.conditioned else 0)
     prep = Preprocessing(halo=arch.layers * arch.downscale, restore_mean_sigma_mm=recipe.restore_mean_sigma_mm)
     network, losses = fit(scans, realizations, arch, prep, rng, device, iterations, recipe)
     record = {
@@ -342,7 +360,7 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
         "recipe": {"name": recipe.name, "mix": recipe.mix.name, "thin_share": recipe.mix.thin_share,
                    "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
                    "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
-                   "input_mean_target": recipe.input_mean_target},
+                   "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,

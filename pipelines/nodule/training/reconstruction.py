@@ -13,7 +13,7 @@ square root of the ratio of a sharp and a soft kernel's NPS, normalised to 1 at 
 turns the soft one into the sharp one (``kernel_gain``). The sharp kernel: cptac-luad-C3N-00247
 (Siemens B70f); the soft: the three LIDC scans (GE STANDARD). lung-pet-ct-dx-A0002 (B70f and B40f
 of one acquisition) fits nothing here: it is the held-out test of this augmentation. The measurement
-itself (flat soft-tissue ROIs, ``measure_nps``) is ``pipelines.training.nps``, shared with the
+itself (flat soft-tissue ROIs, ``measure_nps``) is ``pipelines.noise_power``, shared with the
 denoiser's noise model. The measured table is ``nps.json``, written by
 
     PYTHONPATH=$PWD python -m pipelines.nodule.training.reconstruction --out pipelines/nodule/training/nps.json
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.training.nps import ROI_PX, measure_nps, radial_frequency
+from pipelines.noise_power import ROI_PX, measure_nps, radial_frequency
 from pipelines.volume import Volume
 
 #: The measured table (``measure``; the module docstring has the command).
