@@ -150,6 +150,8 @@ def contract_config(route: dict, pipelines: dict | None = None) -> dict:
          "pipelines.tumor-segmentation.options.reference[0]", "'t1c', 't1', 't2' or 'flair'"),
         ({"pipeline": "ct-denoise"}, {"ct-denoise": {"options": {"batch_pixels": 0}}},
          "pipelines.ct-denoise.options.batch_pixels", "greater than 0"),
+        ({"pipeline": "ct-denoise"}, {"ct-denoise": {"options": {"strength": 1.5}}},
+         "pipelines.ct-denoise.options.strength", "less than or equal to 1"),
         ({"pipeline": "hu-threshold"}, {"hu-threshold": {"entry": "tests.hu_threshold:HUThreshold",
                                                          "options": {"sleep_second": 1}}},
          "pipelines.hu-threshold.options.sleep_second", "unknown key"),

@@ -82,7 +82,7 @@ def test_model_beats_the_oracle_gaussian_filter_on_every_held_out_kernel(denoise
     full, noisy = scan.hu, low[dose]
     sigma = evaluate.best_gaussian_sigma(noisy, full)  # the best Gaussian for these very slices
     gauss = evaluate.mean_metrics(evaluate.gaussian(noisy, sigma), full)
-    model = evaluate.mean_metrics(denoiser(noisy, (scan.pixel_spacing_mm,) * 2), full)
+    model = evaluate.mean_metrics(denoiser(noisy, (scan.pixel_spacing_mm,) * 2, scan.filter_name), full)
     raw = evaluate.mean_metrics(noisy, full)
     assert gauss["psnr_db"] > raw["psnr_db"]
     # measured on all evaluated slices (model card): quarter B40f +2.34, B70f +1.74, STANDARD +1.68 dB;
@@ -96,8 +96,8 @@ def test_bfloat16_on_a_cpu_that_has_it_changes_psnr_by_at_most_a_twentieth_of_a_
         denoiser, simulated, kernel):
     scan, low = simulated[kernel]
     noisy, spacing = low["quarter"], (scan.pixel_spacing_mm,) * 2
-    default = denoiser(noisy, spacing)  # the shipped default, as the other tests run it
-    float32 = Denoiser.load(DEFAULT_MODEL_DIR, "cpu", half_precision=False)(noisy, spacing)
+    default = denoiser(noisy, spacing, scan.filter_name)  # the shipped default, as the other tests run it
+    float32 = Denoiser.load(DEFAULT_MODEL_DIR, "cpu", half_precision=False)(noisy, spacing, scan.filter_name)
     if not native_cpu_bfloat16():
         assert np.array_equal(default, float32), "a CPU without native bfloat16 must run float32"
         return
@@ -117,7 +117,7 @@ def test_model_is_at_least_as_good_as_bm3d_with_the_true_noise_spectrum(denoiser
     scan, low = simulated[kernel]
     pick = [0, 2][:BM3D_SLICES]
     full, noisy = scan.hu[pick], low["quarter"][pick]
-    model = denoiser(noisy, (scan.pixel_spacing_mm,) * 2)
+    model = denoiser(noisy, (scan.pixel_spacing_mm,) * 2, scan.filter_name)
     crop = lambda a: evaluate.centre_crop(a, BM3D_CROP)  # noqa: E731
     bm3d = evaluate.bm3d_denoise(crop(noisy), crop(noisy) - crop(full))
     scores = {"bm3d": evaluate.mean_metrics(bm3d, crop(full)), "model": evaluate.mean_metrics(crop(model), crop(full))}
@@ -129,7 +129,7 @@ def test_model_is_at_least_as_good_as_bm3d_with_the_true_noise_spectrum(denoiser
 def test_mean_hu_of_lung_soft_tissue_and_bone_is_kept(denoiser, simulated):
     scan, low = simulated["B40f"]
     full = scan.hu
-    bias = evaluate.region_bias(denoiser(low["quarter"], (scan.pixel_spacing_mm,) * 2), full,
+    bias = evaluate.region_bias(denoiser(low["quarter"], (scan.pixel_spacing_mm,) * 2, scan.filter_name), full,
                                 evaluate.region_masks(full))
     assert set(bias) == {"lung", "soft tissue", "bone"}
     for region, value in bias.items():
@@ -141,7 +141,7 @@ def test_real_sharp_kernel_noise_drops_and_edges_stay(denoiser, data_dir, held_o
     sharp_scan = load_scan(data_dir, HELD_OUT_SHARP)
     sharp = sharp_scan.hu[QUALITY_SLICES]
     smooth = held_out.hu[QUALITY_SLICES]
-    denoised = denoiser(sharp, (sharp_scan.pixel_spacing_mm,) * 2)
+    denoised = denoiser(sharp, (sharp_scan.pixel_spacing_mm,) * 2, sharp_scan.filter_name)
     for k in range(len(sharp)):
         mask = uniform_region_mask(smooth[k])
         assert uniform_noise_std(denoised[k], mask) < 0.6 * uniform_noise_std(sharp[k], mask)
@@ -217,6 +217,9 @@ def test_output_has_less_noise_than_the_source(run_result, spool_series):
     assert uniform_noise_std(derived.array[k], mask) < 0.8 * uniform_noise_std(source.array[k], mask)
     assert result.summary.slices == len(spool_series)
     assert set(result.summary.seconds) == {"load", "denoise", "write"}
+    # B40f is a Siemens medium kernel, read from ConvolutionKernel; the full model was applied
+    assert (result.summary.kernel_family, result.summary.kernel_family_source) == ("medium", "ConvolutionKernel")
+    assert result.summary.strength == 1.0
 
 
 def test_original_series_is_untouched(run_result):

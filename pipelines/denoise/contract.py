@@ -26,3 +26,7 @@ class Options(PipelineOptions):
     #: everywhere (both measured by the "bfloat16 on a CPU" rule of pipelines/denoise/training/LOG.md,
     #: "Acceptance rules for the quality and bias targets")
     half_precision: bool = True
+    #: how much of the model's change is applied, 0-1: the result is input + strength x (denoised -
+    #: input); below 1 a site trades noise for fidelity to the input (the model card's table says
+    #: what each setting costs in low-contrast detectability and gains in noise)
+    strength: Annotated[float, Field(ge=0, le=1)] = 1.0

@@ -39,7 +39,7 @@ KERNEL_FAMILIES = (
     *((f"FC{n:02d}", "smooth") for n in range(1, 15)), *((f"FC{n:02d}", "medium") for n in range(15, 30)),
     *((f"FC{n:02d}", "sharp") for n in range(30, 100)),
     ("A", "smooth"), ("B", "medium"), ("C", "medium"), ("D", "sharp"), ("E", "sharp"), ("L", "sharp"),
-    ("Y", "sharp"),
+    *((f"Y{letter}", "sharp") for letter in "ABCDEF"),
 )
 #: Median frequency (cycles/mm) of a series' noise power above ``FROM_PER_MM`` at which the
 #: measured family changes: smooth below the first, sharp above the second. Measured on the real

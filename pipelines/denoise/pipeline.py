@@ -8,7 +8,12 @@ reference from each slice to the slice it came from.
 
 Settings (config.toml ``[pipelines.ct-denoise]``): ``model`` names a model folder
 (``inference`` documents the format; default: the weights shipped in ``weights/``), ``device``
-picks the GPU or CPU, and ``options.batch_pixels`` caps the pixels per forward pass.
+picks the GPU or CPU, ``options.batch_pixels`` caps the pixels per forward pass and
+``options.strength`` (0-1) applies only that share of the model's change.
+
+The kernel family the model is conditioned on comes from the series' ConvolutionKernel when the
+name is one ``kernels`` knows, else from the series' own measured noise (``kernels.series_family``);
+the summary says which, so an administrator can see how a vendor's kernel was read.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from pydicom.multival import MultiValue
 
 from pipelines.base import (
     SERIES_ROLE,
@@ -29,6 +35,7 @@ from pipelines.base import (
 )
 from pipelines.denoise import contract
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
+from pipelines.denoise.kernels import series_family
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
@@ -46,6 +53,12 @@ class DenoiseSummary(PipelineSummary):
     #: mean |denoised - source| in HU over the whole series: near the noise level, or the model
     #: changed anatomy
     mean_abs_change_hu: float
+    #: the kernel family the model was told (smooth, medium, sharp) and where it came from
+    #: ("ConvolutionKernel", "measured noise", or "default" when neither could tell)
+    kernel_family: str
+    kernel_family_source: str
+    #: the share of the model's change applied (``options.strength``)
+    strength: float
 
 
 class CTDenoise(ModelPipeline):
@@ -60,13 +73,15 @@ class CTDenoise(ModelPipeline):
     def __init__(self, settings: PipelineSettings) -> None:
         super().__init__(settings)
         self.denoiser = Denoiser.load(self.model_dir, self.device, self.options.batch_pixels,
-                                       self.options.half_precision)
+                                       self.options.half_precision, self.options.strength)
 
     def run(self, job: JobInput) -> JobResult:
         clock = StageClock()
         volume = _ct_volume(list(job.series.get(SERIES_ROLE, ())))
         clock.lap("load")
-        denoised = self.denoiser(volume.array, (volume.spacing[1], volume.spacing[0]))
+        pixel_spacing = (volume.spacing[1], volume.spacing[0])
+        family = series_family(_kernel_name(volume), volume.array, pixel_spacing[1])
+        denoised = self.denoiser(volume.array, pixel_spacing, family.family)
         clock.lap("denoise")
         # Pixels below the model's input range are padding outside the reconstruction circle,
         # not anatomy: they keep their value so viewers still recognise them.
@@ -93,6 +108,9 @@ class CTDenoise(ModelPipeline):
                 device=self.device,
                 model_sha256=self.model_digest,
                 mean_abs_change_hu=round(_mean_abs_change(denoised, volume.array), 2),
+                kernel_family=family.family,
+                kernel_family_source=family.source,
+                strength=self.options.strength,
                 seconds=clock.laps,
             ),
         )
@@ -103,6 +121,14 @@ def _ct_volume(paths: list[Path]) -> Volume:
     if volume.is_multiframe:
         raise NotApplicable("enhanced multi-frame CT: derived series are written for single-frame CT only")
     return volume
+
+
+def _kernel_name(volume: Volume) -> str | None:
+    """The series' ConvolutionKernel (the first value of a multi-valued one), if it has one."""
+    kernel = volume.sources[0].get("ConvolutionKernel")
+    if kernel is None:
+        return None
+    return str(kernel[0] if isinstance(kernel, MultiValue) else kernel)
 
 
 def _mean_abs_change(after: np.ndarray, before: np.ndarray) -> float:

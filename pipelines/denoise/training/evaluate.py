@@ -87,6 +87,8 @@ PHANTOM_DIAMETER_MM, PHANTOM_PIXEL_MM = 320.0, 0.7
 #: automatic exposure control does (more mAs at low kV); their HU noise then differs only
 #: through water's attenuation at that kV.
 PHANTOM_PHOTONS_120KVP = 2.5e5
+#: The water cylinder's noise texture: the family of a standard body kernel.
+PHANTOM_FAMILY = "medium"
 #: Square ROIs (pixels) in which the noise power spectrum is measured.
 NPS_ROI = 32
 #: A horizontal line on the held-out slice ``PROFILE_SLICE``: heart -> lung -> chest wall.
@@ -201,15 +203,16 @@ def water_phantom_deviation(denoiser: Denoiser, kvp: float, draws: int, seed: in
         (water_attenuation_per_mm(kvp) - water_attenuation_per_mm(120)) * PHANTOM_DIAMETER_MM)
     generator = torch.Generator().manual_seed(seed)
     noisy = np.stack([
-        (scan.hu + scan.acquisition_noise(photons, "hann", generator, ELECTRONIC_NOISE_COUNTS))[None]
+        (scan.hu + scan.acquisition_noise(photons, PHANTOM_FAMILY, generator, ELECTRONIC_NOISE_COUNTS))[None]
         for _ in range(draws)
     ]).astype(np.float32)
-    return systematic_deviation(denoiser, noisy, PHANTOM_PIXEL_MM)
+    return systematic_deviation(denoiser, noisy, PHANTOM_PIXEL_MM, PHANTOM_FAMILY)
 
 
-def systematic_deviation(denoiser: Denoiser, noisy: np.ndarray, pixel_spacing_mm: float) -> dict[str, float]:
+def systematic_deviation(denoiser: Denoiser, noisy: np.ndarray, pixel_spacing_mm: float,
+                         family: str) -> dict[str, float]:
     """The 15 mm rule applied to the mean over draws (axis 0) of the denoised images and inputs."""
-    outputs = np.stack([denoiser(draw, (pixel_spacing_mm, pixel_spacing_mm)) for draw in noisy])
+    outputs = np.stack([denoiser(draw, (pixel_spacing_mm, pixel_spacing_mm), family) for draw in noisy])
     return local_mean_deviation(outputs.mean(0), noisy.mean(0), pixel_spacing_mm)
 
 
@@ -262,7 +265,7 @@ def known_truth_deviation(denoiser: Denoiser, scan: Scan, seed: int, draws: int 
         for _ in range(count):
             noise = np.stack([sim.acquisition_noise(d, scan.filter_name, generator, ELECTRONIC_NOISE_COUNTS)
                               for sim, d in zip(sims, dose, strict=True)]).astype(np.float32)
-            total += denoiser(truth + noise, (spacing, spacing)) - (truth + returned(noise))
+            total += denoiser(truth + noise, (spacing, spacing), scan.filter_name) - (truth + returned(noise))
         return total
 
     def scored(first: np.ndarray, second: np.ndarray, count: int) -> dict[str, float]:
@@ -348,7 +351,7 @@ def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = T
     for dose, noisy in low_dose.items():
         sigma = best_gaussian_sigma(noisy, full)
         outputs = {"noisy": noisy, f"oracle gaussian (sigma {sigma} px)": gaussian(noisy, sigma),
-                   "model": denoiser(noisy, spacing)}
+                   "model": denoiser(noisy, spacing, scan.filter_name)}
         rows: dict[str, dict[str, Any]] = {}
         for name, images in outputs.items():
             rows[name] = {
@@ -376,7 +379,7 @@ def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = T
 def real_series_bias(denoiser: Denoiser, scan: Scan) -> dict[str, float]:
     """The bias rule on a real series exactly as it was acquired: no simulated noise."""
     spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
-    return local_mean_deviation(denoiser(scan.hu, spacing), scan.hu, scan.pixel_spacing_mm)
+    return local_mean_deviation(denoiser(scan.hu, spacing, scan.filter_name), scan.hu, scan.pixel_spacing_mm)
 
 
 def edge_width(profile: np.ndarray, half_window: int = 6) -> float:
@@ -398,7 +401,7 @@ def edge_width(profile: np.ndarray, half_window: int = 6) -> float:
 
 def real_noise_check(denoiser: Denoiser, sharp: Scan, smooth: np.ndarray) -> dict[str, Any]:
     """The model on the real B70f series: noise down, edges kept (same grid as the B40f series)."""
-    denoised = denoiser(sharp.hu, (sharp.pixel_spacing_mm, sharp.pixel_spacing_mm))
+    denoised = denoiser(sharp.hu, (sharp.pixel_spacing_mm, sharp.pixel_spacing_mm), sharp.filter_name)
     before, after, reference = [], [], []
     for k in range(len(sharp.hu)):
         mask = uniform_region_mask(smooth[k])
