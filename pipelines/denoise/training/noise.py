@@ -447,6 +447,9 @@ def uniform_noise_std(image: np.ndarray, mask: np.ndarray, window: int = 11) -> 
 #: Lowest frequency (cycles/mm) the calibration compares: below it a flat soft-tissue ROI of a
 #: real slice still holds anatomy (organ texture, slow trends the detrend leaves), not only noise.
 CALIBRATION_FROM_PER_MM = 0.1
+#: Rounds of ``calibrate_photons``' refinement: the electronic noise's share of the variance (at
+#: most about a third on the starved scans here) is left to that power of itself.
+CALIBRATION_ROUNDS = 4
 
 
 def flat_noise_power(rois: np.ndarray, pixel_spacing_mm: float) -> float:
@@ -465,36 +468,40 @@ def calibrate_photons(
     reference_photons: float = 1e5,
     kvp: float | None = None,
     relative_dose: list[float] | None = None,
+    electronic_noise: float = ELECTRONIC_NOISE_COUNTS,
 ) -> float:
     """Full-dose photons per ray (at the scan's mean tube output) whose simulated noise matches
     the noise measured in ``slices``.
 
     Both are measured alike: the noise power above ``CALIBRATION_FROM_PER_MM`` in the flat
     soft-tissue ROIs of the real slices (``pipelines.noise_power``, the ROIs an NPS is measured
-    in), and in the same ROIs cut from the noise simulated at ``reference_photons``. Noise
-    variance scales as ``1/I0``, so one simulation gives the answer. Matching the mean power of
-    the ROIs, not a low percentile of a local SD, matters because the simulation spreads its
-    noise less evenly over a slice than a scanner does (no bowtie filter): a percentile of the
-    two compared different parts of their distributions and left the simulation about 1.5x too
-    strong (``pipelines/denoise/MODEL_CARD.md``). ``relative_dose`` (``relative_tube_output`` of
-    each slice) takes tube-current modulation out. A scan without a flat ROI (a phantom slice, a
-    head) falls back on ``uniform_noise_std`` over its soft-tissue mask.
+    in), and in the same ROIs cut from the simulated noise. Matching the mean power of the ROIs,
+    not a low percentile of a local SD, matters because the simulation spreads its noise less
+    evenly over a slice than a scanner does (no bowtie filter): a percentile of the two compared
+    different parts of their distributions and left the simulation about 1.5x too strong
+    (``pipelines/denoise/MODEL_CARD.md``). The simulated full dose carries the electronic noise
+    the real one does: its variance falls as ``1/I0^2``, the quantum part's as ``1/I0``, so the
+    count is refined ``CALIBRATION_ROUNDS`` times (each round scales it by simulated over real
+    power; the error shrinks by the electronic share each round). ``relative_dose``
+    (``relative_tube_output`` of each slice) takes tube-current modulation out. A scan without a
+    flat ROI (a phantom slice, a head) falls back on ``uniform_noise_std`` over its soft-tissue mask.
     """
-    real_rois, simulated_rois = [], []
-    for k, hu in enumerate(slices):
-        flat = flat_tiles(hu)
-        if not flat.any():
-            continue
-        scale = relative_dose[k] if relative_dose is not None else 1.0
-        noise = SliceScan.of(hu, pixel_spacing_mm, kvp).acquisition_noise(reference_photons, filter_name, generator)
-        real_rois.append(detrend(tiles(hu)[flat]))
-        simulated_rois.append(detrend(tiles(noise)[flat]) / math.sqrt(scale))
-    if not real_rois:
+    flat = [flat_tiles(hu) for hu in slices]
+    used = [k for k, tiles_k in enumerate(flat) if tiles_k.any()]
+    if not used:
         return _calibrate_on_local_sd(slices, pixel_spacing_mm, filter_name, generator, reference_photons, kvp,
                                       relative_dose)
-    measured = flat_noise_power(np.concatenate(real_rois), pixel_spacing_mm)
-    simulated = flat_noise_power(np.concatenate(simulated_rois), pixel_spacing_mm)
-    return reference_photons * simulated / measured
+    measured = flat_noise_power(np.concatenate([detrend(tiles(slices[k])[flat[k]]) for k in used]), pixel_spacing_mm)
+    scans = {k: SliceScan.of(slices[k], pixel_spacing_mm, kvp) for k in used}
+    photons = reference_photons
+    for _ in range(CALIBRATION_ROUNDS):
+        rois = []
+        for k in used:
+            scale = relative_dose[k] if relative_dose is not None else 1.0
+            noise = scans[k].acquisition_noise(photons * scale, filter_name, generator, electronic_noise)
+            rois.append(detrend(tiles(noise)[flat[k]]))
+        photons *= flat_noise_power(np.concatenate(rois), pixel_spacing_mm) / measured
+    return photons
 
 
 def _calibrate_on_local_sd(

@@ -3,10 +3,11 @@
 The denoiser learns the noise ``noise.py`` inserts; it must look like the scanner's. Both are
 measured alike (``pipelines.noise_power``): 32 x 32 ROIs in flat soft tissue of real full-dose
 slices, quadratic detrend, radial NPS. The real NPS comes from the slices as they are; the
-simulated one from the noise ``noise.SliceScan.reduced_dose`` adds to the same slices, cut from
-the same ROIs. At ``DOSE_FRACTION`` = 0.5 the added scan has the full-dose photon count, so its
-noise is the simulation's full-dose noise; at other fractions it is scaled by f / (1 - f).
-Photons per ray are ``noise.calibrate_photons``'s, per scan, with the filter being measured.
+simulated one from the noise the simulation gives the same slices at their full dose
+(``noise.SliceScan.acquisition_noise`` with the electronic noise), cut from the same ROIs.
+(Not the noise ``reduced_dose`` adds at half dose scaled back: its quantum part scales so, its
+electronic part does not.) Photons per ray are ``noise.calibrate_photons``'s, per scan, with the
+filter being measured.
 
 Each family's window (``noise.FAMILY_APODIZATION``) is fitted on the ``FIT`` scans and checked on
 the ``CHECK`` scans: the window's square is the real NPS over the NPS of the simulation's plain
@@ -56,8 +57,6 @@ CHECK: dict[str, tuple[str, ...]] = {
 }
 #: Slices per scan (``data.spread_slices``), as many as the photon calibration uses.
 SLICES = CALIBRATION_SLICES
-#: Dose fraction of the simulated scan: at one half the inserted scan has the full-dose photons.
-DOSE_FRACTION = 0.5
 #: The share of the real noise power the compared band holds (from its 5th to 95th percentile).
 BAND_SHARE = 0.9
 #: Lowest frequency (cycles/mm) a fit uses: below it the real ROIs hold anatomy, not only noise.
@@ -138,19 +137,17 @@ def calibrated_photons(scan: Scan, filter_name: str, seed: int = 0) -> float:
                              kvp=scan.kvp, relative_dose=dose)
 
 
-def simulated_spectrum(scan: Scan, filter_name: str, photons: float, dose_fraction: float = DOSE_FRACTION,
-                       seed: int = 1) -> Spectrum:
-    """The NPS of the noise ``reduced_dose`` inserts into the scan's slices (electronic noise
-    included), on the ROIs the real slices give, scaled by f / (1 - f) to the full dose's."""
+def simulated_spectrum(scan: Scan, filter_name: str, photons: float, seed: int = 1) -> Spectrum:
+    """The NPS of the simulation's full-dose noise on the scan's slices (electronic noise
+    included), on the ROIs the real slices give."""
     generator = torch.Generator().manual_seed(seed)
     rois = []
     for k, hu in enumerate(scan.hu):
-        slice_photons = scan.slice_photons(photons, k)
-        simulated = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp).reduced_dose(
-            slice_photons, dose_fraction, filter_name, generator, ELECTRONIC_NOISE_COUNTS)
-        rois.append(detrend(tiles(simulated - hu)[flat_tiles(hu)]))
+        noise = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp).acquisition_noise(
+            scan.slice_photons(photons, k), filter_name, generator, ELECTRONIC_NOISE_COUNTS)
+        rois.append(detrend(tiles(noise)[flat_tiles(hu)]))
     frequency, nps = rois_nps(np.concatenate(rois), scan.pixel_spacing_mm)
-    return Spectrum(frequency, nps * dose_fraction / (1 - dose_fraction), sum(len(r) for r in rois))
+    return Spectrum(frequency, nps, sum(len(r) for r in rois))
 
 
 def window_squared(frequency: np.ndarray, cutoff: float, power: float, boost: float) -> np.ndarray:
@@ -297,7 +294,8 @@ def main() -> None:
                        for name in names]
         plot(comparisons, args.out / "nps.png")
         record = {"command": "python -m pipelines.denoise.training.nps --out DIR", "slices_per_scan": args.slices,
-                  "dose_fraction": DOSE_FRACTION, "band_share": BAND_SHARE, "scans": [c.record() for c in comparisons]}
+                  "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS, "band_share": BAND_SHARE,
+                  "scans": [c.record() for c in comparisons]}
         (args.out / "nps.json").write_text(json.dumps(record, indent=1) + "\n")
         for c in comparisons:
             r = c.record()
