@@ -77,6 +77,11 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     largest = max(result.summary.volumes_ml, key=lambda region: result.summary.volumes_ml[region])
     line = next(line for line in finding_lines(datasets["SR"]) if line.startswith(f"{largest}:"))
     assert " in Frontal lobe (right)" in line, line
+    # and per lesion: its own group, largest first, with its volume and place
+    lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
+    print("lesions:", lesions)
+    assert lesions and lesions[0].startswith("lesion-1: ") and " in Frontal lobe (right)" in lesions[0], lesions
+    assert " mL" in lesions[0], lesions[0]
 
 
 def _edited(paths: list[Path], **attributes) -> list[Path]:

@@ -261,8 +261,9 @@ class TumorSegmentation(ModelPipeline):
             keep_empty_frames=not all(volumes_ml.values()),
         )
         findings = [
-            _sub_region_finding(number, region, volumes_ml[region.tracking_id], reference, labels, brain)
-            for number, region in enumerate(SUB_REGIONS, start=1)
+            *(_sub_region_finding(number, region, volumes_ml[region.tracking_id], reference, labels, brain)
+              for number, region in enumerate(SUB_REGIONS, start=1)),
+            *_lesion_findings(reference, labels, brain),
         ]
         report = make_measurement_report(
             reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
@@ -283,6 +284,35 @@ def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, refere
     return Finding(region.tracking_id, region.structure, volume_ml=volume_ml, segment_number=number,
                    location=brain_location(brain, mask),
                    point_kji=shown.center_point(reference.array.shape))
+
+
+def _lesion_findings(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[Finding]:
+    """One SR group per connected lesion, largest first ("lesion-1", ...): its volume, where it
+    lies (hemisphere, lobe) and a point on it in the source series, which the group references.
+
+    The sub-region groups give the study's totals; a radiologist follows lesions one by one (a
+    metastasis beside a glioma, a satellite lesion), so each is reported as itself.
+    """
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return []
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+    whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
+    findings = []
+    for rank, component in enumerate(np.argsort(-sizes, kind="stable") + 1, start=1):
+        mask = components == component
+        point = KeyFinding("", (Region(whole, mask, SUB_REGIONS[0].color),)).center_point(reference.array.shape)
+        findings.append(Finding(
+            f"lesion-{rank}", BRAIN_TUMOR, center_lps=_as_point(reference.kji_to_lps(point)),
+            volume_ml=round(float(sizes[component - 1]) * voxel_ml, 2), location=brain_location(brain, mask),
+            point_kji=point,
+        ))
+    return findings
+
+
+def _as_point(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 def _key_lesions(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[KeyFinding]:
