@@ -117,8 +117,8 @@ def test_on_a_starved_scan_keeping_the_inputs_own_streak_bias_is_what_the_issues
 class _Offset(_Oracle):
     """The perfect denoiser plus a fixed 3 HU: a bias with no noise in it."""
 
-    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
-        return super().__call__(hu, pixel_spacing_mm) + 3.0
+    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: str | None = None) -> np.ndarray:
+        return super().__call__(hu, pixel_spacing_mm, family) + 3.0
 
 
 def test_the_noise_floor_reads_noise_left_in_the_output_and_not_a_fixed_bias(data_dir):
