@@ -351,7 +351,7 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
     concave logarithm), which the input-mean target carries and the bare-slice target does not."""
     from pipelines.denoise.inference import Preprocessing
     from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import MIXES, draw_groups, patch_batch, simulate
+    from pipelines.denoise.training.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
 
     scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD")]
 
@@ -359,8 +359,8 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
         realizations = simulate(scans, [300.0 / 0.08], np.random.default_rng(0), torch.Generator().manual_seed(0),
                                 MIXES["scan-thickness"], input_mean_target)
         prep = Preprocessing(halo=8)
-        x, y = patch_batch(scans, realizations, draw_groups(scans, realizations, False),
-                           np.random.default_rng(1), prep)
+        x, y, _ = patch_batch(scans, realizations, draw_groups(scans, realizations, RECIPES["scan-thickness"]),
+                              np.random.default_rng(1), prep)
         return prep.to_hu(x), prep.to_hu(y), realizations
 
     x_plain, y_plain, plain = first_batch(False)
@@ -376,7 +376,7 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
 
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
     from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import Realization, draw_groups, patch_loss
+    from pipelines.denoise.training.train import RECIPES, Realization, draw_groups, patch_loss
 
     clean = torch.zeros(2, 1, 4, 4)
     noisy = torch.cat([torch.full((1, 1, 4, 4), 0.1), torch.full((1, 1, 4, 4), 1.0)])
@@ -388,10 +388,14 @@ def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_dra
 
     scans = [Scan(f"s{k}", np.zeros((1, 8, 8), np.float32), 0.7, kernel) for k, kernel in
              enumerate(["B70f", "STANDARD", "STANDARD", "FC21"])]
-    realizations = [Realization(s, 0, np.zeros((8, 8), np.float16)) for s in (0, 1, 1, 2, 3, 3)]
-    assert [list(g) for g in draw_groups(scans, realizations, balanced=False)] == [[0, 1, 2, 3, 4, 5]]
-    # hann (STANDARD, FC21) and ramp (B70f): two families, whatever their sizes
-    assert sorted(map(list, draw_groups(scans, realizations, balanced=True))) == [[0], [1, 2, 3, 4, 5]]
+    # the noise's family, as a conditioned recipe draws it: sharp, medium, smooth, sharp, medium, medium
+    realizations = [Realization(s, 0, np.zeros((8, 8), np.float16), family=f)
+                    for s, f in ((0, 0), (1, 1), (1, 2), (2, 0), (3, 1), (3, 1))]
+    assert [list(g) for g in draw_groups(scans, realizations, RECIPES["noise-weighted"])] == [[0, 1, 2, 3, 4, 5]]
+    # by the scan's kernel family: sharp (B70f) and medium (STANDARD, FC21), whatever their sizes
+    assert sorted(map(list, draw_groups(scans, realizations, RECIPES["noise-weighted-balanced"]))) == [[0], [1, 2, 3, 4, 5]]
+    # by the noise's family when the recipe is conditioned
+    assert sorted(map(list, draw_groups(scans, realizations, RECIPES["family-conditioned"]))) == [[0, 3], [1, 4, 5], [2]]
 
 
 def test_a_slab_split_scan_trains_on_its_first_slices_and_validates_on_its_last_with_a_gap_between():

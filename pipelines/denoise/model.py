@@ -75,6 +75,7 @@ class ResidualDenoiser(nn.Module):
             if family is None:
                 raise ValueError("this denoiser is conditioned on the kernel family: pass one per slice")
             planes = nn.functional.one_hot(family.long(), self.families).to(features.dtype)
-            features = torch.cat([features, planes[:, :, None, None].expand(-1, -1, *features.shape[-2:])], 1)
+            rows_sub, cols_sub = features.shape[-2], features.shape[-1]
+            features = torch.cat([features, planes[:, :, None, None].expand(-1, -1, rows_sub, cols_sub)], 1)
         noise: torch.Tensor = self.shuffle(self.body(features))
         return x - noise[..., :rows, :cols]
