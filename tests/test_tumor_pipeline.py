@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import torch
 
+from node.operate.findings import finding_lines
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
@@ -72,7 +73,9 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
     texts = _content_texts(datasets["SR"])
     assert "contrasts used: T1c, T1, T2, FLAIR" in texts
-    assert texts.count("mL") == 3
+    # a volume per sub-region (necrosis, edema, enhancing tumor) and one per connected lesion
+    lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
+    assert lesions and texts.count("mL") == 3 + len(lesions), (lesions, texts.count("mL"))
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
