@@ -8,6 +8,8 @@ the same raw data, both reconstructions imply the same photon count.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +33,7 @@ from pipelines.denoise.training.noise import (
     thickness_dose_factor,
     water_attenuation_per_mm,
 )
-from pipelines.denoise.training.train import write_weights
+from pipelines.denoise.training.train import starting_network, write_weights
 from pipelines.model_folder import ModelFolderError
 
 
@@ -220,6 +222,20 @@ def test_torchscript_and_state_dict_folders_agree(tmp_path):
                                atol=1e-3)
 
 
+def test_a_conditioned_network_fine_tuned_from_an_unconditioned_folder_starts_with_its_results(tmp_path):
+    """Before the first step, whatever family it is told, it denoises as the folder it starts from."""
+    torch.manual_seed(0)
+    plain = Architecture(channels=8, layers=3)
+    write_weights(tmp_path / "plain", ResidualDenoiser(plain), plain, Preprocessing())
+    started = starting_network(replace(plain, families=3), tmp_path / "plain").eval()
+    x = torch.from_numpy(np.random.default_rng(2).normal(0, 0.2, (3, 1, 32, 32)).astype(np.float32))
+    original = Denoiser.load(tmp_path / "plain", "cpu", half_precision=False).network
+    with torch.no_grad():
+        np.testing.assert_allclose(started(x, torch.tensor([0, 1, 2])), original(x), atol=1e-6)
+    with pytest.raises(SystemExit, match="cannot start"):
+        starting_network(replace(plain, channels=16, families=3), tmp_path / "plain")
+
+
 def test_unusable_model_folders_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ModelFolderError, match="does not exist"):
         Denoiser.load(tmp_path / "missing", "cpu")
@@ -394,8 +410,10 @@ def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_dra
     assert [list(g) for g in draw_groups(scans, realizations, RECIPES["noise-weighted"])] == [[0, 1, 2, 3, 4, 5]]
     # by the scan's kernel family: sharp (B70f) and medium (STANDARD, FC21), whatever their sizes
     assert sorted(map(list, draw_groups(scans, realizations, RECIPES["noise-weighted-balanced"]))) == [[0], [1, 2, 3, 4, 5]]
-    # by the noise's family when the recipe is conditioned
+    # by the noise's family when every family is drawn on every scan
     assert sorted(map(list, draw_groups(scans, realizations, RECIPES["family-conditioned"]))) == [[0, 3], [1, 4, 5], [2]]
+    # a conditioned recipe on the scan's own or sharper families balances like the unconditioned one
+    assert sorted(map(list, draw_groups(scans, realizations, RECIPES["family-told"]))) == [[0], [1, 2, 3, 4, 5]]
 
 
 def test_a_slab_split_scan_trains_on_its_first_slices_and_validates_on_its_last_with_a_gap_between():

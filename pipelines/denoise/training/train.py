@@ -14,17 +14,18 @@ takes a training pack instead (``pack``: the same scans as one file). Steps:
    patients), the noise cost of a thinner reconstruction (a slice thickness drawn from
    ``THICKNESS_RANGE_MM``, only thinner than the scan's own), with the scan's kVp, its
    tube-current modulation along z, electronic noise, and a kernel family's filter (``noise``:
-   windows fitted to real noise power spectra). The shipped recipe (``family-conditioned``)
-   draws the family with equal chance and tells the network which it was, so each family's
-   noise is learnt on every scan; at inference the series' own family is given (``kernels``).
-   Unconditioned recipes use the scan's family or a sharper one: a sharp-kernel target keeps its
-   own sharp noise, and smoother noise added on top would teach an unconditioned network that
-   sharp noise is anatomy (a conditioned one learns only that, told "smooth", it is not smooth noise).
+   windows fitted to real noise power spectra). The family is the scan's own or a sharper one: a
+   sharp-kernel target keeps its own sharp noise, and smoother noise added on top would teach an
+   unconditioned network that sharp noise is anatomy. A conditioned recipe (``Recipe``) tells
+   the network the family (at inference the series' own, ``kernels``); ``family-conditioned``
+   also draws every family on every scan (a conditioned network learns only that, told "smooth",
+   sharp noise is not smooth noise). ``--init`` fine-tunes a model folder instead of starting anew.
 3. Fit the network, with the same mean-preserving high-pass of its residual that inference
-   applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of (slice + noise ->
-   slice + the noise's mean) with mean squared error, weighted by noise level and balanced
-   between kernel families (``DEFAULT_RECIPE``), the family's one-hot planes beside the input. The noise's mean is its
-   systematic part, not zero where photons are scarce; keeping it in the target keeps the input's local means, which
+   applies (``inference.keep_mean``), on random 96 x 96 patches (flips and quarter turns) of
+   (slice + noise -> slice + the noise's mean) with mean squared error, weighted by noise level
+   and balanced between kernel families (``DEFAULT_RECIPE``); a conditioned network gets the
+   family's one-hot planes beside the input. The noise's mean is its systematic part, not zero
+   where photons are scarce; keeping it in the target keeps the input's local means, which
    is what the bias rule compares with. The targets carry their own full-dose noise; the
    error-optimal prediction still removes most noise, since the part of the input noise that came
    from the target is unpredictable from the part that was added.
@@ -46,7 +47,7 @@ import torch
 from pipelines.denoise.inference import Preprocessing, keep_mean
 from pipelines.denoise.kernels import FAMILIES
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM
+from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from pipelines.denoise.training.noise import (
@@ -57,6 +58,7 @@ from pipelines.denoise.training.noise import (
     added_photons,
     thickness_dose_factor,
 )
+from pipelines.model_folder import folder_digest, load_params, require_folder
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.training.record import training_command
 
@@ -108,10 +110,11 @@ class Recipe:
     systematic part, ``SliceScan.expected_acquisition_error``) instead of the bare slice, so the
     error-optimal network removes only zero-mean noise and keeps the input's local means, which
     is what the bias rule compares with (training/LOG.md, "Training towards the input's expected image").
-    ``conditioned``: every realization's noise takes a kernel family drawn with equal chance
-    (whatever the scan's own kernel), the network is told it (``model.Architecture.families``),
-    and patches are balanced over families instead of over the scans' kernels: a sharp kernel's
-    noise is trained on every scan, not only on the one sharp training scan.
+    ``conditioned``: the network is told each realization's kernel family
+    (``model.Architecture.families``). ``every_family``: each realization's noise takes a family
+    drawn with equal chance, whatever the scan's own kernel, and patches are balanced over those
+    families instead of over the scans' kernels (a sharp kernel's noise is trained on every scan);
+    otherwise the family is the scan's own or a sharper one (``noise_families``).
     """
 
     name: str
@@ -121,6 +124,7 @@ class Recipe:
     restore_mean_sigma_mm: float = RESTORE_MEAN_SIGMA_MM
     input_mean_target: bool = False
     conditioned: bool = False
+    every_family: bool = False
 
 
 #: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
@@ -134,10 +138,12 @@ RECIPES = {
     "noise-weighted-balanced-input-mean": Recipe("noise-weighted-balanced-input-mean", MIXES["scan-thickness"],
                                                  noise_weighted=True, balanced=True, input_mean_target=True),
     "family-conditioned": Recipe("family-conditioned", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
-                                 input_mean_target=True, conditioned=True),
+                                 input_mean_target=True, conditioned=True, every_family=True),
+    "family-told": Recipe("family-told", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
+                          input_mean_target=True, conditioned=True),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
-DEFAULT_RECIPE = "family-conditioned"
+DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
 #: The mean-restore scale (mm) the shipped weights are written with: chosen at inference by
 #: ``choose_mix --round restore-scale`` (training/LOG.md,
 #: "Bias against a known truth, and the mean-restore scale: outcome"). Training itself fits
@@ -161,10 +167,10 @@ class Realization:
     family: int = 0
 
 
-def noise_families(matched: str, conditioned: bool) -> tuple[str, ...]:
-    """The families a scan's realizations draw from: every one for a conditioned network, else
+def noise_families(matched: str, every_family: bool) -> tuple[str, ...]:
+    """The families a scan's realizations draw from: every one (``Recipe.every_family``), else
     the scan's own and every sharper one (``FAMILIES`` is ordered sharpest first)."""
-    return FAMILIES if conditioned else FAMILIES[: FAMILIES.index(matched) + 1]
+    return FAMILIES if every_family else FAMILIES[: FAMILIES.index(matched) + 1]
 
 
 def effective_dose(scan: Scan, rng: np.random.Generator, mix: NoiseMix) -> float:
@@ -183,7 +189,7 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
              generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False,
-             conditioned: bool = False) -> list[Realization]:
+             every_family: bool = False) -> list[Realization]:
     """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
 
     The mean is computed, not drawn, so both kinds of target see the same noise stream.
@@ -191,7 +197,7 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
     realizations = []
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
-        filters = noise_families(scan.filter_name, conditioned)
+        filters = noise_families(scan.filter_name, every_family)
         for k, hu in enumerate(scan.hu):
             sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
             for _ in range(per_slice):
@@ -208,10 +214,11 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
 
 def draw_groups(scans: list[Scan], realizations: list[Realization], recipe: Recipe) -> list[np.ndarray]:
     """Realization indices a patch draws from: one group, or one per kernel family (the noise's
-    for a conditioned recipe, else the scan's)."""
+    when every family is drawn on every scan, else the scan's)."""
     if not recipe.balanced:
         return [np.arange(len(realizations))]
-    family = np.array([FAMILIES[r.family] if recipe.conditioned else scans[r.scan].filter_name for r in realizations])
+    family = np.array([FAMILIES[r.family] if recipe.every_family else scans[r.scan].filter_name
+                       for r in realizations])
     return [np.flatnonzero(family == name) for name in sorted(set(family))]
 
 
@@ -256,15 +263,39 @@ def patch_loss(predicted: torch.Tensor, noisy: torch.Tensor, target: torch.Tenso
     return (error * weight / weight.mean()).mean()
 
 
-def fit(scans: list[Scan], realizations: list[Realization], arch: Architecture, prep: Preprocessing,
-        rng: np.random.Generator, device: str, iterations: int,
-        recipe: Recipe) -> tuple[ResidualDenoiser, list[float]]:
+def starting_network(arch: Architecture, init: Path | None) -> ResidualDenoiser:
+    """A new network, or one that starts as the model folder ``init`` (fine-tuning).
+
+    An unconditioned folder can start a conditioned network: its first convolution's weights on
+    the family planes start at zero, so before the first step the network gives exactly the
+    folder's results, and fine-tuning only adds what the family tells it.
+    """
+    network = ResidualDenoiser(arch)
+    if init is None:
+        return network
+    params = load_params(require_folder(init), DenoiseParams)
+    given = Architecture(**params.model.given())
+    if replace(given, families=arch.families) != arch or given.families not in (0, arch.families):
+        raise SystemExit(f"--init {init}: its [model] {given.as_dict()} cannot start a {arch.as_dict()} network")
+    state = torch.load(init / "model.pt", map_location="cpu", weights_only=True)
+    first = "body.0.weight"
+    missing = arch.families - given.families
+    if missing:
+        weight = state[first]
+        state[first] = torch.cat([weight, weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])], 1)
+    network.load_state_dict(state)
+    return network
+
+
+def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDenoiser, prep: Preprocessing,
+        rng: np.random.Generator, device: str, iterations: int, recipe: Recipe,
+        learning_rate: float = LEARNING_RATE) -> tuple[ResidualDenoiser, list[float]]:
     # Module.to takes memory_format (torch._C._nn._parse_to), but torch's overloads of it leave it out.
-    network = ResidualDenoiser(arch).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    network = network.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # Patches come from scans of 0.56-0.82 mm pixels: their median sets the high-pass in pixels.
     sigma_px = prep.restore_mean_sigma_mm / float(np.median([s.pixel_spacing_mm for s in scans]))
-    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=LEARNING_RATE / 100)
+    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=learning_rate / 100)
     groups = draw_groups(scans, realizations, recipe)
     losses, running = [], 0.0
     for step in range(1, iterations + 1):
@@ -331,8 +362,10 @@ class Trained:
     record: dict[str, Any]
 
 
-def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int, device: str) -> Trained:
-    """Calibrate, simulate and fit: the whole training on scans already loaded."""
+def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int, device: str,
+                  init: Path | None = None, learning_rate: float = LEARNING_RATE) -> Trained:
+    """Calibrate, simulate and fit: the whole training on scans already loaded (from scratch, or
+    fine-tuning the model folder ``init``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -341,13 +374,14 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.conditioned)
+    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.every_family)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
     arch = Architecture(families=len(FAMILIES) if recipe.conditioned else 0)
     prep = Preprocessing(halo=arch.layers * arch.downscale, restore_mean_sigma_mm=recipe.restore_mean_sigma_mm)
-    network, losses = fit(scans, realizations, arch, prep, rng, device, iterations, recipe)
+    network, losses = fit(scans, realizations, starting_network(arch, init), prep, rng, device, iterations, recipe,
+                          learning_rate)
     record = {
         "seed": seed,
         "device": device,
@@ -355,12 +389,15 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
         "seconds_total": round(time.monotonic() - started),
         "seconds_simulation": round(simulated_s),
         "iterations": iterations,
+        "learning_rate": learning_rate,
+        "init": None if init is None else {"folder": str(init), "folder_digest": folder_digest(init)},
         "batch": BATCH,
         "patch": PATCH,
         "recipe": {"name": recipe.name, "mix": recipe.mix.name, "thin_share": recipe.mix.thin_share,
                    "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
                    "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
-                   "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned},
+                   "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned,
+                   "every_family": recipe.every_family},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
@@ -389,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                         help="dose mix, loss weighting and kernel balance (train.RECIPES)")
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                        help="Adam's starting rate (cosine decay to a hundredth)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a model folder to start from (fine-tuning); an unconditioned one can start a conditioned recipe")
     parser.add_argument("--restore-scale-mm", type=float, default=SHIPPED_RESTORE_SCALE_MM,
                         help="params.toml [output] restore_mean_sigma_mm of the written weights")
     parser.add_argument("--slice-stride", type=int, default=1,
@@ -402,7 +443,8 @@ def main(argv: list[str] | None = None) -> None:
 
     scans, source = training_scans(args.data, args.slice_gap_mm)
     scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
-    trained = train_network(scans, RECIPES[args.recipe], args.seed, args.iterations, resolve_device(args.device))
+    trained = train_network(scans, RECIPES[args.recipe], args.seed, args.iterations, resolve_device(args.device),
+                            args.init, args.learning_rate)
     write_weights(args.out, trained.network, trained.arch,
                   replace(trained.prep, restore_mean_sigma_mm=args.restore_scale_mm))
     record = {"command": training_command("pipelines.denoise.training.train", argv), **trained.record,
