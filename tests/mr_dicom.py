@@ -18,6 +18,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from pipelines.tumor.preprocess import dice
+from pipelines.tumor.training.clinical_t1c import heldout_scans, load_scan
 from pipelines.volume import load_series
 
 #: Scanner-like acquisition attributes per contrast role.
@@ -44,6 +46,13 @@ ROUTE_INPUTS = {
                                         "ScanningSequence": {"regex": "^(?!.*IR)"}}},
     "t1": {"required": False, "match": {"SeriesDescription": {"regex": "(?i)t1"},
                                         "ContrastBolusAgent": {"present": False}}},
+}
+
+#: The study route of tumor-segmentation as a site configures it (the shipped config's inputs);
+#: a short study timeout, since these studies are sent whole.
+TUMOR_ROUTE = {
+    "name": "brain-tumor", "pipeline": "tumor-segmentation", "destinations": ["pacs"], "level": "study",
+    "study_timeout_seconds": 8.0, "match": {"Modality": "MR"}, "inputs": ROUTE_INPUTS,
 }
 
 
@@ -176,3 +185,23 @@ def seg_labels(seg: pydicom.Dataset, source: list[Path]) -> np.ndarray:
         k = slice_of[str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
         labels[k][frame > 0] = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
     return labels
+
+
+#: SEG segment numbers of the tumor core: necrosis (1) and enhancing tumor (3); edema (2) is not TC.
+CORE_SEGMENTS = (1, 3)
+
+
+def heldout_case(data_dir: Path, name: str, folder: Path) -> tuple[list[Path], np.ndarray]:
+    """A held-out clinical T1c (``clinical_t1c.HELDOUT_CASES``) as a DICOM series in ``folder`` on
+    its recovered geometry, and its tumor-core mask on that series' grid."""
+    scan = next(s for s in heldout_scans(data_dir) if s.name == name)
+    image, mask = load_scan(scan)
+    paths = write_series(image, "t1c", folder, Study())
+    grid = load_series(paths).to_sitk()
+    reference = sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor)
+    return paths, sitk.GetArrayFromImage(reference) > 0
+
+
+def tc_dice(seg: pydicom.Dataset, source: list[Path], reference: np.ndarray) -> float:
+    """Tumor-core Dice of a SEG on its source series against a reference core."""
+    return dice(np.isin(seg_labels(seg, source), CORE_SEGMENTS), reference)
