@@ -23,6 +23,13 @@ scan's kVp, its tube-current modulation, electronic noise):
 
 Then, without simulation, the model on the real series as they are (bias rule) and on the real
 sharp B70f reconstruction (noise before and after, edge sharpness, a line profile).
+
+A ship rule compares a candidate with the shipped weights on the same noise:
+
+    python -m pipelines.denoise.training.evaluate --weights DIR --baseline pipelines/denoise/weights \
+        --kernels-only --out DIR/kernels.json
+
+gives part 1 and 2 only, with the baseline's rows beside the model's and BM3D computed once.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from pipelines.denoise.training.noise import (
     water_attenuation_per_mm,
 )
 from pipelines.training.data_folder import DATA_ROOT
+from pipelines.training.record import training_command
 
 #: HU window of the metrics: lung to dense bone, data range 2000 HU.
 WINDOW = (-1000.0, 1000.0)
@@ -338,8 +346,10 @@ def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
     return images[:, r0 : r0 + size, c0 : c0 + size]
 
 
-def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = True) -> dict[str, Any]:
-    """Quality, texture and bias of every method at every dose on one held-out scan."""
+def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = True,
+                  baseline: Denoiser | None = None) -> dict[str, Any]:
+    """Quality, texture and bias of every method at every dose on one held-out scan; with a
+    ``baseline`` (the shipped weights, say) its rows too, on the same noise and the same BM3D."""
     full = scan.hu
     spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
     photons = scan_photons(scan, seed)
@@ -352,6 +362,8 @@ def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = T
         sigma = best_gaussian_sigma(noisy, full)
         outputs = {"noisy": noisy, f"oracle gaussian (sigma {sigma} px)": gaussian(noisy, sigma),
                    "model": denoiser(noisy, spacing, scan.filter_name)}
+        if baseline is not None:
+            outputs["baseline"] = baseline(noisy, spacing, scan.filter_name)
         rows: dict[str, dict[str, Any]] = {}
         for name, images in outputs.items():
             rows[name] = {
@@ -473,17 +485,38 @@ def print_tables(kernels: dict[str, dict[str, Any]]) -> None:
                       f"{row['max_15mm_mean_deviation_hu']:.2f} |")
 
 
+def kernel_comparison(denoiser: Denoiser, scans: dict[str, Scan], args: argparse.Namespace, command: str) -> None:
+    """The per-kernel tables alone (with ``--baseline``'s rows), printed and written to ``--out``."""
+    if args.out is None:
+        raise SystemExit("--kernels-only writes its own file: give --out (evaluation.json is the full evaluation)")
+    baseline = Denoiser.load(args.baseline, "cpu") if args.baseline else None
+    kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d, baseline)
+               for kernel, scan in scans.items()}
+    args.out.write_text(json.dumps({"command": command, "held_out": HELD_OUT_BY_KERNEL, "seed": EVALUATION_SEED,
+                                    "kernels": kernels}, indent=2) + "\n")
+    print_tables(kernels)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, help="JSON to write (default: <weights>/evaluation.json)")
     parser.add_argument("--no-bm3d", action="store_true", help="skip BM3D (the slow part)")
+    parser.add_argument("--baseline", type=Path,
+                        help="with --kernels-only: a second model folder (the shipped one) on the same noise")
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="only the per-kernel tables (what a ship rule compares), not the bias measurements")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
     denoiser = Denoiser.load(args.weights, "cpu")
     scans = {kernel: load_scan(args.data, name) for kernel, name in HELD_OUT_BY_KERNEL.items()}
+    if args.kernels_only:
+        kernel_comparison(denoiser, scans, args, training_command("pipelines.denoise.training.evaluate", argv))
+        return
+    if args.baseline:
+        raise SystemExit("--baseline compares the kernel tables: add --kernels-only")
     kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d)
                for kernel, scan in scans.items()}
     report: dict[str, Any] = {
