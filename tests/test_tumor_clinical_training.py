@@ -27,7 +27,9 @@ from pipelines.tumor.training.clinical_t1c import (
     heldout_scans,
     load_scan,
 )
+from pipelines.tumor.training.healthy import mirrored_healthy
 from pipelines.tumor.training.loss import loss_fn
+from pipelines.tumor.training.prepare import CLINICAL_MARGIN_MM
 
 TC, WT, ET = 0, 1, 2
 
@@ -77,6 +79,21 @@ def test_a_prepared_clinical_brain_is_thick_and_weighs_each_region_where_its_mas
     assert float(brain.weight[WT][torch.from_numpy(~core)].max()) == 0.0
     assert float(brain.weight[ET][torch.from_numpy(core)].max()) == 0.0
     assert float(brain.weight[TC].min()) == 1.0
+
+
+def test_a_clinical_volumes_tumor_free_half_is_mirrored_only_when_its_core_keeps_the_wider_margin() -> None:
+    """A core-only mask says nothing of the edema around the core: a half 10 mm from the core is
+    tumor-free by the BraTS cases' 5 mm, not by the clinical volumes' margin."""
+    head = np.zeros((6, 40, 60), np.float32)
+    head[:, 5:35, 5:55] = np.arange(1, 51, dtype=np.float32)  # left-right ramp: the mirror is visible
+    core = np.zeros(head.shape, np.uint8)
+    core[2:4, 18:22, 38:42] = 1  # 8 mm right of the middle (column 30), 1 mm pixels
+    image, mask = sitk.GetImageFromArray(head), sitk.GetImageFromArray(core)
+    mirrored = mirrored_healthy({"t1c": image}, mask, margin_mm=5.0)
+    assert mirrored is not None
+    result = sitk.GetArrayFromImage(mirrored["t1c"])
+    np.testing.assert_array_equal(result[:, :, 30:55], result[:, :, 29:4:-1])  # the left half, mirrored
+    assert mirrored_healthy({"t1c": image}, mask, margin_mm=CLINICAL_MARGIN_MM) is None
 
 
 def test_a_size_floor_drops_the_small_false_lesion_and_keeps_the_small_real_one_and_its_dice() -> None:

@@ -31,7 +31,8 @@ slices 5-6.5 mm apart. :func:`recover_geometry`:
 
 The cross-validation folds (:func:`folds`) split by patient; ``python -m
 pipelines.tumor.training.clinical_t1c --clinical ROOT --train-without-fold K`` prints the
-prepared names (``prepare --clinical``) of the training volumes outside fold K, for ``fit --train``.
+prepared names (``prepare --clinical``) of the training volumes outside fold K, for ``fit --train``
+(with ``--tumor-free-in DIR``: their tumor-free mirrored halves, for ``fit --tumor-free``).
 """
 
 from __future__ import annotations
@@ -182,10 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clinical", type=Path, required=True, help="the fetched repositories (SOURCES)")
     parser.add_argument("--train-without-fold", type=int, choices=range(FOLDS), metavar="K",
                         help="print the prepared names of the training volumes outside fold K (all when absent)")
+    parser.add_argument("--tumor-free-in", type=Path, metavar="DIR",
+                        help="instead: the tumor-free mirrored halves of those volumes that prepare wrote into DIR")
     args = parser.parse_args(argv)
     scans = training_scans(args.clinical)
     held = set() if args.train_without_fold is None else set(folds(scans)[args.train_without_fold])
-    print(" ".join(f"clinical_{scan.name}" for scan in scans if scan.patient not in held))
+    names = [f"clinical_{scan.name}" for scan in scans if scan.patient not in held]
+    if args.tumor_free_in:
+        names = [f"healthy_{name}" for name in names if (args.tumor_free_in / f"healthy_{name}.npz").is_file()]
+    print(" ".join(names))
 
 
 if __name__ == "__main__":

@@ -20,17 +20,20 @@ from scipy import ndimage
 MARGIN_MM = 5.0
 
 
-def mirrored_healthy(images: dict[str, sitk.Image], labels: sitk.Image) -> dict[str, sitk.Image] | None:
-    """The tumor-free hemisphere of each image joined to its mirror image, or None if both halves hold tumor.
+def mirrored_healthy(images: dict[str, sitk.Image], labels: sitk.Image,
+                     margin_mm: float = MARGIN_MM) -> dict[str, sitk.Image] | None:
+    """The tumor-free hemisphere of each image joined to its mirror image, or None if both halves
+    hold tumor (a label within ``margin_mm``).
 
-    The mid-sagittal plane is the middle of the brain's left-right extent (array axis 2).
+    The mid-sagittal plane is the middle of the non-background left-right extent (array axis 2):
+    the brain's in atlas space, the head's in a skull-on scan.
     """
     tumor = sitk.GetArrayFromImage(labels) > 0
     reference = sitk.GetArrayFromImage(next(iter(images.values())))
     background = reference.min()
     columns = np.nonzero((reference != background).any(axis=(0, 1)))[0]
     middle = int(round((columns[0] + columns[-1] + 1) / 2))
-    near = ndimage.distance_transform_edt(~tumor, sampling=tuple(reversed(labels.GetSpacing()))) <= MARGIN_MM
+    near = ndimage.distance_transform_edt(~tumor, sampling=tuple(reversed(labels.GetSpacing()))) <= margin_mm
     width = min(middle, reference.shape[2] - middle)
     for healthy in (slice(middle - width, middle), slice(middle, middle + width)):
         if near[:, :, healthy].any():

@@ -25,7 +25,9 @@ clinical T1c training volumes on their recovered geometry (``clinical_<name>``):
 tumor-core mask as label 1, ``supervised`` saying which regions that mask speaks for (core
 everywhere; whole tumor inside the core; enhancing tumor outside it, where it is 0), and
 ``slice_mm`` (their 6 mm slices are not made thicker). Core voxels outside the extracted brain
-weigh nothing: the pipeline never reports a voxel there.
+weigh nothing: the pipeline never reports a voxel there. Where a volume's core keeps
+``CLINICAL_MARGIN_MM`` from one half of the head, that half and its mirror image are a tumor-free
+skull-on clinical T1c (``healthy_clinical_<name>``), of the same patient as the volume.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ from pipelines.tumor.training.synthesis import rough_lesion_mask
 
 SPACING = 2.0
 ROLES = ("t1c", "flair")
+#: Nearest tumor core allowed from a clinical volume's tumor-free half (mm): wider than the BraTS
+#: cases' 5 mm because these masks hold the core only, and the edema around it reaches further.
+CLINICAL_MARGIN_MM = 20.0
 
 
 def brats_labels(labels: np.ndarray) -> np.ndarray:
@@ -95,16 +100,35 @@ def clinical_on_model_grid(t1c: sitk.Image, core: sitk.Image) -> dict[str, Any]:
     return arrays
 
 
+def clinical_tumor_free(t1c: sitk.Image, core: sitk.Image) -> dict[str, Any] | None:
+    """The clinical T1c's tumor-free hemisphere and its mirror image as a tumor-free brain
+    (``healthy.mirrored_healthy``), or None when the core comes within ``CLINICAL_MARGIN_MM`` of
+    both halves: a real skull-on thick-slice T1c with no tumor, which no other data here gives."""
+    healthy = mirrored_healthy({"t1c": t1c}, core, CLINICAL_MARGIN_MM)
+    if healthy is None:
+        return None
+    arrays: dict[str, Any] = dict(on_model_grid(healthy))
+    arrays["slice_mm"] = np.float32(SLICE_SPACING_MM)
+    return arrays
+
+
 def prepare_clinical(root: Path, out: Path) -> list[str]:
-    """Write each clinical training volume's npz (``clinical_<name>``) into ``out``; returns the names."""
+    """Write each clinical training volume's npz (``clinical_<name>``) into ``out``, and its
+    tumor-free mirrored hemisphere where it has one (``healthy_clinical_<name>``); returns the names."""
     names = []
     for scan in training_scans(root):
-        arrays = clinical_on_model_grid(*load_scan(scan))
+        t1c, core = load_scan(scan)
+        arrays = clinical_on_model_grid(t1c, core)
         name = f"clinical_{scan.name}"
         np.savez_compressed(out / f"{name}.npz", **arrays)
         print(f"{name}: grid {arrays['brain'].shape}, brain {int(arrays['brain'].sum())} voxels, "
               f"core {int(arrays['labels'].sum())} voxels ({int(arrays['ignore'].sum())} outside the brain)", flush=True)
         names.append(name)
+        healthy = clinical_tumor_free(t1c, core)
+        if healthy is not None:
+            np.savez_compressed(out / f"healthy_{name}.npz", **healthy)
+            print(f"healthy_{name}: brain {int(healthy['brain'].sum())} voxels", flush=True)
+            names.append(f"healthy_{name}")
     return names
 
 
