@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -187,6 +188,8 @@ _ADDED_COLUMNS = (
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.
 INDEX_MODE = 0o600
+#: How long opening the index and each change wait for another process's write lock (s).
+BUSY_TIMEOUT_S = 30.0
 
 
 class Database:
@@ -199,12 +202,12 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         _restrict(path)
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=30000")
         try:
+            _use_wal(self._db)
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._migrate()
         except BaseException:
             self._db.close()
@@ -212,9 +215,13 @@ class Database:
 
     def _migrate(self) -> None:
         """Bring an index made by an older radnode to this schema: new tables, added columns,
-        and tables whose definition changed rebuilt with their rows."""
+        and tables whose definition changed rebuilt with their rows. Every change is checked
+        again under the write lock: the node's processes and an administrator's command may open
+        a new or older index at the same moment, and only the first may make it."""
         self._db.executescript(_SCHEMA)
-        _add_missing_columns(self._db)
+        if _missing_columns(self._db):
+            with self._tx():
+                _add_missing_columns(self._db)
         if tables_to_rebuild(self._db):
             with _schema_change(self._db):
                 # again under the write lock: another process opening the index may have rebuilt them
@@ -235,10 +242,34 @@ class Database:
         self._db.execute("COMMIT")
 
 
+def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The added columns (table, column, definition) this index does not have yet."""
+    return [(table, column, definition) for table, column, definition in _ADDED_COLUMNS
+            if column not in _columns(db, table)]
+
+
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    for table, column, definition in _ADDED_COLUMNS:
-        if column not in _columns(db, table):
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    for table, column, definition in _missing_columns(db):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the index in WAL mode (readers and the one writer do not block each other).
+
+    Why the retry: on a new index the switch needs the file to itself, and SQLite answers
+    "database is locked" at once, without waiting the busy timeout, while another process is
+    opening the same new index (measured: 13 of 160 concurrent first opens). Once the file is in
+    WAL mode, which SQLite keeps in the file, the pragma needs no lock.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class IndexSchemaError(RuntimeError):
