@@ -53,22 +53,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("long") is not None:
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: _file_rank(item.path.name))
-
-
-#: The test files that take minutes, longest first (seconds summed over a file's tests on the
-#: 2-core machine: Ray cluster 464, nnU-Net 442, held-out clinical T1c 420, tumor model 246,
-#: denoise bias 218 and LCD 206, BraTS bundle agreement 201). They run first, so that the two
-#: pytest-xdist workers (``--dist loadfile``: a worker takes the next whole file in collection
-#: order) do not end with one of them running a long file alone while the other waits.
-LONGEST_FILES = ("test_ray_cluster.py", "test_nnunet.py", "test_tumor_clinical_heldout.py", "test_tumor_model.py",
-                 "test_denoise_bias.py", "test_denoise_lcd.py", "test_bundle_brats_agreement.py")
-
-
-def _file_rank(name: str) -> int:
-    """A test file's place in the run: the longest files first, every other file after them in
-    its collection order (``list.sort`` is stable)."""
-    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
 
 
 #: Programs whose start makes a test a ``peers`` test, besides dcmtk's and dicom3tools' own
