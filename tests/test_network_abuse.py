@@ -80,8 +80,12 @@ def threads_settled(root_pid: int, baseline: int, seconds: float) -> int:
 
 def stream_until_dropped(sock: socket.socket, limit_bytes: int, seconds: float) -> tuple[int, bytes]:
     """Send zeros until the node drops the connection, ``limit_bytes`` are sent or time is up;
-    returns (bytes sent, what the node sent back)."""
-    sock.settimeout(0.2)
+    returns (bytes sent, what the node sent back). A socket the SCU's own DUL has already closed,
+    because the node's A-ABORT arrived first, counts as dropped before anything was sent."""
+    try:
+        sock.settimeout(0.2)
+    except OSError:
+        return 0, b""
     chunk, sent, reply = b"\x00" * 65536, 0, b""
     deadline = time.monotonic() + seconds
     while sent < limit_bytes and time.monotonic() < deadline:
