@@ -81,6 +81,26 @@ def test_a_prepared_clinical_brain_is_thick_and_weighs_each_region_where_its_mas
     assert float(brain.weight[TC].min()) == 1.0
 
 
+def _brain(name: str, fully_labelled: bool) -> fit.Brain:
+    empty = torch.zeros((1,))
+    return fit.Brain(name, empty, empty, empty, empty, empty, empty, False, fully_labelled)
+
+
+def test_a_fully_labelled_share_draws_the_brats_brains_that_often_and_no_share_replays_the_old_stream() -> None:
+    """4 BraTS brains among 25 labelled ones: drawn in proportion they teach enhancement inside the
+    core in 16 % of labelled draws; the share makes it half of them."""
+    labelled = [_brain(f"clinical_{i}", False) for i in range(21)] + [_brain(f"pat{i}", True) for i in range(4)]
+    generator = torch.Generator().manual_seed(0)
+    draws = [fit.labelled_pool(labelled, generator, 0.5) for _ in range(4000)]
+    share = sum(pool[0].fully_labelled for pool in draws) / len(draws)
+    assert 0.47 < share < 0.53, f"fully labelled share {share:.3f}"
+    assert all(len({b.fully_labelled for b in pool}) == 1 for pool in draws)
+    untouched = torch.Generator().manual_seed(0)
+    assert fit.labelled_pool(labelled, untouched, None) is labelled
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(0).get_state()), \
+        "without the option no random number may be drawn"
+
+
 def test_a_clinical_volumes_tumor_free_half_is_mirrored_only_when_its_core_keeps_the_wider_margin() -> None:
     """A core-only mask says nothing of the edema around the core: a half 10 mm from the core is
     tumor-free by the BraTS cases' 5 mm, not by the clinical volumes' margin."""

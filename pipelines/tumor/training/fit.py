@@ -89,6 +89,7 @@ class Brain:
     brain_voxels: torch.Tensor
     tumor_voxels: torch.Tensor
     thin: bool             # acquired in thin slices, so a thick-slice version is worth simulating
+    fully_labelled: bool   # labels speak for all three regions everywhere (BraTS), not the core alone
 
 
 def load_brain(path: Path, patch: int, device: str) -> Brain:
@@ -113,7 +114,8 @@ def load_brain(path: Path, patch: int, device: str) -> Brain:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     return Brain(path.stem, as_tensor(x), as_tensor(regions), as_tensor(weight), as_tensor(brain),
-                 as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)), slice_mm <= THIN_SLICE_MM)
+                 as_tensor(np.argwhere(brain)), as_tensor(np.argwhere(labels > 0)), slice_mm <= THIN_SLICE_MM,
+                 "supervised" not in data.files)
 
 
 def npz_path(data: Path, name: str) -> Path:
@@ -261,7 +263,7 @@ def write_params(path: Path, architecture: Architecture, trained_on: list[str]) 
 #: The arguments that define a run: a paused run resumes only with the same ones (``--data``,
 #: ``--init``, ``--out`` and ``--device`` may differ between the machines that carry it on).
 RUN_ARGUMENTS = ("train", "tumor_free", "iterations", "max_seconds", "patch", "batch", "learning_rate", "seed",
-                 "thick_slices", "t1c_alone", "bias_field", "gamma")
+                 "thick_slices", "t1c_alone", "bias_field", "gamma", "fully_labelled_share")
 #: Iterations between checkpoints: a run that is killed loses at most this many.
 CHECKPOINT_EVERY = 100
 CHECKPOINT = "checkpoint.pt"
@@ -298,6 +300,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bias-field", type=float, default=0.0,
                         help="share of samples given a smooth intensity gain (with_bias_field)")
     parser.add_argument("--gamma", type=float, default=0.0, help="share of samples given a T1c contrast change (gamma_change)")
+    parser.add_argument("--fully-labelled-share", type=float, default=None,
+                        help="share of labelled draws from the fully labelled (BraTS) brains; default: in proportion "
+                             "to their number (labelled_pool)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pause-after", type=float, default=float("inf"), metavar="SECONDS",
                         help="stop this session after SECONDS with a checkpoint in --out (the schedule is not "
@@ -332,10 +337,10 @@ def resume(path: Path, args: argparse.Namespace, network: torch.nn.Module, optim
         raise SystemExit(f"--resume: no {CHECKPOINT} in {path.parent}; start the run without --resume")
     state = torch.load(path, map_location=args.device, weights_only=True)
     for name, value in run_arguments(args).items():
-        if state["arguments"][name] != value:
+        if state["arguments"].get(name) != value:  # an option added since the pause is at its default
             option = "--" + name.replace("_", "-")
             raise SystemExit(f"--resume: {option} is {value!r}, but the paused run in {path.parent} was started "
-                             f"with {state['arguments'][name]!r}; resume it with the same {option}")
+                             f"with {state['arguments'].get(name)!r}; resume it with the same {option}")
     network.load_state_dict(state["network"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
@@ -356,13 +361,29 @@ def augmentation(args: argparse.Namespace) -> Augmentation:
     return Augmentation(args.thick_slices, args.t1c_alone, args.bias_field, args.gamma)
 
 
+def labelled_pool(labelled: list[Brain], generator: torch.Generator, fully_labelled_share: float | None) -> list[Brain]:
+    """The labelled brains one draw chooses from: all of them, or with ``--fully-labelled-share`` the
+    fully labelled ones (BraTS) with that probability and the core-only clinical ones otherwise.
+
+    Why: only the fully labelled brains teach enhancing tumor inside the core; drawn in proportion
+    to their number (4 of 25) they are too rare for it. Without the option no random number is
+    drawn, so earlier recipes replay unchanged."""
+    full = [brain for brain in labelled if brain.fully_labelled]
+    core_only = [brain for brain in labelled if not brain.fully_labelled]
+    if fully_labelled_share is None or not full or not core_only:
+        return labelled
+    return full if float(torch.rand((), generator=generator)) < fully_labelled_share else core_only
+
+
 def draw_batch(labelled: list[Brain], tumor_free: list[Brain], generator: torch.Generator,
                args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs, targets and loss weights of one batch, every random choice from ``generator`` (the
-    stream a checkpoint carries): a tumor-free brain with ``TUMOR_FREE_SHARE``, else a labelled one."""
+    stream a checkpoint carries): a tumor-free brain with ``TUMOR_FREE_SHARE``, else a labelled one
+    (``labelled_pool``)."""
     batch = []
     for _ in range(args.batch):
-        pool = tumor_free if tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE else labelled
+        use_free = tumor_free and float(torch.rand((), generator=generator)) < TUMOR_FREE_SHARE
+        pool = tumor_free if use_free else labelled_pool(labelled, generator, args.fully_labelled_share)
         batch.append(sample(pool[int(torch.randint(len(pool), (), generator=generator))], generator, args.patch,
                             augmentation(args)))
     x, y, w = (torch.stack(part) for part in zip(*batch))
@@ -458,6 +479,7 @@ def write_record(path: Path, args: argparse.Namespace, progress: Progress, use_b
         "tumor_centred": TUMOR_CENTRED, "tumor_free_share": TUMOR_FREE_SHARE, "t1c_alone_share": args.t1c_alone,
         "thick_slices_share": args.thick_slices, "thickness_mm": list(THICKNESS_MM),
         "bias_field_share": args.bias_field, "gamma_share": args.gamma,
+        "fully_labelled_share": args.fully_labelled_share,
         "thresholds": list(THRESHOLDS), "device": progress.sessions[-1]["device"],
         "bfloat16": use_bf16,
         "seconds": round(progress.seconds),
