@@ -4,7 +4,7 @@ acknowledgement, 100 times: every instance acknowledged before a kill is indexed
 Each trial forks a fresh receiver (``tests.receiver_zygote``: the node's own
 ``receiver_main``, started in milliseconds instead of a second of imports), lets dcmtk storescu
 send a few CT slices under fresh UIDs over one association, and kills the receiver at a random
-moment of that transfer, uniformly over the time the transfer takes (measured first): so a
+moment of that transfer, uniformly over the time the transfer takes (measured first, to the last response): so a
 kill falls while fragments arrive, while the data set is checked, fsynced and renamed, while
 its row is written, or while the response is on its way. The index and the spool are what the
 restarted node would find; each trial records where its kill fell, from what it left behind.
@@ -80,6 +80,19 @@ def until_associated(sender: subprocess.Popen[str]) -> list[str]:
     return lines
 
 
+def until_responses(sender: subprocess.Popen[str], count: int) -> None:
+    """Reads storescu's output until its ``count``-th store response: the transfer ends there, not
+    at its exit, which waits for the release as well (timed to the exit, half the kills fell after
+    the last response)."""
+    assert sender.stdout is not None
+    responses = 0
+    for line in sender.stdout:
+        responses += "Received Store Response" in line
+        if responses == count:
+            return
+    raise AssertionError(f"storescu ended after {responses} of {count} store responses")
+
+
 def where_it_fell(spool: Spool, index: Index, pid: int, first_unacknowledged: Path | None,
                   series: tuple[str, str]) -> str:
     """What the kill interrupted, judged from what it left: the first data set not acknowledged
@@ -115,8 +128,9 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
             sender = send(port, warm)
             until_associated(sender)
             clock = time.perf_counter()
-            assert sender.wait(timeout=60) == 0
+            until_responses(sender, len(warm))
             transfer = time.perf_counter() - clock  # from the association to the last response
+            assert sender.wait(timeout=60) == 0
             # every trial sends to a receiver just forked, whose first association is slower
             # than later ones: time that, so that the kills spread over the whole transfer
             os.kill(pid, signal.SIGKILL)
