@@ -24,8 +24,12 @@ from typing import Any
 
 import pytest
 
-from pipelines.training.data_folder import DATA_ROOT
-from tests.peers import Orthanc
+from tests.cpu_share import share_cores
+
+share_cores()  # before anything below imports torch or numpy
+
+from pipelines.training.data_folder import DATA_ROOT  # noqa: E402
+from tests.peers import Orthanc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = DATA_ROOT

@@ -28,6 +28,7 @@ from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
 from pipelines.nodule.scorer import ScorerNet
 from pipelines.nodule.training import data, evaluate, synthesis, train, train_scorer
 from pipelines.volume import Volume
+from tests.cpu_share import CPU_THREADS
 from tests.nodule_series import chest_files, rewrite_series, water_phantom
 
 #: Inserted nodules per trial scan, their size range, and what the pipeline must achieve on them.
@@ -63,7 +64,7 @@ MIN_ANCHOR_IOU = 0.4
 
 @pytest.fixture(scope="module")
 def pipeline() -> NoduleDetection:
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     # The RetinaNet folder (no longer the default detector): these tests are about it.
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_MODEL_DIR)))
 

@@ -22,6 +22,7 @@ from pipelines.nodule import candidates
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import data, evaluate, lidc, patients, train_scorer
+from tests.cpu_share import CPU_THREADS
 from tests.nodule_series import chest_files
 from tests.peers import dciodvfy
 
@@ -186,7 +187,7 @@ def _grown(box: np.ndarray) -> np.ndarray:
 
 def fold_pipeline(patient: str) -> NoduleDetection:
     """The nodule pipeline with the scorer trained without ``patient``, at that fold's threshold."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu",
                                             model=str(DEFAULT_SCORER_DIR / "folds" / patient)))
 

@@ -26,6 +26,7 @@ from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
 from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.training.prepare import brats_labels
+from tests.cpu_share import CPU_THREADS
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,7 +42,7 @@ MIN_MEAN_DICE = {
 
 @pytest.fixture(scope="module")
 def scores(data_dir):
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     models = ModelSet.load(DEFAULT_MODEL_DIR, "cpu")
     results = {roles: [] for roles in MIN_MEAN_DICE}
     for case in HELD_OUT:

@@ -19,6 +19,7 @@ from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.volume import load_series
+from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import Study, seg_labels, write_series
 from tests.peers import dciodvfy
 
@@ -29,7 +30,7 @@ CHEST_CT = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 
 @pytest.fixture(scope="module")
 def pipeline():
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     return TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu"))
 
 

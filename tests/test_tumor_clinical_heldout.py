@@ -31,6 +31,7 @@ from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import dice
 from pipelines.tumor.training.clinical_t1c import HELDOUT_CASES, heldout_scans, load_scan
 from pipelines.volume import load_series
+from tests.cpu_share import CPU_THREADS
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.mr_dicom import TUMOR_ROUTE, heldout_case, resliced, seg_labels, tc_dice
 from tests.peers import dciodvfy, storescu
@@ -134,7 +135,7 @@ def test_a_held_out_scan_on_its_recovered_spacing_and_resampled_to_another_gives
     The scan's TC Dice still moves (0.445 and 0.273): the false components elsewhere in the brain
     change with the grid, the finding does not.
     """
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     scan = next(s for s in heldout_scans(data_dir) if s.name == "qin-brain-dsc-15")
     image, mask = load_scan(scan)
     other = resliced(image, (0.7, 0.7, 5.0))

@@ -22,6 +22,7 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.training.data import load_brats2015
 from pipelines.tumor.training.healthy import mirrored_healthy
+from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import Study, write_series
 from tests.peers import dciodvfy
 
@@ -33,7 +34,7 @@ MAX_FALSE_POSITIVE_ML = 1.0
 
 @pytest.fixture(scope="module")
 def pipeline():
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     return TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu"))
 
 

@@ -22,6 +22,7 @@ from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.training import evaluate
 from pipelines.tumor.training.data import TCGA, load_images, load_labels
 from pipelines.tumor.training.train import write_params
+from tests.cpu_share import CPU_THREADS
 from tests.tumor_models import constant_model
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
@@ -46,7 +47,7 @@ FUSION_MIN_DICE = {"TC": 0.55, "WT": 0.6, "ET": 0.6}
 
 @pytest.fixture(scope="module")
 def models():
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     return ModelSet.load(DEFAULT_MODEL_DIR, "cpu")
 
 

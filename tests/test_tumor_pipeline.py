@@ -17,6 +17,7 @@ from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
 from pipelines.tumor.training.data import TCGA, load_images
+from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import write_clinical_study
 from tests.peers import dciodvfy
 from tests.tumor_models import constant_model
@@ -27,7 +28,7 @@ FUSION_WT_ML = 30.2
 
 @pytest.fixture(scope="module")
 def study(data_dir, tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     return write_clinical_study(load_images(TCGA, data_dir), tmp_path_factory.mktemp("tcga"))[1]
 
 

@@ -22,6 +22,7 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.training.data import load_clinical
 from pipelines.volume import load_series
+from tests.cpu_share import CPU_THREADS
 from tests.harness import REPO, NodeProcess, node_config, wait_until
 from tests.mr_dicom import Study, moved, write_series
 from tests.peers import dciodvfy, storescu
@@ -62,7 +63,7 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     study = Study(study_uid=str(pydicom.dcmread(series["t1c"][0], stop_before_pixels=True).StudyInstanceUID))
     upside_down, _ = moved(load_clinical("t2", data_dir), (180.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     wrong_t2 = write_series(upside_down, "t2", tmp_path / "t2", study)
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPU_THREADS)
     pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu"))
 
     result = pipeline.run(JobInput(series={**series, "t2": wrong_t2}, output_dir=tmp_path / "out"))
