@@ -168,7 +168,8 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
     for path in spool.instance_files():
         assert pydicom.dcmread(path).SOPInstanceUID == path.stem, f"{path.name} in the spool is not whole"
     # a floor, not a measurement: kills fall at random over the transfer, and on a loaded 2-core
-    # machine 100 trials acknowledge about 100-130 instances in all, and once only 99
+    # machine 100 trials acknowledge about 130-160 instances in all (100-130, once 99, while the
+    # transfer was timed to storescu's exit)
     assert acknowledged_total >= TRIALS // 2, f"too few acknowledged instances to mean anything ({acknowledged_total})"
     assert sum(n for k, n in where.items() if k != "after the last response") >= TRIALS // 2, \
         f"most kills must fall inside a transfer, fell: {dict(where)}"
