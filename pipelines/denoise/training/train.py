@@ -50,6 +50,7 @@ from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams
 from pipelines.denoise.training import pack
 from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
+from pipelines.denoise.training.lesions import lesion_image
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS,
     N_VIEWS,
@@ -115,6 +116,8 @@ class Recipe:
     drawn with equal chance, whatever the scan's own kernel, and patches are balanced over those
     families instead of over the scans' kernels (a sharp kernel's noise is trained on every scan);
     otherwise the family is the scan's own or a sharper one (``noise_families``).
+    ``lesion_share``: the share of patches that get faint discs drawn into input and target alike
+    (``lesions``), so that keeping a low-contrast lesion is part of the error the network is fitted to.
     """
 
     name: str
@@ -125,6 +128,7 @@ class Recipe:
     input_mean_target: bool = False
     conditioned: bool = False
     every_family: bool = False
+    lesion_share: float = 0.0
 
 
 #: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
@@ -141,6 +145,8 @@ RECIPES = {
                                  input_mean_target=True, conditioned=True, every_family=True),
     "family-told": Recipe("family-told", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
                           input_mean_target=True, conditioned=True),
+    "family-told-lesions": Recipe("family-told-lesions", MIXES["scan-thickness"], noise_weighted=True,
+                                  balanced=True, input_mean_target=True, conditioned=True, lesion_share=0.5),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
@@ -223,11 +229,13 @@ def draw_groups(scans: list[Scan], realizations: list[Realization], recipe: Reci
 
 
 def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list[np.ndarray],
-                rng: np.random.Generator, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                rng: np.random.Generator, prep: Preprocessing,
+                lesion_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of (noisy, target, family index) patches in network units, randomly flipped and turned.
 
     Each patch picks a group with equal chance (``draw_groups``), then a realization in it. The
-    target is the clean slice, plus the noise's mean where the realization carries it.
+    target is the clean slice, plus the noise's mean where the realization carries it; a share
+    ``lesion_share`` of the clean patches first gets faint discs (``lesions.lesion_image``).
     """
     inputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
@@ -241,6 +249,8 @@ def patch_batch(scans: list[Scan], realizations: list[Realization], groups: list
         clean = hu[r : r + PATCH, c : c + PATCH]
         if np.mean(clean > -900) < MIN_BODY_FRACTION:
             continue
+        if _applies(lesion_share, rng):
+            clean = clean + lesion_image(clean, scans[item.scan].pixel_spacing_mm, rng)
         noisy = clean + item.noise[r : r + PATCH, c : c + PATCH].astype(np.float32)
         target = clean if item.expected is None else clean + item.expected[r : r + PATCH, c : c + PATCH].astype(np.float32)
         families.append(item.family)
@@ -299,7 +309,7 @@ def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDen
     groups = draw_groups(scans, realizations, recipe)
     losses, running = [], 0.0
     for step in range(1, iterations + 1):
-        x, y, family = patch_batch(scans, realizations, groups, rng, prep)
+        x, y, family = patch_batch(scans, realizations, groups, rng, prep, recipe.lesion_share)
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
         output = network(x, family.to(device)) if recipe.conditioned else network(x)
         predicted = keep_mean(x, output, (sigma_px, sigma_px))
@@ -397,7 +407,7 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
                    "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
                    "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
                    "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned,
-                   "every_family": recipe.every_family},
+                   "every_family": recipe.every_family, "lesion_share": recipe.lesion_share},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
