@@ -390,6 +390,47 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
     assert float(shift.std()) < 0.05 * float((x_mean - y_plain)[:, :, 40:56, 40:56].std())
 
 
+def test_training_lesions_are_faint_discs_in_soft_tissue_drawn_into_input_and_target_alike(monkeypatch):
+    """The lesion recipe's discs (1-3 per patch, 2-30 HU) are centred in soft tissue, never in lung,
+    and stand in the input exactly as in the target: the network is asked to keep them."""
+    from pipelines.denoise.inference import Preprocessing
+    from pipelines.denoise.training.data import Scan
+    from pipelines.denoise.training.lesions import CONTRAST_RANGE_HU, lesion_image
+    from pipelines.denoise.training.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
+
+    rng = np.random.default_rng(3)
+    half = np.full((96, 96), -800.0, np.float32)  # lung on the left, liver on the right
+    half[:, 48:] = 60.0
+    drawn = [lesion_image(half, 0.7, rng) for _ in range(200)]
+    assert all(np.abs(d[:, :40]).max() < 0.5 for d in drawn)  # no lesion centred in lung reaches into it
+    peaks = np.array([np.abs(d).max() for d in drawn])
+    assert peaks.min() > 0.5 and peaks.max() < 2 * CONTRAST_RANGE_HU[1]  # measured 0.9 to 57 HU (discs may overlap)
+    assert not np.abs(lesion_image(np.full((96, 96), -800.0, np.float32), 0.7, rng)).any()  # no soft tissue
+
+    scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD")]
+    realizations = simulate(scans, [1e5], np.random.default_rng(0), torch.Generator().manual_seed(0),
+                            MIXES["scan-thickness"], True)
+    prep = Preprocessing(halo=8)
+    groups = draw_groups(scans, realizations, RECIPES["family-told-lesions"])
+
+    def batch(keep_lesions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same draws either way: the lesions are drawn, and then kept or thrown away."""
+        def drawn(clean, pixel_mm, rng):
+            lesions = lesion_image(clean, pixel_mm, rng)
+            return lesions if keep_lesions else np.zeros_like(lesions)
+
+        monkeypatch.setattr("pipelines.denoise.training.train.lesion_image", drawn)
+        x, y, _ = patch_batch(scans, realizations, groups, np.random.default_rng(1), prep, lesion_share=1.0)
+        return prep.to_hu(x), prep.to_hu(y)
+
+    (x, y), (plain_x, plain_y) = batch(True), batch(False)
+    in_input, in_target = x - plain_x, y - plain_y
+    assert bool((in_target.abs().amax(dim=(1, 2, 3)) > 0.5).all())  # every patch of a water disk gets one
+    inside = plain_y > -900  # the input is clipped at -1024 HU in the air around the disk
+    assert torch.allclose(in_input[inside], in_target[inside], atol=1e-3)  # the same disc in input and target
+    assert float(in_target[inside].abs().max()) > 2.0  # and it is there
+
+
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
     from pipelines.denoise.training.data import Scan
     from pipelines.denoise.training.train import RECIPES, Realization, draw_groups, patch_loss
