@@ -86,13 +86,14 @@ HEAD_STEPS = 60
 
 
 def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool = False,
-               shrink: tuple[int, int, int] = SHRINK) -> NnUNetCase:
+               mirroring: bool = True, shrink: tuple[int, int, int] = SHRINK) -> NnUNetCase:
     """The nnU-Net raw, preprocessed and results folders under ``root`` and the reference for ``folds``.
 
     Each step is skipped when its output is already there, so session fixtures may call this for
     the same root again (with more folds, or the other variant) and pay only for what is new.
-    ``shrink``: voxels of the 1 mm source averaged per axis (x, y, z); (1, 1, 1) is BraTS's own
-    grid (``bench.nnunet``), one shrink per root.
+    ``mirroring``: the reference with nnU-Net's test-time mirroring (its default), or without
+    (``--disable_tta``, an eighth of the forward passes). ``shrink``: voxels of the 1 mm source
+    averaged per axis (x, y, z); (1, 1, 1) is BraTS's own grid (``bench.nnunet``), one shrink per root.
     """
     dataset_id, name = DATASETS[region_based]
     root = root.resolve()  # the subprocesses get these paths, from their own working directory
@@ -106,9 +107,10 @@ def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool 
     missing = [fold for fold in folds if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()]
     if missing:
         save_checkpoints(folder, raw, missing)
-    reference = root / "reference" / name / f"folds_{'_'.join(map(str, folds))}" / f"{case_id(TEST_CASE)}.nii.gz"
+    variant = f"folds_{'_'.join(map(str, folds))}" + ("" if mirroring else "_no_tta")
+    reference = root / "reference" / name / variant / f"{case_id(TEST_CASE)}.nii.gz"
     if not reference.is_file():
-        predict(dataset_id, folds, env, raw / "imagesTs", reference)
+        predict(dataset_id, folds, env, raw / "imagesTs", reference, mirroring)
     images = [raw / "imagesTs" / f"{case_id(TEST_CASE)}_{int(k):04d}.nii.gz" for k in sorted(CHANNELS, key=int)]
     return NnUNetCase(folder=folder, channels=dict(CHANNELS), images=images, reference=reference)
 
@@ -343,14 +345,17 @@ def save_checkpoint(network: torch.nn.Module, path: Path, plans: dict[str, Any],
     partial.replace(path)
 
 
-def predict(dataset_id: int, folds: tuple[int, ...], env: dict[str, str], images: Path, reference: Path) -> None:
+def predict(dataset_id: int, folds: tuple[int, ...], env: dict[str, str], images: Path, reference: Path,
+            mirroring: bool = True) -> None:
     """``nnUNetv2_predict`` on the held-out case with nnU-Net's defaults (step 0.5, Gaussian, mirroring
-    on all three axes), on the CPU, in one process (-npp 0 -nps 0); written aside, then moved into place."""
+    on all three axes unless ``mirroring`` is false: ``--disable_tta``), on the CPU, in one process
+    (-npp 0 -nps 0); written aside, then moved into place."""
     partial = reference.parent.with_name(reference.parent.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     run_tool("nnUNetv2_predict",
              ["-i", str(images), "-o", str(partial), "-d", str(dataset_id), "-c", CONFIGURATION,
-              "-f", *map(str, folds), "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar"], env)
+              "-f", *map(str, folds), "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar",
+              *([] if mirroring else ["--disable_tta"])], env)
     shutil.rmtree(reference.parent, ignore_errors=True)
     partial.rename(reference.parent)
 
