@@ -6,6 +6,11 @@ on the held-out case's NIfTI files is the reference; radnode gets the same case 
 and must give the same labels, voxel for voxel, with one fold, two folds (ensembled) and a
 region-based label set. A folder radnode cannot run as configured is refused at start with the
 key named.
+
+The first tests check the folder itself: if it did not load in nnU-Net's predictor, if the reference
+were all background, or if the DICOM sent to radnode held other numbers or another geometry than
+the NIfTI nnU-Net predicted from, the comparisons would fail (or pass) for reasons that are not
+radnode's. They live in this file so that one worker builds the folders once (``--dist loadfile``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nnunet.folder import INSTALL, NnUNetFolderError, require_nnunetv2
-from tests.nnunet_folder import NnUNetCase, build_case, to_dicom_series
+from pipelines.volume import load_series
+from tests.nnunet_folder import MIRROR_AXES, NnUNetCase, build_case, to_dicom_series
 from tests.peers import dciodvfy
 
-#: building the two folders takes about 90 s of the file's 2 minutes (2 cores); dciodvfy checks the SEG
+#: building the folders (two plans, three folds' networks, three nnUNetv2_predict runs) is most of the
+#: file's time; dciodvfy checks the SEG
 pytestmark = [pytest.mark.data, pytest.mark.peers, pytest.mark.slow]
 
 CHANNELS = {"T1c": "t1c", "FLAIR": "flair"}
@@ -44,6 +52,51 @@ MIRRORING = {"one fold": True, "two folds": False, "regions": False}
 def cases(nnunet_root) -> dict[str, NnUNetCase]:
     return {name: build_case(nnunet_root, folds=folds, region_based=name == "regions", mirroring=MIRRORING[name])
             for name, folds in FOLDS.items()}
+
+
+def test_folder_loads_in_nnunets_predictor(cases) -> None:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    nnunet_case = cases["one fold"]
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(nnunet_case.folder), use_folds=(0,))
+    assert predictor.dataset_json["channel_names"] == nnunet_case.channels == {"0": "T1c", "1": "FLAIR"}
+    assert predictor.label_manager.num_segmentation_heads == 4
+    assert tuple(predictor.allowed_mirroring_axes) == MIRROR_AXES
+    # The three spacings differ and the coarsest is not the first axis: nnU-Net transposes (see SHRINK).
+    assert predictor.plans_manager.transpose_forward == [1, 0, 2]
+    assert predictor.configuration_manager.spacing == [4.0, 2.0, 3.0]
+
+
+def test_reference_has_several_foreground_labels_on_the_case_grid(cases) -> None:
+    nnunet_case = cases["one fold"]
+    reference = sitk.ReadImage(str(nnunet_case.reference))
+    image = sitk.ReadImage(str(nnunet_case.images[0]))
+    labels, counts = np.unique(sitk.GetArrayFromImage(reference), return_counts=True)
+    foreground = {int(label): int(n) for label, n in zip(labels, counts) if label > 0}
+    assert set(foreground) <= {1, 2, 3} and len(foreground) >= 2, foreground
+    assert reference.GetSize() == image.GetSize()
+    np.testing.assert_allclose(reference.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(reference.GetSpacing(), image.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(reference.GetDirection(), image.GetDirection(), atol=1e-4)
+
+
+def test_dicom_series_hold_the_nifti_exactly(cases, tmp_path) -> None:
+    nnunet_case = cases["one fold"]
+    series = to_dicom_series(nnunet_case, tmp_path)
+    assert list(series) == ["T1c", "FLAIR"]
+    studies = set()
+    for channel, nifti in zip(series, nnunet_case.images):
+        image = sitk.ReadImage(str(nifti))
+        volume = load_series(series[channel])
+        np.testing.assert_array_equal(volume.array, sitk.GetArrayFromImage(image).astype(np.float32))
+        np.testing.assert_allclose(volume.origin, image.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(volume.spacing, image.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(volume.direction.ravel(), image.GetDirection(), atol=1e-4)
+        header = pydicom.dcmread(series[channel][0], stop_before_pixels=True)
+        assert header.SeriesDescription == channel
+        studies.add(header.StudyInstanceUID)
+    assert len(studies) == 1
 
 
 def _labels(case: NnUNetCase) -> dict[str, int | list[int]]:
