@@ -106,7 +106,8 @@ class Recipe:
     (weights normalised to mean 1 per batch), so a starved tenth-dose patch does not outweigh a
     quarter-dose one. ``balanced``: a patch first picks a matched-filter family with equal
     chance, so a kernel with few training slices is not outnumbered. ``restore_mean_sigma_mm``:
-    the mean restore the loss is computed through (the network learns only finer detail).
+    the mean restore the loss is computed through (the network learns only finer detail; 0: none,
+    the loss sees every scale the network changes).
     ``input_mean_target``: the target is the slice plus the input's expected error (its
     systematic part, ``SliceScan.expected_acquisition_error``) instead of the bare slice, so the
     error-optimal network removes only zero-mean noise and keeps the input's local means, which
@@ -147,6 +148,9 @@ RECIPES = {
                           input_mean_target=True, conditioned=True),
     "family-told-lesions": Recipe("family-told-lesions", MIXES["scan-thickness"], noise_weighted=True,
                                   balanced=True, input_mean_target=True, conditioned=True, lesion_share=0.5),
+    "family-told-lesions-unrestored": Recipe("family-told-lesions-unrestored", MIXES["scan-thickness"],
+                                             noise_weighted=True, balanced=True, restore_mean_sigma_mm=0.0,
+                                             input_mean_target=True, conditioned=True, lesion_share=0.5),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
@@ -312,7 +316,7 @@ def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDen
         x, y, family = patch_batch(scans, realizations, groups, rng, prep, recipe.lesion_share)
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
         output = network(x, family.to(device)) if recipe.conditioned else network(x)
-        predicted = keep_mean(x, output, (sigma_px, sigma_px))
+        predicted = keep_mean(x, output, (sigma_px, sigma_px)) if sigma_px else output
         loss = patch_loss(predicted, x, y, recipe.noise_weighted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
