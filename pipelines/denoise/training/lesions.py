@@ -38,7 +38,7 @@ def disc(size: int, centre_px: tuple[float, float], diameter_px: float) -> NDArr
     offsets = (np.arange(size * SUPERSAMPLING) + 0.5) / SUPERSAMPLING
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
     inside = np.hypot(rows - centre_px[0], cols - centre_px[1]) < diameter_px / 2.0
-    return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3)).astype(np.float32)
+    return np.asarray(inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3)), np.float32)
 
 
 def lesion_image(clean: NDArray[np.float32], pixel_mm: float, rng: np.random.Generator) -> NDArray[np.float32]:
