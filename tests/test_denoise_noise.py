@@ -262,6 +262,8 @@ def test_mean_preservation_is_a_gaussian_high_pass_of_the_change_and_removes_an_
     expected = hu + residual - ndimage.gaussian_filter(residual, (0, *sigma), mode="nearest")
     np.testing.assert_allclose(result, expected, atol=1e-3)
     assert abs(float(result.mean() - hu.mean())) < 1.0  # the 20 HU offset is gone
+    unrestored = keep_mean(torch.from_numpy(hu)[:, None], torch.from_numpy(output)[:, None], (0.0, 0.0))
+    assert torch.equal(unrestored[:, 0], torch.from_numpy(output))  # scale 0: the model's output as it is
     denoiser = Denoiser(torch.nn.Identity(), Preprocessing(restore_mean_sigma_mm=2.0), "cpu")
     on_cpu = denoiser._finish(torch.from_numpy(hu)[:, None], torch.from_numpy(output)[:, None], sigma)
     np.testing.assert_allclose(on_cpu, result, atol=1e-3)  # the CPU path (scipy) and the GPU path (torch) agree

@@ -6,8 +6,9 @@ Each trial forks a fresh receiver (``tests.receiver_zygote``: the node's own
 send a few CT slices under fresh UIDs over one association, and kills the receiver at a random
 moment of that transfer, uniformly over the time the transfer takes (measured first, up to the
 last store response): so a kill falls while fragments arrive, while the data set is checked,
-fsynced and renamed, while its row is written, or while the response is on its way. The index and the spool are what the
-restarted node would find; each trial records where its kill fell, from what it left behind.
+fsynced and renamed, while its row is written, or while the response is on its way. The index
+and the spool are what the restarted node would find; each trial records where its kill fell,
+from what it left behind.
 
 A killed process leaves the kernel's page cache behind, so these trials check the order of the
 steps (file complete and in place, row committed, then the response), not the fsyncs: a power

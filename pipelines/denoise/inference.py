@@ -99,7 +99,10 @@ def keep_mean(before: torch.Tensor, after: torch.Tensor, sigma_px: tuple[float, 
     G is an in-plane Gaussian of ``sigma_px`` (rows, columns) pixels, cut at 4 sigma with edge
     pixels repeated: ``scipy.ndimage.gaussian_filter``'s defaults with mode "nearest". The units
     do not matter (HU or network units): it is linear. Training fits through the same function.
+    A scale of 0 restores nothing: ``after`` as it is (``restore_mean_sigma_mm = 0``).
     """
+    if not any(sigma_px):
+        return after
     residual = after - before
     low = residual
     for axis, sigma in ((2, sigma_px[0]), (3, sigma_px[1])):

@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter
 
+from pipelines.denoise.training.lcd_phantom import coverage
+
 #: Lesion diameters drawn log-uniformly (mm): the LCD phantom's 3-10 mm and a little either side.
 DIAMETER_RANGE_MM = (2.0, 12.0)
 #: Contrast magnitudes drawn log-uniformly (HU), either sign: from a faint brain lesion to a liver metastasis.
@@ -38,7 +40,7 @@ def disc(size: int, centre_px: tuple[float, float], diameter_px: float) -> NDArr
     offsets = (np.arange(size * SUPERSAMPLING) + 0.5) / SUPERSAMPLING
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
     inside = np.hypot(rows - centre_px[0], cols - centre_px[1]) < diameter_px / 2.0
-    return np.asarray(inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3)), np.float32)
+    return np.asarray(coverage(inside, SUPERSAMPLING), np.float32)
 
 
 def lesion_image(clean: NDArray[np.float32], pixel_mm: float, rng: np.random.Generator) -> NDArray[np.float32]:

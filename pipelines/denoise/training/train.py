@@ -316,7 +316,7 @@ def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDen
         x, y, family = patch_batch(scans, realizations, groups, rng, prep, recipe.lesion_share)
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
         output = network(x, family.to(device)) if recipe.conditioned else network(x)
-        predicted = keep_mean(x, output, (sigma_px, sigma_px)) if sigma_px else output
+        predicted = keep_mean(x, output, (sigma_px, sigma_px))
         loss = patch_loss(predicted, x, y, recipe.noise_weighted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward carries no annotations
