@@ -119,6 +119,9 @@ class Recipe:
     otherwise the family is the scan's own or a sharper one (``noise_families``).
     ``lesion_share``: the share of patches that get faint discs drawn into input and target alike
     (``lesions``), so that keeping a low-contrast lesion is part of the error the network is fitted to.
+    ``specialist``: every realization's noise takes this family, on every scan, so the network
+    spends all its capacity on that family's texture; it is written as the family's own weights in
+    a model folder (``inference``, per-family weights) and the pipeline picks it by the series' family.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Recipe:
     conditioned: bool = False
     every_family: bool = False
     lesion_share: float = 0.0
+    specialist: str | None = None
 
 
 #: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
@@ -151,6 +155,8 @@ RECIPES = {
     "family-told-lesions-unrestored": Recipe("family-told-lesions-unrestored", MIXES["scan-thickness"],
                                              noise_weighted=True, balanced=True, restore_mean_sigma_mm=0.0,
                                              input_mean_target=True, conditioned=True, lesion_share=0.5),
+    "sharp-specialist": Recipe("sharp-specialist", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
+                               input_mean_target=True, specialist="sharp"),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
@@ -177,9 +183,12 @@ class Realization:
     family: int = 0
 
 
-def noise_families(matched: str, every_family: bool) -> tuple[str, ...]:
-    """The families a scan's realizations draw from: every one (``Recipe.every_family``), else
-    the scan's own and every sharper one (``FAMILIES`` is ordered sharpest first)."""
+def noise_families(matched: str, every_family: bool, specialist: str | None = None) -> tuple[str, ...]:
+    """The families a scan's realizations draw from: a specialist's one (``Recipe.specialist``),
+    every one (``Recipe.every_family``), else the scan's own and every sharper one (``FAMILIES``
+    is ordered sharpest first)."""
+    if specialist is not None:
+        return (specialist,)
     return FAMILIES if every_family else FAMILIES[: FAMILIES.index(matched) + 1]
 
 
@@ -199,7 +208,7 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
              generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False,
-             every_family: bool = False) -> list[Realization]:
+             every_family: bool = False, specialist: str | None = None) -> list[Realization]:
     """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
 
     The mean is computed, not drawn, so both kinds of target see the same noise stream.
@@ -207,7 +216,7 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
     realizations = []
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
         per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
-        filters = noise_families(scan.filter_name, every_family)
+        filters = noise_families(scan.filter_name, every_family, specialist)
         for k, hu in enumerate(scan.hu):
             sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
             for _ in range(per_slice):
@@ -388,7 +397,8 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
-    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.every_family)
+    realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.every_family,
+                            recipe.specialist)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
@@ -411,7 +421,8 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
                    "noise_weighted": recipe.noise_weighted, "balanced": recipe.balanced,
                    "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
                    "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned,
-                   "every_family": recipe.every_family, "lesion_share": recipe.lesion_share},
+                   "every_family": recipe.every_family, "lesion_share": recipe.lesion_share,
+                   "specialist": recipe.specialist},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
