@@ -8,6 +8,7 @@ The measured family is checked on real scans whose names are withheld: the thres
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from pipelines.denoise.kernels import median_noise_frequency, named_family, seri
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.training import nps
 from pipelines.denoise.training.data import load_scan
+from pipelines.denoise.training.train import write_weights
+from pipelines.model_folder import ModelFolderError
 
 
 @pytest.mark.parametrize(("kernel", "family"), [
@@ -89,6 +92,47 @@ def test_a_conditioned_network_without_a_family_measures_it_from_the_slices(data
     unnamed = denoiser(scan.hu, spacing)
     np.testing.assert_array_equal(unnamed, denoiser(scan.hu, spacing, "sharp"))
     assert not np.allclose(unnamed, denoiser(scan.hu, spacing, "smooth"))
+
+
+def _weights(folder: Path, seed: int, family_weights: str = "") -> Denoiser:
+    """A small untrained model folder (``family_weights``: its [family_weights] table's lines),
+    and the same network loaded alone, to compare with."""
+    torch.manual_seed(seed)
+    arch = Architecture(channels=8, layers=3)
+    write_weights(folder, ResidualDenoiser(arch), arch, Preprocessing(halo=6))
+    alone = Denoiser.load(folder, "cpu", half_precision=False)
+    if family_weights:
+        with (folder / "params.toml").open("a") as params:
+            params.write(f"\n[family_weights]\n{family_weights}\n")
+    return alone
+
+
+def test_a_family_with_weights_of_its_own_is_denoised_by_them_and_every_other_by_the_folders(
+        tmp_path: Path, data_dir: Path) -> None:
+    general = _weights(tmp_path, 0, 'sharp = "sharp"')
+    sharp = _weights(tmp_path / "sharp", 1)
+    folder = Denoiser.load(tmp_path, "cpu", half_precision=False)
+    hu, spacing = _noisy(), (0.7, 0.7)
+    np.testing.assert_array_equal(folder(hu, spacing, "sharp"), sharp(hu, spacing))
+    np.testing.assert_array_equal(folder(hu, spacing, "medium"), general(hu, spacing))
+    assert not np.allclose(sharp(hu, spacing), general(hu, spacing))
+    assert (folder.weights_for("sharp"), folder.weights_for("smooth")) == ("sharp", ".")
+    # no family given: a real B70f series is read as sharp by its own noise
+    scan = nps.sample(load_scan(data_dir, "ct-chest/lung-pet-ct-dx-A0002/B70f"), 12)
+    real_spacing = (scan.pixel_spacing_mm,) * 2
+    np.testing.assert_array_equal(folder(scan.hu, real_spacing), sharp(scan.hu, real_spacing))
+
+
+@pytest.mark.parametrize(("line", "refusal"), [
+    ('sharp = "../elsewhere"', "[family_weights] sharp '../elsewhere' must lie inside the model folder"),
+    ('medium = "medium"', "[family_weights] medium names 'medium', which is not a folder in it"),
+    ('lung = "lung"', "family_weights.lung: unknown key"),
+])
+def test_family_weights_outside_the_folder_missing_or_for_an_unknown_family_are_refused_naming_them(
+        tmp_path: Path, line: str, refusal: str) -> None:
+    _weights(tmp_path, 0, line)
+    with pytest.raises(ModelFolderError, match=re.escape(refusal)):
+        Denoiser.load(tmp_path, "cpu")
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.25, 0.5, 1.0])

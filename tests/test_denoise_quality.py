@@ -216,8 +216,10 @@ def test_output_has_less_noise_than_the_source(run_result, spool_series):
     assert uniform_noise_std(derived.array[k], mask) < 0.8 * uniform_noise_std(source.array[k], mask)
     assert result.summary.slices == len(spool_series)
     assert set(result.summary.seconds) == {"load", "denoise", "write"}
-    # B40f is a Siemens medium kernel, read from ConvolutionKernel; the full model was applied
+    # B40f is a Siemens medium kernel, read from ConvolutionKernel, and denoised by the folder's own
+    # weights; the full model was applied
     assert (result.summary.kernel_family, result.summary.kernel_family_source) == ("medium", "ConvolutionKernel")
+    assert result.summary.weights == "."
     assert result.summary.strength == 1.0
 
 

@@ -30,9 +30,17 @@ before it is applied: ``denoised = input + r - G(r)``, G an in-plane Gaussian of
 comes from the input; CT noise has almost no power there (its spectrum rises like |f| from zero),
 so almost no noise comes back with it.
 
-Kernel family: a ``model.pt`` whose ``[model]`` has ``families = 3`` is conditioned on the series'
-kernel family (``kernels``); the caller passes it (the pipeline takes it from ConvolutionKernel,
-else from the series' measured noise), or it is measured here. Other models ignore it.
+Kernel family: the caller passes the series' family (``kernels``; the pipeline takes it from
+ConvolutionKernel, else from the series' measured noise), or it is measured here. It is used two
+ways, and a folder may do both:
+
+- per-family weights: ``[family_weights]`` names a model folder inside this one for a family
+  (``sharp = "sharp"``), whose own model and parameters denoise that family's series; every
+  other series gets this folder's model. A family's weights share nothing with the others', so
+  fitting one family's noise cannot cost another family (training/LOG.md, "Per-family weights");
+- conditioning: a ``model.pt`` whose ``[model]`` has ``families = 3`` takes the family as input.
+
+Other models ignore it.
 
 Strength: ``strength`` s in [0, 1] blends the result with the input, ``input + s (denoised -
 input)``, for a site that wants less smoothing than the model's full effect (the model card says
@@ -41,7 +49,7 @@ what each setting costs in low-contrast detectability and gains in noise).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +60,7 @@ from scipy import ndimage
 from pipelines.denoise.kernels import FAMILIES, measured_family
 from pipelines.denoise.model import Architecture, ResidualDenoiser
 from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
-from pipelines.model_folder import load_network, load_params, require_folder
+from pipelines.model_folder import ModelFolderError, inner_folder, load_network, load_params, require_folder
 from pipelines.precision import autocast
 
 #: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
@@ -93,6 +101,15 @@ def _network(folder: Path, params: DenoiseParams, device: str) -> torch.nn.Modul
                         "a ResidualDenoiser ([model] channels, layers, downscale)", device)
 
 
+def _family_folder(folder: Path, family: str, name: str) -> Path:
+    """The model folder that ``[family_weights]`` names for ``family``, refused unless it lies
+    inside ``folder`` and exists."""
+    inner = inner_folder(folder, name, f"[family_weights] {family}")
+    if not inner.is_dir():
+        raise ModelFolderError(f"{folder}: [family_weights] {family} names {name!r}, which is not a folder in it")
+    return inner
+
+
 def keep_mean(before: torch.Tensor, after: torch.Tensor, sigma_px: tuple[float, float]) -> torch.Tensor:
     """``before + r - G(r)`` for the change ``r = after - before`` of (N, 1, H, W) images.
 
@@ -116,12 +133,18 @@ def keep_mean(before: torch.Tensor, after: torch.Tensor, sigma_px: tuple[float, 
 
 
 class Denoiser:
-    """A loaded model plus its preprocessing, on one device; call it on (slices, rows, cols) HU."""
+    """A loaded model plus its preprocessing, on one device; call it on (slices, rows, cols) HU.
+
+    ``family_weights`` maps a kernel family to the sub-folder and denoiser that take its series
+    instead of this one (params ``[family_weights]``).
+    """
 
     def __init__(self, network: torch.nn.Module, preprocessing: Preprocessing, device: str,
-                 batch_pixels: int | None = None, half_precision: bool = True, strength: float = 1.0) -> None:
+                 batch_pixels: int | None = None, half_precision: bool = True, strength: float = 1.0,
+                 family_weights: Mapping[str, tuple[str, Denoiser]] | None = None) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must lie in [0, 1], got {strength}")
+        self.family_weights = dict(family_weights or {})
         self.device = device
         self.half_precision = half_precision
         self.strength = strength
@@ -139,24 +162,37 @@ class Denoiser:
              half_precision: bool = True, strength: float = 1.0) -> Denoiser:
         folder = require_folder(folder)
         params = load_params(folder, DenoiseParams)
+        family_weights = {
+            family: (name, cls.load(_family_folder(folder, family, name), device, batch_pixels, half_precision,
+                                    strength))
+            for family, name in params.family_weights.given().items()
+        }
         return cls(_network(folder, params, device), Preprocessing.of(params), device, batch_pixels,
-                   half_precision, strength)
+                   half_precision, strength, family_weights)
+
+    def weights_for(self, family: str) -> str:
+        """The sub-folder whose weights denoise a series of ``family`` ("." for this folder's own)."""
+        return self.family_weights[family][0] if family in self.family_weights else "."
 
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: str | None = None) -> np.ndarray:
         """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
 
         ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation, which
         runs on a GPU too when the model does: the volume crosses the bus once each way.
-        ``family`` (``kernels.FAMILIES``) conditions a network that takes it; None measures it
-        from the slices' noise (sharp when they hold too little flat soft tissue to tell).
+        ``family`` (``kernels.FAMILIES``) picks the family's own weights and conditions a network
+        that takes it; None measures it from the slices' noise (sharp when they hold too little
+        flat soft tissue to tell), where the folder uses it.
         """
         if hu.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
         if family is not None and family not in FAMILIES:
             raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
-        index = None
-        if self.conditioned:
+        if self.family_weights or self.conditioned:
             family = family or measured_family(hu, float(pixel_spacing_mm[1])) or "sharp"
+        if family in self.family_weights:
+            return self.family_weights[family][1](hu, pixel_spacing_mm, family)
+        index = None
+        if self.conditioned and family is not None:
             index = torch.tensor([FAMILIES.index(family)], device=self.device)
         out = self._denoise(hu, pixel_spacing_mm, index)
         if self.strength < 1.0:

@@ -47,9 +47,20 @@ class Network(ParamsTable):
     families: Annotated[int, Field(ge=0)] | None = None
 
 
+class FamilyWeights(ParamsTable):
+    """``[family_weights]``: a kernel family's own weights, a model folder inside this one
+    (``sharp = "sharp"``); a series of that family is denoised by them, every other series by
+    this folder's own model."""
+
+    sharp: str | None = None
+    medium: str | None = None
+    smooth: str | None = None
+
+
 class DenoiseParams(ModelParams):
     """A denoising model folder's ``params.toml`` (written by ``training.train``)."""
 
     input: Input = Input()
     output: Output = Output()
     model: Network = Network()
+    family_weights: FamilyWeights = FamilyWeights()
