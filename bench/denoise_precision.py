@@ -36,12 +36,14 @@ from pipelines.training.data_folder import DATA_ROOT
 MAX_PSNR_CHANGE_DB, MAX_SSIM_CHANGE, MAX_BIAS_CHANGE_HU, MIN_SPEED_UP = 0.05, 0.001, 0.2, 1.5
 
 
-def timed(denoiser: Denoiser, noisy: np.ndarray, spacing: tuple[float, float], repeat: int) -> tuple[np.ndarray, float]:
-    """The denoised images and the fastest of ``repeat`` runs, in seconds."""
+def timed(denoiser: Denoiser, noisy: np.ndarray, spacing: tuple[float, float], family: str,
+          repeat: int) -> tuple[np.ndarray, float]:
+    """The denoised images and the fastest of ``repeat`` runs, in seconds; the kernel family is
+    passed as the pipeline passes it, so the family's own weights run and none is measured."""
     best, out = float("inf"), noisy
     for _ in range(repeat):
         started = time.perf_counter()
-        out = denoiser(noisy, spacing)
+        out = denoiser(noisy, spacing, family)
         best = min(best, time.perf_counter() - started)
     return out, best
 
@@ -57,7 +59,7 @@ def compare(data: Path, repeat: int) -> dict:
         for dose, noisy in simulate_doses(scan, scan_photons(scan, EVALUATION_SEED), EVALUATION_SEED).items():
             rows, outputs = {}, {}
             for precision, denoiser in denoisers.items():
-                outputs[precision], seconds = timed(denoiser, noisy, spacing, repeat)
+                outputs[precision], seconds = timed(denoiser, noisy, spacing, scan.filter_name, repeat)
                 rows[precision] = {
                     **mean_metrics(outputs[precision], scan.hu),
                     "max_15mm_deviation_hu": local_mean_deviation(outputs[precision], noisy,
