@@ -482,6 +482,7 @@ def test_a_sharp_specialist_trains_on_sharp_noise_even_on_a_medium_kernel_scan()
     from pipelines.denoise.kernels import FAMILIES
     from pipelines.denoise.training.data import Scan
     from pipelines.denoise.training.train import MIXES, RECIPES, simulate
+    from pipelines.noise_power import radial_frequency
 
     scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD")]
 
@@ -494,8 +495,7 @@ def test_a_sharp_specialist_trains_on_sharp_noise_even_on_a_medium_kernel_scan()
         """The share of the noise power above 0.5 cycles/mm inside the disk's central square."""
         centre = np.stack([r.noise[48:80, 48:80].astype(np.float64) for r in realizations])
         power = np.abs(np.fft.fft2(centre - centre.mean(axis=(1, 2), keepdims=True))) ** 2
-        frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(32, 0.7), np.fft.fftfreq(32, 0.7)))
-        return float(power[:, frequency > 0.5].sum() / power.sum())
+        return float(power[:, radial_frequency((32, 32), 0.7) > 0.5].sum() / power.sum())
 
     sharp, own = draws("sharp-specialist"), draws("noise-weighted-balanced-input-mean")
     assert {FAMILIES[r.family] for r in sharp} == {"sharp"}

@@ -174,6 +174,10 @@ class Denoiser:
         """The sub-folder whose weights denoise a series of ``family`` ("." for this folder's own)."""
         return self.family_weights[family][0] if family in self.family_weights else "."
 
+    def for_family(self, family: str) -> Denoiser:
+        """The denoiser that takes a series of ``family``: its own weights', else this one."""
+        return self.family_weights[family][1] if family in self.family_weights else self
+
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: str | None = None) -> np.ndarray:
         """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
 
@@ -189,8 +193,9 @@ class Denoiser:
             raise ValueError(f"unknown kernel family {family!r}: one of {', '.join(FAMILIES)}")
         if self.family_weights or self.conditioned:
             family = family or measured_family(hu, float(pixel_spacing_mm[1])) or "sharp"
-        if family in self.family_weights:
-            return self.family_weights[family][1](hu, pixel_spacing_mm, family)
+        chosen = self.for_family(family) if family else self
+        if chosen is not self:
+            return chosen(hu, pixel_spacing_mm, family)
         index = None
         if self.conditioned and family is not None:
             index = torch.tensor([FAMILIES.index(family)], device=self.device)

@@ -88,7 +88,7 @@ class CTDenoise(ModelPipeline):
         clock.lap("denoise")
         # Pixels below the model's input range are padding outside the reconstruction circle,
         # not anatomy: they keep their value so viewers still recognise them.
-        outside = volume.array < self.denoiser.preprocessing.clip[0]
+        outside = volume.array < self.denoiser.for_family(family.family).preprocessing.clip[0]
         denoised[outside] = volume.array[outside]
         source_description = str(volume.sources[0].get("SeriesDescription", "")).strip()
         datasets = make_derived_series(
