@@ -64,6 +64,20 @@ class Zygote:
         self.proc.wait()
 
 
+def until_gone(pid: int, timeout: float = 10.0) -> None:
+    """Waits for a killed receiver to be gone (the zygote's children are reaped by the kernel).
+
+    Why: SIGKILL is delivered asynchronously, and until the process is gone its listening socket
+    still accepts connections, so the next receiver's port check could pass on the dying one and
+    the next storescu would associate with nothing (seen once on a loaded machine).
+    """
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"receiver {pid} still there {timeout:.0f} s after SIGKILL")
+        time.sleep(0.005)
+
+
 def send(port: int, files: list[Path]) -> subprocess.Popen[str]:
     return subprocess.Popen([dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
                              str(port), *map(str, files)],
@@ -135,6 +149,7 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
             # every trial sends to a receiver just forked, whose first association is slower
             # than later ones: time that, so that the kills spread over the whole transfer
             os.kill(pid, signal.SIGKILL)
+            until_gone(pid)
             pid = zygote.fork()
         index = Index(spool.root / "index.sqlite")
         where: Counter[str] = Counter()
@@ -157,6 +172,7 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
                 assert same_instance(Path(row["path"]), Path(path)), \
                     f"trial {trial}: {Path(path).name} acknowledged, its stored file differs from what was sent"
             acknowledged_total += len(stored)
+            until_gone(pid)
             spool.clear_partial_writes(pid)  # as the supervisor does for a receiver that died
             pid = zygote.fork()
     finally:
