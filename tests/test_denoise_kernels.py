@@ -55,6 +55,20 @@ def test_without_its_kernel_name_a_real_series_is_read_by_its_own_noise(
     assert (named.family, named.source) == (family, "ConvolutionKernel")
 
 
+@pytest.mark.parametrize(("name", "kernel", "read"), [
+    # a name that calls sharp noise medium (D45f: the Mayo/AAPM challenge's sharp kernel): its noise
+    # (median 0.582 /mm) overrules it
+    ("ct-chest/lung-pet-ct-dx-A0002/B70f", "D45f", ("sharp", "measured noise", "medium")),
+    # a smoother name on medium noise (0.345 /mm) is kept: by noise alone a smooth B30s reads medium
+    ("ct-chest/lidc-idri-0003/ct", "B30f", ("smooth", "ConvolutionKernel", None)),
+])
+def test_noise_that_reads_sharp_overrules_a_name_that_calls_it_smoother_and_nothing_else_does(
+        data_dir: Path, name: str, kernel: str, read: tuple[str, str, str | None]) -> None:
+    scan = load_scan(data_dir, name)
+    family = series_family(kernel, scan.hu, scan.pixel_spacing_mm)
+    assert (family.family, family.source, family.named) == read
+
+
 def test_a_series_with_no_flat_soft_tissue_and_an_unknown_name_is_taken_as_sharp() -> None:
     air = np.full((4, 128, 128), -1000.0, np.float32)
     assert series_family(None, air, 0.7).family == "sharp"

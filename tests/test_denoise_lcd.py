@@ -65,16 +65,24 @@ def test_the_denoiser_keeps_every_inserts_detectability_and_lowers_the_noise(den
     assert central_water_sd(clean_absent) < 0.5 * central_water_sd(absent)
 
 
+#: One study's scatter (SD of the 5 HU / 3 HU inserts' AUC over 8 studies of 100 images per class,
+#: seeds apart from the test's): what another CPU's draws, or another seed, read differently.
+STUDY_SD = {55: (0.012, 0.016), 100: (0.004, 0.009)}
+#: How far the phantom's expected reading may be from the toolbox's figure.
+AGREEMENT = 0.05
+
+
 @pytest.mark.parametrize(("dose", "published"), [(55, (0.97, 0.90)), (100, (0.985, 0.95))])
 def test_the_simulated_phantom_is_as_detectable_as_the_toolboxs_published_fbp_curve(dose: int,
                                                                                    published: tuple[float, float]) -> None:
     """The toolbox's figure (``lcd_v_dose.png``, its large data set, FBP) reads the 7 mm 5 HU and
-    10 mm 3 HU inserts at these AUCs; our phantom and observer must agree within 0.05, or the
-    detectability the other test guards would not be the toolbox's. Not at 10 %: there one study of
-    100 images per class reads 0.68 to 0.83 from one seed to the next (0.702 and 0.772 against the
-    figure's 0.78 for 7 mm), too wide for a check of 0.05."""
+    10 mm 3 HU inserts at these AUCs; our phantom and observer must agree within 0.05 plus three
+    times one study's own scatter (``STUDY_SD``), or the detectability the other test guards would
+    not be the toolbox's. One study's reading is not the phantom's: at 55 % the 3 HU insert read
+    0.909 to 0.967 over 8 studies (mean 0.937), and 0.958 on another CPU's draws. Not at 10 %:
+    there one study reads 0.68 to 0.83 from one seed to the next, too wide for a check."""
     present, absent = simulated_study(N_PER_CLASS, dose / 100, FAMILY, SEED + 1000 + dose)
     rows = {row.insert_hu: row.auc for row in _read(present, absent)}
-    # measured (the bench's seed): 0.969 / 0.908 at 55 %, 0.993 / 0.989 at 100 %
-    assert rows[5.0] == pytest.approx(published[0], abs=0.05)
-    assert rows[3.0] == pytest.approx(published[1], abs=0.05)
+    # mean over 8 studies: 0.966 / 0.937 at 55 %, 0.992 / 0.976 at 100 %
+    for insert_hu, figure, sd in zip((5.0, 3.0), published, STUDY_SD[dose], strict=True):
+        assert rows[insert_hu] == pytest.approx(figure, abs=AGREEMENT + 3 * sd), f"{insert_hu:.0f} HU at {dose} %"

@@ -72,17 +72,23 @@ def test_on_a_held_out_scan_the_calibrated_simulated_power_in_the_real_90_percen
     assert abs(simulated.band_power(band) / real.band_power(band) - 1) < limit
 
 
-def test_the_sharp_family_simulated_nps_peaks_at_a_higher_frequency_than_the_smooth_one(data_dir: Path) -> None:
+def test_the_sharper_the_family_the_higher_the_simulated_noises_mean_frequency(data_dir: Path) -> None:
+    """The power-weighted mean frequency (the spectrum's centroid), not its peak: over a broad,
+    noisy spectrum the argmax jumps between neighbouring bins from one draw or CPU to the next
+    (smooth and medium tied at 0.197 /mm on 3 of 6 seeds). All three families filter the same
+    draw, so their differences hardly scatter: over 6 seeds medium - smooth 0.009-0.011 /mm,
+    sharp 0.464-0.468 /mm."""
     scan = nps.sample(load_scan(data_dir, "ct-chest/lung-pet-ct-dx-A0002/B70f"), 1)
     hu, pixel_mm = scan.hu[0], scan.pixel_spacing_mm
     sim = SliceScan.of(hu, pixel_mm, scan.kvp)
-    peaks = {}
+    centroids = {}
     for family in ("smooth", "medium", "sharp"):
         noise = sim.acquisition_noise(3e5, family, torch.Generator().manual_seed(0))
         frequency, power = rois_nps(detrend(tiles(noise)[flat_tiles(hu)]), pixel_mm)
-        peaks[family] = float(frequency[int(np.argmax(power))])
-    assert peaks["sharp"] > peaks["medium"] > peaks["smooth"]  # 0.535, 0.248, 0.104 /mm
-    assert peaks["sharp"] > 0.45  # 0.535 /mm (real B70f: 0.535 on A0002, 0.560 on C3N-00247)
+        centroids[family] = float((frequency * power).sum() / power.sum())
+    assert centroids["medium"] > centroids["smooth"] + 0.005  # 0.305 against 0.294 /mm
+    assert centroids["sharp"] > centroids["medium"] + 0.1  # 0.467 against 0.305 /mm
+    assert centroids["sharp"] > 0.42  # 0.467 /mm
 
 
 def test_kernel_names_fall_into_families_and_old_filter_names_are_unchanged() -> None:

@@ -220,8 +220,27 @@ def test_output_has_less_noise_than_the_source(run_result, spool_series):
     # B40f is a Siemens medium kernel, read from ConvolutionKernel, and denoised by the folder's own
     # weights; the full model was applied
     assert (result.summary.kernel_family, result.summary.kernel_family_source) == ("medium", "ConvolutionKernel")
+    assert result.summary.kernel_family_named is None
     assert result.summary.weights == "."
     assert result.summary.strength == 1.0
+
+
+def test_a_series_named_medium_whose_noise_reads_sharp_runs_with_the_sharp_weights_and_says_so(
+        pipeline, data_dir, tmp_path):
+    """A Siemens D45f ("medium sharp" by name, the Mayo/AAPM challenge's sharp kernel by its noise),
+    stood in for by the held-out B70f series renamed: its noise (median 0.582 /mm) overrules the
+    name's medium, and the summary names both."""
+    series = []
+    for path in sorted((data_dir / HELD_OUT_SHARP).iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.ConvolutionKernel = "D45f"
+        ds.save_as(tmp_path / path.name)
+        series.append(tmp_path / path.name)
+    result = pipeline.run(JobInput(series={"series": series}, output_dir=tmp_path / "out"))
+    summary = result.summary
+    assert (summary.kernel_family, summary.kernel_family_source, summary.kernel_family_named) == (
+        "sharp", "measured noise", "medium")
+    assert summary.weights == "sharp"
 
 
 def test_original_series_is_untouched(run_result):

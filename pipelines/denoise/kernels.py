@@ -56,10 +56,14 @@ MIN_ROIS = 8
 
 @dataclass(frozen=True)
 class KernelFamily:
-    """A series' family and where it came from: "ConvolutionKernel" or "measured noise"."""
+    """A series' family and where it came from: "ConvolutionKernel", "measured noise" or "default".
+
+    ``named`` is the family the series' ConvolutionKernel names when its noise overruled it.
+    """
 
     family: str
     source: str
+    named: str | None = None
 
 
 def named_family(kernel: str | None) -> str | None:
@@ -98,13 +102,18 @@ def measured_family(hu: np.ndarray, pixel_mm: float) -> str | None:
 
 
 def series_family(kernel: str | None, hu: np.ndarray, pixel_mm: float) -> KernelFamily:
-    """The family by ConvolutionKernel when the name is known, else by the measured noise; a
-    series with neither (an unknown name and no flat soft tissue) is taken as sharp, the family
-    whose denoising removes most, since its noise is the strongest."""
+    """The family by ConvolutionKernel when the name is known, unless the series' own noise reads
+    sharp: then sharp, whatever the name says. A vendor's name can call sharp noise smoother than
+    it is (Siemens D45f, "medium sharp", is the Mayo/AAPM challenge's sharp reconstruction; its
+    noise power peaks near 0.6 cycles/mm), and a smoother family's weights leave that grain in. The
+    other direction is not overruled: by its noise alone a smooth B30s reads medium.
+    Without a known name, by the measured noise; a series with neither (an unknown name and no
+    flat soft tissue) is taken as sharp, the family whose denoising removes most, since its noise
+    is the strongest."""
     named = named_family(kernel)
-    if named is not None:
-        return KernelFamily(named, "ConvolutionKernel")
     measured = measured_family(hu, pixel_mm)
+    if named is not None and not (measured == "sharp" and named != "sharp"):
+        return KernelFamily(named, "ConvolutionKernel")
     if measured is not None:
-        return KernelFamily(measured, "measured noise")
+        return KernelFamily(measured, "measured noise", named)
     return KernelFamily("sharp", "default")

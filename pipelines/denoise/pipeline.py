@@ -12,9 +12,10 @@ picks the GPU or CPU, ``options.batch_pixels`` caps the pixels per forward pass 
 ``options.strength`` (0-1) applies only that share of the model's change.
 
 The kernel family comes from the series' ConvolutionKernel when the name is one ``kernels``
-knows, else from the series' own measured noise (``kernels.series_family``); it picks the
-family's own weights where the model folder has them, and the summary says the family, where it
-came from and whose weights ran, so an administrator can see how a vendor's kernel was read.
+knows, unless the series' own noise reads sharp; else from the measured noise
+(``kernels.series_family``). It picks the family's own weights where the model folder has them,
+and the summary says the family, where it came from, the name's family when the noise overruled
+it, and whose weights ran, so an administrator can see how a vendor's kernel was read.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class DenoiseSummary(PipelineSummary):
     #: ("ConvolutionKernel", "measured noise", or "default" when neither could tell)
     kernel_family: str
     kernel_family_source: str
+    #: the family the ConvolutionKernel names when the series' noise overruled it (it read sharp)
+    kernel_family_named: str | None = None
     #: the model folder's sub-folder whose weights ran: the family's own, or "." for the folder's
     weights: str
     #: the share of the model's change applied (``options.strength``)
@@ -113,6 +116,7 @@ class CTDenoise(ModelPipeline):
                 mean_abs_change_hu=round(_mean_abs_change(denoised, volume.array), 2),
                 kernel_family=family.family,
                 kernel_family_source=family.source,
+                kernel_family_named=family.named,
                 weights=self.denoiser.weights_for(family.family),
                 strength=self.options.strength,
                 seconds=clock.laps,

@@ -219,12 +219,13 @@ class ParallelBeam:
     def project(self, image: torch.Tensor) -> torch.Tensor:
         """Line integrals (pixel units) of an N x N image: the sinogram (N_VIEWS, n_det)."""
         n, m = self.size, self.grid
-        scaled = image * self.deapodize[:, None] * self.deapodize[None, :]
+        deapodize = self.deapodize.to(image.dtype)
+        scaled = image * deapodize[:, None] * deapodize[None, :]
         # Pixel offset x from the centre goes to grid index x mod m, where the FFT expects it.
         pad = (m - n) // 2
         canvas = torch.fft.ifftshift(torch.nn.functional.pad(scaled, (pad, pad, pad, pad)))
         spectrum = torch.fft.fft2(canvas).reshape(-1)
-        slices = (spectrum[self.index] * self.weight).sum(1).reshape(N_VIEWS, self.n_det)
+        slices = (spectrum[self.index] * self.weight.to(image.dtype)).sum(1).reshape(N_VIEWS, self.n_det)
         sino: torch.Tensor = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(slices, dim=1), dim=1), dim=1)
         return sino.real
 
@@ -383,7 +384,8 @@ class SliceScan:
         beam = ParallelBeam.for_size(square.shape[0])
         mu_water = water_attenuation_per_mm(kvp)
         mu = mu_water * np.clip(1 + square / 1000.0, 0, None)
-        line_integrals = beam.project(torch.from_numpy(mu.astype(np.float32))) * pixel_spacing_mm
+        # float64: the expected counts must come out the same on every CPU (``portable_counts``)
+        line_integrals = beam.project(torch.from_numpy(mu.astype(np.float64))) * pixel_spacing_mm
         return cls(hu, pixel_spacing_mm, line_integrals.clamp(min=0), beam, crop, mu_water)
 
     def acquisition_noise(self, photons: float, filter_name: str, generator: torch.Generator,
@@ -392,7 +394,7 @@ class SliceScan:
 
         ``electronic_noise`` (counts, standard deviation) is added to every detector reading.
         """
-        expected = photons * torch.exp(-self.line_integrals)
+        expected = portable_counts(photons * torch.exp(-self.line_integrals))
         counts = torch.poisson(expected, generator=generator)
         if electronic_noise > 0:
             counts = counts + electronic_noise * torch.randn(counts.shape, generator=generator)
@@ -421,6 +423,25 @@ class SliceScan:
                                        added_electronic_noise(electronic_noise, dose_fraction))
         reduced: np.ndarray = (self.hu + noise).astype(np.float32)
         return reduced
+
+
+#: Significant bits kept of an expected count before it is drawn from (``portable_counts``).
+PORTABLE_COUNT_BITS = 12
+
+
+def portable_counts(expected: torch.Tensor) -> torch.Tensor:
+    """Expected counts rounded to ``PORTABLE_COUNT_BITS`` significant bits, as float32.
+
+    ``torch.poisson`` draws a varying number of uniforms per value (rejection sampling), so a
+    last-bit difference in one expected count shifts the draws of all that follow it: an FFT or a
+    sum that rounds differently on another CPU would give another noise realisation, and a test
+    measured on one machine another study on the next. Computed in float64 and rounded this
+    coarsely, the counts agree on every CPU; the rounding (2e-4 of a count) is far below the
+    Poisson spread of any count a scan has.
+    """
+    mantissa, exponent = torch.frexp(expected.double())
+    scale = float(2**PORTABLE_COUNT_BITS)
+    return torch.ldexp(torch.round(mantissa * scale) / scale, exponent).float()
 
 
 def uniform_region_mask(hu: np.ndarray) -> np.ndarray:
