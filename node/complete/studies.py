@@ -14,7 +14,7 @@ from enum import StrEnum
 from node.complete.assembler import Assembler
 from node.config import Config
 from node.index.states import SeriesState
-from node.index.store import Index
+from node.index.store import Index, SeriesRow
 from node.route.study import STUDY_LOOKBACK_SECONDS, wanted_roles
 
 
@@ -64,6 +64,9 @@ class StudyView:
     #: study by on the page, instead of its UID (no patient data)
     description: str = ""
     date: str = ""
+    #: why the study's headers or routes could not be read (a spool file gone, say): the view
+    #: then lists its series from the index alone, and the page and /metrics show every other study
+    problem: str = ""
 
     @property
     def modalities(self) -> list[str]:
@@ -89,23 +92,34 @@ class StudyWatch:
         #: a study quiet for longer, with no series receiving, has nothing left to wait for
         self.longest_wait = max(timeouts, default=0.0)
 
-    def studies(self, now: float, detail: bool = True) -> list[StudyView]:
+    def studies(self, now: float, detail: bool = True, settled_limit: int | None = None) -> list[StudyView]:
         """Studies of the last 7 days, newest first. ``detail=False`` (for /metrics) does not read
-        the headers of studies that can no longer be waiting, so a scrape stays cheap."""
+        the headers of studies that can no longer be waiting, so a scrape stays cheap.
+        ``settled_limit`` keeps only the newest that many of those settled studies (a busy site's
+        week is 1,400 studies: the web page shows what still moves and the latest few)."""
         views = []
-        for study_uid, last_received in self.index.studies():
-            if now - last_received > STUDY_LOOKBACK_SECONDS:
-                break
-            if not detail and now - last_received >= self.longest_wait:
+        settled = 0
+        for study_uid, last_received in self.index.studies(since=now - STUDY_LOOKBACK_SECONDS):
+            if now - last_received >= self.longest_wait:
                 rows = self.index.series_of_study(study_uid)
                 if all(r.state != SeriesState.RECEIVING for r in rows):
-                    view = StudyView(study_uid, last_received)
-                    view.series = [SeriesView(r.series_uid, r.modality, "", r.instance_count, r.state)
-                                   for r in rows]
-                    views.append(view)
-                    continue
-            views.append(self.study(study_uid, last_received, now))
+                    settled += 1
+                    if settled_limit is not None and settled > settled_limit:
+                        continue
+                    if not detail:
+                        views.append(_from_index(study_uid, last_received, rows))
+                        continue
+            views.append(self._readable_study(study_uid, last_received, now))
         return views
+
+    def _readable_study(self, study_uid: str, last_received: float, now: float) -> StudyView:
+        """``study``, or, when its files cannot be read, the index's view of it with the reason."""
+        try:
+            return self.study(study_uid, last_received, now)
+        except Exception as error:  # noqa: BLE001 (one unreadable study must not hide the others)
+            view = _from_index(study_uid, last_received, self.index.series_of_study(study_uid))
+            view.problem = f"{type(error).__name__}: {error}"[:500]
+            return view
 
     def study(self, study_uid: str, last_received: float, now: float) -> StudyView:
         rows = self.index.series_of_study(study_uid)
@@ -137,6 +151,13 @@ class StudyWatch:
             else:
                 view.routes.append(RouteView(route.name, "routing now", status.assigned))
         return view
+
+
+def _from_index(study_uid: str, last_received: float, rows: list[SeriesRow]) -> StudyView:
+    """A study's view from its index rows alone, no header read."""
+    view = StudyView(study_uid, last_received)
+    view.series = [SeriesView(r.series_uid, r.modality, "", r.instance_count, r.state) for r in rows]
+    return view
 
 
 def _date(dicom_date: str) -> str:

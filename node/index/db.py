@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS studies (
     first_received REAL NOT NULL,
     last_received REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS studies_last_received ON studies(last_received);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS instances (
     association TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances(received_at);
 CREATE TABLE IF NOT EXISTS node_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -93,6 +96,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (route, subject, generation)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_pipeline_id ON jobs(pipeline, id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 CREATE TABLE IF NOT EXISTS results (
     job_id INTEGER NOT NULL,
     path TEXT NOT NULL,
@@ -113,6 +119,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (job_id, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_state_id ON deliveries(state, id);
 CREATE TABLE IF NOT EXISTS result_objects (
     job_id INTEGER NOT NULL,
     sop_uid TEXT NOT NULL,
@@ -190,6 +197,38 @@ _ADDED_COLUMNS = (
 INDEX_MODE = 0o600
 #: How long opening the index and each change wait for another process's write lock (s).
 BUSY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Which rows of a long listing (jobs, deliveries) people asked for, newest first.
+
+    A year of a busy site is 100,000 jobs: a listing reads one page of them through an index,
+    never the table. ``before_id`` pages on (the rows older than that id), ``since`` keeps the
+    rows created at or after that time, ``limit`` 0 reads them all.
+    """
+
+    state: str | None = None
+    pipeline: str | None = None
+    since: float | None = None
+    before_id: int | None = None
+    limit: int = 50
+
+    def where(self, *, pipeline_column: bool = True) -> tuple[str, tuple[object, ...]]:
+        """The SQL condition (with its leading WHERE, or empty) and its arguments."""
+        terms = [("state = ?", self.state), ("created_at >= ?", self.since), ("id < ?", self.before_id)]
+        if pipeline_column:
+            terms.append(("pipeline = ?", self.pipeline))
+        used = [(term, value) for term, value in terms if value is not None]
+        if not used:
+            return "", ()
+        return "WHERE " + " AND ".join(term for term, _ in used), tuple(value for _, value in used)
+
+    def page(self, *, pipeline_column: bool = True) -> tuple[str, tuple[object, ...]]:
+        """``where`` with the newest-first order and the page's limit."""
+        where, args = self.where(pipeline_column=pipeline_column)
+        limit = f" LIMIT {int(self.limit)}" if self.limit > 0 else ""
+        return f"{where} ORDER BY id DESC{limit}", args
 
 
 class Database:

@@ -7,11 +7,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from node.index import states
-from node.index.db import Database
+from node.index.db import Database, Listing
 from node.index.results import Lineage, ResultFile, ResultObject, record_results, result_objects
 from node.index.states import JobState
 from pipelines.base import JobSummary
@@ -224,12 +224,26 @@ class JobIndex(Database):
     def jobs(self, state: JobState | None = None) -> list[Job]:
         return self._jobs("WHERE state = ?", (state,)) if state else self._jobs("", ())
 
+    def jobs_page(self, listing: Listing) -> list[Job]:
+        """One page of jobs, newest first (``Listing``)."""
+        tail, args = listing.page()
+        return self._jobs_tail(tail, args)
+
+    def count_jobs(self, listing: Listing) -> int:
+        """How many jobs the listing's filters keep, on every page."""
+        where, args = replace(listing, before_id=None).where()
+        return int(self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0])
+
     def jobs_finished_since(self, since: float) -> list[Job]:
-        """Jobs that ended (done or failed) after ``since``: the overview's job-time chart."""
-        return self._jobs("WHERE finished_at >= ?", (since,))
+        """Jobs that ended (done or failed) after ``since``, in the order they ended: the
+        overview's job-time chart (through ``jobs_finished``, not the year of jobs before them)."""
+        return self._jobs_tail("WHERE finished_at >= ? ORDER BY finished_at, id", (since,))
 
     def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
-        rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY id", args).fetchall()
+        return self._jobs_tail(f"{where} ORDER BY id", args)
+
+    def _jobs_tail(self, tail: str, args: tuple[Any, ...]) -> list[Job]:
+        rows = self._db.execute(f"SELECT * FROM jobs {tail}", args).fetchall()
         return [
             Job(**{**dict(r), "state": JobState(r["state"]), "inputs": json.loads(r["inputs"]),
                    "destinations": json.loads(r["destinations"]),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from node.index import states
-from node.index.db import Database
+from node.index.db import Database, Listing
 from node.index.states import DeliveryState
 
 
@@ -165,6 +165,19 @@ class ResultIndex(Database):
         if state:
             return self._deliveries("WHERE state = ? ORDER BY id", (state,))
         return self._deliveries("ORDER BY id", ())
+
+    def deliveries_page(self, listing: Listing) -> list[Delivery]:
+        """One page of deliveries, newest first (``Listing``; deliveries have no pipeline)."""
+        tail, args = listing.page(pipeline_column=False)
+        return self._deliveries(tail, args)
+
+    def count_deliveries(self, listing: Listing) -> int:
+        where, args = replace(listing, before_id=None).where(pipeline_column=False)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM deliveries {where}", args).fetchone()[0])
+
+    def deliveries_of(self, job_id: int) -> list[Delivery]:
+        """One job's deliveries (its page and ``radnode jobs --id``), through their unique key."""
+        return self._deliveries("WHERE job_id = ? ORDER BY id", (job_id,))
 
     def record_destination_check(self, destination: str, ok: bool, detail: str) -> None:
         """The latest echo or delivery outcome of ``destination``; a failure keeps the time the

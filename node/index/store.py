@@ -261,9 +261,11 @@ class SeriesIndex(Database):
         ).fetchall()
         return [float(r["received_at"]) for r in rows]
 
-    def studies(self) -> list[tuple[str, float]]:
-        """(StudyInstanceUID, last instance received) of every study the index holds, newest first."""
-        rows = self._db.execute("SELECT study_uid, last_received FROM studies ORDER BY last_received DESC")
+    def studies(self, since: float = 0.0) -> list[tuple[str, float]]:
+        """(StudyInstanceUID, last instance received) of the studies that received anything at
+        or after ``since`` (default: every study the index holds), newest first."""
+        rows = self._db.execute("SELECT study_uid, last_received FROM studies WHERE last_received >= ?"
+                                " ORDER BY last_received DESC", (since,))
         return [(r["study_uid"], r["last_received"]) for r in rows.fetchall()]
 
     def instance(self, sop_uid: str) -> dict[str, Any] | None:
@@ -271,7 +273,9 @@ class SeriesIndex(Database):
         return dict(row) if row else None
 
     def count_instances(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        """The instances indexed, as their series count them (``record_instance`` keeps each
+        series' count): a sum over series, not a count over a year's instance rows per scrape."""
+        return int(self._db.execute("SELECT COALESCE(SUM(instance_count), 0) FROM series").fetchone()[0])
 
     # ---- forced completion -----------------------------------------------------------------
 

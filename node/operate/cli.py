@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from node import logs
 from node.config import Config, ConfigError, builtin_config, load_config
+from node.index.db import Listing
 from node.index.states import DeliveryState, JobState
 from node.operate.admin import (
     Outcome,
@@ -37,7 +38,7 @@ from node.operate.admin import when as _when
 from node.receive.spool import keep_private
 
 if TYPE_CHECKING:
-    from node.index.store import Index
+    from node.index.store import Delivery, Index, Job
     from pipelines.base import Pipeline
 
 DEFAULT_CONFIG = Path("config.toml")
@@ -71,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     rt = command("route-test", "show which routes a file or folder of DICOM files would take")
     rt.add_argument("path", type=Path)
 
-    jobs = command("jobs", "list jobs")
+    jobs = command("jobs", "list jobs, newest first")
     jobs.add_argument("--state", type=JobState, choices=list(JobState))
+    jobs.add_argument("--pipeline", help="only jobs of this pipeline")
+    _paging(jobs, "jobs")
     jobs.add_argument("--id", type=int, help="show one job in full: inputs, summary, traceback, deliveries")
 
-    deliveries = command("deliveries", "list deliveries of results to destinations")
+    deliveries = command("deliveries", "list deliveries of results to destinations, newest first")
     deliveries.add_argument("--state", type=DeliveryState, choices=list(DeliveryState))
+    _paging(deliveries, "deliveries")
 
     command("problems", "list series, studies and clean-ups the node set aside, with the reason")
 
@@ -295,6 +299,40 @@ def _route_test(config: Config, args: argparse.Namespace) -> int:
 
 # ---- jobs and deliveries -------------------------------------------------------------------
 
+#: Rows a listing prints unless told otherwise: a year of a busy site is 100,000 jobs.
+LISTING_ROWS = 50
+
+
+def _paging(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help=f"only {what} created on or after this day")
+    parser.add_argument("--before", type=int, metavar="ID", help=f"only {what} older than this id (the next page)")
+    parser.add_argument("--limit", type=int, default=LISTING_ROWS,
+                        help=f"at most this many rows (default {LISTING_ROWS}; 0 lists all)")
+
+
+def _date(text: str) -> float:
+    """A day (YYYY-MM-DD) as the epoch of its local midnight."""
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%d"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day as YYYY-MM-DD") from None
+
+
+def _listing(args: argparse.Namespace) -> Listing:
+    return Listing(state=args.state, pipeline=getattr(args, "pipeline", None), since=args.since,
+                   before_id=args.before, limit=max(args.limit, 0))
+
+
+def _more(command: str, args: argparse.Namespace, shown: Sequence[Job | Delivery], total: int) -> None:
+    """The line under a listing cut to its limit: how many there are and the next page's command."""
+    if not shown or len(shown) >= total or (args.limit and len(shown) < args.limit):
+        return
+    filters = "".join(f" --{name} {value}" for name, value in (("state", args.state), ("pipeline",
+                      getattr(args, "pipeline", None))) if value)
+    since = f" --since {time.strftime('%Y-%m-%d', time.localtime(args.since))}" if args.since else ""
+    print(f"\n{len(shown)} of {total} shown, newest first; older: radnode {command}{filters}{since} "
+          f"--before {shown[-1].id}")
+
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
@@ -313,7 +351,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     if args.id is not None:
         return _job_detail(config, args.id)
     index = _index(config)
-    jobs = index.jobs(args.state)
+    listing = _listing(args)
+    jobs = index.jobs_page(listing)
     replaces, replaced_by = supersessions(index)
     _table(
         ["ID", "STATE", "ROUTE", "PIPELINE", "ATTEMPTS", "CREATED", "FINISHED", "REPLACES", "REPLACED BY",
@@ -321,6 +360,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
         [[j.id, j.state, j.route, j.pipeline, j.attempts, _when(j.created_at), _when(j.finished_at),
           replaces.get(j.id, "-"), replaced_by.get(j.id, "-"), j.outcome] for j in jobs],
     )
+    _more("jobs", args, jobs, index.count_jobs(listing))
     _print_notes(index)
     return 0
 
@@ -340,13 +380,16 @@ def _print_notes(index: Index) -> None:
 def _studies(config: Config, args: argparse.Namespace) -> int:
     from node.complete.studies import StudyState, StudyWatch
 
-    views = StudyWatch(config, _index(config)).studies(time.time())
+    # settled studies (quiet, nothing receiving) are routed: read only with --all
+    views = StudyWatch(config, _index(config)).studies(time.time(), settled_limit=None if args.all else 0)
     shown = [v for v in views if args.all or v.state != StudyState.ROUTED]
     if not shown:
         print("no study is receiving or waiting" + ("" if args.all else " (--all lists routed studies too)"))
     for view in shown:
         print(f"study {view.study_uid}: {view.state}, last instance {_when(view.last_received)}, "
               f"{len(view.series)} series")
+        if view.problem:
+            print(f"  its files could not be read ({view.problem}): shown from the index alone")
         for series in view.series:
             wait = f", waits for {series.waits_for} until {_when(series.until)}" if series.waits_for else ""
             print(f"  series {series.series_uid} {series.modality} {series.description!r}: "
@@ -405,10 +448,9 @@ def _job_detail(config: Config, job_id: int) -> int:
         print("\n".join("    " + line for line in json.dumps(summary, indent=2, default=str).splitlines()))
     for group in result_groups(index.results(job.id)):
         print(f"  results: {group.count} {group.kind} in {group.folder}")
-    for delivery in index.deliveries():
-        if delivery.job_id == job.id:
-            print(f"  delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
-                  f"{delivery.attempts} attempts{', ' + delivery.last_error if delivery.last_error else ''}")
+    for delivery in index.deliveries_of(job.id):
+        print(f"  delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
+              f"{delivery.attempts} attempts{', ' + delivery.last_error if delivery.last_error else ''}")
     if job.traceback:
         print("  traceback:")
         print("\n".join("    " + line for line in job.traceback.rstrip().splitlines()))
@@ -416,13 +458,15 @@ def _job_detail(config: Config, job_id: int) -> int:
 
 
 def _deliveries(config: Config, args: argparse.Namespace) -> int:
-    deliveries = _index(config).deliveries(args.state)
+    index, listing = _index(config), _listing(args)
+    deliveries = index.deliveries_page(listing)
     _table(
         ["ID", "JOB", "DESTINATION", "STATE", "ATTEMPTS", "NEXT/SENT", "LAST ERROR"],
         [[d.id, d.job_id, d.destination, d.state, d.attempts,
           _when(d.sent_at if d.state == DeliveryState.SENT else d.next_attempt_at), d.last_error]
          for d in deliveries],
     )
+    _more("deliveries", args, deliveries, index.count_deliveries(listing))
     return 0
 
 

@@ -36,26 +36,32 @@ def reindex_after_reboot(spool: Spool, index: Index) -> int:
 
 
 def reindex_spool(spool: Spool, index: Index) -> int:
-    """Index every instance file of the spool that has no row; returns how many were added."""
-    known = index.indexed_files()
+    """Index every instance file of the spool that has no row; returns how many were added.
+
+    Series folder by series folder: a file's path names its series, so the index is asked for
+    one series' rows at a time (through its series index) and a year of instance rows is never
+    held in memory at once."""
     added = 0
-    for path in spool.instance_files():
-        if str(path) in known:
-            continue
-        try:
-            record = _record_of(path)
-        except Exception as error:  # a file the receiver wrote is complete; anything else is kept aside
-            reason, cause = f"spool file without index row cannot be read: {error}", error
-            isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, cause),
-                     lambda _reason: None)
-            continue
-        indexed: list[bool] = []
-        isolated("reconcile", path.name, lambda: indexed.append(_reindex(spool, index, record)),
-                 lambda _reason: None)
-        added += sum(indexed)
+    for folder in spool.series_folders():
+        known = {str(path) for path in index.instance_paths(folder.name)}
+        added += sum(_reindex_file(spool, index, path) for path in sorted(folder.glob("*.dcm"))
+                     if str(path) not in known)
     if added:
         logs.info("reconcile.reindexed", instances=added)
     return added
+
+
+def _reindex_file(spool: Spool, index: Index, path: Path) -> bool:
+    """Index one spool file without a row; an unreadable one is quarantined. True if indexed."""
+    try:
+        record = _record_of(path)
+    except Exception as error:  # a file the receiver wrote is complete; anything else is kept aside
+        reason, cause = f"spool file without index row cannot be read: {error}", error
+        isolated("reconcile", path.name, lambda: _quarantine(spool, path, reason, cause), lambda _reason: None)
+        return False
+    indexed: list[bool] = []
+    isolated("reconcile", path.name, lambda: indexed.append(_reindex(spool, index, record)), lambda _reason: None)
+    return any(indexed)
 
 
 def _reindex(spool: Spool, index: Index, record: InstanceRecord) -> bool:

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -39,17 +39,21 @@ from pydicom.errors import InvalidDicomError
 from node import logs
 from node.complete.studies import StudyState, StudyWatch, wait_counts
 from node.config import Config
+from node.index.db import Listing
 from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, named
-from node.index.store import Index
+from node.index.store import Delivery, Index, Job
 from node.operate import admin
 from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
 from node.passwords import verify_password
+from node.route.study import STUDY_LOOKBACK_SECONDS
 from node.tls import server_context
 
 #: Throughput chart: the last hour in 5-minute bars; the job-time chart: the latest jobs of that hour.
 _HOUR, _BIN, _CHART_JOBS = 3600.0, 300.0, 30
-#: The jobs and deliveries pages show the newest rows (the command line lists them all).
-_PAGE_ROWS = 500
+#: The jobs and deliveries pages show this many rows a page, newest first, with a link to older ones.
+_PAGE_ROWS = 100
+#: The studies page shows every study still receiving or waiting and the newest this many settled ones.
+_SETTLED_STUDIES = 50
 #: What the studies page may show of the patient when the site turns it on.
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 #: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
@@ -194,12 +198,14 @@ class WebApp:
             job_count=len(finished), job_max=max(job_times, default=0.0))
 
     def studies(self, user: str, query: dict[str, str]) -> bytes:
+        now = time.time()
         with self.lock:
-            views = self.watch.studies(time.time())
+            views = self.watch.studies(now, settled_limit=_SETTLED_STUDIES)
+            week = len(self.index.studies(since=now - STUDY_LOOKBACK_SECONDS))
             patients = ({v.study_uid: self._patient(v.study_uid) for v in views}
                         if self.config.web.show_patient_data else {})
         return self.render("studies.html", user, page="studies", notice=self.notice(query),
-                           studies=views, patients=patients)
+                           studies=views, patients=patients, week=week)
 
     def _patient(self, study_uid: str) -> dict[str, str]:
         rows = self.index.series_of_study(study_uid)
@@ -211,15 +217,17 @@ class WebApp:
         return {k: str(header.get(k, "")) for k in _PATIENT_KEYWORDS}
 
     def jobs(self, user: str, query: dict[str, str]) -> bytes:
+        listing = _listing(query, named(JobState, query.get("state", "")))
         with self.lock:
-            wanted = query.get("state", "")
-            state = named(JobState, wanted)
-            jobs = self.index.jobs(state)[::-1] if state or not wanted else []
+            jobs = self.index.jobs_page(listing) if listing else []
+            total = self.index.count_jobs(listing) if listing else 0
             replaces, replaced_by = admin.supersessions(self.index)
             notes, problems = self.index.notes(), self.index.problems()
             requeued_at = self.index.requeued_at()
-        return self.render("jobs.html", user, page="jobs", notice=self.notice(query), jobs=jobs[:_PAGE_ROWS],
-                           total=len(jobs), state=query.get("state", ""), replaces=replaces, replaced_by=replaced_by,
+        return self.render("jobs.html", user, page="jobs", notice=self.notice(query), jobs=jobs, total=total,
+                           state=query.get("state", ""), pipeline=query.get("pipeline", ""),
+                           pipelines=sorted(self.config.pipelines), older=_older(query, jobs, listing),
+                           replaces=replaces, replaced_by=replaced_by,
                            stages=lambda job: admin.stage_seconds(job, requeued_at),
                            model=admin.model_identity, notes=notes, problems=problems)
 
@@ -229,7 +237,7 @@ class WebApp:
             if job is None:
                 return None
             results = admin.result_groups(self.index.results(job_id))
-            deliveries = [(d, self.index.delivery_attempts(d.id)) for d in self.index.deliveries() if d.job_id == job_id]
+            deliveries = [(d, self.index.delivery_attempts(d.id)) for d in self.index.deliveries_of(job_id)]
             replaces, replaced_by = admin.supersessions(self.index)
             stages = admin.stage_seconds(job, self.index.requeued_at())
         return self.render("job.html", user, page="jobs", notice=self.notice(query), job=job,
@@ -239,12 +247,15 @@ class WebApp:
                            replaced_by=replaced_by.get(job_id, ""))
 
     def deliveries(self, user: str, query: dict[str, str]) -> bytes:
+        plain = {k: v for k, v in query.items() if k != "pipeline"}  # deliveries have no pipeline
+        listing = _listing(plain, named(DeliveryState, query.get("state", "")))
         with self.lock:
-            wanted = query.get("state", "")
-            state = named(DeliveryState, wanted)
-            deliveries = self.index.deliveries(state)[::-1] if state or not wanted else []
+            deliveries = self.index.deliveries_page(listing) if listing else []
+            total = self.index.count_deliveries(listing) if listing else 0
+            dead = self.index.count_deliveries(Listing(state=DeliveryState.DEAD))
         return self.render("deliveries.html", user, page="deliveries", notice=self.notice(query),
-                           deliveries=deliveries[:_PAGE_ROWS], total=len(deliveries), state=query.get("state", ""))
+                           deliveries=deliveries, total=total, dead=dead, state=query.get("state", ""),
+                           older=_older(query, deliveries, listing))
 
     def routes(self, user: str, query: dict[str, str]) -> bytes:
         folder = query.get("path", "").strip()
@@ -491,3 +502,22 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def _listing(query: dict[str, str], state: JobState | DeliveryState | None) -> Listing | None:
+    """The page a listing's query asks for (``state`` as the page's machine read it, ``pipeline``,
+    ``before``); None when the query names a state the machine does not have, or a ``before``
+    that is not an id."""
+    before = query.get("before", "")
+    if (query.get("state") and state is None) or (before and not before.isdigit()):
+        return None
+    return Listing(state=state, pipeline=query.get("pipeline") or None,
+                   before_id=int(before) if before else None, limit=_PAGE_ROWS)
+
+
+def _older(query: dict[str, str], rows: Sequence[Job | Delivery], listing: Listing | None) -> str:
+    """The link to the next page of older rows ("" on the last page)."""
+    if listing is None or len(rows) < listing.limit:
+        return ""
+    kept = {k: v for k, v in query.items() if k in ("state", "pipeline") and v}
+    return "?" + urllib.parse.urlencode({**kept, "before": rows[-1].id})

@@ -112,6 +112,10 @@ class Spool:
         """Every stored instance file (study/series/instance.dcm under ``instances``)."""
         return self.instances.glob("*/*/*.dcm")
 
+    def series_folders(self) -> Iterator[Path]:
+        """Every series folder (study/series under ``instances``): its name is the series' UID."""
+        return (folder for folder in self.instances.glob("*/*") if folder.is_dir())
+
     def clear_partial_writes(self, pid: int | None = None) -> int:
         """Remove temporary files a crash left behind (of one dead process, or all); they were
         never acknowledged."""
