@@ -98,8 +98,63 @@ def result_groups(results: Iterable[ResultFile]) -> list[ResultGroup]:
 
 def summary_rows(summary: JobSummary) -> list[tuple[str, str]]:
     """A pipeline's summary as (name, value) rows for people, under the keys it is stored
-    with: nested tables flattened to "seconds load", lists joined, instead of a JSON dump."""
-    return _rows(summary.to_stored())
+    with: nested tables flattened to "seconds load", lists joined, instead of a JSON dump. Lists
+    of findings are left to ``finding_tables``."""
+    return _rows({k: v for k, v in summary.to_stored().items() if not _is_findings(v)})
+
+
+@dataclass(frozen=True)
+class FindingTable:
+    """A summary's list of findings (one record each, e.g. ``nodules``) as a table for people:
+    one row a finding, one column a measurement, its unit in the header."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+#: Key suffixes that name a unit, and how people write it.
+_UNITS = {"mm": "mm", "mm3": "mm³", "ml": "mL", "hu": "HU", "lps": "LPS", "cm": "cm"}
+
+
+def finding_tables(summary: JobSummary) -> list[FindingTable]:
+    """Each list of records in the summary as a table, columns in the records' own key order."""
+    tables = []
+    for name, records in summary.to_stored().items():
+        if not _is_findings(records):
+            continue
+        keys = list(dict.fromkeys(key for record in records for key in record))
+        tables.append(FindingTable(name.replace("_", " "), tuple(_header(key) for key in keys),
+                                   tuple(tuple(_cell(record.get(key)) for key in keys) for record in records)))
+    return tables
+
+
+def _is_findings(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _header(key: str) -> str:
+    """``diameter_mm`` as "diameter (mm)", ``volume_mm3`` as "volume (mm³)"."""
+    words = key.split("_")
+    if len(words) > 1 and words[-1].lower() in _UNITS:
+        return f"{' '.join(words[:-1])} ({_UNITS[words[-1].lower()]})"
+    return " ".join(words)
+
+
+def _cell(value: object) -> str:
+    """A measurement as people read it: 28.2, 5519, 0.999; "-" for none; lists joined."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, dict)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(item) for item in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{key} {_cell(item)}" for key, item in value.items())
+    if isinstance(value, int):
+        return str(value)
+    size = abs(value)
+    return f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 1 else f"{value:.3f}"
 
 
 def _rows(table: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:

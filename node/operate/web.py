@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
+import re
 import secrets
 import shutil
 import ssl
@@ -41,10 +43,11 @@ from node.complete.studies import StudyState, StudyWatch, wait_counts
 from node.config import Config
 from node.index.db import Listing
 from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, named
-from node.index.store import Delivery, Index, Job
+from node.index.store import Delivery, Index, Job, ResultFile
 from node.operate import admin
 from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
 from node.passwords import verify_password
+from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
 from node.tls import server_context
 
@@ -54,6 +57,9 @@ _HOUR, _BIN, _CHART_JOBS = 3600.0, 300.0, 30
 _PAGE_ROWS = 100
 #: The studies page shows every study still receiving or waiting and the newest this many settled ones.
 _SETTLED_STUDIES = 50
+#: A job's key image as a thumbnail on its page (``/jobs/7/key-images/0.png``), at most this wide or high.
+_KEY_IMAGE_PATH = re.compile(r"/jobs/(?P<job>\d+)/key-images/(?P<number>\d+)\.png")
+_THUMBNAIL_PX = 320
 #: What the studies page may show of the patient when the site turns it on.
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 #: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
@@ -236,15 +242,26 @@ class WebApp:
             job = self.index.job(job_id)
             if job is None:
                 return None
-            results = admin.result_groups(self.index.results(job_id))
+            files = self.index.results(job_id)
+            results = admin.result_groups(files)
             deliveries = [(d, self.index.delivery_attempts(d.id)) for d in self.index.deliveries_of(job_id)]
             replaces, replaced_by = admin.supersessions(self.index)
             stages = admin.stage_seconds(job, self.index.requeued_at())
         return self.render("job.html", user, page="jobs", notice=self.notice(query), job=job,
-                           summary=admin.summary_rows(job.summary), results=results, deliveries=deliveries,
+                           summary=admin.summary_rows(job.summary), findings=admin.finding_tables(job.summary),
+                           key_images=len(_key_images(files)), results=results, deliveries=deliveries,
                            stages=stages,
                            model=admin.model_identity(job), replaces=replaces.get(job_id, ""),
                            replaced_by=replaced_by.get(job_id, ""))
+
+    def key_image(self, job_id: int, number: int) -> bytes | None:
+        """A job's ``number``-th key image (0 first: the summary) as a PNG thumbnail, or None.
+        The key images carry no patient data in their pixels (``writers.key_images``)."""
+        with self.lock:
+            images = _key_images(self.index.results(job_id))
+        if not 0 <= number < len(images):
+            return None
+        return _thumbnail(images[number].path)
 
     def deliveries(self, user: str, query: dict[str, str]) -> bytes:
         plain = {k: v for k, v in query.items() if k != "pipeline"}  # deliveries have no pipeline
@@ -417,6 +434,11 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
                     body = pages[url.path](user, query)
                 elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
                     body = app.job(user, int(url.path[6:]), query)
+                elif image := _KEY_IMAGE_PATH.fullmatch(url.path):
+                    png = app.key_image(int(image["job"]), int(image["number"]))
+                    if png is not None:
+                        self._reply(200, png, "image/png")
+                        return
             except Exception:  # noqa: BLE001 (a page that cannot be built says so; the log says why)
                 logs.error("web.page_failed", page=url.path, exc_info=True)
                 self._reply(500, b"this page failed: the node's log has the error (web.page_failed)\n",
@@ -521,3 +543,34 @@ def _older(query: dict[str, str], rows: Sequence[Job | Delivery], listing: Listi
         return ""
     kept = {k: v for k, v in query.items() if k in ("state", "pipeline") and v}
     return "?" + urllib.parse.urlencode({**kept, "before": rows[-1].id})
+
+
+def _key_images(files: Sequence[ResultFile]) -> list[ResultFile]:
+    """A job's key images (Secondary Capture results) by InstanceNumber: the summary first,
+    then one a finding (the files are named by their UIDs, in no order people know)."""
+    images = [f for f in files if format_of(f.sop_class) == "key-images"]
+    return sorted(images, key=lambda f: _instance_number(f.path))
+
+
+def _instance_number(path: Path) -> int:
+    """A result file's InstanceNumber (0 when it has none or cannot be read: listed first)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["InstanceNumber"])
+        return int(header.get("InstanceNumber", 0) or 0)
+    except (OSError, InvalidDicomError, ValueError):
+        return 0
+
+
+def _thumbnail(path: Path) -> bytes:
+    """A key image, scaled to fit ``_THUMBNAIL_PX``, as PNG bytes."""
+    from PIL import Image
+
+    pixels = pydicom.dcmread(path).pixel_array
+    if pixels.ndim == 2:  # a grey image: stretched to 8 bits
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = ((pixels - low) * (255.0 / max(high - low, 1.0))).astype("uint8")
+    picture = Image.fromarray(pixels.astype("uint8"))
+    picture.thumbnail((_THUMBNAIL_PX, _THUMBNAIL_PX))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
