@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -82,6 +83,7 @@ from pipelines.tumor.preprocess import (
     zscore_channels,
 )
 from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
@@ -91,8 +93,8 @@ from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, absence_statement, make_measurement_report
 
-#: How contrasts are named in reports.
-DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
+#: The first words of the key images' banner and series description.
+PIPELINE_LABEL = "radnode tumor-segmentation"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class TumorSummary(PipelineSummary):
     tumor_found: bool
     #: per contrast (role): the measured quality of its registration, or that it shares the grid
     registration: dict[str, dict[str, bool | float | str]]
+    #: whether the contrasts segmented are validated inputs ("validated", "unvalidated", "not-measured")
+    validation: str = "validated"
+    #: the reader's sentence when they are not (``validation.choose_inputs``)
+    validation_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,12 +190,32 @@ class TumorSegmentation(ModelPipeline):
         images = {role: images[role] for role in present}
         clock.lap("registration")
 
+        choice = choose_inputs(present, self.models.validated, self.options.min_validated_dice,
+                               self.options.deliver_unvalidated)
+        reasons = {**alignments.left_out, **(choice.left_out or {})}
+        left_out = {role: reasons[role] for role in CHANNELS if role in reasons}  # in channel order
+        present = list(choice.roles)
+        images = {role: images[role] for role in present}
         model_name, segmenter = self.models.for_contrasts(present)
         if isinstance(segmenter, BundleSegmenter):
             _require_bundle_contrasts(segmenter, present, alignments.left_out)
         used = ", ".join(DISPLAY[role] for role in present)
-        parameters = (("contrasts used", used), *_left_out_parameter(alignments.left_out),
-                      ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"))
+        parameters = (("contrasts used", used), *_left_out_parameter(left_out),
+                      ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"),
+                      *choice.parameter())
+        summary = partial(TumorSummary, contrasts_used=[DISPLAY[role] for role in present],
+                          left_out={DISPLAY[role]: reason for role, reason in left_out.items()},
+                          reference=DISPLAY[reference_role], brain_ml=round(brain_ml, 1),
+                          registration=alignments.registration, validation=choice.status,
+                          validation_note=choice.statement, device=self.device, model_sha256=self.model_digest)
+        if choice.status == "not-measured":  # no model runs: nothing it said would be sent
+            algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
+                                  parameters=(*parameters, ("model", model_name)))
+            outputs = write_datasets(self._not_measured(reference, algorithm, _described(used, left_out),
+                                                        choice.statement), job.output_dir)
+            clock.lap("writing")
+            return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
+                                                              seconds=clock.laps))
         if isinstance(segmenter, BundleSegmenter):
             labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
@@ -205,39 +231,40 @@ class TumorSegmentation(ModelPipeline):
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
-        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, alignments.left_out),
-                                 brain)
+        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, left_out), brain,
+                                 marking=f"{UNVALIDATED} " if choice.status == "unvalidated" else "",
+                                 statement=choice.statement)
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
-        return JobResult.written(
-            outputs,
-            summary=TumorSummary(
-                contrasts_used=[DISPLAY[role] for role in present],
-                left_out={DISPLAY[role]: reason for role, reason in alignments.left_out.items()},
-                reference=DISPLAY[reference_role],
-                model=model_name,
-                brain_ml=round(brain_ml, 1),
-                volumes_ml=volumes_ml,
-                tumor_found=any(volumes_ml.values()),
-                registration=alignments.registration,
-                device=self.device,
-                model_sha256=self.model_digest,
-                seconds=clock.laps,
-            ),
+        return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml=volumes_ml,
+                                                          tumor_found=any(volumes_ml.values()), seconds=clock.laps))
+
+    def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
+        """The SR saying why nothing was measured and what to send, and the summary image saying
+        the same: no SEG, no volume, no outline."""
+        page = Page(algorithm, PIPELINE_LABEL, f"Brain tumor: not measured ({used})", (statement,), body_part="HEAD")
+        report = make_measurement_report(
+            reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
+            series_description=f"Brain tumor: not measured ({used})", procedure=codes.MR_BRAIN,
+            not_measured=statement,
         )
+        return [report, *make_key_images(reference, [], page, self.identity)]
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
-                 algorithm: Algorithm, used: str, brain: sitk.Image) -> list[Dataset]:
+                 algorithm: Algorithm, used: str, brain: sitk.Image, marking: str = "",
+                 statement: str = "") -> list[Dataset]:
         """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
-        key images and the presentation state: every format a destination may ask for."""
+        key images and the presentation state: every format a destination may ask for.
+        ``marking`` ("UNVALIDATED ") opens every object's series description and the key-image
+        banner; ``statement`` heads the summary image."""
         coverage = contract.COVERAGE.format(min_ml=self.min_tumor_ml)
         lesions = _key_lesions(reference, labels, brain)
         total = sum(volumes_ml.values())
         page = Page(
-            algorithm, "radnode tumor-segmentation",
+            algorithm, f"{marking}{PIPELINE_LABEL}",
             f"Brain tumor: {total:.1f} mL ({used})" if total else f"Brain tumor: none found ({used})",
-            tuple(lesion.summary_line(reference) for lesion in lesions)
-            or (absence_statement(reference, BRAIN_TUMOR, coverage),),
+            ((statement,) if statement else ()) + (tuple(lesion.summary_line(reference) for lesion in lesions)
+                                                   or (absence_statement(reference, BRAIN_TUMOR, coverage),)),
             body_part="HEAD",
         )
         pictures: list[Dataset] = [*make_key_images(reference, lesions, page, self.identity)]
@@ -246,7 +273,7 @@ class TumorSegmentation(ModelPipeline):
         if not any(volumes_ml.values()):
             report = make_measurement_report(
                 reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
-                series_description=f"Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
+                series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
                 coverage=coverage,
             )
             return [report, *pictures]
@@ -256,7 +283,7 @@ class TumorSegmentation(ModelPipeline):
         segments = [Segment(region.structure, region.tracking_id) for region in SUB_REGIONS]
         seg = make_segmentation(
             reference, segment_map, segments, algorithm, self.identity,
-            series_description="Brain tumor sub-regions (radnode)",
+            series_description=f"{marking}Brain tumor sub-regions (radnode)",
             # a segment with no voxels still needs frames to be a valid segment
             keep_empty_frames=not all(volumes_ml.values()),
         )
@@ -267,7 +294,7 @@ class TumorSegmentation(ModelPipeline):
         ]
         report = make_measurement_report(
             reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
-            series_description=f"Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
+            series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
             coverage=coverage,
         )
         return [seg, report, *pictures]
