@@ -2,9 +2,11 @@
 
 Steps, each timed in the job summary:
 
-1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume; the
-   reference contrast is the first present of ``options.reference`` (default T1c, then FLAIR):
-   results are written on its grid, slice for slice.
+1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume, put
+   in one storage order (``orientation``: axes permuted and flipped, no interpolation) so that
+   no stage sees how the scanner ordered rows, columns or slices; the reference contrast is the
+   first present of ``options.reference`` (default T1c, then FLAIR): results are taken back to
+   its own order and written on its grid, slice for slice.
    A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
    localizer, a body part other than the head, a body wider than a head, too little brain.
 2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
@@ -73,6 +75,7 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.location import brain_location
 from pipelines.tumor.model_set import ModelSet
+from pipelines.tumor.orientation import canonical, same_grid, to_source
 from pipelines.tumor.preprocess import (
     drop_small_tumors,
     drop_tumors_without_core,
@@ -174,7 +177,7 @@ class TumorSegmentation(ModelPipeline):
         present = [role for role in CHANNELS if role in volumes]
         reference_role = choose_reference(present, self.reference_order)
         reference = volumes[reference_role]
-        images = {role: volumes[role].to_sitk() for role in present}
+        images = {role: canonical(volumes[role].to_sitk()) for role in present}  # one storage order for all
         clock.lap("load")
 
         if isinstance(self.models.main, BundleSegmenter):  # before any work: the study cannot run
@@ -228,6 +231,9 @@ class TumorSegmentation(ModelPipeline):
                              min_tumor_ml=self.min_tumor_ml)
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))
+        source_grid = reference.to_sitk()
+        labels = to_source(labels, images[reference_role], source_grid)  # the reference series' own order
+        brain = _image_on(to_source(sitk.GetArrayFromImage(brain), images[reference_role], source_grid), source_grid)
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
@@ -380,7 +386,7 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
     for role in present:
         if role == reference_role:
             continue
-        if volumes[reference_role].shares_grid(volumes[role]):
+        if _shares_grid(volumes[reference_role], volumes[role], images[reference_role], images[role]):
             transforms[role] = sitk.Transform()
             registration[role] = {"registered": False, "why": "same frame of reference and grid as the reference"}
             continue
@@ -395,6 +401,20 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
                               "head_overlap": round(alignment.overlap, 3),
                               "edge_alignment": round(alignment.edge_alignment, 3)}
     return Alignments(transforms, registration, left_out)
+
+
+def _shares_grid(reference: Volume, other: Volume, reference_image: sitk.Image, other_image: sitk.Image) -> bool:
+    """One frame of reference and, in one storage order, one voxel grid: ``Volume.shares_grid``
+    whatever order each series was stored in."""
+    return (reference.frame_of_reference_uid is not None
+            and reference.frame_of_reference_uid == other.frame_of_reference_uid
+            and same_grid(reference_image, other_image))
+
+
+def _image_on(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(grid)
+    return image
 
 
 def _left_out_parameter(left_out: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

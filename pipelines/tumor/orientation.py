@@ -1,0 +1,53 @@
+"""One storage order for every contrast, so that how a scanner ordered its voxels changes nothing.
+
+The same acquisition can be stored with its rows, columns or slices in either direction, or rows
+and columns swapped: the voxel at each patient position is the same, so the answer must be. Yet
+brain extraction fills holes slice by slice along the array's first axis, registration samples
+voxels by index with a fixed seed, and a grid resampled from the array's first corner lands on
+other points: each saw another study in each storage order (issue #65: FLAIR left out in two
+orders and used in two others, edema 28-42 mL).
+
+Every contrast is therefore put in one storage order, ``CANONICAL``, before any stage
+(``canonical``): axes permuted and flipped only (``DICOMOrient``), no interpolation, so no voxel
+value changes. Results are computed on the reference contrast in that order and taken back to
+the reference series' own order (``to_source``) for the SEG, the SR and the key images, again
+by permutation alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Columns to the patient's left, rows to posterior, slices to superior (an axial series as most
+#: scanners store it).
+CANONICAL = "LPS"
+#: Geometry tolerance (mm, and direction cosines) within which a grid taken back is the source's.
+TOLERANCE = 1e-3
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """``image`` with its axes permuted and flipped into ``CANONICAL`` order; values unchanged."""
+    return sitk.DICOMOrient(image, CANONICAL)
+
+
+def to_source(array: np.ndarray, canonical_grid: sitk.Image, source: sitk.Image) -> np.ndarray:
+    """``array`` on ``canonical_grid`` (the source put in ``CANONICAL`` order) back in the source's
+    own storage order, as a (k, j, i) array of the source's shape."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(canonical_grid)
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(source.GetDirection())
+    back = sitk.DICOMOrient(image, code)
+    if not same_grid(back, source):
+        raise ValueError(f"the {CANONICAL} grid does not map back onto the source grid; "
+                         "this series' orientation is not a permutation of the axes")
+    result: np.ndarray = sitk.GetArrayFromImage(back)
+    return result
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """The same voxels at the same patient positions: size, spacing, origin and direction."""
+    return (a.GetSize() == b.GetSize()
+            and bool(np.allclose(a.GetSpacing(), b.GetSpacing(), atol=TOLERANCE))
+            and bool(np.allclose(a.GetOrigin(), b.GetOrigin(), atol=TOLERANCE))
+            and bool(np.allclose(a.GetDirection(), b.GetDirection(), atol=TOLERANCE)))
