@@ -28,7 +28,8 @@ TOLERANCE = 1e-3
 
 def canonical(image: sitk.Image) -> sitk.Image:
     """``image`` with its axes permuted and flipped into ``CANONICAL`` order; values unchanged."""
-    return sitk.DICOMOrient(image, CANONICAL)
+    oriented: sitk.Image = sitk.DICOMOrient(image, CANONICAL)
+    return oriented
 
 
 def to_source(array: np.ndarray, canonical_grid: sitk.Image, source: sitk.Image) -> np.ndarray:
