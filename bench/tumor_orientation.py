@@ -29,7 +29,9 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
+from node.operate.findings import finding_lines
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.pipeline import TumorSegmentation
@@ -68,6 +70,29 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
+def fusion_wt(case: str) -> np.ndarray | None:
+    """TCGA-FG-6692's whole tumor from the BraTS-toolkit fusion, carried onto the raw clinical T1c
+    (``training.heldout.clinical_reference``), in LPS order; None for the other case."""
+    if case != "tcga":
+        return None
+    from pipelines.tumor.training.data import load_clinical
+    from pipelines.tumor.training.heldout import clinical_reference
+
+    regions, fit = clinical_reference(DATA_ROOT)
+    print("fusion mapping", fit, flush=True)
+    image = sitk.GetImageFromArray(regions["WT"].astype(np.uint8))
+    image.CopyInformation(load_clinical("t1c", DATA_ROOT))
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")) > 0
+
+
+def lesions_against(labels: np.ndarray, reference: np.ndarray, voxel_ml: float) -> dict[str, object]:
+    """WT Dice against the reference, and the connected lesions that do not touch it (false ones)."""
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    false = [round(float((components == n).sum()) * voxel_ml, 2) for n in range(1, count + 1)
+             if not (reference & (components == n)).any()]
+    return {"wt_dice_vs_fusion": round(dice(labels > 0, reference), 4), "false_lesions_ml": false}
+
+
 def run_variant(pipeline: TumorSegmentation, images: dict[str, sitk.Image], code: str,
                 work: Path) -> tuple[dict[str, object], np.ndarray | None]:
     study = Study()
@@ -78,8 +103,10 @@ def run_variant(pipeline: TumorSegmentation, images: dict[str, sitk.Image], code
     seconds = time.perf_counter() - start
     seg = next((p for p in result.outputs if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"), None)
     summary = result.summary
+    report = next(pydicom.dcmread(p) for p in result.outputs if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR")
     row = {"variant": code, "contrasts_used": summary.contrasts_used, "left_out": summary.left_out,
-           "volumes_ml": summary.volumes_ml, "seconds": round(seconds, 1)}
+           "volumes_ml": summary.volumes_ml, "seconds": round(seconds, 1),
+           "lesions": [line for line in finding_lines(report) if line.startswith("lesion-")]}
     print(json.dumps(row), flush=True)
     return row, canonical_labels(seg, series["t1c"])  # T1c: the reference, whose grid the SEG is on
 
@@ -93,10 +120,15 @@ def main() -> None:
     torch.set_num_threads(1)
     pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu"))
     images = contrasts(args.case)
+    reference = fusion_wt(args.case)
+    voxel_ml = float(np.prod(images["t1c"].GetSpacing())) / 1000.0
     rows, labels = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for code in args.variants:
             row, canonical = run_variant(pipeline, images, code, Path(folder))
+            if reference is not None and canonical is not None and canonical.shape == reference.shape:
+                row |= lesions_against(canonical, reference, voxel_ml)
+                print(code, {key: row[key] for key in ("wt_dice_vs_fusion", "false_lesions_ml")}, flush=True)
             rows.append(row)
             labels[code] = canonical
     pairs = []

@@ -24,7 +24,8 @@ Steps, each timed in the job summary:
 5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
 6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present, tumors under ``min_tumor_ml`` removed),
+   without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
+   removed, ``ventricles``; tumors under ``min_tumor_ml`` removed),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -87,6 +88,7 @@ from pipelines.tumor.preprocess import (
 )
 from pipelines.tumor.registration import RegistrationError, align
 from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
+from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
@@ -464,7 +466,8 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
             reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
             min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
-    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain.
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain
+    and, on a T1c reference, none in or capping the ventricles without a core (``ventricles``).
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
     model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
@@ -487,6 +490,8 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
+    if reference_role == "t1c":  # CSF is dark on T1c; on a FLAIR reference sulci and cisterns pass for ventricles
+        labels = clear_ventricles(labels, ventricle_mask(reference, brain), reference.GetSpacing()[::-1])
     labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     clock.lap("postprocessing")
