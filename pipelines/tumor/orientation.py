@@ -9,9 +9,13 @@ orders and used in two others, edema 28-42 mL).
 
 Every contrast is therefore put in one storage order, ``CANONICAL``, before any stage
 (``canonical``): axes permuted and flipped only (``DICOMOrient``), no interpolation, so no voxel
-value changes. Results are computed on the reference contrast in that order and taken back to
-the reference series' own order (``to_source``) for the SEG, the SR and the key images, again
-by permutation alone.
+value changes. Its geometry is then rounded to ``GEOMETRY_DECIMALS``: DICOM writes positions as
+decimal text (often 4 decimals), so one acquisition stored in two orders has origins 0.0001 mm
+apart once flipped back, and registration and brain extraction are sensitive enough to that to
+give other masks (TCGA-FG-6692: edema 21.0 against 25.8 mL). Rounding makes them one grid.
+Results are computed on the reference contrast in that order and taken back to the reference
+series' own order (``to_source``) for the SEG, the SR and the key images, again by permutation
+alone.
 """
 
 from __future__ import annotations
@@ -22,13 +26,21 @@ import SimpleITK as sitk
 #: Columns to the patient's left, rows to posterior, slices to superior (an axial series as most
 #: scanners store it).
 CANONICAL = "LPS"
-#: Geometry tolerance (mm, and direction cosines) within which a grid taken back is the source's.
-TOLERANCE = 1e-3
+#: Decimals kept of the origin (mm), spacing (mm) and direction cosines in that order.
+GEOMETRY_DECIMALS = (2, 5, 5)
+#: Geometry tolerance (mm, and direction cosines) within which a grid taken back is the source's:
+#: the rounding above, and no more.
+TOLERANCE = 0.01
 
 
 def canonical(image: sitk.Image) -> sitk.Image:
-    """``image`` with its axes permuted and flipped into ``CANONICAL`` order; values unchanged."""
+    """``image`` with its axes permuted and flipped into ``CANONICAL`` order, its geometry rounded
+    to ``GEOMETRY_DECIMALS``; values unchanged."""
     oriented: sitk.Image = sitk.DICOMOrient(image, CANONICAL)
+    origin, spacing, direction = GEOMETRY_DECIMALS
+    oriented.SetOrigin(tuple(round(v, origin) for v in oriented.GetOrigin()))
+    oriented.SetSpacing(tuple(round(v, spacing) for v in oriented.GetSpacing()))
+    oriented.SetDirection(tuple(round(v, direction) for v in oriented.GetDirection()))
     return oriented
 
 
