@@ -80,7 +80,8 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
     report = datasets["SR"]
     assert report.SeriesDescription.endswith("(T1c, FLAIR; T1, T2 left out)")
-    assert f"contrasts left out: T2 ({result.summary.left_out['T2']})" in sr_texts(report)
+    left_out = result.summary.left_out
+    assert f"contrasts left out: T1 ({left_out['T1']}); T2 ({left_out['T2']})" in sr_texts(report)
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
