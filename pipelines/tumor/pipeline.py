@@ -233,9 +233,7 @@ class TumorSegmentation(ModelPipeline):
                              min_tumor_ml=self.min_tumor_ml)
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))
-        source_grid = reference.to_sitk()
-        labels = to_source(labels, images[reference_role], source_grid)  # the reference series' own order
-        brain = _image_on(to_source(sitk.GetArrayFromImage(brain), images[reference_role], source_grid), source_grid)
+        labels, brain = _in_source_order(labels, brain, images[reference_role], reference)
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
@@ -413,10 +411,15 @@ def _shares_grid(reference: Volume, other: Volume, reference_image: sitk.Image, 
             and same_grid(reference_image, other_image))
 
 
-def _image_on(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(grid)
-    return image
+def _in_source_order(labels: np.ndarray, brain: sitk.Image, canonical_grid: sitk.Image,
+                     reference: Volume) -> tuple[np.ndarray, sitk.Image]:
+    """The labels and the brain mask, computed in one storage order, in the reference series' own:
+    the SEG, the SR and the key images address its slices, rows and columns."""
+    source = reference.to_sitk()
+    brain_array = to_source(sitk.GetArrayFromImage(brain), canonical_grid, source)
+    brain_image = sitk.GetImageFromArray(brain_array)
+    brain_image.CopyInformation(source)
+    return to_source(labels, canonical_grid, source), brain_image
 
 
 def _left_out_parameter(left_out: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
