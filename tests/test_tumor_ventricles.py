@@ -72,3 +72,11 @@ def test_a_cap_around_the_real_ventricles_of_tcga_fg_6692_is_removed(data_dir):
     near = ndimage.distance_transform_edt(~ventricles, sampling=spacing) <= 4.0
     labels = np.where(near, 2, 0).astype(np.uint8)
     assert not clear_ventricles(labels, ventricles, spacing).any()
+
+
+def test_a_normalized_image_has_no_ventricles_to_find():
+    """z-scores (negative inside the brain) are not scanner units: a share of the median means
+    nothing there, so nothing is taken for ventricles and no label is cleared."""
+    image, brain, _ = _phantom()
+    zscored = (image - 800.0) / 200.0
+    assert not ventricle_mask(zscored, brain).any()

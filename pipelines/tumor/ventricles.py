@@ -7,7 +7,9 @@ ventricles (issue #65). A glioma's edema surrounds a core; a lesion with necrosi
 tumor that reaches a ventricle is kept whole (a tumor may invade the ependyma). The rule, on the
 reference contrast (T1c or FLAIR: both show CSF dark):
 
-- ventricles: voxels of the brain darker than ``CSF_RATIO`` of the brain's median intensity,
+- ventricles: voxels of the brain darker than ``CSF_RATIO`` of the brain's median intensity
+  (scanner units: a series with negative values inside the brain was normalized, and a ratio says
+  nothing there, so none are found),
   deeper than ``DEEP_MM`` under the brain's surface (sulcal CSF lies at the surface), in
   connected parts of at least ``MIN_VENTRICLE_ML``;
 - a connected tumor with no core voxel (labels 1, 4) is dropped when at least ``CAP_SHARE`` of
@@ -38,7 +40,7 @@ def ventricle_mask(reference: sitk.Image, brain: sitk.Image) -> np.ndarray:
     """The ventricles on the reference grid (array order k, j, i), by the module's rule."""
     image = sitk.GetArrayFromImage(reference).astype(np.float32)
     inside = sitk.GetArrayFromImage(brain) > 0
-    if not inside.any():
+    if not inside.any() or float(image[inside].min()) < 0:  # negative: normalized, not scanner units
         return np.zeros(inside.shape, dtype=bool)
     spacing = reference.GetSpacing()[::-1]  # (k, j, i)
     depth = ndimage.distance_transform_edt(inside, sampling=spacing)
