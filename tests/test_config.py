@@ -148,6 +148,9 @@ def contract_config(route: dict, pipelines: dict | None = None) -> dict:
         ({"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
          {"tumor-segmentation": {"options": {"reference": ["t1ce"]}}},
          "pipelines.tumor-segmentation.options.reference[0]", "'t1c', 't1', 't2' or 'flair'"),
+        ({"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
+         {"tumor-segmentation": {"options": {"min_validated_dice": 60}}},
+         "pipelines.tumor-segmentation.options.min_validated_dice", "less than or equal to 1"),
         ({"pipeline": "ct-denoise"}, {"ct-denoise": {"options": {"batch_pixels": 0}}},
          "pipelines.ct-denoise.options.batch_pixels", "greater than 0"),
         ({"pipeline": "ct-denoise"}, {"ct-denoise": {"options": {"strength": 1.5}}},
@@ -166,10 +169,12 @@ def test_a_route_or_option_the_pipeline_cannot_honour_is_refused_naming_the_key(
 def test_the_shipped_routes_and_options_fit_their_pipelines_and_are_read_validated():
     config = parse_config(contract_config(
         {"pipeline": "tumor-segmentation", "level": "study", "inputs": TUMOR_INPUTS},
-        {"tumor-segmentation": {"options": {"min_tumor_ml": 2, "reference": ["flair"]}}}))
+        {"tumor-segmentation": {"options": {"min_tumor_ml": 2, "reference": ["flair"], "min_validated_dice": 0.5,
+                                            "deliver_unvalidated": True}}}))
     options = contract("tumor-segmentation", config.pipelines["tumor-segmentation"].entry).options.model_validate(
         config.pipelines["tumor-segmentation"].options)
     assert options.min_tumor_ml == 2.0 and options.reference == ("flair",)
+    assert options.min_validated_dice == 0.5 and options.deliver_unvalidated
 
 
 def test_checking_the_shipped_config_does_not_import_torch():

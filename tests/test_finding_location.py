@@ -187,7 +187,7 @@ def test_a_lesion_in_the_right_anterior_part_of_a_phantom_brain_is_right_frontal
     (0.65, 0.8, 0.4, "parietal lobe"),
     (0.9, 0.5, 0.4, "occipital lobe"),
     (0.4, 0.3, 0.7, "temporal lobe"),
-    (0.8, 0.2, 0.4, "cerebellum"),
+    (0.8, 0.2, 0.4, "cerebellum (posterior fossa)"),
 ])
 def test_each_lobe_rule_names_its_region_of_a_phantom_brain(ap, si, lateral, lobe):
     brain, lesion = _head(AXIAL, _in_phantom_brain(ap, si, -lateral), radius_mm=5.0)
@@ -198,7 +198,18 @@ def test_each_lobe_rule_names_its_region_of_a_phantom_brain(ap, si, lateral, lob
 def test_a_lesion_across_the_midline_has_no_side():
     brain, lesion = _head(SAGITTAL, _in_phantom_brain(ap=0.2, si=0.6, lateral=0.0), radius_mm=12.0)
     location = brain_location(brain, lesion)
-    assert location.label == "crossing the midline, frontal lobe", location.rule
+    assert location.label == "crossing the midline (corpus callosum), frontal lobe", location.rule
+    assert location.laterality is None
+
+
+@pytest.mark.parametrize(("ap", "si", "label"), [
+    (0.45, 0.25, "brainstem (posterior fossa, midline)"),
+    (0.7, 0.2, "cerebellar vermis, crossing the midline (posterior fossa)"),
+])
+def test_a_midline_lesion_of_the_posterior_fossa_is_named_as_such(ap, si, label):
+    brain, lesion = _head(AXIAL, _in_phantom_brain(ap, si, 0.0), radius_mm=8.0)
+    location = brain_location(brain, lesion)
+    assert location.label == label, location.rule
     assert location.laterality is None
 
 
@@ -251,6 +262,30 @@ def test_the_expert_labelled_brats_2015_tumors_are_in_the_hemisphere_their_label
         labels = sitk.GetArrayFromImage(_read(data_dir, f"{folder}/OTMultiClass.nii.gz"))
         location = brain_location(brain, labels > 0)
         assert location.laterality == SIDES[side], f"{case}: {location.label} ({location.rule})"
+
+
+#: Synthetic lesions (8 mm spheres) in two real brains, at voxels (x, y, z of the LPS-ordered
+#: skull-stripped T1c) picked on its sagittal and coronal slices: the front of the left cerebellar
+#: hemisphere (in front of where the old rule's cerebellum began: it said "left temporal lobe")
+#: and the pons (the old rule: "crossing the midline, frontal lobe").
+POSTERIOR_FOSSA = [
+    ("BRATS", (143, 138, 30), "left cerebellum (posterior fossa)", codes.SCT.Cerebellum),
+    ("BRATS", (118, 115, 44), "brainstem (posterior fossa, midline)", codes.SCT.BrainStem),
+    ("TCGA", (143, 144, 27), "left cerebellum (posterior fossa)", codes.SCT.Cerebellum),
+    ("TCGA", (118, 118, 40), "brainstem (posterior fossa, midline)", codes.SCT.BrainStem),
+]
+
+
+@pytest.mark.parametrize(("subject", "voxel", "label", "site"), POSTERIOR_FOSSA)
+def test_a_synthetic_lesion_in_the_posterior_fossa_of_a_real_brain_is_named_there(data_dir, subject, voxel, label,
+                                                                                    site):
+    t1c = sitk.DICOMOrient(_read(data_dir, getattr(brain_data, subject).contrasts["t1c"]), "LPS")
+    brain = sitk.GetArrayFromImage(t1c) > 0
+    z, y, x = np.ogrid[:brain.shape[0], :brain.shape[1], :brain.shape[2]]
+    lesion = brain & ((x - voxel[0]) ** 2 + (y - voxel[1]) ** 2 + (z - voxel[2]) ** 2 <= 8**2)
+    location = brain_location(sitk.Cast(t1c > 0, sitk.sitkUInt8), lesion)
+    assert location.label == label, location.rule
+    assert location.site == site
 
 
 def test_a_lesion_mask_off_the_brain_grid_is_refused():

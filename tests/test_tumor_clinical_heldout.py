@@ -38,6 +38,9 @@ from tests.peers import dciodvfy, storescu
 
 pytestmark = [pytest.mark.slow]
 
+#: T1c alone is outside the validated inputs (held-out median TC Dice 0.028, under the 0.6 floor):
+#: these tests measure the served model, so they ask for its result, marked UNVALIDATED.
+UNVALIDATED_T1C = {"device": "cpu", "options": {"deliver_unvalidated": True}}
 #: Below the measured value a case may fall by this much: one machine gives the same labels run
 #: after run; the margin is for another CPU's floating point and thread order.
 MARGIN = 0.05
@@ -61,7 +64,7 @@ def assert_inside_the_brain(seg: pydicom.Dataset, source: list[Path]) -> None:
 @pytest.mark.parametrize("name", HELDOUT_CASES)
 def test_a_held_out_clinical_t1c_through_radnode_run_scores_its_floor_inside_the_brain(data_dir, tmp_path, name):
     paths, reference = heldout_case(data_dir, name, tmp_path / "study")
-    config = node_config(tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": {"device": "cpu"}},
+    config = node_config(tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": UNVALIDATED_T1C},
                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}])
     ran = NodeProcess(config, tmp_path).cli("run", "--pipeline", "tumor-segmentation",
                                             "--input", str(tmp_path / "study"), "--output", str(tmp_path / "out"))
@@ -89,7 +92,7 @@ def test_a_held_out_clinical_t1c_sent_to_radnode_serve_reaches_the_pacs_with_its
     name = "qin-brain-dsc-15"
     paths, reference = heldout_case(data_dir, name, tmp_path / "t1c")
     config = node_config(
-        tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": {"device": "cpu"}},
+        tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": UNVALIDATED_T1C},
         destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
         workers={"job_timeout_seconds": 300},
     )
@@ -106,6 +109,7 @@ def test_a_held_out_clinical_t1c_sent_to_radnode_serve_reaches_the_pacs_with_its
     files = orthanc.result_files(study_uid, tmp_path, {"SEG", "SR", "OT", "PR"})
     for path in files.values():
         assert not dciodvfy(path).errors, path.name
+        assert str(pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription).startswith("UNVALIDATED ")
     seg = pydicom.dcmread(files["SEG"])
     assert_inside_the_brain(seg, paths)
     score = tc_dice(seg, paths, reference)

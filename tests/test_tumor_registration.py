@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.registration import MIN_OVERLAP, RegistrationError, align, head_mask, overlap
 from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.volume import load_series
 from tests.mr_dicom import Study, moved, resliced, write_series
@@ -56,3 +56,19 @@ def test_a_series_that_cannot_be_aligned_fails_naming_it(tcga):
     upside_down, _ = moved(resliced(tcga["t2"], (2.0, 2.0, 2.0)), (180.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     with pytest.raises(RegistrationError, match="T2 series could not be aligned"):
         align(reference, upside_down, "T2")
+
+
+def test_a_narrower_field_of_view_is_not_taken_for_misalignment(tcga):
+    """The FLAIR of one session prescribed narrower than the T1c (TCGA-FG-6692's clinical FLAIR:
+    208 columns beside 256): the heads are compared where both series imaged the patient, so a
+    perfectly aligned series keeps an overlap of 1.0 (the whole-head Dice of half a head: 0.663)."""
+    reference = resliced(tcga["t1c"], (2.0, 2.0, 2.0))
+    size = list(reference.GetSize())
+    narrow = reference[size[0] // 2:, :, :]  # the left half of the head, on the same grid and patient positions
+    head = sitk.GetArrayFromImage(head_mask(reference)).astype(bool)
+    part = sitk.GetArrayFromImage(sitk.Resample(head_mask(narrow), reference, sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)).astype(bool)
+    whole_head_dice = 2 * (head & part).sum() / (head.sum() + part.sum())
+    print(f"whole-head Dice {whole_head_dice:.3f}")
+    assert whole_head_dice < MIN_OVERLAP  # what the check measured before issue #65
+    assert overlap(reference, narrow, sitk.Transform()) == pytest.approx(1.0)

@@ -58,7 +58,8 @@ def test_a_t1_on_the_t1c_grid_of_the_same_session_shares_it_and_nothing_else_doe
 @pytest.mark.peers
 def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study_is_still_segmented(
         session, data_dir, tmp_path):
-    """The T2 sent upside down (a wrong series): the study is segmented from T1c, T1 and FLAIR."""
+    """The T2 sent upside down (a wrong series): the study is segmented from T1c and FLAIR, the
+    validated set among T1c, T1 and FLAIR (the T1 left out as not validated with them)."""
     _, series = session
     study = Study(study_uid=str(pydicom.dcmread(series["t1c"][0], stop_before_pixels=True).StudyInstanceUID))
     upside_down, _ = moved(load_clinical("t2", data_dir), (180.0, 0.0, 0.0), (0.0, 0.0, 0.0))
@@ -69,16 +70,18 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     result = pipeline.run(JobInput(series={**series, "t2": wrong_t2}, output_dir=tmp_path / "out"))
 
     print("summary:", result.summary)
-    assert result.summary.contrasts_used == ["T1c", "T1", "FLAIR"]
-    assert list(result.summary.left_out) == ["T2"]
+    assert result.summary.contrasts_used == ["T1c", "FLAIR"]
+    assert list(result.summary.left_out) == ["T1", "T2"]
     assert result.summary.left_out["T2"].startswith("not aligned to T1c: edge alignment")
+    assert result.summary.left_out["T1"] == "not used: the model is validated without it"
     assert result.summary.registration["t1"] == {"registered": False,
                                                  "why": "same frame of reference and grid as the reference"}
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
     assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
     report = datasets["SR"]
-    assert report.SeriesDescription.endswith("(T1c, T1, FLAIR; T2 left out)")
-    assert f"contrasts left out: T2 ({result.summary.left_out['T2']})" in sr_texts(report)
+    assert report.SeriesDescription.endswith("(T1c, FLAIR; T1, T2 left out)")
+    left_out = result.summary.left_out
+    assert f"contrasts left out: T1 ({left_out['T1']}); T2 ({left_out['T2']})" in sr_texts(report)
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
@@ -113,7 +116,8 @@ def _pacs_files(orthanc, study_uid: str, folder: Path) -> dict[str, Path]:
 def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiting_600_s_for_t2(
         session, orthanc, tmp_path):
     """T1c, T1 and FLAIR in one association; no T2 comes. The job must start within seconds of the
-    settle time, not after the route's 600 s study timeout; the T1 is used unregistered."""
+    settle time, not after the route's 600 s study timeout; the T1 shares the T1c's grid (unregistered)
+    and is left out: T1c + FLAIR is the validated set among the three."""
     _, series = session
     route = shipped_brain_route()
     config = node_config(tmp_path, routes=[route], pipelines={"tumor-segmentation": {"device": "cpu"}},
@@ -128,13 +132,13 @@ def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiti
                             what=f"the tumor job, without waiting {route['study_timeout_seconds']} s for T2")
         assert job.state == "done", job.outcome
         assert sorted(job.inputs) == ["flair", "t1", "t1c"]
-        assert job.summary.details["contrasts_used"] == ["T1c", "T1", "FLAIR"]
+        assert job.summary.details["contrasts_used"] == ["T1c", "FLAIR"]
         assert job.summary.details["registration"]["t1"]["registered"] is False
         files = _pacs_files(orthanc, job.study_uid, tmp_path)
         assert set(files) == {"SEG", "SR", "OT", "PR"}
         for path in files.values():
             report = dciodvfy(path)
             assert not report.errors, report.errors
-        assert "contrasts used: T1c, T1, FLAIR" in sr_texts(pydicom.dcmread(files["SR"]))
+        assert "contrasts used: T1c, FLAIR" in sr_texts(pydicom.dcmread(files["SR"]))
     finally:
         node.stop()

@@ -25,6 +25,9 @@ INPUTS: tuple[InputSpec, ...] = (
 #: this pipeline is for is larger, so smaller specks are not reported.
 MIN_TUMOR_ML = 1.0
 
+#: Median held-out tumor-core Dice below which an input set's volumes are not sent as measurements.
+MIN_VALIDATED_DICE = 0.6
+
 #: What "none detected" means with the shipped models (the model card's limits in a reader's words).
 COVERAGE = (
     "The model segments gliomas (enhancing tumor, necrosis, edema); it is not validated on metastases "
@@ -41,3 +44,7 @@ class Options(PipelineOptions):
     reference: Annotated[tuple[Contrast, ...], Field(min_length=1)] = REFERENCE_ORDER
     #: smallest connected tumor reported (mL); 0 reports every voxel
     min_tumor_ml: Annotated[float, Field(ge=0)] = MIN_TUMOR_ML
+    #: an input set whose declared held-out median TC Dice is below this is not measured (``validation``)
+    min_validated_dice: Annotated[float, Field(ge=0, le=1)] = MIN_VALIDATED_DICE
+    #: send results on inputs outside the validated ones anyway, marked UNVALIDATED on every object
+    deliver_unvalidated: bool = False

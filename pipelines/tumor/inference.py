@@ -23,6 +23,11 @@ A model folder is what a site hands the node to replace the shipped weights. Two
       [[reduced]]              # optional: another model folder for an exact contrast set
       contrasts = ["t1c"]      # (``model_set``)
       folder = "t1c-alone"
+      [[validated]]            # this folder's held-out result on an exact contrast set
+      contrasts = ["t1c", "flair"]   # (``model_set``; a set without one is not validated)
+      dice = 0.61              # median tumor-core Dice over the held-out scans
+      scans = 3
+      data = "BraTS-2015 pat0001, pat0002; TCGA-FG-6692"
 
   or, instead of weights of its own, an ensemble of member folders inside it::
 

@@ -1,4 +1,4 @@
-"""Where a brain lesion lies, as a radiologist names it: which hemisphere, and which lobe.
+"""Where a brain lesion lies, as a radiologist names it: which hemisphere and lobe, or the posterior fossa.
 
 The SR's finding site and the key image's caption say "right frontal lobe". Everything is worked
 out in patient coordinates (LPS: +x is the patient's left, +y posterior, +z superior) through the
@@ -8,7 +8,8 @@ patient's right, gives the same answer as an axial one.
 **Hemisphere.** The lesion's centre of mass against the brain's midline: the left-right centre of
 the brain mask on the line through the lesion's centre (a band ``BAND_MM`` wide in y and z), so
 that a head turned or tilted in the scanner moves the midline with it. A lesion with more than
-``CROSSING_SHARE`` of its voxels on each side crosses the midline and gets no laterality.
+``CROSSING_SHARE`` of its voxels on each side crosses the midline (one connected lesion on both
+sides runs through it: above the tentorium, through the corpus callosum) and gets no laterality.
 
 **Lobe: an approximation by position, not a parcellation.** The lesion's centre is placed in the
 brain mask's bounding box: ``ap`` runs from 0 at the frontal pole to 1 at the occipital pole,
@@ -17,8 +18,14 @@ brain mask's bounding box: ``ap`` runs from 0 at the frontal pole to 1 at the oc
 that holds names the lobe; thresholds are read off the brain's usual proportions (MNI-152
 template, checked on the sagittal slices of BraTS-GLI-00001):
 
-- cerebellum: ``si`` < 0.35 and ``ap`` > 0.6: the posterior fossa, below the tentorium and
-  behind the brainstem;
+- brainstem: ``lateral`` < 0.2, ``ap`` from 0.33 to 0.52, ``si`` < 0.42: the midline column in
+  front of the fourth ventricle, from the medulla to the midbrain (midline: no side);
+- cerebellum: ``ap`` >= 0.5 and ``si`` below the tentorium, which is highest (0.45) at the midline
+  and falls 0.3 per unit of ``lateral`` to the sides and 1.0 per unit of ``ap`` behind 0.6
+  (the straight sinus runs down to the torcula): the posterior fossa behind the brainstem; a
+  cerebellar lesion across the midline is the vermis. On the sagittal slices of BraTS-GLI-00001
+  and TCGA-FG-6692 the brainstem lies at ``ap`` 0.35-0.52 and the cerebellum's top at ``si``
+  0.45 (vermis) to 0.33 (25 mm out);
 - occipital: ``ap`` > 0.8: behind the parieto-occipital sulcus, about a fifth of the brain's length;
 - temporal: ``si`` < 0.45, ``ap`` >= 0.25, ``lateral`` >= 0.35: below the Sylvian fissure, from
   the temporal pole back, and off the deep midline structures;
@@ -26,8 +33,8 @@ template, checked on the sagittal slices of BraTS-GLI-00001):
   (at the Sylvian fissure) to 60 % (at the vertex);
 - parietal: the rest.
 
-Near a boundary the lobe is a guess a reader should check. Deep structures (basal ganglia,
-thalamus, brainstem) have no rule of their own: a lesion there gets the lobe its position gives.
+Near a boundary the lobe is a guess a reader should check. Deep supratentorial structures (basal
+ganglia, thalamus) have no rule of their own: a lesion there gets the lobe its position gives.
 """
 
 from __future__ import annotations
@@ -45,8 +52,15 @@ from pipelines.writers.codes import AnatomicLocation
 BAND_MM = 10.0
 #: A lesion with more than this share of its voxels on each side of the midline crosses it.
 CROSSING_SHARE = 0.25
-CEREBELLUM_BELOW_SI = 0.35
-CEREBELLUM_BEHIND_AP = 0.6
+BRAINSTEM_LATERAL = 0.2
+BRAINSTEM_AP = (0.33, 0.52)
+BRAINSTEM_BELOW_SI = 0.42
+CEREBELLUM_BEHIND_AP = 0.5
+#: the tentorium's height (``si``) at the midline, and how fast it falls to the sides and to the back
+TENTORIUM_SI = 0.45
+TENTORIUM_LATERAL_FALL = 0.3
+TENTORIUM_BACK_FROM_AP = 0.6
+TENTORIUM_BACK_FALL = 1.0
 OCCIPITAL_BEHIND_AP = 0.8
 TEMPORAL_BELOW_SI = 0.45
 TEMPORAL_BEHIND_AP = 0.25
@@ -87,10 +101,16 @@ def brain_location(brain: sitk.Image, lesion: np.ndarray) -> AnatomicLocation:
     rule = (f"hemisphere: lesion centre vs the brain's midline on its left-right line ({left_share:.0%} of the lesion "
             f"on the left); lobe, approximate: by position in the brain's bounding box ({position.ap:.0%} back, "
             f"{position.si:.0%} up, {position.lateral:.0%} out)")
-    if min(left_share, 1 - left_share) > CROSSING_SHARE:
-        return AnatomicLocation(f"crossing the midline, {lobe}", site, None, rule)
+    crossing = min(left_share, 1 - left_share) > CROSSING_SHARE
+    if site == codes.SCT.BrainStem:
+        return AnatomicLocation("brainstem (posterior fossa, midline)", site, None, rule)
+    if site == codes.SCT.Cerebellum and crossing:
+        return AnatomicLocation("cerebellar vermis, crossing the midline (posterior fossa)", site, None, rule)
+    if crossing:
+        return AnatomicLocation(f"crossing the midline (corpus callosum), {lobe}", site, None, rule)
     side, laterality = ("left", codes.SCT.Left) if centre[0] > midline else ("right", codes.SCT.Right)
-    return AnatomicLocation(f"{side} {lobe}", site, laterality, rule)
+    fossa = " (posterior fossa)" if site == codes.SCT.Cerebellum else ""
+    return AnatomicLocation(f"{side} {lobe}{fossa}", site, laterality, rule)
 
 
 def _patient_points(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
@@ -109,8 +129,11 @@ def _midline(brain_points: np.ndarray, centre: np.ndarray) -> tuple[float, float
 
 
 def _lobe(position: _Position) -> tuple[str, Code]:
-    """The lobe by the module's first rule that holds."""
-    if position.si < CEREBELLUM_BELOW_SI and position.ap > CEREBELLUM_BEHIND_AP:
+    """The lobe (or the brainstem) by the module's first rule that holds."""
+    if (position.lateral < BRAINSTEM_LATERAL and BRAINSTEM_AP[0] <= position.ap < BRAINSTEM_AP[1]
+            and position.si < BRAINSTEM_BELOW_SI):
+        return "brainstem", codes.SCT.BrainStem
+    if position.ap >= CEREBELLUM_BEHIND_AP and position.si < _tentorium(position):
         return "cerebellum", codes.SCT.Cerebellum
     if position.ap > OCCIPITAL_BEHIND_AP:
         return "occipital lobe", codes.SCT.OccipitalLobe
@@ -119,3 +142,9 @@ def _lobe(position: _Position) -> tuple[str, Code]:
     if position.ap < FRONTAL_BEFORE_AP:
         return "frontal lobe", codes.SCT.FrontalLobe
     return "parietal lobe", codes.SCT.ParietalLobe
+
+
+def _tentorium(position: _Position) -> float:
+    """The tentorium's height (``si``) above the lesion's centre: below it is the posterior fossa."""
+    return min(TENTORIUM_SI - TENTORIUM_LATERAL_FALL * position.lateral,
+               TENTORIUM_SI - TENTORIUM_BACK_FALL * max(position.ap - TENTORIUM_BACK_FROM_AP, 0.0))

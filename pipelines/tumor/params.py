@@ -3,14 +3,14 @@
 ``model_folder.load_params`` checks a folder's ``params.toml`` (or ``params.json``) against
 ``TumorParams``, so a misspelt key (``threshhold``) is refused naming the file and the key instead
 of leaving the default in force. ``inference`` documents what each key does, ``model_set`` the
-``[[reduced]]`` tables.
+``[[reduced]]`` and ``[[validated]]`` tables.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipelines.model_folder import ModelParams, ParamsTable, Switch
 from pipelines.tumor.contrasts import CHANNELS
@@ -101,6 +101,30 @@ class Reduced(ParamsTable):
         return value
 
 
+class Validated(ParamsTable):
+    """One ``[[validated]]`` table: what this folder's model scored, held out, on an exact contrast set.
+
+    The number is the median tumor-core Dice over scans of patients the model never saw; a set
+    without a table counts as never measured. Retraining or recalibrating the model voids it
+    (``training.train.write_params`` does not carry these tables over).
+    """
+
+    contrasts: list[str]
+    #: median held-out tumor-core (TC) Dice
+    dice: Annotated[float, Field(ge=0, le=1)]
+    #: how many held-out scans the median is over
+    scans: Size
+    #: which scans those were (collection, patients, how they were held out)
+    data: Annotated[str, Field(min_length=1)]
+
+    @field_validator("contrasts")
+    @classmethod
+    def _known_contrasts(cls, value: list[str]) -> list[str]:
+        if not value or set(value) - set(CHANNELS):
+            raise ValueError(f"{sorted(set(value))} must be among {list(CHANNELS)}")
+        return value
+
+
 class Ensemble(ParamsTable):
     """``[ensemble]``: member folders inside this one whose sigmoid outputs are averaged."""
 
@@ -121,15 +145,16 @@ class TumorParams(ModelParams):
     output: Output = Output()
     model: Network = Network()
     reduced: list[Reduced] = []
+    validated: list[Validated] = []
     ensemble: Ensemble | None = None
 
-    @field_validator("reduced")
+    @field_validator("reduced", "validated")
     @classmethod
-    def _each_set_once(cls, value: list[Reduced]) -> list[Reduced]:
+    def _each_set_once(cls, value: list[Reduced] | list[Validated], info: ValidationInfo) -> list[Any]:
         seen: set[frozenset[str]] = set()
         for entry in value:
             contrasts = frozenset(entry.contrasts)
             if contrasts in seen:
-                raise ValueError(f"[[reduced]] names contrasts {sorted(contrasts)} twice")
+                raise ValueError(f"[[{info.field_name}]] names contrasts {sorted(contrasts)} twice")
             seen.add(contrasts)
         return value

@@ -2,9 +2,11 @@
 
 Steps, each timed in the job summary:
 
-1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume; the
-   reference contrast is the first present of ``options.reference`` (default T1c, then FLAIR):
-   results are written on its grid, slice for slice.
+1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume, put
+   in one storage order (``orientation``: axes permuted and flipped, no interpolation) so that
+   no stage sees how the scanner ordered rows, columns or slices; the reference contrast is the
+   first present of ``options.reference`` (default T1c, then FLAIR): results are taken back to
+   its own order and written on its grid, slice for slice.
    A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
    localizer, a body part other than the head, a body wider than a head, too little brain.
 2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
@@ -22,7 +24,8 @@ Steps, each timed in the job summary:
 5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
 6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present, tumors under ``min_tumor_ml`` removed),
+   without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
+   removed, ``ventricles``; tumors under ``min_tumor_ml`` removed),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -72,6 +76,7 @@ from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.location import brain_location
 from pipelines.tumor.model_set import ModelSet
+from pipelines.tumor.orientation import canonical, same_grid, to_source
 from pipelines.tumor.preprocess import (
     drop_small_tumors,
     drop_tumors_without_core,
@@ -82,6 +87,8 @@ from pipelines.tumor.preprocess import (
     zscore_channels,
 )
 from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
+from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
@@ -91,8 +98,8 @@ from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import Finding, absence_statement, make_measurement_report
 
-#: How contrasts are named in reports.
-DISPLAY = {"t1c": "T1c", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
+#: The first words of the key images' banner and series description.
+PIPELINE_LABEL = "radnode tumor-segmentation"
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,10 @@ class TumorSummary(PipelineSummary):
     tumor_found: bool
     #: per contrast (role): the measured quality of its registration, or that it shares the grid
     registration: dict[str, dict[str, bool | float | str]]
+    #: whether the contrasts segmented are validated inputs ("validated", "unvalidated", "not-measured")
+    validation: str = "validated"
+    #: the reader's sentence when they are not (``validation.choose_inputs``)
+    validation_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,7 +179,7 @@ class TumorSegmentation(ModelPipeline):
         present = [role for role in CHANNELS if role in volumes]
         reference_role = choose_reference(present, self.reference_order)
         reference = volumes[reference_role]
-        images = {role: volumes[role].to_sitk() for role in present}
+        images = {role: canonical(volumes[role].to_sitk()) for role in present}  # one storage order for all
         clock.lap("load")
 
         if isinstance(self.models.main, BundleSegmenter):  # before any work: the study cannot run
@@ -184,12 +195,32 @@ class TumorSegmentation(ModelPipeline):
         images = {role: images[role] for role in present}
         clock.lap("registration")
 
+        choice = choose_inputs(present, self.models.validated, self.options.min_validated_dice,
+                               self.options.deliver_unvalidated)
+        reasons = {**alignments.left_out, **(choice.left_out or {})}
+        left_out = {role: reasons[role] for role in CHANNELS if role in reasons}  # in channel order
+        present = list(choice.roles)
+        images = {role: images[role] for role in present}
         model_name, segmenter = self.models.for_contrasts(present)
         if isinstance(segmenter, BundleSegmenter):
             _require_bundle_contrasts(segmenter, present, alignments.left_out)
         used = ", ".join(DISPLAY[role] for role in present)
-        parameters = (("contrasts used", used), *_left_out_parameter(alignments.left_out),
-                      ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"))
+        parameters = (("contrasts used", used), *_left_out_parameter(left_out),
+                      ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"),
+                      *choice.parameter())
+        summary = partial(TumorSummary, contrasts_used=[DISPLAY[role] for role in present],
+                          left_out={DISPLAY[role]: reason for role, reason in left_out.items()},
+                          reference=DISPLAY[reference_role], brain_ml=round(brain_ml, 1),
+                          registration=alignments.registration, validation=choice.status,
+                          validation_note=choice.statement, device=self.device, model_sha256=self.model_digest)
+        if choice.status == "not-measured":  # no model runs: nothing it said would be sent
+            algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
+                                  parameters=(*parameters, ("model", model_name)))
+            outputs = write_datasets(self._not_measured(reference, algorithm, _described(used, left_out),
+                                                        choice.statement), job.output_dir)
+            clock.lap("writing")
+            return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
+                                                              seconds=clock.laps))
         if isinstance(segmenter, BundleSegmenter):
             labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
@@ -202,42 +233,44 @@ class TumorSegmentation(ModelPipeline):
                              min_tumor_ml=self.min_tumor_ml)
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))
+        labels, brain = _in_source_order(labels, brain, images[reference_role], reference)
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
-        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, alignments.left_out),
-                                 brain)
+        datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, left_out), brain,
+                                 marking=f"{UNVALIDATED} " if choice.status == "unvalidated" else "",
+                                 statement=choice.statement)
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
-        return JobResult.written(
-            outputs,
-            summary=TumorSummary(
-                contrasts_used=[DISPLAY[role] for role in present],
-                left_out={DISPLAY[role]: reason for role, reason in alignments.left_out.items()},
-                reference=DISPLAY[reference_role],
-                model=model_name,
-                brain_ml=round(brain_ml, 1),
-                volumes_ml=volumes_ml,
-                tumor_found=any(volumes_ml.values()),
-                registration=alignments.registration,
-                device=self.device,
-                model_sha256=self.model_digest,
-                seconds=clock.laps,
-            ),
+        return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml=volumes_ml,
+                                                          tumor_found=any(volumes_ml.values()), seconds=clock.laps))
+
+    def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
+        """The SR saying why nothing was measured and what to send, and the summary image saying
+        the same: no SEG, no volume, no outline."""
+        page = Page(algorithm, PIPELINE_LABEL, f"Brain tumor: not measured ({used})", (statement,), body_part="HEAD")
+        report = make_measurement_report(
+            reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
+            series_description=f"Brain tumor: not measured ({used})", procedure=codes.MR_BRAIN,
+            not_measured=statement,
         )
+        return [report, *make_key_images(reference, [], page, self.identity)]
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
-                 algorithm: Algorithm, used: str, brain: sitk.Image) -> list[Dataset]:
+                 algorithm: Algorithm, used: str, brain: sitk.Image, marking: str = "",
+                 statement: str = "") -> list[Dataset]:
         """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
-        key images and the presentation state: every format a destination may ask for."""
+        key images and the presentation state: every format a destination may ask for.
+        ``marking`` ("UNVALIDATED ") opens every object's series description and the key-image
+        banner; ``statement`` heads the summary image."""
         coverage = contract.COVERAGE.format(min_ml=self.min_tumor_ml)
         lesions = _key_lesions(reference, labels, brain)
         total = sum(volumes_ml.values())
         page = Page(
-            algorithm, "radnode tumor-segmentation",
+            algorithm, f"{marking}{PIPELINE_LABEL}",
             f"Brain tumor: {total:.1f} mL ({used})" if total else f"Brain tumor: none found ({used})",
-            tuple(lesion.summary_line(reference) for lesion in lesions)
-            or (absence_statement(reference, BRAIN_TUMOR, coverage),),
+            ((statement,) if statement else ()) + (tuple(lesion.summary_line(reference) for lesion in lesions)
+                                                   or (absence_statement(reference, BRAIN_TUMOR, coverage),)),
             body_part="HEAD",
         )
         pictures: list[Dataset] = [*make_key_images(reference, lesions, page, self.identity)]
@@ -246,7 +279,7 @@ class TumorSegmentation(ModelPipeline):
         if not any(volumes_ml.values()):
             report = make_measurement_report(
                 reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
-                series_description=f"Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
+                series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
                 coverage=coverage,
             )
             return [report, *pictures]
@@ -256,7 +289,7 @@ class TumorSegmentation(ModelPipeline):
         segments = [Segment(region.structure, region.tracking_id) for region in SUB_REGIONS]
         seg = make_segmentation(
             reference, segment_map, segments, algorithm, self.identity,
-            series_description="Brain tumor sub-regions (radnode)",
+            series_description=f"{marking}Brain tumor sub-regions (radnode)",
             # a segment with no voxels still needs frames to be a valid segment
             keep_empty_frames=not all(volumes_ml.values()),
         )
@@ -267,7 +300,7 @@ class TumorSegmentation(ModelPipeline):
         ]
         report = make_measurement_report(
             reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
-            series_description=f"Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
+            series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
             coverage=coverage,
         )
         return [seg, report, *pictures]
@@ -353,7 +386,7 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
     for role in present:
         if role == reference_role:
             continue
-        if volumes[reference_role].shares_grid(volumes[role]):
+        if _shares_grid(volumes[reference_role], volumes[role], images[reference_role], images[role]):
             transforms[role] = sitk.Transform()
             registration[role] = {"registered": False, "why": "same frame of reference and grid as the reference"}
             continue
@@ -368,6 +401,25 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
                               "head_overlap": round(alignment.overlap, 3),
                               "edge_alignment": round(alignment.edge_alignment, 3)}
     return Alignments(transforms, registration, left_out)
+
+
+def _shares_grid(reference: Volume, other: Volume, reference_image: sitk.Image, other_image: sitk.Image) -> bool:
+    """One frame of reference and, in one storage order, one voxel grid: ``Volume.shares_grid``
+    whatever order each series was stored in."""
+    return (reference.frame_of_reference_uid is not None
+            and reference.frame_of_reference_uid == other.frame_of_reference_uid
+            and same_grid(reference_image, other_image))
+
+
+def _in_source_order(labels: np.ndarray, brain: sitk.Image, canonical_grid: sitk.Image,
+                     reference: Volume) -> tuple[np.ndarray, sitk.Image]:
+    """The labels and the brain mask, computed in one storage order, in the reference series' own:
+    the SEG, the SR and the key images address its slices, rows and columns."""
+    source = reference.to_sitk()
+    brain_array = to_source(sitk.GetArrayFromImage(brain), canonical_grid, source)
+    brain_image = sitk.GetImageFromArray(brain_array)
+    brain_image.CopyInformation(source)
+    return to_source(labels, canonical_grid, source), brain_image
 
 
 def _left_out_parameter(left_out: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -417,7 +469,8 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
             reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
             min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
-    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain.
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain
+    and, on a T1c reference, none in or capping the ventricles without a core (``ventricles``).
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
     model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
@@ -440,6 +493,8 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
+    if reference_role == "t1c":  # CSF is dark on T1c; on a FLAIR reference sulci and cisterns pass for ventricles
+        labels = clear_ventricles(labels, ventricle_mask(reference, brain), reference.GetSpacing()[::-1])
     labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     clock.lap("postprocessing")

@@ -96,7 +96,8 @@ def fill_enclosed_core(labels: np.ndarray) -> np.ndarray:
     In the BraTS annotation protocol the necrotic centre is what the enhancing rim encloses.
     The shipped model finds the rim (bright on T1c) far better than the dark centre, which it
     tends to call edema; tissue enclosed by core within a slice is core, and not enhancing, so
-    necrosis. Slices are the array's first axis (the series' own slices on the reference grid).
+    necrosis. Slices are the array's first axis: axial planes, the pipeline putting the reference
+    in LPS order first (``orientation``).
     """
     core = np.isin(labels, (1, 4))
     enclosed = np.stack([ndimage.binary_fill_holes(plane) for plane in core]) & ~core

@@ -73,19 +73,23 @@ def make_measurement_report(
     series_description: str | None = None,
     procedure: Code | None = None,
     coverage: str = "",
+    not_measured: str = "",
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
 
     ``procedure`` is the imaging procedure reported (default: the modality's unspecified body
     region). ``coverage`` says what the model can and cannot find; with no finding, the report
     states that nothing was found in the series it names, followed by it, so that "none
-    detected" is read with its limits.
+    detected" is read with its limits. ``not_measured`` (with no findings) replaces that
+    statement: the series was not measured, and why; neither presence nor absence is claimed.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
         _finding_group(volume, f, algorithm, identity, segmentation) for f in findings
     ]
-    if not groups:
+    if not groups and not_measured:
+        groups = [_not_measured_group(looked_for, algorithm, identity, not_measured)]
+    elif not groups:
         groups = [_absence_group(looked_for, algorithm, identity, absence_statement(volume, looked_for, coverage))]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, identity),
@@ -101,7 +105,8 @@ def make_measurement_report(
         )
         root.insert(measurements, _image_library(sources))
     evidence = sources + ([segmentation] if segmentation is not None else [])
-    summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else "none detected"
+    summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else (
+        "not measured" if not_measured else "none detected")
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
@@ -350,6 +355,25 @@ def _absence_group(
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty, value=codes.SCT.Absent)
         ],
+    )
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    ))
+    return group
+
+
+def _not_measured_group(
+    looked_for: Structure, algorithm: Algorithm, identity: Identity, statement: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """What was looked for, with no measurement and no presence either way: only the reason."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=identity.new_uid(), identifier=f"{looked_for.label.lower()} not measured"[:64]
+        ),
+        finding_type=looked_for.type,
+        finding_category=looked_for.category,
+        finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
+        algorithm_id=algorithm.for_report(),
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
