@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import watershed
 
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
 from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma
@@ -61,6 +62,9 @@ MAX_MEDIASTINAL_CONTACT = 0.3
 #: extent (a ball 1, a half-ball against the wall 0.5); the hilar vessels, which the closing takes
 #: in, branch (0.03-0.24 on the shared scans).
 MIN_FILL = 0.3
+#: A component that fails the rule whole is tried in pieces split at its necks, from distance
+#: maxima at least this far apart (mm): a mass joined to the mediastinum is a piece of its own.
+PIECE_MM = 20.0
 #: Ground glass around a mass (HU on the smoothed series) and how far from the solid part it counts.
 GROUND_GLASS_HU = -700.0
 HALO_MM = 15.0
@@ -78,7 +82,7 @@ CORE_RADII_MM = (4.0, 8.0, 12.0, 16.0)
 MIN_LUNG_SHARE = 0.1
 #: Each lung is closed by a ball this size (radius, mm): it fills what a mass of up to 80 mm
 #: displaced, not the mediastinum's broad impression (about 100 mm across and deeper).
-CLOSING_MM = 40.0
+CLOSING_MM = 30.0
 
 
 @dataclass(frozen=True)
@@ -205,18 +209,58 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
     for n, where in enumerate(ndi.find_objects(labels), start=1):
         if where is None or sizes[n - 1] < smallest:
             continue
-        extent_mm = float(np.max([w.stop - w.start for w in where] * lungs.spacing))
-        fill = float(sizes[n - 1] * voxel_mm3 / (np.pi / 6 * extent_mm**3))
-        if fill < MIN_FILL:
-            continue
         component = labels == n
-        lung_contact, mediastinal = _contacts(component, lungs, around)
-        if lung_contact < MIN_LUNG_CONTACT or mediastinal > MAX_MEDIASTINAL_CONTACT:
-            continue
-        measured = segment(volume, lungs, around, component)
-        if measured is not None and (measured.solid_diameter_mm or 0.0) >= MASS_MM:
-            masses.append(Mass(measured, lung_contact, mediastinal, fill))
+        found = _mass(volume, lungs, around, component)
+        if found is None:  # the piece most surrounded by lung, when any piece is a mass
+            pieces = [_mass(volume, lungs, around, piece, component & ~piece)
+                      for piece in _pieces(component, lungs.spacing, smallest)]
+            found = max((m for m in pieces if m is not None), key=lambda m: m.lung_contact, default=None)
+        if found is not None:
+            masses.append(found)
     return masses, around
+
+
+def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
+          rest: np.ndarray | None = None) -> Mass | None:
+    """``component`` (or a piece of one, the rest of it in ``rest``) as a mass when it is one by
+    this module's rule, else None."""
+    where = np.argwhere(component)
+    extent_mm = float(np.max((where.max(axis=0) - where.min(axis=0) + 1) * lungs.spacing))
+    fill = float(len(where) * np.prod(lungs.spacing) / (np.pi / 6 * extent_mm**3))
+    if fill < MIN_FILL:
+        return None
+    lung_contact, mediastinal = _contacts(component, lungs, around, rest)
+    if lung_contact < MIN_LUNG_CONTACT or mediastinal > MAX_MEDIASTINAL_CONTACT:
+        return None
+    measured = segment(volume, lungs, around, component)
+    if measured is None or (measured.solid_diameter_mm or 0.0) < MASS_MM:
+        return None
+    return Mass(measured, lung_contact, mediastinal, fill)
+
+
+def _pieces(component: np.ndarray, spacing: np.ndarray, smallest: float) -> list[np.ndarray]:
+    """``component`` split at the necks of its distance map (a watershed from maxima at least
+    ``PIECE_MM`` apart and ``OPENING_MM`` / 2 deep): a mass joined to a strip of the mediastinum
+    or the heart that the closing took in is a piece of its own. Pieces below ``smallest`` voxels
+    are left out."""
+    where = np.argwhere(component)
+    low, high = where.min(axis=0), where.max(axis=0) + 1
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    depth = ndi.distance_transform_edt(np.pad(component[crop], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    size = tuple(int(n) for n in np.maximum(np.round(PIECE_MM / spacing) // 2 * 2 + 1, 3))
+    peaks = (depth == ndi.maximum_filter(depth, size=size)) & (depth >= OPENING_MM / 2)
+    markers, count = ndi.label(peaks)
+    if count < 2:
+        return []
+    pieces = watershed(-depth, markers, mask=component[crop])
+    out = []
+    for n in range(1, count + 1):
+        piece = pieces == n
+        if piece.sum() >= smallest:
+            full = np.zeros_like(component)
+            full[crop] = piece
+            out.append(full)
+    return out
 
 
 def _opened(mask: np.ndarray, spacing: np.ndarray, diameter_mm: float) -> np.ndarray:
@@ -227,8 +271,10 @@ def _opened(mask: np.ndarray, spacing: np.ndarray, diameter_mm: float) -> np.nda
     return opened
 
 
-def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope) -> tuple[float, float]:
-    """Shares of the ``SHELL_MM`` shell around ``component`` that are aerated lung and mediastinum."""
+def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope,
+              rest: np.ndarray | None = None) -> tuple[float, float]:
+    """Shares of the ``SHELL_MM`` shell around ``component`` that are aerated lung and mediastinum;
+    a piece of a larger component is judged by what surrounds it outside that component (``rest``)."""
     margin = np.ceil(SHELL_MM / lungs.spacing).astype(int) + 1
     where = np.argwhere(component)
     low = np.maximum(where.min(axis=0) - margin, 0)
@@ -236,6 +282,8 @@ def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope) -> tup
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     distance = ndi.distance_transform_edt(~component[crop], sampling=lungs.spacing)
     shell = (distance > 0) & (distance <= SHELL_MM)
+    if rest is not None:
+        shell &= ~rest[crop]
     if not shell.any():
         return 0.0, 0.0
     return float(lungs.aerated[crop][shell].mean()), float(around.mediastinum[crop][shell].mean())
