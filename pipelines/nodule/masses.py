@@ -65,6 +65,9 @@ MIN_FILL = 0.3
 #: A component that fails the rule whole is tried in pieces split at its necks, from distance
 #: maxima at least this far apart (mm): a mass joined to the mediastinum is a piece of its own.
 PIECE_MM = 20.0
+#: A piece is cut out of a larger solid structure (the hilum, the arch): like any finding
+#: (``parenchyma.MIN_LUNG_CONTACT``), most of what surrounds it outside that structure must be lung.
+MIN_PIECE_LUNG_CONTACT = 0.5
 #: Ground glass around a mass (HU on the smoothed series) and how far from the solid part it counts.
 GROUND_GLASS_HU = -700.0
 HALO_MM = 15.0
@@ -230,7 +233,7 @@ def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.nda
     if fill < MIN_FILL:
         return None
     lung_contact, mediastinal = _contacts(component, lungs, around, rest)
-    if lung_contact < MIN_LUNG_CONTACT or mediastinal > MAX_MEDIASTINAL_CONTACT:
+    if lung_contact < (MIN_LUNG_CONTACT if rest is None else MIN_PIECE_LUNG_CONTACT) or mediastinal > MAX_MEDIASTINAL_CONTACT:
         return None
     measured = segment(volume, lungs, around, component)
     if measured is None or (measured.solid_diameter_mm or 0.0) < MASS_MM:
