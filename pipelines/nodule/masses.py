@@ -81,7 +81,7 @@ EDGE_MM = 2.0
 VESSEL_CUT_MM = 4.0
 #: Erosion radii (mm) tried in turn to find the two lungs' cores, and the smaller core's least
 #: share of the larger (``location`` tells the lungs apart the same way, for naming a side).
-CORE_RADII_MM = (4.0, 8.0, 12.0, 16.0)
+CORE_RADII_MM = (0.0, 4.0, 8.0, 12.0, 16.0)
 MIN_LUNG_SHARE = 0.1
 #: Each lung is closed by a ball this size (radius, mm): it fills what a mass of up to 80 mm
 #: displaced, not the mediastinum's broad impression (about 100 mm across and deeper).
@@ -118,22 +118,27 @@ def envelope(hu: np.ndarray, lungs: Parenchyma) -> Envelope:
 def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The two lungs (holes filled), the one at lower column indices first.
 
-    The lungs touch at the junction lines and join through the airways' partial volume; the
-    aerated lung eroded by the first of ``CORE_RADII_MM`` that leaves two large pieces (the smaller
+    Without their airways the two lungs are often two pieces already (radius 0); where they touch
+    at the junction lines, the aerated lung eroded by the first of ``CORE_RADII_MM`` that leaves two large pieces (the smaller
     at least ``MIN_LUNG_SHARE`` of the larger) gives their cores, and each voxel goes to the nearer
     core. With no two cores, the lungs are split at the midline of their left-right extent."""
-    depth = ndi.distance_transform_edt(aerated, sampling=spacing)
+    depth: np.ndarray | None = None
     for radius in CORE_RADII_MM:
-        pieces, count = ndi.label(depth > radius)
+        if radius == 0:
+            pieces, count = ndi.label(aerated)
+        else:
+            depth = ndi.distance_transform_edt(aerated, sampling=spacing) if depth is None else depth
+            pieces, count = ndi.label(depth > radius)
         if count < 2:
             continue
         sizes = np.bincount(pieces.ravel())[1:]
         one, two = (int(n) + 1 for n in np.argsort(sizes)[::-1][:2])
         if sizes[two - 1] < MIN_LUNG_SHARE * sizes[one - 1]:
             continue
-        to_one = ndi.distance_transform_edt(pieces != one, sampling=spacing)
-        to_two = ndi.distance_transform_edt(pieces != two, sampling=spacing)
-        first, second = filled & (to_one <= to_two), filled & (to_two < to_one)
+        cores = (pieces == one) | (pieces == two)
+        nearest = ndi.distance_transform_edt(~cores, sampling=spacing, return_distances=False, return_indices=True)
+        owner = pieces[tuple(nearest)]
+        first, second = filled & (owner == one), filled & (owner == two)
         if np.argwhere(first)[:, 2].mean() > np.argwhere(second)[:, 2].mean():
             first, second = second, first
         return first, second
@@ -193,11 +198,23 @@ class Mass:
 
 
 def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
-    """The masses of ``volume`` (the series as the detector sees it) in the lung envelope."""
+    """The masses of ``volume`` (the series as the detector sees it) in the lung envelope.
+
+    Worked on the lungs' bounding box (and a shell's width around it): nothing of the envelope
+    lies outside it. The envelope returned is on that box."""
     stride = lungs.stride
-    hu = volume.array[:: stride[0], :: stride[1], :: stride[2]]
     shape = lungs.aerated.shape
-    hu = hu[: shape[0], : shape[1], : shape[2]]
+    hu = volume.array[:: stride[0], :: stride[1], :: stride[2]][: shape[0], : shape[1], : shape[2]]
+    where = np.argwhere(lungs.aerated)
+    if not len(where):
+        empty = np.zeros((1, 1, 1), dtype=bool)
+        return [], Envelope(empty, empty, (0.0, 0.0))
+    margin = np.ceil(SHELL_MM / lungs.spacing).astype(int) + 1
+    low = np.maximum(where.min(axis=0) - margin, 0)
+    high = np.minimum(where.max(axis=0) + margin + 1, shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    lungs = dataclasses.replace(lungs, aerated=lungs.aerated[crop], airways=lungs.airways[crop])
+    hu = hu[crop]
     around = envelope(hu, lungs)
     smooth = ndi.gaussian_filter(hu.astype(np.float32), SMOOTHING_MM / lungs.spacing)
     solid = (smooth > SOLID_HU) & around.lung
@@ -213,9 +230,9 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
         if where is None or sizes[n - 1] < smallest:
             continue
         component = labels == n
-        found = _mass(volume, lungs, around, component)
+        found = _mass(volume, lungs, around, component, low)
         if found is None:  # the piece most surrounded by lung, when any piece is a mass
-            pieces = [_mass(volume, lungs, around, piece, component & ~piece)
+            pieces = [_mass(volume, lungs, around, piece, low, component & ~piece)
                       for piece in _pieces(component, lungs.spacing, smallest)]
             found = max((m for m in pieces if m is not None), key=lambda m: m.lung_contact, default=None)
         if found is not None:
@@ -223,10 +240,10 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
     return masses, around
 
 
-def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
+def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray, offset: np.ndarray,
           rest: np.ndarray | None = None) -> Mass | None:
     """``component`` (or a piece of one, the rest of it in ``rest``) as a mass when it is one by
-    this module's rule, else None."""
+    this module's rule, else None; ``offset``: the crop's first voxel on the parenchyma grid."""
     where = np.argwhere(component)
     extent_mm = float(np.max((where.max(axis=0) - where.min(axis=0) + 1) * lungs.spacing))
     fill = float(len(where) * np.prod(lungs.spacing) / (np.pi / 6 * extent_mm**3))
@@ -235,7 +252,7 @@ def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.nda
     lung_contact, mediastinal = _contacts(component, lungs, around, rest)
     if lung_contact < (MIN_LUNG_CONTACT if rest is None else MIN_PIECE_LUNG_CONTACT) or mediastinal > MAX_MEDIASTINAL_CONTACT:
         return None
-    measured = segment(volume, lungs, around, component)
+    measured = segment(volume, lungs, around, component, offset)
     if measured is None or (measured.solid_diameter_mm or 0.0) < MASS_MM:
         return None
     return Mass(measured, lung_contact, mediastinal, fill)
@@ -292,18 +309,20 @@ def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope,
     return float(lungs.aerated[crop][shell].mean()), float(around.mediastinum[crop][shell].mean())
 
 
-def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray) -> Measurement | None:
+def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
+            offset: np.ndarray) -> Measurement | None:
     """The mass on the source slices: its solid part (near the coarse ``component``, in the
-    envelope) and the ground glass around it, as one segment; the solid part's long axis kept."""
+    envelope) and the ground glass around it, as one segment; the solid part's long axis kept.
+    ``component`` and the envelope are on a crop of the parenchyma grid starting at ``offset``."""
     stride = lungs.stride
     spacing_kji = np.asarray(volume.spacing[::-1], dtype=np.float64)
     reach = np.ceil((HALO_MM + EDGE_MM) / spacing_kji).astype(int) + stride
-    where = np.argwhere(component)
+    where = np.argwhere(component) + offset
     start = np.maximum(where.min(axis=0) * stride - reach, 0)
     stop = np.minimum((where.max(axis=0) + 1) * stride + reach, volume.array.shape)
     window = voxel_window(start, stop)
-    coarse = tuple(np.minimum(np.arange(a, b) // s, n - 1)
-                   for a, b, s, n in zip(start, stop, stride, component.shape))
+    coarse = tuple(np.clip(np.arange(a, b) // s - o, 0, n - 1)
+                   for a, b, s, o, n in zip(start, stop, stride, offset, component.shape))
     inside = around.lung[np.ix_(*coarse)]
     seed = component[np.ix_(*coarse)]
     hu = ndi.gaussian_filter(volume.array[window].astype(np.float32), SMOOTHING_MM / spacing_kji)
