@@ -1,8 +1,12 @@
 """Synthetic masses against the chest wall and the mediastinum, and small nodules, inserted into the
 shared chest CTs on a sharp and a soft reconstruction of each: what the nodule pipeline finds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net] [--runs N]
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json]
+
+``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
+set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
+only the first N of ``MASS_RUNS``.
 
 Each of the six series is read as acquired and as the other kernel (``reconstruction.rekernel``
 by the measured NPS: LIDC's GE STANDARD made B70f-sharp, C3N-00247's B70f made soft); A0002 is one
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from pipelines.base import PipelineSettings
+from pipelines.nodule import masses as mass_rule
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.harmonize import harmonize
 from pipelines.nodule.pipeline import NoduleDetection
@@ -89,12 +94,12 @@ def _clear(volume: Volume, centre: np.ndarray, radius: float, lesions: list[np.n
                for box in lesions)
 
 
-def masses(pipeline: NoduleDetection) -> dict[str, Any]:
+def masses(pipeline: NoduleDetection, runs: int = len(MASS_RUNS)) -> dict[str, Any]:
     rows, scans = [], []
     for series, kernel in variants():
         lungs = sites.lungs_of(series.volume)
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
-        for run, (wall_mm, medial_mm) in enumerate(MASS_RUNS):
+        for run, (wall_mm, medial_mm) in enumerate(MASS_RUNS[:runs]):
             for kind in MASS_KINDS:
                 array = series.volume.array.copy()
                 rng = np.random.default_rng(SEED + run)
@@ -223,10 +228,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("masses", "nodules"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--without-mass-net", action="store_true", help="the pipeline before the mass safety net")
+    parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.without_mass_net:
+        mass_rule.MASS_MM = float("inf")
     pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
-    result = masses(pipeline) if args.what == "masses" else nodules(pipeline)
+    result = masses(pipeline, args.runs) if args.what == "masses" else nodules(pipeline)
     print(json.dumps(result.get("summary", result.get("table")), indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))
