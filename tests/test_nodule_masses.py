@@ -32,7 +32,8 @@ MASS_MM = 50.0
 #: (side, wall, height) of the two masses: posterior chest wall, and beside the aortic arch.
 SITES = (("right", "posterior", 0.5), ("left", "mediastinum", 0.7))
 #: The issue's target: the marked extent (long axis) within 20 % of the inserted diameter.
-#: Measured on this scan: posterior 52.0 / 52.2 mm, arch 56.3 / 57.2 mm (sharp / soft).
+#: Measured on this scan: posterior 51.3 / 50.4 mm, beside the arch 50.6 / 50.6 mm (sharp / soft),
+#: each one finding of the mass safety net, the sides 2591 and 1832 mL of aerated lung.
 EXTENT_TOLERANCE = 0.20
 
 
