@@ -88,11 +88,11 @@ def test_a_50_mm_mass_on_the_chest_wall_and_one_beside_the_arch_are_each_one_fin
 
 
 def test_none_detected_needs_both_lungs_the_envelope_counts_each_side():
-    """The phantom's two lungs hold about 540 mL each; with one filled by soft tissue (collapsed,
-    or outside the field of view) that side counts 0 mL and "none detected" may not be written."""
+    """The phantom's two lungs measure 590 mL each; with one filled by soft tissue (collapsed, or
+    outside the field of view) the sides measure 590 and 0 mL, and "none detected" may not be written."""
     both = phantom()
     one = dataclasses.replace(both, array=both.array.copy())
     one.array[:, :, 64:][one.array[:, :, 64:] == -850.0] = 40.0
     for volume, expected in ((both, 2), (one, 1)):
-        sides_ml = masses.envelope(volume.array, parenchyma(volume)).sides_ml
+        sides_ml = masses.envelope(parenchyma(volume)).sides_ml
         assert sum(ml >= MIN_SIDE_ML for ml in sides_ml) == expected, sides_ml

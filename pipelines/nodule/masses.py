@@ -6,21 +6,24 @@ surrounds it is pleura, chest wall, aorta: the lung-contact rule (``parenchyma``
 trained on five patients both let it go, and the report said "none detected" on a 7 cm cancer
 (issue 64). So large lesions are found by anatomy, not by a score:
 
-- **The lung envelope** (``envelope``): where the lungs are and what they enclose. On each axial
-  slice each lung's outline (the aerated lung, holes filled) is closed by its convex hull, which
-  takes back what a juxtapleural or juxtamediastinal mass displaced. Two corrections keep the
-  organs around the lungs out of it. (1) Per column (j, i) of the volume, only the slices between
-  the highest and lowest aerated lung of that column: the liver and spleen domes and the heart sit
-  on the diaphragm, below all the lung of their columns, while a lesion in the lung has lung above
-  or below it. (2) The mediastinum, by its own anatomy: on each slice, the rows where both lungs'
-  hulls are, between their medial edges (the heart, great vessels, trachea, oesophagus, spine and
-  mediastinal fat lie there), with the airway tree and its walls.
+- **The lung envelope** (``envelope``): where the lungs are and what they enclose. The two lungs
+  (aerated lung without airways, holes filled per slice) are each closed in 3-D by a ball of
+  ``CLOSING_MM``, which takes back what a juxtapleural or juxtamediastinal mass displaced where lung
+  borders it on several sides. Two corrections keep the organs around the lungs out of it.
+  (1) Per column (j, i) of the volume, only the slices between the highest and lowest aerated lung
+  of that column: the liver and spleen domes and the heart sit on the diaphragm, below all the lung
+  of their columns, while a lesion in the lung has lung above or below it. (2) The mediastinum, by
+  its own anatomy: on each slice, the rows where both lungs are, between their medial edges (the
+  heart, great vessels, trachea, oesophagus, spine and mediastinal fat lie there), less what the
+  closing took back, with the airway tree and its walls.
 - **A mass** (``find``): a connected component of solid tissue (above ``SOLID_HU`` on the series
   lightly smoothed) inside the envelope, opened by a ball of ``OPENING_MM`` so that vessels are cut
-  off it, whose long axis on the source slices is at least ``MASS_MM`` and whose ``SHELL_MM``
-  shell is at least ``MIN_LUNG_CONTACT`` aerated lung and at most ``MAX_MEDIASTINAL_CONTACT``
-  mediastinum. A pleura-based mass touches lung on about half its surface; the part of the heart
-  or the aortic arch that a lung's hull takes in lies against the mediastinum on one side.
+  off it, compact (``MIN_FILL``), whose ``SHELL_MM`` shell is at least ``MIN_LUNG_CONTACT``
+  aerated lung and at most ``MAX_MEDIASTINAL_CONTACT`` mediastinum and whose solid long axis on the
+  source slices is at least ``MASS_MM``. A pleura-based mass touches lung on about half its
+  surface; the part of the heart or the arch that the closing takes in lies against the mediastinum.
+  A component that fails whole (a mass joined to a strip of the mediastinum) is tried in pieces cut
+  at its necks (``_pieces``); the piece most surrounded by lung, if any passes, is the mass.
 - **Measured as one lesion**: the solid part and the ground glass around it (``GROUND_GLASS_HU``,
   up to ``HALO_MM`` from the solid part, inside the envelope) are one segment; the solid part's
   long axis is measured too (``Measurement.solid_diameter_mm``).
@@ -55,8 +58,8 @@ MIN_EQUIVALENT_MM = 20.0
 #: A mass arises in the lung: at least this share of its shell is aerated lung (a hemisphere
 #: against the chest wall: about half; a mass filling a lobe against the wall: a quarter).
 MIN_LUNG_CONTACT = 0.35
-#: At most this share of its shell is mediastinum (the part of the heart or aortic arch a hull
-#: takes in lies against the mediastinum along the hull's chord).
+#: At most this share of its shell is mediastinum (the part of the heart or aortic arch the
+#: closing takes in lies against the mediastinum).
 MAX_MEDIASTINAL_CONTACT = 0.3
 #: A mass is compact: its volume is at least this share of the ball whose diameter is its largest
 #: extent (a ball 1, a half-ball against the wall 0.5); the hilar vessels, which the closing takes
@@ -83,8 +86,10 @@ VESSEL_CUT_MM = 4.0
 #: share of the larger (``location`` tells the lungs apart the same way, for naming a side).
 CORE_RADII_MM = (0.0, 4.0, 8.0, 12.0, 16.0)
 MIN_LUNG_SHARE = 0.1
-#: Each lung is closed by a ball this size (radius, mm): it fills what a mass of up to 80 mm
-#: displaced, not the mediastinum's broad impression (about 100 mm across and deeper).
+#: Each lung is closed by a ball this size (radius, mm): it fills the notch of a mass centred 0.7 of
+#: its radius inside the lung up to about 80 mm (more than 0.71 radius is needed), not the
+#: mediastinum's broad impression (about 100 mm across and deeper). A mass in a corner of the lung
+#: (lung on two sides only) is not taken back: see the model card's limits.
 CLOSING_MM = 30.0
 
 
@@ -94,13 +99,12 @@ class Envelope:
 
     lung: np.ndarray
     mediastinum: np.ndarray
-    #: aerated lung, on each side of the midline: the slices and sides the lungs were found on
+    #: the volume (mL) of each of the two lungs, holes filled: both must be there for "none detected"
     sides_ml: tuple[float, float]
 
 
-def envelope(hu: np.ndarray, lungs: Parenchyma) -> Envelope:
-    """The envelope of ``lungs`` (the series subsampled as ``lungs`` was, in ``hu``)."""
-    del hu  # the envelope is the lungs' own shape; the HU is for the masses
+def envelope(lungs: Parenchyma) -> Envelope:
+    """The envelope of ``lungs``, on their grid: the lungs' own shape, no HU needed."""
     filled = np.stack([ndi.binary_fill_holes(plane) for plane in lungs.aerated])
     columns = np.flatnonzero(filled.any(axis=(0, 1)))
     if not len(columns):
@@ -121,7 +125,9 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
     Without their airways the two lungs are often two pieces already (radius 0); where they touch
     at the junction lines, the aerated lung eroded by the first of ``CORE_RADII_MM`` that leaves two large pieces (the smaller
     at least ``MIN_LUNG_SHARE`` of the larger) gives their cores, and each voxel goes to the nearer
-    core. With no two cores, the lungs are split at the midline of their left-right extent."""
+    core. With no two cores the lungs are one (the second empty): a lung collapsed or out of the
+    field of view, or two fused over a broad contact; either way "both lungs examined" is not
+    claimed."""
     depth: np.ndarray | None = None
     for radius in CORE_RADII_MM:
         if radius == 0:
@@ -142,11 +148,7 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
         if np.argwhere(first)[:, 2].mean() > np.argwhere(second)[:, 2].mean():
             first, second = second, first
         return first, second
-    columns = np.flatnonzero(filled.any(axis=(0, 1)))
-    midline = int(round((columns[0] + columns[-1]) / 2))
-    first, second = np.zeros_like(filled), np.zeros_like(filled)
-    first[..., :midline], second[..., midline:] = filled[..., :midline], filled[..., midline:]
-    return first, second
+    return filled, np.zeros_like(filled)
 
 
 def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -215,7 +217,7 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     lungs = dataclasses.replace(lungs, aerated=lungs.aerated[crop], airways=lungs.airways[crop])
     hu = hu[crop]
-    around = envelope(hu, lungs)
+    around = envelope(lungs)
     smooth = ndi.gaussian_filter(hu.astype(np.float32), SMOOTHING_MM / lungs.spacing)
     solid = (smooth > SOLID_HU) & around.lung
     opened = _opened(solid, lungs.spacing, OPENING_MM)

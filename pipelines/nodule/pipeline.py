@@ -86,7 +86,7 @@ ALGORITHM_NAME = "radnode nodule-detection"
 #: (``fuse_nested``), when the larger box scores at least ``FUSE_SCORE_RATIO`` of it.
 NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
-#: "None detected" needs both lungs in the series: at least this much aerated lung (mL) on each side.
+#: "None detected" needs both lungs in the series: at least this much lung (mL) on each side.
 MIN_SIDE_ML = 100.0
 
 
@@ -146,7 +146,7 @@ class Search:
     #: reported lesions, best score first
     nodules: list[tuple[Detection, Measurement]]
     outside_lung: int
-    #: aerated lung (mL) of each lung as found: both must be there for "none detected"
+    #: the volume (mL) of each lung as found: both must be there for "none detected"
     sides_ml: tuple[float, float] = (0.0, 0.0)
 
 
@@ -189,8 +189,8 @@ class NoduleDetection(ModelPipeline):
         nodules = found.nodules
         if not nodules and min(found.sides_ml) < MIN_SIDE_ML:
             raise NotApplicable(
-                f"aerated lung found on each side: {found.sides_ml[0]:.0f} and {found.sides_ml[1]:.0f} mL; "
-                f"'none detected' is only reported when both lungs are in the series (at least {MIN_SIDE_ML:.0f} mL each)"
+                f"lung found on each side: {found.sides_ml[0]:.0f} and {found.sides_ml[1]:.0f} mL; 'none detected' "
+                f"is only reported when both lungs are in the series (at least {MIN_SIDE_ML:.0f} mL each)"
             )
         outputs = write_datasets(self.results(volume, nodules, examined=examined(found)), job.output_dir)
         clock.lap("write")
@@ -437,9 +437,9 @@ def fuse_nested(candidates: list[Detection]) -> list[Detection]:
 
 
 def examined(found: Search) -> str:
-    """What a search covered, in a reader's words: the lungs it found and their aerated volume."""
+    """What a search covered, in a reader's words: the lungs it found and their volumes."""
     first, second = found.sides_ml
-    return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL of aerated lung)."
+    return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL)."
 
 
 def _mass_detection(volume: Volume, measured: Measurement, scored: list[Detection]) -> Detection:
