@@ -193,6 +193,9 @@ def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
             fps = sorted((s for s, k in scan["marks"] if k == "fp"), reverse=True)
             print(series.name, kernel, start, f"{len(scan['found'])}/{len(inserted_here)} candidates on nodules,",
                   f"fps above threshold {sum(s >= threshold for s in fps)}", flush=True)
+            print("RUN", json.dumps({"fps": fps, "nodules": [{"mm": t.diameter_mm, "kind": t.kind,
+                                                            "score": scan["found"].get(n)}
+                                                           for n, t in enumerate(inserted_here)]}), flush=True)
     return {"threshold": threshold, "table": _froc_table(marks, truths, threshold), "scans": len(marks)}
 
 
