@@ -141,10 +141,14 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
         one, two = (int(n) + 1 for n in np.argsort(sizes)[::-1][:2])
         if sizes[two - 1] < MIN_LUNG_SHARE * sizes[one - 1]:
             continue
-        cores = (pieces == one) | (pieces == two)
-        nearest = ndi.distance_transform_edt(~cores, sampling=spacing, return_distances=False, return_indices=True)
-        owner = pieces[tuple(nearest)]
-        first, second = filled & (owner == one), filled & (owner == two)
+        if radius == 0:  # the pieces are the lungs: each with its own holes (vessels) filled
+            first, second = (np.stack([ndi.binary_fill_holes(plane) for plane in pieces == n]) for n in (one, two))
+        else:
+            cores = (pieces == one) | (pieces == two)
+            nearest = ndi.distance_transform_edt(~cores, sampling=spacing, return_distances=False,
+                                                 return_indices=True)
+            owner = pieces[tuple(nearest)]
+            first, second = filled & (owner == one), filled & (owner == two)
         if np.argwhere(first)[:, 2].mean() > np.argwhere(second)[:, 2].mean():
             first, second = second, first
         return first, second
