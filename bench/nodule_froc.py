@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from pipelines.base import PipelineSettings
 from pipelines.nodule import masses as mass_rule
@@ -168,6 +169,7 @@ def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
     for series, kernel in variants():
         lungs = sites.lungs_of(series.volume)
         spacing = np.asarray(series.volume.spacing[::-1])
+        depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per series, not per nodule
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
         avoid = [(series.volume.lps_to_kji(b.mean(axis=0)), float(np.max(b[1] - b[0])) / 2 + APART_MM) for b in real]
         rng = np.random.default_rng(SEED)
@@ -179,7 +181,8 @@ def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
                     mm, kind=kind, solid_hu=30.0, ground_glass_hu=-600.0, core_fraction=0.5,
                     vessel=(1.0, 15.0, float(rng.integers(1 << 30)), 0.0) if where == "juxtavascular" else None,
                     attachment="pleura" if where == "juxtapleural" else "none")
-                centre = synthesis.pick_center(lungs, spacing, spec, rng, [(c, r + APART_MM) for c, r in placed])
+                centre = synthesis.pick_center(lungs, spacing, spec, rng, [(c, r + APART_MM) for c, r in placed],
+                                               depth_mm=depth)
                 if centre is None:
                     continue
                 inserted = synthesis.insert(array, spacing, centre, spec, rng)
