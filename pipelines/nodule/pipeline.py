@@ -270,8 +270,8 @@ class NoduleDetection(ModelPipeline):
     ) -> tuple[list[tuple[Detection, Measurement]], int, tuple[float, float]]:
         """Reported lesions, measured on the source slices, best score first: detections at the
         threshold and the masses of the safety net (``masses``), one per lesion, in the lung
-        (``lesions``); how many lesions were left out as outside the lung; and the aerated lung
-        of each lung examined."""
+        (``lesions``); how many lesions were left out as outside the lung; and the volume of each
+        lung examined."""
         threshold = self.detector.settings.report_threshold
         near = fuse_nested(near_lungs(grid, lungs, candidates, self.lung_margin_mm))
         measured_detections = []
@@ -439,6 +439,8 @@ def fuse_nested(candidates: list[Detection]) -> list[Detection]:
 def examined(found: Search) -> str:
     """What a search covered, in a reader's words: the lungs it found and their volumes."""
     first, second = found.sides_ml
+    if min(first, second) < MIN_SIDE_ML:
+        return f"Examined: one lung only ({max(first, second):.0f} mL); the other is not in the series."
     return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL)."
 
 
@@ -452,6 +454,7 @@ def _mass_detection(volume: Volume, measured: Measurement, scored: list[Detectio
                                           for i in (low[2], high[2])]))
     lps_low, lps_high = corners.min(axis=0), corners.max(axis=0)
     inside = [d.score for d in scored if np.all(d.center_lps >= lps_low) and np.all(d.center_lps <= lps_high)]
+    # grid_box as LPS low, high, as for a bundle's box: nothing after detection reads it as grid indices
     return Detection(np.concatenate([lps_low, lps_high]), corners, max(inside, default=0.0), mass=True)
 
 
