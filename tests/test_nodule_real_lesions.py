@@ -52,18 +52,21 @@ GROUND_GLASS_EXTENT_SHARE = 0.6
 #: its training patients, thin and slab-averaged series; model card), through today's pipeline
 #: (kernel harmonization, touching segmentations merged, findings outside the lung left out).
 #: Targets: every lesion >= 10 mm reported at <= 1 false positive per scan; measured 7 of 8
-#: lesion-series at 0.50 (``bench/nodule_real_lesions.py --detector scorer``, saved in
-#: scorer_weights/real_lesions.json); the tests assert those results as regression floors: per LIDC
-#: scan, the long axes (mm) of the lesions reported and the false positives. Missed: 0002's 31.0 mm
-#: ground-glass nodule.
+#: lesion-series at 0.33 with the mass safety net (``bench/nodule_real_lesions.py --detector
+#: scorer``, saved in scorer_weights/real_lesions.json); the tests assert those results as regression
+#: floors: per LIDC scan, the long axes (mm) of the lesions reported and the false positives. Missed:
+#: 0002's 31.0 mm ground-glass nodule. 0002's false positive (0 before the net): a 38.5 mm "mass"
+#: on the left hilum (pulmonary artery), reported by the mass rule (pipelines/nodule/masses.py).
 MIN_LESION_MM = 10.0
-LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 0), SCANS[2]: ([31.0, 14.3, 12.6], 1)}
-#: A0002 (one patient, two kernels): the mass is reported on both (0.996, 0.997), with 1 false
-#: positive on each (a 3.3 mm finding 1.4 mm from the mass's segmentation). On B40f it is reported
-#: whole: measured 79.6 mm against 76.3 mm; on B70f (softened 0.5 mm first) 75.0 mm against 77.6
-#: (test_nodule_lung_only: within 15 % of each other).
+LIDC_FLOORS = {SCANS[0]: ([31.8], 0), SCANS[1]: ([], 1), SCANS[2]: ([31.0, 14.3, 12.6], 1)}
+#: A0002 (one patient, two kernels): the mass is reported on both (0.996, 0.997), with no false
+#: positive since the mass safety net's segmentation takes in the 3.3 mm finding beside it (1 each
+#: before). On B40f it is reported whole: measured 86.8 mm against 76.3 mm (79.6 before the net);
+#: on B70f (softened 0.5 mm first) 83.5 mm against 77.6 (75.0) (test_nodule_lung_only: within 15 %
+#: of each other, 4 %).
 A0002_MAX_FALSE_POSITIVES = {"B40f": 1, "B70f": 1}
-#: The mass's measured long axis against the annotation's longest side (measured +4 % on B40f).
+#: The mass's measured long axis against the annotation's longest side (measured +14 % on B40f,
+#: with the ground glass around it that the mass safety net segments; +4 % before it).
 MASS_LONG_AXIS_TOLERANCE = 0.25
 
 
@@ -248,7 +251,7 @@ def test_the_scorer_pipeline_writes_the_mass_as_one_segment_and_sr_group_that_va
     for path in result.outputs:
         report = dciodvfy(path)
         assert not report.errors, report.errors
-    # One finding measures the mass (B40f: 79.6 mm long, 76 mL, as the bench measured it).
+    # One finding measures the mass (B40f: 86.8 mm long, 115 mL with its halo, as the bench measured it).
     longest = max(n.diameter_mm for n in result.summary.nodules)
     assert longest >= MASS_EXTENT_SHARE * 76.3, result.summary.nodules
 

@@ -100,6 +100,8 @@ class Detection:
     grid_box: np.ndarray   # (6,) x0 y0 z0 x1 y1 z1
     lps_corners: np.ndarray  # (8, 3)
     score: float
+    #: found by the mass safety net (``masses``): reported whatever the score
+    mass: bool = False
 
     @property
     def center_lps(self) -> np.ndarray:

@@ -54,11 +54,12 @@ def _joined(first: Detection, second: Detection) -> Detection:
     box_corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     grid_box = np.concatenate([np.minimum(first.grid_box[:3], second.grid_box[:3]),
                                np.maximum(first.grid_box[3:], second.grid_box[3:])])
-    return Detection(grid_box, box_corners, max(first.score, second.score))
+    return Detection(grid_box, box_corners, max(first.score, second.score), first.mass or second.mass)
 
 
 def in_lung(lungs: Parenchyma, found: list[Found]) -> tuple[list[Found], int]:
-    """The findings whose lung contact is at least ``MIN_LUNG_CONTACT``, and how many were not."""
+    """The findings whose lung contact is at least ``MIN_LUNG_CONTACT`` or that hold a mass of the
+    safety net (judged by its own rule, ``masses``), and how many were not."""
     kept = [(detection, measured) for detection, measured in found
-            if lungs.lung_contact(measured) >= MIN_LUNG_CONTACT]
+            if detection.mass or lungs.lung_contact(measured) >= MIN_LUNG_CONTACT]
     return kept, len(found) - len(kept)

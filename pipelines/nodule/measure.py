@@ -13,6 +13,7 @@ volume), mean HU, centre of mass in patient coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,8 @@ class Measurement:
     volume_mm3: float | None
     mean_hu: float | None
     center_lps: tuple[float, float, float]
+    #: a mass's solid part's long axis (mm) when the segment also holds its ground-glass halo
+    solid_diameter_mm: float | None = None
 
 
 def voxel_window(start: np.ndarray, stop: np.ndarray) -> tuple[slice, slice, slice]:
@@ -118,7 +121,8 @@ def union(volume: Volume, first: Measurement, second: Measurement) -> Measuremen
     mask = np.zeros(tuple(stop - start), dtype=bool)
     for part in (first, second):
         mask[_within(part.window, start)] |= part.mask
-    return measure_mask(volume, window, mask)
+    solid = [d for d in (first.solid_diameter_mm, second.solid_diameter_mm) if d is not None]
+    return dataclasses.replace(measure_mask(volume, window, mask), solid_diameter_mm=max(solid, default=None))
 
 
 def touch(first: Measurement, second: Measurement) -> bool:

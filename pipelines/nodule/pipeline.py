@@ -59,7 +59,7 @@ from pipelines.base import (
 )
 from pipelines.model_folder import is_monai_bundle
 from pipelines.model_pipeline import ModelPipeline
-from pipelines.nodule import contract
+from pipelines.nodule import contract, masses
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
 from pipelines.nodule.detector import Detection, NoduleDetector
@@ -86,6 +86,8 @@ ALGORITHM_NAME = "radnode nodule-detection"
 #: (``fuse_nested``), when the larger box scores at least ``FUSE_SCORE_RATIO`` of it.
 NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
+#: "None detected" needs both lungs in the series: at least this much lung (mL) on each side.
+MIN_SIDE_ML = 100.0
 
 
 class FoundNodule(SummaryRecord):
@@ -95,6 +97,9 @@ class FoundNodule(SummaryRecord):
     diameter_mm: float
     #: None when the nodule could not be segmented apart from what touches it
     volume_mm3: float | None
+    #: reported by the mass safety net (``masses``), with its solid part's long axis
+    mass: bool = False
+    solid_diameter_mm: float | None = None
 
 
 class FoundBox(SummaryRecord):
@@ -141,6 +146,8 @@ class Search:
     #: reported lesions, best score first
     nodules: list[tuple[Detection, Measurement]]
     outside_lung: int
+    #: the volume (mL) of each lung as found: both must be there for "none detected"
+    sides_ml: tuple[float, float] = (0.0, 0.0)
 
 
 class NoduleDetection(ModelPipeline):
@@ -180,14 +187,20 @@ class NoduleDetection(ModelPipeline):
             return self.run_bundle(job, volume, clock)
         found = self.search(volume, clock)
         nodules = found.nodules
-        outputs = write_datasets(self.results(volume, nodules), job.output_dir)
+        if not nodules and min(found.sides_ml) < MIN_SIDE_ML:
+            raise NotApplicable(
+                f"lung found on each side: {found.sides_ml[0]:.0f} and {found.sides_ml[1]:.0f} mL; 'none detected' "
+                f"is only reported when both lungs are in the series (at least {MIN_SIDE_ML:.0f} mL each)"
+            )
+        outputs = write_datasets(self.results(volume, nodules, examined=examined(found)), job.output_dir)
         clock.lap("write")
         return JobResult.written(
             outputs,
             summary=NoduleSummary(
                 nodules=[
                     FoundNodule(score=round(d.score, 3), diameter_mm=round(m.diameter_mm, 1),
-                                volume_mm3=_rounded(m.volume_mm3))
+                                volume_mm3=_rounded(m.volume_mm3), mass=d.mass,
+                                solid_diameter_mm=_rounded(m.solid_diameter_mm))
                     for d, m in nodules
                 ],
                 candidates=found.candidates,
@@ -248,34 +261,42 @@ class NoduleDetection(ModelPipeline):
         else:
             candidates = self.detector.detect(grid)
         clock.lap("inference")
-        nodules, outside_lung = self.lesions(seen.volume, grid, lungs, candidates)
+        nodules, outside_lung, sides_ml = self.lesions(seen.volume, grid, lungs, candidates)
         clock.lap("postprocess")
-        return Search(seen, lung_ml, len(candidates), nodules, outside_lung)
+        return Search(seen, lung_ml, len(candidates), nodules, outside_lung, sides_ml)
 
     def lesions(
         self, volume: Volume, grid: ModelGrid, lungs: np.ndarray, candidates: list[Detection]
-    ) -> tuple[list[tuple[Detection, Measurement]], int]:
+    ) -> tuple[list[tuple[Detection, Measurement]], int, tuple[float, float]]:
         """Reported lesions, measured on the source slices, best score first: detections at the
-        threshold, one per lesion, in the lung (``lesions``); and how many lesions at the
-        threshold were left out as outside the lung."""
+        threshold and the masses of the safety net (``masses``), one per lesion, in the lung
+        (``lesions``); how many lesions were left out as outside the lung; and the volume of each
+        lung examined."""
         threshold = self.detector.settings.report_threshold
+        near = fuse_nested(near_lungs(grid, lungs, candidates, self.lung_margin_mm))
         measured_detections = []
-        for detection in fuse_nested(near_lungs(grid, lungs, candidates, self.lung_margin_mm)):
+        for detection in near:
             if detection.score < threshold:
                 break
             measured = measure(volume, *source_box(volume, detection.lps_corners))
             if measured is not None:
                 measured_detections.append((detection, measured))
+        parenchyma_ = parenchyma(volume)
+        found_masses, around = masses.find(volume, parenchyma_)
+        measured_detections += [(_mass_detection(volume, m.measured, near), m.measured) for m in found_masses]
+        measured_detections.sort(key=lambda found: -found[0].score)
         found = merge_touching(volume, measured_detections)
-        return in_lung(parenchyma(volume), found) if found else ([], 0)
+        kept, outside = in_lung(parenchyma_, found) if found else ([], 0)
+        return kept, outside, around.sides_ml
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
-                box_regions: bool = False) -> list[Any]:
+                box_regions: bool = False, examined: str = "") -> list[Any]:
         """The SEG (when there is something to segment, or empty_seg), the SR, the key images
         and the presentation state: every format a destination may ask for (the node sends
         each destination those in its ``formats``).
 
-        ``box_regions``: the segments are a bundle's detection boxes, and are named so.
+        ``box_regions``: the segments are a bundle's detection boxes, and are named so;
+        ``examined``: what the search covered, said with the model's coverage.
         """
         datasets: list[Any] = []
         segmentation = None
@@ -303,7 +324,7 @@ class NoduleDetection(ModelPipeline):
             )
             for n, ((detection, measured), location, key) in enumerate(zip(nodules, locations, shown), start=1)
         ]
-        coverage = contract.BUNDLE_COVERAGE if self.bundle is not None else contract.COVERAGE
+        coverage = contract.BUNDLE_COVERAGE if self.bundle is not None else f"{examined} {contract.COVERAGE}".strip()
         datasets.append(make_measurement_report(
             volume, findings, self.algorithm, self.identity,
             looked_for=LUNG_NODULE, segmentation=segmentation, procedure=CT_CHEST, coverage=coverage,
@@ -357,8 +378,12 @@ def _locations(volume: Volume, measured: list[Measurement]) -> list[AnatomicLoca
 
 
 def _caption(number: int, detection: Detection, measured: Measurement, location: AnatomicLocation | None) -> str:
-    """"Nodule 1: 12.4 mm, right lung, upper zone, score 0.93": a key image's label."""
+    """"Nodule 1: 12.4 mm, right lung, upper zone, score 0.93": a key image's label; a mass of the
+    safety net says so, with its solid part: "Mass 1: 71.0 mm (solid 58.2 mm), ..., mass rule, score 0.12"."""
     where = f"{location.label}, " if location is not None else ""
+    if detection.mass:
+        solid = f" (solid {measured.solid_diameter_mm:.1f} mm)" if measured.solid_diameter_mm is not None else ""
+        return f"Mass {number}: {measured.diameter_mm:.1f} mm{solid}, {where}mass rule, score {detection.score:.2f}"
     return f"Nodule {number}: {measured.diameter_mm:.1f} mm, {where}score {detection.score:.2f}"
 
 
@@ -409,6 +434,28 @@ def fuse_nested(candidates: list[Detection]) -> list[Detection]:
         best[whole] = max(best[whole], scores[piece])
     kept = [dataclasses.replace(c, score=float(best[n])) for n, c in enumerate(candidates) if not holds[n].any()]
     return sorted(kept, key=lambda c: -c.score)
+
+
+def examined(found: Search) -> str:
+    """What a search covered, in a reader's words: the lungs it found and their volumes."""
+    first, second = found.sides_ml
+    if min(first, second) < MIN_SIDE_ML:
+        return f"Examined: one lung only ({max(first, second):.0f} mL); the other is not in the series."
+    return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL)."
+
+
+def _mass_detection(volume: Volume, measured: Measurement, scored: list[Detection]) -> Detection:
+    """A mass of the safety net as a detection: the box of its segmentation, and the best score
+    the detector gave a box centred in it (0 when none was)."""
+    start = np.array([s.start for s in measured.window])
+    voxels = np.argwhere(measured.mask) + start
+    low, high = voxels.min(axis=0) - 0.5, voxels.max(axis=0) + 0.5
+    corners = volume.kji_to_lps(np.array([[k, j, i] for k in (low[0], high[0]) for j in (low[1], high[1])
+                                          for i in (low[2], high[2])]))
+    lps_low, lps_high = corners.min(axis=0), corners.max(axis=0)
+    inside = [d.score for d in scored if np.all(d.center_lps >= lps_low) and np.all(d.center_lps <= lps_high)]
+    # grid_box as LPS low, high, as for a bundle's box: nothing after detection reads it as grid indices
+    return Detection(np.concatenate([lps_low, lps_high]), corners, max(inside, default=0.0), mass=True)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -1,0 +1,251 @@
+"""Synthetic masses against the chest wall and the mediastinum, and small nodules, inserted into the
+shared chest CTs on a sharp and a soft reconstruction of each: what the nodule pipeline finds.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net] [--runs N]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json]
+
+``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
+set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
+only the first N of ``MASS_RUNS``.
+
+Each of the six series is read as acquired and as the other kernel (``reconstruction.rekernel``
+by the measured NPS: LIDC's GE STANDARD made B70f-sharp, C3N-00247's B70f made soft); A0002 is one
+acquisition reconstructed B40f and B70f, read as it is. The rule and the targets were written in
+``pipelines/nodule/training/LOG.md`` ("Masses against the chest wall and the mediastinum") first.
+
+- ``masses``: runs of two masses, one against the posterior chest wall (right lung, half its
+  height) and one against the mediastinum (left lung, posterior medial border at 0.7 of its
+  height: beside the aortic arch), ``training.sites``; each moves to the other lung when a real
+  lesion is in the way. Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
+  0.7 of the diameter). Through ``NoduleDetection.search`` (shipped scorer folder): found when a
+  reported finding's box centre lies in the inserted box (+2 mm); its long axis against the
+  inserted diameter; reported findings centred in the mediastinum (``tests.mediastinum``'s
+  independent mask) that lie on no inserted or real lesion are listed.
+- ``nodules``: solid, part-solid, ground-glass nodules of 4, 6, 8, 10 mm, juxtapleural,
+  juxtavascular (a synthetic vessel attached) and intraparenchymal, 12 per run, well apart. Scored
+  on the detector's fused candidates (every score, no threshold): FROC sensitivity at 0.5, 1, 2,
+  4 false positives per scan by size, kind and site, and at the shipped threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from pipelines.base import PipelineSettings
+from pipelines.nodule import masses as mass_rule
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
+from pipelines.nodule.harmonize import harmonize
+from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.training import evaluate, patients, sites, synthesis
+from pipelines.nodule.training.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
+from pipelines.training.data_folder import DATA_ROOT
+from pipelines.volume import Volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.mediastinum import mediastinum_mask  # noqa: E402  (the independent mask the tests use)
+
+SEED = 20261126
+#: (posterior wall mm, mediastinal mm) per run, each run once solid and once part-solid.
+MASS_RUNS = ((30.0, 65.0), (50.0, 80.0), (65.0, 30.0), (80.0, 50.0))
+MASS_KINDS = ("solid", "part-solid")
+MASS_CORE = 0.7
+EXTENT_TOLERANCE = 0.20
+NODULE_MM = (4.0, 6.0, 8.0, 10.0)
+NODULE_KINDS = ("solid", "part-solid", "ground-glass")
+NODULE_SITES = ("juxtapleural", "juxtavascular", "intraparenchymal")
+NODULES_PER_RUN = 12
+#: Inserted nodules keep this far (mm) from each other and from real lesions, beyond their radii.
+APART_MM = 20.0
+FP_RATES = (0.5, 1.0, 2.0, 4.0)
+
+
+def variants() -> Iterator[tuple[patients.Series, str]]:
+    """Every series as acquired, and (but A0002, which has both) as the other kernel, one at a time."""
+    for patient, names in patients.PATIENTS.items():
+        for name in names:
+            series = patients.load(DATA_ROOT, patient, name)
+            kernel = source_kernel(series.volume)
+            yield series, kernel
+            if patient != "lung-pet-ct-dx-A0002":
+                redone = reconstruct(series.volume, Reconstruction(other_kernel(series.volume)),
+                                     np.random.default_rng(SEED))
+                yield dataclasses.replace(series, volume=redone), "soft" if kernel == "sharp" else "sharp"
+
+
+def _box(volume: Volume, inserted: synthesis.Inserted) -> np.ndarray:
+    corners = np.array([[k, j, i] for k in inserted.box[0::3] for j in inserted.box[1::3] for i in inserted.box[2::3]])
+    lps = volume.kji_to_lps(corners)
+    return np.array([lps.min(axis=0), lps.max(axis=0)])
+
+
+def _clear(volume: Volume, centre: np.ndarray, radius: float, lesions: list[np.ndarray]) -> bool:
+    point = volume.kji_to_lps(centre[None])[0]
+    return all(np.linalg.norm(point - box.mean(axis=0)) > radius + float(np.max(box[1] - box[0])) / 2 + APART_MM
+               for box in lesions)
+
+
+def masses(pipeline: NoduleDetection, runs: int = len(MASS_RUNS)) -> dict[str, Any]:
+    rows, scans = [], []
+    for series, kernel in variants():
+        lungs = sites.lungs_of(series.volume)
+        real = [les.lps_box for les in series.lesions] + list(series.ignore)
+        for run, (wall_mm, medial_mm) in enumerate(MASS_RUNS[:runs]):
+            for kind in MASS_KINDS:
+                array = series.volume.array.copy()
+                rng = np.random.default_rng(SEED + run)
+                truths = []
+                for wall, side, height, size in (("posterior", "right", 0.5, wall_mm), ("mediastinum", "left", 0.7, medial_mm)):
+                    centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
+                    if not _clear(series.volume, centre, size / 2, real):
+                        side = "left" if side == "right" else "right"
+                        centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
+                    spec = synthesis.NoduleSpec(size, kind=kind, solid_hu=35.0, core_fraction=MASS_CORE)
+                    inserted = synthesis.insert(array, np.asarray(series.volume.spacing[::-1]), centre, spec, rng)
+                    truths.append({"site": wall, "side": side, "mm": size, "kind": kind,
+                                   "box": _box(series.volume, inserted)})
+                volume = dataclasses.replace(series.volume, array=array)
+                started = time.process_time()
+                reported = pipeline.search(volume).nodules
+                seconds = time.process_time() - started
+                mediastinum = mediastinum_mask(volume)
+                for truth in truths:
+                    on = [(d, m) for d, m in reported if evaluate.hits(d, truth["box"])]
+                    best = max(on, key=lambda f: f[1].diameter_mm, default=None)
+                    rows.append({"series": series.name, "kernel": kernel, "site": truth["site"], "side": truth["side"],
+                                 "mm": truth["mm"], "kind": truth["kind"], "found": best is not None,
+                                 "findings": len(on),
+                                 "measured_mm": None if best is None else round(best[1].diameter_mm, 1),
+                                 "solid_mm": None if best is None or best[1].solid_diameter_mm is None
+                                 else round(best[1].solid_diameter_mm, 1),
+                                 "mass_rule": None if best is None else best[0].mass,
+                                 "score": None if best is None else round(best[0].score, 3)})
+                    print("   ", rows[-1], flush=True)
+                boxes = [t["box"] for t in truths] + real
+                others = [(d, m) for d, m in reported if not any(evaluate.hits(d, b) for b in boxes)]
+                centred = [m for _, m in others
+                           if mediastinum[tuple(np.round(volume.lps_to_kji(np.asarray(m.center_lps))).astype(int))]]
+                scans.append({"series": series.name, "kernel": kernel, "run": run, "kind": kind,
+                              "false_positives": [{"mm": round(m.diameter_mm, 1), "score": round(d.score, 3),
+                                                   "mass_rule": d.mass,
+                                                   "center_lps": [round(c) for c in m.center_lps]} for d, m in others],
+                              "mediastinal": len(centred), "cpu_s": round(seconds, 1)})
+                print(series.name, kernel, run, kind, "fps", scans[-1]["false_positives"],
+                      "mediastinal", len(centred), f"{seconds:.0f} s", flush=True)
+    return {"summary": _mass_summary(rows, scans), "masses": rows, "scans": scans}
+
+
+def _mass_summary(rows: list[dict[str, Any]], scans: list[dict[str, Any]]) -> dict[str, Any]:
+    def share(selected: list[dict[str, Any]]) -> str:
+        found = [r for r in selected if r["found"]]
+        within = [r for r in found if abs(r["measured_mm"] - r["mm"]) <= EXTENT_TOLERANCE * r["mm"]]
+        return f"{len(found)}/{len(selected)} found, {len(within)}/{len(found)} extent within 20 %"
+
+    table = {f"{site}, {kernel}": share([r for r in rows if r["site"] == site and r["kernel"] == kernel])
+             for site in ("posterior", "mediastinum") for kernel in ("sharp", "soft")}
+    table.update({f"{mm:g} mm": share([r for r in rows if r["mm"] == mm]) for mm in sorted({r["mm"] for r in rows})})
+    table.update({kind: share([r for r in rows if r["kind"] == kind]) for kind in MASS_KINDS})
+    table["all"] = share(rows)
+    table["found more than once"] = sum(r["findings"] > 1 for r in rows)
+    table["false positives per scan"] = round(float(np.mean([len(s["false_positives"]) for s in scans])), 2)
+    table["findings centred in the mediastinum"] = sum(s["mediastinal"] for s in scans)
+    return table
+
+
+def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
+    combos = [(mm, kind, where) for mm in NODULE_MM for kind in NODULE_KINDS for where in NODULE_SITES]
+    threshold = pipeline.detector.settings.report_threshold
+    marks, truths = [], []
+    for series, kernel in variants():
+        lungs = sites.lungs_of(series.volume)
+        spacing = np.asarray(series.volume.spacing[::-1])
+        depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per series, not per nodule
+        real = [les.lps_box for les in series.lesions] + list(series.ignore)
+        avoid = [(series.volume.lps_to_kji(b.mean(axis=0)), float(np.max(b[1] - b[0])) / 2 + APART_MM) for b in real]
+        rng = np.random.default_rng(SEED)
+        for start in range(0, len(combos), NODULES_PER_RUN):
+            array = series.volume.array.copy()
+            placed, inserted_here = list(avoid), []
+            for mm, kind, where in combos[start:start + NODULES_PER_RUN]:
+                spec = synthesis.NoduleSpec(
+                    mm, kind=kind, solid_hu=30.0, ground_glass_hu=-600.0, core_fraction=0.5,
+                    vessel=(1.0, 15.0, float(rng.integers(1 << 30)), 0.0) if where == "juxtavascular" else None,
+                    attachment="pleura" if where == "juxtapleural" else "none")
+                centre = synthesis.pick_center(lungs, spacing, spec, rng, [(c, r + APART_MM) for c, r in placed],
+                                               depth_mm=depth)
+                if centre is None:
+                    continue
+                inserted = synthesis.insert(array, spacing, centre, spec, rng)
+                placed.append((centre, mm / 2))
+                inserted_here.append(evaluate.Truth(_box(series.volume, inserted), mm, f"{kind}|{where}"))
+            volume = harmonize(dataclasses.replace(series.volume, array=array)).volume
+            scored = evaluate.candidates(pipeline.detector, volume)
+            scan = evaluate.score_scan(scored, inserted_here, real)
+            marks.append(scan)
+            truths.append(inserted_here)
+            fps = sorted((s for s, k in scan["marks"] if k == "fp"), reverse=True)
+            print(series.name, kernel, start, f"{len(scan['found'])}/{len(inserted_here)} candidates on nodules,",
+                  f"fps above threshold {sum(s >= threshold for s in fps)}", flush=True)
+            print("RUN", json.dumps({"fps": fps, "nodules": [{"mm": t.diameter_mm, "kind": t.kind,
+                                                            "score": scan["found"].get(n)}
+                                                           for n, t in enumerate(inserted_here)]}), flush=True)
+    return {"threshold": threshold, "table": _froc_table(marks, truths, threshold), "scans": len(marks)}
+
+
+def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]], threshold: float) -> dict[str, Any]:
+    """Sensitivity at each FP rate per scan and at the threshold, for every group of nodules."""
+    fps = sorted((s for scan in scans for s, k in scan["marks"] if k == "fp"), reverse=True)
+    count = len(scans)
+
+    def group(select: Any) -> dict[str, Any]:
+        scores = [scan["found"].get(n, None) for scan, ts in zip(scans, truths) for n, t in enumerate(ts) if select(t)]
+        total = len(scores)
+        hit = [s for s in scores if s is not None]
+        row: dict[str, Any] = {"n": total}
+        for rate in FP_RATES:
+            allowed = int(rate * count)
+            cut = fps[allowed] if allowed < len(fps) else -1.0  # scores above the (allowed+1)th FP
+            row[f"{rate:g}"] = round(sum(s > cut for s in hit) / max(total, 1), 2)
+        row["at threshold"] = round(sum(s >= threshold for s in hit) / max(total, 1), 2)
+        return row
+
+    table: dict[str, Any] = {}
+    for mm in NODULE_MM:
+        for kind in NODULE_KINDS:
+            table[f"{mm:g} mm {kind}"] = group(lambda t, mm=mm, kind=kind: t.diameter_mm == mm and t.kind.startswith(kind + "|"))
+    for where in NODULE_SITES:
+        table[where] = group(lambda t, where=where: t.kind.endswith("|" + where))
+    table["solid >= 6 mm"] = group(lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|"))
+    table["fp per scan at threshold"] = round(sum(s >= threshold for s in fps) / count, 2)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("masses", "nodules"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--without-mass-net", action="store_true", help="the pipeline before the mass safety net")
+    parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.without_mass_net:
+        mass_rule.MASS_MM = float("inf")
+    pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
+    result = masses(pipeline, args.runs) if args.what == "masses" else nodules(pipeline)
+    print(json.dumps(result.get("summary", result.get("table")), indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

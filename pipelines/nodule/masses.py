@@ -1,0 +1,352 @@
+"""The mass safety net: every solid lesion of ``MASS_MM`` or more in the lung envelope is reported,
+whatever the learned scorer says of it.
+
+A lung cancer lying against the chest wall or the mediastinum is a lung lesion, but most of what
+surrounds it is pleura, chest wall, aorta: the lung-contact rule (``parenchyma``) and a scorer
+trained on five patients both let it go, and the report said "none detected" on a 7 cm cancer
+(issue 64). So large lesions are found by anatomy, not by a score:
+
+- **The lung envelope** (``envelope``): where the lungs are and what they enclose. The two lungs
+  (aerated lung without airways, holes filled per slice) are each closed in 3-D by a ball of
+  ``CLOSING_MM``, which takes back what a juxtapleural or juxtamediastinal mass displaced where lung
+  borders it on several sides. Two corrections keep the organs around the lungs out of it.
+  (1) Per column (j, i) of the volume, only the slices between the highest and lowest aerated lung
+  of that column: the liver and spleen domes and the heart sit on the diaphragm, below all the lung
+  of their columns, while a lesion in the lung has lung above or below it. (2) The mediastinum, by
+  its own anatomy: on each slice, the rows where both lungs are, between their medial edges (the
+  heart, great vessels, trachea, oesophagus, spine and mediastinal fat lie there), less what the
+  closing took back, with the airway tree and its walls.
+- **A mass** (``find``): a connected component of solid tissue (above ``SOLID_HU`` on the series
+  lightly smoothed) inside the envelope, opened by a ball of ``OPENING_MM`` so that vessels are cut
+  off it, compact (``MIN_FILL``), whose ``SHELL_MM`` shell is at least ``MIN_LUNG_CONTACT``
+  aerated lung and at most ``MAX_MEDIASTINAL_CONTACT`` mediastinum and whose solid long axis on the
+  source slices is at least ``MASS_MM``. A pleura-based mass touches lung on about half its
+  surface; the part of the heart or the arch that the closing takes in lies against the mediastinum.
+  A component that fails whole (a mass joined to a strip of the mediastinum) is tried in pieces cut
+  at its necks (``_pieces``); the piece most surrounded by lung, if any passes, is the mass.
+- **Measured as one lesion**: the solid part and the ground glass around it (``GROUND_GLASS_HU``,
+  up to ``HALO_MM`` from the solid part, inside the envelope) are one segment; the solid part's
+  long axis is measured too (``Measurement.solid_diameter_mm``).
+
+Everything is found on the ``parenchyma`` grid (about 2 mm) and segmented on the source slices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
+from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma
+from pipelines.volume import Volume
+
+#: The size from which a solid lesion is reported whatever the scorer says (mm, long axis of the
+#: solid part on the source slices): a mass (>= 30 mm) by the Fleischner Society's glossary.
+MASS_MM = 30.0
+#: Solid tissue (HU, on the series smoothed by ``SMOOTHING_MM``): above ground glass and lung.
+SOLID_HU = -300.0
+SMOOTHING_MM = 1.0
+#: Vessels and the pleura's thin partial-volume rims are cut off a mass by an opening this size.
+OPENING_MM = 12.0
+#: A component smaller than a sphere of this diameter cannot have a 30 mm long axis as a mass has
+#: (a 30 mm half-sphere against the wall is a 24 mm sphere's volume); checked before measuring.
+MIN_EQUIVALENT_MM = 20.0
+#: A mass arises in the lung: at least this share of its shell is aerated lung (a hemisphere
+#: against the chest wall: about half; a mass filling a lobe against the wall: a quarter).
+MIN_LUNG_CONTACT = 0.35
+#: At most this share of its shell is mediastinum (the part of the heart or aortic arch the
+#: closing takes in lies against the mediastinum).
+MAX_MEDIASTINAL_CONTACT = 0.3
+#: A mass is compact: its volume is at least this share of the ball whose diameter is its largest
+#: extent (a ball 1, a half-ball against the wall 0.5); the hilar vessels, which the closing takes
+#: in, branch (0.03-0.24 on the shared scans).
+MIN_FILL = 0.3
+#: A component that fails the rule whole is tried in pieces split at its necks, from distance
+#: maxima at least this far apart (mm): a mass joined to the mediastinum is a piece of its own.
+PIECE_MM = 20.0
+#: A piece is cut out of a larger solid structure (the hilum, the arch): like any finding
+#: (``parenchyma.MIN_LUNG_CONTACT``), most of what surrounds it outside that structure must be lung.
+MIN_PIECE_LUNG_CONTACT = 0.5
+#: Ground glass around a mass (HU on the smoothed series) and how far from the solid part it counts.
+GROUND_GLASS_HU = -700.0
+HALO_MM = 15.0
+#: Ground glass is judged on the series smoothed more (mm, sigma) and opened by a ball of
+#: ``HALO_OPENING_MM``, so that the vessels beside a mass and the lung's partial-volume rims are not halo.
+HALO_SMOOTHING_MM = 1.5
+HALO_OPENING_MM = 6.0
+#: The solid part is segmented on the source slices within this distance of its coarse component.
+EDGE_MM = 2.0
+#: Vessels up to this thickness (mm) are cut off the solid part on the source slices.
+VESSEL_CUT_MM = 4.0
+#: Erosion radii (mm) tried in turn to find the two lungs' cores, and the smaller core's least
+#: share of the larger (``location`` tells the lungs apart the same way, for naming a side).
+CORE_RADII_MM = (0.0, 4.0, 8.0, 12.0, 16.0)
+MIN_LUNG_SHARE = 0.1
+#: Each lung is closed by a ball this size (radius, mm): it fills the notch of a mass centred 0.7 of
+#: its radius inside the lung up to about 80 mm (more than 0.71 radius is needed), not the
+#: mediastinum's broad impression (about 100 mm across and deeper). A mass in a corner of the lung
+#: (lung on two sides only) is not taken back: see the model card's limits.
+CLOSING_MM = 30.0
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The lung envelope and the mediastinum on the parenchyma grid (k, j, i), boolean."""
+
+    lung: np.ndarray
+    mediastinum: np.ndarray
+    #: the volume (mL) of each of the two lungs, holes filled: both must be there for "none detected"
+    sides_ml: tuple[float, float]
+
+
+def envelope(lungs: Parenchyma) -> Envelope:
+    """The envelope of ``lungs``, on their grid: the lungs' own shape, no HU needed."""
+    filled = np.stack([ndi.binary_fill_holes(plane) for plane in lungs.aerated])
+    columns = np.flatnonzero(filled.any(axis=(0, 1)))
+    if not len(columns):
+        empty = np.zeros(filled.shape, dtype=bool)
+        return Envelope(empty, empty, (0.0, 0.0))
+    first, second = _two_lungs(lungs.aerated, filled, lungs.spacing)
+    closed = _closed(first, lungs.spacing) | _closed(second, lungs.spacing)
+    mediastinum = (_between(first, second) & ~closed) | lungs.airways
+    lung = (closed | filled) & _column_span(lungs.aerated) & ~mediastinum
+    voxel_ml = float(np.prod(lungs.spacing)) / 1000.0
+    sides = (float(first.sum() * voxel_ml), float(second.sum() * voxel_ml))
+    return Envelope(lung, mediastinum, sides)
+
+
+def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two lungs (holes filled), the one at lower column indices first.
+
+    Without their airways the two lungs are often two pieces already (radius 0); where they touch
+    at the junction lines, the aerated lung eroded by the first of ``CORE_RADII_MM`` that leaves two large pieces (the smaller
+    at least ``MIN_LUNG_SHARE`` of the larger) gives their cores, and each voxel goes to the nearer
+    core. With no two cores the lungs are one (the second empty): a lung collapsed or out of the
+    field of view, or two fused over a broad contact; either way "both lungs examined" is not
+    claimed."""
+    depth: np.ndarray | None = None
+    for radius in CORE_RADII_MM:
+        if radius == 0:
+            pieces, count = ndi.label(aerated)
+        else:
+            depth = ndi.distance_transform_edt(aerated, sampling=spacing) if depth is None else depth
+            pieces, count = ndi.label(depth > radius)
+        if count < 2:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        one, two = (int(n) + 1 for n in np.argsort(sizes)[::-1][:2])
+        if sizes[two - 1] < MIN_LUNG_SHARE * sizes[one - 1]:
+            continue
+        if radius == 0:  # the pieces are the lungs: each with its own holes (vessels) filled
+            first, second = (np.stack([ndi.binary_fill_holes(plane) for plane in pieces == n]) for n in (one, two))
+        else:
+            cores = (pieces == one) | (pieces == two)
+            nearest = ndi.distance_transform_edt(~cores, sampling=spacing, return_distances=False,
+                                                 return_indices=True)
+            owner = pieces[tuple(nearest)]
+            first, second = filled & (owner == one), filled & (owner == two)
+        if np.argwhere(first)[:, 2].mean() > np.argwhere(second)[:, 2].mean():
+            first, second = second, first
+        return first, second
+    return filled, np.zeros_like(filled)
+
+
+def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """One lung closed by a ball of radius ``CLOSING_MM`` (distance maps, on its bounding box
+    padded with empty voxels, so that the volume's edges do not close it)."""
+    if not lung.any():
+        return lung
+    margin = np.ceil(CLOSING_MM / spacing).astype(int) + 1
+    where = np.argwhere(lung)
+    low, high = where.min(axis=0), where.max(axis=0) + 1
+    crop = tuple(slice(int(x), int(y)) for x, y in zip(low, high))
+    padded = np.pad(lung[crop], [(int(m), int(m)) for m in margin])
+    grown = ndi.distance_transform_edt(~padded, sampling=spacing) <= CLOSING_MM
+    shrunk = ndi.distance_transform_edt(grown, sampling=spacing) > CLOSING_MM
+    closed = lung.copy()
+    closed[crop] |= shrunk[tuple(slice(int(m), int(m) + int(y - x)) for m, x, y in zip(margin, low, high))]
+    return closed
+
+
+def _between(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per slice and row where both lungs are: the columns after ``first``'s last, before ``second``'s first."""
+    both = np.asarray(first.any(axis=2) & second.any(axis=2), dtype=bool)
+    width = first.shape[2]
+    last = width - 1 - np.argmax(first[..., ::-1], axis=2)
+    start = np.argmax(second, axis=2)
+    column = np.arange(width)[None, None, :]
+    between: np.ndarray = both[..., None] & (column > last[..., None]) & (column < start[..., None])
+    return between
+
+
+def _column_span(filled: np.ndarray) -> np.ndarray:
+    """Per column (j, i): the slices from its first to its last lung voxel."""
+    present = np.asarray(filled.any(axis=0), dtype=bool)
+    top = np.argmax(filled, axis=0)
+    bottom = filled.shape[0] - 1 - np.argmax(filled[::-1], axis=0)
+    k = np.arange(filled.shape[0])[:, None, None]
+    span: np.ndarray = present[None] & (k >= top[None]) & (k <= bottom[None])
+    return span
+
+
+@dataclass(frozen=True)
+class Mass:
+    """A mass found by the safety net: its segmentation on the source slices and its shell's contacts."""
+
+    measured: Measurement
+    lung_contact: float
+    mediastinal_contact: float
+    fill: float
+
+
+def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
+    """The masses of ``volume`` (the series as the detector sees it) in the lung envelope.
+
+    Worked on the lungs' bounding box (and a shell's width around it): nothing of the envelope
+    lies outside it. The envelope returned is on that box."""
+    stride = lungs.stride
+    shape = lungs.aerated.shape
+    hu = volume.array[:: stride[0], :: stride[1], :: stride[2]][: shape[0], : shape[1], : shape[2]]
+    where = np.argwhere(lungs.aerated)
+    if not len(where):
+        empty = np.zeros((1, 1, 1), dtype=bool)
+        return [], Envelope(empty, empty, (0.0, 0.0))
+    margin = np.ceil(SHELL_MM / lungs.spacing).astype(int) + 1
+    low = np.maximum(where.min(axis=0) - margin, 0)
+    high = np.minimum(where.max(axis=0) + margin + 1, shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    lungs = dataclasses.replace(lungs, aerated=lungs.aerated[crop], airways=lungs.airways[crop])
+    hu = hu[crop]
+    around = envelope(lungs)
+    smooth = ndi.gaussian_filter(hu.astype(np.float32), SMOOTHING_MM / lungs.spacing)
+    solid = (smooth > SOLID_HU) & around.lung
+    opened = _opened(solid, lungs.spacing, OPENING_MM)
+    labels, count = ndi.label(opened)
+    if count == 0:
+        return [], around
+    voxel_mm3 = float(np.prod(lungs.spacing))
+    smallest = np.pi / 6 * MIN_EQUIVALENT_MM**3 / voxel_mm3
+    sizes = ndi.sum_labels(opened, labels, index=np.arange(1, count + 1))
+    masses = []
+    for n, where in enumerate(ndi.find_objects(labels), start=1):
+        if where is None or sizes[n - 1] < smallest:
+            continue
+        component = labels == n
+        found = _mass(volume, lungs, around, component, low)
+        if found is None:  # the piece most surrounded by lung, when any piece is a mass
+            pieces = [_mass(volume, lungs, around, piece, low, component & ~piece)
+                      for piece in _pieces(component, lungs.spacing, smallest)]
+            found = max((m for m in pieces if m is not None), key=lambda m: m.lung_contact, default=None)
+        if found is not None:
+            masses.append(found)
+    return masses, around
+
+
+def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray, offset: np.ndarray,
+          rest: np.ndarray | None = None) -> Mass | None:
+    """``component`` (or a piece of one, the rest of it in ``rest``) as a mass when it is one by
+    this module's rule, else None; ``offset``: the crop's first voxel on the parenchyma grid."""
+    where = np.argwhere(component)
+    extent_mm = float(np.max((where.max(axis=0) - where.min(axis=0) + 1) * lungs.spacing))
+    fill = float(len(where) * np.prod(lungs.spacing) / (np.pi / 6 * extent_mm**3))
+    if fill < MIN_FILL:
+        return None
+    lung_contact, mediastinal = _contacts(component, lungs, around, rest)
+    if lung_contact < (MIN_LUNG_CONTACT if rest is None else MIN_PIECE_LUNG_CONTACT) or mediastinal > MAX_MEDIASTINAL_CONTACT:
+        return None
+    measured = segment(volume, lungs, around, component, offset)
+    if measured is None or (measured.solid_diameter_mm or 0.0) < MASS_MM:
+        return None
+    return Mass(measured, lung_contact, mediastinal, fill)
+
+
+def _pieces(component: np.ndarray, spacing: np.ndarray, smallest: float) -> list[np.ndarray]:
+    """``component`` split at the necks of its distance map (a watershed from maxima at least
+    ``PIECE_MM`` apart and ``OPENING_MM`` / 2 deep): a mass joined to a strip of the mediastinum
+    or the heart that the closing took in is a piece of its own. Pieces below ``smallest`` voxels
+    are left out."""
+    where = np.argwhere(component)
+    low, high = where.min(axis=0), where.max(axis=0) + 1
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    depth = ndi.distance_transform_edt(np.pad(component[crop], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    size = tuple(int(n) for n in np.maximum(np.round(PIECE_MM / spacing) // 2 * 2 + 1, 3))
+    peaks = (depth == ndi.maximum_filter(depth, size=size)) & (depth >= OPENING_MM / 2)
+    markers, count = ndi.label(peaks)
+    if count < 2:
+        return []
+    pieces = watershed(-depth, markers, mask=component[crop])
+    out = []
+    for n in range(1, count + 1):
+        piece = pieces == n
+        if piece.sum() >= smallest:
+            full = np.zeros_like(component)
+            full[crop] = piece
+            out.append(full)
+    return out
+
+
+def _opened(mask: np.ndarray, spacing: np.ndarray, diameter_mm: float) -> np.ndarray:
+    """``mask`` opened by a ball of ``diameter_mm`` (distance maps, physical on any voxel)."""
+    radius = diameter_mm / 2.0
+    core = ndi.distance_transform_edt(mask, sampling=spacing) > radius
+    opened: np.ndarray = (ndi.distance_transform_edt(~core, sampling=spacing) <= radius) & mask
+    return opened
+
+
+def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope,
+              rest: np.ndarray | None = None) -> tuple[float, float]:
+    """Shares of the ``SHELL_MM`` shell around ``component`` that are aerated lung and mediastinum;
+    a piece of a larger component is judged by what surrounds it outside that component (``rest``)."""
+    margin = np.ceil(SHELL_MM / lungs.spacing).astype(int) + 1
+    where = np.argwhere(component)
+    low = np.maximum(where.min(axis=0) - margin, 0)
+    high = np.minimum(where.max(axis=0) + margin + 1, component.shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    distance = ndi.distance_transform_edt(~component[crop], sampling=lungs.spacing)
+    shell = (distance > 0) & (distance <= SHELL_MM)
+    if rest is not None:
+        shell &= ~rest[crop]
+    if not shell.any():
+        return 0.0, 0.0
+    return float(lungs.aerated[crop][shell].mean()), float(around.mediastinum[crop][shell].mean())
+
+
+def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
+            offset: np.ndarray) -> Measurement | None:
+    """The mass on the source slices: its solid part (near the coarse ``component``, in the
+    envelope) and the ground glass around it, as one segment; the solid part's long axis kept.
+    ``component`` and the envelope are on a crop of the parenchyma grid starting at ``offset``."""
+    stride = lungs.stride
+    spacing_kji = np.asarray(volume.spacing[::-1], dtype=np.float64)
+    reach = np.ceil((HALO_MM + EDGE_MM) / spacing_kji).astype(int) + stride
+    where = np.argwhere(component) + offset
+    start = np.maximum(where.min(axis=0) * stride - reach, 0)
+    stop = np.minimum((where.max(axis=0) + 1) * stride + reach, volume.array.shape)
+    window = voxel_window(start, stop)
+    coarse = tuple(np.clip(np.arange(a, b) // s - o, 0, n - 1)
+                   for a, b, s, o, n in zip(start, stop, stride, offset, component.shape))
+    inside = around.lung[np.ix_(*coarse)]
+    seed = component[np.ix_(*coarse)]
+    hu = ndi.gaussian_filter(volume.array[window].astype(np.float32), SMOOTHING_MM / spacing_kji)
+    near = ndi.distance_transform_edt(~seed, sampling=spacing_kji) <= EDGE_MM
+    solid = _connected_to(_opened((hu > SOLID_HU) & inside & near, spacing_kji, VESSEL_CUT_MM), seed)
+    if not solid.any():
+        return None
+    blurred = ndi.gaussian_filter(hu, HALO_SMOOTHING_MM / spacing_kji)
+    halo = ((blurred > GROUND_GLASS_HU) & (hu <= SOLID_HU) & inside
+            & (ndi.distance_transform_edt(~solid, sampling=spacing_kji) <= HALO_MM))
+    whole = _connected_to(_opened(halo, spacing_kji, HALO_OPENING_MM) | solid, solid)
+    measured = measure_mask(volume, window, whole)
+    return dataclasses.replace(measured, solid_diameter_mm=long_axis_mm(solid, spacing_kji))
+
+
+def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The components of ``mask`` that hold a voxel of ``seed``."""
+    labels, _ = ndi.label(mask)
+    keep = np.unique(labels[seed & mask])
+    kept: np.ndarray = np.isin(labels, keep[keep > 0])
+    return kept
