@@ -20,11 +20,12 @@ INPUTS: tuple[InputSpec, ...] = (
 #: What "none detected" means with the shipped models, said in every report without findings and
 #: on its summary image (the model card's validation and limits, in a reader's words).
 COVERAGE = (
-    "Validated: solid nodules and masses of 10 mm and more (real lesions of 12-78 mm); masses of 30 mm "
-    "and more in the lung, against the chest wall or the mediastinum too, are also reported by a rule "
-    "whatever the model's score (synthetic masses of 30-80 mm; a solid mass filling a corner of the lung "
-    "can still be missed). Not validated: solid nodules under 10 mm (synthetic 4-10 mm: a minority found) "
-    "and part-solid or ground-glass nodules of any size, which it can miss. AI result, not a diagnosis."
+    "Validated on real lesions of 12-78 mm (7 of 8 found): solid nodules and masses of 12 mm and more; "
+    "masses of 30 mm and more in the lung, against the chest wall or the mediastinum too, are also "
+    "reported by a rule whatever the model's score (synthetic masses of 30-80 mm: 4 in 5 found; a solid "
+    "mass filling a corner of the lung can still be missed). Not validated: solid nodules under 12 mm "
+    "(synthetic 10 mm: about half found, 4-8 mm: a minority) and part-solid or ground-glass nodules of "
+    "any size, which it can miss. AI result, not a diagnosis."
 )
 #: The same for a site's MONAI bundle, whose limits radnode does not know.
 BUNDLE_COVERAGE = "What the model can find is stated by its bundle's own documentation. AI result, not a diagnosis."
