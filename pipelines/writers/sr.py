@@ -344,36 +344,31 @@ def _absence_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """'No <structure> detected' as a coded statement (finding type plus Presence = Absent) and
     in words: which series was examined, and what the model covers."""
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=identity.new_uid(), identifier=f"no {looked_for.label.lower()} detected"[:64]
-        ),
-        finding_type=looked_for.type,
-        finding_category=looked_for.category,
-        finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
-        algorithm_id=algorithm.for_report(),
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty, value=codes.SCT.Absent)
-        ],
-    )
-    group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    ))
-    return group
+    absent = hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty, value=codes.SCT.Absent)
+    return _statement_group(looked_for, algorithm, identity, f"no {looked_for.label.lower()} detected", statement,
+                            [absent])
 
 
 def _not_measured_group(
     looked_for: Structure, algorithm: Algorithm, identity: Identity, statement: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """What was looked for, with no measurement and no presence either way: only the reason."""
+    return _statement_group(looked_for, algorithm, identity, f"{looked_for.label.lower()} not measured", statement)
+
+
+def _statement_group(
+    looked_for: Structure, algorithm: Algorithm, identity: Identity, identifier: str, statement: str,
+    evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A group about ``looked_for`` that measures nothing: its tracking identifier, any coded
+    evaluation, and the statement in words."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=identity.new_uid(), identifier=f"{looked_for.label.lower()} not measured"[:64]
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.new_uid(), identifier=identifier[:64]),
         finding_type=looked_for.type,
         finding_category=looked_for.category,
         finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
         algorithm_id=algorithm.for_report(),
+        qualitative_evaluations=evaluations,
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
