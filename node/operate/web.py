@@ -46,6 +46,7 @@ from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, na
 from node.index.store import Delivery, Index, Job, ResultFile
 from node.operate import admin
 from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
+from node.operate.patient import patient_of
 from node.passwords import verify_password
 from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
@@ -214,13 +215,7 @@ class WebApp:
                            studies=views, patients=patients, week=week)
 
     def _patient(self, study_uid: str) -> dict[str, str]:
-        rows = self.index.series_of_study(study_uid)
-        try:
-            header = pydicom.dcmread(rows[0].sample_path, stop_before_pixels=True,
-                                     specific_tags=list(_PATIENT_KEYWORDS))
-        except (OSError, IndexError, InvalidDicomError):
-            return {}
-        return {k: str(header.get(k, "")) for k in _PATIENT_KEYWORDS}
+        return patient_of(self.index, study_uid, _PATIENT_KEYWORDS)
 
     def jobs(self, user: str, query: dict[str, str]) -> bytes:
         listing = _listing(query, named(JobState, query.get("state", "")))
