@@ -11,7 +11,6 @@ closed: a receiver that was down gets each event later, once per event id.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -79,16 +78,23 @@ class NotificationIndex(Database):
                 " VALUES (lower(hex(randomblob(16))), ?, ?, ?, ?, ?)",
                 (kind, subject, detail[:500], episode, time.time())).rowcount == 1
 
+    def open_cursor(self, target: str) -> None:
+        """A target new to the index starts at the latest event: it is told of what happens from
+        now on. The node opens every target's cursor before any event can be written."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO node_state(key, value)"
+                       " SELECT ?, COALESCE(MAX(id), 0) FROM notify_events", (_CURSOR + target,))
+
     def take_events(self, target: str, kinds: tuple[str, ...]) -> int:
         """The events after ``target``'s cursor that it asked for become its pending notifications,
-        and the cursor moves past them, in one transaction; returns how many. A target new to the
-        index starts at the latest event: it is told of what happens from now on."""
+        and the cursor moves past them, in one transaction; returns how many."""
         now = time.time()
         with self._tx() as db:
             newest = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM notify_events").fetchone()[0])
-            cursor = _cursor(db, target)
+            row = db.execute("SELECT value FROM node_state WHERE key = ?", (_CURSOR + target,)).fetchone()
+            cursor = int(row[0]) if row is not None else newest
             taken = 0
-            if cursor is not None and newest > cursor:
+            if newest > cursor:
                 taken = db.execute(
                     "INSERT OR IGNORE INTO notifications(event, target, state, next_attempt_at, created_at)"
                     f" SELECT id, ?, ?, ?, ? FROM notify_events WHERE id > ? AND id <= ?"
@@ -159,7 +165,3 @@ class NotificationIndex(Database):
                         delivery_id=r["delivery_id"], subject=r["subject"], detail=r["detail"],
                         created_at=r["e_created_at"])) for r in rows]
 
-
-def _cursor(db: sqlite3.Connection, target: str) -> int | None:
-    row = db.execute("SELECT value FROM node_state WHERE key = ?", (_CURSOR + target,)).fetchone()
-    return None if row is None else int(row[0])

@@ -46,6 +46,8 @@ from node.run.executor import Executor
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
 NOTIFY_INTERVAL = 0.5
+#: the threads of notifications are named "notify watch" and "notify TARGET"
+NOTIFY_THREAD = "notify "
 SUPERVISOR_INTERVAL = 0.25
 
 
@@ -213,12 +215,14 @@ class Node:
         that a target that hangs holds up no other."""
         if not self.config.notify:
             return []
+        for target in self.config.notify:  # before the first event: none is missed at a first start
+            self.index.open_cursor(target.name)
         threads = [threading.Thread(target=self._loop, args=(self._watch_once, NOTIFY_INTERVAL),
-                                    name="notify-watch", daemon=True)]
+                                    name=f"{NOTIFY_THREAD}watch", daemon=True)]
         for target in self.config.notify:
             threads.append(threading.Thread(target=self._loop, args=(partial(self._notify_once, target),
                                                                      NOTIFY_INTERVAL),
-                                            name=f"notify {target.name}", daemon=True))
+                                            name=f"{NOTIFY_THREAD}{target.name}", daemon=True))
         return threads
 
     def _watch_once(self) -> Callable[[], object]:
@@ -291,7 +295,8 @@ class Node:
         self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
         requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
         for thread in self._threads:
-            thread.join(timeout=30)
+            # a sender in a hanging webhook's POST holds nothing: its message is sent again next start
+            thread.join(timeout=1 if thread.name.startswith(NOTIFY_THREAD) else 30)
         delivered = self._deliver_due()
         self.index.close_associations_of(None)
         if self._monitor is not None:

@@ -187,6 +187,7 @@ class WebApp:
             finished = self.index.jobs_finished_since(now - _HOUR)
             requeued_at = self.index.requeued_at()
             destinations = destination_checks(self.config, self.index)
+            notify = admin.notify_rows(self.config, self.index)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -199,7 +200,8 @@ class WebApp:
         job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
             "overview.html", user, page="overview", notice=self.notice(query),
-            children=self.children(), destinations=destinations, counts=counts, studies=waits.studies, free_mb=free_mb,
+            children=self.children(), destinations=destinations, notify=notify, counts=counts, studies=waits.studies,
+            free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
             arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))
