@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,14 @@ import pytest
 
 from node.config import ConfigError, parse_config
 from node.index import states
+from node.index.notifications import Event
 from node.index.states import JobState
 from node.index.store import Index, JobSpec
+from node.operate.notify import message
 from node.operate.notify_channels import SIGNATURE_HEADER
+from node.operate.web import WebApp
+from node.passwords import hash_password
+from pipelines.base import JobSummary
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.notify_receivers import SmtpServer, WebhookReceiver, mail_text
 from tests.peers import BitPreservingStorescp, storescu
@@ -232,3 +238,39 @@ def test_a_webhook_that_hangs_does_not_delay_a_delivery(tmp_path, data_dir):
     wait = delivery.sent_at - job.finished_at
     print(f"delivery sent {wait:.2f} s after its job ended, the webhook hanging")
     assert wait < 2.0, f"delivery {wait:.2f} s after the job ended, behind a hanging webhook"  # measured: s
+
+
+def test_the_overview_and_a_message_show_a_target_its_state_the_findings_and_the_job_link(tmp_path):
+    config = parse_config({**node_config(tmp_path), "web": {"enabled": True, "host": "127.0.0.1", "port": 9443,
+                                                            "password_hash": hash_password("pw")},
+                           "notify": [{"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:9/h?token=x",
+                                       "secret_file": str(secret_file(tmp_path)),
+                                       "events": ["job_failed", "result_delivered"]}]})
+    index = Index(config.node.index_path)
+    index.open_cursor("hook")
+    index.add_job(JobSpec(route="lung", pipeline="nodule-detection", subject="1.1.1", study_uid="1.1",
+                          generation=0, inputs={"series": "1.1.1"}, destinations=[]))
+    job = index.claim_job(pid=1, timeout=60)
+    assert job is not None
+    nodules = [{"score": 0.9, "diameter_mm": 12.0}, {"score": 0.8, "diameter_mm": 7.0}]
+    assert index.finish_job(job.id, [], "done", JobSummary.from_stored({"nodules": nodules}), attempt=job.attempts)
+    index.add_job(JobSpec(route="lung", pipeline="nodule-detection", subject="1.1.2", study_uid="1.1",
+                          generation=0, inputs={"series": "1.1.2"}, destinations=[], state=JobState.FAILED,
+                          outcome="no lungs found"))
+    assert index.take_events("hook", ("job_failed",)) == 1
+    (pending,) = index.notifications("hook")
+    index.mark_notification_failed(pending.id, "no answer from http://127.0.0.1:9/h", time.time() + 60)
+
+    event = Event(id=0, event_id="e" * 32, kind="result_delivered", job_id=job.id, delivery_id=None,
+                  subject="pacs", detail="", created_at=time.time())
+    sent = message(config, index, event, config.notify[0])
+    assert sent.payload["findings"] == 2 and sent.payload["job"]["url"] == f"http://127.0.0.1:9443/jobs/{job.id}"
+    assert sent.subject == f"radnode RADNODE: result of job {job.id} delivered to pacs (nodule-detection)"
+    assert "patient" not in sent.payload
+
+    html = WebApp(config, dict).overview("admin", {}).decode()
+    row = re.search(r'<tr class="notify-target">(.*?)</tr>', html, re.S)
+    assert row, "the overview lists the notification target"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells[:3] == ["hook", "webhook", "http://127.0.0.1:9/h"], "the address shown without its query"
+    assert cells[4:] == ["-", "1", "0", "no answer from http://127.0.0.1:9/h"], cells
