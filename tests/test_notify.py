@@ -100,6 +100,22 @@ def test_an_event_is_written_with_the_state_change_it_tells_of_and_rolls_back_wi
     assert index.job(job.id).state == JobState.FAILED  # type: ignore[union-attr]
 
 
+def test_old_events_are_forgotten_once_no_target_has_them_still_to_send(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    for n in range(3):
+        assert index.record_event("disk_low", "spool", "1 MB free", f"disk_low {n}")
+    index.open_cursor("late")  # at the third event
+    assert index.record_event("disk_low", "spool", "1 MB free", "disk_low 3")
+    assert index.take_events("late", ("disk_low",)) == 1
+    later = time.time() + 1
+    assert index.forget_notifications(later) == 3, "the events before the cursor, sent to no one"
+    index.mark_notification_sent(index.notifications("late")[0].id)
+    assert index.forget_notifications(later) == 1, "the sent notification's event, with it"
+    assert index.record_event("disk_low", "spool", "1 MB free", "disk_low 4")
+    index.keep_cursors([])  # the target left the config: its cursor holds nothing back
+    assert index.forget_notifications(time.time() + 1) == 1
+
+
 @pytest.mark.peers
 @pytest.mark.slow
 def test_a_webhook_receiver_that_was_down_gets_every_event_afterwards_once_each_signed(tmp_path, data_dir):

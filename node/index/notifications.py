@@ -85,6 +85,13 @@ class NotificationIndex(Database):
             db.execute("INSERT OR IGNORE INTO node_state(key, value)"
                        " SELECT ?, COALESCE(MAX(id), 0) FROM notify_events", (_CURSOR + target,))
 
+    def keep_cursors(self, targets: list[str]) -> None:
+        """Forget the cursors of targets no longer configured, so that they hold back no clean-up
+        (``forget_notifications``); one configured again starts from then."""
+        with self._tx() as db:
+            db.execute(f"DELETE FROM node_state WHERE key LIKE ? AND key NOT IN ({','.join('?' * len(targets))})",
+                       (_CURSOR + "%", *(_CURSOR + name for name in targets)))
+
     def take_events(self, target: str, kinds: tuple[str, ...]) -> int:
         """The events after ``target``'s cursor that it asked for become its pending notifications,
         and the cursor moves past them, in one transaction; returns how many."""
@@ -141,15 +148,17 @@ class NotificationIndex(Database):
                            dead=counts.get(NotificationState.DEAD, 0))
 
     def forget_notifications(self, before: float) -> int:
-        """Sent and dead notifications, and the events no target still waits to send, older than
-        ``before``: the outbox does not grow with the years."""
+        """Sent and dead notifications older than ``before``, and the events of that age no target
+        has still to take or send (every event, on a node without targets): the outbox does not
+        grow with the years. Returns how many events went."""
         with self._tx() as db:
-            gone = db.execute("DELETE FROM notifications WHERE state IN (?, ?) AND created_at < ?",
-                              (NotificationState.SENT, NotificationState.DEAD, before)).rowcount
-            db.execute("DELETE FROM notify_events WHERE created_at < ? AND id < (SELECT COALESCE(MIN(CAST(value"
-                       " AS INTEGER)), 0) FROM node_state WHERE key LIKE ?) AND NOT EXISTS (SELECT 1 FROM"
-                       " notifications n WHERE n.event = notify_events.id)", (before, _CURSOR + "%"))
-        return gone
+            db.execute("DELETE FROM notifications WHERE state IN (?, ?) AND created_at < ?",
+                       (NotificationState.SENT, NotificationState.DEAD, before))
+            return db.execute(
+                "DELETE FROM notify_events WHERE created_at < ?"
+                " AND id <= COALESCE((SELECT MIN(CAST(value AS INTEGER)) FROM node_state WHERE key LIKE ?), id)"
+                " AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.event = notify_events.id)",
+                (before, _CURSOR + "%")).rowcount
 
     def _notifications(self, tail: str, args: tuple[Any, ...]) -> list[Notification]:
         rows = self._db.execute(

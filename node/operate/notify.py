@@ -27,8 +27,6 @@ from node.operate.patient import patient_of
 
 #: What ``include_patient = true`` adds to a message (and what is left out otherwise).
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
-#: Sent and dead notifications are forgotten after this long (the history people look back on).
-KEEP_SECONDS = 30 * 86400.0
 _DISK_LOW_SINCE = "notify.disk_low_since"
 
 
@@ -82,15 +80,11 @@ class Watcher:
     def __init__(self, config: Config, index: Index) -> None:
         self.config = config
         self.index = index
-        self._forgotten_at = 0.0
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._watch_disk(now)
         self._watch_destinations(now)
-        if now - self._forgotten_at > 3600:
-            self.index.forget_notifications(now - KEEP_SECONDS)
-            self._forgotten_at = now
 
     def _watch_disk(self, now: float) -> None:
         threshold = disk_low_mb(self.config)

@@ -213,6 +213,7 @@ class Node:
     def _notify_threads(self) -> list[threading.Thread]:
         """With [[notify]] targets: the watch of lasting conditions, and a sender per target, so
         that a target that hangs holds up no other."""
+        self.index.keep_cursors([target.name for target in self.config.notify])
         if not self.config.notify:
             return []
         for target in self.config.notify:  # before the first event: none is missed at a first start
