@@ -22,6 +22,7 @@ from node.config import Config, NotifyTarget
 from node.index.notifications import TargetState
 from node.index.states import DeliveryState, JobState
 from node.index.store import Delivery, Index, Job, ResultFile
+from node.operate.notify_channels import shown_url
 from pipelines.base import JobSummary
 
 
@@ -189,7 +190,7 @@ def notify_rows(config: Config, index: Index) -> list[NotifyRow]:
 
 def _notify_where(target: NotifyTarget) -> str:
     if target.url is not None:
-        return target.url.split("?", 1)[0]
+        return shown_url(target.url)
     return f"smtp {target.smtp_host}:{target.smtp_port} -> {', '.join(target.to)}"
 
 

@@ -55,22 +55,35 @@ def send(target: NotifyTarget, message: Message, timeout: float) -> None:
 
 
 def post_webhook(target: NotifyTarget, message: Message, timeout: float) -> None:
-    """POST the payload; any 2xx answer means the receiver has it."""
+    """POST the payload; any 2xx answer means the receiver has it. A redirect is not followed
+    (urllib would follow it with a GET, without the payload): it is a failure that names it."""
     assert target.url is not None and target.secret_file is not None
     body = message.body
+    where = shown_url(target.url)
     request = urllib.request.Request(target.url, data=body, method="POST", headers={
         "Content-Type": "application/json", EVENT_HEADER: str(message.payload["event_id"]),
         SIGNATURE_HEADER: signature(_secret(target.secret_file.read_bytes()), body)})
+    opener = urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=_tls(target)))
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=_tls(target)) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as error:
-        raise NotSent(f"HTTP {error.code} {error.reason} from {target.url}") from None
+        raise NotSent(f"HTTP {error.code} {error.reason} from {where}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise NotSent(f"no answer from {target.url} ({reason}); is the receiver up?") from None
+        raise NotSent(f"no answer from {where} ({reason}); is the receiver up?") from None
     if not 200 <= status < 300:
-        raise NotSent(f"HTTP {status} from {target.url}")
+        raise NotSent(f"HTTP {status} from {where}")
+
+
+def shown_url(url: str) -> str:
+    """A webhook's address as logs and pages show it: without its query, which may hold a token."""
+    return url.split("?", 1)[0]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any) -> None:
+        return None
 
 
 def send_email(target: NotifyTarget, message: Message, timeout: float) -> None:
