@@ -301,6 +301,8 @@ class NotifyTarget(_Strict):
                 raise ValueError("a webhook needs secret_file (the HMAC-SHA256 key its receiver checks)")
         elif self.smtp_host is None or self.sender is None or not self.to:
             raise ValueError("an email target needs smtp_host, sender and to = [\"someone@example.org\"]")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (the SMTP login)")
         if not self.events:
             raise ValueError(f"events: an empty list tells no one anything; known: {', '.join(NOTIFY_EVENTS)}")
         return self

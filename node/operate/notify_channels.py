@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from node.config import NotifyTarget
@@ -62,7 +63,7 @@ def post_webhook(target: NotifyTarget, message: Message, timeout: float) -> None
     where = shown_url(target.url)
     request = urllib.request.Request(target.url, data=body, method="POST", headers={
         "Content-Type": "application/json", EVENT_HEADER: str(message.payload["event_id"]),
-        SIGNATURE_HEADER: signature(_secret(target.secret_file.read_bytes()), body)})
+        SIGNATURE_HEADER: signature(_read(target.secret_file, "secret_file").encode(), body)})
     opener = urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=_tls(target)))
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -102,7 +103,7 @@ def send_email(target: NotifyTarget, message: Message, timeout: float) -> None:
             if target.starttls:
                 smtp.starttls(context=_tls(target))
             if target.username is not None and target.password_file is not None:
-                smtp.login(target.username, target.password_file.read_text().strip())
+                smtp.login(target.username, _read(target.password_file, "password_file"))
             smtp.send_message(mail)
     except smtplib.SMTPNotSupportedError:
         raise NotSent(f"{where} does not offer STARTTLS; set starttls = false only for a relay on this"
@@ -113,9 +114,12 @@ def send_email(target: NotifyTarget, message: Message, timeout: float) -> None:
         raise NotSent(f"no SMTP conversation with {where} ({error}); is the server up?") from None
 
 
-def _secret(raw: bytes) -> bytes:
-    """The secret file's key, without the line end an editor adds."""
-    return raw.strip()
+def _read(path: Path, key: str) -> str:
+    """A secret from its file, without the line end an editor adds."""
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        raise NotSent(f"cannot read {key} {path} ({error.strerror}); the node's user must be able to read it") from None
 
 
 def _tls(target: NotifyTarget) -> ssl.SSLContext:
