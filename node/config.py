@@ -14,7 +14,7 @@ import ipaddress
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -265,6 +265,64 @@ class Destination(_Strict):
         return format_of(sop_class) in self.formats
 
 
+#: The events a ``[[notify]]`` target may ask for (``node.operate.notify``).
+NotifyEvent = Literal["result_delivered", "job_failed", "delivery_dead", "destination_unreachable", "disk_low"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+
+
+class NotifyTarget(_Strict):
+    """Someone told of events: a webhook (JSON POST, signed with HMAC-SHA256) or email (SMTP)."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["webhook", "email"]
+    events: tuple[NotifyEvent, ...] = ("job_failed", "delivery_dead", "destination_unreachable", "disk_low")
+    #: patient name, ID, birth date and accession number in the message: only where the site decides so
+    include_patient: bool = False
+    #: webhook: where to POST; the secret that signs the body, read from this file
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    secret_file: FilePath | None = None
+    #: email: the SMTP server (STARTTLS unless starttls = false), its login, sender and recipients
+    smtp_host: str | None = None
+    smtp_port: Port = 587
+    starttls: bool = True
+    username: str | None = None
+    password_file: FilePath | None = None
+    sender: str | None = None
+    to: tuple[str, ...] = ()
+    #: a CA to verify the webhook's or SMTP server's certificate with (the system's CAs otherwise)
+    ca_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> NotifyTarget:
+        if self.kind == "webhook":
+            if self.url is None:
+                raise ValueError("a webhook needs url = \"https://...\"")
+            if self.secret_file is None:
+                raise ValueError("a webhook needs secret_file (the HMAC-SHA256 key its receiver checks)")
+        elif self.smtp_host is None or self.sender is None or not self.to:
+            raise ValueError("an email target needs smtp_host, sender and to = [\"someone@example.org\"]")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (the SMTP login)")
+        if not self.events:
+            raise ValueError(f"events: an empty list tells no one anything; known: {', '.join(NOTIFY_EVENTS)}")
+        return self
+
+
+class NotifySettings(DeliverySettings):
+    """How notifications are retried (as deliveries are: backoff, then dead after ``retry_hours``)
+    and when the watched conditions count as events."""
+
+    #: the web page as the receiver reaches it ("https://radnode.example:9110"): each message links
+    #: the job's page there; unset: the [web] address when the page is on, else no link
+    web_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: a destination failing this long (C-ECHO or delivery) is one destination_unreachable event
+    unreachable_minutes: Annotated[float, Field(gt=0)] = 15.0
+    #: free spool disk below this is one disk_low event (unset: twice [node] min_free_disk_mb)
+    disk_low_mb: Annotated[int, Field(ge=0)] | None = None
+    #: seconds one webhook POST or SMTP conversation may take
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
 class InputSelector(_Strict):
     """Which series of a study plays one input role (for example "t1c")."""
 
@@ -344,6 +402,8 @@ class Config(_Strict):
     web: WebSettings = WebSettings()
     allow: list[Allow] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
+    notify: list[NotifyTarget] = Field(default_factory=list)
+    notifications: NotifySettings = NotifySettings()
     routes: list[Route] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
 
@@ -351,6 +411,7 @@ class Config(_Strict):
     def _references(self) -> Config:
         _unique([d.name for d in self.destinations], "destinations", "name")
         _unique([r.name for r in self.routes], "routes", "name")
+        _unique([t.name for t in self.notify], "notify", "name")
         known = {d.name for d in self.destinations}
         for i, route in enumerate(self.routes):
             for dest in route.destinations:
@@ -586,6 +647,9 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)
+    for target in data.get("notify") or []:
+        if isinstance(target, dict):
+            _anchor_keys(target, ("secret_file", "password_file", "ca_file"), base)
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():

@@ -22,6 +22,11 @@ from pathlib import Path
 
 from node.index import states
 
+#: Notification events are written by triggers, in the transaction of the state change they
+#: tell of (``node.index.notifications``): a random id each (receivers deduplicate by it) and the time.
+_EVENT_ID = "lower(hex(randomblob(16)))"
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
@@ -161,6 +166,50 @@ WHEN NEW.state = '{states.JobState.QUEUED}' AND OLD.state <> '{states.JobState.Q
 BEGIN
     INSERT OR REPLACE INTO jobs_requeued(job_id, queued_at)
     VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TABLE IF NOT EXISTS notify_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    job_id INTEGER,
+    delivery_id INTEGER,
+    subject TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    episode TEXT UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL {states.schema_check(states.NOTIFICATIONS)},
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    tried_at REAL,
+    UNIQUE (event, target)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications(target, state, next_attempt_at);
+CREATE TRIGGER IF NOT EXISTS notify_job_failed AFTER UPDATE OF state ON jobs
+WHEN NEW.state = '{states.JobState.FAILED}' AND OLD.state <> '{states.JobState.FAILED}'
+BEGIN
+    INSERT INTO notify_events(event_id, kind, job_id, detail, created_at)
+    VALUES ({_EVENT_ID}, 'job_failed', NEW.id, substr(NEW.outcome, 1, 500), {_NOW});
+END;
+CREATE TRIGGER IF NOT EXISTS notify_job_created_failed AFTER INSERT ON jobs
+WHEN NEW.state = '{states.JobState.FAILED}'
+BEGIN
+    INSERT INTO notify_events(event_id, kind, job_id, detail, created_at)
+    VALUES ({_EVENT_ID}, 'job_failed', NEW.id, substr(NEW.outcome, 1, 500), {_NOW});
+END;
+CREATE TRIGGER IF NOT EXISTS notify_delivery_ended AFTER UPDATE OF state ON deliveries
+WHEN NEW.state IN ('{states.DeliveryState.SENT}', '{states.DeliveryState.DEAD}') AND OLD.state <> NEW.state
+BEGIN
+    INSERT INTO notify_events(event_id, kind, job_id, delivery_id, subject, detail, created_at)
+    VALUES ({_EVENT_ID}, CASE NEW.state WHEN '{states.DeliveryState.SENT}' THEN 'result_delivered'
+            ELSE 'delivery_dead' END, NEW.job_id, NEW.id, NEW.destination, NEW.last_error, {_NOW});
 END;
 CREATE TABLE IF NOT EXISTS destination_checks (
     destination TEXT PRIMARY KEY,

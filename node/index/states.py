@@ -22,6 +22,13 @@ Delivery::
       │              │  ^ └──fail──┘ (retrying -> retrying)
       └──give up─────┴──┴─> dead ──retry (admin)──> pending
 
+Notification (one event for one ``[[notify]]`` target; the same drawing as a delivery's)::
+
+    pending ──send──> sent
+      │  └──fail──> retrying ──send──> sent
+      │              │  ^ └──fail──┘
+      └──give up─────┴──┴─> dead
+
 Every transition is one guarded ``UPDATE`` inside the caller's transaction: it changes the row
 only if it is in a state the transition starts from, so two processes racing for a row cannot
 both move it. ``apply`` refuses a transition its machine's table does not hold (a programming
@@ -62,8 +69,15 @@ class DeliveryState(StrEnum):
     DEAD = "dead"
 
 
-State = SeriesState | JobState | DeliveryState
-S = TypeVar("S", SeriesState, JobState, DeliveryState)
+class NotificationState(StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+State = SeriesState | JobState | DeliveryState | NotificationState
+S = TypeVar("S", SeriesState, JobState, DeliveryState, NotificationState)
 
 
 def named(states: type[S], text: str) -> S | None:
@@ -148,7 +162,17 @@ RETRY_DEAD = Transition("retry dead", (DeliveryState.DEAD,), DeliveryState.PENDI
 DELIVERIES = Machine("deliveries", "id", DeliveryState, (SEND, RETRY_LATER, GIVE_UP, RETRY_DEAD),
                      initial=(DeliveryState.PENDING,))
 
-MACHINES = (SERIES, JOBS, DELIVERIES)
+# ---- notifications -------------------------------------------------------------------------
+
+_UNSENT = (NotificationState.PENDING, NotificationState.RETRYING)
+NOTIFY_SEND = Transition("send", _UNSENT, NotificationState.SENT)
+NOTIFY_RETRY_LATER = Transition("retry later", _UNSENT, NotificationState.RETRYING)
+NOTIFY_GIVE_UP = Transition("give up", _UNSENT, NotificationState.DEAD)
+
+NOTIFICATIONS = Machine("notifications", "id", NotificationState, (NOTIFY_SEND, NOTIFY_RETRY_LATER, NOTIFY_GIVE_UP),
+                        initial=(NotificationState.PENDING,))
+
+MACHINES = (SERIES, JOBS, DELIVERIES, NOTIFICATIONS)
 
 
 @dataclass(frozen=True)

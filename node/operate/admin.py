@@ -18,9 +18,11 @@ from typing import BinaryIO
 import pydicom
 from pydicom.uid import UID
 
-from node.config import Config
+from node.config import Config, NotifyTarget
+from node.index.notifications import TargetState
 from node.index.states import DeliveryState, JobState
 from node.index.store import Delivery, Index, Job, ResultFile
+from node.operate.notify_channels import shown_url
 from pipelines.base import JobSummary
 
 
@@ -168,6 +170,36 @@ def _rows(table: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
         else:
             rows.append((name, str(value)))
     return rows
+
+
+@dataclass(frozen=True)
+class NotifyRow:
+    """A ``[[notify]]`` target and where it stands (the web page, ``radnode notify``, /health)."""
+
+    name: str
+    kind: str
+    #: the webhook's address without its query, or "smtp host:port -> recipients"
+    where: str
+    events: tuple[str, ...]
+    state: TargetState
+
+
+def notify_rows(config: Config, index: Index) -> list[NotifyRow]:
+    return [NotifyRow(t.name, t.kind, _notify_where(t), t.events, index.target_state(t.name)) for t in config.notify]
+
+
+def _notify_where(target: NotifyTarget) -> str:
+    if target.url is not None:
+        return shown_url(target.url)
+    return f"smtp {target.smtp_host}:{target.smtp_port} -> {', '.join(target.to)}"
+
+
+def notify_summary(row: NotifyRow) -> str:
+    """One line: last sent, pending and dead, and the latest error while it lasts."""
+    line = f"last sent {when(row.state.last_sent)}, {row.state.pending} pending, {row.state.dead} dead"
+    if row.state.last_error:
+        line += f"; failing since a try at {when(row.state.last_error_at)}: {row.state.last_error}"
+    return line
 
 
 # ---- actions ---------------------------------------------------------------------------------

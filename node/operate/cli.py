@@ -28,6 +28,7 @@ from node.operate.admin import (
     complete_series,
     complete_study,
     model_identity,
+    notify_rows,
     result_groups,
     retry_deliveries,
     retry_job,
@@ -103,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
 
+    command("notify", "list the [[notify]] targets: last sent, pending and dead notifications, last error")
+
     echo = command("echo", "C-ECHO a destination named in the config")
     echo.add_argument("destination", help="destination name from [[destinations]]")
     return parser
@@ -122,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
         "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
-        "studies": _studies, "complete": _complete, "cancel": _cancel,
+        "studies": _studies, "complete": _complete, "cancel": _cancel, "notify": _notify,
     }[args.command]
     try:
         return handler(config, args)
@@ -467,6 +470,16 @@ def _deliveries(config: Config, args: argparse.Namespace) -> int:
          for d in deliveries],
     )
     _more("deliveries", args, deliveries, index.count_deliveries(listing))
+    return 0
+
+
+def _notify(config: Config, args: argparse.Namespace) -> int:
+    rows = notify_rows(config, _index(config))
+    if not rows:
+        print("no [[notify]] targets configured")
+    _table(["TARGET", "KIND", "WHERE", "EVENTS", "LAST SENT", "PENDING", "DEAD", "LAST ERROR"],
+           [[r.name, r.kind, r.where, ",".join(r.events), _when(r.state.last_sent), r.state.pending,
+             r.state.dead, r.state.last_error or "-"] for r in rows])
     return 0
 
 

@@ -26,7 +26,7 @@ from node.config import Config, Destination
 from node.index.results import DestinationCheck
 from node.index.states import MACHINES, DeliveryState
 from node.index.store import Index
-from node.operate.admin import when
+from node.operate.admin import notify_rows, notify_summary, when
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
@@ -36,6 +36,8 @@ ExecutorChecks = Callable[[], dict[str, tuple[bool, str]]]
 _STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
 #: /health names a destination's check "destination NAME".
 DESTINATION_CHECK = "destination "
+#: ... and a notification target's "notify NAME".
+NOTIFY_CHECK = "notify "
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,19 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
     # Dead deliveries do not stop the node, but someone must act: `radnode retry`.
     checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
     checks.update(destination_checks(config, index))
+    checks.update(notify_checks(config, index))
     return checks
+
+
+def notify_checks(config: Config, index: Index) -> dict[str, Check]:
+    """"notify NAME": whether each target took its latest message. A target that fails leaves the
+    node degraded: its messages wait in the index and go when it answers again."""
+    try:
+        rows = notify_rows(config, index)
+    except Exception:  # noqa: BLE001 (the index check already names the failure)
+        return {}
+    return {f"{NOTIFY_CHECK}{r.name}": Check(not r.state.last_error, f"{r.kind} {r.where}: {notify_summary(r)}")
+            for r in rows}
 
 
 def destination_checks(config: Config, index: Index) -> dict[str, Check]:
@@ -151,7 +165,7 @@ def health_status(checks: dict[str, Check]) -> str:
 
 
 def _soft(name: str) -> bool:
-    return name == "deliveries" or name.startswith(DESTINATION_CHECK)
+    return name == "deliveries" or name.startswith((DESTINATION_CHECK, NOTIFY_CHECK))
 
 
 class MonitoringServer:

@@ -22,6 +22,8 @@ from node.isolation import isolated
 from node.receive.spool import Spool
 
 _DAY = 86_400.0
+#: Sent and dead notifications (and the events no target waits to send) are kept this long.
+NOTIFICATION_HISTORY_SECONDS = 30 * _DAY
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Retention:
         quarantined = 0
         if self.settings.instances_days > 0:
             quarantined = self._sweep_quarantine(now - self.settings.instances_days * _DAY)
+        self.index.forget_notifications(now - NOTIFICATION_HISTORY_SECONDS)
         swept = Swept(studies, files, jobs, quarantined)
         if studies or jobs or quarantined:
             logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs,

@@ -4,7 +4,8 @@
     ├── receiver processes (Storage SCP, sharing the DICOM port)
     ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
     ├── scheduler thread (assembler + router)
-    └── dispatcher thread (C-STORE to destinations)
+    ├── dispatcher thread (C-STORE to destinations)
+    └── notification threads, with [[notify]] targets: one watch, one sender per target
 
 Everything they share lives in the index, so any of them can die and be restarted, and the whole
 node can be killed, without losing an acknowledged instance, a job or a delivery.
@@ -19,16 +20,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from node import logs
 from node.complete.assembler import Assembler
-from node.config import Config, ConfigError, load_config
+from node.config import Config, ConfigError, NotifyTarget, load_config
 from node.deliver.dispatcher import Dispatcher
 from node.index.store import Index, Job
 from node.isolation import isolated
 from node.operate.monitoring import MonitoringServer
+from node.operate.notify import Notifier, Watcher
 from node.operate.reconcile import reindex_after_reboot
 from node.operate.retention import Retention
 from node.operate.web import WebServer
@@ -42,6 +45,9 @@ from node.run.executor import Executor
 
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
+NOTIFY_INTERVAL = 0.5
+#: the threads of notifications are named "notify watch" and "notify TARGET"
+NOTIFY_THREAD = "notify "
 SUPERVISOR_INTERVAL = 0.25
 
 
@@ -111,6 +117,7 @@ class Node:
             threading.Thread(target=self._loop,
                              args=(self._retention_once, self.config.retention.interval_minutes * 60),
                              name="retention", daemon=True),
+            *self._notify_threads(),
         ]
         for thread in self._threads:
             thread.start()
@@ -203,6 +210,28 @@ class Node:
         return Retention(self.config.retention, Index(self.config.node.index_path),
                          Spool(self.config.node.spool)).tick
 
+    def _notify_threads(self) -> list[threading.Thread]:
+        """With [[notify]] targets: the watch of lasting conditions, and a sender per target, so
+        that a target that hangs holds up no other."""
+        self.index.keep_cursors([target.name for target in self.config.notify])
+        if not self.config.notify:
+            return []
+        for target in self.config.notify:  # before the first event: none is missed at a first start
+            self.index.open_cursor(target.name)
+        threads = [threading.Thread(target=self._loop, args=(self._watch_once, NOTIFY_INTERVAL),
+                                    name=f"{NOTIFY_THREAD}watch", daemon=True)]
+        for target in self.config.notify:
+            threads.append(threading.Thread(target=self._loop, args=(partial(self._notify_once, target),
+                                                                     NOTIFY_INTERVAL),
+                                            name=f"{NOTIFY_THREAD}{target.name}", daemon=True))
+        return threads
+
+    def _watch_once(self) -> Callable[[], object]:
+        return Watcher(self.config, Index(self.config.node.index_path)).tick
+
+    def _notify_once(self, target: NotifyTarget) -> Callable[[], object]:
+        return Notifier(self.config, Index(self.config.node.index_path), target, self._stop.is_set).tick
+
     # ---- supervision -----------------------------------------------------------------------
 
     def supervise(self) -> None:
@@ -267,7 +296,8 @@ class Node:
         self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
         requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
         for thread in self._threads:
-            thread.join(timeout=30)
+            # a sender in a hanging webhook's POST holds nothing: its message is sent again next start
+            thread.join(timeout=1 if thread.name.startswith(NOTIFY_THREAD) else 30)
         delivered = self._deliver_due()
         self.index.close_associations_of(None)
         if self._monitor is not None:

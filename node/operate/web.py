@@ -46,6 +46,7 @@ from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, na
 from node.index.store import Delivery, Index, Job, ResultFile
 from node.operate import admin
 from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
+from node.operate.patient import patient_of
 from node.passwords import verify_password
 from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
@@ -186,6 +187,7 @@ class WebApp:
             finished = self.index.jobs_finished_since(now - _HOUR)
             requeued_at = self.index.requeued_at()
             destinations = destination_checks(self.config, self.index)
+            notify = admin.notify_rows(self.config, self.index)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -198,7 +200,8 @@ class WebApp:
         job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
             "overview.html", user, page="overview", notice=self.notice(query),
-            children=self.children(), destinations=destinations, counts=counts, studies=waits.studies, free_mb=free_mb,
+            children=self.children(), destinations=destinations, notify=notify, counts=counts, studies=waits.studies,
+            free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
             arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))
@@ -214,13 +217,7 @@ class WebApp:
                            studies=views, patients=patients, week=week)
 
     def _patient(self, study_uid: str) -> dict[str, str]:
-        rows = self.index.series_of_study(study_uid)
-        try:
-            header = pydicom.dcmread(rows[0].sample_path, stop_before_pixels=True,
-                                     specific_tags=list(_PATIENT_KEYWORDS))
-        except (OSError, IndexError, InvalidDicomError):
-            return {}
-        return {k: str(header.get(k, "")) for k in _PATIENT_KEYWORDS}
+        return patient_of(self.index, study_uid, _PATIENT_KEYWORDS)
 
     def jobs(self, user: str, query: dict[str, str]) -> bytes:
         listing = _listing(query, named(JobState, query.get("state", "")))
