@@ -62,8 +62,26 @@ class DeliveryState(StrEnum):
     DEAD = "dead"
 
 
-State = SeriesState | JobState | DeliveryState
-S = TypeVar("S", SeriesState, JobState, DeliveryState)
+class BackfillState(StrEnum):
+    QUERYING = "querying"
+    RETRIEVING = "retrieving"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RetrieveState(StrEnum):
+    """One study of a backfill, on its way from the PACS."""
+
+    FOUND = "found"
+    RETRIEVING = "retrieving"
+    RETRIEVED = "retrieved"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+State = SeriesState | JobState | DeliveryState | BackfillState | RetrieveState
+S = TypeVar("S", SeriesState, JobState, DeliveryState, BackfillState, RetrieveState)
 
 
 def named(states: type[S], text: str) -> S | None:
@@ -149,6 +167,39 @@ DELIVERIES = Machine("deliveries", "id", DeliveryState, (SEND, RETRY_LATER, GIVE
                      initial=(DeliveryState.PENDING,))
 
 MACHINES = (SERIES, JOBS, DELIVERIES)
+
+# ---- backfills (``node.index.backfills``) ----------------------------------------------------
+#
+# Backfill::
+#
+#     querying ──found──> retrieving ──finish──> done
+#        │  └──query failed──> failed
+#        └──────────┴──cancel──> cancelled
+#
+# A study of a backfill::
+#
+#     found ──take──> retrieving ──arrived──> retrieved
+#       ^               │  └──give up──> failed
+#       └──try again────┘
+#     found, retrieving ──cancel──> cancelled
+
+FOUND = Transition("found", (BackfillState.QUERYING,), BackfillState.RETRIEVING)
+QUERY_FAILED = Transition("query failed", (BackfillState.QUERYING,), BackfillState.FAILED)
+FINISH_BACKFILL = Transition("finish", (BackfillState.RETRIEVING,), BackfillState.DONE)
+CANCEL_BACKFILL = Transition("cancel", (BackfillState.QUERYING, BackfillState.RETRIEVING),
+                             BackfillState.CANCELLED)
+
+BACKFILLS = Machine("backfills", "id", BackfillState, (FOUND, QUERY_FAILED, FINISH_BACKFILL, CANCEL_BACKFILL),
+                    initial=(BackfillState.QUERYING,))
+
+TAKE = Transition("take", (RetrieveState.FOUND,), RetrieveState.RETRIEVING)
+ARRIVED = Transition("arrived", (RetrieveState.RETRIEVING,), RetrieveState.RETRIEVED)
+TRY_AGAIN = Transition("try again", (RetrieveState.RETRIEVING,), RetrieveState.FOUND)
+GIVE_UP_RETRIEVE = Transition("give up", (RetrieveState.RETRIEVING,), RetrieveState.FAILED)
+CANCEL_RETRIEVE = Transition("cancel", (RetrieveState.FOUND, RetrieveState.RETRIEVING), RetrieveState.CANCELLED)
+
+RETRIEVES = Machine("backfill_studies", "id", RetrieveState,
+                    (TAKE, ARRIVED, TRY_AGAIN, GIVE_UP_RETRIEVE, CANCEL_RETRIEVE), initial=(RetrieveState.FOUND,))
 
 
 @dataclass(frozen=True)

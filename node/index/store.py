@@ -7,7 +7,8 @@
 - ``ResultIndex`` (``node.index.results``): result files, what they replace, deliveries;
 - ``RetentionIndex`` (``node.index.retention``): what no stage reads again, and forgetting it;
 - ``Bookkeeping`` (``node.index.bookkeeping``): notes, set-aside problems, the node's own values
-  and the counts monitoring shows.
+  and the counts monitoring shows;
+- ``BackfillIndex`` (``node.index.backfills``): backfills from the PACS and their studies.
 
 ``Index`` is all of them on one connection, for a process that plays several parts. A method
 named for a thing reads (``series_to_route()``, ``due_deliveries()``); one named for an action
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from node.index import states
+from node.index.backfills import BackfillIndex
 from node.index.bookkeeping import Bookkeeping, Problem, RouteNote, insert_problem
 from node.index.db import INDEX_MODE, Database
 from node.index.jobs import Job, JobIndex, JobSpec, insert_job
@@ -303,6 +305,6 @@ class SeriesIndex(Database):
         return None if row is None else float(row["forced_at"])
 
 
-class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping):
+class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping, BackfillIndex):
     """Every concern of the index on one connection; create one per process (and per thread
     that writes)."""

@@ -4,7 +4,8 @@
     ├── receiver processes (Storage SCP, sharing the DICOM port)
     ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
     ├── scheduler thread (assembler + router)
-    └── dispatcher thread (C-STORE to destinations)
+    ├── dispatcher thread (C-STORE to destinations)
+    └── backfill thread, with ``[[sources]]`` (C-FIND, C-MOVE: ``node.retrieve.backfill``)
 
 Everything they share lives in the index, so any of them can die and be restarted, and the whole
 node can be killed, without losing an acknowledged instance, a job or a delivery.
@@ -35,6 +36,7 @@ from node.operate.web import WebServer
 from node.receive.scp import Receiver
 from node.receive.spool import Spool
 from node.receive.spool_lock import lock_spool
+from node.retrieve.backfill import Backfiller, in_hours
 from node.run.bundle_check import check_bundles
 from node.run.child import die_with_parent
 from node.run.engine import make_executor
@@ -43,6 +45,7 @@ from node.run.executor import Executor
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
 SUPERVISOR_INTERVAL = 0.25
+BACKFILL_INTERVAL = 1.0
 
 
 def receiver_main(config_path: str) -> None:
@@ -112,6 +115,9 @@ class Node:
                              args=(self._retention_once, self.config.retention.interval_minutes * 60),
                              name="retention", daemon=True),
         ]
+        if self.config.sources:
+            self._threads.append(threading.Thread(target=self._loop, args=(self._backfill_once, BACKFILL_INTERVAL),
+                                                  name="backfill", daemon=True))
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
@@ -199,6 +205,9 @@ class Node:
     def _dispatch_once(self) -> Callable[[], object]:
         return Dispatcher(self.config, Index(self.config.node.index_path)).tick
 
+    def _backfill_once(self) -> Callable[[], object]:
+        return Backfiller(self.config, Index(self.config.node.index_path)).tick
+
     def _retention_once(self) -> Callable[[], object]:
         return Retention(self.config.retention, Index(self.config.node.index_path),
                          Spool(self.config.node.spool)).tick
@@ -227,12 +236,13 @@ class Node:
 
     def _submit_jobs(self) -> None:
         """Start attempts of queued jobs while the executor has room; the rest wait in the index."""
+        backfill = in_hours(self.config.backfill.hours)
         while self.executor.has_room():
-            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds)
+            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds, backfill=backfill)
             if job is None:
                 return
             logs.info("job.submitted", job=job.id, pipeline=job.pipeline, attempt=job.attempts,
-                      engine=self.config.workers.engine)
+                      engine=self.config.workers.engine, lane=job.lane)
             self.executor.submit(job)
 
     def _enforce_job_timeouts(self) -> None:
