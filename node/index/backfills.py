@@ -53,6 +53,8 @@ class BackfillStudy(FoundStudy):
     retrieve_started_at: float | None = None
     retrieved_at: float | None = None
     instances: int = 0
+    #: a study whose retrieve failed is not asked for again before this
+    not_before: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,8 @@ class BackfillIndex(Database):
         with self._tx() as db:
             ids = [r["id"] for r in db.execute(
                 "SELECT b.id FROM backfill_studies b JOIN backfills f ON f.id = b.backfill_id"
-                " WHERE b.state = ? AND f.state = ? ORDER BY b.id LIMIT ?",
-                (RetrieveState.FOUND, BackfillState.RETRIEVING, limit))]
+                " WHERE b.state = ? AND f.state = ? AND b.not_before <= ? ORDER BY b.id LIMIT ?",
+                (RetrieveState.FOUND, BackfillState.RETRIEVING, time.time(), limit))]
             for study_id in ids:
                 states.apply(db, states.RETRIEVES, states.TAKE, study_id,
                              {"retrieve_started_at": time.time(), "attempts": states.Sql("attempts + 1")})
@@ -157,11 +159,11 @@ class BackfillIndex(Database):
             return states.apply(db, states.RETRIEVES, states.ARRIVED, study_id,
                                 {"retrieved_at": time.time(), "instances": instances, "last_error": ""}) == 1
 
-    def retrieve_failed(self, study_id: int, error: str, max_attempts: int) -> RetrieveState | None:
-        """retrieving -> found for another try, or -> failed after ``max_attempts``; the state
-        it moved to (None: it was no longer retrieving)."""
+    def retrieve_failed(self, study_id: int, error: str, max_attempts: int, wait: float) -> RetrieveState | None:
+        """retrieving -> found for another try in ``wait`` seconds, or -> failed after
+        ``max_attempts``; the state it moved to (None: it was no longer retrieving)."""
         with self._tx() as db:
-            values = {"last_error": error}
+            values: dict[str, Any] = {"last_error": error, "not_before": time.time() + wait}
             if states.apply(db, states.RETRIEVES, states.GIVE_UP_RETRIEVE, study_id, values,
                             extra_where="attempts >= ?", extra_args=(max_attempts,)):
                 return RetrieveState.FAILED

@@ -190,6 +190,7 @@ CREATE TABLE IF NOT EXISTS backfill_studies (
     retrieve_started_at REAL,
     retrieved_at REAL,
     instances INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
     UNIQUE (backfill_id, study_uid)
 );
 CREATE INDEX IF NOT EXISTS backfill_studies_study ON backfill_studies(study_uid);

@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listed.add_argument("--accessions", type=Path, metavar="FILE", help="a file of accession numbers, one a line")
     listed.add_argument("--study-uids", type=Path, metavar="FILE", help="a file of Study Instance UIDs, one a line")
     parser.add_argument("--modality", default="", help="query: a modality of the study (CT, MR...)")
-    parser.add_argument("--from", dest="date_from", type=_day, default="", metavar="YYYY-MM-DD",
+    parser.add_argument("--from", dest="date_from", type=_day, metavar="YYYY-MM-DD",
                         help="query: studies on or after this day")
-    parser.add_argument("--to", dest="date_to", type=_day, default="", metavar="YYYY-MM-DD",
+    parser.add_argument("--to", dest="date_to", type=_day, metavar="YYYY-MM-DD",
                         help="query: studies on or before this day")
     parser.add_argument("--description", default="", help="query: StudyDescription (* and ? are wildcards)")
     parser.add_argument("--body-part", default="", help="query: BodyPartExamined of one of its series")
@@ -70,7 +70,7 @@ def _create(config: Config, index: Index, args: argparse.Namespace) -> int:
     try:
         source = config.source(args.source)
         query = StudyQuery(accessions=_lines(args.accessions), study_uids=_lines(args.study_uids),
-                           modality=args.modality, date_from=args.date_from, date_to=args.date_to,
+                           modality=args.modality, date_from=args.date_from or "", date_to=args.date_to or "",
                            description=args.description, body_part=args.body_part)
     except (ConfigError, OSError) as error:
         print(f"radnode: {error}", file=sys.stderr)

@@ -73,6 +73,7 @@ class Node:
     _threads: list[threading.Thread] = field(default_factory=list)
     _monitor: MonitoringServer | None = None
     _web: WebServer | None = None
+    _listening: bool = False
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
@@ -206,7 +207,20 @@ class Node:
         return Dispatcher(self.config, Index(self.config.node.index_path)).tick
 
     def _backfill_once(self) -> Callable[[], object]:
-        return Backfiller(self.config, Index(self.config.node.index_path)).tick
+        return Backfiller(self.config, Index(self.config.node.index_path), self._receiving).tick
+
+    def _receiving(self) -> bool:
+        """Whether the receivers listen, so that a C-MOVE's C-STOREs find them (they start after
+        the node's threads); asked until the first yes."""
+        if not self._listening:
+            node = self.config.node
+            host = "127.0.0.1" if node.host in ("", "0.0.0.0") else "::1" if node.host == "::" else node.host
+            try:
+                socket.create_connection((host, node.port), timeout=1.0).close()
+                self._listening = True
+            except OSError:
+                pass
+        return self._listening
 
     def _retention_once(self) -> Callable[[], object]:
         return Retention(self.config.retention, Index(self.config.node.index_path),

@@ -10,6 +10,7 @@ the routes' ordinary jobs, in the backfill lane of the queue.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
@@ -20,6 +21,9 @@ from node.index.states import BackfillState
 from node.index.store import Index
 from node.retrieve.move import Moved, move_study
 from node.retrieve.query import QueryError, StudyQuery, find_studies
+
+#: a study whose retrieve failed is asked for again after this (the PACS may be restarting)
+RETRY_SECONDS = 30.0
 
 
 def in_hours(hours: str | None, now: float | None = None) -> bool:
@@ -36,9 +40,11 @@ def in_hours(hours: str | None, now: float | None = None) -> bool:
 class Backfiller:
     """One ``tick`` a few times a second from the node's backfill thread."""
 
-    def __init__(self, config: Config, index: Index) -> None:
+    def __init__(self, config: Config, index: Index, receiving: Callable[[], bool]) -> None:
+        """``receiving``: whether the node's receivers take associations (the PACS's C-STOREs)."""
         self.config = config
         self.index = index
+        self.receiving = receiving
         self.settings = config.backfill
         self._pool = ThreadPoolExecutor(self.settings.retrieves_in_flight, thread_name_prefix="retrieve")
         self._in_flight: dict[int, Future[Moved]] = {}
@@ -47,7 +53,7 @@ class Backfiller:
         for backfill in self.index.backfills(BackfillState.QUERYING):
             self._query(backfill.id, backfill.source, StudyQuery.from_stored(backfill.request))
         self._collect()
-        if in_hours(self.settings.hours):
+        if in_hours(self.settings.hours) and self.receiving():
             self._retrieve()
         cancelled = self.index.cancel_stray_jobs()
         if cancelled:
@@ -94,7 +100,8 @@ class Backfiller:
             try:
                 moved = future.result()
             except Exception as error:  # noqa: BLE001 (any failure is this study's, tried again)
-                state = self.index.retrieve_failed(study_id, str(error), self.settings.retrieve_attempts)
+                state = self.index.retrieve_failed(study_id, str(error), self.settings.retrieve_attempts,
+                                                   RETRY_SECONDS)
                 logs.error("backfill.retrieve_failed", study_row=study_id, reason=str(error),
                            next=state.value if state else None)
                 continue
