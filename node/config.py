@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import ipaddress
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -284,11 +285,19 @@ class BackfillSettings(_Strict):
     """How a backfill (``radnode backfill``) shares the node with live traffic."""
 
     #: when backfills retrieve and their jobs run, e.g. "22:00-06:00"; none: at any time
-    hours: Annotated[str, Field(pattern=_HOURS)] | None = None
+    hours: str | None = None
     #: studies retrieved at once, so that the PACS is not flooded
     retrieves_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
     #: tries of one study's retrieve before it is given up (its reason in --status)
     retrieve_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+
+    @field_validator("hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_HOURS, value):
+            raise ValueError(f"{value!r} is not a window of local time as \"HH:MM-HH:MM\", e.g. \"22:00-06:00\" "
+                             "(past midnight); leave the key out to backfill at any time")
+        return value
 
 
 class InputSelector(_Strict):

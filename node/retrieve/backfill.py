@@ -20,7 +20,7 @@ from node.index.backfills import BackfillStudy
 from node.index.states import BackfillState
 from node.index.store import Index
 from node.retrieve.move import Moved, move_study
-from node.retrieve.query import QueryError, StudyQuery, find_studies
+from node.retrieve.query import PacsError, StudyQuery, find_studies
 
 #: a study whose retrieve failed is asked for again after this (the PACS may be restarting)
 RETRY_SECONDS = 30.0
@@ -69,7 +69,7 @@ class Backfiller:
         try:
             source = self.config.source(source_name)
             studies = find_studies(self.config, source, query)
-        except (QueryError, ConfigError, OSError) as error:
+        except (PacsError, ConfigError, OSError) as error:
             if self.index.fail_query(backfill_id, str(error)):
                 logs.error("backfill.query_failed", backfill=backfill_id, source=source_name, reason=str(error))
             return

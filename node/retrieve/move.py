@@ -9,15 +9,11 @@ from pydicom import Dataset
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from node.config import Config, Source
-from node.deliver.dispatcher import associate, association_failure, scu_ae
+from node.retrieve.query import PacsError, association
 
 _PENDING = (0xFF00,)
 #: sub-operations ended with failures or warnings (PS3.4 C.4.2.1.4): some instances did not come
 _WARNING = 0xB000
-
-
-class RetrieveError(Exception):
-    """The study did not come: the message says why (for the backfill's status)."""
 
 
 @dataclass(frozen=True)
@@ -32,27 +28,19 @@ class Moved:
 def move_study(config: Config, source: Source, study_uid: str) -> Moved:
     """C-MOVE the study to this node; returns once the PACS's final response came. A study the
     PACS sent only in part (failed sub-operations) raises, so that it is tried again."""
-    ae = scu_ae(config)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = associate(ae, source)
-    if not assoc.is_established:
-        raise RetrieveError(association_failure(assoc, source))
     keys = Dataset()
     keys.QueryRetrieveLevel = "STUDY"
     keys.StudyInstanceUID = study_uid
     final: Dataset | None = None
-    try:
+    with association(config, source, StudyRootQueryRetrieveInformationModelMove) as assoc:
         for status, _identifier in assoc.send_c_move(keys, config.node.ae_title,
                                                      StudyRootQueryRetrieveInformationModelMove):
             if status is None or "Status" not in status:
-                raise RetrieveError(f"{source.name}: no answer to the C-MOVE (the association was lost)")
+                raise PacsError(f"{source.name}: no answer to the C-MOVE (the association was lost)")
             if int(status.Status) not in _PENDING:
                 final = status
-    finally:
-        if assoc.is_established:
-            assoc.release()
     if final is None:
-        raise RetrieveError(f"{source.name}: the C-MOVE got no final response")
+        raise PacsError(f"{source.name}: the C-MOVE got no final response")
     code = int(final.Status)
     moved = Moved(int(final.get("NumberOfCompletedSuboperations", 0) or 0),
                   int(final.get("NumberOfFailedSuboperations", 0) or 0),
@@ -61,5 +49,5 @@ def move_study(config: Config, source: Source, study_uid: str) -> Moved:
         return moved
     hint = (f" (does {source.name} know the AE title {config.node.ae_title} with this node's host and port?)"
             if code == 0xA801 else "")
-    raise RetrieveError(f"{source.name}: the C-MOVE ended with status 0x{code:04X}, "
+    raise PacsError(f"{source.name}: the C-MOVE ended with status 0x{code:04X}, "
                         f"{moved.completed} instances sent, {moved.failed} failed{hint}")

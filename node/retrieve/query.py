@@ -7,11 +7,13 @@ restart; ``find`` is the plain C-FIND that other uses (priors of a finding) buil
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.association import Association
+from pynetdicom.sop_class import SOPClass, StudyRootQueryRetrieveInformationModelFind
 
 from node.config import Config, Source
 from node.deliver.dispatcher import associate, association_failure, scu_ae
@@ -21,8 +23,9 @@ from node.index.backfills import FoundStudy
 _PENDING = (0xFF00, 0xFF01)
 
 
-class QueryError(Exception):
-    """The PACS could not be asked or refused the query; the message says which and why."""
+class PacsError(Exception):
+    """The PACS could not be asked, or refused or failed what it was asked; the message says
+    which and why (a backfill's status shows it)."""
 
 
 @dataclass(frozen=True)
@@ -100,22 +103,29 @@ def _keys(**values: str) -> Dataset:
 
 def _find_all(config: Config, source: Source, level: str, asked: Sequence[Dataset]) -> Iterator[Dataset]:
     """Every identifier the PACS answers to each of ``asked``, on one association."""
-    ae = scu_ae(config)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = associate(ae, source)
-    if not assoc.is_established:
-        raise QueryError(association_failure(assoc, source))
-    try:
+    with association(config, source, StudyRootQueryRetrieveInformationModelFind) as assoc:
         for keys in asked:
             keys.QueryRetrieveLevel = level
             for status, identifier in assoc.send_c_find(keys, StudyRootQueryRetrieveInformationModelFind):
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code is None:
-                    raise QueryError(f"{source.name}: no answer to the C-FIND (the association was lost)")
+                    raise PacsError(f"{source.name}: no answer to the C-FIND (the association was lost)")
                 if code in _PENDING and identifier is not None:
                     yield identifier
                 elif code not in _PENDING and code != 0x0000:
-                    raise QueryError(f"{source.name}: the C-FIND was refused with status 0x{code:04X}")
+                    raise PacsError(f"{source.name}: the C-FIND was refused with status 0x{code:04X}")
+
+
+@contextmanager
+def association(config: Config, source: Source, context: SOPClass) -> Iterator[Association]:
+    """An association with the source for one query/retrieve model, released at the end."""
+    ae = scu_ae(config)
+    ae.add_requested_context(context)
+    assoc = associate(ae, source)
+    if not assoc.is_established:
+        raise PacsError(association_failure(assoc, source))
+    try:
+        yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
