@@ -436,8 +436,10 @@ class Config(_Strict):
             return self.sources[0]
         if name in known:
             return next(s for s in self.sources if s.name == name)
-        given = "no source named" if name is None else f"unknown source {name!r};"
-        raise ConfigError(f"sources: {given} known: {', '.join(known) or 'none (add a [[sources]] table)'}")
+        if not known:
+            raise ConfigError("sources: none configured; add a [[sources]] table for the PACS to retrieve from")
+        asked = "several configured: name one with --source" if name is None else f"unknown source {name!r}"
+        raise ConfigError(f"sources: {asked}; known: {', '.join(known)}")
 
 
 class _RefError(ValueError):

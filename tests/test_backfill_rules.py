@@ -130,3 +130,23 @@ def test_the_progress_line_draws_a_bar_of_studies_run_with_rate_and_eta(tmp_path
     assert "[###############...............]" in line and "10/20 run" in line and "12 retrieved" in line
     assert "9 delivered" in line and "60 studies/h" in line and "ETA 10 min" in line  # 10 left at 60 an hour
     assert "ACC" not in line
+
+
+def test_outside_its_hours_a_backfill_retrieves_nothing(tmp_path):
+    from node.retrieve.backfill import Backfiller
+
+    now = datetime.now()
+    closed = f"{(now.hour + 2) % 24:02d}:00-{(now.hour + 3) % 24:02d}:00"  # a window that is not now
+    config = parse_config(config_with(node={"spool": str(tmp_path / "spool")}, backfill={"hours": closed}))
+    index = Index(config.node.index_path)
+    backfill_id = backfill_of(index, "1.1")
+    Backfiller(config, index, receiving=lambda: True).tick()
+    assert [s.state for s in index.backfill_studies(backfill_id)] == [RetrieveState.FOUND]
+
+
+def test_a_backfill_without_sources_or_with_several_says_which_to_name():
+    with pytest.raises(ConfigError, match=r"none configured; add a \[\[sources\]\] table"):
+        parse_config({}).source(None)
+    two = config_with(sources=[{"name": n, "ae_title": "A", "host": "h", "port": 1} for n in ("a", "b")])
+    with pytest.raises(ConfigError, match="several configured: name one with --source; known: a, b"):
+        parse_config(two).source(None)

@@ -193,8 +193,9 @@ class BackfillIndex(Database):
         """Queued jobs of studies whose every backfill was cancelled (a retrieve in flight at the
         cancel brought them) are cancelled too."""
         with self._tx() as db:
-            return _cancel_queued_jobs(db, "NOT EXISTS (SELECT 1 FROM backfill_studies o WHERE"
-                                       " o.study_uid = b.study_uid AND o.state <> ?)", (RetrieveState.CANCELLED,))
+            return _cancel_queued_jobs(db, "b.state = ? AND NOT EXISTS (SELECT 1 FROM backfill_studies o WHERE"
+                                       " o.study_uid = b.study_uid AND o.state <> ?)",
+                                       (RetrieveState.CANCELLED, RetrieveState.CANCELLED))
 
     def finish_backfills(self) -> list[int]:
         """retrieving -> done for each backfill whose studies have all been retrieved (or given

@@ -99,6 +99,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority);
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_pipeline_id ON jobs(pipeline, id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 CREATE TABLE IF NOT EXISTS results (
     job_id INTEGER NOT NULL,
     path TEXT NOT NULL,
