@@ -161,7 +161,7 @@ def test_a_live_study_starts_within_one_job_while_a_backfill_keeps_the_worker_bu
     longest = max((j.finished_at or 0) - (j.started_at or 0) for j in backfill_jobs if j.finished_at)
     waited = job.started_at - job.created_at
     print(f"live job waited {waited:.2f} s in the queue; longest backfill job {longest:.2f} s")
-    # measured: waited 0.3-2.4 s, a backfill job 2.4-2.6 s
+    # measured (4 runs, 2 cores shared): waited 1.3-1.6 s, the longest backfill job 2.8-3.9 s
     assert waited <= longest + 0.5
     assert any(j.state == JobState.QUEUED or (j.started_at or 0) > job.started_at for j in backfill_jobs)
     assert job.lane == "live"

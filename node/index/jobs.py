@@ -109,11 +109,13 @@ class JobIndex(Database):
         now = time.time()
         with self._tx() as db:
             # A rerun waits for the earlier job of its route and subject, so that it can name
-            # that job's results as the ones it replaces.
+            # that job's results as the ones it replaces. "+p.state" keeps SQLite from looking
+            # that job up through the state index (every queued job, for each queued job: 1.5 s a
+            # claim with 3,000 queued, measured) instead of the (route, subject) one (2 ms).
             row = db.execute(
                 "SELECT id FROM jobs q WHERE state = ? AND (lane = ? OR ?) AND NOT EXISTS (SELECT 1 FROM jobs p"
                 " WHERE p.route = q.route AND p.subject = q.subject AND p.id < q.id"
-                " AND p.state IN (?, ?)) ORDER BY lane = ?, priority DESC, id LIMIT 1",
+                " AND +p.state IN (?, ?)) ORDER BY lane = ?, priority DESC, id LIMIT 1",
                 (JobState.QUEUED, LIVE, backfill, *UNFINISHED, BACKFILL),
             ).fetchone()
             if row is None:
