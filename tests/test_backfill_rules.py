@@ -104,6 +104,8 @@ def config_with(**tables) -> dict:
     ({"backfill": {"retrieves_in_flight": 0}}, "backfill.retrieves_in_flight"),
     ({"routes": [{"name": "r", "pipeline": "ct-denoise", "match": {"Modality": "CT"}}]}, "routes[0]"),
     ({"sources": [{"name": "a", "ae_title": "A", "host": "h", "port": 1}] * 2}, "sources[1].name"),
+    ({"sources": [{"name": "a", "ae_title": "A", "host": "h", "port": 1, "tls": {"ca_file": "/none"}}]},
+     "sources[0].tls.ca_file"),  # TLS as a destination has it, checked at start
 ])
 def test_backfill_config_errors_name_the_key(tables, key):
     with pytest.raises(ConfigError) as refused:
