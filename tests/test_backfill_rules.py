@@ -70,15 +70,20 @@ def test_cancelling_a_backfill_cancels_its_queued_jobs_and_leaves_live_ones(tmp_
     assert index.cancel_backfill(backfill_id) is None  # already ended
 
 
-def test_a_study_is_held_from_completion_only_while_its_retrieve_is_under_way(tmp_path):
+def test_a_study_is_held_from_completion_while_its_retrieve_is_under_way_or_will_be_tried_again(tmp_path):
     index = Index(tmp_path / "index.sqlite")
-    backfill_of(index, "1.1")
-    assert not index.held_for_retrieve("1.1")
-    (study,) = index.take_studies(2)
+    backfill_of(index, "1.1", "1.2")
+    assert not index.held_for_retrieve("1.1")  # not asked for yet: a live study of that UID runs as ever
+    (study,) = index.take_studies(1)
     assert index.held_for_retrieve("1.1")
     assert index.retrieve_failed(study.id, "PACS away", max_attempts=2, wait=60) == RetrieveState.FOUND
-    assert not index.held_for_retrieve("1.1")
-    assert index.take_studies(2) == []  # not asked again before its wait is over
+    assert index.held_for_retrieve("1.1")  # half of it may be here: it waits for the next try
+    assert [s.study_uid for s in index.take_studies(2)] == ["1.2"]  # not asked again before its wait is over
+    with index._tx() as db:  # the wait is over
+        db.execute("UPDATE backfill_studies SET not_before = 0")
+    (again,) = index.take_studies(1)
+    assert index.retrieve_failed(again.id, "PACS away", max_attempts=2, wait=0) == RetrieveState.FAILED
+    assert not index.held_for_retrieve("1.1")  # given up: what came runs, the export says why
 
 
 def test_a_retrieve_that_keeps_failing_is_given_up_with_its_reason(tmp_path):

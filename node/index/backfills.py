@@ -172,10 +172,12 @@ class BackfillIndex(Database):
         return None
 
     def held_for_retrieve(self, study_uid: str) -> bool:
-        """Whether a backfill is retrieving this study now: its series are not complete before
-        the PACS said the retrieve ended, so a kill mid-retrieve never routes half a series."""
-        row = self._db.execute("SELECT 1 FROM backfill_studies WHERE study_uid = ? AND state = ? LIMIT 1",
-                               (study_uid, RetrieveState.RETRIEVING)).fetchone()
+        """Whether a backfill is retrieving this study, or will try again after a failed
+        retrieve: its series are not complete before the PACS said the retrieve ended, so a kill
+        or a failure mid-retrieve never routes half a series (the rest would run it again)."""
+        row = self._db.execute("SELECT 1 FROM backfill_studies WHERE study_uid = ? AND (state = ?"
+                               " OR (state = ? AND attempts > 0)) LIMIT 1",
+                               (study_uid, RetrieveState.RETRIEVING, RetrieveState.FOUND)).fetchone()
         return row is not None
 
     def cancel_backfill(self, backfill_id: int) -> int | None:
