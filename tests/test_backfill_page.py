@@ -24,8 +24,9 @@ def test_the_backfills_page_shows_progress_cancels_with_csrf_and_exports_accessi
     assert status == 200
     start = page.index(f'id="backfill-{backfill_id}">')
     row = _text(page[page.index(">", start) + 1:page.index("</tr>", start)])
-    assert row.startswith(f"{backfill_id} pacs retrieving 2 1 0 0 0"), row  # queried, retrieved, run, delivered, failed
-    assert 'class="queried">2<' in page and 'class="retrieved">1<' in page and 'class="run">0<' in page
+    # queried, retrieved, run (no route took the retrieved one: nothing came), delivered, failed
+    assert row.startswith(f"{backfill_id} pacs retrieving 2 1 1 1 0"), row
+    assert 'class="queried">2<' in page and 'class="retrieved">1<' in page and 'class="run">1<' in page
     assert "ACC-SECRET" not in page, "accession numbers never reach a page"
 
     status, exported, headers = _request(url + f"/backfills/{backfill_id}/report.csv", _auth())

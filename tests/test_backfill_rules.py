@@ -157,3 +157,18 @@ def test_a_backfill_without_sources_or_with_several_says_which_to_name():
     two = config_with(sources=[{"name": n, "ae_title": "A", "host": "h", "port": 1} for n in ("a", "b")])
     with pytest.raises(ConfigError, match="several configured: name one with --source; known: a, b"):
         parse_config(two).source(None)
+
+
+def test_a_retrieved_study_no_route_takes_counts_as_run_so_its_backfill_ends(tmp_path):
+    from node.index.store import InstanceRecord
+
+    index = Index(tmp_path / "index.sqlite")
+    backfill_id = backfill_of(index, "1.1")
+    (study,) = index.take_studies(1)
+    index.record_instance(InstanceRecord("1.1.1.1", "1.1.1", "1.1", "MR", "1.2.840.10008.5.1.4.1.1.4",
+                                         "1.2.840.10008.1.2.1", tmp_path / "x.dcm", 4), None)
+    index.mark_retrieved(study.id, 1)
+    assert index.progress(backfill_id).run == 0 and index.finish_backfills() == []  # its series not routed yet
+    index.mark_complete("1.1.1", 0)
+    index.route_series("1.1.1", 0, [])  # no route matched an MR series
+    assert index.progress(backfill_id).run == 1 and index.finish_backfills() == [backfill_id]

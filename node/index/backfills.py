@@ -59,8 +59,8 @@ class BackfillStudy(FoundStudy):
 
 @dataclass(frozen=True)
 class Progress:
-    """A backfill's figures: studies found by the query, retrieved, run (every job ended) and
-    delivered (every delivery of those jobs sent; a silent trial has none to send)."""
+    """A backfill's figures: studies found by the query, retrieved, run (every job ended, or no
+    route took it) and delivered (every delivery of those jobs sent; a silent trial has none)."""
 
     queried: int
     retrieved: int
@@ -82,9 +82,9 @@ class Progress:
         return None if rate is None else max(0, left) * 3600.0 / rate
 
 
-#: a retrieved study whose series are all routed and whose jobs have all ended
+#: a retrieved study whose series are all routed (with their jobs, in one transaction) and whose
+#: jobs have all ended; one that no route took counts too, or its backfill would never end
 _RUN = (f"NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = b.study_uid AND s.state <> '{SeriesState.ROUTED}')"
-        " AND EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = b.study_uid)"
         f" AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = b.study_uid"
         f" AND j.state IN ({', '.join(repr(str(s)) for s in UNFINISHED)}))")
 _DELIVERED = (f"{_RUN} AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs j ON j.id = d.job_id"
