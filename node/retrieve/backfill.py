@@ -38,7 +38,8 @@ def in_hours(hours: str | None, now: float | None = None) -> bool:
 
 
 class Backfiller:
-    """One ``tick`` a few times a second from the node's backfill thread."""
+    """One ``tick`` a second from the node's backfill thread. A retrieve still in flight when the
+    node stops is not waited for: its study is still ``retrieving`` and asked for at the next start."""
 
     def __init__(self, config: Config, index: Index, receiving: Callable[[], bool]) -> None:
         """``receiving``: whether the node's receivers take associations (the PACS's C-STOREs)."""
@@ -60,10 +61,6 @@ class Backfiller:
             logs.info("backfill.jobs_cancelled", jobs=cancelled)
         for backfill_id in self.index.finish_backfills():
             logs.info("backfill.done", backfill=backfill_id, **vars(self.index.progress(backfill_id)))
-
-    def close(self) -> None:
-        """Wait for the retrieves in flight (their studies are asked for again at the next start)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _query(self, backfill_id: int, source_name: str, query: StudyQuery) -> None:
         try:
