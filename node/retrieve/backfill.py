@@ -39,7 +39,7 @@ def in_hours(hours: str | None, now: float | None = None) -> bool:
 
 class Backfiller:
     """One ``tick`` a second from the node's backfill thread. A retrieve still in flight when the
-    node stops is not waited for: its study is still ``retrieving`` and asked for at the next start."""
+    node stops is not recorded: its study stays ``retrieving`` and is asked for at the next start."""
 
     def __init__(self, config: Config, index: Index, receiving: Callable[[], bool]) -> None:
         """``receiving``: whether the node's receivers take associations (the PACS's C-STOREs)."""
