@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import ipaddress
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,6 +322,38 @@ class NotifySettings(DeliverySettings):
     disk_low_mb: Annotated[int, Field(ge=0)] | None = None
     #: seconds one webhook POST or SMTP conversation may take
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+class Source(_Strict):
+    """A PACS the node may query (C-FIND) and retrieve from (C-MOVE to the node's own AE title,
+    which the PACS must know with the node's host and port): ``radnode backfill``."""
+
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str
+    port: Port
+    tls: ClientTls | None = None
+
+
+#: "HH:MM-HH:MM" (local time); an end before the start runs past midnight
+_HOURS = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
+
+
+class BackfillSettings(_Strict):
+    """How a backfill (``radnode backfill``) shares the node with live traffic."""
+
+    #: when backfills retrieve and their jobs run, e.g. "22:00-06:00"; none: at any time
+    hours: str | None = None
+    #: studies retrieved at once, so that the PACS is not flooded
+    retrieves_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
+    #: tries of one study's retrieve before it is given up (its reason in --status)
+    retrieve_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+
+    @field_validator("hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_HOURS, value):
+            raise ValueError(f"{value!r} is not a window of local time as \"HH:MM-HH:MM\", e.g. \"22:00-06:00\" "
+                             "(past midnight); leave the key out to backfill at any time")
+        return value
 
 
 class InputSelector(_Strict):
@@ -338,7 +371,9 @@ class InputSelector(_Strict):
 class Route(_Strict):
     name: str = Field(min_length=1)
     pipeline: str = Field(min_length=1)
-    destinations: list[str] = Field(min_length=1)
+    destinations: list[str] = Field(default_factory=list)
+    #: false: a silent trial; results go to the validation export only, never to destinations
+    deliver: bool = True
     priority: int = 0
     level: Literal["series", "study"] = "series"
     match: dict[str, Condition] = Field(default_factory=dict)
@@ -355,6 +390,13 @@ class Route(_Strict):
     @classmethod
     def _conditions(cls, value: Any) -> dict[str, Condition]:
         return _parse_conditions(value)
+
+    @model_validator(mode="after")
+    def _destinations_unless_silent(self) -> Route:
+        if self.deliver and not self.destinations:
+            raise ValueError("destinations: name at least one, or set deliver = false for a silent "
+                             "trial whose results go to the backfill report only")
+        return self
 
     @model_validator(mode="after")
     def _inputs_need_study_level(self) -> Route:
@@ -404,6 +446,8 @@ class Config(_Strict):
     destinations: list[Destination] = Field(default_factory=list)
     notify: list[NotifyTarget] = Field(default_factory=list)
     notifications: NotifySettings = NotifySettings()
+    sources: list[Source] = Field(default_factory=list)
+    backfill: BackfillSettings = BackfillSettings()
     routes: list[Route] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
 
@@ -412,6 +456,7 @@ class Config(_Strict):
         _unique([d.name for d in self.destinations], "destinations", "name")
         _unique([r.name for r in self.routes], "routes", "name")
         _unique([t.name for t in self.notify], "notify", "name")
+        _unique([s.name for s in self.sources], "sources", "name")
         known = {d.name for d in self.destinations}
         for i, route in enumerate(self.routes):
             for dest in route.destinations:
@@ -442,6 +487,18 @@ class Config(_Strict):
 
     def route(self, name: str) -> Route:
         return next(r for r in self.routes if r.name == name)
+
+    def source(self, name: str | None) -> Source:
+        """The source called ``name`` (the only one when None); ConfigError names the choices."""
+        known = [s.name for s in self.sources]
+        if name is None and len(known) == 1:
+            return self.sources[0]
+        if name in known:
+            return next(s for s in self.sources if s.name == name)
+        if not known:
+            raise ConfigError("sources: none configured; add a [[sources]] table for the PACS to retrieve from")
+        asked = "several configured: name one with --source" if name is None else f"unknown source {name!r}"
+        raise ConfigError(f"sources: {asked}; known: {', '.join(known)}")
 
 
 class _RefError(ValueError):
@@ -593,6 +650,7 @@ def _check_tls(config: Config, source: str) -> None:
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
                                           ("web.tls", config.web.tls, server_context)]
     tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
+    tables += [(f"sources[{i}].tls", s.tls, client_context) for i, s in enumerate(config.sources)]
     for key, settings, build in tables:
         if settings is None:
             continue
@@ -650,6 +708,9 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for target in data.get("notify") or []:
         if isinstance(target, dict):
             _anchor_keys(target, ("secret_file", "password_file", "ca_file"), base)
+    for peer in [*(data.get("destinations") or []), *(data.get("sources") or [])]:
+        if isinstance(peer, dict):
+            _anchor_tls(peer.get("tls"), base)
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():

@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from pipelines.base import SERIES_ROLE, InputSpec, JobInput, JobResult, NotApplicable, Pipeline, PipelineOptions, PipelineSettings
+from pipelines.model_folder import folder_digest
 from pipelines.timing import StageClock
 from pipelines.volume import VolumeError, load_series
 from pipelines.writers.codes import Structure
@@ -71,8 +72,10 @@ class HUThreshold(Pipeline):
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
         time.sleep(options.sleep_after_write_seconds)  # results on disk, not committed
-        return JobResult.written(outputs, summary={"voxels": int(mask.sum()), "model": ALGORITHM,
-                                                   "model_version": VERSION, "seconds": clock.laps})
+        summary = {"voxels": int(mask.sum()), "model": ALGORITHM, "model_version": VERSION, "seconds": clock.laps}
+        if self.settings.model is not None:  # a model folder named in config.toml: its digest, as real pipelines give
+            summary["model_sha256"] = folder_digest(self.settings.model)
+        return JobResult.written(outputs, summary=summary)
 
 
 class StudyThreshold(HUThreshold):

@@ -143,9 +143,12 @@ def dciodvfy(path: Path | str) -> DciodvfyReport:
 class Orthanc:
     """An Orthanc PACS on free loopback ports with a throw-away storage folder."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None) -> None:
+        """``modalities``: Orthanc's DicomModalities (name -> [AE title, host, port]), the peers
+        it may C-MOVE to."""
         self.workdir = workdir
         self.aet = aet
+        self.modalities = modalities or {}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -171,6 +174,7 @@ class Orthanc:
             "Plugins": [],
             "StableAge": 1,
             "SaveJobs": False,
+            "DicomModalities": self.modalities,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))

@@ -89,7 +89,7 @@ def test_run_offline_names_a_pipeline_error_in_one_line_without_a_traceback_and_
 
 def test_every_command_has_help(tmp_path):
     node = NodeProcess(node_config(tmp_path), tmp_path)
-    for command in ("serve", "run", "route-test", "jobs", "deliveries", "retry", "echo"):
+    for command in ("serve", "run", "route-test", "jobs", "deliveries", "retry", "echo", "backfill"):
         result = node.cli(command, "--help")
         assert result.returncode == 0 and "--config" in result.stdout, command
 

@@ -19,8 +19,9 @@ PACKAGES = ("node", "pipelines")
 
 #: The node's stage packages, each allowed to import only the stages listed before it. The index
 #: comes first because every stage records its work there; receiving, completing, routing, running
-#: and delivering follow the data; operating (service, CLI, web) wires them all together.
-STAGES = ("index", "receive", "route", "complete", "deliver", "run", "operate")
+#: and delivering follow the data, retrieving from a PACS (backfills) sends with the delivering
+#: stage's associations; operating (service, CLI, web) wires them all together.
+STAGES = ("index", "receive", "route", "complete", "deliver", "retrieve", "run", "operate")
 #: Modules at node/'s top level that every stage shares; they import no stage, except that
 #: config.toml's route conditions are parsed by the routing stage's condition language.
 SHARED = ("config", "logs", "tls", "passwords", "isolation", "result_formats")

@@ -149,6 +149,8 @@ class Assembler:
         if series.instance_count == 0:  # its files are gone: nothing to read, nothing to wait for
             self._set_aside(series, NO_INSTANCES_LEFT)
             return
+        if self.index.held_for_retrieve(series.study_uid):
+            return  # a backfill is retrieving its study: complete once the PACS says all came
         timing = self.series_timing(series)
         if not series_is_complete(series, now, timing):
             return

@@ -22,7 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from node import logs
-from node.config import Config, DeliverySettings, Destination
+from node.config import Config, DeliverySettings, Destination, Source
 from node.index.store import Delivery, ResultFile, ResultIndex
 from node.isolation import isolated
 from node.receive.pynetdicom_ext import patch_reactor_sleep
@@ -76,7 +76,7 @@ def echo(config: Config, destination: Destination) -> int:
     ae.add_requested_context(Verification)
     assoc = associate(ae, destination)
     if not assoc.is_established:
-        raise ConnectionError(_association_failure(assoc, destination))
+        raise ConnectionError(association_failure(assoc, destination))
     try:
         status = assoc.send_c_echo()
     finally:
@@ -86,8 +86,9 @@ def echo(config: Config, destination: Destination) -> int:
     return int(status.Status)
 
 
-def associate(ae: AE, destination: Destination) -> Association:
-    """An association with ``destination``, over DICOM TLS when its config has a ``tls`` table."""
+def associate(ae: AE, destination: Destination | Source) -> Association:
+    """An association with ``destination`` (or a source to query), over DICOM TLS when its config
+    has a ``tls`` table."""
     tls_args = None
     if destination.tls is not None:
         server_name = destination.host if destination.tls.check_hostname else None
@@ -98,7 +99,7 @@ def associate(ae: AE, destination: Destination) -> Association:
                         tls_args=tls_args)  # type: ignore[arg-type]
 
 
-def _association_failure(assoc: object, destination: Destination) -> str:
+def association_failure(assoc: object, destination: Destination | Source) -> str:
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if getattr(assoc, "is_rejected", False):
         return f"association rejected by {where} (check its AE title and our AE on its side)"
@@ -178,7 +179,7 @@ class Dispatcher:
             ae.add_requested_context(sop_class, syntax)
         assoc = associate(ae, destination)
         if not assoc.is_established:
-            reason = _association_failure(assoc, destination)
+            reason = association_failure(assoc, destination)
             self.index.record_destination_check(destination.name, False, reason)
             for delivery in deliveries:
                 self._failed(delivery, reason)

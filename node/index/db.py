@@ -104,6 +104,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority);
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_pipeline_id ON jobs(pipeline, id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 CREATE TABLE IF NOT EXISTS results (
     job_id INTEGER NOT NULL,
     path TEXT NOT NULL,
@@ -218,6 +219,32 @@ CREATE TABLE IF NOT EXISTS destination_checks (
     at REAL NOT NULL,
     failing_since REAL
 );
+CREATE TABLE IF NOT EXISTS backfills (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL {states.schema_check(states.BACKFILLS)},
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS backfill_studies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    backfill_id INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    accession TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL {states.schema_check(states.RETRIEVES)},
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    found_at REAL NOT NULL,
+    retrieve_started_at REAL,
+    retrieved_at REAL,
+    instances INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    UNIQUE (backfill_id, study_uid)
+);
+CREATE INDEX IF NOT EXISTS backfill_studies_study ON backfill_studies(study_uid);
+CREATE INDEX IF NOT EXISTS backfill_studies_state ON backfill_studies(state, id);
 CREATE TABLE IF NOT EXISTS problems (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -240,6 +267,7 @@ _ADDED_COLUMNS = (
     ("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("results", "transfer_syntax", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "heartbeat_at", "REAL"),
+    ("jobs", "lane", "TEXT NOT NULL DEFAULT 'live'"),
 )
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.

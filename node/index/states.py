@@ -76,8 +76,26 @@ class NotificationState(StrEnum):
     DEAD = "dead"
 
 
-State = SeriesState | JobState | DeliveryState | NotificationState
-S = TypeVar("S", SeriesState, JobState, DeliveryState, NotificationState)
+class BackfillState(StrEnum):
+    QUERYING = "querying"
+    RETRIEVING = "retrieving"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RetrieveState(StrEnum):
+    """One study of a backfill, on its way from the PACS."""
+
+    FOUND = "found"
+    RETRIEVING = "retrieving"
+    RETRIEVED = "retrieved"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+State = SeriesState | JobState | DeliveryState | NotificationState | BackfillState | RetrieveState
+S = TypeVar("S", SeriesState, JobState, DeliveryState, NotificationState, BackfillState, RetrieveState)
 
 
 def named(states: type[S], text: str) -> S | None:
@@ -173,6 +191,39 @@ NOTIFICATIONS = Machine("notifications", "id", NotificationState, (NOTIFY_SEND, 
                         initial=(NotificationState.PENDING,))
 
 MACHINES = (SERIES, JOBS, DELIVERIES, NOTIFICATIONS)
+
+# ---- backfills (``node.index.backfills``) ----------------------------------------------------
+#
+# Backfill::
+#
+#     querying ──found──> retrieving ──finish──> done
+#        │  └──query failed──> failed
+#        └──────────┴──cancel──> cancelled
+#
+# A study of a backfill::
+#
+#     found ──take──> retrieving ──arrived──> retrieved
+#       ^               │  └──give up──> failed
+#       └──try again────┘
+#     found, retrieving ──cancel──> cancelled
+
+FOUND = Transition("found", (BackfillState.QUERYING,), BackfillState.RETRIEVING)
+QUERY_FAILED = Transition("query failed", (BackfillState.QUERYING,), BackfillState.FAILED)
+FINISH_BACKFILL = Transition("finish", (BackfillState.RETRIEVING,), BackfillState.DONE)
+CANCEL_BACKFILL = Transition("cancel", (BackfillState.QUERYING, BackfillState.RETRIEVING),
+                             BackfillState.CANCELLED)
+
+BACKFILLS = Machine("backfills", "id", BackfillState, (FOUND, QUERY_FAILED, FINISH_BACKFILL, CANCEL_BACKFILL),
+                    initial=(BackfillState.QUERYING,))
+
+TAKE = Transition("take", (RetrieveState.FOUND,), RetrieveState.RETRIEVING)
+ARRIVED = Transition("arrived", (RetrieveState.RETRIEVING,), RetrieveState.RETRIEVED)
+TRY_AGAIN = Transition("try again", (RetrieveState.RETRIEVING,), RetrieveState.FOUND)
+GIVE_UP_RETRIEVE = Transition("give up", (RetrieveState.RETRIEVING,), RetrieveState.FAILED)
+CANCEL_RETRIEVE = Transition("cancel", (RetrieveState.FOUND, RetrieveState.RETRIEVING), RetrieveState.CANCELLED)
+
+RETRIEVES = Machine("backfill_studies", "id", RetrieveState,
+                    (TAKE, ARRIVED, TRY_AGAIN, GIVE_UP_RETRIEVE, CANCEL_RETRIEVE), initial=(RetrieveState.FOUND,))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@
   and the counts monitoring shows;
 - ``NotificationIndex`` (``node.index.notifications``): the events people are told of, and
   their sending to each notification target.
+- ``BackfillIndex`` (``node.index.backfills``): backfills from the PACS and their studies.
 
 ``Index`` is all of them on one connection, for a process that plays several parts. A method
 named for a thing reads (``series_to_route()``, ``due_deliveries()``); one named for an action
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from node.index import states
+from node.index.backfills import BackfillIndex
 from node.index.bookkeeping import Bookkeeping, Problem, RouteNote, insert_problem
 from node.index.db import INDEX_MODE, Database
 from node.index.jobs import Job, JobIndex, JobSpec, insert_job
@@ -306,6 +308,6 @@ class SeriesIndex(Database):
         return None if row is None else float(row["forced_at"])
 
 
-class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping, NotificationIndex):
+class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping, NotificationIndex, BackfillIndex):
     """Every concern of the index on one connection; create one per process (and per thread
     that writes)."""

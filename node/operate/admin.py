@@ -257,6 +257,17 @@ def cancel_job(index: Index, job_id: int) -> Outcome:
                          "retry re-queues it")
 
 
+def cancel_backfill(index: Index, backfill_id: int) -> Outcome:
+    """A backfill, its studies not yet retrieved and its queued jobs are cancelled."""
+    jobs = index.cancel_backfill(backfill_id)
+    if jobs is None:
+        backfill = index.backfill(backfill_id)
+        state = "does not exist" if backfill is None else f"has already ended ({backfill.state.value})"
+        return Outcome(False, f"backfill {backfill_id} {state}")
+    return Outcome(True, f"backfill {backfill_id} cancelled, with {jobs} queued jobs; studies already run "
+                         "keep their results")
+
+
 # ---- route test ------------------------------------------------------------------------------
 
 

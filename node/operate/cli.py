@@ -22,6 +22,7 @@ from node import logs
 from node.config import Config, ConfigError, builtin_config, load_config
 from node.index.db import Listing
 from node.index.states import DeliveryState, JobState
+from node.operate import backfill_cli
 from node.operate.admin import (
     Outcome,
     cancel_job,
@@ -105,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
 
     command("notify", "list the [[notify]] targets: last sent, pending and dead notifications, last error")
+    backfill_cli.add_arguments(command("backfill", "retrieve past studies from a [[sources]] PACS and run the routes "
+                                       "over them (by a list or a query); --status, --cancel, --report"))
 
     echo = command("echo", "C-ECHO a destination named in the config")
     echo.add_argument("destination", help="destination name from [[destinations]]")
@@ -126,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
         "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
         "studies": _studies, "complete": _complete, "cancel": _cancel, "notify": _notify,
+        "backfill": backfill_cli.run,
     }[args.command]
     try:
         return handler(config, args)

@@ -1,4 +1,5 @@
-"""What a TID 1500 report says, one line per finding, for a person at a terminal (``radnode run``).
+"""What a TID 1500 report says, one line per finding, for a person at a terminal (``radnode run``),
+and one record per finding for the validation export (``node.operate.validation_export``).
 
 The lines are read from the SR the pipeline wrote, not from its job summary, so they show what the
 PACS will show a radiologist, worded the same way for every pipeline, a site's own included.
@@ -7,6 +8,7 @@ PACS will show a radiologist, worded the same way for every pipeline, a site's o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from pydicom import Dataset
 
@@ -19,9 +21,46 @@ FINDING_CATEGORY = ("276214006", "SCT")
 LATERALITY = ("272741003", "SCT")
 
 
+@dataclass(frozen=True)
+class Measurement:
+    label: str
+    #: None: the report gives the measurement without a value (TID 1501 allows it)
+    value: float | None
+    #: UCUM code; "" for a ratio or score
+    unit: str
+
+    def text(self) -> str:
+        """ "Volume 4.48 mL"; a measurement without a value says so."""
+        if self.value is None:
+            return f"{self.label} (no value)"
+        return f"{self.label} {self.value:g}{f' {self.unit}' if self.unit else ''}"
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    """One measurement group of a report: what it is, where, and its measurements."""
+
+    name: str
+    finding: str
+    #: "Upper lobe of left lung (left)": the finding site with its laterality
+    site: str
+    measurements: tuple[Measurement, ...]
+    #: every value of the group as people read it, coded ones included, in the report's order
+    values: tuple[str, ...]
+
+    def line(self) -> str:
+        site = f" in {self.site}" if self.site else ""
+        return ", ".join([f"{self.name}: {self.finding}{site}", *self.values])
+
+
 def finding_lines(report: Dataset) -> list[str]:
     """One line per measurement group: "tracking id: finding in site, measurement value unit, ..."."""
-    return [_line(group) for group in _measurement_groups(report)]
+    return [record.line() for record in finding_records(report)]
+
+
+def finding_records(report: Dataset) -> list[FindingRecord]:
+    """The report's findings, one per measurement group (the validation export's rows)."""
+    return [_record(group) for group in _measurement_groups(report)]
 
 
 def _measurement_groups(item: Dataset) -> Iterator[Dataset]:
@@ -39,8 +78,10 @@ def _concept(item: Dataset) -> tuple[str, str] | None:
     return str(code.CodeValue), str(code.CodingSchemeDesignator)
 
 
-def _line(group: Dataset) -> str:
-    name, finding, site, values = "finding", "", "", []
+def _record(group: Dataset) -> FindingRecord:
+    name, finding, site = "finding", "", ""
+    measurements: list[Measurement] = []
+    values: list[str] = []
     for item in group.get("ContentSequence", []):
         concept = _concept(item)
         if concept == TRACKING_IDENTIFIER:
@@ -48,12 +89,13 @@ def _line(group: Dataset) -> str:
         elif concept == FINDING:
             finding = _meaning(item)
         elif concept == FINDING_SITE:
-            site = f" in {_meaning(item)}{_laterality(item)}"
+            site = f"{_meaning(item)}{_laterality(item)}"
         elif item.ValueType == "NUM" and item.RelationshipType == "CONTAINS":
-            values.append(_measurement(item))
+            measurements.append(_measurement(item))
+            values.append(measurements[-1].text())
         elif item.ValueType == "CODE" and item.RelationshipType == "CONTAINS" and concept != FINDING_CATEGORY:
             values.append(f"{item.ConceptNameCodeSequence[0].CodeMeaning}: {_meaning(item)}")
-    return ", ".join([f"{name}: {finding}{site}", *values])
+    return FindingRecord(name, finding, site, tuple(measurements), tuple(values))
 
 
 def _laterality(site: Dataset) -> str:
@@ -68,12 +110,10 @@ def _meaning(item: Dataset) -> str:
     return str(item.ConceptCodeSequence[0].CodeMeaning)
 
 
-def _measurement(item: Dataset) -> str:
-    """ "Volume 4.48 mL"; a measurement without a value (TID 1501 allows it) says so."""
+def _measurement(item: Dataset) -> Measurement:
     label = str(item.ConceptNameCodeSequence[0].CodeMeaning)
     if not item.get("MeasuredValueSequence"):
-        return f"{label} (no value)"
+        return Measurement(label, None, "")
     measured = item.MeasuredValueSequence[0]
     unit = str(measured.MeasurementUnitsCodeSequence[0].CodeValue)
-    unit = "" if unit in ("1", "{ratio}") else f" {unit}"
-    return f"{label} {float(measured.NumericValue):g}{unit}"
+    return Measurement(label, float(measured.NumericValue), "" if unit in ("1", "{ratio}") else unit)

@@ -5,7 +5,8 @@
     ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
     ├── scheduler thread (assembler + router)
     ├── dispatcher thread (C-STORE to destinations)
-    └── notification threads, with [[notify]] targets: one watch, one sender per target
+    ├── notification threads, with [[notify]] targets: one watch, one sender per target
+    └── backfill thread, with ``[[sources]]`` (C-FIND, C-MOVE: ``node.retrieve.backfill``)
 
 Everything they share lives in the index, so any of them can die and be restarted, and the whole
 node can be killed, without losing an acknowledged instance, a job or a delivery.
@@ -38,6 +39,7 @@ from node.operate.web import WebServer
 from node.receive.scp import Receiver
 from node.receive.spool import Spool
 from node.receive.spool_lock import lock_spool
+from node.retrieve.backfill import Backfiller, in_hours
 from node.run.bundle_check import check_bundles
 from node.run.child import die_with_parent
 from node.run.engine import make_executor
@@ -49,6 +51,7 @@ NOTIFY_INTERVAL = 0.5
 #: the threads of notifications are named "notify watch" and "notify TARGET"
 NOTIFY_THREAD = "notify "
 SUPERVISOR_INTERVAL = 0.25
+BACKFILL_INTERVAL = 1.0
 
 
 def receiver_main(config_path: str) -> None:
@@ -76,6 +79,7 @@ class Node:
     _threads: list[threading.Thread] = field(default_factory=list)
     _monitor: MonitoringServer | None = None
     _web: WebServer | None = None
+    _listening: bool = False
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
@@ -119,6 +123,9 @@ class Node:
                              name="retention", daemon=True),
             *self._notify_threads(),
         ]
+        if self.config.sources:
+            self._threads.append(threading.Thread(target=self._loop, args=(self._backfill_once, BACKFILL_INTERVAL),
+                                                  name="backfill", daemon=True))
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
@@ -206,6 +213,22 @@ class Node:
     def _dispatch_once(self) -> Callable[[], object]:
         return Dispatcher(self.config, Index(self.config.node.index_path)).tick
 
+    def _backfill_once(self) -> Callable[[], object]:
+        return Backfiller(self.config, Index(self.config.node.index_path), self._receiving).tick
+
+    def _receiving(self) -> bool:
+        """Whether the receivers listen, so that a C-MOVE's C-STOREs find them (they start after
+        the node's threads); asked until the first yes."""
+        if not self._listening:
+            node = self.config.node
+            host = "127.0.0.1" if node.host in ("", "0.0.0.0") else "::1" if node.host == "::" else node.host
+            try:
+                socket.create_connection((host, node.port), timeout=1.0).close()
+                self._listening = True
+            except OSError:
+                pass
+        return self._listening
+
     def _retention_once(self) -> Callable[[], object]:
         return Retention(self.config.retention, Index(self.config.node.index_path),
                          Spool(self.config.node.spool)).tick
@@ -256,12 +279,13 @@ class Node:
 
     def _submit_jobs(self) -> None:
         """Start attempts of queued jobs while the executor has room; the rest wait in the index."""
+        backfill = in_hours(self.config.backfill.hours)
         while self.executor.has_room():
-            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds)
+            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds, backfill=backfill)
             if job is None:
                 return
             logs.info("job.submitted", job=job.id, pipeline=job.pipeline, attempt=job.attempts,
-                      engine=self.config.workers.engine)
+                      engine=self.config.workers.engine, lane=job.lane)
             self.executor.submit(job)
 
     def _enforce_job_timeouts(self) -> None:

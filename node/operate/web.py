@@ -42,9 +42,9 @@ from node import logs
 from node.complete.studies import StudyState, StudyWatch, wait_counts
 from node.config import Config
 from node.index.db import Listing
-from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, named
+from node.index.states import MACHINES, BackfillState, DeliveryState, JobState, SeriesState, named
 from node.index.store import Delivery, Index, Job, ResultFile
-from node.operate import admin
+from node.operate import admin, backfill_cli, validation_export
 from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
 from node.operate.patient import patient_of
 from node.passwords import verify_password
@@ -61,6 +61,8 @@ _SETTLED_STUDIES = 50
 #: A job's key image as a thumbnail on its page (``/jobs/7/key-images/0.png``), at most this wide or high.
 _KEY_IMAGE_PATH = re.compile(r"/jobs/(?P<job>\d+)/key-images/(?P<number>\d+)\.png")
 _THUMBNAIL_PX = 320
+#: A backfill's validation export (``/backfills/3/report.csv``).
+_BACKFILL_REPORT_PATH = re.compile(r"/backfills/(?P<backfill>\d+)/report\.csv")
 #: What the studies page may show of the patient when the site turns it on.
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 #: An action's form is small; the route tester's upload holds a few DICOM files read in memory.
@@ -271,6 +273,25 @@ class WebApp:
                            deliveries=deliveries, total=total, dead=dead, state=query.get("state", ""),
                            older=_older(query, deliveries, listing))
 
+    def backfills(self, user: str, query: dict[str, str]) -> bytes:
+        """Each backfill's figures (``radnode backfill --status``), its cancel button and export."""
+        now = time.time()
+        with self.lock:
+            shown = [(b, self.index.progress(b.id)) for b in reversed(self.index.backfills())]
+        return self.render("backfills.html", user, page="backfills", notice=self.notice(query), now=now,
+                           backfills=shown, hours=self.config.backfill.hours, BackfillState=BackfillState,
+                           duration=backfill_cli.duration)
+
+    def backfill_report(self, user: str, backfill_id: int) -> bytes | None:
+        """The validation export (CSV) of a backfill: accession numbers included, as the site
+        asked for them; patient names only with ``[web] show_patient_data``."""
+        with self.lock:
+            if self.index.backfill(backfill_id) is None:
+                return None
+            text = validation_export.write_csv(self.index, backfill_id, self.config.web.show_patient_data)
+        logs.info("web.backfill_report", user=user, backfill=backfill_id)
+        return text.encode()
+
     def routes(self, user: str, query: dict[str, str]) -> bytes:
         folder = query.get("path", "").strip()
         found: list[admin.FileRoutes] = []
@@ -311,6 +332,7 @@ class WebApp:
             "retry-dead": lambda index, t: admin.retry_deliveries(index, None),
             "retry-job": lambda index, t: admin.retry_job(index, int(t)),
             "cancel-job": lambda index, t: admin.cancel_job(index, int(t)),
+            "cancel-backfill": lambda index, t: admin.cancel_backfill(index, int(t)),
         }
         handler = handlers.get(action)
         if handler is None:
@@ -423,7 +445,7 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
             query = dict(urllib.parse.parse_qsl(url.query))
             pages: dict[str, Callable[[str, dict[str, str]], bytes]] = {
                 "/": app.overview, "/studies": app.studies, "/jobs": app.jobs,
-                "/deliveries": app.deliveries, "/routes": app.routes,
+                "/deliveries": app.deliveries, "/routes": app.routes, "/backfills": app.backfills,
             }
             body: bytes | None = None
             try:
@@ -431,6 +453,11 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
                     body = pages[url.path](user, query)
                 elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
                     body = app.job(user, int(url.path[6:]), query)
+                elif report := _BACKFILL_REPORT_PATH.fullmatch(url.path):
+                    csv_text = app.backfill_report(user, int(report["backfill"]))
+                    if csv_text is not None:
+                        self._reply(200, csv_text, "text/csv; charset=utf-8")
+                        return
                 elif image := _KEY_IMAGE_PATH.fullmatch(url.path):
                     png = app.key_image(int(image["job"]), int(image["number"]))
                     if png is not None:
@@ -442,7 +469,7 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
                             "text/plain")
                 return
             if body is None:
-                self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes\n",
+                self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes, /backfills\n",
                             "text/plain")
             else:
                 self._reply(200, body)

@@ -101,7 +101,8 @@ def job_spec(
 ) -> JobSpec:
     return JobSpec(
         route=route.name, pipeline=route.pipeline, subject=subject, study_uid=study_uid,
-        generation=generation, inputs=dict(inputs), destinations=list(route.destinations),
+        generation=generation, inputs=dict(inputs),
+        destinations=list(route.destinations) if route.deliver else [],  # a silent trial sends nothing
         priority=route.priority, state=state, outcome=outcome,
     )
 
