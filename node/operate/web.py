@@ -45,7 +45,7 @@ from node.index.db import Listing
 from node.index.states import MACHINES, DeliveryState, JobState, SeriesState, named
 from node.index.store import Delivery, Index, Job, ResultFile
 from node.operate import admin
-from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
+from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks, stow_check
 from node.passwords import verify_password
 from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
@@ -186,6 +186,7 @@ class WebApp:
             finished = self.index.jobs_finished_since(now - _HOUR)
             requeued_at = self.index.requeued_at()
             destinations = destination_checks(self.config, self.index)
+            stow = stow_check(self.config, self.index, self.children)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -198,7 +199,7 @@ class WebApp:
         job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
             "overview.html", user, page="overview", notice=self.notice(query),
-            children=self.children(), destinations=destinations, counts=counts, studies=waits.studies, free_mb=free_mb,
+            children=self.children(), stow=stow, destinations=destinations, counts=counts, studies=waits.studies, free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
             arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))

@@ -69,6 +69,8 @@ TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 _STEP = 64 * 1024
 _MAX_FILE_META = 64 * 1024
 _DICOM_JSON = "application/dicom+json"
+#: Each request is an association in the index with an id that starts so (node.operate.monitoring counts them).
+ASSOCIATION_PREFIX = "stow-"
 #: DICOM JSON tags (PS3.18 F.2) of the response.
 _FAILED, _REFERENCED = "00081198", "00081199"
 _CLASS, _INSTANCE, _REASON = "00081150", "00081155", "00081197"
@@ -350,7 +352,7 @@ class StowReceiver:
         with self._count_lock:
             self._requests += 1
             number = self._requests
-        return Source(f"stow-{os.getpid()}-{number}-{time.time_ns()}", sender[:64], address, os.getpid())
+        return Source(f"{ASSOCIATION_PREFIX}{os.getpid()}-{number}-{time.time_ns()}", sender[:64], address, os.getpid())
 
     def take(self, part: PartFile, source: Source, study: str | None) -> Outcome:
         """One received part through the intake: its file meta says its UIDs and transfer syntax."""
