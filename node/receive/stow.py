@@ -68,6 +68,8 @@ TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 #: Bytes read from the socket per step, and what a part's file meta may take at most.
 _STEP = 64 * 1024
 _MAX_FILE_META = 64 * 1024
+#: A body refused before it was read is read and dropped up to this size (``_drained``).
+_DRAIN = 4 * 1024 * 1024
 _DICOM_JSON = "application/dicom+json"
 #: Each request is an association in the index with an id that starts so (node.operate.monitoring counts them).
 ASSOCIATION_PREFIX = "stow-"
@@ -503,13 +505,27 @@ def _handler(receiver: StowReceiver) -> type[BaseHTTPRequestHandler]:
             except Refused as refused:
                 logs.warning("stow.refused", status=refused.status, reason=refused.reason,
                              address=self.client_address[0])
-                self.close_connection = True  # what is left of the body is not read
+                if not self._drained():
+                    self.close_connection = True  # what is left of the body is not read
                 self._reply_text(refused.status, refused.reason)
+
+        def _drained(self) -> bool:
+            """A small body refused before it was read is read and dropped, so that a client
+            still sending it reads the answer instead of a broken connection."""
+            length = self.headers.get("Content-Length", "")
+            if self._body_started or not length.isdigit() or int(length) > _DRAIN:
+                return False
+            try:
+                self.rfile.read(int(length))
+            except OSError:
+                return False
+            return True
 
         def do_GET(self) -> None:  # noqa: N802
             self._reply_text(405, "this node takes STOW-RS (POST /studies); it serves no QIDO-RS or WADO-RS")
 
         def _store(self) -> tuple[int, dict[str, Any]]:
+            self._body_started = False
             study = self._study()
             certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
             sender = receiver.sender(self.headers.get("Authorization"), certificate)
@@ -521,6 +537,7 @@ def _handler(receiver: StowReceiver) -> type[BaseHTTPRequestHandler]:
                 raise Refused(503, "spool disk is below its free-space watermark; try again later")
             source = receiver.new_source(sender, self.client_address[0])
             upload = Upload(receiver, source, study)
+            self._body_started = True
             try:
                 self._parse(upload, boundary)
             finally:
