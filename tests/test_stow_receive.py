@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 
 from node.index.store import Index
@@ -17,8 +18,10 @@ from node.passwords import hash_password
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.kill_trials import KillTrials, fresh_series
 from tests.peers import free_port, storescu
+from tests.pki import issue
 from tests.test_hostile_input import ct_files
 from tests.test_node_e2e import pacs_destination
+from tests.test_tls import pki  # noqa: F401 (pki is a fixture)
 
 PASSWORD = "stow test password"
 
@@ -106,3 +109,44 @@ def test_kill_9_during_stow_rs_uploads_loses_no_instance_that_got_a_200(tmp_path
 
 #: seconds after the upload starts; measured: 32 slices take 1.0 s to upload, 3 more every 0.1 s
 STOW_KILL_DELAYS_SECONDS = (0.15, 0.35, 0.55)
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, pki):  # noqa: F811 (the fixture imported above)
+    token = tmp_path / "modality-gateway.token"
+    token.write_text("s3cret-token-of-the-gateway\n")
+    config = node_config(tmp_path, dicomweb={
+        "port": free_port(), "token_files": [str(token)], "client_names": ["radnode"],
+        "tls": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "ca_file": str(pki.ca)}})
+    process = NodeProcess(config, tmp_path).start()
+    yield process, token.read_text().strip()
+    process.stop()
+
+
+def test_only_a_listed_client_certificate_or_bearer_token_may_store_over_https(
+        tls_node, pki, data_dir, tmp_path):  # noqa: F811 (the fixture imported above)
+    node, token = tls_node
+    stranger = issue(tmp_path, (pki.ca, pki.ca.with_name("ca.key")), "stranger")
+    dataset = pydicom.dcmread(ct_files(data_dir, 1)[0])
+
+    def upload(cert: tuple[Path, Path] | None = None, bearer: str | None = None) -> int:
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the test CA
+        session.verify = str(pki.ca)
+        if cert is not None:
+            session.cert = (str(cert[0]), str(cert[1]))
+        if bearer is not None:
+            session.headers["Authorization"] = f"Bearer {bearer}"
+        client = DICOMwebClient(f"https://localhost:{node.stow_port}", session=session)
+        try:
+            client.store_instances([dataset])
+        except requests.HTTPError as error:
+            return error.response.status_code
+        return 200
+
+    assert upload(cert=(pki.client_cert, pki.client_key)) == 200  # CN radnode is in client_names
+    assert upload(bearer=token) == 200
+    assert upload() == 401
+    assert upload(bearer="a guess") == 401
+    assert upload(cert=stranger) == 401  # signed by the CA, but its CN is not in client_names
+    assert node.logs().count('"stow.refused", "status": 401') == 3

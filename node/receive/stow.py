@@ -398,6 +398,9 @@ class StowReceiver:
         settings = self.settings
         assert settings.port is not None
         context = server_context(settings.tls) if settings.tls is not None else None
+        if context is not None and self._tokens:
+            # a client may come with a token instead; a certificate it presents is still verified
+            context.verify_mode = ssl.CERT_OPTIONAL if settings.tls and settings.tls.ca_file else ssl.CERT_NONE
         self._server = _Server((settings.host, settings.port), _handler(self), context, settings.max_connections)
         logs.info("stow.listening", host=settings.host, port=settings.port, https=context is not None,
                   tokens=len(self._tokens), client_certificates=bool(settings.tls and settings.tls.ca_file),
