@@ -13,6 +13,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from node.config import ConfigError, parse_config
 from node.index.store import Index
 from node.passwords import hash_password
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
@@ -150,3 +151,11 @@ def test_only_a_listed_client_certificate_or_bearer_token_may_store_over_https(
     assert upload(bearer="a guess") == 401
     assert upload(cert=stranger) == 401  # signed by the CA, but its CN is not in client_names
     assert node.logs().count('"stow.refused", "status": 401') == 3
+
+
+def test_dicomweb_settings_that_cannot_work_stop_the_start_naming_the_key():
+    with pytest.raises(ConfigError, match=r"dicomweb\.client_names: needs \[dicomweb\.tls\] ca_file"):
+        parse_config({"dicomweb": {"port": 8042, "client_names": ["gateway"]}})
+    with pytest.raises(ConfigError, match=r"dicomweb\.port: 11112 is also node\.port"):
+        parse_config({"dicomweb": {"port": 11112}})
+    assert parse_config({}).dicomweb.port is None  # off by default

@@ -48,18 +48,19 @@ SUPERVISOR_INTERVAL = 0.25
 
 
 def receiver_main(config_path: str) -> None:
-    die_with_parent()
-    logs.setup()
-    receiver = Receiver(load_config(Path(config_path)))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
-    receiver.serve_forever()
+    _serve_child(config_path, Receiver)
 
 
 def stow_main(config_path: str) -> None:
+    _serve_child(config_path, StowReceiver)
+
+
+def _serve_child(config_path: str, make: Callable[[Config], Receiver | StowReceiver]) -> None:
+    """A receiving child: it dies with the supervisor, and SIGTERM stops it listening (what it
+    has not answered, its sender sends again)."""
     die_with_parent()
     logs.setup()
-    receiver = StowReceiver(load_config(Path(config_path)))
+    receiver = make(load_config(Path(config_path)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
     receiver.serve_forever()

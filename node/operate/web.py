@@ -49,7 +49,7 @@ from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_
 from node.passwords import verify_password
 from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
-from node.tls import server_context
+from node.tls import certificate_name, server_context
 
 #: Throughput chart: the last hour in 5-minute bars; the job-time chart: the latest jobs of that hour.
 _HOUR, _BIN, _CHART_JOBS = 3600.0, 300.0, 30
@@ -326,15 +326,6 @@ class WebApp:
                 return handler(self.index, target)
         except ValueError:
             return admin.Outcome(False, f"{action}: target {target!r} is not a number")
-
-
-def certificate_name(certificate: dict[str, Any] | None) -> str | None:
-    """The common name of a verified client certificate (its whole subject when it has none)."""
-    if not certificate or not certificate.get("subject"):
-        return None
-    fields = [pair for rdn in certificate["subject"] for pair in rdn]
-    common = [value for key, value in fields if key == "commonName"]
-    return common[0] if common else ",".join(f"{key}={value}" for key, value in fields)
 
 
 class _Server(ThreadingHTTPServer):

@@ -57,7 +57,7 @@ from node.receive.intake import (
 from node.receive.scp import STORAGE_CLASSES, TRANSFER_SYNTAXES, handshake
 from node.receive.screening import uid_problem
 from node.receive.spool import PartFile, Spool
-from node.tls import server_context
+from node.tls import certificate_name, server_context
 
 if TYPE_CHECKING:  # defined by python-multipart for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -339,7 +339,7 @@ class StowReceiver:
         """Who is storing, or None when the allow-list lets them not: a bearer token from one of
         ``token_files`` (named by its file's stem), or a client certificate whose common name is
         allowed. With neither configured, anyone who reaches the port (as DIMSE without [[allow]])."""
-        name = _certificate_name(certificate)
+        name = certificate_name(certificate)
         if name is not None and (not self.settings.client_names or name in self.settings.client_names):
             return name
         if authorization and authorization[:7].lower() == "bearer ":
@@ -411,13 +411,6 @@ class StowReceiver:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-
-
-def _certificate_name(certificate: dict[str, Any] | None) -> str | None:
-    if not certificate or not certificate.get("subject"):
-        return None
-    common = [value for rdn in certificate["subject"] for key, value in rdn if key == "commonName"]
-    return common[0] if common else None
 
 
 class _Server(ThreadingHTTPServer):
