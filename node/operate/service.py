@@ -136,7 +136,7 @@ class Node:
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
-                  receivers=self.config.node.receivers, engine=self.config.workers.engine,
+                  receivers=self.config.node.receivers, stow_port=self.config.dicomweb.port, engine=self.config.workers.engine,
                   workers=self.config.workers.count,
                   routes=[r.name for r in self.config.routes])
 
