@@ -219,15 +219,17 @@ class Upload:
         self._limit = receiver.settings.max_instance_mb * 2**20
 
     def callbacks(self) -> MultipartCallbacks:
-        return {"on_part_begin": self._begin, "on_header_field": self._field, "on_header_value": self._value,
-                "on_headers_finished": self._headers_done, "on_part_data": self._data, "on_part_end": self._end}
+        return {"on_part_begin": self._begin, "on_header_begin": self._header, "on_header_field": self._field,
+                "on_header_value": self._value, "on_headers_finished": self._headers_done,
+                "on_part_data": self._data, "on_part_end": self._end}
 
     def _begin(self) -> None:
         self._headers, self._part, self._refusal = [], None, None
 
+    def _header(self) -> None:
+        self._headers.append((bytearray(), bytearray()))
+
     def _field(self, data: bytes, start: int, end: int) -> None:
-        if not self._headers or self._headers[-1][1]:
-            self._headers.append((bytearray(), bytearray()))
         self._headers[-1][0].extend(data[start:end])
 
     def _value(self, data: bytes, start: int, end: int) -> None:
@@ -245,18 +247,26 @@ class Upload:
         elif not self.receiver.disk_ok():
             self._refusal = StoreRefusal(OUT_OF_RESOURCES, "spool disk is below its free-space watermark")
         else:
-            self._part = self.receiver.spool.open_part()
+            try:
+                self._part = self.receiver.spool.open_part()
+            except OSError as error:
+                self._refusal = StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._part is None:
             return
         if self._part.size + end - start > self._limit:
-            self._part.discard()
-            self._part = None
-            self._refusal = StoreRefusal(OUT_OF_RESOURCES, f"an instance is larger than max_instance_mb = "
-                                                           f"{self.receiver.settings.max_instance_mb}")
+            self._drop(StoreRefusal(OUT_OF_RESOURCES, f"an instance is larger than max_instance_mb = "
+                                                      f"{self.receiver.settings.max_instance_mb}"))
             return
-        self._part.write(memoryview(data)[start:end])
+        try:
+            self._part.write(memoryview(data)[start:end])
+        except OSError as error:  # a full disk: this part fails, the rest of the body is read and dropped
+            self._drop(StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}"))
+
+    def _drop(self, refusal: StoreRefusal) -> None:
+        self.discard()
+        self._refusal = refusal
 
     def _end(self) -> None:
         part, self._part = self._part, None
