@@ -198,6 +198,33 @@ class WebSettings(_Strict):
         return self
 
 
+class DicomwebSettings(_Strict):
+    """The STOW-RS receiver (node.receive.stow): off until ``port`` is set. Who may store: a bearer
+    token read from one of ``token_files``, or a TLS client certificate signed by ``[dicomweb.tls]
+    ca_file`` whose common name is in ``client_names`` (any name that CA signed when it is empty)."""
+
+    port: Port | None = None
+    host: str = "127.0.0.1"
+    tls: ServerTls | None = None
+    token_files: tuple[FilePath, ...] = ()
+    client_names: tuple[str, ...] = ()
+    #: a larger instance in an upload is refused (FailureReason 0xA700); a larger body gets 413
+    max_instance_mb: Annotated[int, Field(ge=1)] = 2048
+    max_request_mb: Annotated[int, Field(ge=1)] = 16384
+    #: uploads at once; more get 503 at once
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: headers must arrive within this; a body must keep up ``min_upload_kb_per_second`` after it
+    header_seconds: Annotated[float, Field(gt=0)] = 10.0
+    min_upload_kb_per_second: Annotated[float, Field(ge=0)] = 64.0
+
+    @model_validator(mode="after")
+    def _names_need_certificates(self) -> DicomwebSettings:
+        if self.client_names and (self.tls is None or self.tls.ca_file is None):
+            raise _RefError("dicomweb.client_names", "needs [dicomweb.tls] ca_file: client certificates are "
+                            "checked against that CA")
+        return self
+
+
 class Allow(_Strict):
     ae_title: AETitle | None = None
     addresses: list[str] = Field(default_factory=list)
@@ -442,6 +469,7 @@ class Config(_Strict):
     retention: RetentionSettings = RetentionSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     web: WebSettings = WebSettings()
+    dicomweb: DicomwebSettings = DicomwebSettings()
     allow: list[Allow] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     notify: list[NotifyTarget] = Field(default_factory=list)
@@ -476,6 +504,8 @@ class Config(_Strict):
             listeners.append(("monitoring.port", self.monitoring.host, self.monitoring.port))
         if self.web.enabled:
             listeners.append(("web.port", self.web.host, self.web.port))
+        if self.dicomweb.port is not None:
+            listeners.append(("dicomweb.port", self.dicomweb.host, self.dicomweb.port))
         for n, (key, host, port) in enumerate(listeners):
             for other_key, other_host, other_port in listeners[:n]:
                 if port == other_port and _hosts_overlap(host, other_host):
@@ -648,7 +678,8 @@ def route_problems(route: Route, inputs: Sequence[InputSpec]) -> list[tuple[str,
 def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
-                                          ("web.tls", config.web.tls, server_context)]
+                                          ("web.tls", config.web.tls, server_context),
+                                          ("dicomweb.tls", config.dicomweb.tls, server_context)]
     tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
     tables += [(f"sources[{i}].tls", s.tls, client_context) for i, s in enumerate(config.sources)]
     for key, settings, build in tables:
@@ -702,6 +733,11 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(web.get("route_test_roots"), list):
             web["route_test_roots"] = [base / root if isinstance(root, str) else root
                                        for root in web["route_test_roots"]]
+    dicomweb = data.get("dicomweb")
+    if isinstance(dicomweb, dict):
+        _anchor_tls(dicomweb.get("tls"), base)
+        if isinstance(dicomweb.get("token_files"), list):
+            dicomweb["token_files"] = [str(base / f) if isinstance(f, str) else f for f in dicomweb["token_files"]]
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                             + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
         return p
 
-    command("serve", "start the node: Storage SCP, workers and delivery")
+    command("serve", "start the node: Storage SCP, STOW-RS receiver (when [dicomweb] port is set), workers and delivery")
 
     run = command("run", "run a pipeline offline on the DICOM files under a folder")
     run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")

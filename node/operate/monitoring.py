@@ -27,6 +27,7 @@ from node.index.results import DestinationCheck
 from node.index.states import MACHINES, DeliveryState
 from node.index.store import Index
 from node.operate.admin import notify_rows, notify_summary, when
+from node.receive.stow import ASSOCIATION_PREFIX
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
@@ -38,6 +39,9 @@ _STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
 DESTINATION_CHECK = "destination "
 #: ... and a notification target's "notify NAME".
 NOTIFY_CHECK = "notify "
+#: The STOW-RS receiver's process role (node.operate.service) and its check's name.
+STOW_ROLE, STOW_CHECK = "stow-receiver", "dicomweb"
+_HOUR = 3600.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
     checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
     checks.update(destination_checks(config, index))
     checks.update(notify_checks(config, index))
+    if config.dicomweb.port is not None:
+        checks[STOW_CHECK] = stow_check(config, index, children)
     return checks
 
 
@@ -133,6 +139,22 @@ def notify_checks(config: Config, index: Index) -> dict[str, Check]:
         return {}
     return {f"{NOTIFY_CHECK}{r.name}": Check(not r.state.last_error, f"{r.kind} {r.where}: {notify_summary(r)}")
             for r in rows}
+
+
+def stow_check(config: Config, index: Index, children: ChildCounts) -> Check:
+    """The STOW-RS receiver: off, listening (with what it took in the last hour) or not running."""
+    settings = config.dicomweb
+    if settings.port is None:
+        return Check(True, "off ([dicomweb] port not set)")
+    where = f"{'https' if settings.tls else 'http'}://{settings.host}:{settings.port}/studies"
+    running, expected = children().get(STOW_ROLE, (0, 1))
+    if running < expected:
+        return Check(False, f"{where}: not running (the supervisor restarts it; see the log)")
+    try:
+        uploads, instances = index.association_counts(ASSOCIATION_PREFIX, time.time() - _HOUR)
+    except Exception:  # noqa: BLE001 (the index check names the failure)
+        return Check(True, f"listening on {where}")
+    return Check(True, f"listening on {where}: {instances} instances in {uploads} uploads in the last hour")
 
 
 def destination_checks(config: Config, index: Index) -> dict[str, Check]:
