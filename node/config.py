@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from node.http_auth import HttpAuth
 from node.result_formats import FORMATS, ResultFormat, format_of
 from node.route.matcher import Condition, parse_condition
 from node.tls import ClientTls, ServerTls, client_context, server_context
@@ -226,12 +227,10 @@ class Allow(_Strict):
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
 
 
-class Destination(_Strict):
+class _DestinationBase(_Strict):
+    """What every destination has, whatever protocol reaches it: a name and the result formats it takes."""
+
     name: str = Field(min_length=1)
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: ClientTls | None = None
     #: the kinds of result this destination receives (``node.result_formats``); all by default
     formats: tuple[ResultFormat, ...] = FORMATS
 
@@ -263,6 +262,56 @@ class Destination(_Strict):
     def takes(self, sop_class: str) -> bool:
         """Whether a result object of ``sop_class`` goes to this destination."""
         return format_of(sop_class) in self.formats
+
+
+class Destination(_DestinationBase):
+    """A PACS reached by C-STORE (DIMSE), the default ``protocol``."""
+
+    protocol: Literal["dimse"] = "dimse"
+    ae_title: AETitle
+    host: str
+    port: Port
+    tls: ClientTls | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DicomwebDestination(_DestinationBase):
+    """An archive reached by STOW-RS (``protocol = "dicomweb"``): its DICOMweb root ``url``."""
+
+    protocol: Literal["dicomweb"]
+    url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
+    auth: HttpAuth | None = None
+    #: verify the server's certificate against this CA instead of the system's trust store
+    ca_file: FilePath | None = None
+    #: instances per STOW-RS request (one multipart body each, over one kept-alive connection)
+    instances_per_request: Annotated[int, Field(ge=1, le=10000)] = 50
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("credentials do not go in the url (it is logged and shown): "
+                             "use auth = { type = \"basic\", file = \"...\" }")
+        return value
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> DicomwebDestination:
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file verifies an HTTPS server: give an https:// url, or leave ca_file out")
+        return self
+
+    @property
+    def where(self) -> str:
+        return f"STOW-RS {self.url.rstrip('/')}"
+
+
+#: a destination of either protocol; ``protocol`` picks which (``dimse`` when left out)
+AnyDestination = Annotated[Destination | DicomwebDestination, Field(discriminator="protocol")]
+PROTOCOLS = ("dimse", "dicomweb")
 
 
 class InputSelector(_Strict):
@@ -343,9 +392,24 @@ class Config(_Strict):
     monitoring: MonitoringSettings = MonitoringSettings()
     web: WebSettings = WebSettings()
     allow: list[Allow] = Field(default_factory=list)
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _protocol_named(cls, value: Any) -> Any:
+        """``protocol`` may be left out (C-STORE); an unknown one is told the known ones."""
+        if not isinstance(value, list):
+            return value
+        for i, table in enumerate(value):
+            if not isinstance(table, dict):
+                continue
+            protocol = table.setdefault("protocol", "dimse")
+            if protocol not in PROTOCOLS:
+                raise _RefError(f"destinations[{i}].protocol",
+                                f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -376,7 +440,7 @@ class Config(_Strict):
                     raise _RefError(key, f"{port} is also {other_key}; each listener needs a port of its own")
         return self
 
-    def destination(self, name: str) -> Destination:
+    def destination(self, name: str) -> Destination | DicomwebDestination:
         return next(d for d in self.destinations if d.name == name)
 
     def route(self, name: str) -> Route:
@@ -422,6 +486,9 @@ def _error_lines(error: ValidationError, prefix: str = "") -> list[str]:
     shape is shared with a model folder's params.toml (``pipelines.validation``)."""
     lines = []
     for err in error.errors():
+        loc = err["loc"]
+        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in PROTOCOLS:  # the union's tag: no key
+            err["loc"] = (*loc[:2], *loc[3:])
         ctx_error = (err.get("ctx") or {}).get("error")
         lines.append(f"  {ctx_error}" if isinstance(ctx_error, _RefError) else problem_line(err, prefix))
     return lines
@@ -531,7 +598,8 @@ def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
                                           ("web.tls", config.web.tls, server_context)]
-    tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
+    tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)
+               if isinstance(d, Destination)]
     for key, settings, build in tables:
         if settings is None:
             continue
@@ -586,6 +654,9 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)
+            _anchor_keys(destination, ("ca_file",), base)
+            if isinstance(destination.get("auth"), dict):
+                _anchor_keys(destination["auth"], ("file",), base)
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():
