@@ -286,8 +286,10 @@ class DicomwebDestination(_DestinationBase):
     auth: HttpAuth | None = None
     #: verify the server's certificate against this CA instead of the system's trust store
     ca_file: FilePath | None = None
-    #: instances per STOW-RS request (one multipart body each, over one kept-alive connection)
-    instances_per_request: Annotated[int, Field(ge=1, le=10000)] = 50
+    #: instances per STOW-RS request (one multipart body each)
+    instances_per_request: Annotated[int, Field(ge=1, le=10000)] = 20
+    #: requests in flight at once, each over its own kept-alive connection
+    connections: Annotated[int, Field(ge=1, le=16)] = 4
     timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
 
     @field_validator("url", mode="before")

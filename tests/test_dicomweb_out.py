@@ -20,11 +20,13 @@ from pydicom.uid import generate_uid
 from node.config import ConfigError, Route, parse_config
 from node.deliver.dispatcher import Dispatcher
 from node.index.store import Index, ResultFile
+from node.passwords import hash_password
 from node.route.router import job_spec
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.peers import Orthanc, storescu
+from tests.peers import Orthanc, free_port, storescu
 from tests.pki import issue, make_ca
 from tests.test_hostile_input import ct_files
+from tests.test_web_access import PASSWORD, _auth, _request, _text
 from tests.tls_proxy import TlsProxy
 
 
@@ -257,7 +259,8 @@ def test_a_bearer_token_from_a_file_reaches_the_server(tmp_path, data_dir):
 def test_the_node_delivers_by_stow_rs_and_health_cli_and_web_name_the_destination(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
     config = node_config(tmp_path, routes=[threshold_route()], pipelines=threshold_pipeline(),
-                         destinations=[{"name": "pacs", "protocol": "dicomweb", "url": orthanc.dicomweb_url}])
+                         destinations=[{"name": "pacs", "protocol": "dicomweb", "url": orthanc.dicomweb_url}],
+                         web={"enabled": True, "port": free_port(), "password_hash": hash_password(PASSWORD)})
     node = NodeProcess(config, tmp_path).start()
     index = node.index()
     try:
@@ -270,6 +273,9 @@ def test_the_node_delivers_by_stow_rs_and_health_cli_and_web_name_the_destinatio
         check = json.loads(body)["checks"]["destination pacs"]
         assert status == 200 and check["ok"], body
         assert check["detail"].startswith(f"STOW-RS {orthanc.dicomweb_url}: answered at ")
+        status, page, _ = _request(f"http://127.0.0.1:{config['web']['port']}/", _auth())
+        assert status == 200
+        assert f"pacs reachable STOW-RS {orthanc.dicomweb_url}: answered at" in _text(page), _text(page)
         listing = node.cli("destinations").stdout
         assert f"pacs  dicomweb  STOW-RS {orthanc.dicomweb_url}  reachable" in listing, listing
         echo = node.cli("echo", "pacs")
