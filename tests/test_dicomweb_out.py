@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from node.config import ConfigError, Route, parse_config
 from node.deliver.dispatcher import Dispatcher
 from node.index.store import Index, ResultFile
+from node.operate.admin import retry_deliveries
 from node.passwords import hash_password
 from node.route.router import job_spec
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
@@ -181,6 +182,31 @@ def test_orthanc_down_mid_delivery_loses_nothing_and_stores_each_instance_once(t
         tries = index.delivery_attempts(delivery.id)
         assert tries[-1].error == "" and len(tries) == delivery.attempts >= 5
         assert all("no HTTP answer from STOW-RS" in t.error for t in tries[:-1]), tries
+    finally:
+        orthanc.stop()
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_dicomweb_delivery_goes_dead_after_its_tries_and_radnode_retry_sends_it(tmp_path, data_dir):
+    files = derived(ct_files(data_dir, 3), tmp_path / "results")
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True)  # not started: the archive is down
+    config, index = dicomweb(tmp_path, orthanc.dicomweb_url, delivery={"max_attempts": 2})
+    finished_job(index, study_of(files[0]), files)
+    dispatcher = Dispatcher(config, index)
+    for _ in range(2):
+        due_now(index)
+        assert dispatcher.tick() == 0
+    (delivery,) = index.deliveries()
+    assert (delivery.state, delivery.attempts) == ("dead", 2)
+    assert delivery.last_error.startswith(f"no HTTP answer from STOW-RS {orthanc.dicomweb_url} (ConnectError")
+    orthanc.start()
+    try:
+        assert retry_deliveries(index).message == "1 dead deliveries queued again"  # radnode retry
+        assert dispatcher.tick() == 1
+        assert len(sop_uids(orthanc)) == 3
+        tries = index.delivery_attempts(delivery.id)
+        assert [t.error == "" for t in tries] == [False, False, True], "the history keeps the dead tries"
     finally:
         orthanc.stop()
 
