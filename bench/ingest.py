@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,29 +240,44 @@ def dispatcher_seconds(tmp: Path, destination: dict[str, object], files: list[Pa
     return seconds
 
 
-def delivery(paths: list[Path], tmp: Path, rounds: int = 3) -> None:
-    """The dispatcher and storescu each send a derived series (their own UIDs) to one Orthanc,
-    ``rounds`` times, taking turns at going first (Orthanc slows as its index grows); the
-    medians are compared, and the dispatcher's own CPU time per image is printed beside them."""
-    warm = derived_series(paths[:10], tmp / "derived-warm-up")
-    orthanc = Orthanc(tmp / "orthanc-delivery").start()
-    rates: dict[str, list[float]] = {"storescu": [], "dispatcher": []}
-    cpu_ms: list[float] = []
+@contextlib.contextmanager
+def warmed_orthanc(tmp: Path, paths: list[Path], name: str, dicomweb: bool = False) -> Iterator[Orthanc]:
+    """An Orthanc that has already stored 10 derived slices (its first images are slower)."""
+    warm = derived_series(paths[:10], tmp / f"{name}-warm-up")
+    orthanc = Orthanc(tmp / name, dicomweb=dicomweb).start()
     try:
         send(orthanc.dicom_port, orthanc.aet, [warm])
-        for turn in range(rounds):
-            by_storescu = derived_series(paths, tmp / f"derived-storescu-{turn}")
-            by_dispatcher = derived_series(paths, tmp / f"derived-dispatcher-{turn}")
-            for sender in ("storescu", "dispatcher") if turn % 2 == 0 else ("dispatcher", "storescu"):
-                if sender == "storescu":
-                    rates[sender].append(len(paths) / send(orthanc.dicom_port, orthanc.aet, [by_storescu]))
-                    continue
-                cpu = time.process_time()
-                rates[sender].append(len(paths) / dispatcher_seconds(tmp / f"dispatcher-{turn}",
-                                                                     c_store_to(orthanc), by_dispatcher))
-                cpu_ms.append((time.process_time() - cpu) / len(paths) * 1000)
+        yield orthanc
     finally:
         orthanc.stop()
+
+
+def in_turns(rounds: int, first: str, second: str, rate: Callable[[str, int], float]) -> dict[str, list[float]]:
+    """``rate(sender, turn)`` of two senders, ``rounds`` times, taking turns at going first
+    (Orthanc slows as its index grows)."""
+    rates: dict[str, list[float]] = {first: [], second: []}
+    for turn in range(rounds):
+        for sender in (first, second) if turn % 2 == 0 else (second, first):
+            rates[sender].append(rate(sender, turn))
+    return rates
+
+
+def delivery(paths: list[Path], tmp: Path, rounds: int = 3) -> None:
+    """The dispatcher and storescu each send a derived series (their own UIDs) to one Orthanc,
+    ``rounds`` times, taking turns at going first; the medians are compared, and the
+    dispatcher's own CPU time per image is printed beside them."""
+    cpu_ms: list[float] = []
+    with warmed_orthanc(tmp, paths, "orthanc-delivery") as orthanc:
+        def rate(sender: str, turn: int) -> float:
+            files = derived_series(paths, tmp / f"derived-{sender}-{turn}")
+            if sender == "storescu":
+                return len(paths) / send(orthanc.dicom_port, orthanc.aet, [files])
+            cpu = time.process_time()
+            seconds = dispatcher_seconds(tmp / f"dispatcher-{turn}", c_store_to(orthanc), files)
+            cpu_ms.append((time.process_time() - cpu) / len(paths) * 1000)
+            return len(paths) / seconds
+
+        rates = in_turns(rounds, "storescu", "dispatcher", rate)
     storescu_rate, dispatcher_rate = statistics.median(rates["storescu"]), statistics.median(rates["dispatcher"])
     print(f"derived series of {len(paths)} slices to Orthanc, median of {rounds}: dcmtk storescu "
           f"{storescu_rate:.1f} img/s, radnode dispatcher {dispatcher_rate:.1f} img/s "
@@ -273,25 +289,21 @@ def stow_delivery(paths: list[Path], tmp: Path, rounds: int = 3, per_request: in
     """The dispatcher delivers a derived series (its own UIDs each time) to one Orthanc with its
     DICOMweb plugin by C-STORE and by STOW-RS, ``rounds`` times, taking turns at going first;
     the medians are compared (target: STOW-RS >= 0.9x C-STORE)."""
-    warm = derived_series(paths[:10], tmp / "stow-warm-up")
-    orthanc = Orthanc(tmp / "orthanc-stow", dicomweb=True).start()
-    stow = {"protocol": "dicomweb", "url": orthanc.dicomweb_url, "instances_per_request": per_request,
-            "connections": connections}
-    rates: dict[str, list[float]] = {"C-STORE": [], "STOW-RS": []}
-    try:
-        send(orthanc.dicom_port, orthanc.aet, [warm])
-        for turn in range(rounds):
-            for protocol in ("C-STORE", "STOW-RS") if turn % 2 == 0 else ("STOW-RS", "C-STORE"):
-                files = derived_series(paths, tmp / f"derived-{protocol}-{turn}")
-                destination = c_store_to(orthanc) if protocol == "C-STORE" else stow
-                rates[protocol].append(len(paths) / dispatcher_seconds(tmp / f"{protocol}-{turn}", destination, files))
-    finally:
-        orthanc.stop()
+    with warmed_orthanc(tmp, paths, "orthanc-stow", dicomweb=True) as orthanc:
+        stow = {"protocol": "dicomweb", "url": orthanc.dicomweb_url, "instances_per_request": per_request,
+                "connections": connections}
+
+        def rate(protocol: str, turn: int) -> float:
+            files = derived_series(paths, tmp / f"derived-{protocol}-{turn}")
+            destination = c_store_to(orthanc) if protocol == "C-STORE" else stow
+            return len(paths) / dispatcher_seconds(tmp / f"{protocol}-{turn}", destination, files)
+
+        rates = in_turns(rounds, "C-STORE", "STOW-RS", rate)
     c_store, stow_rs = statistics.median(rates["C-STORE"]), statistics.median(rates["STOW-RS"])
     print(f"derived series of {len(paths)} slices by the dispatcher to one Orthanc, median of {rounds}: "
           f"C-STORE (one association) {c_store:.1f} img/s, STOW-RS ({per_request} per request, "
-          f"{connections} kept-alive connections) "
-          f"{stow_rs:.1f} img/s: STOW-RS/C-STORE {stow_rs / c_store:.2f}x", flush=True)
+          f"{connections} kept-alive connections) {stow_rs:.1f} img/s: STOW-RS/C-STORE {stow_rs / c_store:.2f}x",
+          flush=True)
 
 
 def main() -> None:

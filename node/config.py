@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import ipaddress
+import ssl
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -404,14 +405,12 @@ class Config(_Strict):
         """``protocol`` may be left out (C-STORE); an unknown one is told the known ones."""
         if not isinstance(value, list):
             return value
-        for i, table in enumerate(value):
-            if not isinstance(table, dict):
-                continue
-            protocol = table.setdefault("protocol", "dimse")
-            if protocol not in PROTOCOLS:
+        tables = [{"protocol": "dimse", **table} if isinstance(table, dict) else table for table in value]
+        for i, table in enumerate(tables):
+            if isinstance(table, dict) and table["protocol"] not in PROTOCOLS:
                 raise _RefError(f"destinations[{i}].protocol",
-                                f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-        return value
+                                f"unknown protocol {table['protocol']!r}; known: {', '.join(PROTOCOLS)}")
+        return tables
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -600,8 +599,11 @@ def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
                                           ("web.tls", config.web.tls, server_context)]
-    tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)
-               if isinstance(d, Destination)]
+    for i, d in enumerate(config.destinations):
+        if isinstance(d, Destination):
+            tables.append((f"destinations[{i}].tls", d.tls, client_context))
+        else:
+            tables.append((f"destinations[{i}].ca_file", d.ca_file, lambda cafile: ssl.create_default_context(cafile=cafile)))
     for key, settings, build in tables:
         if settings is None:
             continue

@@ -319,7 +319,7 @@ def test_the_node_delivers_by_stow_rs_and_health_cli_and_web_name_the_destinatio
     ({"protocol": "dicomweb"}, "destinations[0].url: required key is missing"),
     ({"protocol": "dicomweb", "url": "https://radnode:pw@vna.example.org/dicom-web"},
      "destinations[0].url: credentials do not go in the url"),
-    ({"protocol": "dicomweb", "url": "http://vna/dicom-web", "ca_file": "config.toml"},
+    ({"protocol": "dicomweb", "url": "http://vna/dicom-web", "ca_file": __file__},
      "destinations[0]: ca_file verifies an HTTPS server: give an https:// url"),
     ({"protocol": "dicomweb", "url": "https://vna/dicom-web", "auth": {"type": "bearer", "file": "nowhere.token"}},
      "destinations[0].auth.file: "),
@@ -339,3 +339,12 @@ def test_a_basic_auth_file_without_a_colon_is_refused_at_start(tmp_path):
         parse_config({"destinations": [{"name": "vna", "protocol": "dicomweb", "url": "https://vna/dicom-web",
                                         "auth": {"type": "basic", "file": str(secret)}}]})
     assert f"destinations[0].auth: {secret} must hold user:password on one line" in str(refused.value)
+
+
+def test_a_ca_file_that_holds_no_certificate_is_refused_at_start(tmp_path):
+    ca = tmp_path / "vna-ca.crt"
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"destinations": [{"name": "vna", "protocol": "dicomweb", "url": "https://vna/dicom-web",
+                                        "ca_file": str(ca)}]})
+    assert "destinations[0].ca_file: cannot load the certificates" in str(refused.value)

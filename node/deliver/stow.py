@@ -87,6 +87,8 @@ class StowSender:
                 outcome = self._send_parcel(parcel)
             except (httpx.TransportError, ValueError) as error:
                 return self._why_not(error)
+            except OSError as error:  # a result file that went while it was read fails its delivery alone
+                outcome = Outcome(f"{type(error).__name__}: {error}"[:500], local=True)
             settle(parcel, outcome)
         return None
 
