@@ -348,3 +348,26 @@ def test_a_ca_file_that_holds_no_certificate_is_refused_at_start(tmp_path):
         parse_config({"destinations": [{"name": "vna", "protocol": "dicomweb", "url": "https://vna/dicom-web",
                                         "ca_file": str(ca)}]})
     assert "destinations[0].ca_file: cannot load the certificates" in str(refused.value)
+
+
+def test_a_warning_reason_counts_as_stored_and_an_instance_the_answer_leaves_out_as_refused():
+    """The parts of a Store Instances Response Orthanc never sends (it warns of nothing): a
+    ReferencedSOPSequence item with a WarningReason (coercion, PS3.18 10.5.3), an instance in
+    neither sequence."""
+    from node.deliver.stow import _per_instance
+
+    def item(uid: str, warning: int | None = None) -> pydicom.Dataset:
+        ds = pydicom.Dataset()
+        ds.ReferencedSOPClassUID, ds.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", uid
+        if warning is not None:
+            ds.WarningReason = warning
+        return ds
+
+    answer = pydicom.Dataset()
+    answer.ReferencedSOPSequence = [item("1.2.3.1", 0xB000), item("1.2.3.2")]
+    files = [ResultFile(Path(f"{n}.dcm"), f"1.2.3.{n}", "1.2.840.10008.5.1.4.1.1.2") for n in (1, 2, 3)]
+    response = httpx.Response(202, json=answer.to_json_dict())
+    refused, warnings = _per_instance(response, files)
+    assert warnings == ["1.2.3.1: WarningReason 0xB000 (coercion of data elements)"]
+    assert refused == ["1.2.3.3: not in the server's answer (HTTP 202)"]
+    assert _per_instance(httpx.Response(200), files) == ([], []), "a 200 without a body took the request whole"
