@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node import logs
 from node.complete.studies import StudyWatch, wait_counts
-from node.config import Config, Destination
+from node.config import Config, Destination, DicomwebDestination
 from node.index.results import DestinationCheck
 from node.index.states import MACHINES, DeliveryState
 from node.index.store import Index
@@ -167,8 +167,14 @@ def destination_checks(config: Config, index: Index) -> dict[str, Check]:
     return {f"{DESTINATION_CHECK}{d.name}": _destination_check(d, seen.get(d.name)) for d in config.destinations}
 
 
-def _destination_check(destination: Destination, last: DestinationCheck | None) -> Check:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+def destination_seen(config: Config, index: Index) -> list[tuple[Destination | DicomwebDestination, Check]]:
+    """Each destination, whatever its protocol, with its last check or delivery (``radnode destinations``)."""
+    checks = destination_checks(config, index)
+    return [(d, checks[f"{DESTINATION_CHECK}{d.name}"]) for d in config.destinations]
+
+
+def _destination_check(destination: Destination | DicomwebDestination, last: DestinationCheck | None) -> Check:
+    where = destination.where
     if last is None:
         return Check(True, f"{where}: not tried yet")
     if last.ok:
