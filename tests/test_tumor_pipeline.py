@@ -16,6 +16,7 @@ from node.operate.findings import finding_lines
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
+from pipelines.tumor.quality import LOW_CONFIDENCE_BELOW
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import write_clinical_study
@@ -78,6 +79,9 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     # a volume per sub-region (necrosis, edema, enhancing tumor) and one per connected lesion
     lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
     assert lesions and texts.count("mL") == 3 + len(lesions), (lesions, texts.count("mL"))
+    # the case's self-consistency, in the summary and the SR (FOUR_SCORE here, over the threshold)
+    assert not result.summary.low_confidence and result.summary.self_consistency >= LOW_CONFIDENCE_BELOW
+    assert "Usable - Meets the quality control standard" in texts
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
@@ -122,6 +126,26 @@ def test_t1c_alone_delivered_unvalidated_says_so_on_every_object(study, tmp_path
     assert "contrasts used: T1c" in _content_texts(sr)
     assert ("validation: UNVALIDATED: T1c is outside the model's validated inputs (held-out Dice 0.028 on 8 scans); "
             "send FLAIR") in _content_texts(sr)
+    for path in result.outputs:
+        assert not dciodvfy(path).errors
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_t2_sent_as_the_t1c_is_marked_low_confidence_in_the_sr_and_on_the_key_images(pipeline, study, tmp_path):
+    """A protocol that maps the T2 series to the T1c role and the T1c to T2 (the inconsistent case):
+    the model finds another core in the mirrored study (self-consistency SWAPPED_SCORE), under the
+    threshold, and every object, the key-image banner and the SR say LOW CONFIDENCE."""
+    swapped = {**study, "t1c": study["t2"], "t2": study["t1c"]}
+    result = _run(pipeline, swapped, ("t1c", "t1", "t2", "flair"), tmp_path)
+    print("summary:", result.summary)
+    assert result.summary.low_confidence and result.summary.self_consistency < LOW_CONFIDENCE_BELOW
+    datasets = [pydicom.dcmread(path) for path in result.outputs]
+    assert all(ds.SeriesDescription.startswith("LOW CONFIDENCE ") for ds in datasets), \
+        [ds.SeriesDescription for ds in datasets]
+    texts = _content_texts(next(ds for ds in datasets if ds.Modality == "SR"))
+    assert "Usable - Does not meet the quality control standard" in texts
+    assert any(text.startswith("LOW CONFIDENCE: self-consistency ") for text in texts)
     for path in result.outputs:
         assert not dciodvfy(path).errors
 

@@ -242,7 +242,7 @@ class TumorSegmentation(ModelPipeline):
         else:
             prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
             labels = labels_from(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
-            quality = assess(segmenter, prediction.channels, prediction.probabilities, prediction.inside)
+            quality = assess(segmenter, prediction.probabilities, prediction.inside)
             clock.lap("self-consistency")
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))

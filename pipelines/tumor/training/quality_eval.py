@@ -32,7 +32,7 @@ from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.pipeline import labels_from, predict
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.quality import crispness, mirror_agreement
+from pipelines.tumor.quality import CORE, crispness
 from pipelines.tumor.training.clinical_t1c import heldout_scans, load_scan, training_scans
 from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
 from pipelines.tumor.training.prepare import brats_labels, patient
@@ -42,6 +42,15 @@ POOR_DICE = 0.5
 SCORES = ("crispness", "mirror_agreement")
 #: (case name, contrasts, images, reference tumor core)
 Case = tuple[str, str, dict[str, sitk.Image], np.ndarray]
+
+
+def mirror_agreement(segmenter: Segmenter, channels: np.ndarray, probabilities: np.ndarray,
+                     inside: np.ndarray, threshold: float) -> float:
+    """Dice of the tumor core of ``probabilities`` and that of the left-right mirrored pass, in the
+    brain (``channels`` are (C, z, y, x) in LPS order: x is left-right); 1.0 when both are empty.
+    A brain is nearly symmetric: a network that finds another core in the mirror image is guessing."""
+    mirrored = segmenter.probabilities(np.ascontiguousarray(channels[..., ::-1]))[..., ::-1]
+    return dice((probabilities[CORE] >= threshold) & inside, (mirrored[CORE] >= threshold) & inside)
 
 
 def calibration_cases(clinical: Path, data: Path) -> Iterator[tuple[str, Case]]:
