@@ -32,7 +32,7 @@ from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.pipeline import labels_from, predict
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.quality import CORE, crispness
+from pipelines.tumor.quality import CORE, LOW_CONFIDENCE_BELOW, crispness
 from pipelines.tumor.training.clinical_t1c import heldout_scans, load_scan, training_scans
 from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
 from pipelines.tumor.training.prepare import brats_labels, patient
@@ -92,6 +92,9 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per score: AUROC for TC Dice < ``POOR_DICE`` (lower score = less confident) and the Youden threshold."""
     poor = np.array([r["tc_dice"] < POOR_DICE for r in results.values()])
     out: dict[str, Any] = {"cases": len(poor), "poor": int(poor.sum())}
+    if poor.all() or not poor.any():  # one class only: no ROC; what each score flags at the served threshold
+        flagged = int(sum(r["crispness"] < LOW_CONFIDENCE_BELOW for r in results.values()))
+        return {**out, "auroc": "undefined: one class only", "under_the_crispness_threshold": flagged}
     for name in SCORES:
         score = np.array([r[name] for r in results.values()], dtype=float)
         auroc = mann_whitney_auc(-score[~poor], -score[poor])
