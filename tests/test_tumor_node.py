@@ -85,5 +85,5 @@ def test_radnode_run_offline_picks_the_contrasts_with_the_study_route(data_dir, 
     assert ran.returncode == 0, ran.stderr
     modalities = sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in (tmp_path / "out").iterdir())
     assert f"{len(modalities)} objects written" in ran.stdout
-    # SEG, SR, the presentation state, and the summary plus at least one lesion's key image
-    assert set(modalities) == {"SEG", "SR", "OT", "PR"} and modalities.count("OT") >= 2, modalities
+    # SEG, SR, the presentation state, the KOS, and the summary plus at least one lesion's key image
+    assert set(modalities) == {"SEG", "SR", "OT", "PR", "KO"} and modalities.count("OT") >= 2, modalities

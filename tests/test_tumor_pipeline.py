@@ -71,7 +71,7 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     assert 0.25 * FUSION_WT_ML < whole < 3 * FUSION_WT_ML
     assert result.summary.volumes_ml["necrosis"] > 0.5
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert set(datasets) == {"SEG", "SR", "OT", "PR", "KO"}  # SEG, SR, key images, presentation state, KOS
     texts = _content_texts(datasets["SR"])
     assert "contrasts used: T1c, T1, T2, FLAIR" in texts
     assert any(text.startswith("validation: validated input: held-out Dice 0.68 on 1 scan (") for text in texts)
@@ -115,7 +115,7 @@ def test_t1c_alone_delivered_unvalidated_says_so_on_every_object(study, tmp_path
     assert result.summary.model == "without-flair" and result.summary.tumor_found
     assert result.summary.validation == "unvalidated"
     datasets = [pydicom.dcmread(path) for path in result.outputs]
-    assert {ds.Modality for ds in datasets} == {"SEG", "SR", "OT", "PR"}
+    assert {ds.Modality for ds in datasets} == {"SEG", "SR", "OT", "PR", "KO"}
     assert all(ds.SeriesDescription.startswith("UNVALIDATED ") for ds in datasets), \
         [ds.SeriesDescription for ds in datasets]
     sr = next(ds for ds in datasets if ds.Modality == "SR")

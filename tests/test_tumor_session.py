@@ -77,7 +77,7 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     assert result.summary.registration["t1"] == {"registered": False,
                                                  "why": "same frame of reference and grid as the reference"}
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert set(datasets) == {"SEG", "SR", "OT", "PR", "KO"}  # SEG, SR, key images, presentation state, KOS
     report = datasets["SR"]
     assert report.SeriesDescription.endswith("(T1c, FLAIR; T1, T2 left out)")
     left_out = result.summary.left_out

@@ -93,6 +93,7 @@ from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
 from pipelines.writers.key_images import GREEN, RED, RGB, YELLOW, KeyFinding, Page, Region, make_key_images
+from pipelines.writers.key_objects import with_key_objects
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
@@ -254,13 +255,14 @@ class TumorSegmentation(ModelPipeline):
             series_description=f"Brain tumor: not measured ({used})", procedure=codes.MR_BRAIN,
             not_measured=statement,
         )
-        return [report, *make_key_images(reference, [], page, self.identity)]
+        return with_key_objects(reference, [report, *make_key_images(reference, [], page, self.identity)],
+                                algorithm, self.identity)
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
                  algorithm: Algorithm, used: str, brain: sitk.Image, marking: str = "",
                  statement: str = "") -> list[Dataset]:
         """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
-        key images and the presentation state: every format a destination may ask for.
+        key images, the presentation state and their KOS: every format a destination may ask for.
         ``marking`` ("UNVALIDATED ") opens every object's series description and the key-image
         banner; ``statement`` heads the summary image."""
         coverage = contract.COVERAGE.format(min_ml=self.min_tumor_ml)
@@ -282,7 +284,7 @@ class TumorSegmentation(ModelPipeline):
                 series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
                 coverage=coverage,
             )
-            return [report, *pictures]
+            return with_key_objects(reference, [report, *pictures], algorithm, self.identity)
         segment_map = np.zeros(labels.shape, dtype=np.uint8)
         for number, region in enumerate(SUB_REGIONS, start=1):
             segment_map[labels == region.label] = number
@@ -303,7 +305,7 @@ class TumorSegmentation(ModelPipeline):
             series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
             coverage=coverage,
         )
-        return [seg, report, *pictures]
+        return with_key_objects(reference, [seg, report, *pictures], algorithm, self.identity)
 
 
 def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, reference: Volume,
