@@ -19,7 +19,7 @@ from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_c
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import write_clinical_study
-from tests.peers import dciodvfy
+from tests.peers import conformance, dciodvfy
 from tests.tumor_models import constant_model
 
 #: Whole-tumor volume of the fusion pseudo-reference of TCGA-FG-6692 (labels 1+2+4), in mL.
@@ -78,8 +78,8 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     # a volume per sub-region (necrosis, edema, enhancing tumor) and one per connected lesion
     lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
     assert lesions and texts.count("mL") == 3 + len(lesions), (lesions, texts.count("mL"))
-    for path in result.outputs:
-        assert not dciodvfy(path).errors
+    for path in result.outputs:  # dciodvfy and Pixelmed's validators: every object of a tumor result
+        assert not (report := conformance(path)).errors, report.errors
 
 
 @pytest.mark.peers
