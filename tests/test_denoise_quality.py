@@ -27,7 +27,7 @@ from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_O
 from pipelines.denoise.training.noise import uniform_noise_std, uniform_region_mask
 from pipelines.precision import native_cpu_bfloat16
 from pipelines.volume import load_series
-from tests.peers import conformance, storescu
+from tests.peers import conformance, dciodvfy, storescu
 
 pytestmark = [pytest.mark.slow]
 
@@ -262,8 +262,10 @@ def test_original_series_is_untouched(run_result):
 def test_dciodvfy_and_pixelmed_report_no_errors(run_result, spool_series):
     result, _ = run_result
     assert len(result.outputs) == len(spool_series), f"{len(result.outputs)} of {len(spool_series)} slices written"
-    for path in result.outputs[:: max(1, len(result.outputs) // 4)]:
-        report = conformance(path)
+    for n, path in enumerate(result.outputs[:: max(1, len(result.outputs) // 4)]):
+        # Pixelmed's instance validator knows no CT Image IOD (it reads the file and says so, ~10 s
+        # a slice here): one slice for it, dciodvfy on every sampled one
+        report = conformance(path) if n == 0 else dciodvfy(path)
         assert not report.errors, report.errors
 
 

@@ -54,7 +54,7 @@ def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, 
     missing = wait_until(lambda: finished(incomplete.study_uid), 60, what="missing-input job")[0]
     assert missing.state == "failed" and missing.outcome.startswith("missing input: t1c"), missing.outcome
 
-    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR"})
+    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR", "KO"})
     for path in files.values():
         report = dciodvfy(path)
         print(path.name, "dciodvfy warnings:", report.warnings)

@@ -78,9 +78,9 @@ def make_measurement_report(
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
 
     ``procedure`` is the imaging procedure reported and the body region it covered (default: the
-    modality's unspecified body region). ``coverage`` says what the model can and cannot find; with no finding, the report
-    states that nothing was found in the series it names, followed by it, so that "none
-    detected" is read with its limits. ``not_measured`` (with no findings) replaces that
+    modality's unspecified body region, no region). ``coverage`` says what the model can and
+    cannot find; with no finding, the report states that nothing was found in the series it
+    names, followed by it, so that "none detected" is read with its limits. ``not_measured`` (with no findings) replaces that
     statement: the series was not measured, and why; neither presence nor absence is claimed.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
