@@ -94,7 +94,7 @@ def test_t1c_alone_is_not_measured_by_default_the_sr_says_why_and_no_seg_is_writ
                  "send FLAIR")
     assert result.summary.validation_note == statement
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SR", "OT"}  # the report and the summary image: no SEG, no outline
+    assert set(datasets) == {"SR", "OT", "KO"}  # the report, the summary image, their KOS: no SEG, no outline
     report = datasets["SR"]
     assert report.SeriesDescription == "Brain tumor: not measured (T1c)"
     texts = _content_texts(report)
@@ -130,16 +130,20 @@ def test_t1c_alone_delivered_unvalidated_says_so_on_every_object(study, tmp_path
 @pytest.mark.slow
 def test_no_tumor_is_stated_in_the_report(study, tmp_path):
     """A TorchScript model that never finds anything: the SR says 'absent' and names the series
-    examined, the summary image says so too; no SEG and no presentation state are written."""
+    examined, the summary image says so too, the KOS lists both; no SEG and no presentation state."""
     folder = constant_model(tmp_path / "model", -10.0, validated=(("t1c", "flair"),))
     empty = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     result = _run(empty, study, ("t1c", "flair"), tmp_path / "out")
     assert not result.summary.tumor_found
-    [report, summary] = sorted((pydicom.dcmread(p) for p in result.outputs), key=lambda ds: ds.Modality, reverse=True)
+    [report, summary, kos] = sorted((pydicom.dcmread(p) for p in result.outputs), key=lambda ds: ds.Modality,
+                                    reverse=True)
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
     assert "Absent" in _content_texts(report)
     assert any(text.startswith("No brain tumor found in series ") for text in _content_texts(report))
     assert summary.Modality == "OT" and summary.DerivationDescription == "Summary of AI findings"
+    assert kos.Modality == "KO" and {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                                     for i in kos.ContentSequence if "ReferencedSOPSequence" in i} == {
+        str(report.SOPInstanceUID), str(summary.SOPInstanceUID)}
     for path in result.outputs:
         assert not dciodvfy(path).errors
 

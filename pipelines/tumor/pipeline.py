@@ -284,7 +284,8 @@ class TumorSegmentation(ModelPipeline):
                 series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
                 coverage=coverage,
             )
-            return with_key_objects(reference, [report, *pictures], algorithm, self.identity)
+            return with_key_objects(reference, [report, *pictures], algorithm, self.identity,
+                                    f"{marking}{PIPELINE_LABEL} key objects")
         segment_map = np.zeros(labels.shape, dtype=np.uint8)
         for number, region in enumerate(SUB_REGIONS, start=1):
             segment_map[labels == region.label] = number
@@ -305,7 +306,8 @@ class TumorSegmentation(ModelPipeline):
             series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
             coverage=coverage,
         )
-        return with_key_objects(reference, [seg, report, *pictures], algorithm, self.identity)
+        return with_key_objects(reference, [seg, report, *pictures], algorithm, self.identity,
+                                f"{marking}{PIPELINE_LABEL} key objects")
 
 
 def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, reference: Volume,

@@ -28,6 +28,7 @@ def make_key_object_selection(
     identity: Identity,
     *,
     series_number: int | None = None,
+    series_description: str | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS "Of Interest" over ``objects`` (the result of ``algorithm`` on ``volume``'s series)."""
     if not objects:
@@ -42,7 +43,7 @@ def make_key_object_selection(
         evidence=objects,
         content=content,
         **identity.new_object(series_number or result_series_number(volume.sources[0], ResultKind.KEY_OBJECTS)),
-        series_description=f"{algorithm.name} key objects"[:64],
+        series_description=(series_description or f"{algorithm.name} key objects")[:64],
         contributing_equipment=[identity.processing_equipment(algorithm)],
     )
     # TID 2010 leaves its references unnamed; highdicom names them "Source", which Pixelmed's
@@ -54,7 +55,9 @@ def make_key_object_selection(
 
 
 def with_key_objects(
-    volume: Volume, objects: Sequence[Dataset], algorithm: Algorithm, identity: Identity
+    volume: Volume, objects: Sequence[Dataset], algorithm: Algorithm, identity: Identity,
+    series_description: str | None = None,
 ) -> list[Dataset]:
     """``objects`` followed by their KOS: what a pipeline writes for one result."""
-    return [*objects, make_key_object_selection(volume, objects, algorithm, identity)]
+    return [*objects, make_key_object_selection(volume, objects, algorithm, identity,
+                                                series_description=series_description)]
