@@ -32,4 +32,4 @@ class ModelPipeline(Pipeline):
         self.model_dir = model
         self.device = resolve_device(settings.device)
         self.model_digest = folder_digest(self.model_dir)
-        self.identity = identity_of(settings)
+        self.identity = identity_of(settings, self.model_digest)

@@ -24,7 +24,10 @@ from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.key_images import (
+    CORNER_SHARE,
+    FONT_PX,
     GREEN,
+    LINE_PX,
     LUNG_WINDOW,
     RED,
     YELLOW,
@@ -193,6 +196,27 @@ def test_the_caption_and_banner_are_drawn_in_text_at_least_13_pixels_high(render
             assert rows.size and rows[-1] - rows[0] + 1 >= 13, f"{name}: text {rows.size} rows high"
             columns = np.flatnonzero(strip.max(axis=(0, 2)) > 128)
             assert columns[-1] - columns[0] >= 200, f"{name}: text {columns[-1] - columns[0]} px wide"
+
+
+def test_no_text_is_drawn_in_the_corners_where_viewers_draw_their_own_overlay(rendered, chest):
+    """The corners: the outer fifth of the width (``CORNER_SHARE``) of the strips above and below the
+    slice, and of the whole summary page. The banner is centred: the same margin on either side."""
+    for n, picture in enumerate(rendered):
+        width = picture.shape[1]
+        corner = round(width * CORNER_SHARE)
+        if n == 0:
+            strips = {"summary page": picture}
+        else:
+            anatomy, top = _anatomy(picture, chest)
+            strips = {"banner": picture[:top], "caption": picture[top + anatomy.shape[0]:]}
+        for name, strip in strips.items():
+            text = np.flatnonzero(strip.max(axis=(0, 2)) > 32)
+            assert text.size, f"no text in the {name} of image {n + 1}"
+            # measured: text from column 154 to 569 of 768 (corners end at 154 and begin at 614)
+            assert corner <= text[0] and text[-1] < width - corner, (name, n + 1, text[0], text[-1])
+        banner = np.flatnonzero(picture[:LINE_PX].max(axis=(0, 2)) > 32)
+        # measured: 250 and 249 columns free left and right of the banner's first line
+        assert abs(banner[0] - (width - 1 - banner[-1])) <= FONT_PX, (banner[0], banner[-1])
 
 
 def test_a_summary_of_nothing_found_names_the_series_examined_and_what_the_model_cannot_see(chest, tmp_path):

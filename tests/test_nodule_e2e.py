@@ -13,13 +13,14 @@ from pydicom.uid import (
     Comprehensive3DSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
     JPEGLSLossless,
+    KeyObjectSelectionDocumentStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.nodule_series import chest_files, rewrite_series
-from tests.peers import Orthanc, dciodvfy, storescu
+from tests.peers import Orthanc, conformance, storescu
 
 #: 133 slices of 2.5 mm, JPEG-LS lossless, one 32 mm nodule contoured by four readers.
 LIDC_SCAN = "ct-chest/lidc-idri-0001/ct"
@@ -80,13 +81,18 @@ def test_chest_ct_gives_seg_sr_key_images_and_gsps_in_the_pacs_and_only_key_imag
     results = index.results(chest_job.id)
     nodules = len(chest_job.summary.details["nodules"])
     assert nodules >= 1, "LIDC-0001's 32 mm nodule is not reported"
-    # one SEG, one SR, one GSPS, and the summary plus a key image per nodule
+    # one SEG, one SR, one GSPS, the KOS over them, and the summary plus a key image per nodule
     assert sorted(r.sop_class for r in results) == sorted(
-        [SegmentationStorage, Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage]
-        + [SecondaryCaptureImageStorage] * (1 + nodules))
-    for result in results:
-        report = dciodvfy(result.path)
+        [SegmentationStorage, Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage,
+         KeyObjectSelectionDocumentStorage] + [SecondaryCaptureImageStorage] * (1 + nodules))
+    for result in results:  # dciodvfy and Pixelmed's validators: every object of a nodule result
+        report = conformance(result.path)
         assert not report.errors, report.errors
+    # each kind its own series, all numbered after the CT's (3000566), so a viewer opens the CT first
+    source_number = int(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesNumber)
+    headers = [pydicom.dcmread(r.path, stop_before_pixels=True) for r in results]
+    numbers = {str(ds.SeriesInstanceUID): int(ds.SeriesNumber) for ds in headers}
+    assert len(set(numbers.values())) == len(numbers) == 5 and min(numbers.values()) > source_number, numbers
 
     study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     pictures = {r.sop_uid for r in results if r.sop_class == SecondaryCaptureImageStorage}

@@ -246,8 +246,8 @@ def test_on_b40f_the_a0002_mass_is_reported_whole_and_measured_within_25_percent
 def test_the_scorer_pipeline_writes_the_mass_as_one_segment_and_sr_group_that_validate(data_dir, tmp_path):
     pipeline = fold_pipeline("lung-pet-ct-dx-A0002")
     result = pipeline.run(JobInput(series={"series": chest_files(data_dir, "B40f")}, output_dir=tmp_path))
-    # SEG, SR, presentation state, and the summary plus a key image per nodule
-    assert len(result.outputs) == 3 + 1 + len(result.summary.nodules)
+    # SEG, SR, presentation state, KOS, and the summary plus a key image per nodule
+    assert len(result.outputs) == 4 + 1 + len(result.summary.nodules)
     for path in result.outputs:
         report = dciodvfy(path)
         assert not report.errors, report.errors

@@ -63,7 +63,7 @@ def test_invalid_study_references_in_the_source_give_no_dciodvfy_error(tmp_path)
     sr = make_measurement_report(
         volume, [Finding("dense", codes.LUNG_NODULE, volume_mm3=100.0, segment_number=1)], ALGORITHM,
         IDENTITY, looked_for=codes.LUNG_NODULE, segmentation=seg)
-    derived = make_derived_series(volume, volume.array.astype(np.float32), IDENTITY,
+    derived = make_derived_series(volume, volume.array.astype(np.float32), IDENTITY, algorithm=ALGORITHM,
                                   series_description="radnode test: copy",
                                   derivation_description="identity transform")
     written = write_datasets([seg, sr, *derived[:1]], tmp_path / "out")

@@ -57,7 +57,7 @@ def test_a_skull_on_thick_slice_t1c_alone_is_segmented_on_its_own_slices_inside_
     result = pipeline.run(JobInput(series={"t1c": clinical_t1c}, output_dir=tmp_path))
     print("summary:", result.summary)
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert set(datasets) == {"SEG", "SR", "OT", "PR", "KO"}  # SEG, SR, key images, presentation state, KOS
     assert all(ds.SeriesDescription.startswith("UNVALIDATED ") for ds in datasets.values())
     for path in result.outputs:
         assert not dciodvfy(path).errors

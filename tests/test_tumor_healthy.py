@@ -58,8 +58,8 @@ def test_a_healthy_brain_reads_no_tumor(pipeline, data_dir, tmp_path, case):
     assert not result.summary.tumor_found
     report = next(ds for ds in map(pydicom.dcmread, result.outputs) if ds.Modality == "SR")
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
-    # the report and the summary image, nothing else: no SEG, no key image of a lesion, no GSPS
-    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in result.outputs) == ["OT", "SR"]
+    # the report, the summary image and their KOS, nothing else: no SEG, no key image of a lesion, no GSPS
+    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in result.outputs) == ["KO", "OT", "SR"]
     for path in result.outputs:
         assert not dciodvfy(path).errors
     assert np.isclose(result.summary.brain_ml, (sitk.GetArrayFromImage(images["brainmask"]) > 0).sum() / 1000,

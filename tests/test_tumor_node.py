@@ -54,7 +54,7 @@ def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, 
     missing = wait_until(lambda: finished(incomplete.study_uid), 60, what="missing-input job")[0]
     assert missing.state == "failed" and missing.outcome.startswith("missing input: t1c"), missing.outcome
 
-    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR"})
+    files = orthanc.result_files(study.study_uid, tmp_path, {"SEG", "SR", "OT", "PR", "KO"})
     for path in files.values():
         report = dciodvfy(path)
         print(path.name, "dciodvfy warnings:", report.warnings)
@@ -85,5 +85,5 @@ def test_radnode_run_offline_picks_the_contrasts_with_the_study_route(data_dir, 
     assert ran.returncode == 0, ran.stderr
     modalities = sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in (tmp_path / "out").iterdir())
     assert f"{len(modalities)} objects written" in ran.stdout
-    # SEG, SR, the presentation state, and the summary plus at least one lesion's key image
-    assert set(modalities) == {"SEG", "SR", "OT", "PR"} and modalities.count("OT") >= 2, modalities
+    # SEG, SR, the presentation state, the KOS, and the summary plus at least one lesion's key image
+    assert set(modalities) == {"SEG", "SR", "OT", "PR", "KO"} and modalities.count("OT") >= 2, modalities

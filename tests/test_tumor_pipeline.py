@@ -20,7 +20,7 @@ from pipelines.tumor.quality import LOW_CONFIDENCE_BELOW
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import write_clinical_study
-from tests.peers import dciodvfy
+from tests.peers import conformance, dciodvfy
 from tests.tumor_models import constant_model
 
 #: Whole-tumor volume of the fusion pseudo-reference of TCGA-FG-6692 (labels 1+2+4), in mL.
@@ -72,7 +72,7 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     assert 0.25 * FUSION_WT_ML < whole < 3 * FUSION_WT_ML
     assert result.summary.volumes_ml["necrosis"] > 0.5
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert set(datasets) == {"SEG", "SR", "OT", "PR", "KO"}  # SEG, SR, key images, presentation state, KOS
     texts = _content_texts(datasets["SR"])
     assert "contrasts used: T1c, T1, T2, FLAIR" in texts
     assert any(text.startswith("validation: validated input: held-out Dice 0.68 on 1 scan (") for text in texts)
@@ -82,8 +82,8 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     # the case's self-consistency, in the summary and the SR (0.913 measured, over the 0.7089 threshold)
     assert not result.summary.low_confidence and result.summary.self_consistency >= LOW_CONFIDENCE_BELOW
     assert "Usable - Meets the quality control standard" in texts
-    for path in result.outputs:
-        assert not dciodvfy(path).errors
+    for path in result.outputs:  # dciodvfy and Pixelmed's validators: every object of a tumor result
+        assert not (report := conformance(path)).errors, report.errors
 
 
 @pytest.mark.peers
@@ -98,7 +98,7 @@ def test_t1c_alone_is_not_measured_by_default_the_sr_says_why_and_no_seg_is_writ
                  "send FLAIR")
     assert result.summary.validation_note == statement
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SR", "OT"}  # the report and the summary image: no SEG, no outline
+    assert set(datasets) == {"SR", "OT", "KO"}  # the report, the summary image, their KOS: no SEG, no outline
     report = datasets["SR"]
     assert report.SeriesDescription == "Brain tumor: not measured (T1c)"
     texts = _content_texts(report)
@@ -122,7 +122,7 @@ def test_t1c_alone_delivered_unvalidated_says_so_and_low_confidence_on_every_obj
     assert result.summary.model == "without-flair" and result.summary.tumor_found
     assert result.summary.validation == "unvalidated"
     datasets = [pydicom.dcmread(path) for path in result.outputs]
-    assert {ds.Modality for ds in datasets} == {"SEG", "SR", "OT", "PR"}
+    assert {ds.Modality for ds in datasets} == {"SEG", "SR", "OT", "PR", "KO"}
     assert all(ds.SeriesDescription.startswith("UNVALIDATED LOW CONFIDENCE ") for ds in datasets), \
         [ds.SeriesDescription for ds in datasets]
     sr = next(ds for ds in datasets if ds.Modality == "SR")
@@ -140,16 +140,20 @@ def test_t1c_alone_delivered_unvalidated_says_so_and_low_confidence_on_every_obj
 @pytest.mark.slow
 def test_no_tumor_is_stated_in_the_report(study, tmp_path):
     """A TorchScript model that never finds anything: the SR says 'absent' and names the series
-    examined, the summary image says so too; no SEG and no presentation state are written."""
+    examined, the summary image says so too, the KOS lists both; no SEG and no presentation state."""
     folder = constant_model(tmp_path / "model", -10.0, validated=(("t1c", "flair"),))
     empty = TumorSegmentation(PipelineSettings(name="tumor-segmentation", model=folder, device="cpu"))
     result = _run(empty, study, ("t1c", "flair"), tmp_path / "out")
     assert not result.summary.tumor_found
-    [report, summary] = sorted((pydicom.dcmread(p) for p in result.outputs), key=lambda ds: ds.Modality, reverse=True)
+    [report, summary, kos] = sorted((pydicom.dcmread(p) for p in result.outputs), key=lambda ds: ds.Modality,
+                                    reverse=True)
     assert report.Modality == "SR" and "none detected" in report.SeriesDescription
     assert "Absent" in _content_texts(report)
     assert any(text.startswith("No brain tumor found in series ") for text in _content_texts(report))
     assert summary.Modality == "OT" and summary.DerivationDescription == "Summary of AI findings"
+    assert kos.Modality == "KO" and {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                                     for i in kos.ContentSequence if "ReferencedSOPSequence" in i} == {
+        str(report.SOPInstanceUID), str(summary.SOPInstanceUID)}
     for path in result.outputs:
         assert not dciodvfy(path).errors
 

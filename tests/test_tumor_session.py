@@ -77,7 +77,7 @@ def test_a_contrast_that_cannot_be_aligned_is_left_out_with_a_note_and_the_study
     assert result.summary.registration["t1"] == {"registered": False,
                                                  "why": "same frame of reference and grid as the reference"}
     datasets = {ds.Modality: ds for ds in map(pydicom.dcmread, result.outputs)}
-    assert set(datasets) == {"SEG", "SR", "OT", "PR"}  # SEG, SR, key images, presentation state
+    assert set(datasets) == {"SEG", "SR", "OT", "PR", "KO"}  # SEG, SR, key images, presentation state, KOS
     report = datasets["SR"]
     assert report.SeriesDescription.endswith("(T1c, FLAIR; T1, T2 left out)")
     left_out = result.summary.left_out
@@ -109,8 +109,8 @@ def test_radnode_run_on_the_four_series_study_prints_its_findings_and_no_traceba
 
 
 def _pacs_files(orthanc, study_uid: str, folder: Path) -> dict[str, Path]:
-    """SEG, SR, a key image (OT) and the presentation state (PR) of the study, once all arrived."""
-    return orthanc.result_files(study_uid, folder, {"SEG", "SR", "OT", "PR"})
+    """SEG, SR, a key image (OT), the presentation state (PR) and the KOS of the study, once all arrived."""
+    return orthanc.result_files(study_uid, folder, {"SEG", "SR", "OT", "PR", "KO"})
 
 
 def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiting_600_s_for_t2(
@@ -135,7 +135,7 @@ def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiti
         assert job.summary.details["contrasts_used"] == ["T1c", "FLAIR"]
         assert job.summary.details["registration"]["t1"]["registered"] is False
         files = _pacs_files(orthanc, job.study_uid, tmp_path)
-        assert set(files) == {"SEG", "SR", "OT", "PR"}
+        assert set(files) == {"SEG", "SR", "OT", "PR", "KO"}
         for path in files.values():
             report = dciodvfy(path)
             assert not report.errors, report.errors

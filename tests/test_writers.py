@@ -136,7 +136,7 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
         chest, [], ALGORITHM, IDENTITY, looked_for=codes.LUNG_NODULE
     ))
     write("derived_chest", *make_derived_series(
-        chest, derived_values, IDENTITY,
+        chest, derived_values, IDENTITY, algorithm=ALGORITHM,
         series_description="radnode test: HU x 0.5 - 100",
         derivation_description="test transform of the source HU (x 0.5 - 100)",
     ))
@@ -150,7 +150,7 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
         ALGORITHM, IDENTITY, looked_for=codes.NEOPLASM, segmentation=ct3_seg,
     ))
     write("derived_ct3", *make_derived_series(
-        ct3, ct3.array, IDENTITY, series_description="radnode test: copy",
+        ct3, ct3.array, IDENTITY, algorithm=ALGORITHM, series_description="radnode test: copy",
         derivation_description="identity transform",
     ))
     mf_mask = (multiframe.array > 0).astype(np.uint8)

@@ -31,11 +31,13 @@ from pipelines.writers.output import WrittenObject
 
 #: Every structured report storage SOP class (Basic Text, Enhanced, Comprehensive, 3D, ...).
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: Key Object Selection shares the SR prefix but is no report: its module has no predecessors.
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 SERIES_DESCRIPTION_LENGTH = 64  # LO
 
 
 def is_report(sop_class: str) -> bool:
-    return sop_class.startswith(SR_CLASS_PREFIX)
+    return sop_class.startswith(SR_CLASS_PREFIX) and sop_class != KEY_OBJECT_SELECTION
 
 
 def versioned_description(description: str, version: int) -> str:

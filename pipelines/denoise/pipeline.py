@@ -43,6 +43,7 @@ from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
 from pipelines.writers.derived import make_derived_series
+from pipelines.writers.identity import Algorithm
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
@@ -98,6 +99,7 @@ class CTDenoise(ModelPipeline):
             volume,
             denoised,
             self.identity,
+            algorithm=Algorithm(f"radnode {self.name}", f"model sha256 {self.model_digest[:16]}"),
             series_description=f"{SERIES_DESCRIPTION_PREFIX} {source_description}".strip(),
             derivation_description=(
                 f"Noise reduction by radnode {self.name} (residual CNN, model folder "

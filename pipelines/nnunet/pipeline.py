@@ -38,6 +38,7 @@ from pipelines.volume import Volume, VolumeError, load_series
 from pipelines.writers.codes import Structure
 from pipelines.writers.identity import MANUFACTURER, Algorithm
 from pipelines.writers.key_images import CYAN, GREEN, MEDIASTINAL_WINDOW, RED, YELLOW, KeyFinding, Page, Region, make_key_images
+from pipelines.writers.key_objects import with_key_objects
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
@@ -115,8 +116,9 @@ class NnUNetSegmentation(ModelPipeline):
                     window=MEDIASTINAL_WINDOW if reference.modality == "CT" else None)
         pictures: list[Dataset] = [*make_key_images(reference, shown, page, self.identity)]
         if not found:
-            return [make_measurement_report(reference, [], self.algorithm, self.identity, looked_for=ANY_FINDING),
-                    *pictures]
+            return with_key_objects(reference, [make_measurement_report(
+                reference, [], self.algorithm, self.identity, looked_for=ANY_FINDING), *pictures], self.algorithm,
+                self.identity)
         stacked = np.stack([masks[label.name] for label in self.folder.labels], axis=-1)
         seg = make_segmentation(reference, stacked, [Segment(label.structure, label.name) for label in self.folder.labels],
                                 self.algorithm, self.identity, series_description=f"{self.model_dir.name} (nnU-Net)"[:64],
@@ -125,7 +127,9 @@ class NnUNetSegmentation(ModelPipeline):
                     for number, label in enumerate(self.folder.labels, start=1)]
         report = make_measurement_report(reference, findings, self.algorithm, self.identity,
                                          looked_for=ANY_FINDING, segmentation=seg)
-        return [seg, report, *pictures, make_presentation_state(reference, shown, page, self.identity)]
+        return with_key_objects(reference, [seg, report, *pictures, make_presentation_state(reference, shown, page,
+                                                                                            self.identity)],
+                                self.algorithm, self.identity)
 
 
 def _volume(job: JobInput, role: str, channel: str) -> Volume:

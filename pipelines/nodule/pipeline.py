@@ -76,6 +76,7 @@ from pipelines.volume import Volume
 from pipelines.writers.codes import CT_CHEST, LUNG_NODULE, AnatomicLocation
 from pipelines.writers.identity import Algorithm
 from pipelines.writers.key_images import LUNG_WINDOW, YELLOW, KeyFinding, Page, Region, make_key_images
+from pipelines.writers.key_objects import with_key_objects
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
@@ -291,8 +292,8 @@ class NoduleDetection(ModelPipeline):
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
                 box_regions: bool = False, examined: str = "") -> list[Any]:
-        """The SEG (when there is something to segment, or empty_seg), the SR, the key images
-        and the presentation state: every format a destination may ask for (the node sends
+        """The SEG (when there is something to segment, or empty_seg), the SR, the key images,
+        the presentation state and the KOS that lists them: every format a destination may ask for (the node sends
         each destination those in its ``formats``).
 
         ``box_regions``: the segments are a bundle's detection boxes, and are named so;
@@ -339,7 +340,7 @@ class NoduleDetection(ModelPipeline):
         datasets += make_key_images(volume, shown, page, self.identity)
         if shown:  # a presentation state shows outlines: with none it would show nothing
             datasets.append(make_presentation_state(volume, shown, page, self.identity))
-        return datasets
+        return with_key_objects(volume, datasets, self.algorithm, self.identity)
 
     def _segmentation(self, volume: Volume, labels: np.ndarray, count: int, box_regions: bool) -> Any:
         kind = " (detection box)" if box_regions else ""

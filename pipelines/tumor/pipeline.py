@@ -99,6 +99,7 @@ from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.identity import Algorithm
 from pipelines.writers.key_images import GREEN, RED, RGB, YELLOW, KeyFinding, Page, Region, make_key_images
+from pipelines.writers.key_objects import with_key_objects
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
@@ -268,13 +269,14 @@ class TumorSegmentation(ModelPipeline):
             series_description=f"Brain tumor: not measured ({used})", procedure=codes.MR_BRAIN,
             not_measured=statement,
         )
-        return [report, *make_key_images(reference, [], page, self.identity)]
+        return with_key_objects(reference, [report, *make_key_images(reference, [], page, self.identity)],
+                                algorithm, self.identity)
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
                  algorithm: Algorithm, used: str, brain: sitk.Image, marking: str = "",
                  statement: str = "", quality: Quality | None = None) -> list[Dataset]:
         """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
-        key images and the presentation state: every format a destination may ask for.
+        key images, the presentation state and their KOS: every format a destination may ask for.
         ``marking`` ("UNVALIDATED ") opens every object's series description and the key-image
         banner; ``statement`` heads the summary image. ``quality`` goes into the SR, and a
         low-confidence case is marked ``LOW_CONFIDENCE`` as ``marking`` is, its reason on the summary image."""
@@ -301,7 +303,8 @@ class TumorSegmentation(ModelPipeline):
                 series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
                 coverage=coverage, case_quality=case_quality,
             )
-            return [report, *pictures]
+            return with_key_objects(reference, [report, *pictures], algorithm, self.identity,
+                                    f"{marking}{PIPELINE_LABEL} key objects")
         segment_map = np.zeros(labels.shape, dtype=np.uint8)
         for number, region in enumerate(SUB_REGIONS, start=1):
             segment_map[labels == region.label] = number
@@ -322,7 +325,8 @@ class TumorSegmentation(ModelPipeline):
             series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
             coverage=coverage, case_quality=case_quality,
         )
-        return [seg, report, *pictures]
+        return with_key_objects(reference, [seg, report, *pictures], algorithm, self.identity,
+                                f"{marking}{PIPELINE_LABEL} key objects")
 
 
 def _case_quality(quality: Quality | None) -> CaseQuality | None:

@@ -43,10 +43,32 @@ PROCEDURE_BY_MODALITY: dict[str, Code] = {
     "PT": codes.cid100.PETUnspecifiedBodyRegion,
 }
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
-#: The procedures reported by the shipped pipelines, as the RSNA/LOINC radiology playbook names
-#: them (CID 100 is extensible and has no chest CT or brain MR of its own).
-CT_CHEST = Code("24627-2", "LN", "CT Chest")
-MR_BRAIN = Code("24590-2", "LN", "MR Brain")
+
+
+@dataclass(frozen=True)
+class Procedure:
+    """The imaging procedure a report describes (IHE AI Results' "Procedure reported").
+
+    CID 100 has no chest CT or brain MR, and Pixelmed's SR validator rejects codes outside it
+    (the LOINC "CT Chest" 24627-2 was an error there), so the procedure is CID 100's code for the
+    modality and the body region goes beside it as the image library's Target Region (CID 4031).
+    """
+
+    code: Code
+    region: Code
+
+
+#: CID 4031's Chest as Pixelmed's tables (2022) and PS3.16 before 2021 code it; pydicom's newer
+#: 816094009 is an error in that validator, while 51185008 is still a valid SNOMED CT concept.
+CHEST_REGION = Code("51185008", "SCT", "Chest")
+CT_CHEST = Procedure(codes.cid100.CTUnspecifiedBodyRegion, CHEST_REGION)
+MR_BRAIN = Procedure(codes.cid100.MRIUnspecifiedBodyRegion, codes.cid4031.Head)
+
+#: Purpose of Reference of the Contributing Equipment item that names the algorithm (IHE AI
+#: Results). AIR's trial text has the placeholder (Newcode1, 99IHE, "Processing Algorithm"); CID
+#: 7005 has no such concept, and its "Processing Equipment" is the one that standard validators
+#: and highdicom accept for equipment that computed a new object from the source.
+PROCESSING_ALGORITHM = codes.cid7005.ProcessingEquipment
 
 #: CID 7203 image derivation: the generic term for a model-processed image.
 IMAGE_PROCESSING = codes.DCM.ImageProcessing

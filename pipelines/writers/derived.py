@@ -9,6 +9,7 @@ the only way to keep a model's output on the same grid as the images it was comp
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -19,10 +20,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
-from pipelines.writers.identity import Identity, content_date_time
+from pipelines.writers.identity import Algorithm, Identity, content_date_time
+from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import drop_invalid_items
-
-DEFAULT_SERIES_NUMBER = 9103
 
 #: Attributes that describe the source's pixel values or file, not the derived image's.
 _STALE = (
@@ -44,12 +44,16 @@ def make_derived_series(
     values: np.ndarray,
     identity: Identity,
     *,
+    algorithm: Algorithm,
     series_description: str,
     derivation_description: str,
     derivation: Code = IMAGE_PROCESSING,
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
 ) -> list[Dataset]:
     """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume).
+
+    Each image keeps its source image's Instance Number, so that image n of the derived series
+    shows what image n of the source shows (a viewer scrolls both alike).
 
     Stored values are computed with each source slice's rescale slope and intercept and clipped
     to what the source's pixel representation can hold, so an out-of-range model output
@@ -72,16 +76,31 @@ def make_derived_series(
         )
     series_uid = identity.new_uid()
     date, time = content_date_time()
+    equipment = identity.processing_equipment(algorithm)
+    number = series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES)
     return [
         _derived_slice(
-            source, values[k], identity, series_uid, k + 1, date, time,
+            source, values[k], identity, series_uid, instance_number, date, time,
+            equipment=equipment,
             series_description=series_description,
-            series_number=series_number,
+            series_number=number,
             derivation=derivation,
             derivation_description=derivation_description,
         )
-        for k, source in enumerate(volume.sources)
+        for k, (source, instance_number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))
     ]
+
+
+def _instance_numbers(sources: Sequence[Dataset]) -> list[int]:
+    """The sources' own Instance Numbers when each has a distinct one, else 1, 2, ... in the
+    volume's order (a derived series needs distinct numbers to be scrolled in order)."""
+    numbers = []
+    for source in sources:
+        try:
+            numbers.append(int(source.get("InstanceNumber")))
+        except (TypeError, ValueError):
+            return list(range(1, len(sources) + 1))
+    return numbers if len(set(numbers)) == len(numbers) else list(range(1, len(sources) + 1))
 
 
 def stored_values(values: np.ndarray, source: Dataset) -> np.ndarray:
@@ -105,6 +124,7 @@ def _derived_slice(
     date: str,
     time: str,
     *,
+    equipment: Dataset,
     series_description: str,
     series_number: int,
     derivation: Code,
@@ -133,7 +153,7 @@ def _derived_slice(
     ds.DerivationDescription = derivation_description[:1024]
     ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(derivation)]
     ds.SourceImageSequence = [_source_reference(source)]
-    ds.ContributingEquipmentSequence = [_acquisition_equipment(source)]
+    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), copy.deepcopy(equipment)]
     ds.Manufacturer = identity.manufacturer
     ds.ManufacturerModelName = identity.model_name
     ds.SoftwareVersions = identity.software_versions

@@ -18,6 +18,8 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
+from pipelines.writers.codes import PROCESSING_ALGORITHM
+
 if TYPE_CHECKING:
     from pipelines.base import PipelineSettings
 
@@ -86,6 +88,9 @@ class Identity:
 
     uid_root: str | None = None
     station_name: str = field(default_factory=socket.gethostname)
+    #: sha256 of the model folder the objects come from (``folder_digest``): it names the model
+    #: as a device, so that a PACS sees a new Device UID whenever the weights change
+    model_sha256: str | None = None
 
     def __post_init__(self) -> None:
         root = self.uid_root
@@ -108,6 +113,27 @@ class Identity:
     def device_uid(self) -> str:
         """Stable per node, so that SR observer contexts of one node can be grouped."""
         return generate_uid(prefix=self.prefix, entropy_srcs=[MANUFACTURER, self.station_name])
+
+    def model_device_uid(self, algorithm: Algorithm) -> str:
+        """The model as a device (IHE AIR): the same UID for the same weights under one root, a
+        new one when the model folder changes; without a digest, the algorithm's name and version
+        stand in for it."""
+        model = self.model_sha256 or f"{algorithm.name} {algorithm.version}"
+        return generate_uid(prefix=self.prefix, entropy_srcs=[MANUFACTURER, "model", model])
+
+    def processing_equipment(self, algorithm: Algorithm) -> hd.ContributingEquipment:
+        """The Contributing Equipment item every result object carries (IHE AI Results): the
+        algorithm that made it, its versions and its model's Device UID."""
+        item = hd.ContributingEquipment(
+            self.manufacturer,
+            PROCESSING_ALGORITHM,
+            manufacturer_model_name=algorithm.name[:64],
+            software_versions=[self.software_versions[:64], algorithm.version[:64]],
+            device_serial_number=self.station_name[:64],
+            contribution_description=f"AI result: {algorithm.name} {algorithm.version}"[:64],
+        )
+        item.DeviceUID = self.model_device_uid(algorithm)
+        return item
 
     @property
     def manufacturer(self) -> str:
@@ -136,12 +162,13 @@ class Identity:
         }
 
 
-def identity_of(settings: PipelineSettings) -> Identity:
+def identity_of(settings: PipelineSettings, model_sha256: str | None = None) -> Identity:
     """The node's identity as its config gives it to a pipeline: its UID root and, where the
-    pipeline runs on another machine (a Ray cluster), the node's name rather than that machine's."""
+    pipeline runs on another machine (a Ray cluster), the node's name rather than that machine's;
+    ``model_sha256`` is the digest of the model folder the pipeline runs."""
     if settings.station_name is None:
-        return Identity(uid_root=settings.uid_root)
-    return Identity(uid_root=settings.uid_root, station_name=settings.station_name)
+        return Identity(uid_root=settings.uid_root, model_sha256=model_sha256)
+    return Identity(uid_root=settings.uid_root, station_name=settings.station_name, model_sha256=model_sha256)
 
 
 def content_date_time(now: datetime | None = None) -> tuple[str, str]:

@@ -28,9 +28,9 @@ from scipy import ndimage as ndi
 
 from pipelines.volume import Volume
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import copyable
 
-DEFAULT_SERIES_NUMBER = 9103
 RGB = tuple[int, int, int]
 #: Outline colours by what they outline; no grey pixel of the source looks like them. The banner
 #: and titles are cyan, which outlines never are.
@@ -45,6 +45,10 @@ FONT_PX = 18
 LINE_PX = 24
 OUTLINE_PX = 2
 DISCLAIMER = "AI result, not a diagnosis"
+#: Viewers draw their own text (patient, series, window, zoom) in the four corners of an image and
+#: would cover ours there: radnode's text stays in the middle, clear of this share of the width
+#: on either side (the banner centred, captions and summary lines left-aligned at its edge).
+CORNER_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -140,10 +144,11 @@ def make_key_images(
     page: Page,
     identity: Identity,
     *,
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
 ) -> list[hd.sc.SCImage]:
     """The summary image (instance 1) and one key image per finding, as one new series."""
     series_uid = identity.new_uid()
+    series_number = series_number or result_series_number(volume.sources[0], ResultKind.KEY_IMAGES)
     depth = volume.array.shape[0]
     slices = [finding.key_slice(depth) for finding in findings]
     summary_source = sorted(set(slices)) or [depth // 2]
@@ -175,13 +180,13 @@ def _finding_picture(volume: Volume, finding: KeyFinding, k: int, page: Page) ->
 def _summary_picture(volume: Volume, page: Page) -> np.ndarray:
     """A text page as wide as a key image: the title and the summary's lines."""
     width = round(volume.array.shape[2] * _scale(volume.array.shape[1:]))
-    lines = [(page.title, CYAN), ("", WHITE)]
+    lines = [(part, CYAN) for part in _wrapped(page.title, width)] + [("", WHITE)]
     for line in page.lines:
         lines += [(part, WHITE) for part in _wrapped(line, width)]
     body = Image.new("RGB", (width, max(width // 2, LINE_PX * (len(lines) + 2))))
     draw = ImageDraw.Draw(body)
     for n, (text, color) in enumerate(lines):
-        draw.text((12, 12 + n * LINE_PX), text, fill=color, font=_font())
+        draw.text((_margin(width), 12 + n * LINE_PX), text, fill=color, font=_font())
     return _framed(body, page.banner, [])
 
 
@@ -216,17 +221,19 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _scale_bar(draw: ImageDraw.ImageDraw, size: tuple[int, int], mm_per_pixel: float) -> None:
-    """A bar of a round length (10, 20, 50 or 100 mm, about a fifth of the width), bottom right."""
+    """A bar of a round length (10, 20, 50 or 100 mm, about a fifth of the width), at the bottom
+    of the slice, ending where the right corner's overlay begins."""
     field_mm = size[0] * mm_per_pixel
     length_mm = max((n for n in (10, 20, 50, 100) if n <= field_mm / 4), default=10)
     length = round(length_mm / mm_per_pixel)
-    right, bottom = size[0] - 16, size[1] - 16
+    right, bottom = size[0] - _margin(size[0]), size[1] - 16
     draw.rectangle((right - length, bottom - 4, right, bottom), fill=WHITE)
     draw.text((right - length, bottom - 8 - FONT_PX), f"{length_mm} mm", fill=WHITE, font=_font())
 
 
 def _framed(body: Image.Image, banner: str, caption: Sequence[tuple[str, RGB]]) -> np.ndarray:
-    """The picture between a banner strip above and a caption strip below, on black."""
+    """The picture between a banner strip above (centred) and a caption strip below, on black,
+    their text clear of the corners."""
     banner_lines = _wrapped(banner, body.width)
     top = LINE_PX * len(banner_lines) + 8
     bottom = LINE_PX * len(caption) + (8 if caption else 0)
@@ -234,16 +241,27 @@ def _framed(body: Image.Image, banner: str, caption: Sequence[tuple[str, RGB]]) 
     framed.paste(body, (0, top))
     draw = ImageDraw.Draw(framed)
     for n, line in enumerate(banner_lines):
-        draw.text((8, 4 + n * LINE_PX), line, fill=CYAN, font=_font())
+        left = (body.width - _font().getlength(line)) / 2
+        draw.text((left, 4 + n * LINE_PX), line, fill=CYAN, font=_font())
     for n, (line, color) in enumerate(caption):
-        draw.text((8, top + body.height + 4 + n * LINE_PX), line, fill=color, font=_font())
+        draw.text((_margin(body.width), top + body.height + 4 + n * LINE_PX), line, fill=color, font=_font())
     return np.asarray(framed)
 
 
+def _margin(width: int) -> int:
+    """Pixels kept free of text on each side of a picture ``width`` wide (``CORNER_SHARE``)."""
+    return round(width * CORNER_SHARE)
+
+
 def _wrapped(text: str, width: int) -> list[str]:
-    """``text`` in lines that fit ``width`` pixels in the key images' font."""
-    per_line = max(20, int((width - 16) / (_font().getlength("n") * 1.05)))
-    return textwrap.wrap(text, per_line) or [""]
+    """``text`` in lines that fit between the corners of a picture ``width`` pixels wide."""
+    column = width - 2 * _margin(width)
+    per_line = max(1, int(column / _font().getlength("n")))
+    lines = textwrap.wrap(text, per_line) or [""]
+    while per_line > 1 and any(_font().getlength(line) > column for line in lines):
+        per_line -= 1
+        lines = textwrap.wrap(text, per_line) or [""]
+    return lines
 
 
 def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -281,6 +299,7 @@ def _secondary_capture(
         manufacturer_model_name=new["manufacturer_model_name"],
         software_versions=new["software_versions"],
         device_serial_number=new["device_serial_number"],
+        contributing_equipment=[identity.processing_equipment(page.algorithm)],
     )
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.BurnedInAnnotation = "NO"

@@ -19,9 +19,9 @@ from skimage import measure
 from pipelines.volume import Volume
 from pipelines.writers.identity import Identity
 from pipelines.writers.key_images import KeyFinding, Page, Window
+from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import copyable
 
-DEFAULT_SERIES_NUMBER = 9104
 LAYER = "RADNODE_FINDINGS"
 #: CIELab of yellow, the layer's recommended colour (viewers that honour it draw in it).
 YELLOW_LAB = hd.color.CIELabColor(97.1, -21.6, 94.5)
@@ -35,7 +35,7 @@ def make_presentation_state(
     page: Page,
     identity: Identity,
     *,
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """One GSPS over the whole source series with every finding's outlines and labels."""
     layer = hd.pr.GraphicLayer(LAYER, order=1, description=f"{page.pipeline} findings", display_color=YELLOW_LAB)
@@ -60,7 +60,9 @@ def make_presentation_state(
         )
         for k in sorted(set(graphics) | set(texts))
     ]
-    new = identity.new_object(series_number)
+    new = identity.new_object(
+        series_number or result_series_number(volume.sources[0], ResultKind.PRESENTATION_STATE)
+    )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=sources,
         **new,
@@ -70,6 +72,7 @@ def make_presentation_state(
         graphic_annotations=annotations or None,
         voi_lut_transformations=_window(page.window),
         series_description=f"{page.pipeline} findings (presentation state)"[:64],
+        contributing_equipment=[identity.processing_equipment(page.algorithm)],
     )
     state.BodyPartExamined = page.body_part  # unpaired, so no laterality is asked for
     return state

@@ -20,9 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from pipelines.volume import Volume
 from pipelines.writers.codes import Structure
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import copyable
-
-DEFAULT_SERIES_NUMBER = 9101
 
 
 class FrameCompression(StrEnum):
@@ -69,7 +68,7 @@ def make_segmentation(
     algorithm: Algorithm,
     identity: Identity,
     *,
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
     series_description: str | None = None,
     keep_empty_frames: bool = False,
     compression: FrameCompression = FrameCompression.NONE,
@@ -80,7 +79,8 @@ def make_segmentation(
     or stacked binary masks with one more axis, one per segment (segments may then overlap).
     An all-empty mask is a valid result (nothing found) and is written with all frames.
     ``keep_empty_frames`` keeps a frame per slice and segment even where it is empty, for viewers
-    such as OHIF that expect one frame per source slice.
+    such as OHIF that expect one frame per source slice. ``series_number`` defaults to the
+    SEG's place after the source series (``result_series_number``).
     """
     _check_mask(volume, mask, segments)
     fractional = compression in (FrameCompression.RLE, FrameCompression.JPEGLS)
@@ -102,7 +102,9 @@ def make_segmentation(
             _describe(number, segment, algorithm, identity)
             for number, segment in enumerate(segments, start=1)
         ],
-        **identity.new_object(series_number),
+        **identity.new_object(
+            series_number or result_series_number(volume.sources[0], ResultKind.SEGMENTATION)
+        ),
         series_description=series_description or f"{algorithm.name} segmentation",
         content_description=f"{algorithm.name} {algorithm.version}"[:64],
         content_label="RADNODE_SEG",
@@ -111,6 +113,7 @@ def make_segmentation(
         transfer_syntax_uid=_TRANSFER_SYNTAX[compression],
         # An empty value in the source (seen in the wild) would be copied and is invalid.
         specific_character_set=volume.sources[0].get("SpecificCharacterSet") or None,
+        contributing_equipment=[identity.processing_equipment(algorithm)],
     )
 
 

@@ -19,11 +19,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from pipelines.volume import Volume
-from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, AnatomicLocation, Structure
+from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, AnatomicLocation, Procedure, Structure
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import copyable, series_label
 
-DEFAULT_SERIES_NUMBER = 9102
 #: pydicom's UCUM dictionary has no millilitre; this is the UCUM code DICOM uses for it.
 MILLILITER = Code("mL", "UCUM", "milliliter")
 _POSITION_CONCEPTS = (
@@ -79,19 +79,19 @@ def make_measurement_report(
     *,
     looked_for: Structure,
     segmentation: Dataset | None = None,
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
     series_description: str | None = None,
-    procedure: Code | None = None,
+    procedure: Procedure | None = None,
     coverage: str = "",
     not_measured: str = "",
     case_quality: CaseQuality | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
 
-    ``procedure`` is the imaging procedure reported (default: the modality's unspecified body
-    region). ``coverage`` says what the model can and cannot find; with no finding, the report
-    states that nothing was found in the series it names, followed by it, so that "none
-    detected" is read with its limits. ``not_measured`` (with no findings) replaces that
+    ``procedure`` is the imaging procedure reported and the body region it covered (default: the
+    modality's unspecified body region, no region). ``coverage`` says what the model can and
+    cannot find; with no finding, the report states that nothing was found in the series it
+    names, followed by it, so that "none detected" is read with its limits. ``not_measured`` (with no findings) replaces that
     statement: the series was not measured, and why; neither presence nor absence is claimed.
     ``case_quality`` adds a group with the case's self-consistency score and its verdict.
     """
@@ -107,7 +107,7 @@ def make_measurement_report(
         groups.append(_quality_group(looked_for, algorithm, identity, case_quality))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, identity),
-        procedure_reported=procedure or PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
+        procedure_reported=procedure.code if procedure else PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
         imaging_measurements=groups,
     )
     # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
@@ -117,32 +117,38 @@ def make_measurement_report(
         measurements = next(
             n for n, item in enumerate(root) if item.name == codes.DCM.ImagingMeasurements
         )
-        root.insert(measurements, _image_library(sources))
+        root.insert(measurements, _image_library(sources, procedure.region if procedure else None))
     evidence = sources + ([segmentation] if segmentation is not None else [])
     summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else (
         "not measured" if not_measured else "none detected")
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        **identity.new_object(series_number),
+        **identity.new_object(series_number or result_series_number(volume.sources[0], ResultKind.REPORT)),
         series_description=(series_description or f"{algorithm.name} report: {summary}")[:64],
         is_complete=True,
         # An empty value in the source (seen in the wild) would be copied and is invalid.
         specific_character_set=volume.sources[0].get("SpecificCharacterSet") or None,
+        contributing_equipment=[identity.processing_equipment(algorithm)],
     )
 
 
-def _image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+def _image_library(sources: Sequence[Dataset], region: Code | None) -> hd.sr.ContainerContentItem:
     """TID 1600 with what all slices share described once for the group, as dcmqi writes it.
 
     highdicom's ImageLibrary repeats ~17 descriptors for every image, which makes the SR of a
     300-slice series take seconds to build; a loaded Volume guarantees that size, spacing and
-    orientation are common, so only each image's position stays per entry.
+    orientation are common, so only each image's position stays per entry. ``region``, the body
+    region the procedure covered, is the group's Target Region (TID 1602).
     """
     shared = [
         item for item in hd.sr.ImageLibraryEntryDescriptors(sources[0])
         if item.name not in _POSITION_CONCEPTS
     ]
+    if region is not None:
+        shared.insert(1, hd.sr.CodeContentItem(
+            name=codes.DCM.TargetRegion, value=region, relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+        ))
     group = hd.sr.ContainerContentItem(
         name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -172,6 +178,11 @@ def _image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
 
 
 def _observation_context(algorithm: Algorithm, identity: Identity) -> hd.sr.ObservationContext:
+    return hd.sr.ObservationContext(observer_device_context=device_observer(algorithm, identity))
+
+
+def device_observer(algorithm: Algorithm, identity: Identity) -> hd.sr.ObserverContext:
+    """The node running ``algorithm`` as the observer of a report or a key object selection."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=identity.device_uid,
         name=f"{algorithm.name} {algorithm.version}"[:64],
@@ -179,11 +190,7 @@ def _observation_context(algorithm: Algorithm, identity: Identity) -> hd.sr.Obse
         model_name=identity.model_name,
         serial_number=identity.station_name,
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
-    )
+    return hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
 
 
 def _finding_group(
