@@ -1,0 +1,175 @@
+"""Priors of a finding (a route's ``priors = true``): a follow-up chest CT's nodule gets the Tracking
+UID of the same nodule in radnode's earlier SR, which the PACS (Orthanc, real C-FIND and C-GET)
+holds, with its size change; a PACS that does not answer costs a bounded wait and the SR says
+that no prior was compared."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.uid import generate_uid
+
+from node.config import Config, ConfigError, parse_config
+from node.retrieve.priors import look_up
+from pipelines.base import JobInput, PipelineSettings
+from pipelines.nodule.lungs import lung_mask
+from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.training import synthesis
+from pipelines.priors import read_report
+from pipelines.writers.prior import LONG_AXIS_CHANGE, VOLUME_CHANGE
+from tests.cpu_share import CPU_THREADS
+from tests.harness import node_config
+from tests.peers import Orthanc, free_port, storescu
+
+pytestmark = [pytest.mark.peers]
+
+LIDC = Path("ct-chest") / "lidc-idri-0001" / "ct"
+#: the slab of LIDC-IDRI-0001 sent as both studies (2.5 mm slices), around the inserted nodule
+SLAB = 40
+DIAMETER_MM = 15.0
+GROWTH = 1.2
+PRIOR_DATE, FOLLOW_UP_DATE = "20250310", "20250912"
+
+
+def study(data_dir: Path, folder: Path, date: str, diameter_mm: float) -> list[Path]:
+    """The middle slab of LIDC-IDRI-0001 as a new study of the same patient, dated ``date``, with a
+    solid nodule of ``diameter_mm`` inserted at the same place (same seeds) in every study."""
+    headers = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in (data_dir / LIDC).glob("*.dcm")),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    first = (len(headers) - SLAB) // 2
+    sources = [pydicom.dcmread(h.filename) for h in headers[first:first + SLAB]]
+    hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sources])
+    spacing = (abs(float(sources[1].ImagePositionPatient[2]) - float(sources[0].ImagePositionPatient[2])),
+               *(float(v) for v in sources[0].PixelSpacing))
+    spec = synthesis.NoduleSpec(diameter_mm=DIAMETER_MM, texture_hu=10.0)
+    lungs = lung_mask(hu, slice_axis=0)
+    lungs[:SLAB // 3], lungs[-SLAB // 3:] = False, False  # whole inside the slab
+    centre = synthesis.pick_center(lungs, spacing, spec, np.random.default_rng(3))
+    assert centre is not None
+    synthesis.insert(hu, spacing, centre, synthesis.NoduleSpec(diameter_mm=diameter_mm, texture_hu=10.0),
+                     np.random.default_rng(4))
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder.mkdir(parents=True)
+    paths = []
+    for k, ds in enumerate(sources):
+        ds.decompress()  # LIDC is JPEG 2000 compressed; the pixels are rewritten uncompressed
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyDate = study_uid, series_uid, date
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        stored = (hu[k] - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
+        info = np.iinfo(ds.pixel_array.dtype)
+        ds.PixelData = np.clip(np.round(stored), info.min, info.max).astype(ds.pixel_array.dtype).tobytes()
+        paths.append(folder / f"{k:04d}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> NoduleDetection:
+    torch.set_num_threads(CPU_THREADS)
+    return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu"))
+
+
+@pytest.fixture
+def pacs(tmp_path: Path):
+    # the PACS answers only AE titles it knows (the node's, as for backfill)
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"radnode": ["RADNODE", "127.0.0.1", free_port()]}).start()
+    yield orthanc
+    orthanc.stop()
+
+
+def config_for(tmp_path: Path, port: int) -> Config:
+    config = node_config(tmp_path)
+    config["sources"] = [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port}]
+    return parse_config(config)
+
+
+def report(pipeline: NoduleDetection, files: list[Path], out: Path, priors=None) -> pydicom.Dataset:
+    pipeline.run(JobInput(series={"series": files}, output_dir=out, priors=priors))
+    return next(ds for ds in (pydicom.dcmread(p) for p in out.rglob("*.dcm")) if ds.Modality == "SR")
+
+
+def numbers(sr: pydicom.Dataset) -> dict[str, list[float]]:
+    """Every NUM of the report by its concept's code value."""
+    found: dict[str, list[float]] = {}
+
+    def walk(items) -> None:
+        for item in items:
+            if item.ValueType == "NUM" and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
+                code = str(item.ConceptNameCodeSequence[0].CodeValue)
+                found.setdefault(code, []).append(float(item.MeasuredValueSequence[0].NumericValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found
+
+
+def texts(sr: pydicom.Dataset) -> list[str]:
+    out: list[str] = []
+
+    def walk(items) -> None:
+        for item in items:
+            if item.ValueType == "TEXT":
+                out.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return out
+
+
+@pytest.mark.slow
+def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_its_growth(
+        pipeline, pacs, data_dir, tmp_path):
+    prior_sr = report(pipeline, study(data_dir, tmp_path / "prior", PRIOR_DATE, DIAMETER_MM), tmp_path / "out1")
+    prior = read_report(prior_sr)
+    assert prior.findings, "the inserted nodule must be found in the prior study"
+    sr_path = tmp_path / "prior-sr.dcm"
+    prior_sr.save_as(sr_path)
+    assert storescu(pacs.dicom_port, [sr_path]).returncode == 0
+
+    follow_up = study(data_dir, tmp_path / "follow-up", FOLLOW_UP_DATE, DIAMETER_MM * GROWTH)
+    priors = look_up(config_for(tmp_path, pacs.dicom_port), follow_up)
+    assert priors.report is not None, priors.reason
+    assert priors.report.study_date == datetime.date(2025, 3, 10)
+    sr = report(pipeline, follow_up, tmp_path / "out2", priors)
+
+    now = read_report(sr)
+    grown = [f for f in now.findings if f.tracking_uid in {p.tracking_uid for p in prior.findings}]
+    assert grown, "the follow-up's nodule keeps the prior's Tracking UID"
+    values = numbers(sr)
+    change = values[LONG_AXIS_CHANGE.value]
+    # truth: +20 % long axis, +72.8 % volume; measured: ...
+    assert any(abs((1 + c / 100) / GROWTH - 1) <= 0.05 for c in change), change
+    assert any(abs((1 + c / 100) / GROWTH**3 - 1) <= 0.15 for c in values.get(VOLUME_CHANGE.value, [])), values
+    assert any("186 days earlier" in t for t in texts(sr)), texts(sr)
+
+
+def test_a_pacs_that_does_not_answer_costs_a_bounded_wait_and_the_sr_says_no_prior_was_compared(
+        pipeline, data_dir, tmp_path):
+    silent = free_port()  # nothing listens: the association is refused at once
+    files = study(data_dir, tmp_path / "study", FOLLOW_UP_DATE, DIAMETER_MM)
+    started = time.monotonic()
+    priors = look_up(config_for(tmp_path, silent), files, timeout=5.0)
+    assert time.monotonic() - started < 6.0
+    assert priors.report is None and "no association" in priors.reason, priors.reason
+    sr = report(pipeline, files, tmp_path / "out", priors)
+    assert any(t.startswith("No prior compared") for t in texts(sr)), texts(sr)
+    assert read_report(sr).findings  # the job ran and reported as always
+
+
+def test_a_route_with_priors_needs_a_source():
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.priors"):
+        parse_config({"routes": [{"name": "r", "pipeline": "nodule-detection", "deliver": False, "priors": True}]})
+
+
+def test_no_earlier_report_in_the_pacs_says_so(pacs, data_dir, tmp_path):
+    earlier = study(data_dir, tmp_path / "earlier", PRIOR_DATE, DIAMETER_MM)
+    assert storescu(pacs.dicom_port, earlier[:2]).returncode == 0  # the patient's earlier CT, no SR
+    files = study(data_dir, tmp_path / "study", FOLLOW_UP_DATE, DIAMETER_MM)
+    priors = look_up(config_for(tmp_path, pacs.dicom_port), files)
+    assert priors.report is None and "no earlier radnode report" in priors.reason, priors.reason
