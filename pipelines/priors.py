@@ -89,13 +89,22 @@ def match(centers: Sequence[tuple[float, float, float]], diameters: Sequence[flo
     for n in range(len(centers)):
         if n not in taken:
             out.append(PriorComparison(prior_date=report.study_date, reason=(
-                f"No prior compared: no finding of the report of {report.study_date.isoformat()} within "
-                f"{MATCH_DISTANCE_MM:g} mm (or its radius) of this one, in scanner coordinates")))
+                f"New since the report of {report.study_date.isoformat()}: none of its findings lies within "
+                f"{MATCH_DISTANCE_MM:g} mm (or its radius) of this one, in scanner coordinates (not registered)")))
             continue
         prior = report.findings[taken[n]]
         out.append(PriorComparison(prior, report.study_date, interval, _change(diameters[n], prior.diameter_mm),
                                    _change(volumes[n], prior.volume_mm3)))
     return out
+
+
+def tracking_ids(comparisons: Sequence[PriorComparison | None], prefix: str) -> list[str]:
+    """Each finding's Tracking Identifier: the earlier finding's when it continues one, else
+    ``<prefix>-<n>`` with a number no continued finding holds, so that no two findings share one."""
+    kept = {c.prior.tracking_id for c in comparisons if c is not None and c.prior is not None}
+    numbers = (f"{prefix}-{n}" for n in range(1, len(comparisons) + len(kept) + 1))
+    free = (name for name in numbers if name not in kept)
+    return [c.prior.tracking_id if c is not None and c.prior is not None else next(free) for c in comparisons]
 
 
 def _change(now: float | None, before: float | None) -> float | None:

@@ -22,7 +22,7 @@ from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import synthesis
 from pipelines.priors import read_report
-from pipelines.writers.prior import LONG_AXIS_CHANGE, VOLUME_CHANGE
+from pipelines.writers.prior import INTERVAL, LONG_AXIS_CHANGE, VOLUME_CHANGE
 from tests.cpu_share import CPU_THREADS
 from tests.harness import node_config
 from tests.peers import Orthanc, free_port, storescu
@@ -89,45 +89,38 @@ def config_for(tmp_path: Path, port: int) -> Config:
     return parse_config(config)
 
 
-def report(pipeline: NoduleDetection, files: list[Path], out: Path, priors=None) -> pydicom.Dataset:
+def results(pipeline: NoduleDetection, files: list[Path], out: Path, priors=None) -> dict[str, pydicom.Dataset]:
+    """The job's SR and SEG: {modality: data set}."""
     pipeline.run(JobInput(series={"series": files}, output_dir=out, priors=priors))
-    return next(ds for ds in (pydicom.dcmread(p) for p in out.rglob("*.dcm")) if ds.Modality == "SR")
+    written = (pydicom.dcmread(p) for p in out.rglob("*.dcm"))
+    return {ds.Modality: ds for ds in written if ds.Modality in ("SR", "SEG")}
 
 
-def numbers(sr: pydicom.Dataset) -> dict[str, list[float]]:
-    """Every NUM of the report by its concept's code value."""
-    found: dict[str, list[float]] = {}
-
-    def walk(items) -> None:
-        for item in items:
-            if item.ValueType == "NUM" and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
-                code = str(item.ConceptNameCodeSequence[0].CodeValue)
-                found.setdefault(code, []).append(float(item.MeasuredValueSequence[0].NumericValue))
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.ContentSequence)
-    return found
+def groups(sr: pydicom.Dataset) -> dict[str, tuple[dict[str, float], list[str]]]:
+    """Each measurement group by its Tracking UID: its NUMs by concept code value, and its texts."""
+    measurements = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    out = {}
+    for group in measurements.ContentSequence:
+        items = group.ContentSequence
+        uid = next((str(i.UID) for i in items if i.ValueType == "UIDREF"), "")
+        values = {str(i.ConceptNameCodeSequence[0].CodeValue): float(i.MeasuredValueSequence[0].NumericValue)
+                  for i in items if i.ValueType == "NUM" and i.get("MeasuredValueSequence")}
+        out[uid] = (values, [str(i.TextValue) for i in items if i.ValueType == "TEXT"])
+    return out
 
 
 def texts(sr: pydicom.Dataset) -> list[str]:
-    out: list[str] = []
-
-    def walk(items) -> None:
-        for item in items:
-            if item.ValueType == "TEXT":
-                out.append(str(item.TextValue))
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.ContentSequence)
-    return out
+    return [text for _, found in groups(sr).values() for text in found]
 
 
 @pytest.mark.slow
 def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_its_growth(
         pipeline, pacs, data_dir, tmp_path):
-    prior_sr = report(pipeline, study(data_dir, tmp_path / "prior", PRIOR_DATE, DIAMETER_MM), tmp_path / "out1")
+    prior_sr = results(pipeline, study(data_dir, tmp_path / "prior", PRIOR_DATE, DIAMETER_MM), tmp_path / "out1")["SR"]
     prior = read_report(prior_sr)
-    assert prior.findings, "the inserted nodule must be found in the prior study"
+    # the inserted nodule, measured 15.5 mm (it is the one nearest its known centre: the other
+    # finding of the slab is LIDC-IDRI-0001's own 102 mm mass)
+    inserted = next(f for f in prior.findings if f.diameter_mm is not None and f.diameter_mm < 30)
     sr_path = tmp_path / "prior-sr.dcm"
     prior_sr.save_as(sr_path)
     assert storescu(pacs.dicom_port, [sr_path]).returncode == 0
@@ -136,17 +129,20 @@ def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_it
     priors = look_up(config_for(tmp_path, pacs.dicom_port), follow_up)
     assert priors.report is not None, priors.reason
     assert priors.report.study_date == datetime.date(2025, 3, 10)
-    sr = report(pipeline, follow_up, tmp_path / "out2", priors)
+    out = results(pipeline, follow_up, tmp_path / "out2", priors)
 
-    now = read_report(sr)
-    grown = [f for f in now.findings if f.tracking_uid in {p.tracking_uid for p in prior.findings}]
-    assert grown, "the follow-up's nodule keeps the prior's Tracking UID"
-    values = numbers(sr)
-    change = values[LONG_AXIS_CHANGE.value]
-    # truth: +20 % long axis, +72.8 % volume; measured: ...
-    assert any(abs((1 + c / 100) / GROWTH - 1) <= 0.05 for c in change), change
-    assert any(abs((1 + c / 100) / GROWTH**3 - 1) <= 0.15 for c in values.get(VOLUME_CHANGE.value, [])), values
-    assert any("186 days earlier" in t for t in texts(sr)), texts(sr)
+    by_uid = groups(out["SR"])
+    assert inserted.tracking_uid in by_uid, "the grown nodule keeps the prior's Tracking UID"
+    assert inserted.tracking_uid in {str(s.TrackingUID) for s in out["SEG"].SegmentSequence}
+    values, said = by_uid[inserted.tracking_uid]
+    # truth +20 % long axis, +72.8 % volume; measured +21.3 % (ratio 1.011) and +76.0 % (1.019)
+    assert abs((1 + values[LONG_AXIS_CHANGE.value] / 100) / GROWTH - 1) <= 0.05, values
+    assert abs((1 + values[VOLUME_CHANGE.value] / 100) / GROWTH**3 - 1) <= 0.05, values
+    assert values[INTERVAL.value] == 186.0
+    assert any(t.startswith(f"Prior: {inserted.tracking_id} of the report of 2025-03-10, 186 days earlier")
+               for t in said), said
+    names = [str(s.TrackingID) for s in out["SEG"].SegmentSequence]
+    assert len(names) == len(set(names)), names  # a new finding never takes a continued one's identifier
 
 
 def test_a_pacs_that_does_not_answer_costs_a_bounded_wait_and_the_sr_says_no_prior_was_compared(
@@ -157,7 +153,7 @@ def test_a_pacs_that_does_not_answer_costs_a_bounded_wait_and_the_sr_says_no_pri
     priors = look_up(config_for(tmp_path, silent), files, timeout=5.0)
     assert time.monotonic() - started < 6.0
     assert priors.report is None and "no association" in priors.reason, priors.reason
-    sr = report(pipeline, files, tmp_path / "out", priors)
+    sr = results(pipeline, files, tmp_path / "out", priors)["SR"]
     assert any(t.startswith("No prior compared") for t in texts(sr)), texts(sr)
     assert read_report(sr).findings  # the job ran and reported as always
 

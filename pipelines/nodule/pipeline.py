@@ -70,7 +70,7 @@ from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box
 from pipelines.nodule.parenchyma import parenchyma
-from pipelines.priors import PriorComparison, Priors, match, study_date
+from pipelines.priors import PriorComparison, Priors, match, study_date, tracking_ids
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
@@ -304,18 +304,19 @@ class NoduleDetection(ModelPipeline):
         datasets: list[Any] = []
         segmentation = None
         labels = _label_map(volume, nodules)
-        if nodules or self.empty_seg:
-            segmentation = self._segmentation(volume, labels, len(nodules), box_regions)
-            datasets.append(segmentation)
         locations = _locations(volume, [m for _, m in nodules])
         shown = [
             KeyFinding(_caption(n, detection, measured, location), (_segmented(labels, n, measured),))
             for n, ((detection, measured), location) in enumerate(zip(nodules, locations), start=1)
         ]
         history = _history(volume, nodules, shown, priors)
+        names = tracking_ids(history, "nodule")
+        if nodules or self.empty_seg:
+            segmentation = self._segmentation(volume, labels, list(zip(names, history)), box_regions)
+            datasets.append(segmentation)
         findings = [
             Finding(
-                tracking_id=f"nodule-{n}" if prior is None or prior.prior is None else prior.prior.tracking_id,
+                tracking_id=name,
                 tracking_uid=None if prior is None or prior.prior is None else prior.prior.tracking_uid,
                 prior=prior,
                 structure=LUNG_NODULE,
@@ -328,8 +329,8 @@ class NoduleDetection(ModelPipeline):
                 location=location,
                 point_kji=key.center_point(volume.array.shape),
             )
-            for n, ((detection, measured), location, key, prior)
-            in enumerate(zip(nodules, locations, shown, history), start=1)
+            for n, ((detection, measured), location, key, prior, name)
+            in enumerate(zip(nodules, locations, shown, history, names), start=1)
         ]
         coverage = contract.BUNDLE_COVERAGE if self.bundle is not None else f"{examined} {contract.COVERAGE}".strip()
         datasets.append(make_measurement_report(
@@ -348,11 +349,16 @@ class NoduleDetection(ModelPipeline):
             datasets.append(make_presentation_state(volume, shown, page, self.identity))
         return datasets
 
-    def _segmentation(self, volume: Volume, labels: np.ndarray, count: int, box_regions: bool) -> Any:
+    def _segmentation(self, volume: Volume, labels: np.ndarray, tracked: list[tuple[str, PriorComparison | None]],
+                      box_regions: bool) -> Any:
+        """The SEG; ``tracked``: each nodule's tracking identifier and its prior, whose Tracking UID
+        the segment keeps (the SR's group then has it too)."""
         kind = " (detection box)" if box_regions else ""
+        count = len(tracked)
         segments = [
-            Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}{kind}")
-            for n in range(1, count + 1)
+            Segment(LUNG_NODULE, name, label=f"Lung nodule {n}{kind}",
+                    tracking_uid=None if prior is None or prior.prior is None else prior.prior.tracking_uid)
+            for n, (name, prior) in enumerate(tracked, start=1)
         ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
         return make_segmentation(
             volume, labels, segments, self.algorithm, self.identity,
