@@ -16,7 +16,8 @@ import torch
 from pydicom.uid import generate_uid
 
 from node.config import Config, ConfigError, parse_config
-from node.retrieve.priors import look_up
+from node.index.jobs import Job
+from node.retrieve.priors import for_job, look_up
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
@@ -25,6 +26,7 @@ from pipelines.priors import read_report
 from pipelines.writers.prior import INTERVAL, LONG_AXIS_CHANGE, VOLUME_CHANGE
 from tests.cpu_share import CPU_THREADS
 from tests.harness import node_config
+from tests.nodule_series import rewrite_series
 from tests.peers import Orthanc, free_port, storescu
 
 pytestmark = [pytest.mark.peers]
@@ -54,19 +56,8 @@ def study(data_dir: Path, folder: Path, date: str, diameter_mm: float) -> list[P
     assert centre is not None
     synthesis.insert(hu, spacing, centre, synthesis.NoduleSpec(diameter_mm=diameter_mm, texture_hu=10.0),
                      np.random.default_rng(4))
-    study_uid, series_uid = generate_uid(), generate_uid()
-    folder.mkdir(parents=True)
-    paths = []
-    for k, ds in enumerate(sources):
-        ds.decompress()  # LIDC is JPEG 2000 compressed; the pixels are rewritten uncompressed
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyDate = study_uid, series_uid, date
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        stored = (hu[k] - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
-        info = np.iinfo(ds.pixel_array.dtype)
-        ds.PixelData = np.clip(np.round(stored), info.min, info.max).astype(ds.pixel_array.dtype).tobytes()
-        paths.append(folder / f"{k:04d}.dcm")
-        ds.save_as(paths[-1])
-    return paths
+    return rewrite_series([Path(h.filename) for h in headers[first:first + SLAB]], folder, hu,
+                          StudyInstanceUID=generate_uid(), StudyDate=date)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +160,20 @@ def test_no_earlier_report_in_the_pacs_says_so(pacs, data_dir, tmp_path):
     files = study(data_dir, tmp_path / "study", FOLLOW_UP_DATE, DIAMETER_MM)
     priors = look_up(config_for(tmp_path, pacs.dicom_port), files)
     assert priors.report is None and "no earlier radnode report" in priors.reason, priors.reason
+
+
+def test_only_a_route_with_priors_asks_the_pacs_before_its_job_runs(data_dir, tmp_path):
+    config = node_config(tmp_path, routes=[
+        {"name": name, "pipeline": "nodule-detection", "deliver": False, "priors": name == "with"}
+        for name in ("with", "without")])
+    config["sources"] = [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": free_port()}]
+    files = {"series": sorted((data_dir / LIDC).glob("*.dcm"))[:1]}
+
+    def job(route: str) -> Job:
+        return Job(route=route, pipeline="nodule-detection", subject="s", study_uid="1.2", generation=1,
+                   inputs={"series": "1.2.3"}, destinations=[], id=1, attempts=1, created_at=0.0,
+                   started_at=None, finished_at=None, deadline=None, worker_pid=None)
+
+    assert for_job(parse_config(config), job("without"), files) is None
+    asked = for_job(parse_config(config), job("with"), files)
+    assert asked is not None and asked.report is None and "no association" in asked.reason, asked

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydicom
@@ -18,8 +18,10 @@ from pydicom import Dataset
 from pynetdicom import build_role, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, StudyRootQueryRetrieveInformationModelGet
 
+from node import logs
 from node.config import Config, Source
 from node.deliver.dispatcher import associate, association_failure, scu_ae
+from node.index.store import Job
 from node.retrieve.query import PacsError, _keys, find
 from pipelines.priors import PriorReport, Priors, read_report, study_date
 from pipelines.writers.identity import MANUFACTURER
@@ -28,6 +30,17 @@ from pipelines.writers.identity import MANUFACTURER
 TIMEOUT_SECONDS = 20.0
 #: how radnode's nodule report series are described ("radnode nodule-detection report: ...")
 REPORT_SERIES = "radnode nodule-detection report*"
+
+
+def for_job(config: Config, job: Job, series: Mapping[str, Sequence[Path]]) -> Priors | None:
+    """The patient's earlier report when the job's route asks for priors (bounded in time)."""
+    route = next((r for r in config.routes if r.name == job.route), None)
+    paths = [path for paths in series.values() for path in paths]
+    if route is None or not route.priors or not paths:
+        return None
+    priors = look_up(config, paths)
+    logs.info("job.priors", job=job.id, found=priors.report is not None, reason=priors.reason)
+    return priors
 
 
 def look_up(config: Config, paths: Sequence[Path], timeout: float = TIMEOUT_SECONDS) -> Priors:

@@ -14,14 +14,13 @@ import traceback
 from pathlib import Path
 
 from node import logs
-from node.config import Config, load_config
+from node.config import load_config
 from node.index.store import Index, Job
 from node.receive.spool import Spool
-from node.retrieve.priors import look_up
+from node.retrieve.priors import for_job
 from node.run.child import ChildLink, StopOnSigterm, die_with_parent, held_attempts
 from node.run.invoke import PipelineCache, protect_patient_values, run_pipeline, where
 from node.run.outcome import commit_result, is_disk_full
-from pipelines.priors import Priors
 
 IDLE_POLL_SECONDS = 0.2
 DISK_FULL_RETRY_SECONDS = 5.0
@@ -58,20 +57,9 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
 def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
     series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
     protect_patient_values(series)
-    priors = job_priors(pipelines.config, job, series)
+    priors = for_job(pipelines.config, job, series)
     result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id), priors)
     commit_result(job, index, result, pipelines.config)
-
-
-def job_priors(config: Config, job: Job, series: dict[str, list[Path]]) -> Priors | None:
-    """The patient's earlier report when the job's route asks for priors (bounded in time)."""
-    route = next((r for r in config.routes if r.name == job.route), None)
-    paths = [path for paths in series.values() for path in paths]
-    if route is None or not route.priors or not paths:
-        return None
-    priors = look_up(config, paths)
-    logs.info("job.priors", job=job.id, found=priors.report is not None, reason=priors.reason)
-    return priors
 
 
 def worker_main(config_path: str, link: ChildLink) -> None:
