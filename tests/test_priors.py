@@ -6,6 +6,7 @@ that no prior was compared."""
 from __future__ import annotations
 
 import datetime
+import socket
 import time
 from pathlib import Path
 
@@ -177,3 +178,18 @@ def test_only_a_route_with_priors_asks_the_pacs_before_its_job_runs(data_dir, tm
     assert for_job(parse_config(config), job("without"), files) is None
     asked = for_job(parse_config(config), job("with"), files)
     assert asked is not None and asked.report is None and "no association" in asked.reason, asked
+
+
+def test_a_pacs_that_takes_the_connection_and_never_answers_is_given_up_after_the_timeout(data_dir, tmp_path):
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()  # the connection is taken (by the kernel) and nothing is ever said on it
+    try:
+        files = sorted((data_dir / LIDC).glob("*.dcm"))[:1]
+        started = time.monotonic()
+        priors = look_up(config_for(tmp_path, hung.getsockname()[1]), files, timeout=3.0)
+        waited = time.monotonic() - started
+    finally:
+        hung.close()
+    assert waited < 4.0, waited  # measured 3.0 s
+    assert priors.report is None and "did not answer within 3 s" in priors.reason, priors.reason

@@ -69,8 +69,9 @@ def _look_up(config: Config, paths: Sequence[Path]) -> Priors:
                 return Priors(report=report)
             reasons.append(source.name)
         return Priors(reason=f"no earlier radnode report of this patient in {', '.join(reasons)}")
-    except (PacsError, OSError, ValueError) as error:  # the reason never names the patient
-        return Priors(reason=f"the prior lookup failed: {error}")
+    except Exception as error:  # whatever goes wrong, the job runs; the log scrubber knows its patient
+        reason = str(error) if isinstance(error, PacsError) else f"{type(error).__name__}: {error}"
+        return Priors(reason=f"the prior lookup failed: {reason}")
 
 
 def latest_report(config: Config, source: Source, patient: str, before: datetime.date,
