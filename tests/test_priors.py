@@ -5,7 +5,6 @@ that no prior was compared."""
 
 from __future__ import annotations
 
-import datetime
 import socket
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
 
 from node.config import Config, ConfigError, parse_config
 from node.index.jobs import Job
@@ -26,9 +25,9 @@ from pipelines.nodule.training import synthesis
 from pipelines.priors import read_report
 from pipelines.writers.prior import INTERVAL, LONG_AXIS_CHANGE, VOLUME_CHANGE
 from tests.cpu_share import CPU_THREADS
-from tests.harness import node_config
+from tests.harness import NodeProcess, node_config, wait_until
 from tests.nodule_series import rewrite_series
-from tests.peers import Orthanc, free_port, storescu
+from tests.peers import Orthanc, dciodvfy, free_port, storescu
 
 pytestmark = [pytest.mark.peers]
 
@@ -105,27 +104,50 @@ def texts(sr: pydicom.Dataset) -> list[str]:
     return [text for _, found in groups(sr).values() for text in found]
 
 
+@pytest.fixture
+def site(tmp_path: Path):
+    """A node whose nodule route has ``priors = true`` and Orthanc as both its destination and the
+    source of its priors (Orthanc knows the node's AE title); yields (node, Orthanc)."""
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"radnode": ["RADNODE", "127.0.0.1", node_port]}).start()
+    peer = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+    config = node_config(tmp_path, destinations=[peer], routes=[
+        {"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs"], "match": {"Modality": "CT"},
+         "priors": True}], pipelines={"nodule-detection": {"device": "cpu"}})
+    config["sources"] = [peer]
+    config["node"]["port"] = node_port
+    node = NodeProcess(config, tmp_path).start()
+    yield node, pacs
+    node.stop()
+    pacs.stop()
+
+
+def run_on_node(node: NodeProcess, files: list[Path], jobs: int) -> pydicom.Dataset:
+    """Send a study; once its job (the ``jobs``-th) is done, its SR."""
+    assert storescu(node.port, files).returncode == 0
+    index = node.index()
+    done = wait_until(lambda: (ended := [j for j in index.jobs() if j.state in ("done", "failed")])
+                      and len(ended) == jobs and ended, 400, what=f"job {jobs} finished")
+    job = max(done, key=lambda j: j.id)
+    assert job.state == "done", job.outcome
+    return next(pydicom.dcmread(r.path) for r in index.results(job.id) if r.sop_class == Comprehensive3DSRStorage)
+
+
 @pytest.mark.slow
-def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_its_growth(
-        pipeline, pacs, data_dir, tmp_path):
-    prior_sr = results(pipeline, study(data_dir, tmp_path / "prior", PRIOR_DATE, DIAMETER_MM), tmp_path / "out1")["SR"]
+def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_its_growth(site, data_dir, tmp_path):
+    node, pacs = site
+    prior_sr = run_on_node(node, study(data_dir, tmp_path / "prior", PRIOR_DATE, DIAMETER_MM), 1)
     prior = read_report(prior_sr)
-    # the inserted nodule, measured 15.5 mm (it is the one nearest its known centre: the other
-    # finding of the slab is LIDC-IDRI-0001's own 102 mm mass)
+    # the inserted nodule, measured 15.5 mm (the other finding of the slab is LIDC-IDRI-0001's
+    # own 102 mm mass)
     inserted = next(f for f in prior.findings if f.diameter_mm is not None and f.diameter_mm < 30)
-    sr_path = tmp_path / "prior-sr.dcm"
-    prior_sr.save_as(sr_path)
-    assert storescu(pacs.dicom_port, [sr_path]).returncode == 0
+    # the node delivered the prior's SR to the PACS, where the follow-up's job finds it
+    pacs.wait_for(lambda p: any(i["MainDicomTags"].get("SOPInstanceUID") == prior_sr.SOPInstanceUID
+                                for i in p.instances_of_study(str(prior_sr.StudyInstanceUID))), timeout=60)
 
-    follow_up = study(data_dir, tmp_path / "follow-up", FOLLOW_UP_DATE, DIAMETER_MM * GROWTH)
-    priors = look_up(config_for(tmp_path, pacs.dicom_port), follow_up)
-    assert priors.report is not None, priors.reason
-    assert priors.report.study_date == datetime.date(2025, 3, 10)
-    out = results(pipeline, follow_up, tmp_path / "out2", priors)
-
-    by_uid = groups(out["SR"])
+    sr = run_on_node(node, study(data_dir, tmp_path / "follow-up", FOLLOW_UP_DATE, DIAMETER_MM * GROWTH), 2)
+    by_uid = groups(sr)
     assert inserted.tracking_uid in by_uid, "the grown nodule keeps the prior's Tracking UID"
-    assert inserted.tracking_uid in {str(s.TrackingUID) for s in out["SEG"].SegmentSequence}
     values, said = by_uid[inserted.tracking_uid]
     # truth +20 % long axis, +72.8 % volume; measured +21.3 % (ratio 1.011) and +76.0 % (1.019)
     assert abs((1 + values[LONG_AXIS_CHANGE.value] / 100) / GROWTH - 1) <= 0.05, values
@@ -133,8 +155,15 @@ def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_it
     assert values[INTERVAL.value] == 186.0
     assert any(t.startswith(f"Prior: {inserted.tracking_id} of the report of 2025-03-10, 186 days earlier")
                for t in said), said
-    names = [str(s.TrackingID) for s in out["SEG"].SegmentSequence]
+    follow_up_seg = next(pydicom.dcmread(r.path) for r in node.index().results(max(j.id for j in node.index().jobs()))
+                         if r.sop_class == SegmentationStorage)
+    assert inserted.tracking_uid in {str(s.TrackingUID) for s in follow_up_seg.SegmentSequence}
+    names = [str(s.TrackingID) for s in follow_up_seg.SegmentSequence]
     assert len(names) == len(set(names)), names  # a new finding never takes a continued one's identifier
+    path = tmp_path / "follow-up-sr.dcm"
+    sr.save_as(path)
+    report = dciodvfy(path)
+    assert not report.errors, report.errors
 
 
 def test_a_pacs_that_does_not_answer_costs_a_bounded_wait_and_the_sr_says_no_prior_was_compared(
