@@ -5,6 +5,7 @@ that no prior was compared."""
 
 from __future__ import annotations
 
+import datetime
 import socket
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import synthesis
-from pipelines.priors import read_report
+from pipelines.priors import PriorFinding, PriorReport, Priors, match, read_report, tracking_ids
 from pipelines.writers.prior import INTERVAL, LONG_AXIS_CHANGE, VOLUME_CHANGE
 from tests.cpu_share import CPU_THREADS
 from tests.harness import NodeProcess, node_config, wait_until
@@ -222,3 +223,16 @@ def test_a_pacs_that_takes_the_connection_and_never_answers_is_given_up_after_th
         hung.close()
     assert waited < 4.0, waited  # measured 3.0 s
     assert priors.report is None and "did not answer within 3 s" in priors.reason, priors.reason
+
+
+def test_a_nodule_continues_the_nearest_earlier_one_within_10_mm_or_its_radius_and_each_once():
+    before = PriorReport(datetime.date(2025, 3, 10), (
+        PriorFinding("1.1", "nodule-1", (0.0, 0.0, 0.0), 8.0, 250.0),
+        PriorFinding("1.2", "nodule-2", (100.0, 0.0, 0.0), 40.0, 30000.0)))
+    found = match([(0.0, 0.0, 9.0), (0.0, 0.0, 3.0), (118.0, 0.0, 0.0), (0.0, 60.0, 0.0)],
+                  [8.0, 10.0, 44.0, 6.0], [250.0, 500.0, 33000.0, 100.0], Priors(before), datetime.date(2025, 3, 20))
+    # the nearer of two candidates takes nodule-1; 18 mm from the 40 mm mass is within its radius
+    assert [f.prior.tracking_uid if f.prior else None for f in found] == [None, "1.1", "1.2", None]
+    assert (found[1].diameter_change_pct, found[1].volume_change_pct, found[1].interval_days) == (25.0, 100.0, 10)
+    assert found[0].reason.startswith("New since the report of 2025-03-10")
+    assert tracking_ids(found, "nodule") == ["nodule-3", "nodule-1", "nodule-2", "nodule-4"]
