@@ -1,5 +1,6 @@
 """Ingest speed: radnode vs dcmtk storescp vs Orthanc, receiving the same CT from dcmtk storescu;
-and delivery speed: radnode's dispatcher vs dcmtk storescu, sending a derived series to Orthanc.
+and delivery speed: radnode's dispatcher vs dcmtk storescu, sending a derived series to Orthanc,
+and the dispatcher's STOW-RS vs its C-STORE to the same Orthanc.
 
 A 300-slice 512x512 CT (real slices of ../shared/data/ct-chest/cptac-luad-C3N-00247, repeated
 with new UIDs) is sent over one association, then split over 4 concurrent storescu processes,
@@ -17,9 +18,11 @@ The durable floor of one association is what storescp takes per image plus what 
 durable write of that image takes on this disk (measured here, in the same run): the fastest
 radnode could be if its own work cost nothing beyond storescp's. Targets: one
 association >= 0.85 of that floor and >= 2x Orthanc, four associations >= 2x Orthanc; the
-dispatcher delivers a 300-slice derived series at >= 0.7x storescu's rate.
+dispatcher delivers a 300-slice derived series at >= 0.7x storescu's rate, and by STOW-RS to
+Orthanc's DICOMweb plugin at >= 0.9x its own C-STORE rate to the same Orthanc.
 
     python3 bench/ingest.py [--slices 300] [--repeat 3] [--receivers 2] [--delivery-only]
+                            [--stow-only] [--per-request 20] [--connections 4]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,19 +211,26 @@ def derived_series(paths: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def dispatcher_seconds(tmp: Path, orthanc: Orthanc, files: list[Path]) -> float:
-    """Seconds for the dispatcher to deliver one finished job's ``files`` to Orthanc."""
+def c_store_to(orthanc: Orthanc) -> dict[str, object]:
+    return {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+
+
+def dispatcher_seconds(tmp: Path, destination: dict[str, object], files: list[Path]) -> float:
+    """Seconds for the dispatcher to deliver one finished job's ``files`` to ``destination``
+    (a ``[[destinations]]`` table without its name), the job of the files' study."""
+    import pydicom
+
     spool = Spool(tmp / "spool")
     index = Index(spool.root / "index.sqlite")
-    config = parse_config({"node": {"spool": str(spool.root)},
-                           "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                             "port": orthanc.dicom_port}],
+    config = parse_config({"node": {"spool": str(spool.root)}, "destinations": [{"name": "pacs", **destination}],
                            "routes": [threshold_route()], "pipelines": threshold_pipeline()})
-    index.add_job(job_spec(Route.model_validate(threshold_route()), subject="1.2.3", study_uid="1.2",
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    index.add_job(job_spec(Route.model_validate(threshold_route()), subject="1.2.3", study_uid=study,
                            generation=0, inputs={}))
     job = index.claim_job(None, 600)
     assert job is not None
-    results = [ResultFile(p, str(i), "1.2.840.10008.5.1.4.1.1.2") for i, p in enumerate(files)]
+    results = [ResultFile(p, str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID),
+                          "1.2.840.10008.5.1.4.1.1.2") for p in files]
     index.finish_job(job.id, results, f"{len(files)} objects", attempt=job.attempts)
     started = time.perf_counter()
     sent = Dispatcher(config, index).tick()
@@ -229,34 +240,70 @@ def dispatcher_seconds(tmp: Path, orthanc: Orthanc, files: list[Path]) -> float:
     return seconds
 
 
-def delivery(paths: list[Path], tmp: Path, rounds: int = 3) -> None:
-    """The dispatcher and storescu each send a derived series (their own UIDs) to one Orthanc,
-    ``rounds`` times, taking turns at going first (Orthanc slows as its index grows); the
-    medians are compared, and the dispatcher's own CPU time per image is printed beside them."""
-    warm = derived_series(paths[:10], tmp / "derived-warm-up")
-    orthanc = Orthanc(tmp / "orthanc-delivery").start()
-    rates: dict[str, list[float]] = {"storescu": [], "dispatcher": []}
-    cpu_ms: list[float] = []
+@contextlib.contextmanager
+def warmed_orthanc(tmp: Path, paths: list[Path], name: str, dicomweb: bool = False) -> Iterator[Orthanc]:
+    """An Orthanc that has already stored 10 derived slices (its first images are slower)."""
+    warm = derived_series(paths[:10], tmp / f"{name}-warm-up")
+    orthanc = Orthanc(tmp / name, dicomweb=dicomweb).start()
     try:
         send(orthanc.dicom_port, orthanc.aet, [warm])
-        for turn in range(rounds):
-            by_storescu = derived_series(paths, tmp / f"derived-storescu-{turn}")
-            by_dispatcher = derived_series(paths, tmp / f"derived-dispatcher-{turn}")
-            for sender in ("storescu", "dispatcher") if turn % 2 == 0 else ("dispatcher", "storescu"):
-                if sender == "storescu":
-                    rates[sender].append(len(paths) / send(orthanc.dicom_port, orthanc.aet, [by_storescu]))
-                    continue
-                cpu = time.process_time()
-                rates[sender].append(len(paths) / dispatcher_seconds(tmp / f"dispatcher-{turn}", orthanc,
-                                                                     by_dispatcher))
-                cpu_ms.append((time.process_time() - cpu) / len(paths) * 1000)
+        yield orthanc
     finally:
         orthanc.stop()
+
+
+def in_turns(rounds: int, first: str, second: str, rate: Callable[[str, int], float]) -> dict[str, list[float]]:
+    """``rate(sender, turn)`` of two senders, ``rounds`` times, taking turns at going first
+    (Orthanc slows as its index grows)."""
+    rates: dict[str, list[float]] = {first: [], second: []}
+    for turn in range(rounds):
+        for sender in (first, second) if turn % 2 == 0 else (second, first):
+            rates[sender].append(rate(sender, turn))
+    return rates
+
+
+def delivery(paths: list[Path], tmp: Path, rounds: int = 3) -> None:
+    """The dispatcher and storescu each send a derived series (their own UIDs) to one Orthanc,
+    ``rounds`` times, taking turns at going first; the medians are compared, and the
+    dispatcher's own CPU time per image is printed beside them."""
+    cpu_ms: list[float] = []
+    with warmed_orthanc(tmp, paths, "orthanc-delivery") as orthanc:
+        def rate(sender: str, turn: int) -> float:
+            files = derived_series(paths, tmp / f"derived-{sender}-{turn}")
+            if sender == "storescu":
+                return len(paths) / send(orthanc.dicom_port, orthanc.aet, [files])
+            cpu = time.process_time()
+            seconds = dispatcher_seconds(tmp / f"dispatcher-{turn}", c_store_to(orthanc), files)
+            cpu_ms.append((time.process_time() - cpu) / len(paths) * 1000)
+            return len(paths) / seconds
+
+        rates = in_turns(rounds, "storescu", "dispatcher", rate)
     storescu_rate, dispatcher_rate = statistics.median(rates["storescu"]), statistics.median(rates["dispatcher"])
     print(f"derived series of {len(paths)} slices to Orthanc, median of {rounds}: dcmtk storescu "
           f"{storescu_rate:.1f} img/s, radnode dispatcher {dispatcher_rate:.1f} img/s "
           f"({statistics.median(cpu_ms):.2f} ms CPU per image): dispatcher/storescu "
           f"{dispatcher_rate / storescu_rate:.2f}x", flush=True)
+
+
+def stow_delivery(paths: list[Path], tmp: Path, rounds: int = 3, per_request: int = 20, connections: int = 4) -> None:
+    """The dispatcher delivers a derived series (its own UIDs each time) to one Orthanc with its
+    DICOMweb plugin by C-STORE and by STOW-RS, ``rounds`` times, taking turns at going first;
+    the medians are compared (target: STOW-RS >= 0.9x C-STORE)."""
+    with warmed_orthanc(tmp, paths, "orthanc-stow", dicomweb=True) as orthanc:
+        stow = {"protocol": "dicomweb", "url": orthanc.dicomweb_url, "instances_per_request": per_request,
+                "connections": connections}
+
+        def rate(protocol: str, turn: int) -> float:
+            files = derived_series(paths, tmp / f"derived-{protocol}-{turn}")
+            destination = c_store_to(orthanc) if protocol == "C-STORE" else stow
+            return len(paths) / dispatcher_seconds(tmp / f"{protocol}-{turn}", destination, files)
+
+        rates = in_turns(rounds, "C-STORE", "STOW-RS", rate)
+    c_store, stow_rs = statistics.median(rates["C-STORE"]), statistics.median(rates["STOW-RS"])
+    print(f"derived series of {len(paths)} slices by the dispatcher to one Orthanc, median of {rounds}: "
+          f"C-STORE (one association) {c_store:.1f} img/s, STOW-RS ({per_request} per request, "
+          f"{connections} kept-alive connections) {stow_rs:.1f} img/s: STOW-RS/C-STORE {stow_rs / c_store:.2f}x",
+          flush=True)
 
 
 def main() -> None:
@@ -265,11 +312,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="sends of each kind per receiver (medians)")
     parser.add_argument("--receivers", type=int, default=2, help="radnode receiver processes")
     parser.add_argument("--delivery-only", action="store_true", help="only the dispatcher vs storescu part")
+    parser.add_argument("--stow-only", action="store_true", help="only the dispatcher's STOW-RS vs C-STORE part")
+    parser.add_argument("--per-request", type=int, default=20, help="STOW-RS instances per request")
+    parser.add_argument("--connections", type=int, default=4, help="STOW-RS requests in flight at once")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.delivery_only:
             delivery(repeated_series(tmp / "series", args.slices), tmp)
+            return
+        if args.stow_only:
+            stow_delivery(repeated_series(tmp / "series", args.slices), tmp, args.repeat, args.per_request,
+                          args.connections)
             return
         sends = fresh_sends(tmp / "series", args.slices, args.repeat)
         compressed = jpeg_ls_sends(sends, tmp / "series-jpeg-ls")
@@ -278,6 +332,7 @@ def main() -> None:
         (tmp / "jls").mkdir()
         ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers, propose=("--propose-jls-lossless",))
         delivery(sends.one[0], tmp)
+        stow_delivery(sends.one[0], tmp, args.repeat, args.per_request, args.connections)
 
 
 if __name__ == "__main__":

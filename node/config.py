@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import ipaddress
 import re
+import ssl
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from node.http_auth import HttpAuth
 from node.result_formats import FORMATS, ResultFormat, format_of
 from node.route.matcher import Condition, parse_condition
 from node.tls import ClientTls, ServerTls, client_context, server_context
@@ -198,6 +200,33 @@ class WebSettings(_Strict):
         return self
 
 
+class DicomwebSettings(_Strict):
+    """The STOW-RS receiver (node.receive.stow): off until ``port`` is set. Who may store: a bearer
+    token read from one of ``token_files``, or a TLS client certificate signed by ``[dicomweb.tls]
+    ca_file`` whose common name is in ``client_names`` (any name that CA signed when it is empty)."""
+
+    port: Port | None = None
+    host: str = "127.0.0.1"
+    tls: ServerTls | None = None
+    token_files: tuple[FilePath, ...] = ()
+    client_names: tuple[str, ...] = ()
+    #: a larger instance in an upload is refused (FailureReason 0xA700); a larger body gets 413
+    max_instance_mb: Annotated[int, Field(ge=1)] = 2048
+    max_request_mb: Annotated[int, Field(ge=1)] = 16384
+    #: uploads at once; more get 503 at once
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: headers must arrive within this; a body must keep up ``min_upload_kb_per_second`` after it
+    header_seconds: Annotated[float, Field(gt=0)] = 10.0
+    min_upload_kb_per_second: Annotated[float, Field(ge=0)] = 64.0
+
+    @model_validator(mode="after")
+    def _names_need_certificates(self) -> DicomwebSettings:
+        if self.client_names and (self.tls is None or self.tls.ca_file is None):
+            raise _RefError("dicomweb.client_names", "needs [dicomweb.tls] ca_file: client certificates are "
+                            "checked against that CA")
+        return self
+
+
 class Allow(_Strict):
     ae_title: AETitle | None = None
     addresses: list[str] = Field(default_factory=list)
@@ -227,12 +256,10 @@ class Allow(_Strict):
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
 
 
-class Destination(_Strict):
+class _DestinationBase(_Strict):
+    """What every destination has, whatever protocol reaches it: a name and the result formats it takes."""
+
     name: str = Field(min_length=1)
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: ClientTls | None = None
     #: the kinds of result this destination receives (``node.result_formats``); all by default
     formats: tuple[ResultFormat, ...] = FORMATS
 
@@ -322,6 +349,60 @@ class NotifySettings(DeliverySettings):
     disk_low_mb: Annotated[int, Field(ge=0)] | None = None
     #: seconds one webhook POST or SMTP conversation may take
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class Destination(_DestinationBase):
+    """A PACS reached by C-STORE (DIMSE), the default ``protocol``."""
+
+    protocol: Literal["dimse"] = "dimse"
+    ae_title: AETitle
+    host: str
+    port: Port
+    tls: ClientTls | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DicomwebDestination(_DestinationBase):
+    """An archive reached by STOW-RS (``protocol = "dicomweb"``): its DICOMweb root ``url``."""
+
+    protocol: Literal["dicomweb"]
+    url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
+    auth: HttpAuth | None = None
+    #: verify the server's certificate against this CA instead of the system's trust store
+    ca_file: FilePath | None = None
+    #: instances per STOW-RS request (one multipart body each)
+    instances_per_request: Annotated[int, Field(ge=1, le=10000)] = 20
+    #: requests in flight at once, each over its own kept-alive connection
+    connections: Annotated[int, Field(ge=1, le=16)] = 4
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("credentials do not go in the url (it is logged and shown): "
+                             "use auth = { type = \"basic\", file = \"...\" }")
+        return value
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> DicomwebDestination:
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file verifies an HTTPS server: give an https:// url, or leave ca_file out")
+        return self
+
+    @property
+    def where(self) -> str:
+        return f"STOW-RS {self.url.rstrip('/')}"
+
+
+#: a destination of either protocol; ``protocol`` picks which (``dimse`` when left out)
+AnyDestination = Annotated[Destination | DicomwebDestination, Field(discriminator="protocol")]
+PROTOCOLS = ("dimse", "dicomweb")
+
+
 class Source(_Strict):
     """A PACS the node may query (C-FIND) and retrieve from (C-MOVE to the node's own AE title,
     which the PACS must know with the node's host and port): ``radnode backfill``."""
@@ -331,6 +412,10 @@ class Source(_Strict):
     host: str
     port: Port
     tls: ClientTls | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 #: "HH:MM-HH:MM" (local time); an end before the start runs past midnight
@@ -445,14 +530,28 @@ class Config(_Strict):
     retention: RetentionSettings = RetentionSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     web: WebSettings = WebSettings()
+    dicomweb: DicomwebSettings = DicomwebSettings()
     allow: list[Allow] = Field(default_factory=list)
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)
     notify: list[NotifyTarget] = Field(default_factory=list)
     notifications: NotifySettings = NotifySettings()
     sources: list[Source] = Field(default_factory=list)
     backfill: BackfillSettings = BackfillSettings()
     routes: list[Route] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _protocol_named(cls, value: Any) -> Any:
+        """``protocol`` may be left out (C-STORE); an unknown one is told the known ones."""
+        if not isinstance(value, list):
+            return value
+        tables = [{"protocol": "dimse", **table} if isinstance(table, dict) else table for table in value]
+        for i, table in enumerate(tables):
+            if isinstance(table, dict) and table["protocol"] not in PROTOCOLS:
+                raise _RefError(f"destinations[{i}].protocol",
+                                f"unknown protocol {table['protocol']!r}; known: {', '.join(PROTOCOLS)}")
+        return tables
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -482,13 +581,15 @@ class Config(_Strict):
             listeners.append(("monitoring.port", self.monitoring.host, self.monitoring.port))
         if self.web.enabled:
             listeners.append(("web.port", self.web.host, self.web.port))
+        if self.dicomweb.port is not None:
+            listeners.append(("dicomweb.port", self.dicomweb.host, self.dicomweb.port))
         for n, (key, host, port) in enumerate(listeners):
             for other_key, other_host, other_port in listeners[:n]:
                 if port == other_port and _hosts_overlap(host, other_host):
                     raise _RefError(key, f"{port} is also {other_key}; each listener needs a port of its own")
         return self
 
-    def destination(self, name: str) -> Destination:
+    def destination(self, name: str) -> Destination | DicomwebDestination:
         return next(d for d in self.destinations if d.name == name)
 
     def route(self, name: str) -> Route:
@@ -546,6 +647,9 @@ def _error_lines(error: ValidationError, prefix: str = "") -> list[str]:
     shape is shared with a model folder's params.toml (``pipelines.validation``)."""
     lines = []
     for err in error.errors():
+        loc = err["loc"]
+        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in PROTOCOLS:  # the union's tag: no key
+            err["loc"] = (*loc[:2], *loc[3:])
         ctx_error = (err.get("ctx") or {}).get("error")
         lines.append(f"  {ctx_error}" if isinstance(ctx_error, _RefError) else problem_line(err, prefix))
     return lines
@@ -654,9 +758,14 @@ def route_problems(route: Route, inputs: Sequence[InputSpec]) -> list[tuple[str,
 def _check_tls(config: Config, source: str) -> None:
     """Load every certificate and key now, so that a bad one stops the start, not a delivery."""
     tables: list[tuple[str, Any, Any]] = [("node.tls", config.node.tls, server_context),
-                                          ("web.tls", config.web.tls, server_context)]
-    tables += [(f"destinations[{i}].tls", d.tls, client_context) for i, d in enumerate(config.destinations)]
+                                          ("web.tls", config.web.tls, server_context),
+                                          ("dicomweb.tls", config.dicomweb.tls, server_context)]
     tables += [(f"sources[{i}].tls", s.tls, client_context) for i, s in enumerate(config.sources)]
+    for i, d in enumerate(config.destinations):
+        if isinstance(d, Destination):
+            tables.append((f"destinations[{i}].tls", d.tls, client_context))
+        else:
+            tables.append((f"destinations[{i}].ca_file", d.ca_file, lambda cafile: ssl.create_default_context(cafile=cafile)))
     for key, settings, build in tables:
         if settings is None:
             continue
@@ -708,6 +817,11 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(web.get("route_test_roots"), list):
             web["route_test_roots"] = [base / root if isinstance(root, str) else root
                                        for root in web["route_test_roots"]]
+    dicomweb = data.get("dicomweb")
+    if isinstance(dicomweb, dict):
+        _anchor_tls(dicomweb.get("tls"), base)
+        if isinstance(dicomweb.get("token_files"), list):
+            dicomweb["token_files"] = [str(base / f) if isinstance(f, str) else f for f in dicomweb["token_files"]]
     for destination in data.get("destinations") or []:
         if isinstance(destination, dict):
             _anchor_tls(destination.get("tls"), base)
@@ -717,6 +831,11 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for peer in [*(data.get("destinations") or []), *(data.get("sources") or [])]:
         if isinstance(peer, dict):
             _anchor_tls(peer.get("tls"), base)
+    for destination in data.get("destinations") or []:
+        if isinstance(destination, dict):
+            _anchor_keys(destination, ("ca_file",), base)
+            if isinstance(destination.get("auth"), dict):
+                _anchor_keys(destination["auth"], ("file",), base)
     pipelines = data.get("pipelines")
     if isinstance(pipelines, dict):
         for table in pipelines.values():

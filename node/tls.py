@@ -9,6 +9,7 @@ client certificate only when ``ca_file`` is set, because many modalities cannot 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
@@ -59,3 +60,12 @@ def client_context(settings: ClientTls) -> ssl.SSLContext:
     if settings.cert_file is not None and settings.key_file is not None:
         context.load_cert_chain(settings.cert_file, settings.key_file)
     return context
+
+
+def certificate_name(certificate: dict[str, Any] | None) -> str | None:
+    """The common name of a verified client certificate (its whole subject when it has none)."""
+    if not certificate or not certificate.get("subject"):
+        return None
+    fields = [pair for rdn in certificate["subject"] for pair in rdn]
+    common = [value for key, value in fields if key == "commonName"]
+    return common[0] if common else ",".join(f"{key}={value}" for key, value in fields)

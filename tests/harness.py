@@ -124,11 +124,18 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"radnode serve exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
             try:
-                wait_for_port(self.port, timeout=0.5)
+                for port in (self.port, self.stow_port):
+                    if port is not None:
+                        wait_for_port(port, timeout=0.5)
                 return self
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise
+
+    @property
+    def stow_port(self) -> int | None:
+        """The STOW-RS receiver's port, when ``[dicomweb] port`` is set."""
+        return self.config.get("dicomweb", {}).get("port")
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc is None:

@@ -21,6 +21,7 @@ from typing import Any
 from pynetdicom import evt
 
 from node.operate.service import receiver_main
+from node.receive.intake import Intake
 from node.receive.scp import Receiver
 
 
@@ -35,10 +36,10 @@ def hold_back_acceptance(seconds: float) -> None:
 
 
 def break_store() -> None:
-    def failing(receiver: Receiver, *args: Any) -> None:
+    def failing(intake: Intake, *args: Any) -> None:
         raise RuntimeError("a bug in storing")
 
-    Receiver._store = failing  # type: ignore[method-assign]
+    Intake.store = failing  # type: ignore[method-assign]
 
 
 def main() -> None:

@@ -10,6 +10,9 @@ would), and checks what a site would notice:
 - every result of every done job is in the PACS exactly once, and nothing else is.
 
 ``tests/test_recovery.py`` runs a few trials; ``bench/kill9.py`` runs 100, enough for kills in every part of the flow.
+With ``stow = True`` the series goes by STOW-RS instead (a few instances per request, the way
+dicomweb-client sends them), and what got an HTTP 200 is what was acknowledged
+(``tests/test_stow_receive.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -29,7 +33,10 @@ from pydicom.uid import generate_uid
 from node.index.store import Index
 from node.receive.spool import Spool
 from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
+from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, storescu
+
+#: Instances per STOW-RS request in a ``stow`` trial.
+STOW_BATCH = 3
 
 #: where the kill fell, judged from the index the restarted node finds
 STAGES = ("receive", "completion", "job run", "result commit", "delivery", "after delivery")
@@ -79,6 +86,36 @@ def stage_at_kill(index: Index, spool: Spool, series_uid: str, count: int) -> st
     return "after delivery"
 
 
+class StowUpload:
+    """Files sent by STOW-RS in requests of ``STOW_BATCH``, one after another, in a thread, until
+    the node stops answering; ``acknowledged`` lists the files of the requests that got a 200."""
+
+    def __init__(self, port: int, files: list[Path]) -> None:
+        from dicomweb_client.api import DICOMwebClient
+
+        self.client = DICOMwebClient(f"http://127.0.0.1:{port}")
+        self.files = files
+        self.stored: list[str] = []
+        self.thread = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> StowUpload:
+        self.thread.start()
+        return self
+
+    def _send(self) -> None:
+        for start in range(0, len(self.files), STOW_BATCH):
+            batch = self.files[start:start + STOW_BATCH]
+            try:
+                self.client.store_instances([pydicom.dcmread(path) for path in batch])
+            except Exception:  # noqa: BLE001 (the node was killed: the rest is not acknowledged)
+                return
+            self.stored += [str(path) for path in batch]
+
+    def acknowledged(self) -> list[str]:
+        self.thread.join(timeout=60)
+        return self.stored
+
+
 @dataclass
 class KillTrials:
     """A node, its PACS and the series each trial sends; ``run`` does one trial."""
@@ -86,6 +123,7 @@ class KillTrials:
     workdir: Path
     orthanc: Orthanc
     sources: list[Path]
+    stow: bool = False
 
     def __post_init__(self) -> None:
         destinations = [{"name": "pacs", "ae_title": self.orthanc.aet, "host": "127.0.0.1",
@@ -97,6 +135,8 @@ class KillTrials:
                              completion={"settle_seconds": 0.5, "quiet_seconds": 20.0},
                              delivery={"backoff_seconds": 0.2, "backoff_max_seconds": 1.0,
                                        "max_attempts": 50})
+        if self.stow:
+            config["dicomweb"] = {"port": free_port()}
         self.node = NodeProcess(config, self.workdir)
         self.stages: Counter[str] = Counter()
         #: per stage: instances acknowledged before the kill and found intact, jobs done, results
@@ -126,14 +166,17 @@ class KillTrials:
         self.trials += 1
         trial = self.trials
         study, series_uid, files = fresh_series(self.sources, self.workdir / f"trial-{trial:03d}")
-        sender = subprocess.Popen(
-            [dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
-             str(self.node.port), *map(str, files)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
+        if self.stow:
+            assert self.node.stow_port is not None
+            upload = StowUpload(self.node.stow_port, files).start()
+        else:
+            sender = subprocess.Popen(
+                [dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
+                 str(self.node.port), *map(str, files)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
         time.sleep(delay)
         self.node.kill_group()
-        output, _ = sender.communicate(timeout=60)
-        stored = acknowledged(output)
+        stored = upload.acknowledged() if self.stow else acknowledged(sender.communicate(timeout=60)[0])
 
         spool = Spool(Path(self.node.config["node"]["spool"]))
         index = Index(spool.root / "index.sqlite")
@@ -147,7 +190,11 @@ class KillTrials:
             assert str(pydicom.dcmread(row["path"]).SOPInstanceUID) == uid, \
                 f"trial {trial} ({stage}): {Path(path).name} indexed but its file is not intact"
         missing = [f for f in files if str(f) not in stored]
-        if missing:  # the scanner sends again what it did not see acknowledged
+        if missing and self.stow:  # the client sends again what it did not see acknowledged
+            assert self.node.stow_port is not None
+            again = StowUpload(self.node.stow_port, missing).start().acknowledged()
+            assert again == [str(f) for f in missing], f"trial {trial}: resend by STOW-RS failed"
+        elif missing:  # the scanner sends again what it did not see acknowledged
             resent = storescu(self.node.port, missing)
             assert resent.returncode == 0, f"trial {trial}: resend failed: {resent.stderr[-500:]}"
 

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -140,22 +141,35 @@ def dciodvfy(path: Path | str) -> DciodvfyReport:
     return report
 
 
-class Orthanc:
-    """An Orthanc PACS on free loopback ports with a throw-away storage folder."""
+#: Debian's orthanc-dicomweb: QIDO-RS, STOW-RS and WADO-RS under ``/dicom-web/``
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None) -> None:
-        """``modalities``: Orthanc's DicomModalities (name -> [AE title, host, port]), the peers
-        it may C-MOVE to."""
+
+class Orthanc:
+    """An Orthanc PACS on free loopback ports with a throw-away storage folder. ``modalities``:
+    Orthanc's DicomModalities (name -> [AE title, host, port]), the peers it may C-MOVE to;
+    ``options``: more of Orthanc's configuration (``RegisteredUsers``, ``SslEnabled``,
+    ``LuaScripts``...); ``dicomweb=True`` loads its DICOMweb plugin (``dicomweb_url``)."""
+
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None,
+                 dicomweb: bool = False, **options: Any) -> None:
         self.workdir = workdir
         self.aet = aet
         self.modalities = modalities or {}
+        self.options = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                        **options} if dicomweb else options
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.options.get("SslEnabled") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
 
     def _write_config(self) -> Path:
         storage = self.workdir / "storage"
@@ -175,6 +189,7 @@ class Orthanc:
             "StableAge": 1,
             "SaveJobs": False,
             "DicomModalities": self.modalities,
+            **self.options,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -200,6 +215,14 @@ class Orthanc:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+    def kill(self) -> None:
+        """Down at once, mid-request (SIGTERM lets Orthanc finish the requests of an open
+        keep-alive connection first)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
     def get(self, path: str) -> object:
         with urllib.request.urlopen(self.url + path, timeout=30) as resp:

@@ -44,7 +44,7 @@ def _sending() -> bool:
     """Whether the caller runs inside the dispatcher's C-STORE of a delivery's files."""
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code.co_name == "_send_files" and frame.f_code.co_filename.endswith("dispatcher.py"):
+        if frame.f_code.co_name == "_send_files" and frame.f_code.co_filename.endswith("cstore.py"):
             return True
         frame = frame.f_back
     return False

@@ -16,6 +16,7 @@ from node.operate.findings import finding_lines
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
+from pipelines.tumor.quality import LOW_CONFIDENCE_BELOW
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.cpu_share import CPU_THREADS
 from tests.mr_dicom import write_clinical_study
@@ -78,6 +79,9 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     # a volume per sub-region (necrosis, edema, enhancing tumor) and one per connected lesion
     lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
     assert lesions and texts.count("mL") == 3 + len(lesions), (lesions, texts.count("mL"))
+    # the case's self-consistency, in the summary and the SR (0.913 measured, over the 0.7089 threshold)
+    assert not result.summary.low_confidence and result.summary.self_consistency >= LOW_CONFIDENCE_BELOW
+    assert "Usable - Meets the quality control standard" in texts
     for path in result.outputs:
         assert not dciodvfy(path).errors
 
@@ -105,9 +109,12 @@ def test_t1c_alone_is_not_measured_by_default_the_sr_says_why_and_no_seg_is_writ
 
 @pytest.mark.peers
 @pytest.mark.slow
-def test_t1c_alone_delivered_unvalidated_says_so_on_every_object(study, tmp_path):
+def test_t1c_alone_delivered_unvalidated_says_so_and_low_confidence_on_every_object(study, tmp_path):
     """``deliver_unvalidated = true``: the T1c-alone result is sent, UNVALIDATED in every object's
-    series description (the key images' banner starts with the same words) and in the SR."""
+    series description (the key images' banner starts with the same words) and in the SR. The
+    model is unsure of this case (the inconsistent one: self-consistency 0.606 measured, four
+    contrasts 0.913), under the 0.7089 threshold: LOW CONFIDENCE on every object and in the SR,
+    coded and in words, and in the job summary."""
     pipeline = TumorSegmentation(PipelineSettings(name="tumor-segmentation", device="cpu",
                                                   options={"deliver_unvalidated": True}))
     result = _run(pipeline, study, ("t1c",), tmp_path)
@@ -116,10 +123,13 @@ def test_t1c_alone_delivered_unvalidated_says_so_on_every_object(study, tmp_path
     assert result.summary.validation == "unvalidated"
     datasets = [pydicom.dcmread(path) for path in result.outputs]
     assert {ds.Modality for ds in datasets} == {"SEG", "SR", "OT", "PR"}
-    assert all(ds.SeriesDescription.startswith("UNVALIDATED ") for ds in datasets), \
+    assert all(ds.SeriesDescription.startswith("UNVALIDATED LOW CONFIDENCE ") for ds in datasets), \
         [ds.SeriesDescription for ds in datasets]
     sr = next(ds for ds in datasets if ds.Modality == "SR")
     assert "contrasts used: T1c" in _content_texts(sr)
+    assert result.summary.low_confidence and result.summary.self_consistency < LOW_CONFIDENCE_BELOW
+    assert "Usable - Does not meet the quality control standard" in _content_texts(sr)
+    assert any(text.startswith("LOW CONFIDENCE: self-consistency 0.") for text in _content_texts(sr))
     assert ("validation: UNVALIDATED: T1c is outside the model's validated inputs (held-out Dice 0.028 on 8 scans); "
             "send FLAIR") in _content_texts(sr)
     for path in result.outputs:

@@ -282,6 +282,16 @@ class SeriesIndex(Database):
         series' count): a sum over series, not a count over a year's instance rows per scrape."""
         return int(self._db.execute("SELECT COALESCE(SUM(instance_count), 0) FROM series").fetchone()[0])
 
+    def association_counts(self, prefix: str, since: float) -> tuple[int, int]:
+        """(associations, instances) since ``since`` whose association id starts with ``prefix``:
+        how much one receiver took (the STOW-RS receiver's requests are "stow-" associations)."""
+        pattern = prefix.replace("%", "").replace("_", "") + "%"
+        associations = self._db.execute("SELECT COUNT(*) FROM associations WHERE id LIKE ? AND opened_at >= ?",
+                                        (pattern, since)).fetchone()[0]
+        instances = self._db.execute("SELECT COUNT(*) FROM instances WHERE association LIKE ? AND received_at >= ?",
+                                     (pattern, since)).fetchone()[0]
+        return int(associations), int(instances)
+
     # ---- forced completion -----------------------------------------------------------------
 
     def force_series_complete(self, series_uid: str) -> bool:

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                             + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
         return p
 
-    command("serve", "start the node: Storage SCP, workers and delivery")
+    command("serve", "start the node: Storage SCP, STOW-RS receiver (when [dicomweb] port is set), workers and delivery")
 
     run = command("run", "run a pipeline offline on the DICOM files under a folder")
     run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")
@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     backfill_cli.add_arguments(command("backfill", "retrieve past studies from a [[sources]] PACS and run the routes "
                                        "over them (by a list or a query); --status, --cancel, --report"))
 
-    echo = command("echo", "C-ECHO a destination named in the config")
+    command("destinations", "list the destinations: protocol, address, reachable or not since when, last check")
+
+    echo = command("echo", "C-ECHO a destination named in the config (a DICOMweb one: a QIDO-RS request)")
     echo.add_argument("destination", help="destination name from [[destinations]]")
     return parser
 
@@ -129,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve, "run": _run, "route-test": _route_test, "jobs": _jobs,
         "deliveries": _deliveries, "problems": _problems, "retry": _retry, "echo": _echo,
         "studies": _studies, "complete": _complete, "cancel": _cancel, "notify": _notify,
-        "backfill": backfill_cli.run,
+        "backfill": backfill_cli.run, "destinations": _destinations,
     }[args.command]
     try:
         return handler(config, args)
@@ -519,7 +521,7 @@ def _hash_password() -> int:
 
 
 def _echo(config: Config, args: argparse.Namespace) -> int:
-    from node.deliver.dispatcher import echo
+    from node.deliver.dispatcher import sender
 
     names = [d.name for d in config.destinations]
     if args.destination not in names:
@@ -527,14 +529,24 @@ def _echo(config: Config, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     destination = config.destination(args.destination)
-    try:
-        status = echo(config, destination)
-    except ConnectionError as error:
-        print(f"radnode: {error}", file=sys.stderr)
-        return 1
-    print(f"C-ECHO {destination.name} ({destination.ae_title}@{destination.host}:{destination.port}): "
-          f"status 0x{status:04X}")
-    return 0 if status == 0 else 1
+    ok, detail = sender(config, destination).probe()
+    line = f"{destination.name} ({destination.where}): {detail}"
+    print(line if ok else f"radnode: {line}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def _destinations(config: Config, args: argparse.Namespace) -> int:
+    """What /health and the overview say of each destination, from the index (nothing is tried)."""
+    from node.operate.monitoring import destination_seen
+
+    rows = []
+    for destination, check in destination_seen(config, _index(config)):
+        detail = check.detail.removeprefix(f"{destination.where}: ")
+        state = "not tried yet" if detail == "not tried yet" else "reachable" if check.ok else "unreachable"
+        rows.append([destination.name, destination.protocol, destination.where, state,
+                     "" if state == "not tried yet" else detail])
+    _table(["NAME", "PROTOCOL", "WHERE", "STATE", "LAST CHECK OR DELIVERY"], rows)
+    return 0
 
 
 if __name__ == "__main__":

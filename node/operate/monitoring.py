@@ -22,11 +22,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node import logs
 from node.complete.studies import StudyWatch, wait_counts
-from node.config import Config, Destination
+from node.config import Config, Destination, DicomwebDestination
 from node.index.results import DestinationCheck
 from node.index.states import MACHINES, DeliveryState
 from node.index.store import Index
 from node.operate.admin import notify_rows, notify_summary, when
+from node.receive.stow import ASSOCIATION_PREFIX
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
@@ -38,6 +39,9 @@ _STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
 DESTINATION_CHECK = "destination "
 #: ... and a notification target's "notify NAME".
 NOTIFY_CHECK = "notify "
+#: The STOW-RS receiver's process role (node.operate.service) and its check's name.
+STOW_ROLE, STOW_CHECK = "stow-receiver", "dicomweb"
+_HOUR = 3600.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
     checks["deliveries"] = Check(dead == 0, f"{dead} dead (radnode deliveries --state dead)")
     checks.update(destination_checks(config, index))
     checks.update(notify_checks(config, index))
+    if config.dicomweb.port is not None:
+        checks[STOW_CHECK] = stow_check(config, index, children)
     return checks
 
 
@@ -135,6 +141,22 @@ def notify_checks(config: Config, index: Index) -> dict[str, Check]:
             for r in rows}
 
 
+def stow_check(config: Config, index: Index, children: ChildCounts) -> Check:
+    """The STOW-RS receiver: off, listening (with what it took in the last hour) or not running."""
+    settings = config.dicomweb
+    if settings.port is None:
+        return Check(True, "off ([dicomweb] port not set)")
+    where = f"{'https' if settings.tls else 'http'}://{settings.host}:{settings.port}/studies"
+    running, expected = children().get(STOW_ROLE, (0, 1))
+    if running < expected:
+        return Check(False, f"{where}: not running (the supervisor restarts it; see the log)")
+    try:
+        uploads, instances = index.association_counts(ASSOCIATION_PREFIX, time.time() - _HOUR)
+    except Exception:  # noqa: BLE001 (the index check names the failure)
+        return Check(True, f"listening on {where}")
+    return Check(True, f"listening on {where}: {instances} instances in {uploads} uploads in the last hour")
+
+
 def destination_checks(config: Config, index: Index) -> dict[str, Check]:
     """"destination NAME": each destination's last C-ECHO or delivery. An unreachable PACS leaves
     the node degraded, not down: it keeps receiving and running, and delivers when the PACS is back."""
@@ -145,8 +167,14 @@ def destination_checks(config: Config, index: Index) -> dict[str, Check]:
     return {f"{DESTINATION_CHECK}{d.name}": _destination_check(d, seen.get(d.name)) for d in config.destinations}
 
 
-def _destination_check(destination: Destination, last: DestinationCheck | None) -> Check:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+def destination_seen(config: Config, index: Index) -> list[tuple[Destination | DicomwebDestination, Check]]:
+    """Each destination, whatever its protocol, with its last check or delivery (``radnode destinations``)."""
+    checks = destination_checks(config, index)
+    return [(d, checks[f"{DESTINATION_CHECK}{d.name}"]) for d in config.destinations]
+
+
+def _destination_check(destination: Destination | DicomwebDestination, last: DestinationCheck | None) -> Check:
+    where = destination.where
     if last is None:
         return Check(True, f"{where}: not tried yet")
     if last.ok:

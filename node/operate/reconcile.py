@@ -17,7 +17,8 @@ import pydicom.filereader
 from node import logs
 from node.index.store import Index, InstanceRecord
 from node.isolation import isolated
-from node.receive.scp import missing_attributes, past_identifying_attributes
+from node.receive.intake import missing_attributes
+from node.receive.scp import past_identifying_attributes
 from node.receive.spool import Spool
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")

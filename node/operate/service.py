@@ -2,6 +2,7 @@
 
     radnode serve (supervisor: restarts children, enforces job timeouts)
     ├── receiver processes (Storage SCP, sharing the DICOM port)
+    ├── the STOW-RS receiver (``[dicomweb] port``; off by default)
     ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
     ├── scheduler thread (assembler + router)
     ├── dispatcher thread (C-STORE to destinations)
@@ -39,6 +40,7 @@ from node.operate.web import WebServer
 from node.receive.scp import Receiver
 from node.receive.spool import Spool
 from node.receive.spool_lock import lock_spool
+from node.receive.stow import StowReceiver
 from node.retrieve.backfill import Backfiller, in_hours
 from node.run.bundle_check import check_bundles
 from node.run.child import die_with_parent
@@ -55,12 +57,26 @@ BACKFILL_INTERVAL = 1.0
 
 
 def receiver_main(config_path: str) -> None:
+    _serve_child(config_path, Receiver)
+
+
+def stow_main(config_path: str) -> None:
+    _serve_child(config_path, StowReceiver)
+
+
+def _serve_child(config_path: str, make: Callable[[Config], Receiver | StowReceiver]) -> None:
+    """A receiving child: it dies with the supervisor, and SIGTERM stops it listening (what it
+    has not answered, its sender sends again)."""
     die_with_parent()
     logs.setup()
-    receiver = Receiver(load_config(Path(config_path)))
+    receiver = make(load_config(Path(config_path)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=receiver.shutdown).start())
     receiver.serve_forever()
+
+
+#: The roles of the children that receive: they write spool part files and open associations.
+RECEIVING_ROLES = ("receiver", "stow-receiver")
 
 
 @dataclass
@@ -104,12 +120,17 @@ class Node:
 
     def start(self) -> None:
         self._warn_about_open_access()
-        self._check_port_is_free()
+        self._check_port_is_free("node.port", self.config.node.host, self.config.node.port)
+        stow = self.config.dicomweb
+        if stow.port is not None:
+            self._check_port_is_free("dicomweb.port", stow.host, stow.port)
         self._start_monitoring()
         self._start_web()
         self.recover()
         for _ in range(self.config.node.receivers):
             self._children.append(_Child("receiver", receiver_main))
+        if stow.port is not None:
+            self._children.append(_Child("stow-receiver", stow_main))
         for child in self._children:
             self._spawn(child)
         self.executor.start()
@@ -129,7 +150,7 @@ class Node:
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
-                  receivers=self.config.node.receivers, engine=self.config.workers.engine,
+                  receivers=self.config.node.receivers, stow_port=self.config.dicomweb.port, engine=self.config.workers.engine,
                   workers=self.config.workers.count,
                   routes=[r.name for r in self.config.routes])
 
@@ -137,20 +158,26 @@ class Node:
         if not self.config.allow:
             logs.warning("config.allow_empty",
                          message="no [[allow]] entries: any calling AE from any address may store")
+        stow = self.config.dicomweb
+        if stow.port is not None and not stow.token_files and (stow.tls is None or stow.tls.ca_file is None):
+            logs.warning("config.dicomweb_open", message="[dicomweb] has no token_files and no [dicomweb.tls] "
+                         "ca_file: any client that reaches the port may store")
 
-    def _check_port_is_free(self) -> None:
+    @staticmethod
+    def _check_port_is_free(key: str, host: str, port: int) -> None:
         """The receivers share their port (SO_REUSEPORT) with each other only: a second node
         started on the same port would silently take half the associations into its own spool.
-        A bind without SO_REUSEPORT fails while anything listens there."""
-        node = self.config.node
-        probe = socket.socket(socket.AF_INET6 if ":" in node.host else socket.AF_INET)
+        A bind without SO_REUSEPORT fails while anything listens there. (The STOW-RS receiver,
+        a child too, would otherwise fail only in its own log.)"""
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         try:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((node.host, node.port))
+            probe.bind((host, port))
         except OSError as error:
+            section, name = key.split(".")
             raise ConfigError(
-                f"node.port: cannot listen on {node.host}:{node.port} ({error.strerror}); another "
-                "radnode or another program uses it: stop it, or set [node] port to a free port"
+                f"{key}: cannot listen on {host}:{port} ({error.strerror}); another "
+                f"radnode or another program uses it: stop it, or set [{section}] {name} to a free port"
             ) from None
         finally:
             probe.close()
@@ -304,7 +331,7 @@ class Node:
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
         if pid is not None:  # None: it never started, so it held no association
             self.index.close_associations_of([pid])
-            if child.role == "receiver":  # the data sets it was receiving, never answered
+            if child.role in RECEIVING_ROLES:  # the data sets it was receiving, never answered
                 Spool(self.config.node.spool).clear_partial_writes(pid)
         self._spawn(child)
 
@@ -316,7 +343,7 @@ class Node:
         the jobs that finished: a result made during the grace is not left for the next start."""
         logs.info("node.stopping")
         self._stop.set()
-        self._terminate([c for c in self._children if c.role == "receiver"], grace=10.0)
+        self._terminate([c for c in self._children if c.role in RECEIVING_ROLES], grace=10.0)
         self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
         requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
         for thread in self._threads:

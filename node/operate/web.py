@@ -45,12 +45,12 @@ from node.index.db import Listing
 from node.index.states import MACHINES, BackfillState, DeliveryState, JobState, SeriesState, named
 from node.index.store import Delivery, Index, Job, ResultFile
 from node.operate import admin, backfill_cli, validation_export
-from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks
+from node.operate.monitoring import DESTINATION_CHECK, ChildCounts, destination_checks, stow_check
 from node.operate.patient import patient_of
 from node.passwords import verify_password
 from node.result_formats import format_of
 from node.route.study import STUDY_LOOKBACK_SECONDS
-from node.tls import server_context
+from node.tls import certificate_name, server_context
 
 #: Throughput chart: the last hour in 5-minute bars; the job-time chart: the latest jobs of that hour.
 _HOUR, _BIN, _CHART_JOBS = 3600.0, 300.0, 30
@@ -190,6 +190,7 @@ class WebApp:
             requeued_at = self.index.requeued_at()
             destinations = destination_checks(self.config, self.index)
             notify = admin.notify_rows(self.config, self.index)
+            stow = stow_check(self.config, self.index, self.children)
         spool = self.config.node.spool
         free_mb = shutil.disk_usage(spool).free // 2**20
         bins = [0.0] * int(_HOUR / _BIN)
@@ -202,8 +203,8 @@ class WebApp:
         job_labels = [f"job {j.id} {j.pipeline}: {seconds} s" for j, seconds in zip(recent, job_times)]
         return self.render(
             "overview.html", user, page="overview", notice=self.notice(query),
-            children=self.children(), destinations=destinations, notify=notify, counts=counts, studies=waits.studies,
-            free_mb=free_mb,
+            children=self.children(), stow=stow, destinations=destinations, notify=notify, counts=counts,
+            studies=waits.studies, free_mb=free_mb,
             watermark_mb=self.config.node.min_free_disk_mb, received=len(arrivals),
             arrival_bars=bars(bins, bin_labels), job_bars=bars(job_times, job_labels, [str(j.id) for j in recent]),
             job_count=len(finished), job_max=max(job_times, default=0.0))
@@ -344,15 +345,6 @@ class WebApp:
                 return handler(self.index, target)
         except ValueError:
             return admin.Outcome(False, f"{action}: target {target!r} is not a number")
-
-
-def certificate_name(certificate: dict[str, Any] | None) -> str | None:
-    """The common name of a verified client certificate (its whole subject when it has none)."""
-    if not certificate or not certificate.get("subject"):
-        return None
-    fields = [pair for rdn in certificate["subject"] for pair in rdn]
-    common = [value for key, value in fields if key == "commonName"]
-    return common[0] if common else ",".join(f"{key}={value}" for key, value in fields)
 
 
 class _Server(ThreadingHTTPServer):

@@ -13,25 +13,19 @@ are spread over CPU cores instead of queueing behind Python's GIL.
 
 from __future__ import annotations
 
-import mmap
 import os
 import select
 import socket
 import socketserver
-import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom.config
 from pydicom import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -68,10 +62,20 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
-from node.index.store import Index, InstanceRecord
+from node.index.store import Index
 from node.receive import pdata_stream, pdu_guard
+from node.receive.intake import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Arrival,
+    Claim,
+    Intake,
+    Source,
+    StoreRefusal,
+)
 from node.receive.pynetdicom_ext import patch_reactor_sleep
-from node.receive.screening import StructureError, check_structure, inflated, uid_problem
 from node.receive.slots import AssociationSlots, Slot, SlotsFull
 from node.receive.spool import Spool
 from node.tls import server_context
@@ -109,17 +113,6 @@ STORAGE_CLASSES = [
     Comprehensive3DSRStorage,
 ]
 
-#: The UIDs that name the spool's folders and files, or that later stages compare.
-UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-REQUIRED_ATTRIBUTES = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
-
-# DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user
 _REJECT_PERMANENT, _SERVICE_USER = 0x01, 0x01
 _NO_REASON, _CALLING_AET_NOT_RECOGNISED, _CALLED_AET_NOT_RECOGNISED = 0x01, 0x03, 0x07
@@ -133,11 +126,8 @@ ASSOCIATE_REQUEST_SECONDS = 5.0
 #: (node.receive.slots) are the limit, so pynetdicom's is set out of the way.
 _PYNETDICOM_ASSOCIATIONS = 100_000
 
-#: The attributes the receiver reads, by tag; all lie in groups 0x0008 and 0x0020.
-IDENTIFYING_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080060: "Modality",
-                    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
-_MODALITY = 0x00080060
-#: Parsing a stored file's header (node.operate.reconcile) stops after the last of them.
+#: Parsing a stored file's header (node.operate.reconcile) stops after the last attribute the
+#: receiver reads (node.receive.intake.IDENTIFYING_TAGS).
 _LAST_IDENTIFYING_TAG = 0x0020000E
 
 
@@ -146,69 +136,18 @@ def past_identifying_attributes(tag: int, vr: str | None, length: int) -> bool:
     return tag > _LAST_IDENTIFYING_TAG
 
 
-def missing_attributes(dataset: Dataset | Mapping[str, object]) -> list[str]:
-    """The attributes the node needs to index an instance that ``dataset`` lacks or has empty."""
-    return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
-
-
-def screen(incoming: pdata_stream.Incoming) -> dict[str, str | list[str]]:
-    """Walk a received data set's element structure where it lies (the part file, mapped into
-    memory, not copied) and return its identifying attributes, read on the same walk.
-
-    Raises StructureError for a data set a parser could not safely walk (node.receive.screening).
-    Decoding every element of a 0.5 MB image with pydicom only to read five of them cost more
-    than writing it. Deflated data is inflated first, within its limits (``inflated``).
-    """
-    assert incoming.part is not None
-    syntax = UID(incoming.transfer_syntax)
-    tags = frozenset(IDENTIFYING_TAGS)
-    problem = None
-    with open(incoming.part.tmp, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        with memoryview(mapped) as whole, whole[incoming.header_size:] as data:
-            try:
-                if syntax == DeflatedExplicitVRLittleEndian:
-                    with inflated(data) as plain:
-                        raw = check_structure(plain, False, collect=tags)
-                else:
-                    raw = check_structure(data, syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
-                                          collect=tags)
-            except StructureError as error:
-                # raised below, once its traceback no longer holds views of the mapped file
-                problem = str(error)
-    if problem is not None:
-        raise StructureError(problem)
-    return {IDENTIFYING_TAGS[tag]: _value(tag, value) for tag, value in raw.items()}
-
-
-def _value(tag: int, raw: bytes) -> str | list[str]:
-    """A UI or CS value as text (a list when it has several): UIDs lose their trailing NUL or
-    space padding, code strings their spaces (PS3.5 6.2), as pydicom reads them."""
-    strip = " " if tag == _MODALITY else None
-    values = [v.strip(strip) if strip else v.rstrip("\x00 ") for v in raw.decode("latin-1").split("\\")]
-    return values[0] if len(values) == 1 else values
-
-
-def command_mismatch(identifiers: Mapping[str, object], command: C_STORE) -> StoreRefusal | None:
-    """A dataset must be the instance its C-STORE command names (as storescp and Orthanc insist):
-    otherwise the stored file would contradict itself and the SCU's own record of what it sent."""
-    for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
-                                ("SOPClassUID", "AffectedSOPClassUID")):
-        if str(identifiers[attribute]) != str(getattr(command, affected) or ""):
-            return StoreRefusal(DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                f"{attribute} differs from the C-STORE {affected}")
-    return None
-
-
-@dataclass(frozen=True)
-class StoreRefusal:
-    status: int
-    reason: str
-
-    def response(self) -> Dataset:
-        ds = Dataset()
-        ds.Status = self.status
-        ds.ErrorComment = self.reason[:64]
-        return ds
+def command_claims(command: C_STORE, context_sop_class: str) -> tuple[Claim, ...]:
+    """What a data set must agree with: its presentation context's SOP class, and the instance its
+    C-STORE command names (as storescp and Orthanc insist): otherwise the stored file would
+    contradict itself and the SCU's own record of what it sent."""
+    return (
+        Claim("SOPClassUID", context_sop_class, DATASET_DOES_NOT_MATCH_SOP_CLASS,
+              "SOPClassUID does not match the presentation context"),
+        *(Claim(attribute, str(getattr(command, affected) or ""), DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"{attribute} differs from the C-STORE {affected}")
+          for attribute, affected in (("SOPInstanceUID", "AffectedSOPInstanceUID"),
+                                      ("SOPClassUID", "AffectedSOPClassUID"))),
+    )
 
 
 def handshake(raw: ssl.SSLSocket, deadline: float) -> None:
@@ -268,11 +207,9 @@ class Receiver:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.node.spool)
-        self.index = Index(config.node.index_path, durable_commits=False)
-        self._index_lock = threading.Lock()
+        self.intake = Intake(self.spool, Index(config.node.index_path, durable_commits=False))
         self._min_free = config.node.min_free_disk_mb * 1024 * 1024
         self._assoc_ids: dict[int, str] = {}
-        self._registered: set[str] = set()
         self._server: ThreadedAssociationServer | None = None
         self._slots = AssociationSlots(config.node.spool / "slots", config.node.max_associations,
                                        config.node.max_associations_per_peer)
@@ -395,10 +332,7 @@ class Receiver:
         assoc_id = self._assoc_ids.pop(id(event.assoc), None)
         if assoc_id is None:
             return
-        if assoc_id in self._registered:
-            self._registered.discard(assoc_id)
-            with self._index_lock:
-                self.index.close_association(assoc_id)
+        self.intake.end(assoc_id)
         logs.info("association.closed", association=assoc_id,
                   how="aborted" if event.assoc.is_aborted else "released")
 
@@ -425,7 +359,8 @@ class Receiver:
 
     def answer_store(self, assoc: Association, incoming: pdata_stream.Incoming) -> int | Dataset:
         """Answer one C-STORE whose data set ``node.receive.pdata_stream`` has already written to a part
-        file: check it, then make it durable under its name and index it, or keep it aside."""
+        file: check it, then make it durable under its name and index it, or keep it aside
+        (node.receive.intake, the path STOW-RS shares)."""
         if incoming.refused == "disk":
             logs.warning("store.refused", reason="disk below watermark",
                          free_mb=self.spool.free_bytes() // 2**20)
@@ -434,88 +369,21 @@ class Receiver:
             logs.error("store.failed", reason=str(incoming.refused))
             return StoreRefusal(OUT_OF_RESOURCES,
                                 f"cannot write to spool: {incoming.refused.strerror}").response()
+        assert incoming.part is not None
         if incoming.command_problem is not None:
             unusable = StoreRefusal(CANNOT_UNDERSTAND, incoming.command_problem)
-            self._quarantine(incoming, unusable)
+            self.intake.quarantine(incoming.part, unusable)
             return unusable.response()
-        try:
-            identifiers = screen(incoming)
-            refusal = self._check(identifiers, incoming.request, incoming.abstract_syntax)
-        except StructureError as error:
-            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")
-        except Exception as error:  # an undecodable dataset must not take the association down
-            refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(error).__name__}")
-        if refusal is not None:
-            self._quarantine(incoming, refusal)
-            return refusal.response()
-        try:
-            self._store(assoc, identifiers, incoming)
-        except OSError as error:
-            logs.error("store.failed", reason=str(error))
-            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to spool: {error.strerror}").response()
-        except sqlite3.Error as error:
-            logs.error("store.failed", reason=f"index: {error}")
-            return StoreRefusal(OUT_OF_RESOURCES, f"cannot write to the index: {error}").response()
-        return SUCCESS
+        arrival = Arrival(incoming.part, incoming.transfer_syntax, incoming.header_size,
+                          command_claims(incoming.request, incoming.abstract_syntax))
+        outcome = self.intake.take(arrival, self._source(assoc))
+        return outcome.response() if isinstance(outcome, StoreRefusal) else SUCCESS
 
-    def _quarantine(self, incoming: pdata_stream.Incoming, refusal: StoreRefusal) -> None:
-        """Keep a refused dataset with its reason (its file meta is left out when the command's
-        own UIDs could not make one, rather than losing the data)."""
-        assert incoming.part is not None
-        try:
-            kept = self.spool.quarantine_part(incoming.part, refusal.reason)
-        except OSError as error:
-            logs.error("store.quarantine_failed", status=f"0x{refusal.status:04X}", reason=refusal.reason,
-                       error=error.strerror)
-            return
-        logs.warning("store.refused", status=f"0x{refusal.status:04X}", reason=refusal.reason,
-                     quarantined=kept.name)
-
-    @staticmethod
-    def _check(identifiers: Mapping[str, object], command: C_STORE, context_sop_class: str) -> StoreRefusal | None:
-        missing = missing_attributes(identifiers)
-        if missing:
-            return StoreRefusal(CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
-        for name in UID_ATTRIBUTES:
-            problem = uid_problem(name, identifiers[name])
-            if problem is not None:
-                return StoreRefusal(CANNOT_UNDERSTAND, problem)
-        if identifiers["SOPClassUID"] != context_sop_class:
-            return StoreRefusal(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPClassUID does not match the presentation context",
-            )
-        return command_mismatch(identifiers, command)
-
-    def _store(self, assoc: Association, identifiers: Mapping[str, object], incoming: pdata_stream.Incoming) -> None:
-        assert incoming.part is not None
-        study, series, sop = (str(identifiers[k]) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
-        path = self.spool.instance_path(study, series, sop)
-        record = InstanceRecord(sop_uid=sop, series_uid=series, study_uid=study,
-                                modality=str(identifiers["Modality"]), sop_class=str(identifiers["SOPClassUID"]),
-                                transfer_syntax=incoming.transfer_syntax, path=path, size=incoming.part.size)
-        replacing = path.exists()
-        incoming.part.commit(path)
-        try:
-            replaced = self._index_instance(assoc, record)
-        except sqlite3.Error:
-            # Unacknowledged and unindexed, the new file must go (the SCU will send it again);
-            # a file that replaced an indexed instance stays, its row still points at it.
-            if not replacing:
-                path.unlink(missing_ok=True)
-            raise
-        if replaced is not None:
-            self.spool.remove_replaced(replaced)
-
-    def _index_instance(self, assoc: Association, record: InstanceRecord) -> Path | None:
+    def _source(self, assoc: Association) -> Source | None:
         assoc_id = self._assoc_ids.get(id(assoc))
-        with self._index_lock:
-            if assoc_id is not None and assoc_id not in self._registered:
-                self.index.open_association(
-                    assoc_id, assoc.requestor.ae_title, assoc.requestor.address, os.getpid()
-                )
-                self._registered.add(assoc_id)
-            return self.index.record_instance(record, assoc_id)
+        if assoc_id is None:
+            return None
+        return Source(assoc_id, assoc.requestor.ae_title, assoc.requestor.address, os.getpid())
 
     # ---- server ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, StudyRootQueryRetriev
 
 from node import logs
 from node.config import Config, Source
-from node.deliver.dispatcher import associate, association_failure, scu_ae
+from node.deliver.cstore import associate, association_failure, scu_ae
 from node.index.store import Job
 from node.retrieve.query import PacsError, _keys, find
 from pipelines.priors import PriorReport, Priors, read_report, study_date

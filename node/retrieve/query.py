@@ -16,7 +16,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import SOPClass, StudyRootQueryRetrieveInformationModelFind
 
 from node.config import Config, Source
-from node.deliver.dispatcher import associate, association_failure, scu_ae
+from node.deliver.cstore import associate, association_failure, scu_ae
 from node.index.backfills import FoundStudy
 
 #: C-FIND statuses (PS3.4 C.4.1.1.4): pending while identifiers come, success at the end

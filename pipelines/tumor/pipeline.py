@@ -25,11 +25,15 @@ Steps, each timed in the job summary:
 6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
    without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
-   removed, ``ventricles``; tumors under ``min_tumor_ml`` removed),
+   removed, ``ventricles``; a thin, long lesion along the dura (sinuses, falx) removed,
+   ``dura``; tumors under ``min_tumor_ml`` removed),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
    the SR says so (finding absent) and no SEG is written.
+7. self-consistency (``quality``): the case's score goes into the SR and the job summary; a case
+   under the threshold is marked LOW CONFIDENCE in every object's series description, the
+   key-image banner and the SR.
 
 Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
 (radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
@@ -73,6 +77,7 @@ from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contract import MIN_TUMOR_ML
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
+from pipelines.tumor.dura import clear_dura
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.location import brain_location
 from pipelines.tumor.model_set import ModelSet
@@ -86,6 +91,7 @@ from pipelines.tumor.preprocess import (
     resample,
     zscore_channels,
 )
+from pipelines.tumor.quality import LOW_CONFIDENCE, Quality, assess
 from pipelines.tumor.registration import RegistrationError, align
 from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
@@ -96,7 +102,7 @@ from pipelines.writers.key_images import GREEN, RED, RGB, YELLOW, KeyFinding, Pa
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
-from pipelines.writers.sr import Finding, absence_statement, make_measurement_report
+from pipelines.writers.sr import CaseQuality, Finding, absence_statement, make_measurement_report
 
 #: The first words of the key images' banner and series description.
 PIPELINE_LABEL = "radnode tumor-segmentation"
@@ -144,6 +150,10 @@ class TumorSummary(PipelineSummary):
     validation: str = "validated"
     #: the reader's sentence when they are not (``validation.choose_inputs``)
     validation_note: str = ""
+    #: the case's self-consistency (``quality``; none for a MONAI bundle or when nothing ran)
+    #: and whether it is under the threshold
+    self_consistency: float | None = None
+    low_confidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,7 @@ class TumorSegmentation(ModelPipeline):
             clock.lap("writing")
             return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
                                                               seconds=clock.laps))
+        quality: Quality | None = None
         if isinstance(segmenter, BundleSegmenter):
             labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
@@ -229,8 +240,10 @@ class TumorSegmentation(ModelPipeline):
             algorithm = Algorithm(name=bundle.name, version=bundle.version, parameters=(
                 *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
         else:
-            labels = segment(segmenter, images, transforms, reference_role, clock, brain=brain,
-                             min_tumor_ml=self.min_tumor_ml)
+            prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
+            labels = labels_from(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
+            quality = assess(segmenter, prediction.probabilities, prediction.inside)
+            clock.lap("self-consistency")
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
                                   parameters=(*parameters, ("model", model_name)))
         labels, brain = _in_source_order(labels, brain, images[reference_role], reference)
@@ -239,11 +252,12 @@ class TumorSegmentation(ModelPipeline):
                       for region in SUB_REGIONS}
         datasets = self._results(reference, labels, volumes_ml, algorithm, _described(used, left_out), brain,
                                  marking=f"{UNVALIDATED} " if choice.status == "unvalidated" else "",
-                                 statement=choice.statement)
+                                 statement=choice.statement, quality=quality)
         outputs = write_datasets(datasets, job.output_dir)
         clock.lap("writing")
-        return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml=volumes_ml,
-                                                          tumor_found=any(volumes_ml.values()), seconds=clock.laps))
+        return JobResult.written(outputs, summary=summary(
+            model=model_name, volumes_ml=volumes_ml, tumor_found=any(volumes_ml.values()), seconds=clock.laps,
+            self_consistency=quality.score if quality else None, low_confidence=bool(quality and quality.low_confidence)))
 
     def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
         """The SR saying why nothing was measured and what to send, and the summary image saying
@@ -258,12 +272,17 @@ class TumorSegmentation(ModelPipeline):
 
     def _results(self, reference: Volume, labels: np.ndarray, volumes_ml: dict[str, float],
                  algorithm: Algorithm, used: str, brain: sitk.Image, marking: str = "",
-                 statement: str = "") -> list[Dataset]:
+                 statement: str = "", quality: Quality | None = None) -> list[Dataset]:
         """SEG + SR when a tumor was found (the SR alone saying "none detected" otherwise), the
         key images and the presentation state: every format a destination may ask for.
         ``marking`` ("UNVALIDATED ") opens every object's series description and the key-image
-        banner; ``statement`` heads the summary image."""
+        banner; ``statement`` heads the summary image. ``quality`` goes into the SR, and a
+        low-confidence case is marked ``LOW_CONFIDENCE`` as ``marking`` is, its reason on the summary image."""
         coverage = contract.COVERAGE.format(min_ml=self.min_tumor_ml)
+        case_quality = _case_quality(quality)
+        if case_quality is not None and case_quality.low_confidence:
+            marking += f"{LOW_CONFIDENCE} "
+            statement = " ".join(part for part in (statement, case_quality.statement) if part)
         lesions = _key_lesions(reference, labels, brain)
         total = sum(volumes_ml.values())
         page = Page(
@@ -280,7 +299,7 @@ class TumorSegmentation(ModelPipeline):
             report = make_measurement_report(
                 reference, [], algorithm, self.identity, looked_for=BRAIN_TUMOR,
                 series_description=f"{marking}Brain tumor: none detected ({used})", procedure=codes.MR_BRAIN,
-                coverage=coverage,
+                coverage=coverage, case_quality=case_quality,
             )
             return [report, *pictures]
         segment_map = np.zeros(labels.shape, dtype=np.uint8)
@@ -301,9 +320,18 @@ class TumorSegmentation(ModelPipeline):
         report = make_measurement_report(
             reference, findings, algorithm, self.identity, looked_for=BRAIN_TUMOR, segmentation=seg,
             series_description=f"{marking}Brain tumor {total:.1f} mL ({used})", procedure=codes.MR_BRAIN,
-            coverage=coverage,
+            coverage=coverage, case_quality=case_quality,
         )
         return [seg, report, *pictures]
+
+
+def _case_quality(quality: Quality | None) -> CaseQuality | None:
+    """The SR's group of the case's self-consistency, with the sentence a reader needs."""
+    if quality is None:
+        return None
+    if quality.low_confidence:
+        return CaseQuality(quality.score, True, f"{LOW_CONFIDENCE}: {quality.explanation}")
+    return CaseQuality(quality.score, False, quality.explanation)
 
 
 def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, reference: Volume,
@@ -466,35 +494,67 @@ def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
     return volumes
 
 
-def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
-            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
-            min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
-    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts, zero outside the brain
-    and, on a T1c reference, none in or capping the ventricles without a core (``ventricles``).
+@dataclass(frozen=True)
+class Prediction:
+    """The network's view of one study: its input and outputs on the model grid."""
+
+    grid: sitk.Image
+    #: (4, z, y, x) normalized channels, LPS order
+    channels: np.ndarray
+    #: the brain on the model grid
+    inside: np.ndarray
+    #: (3, z, y, x) sigmoid outputs (TC, WT, ET)
+    probabilities: np.ndarray
+
+
+def predict(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
+            reference_role: str, brain: sitk.Image, clock: StageClock | None = None) -> Prediction:
+    """The contrasts on the model grid and the network's probabilities there.
 
     ``transforms[role]`` maps reference points to points of ``images[role]``; resampling to the
-    model grid goes through it, so each contrast is interpolated once. ``brain`` is the brain
-    mask on the reference grid (``extract_brain`` of the reference when not given); tumors
-    smaller than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``).
+    model grid goes through it, so each contrast is interpolated once.
     """
     clock = clock or StageClock()
-    reference = images[reference_role]
-    if brain is None:
-        brain = extract_brain(reference)
-    grid = model_grid(reference, segmenter.format.spacing)
+    grid = model_grid(images[reference_role], segmenter.format.spacing)
     channels = {role: sitk.GetArrayFromImage(resample(image, grid, transforms.get(role)))
                 for role, image in images.items()}
-    network_input = zscore_channels(channels, sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5)
+    inside = sitk.GetArrayFromImage(resample(brain, grid)) >= 0.5
+    network_input = zscore_channels(channels, inside)
     clock.lap("preprocessing")
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
-    labels = _labels_on_reference(probabilities, grid, reference, segmenter.format.threshold)
+    return Prediction(grid, network_input, inside, probabilities)
+
+
+def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
+            reference_role: str, clock: StageClock | None = None, brain: sitk.Image | None = None,
+            min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
+    """BraTS labels (1, 2, 4) on the reference image's grid from aligned contrasts (``predict``,
+    then ``labels_from``). ``brain`` is the brain mask on the reference grid (``extract_brain``
+    of the reference when not given)."""
+    if brain is None:
+        brain = extract_brain(images[reference_role])
+    prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
+    return labels_from(prediction, segmenter, images, reference_role, brain, clock, min_tumor_ml)
+
+
+def labels_from(prediction: Prediction, segmenter: Segmenter, images: Mapping[str, sitk.Image],
+                reference_role: str, brain: sitk.Image, clock: StageClock | None = None,
+                min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
+    """BraTS labels on the reference grid from a prediction: zero outside the brain, none along the
+    dura (thin, long lesions at the brain's surface or midline: ``dura``) and, on a T1c
+    reference, none in or capping the ventricles without a core (``ventricles``); tumors smaller
+    than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``)."""
+    clock = clock or StageClock()
+    reference = images[reference_role]
+    labels = _labels_on_reference(prediction.probabilities, prediction.grid, reference, segmenter.format.threshold)
     if segmenter.format.fill_core:
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
     if reference_role == "t1c":  # CSF is dark on T1c; on a FLAIR reference sulci and cisterns pass for ventricles
         labels = clear_ventricles(labels, ventricle_mask(reference, brain), reference.GetSpacing()[::-1])
+    labels = clear_dura(labels, sitk.GetArrayFromImage(brain) > 0, reference.GetSpacing()[::-1])
     labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     clock.lap("postprocessing")

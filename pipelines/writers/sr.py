@@ -66,6 +66,16 @@ class Finding:
     prior: PriorComparison | None = None
 
 
+@dataclass(frozen=True)
+class CaseQuality:
+    """How far the model agreed with itself on this case: one group of the report, its score
+    (Analysis Quality Rating), whether it meets the pipeline's threshold, and why in words."""
+
+    score: float
+    low_confidence: bool
+    statement: str
+
+
 def make_measurement_report(
     volume: Volume,
     findings: Sequence[Finding],
@@ -79,6 +89,7 @@ def make_measurement_report(
     procedure: Code | None = None,
     coverage: str = "",
     not_measured: str = "",
+    case_quality: CaseQuality | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
 
@@ -87,6 +98,7 @@ def make_measurement_report(
     states that nothing was found in the series it names, followed by it, so that "none
     detected" is read with its limits. ``not_measured`` (with no findings) replaces that
     statement: the series was not measured, and why; neither presence nor absence is claimed.
+    ``case_quality`` adds a group with the case's self-consistency score and its verdict.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
@@ -96,6 +108,8 @@ def make_measurement_report(
         groups = [_not_measured_group(looked_for, algorithm, identity, not_measured)]
     elif not groups:
         groups = [_absence_group(looked_for, algorithm, identity, absence_statement(volume, looked_for, coverage))]
+    if case_quality is not None:
+        groups.append(_quality_group(looked_for, algorithm, identity, case_quality))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, identity),
         procedure_reported=procedure or PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
@@ -363,12 +377,28 @@ def _not_measured_group(
     return _statement_group(looked_for, algorithm, identity, f"{looked_for.label.lower()} not measured", statement)
 
 
+def _quality_group(
+    looked_for: Structure, algorithm: Algorithm, identity: Identity, quality: CaseQuality
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The case's self-consistency: the score, coded as meeting the quality standard or not, and in words."""
+    verdict = hd.sr.QualitativeEvaluation(
+        name=codes.DCM.QualityAssessment,
+        value=(codes.DCM.UsableDoesNotMeetTheQualityControlStandard if quality.low_confidence
+               else codes.DCM.UsableMeetsTheQualityControlStandard),
+    )
+    score = hd.sr.Measurement(name=codes.DCM.AnalysisQualityRating, value=quality.score, unit=codes.UCUM.NoUnits,
+                              algorithm_id=algorithm.for_report())
+    identifier = "low confidence" if quality.low_confidence else "self-consistency"
+    return _statement_group(looked_for, algorithm, identity, identifier, quality.statement, [verdict], [score])
+
+
 def _statement_group(
     looked_for: Structure, algorithm: Algorithm, identity: Identity, identifier: str, statement: str,
     evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+    measurements: list[hd.sr.Measurement] | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """A group about ``looked_for`` that measures nothing: its tracking identifier, any coded
-    evaluation, and the statement in words."""
+    """A group about ``looked_for`` with no region: its tracking identifier, any coded evaluation
+    or measurement, and the statement in words."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.new_uid(), identifier=identifier[:64]),
         finding_type=looked_for.type,
@@ -376,6 +406,7 @@ def _statement_group(
         finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
         algorithm_id=algorithm.for_report(),
         qualitative_evaluations=evaluations,
+        measurements=measurements,
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS

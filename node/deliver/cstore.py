@@ -1,0 +1,155 @@
+"""Results to a PACS by C-STORE: one association per batch of deliveries, each file sent as its
+bytes are (pynetdicom does not decode and encode it again), and C-ECHO to ask whether the PACS
+answers. The dispatcher (``node.deliver.dispatcher``) keeps the bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pydicom
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+from node.config import Config, Destination, Source
+from node.deliver.sending import Outcome, Parcel, Settle
+from node.index.store import ResultFile
+from node.receive.pynetdicom_ext import patch_reactor_sleep
+from node.tls import client_context
+
+_OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+_MAX_CONTEXTS = 128
+
+
+def scu_ae(config: Config) -> AE:
+    """The node's requesting AE: its reactors wait woken by their work (node.receive.pynetdicom_ext),
+    and a C-STORE of a file sends the file's bytes as they are, without decoding and encoding
+    the data set again (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, off by default)."""
+    patch_reactor_sleep()
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=config.node.ae_title)
+    ae.network_timeout = config.node.network_timeout_seconds
+    ae.acse_timeout = config.node.network_timeout_seconds
+    ae.dimse_timeout = config.node.network_timeout_seconds
+    return ae
+
+
+def echo(config: Config, destination: Destination) -> int:
+    """C-ECHO a destination; returns the DIMSE status, raises ConnectionError if unreachable."""
+    ae = scu_ae(config)
+    ae.add_requested_context(Verification)
+    assoc = associate(ae, destination)
+    if not assoc.is_established:
+        raise ConnectionError(association_failure(assoc, destination))
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in status:
+        raise ConnectionError(f"{destination.name}: no C-ECHO response")
+    return int(status.Status)
+
+
+def associate(ae: AE, destination: Destination | Source, **options: Any) -> Association:
+    """An association with ``destination`` (or a source to query), over DICOM TLS when its config
+    has a ``tls`` table; ``options`` go to pynetdicom (``ext_neg``, ``evt_handlers``)."""
+    tls_args = None
+    if destination.tls is not None:
+        server_name = destination.host if destination.tls.check_hostname else None
+        tls_args = (client_context(destination.tls), server_name)
+    # pynetdicom annotates the host name as str, but passes it to ssl, where None (the
+    # destination's check_hostname = false) means "do not check the name"
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                        tls_args=tls_args, **options)  # type: ignore[arg-type]
+
+
+def association_failure(assoc: object, destination: Destination | Source) -> str:
+    where = destination.where
+    if getattr(assoc, "is_rejected", False):
+        return f"association rejected by {where} (check its AE title and our AE on its side)"
+    if destination.tls is not None:
+        return (f"no TLS association with {where} (is it running and reachable, does it speak TLS,"
+                " and does its certificate verify against tls.ca_file for that host name?)")
+    return f"no association with {where} (is it running and reachable?)"
+
+
+class CStoreSender:
+    """A batch of deliveries over one association; a delivery is sent when every one of its files
+    got a success or warning status."""
+
+    def __init__(self, config: Config, destination: Destination) -> None:
+        self.config = config
+        self.destination = destination
+
+    def probe(self) -> tuple[bool, str]:
+        try:
+            status = echo(self.config, self.destination)
+        except (ConnectionError, OSError) as error:
+            return False, f"C-ECHO: {error}"
+        return status == 0, f"C-ECHO status 0x{status:04X}"
+
+    def send(self, parcels: Sequence[Parcel], settle: Settle) -> str | None:
+        """Parcels after a lost association are left due, untried (no attempt counted)."""
+        syntaxes: dict[int, set[tuple[str, str]]] = {}
+        for parcel in parcels:
+            try:
+                syntaxes[parcel.delivery.id] = _syntaxes(parcel.files)
+            except Exception as failure:  # one unreadable result fails its delivery, not the batch
+                settle(parcel, Outcome(f"{type(failure).__name__}: {failure}"[:500], local=True))
+        parcels = [p for p in parcels if p.delivery.id in syntaxes]
+        if not parcels:
+            return None
+        ae = scu_ae(self.config)
+        for sop_class, syntax in _contexts({pair for p in parcels for pair in syntaxes[p.delivery.id]}):
+            ae.add_requested_context(sop_class, syntax)
+        assoc = associate(ae, self.destination)
+        if not assoc.is_established:
+            return association_failure(assoc, self.destination)
+        try:
+            for parcel in parcels:
+                error: str | None
+                try:
+                    error = _send_files(assoc, parcel.files)
+                except Exception as failure:  # one unreadable result must not hold back the batch
+                    error = f"{type(failure).__name__}: {failure}"[:500]
+                settle(parcel, Outcome(error))
+                if not assoc.is_established:
+                    break  # the rest stay due, untried
+
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return None
+
+
+def _send_files(assoc: object, files: Sequence[ResultFile]) -> str | None:
+    for result in files:
+        if not result.path.exists():
+            return f"result file {result.path} is gone from the spool"
+        status = assoc.send_c_store(result.path)  # type: ignore[attr-defined]
+        if "Status" not in status:
+            return "connection lost during C-STORE"
+        if int(status.Status) not in _OK_STATUSES:
+            return f"C-STORE status 0x{int(status.Status):04X} for {result.path.name}"
+    return None
+
+
+def _syntaxes(files: Sequence[ResultFile]) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) of each result file, as its writer recorded them (the file
+    is read once, by the C-STORE); raises when one is gone or, for a row of an older radnode
+    without its transfer syntax, unreadable."""
+    pairs = set()
+    for result in files:
+        if not result.path.exists():
+            raise FileNotFoundError(f"result file {result.path} is gone from the spool")
+        syntax = result.transfer_syntax or pydicom.filereader.read_file_meta_info(result.path).TransferSyntaxUID
+        pairs.add((result.sop_class, str(syntax)))
+    return pairs
+
+
+def _contexts(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (SOP class, transfer syntax) pairs to request, one presentation context each."""
+    if len(pairs) > _MAX_CONTEXTS:
+        raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed one association's 128")
+    return sorted(pairs)
