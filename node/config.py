@@ -470,6 +470,9 @@ class Route(_Strict):
     #: study routes: optional roles that, with the required ones, are enough to run at once
     #: instead of waiting study_timeout_seconds for the other optional roles
     sufficient_roles: list[str] | None = None
+    #: look up the patient's earlier radnode report on the [[sources]] PACS and compare
+    #: findings with it (README "Priors")
+    priors: bool = False
 
     @field_validator("match", mode="before")
     @classmethod
@@ -564,6 +567,9 @@ class Config(_Strict):
                         f"routes[{i}].destinations",
                         f"unknown destination {dest!r}; known: {sorted(known) or 'none'}",
                     )
+            if route.priors and not self.sources:
+                raise _RefError(f"routes[{i}].priors", "needs a [[sources]] PACS to look the earlier reports up "
+                                "in; add one, or set priors = false")
         return self
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from pipelines.priors import Priors
 from pipelines.writers.output import WrittenObject
 
 #: Role name under which a series-level route hands its one series to a pipeline.
@@ -71,6 +72,9 @@ class JobInput:
     series: Mapping[str, Sequence[Path]]
     output_dir: Path
     job_id: str = "offline"
+    #: the findings of radnode's earlier report for this patient, when the route asks for
+    #: priors (``priors = true``); None: not asked for
+    priors: Priors | None = None
 
 
 def _as_text(value: Any) -> Any:

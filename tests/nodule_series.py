@@ -18,8 +18,9 @@ def chest_files(data_dir: Path, kernel: str = "B40f") -> list[Path]:
     return sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
 
 
-def rewrite_series(sources: list[Path], folder: Path, hu: np.ndarray | None = None) -> list[Path]:
-    """Copies of ``sources`` as a new series of the same study; ``hu[k]`` replaces slice k's pixels."""
+def rewrite_series(sources: list[Path], folder: Path, hu: np.ndarray | None = None, **attributes: str) -> list[Path]:
+    """Copies of ``sources`` as a new series of the same study; ``hu[k]`` replaces slice k's pixels
+    (written uncompressed); ``attributes`` are set on every slice (a new StudyInstanceUID...)."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
     datasets = sorted((pydicom.dcmread(p) for p in sources), key=lambda d: float(d.ImagePositionPatient[2]))
@@ -28,7 +29,11 @@ def rewrite_series(sources: list[Path], folder: Path, hu: np.ndarray | None = No
         ds = copy.deepcopy(source)
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
         if hu is not None:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()
             stored = (hu[k] - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
             info = np.iinfo(source.pixel_array.dtype)
             ds.PixelData = np.clip(np.round(stored), info.min, info.max).astype(source.pixel_array.dtype).tobytes()

@@ -5,6 +5,7 @@ answers. The dispatcher (``node.deliver.dispatcher``) keeps the bookkeeping."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pydicom
 from pynetdicom import AE, _config
@@ -50,9 +51,9 @@ def echo(config: Config, destination: Destination) -> int:
     return int(status.Status)
 
 
-def associate(ae: AE, destination: Destination | Source) -> Association:
+def associate(ae: AE, destination: Destination | Source, **options: Any) -> Association:
     """An association with ``destination`` (or a source to query), over DICOM TLS when its config
-    has a ``tls`` table."""
+    has a ``tls`` table; ``options`` go to pynetdicom (``ext_neg``, ``evt_handlers``)."""
     tls_args = None
     if destination.tls is not None:
         server_name = destination.host if destination.tls.check_hostname else None
@@ -60,7 +61,7 @@ def associate(ae: AE, destination: Destination | Source) -> Association:
     # pynetdicom annotates the host name as str, but passes it to ssl, where None (the
     # destination's check_hostname = false) means "do not check the name"
     return ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                        tls_args=tls_args)  # type: ignore[arg-type]
+                        tls_args=tls_args, **options)  # type: ignore[arg-type]
 
 
 def association_failure(assoc: object, destination: Destination | Source) -> str:

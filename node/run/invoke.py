@@ -16,6 +16,7 @@ import pydicom
 from node import logs
 from node.config import Config
 from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
+from pipelines.priors import Priors
 from pipelines.registry import load_class, resolve_entry
 
 
@@ -67,13 +68,13 @@ class PipelineCache:
 
 
 def run_pipeline(pipeline: Pipeline, series: Mapping[str, Sequence[Path]], output_dir: Path,
-                 job_id: str) -> JobResult:
+                 job_id: str, priors: Priors | None = None) -> JobResult:
     """Run one pipeline into a clean output folder; NotApplicable becomes a normal result."""
     if output_dir.exists():
         shutil.rmtree(output_dir)  # a rerun after a crash must not deliver stale files
     output_dir.mkdir(parents=True)
     try:
-        return pipeline.run(JobInput(series=series, output_dir=output_dir, job_id=job_id))
+        return pipeline.run(JobInput(series=series, output_dir=output_dir, job_id=job_id, priors=priors))
     except NotApplicable as reason:
         return JobResult(applicable=False, reason=str(reason))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from node import logs
 from node.run.invoke import load_pipeline, protect_patient_values, run_pipeline
 from pipelines.base import JobSummary, PipelineSettings
+from pipelines.priors import Priors
 from pipelines.writers.output import WrittenObject
 
 #: A file's name and bytes, as shipped to and from the actor.
@@ -60,7 +61,7 @@ class PipelineActor:
         """Answers once the pipeline is loaded: the job's timeout counts from then."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, series: dict[str, Shipped], job_id: str) -> ActorOutcome:
+    def run(self, series: dict[str, Shipped], job_id: str, priors: Priors | None = None) -> ActorOutcome:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
         received_at, started = time.time(), time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
@@ -68,7 +69,7 @@ class PipelineActor:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
             unpacked = time.monotonic()
             protect_patient_values(inputs)
-            result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id)
+            result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id, priors)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return ActorOutcome(applicable=result.applicable, reason=result.reason,
                                 summary=JobSummary.from_stored(result.summary.to_stored()),

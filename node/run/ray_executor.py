@@ -48,6 +48,7 @@ from node.config import Config, RaySettings, load_config
 from node.index.states import JobState
 from node.index.store import Index, Job
 from node.receive.spool import Spool
+from node.retrieve.priors import for_job
 from node.run.child import ChildLink, StopOnSigterm, die_with_parent, held_attempts
 from node.run.executor import ProcessExecutor
 from node.run.invoke import pipeline_settings
@@ -294,8 +295,10 @@ class Driver:
                 return True
             self.index.restart_deadline(job.id, job.attempts, timeout)
             ready = time.monotonic()
-            series = {role: ship(self.index.instance_paths(uid)) for role, uid in job.inputs.items()}
-            ref = actor.run.remote(ray.put(series), str(job.id))
+            paths = {role: self.index.instance_paths(uid) for role, uid in job.inputs.items()}
+            priors = for_job(self.config, job, paths)  # looked up here: the cluster need not reach the PACS
+            series = {role: ship(files) for role, files in paths.items()}
+            ref = actor.run.remote(ray.put(series), str(job.id), priors)
             shipped = time.monotonic()
             outcome = self._wait(job, ref)
         except Exception as error:

@@ -17,6 +17,7 @@ from node import logs
 from node.config import load_config
 from node.index.store import Index, Job
 from node.receive.spool import Spool
+from node.retrieve.priors import for_job
 from node.run.child import ChildLink, StopOnSigterm, die_with_parent, held_attempts
 from node.run.invoke import PipelineCache, protect_patient_values, run_pipeline, where
 from node.run.outcome import commit_result, is_disk_full
@@ -56,7 +57,8 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
 def _run(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> None:
     series = {role: index.instance_paths(uid) for role, uid in job.inputs.items()}
     protect_patient_values(series)
-    result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id))
+    priors = for_job(pipelines.config, job, series)
+    result = run_pipeline(pipelines.get(job.pipeline), series, spool.result_dir(job.id), str(job.id), priors)
     commit_result(job, index, result, pipelines.config)
 
 

@@ -70,6 +70,7 @@ from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box
 from pipelines.nodule.parenchyma import parenchyma
+from pipelines.priors import PriorComparison, Priors, match, study_date, tracking_ids
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
@@ -193,7 +194,8 @@ class NoduleDetection(ModelPipeline):
                 f"lung found on each side: {found.sides_ml[0]:.0f} and {found.sides_ml[1]:.0f} mL; 'none detected' "
                 f"is only reported when both lungs are in the series (at least {MIN_SIDE_ML:.0f} mL each)"
             )
-        outputs = write_datasets(self.results(volume, nodules, examined=examined(found)), job.output_dir)
+        outputs = write_datasets(self.results(volume, nodules, examined=examined(found), priors=job.priors),
+                                 job.output_dir)
         clock.lap("write")
         return JobResult.written(
             outputs,
@@ -291,28 +293,33 @@ class NoduleDetection(ModelPipeline):
         return kept, outside, around.sides_ml
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
-                box_regions: bool = False, examined: str = "") -> list[Any]:
+                box_regions: bool = False, examined: str = "", priors: Priors | None = None) -> list[Any]:
         """The SEG (when there is something to segment, or empty_seg), the SR, the key images,
         the presentation state and the KOS that lists them: every format a destination may ask for (the node sends
         each destination those in its ``formats``).
 
         ``box_regions``: the segments are a bundle's detection boxes, and are named so;
-        ``examined``: what the search covered, said with the model's coverage.
+        ``examined``: what the search covered, said with the model's coverage;
+        ``priors``: the earlier report each nodule is compared with (``pipelines.priors``).
         """
         datasets: list[Any] = []
         segmentation = None
         labels = _label_map(volume, nodules)
-        if nodules or self.empty_seg:
-            segmentation = self._segmentation(volume, labels, len(nodules), box_regions)
-            datasets.append(segmentation)
         locations = _locations(volume, [m for _, m in nodules])
         shown = [
             KeyFinding(_caption(n, detection, measured, location), (_segmented(labels, n, measured),))
             for n, ((detection, measured), location) in enumerate(zip(nodules, locations), start=1)
         ]
+        history = _history(volume, nodules, shown, priors)
+        names = tracking_ids(history, "nodule")
+        if nodules or self.empty_seg:
+            segmentation = self._segmentation(volume, labels, list(zip(names, history)), box_regions)
+            datasets.append(segmentation)
         findings = [
             Finding(
-                tracking_id=f"nodule-{n}",
+                tracking_id=name,
+                tracking_uid=None if prior is None or prior.prior is None else prior.prior.tracking_uid,
+                prior=prior,
                 structure=LUNG_NODULE,
                 center_lps=measured.center_lps,
                 diameter_mm=_rounded(measured.diameter_mm),
@@ -323,7 +330,8 @@ class NoduleDetection(ModelPipeline):
                 location=location,
                 point_kji=key.center_point(volume.array.shape),
             )
-            for n, ((detection, measured), location, key) in enumerate(zip(nodules, locations, shown), start=1)
+            for n, ((detection, measured), location, key, prior, name)
+            in enumerate(zip(nodules, locations, shown, history, names), start=1)
         ]
         coverage = contract.BUNDLE_COVERAGE if self.bundle is not None else f"{examined} {contract.COVERAGE}".strip()
         datasets.append(make_measurement_report(
@@ -342,16 +350,32 @@ class NoduleDetection(ModelPipeline):
             datasets.append(make_presentation_state(volume, shown, page, self.identity))
         return with_key_objects(volume, datasets, self.algorithm, self.identity)
 
-    def _segmentation(self, volume: Volume, labels: np.ndarray, count: int, box_regions: bool) -> Any:
+    def _segmentation(self, volume: Volume, labels: np.ndarray, tracked: list[tuple[str, PriorComparison | None]],
+                      box_regions: bool) -> Any:
+        """The SEG; ``tracked``: each nodule's tracking identifier and its prior, whose Tracking UID
+        the segment keeps (the SR's group then has it too)."""
         kind = " (detection box)" if box_regions else ""
+        count = len(tracked)
         segments = [
-            Segment(LUNG_NODULE, f"nodule-{n}", label=f"Lung nodule {n}{kind}")
-            for n in range(1, count + 1)
+            Segment(LUNG_NODULE, name, label=f"Lung nodule {n}{kind}",
+                    tracking_uid=None if prior is None or prior.prior is None else prior.prior.tracking_uid)
+            for n, (name, prior) in enumerate(tracked, start=1)
         ] or [Segment(LUNG_NODULE, "no nodule detected", label="Lung nodule (none detected)")]
         return make_segmentation(
             volume, labels, segments, self.algorithm, self.identity,
             series_description=f"{self.algorithm.name}: {count} nodule(s)",
         )
+
+
+def _history(volume: Volume, nodules: list[tuple[Detection, Measurement]], shown: list[KeyFinding],
+             priors: Priors | None) -> list[PriorComparison | None]:
+    """Each nodule's comparison with the earlier report, by the SR's Center point (the same point
+    the earlier SR holds); None for each when priors were not asked for."""
+    if priors is None:
+        return [None] * len(nodules)
+    centers = [as_point(volume.kji_to_lps(np.array(key.center_point(volume.array.shape)))) for key in shown]
+    return list(match(centers, [_rounded(m.diameter_mm) for _, m in nodules],
+                      [_rounded(m.volume_mm3) for _, m in nodules], priors, study_date(volume.sources[0])))
 
 
 def _label_map(volume: Volume, nodules: list[tuple[Detection, Measurement]]) -> np.ndarray:

@@ -18,9 +18,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from pipelines.priors import PriorComparison
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGING_PROCEDURE, PROCEDURE_BY_MODALITY, AnatomicLocation, Procedure, Structure
 from pipelines.writers.identity import Algorithm, Identity
+from pipelines.writers.prior import prior_items
 from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import copyable, series_label
 
@@ -59,6 +61,9 @@ class Finding:
     #: the SR's "Center" point on that source image (SCOORD) and in the patient (SCOORD3D), a
     #: point a viewer can jump to that lies in the finding even when its centre of mass does not
     point_kji: tuple[int, int, int] | None = None
+    #: the earlier finding it continues and its size change, or why no prior was compared
+    #: (``writers.prior``); None: priors were not asked for
+    prior: PriorComparison | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,8 @@ def _finding_group(
     )
     if finding.point_kji is not None:
         group[0].ContentSequence.extend(_center_items(volume, finding.point_kji))
+    if finding.prior is not None:
+        group[0].ContentSequence.extend(prior_items(finding.prior))
     return group
 
 
