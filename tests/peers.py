@@ -140,12 +140,17 @@ def dciodvfy(path: Path | str) -> DciodvfyReport:
     return report
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 class Orthanc:
     """An Orthanc PACS on free loopback ports with a throw-away storage folder."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", dicomweb: bool = False) -> None:
         self.workdir = workdir
         self.aet = aet
+        #: serve DICOMweb (QIDO/WADO-RS at /dicom-web/) with Debian's orthanc-dicomweb plugin
+        self.dicomweb = dicomweb
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -168,10 +173,13 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
             "UnknownSopClassAccepted": True,
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
             "StableAge": 1,
             "SaveJobs": False,
         }
+        if self.dicomweb:
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+                                  "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
         return path
