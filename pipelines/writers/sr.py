@@ -190,9 +190,10 @@ def _finding_group(
     segmentation: Dataset | None,
     label_place: tuple[float, float] | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 on its SEG segment, else on a 3D surface. Beside a surface, the finding site goes
-    on the measurements: OHIF prints a group's site as its code ("363698007: ...") when the group
-    has coordinates at its top level."""
+    """TID 1411 on its SEG segment, else on its point on its image (a 3D surface would leave OHIF
+    without the image to draw it on), else on a 3D surface. Without a segment, the finding site
+    goes on the measurements: OHIF prints a group's site as its code ("363698007: ...") when the
+    group has coordinates at its top level."""
     structure = finding.structure
     source_series = hd.sr.SourceSeriesForSegmentation(str(volume.sources[0].SeriesInstanceUID))
     region: dict[str, Any]  # the one keyword that places the finding: a segment or a surface
@@ -207,6 +208,12 @@ def _finding_group(
             )
         }
         tracking_uid = tracking_uid or _segment_tracking_uid(segmentation, finding.segment_number)
+    elif finding.point_kji is not None:
+        k, j, i = finding.point_kji
+        region = {"referenced_regions": [hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([[i + 0.5, j + 0.5]]),
+            source_image=_source_image(volume, k),
+        )]}
     elif finding.center_lps is not None:
         region = {"referenced_volume_surface": _surface(volume, finding, source_series)}
     else:
