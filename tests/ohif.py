@@ -214,6 +214,21 @@ class Viewer:
         wait_for(lambda: self.js("return !!(window.services && window.services.displaySetService"
                                  ".getActiveDisplaySets().length)"), 120, "display sets")
         time.sleep(3)
+        self.dismiss()
+
+    def dismiss(self) -> None:
+        """Close OHIF's first-visit tour and the cine player, which cover the viewport."""
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        for xpath in ("//button[normalize-space(.)='Skip all']", "//*[normalize-space(text())='Skip all']",
+                      "//*[@data-cy='cine-player-close']"):
+            for element in self.driver.find_elements(By.XPATH, xpath):
+                try:
+                    element.click()
+                    time.sleep(1)
+                except WebDriverException:
+                    pass
 
     def display_sets(self) -> list[dict[str, Any]]:
         return list(self.js(DISPLAY_SETS_JS))
@@ -232,8 +247,22 @@ class Viewer:
                              "thumbnail")
         self.js("arguments[0].scrollIntoView({block: 'center'})", thumbnail)
         ActionChains(self.driver).double_click(thumbnail).perform()
-        yes = wait_for(lambda: [b for b in self.driver.find_elements(By.TAG_NAME, "button")
-                                if b.text.strip() == "Yes"], 120, f"prompt to load the {display_set['modality']}")
+        def prompt() -> list[Any]:
+            return [b for b in self.driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Yes"]
+
+        try:
+            yes = wait_for(prompt, 60 if display_set["modality"] == "SR" else 120,
+                           f"prompt to load the {display_set['modality']}")
+        except AssertionError:
+            if display_set["modality"] != "SR":
+                raise
+            # OHIF asks only while its tracking state machine is idle; otherwise its own command
+            # does what the prompt's Yes does (the tracking context's HYDRATE_SR event)
+            self.shot(f"no-prompt-{display_set['uid'][-8:]}")
+            self.js("window.commandsManager.runCommand('loadTrackedSRMeasurements', {displaySetInstanceUID: "
+                    "arguments[0], SeriesInstanceUID: arguments[1], viewportId: window.services"
+                    ".viewportGridService.getState().activeViewportId});", display_set["uid"], display_set["series"])
+            return
         yes[0].click()
 
     def measurements(self) -> list[dict[str, Any]]:

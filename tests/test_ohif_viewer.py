@@ -47,8 +47,8 @@ def _run_pipeline(tmp: Path, pipeline: str, source: Path, routes: list[dict] | N
     return sorted(out.iterdir())
 
 
-def _store(pacs: Orthanc, files: list[Path]) -> None:
-    sent = storescu(pacs.dicom_port, files, called_aet=pacs.aet)
+def _store(pacs: Orthanc, files: list[Path], propose: tuple[str, ...] = ("--required",)) -> None:
+    sent = storescu(pacs.dicom_port, files, called_aet=pacs.aet, propose=propose)
     assert sent.returncode == 0, sent.stderr[-2000:]
 
 
@@ -74,7 +74,8 @@ def chest(pacs, data_dir, tmp_path_factory) -> dict:
     """LIDC-IDRI-0001 and its nodule results in the PACS: the study UID and the SR."""
     source = sorted((data_dir / LIDC).glob("*.dcm"))
     results = _run_pipeline(tmp_path_factory.mktemp("nodule"), "nodule-detection", data_dir / LIDC)
-    _store(pacs, source + results)
+    _store(pacs, source, propose=("--propose-jls-lossless",))  # stored as JPEG-LS, sent as it is
+    _store(pacs, results)
     return _study(results)
 
 
