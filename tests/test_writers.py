@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes as dicom_codes
 
+from node.operate.findings import finding_lines
 from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
 from pipelines.writers.derived import make_derived_series, stored_values
@@ -138,7 +139,8 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
         Finding("nodule-1", codes.LUNG_NODULE, diameter_mm=19.4, volume_mm3=3507.1, score=0.91, segment_number=1,
                 location=RIGHT_UPPER, point_kji=(12, 215, 110)),
         Finding("lesion-1", codes.NEOPLASM, center_lps=(0.0, 0.0, 0.0), volume_ml=3.2, point_kji=(5, 100, 200)),
-        Finding("lesion-2", codes.NEOPLASM, center_lps=(0.0, 0.0, 0.0), volume_ml=0.4, point_kji=(5, 104, 203)),
+        Finding("lesion-2", codes.NEOPLASM, center_lps=(0.0, 0.0, 0.0), volume_ml=0.4, point_kji=(5, 104, 203),
+                location=RIGHT_UPPER),
         Finding("marker", codes.NEOPLASM, volume_ml=0.001, segment_number=2, point_kji=(5, 101, 199)),
     ]
     write("sr_viewer", make_measurement_report(
@@ -451,6 +453,10 @@ def test_findings_on_an_image_name_the_tool_a_viewer_draws_them_with_and_read_in
     volume = [i for i in groups["nodule-1"].ContentSequence if i.ValueType == "NUM"][1]
     center = _first(volume, "SCOORD3D")
     np.testing.assert_allclose([float(v) for v in center.GraphicData], chest.kji_to_lps((12, 215, 110)))
+    # radnode run's lines name each finding by its own identifier and site, on the group or its measurement
+    lines = finding_lines(sr)
+    assert [line.split(":")[0] for line in lines] == ["nodule-1", "lesion-1", "lesion-2", "marker"], lines
+    assert " in Upper lobe of lung (right)" in lines[2], lines
     score = [i for i in groups["nodule-1"].ContentSequence if i.ValueType == "NUM"][-1]
     assert score.ConceptNameCodeSequence[0].CodeMeaning == "Score"
     assert score.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
