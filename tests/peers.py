@@ -143,6 +143,9 @@ def dciodvfy(path: Path | str) -> DciodvfyReport:
 
 #: Debian's orthanc-dicomweb: QIDO-RS, STOW-RS and WADO-RS under ``/dicom-web/``
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+#: QIDO-RS, STOW-RS and WADO-RS at /dicom-web/, WADO-URI at /wado, full metadata (what OHIF reads)
+_DICOMWEB = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+             "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
 
 #: Pixelmed's validators, as Debian's pixelmed-apps installs them. JDK 17 caps XPath expressions at
 #: 10,000 operators, which their compiled stylesheets exceed (JAXP0801003, nothing validated): the
@@ -200,8 +203,7 @@ class Orthanc:
         self.workdir = workdir
         self.aet = aet
         self.modalities = modalities or {}
-        self.options = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-                        **options} if dicomweb else options
+        self.options = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": _DICOMWEB, **options} if dicomweb else options
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None

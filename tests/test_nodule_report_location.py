@@ -47,13 +47,15 @@ def _groups(report: pydicom.Dataset) -> list[pydicom.Dataset]:
 
 
 def _where(group: pydicom.Dataset) -> dict:
-    """What a group says of its place: segment number, SCOORD point and image, SCOORD3D, side."""
+    """What a group says of its place: segment number, the point and image of its diameter line,
+    its SCOORD3D centre, side."""
     found: dict = {}
-    for item in group.ContentSequence:
+    for item in _items(group):
         if _concept(item) == "Referenced Segment":
             found["segment"] = int(item.ReferencedSOPSequence[0].ReferencedSegmentNumber)
-        elif item.ValueType == "SCOORD" and _concept(item) == "Center":
-            found["point"] = [float(v) for v in item.GraphicData]
+        elif item.ValueType == "SCOORD" and "point" not in found:
+            # the diameter line a viewer draws: its middle is the finding's point
+            found["point"] = list(np.asarray(item.GraphicData, dtype=float).reshape(-1, 2).mean(axis=0))
             found["image"] = str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         elif item.ValueType == "SCOORD3D" and _concept(item) == "Center":
             found["center_lps"] = np.array([float(v) for v in item.GraphicData])

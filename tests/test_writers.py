@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes as dicom_codes
 
+from node.operate.findings import finding_lines
 from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
 from pipelines.writers.derived import make_derived_series, stored_values
@@ -39,6 +40,7 @@ ALGORITHM = Algorithm("radnode-test-model", "1.2.3")
 #: One voxel that is asymmetric in all three axes, so a flip or transpose cannot go unnoticed.
 ASYMMETRIC_VOXEL = (7, 100, 400)
 NODULE_BLOCK = (slice(10, 14), slice(200, 230), slice(100, 120))
+RIGHT_UPPER = codes.AnatomicLocation("right lung, upper zone", dicom_codes.SCT.UpperLobeOfLung, dicom_codes.SCT.Right)
 OUT_OF_RANGE_HU = {(3, 0, 0): -3000.0, (3, 0, 1): 5000.0}
 PARTIAL_OVERLAP_STRUCTURES = (
     codes.NEOPLASM, codes.EDEMA, codes.NECROSIS, codes.ENHANCING_TUMOR, codes.LUNG_NODULE
@@ -131,6 +133,18 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
     ]
     write("sr_chest", make_measurement_report(
         chest, findings, ALGORITHM, IDENTITY, looked_for=codes.LUNG_NODULE, segmentation=chest_seg
+    ))
+    # what a viewer draws: a nodule's diameter on its image, and arrows to lesions on one image
+    on_image = [
+        Finding("nodule-1", codes.LUNG_NODULE, diameter_mm=19.4, volume_mm3=3507.1, score=0.91, segment_number=1,
+                location=RIGHT_UPPER, point_kji=(12, 215, 110)),
+        Finding("lesion-1", codes.NEOPLASM, center_lps=(0.0, 0.0, 0.0), volume_ml=3.2, point_kji=(5, 100, 200)),
+        Finding("lesion-2", codes.NEOPLASM, center_lps=(0.0, 0.0, 0.0), volume_ml=0.4, point_kji=(5, 104, 203),
+                location=RIGHT_UPPER),
+        Finding("marker", codes.NEOPLASM, volume_ml=0.001, segment_number=2, point_kji=(5, 101, 199)),
+    ]
+    write("sr_viewer", make_measurement_report(
+        chest, on_image, ALGORITHM, IDENTITY, looked_for=codes.LUNG_NODULE, segmentation=chest_seg
     ))
     write("sr_chest_none", make_measurement_report(
         chest, [], ALGORITHM, IDENTITY, looked_for=codes.LUNG_NODULE
@@ -375,7 +389,7 @@ def test_sr_round_trip_gives_back_every_finding(products, chest):
         ("103339001", "mm"): pytest.approx(19.4),
         ("118565006", "mm3"): pytest.approx(3507.1),
         ("112031", "[hnsf'U]"): pytest.approx(-35.5),
-        ("246262008", "1"): pytest.approx(0.91),
+        ("246262008", "%"): pytest.approx(91.0),  # a score of 0.91, in percent
     }
 
     located, = report.get_volumetric_roi_measurement_groups(
@@ -395,6 +409,70 @@ def test_sr_without_findings_states_that_none_were_detected(products):
     evaluation, = group.get_qualitative_evaluations(name=dicom_codes.DCM.PresenceOfProperty)
     assert evaluation.value == dicom_codes.SCT.Absent
     assert group.tracking_identifier == "no lung nodule detected"
+
+
+def _groups(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
+    """The measurement groups by the finding's own identifier (after the viewer tool's name)."""
+    measurements = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    out = {}
+    for group in measurements.ContentSequence:
+        tracking = next(i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "112039")
+        out[str(tracking.TextValue).rsplit(":", 1)[-1]] = group
+    return out
+
+
+def _first(group: pydicom.Dataset, value_type: str, code: str | None = None) -> pydicom.Dataset:
+    return next(i for i in group.ContentSequence if i.ValueType == value_type
+                and (code is None or i.ConceptNameCodeSequence[0].CodeValue == code))
+
+
+def test_findings_on_an_image_name_the_tool_a_viewer_draws_them_with_and_read_in_words(products, chest):
+    sr = pydicom.dcmread(products["sr_viewer"][0])
+    groups = _groups(sr)
+    tools = {name: str(_first(g, "TEXT", "112039").TextValue) for name, g in groups.items()}
+    assert tools == {"nodule-1": "Cornerstone3DTools@^0.1.0:Length:nodule-1",
+                     "lesion-1": "Cornerstone3DTools@^0.1.0:ArrowAnnotate:lesion-1",
+                     "lesion-2": "Cornerstone3DTools@^0.1.0:ArrowAnnotate:lesion-2",
+                     "marker": "Cornerstone3DTools@^0.1.0:ArrowAnnotate:marker"}
+    # OHIF labels a group with top-level coordinates by its finding site's code ("363698007: ...")
+    for name, group in groups.items():
+        top = {i.ValueType for i in group.ContentSequence}
+        sites = [i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+        assert not (top & {"SCOORD", "SCOORD3D"} and sites), name
+    assert str(_first(groups["nodule-1"], "TEXT", "121106").TextValue) == (
+        "nodule-1: Lung nodule, right lung, upper zone")
+    assert str(_first(groups["lesion-1"], "TEXT", "121106").TextValue) == "lesion-1: Neoplasm 3.2 mL"
+    diameter = _first(groups["nodule-1"], "NUM")
+    line = _first(diameter, "SCOORD")
+    assert line.RelationshipType == "INFERRED FROM" and line.GraphicType == "POLYLINE"
+    (x0, y0, x1, y1) = (float(v) for v in line.GraphicData)
+    assert (x1 - x0) * chest.spacing[0] == pytest.approx(19.4) and y0 == y1 == 215.5
+    assert (x0 + x1) / 2 == 110.5
+    image = line.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert image == chest.sources[12].SOPInstanceUID
+    volume = [i for i in groups["nodule-1"].ContentSequence if i.ValueType == "NUM"][1]
+    center = _first(volume, "SCOORD3D")
+    np.testing.assert_allclose([float(v) for v in center.GraphicData], chest.kji_to_lps((12, 215, 110)))
+    # radnode run's lines name each finding by its own identifier and site, on the group or its measurement
+    lines = finding_lines(sr)
+    assert [line.split(":")[0] for line in lines] == ["nodule-1", "lesion-1", "lesion-2", "marker"], lines
+    assert " in Upper lobe of lung (right)" in lines[2], lines
+    score = [i for i in groups["nodule-1"].ContentSequence if i.ValueType == "NUM"][-1]
+    assert score.ConceptNameCodeSequence[0].CodeMeaning == "Score"
+    assert score.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+
+
+def test_arrow_labels_on_one_image_are_a_twelfth_of_its_rows_apart(products, chest):
+    groups = _groups(pydicom.dcmread(products["sr_viewer"][0]))
+    middles = []
+    for name in ("lesion-1", "lesion-2", "marker"):
+        arrow = _first(_first(groups[name], "NUM"), "SCOORD")
+        head_x, head_y, tail_x, tail_y = (float(v) for v in arrow.GraphicData)
+        assert tail_x > head_x  # the label is right of the arrow
+        middles.append((head_y + tail_y) / 2)  # where a viewer writes it
+    middles.sort()
+    # heads 4 rows apart; labels 512 / 12 = 42.7 rows apart
+    assert min(np.diff(middles)) >= chest.array.shape[1] / 12 - 1e-3, middles  # float32 coordinates
 
 
 def tid1500_rows(sr: pydicom.Dataset) -> list[str]:

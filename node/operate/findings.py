@@ -19,6 +19,9 @@ FINDING = ("121071", "DCM")
 FINDING_SITE = ("363698007", "SCT")
 FINDING_CATEGORY = ("276214006", "SCT")
 LATERALITY = ("272741003", "SCT")
+#: How a group's Tracking Identifier names the viewer tool that draws it, before the finding's own
+#: identifier ("Cornerstone3DTools@^0.1.0:Length:nodule-1", pipelines/writers/sr.py).
+VIEWER_TOOL_PREFIX = "Cornerstone3DTools@"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def _record(group: Dataset) -> FindingRecord:
     for item in group.get("ContentSequence", []):
         concept = _concept(item)
         if concept == TRACKING_IDENTIFIER:
-            name = str(item.TextValue)
+            name = _identifier(str(item.TextValue))
         elif concept == FINDING:
             finding = _meaning(item)
         elif concept == FINDING_SITE:
@@ -93,9 +96,17 @@ def _record(group: Dataset) -> FindingRecord:
         elif item.ValueType == "NUM" and item.RelationshipType == "CONTAINS":
             measurements.append(_measurement(item))
             values.append(measurements[-1].text())
+            # a group without a segment carries its site on its measurements
+            site = site or next((f"{_meaning(m)}{_laterality(m)}" for m in item.get("ContentSequence", [])
+                                 if _concept(m) == FINDING_SITE), "")
         elif item.ValueType == "CODE" and item.RelationshipType == "CONTAINS" and concept != FINDING_CATEGORY:
             values.append(f"{item.ConceptNameCodeSequence[0].CodeMeaning}: {_meaning(item)}")
     return FindingRecord(name, finding, site, tuple(measurements), tuple(values))
+
+
+def _identifier(text: str) -> str:
+    """The finding's own identifier: "nodule-1" of "Cornerstone3DTools@^0.1.0:Length:nodule-1"."""
+    return text.rsplit(":", 1)[-1] if text.startswith(VIEWER_TOOL_PREFIX) else text
 
 
 def _laterality(site: Dataset) -> str:

@@ -28,6 +28,15 @@ from pipelines.writers.source import copyable, series_label
 
 #: pydicom's UCUM dictionary has no millilitre; this is the UCUM code DICOM uses for it.
 MILLILITER = Code("mL", "UCUM", "milliliter")
+#: The score's meaning as DICOM names it (SNOMED's fully specified name adds "(attribute)").
+SCORE = Code("246262008", "SCT", "Score")
+#: How a finding's group names the viewer tool that draws it, before its own identifier
+#: ("Cornerstone3DTools@^0.1.0:Length:nodule-1"): OHIF lists and draws a TID 1500 group only
+#: when its Tracking Identifier starts with the Cornerstone tool's name, and reads the finding on
+#: its image from the SCOORD of the group's first measurement.
+VIEWER_TOOL_TAG = "Cornerstone3DTools@^0.1.0"
+#: Labels of arrows on one image are at least this fraction of its rows apart.
+LABEL_GAP = 1 / 12
 _POSITION_CONCEPTS = (
     codes.DCM.ImagePositionPatientX,
     codes.DCM.ImagePositionPatientY,
@@ -101,8 +110,9 @@ def make_measurement_report(
     ``case_quality`` adds a group with the case's self-consistency score and its verdict.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
+    places = label_places(volume, findings)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
-        _finding_group(volume, f, algorithm, identity, segmentation) for f in findings
+        _finding_group(volume, f, algorithm, identity, segmentation, places.get(f.tracking_id)) for f in findings
     ]
     if not groups and not_measured:
         groups = [_not_measured_group(looked_for, algorithm, identity, not_measured)]
@@ -204,7 +214,12 @@ def _finding_group(
     algorithm: Algorithm,
     identity: Identity,
     segmentation: Dataset | None,
+    label_place: tuple[float, float] | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 on its SEG segment, else on its point on its image (a 3D surface would leave OHIF
+    without the image to draw it on), else on a 3D surface. Without a segment, the finding site
+    goes on the measurements: OHIF prints a group's site as its code ("363698007: ...") when the
+    group has coordinates at its top level."""
     structure = finding.structure
     source_series = hd.sr.SourceSeriesForSegmentation(str(volume.sources[0].SeriesInstanceUID))
     region: dict[str, Any]  # the one keyword that places the finding: a segment or a surface
@@ -219,6 +234,12 @@ def _finding_group(
             )
         }
         tracking_uid = tracking_uid or _segment_tracking_uid(segmentation, finding.segment_number)
+    elif finding.point_kji is not None:
+        k, j, i = finding.point_kji
+        region = {"referenced_regions": [hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([[i + 0.5, j + 0.5]]),
+            source_image=_source_image(volume, k),
+        )]}
     elif finding.center_lps is not None:
         region = {"referenced_volume_surface": _surface(volume, finding, source_series)}
     else:
@@ -226,22 +247,34 @@ def _finding_group(
             f"finding {finding.tracking_id!r} has neither a segment in a SEG nor a center: give "
             "it a segment_number and pass the SEG, or a center_lps"
         )
+    tool = _viewer_tool(finding)
+    sites = _finding_sites(structure, finding.location)
+    on_group = "referenced_segment" in region
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid or identity.new_uid(), identifier=finding.tracking_id
+            uid=tracking_uid or identity.new_uid(),
+            identifier=f"{VIEWER_TOOL_TAG}:{tool}:{finding.tracking_id}" if tool else finding.tracking_id,
         ),
         finding_type=structure.type,
         finding_category=structure.category,
-        finding_sites=_finding_sites(structure, finding.location),
+        finding_sites=sites if on_group else None,
         algorithm_id=algorithm.for_report(),
-        measurements=_measurements(volume, finding, algorithm),
+        measurements=_measurements(volume, finding, algorithm, None if on_group else sites),
         **region,
     )
-    if finding.point_kji is not None:
-        group[0].ContentSequence.extend(_center_items(volume, finding.point_kji))
+    _place_on_image(group, volume, finding, label_place)
+    group[0].ContentSequence.extend(_comments(volume, finding))
     if finding.prior is not None:
         group[0].ContentSequence.extend(prior_items(finding.prior))
     return group
+
+
+def _viewer_tool(finding: Finding) -> str | None:
+    """The Cornerstone tool a viewer draws the finding with: its diameter as a line on its image,
+    else an arrow to it; none when it has no point on an image (nothing to draw or jump to)."""
+    if finding.point_kji is None:
+        return None
+    return "Length" if finding.diameter_mm is not None else "ArrowAnnotate"
 
 
 def _finding_sites(structure: Structure, location: AnatomicLocation | None) -> list[hd.sr.FindingSite] | None:
@@ -251,43 +284,92 @@ def _finding_sites(structure: Structure, location: AnatomicLocation | None) -> l
     return [hd.sr.FindingSite(structure.site)] if structure.site is not None else None
 
 
-def _center_items(volume: Volume, point_kji: tuple[int, int, int]) -> list[hd.sr.ContentItem]:
-    """"Center" twice: a POINT on the source image it was measured on (SCOORD, with that image
-    as SELECTED FROM) and the same point in the patient (SCOORD3D), plus the words a reader of
-    the plain-text rendering needs to find that image."""
-    k, j, i = point_kji
+def finding_label(finding: Finding) -> str:
+    """"nodule-1: Lung nodule, left lung, middle zone": the words a viewer shows beside the
+    finding (its first Comment). A finding drawn as an arrow has no measured length beside it,
+    so its volume is part of the words."""
+    size = f" {finding.volume_ml:.1f} mL" if finding.diameter_mm is None and finding.volume_ml is not None else ""
+    place = f", {finding.location.label}" if finding.location is not None else ""
+    return f"{finding.tracking_id}: {finding.structure.label}{size}{place}"
+
+
+def _comments(volume: Volume, finding: Finding) -> list[hd.sr.ContentItem]:
+    """The label, then the words a reader of the plain-text rendering needs to find the image."""
+    items = [finding_label(finding)]
+    if finding.point_kji is not None:
+        k = finding.point_kji[0]
+        instance = volume.sources[k].get("InstanceNumber")
+        items.append(f"Measured on {series_label(volume)}, image {instance if instance is not None else k + 1}")
+    return [
+        hd.sr.TextContentItem(name=codes.DCM.Comment, value=text[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in items
+    ]
+
+
+def _source_image(volume: Volume, k: int) -> hd.sr.SourceImageForRegion:
     source = volume.sources[k]
-    image = hd.sr.ImageContentItem(
-        name=codes.DCM.SourceImage,
+    return hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=source.SOPClassUID,
         referenced_sop_instance_uid=source.SOPInstanceUID,
-        referenced_frame_numbers=volume.frames[k] if volume.is_multiframe else None,
-        relationship_type=hd.sr.RelationshipTypeValues.SELECTED_FROM,
+        referenced_frame_numbers=[volume.frames[k]] if volume.is_multiframe else None,
     )
-    # SCOORD pixel coordinates: column\row, (0, 0) the top left corner of the top left pixel
-    on_image = hd.sr.ScoordContentItem(
-        name=codes.DCM.Center,
-        graphic_type=hd.sr.GraphicTypeValues.POINT,
-        graphic_data=np.array([[i + 0.5, j + 0.5]]),
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+
+
+def _on_image(volume: Volume, finding: Finding, label_place: tuple[float, float] | None
+              ) -> hd.sr.CoordinatesForMeasurement:
+    """The finding on its image: its diameter as a line across its point along the rows, or an
+    arrow from its point (first vertex) to where its label goes (second)."""
+    assert finding.point_kji is not None
+    k, j, i = finding.point_kji
+    column, row = i + 0.5, j + 0.5  # SCOORD: (0, 0) is the top left corner of the top left pixel
+    if finding.diameter_mm is not None:
+        half = finding.diameter_mm / 2.0 / volume.spacing[0]
+        points = [[column - half, row], [column + half, row]]
+    else:
+        assert label_place is not None
+        points = [[column, row], list(label_place)]
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(points),
+        source_image=_source_image(volume, k),
     )
-    on_image.ContentSequence = hd.sr.ContentSequence([image])
-    items: list[hd.sr.ContentItem] = [on_image]
-    if volume.frame_of_reference_uid is not None:
-        items.append(hd.sr.Scoord3DContentItem(
-            name=codes.DCM.Center,
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=volume.kji_to_lps(point_kji)[np.newaxis],
-            frame_of_reference_uid=volume.frame_of_reference_uid,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        ))
-    instance = source.get("InstanceNumber")
-    items.append(hd.sr.TextContentItem(
-        name=codes.DCM.Comment,
-        value=f"Measured on {series_label(volume)}, image {instance if instance is not None else k + 1}"[:1024],
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    ))
-    return items
+
+
+def _center_3d(volume: Volume, finding: Finding) -> hd.sr.CoordinatesForMeasurement3D | None:
+    """The finding's point in the patient, for readers that place findings in 3D."""
+    if finding.point_kji is None or volume.frame_of_reference_uid is None:
+        return None
+    return hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=volume.kji_to_lps(finding.point_kji)[np.newaxis],
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+        purpose=codes.DCM.Center,
+    )
+
+
+def label_places(volume: Volume, findings: Sequence[Finding]) -> dict[str, tuple[float, float]]:
+    """Where each arrow's label goes (column, row), by tracking identifier: right of its point
+    and, on an image with several arrows, ``LABEL_GAP`` of the rows or more apart, so that no
+    two labels on one image overlap (a viewer writes the text right of the arrow's bounding
+    box, halfway down it)."""
+    by_image: dict[int, list[tuple[int, int, str]]] = {}
+    for f in findings:
+        if _viewer_tool(f) == "ArrowAnnotate" and f.point_kji is not None:
+            k, j, i = f.point_kji
+            by_image.setdefault(k, []).append((j, i, f.tracking_id))
+    rows, columns = volume.array.shape[1:]
+    gap = rows * LABEL_GAP
+    places: dict[str, tuple[float, float]] = {}
+    for on_image in by_image.values():
+        last = -np.inf
+        for j, i, tracking_id in sorted(on_image):
+            head = j + 0.5
+            middle = max(head + gap / 2, last + gap)
+            tail = float(np.clip(2 * middle - head, 0, rows))
+            places[tracking_id] = (float(min(i + 0.5 + columns / 10, columns)), tail)
+            last = (tail + head) / 2
+    return places
 
 
 def _surface(
@@ -317,19 +399,21 @@ def _surface(
 
 
 def _measurements(
-    volume: Volume, finding: Finding, algorithm: Algorithm
+    volume: Volume, finding: Finding, algorithm: Algorithm, sites: list[hd.sr.FindingSite] | None = None
 ) -> list[hd.sr.Measurement]:
+    """The finding's measurements, each with ``sites`` when the group cannot carry them."""
     from_segment = finding.segment_number is not None
     measurements = []
     if finding.diameter_mm is not None:
         measurements.append(hd.sr.Measurement(
-            name=codes.SCT.LongAxis, value=finding.diameter_mm, unit=codes.UCUM.Millimeter
+            name=codes.SCT.LongAxis, value=finding.diameter_mm, unit=codes.UCUM.Millimeter, finding_sites=sites,
         ))
     if finding.volume_mm3 is not None:
         measurements.append(hd.sr.Measurement(
             name=codes.SCT.Volume,
             value=finding.volume_mm3,
             unit=codes.UCUM.CubicMillimeter,
+            finding_sites=sites,
             method=codes.DCM.SumOfSegmentedVoxelMethodForVolume if from_segment else None,
         ))
     if finding.volume_ml is not None:
@@ -337,6 +421,7 @@ def _measurements(
             name=codes.SCT.Volume,
             value=finding.volume_ml,
             unit=MILLILITER,
+            finding_sites=sites,
             method=codes.DCM.SumOfSegmentedVoxelMethodForVolume if from_segment else None,
         ))
     if finding.mean_hu is not None:
@@ -349,16 +434,33 @@ def _measurements(
             name=codes.DCM.AttenuationCoefficient,
             value=finding.mean_hu,
             unit=codes.UCUM.HounsfieldUnit,
+            finding_sites=sites,
             derivation=codes.SCT.Mean,
         ))
     if finding.score is not None:
         measurements.append(hd.sr.Measurement(
-            name=codes.SCT.Score,
-            value=finding.score,
-            unit=codes.UCUM.NoUnits,
+            name=SCORE,
+            value=round(finding.score * 100.0, 1),
+            unit=codes.UCUM.Percent,
+            finding_sites=sites,
             algorithm_id=algorithm.for_report(),
         ))
     return measurements
+
+
+def _place_on_image(group: hd.sr.ContentSequence, volume: Volume, finding: Finding,
+                    label_place: tuple[float, float] | None) -> None:
+    """The first measurement carries the finding on its image (the line or arrow a viewer
+    draws), the second its point in the patient. (TID 300 allows them; highdicom's TID 1411
+    builder refuses coordinates in measurements, so they are added to the built group.)"""
+    numbers = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+    if finding.point_kji is None or not numbers:
+        return
+    numbers[0].ContentSequence = hd.sr.ContentSequence(
+        [*numbers[0].get("ContentSequence", []), _on_image(volume, finding, label_place)])
+    center = _center_3d(volume, finding)
+    if center is not None and len(numbers) > 1:
+        numbers[1].ContentSequence = hd.sr.ContentSequence([*numbers[1].get("ContentSequence", []), center])
 
 
 def absence_statement(volume: Volume, looked_for: Structure, coverage: str) -> str:
