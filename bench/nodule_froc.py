@@ -1,12 +1,14 @@
 """Synthetic masses against the chest wall and the mediastinum, and small nodules, inserted into the
 shared chest CTs on a sharp and a soft reconstruction of each: what the nodule pipeline finds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net] [--runs N]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net]
+        [--runs N | --run I ...] [--patients P ...]
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json] [--types TYPE ...]
 
 ``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
 set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
-only the first N of ``MASS_RUNS``.
+only the first N of ``MASS_RUNS``; ``--run I ...``: only those runs; ``--patients P ...``: only
+those patients (a subset while iterating; the same seeds, so rows compare with a full run's).
 
 Each of the six series is read as acquired and as the other kernel (``reconstruction.rekernel``
 by the measured NPS: LIDC's GE STANDARD made B70f-sharp, C3N-00247's B70f made soft); A0002 is one
@@ -72,9 +74,12 @@ APART_MM = 20.0
 FP_RATES = (0.5, 1.0, 2.0, 4.0)
 
 
-def variants() -> Iterator[tuple[patients.Series, str]]:
-    """Every series as acquired, and (but A0002, which has both) as the other kernel, one at a time."""
+def variants(only: tuple[str, ...] = ()) -> Iterator[tuple[patients.Series, str]]:
+    """Every series as acquired, and (but A0002, which has both) as the other kernel, one at a time;
+    with ``only``, the patients whose name holds one of those strings."""
     for patient, names in patients.PATIENTS.items():
+        if only and not any(part in patient for part in only):
+            continue
         for name in names:
             series = patients.load(DATA_ROOT, patient, name)
             kernel = source_kernel(series.volume)
@@ -97,12 +102,14 @@ def _clear(volume: Volume, centre: np.ndarray, radius: float, lesions: list[np.n
                for box in lesions)
 
 
-def masses(pipeline: NoduleDetection, runs: int = len(MASS_RUNS)) -> dict[str, Any]:
+def masses(pipeline: NoduleDetection, runs: tuple[int, ...] = tuple(range(len(MASS_RUNS))),
+           only: tuple[str, ...] = ()) -> dict[str, Any]:
     rows, scans = [], []
-    for series, kernel in variants():
+    for series, kernel in variants(only):
         lungs = sites.lungs_of(series.volume)
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
-        for run, (wall_mm, medial_mm) in enumerate(MASS_RUNS[:runs]):
+        for run in runs:
+            wall_mm, medial_mm = MASS_RUNS[run]
             for kind in MASS_KINDS:
                 array = series.volume.array.copy()
                 rng = np.random.default_rng(SEED + run)
@@ -239,6 +246,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--without-mass-net", action="store_true", help="the pipeline before the mass safety net")
     parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
+    parser.add_argument("--run", type=int, nargs="+", choices=range(len(MASS_RUNS)),
+                        help="masses: only these runs of MASS_RUNS (0-based; overrides --runs)")
+    parser.add_argument("--patients", nargs="+", default=[], help="masses: only patients whose name holds one of these")
     parser.add_argument("--types", nargs="+", choices=NODULE_SITES, default=list(NODULE_SITES),
                         help="nodules: only these types (sites)")
     args = parser.parse_args()
@@ -246,7 +256,8 @@ def main() -> None:
     if args.without_mass_net:
         mass_rule.MASS_MM = float("inf")
     pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
-    result = masses(pipeline, args.runs) if args.what == "masses" else nodules(pipeline, tuple(args.types))
+    runs = tuple(args.run) if args.run else tuple(range(args.runs))
+    result = masses(pipeline, runs, tuple(args.patients)) if args.what == "masses" else nodules(pipeline, tuple(args.types))
     print(json.dumps(result.get("summary", result.get("table")), indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))
