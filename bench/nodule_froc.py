@@ -1,12 +1,14 @@
 """Synthetic masses against the chest wall and the mediastinum, and small nodules, inserted into the
 shared chest CTs on a sharp and a soft reconstruction of each: what the nodule pipeline finds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net] [--runs N]
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net]
+        [--runs N | --run I ...] [--patients P ...]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json] [--types TYPE ...]
 
 ``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
 set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
-only the first N of ``MASS_RUNS``.
+only the first N of ``MASS_RUNS``; ``--run I ...``: only those runs; ``--patients P ...``: only
+those patients (a subset while iterating; the same seeds, so rows compare with a full run's).
 
 Each of the six series is read as acquired and as the other kernel (``reconstruction.rekernel``
 by the measured NPS: LIDC's GE STANDARD made B70f-sharp, C3N-00247's B70f made soft); A0002 is one
@@ -22,7 +24,9 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   inserted diameter; reported findings centred in the mediastinum (``tests.mediastinum``'s
   independent mask) that lie on no inserted or real lesion are listed.
 - ``nodules``: solid, part-solid, ground-glass nodules of 4, 6, 8, 10 mm, juxtapleural,
-  juxtavascular (a synthetic vessel attached) and intraparenchymal, 12 per run, well apart. Scored
+  juxtavascular (a synthetic vessel attached), perifissural (on a synthetic fissure: radnode has
+  no fissure finder, so the fissure is inserted with the nodule) and intraparenchymal, 12 per
+  run, well apart (``--types``: only some of these). Scored
   on the detector's fused candidates (every score, no threshold): FROC sensitivity at 0.5, 1, 2,
   4 false positives per scan by size, kind and site, and at the shipped threshold.
 """
@@ -63,16 +67,19 @@ MASS_CORE = 0.7
 EXTENT_TOLERANCE = 0.20
 NODULE_MM = (4.0, 6.0, 8.0, 10.0)
 NODULE_KINDS = ("solid", "part-solid", "ground-glass")
-NODULE_SITES = ("juxtapleural", "juxtavascular", "intraparenchymal")
+NODULE_SITES = ("juxtapleural", "juxtavascular", "perifissural", "intraparenchymal")
 NODULES_PER_RUN = 12
 #: Inserted nodules keep this far (mm) from each other and from real lesions, beyond their radii.
 APART_MM = 20.0
 FP_RATES = (0.5, 1.0, 2.0, 4.0)
 
 
-def variants() -> Iterator[tuple[patients.Series, str]]:
-    """Every series as acquired, and (but A0002, which has both) as the other kernel, one at a time."""
+def variants(only: tuple[str, ...] = ()) -> Iterator[tuple[patients.Series, str]]:
+    """Every series as acquired, and (but A0002, which has both) as the other kernel, one at a time;
+    with ``only``, the patients whose name holds one of those strings."""
     for patient, names in patients.PATIENTS.items():
+        if only and not any(part in patient for part in only):
+            continue
         for name in names:
             series = patients.load(DATA_ROOT, patient, name)
             kernel = source_kernel(series.volume)
@@ -95,12 +102,14 @@ def _clear(volume: Volume, centre: np.ndarray, radius: float, lesions: list[np.n
                for box in lesions)
 
 
-def masses(pipeline: NoduleDetection, runs: int = len(MASS_RUNS)) -> dict[str, Any]:
+def masses(pipeline: NoduleDetection, runs: tuple[int, ...] = tuple(range(len(MASS_RUNS))),
+           only: tuple[str, ...] = ()) -> dict[str, Any]:
     rows, scans = [], []
-    for series, kernel in variants():
+    for series, kernel in variants(only):
         lungs = sites.lungs_of(series.volume)
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
-        for run, (wall_mm, medial_mm) in enumerate(MASS_RUNS[:runs]):
+        for run in runs:
+            wall_mm, medial_mm = MASS_RUNS[run]
             for kind in MASS_KINDS:
                 array = series.volume.array.copy()
                 rng = np.random.default_rng(SEED + run)
@@ -162,8 +171,8 @@ def _mass_summary(rows: list[dict[str, Any]], scans: list[dict[str, Any]]) -> di
     return table
 
 
-def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
-    combos = [(mm, kind, where) for mm in NODULE_MM for kind in NODULE_KINDS for where in NODULE_SITES]
+def nodules(pipeline: NoduleDetection, types: tuple[str, ...] = NODULE_SITES) -> dict[str, Any]:
+    combos = [(mm, kind, where) for mm in NODULE_MM for kind in NODULE_KINDS for where in types]
     threshold = pipeline.detector.settings.report_threshold
     marks, truths = [], []
     for series, kernel in variants():
@@ -180,6 +189,7 @@ def nodules(pipeline: NoduleDetection) -> dict[str, Any]:
                 spec = synthesis.NoduleSpec(
                     mm, kind=kind, solid_hu=30.0, ground_glass_hu=-600.0, core_fraction=0.5,
                     vessel=(1.0, 15.0, float(rng.integers(1 << 30)), 0.0) if where == "juxtavascular" else None,
+                    fissure=float(rng.integers(1 << 30)) if where == "perifissural" else None,
                     attachment="pleura" if where == "juxtapleural" else "none")
                 centre = synthesis.pick_center(lungs, spacing, spec, rng, [(c, r + APART_MM) for c, r in placed],
                                                depth_mm=depth)
@@ -223,7 +233,7 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
     for mm in NODULE_MM:
         for kind in NODULE_KINDS:
             table[f"{mm:g} mm {kind}"] = group(lambda t, mm=mm, kind=kind: t.diameter_mm == mm and t.kind.startswith(kind + "|"))
-    for where in NODULE_SITES:
+    for where in sorted({t.kind.split("|")[1] for ts in truths for t in ts}):
         table[where] = group(lambda t, where=where: t.kind.endswith("|" + where))
     table["solid >= 6 mm"] = group(lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|"))
     table["fp per scan at threshold"] = round(sum(s >= threshold for s in fps) / count, 2)
@@ -236,12 +246,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--without-mass-net", action="store_true", help="the pipeline before the mass safety net")
     parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
+    parser.add_argument("--run", type=int, nargs="+", choices=range(len(MASS_RUNS)),
+                        help="masses: only these runs of MASS_RUNS (0-based; overrides --runs)")
+    parser.add_argument("--patients", nargs="+", default=[], help="masses: only patients whose name holds one of these")
+    parser.add_argument("--types", nargs="+", choices=NODULE_SITES, default=list(NODULE_SITES),
+                        help="nodules: only these types (sites)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.without_mass_net:
         mass_rule.MASS_MM = float("inf")
     pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
-    result = masses(pipeline, args.runs) if args.what == "masses" else nodules(pipeline)
+    runs = tuple(args.run) if args.run else tuple(range(args.runs))
+    result = masses(pipeline, runs, tuple(args.patients)) if args.what == "masses" else nodules(pipeline, tuple(args.types))
     print(json.dumps(result.get("summary", result.get("table")), indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))

@@ -87,6 +87,24 @@ def test_a_50_mm_mass_on_the_chest_wall_and_one_beside_the_arch_are_each_one_fin
     assert "No lung nodule" not in str(report) and min(found.sides_ml) >= MIN_SIDE_ML, found.sides_ml
 
 
+def test_an_80_mm_mass_filling_the_back_corner_of_the_lung_is_one_mass_of_its_size(c3n):
+    """Against the posterior chest wall an 80 mm mass leaves lung on two sides only, which the 3-D
+    closing cannot take back; the bay of the lung's outline it fills reaches the lung's back and is
+    lung envelope (``masses._with_back_bays``). Measured: 75.4 mm, the only mass of the scan (before:
+    no mass at all)."""
+    volume = c3n.volume
+    array = volume.array.copy()
+    centre = sites.site(volume, sites.lungs_of(volume), "right", "posterior", 0.5, 40.0)
+    inserted = synthesis.insert(array, np.asarray(volume.spacing[::-1]), centre,
+                                synthesis.NoduleSpec(80.0, solid_hu=35.0), np.random.default_rng(1))
+    with_mass = dataclasses.replace(volume, array=array)
+    found, _ = masses.find(with_mass, parenchyma(with_mass))
+    low, high = np.array(inserted.box[:3]), np.array(inserted.box[3:])
+    centres = [with_mass.lps_to_kji(np.asarray(m.measured.center_lps)) for m in found]
+    assert len(found) == 1 and np.all((centres[0] >= low) & (centres[0] <= high)), centres
+    assert abs(found[0].measured.diameter_mm - 80.0) <= EXTENT_TOLERANCE * 80.0, found[0].measured.diameter_mm
+
+
 def test_none_detected_needs_both_lungs_the_envelope_counts_each_side():
     """The phantom's two lungs measure 590 mL each; with one filled by soft tissue (collapsed, or
     outside the field of view) the sides measure 590 and 0 mL, and "none detected" may not be written."""

@@ -9,7 +9,10 @@ trained on five patients both let it go, and the report said "none detected" on 
 - **The lung envelope** (``envelope``): where the lungs are and what they enclose. The two lungs
   (aerated lung without airways, holes filled per slice) are each closed in 3-D by a ball of
   ``CLOSING_MM``, which takes back what a juxtapleural or juxtamediastinal mass displaced where lung
-  borders it on several sides. Two corrections keep the organs around the lungs out of it.
+  borders it on several sides. A mass in the lung's back corner (against the posterior chest wall,
+  the spine or the descending aorta) has lung on two sides only: per axial slice, each bay of a
+  lung's outline that reaches the lung's back is taken back whole (``_with_back_bays``). Two
+  corrections keep the organs around the lungs out of it.
   (1) Per column (j, i) of the volume, only the slices between the highest and lowest aerated lung
   of that column: the liver and spleen domes and the heart sit on the diaphragm, below all the lung
   of their columns, while a lesion in the lung has lung above or below it. (2) The mediastinum, by
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
@@ -89,8 +93,11 @@ MIN_LUNG_SHARE = 0.1
 #: Each lung is closed by a ball this size (radius, mm): it fills the notch of a mass centred 0.7 of
 #: its radius inside the lung up to about 80 mm (more than 0.71 radius is needed), not the
 #: mediastinum's broad impression (about 100 mm across and deeper). A mass in a corner of the lung
-#: (lung on two sides only) is not taken back: see the model card's limits.
+#: (lung on two sides only) is taken back only when it lies against the lung's back (``BACK_MM``).
 CLOSING_MM = 30.0
+#: A bay of a lung's outline (per axial slice, its convex hull less the lung) that comes this close
+#: (mm) to the lung's posterior edge is lung envelope, whole.
+BACK_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -103,19 +110,21 @@ class Envelope:
     sides_ml: tuple[float, float]
 
 
-def envelope(lungs: Parenchyma) -> Envelope:
-    """The envelope of ``lungs``, on their grid: the lungs' own shape, no HU needed."""
+def envelope(lungs: Parenchyma, back: int = 1) -> Envelope:
+    """The envelope of ``lungs``, on their grid: the lungs' own shape, no HU needed. ``back``: +1
+    when rows increase towards the patient's back (as axial CT is stored), -1 when they decrease."""
     filled = np.stack([ndi.binary_fill_holes(plane) for plane in lungs.aerated])
     columns = np.flatnonzero(filled.any(axis=(0, 1)))
     if not len(columns):
         empty = np.zeros(filled.shape, dtype=bool)
         return Envelope(empty, empty, (0.0, 0.0))
-    first, second = _two_lungs(lungs.aerated, filled, lungs.spacing)
+    two = _two_lungs(lungs.aerated, filled, lungs.spacing)
+    first, second = (_with_back_bays(side, lungs.spacing, back) for side in two)
     closed = _closed(first, lungs.spacing) | _closed(second, lungs.spacing)
     mediastinum = (_between(first, second) & ~closed) | lungs.airways
     lung = (closed | filled) & _column_span(lungs.aerated) & ~mediastinum
     voxel_ml = float(np.prod(lungs.spacing)) / 1000.0
-    sides = (float(first.sum() * voxel_ml), float(second.sum() * voxel_ml))
+    sides = (float(two[0].sum() * voxel_ml), float(two[1].sum() * voxel_ml))
     return Envelope(lung, mediastinum, sides)
 
 
@@ -153,6 +162,27 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
             first, second = second, first
         return first, second
     return filled, np.zeros_like(filled)
+
+
+def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndarray:
+    """``lung`` with, per axial slice, each bay of its outline (a component of its convex hull less
+    the lung) that comes within ``BACK_MM`` of the hull's posterior edge: a mass against the
+    posterior chest wall or beside the spine and the descending aorta fills such a bay, however
+    large and whatever lies around it, where the 3-D closing cannot take it back (lung on two
+    sides only). The heart's notch and the hilum lie in front of the lung's back: the whole hull
+    takes the heart in (the LOG, second session)."""
+    out = lung.copy()
+    reach = BACK_MM / spacing[1]
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        hull = convex_hull_image(lung[k])
+        bays, count = ndi.label(hull & ~lung[k])
+        if count == 0:
+            continue
+        rows = np.broadcast_to(back * np.arange(bays.shape[0])[:, None], bays.shape)
+        deepest = np.asarray(ndi.maximum(rows, bays, index=np.arange(1, count + 1)))
+        keep = np.flatnonzero(deepest >= rows[hull].max() - reach) + 1
+        out[k] |= np.isin(bays, keep)
+    return out
 
 
 def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -221,7 +251,7 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     lungs = dataclasses.replace(lungs, aerated=lungs.aerated[crop], airways=lungs.airways[crop])
     hu = hu[crop]
-    around = envelope(lungs)
+    around = envelope(lungs, _back(volume))
     smooth = ndi.gaussian_filter(hu.astype(np.float32), SMOOTHING_MM / lungs.spacing)
     solid = (smooth > SOLID_HU) & around.lung
     opened = _opened(solid, lungs.spacing, OPENING_MM)
@@ -244,6 +274,12 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
         if found is not None:
             masses.append(found)
     return masses, around
+
+
+def _back(volume: Volume) -> int:
+    """+1 when ``volume``'s rows run towards the patient's back (LPS +y), else -1."""
+    ends = volume.kji_to_lps(np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    return 1 if ends[1, 1] >= ends[0, 1] else -1
 
 
 def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray, offset: np.ndarray,

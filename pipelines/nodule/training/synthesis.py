@@ -19,6 +19,10 @@ from scipy import ndimage as ndi
 KINDS = ("solid", "part-solid", "ground-glass")
 #: Vessel blood and solid nodule density (HU), before texture noise.
 VESSEL_HU = 40.0
+#: A fissure (two layers of visceral pleura) is a sheet of tissue this thick (mm), drawn at
+#: ``VESSEL_HU`` with partial volume, out to this far (mm) beyond a perifissural nodule's surface.
+FISSURE_MM = 0.5
+FISSURE_REACH_MM = 20.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class NoduleSpec:
     texture_hu: float = 20.0
     vessel: tuple[float, float, float, float] | None = None  # (radius mm, length mm, direction seed)
     attachment: str = "none"            # "none", "vessel", "pleura" or "mediastinum" (masses only)
+    fissure: float | None = None        # perifissural: seed of the direction of a fissure through the centre
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,8 @@ def insert(
     spacing_mm = np.asarray(spacing, dtype=np.float64)
     center_index = np.asarray(center, dtype=np.float64)
     radius = spec.diameter_mm / 2.0
-    reach = radius * 1.5 + (spec.vessel[1] if spec.vessel else 0.0)
+    reach = radius * 1.5 + max(spec.vessel[1] if spec.vessel else 0.0,
+                               FISSURE_REACH_MM if spec.fissure is not None else 0.0)
     low = np.maximum(np.floor(center_index - reach / spacing_mm).astype(int) - 1, 0)
     high = np.minimum(np.ceil(center_index + reach / spacing_mm).astype(int) + 2, hu.shape)
     window = tuple(slice(a, b) for a, b in zip(low, high))
@@ -171,9 +177,8 @@ def insert(
     if spec.kind == "part-solid":
         core = _coverage(offset, spacing_mm, radius * spec.core_fraction, spec)
         value = value * (1 - core) + (spec.solid_hu + texture) * core
-    if spec.vessel is not None:
-        stub = _vessel_coverage(offset, spacing_mm, radius, spec.vessel)
-        value = np.where(VESSEL_HU > value, value + stub * (VESSEL_HU - value), value)
+    for sheet in _attached(offset, spacing_mm, radius, spec):
+        value = np.where(VESSEL_HU > value, value + sheet * (VESSEL_HU - value), value)
     hu[window] = value.astype(hu.dtype)
 
     label = outer >= 0.5
@@ -233,6 +238,28 @@ def _ramp_coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, spec:
     signed = distance - surface
     width = np.sqrt(((unit * spacing) ** 2).sum(axis=-1))
     coverage: np.ndarray = np.clip(0.5 - signed / width, 0.0, 1.0)
+    return coverage
+
+
+def _attached(offset: np.ndarray, spacing: np.ndarray, radius: float, spec: NoduleSpec) -> list[np.ndarray]:
+    """The coverages of what the nodule is attached to: a vessel stub, a fissure."""
+    attached = []
+    if spec.vessel is not None:
+        attached.append(_vessel_coverage(offset, spacing, radius, spec.vessel))
+    if spec.fissure is not None:
+        attached.append(_fissure_coverage(offset, spacing, radius, spec.fissure))
+    return attached
+
+
+def _fissure_coverage(offset: np.ndarray, spacing: np.ndarray, radius: float, seed: float) -> np.ndarray:
+    """A flat fissure through the nodule's centre (a perifissural nodule lies on one), a disc out to
+    ``FISSURE_REACH_MM`` beyond the nodule's surface, its normal drawn from ``seed``."""
+    normal = np.random.default_rng(int(seed)).normal(size=3)
+    normal /= np.linalg.norm(normal)
+    across = offset @ normal
+    within = np.linalg.norm(offset - across[..., None] * normal, axis=-1) <= radius + FISSURE_REACH_MM
+    width = float(np.sqrt((spacing**2).mean()))
+    coverage: np.ndarray = np.clip(0.5 - (np.abs(across) - FISSURE_MM / 2) / width, 0.0, 1.0) * within
     return coverage
 
 
