@@ -351,10 +351,9 @@ class NotifySettings(DeliverySettings):
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
-class Destination(_DestinationBase):
-    """A PACS reached by C-STORE (DIMSE), the default ``protocol``."""
+class DimsePeer(_Strict):
+    """A DICOM peer reached over DIMSE: its AE title, address and, with a ``tls`` table, DICOM TLS."""
 
-    protocol: Literal["dimse"] = "dimse"
     ae_title: AETitle
     host: str
     port: Port
@@ -363,6 +362,12 @@ class Destination(_DestinationBase):
     @property
     def where(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class Destination(_DestinationBase, DimsePeer):
+    """A PACS reached by C-STORE (DIMSE), the default ``protocol``."""
+
+    protocol: Literal["dimse"] = "dimse"
 
 
 class DicomwebDestination(_DestinationBase):
@@ -403,19 +408,11 @@ AnyDestination = Annotated[Destination | DicomwebDestination, Field(discriminato
 PROTOCOLS = ("dimse", "dicomweb")
 
 
-class Source(_Strict):
+class Source(DimsePeer):
     """A PACS the node may query (C-FIND) and retrieve from (C-MOVE to the node's own AE title,
     which the PACS must know with the node's host and port): ``radnode backfill``."""
 
     name: str = Field(min_length=1)
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: ClientTls | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 #: "HH:MM-HH:MM" (local time); an end before the start runs past midnight
