@@ -21,10 +21,11 @@ from pipelines.writers import codes
 from pipelines.writers.derived import make_derived_series, stored_values
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
+from pipelines.writers.presentation_state import largest_outline
 from pipelines.writers.seg import FrameCompression, Segment, make_segmentation
-from pipelines.writers.sr import Finding, make_measurement_report
+from pipelines.writers.sr import CaseQuality, Finding, make_measurement_report
 from tests.conftest import DATA
-from tests.peers import dciodvfy, storescu
+from tests.peers import conformance, dciodvfy, storescu
 
 pytestmark = [pytest.mark.data]
 
@@ -163,6 +164,17 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
         [Finding("region-0", codes.NEOPLASM, volume_mm3=120.0, mean_hu=12.0, segment_number=1)],
         ALGORITHM, IDENTITY, looked_for=codes.NEOPLASM, segmentation=ct3_seg,
     ))
+    # a tumor report: a segment's group, connected lesions placed by their point and outline, the case's quality
+    lesion = np.zeros(ct3.array.shape[1:], dtype=bool)
+    lesion[8:14, 9:15] = True
+    for count in (1, 2):
+        lesions = [Finding(f"lesion-{n}", codes.NEOPLASM, volume_ml=0.1, point_kji=(1, 10, 10 + n),
+                           outline=largest_outline(lesion)) for n in range(1, count + 1)]
+        write(f"sr_ct3_lesions_{count}", make_measurement_report(
+            ct3, [Finding("region-0", codes.NEOPLASM, volume_ml=0.3, segment_number=1), *lesions],
+            ALGORITHM, IDENTITY, looked_for=codes.NEOPLASM, segmentation=ct3_seg,
+            case_quality=CaseQuality(0.91, False, "self-consistency 0.91, at or above 0.71"),
+        ))
     write("derived_ct3", *make_derived_series(
         ct3, ct3.array, IDENTITY, algorithm=ALGORITHM, series_description="radnode test: copy",
         derivation_description="identity transform",
@@ -400,6 +412,20 @@ def test_sr_round_trip_gives_back_every_finding(products, chest):
     assert located.roi.frame_of_reference_uid == chest.frame_of_reference_uid
     np.testing.assert_allclose(located.roi.graphic_data.mean(axis=0), (-20.0, 10.0, 150.0))
     np.testing.assert_allclose(np.ptp(located.roi.graphic_data, axis=0), (6.0, 6.0, 6.0))
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_tumor_sr_with_one_or_more_lesions_beside_segments_passes_dciodvfy_and_pixelmed(products, count):
+    """Pixelmed picks the template of all groups from the whole report: one image region alone
+    made it check the segments' groups against TID 1410, and a group without a region failed
+    TID 1411 (the case's quality, now a qualitative evaluation of the report)."""
+    path = products[f"sr_ct3_lesions_{count}"][0]
+    assert not (report := conformance(path)).errors, report.errors
+    root = pydicom.dcmread(path).ContentSequence
+    evaluations, = [i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert evaluations.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning == (
+        "Usable - Meets the quality control standard")
 
 
 def test_sr_without_findings_states_that_none_were_detected(products):

@@ -101,7 +101,7 @@ from pipelines.writers.identity import Algorithm
 from pipelines.writers.key_images import GREEN, RED, RGB, YELLOW, KeyFinding, Page, Region, make_key_images
 from pipelines.writers.key_objects import with_key_objects
 from pipelines.writers.output import write_datasets
-from pipelines.writers.presentation_state import make_presentation_state
+from pipelines.writers.presentation_state import largest_outline, make_presentation_state
 from pipelines.writers.seg import Segment, make_segmentation
 from pipelines.writers.sr import CaseQuality, Finding, absence_statement, make_measurement_report
 
@@ -353,7 +353,8 @@ def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, refere
 
 def _lesion_findings(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[Finding]:
     """One SR group per connected lesion, largest first ("lesion-1", ...): its volume, where it
-    lies (hemisphere, lobe) and a point on it in the source series, which the group references.
+    lies (hemisphere, lobe) and a point on it in the source series with its outline there, which
+    the group references.
 
     The sub-region groups give the study's totals; a radiologist follows lesions one by one (a
     metastasis beside a glioma, a satellite lesion), so each is reported as itself.
@@ -371,7 +372,7 @@ def _lesion_findings(reference: Volume, labels: np.ndarray, brain: sitk.Image) -
         findings.append(Finding(
             f"lesion-{rank}", BRAIN_TUMOR, center_lps=_as_point(reference.kji_to_lps(point)),
             volume_ml=round(float(sizes[component - 1]) * voxel_ml, 2), location=brain_location(brain, mask),
-            point_kji=point,
+            point_kji=point, outline=largest_outline(mask[point[0]]),
         ))
     return findings
 

@@ -89,15 +89,30 @@ def _contours(plane: np.ndarray) -> list[np.ndarray]:
             if len(contour) >= MIN_CONTOUR_POINTS]
 
 
-def _polyline(contour: np.ndarray) -> hd.pr.GraphicObject:
-    # GSPS PIXEL units: column\row with (0, 0) the top left corner of the top left pixel, so a
-    # pixel centre (row r, column c) is at (c + 0.5, r + 0.5).
+def _closed_points(contour: np.ndarray) -> np.ndarray:
+    """A contour as closed image coordinates: column\\row with (0, 0) the top left corner of the
+    top left pixel (GSPS PIXEL units and SR SCOORD alike), so a pixel centre (row r, column c) is
+    at (c + 0.5, r + 0.5)."""
     points = contour[:, ::-1] + 0.5
     if not np.array_equal(points[0], points[-1]):
         points = np.vstack([points, points[:1]])
+    return points
+
+
+def largest_outline(plane: np.ndarray) -> tuple[tuple[float, float], ...] | None:
+    """The longest closed outline of a slice's region as (column, row) image coordinates, for an
+    SR's image region; None when the region is too small to outline."""
+    contours = _contours(plane)
+    if not contours:
+        return None
+    points = _closed_points(max(contours, key=len))
+    return tuple((float(column), float(row)) for column, row in points)
+
+
+def _polyline(contour: np.ndarray) -> hd.pr.GraphicObject:
     return hd.pr.GraphicObject(
         graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-        graphic_data=points,
+        graphic_data=_closed_points(contour),
         units=hd.pr.AnnotationUnitsValues.PIXEL,
     )
 

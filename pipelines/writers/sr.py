@@ -35,6 +35,8 @@ SCORE = Code("246262008", "SCT", "Score")
 #: when its Tracking Identifier starts with the Cornerstone tool's name, and reads the finding on
 #: its image from the SCOORD of the group's first measurement.
 VIEWER_TOOL_TAG = "Cornerstone3DTools@^0.1.0"
+#: TID 1500's container of evaluations of the whole report (row 12).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 #: Labels of arrows on one image are at least this fraction of its rows apart.
 LABEL_GAP = 1 / 12
 _POSITION_CONCEPTS = (
@@ -70,6 +72,11 @@ class Finding:
     #: the SR's "Center" point on that source image (SCOORD) and in the patient (SCOORD3D), a
     #: point a viewer can jump to that lies in the finding even when its centre of mass does not
     point_kji: tuple[int, int, int] | None = None
+    #: its outline on ``point_kji``'s image as closed (column, row) image coordinates; without a
+    #: segment, the group's second image region beside its point. Pixelmed's validator reads a
+    #: report with exactly one image region as a TID 1410 planar ROI report and then checks the
+    #: segment groups against 1410; two regions per finding keep it on TID 1411.
+    outline: tuple[tuple[float, float], ...] | None = None
     #: the earlier finding it continues and its size change, or why no prior was compared
     #: (``writers.prior``); None: priors were not asked for
     prior: PriorComparison | None = None
@@ -77,8 +84,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class CaseQuality:
-    """How far the model agreed with itself on this case: one group of the report, its score
-    (Analysis Quality Rating), whether it meets the pipeline's threshold, and why in words."""
+    """How far the model agreed with itself on this case: its score, whether it meets the
+    pipeline's threshold, and why in words (which give the score), evaluations of the whole report."""
 
     score: float
     low_confidence: bool
@@ -107,7 +114,8 @@ def make_measurement_report(
     cannot find; with no finding, the report states that nothing was found in the series it
     names, followed by it, so that "none detected" is read with its limits. ``not_measured`` (with no findings) replaces that
     statement: the series was not measured, and why; neither presence nor absence is claimed.
-    ``case_quality`` adds a group with the case's self-consistency score and its verdict.
+    ``case_quality`` adds the case's self-consistency and its verdict as the report's qualitative
+    evaluations.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     places = label_places(volume, findings)
@@ -118,8 +126,6 @@ def make_measurement_report(
         groups = [_not_measured_group(looked_for, algorithm, identity, not_measured)]
     elif not groups:
         groups = [_absence_group(looked_for, algorithm, identity, absence_statement(volume, looked_for, coverage))]
-    if case_quality is not None:
-        groups.append(_quality_group(looked_for, algorithm, identity, case_quality))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, identity),
         procedure_reported=procedure.code if procedure else PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
@@ -133,6 +139,8 @@ def make_measurement_report(
             n for n, item in enumerate(root) if item.name == codes.DCM.ImagingMeasurements
         )
         root.insert(measurements, _image_library(sources, procedure.region if procedure else None))
+    if case_quality is not None:
+        report[0].ContentSequence.append(_quality_evaluations(case_quality))
     evidence = sources + ([segmentation] if segmentation is not None else [])
     summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else (
         "not measured" if not_measured else "none detected")
@@ -235,11 +243,7 @@ def _finding_group(
         }
         tracking_uid = tracking_uid or _segment_tracking_uid(segmentation, finding.segment_number)
     elif finding.point_kji is not None:
-        k, j, i = finding.point_kji
-        region = {"referenced_regions": [hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([[i + 0.5, j + 0.5]]),
-            source_image=_source_image(volume, k),
-        )]}
+        region = {"referenced_regions": _image_regions(volume, finding.point_kji, finding.outline)}
     elif finding.center_lps is not None:
         region = {"referenced_volume_surface": _surface(volume, finding, source_series)}
     else:
@@ -267,6 +271,19 @@ def _finding_group(
     if finding.prior is not None:
         group[0].ContentSequence.extend(prior_items(finding.prior))
     return group
+
+
+def _image_regions(volume: Volume, point_kji: tuple[int, int, int],
+                   outline: tuple[tuple[float, float], ...] | None) -> list[hd.sr.ImageRegion]:
+    """The finding's point on its image (first: OHIF draws a group's first region), then its
+    outline there, a closed polyline."""
+    k, j, i = point_kji
+    regions = [hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([[i + 0.5, j + 0.5]]),
+                                 source_image=_source_image(volume, k))]
+    if outline is not None:
+        regions.append(hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=np.array(outline),
+                                         source_image=_source_image(volume, k)))
+    return regions
 
 
 def _viewer_tool(finding: Finding) -> str | None:
@@ -486,28 +503,31 @@ def _not_measured_group(
     return _statement_group(looked_for, algorithm, identity, f"{looked_for.label.lower()} not measured", statement)
 
 
-def _quality_group(
-    looked_for: Structure, algorithm: Algorithm, identity: Identity, quality: CaseQuality
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The case's self-consistency: the score, coded as meeting the quality standard or not, and in words."""
-    verdict = hd.sr.QualitativeEvaluation(
-        name=codes.DCM.QualityAssessment,
-        value=(codes.DCM.UsableDoesNotMeetTheQualityControlStandard if quality.low_confidence
-               else codes.DCM.UsableMeetsTheQualityControlStandard),
+def _quality_evaluations(quality: CaseQuality) -> hd.sr.ContainerContentItem:
+    """The case's self-consistency as an evaluation of the whole report (TID 1500 row 12): coded as
+    meeting the quality standard or not, and in words with its score. Not a measurement group:
+    Pixelmed checks every group of a report that references a segment against TID 1411, which a
+    group without a region fails."""
+    verdict = (codes.DCM.UsableDoesNotMeetTheQualityControlStandard if quality.low_confidence
+               else codes.DCM.UsableMeetsTheQualityControlStandard)
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    score = hd.sr.Measurement(name=codes.DCM.AnalysisQualityRating, value=quality.score, unit=codes.UCUM.NoUnits,
-                              algorithm_id=algorithm.for_report())
-    identifier = "low confidence" if quality.low_confidence else "self-consistency"
-    return _statement_group(looked_for, algorithm, identity, identifier, quality.statement, [verdict], [score])
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(name=codes.DCM.QualityAssessment, value=verdict,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.TextContentItem(name=codes.DCM.Comment, value=quality.statement[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+    ])
+    return container
 
 
 def _statement_group(
     looked_for: Structure, algorithm: Algorithm, identity: Identity, identifier: str, statement: str,
     evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
-    measurements: list[hd.sr.Measurement] | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """A group about ``looked_for`` with no region: its tracking identifier, any coded evaluation
-    or measurement, and the statement in words."""
+    """A group about ``looked_for`` with no region: its tracking identifier, any coded evaluation,
+    and the statement in words."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.new_uid(), identifier=identifier[:64]),
         finding_type=looked_for.type,
@@ -515,7 +535,6 @@ def _statement_group(
         finding_sites=[hd.sr.FindingSite(looked_for.site)] if looked_for.site is not None else None,
         algorithm_id=algorithm.for_report(),
         qualitative_evaluations=evaluations,
-        measurements=measurements,
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=codes.DCM.Comment, value=statement[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
