@@ -121,6 +121,10 @@ def read_report(sr: Dataset) -> PriorReport:
                        tuple(f for f in found if f is not None))
 
 
+#: a Tracking Identifier that names the viewer's drawing tool ("Cornerstone3DTools@^0.1.0:Length:nodule-1")
+_VIEWER_TOOL_PREFIX = "Cornerstone3DTools@"
+
+
 def _group_finding(items: Sequence[Dataset]) -> PriorFinding | None:
     uid = identifier = ""
     center: tuple[float, float, float] | None = None
@@ -130,17 +134,29 @@ def _group_finding(items: Sequence[Dataset]) -> PriorFinding | None:
         if name == codes.DCM.TrackingUniqueIdentifier:
             uid = str(item.UID)
         elif name == codes.DCM.TrackingIdentifier:
-            identifier = str(item.TextValue)
+            identifier = _own_identifier(str(item.TextValue))
         elif name == codes.DCM.Center and item.ValueType == "SCOORD3D":
-            x, y, z = (float(v) for v in item.GraphicData[:3])
-            center = (x, y, z)
-        elif name == codes.SCT.LongAxis:
+            center = _point(item)
+        if item.ValueType == "NUM":  # the centre may sit under a measurement (TID 300 "inferred from")
+            center = center or next((_point(c) for c in item.get("ContentSequence", [])
+                                     if _code(c) == codes.DCM.Center and c.ValueType == "SCOORD3D"), None)
+        if name == codes.SCT.LongAxis:
             diameter = _number(item)
         elif name == codes.SCT.Volume and _unit(item) == codes.UCUM.CubicMillimeter:
             volume = _number(item)
     if not uid or center is None:
         return None
     return PriorFinding(uid, identifier, center, diameter, volume)
+
+
+def _point(item: Dataset) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in item.GraphicData[:3])
+    return (x, y, z)
+
+
+def _own_identifier(text: str) -> str:
+    """The finding's own identifier ("nodule-1"), without the viewer tool's name before it."""
+    return text.rsplit(":", 1)[-1] if text.startswith(_VIEWER_TOOL_PREFIX) else text
 
 
 def _children(items: Sequence[Dataset], name: Code) -> list[Dataset]:
