@@ -99,6 +99,8 @@ def test_a_backfill_by_accession_list_resumes_after_kill_9_and_runs_each_study_o
     node.start()
     backfill_done(node, 1, 240)
 
+    # the backfill is done once every study has run; the last delivery may still be on its way
+    wait_until(lambda: index.progress(1).delivered == 20, 60, 0.2, "every result delivered")
     progress = index.progress(1)
     assert (progress.queried, progress.retrieved, progress.run, progress.delivered, progress.failed) == (20, 20, 20, 20, 0)
     jobs = index.jobs()
