@@ -59,7 +59,7 @@ def main() -> None:
             series, Path(tmp), args.repeat,
         )
     print_timing(f"lung_nodule_ct_detection 0.6.8 (random weights), {args.slices} slices of 512x512; "
-                 f"{timing.summary['candidates']} boxes", timing)
+                 f"{timing.summary['candidates']} boxes", timing, args.json)
 
 
 def _threshold_argument(argv: list[str]) -> tuple[list[str], float]:

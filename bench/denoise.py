@@ -35,7 +35,7 @@ def main() -> None:
                                  series, Path(tmp), args.repeat)
 
         timing = timed({})
-        print_timing(title, timing)
+        print_timing(title, timing, args.json)
         if timing.device == "cpu" and native_cpu_bfloat16():
             float32 = timed({"half_precision": False})
             print_timing(f"{title}, float32 (half_precision = false)", float32)

@@ -62,7 +62,7 @@ def main() -> None:
         cpu_seconds = (time.process_time() - cpu_started) / args.repeat
     found = len(timing.summary["nodules"])
     print_timing(f"nodule-detection ({args.model or 'shipped default'}), {args.slices} slices of 512x512; "
-                 f"{found} nodule(s) reported", timing)
+                 f"{found} nodule(s) reported", timing, args.json)
     print(f"  CPU seconds per run {cpu_seconds:7.2f} s (model load included, all threads)")
 
 

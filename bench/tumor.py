@@ -38,7 +38,7 @@ def main() -> None:
             lambda: TumorSegmentation(PipelineSettings(name="tumor-segmentation", device=args.device)),
             make_study(Path(tmp) / "in"), Path(tmp), args.repeat,
         )
-    print_timing("tumor-segmentation, four contrasts of 240x240x155", timing)
+    print_timing("tumor-segmentation, four contrasts of 240x240x155", timing, args.json)
 
 if __name__ == "__main__":
     main()

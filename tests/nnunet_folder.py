@@ -346,15 +346,16 @@ def save_checkpoint(network: torch.nn.Module, path: Path, plans: dict[str, Any],
 
 
 def predict(dataset_id: int, folds: tuple[int, ...], env: dict[str, str], images: Path, reference: Path,
-            mirroring: bool = True) -> None:
+            mirroring: bool = True, device: str = "cpu") -> None:
     """``nnUNetv2_predict`` on the held-out case with nnU-Net's defaults (step 0.5, Gaussian, mirroring
-    on all three axes unless ``mirroring`` is false: ``--disable_tta``), on the CPU, in one process
-    (-npp 0 -nps 0); written aside, then moved into place."""
+    on all three axes unless ``mirroring`` is false: ``--disable_tta``), on the CPU unless ``device``
+    says "cuda" (``bench.nnunet`` on a GPU), in one process (-npp 0 -nps 0); written aside, then moved
+    into place."""
     partial = reference.parent.with_name(reference.parent.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     run_tool("nnUNetv2_predict",
              ["-i", str(images), "-o", str(partial), "-d", str(dataset_id), "-c", CONFIGURATION,
-              "-f", *map(str, folds), "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar",
+              "-f", *map(str, folds), "-device", device, "-npp", "0", "-nps", "0", "--disable_progress_bar",
               *([] if mirroring else ["--disable_tta"])], env)
     shutil.rmtree(reference.parent, ignore_errors=True)
     partial.rename(reference.parent)
