@@ -105,7 +105,7 @@ def run_variant(pipeline: TumorSegmentation, images: dict[str, sitk.Image], code
     summary = result.summary
     report = next(pydicom.dcmread(p) for p in result.outputs if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR")
     row = {"variant": code, "contrasts_used": summary.contrasts_used, "left_out": summary.left_out,
-           "volumes_ml": summary.volumes_ml, "seconds": round(seconds, 1),
+           "volumes_ml": summary.volumes_ml, "isolated_edema_ml": summary.isolated_edema_ml, "seconds": round(seconds, 1),
            "lesions": [line for line in finding_lines(report) if line.startswith("lesion-")]}
     print(json.dumps(row), flush=True)
     return row, canonical_labels(seg, series["t1c"])  # T1c: the reference, whose grid the SEG is on

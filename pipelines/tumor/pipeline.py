@@ -26,7 +26,9 @@ Steps, each timed in the job summary:
    (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
    without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
    removed, ``ventricles``; a thin, long lesion along the dura (sinuses, falx) removed,
-   ``dura``; tumors under ``min_tumor_ml`` removed),
+   ``dura``; tumors under ``min_tumor_ml`` removed; with T1c, an edema-only lesion more than
+   10 mm from every lesion with a core not reported, ``isolated_edema``, its volume in the job
+   summary's ``isolated_edema_ml``),
    a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
    TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
    used are named in both (algorithm parameters) and in the SR's series description. No tumor:
@@ -79,6 +81,7 @@ from pipelines.tumor.contract import MIN_TUMOR_ML
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.dura import clear_dura
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
+from pipelines.tumor.isolated_edema import Cleared, clear_isolated_edema
 from pipelines.tumor.location import brain_location
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.orientation import canonical, same_grid, to_source
@@ -155,6 +158,8 @@ class TumorSummary(PipelineSummary):
     #: and whether it is under the threshold
     self_consistency: float | None = None
     low_confidence: bool = False
+    #: edema-only lesions not reported as tumor, far from every lesion with a core (``isolated_edema``), mL each
+    isolated_edema_ml: list[float] = []
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ class TumorSegmentation(ModelPipeline):
             return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
                                                               seconds=clock.laps))
         quality: Quality | None = None
+        isolated_edema_ml: list[float] = []
         if isinstance(segmenter, BundleSegmenter):
             labels = segmenter.segment(images, transforms, reference_role, brain, clock)
             labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
@@ -242,7 +248,8 @@ class TumorSegmentation(ModelPipeline):
                 *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
         else:
             prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
-            labels = labels_from(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
+            cleared = post_process(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
+            labels, isolated_edema_ml = cleared.labels, list(cleared.dropped_ml)
             quality = assess(segmenter, prediction.probabilities, prediction.inside)
             clock.lap("self-consistency")
             algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
@@ -258,7 +265,8 @@ class TumorSegmentation(ModelPipeline):
         clock.lap("writing")
         return JobResult.written(outputs, summary=summary(
             model=model_name, volumes_ml=volumes_ml, tumor_found=any(volumes_ml.values()), seconds=clock.laps,
-            self_consistency=quality.score if quality else None, low_confidence=bool(quality and quality.low_confidence)))
+            self_consistency=quality.score if quality else None, low_confidence=bool(quality and quality.low_confidence),
+            isolated_edema_ml=isolated_edema_ml))
 
     def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
         """The SR saying why nothing was measured and what to send, and the summary image saying
@@ -546,10 +554,19 @@ def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
 def labels_from(prediction: Prediction, segmenter: Segmenter, images: Mapping[str, sitk.Image],
                 reference_role: str, brain: sitk.Image, clock: StageClock | None = None,
                 min_tumor_ml: float = MIN_TUMOR_ML) -> np.ndarray:
+    """BraTS labels on the reference grid from a prediction (``post_process``)."""
+    return post_process(prediction, segmenter, images, reference_role, brain, clock, min_tumor_ml).labels
+
+
+def post_process(prediction: Prediction, segmenter: Segmenter, images: Mapping[str, sitk.Image],
+                 reference_role: str, brain: sitk.Image, clock: StageClock | None = None,
+                 min_tumor_ml: float = MIN_TUMOR_ML) -> Cleared:
     """BraTS labels on the reference grid from a prediction: zero outside the brain, none along the
     dura (thin, long lesions at the brain's surface or midline: ``dura``) and, on a T1c
     reference, none in or capping the ventricles without a core (``ventricles``); tumors smaller
-    than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``)."""
+    than ``min_tumor_ml`` are not reported (``preprocess.drop_small_tumors``), nor, with T1c,
+    edema-only lesions far from every lesion with a core (``isolated_edema``: their volumes
+    returned beside the labels)."""
     clock = clock or StageClock()
     reference = images[reference_role]
     labels = _labels_on_reference(prediction.probabilities, prediction.grid, reference, segmenter.format.threshold)
@@ -562,8 +579,9 @@ def labels_from(prediction: Prediction, segmenter: Segmenter, images: Mapping[st
     labels = clear_dura(labels, sitk.GetArrayFromImage(brain) > 0, reference.GetSpacing()[::-1])
     labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
+    cleared = clear_isolated_edema(labels, reference.GetSpacing()[::-1]) if "t1c" in images else Cleared(labels, ())
     clock.lap("postprocessing")
-    return labels
+    return cleared
 
 
 def _labels_on_reference(probabilities: np.ndarray, grid: sitk.Image, reference: sitk.Image,
