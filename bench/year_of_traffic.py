@@ -12,12 +12,14 @@ between requests as the running node does):
 - ``radnode jobs``, ``deliveries``, ``studies``, ``problems`` (``cli.main``, output discarded);
 - every web page (``WebApp``: overview, jobs, one job, deliveries, studies) and /metrics;
 - retention's pass over one further day of studies, reconcile at start (``reindex_spool``);
-- the index file's size.
+- the index file's size, and whether retention keeps it flat over ``--further-days`` more days
+  (the index swept to steady state and compacted first, then one day of traffic and one sweep a day).
 
 Targets (issue #67): every command and page < 300 ms, the completion pass < 50 ms, reconcile
 < 10 s, the receiver's commit within 10 % of the empty index's.
 
     python3 bench/year_of_traffic.py [--days 365] [--studies-per-day 200] [--instances 270] [--repeat 5]
+        [--further-days 30]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -117,6 +120,33 @@ def measure(config: Config, config_path: Path, repeat: int) -> dict[str, float]:
     return rows
 
 
+def index_bytes(config: Config) -> int:
+    return sum(path.stat().st_size for path in config.node.index_path.parent.glob("index.sqlite*"))
+
+
+def further_days(config: Config, traffic: Traffic, days: int) -> list[tuple[int, int, int]]:
+    """The index at steady state (retention swept with the shipped settings, then VACUUM, as if
+    the node had run them all year), then ``days`` more days of traffic with one sweep a day
+    keeping ``traffic.days - 1`` days of history: (day, index file bytes without its WAL, job rows)
+    after each day."""
+    index, spool, now = Index(config.node.index_path), Spool(config.node.spool), time.time()
+    settings = config.retention.model_copy(update={"history_days": traffic.days - 1.0})
+    Retention(settings, index, spool).sweep(now)
+    index.close()
+    with sqlite3.connect(config.node.index_path) as db:
+        db.execute("VACUUM")
+    index = Index(config.node.index_path)
+    main_file = config.node.index_path  # its WAL comes and goes with the checkpoints
+    rows = [(0, main_file.stat().st_size, len(index.jobs()))]
+    day_only = Traffic(days=1, studies_per_day=traffic.studies_per_day, instances=traffic.instances,
+                       results=traffic.results, files_days=0)
+    for day in range(1, days + 1):
+        fill(config.node.index_path, config.node.spool, day_only, now + day * DAY, traffic.days + day - 1)
+        Retention(settings, index, spool).sweep(now + day * DAY)
+        rows.append((day, main_file.stat().st_size, len(index.jobs())))
+    return rows
+
+
 def node_at(folder: Path, traffic: Traffic | None) -> tuple[Config, Path]:
     settings = node_config(folder)
     config = parse_config(settings)
@@ -136,19 +166,28 @@ def main() -> None:
     parser.add_argument("--studies-per-day", type=int, default=200)
     parser.add_argument("--instances", type=int, default=270, help="instance rows per study")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--further-days", type=int, default=30,
+                        help="days of traffic after the year, retention swept daily (0: skip)")
     args = parser.parse_args()
     traffic = Traffic(days=args.days, studies_per_day=args.studies_per_day, instances=args.instances)
     with tempfile.TemporaryDirectory() as empty_dir, tempfile.TemporaryDirectory() as year_dir:
         empty = measure(*node_at(Path(empty_dir), None), args.repeat)
         year_config, year_path = node_at(Path(year_dir), traffic)
         year = measure(year_config, year_path, args.repeat)
-        size = sum(path.stat().st_size for path in year_config.node.index_path.parent.glob("index.sqlite*"))
+        size = index_bytes(year_config)
+        month = further_days(year_config, traffic, args.further_days) if args.further_days else []
     print(f"\n| on the index of | empty | {args.days} days x {args.studies_per_day} studies | ratio |")
     print("|---|---|---|---|")
     for name, seconds in year.items():
         ratio = seconds / empty[name] if empty[name] > 0 else float("nan")
         print(f"| {name} | {empty[name] * 1000:.1f} ms | {seconds * 1000:.1f} ms | {ratio:.2f} |")
     print(f"| index file (with its WAL) | | {size / 2**20:.0f} MiB | |")
+    if month:
+        (_, start_bytes, start_jobs), (last, end_bytes, end_jobs) = month[0], month[-1]
+        print(f"\nretention at steady state, {last} more days ({args.days - 1} days of history kept): index "
+              f"{start_bytes / 2**20:.1f} -> {end_bytes / 2**20:.1f} MiB ({end_bytes / start_bytes:.3f}x), "
+              f"job rows {start_jobs:,} -> {end_jobs:,}")
+        print("  MiB by day: " + ", ".join(f"{day}: {size / 2**20:.1f}" for day, size, _ in month[::5]))
 
 
 if __name__ == "__main__":

@@ -154,6 +154,8 @@ class RetentionSettings(_Strict):
 
     instances_days: Annotated[float, Field(ge=0)] = 7.0
     results_days: Annotated[float, Field(ge=0)] = 7.0
+    #: Job, delivery and problem history of studies the node no longer holds; 0 keeps it forever.
+    history_days: Annotated[float, Field(ge=0)] = 365.0
     interval_minutes: Annotated[float, Field(gt=0)] = 60.0
 
 

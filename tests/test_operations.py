@@ -147,6 +147,30 @@ def test_retention_keeps_what_is_still_needed(tmp_path: Path):
     assert (swept.studies, swept.instance_files, swept.result_jobs) == (2, 2, 1)
 
 
+def test_a_delivered_jobs_history_goes_after_history_days_and_a_dead_delivery_keeps_its_job(tmp_path: Path):
+    spool, index = Spool(tmp_path / "spool"), Index(tmp_path / "index.sqlite")
+    _instance(spool, index, "1.1", "1.1.1", "1.1.1.1")
+    delivered_job, _ = _routed_job(index, spool, "1.1", "1.1.1")
+    delivery = index.deliveries()[0]
+    index.mark_delivery_failed(delivery.id, "PACS busy", time.time())  # one failed attempt on record
+    index.mark_delivery_sent(delivery.id)
+    _instance(spool, index, "2.1", "2.1.1", "2.1.1.1")
+    dead_job, _ = _routed_job(index, spool, "2.1", "2.1.1")
+    index.mark_delivery_failed(index.deliveries("pending")[0].id, "PACS refused", None)
+    index.record_problem("router", "2.1.1", 0, "a route's pattern failed")
+
+    retention = Retention(RetentionSettings(instances_days=7, results_days=7, history_days=30), index, spool)
+    assert retention.sweep(time.time() + 8 * DAY).history_jobs == 0, "the study and results go first"
+    assert index.job(delivered_job) is not None and index.problems(), "history stays history_days"
+    swept = retention.sweep(time.time() + 31 * DAY)
+
+    assert swept.history_jobs == 1
+    assert index.job(delivered_job) is None
+    assert [d.job_id for d in index.deliveries()] == [dead_job], "the delivered job's delivery went with it"
+    assert index.job(dead_job) is not None, "a dead delivery keeps its job for `radnode retry`"
+    assert index.problems() == []
+
+
 @pytest.mark.slow
 def test_health_stays_up_but_names_an_unreachable_destination_with_its_last_error(tmp_path: Path):
     web_port, password = free_port(), "correct horse battery"

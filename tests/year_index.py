@@ -42,9 +42,10 @@ class Traffic:
         return self.days * self.studies_per_day
 
 
-def fill(index_path: Path, spool: Path, traffic: Traffic, now: float | None = None) -> None:
+def fill(index_path: Path, spool: Path, traffic: Traffic, now: float | None = None, first_day: int = 0) -> None:
     """Write ``traffic``'s rows into the index at ``index_path`` (made by ``Index`` first, so
-    the schema is the node's own) and the recent studies' sample files under ``spool``."""
+    the schema is the node's own) and the recent studies' sample files under ``spool``; the days
+    end at ``now`` and are numbered from ``first_day`` (a later day's studies get new UIDs)."""
     Index(index_path).close()
     now = time.time() if now is None else now
     db = sqlite3.connect(index_path, isolation_level=None)
@@ -54,7 +55,7 @@ def fill(index_path: Path, spool: Path, traffic: Traffic, now: float | None = No
             start = now - (traffic.days - day) * DAY
             recent = traffic.days - day <= traffic.files_days
             for k in range(traffic.studies_per_day):
-                number = day * traffic.studies_per_day + k
+                number = (first_day + day) * traffic.studies_per_day + k
                 _study(db, spool, traffic, number, start + k * DAY / traffic.studies_per_day, recent)
             db.execute("COMMIT")
     finally:

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS associations (
     opened_at REAL NOT NULL,
     closed_at REAL
 );
+CREATE INDEX IF NOT EXISTS associations_closed ON associations(closed_at);
 CREATE TABLE IF NOT EXISTS association_series (
     association TEXT NOT NULL,
     series_uid TEXT NOT NULL,
@@ -148,6 +149,7 @@ CREATE TABLE IF NOT EXISTS route_notes (
     created_at REAL NOT NULL,
     PRIMARY KEY (route, subject, generation)
 );
+CREATE INDEX IF NOT EXISTS route_notes_created ON route_notes(created_at);
 CREATE TABLE IF NOT EXISTS forced_studies (
     study_uid TEXT PRIMARY KEY,
     forced_at REAL NOT NULL
@@ -253,6 +255,8 @@ CREATE TABLE IF NOT EXISTS problems (
     at REAL NOT NULL,
     PRIMARY KEY (kind, subject, generation)
 );
+CREATE INDEX IF NOT EXISTS problems_at ON problems(at);
+CREATE INDEX IF NOT EXISTS notify_events_job ON notify_events(job_id);
 """
 
 #: Columns added after the first release: (table, column, definition). An index made by an

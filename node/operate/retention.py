@@ -5,7 +5,9 @@ queued or running) and for ``instances_days`` after the study last received an i
 administrator can re-run a job on recent studies; refused datasets in the quarantine folder are
 kept for ``instances_days`` too. Result files are kept until every destination
 has them (a dead delivery keeps its files for ``radnode retry``), then for ``results_days``.
-The PACS holds the long-term copy of both.
+The PACS holds the long-term copy of both. The history of a job whose study and results are gone
+(the job, its deliveries and their attempts), problems and closed associations go after
+``history_days``, so that the index stays the same size from one month to the next.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from node.receive.spool import Spool
 _DAY = 86_400.0
 #: Sent and dead notifications (and the events no target waits to send) are kept this long.
 NOTIFICATION_HISTORY_SECONDS = 30 * _DAY
+#: Past jobs forgotten per transaction.
+HISTORY_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Swept:
     instance_files: int
     result_jobs: int
     quarantined: int = 0
+    history_jobs: int = 0
 
 
 class Retention:
@@ -64,11 +69,22 @@ class Retention:
         if self.settings.instances_days > 0:
             quarantined = self._sweep_quarantine(now - self.settings.instances_days * _DAY)
         self.index.forget_notifications(now - NOTIFICATION_HISTORY_SECONDS)
-        swept = Swept(studies, files, jobs, quarantined)
-        if studies or jobs or quarantined:
+        history = self._forget_history(now - self.settings.history_days * _DAY) if self.settings.history_days > 0 else 0
+        swept = Swept(studies, files, jobs, quarantined, history)
+        if studies or jobs or quarantined or history:
             logs.info("retention.swept", studies=studies, instance_files=files, result_jobs=jobs,
-                      quarantined=quarantined)
+                      quarantined=quarantined, history_jobs=history)
         return swept
+
+    def _forget_history(self, before: float) -> int:
+        """Forget past jobs a batch at a time (one short transaction each, so the receiver's commits
+        never wait long), then the old problems, associations and routing notes."""
+        forgotten = 0
+        while batch := self.index.past_jobs(before, HISTORY_BATCH):
+            self.index.forget_jobs(batch)
+            forgotten += len(batch)
+        self.index.forget_old_records(before)
+        return forgotten
 
     def _forget_study(self, study_uid: str) -> int:
         paths = self.index.study_files(study_uid)
