@@ -166,6 +166,8 @@ class Assembler:
             return  # a backfill is retrieving its study: complete once the PACS says all came
         timing = self.series_timing(series)
         if not series_is_complete(series, now, timing):
+            if series.open_associations == 0:
+                self.expectation(series)  # its slice headers are read while it settles, not after
             due.append(next_check(series, timing))
             return
         expectation = self.expectation(series)
