@@ -46,6 +46,7 @@ class Doorbell:
     def __init__(self, index_path: Path, topic: Topic) -> None:
         self.index_path, self.topic = index_path, topic
         self._socket: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._poll = select.poll()  # not select(): it fails on a descriptor numbered over 1023
         try:
             self._socket.bind(_address(index_path, topic))
         except OSError:  # another Node object of this index in this process listens: sleep the interval
@@ -53,13 +54,13 @@ class Doorbell:
             self._socket = None
         else:
             self._socket.setblocking(False)
+            self._poll.register(self._socket, select.POLLIN)
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when rung (every ring so far is taken)."""
+        self._poll.poll(max(0.0, timeout) * 1000)
         if self._socket is None:
-            select.select([], [], [], max(0.0, timeout))
             return False
-        select.select([self._socket], [], [], max(0.0, timeout))
         rung = False
         while True:
             try:
@@ -73,5 +74,6 @@ class Doorbell:
 
     def close(self) -> None:
         if self._socket is not None:
+            self._poll.unregister(self._socket)
             self._socket.close()
             self._socket = None
