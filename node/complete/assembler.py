@@ -61,6 +61,15 @@ def quiet_since(series: SeriesRow) -> float:
     return max(series.last_received, series.released_at or series.last_received)
 
 
+def next_check(series: SeriesRow, timing: Timing) -> float:
+    """The first moment ``series_is_complete`` can hold if nothing else arrives: the scheduler
+    sleeps until then rather than a whole interval."""
+    quiet = series.last_received + timing.quiet_seconds
+    if series.open_associations == 0:
+        return min(quiet, quiet_since(series) + timing.settle_seconds)
+    return quiet
+
+
 @dataclass(frozen=True)
 class SeriesWait:
     """What a receiving series waits for, and until when at the latest (``radnode studies``)."""
@@ -132,20 +141,24 @@ class Assembler:
                               series.last_received + timing.quiet_seconds)
         return SeriesWait("settle", "settle time", quiet_since(series) + timing.settle_seconds)
 
-    def tick(self, now: float | None = None) -> None:
-        """One pass; a series or study that raises is set aside with its reason, the rest go on."""
+    def tick(self, now: float | None = None) -> float | None:
+        """One pass; a series or study that raises is set aside with its reason, the rest go on.
+        Returns when a receiving series may next complete (None: none waits on time)."""
         now = time.time() if now is None else now
         receiving = self.index.receiving_series()
+        due: list[float] = []
         for series in receiving:
-            isolated("scheduler", series.series_uid, lambda: self._complete(series, now),
+            isolated("scheduler", series.series_uid, lambda: self._complete(series, now, due),
                      lambda reason: self._set_aside(series, reason))
         complete = self.index.series_to_route()  # with the series completed just now
         for series in complete:
             isolated("router", series.series_uid, lambda: self._route(series),
                      lambda reason: self._set_aside(series, reason))
         self.studies.tick(now, {series.study_uid for series in (*receiving, *complete)})
+        return min(due, default=None)
 
-    def _complete(self, series: SeriesRow, now: float) -> None:
+    def _complete(self, series: SeriesRow, now: float, due: list[float]) -> None:
+        """Complete ``series`` if its rule holds now; otherwise add to ``due`` when it may."""
         if series.instance_count == 0:  # its files are gone: nothing to read, nothing to wait for
             self._set_aside(series, NO_INSTANCES_LEFT)
             return
@@ -153,9 +166,13 @@ class Assembler:
             return  # a backfill is retrieving its study: complete once the PACS says all came
         timing = self.series_timing(series)
         if not series_is_complete(series, now, timing):
+            if series.open_associations == 0:
+                self.expectation(series)  # its slice headers are read while it settles, not after
+            due.append(next_check(series, timing))
             return
         expectation = self.expectation(series)
         if expectation is not None and now - series.last_received < timing.incomplete_seconds:
+            due.append(series.last_received + timing.incomplete_seconds)
             seen = (series.generation, series.instance_count)
             if self._logged_waits.get(series.series_uid) != seen:
                 self._logged_waits[series.series_uid] = seen

@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from node.index import states
+from node.index.doorbell import Topic, ring
 
 #: Notification events are written by triggers, in the transaction of the state change they
 #: tell of (``node.index.notifications``): a random id each (receivers deduplicate by it) and the time.
@@ -350,6 +351,11 @@ class Database:
 
     def close(self) -> None:
         self._db.close()
+
+    def _ring(self, *topics: Topic) -> None:
+        """After a commit: wake the node's loops that wait for it (``node.index.doorbell``)."""
+        for topic in topics:
+            ring(self.path, topic)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

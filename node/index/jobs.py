@@ -87,7 +87,10 @@ class JobIndex(Database):
 
     def add_job(self, job: JobSpec) -> bool:
         with self._tx() as db:
-            return insert_job(db, job)
+            added = insert_job(db, job)
+        if added:
+            self._ring("jobs")
+        return added
 
     def has_job(self, route: str, subject: str, generation: int | None = None) -> bool:
         if generation is None:
@@ -176,6 +179,7 @@ class JobIndex(Database):
             receiving = [name for name in json.loads(job["destinations"])
                          if destinations is None or name in destinations]
             record_results(db, job_id, results, receiving, lineage, now)
+        self._ring("deliveries", "jobs")  # its results are due, and its worker is free
         return True
 
     def fail_job(self, job_id: int, reason: str, only_if_pid: int | None = None,
@@ -183,19 +187,23 @@ class JobIndex(Database):
         """running -> failed for ``attempt`` (and, with ``only_if_pid``, only while that worker
         holds it): a late failure of an attempt the node already ended changes nothing."""
         with self._tx() as db:
-            return states.apply(db, states.JOBS, states.FAIL, job_id, {
+            failed = states.apply(db, states.JOBS, states.FAIL, job_id, {
                 "outcome": reason, "finished_at": time.time(), "traceback": traceback},
                 states.Fence(attempt, only_if_pid)) == 1
+        self._ring("jobs")  # its worker is free
+        return failed
 
     def hand_back_job(self, job_id: int, attempt: int, reason: str, lost: bool) -> bool:
         """running -> queued for a new attempt; ``lost``: the attempt died with the machine that
         ran it and counts against the job's retries (a cluster that could not be reached before
         the attempt ran does not). The reason stays in ``outcome`` until the next attempt ends."""
         with self._tx() as db:
-            return states.apply(db, states.JOBS, states.HAND_BACK, job_id, {
+            handed_back = states.apply(db, states.JOBS, states.HAND_BACK, job_id, {
                 "outcome": reason, "worker_pid": None, "deadline": None,
                 "lost_attempts": states.Sql(f"lost_attempts + {int(lost)}")},
                 states.Fence(attempt)) == 1
+        self._ring("jobs")
+        return handed_back
 
     def requeue_running_jobs(self, worker_pids: Sequence[int] | None = None) -> int:
         """Running jobs whose worker is gone (every one, at start) are queued to run again."""
@@ -211,8 +219,10 @@ class JobIndex(Database):
     def requeue_job(self, job_id: int) -> bool:
         """A failed job (after a fix on the site, say) is queued again on the admin's request."""
         with self._tx() as db:
-            return states.apply(db, states.JOBS, states.REQUEUE, job_id, {
+            requeued = states.apply(db, states.JOBS, states.REQUEUE, job_id, {
                 "outcome": "", "traceback": "", "worker_pid": None, "deadline": None}) == 1
+        self._ring("jobs")
+        return requeued
 
     def cancel_job(self, job_id: int) -> bool:
         """A queued job the administrator does not want run ends as failed, with the reason on

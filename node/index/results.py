@@ -229,5 +229,7 @@ class ResultIndex(Database):
     def retry_dead_deliveries(self, delivery_id: int | None = None) -> int:
         with self._tx() as db:
             now = time.time()
-            return states.apply(db, states.DELIVERIES, states.RETRY_DEAD, delivery_id, {
+            retried = states.apply(db, states.DELIVERIES, states.RETRY_DEAD, delivery_id, {
                 "attempts": 0, "next_attempt_at": now, "retry_from": now})
+        self._ring("deliveries")
+        return retried

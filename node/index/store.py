@@ -101,6 +101,7 @@ class SeriesIndex(Database):
                 "UPDATE associations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
                 (time.time(), assoc_id),
             )
+        self._ring("series")  # its series' settle time starts now
 
     def close_associations_of(self, receiver_pids: Sequence[int] | None = None) -> int:
         """Associations of receivers that died (all of them at start) are closed as of now."""
@@ -239,6 +240,8 @@ class SeriesIndex(Database):
                 insert_job(db, job)
             states.apply(db, states.SERIES, states.ROUTE, series_uid, {},
                          extra_where="generation = ?", extra_args=(generation,))
+        if jobs:
+            self._ring("jobs")
 
     def set_aside_series(self, series_uid: str, generation: int, reason: str) -> None:
         """A series the scheduler cannot complete or route leaves the queue (state ``routed``,
@@ -297,8 +300,10 @@ class SeriesIndex(Database):
     def force_series_complete(self, series_uid: str) -> bool:
         """receiving -> complete now, on the administrator's word (``radnode complete``)."""
         with self._tx() as db:
-            return states.apply(db, states.SERIES, states.COMPLETE, series_uid,
-                                {"completed_at": time.time()}) == 1
+            forced = states.apply(db, states.SERIES, states.COMPLETE, series_uid,
+                                  {"completed_at": time.time()}) == 1
+        self._ring("series")
+        return forced
 
     def force_study(self, study_uid: str) -> int:
         """Complete every receiving series of a study and let its study routes decide now, as if
@@ -310,6 +315,7 @@ class SeriesIndex(Database):
             db.execute("INSERT INTO forced_studies(study_uid, forced_at) VALUES (?, ?)"
                        " ON CONFLICT(study_uid) DO UPDATE SET forced_at = excluded.forced_at",
                        (study_uid, now))
+        self._ring("series")
         return count
 
     def forced_at(self, study_uid: str) -> float | None:

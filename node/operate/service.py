@@ -30,6 +30,7 @@ from node import logs
 from node.complete.assembler import Assembler
 from node.config import Config, ConfigError, NotifyTarget, load_config
 from node.deliver.dispatcher import Dispatcher
+from node.index.doorbell import Doorbell, Topic
 from node.index.store import Index, Job
 from node.isolation import isolated
 from node.operate.monitoring import MonitoringServer
@@ -47,6 +48,9 @@ from node.run.child import die_with_parent
 from node.run.engine import make_executor
 from node.run.executor import Executor
 
+#: The longest the scheduler, the dispatcher and the supervisor sleep between passes; each is
+#: woken sooner by its doorbell (``node.index.doorbell``), and the scheduler also when a
+#: receiving series' settle or quiet time ends.
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
 NOTIFY_INTERVAL = 0.5
@@ -54,6 +58,16 @@ NOTIFY_INTERVAL = 0.5
 NOTIFY_THREAD = "notify "
 SUPERVISOR_INTERVAL = 0.25
 BACKFILL_INTERVAL = 1.0
+#: the shortest sleep of a loop that asked to wake at a moment already past (clock rounding)
+MIN_WAIT_SECONDS = 0.001
+
+
+@dataclass(frozen=True)
+class Wake:
+    """What a loop's action may return: run the next pass at ``at`` (epoch seconds) when that
+    comes before the loop's interval ends (the scheduler: when a series' settle time ends)."""
+
+    at: float
 
 
 def receiver_main(config_path: str) -> None:
@@ -96,6 +110,7 @@ class Node:
     _monitor: MonitoringServer | None = None
     _web: WebServer | None = None
     _listening: bool = False
+    _bells: dict[Topic, Doorbell] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
@@ -131,13 +146,18 @@ class Node:
             self._children.append(_Child("receiver", receiver_main))
         if stow.port is not None:
             self._children.append(_Child("stow-receiver", stow_main))
+        # before the children: a release or a result committed from now on wakes its loop
+        self._bells = {topic: Doorbell(self.config.node.index_path, topic)
+                       for topic in ("series", "jobs", "deliveries")}
         for child in self._children:
             self._spawn(child)
         self.executor.start()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL),
+            threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL,
+                                                      self._bells["series"]),
                              name="scheduler", daemon=True),
-            threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL),
+            threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL,
+                                                      self._bells["deliveries"]),
                              name="dispatcher", daemon=True),
             threading.Thread(target=self._loop,
                              args=(self._retention_once, self.config.retention.interval_minutes * 60),
@@ -224,18 +244,32 @@ class Node:
 
     # ---- background loops ------------------------------------------------------------------
 
-    def _loop(self, step: Callable[[], Callable[[], object]], interval: float) -> None:
+    def _loop(self, step: Callable[[], Callable[[], object]], interval: float,
+              bell: Doorbell | None = None) -> None:
+        """Run ``step``'s action every ``interval`` seconds, or as soon as ``bell`` rings, or
+        at the moment the action returns (a ``Wake``), whichever comes first."""
         action = step()
         while not self._stop.is_set():
+            wait = interval
             try:
-                action()
+                outcome = action()
+                if isinstance(outcome, Wake):
+                    wait = min(interval, max(MIN_WAIT_SECONDS, outcome.at - time.time()))
             except Exception as error:  # a bad tick is logged and retried, never fatal
                 logs.error("node.loop_error", loop=threading.current_thread().name,
                            reason=f"{type(error).__name__}: {error}", exc_info=True)
-            self._stop.wait(interval)
+            if bell is None:
+                self._stop.wait(wait)
+            else:
+                bell.wait(wait)
 
     def _schedule_once(self) -> Callable[[], object]:
-        return Assembler(self.config, Index(self.config.node.index_path)).tick
+        assembler = Assembler(self.config, Index(self.config.node.index_path))
+
+        def tick() -> Wake | None:
+            due = assembler.tick()
+            return None if due is None else Wake(due)
+        return tick
 
     def _dispatch_once(self) -> Callable[[], object]:
         return Dispatcher(self.config, Index(self.config.node.index_path)).tick
@@ -289,8 +323,14 @@ class Node:
         hand queued jobs to the executor while it has room."""
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        while not self._stop.wait(SUPERVISOR_INTERVAL):
-            self.supervise_once()
+        jobs = self._bells.get("jobs")
+        while not self._stop.is_set():
+            if jobs is None:
+                self._stop.wait(SUPERVISOR_INTERVAL)
+            else:
+                jobs.wait(SUPERVISOR_INTERVAL)  # a job queued or a worker freed rings it
+            if not self._stop.is_set():
+                self.supervise_once()
         self.stop()
 
     def supervise_once(self) -> None:
@@ -343,6 +383,8 @@ class Node:
         the jobs that finished: a result made during the grace is not left for the next start."""
         logs.info("node.stopping")
         self._stop.set()
+        for bell in self._bells.values():  # the loops' sleeps end now
+            bell.ring()
         self._terminate([c for c in self._children if c.role in RECEIVING_ROLES], grace=10.0)
         self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
         requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
@@ -355,6 +397,8 @@ class Node:
             self._monitor.stop()
         if self._web is not None:
             self._web.stop()
+        for bell in self._bells.values():
+            bell.close()
         logs.info("node.stopped", jobs_handed_back=requeued, deliveries_sent_at_stop=delivered)
 
     def _deliver_due(self) -> int:
