@@ -37,8 +37,8 @@ for step in $steps; do
         lung-bundle) bench "$step" 120 -m bench.bundles "${common[@]}" --json "$out/$step.json" ;;
         nnunet) bench "$step" 120 -m bench.nnunet --shrink 3,4,2 "${common[@]}" --json "$out/$step.json" ;;
         time-to-result)
-            if [ -x /usr/bin/storescu ] && command -v Orthanc >/dev/null && [ -f bench/time_to_result.py ]; then
-                bench "$step" 90 bench/time_to_result.py --device cuda
+            if [ -x /usr/bin/storescu ] && command -v Orthanc >/dev/null; then
+                bench "$step" 120 -m bench.time_to_result --pipeline ct-denoise --repeat "${REPEAT:-5}"
             else
                 echo "$step: not run (needs /usr/bin/storescu and Orthanc on this machine)"
             fi ;;
