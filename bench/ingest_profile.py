@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = parser.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
@@ -94,7 +95,7 @@ def main() -> None:
             user, system = (after - before for after, before in zip(cpu_after, cpu_before))
             assert unsampled.returncode == 0, unsampled.stderr
             raw = tmp / "profile.txt"
-            spy_proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
+            spy_proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", str(args.rate), "--nonblocking", "--gil",
                                          "--output", str(raw), "--pid", str(pid)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
