@@ -389,8 +389,8 @@ def _sleep(seconds: float) -> None:
     thread = threading.current_thread()
     if isinstance(thread, DULServiceProvider):
         _wait_for_work(thread, seconds)
-    elif isinstance(thread, Association) and thread.is_acceptor:
-        _wait_for_message(thread)
+    elif isinstance(thread, Association) and thread.is_acceptor and not thread._kill:
+        _wait_for_message(thread)  # its reactor; once killed, it waits for its DUL to end
     elif isinstance(thread, Association) and isinstance(thread._reactor_checkpoint, _Checkpoint):
         thread._reactor_checkpoint.pause_asked.wait(seconds)
     else:
@@ -406,7 +406,7 @@ def _wait_for_message(assoc: Association) -> None:
     with messages.not_empty:
         seen = getattr(assoc, "_radnode_seen", None)
         puts = getattr(dul, "_radnode_user_puts", None)
-        if not messages.queue and seen == puts and not assoc._kill and dul.is_alive():
+        if not messages.queue and seen == puts and dul.is_alive():
             messages.not_empty.wait(IDLE_WAIT_SECONDS)
         assoc._radnode_seen = getattr(dul, "_radnode_user_puts", None)  # type: ignore[attr-defined]
 
