@@ -156,6 +156,7 @@ def _deadline(dul: DULServiceProvider) -> float:
 
 def _spoke(dul: DULServiceProvider) -> None:
     """The peer sent a whole PDU: the node's network timeout replaces a shorter idle limit."""
+    dul._radnode_spoke_at = time.monotonic()  # type: ignore[attr-defined]  # read by pynetdicom_ext
     timeout = dul.assoc.ae.network_timeout
     if dul.state_machine.current_state not in _BEFORE_REQUEST and dul.assoc.network_timeout != timeout:
         dul.assoc.network_timeout = timeout
