@@ -15,6 +15,9 @@ that a shared machine's load falls on both alike), and prints each one's CPU tim
 (median, user + system), its images/s and the ratio.
 
     python3 bench/ingest_profile.py --baseline ../main [--slices 300] [--sends 5]
+
+``--syscalls`` counts the receiver's system calls per image instead (``strace -c -f`` on its
+process while the series is sent; the counts, unlike CPU times, do not depend on the load).
 """
 
 from __future__ import annotations
@@ -128,6 +131,40 @@ def compare(baseline: Path, slices: int, sends: int) -> None:
           f"images/s {medians['this'][2] / medians['baseline'][2]:.2f}x; load average {os.getloadavg()[0]:.1f}")
 
 
+def syscalls(slices: int) -> None:
+    """The receiver's system calls per image, by call, while storescu sends it a series."""
+    strace = shutil.which("strace")
+    if strace is None:
+        raise SystemExit("strace not found: apt-get install strace")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        paths = repeated_series(tmp / "series", slices)
+        (tmp / "radnode").mkdir()
+        node = NodeProcess(node_config(tmp / "radnode", node={"receivers": 1},
+                                       completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
+                           tmp / "radnode").start()
+        try:
+            storescu(node.port, repeated_series(tmp / "warm", 10))
+            counts = tmp / "strace.txt"
+            tracer = subprocess.Popen([strace, "-c", "-f", "-o", str(counts), "-p", str(receiver_pid(node))],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            sent = storescu(node.port, paths)
+            assert sent.returncode == 0, sent.stderr
+            time.sleep(0.3)
+            tracer.send_signal(2)
+            tracer.wait(timeout=60)
+        finally:
+            node.stop()
+        rows = [line.split() for line in counts.read_text().splitlines()[2:] if line and not line.startswith("-")]
+    calls = {row[-1]: int(row[3]) for row in rows if len(row) >= 5 and row[3].isdigit()}
+    total = calls.pop("total", sum(calls.values()))
+    print(f"receiver system calls per image: {total / slices:.1f} ({slices} images)")
+    for name, count in sorted(calls.items(), key=lambda item: -item[1]):
+        if count >= slices / 2:
+            print(f"  {count / slices:6.1f}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=100)
@@ -135,7 +172,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--baseline", type=Path, help="another checkout: compare its receiver's CPU per image")
     parser.add_argument("--sends", type=int, default=5, help="series sent to each receiver with --baseline")
+    parser.add_argument("--syscalls", action="store_true", help="count the receiver's system calls per image")
     args = parser.parse_args()
+    if args.syscalls:
+        syscalls(args.slices)
+        return
     if args.baseline is not None:
         compare(args.baseline, args.slices, args.sends)
         return
