@@ -319,7 +319,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.delivery_only:
-            delivery(repeated_series(tmp / "series", args.slices), tmp)
+            delivery(repeated_series(tmp / "series", args.slices), tmp, args.repeat)
             return
         if args.stow_only:
             stow_delivery(repeated_series(tmp / "series", args.slices), tmp, args.repeat, args.per_request,
@@ -331,7 +331,7 @@ def main() -> None:
         ingest("CT, explicit VR little endian", sends, tmp / "ct", args.receivers)
         (tmp / "jls").mkdir()
         ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers, propose=("--propose-jls-lossless",))
-        delivery(sends.one[0], tmp)
+        delivery(sends.one[0], tmp, args.repeat)
         stow_delivery(sends.one[0], tmp, args.repeat, args.per_request, args.connections)
 
 

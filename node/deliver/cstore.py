@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydicom
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
@@ -106,6 +106,7 @@ class CStoreSender:
         assoc = associate(ae, self.destination)
         if not assoc.is_established:
             return association_failure(assoc, self.destination)
+        _without_message_logging(assoc)
         try:
             for parcel in parcels:
                 error: str | None
@@ -121,6 +122,16 @@ class CStoreSender:
             if assoc.is_established:
                 assoc.release()
         return None
+
+
+def _without_message_logging(assoc: Association) -> None:
+    """Unbind pynetdicom's standard handlers that describe every message and PDU for its log:
+    the node keeps pynetdicom's log at warnings (node.logs), so they only cost time, and a bound
+    EVT_DIMSE_SENT handler keeps each C-STORE request on pynetdicom's slower encoding
+    (node.receive.pynetdicom_ext)."""
+    for event in (evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV, evt.EVT_PDU_SENT, evt.EVT_PDU_RECV):
+        for handler, _ in list(assoc.get_handlers(event)):  # type: ignore[misc]
+            assoc.unbind(event, handler)
 
 
 def _send_files(assoc: object, files: Sequence[ResultFile]) -> str | None:

@@ -11,7 +11,6 @@ whichever way an instance came.
 
 from __future__ import annotations
 
-import mmap
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -100,7 +99,7 @@ def missing_attributes(dataset: Dataset | Mapping[str, object]) -> list[str]:
     return [k for k in REQUIRED_ATTRIBUTES if not str(dataset.get(k, "") or "").strip()]
 
 
-def screen(path: Path, header_size: int, transfer_syntax: str) -> dict[str, str | list[str]]:
+def screen(part: PartFile, header_size: int, transfer_syntax: str) -> dict[str, str | list[str]]:
     """Walk a received data set's element structure where it lies (the part file, mapped into
     memory, not copied) and return its identifying attributes, read on the same walk.
 
@@ -111,7 +110,7 @@ def screen(path: Path, header_size: int, transfer_syntax: str) -> dict[str, str 
     syntax = UID(transfer_syntax)
     tags = frozenset(IDENTIFYING_TAGS)
     problem = None
-    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+    with part.mapped() as mapped:
         with memoryview(mapped) as whole, whole[header_size:] as data:
             try:
                 if syntax == DeflatedExplicitVRLittleEndian:
@@ -165,7 +164,7 @@ class Intake:
         """Check one arrived data set, then make it durable under its name and index it, or keep it
         aside with the reason; the caller answers success only for ``Stored``."""
         try:
-            identifiers = screen(arrival.part.tmp, arrival.header_size, arrival.transfer_syntax)
+            identifiers = screen(arrival.part, arrival.header_size, arrival.transfer_syntax)
             refusal = check(identifiers, arrival.claims)
         except StructureError as error:
             refusal = StoreRefusal(CANNOT_UNDERSTAND, f"dataset structure: {error}")

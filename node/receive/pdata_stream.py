@@ -46,10 +46,8 @@ state machine. A C-STORE handler that pynetdicom calls takes the finished file w
 files are handed over in the order their messages completed, which is the order their
 requests were queued.
 
-The success response of a C-STORE is encoded here too (``store_success_response``), the same
-bytes pynetdicom would send: pynetdicom builds a pydicom data set for the seven elements and
-encodes it twice (once to learn its length), which cost as much as the rest of the response.
-Every other response (a refusal, a warning) is pynetdicom's.
+The success response of a C-STORE is encoded here too (``node.receive.command_sets``), the same
+bytes pynetdicom would send. Every other response (a refusal, a warning) is pynetdicom's.
 
 This works inside pynetdicom 3.0: it feeds DT-2 through the DUL's private ``_recv_pdu``, puts
 requests on the DIMSE message queue, reads ``_accepted_cx`` and replaces
@@ -81,15 +79,14 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 
 from node import logs
-from node.receive import pynetdicom_internals
+from node.receive import command_sets, pynetdicom_internals
 from node.receive.pynetdicom_internals import replacing
 from node.receive.screening import uid_problem
 from node.receive.spool import PartFile, Spool, part10_header
 
 pynetdicom_internals.require()
 
-_C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
-_NO_DATA_SET = 0x0101
+_C_STORE_RQ, _NO_DATA_SET = command_sets.C_STORE_RQ, command_sets.NO_DATA_SET
 _COMMAND_FIELD, _DATA_SET_TYPE = 0x00000100, 0x00000800
 _AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE = 0x00000002, 0x00001000
 _MESSAGE_ID, _PRIORITY = 0x00000110, 0x00000700
@@ -262,12 +259,32 @@ def _answered_here(dul: DULServiceProvider, stream: _Stream, incoming: Incoming)
         return False
     if incoming.part is not None:
         incoming.part.discard()  # what a handler that raised left; nothing once committed or kept aside
+    if status == 0 and type(status) is int and _send_success(assoc, incoming):
+        return True
     response = C_STORE()
     response.MessageIDBeingRespondedTo = incoming.request.MessageID
     response.AffectedSOPClassUID = incoming.request.AffectedSOPClassUID
     response.AffectedSOPInstanceUID = incoming.request.AffectedSOPInstanceUID
     response = StorageServiceClass(assoc).validate_status(status, response)
     assoc.dimse.send_msg(response, incoming.context_id)  # sent by this thread after this PDU
+    return True
+
+
+def _send_success(assoc: Association, incoming: Incoming) -> bool:
+    """Queue the success response of ``incoming`` for the DUL thread, encoded from its request
+    (whose UIDs pynetdicom's setters already checked) without building a response primitive
+    and validating its status; False when it would not fit one PDU (``send_msg`` then sends it)."""
+    request = incoming.request
+    if request.MessageID is None:
+        return False
+    command = command_sets.store_response(request.AffectedSOPClassUID, request.MessageID,
+                                          request.AffectedSOPInstanceUID)
+    limit = assoc.dimse.maximum_pdu_size
+    if limit and len(command) + 12 > limit:
+        return False
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[incoming.context_id, b"\x03" + command]]  # type: ignore[list-item]
+    assoc.dimse.dul.send_pdu(pdata)
     return True
 
 
@@ -439,15 +456,8 @@ def store_success_response(primitive: object) -> bytes | None:
             or primitive.Status != 0 or primitive.ErrorComment is not None
             or primitive.OffendingElement is not None):
         return None
-    elements = b"".join((
-        _element(0x0002, _uid(primitive.AffectedSOPClassUID)),
-        _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
-        _element(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
-        _element(0x0900, struct.pack("<H", 0)),
-        _element(0x1000, _uid(primitive.AffectedSOPInstanceUID)),
-    ))
-    return _element(0x0000, struct.pack("<I", len(elements))) + elements
+    return command_sets.store_response(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                           primitive.AffectedSOPInstanceUID)
 
 
 def _answer_success_leanly() -> None:
@@ -468,15 +478,6 @@ def _answer_success_leanly() -> None:
 
     send_msg.__doc__ = original.__doc__
     DIMSEServiceProvider.send_msg = replacing(original, send_msg)  # type: ignore[method-assign,assignment]
-
-
-def _element(element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: object) -> bytes:
-    text = str(value or "").encode("ascii")
-    return text + b"\x00" if len(text) % 2 else text
 
 
 def command_fields(command: bytes) -> dict[int, bytes | int] | None:

@@ -45,6 +45,9 @@ bytes once its first one arrived, and closing in Sta13 instead of reading on.
 
 from __future__ import annotations
 
+import select
+import socket
+import ssl
 import struct
 import time
 
@@ -153,6 +156,7 @@ def _deadline(dul: DULServiceProvider) -> float:
 
 def _spoke(dul: DULServiceProvider) -> None:
     """The peer sent a whole PDU: the node's network timeout replaces a shorter idle limit."""
+    dul._radnode_spoke_at = time.monotonic()  # type: ignore[attr-defined]  # read by pynetdicom_ext
     timeout = dul.assoc.ae.network_timeout
     if dul.state_machine.current_state not in _BEFORE_REQUEST and dul.assoc.network_timeout != timeout:
         dul.assoc.network_timeout = timeout
@@ -171,29 +175,59 @@ def _recv_exactly(transport: AssociationSocket, length: int, deadline: float) ->
     reads 4 KiB at a time), or None if it closed or failed first; raises _Stalled (with the
     bytes received so far) when ``deadline`` passes first."""
     body = bytearray(length)
-    view = memoryview(body)
     raw = transport.socket
     try:
-        kept = raw.gettimeout()  # type: ignore[union-attr]
+        waiting = raw.gettimeout() is None and not isinstance(raw, ssl.SSLSocket)  # type: ignore[union-attr]
     except AttributeError:
         return None
+    receive = _receive_waiting if waiting else _receive_with_timeouts
     try:
-        while view:
+        whole = receive(raw, memoryview(body), deadline)  # type: ignore[arg-type]
+    except (OSError, AttributeError, ValueError):
+        return None
+    return body if whole else None
+
+
+def _receive_waiting(raw: socket.socket, view: memoryview, deadline: float) -> bool:
+    """Fill ``view`` from a blocking socket (a plain TCP connection): each read takes what has
+    arrived without waiting, and only when nothing has does it wait, until ``deadline``. One
+    system call per read: a socket with a timeout is polled before every read, and setting
+    that timeout before each read switched its mode twice (two more calls)."""
+    length = len(view)
+    while view:
+        try:
+            got = raw.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Stalled(f"{length - len(view)} of {length} bytes")
-            raw.settimeout(left)  # type: ignore[union-attr]
-            try:
-                got = raw.recv_into(view)  # type: ignore[union-attr]
-            except TimeoutError:
-                continue
-            if not got:
-                return None
-            view = view[got:]
-        raw.settimeout(kept)  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        return None
-    return body
+                raise _Stalled(f"{length - len(view)} of {length} bytes") from None
+            select.select([raw], [], [], left)
+            continue
+        if not got:
+            return False
+        view = view[got:]
+    return True
+
+
+def _receive_with_timeouts(raw: socket.socket, view: memoryview, deadline: float) -> bool:
+    """Fill ``view`` from a socket with a timeout (a TLS connection), each read bounded by
+    what is left until ``deadline``; the socket's own timeout is put back afterwards."""
+    length = len(view)
+    kept = raw.gettimeout()
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Stalled(f"{length - len(view)} of {length} bytes")
+        raw.settimeout(left)
+        try:
+            got = raw.recv_into(view)
+        except TimeoutError:
+            continue
+        if not got:
+            return False
+        view = view[got:]
+    raw.settimeout(kept)
+    return True
 
 
 def _peer(transport: object) -> str:

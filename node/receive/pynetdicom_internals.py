@@ -97,7 +97,8 @@ def _functions() -> tuple[Function, ...]:
     dul, assoc, dimse = DULServiceProvider, Association, DIMSEServiceProvider
     return (
         Function("DULServiceProvider.__init__", lambda: dul.__init__, ("self", "assoc"),
-                 ("socket", "event_queue", "to_provider_queue", "_recv_pdu", "artim_timer", "state_machine"),
+                 ("socket", "event_queue", "to_provider_queue", "to_user_queue", "_recv_pdu", "artim_timer",
+                  "state_machine"),
                  (_EXT, _GUARD, _STREAM)),
         Function("DULServiceProvider.run_reactor", lambda: dul.run_reactor, ("self",), ("time", "sleep"), (_EXT,)),
         Function("DULServiceProvider.kill_dul", lambda: dul.kill_dul, ("self",), ("_kill_thread",), (_EXT,)),
@@ -107,7 +108,10 @@ def _functions() -> tuple[Function, ...]:
         Function("DULServiceProvider.send_pdu", lambda: dul.send_pdu, ("self", "primitive"),
                  ("to_provider_queue",), (_EXT, _STREAM)),
         Function("Association.__init__", lambda: assoc.__init__, ("self", "ae", "mode"),
-                 ("requestor", "_accepted_cx", "dul", "dimse", "_reactor_checkpoint"), (_EXT, _STREAM)),
+                 ("requestor", "_accepted_cx", "dul", "dimse", "_reactor_checkpoint", "_kill"), (_EXT, _STREAM)),
+        Function("Association.send_c_store", lambda: assoc.send_c_store,
+                 ("self", "dataset", "msg_id", "priority", "originator_aet", "originator_id"),
+                 ("_dataset_path", "send_msg"), (_EXT,)),
         Function("Association._run_reactor", lambda: assoc._run_reactor, ("self",),
                  ("time", "sleep", "_reactor_checkpoint", "_serve_request"), (_EXT,)),
         Function("Association._serve_request", lambda: assoc._serve_request, ("self", "msg", "context_id"), (),

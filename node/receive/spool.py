@@ -8,7 +8,9 @@ acknowledged instance survives a crash or a power cut, and a crash mid-write lea
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import mmap
 import os
 import shutil
 import struct
@@ -139,7 +141,7 @@ class PartFile:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.size = 0
-        self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._fd: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read by ``mapped``
         #: Whether every byte written so far is on the disk (``sync``).
         self._synced = False
         #: ``sync`` may run in one thread while another commits or discards the file.
@@ -152,6 +154,15 @@ class PartFile:
         self._synced = False
         while view:
             view = view[os.write(self._fd, view):]
+
+    @contextlib.contextmanager
+    def mapped(self) -> Iterator[mmap.mmap]:
+        """What was written so far, mapped into memory read-only (not read, not opened again)."""
+        with self._lock:
+            assert self._fd is not None, "map of a committed or discarded part file"
+            mapping = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        with mapping:
+            yield mapping
 
     def start_writeback(self) -> None:
         """Ask the kernel to start writing what was written so far to the disk, without waiting
@@ -190,9 +201,13 @@ class PartFile:
                 finally:
                     os.close(self._fd)
                     self._fd = None
-            new_folder = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            os.replace(self.tmp, path)
+            new_folder = False
+            try:
+                os.replace(self.tmp, path)  # into its series' folder, there already but for the first
+            except FileNotFoundError:
+                new_folder = not folder.exists()
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(self.tmp, path)
         except BaseException:
             self.tmp.unlink(missing_ok=True)
             raise
