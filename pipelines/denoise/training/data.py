@@ -17,7 +17,7 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pipelines.denoise.training.noise import calibrate_photons, kernel_family, relative_tube_output
+from pipelines.denoise.training.noise import PARALLEL, Beam, calibrate_photons, kernel_family, relative_tube_output
 from pipelines.volume import decode_pixels, load_series
 
 #: Slices on which a scan's full-dose photon count is calibrated, spread evenly over the middle
@@ -99,12 +99,13 @@ def spread_slices(count: int, picks: int = CALIBRATION_SLICES) -> list[int]:
     return sorted({int(k) for k in np.linspace(count * CALIBRATION_SPREAD[0], count * CALIBRATION_SPREAD[1], picks)})
 
 
-def full_dose_photons(scan: Scan, generator: torch.Generator) -> float:
-    """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``)."""
+def full_dose_photons(scan: Scan, generator: torch.Generator, beam: Beam = PARALLEL) -> float:
+    """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``), with ``beam``'s
+    spread of photons over rays."""
     sample = scan.subset(spread_slices(len(scan.hu)))
     dose = None if sample.relative_dose is None else list(sample.relative_dose)
     return calibrate_photons(list(sample.hu), scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
-                             relative_dose=dose)
+                             relative_dose=dose, beam=beam)
 
 
 def load_scan(data_root: Path, relative: str) -> Scan:
