@@ -365,14 +365,16 @@ def expected_log_error(expected_counts: np.ndarray, electronic_noise: float) -> 
 
 #: Line integral (dimensionless) above which a ray counts as crossing the body (``ray_photons``).
 BODY_LINE_INTEGRAL = 0.5
+#: Distance (mm) from the centre at which a bowtie has its nominal thickness: a 50 cm field of view's edge.
+BOWTIE_EDGE_MM = 250.0
 
 
 @dataclass(frozen=True)
 class Beam:
     """How a scanner spreads its photons over rays, which the plain parallel beam does not model.
 
-    ``bowtie_water_mm``: a bowtie filter that removes at each detector position the water a
-    cylinder of that diameter lacks there (peripheral rays get fewer photons, so the body's edge is
+    ``bowtie_water_mm``: a bowtie filter, parabolic, as thick as that much water at
+    ``BOWTIE_EDGE_MM`` from the centre (peripheral rays get fewer photons, so the body's edge is
     noisier than without it); 0: none. ``angular_modulation``: the tube current per view scales
     as ``exp(k * (peak line integral - its mean))``, as angular tube-current modulation does (more
     photons through the long lateral paths, fewer streaks); 0: constant. The photons per ray are
@@ -387,7 +389,7 @@ class Beam:
 PARALLEL = Beam()
 #: The beam whose noise matches real sharp-kernel noise best (``real_noise``; training/LOG.md,
 #: "Real against simulated sharp noise").
-MATCHED_BEAM = Beam(bowtie_water_mm=320.0, angular_modulation=0.5)
+MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
 
 
 @dataclass(frozen=True)
@@ -441,9 +443,8 @@ class SliceScan:
         shape = torch.ones_like(self.line_integrals, dtype=torch.float64)
         if beam.bowtie_water_mm > 0:
             t_mm = (torch.arange(self.beam.n_det, dtype=torch.float64) - self.beam.n_det / 2) * self.pixel_spacing_mm
-            chord = 2 * torch.sqrt(torch.clamp((beam.bowtie_water_mm / 2) ** 2 - t_mm**2, min=0))
-            missing = beam.bowtie_water_mm - chord
-            shape = shape * torch.exp(-self.mu_water_per_mm * missing)[None, :]
+            thickness = beam.bowtie_water_mm * (t_mm / BOWTIE_EDGE_MM) ** 2
+            shape = shape * torch.exp(-self.mu_water_per_mm * thickness)[None, :]
         if beam.angular_modulation > 0:
             peak = self.line_integrals.double().amax(dim=1)
             shape = shape * torch.exp(beam.angular_modulation * (peak - peak.mean()))[:, None]
