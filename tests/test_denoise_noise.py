@@ -535,7 +535,7 @@ def _ellipse(a_px: int, b_px: int, size: int = 128) -> np.ndarray:
     return np.where((xx / a_px) ** 2 + (yy / b_px) ** 2 <= 1, 0.0, -1000.0).astype(np.float32)
 
 
-def test_a_bowtie_filter_makes_the_edge_of_a_water_cylinder_about_as_noisy_as_its_centre():
+def test_a_bowtie_filter_makes_the_edge_of_a_water_cylinder_noisier_against_its_centre():
     """A scanner's bowtie gives peripheral rays fewer photons; the plain parallel beam gives every
     ray the same, so its periphery is far quieter than its centre (``noise.Beam``)."""
     scan = SliceScan.of(water_disk(60), 2.5)  # 30 cm across
@@ -547,8 +547,9 @@ def test_a_bowtie_filter_makes_the_edge_of_a_water_cylinder_about_as_noisy_as_it
         edge = np.mean([d[60:68, 10:18].var() for d in draws] + [d[60:68, 110:118].var() for d in draws])
         return float(np.sqrt(edge / centre))
 
-    assert periphery_over_centre(PARALLEL) < 0.75  # 0.64
-    assert periphery_over_centre(Beam(bowtie_water_mm=320.0)) > 0.85  # 0.92
+    assert periphery_over_centre(PARALLEL) < 0.7  # 0.64
+    # 320 mm of water at 25 cm (0.32 of the centre's photons at the cylinder's edge): 0.84
+    assert periphery_over_centre(Beam(bowtie_water_mm=320.0)) > 0.78
 
 
 def test_angular_tube_current_modulation_makes_the_noise_of_an_oval_body_less_streaky():
