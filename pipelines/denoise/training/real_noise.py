@@ -74,7 +74,8 @@ class Properties:
 
 def _local_sd(noise: np.ndarray) -> np.ndarray:
     mean = ndimage.uniform_filter(noise, WINDOW)
-    return np.sqrt(np.clip(ndimage.uniform_filter(noise * noise, WINDOW) - mean * mean, 0, None))
+    sd: np.ndarray = np.sqrt(np.clip(ndimage.uniform_filter(noise * noise, WINDOW) - mean * mean, 0, None))
+    return sd
 
 
 def homogeneous(reference: np.ndarray) -> np.ndarray:
