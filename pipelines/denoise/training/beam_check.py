@@ -30,21 +30,23 @@ def gains(report: dict[str, object]) -> dict[str, dict[str, float]]:
     for dose in ("quarter", "tenth"):
         rows = report[dose]
         assert isinstance(rows, dict)
-        gaussian = next(v for k, v in rows.items() if k.startswith("oracle gaussian"))["psnr"]
-        out[dose] = {name: round(rows[name]["psnr"] - gaussian, 3) for name in ("model", "baseline", "noisy")}
+        gaussian = next(v for k, v in rows.items() if k.startswith("oracle gaussian"))["psnr_db"]
+        out[dose] = {name: round(rows[name]["psnr_db"] - gaussian, 3) for name in ("model", "baseline", "noisy")
+                     if name in rows}
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, required=True, help="a sharp model folder (one network)")
-    parser.add_argument("--baseline", type=Path, required=True, help="the shipped sharp folder")
+    parser.add_argument("--baseline", type=Path, help="the shipped sharp folder, on the same noise")
     parser.add_argument("--held-out", type=Path, required=True, help="pack of the held-out sharp scan")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     scan = evaluation_slices(pack.load(args.held_out)[0][0])
-    model, baseline = Denoiser.load(args.weights, args.device), Denoiser.load(args.baseline, args.device)
+    model = Denoiser.load(args.weights, args.device)
+    baseline = Denoiser.load(args.baseline, args.device) if args.baseline else None
     result = {}
     for name, beam in (("shipped simulation", PARALLEL), ("matched simulation", MATCHED_BEAM)):
         report = kernel_report(model, scan, EVALUATION_SEED, with_bm3d=False, baseline=baseline, beam=beam)
