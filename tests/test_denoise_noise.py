@@ -572,3 +572,26 @@ def test_the_plain_parallel_beam_draws_what_the_simulation_drew_before_beams_exi
     scan = SliceScan.of(water_disk(60), 0.7)
     photons = torch.full_like(scan.line_integrals, 2e4, dtype=torch.float64)
     assert torch.equal(scan.ray_photons(2e4), photons)
+
+
+def test_the_attenuation_slope_reads_quantum_noise_as_one_half_and_a_bowtie_as_flatter():
+    """``real_noise``'s attenuation property: the local SD of noise against the mean exp(line
+    integral) of the rays through each pixel, on log scales. Flat photons over rays give variance
+    proportional to that mean, a slope of 0.5; real sharp noise reads 0.26-0.27 (training/LOG.md)."""
+    from scipy import ndimage
+
+    from pipelines.denoise.training.real_noise import WINDOW, local_sd, path_index
+
+    hu = water_disk(100, 256)
+    scan = SliceScan.of(hu, 1.5)
+    path = path_index(scan)
+    inside = ndimage.binary_erosion(hu > -500, iterations=WINDOW)
+
+    def slope(beam: Beam) -> float:
+        generator = torch.Generator().manual_seed(0)
+        variance = np.mean([local_sd(scan.acquisition_noise(1e5, "hann", generator, 0.0, beam)) ** 2
+                            for _ in range(4)], axis=0)
+        return float(np.polyfit(np.log(path[inside]), 0.5 * np.log(variance[inside]), 1)[0])
+
+    assert slope(PARALLEL) == pytest.approx(0.5, abs=0.05)  # 0.511
+    assert slope(Beam(bowtie_water_mm=320.0)) < 0.3  # 0.189

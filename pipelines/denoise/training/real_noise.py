@@ -72,7 +72,8 @@ class Properties:
     fat_over_soft: float  # local SD in fat (-150..-50 HU) over soft tissue (0..100 HU)
 
 
-def _local_sd(noise: np.ndarray) -> np.ndarray:
+def local_sd(noise: np.ndarray) -> np.ndarray:
+    """The noise's SD in a ``WINDOW``-pixel square around each pixel."""
     mean = ndimage.uniform_filter(noise, WINDOW)
     sd: np.ndarray = np.sqrt(np.clip(ndimage.uniform_filter(noise * noise, WINDOW) - mean * mean, 0, None))
     return sd
@@ -154,7 +155,7 @@ class Pool:
         bone = ndimage.distance_transform_edt(reference < BONE_HU) * pixel_mm
         centres = tiles(bone)[:, ROI_PX // 2, ROI_PX // 2]
         self.near_bone.append(detrend(tiles(noise)[flat & (centres < NEAR_BONE_MM)]))
-        self.local_sd.append(_local_sd(noise)[mask])
+        self.local_sd.append(local_sd(noise)[mask])
         self.radius.append(radius[mask])
         self.path.append(path[mask])
         self.hu.append(ndimage.gaussian_filter(reference.astype(np.float64), 2.0)[mask])
