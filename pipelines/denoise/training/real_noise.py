@@ -40,7 +40,7 @@ TWIN_SHARP = "ct-chest/lung-pet-ct-dx-A0002/B70f"
 TWIN_MEDIUM = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 NEIGHBOURS = "ct-chest/cptac-luad-C3N-00247"
 #: Slices per scan the properties are measured on (``data.spread_slices``).
-SLICES = 10
+SLICES = 6
 #: Local SD window (pixels) and how flat (HU, SD of the smoothed image in it) a pixel's
 #: surroundings must be for its local noise to count.
 WINDOW = 15
