@@ -22,6 +22,8 @@ from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_SHARP, load_scan
 from pipelines.denoise.training.noise import (
     MIN_COUNTS,
     N_VIEWS,
+    PARALLEL,
+    Beam,
     ParallelBeam,
     SliceScan,
     added_electronic_noise,
@@ -33,6 +35,7 @@ from pipelines.denoise.training.noise import (
     thickness_dose_factor,
     water_attenuation_per_mm,
 )
+from pipelines.denoise.training.real_noise import sector_anisotropy
 from pipelines.denoise.training.train import starting_network, write_weights
 from pipelines.model_folder import ModelFolderError
 
@@ -524,3 +527,71 @@ def test_a_sharp_specialist_trains_on_sharp_noise_even_on_a_medium_kernel_scan()
     medium = [r for r in own if FAMILIES[r.family] == "medium"]
     assert medium
     assert fine_share(sharp) > 1.5 * fine_share(medium)  # measured 0.56 against 0.26
+
+
+def _ellipse(a_px: int, b_px: int, size: int = 128) -> np.ndarray:
+    """A water ellipse in air (HU): long paths left-right, short ones top-bottom."""
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    return np.where((xx / a_px) ** 2 + (yy / b_px) ** 2 <= 1, 0.0, -1000.0).astype(np.float32)
+
+
+def test_a_bowtie_filter_makes_the_edge_of_a_water_cylinder_noisier_against_its_centre():
+    """A scanner's bowtie gives peripheral rays fewer photons; the plain parallel beam gives every
+    ray the same, so its periphery is far quieter than its centre (``noise.Beam``)."""
+    scan = SliceScan.of(water_disk(60), 2.5)  # 30 cm across
+
+    def periphery_over_centre(beam: Beam) -> float:
+        generator = torch.Generator().manual_seed(0)
+        draws = [scan.acquisition_noise(1e5, "hann", generator, 8.0, beam) for _ in range(8)]
+        centre = np.mean([d[56:72, 56:72].var() for d in draws])
+        edge = np.mean([d[60:68, 10:18].var() for d in draws] + [d[60:68, 110:118].var() for d in draws])
+        return float(np.sqrt(edge / centre))
+
+    assert periphery_over_centre(PARALLEL) < 0.7  # 0.64
+    # 320 mm of water at 25 cm (0.32 of the centre's photons at the cylinder's edge): 0.84
+    assert periphery_over_centre(Beam(bowtie_water_mm=320.0)) > 0.78
+
+
+def test_angular_tube_current_modulation_makes_the_noise_of_an_oval_body_less_streaky():
+    """Without modulation the long lateral paths of an oval body starve and streak the noise along
+    them; modulation gives those views more photons (``noise.Beam.angular_modulation``)."""
+    scan = SliceScan.of(_ellipse(60, 25), 2.5)
+
+    def anisotropy(beam: Beam) -> float:
+        generator = torch.Generator().manual_seed(0)
+        rois = [scan.acquisition_noise(1e5, "hann", generator, 8.0, beam)[48:80, 48:80] for _ in range(8)]
+        return sector_anisotropy(np.array([r - r.mean() for r in rois]), 2.5)
+
+    flat, modulated = anisotropy(PARALLEL), anisotropy(Beam(angular_modulation=0.5))
+    assert flat > 2.2  # 2.66
+    assert modulated < 0.75 * flat  # 1.72
+
+
+def test_the_plain_parallel_beam_draws_what_the_simulation_drew_before_beams_existed():
+    """``Beam`` is off by default: every shipped number's noise is unchanged, draw for draw."""
+    scan = SliceScan.of(water_disk(60), 0.7)
+    photons = torch.full_like(scan.line_integrals, 2e4, dtype=torch.float64)
+    assert torch.equal(scan.ray_photons(2e4), photons)
+
+
+def test_the_attenuation_slope_reads_quantum_noise_as_one_half_and_a_bowtie_as_flatter():
+    """``real_noise``'s attenuation property: the local SD of noise against the mean exp(line
+    integral) of the rays through each pixel, on log scales. Flat photons over rays give variance
+    proportional to that mean, a slope of 0.5; real sharp noise reads 0.26-0.27 (training/LOG.md)."""
+    from scipy import ndimage
+
+    from pipelines.denoise.training.real_noise import WINDOW, local_sd, path_index
+
+    hu = water_disk(100, 256)
+    scan = SliceScan.of(hu, 1.5)
+    path = path_index(scan)
+    inside = ndimage.binary_erosion(hu > -500, iterations=WINDOW)
+
+    def slope(beam: Beam) -> float:
+        generator = torch.Generator().manual_seed(0)
+        variance = np.mean([local_sd(scan.acquisition_noise(1e5, "hann", generator, 0.0, beam)) ** 2
+                            for _ in range(4)], axis=0)
+        return float(np.polyfit(np.log(path[inside]), 0.5 * np.log(variance[inside]), 1)[0])
+
+    assert slope(PARALLEL) == pytest.approx(0.5, abs=0.05)  # 0.511
+    assert slope(Beam(bowtie_water_mm=320.0)) < 0.3  # 0.189

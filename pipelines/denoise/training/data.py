@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 import torch
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
-from pipelines.denoise.training.noise import calibrate_photons, kernel_family, relative_tube_output
-from pipelines.volume import decode_pixels, load_series
+from pipelines.denoise.training.noise import PARALLEL, Beam, calibrate_photons, kernel_family, relative_tube_output
+
+if TYPE_CHECKING:  # the DICOM stack is imported where DICOM is read: a lent GPU trains from a pack without it
+    from pydicom.dataset import Dataset
 
 #: Slices on which a scan's full-dose photon count is calibrated, spread evenly over the middle
 #: ``CALIBRATION_SPREAD`` of the scan (the chest, not the neck or abdomen): the slices whose noise
@@ -99,16 +99,19 @@ def spread_slices(count: int, picks: int = CALIBRATION_SLICES) -> list[int]:
     return sorted({int(k) for k in np.linspace(count * CALIBRATION_SPREAD[0], count * CALIBRATION_SPREAD[1], picks)})
 
 
-def full_dose_photons(scan: Scan, generator: torch.Generator) -> float:
-    """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``)."""
+def full_dose_photons(scan: Scan, generator: torch.Generator, beam: Beam = PARALLEL) -> float:
+    """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``), with ``beam``'s
+    spread of photons over rays."""
     sample = scan.subset(spread_slices(len(scan.hu)))
     dose = None if sample.relative_dose is None else list(sample.relative_dose)
     return calibrate_photons(list(sample.hu), scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
-                             relative_dose=dose)
+                             relative_dose=dose, beam=beam)
 
 
 def load_scan(data_root: Path, relative: str) -> Scan:
     """Read a folder (one series) or one file under ``data_root`` as a Scan."""
+    from pipelines.volume import load_series
+
     path = data_root / relative
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is ../shared/data beside the repository?")
@@ -142,6 +145,10 @@ def tube_output(header: Dataset) -> float | None:
     return None
 def _single_image(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     """One CT image file: ``load_series`` has no slice step to check on a single image."""
+    import pydicom
+
+    from pipelines.volume import decode_pixels
+
     header = pydicom.dcmread(path, stop_before_pixels=True)
     slope = float(header.get("RescaleSlope", 1) or 1)
     intercept = float(header.get("RescaleIntercept", 0) or 0)
@@ -152,6 +159,8 @@ def _single_image(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]
 
 def kernel_name(header: Dataset) -> str:
     """ConvolutionKernel as one string (it may be multi-valued, e.g. ["B40f", "2"])."""
+    from pydicom.multival import MultiValue
+
     kernel = header.get("ConvolutionKernel", "")
     if isinstance(kernel, MultiValue):
         kernel = kernel[0] if len(kernel) else ""

@@ -57,6 +57,8 @@ from pipelines.denoise.training.data import (
 )
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS,
+    PARALLEL,
+    Beam,
     SliceScan,
     uniform_noise_std,
     uniform_region_mask,
@@ -319,20 +321,21 @@ def noise_power_peak(errors: np.ndarray, uniform: np.ndarray, pixel_spacing_mm: 
     return float((np.argmax(usable) + 1) * step)
 
 
-def simulate_doses(scan: Scan, photons: float, seed: int) -> dict[str, np.ndarray]:
-    """Every slice of ``scan`` at each of ``DOSES``: its kernel, kVp, tube current, electronics."""
+def simulate_doses(scan: Scan, photons: float, seed: int, beam: Beam = PARALLEL) -> dict[str, np.ndarray]:
+    """Every slice of ``scan`` at each of ``DOSES``: its kernel, kVp, tube current, electronics
+    (and ``beam``'s spread of photons over rays)."""
     generator = torch.Generator().manual_seed(seed)
     out = {name: np.empty_like(scan.hu) for name in DOSES}
     for k, hu in enumerate(scan.hu):
         sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
         for name, fraction in DOSES.items():
             out[name][k] = sim.reduced_dose(scan.slice_photons(photons, k), fraction, scan.filter_name, generator,
-                                            ELECTRONIC_NOISE_COUNTS)
+                                            ELECTRONIC_NOISE_COUNTS, beam)
     return out
 
 
-def scan_photons(scan: Scan, seed: int) -> float:
-    return full_dose_photons(scan, torch.Generator().manual_seed(seed))
+def scan_photons(scan: Scan, seed: int, beam: Beam = PARALLEL) -> float:
+    return full_dose_photons(scan, torch.Generator().manual_seed(seed), beam)
 
 
 def evaluation_slices(scan: Scan, most: int = MAX_SLICES) -> Scan:
@@ -347,13 +350,14 @@ def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def kernel_report(denoiser: Denoiser, scan: Scan, seed: int, with_bm3d: bool = True,
-                  baseline: Denoiser | None = None) -> dict[str, Any]:
+                  baseline: Denoiser | None = None, beam: Beam = PARALLEL) -> dict[str, Any]:
     """Quality, texture and bias of every method at every dose on one held-out scan; with a
-    ``baseline`` (the shipped weights, say) its rows too, on the same noise and the same BM3D."""
+    ``baseline`` (the shipped weights, say) its rows too, on the same noise and the same BM3D;
+    ``beam``: the simulation's spread of photons over rays."""
     full = scan.hu
     spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
-    photons = scan_photons(scan, seed)
-    low_dose = simulate_doses(scan, photons, seed)
+    photons = scan_photons(scan, seed, beam)
+    low_dose = simulate_doses(scan, photons, seed, beam)
     masks = region_masks(full)
     uniform = np.stack([uniform_region_mask(s) for s in full])
     bm3d_pick = np.linspace(0, len(full) - 1, BM3D_SLICES).round().astype(int)

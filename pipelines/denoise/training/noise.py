@@ -363,6 +363,35 @@ def expected_log_error(expected_counts: np.ndarray, electronic_noise: float) -> 
     return error
 
 
+#: Line integral (dimensionless) above which a ray counts as crossing the body (``ray_photons``).
+BODY_LINE_INTEGRAL = 0.5
+#: Distance (mm) from the centre at which a bowtie has its nominal thickness: a 50 cm field of view's edge.
+BOWTIE_EDGE_MM = 250.0
+
+
+@dataclass(frozen=True)
+class Beam:
+    """How a scanner spreads its photons over rays, which the plain parallel beam does not model.
+
+    ``bowtie_water_mm``: a bowtie filter, parabolic, as thick as that much water at
+    ``BOWTIE_EDGE_MM`` from the centre (peripheral rays get fewer photons, so the body's edge is
+    noisier than without it); 0: none. ``angular_modulation``: the tube current per view scales
+    as ``exp(k * (peak line integral - its mean))``, as angular tube-current modulation does (more
+    photons through the long lateral paths, fewer streaks); 0: constant. The photons per ray are
+    rescaled to the same mean over body rays, so the photon calibration's meaning is kept.
+    """
+
+    bowtie_water_mm: float = 0.0
+    angular_modulation: float = 0.0
+
+
+#: Today's beam: flat photons over every ray.
+PARALLEL = Beam()
+#: The beam whose noise matches real sharp-kernel noise best (``real_noise``; training/LOG.md,
+#: "Real against simulated sharp noise").
+MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
+
+
 @dataclass(frozen=True)
 class SliceScan:
     """The noise-free parallel-beam scan of one real slice, ready for any number of noise draws.
@@ -389,24 +418,48 @@ class SliceScan:
         return cls(hu, pixel_spacing_mm, line_integrals.clamp(min=0), beam, crop, mu_water)
 
     def acquisition_noise(self, photons: float, filter_name: str, generator: torch.Generator,
-                          electronic_noise: float = 0.0) -> np.ndarray:
+                          electronic_noise: float = 0.0, beam: Beam = PARALLEL) -> np.ndarray:
         """Noise (HU) of an independent scan of this slice with ``photons`` incident per ray.
 
-        ``electronic_noise`` (counts, standard deviation) is added to every detector reading.
+        ``electronic_noise`` (counts, standard deviation) is added to every detector reading;
+        ``beam`` shapes the photons over detector and view (bowtie, angular tube-current modulation).
         """
-        expected = portable_counts(photons * torch.exp(-self.line_integrals))
+        error = self.sinogram_error(photons, generator, electronic_noise, beam)
+        return self._reconstructed_hu(error, filter_name)
+
+    def sinogram_error(self, photons: float, generator: torch.Generator, electronic_noise: float = 0.0,
+                       beam: Beam = PARALLEL) -> torch.Tensor:
+        """One draw of the log-domain error ``log(lambda / counts)`` (N_VIEWS, n_det), before FBP:
+        reconstructed with two filters it gives one acquisition's two kernels."""
+        expected = portable_counts(self.ray_photons(photons, beam) * torch.exp(-self.line_integrals))
         counts = torch.poisson(expected, generator=generator)
         if electronic_noise > 0:
             counts = counts + electronic_noise * torch.randn(counts.shape, generator=generator)
-        return self._reconstructed_hu(torch.log(expected / counts.clamp(min=MIN_COUNTS)), filter_name)
+        return torch.log(expected / counts.clamp(min=MIN_COUNTS))
 
-    def expected_acquisition_error(self, photons: float, filter_name: str, electronic_noise: float = 0.0) -> np.ndarray:
+    def ray_photons(self, photons: float, beam: Beam = PARALLEL) -> torch.Tensor:
+        """Incident photons per ray (N_VIEWS, n_det), with a mean of ``photons`` over the rays that
+        cross the body (``Beam``); flat for the plain parallel beam."""
+        shape = torch.ones_like(self.line_integrals, dtype=torch.float64)
+        if beam.bowtie_water_mm > 0:
+            t_mm = (torch.arange(self.beam.n_det, dtype=torch.float64) - self.beam.n_det / 2) * self.pixel_spacing_mm
+            thickness = beam.bowtie_water_mm * (t_mm / BOWTIE_EDGE_MM) ** 2
+            shape = shape * torch.exp(-self.mu_water_per_mm * thickness)[None, :]
+        if beam.angular_modulation > 0:
+            peak = self.line_integrals.double().amax(dim=1)
+            shape = shape * torch.exp(beam.angular_modulation * (peak - peak.mean()))[:, None]
+        body = self.line_integrals > BODY_LINE_INTEGRAL
+        mean = float(shape[body].mean()) if bool(body.any()) else 1.0
+        return photons * shape / mean
+
+    def expected_acquisition_error(self, photons: float, filter_name: str, electronic_noise: float = 0.0,
+                                   beam: Beam = PARALLEL) -> np.ndarray:
         """The mean over noise draws of ``acquisition_noise`` (HU), computed, not sampled.
 
         Zero where photons are plentiful; on a photon-starved slice it is the streak-shaped bias
         that every simulated draw of it carries (``expected_log_error``).
         """
-        expected = (photons * torch.exp(-self.line_integrals)).double().numpy()
+        expected = (self.ray_photons(photons, beam) * torch.exp(-self.line_integrals)).double().numpy()
         sino_error = torch.from_numpy(expected_log_error(expected, electronic_noise)).float()
         return self._reconstructed_hu(sino_error, filter_name)
 
@@ -416,11 +469,11 @@ class SliceScan:
         return (1000.0 * error_mu / self.mu_water_per_mm).numpy()[self.crop]
 
     def reduced_dose(self, full_dose_photons: float, dose_fraction: float, filter_name: str,
-                     generator: torch.Generator, electronic_noise: float = 0.0) -> np.ndarray:
+                     generator: torch.Generator, electronic_noise: float = 0.0, beam: Beam = PARALLEL) -> np.ndarray:
         """The slice as if scanned at ``dose_fraction`` of its dose (HU, float32)."""
         photons = added_photons(full_dose_photons, dose_fraction)
         noise = self.acquisition_noise(photons, filter_name, generator,
-                                       added_electronic_noise(electronic_noise, dose_fraction))
+                                       added_electronic_noise(electronic_noise, dose_fraction), beam)
         reduced: np.ndarray = (self.hu + noise).astype(np.float32)
         return reduced
 
@@ -490,6 +543,7 @@ def calibrate_photons(
     kvp: float | None = None,
     relative_dose: list[float] | None = None,
     electronic_noise: float = ELECTRONIC_NOISE_COUNTS,
+    beam: Beam = PARALLEL,
 ) -> float:
     """Full-dose photons per ray (at the scan's mean tube output) whose simulated noise matches
     the noise measured in ``slices``.
@@ -519,7 +573,7 @@ def calibrate_photons(
         rois = []
         for k in used:
             scale = relative_dose[k] if relative_dose is not None else 1.0
-            noise = scans[k].acquisition_noise(photons * scale, filter_name, generator, electronic_noise)
+            noise = scans[k].acquisition_noise(photons * scale, filter_name, generator, electronic_noise, beam)
             rois.append(detrend(tiles(noise)[flat[k]]))
         photons *= flat_noise_power(np.concatenate(rois), pixel_spacing_mm) / measured
     return photons

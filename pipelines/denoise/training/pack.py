@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.denoise.training.data import TRAINING, Scan, load_scan, thin_slices
+from pipelines.denoise.training.data import HELD_OUT_SHARP, TRAINING, Scan, load_scan, thin_slices
 from pipelines.training.data_folder import DATA_ROOT
 
 #: Format tag, so that a file from another layout is refused with a clear message.
@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DATA_ROOT)
     parser.add_argument("--slice-gap-mm", type=float, default=0.0,
                         help="keep slices about this far apart (0: every slice)")
+    parser.add_argument("--held-out-sharp", action="store_true",
+                        help="pack the held-out sharp scan (data.HELD_OUT_SHARP) instead, for beam_check")
     args = parser.parse_args(argv)
-    scans = [thin_slices(load_scan(args.data, name), args.slice_gap_mm) for name in TRAINING]
+    names = (HELD_OUT_SHARP,) if args.held_out_sharp else TRAINING
+    scans = [thin_slices(load_scan(args.data, name), args.slice_gap_mm) for name in names]
     save(args.out, scans, training_command("pipelines.denoise.training.pack", argv))
     for scan in scans:
         print(f"{scan.name}: {len(scan.hu)} slices")

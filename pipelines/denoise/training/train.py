@@ -37,7 +37,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,10 @@ from pipelines.denoise.training.data import TRAINING, Scan, full_dose_photons, l
 from pipelines.denoise.training.lesions import lesion_image
 from pipelines.denoise.training.noise import (
     ELECTRONIC_NOISE_COUNTS,
+    MATCHED_BEAM,
     N_VIEWS,
+    PARALLEL,
+    Beam,
     SliceScan,
     added_electronic_noise,
     added_photons,
@@ -122,6 +125,8 @@ class Recipe:
     ``specialist``: every realization's noise takes this family, on every scan, so the network
     spends all its capacity on that family's texture; it is written as the family's own weights in
     a model folder (``inference``, per-family weights) and the pipeline picks it by the series' family.
+    ``beam``: how the simulated scanner spreads photons over rays (``noise.Beam``; bowtie, angular
+    tube-current modulation), fitted to real sharp noise by ``real_noise``.
     """
 
     name: str
@@ -134,6 +139,7 @@ class Recipe:
     every_family: bool = False
     lesion_share: float = 0.0
     specialist: str | None = None
+    beam: Beam = PARALLEL
 
 
 #: Every recipe a validation round compares (training/LOG.md); a plain mix is a recipe of its name.
@@ -157,6 +163,9 @@ RECIPES = {
                                              input_mean_target=True, conditioned=True, lesion_share=0.5),
     "sharp-specialist": Recipe("sharp-specialist", MIXES["scan-thickness"], noise_weighted=True, balanced=True,
                                input_mean_target=True, specialist="sharp"),
+    "sharp-specialist-matched-beam": Recipe("sharp-specialist-matched-beam", MIXES["scan-thickness"],
+                                            noise_weighted=True, balanced=True, input_mean_target=True,
+                                            specialist="sharp", beam=MATCHED_BEAM),
 }
 #: The shipped weights' recipe (training/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
@@ -208,7 +217,7 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
              generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False,
-             every_family: bool = False, specialist: str | None = None) -> list[Realization]:
+             every_family: bool = False, specialist: str | None = None, beam: Beam = PARALLEL) -> list[Realization]:
     """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
 
     The mean is computed, not drawn, so both kinds of target see the same noise stream.
@@ -224,8 +233,9 @@ def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
                 filter_name = str(rng.choice(filters))
                 photons_added = added_photons(scan.slice_photons(full_dose, k), dose)
                 electronic = added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose)
-                noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic)
-                expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic).astype(np.float16)
+                noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic, beam)
+                expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic, beam)
+                            .astype(np.float16)
                             if input_mean_target else None)
                 realizations.append(Realization(s, k, noise.astype(np.float16), expected, FAMILIES.index(filter_name)))
     return realizations
@@ -393,12 +403,12 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     started = time.monotonic()
-    photons = [full_dose_photons(scan, generator) for scan in scans]
+    photons = [full_dose_photons(scan, generator, recipe.beam) for scan in scans]
     for scan, full_dose in zip(scans, photons):
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
     realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.every_family,
-                            recipe.specialist)
+                            recipe.specialist, recipe.beam)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
@@ -422,7 +432,7 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
                    "restore_mean_sigma_mm": recipe.restore_mean_sigma_mm,
                    "input_mean_target": recipe.input_mean_target, "conditioned": recipe.conditioned,
                    "every_family": recipe.every_family, "lesion_share": recipe.lesion_share,
-                   "specialist": recipe.specialist},
+                   "specialist": recipe.specialist, "beam": asdict(recipe.beam)},
         "dose_range": DOSE_RANGE,
         "thickness_range_mm": THICKNESS_RANGE_MM,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
