@@ -4,7 +4,7 @@ shared chest CTs on a sharp and a soft reconstruction of each: what the nodule p
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net]
         [--runs N | --run I ...] [--patients P ...]
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json] [--types TYPE ...]
-        [--folds DIR ...]
+        [--folds DIR ...] [--keep DIR | --kept DIR]
 
 ``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
 set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
@@ -33,6 +33,8 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   ...``: leave one patient out instead, each series scored by ``DIR/folds/PATIENT`` (the scorers
   that never saw its patient) at that fold's threshold; several scorer folders score the same
   candidates and nodules, one table each (training/LOG.md, "Small solid nodules against vessels").
+  ``--keep DIR`` saves each scan's candidates and nodules there; ``--kept DIR`` scores those
+  instead of inserting anew (a scorer trained later, on the same candidates, in seconds).
 """
 
 from __future__ import annotations
