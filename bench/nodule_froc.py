@@ -293,6 +293,7 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
             cut = fps[allowed] if allowed < len(fps) else -1.0  # scores above the (allowed+1)th FP
             row[f"{rate:g}"] = round(sum(s > cut for s, _ in hit) / max(total, 1), 2)
         row["at threshold"] = round(sum(s >= threshold for s, threshold in hit) / max(total, 1), 2)
+        row["any candidate"] = round(len(hit) / max(total, 1), 2)
         return row
 
     table: dict[str, Any] = {}
