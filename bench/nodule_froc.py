@@ -318,7 +318,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
     parser.add_argument("--run", type=int, nargs="+", choices=range(len(MASS_RUNS)),
                         help="masses: only these runs of MASS_RUNS (0-based; overrides --runs)")
-    parser.add_argument("--patients", nargs="+", default=[], help="masses: only patients whose name holds one of these")
+    parser.add_argument("--patients", nargs="+", default=[],
+                        help="only patients whose name holds one of these (nodules: of the --kept scans)")
     parser.add_argument("--types", nargs="+", choices=NODULE_SITES, default=list(NODULE_SITES),
                         help="nodules: only these types (sites)")
     parser.add_argument("--folds", type=Path, nargs="+", default=[],
@@ -336,6 +337,8 @@ def main() -> None:
                          "score them in separate runs")
         scans = (kept_scans(args.kept) if args.kept
                  else nodule_scans(tuple(args.types), ground_glass.pop(), args.keep))
+        if args.patients:
+            scans = (scan for scan in scans if any(part in scan.patient for part in args.patients))
         result = nodules(scans, folders, bool(args.folds))
     else:
         if args.without_mass_net:

@@ -559,6 +559,9 @@ def main() -> None:
                         help="what reports for a held-out patient: its outer scorer, or its inner scorers' mean")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
+    parser.add_argument("--held-out", nargs="+", default=[],
+                        help="only the folds that hold out these patients (a quick check before the full run, "
+                             "which resumes from DIR/tasks/); their folders are written, the shipped one is not")
     parser.add_argument("--data-only", action="store_true",
                         help="build DIR/candidates.npz and stop (to carry it to a GPU machine)")
     args = parser.parse_args()
@@ -595,9 +598,11 @@ def main() -> None:
     tasks = {(w, *key): task for w in weightings for key, task in folds_of.items()
              if args.report == "outer" or len(key) == 2}
     _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device)
+    if args.held_out:
+        tasks = {k: t for k, t in tasks.items() if len(k) > 1 and k[1] in args.held_out}
     results = run_tasks(tasks, args.jobs, args.out / "tasks")
     folds, out_of_fold = [], []
-    for key in (k for k in folds_of if len(k) == 1):
+    for key in (k for k in folds_of if len(k) == 1 and (not args.held_out or k[0] in args.held_out)):
         held_out = key[0]
         inner = [k for k in folds_of if len(k) == 2 and k[0] == held_out]
         inner_rows = np.concatenate([folds_of[k].score_rows for k in inner])
@@ -633,7 +638,7 @@ def main() -> None:
                               "args": {k: str(v) for k, v in vars(args).items()},
                               "target_fp_per_scan": TARGET_FP, "operating_point": "nested leave-one-patient-out (model card)",
                               "folds": folds}
-    if not args.folds_only:
+    if not args.folds_only and not args.held_out:
         rows = np.concatenate([r for r, _ in out_of_fold])
         chosen, choice_numbers = choose(arrays, rows, {
             c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
