@@ -190,12 +190,14 @@ class NoduleScan:
     candidates: evaluate.Scorable
 
 
-def nodule_scans(types: tuple[str, ...], ground_glass: bool, keep: Path | None = None) -> Iterator[NoduleScan]:
+def nodule_scans(types: tuple[str, ...], ground_glass: bool, keep: Path | None = None,
+                 only: tuple[str, ...] = ()) -> Iterator[NoduleScan]:
     """Every series and kernel with the nodules of ``types`` inserted, ``NODULES_PER_RUN`` a run;
-    ``keep``: each scan also saved there (``kept_scans`` reads them back to score another folder)."""
+    ``keep``: each scan also saved there (``kept_scans`` reads them back to score another folder);
+    ``only``: those patients (``variants``), with the same nodules as in a full run."""
     combos = [(mm, kind, where) for mm in NODULE_MM for kind in NODULE_KINDS for where in types]
     count = 0
-    for series, kernel in variants():
+    for series, kernel in variants(only):
         lungs = sites.lungs_of(series.volume)
         spacing = np.asarray(series.volume.spacing[::-1])
         depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per series, not per nodule
@@ -319,7 +321,7 @@ def main() -> None:
     parser.add_argument("--run", type=int, nargs="+", choices=range(len(MASS_RUNS)),
                         help="masses: only these runs of MASS_RUNS (0-based; overrides --runs)")
     parser.add_argument("--patients", nargs="+", default=[],
-                        help="only patients whose name holds one of these (nodules: of the --kept scans)")
+                        help="only patients whose name holds one of these")
     parser.add_argument("--types", nargs="+", choices=NODULE_SITES, default=list(NODULE_SITES),
                         help="nodules: only these types (sites)")
     parser.add_argument("--folds", type=Path, nargs="+", default=[],
@@ -336,7 +338,7 @@ def main() -> None:
             parser.error("these scorer folders ran different candidate stages ([candidates] ground_glass): "
                          "score them in separate runs")
         scans = (kept_scans(args.kept) if args.kept
-                 else nodule_scans(tuple(args.types), ground_glass.pop(), args.keep))
+                 else nodule_scans(tuple(args.types), ground_glass.pop(), args.keep, tuple(args.patients)))
         if args.patients:
             scans = (scan for scan in scans if any(part in scan.patient for part in args.patients))
         result = nodules(scans, folders, bool(args.folds))
