@@ -53,9 +53,11 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.base import PipelineSettings
+from pipelines.model_folder import load_params
 from pipelines.nodule import masses as mass_rule
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.harmonize import harmonize
+from pipelines.nodule.params import ScorerParams
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import evaluate, patients, sites, synthesis
 from pipelines.nodule.training.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
@@ -312,6 +314,15 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
     return table
 
 
+def _candidate_stage(folder: Path, folds: bool) -> bool:
+    """Whether a scorer folder (``folds``: each of its folds) ran the candidate stage's ground glass."""
+    where = sorted(p for p in (folder / "folds").iterdir() if p.is_dir()) if folds else [folder]
+    stages = {load_params(w, ScorerParams).candidates.ground_glass for w in where}
+    if len(stages) != 1:
+        raise SystemExit(f"the folds of {folder} ran different candidate stages ([candidates] ground_glass)")
+    return stages.pop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("masses", "nodules"))
@@ -333,7 +344,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.what == "nodules":
         folders = {str(f): f for f in args.folds} or {"shipped": DEFAULT_SCORER_DIR}
-        ground_glass = {CandidateDetector.load(f, "cpu").settings.ground_glass for f in folders.values()}
+        ground_glass = {_candidate_stage(f, bool(args.folds)) for f in folders.values()}
         if len(ground_glass) != 1:
             parser.error("these scorer folders ran different candidate stages ([candidates] ground_glass): "
                          "score them in separate runs")
