@@ -4,8 +4,9 @@
         [--nodules 6] [--copy-positives all|inserted] [--synthetic-ground-glass plateau|lifted]
         [--report outer|inner-mean] [--reconstructions] [--small 0]
 
-The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8 --small 6
---copy-positives inserted --threads 1`` (training/LOG.md, "Small solid nodules against vessels").
+The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
+--copy-positives inserted --threads 1 --jobs 2`` (training/LOG.md,
+"Synthetic copies add nodules, not the real lesions again").
 
 1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
    (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
