@@ -4,6 +4,7 @@ shared chest CTs on a sharp and a soft reconstruction of each: what the nodule p
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py masses  [--out FILE.json] [--without-mass-net]
         [--runs N | --run I ...] [--patients P ...]
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_froc.py nodules [--out FILE.json] [--types TYPE ...]
+        [--folds DIR ...] [--keep DIR | --kept DIR]
 
 ``--without-mass-net``: the pipeline as it was before the mass safety net (``masses.MASS_MM``
 set beyond any lesion, so that the net reports nothing), for the before/after table; ``--runs N``:
@@ -28,7 +29,12 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   no fissure finder, so the fissure is inserted with the nodule) and intraparenchymal, 12 per
   run, well apart (``--types``: only some of these). Scored
   on the detector's fused candidates (every score, no threshold): FROC sensitivity at 0.5, 1, 2,
-  4 false positives per scan by size, kind and site, and at the shipped threshold.
+  4 false positives per scan by size, kind and site, and at the shipped threshold. ``--folds DIR
+  ...``: leave one patient out instead, each series scored by ``DIR/folds/PATIENT`` (the scorers
+  that never saw its patient) at that fold's threshold; several scorer folders score the same
+  candidates and nodules, one table each (training/LOG.md, "Small solid nodules against vessels").
+  ``--keep DIR`` saves each scan's candidates and nodules there; ``--kept DIR`` scores those
+  instead of inserting anew (a scorer trained later, on the same candidates, in seconds).
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.base import PipelineSettings
+from pipelines.model_folder import load_params
 from pipelines.nodule import masses as mass_rule
-from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.harmonize import harmonize
+from pipelines.nodule.params import ScorerParams
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.nodule.training import evaluate, patients, sites, synthesis
 from pipelines.nodule.training.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
@@ -171,11 +179,27 @@ def _mass_summary(rows: list[dict[str, Any]], scans: list[dict[str, Any]]) -> di
     return table
 
 
-def nodules(pipeline: NoduleDetection, types: tuple[str, ...] = NODULE_SITES) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class NoduleScan:
+    """One run of inserted nodules in one series: its candidates, ready to score, and what is on it."""
+
+    series: str
+    patient: str
+    kernel: str
+    start: int
+    truths: list[evaluate.Truth]
+    real: list[np.ndarray]
+    candidates: evaluate.Scorable
+
+
+def nodule_scans(types: tuple[str, ...], ground_glass: bool, keep: Path | None = None,
+                 only: tuple[str, ...] = ()) -> Iterator[NoduleScan]:
+    """Every series and kernel with the nodules of ``types`` inserted, ``NODULES_PER_RUN`` a run;
+    ``keep``: each scan also saved there (``kept_scans`` reads them back to score another folder);
+    ``only``: those patients (``variants``), with the same nodules as in a full run."""
     combos = [(mm, kind, where) for mm in NODULE_MM for kind in NODULE_KINDS for where in types]
-    threshold = pipeline.detector.settings.report_threshold
-    marks, truths = [], []
-    for series, kernel in variants():
+    count = 0
+    for series, kernel in variants(only):
         lungs = sites.lungs_of(series.volume)
         spacing = np.asarray(series.volume.spacing[::-1])
         depth = ndi.distance_transform_edt(lungs, sampling=spacing)  # once per series, not per nodule
@@ -199,34 +223,81 @@ def nodules(pipeline: NoduleDetection, types: tuple[str, ...] = NODULE_SITES) ->
                 placed.append((centre, mm / 2))
                 inserted_here.append(evaluate.Truth(_box(series.volume, inserted), mm, f"{kind}|{where}"))
             volume = harmonize(dataclasses.replace(series.volume, array=array)).volume
-            scored = evaluate.candidates(pipeline.detector, volume)
-            scan = evaluate.score_scan(scored, inserted_here, real)
-            marks.append(scan)
-            truths.append(inserted_here)
-            fps = sorted((s for s, k in scan["marks"] if k == "fp"), reverse=True)
-            print(series.name, kernel, start, f"{len(scan['found'])}/{len(inserted_here)} candidates on nodules,",
-                  f"fps above threshold {sum(s >= threshold for s in fps)}", flush=True)
-            print("RUN", json.dumps({"fps": fps, "nodules": [{"mm": t.diameter_mm, "kind": t.kind,
-                                                            "score": scan["found"].get(n)}
-                                                           for n, t in enumerate(inserted_here)]}), flush=True)
-    return {"threshold": threshold, "table": _froc_table(marks, truths, threshold), "scans": len(marks)}
+            scan = NoduleScan(series.name, series.patient, kernel, start, inserted_here, real,
+                              evaluate.scorable(volume, ground_glass))
+            if keep is not None:
+                _save(scan, keep / f"scan-{count:03d}.npz")
+            count += 1
+            yield scan
 
 
-def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]], threshold: float) -> dict[str, Any]:
-    """Sensitivity at each FP rate per scan and at the threshold, for every group of nodules."""
+def _save(scan: NoduleScan, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    found = scan.candidates
+    np.savez(path, meta=np.array(json.dumps(
+        {"series": scan.series, "patient": scan.patient, "kernel": scan.kernel, "start": scan.start,
+         "truths": [{"mm": t.diameter_mm, "kind": t.kind} for t in scan.truths]})),
+        truth_boxes=np.array([t.lps_box for t in scan.truths]).reshape(-1, 2, 3),
+        real=np.array(scan.real).reshape(-1, 2, 3), boxes=found.boxes, corners=found.corners,
+        patches=found.patches, scalars=found.scalars)
+
+
+def kept_scans(folder: Path) -> Iterator[NoduleScan]:
+    """The scans ``nodule_scans`` kept in ``folder``, in their order."""
+    for path in sorted(folder.glob("scan-*.npz")):
+        with np.load(path) as kept:
+            meta = json.loads(str(kept["meta"]))
+            truths = [evaluate.Truth(box, t["mm"], t["kind"]) for box, t in zip(kept["truth_boxes"], meta["truths"])]
+            yield NoduleScan(meta["series"], meta["patient"], meta["kernel"], meta["start"], truths, list(kept["real"]),
+                             evaluate.Scorable(kept["boxes"], kept["corners"], kept["patches"], kept["scalars"]))
+
+
+def nodules(scans: Iterator[NoduleScan], folders: dict[str, Path], folds: bool) -> dict[str, Any]:
+    """The FROC table of each scorer folder (by name) on the same scans; ``folds``: each scan scored
+    by the folder's fold of its own patient, at that fold's threshold (leave one patient out)."""
+    marks: dict[str, list[dict[str, Any]]] = {n: [] for n in folders}
+    thresholds: dict[str, list[float]] = {n: [] for n in folders}
+    truths: list[list[evaluate.Truth]] = []
+    loaded: dict[Path, CandidateDetector] = {}
+    for scan in scans:
+        truths.append(scan.truths)
+        for name, folder in folders.items():
+            where = folder / "folds" / scan.patient if folds else folder
+            if where not in loaded:
+                loaded[where] = CandidateDetector.load(where, "cpu")
+            detector = loaded[where]
+            threshold = detector.settings.report_threshold
+            scored = evaluate.score_scan(evaluate.scored_by(detector, scan.candidates), scan.truths, scan.real)
+            marks[name].append(scored)
+            thresholds[name].append(threshold)
+            fps = sorted((s for s, k in scored["marks"] if k == "fp"), reverse=True)
+            print(name, scan.series, scan.kernel, scan.start, f"{len(scored['found'])}/{len(scan.truths)} candidates "
+                  f"on nodules, fps above threshold {sum(s >= threshold for s in fps)}", flush=True)
+            print("RUN", json.dumps({"scorer": name, "series": scan.series, "kernel": scan.kernel, "fps": fps,
+                                     "threshold": threshold,
+                                     "nodules": [{"mm": t.diameter_mm, "kind": t.kind, "score": scored["found"].get(n)}
+                                                 for n, t in enumerate(scan.truths)]}), flush=True)
+    return {"tables": {n: _froc_table(marks[n], truths, thresholds[n]) for n in folders}, "scans": len(truths),
+            "leave_one_patient_out": folds}
+
+
+def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]], thresholds: list[float]) -> dict[str, Any]:
+    """Sensitivity at each FP rate per scan and at each scan's threshold, for every group of nodules."""
     fps = sorted((s for scan in scans for s, k in scan["marks"] if k == "fp"), reverse=True)
     count = len(scans)
 
     def group(select: Any) -> dict[str, Any]:
-        scores = [scan["found"].get(n, None) for scan, ts in zip(scans, truths) for n, t in enumerate(ts) if select(t)]
+        scores = [(scan["found"].get(n, None), threshold) for scan, ts, threshold in zip(scans, truths, thresholds)
+                  for n, t in enumerate(ts) if select(t)]
         total = len(scores)
-        hit = [s for s in scores if s is not None]
+        hit = [(s, threshold) for s, threshold in scores if s is not None]
         row: dict[str, Any] = {"n": total}
         for rate in FP_RATES:
             allowed = int(rate * count)
             cut = fps[allowed] if allowed < len(fps) else -1.0  # scores above the (allowed+1)th FP
-            row[f"{rate:g}"] = round(sum(s > cut for s in hit) / max(total, 1), 2)
-        row["at threshold"] = round(sum(s >= threshold for s in hit) / max(total, 1), 2)
+            row[f"{rate:g}"] = round(sum(s > cut for s, _ in hit) / max(total, 1), 2)
+        row["at threshold"] = round(sum(s >= threshold for s, threshold in hit) / max(total, 1), 2)
+        row["any candidate"] = round(len(hit) / max(total, 1), 2)
         return row
 
     table: dict[str, Any] = {}
@@ -236,8 +307,20 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
     for where in sorted({t.kind.split("|")[1] for ts in truths for t in ts}):
         table[where] = group(lambda t, where=where: t.kind.endswith("|" + where))
     table["solid >= 6 mm"] = group(lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|"))
-    table["fp per scan at threshold"] = round(sum(s >= threshold for s in fps) / count, 2)
+    table["solid >= 6 mm, not perifissural"] = group(
+        lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|") and not t.kind.endswith("|perifissural"))
+    table["fp per scan at threshold"] = round(sum(s >= threshold for scan, threshold in zip(scans, thresholds)
+                                                  for s, k in scan["marks"] if k == "fp") / count, 2)
     return table
+
+
+def _candidate_stage(folder: Path, folds: bool) -> bool:
+    """Whether a scorer folder (``folds``: each of its folds) ran the candidate stage's ground glass."""
+    where = sorted(p for p in (folder / "folds").iterdir() if p.is_dir()) if folds else [folder]
+    stages = {load_params(w, ScorerParams).candidates.ground_glass for w in where}
+    if len(stages) != 1:
+        raise SystemExit(f"the folds of {folder} ran different candidate stages ([candidates] ground_glass)")
+    return stages.pop()
 
 
 def main() -> None:
@@ -248,17 +331,35 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=len(MASS_RUNS), help="only the first RUNS of MASS_RUNS")
     parser.add_argument("--run", type=int, nargs="+", choices=range(len(MASS_RUNS)),
                         help="masses: only these runs of MASS_RUNS (0-based; overrides --runs)")
-    parser.add_argument("--patients", nargs="+", default=[], help="masses: only patients whose name holds one of these")
+    parser.add_argument("--patients", nargs="+", default=[],
+                        help="only patients whose name holds one of these")
     parser.add_argument("--types", nargs="+", choices=NODULE_SITES, default=list(NODULE_SITES),
                         help="nodules: only these types (sites)")
+    parser.add_argument("--folds", type=Path, nargs="+", default=[],
+                        help="nodules: scorer folders with folds/, each series scored by its patient's fold "
+                             "(leave one patient out); several are scored on the same candidates")
+    parser.add_argument("--keep", type=Path, help="nodules: save each scan's candidates in this folder")
+    parser.add_argument("--kept", type=Path, help="nodules: score the scans saved by --keep instead of inserting anew")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.without_mass_net:
-        mass_rule.MASS_MM = float("inf")
-    pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
-    runs = tuple(args.run) if args.run else tuple(range(args.runs))
-    result = masses(pipeline, runs, tuple(args.patients)) if args.what == "masses" else nodules(pipeline, tuple(args.types))
-    print(json.dumps(result.get("summary", result.get("table")), indent=1))
+    if args.what == "nodules":
+        folders = {str(f): f for f in args.folds} or {"shipped": DEFAULT_SCORER_DIR}
+        ground_glass = {_candidate_stage(f, bool(args.folds)) for f in folders.values()}
+        if len(ground_glass) != 1:
+            parser.error("these scorer folders ran different candidate stages ([candidates] ground_glass): "
+                         "score them in separate runs")
+        scans = (kept_scans(args.kept) if args.kept
+                 else nodule_scans(tuple(args.types), ground_glass.pop(), args.keep, tuple(args.patients)))
+        if args.patients:
+            scans = (scan for scan in scans if any(part in scan.patient for part in args.patients))
+        result = nodules(scans, folders, bool(args.folds))
+    else:
+        if args.without_mass_net:
+            mass_rule.MASS_MM = float("inf")
+        pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=DEFAULT_SCORER_DIR))
+        runs = tuple(args.run) if args.run else tuple(range(args.runs))
+        result = masses(pipeline, runs, tuple(args.patients))
+    print(json.dumps(result.get("summary", result.get("tables")), indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))
 

@@ -21,7 +21,7 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule import candidates
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import data, evaluate, lidc, patients, train_scorer
+from pipelines.nodule.training import data, evaluate, lidc, patients, synthesis, train_scorer
 from tests.cpu_share import CPU_THREADS
 from tests.nodule_series import chest_files
 from tests.peers import dciodvfy
@@ -340,3 +340,36 @@ def test_each_fold_chooses_the_weighting_that_finds_most_lesions_then_fewest_fal
 def test_scorer_training_counts_hits_as_the_evaluation_does():
     assert train_scorer.HIT_MARGIN_MM == evaluate.HIT_MARGIN_MM
     assert train_scorer.FP_RATES == evaluate.FP_RATES
+
+
+def test_the_small_training_nodules_are_4_to_12_mm_mostly_solid_and_as_often_beside_something_as_free():
+    rng = np.random.default_rng(0)
+    specs = [synthesis.sample_small_spec(rng) for _ in range(2000)]
+    assert all(4.0 <= s.diameter_mm <= 12.0 for s in specs)
+    solid = np.mean([s.kind == "solid" for s in specs])
+    beside = {"vessel": np.mean([s.vessel is not None for s in specs]),
+              "pleura": np.mean([s.attachment == "pleura" for s in specs]),
+              "fissure": np.mean([s.fissure is not None for s in specs])}
+    assert solid == pytest.approx(0.7, abs=0.04)  # sampling spread of 2000 draws: about 0.01
+    assert beside == pytest.approx({"vessel": 0.35, "pleura": 0.2, "fissure": 0.15}, abs=0.04)
+    # A cache from before --small was built without small nodules.
+    built = train_scorer.build_arguments(6, 8, 0, "inserted")
+    before = {"built_with": np.array(json.dumps({k: v for k, v in built.items() if k != "small"}))}
+    assert train_scorer.cache_mismatch(before, built) is None
+    assert "--small 0 (asked 6)" in str(train_scorer.cache_mismatch(before, train_scorer.build_arguments(
+        6, 8, 0, "inserted", small=6)))
+
+
+def test_a_killed_scorer_training_resumes_from_the_scorers_it_had_finished(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"patches": rng.integers(0, 255, (8, 2, 24, 24, 24), dtype=np.uint8),
+              "scalars": rng.normal(size=(8, 2)).astype(np.float32), "label": np.array([1, 0] * 4, dtype=np.int8),
+              "lesion": np.array([0, -1] * 4)}
+    train_scorer._SHARED.update(arrays=arrays, epochs=1, seed=0, device="cpu")
+    first = {("candidates", "a"): train_scorer.Task(np.arange(4), np.arange(4, 8))}
+    done = train_scorer.run_tasks(first, jobs=1, done=tmp_path)
+    both = first | {("candidates", "b"): train_scorer.Task(np.arange(4, 8), np.arange(4))}
+    resumed = train_scorer.run_tasks(both, jobs=1, done=tmp_path)
+    assert resumed[("candidates", "a")].seconds == done[("candidates", "a")].seconds  # kept, not trained again
+    assert np.array_equal(resumed[("candidates", "a")].scores, done[("candidates", "a")].scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidates-a.pt", "candidates-b.pt"]

@@ -77,7 +77,7 @@ class CandidateDetector:
         scan = candidates.find_on_grid(grid, lungs, ground_glass=self.settings.ground_glass)
         patches, scalars = scorer.inputs(scan, scan.candidates)
         scores = scorer.mean_score(self.nets, patches, scalars, self.device)
-        found = [Detection(c.box, _corners_lps(scan, c), float(s)) for c, s in zip(scan.candidates, scores)]
+        found = [Detection(c.box, corners_lps(scan, c), float(s)) for c, s in zip(scan.candidates, scores)]
         return sorted(found, key=lambda d: -d.score)
 
 
@@ -90,7 +90,8 @@ def _load_net(path: Path) -> scorer.ScorerNet:
     return net
 
 
-def _corners_lps(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> np.ndarray:
+def corners_lps(scan: candidates.CandidateScan, candidate: candidates.Candidate) -> np.ndarray:
+    """A candidate's box corners in LPS (mm)."""
     low, high = candidate.box[:3], candidate.box[3:]
     corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     return scan.grid.xyz_to_lps(corners)

@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 
 from pipelines.model_folder import read_params
+from pipelines.nodule import candidates as candidate_stage
+from pipelines.nodule import scorer
+from pipelines.nodule.candidate_detector import CandidateDetector, corners_lps
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR, Detection, NoduleDetector
+from pipelines.nodule.grid import to_model_grid
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import fuse_nested, near_lungs
 from pipelines.nodule.training import data, synthesis
@@ -89,6 +93,38 @@ def candidates(detector: NoduleDetector, volume: Volume) -> list[Detection]:
     grid = detector.grid(volume)
     lungs = lung_mask(grid.hu, slice_axis=2)
     return fuse_nested(near_lungs(grid, lungs, detector.detect(grid), LUNG_MARGIN_MM))
+
+
+@dataclass(frozen=True)
+class Scorable:
+    """A scan's candidates near the lungs, with the scorer's inputs: what ``candidates`` gives
+    before scoring, kept so that several scorer folders (or one trained later) score the same boxes."""
+
+    boxes: np.ndarray     # (n, 6) grid boxes
+    corners: np.ndarray   # (n, 8, 3) LPS
+    patches: np.ndarray   # scorer.inputs
+    scalars: np.ndarray
+
+
+def scorable(volume: Volume, ground_glass: bool) -> Scorable:
+    """The candidate stage on ``volume`` (the one a scorer folder with ``[candidates] ground_glass``
+    runs) and its candidates near the lungs; nothing here depends on a score."""
+    grid = to_model_grid(volume, (candidate_stage.GRID_MM,) * 3)
+    lungs = lung_mask(grid.hu, slice_axis=2)
+    scan = candidate_stage.find_on_grid(grid, ground_glass=ground_glass)
+    boxed = [Detection(c.box, corners_lps(scan, c), 0.0) for c in scan.candidates]
+    near = {id(d) for d in near_lungs(grid, lungs, boxed, LUNG_MARGIN_MM)}
+    keep = [n for n, d in enumerate(boxed) if id(d) in near]
+    patches, scalars = scorer.inputs(scan, [scan.candidates[n] for n in keep])
+    return Scorable(np.array([boxed[n].grid_box for n in keep]).reshape(-1, 6),
+                    np.array([boxed[n].lps_corners for n in keep]).reshape(-1, 8, 3), patches, scalars)
+
+
+def scored_by(detector: CandidateDetector, found: Scorable) -> list[Detection]:
+    """``candidates`` of the scan ``found`` came from, scored by ``detector``'s folder: fused, best first."""
+    scores = scorer.mean_score(detector.nets, found.patches, found.scalars, detector.device)
+    detections = [Detection(b, c, float(s)) for b, c, s in zip(found.boxes, found.corners, scores)]
+    return fuse_nested(sorted(detections, key=lambda d: -d.score))
 
 
 def hits(detection: Detection, box: np.ndarray) -> bool:

@@ -102,6 +102,38 @@ def sample_spec(
     )
 
 
+#: The small nodules a screening reader must not miss (``sample_small_spec``; training/LOG.md,
+#: "Small solid nodules against vessels"): diameters drawn uniformly in this range (mm), kinds
+#: weighted as ``KINDS``, and where they sit, weighted as ``SMALL_SITES``.
+SMALL_MM = (4.0, 12.0)
+SMALL_KIND_WEIGHTS = (0.7, 0.15, 0.15)
+SMALL_SITES = ("none", "vessel", "pleura", "fissure")
+SMALL_SITE_WEIGHTS = (0.3, 0.35, 0.2, 0.15)
+
+
+def sample_small_spec(rng: np.random.Generator) -> NoduleSpec:
+    """A 4-12 mm nodule, mostly solid, as often beside a vessel, the pleura or a fissure as free:
+    the nodules the scorer ranked below vessel candidates (training/LOG.md)."""
+    diameter = float(rng.uniform(*SMALL_MM))
+    kind = str(rng.choice(KINDS, p=list(SMALL_KIND_WEIGHTS)))
+    site = str(rng.choice(SMALL_SITES, p=list(SMALL_SITE_WEIGHTS)))
+    vessel = None
+    if site == "vessel":
+        vessel = (float(rng.uniform(0.8, 2.0)), float(rng.uniform(10.0, 30.0)), float(rng.integers(1 << 30)), 0.0)
+    return NoduleSpec(
+        diameter_mm=diameter,
+        kind=kind,
+        solid_hu=float(rng.normal(30.0, 25.0)),
+        ground_glass_hu=float(rng.uniform(-720.0, -450.0)),
+        core_fraction=float(rng.uniform(0.3, 0.6)),
+        axes=_three_floats(rng.uniform(0.8, 1.2, size=3)),
+        texture_hu=float(rng.uniform(10.0, 35.0)),
+        vessel=vessel,
+        attachment=site if site in ("vessel", "pleura") else "none",
+        fissure=float(rng.integers(1 << 30)) if site == "fissure" else None,
+    )
+
+
 def _three_floats(values: Iterable[float]) -> tuple[float, float, float]:
     """Three numbers (an array's, say) as a tuple of Python floats."""
     x, y, z = (float(v) for v in values)

@@ -2,7 +2,7 @@
 
     python -m pipelines.nodule.training.train_scorer --out DIR [--jobs 2] [--device cuda] [--synthetic 2] [--epochs 15]
         [--nodules 6] [--copy-positives all|inserted] [--synthetic-ground-glass plateau|lifted]
-        [--report outer|inner-mean] [--reconstructions]
+        [--report outer|inner-mean] [--reconstructions] [--small 0]
 
 The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --nodules 8
 --copy-positives inserted --threads 1 --jobs 2`` (training/LOG.md,
@@ -11,17 +11,19 @@ The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --
 1. **Data** (cached in ``DIR/candidates.npz``): every series of the five real patients
    (``patients``) on the 2 mm candidate grid, plus ``--synthetic`` copies of each with
    ``--nodules`` synthetic nodules inserted there (``synthesis``, 4-60 mm, weighted to the small
-   ones). The candidate stage runs on each; a candidate is positive when its centre lies in a
-   real or inserted lesion's box grown by 2 mm, *ignored* (never a negative) when it lies in an
-   ignore region of the LIDC readers, negative otherwise. Synthetic copies keep their positives
-   (``--copy-positives inserted``: only their inserted nodules) and ``NEGATIVES_PER_COPY`` random
-   negatives. Every series thinner than ``THICK_MM`` also enters as slab averages about 5 and
-   8 mm thick (``slab_factors``): real series of their patient, held out with it, counted with
-   the real series when a threshold is set; the held-out numbers are on the series as acquired.
-   ``--reconstructions``: each synthetic copy is first reconstructed anew (``reconstruction``:
-   the other kernel or not, a thicker slice or not, drawn at random), and every real series also
-   enters once as the other kernel (thicker or not), counted like the slab series: so the
-   scorer and its nested threshold both see the kernels and thicknesses a series could have had.
+   ones), and ``--small`` more of 4-12 mm (``synthesis.sample_small_spec``: mostly solid, beside
+   vessels, pleura and fissures as often as free). The candidate stage runs on each; a candidate
+   is positive when its centre lies in a real or inserted lesion's box grown by 2 mm, *ignored*
+   (never a negative) when it lies in an ignore region of the LIDC readers, negative otherwise.
+   Synthetic copies keep their positives (``--copy-positives inserted``: only their inserted
+   nodules) and ``NEGATIVES_PER_COPY`` random negatives. Every series thinner than ``THICK_MM``
+   also enters as slab averages about 5 and 8 mm thick (``slab_factors``): real series of their
+   patient, held out with it, counted with the real series when a threshold is set; the held-out
+   numbers are on the series as acquired. ``--reconstructions``: each synthetic copy is first
+   reconstructed anew (``reconstruction``: the other kernel or not, a thicker slice or not, drawn
+   at random), and every real series also enters once as the other kernel (thicker or not),
+   counted like the slab series: so the scorer and its nested threshold both see the kernels and
+   thicknesses a series could have had.
 2. **Folds**: for each patient, a scorer is trained on the other four (their real and synthetic
    series) and scores the held-out patient's real series (and, for the FROC on inserted
    nodules, its synthetic copies). The operating point is the nested rule (training/LOG.md,
@@ -47,11 +49,12 @@ The content of each epoch depends only on ``--seed``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -103,14 +106,15 @@ REPORTERS = ("outer", "inner-mean")
 
 
 def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: str = "all",
-          ground_glass: str = "plateau", reconstructions: bool = False) -> dict[str, np.ndarray]:
+          ground_glass: str = "plateau", reconstructions: bool = False, small: int = 0) -> dict[str, np.ndarray]:
     """All candidates of the real series, their slab averages and synthetic copies, with labels
     and inputs. The slab series come last, so the rest is drawn from the same random stream as
     before they existed. ``copy_positives`` "inserted": a copy's candidates on the real lesions
     are left out (``copy_labels``); ``ground_glass``: how the copies' ground glass is rendered
     (``synthesis.GROUND_GLASS_RENDERINGS``; the same nodules at the same places either way).
     ``reconstructions``: the copies reconstructed anew and each real series once more as the
-    other kernel, last, with their own random stream (``reconstructed``)."""
+    other kernel, last, with their own random stream (``reconstructed``). ``small``: small nodules
+    added to each copy after its ``nodules`` (``_with_nodules``)."""
     from pipelines.nodule.training import data, patients
 
     rng = np.random.default_rng(seed)
@@ -122,7 +126,7 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     for series in real:
         for copy in range(copies + 1):
             _add_scan(parts, lesion_table, reconstructed(series, stream) if copy else series, copy, 1, nodules, rng,
-                      copy_positives, ground_glass, anew=bool(copy) and stream is not None)
+                      copy_positives, ground_glass, anew=bool(copy) and stream is not None, small=small)
     for series in real:
         for factor in slab_factors(series.volume.spacing[2]):
             thick = dataclasses.replace(series, volume=data.slab_average(series.volume, factor),
@@ -134,7 +138,7 @@ def build(data_dir: Path, copies: int, nodules: int, seed: int, copy_positives: 
     arrays["lesions"] = np.array(json.dumps(lesion_table))
     arrays["ground_glass"] = np.array(GROUND_GLASS)
     arrays["built_with"] = np.array(json.dumps(build_arguments(copies, nodules, seed, copy_positives, ground_glass,
-                                                               reconstructions)))
+                                                               reconstructions, small)))
     return arrays
 
 
@@ -154,17 +158,17 @@ def reconstructed(series: Series, rng: np.random.Generator | None, other_kernel:
 
 
 def build_arguments(copies: int, nodules: int, seed: int, copy_positives: str,
-                    ground_glass: str = "plateau", reconstructions: bool = False) -> dict[str, object]:
+                    ground_glass: str = "plateau", reconstructions: bool = False, small: int = 0) -> dict[str, object]:
     """The arguments a cache was built with, as it records them (``cache_mismatch``); ``harmonized``:
     every series was softened as the pipeline softens it (``harmonize``) before its candidates."""
     return {"synthetic": copies, "nodules": nodules, "seed": seed, "copy_positives": copy_positives,
             "synthetic_ground_glass": ground_glass, "reconstructions": reconstructions,
-            "harmonized": True}
+            "harmonized": True, "small": small}
 
 
 #: What a record from before an argument existed was built with.
 RECORD_DEFAULTS: dict[str, object] = {"synthetic_ground_glass": "plateau", "reconstructions": False,
-                                      "harmonized": False}
+                                      "harmonized": False, "small": 0}
 #: ``build``'s second random stream (``--reconstructions``), beside ``--seed``'s.
 RECONSTRUCTION_STREAM = 1
 
@@ -191,7 +195,7 @@ def slab_factors(thickness_mm: float) -> tuple[int, ...]:
 
 def _add_scan(parts: dict[str, list[np.ndarray]], lesion_table: list[dict[str, Any]], series: Series, copy: int,
               slab: int, nodules: int, rng: np.random.Generator, copy_positives: str = "all",
-              ground_glass: str = "plateau", anew: bool = False) -> None:
+              ground_glass: str = "plateau", anew: bool = False, small: int = 0) -> None:
     """One scan's candidates (``series`` a ``patients.Series``; ``copy`` > 0: with synthetic nodules;
     ``anew``: reconstructed anew, ``reconstructed``)."""
     from pipelines.nodule import candidates
@@ -203,7 +207,7 @@ def _add_scan(parts: dict[str, list[np.ndarray]], lesion_table: list[dict[str, A
     if copy == 0:
         scan_grid, inserted = grid, []
     else:
-        scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng, ground_glass)
+        scan_grid, inserted = _with_nodules(grid, series.lesions, nodules, rng, ground_glass, small)
     started = time.process_time()
     scan = candidates.find_on_grid(scan_grid, ground_glass=GROUND_GLASS)
     truth = [(les.lps_box, les.diameter_mm, f"{series.name}: {les.label}") for les in series.lesions] + inserted
@@ -242,9 +246,10 @@ def copy_labels(labels: np.ndarray, which: np.ndarray, real_lesions: int, copy_p
 
 
 def _with_nodules(grid: ModelGrid, real: list[RealLesion], count: int, rng: np.random.Generator,
-                  ground_glass: str = "plateau") -> tuple[ModelGrid, list[Truth]]:
-    """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, away
-    from the real lesions (``patients.RealLesion``)."""
+                  ground_glass: str = "plateau", small: int = 0) -> tuple[ModelGrid, list[Truth]]:
+    """A copy of the grid (a ``ModelGrid``) with ``count`` synthetic nodules in its lungs, then
+    ``small`` small ones (``synthesis.sample_small_spec``), away from each other and the real
+    lesions (``patients.RealLesion``)."""
     from pipelines.nodule.grid import ModelGrid
     from pipelines.nodule.lungs import lung_mask
 
@@ -255,19 +260,22 @@ def _with_nodules(grid: ModelGrid, real: list[RealLesion], count: int, rng: np.r
     avoid = [(grid.lps_to_xyz(les.lps_box.mean(axis=0)), float(np.max(les.lps_box[1] - les.lps_box[0])) / 2)
              for les in real]
     truths: list[Truth] = []
-    for _ in range(count * 5):
-        if len(truths) == count:
-            break
-        spec = synthesis.sample_spec(rng)
-        centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
-        if centre is None:
-            continue
-        inserted = synthesis.insert(hu, spacing, centre, spec, rng, ground_glass)
-        b = inserted.box
-        corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])])
-        lps = grid.xyz_to_lps(corners)
-        truths.append((np.array([lps.min(axis=0), lps.max(axis=0)]), spec.diameter_mm, f"inserted {spec.kind}"))
-        avoid.append((centre, spec.diameter_mm / 2))
+    for draw, wanted in ((synthesis.sample_spec, count), (synthesis.sample_small_spec, small)):
+        placed = 0
+        for _ in range(wanted * 5):
+            if placed == wanted:
+                break
+            spec = draw(rng)
+            centre = synthesis.pick_center(lungs, spacing, spec, rng, avoid, depth_mm=depth)
+            if centre is None:
+                continue
+            inserted = synthesis.insert(hu, spacing, centre, spec, rng, ground_glass)
+            b = inserted.box
+            corners = np.array([[x, y, z] for x in (b[0], b[3]) for y in (b[1], b[4]) for z in (b[2], b[5])])
+            lps = grid.xyz_to_lps(corners)
+            truths.append((np.array([lps.min(axis=0), lps.max(axis=0)]), spec.diameter_mm, f"inserted {spec.kind}"))
+            avoid.append((centre, spec.diameter_mm / 2))
+            placed += 1
     return ModelGrid(hu=hu, origin=grid.origin, spacing=grid.spacing, direction=grid.direction), truths
 
 
@@ -432,15 +440,35 @@ def _run(item: tuple[tuple[str, ...], Task]) -> tuple[tuple[str, ...], Trained]:
     return key, Trained(state, scores, time.time() - started)
 
 
-def run_tasks(tasks: dict[tuple[str, ...], Task], jobs: int) -> dict[tuple[str, ...], Trained]:
+def run_tasks(tasks: dict[tuple[str, ...], Task], jobs: int, done: Path | None = None) -> dict[tuple[str, ...], Trained]:
     """Every task, the largest first; ``jobs`` processes of one thread each (inline when 1).
 
-    The scorers are independent, and one small network trains no faster on two threads than on one."""
-    order = sorted(tasks.items(), key=lambda kv: -len(kv[1].train_rows))
-    if jobs <= 1:
-        return dict(_run(item) for item in order)
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        return dict(pool.imap_unordered(_run, order))
+    The scorers are independent, and one small network trains no faster on two threads than on one.
+    ``done``: a folder where each finished task is kept (``_kept``), so a killed run resumes there."""
+    results = {key: _kept(done, key) for key in tasks if done is not None and _kept_path(done, key).is_file()}
+    order = sorted(((k, t) for k, t in tasks.items() if k not in results), key=lambda kv: -len(kv[1].train_rows))
+    with contextlib.ExitStack() as stack:
+        finished: Iterable[tuple[tuple[str, ...], Trained]] = map(_run, order)
+        if jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(
+                jobs, initializer=torch.set_num_threads, initargs=(1,)))
+            finished = pool.imap_unordered(_run, order)
+        for key, trained in finished:
+            if done is not None:
+                done.mkdir(parents=True, exist_ok=True)
+                torch.save(dataclasses.asdict(trained), _kept_path(done, key))
+            results[key] = trained
+    return results
+
+
+def _kept_path(done: Path, key: tuple[str, ...]) -> Path:
+    return done / f"{'-'.join(key)}.pt"
+
+
+def _kept(done: Path, key: tuple[str, ...]) -> Trained:
+    """A task finished by an earlier run of the same command (``run_tasks``)."""
+    kept = torch.load(_kept_path(done, key), map_location="cpu", weights_only=False)
+    return Trained(kept["state"], np.asarray(kept["scores"]), float(kept["seconds"]))
 
 
 def fold_tasks(arrays: dict[str, np.ndarray], usable: np.ndarray, final: bool) -> dict[tuple[str, ...], Task]:
@@ -508,6 +536,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=2, help="synthetic copies of each real series")
     parser.add_argument("--nodules", type=int, default=6, help="nodules inserted per copy")
+    parser.add_argument("--small", type=int, default=0,
+                        help="small nodules (4-12 mm, synthesis.sample_small_spec) added per copy after --nodules")
     parser.add_argument("--copy-positives", choices=COPY_POSITIVES, default="all",
                         help="positives of a synthetic copy: its inserted nodules and the real lesions again, "
                              "or only the inserted nodules (model card)")
@@ -529,6 +559,9 @@ def main() -> None:
                         help="what reports for a held-out patient: its outer scorer, or its inner scorers' mean")
     parser.add_argument("--jobs", type=int, default=1, help="scorers trained at once, one process and thread each (CPU)")
     parser.add_argument("--folds-only", action="store_true", help="skip the shipped model")
+    parser.add_argument("--held-out", nargs="+", default=[],
+                        help="only the folds that hold out these patients (a quick check before the full run, "
+                             "which resumes from DIR/tasks/); their folders are written, the shipped one is not")
     parser.add_argument("--data-only", action="store_true",
                         help="build DIR/candidates.npz and stop (to carry it to a GPU machine)")
     args = parser.parse_args()
@@ -542,12 +575,13 @@ def main() -> None:
     if cache.is_file():
         arrays = dict(np.load(cache))
         mismatch = cache_mismatch(arrays, build_arguments(args.synthetic, args.nodules, args.seed, args.copy_positives,
-                                                          args.synthetic_ground_glass, args.reconstructions))
+                                                          args.synthetic_ground_glass, args.reconstructions,
+                                                          args.small))
         if mismatch:
             parser.error(mismatch)
     else:
         arrays = build(args.data, args.synthetic, args.nodules, args.seed, args.copy_positives,
-                       args.synthetic_ground_glass, args.reconstructions)
+                       args.synthetic_ground_glass, args.reconstructions, args.small)
         # Widened for mypy only: numpy's stub has allow_pickle: bool beside **kwds, which any str-keyed dict could fill.
         np.savez_compressed(cache, **cast(dict[str, Any], arrays))
     if args.data_only:
@@ -564,9 +598,11 @@ def main() -> None:
     tasks = {(w, *key): task for w in weightings for key, task in folds_of.items()
              if args.report == "outer" or len(key) == 2}
     _SHARED.update(arrays=arrays, epochs=args.epochs, seed=args.seed, device=args.device)
-    results = run_tasks(tasks, args.jobs)
+    if args.held_out:
+        tasks = {k: t for k, t in tasks.items() if len(k) > 1 and k[1] in args.held_out}
+    results = run_tasks(tasks, args.jobs, args.out / "tasks")
     folds, out_of_fold = [], []
-    for key in (k for k in folds_of if len(k) == 1):
+    for key in (k for k in folds_of if len(k) == 1 and (not args.held_out or k[0] in args.held_out)):
         held_out = key[0]
         inner = [k for k in folds_of if len(k) == 2 and k[0] == held_out]
         inner_rows = np.concatenate([folds_of[k].score_rows for k in inner])
@@ -602,7 +638,7 @@ def main() -> None:
                               "args": {k: str(v) for k, v in vars(args).items()},
                               "target_fp_per_scan": TARGET_FP, "operating_point": "nested leave-one-patient-out (model card)",
                               "folds": folds}
-    if not args.folds_only:
+    if not args.folds_only and not args.held_out:
         rows = np.concatenate([r for r, _ in out_of_fold])
         chosen, choice_numbers = choose(arrays, rows, {
             c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
