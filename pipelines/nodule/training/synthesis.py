@@ -11,7 +11,7 @@ from the signed distance to the surface and the voxel's extent across it, so a 4
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -85,16 +85,26 @@ def sample_spec(
         for _ in range(int(rng.integers(2, 5)))
     ) if lobulated else ()
     attachment = str(rng.choice(["none", "vessel", "pleura"], p=[0.65, 0.2, 0.15]))
-    vessel = None
-    if attachment == "vessel":
-        vessel = (float(rng.uniform(0.8, 2.0)), float(rng.uniform(10.0, 30.0)), float(rng.integers(1 << 30)), 0.0)
+    vessel = _vessel(rng) if attachment == "vessel" else None
+    return _appearance(rng, diameter, kind, vessel, attachment, lobes)
+
+
+def _vessel(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """A vessel from the nodule outward: radius (mm), length past the surface (mm), its direction's seed, unused."""
+    return (float(rng.uniform(0.8, 2.0)), float(rng.uniform(10.0, 30.0)), float(rng.integers(1 << 30)), 0.0)
+
+
+def _appearance(rng: np.random.Generator, diameter: float, kind: str, vessel: tuple[float, float, float, float] | None,
+                attachment: str, lobes: tuple[tuple[float, float, float, float, float], ...] = ()) -> NoduleSpec:
+    """The rest of a nodule, drawn in this order (the training data's streams depend on it): solid and
+    ground-glass HU, the core's share, the axes (round when lobulated), the texture."""
     return NoduleSpec(
         diameter_mm=diameter,
         kind=kind,
         solid_hu=float(rng.normal(30.0, 25.0)),
         ground_glass_hu=float(rng.uniform(-720.0, -450.0)),
         core_fraction=float(rng.uniform(0.3, 0.6)),
-        axes=_three_floats(rng.uniform(0.8, 1.2, size=3)) if not lobulated else (1.0, 1.0, 1.0),
+        axes=_three_floats(rng.uniform(0.8, 1.2, size=3)) if not lobes else (1.0, 1.0, 1.0),
         lobes=lobes,
         texture_hu=float(rng.uniform(10.0, 35.0)),
         vessel=vessel,
@@ -117,21 +127,9 @@ def sample_small_spec(rng: np.random.Generator) -> NoduleSpec:
     diameter = float(rng.uniform(*SMALL_MM))
     kind = str(rng.choice(KINDS, p=list(SMALL_KIND_WEIGHTS)))
     site = str(rng.choice(SMALL_SITES, p=list(SMALL_SITE_WEIGHTS)))
-    vessel = None
-    if site == "vessel":
-        vessel = (float(rng.uniform(0.8, 2.0)), float(rng.uniform(10.0, 30.0)), float(rng.integers(1 << 30)), 0.0)
-    return NoduleSpec(
-        diameter_mm=diameter,
-        kind=kind,
-        solid_hu=float(rng.normal(30.0, 25.0)),
-        ground_glass_hu=float(rng.uniform(-720.0, -450.0)),
-        core_fraction=float(rng.uniform(0.3, 0.6)),
-        axes=_three_floats(rng.uniform(0.8, 1.2, size=3)),
-        texture_hu=float(rng.uniform(10.0, 35.0)),
-        vessel=vessel,
-        attachment=site if site in ("vessel", "pleura") else "none",
-        fissure=float(rng.integers(1 << 30)) if site == "fissure" else None,
-    )
+    vessel = _vessel(rng) if site == "vessel" else None
+    spec = _appearance(rng, diameter, kind, vessel, site if site in ("vessel", "pleura") else "none")
+    return replace(spec, fissure=float(rng.integers(1 << 30)) if site == "fissure" else None)
 
 
 def _three_floats(values: Iterable[float]) -> tuple[float, float, float]:
