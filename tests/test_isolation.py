@@ -148,7 +148,7 @@ def test_retention_sweeps_other_studies_and_quarantined_files_when_one_cannot_be
         index.route_series(series, 0, [])
     (spool.quarantine / "a.dcm").mkdir()  # likewise in the quarantine folder
     refused = spool.quarantine_bytes(b"refused long ago", "missing SOPInstanceUID")
-    swept = Retention(RetentionSettings(instances_days=1), index, spool).sweep(now=4e9)
+    swept = Retention(RetentionSettings(instances_days=1, history_days=0), index, spool).sweep(now=4e9)
     assert (swept.studies, swept.instance_files, swept.quarantined) == (1, 1, 1)
     assert index.study_files("1.2.2") == [] and index.study_files("1.2.1") != [] and not refused.exists()
     problems = {(p.kind, p.subject): p.reason for p in index.problems()}
