@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,11 @@ def test_all_four_contrasts_give_seg_and_sr_with_volumes(pipeline, study, tmp_pa
     # a volume per sub-region (necrosis, edema, enhancing tumor) and one per connected lesion
     lesions = [line for line in finding_lines(datasets["SR"]) if line.startswith("lesion-")]
     assert lesions and texts.count("mL") == 3 + len(lesions), (lesions, texts.count("mL"))
+    # the total a reader sees in the series description is the sum of the lesions' volumes (each
+    # rounded to 0.01 mL), not of the rounded sub-regions (17.8 against one 17.74 mL lesion before)
+    total = float(re.search(r"Brain tumor ([0-9.]+) mL", datasets["SR"].SeriesDescription).group(1))
+    lesion_ml = sum(float(re.search(r"Volume ([0-9.]+) mL", line).group(1)) for line in lesions)
+    assert abs(total - lesion_ml) <= 0.05 + 0.005 * len(lesions), (total, lesion_ml)  # 17.8 vs 17.74 failed
     # the case's self-consistency, in the summary and the SR (0.913 measured, over the 0.7089 threshold)
     assert not result.summary.low_confidence and result.summary.self_consistency >= LOW_CONFIDENCE_BELOW
     assert "Usable - Meets the quality control standard" in texts

@@ -294,7 +294,8 @@ class TumorSegmentation(ModelPipeline):
             marking += f"{LOW_CONFIDENCE} "
             statement = " ".join(part for part in (statement, case_quality.statement) if part)
         lesions = _key_lesions(reference, labels, brain)
-        total = sum(volumes_ml.values())
+        # from the voxels, as each lesion's volume is (a sum of rounded sub-regions may read 0.1 mL off)
+        total = round(float((labels > 0).sum()) * float(np.prod(reference.spacing)) / 1000.0, 2)
         page = Page(
             algorithm, f"{marking}{PIPELINE_LABEL}",
             f"Brain tumor: {total:.1f} mL ({used})" if total else f"Brain tumor: none found ({used})",
