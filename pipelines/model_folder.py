@@ -196,10 +196,6 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
 
 #: Weights files, whatever their names (a folder's params may list several, e.g. an ensemble).
 WEIGHTS_SUFFIXES = frozenset({".ts", ".pt", ".pth"})
-#: Sub-folders a model folder may carry that its pipeline never loads: the nodule scorer's
-#: per-patient leave-one-out copies, which the held-out tests run as model folders of their own
-#: (left out of the wheel, so an installed node and a checkout name the same digest).
-NOT_LOADED = frozenset({"folds"})
 
 
 def folder_digest(folder: Path) -> str:
@@ -208,8 +204,6 @@ def folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
-        if NOT_LOADED.intersection(relative.parts[:-1]):
-            continue
         if path.suffix in WEIGHTS_SUFFIXES or (path.name.startswith(("model.", "params.", "inference."))
                                                and path.suffix in {".toml", ".json", ".yaml", ".yml"}):
             digest.update(str(relative).encode())

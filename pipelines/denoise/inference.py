@@ -37,7 +37,7 @@ ways, and a folder may do both:
 - per-family weights: ``[family_weights]`` names a model folder inside this one for a family
   (``sharp = "sharp"``), whose own model and parameters denoise that family's series; every
   other series gets this folder's model. A family's weights share nothing with the others', so
-  fitting one family's noise cannot cost another family (training/LOG.md, "Per-family weights");
+  fitting one family's noise cannot cost another family (training/denoise/LOG.md, "Per-family weights");
 - conditioning: a ``model.pt`` whose ``[model]`` has ``families = 3`` takes the family as input.
 
 Other models ignore it.
@@ -63,7 +63,7 @@ from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
 from pipelines.model_folder import ModelFolderError, inner_folder, load_network, load_params, require_folder
 from pipelines.precision import autocast
 
-#: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
+#: The weights trained by ``training.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Pixels per forward pass: about 0.3 GB of activations on a CPU (8 slices of 512 x 512) ...
 CPU_BATCH_PIXELS = 8 * 512 * 512

@@ -28,7 +28,7 @@ SIEMENS_LETTERS = ("B", "BR", "BV", "BF", "BL", "I", "QR", "D", "J", "H", "HR", 
 #: name: SOFT/SMOOTH smooth, STANDARD medium; DETAIL, LUNG, BONE, BONEPLUS, EDGE sharp. Toshiba/
 #: Canon by number: FC01-FC14 smooth, FC15-FC29 medium, FC30 and up (bone, lung, HRCT) sharp.
 #: Philips by letter: A smooth, B and C medium, D, E, L, Y* sharp. Measured on real scans
-#: (``pipelines/denoise/training/nps.py``): smooth B30s, medium GE STANDARD and B40f (one NPS
+#: (``training/denoise/nps.py``): smooth B30s, medium GE STANDARD and B40f (one NPS
 #: shape), sharp B70f.
 KERNEL_FAMILIES = (
     *((f"{letters}{digit}", family) for letters in SIEMENS_LETTERS

@@ -21,7 +21,7 @@ real A0002 mass whole). So the first stage is classical and generous, and a smal
 - **Ground glass** (about 8-60 mm): connected components of smoothed HU in ``SUBSOLID_HU`` inside
   the aerated lung, opened with a ball of radius ``SUBSOLID_OPENING_MM``. A ground-glass nodule
   is below ``SOLID_HU`` and answers the LoG too weakly and unevenly to be a blob at its own size
-  (LIDC-IDRI-0002's 31 mm nodule was reached only by a 4 mm blob; training/LOG.md,
+  (LIDC-IDRI-0002's 31 mm nodule was reached only by a 4 mm blob; training/nodule/LOG.md,
   "Candidate stage (`candidates.py`): rule fixed before it was measured").
 - **Budget**: at most ``MAX_CANDIDATES`` per scan: the largest solid components and pieces (up to
   ``MAX_SOLIDS``), the largest subsolid components (up to ``MAX_SUBSOLIDS``), then the strongest

@@ -2,7 +2,7 @@
 
 The held-out Dice of a model folder is a median over a few scans; a reader needs to know
 whether *this* case is one the model gets wrong. Two scores were measured against the tumor-core
-Dice of 38 cases no model had trained on (``training/quality_eval.py``; the rule and the numbers
+Dice of 38 cases no model had trained on (``training/tumor/quality_eval.py``; the rule and the numbers
 are in the LOG, "Issue #65 item 5"); the rule took the cheaper one that separated Dice < 0.5
 with an AUROC of at least 0.8:
 
