@@ -384,7 +384,7 @@ def _use_wal(db: sqlite3.Connection) -> None:
 
     Why the retry: on a new index the switch needs the file to itself, and SQLite answers
     "database is locked" at once, without waiting the busy timeout, while another process is
-    opening the same new index (measured: 13 of 160 concurrent first opens). Once the file is in
+    opening the same new index (docs/index.md: how often). Once the file is in
     WAL mode, which SQLite keeps in the file, the pragma needs no lock.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_S

@@ -30,8 +30,7 @@ CORE_RADII_MM = (10.0, 15.0, 20.0, 25.0)
 #: the stump of the trachea or a separated corner of one lung.
 MIN_LUNG_SHARE = 0.1
 #: Grown back beyond the erosion radius: the costophrenic recess is a wedge thinner than any
-#: core radius. On LIDC-IDRI 0001-0003 the apex stays within one slice of the mask's own and the
-#: base comes within 2.5-15 mm of it; more than this reached the trachea beside the right apex.
+#: core radius; more than this reached the trachea beside the right apex (docs/nodule.md).
 MARGIN_MM = 10.0
 #: Voxel size (mm) the mask is subsampled to, at least.
 COARSE_MM = 2.0
