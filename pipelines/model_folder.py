@@ -1,19 +1,11 @@
-"""What every shipped pipeline's model folder has in common.
+"""What every model folder has in common: finding its files, reading its parameters, its digest.
 
-A site replaces shipped weights by pointing ``[pipelines.<name>] model`` at a folder. Two layouts
-are accepted, so that a site can drop in a model from MONAI's model zoo or export its own:
-
-- radnode's own: ``model.ts`` (TorchScript) or ``model.pt`` (a state dict of the pipeline's
-  network) plus ``params.toml`` / ``params.json`` with the pre- and post-processing;
-- a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``;
-- an nnU-Net v2 results folder (``dataset.json``, ``plans.json``, ``fold_N/``), which the
-  ``nnunet-segmentation`` pipeline runs with nnunetv2 itself (``pipelines/nnunet``).
-
-Each pipeline declares its parameters as a ``ModelParams`` model (``pipelines/<name>/params.py``)
-and reads them with ``load_params``: typed keys with their defaults, and a misspelt or unknown key
-refused with the file and the key named, in config.toml's words (``pipelines.validation``),
-instead of being ignored in favour of a default. This module finds the files, reads and checks
-them and fingerprints them, so the error messages are the same everywhere.
+A site points ``[pipelines.<name>] model`` at a folder of one of three layouts: radnode's own
+(``model.ts`` or ``model.pt`` plus ``params.toml`` / ``params.json``), a MONAI bundle
+(``configs/inference.json`` plus ``models/model.*``) or an nnU-Net v2 results folder (run by
+``pipelines/nnunet`` with nnunetv2 itself). Each pipeline reads its ``ModelParams`` with
+``load_params``: typed keys with defaults, and a misspelt or unknown key refused naming the file
+and the key (``pipelines.validation``), so the messages are the same everywhere.
 """
 
 from __future__ import annotations
