@@ -66,13 +66,11 @@ def send_msg(dimse: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
 
 
 def _send_store_request(dimse: DIMSEServiceProvider, primitive: Any, context_id: int) -> bool:
-    """Send a C-STORE request whose data set is a file's (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``,
-    which the dispatcher uses) as P-DATA-TF PDUs encoded here: the command set by
-    ``node.dicomnet.command_sets``, the data set read from the file ``BATCH_BYTES`` at a time and
-    cut into fragments of the peer's maximum PDU length, the same PDUs pynetdicom sends. Its
-    message objects, its pydicom command set and a P-DATA object per fragment were a quarter
-    of the dispatcher's time per image. False (nothing sent) for any other message, or when a
-    handler wants the EVT_DIMSE_SENT message object: ``send_msg`` then sends it as before."""
+    """Send a C-STORE request whose data set is a file's (``STORE_SEND_CHUNKED_DATASET``) as
+    P-DATA-TF PDUs encoded here, the same PDUs pynetdicom sends: the command set from
+    ``command_sets``, the file read ``BATCH_BYTES`` at a time and cut to the peer's PDU length.
+    False (nothing sent) for any other message, or when a handler wants the EVT_DIMSE_SENT
+    message object."""
     where = getattr(primitive, "_dataset_path", None)
     fragment = dimse.maximum_pdu_size - 6
     if (type(primitive) is not C_STORE or where is None or fragment <= 0

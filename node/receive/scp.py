@@ -1,15 +1,10 @@
 """The Storage SCP: takes C-ECHO and C-STORE from scanners and PACS (pynetdicom).
 
-Receiving is kept cheap and safe: the encoded bytes are written to a spool part file as their
-P-DATA fragments arrive (``node.receive.pdata_stream``; on stock pynetdicom, when the speed-ups
-are off, ``node.receive.stock_store``), their structure is walked where they lie, and they are
-fsynced, renamed into the spool and indexed before the 0x0000 status goes back, so a success
-status is a promise that survives a crash.
-Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's
-quarantine folder with the reason.
-
-Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
-are spread over CPU cores instead of queueing behind Python's GIL.
+A data set is written to a spool part file as its P-DATA arrives (``node.receive.pdata_stream``;
+``node.receive.stock_store`` on stock pynetdicom, when the speed-ups are off), walked where it
+lies, then fsynced, renamed into the spool and indexed before the 0x0000 status goes back: a
+success status survives a crash. A refused data set gets a DIMSE failure status and is kept in
+the spool's quarantine with the reason. Receiver processes share one port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
