@@ -178,6 +178,7 @@ def test_under_another_pynetdicom_version_the_receiver_keeps_only_the_guard_and_
                         "pynetdicom.__version__ = '3.1.0'\n"
                         "from node import logs\n"
                         "logs.setup('info')\n"
+                        "import node.receive.scp\n"
                         "from node.dicomnet import patches\n"
                         "from pynetdicom.dul import DULServiceProvider\n"
                         "from pynetdicom.dimse import DIMSEServiceProvider\n"
@@ -194,11 +195,10 @@ def test_under_another_pynetdicom_version_the_receiver_keeps_only_the_guard_and_
     assert "stock pynetdicom without radnode's speed-ups" in warnings[0]
 
 
-def test_a_guard_internal_that_differs_stops_the_install_with_the_error() -> None:
+def test_a_guard_internal_that_differs_stops_the_receiver_at_import_with_the_error() -> None:
     result = run_python("from pynetdicom.dul import DULServiceProvider\n"
                         "del DULServiceProvider._decode_pdu\n"
-                        "from node.dicomnet import patches\n"
-                        "patches.install(patches.RECEIVER, 16384)\n")
+                        "import node.receive.scp\n")
     assert result.returncode == 1
     assert "node.dicomnet.internals.PynetdicomMismatch: pynetdicom" in result.stderr
     assert "expected DULServiceProvider._decode_pdu(self, bytestream), found no such function" in result.stderr

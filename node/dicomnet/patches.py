@@ -23,7 +23,7 @@ from pynetdicom.transport import AssociationSocket
 
 from node import logs
 from node.dicomnet import internals, pdu_guard, reactor, sending
-from node.dicomnet.internals import PynetdicomMismatch, replacing
+from node.dicomnet.internals import Mismatch, PynetdicomMismatch, replacing
 
 #: The processes a row is installed in: the receiver's, and those that send (the dispatcher's).
 RECEIVER, SENDER = "receiver", "sender"
@@ -132,21 +132,28 @@ def install(role: str, max_pdu: int = 0, p_data: pdu_guard.PDataReader | None = 
 
 def speedups_allowed() -> bool:
     """Whether every optional row fits the installed pynetdicom (decided once per process, with
-    one warning when not); raises PynetdicomMismatch when the guard, or stock pynetdicom's own
-    chunked receiving that replaces the speed-ups, does not fit."""
+    one warning when not); raises PynetdicomMismatch as ``optional_mismatches`` does."""
     global _speedups
     if _speedups is None:
-        found = internals.mismatches()
-        stock = [m for m in found if internals.STOCK in m.modules]
-        optional = [m for m in found if m not in stock]
-        if any(internals.GUARD in m.modules for m in found) or (optional and stock):
-            raise PynetdicomMismatch(internals.version(), found)
+        optional = optional_mismatches()
         if optional:
             logs.warning("pynetdicom.stock", pynetdicom=internals.version(),
                          differs="; ".join(f"expected {m.expected}, found {m.found}" for m in optional),
                          runs="on stock pynetdicom without radnode's speed-ups (PDU guard kept)")
         _speedups = not optional
     return _speedups
+
+
+def optional_mismatches() -> list[Mismatch]:
+    """What differs for the optional rows; raises PynetdicomMismatch when the guard, or stock
+    pynetdicom's chunked receiving that stands in for the speed-ups, does not fit (the receiver
+    calls this at import, so that the node does not start)."""
+    found = internals.mismatches()
+    stock = [m for m in found if internals.STOCK in m.modules]
+    optional = [m for m in found if m not in stock]
+    if any(internals.GUARD in m.modules for m in found) or (optional and stock):
+        raise PynetdicomMismatch(internals.version(), found)
+    return optional
 
 
 def _apply(row: Patch) -> None:

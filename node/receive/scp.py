@@ -76,6 +76,8 @@ from node.receive.slots import AssociationSlots, Slot, SlotsFull
 from node.receive.spool import Spool
 from node.tls import server_context
 
+patches.optional_mismatches()  # a pynetdicom the PDU guard does not fit stops the node here, not in a receiver
+
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
