@@ -16,7 +16,7 @@ from pynetdicom import fsm
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
-from node.dicomnet import internals as pynetdicom_internals
+from node.dicomnet import internals
 from node.dicomnet.internals import PynetdicomMismatch, check, replacing
 from tests.harness import REPO
 
@@ -37,7 +37,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_installed_pynetdicom_passes_the_check() -> None:
     check()
-    assert list(pynetdicom_internals.mismatched_internals()) == []
+    assert list(internals.mismatched_internals()) == []
 
 
 def test_the_check_still_passes_once_every_patch_is_installed() -> None:

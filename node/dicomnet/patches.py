@@ -4,7 +4,8 @@ A row names its target, what stands in for it, why, and the pynetdicom change th
 it. Only the PDU guard is mandatory: when ``node.dicomnet.internals`` finds that an optional
 row's internals differ (another pynetdicom), the process logs one warning and runs on stock
 pynetdicom with the guard alone, and the receiver stores through pynetdicom's own
-``STORE_RECV_CHUNKED_DATASET`` (``node.receive.stock_store``). Each target is wrapped once.
+``STORE_RECV_CHUNKED_DATASET`` (``node.receive.stock_store``). Each target is wrapped once. The
+receiver's streaming P-DATA reader (``node.receive.pdata_stream``) is the guard's, with the speed-ups.
 """
 
 from __future__ import annotations
