@@ -1,46 +1,12 @@
-"""A PDU's length is checked at its header, before its body is read (pynetdicom reads it whole).
+"""The DUL's PDU reader, with a PDU's length checked at its header and a deadline on its bytes.
 
-pynetdicom's ``DULServiceProvider._read_pdu_data`` reads the 6-byte PDU header and then asks the
-socket for as many bytes as the header claims, buffering them all: a header claiming 0xFFFFFFF0
-bytes grows the receiver by as much as the peer cares to stream, before any association exists.
-dcmtk storescp and Orthanc drop such a connection at once. The receiver installs this reader in
-its process: a PDU longer than its limit is answered with an A-ABORT (the state machine's
-event for an invalid PDU) and its body is never read.
-
-Limits: a P-DATA-TF PDU may not exceed the maximum length the node offers (``max_pdu``,
-PS3.8 D.1; ``max_pdu = 0`` means no negotiated limit, and then ``UNLIMITED_PDATA_BYTES``
-applies); every other PDU (association, release, abort) may not exceed ``CONTROL_PDU_BYTES``,
-far above what 128 presentation contexts need.
-
-Once the node has aborted (or released) an association it waits for the peer to close the
-connection (state Sta13), and pynetdicom goes on reading whatever still comes, answering every
-6 bytes that are not a PDU with another A-ABORT: a peer streaming random bytes kept its
-connection, and a thread busy, for as long as it kept streaming (256 KiB took over 10 s). Here
-anything the peer sends after that is not read: the connection is closed at once, as dcmtk
-storescp and Orthanc do.
-
-A PDU's body is read into one buffer with as few reads as the kernel allows, and the P-DATA-TF
-PDUs of an established association go to ``node.receive.pdata_stream`` (when the receiver installed it),
-which writes C-STORE data sets straight into the spool.
-
-Every read of a PDU has a deadline, and the connection is closed when it passes. pynetdicom reads
-a PDU with blocking reads and no timeout once the socket turns readable, and its timers (ARTIM,
-the network timeout) are looked at only between PDUs: one byte, a half header or half an
-A-ASSOCIATE-RQ held the socket and both threads of the connection for minutes (1,000 of them made
-2,000 threads), and a PDU stalled mid-body kept them after the association was aborted and its
-slot freed. Before the association, the A-ASSOCIATE-RQ must be whole by the end of the ARTIM timer
-the receiver set (5 s from the connection); after it, each PDU must be whole within the network
-timeout of its first byte.
-
-An association's first PDU after its A-ASSOCIATE-AC ends its idle limit: the receiver gives an
-accepted association a network timeout shorter than the node's until it has said something
-(node.receive.scp), and the reader puts the node's back the moment it does.
-
-This replaces a private pynetdicom 3.0 method (``node.receive.pynetdicom_internals`` checks at
-import that it is still the one expected). What pynetdicom would need to offer for it to go: a
-hook for the PDU reader, or in its own reader a bound on a received PDU's length (it offers a
-maximum in the association but does not enforce it on what it reads), a deadline for a PDU's
-bytes once its first one arrived, and closing in Sta13 instead of reading on.
+pynetdicom's ``_read_pdu_data`` buffers whatever length a header claims and reads with no
+deadline once the socket turns readable; a hostile peer could grow the receiver or hold its
+threads for minutes. This reader aborts (Evt19) a PDU longer than ``pdu_limit`` before reading its
+body, closes a connection whose PDU misses its deadline (the ARTIM timer before the association,
+the network timeout after) and stops reading in Sta13, as dcmtk storescp and Orthanc do. P-DATA-TF
+PDUs of an established association go to the receiver's P-DATA reader when one is configured.
+The cases and measurements are in docs/receive-speed.md.
 """
 
 from __future__ import annotations
@@ -50,15 +16,13 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from node import logs
-from node.receive import pdata_stream, pynetdicom_internals
-from node.receive.pynetdicom_internals import replacing
-
-pynetdicom_internals.require()
 
 CONTROL_PDU_BYTES = 1024 * 1024
 UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
@@ -82,18 +46,30 @@ def pdu_limit(pdu_type: int, max_pdu: int) -> int:
     return CONTROL_PDU_BYTES
 
 
-def install(max_pdu: int) -> None:
-    """Replace this process's PDU reader with one that enforces ``pdu_limit``."""
-
-    def read_pdu_data(dul: DULServiceProvider) -> None:
-        _read_pdu_data(dul, max_pdu)
-
-    DULServiceProvider._read_pdu_data = replacing(  # type: ignore[method-assign,assignment]
-        DULServiceProvider._read_pdu_data, read_pdu_data)
+#: Takes the body of a P-DATA-TF PDU of an established association (the receiver's streaming
+#: reader, ``node.receive.pdata_stream.read``) instead of pynetdicom's decoder.
+PDataReader = Callable[[DULServiceProvider, memoryview], None]
 
 
-def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
+@dataclass(frozen=True)
+class _Settings:
+    max_pdu: int = 0
+    p_data: PDataReader | None = None
+
+
+_settings = _Settings()
+
+
+def configure(max_pdu: int, p_data: PDataReader | None = None) -> None:
+    """The limit on P-DATA-TF PDUs (the node's ``max_pdu``; 0: ``UNLIMITED_PDATA_BYTES``) and
+    who reads their bodies (None: pynetdicom)."""
+    global _settings
+    _settings = _Settings(max_pdu, p_data)
+
+
+def read_pdu_data(dul: DULServiceProvider) -> None:
     """pynetdicom 3.0's reader (same events in the same cases) with the length check added."""
+    max_pdu, p_data = _settings.max_pdu, _settings.p_data
     transport = dul.socket
     assert transport is not None
     if dul.state_machine.current_state == _AWAITING_CLOSE:
@@ -127,14 +103,8 @@ def _read_pdu_data(dul: DULServiceProvider, max_pdu: int) -> None:
         dul.event_queue.put("Evt17")
         return
     _spoke(dul)
-    if pdu_type == _P_DATA_TF and pdata_stream.enabled() and dul.state_machine.current_state == _ESTABLISHED:
-        try:
-            values = pdata_stream.receive(dul, memoryview(body))
-        except pdata_stream.PDataError:
-            dul.event_queue.put("Evt19")
-            return
-        if values:
-            pdata_stream.to_pynetdicom(dul, values)
+    if pdu_type == _P_DATA_TF and p_data is not None and dul.state_machine.current_state == _ESTABLISHED:
+        p_data(dul, memoryview(body))
         return
     try:
         pdu, event = dul._decode_pdu(bytearray(header) + body)
@@ -156,7 +126,7 @@ def _deadline(dul: DULServiceProvider) -> float:
 
 def _spoke(dul: DULServiceProvider) -> None:
     """The peer sent a whole PDU: the node's network timeout replaces a shorter idle limit."""
-    dul._radnode_spoke_at = time.monotonic()  # type: ignore[attr-defined]  # read by pynetdicom_ext
+    dul._radnode_spoke_at = time.monotonic()  # type: ignore[attr-defined]  # read by node.dicomnet.reactor
     timeout = dul.assoc.ae.network_timeout
     if dul.state_machine.current_state not in _BEFORE_REQUEST and dul.assoc.network_timeout != timeout:
         dul.assoc.network_timeout = timeout

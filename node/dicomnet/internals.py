@@ -1,19 +1,11 @@
-"""The pynetdicom internals that radnode's patches replace or read, checked when they are imported.
+"""The pynetdicom internals radnode's patches replace or read, and the shape each must have.
 
-``node.receive.pynetdicom_ext``, ``node.receive.pdu_guard`` and ``node.receive.pdata_stream``
-patch pynetdicom 3.0: they replace methods, state machine actions and two modules' ``time``,
-and read private attributes, none of which pynetdicom promises to keep from one minor release
-to the next. A release that renamed one would not fail where the cause is: a patch would be set
-on a name nothing calls any more (reactors that poll again, a PDU reader that no longer checks
-lengths) or an association would fail in flight. So each of those modules calls ``require()``
-when it is imported: the installed pynetdicom must lie in the range pyproject.toml pins, and
-every internal must have the shape the patches were written against (a method's parameters,
-the attributes a constructor sets, the names a function's code uses, a state machine action and
-its next state). Every difference is named in one ``PynetdicomMismatch``, with what to do.
-
-The check looks at pynetdicom's own code even after the patches are installed: a patch keeps
-the pynetdicom function it stands in for as ``__wrapped__`` (``replacing``). It reads code
-objects and signatures only, about half a millisecond, once per process.
+A pynetdicom release that renamed one would not fail where the cause is: a patch would sit on a
+name nothing calls, or an association would fail in flight. ``mismatched_internals`` compares
+every internal with the shape the patches were written against (a method's parameters, the names
+its code uses, a state machine action and its next state) and names the radnode modules that rely
+on it; ``node.dicomnet.patches`` decides from them which patches it may install. A patch keeps
+pynetdicom's function as ``__wrapped__`` (``replacing``), so the check reads pynetdicom's code.
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvid
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationServer, AssociationSocket
@@ -43,12 +36,15 @@ SUPPORTED = (3, 0)
 REQUIREMENT = "pynetdicom>=3.0,<3.1"
 INSTALL = "pip install 'pynetdicom>=3.0,<3.1'"
 
-_EXT = "node/receive/pynetdicom_ext.py"
-_GUARD = "node/receive/pdu_guard.py"
-_STREAM = "node/receive/pdata_stream.py"
+REACTOR = "node/dicomnet/reactor.py"
+SENDING = "node/dicomnet/sending.py"
+GUARD = "node/dicomnet/pdu_guard.py"
+STREAM = "node/receive/pdata_stream.py"
+#: The receiver's C-STORE handler on stock pynetdicom (when the speed-ups are off).
+STOCK = "node/receive/stock_store.py"
 _SCP = "node/receive/scp.py"
-_DISPATCHER = "node/deliver/dispatcher.py"
-_PATCHES = (_EXT, _GUARD, _STREAM)
+_CSTORE = "node/deliver/cstore.py"
+_PATCHES = (REACTOR, SENDING, GUARD, STREAM)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -77,7 +73,7 @@ class PynetdicomMismatch(RuntimeError):
         lines += [f"  - expected {m.expected}, found {m.found}" + (f" ({', '.join(m.modules)})" if m.modules else "")
                   for m in mismatches]
         lines.append(f"Install {REQUIREMENT} ({INSTALL}) or update {', '.join(modules)} for the new internals, "
-                     "then the pinned range in pyproject.toml and node/receive/pynetdicom_internals.py.")
+                     "then the pinned range in pyproject.toml and node/dicomnet/internals.py.")
         super().__init__("\n".join(lines))
 
 
@@ -99,52 +95,52 @@ def _functions() -> tuple[Function, ...]:
         Function("DULServiceProvider.__init__", lambda: dul.__init__, ("self", "assoc"),
                  ("socket", "event_queue", "to_provider_queue", "to_user_queue", "_recv_pdu", "artim_timer",
                   "state_machine"),
-                 (_EXT, _GUARD, _STREAM)),
-        Function("DULServiceProvider.run_reactor", lambda: dul.run_reactor, ("self",), ("time", "sleep"), (_EXT,)),
-        Function("DULServiceProvider.kill_dul", lambda: dul.kill_dul, ("self",), ("_kill_thread",), (_EXT,)),
+                 (REACTOR, GUARD, STREAM)),
+        Function("DULServiceProvider.run_reactor", lambda: dul.run_reactor, ("self",), ("time", "sleep"), (REACTOR,)),
+        Function("DULServiceProvider.kill_dul", lambda: dul.kill_dul, ("self",), ("_kill_thread",), (REACTOR,)),
         Function("DULServiceProvider._read_pdu_data", lambda: dul._read_pdu_data, ("self",),
-                 ("_decode_pdu", "event_queue", "_recv_pdu"), (_GUARD,)),
-        Function("DULServiceProvider._decode_pdu", lambda: dul._decode_pdu, ("self", "bytestream"), (), (_GUARD,)),
+                 ("_decode_pdu", "event_queue", "_recv_pdu"), (GUARD,)),
+        Function("DULServiceProvider._decode_pdu", lambda: dul._decode_pdu, ("self", "bytestream"), (), (GUARD,)),
         Function("DULServiceProvider.send_pdu", lambda: dul.send_pdu, ("self", "primitive"),
-                 ("to_provider_queue",), (_EXT, _STREAM)),
+                 ("to_provider_queue",), (SENDING, STREAM)),
         Function("Association.__init__", lambda: assoc.__init__, ("self", "ae", "mode"),
-                 ("requestor", "_accepted_cx", "dul", "dimse", "_reactor_checkpoint", "_kill"), (_EXT, _STREAM)),
+                 ("requestor", "_accepted_cx", "dul", "dimse", "_reactor_checkpoint", "_kill"), (REACTOR, STREAM)),
         Function("Association.send_c_store", lambda: assoc.send_c_store,
                  ("self", "dataset", "msg_id", "priority", "originator_aet", "originator_id"),
-                 ("_dataset_path", "send_msg"), (_EXT,)),
+                 ("_dataset_path", "send_msg"), (SENDING,)),
         Function("Association._run_reactor", lambda: assoc._run_reactor, ("self",),
-                 ("time", "sleep", "_reactor_checkpoint", "_serve_request"), (_EXT,)),
+                 ("time", "sleep", "_reactor_checkpoint", "_serve_request"), (REACTOR,)),
         Function("Association._serve_request", lambda: assoc._serve_request, ("self", "msg", "context_id"), (),
-                 (_EXT,)),
+                 (REACTOR,)),
         Function("AssociationSocket.__init__", lambda: AssociationSocket.__init__,
-                 ("self", "assoc", "client_socket", "address"), ("socket", "_create_socket"), (_EXT, _GUARD)),
+                 ("self", "assoc", "client_socket", "address"), ("socket", "_create_socket"), (SENDING, GUARD)),
         Function("AssociationSocket._create_socket", lambda: AssociationSocket._create_socket,
-                 ("self", "address"), (), (_EXT,)),
+                 ("self", "address"), (), (SENDING,)),
         Function("AssociationServer.get_request", lambda: AssociationServer.get_request, ("self",),
                  ("ssl_context",), (_SCP,)),
         Function("DIMSEServiceProvider.__init__", lambda: dimse.__init__, ("self", "assoc"), ("msg_queue",),
-                 (_EXT, _STREAM)),
+                 (REACTOR, STREAM)),
         Function("DIMSEServiceProvider.send_msg", lambda: dimse.send_msg, ("self", "primitive", "context_id"),
-                 ("primitive_to_message", "encode_msg", "send_pdu"), (_EXT, _STREAM)),
+                 ("primitive_to_message", "encode_msg", "send_pdu"), (SENDING,)),
         Function("DIMSEMessage.encode_msg", lambda: DIMSEMessage.encode_msg,
-                 ("self", "context_id", "max_pdu_length"), (), (_EXT,)),
+                 ("self", "context_id", "max_pdu_length"), (), (SENDING,)),
         Function("StorageServiceClass.validate_status", lambda: StorageServiceClass.validate_status,
-                 ("self", "status", "rsp"), (), (_STREAM,)),
+                 ("self", "status", "rsp"), (), (STREAM,)),
     )
 
 
 #: The state machine actions a patch replaces or feeds: (action, function, next state, uses, modules).
 #: DT-1 and AR-7 take the P-DATA request from the DUL's queue and send it (replaced by
-#: pynetdicom_ext); DT-2 takes a received PDU from ``_recv_pdu`` (which pdata_stream feeds).
+#: node.dicomnet.sending); DT-2 takes a received PDU from ``_recv_pdu`` (which pdata_stream feeds).
 _ACTIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("DT-1", "DT_1", "Sta6", ("to_provider_queue",), (_EXT,)),
-    ("AR-7", "AR_7", "Sta8", ("to_provider_queue",), (_EXT,)),
-    ("DT-2", "DT_2", "Sta6", ("_recv_pdu", "to_primitive"), (_STREAM,)),
+    ("DT-1", "DT_1", "Sta6", ("to_provider_queue",), (SENDING,)),
+    ("AR-7", "AR_7", "Sta8", ("to_provider_queue",), (SENDING,)),
+    ("DT-2", "DT_2", "Sta6", ("_recv_pdu", "to_primitive"), (STREAM,)),
 )
 _TRANSITIONS: tuple[tuple[tuple[str, str], str, tuple[str, ...]], ...] = (
-    (("Evt9", "Sta6"), "DT-1", (_EXT, _STREAM)),
-    (("Evt9", "Sta8"), "AR-7", (_EXT,)),
-    (("Evt10", "Sta6"), "DT-2", (_GUARD, _STREAM)),
+    (("Evt9", "Sta6"), "DT-1", (SENDING, STREAM)),
+    (("Evt9", "Sta8"), "AR-7", (SENDING,)),
+    (("Evt10", "Sta6"), "DT-2", (GUARD, STREAM)),
 )
 #: States and events the PDU reader names (pdu_guard): idle, awaiting the A-ASSOCIATE-RQ,
 #: established, awaiting close; a P-DATA-TF, the transport closed, an invalid PDU.
@@ -152,16 +148,18 @@ _STATES = ("Sta1", "Sta2", "Sta6", "Sta13")
 _EVENTS = ("Evt10", "Evt17", "Evt19")
 #: Properties the patches read, by class.
 _PROPERTIES: tuple[tuple[type, tuple[str, ...], tuple[str, ...]], ...] = (
-    (DULServiceProvider, ("assoc",), (_GUARD, _STREAM)),
-    (Association, ("is_acceptor", "is_requestor", "network_timeout", "ae"), (_EXT, _GUARD)),
-    (DIMSEServiceProvider, ("dul", "assoc", "maximum_pdu_size"), (_EXT, _STREAM)),
-    (P_DATA, ("presentation_data_value_list",), (_EXT, _STREAM)),
+    (DULServiceProvider, ("assoc",), (GUARD, STREAM)),
+    (Association, ("is_acceptor", "is_requestor", "network_timeout", "ae"), (REACTOR, GUARD)),
+    (DIMSEServiceProvider, ("dul", "assoc", "maximum_pdu_size"), (SENDING, STREAM)),
+    (P_DATA, ("presentation_data_value_list",), (SENDING, STREAM)),
+    (Event, ("dataset_path",), (STOCK,)),
 )
 #: pynetdicom's settings the receiver and the dispatcher set: a renamed one would be set in vain.
 _SETTINGS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("UNRESTRICTED_STORAGE_SERVICE", (_SCP,)),
     ("LOG_HANDLER_LEVEL", (_SCP,)),
-    ("STORE_SEND_CHUNKED_DATASET", (_DISPATCHER,)),
+    ("STORE_SEND_CHUNKED_DATASET", (_CSTORE,)),
+    ("STORE_RECV_CHUNKED_DATASET", (STOCK,)),
 )
 
 
@@ -172,23 +170,20 @@ def replacing(original: Any, replacement: _F) -> _F:
     return replacement
 
 
-_checked = False
-
-
-def require() -> None:
-    """``check`` once per process (each patching module calls this when it is imported)."""
-    global _checked
-    if not _checked:
-        check()
-        _checked = True
-
-
 def check() -> None:
     """Raise PynetdicomMismatch unless the installed pynetdicom is the one the patches fit."""
-    version = str(getattr(pynetdicom, "__version__", "unknown"))
-    mismatches = list(_version_mismatch(version)) + list(mismatched_internals())
-    if mismatches:
-        raise PynetdicomMismatch(version, mismatches)
+    found = mismatches()
+    if found:
+        raise PynetdicomMismatch(version(), found)
+
+
+def version() -> str:
+    return str(getattr(pynetdicom, "__version__", "unknown"))
+
+
+def mismatches() -> list[Mismatch]:
+    """The installed pynetdicom's version outside the pinned range, and every internal that differs."""
+    return list(_version_mismatch(version())) + list(mismatched_internals())
 
 
 def _version_mismatch(version: str) -> Iterator[Mismatch]:
@@ -259,13 +254,13 @@ def _data_mismatches() -> Iterator[Mismatch]:
     missing_events = [name for name in _EVENTS if name not in fsm.EVENTS]
     if missing_states or missing_events:
         yield Mismatch(f"fsm states {', '.join(_STATES)} and events {', '.join(_EVENTS)}",
-                       f"no {', '.join(missing_states + missing_events)}", (_GUARD, _STREAM))
+                       f"no {', '.join(missing_states + missing_events)}", (GUARD, STREAM))
     for module in (pynetdicom.dul, pynetdicom.association):
         if not callable(getattr(getattr(module, "time", None), "sleep", None)):
-            yield Mismatch(f"{module.__name__}.time.sleep (the reactor's sleep)", "none", (_EXT,))
+            yield Mismatch(f"{module.__name__}.time.sleep (the reactor's sleep)", "none", (REACTOR,))
     if C_STORE not in _RQ_TO_MESSAGE or C_STORE not in _RSP_TO_MESSAGE:
         yield Mismatch("pynetdicom.dimse._RQ_TO_MESSAGE and _RSP_TO_MESSAGE keyed by primitive class",
-                       "no C_STORE entry", (_EXT,))
+                       "no C_STORE entry", (SENDING,))
     for cls, names, modules in _PROPERTIES:
         for name in names:
             if not isinstance(inspect.getattr_static(cls, name, None), property):
