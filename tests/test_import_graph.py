@@ -1,4 +1,4 @@
-"""The import graph of node/ and pipelines/: no module imports itself round a circle, and the
+"""The import graph of node/, pipelines/ and training/: no module imports itself round a circle, and the
 node's stages depend only on the stages before them (ARCHITECTURE.md).
 
 Every import counts: at the top of a module, inside a function, and under ``TYPE_CHECKING``,
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("node", "pipelines")
+PACKAGES = ("node", "pipelines", "training")
 
 #: The node's stage packages, each allowed to import only the stages listed before it. The index
 #: comes first because every stage records its work there; the DICOM networking that receiving and

@@ -18,10 +18,10 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from pipelines.base import JobInput
-from pipelines.nodule.training import data, lidc
 from tests.peers import dciodvfy, dcmtk_bin, dcmtk_env
 from tests.test_finding_location import LIDC_SIDES
 from tests.test_nodule_real_lesions import fold_pipeline
+from training.nodule import data, lidc
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.peers]
 

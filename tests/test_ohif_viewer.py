@@ -21,11 +21,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.tumor.training.data import TCGA, load_images
 from tests.harness import NodeProcess, node_config
 from tests.mr_dicom import TUMOR_ROUTE, write_clinical_study
 from tests.ohif import Viewer, ViewerServer, ohif_dist, wait_for
 from tests.peers import Orthanc, storescu
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.data]
 

@@ -29,12 +29,12 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.training.clinical_t1c import HELDOUT_CASES, heldout_scans, load_scan
 from pipelines.volume import load_series
 from tests.cpu_share import CPU_THREADS
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.mr_dicom import TUMOR_ROUTE, heldout_case, resliced, seg_labels, tc_dice
 from tests.peers import dciodvfy, storescu
+from training.tumor.clinical_t1c import HELDOUT_CASES, heldout_scans, load_scan
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.tumor.training.data import TCGA, load_images
 from tests.harness import NodeProcess, node_config, wait_until
 from tests.mr_dicom import TUMOR_ROUTE, Study, write_clinical_study
 from tests.peers import dciodvfy, storescu
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.slow]
 

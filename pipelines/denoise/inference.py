@@ -25,7 +25,7 @@ from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
 from pipelines.model_folder import ModelFolderError, inner_folder, load_network, load_params, require_folder
 from pipelines.precision import autocast
 
-#: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
+#: The weights trained by ``training.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Pixels per forward pass: about 0.3 GB of activations on a CPU (8 slices of 512 x 512) ...
 CPU_BATCH_PIXELS = 8 * 512 * 512

@@ -27,7 +27,7 @@ from pipelines.nodule.params import DetectorParams
 from pipelines.precision import autocast
 from pipelines.volume import Volume
 
-#: The weights trained by ``pipelines.nodule.training.train``, shipped in the repository.
+#: The weights trained by ``training.nodule.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 T = TypeVar("T")
 

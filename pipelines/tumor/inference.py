@@ -31,7 +31,7 @@ from pipelines.precision import autocast
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.params import NATIVE_AXCODES, TumorParams
 
-#: The weights trained by ``pipelines.tumor.training.train``, shipped in the repository.
+#: The weights trained by ``training.tumor.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
