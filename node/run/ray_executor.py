@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from node import logs
 from node.config import Config, RaySettings, load_config
+from node.health import Check, Processes
 from node.index.states import JobState
 from node.index.store import Index, Job
 from node.receive.spool import Spool
@@ -57,7 +58,7 @@ from node.run.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray
 from pipelines.base import JobResult
 
 if TYPE_CHECKING:  # the actor's module is imported where the actor is made
-    from node.run.ray_actor import ActorOutcome
+    from node.run.ray_actor import ActorOutcome, Shipped
 
 REACHABILITY_CACHE_SECONDS = 1.0
 #: How often a driver waiting for its actor checks that its attempt is still the current one.
@@ -67,8 +68,6 @@ FENCE_POLL_SECONDS = 0.25
 ACTOR_START_SECONDS = 600.0
 #: How often an idle driver with actors asks the cluster whether another actor waits for room.
 RELEASE_CHECK_SECONDS = 2.0
-#: A file's name and bytes, as shipped to and from the actor.
-Shipped = list[tuple[str, bytes]]
 #: Ray colours the tracebacks it forwards; the job's reason is read in a terminal or a page.
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -145,22 +144,21 @@ class RayExecutor(ProcessExecutor):
             return
         hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
 
-    def health(self) -> dict[str, tuple[int, int]]:
-        return {**super().health(), "ray_probe": (int(self.probe.alive()), 1)}
+    def health(self) -> dict[str, Processes]:
+        return {**super().health(), "ray_probe": Processes(int(self.probe.alive()), 1)}
 
-    def checks(self) -> dict[str, tuple[bool, str]]:
+    def checks(self) -> dict[str, Check]:
         """From cached answers only (the supervisor refreshes them): the page never waits on
         the cluster."""
         address = self.config.workers.ray.address
         if not self._reachable[1]:
-            return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
-                                           "is back; receiving and delivery go on")}
+            return {"ray_cluster": Check(False, f"Ray head {address} does not answer: jobs wait queued until "
+                                                "it is back; receiving and delivery go on")}
         verdict = self.probe.verdict()
         if verdict is None:
-            return {"ray_cluster": (False, f"Ray head {address} answers; whether it accepts this node is "
-                                           "being checked: jobs wait queued until then")}
-        accepted, detail = verdict
-        return {"ray_cluster": (accepted, detail if accepted else f"{detail}; jobs wait queued until then")}
+            return {"ray_cluster": Check(False, f"Ray head {address} answers; whether it accepts this node is "
+                                                "being checked: jobs wait queued until then")}
+        return {"ray_cluster": verdict if verdict.ok else Check(False, f"{verdict.detail}; jobs wait queued until then")}
 
 
 def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings) -> None:

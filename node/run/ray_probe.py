@@ -28,6 +28,7 @@ from pathlib import Path
 
 from node import logs
 from node.config import RaySettings, load_config
+from node.health import Check
 
 #: Between two questions to the cluster (each is one gRPC call, a few milliseconds of CPU).
 PROBE_SECONDS = 3.0
@@ -35,9 +36,6 @@ PROBE_SECONDS = 3.0
 PROBE_TIMEOUT_SECONDS = 3.0
 #: A verdict older than this is no verdict: the probe hangs or died, and is restarted.
 STALE_SECONDS = 4 * (PROBE_SECONDS + PROBE_TIMEOUT_SECONDS)
-
-#: (accepted, detail) of one probe.
-Verdict = tuple[bool, str]
 
 
 def head_endpoint(address: str) -> tuple[str | None, int]:
@@ -86,26 +84,26 @@ def ray_environment(settings: RaySettings) -> None:
 
 # ---- one probe (in the probe process, Ray imported) ----------------------------------------
 
-def probe(settings: RaySettings) -> Verdict:
+def probe(settings: RaySettings) -> Check:
     """Ask the cluster's GCS one question, as the drivers would; on failure, say why."""
     address = settings.address
     host, port = head_endpoint(address)
     if host is None:
-        return False, ('no Ray cluster is noted on this machine for address = "auto": run `ray start` '
-                       "here, or set [workers.ray] address to the head's host:port")
+        return Check(False, 'no Ray cluster is noted on this machine for address = "auto": run `ray start` '
+                            "here, or set [workers.ray] address to the head's host:port")
     if not head_answers(address):
-        return False, f"Ray head {address} does not answer: jobs wait queued until it is back"
+        return Check(False, f"Ray head {address} does not answer: jobs wait queued until it is back")
     mismatch = tls_mismatch(settings, host, port)  # Ray itself would only time out, after 13 s
     if mismatch:
-        return False, mismatch
+        return Check(False, mismatch)
     try:
         if address.startswith("ray://"):
             _ask_client_server(f"{host}:{port}")
         else:
             _ask_gcs(f"{host}:{port}")
     except Exception as error:
-        return False, refusal(settings, error)
-    return True, f"Ray head {address} accepts this node"
+        return Check(False, refusal(settings, error))
+    return Check(True, f"Ray head {address} accepts this node")
 
 
 def _ask_gcs(gcs_address: str) -> None:
@@ -216,8 +214,8 @@ def probe_main(config_path: str, verdicts: multiprocessing.Queue[tuple[float, bo
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        accepted, detail = probe(settings)
-        verdicts.put((time.time(), accepted, detail))
+        check = probe(settings)
+        verdicts.put((time.time(), check.ok, check.detail))
         time.sleep(PROBE_SECONDS)
 
 
@@ -263,14 +261,14 @@ class ClusterProbe:
     def accepted(self) -> bool:
         """Whether the last verdict, still fresh, says the cluster accepts this node."""
         verdict = self.verdict()
-        return verdict is not None and verdict[0]
+        return verdict is not None and verdict.ok
 
-    def verdict(self) -> Verdict | None:
+    def verdict(self) -> Check | None:
         """The last fresh verdict; None before the first one or when it is stale."""
         last = self._last
         if last is None or time.time() - last[0] > STALE_SECONDS:
             return None
-        return last[1], last[2]
+        return Check(last[1], last[2])
 
     def stop(self) -> None:
         if self._process is not None and self._process.is_alive():
