@@ -254,3 +254,38 @@ def test_the_ray_actors_outcome_round_trips_through_pickle_and_the_driver_commit
     assert done.summary.ran_on == outcome.ran_on and done.summary.details == outcome.summary.details
     assert list(done.summary.to_stored())[-1] == "ran_on"  # shown last, as before
     assert len(index.results(job.id)) == len(outcome.files)
+
+
+# ---- a pipeline's options ---------------------------------------------------------------------
+
+
+def _threshold_config(tmp_path: Path, **options: Any):
+    from node.config import parse_config
+    from tests.harness import threshold_pipeline, threshold_route
+
+    return parse_config(node_config(tmp_path, routes=[threshold_route()], pipelines=threshold_pipeline(**options),
+                                    destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                   "port": 104}]))
+
+
+def test_a_pipeline_loads_with_the_options_object_the_config_check_validated_not_a_dict_checked_again(tmp_path):
+    from node.run.invoke import load_pipeline, pipeline_settings
+    from tests.hu_threshold import ThresholdOptions
+
+    config = _threshold_config(tmp_path, threshold_hu=150)
+    validated = config.pipelines["hu-threshold"].validated_options
+    assert isinstance(validated, ThresholdOptions) and validated.threshold_hu == 150
+    entry, settings = pipeline_settings(config, "hu-threshold")
+    assert settings.options is validated
+    assert load_pipeline(entry, settings).options is validated  # the same object: validated once
+    unpickled = pickle.loads(pickle.dumps(settings))  # as a Ray actor receives it
+    assert isinstance(unpickled.options, ThresholdOptions) and unpickled.options == validated
+
+
+def test_a_pipeline_handed_another_pipelines_options_object_is_refused_naming_both(tmp_path):
+    from pipelines.base import PipelineSettings
+    from pipelines.nodule.contract import Options as NoduleOptions
+    from tests.hu_threshold import HUThreshold
+
+    with pytest.raises(TypeError, match="reads ThresholdOptions options, not Options"):
+        HUThreshold(PipelineSettings(name="hu-threshold", options=NoduleOptions()))
