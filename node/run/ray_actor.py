@@ -31,8 +31,8 @@ Shipped = list[tuple[str, bytes]]
 class ActorOutcome:
     """What one run on the cluster sends back to the node's driver (pickled by Ray).
 
-    The summary travels as the common ``JobSummary``, not the pipeline's own subclass: the
-    driver unpickles it, and must not import a pipeline's module (and torch) to do so.
+    The summary travels as the pipeline's own typed subclass; a shipped pipeline declares it
+    in its torch-free ``contract`` module, so the driver unpickles it without loading a model.
     """
 
     applicable: bool
@@ -68,7 +68,7 @@ class PipelineActor:
             result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id, priors)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return ActorOutcome(applicable=result.applicable, reason=result.reason,
-                                summary=JobSummary.from_stored(result.summary.to_stored()),
+                                summary=result.summary,
                                 files=files, objects=result.objects, ran_on=self.ready(),
                                 seconds=round(time.monotonic() - started, 3))
         finally:

@@ -54,14 +54,13 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
-    PipelineSummary,
-    SummaryRecord,
 )
 from pipelines.model_folder import is_monai_bundle
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.nodule import contract, masses
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
+from pipelines.nodule.contract import BundleNoduleSummary, FoundBox, FoundNodule, NoduleSummary
 from pipelines.nodule.detector import Detection, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.harmonize import Harmonized, harmonize
@@ -90,51 +89,6 @@ NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
 #: "None detected" needs both lungs in the series: at least this much lung (mL) on each side.
 MIN_SIDE_ML = 100.0
-
-
-class FoundNodule(SummaryRecord):
-    """A reported nodule, measured on the source slices."""
-
-    score: float
-    diameter_mm: float
-    #: None when the nodule could not be segmented apart from what touches it
-    volume_mm3: float | None
-    #: reported by the mass safety net (``masses``), with its solid part's long axis
-    mass: bool = False
-    solid_diameter_mm: float | None = None
-
-
-class FoundBox(SummaryRecord):
-    """A MONAI bundle's box at or above the reporting threshold: the box is the finding."""
-
-    score: float
-    center_lps: list[float]
-    box_mm: list[float]
-
-
-class NoduleSummary(PipelineSummary):
-    """A job of radnode's own detector (the scorer folder or the RetinaNet folder)."""
-
-    nodules: list[FoundNodule]
-    #: boxes the detector scored, reported or not
-    candidates: int
-    #: lesions at the reporting threshold left out because they lie outside the lung (jobs
-    #: stored before the lung rule have none)
-    outside_lung: int = 0
-    #: aerated lung found in the series
-    lung_ml: int
-    #: the series' noise index (HU), and the in-plane smoothing (mm) that brought a sharp
-    #: reconstruction to a standard kernel's noise before detection (0: none; None: stored
-    #: before harmonization)
-    noise_hu: float | None = None
-    softened_mm: float = 0.0
-
-
-class BundleNoduleSummary(PipelineSummary):
-    """A job of a MONAI detection bundle (its name and version in ``bundle``)."""
-
-    nodules: list[FoundBox]
-    candidates: int
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
-    PipelineSummary,
 )
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_volume
@@ -77,7 +76,7 @@ from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
-from pipelines.tumor.contract import MIN_TUMOR_ML
+from pipelines.tumor.contract import MIN_TUMOR_ML, TumorSummary
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.dura import clear_dura
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
@@ -134,32 +133,6 @@ SUB_REGIONS: tuple[SubRegion, ...] = (
 BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
 #: Lesions shown on a key image each, largest first; the summary image counts the rest.
 MAX_KEY_LESIONS = 5
-
-
-class TumorSummary(PipelineSummary):
-    """A brain study's segmentation; ``model`` names which model of the folder served it."""
-
-    #: the contrasts segmented, by display name ("T1c"), and those left out with why
-    contrasts_used: list[str]
-    left_out: dict[str, str]
-    #: the contrast whose grid the others were put on
-    reference: str
-    brain_ml: float
-    #: per sub-region (``SubRegion.tracking_id``)
-    volumes_ml: dict[str, float]
-    tumor_found: bool
-    #: per contrast (role): the measured quality of its registration, or that it shares the grid
-    registration: dict[str, dict[str, bool | float | str]]
-    #: whether the contrasts segmented are validated inputs ("validated", "unvalidated", "not-measured")
-    validation: str = "validated"
-    #: the reader's sentence when they are not (``validation.choose_inputs``)
-    validation_note: str = ""
-    #: the case's self-consistency (``quality``; none for a MONAI bundle or when nothing ran)
-    #: and whether it is under the threshold
-    self_consistency: float | None = None
-    low_confidence: bool = False
-    #: edema-only lesions not reported as tumor, far from every lesion with a core (``isolated_edema``), mL each
-    isolated_edema_ml: list[float] = []
 
 
 @dataclass(frozen=True)
