@@ -20,6 +20,7 @@ or delivery state goes through ``node.index.states.apply``.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from node.index.retention import RetentionIndex
 from node.index.states import SeriesState
 
 __all__ = ["INDEX_MODE", "Bookkeeping", "Delivery", "Index", "InstanceRecord", "Job", "JobIndex", "JobSpec",
-           "Lineage", "Problem", "ResultFile", "ResultIndex", "ResultObject", "RetentionIndex", "RouteNote",
+           "InstanceRow", "Lineage", "Problem", "ResultFile", "ResultIndex", "ResultObject", "RetentionIndex", "RouteNote",
            "SeriesIndex", "SeriesRow"]
 
 
@@ -65,6 +66,22 @@ class InstanceRecord:
             path=path,
             size=size,
         )
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """An indexed instance as the index holds it: where its file lies and when it came."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    received_at: float
+    #: the association (or STOW-RS request) that brought it; None for one a reconcile re-indexed
+    association: str | None
 
 
 @dataclass(frozen=True)
@@ -158,27 +175,7 @@ class SeriesIndex(Database):
                 (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
                  str(rec.path), rec.size, now, assoc_id),
             )
-            if old is None:
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
-                    (rec.series_uid,),
-                )
-            elif old["series_uid"] != rec.series_uid:
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
-                    (rec.series_uid,),
-                )
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
-                    (old["series_uid"],),
-                )
-            if old is not None and old["path"] != str(rec.path):
-                # the series it left reads its header from one of the files it still has
-                db.execute(
-                    "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"
-                    " WHERE series_uid = ? LIMIT 1), sample_path) WHERE series_uid = ? AND sample_path = ?",
-                    (old["series_uid"], old["series_uid"], old["path"]),
-                )
+            _count_moved(db, old, rec)
             if assoc_id is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
@@ -276,9 +273,9 @@ class SeriesIndex(Database):
                                 " ORDER BY last_received DESC", (since,))
         return [(r["study_uid"], r["last_received"]) for r in rows.fetchall()]
 
-    def instance(self, sop_uid: str) -> dict[str, Any] | None:
+    def instance(self, sop_uid: str) -> InstanceRow | None:
         row = self._db.execute("SELECT * FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-        return dict(row) if row else None
+        return None if row is None else InstanceRow(**{**dict(row), "path": Path(row["path"])})
 
     def count_instances(self) -> int:
         """The instances indexed, as their series count them (``record_instance`` keeps each
@@ -322,6 +319,24 @@ class SeriesIndex(Database):
         row = self._db.execute("SELECT forced_at FROM forced_studies WHERE study_uid = ?",
                                (study_uid,)).fetchone()
         return None if row is None else float(row["forced_at"])
+
+
+def _count_moved(db: sqlite3.Connection, old: sqlite3.Row | None, rec: InstanceRecord) -> None:
+    """Series counts after ``record_instance``: a new instance counts once in its series; one
+    sent again under another series moves its count, and a moved file's old series takes its
+    header from a file it still has."""
+    if old is None or old["series_uid"] != rec.series_uid:
+        db.execute("UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
+                   (rec.series_uid,))
+    if old is not None and old["series_uid"] != rec.series_uid:
+        db.execute("UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
+                   (old["series_uid"],))
+    if old is not None and old["path"] != str(rec.path):
+        db.execute(
+            "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"
+            " WHERE series_uid = ? LIMIT 1), sample_path) WHERE series_uid = ? AND sample_path = ?",
+            (old["series_uid"], old["series_uid"], old["path"]),
+        )
 
 
 class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping, NotificationIndex, BackfillIndex):
