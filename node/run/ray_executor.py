@@ -54,6 +54,7 @@ from node.run.child import ChildLink, StopOnSigterm, die_with_parent, held_attem
 from node.run.executor import ProcessExecutor
 from node.run.invoke import pipeline_settings
 from node.run.outcome import commit_result
+from node.run.ray_internals import RELEASE, RayMismatch, require
 from node.run.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray_environment
 from pipelines.base import JobResult
 
@@ -207,6 +208,7 @@ class Driver:
         self.station_name = station_name
         self._actors: dict[str, Any] = {}
         self._release_checked = 0.0
+        self._can_release: bool | None = None
 
     def connect(self) -> None:
         import ray
@@ -253,6 +255,8 @@ class Driver:
         if not self._actors or time.monotonic() - self._release_checked < RELEASE_CHECK_SECONDS:
             return
         self._release_checked = time.monotonic()
+        if not self._release_fits():
+            return
         if not head_answers(self.config.workers.ray.address):
             return  # nothing waits on a cluster without its head; Ray replaces this driver
         try:
@@ -264,6 +268,18 @@ class Driver:
             logs.info("ray.actors_released", pipelines=sorted(self._actors), waiting=waiting)
             for pipeline in list(self._actors):
                 self.forget(pipeline)
+
+    def _release_fits(self) -> bool:
+        """Whether this Ray has the actor table ``_others_waiting`` reads; if not, said once, and
+        idle actors keep their room (a waiting one starts when a driver's actor dies)."""
+        if self._can_release is None:
+            try:
+                require(RELEASE)
+                self._can_release = True
+            except RayMismatch as error:
+                logs.error("ray.release_unavailable", detail=str(error))
+                self._can_release = False
+        return self._can_release
 
     def _others_waiting(self) -> int:
         """How many pipeline actors that are not this driver's wait to be placed (Ray's actor

@@ -15,6 +15,7 @@ Ray reads its token and TLS settings once per process, when it first needs them:
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
@@ -29,6 +30,7 @@ from pathlib import Path
 from node import logs
 from node.config import RaySettings, load_config
 from node.health import Check
+from node.run.ray_internals import CLIENT, PROBE, RayMismatch, require
 
 #: Between two questions to the cluster (each is one gRPC call, a few milliseconds of CPU).
 PROBE_SECONDS = 3.0
@@ -86,6 +88,9 @@ def ray_environment(settings: RaySettings) -> None:
 
 def probe(settings: RaySettings) -> Check:
     """Ask the cluster's GCS one question, as the drivers would; on failure, say why."""
+    mismatch = _internals_mismatch(settings.address.startswith("ray://"))
+    if mismatch:
+        return Check(False, mismatch)
     address = settings.address
     host, port = head_endpoint(address)
     if host is None:
@@ -104,6 +109,17 @@ def probe(settings: RaySettings) -> Check:
     except Exception as error:
         return Check(False, refusal(settings, error))
     return Check(True, f"Ray head {address} accepts this node")
+
+
+@functools.cache
+def _internals_mismatch(client: bool) -> str | None:
+    """Why the probe cannot ask with the installed Ray (its private APIs differ), once per process."""
+    try:
+        require(PROBE, *([CLIENT] if client else []))
+    except RayMismatch as error:
+        logs.error("ray.internals_mismatch", detail=str(error))
+        return str(error)
+    return None
 
 
 def _ask_gcs(gcs_address: str) -> None:
