@@ -61,7 +61,7 @@ from pipelines.nodule import contract, masses
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
 from pipelines.nodule.contract import BundleNoduleSummary, FoundBox, FoundNodule, NoduleSummary
-from pipelines.nodule.detector import Detection, NoduleDetector
+from pipelines.nodule.detector import Detection, Detector, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.harmonize import Harmonized, harmonize
 from pipelines.nodule.lesions import in_lung, merge_touching
@@ -128,7 +128,7 @@ class NoduleDetection(ModelPipeline):
             ))
         else:
             loader = CandidateDetector if is_scorer_folder(self.model_dir) else NoduleDetector
-            self.detector: CandidateDetector | NoduleDetector = loader.load(self.model_dir, self.device, threshold)
+            self.detector: Detector = loader.load(self.model_dir, self.device, threshold)
             self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
         self.empty_seg = self.options.empty_seg
         self.min_lung_ml = self.options.min_lung_ml
@@ -213,10 +213,7 @@ class NoduleDetection(ModelPipeline):
                 "needed): not a chest CT, or the lungs are outside its field of view"
             )
         clock.lap("preprocess")
-        if isinstance(self.detector, CandidateDetector):
-            candidates = self.detector.detect(grid, lungs)
-        else:
-            candidates = self.detector.detect(grid)
+        candidates = self.detector.detect(grid, lungs)
         clock.lap("inference")
         nodules, outside_lung, sides_ml = self.lesions(seen.volume, grid, lungs, candidates)
         clock.lap("postprocess")

@@ -75,7 +75,6 @@ from pipelines.timing import StageClock
 from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.contract import MIN_TUMOR_ML, TumorSummary
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.dura import clear_dura
@@ -95,6 +94,7 @@ from pipelines.tumor.preprocess import (
 )
 from pipelines.tumor.quality import LOW_CONFIDENCE, Quality, assess
 from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.segmented import AlignedStudy, Segmented
 from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
 from pipelines.volume import Volume
@@ -171,8 +171,7 @@ class TumorSegmentation(ModelPipeline):
         images = {role: canonical(volumes[role].to_sitk()) for role in present}  # one storage order for all
         clock.lap("load")
 
-        if isinstance(self.models.main, BundleSegmenter):  # before any work: the study cannot run
-            _require_bundle_contrasts(self.models.main, present)
+        self.models.main.require_contrasts(present)  # before any work: a study it cannot run
 
         brain = extract_brain(images[reference_role])
         brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
@@ -191,8 +190,7 @@ class TumorSegmentation(ModelPipeline):
         present = list(choice.roles)
         images = {role: images[role] for role in present}
         model_name, segmenter = self.models.for_contrasts(present)
-        if isinstance(segmenter, BundleSegmenter):
-            _require_bundle_contrasts(segmenter, present, alignments.left_out)
+        segmenter.require_contrasts(present, alignments.left_out)
         used = ", ".join(DISPLAY[role] for role in present)
         parameters = (("contrasts used", used), *_left_out_parameter(left_out),
                       ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"),
@@ -210,24 +208,11 @@ class TumorSegmentation(ModelPipeline):
             clock.lap("writing")
             return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
                                                               seconds=clock.laps))
-        quality: Quality | None = None
-        isolated_edema_ml: list[float] = []
-        if isinstance(segmenter, BundleSegmenter):
-            labels = segmenter.segment(images, transforms, reference_role, brain, clock)
-            labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
-            bundle = segmenter.runner.bundle
-            model_name = bundle.label
-            algorithm = Algorithm(name=bundle.name, version=bundle.version, parameters=(
-                *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
-        else:
-            prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
-            cleared = post_process(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
-            labels, isolated_edema_ml = cleared.labels, list(cleared.dropped_ml)
-            quality = assess(segmenter, prediction.probabilities, prediction.inside)
-            clock.lap("self-consistency")
-            algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
-                                  parameters=(*parameters, ("model", model_name)))
-        labels, brain = _in_source_order(labels, brain, images[reference_role], reference)
+        study = AlignedStudy(images, transforms, reference_role, brain, clock, parameters, model_name,
+                             self.model_digest)
+        done = segmenter.segmentation(study, partial(segment_network, min_tumor_ml=self.min_tumor_ml))
+        model_name, algorithm, quality = done.model_name, done.algorithm, done.quality
+        labels, brain = _in_source_order(done.labels, brain, images[reference_role], reference)
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
@@ -239,7 +224,7 @@ class TumorSegmentation(ModelPipeline):
         return JobResult.written(outputs, summary=summary(
             model=model_name, volumes_ml=volumes_ml, tumor_found=any(volumes_ml.values()), seconds=clock.laps,
             self_consistency=quality.score if quality else None, low_confidence=bool(quality and quality.low_confidence),
-            isolated_edema_ml=isolated_edema_ml))
+            isolated_edema_ml=list(done.isolated_edema_ml)))
 
     def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
         """The SR saying why nothing was measured and what to send, and the summary image saying
@@ -451,18 +436,6 @@ def _described(used: str, left_out: Mapping[str, str]) -> str:
     return f"{used}; {', '.join(DISPLAY[role] for role in left_out)} left out"
 
 
-def _require_bundle_contrasts(segmenter: BundleSegmenter, present: Sequence[str],
-                              left_out: Mapping[str, str] | None = None) -> None:
-    """A bundle gets every contrast it was trained on, or the job is not applicable."""
-    missing = [role for role in segmenter.roles if role not in present]
-    if missing:
-        why = {role: f" ({reason})" for role, reason in (left_out or {}).items()}
-        raise NotApplicable(
-            f"the MONAI bundle {segmenter.runner.label} needs {', '.join(DISPLAY[r] for r in segmenter.roles)}; "
-            f"the study lacks {', '.join(DISPLAY[r] + why.get(r, '') for r in missing)}"
-        )
-
-
 def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
     """The MR volume of every role that arrived, or NotApplicable saying what is wrong."""
     volumes = {}
@@ -511,6 +484,19 @@ def predict(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
     return Prediction(grid, network_input, inside, probabilities)
+
+
+def segment_network(segmenter: Segmenter, study: AlignedStudy, min_tumor_ml: float = MIN_TUMOR_ML) -> Segmented:
+    """radnode's steps for its own network: ``predict``, ``post_process`` and the case's
+    self-consistency (``quality``), named as radnode's model."""
+    prediction = predict(segmenter, study.images, study.transforms, study.reference_role, study.brain, study.clock)
+    cleared = post_process(prediction, segmenter, study.images, study.reference_role, study.brain, study.clock,
+                           min_tumor_ml)
+    quality = assess(segmenter.format.threshold, prediction.probabilities, prediction.inside)
+    study.clock.lap("self-consistency")
+    algorithm = Algorithm(name="radnode tumor-segmentation", version=study.model_digest[:16],
+                          parameters=(*study.parameters, ("model", study.model_name)))
+    return Segmented(cleared.labels, algorithm, study.model_name, quality, tuple(cleared.dropped_ml))
 
 
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],
