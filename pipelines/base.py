@@ -89,15 +89,11 @@ Text = Annotated[str, BeforeValidator(_as_text)]
 
 
 class JobSummary(BaseModel):
-    """What a pipeline reports about one job besides its files: kept on the job in the index,
-    shown by ``radnode jobs --id N`` and the web page under the key names written here.
+    """What a pipeline reports about one job besides its files, kept on the job in the index.
 
-    The fields here are the ones the node reads (which model ran, where the time went, which
-    cluster machine ran it); each pipeline subclasses this with its own typed findings
-    (``NoduleSummary``) and refuses keys it does not declare. The index keeps the JSON of
-    ``to_stored()``; ``from_stored`` reads any row back, one an older version wrote included,
-    as this class, with the pipeline's own keys untyped in ``details``.
-    """
+    The fields are those the node reads; each pipeline subclasses it with its typed findings
+    (``NoduleSummary``), which reach the node as that class, through Ray too. ``from_stored``
+    reads any stored row or site pipeline's plain dict back as this class (``details``)."""
 
     #: extra keys: a site pipeline's plain dict, or a stored row read back (``details``);
     #: no protected names: ``model_version`` is a summary key, not a pydantic method

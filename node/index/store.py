@@ -1,21 +1,12 @@
 """The index: every piece of state that must survive a crash, in one SQLite file (WAL mode,
-``node.index.db``), split by concern, each a small class over the same connection:
+``node.index.db``), split by concern into small classes over one connection: ``SeriesIndex``
+(here: instances, series, studies, completion, routing), ``JobIndex``, ``ResultIndex``,
+``RetentionIndex``, ``Bookkeeping``, ``NotificationIndex`` and ``BackfillIndex``.
 
-- ``SeriesIndex`` (here): instances as they arrive, their series and studies, completion and
-  routing;
-- ``JobIndex`` (``node.index.jobs``): jobs and their attempts;
-- ``ResultIndex`` (``node.index.results``): result files, what they replace, deliveries;
-- ``RetentionIndex`` (``node.index.retention``): what no stage reads again, and forgetting it;
-- ``Bookkeeping`` (``node.index.bookkeeping``): notes, set-aside problems, the node's own values
-  and the counts monitoring shows;
-- ``NotificationIndex`` (``node.index.notifications``): the events people are told of, and
-  their sending to each notification target.
-- ``BackfillIndex`` (``node.index.backfills``): backfills from the PACS and their studies.
-
-``Index`` is all of them on one connection, for a process that plays several parts. A method
-named for a thing reads (``series_to_route()``, ``due_deliveries()``); one named for an action
-changes state (``route_series()``, ``mark_delivery_sent()``), and every change of a series, job
-or delivery state goes through ``node.index.states.apply``.
+``Index`` is all of them on one connection. A method named for a thing reads
+(``series_to_route()``); one named for an action changes state (``route_series()``), and every
+change of a series, job or delivery state goes through ``node.index.states.apply``. Rows that
+leave the index are typed records (``InstanceRow``, ``SeriesRow``, ``Job``), read by attribute.
 """
 
 from __future__ import annotations
@@ -137,14 +128,10 @@ class SeriesIndex(Database):
             return cur.rowcount
 
     def record_instance(self, rec: InstanceRecord, assoc_id: str | None) -> Path | None:
-        """Index a stored instance. A SOP Instance UID sent again replaces the earlier copy and
-        counts once; when that copy lay at another path (the UID came again under another study
-        or series), its path is returned: it is no longer indexed, and the caller removes the
-        file, so that neither the spool nor a reconcile after a reboot keeps two copies.
-
-        A late instance of a series that was already complete re-opens it with a new
-        generation, so the route can decide whether to run again.
-        """
+        """Index a stored instance; a SOP Instance UID sent again replaces the earlier copy and
+        counts once. Returns the earlier copy's path when it lay elsewhere (another study or
+        series): the caller removes that file, so no reconcile keeps two copies. A late instance
+        of a complete series re-opens it with a new generation, for its route to decide again."""
         now = time.time()
         with self._tx() as db:
             old = db.execute(

@@ -1,34 +1,10 @@
 """The ``ray`` executor: job attempts run in actors on a Ray cluster; the node keeps the truth.
 
-Each of the node's ``[workers] count`` Ray driver processes (children of the node, like local
-workers) owns one actor per pipeline on the cluster; the actor loads its pipeline once (on a GPU
-when ``num_gpus`` asks for one) and keeps it. For an attempt the driver ships the input series
-to the actor through Ray's object store, gets the result files back, writes them into the node's
-spool with the same durable write as local results and commits them under the attempt number
-(``node.run.outcome.commit_result``), so a result of an attempt the node gave up on is refused.
-
-Faults:
-- an actor whose machine died fails the attempt in the driver; the job goes back to the queue
-  and its next attempt runs on a new actor, wherever the cluster has room, until
-  ``[workers.ray] max_attempts`` attempts are lost and the job fails. An actor holds its
-  resources while it lives, so an idle driver kills its actors when another actor of the node's
-  waits for room (``Driver.idle``): a retry never waits behind a loaded but idle model;
-- the job's timeout counts from when its actor is ready (started, pipeline loaded): connecting,
-  waiting for room and loading the model are bounded by ``ACTOR_START_SECONDS`` of their own;
-- an attempt the node ended (its timeout) is cancelled on the cluster: the driver, which watches
-  the attempt's fence while it waits, kills the actor, the only way Ray stops a running actor
-  task, and the next job gets a new actor;
-- the actors belong to their driver, and the drivers die with the node, so a node killed with
-  SIGKILL leaves nothing running on the cluster; the next start runs the job again under a new
-  attempt number;
-- while the head is unreachable, or refuses this node (token, TLS: ``node.run.ray_probe``), no
-  attempt is claimed: jobs wait queued in the index, and /health says why. A driver whose
-  connection broke exits and the node starts a fresh one (Ray ends a connected driver itself
-  after a minute without the head), and an attempt lost with the head does not count against
-  ``max_attempts``. A driver that dies or stops making progress is noticed and replaced by the
-  executor (``node.run.executor``: a queue per driver and a heartbeat per attempt in the index).
-
-Ray is imported only in the driver and probe processes: the node itself needs no Ray to start.
+Each of the node's ``[workers] count`` driver processes owns one actor per pipeline, which loads
+its pipeline once; the driver ships an attempt's series to it, writes the result files back into
+the spool and commits them under the attempt number, so a given-up attempt's result is refused.
+A lost machine, a timeout, a head outage or a refusing cluster each end or hand back the attempt
+as docs/ray-executor.md describes. Ray is imported only in the driver and probe processes.
 """
 
 from __future__ import annotations

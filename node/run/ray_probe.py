@@ -1,16 +1,11 @@
 """Whether the Ray cluster accepts this node: its head answers, speaks the node's TLS, and takes
 the node's token.
 
-A head that answers on its port may still refuse every call of the node (a wrong or missing
-token, TLS on one side only, a certificate the other side does not trust); Ray's own connect
-then retries for about 20 s before it fails. So a child process of the node (the probe) asks the
-cluster's GCS one cheap question every ``PROBE_SECONDS``, with a short timeout, from the same
-environment as the drivers, and reports a verdict with the reason in words that name the config
-key to fix. The node claims jobs for the cluster only while the last verdict says accepted, and
-``/health`` shows it without waiting on the cluster: the web page reads the cached verdict.
-
-Ray reads its token and TLS settings once per process, when it first needs them: after changing
-``token_file`` or the certificates, restart the node.
+A head may answer on its port and still refuse every call (token, TLS), and Ray's own connect
+only fails after retrying. So a child process (the probe) asks the GCS one cheap question every
+``PROBE_SECONDS``, from the drivers' environment, and reports a ``Check`` naming the config key
+to fix; jobs are claimed only while it says accepted, and /health shows the cached verdict. Ray
+reads its token and TLS once per process: after changing them, restart the node.
 """
 
 from __future__ import annotations

@@ -1,52 +1,11 @@
 """``tumor-segmentation``: a brain MR study in, tumor sub-regions (SEG) and their volumes (SR) out.
 
-Steps, each timed in the job summary:
-
-1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume, put
-   in one storage order (``orientation``: axes permuted and flipped, no interpolation) so that
-   no stage sees how the scanner ordered rows, columns or slices; the reference contrast is the
-   first present of ``options.reference`` (default T1c, then FLAIR): results are taken back to
-   its own order and written on its grid, slice for slice.
-   A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
-   localizer, a body part other than the head, a body wider than a head, too little brain.
-2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
-   are reduced to the brain, skull-stripped ones kept whole. The network sees only the brain,
-   and no voxel outside it is ever labelled; the SR states the brain volume used.
-3. registration: every other contrast rigidly onto the reference (``registration``), with a
-   quality check. A contrast on the reference's own grid in the same frame of reference (one
-   session, one prescription) is taken as it is, unregistered. A contrast that fails the check
-   is left out, never the study: the study is segmented from the others (the model for that
-   set), and the SEG and SR (algorithm parameter "contrasts left out", series description) and
-   the job summary (``left_out``) say which one and why.
-4. preprocessing: all contrasts onto the model's isotropic grid in one interpolation (a thick-
-   slice series is interpolated to it like any other), z-scored over the brain and zero outside
-   it, as in training (``preprocess``); absent contrasts are zero channels.
-5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
-6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
-   (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
-   removed, ``ventricles``; a thin, long lesion along the dura (sinuses, falx) removed,
-   ``dura``; tumors under ``min_tumor_ml`` removed; with T1c, an edema-only lesion more than
-   10 mm from every lesion with a core not reported, ``isolated_edema``, its volume in the job
-   summary's ``isolated_edema_ml``),
-   a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
-   TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
-   used are named in both (algorithm parameters) and in the SR's series description. No tumor:
-   the SR says so (finding absent) and no SEG is written.
-7. self-consistency (``quality``): the case's score goes into the SR and the job summary; a case
-   under the threshold is marked LOW CONFIDENCE in every object's series description, the
-   key-image banner and the SR.
-
-Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
-(radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
-``device``, ``options.reference`` (a list of roles in order of preference) and
-``options.min_tumor_ml`` (smallest connected tumor reported, default 1 mL; 0 reports every voxel).
-
-A MONAI bundle (``brats_mri_segmentation``) replaces steps 3-5's model parts with its own
-preprocessing, inferer and postprocessing (``bundle_segmentation``); it is given every
-contrast with everything outside the extracted brain set to 0, its labels outside the brain are
-dropped, the SEG and SR name the bundle and its version, and a study without every contrast the
-bundle names is not applicable.
+Steps, each timed in the job summary: load each contrast in one storage order (``orientation``)
+and pick the reference (``options.reference``); extract the brain; register the other contrasts
+onto the reference, leaving out one that fails the check; preprocess onto the model grid;
+infer (SegResNet, or a MONAI bundle as published); write the BraTS sub-regions back on the
+reference grid with their volumes, and the case's self-consistency. Each kind of model runs
+through the ``TumorSegmenter`` protocol (``segmented``); the steps at length: docs/tumor-pipeline.md.
 """
 
 from __future__ import annotations
@@ -320,12 +279,8 @@ def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, refere
 
 def _lesion_findings(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[Finding]:
     """One SR group per connected lesion, largest first ("lesion-1", ...): its volume, where it
-    lies (hemisphere, lobe) and a point on it in the source series with its outline there, which
-    the group references.
-
-    The sub-region groups give the study's totals; a radiologist follows lesions one by one (a
-    metastasis beside a glioma, a satellite lesion), so each is reported as itself.
-    """
+    lies and a point on it in the source series with its outline there. The sub-region groups
+    give the totals; a radiologist follows lesions one by one (a metastasis beside a glioma)."""
     components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
     if count == 0:
         return []
