@@ -25,7 +25,7 @@ PACKAGES = ("node", "pipelines", "training")
 STAGES = ("index", "dicomnet", "receive", "route", "complete", "deliver", "retrieve", "run", "operate")
 #: Modules at node/'s top level that every stage shares; they import no stage, except that
 #: config.toml's route conditions are parsed by the routing stage's condition language.
-SHARED = ("config", "logs", "tls", "http_auth", "passwords", "isolation", "result_formats")
+SHARED = ("config", "logs", "tls", "http_auth", "passwords", "isolation", "result_formats", "health")
 SHARED_MAY_IMPORT = {("config", "route.matcher")}
 
 
