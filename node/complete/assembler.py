@@ -57,7 +57,7 @@ def quiet_since(series: SeriesRow) -> float:
 
 
 def next_check(series: SeriesRow, timing: Timing) -> float:
-    """The first moment ``series_is_complete`` can hold if nothing else arrives: the scheduler
+    """The first moment ``series_is_complete`` can hold if nothing else arrives: completion
     sleeps until then rather than a whole interval."""
     quiet = series.last_received + timing.quiet_seconds
     if series.open_associations == 0:
@@ -143,7 +143,7 @@ class Assembler:
         receiving = self.index.receiving_series()
         due: list[float] = []
         for series in receiving:
-            isolated("scheduler", series.series_uid, lambda: self._complete(series, now, due),
+            isolated("completion", series.series_uid, lambda: self._complete(series, now, due),
                      lambda reason: self._set_aside(series, reason))
         complete = self.index.series_to_route()  # with the series completed just now
         for series in complete:
