@@ -463,7 +463,6 @@ class _Handler(BaseHTTPRequestHandler):
             "/": app.overview, "/studies": app.studies, "/jobs": app.jobs,
             "/deliveries": app.deliveries, "/routes": app.routes, "/backfills": app.backfills,
         }
-        body: bytes | None = None
         if path in pages:
             return pages[path](user, query), _HTML
         if path.startswith("/jobs/") and path[6:].isdigit():
