@@ -36,7 +36,7 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.volume import load_series
-from tests.mr_dicom import Study, seg_labels, write_series
+from tests.support.mr_dicom import Study, seg_labels, write_series
 
 #: DICOMOrient codes: the first as make_mr.py writes it, then column flip, row flip, slices
 #: reversed, rows and columns transposed, and combinations.

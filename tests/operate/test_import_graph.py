@@ -1,0 +1,136 @@
+"""The import graph of node/ and pipelines/: no module imports itself round a circle, and the
+node's stages depend only on the stages before them (ARCHITECTURE.md).
+
+Every import counts: at the top of a module, inside a function, and under ``TYPE_CHECKING``,
+because a circle hidden in a function is still a circle a reader has to untangle. The graph is
+read from the source with ``ast``, so nothing is imported and no peer or data is needed.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("node", "pipelines")
+
+#: The node's stage packages, each allowed to import only the stages listed before it. The index
+#: comes first because every stage records its work there; receiving, completing, routing, running
+#: and delivering follow the data, retrieving from a PACS (backfills) sends with the delivering
+#: stage's associations; operating (service, CLI, web) wires them all together.
+STAGES = ("index", "receive", "route", "complete", "deliver", "retrieve", "run", "operate")
+#: Modules at node/'s top level that every stage shares; they import no stage, except that
+#: config.toml's route conditions are parsed by the routing stage's condition language.
+SHARED = ("config", "logs", "tls", "http_auth", "passwords", "isolation", "result_formats")
+SHARED_MAY_IMPORT = {("config", "route.matcher")}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+
+
+def imported(name: str, path: Path, known: set[str]) -> Iterator[str]:
+    """The project modules ``name`` imports, anywhere in its source."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                yield target
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: set(imported(name, path, set(found))) for name, path in found.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each a circle of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_of_node_or_pipelines_imports_itself_round_a_circle() -> None:
+    edges = graph()
+    assert len(edges) > 80, "the graph reader found too few modules to judge"
+    assert cycles(edges) == []
+
+
+def test_the_cycle_finder_sees_a_circle_when_there_is_one() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def where(name: str) -> str | None:
+    """The stage or shared module a node module belongs to; None outside node/."""
+    parts = name.split(".")
+    if parts[0] != "node" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_imports_only_the_shared_modules_and_the_stages_before_it(stage: str) -> None:
+    allowed = set(SHARED) | set(STAGES[: STAGES.index(stage) + 1])
+    wrong = sorted(f"{name} -> {target}" for name, targets in graph().items() if where(name) == stage
+                   for target in targets if where(target) not in allowed | {None})
+    assert (REPO / "node" / stage / "__init__.py").is_file()
+    assert wrong == []
+
+
+def test_the_shared_modules_import_no_stage() -> None:
+    wrong = sorted(f"{name} -> {target}" for name, targets in graph().items() if where(name) in SHARED
+                   for target in targets if where(target) in STAGES
+                   and (name.removeprefix("node."), target.removeprefix("node.")) not in SHARED_MAY_IMPORT)
+    assert wrong == []
+
+
+def test_node_has_no_module_outside_a_stage_or_the_shared_list() -> None:
+    loose = sorted(p.stem for p in (REPO / "node").glob("*.py") if p.stem not in {"__init__", *SHARED})
+    assert loose == []
