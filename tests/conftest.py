@@ -30,6 +30,7 @@ share_cores()  # before anything below imports torch or numpy
 
 from pipelines.training.data_folder import DATA_ROOT  # noqa: E402
 from tests.support.peers import Orthanc  # noqa: E402
+from tests.support.pki import Pki, make_pki  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = DATA_ROOT
@@ -160,3 +161,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates made for the module's tests with openssl (``tests.support.pki.make_pki``)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

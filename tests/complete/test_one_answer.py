@@ -4,33 +4,16 @@ route that runs again says which answer it replaces (storescu -> radnode -> Orth
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pydicom
 
-from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.support.peers import dciodvfy, storescu
+from tests.support.harness import start_node, threshold_pipeline, threshold_route, wait_until
+from tests.support.peers import dciodvfy, send
 
 SETTLE = 1.0  # node_config's settle_seconds
 PAUSE = 3.0  # between the two parts: three times the settle time
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def pacs(orthanc) -> list[dict]:
-    return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
-
-
-def start_node(tmp_path: Path, orthanc, report: bool = False, **route: object) -> NodeProcess:
-    """A node whose test pipeline writes a SEG, and with ``report`` a TID 1500 SR too."""
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route(**route)],
-                         pipelines=threshold_pipeline(report=report))
-    return NodeProcess(config, tmp_path).start()
-
-
-def send(node: NodeProcess, files: list[Path]) -> None:
-    sent = storescu(node.port, files)
-    assert sent.returncode == 0, sent.stderr
 
 
 def ended_jobs(index) -> list:
@@ -49,12 +32,12 @@ def test_ct_sent_in_two_parts_with_a_pause_longer_than_settle_gives_one_job(tmp_
     node = start_node(tmp_path, orthanc)
     try:
         index = node.index()
-        send(node, files[:50])
+        send(node.port, files[:50])
         time.sleep(PAUSE)
         (series,) = index.all_series()
         assert series.state == "receiving", "half a series was completed although its slices have gaps"
         assert index.jobs() == []
-        send(node, files[50:])
+        send(node.port, files[50:])
         (job,) = wait_until(lambda: ended_jobs(index), 90, what="job end")
         assert job.state == "done", job.outcome
         time.sleep(PAUSE)
@@ -81,10 +64,10 @@ def test_series_that_announces_images_in_acquisition_waits_for_all_of_them(tmp_p
     node = start_node(tmp_path / "node", orthanc)
     try:
         index = node.index()
-        send(node, ordered[:15])
+        send(node.port, ordered[:15])
         time.sleep(PAUSE)
         assert index.jobs() == [], "15 of 30 announced images were routed"
-        send(node, ordered[15:])
+        send(node.port, ordered[15:])
         (job,) = wait_until(lambda: ended_jobs(index), 90, what="job end")
         assert job.state == "done", job.outcome
         time.sleep(PAUSE)
@@ -96,13 +79,13 @@ def test_series_that_announces_images_in_acquisition_waits_for_all_of_them(tmp_p
 def test_rerun_names_the_report_it_replaces_and_orthanc_shows_which_is_current(tmp_path, orthanc, data_dir):
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    node = start_node(tmp_path, orthanc, report=True)
+    node = start_node(tmp_path, orthanc, pipelines=threshold_pipeline(report=True))
     try:
         index = node.index()
-        send(node, files)
+        send(node.port, files)
         (first,) = wait_until(lambda: ended_jobs(index), 90, what="first job")
         wait_until(lambda: len(index.deliveries("sent")) == 1, 60, what="first delivery")
-        send(node, files)  # the same series again: re-opened, and the route runs again ("rerun")
+        send(node.port, files)  # the same series again: re-opened, and the route runs again ("rerun")
         wait_until(lambda: len(ended_jobs(index)) == 2, 90, what="second job")
         wait_until(lambda: len(index.deliveries("sent")) == 2, 60, what="second delivery")
         second = index.jobs()[1]
@@ -141,12 +124,12 @@ def test_rerun_names_the_report_it_replaces_and_orthanc_shows_which_is_current(t
 
 def test_resend_with_late_instances_ignored_says_why_nothing_ran(tmp_path, orthanc, data_dir):
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
-    node = start_node(tmp_path, orthanc, on_late_instances="ignore")
+    node = start_node(tmp_path, orthanc, routes=[threshold_route(on_late_instances="ignore")])
     try:
         index = node.index()
-        send(node, files)
+        send(node.port, files)
         (job,) = wait_until(lambda: ended_jobs(index), 90, what="job end")
-        send(node, files[:3])
+        send(node.port, files[:3])
         wait_until(lambda: index.notes(), 30, what="note on the ignored re-send")
         assert len(index.jobs()) == 1
         listing = node.cli("jobs").stdout

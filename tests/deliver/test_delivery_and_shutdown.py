@@ -11,7 +11,6 @@ import pytest
 
 from node.config import DeliverySettings, load_config
 from node.deliver.dispatcher import retry_schedule
-from tests.run.test_node_e2e import pacs_destination
 from tests.support.harness import REPO, NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import Orthanc, storescu
 
@@ -40,7 +39,7 @@ def test_a_delivery_outlives_a_pacs_outage_and_goes_dead_only_after_its_window(t
     # 14.4 s: the test's stand-in for the default 24 h. The 7th try comes 4.9 s after the first, so
     # the PACS has over 9 s to come up before the window closes, on a loaded machine too.
     retry_hours = 0.004
-    config = node_config(tmp_path, destinations=pacs_destination(pacs), routes=[threshold_route()],
+    config = node_config(tmp_path, destinations=[pacs.destination()], routes=[threshold_route()],
                          pipelines=threshold_pipeline(),
                          delivery={"retry_hours": retry_hours, "backoff_seconds": 0.3, "backoff_max_seconds": 1.0})
     del config["delivery"]["max_attempts"]
@@ -77,7 +76,7 @@ def test_sigterm_delivers_a_job_finished_in_the_grace_and_hands_back_a_longer_on
     quick = {"hu-threshold": {"entry": "tests.support.hu_threshold:HUThreshold", "options": {"sleep_seconds": 3}}}
     slow = {"slow": {"entry": "tests.support.hu_threshold:HUThreshold", "options": {"sleep_seconds": 60}}}
     config = node_config(
-        tmp_path, destinations=pacs_destination(orthanc),
+        tmp_path, destinations=[orthanc.destination()],
         routes=[threshold_route("quick", match={"SeriesDescription": {"regex": "B40f"}}),
                 {**threshold_route("slow", match={"SeriesDescription": {"regex": "B70f"}}), "pipeline": "slow"}],
         pipelines={**quick, **slow}, workers={"count": 2, "shutdown_grace_seconds": 8})

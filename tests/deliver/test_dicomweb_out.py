@@ -24,10 +24,10 @@ from node.operate.admin import retry_deliveries
 from node.passwords import hash_password
 from node.route.router import job_spec
 from tests.operate.test_web_access import PASSWORD, _auth, _request, _text
-from tests.receive.test_hostile_input import ct_files
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import Orthanc, free_port, storescu
 from tests.support.pki import issue, make_ca
+from tests.support.probes import ct_files
 from tests.support.tls_proxy import TlsProxy
 
 

@@ -18,9 +18,9 @@ from pynetdicom.sop_class import CTImageStorage
 from node.deliver import cstore
 from node.receive import command_sets
 from node.receive.pynetdicom_ext import patch_reactor_sleep
-from tests.receive.test_bad_input import ct_file
 from tests.receive.test_pdata_stream import data_set_bytes
 from tests.support.peers import BitPreservingStorescp
+from tests.support.probes import ct_file
 
 pytestmark = [pytest.mark.peers]
 

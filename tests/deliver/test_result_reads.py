@@ -25,9 +25,9 @@ from node.route.router import job_spec
 from node.run.invoke import PipelineCache
 from node.run.worker import execute
 from pipelines.base import SERIES_ROLE
-from tests.receive.test_hostile_input import ct_files
 from tests.support.harness import threshold_pipeline, threshold_route
 from tests.support.peers import BitPreservingStorescp
+from tests.support.probes import ct_files
 
 pytestmark = [pytest.mark.peers]
 

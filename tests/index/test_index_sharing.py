@@ -17,7 +17,6 @@ from pathlib import Path
 import pydicom
 
 from node.index.store import Index
-from tests.run.test_node_e2e import pacs_destination
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import storescu
 
@@ -120,7 +119,7 @@ def _node_processes(leader: int) -> list[int]:
 
 
 def test_a_series_received_after_admin_commands_is_routed_and_seen_by_them(tmp_path, orthanc, data_dir):
-    config = node_config(tmp_path, destinations=pacs_destination(orthanc), routes=[threshold_route()],
+    config = node_config(tmp_path, destinations=[orthanc.destination()], routes=[threshold_route()],
                          pipelines=threshold_pipeline())
     index_path = Path(config["node"]["spool"]) / "index.sqlite"
     node = NodeProcess(config, tmp_path).launch()

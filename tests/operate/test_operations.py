@@ -21,8 +21,13 @@ from node.index.store import Index, InstanceRecord, JobSpec, ResultFile
 from node.operate.retention import Retention
 from node.passwords import hash_password
 from node.receive.spool import Spool
-from tests.run.test_node_e2e import pacs_destination
-from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
+from tests.support.harness import (
+    NodeProcess,
+    node_config,
+    start_node,
+    wait_until,
+    write_toml,
+)
 from tests.support.peers import free_port, storescu
 
 DAY = 86_400.0
@@ -38,9 +43,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def test_health_metrics_and_retention_over_a_study_lifecycle(tmp_path: Path, orthanc, data_dir):
     retention = {"instances_days": 40 / DAY, "results_days": 40 / DAY, "interval_minutes": 2 / 60}
-    config = node_config(tmp_path, destinations=pacs_destination(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline(), retention=retention)
-    node = NodeProcess(config, tmp_path).start()
+    node = start_node(tmp_path, orthanc, retention=retention)
     try:
         status, body = node.http("/health")
         assert status == 200 and '"status": "ok"' in body, body

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 
-from tests.run.test_node_e2e import pacs_destination
 from tests.support.harness import REPO, NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import storescu
 
@@ -49,7 +48,7 @@ def test_warnings_quoting_the_patient_never_reach_stderr_and_files_are_private(t
     del ds.SeriesInstanceUID
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(broken, enforce_file_format=True)
-    config = node_config(tmp_path, destinations=pacs_destination(orthanc), routes=[threshold_route()],
+    config = node_config(tmp_path, destinations=[orthanc.destination()], routes=[threshold_route()],
                          pipelines=threshold_pipeline())
     old_umask = os.umask(0o022)  # an administrator's usual umask: radnode must not rely on it
     try:

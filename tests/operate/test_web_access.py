@@ -28,7 +28,6 @@ from node.operate.web import WebServer
 from node.passwords import hash_password
 from node.tls import ServerTls
 from pipelines.base import JobSummary
-from tests.receive.test_tls import pki  # noqa: F401 (pki is a fixture)
 from tests.support.harness import REPO, threshold_pipeline, threshold_route
 from tests.support.peers import free_port
 from tests.support.pki import issue, make_ca

@@ -16,13 +16,10 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from tests.support.harness import NodeProcess, node_config
 from tests.support.peers import dcmtk_bin, dcmtk_env, storescu
+from tests.support.probes import ct_file, quarantine_reasons
 from tests.support.raw_scu import exchange
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
-
-
-def ct_file(data_dir: Path) -> Path:
-    return sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[0]
 
 
 def raw_store(port: int, context_class: str, dataset: pydicom.Dataset, sop_uid: str) -> int:
@@ -50,25 +47,12 @@ def echo_ok(port: int, calling: str = "ECHOSCU") -> bool:
     return result.returncode == 0
 
 
-@pytest.fixture
-def node(tmp_path):
-    config = node_config(tmp_path)
-    process = NodeProcess(config, tmp_path).start()
-    yield process
-    process.stop()
-
-
-def quarantined(node) -> list[str]:
-    folder = Path(node.config["node"]["spool"]) / "quarantine"
-    return sorted(p.read_text().strip() for p in folder.glob("*.reason.txt"))
-
-
 def test_dataset_without_sop_instance_uid_is_refused_and_quarantined(node, data_dir):
     ds = pydicom.dcmread(ct_file(data_dir))
     uid = ds.SOPInstanceUID
     del ds.SOPInstanceUID
     assert raw_store(node.port, CTImageStorage, ds, uid) == 0xC000
-    assert quarantined(node) == ["missing SOPInstanceUID"]
+    assert quarantine_reasons(Path(node.config["node"]["spool"])) == ["missing SOPInstanceUID"]
     assert node.index().count_instances() == 0
     assert echo_ok(node.port)
 
@@ -77,7 +61,7 @@ def test_sop_class_not_matching_its_context_is_refused(node, data_dir):
     ds = pydicom.dcmread(ct_file(data_dir))
     ds.SOPClassUID = MRImageStorage
     assert raw_store(node.port, CTImageStorage, ds, ds.SOPInstanceUID) == 0xA900
-    assert quarantined(node) == ["SOPClassUID does not match the presentation context"]
+    assert quarantine_reasons(Path(node.config["node"]["spool"])) == ["SOPClassUID does not match the presentation context"]
     assert node.index().count_instances() == 0
     good = storescu(node.port, [ct_file(data_dir)])
     assert good.returncode == 0 and node.index().count_instances() == 1

@@ -14,9 +14,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from node.receive.spool import part10_header
-from tests.receive.test_hostile_input import ct_files, send_raw
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import storescu
+from tests.support.probes import ct_files, send_raw
 
 pytestmark = [pytest.mark.slow]
 
@@ -93,7 +93,7 @@ def test_full_spool_disk_answers_out_of_resources_leaves_nothing_and_recovers(sm
 
 
 def test_job_whose_results_meet_a_full_disk_runs_again_and_is_delivered_once(small_disk, tmp_path, data_dir, orthanc):
-    destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    destinations = [orthanc.destination()]
     config = node_config(tmp_path, node={"spool": str(small_disk / "spool"), "min_free_disk_mb": 0},
                          destinations=destinations, routes=[threshold_route()],
                          pipelines=threshold_pipeline(sleep_seconds=3))
@@ -142,8 +142,7 @@ def test_delivery_whose_record_meets_a_full_disk_stays_due_and_reaches_the_pacs_
     header = pydicom.dcmread(source, stop_before_pixels=True)
     finished_job(spool, index, "1.2.4", source.read_bytes(), str(header.SOPInstanceUID))
     config = parse_config({"node": {"spool": str(spool.root)},
-                           "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                             "port": orthanc.dicom_port}],
+                           "destinations": [orthanc.destination()],
                            "routes": [threshold_route()], "pipelines": threshold_pipeline()})
     with sqlite3.connect(spool.root / "index.sqlite") as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next index write needs new blocks

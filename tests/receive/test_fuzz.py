@@ -11,10 +11,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.receive.test_hostile_input import ct_files
 from tests.support.fuzz_corpus import Sender, corpus, outcome_table, probe_file, sample, storescu_outcome
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import storescu
+from tests.support.probes import ct_files
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ RECEIVER_STATUSES = {"0x0000", "0xA700", "0xA900", "0xC000"}
 def test_fuzz_corpus_gets_answers_and_the_node_keeps_processing(tmp_path, data_dir, orthanc):
     normal = ct_files(data_dir, 5)
     series_uid = str(pydicom.dcmread(normal[0], stop_before_pixels=True).SeriesInstanceUID)
-    destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    destinations = [orthanc.destination()]
     config = node_config(tmp_path, node={"accept_all_storage": True}, destinations=destinations,
                          routes=[threshold_route(match={"SeriesInstanceUID": series_uid})],
                          pipelines=threshold_pipeline())

@@ -4,16 +4,10 @@ quarantine with the reason, and the node goes on serving everyone else."""
 from __future__ import annotations
 
 import copy
-import io
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
@@ -21,72 +15,7 @@ from node.receive.screening import MAX_SEQUENCE_DEPTH, StructureError, check_str
 from node.receive.spool import Spool
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import storescu
-
-
-def ct_files(data_dir: Path, count: int = 30) -> list[Path]:
-    return sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:count]
-
-
-def send_raw(port: int, context_class: str, payload: bytes | Dataset, sop_uid: str,
-             command_class: str | None = None) -> int:
-    """C-STORE bytes (or a dataset encoded as given) with the command UIDs as given: pynetdicom's
-    ``send_c_store`` would check or repair exactly what these probes break. Returns the status,
-    or -1 when the node answered with no status (an abort)."""
-    ae = AE("HOSTILE")
-    ae.add_requested_context(context_class, [ImplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
-    assert assoc.is_established
-    context = assoc.accepted_contexts[0]
-    if isinstance(payload, Dataset):
-        payload = encode(payload, True, True)
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = command_class or context_class
-    request._affected_sop_instance_uid = sop_uid  # unvalidated: the probe is the point
-    request.Priority = 2
-    request.DataSet = io.BytesIO(payload)
-    assoc._reactor_checkpoint.clear()  # pause the reactor as pynetdicom's own send_c_store does
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc._reactor_checkpoint.set()
-    if assoc.is_established:
-        assoc.release()
-    return -1 if response is None else int(response.Status)
-
-
-def quarantine_reasons(spool: Path) -> list[str]:
-    return sorted(p.read_text().strip() for p in (spool / "quarantine").glob("*.reason.txt"))
-
-
-def nested_sequences(levels: int) -> bytes:
-    """(0040,0275) Request Attributes Sequence nested ``levels`` deep, implicit VR, undefined
-    lengths: built as bytes because pydicom itself cannot encode (or read) that depth."""
-    opening = b"\x40\x00\x75\x02\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
-    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    return opening * levels + closing * levels
-
-
-def with_nested_sequences(path: Path, levels: int) -> tuple[bytes, str]:
-    """A real CT instance, implicit VR, with the nesting between its identifying attributes
-    and its pixel data: the receiver's header read stops before it, the scheduler's does not."""
-    ds = pydicom.dcmread(path)
-    pixels = Dataset()
-    pixels.PixelData = ds.PixelData
-    pixels["PixelData"].VR = "OW"
-    del ds.PixelData
-    ds.file_meta = None
-    head = encode(ds, True, True)
-    return head + nested_sequences(levels) + encode(pixels, True, True), str(ds.SOPInstanceUID)
-
-
-@pytest.fixture
-def node(tmp_path: Path):
-    process = NodeProcess(node_config(tmp_path), tmp_path).start()
-    yield process
-    process.stop()
-
+from tests.support.probes import ct_files, nested_sequences, quarantine_reasons, send_raw, with_nested_sequences
 
 #: attribute -> (probe name, value): each breaks PS3.5 9.1 in one way
 BAD_UIDS = {
@@ -181,7 +110,7 @@ def test_structure_walk_accepts_real_nesting_and_refuses_broken_structure(data_d
 
 
 def test_deeply_nested_instance_is_refused_and_later_series_are_processed_end_to_end(tmp_path, data_dir, orthanc):
-    destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    destinations = [orthanc.destination()]
     config = node_config(tmp_path, destinations=destinations, routes=[threshold_route()],
                          pipelines=threshold_pipeline())
     node = NodeProcess(config, tmp_path).start()

@@ -9,21 +9,19 @@ import io
 import socket
 import struct
 import time
-import zlib
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.receive.test_hostile_input import ct_files, quarantine_reasons
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.peers import storescu
+from tests.support.probes import ct_files, deflate_bomb, header_of, quarantine_reasons
+from tests.support.process_tree import Memory
 from tests.support.raw_scu import exchange
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -34,49 +32,6 @@ MiB = 1024 * 1024
 ELEMENTS = 500_000
 _P_DATA_TF = 0x04
 _COMMAND, _LAST = 0x01, 0x02
-
-
-def node_pids(root: int) -> list[int]:
-    """A process and all its descendants (the node's receivers and workers)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    pids, frontier = [root], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        pids += children
-        frontier += children
-    return pids
-
-
-def status_bytes(pid: int, field: str) -> int:
-    """A /proc/PID/status size (VmRSS, VmHWM) in bytes; 0 for a process that is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":")), 0)
-
-
-class Memory:
-    """The node's resident memory at a start, and each process's peak since then."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.start = {pid: status_bytes(pid, "VmRSS") for pid in node_pids(root)}
-        for pid in self.start:
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
-
-    def peak_growth(self) -> dict[int, int]:
-        """Bytes each process's peak rose above its resident size at the start."""
-        return {pid: status_bytes(pid, "VmHWM") - rss for pid, rss in self.start.items()}
-
-    def total_growth(self) -> int:
-        return sum(status_bytes(pid, "VmRSS") for pid in node_pids(self.root)) - sum(self.start.values())
 
 
 @pytest.fixture(scope="module")
@@ -177,26 +132,6 @@ def store(port: int, syntax: str, payload: bytes, sop_uid: str) -> int:
     if assoc.is_established:
         assoc.release()
     return -1 if response is None else int(response.Status)
-
-
-def header_of(path: Path) -> tuple[Dataset, str]:
-    """A real CT instance's data set without its pixel data, and its SOP Instance UID."""
-    ds = pydicom.dcmread(path)
-    del ds.PixelData
-    ds.file_meta = None
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
-    return ds, str(ds.SOPInstanceUID)
-
-
-def deflate_bomb(head: bytes, inflated: int) -> bytes:
-    """``head`` followed by pixel data of ``inflated`` zero bytes, deflated (raw deflate)."""
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [deflater.compress(head + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated))]
-    zeros = bytes(64 * MiB)
-    parts += [deflater.compress(zeros) for _ in range(inflated // len(zeros))]
-    parts.append(deflater.compress(zeros[:inflated % len(zeros)]))
-    return b"".join(parts) + deflater.flush()
 
 
 def test_a_1_MB_deflated_data_set_inflating_to_1000_MiB_is_refused_0xC000_with_every_process_under_200_MB(

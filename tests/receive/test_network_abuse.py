@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -21,61 +20,15 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from tests.receive.test_hostile_input import ct_files
-from tests.support.harness import NodeProcess, node_config, wait_until
+from tests.support.harness import NodeProcess, node_config, start_node, wait_until
 from tests.support.peers import storescu
+from tests.support.probes import ct_files
+from tests.support.process_tree import threads_settled, tree_rss, tree_threads
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 A_ASSOCIATE_RQ, P_DATA_TF, A_ABORT = 0x01, 0x04, 0x07
 MiB = 1024 * 1024
-
-
-def tree_pids(root_pid: int) -> set[int]:
-    """A process and all its descendants (the node's receivers and workers)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    pids, frontier = {root_pid}, [root_pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        pids.update(children)
-        frontier.extend(children)
-    return pids
-
-
-def tree_status(root_pid: int, field: str) -> int:
-    """The sum of a numeric /proc/<pid>/status field over a process and its descendants."""
-    total = 0
-    for pid in tree_pids(root_pid):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":"))
-    return total
-
-
-def tree_rss(root_pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    return tree_status(root_pid, "VmRSS") * 1024
-
-
-def tree_threads(root_pid: int) -> int:
-    return tree_status(root_pid, "Threads")
-
-
-def threads_settled(root_pid: int, baseline: int, seconds: float) -> int:
-    """The node's thread count once it is back to ``baseline``, or after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while (threads := tree_threads(root_pid)) > baseline and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return threads
 
 
 def stream_until_dropped(sock: socket.socket, limit_bytes: int, seconds: float) -> tuple[int, bytes]:
@@ -102,7 +55,7 @@ def stream_until_dropped(sock: socket.socket, limit_bytes: int, seconds: float) 
 
 @pytest.fixture
 def node(tmp_path):
-    process = NodeProcess(node_config(tmp_path, node={"max_associations": 4}), tmp_path).start()
+    process = start_node(tmp_path, node={"max_associations": 4})
     yield process
     process.stop()
 

@@ -78,7 +78,8 @@ def until_gone(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def send(port: int, files: list[Path]) -> subprocess.Popen[str]:
+def start_storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:
+    """storescu left running (-v) so the test can kill the receiver while it sends."""
     return subprocess.Popen([dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1",
                              str(port), *map(str, files)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
@@ -140,7 +141,7 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
         pid = zygote.fork()
         for warm_up in ("warm-up", "timed"):
             _, _, warm = fresh_series(sources, tmp_path / warm_up)
-            sender = send(port, warm)
+            sender = start_storescu(port, warm)
             until_associated(sender)
             clock = time.perf_counter()
             until_responses(sender, len(warm))
@@ -156,7 +157,7 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
         acknowledged_total = 0
         for trial in range(TRIALS):
             study, series, files = fresh_series(sources, tmp_path / f"trial-{trial:03d}")
-            sender = send(port, files)
+            sender = start_storescu(port, files)
             output = until_associated(sender)
             time.sleep(rng.uniform(0, transfer))
             os.kill(pid, signal.SIGKILL)

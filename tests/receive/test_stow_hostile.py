@@ -18,10 +18,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from node.receive.spool import part10_header
-from tests.receive.test_hostile_input import ct_files, quarantine_reasons
-from tests.receive.test_message_bounds import Memory, deflate_bomb, header_of
 from tests.support.harness import NodeProcess, node_config
 from tests.support.peers import free_port
+from tests.support.probes import ct_files, deflate_bomb, header_of, quarantine_reasons
+from tests.support.process_tree import Memory
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 

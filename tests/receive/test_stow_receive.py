@@ -16,20 +16,18 @@ from dicomweb_client.api import DICOMwebClient
 from node.config import ConfigError, parse_config
 from node.index.store import Index
 from node.passwords import hash_password
-from tests.receive.test_hostile_input import ct_files
-from tests.receive.test_tls import pki  # noqa: F401 (pki is a fixture)
-from tests.run.test_node_e2e import pacs_destination
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.kill_trials import KillTrials, fresh_series
 from tests.support.peers import free_port, storescu
 from tests.support.pki import issue
+from tests.support.probes import ct_files
 
 PASSWORD = "stow test password"
 
 
 @pytest.fixture
 def node(tmp_path: Path, orthanc):
-    config = node_config(tmp_path / "node", destinations=pacs_destination(orthanc), routes=[threshold_route()],
+    config = node_config(tmp_path / "node", destinations=[orthanc.destination()], routes=[threshold_route()],
                          pipelines=threshold_pipeline(), dicomweb={"port": free_port()},
                          web={"enabled": True, "port": free_port(), "password_hash": hash_password(PASSWORD)})
     (tmp_path / "node").mkdir()

@@ -11,37 +11,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from tests.support.harness import REPO, NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until, write_toml
-from tests.support.peers import dcmtk_bin, dcmtk_env, free_port, storescu, wait_for_port
-from tests.support.pki import issue, make_ca
+from tests.support.peers import dcmtk_bin, dcmtk_env, free_port, send, storescu, wait_for_port
+from tests.support.pki import Pki
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = make_ca(folder, "ca")
-    server = issue(folder, ca, "localhost")
-    client = issue(folder, ca, "radnode")
-    other_ca, _ = make_ca(folder, "other-ca")
-    return Pki(ca[0], server[0], server[1], client[0], client[1], other_ca)
 
 
 def tls_args(key: Path, cert: Path, ca: Path) -> tuple[str, ...]:
@@ -116,8 +95,7 @@ def test_scanner_sends_over_tls_and_a_plain_association_is_refused(tmp_path, pki
         plain = storescu(node.port, files, timeout=120)
         assert plain.returncode != 0
         assert '"tls.handshake_failed"' in node.logs()  # with the peer's address and the reason
-        sent = storescu(node.port, files, extra=tls_args(pki.client_key, pki.client_cert, pki.ca))
-        assert sent.returncode == 0, sent.stderr
+        send(node.port, files, extra=tls_args(pki.client_key, pki.client_cert, pki.ca))
         assert node.index().count_instances() == len(files)
         untrusted = storescu(node.port, files[:1],
                              extra=tls_args(pki.client_key, pki.client_cert, pki.other_ca), timeout=120)

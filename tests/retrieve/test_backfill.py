@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from node.index.states import BackfillState, JobState
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.support.peers import Orthanc, free_port, storescu
+from tests.support.peers import Orthanc, free_port, send, storescu
 
 #: Orthanc is started by the tests' own fixture (it must know the node's AE title for C-MOVE)
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -62,18 +62,16 @@ def site(tmp_path: Path, data_dir: Path):
     (model / "model.pt").write_bytes(b"threshold weights " * 64)
     pipelines = threshold_pipeline(sleep_seconds=0.5, report=True)
     pipelines["hu-threshold"]["model"] = str(model)
-    config = node_config(tmp_path, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                                  "port": pacs.dicom_port}],
+    config = node_config(tmp_path, destinations=[pacs.destination()],
                          routes=[threshold_route()], pipelines=pipelines, backfill={"retrieves_in_flight": 2})
-    config["sources"] = [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
+    config["sources"] = [pacs.destination()]
     config["node"]["port"] = node_port
     yield config, pacs, model
     pacs.stop()
 
 
 def upload(pacs: Orthanc, studies: dict[str, list[Path]]) -> None:
-    sent = storescu(pacs.dicom_port, [f for files in studies.values() for f in files])
-    assert sent.returncode == 0, sent.stderr
+    send(pacs.dicom_port, [f for files in studies.values() for f in files])
 
 
 def backfill_done(node: NodeProcess, backfill_id: int, timeout: float) -> None:

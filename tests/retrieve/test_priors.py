@@ -111,7 +111,7 @@ def site(tmp_path: Path):
     source of its priors (Orthanc knows the node's AE title); yields (node, Orthanc)."""
     node_port = free_port()
     pacs = Orthanc(tmp_path / "orthanc", modalities={"radnode": ["RADNODE", "127.0.0.1", node_port]}).start()
-    peer = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+    peer = pacs.destination()
     config = node_config(tmp_path, destinations=[peer], routes=[
         {"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs"], "match": {"Modality": "CT"},
          "priors": True}], pipelines={"nodule-detection": {"device": "cpu"}})

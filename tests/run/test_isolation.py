@@ -16,9 +16,9 @@ from node.operate.retention import Retention
 from node.receive.spool import Spool, part10_header
 from node.route.router import job_spec
 from pipelines.base import SERIES_ROLE
-from tests.receive.test_hostile_input import ct_files, with_nested_sequences
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
 from tests.support.peers import BitPreservingStorescp, storescu
+from tests.support.probes import ct_files, with_nested_sequences
 
 
 def poison_instance(spool: Spool, index: Index, data_dir: Path) -> str:
@@ -88,7 +88,7 @@ def test_a_poison_item_in_each_loop_is_set_aside_while_a_normal_series_flows_end
     (Supervisor and retention: the tests below, on the loop objects.)"""
     from tests.complete.test_completion import MR_ROUTE
 
-    destinations = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    destinations = [orthanc.destination()]
     config = node_config(tmp_path, destinations=destinations, routes=[threshold_route(), MR_ROUTE],
                          pipelines=threshold_pipeline(), delivery={"max_attempts": 2})
     spool = Spool(Path(config["node"]["spool"]))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
-from tests.support.peers import BitPreservingStorescp, storescu
+from tests.support.harness import start_node, wait_until
+from tests.support.peers import BitPreservingStorescp, send
 
 #: NEMA WG04 folder -> (storescu option that proposes its transfer syntax, storescp option that
 #: accepts it). Debian's dcmtk has no JPEG 2000 codec, so storescp cannot be the reference there.
@@ -48,23 +48,15 @@ def send_to_both(node, files: list[Path], tmp_path: Path, prefer: str | None = "
     reference_dir = None
     if prefer is not None:
         with BitPreservingStorescp(tmp_path / "wire", prefer) as reference:
-            sent = storescu(reference.port, files, propose=propose)
-            assert sent.returncode == 0, sent.stderr
+            send(reference.port, files, propose=propose)
         reference_dir = reference.folder
-    sent = storescu(node.port, files, propose=propose)
-    assert sent.returncode == 0, sent.stderr
+    send(node.port, files, propose=propose)
     return reference_dir
-
-
-def pacs_destination(orthanc) -> list[dict]:
-    return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
 
 
 @pytest.fixture
 def node(tmp_path: Path, orthanc):
-    config = node_config(tmp_path, destinations=pacs_destination(orthanc),
-                         routes=[threshold_route()], pipelines=threshold_pipeline())
-    process = NodeProcess(config, tmp_path).start()
+    process = start_node(tmp_path, orthanc)
     yield process
     process.stop()
 

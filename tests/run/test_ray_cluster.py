@@ -108,8 +108,7 @@ def unstarted_ray_node(tmp_path: Path, orthanc: Orthanc, cluster: RayCluster, co
     pipelines = {name: {**table, "num_cpus": num_cpus} for name, table in threshold_pipeline(**pipeline_options).items()}
     config = node_config(
         tmp_path, routes=[threshold_route()], pipelines=pipelines,
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                       "port": orthanc.dicom_port}],
+        destinations=[orthanc.destination()],
         workers={"engine": "ray", "count": count, "job_timeout_seconds": job_timeout_seconds,
                  "ray": ray_settings(cluster) if ray is None else ray})
     return NodeProcess(config, tmp_path)

@@ -15,21 +15,15 @@ import pytest
 from node.index.store import Index, InstanceRecord
 from node.operate.reconcile import reindex_spool
 from node.receive.spool import Spool
-from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
+from tests.support.harness import NodeProcess, node_config, start_node, threshold_pipeline, threshold_route, wait_until
 from tests.support.kill_trials import STAGES, KillTrials, acknowledged
 from tests.support.peers import Orthanc, dcmtk_bin, dcmtk_env, storescu
-
-
-def pacs(orthanc: Orthanc) -> list[dict]:
-    return [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
 
 
 def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc, data_dir):
     series_a = sorted((data_dir / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))
     series_b = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline())
-    node = NodeProcess(config, tmp_path).start()
+    node = start_node(tmp_path, orthanc)
     sender = subprocess.Popen(
         [dcmtk_bin("storescu"), "-v", "--required", "-aec", "RADNODE", "127.0.0.1", str(node.port),
          *map(str, series_a + series_b)],
@@ -76,9 +70,7 @@ def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc
 def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
     orthanc.stop()  # the PACS is down when the result is ready
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline())
-    node = NodeProcess(config, tmp_path).start()
+    node = start_node(tmp_path, orthanc)
     try:
         files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
         assert storescu(node.port, files).returncode == 0
@@ -109,9 +101,7 @@ def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
 def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
     orthanc.stop()
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline(), delivery={"max_attempts": 2, "backoff_seconds": 0.2})
-    node = NodeProcess(config, tmp_path).start()
+    node = start_node(tmp_path, orthanc, delivery={"max_attempts": 2, "backoff_seconds": 0.2})
     try:
         files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:5]
         assert storescu(node.port, files).returncode == 0
@@ -178,13 +168,11 @@ def lose_last_rows(index_path: Path, count: int) -> list[str]:
 def test_instances_whose_rows_a_power_cut_lost_are_indexed_and_processed_after_reboot(
         tmp_path, orthanc, data_dir):
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline(), completion={"settle_seconds": 30.0})
-    node = NodeProcess(config, tmp_path).start()
+    node = start_node(tmp_path, orthanc, completion={"settle_seconds": 30.0})
     assert storescu(node.port, files).returncode == 0  # all acknowledged
     node.kill()  # before the series settles
-    lost = lose_last_rows(Path(config["node"]["spool"]) / "index.sqlite", 12)
-    spool = Spool(Path(config["node"]["spool"]))
+    lost = lose_last_rows(Path(node.config["node"]["spool"]) / "index.sqlite", 12)
+    spool = Spool(Path(node.config["node"]["spool"]))
     stray = spool.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.5")  # reconcile cannot read this one
     spool.write(stray, b"\x00" * 128 + b"DICM" + b"truncated")
 
@@ -286,10 +274,8 @@ def test_an_instance_sent_again_under_another_series_stays_where_it_was_last_sen
     moved = relabelled(files[3:6], tmp_path / "b", series_b)  # three of A's six go to B
     whole_c = relabelled(files[6:9], tmp_path / "c", series_c)
     whole_d = relabelled(files[6:9], tmp_path / "d", series_d)  # all of C's go to D
-    config = node_config(tmp_path, destinations=pacs(orthanc), routes=[threshold_route()],
-                         pipelines=threshold_pipeline(), completion={"settle_seconds": 4.0})
-    node = NodeProcess(config, tmp_path).start()
-    spool = Spool(Path(config["node"]["spool"]))
+    node = start_node(tmp_path, orthanc, completion={"settle_seconds": 4.0})
+    spool = Spool(Path(node.config["node"]["spool"]))
     try:
         # One association, so that no series settles before the copies that empty it arrive. Sent one
         # batch per association, the gap between associations on a loaded machine can outlast the 4 s
@@ -314,7 +300,7 @@ def test_an_instance_sent_again_under_another_series_stays_where_it_was_last_sen
         assert any(p.subject == series_c and "no instances left" in p.reason for p in index.problems())
 
         node.kill()  # then a reboot: the next start reconciles the spool with the index
-        with sqlite3.connect(Path(config["node"]["spool"]) / "index.sqlite") as db:
+        with sqlite3.connect(Path(node.config["node"]["spool"]) / "index.sqlite") as db:
             db.execute("UPDATE node_state SET value = 'the boot before' WHERE key = 'boot_id'")
         node.start()
         index = node.index()

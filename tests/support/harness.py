@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node.index.store import Index
-from tests.support.peers import free_port, wait_for_port
+from tests.support.peers import Orthanc, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,6 +184,19 @@ class NodeProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def start_node(tmp: Path, orthanc: Orthanc | None = None, *, routes: list[dict] | None = None,
+               pipelines: dict | None = None, **sections: dict) -> NodeProcess:
+    """A started node (``sections`` as in ``node_config``). With ``orthanc``, it sends its results
+    there as "pacs", by the threshold route and pipeline unless ``routes``/``pipelines`` are given;
+    without, it only receives."""
+    if orthanc is not None:
+        routes = [threshold_route()] if routes is None else routes
+        pipelines = threshold_pipeline() if pipelines is None else pipelines
+    config = node_config(tmp, destinations=[orthanc.destination()] if orthanc else None, routes=routes,
+                         pipelines=pipelines, **sections)
+    return NodeProcess(config, tmp).start()
 
 
 def _group_alive(group: int) -> bool:

@@ -126,8 +126,7 @@ class KillTrials:
     stow: bool = False
 
     def __post_init__(self) -> None:
-        destinations = [{"name": "pacs", "ae_title": self.orthanc.aet, "host": "127.0.0.1",
-                         "port": self.orthanc.dicom_port}]
+        destinations = [self.orthanc.destination()]
         # the pipeline waits 0.4 s between writing its SEG and returning it: a kill can fall
         # between the result files and their commit to the index, not only before or after
         config = node_config(self.workdir, destinations=destinations, routes=[threshold_route()],

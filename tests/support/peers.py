@@ -95,6 +95,13 @@ def storescu(
     return subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout)
 
 
+def send(port: int, paths: list[Path] | list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """``storescu`` that must succeed: the sending step of a test, not the thing tested."""
+    sent = storescu(port, paths, **options)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    return sent
+
+
 class BitPreservingStorescp:
     """dcmtk storescp writing exactly the bytes it received (-B): the reference for what an
     SCU really put on the wire, which can differ from the file the SCU read."""
@@ -207,6 +214,10 @@ class Orthanc:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def destination(self, name: str = "pacs", **extra: Any) -> dict[str, Any]:
+        """This Orthanc as a node's ``[[destinations]]`` entry (``extra``: formats, tls...)."""
+        return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.dicom_port, **extra}
 
     @property
     def url(self) -> str:

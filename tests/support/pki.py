@@ -4,6 +4,7 @@ certificates it issues for "localhost" / 127.0.0.1 that serve as server and as c
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -33,3 +34,22 @@ def issue(folder: Path, ca: tuple[Path, Path], name: str, ips: tuple[str, ...] =
     _openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]),
              "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext")
     return folder / f"{name}.crt", folder / f"{name}.key"
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def make_pki(folder: Path) -> Pki:
+    """A CA, a server certificate for localhost, a client one for radnode, and a CA not to trust."""
+    ca = make_ca(folder, "ca")
+    server = issue(folder, ca, "localhost")
+    client = issue(folder, ca, "radnode")
+    other_ca, _ = make_ca(folder, "other-ca")
+    return Pki(ca[0], server[0], server[1], client[0], client[1], other_ca)

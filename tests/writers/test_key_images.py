@@ -40,7 +40,7 @@ from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import make_presentation_state
 from pipelines.writers.sr import absence_statement
 from tests.conftest import DATA
-from tests.support.peers import Orthanc, dciodvfy, dcmtk_bin, dcmtk_env, storescu
+from tests.support.peers import Orthanc, dciodvfy, dcmtk_bin, dcmtk_env, send
 
 pytestmark = [pytest.mark.data, pytest.mark.peers]
 
@@ -231,8 +231,7 @@ def test_a_summary_of_nothing_found_names_the_series_examined_and_what_the_model
 def test_orthanc_stores_and_renders_the_key_images_and_the_presentation_state(written, tmp_path):
     pacs = Orthanc(tmp_path / "orthanc").start()
     try:
-        sent = storescu(pacs.dicom_port, written["sc"] + written["pr"], called_aet=pacs.aet)
-        assert sent.returncode == 0, sent.stderr
+        send(pacs.dicom_port, written["sc"] + written["pr"], called_aet=pacs.aet)
         study = str(pydicom.dcmread(written["sc"][0], stop_before_pixels=True).StudyInstanceUID)
         instances = pacs.wait_for(lambda p: (lambda found: found if len(found) == 4 else None)(
             p.instances_of_study(study)))

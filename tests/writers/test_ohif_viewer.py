@@ -25,7 +25,7 @@ from pipelines.tumor.training.data import TCGA, load_images
 from tests.support.harness import NodeProcess, node_config
 from tests.support.mr_dicom import TUMOR_ROUTE, write_clinical_study
 from tests.support.ohif import Viewer, ViewerServer, ohif_dist, wait_for
-from tests.support.peers import Orthanc, storescu
+from tests.support.peers import Orthanc, send
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.data]
 
@@ -48,8 +48,7 @@ def _run_pipeline(tmp: Path, pipeline: str, source: Path, routes: list[dict] | N
 
 
 def _store(pacs: Orthanc, files: list[Path], propose: tuple[str, ...] = ("--required",)) -> None:
-    sent = storescu(pacs.dicom_port, files, called_aet=pacs.aet, propose=propose)
-    assert sent.returncode == 0, sent.stderr[-2000:]
+    send(pacs.dicom_port, files, called_aet=pacs.aet, propose=propose)
 
 
 @pytest.fixture(scope="module")

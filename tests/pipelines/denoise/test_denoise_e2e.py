@@ -7,15 +7,14 @@ from pathlib import Path
 import pydicom
 
 from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX
-from tests.run.test_node_e2e import pacs_destination
 from tests.support.harness import NodeProcess, node_config, wait_until
-from tests.support.peers import storescu
+from tests.support.peers import send
 
 
 def test_low_dose_route_delivers_a_denoised_series_next_to_the_original(tmp_path: Path, orthanc, data_dir):
     route = {"name": "low-dose-ct", "pipeline": "ct-denoise", "destinations": ["pacs"],
              "match": {"Modality": "CT", "BodyPartExamined": {"regex": "(?i)chest|lung|thorax"}}}
-    config = node_config(tmp_path, destinations=pacs_destination(orthanc), routes=[route],
+    config = node_config(tmp_path, destinations=[orthanc.destination()], routes=[route],
                          pipelines={"ct-denoise": {"device": "cpu"}})
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
@@ -23,8 +22,7 @@ def test_low_dose_route_delivers_a_denoised_series_next_to_the_original(tmp_path
 
     node = NodeProcess(config, tmp_path).start()
     try:
-        sent = storescu(node.port, files)
-        assert sent.returncode == 0, sent.stderr
+        send(node.port, files)
         index = node.index()
         job = wait_until(lambda: [j for j in index.jobs() if j.state in ("done", "failed")], 180,
                          what="denoise job end")[0]

@@ -27,7 +27,7 @@ from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_O
 from pipelines.denoise.training.noise import uniform_noise_std, uniform_region_mask
 from pipelines.precision import native_cpu_bfloat16
 from pipelines.volume import load_series
-from tests.support.peers import conformance, dciodvfy, storescu
+from tests.support.peers import conformance, dciodvfy, send
 
 pytestmark = [pytest.mark.slow]
 
@@ -271,8 +271,7 @@ def test_dciodvfy_and_pixelmed_report_no_errors(run_result, spool_series):
 
 def test_orthanc_stores_the_derived_series_in_the_source_study(run_result, orthanc):
     result, _ = run_result
-    sent = storescu(orthanc.dicom_port, result.outputs, called_aet=orthanc.aet)
-    assert sent.returncode == 0, sent.stderr
+    send(orthanc.dicom_port, result.outputs, called_aet=orthanc.aet)
     study = str(pydicom.dcmread(result.outputs[0], stop_before_pixels=True).StudyInstanceUID)
     uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in result.outputs}
 

@@ -20,7 +20,7 @@ from pydicom.uid import (
 
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.nodule_series import chest_files, rewrite_series
-from tests.support.peers import Orthanc, conformance, storescu
+from tests.support.peers import Orthanc, conformance, send
 
 #: 133 slices of 2.5 mm, JPEG-LS lossless, one 32 mm nodule contoured by four readers.
 LIDC_SCAN = "ct-chest/lidc-idri-0001/ct"
@@ -38,9 +38,8 @@ def viewer(tmp_path):
 def node(tmp_path, orthanc, viewer):
     config = node_config(
         tmp_path,
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
-                      {"name": "viewer", "ae_title": viewer.aet, "host": "127.0.0.1", "port": viewer.dicom_port,
-                       "formats": ["key-images"]}],
+        destinations=[orthanc.destination(),
+                      viewer.destination("viewer", formats=["key-images"])],
         routes=[{"name": "chest", "pipeline": "nodule-detection", "destinations": ["pacs", "viewer"],
                  "match": {"Modality": "CT"}}],
         # empty_seg: the SEG is written even when no nodule is reported, so this test checks the
@@ -59,8 +58,7 @@ def test_chest_ct_gives_seg_sr_key_images_and_gsps_in_the_pacs_and_only_key_imag
     tiny = rewrite_series(chest_files(data_dir, "B70f")[:4], tmp_path / "tiny")
     # storescu proposes JPEG-LS lossless only when told to (-xt, as tests/run/test_node_e2e.py does).
     for batch, propose in ((files, ("-xt",)), (tiny, ("--required",))):
-        sent = storescu(node.port, batch, propose=propose)
-        assert sent.returncode == 0, sent.stderr
+        send(node.port, batch, propose=propose)
     index = node.index()
     jobs = wait_until(lambda: (j := [j for j in index.jobs() if j.state in ("done", "failed")])
                       and len(j) == 2 and j, 240, what="both jobs finished")

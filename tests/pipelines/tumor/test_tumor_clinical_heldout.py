@@ -93,7 +93,7 @@ def test_a_held_out_clinical_t1c_sent_to_radnode_serve_reaches_the_pacs_with_its
     paths, reference = heldout_case(data_dir, name, tmp_path / "t1c")
     config = node_config(
         tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": UNVALIDATED_T1C},
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        destinations=[orthanc.destination()],
         workers={"job_timeout_seconds": 300},
     )
     node = NodeProcess(config, tmp_path).start()

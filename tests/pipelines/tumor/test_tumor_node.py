@@ -15,7 +15,7 @@ import pytest
 from pipelines.tumor.training.data import TCGA, load_images
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.mr_dicom import TUMOR_ROUTE, Study, write_clinical_study
-from tests.support.peers import dciodvfy, storescu
+from tests.support.peers import dciodvfy, send, storescu
 
 pytestmark = [pytest.mark.slow]
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow]
 def node(tmp_path: Path, orthanc):
     config = node_config(
         tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": {"device": "cpu"}},
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        destinations=[orthanc.destination()],
         workers={"job_timeout_seconds": 300},
     )
     process = NodeProcess(config, tmp_path).start()
@@ -39,8 +39,7 @@ def test_four_contrasts_in_any_order_run_once_and_reach_the_pacs(node, orthanc, 
     order = list(series)
     random.Random(6).shuffle(order)
     for role in order:  # one association per series, in shuffled order, as modalities send them
-        sent = storescu(node.port, series[role])
-        assert sent.returncode == 0, sent.stderr
+        send(node.port, series[role])
     for role in partial:
         assert storescu(node.port, partial[role]).returncode == 0
     index = node.index()

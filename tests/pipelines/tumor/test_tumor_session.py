@@ -26,7 +26,7 @@ from tests.pipelines.tumor.test_tumor_clinical import sr_texts
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.harness import REPO, NodeProcess, node_config, wait_until
 from tests.support.mr_dicom import Study, moved, write_series
-from tests.support.peers import dciodvfy, storescu
+from tests.support.peers import dciodvfy, send
 
 pytestmark = [pytest.mark.slow]
 
@@ -121,12 +121,10 @@ def test_the_shipped_brain_route_runs_once_t1c_and_flair_are_there_without_waiti
     _, series = session
     route = shipped_brain_route()
     config = node_config(tmp_path, routes=[route], pipelines={"tumor-segmentation": {"device": "cpu"}},
-                         destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                        "port": orthanc.dicom_port}], workers={"job_timeout_seconds": 300})
+                         destinations=[orthanc.destination()], workers={"job_timeout_seconds": 300})
     node = NodeProcess(config, tmp_path).start()
     try:
-        sent = storescu(node.port, [*series["t1c"], *series["t1"], *series["flair"]])
-        assert sent.returncode == 0, sent.stderr
+        send(node.port, [*series["t1c"], *series["t1"], *series["flair"]])
         index = node.index()
         (job,) = wait_until(lambda: [j for j in index.jobs() if j.state in ("done", "failed")], 150,
                             what=f"the tumor job, without waiting {route['study_timeout_seconds']} s for T2")
