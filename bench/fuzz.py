@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.receive.test_network_abuse import tree_rss
 from tests.support.fuzz_corpus import Sender, corpus, outcome_table
 from tests.support.harness import NodeProcess, node_config
+from tests.support.process_tree import tree_rss
 
 
 def main() -> int:
