@@ -13,7 +13,6 @@ import pytest
 from node.index.store import Index, JobSpec, ResultFile
 from tests.support.answers import route_verdicts, words
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route
-from tests.support.peers import Orthanc
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,22 +37,16 @@ def test_route_test_shows_matches_and_failed_conditions(tmp_path, data_dir):
     assert route_verdicts(cptac.stdout)["ct-chest"] == "MATCH", cptac.stdout
 
 
-@pytest.mark.peers
-def test_echo_a_destination(tmp_path):
-    orthanc = Orthanc(tmp_path / "pacs").start()
-    try:
-        config = node_config(tmp_path, destinations=[
-            orthanc.destination(),
-            {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": 9}])
-        node = NodeProcess(config, tmp_path)
-        ok = node.cli("echo", "pacs")
-        assert ok.returncode == 0 and "0x0000" in ok.stdout  # the status the peer answered
-        down = node.cli("echo", "down")
-        assert down.returncode == 1 and "down" in down.stderr and "Traceback" not in down.stderr
-        unknown = node.cli("echo", "nope")  # a usage error, naming the destinations there are
-        assert unknown.returncode == 2 and all(name in unknown.stderr for name in ("nope", "pacs", "down"))
-    finally:
-        orthanc.stop()
+def test_echo_a_destination(tmp_path, orthanc):
+    config = node_config(tmp_path, destinations=[
+        orthanc.destination(), {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": 9}])
+    node = NodeProcess(config, tmp_path)
+    ok = node.cli("echo", "pacs")
+    assert ok.returncode == 0 and "0x0000" in ok.stdout  # the status the peer answered
+    down = node.cli("echo", "down")
+    assert down.returncode == 1 and "down" in down.stderr and "Traceback" not in down.stderr
+    unknown = node.cli("echo", "nope")  # a usage error, naming the destinations there are
+    assert unknown.returncode == 2 and all(name in unknown.stderr for name in ("nope", "pacs", "down"))
 
 
 def test_run_offline_writes_results_into_the_output_folder(tmp_path, data_dir):
