@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.preprocess import dice
 from pipelines.tumor.registration import register
-from pipelines.tumor.training.data import (
+from training.tumor.data import (
     BRATS,
     BRATS2015_CASES,
     CLINICAL_BRAIN_MASK,

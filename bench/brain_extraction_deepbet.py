@@ -9,7 +9,7 @@ that it comes back on the input's grid and orientation is its share inside the h
 
 - **TCGA-FG-6692** (../shared/data/mr-brain, the one clinical skull-on T1c whose header is true,
   26 slices of 5.5 mm): Dice of each mask against HD-BET's mask of it.
-- **clinical T1c with tumor core** (``pipelines.tumor.training.clinical_t1c``: 8 held-out volumes
+- **clinical T1c with tumor core** (``training.tumor.clinical_t1c``: 8 held-out volumes
   from the shared data, 30 training volumes from ``--clinical``; 22-26 slices of about 6 mm, on the
   geometry that module recovers): the share of tumor-core voxels inside each extracted brain (a
   mask that cuts the tumor off loses it; higher is better) and the brain's volume in mL (an adult
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.training.clinical_t1c import (
+from training.data_folder import DATA_ROOT
+from training.tumor.clinical_t1c import (
     ClinicalScan,
     head_mask,
     heldout_scans,

@@ -30,7 +30,7 @@ from pipelines.base import PipelineSettings
 from pipelines.bundle import read_bundle
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.torchvision_parts import provide_if_missing
-from pipelines.training.data_folder import DATA_ROOT
+from training.data_folder import DATA_ROOT
 
 BUNDLE = DATA_ROOT / "monai-bundles" / "lung_nodule_ct_detection"
 

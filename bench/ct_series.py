@@ -9,7 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pipelines.training.data_folder import DATA_ROOT
+from training.data_folder import DATA_ROOT
 
 SOURCE = DATA_ROOT / "ct-chest" / "cptac-luad-C3N-00247"
 

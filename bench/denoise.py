@@ -6,7 +6,7 @@ at 300 evenly spaced positions (one valid volume for the loader); the pipeline r
 worker runs it, on CUDA when a GPU is visible (float16) and on the CPU otherwise
 (bfloat16 where the CPU has it natively). On such a CPU the same series runs again in float32
 (``half_precision = false``), the peer the bfloat16 rule compares against
-(pipelines/denoise/training/LOG.md, "Acceptance rules for the quality and bias targets").
+(training/denoise/LOG.md, "Acceptance rules for the quality and bias targets").
 
     python -m bench.denoise [--slices 300] [--device auto|cpu|cuda] [--repeat 2]
 """

@@ -3,7 +3,7 @@
 PSNR rewards smoothing; a reader needs the faint, small lesions that smoothing erases. This bench
 measures, for each dose (10, 55, 100 %) and each insert of the MITA-LCD phantom (CCT189: 3 mm 14 HU,
 5 mm 7 HU, 7 mm 5 HU, 10 mm 3 HU), how well the Laguerre-Gauss channelised Hotelling observer
-(``pipelines/denoise/training/lcd.py``, checked against the FDA toolbox by ``bench/lcd_observer.py``)
+(``training/denoise/lcd.py``, checked against the FDA toolbox by ``bench/lcd_observer.py``)
 tells signal-present from signal-absent images after each of these methods:
 
 - ``input``: the images as they are;
@@ -62,9 +62,9 @@ from scipy import ndimage
 
 from pipelines.denoise.inference import Denoiser
 from pipelines.denoise.kernels import FAMILIES
-from pipelines.denoise.training import lcd_phantom
-from pipelines.denoise.training.evaluate import GAUSSIAN_SIGMAS, WINDOW, bm3d_denoise, gaussian
-from pipelines.denoise.training.lcd import (
+from training.denoise import lcd_phantom
+from training.denoise.evaluate import GAUSSIAN_SIGMAS, WINDOW, bm3d_denoise, gaussian
+from training.denoise.lcd import (
     MITA_INSERT_HU,
     TOOLBOX_DOSES,
     Array,

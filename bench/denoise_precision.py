@@ -1,6 +1,6 @@
 """ct-denoise on a CPU in bfloat16 against float32: same weights, same held-out scans.
 
-The rule "bfloat16 on a CPU" (pipelines/denoise/training/LOG.md,
+The rule "bfloat16 on a CPU" (training/denoise/LOG.md,
 "Acceptance rules for the quality and bias targets") lets the network run under CPU bfloat16
 autocast only where, on every held-out kernel at simulated quarter and tenth dose, PSNR moves by
 at most 0.05 dB, SSIM by at most 0.001, the 15 mm bias measure by at most 0.2 HU, and the denoise
@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
-from pipelines.denoise.training.data import HELD_OUT_BY_KERNEL, load_scan
-from pipelines.denoise.training.evaluate import (
+from pipelines.precision import native_cpu_bfloat16
+from training.data_folder import DATA_ROOT
+from training.denoise.data import HELD_OUT_BY_KERNEL, load_scan
+from training.denoise.evaluate import (
     EVALUATION_SEED,
     evaluation_slices,
     local_mean_deviation,
@@ -29,10 +31,8 @@ from pipelines.denoise.training.evaluate import (
     scan_photons,
     simulate_doses,
 )
-from pipelines.precision import native_cpu_bfloat16
-from pipelines.training.data_folder import DATA_ROOT
 
-#: The rule's limits (pipelines/denoise/training/LOG.md, written before the first measurement).
+#: The rule's limits (training/denoise/LOG.md, written before the first measurement).
 MAX_PSNR_CHANGE_DB, MAX_SSIM_CHANGE, MAX_BIAS_CHANGE_HU, MIN_SPEED_UP = 0.05, 0.001, 0.2, 1.5
 
 

@@ -2,7 +2,7 @@
 
 For a machine that has torch (and monai) but neither the shared data nor a DICOM stack, such as
 a lent GPU: the volume is made from the training pack's real CPTAC slices
-(``python -m pipelines.denoise.training.pack``), tiled or interpolated to 300 slices.
+(``python -m training.denoise.pack``), tiled or interpolated to 300 slices.
 
     python -m bench.gpu_timing --pack training.npz --weights pipelines/denoise/weights \\
         [--bundle ../shared/data/monai-bundles/lung_nodule_ct_detection] [--device cuda] [--repeat 3] \\
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from pipelines.denoise.inference import Denoiser
-from pipelines.denoise.training import pack
 from pipelines.torchvision_parts import provide_if_missing
+from training.denoise import pack
 
 #: The pack's scan the volumes are made from (real chest CT, 0.56 mm pixels, 3 mm slices).
 SOURCE_SCAN = "ct-chest/cptac-luad-C3N-00247"

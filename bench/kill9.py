@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.training.data_folder import DATA_ROOT
 from tests.support.kill_trials import STAGES, KillTrials
 from tests.support.peers import Orthanc
+from training.data_folder import DATA_ROOT
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Our LG-CHO (pipelines/denoise/training/lcd.py) against the FDA LCD-CT toolbox, on the toolbox's images.
+"""Our LG-CHO (training/denoise/lcd.py) against the FDA LCD-CT toolbox, on the toolbox's images.
 
 Before the low-contrast detectability observer judges our denoiser, it must give the toolbox's
 own numbers on the toolbox's own data: the small MITA-LCD data set of DIDSR/LCD_CT (commit
@@ -46,7 +46,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.denoise.training.lcd import (
+from training.denoise.lcd import (
     N_READERS,
     TOOLBOX_DOSES,
     TOOLBOX_RECONS,

@@ -1,6 +1,6 @@
 """The candidate stage (``pipelines.nodule.candidates``) on every real chest CT: recall of the real
 lesions >= 10 mm, candidates per scan, CPU seconds. The acceptance rule is in
-pipelines/nodule/training/LOG.md, "Candidate stage (`candidates.py`): rule fixed before it was measured"
+training/nodule/LOG.md, "Candidate stage (`candidates.py`): rule fixed before it was measured"
 (and "Ground-glass candidates" for the ground-glass components).
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 bench/nodule_candidates.py [--json out.json]
@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from pipelines.nodule import candidates
-from pipelines.nodule.training import evaluate, patients
-from pipelines.training.data_folder import DATA_ROOT
+from training.data_folder import DATA_ROOT
+from training.nodule import evaluate, patients
 
 MIN_LESION_MM = 10.0
 

@@ -14,11 +14,11 @@ those patients (a subset while iterating; the same seeds, so rows compare with a
 Each of the six series is read as acquired and as the other kernel (``reconstruction.rekernel``
 by the measured NPS: LIDC's GE STANDARD made B70f-sharp, C3N-00247's B70f made soft); A0002 is one
 acquisition reconstructed B40f and B70f, read as it is. The rule and the targets were written in
-``pipelines/nodule/training/LOG.md`` ("Masses against the chest wall and the mediastinum") first.
+``training/nodule/LOG.md`` ("Masses against the chest wall and the mediastinum") first.
 
 - ``masses``: runs of two masses, one against the posterior chest wall (right lung, half its
   height) and one against the mediastinum (left lung, posterior medial border at 0.7 of its
-  height: beside the aortic arch), ``training.sites``; each moves to the other lung when a real
+  height: beside the aortic arch), ``training.nodule.sites``; each moves to the other lung when a real
   lesion is in the way. Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
   0.7 of the diameter). Through ``NoduleDetection.search`` (shipped scorer folder): found when a
   reported finding's box centre lies in the inserted box (+2 mm); its long axis against the
@@ -31,8 +31,9 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   on the detector's fused candidates (every score, no threshold): FROC sensitivity at 0.5, 1, 2,
   4 false positives per scan by size, kind and site, and at the shipped threshold. ``--folds DIR
   ...``: leave one patient out instead, each series scored by ``DIR/folds/PATIENT`` (the scorers
-  that never saw its patient) at that fold's threshold; several scorer folders score the same
-  candidates and nodules, one table each (training/LOG.md, "Small solid nodules against vessels").
+  that never saw its patient; the shipped scorer's are in ``training/nodule/scorer_folds``) at
+  that fold's threshold; several scorer folders score the same
+  candidates and nodules, one table each (training/nodule/LOG.md, "Small solid nodules against vessels").
   ``--keep DIR`` saves each scan's candidates and nodules there; ``--kept DIR`` scores those
   instead of inserting anew (a scorer trained later, on the same candidates, in seconds).
 """
@@ -59,10 +60,10 @@ from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDet
 from pipelines.nodule.harmonize import harmonize
 from pipelines.nodule.params import ScorerParams
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import evaluate, patients, sites, synthesis
-from pipelines.nodule.training.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
-from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import Volume
+from training.data_folder import DATA_ROOT
+from training.nodule import evaluate, patients, sites, synthesis
+from training.nodule.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.mediastinum import mediastinum_mask  # noqa: E402  (the independent mask the tests use)
@@ -262,7 +263,7 @@ def nodules(scans: Iterator[NoduleScan], folders: dict[str, Path], folds: bool) 
     for scan in scans:
         truths.append(scan.truths)
         for name, folder in folders.items():
-            where = folder / "folds" / scan.patient if folds else folder
+            where = patients.folds_of(folder) / scan.patient if folds else folder
             if where not in loaded:
                 loaded[where] = CandidateDetector.load(where, "cpu")
             detector = loaded[where]
@@ -316,7 +317,7 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
 
 def _candidate_stage(folder: Path, folds: bool) -> bool:
     """Whether a scorer folder (``folds``: each of its folds) ran the candidate stage's ground glass."""
-    where = sorted(p for p in (folder / "folds").iterdir() if p.is_dir()) if folds else [folder]
+    where = sorted(p for p in patients.folds_of(folder).iterdir() if p.is_dir()) if folds else [folder]
     stages = {load_params(w, ScorerParams).candidates.ground_glass for w in where}
     if len(stages) != 1:
         raise SystemExit(f"the folds of {folder} ran different candidate stages ([candidates] ground_glass)")

@@ -6,11 +6,12 @@ threshold) against the RetinaNet at its shipped threshold (the model card's repl
         [--detector scorer|retinanet] [--scorer DIR] [--reconstructions] [--out FILE.json]
 
 ``--scorer`` measures a scorer folder written by ``train_scorer`` (with its ``folds/``) before
-it replaces the shipped one. ``--reconstructions`` also reads each LIDC scan as synthetic
-re-reconstructions of its acquisition (``training.reconstruction``: B70f-sharp, 5 mm, both) and
-summarises them apart. A lesion is counted as reported twice when more than one reported finding
-on it measures at least ``TWICE_SHARE`` of its reference long axis: a small finding beside a mass
-and inside its annotated box is a finding of its own, not the mass again.
+it replaces the shipped one (whose folds are in ``training/nodule/scorer_folds``).
+``--reconstructions`` also reads each LIDC scan as synthetic re-reconstructions of its
+acquisition (``training.nodule.reconstruction``: B70f-sharp, 5 mm, both) and summarises them
+apart. A lesion is counted as reported twice when more than one reported finding on it measures
+at least ``TWICE_SHARE`` of its reference long axis: a small finding beside a mass and inside its
+annotated box is a finding of its own, not the mass again.
 
 Both run through the pipeline's own path (``NoduleDetection.search``: kernel harmonization, grid,
 lung check, fusion of nested boxes, threshold, in-box segmentation and measurement on the source
@@ -37,16 +38,16 @@ from pipelines.base import PipelineSettings
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.detector import DEFAULT_MODEL_DIR
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import evaluate, patients
-from pipelines.nodule.training.reconstruction import Reconstruction, reconstruct
-from pipelines.training.data_folder import DATA_ROOT
+from training.data_folder import DATA_ROOT
+from training.nodule import evaluate, patients
+from training.nodule.reconstruction import Reconstruction, reconstruct
 
 MIN_LESION_MM = 10.0
 TWICE_SHARE = 1 / 3
 
 
 def pipeline_for(detector: str, patient: str, scorer_dir: Path = DEFAULT_SCORER_DIR) -> NoduleDetection:
-    model = scorer_dir / "folds" / patient if detector == "scorer" else DEFAULT_MODEL_DIR
+    model = patients.folds_of(scorer_dir) / patient if detector == "scorer" else DEFAULT_MODEL_DIR
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(model)))
 
 
@@ -69,7 +70,8 @@ LIDC_RECONSTRUCTIONS = (Reconstruction("sharper"), Reconstruction("as acquired",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", choices=("scorer", "retinanet"), default="scorer")
-    parser.add_argument("--scorer", type=Path, default=DEFAULT_SCORER_DIR, help="scorer folder with its folds/")
+    parser.add_argument("--scorer", type=Path, default=DEFAULT_SCORER_DIR,
+                        help="scorer folder with its folds/ (the shipped one's: training/nodule/scorer_folds)")
     parser.add_argument("--reconstructions", action="store_true",
                         help="also read each LIDC scan as synthetic re-reconstructions (sharper, 5 mm)")
     parser.add_argument("--out", type=Path)

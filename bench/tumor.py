@@ -17,8 +17,8 @@ from pathlib import Path
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.training.data import BRATS, load_images
 from tests.support.mr_dicom import CLINICAL, Study, moved, write_series
+from training.tumor.data import BRATS, load_images
 
 
 def make_study(folder: Path) -> dict[str, list[Path]]:

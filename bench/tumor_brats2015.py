@@ -20,8 +20,8 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
-from pipelines.tumor.training.data import BRATS2015_CASES, load_brats2015
-from pipelines.tumor.training.prepare import brats_labels
+from training.tumor.data import BRATS2015_CASES, load_brats2015
+from training.tumor.prepare import brats_labels
 
 
 def main() -> None:

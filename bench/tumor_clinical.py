@@ -17,8 +17,8 @@ from pathlib import Path
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.training.data import load_clinical
 from tests.support.mr_dicom import Study, write_series
+from training.tumor.data import load_clinical
 
 
 def main() -> None:

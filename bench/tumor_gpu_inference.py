@@ -3,7 +3,7 @@
 For a machine with torch and MONAI but neither SimpleITK nor the shared data (a lent GPU): the
 input is the four-channel model-grid array that ``pipeline.segment`` builds for the skull-on
 clinical TCGA-FG-6692 T1c alone (26 slices of 5.5 mm; written by
-``python -m pipelines.tumor.training.prepare``). ``Segmenter.probabilities`` is timed exactly as
+``python -m training.tumor.prepare``). ``Segmenter.probabilities`` is timed exactly as
 the pipeline calls it (MONAI sliding windows, half precision on CUDA), after one warm-up call.
 Brain extraction, resampling and writing are CPU work and are timed by ``bench/tumor.py``.
 

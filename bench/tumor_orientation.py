@@ -33,10 +33,10 @@ from scipy import ndimage
 
 from node.operate.findings import finding_lines
 from pipelines.base import JobInput, PipelineSettings
-from pipelines.training.data_folder import DATA_ROOT
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.volume import load_series
 from tests.support.mr_dicom import Study, seg_labels, write_series
+from training.data_folder import DATA_ROOT
 
 #: DICOMOrient codes: the first as make_mr.py writes it, then column flip, row flip, slices
 #: reversed, rows and columns transposed, and combinations.
@@ -72,11 +72,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def fusion_wt(case: str) -> np.ndarray | None:
     """TCGA-FG-6692's whole tumor from the BraTS-toolkit fusion, carried onto the raw clinical T1c
-    (``training.heldout.clinical_reference``), in LPS order; None for the other case."""
+    (``training.tumor.heldout.clinical_reference``), in LPS order; None for the other case."""
     if case != "tcga":
         return None
-    from pipelines.tumor.training.data import load_clinical
-    from pipelines.tumor.training.heldout import clinical_reference
+    from training.tumor.data import load_clinical
+    from training.tumor.heldout import clinical_reference
 
     regions, fit = clinical_reference(DATA_ROOT)
     print("fusion mapping", fit, flush=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import Volume
 from pipelines.writers import codes
 from pipelines.writers.derived import make_derived_series
@@ -27,6 +26,7 @@ from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import WrittenObject, write_datasets
 from pipelines.writers.seg import FrameCompression, Segment, make_segmentation
 from pipelines.writers.sr import Finding, make_measurement_report
+from training.data_folder import DATA_ROOT
 
 CHEST_SLICE = DATA_ROOT / "ct-chest" / "lung-pet-ct-dx-A0002" / "B70f" / "1-01.dcm"
 STRUCTURES = (codes.LUNG_NODULE, codes.NEOPLASM, codes.EDEMA, codes.NECROSIS,

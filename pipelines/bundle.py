@@ -1,15 +1,10 @@
 """A MONAI bundle folder read the way MONAI reads it, with errors a site can act on.
 
-A bundle (``configs/metadata.json`` + ``configs/inference.json`` or ``.yaml``) is parsed with
-``monai.bundle.ConfigParser``, with ``bundle_root`` set to the folder and, while its parts are
-built, the folder on ``sys.path`` (as ``monai.bundle.run`` does), so that ``scripts.*`` targets
-such as the detection bundle's ``RetinaNetInferer`` resolve, each to its own bundle's. Parts
-are built only when asked for: a ``models/model.ts`` needs no ``network_def``, so a bundle with
-TorchScript weights loads without its network's optional packages.
-
-MONAI reports a missing optional package as a 25-line ``RuntimeError`` around an
-``OptionalImportError``; ``build`` turns that into one sentence naming the package and the
-install command (the ``bundles`` extra of radnode's ``pyproject.toml`` where it has the package).
+The configs are parsed with ``monai.bundle.ConfigParser``, ``bundle_root`` set and the folder on
+``sys.path`` while parts are built (as ``monai.bundle.run`` does), so ``scripts.*`` targets resolve
+to their own bundle's. Parts are built only when asked for: TorchScript weights need no
+``network_def``, nor its optional packages. MONAI's 25-line ``OptionalImportError`` becomes one
+sentence naming the package and its install command (``build``).
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
 """A MONAI bundle's own ``preprocessing``, ``inferer`` and ``postprocessing``, run on a DICOM volume.
 
-This is the bar MONAI Deploy's ``MonaiBundleInferenceOperator`` sets: the bundle's sections are
-built by MONAI's ``ConfigParser`` and run as they are, with only the image loading and saving
-transforms (``LoadImage*``, ``SaveImage*``) taken out. radnode puts in their place what the
-loader would have given (``loader_image``: the volume's voxels in file order, channel-first when
-the bundle takes several channels, its affine in the loader's RAS or LPS convention) and takes the
-postprocessed result back; the pipelines turn that into SEG and SR on the source series. So the
-bundle's orientation, spacing, intensity scaling, sliding window and overlap, inferer (for
-example ``RetinaNetInferer`` and its ``force_sliding_window``), score threshold, NMS, box format,
-activation, threshold and label mapping are what its authors configured, not radnode's.
-
-The evaluator's ``_requires_`` (the detection bundle's ``detector_ops``: box selector and sliding
-window settings) are run as ``monai.bundle.run`` runs them before the evaluator. ``amp`` means
-half precision under CUDA, as MONAI's evaluators apply it (their autocast is CUDA-only).
-``device`` is radnode's ``[pipelines.*] device``; the network is the bundle's ``models/model.ts``
-or its ``network_def`` with ``models/model.pt`` loaded the way its ``checkpointloader`` does.
-
-What radnode cannot honour is refused when the pipeline loads (``BundleError`` naming the key);
-``pipelines/BUNDLE_KEYS.md`` says for every key of the published configs how radnode treats it.
+The bar is MONAI Deploy's ``MonaiBundleInferenceOperator``: the sections run as built by MONAI's
+``ConfigParser``, with only ``LoadImage*``/``SaveImage*`` taken out and replaced by what the loader
+would have given (``loader_image``). So orientation, spacing, scaling, inferer, thresholds, NMS and
+label mapping are what the bundle's authors configured, not radnode's. ``amp`` is half precision
+under CUDA only, as MONAI's evaluators apply it. What radnode cannot honour is refused at load
+(``BundleError`` naming the key); ``pipelines/BUNDLE_KEYS.md`` covers every published key.
 """
 
 from __future__ import annotations

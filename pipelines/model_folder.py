@@ -1,19 +1,11 @@
-"""What every shipped pipeline's model folder has in common.
+"""What every model folder has in common: finding its files, reading its parameters, its digest.
 
-A site replaces shipped weights by pointing ``[pipelines.<name>] model`` at a folder. Two layouts
-are accepted, so that a site can drop in a model from MONAI's model zoo or export its own:
-
-- radnode's own: ``model.ts`` (TorchScript) or ``model.pt`` (a state dict of the pipeline's
-  network) plus ``params.toml`` / ``params.json`` with the pre- and post-processing;
-- a MONAI bundle: ``configs/inference.json`` plus ``models/model.ts`` or ``models/model.pt``;
-- an nnU-Net v2 results folder (``dataset.json``, ``plans.json``, ``fold_N/``), which the
-  ``nnunet-segmentation`` pipeline runs with nnunetv2 itself (``pipelines/nnunet``).
-
-Each pipeline declares its parameters as a ``ModelParams`` model (``pipelines/<name>/params.py``)
-and reads them with ``load_params``: typed keys with their defaults, and a misspelt or unknown key
-refused with the file and the key named, in config.toml's words (``pipelines.validation``),
-instead of being ignored in favour of a default. This module finds the files, reads and checks
-them and fingerprints them, so the error messages are the same everywhere.
+A site points ``[pipelines.<name>] model`` at a folder of one of three layouts: radnode's own
+(``model.ts`` or ``model.pt`` plus ``params.toml`` / ``params.json``), a MONAI bundle
+(``configs/inference.json`` plus ``models/model.*``) or an nnU-Net v2 results folder (run by
+``pipelines/nnunet`` with nnunetv2 itself). Each pipeline reads its ``ModelParams`` with
+``load_params``: typed keys with defaults, and a misspelt or unknown key refused naming the file
+and the key (``pipelines.validation``), so the messages are the same everywhere.
 """
 
 from __future__ import annotations
@@ -196,10 +188,6 @@ def load_network(folder: Path, build: Callable[[], torch.nn.Module], what: str,
 
 #: Weights files, whatever their names (a folder's params may list several, e.g. an ensemble).
 WEIGHTS_SUFFIXES = frozenset({".ts", ".pt", ".pth"})
-#: Sub-folders a model folder may carry that its pipeline never loads: the nodule scorer's
-#: per-patient leave-one-out copies, which the held-out tests run as model folders of their own
-#: (left out of the wheel, so an installed node and a checkout name the same digest).
-NOT_LOADED = frozenset({"folds"})
 
 
 def folder_digest(folder: Path) -> str:
@@ -208,8 +196,6 @@ def folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
-        if NOT_LOADED.intersection(relative.parts[:-1]):
-            continue
         if path.suffix in WEIGHTS_SUFFIXES or (path.name.startswith(("model.", "params.", "inference."))
                                                and path.suffix in {".toml", ".json", ".yaml", ".yml"}):
             digest.update(str(relative).encode())

@@ -3,8 +3,8 @@
 The standard estimate (e.g. ICRU Report 87; Boedeker et al., Med Phys 2007): square ROIs where the
 anatomy is flat, each less its smooth trend, ``NPS(u, v) = |DFT(ROI)|^2 * pixel area / pixel
 count`` averaged over the ROIs, then over rings of the frequency plane. The nodule pipeline's
-kernel change (``pipelines.nodule.training.reconstruction``) measures its kernels with it, and the
-denoiser's noise model (``pipelines.denoise.training.nps``) compares simulated with real noise by it:
+kernel change (``training.nodule.reconstruction``) measures its kernels with it, and the
+denoiser's noise model (``training.denoise.nps``) compares simulated with real noise by it:
 ``flat_tiles`` picks the ROIs on a real slice, ``tiles`` cuts the same ones from any image of that
 slice (such as simulated noise alone), so both are measured on the same pixels.
 """

@@ -6,7 +6,7 @@ pipelines' tolerances (under 1 HU for the denoiser). A CPU's convolutions are bo
 one with native bfloat16 (AVX512-BF16 or AMX) runs them several times faster in it, one without
 gains nothing and runs float32. bfloat16 has an 8-bit mantissa, so a pipeline takes it on a CPU
 only where it was measured that its results do not change (``cpu_bfloat16``; ct-denoise:
-pipelines/denoise/training/LOG.md, "Acceptance rules for the quality and bias targets").
+training/denoise/LOG.md, "Acceptance rules for the quality and bias targets").
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """Turn the files of one DICOM series into a volume whose geometry every pipeline can trust.
 
-This module is the one place where radnode decides geometry. Models see a plain array, but every
-finding has to go back into DICOM on the right slice and at the right place in the patient, so the
-loader keeps the link from each array slice to the instance (and frame) it came from, and refuses
-series that are not one regular grid instead of guessing: a wrong guess here puts a nodule on the
-wrong slice of a SEG without any error further down.
-
-Conventions (all in the DICOM patient frame, LPS, millimetres):
-
-- ``array[k, j, i]`` is slice ``k``, row ``j``, column ``i``.
-- ``direction`` columns are the row direction (``i`` grows), the column direction (``j`` grows)
-  and the slice direction (``k`` grows). Slices are sorted so that the slice direction is the
-  normal of the image plane (row x column), which makes ``direction`` a proper rotation.
-- ``spacing`` is (column spacing, row spacing, slice spacing), the order SimpleITK uses.
-
-Gantry tilt is refused, not resampled: results must reference the acquired slices one to one,
-and a resampled grid has no source instances to reference.
+The one place radnode decides geometry. The loader keeps each array slice's source instance (and
+frame), so findings go back on the right slice, and refuses a series that is not one regular grid
+instead of guessing. Conventions (DICOM patient frame, LPS, mm): ``array[k, j, i]`` is slice, row,
+column; ``direction`` columns are the row, column and slice directions (slices sorted along the
+image normal, so a proper rotation); ``spacing`` is (column, row, slice), SimpleITK's order.
+Gantry tilt is refused, not resampled: a resampled grid has no source instances to reference.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from tests.support.cpu_share import share_cores
 
 share_cores()  # before anything below imports torch or numpy
 
-from pipelines.training.data_folder import DATA_ROOT  # noqa: E402
 from tests.support.peers import Orthanc  # noqa: E402
 from tests.support.pki import Pki, make_pki  # noqa: E402
+from training.data_folder import DATA_ROOT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = DATA_ROOT

@@ -14,8 +14,8 @@ from pynetdicom.sop_class import Verification
 
 from node.config import Config, Destination, Source
 from node.deliver.sending import Outcome, Parcel, Settle
+from node.dicomnet import patches
 from node.index.store import ResultFile
-from node.receive.pynetdicom_ext import patch_reactor_sleep
 from node.tls import client_context
 
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -23,10 +23,10 @@ _MAX_CONTEXTS = 128
 
 
 def scu_ae(config: Config) -> AE:
-    """The node's requesting AE: its reactors wait woken by their work (node.receive.pynetdicom_ext),
+    """The node's requesting AE: its reactors wait woken by their work (node.dicomnet.patches),
     and a C-STORE of a file sends the file's bytes as they are, without decoding and encoding
     the data set again (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, off by default)."""
-    patch_reactor_sleep()
+    patches.install(patches.SENDER)
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=config.node.ae_title)
     ae.network_timeout = config.node.network_timeout_seconds
@@ -128,7 +128,7 @@ def _without_message_logging(assoc: Association) -> None:
     """Unbind pynetdicom's standard handlers that describe every message and PDU for its log:
     the node keeps pynetdicom's log at warnings (node.logs), so they only cost time, and a bound
     EVT_DIMSE_SENT handler keeps each C-STORE request on pynetdicom's slower encoding
-    (node.receive.pynetdicom_ext)."""
+    (node.dicomnet.sending)."""
     for event in (evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV, evt.EVT_PDU_SENT, evt.EVT_PDU_RECV):
         for handler, _ in list(assoc.get_handlers(event)):  # type: ignore[misc]
             assoc.unbind(event, handler)

@@ -384,7 +384,7 @@ def _use_wal(db: sqlite3.Connection) -> None:
 
     Why the retry: on a new index the switch needs the file to itself, and SQLite answers
     "database is locked" at once, without waiting the busy timeout, while another process is
-    opening the same new index (measured: 13 of 160 concurrent first opens). Once the file is in
+    opening the same new index (docs/index.md: how often). Once the file is in
     WAL mode, which SQLite keeps in the file, the pragma needs no lock.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_S
@@ -515,15 +515,11 @@ def _sequence(db: sqlite3.Connection, table: str) -> int | None:
 
 def _restrict(path: Path) -> None:
     """Create the index (and chmod an older one) owner-only before SQLite opens it: SQLite gives
-    its -wal and -shm files the database file's mode. An index this user does not own (an
-    administrator reading another account's node) is left as it is.
-
-    The file is opened here only when it does not exist yet (``O_EXCL``), never beside a live
-    connection: on Linux, closing any descriptor of a file drops every POSIX lock this process
-    holds on it, SQLite's shared lock included. Without that lock an admin command closing its
-    own connection believes it is the last one, checkpoints and unlinks the WAL, and this
-    process goes on committing into the deleted file. The mode of an existing file is set by
-    its name (``chmod`` opens nothing)."""
+    its -wal and -shm files the database's mode. Another user's index is left as it is. The file
+    is opened only when new (``O_EXCL``), never beside a live connection: closing any descriptor
+    drops this process's POSIX locks on the file, SQLite's included, and another connection would
+    then unlink the WAL under us. An existing file's mode is set by name (``chmod`` opens nothing).
+    """
     try:
         try:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, INDEX_MODE))

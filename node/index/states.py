@@ -1,44 +1,12 @@
-"""The three state machines of the index (series, job, delivery): their states, the transitions
-allowed between them, and the one function that applies a transition.
+"""The index's state machines (series, job, delivery, notification, backfill): their states, the
+transitions allowed between them, and the one function that applies a transition. Each machine's
+drawing sits above its transition table.
 
-Series (a late instance re-opens a series, with a new generation)::
-
-    receiving ──complete──> complete ──route──> routed
-      │  ^  └───────────set aside──────────────> │
-      │  └──────────────re-open──────────────────┘ (and from complete)
-
-Job::
-
-    queued ──claim──> running ──finish──> done
-      ^ │             │  │ └────fail────> failed ──requeue (admin)──> queued
-      │ │             │  └─start (a worker takes the attempt: running -> running)
-      │ └─cancel (admin)──────────────────> failed
-      └──hand back────┘
-
-Delivery::
-
-    pending ──send──> sent
-      │  └──fail──> retrying ──send──> sent
-      │              │  ^ └──fail──┘ (retrying -> retrying)
-      └──give up─────┴──┴─> dead ──retry (admin)──> pending
-
-Notification (one event for one ``[[notify]]`` target; the same drawing as a delivery's)::
-
-    pending ──send──> sent
-      │  └──fail──> retrying ──send──> sent
-      │              │  ^ └──fail──┘
-      └──give up─────┴──┴─> dead
-
-Every transition is one guarded ``UPDATE`` inside the caller's transaction: it changes the row
-only if it is in a state the transition starts from, so two processes racing for a row cannot
-both move it. ``apply`` refuses a transition its machine's table does not hold (a programming
-error, raised at once), so every state change of the node is one of the transitions drawn here.
-
-For jobs, the end of an attempt is fenced as well: ``attempts`` is a fencing token that a claim
-raises, so a result from an earlier attempt (a worker machine that came back, a Ray task the
-node had given up on) finds a different number and is refused, whatever executor produced it.
-Starting, finishing and failing an attempt must name it; only the node itself hands back every
-running attempt at once (at start and stop, when none of them can still be running).
+Every transition is one guarded ``UPDATE`` inside the caller's transaction, so two processes
+racing for a row cannot both move it; ``apply`` refuses a transition its table does not hold (a
+bug, raised at once). A job's ``attempts`` is a fencing token a claim raises: a result from an
+earlier attempt (a worker that came back, a Ray task given up on) is refused. Only the node
+itself hands back every running attempt at once (at start and stop, when none can be running).
 """
 
 from __future__ import annotations
@@ -142,6 +110,12 @@ class Machine:
 
 
 # ---- series --------------------------------------------------------------------------------
+#
+# A late instance re-opens a series, with a new generation::
+#
+#     receiving ──complete──> complete ──route──> routed
+#       │  ^  └───────────set aside──────────────> │
+#       │  └──────────────re-open──────────────────┘ (and from complete)
 
 COMPLETE = Transition("complete", (SeriesState.RECEIVING,), SeriesState.COMPLETE)
 ROUTE = Transition("route", (SeriesState.COMPLETE,), SeriesState.ROUTED)
@@ -154,6 +128,12 @@ SERIES = Machine("series", "series_uid", SeriesState, (COMPLETE, ROUTE, SET_ASID
                  initial=(SeriesState.RECEIVING,))
 
 # ---- jobs ----------------------------------------------------------------------------------
+#
+#     queued ──claim──> running ──finish──> done
+#       ^ │             │  │ └────fail────> failed ──requeue (admin)──> queued
+#       │ │             │  └─start (a worker takes the attempt: running -> running)
+#       │ └─cancel (admin)──────────────────> failed
+#       └──hand back────┘
 
 CLAIM = Transition("claim", (JobState.QUEUED,), JobState.RUNNING)
 START = Transition("start", (JobState.RUNNING,), JobState.RUNNING, fenced=True, attempt_required=True)
@@ -169,6 +149,11 @@ JOBS = Machine("jobs", "id", JobState, (CLAIM, START, FINISH, FAIL, HAND_BACK, R
                initial=(JobState.QUEUED, JobState.FAILED))
 
 # ---- deliveries ----------------------------------------------------------------------------
+#
+#     pending ──send──> sent
+#       │  └──fail──> retrying ──send──> sent
+#       │              │  ^ └──fail──┘ (retrying -> retrying)
+#       └──give up─────┴──┴─> dead ──retry (admin)──> pending
 
 SEND = Transition("send", (DeliveryState.PENDING, DeliveryState.RETRYING), DeliveryState.SENT)
 RETRY_LATER = Transition("retry later", (DeliveryState.PENDING, DeliveryState.RETRYING),
@@ -181,6 +166,13 @@ DELIVERIES = Machine("deliveries", "id", DeliveryState, (SEND, RETRY_LATER, GIVE
                      initial=(DeliveryState.PENDING,))
 
 # ---- notifications -------------------------------------------------------------------------
+#
+# One event for one ``[[notify]]`` target; the same drawing as a delivery's, without the retry::
+#
+#     pending ──send──> sent
+#       │  └──fail──> retrying ──send──> sent
+#       │              │  ^ └──fail──┘
+#       └──give up─────┴──┴─> dead
 
 _UNSENT = (NotificationState.PENDING, NotificationState.RETRYING)
 NOTIFY_SEND = Transition("send", _UNSENT, NotificationState.SENT)

@@ -1,64 +1,12 @@
-"""C-STORE requests taken from P-DATA PDUs by the receiver itself, their data sets streamed
-into spool files as they arrive.
+"""C-STORE requests taken from P-DATA PDUs by the receiver itself, their data sets streamed into
+spool files as they arrive.
 
-pynetdicom turns every P-DATA-TF PDU into PDU, item and primitive objects, walks them through
-its state machine, copies each fragment into an in-memory buffer and decodes the command set
-with pydicom; the receiver then copied the data set again to write the file: for a CT image
-that was most of the receiver's time. Here the receiver's PDU reader (``node.receive.pdu_guard``)
-hands the body of each P-DATA-TF PDU of an established association to ``receive``, which
-splits it into its presentation data values (PS3.8 9.3.5) and:
-
-- gathers the command fragments and reads the command's fields itself (PS3.7 E.1: implicit
-  VR little endian, a dozen bytes of header per element);
-- for a C-STORE request with a data set on an accepted context, writes each data set fragment
-  straight into a spool part file that starts with the instance's file meta (built from the
-  command, as pynetdicom does), and when the last fragment arrives answers the C-STORE in this
-  thread: the receiver's handler (``install``'s ``answer``) checks the data set, makes it
-  durable and indexes it, and the response goes to the DUL's own queue, which this thread
-  sends from right after this PDU (event 9, action DT-1). Answering where the data arrived
-  saves two thread hand-offs per image (to pynetdicom's association thread and back), about
-  0.17 ms each, and pynetdicom's Python around its handler call;
-- until the association is established and the receiver has handled its acceptance
-  (pynetdicom sends the A-ASSOCIATE-AC, then runs the EVT_ACCEPTED handlers, then marks the
-  association established, so a fast SCU's first C-STORE can arrive before), puts the
-  C-STORE request primitive, built from those fields with pynetdicom's own
-  (validating) setters, on the association's DIMSE message queue instead, where pynetdicom's
-  message decoder would have put it: pynetdicom then calls the C-STORE handler in its
-  association thread and sends the response as it always did. The file is flushed to the disk
-  right after, in this thread, while that handler checks the data set (``PartFile.sync``);
-- hands any other message (a C-ECHO, a command it cannot read) to pynetdicom unchanged, as
-  pynetdicom's own reader would have (event 10, action DT-2).
-
-Every message is bounded, because pynetdicom buffers whatever it is handed and a peer could
-otherwise grow the receiver without limit on one association (2.5 GB streamed in 5 s kept a
-receiver at 2.6 GB): a command set longer than ``MAX_COMMAND_BYTES`` (a real one is a few
-hundred bytes), a data set fragment with no command before it on its context, and a data set
-of more than ``MAX_HANDED_DATA_BYTES`` for a message handed to pynetdicom (a query's
-identifier, or any message the node does not take itself) each abort the association. Only a
-C-STORE's data set may be large, and it goes to the disk.
-
-A C-STORE whose command names a SOP Class or Instance UID that pynetdicom's setters refuse (more
-than 64 characters) is still streamed: the handler refuses it with 0xC000 and keeps it in
-quarantine with the reason, rather than pynetdicom aborting the association.
-
-pynetdicom keeps association negotiation, release, abort, every other DIMSE message and the
-state machine. A C-STORE handler that pynetdicom calls takes the finished file with ``take``:
-files are handed over in the order their messages completed, which is the order their
-requests were queued.
-
-The success response of a C-STORE is encoded here too (``node.receive.command_sets``), the same
-bytes pynetdicom would send. Every other response (a refusal, a warning) is pynetdicom's.
-
-This works inside pynetdicom 3.0: it feeds DT-2 through the DUL's private ``_recv_pdu``, puts
-requests on the DIMSE message queue, reads ``_accepted_cx`` and replaces
-``DIMSEServiceProvider.send_msg`` (``node.receive.pynetdicom_internals`` checks at import that
-they are the ones expected). What pynetdicom would need to offer for it to go: a streaming
-C-STORE handler, told the command when it arrives, that chooses where the data set goes and has
-it written there as it arrives, in the thread that reads the socket; and a success response
-encoded without building a data set. ``_config.STORE_RECV_CHUNKED_DATASET``
-(https://github.com/pydicom/pynetdicom/pull/526) comes closest: it writes the data set to a
-temporary file of its own as it arrives, but still turns every PDU into its objects and hands
-the handler the file only when it is complete, in the association's thread.
+The PDU guard (``node.dicomnet.pdu_guard``) hands ``read`` the body of each P-DATA-TF PDU of an
+established association. A C-STORE request with a data set is written straight into a spool
+part file and answered in that thread (``install``'s ``answer``), or, before the receiver has
+handled the association's acceptance, queued for pynetdicom's association thread; anything else
+goes to pynetdicom unchanged. Every message is bounded (``MAX_COMMAND_BYTES``,
+``MAX_HANDED_DATA_BYTES``). Why and what it saves: docs/receive-speed.md.
 """
 
 from __future__ import annotations
@@ -72,19 +20,15 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 
 from node import logs
-from node.receive import command_sets, pynetdicom_internals
-from node.receive.pynetdicom_internals import replacing
+from node.dicomnet import command_sets
 from node.receive.screening import uid_problem
 from node.receive.spool import PartFile, Spool, part10_header
-
-pynetdicom_internals.require()
 
 _C_STORE_RQ, _NO_DATA_SET = command_sets.C_STORE_RQ, command_sets.NO_DATA_SET
 _COMMAND_FIELD, _DATA_SET_TYPE = 0x00000100, 0x00000800
@@ -170,13 +114,23 @@ def install(spool: Spool, has_room: Callable[[], bool], answer: Answer | None = 
     disk is above its watermark (checked once per instance, before anything is written);
     ``answer``, when given, answers each complete C-STORE in the thread that read it."""
     global _settings
-    if _settings is None:
-        _answer_success_leanly()
     _settings = Settings(spool, has_room, answer)
 
 
 def enabled() -> bool:
     return _settings is not None
+
+
+def read(dul: DULServiceProvider, body: memoryview) -> None:
+    """The PDU guard's P-DATA reader: take one P-DATA-TF PDU, hand pynetdicom what is its, and
+    abort the association (Evt19) on items that do not add up."""
+    try:
+        values = receive(dul, body)
+    except PDataError:
+        dul.event_queue.put("Evt19")
+        return
+    if values:
+        to_pynetdicom(dul, values)
 
 
 def receive(dul: DULServiceProvider, body: memoryview) -> list[list[int | bytes]]:
@@ -447,37 +401,6 @@ def _failed(incoming: Incoming, error: OSError) -> None:
     if incoming.part is not None:
         incoming.part.discard()
         incoming.part = None
-
-
-def store_success_response(primitive: object) -> bytes | None:
-    """The command set of a C-STORE response with status 0x0000 and nothing optional (implicit
-    VR little endian, PS3.7 9.3.1.2), or None for any other message."""
-    if (type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None
-            or primitive.Status != 0 or primitive.ErrorComment is not None
-            or primitive.OffendingElement is not None):
-        return None
-    return command_sets.store_response(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
-                           primitive.AffectedSOPInstanceUID)
-
-
-def _answer_success_leanly() -> None:
-    """Send C-STORE success responses encoded by ``store_success_response`` (one P-DATA-TF
-    with one command fragment, when the peer's maximum PDU length allows: always, in practice).
-    It can go once pynetdicom encodes a C-STORE response without building a pydicom data set."""
-    original = DIMSEServiceProvider.send_msg
-
-    def send_msg(dimse: DIMSEServiceProvider, primitive: object, context_id: int) -> None:
-        command = store_success_response(primitive)
-        limit = dimse.maximum_pdu_size
-        if command is None or (limit and len(command) + 12 > limit):
-            original(dimse, primitive, context_id)  # type: ignore[arg-type]
-            return
-        pdata = P_DATA()
-        pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
-        dimse.dul.send_pdu(pdata)
-
-    send_msg.__doc__ = original.__doc__
-    DIMSEServiceProvider.send_msg = replacing(original, send_msg)  # type: ignore[method-assign,assignment]
 
 
 def command_fields(command: bytes) -> dict[int, bytes | int] | None:

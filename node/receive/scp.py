@@ -1,14 +1,10 @@
 """The Storage SCP: takes C-ECHO and C-STORE from scanners and PACS (pynetdicom).
 
-Receiving is kept cheap and safe: the encoded bytes are written to a spool part file as their
-P-DATA fragments arrive (``node.receive.pdata_stream``; no pixel decoding, no copy in memory), their
-structure is walked where they lie, and they are fsynced, renamed into the spool and indexed
-before the 0x0000 status goes back, so a success status is a promise that survives a crash.
-Anything refused gets a DIMSE failure status, and a refused dataset is kept in the spool's
-quarantine folder with the reason.
-
-Several receiver processes can share one port (SO_REUSEPORT) so that concurrent associations
-are spread over CPU cores instead of queueing behind Python's GIL.
+A data set is written to a spool part file as its P-DATA arrives (``node.receive.pdata_stream``;
+``node.receive.stock_store`` on stock pynetdicom, when the speed-ups are off), walked where it
+lies, then fsynced, renamed into the spool and indexed before the 0x0000 status goes back: a
+success status survives a crash. A refused data set gets a DIMSE failure status and is kept in
+the spool's quarantine with the reason. Receiver processes share one port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -62,8 +58,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
+from node.dicomnet import patches
 from node.index.store import Index
-from node.receive import pdata_stream, pdu_guard
+from node.receive import pdata_stream, stock_store
 from node.receive.intake import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -75,10 +72,11 @@ from node.receive.intake import (
     Source,
     StoreRefusal,
 )
-from node.receive.pynetdicom_ext import patch_reactor_sleep
 from node.receive.slots import AssociationSlots, Slot, SlotsFull
 from node.receive.spool import Spool
 from node.tls import server_context
+
+patches.optional_mismatches()  # a pynetdicom the PDU guard does not fit stops the node here, not in a receiver
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -272,7 +270,7 @@ class Receiver:
         """A requested association takes one of the node's ``max_associations`` slots (and one of
         its address's ``max_associations_per_peer``) or is rejected (transient, local limit
         exceeded), so the SCU knows to try again later. Until it sends its first PDU it may idle
-        ``idle_association_seconds`` only (node.receive.pdu_guard restores the network timeout)."""
+        ``idle_association_seconds`` only (node.dicomnet.pdu_guard restores the network timeout)."""
         assoc = event.assoc
         node = self.config.node
         assoc.acse_timeout = node.network_timeout_seconds
@@ -340,7 +338,10 @@ class Receiver:
 
     def on_store(self, event: evt.Event) -> int | Dataset:
         """Answer a C-STORE that pynetdicom's association thread took (``answer_in_reader``
-        could not): the first of an association whose acceptance was still being handled."""
+        could not): the first of an association whose acceptance was still being handled, or
+        every one on stock pynetdicom."""
+        if not pdata_stream.enabled():
+            return self.answer_store(event.assoc, stock_store.arrived(event, self.spool, self._has_room))
         incoming = pdata_stream.take(event.assoc)
         if incoming is None:  # pynetdicom assembled it: its fragments came on another context
             return StoreRefusal(CANNOT_UNDERSTAND, "data set fragments on another presentation context "
@@ -419,11 +420,14 @@ class Receiver:
             (evt.EVT_C_STORE, self.on_store),
         ]
 
+    def _has_room(self) -> bool:
+        return self.spool.free_bytes() >= self._min_free
+
     def serve_forever(self) -> None:
-        patch_reactor_sleep()
-        pdu_guard.install(self.config.node.max_pdu)
-        pdata_stream.install(self.spool, lambda: self.spool.free_bytes() >= self._min_free,
-                             self.answer_in_reader)
+        if patches.install(patches.RECEIVER, self.config.node.max_pdu, pdata_stream.read):
+            pdata_stream.install(self.spool, self._has_room, self.answer_in_reader)
+        else:
+            _config.STORE_RECV_CHUNKED_DATASET = True
         # Values are stored as sent and checked by the pipelines that read them; validating every
         # UID's characters again here only costs time on the path that must be fast.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

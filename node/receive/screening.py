@@ -1,22 +1,10 @@
 """What the receiver checks before it trusts a received data set, without trusting the data.
 
-A success status is a promise that every later stage (completion, routing, pipelines, the
-writers) can read the instance. Those stages parse with pydicom, which recurses once per level
-of sequence nesting and believes every length it reads: one data set nested 10,000 levels deep
-would stop the scheduler with ``RecursionError`` on every pass. So the receiver walks the
-element structure itself, in a loop with an explicit stack, with limits on depth, lengths and
-element count, and refuses what exceeds them; and it refuses identifiers that would become
-unsafe or ambiguous file names (a Study Instance UID of ``..``).
-
-Little and big endian (``accept_all_storage`` accepts any transfer syntax) are walked alike;
-a deflated data set is inflated first, in steps, into memory that is taken only as it is
-written, and refused as soon as it inflates beyond ``inflated_limit`` of its compressed size: a
-1 MB file of zeros that inflates to 1000 MiB was taken whole into memory by the receiver, and
-again by every later stage that read it with pydicom (which inflates the whole file at once).
-
-The element budget bounds what pydicom builds for a data set in the later stages: about 370 bytes
-per element in the scheduler and 640 in a worker, so 2 million empty elements (16 MB sent)
-cost 0.7 and 1.3 GB there.
+A success status promises every later stage can read the instance, and those stages parse with
+pydicom, which recurses per nesting level and believes every length. So the receiver walks the
+element structure itself (an explicit stack, limits on depth, lengths and element count), inflates
+a deflated data set in bounded steps, and refuses identifiers that would make unsafe file names.
+The cases and their measured costs: docs/receive-speed.md.
 """
 
 from __future__ import annotations
@@ -146,15 +134,11 @@ def _put(buffer: mmap.mmap, size: int, chunk: bytes, limit: int, compressed: int
 def check_structure(data: bytes | memoryview, implicit: bool, max_depth: int = MAX_SEQUENCE_DEPTH,
                     max_elements: int = MAX_ELEMENTS, little_endian: bool = True,
                     collect: frozenset[int] = frozenset()) -> dict[int, bytes]:
-    """Walk every element header of a data set; raise StructureError if it is broken.
-
-    Checks what a parser would otherwise trust: that each length fits inside its parent, that
-    undefined lengths end with their delimiter, that sequences hold only items, and that nesting
-    stays within ``max_depth``. Values are skipped, not decoded, so this costs one loop step
-    per element (pixel data is one step, or one per fragment). Returns the raw values of the
-    top-level elements whose tags are in ``collect``: the receiver reads its few identifying
-    attributes on the same walk instead of parsing the data set a second time.
-    """
+    """Walk every element header of a data set; raise StructureError if it is broken: a length
+    past its parent, an undefined length without its delimiter, a sequence holding other than
+    items, nesting beyond ``max_depth``. Values are skipped, not decoded. Returns the raw values
+    of the top-level elements whose tags are in ``collect`` (the receiver's identifiers, read on
+    the same walk)."""
     collected: dict[int, bytes] = {}
     view = memoryview(data)
     order = "<" if little_endian else ">"
@@ -188,28 +172,40 @@ def check_structure(data: bytes | memoryview, implicit: bool, max_depth: int = M
             stack.pop()
             pos += 8
             continue
-        vr, length, header = _element_header(view, pos, top, tag, order)
-        pos += header
-        if length == _UNDEFINED:
-            if tag == _PIXEL_DATA and len(stack) == 1:
-                stack.append(_Frame("fragments", None, top.limit, top.implicit, top.depth))
-            elif vr in (b"SQ", b"UN", None):
-                stack.append(_sequence(top, None, top.implicit or vr == b"UN", max_depth))
-            else:
-                raise StructureError(f"undefined length on ({group:04X},{element:04X}), which is not a sequence")
-            continue
-        if pos + length > top.limit:
-            raise StructureError(f"element ({group:04X},{element:04X}) claims {length} bytes, "
-                                 f"more than its container holds")
-        if vr == b"SQ":
-            stack.append(_sequence(top, pos + length, top.implicit, max_depth))
-        elif vr == b"UN" and _dictionary_vr(tag) == b"SQ":  # pydicom reads it as the SQ it is
-            stack.append(_sequence(top, pos + length, True, max_depth))
-        else:
-            if tag in collect and len(stack) == 1:
-                collected[tag] = bytes(view[pos:pos + length])
-            pos += length
+        pos = _element_step(view, pos, stack, tag, order, max_depth,
+                            collected if tag in collect and len(stack) == 1 else None)
     return collected
+
+
+def _element_step(view: memoryview, pos: int, stack: list[_Frame], tag: int, order: str, max_depth: int,
+                  collected: dict[int, bytes] | None) -> int:
+    """One element of a data set or item at ``pos``: a sequence (or undefined-length pixel data)
+    is entered, any other value skipped (kept in ``collected`` when given); returns where the walk
+    goes on."""
+    top = stack[-1]
+    group, element = tag >> 16, tag & 0xFFFF
+    vr, length, header = _element_header(view, pos, top, tag, order)
+    pos += header
+    if length == _UNDEFINED:
+        if tag == _PIXEL_DATA and len(stack) == 1:
+            stack.append(_Frame("fragments", None, top.limit, top.implicit, top.depth))
+        elif vr in (b"SQ", b"UN", None):
+            stack.append(_sequence(top, None, top.implicit or vr == b"UN", max_depth))
+        else:
+            raise StructureError(f"undefined length on ({group:04X},{element:04X}), which is not a sequence")
+        return pos
+    if pos + length > top.limit:
+        raise StructureError(f"element ({group:04X},{element:04X}) claims {length} bytes, "
+                             f"more than its container holds")
+    if vr == b"SQ":
+        stack.append(_sequence(top, pos + length, top.implicit, max_depth))
+        return pos
+    if vr == b"UN" and _dictionary_vr(tag) == b"SQ":  # pydicom reads it as the SQ it is
+        stack.append(_sequence(top, pos + length, True, max_depth))
+        return pos
+    if collected is not None:
+        collected[tag] = bytes(view[pos:pos + length])
+    return pos + length
 
 
 def _plain_elements(view: memoryview, pos: int, top: _Frame, order: str, elements: int, max_elements: int,

@@ -1,18 +1,11 @@
 """Association slots shared by every receiver process of the node (``max_associations``).
 
-pynetdicom counts an association from the moment a TCP connection is accepted, including
-connections that never send an A-ASSOCIATE-RQ and connections already closed whose thread is
-still waiting, and it counts per process: 65 idle sockets locked every sender out for a minute,
-and the real limit depended on how connections spread over the receivers. Here a slot is taken
-only when an association is requested and given back when its connection closes. A slot is an
-exclusive ``flock`` on one of ``max_associations`` files, so the limit holds across processes
-and the kernel frees the slot of a process that dies.
-
-One peer address may hold at most ``max_associations_per_peer`` of them (its own files, locked
-the same way): 32 silent associations from one caller shut every other sender out until the
-network timeout aborted them. When the allow-list names addresses, callers from other addresses
-(an allow-list entry by AE title alone, which anyone can claim) leave the last
-``max_associations_per_peer`` slots to callers from those addresses.
+pynetdicom counts connections per process from the accept, idle and closed ones included; here a
+slot is taken when an association is requested and given back when its connection closes. A slot
+is an exclusive ``flock`` on one of ``max_associations`` files, so the limit holds across processes
+and the kernel frees a dead process's slots. One address holds at most ``max_associations_per_peer``;
+callers from addresses the allow-list does not name leave the last of those to the named ones.
+Why: docs/receive-speed.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """One spool and index belong to one running node.
 
-Two nodes on one spool would both claim its jobs and both deliver them. The port check does not
-stop that (a second node may listen on another port), so ``radnode serve`` takes an exclusive
-``flock`` on a lock file in the spool (and beside the index, where the index lives elsewhere)
-and holds it for the node's life; a second ``serve`` is refused naming the holder. Admin
-commands take no lock: they read and act beside the running node through the index.
-
-``flock`` rather than a POSIX lock: a POSIX lock belongs to the process and goes when any of
-its descriptors of the file is closed, while a ``flock`` belongs to this one open descriptor,
-so nothing else the node opens or closes can drop it. The kernel releases it when the process
-dies, so a node killed with SIGKILL leaves no stale lock behind.
+``radnode serve`` holds an exclusive ``flock`` on a lock file in the spool (and beside the index,
+where that lives elsewhere) for its life, so a second ``serve`` on the same spool is refused naming
+the holder; admin commands take no lock. A ``flock`` belongs to its open descriptor (a POSIX lock
+goes when any descriptor of the file closes) and the kernel drops it when the process dies.
 """
 
 from __future__ import annotations

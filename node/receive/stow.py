@@ -1,19 +1,12 @@
-"""The STOW-RS receiver (PS3.18 10.5): ``POST /studies`` and ``POST /studies/{StudyInstanceUID}``
-with a multipart/related; type="application/dicom" body, each part one PS3.10 file.
+"""The STOW-RS receiver (PS3.18 10.5): ``POST /studies[/{StudyInstanceUID}]`` with a
+multipart/related; type="application/dicom" body, each part one PS3.10 file.
 
-Each part is streamed into a spool part file as its bytes arrive (python-multipart's push parser,
-fed 64 KB at a time: memory stays bounded whatever the body's size) and handed to the same intake
-as a C-STORE data set (node.receive.intake): screened, fsynced, indexed before the response, or
-quarantined with the reason. The response lists every instance in ReferencedSOPSequence or
-FailedSOPSequence with its FailureReason (application/dicom+json). One request is one
-"association" in the index: completion settles its series once the request has ended, as it does
-after a DIMSE release.
-
-The server is the standard library's (as the web page's): its handler reads the body from the
-socket as the parser asks for it, so nothing is held whole; the limits a hostile client would
-test are the node's own, each answered with a status and a log line: headers in
-``header_seconds``, a body no larger than ``max_request_mb`` arriving at ``min_upload_kb_per_second``,
-parts no larger than ``max_instance_mb``, ``max_connections`` at once, no content codings.
+Each part streams into a spool part file as it arrives (python-multipart's push parser) and goes
+to the same intake as a C-STORE (node.receive.intake); the response lists each instance in
+ReferencedSOPSequence or FailedSOPSequence. One request is one "association" in the index. The
+server is the standard library's; the limits a hostile client would test are the node's own
+(``header_seconds``, ``max_request_mb``, ``min_upload_kb_per_second``, ``max_instance_mb``,
+``max_connections``), each answered with a status and a log line.
 """
 
 from __future__ import annotations
@@ -462,154 +455,158 @@ class _Server(ThreadingHTTPServer):
         logs.warning("stow.connection_failed", address=client_address[0], error=f"{type(error).__name__}: {error}")
 
 
-def _handler(receiver: StowReceiver) -> type[BaseHTTPRequestHandler]:
-    settings = receiver.settings
+class _StowHandler(BaseHTTPRequestHandler):
+    """One STOW-RS connection of ``receiver`` (set on the subclass ``_handler`` makes)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "radnode"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        timeout = settings.header_seconds
+    receiver: StowReceiver
+    settings: DicomwebSettings
+    server_version = "radnode"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
 
-        def setup(self) -> None:
-            super().setup()
-            self._watch: threading.Timer | None = None
-            if isinstance(self.connection, ssl.SSLSocket):
-                handshake(self.connection, time.monotonic() + settings.header_seconds)
+    def setup(self) -> None:
+        super().setup()
+        self._watch: threading.Timer | None = None
+        if isinstance(self.connection, ssl.SSLSocket):
+            handshake(self.connection, time.monotonic() + self.settings.header_seconds)
 
-        def handle_one_request(self) -> None:
-            """Each request's line and headers within ``header_seconds`` (a socket timeout bounds
-            one read only; a client sending a byte a second would hold the thread for ever).
-            The watch fires a second after the socket timeout, which ends an idle keep-alive
-            connection quietly first."""
-            self._watch = threading.Timer(settings.header_seconds + 1.0, self._too_slow)
-            self._watch.daemon = True
-            self._watch.start()
-            try:
-                super().handle_one_request()
-            finally:
-                self._watch.cancel()
+    def handle_one_request(self) -> None:
+        """Each request's line and headers within ``header_seconds`` (a socket timeout bounds
+        one read only; a client sending a byte a second would hold the thread for ever).
+        The watch fires a second after the socket timeout, which ends an idle keep-alive
+        connection quietly first."""
+        self._watch = threading.Timer(self.settings.header_seconds + 1.0, self._too_slow)
+        self._watch.daemon = True
+        self._watch.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._watch.cancel()
 
-        def _too_slow(self) -> None:
-            """Request line and headers not complete in time (a slow-loris client): drop it."""
-            logs.warning("stow.refused", status=408, reason=f"headers not complete in {settings.header_seconds:g} s",
-                         address=self.client_address[0])
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        def parse_request(self) -> bool:
-            parsed = super().parse_request()  # reads the headers
-            if self._watch is not None:
-                self._watch.cancel()
-            return parsed
-
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            try:
-                self._reply_json(*self._store())
-            except Refused as refused:
-                logs.warning("stow.refused", status=refused.status, reason=refused.reason,
-                             address=self.client_address[0])
-                if not self._drained():
-                    self.close_connection = True  # what is left of the body is not read
-                self._reply_text(refused.status, refused.reason)
-
-        def _drained(self) -> bool:
-            """A small body refused before it was read is read and dropped, so that a client
-            still sending it reads the answer instead of a broken connection."""
-            length = self.headers.get("Content-Length", "")
-            if self._body_started or not length.isdigit() or int(length) > _DRAIN:
-                return False
-            try:
-                self.rfile.read(int(length))
-            except OSError:
-                return False
-            return True
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._reply_text(405, "this node takes STOW-RS (POST /studies); it serves no QIDO-RS or WADO-RS")
-
-        def _store(self) -> tuple[int, dict[str, Any]]:
-            self._body_started = False
-            study = self._study()
-            certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-            sender = receiver.sender(self.headers.get("Authorization"), certificate)
-            if sender is None:
-                raise Refused(401, "not on the allow-list: send a bearer token from [dicomweb] token_files "
-                                   "or a client certificate [dicomweb] client_names allows")
-            boundary = self._boundary()
-            if not receiver.disk_ok():
-                raise Refused(503, "spool disk is below its free-space watermark; try again later")
-            source = receiver.new_source(sender, self.client_address[0])
-            upload = Upload(receiver, source, study)
-            self._body_started = True
-            try:
-                self._parse(upload, boundary)
-            finally:
-                upload.discard()
-                receiver.intake.end(source.association)
-            stored = sum(o.refusal is None for o in upload.outcomes)
-            logs.info("stow.request", address=self.client_address[0], sender=sender, instances=stored,
-                      refused=len(upload.outcomes) - stored)
-            return http_status(upload.outcomes), response_body(upload.outcomes)
-
-        def _parse(self, upload: Upload, boundary: bytes) -> None:
-            parser = MultipartParser(boundary, upload.callbacks())
-            try:
-                for piece in body_chunks(self, settings):
-                    parser.write(piece)
-            except MultipartParseError as error:
-                raise Refused(400, f"malformed multipart body: {error}") from None
-            if parser.state != MultipartState.END:
-                raise Refused(400, "malformed multipart body: it ends before its closing boundary")
-            if not upload.outcomes:
-                raise Refused(400, "the multipart body holds no parts")
-
-        def _study(self) -> str | None:
-            path = urllib.parse.urlsplit(self.path).path.rstrip("/")
-            if path == "/studies":
-                return None
-            study = path.removeprefix("/studies/")
-            if study == path or "/" in study:
-                raise Refused(404, "STOW-RS is POST /studies or POST /studies/{StudyInstanceUID}")
-            if uid_problem("StudyInstanceUID", study) is not None:
-                raise Refused(400, "the URL's study is not a UID")
-            return study
-
-        def _boundary(self) -> bytes:
-            if self.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-                raise Refused(415, "Content-Encoding is not supported: send the body as it is")
-            message = Message()
-            message["content-type"] = self.headers.get("Content-Type", "")
-            kind = message.get_content_type()
-            part_type = str(message.get_param("type") or "")
-            boundary = str(message.get_param("boundary") or "")
-            if kind != "multipart/related" or part_type.lower() != "application/dicom":
-                raise Refused(415, 'Content-Type must be multipart/related; type="application/dicom"')
-            if not boundary or len(boundary) > 70:
-                raise Refused(400, "the multipart/related Content-Type has no boundary (or one over 70 characters)")
-            return boundary.encode("latin-1")
-
-        def _reply_json(self, status: int, body: dict[str, Any]) -> None:
-            self._reply(status, json.dumps(body).encode(), _DICOM_JSON)
-
-        def _reply_text(self, status: int, text: str) -> None:
-            self._reply(status, (text + "\n").encode(), "text/plain; charset=utf-8")
-
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:
-                self.close_connection = True
-
-        def log_message(self, *_: object) -> None:  # each request logs its own line (stow.request)
+    def _too_slow(self) -> None:
+        """Request line and headers not complete in time (a slow-loris client): drop it."""
+        logs.warning("stow.refused", status=408, reason=f"headers not complete in {self.settings.header_seconds:g} s",
+                     address=self.client_address[0])
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
             pass
 
-    return Handler
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers
+        if self._watch is not None:
+            self._watch.cancel()
+        return parsed
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        try:
+            self._reply_json(*self._store())
+        except Refused as refused:
+            logs.warning("stow.refused", status=refused.status, reason=refused.reason,
+                         address=self.client_address[0])
+            if not self._drained():
+                self.close_connection = True  # what is left of the body is not read
+            self._reply_text(refused.status, refused.reason)
+
+    def _drained(self) -> bool:
+        """A small body refused before it was read is read and dropped, so that a client
+        still sending it reads the answer instead of a broken connection."""
+        length = self.headers.get("Content-Length", "")
+        if self._body_started or not length.isdigit() or int(length) > _DRAIN:
+            return False
+        try:
+            self.rfile.read(int(length))
+        except OSError:
+            return False
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._reply_text(405, "this node takes STOW-RS (POST /studies); it serves no QIDO-RS or WADO-RS")
+
+    def _store(self) -> tuple[int, dict[str, Any]]:
+        self._body_started = False
+        study = self._study()
+        certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        sender = self.receiver.sender(self.headers.get("Authorization"), certificate)
+        if sender is None:
+            raise Refused(401, "not on the allow-list: send a bearer token from [dicomweb] token_files "
+                               "or a client certificate [dicomweb] client_names allows")
+        boundary = self._boundary()
+        if not self.receiver.disk_ok():
+            raise Refused(503, "spool disk is below its free-space watermark; try again later")
+        source = self.receiver.new_source(sender, self.client_address[0])
+        upload = Upload(self.receiver, source, study)
+        self._body_started = True
+        try:
+            self._parse(upload, boundary)
+        finally:
+            upload.discard()
+            self.receiver.intake.end(source.association)
+        stored = sum(o.refusal is None for o in upload.outcomes)
+        logs.info("stow.request", address=self.client_address[0], sender=sender, instances=stored,
+                  refused=len(upload.outcomes) - stored)
+        return http_status(upload.outcomes), response_body(upload.outcomes)
+
+    def _parse(self, upload: Upload, boundary: bytes) -> None:
+        parser = MultipartParser(boundary, upload.callbacks())
+        try:
+            for piece in body_chunks(self, self.settings):
+                parser.write(piece)
+        except MultipartParseError as error:
+            raise Refused(400, f"malformed multipart body: {error}") from None
+        if parser.state != MultipartState.END:
+            raise Refused(400, "malformed multipart body: it ends before its closing boundary")
+        if not upload.outcomes:
+            raise Refused(400, "the multipart body holds no parts")
+
+    def _study(self) -> str | None:
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        if path == "/studies":
+            return None
+        study = path.removeprefix("/studies/")
+        if study == path or "/" in study:
+            raise Refused(404, "STOW-RS is POST /studies or POST /studies/{StudyInstanceUID}")
+        if uid_problem("StudyInstanceUID", study) is not None:
+            raise Refused(400, "the URL's study is not a UID")
+        return study
+
+    def _boundary(self) -> bytes:
+        if self.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise Refused(415, "Content-Encoding is not supported: send the body as it is")
+        message = Message()
+        message["content-type"] = self.headers.get("Content-Type", "")
+        kind = message.get_content_type()
+        part_type = str(message.get_param("type") or "")
+        boundary = str(message.get_param("boundary") or "")
+        if kind != "multipart/related" or part_type.lower() != "application/dicom":
+            raise Refused(415, 'Content-Type must be multipart/related; type="application/dicom"')
+        if not boundary or len(boundary) > 70:
+            raise Refused(400, "the multipart/related Content-Type has no boundary (or one over 70 characters)")
+        return boundary.encode("latin-1")
+
+    def _reply_json(self, status: int, body: dict[str, Any]) -> None:
+        self._reply(status, json.dumps(body).encode(), _DICOM_JSON)
+
+    def _reply_text(self, status: int, text: str) -> None:
+        self._reply(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def log_message(self, *_: object) -> None:  # each request logs its own line (stow.request)
+        pass
+
+
+def _handler(receiver: StowReceiver) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of ``receiver``'s server (http.server makes one per request)."""
+    attributes = {"receiver": receiver, "settings": receiver.settings, "timeout": receiver.settings.header_seconds}
+    return type("Handler", (_StowHandler,), attributes)

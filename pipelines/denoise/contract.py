@@ -23,7 +23,7 @@ class Options(PipelineOptions):
     #: at most this many pixels per forward pass (bounds memory); None: a GPU or a CPU default
     batch_pixels: Annotated[int, Field(gt=0)] | None = None
     #: float16 on a GPU, bfloat16 on a CPU with native bfloat16 (AVX512-BF16, AMX); false: float32
-    #: everywhere (both measured by the "bfloat16 on a CPU" rule of pipelines/denoise/training/LOG.md,
+    #: everywhere (both measured by the "bfloat16 on a CPU" rule of training/denoise/LOG.md,
     #: "Acceptance rules for the quality and bias targets")
     half_precision: bool = True
     #: how much of the model's change is applied, 0-1: the result is input + strength x (denoised -

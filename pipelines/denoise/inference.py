@@ -1,50 +1,12 @@
 """Load a denoising model folder once and apply it to stacks of HU slices with bounded memory.
 
-A model folder is what a site hands the node to replace the shipped weights:
-
-- ``model.ts`` (TorchScript) or ``model.pt`` (a state dict of ``model.ResidualDenoiser``), and
-- ``params.toml`` or ``params.json`` with the preprocessing the model was trained with::
-
-      [input]
-      clip = [-1024.0, 3071.0]   # HU range kept before scaling
-      offset = 0.0               # network units = (HU - offset) / scale, and back
-      scale = 1000.0
-      halo = 16                  # pixels of context a tile needs: the receptive field radius
-
-      [output]
-      restore_mean_sigma_mm = 2.0  # the model may only change detail finer than this (0: off)
-
-      [model]                    # only for model.pt: the architecture to rebuild
-      channels = 48
-      layers = 8
-      downscale = 2
-
-Every key is checked (``params.DenoiseParams``): one the file misspells is refused, naming it.
-A TorchScript model must map (N, 1, H, W) float32 network units to the same shape, denoised.
-
-Mean preservation: a denoiser must not change HU (lesion enhancement, fat and fluid are read
-from mean HU), and a network trained with MSE on few scans drifts by several HU on scans unlike its
-training data. So whatever model runs, its change to the image (the residual) is high-passed
-before it is applied: ``denoised = input + r - G(r)``, G an in-plane Gaussian of
-``restore_mean_sigma_mm``. Every structure coarser than that scale, including the local mean HU,
-comes from the input; CT noise has almost no power there (its spectrum rises like |f| from zero),
-so almost no noise comes back with it.
-
-Kernel family: the caller passes the series' family (``kernels``; the pipeline takes it from
-ConvolutionKernel, else from the series' measured noise), or it is measured here. It is used two
-ways, and a folder may do both:
-
-- per-family weights: ``[family_weights]`` names a model folder inside this one for a family
-  (``sharp = "sharp"``), whose own model and parameters denoise that family's series; every
-  other series gets this folder's model. A family's weights share nothing with the others', so
-  fitting one family's noise cannot cost another family (training/LOG.md, "Per-family weights");
-- conditioning: a ``model.pt`` whose ``[model]`` has ``families = 3`` takes the family as input.
-
-Other models ignore it.
-
-Strength: ``strength`` s in [0, 1] blends the result with the input, ``input + s (denoised -
-input)``, for a site that wants less smoothing than the model's full effect (the model card says
-what each setting costs in low-contrast detectability and gains in noise).
+A folder holds ``model.ts`` (TorchScript, (N, 1, H, W) float32 network units in and out) or
+``model.pt`` (a ``model.ResidualDenoiser`` state dict) and ``params.toml``/``.json``, every key
+checked (``params.DenoiseParams``; docs/denoise.md shows one). Mean HU must not move (enhancement,
+fat and fluid are read from it), so the model's residual is high-passed before it is applied:
+``input + r - G(r)``, G a Gaussian of ``restore_mean_sigma_mm``; CT noise has little power there.
+The kernel family picks ``[family_weights]`` or conditions a ``families`` network; ``strength``
+blends the result with the input for a site that wants less smoothing.
 """
 
 from __future__ import annotations
@@ -63,7 +25,7 @@ from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams, Input
 from pipelines.model_folder import ModelFolderError, inner_folder, load_network, load_params, require_folder
 from pipelines.precision import autocast
 
-#: The weights trained by ``pipelines.denoise.training.train``, shipped in the repository.
+#: The weights trained by ``training.denoise.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 #: Pixels per forward pass: about 0.3 GB of activations on a CPU (8 slices of 512 x 512) ...
 CPU_BATCH_PIXELS = 8 * 512 * 512
@@ -181,11 +143,9 @@ class Denoiser:
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], family: str | None = None) -> np.ndarray:
         """Denoised HU, float32, same shape. Slices go in batches, oversized slices in tiles.
 
-        ``pixel_spacing_mm`` (row, column spacing) sets the scale of the mean preservation, which
-        runs on a GPU too when the model does: the volume crosses the bus once each way.
-        ``family`` (``kernels.FAMILIES``) picks the family's own weights and conditions a network
-        that takes it; None measures it from the slices' noise (sharp when they hold too little
-        flat soft tissue to tell), where the folder uses it.
+        ``pixel_spacing_mm`` (row, column) sets the mean preservation's scale (on the model's
+        device: the volume crosses the bus once each way). ``family`` picks the family's weights
+        and conditions a network that takes it; None measures it from the noise (sharp if unsure).
         """
         if hu.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
@@ -228,9 +188,8 @@ class Denoiser:
     def _finish(self, hu: torch.Tensor, output: torch.Tensor, sigma_px: tuple[float, float]) -> np.ndarray:
         """The mean-preserved output (``keep_mean``) as (N, H, W) float32 on the CPU.
 
-        On a CPU scipy's Gaussian does the same about 3x faster than torch's convolutions
-        (0.08 s against 0.28 s per 8 slices of 512 x 512 on one core); on a GPU torch keeps the
-        batch on the device.
+        On a CPU scipy's Gaussian is faster than torch's convolutions (docs/denoise.md); on a GPU
+        torch keeps the batch on the device.
         """
         if self.preprocessing.restore_mean_sigma_mm == 0:
             return output[:, 0].cpu().numpy()

@@ -24,12 +24,9 @@ FAMILIES = ("sharp", "medium", "smooth")
 SIEMENS_LETTERS = ("B", "BR", "BV", "BF", "BL", "I", "QR", "D", "J", "H", "HR", "HC", "T", "U")
 #: Kernel families by DICOM ConvolutionKernel prefix, the first match wins (``named_family``);
 #: a one-letter prefix matches only when no letter follows it. Siemens by number: 10-39 smooth,
-#: 40-49 medium, 50 and up sharp (so D45f, "medium sharp" in Siemens' words, is medium). GE by
-#: name: SOFT/SMOOTH smooth, STANDARD medium; DETAIL, LUNG, BONE, BONEPLUS, EDGE sharp. Toshiba/
-#: Canon by number: FC01-FC14 smooth, FC15-FC29 medium, FC30 and up (bone, lung, HRCT) sharp.
-#: Philips by letter: A smooth, B and C medium, D, E, L, Y* sharp. Measured on real scans
-#: (``pipelines/denoise/training/nps.py``): smooth B30s, medium GE STANDARD and B40f (one NPS
-#: shape), sharp B70f.
+#: 40-49 medium, 50+ sharp. GE by name: SOFT/SMOOTH smooth, STANDARD medium, DETAIL/LUNG/BONE/EDGE
+#: sharp. Toshiba/Canon: FC01-14 smooth, FC15-29 medium, FC30+ sharp. Philips: A smooth, B and C
+#: medium, D, E, L, Y* sharp. The NPS measurements behind them: docs/denoise.md.
 KERNEL_FAMILIES = (
     *((f"{letters}{digit}", family) for letters in SIEMENS_LETTERS
       for digit, family in (("1", "smooth"), ("2", "smooth"), ("3", "smooth"), ("4", "medium"))),
@@ -42,9 +39,8 @@ KERNEL_FAMILIES = (
     *((f"Y{letter}", "sharp") for letter in "ABCDEF"),
 )
 #: Median frequency (cycles/mm) of a series' noise power above ``FROM_PER_MM`` at which the
-#: measured family changes: smooth below the first, sharp above the second. Measured on the real
-#: scans (12 slices each): B70f 0.56 and 0.58, GE STANDARD 0.35-0.40, B40f 0.34, Canon FC21 0.27;
-#: the one B30s slice reads 0.33, so by its noise alone it would be taken for medium.
+#: measured family changes: smooth below the first, sharp above the second (measured on the real
+#: scans: docs/denoise.md).
 MEDIAN_FREQUENCY_LIMITS = (0.30, 0.47)
 #: Below this frequency a flat soft-tissue ROI still holds anatomy, not only noise.
 FROM_PER_MM = 0.1
@@ -103,13 +99,9 @@ def measured_family(hu: np.ndarray, pixel_mm: float) -> str | None:
 
 def series_family(kernel: str | None, hu: np.ndarray, pixel_mm: float) -> KernelFamily:
     """The family by ConvolutionKernel when the name is known, unless the series' own noise reads
-    sharp: then sharp, whatever the name says. A vendor's name can call sharp noise smoother than
-    it is (Siemens D45f, "medium sharp", is the Mayo/AAPM challenge's sharp reconstruction; its
-    noise power peaks near 0.6 cycles/mm), and a smoother family's weights leave that grain in. The
-    other direction is not overruled: by its noise alone a smooth B30s reads medium.
-    Without a known name, by the measured noise; a series with neither (an unknown name and no
-    flat soft tissue) is taken as sharp, the family whose denoising removes most, since its noise
-    is the strongest."""
+    sharp: a vendor's name can call sharp noise smoother than it is (Siemens D45f), and smoother
+    weights leave that grain in; the other way is not overruled (a smooth B30s reads medium).
+    Without a known name, by the noise; with neither, sharp: its denoising removes most."""
     named = named_family(kernel)
     measured = measured_family(hu, pixel_mm)
     if named is not None and not (measured == "sharp" and named != "sharp"):

@@ -1,22 +1,12 @@
 """The denoising network: a small residual CNN on half-resolution sub-images (FFDNet layout).
 
-Why this shape: the node must denoise a 300-slice 512 x 512 CT in under a minute on two CPU
-cores, which leaves roughly 30-40 thousand multiply-adds per pixel. Rearranging each slice into
-four half-resolution sub-images (``PixelUnshuffle``, as in FFDNet, Zhang et al. 2018) makes every
-3x3 convolution see a 6x6 pixel neighbourhood at a quarter of the cost, so the same budget buys a
-receptive field of about 34 pixels, which CT noise needs because FBP makes it correlated over
-several pixels. The network predicts the noise and subtracts it (DnCNN residual learning), is
-fully convolutional (any even matrix size; odd sizes are padded by one) and has no normalisation
-layers, so batches and tiles give identical results and TorchScript export is trivial.
-
-Conditioning on the kernel family: with ``families`` > 0 the first convolution also sees one
-constant plane per family (one-hot, ``kernels.FAMILIES`` order), so one network removes each
-family's noise texture (a sharp kernel's fine, strong grain; a smooth kernel's coarse one)
-instead of averaging them. The planes join after the pixel-unshuffle, which costs about 1 % of
-the multiply-adds.
-
-The network works in scaled units (``inference.Preprocessing`` maps HU to them and back), so a
-site's own TorchScript model with a different scaling only needs a different parameters file.
+The node must denoise a 300-slice 512 x 512 CT in under a minute on two CPU cores. Four
+half-resolution sub-images (``PixelUnshuffle``, FFDNet) let each 3x3 convolution see 6x6 pixels at
+a quarter of the cost, buying the receptive field FBP's correlated noise needs. The network
+predicts the noise (DnCNN residual), is fully convolutional and has no normalisation, so batches
+and tiles agree and TorchScript export is trivial. With ``families`` > 0 the first convolution
+also sees one constant plane per kernel family, so one network removes each family's texture.
+It works in scaled units (``inference.Preprocessing``): another scaling needs only a params file.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class FamilyWeights(ParamsTable):
 
 
 class DenoiseParams(ModelParams):
-    """A denoising model folder's ``params.toml`` (written by ``training.train``)."""
+    """A denoising model folder's ``params.toml`` (written by ``training.denoise.train``)."""
 
     input: Input = Input()
     output: Output = Output()

@@ -1,21 +1,12 @@
 """``ct-denoise``: a CT series in, a denoised derived CT series of the same study out.
 
-Radiologists read the result next to the original in their PACS, so the output must be the same
-images in every respect but the noise: same slices, positions, orientation, spacing, rescale and
-pixel representation (``writers.derived`` copies each source header and clips to the stored
-range), new series and instance UIDs, a SeriesDescription that says radnode denoised it, and a
-reference from each slice to the slice it came from.
-
-Settings (config.toml ``[pipelines.ct-denoise]``): ``model`` names a model folder
-(``inference`` documents the format; default: the weights shipped in ``weights/``), ``device``
-picks the GPU or CPU, ``options.batch_pixels`` caps the pixels per forward pass and
-``options.strength`` (0-1) applies only that share of the model's change.
-
-The kernel family comes from the series' ConvolutionKernel when the name is one ``kernels``
-knows, unless the series' own noise reads sharp; else from the measured noise
-(``kernels.series_family``). It picks the family's own weights where the model folder has them,
-and the summary says the family, where it came from, the name's family when the noise overruled
-it, and whose weights ran, so an administrator can see how a vendor's kernel was read.
+Radiologists read the result beside the original, so it is the same images in every respect but
+the noise (``writers.derived`` copies each header), with new UIDs, a SeriesDescription saying
+radnode denoised it and a reference from each slice to its source. The kernel family comes from
+ConvolutionKernel when ``kernels`` knows the name, unless the noise reads sharp; else from the
+measured noise (``kernels.series_family``). It picks the family's own weights where the folder has
+them, and the summary says the family, its source and whose weights ran, so an administrator can
+see how a vendor's kernel was read. Settings: README, ``[pipelines.ct-denoise]``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """``nnunet-segmentation``: a series or study through a site's nnU-Net v2 folder; SEG, SR, key images.
 
-Steps, each timed in the job summary:
-
-1. load: the series of each role ``options.channels`` maps (``folder``), as volumes. The first
-   channel's series is the reference: results are written on its slices. A channel on another
-   grid of the same frame of reference is resampled onto it (linear), as nnU-Net expects every
-   channel on one grid; one in another frame of reference is not applicable (nnU-Net does not
-   register, and neither does radnode for a model it did not make).
-2. inference: nnU-Net's own predictor on the channels (``runner``).
-3. writing: one SEG segment and one SR group (its volume in mL) per ``dataset.json`` label, a
-   region of a region-based set (BraTS "whole tumor") as the exported voxels whose values make it
-   up, so regions overlap as nnU-Net defines them; a summary image and a key image per label found,
-   and a presentation state. Nothing found: the SR says so, with the summary image.
-
-The model is required (there is no shipped nnU-Net folder); ``radnode serve`` loads it before it
-listens, so a channel without a role or a missing fold stops the start with the key named.
+Steps, each timed in the job summary: load the series of each ``options.channels`` role (the first
+is the reference; another grid of its frame of reference is resampled onto it, linear, as nnU-Net
+wants one grid; another frame of reference is not applicable: neither registers); inference with
+nnU-Net's own predictor (``runner``); writing one SEG segment and SR group per ``dataset.json``
+label (a region-based label as the exported voxels making it up), summary, key images and a
+presentation state. The model is required: ``radnode serve`` loads it before it listens, so a
+channel without a role or a missing fold stops the start with the key named.
 """
 
 from __future__ import annotations

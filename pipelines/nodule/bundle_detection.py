@@ -1,21 +1,11 @@
 """A MONAI detection bundle (``lung_nodule_ct_detection``) run as published, boxes back on the CT.
 
-The bundle's preprocessing, ``RetinaNetInferer`` (with its ``force_sliding_window`` and
-``detector_ops``: score threshold, NMS, detections per image, sliding window) and postprocessing
-(clipping, ``AffineBoxToWorldCoordinated``, ``ConvertBoxModed``) run as configured
-(``pipelines.bundle_runner``). radnode adds only:
-
-- the CT series as the bundle's loader would give it (voxels in file order, RAS affine);
-- the boxes, read in the box mode the postprocessing converts to (``ConvertBoxModed`` dst_mode)
-  and the world frame ``AffineBoxToWorldCoordinated`` gives (LPS when its ``affine_lps_to_ras``
-  is true, as for LUNA16), turned into a SEG segment (the source voxels inside the box) and an SR
-  measurement group (box centre, longest in-plane box side as long axis, score);
-- a reporting threshold: the bundle's ``score_thresh`` (0.02) keeps candidates for FROC and
-  defines no finding, so a site must set ``report_threshold`` in the pipeline's options; a bundle
-  without it is refused at start rather than given a default.
-
-None of radnode's own postprocessing runs on a bundle's boxes (lung mask, nested-box fusion,
-HU-threshold measurement): the bundle's authors' output is what is reported.
+Preprocessing, ``RetinaNetInferer`` with its ``detector_ops`` and postprocessing run as configured
+(``pipelines.bundle_runner``). radnode adds only the CT as the bundle's loader gives it, the boxes
+read in the postprocessing's box mode and world frame and turned into SEG segments and SR groups,
+and a reporting threshold: the bundle's ``score_thresh`` keeps candidates for FROC and defines no
+finding, so a site must set ``report_threshold`` (refused at start without it, no default). None of
+radnode's own postprocessing (lung mask, nested-box fusion, HU measurement) runs on its boxes.
 """
 
 from __future__ import annotations

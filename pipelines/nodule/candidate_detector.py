@@ -1,21 +1,11 @@
 """The candidate stage and its learned scorer as one detector: a CT on the 2 mm grid in, scored boxes out.
 
-``candidates`` puts a box on every solid (and ground-glass) component and blob in the lungs (a mass against the
-mediastinum is boxed whole by its component), ``scorer`` scores each from its two patches, and
-the boxes come back best first in the shape the pipeline already reports (``Detection``), so
-fusion of nested boxes, the lung check and the measurement stay the pipeline's.
-
-A scorer model folder (written by ``train_scorer``)::
-
-    scorer*.pt       state dicts of scorer.ScorerNet (the shipped folder: twenty, one per inner
-                     scorer of train_scorer --report inner-mean)
-    params.toml      [scorer] report_threshold = ...   (the model card's operating point)
-                     [scorer] weights = ["scorer.pt", "scorer-lesions.pt"]   (optional: several
-                     scorers whose probabilities are averaged; default ["scorer.pt"])
-                     [candidates] ground_glass = true   (the scorer was trained with the
-                     stage's ground-glass components; default false, the stage before them)
-                     (every key checked: ``params.ScorerParams``)
-    training.json    every leave-one-patient-out fold and the shipped model's training
+``candidates`` boxes every solid (and ground-glass) component and blob in the lungs, ``scorer``
+scores each from its two patches, and the boxes come back best first as ``Detection``, so fusion,
+the lung check and measurement stay the pipeline's. A scorer folder (``train_scorer`` writes it)
+holds ``scorer*.pt`` state dicts, ``params.toml`` (``[scorer] report_threshold``, ``weights`` to
+average, ``[candidates] ground_glass``; every key checked, ``params.ScorerParams``) and
+``training.json``; docs/nodule.md lays it out.
 """
 
 from __future__ import annotations

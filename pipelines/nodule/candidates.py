@@ -1,33 +1,12 @@
 """A candidate stage that should not miss a lesion of 4-80 mm, solid or ground glass: the detector's first stage.
 
-A learned model with few real examples misses what it has not seen (the RetinaNet never boxed the
-real A0002 mass whole). So the first stage is classical and generous, and a small learned scorer
-(``scorer``) sorts its candidates. Everything runs on a 2 mm isotropic RAS grid (``grid``).
-
-- **Where to look.** The aerated lung (``lungs.lung_mask``) misses what a lesion displaces: a
-  juxta-pleural nodule is a notch in its border, a central mass a bite out of its medial side.
-  Each lung's outline is closed per axial slice by its convex hull (``convex_hull_object``),
-  which takes such notches back, and grown by ``REGION_MARGIN_MM``. The hull of the left lung
-  also takes in part of the heart, which gives false candidates, not missed ones.
-- **Small and mid-sized blobs** (about 4-30 mm): maxima of the scale-normalised Laplacian of
-  Gaussian over space and ``LOG_SIGMAS_MM`` (a sphere of diameter d answers most at
-  sigma = d / (2 sqrt 3)), stronger than ``LOG_MIN_RESPONSE`` and at least ``MIN_CENTRE_HU`` at
-  their centre; ground glass answers too, more weakly.
-- **Large solid lesions** (about 8-80 mm, blob filters do not box them whole): connected
-  components of dense tissue (> ``SOLID_HU``) inside the lung region after an opening with a
-  ball of radius ``OPENING_MM``, which cuts the vessels thinner than the ball off them.
-  Components (and their watershed pieces) with an equivalent diameter in ``SOLID_DIAMETER_MM``
-  are candidates with their own box, so a mass is boxed whole.
-- **Ground glass** (about 8-60 mm): connected components of smoothed HU in ``SUBSOLID_HU`` inside
-  the aerated lung, opened with a ball of radius ``SUBSOLID_OPENING_MM``. A ground-glass nodule
-  is below ``SOLID_HU`` and answers the LoG too weakly and unevenly to be a blob at its own size
-  (LIDC-IDRI-0002's 31 mm nodule was reached only by a 4 mm blob; training/LOG.md,
-  "Candidate stage (`candidates.py`): rule fixed before it was measured").
-- **Budget**: at most ``MAX_CANDIDATES`` per scan: the largest solid components and pieces (up to
-  ``MAX_SOLIDS``), the largest subsolid components (up to ``MAX_SUBSOLIDS``), then the strongest
-  blobs.
-
-Nearly concentric candidates are merged (the larger box is kept, ``merge``).
+A learned model with few real examples misses what it has not seen, so the first stage is
+classical and generous and a small learned scorer (``scorer``) sorts its candidates, all on a 2 mm
+RAS grid (``grid``). It looks in each lung closed per slice by its convex hull (notches a lesion
+bites out come back), and finds blobs (scale-normalised LoG maxima), large solid components after
+an opening (so a mass is boxed whole, vessels cut off) and ground-glass components (too faint for
+the LoG at their size), within a per-scan budget. Nearly concentric candidates are merged
+(``merge``). The sizes and reasons of each rule: docs/nodule.md.
 """
 
 from __future__ import annotations
@@ -195,13 +174,10 @@ def _is_blob(smoothed: np.ndarray, x: int, y: int, z: int) -> bool:
 
 def solid_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     """Dense components inside the region after an opening that cuts vessels off them, on a grid
-    of twice the spacing (these are the large lesions; the blobs cover the small ones).
-
-    A lesion against the mediastinum or the chest wall can stay joined to the soft tissue that
-    the lung hull takes in (the heart, the aorta), making one component far larger than any
-    lesion. Each component is therefore also split at the necks of its distance map (a
-    watershed from the distance maxima), and every piece and every whole component of lesion
-    size is a candidate with its own box.
+    of twice the spacing (the large lesions; the blobs cover the small ones). A lesion against
+    the mediastinum can stay joined to the heart or aorta the hull takes in, one component far
+    larger than any lesion, so each is also split at its distance map's necks (a watershed);
+    every piece and every whole component of lesion size is a candidate with its own box.
     """
     coarse = _block_mean(hu)
     inside = _block_mean(region.astype(np.float32)) >= 0.5

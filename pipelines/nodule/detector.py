@@ -1,24 +1,9 @@
 """Load a nodule detection model folder once, and turn a CT volume into scored boxes in LPS.
 
 A radnode model folder (``pipelines.model_folder``): ``model.pt`` (state dict of
-``network.build_retinanet``) or ``model.ts`` (TorchScript RetinaNet network), plus ``params.toml``::
-
-      [preprocessing]
-      spacing_mm = [1.25, 1.25, 2.5]        # x, y, z of the RAS grid the network sees
-      intensity_range = [-1024.0, 300.0]    # HU clipped and scaled to [0, 1]
-      [network]                             # network.Architecture (model.pt only)
-      [anchors]
-      feature_map_scales = [1, 2, 4]
-      base_anchor_shapes = [[4, 4, 2], [7, 7, 4], [12, 12, 6]]   # voxels, x y z
-      [inference]
-      roi_size = [400, 400, 224]            # sliding-window size; larger grids are tiled
-      overlap = 0.25
-      score_threshold = 0.02                # candidates kept before NMS
-      nms_threshold = 0.22
-      detections_per_image = 100
-      report_threshold = 0.5                # findings at or above this go to SEG and SR
-
-Every key is checked (``params.DetectorParams``): one the file misspells is refused, naming it.
+``network.build_retinanet``) or ``model.ts`` (TorchScript RetinaNet network), plus ``params.toml``
+with ``[preprocessing]``, ``[network]``, ``[anchors]`` and ``[inference]`` tables (docs/nodule.md
+shows one). Every key is checked (``params.DetectorParams``): a misspelt one is refused, named.
 A MONAI bundle is not read here: it runs as published, see ``bundle_detection``.
 """
 
@@ -42,7 +27,7 @@ from pipelines.nodule.params import DetectorParams
 from pipelines.precision import autocast
 from pipelines.volume import Volume
 
-#: The weights trained by ``pipelines.nodule.training.train``, shipped in the repository.
+#: The weights trained by ``training.nodule.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 T = TypeVar("T")
 

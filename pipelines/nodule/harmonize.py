@@ -1,19 +1,13 @@
 """One detector for every reconstruction: a sharp-kernel series is softened to a standard kernel's
 noise before anything is found or measured in it.
 
-The same acquisition reconstructed with a sharp kernel (Siemens B70f, GE LUNG/BONE) and a smooth
-one (B40f, GE STANDARD) is one patient, but the sharp image carries three to six times the fine
-noise, and every fixed HU threshold of the candidate stage and the measurement answers to it:
-on Lung-PET-CT-Dx A0002 the 77 mm mass was boxed whole on B40f and only through a 144 mm
-ground-glass rim on B70f (103 mm, 457 mL). Kernel names are vendor-specific, so the kernel is
-read from the image itself: the **noise index**, the robust SD (1.4826 x median absolute value)
-of an in-plane high-pass (each pixel minus its 3 x 3 mean) over soft tissue (-100 to 150 HU) on
-up to ``NOISE_SLICES`` slices. Measured on the five shared chest CTs: GE STANDARD 14.5-16.6 HU,
-B40f 8.9, B70f 39.7 and 60.0. A series above ``SHARP_NOISE_HU`` is smoothed in-plane with the
-smallest Gaussian of ``SIGMAS_MM`` that brings it to ``TARGET_NOISE_HU`` (B70f: 0.5 mm, to
-10.3 and 14.4 HU); others are left as they are. Slices are never mixed: thickness is the
-acquisition's. Results are still written on the original images; only what the detector sees
-and measures is harmonized.
+A sharp kernel carries several times a smooth one's fine noise, and every fixed HU threshold of
+the candidate stage and the measurement answers to it (a mass boxed whole on B40f was boxed only
+through a ground-glass rim on B70f). Kernel names are vendor-specific, so the kernel is read from
+the image: the **noise index**, a robust SD of an in-plane high-pass over soft tissue. A series
+above ``SHARP_NOISE_HU`` is smoothed in-plane with the smallest of ``SIGMAS_MM`` reaching
+``TARGET_NOISE_HU``; slices are never mixed. Results are still written on the original images.
+The measured noise indices: docs/nodule.md.
 """
 
 from __future__ import annotations

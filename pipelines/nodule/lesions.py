@@ -1,15 +1,12 @@
 """From measured detections to lesions a radiologist would count: one finding per lesion, and
 only findings that lie in the lung.
 
-- **One finding per lesion.** Boxes of different sizes and sources (a blob, a solid component, a
-  watershed piece of it) land on the same lesion, and ``fuse_nested`` folds only boxes that lie
-  inside one another. Two boxes on one lesion segment overlapping or adjacent voxels, whatever
-  their boxes, so detections whose segmentations touch in 3D (26-connected) are one lesion: it is
-  measured once on the union of their voxels and keeps the best score.
-- **In the lung.** A finding is kept when most of what surrounds it is aerated lung parenchyma
+- **One finding per lesion.** Boxes of different sizes and sources land on one lesion, and
+  ``fuse_nested`` folds only nested boxes; so detections whose segmentations touch in 3D
+  (26-connected) are one lesion, measured once on their union, keeping the best score.
+- **In the lung.** A finding is kept when most of what surrounds it is aerated lung
   (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
-  round they look. The rule is applied to the merged lesion, so a mass is judged whole, not by a
-  piece of it that touches the mediastinum.
+  round. The rule judges the merged lesion, so a mass is judged whole.
 """
 
 from __future__ import annotations

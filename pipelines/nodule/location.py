@@ -1,31 +1,12 @@
 """Where a lung finding lies, as a radiologist names it: which lung, and which zone of it.
 
-The SR's finding site and the key image's caption say "right lung, upper zone". The rule works in
-patient coordinates (LPS: +x is the patient's left, +z superior), never in image axes, so that
-it holds for any slice orientation and any column order.
-
-1. **The two lungs.** A chest CT's lung mask is one piece: the trachea and main bronchi join the
-   lungs, and the lungs touch at the anterior and posterior junction lines. The mask eroded by a
-   radius (a distance map, so the radius is physical on any voxel shape), the first of
-   ``CORE_RADII_MM`` that works, loses those thin parts; its two largest pieces, on either side
-   of the lungs' midline and the smaller at least ``MIN_LUNG_SHARE`` of the larger, are the
-   lungs' cores. Each lung is then its core grown back within the mask by the same radius plus
-   ``MARGIN_MM``, the nearer core taking a voxel both reach: a lung's own thin parts (apex,
-   costophrenic recess) come back, the airways do not, because they lie farther from either
-   core. Left out, the trachea would stretch a lung's height up into the neck.
-   When no radius leaves two such cores (lungs fused over a broad contact, one lung collapsed),
-   the mask is split at the midline between the lungs' left-right extents.
-2. **Side.** The lung nearest the finding's centre: a juxtapleural nodule's centre may lie just
-   outside the aerated lung. Of the two lungs, the one lying further to +x is the left.
-3. **Zone.** Thirds of that lung's craniocaudal height, from the lowest point of its base to its
-   apex: upper, middle, lower zone (SNOMED CT 281392002, 281393007, 281394001). The thirds are an
-   approximation of the radiographic zones (divided at the anterior ends of the 2nd and 4th
-   ribs), which a CT does not mark; the rule text says where the centre fell.
-
-The mask is worked on at no finer than ``COARSE_MM``: the radii are ten times that, and a full
-512 x 512 mask of a thin-slice CT would take seconds per distance map. ``lung_sides`` separates
-the lungs once per series (and, given no mask, finds it on the subsampled CT, a fraction of a
-second against 5 s at full resolution); each finding is then placed in milliseconds.
+Worked in patient coordinates (LPS), never image axes, so it holds for any orientation. The lung
+mask is one piece (airways, junction lines), so it is eroded until two cores remain, each grown
+back within the mask (the airways stay out; without a split, the mask is cut at the midline). The
+side is the lung nearest the finding's centre (a juxtapleural centre may lie just outside); the
+zone is a third of that lung's height (SNOMED CT upper, middle, lower zone), an approximation of
+the radiographic zones a CT does not mark. The mask is worked on at ``COARSE_MM`` or coarser, the
+lungs split once per series (``lung_sides``). Steps and timings: docs/nodule.md.
 """
 
 from __future__ import annotations
@@ -49,8 +30,7 @@ CORE_RADII_MM = (10.0, 15.0, 20.0, 25.0)
 #: the stump of the trachea or a separated corner of one lung.
 MIN_LUNG_SHARE = 0.1
 #: Grown back beyond the erosion radius: the costophrenic recess is a wedge thinner than any
-#: core radius. On LIDC-IDRI 0001-0003 the apex stays within one slice of the mask's own and the
-#: base comes within 2.5-15 mm of it; more than this reached the trachea beside the right apex.
+#: core radius; more than this reached the trachea beside the right apex (docs/nodule.md).
 MARGIN_MM = 10.0
 #: Voxel size (mm) the mask is subsampled to, at least.
 COARSE_MM = 2.0

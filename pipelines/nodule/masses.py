@@ -1,37 +1,13 @@
 """The mass safety net: every solid lesion of ``MASS_MM`` or more in the lung envelope is reported,
 whatever the learned scorer says of it.
 
-A lung cancer lying against the chest wall or the mediastinum is a lung lesion, but most of what
-surrounds it is pleura, chest wall, aorta: the lung-contact rule (``parenchyma``) and a scorer
-trained on five patients both let it go, and the report said "none detected" on a 7 cm cancer
-(issue 64). So large lesions are found by anatomy, not by a score:
-
-- **The lung envelope** (``envelope``): where the lungs are and what they enclose. The two lungs
-  (aerated lung without airways, holes filled per slice) are each closed in 3-D by a ball of
-  ``CLOSING_MM``, which takes back what a juxtapleural or juxtamediastinal mass displaced where lung
-  borders it on several sides. A mass in the lung's back corner (against the posterior chest wall,
-  the spine or the descending aorta) has lung on two sides only: per axial slice, each bay of a
-  lung's outline that reaches the lung's back is taken back whole (``_with_back_bays``). Two
-  corrections keep the organs around the lungs out of it.
-  (1) Per column (j, i) of the volume, only the slices between the highest and lowest aerated lung
-  of that column: the liver and spleen domes and the heart sit on the diaphragm, below all the lung
-  of their columns, while a lesion in the lung has lung above or below it. (2) The mediastinum, by
-  its own anatomy: on each slice, the rows where both lungs are, between their medial edges (the
-  heart, great vessels, trachea, oesophagus, spine and mediastinal fat lie there), less what the
-  closing took back, with the airway tree and its walls.
-- **A mass** (``find``): a connected component of solid tissue (above ``SOLID_HU`` on the series
-  lightly smoothed) inside the envelope, opened by a ball of ``OPENING_MM`` so that vessels are cut
-  off it, compact (``MIN_FILL``), whose ``SHELL_MM`` shell is at least ``MIN_LUNG_CONTACT``
-  aerated lung and at most ``MAX_MEDIASTINAL_CONTACT`` mediastinum and whose solid long axis on the
-  source slices is at least ``MASS_MM``. A pleura-based mass touches lung on about half its
-  surface; the part of the heart or the arch that the closing takes in lies against the mediastinum.
-  A component that fails whole (a mass joined to a strip of the mediastinum) is tried in pieces cut
-  at its necks (``_pieces``); the piece most surrounded by lung, if any passes, is the mass.
-- **Measured as one lesion**: the solid part and the ground glass around it (``GROUND_GLASS_HU``,
-  up to ``HALO_MM`` from the solid part, inside the envelope) are one segment; the solid part's
-  long axis is measured too (``Measurement.solid_diameter_mm``).
-
-Everything is found on the ``parenchyma`` grid (about 2 mm) and segmented on the source slices.
+A cancer against the chest wall or mediastinum is mostly surrounded by pleura and vessels, so the
+lung-contact rule and a scorer trained on five patients both let it go (issue 64: "none detected"
+on a 7 cm cancer). So large lesions are found by anatomy: the lung envelope (``envelope``: the
+lungs closed in 3-D, back bays taken back, liver, spleen and mediastinum kept out), then a compact
+solid component in it (``find``) touching enough lung and little mediastinum (tried in pieces cut
+at its necks), measured as one lesion with its ground-glass halo on the source slices. The rules
+step by step: docs/nodule.md.
 """
 
 from __future__ import annotations
@@ -131,12 +107,10 @@ def envelope(lungs: Parenchyma, back: int = 1) -> Envelope:
 def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The two lungs (holes filled), the one at lower column indices first.
 
-    Without their airways the two lungs are often two pieces already (radius 0); where they touch
-    at the junction lines, the aerated lung eroded by the first of ``CORE_RADII_MM`` that leaves two large pieces (the smaller
-    at least ``MIN_LUNG_SHARE`` of the larger) gives their cores, and each voxel goes to the nearer
-    core. With no two cores the lungs are one (the second empty): a lung collapsed or out of the
-    field of view, or two fused over a broad contact; either way "both lungs examined" is not
-    claimed."""
+    Without airways they are often two pieces already (radius 0); else the first of
+    ``CORE_RADII_MM`` leaving two large cores (``MIN_LUNG_SHARE``) splits them, each voxel to the
+    nearer core. With no two cores the second is empty (a lung collapsed or out of view, or two
+    fused): "both lungs examined" is not claimed."""
     depth: np.ndarray | None = None
     for radius in CORE_RADII_MM:
         if radius == 0:

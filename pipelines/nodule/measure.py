@@ -1,14 +1,10 @@
 """Segment a detected nodule inside its box on the source slices, and measure it.
 
-The detector gives a box; radiologists need a size. Segmentation is a half-maximum threshold
-between the nodule's own density and the lung around it (so a ground-glass nodule gets a lower
-threshold than a solid one, and partial-volume edges are split where the true surface lies),
-keeping the connected component at the box centre, clipped to the ellipsoid inscribed in the
-box inflated by a margin so that an attached vessel or the chest wall cannot run away with it.
-
-Measured on the source voxels (not the detector grid): long-axis diameter (longest in-plane
-chord of any slice, edge to edge, as RECIST and Fleischner measure), volume (voxel count x voxel
-volume), mean HU, centre of mass in patient coordinates.
+The detector gives a box; radiologists need a size. A half-maximum threshold between the nodule's
+density and the lung around it (lower for ground glass; partial-volume edges split at the true
+surface) keeps the component at the box centre, clipped to the box's inflated inscribed ellipsoid
+so an attached vessel or the chest wall cannot run away with it. Measured on the source voxels:
+long axis (longest in-plane chord, as RECIST and Fleischner), volume, mean HU, centre of mass.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class Inference(ParamsTable):
 
 
 class DetectorParams(ModelParams):
-    """A RetinaNet model folder's ``params.toml`` (written by ``training.train``)."""
+    """A RetinaNet model folder's ``params.toml`` (written by ``training.nodule.train``)."""
 
     preprocessing: Preprocessing
     network: Network = Network()
@@ -97,7 +97,7 @@ class Candidates(ParamsTable):
 
 
 class ScorerParams(ModelParams):
-    """A scorer model folder's ``params.toml`` (written by ``training.train_scorer``)."""
+    """A scorer model folder's ``params.toml`` (written by ``training.nodule.train_scorer``)."""
 
     scorer: Scorer
     candidates: Candidates = Candidates()

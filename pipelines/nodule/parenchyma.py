@@ -1,25 +1,11 @@
 """The lung parenchyma of a chest CT, apart from the airways and the mediastinum: where a nodule can be.
 
-A candidate stage generous enough not to miss a juxtapleural nodule or a central mass also finds
-the oesophagus beside a main bronchus and the liver under a thin sliver of lung, and a scorer that
-has seen five patients sometimes believes them. A radiologist's rule is simpler: a lung nodule is
-surrounded by lung. So each finding is judged by its **lung contact**: the share of a shell of
-``SHELL_MM`` around its segmentation that is aerated lung parenchyma. A nodule inside the lung is
-surrounded by it (about 0.9); a juxtapleural nodule lies against the chest wall on one side and
-touches lung on more than half its surface; the oesophagus, the liver dome or a hilar vessel lies
-against the mediastinum, the diaphragm or the airways and touches lung on well under half. A
-finding is reported when its contact is at least ``MIN_LUNG_CONTACT`` ("most of what surrounds
-it is lung"), so that a mass invading the mediastinum is still reported when it arises in the lung.
-
-**Airways are not parenchyma.** The trachea, main and lobar bronchi are air too, and a structure
-lying beside them would otherwise count as surrounded by lung. They are found by the field's
-explosion-controlled region growing (Hu, Hoffman and Reinhardt, IEEE TMI 2001; van Rikxoort et
-al. 2009): a seed in the trachea (``trachea_seed``), grown through voxels below a threshold on
-lightly smoothed HU, raising the threshold step by step (``AIRWAY_THRESHOLDS_HU``) for as long as
-the grown tree stays below ``MAX_AIRWAY_FRACTION`` of the aerated lung; the first step that leaks
-into the parenchyma is undone. Their walls (``AIRWAY_WALL_MM``) go with them.
-
-Everything runs on the source volume subsampled to about ``COARSE_MM``, once per series.
+A generous candidate stage also finds the oesophagus and the liver dome, and a scorer that has
+seen five patients sometimes believes them. A radiologist's rule: a lung nodule is surrounded by
+lung. So a finding is reported when the aerated share of a ``SHELL_MM`` shell around it (its
+**lung contact**) is at least ``MIN_LUNG_CONTACT``, which still keeps a lung mass invading the
+mediastinum. Airways are not parenchyma: they are grown from a trachea seed by explosion-controlled
+region growing (Hu et al., IEEE TMI 2001), walls included. Runs once per series at ``COARSE_MM``.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def score(net: ScorerNet, patches: np.ndarray, scalars: np.ndarray, device: str 
 
 def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
     """The members' probabilities averaged: a scorer folder may hold several scorers (the inner
-    scorers of each fold, or two weightings of the positives; training/LOG.md,
+    scorers of each fold, or two weightings of the positives; training/nodule/LOG.md,
     "Weighting chosen on the inner folds")."""
     mean: np.ndarray = np.mean(_member_scores(nets, patches, scalars, device), axis=0)
     return mean

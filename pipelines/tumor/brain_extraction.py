@@ -1,35 +1,12 @@
 """Brain extraction: which voxels of a brain MR series are brain, for skull-on and skull-stripped series.
 
-The tumor model was trained on skull-stripped images; on a skull-on clinical series it calls the
-scalp fat and the skull base "tumor". Every study is therefore reduced to its brain before the
-model sees it, and no voxel outside the brain is ever reported.
-
-Two kinds of input:
-
-- **already skull-stripped** (BraTS and other research pipelines): the background is one constant
-  value (0, or the minimum of a z-scored image) over a large share of the volume. The brain is
-  everything else, with enclosed holes filled; nothing is cut away, so a stripped image is left
-  as it is.
-- **skull-on** (what scanners send): a classical morphological pipeline, at any slice thickness
-  and orientation, on a working grid no finer than ``WORK_SPACING_MM`` in-plane:
-
-  1. head: Otsu foreground, largest component, holes filled slice by slice;
-  2. brain intensity: median of the head's centre (the head eroded by ``CORE_DEPTH_MM``, which on
-     any axial, coronal or sagittal brain MR is mostly brain), and a band of tissue
-     intensities around it (``BAND``, ratios to that median: MR intensities have no offset, so a
-     ratio band works for T1, T1c, T2 and FLAIR alike). Bone, air, most CSF and scalp fat fall
-     outside the band;
-  3. the band inside the head is eroded in-plane by ``ERODE_MM``, which cuts the thin bridges
-     between brain and scalp muscle through the skull and the dura; the connected part that
-     holds most of the head's centre is kept and dilated back by the same radius inside the
-     band (geodesic reconstruction, so the brain's own outline is restored, not a rounded one);
-  4. enclosed CSF (ventricles, sulci closed by ``CLOSE_MM``) is filled in, because the brain
-     mask of the field (HD-BET, BraTS) includes it.
-
-  Radii are physical: an axis whose voxels are thicker than the radius gets none of it, so a
-  5.5 mm series is processed slice by slice in-plane and connected through its slices.
-
-The mask comes back on the input image's own grid (``extract_brain``) as 0/1 UInt8.
+The model was trained on skull-stripped images and calls scalp fat and skull base "tumor" on a
+skull-on series, so every study is reduced to its brain first and nothing outside it is reported.
+A skull-stripped series (one constant background) keeps everything else, holes filled. A skull-on
+one goes through a classical morphological pipeline at any thickness and orientation: the head by
+Otsu, a tissue band as ratios to the head centre's median (MR has no offset, so one band fits T1,
+T1c, T2, FLAIR), an in-plane erosion cutting brain from scalp, geodesic reconstruction, enclosed
+CSF filled (as HD-BET and BraTS masks hold it). Radii are physical. Steps: docs/tumor.md.
 """
 
 from __future__ import annotations

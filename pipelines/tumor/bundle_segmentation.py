@@ -1,23 +1,12 @@
 """A MONAI segmentation bundle (``brats_mri_segmentation``) run as published on a brain MR study.
 
-The bundle's preprocessing (``NormalizeIntensityd`` nonzero, channel-wise), inferer
-(``SlidingWindowInferer``, its roi and overlap) and postprocessing (sigmoid, ``Invertd``,
-``AsDiscreted`` threshold, the ``Lambdad`` that maps TC/WT/ET to BraTS labels 1/2/4) run as
-configured (``pipelines.bundle_runner``). radnode adds only what its loader would have done with
-four co-registered files:
-
-- the contrasts, registered to the reference series (``registration``) and zero outside its
-  extracted brain, resampled once onto one axis-aligned grid in LPS voxel order (as BraTS NIfTI
-  files store them), stacked in the order the bundle's metadata names its input channels
-  (``channel_def``: T1c, T1, T2, FLAIR);
-- the grid's spacing: the bundle's ``Spacingd`` pixdim when it resamples itself, else the input
-  spacing its metadata states (``image_classes``: "... at 1x1x1 mm");
-- the label map the postprocessing returns, back onto the reference series (nearest neighbour),
-  with labels 1, 2, 4 written as the SEG segments and SR volumes of the BraTS sub-regions.
-
-Every contrast the bundle names must have arrived: a bundle trained on four contrasts is not fed
-zero channels. Every contrast is reduced to the brain extracted from the reference series
-(``brain_extraction``), as the bundle expects skull-stripped input.
+Its preprocessing, inferer and postprocessing (down to the ``Lambdad`` mapping TC/WT/ET to BraTS
+labels 1/2/4) run as configured (``pipelines.bundle_runner``). radnode adds only what its loader
+would do with four co-registered files: the contrasts registered to the reference series, zero
+outside its extracted brain (the bundle expects skull-stripped input), on one LPS grid at the
+spacing the bundle resamples to or states, stacked in its ``channel_def`` order; and the label map
+back onto the reference series as SEG segments and SR volumes. Every contrast the bundle names
+must have arrived: it is not fed zero channels.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """No tumor along the dura: venous sinuses, the falx and vessels on the brain's surface enhance on T1c.
 
-After contrast the dural venous sinuses (superior sagittal, transverse, sigmoid), the falx and the
-cortical veins are bright on T1c, and the network can call them enhancing tumor or edema: on
-TCGA-FG-6692 a 6.8 mL "tumor" along the right transverse sinus and 6.5 mL of "edema" beside the
-falx (issue #65). They are thin and long, and they lie along the brain's outer surface or its
-midline; a tumor is a mass. The rule, on the reference grid (array order k, j, i with i
-left-right: the LPS storage order every stage works in):
-
-- thin: nowhere in any slice is the lesion ``THIN_MM`` across or more (twice its largest
-  in-plane distance to its own edge);
-- long: its volume is at least ``ELONGATED`` times that of a sphere as thick (a ball is 1 times,
-  a cube 1.9, a 14 mm cube clipped by the brain's curved surface 2.6; on TCGA-FG-6692 the sinus
-  and falx lesions are 3.5-13.7 times);
-- along the dura: at least ``ALONG_SHARE`` of its voxels lie within ``EDGE_MM`` of the brain's
-  outer surface or within ``MIDLINE_MM`` of the brain's midline (the left-right centre of the
-  brain mask on each row).
-
-A lesion that is all three is dropped whole.
+After contrast the dural sinuses, the falx and cortical veins are bright on T1c and the network can
+call them tumor or edema (issue #65). They are thin and long and lie along the brain's surface or
+midline; a tumor is a mass. On the reference grid (LPS storage order), a lesion that is thin
+(nowhere ``THIN_MM`` across), long (at least ``ELONGATED`` times a sphere as thick) and along the
+dura (``ALONG_SHARE`` of its voxels within ``EDGE_MM`` of the surface or ``MIDLINE_MM`` of the
+midline) is dropped whole. The case and the shape figures: docs/tumor.md.
 """
 
 from __future__ import annotations

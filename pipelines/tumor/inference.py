@@ -1,50 +1,13 @@
 """Load a tumor model folder once and turn normalized channels into region probabilities.
 
-A model folder is what a site hands the node to replace the shipped weights. Two layouts:
-
-- radnode's (the shipped ``weights/``): ``model.pt`` (state dict of ``model.Architecture``) or
-  ``model.ts`` (TorchScript) with ``params.toml``::
-
-      [input]
-      spacing = 2.0            # mm, isotropic grid the network reads
-      channels = ["t1c", "t1", "t2", "flair"]   # must be this order
-      axcodes = "SPL"          # array axes as MONAI/nibabel orientation codes (default SPL:
-                               # the z, y, x order of an LPS image array)
-      roi = [96, 96, 96]       # sliding-window size, voxels
-      threshold = 0.5          # on the sigmoid outputs: one value, or [TC, WT, ET]
-      [output]
-      require_core = false     # drop tumors with no core voxel when T1c is present
-                               # (``preprocess.drop_tumors_without_core``)
-      fill_core = false        # what the core encloses is necrosis (``preprocess.fill_enclosed_core``)
-      [model]                  # only for model.pt: the SegResNet to rebuild
-      init_filters = 8
-      blocks_down = [1, 2, 2, 4]
-      blocks_up = [1, 1, 1]
-      [[reduced]]              # optional: another model folder for an exact contrast set
-      contrasts = ["t1c"]      # (``model_set``)
-      folder = "t1c-alone"
-      [[validated]]            # this folder's held-out result on an exact contrast set
-      contrasts = ["t1c", "flair"]   # (``model_set``; a set without one is not validated)
-      dice = 0.61              # median tumor-core Dice over the held-out scans
-      scans = 3
-      data = "BraTS-2015 pat0001, pat0002; TCGA-FG-6692"
-
-  or, instead of weights of its own, an ensemble of member folders inside it::
-
-      [ensemble]
-      members = ["fold-a", "fold-b", "fold-c"]   # each a radnode folder with model.pt or model.ts
-
-  Each member runs the same sliding window on the same grid, and the folder reports the mean of
-  their sigmoid outputs with its own ``[input] threshold`` and ``[output]``: the usual way to
-  serve a cross-validation's fold models. A member whose spacing, orientation or patch differs
-  from the folder's is refused, naming it.
-
-  Every key is checked (``params.TumorParams``): one the file misspells is refused, naming it.
-
-- a MONAI bundle is not read here: it runs as published, see ``bundle_segmentation``.
-
-The network takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain
-and returns three logits: tumor core, whole tumor, enhancing tumor.
+A model folder replaces the shipped weights: radnode's layout is ``model.pt`` (a
+``model.Architecture`` state dict) or ``model.ts`` with ``params.toml`` (``[input]``, ``[output]``,
+``[model]``, ``[[reduced]]``, ``[[validated]]``; docs/tumor.md shows one), or an ``[ensemble]`` of
+member folders whose mean sigmoid the folder thresholds (the usual way to serve cross-validation
+folds; a member on another grid or patch is refused, named). Every key is checked
+(``params.TumorParams``). A MONAI bundle runs as published (``bundle_segmentation``). The network
+takes (N, 4, ...) channels T1c, T1, T2, FLAIR z-scored over the brain and returns three logits:
+tumor core, whole tumor, enhancing tumor.
 """
 
 from __future__ import annotations
@@ -68,7 +31,7 @@ from pipelines.precision import autocast
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.params import NATIVE_AXCODES, TumorParams
 
-#: The weights trained by ``pipelines.tumor.training.train``, shipped in the repository.
+#: The weights trained by ``training.tumor.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 

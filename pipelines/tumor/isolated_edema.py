@@ -1,18 +1,11 @@
 """No "edema" far from every tumor: an isolated FLAIR-bright region is not peritumoral edema.
 
-BraTS label 2 is peritumoral edema: vasogenic edema spreads from a tumor along the white matter
-and stays continuous with it, however far it reaches. A region the network calls edema that
-holds no core and is separated from every lesion with a core by normal tissue is not that
-tumor's edema; most often it is a non-specific white-matter hyperintensity (small-vessel
-disease, gliosis, a plaque), for which the model has no label. On TCGA-FG-6692 a 1.89 mL such
-region lay 59 mm from the tumor (issue #65).
-
-The rule, on the reported lesions (26-connected, after the smallest are dropped): when T1c is
-among the contrasts (the core is what T1c shows) and at least one lesion holds core (necrosis /
-non-enhancing core or enhancing tumor), a lesion of edema only whose nearest voxel is more than
-``GAP_MM`` from every cored lesion (its edema included) is not reported. With no cored lesion
-nothing is dropped: an all-edema lesion may then be a non-enhancing tumor. ``GAP_MM`` is more than
-one missed 5-6 mm clinical slice or the fading rim where a tumor's own edema splits into parts.
+Vasogenic edema spreads from a tumor and stays continuous with it; an "edema" region with no core,
+separated from every cored lesion by normal tissue, is most often a non-specific white-matter
+hyperintensity the model has no label for (issue #65). With T1c present and a cored lesion found,
+an edema-only lesion more than ``GAP_MM`` from every cored lesion is not reported; with no cored
+lesion nothing is dropped (it may be a non-enhancing tumor). ``GAP_MM`` exceeds one missed 5-6 mm
+clinical slice or the fading rim where a tumor's own edema splits.
 """
 
 from __future__ import annotations

@@ -1,40 +1,12 @@
 """Where a brain lesion lies, as a radiologist names it: which hemisphere and lobe, or the posterior fossa.
 
-The SR's finding site and the key image's caption say "right frontal lobe". Everything is worked
-out in patient coordinates (LPS: +x is the patient's left, +y posterior, +z superior) through the
-image's direction matrix, so a sagittal or coronal series, or one whose columns run to the
-patient's right, gives the same answer as an axial one.
-
-**Hemisphere.** The lesion's centre of mass against the brain's midline: the left-right centre of
-the brain mask on the line through the lesion's centre (a band ``BAND_MM`` wide in y and z), so
-that a head turned or tilted in the scanner moves the midline with it. A lesion with more than
-``CROSSING_SHARE`` of its voxels on each side crosses the midline (one connected lesion on both
-sides runs through it: above the tentorium, through the corpus callosum) and gets no laterality.
-
-**Lobe: an approximation by position, not a parcellation.** The lesion's centre is placed in the
-brain mask's bounding box: ``ap`` runs from 0 at the frontal pole to 1 at the occipital pole,
-``si`` from 0 at the lowest brain voxel (brainstem or cerebellum) to 1 at the vertex, and
-``lateral`` from 0 at the midline to 1 at the brain's side on the lesion's line. The first rule
-that holds names the lobe; thresholds are read off the brain's usual proportions (MNI-152
-template, checked on the sagittal slices of BraTS-GLI-00001):
-
-- brainstem: ``lateral`` < 0.2, ``ap`` from 0.33 to 0.52, ``si`` < 0.42: the midline column in
-  front of the fourth ventricle, from the medulla to the midbrain (midline: no side);
-- cerebellum: ``ap`` >= 0.5 and ``si`` below the tentorium, which is highest (0.45) at the midline
-  and falls 0.3 per unit of ``lateral`` to the sides and 1.0 per unit of ``ap`` behind 0.6
-  (the straight sinus runs down to the torcula): the posterior fossa behind the brainstem; a
-  cerebellar lesion across the midline is the vermis. On the sagittal slices of BraTS-GLI-00001
-  and TCGA-FG-6692 the brainstem lies at ``ap`` 0.35-0.52 and the cerebellum's top at ``si``
-  0.45 (vermis) to 0.33 (25 mm out);
-- occipital: ``ap`` > 0.8: behind the parieto-occipital sulcus, about a fifth of the brain's length;
-- temporal: ``si`` < 0.45, ``ap`` >= 0.25, ``lateral`` >= 0.35: below the Sylvian fissure, from
-  the temporal pole back, and off the deep midline structures;
-- frontal: ``ap`` < 0.5: in front of the central sulcus, which runs from about 45 % of the length
-  (at the Sylvian fissure) to 60 % (at the vertex);
-- parietal: the rest.
-
-Near a boundary the lobe is a guess a reader should check. Deep supratentorial structures (basal
-ganglia, thalamus) have no rule of their own: a lesion there gets the lobe its position gives.
+Worked in patient coordinates (LPS) through the direction matrix, so any orientation gives the
+axial answer. Hemisphere: the lesion's centre against the brain mask's left-right centre on its own
+line (a turned head moves the midline with it); one with over ``CROSSING_SHARE`` on each side
+crosses the midline and gets no side. Lobe: an approximation by position in the brain's bounding
+box (``ap``, ``si``, ``lateral``), not a parcellation; the first rule that holds (brainstem,
+cerebellum, occipital, temporal, frontal, else parietal) names it, thresholds read off the MNI-152
+proportions (docs/tumor.md). Near a boundary it is a guess a reader should check.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """The model a study is segmented with, chosen by the contrasts that arrived.
 
-A single network trained with missing-contrast dropout serves every contrast set in principle, but
-one set can need a model of its own (a "reduced model"): a model that learns to use
-FLAIR and T2 well can lean on them so much that it is worse with T1c alone than one that never
-had them. A radnode model folder may therefore name other model folders for exact contrast sets
-in its ``params.toml``::
-
-    [[reduced]]
-    contrasts = ["t1c"]       # used when exactly these contrasts arrived
-    folder = "t1c-alone"      # a model folder, relative to this one
-
-Every other set goes to the folder's own model. All models are loaded once, with the pipeline.
-A MONAI bundle has no such table: it runs as published (``bundle_segmentation``) on the contrasts
-it names, all of which must be present.
-
-What each set scored held out is declared by the folder that serves it (``[[validated]]``, see
-``params.Validated``); ``validation`` decides from it whether a study's result is a measurement.
-A bundle declares nothing radnode can read: it is taken as validated by its publisher.
+One network trained with contrast dropout can lean on FLAIR and T2 so much that it is worse with
+T1c alone than a model that never had them, so a folder may name other folders for exact contrast
+sets (``[[reduced]] contrasts = [...]``, ``folder = "..."``); every other set goes to its own
+model, all loaded once with the pipeline. What each set scored held out is declared by the folder
+serving it (``[[validated]]``, ``params.Validated``); ``validation`` decides from it whether a
+result is a measurement. A MONAI bundle has no such table: it runs as published on the contrasts
+it names, all required, and is taken as validated by its publisher.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """One storage order for every contrast, so that how a scanner ordered its voxels changes nothing.
 
-The same acquisition can be stored with its rows, columns or slices in either direction, or rows
-and columns swapped: the voxel at each patient position is the same, so the answer must be. Yet
-brain extraction fills holes slice by slice along the array's first axis, registration samples
-voxels by index with a fixed seed, and a grid resampled from the array's first corner lands on
-other points: each saw another study in each storage order (issue #65: FLAIR left out in two
-orders and used in two others, edema 28-42 mL).
-
-Every contrast is therefore put in one storage order, ``CANONICAL``, before any stage
-(``canonical``): axes permuted and flipped only (``DICOMOrient``), no interpolation, so no voxel
-value changes. Its geometry is then rounded to ``GEOMETRY_DECIMALS``: DICOM writes positions as
-decimal text (often 4 decimals), so one acquisition stored in two orders has origins up to
-0.0002 mm apart once flipped back (TCGA-FG-6692, eight orders), and registration is sensitive
-enough to that to give other masks (edema 21.0 against 25.8 mL). Rounding the origin to 0.1 mm
-(a shift of at most 0.05 mm, a twentieth of a voxel) makes them one grid unless a coordinate
-lies within 0.0002 mm of a rounding boundary (about 1 in 250 per coordinate; on that study the
-nearest was 0.006 mm away; 0.01 mm rounding put the FLAIR's z astride a boundary).
-Results are computed on the reference contrast in that order and taken back to the reference
-series' own order (``to_source``) for the SEG, the SR and the key images, again by permutation
-alone.
+The voxel at each patient position does not depend on storage order, yet brain extraction (slice
+by slice), registration (sampling by index) and resampling (from the first corner) each saw another
+study in each order (issue #65). So every contrast is put in ``CANONICAL`` order first
+(``canonical``: permuted and flipped only, no voxel value changes) and its geometry rounded to
+``GEOMETRY_DECIMALS``, since decimal DICOM positions leave flipped-back origins a hair apart and
+registration answers to that. Results go back to the reference series' own order (``to_source``)
+by permutation alone. The measurements behind the rounding: docs/tumor.md.
 """
 
 from __future__ import annotations

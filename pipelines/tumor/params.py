@@ -106,7 +106,7 @@ class Validated(ParamsTable):
 
     The number is the median tumor-core Dice over scans of patients the model never saw; a set
     without a table counts as never measured. Retraining or recalibrating the model voids it
-    (``training.train.write_params`` does not carry these tables over).
+    (``training.tumor.train.write_params`` does not carry these tables over).
     """
 
     contrasts: list[str]
@@ -139,7 +139,7 @@ class Ensemble(ParamsTable):
 
 
 class TumorParams(ModelParams):
-    """A tumor model folder's ``params.toml`` (written by ``training.train`` and ``training.fit``)."""
+    """A tumor model folder's ``params.toml`` (written by ``training.tumor.train`` and ``training.tumor.fit``)."""
 
     input: Input = Input()
     output: Output = Output()

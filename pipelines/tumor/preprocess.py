@@ -1,14 +1,10 @@
 """From aligned contrasts to the network's input tensor, and from its output back to a grid.
 
-The network was trained on axis-aligned LPS volumes at a fixed isotropic spacing (the model
-folder's ``[input] spacing``), so every study is resampled onto such a grid first, whatever the
-orientation and slice thickness of its reference series; results are resampled back onto the
-reference series' own grid at the end, with one interpolation each way.
-
-Intensities: MR has no absolute units, so each channel is z-scored over the brain. The brain is
-the nonzero part of the reference image when the series was skull-stripped (a large exact-zero
-background), else the Otsu foreground of the head. No skull stripping is done here (see
-MODEL_CARD.md: the shipped model was trained on skull-stripped BraTS-style images).
+The network was trained on axis-aligned LPS volumes at the folder's ``[input] spacing``, so every
+study is resampled onto such a grid and results back onto the reference series' grid, one
+interpolation each way. MR has no absolute units, so each channel is z-scored over the brain (the
+nonzero part of a skull-stripped series, else the head's Otsu foreground). No skull stripping is
+done here (MODEL_CARD.md: the shipped model was trained on skull-stripped BraTS-style images).
 """
 
 from __future__ import annotations
@@ -93,11 +89,9 @@ def labels_from_regions(regions: np.ndarray) -> np.ndarray:
 def fill_enclosed_core(labels: np.ndarray) -> np.ndarray:
     """``labels`` with holes in the core, slice by slice, labelled necrosis (1).
 
-    In the BraTS annotation protocol the necrotic centre is what the enhancing rim encloses.
-    The shipped model finds the rim (bright on T1c) far better than the dark centre, which it
-    tends to call edema; tissue enclosed by core within a slice is core, and not enhancing, so
-    necrosis. Slices are the array's first axis: axial planes, the pipeline putting the reference
-    in LPS order first (``orientation``).
+    In the BraTS protocol the necrotic centre is what the enhancing rim encloses; the shipped
+    model finds the rim far better than the dark centre, which it calls edema. Slices are the
+    array's first axis: axial planes in the pipeline's LPS order (``orientation``).
     """
     core = np.isin(labels, (1, 4))
     enclosed = np.stack([ndimage.binary_fill_holes(plane) for plane in core]) & ~core
@@ -107,11 +101,9 @@ def fill_enclosed_core(labels: np.ndarray) -> np.ndarray:
 def drop_tumors_without_core(labels: np.ndarray) -> np.ndarray:
     """``labels`` with every connected tumor (labels > 0, 26-connected) that holds no core voxel removed.
 
-    A glioma's edema surrounds a core (necrosis or enhancing tumor); FLAIR/T2-bright tissue with
-    no core anywhere in it is far more often something else (white-matter disease, CSF partial
-    volume, another model's blind spot). The shipped model calls such tissue edema, so its model
-    folder asks for this filter (``[output] require_core``); it is only applied when T1c, which
-    shows the core, is among the contrasts.
+    A glioma's edema surrounds a core; coreless FLAIR/T2-bright tissue is far more often something
+    else (white-matter disease, CSF partial volume), which the shipped model calls edema. Its
+    folder asks for this (``[output] require_core``), applied only when T1c, showing the core, came.
     """
     components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
     cored = np.unique(components[np.isin(labels, (1, 4))])

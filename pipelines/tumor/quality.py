@@ -1,19 +1,11 @@
 """A per-case self-consistency score: how far the model agrees with itself on this study.
 
-The held-out Dice of a model folder is a median over a few scans; a reader needs to know
-whether *this* case is one the model gets wrong. Two scores were measured against the tumor-core
-Dice of 38 cases no model had trained on (``training/quality_eval.py``; the rule and the numbers
-are in the LOG, "Issue #65 item 5"); the rule took the cheaper one that separated Dice < 0.5
-with an AUROC of at least 0.8:
-
-- ``crispness`` (served; AUROC 0.846, no added pass): the soft Dice between the tumor-core
-  probabilities p and their own core {p >= t} (the folder's TC threshold), inside the brain on
-  the model grid, 1.0 when nothing reaches t. A model unsure where the core ends spreads
-  probability it does not commit to.
-- the agreement with a left-right mirrored pass (AUROC 0.887, one added inference,
-  ``quality_eval.mirror_agreement``).
-
-A case under ``LOW_CONFIDENCE_BELOW`` is reported "low confidence".
+A folder's held-out Dice is a median over a few scans; a reader needs to know whether *this* case
+is one the model gets wrong. ``crispness`` is served: the soft Dice between the tumor-core
+probabilities and their own thresholded core inside the brain (1.0 when nothing reaches the
+threshold), since a model unsure where the core ends spreads probability it does not commit to. It
+was the cheaper of two scores that separated poor cases (the evaluation: docs/tumor.md). A case
+under ``LOW_CONFIDENCE_BELOW`` is reported "low confidence".
 """
 
 from __future__ import annotations

@@ -1,37 +1,12 @@
 """Rigid alignment of each contrast of a study onto the reference contrast.
 
-Clinical series of one session share the scanner's patient frame, but the patient moves between
-them and they differ in orientation and slice thickness, so their DICOM geometry alone leaves
-millimetres of misalignment. Each contrast is registered to the reference with a rigid (Euler)
-transform, Mattes mutual information (the contrasts differ, so intensities do not match one to
-one) and a coarse-to-fine pyramid, starting from the scanner geometry (identity), not from image
-centres: the fields of view of the series differ, their centres do not correspond.
-
-Quality check, because a tumor segmented from misaligned channels is wrong without looking wrong:
-
-- edges must coincide: the edge alignment (squared cosine of the angle between the two images'
-  intensity gradients, weighted by edge strength, over the brain) must reach
-  ``MIN_EDGE_ALIGNMENT``. It does not depend on how the contrasts map intensities, is 1/3 for
-  unrelated images (random directions in 3D) and on the test data measured 0.67-0.79 aligned,
-  0.58-0.70 at 2 mm off, 0.47-0.51 at 4 mm off and 0.34-0.36 for a head upside down;
-- the heads must overlap (Dice of the foreground masks at or above ``MIN_OVERLAP``) where both
-  series imaged the patient: the part of the reference's head outside the other series' field of
-  view is not counted, because a FLAIR prescribed 208 columns wide beside a 256-column T1c says
-  nothing about alignment (TCGA-FG-6692: 131 mL of the T1c's head outside the FLAIR's field of
-  view, Dice 0.84-0.86 over the whole heads, 0.88 over the common field; issue #65) and the
-  transform must stay within ``MAX_ROTATION_DEG`` / ``MAX_TRANSLATION_MM`` of the scanner
-  geometry (larger motion within one session means a wrong series, not a moving patient).
-  Both measures are taken in patient space, on the grid of the reference put in one storage
-  order (``orientation``), so how either series stores its pixels does not change them.
-
-A failed check raises ``RegistrationError`` naming the contrast and what failed; the pipeline
-then leaves that contrast out of the study (every contrast but the reference is optional).
-
-Series of one session on one grid need none of this (``Volume.shares_grid``): the same
-FrameOfReferenceUID and the same voxel grid mean the scanner already placed every voxel of both
-at the same point of the patient. Registering them could only add error, and the quality check
-would only measure how differently two contrasts show the head: TCGA-FG-6692's skull-on T1 on its
-T1c's grid has a head overlap of 0.79 unregistered and 0.84 after a needless 9 degree "correction".
+The patient moves between series, so DICOM geometry alone leaves millimetres of misalignment: each
+contrast is registered rigidly (Euler, Mattes mutual information as intensities differ, a pyramid)
+from the scanner geometry, not image centres (fields of view differ). A tumor from misaligned
+channels is wrong without looking wrong, so edges must align (``MIN_EDGE_ALIGNMENT``), heads
+overlap within the common field of view (``MIN_OVERLAP``) and motion stay within bounds; a failed
+check raises ``RegistrationError`` and the contrast is left out. Series on one grid of one frame
+of reference are not registered: that could only add error. Figures: docs/tumor.md.
 """
 
 from __future__ import annotations

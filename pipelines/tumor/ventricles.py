@@ -1,20 +1,11 @@
 """No tumor in the ventricles, nor a periventricular cap called edema, unless a lesion's core reaches them.
 
-A thin rim of FLAIR-bright tissue around the lateral ventricles (ependymitis granularis, "caps"
-at the horns, small-vessel disease) is normal in many adults, and the network can call it edema:
-on TCGA-FG-6692 one storage order gave 35 mL of "edema crossing the midline" around both lateral
-ventricles (issue #65). A glioma's edema surrounds a core; a lesion with necrosis or enhancing
-tumor that reaches a ventricle is kept whole (a tumor may invade the ependyma). The rule, on the
-reference contrast (T1c or FLAIR: both show CSF dark):
-
-- ventricles: voxels of the brain darker than ``CSF_RATIO`` of the brain's median intensity
-  (scanner units: a series with negative values inside the brain was normalized, and a ratio says
-  nothing there, so none are found),
-  deeper than ``DEEP_MM`` under the brain's surface (sulcal CSF lies at the surface), in
-  connected parts of at least ``MIN_VENTRICLE_ML``;
-- a connected tumor with no core voxel (labels 1, 4) is dropped when at least ``CAP_SHARE`` of
-  its voxels lie within ``PERIVENTRICULAR_MM`` of the ventricles; otherwise its voxels inside the
-  ventricles are cleared.
+A thin FLAIR-bright rim around the lateral ventricles is normal in many adults and the network can
+call it edema (issue #65); a glioma's edema surrounds a core, and a cored lesion reaching a
+ventricle is kept whole (a tumor may invade the ependyma). On the reference contrast, ventricles
+are deep brain voxels darker than ``CSF_RATIO`` of the brain's median (none on a normalized
+series) in parts of ``MIN_VENTRICLE_ML`` or more; a coreless tumor with ``CAP_SHARE`` of its voxels
+within ``PERIVENTRICULAR_MM`` of them is dropped, else its voxels inside them are cleared.
 """
 
 from __future__ import annotations

@@ -52,12 +52,9 @@ def make_derived_series(
 ) -> list[Dataset]:
     """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume).
 
-    Each image keeps its source image's Instance Number, so that image n of the derived series
-    shows what image n of the source shows (a viewer scrolls both alike).
-
-    Stored values are computed with each source slice's rescale slope and intercept and clipped
-    to what the source's pixel representation can hold, so an out-of-range model output
-    saturates instead of wrapping around (a wrapped -3000 HU would show as bright bone).
+    Each image keeps its source's Instance Number, so a viewer scrolls both alike. Stored values
+    use each source slice's rescale and are clipped to its pixel representation, so an
+    out-of-range output saturates instead of wrapping (a wrapped -3000 HU shows as bright bone).
     """
     if values.shape != volume.array.shape:
         raise ValueError(

@@ -1,16 +1,11 @@
 """Key images: each finding outlined on its source slice, and a summary page, as Secondary Capture.
 
-Many PACS viewers in hospitals show neither a DICOM SEG nor a TID 1500 SR (the SR as plain text
-at best), so on them a finding in those objects is invisible. A Secondary Capture image is shown by
-every viewer. So each finding also gets an RGB picture of the source slice where it is largest, in
-a clinical window, with its outline in a colour, its label, a scale bar and a banner that says it
-is an AI result; and one summary image lists the findings (or says what was examined and that
-nothing was found, with the model's limits).
-
-The images are a new series in the source study, ``DERIVED\\SECONDARY``, each referencing the
-source slice it shows (SourceImageSequence). No patient data is drawn, so BurnedInAnnotation is
-"NO". Colours are saturated (R, G, B differ), which a grey source pixel never is: whatever is
-coloured in the picture is drawn by radnode.
+Many hospital PACS viewers show neither SEG nor TID 1500 SR, but every viewer shows a Secondary
+Capture. So each finding also gets an RGB picture of the slice where it is largest (clinical
+window, coloured outline, label, scale bar, an "AI result" banner), and one summary image lists the
+findings or says what was examined and that nothing was found, with the model's limits. They are a
+new ``DERIVED\\SECONDARY`` series referencing their source slices; no patient data is drawn
+(BurnedInAnnotation "NO"), and colours are saturated, so whatever is coloured was drawn by radnode.
 """
 
 from __future__ import annotations

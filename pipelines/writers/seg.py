@@ -27,14 +27,10 @@ from pipelines.writers.source import copyable
 class FrameCompression(StrEnum):
     """Lossless frame compression for large masks.
 
-    BINARY (1 bit) frames can only be encapsulated as JPEG 2000 (highdicom refuses RLE and JPEG-LS
-    for 1-bit data, and decoders disagree on 1-bit RLE). RLE and JPEG-LS therefore store 8-bit
-    FRACTIONAL OCCUPANCY frames with values 0 and 255, which every SEG reader understands as the
-    same hard mask.
-
-    JPEG-LS is the one to choose for large masks: on a 300 x 512 x 512 five-segment mask it is
-    about as fast as no compression and 35x smaller (``bench/writers.py``). RLE is for PACS that
-    take no JPEG-LS; it costs a few ms per frame even with the pylibjpeg-rle encoder.
+    BINARY (1 bit) frames can only be JPEG 2000 (highdicom refuses RLE and JPEG-LS for 1-bit data;
+    decoders disagree on 1-bit RLE), so RLE and JPEG-LS store 8-bit FRACTIONAL frames of 0 and 255,
+    which every SEG reader takes as the same hard mask. JPEG-LS is the one for large masks
+    (``bench/writers.py`` prints its speed and size); RLE is for PACS that take no JPEG-LS.
     """
 
     NONE = "none"
@@ -77,11 +73,8 @@ def make_segmentation(
 
     ``mask`` is either a label volume shaped like ``volume.array`` (0 = background, n = segment n)
     or stacked binary masks with one more axis, one per segment (segments may then overlap).
-    An all-empty mask is a valid result (nothing found) and is written with all frames.
-    ``keep_empty_frames`` keeps a frame per slice and segment even where it is empty, for viewers
-    such as OHIF that expect one frame per source slice. ``series_number`` defaults to the
-    SEG's place after the source series (``result_series_number``).
-    """
+    An all-empty mask (nothing found) is written with all frames. ``keep_empty_frames`` keeps
+    empty frames for viewers such as OHIF that expect one per source slice."""
     _check_mask(volume, mask, segments)
     fractional = compression in (FrameCompression.RLE, FrameCompression.JPEGLS)
     plane_positions = [

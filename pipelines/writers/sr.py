@@ -109,13 +109,10 @@ def make_measurement_report(
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR over ``volume``'s series; ``looked_for`` names the absent finding.
 
-    ``procedure`` is the imaging procedure reported and the body region it covered (default: the
-    modality's unspecified body region, no region). ``coverage`` says what the model can and
-    cannot find; with no finding, the report states that nothing was found in the series it
-    names, followed by it, so that "none detected" is read with its limits. ``not_measured`` (with no findings) replaces that
-    statement: the series was not measured, and why; neither presence nor absence is claimed.
-    ``case_quality`` adds the case's self-consistency and its verdict as the report's qualitative
-    evaluations.
+    ``procedure``: the procedure and body region reported (default: the modality's, no region).
+    ``coverage`` (what the model can and cannot find) follows a "none detected", so it is read
+    with its limits; ``not_measured`` replaces that statement with why nothing was measured.
+    ``case_quality`` adds the case's self-consistency and verdict as qualitative evaluations.
     """
     sources = [copyable(ds) for ds in {ds.SOPInstanceUID: ds for ds in volume.sources}.values()]
     places = label_places(volume, findings)

@@ -1,4 +1,4 @@
-"""The dispatcher's pynetdicom SCU, as patched by node.receive.pynetdicom_ext: it never loses a
+"""The dispatcher's pynetdicom SCU, as patched by node.dicomnet.patches: it never loses a
 response, and the PDUs it sends in batches are the ones the PACS asked for."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from node.deliver import cstore
-from node.receive import command_sets
-from node.receive.pynetdicom_ext import patch_reactor_sleep
+from node.dicomnet import command_sets, patches
 from tests.receive.test_pdata_stream import data_set_bytes
 from tests.support.peers import BitPreservingStorescp
 from tests.support.probes import ct_file
@@ -32,7 +31,7 @@ def test_a_c_store_response_the_reactor_takes_in_the_pause_race_still_reaches_th
     run; that reactor can take the next response, which stock pynetdicom drops, and the delivery
     then waits out its DIMSE timeout (CI saw it in a test's SCU). Here the reactor runs unpaused
     for a whole C-STORE, the widest that window can be: the response still reaches the caller."""
-    patch_reactor_sleep()
+    patches.install(patches.SENDER)
     ds = pydicom.dcmread(ct_file(data_dir))
     with BitPreservingStorescp(tmp_path / "pacs") as pacs:
         ae = AE("RADNODE")
@@ -62,7 +61,7 @@ def test_a_ct_image_sent_in_batched_pdus_arrives_bit_identical_within_the_pacs_m
     """The patch queues a message's P-DATA-TF PDUs in batches and writes each batch at once;
     dcmtk storescp rejects a PDU longer than the maximum it announced, and writes what it
     received byte for byte (--bit-preserving)."""
-    patch_reactor_sleep()
+    patches.install(patches.SENDER)
     source = ct_file(data_dir)
     with BitPreservingStorescp(tmp_path / "pacs", max_pdu=max_pdu) as pacs:
         ae = AE("RADNODE")
@@ -80,9 +79,9 @@ def test_a_ct_image_sent_in_batched_pdus_arrives_bit_identical_within_the_pacs_m
 def test_a_file_sent_as_the_dispatcher_sends_it_arrives_bit_identical_within_the_pacs_max_pdu(tmp_path, data_dir,
                                                                                             max_pdu, monkeypatch):
     """The dispatcher's C-STORE of a file (its bytes as they are, the PDUs encoded by
-    node.receive.pynetdicom_ext without pynetdicom's message objects): dcmtk storescp rejects a
+    node.dicomnet.sending without pynetdicom's message objects): dcmtk storescp rejects a
     PDU longer than it announced and keeps the bytes it received (--bit-preserving)."""
-    patch_reactor_sleep()
+    patches.install(patches.SENDER)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     sources = sorted(ct_file(data_dir).parent.glob("*.dcm"))[:2]
     with BitPreservingStorescp(tmp_path / "pacs", max_pdu=max_pdu) as pacs:

@@ -1,4 +1,4 @@
-"""The import graph of node/ and pipelines/: no module imports itself round a circle, and the
+"""The import graph of node/, pipelines/ and training/: no module imports itself round a circle, and the
 node's stages depend only on the stages before them (ARCHITECTURE.md).
 
 Every import counts: at the top of a module, inside a function, and under ``TYPE_CHECKING``,
@@ -15,16 +15,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("node", "pipelines")
+PACKAGES = ("node", "pipelines", "training")
 
 #: The node's stage packages, each allowed to import only the stages listed before it. The index
-#: comes first because every stage records its work there; receiving, completing, routing, running
-#: and delivering follow the data, retrieving from a PACS (backfills) sends with the delivering
-#: stage's associations; operating (service, CLI, web) wires them all together.
-STAGES = ("index", "receive", "route", "complete", "deliver", "retrieve", "run", "operate")
+#: comes first because every stage records its work there; the DICOM networking that receiving and
+#: delivering share (dicomnet: the pynetdicom patches) comes next; receiving, completing, routing,
+#: running and delivering follow the data, retrieving from a PACS (backfills) sends with the
+#: delivering stage's associations; operating (service, CLI, web) wires them all together.
+STAGES = ("index", "dicomnet", "receive", "route", "complete", "deliver", "retrieve", "run", "operate")
 #: Modules at node/'s top level that every stage shares; they import no stage, except that
 #: config.toml's route conditions are parsed by the routing stage's condition language.
-SHARED = ("config", "logs", "tls", "http_auth", "passwords", "isolation", "result_formats")
+SHARED = ("config", "logs", "tls", "http_auth", "passwords", "isolation", "result_formats", "health")
 SHARED_MAY_IMPORT = {("config", "route.matcher")}
 
 
@@ -128,6 +129,13 @@ def test_the_shared_modules_import_no_stage() -> None:
     wrong = sorted(f"{name} -> {target}" for name, targets in graph().items() if where(name) in SHARED
                    for target in targets if where(target) in STAGES
                    and (name.removeprefix("node."), target.removeprefix("node.")) not in SHARED_MAY_IMPORT)
+    assert wrong == []
+
+
+def test_deliver_imports_nothing_of_receive() -> None:
+    """What both sides of the DICOM network need lives in node.dicomnet, not in receive/."""
+    wrong = sorted(f"{name} -> {target}" for name, targets in graph().items() if where(name) == "deliver"
+                   for target in targets if where(target) == "receive")
     assert wrong == []
 
 

@@ -1,11 +1,9 @@
 """The wheel ``pip install .`` builds: what an installed node gets, and nothing it never loads.
 
 The README's first command installs radnode from a wheel, not editable, so whatever the wheel
-leaves out is gone from an installed node. pyproject's ``packages.find`` exclude and
-``exclude-package-data``, and MANIFEST.in's prune, leave these in the repository and out of the
-wheel: training code, the records of experiments that shipped nothing (denoise candidates, tumor
-cross-validation) and the nodule scorer's per-patient ``folds/`` (byte copies of the shipped
-``scorer_weights/`` files, loaded only by the leave-one-patient-out test, which runs from a checkout).
+leaves out is gone from an installed node. Training code and the records of experiments (denoise
+candidates, tumor cross-validation, the nodule scorer's per-patient folds) sit in the top-level
+``training/``, outside the packages ``packages.find`` includes, so no rule has to keep them out.
 
 The wheel is built once, offline, from a copy of the working tree (a build writes ``build/`` and
 ``radnode.egg-info`` into the checkout other people are working in, and a ``build/lib`` left there
@@ -46,8 +44,8 @@ NOT_COPIED = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "sp
 #: Files larger than this are weights; two of them with the same bytes are a copy shipped twice.
 DUPLICATE_MIN_BYTES = 100_000
 #: Folder names whose contents never ship: training code and the records of experiments.
-NEVER_SHIPPED_FOLDERS = {"training", "candidates", "crossvalidation"}
-NEVER_SHIPPED_FILES = {"crossvalidation.json"}
+NEVER_SHIPPED_FOLDERS = {"training", "candidates", "crossvalidation", "scorer_folds", "folds"}
+NEVER_SHIPPED_FILES = {"crossvalidation.json", "LOG.md"}
 
 #: Run in a fresh interpreter whose only radnode is the unpacked wheel: builds every shipped
 #: pipeline with its default model folder and prints, as JSON, where each loaded its model from.
@@ -63,7 +61,7 @@ print(json.dumps({
     "packages": [node.__file__, pipelines.__file__],
     "cli_main_callable": callable(main),
     "models": models,
-    "training_modules": sorted(m for m in sys.modules if ".training" in m and m.startswith("pipelines")),
+    "training_modules": sorted(m for m in sys.modules if m.partition(".")[0] == "training"),
 }))
 """
 
@@ -83,11 +81,11 @@ def sha256(data: bytes) -> str:
 
 def leave_an_earlier_sources_list(source: Path) -> None:
     """What an editable install (the README's test command) leaves in a checkout: a
-    ``radnode.egg-info/SOURCES.txt`` naming every file, training code included. The next build
-    takes every file listed there again, so only MANIFEST.in's prune keeps them out of the wheel."""
+    ``radnode.egg-info/SOURCES.txt`` naming every file. The next build takes every file listed
+    there again; here it names training/ as well, which still must not reach the wheel."""
     egg_info = source / "radnode.egg-info"
     egg_info.mkdir()
-    files = sorted(p.relative_to(source).as_posix() for package in ("node", "pipelines")
+    files = sorted(p.relative_to(source).as_posix() for package in ("node", "pipelines", "training")
                    for p in (source / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     (egg_info / "SOURCES.txt").write_text("\n".join(files) + "\n")
 
@@ -170,16 +168,17 @@ def test_the_wheel_carries_the_apache_license_file_and_names_it_in_its_metadata(
     assert "License-File: LICENSE" in metadata.splitlines(), metadata[:800]
 
 
-def test_no_training_package_candidates_folder_or_crossvalidation_record_is_in_the_wheel(wheel: Wheel) -> None:
+def test_no_training_code_or_experiment_record_is_in_the_wheel(wheel: Wheel) -> None:
     def never_shipped(name: str) -> bool:
         path = PurePosixPath(name)
         return bool(NEVER_SHIPPED_FOLDERS & set(path.parts[:-1])) or path.name in NEVER_SHIPPED_FILES
 
-    in_checkout = [p for p in (REPO / "pipelines").rglob("*")
-                   if p.is_file() and "__pycache__" not in p.parts and never_shipped(in_wheel(p))]
+    in_checkout = [p for p in (REPO / "training").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     shipped = sorted(name for name in wheel.digests if never_shipped(name))
-    # the checkout holds 51 such files today (so the test looks at real paths), the wheel none of them
+    tops = {PurePosixPath(name).parts[0] for name in wheel.digests if ".dist-info/" not in name}
+    # training/ holds 90 files today (the same names the old rules kept out), the wheel none of them
     assert len(in_checkout) >= 20, in_checkout
+    assert tops == {"node", "pipelines"}, tops
     assert shipped == [], f"{len(shipped)} of {len(in_checkout)} training or experiment files shipped: {shipped}"
 
 

@@ -21,13 +21,13 @@ from scipy import ndimage as ndi
 
 from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask
-from pipelines.nodule.training import data as chest_data
-from pipelines.nodule.training import lidc
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.location import brain_location
-from pipelines.tumor.training import data as brain_data
-from pipelines.tumor.training.synthesis import rough_lesion_mask
 from pipelines.volume import Volume
+from training.nodule import data as chest_data
+from training.nodule import lidc
+from training.tumor import data as brain_data
+from training.tumor.synthesis import rough_lesion_mask
 
 #: Direction matrices (columns: where i, j, k grow in LPS). Axial as scanners usually write it;
 #: axial with columns running to the patient's right and rows to the front; sagittal (rows to the

@@ -1,7 +1,7 @@
 """Inference stays apart from training: a node runs every shipped pipeline without training code.
 
-Each pipeline's training, evaluation, data preparation and synthesis live in
-``pipelines/<name>/training/`` (shared parts in ``pipelines/training/``), and the packages only
+Each pipeline's training, evaluation, data preparation and synthesis live in the top-level
+``training/<name>/`` (shared parts in ``training/``), and the packages only
 they use sit in pyproject's training extras, so a node installed without those extras works. A
 fresh interpreter imports what a worker imports and builds every shipped pipeline with its
 shipped weights; an import of training code anywhere on that path shows up here.
@@ -33,7 +33,7 @@ owners = packages_distributions()
 def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
 tops = {name.partition(".")[0] for name in list(sys.modules)}
 print(json.dumps({
-    "training_modules": sorted(m for m in list(sys.modules) if re.match(r"pipelines(\\.\\w+)?\\.training\\b", m)),
+    "training_modules": sorted(m for m in list(sys.modules) if m.partition(".")[0] == "training"),
     "training_packages": sorted({norm(d) for top in tops for d in owners.get(top, ())} & training_only),
 }))
 """
@@ -78,7 +78,7 @@ def test_a_worker_loads_every_shipped_pipeline_without_training_code_or_training
 
 def test_the_probe_sees_a_training_module_and_a_training_only_package_when_one_is_imported():
     """The check above can fail: the same probe, after an import of training code, names it."""
-    loaded = imported_after("import pipelines.nodule.training.synthesis, pipelines.training.record, bm3d")
-    assert loaded == {"training_modules": ["pipelines.nodule.training", "pipelines.nodule.training.synthesis",
-                                           "pipelines.training", "pipelines.training.record"],
+    loaded = imported_after("import training.nodule.synthesis, training.record, bm3d")
+    assert loaded == {"training_modules": ["training", "training.nodule", "training.nodule.synthesis",
+                                           "training.record"],
                       "training_packages": ["bm3d"]}, loaded

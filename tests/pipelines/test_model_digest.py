@@ -15,7 +15,7 @@ from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 
 def test_changing_one_listed_scorer_weights_file_changes_the_digest(tmp_path: Path) -> None:
     folder = tmp_path / "scorer"
-    shutil.copytree(DEFAULT_SCORER_DIR, folder, ignore=shutil.ignore_patterns("folds"))
+    shutil.copytree(DEFAULT_SCORER_DIR, folder)
     before = folder_digest(folder)
     weights = sorted(folder.glob("scorer-*.pt"))
     assert len(weights) == 20
@@ -25,10 +25,9 @@ def test_changing_one_listed_scorer_weights_file_changes_the_digest(tmp_path: Pa
     assert folder_digest(folder) != before
 
 
-def test_a_record_beside_the_weights_and_the_per_patient_copies_do_not_change_the_digest(tmp_path: Path) -> None:
+def test_a_record_beside_the_weights_does_not_change_the_digest(tmp_path: Path) -> None:
     folder = tmp_path / "scorer"
     shutil.copytree(DEFAULT_SCORER_DIR, folder)
     before = folder_digest(folder)
     (folder / "evaluation.json").write_text("{}")
-    shutil.rmtree(folder / "folds")
     assert folder_digest(folder) == before

@@ -22,8 +22,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
+from node.dicomnet import sending
 from node.index.store import Index
-from node.receive import pdata_stream
 from node.receive.scp import TRANSFER_SYNTAXES
 from tests.conftest import DATA
 from tests.support.harness import REPO, NodeProcess, node_config, write_toml
@@ -209,9 +209,9 @@ def test_success_response_is_the_bytes_pynetdicom_would_send():
         primitive.AffectedSOPInstanceUID = sop_uid
         primitive.Status = 0x0000
         message = pynetdicom_response(primitive)
-        assert pdata_stream.store_success_response(primitive) == message
+        assert sending.store_success_response(primitive) == message
         primitive.Status = 0xA700  # a refusal is pynetdicom's to encode
-        assert pdata_stream.store_success_response(primitive) is None
+        assert sending.store_success_response(primitive) is None
 
 
 def pynetdicom_response(primitive: C_STORE) -> bytes:

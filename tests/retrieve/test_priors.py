@@ -22,13 +22,13 @@ from node.retrieve.priors import for_job, look_up
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule.lungs import lung_mask
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import synthesis
 from pipelines.priors import PriorFinding, PriorReport, Priors, match, read_report, tracking_ids
 from pipelines.writers.prior import INTERVAL, LONG_AXIS_CHANGE, VOLUME_CHANGE
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.nodule_series import rewrite_series
 from tests.support.peers import Orthanc, dciodvfy, free_port, storescu
+from training.nodule import synthesis
 
 pytestmark = [pytest.mark.peers]
 

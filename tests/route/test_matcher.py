@@ -39,7 +39,7 @@ def ct(**extra) -> Dataset:
         ("SeriesDescription", "x", False),
     ],
 )
-def test_conditions(keyword, spec, matches):
+def test_each_form_of_condition_matches_a_ct_header_as_written(keyword, spec, matches):
     condition = parse_condition(keyword, spec)
     assert (condition.check(ct()) is None) is matches
 

@@ -32,9 +32,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from node.receive.spool import part10_header
-from pipelines.training.data_folder import DATA_ROOT
 from tests.support.peers import dcmtk_bin, dcmtk_env
 from tests.support.raw_scu import exchange
+from training.data_folder import DATA_ROOT
 
 DATA = DATA_ROOT
 SEEDS = (

@@ -67,8 +67,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.nodule.training import data
-    from pipelines.training.data_folder import DATA_ROOT
+    from training.data_folder import DATA_ROOT
+    from training.nodule import data
 
     volume = data.load(DATA_ROOT, "ct-chest/cptac-luad-C3N-00247")
     mask = mediastinum_mask(volume)

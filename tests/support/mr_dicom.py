@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.training.clinical_t1c import heldout_scans, load_scan
 from pipelines.volume import load_series
+from training.tumor.clinical_t1c import heldout_scans, load_scan
 
 #: Scanner-like acquisition attributes per contrast role.
 PROTOCOLS: dict[str, dict[str, object]] = {

@@ -37,8 +37,8 @@ import pydicom
 import SimpleITK as sitk
 import torch
 
-from pipelines.tumor.training.data import load_brats2015
 from tests.support.mr_dicom import Study, write_series
+from training.tumor.data import load_brats2015
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ unpaused and the reactor may take its response off the queue before the caller d
 pynetdicom then drops it as an "unexpected C-STORE service message" and the caller waits out
 its timeout. ``hand_back_responses`` closes the race for good: a response the reactor takes goes
 back on the queue the caller waits on (the dispatcher does the same, in
-``node.receive.pynetdicom_ext``).
+``node.dicomnet.patches``).
 """
 
 from __future__ import annotations

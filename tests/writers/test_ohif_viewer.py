@@ -21,11 +21,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.tumor.training.data import TCGA, load_images
 from tests.support.harness import NodeProcess, node_config
 from tests.support.mr_dicom import TUMOR_ROUTE, write_clinical_study
 from tests.support.ohif import Viewer, ViewerServer, ohif_dist, wait_for
 from tests.support.peers import Orthanc, send
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.data]
 

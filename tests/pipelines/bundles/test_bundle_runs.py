@@ -25,10 +25,10 @@ from pydicom.uid import generate_uid
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.bundle import read_bundle
 from pipelines.torchvision_parts import provide_if_missing
-from pipelines.training.data_folder import DATA_ROOT
 from pipelines.volume import load_series
 from tests.support.nodule_series import chest_files
 from tests.support.peers import dciodvfy
+from training.data_folder import DATA_ROOT
 
 BUNDLES = DATA_ROOT / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"

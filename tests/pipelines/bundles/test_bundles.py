@@ -13,7 +13,7 @@ from pipelines.base import PipelineSettings
 from pipelines.bundle import BundleError, read_bundle
 from pipelines.bundle_runner import BundleRunner
 from pipelines.model_folder import ModelFolderError
-from pipelines.training.data_folder import DATA_ROOT
+from training.data_folder import DATA_ROOT
 
 BUNDLES = DATA_ROOT / "monai-bundles"
 LUNG = BUNDLES / "lung_nodule_ct_detection"

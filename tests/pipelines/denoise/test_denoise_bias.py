@@ -2,7 +2,7 @@
 
 A denoiser that shifts HU changes diagnoses (enhancement, fat, fluid), so the shipped pipeline
 high-passes whatever the network changes (``inference``: ``input + r - G(r)``; G's scale is
-``restore_mean_sigma_mm`` in the weights' params.toml). The rule (pipelines/denoise/training/LOG.md,
+``restore_mean_sigma_mm`` in the weights' params.toml). The rule (training/denoise/LOG.md,
 "Acceptance rules for the quality and bias targets" and
 "Bias against a known truth, and the mean-restore scale") is checked on a uniform water cylinder
 simulated at 80, 100, 120 and 140 kVp and on the held-out real anatomy at every kernel at
@@ -14,7 +14,7 @@ Nor can draws that share a real full-dose image's own noise, which a good denois
 real anatomy is measured against a known truth (``evaluate.known_truth_deviation``): the full-dose
 slices smoothed by 1 mm, and draws simulated from it. The rule's reference is the input's expected
 image: that truth plus the simulation's own systematic error, which is not zero where few photons
-arrive (pipelines/denoise/training/LOG.md, "The input's own systematic error as the reference").
+arrive (training/denoise/LOG.md, "The input's own systematic error as the reference").
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 from scipy import ndimage
 
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser, Preprocessing
-from pipelines.denoise.training import evaluate
-from pipelines.denoise.training.data import HELD_OUT_BY_KERNEL, load_scan
-from pipelines.denoise.training.noise import ELECTRONIC_NOISE_COUNTS, SliceScan
+from training.denoise import evaluate
+from training.denoise.data import HELD_OUT_BY_KERNEL, load_scan
+from training.denoise.noise import ELECTRONIC_NOISE_COUNTS, SliceScan
 
 pytestmark = [pytest.mark.slow]
 
@@ -58,7 +58,7 @@ def test_held_out_real_anatomy_keeps_its_local_mean_at_quarter_dose_against_a_kn
     # measured 2026-11-24 on these 2 slices, 32 draws, against the input: B40f 0.97, B70f 1.32, STANDARD
     # 1.18 HU max (against the truth 0.97, 1.30, 1.27; noise floor 0.16, 0.30, 0.68; 10-12 s each); B70f
     # by the sharp weights of 2026-11-26: 0.95 HU (truth 0.94, floor 0.34). On the evaluation's 28-30
-    # slices under today's simulation: 0.92, 1.42 and 2.40 HU (pipelines/denoise/training/LOG.md,
+    # slices under today's simulation: 0.92, 1.42 and 2.40 HU (training/denoise/LOG.md,
     # "Per-family weights: outcome")
     assert deviation["max_hu"] <= MAX_BIAS_HU, deviation
 

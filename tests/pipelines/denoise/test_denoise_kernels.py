@@ -18,10 +18,10 @@ import torch
 from pipelines.denoise.inference import Denoiser, Preprocessing
 from pipelines.denoise.kernels import median_noise_frequency, named_family, series_family
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.training import nps
-from pipelines.denoise.training.data import load_scan
-from pipelines.denoise.training.train import write_weights
 from pipelines.model_folder import ModelFolderError
+from training.denoise import nps
+from training.denoise.data import load_scan
+from training.denoise.train import write_weights
 
 
 @pytest.mark.parametrize(("kernel", "family"), [

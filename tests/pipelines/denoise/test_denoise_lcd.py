@@ -1,7 +1,7 @@
 """Low-contrast detectability (LCD) is kept: the shipped denoiser against its own input, read by
-the LG-CHO (``training/lcd.py``, checked reader by reader against the FDA LCD-CT toolbox in
+the LG-CHO (``training/denoise/lcd.py``, checked reader by reader against the FDA LCD-CT toolbox in
 ``test_lcd_observer.py`` and ``bench/lcd_observer.py``) on a simulated MITA CCT189 phantom
-(``training/lcd_phantom.py``: the toolbox's small data set's geometry and 100 % noise level).
+(``training/denoise/lcd_phantom.py``: the toolbox's small data set's geometry and 100 % noise level).
 
 The realisations are drawn for these tests alone (seeds no training or bench uses), so they are
 held out from everything the model or the phantom's calibration saw. The numbers beside each
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
-from pipelines.denoise.training.lcd import LcdResult, measure_lcd
-from pipelines.denoise.training.lcd_phantom import (
+from training.denoise.lcd import LcdResult, measure_lcd
+from training.denoise.lcd_phantom import (
     INSERT_DIAMETER_MM,
     PIXEL_MM,
     central_water_sd,
@@ -26,7 +26,7 @@ from pipelines.denoise.training.lcd_phantom import (
 
 #: Images per class: 50 train and 50 test per reader, enough to read an AUC to about 0.02.
 N_PER_CLASS = 100
-#: The model's AUC may fall below the input's by at most this (the rule in training/LOG.md,
+#: The model's AUC may fall below the input's by at most this (the rule in training/denoise/LOG.md,
 #: "Kernel families, measured noise magnitude and family conditioning").
 MARGIN = 0.02
 FAMILY = "sharp"

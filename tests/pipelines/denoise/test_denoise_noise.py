@@ -18,8 +18,9 @@ from skimage.transform import radon, resize
 
 from pipelines.denoise.inference import Denoiser, Preprocessing
 from pipelines.denoise.model import Architecture, ResidualDenoiser
-from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_SHARP, load_scan
-from pipelines.denoise.training.noise import (
+from pipelines.model_folder import ModelFolderError
+from training.denoise.data import HELD_OUT, HELD_OUT_SHARP, load_scan
+from training.denoise.noise import (
     MIN_COUNTS,
     N_VIEWS,
     PARALLEL,
@@ -35,9 +36,8 @@ from pipelines.denoise.training.noise import (
     thickness_dose_factor,
     water_attenuation_per_mm,
 )
-from pipelines.denoise.training.real_noise import sector_anisotropy
-from pipelines.denoise.training.train import starting_network, write_weights
-from pipelines.model_folder import ModelFolderError
+from training.denoise.real_noise import sector_anisotropy
+from training.denoise.train import starting_network, write_weights
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +295,8 @@ def test_mean_preservation_is_a_gaussian_high_pass_of_the_change_and_removes_an_
 
 def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tmp_path):
     """The compact file a GPU machine trains from holds the same HU and metadata as the DICOM scans."""
-    from pipelines.denoise.training import pack
-    from pipelines.denoise.training.data import Scan, thin_slices
+    from training.denoise import pack
+    from training.denoise.data import Scan, thin_slices
 
     rng = np.random.default_rng(3)
     hu = rng.integers(-1024, 3000, (12, 32, 40)).astype(np.float32)
@@ -304,13 +304,13 @@ def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tm
     thinned = thin_slices(scan, 5.0)
     assert len(thinned.hu) == 3  # every 4th slice of 1.25 mm: 5 mm apart
     assert len(thin_slices(scan.subset(slice(0, 5)), 5.0).hu) == 5  # a few-slice scan stays whole
-    pack.save(tmp_path / "p.npz", [thinned], "python -m pipelines.denoise.training.pack")
+    pack.save(tmp_path / "p.npz", [thinned], "python -m training.denoise.pack")
     (back,), header = pack.load(tmp_path / "p.npz")
     np.testing.assert_array_equal(back.hu, thinned.hu)
     np.testing.assert_allclose(back.relative_dose, thinned.relative_dose)
     assert (back.name, back.kernel, back.kvp, back.pixel_spacing_mm, back.slice_thickness_mm) == \
         ("x/ct", "B70f", 100.0, 0.7, 1.25)
-    assert header["command"] == "python -m pipelines.denoise.training.pack"
+    assert header["command"] == "python -m training.denoise.pack"
     with pytest.raises(ValueError, match="not integers"):
         pack.save(tmp_path / "q.npz", [Scan("y", hu + 0.5, 0.7, "B70f")], "")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
@@ -320,8 +320,8 @@ def test_a_training_pack_gives_back_the_scans_exactly_and_refuses_other_files(tm
 
 def test_training_mixes_differ_only_in_how_often_a_dose_also_stands_for_a_thinner_slice():
     """scan-thickness never lowers the dose below its draw; thin-slices always may; half-thin half as often."""
-    from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import DOSE_RANGE, MIN_EFFECTIVE_DOSE, MIXES, effective_dose
+    from training.denoise.data import Scan
+    from training.denoise.train import DOSE_RANGE, MIN_EFFECTIVE_DOSE, MIXES, effective_dose
 
     scan = Scan("x/ct", np.zeros((1, 8, 8), np.float32), 0.7, "B70f", 120.0, None, 3.0)
     doses = {name: np.array([effective_dose(scan, np.random.default_rng(k), mix) for k in range(2000)])
@@ -335,7 +335,7 @@ def test_training_mixes_differ_only_in_how_often_a_dose_also_stands_for_a_thinne
 
 
 def test_the_dose_mix_is_chosen_by_the_worst_validation_patient_after_the_phantom_rule():
-    from pipelines.denoise.training.choose_mix import choose
+    from training.denoise.choose_mix import choose
 
     def score(phantom: float, quarter: tuple[float, float], tenth: tuple[float, float]) -> dict:
         return {"phantom_max_hu": phantom,
@@ -353,7 +353,7 @@ def test_the_dose_mix_is_chosen_by_the_worst_validation_patient_after_the_phanto
 
 
 def test_the_restore_scale_is_the_largest_that_keeps_the_known_truth_bias_within_2_hu_else_the_smallest():
-    from pipelines.denoise.training.choose_mix import choose_restore_scale
+    from training.denoise.choose_mix import choose_restore_scale
 
     assert choose_restore_scale({2.0: 2.6, 1.5: 1.9, 1.0: 1.1}) == 1.5
     assert choose_restore_scale({2.0: 2.0, 1.5: 1.9, 1.0: 1.1}) == 2.0  # the limit itself passes
@@ -362,7 +362,7 @@ def test_the_restore_scale_is_the_largest_that_keeps_the_known_truth_bias_within
 
 
 def test_training_through_the_restore_scale_is_chosen_only_when_it_cuts_the_bias_by_0_3_hu_at_no_more_than_0_3_db():
-    from pipelines.denoise.training.choose_mix import RESTORE_RECIPE, TRAINED_RECIPE, choose_training_scale
+    from training.denoise.choose_mix import RESTORE_RECIPE, TRAINED_RECIPE, choose_training_scale
 
     def score(worst_hu: float, quarter_db: tuple[float, float]) -> dict:
         return {"worst_max_hu": worst_hu, "gains": {"p": {"quarter": quarter_db[0]}, "q": {"quarter": quarter_db[1]}}}
@@ -374,7 +374,7 @@ def test_training_through_the_restore_scale_is_chosen_only_when_it_cuts_the_bias
 
 
 def test_the_input_mean_target_is_adopted_unless_it_misses_2_hu_deviates_0_3_hu_more_or_costs_0_3_db():
-    from pipelines.denoise.training.choose_mix import INPUT_MEAN_RECIPE, RESTORE_RECIPE, choose_input_mean_target
+    from training.denoise.choose_mix import INPUT_MEAN_RECIPE, RESTORE_RECIPE, choose_input_mean_target
 
     def score(worst_input_hu: float, quarter_db: tuple[float, float]) -> dict:
         return {"worst_input_max_hu": worst_input_hu,
@@ -392,8 +392,8 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
     """A starved water disk: each draw's noise has a mean of +0.7 to +11 HU inside, by its dose (the
     concave logarithm), which the input-mean target carries and the bare-slice target does not."""
     from pipelines.denoise.inference import Preprocessing
-    from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
+    from training.denoise.data import Scan
+    from training.denoise.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
 
     scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD")]
 
@@ -420,9 +420,9 @@ def test_training_lesions_are_faint_discs_in_soft_tissue_drawn_into_input_and_ta
     """The lesion recipe's discs (1-3 per patch, 2-30 HU) are centred in soft tissue, never in lung,
     and stand in the input exactly as in the target: the network is asked to keep them."""
     from pipelines.denoise.inference import Preprocessing
-    from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.lesions import CONTRAST_RANGE_HU, lesion_image
-    from pipelines.denoise.training.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
+    from training.denoise.data import Scan
+    from training.denoise.lesions import CONTRAST_RANGE_HU, lesion_image
+    from training.denoise.train import MIXES, RECIPES, draw_groups, patch_batch, simulate
 
     rng = np.random.default_rng(3)
     half = np.full((96, 96), -800.0, np.float32)  # lung on the left, liver on the right
@@ -445,7 +445,7 @@ def test_training_lesions_are_faint_discs_in_soft_tissue_drawn_into_input_and_ta
             lesions = lesion_image(clean, pixel_mm, rng)
             return lesions if keep_lesions else np.zeros_like(lesions)
 
-        monkeypatch.setattr("pipelines.denoise.training.train.lesion_image", drawn)
+        monkeypatch.setattr("training.denoise.train.lesion_image", drawn)
         x, y, _ = patch_batch(scans, realizations, groups, np.random.default_rng(1), prep, lesion_share=1.0)
         return prep.to_hu(x), prep.to_hu(y)
 
@@ -458,8 +458,8 @@ def test_training_lesions_are_faint_discs_in_soft_tissue_drawn_into_input_and_ta
 
 
 def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_draws_split_by_kernel_family():
-    from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import RECIPES, Realization, draw_groups, patch_loss
+    from training.denoise.data import Scan
+    from training.denoise.train import RECIPES, Realization, draw_groups, patch_loss
 
     clean = torch.zeros(2, 1, 4, 4)
     noisy = torch.cat([torch.full((1, 1, 4, 4), 0.1), torch.full((1, 1, 4, 4), 1.0)])
@@ -484,8 +484,8 @@ def test_the_noise_weighted_loss_counts_every_noise_level_alike_and_balanced_dra
 
 
 def test_a_slab_split_scan_trains_on_its_first_slices_and_validates_on_its_last_with_a_gap_between():
-    from pipelines.denoise.training.choose_mix import SLAB_SHARE, Round, split
-    from pipelines.denoise.training.data import Scan
+    from training.denoise.choose_mix import SLAB_SHARE, Round, split
+    from training.denoise.data import Scan
 
     def scan(name: str, n: int) -> Scan:
         return Scan(name, np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32), 0.7, "B70f")
@@ -504,9 +504,9 @@ def test_a_sharp_specialist_trains_on_sharp_noise_even_on_a_medium_kernel_scan()
     slice its realizations are all sharp, with far more of their power at fine grain than the
     scan's own (medium) family draws."""
     from pipelines.denoise.kernels import FAMILIES
-    from pipelines.denoise.training.data import Scan
-    from pipelines.denoise.training.train import MIXES, RECIPES, simulate
     from pipelines.noise_power import radial_frequency
+    from training.denoise.data import Scan
+    from training.denoise.train import MIXES, RECIPES, simulate
 
     scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD")]
 
@@ -577,10 +577,10 @@ def test_the_plain_parallel_beam_draws_what_the_simulation_drew_before_beams_exi
 def test_the_attenuation_slope_reads_quantum_noise_as_one_half_and_a_bowtie_as_flatter():
     """``real_noise``'s attenuation property: the local SD of noise against the mean exp(line
     integral) of the rays through each pixel, on log scales. Flat photons over rays give variance
-    proportional to that mean, a slope of 0.5; real sharp noise reads 0.26-0.27 (training/LOG.md)."""
+    proportional to that mean, a slope of 0.5; real sharp noise reads 0.26-0.27 (training/denoise/LOG.md)."""
     from scipy import ndimage
 
-    from pipelines.denoise.training.real_noise import WINDOW, local_sd, path_index
+    from training.denoise.real_noise import WINDOW, local_sd, path_index
 
     hu = water_disk(100, 256)
     scan = SliceScan.of(hu, 1.5)

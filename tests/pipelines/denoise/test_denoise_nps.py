@@ -1,4 +1,4 @@
-"""The simulated noise's power spectrum against real CT noise, per kernel family (training/nps.py).
+"""The simulated noise's power spectrum against real CT noise, per kernel family (training/denoise/nps.py).
 
 Each family's window was fitted on other scans (``nps.FIT``); these are checked on scans it was not
 fitted on: medium (fitted on GE STANDARD, LIDC-IDRI-0001/0002) on A0002's Siemens B40f, sharp
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.denoise.training import nps
-from pipelines.denoise.training.data import full_dose_photons, load_scan
-from pipelines.denoise.training.noise import SliceScan, kernel_family, reconstruction_filter
 from pipelines.noise_power import detrend, flat_tiles, rois_nps, tiles
+from training.denoise import nps
+from training.denoise.data import full_dose_photons, load_scan
+from training.denoise.noise import SliceScan, kernel_family, reconstruction_filter
 
 SLICES = 6
 
@@ -100,7 +100,7 @@ def test_kernel_names_fall_into_families_and_old_filter_names_are_unchanged() ->
 
 
 def test_a_family_filter_is_defined_in_cycles_per_mm_and_refuses_to_guess_the_pixel() -> None:
-    from pipelines.denoise.training.noise import family_window, fourier_filter
+    from training.denoise.noise import family_window, fourier_filter
 
     with pytest.raises(ValueError, match="pixel_mm"):
         fourier_filter(256, "sharp")

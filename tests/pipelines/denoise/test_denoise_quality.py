@@ -4,7 +4,7 @@ Quality runs on a few slices of each held-out kernel (``data.HELD_OUT_BY_KERNEL`
 and B70f, LIDC-IDRI-0003 GE STANDARD; never trained on) at simulated quarter and tenth dose with a
 fixed seed, against the oracle Gaussian (the sigma best on these very slices) and, on small crops
 because it is slow, BM3D given the true noise spectrum. The full tables are in the model card
-(``python -m pipelines.denoise.training.evaluate``). The output checks run the pipeline exactly as a worker
+(``python -m training.denoise.evaluate``). The output checks run the pipeline exactly as a worker
 does, on copies of the real series as spool files, and hand the result to dciodvfy, Pixelmed and Orthanc.
 """
 
@@ -22,12 +22,12 @@ import torch
 from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.denoise.pipeline import SERIES_DESCRIPTION_PREFIX, CTDenoise
-from pipelines.denoise.training import evaluate
-from pipelines.denoise.training.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
-from pipelines.denoise.training.noise import uniform_noise_std, uniform_region_mask
 from pipelines.precision import native_cpu_bfloat16
 from pipelines.volume import load_series
 from tests.support.peers import conformance, dciodvfy, send
+from training.denoise import evaluate
+from training.denoise.data import HELD_OUT, HELD_OUT_BY_KERNEL, HELD_OUT_SHARP, Scan, load_scan
+from training.denoise.noise import uniform_noise_std, uniform_region_mask
 
 pytestmark = [pytest.mark.slow]
 
@@ -102,7 +102,7 @@ def test_bfloat16_on_a_cpu_that_has_it_changes_psnr_by_at_most_a_twentieth_of_a_
         assert np.array_equal(default, float32), "a CPU without native bfloat16 must run float32"
         return
     change = evaluate.mean_metrics(default, scan.hu)["psnr_db"] - evaluate.mean_metrics(float32, scan.hu)["psnr_db"]
-    # the "bfloat16 on a CPU" rule (pipelines/denoise/training/LOG.md,
+    # the "bfloat16 on a CPU" rule (training/denoise/LOG.md,
     # "Acceptance rules for the quality and bias targets"); measured on the 30 evaluation slices: 0.013 dB
     # at most (bench.denoise_precision)
     assert abs(change) <= 0.05, f"bfloat16 moved PSNR by {change:+.3f} dB"

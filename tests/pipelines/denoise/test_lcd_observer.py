@@ -1,4 +1,4 @@
-"""The LG-CHO low-contrast detectability observer (pipelines/denoise/training/lcd.py) on synthetic images.
+"""The LG-CHO low-contrast detectability observer (training/denoise/lcd.py) on synthetic images.
 
 The observer will judge the denoiser, so it is checked first where the answer is known: noise
 alone must give chance (AUC 0.5), a bigger or stronger insert must be easier, a plain one must be
@@ -16,7 +16,7 @@ import pytest
 from scipy import ndimage
 from scipy.special import ndtr
 
-from pipelines.denoise.training.lcd import (
+from training.denoise.lcd import (
     channel_width,
     find_inserts,
     laguerre_gauss_channels,

@@ -23,9 +23,9 @@ from pipelines.nodule.lesions import in_lung, merge_touching
 from pipelines.nodule.measure import Measurement, measure, measure_mask, source_box, voxel_window
 from pipelines.nodule.parenchyma import MIN_LUNG_CONTACT, parenchyma
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import data, evaluate, patients
 from pipelines.volume import Volume
 from tests.support.mediastinum import mediastinum_mask
+from training.nodule import data, evaluate, patients
 
 C3N = "ct-chest/cptac-luad-C3N-00247"
 LIDC_0003 = "ct-chest/lidc-idri-0003/ct"
@@ -45,7 +45,7 @@ def shipped() -> NoduleDetection:
 
 def fold(patient: str) -> NoduleDetection:
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu",
-                                            model=str(DEFAULT_SCORER_DIR / "folds" / patient)))
+                                            model=str(patients.SCORER_FOLDS / patient)))
 
 
 def _index(volume: Volume, lps) -> tuple[int, int, int]:

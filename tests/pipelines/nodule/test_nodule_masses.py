@@ -6,8 +6,8 @@ posterior chest wall and the aortic arch, was reported as "none detected" (kerne
 safety net (``pipelines.nodule.masses``) reports any solid lesion of 30 mm or more in the lung
 envelope. Here: 50 mm solid masses inserted into cptac-luad-C3N-00247 against the posterior chest
 wall (right lung) and against the mediastinum beside the aortic arch (left lung, posterior medial
-border, ``training.sites``), on its sharp B70f slices as acquired and re-reconstructed soft by the
-measured NPS (``training.reconstruction``).
+border, ``training.nodule.sites``), on its sharp B70f slices as acquired and re-reconstructed soft by the
+measured NPS (``training.nodule.reconstruction``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pipelines.nodule import masses
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.parenchyma import parenchyma
 from pipelines.nodule.pipeline import MIN_SIDE_ML, NoduleDetection
-from pipelines.nodule.training import evaluate, patients, sites, synthesis
-from pipelines.nodule.training.reconstruction import Reconstruction, reconstruct
 from tests.pipelines.nodule.test_nodule_lung_only import phantom
 from tests.support.mediastinum import mediastinum_mask
+from training.nodule import evaluate, patients, sites, synthesis
+from training.nodule.reconstruction import Reconstruction, reconstruct
 
 C3N = "ct-chest/cptac-luad-C3N-00247"
 MASS_MM = 50.0

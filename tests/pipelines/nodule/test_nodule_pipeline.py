@@ -1,6 +1,6 @@
 """nodule-detection with the shipped weights on the held-out real chest CT (lung-pet-ct-dx-A0002).
 
-The scan was never trained on (``pipelines.nodule.training.data``). Detection is checked on synthetic
+The scan was never trained on (``training.nodule.data``). Detection is checked on synthetic
 nodules inserted with a fixed seed (6-30 mm: on 8 mm slices a 4-5 mm nodule is a faint smudge on
 one slice, the model card reports that band separately), on the real annotated tumour, and the
 measurements on an inserted sphere of known size. Thresholds are set a margin below what the
@@ -26,10 +26,10 @@ from pipelines.nodule.measure import measure, source_box
 from pipelines.nodule.network import Architecture
 from pipelines.nodule.pipeline import NoduleDetection, fuse_nested, near_lungs
 from pipelines.nodule.scorer import ScorerNet
-from pipelines.nodule.training import data, evaluate, synthesis, train, train_scorer
 from pipelines.volume import Volume
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.nodule_series import chest_files, rewrite_series, water_phantom
+from training.nodule import data, evaluate, synthesis, train, train_scorer
 
 #: Inserted nodules per trial scan, their size range, and what the pipeline must achieve on them.
 NODULES = 6
@@ -40,7 +40,7 @@ MIN_SENSITIVITY = 0.08
 MAX_FP_PER_SCAN = 1.0
 SEEDS = (11, 12)
 #: Inserted sphere for the measurement check, and the tolerances stated in
-#: pipelines/nodule/training/LOG.md, "Measurements (`measure.py`, tests in `tests/pipelines/nodule/test_nodule_pipeline.py`)": the
+#: training/nodule/LOG.md, "Measurements (`measure.py`, tests in `tests/pipelines/nodule/test_nodule_pipeline.py`)": the
 #: voxel-count volume of a 20 mm sphere on 8 mm slices depends on where the slices cut it.
 SPHERE_MM = 20.0
 DIAMETER_TOLERANCE_MM = 2.5

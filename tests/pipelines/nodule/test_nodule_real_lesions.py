@@ -1,9 +1,9 @@
 """Real lesions: LIDC-IDRI reader XML turned into lesions (lidc-idri-0001..0003), the candidate
 stage on them and on the real A0002 mass, and the pipeline's findings on each real patient by the
-scorer that never saw that patient (leave-one-patient-out folds shipped in ``scorer_weights/folds``).
+scorer that never saw that patient (leave-one-patient-out folds kept in ``training/nodule/scorer_folds``).
 
 What the data README says the scans hold (each a ~3 cm lesion contoured by at least two readers,
-0003 two more of 11-16 mm) must come out of ``pipelines.nodule.training.lidc``, on the right voxels, with
+0003 two more of 11-16 mm) must come out of ``training.nodule.lidc``, on the right voxels, with
 the readers' other marks kept as ignore regions. The candidate stage (``candidates``) must put a
 candidate on every one of those lesions, box 0002's ground-glass nodule with a ground-glass candidate
 and the A0002 mass close to whole, within its budget.
@@ -19,12 +19,11 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.nodule import candidates
-from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.pipeline import NoduleDetection
-from pipelines.nodule.training import data, evaluate, lidc, patients, synthesis, train_scorer
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.nodule_series import chest_files
 from tests.support.peers import dciodvfy
+from training.nodule import data, evaluate, lidc, patients, synthesis, train_scorer
 
 SCANS = ("ct-chest/lidc-idri-0001/ct", "ct-chest/lidc-idri-0002/ct", "ct-chest/lidc-idri-0003/ct")
 #: Consensus lesions per scan, long axes (mm) of the consensus masks as measured: 31.8 | 31.0 |
@@ -44,7 +43,7 @@ ANY_MIN_HU = -750.0
 #: reach this share of it (the target: a mass reported as one box, not in pieces). Measured: 68.0 mm, 0.89.
 MASS_EXTENT_SHARE = 0.6
 #: LIDC-IDRI-0002's 31.0 mm ground-glass nodule (median -725 HU): a ground-glass component boxes it,
-#: its box's longest side at least this share of the long axis (the rule of pipelines/nodule/training/LOG.md,
+#: its box's longest side at least this share of the long axis (the rule of training/nodule/LOG.md,
 #: "Ground-glass candidates"). Measured 28.0 mm, 0.90.
 GROUND_GLASS_EXTENT_SHARE = 0.6
 #: The pipeline's findings on each real patient by the fold's scorers that never saw it (the
@@ -192,7 +191,7 @@ def fold_pipeline(patient: str) -> NoduleDetection:
     """The nodule pipeline with the scorer trained without ``patient``, at that fold's threshold."""
     torch.set_num_threads(CPU_THREADS)
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu",
-                                            model=str(DEFAULT_SCORER_DIR / "folds" / patient)))
+                                            model=str(patients.SCORER_FOLDS / patient)))
 
 
 def reported_on(pipeline: NoduleDetection, series: patients.Series) -> tuple[dict[str, bool], list]:
@@ -330,7 +329,7 @@ def test_each_fold_chooses_the_weighting_that_finds_most_lesions_then_fewest_fal
     chosen, numbers = train_scorer.choose(arrays, rows, {"candidates": misses, "mean": finds, "lesions": finds},
                                           lesions)
     # finds it; "lesions" ties with it and comes later in the tie order of
-    # pipelines/nodule/training/LOG.md, "Weighting chosen on the inner folds"
+    # training/nodule/LOG.md, "Weighting chosen on the inner folds"
     assert chosen == "mean"
     assert numbers["candidates"]["lesion_series_found"] == 0 and numbers["mean"]["lesion_series_found"] == 1
     assert numbers["mean"]["lesion_series"] == 1 and numbers["mean"]["false_positives"] == 2

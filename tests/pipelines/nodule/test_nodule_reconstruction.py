@@ -1,4 +1,4 @@
-"""Another reconstruction of the same acquisition (pipelines/nodule/training/reconstruction.py).
+"""Another reconstruction of the same acquisition (training/nodule/reconstruction.py).
 
 The numbers beside each threshold are what the code measured when the test was written.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.nodule.training import reconstruction
 from pipelines.volume import Volume
+from training.nodule import reconstruction
 
 LIDC = "ct-chest/lidc-idri-0001/ct"
 SHARP = "ct-chest/cptac-luad-C3N-00247"
@@ -45,14 +45,14 @@ def _noise_sd(frequency: np.ndarray, nps: np.ndarray) -> float:
 @pytest.fixture
 def lidc_slab(data_dir: Path) -> Volume:
     """30 slices (2.5 mm, GE STANDARD) from the middle of lidc-idri-0001."""
-    from pipelines.nodule.training import data
+    from training.nodule import data
 
     volume = data.load(data_dir, LIDC)
     return _volume(volume.array[50:80], volume.spacing[0], volume.spacing[2])
 
 
 def test_the_sharp_table_is_what_the_measurement_gives_on_c3n_00247(data_dir: Path) -> None:
-    from pipelines.nodule.training import data
+    from training.nodule import data
 
     volume = data.load(data_dir, SHARP)
     frequency, nps, _ = reconstruction.measure_nps(volume.array, volume.spacing[0])

@@ -18,10 +18,10 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from pipelines.base import JobInput
-from pipelines.nodule.training import data, lidc
 from tests.pipelines.nodule.test_nodule_real_lesions import fold_pipeline
 from tests.pipelines.test_finding_location import LIDC_SIDES
 from tests.support.peers import dciodvfy, dcmtk_bin, dcmtk_env
+from training.nodule import data, lidc
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.peers]
 

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.training.data import BRATS2015_CASES, CLINICAL_BRAIN_MASK, load_brats2015, load_clinical
+from training.tumor.data import BRATS2015_CASES, CLINICAL_BRAIN_MASK, load_brats2015, load_clinical
 
 #: Dice against HD-BET required on the clinical T1c (measured 0.9525, bench/brain_extraction.py).
 MIN_CLINICAL_DICE = 0.95

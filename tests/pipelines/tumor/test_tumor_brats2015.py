@@ -7,7 +7,7 @@ the contrasts, thresholds, post-processing, the 1 mL rule), T1c alone and T1c + 
 labels 1 and 3 count as core, 2 edema, 4 enhancing.
 
 T1c + FLAIR is served by ``weights/brats2015/``, fine-tuned on the four other BraTS-2015 patients
-(pipelines/tumor/training/LOG.md, "Clinical slices, trained on a CPU: rules fixed before training");
+(training/tumor/LOG.md, "Clinical slices, trained on a CPU: rules fixed before training");
 its floors are the ones that rule fixed before training. T1c alone keeps the earlier weights (the
 new model failed the clinical condition for it), and its floors are regression guards below what those weights measured
 (``bench/tumor_brats2015.py``), far from the targets (held-out whole tumor Dice >= 0.8).
@@ -24,9 +24,9 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import region_dice
-from pipelines.tumor.training.data import load_brats2015
-from pipelines.tumor.training.prepare import brats_labels
 from tests.support.cpu_share import CPU_THREADS
+from training.tumor.data import load_brats2015
+from training.tumor.prepare import brats_labels
 
 pytestmark = [pytest.mark.slow]
 

@@ -18,11 +18,11 @@ from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.orientation import canonical, to_source
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.training.data import CLINICAL_BRAIN_MASK, load_clinical
 from pipelines.volume import load_series
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.mr_dicom import Study, seg_labels, write_series
 from tests.support.peers import dciodvfy
+from training.tumor.data import CLINICAL_BRAIN_MASK, load_clinical
 
 pytestmark = [pytest.mark.slow]
 

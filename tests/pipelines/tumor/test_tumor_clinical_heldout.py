@@ -29,12 +29,12 @@ from pipelines.tumor.inference import DEFAULT_MODEL_DIR
 from pipelines.tumor.model_set import ModelSet
 from pipelines.tumor.pipeline import segment
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.training.clinical_t1c import HELDOUT_CASES, heldout_scans, load_scan
 from pipelines.volume import load_series
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.mr_dicom import TUMOR_ROUTE, heldout_case, resliced, seg_labels, tc_dice
 from tests.support.peers import dciodvfy, storescu
+from training.tumor.clinical_t1c import HELDOUT_CASES, heldout_scans, load_scan
 
 pytestmark = [pytest.mark.slow]
 

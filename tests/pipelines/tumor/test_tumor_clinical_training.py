@@ -1,6 +1,6 @@
 """Training on clinical tumor-core masks: what a core-only mask teaches, and the geometry it is put on.
 
-The clinical T1c scans (``pipelines.tumor.training.clinical_t1c``) carry a mask of the tumor core
+The clinical T1c scans (``training.tumor.clinical_t1c``) carry a mask of the tumor core
 only and headers whose spacing is not the real one. The loss must learn nothing about edema or
 enhancement where such a mask is silent; folds must keep a patient's scans together; and the
 recovered geometry must make the held-out scans adult heads with adult brains.
@@ -16,9 +16,9 @@ import SimpleITK as sitk
 import torch
 
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.training import fit
-from pipelines.tumor.training.clinical_eval import at_floor, score
-from pipelines.tumor.training.clinical_t1c import (
+from training.tumor import fit
+from training.tumor.clinical_eval import at_floor, score
+from training.tumor.clinical_t1c import (
     HEAD_BREADTH_MM,
     SLICE_SPACING_MM,
     ClinicalScan,
@@ -27,9 +27,9 @@ from pipelines.tumor.training.clinical_t1c import (
     heldout_scans,
     load_scan,
 )
-from pipelines.tumor.training.healthy import mirrored_healthy
-from pipelines.tumor.training.loss import loss_fn
-from pipelines.tumor.training.prepare import CLINICAL_MARGIN_MM
+from training.tumor.healthy import mirrored_healthy
+from training.tumor.loss import loss_fn
+from training.tumor.prepare import CLINICAL_MARGIN_MM
 
 TC, WT, ET = 0, 1, 2
 

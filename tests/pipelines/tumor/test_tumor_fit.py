@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.tumor.training import fit
+from training.tumor import fit
 
 pytestmark = [pytest.mark.slow]
 

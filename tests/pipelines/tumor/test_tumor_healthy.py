@@ -1,7 +1,7 @@
 """A healthy brain reads "no tumor": whole brains built from the tumor-free hemisphere of BraTS-2015 cases.
 
 How the false-positive volume is measured: the tumor-free hemisphere of a case (no tumor label
-within 5 mm of it; pat0005 and pat0001 qualify) joined to its mirror image (``pipelines.tumor.training.healthy``),
+within 5 mm of it; pat0005 and pat0001 qualify) joined to its mirror image (``training.tumor.healthy``),
 T1c + FLAIR written as DICOM and run through the pipeline; every voxel it labels is a false
 positive, and the pipeline reports only connected tumors of 1 mL or more (``min_tumor_ml``).
 T1c + FLAIR is served by ``weights/brats2015/``, which labels no voxel of the held-out pat0001
@@ -20,11 +20,11 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.training.data import load_brats2015
-from pipelines.tumor.training.healthy import mirrored_healthy
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.mr_dicom import Study, write_series
 from tests.support.peers import dciodvfy
+from training.tumor.data import load_brats2015
+from training.tumor.healthy import mirrored_healthy
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 
 Held-out subject: TCGA-FG-6692 (preprocessed, 1 mm), never used in training (training used
 BraTS-GLI-00001 only). Thresholds are set below the figures in pipelines/tumor/MODEL_CARD.md,
-which come from more insertions (``python -m pipelines.tumor.training.evaluate``).
+which come from more insertions (``python -m training.tumor.evaluate``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pipelines.model_folder import ModelFolderError, read_params
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.model_set import ModelSet
-from pipelines.tumor.training import evaluate
-from pipelines.tumor.training.data import TCGA, load_images, load_labels
-from pipelines.tumor.training.train import write_params
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.tumor_models import constant_model
+from training.tumor import evaluate
+from training.tumor.data import TCGA, load_images, load_labels
+from training.tumor.train import write_params
 
 #: Minimum mean Dice per region on synthetic tumors inserted into the held-out brain, with the
 #: model the pipeline picks for each subset (all four, FLAIR + T2, FLAIR alone: weights/ itself).

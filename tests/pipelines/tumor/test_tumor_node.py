@@ -12,10 +12,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.tumor.training.data import TCGA, load_images
 from tests.support.harness import NodeProcess, node_config, wait_until
 from tests.support.mr_dicom import TUMOR_ROUTE, Study, write_clinical_study
 from tests.support.peers import dciodvfy, send, storescu
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.slow]
 

@@ -18,10 +18,10 @@ from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.orientation import canonical
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import dice
-from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.volume import load_series
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.mr_dicom import CLINICAL, Study, moved, resliced, seg_labels, write_series
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.slow]
 

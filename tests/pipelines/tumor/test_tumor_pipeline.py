@@ -18,11 +18,11 @@ from pipelines.base import JobInput, NotApplicable, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.tumor.preprocess import drop_tumors_without_core, fill_enclosed_core
 from pipelines.tumor.quality import LOW_CONFIDENCE_BELOW
-from pipelines.tumor.training.data import TCGA, load_images
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.mr_dicom import write_clinical_study
 from tests.support.peers import conformance, dciodvfy
 from tests.support.tumor_models import constant_model
+from training.tumor.data import TCGA, load_images
 
 #: Whole-tumor volume of the fusion pseudo-reference of TCGA-FG-6692 (labels 1+2+4), in mL.
 FUSION_WT_ML = 30.2
@@ -210,9 +210,9 @@ def test_what_the_core_encloses_becomes_necrosis():
 
 @pytest.mark.slow
 def test_the_pipeline_never_imports_the_training_code():
-    """Training, evaluation and synthesis live in ``pipelines.tumor.training``; serving needs none of it."""
+    """Training, evaluation and synthesis live in ``training.tumor``; serving needs none of it."""
     code = ("import sys, pipelines.tumor.pipeline; "
-            "print(sorted(m for m in sys.modules if m.startswith('pipelines.tumor.training')))")
+            "print(sorted(m for m in sys.modules if m.startswith('training.tumor')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
     assert result.stdout.strip() == "[]", result.stdout

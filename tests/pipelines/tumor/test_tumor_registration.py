@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.tumor.registration import MIN_OVERLAP, RegistrationError, align, head_mask, overlap
-from pipelines.tumor.training.data import TCGA, load_images
 from pipelines.volume import load_series
 from tests.support.mr_dicom import Study, moved, resliced, write_series
+from training.tumor.data import TCGA, load_images
 
 pytestmark = [pytest.mark.slow]
 

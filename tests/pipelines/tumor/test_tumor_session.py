@@ -20,13 +20,13 @@ import torch
 
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from pipelines.tumor.training.data import load_clinical
 from pipelines.volume import load_series
 from tests.pipelines.tumor.test_tumor_clinical import sr_texts
 from tests.support.cpu_share import CPU_THREADS
 from tests.support.harness import REPO, NodeProcess, node_config, wait_until
 from tests.support.mr_dicom import Study, moved, write_series
 from tests.support.peers import dciodvfy, send
+from training.tumor.data import load_clinical
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipelines.tumor.training.fit import thick_slices
-from pipelines.tumor.training.normal_structures import MARGIN_MM, find_anatomy, paint_normal_structures
+from training.tumor.fit import thick_slices
+from training.tumor.normal_structures import MARGIN_MM, find_anatomy, paint_normal_structures
 
 SPACING = (2.0, 2.0, 2.0)
 #: Median brain intensity of each phantom contrast (arbitrary scanner units).

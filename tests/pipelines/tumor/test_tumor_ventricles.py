@@ -10,8 +10,8 @@ from scipy import ndimage
 
 from pipelines.tumor.brain_extraction import extract_brain
 from pipelines.tumor.orientation import canonical
-from pipelines.tumor.training.data import load_clinical
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
+from training.tumor.data import load_clinical
 
 SPACING = (2.0, 2.0, 2.0)
 
