@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,7 +36,7 @@ from node.tls import ClientTls, ServerTls, client_context, server_context
 from pipelines.validation import not_valid, problem_line
 
 if TYPE_CHECKING:
-    from pipelines.base import InputSpec
+    from pipelines.base import InputSpec, PipelineOptions
 
 
 class ConfigError(Exception):
@@ -519,6 +520,14 @@ class PipelineConfig(_Strict):
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     num_cpus: Annotated[float, Field(ge=0)] = 1.0
     memory_mb: Annotated[int, Field(ge=0)] = 0
+    #: ``options`` as the pipeline's own options model, once the config check validated them
+    _validated: PipelineOptions | None = PrivateAttr(default=None)
+
+    @property
+    def validated_options(self) -> PipelineOptions | None:
+        """The options object the pipeline receives; None where they were not checked here (a
+        site pipeline in a worker, ``check_site_pipelines=False``): the pipeline validates them."""
+        return self._validated
 
 
 class Config(_Strict):
@@ -711,7 +720,8 @@ def _check_contracts(config: Config, source: str, check_site_pipelines: bool) ->
             inputs[name] = found.inputs
             continue
         try:
-            inputs[name] = found.inputs_for(found.options.model_validate(table.options))
+            table._validated = found.options.model_validate(table.options)
+            inputs[name] = found.inputs_for(table._validated)
         except ValidationError as error:
             lines += _error_lines(error, f"pipelines.{name}.options")
     for i, route in enumerate(config.routes):

@@ -59,7 +59,9 @@ class PipelineSettings:
     model: Path | None = None
     device: str = "auto"
     uid_root: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    #: the pipeline's validated options object (the node's config check made it), or a plain
+    #: table (tests, benches, a site's own script) that the pipeline validates when it loads
+    options: PipelineOptions | Mapping[str, Any] = field(default_factory=dict)
     #: how outputs name their creator (DeviceSerialNumber): the node's host name, also when a
     #: pipeline runs on a cluster machine (``node.run.ray_actor``); None: this machine's name.
     station_name: str | None = None
@@ -87,15 +89,11 @@ Text = Annotated[str, BeforeValidator(_as_text)]
 
 
 class JobSummary(BaseModel):
-    """What a pipeline reports about one job besides its files: kept on the job in the index,
-    shown by ``radnode jobs --id N`` and the web page under the key names written here.
+    """What a pipeline reports about one job besides its files, kept on the job in the index.
 
-    The fields here are the ones the node reads (which model ran, where the time went, which
-    cluster machine ran it); each pipeline subclasses this with its own typed findings
-    (``NoduleSummary``) and refuses keys it does not declare. The index keeps the JSON of
-    ``to_stored()``; ``from_stored`` reads any row back, one an older version wrote included,
-    as this class, with the pipeline's own keys untyped in ``details``.
-    """
+    The fields are those the node reads; each pipeline subclasses it with its typed findings
+    (``NoduleSummary``), which reach the node as that class, through Ray too. ``from_stored``
+    reads any stored row or site pipeline's plain dict back as this class (``details``)."""
 
     #: extra keys: a site pipeline's plain dict, or a stored row read back (``details``);
     #: no protected names: ``model_version`` is a summary key, not a pydantic method
@@ -197,12 +195,21 @@ class Pipeline(ABC):
     #: The inputs this pipeline declares; routes map their series selectors onto these roles.
     inputs: ClassVar[tuple[InputSpec, ...]] = (InputSpec(SERIES_ROLE),)
     #: The options this pipeline reads; the config check validates ``[pipelines.<name>] options``
-    #: against it, and ``self.options`` is the validated instance.
+    #: against it once, and ``self.options`` is that instance.
     Options: ClassVar[type[PipelineOptions]] = PipelineOptions
 
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
-        self.options = self.Options.model_validate(dict(settings.options))
+        self.options = self._options(settings.options)
+
+    def _options(self, given: PipelineOptions | Mapping[str, Any]) -> PipelineOptions:
+        """The validated object as given; a plain table validated here, once."""
+        if not isinstance(given, PipelineOptions):
+            return self.Options.model_validate(dict(given))
+        if not isinstance(given, self.Options):
+            raise TypeError(f"pipeline {self.settings.name!r} reads {self.Options.__qualname__} options, "
+                            f"not {type(given).__qualname__}")
+        return given
 
     def input_specs(self) -> tuple[InputSpec, ...]:
         """The inputs this loaded pipeline takes: ``inputs``, unless its options decide them (an

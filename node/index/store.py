@@ -1,25 +1,17 @@
 """The index: every piece of state that must survive a crash, in one SQLite file (WAL mode,
-``node.index.db``), split by concern, each a small class over the same connection:
+``node.index.db``), split by concern into small classes over one connection: ``SeriesIndex``
+(here: instances, series, studies, completion, routing), ``JobIndex``, ``ResultIndex``,
+``RetentionIndex``, ``Bookkeeping``, ``NotificationIndex`` and ``BackfillIndex``.
 
-- ``SeriesIndex`` (here): instances as they arrive, their series and studies, completion and
-  routing;
-- ``JobIndex`` (``node.index.jobs``): jobs and their attempts;
-- ``ResultIndex`` (``node.index.results``): result files, what they replace, deliveries;
-- ``RetentionIndex`` (``node.index.retention``): what no stage reads again, and forgetting it;
-- ``Bookkeeping`` (``node.index.bookkeeping``): notes, set-aside problems, the node's own values
-  and the counts monitoring shows;
-- ``NotificationIndex`` (``node.index.notifications``): the events people are told of, and
-  their sending to each notification target.
-- ``BackfillIndex`` (``node.index.backfills``): backfills from the PACS and their studies.
-
-``Index`` is all of them on one connection, for a process that plays several parts. A method
-named for a thing reads (``series_to_route()``, ``due_deliveries()``); one named for an action
-changes state (``route_series()``, ``mark_delivery_sent()``), and every change of a series, job
-or delivery state goes through ``node.index.states.apply``.
+``Index`` is all of them on one connection. A method named for a thing reads
+(``series_to_route()``); one named for an action changes state (``route_series()``), and every
+change of a series, job or delivery state goes through ``node.index.states.apply``. Rows that
+leave the index are typed records (``InstanceRow``, ``SeriesRow``, ``Job``), read by attribute.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +29,7 @@ from node.index.retention import RetentionIndex
 from node.index.states import SeriesState
 
 __all__ = ["INDEX_MODE", "Bookkeeping", "Delivery", "Index", "InstanceRecord", "Job", "JobIndex", "JobSpec",
-           "Lineage", "Problem", "ResultFile", "ResultIndex", "ResultObject", "RetentionIndex", "RouteNote",
+           "InstanceRow", "Lineage", "Problem", "ResultFile", "ResultIndex", "ResultObject", "RetentionIndex", "RouteNote",
            "SeriesIndex", "SeriesRow"]
 
 
@@ -65,6 +57,22 @@ class InstanceRecord:
             path=path,
             size=size,
         )
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """An indexed instance as the index holds it: where its file lies and when it came."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    received_at: float
+    #: the association (or STOW-RS request) that brought it; None for one a reconcile re-indexed
+    association: str | None
 
 
 @dataclass(frozen=True)
@@ -120,14 +128,10 @@ class SeriesIndex(Database):
             return cur.rowcount
 
     def record_instance(self, rec: InstanceRecord, assoc_id: str | None) -> Path | None:
-        """Index a stored instance. A SOP Instance UID sent again replaces the earlier copy and
-        counts once; when that copy lay at another path (the UID came again under another study
-        or series), its path is returned: it is no longer indexed, and the caller removes the
-        file, so that neither the spool nor a reconcile after a reboot keeps two copies.
-
-        A late instance of a series that was already complete re-opens it with a new
-        generation, so the route can decide whether to run again.
-        """
+        """Index a stored instance; a SOP Instance UID sent again replaces the earlier copy and
+        counts once. Returns the earlier copy's path when it lay elsewhere (another study or
+        series): the caller removes that file, so no reconcile keeps two copies. A late instance
+        of a complete series re-opens it with a new generation, for its route to decide again."""
         now = time.time()
         with self._tx() as db:
             old = db.execute(
@@ -158,27 +162,7 @@ class SeriesIndex(Database):
                 (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
                  str(rec.path), rec.size, now, assoc_id),
             )
-            if old is None:
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
-                    (rec.series_uid,),
-                )
-            elif old["series_uid"] != rec.series_uid:
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
-                    (rec.series_uid,),
-                )
-                db.execute(
-                    "UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
-                    (old["series_uid"],),
-                )
-            if old is not None and old["path"] != str(rec.path):
-                # the series it left reads its header from one of the files it still has
-                db.execute(
-                    "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"
-                    " WHERE series_uid = ? LIMIT 1), sample_path) WHERE series_uid = ? AND sample_path = ?",
-                    (old["series_uid"], old["series_uid"], old["path"]),
-                )
+            _count_moved(db, old, rec)
             if assoc_id is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
@@ -276,9 +260,9 @@ class SeriesIndex(Database):
                                 " ORDER BY last_received DESC", (since,))
         return [(r["study_uid"], r["last_received"]) for r in rows.fetchall()]
 
-    def instance(self, sop_uid: str) -> dict[str, Any] | None:
+    def instance(self, sop_uid: str) -> InstanceRow | None:
         row = self._db.execute("SELECT * FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-        return dict(row) if row else None
+        return None if row is None else InstanceRow(**{**dict(row), "path": Path(row["path"])})
 
     def count_instances(self) -> int:
         """The instances indexed, as their series count them (``record_instance`` keeps each
@@ -322,6 +306,24 @@ class SeriesIndex(Database):
         row = self._db.execute("SELECT forced_at FROM forced_studies WHERE study_uid = ?",
                                (study_uid,)).fetchone()
         return None if row is None else float(row["forced_at"])
+
+
+def _count_moved(db: sqlite3.Connection, old: sqlite3.Row | None, rec: InstanceRecord) -> None:
+    """Series counts after ``record_instance``: a new instance counts once in its series; one
+    sent again under another series moves its count, and a moved file's old series takes its
+    header from a file it still has."""
+    if old is None or old["series_uid"] != rec.series_uid:
+        db.execute("UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
+                   (rec.series_uid,))
+    if old is not None and old["series_uid"] != rec.series_uid:
+        db.execute("UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
+                   (old["series_uid"],))
+    if old is not None and old["path"] != str(rec.path):
+        db.execute(
+            "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"
+            " WHERE series_uid = ? LIMIT 1), sample_path) WHERE series_uid = ? AND sample_path = ?",
+            (old["series_uid"], old["series_uid"], old["path"]),
+        )
 
 
 class Index(SeriesIndex, JobIndex, ResultIndex, RetentionIndex, Bookkeeping, NotificationIndex, BackfillIndex):

@@ -12,7 +12,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from node import logs
 from node.complete.studies import StudyWatch, wait_counts
 from node.config import Config, Destination, DicomwebDestination
+from node.health import Check
 from node.index.results import DestinationCheck
 from node.index.states import MACHINES, DeliveryState
 from node.index.store import Index
@@ -31,8 +31,8 @@ from node.receive.stow import ASSOCIATION_PREFIX
 
 #: role -> (processes alive, processes configured), from the supervisor.
 ChildCounts = Callable[[], dict[str, tuple[int, int]]]
-#: name -> (ok, detail): the executor's own checks (a cluster it must reach), from the supervisor.
-ExecutorChecks = Callable[[], dict[str, tuple[bool, str]]]
+#: name -> check: the executor's own checks (a cluster it must reach), from the supervisor.
+ExecutorChecks = Callable[[], dict[str, Check]]
 
 _STATES = {machine.table: tuple(machine.states) for machine in MACHINES}
 #: /health names a destination's check "destination NAME".
@@ -42,12 +42,6 @@ NOTIFY_CHECK = "notify "
 #: The STOW-RS receiver's process role (node.operate.service) and its check's name.
 STOW_ROLE, STOW_CHECK = "stow-receiver", "dicomweb"
 _HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class Check:
-    ok: bool
-    detail: str
 
 
 class NodeCollector:
@@ -107,8 +101,7 @@ def health_checks(config: Config, index: Index, children: ChildCounts,
     checks: dict[str, Check] = {}
     for role, (running, expected) in children().items():
         checks[f"{role}s"] = Check(running == expected, f"{running} of {expected} running")
-    for name, (ok, detail) in executor_checks().items():
-        checks[name] = Check(ok, detail)
+    checks.update(executor_checks())
     try:
         counts = index.state_counts()
         checks["index"] = Check(True, str(config.node.index_path))

@@ -71,8 +71,8 @@ def _reindex(spool: Spool, index: Index, record: InstanceRecord) -> bool:
     of the move and the removal of one copy. The copy written last is the instance as it was
     last sent; the other is removed, so a reboot never moves an instance back where it was."""
     current = index.instance(record.sop_uid)
-    if current is not None and current["path"] != str(record.path):
-        indexed = Path(current["path"])
+    if current is not None and current.path != record.path:
+        indexed = current.path
         if indexed.exists() and indexed.stat().st_mtime_ns >= record.path.stat().st_mtime_ns:
             spool.remove_replaced(record.path)
             logs.info("reconcile.earlier_copy_removed", sop_class=record.sop_class)

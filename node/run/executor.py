@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 
 from node import logs
 from node.config import Config
+from node.health import Check, Processes
 from node.index.states import JobState
 from node.index.store import Index, Job
 from node.run.child import STALL_SECONDS, ChildLink
@@ -80,11 +81,11 @@ class Executor(ABC):
         hands their jobs back to the queue."""
 
     @abstractmethod
-    def health(self) -> dict[str, tuple[int, int]]:
-        """role -> (alive, expected), for /health and /metrics."""
+    def health(self) -> dict[str, Processes]:
+        """role -> processes alive and expected, for /health and /metrics."""
 
-    def checks(self) -> dict[str, tuple[bool, str]]:
-        """Further /health checks, name -> (ok, detail): what jobs need beyond processes."""
+    def checks(self) -> dict[str, Check]:
+        """Further /health checks by name: what jobs need beyond processes."""
         return {}
 
 
@@ -215,9 +216,9 @@ class ProcessExecutor(Executor):
                 child.process.kill()
                 child.process.join()
 
-    def health(self) -> dict[str, tuple[int, int]]:
+    def health(self) -> dict[str, Processes]:
         """A child counts while it is alive and its loop or its attempt's heartbeat is recent:
         a wedged one is not reported running (the supervisor replaces it)."""
         before = time.time() - STALL_SECONDS
         alive = sum(1 for c in self._children if c.process.is_alive() and not c.wedged(before))
-        return {self.role: (alive, len(self._children))}
+        return {self.role: Processes(alive, len(self._children))}

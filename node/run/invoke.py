@@ -10,12 +10,13 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
 from node import logs
-from node.config import Config
-from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineSettings
+from node.config import Config, PipelineConfig
+from pipelines.base import JobInput, JobResult, NotApplicable, Pipeline, PipelineOptions, PipelineSettings
 from pipelines.priors import Priors
 from pipelines.registry import load_class, resolve_entry
 
@@ -29,9 +30,16 @@ def pipeline_settings(config: Config, name: str, station_name: str | None = None
         model=table.model if table else None,
         device=table.device if table else "auto",
         uid_root=config.node.uid_root,
-        options=dict(table.options) if table else {},
+        options=_options(table),
         station_name=station_name,
     )
+
+
+def _options(table: PipelineConfig | None) -> PipelineOptions | dict[str, Any]:
+    """The options object the config check validated; the raw table where it did not check them."""
+    if table is None:
+        return {}
+    return table.validated_options if table.validated_options is not None else dict(table.options)
 
 
 def load_pipeline(entry: str, settings: PipelineSettings) -> Pipeline:

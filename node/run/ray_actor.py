@@ -31,8 +31,8 @@ Shipped = list[tuple[str, bytes]]
 class ActorOutcome:
     """What one run on the cluster sends back to the node's driver (pickled by Ray).
 
-    The summary travels as the common ``JobSummary``, not the pipeline's own subclass: the
-    driver unpickles it, and must not import a pipeline's module (and torch) to do so.
+    The summary travels as the pipeline's own typed subclass; a shipped pipeline declares it
+    in its torch-free ``contract`` module, so the driver unpickles it without loading a model.
     """
 
     applicable: bool
@@ -45,10 +45,7 @@ class ActorOutcome:
     objects: list[WrittenObject]
     #: host:pid of the actor's process
     ran_on: str
-    #: the actor's clock when the task began, for ``bench/ray_throughput.py``'s split of the time
-    received_at: float
-    #: seconds spent writing the shipped series to the scratch folder, and in the whole task
-    unpack_seconds: float
+    #: seconds of the whole task on the actor (the driver's ``job.end`` log line)
     seconds: float
 
 
@@ -63,18 +60,16 @@ class PipelineActor:
 
     def run(self, series: dict[str, Shipped], job_id: str, priors: Priors | None = None) -> ActorOutcome:
         """Run the pipeline on the shipped series; the result files come back as bytes."""
-        received_at, started = time.time(), time.monotonic()
+        started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix=f"radnode-job{job_id}-"))
         try:
             inputs = {role: _unpack(files, scratch / "in" / role) for role, files in series.items()}
-            unpacked = time.monotonic()
             protect_patient_values(inputs)
             result = run_pipeline(self.pipeline, inputs, scratch / "out", job_id, priors)
             files = [(path.name, path.read_bytes()) for path in result.outputs]
             return ActorOutcome(applicable=result.applicable, reason=result.reason,
-                                summary=JobSummary.from_stored(result.summary.to_stored()),
+                                summary=result.summary,
                                 files=files, objects=result.objects, ran_on=self.ready(),
-                                received_at=received_at, unpack_seconds=round(unpacked - started, 3),
                                 seconds=round(time.monotonic() - started, 3))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -1,34 +1,10 @@
 """The ``ray`` executor: job attempts run in actors on a Ray cluster; the node keeps the truth.
 
-Each of the node's ``[workers] count`` Ray driver processes (children of the node, like local
-workers) owns one actor per pipeline on the cluster; the actor loads its pipeline once (on a GPU
-when ``num_gpus`` asks for one) and keeps it. For an attempt the driver ships the input series
-to the actor through Ray's object store, gets the result files back, writes them into the node's
-spool with the same durable write as local results and commits them under the attempt number
-(``node.run.outcome.commit_result``), so a result of an attempt the node gave up on is refused.
-
-Faults:
-- an actor whose machine died fails the attempt in the driver; the job goes back to the queue
-  and its next attempt runs on a new actor, wherever the cluster has room, until
-  ``[workers.ray] max_attempts`` attempts are lost and the job fails. An actor holds its
-  resources while it lives, so an idle driver kills its actors when another actor of the node's
-  waits for room (``Driver.idle``): a retry never waits behind a loaded but idle model;
-- the job's timeout counts from when its actor is ready (started, pipeline loaded): connecting,
-  waiting for room and loading the model are bounded by ``ACTOR_START_SECONDS`` of their own;
-- an attempt the node ended (its timeout) is cancelled on the cluster: the driver, which watches
-  the attempt's fence while it waits, kills the actor, the only way Ray stops a running actor
-  task, and the next job gets a new actor;
-- the actors belong to their driver, and the drivers die with the node, so a node killed with
-  SIGKILL leaves nothing running on the cluster; the next start runs the job again under a new
-  attempt number;
-- while the head is unreachable, or refuses this node (token, TLS: ``node.run.ray_probe``), no
-  attempt is claimed: jobs wait queued in the index, and /health says why. A driver whose
-  connection broke exits and the node starts a fresh one (Ray ends a connected driver itself
-  after a minute without the head), and an attempt lost with the head does not count against
-  ``max_attempts``. A driver that dies or stops making progress is noticed and replaced by the
-  executor (``node.run.executor``: a queue per driver and a heartbeat per attempt in the index).
-
-Ray is imported only in the driver and probe processes: the node itself needs no Ray to start.
+Each of the node's ``[workers] count`` driver processes owns one actor per pipeline, which loads
+its pipeline once; the driver ships an attempt's series to it, writes the result files back into
+the spool and commits them under the attempt number, so a given-up attempt's result is refused.
+A lost machine, a timeout, a head outage or a refusing cluster each end or hand back the attempt
+as docs/ray-executor.md describes. Ray is imported only in the driver and probe processes.
 """
 
 from __future__ import annotations
@@ -45,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from node import logs
 from node.config import Config, RaySettings, load_config
+from node.health import Check, Processes
 from node.index.states import JobState
 from node.index.store import Index, Job
 from node.receive.spool import Spool
@@ -53,11 +30,12 @@ from node.run.child import ChildLink, StopOnSigterm, die_with_parent, held_attem
 from node.run.executor import ProcessExecutor
 from node.run.invoke import pipeline_settings
 from node.run.outcome import commit_result
+from node.run.ray_internals import RELEASE, RayMismatch, require
 from node.run.ray_probe import ClusterProbe, head_answers, is_token_refusal, ray_environment
 from pipelines.base import JobResult
 
 if TYPE_CHECKING:  # the actor's module is imported where the actor is made
-    from node.run.ray_actor import ActorOutcome
+    from node.run.ray_actor import ActorOutcome, Shipped
 
 REACHABILITY_CACHE_SECONDS = 1.0
 #: How often a driver waiting for its actor checks that its attempt is still the current one.
@@ -67,8 +45,6 @@ FENCE_POLL_SECONDS = 0.25
 ACTOR_START_SECONDS = 600.0
 #: How often an idle driver with actors asks the cluster whether another actor waits for room.
 RELEASE_CHECK_SECONDS = 2.0
-#: A file's name and bytes, as shipped to and from the actor.
-Shipped = list[tuple[str, bytes]]
 #: Ray colours the tracebacks it forwards; the job's reason is read in a terminal or a page.
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -145,22 +121,21 @@ class RayExecutor(ProcessExecutor):
             return
         hand_back_or_fail(self.index, job, f"Ray driver died: {reason}", self.config.workers.ray)
 
-    def health(self) -> dict[str, tuple[int, int]]:
-        return {**super().health(), "ray_probe": (int(self.probe.alive()), 1)}
+    def health(self) -> dict[str, Processes]:
+        return {**super().health(), "ray_probe": Processes(int(self.probe.alive()), 1)}
 
-    def checks(self) -> dict[str, tuple[bool, str]]:
+    def checks(self) -> dict[str, Check]:
         """From cached answers only (the supervisor refreshes them): the page never waits on
         the cluster."""
         address = self.config.workers.ray.address
         if not self._reachable[1]:
-            return {"ray_cluster": (False, f"Ray head {address} does not answer: jobs wait queued until it "
-                                           "is back; receiving and delivery go on")}
+            return {"ray_cluster": Check(False, f"Ray head {address} does not answer: jobs wait queued until "
+                                                "it is back; receiving and delivery go on")}
         verdict = self.probe.verdict()
         if verdict is None:
-            return {"ray_cluster": (False, f"Ray head {address} answers; whether it accepts this node is "
-                                           "being checked: jobs wait queued until then")}
-        accepted, detail = verdict
-        return {"ray_cluster": (accepted, detail if accepted else f"{detail}; jobs wait queued until then")}
+            return {"ray_cluster": Check(False, f"Ray head {address} answers; whether it accepts this node is "
+                                                "being checked: jobs wait queued until then")}
+        return {"ray_cluster": verdict if verdict.ok else Check(False, f"{verdict.detail}; jobs wait queued until then")}
 
 
 def hand_back_or_fail(index: Index, job: Job, reason: str, settings: RaySettings) -> None:
@@ -209,6 +184,7 @@ class Driver:
         self.station_name = station_name
         self._actors: dict[str, Any] = {}
         self._release_checked = 0.0
+        self._can_release: bool | None = None
 
     def connect(self) -> None:
         import ray
@@ -255,6 +231,8 @@ class Driver:
         if not self._actors or time.monotonic() - self._release_checked < RELEASE_CHECK_SECONDS:
             return
         self._release_checked = time.monotonic()
+        if not self._release_fits():
+            return
         if not head_answers(self.config.workers.ray.address):
             return  # nothing waits on a cluster without its head; Ray replaces this driver
         try:
@@ -266,6 +244,18 @@ class Driver:
             logs.info("ray.actors_released", pipelines=sorted(self._actors), waiting=waiting)
             for pipeline in list(self._actors):
                 self.forget(pipeline)
+
+    def _release_fits(self) -> bool:
+        """Whether this Ray has the actor table ``_others_waiting`` reads; if not, said once, and
+        idle actors keep their room (a waiting one starts when a driver's actor dies)."""
+        if self._can_release is None:
+            try:
+                require(RELEASE)
+                self._can_release = True
+            except RayMismatch as error:
+                logs.error("ray.release_unavailable", detail=str(error))
+                self._can_release = False
+        return self._can_release
 
     def _others_waiting(self) -> int:
         """How many pipeline actors that are not this driver's wait to be placed (Ray's actor

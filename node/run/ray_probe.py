@@ -1,20 +1,16 @@
 """Whether the Ray cluster accepts this node: its head answers, speaks the node's TLS, and takes
 the node's token.
 
-A head that answers on its port may still refuse every call of the node (a wrong or missing
-token, TLS on one side only, a certificate the other side does not trust); Ray's own connect
-then retries for about 20 s before it fails. So a child process of the node (the probe) asks the
-cluster's GCS one cheap question every ``PROBE_SECONDS``, with a short timeout, from the same
-environment as the drivers, and reports a verdict with the reason in words that name the config
-key to fix. The node claims jobs for the cluster only while the last verdict says accepted, and
-``/health`` shows it without waiting on the cluster: the web page reads the cached verdict.
-
-Ray reads its token and TLS settings once per process, when it first needs them: after changing
-``token_file`` or the certificates, restart the node.
+A head may answer on its port and still refuse every call (token, TLS), and Ray's own connect
+only fails after retrying. So a child process (the probe) asks the GCS one cheap question every
+``PROBE_SECONDS``, from the drivers' environment, and reports a ``Check`` naming the config key
+to fix; jobs are claimed only while it says accepted, and /health shows the cached verdict. Ray
+reads its token and TLS once per process: after changing them, restart the node.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
@@ -28,6 +24,8 @@ from pathlib import Path
 
 from node import logs
 from node.config import RaySettings, load_config
+from node.health import Check
+from node.run.ray_internals import CLIENT, PROBE, RayMismatch, require
 
 #: Between two questions to the cluster (each is one gRPC call, a few milliseconds of CPU).
 PROBE_SECONDS = 3.0
@@ -35,9 +33,6 @@ PROBE_SECONDS = 3.0
 PROBE_TIMEOUT_SECONDS = 3.0
 #: A verdict older than this is no verdict: the probe hangs or died, and is restarted.
 STALE_SECONDS = 4 * (PROBE_SECONDS + PROBE_TIMEOUT_SECONDS)
-
-#: (accepted, detail) of one probe.
-Verdict = tuple[bool, str]
 
 
 def head_endpoint(address: str) -> tuple[str | None, int]:
@@ -86,26 +81,40 @@ def ray_environment(settings: RaySettings) -> None:
 
 # ---- one probe (in the probe process, Ray imported) ----------------------------------------
 
-def probe(settings: RaySettings) -> Verdict:
+def probe(settings: RaySettings) -> Check:
     """Ask the cluster's GCS one question, as the drivers would; on failure, say why."""
+    mismatch = _internals_mismatch(settings.address.startswith("ray://"))
+    if mismatch:
+        return Check(False, mismatch)
     address = settings.address
     host, port = head_endpoint(address)
     if host is None:
-        return False, ('no Ray cluster is noted on this machine for address = "auto": run `ray start` '
-                       "here, or set [workers.ray] address to the head's host:port")
+        return Check(False, 'no Ray cluster is noted on this machine for address = "auto": run `ray start` '
+                            "here, or set [workers.ray] address to the head's host:port")
     if not head_answers(address):
-        return False, f"Ray head {address} does not answer: jobs wait queued until it is back"
+        return Check(False, f"Ray head {address} does not answer: jobs wait queued until it is back")
     mismatch = tls_mismatch(settings, host, port)  # Ray itself would only time out, after 13 s
     if mismatch:
-        return False, mismatch
+        return Check(False, mismatch)
     try:
         if address.startswith("ray://"):
             _ask_client_server(f"{host}:{port}")
         else:
             _ask_gcs(f"{host}:{port}")
     except Exception as error:
-        return False, refusal(settings, error)
-    return True, f"Ray head {address} accepts this node"
+        return Check(False, refusal(settings, error))
+    return Check(True, f"Ray head {address} accepts this node")
+
+
+@functools.cache
+def _internals_mismatch(client: bool) -> str | None:
+    """Why the probe cannot ask with the installed Ray (its private APIs differ), once per process."""
+    try:
+        require(PROBE, *([CLIENT] if client else []))
+    except RayMismatch as error:
+        logs.error("ray.internals_mismatch", detail=str(error))
+        return str(error)
+    return None
 
 
 def _ask_gcs(gcs_address: str) -> None:
@@ -216,8 +225,8 @@ def probe_main(config_path: str, verdicts: multiprocessing.Queue[tuple[float, bo
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        accepted, detail = probe(settings)
-        verdicts.put((time.time(), accepted, detail))
+        check = probe(settings)
+        verdicts.put((time.time(), check.ok, check.detail))
         time.sleep(PROBE_SECONDS)
 
 
@@ -263,14 +272,14 @@ class ClusterProbe:
     def accepted(self) -> bool:
         """Whether the last verdict, still fresh, says the cluster accepts this node."""
         verdict = self.verdict()
-        return verdict is not None and verdict[0]
+        return verdict is not None and verdict.ok
 
-    def verdict(self) -> Verdict | None:
+    def verdict(self) -> Check | None:
         """The last fresh verdict; None before the first one or when it is stale."""
         last = self._last
         if last is None or time.time() - last[0] > STALE_SECONDS:
             return None
-        return last[1], last[2]
+        return Check(last[1], last[2])
 
     def stop(self) -> None:
         if self._process is not None and self._process.is_alive():

@@ -1,4 +1,4 @@
-"""What ``ct-denoise`` takes: its input and its options, readable without torch.
+"""What ``ct-denoise`` takes (its input and options) and reports (its summary), readable without torch.
 
 The config check reads this module at start (``pipelines.registry.contract``), so an option the
 pipeline cannot honour stops the node before a model is loaded.
@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions
+from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions, PipelineSummary
 
 INPUTS: tuple[InputSpec, ...] = (
     InputSpec(SERIES_ROLE, description="a CT image series in Hounsfield units"),
@@ -30,3 +30,22 @@ class Options(PipelineOptions):
     #: input); below 1 a site trades noise for fidelity to the input (the model card's table says
     #: what each setting costs in low-contrast detectability and gains in noise)
     strength: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class DenoiseSummary(PipelineSummary):
+    """A denoised series: how many slices, and how much the model changed them on average."""
+
+    slices: int
+    #: mean |denoised - source| in HU over the whole series: near the noise level, or the model
+    #: changed anatomy
+    mean_abs_change_hu: float
+    #: the kernel family the model was told (smooth, medium, sharp) and where it came from
+    #: ("ConvolutionKernel", "measured noise", or "default" when neither could tell)
+    kernel_family: str
+    kernel_family_source: str
+    #: the family the ConvolutionKernel names when the series' noise overruled it (it read sharp)
+    kernel_family_named: str | None = None
+    #: the model folder's sub-folder whose weights ran: the family's own, or "." for the folder's
+    weights: str
+    #: the share of the model's change applied (``options.strength``)
+    strength: float

@@ -24,9 +24,9 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
-    PipelineSummary,
 )
 from pipelines.denoise import contract
+from pipelines.denoise.contract import DenoiseSummary
 from pipelines.denoise.inference import DEFAULT_MODEL_DIR, Denoiser
 from pipelines.denoise.kernels import series_family
 from pipelines.model_pipeline import ModelPipeline
@@ -38,25 +38,6 @@ from pipelines.writers.identity import Algorithm
 from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
-
-
-class DenoiseSummary(PipelineSummary):
-    """A denoised series: how many slices, and how much the model changed them on average."""
-
-    slices: int
-    #: mean |denoised - source| in HU over the whole series: near the noise level, or the model
-    #: changed anatomy
-    mean_abs_change_hu: float
-    #: the kernel family the model was told (smooth, medium, sharp) and where it came from
-    #: ("ConvolutionKernel", "measured noise", or "default" when neither could tell)
-    kernel_family: str
-    kernel_family_source: str
-    #: the family the ConvolutionKernel names when the series' noise overruled it (it read sharp)
-    kernel_family_named: str | None = None
-    #: the model folder's sub-folder whose weights ran: the family's own, or "." for the folder's
-    weights: str
-    #: the share of the model's change applied (``options.strength``)
-    strength: float
 
 
 class CTDenoise(ModelPipeline):

@@ -1,4 +1,4 @@
-"""What ``nnunet-segmentation`` takes, readable without torch or nnunetv2.
+"""What ``nnunet-segmentation`` takes and reports (its summary), readable without torch or nnunetv2.
 
 Its input roles are not fixed: they are whatever roles ``options.channels`` maps the folder's
 ``dataset.json`` channels to (``inputs_for``), so a study route names them in
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions
+from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions, PipelineSummary
 
 #: The config check's fallback when no options are known: the one-series form.
 INPUTS: tuple[InputSpec, ...] = (InputSpec(SERIES_ROLE, description="the series of a one-channel nnU-Net model"),)
@@ -60,3 +60,12 @@ def inputs_for(options: Options) -> tuple[InputSpec, ...]:
 
 def _fed_by(options: Options, role: str) -> list[str]:
     return [channel for channel, mapped in options.channels.items() if mapped == role]
+
+
+class NnUNetSummary(PipelineSummary):
+    """A job of an nnU-Net folder: the folds ensembled and each label's volume."""
+
+    folds: list[str]
+    #: dataset.json channel name -> the role whose series fed it
+    channels: dict[str, str]
+    volumes_ml: dict[str, float]

@@ -20,9 +20,10 @@ import SimpleITK as sitk
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
-from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings, PipelineSummary
+from pipelines.base import InputSpec, JobInput, JobResult, NotApplicable, PipelineSettings
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.nnunet import contract
+from pipelines.nnunet.contract import NnUNetSummary
 from pipelines.nnunet.folder import Label, NnUNetFolder
 from pipelines.nnunet.runner import NnUNetRunner
 from pipelines.timing import StageClock
@@ -42,15 +43,6 @@ PALETTE = (YELLOW, RED, GREEN, CYAN)
 #: What a report without findings says was looked for: any of the folder's labels.
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 ANY_FINDING = Structure("Segmented structure", ANATOMICAL_STRUCTURE, ANATOMICAL_STRUCTURE)
-
-
-class NnUNetSummary(PipelineSummary):
-    """A job of an nnU-Net folder: the folds ensembled and each label's volume."""
-
-    folds: list[str]
-    #: dataset.json channel name -> the role whose series fed it
-    channels: dict[str, str]
-    volumes_ml: dict[str, float]
 
 
 class NnUNetSegmentation(ModelPipeline):

@@ -1,4 +1,5 @@
-"""What ``nodule-detection`` takes: its input and its options, readable without torch.
+"""What ``nodule-detection`` takes (its input and options) and reports (its summary), readable
+without torch: a Ray driver unpickles the summary without importing the model.
 
 The config check reads this module at start (``pipelines.registry.contract``), so a route or an
 option the pipeline cannot honour stops the node before a model is loaded.
@@ -10,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions
+from pipelines.base import SERIES_ROLE, InputSpec, PipelineOptions, PipelineSummary, SummaryRecord
 
 INPUTS: tuple[InputSpec, ...] = (
     InputSpec(SERIES_ROLE, description="a chest CT image series in Hounsfield units"),
@@ -46,3 +47,48 @@ class Options(PipelineOptions):
     min_extent_mm: Annotated[float, Field(ge=0)] = 60.0
     #: candidates farther than this outside the lungs are dropped
     lung_margin_mm: Annotated[float, Field(ge=0)] = 10.0
+
+
+class FoundNodule(SummaryRecord):
+    """A reported nodule, measured on the source slices."""
+
+    score: float
+    diameter_mm: float
+    #: None when the nodule could not be segmented apart from what touches it
+    volume_mm3: float | None
+    #: reported by the mass safety net (``masses``), with its solid part's long axis
+    mass: bool = False
+    solid_diameter_mm: float | None = None
+
+
+class FoundBox(SummaryRecord):
+    """A MONAI bundle's box at or above the reporting threshold: the box is the finding."""
+
+    score: float
+    center_lps: list[float]
+    box_mm: list[float]
+
+
+class NoduleSummary(PipelineSummary):
+    """A job of radnode's own detector (the scorer folder or the RetinaNet folder)."""
+
+    nodules: list[FoundNodule]
+    #: boxes the detector scored, reported or not
+    candidates: int
+    #: lesions at the reporting threshold left out because they lie outside the lung (jobs
+    #: stored before the lung rule have none)
+    outside_lung: int = 0
+    #: aerated lung found in the series
+    lung_ml: int
+    #: the series' noise index (HU), and the in-plane smoothing (mm) that brought a sharp
+    #: reconstruction to a standard kernel's noise before detection (0: none; None: stored
+    #: before harmonization)
+    noise_hu: float | None = None
+    softened_mm: float = 0.0
+
+
+class BundleNoduleSummary(PipelineSummary):
+    """A job of a MONAI detection bundle (its name and version in ``bundle``)."""
+
+    nodules: list[FoundBox]
+    candidates: int

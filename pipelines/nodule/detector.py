@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -94,6 +94,26 @@ class Detection:
         return center
 
 
+class Thresholded(Protocol):
+    @property
+    def report_threshold(self) -> float: ...
+
+
+class Detector(Protocol):
+    """A loaded detector folder as the pipeline uses it, whichever kind (the scorer folder's
+    ``CandidateDetector``, the RetinaNet ``NoduleDetector``): its grid, then scored boxes."""
+
+    @property
+    def settings(self) -> Thresholded: ...
+
+    def grid(self, volume: Volume) -> ModelGrid: ...
+
+    def detect(self, grid: ModelGrid, lungs: np.ndarray | None = None) -> list[Detection]:
+        """Every box above the candidate threshold, best first; ``lungs`` (on the grid) where the
+        detector looks for candidates (the caller applies report_threshold)."""
+        ...
+
+
 def make_detector(network: torch.nn.Module, settings: Settings) -> RetinaNetDetector:
     """MONAI's RetinaNetDetector around ``network`` with the folder's anchors and thresholds."""
     anchors = AnchorGeneratorWithAnchorShape(
@@ -140,8 +160,9 @@ class NoduleDetector:
     def grid(self, volume: Volume) -> ModelGrid:
         return to_model_grid(volume, self.settings.spacing_mm)
 
-    def detect(self, grid: ModelGrid) -> list[Detection]:
-        """All boxes above the candidate threshold, best first (the caller applies report_threshold)."""
+    def detect(self, grid: ModelGrid, lungs: np.ndarray | None = None) -> list[Detection]:
+        """All boxes above the candidate threshold, best first (the caller applies report_threshold);
+        the network reads the whole grid, so ``lungs`` does not narrow it."""
         image = torch.from_numpy(scale_hu_window(grid.hu, self.settings.intensity_range))[None].to(self.device)
         # One forward pass when the grid fits a window (a whole chest on CPU); tiles otherwise.
         padded = [int(np.ceil(n / d) * d) for n, d in zip(image.shape[1:], self.detector.size_divisible)]

@@ -1,38 +1,11 @@
 """``nodule-detection``: a chest CT series in, a SEG of the nodules and a TID 1500 SR out.
 
-Stages (their seconds go into each job's summary): load the series as a volume in HU; preprocess:
-soften a sharp reconstruction to a standard kernel's noise (``harmonize``), put it onto the
-detector's grid (resampling and intensity range from the model folder) and find the lungs there;
-run the detector; postprocess: keep boxes at or above the reporting threshold whose centre lies in
-or near the lungs, segment and measure each on the source slices (``measure``), merge those whose
-segmentations touch and keep the lesions that lie in the lung parenchyma (``lesions``); write one
-SEG segment and one SR measurement group per nodule, on the series as acquired. With no nodule
-the SR says so and, unless ``empty_seg`` is set, no SEG is written.
-
-The default detector is the shipped scorer folder (``pipelines/nodule/scorer_weights``,
-``candidate_detector``): classical candidates on a 2 mm grid (solid components box a mass whole),
-each scored by small 3-D CNNs. It replaced the MONAI RetinaNet (``detector``, ``weights/``) by the
-model card's replacement rule: more real lesions found on patients neither saw, with fewer false
-positives. The RetinaNet folder still runs when ``model`` names it; everything after detection is
-the same for both.
-
-A MONAI bundle (``lung_nodule_ct_detection``) runs as published instead (``bundle_detection``):
-its own preprocessing, inferer and postprocessing find the boxes; each box at or above
-``report_threshold`` becomes a SEG segment (the voxels inside it) and an SR group naming the
-bundle and its version. The lung check and radnode's postprocessing do not apply to it.
-
-Settings (config.toml ``[pipelines.nodule-detection]``): ``model`` names a model folder (radnode
-RetinaNet format, a scorer folder, or a MONAI bundle, see ``detector`` and ``candidate_detector``;
-default: the scorer folder shipped in ``scorer_weights/``),
-``device`` picks the GPU or CPU. Options:
-
-- ``report_threshold`` (float): overrides the model folder's threshold for reporting a nodule;
-  required for a MONAI bundle, which defines none;
-- ``empty_seg`` (bool, default false): write an empty SEG when nothing is found;
-- ``min_lung_ml`` (default 300): less aerated lung than this is "not a chest CT";
-- ``min_extent_mm`` (default 60): a series shorter than this along its slices is not applicable;
-- ``lung_margin_mm`` (default 10): how far outside the aerated lung a nodule's centre may lie
-  (pleural and juxta-mediastinal nodules sit on the border).
+Stages, each timed in the job summary: load the series in HU; preprocess (soften a sharp kernel,
+the detector's grid, the lungs); detect (the shipped scorer folder, or a RetinaNet folder);
+postprocess (boxes near the lungs at the reporting threshold, measured on the source slices,
+touching ones merged, those in the parenchyma kept); write one SEG segment and SR group per
+nodule. A MONAI bundle runs as published instead (``bundle_detection``). Options: ``contract``;
+the stages at length: docs/nodule-pipeline.md.
 """
 
 from __future__ import annotations
@@ -54,15 +27,14 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
-    PipelineSummary,
-    SummaryRecord,
 )
 from pipelines.model_folder import is_monai_bundle
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.nodule import contract, masses
 from pipelines.nodule.bundle_detection import BundleDetector, box_mask
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, is_scorer_folder
-from pipelines.nodule.detector import Detection, NoduleDetector
+from pipelines.nodule.contract import BundleNoduleSummary, FoundBox, FoundNodule, NoduleSummary
+from pipelines.nodule.detector import Detection, Detector, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.harmonize import Harmonized, harmonize
 from pipelines.nodule.lesions import in_lung, merge_touching
@@ -90,51 +62,6 @@ NESTED_FRACTION = 0.7
 FUSE_SCORE_RATIO = 0.5
 #: "None detected" needs both lungs in the series: at least this much lung (mL) on each side.
 MIN_SIDE_ML = 100.0
-
-
-class FoundNodule(SummaryRecord):
-    """A reported nodule, measured on the source slices."""
-
-    score: float
-    diameter_mm: float
-    #: None when the nodule could not be segmented apart from what touches it
-    volume_mm3: float | None
-    #: reported by the mass safety net (``masses``), with its solid part's long axis
-    mass: bool = False
-    solid_diameter_mm: float | None = None
-
-
-class FoundBox(SummaryRecord):
-    """A MONAI bundle's box at or above the reporting threshold: the box is the finding."""
-
-    score: float
-    center_lps: list[float]
-    box_mm: list[float]
-
-
-class NoduleSummary(PipelineSummary):
-    """A job of radnode's own detector (the scorer folder or the RetinaNet folder)."""
-
-    nodules: list[FoundNodule]
-    #: boxes the detector scored, reported or not
-    candidates: int
-    #: lesions at the reporting threshold left out because they lie outside the lung (jobs
-    #: stored before the lung rule have none)
-    outside_lung: int = 0
-    #: aerated lung found in the series
-    lung_ml: int
-    #: the series' noise index (HU), and the in-plane smoothing (mm) that brought a sharp
-    #: reconstruction to a standard kernel's noise before detection (0: none; None: stored
-    #: before harmonization)
-    noise_hu: float | None = None
-    softened_mm: float = 0.0
-
-
-class BundleNoduleSummary(PipelineSummary):
-    """A job of a MONAI detection bundle (its name and version in ``bundle``)."""
-
-    nodules: list[FoundBox]
-    candidates: int
 
 
 @dataclass(frozen=True)
@@ -174,7 +101,7 @@ class NoduleDetection(ModelPipeline):
             ))
         else:
             loader = CandidateDetector if is_scorer_folder(self.model_dir) else NoduleDetector
-            self.detector: CandidateDetector | NoduleDetector = loader.load(self.model_dir, self.device, threshold)
+            self.detector: Detector = loader.load(self.model_dir, self.device, threshold)
             self.algorithm = Algorithm(ALGORITHM_NAME, f"model sha256 {self.model_digest[:16]}")
         self.empty_seg = self.options.empty_seg
         self.min_lung_ml = self.options.min_lung_ml
@@ -259,10 +186,7 @@ class NoduleDetection(ModelPipeline):
                 "needed): not a chest CT, or the lungs are outside its field of view"
             )
         clock.lap("preprocess")
-        if isinstance(self.detector, CandidateDetector):
-            candidates = self.detector.detect(grid, lungs)
-        else:
-            candidates = self.detector.detect(grid)
+        candidates = self.detector.detect(grid, lungs)
         clock.lap("inference")
         nodules, outside_lung, sides_ml = self.lesions(seen.volume, grid, lungs, candidates)
         clock.lap("postprocess")
@@ -294,14 +218,10 @@ class NoduleDetection(ModelPipeline):
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
                 box_regions: bool = False, examined: str = "", priors: Priors | None = None) -> list[Any]:
-        """The SEG (when there is something to segment, or empty_seg), the SR, the key images,
-        the presentation state and the KOS that lists them: every format a destination may ask for (the node sends
-        each destination those in its ``formats``).
-
-        ``box_regions``: the segments are a bundle's detection boxes, and are named so;
-        ``examined``: what the search covered, said with the model's coverage;
-        ``priors``: the earlier report each nodule is compared with (``pipelines.priors``).
-        """
+        """Every format a destination may ask for: the SEG (when there is something to segment,
+        or empty_seg), the SR, the key images, the presentation state and their KOS.
+        ``box_regions``: the segments are a bundle's boxes, named so; ``examined``: what the
+        search covered; ``priors``: the earlier report each nodule is compared with."""
         datasets: list[Any] = []
         segmentation = None
         labels = _label_map(volume, nodules)
@@ -430,15 +350,11 @@ def near_lungs(
 
 
 def fuse_nested(candidates: list[Detection]) -> list[Detection]:
-    """One detection per lesion: every box lying mostly inside a larger, comparably scored box is
-    folded into it, and the larger box takes the best score of what it holds. Best first.
+    """One detection per lesion, best first: a box mostly inside a larger one scoring at least
+    ``FUSE_SCORE_RATIO`` of it is folded in, and the larger takes the best score it holds.
 
-    The detector boxes a mass bigger than its anchors both whole and in small pieces, and the
-    pieces often score higher. NMS (by IoU) cannot merge them, because a piece's IoU with the whole
-    is small; reported as they come, the mass would be several small nodules, and one segmented
-    whole only if its own score passed the threshold. A larger box must score at least
-    ``FUSE_SCORE_RATIO`` of the piece, so that a faint box around the hilum does not swallow a
-    confident nodule in it.
+    The detector boxes a mass both whole and in higher-scoring pieces, which NMS (by IoU) cannot
+    merge; the score ratio keeps a faint box around the hilum from swallowing a nodule in it.
     """
     if len(candidates) < 2:
         return list(candidates)

@@ -12,7 +12,7 @@ must have arrived: it is not fed zero channels.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from pipelines.base import NotApplicable
 from pipelines.bundle import BundleError
 from pipelines.bundle_runner import BundleRunner, affine_lps
 from pipelines.timing import StageClock
 from pipelines.tumor.contrasts import CHANNELS
 from pipelines.tumor.preprocess import model_grid, resample
+from pipelines.tumor.segmented import AlignedStudy, NetworkSteps, Segmented
+from pipelines.tumor.validation import DISPLAY
+from pipelines.writers.identity import Algorithm
 
 #: Channel names bundles use for each of radnode's contrast roles (compared lower-case, alphanumeric).
 CHANNEL_NAMES = {
@@ -79,6 +83,25 @@ class BundleSegmenter:
             labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8))
         clock.lap("postprocessing")
         return on_reference.astype(np.uint8)
+
+    def require_contrasts(self, present: Sequence[str], left_out: Mapping[str, str] | None = None) -> None:
+        """A bundle gets every contrast it was trained on, or the job is not applicable."""
+        missing = [role for role in self.roles if role not in present]
+        if missing:
+            why = {role: f" ({reason})" for role, reason in (left_out or {}).items()}
+            raise NotApplicable(
+                f"the MONAI bundle {self.runner.label} needs {', '.join(DISPLAY[r] for r in self.roles)}; "
+                f"the study lacks {', '.join(DISPLAY[r] + why.get(r, '') for r in missing)}"
+            )
+
+    def segmentation(self, study: AlignedStudy, network: NetworkSteps) -> Segmented:
+        """The bundle's own steps, named in the results by its name and version."""
+        labels = self.segment(study.images, study.transforms, study.reference_role, study.brain, study.clock)
+        labels[sitk.GetArrayViewFromImage(study.brain) == 0] = 0  # nothing outside the brain, ever
+        bundle = self.runner.bundle
+        return Segmented(labels, Algorithm(name=bundle.name, version=bundle.version, parameters=(
+            *study.parameters, ("MONAI bundle", bundle.label), ("model sha256", study.model_digest[:16]))),
+            bundle.label)
 
 
 def channel_roles(runner: BundleRunner) -> tuple[str, ...]:

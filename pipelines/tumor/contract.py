@@ -1,4 +1,4 @@
-"""What ``tumor-segmentation`` takes: its input roles and its options, readable without torch.
+"""What ``tumor-segmentation`` takes (input roles, options) and reports (its summary), without torch.
 
 The config check reads this module at start (``pipelines.registry.contract``), so a route whose
 roles the pipeline does not know (``t1ce`` for ``t1c``) or an option it cannot honour stops the
@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from pipelines.base import InputSpec, PipelineOptions
+from pipelines.base import InputSpec, PipelineOptions, PipelineSummary
 from pipelines.tumor.contrasts import DESCRIPTIONS, REFERENCE_ORDER
 
 INPUTS: tuple[InputSpec, ...] = (
@@ -48,3 +48,29 @@ class Options(PipelineOptions):
     min_validated_dice: Annotated[float, Field(ge=0, le=1)] = MIN_VALIDATED_DICE
     #: send results on inputs outside the validated ones anyway, marked UNVALIDATED on every object
     deliver_unvalidated: bool = False
+
+
+class TumorSummary(PipelineSummary):
+    """A brain study's segmentation; ``model`` names which model of the folder served it."""
+
+    #: the contrasts segmented, by display name ("T1c"), and those left out with why
+    contrasts_used: list[str]
+    left_out: dict[str, str]
+    #: the contrast whose grid the others were put on
+    reference: str
+    brain_ml: float
+    #: per sub-region (``SubRegion.tracking_id``)
+    volumes_ml: dict[str, float]
+    tumor_found: bool
+    #: per contrast (role): the measured quality of its registration, or that it shares the grid
+    registration: dict[str, dict[str, bool | float | str]]
+    #: whether the contrasts segmented are validated inputs ("validated", "unvalidated", "not-measured")
+    validation: str = "validated"
+    #: the reader's sentence when they are not (``validation.choose_inputs``)
+    validation_note: str = ""
+    #: the case's self-consistency (``quality``; none for a MONAI bundle or when nothing ran)
+    #: and whether it is under the threshold
+    self_consistency: float | None = None
+    low_confidence: bool = False
+    #: edema-only lesions not reported as tumor, far from every lesion with a core (``isolated_edema``), mL each
+    isolated_edema_ml: list[float] = []

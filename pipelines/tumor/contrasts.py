@@ -35,7 +35,3 @@ def choose_reference(present: Sequence[str], order: Sequence[str] = REFERENCE_OR
         "the model needs T1c or FLAIR"
     )
 
-
-def channel_mask(present: Sequence[str]) -> list[bool]:
-    """Which model channels carry an image; absent ones are fed as zeros (as in training)."""
-    return [role in present for role in CHANNELS]

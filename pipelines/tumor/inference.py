@@ -12,6 +12,7 @@ tumor core, whole tumor, enhancing tumor.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipelines.model_folder import (
 from pipelines.precision import autocast
 from pipelines.tumor.model import Architecture
 from pipelines.tumor.params import NATIVE_AXCODES, TumorParams
+from pipelines.tumor.segmented import AlignedStudy, Segmented
 
 #: The weights trained by ``training.tumor.train``, shipped in the repository.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
@@ -117,6 +119,13 @@ class Segmenter:
         with torch.inference_mode(), autocast(self.device.startswith("cuda")):
             mean = torch.stack([torch.sigmoid(self._logits(x, network).float())[0] for network in self.networks]).mean(0)
         return from_model_axes(mean.cpu().numpy(), self.format.axcodes)
+
+    def require_contrasts(self, present: Sequence[str], left_out: Mapping[str, str] | None = None) -> None:
+        """Any set with T1c or FLAIR runs: an absent contrast is a zero channel, as in training."""
+
+    def segmentation(self, study: AlignedStudy, network: Callable[[Segmenter, AlignedStudy], Segmented]) -> Segmented:
+        """radnode's steps for its own network, which the pipeline hands in."""
+        return network(self, study)
 
     def _logits(self, x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         logits = sliding_window_inference(x, roi_size=self.format.roi, sw_batch_size=1, predictor=network,

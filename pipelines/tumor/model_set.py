@@ -19,6 +19,7 @@ from pipelines.model_folder import inner_folder, is_monai_bundle, load_params, r
 from pipelines.tumor.bundle_segmentation import BundleSegmenter
 from pipelines.tumor.inference import Segmenter
 from pipelines.tumor.params import TumorParams, Validated
+from pipelines.tumor.segmented import TumorSegmenter
 
 #: What the summary and the SR call the folder's own model.
 MAIN_MODEL = "main"
@@ -28,7 +29,7 @@ MAIN_MODEL = "main"
 class ModelSet:
     """The folder's own model and the reduced models it names, keyed by exact contrast set."""
 
-    main: Segmenter | BundleSegmenter
+    main: TumorSegmenter
     reduced: dict[frozenset[str], tuple[str, Segmenter]]
     #: held-out results per exact contrast set, each from the folder serving it; None for a bundle
     validated: dict[frozenset[str], Validated] | None = None
@@ -50,7 +51,7 @@ class ModelSet:
         validated |= _declared(params, None, exclude=set(reduced))
         return cls(main, reduced, validated)
 
-    def for_contrasts(self, roles: Iterable[str]) -> tuple[str, Segmenter | BundleSegmenter]:
+    def for_contrasts(self, roles: Iterable[str]) -> tuple[str, TumorSegmenter]:
         """The name of the model for exactly these contrasts, and the model."""
         return self.reduced.get(frozenset(roles), (MAIN_MODEL, self.main))
 

@@ -1,52 +1,11 @@
 """``tumor-segmentation``: a brain MR study in, tumor sub-regions (SEG) and their volumes (SR) out.
 
-Steps, each timed in the job summary:
-
-1. load: each contrast that arrived (roles ``t1c``, ``t1``, ``t2``, ``flair``) as a volume, put
-   in one storage order (``orientation``: axes permuted and flipped, no interpolation) so that
-   no stage sees how the scanner ordered rows, columns or slices; the reference contrast is the
-   first present of ``options.reference`` (default T1c, then FLAIR): results are taken back to
-   its own order and written on its grid, slice for slice.
-   A series that is not a brain MR is not applicable, with the reason (``anatomy``): a
-   localizer, a body part other than the head, a body wider than a head, too little brain.
-2. brain extraction on the reference series (``brain_extraction``): skull-on clinical series
-   are reduced to the brain, skull-stripped ones kept whole. The network sees only the brain,
-   and no voxel outside it is ever labelled; the SR states the brain volume used.
-3. registration: every other contrast rigidly onto the reference (``registration``), with a
-   quality check. A contrast on the reference's own grid in the same frame of reference (one
-   session, one prescription) is taken as it is, unregistered. A contrast that fails the check
-   is left out, never the study: the study is segmented from the others (the model for that
-   set), and the SEG and SR (algorithm parameter "contrasts left out", series description) and
-   the job summary (``left_out``) say which one and why.
-4. preprocessing: all contrasts onto the model's isotropic grid in one interpolation (a thick-
-   slice series is interpolated to it like any other), z-scored over the brain and zero outside
-   it, as in training (``preprocess``); absent contrasts are zero channels.
-5. inference: SegResNet with MONAI sliding windows (``inference``), half precision on a GPU.
-6. writing: probabilities back onto the reference grid, thresholded into the BraTS sub-regions
-   (when the model folder asks for it: what the core encloses labelled necrosis, and tumors
-   without a core removed if T1c is present; a core-less tumor capping or inside the ventricles
-   removed, ``ventricles``; a thin, long lesion along the dura (sinuses, falx) removed,
-   ``dura``; tumors under ``min_tumor_ml`` removed; with T1c, an edema-only lesion more than
-   10 mm from every lesion with a core not reported, ``isolated_edema``, its volume in the job
-   summary's ``isolated_edema_ml``),
-   a SEG (necrosis / non-enhancing core, edema, enhancing tumor) on the reference series and a
-   TID 1500 SR with one measurement group per sub-region and its volume in mL; the contrasts
-   used are named in both (algorithm parameters) and in the SR's series description. No tumor:
-   the SR says so (finding absent) and no SEG is written.
-7. self-consistency (``quality``): the case's score goes into the SR and the job summary; a case
-   under the threshold is marked LOW CONFIDENCE in every object's series description, the
-   key-image banner and the SR.
-
-Settings (config.toml ``[pipelines.tumor-segmentation]``): ``model`` names a model folder
-(radnode or MONAI bundle layout, see ``inference``; default: the shipped ``weights/``),
-``device``, ``options.reference`` (a list of roles in order of preference) and
-``options.min_tumor_ml`` (smallest connected tumor reported, default 1 mL; 0 reports every voxel).
-
-A MONAI bundle (``brats_mri_segmentation``) replaces steps 3-5's model parts with its own
-preprocessing, inferer and postprocessing (``bundle_segmentation``); it is given every
-contrast with everything outside the extracted brain set to 0, its labels outside the brain are
-dropped, the SEG and SR name the bundle and its version, and a study without every contrast the
-bundle names is not applicable.
+Steps, each timed in the job summary: load each contrast in one storage order (``orientation``)
+and pick the reference (``options.reference``); extract the brain; register the other contrasts
+onto the reference, leaving out one that fails the check; preprocess onto the model grid;
+infer (SegResNet, or a MONAI bundle as published); write the BraTS sub-regions back on the
+reference grid with their volumes, and the case's self-consistency. Each kind of model runs
+through the ``TumorSegmenter`` protocol (``segmented``); the steps at length: docs/tumor-pipeline.md.
 """
 
 from __future__ import annotations
@@ -68,7 +27,6 @@ from pipelines.base import (
     JobResult,
     NotApplicable,
     PipelineSettings,
-    PipelineSummary,
 )
 from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_volume
@@ -76,8 +34,7 @@ from pipelines.timing import StageClock
 from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
 from pipelines.tumor.brain_extraction import extract_brain
-from pipelines.tumor.bundle_segmentation import BundleSegmenter
-from pipelines.tumor.contract import MIN_TUMOR_ML
+from pipelines.tumor.contract import MIN_TUMOR_ML, TumorSummary
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.dura import clear_dura
 from pipelines.tumor.inference import DEFAULT_MODEL_DIR, Segmenter
@@ -96,6 +53,7 @@ from pipelines.tumor.preprocess import (
 )
 from pipelines.tumor.quality import LOW_CONFIDENCE, Quality, assess
 from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.segmented import AlignedStudy, Segmented
 from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
 from pipelines.volume import Volume
@@ -136,32 +94,6 @@ BRAIN_TUMOR = replace(codes.NEOPLASM, label="Brain tumor", site=codes.BRAIN)
 MAX_KEY_LESIONS = 5
 
 
-class TumorSummary(PipelineSummary):
-    """A brain study's segmentation; ``model`` names which model of the folder served it."""
-
-    #: the contrasts segmented, by display name ("T1c"), and those left out with why
-    contrasts_used: list[str]
-    left_out: dict[str, str]
-    #: the contrast whose grid the others were put on
-    reference: str
-    brain_ml: float
-    #: per sub-region (``SubRegion.tracking_id``)
-    volumes_ml: dict[str, float]
-    tumor_found: bool
-    #: per contrast (role): the measured quality of its registration, or that it shares the grid
-    registration: dict[str, dict[str, bool | float | str]]
-    #: whether the contrasts segmented are validated inputs ("validated", "unvalidated", "not-measured")
-    validation: str = "validated"
-    #: the reader's sentence when they are not (``validation.choose_inputs``)
-    validation_note: str = ""
-    #: the case's self-consistency (``quality``; none for a MONAI bundle or when nothing ran)
-    #: and whether it is under the threshold
-    self_consistency: float | None = None
-    low_confidence: bool = False
-    #: edema-only lesions not reported as tumor, far from every lesion with a core (``isolated_edema``), mL each
-    isolated_edema_ml: list[float] = []
-
-
 @dataclass(frozen=True)
 class Alignments:
     """How each contrast was put on the reference, and the contrasts that could not be."""
@@ -198,8 +130,7 @@ class TumorSegmentation(ModelPipeline):
         images = {role: canonical(volumes[role].to_sitk()) for role in present}  # one storage order for all
         clock.lap("load")
 
-        if isinstance(self.models.main, BundleSegmenter):  # before any work: the study cannot run
-            _require_bundle_contrasts(self.models.main, present)
+        self.models.main.require_contrasts(present)  # before any work: a study it cannot run
 
         brain = extract_brain(images[reference_role])
         brain_ml = check_brain_volume(brain, DISPLAY[reference_role])
@@ -218,8 +149,7 @@ class TumorSegmentation(ModelPipeline):
         present = list(choice.roles)
         images = {role: images[role] for role in present}
         model_name, segmenter = self.models.for_contrasts(present)
-        if isinstance(segmenter, BundleSegmenter):
-            _require_bundle_contrasts(segmenter, present, alignments.left_out)
+        segmenter.require_contrasts(present, alignments.left_out)
         used = ", ".join(DISPLAY[role] for role in present)
         parameters = (("contrasts used", used), *_left_out_parameter(left_out),
                       ("reference contrast", DISPLAY[reference_role]), ("brain volume used", f"{brain_ml:.0f} mL"),
@@ -237,24 +167,11 @@ class TumorSegmentation(ModelPipeline):
             clock.lap("writing")
             return JobResult.written(outputs, summary=summary(model=model_name, volumes_ml={}, tumor_found=False,
                                                               seconds=clock.laps))
-        quality: Quality | None = None
-        isolated_edema_ml: list[float] = []
-        if isinstance(segmenter, BundleSegmenter):
-            labels = segmenter.segment(images, transforms, reference_role, brain, clock)
-            labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
-            bundle = segmenter.runner.bundle
-            model_name = bundle.label
-            algorithm = Algorithm(name=bundle.name, version=bundle.version, parameters=(
-                *parameters, ("MONAI bundle", bundle.label), ("model sha256", self.model_digest[:16])))
-        else:
-            prediction = predict(segmenter, images, transforms, reference_role, brain, clock)
-            cleared = post_process(prediction, segmenter, images, reference_role, brain, clock, self.min_tumor_ml)
-            labels, isolated_edema_ml = cleared.labels, list(cleared.dropped_ml)
-            quality = assess(segmenter, prediction.probabilities, prediction.inside)
-            clock.lap("self-consistency")
-            algorithm = Algorithm(name="radnode tumor-segmentation", version=self.model_digest[:16],
-                                  parameters=(*parameters, ("model", model_name)))
-        labels, brain = _in_source_order(labels, brain, images[reference_role], reference)
+        study = AlignedStudy(images, transforms, reference_role, brain, clock, parameters, model_name,
+                             self.model_digest)
+        done = segmenter.segmentation(study, partial(segment_network, min_tumor_ml=self.min_tumor_ml))
+        model_name, algorithm, quality = done.model_name, done.algorithm, done.quality
+        labels, brain = _in_source_order(done.labels, brain, images[reference_role], reference)
         voxel_ml = float(np.prod(reference.spacing)) / 1000.0
         volumes_ml = {region.tracking_id: round(float((labels == region.label).sum()) * voxel_ml, 2)
                       for region in SUB_REGIONS}
@@ -266,7 +183,7 @@ class TumorSegmentation(ModelPipeline):
         return JobResult.written(outputs, summary=summary(
             model=model_name, volumes_ml=volumes_ml, tumor_found=any(volumes_ml.values()), seconds=clock.laps,
             self_consistency=quality.score if quality else None, low_confidence=bool(quality and quality.low_confidence),
-            isolated_edema_ml=isolated_edema_ml))
+            isolated_edema_ml=list(done.isolated_edema_ml)))
 
     def _not_measured(self, reference: Volume, algorithm: Algorithm, used: str, statement: str) -> list[Dataset]:
         """The SR saying why nothing was measured and what to send, and the summary image saying
@@ -362,12 +279,8 @@ def _sub_region_finding(number: int, region: SubRegion, volume_ml: float, refere
 
 def _lesion_findings(reference: Volume, labels: np.ndarray, brain: sitk.Image) -> list[Finding]:
     """One SR group per connected lesion, largest first ("lesion-1", ...): its volume, where it
-    lies (hemisphere, lobe) and a point on it in the source series with its outline there, which
-    the group references.
-
-    The sub-region groups give the study's totals; a radiologist follows lesions one by one (a
-    metastasis beside a glioma, a satellite lesion), so each is reported as itself.
-    """
+    lies and a point on it in the source series with its outline there. The sub-region groups
+    give the totals; a radiologist follows lesions one by one (a metastasis beside a glioma)."""
     components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
     if count == 0:
         return []
@@ -478,18 +391,6 @@ def _described(used: str, left_out: Mapping[str, str]) -> str:
     return f"{used}; {', '.join(DISPLAY[role] for role in left_out)} left out"
 
 
-def _require_bundle_contrasts(segmenter: BundleSegmenter, present: Sequence[str],
-                              left_out: Mapping[str, str] | None = None) -> None:
-    """A bundle gets every contrast it was trained on, or the job is not applicable."""
-    missing = [role for role in segmenter.roles if role not in present]
-    if missing:
-        why = {role: f" ({reason})" for role, reason in (left_out or {}).items()}
-        raise NotApplicable(
-            f"the MONAI bundle {segmenter.runner.label} needs {', '.join(DISPLAY[r] for r in segmenter.roles)}; "
-            f"the study lacks {', '.join(DISPLAY[r] + why.get(r, '') for r in missing)}"
-        )
-
-
 def _contrast_volumes(job: JobInput) -> dict[str, Volume]:
     """The MR volume of every role that arrived, or NotApplicable saying what is wrong."""
     volumes = {}
@@ -538,6 +439,19 @@ def predict(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: 
     probabilities = segmenter.probabilities(network_input)
     clock.lap("inference")
     return Prediction(grid, network_input, inside, probabilities)
+
+
+def segment_network(segmenter: Segmenter, study: AlignedStudy, min_tumor_ml: float = MIN_TUMOR_ML) -> Segmented:
+    """radnode's steps for its own network: ``predict``, ``post_process`` and the case's
+    self-consistency (``quality``), named as radnode's model."""
+    prediction = predict(segmenter, study.images, study.transforms, study.reference_role, study.brain, study.clock)
+    cleared = post_process(prediction, segmenter, study.images, study.reference_role, study.brain, study.clock,
+                           min_tumor_ml)
+    quality = assess(segmenter.format.threshold, prediction.probabilities, prediction.inside)
+    study.clock.lap("self-consistency")
+    algorithm = Algorithm(name="radnode tumor-segmentation", version=study.model_digest[:16],
+                          parameters=(*study.parameters, ("model", study.model_name)))
+    return Segmented(cleared.labels, algorithm, study.model_name, quality, tuple(cleared.dropped_ml))
 
 
 def segment(segmenter: Segmenter, images: Mapping[str, sitk.Image], transforms: Mapping[str, sitk.Transform],

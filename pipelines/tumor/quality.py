@@ -10,11 +10,10 @@ under ``LOW_CONFIDENCE_BELOW`` is reported "low confidence".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from pipelines.tumor.inference import Segmenter
 
 #: The tumor-core channel of the network's outputs (TC, WT, ET).
 CORE = 0
@@ -56,7 +55,7 @@ TRACK_RECORD = ("Of 31 calibration scans under it, 29 had a tumor-core Dice unde
                 "of 7 at or above it, 5 had 0.5 or more (median 0.61).")
 
 
-def assess(segmenter: Segmenter, probabilities: np.ndarray, inside: np.ndarray) -> Quality:
+def assess(thresholds: Sequence[float], probabilities: np.ndarray, inside: np.ndarray) -> Quality:
     """This case's ``crispness`` against ``LOW_CONFIDENCE_BELOW``: no added pass (the LOG's rule
     chose it over ``mirror_agreement``, which doubles the inference, as both reached AUROC 0.8)."""
-    return Quality(round(crispness(probabilities, inside, segmenter.format.threshold[CORE]), 3), LOW_CONFIDENCE_BELOW)
+    return Quality(round(crispness(probabilities, inside, thresholds[CORE]), 3), LOW_CONFIDENCE_BELOW)

@@ -102,7 +102,7 @@ def data_set_bytes(path: Path) -> bytes:
 def stored_file(node: NodeProcess, sop_uid: str) -> Path:
     row = node.index().instance(sop_uid)
     assert row is not None, f"{sop_uid} not indexed"
-    return Path(row["path"])
+    return row.path
 
 
 def store(port: int, sample: Path, fragments: int | None = None) -> int:
@@ -276,11 +276,11 @@ def test_c_stores_sent_before_the_receiver_handled_the_acceptance_are_stored_and
     assert answers[0][1] >= LATE_ACCEPTANCE_SECONDS * 0.8, f"first response after {answers[0][1]:.3f} s"
     index = Index(spool / "index.sqlite")
     rows = [index.instance(str(pydicom.dcmread(s, stop_before_pixels=True).SOPInstanceUID)) for s in sources]
-    associations = {row["association"] if row is not None else "not indexed" for row in rows}
+    associations = {row.association if row is not None else "not indexed" for row in rows}
     assert len(associations) == 1 and None not in associations and "not indexed" not in associations, associations
     for source, row in zip(sources, rows):
         assert row is not None
-        assert pydicom.dcmread(row["path"]) == pydicom.dcmread(source)
+        assert pydicom.dcmread(row.path) == pydicom.dcmread(source)
 
 
 def test_an_unexpected_error_in_storing_answers_0xC211_and_leaves_no_file_behind(tmp_path, data_dir):

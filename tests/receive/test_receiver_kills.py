@@ -170,7 +170,7 @@ def test_receiver_killed_100_times_between_data_and_response_keeps_every_acknowl
                 uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
                 row = index.instance(uid)
                 assert row is not None, f"trial {trial}: {Path(path).name} acknowledged, not indexed"
-                assert same_instance(Path(row["path"]), Path(path)), \
+                assert same_instance(row.path, Path(path)), \
                     f"trial {trial}: {Path(path).name} acknowledged, its stored file differs from what was sent"
             acknowledged_total += len(stored)
             until_gone(pid)

@@ -68,7 +68,7 @@ def test_a_study_uploaded_by_stow_rs_is_stored_routed_and_delivered_as_the_same_
     index = node.index()
     for path in stow_files:  # indexed before the 200, and stored as sent
         row = index.instance(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-        assert row is not None and pydicom.dcmread(row["path"]) == pydicom.dcmread(path)
+        assert row is not None and pydicom.dcmread(row.path) == pydicom.dcmread(path)
     by_storescu = wait_until(lambda: delivered(index, by_dimse), 120, 0.25, "the storescu series delivered")
     by_stow_rs = wait_until(lambda: delivered(index, by_stow), 120, 0.25, "the STOW-RS series delivered")
     print("storescu:", by_storescu, "STOW-RS:", by_stow_rs)

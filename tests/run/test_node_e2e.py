@@ -38,9 +38,9 @@ def assert_stored_as_sent(index, files: list[Path], reference_dir: Path | None) 
         row = index.instance(uid)
         assert row is not None, f"{path.name} acknowledged but not indexed"
         if wire:
-            assert dataset_bytes(Path(row["path"])) == dataset_bytes(wire[uid])
+            assert dataset_bytes(row.path) == dataset_bytes(wire[uid])
         else:
-            assert pydicom.dcmread(row["path"]) == source
+            assert pydicom.dcmread(row.path) == source
 
 
 def send_to_both(node, files: list[Path], tmp_path: Path, prefer: str | None = "+x=",
@@ -88,4 +88,4 @@ def test_compressed_transfer_syntaxes_are_stored_as_received(node, data_dir, syn
     assert_stored_as_sent(index, files, wire)
     for path in files:
         row = index.instance(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-        assert row["transfer_syntax"] == pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert row.transfer_syntax == pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID

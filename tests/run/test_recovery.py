@@ -44,7 +44,7 @@ def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         row = index.instance(uid)
         assert row is not None, f"{Path(path).name} was acknowledged before the crash but is not indexed"
-        assert pydicom.dcmread(row["path"]).SOPInstanceUID == uid  # complete, readable file
+        assert pydicom.dcmread(row.path).SOPInstanceUID == uid  # complete, readable file
 
     # the scanner sends again what failed; both series complete and are processed
     assert storescu(node.port, series_a + series_b).returncode == 0
@@ -202,7 +202,7 @@ def test_unreadable_spool_file_without_a_row_is_quarantined_at_reconcile_and_the
     kept = spool.instance_path(header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID)
     spool.write(kept, readable.read_bytes())
     assert reindex_spool(spool, index) == 1  # the readable file is indexed, the other set aside
-    assert index.instance(header.SOPInstanceUID)["path"] == str(kept)
+    assert index.instance(header.SOPInstanceUID).path == kept
     assert not stray.exists()
     (reason,) = spool.quarantine.glob("*.reason.txt")
     assert "cannot be read" in reason.read_text()
@@ -291,7 +291,7 @@ def test_an_instance_sent_again_under_another_series_stays_where_it_was_last_sen
                               for uid in (series_a, series_b, series_c, series_d)},
                     "jobs": sorted(job.subject for job in index.jobs()),
                     "moved_rows": {index.instance(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID))
-                                   ["series_uid"] for p in moved}}
+                                   .series_uid for p in moved}}
 
         expected = {"rows": {series_a: 3, series_b: 3, series_c: 0, series_d: 3},
                     "files": {series_a: 3, series_b: 3, series_c: 0, series_d: 3},
@@ -329,11 +329,11 @@ def test_reconcile_keeps_the_copy_sent_last_when_a_crash_left_two_copies_of_one_
     index.record_instance(InstanceRecord.from_header(pydicom.dcmread(second, stop_before_pixels=True),
                                                      str(header.file_meta.TransferSyntaxUID), second, 1), None)
     assert reindex_spool(spool, index) == 0
-    assert not first.exists() and index.instance(header.SOPInstanceUID)["path"] == str(second)
+    assert not first.exists() and index.instance(header.SOPInstanceUID).path == second
 
     # the move's commit was lost with the power (the row still says first): the later copy wins
     spool.write(first, source.read_bytes())
     os.utime(first, (1_000_000_000, 1_000_000_000))
     index.record_instance(InstanceRecord.from_header(header, str(header.file_meta.TransferSyntaxUID), first, 1), None)
     assert reindex_spool(spool, index) == 1
-    assert not first.exists() and index.instance(header.SOPInstanceUID)["path"] == str(second)
+    assert not first.exists() and index.instance(header.SOPInstanceUID).path == second

@@ -190,7 +190,7 @@ def test_a_stored_common_key_of_another_type_is_kept_for_people_instead_of_makin
 
 
 def test_a_nodule_summary_is_stored_as_the_same_json_the_untyped_pipeline_wrote():
-    from pipelines.nodule.pipeline import FoundNodule, NoduleSummary
+    from pipelines.nodule.contract import FoundNodule, NoduleSummary
 
     summary = NoduleSummary(
         nodules=[FoundNodule(**nodule) for nodule in OLD_NODULE_ROW["nodules"]],
@@ -201,7 +201,7 @@ def test_a_nodule_summary_is_stored_as_the_same_json_the_untyped_pipeline_wrote(
 def test_a_pipeline_summary_refuses_a_key_it_does_not_declare():
     from pydantic import ValidationError
 
-    from pipelines.denoise.pipeline import DenoiseSummary
+    from pipelines.denoise.contract import DenoiseSummary
 
     with pytest.raises(ValidationError, match="modelsha256"):
         DenoiseSummary(slices=3, mean_abs_change_hu=4.5, modelsha256="ab")  # type: ignore[call-arg]
@@ -237,7 +237,7 @@ def test_the_ray_actors_outcome_round_trips_through_pickle_and_the_driver_commit
     outcome = actor.run({"series": ship(series)}, "7")
 
     assert isinstance(outcome, ActorOutcome) and outcome.applicable
-    assert type(outcome.summary) is JobSummary  # the driver unpickles no pipeline's own class
+    assert type(outcome.summary) is JobSummary  # a site pipeline's plain dict, as in-process
     assert outcome.summary.details["voxels"] > 0 and set(outcome.summary.seconds) == {"load", "threshold", "write"}
     assert [name for name, _ in outcome.files] == [o.path.name for o in outcome.objects]
     back = pickle.loads(pickle.dumps(outcome))
@@ -254,3 +254,71 @@ def test_the_ray_actors_outcome_round_trips_through_pickle_and_the_driver_commit
     assert done.summary.ran_on == outcome.ran_on and done.summary.details == outcome.summary.details
     assert list(done.summary.to_stored())[-1] == "ran_on"  # shown last, as before
     assert len(index.results(job.id)) == len(outcome.files)
+
+
+def test_a_shipped_pipelines_typed_summary_reaches_the_ray_driver_typed_without_torch_and_is_stored_unchanged(
+        tmp_path):
+    import subprocess
+    import sys
+
+    from node.config import parse_config
+    from node.receive.spool import Spool
+    from node.run.ray_actor import ActorOutcome
+    from node.run.ray_executor import Driver
+    from pipelines.nodule.contract import FoundNodule, NoduleSummary
+
+    summary = NoduleSummary(nodules=[FoundNodule(**nodule) for nodule in OLD_NODULE_ROW["nodules"]],
+                            candidates=14, lung_ml=4180, device="cpu", model_sha256="3f" * 32,
+                            seconds=OLD_NODULE_ROW["seconds"])
+    outcome = ActorOutcome(applicable=False, reason="no lung", summary=summary, files=[], objects=[],
+                           ran_on="gpu-1:42", seconds=1.5)
+    unpickle = ("import pickle, sys; o = pickle.loads(sys.stdin.buffer.read()); "
+                "print(type(o.summary).__qualname__, 'torch' in sys.modules)")
+    driver_side = subprocess.run([sys.executable, "-c", unpickle], input=pickle.dumps(outcome),
+                                 capture_output=True, check=True)
+    assert driver_side.stdout.decode().split() == ["NoduleSummary", "False"]
+
+    config = parse_config(node_config(tmp_path))
+    index = Index(config.node.index_path)
+    index.add_job(JobSpec(route="r", pipeline="nodule-detection", subject="1.1.1", study_uid="1.1",
+                          generation=0, inputs={"series": "1.1.1"}, destinations=[]))
+    job = index.claim_job(pid=1, timeout=60)
+    driver = Driver(config, index, Spool(config.node.spool), "radnode-host", stop=None)  # type: ignore[arg-type]
+    driver._commit(job, pickle.loads(pickle.dumps(outcome)))
+    stored = index.job(job.id)
+    assert stored is not None and stored.summary.to_stored() == {**OLD_NODULE_ROW, "ran_on": "gpu-1:42"}
+
+
+# ---- a pipeline's options ---------------------------------------------------------------------
+
+
+def _threshold_config(tmp_path: Path, **options: Any):
+    from node.config import parse_config
+    from tests.support.harness import threshold_pipeline, threshold_route
+
+    return parse_config(node_config(tmp_path, routes=[threshold_route()], pipelines=threshold_pipeline(**options),
+                                    destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                   "port": 104}]))
+
+
+def test_a_pipeline_loads_with_the_options_object_the_config_check_validated_not_a_dict_checked_again(tmp_path):
+    from node.run.invoke import load_pipeline, pipeline_settings
+    from tests.support.hu_threshold import ThresholdOptions
+
+    config = _threshold_config(tmp_path, threshold_hu=150)
+    validated = config.pipelines["hu-threshold"].validated_options
+    assert isinstance(validated, ThresholdOptions) and validated.threshold_hu == 150
+    entry, settings = pipeline_settings(config, "hu-threshold")
+    assert settings.options is validated
+    assert load_pipeline(entry, settings).options is validated  # the same object: validated once
+    unpickled = pickle.loads(pickle.dumps(settings))  # as a Ray actor receives it
+    assert isinstance(unpickled.options, ThresholdOptions) and unpickled.options == validated
+
+
+def test_a_pipeline_handed_another_pipelines_options_object_is_refused_naming_both(tmp_path):
+    from pipelines.base import PipelineSettings
+    from pipelines.nodule.contract import Options as NoduleOptions
+    from tests.support.hu_threshold import HUThreshold
+
+    with pytest.raises(TypeError, match="reads ThresholdOptions options, not Options"):
+        HUThreshold(PipelineSettings(name="hu-threshold", options=NoduleOptions()))

@@ -186,7 +186,7 @@ class KillTrials:
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             row = index.instance(uid)
             assert row is not None, f"trial {trial} ({stage}): {Path(path).name} acknowledged, not indexed"
-            assert str(pydicom.dcmread(row["path"]).SOPInstanceUID) == uid, \
+            assert str(pydicom.dcmread(row.path).SOPInstanceUID) == uid, \
                 f"trial {trial} ({stage}): {Path(path).name} indexed but its file is not intact"
         missing = [f for f in files if str(f) not in stored]
         if missing and self.stow:  # the client sends again what it did not see acknowledged

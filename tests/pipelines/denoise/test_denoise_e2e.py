@@ -46,5 +46,5 @@ def test_low_dose_route_delivers_a_denoised_series_next_to_the_original(tmp_path
     # The original stays in the spool as it was sent (storescu may re-pad a value on the way, so
     # the comparison is by element): only a new series was made.
     for path, header in zip(files, headers):
-        stored = pydicom.dcmread(index.instance(str(header.SOPInstanceUID))["path"])
+        stored = pydicom.dcmread(index.instance(str(header.SOPInstanceUID)).path)
         assert stored == pydicom.dcmread(path)

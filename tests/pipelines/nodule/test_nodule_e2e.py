@@ -72,7 +72,7 @@ def test_chest_ct_gives_seg_sr_key_images_and_gsps_in_the_pacs_and_only_key_imag
     assert chest_job.state == "done", chest_job.outcome
     # kept as received: the spool holds the JPEG-LS bytes, decoded only by the pipeline
     spooled = index.instance(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
-    assert pydicom.dcmread(spooled["path"], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert pydicom.dcmread(spooled.path, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLSLossless
     # the pipeline's summary is kept on the job and shown to whoever looks at it
     assert len(chest_job.summary.model_sha256) == 64 and chest_job.summary.seconds
     assert chest_job.summary.model_sha256 in node.cli("jobs", "--id", str(chest_job.id)).stdout
