@@ -70,7 +70,7 @@ def test_on_a_pynetdicom_whose_internals_differ_the_node_stores_durably_on_stock
         for path in files:
             row = index.instance(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
             assert row is not None, f"{path.name} acknowledged but not indexed"
-            kept = Path(row["path"])
+            kept = row.path
             assert kept.is_relative_to(Path(config["node"]["spool"])), kept
             assert pydicom.dcmread(kept) == pydicom.dcmread(path)  # storescu may re-encode on the way
             assert pydicom.dcmread(kept, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle == "STORESCU"
