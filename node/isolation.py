@@ -1,6 +1,6 @@
 """One bad item must not stop a loop that serves every other item.
 
-The node's background loops (scheduler, dispatcher, retention, supervisor, reconcile) each
+The node's background loops (completion, scheduler, dispatcher, retention, reconcile) each
 walk a list of series, studies, jobs, deliveries or files. An exception raised by one of them,
 say a header pydicom cannot read, used to abort the whole pass, and the next pass met the same
 item first, so nothing behind it moved again. Each loop now runs every item through

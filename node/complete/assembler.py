@@ -1,16 +1,11 @@
-"""Deciding when a series or a study has arrived, and handing it to the router.
+"""Deciding when a series or a study has arrived, and handing it to routing.
 
-DICOM never says "series finished", so completion is a decision. radnode uses what it knows:
-a series is complete once the associations that carried it are released and nothing new came
-for ``settle_seconds``; if an association stays open, ``quiet_seconds`` of silence decide. Both
-grow with a series that arrives slowly (``node.complete.completeness``), and while the series' own headers
-say more is coming (a gap in the slice positions, ImagesInAcquisition not reached, ...) it waits
-up to ``incomplete_timeout_seconds`` after its last instance.
-Study-level routes wait until every input role has a complete series (or the required roles
-plus the route's ``sufficient_roles``), or until the study has been quiet for
-``study_timeout_seconds`` or an administrator ran ``radnode complete``: then they run with what
-arrived if the required roles are there, and otherwise end as a failed job whose reason names
-the missing inputs.
+DICOM never says "series finished", so completion is a decision: the carrying associations are
+released and nothing new came for ``settle_seconds`` (or ``quiet_seconds`` of silence while one
+stays open), both stretched for a slow series (``completeness``), longer while the headers
+promise more (up to ``incomplete_timeout_seconds``). Study-level routes wait for their roles,
+``study_timeout_seconds`` of quiet, or ``radnode complete``; then run with what arrived or end
+as a failed job naming the missing inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from node.complete.completeness import Expectation, HeaderCache, adapted_seconds
 from node.config import Config
 from node.index.store import Index, SeriesRow
 from node.isolation import isolated
-from node.route.router import Router, note_ignored, read_header
+from node.route.router import Router, read_header
 from node.route.study import StudyRouter
 
 #: Series whose routing header (one instance's, about 60 KiB) stays in memory: a study being
@@ -62,7 +57,7 @@ def quiet_since(series: SeriesRow) -> float:
 
 
 def next_check(series: SeriesRow, timing: Timing) -> float:
-    """The first moment ``series_is_complete`` can hold if nothing else arrives: the scheduler
+    """The first moment ``series_is_complete`` can hold if nothing else arrives: completion
     sleeps until then rather than a whole interval."""
     quiet = series.last_received + timing.quiet_seconds
     if series.open_associations == 0:
@@ -148,7 +143,7 @@ class Assembler:
         receiving = self.index.receiving_series()
         due: list[float] = []
         for series in receiving:
-            isolated("scheduler", series.series_uid, lambda: self._complete(series, now, due),
+            isolated("completion", series.series_uid, lambda: self._complete(series, now, due),
                      lambda reason: self._set_aside(series, reason))
         complete = self.index.series_to_route()  # with the series completed just now
         for series in complete:
@@ -186,23 +181,15 @@ class Assembler:
                       instances=series.instance_count, generation=series.generation,
                       incomplete=expectation.reason if expectation else None)
 
-
     def _route(self, series: SeriesRow) -> None:
         if series.instance_count == 0:
             self._set_aside(series, NO_INSTANCES_LEFT)
             return
-        header = self.header(series)
-        jobs = self.router.series_jobs(series, header)
-        if series.generation:
-            for route in self.router.matching(header, level="series"):
-                if route.on_late_instances == "ignore":
-                    note_ignored(self.index, route, series.series_uid, series.study_uid, series.generation)
-        self.index.route_series(series.series_uid, series.generation, jobs)
+        self.router.route_series(self.index, series, self.header(series))
         self.slices.forget(series.series_uid)  # also when ``radnode complete`` completed it
         self._logged_waits.pop(series.series_uid, None)
         if not self.router.study_routes():
             self._forget_headers([series.series_uid])  # no study route will look at it again
-        logs.info("series.routed", series=series.series_uid, routes=[j.route for j in jobs])
 
     def _set_aside(self, series: SeriesRow, reason: str) -> None:
         self._headers.pop(series.series_uid, None)

@@ -1,18 +1,9 @@
 """What a series' own headers and arrival pattern say about whether more instances are coming.
 
-A quiet time alone completes half a series when a scanner pauses between two batches (a
-second association after a reconstruction, a PACS re-send in parts): the node would analyse
-50 of 99 slices and later analyse the whole again, leaving two contradictory answers. DICOM
-gives hints that more is coming, and this module reads them:
-
-- ``ImagesInAcquisition``: fewer instances of an acquisition than it announces;
-- ``NumberOfTemporalPositions`` / ``CardiacNumberOfImages``: a slice position with fewer
-  images than the announced time points or cardiac phases;
-- a gap in the slice positions: a step between neighbouring slices that is a whole multiple
-  (2x, 3x, ...) of the smallest step, i.e. slices missing in the middle of the stack;
-
-and it adapts the settle time to how this series arrives (a scanner that sends one image every
-3 s gets a longer settle than one that sends 100 per second).
+A quiet time alone would complete half a series when a scanner pauses between two batches, and the
+node would later analyse the whole again, leaving two contradictory answers. So announced counts
+(ImagesInAcquisition, temporal positions, cardiac phases) and gaps in the slice positions hold a
+series open, and the settle time adapts to how fast this series arrives (docs/complete.md).
 """
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
-"""Delivering: results to the PACS with C-STORE until it has them (``dispatcher``), and a
-result that replaces an earlier one saying so (``supersede``).
+"""Delivering: results to the PACS with C-STORE or STOW-RS until it has them (``dispatcher``);
+it sends the files it is given (their lineage was written in ``node.run.lineage``).
 """

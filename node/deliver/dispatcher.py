@@ -1,14 +1,9 @@
 """Delivering results to their destinations, until each has them.
 
-Due deliveries to one destination go together, each with the result files the destination's
-``formats`` take (``node.result_formats``), to the destination's ``Sender``: one C-STORE
-association (``node.deliver.cstore``) or STOW-RS requests over one kept-alive connection
-(``node.deliver.stow``). The bookkeeping is the same for both: a delivery is sent when every one
-of its files was taken; otherwise it is retried with exponential backoff (capped at
-``backoff_max_seconds``) for ``retry_hours`` (24 by default: a PACS maintenance window or a long
-outage needs no one), then marked dead for an administrator to look at (``radnode deliveries``)
-and re-queue (``radnode retry``, which opens a new window). Result files stay in the spool until
-then, and every try is recorded.
+Due deliveries to one destination go together to its ``Sender`` (C-STORE or STOW-RS). A delivery
+is sent when every one of its files was taken; otherwise it is retried with backoff for
+``retry_hours``, then marked dead for an administrator to re-queue (``radnode retry``); every try
+is recorded (docs/deliver.md).
 """
 
 from __future__ import annotations

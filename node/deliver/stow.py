@@ -1,18 +1,9 @@
-"""Results to a DICOMweb archive by STOW-RS (PS3.18 10.5): multipart/related bodies of
-``application/dicom`` parts, each result file sent as its bytes are, ``instances_per_request``
-to a request, up to ``connections`` requests at once over connections kept alive across
-requests and batches (an archive stores the instances of one request one after the other, so
-a 300-slice series goes faster over several: bench/ingest.py ``--stow-only``).
+"""Results to a DICOMweb archive by STOW-RS (PS3.18 10.5), over kept-alive connections.
 
-The answer is read per instance: an instance in the response's FailedSOPSequence (or missing
-from its ReferencedSOPSequence) fails its delivery with the FailureReason, which the dispatcher
-records and retries like a refused C-STORE; a WarningReason is logged and the instance counts as
-stored. Requests go to ``{url}/studies/{job's study}``, so the archive refuses an object that
-does not belong in the study its job read.
-
-httpx is the client: it keeps connections alive across requests and ticks, streams a request
-body from a generator (a 300-slice series is never held in memory), takes an ``ssl`` context
-for verification against a CA file, and has separate connect and read timeouts.
+The answer is read per instance: one in the response's FailedSOPSequence (or missing from its
+ReferencedSOPSequence) fails its delivery with the FailureReason, retried like a refused C-STORE.
+Requests go to ``{url}/studies/{job's study}`` so the archive refuses an object from another
+study. httpx streams each body from a generator (docs/deliver.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The index's SQLite file: its schema (and how an index an older radnode made is brought to
 it at open), how it is opened (WAL mode, owner only) and the one way a change is made.
 
-Receivers, the scheduler, workers and the dispatcher run in different processes and talk only
-through this file. Each state change is one short ``BEGIN IMMEDIATE`` transaction, so two
+Receivers, completion, the scheduler, workers and the dispatcher run in different processes and
+talk only through this file. Each state change is one short ``BEGIN IMMEDIATE`` transaction, so two
 processes never see half a change, and a restart finds every series, job and delivery where
 it was left. Each concern of the index is a class over this ``Database`` (``node.index.store`` names
 them); a part of the node that needs one concern takes that class, not the whole index.

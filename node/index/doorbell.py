@@ -1,6 +1,6 @@
 """Waking a sleeping loop of the node when another thread or process commits work for it.
 
-The scheduler, the supervisor and the dispatcher read their work from the index in passes and
+Completion, the scheduler and the dispatcher read their work from the index in passes and
 sleep between them; a pass that starts only on its interval adds up to that interval to each hop
 of a study (series complete -> job claimed -> results delivered). So a commit that makes work for
 one of them rings its doorbell: a datagram to a Unix socket in Linux's abstract namespace, named
@@ -18,8 +18,8 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-#: what changed, and so which loop is rung: the scheduler (series released or forced complete),
-#: the supervisor (jobs queued, or a worker freed) and the dispatcher (deliveries due)
+#: what changed, and so which loop is rung: completion (series released or forced complete),
+#: the scheduler (jobs queued, or a worker freed) and the dispatcher (deliveries due)
 Topic = Literal["series", "jobs", "deliveries"]
 
 

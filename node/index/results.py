@@ -41,7 +41,7 @@ class ResultObject:
 @dataclass(frozen=True)
 class Lineage:
     """A job's result objects and the earlier job they replace (with the version they are), as
-    ``node.deliver.supersede`` works them out; recorded with the job's end, in its transaction."""
+    ``node.run.lineage`` works them out; recorded with the job's end, in its transaction."""
 
     objects: Sequence[ResultObject]
     replaces: int | None = None

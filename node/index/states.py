@@ -119,7 +119,7 @@ class Machine:
 
 COMPLETE = Transition("complete", (SeriesState.RECEIVING,), SeriesState.COMPLETE)
 ROUTE = Transition("route", (SeriesState.COMPLETE,), SeriesState.ROUTED)
-#: the scheduler cannot complete or route it: it leaves the queue (no jobs), the reason recorded
+#: completion cannot complete or route it: it leaves the queue (no jobs), the reason recorded
 SET_ASIDE = Transition("set aside", (SeriesState.RECEIVING, SeriesState.COMPLETE), SeriesState.ROUTED)
 #: a late instance (``node.index.store`` does it in the receive upsert, raising the generation)
 REOPEN = Transition("re-open", (SeriesState.COMPLETE, SeriesState.ROUTED), SeriesState.RECEIVING)

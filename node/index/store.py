@@ -228,7 +228,7 @@ class SeriesIndex(Database):
             self._ring("jobs")
 
     def set_aside_series(self, series_uid: str, generation: int, reason: str) -> None:
-        """A series the scheduler cannot complete or route leaves the queue (state ``routed``,
+        """A series completion cannot complete or route leaves the queue (state ``routed``,
         no jobs) with the reason recorded; a late instance re-opens it for another try."""
         with self._tx() as db:
             states.apply(db, states.SERIES, states.SET_ASIDE, series_uid, {},

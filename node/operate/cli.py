@@ -10,7 +10,7 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -48,6 +48,10 @@ DEFAULT_CONFIG = Path("config.toml")
 _WORK_WITHOUT_CONFIG = ("run", "route-test")
 
 
+#: Adds a subcommand that takes ``--config`` (``config=False``: one that reads no config).
+Command = Callable[..., argparse.ArgumentParser]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radnode",
@@ -55,65 +59,68 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", type=Path, default=None,
-                       help="configuration file (default: ./config.toml"
-                            + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
+    def command(name: str, help_text: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text if config else None)
+        if config:
+            p.add_argument("--config", type=Path, default=None,
+                           help="configuration file (default: ./config.toml"
+                                + (", else the built-in defaults)" if name in _WORK_WITHOUT_CONFIG else ")"))
         return p
 
-    command("serve", "start the node: Storage SCP, STOW-RS receiver (when [dicomweb] port is set), workers and delivery")
+    for add in (_node_commands, _listing_commands, _queue_commands, _site_commands):
+        add(command)
+    return parser
 
+
+def _node_commands(command: Command) -> None:
+    command("serve", "start the node: Storage SCP, STOW-RS receiver (when [dicomweb] port is set), workers and delivery")
     run = command("run", "run a pipeline offline on the DICOM files under a folder")
     run.add_argument("--pipeline", required=True, help="pipeline name, e.g. ct-denoise")
     run.add_argument("--input", required=True, type=Path, help="folder with the input DICOM files")
     run.add_argument("--output", required=True, type=Path, help="folder for the result DICOM files")
     run.add_argument("--traceback", action="store_true",
                      help="on a pipeline error, print its traceback too (for the developer who fixes it)")
-
     rt = command("route-test", "show which routes a file or folder of DICOM files would take")
     rt.add_argument("path", type=Path)
 
+
+def _listing_commands(command: Command) -> None:
     jobs = command("jobs", "list jobs, newest first")
     jobs.add_argument("--state", type=JobState, choices=list(JobState))
     jobs.add_argument("--pipeline", help="only jobs of this pipeline")
     _paging(jobs, "jobs")
     jobs.add_argument("--id", type=int, help="show one job in full: inputs, summary, traceback, deliveries")
-
     deliveries = command("deliveries", "list deliveries of results to destinations, newest first")
     deliveries.add_argument("--state", type=DeliveryState, choices=list(DeliveryState))
     _paging(deliveries, "deliveries")
-
     command("problems", "list series, studies and clean-ups the node set aside, with the reason")
 
+
+def _queue_commands(command: Command) -> None:
     retry = command("retry", "re-queue dead deliveries (all, or one) or a failed job")
     target = retry.add_mutually_exclusive_group()
     target.add_argument("--delivery", type=int, help="only this delivery id")
     target.add_argument("--job", type=int, help="re-run this failed job instead")
-
     studies = command("studies", "list studies: state, input roles filled, what each waits for and until when")
     studies.add_argument("--all", action="store_true", help="also studies that are routed (default: only those "
                          "still receiving or waiting)")
-
     complete = command("complete", "force completion now of a study (its study routes decide at once) or a series")
     what = complete.add_mutually_exclusive_group(required=True)
     what.add_argument("--study", metavar="UID", help="StudyInstanceUID")
     what.add_argument("--series", metavar="UID", help="SeriesInstanceUID")
-
     cancel = command("cancel", "cancel a queued job (it ends as failed; retry --job re-queues it)")
     cancel.add_argument("--job", type=int, required=True, help="job id (radnode jobs --state queued)")
 
-    sub.add_parser("hash-password", help="print the [web] password_hash line for a password read from the terminal")
 
+def _site_commands(command: Command) -> None:
+    command("hash-password", "print the [web] password_hash line for a password read from the terminal",
+            config=False)
     command("notify", "list the [[notify]] targets: last sent, pending and dead notifications, last error")
     backfill_cli.add_arguments(command("backfill", "retrieve past studies from a [[sources]] PACS and run the routes "
                                        "over them (by a list or a query); --status, --cancel, --report"))
-
     command("destinations", "list the destinations: protocol, address, reachable or not since when, last check")
-
     echo = command("echo", "C-ECHO a destination named in the config (a DICOMweb one: a QIDO-RS request)")
     echo.add_argument("destination", help="destination name from [[destinations]]")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

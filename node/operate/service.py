@@ -1,16 +1,13 @@
-"""``radnode serve``: the process tree of a running node and its supervisor.
+"""``radnode serve``: the process tree of a running node, wired together here.
 
-    radnode serve (supervisor: restarts children, enforces job timeouts)
-    ├── receiver processes (Storage SCP, sharing the DICOM port)
-    ├── the STOW-RS receiver (``[dicomweb] port``; off by default)
-    ├── the executor (``node.run.executor``): local worker processes, or a Ray cluster's actors
-    ├── scheduler thread (assembler + router)
-    ├── dispatcher thread (C-STORE to destinations)
-    ├── notification threads, with [[notify]] targets: one watch, one sender per target
-    └── backfill thread, with ``[[sources]]`` (C-FIND, C-MOVE: ``node.retrieve.backfill``)
+    radnode serve (supervisor: restarts dead children)
+    ├── receiver processes (Storage SCP, sharing the DICOM port), and the STOW-RS receiver
+    ├── the executor's workers (``node.run.executor``): local processes, or a Ray cluster's actors
+    └── threads: completion (``node.complete``), scheduler (``node.run.scheduler``), dispatcher,
+        retention, notify watch / notify TARGET, backfill
 
-Everything they share lives in the index, so any of them can die and be restarted, and the whole
-node can be killed, without losing an acknowledged instance, a job or a delivery.
+They share only the index, so any of them can die and be restarted, and the whole node can be
+killed, without losing an acknowledged instance, a job or a delivery.
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ from node.complete.assembler import Assembler
 from node.config import Config, ConfigError, NotifyTarget, load_config
 from node.deliver.dispatcher import Dispatcher
 from node.index.doorbell import Doorbell, Topic
-from node.index.store import Index, Job
+from node.index.store import Index
 from node.isolation import isolated
 from node.operate.monitoring import MonitoringServer
 from node.operate.notify import Notifier, Watcher
@@ -42,15 +39,17 @@ from node.receive.scp import Receiver
 from node.receive.spool import Spool
 from node.receive.spool_lock import lock_spool
 from node.receive.stow import StowReceiver
-from node.retrieve.backfill import Backfiller, in_hours
+from node.retrieve.backfill import Backfiller
 from node.run.bundle_check import check_bundles
 from node.run.child import die_with_parent
 from node.run.engine import make_executor
 from node.run.executor import Executor
+from node.run.scheduler import Scheduler
 
-#: The longest the scheduler, the dispatcher and the supervisor sleep between passes; each is
-#: woken sooner by its doorbell (``node.index.doorbell``), and the scheduler also when a
-#: receiving series' settle or quiet time ends.
+#: The longest each loop sleeps between passes; completion, the scheduler and the dispatcher are
+#: woken sooner by their doorbells (``node.index.doorbell``), completion also when a receiving
+#: series' settle or quiet time ends.
+COMPLETION_INTERVAL = 0.25
 SCHEDULER_INTERVAL = 0.25
 DISPATCHER_INTERVAL = 0.5
 NOTIFY_INTERVAL = 0.5
@@ -65,7 +64,7 @@ MIN_WAIT_SECONDS = 0.001
 @dataclass(frozen=True)
 class Wake:
     """What a loop's action may return: run the next pass at ``at`` (epoch seconds) when that
-    comes before the loop's interval ends (the scheduler: when a series' settle time ends)."""
+    comes before the loop's interval ends (completion: when a series' settle time ends)."""
 
     at: float
 
@@ -111,12 +110,15 @@ class Node:
     _web: WebServer | None = None
     _listening: bool = False
     _bells: dict[Topic, Doorbell] = field(default_factory=dict)
+    _scheduler_thread: threading.Thread | None = None
+    _receivers_stopped: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
         self.index = Index(self.config.node.index_path)
         self.executor: Executor = make_executor(self.config, str(self.config_path),
                                                 Index(self.config.node.index_path))
+        self.scheduler = Scheduler(self.config, Index(self.config.node.index_path), self.executor)
 
     # ---- start -----------------------------------------------------------------------------
 
@@ -152,10 +154,11 @@ class Node:
         for child in self._children:
             self._spawn(child)
         self.executor.start()
+        self._scheduler_thread = threading.Thread(target=self._run_scheduler, name="scheduler", daemon=True)
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._schedule_once, SCHEDULER_INTERVAL,
+            threading.Thread(target=self._loop, args=(self._complete_once, COMPLETION_INTERVAL,
                                                       self._bells["series"]),
-                             name="scheduler", daemon=True),
+                             name="completion", daemon=True),
             threading.Thread(target=self._loop, args=(self._dispatch_once, DISPATCHER_INTERVAL,
                                                       self._bells["deliveries"]),
                              name="dispatcher", daemon=True),
@@ -167,6 +170,7 @@ class Node:
         if self.config.sources:
             self._threads.append(threading.Thread(target=self._loop, args=(self._backfill_once, BACKFILL_INTERVAL),
                                                   name="backfill", daemon=True))
+        self._scheduler_thread.start()
         for thread in self._threads:
             thread.start()
         logs.info("node.started", ae_title=self.config.node.ae_title, port=self.config.node.port,
@@ -263,7 +267,15 @@ class Node:
             else:
                 bell.wait(wait)
 
-    def _schedule_once(self) -> Callable[[], object]:
+    def _run_scheduler(self) -> None:
+        """The scheduler's loop (a queued job or a freed worker rings it), then the executor's
+        stop once the receivers are down: a worker the scheduler restarted dies with the thread
+        that spawned it (PR_SET_PDEATHSIG), so this thread must outlive its workers."""
+        self._loop(lambda: self.scheduler.tick, SCHEDULER_INTERVAL, self._bells["jobs"])
+        self._receivers_stopped.wait()
+        self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
+
+    def _complete_once(self) -> Callable[[], object]:
         assembler = Assembler(self.config, Index(self.config.node.index_path))
 
         def tick() -> Wake | None:
@@ -319,51 +331,19 @@ class Node:
     # ---- supervision -----------------------------------------------------------------------
 
     def supervise(self) -> None:
-        """Run until SIGTERM/SIGINT: restart dead children, stop jobs past their timeout and
-        hand queued jobs to the executor while it has room."""
+        """Run until SIGTERM/SIGINT, restarting dead children; then stop."""
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        jobs = self._bells.get("jobs")
-        while not self._stop.is_set():
-            if jobs is None:
-                self._stop.wait(SUPERVISOR_INTERVAL)
-            else:
-                jobs.wait(SUPERVISOR_INTERVAL)  # a job queued or a worker freed rings it
-            if not self._stop.is_set():
-                self.supervise_once()
+        while not self._stop.wait(SUPERVISOR_INTERVAL):
+            self.supervise_once()
         self.stop()
 
     def supervise_once(self) -> None:
-        """One round: a job or child whose handling fails is logged and met again next round,
-        after every other overdue job and dead child has been handled."""
-        isolated("supervisor", "job timeouts", self._enforce_job_timeouts, lambda _reason: None)
-        isolated("supervisor", "executor", self.executor.supervise, lambda _reason: None)
-        isolated("supervisor", "job submission", self._submit_jobs, lambda _reason: None)
+        """One round: a child whose restart fails is logged and met again next round."""
         for child in self._children:
             if child.process is not None and not child.process.is_alive():
                 isolated("supervisor", f"{child.role} {child.process.pid}",
                          lambda: self._restart(child), lambda _reason: None)
-
-    def _submit_jobs(self) -> None:
-        """Start attempts of queued jobs while the executor has room; the rest wait in the index."""
-        backfill = in_hours(self.config.backfill.hours)
-        while self.executor.has_room():
-            job = self.index.claim_job(None, self.config.workers.job_timeout_seconds, backfill=backfill)
-            if job is None:
-                return
-            logs.info("job.submitted", job=job.id, pipeline=job.pipeline, attempt=job.attempts,
-                      engine=self.config.workers.engine, lane=job.lane)
-            self.executor.submit(job)
-
-    def _enforce_job_timeouts(self) -> None:
-        for job in self.index.overdue_jobs(time.time()):
-            isolated("supervisor", f"job {job.id}", lambda: self._time_out(job), lambda _reason: None)
-
-    def _time_out(self, job: Job) -> None:
-        limit = self.config.workers.job_timeout_seconds
-        if self.index.fail_job(job.id, f"timed out after {limit:g} s", attempt=job.attempts):
-            logs.error("job.timeout", job=job.id, pipeline=job.pipeline, seconds=limit)
-            self.executor.cancel(job)
 
     def _restart(self, child: _Child) -> None:
         assert child.process is not None
@@ -386,7 +366,7 @@ class Node:
         for bell in self._bells.values():  # the loops' sleeps end now
             bell.ring()
         self._terminate([c for c in self._children if c.role in RECEIVING_ROLES], grace=10.0)
-        self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
+        self._stop_executor()
         requeued = self.index.requeue_running_jobs(None)  # every attempt has ended by now
         for thread in self._threads:
             # a sender in a hanging webhook's POST holds nothing: its message is sent again next start
@@ -400,6 +380,14 @@ class Node:
         for bell in self._bells.values():
             bell.close()
         logs.info("node.stopped", jobs_handed_back=requeued, deliveries_sent_at_stop=delivered)
+
+    def _stop_executor(self) -> None:
+        """In the scheduler's thread when it runs (``_run_scheduler``), else here."""
+        self._receivers_stopped.set()
+        if self._scheduler_thread is not None and self._scheduler_thread.is_alive():
+            self._scheduler_thread.join()
+        else:
+            self.executor.stop(grace=self.config.workers.shutdown_grace_seconds)
 
     def _deliver_due(self) -> int:
         """One last pass of the dispatcher over every due delivery. A destination that fails

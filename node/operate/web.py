@@ -418,128 +418,149 @@ def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], list[tup
     return fields, files
 
 
+_HTML = "text/html; charset=utf-8"
+
+
 def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "radnode"
-        sys_version = ""
-        timeout = _CLIENT_TIMEOUT_SECONDS
+    return type("Handler", (_Handler,), {"app": app})
 
-        def setup(self) -> None:
-            super().setup()
-            if isinstance(self.connection, ssl.SSLSocket):
-                self.connection.do_handshake()
 
-        def do_GET(self) -> None:
-            user = self._user()
-            if user is None:
-                return
-            url = urllib.parse.urlsplit(self.path)
-            query = dict(urllib.parse.parse_qsl(url.query))
-            pages: dict[str, Callable[[str, dict[str, str]], bytes]] = {
-                "/": app.overview, "/studies": app.studies, "/jobs": app.jobs,
-                "/deliveries": app.deliveries, "/routes": app.routes, "/backfills": app.backfills,
-            }
-            body: bytes | None = None
-            try:
-                if url.path in pages:
-                    body = pages[url.path](user, query)
-                elif url.path.startswith("/jobs/") and url.path[6:].isdigit():
-                    body = app.job(user, int(url.path[6:]), query)
-                elif report := _BACKFILL_REPORT_PATH.fullmatch(url.path):
-                    csv_text = app.backfill_report(user, int(report["backfill"]))
-                    if csv_text is not None:
-                        self._reply(200, csv_text, "text/csv; charset=utf-8")
-                        return
-                elif image := _KEY_IMAGE_PATH.fullmatch(url.path):
-                    png = app.key_image(int(image["job"]), int(image["number"]))
-                    if png is not None:
-                        self._reply(200, png, "image/png")
-                        return
-            except Exception:  # noqa: BLE001 (a page that cannot be built says so; the log says why)
-                logs.error("web.page_failed", page=url.path, exc_info=True)
-                self._reply(500, b"this page failed: the node's log has the error (web.page_failed)\n",
-                            "text/plain")
-                return
-            if body is None:
-                self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes, /backfills\n",
-                            "text/plain")
-            else:
-                self._reply(200, body)
+class _Handler(BaseHTTPRequestHandler):
+    """The page's HTTP side: login, the routes table of GET pages, and POSTed actions."""
 
-        def do_POST(self) -> None:
-            user = self._user()
-            if user is None:
-                return
-            url = urllib.parse.urlsplit(self.path)
-            upload = url.path == "/routes"
-            if not upload and not url.path.startswith("/actions/"):
-                self._reply(404, b"actions are POSTed to /actions/<name>, route tests to /routes\n", "text/plain")
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > (_UPLOAD_LIMIT if upload else _FORM_LIMIT):
-                self.close_connection = True
-                self._reply(413, b"too large: upload at most 64 MB to the route tester; for a bigger series "
-                                 b"give it the series' folder on the node's machine\n", "text/plain")
-                return
-            body = self.rfile.read(length)
-            files: list[tuple[str, bytes]] = []
-            if upload:
-                form, files = _multipart(self.headers.get("Content-Type", ""), body)
-            else:
-                form = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
-            action = "route-test" if upload else url.path.removeprefix("/actions/")
-            if not hmac.compare_digest(form.get("csrf", "").encode(), app.csrf_token(user).encode()):
-                logs.warning("web.action_refused", action=action, user=user, address=self.client_address[0],
-                             reason="CSRF token missing or wrong")
-                self._reply(403, b"refused: the form's CSRF token is missing or out of date; reload the page "
-                                 b"and press the button again\n", "text/plain")
-                return
-            if upload:
-                logs.info("web.route_test", user=user, address=self.client_address[0], source="upload",
-                          files=len(files), bytes=sum(len(data) for _, data in files))
-                self._reply(200, app.routes_uploaded(user, files))
-                return
-            outcome = app.act(action, form)
-            logs.info("web.action", action=action, target=form.get("target", ""), user=user,
-                      address=self.client_address[0], ok=outcome.ok, result=outcome.message)
-            back = form.get("back", "/")
-            if not back.startswith("/") or back[1:2] in ("/", "\\"):  # "//host" or "/\\host" would leave the node
-                back = "/"
-            separator = "&" if "?" in back else "?"
-            self.send_response(303)
-            self.send_header("Location", back + separator + urllib.parse.urlencode({"notice": app.remember(outcome)}))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    app: WebApp
+    server_version = "radnode"
+    sys_version = ""
+    timeout = _CLIENT_TIMEOUT_SECONDS
 
-        def _user(self) -> str | None:
-            header = self.headers.get("Authorization")
-            certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-            user = app.login(header, certificate)
-            if user is None:
-                if header:  # a browser's first request carries none: only a wrong login is news
-                    logs.warning("web.login_refused", address=self.client_address[0])
-                body = b"radnode: log in with the [web] user and its password\n"
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="radnode", charset="UTF-8"')
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            return user
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
-        def _reply(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
+    def do_GET(self) -> None:
+        user = self._user()
+        if user is None:
+            return
+        url = urllib.parse.urlsplit(self.path)
+        try:
+            page = self._page(user, url.path, dict(urllib.parse.parse_qsl(url.query)))
+        except Exception:  # noqa: BLE001 (a page that cannot be built says so; the log says why)
+            logs.error("web.page_failed", page=url.path, exc_info=True)
+            self._reply(500, b"this page failed: the node's log has the error (web.page_failed)\n",
+                        "text/plain")
+            return
+        if page is None:
+            self._reply(404, b"not found: the pages are /, /studies, /jobs, /deliveries, /routes, /backfills\n",
+                        "text/plain")
+        else:
+            self._reply(200, *page)
+
+    def _page(self, user: str, path: str, query: dict[str, str]) -> tuple[bytes, str] | None:
+        """(body, content type) of the page at ``path``; None: there is none."""
+        app = self.app
+        pages: dict[str, Callable[[str, dict[str, str]], bytes]] = {
+            "/": app.overview, "/studies": app.studies, "/jobs": app.jobs,
+            "/deliveries": app.deliveries, "/routes": app.routes, "/backfills": app.backfills,
+        }
+        if path in pages:
+            return pages[path](user, query), _HTML
+        if path.startswith("/jobs/") and path[6:].isdigit():
+            body = app.job(user, int(path[6:]), query)
+            return None if body is None else (body, _HTML)
+        if report := _BACKFILL_REPORT_PATH.fullmatch(path):
+            body = app.backfill_report(user, int(report["backfill"]))
+            return None if body is None else (body, "text/csv; charset=utf-8")
+        if image := _KEY_IMAGE_PATH.fullmatch(path):
+            body = app.key_image(int(image["job"]), int(image["number"]))
+            return None if body is None else (body, "image/png")
+        return None
+
+    def do_POST(self) -> None:
+        user = self._user()
+        if user is None:
+            return
+        path = urllib.parse.urlsplit(self.path).path
+        upload = path == "/routes"
+        if not upload and not path.startswith("/actions/"):
+            self._reply(404, b"actions are POSTed to /actions/<name>, route tests to /routes\n", "text/plain")
+            return
+        received = self._form(upload)
+        if received is None:
+            return
+        form, files = received
+        action = "route-test" if upload else path.removeprefix("/actions/")
+        if not self._csrf_ok(user, action, form):
+            return
+        if upload:
+            logs.info("web.route_test", user=user, address=self.client_address[0], source="upload",
+                      files=len(files), bytes=sum(len(data) for _, data in files))
+            self._reply(200, self.app.routes_uploaded(user, files))
+            return
+        outcome = self.app.act(action, form)
+        logs.info("web.action", action=action, target=form.get("target", ""), user=user,
+                  address=self.client_address[0], ok=outcome.ok, result=outcome.message)
+        self._see_other(form.get("back", "/"), outcome)
+
+    def _form(self, upload: bool) -> tuple[dict[str, str], list[tuple[str, bytes]]] | None:
+        """The POSTed form and uploaded files; None when refused as too large (answered)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > (_UPLOAD_LIMIT if upload else _FORM_LIMIT):
+            self.close_connection = True
+            self._reply(413, b"too large: upload at most 64 MB to the route tester; for a bigger series "
+                             b"give it the series' folder on the node's machine\n", "text/plain")
+            return None
+        body = self.rfile.read(length)
+        if upload:
+            return _multipart(self.headers.get("Content-Type", ""), body)
+        return dict(urllib.parse.parse_qsl(body.decode(errors="replace"))), []
+
+    def _csrf_ok(self, user: str, action: str, form: dict[str, str]) -> bool:
+        if hmac.compare_digest(form.get("csrf", "").encode(), self.app.csrf_token(user).encode()):
+            return True
+        logs.warning("web.action_refused", action=action, user=user, address=self.client_address[0],
+                     reason="CSRF token missing or wrong")
+        self._reply(403, b"refused: the form's CSRF token is missing or out of date; reload the page "
+                         b"and press the button again\n", "text/plain")
+        return False
+
+    def _see_other(self, back: str, outcome: admin.Outcome) -> None:
+        """Back to the page the action came from, with its notice."""
+        if not back.startswith("/") or back[1:2] in ("/", "\\"):  # "//host" or "/\\host" would leave the node
+            back = "/"
+        separator = "&" if "?" in back else "?"
+        self.send_response(303)
+        self.send_header("Location", back + separator + urllib.parse.urlencode({"notice": self.app.remember(outcome)}))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _user(self) -> str | None:
+        header = self.headers.get("Authorization")
+        certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        user = self.app.login(header, certificate)
+        if user is None:
+            if header:  # a browser's first request carries none: only a wrong login is news
+                logs.warning("web.login_refused", address=self.client_address[0])
+            body = b"radnode: log in with the [web] user and its password\n"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="radnode", charset="UTF-8"')
+            self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
-            for name, value in _HEADERS.items():
-                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+        return user
 
-        def log_message(self, *_: object) -> None:  # page views are not worth a log line; actions are
-            pass
+    def _reply(self, status: int, body: bytes, content_type: str = _HTML) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in _HEADERS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
 
-    return Handler
+    def log_message(self, *_: object) -> None:  # page views are not worth a log line; actions are
+        pass
 
 
 def _listing(query: dict[str, str], state: JobState | DeliveryState | None) -> Listing | None:

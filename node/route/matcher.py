@@ -1,15 +1,9 @@
 """Conditions on DICOM attributes, as written in config.toml's ``[routes.match]`` tables.
 
-A condition is written ``KEYWORD = spec`` where spec is one of:
-
-- a string or number: equal (for multi-valued attributes such as ImageType, the whole value
-  ``"ORIGINAL\\PRIMARY\\AXIAL"`` or any single value ``"AXIAL"`` matches);
-- a list: one of these values;
-- ``{regex = "..."}``: regular expression searched in the value (case-sensitive; use ``(?i)``);
-- ``{gt/ge/lt/le = number}``: numeric comparison, several at once make a range;
-- ``{one_of = [...]}``: set membership; ``{present = true|false}``: the attribute is there or not.
-
-Each check says why it failed, because ``radnode route-test`` shows that to the administrator.
+A condition is ``KEYWORD = spec``: a value (any single value of a multi-valued attribute
+matches), a list, ``{regex}``, ``{gt/ge/lt/le}``, ``{one_of}`` or ``{present}`` (the README's
+route section shows each). Each check says why it failed, because ``radnode route-test`` shows
+that to the administrator.
 """
 
 from __future__ import annotations

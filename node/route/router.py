@@ -60,14 +60,21 @@ class Router:
             if (level is None or route.level == level) and not failed_conditions(route.match, header)
         ]
 
-    def series_jobs(self, series: SeriesRow, header: Dataset) -> list[JobSpec]:
-        """Jobs for a series that just completed: one per matching series-level route."""
-        return [
-            job_spec(route, subject=series.series_uid, study_uid=series.study_uid,
-                     generation=series.generation, inputs={SERIES_ROLE: series.series_uid})
-            for route in self.matching(header, level="series")
-            if series.generation == 0 or route.on_late_instances == "rerun"
-        ]
+    def route_series(self, index: Index, series: SeriesRow, header: Dataset) -> list[JobSpec]:
+        """The one call completion makes: queue the jobs of a series that just completed (one per
+        matching series-level route) and record it routed, with a note where late instances are
+        ignored."""
+        routes = self.matching(header, level="series")
+        jobs = [job_spec(route, subject=series.series_uid, study_uid=series.study_uid,
+                         generation=series.generation, inputs={SERIES_ROLE: series.series_uid})
+                for route in routes if series.generation == 0 or route.on_late_instances == "rerun"]
+        if series.generation:
+            for route in routes:
+                if route.on_late_instances == "ignore":
+                    note_ignored(index, route, series.series_uid, series.study_uid, series.generation)
+        index.route_series(series.series_uid, series.generation, jobs)
+        logs.info("series.routed", series=series.series_uid, routes=[j.route for j in jobs])
+        return jobs
 
     def study_routes(self) -> list[Route]:
         return [r for r in self._by_priority(self.config.routes) if r.level == "study"]

@@ -90,12 +90,10 @@ class StudyRouter:
         self._open_studies: set[str] | None = None
 
     def tick(self, now: float, touched: set[str]) -> None:
-        """Study routes look only at open studies, so an idle tick costs the same with a week of
-        finished studies in the index as with none.
+        """Look only at open studies, so an idle tick costs the same whatever the index holds.
 
-        A study opens when one of its series is seen receiving or complete (every new instance
-        makes its series receiving, and the tick reads those anyway) and closes once settled
-        (``_examine``). The first tick opens every study of the lookback window, so a
+        A study opens when one of its series is seen receiving or complete and closes once
+        settled (``_examine``); the first tick opens every study of the lookback window, so a
         restart resumes the waiting ones.
         """
         routes = self.router.study_routes()

@@ -1,12 +1,10 @@
-"""The executor: the one interface between the node's scheduler and whatever runs jobs.
+"""The executor: the one interface between the scheduler (``node.run.scheduler``) and whatever
+runs jobs.
 
-The node keeps every job in its index; an executor only runs attempts of them. The scheduler
-claims a queued job (a new attempt, ``node.index.states``) when the executor has room, submits the
-attempt, and learns its outcome from the index, where the attempt's result is committed under its
-attempt number, so that a late result of an earlier attempt is refused. Two implementations:
-``local`` (worker processes on this machine, ``node.run.worker``) and ``ray`` (actors on a Ray
-cluster, ``node.run.ray_executor``); ``[workers] engine`` picks one and nothing else in the node knows
-which.
+It only runs attempts the scheduler claimed; each outcome is committed to the index under its
+attempt number, so a late result of an earlier attempt is refused. ``local`` (worker processes,
+``node.run.worker``) or ``ray`` (``node.run.ray_executor``): ``[workers] engine`` picks one and
+nothing else in the node knows which.
 """
 
 from __future__ import annotations
@@ -50,7 +48,8 @@ class _Child:
 
 
 class Executor(ABC):
-    """Runs job attempts. Called from the node's threads only (scheduler and supervisor)."""
+    """Runs job attempts. Driven by the scheduler's thread alone; ``health`` and ``checks`` are
+    also read by the monitoring and web threads."""
 
     @abstractmethod
     def start(self) -> None:
@@ -73,7 +72,7 @@ class Executor(ABC):
 
     @abstractmethod
     def supervise(self) -> None:
-        """Called often by the supervisor: restart what died and end its attempts."""
+        """Called every round by the scheduler: restart what died and end its attempts."""
 
     @abstractmethod
     def stop(self, grace: float) -> None:
@@ -218,7 +217,7 @@ class ProcessExecutor(Executor):
 
     def health(self) -> dict[str, Processes]:
         """A child counts while it is alive and its loop or its attempt's heartbeat is recent:
-        a wedged one is not reported running (the supervisor replaces it)."""
+        a wedged one is not reported running (``supervise`` replaces it)."""
         before = time.time() - STALL_SECONDS
         alive = sum(1 for c in self._children if c.process.is_alive() and not c.wedged(before))
         return {self.role: Processes(alive, len(self._children))}

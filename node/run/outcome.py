@@ -13,10 +13,10 @@ import pydicom
 
 from node import logs
 from node.config import Config
-from node.deliver.supersede import replace_earlier
 from node.index.states import JobState
 from node.index.store import Index, Job, ResultFile
 from node.result_formats import format_of
+from node.run.lineage import replace_earlier
 from pipelines.base import JobResult
 from pipelines.writers.output import WrittenObject
 

@@ -1,9 +1,8 @@
 """Worker processes of the local executor: run the job attempts it submits.
 
-Workers are separate processes so that a model that crashes, hangs or eats memory never stops
-the receiver; the supervisor in ``node.operate.service`` kills a worker whose job outlives its timeout
-and records why. Each worker loads a pipeline (and its model) once and keeps it for every
-later job.
+Separate processes, so that a model that crashes, hangs or eats memory never stops the
+receiver; the scheduler (``node.run.scheduler``) kills a worker whose job outlives its timeout.
+Each worker loads a pipeline (and its model) once and keeps it for every later job.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def execute(job: Job, index: Index, spool: Spool, pipelines: PipelineCache) -> N
     """Run one claimed job and record its outcome; any exception becomes the job's reason, and
     its traceback is kept on the job (``radnode jobs --id N``) for the developer who fixes it.
 
-    A full disk is not the job's fault: the worker waits and runs it again (the supervisor's
+    A full disk is not the job's fault: the worker waits and runs it again (the scheduler's
     job timeout still bounds the whole), so no job is lost to a disk that fills for a while.
     """
     started = time.monotonic()
@@ -66,7 +65,7 @@ def worker_main(config_path: str, link: ChildLink) -> None:
     """Entry point of a worker process of the local executor: run the attempts it submits
     until SIGTERM.
 
-    SIGTERM lets the job in hand finish; the supervisor decides how long that may take.
+    SIGTERM lets the job in hand finish; the node's stop decides how long that may take.
     """
     die_with_parent()
     logs.setup()

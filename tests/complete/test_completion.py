@@ -179,7 +179,7 @@ def test_series_arriving_slowly_gets_a_settle_time_of_several_of_its_own_gaps(tm
 # ---- the idle cost does not grow with history ------------------------------------------------
 
 def idle_tick_seconds(assembler: Assembler, now: float, ticks: int = 40) -> float:
-    """Median time of one tick with nothing to do (the scheduler runs one every 0.25 s)."""
+    """Median time of one tick with nothing to do (the completion thread runs one every 0.25 s)."""
     times = []
     for _ in range(ticks):
         start = time.perf_counter()

@@ -99,3 +99,32 @@ def test_sigterm_delivers_a_job_finished_in_the_grace_and_hands_back_a_longer_on
     assert jobs["slow"].state == "queued" and jobs["slow"].outcome == ""
     assert '"jobs_handed_back": 1' in node.logs() and '"deliveries_sent_at_stop": 1' in node.logs()
     assert took < 8 + 10, f"stop took {took:.1f} s with an 8 s grace"  # measured: about 9 s
+
+
+def test_a_worker_restarted_after_a_crash_finishes_its_job_in_the_stops_grace(tmp_path, orthanc, data_dir):
+    """The scheduler's thread restarts a dead worker, and a child dies with the thread that
+    spawned it (PR_SET_PDEATHSIG): that thread must outlive it until the stop's grace ends."""
+    import os
+    import signal
+
+    quick = {"hu-threshold": {"entry": "tests.support.hu_threshold:HUThreshold", "options": {"sleep_seconds": 3}}}
+    config = node_config(
+        tmp_path, destinations=[orthanc.destination()],
+        routes=[threshold_route("first", match={"SeriesDescription": {"regex": "B40f"}}),
+                threshold_route("second", match={"SeriesDescription": {"regex": "B70f"}})],
+        pipelines=quick, workers={"count": 1, "shutdown_grace_seconds": 8})
+    node = NodeProcess(config, tmp_path).start()
+    index = node.index()
+    assert storescu(node.port, series(data_dir, "B40f")).returncode == 0
+    wait_until(lambda: [j.state for j in index.jobs()] == ["done"], 60, what="the first job done")
+    (first,) = index.jobs()
+    assert first.worker_pid is not None
+    os.kill(first.worker_pid, signal.SIGKILL)
+    wait_until(lambda: '"node.child_died"' in node.logs(), 30, what="the worker's restart")
+    assert storescu(node.port, series(data_dir, "B70f")).returncode == 0
+    wait_until(lambda: len(index.jobs("running")) == 1 and index.jobs("running")[0].worker_pid, 90,
+               what="the second job running on the restarted worker")
+    assert node.stop(timeout=60) == 0
+    second = next(j for j in index.jobs() if j.route == "second")
+    assert second.worker_pid != first.worker_pid
+    assert second.state == "done", f"the restarted worker's job ended {second.state}: {second.outcome}"

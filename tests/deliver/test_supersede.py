@@ -1,4 +1,4 @@
-"""Version numbers and SeriesDescription of results that replace earlier ones (node.deliver.supersede).
+"""Version numbers and SeriesDescription of results that replace earlier ones (node.run.lineage).
 
 The end-to-end case with Orthanc and dciodvfy is in test_one_answer.py; these pin the chain
 v1 -> v2 -> v3 and the 64-character limit of SeriesDescription (LO).
@@ -12,8 +12,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.deliver.supersede import replace_earlier, versioned_description
 from node.index.store import Index, JobSpec
+from node.run.lineage import replace_earlier, versioned_description
 from pipelines.writers.output import WrittenObject
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR

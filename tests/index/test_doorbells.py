@@ -35,7 +35,7 @@ def job(subject: str = "1.2.3") -> JobSpec:
                    inputs={"series": subject}, destinations=["pacs"])
 
 
-def test_a_job_queued_by_another_process_wakes_the_supervisor_at_once(index):
+def test_a_job_queued_by_another_process_wakes_the_scheduler_at_once(index):
     jobs = Doorbell(index.path, "jobs")
     code = ("from pathlib import Path; from node.index.store import Index; from tests.index.test_doorbells import job; "
             f"Index(Path({str(index.path)!r})).add_job(job())")
@@ -56,7 +56,7 @@ def test_a_finished_job_wakes_the_dispatcher_and_frees_its_worker(index):
     jobs.close()
 
 
-def test_a_released_association_wakes_the_scheduler(index):
+def test_a_released_association_wakes_completion(index):
     series = Doorbell(index.path, "series")
     index.open_association("a1", "CT1", "127.0.0.1", 1)
     index.close_association("a1")
@@ -72,7 +72,7 @@ def test_a_ring_while_the_loop_works_is_kept_for_its_next_wait(index):
     bell.close()
 
 
-def test_the_scheduler_sleeps_until_a_series_settle_time_ends(tmp_path, index):
+def test_completion_sleeps_until_a_series_settle_time_ends(tmp_path, index):
     """No instance for 0.5 s of the 2 s settle time: the pass says to come back when the 2 s
     end (not a poll interval later), and at that moment the series completes."""
     assembler = Assembler(config(tmp_path, [SERIES_ROUTE]), index)

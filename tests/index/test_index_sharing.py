@@ -47,7 +47,7 @@ def _deleted_index_files_held(pid: int, index_path: Path) -> list[str]:
 def test_a_commit_after_an_admin_command_closed_its_connection_is_seen_by_every_other_process(tmp_path):
     index_path = tmp_path / "index.sqlite"
     first = Index(index_path)
-    second = Index(index_path)  # the main process builds several: scheduler, monitoring, web
+    second = Index(index_path)  # the main process builds several: completion, scheduler, monitoring, web
     first.set_node_value("before", "1")
 
     _in_another_process("index.set_node_value('admin', '1'); index.close()", index_path)

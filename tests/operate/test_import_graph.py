@@ -142,3 +142,28 @@ def test_deliver_imports_nothing_of_receive() -> None:
 def test_node_has_no_module_outside_a_stage_or_the_shared_list() -> None:
     loose = sorted(p.stem for p in (REPO / "node").glob("*.py") if p.stem not in {"__init__", *SHARED})
     assert loose == []
+
+
+#: The index and executor calls that schedule: claiming a job, finding the overdue ones, handing
+#: an attempt to the executor or taking it back. Only ``node.run.scheduler`` makes them.
+SCHEDULING_CALLS = {"claim_job", "overdue_jobs", "has_room", "submit", "cancel"}
+
+
+def called_names(path: Path) -> set[str]:
+    """The names of the functions and methods a module calls (``a.b.claim_job()`` -> claim_job)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {call.func.attr if isinstance(call.func, ast.Attribute) else call.func.id
+            for call in ast.walk(tree) if isinstance(call, ast.Call)
+            and isinstance(call.func, (ast.Attribute, ast.Name))}
+
+
+def test_operate_only_wires_the_scheduler_and_run_imports_nothing_of_deliver() -> None:
+    edges = graph()
+    assert "node.run.scheduler" in edges["node.operate.service"]
+    scheduling = {name: sorted(called_names(path) & SCHEDULING_CALLS) for name, path in modules().items()
+                  if where(name) == "operate"}
+    assert {name: calls for name, calls in scheduling.items() if calls} == {}
+    assert SCHEDULING_CALLS <= called_names(modules()["node.run.scheduler"])
+    from_run = sorted(f"{name} -> {target}" for name, targets in edges.items() if where(name) == "run"
+                      for target in targets if where(target) == "deliver")
+    assert from_run == []

@@ -53,7 +53,7 @@ def test_fuzz_corpus_gets_answers_and_the_node_keeps_processing(tmp_path, data_d
         job = wait_until(lambda: [j for j in index.jobs() if j.state in ("done", "failed")], 120, what="job")[0]
         assert job.state == "done", job.outcome
         wait_until(lambda: index.deliveries("sent"), 60, what="delivery")
-        # the scheduler has read the header of every accepted series on each pass since (some
+        # completion has read the header of every accepted series on each pass since (some
         # still wait for instances their headers announce): none was set aside as unreadable
         problems = [(p.kind, p.reason[:120]) for p in index.problems()]
         assert problems == [], "what the receiver accepted, a later stage could not read"

@@ -140,12 +140,12 @@ def test_a_1_MB_deflated_data_set_inflating_to_1000_MiB_is_refused_0xC000_with_e
     bomb = deflate_bomb(encode(ds, False, True), 1000 * MiB)
     memory = Memory(node.proc.pid)
     status = store(node.port, DeflatedExplicitVRLittleEndian, bomb, sop_uid)
-    time.sleep(2)  # the scheduler would read an instance it was given within its settle time
+    time.sleep(2)  # completion would read an instance it was given within its settle time
     peak = memory.peak_growth()
     print(f"{len(bomb) / MB:.2f} MB deflated: status 0x{status:04X}, peak growth "
           f"{[p // MB for p in peak.values()]} MB")
     # measured: 0xC000, peaks +103 MB in the receiver, +0 elsewhere; before: 0x0000, the receiver
-    # +2.1 GB and the scheduler +0.6 GB within these 2 s
+    # +2.1 GB and completion +0.6 GB within these 2 s
     assert status == 0xC000
     assert max(peak.values()) < 200 * MB, f"peak growth {peak}"
     assert any("inflates beyond" in reason for reason in quarantine_reasons(Path(node.config["node"]["spool"])))
@@ -175,6 +175,6 @@ def test_a_data_set_of_more_empty_elements_than_the_500000_budget_is_refused_and
     wait_until(lambda: index.series(str(ds.SeriesInstanceUID)).state != "receiving", 30, 0.2, "series complete")
     peak = memory.peak_growth()
     print(f"{ELEMENTS - 1000} empty elements: peak growth {[p // MB for p in peak.values()]} MB")
-    # measured: peaks +165 MB in the scheduler; with the old budget of 2 million, 500,001 were
+    # measured: peaks +165 MB in completion; with the old budget of 2 million, 500,001 were
     # accepted, and 1,999,000 cost +663 MB there
     assert max(peak.values()) < 300 * MB, f"peak growth {peak}"

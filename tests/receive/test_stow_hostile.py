@@ -197,7 +197,7 @@ def test_a_deflate_bomb_as_a_part_is_refused_c000_and_quarantined_with_memory_bo
     part = part10_header(str(ds.SOPClassUID), sop_uid, DeflatedExplicitVRLittleEndian, "HOSTILE") + bomb
     memory = Memory(node.proc.pid)
     status, body = post(node.stow_port, multipart(("application/dicom", part)))
-    time.sleep(2)  # the scheduler would read an instance it was given within its settle time
+    time.sleep(2)  # completion would read an instance it was given within its settle time
     peak = memory.peak_growth()
     print(f"{len(bomb) / MB:.2f} MB deflated: HTTP {status}, peak growth {[p // MB for p in peak.values()]} MB")
     # measured: 409, peak +106 MB in the STOW-RS receiver (the DIMSE receiver: +103 MB, test_message_bounds)

@@ -1,5 +1,5 @@
 """One item a loop cannot handle is set aside with its reason; every other item still flows
-(a poison instance used to stop the scheduler for every later series)."""
+(a poison instance used to stop completion for every later series)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def lost_series(index: Index, folder: Path, modality: str, description: str) -> 
 def test_a_poison_item_in_each_loop_is_set_aside_while_a_normal_series_flows_end_to_end(
         tmp_path, data_dir, orthanc):
     """Before the node starts, one item each loop cannot handle: a stray spool file that is not
-    DICOM (reconcile), an instance nested 10,000 deep (scheduler), a complete CT series whose files
+    DICOM (reconcile), an instance nested 10,000 deep (completion), a complete CT series whose files
     are gone (router), an MR study whose series is gone (assembler, study route), a queued job on a
     lost series (worker), a result that is not DICOM (dispatcher). Then a normal CT series is sent:
     it is processed and reaches Orthanc, and each poison item is set aside with its reason.
@@ -222,26 +222,27 @@ def running_jobs(node, pids: list[int], timeout: float) -> list[int]:
     return [node.index.claim_job(pid, timeout).id for pid in pids]
 
 
-def test_the_supervisor_times_out_every_other_job_when_one_cannot_be_failed(tmp_path, monkeypatch):
+def test_the_scheduler_times_out_every_other_job_when_one_cannot_be_failed(tmp_path, monkeypatch):
     import sqlite3
 
     node = supervised_node(tmp_path)
     stuck, *others = running_jobs(node, [101, 102, 103], timeout=-1)  # all past their deadline
     # (the outcome names the configured job_timeout_seconds, 1800 by default)
-    fail_job = node.index.fail_job
+    scheduler = node.scheduler
+    fail_job = scheduler.index.fail_job
 
     def locked_for_one(job_id: int, *args, **kwargs):
         if job_id == stuck:
             raise sqlite3.OperationalError("database is locked")
         return fail_job(job_id, *args, **kwargs)
 
-    monkeypatch.setattr(node.index, "fail_job", locked_for_one)
-    node.supervise_once()
+    monkeypatch.setattr(scheduler.index, "fail_job", locked_for_one)
+    scheduler.tick()
     states = {j.id: (j.state, j.outcome) for j in node.index.jobs()}
     assert states[stuck][0] == "running"
     assert all(states[j] == ("failed", "timed out after 1800 s") for j in others), states
-    monkeypatch.setattr(node.index, "fail_job", fail_job)
-    node.supervise_once()  # the next round meets it again
+    monkeypatch.setattr(scheduler.index, "fail_job", fail_job)
+    scheduler.tick()  # the next round meets it again
     assert node.index.job(stuck).state == "failed"
 
 

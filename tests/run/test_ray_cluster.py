@@ -215,7 +215,7 @@ def test_a_node_with_a_wrong_token_no_token_or_no_tls_certificates_is_refused_an
         assert "uses TLS (RAY_USE_TLS=1) and this node does not: set [workers.ray] tls_ca_cert" in details["no TLS"]
         index = nodes["wrong token"].index()
         wait_until(lambda: index.jobs(), 30, what="the series routed")
-        time.sleep(2)  # four rounds of the supervisor, which would have claimed it by now
+        time.sleep(2)  # four rounds of the scheduler, which would have claimed it by now
         (job,) = index.jobs()
         assert job.state == "queued" and job.attempts == 0, "a job must not be claimed for a cluster that refuses"
         assert '"event": "ray.refused"' in nodes["wrong token"].logs()

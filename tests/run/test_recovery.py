@@ -305,7 +305,7 @@ def test_an_instance_sent_again_under_another_series_stays_where_it_was_last_sen
         node.start()
         index = node.index()
         wait_until(lambda: '"instances_reindexed"' in node.logs(), 30, what="the start's reconcile")
-        time.sleep(2)  # a scheduler pass or more
+        time.sleep(2)  # a completion pass or more
         assert where_things_are() == expected, "the reboot moved nothing back"
     finally:
         node.stop()

@@ -70,7 +70,7 @@ def nested_sequences(levels: int) -> bytes:
 
 def with_nested_sequences(path: Path, levels: int) -> tuple[bytes, str]:
     """A real CT instance, implicit VR, with the nesting between its identifying attributes
-    and its pixel data: the receiver's header read stops before it, the scheduler's does not."""
+    and its pixel data: the receiver's header read stops before it, completion's does not."""
     ds = pydicom.dcmread(path)
     pixels = Dataset()
     pixels.PixelData = ds.PixelData

@@ -1,17 +1,10 @@
-"""A result that replaces an earlier one says so: one finding, one current report.
+"""Lineage: a result that replaces an earlier one says so (one finding, one current report).
 
-When a route runs again for the same series or study (late instances, a re-send), the PACS
-keeps both answers; objects already sent cannot be changed. So the new ones carry the link:
-
-- the new SR names the reports it replaces in ``PredecessorDocumentsSequence`` (SR Document
-  General module, Hierarchical SOP Instance Reference macro; same study). It stays
-  ``CompletionFlag = COMPLETE`` and ``VerificationFlag = UNVERIFIED``: no person verified it,
-  and the standard has no flag that withdraws a report already sent;
-- every new object's SeriesDescription ends with ``(v2, replaces v1)``, what a radiologist sees
-  in the study browser of any viewer;
-- the index records which job replaced which (``radnode jobs``).
-
-This runs in the node for every pipeline, so a site's own pipeline gets it without any code.
+Decided in run/ before the result is committed, so that delivery sends the files as given.
+Objects already sent cannot change, so the new ones carry the link: an SR names the reports it
+replaces (``PredecessorDocumentsSequence``), every new object's SeriesDescription ends with
+``(v2, replaces v1)``, and the index records which job replaced which (``radnode jobs``).
+This runs for every pipeline, a site's own included.
 """
 
 from __future__ import annotations
