@@ -1,4 +1,4 @@
-"""Longer fuzz run than tests/test_fuzz.py: the same corpus with more rounds of random byte
+"""Longer fuzz run than tests/receive/test_fuzz.py: the same corpus with more rounds of random byte
 flips (a new random draw each round), against a fresh ``radnode serve``.
 
     python3 -m bench.fuzz --rounds 20 --seed 23
@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.fuzz_corpus import Sender, corpus, outcome_table
-from tests.harness import NodeProcess, node_config
-from tests.test_network_abuse import tree_rss
+from tests.support.fuzz_corpus import Sender, corpus, outcome_table
+from tests.support.harness import NodeProcess, node_config
+from tests.support.process_tree import tree_rss
 
 
 def main() -> int:

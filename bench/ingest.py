@@ -48,8 +48,8 @@ from node.deliver.dispatcher import Dispatcher  # noqa: E402
 from node.index.store import Index, ResultFile  # noqa: E402
 from node.receive.spool import Spool  # noqa: E402
 from node.route.router import job_spec  # noqa: E402
-from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route  # noqa: E402
-from tests.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
+from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route  # noqa: E402
+from tests.support.peers import Orthanc, dcmtk_bin, dcmtk_env, free_port, wait_for_port  # noqa: E402
 
 Rates = dict[str, float]
 

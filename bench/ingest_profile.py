@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
-from tests.harness import NodeProcess, node_config  # noqa: E402
-from tests.peers import storescu  # noqa: E402
+from tests.support.harness import NodeProcess, node_config  # noqa: E402
+from tests.support.peers import storescu  # noqa: E402
 
 
 def receiver_pid(node: NodeProcess) -> int:

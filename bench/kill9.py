@@ -2,7 +2,7 @@
 
     python3 -m bench.kill9 --trials 100 --seed 23
 
-Each trial (tests/kill_trials.py) sends an 8-slice CT series with fresh UIDs, kills the node's
+Each trial (tests/support/kill_trials.py) sends an 8-slice CT series with fresh UIDs, kills the node's
 process group after a random delay, restarts it, resends what was not acknowledged and checks that
 every acknowledged instance is indexed and intact, that the series is processed and that the PACS
 (Orthanc) holds every result exactly once. Prints, per part of the flow the kill fell in, the
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.kill_trials import STAGES, KillTrials
-from tests.peers import Orthanc
+from tests.support.kill_trials import STAGES, KillTrials
+from tests.support.peers import Orthanc
 from training.data_folder import DATA_ROOT
 
 

@@ -1,12 +1,12 @@
 """How long an nnU-Net v2 3d_fullres folder takes in radnode on a brain MR, against nnUNetv2_predict.
 
-The folder is the tests' (``tests/nnunet_folder.py``: planned by nnU-Net's own tools on three
+The folder is the tests' (``tests/support/nnunet_folder.py``: planned by nnU-Net's own tools on three
 BraTS-2015 cases, T1c + FLAIR, network built from its plans and saved as nnU-Net saves it), here
 on BraTS's own 1 mm grid by default (``--shrink 3,4,2`` is the tests' small grid). The held-out
 case goes once through ``nnUNetv2_predict`` on its NIfTI files (a fresh process: its start and
 model load included) and once through radnode as two DICOM series (the pipeline's load included),
 both on the CPU (or both on ``--device cuda``) with nnU-Net's defaults (step 0.5, Gaussian, mirroring on the checkpoint's axes);
-the script prints both times and their ratio (tests/test_nnunet.py checks that the label maps agree).
+the script prints both times and their ratio (tests/pipelines/bundles/test_nnunet.py checks that the label maps agree).
 
     python -m bench.nnunet [--shrink 1,1,1] [--threads 2] [--device cpu|cuda] [--repeat 1] [--json FILE]
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-import tests.nnunet_folder as nnunet_folder
+import tests.support.nnunet_folder as nnunet_folder
 from bench.pipeline_timing import time_pipeline, write_json
 from pipelines.base import PipelineSettings
 from pipelines.nnunet.pipeline import NnUNetSegmentation

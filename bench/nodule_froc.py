@@ -22,7 +22,7 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   lesion is in the way. Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
   0.7 of the diameter). Through ``NoduleDetection.search`` (shipped scorer folder): found when a
   reported finding's box centre lies in the inserted box (+2 mm); its long axis against the
-  inserted diameter; reported findings centred in the mediastinum (``tests.mediastinum``'s
+  inserted diameter; reported findings centred in the mediastinum (``tests.support.mediastinum``'s
   independent mask) that lie on no inserted or real lesion are listed.
 - ``nodules``: solid, part-solid, ground-glass nodules of 4, 6, 8, 10 mm, juxtapleural,
   juxtavascular (a synthetic vessel attached), perifissural (on a synthetic fissure: radnode has
@@ -66,7 +66,7 @@ from training.nodule import evaluate, patients, sites, synthesis
 from training.nodule.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.mediastinum import mediastinum_mask  # noqa: E402  (the independent mask the tests use)
+from tests.support.mediastinum import mediastinum_mask  # noqa: E402  (the independent mask the tests use)
 
 SEED = 20261126
 #: (posterior wall mm, mediastinal mm) per run, each run once solid and once part-solid.

@@ -35,9 +35,9 @@ from node.receive.spool import Spool  # noqa: E402
 from node.run.invoke import load_pipeline, pipeline_settings, run_pipeline  # noqa: E402
 from node.run.ray_actor import ActorOutcome, PipelineActor  # noqa: E402
 from node.run.ray_executor import ship  # noqa: E402
-from tests.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until  # noqa: E402
-from tests.peers import Orthanc, storescu  # noqa: E402
-from tests.ray_cluster import RayCluster  # noqa: E402
+from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until  # noqa: E402
+from tests.support.peers import Orthanc, storescu  # noqa: E402
+from tests.support.ray_cluster import RayCluster  # noqa: E402
 
 
 def config_dict(tmp: Path, pacs_port: int, workers: dict) -> dict:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
 from bench.ingest import send, split  # noqa: E402
-from tests.harness import NodeProcess, node_config  # noqa: E402
-from tests.peers import Orthanc, free_port  # noqa: E402
+from tests.support.harness import NodeProcess, node_config  # noqa: E402
+from tests.support.peers import Orthanc, free_port  # noqa: E402
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 

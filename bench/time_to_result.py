@@ -29,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness import NodeProcess, node_config, threshold_pipeline
-from tests.kill_trials import fresh_series
-from tests.peers import Orthanc, storescu
+from tests.support.harness import NodeProcess, node_config, threshold_pipeline
+from tests.support.kill_trials import fresh_series
+from tests.support.peers import Orthanc, storescu
 from training.data_folder import DATA_ROOT
 
 SOURCES = DATA_ROOT / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f"

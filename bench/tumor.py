@@ -2,7 +2,7 @@
 
 Targets: under 90 s on 2 CPU cores, under 3 s on one H100. The study is
 BraTS-GLI-00001 (../shared/data/mr-brain) written as four DICOM series of 155 slices at 1 mm
-(``tests.mr_dicom``), with FLAIR, T2 and T1 each moved by a few millimetres and degrees so that
+(``tests.support.mr_dicom``), with FLAIR, T2 and T1 each moved by a few millimetres and degrees so that
 registration has real work; the pipeline runs exactly as a worker runs it, on CUDA when a GPU
 is visible (mixed precision) and on the CPU otherwise.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from tests.mr_dicom import CLINICAL, Study, moved, write_series
+from tests.support.mr_dicom import CLINICAL, Study, moved, write_series
 from training.tumor.data import BRATS, load_images
 
 

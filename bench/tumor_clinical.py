@@ -2,7 +2,7 @@
 
 Target: under 30 s on 2 CPU cores including brain extraction, peak RSS under 3 GB.
 The study is TCGA-FG-6692's raw post-contrast T1 (../shared/data/mr-brain: 26 axial slices of
-5.5 mm, 224 x 256 pixels of 0.9 mm, skull on) written as one DICOM series (``tests.mr_dicom``);
+5.5 mm, 224 x 256 pixels of 0.9 mm, skull on) written as one DICOM series (``tests.support.mr_dicom``);
 the pipeline runs exactly as a worker runs it, with the model the shipped folder picks for T1c
 alone, on CUDA when a GPU is visible and on the CPU otherwise.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.pipeline_timing import parse_arguments, print_timing, time_pipeline
 from pipelines.base import PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
-from tests.mr_dicom import Study, write_series
+from tests.support.mr_dicom import Study, write_series
 from training.tumor.data import load_clinical
 
 

@@ -35,7 +35,7 @@ from node.operate.findings import finding_lines
 from pipelines.base import JobInput, PipelineSettings
 from pipelines.tumor.pipeline import TumorSegmentation
 from pipelines.volume import load_series
-from tests.mr_dicom import Study, seg_labels, write_series
+from tests.support.mr_dicom import Study, seg_labels, write_series
 from training.data_folder import DATA_ROOT
 
 #: DICOMOrient codes: the first as make_mr.py writes it, then column flip, row flip, slices

@@ -1,7 +1,7 @@
 """The node after a year of a busy site's traffic: every page, command, metric and loop timed on a
 year's index, against the same on an empty one (the site's first day), in one run.
 
-The index is filled with synthetic bookkeeping (``tests/year_index.py``: by default 200 studies a
+The index is filled with synthetic bookkeeping (``tests/support/year_index.py``: by default 200 studies a
 day for 365 days, 270 instance rows each, one job, five result rows and one delivery each; the
 last 7 days' studies keep their sample files). Each figure is the median of ``--repeat`` calls, in
 this process, after one warm-up call (the web page and the CLI keep their connection and caches
@@ -44,8 +44,8 @@ from node.operate.reconcile import reindex_spool
 from node.operate.retention import Retention
 from node.operate.web import WebApp
 from node.receive.spool import Spool
-from tests.harness import node_config, write_toml
-from tests.year_index import DAY, Traffic, fill, sample_file
+from tests.support.harness import node_config, write_toml
+from tests.support.year_index import DAY, Traffic, fill, sample_file
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from tests.cpu_share import share_cores
+from tests.support.cpu_share import share_cores
 
 share_cores()  # before anything below imports torch or numpy
 
-from tests.peers import Orthanc  # noqa: E402
+from tests.support.peers import Orthanc  # noqa: E402
+from tests.support.pki import Pki, make_pki  # noqa: E402
 from training.data_folder import DATA_ROOT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the nnU-Net tests' folders are built once per session (``tests/nnunet_folder.py``):
+    """Where the nnU-Net tests' folders are built once per session (``tests/support/nnunet_folder.py``):
     planning takes about 20 s, so every test that needs a folder shares these."""
     return tmp_path_factory.mktemp("nnunet")
 
@@ -160,3 +161,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates made for the module's tests with openssl (``tests.support.pki.make_pki``)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

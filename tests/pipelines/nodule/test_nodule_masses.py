@@ -1,0 +1,116 @@
+"""A lung cancer against the chest wall or the mediastinum is reported, never "none detected" (issue 64).
+
+Before: on a Philips 5 mm chest CT the 6-8 cm cancer of the posterior left upper lobe, against the
+posterior chest wall and the aortic arch, was reported as "none detected" (kernel L) or as an
+8.8 mm piece of its edge (kernel B): the lung-contact rule and the scorer let it go. Now the mass
+safety net (``pipelines.nodule.masses``) reports any solid lesion of 30 mm or more in the lung
+envelope. Here: 50 mm solid masses inserted into cptac-luad-C3N-00247 against the posterior chest
+wall (right lung) and against the mediastinum beside the aortic arch (left lung, posterior medial
+border, ``training.nodule.sites``), on its sharp B70f slices as acquired and re-reconstructed soft by the
+measured NPS (``training.nodule.reconstruction``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipelines.base import PipelineSettings
+from pipelines.nodule import masses
+from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
+from pipelines.nodule.parenchyma import parenchyma
+from pipelines.nodule.pipeline import MIN_SIDE_ML, NoduleDetection
+from tests.pipelines.nodule.test_nodule_lung_only import phantom
+from tests.support.mediastinum import mediastinum_mask
+from training.nodule import evaluate, patients, sites, synthesis
+from training.nodule.reconstruction import Reconstruction, reconstruct
+
+C3N = "ct-chest/cptac-luad-C3N-00247"
+MASS_MM = 50.0
+#: (side, wall, height) of the two masses: posterior chest wall, and beside the aortic arch.
+SITES = (("right", "posterior", 0.5), ("left", "mediastinum", 0.7))
+#: The issue's target: the marked extent (long axis) within 20 % of the inserted diameter.
+#: Measured on this scan: posterior 51.3 / 50.4 mm, beside the arch 50.6 / 50.6 mm (sharp / soft),
+#: each one finding of the mass safety net, the sides 2591 and 1832 mL of aerated lung.
+EXTENT_TOLERANCE = 0.20
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> NoduleDetection:
+    return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
+
+
+@pytest.fixture(scope="module")
+def c3n(data_dir) -> patients.Series:
+    return patients.load(data_dir, "cptac-luad-C3N-00247", C3N)
+
+
+@pytest.fixture(scope="module", params=["sharp as acquired", "soft by NPS"])
+def with_masses(request, c3n: patients.Series):
+    """C3N-00247 on one kernel with the two masses inserted, and their LPS boxes."""
+    volume = c3n.volume
+    if request.param == "soft by NPS":
+        volume = reconstruct(volume, Reconstruction("softer"), np.random.default_rng(0))
+    array = volume.array.copy()
+    lungs = sites.lungs_of(volume)
+    boxes = []
+    for side, wall, height in SITES:
+        centre = sites.site(volume, lungs, side, wall, height, MASS_MM / 2)
+        inserted = synthesis.insert(array, np.asarray(volume.spacing[::-1]), centre,
+                                    synthesis.NoduleSpec(MASS_MM, solid_hu=35.0), np.random.default_rng(1))
+        corners = np.array([[k, j, i] for k in inserted.box[0::3] for j in inserted.box[1::3] for i in inserted.box[2::3]])
+        lps = volume.kji_to_lps(corners)
+        boxes.append(np.array([lps.min(axis=0), lps.max(axis=0)]))
+    return request.param, dataclasses.replace(volume, array=array), boxes
+
+
+@pytest.mark.slow
+def test_a_50_mm_mass_on_the_chest_wall_and_one_beside_the_arch_are_each_one_finding_of_their_size(
+        with_masses, c3n, pipeline):
+    kernel, volume, boxes = with_masses
+    found = pipeline.search(volume)
+    for (_, wall, _), box in zip(SITES, boxes):
+        on = [m.diameter_mm for d, m in found.nodules if evaluate.hits(d, box)]
+        assert len(on) == 1, f"{kernel}: the {wall} mass gave {len(on)} findings ({on})"
+        assert abs(on[0] - MASS_MM) <= EXTENT_TOLERANCE * MASS_MM, f"{kernel}: the {wall} mass measures {on[0]:.1f} mm"
+    # Nothing else reported is centred in the mediastinum (the independent mask of tests.support.mediastinum).
+    mediastinum = mediastinum_mask(volume)
+    known = boxes + [les.lps_box for les in c3n.lesions]
+    others = [m.center_lps for d, m in found.nodules if not any(evaluate.hits(d, b) for b in known)]
+    centred = [c for c in others if mediastinum[tuple(np.round(volume.lps_to_kji(np.asarray(c))).astype(int))]]
+    assert centred == [], centred
+    # The report names the masses: no "none detected" statement anywhere in what is written.
+    written = pipeline.results(volume, found.nodules)
+    report = next(d for d in written if getattr(d, "Modality", "") == "SR")
+    assert "No lung nodule" not in str(report) and min(found.sides_ml) >= MIN_SIDE_ML, found.sides_ml
+
+
+def test_an_80_mm_mass_filling_the_back_corner_of_the_lung_is_one_mass_of_its_size(c3n):
+    """Against the posterior chest wall an 80 mm mass leaves lung on two sides only, which the 3-D
+    closing cannot take back; the bay of the lung's outline it fills reaches the lung's back and is
+    lung envelope (``masses._with_back_bays``). Measured: 75.4 mm, the only mass of the scan (before:
+    no mass at all)."""
+    volume = c3n.volume
+    array = volume.array.copy()
+    centre = sites.site(volume, sites.lungs_of(volume), "right", "posterior", 0.5, 40.0)
+    inserted = synthesis.insert(array, np.asarray(volume.spacing[::-1]), centre,
+                                synthesis.NoduleSpec(80.0, solid_hu=35.0), np.random.default_rng(1))
+    with_mass = dataclasses.replace(volume, array=array)
+    found, _ = masses.find(with_mass, parenchyma(with_mass))
+    low, high = np.array(inserted.box[:3]), np.array(inserted.box[3:])
+    centres = [with_mass.lps_to_kji(np.asarray(m.measured.center_lps)) for m in found]
+    assert len(found) == 1 and np.all((centres[0] >= low) & (centres[0] <= high)), centres
+    assert abs(found[0].measured.diameter_mm - 80.0) <= EXTENT_TOLERANCE * 80.0, found[0].measured.diameter_mm
+
+
+def test_none_detected_needs_both_lungs_the_envelope_counts_each_side():
+    """The phantom's two lungs measure 590 mL each; with one filled by soft tissue (collapsed, or
+    outside the field of view) the sides measure 590 and 0 mL, and "none detected" may not be written."""
+    both = phantom()
+    one = dataclasses.replace(both, array=both.array.copy())
+    one.array[:, :, 64:][one.array[:, :, 64:] == -850.0] = 40.0
+    for volume, expected in ((both, 2), (one, 1)):
+        sides_ml = masses.envelope(parenchyma(volume)).sides_ml
+        assert sum(ml >= MIN_SIDE_ML for ml in sides_ml) == expected, sides_ml
