@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.index.store import Index
 from tests.support.harness import NodeProcess, node_config, threshold_pipeline, threshold_route, wait_until
@@ -74,6 +75,7 @@ def _open_when_all_are_ready(path: Path, ready: multiprocessing.synchronize.Barr
         answers.put(f"{type(error).__name__}: {error}")
 
 
+@pytest.mark.slow
 def test_a_new_index_opened_by_four_processes_at_once_opens_in_every_one(tmp_path):
     """The node's processes and an administrator's command opening a new index at the same
     moment: before the schema changes were made under the write lock, 13 of 160 such opens

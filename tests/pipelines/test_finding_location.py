@@ -238,6 +238,7 @@ def _read(data_dir: Path, relative: str) -> sitk.Image:
     return sitk.ReadImage(str(data_dir / relative))
 
 
+@pytest.mark.slow
 def test_the_brats_gli_00001_glioma_is_in_the_left_hemisphere(data_dir):
     contrasts = brain_data.BRATS.contrasts
     t1c = sitk.Cast(_read(data_dir, contrasts["t1c"]), sitk.sitkFloat32)

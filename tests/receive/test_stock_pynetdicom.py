@@ -51,6 +51,7 @@ def pacs(tmp_path: Path):
         yield storescp
 
 
+@pytest.mark.slow
 def test_on_a_pynetdicom_whose_internals_differ_the_node_stores_durably_on_stock_pynetdicom(
         tmp_path: Path, data_dir: Path, pacs: BitPreservingStorescp) -> None:
     config = node_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "RADNODE", "host": "127.0.0.1",

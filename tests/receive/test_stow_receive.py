@@ -123,6 +123,7 @@ def tls_node(tmp_path: Path, pki):  # noqa: F811 (the fixture imported above)
     process.stop()
 
 
+@pytest.mark.slow
 def test_only_a_listed_client_certificate_or_bearer_token_may_store_over_https(
         tls_node, pki, data_dir, tmp_path):  # noqa: F811 (the fixture imported above)
     node, token = tls_node

@@ -167,6 +167,7 @@ def test_a_follow_up_nodule_grown_20_percent_gets_the_priors_tracking_uid_and_it
     assert not report.errors, report.errors
 
 
+@pytest.mark.slow
 def test_a_pacs_that_does_not_answer_costs_a_bounded_wait_and_the_sr_says_no_prior_was_compared(
         pipeline, data_dir, tmp_path):
     silent = free_port()  # nothing listens: the association is refused at once
@@ -185,6 +186,7 @@ def test_a_route_with_priors_needs_a_source():
         parse_config({"routes": [{"name": "r", "pipeline": "nodule-detection", "deliver": False, "priors": True}]})
 
 
+@pytest.mark.slow
 def test_no_earlier_report_in_the_pacs_says_so(pacs, data_dir, tmp_path):
     earlier = study(data_dir, tmp_path / "earlier", PRIOR_DATE, DIAMETER_MM)
     assert storescu(pacs.dicom_port, earlier[:2]).returncode == 0  # the patient's earlier CT, no SR
@@ -210,6 +212,7 @@ def test_only_a_route_with_priors_asks_the_pacs_before_its_job_runs(data_dir, tm
     assert asked is not None and asked.report is None and "no association" in asked.reason, asked
 
 
+@pytest.mark.slow
 def test_a_pacs_that_takes_the_connection_and_never_answers_is_given_up_after_the_timeout(data_dir, tmp_path):
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))

@@ -228,6 +228,7 @@ def test_a_summary_of_nothing_found_names_the_series_examined_and_what_the_model
     assert dciodvfy(write_datasets(only, tmp_path)[0].path).errors == []
 
 
+@pytest.mark.slow
 def test_orthanc_stores_and_renders_the_key_images_and_the_presentation_state(written, tmp_path):
     pacs = Orthanc(tmp_path / "orthanc").start()
     try:

@@ -205,6 +205,7 @@ def frame_world_point(seg: pydicom.Dataset, frame_index: int, row: int, column: 
     return origin + column * column_spacing * cosines[:3] + row * row_spacing * cosines[3:]
 
 
+@pytest.mark.slow
 def test_seg_round_trip_gives_back_the_mask_on_the_source_slices(products, chest, chest_mask):
     seg = read_seg(products, "seg_chest")
     source = chest.sources[0]
@@ -414,6 +415,7 @@ def test_sr_round_trip_gives_back_every_finding(products, chest):
     np.testing.assert_allclose(np.ptp(located.roi.graphic_data, axis=0), (6.0, 6.0, 6.0))
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 @pytest.mark.parametrize("count", [1, 2])
 def test_a_tumor_sr_with_one_or_more_lesions_beside_segments_passes_dciodvfy_and_pixelmed(products, count):

@@ -44,6 +44,7 @@ def test_a_kernel_name_nobody_told_us_about_is_not_guessed(kernel: str | None) -
     ("ct-chest/lung-pet-ct-dx-A0002/B40f", "medium", 0.341),
     ("ct-chest/lidc-idri-0003/ct", "medium", 0.345),
 ])
+@pytest.mark.slow
 def test_without_its_kernel_name_a_real_series_is_read_by_its_own_noise(
         data_dir: Path, name: str, family: str, measured_per_mm: float) -> None:
     scan = load_scan(data_dir, name)
@@ -62,6 +63,7 @@ def test_without_its_kernel_name_a_real_series_is_read_by_its_own_noise(
     # a smoother name on medium noise (0.345 /mm) is kept: by noise alone a smooth B30s reads medium
     ("ct-chest/lidc-idri-0003/ct", "B30f", ("smooth", "ConvolutionKernel", None)),
 ])
+@pytest.mark.slow
 def test_noise_that_reads_sharp_overrules_a_name_that_calls_it_smoother_and_nothing_else_does(
         data_dir: Path, name: str, kernel: str, read: tuple[str, str, str | None]) -> None:
     scan = load_scan(data_dir, name)

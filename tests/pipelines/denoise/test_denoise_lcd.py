@@ -51,6 +51,7 @@ def _denoised(denoiser: Denoiser, images: np.ndarray) -> np.ndarray:
     return denoiser(images.astype(np.float32), (PIXEL_MM, PIXEL_MM), FAMILY).astype(np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dose", [10, 55, 100])
 def test_the_denoiser_keeps_every_inserts_detectability_and_lowers_the_noise(denoiser: Denoiser, dose: int) -> None:
     present, absent = simulated_study(N_PER_CLASS, dose / 100, FAMILY, SEED + dose)
@@ -72,6 +73,7 @@ STUDY_SD = {55: (0.012, 0.016), 100: (0.004, 0.009)}
 AGREEMENT = 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dose", "published"), [(55, (0.97, 0.90)), (100, (0.985, 0.95))])
 def test_the_simulated_phantom_is_as_detectable_as_the_toolboxs_published_fbp_curve(dose: int,
                                                                                    published: tuple[float, float]) -> None:

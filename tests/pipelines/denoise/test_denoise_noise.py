@@ -416,6 +416,7 @@ def test_training_towards_the_input_mean_targets_the_slice_plus_the_starved_nois
     assert float(shift.std()) < 0.05 * float((x_mean - y_plain)[:, :, 40:56, 40:56].std())
 
 
+@pytest.mark.slow
 def test_training_lesions_are_faint_discs_in_soft_tissue_drawn_into_input_and_target_alike(monkeypatch):
     """The lesion recipe's discs (1-3 per patch, 2-30 HU) are centred in soft tissue, never in lung,
     and stand in the input exactly as in the target: the network is asked to keep them."""

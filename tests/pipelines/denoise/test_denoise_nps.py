@@ -41,6 +41,7 @@ def _spectra(data_dir: Path, name: str, filter_name: str) -> tuple[nps.Spectrum,
     # real band 0.248-0.772 /mm: 1.004 (before, ramp: 1.013); calibrated: the next test
     ("sharp", "ct-chest/lung-pet-ct-dx-A0002/B70f", 0.15),
 ])
+@pytest.mark.slow
 def test_on_a_held_out_scan_the_simulated_power_in_the_real_90_percent_band_is_within_15_percent_at_matched_variance(
         data_dir: Path, family: str, name: str, limit: float) -> None:
     assert name not in nps.FIT[family] and name in nps.CHECK[family]
@@ -59,6 +60,7 @@ def test_on_a_held_out_scan_the_simulated_power_in_the_real_90_percent_band_is_w
     # 1.028 (was 1.49)
     ("sharp", "ct-chest/lung-pet-ct-dx-A0002/B70f", 0.15),
 ])
+@pytest.mark.slow
 def test_on_a_held_out_scan_the_calibrated_simulated_power_in_the_real_90_percent_band_is_within_15_percent(
         data_dir: Path, family: str, name: str, limit: float) -> None:
     """The magnitude as the training and the evaluation set it (``data.full_dose_photons``: the
@@ -111,6 +113,7 @@ def test_a_family_filter_is_defined_in_cycles_per_mm_and_refuses_to_guess_the_pi
     assert fine[32] / ramp[32] == pytest.approx(coarse[64] / ramp[64], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_on_the_held_out_b40f_the_family_window_brings_the_simulated_nps_shape_closer_to_the_real_one(data_dir: Path) -> None:
     name = "ct-chest/lung-pet-ct-dx-A0002/B40f"
     real, after = _spectra(data_dir, name, "medium")

@@ -87,6 +87,7 @@ def test_a_50_mm_mass_on_the_chest_wall_and_one_beside_the_arch_are_each_one_fin
     assert "No lung nodule" not in str(report) and min(found.sides_ml) >= MIN_SIDE_ML, found.sides_ml
 
 
+@pytest.mark.slow
 def test_an_80_mm_mass_filling_the_back_corner_of_the_lung_is_one_mass_of_its_size(c3n):
     """Against the posterior chest wall an 80 mm mass leaves lung on two sides only, which the 3-D
     closing cannot take back; the bay of the lung's outline it fills reaches the lung's back and is

@@ -75,6 +75,7 @@ def test_the_kernel_gain_is_one_at_low_frequency_and_rises_to_its_bound() -> Non
     assert 1.2 < gain[2] < gain[3] <= reconstruction.MAX_GAIN  # 1.37, 3.09 (bound 4; 3.54 at 0.8 /mm)
 
 
+@pytest.mark.slow
 def test_a_soft_lidc_slab_made_sharper_has_the_b70f_nps_peak_and_noise(lidc_slab: Volume) -> None:
     pixel_mm, slice_mm = lidc_slab.spacing[0], lidc_slab.spacing[2]
     sharp = reconstruction.rekernel(lidc_slab.array, pixel_mm, "sharper", slice_mm, np.random.default_rng(0))
@@ -87,6 +88,7 @@ def test_a_soft_lidc_slab_made_sharper_has_the_b70f_nps_peak_and_noise(lidc_slab
     assert abs(at_reference / table.noise_sd_hu - 1) < 0.3
 
 
+@pytest.mark.slow
 def test_a_kernel_change_keeps_the_mean_of_a_15_mm_soft_tissue_roi_within_1_hu(lidc_slab: Volume) -> None:
     pixel_mm = lidc_slab.spacing[0]
     rows, cols = np.ogrid[:512, :512]
