@@ -3,10 +3,11 @@ the candidate stage + scorer (each patient by the fold scorer that never saw it,
 threshold) against the RetinaNet at its shipped threshold (the model card's replacement rule).
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python3 bench/nodule_real_lesions.py \
-        [--detector scorer|retinanet] [--scorer DIR] [--reconstructions] [--out FILE.json]
+        [--detector scorer|retinanet] [--scorer DIR] [--in-sample] [--reconstructions] [--out FILE.json]
 
 ``--scorer`` measures a scorer folder written by ``train_scorer`` (with its ``folds/``) before
-it replaces the shipped one (whose folds are in ``training/nodule/scorer_folds``).
+it replaces the shipped one (whose folds are in ``training/nodule/scorer_folds``); ``--in-sample``
+runs the folder itself on every patient (what a site gets, on patients its scorers saw).
 ``--reconstructions`` also reads each LIDC scan as synthetic re-reconstructions of its
 acquisition (``training.nodule.reconstruction``: B70f-sharp, 5 mm, both) and summarises them
 apart. A lesion is counted as reported twice when more than one reported finding on it measures
@@ -46,8 +47,9 @@ MIN_LESION_MM = 10.0
 TWICE_SHARE = 1 / 3
 
 
-def pipeline_for(detector: str, patient: str, scorer_dir: Path = DEFAULT_SCORER_DIR) -> NoduleDetection:
-    model = patients.folds_of(scorer_dir) / patient if detector == "scorer" else DEFAULT_MODEL_DIR
+def pipeline_for(detector: str, patient: str, scorer_dir: Path = DEFAULT_SCORER_DIR,
+                 in_sample: bool = False) -> NoduleDetection:
+    model = DEFAULT_MODEL_DIR if detector != "scorer" else scorer_dir if in_sample else patients.folds_of(scorer_dir) / patient
     return NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(model)))
 
 
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--detector", choices=("scorer", "retinanet"), default="scorer")
     parser.add_argument("--scorer", type=Path, default=DEFAULT_SCORER_DIR,
                         help="scorer folder with its folds/ (the shipped one's: training/nodule/scorer_folds)")
+    parser.add_argument("--in-sample", action="store_true",
+                        help="score every patient with the --scorer folder itself, whose scorers saw every patient")
     parser.add_argument("--reconstructions", action="store_true",
                         help="also read each LIDC scan as synthetic re-reconstructions (sharper, 5 mm)")
     parser.add_argument("--out", type=Path)
@@ -79,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows, scans = [], []
     for patient in patients.PATIENTS:
-        pipeline = pipeline_for(args.detector, patient, args.scorer)
+        pipeline = pipeline_for(args.detector, patient, args.scorer, args.in_sample)
         for name in patients.PATIENTS[patient]:
             series = patients.load(DATA_ROOT, patient, name)
             variants = [("as acquired", series)]
@@ -90,7 +94,7 @@ def main() -> None:
                 scan, lesion_rows = _read(pipeline, variant, reconstruction)
                 scans.append(scan)
                 rows += lesion_rows
-    summary = {"detector": args.detector, **_summary(scans, rows, "as acquired")}
+    summary = {"detector": args.detector, "in_sample": args.in_sample, **_summary(scans, rows, "as acquired")}
     if args.reconstructions:
         summary["lidc_re_reconstructed"] = _summary(scans, rows, "re-reconstructed")
     print(summary)

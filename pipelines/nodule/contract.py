@@ -25,9 +25,10 @@ COVERAGE = (
     "masses of 30 mm and more in the lung, against the chest wall or the mediastinum too, are also "
     "reported by a rule whatever the model's score (synthetic masses of 30-80 mm: 4 in 5 found; a solid "
     "mass filling a corner of the lung can still be missed). Not validated: solid nodules under 12 mm "
-    "(synthetic, on patients the model never saw: 10 mm about a third found, 8 mm about one in eight, "
-    "4-6 mm almost none) and part-solid or ground-glass nodules of "
-    "any size, which it can miss. AI result, not a diagnosis."
+    "(synthetic, on patients the model never saw, at about one false positive per scan: 8-10 mm about "
+    "6 in 10 found, 6 mm about 1 in 8, 4 mm none) and part-solid or ground-glass nodules of any size "
+    "(10 mm part-solid about 1 in 4, ground glass 1 in 10 or fewer), which it can miss. "
+    "AI result, not a diagnosis."
 )
 #: The same for a site's MONAI bundle, whose limits radnode does not know.
 BUNDLE_COVERAGE = "What the model can find is stated by its bundle's own documentation. AI result, not a diagnosis."

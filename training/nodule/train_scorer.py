@@ -30,8 +30,8 @@ The shipped ``scorer_weights/`` came from ``--report inner-mean --synthetic 6 --
    "Nested operating point"): four inner scorers, each without the held-out patient and one
    training patient, score that training patient's real series; the threshold is the lowest
    score at which these out-of-fold scores have at most ``TARGET_FP`` false positives per scan.
-3. **Shipped scorer**: trained on all five patients; its threshold is the same rule on the five
-   folds' out-of-fold scores of every real series; written with
+3. **Shipped scorer**: trained on all five patients; its threshold is the median of the five
+   folds' nested thresholds (``shipped_threshold``); written with
    ``params.toml`` and ``training.json`` (every fold's numbers) to ``DIR``, each fold's scorer
    as a model folder ``DIR/folds/PATIENT`` (CI runs each real patient through the scorer that did not see it).
 
@@ -642,16 +642,25 @@ def main() -> None:
         rows = np.concatenate([r for r, _ in out_of_fold])
         chosen, choice_numbers = choose(arrays, rows, {
             c: np.concatenate([s[c] for _, s in out_of_fold]) for c in choices}, lesions)
-        record.update(choice=chosen, threshold=choice_numbers[chosen]["threshold"], outer_choices=choice_numbers,
+        record.update(choice=chosen, threshold=shipped_threshold(folds), outer_choices=choice_numbers,
+                      pooled_threshold=choice_numbers[chosen]["threshold"],
                       seconds_shipped=sum(round(results[(w,)].seconds) for w in weightings if (w,) in results))
         shipped = (_inner_members(results, [k for k in folds_of if len(k) == 2], chosen)
                    if args.report == "inner-mean" else _members(results, (), chosen))
         write_folder(args.out, shipped, record["threshold"], ground_glass)
         print(f"shipped scorer: chose {chosen} ({_choice_line(choice_numbers)}), threshold {record['threshold']:.4f} "
-              "from the outer folds' out-of-fold scores", flush=True)
+              "(the median of the folds' nested thresholds; pooled out-of-fold "
+              f"{record['pooled_threshold']:.4f})", flush=True)
     record["seconds"] = round(time.time() - started)
     with open(args.out / "training.json", "w") as handle:
         json.dump(record, handle, indent=1, default=float)
+
+
+def shipped_threshold(folds: Sequence[dict[str, Any]]) -> float:
+    """The all-patient folder's threshold: the median of the folds' nested thresholds. No score of
+    that folder is out of fold, so it takes the threshold its kind of ensemble gets for a patient it
+    never saw (training/nodule/LOG.md, "The shipped folder's threshold for the small-nodule scorer")."""
+    return float(np.median([fold["threshold"] for fold in folds]))
 
 
 def _members(results: dict[tuple[str, ...], Trained], fold: tuple[str, ...], choice: str) -> dict[str, scorer.ScorerNet]:
