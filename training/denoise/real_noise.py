@@ -255,7 +255,7 @@ def within(key: str, real: float, simulated: float) -> bool:
 
 def print_table(result: dict[str, object]) -> None:
     print(f"beam {result['beam']}, electronic noise {result.get('electronic_noise')} counts")
-    out = 0
+    out, judged = 0, 0
     for method in ("twin", "neighbours"):
         part = result[method]
         assert isinstance(part, dict)
@@ -263,10 +263,10 @@ def print_table(result: dict[str, object]) -> None:
         print(f"{'property':24s} {'real':>8s} {'simulated':>10s} {'ratio':>7s}  within")
         for key, real in part["real"].items():
             ok = within(key, real, part["simulated"][key])
-            out += not ok
+            out, judged = out + (not ok), judged + 1
             print(f"{key:24s} {real:8.3f} {part['simulated'][key]:10.3f} {part['ratio'][key]:7.3f}  "
                   f"{'yes' if ok else 'NO'}")
-    print(f"\nout: {out} of {2 * len(part['real'])}")
+    print(f"\nout: {out} of {judged}")
 
 
 def main(argv: list[str] | None = None) -> None:
