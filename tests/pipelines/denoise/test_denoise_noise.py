@@ -603,7 +603,7 @@ def test_the_attenuation_slope_reads_quantum_noise_as_one_half_and_a_bowtie_as_f
     assert slope(Beam(prelog_threshold=math.exp(-4), prelog_width=2.0)) < 0.1
 
 
-def test_the_prelog_filter_smooths_only_low_count_rays_and_only_along_their_detector_row():
+def test_the_prelog_filter_smooths_only_low_count_rays_and_only_along_their_detector_row() -> None:
     """Hsieh's and Kachelriess's adaptive filters (``noise.prelog_filter``): a ray above the count
     threshold keeps its value exactly; a starved one is averaged with its row neighbours (its noise
     falls as a Gaussian of that width predicts) and never with another view."""
