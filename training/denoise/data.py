@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from training.denoise.noise import PARALLEL, Beam, calibrate_photons, kernel_family, relative_tube_output
+from training.denoise.noise import ELECTRONIC_NOISE_COUNTS, PARALLEL, Beam, calibrate_photons, kernel_family, relative_tube_output
 
 if TYPE_CHECKING:  # the DICOM stack is imported where DICOM is read: a lent GPU trains from a pack without it
     from pydicom.dataset import Dataset
@@ -99,13 +99,14 @@ def spread_slices(count: int, picks: int = CALIBRATION_SLICES) -> list[int]:
     return sorted({int(k) for k in np.linspace(count * CALIBRATION_SPREAD[0], count * CALIBRATION_SPREAD[1], picks)})
 
 
-def full_dose_photons(scan: Scan, generator: torch.Generator, beam: Beam = PARALLEL) -> float:
+def full_dose_photons(scan: Scan, generator: torch.Generator, beam: Beam = PARALLEL,
+                      electronic_noise: float = ELECTRONIC_NOISE_COUNTS) -> float:
     """The scan's calibrated full-dose photons per ray (``noise.calibrate_photons``), with ``beam``'s
-    spread of photons over rays."""
+    spread of photons over rays and ``electronic_noise`` (counts) in every reading."""
     sample = scan.subset(spread_slices(len(scan.hu)))
     dose = None if sample.relative_dose is None else list(sample.relative_dose)
     return calibrate_photons(list(sample.hu), scan.pixel_spacing_mm, scan.filter_name, generator, kvp=scan.kvp,
-                             relative_dose=dose, beam=beam)
+                             relative_dose=dose, electronic_noise=electronic_noise, beam=beam)
 
 
 def load_scan(data_root: Path, relative: str) -> Scan:

@@ -379,10 +379,53 @@ class Beam:
     as ``exp(k * (peak line integral - its mean))``, as angular tube-current modulation does (more
     photons through the long lateral paths, fewer streaks); 0: constant. The photons per ray are
     rescaled to the same mean over body rays, so the photon calibration's meaning is kept.
+    ``prelog_threshold``, ``prelog_width``: the scanner's adaptive filtering of low-count rays
+    (``prelog_filter``); 0: none.
     """
 
     bowtie_water_mm: float = 0.0
     angular_modulation: float = 0.0
+    prelog_threshold: float = 0.0
+    prelog_width: float = 0.0
+
+
+#: Width steps (``prelog_filter``) between no smoothing and ``Beam.prelog_width``; a ray's width is
+#: interpolated between the two nearest.
+PRELOG_STEPS = 8
+
+
+def _row_gaussian(error: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``error`` (views, bins) smoothed along each detector row by a Gaussian of SD ``sigma`` bins."""
+    if sigma <= 0:
+        return error
+    radius = max(1, math.ceil(4 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(error.dtype)
+    padded = torch.nn.functional.pad(error[:, None, :], (radius, radius), mode="replicate")
+    smoothed: torch.Tensor = torch.nn.functional.conv1d(padded, kernel[None, None, :])[:, 0, :]
+    return smoothed
+
+
+def prelog_filter(error: torch.Tensor, transmission: torch.Tensor, beam: Beam) -> torch.Tensor:
+    """The scanner's adaptive filtering of low-count rays (Hsieh 1998; Kachelriess et al. 2001, MAF).
+
+    A ray whose ``transmission`` (expected count over the beam's mean unattenuated count) is below
+    ``beam.prelog_threshold`` is replaced by a Gaussian mean along its detector row, SD
+    ``prelog_width * (1 - transmission / threshold)`` bins: wider as fewer photons arrive. Linear
+    in ``error``, so an expected error is filtered alike (training/denoise/LOG.md, "Pre-log")."""
+    if beam.prelog_threshold <= 0 or beam.prelog_width <= 0:
+        return error
+    sigma = beam.prelog_width * (1 - transmission.double() / beam.prelog_threshold).clamp(min=0)
+    position = sigma / beam.prelog_width * PRELOG_STEPS
+    below = position.floor().clamp(max=PRELOG_STEPS - 1)
+    share = (position - below).to(error.dtype)
+    levels = [_row_gaussian(error, beam.prelog_width * k / PRELOG_STEPS) for k in range(PRELOG_STEPS + 1)]
+    stack = torch.stack(levels)
+    index = below.long()[None]
+    lower = stack.gather(0, index)[0]
+    upper = stack.gather(0, index + 1)[0]
+    return lower + share * (upper - lower)
 
 
 #: Today's beam: flat photons over every ray.
@@ -435,7 +478,7 @@ class SliceScan:
         counts = torch.poisson(expected, generator=generator)
         if electronic_noise > 0:
             counts = counts + electronic_noise * torch.randn(counts.shape, generator=generator)
-        return torch.log(expected / counts.clamp(min=MIN_COUNTS))
+        return prelog_filter(torch.log(expected / counts.clamp(min=MIN_COUNTS)), expected / photons, beam)
 
     def ray_photons(self, photons: float, beam: Beam = PARALLEL) -> torch.Tensor:
         """Incident photons per ray (N_VIEWS, n_det), with a mean of ``photons`` over the rays that
@@ -459,9 +502,9 @@ class SliceScan:
         Zero where photons are plentiful; on a photon-starved slice it is the streak-shaped bias
         that every simulated draw of it carries (``expected_log_error``).
         """
-        expected = (self.ray_photons(photons, beam) * torch.exp(-self.line_integrals)).double().numpy()
-        sino_error = torch.from_numpy(expected_log_error(expected, electronic_noise)).float()
-        return self._reconstructed_hu(sino_error, filter_name)
+        expected = (self.ray_photons(photons, beam) * torch.exp(-self.line_integrals)).double()
+        sino_error = torch.from_numpy(expected_log_error(expected.numpy(), electronic_noise)).float()
+        return self._reconstructed_hu(prelog_filter(sino_error, expected / photons, beam), filter_name)
 
     def _reconstructed_hu(self, sino_error: torch.Tensor, filter_name: str) -> np.ndarray:
         """FBP of a sinogram error (line-integral units) as HU on the slice's own pixels."""
