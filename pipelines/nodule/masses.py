@@ -74,6 +74,9 @@ CLOSING_MM = 30.0
 #: A bay of a lung's outline (per axial slice, its convex hull less the lung) that comes this close
 #: (mm) to the lung's posterior edge is lung envelope, whole.
 BACK_MM = 10.0
+#: Before that, the bays are split at necks narrower than this (mm, a disc's diameter): where a mass
+#: has replaced the medial lung of the left lower lobe, its bay joins the heart's notch by a neck.
+BAY_OPENING_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -139,17 +142,18 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
 
 
 def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndarray:
-    """``lung`` with, per axial slice, each bay of its outline (a component of its convex hull less
-    the lung) that comes within ``BACK_MM`` of the hull's posterior edge: a mass against the
-    posterior chest wall or beside the spine and the descending aorta fills such a bay, however
-    large and whatever lies around it, where the 3-D closing cannot take it back (lung on two
-    sides only). The heart's notch and the hilum lie in front of the lung's back: the whole hull
-    takes the heart in (the LOG, second session)."""
+    """``lung`` with, per axial slice, each bay of its outline (its convex hull less the lung, split
+    at its necks by ``_bay_pieces``) that comes within ``BACK_MM`` of the hull's posterior edge: a
+    mass against the posterior chest wall or beside the spine and the descending aorta fills such a
+    bay, however large and whatever lies around it, where the 3-D closing cannot take it back (lung
+    on two sides only). The heart's notch and the hilum lie in front of the lung's back: the whole
+    hull takes the heart in, and a mass bay joined to the notch takes it in too (the LOG, second and
+    third sessions)."""
     out = lung.copy()
     reach = BACK_MM / spacing[1]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
         hull = convex_hull_image(lung[k])
-        bays, count = ndi.label(hull & ~lung[k])
+        bays, count = _bay_pieces(hull & ~lung[k], spacing[1:])
         if count == 0:
             continue
         rows = np.broadcast_to(back * np.arange(bays.shape[0])[:, None], bays.shape)
@@ -157,6 +161,18 @@ def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndar
         keep = np.flatnonzero(deepest >= rows[hull].max() - reach) + 1
         out[k] |= np.isin(bays, keep)
     return out
+
+
+def _bay_pieces(bays: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, int]:
+    """The bays of one slice split at necks narrower than ``BAY_OPENING_MM``: the bays opened by a
+    disc that size give the pieces, and what the opening shaved off goes to the piece it floods
+    from within the bay (its rim; a neck is shared out between the pieces it joins). A bay too
+    narrow to keep anything after the opening is a piece of its own, as it is."""
+    pieces, count = ndi.label(_opened(bays, spacing, BAY_OPENING_MM))
+    owned = watershed(np.zeros(bays.shape, dtype=np.uint8), pieces, mask=bays)
+    narrow, more = ndi.label(bays & (owned == 0))
+    owned[narrow > 0] = narrow[narrow > 0] + count
+    return owned, count + more
 
 
 def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
