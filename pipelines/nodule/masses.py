@@ -48,9 +48,16 @@ MIN_FILL = 0.3
 #: A component that fails the rule whole is tried in pieces split at its necks, from distance
 #: maxima at least this far apart (mm): a mass joined to the mediastinum is a piece of its own.
 PIECE_MM = 20.0
+#: A component that passes whole is still reported as its main piece when that piece holds this
+#: share of it and is this many times as compact (fill): a strip beside a mass adds extent, not volume.
+MAIN_SHARE = 0.5
+MAIN_COMPACTNESS = 1.5
 #: A piece is cut out of a larger solid structure (the hilum, the arch): like any finding
 #: (``parenchyma.MIN_LUNG_CONTACT``), most of what surrounds it outside that structure must be lung.
 MIN_PIECE_LUNG_CONTACT = 0.5
+#: A component whose median (smoothed) is above this (HU) is contrast-filled blood (a lung cancer
+#: enhances to about 100-150 HU at most; iodinated arterial blood 250-400 HU), not a mass.
+BLOOD_HU = 200.0
 #: Ground glass around a mass (HU on the smoothed series) and how far from the solid part it counts.
 GROUND_GLASS_HU = -700.0
 HALO_MM = 15.0
@@ -74,6 +81,9 @@ CLOSING_MM = 30.0
 #: A bay of a lung's outline (per axial slice, its convex hull less the lung) that comes this close
 #: (mm) to the lung's posterior edge is lung envelope, whole.
 BACK_MM = 10.0
+#: Before that, the bays are split at necks narrower than this (mm, a disc's diameter): where a mass
+#: has replaced the medial lung of the left lower lobe, its bay joins the heart's notch by a neck.
+BAY_OPENING_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -139,17 +149,16 @@ def _two_lungs(aerated: np.ndarray, filled: np.ndarray, spacing: np.ndarray) -> 
 
 
 def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndarray:
-    """``lung`` with, per axial slice, each bay of its outline (a component of its convex hull less
-    the lung) that comes within ``BACK_MM`` of the hull's posterior edge: a mass against the
-    posterior chest wall or beside the spine and the descending aorta fills such a bay, however
-    large and whatever lies around it, where the 3-D closing cannot take it back (lung on two
-    sides only). The heart's notch and the hilum lie in front of the lung's back: the whole hull
-    takes the heart in (the LOG, second session)."""
+    """``lung`` with, per axial slice, each bay of its outline (its convex hull less the lung, split
+    at its necks by ``_bay_pieces``) that comes within ``BACK_MM`` of the hull's posterior edge: a
+    mass in the lung's back corner fills such a bay, where the 3-D closing cannot take it back (lung
+    on two sides only). The heart's notch lies in front of the lung's back: the whole hull takes the
+    heart in, and so would a mass bay joined to the notch by a neck (docs/nodule.md)."""
     out = lung.copy()
     reach = BACK_MM / spacing[1]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
         hull = convex_hull_image(lung[k])
-        bays, count = ndi.label(hull & ~lung[k])
+        bays, count = _bay_pieces(hull & ~lung[k], spacing[1:])
         if count == 0:
             continue
         rows = np.broadcast_to(back * np.arange(bays.shape[0])[:, None], bays.shape)
@@ -157,6 +166,18 @@ def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndar
         keep = np.flatnonzero(deepest >= rows[hull].max() - reach) + 1
         out[k] |= np.isin(bays, keep)
     return out
+
+
+def _bay_pieces(bays: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, int]:
+    """The bays of one slice split at necks narrower than ``BAY_OPENING_MM``: the bays opened by a
+    disc that size give the pieces, and what the opening shaved off goes to the piece it floods
+    from within the bay (its rim; a neck is shared out between the pieces it joins). A bay too
+    narrow to keep anything after the opening is a piece of its own, as it is."""
+    pieces, count = ndi.label(_opened(bays, spacing, BAY_OPENING_MM))
+    owned = watershed(np.zeros(bays.shape, dtype=np.uint8), pieces, mask=bays)
+    narrow, more = ndi.label(bays & (owned == 0))
+    owned[narrow > 0] = narrow[narrow > 0] + count
+    return owned, count + more
 
 
 def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -240,14 +261,47 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
         if where is None or sizes[n - 1] < smallest:
             continue
         component = labels == n
-        found = _mass(volume, lungs, around, component, low)
-        if found is None:  # the piece most surrounded by lung, when any piece is a mass
-            pieces = [_mass(volume, lungs, around, piece, low, component & ~piece)
-                      for piece in _pieces(component, lungs.spacing, smallest)]
-            found = max((m for m in pieces if m is not None), key=lambda m: m.lung_contact, default=None)
+        if np.median(smooth[component]) > BLOOD_HU:  # the aorta's contrast-filled lumen the closing took in
+            continue
+        found = _component_mass(volume, lungs, around, component, low, smallest)
         if found is not None:
             masses.append(found)
     return masses, around
+
+
+def _component_mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
+                    offset: np.ndarray, smallest: float) -> Mass | None:
+    """The mass ``component`` holds, if any: its compact main piece when it has one
+    (``_main_piece``), else the whole, else the piece most surrounded by lung."""
+    pieces = _pieces(component, lungs.spacing, smallest)
+    main = _main_piece(component, pieces, lungs.spacing)
+    if main is not None:
+        found = _mass(volume, lungs, around, main, offset, component & ~main)
+        if found is not None:
+            return found
+    found = _mass(volume, lungs, around, component, offset)
+    if found is None:
+        tried = [_mass(volume, lungs, around, piece, offset, component & ~piece) for piece in pieces]
+        found = max((m for m in tried if m is not None), key=lambda m: m.lung_contact, default=None)
+    return found
+
+
+def _main_piece(component: np.ndarray, pieces: list[np.ndarray], spacing: np.ndarray) -> np.ndarray | None:
+    """The piece holding ``MAIN_SHARE`` of ``component`` and ``MAIN_COMPACTNESS`` times its fill,
+    if one does: a mass with thin strips (pleura, the envelope's edge) attached, not a lobe of an
+    irregular mass (whose pieces are as compact as the whole)."""
+    whole = _fill(component, spacing)
+    for piece in pieces:
+        if piece.sum() >= MAIN_SHARE * component.sum() and _fill(piece, spacing) >= MAIN_COMPACTNESS * whole:
+            return piece
+    return None
+
+
+def _fill(mask: np.ndarray, spacing: np.ndarray) -> float:
+    """``mask``'s volume as a share of the ball whose diameter is its largest extent."""
+    where = np.argwhere(mask)
+    extent_mm = float(np.max((where.max(axis=0) - where.min(axis=0) + 1) * spacing))
+    return float(len(where) * np.prod(spacing) / (np.pi / 6 * extent_mm**3))
 
 
 def _back(volume: Volume) -> int:
@@ -260,9 +314,7 @@ def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.nda
           rest: np.ndarray | None = None) -> Mass | None:
     """``component`` (or a piece of one, the rest of it in ``rest``) as a mass when it is one by
     this module's rule, else None; ``offset``: the crop's first voxel on the parenchyma grid."""
-    where = np.argwhere(component)
-    extent_mm = float(np.max((where.max(axis=0) - where.min(axis=0) + 1) * lungs.spacing))
-    fill = float(len(where) * np.prod(lungs.spacing) / (np.pi / 6 * extent_mm**3))
+    fill = _fill(component, lungs.spacing)
     if fill < MIN_FILL:
         return None
     lung_contact, mediastinal = _contacts(component, lungs, around, rest)
