@@ -10,6 +10,7 @@ service skips the walk: the rows of a process that stopped are already on disk.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom.filereader
@@ -22,6 +23,9 @@ from node.receive.scp import past_identifying_attributes
 from node.receive.spool import Spool
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+#: A folder's change time (the file system's coarse clock) may read a little before the
+#: receiver's clock did when the association opened.
+CLOCK_SLACK_SECONDS = 2.0
 _BOOT_KEY = "boot_id"
 
 
@@ -36,14 +40,33 @@ def reindex_after_reboot(spool: Spool, index: Index) -> int:
     return added
 
 
-def reindex_spool(spool: Spool, index: Index) -> int:
-    """Index every instance file of the spool that has no row; returns how many were added.
+def reindex_open_associations(spool: Spool, index: Index, receiver_pids: Sequence[int] | None = None) -> int:
+    """Index the files of associations a receiver never closed (it died, or the node was killed):
+    it acknowledged them before committing their rows (``node.receive.row_batch``). Only the
+    series folders changed since the oldest of those associations opened are read."""
+    since = index.oldest_open_association(receiver_pids)
+    return 0 if since is None else reindex_spool(spool, index, changed_since=since - CLOCK_SLACK_SECONDS)
+
+
+def recover_receiver(spool: Spool, index: Index, pid: int) -> None:
+    """After a receiving process died: its acknowledged instances indexed, its associations
+    closed, the data sets it was receiving (never answered) removed."""
+    reindex_open_associations(spool, index, [pid])
+    index.close_associations_of([pid])
+    spool.clear_partial_writes(pid)
+
+
+def reindex_spool(spool: Spool, index: Index, changed_since: float | None = None) -> int:
+    """Index every instance file of the spool that has no row (in the series folders changed
+    since ``changed_since``, when given); returns how many were added.
 
     Series folder by series folder: a file's path names its series, so the index is asked for
     one series' rows at a time (through its series index) and a year of instance rows is never
     held in memory at once."""
     added = 0
     for folder in spool.series_folders():
+        if changed_since is not None and folder.stat().st_mtime < changed_since:
+            continue
         known = {str(path) for path in index.instance_paths(folder.name)}
         added += sum(_reindex_file(spool, index, path) for path in sorted(folder.glob("*.dcm"))
                      if str(path) not in known)

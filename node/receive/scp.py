@@ -453,4 +453,5 @@ class Receiver:
             # list, which a server made with make_server is not on.
             socketserver.TCPServer.shutdown(self._server)
             self._server.server_close()
+        self.intake.rows.commit_logged()
 
