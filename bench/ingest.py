@@ -229,8 +229,10 @@ def dispatcher_seconds(tmp: Path, destination: dict[str, object], files: list[Pa
                            generation=0, inputs={}))
     job = index.claim_job(None, 600)
     assert job is not None
-    results = [ResultFile(p, str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID),
-                          "1.2.840.10008.5.1.4.1.1.2") for p in files]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    # as the node's writers record them: the dispatcher does not open a file to choose its context
+    results = [ResultFile(p, str(h.SOPInstanceUID), str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID))
+               for p, h in zip(files, headers)]
     index.finish_job(job.id, results, f"{len(files)} objects", attempt=job.attempts)
     started = time.perf_counter()
     sent = Dispatcher(config, index).tick()

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
@@ -26,6 +29,10 @@ from node.dicomnet import command_sets
 
 #: A DIMSE message's P-DATA requests are queued for the DUL thread in batches of this many bytes.
 BATCH_BYTES = 4 * 1024 * 1024
+#: A file's first bytes read for its file meta (a writer's is about 200 bytes long).
+_META_READ_BYTES = 4096
+#: Explicit VR representations with a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
 class _PDUs(P_DATA):
@@ -83,24 +90,93 @@ def _send_store_request(dimse: DIMSEServiceProvider, primitive: Any, context_id:
                                          primitive.Priority, primitive.AffectedSOPInstanceUID)
     path, offset = where
     with open(path, "rb") as file:
-        left = os.fstat(file.fileno()).st_size - offset
-        if len(command) > fragment or left <= 0:
-            return False
-        file.seek(offset)
-        parts: list[bytes | memoryview] = [_pdu_header(context_id, 0x03, len(command)), command]
-        step = max(1, BATCH_BYTES // fragment) * fragment
-        while left:
-            chunk = memoryview(file.read(min(step, left)))
-            if not chunk:
-                raise OSError(f"{path} shrank while it was sent")
-            left -= len(chunk)
-            for start in range(0, len(chunk), fragment):
-                piece = chunk[start:start + fragment]
-                last = not left and start + fragment >= len(chunk)
-                parts += [_pdu_header(context_id, 0x02 if last else 0x00, len(piece)), piece]
-            dimse.dul.send_pdu(_Encoded(b"".join(parts)))
-            parts = []
+        return _send_file(dimse, context_id, command, file, offset)
+
+
+def _send_file(dimse: DIMSEServiceProvider, context_id: int, command: bytes, file: BinaryIO, offset: int) -> bool:
+    """Queue a C-STORE request's command and the data set that starts at ``offset`` of ``file``
+    as P-DATA-TF PDUs of the peer's length; False (nothing sent) when they would not fit."""
+    fragment = dimse.maximum_pdu_size - 6
+    left = os.fstat(file.fileno()).st_size - offset
+    if len(command) > fragment or left <= 0:
+        return False
+    file.seek(offset)
+    parts: list[bytes | memoryview] = [_pdu_header(context_id, 0x03, len(command)), command]
+    step = max(1, BATCH_BYTES // fragment) * fragment
+    while left:
+        chunk = memoryview(file.read(min(step, left)))
+        if not chunk:
+            raise OSError(f"{file.name} shrank while it was sent")
+        left -= len(chunk)
+        for start in range(0, len(chunk), fragment):
+            piece = chunk[start:start + fragment]
+            last = not left and start + fragment >= len(chunk)
+            parts += [_pdu_header(context_id, 0x02 if last else 0x00, len(piece)), piece]
+        dimse.dul.send_pdu(_Encoded(b"".join(parts)))
+        parts = []
     return True
+
+
+def store_file(assoc: Association, context_id: int, message_id: int, path: Path) -> int | None:
+    """C-STORE the PS3.10 file at ``path`` on ``context_id``; the response's status, or None
+    (no valid response: the association is aborted, as pynetdicom does). ``send_c_store`` for a
+    file without pydicom reading its file meta, nor a request primitive and status data set
+    built and validated. ValueError (nothing sent): file meta not laid out as the node's writers
+    write it. The reactor stays paused until ``resume_reactor``."""
+    with open(path, "rb") as file:
+        sop_class, sop_instance, offset = _file_meta(file.read(_META_READ_BYTES))
+        command = command_sets.store_request(sop_class, message_id, 2, sop_instance)  # priority medium
+        _pause_reactor(assoc)
+        if not _send_file(assoc.dimse, context_id, command, file, offset):
+            raise ValueError(f"{path.name}: its command does not fit the peer's PDU length")
+        _, response = assoc.dimse.get_msg(block=True)
+    if response is None:
+        assoc._handle_no_response()
+        return None
+    status = response.Status if response.is_valid_response else None
+    if status is None:
+        assoc.abort()
+        return None
+    return int(status)
+
+
+def _pause_reactor(assoc: Association) -> None:
+    """Pause the association's reactor, as ``send_c_store`` does, so that the caller takes the
+    response; once for a whole batch of files, not for each (a hand-off between threads each)."""
+    if assoc._reactor_checkpoint.is_set():
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+
+
+def resume_reactor(assoc: Association) -> None:
+    """Let the association's reactor run again after ``store_file`` (before a release)."""
+    assoc._reactor_checkpoint.set()
+
+
+def _file_meta(head: bytes) -> tuple[str, str, int]:
+    """(SOP class, SOP instance, offset of the data set) of a PS3.10 file from its first bytes:
+    preamble, "DICM", then the file meta group in explicit VR little endian, led by its length."""
+    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        raise ValueError("no file meta group length")
+    end = 144 + struct.unpack_from("<I", head, 140)[0]
+    if end > len(head):
+        raise ValueError("file meta longer than expected")
+    values: dict[int, str] = {}
+    pos = 144
+    while pos < end:
+        group, element, vr = struct.unpack_from("<HH2s", head, pos)
+        if vr in _LONG_VRS:
+            length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if group != 0x0002:
+            raise ValueError("file meta group length wrong")
+        values[element] = head[pos:pos + length].rstrip(b"\x00 ").decode("ascii")
+        pos += length
+    if 0x0002 not in values or 0x0003 not in values:
+        raise ValueError("no Media Storage SOP Class or Instance UID")
+    return values[0x0002], values[0x0003], end
 
 
 def _pdu_header(context_id: int, control: int, length: int) -> bytes:
