@@ -149,9 +149,10 @@ def _send_files(assoc: Association, files: Sequence[ResultFile]) -> str | None:
 
 
 def _store(assoc: Association, context_id: int | None, message_id: int, result: ResultFile) -> int | None:
-    """One file's C-STORE status (None: no response): sent lean (``sending.store_file``) on the
-    context of its recorded SOP class and transfer syntax, else by pynetdicom."""
-    if context_id is not None:
+    """One file's C-STORE status (None: no response): sent lean (``sending.store_file``, which
+    needs the speed-ups' P-DATA sending) on the context of its recorded SOP class and transfer
+    syntax, else by pynetdicom."""
+    if context_id is not None and patches.speedups_allowed():
         try:
             return sending.store_file(assoc, context_id, message_id & 0xFFFF, result.path)
         except ValueError:

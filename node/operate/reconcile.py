@@ -1,11 +1,11 @@
-"""Index rows that a power cut took away, written again from the spool.
+"""Index rows that a crash or a power cut took away, written again from the spool.
 
-The receiver commits its instance rows without a disk flush (``Index(durable_commits=False)``):
-each row points at a file that was already fsynced and renamed into the spool, so a power cut
-can lose the last rows but never the files. At the first start after a reboot, every spool file
-the index does not know is read (its header only) and indexed again, so every acknowledged
-instance is completed and routed as if its row had never been lost. A clean restart of the
-service skips the walk: the rows of a process that stopped are already on disk.
+The receiver commits its rows after the status, in groups and without a disk flush
+(``node.receive.row_batch``): each points at a file already fsynced in the spool, so a crash can
+lose the last rows, never the files. A spool file the index does not know is read (its header)
+and indexed again: in the series folders changed since a dead receiver's open associations began
+(at its restart, at start after a kill), and everywhere at the first start after a reboot. A
+clean restart skips both walks: the rows of a process that stopped are already committed.
 """
 
 from __future__ import annotations
