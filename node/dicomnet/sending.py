@@ -26,13 +26,10 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from node.dicomnet import command_sets
+from node.dicomnet.file_meta import HEAD_BYTES, file_meta
 
 #: A DIMSE message's P-DATA requests are queued for the DUL thread in batches of this many bytes.
 BATCH_BYTES = 4 * 1024 * 1024
-#: A file's first bytes read for its file meta (a writer's is about 200 bytes long).
-_META_READ_BYTES = 4096
-#: Explicit VR representations with a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
 class _PDUs(P_DATA):
@@ -124,8 +121,12 @@ def store_file(assoc: Association, context_id: int, message_id: int, path: Path)
     built and validated. ValueError (nothing sent): file meta not laid out as the node's writers
     write it. The reactor stays paused until ``resume_reactor``."""
     with open(path, "rb") as file:
-        sop_class, sop_instance, offset = _file_meta(file.read(_META_READ_BYTES))
-        command = command_sets.store_request(sop_class, message_id, 2, sop_instance)  # priority medium
+        head = file.read(HEAD_BYTES)
+        meta = file_meta(head)
+        if meta.size + 8 > len(head):  # the file meta did not end inside ``head``
+            raise ValueError(f"{path.name}: its file meta is longer than expected")
+        offset = meta.size
+        command = command_sets.store_request(meta.sop_class, message_id, 2, meta.sop_instance)  # priority medium
         _pause_reactor(assoc)
         if not _send_file(assoc.dimse, context_id, command, file, offset):
             raise ValueError(f"{path.name}: its command does not fit the peer's PDU length")
@@ -152,31 +153,6 @@ def _pause_reactor(assoc: Association) -> None:
 def resume_reactor(assoc: Association) -> None:
     """Let the association's reactor run again after ``store_file`` (before a release)."""
     assoc._reactor_checkpoint.set()
-
-
-def _file_meta(head: bytes) -> tuple[str, str, int]:
-    """(SOP class, SOP instance, offset of the data set) of a PS3.10 file from its first bytes:
-    preamble, "DICM", then the file meta group in explicit VR little endian, led by its length."""
-    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
-        raise ValueError("no file meta group length")
-    end = 144 + struct.unpack_from("<I", head, 140)[0]
-    if end > len(head):
-        raise ValueError("file meta longer than expected")
-    values: dict[int, str] = {}
-    pos = 144
-    while pos < end:
-        group, element, vr = struct.unpack_from("<HH2s", head, pos)
-        if vr in _LONG_VRS:
-            length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
-        else:
-            length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
-        if group != 0x0002:
-            raise ValueError("file meta group length wrong")
-        values[element] = head[pos:pos + length].rstrip(b"\x00 ").decode("ascii")
-        pos += length
-    if 0x0002 not in values or 0x0003 not in values:
-        raise ValueError("no Media Storage SOP Class or Instance UID")
-    return values[0x0002], values[0x0003], end
 
 
 def _pdu_header(context_id: int, control: int, length: int) -> bytes:

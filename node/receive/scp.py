@@ -3,8 +3,9 @@
 A data set is written to a spool part file as its P-DATA arrives (``node.receive.pdata_stream``;
 ``node.receive.stock_store`` on stock pynetdicom, when the speed-ups are off), walked where it
 lies, then fsynced and renamed into the spool before the 0x0000 status goes back (its index row
-follows within milliseconds, ``node.receive.row_batch``): a success status survives a crash. A refused data set gets a DIMSE failure status and is kept in
-the spool's quarantine with the reason. Receiver processes share one port (SO_REUSEPORT).
+follows within milliseconds, ``node.receive.row_batch``): a success status survives a crash. A
+refused data set gets a DIMSE failure status and is kept in the spool's quarantine with the
+reason. Receiver processes share one port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
