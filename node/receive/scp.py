@@ -59,7 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
-from node.dicomnet import patches
+from node.dicomnet import patches, pdu_guard
 from node.index.store import Index
 from node.receive import pdata_stream, stock_store
 from node.receive.intake import (
@@ -425,6 +425,8 @@ class Receiver:
         return self.spool.free_bytes() >= self._min_free
 
     def serve_forever(self) -> None:
+        # a sender that saw its release answered finds its instances' rows in the index
+        pdu_guard.before_release(lambda _dul: self.intake.rows.commit_logged())
         if patches.install(patches.RECEIVER, self.config.node.max_pdu, pdata_stream.read):
             pdata_stream.install(self.spool, self._has_room, self.answer_in_reader)
         else:

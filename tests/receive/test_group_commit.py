@@ -1,6 +1,7 @@
 """The receiver's group commit (node.receive.row_batch): an acknowledged instance's row follows
-within milliseconds, even while its association stays open, and the rows a receiver that died
-had not committed yet are written again from the spool by its recovery."""
+within milliseconds, even while its association stays open, and before its release is answered;
+the rows a receiver that died had not committed yet are written again from the spool by its
+recovery."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from node.receive.spool import Spool
 from tests.conftest import DATA
 from tests.support.harness import wait_until
 from tests.support.kill_trials import fresh_series
+from tests.support.peers import storescu
 
-pytestmark = [pytest.mark.data]
+pytestmark = [pytest.mark.data, pytest.mark.peers]
 
 SOURCES = sorted((DATA / "ct-chest" / "cptac-luad-C3N-00247").glob("*.dcm"))[:3]
 
@@ -66,3 +68,15 @@ def test_a_receiver_that_died_after_acknowledging_has_its_instances_indexed_by_i
     row = index.series(series)
     assert row is not None and row.instance_count == len(files)
     assert row.open_associations == 0, "the dead receiver's association must be closed"
+
+
+def test_the_rows_of_an_association_are_indexed_before_its_release_is_answered(node, tmp_path):
+    _, _, files = fresh_series(SOURCES, tmp_path / "sent")
+    assert storescu(node.port, files).returncode == 0  # returns once its release was answered
+    index = node.index()
+    try:
+        missing = [f.name for f in files
+                   if index.instance(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)) is None]
+    finally:
+        index.close()
+    assert not missing, f"released, not indexed: {missing}"
