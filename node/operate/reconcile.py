@@ -65,7 +65,7 @@ def reindex_spool(spool: Spool, index: Index, changed_since: float | None = None
     held in memory at once."""
     added = 0
     for folder in spool.series_folders():
-        if changed_since is not None and folder.stat().st_mtime < changed_since:
+        if changed_since is not None and not _changed_since(folder, changed_since):
             continue
         known = {str(path) for path in index.instance_paths(folder.name)}
         added += sum(_reindex_file(spool, index, path) for path in sorted(folder.glob("*.dcm"))
@@ -73,6 +73,13 @@ def reindex_spool(spool: Spool, index: Index, changed_since: float | None = None
     if added:
         logs.info("reconcile.reindexed", instances=added)
     return added
+
+
+def _changed_since(folder: Path, moment: float) -> bool:
+    try:
+        return folder.stat().st_mtime >= moment
+    except FileNotFoundError:  # removed meanwhile (retention)
+        return False
 
 
 def _reindex_file(spool: Spool, index: Index, path: Path) -> bool:
