@@ -14,7 +14,7 @@ from pynetdicom.sop_class import Verification
 
 from node.config import Config, Destination, Source
 from node.deliver.sending import Outcome, Parcel, Settle
-from node.dicomnet import patches
+from node.dicomnet import patches, sending
 from node.index.store import ResultFile
 from node.tls import client_context
 
@@ -117,8 +117,8 @@ class CStoreSender:
                 settle(parcel, Outcome(error))
                 if not assoc.is_established:
                     break  # the rest stay due, untried
-
         finally:
+            sending.resume_reactor(assoc)
             if assoc.is_established:
                 assoc.release()
         return None
@@ -134,16 +134,31 @@ def _without_message_logging(assoc: Association) -> None:
             assoc.unbind(event, handler)
 
 
-def _send_files(assoc: object, files: Sequence[ResultFile]) -> str | None:
-    for result in files:
+def _send_files(assoc: Association, files: Sequence[ResultFile]) -> str | None:
+    contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cx.context_id
+                for cx in assoc.accepted_contexts}
+    for message_id, result in enumerate(files, start=1):
         if not result.path.exists():
             return f"result file {result.path} is gone from the spool"
-        status = assoc.send_c_store(result.path)  # type: ignore[attr-defined]
-        if "Status" not in status:
+        status = _store(assoc, contexts.get((result.sop_class, str(result.transfer_syntax))), message_id, result)
+        if status is None:
             return "connection lost during C-STORE"
-        if int(status.Status) not in _OK_STATUSES:
-            return f"C-STORE status 0x{int(status.Status):04X} for {result.path.name}"
+        if status not in _OK_STATUSES:
+            return f"C-STORE status 0x{status:04X} for {result.path.name}"
     return None
+
+
+def _store(assoc: Association, context_id: int | None, message_id: int, result: ResultFile) -> int | None:
+    """One file's C-STORE status (None: no response): sent lean (``sending.store_file``, which
+    needs the speed-ups' P-DATA sending) on the context of its recorded SOP class and transfer
+    syntax, else by pynetdicom."""
+    if context_id is not None and patches.speedups_allowed():
+        try:
+            return sending.store_file(assoc, context_id, message_id & 0xFFFF, result.path)
+        except ValueError:
+            pass  # file meta laid out otherwise: pynetdicom reads it
+    status = assoc.send_c_store(result.path)
+    return int(status.Status) if "Status" in status else None
 
 
 def _syntaxes(files: Sequence[ResultFile]) -> set[tuple[str, str]]:

@@ -37,6 +37,25 @@ def store_request(sop_class: object, message_id: int, priority: int, sop_instanc
     )
 
 
+def command_fields(command: bytes, us_tags: frozenset[int]) -> dict[int, bytes | int] | None:
+    """A command set's elements (implicit VR little endian): those of ``us_tags`` as numbers,
+    others as bytes; None when the elements do not add up (pynetdicom then refuses it)."""
+    fields: dict[int, bytes | int] = {}
+    pos, end = 0, len(command)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        if pos + length > end:
+            return None
+        value = command[pos:pos + length]
+        pos += length
+        tag = group << 16 | element
+        fields[tag] = int.from_bytes(value, "little") if tag in us_tags else value
+    return fields
+
+
 def _command_set(*elements: bytes) -> bytes:
     body = b"".join(elements)
     return _element(0x0000, struct.pack("<I", len(body))) + body

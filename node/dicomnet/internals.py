@@ -38,13 +38,14 @@ INSTALL = "pip install 'pynetdicom>=3.0,<3.1'"
 
 REACTOR = "node/dicomnet/reactor.py"
 SENDING = "node/dicomnet/sending.py"
+RESPONSES = "node/dicomnet/responses.py"
 GUARD = "node/dicomnet/pdu_guard.py"
 STREAM = "node/receive/pdata_stream.py"
 #: The receiver's C-STORE handler on stock pynetdicom (when the speed-ups are off).
 STOCK = "node/receive/stock_store.py"
 _SCP = "node/receive/scp.py"
 _CSTORE = "node/deliver/cstore.py"
-_PATCHES = (REACTOR, SENDING, GUARD, STREAM)
+_PATCHES = (REACTOR, SENDING, RESPONSES, GUARD, STREAM)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -107,7 +108,12 @@ def _functions() -> tuple[Function, ...]:
                  ("requestor", "_accepted_cx", "dul", "dimse", "_reactor_checkpoint", "_kill"), (REACTOR, STREAM)),
         Function("Association.send_c_store", lambda: assoc.send_c_store,
                  ("self", "dataset", "msg_id", "priority", "originator_aet", "originator_id"),
-                 ("_dataset_path", "send_msg"), (SENDING,)),
+                 ("_dataset_path", "send_msg", "_reactor_checkpoint", "_is_paused", "get_msg", "_handle_no_response"),
+                 (SENDING,)),
+        Function("Association._handle_no_response", lambda: assoc._handle_no_response, ("self",), (), (SENDING,)),
+        Function("DIMSEServiceProvider.receive_primitive", lambda: dimse.receive_primitive, ("self", "primitive"),
+                 ("message", "decode_msg", "message_to_primitive", "msg_queue"), (RESPONSES,)),
+        Function("DIMSEServiceProvider.get_msg", lambda: dimse.get_msg, ("self", "block"), ("msg_queue",), (SENDING,)),
         Function("Association._run_reactor", lambda: assoc._run_reactor, ("self",),
                  ("time", "sleep", "_reactor_checkpoint", "_serve_request"), (REACTOR,)),
         Function("Association._serve_request", lambda: assoc._serve_request, ("self", "msg", "context_id"), (),
@@ -150,6 +156,7 @@ _EVENTS = ("Evt10", "Evt17", "Evt19")
 _PROPERTIES: tuple[tuple[type, tuple[str, ...], tuple[str, ...]], ...] = (
     (DULServiceProvider, ("assoc",), (GUARD, STREAM)),
     (Association, ("is_acceptor", "is_requestor", "network_timeout", "ae"), (REACTOR, GUARD)),
+    (Association, ("accepted_contexts",), (_CSTORE,)),
     (DIMSEServiceProvider, ("dul", "assoc", "maximum_pdu_size"), (SENDING, STREAM)),
     (P_DATA, ("presentation_data_value_list",), (SENDING, STREAM)),
     (Event, ("dataset_path",), (STOCK,)),

@@ -23,7 +23,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from node import logs
-from node.dicomnet import internals, pdu_guard, reactor, sending
+from node.dicomnet import internals, pdu_guard, reactor, responses, sending
 from node.dicomnet.internals import Mismatch, PynetdicomMismatch, replacing
 
 #: The processes a row is installed in: the receiver's, and those that send (the dispatcher's).
@@ -106,6 +106,10 @@ TABLE: tuple[Patch, ...] = (
           "a C-STORE success response and a file's C-STORE request encoded without pydicom data sets, "
           "other messages' PDUs queued together: a quarter of the dispatcher's time per image",
           "send_msg queuing a message's PDUs together and encoding a C-STORE without building a data set"),
+    Patch(DIMSEServiceProvider, "receive_primitive", _around(responses.receive_primitive),
+          "a C-STORE response to the dispatcher read without decoding a pydicom data set: a fifth "
+          "of the dispatcher's time per image",
+          "a C-STORE response decoded without a pydicom data set", roles=frozenset({SENDER})),
     Patch(fsm.ACTIONS, "DT-1", _action(sending.send_p_data),
           "a P-DATA-TF encoded without PDU and item objects, a batch in one socket write",
           "a leaner P-DATA-TF encoder in pynetdicom"),

@@ -26,7 +26,7 @@ from node import logs
 
 CONTROL_PDU_BYTES = 1024 * 1024
 UNLIMITED_PDATA_BYTES = 64 * 1024 * 1024
-_P_DATA_TF = 0x04
+_P_DATA_TF, _RELEASE_RQ = 0x04, 0x05
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _AWAITING_CLOSE = "Sta13"
 _ESTABLISHED = "Sta6"
@@ -51,10 +51,16 @@ def pdu_limit(pdu_type: int, max_pdu: int) -> int:
 PDataReader = Callable[[DULServiceProvider, memoryview], None]
 
 
+#: Called in the DUL thread when an A-RELEASE-RQ arrives, before pynetdicom sees it (and so
+#: before the release is answered): the receiver commits its queued index rows there.
+ReleaseHook = Callable[[DULServiceProvider], None]
+
+
 @dataclass(frozen=True)
 class _Settings:
     max_pdu: int = 0
     p_data: PDataReader | None = None
+    before_release: ReleaseHook | None = None
 
 
 _settings = _Settings()
@@ -64,7 +70,13 @@ def configure(max_pdu: int, p_data: PDataReader | None = None) -> None:
     """The limit on P-DATA-TF PDUs (the node's ``max_pdu``; 0: ``UNLIMITED_PDATA_BYTES``) and
     who reads their bodies (None: pynetdicom)."""
     global _settings
-    _settings = _Settings(max_pdu, p_data)
+    _settings = _Settings(max_pdu, p_data, _settings.before_release)
+
+
+def before_release(hook: ReleaseHook | None) -> None:
+    """What runs when a peer asks to release its association, before it is answered."""
+    global _settings
+    _settings = _Settings(_settings.max_pdu, _settings.p_data, hook)
 
 
 def read_pdu_data(dul: DULServiceProvider) -> None:
@@ -106,6 +118,8 @@ def read_pdu_data(dul: DULServiceProvider) -> None:
     if pdu_type == _P_DATA_TF and p_data is not None and dul.state_machine.current_state == _ESTABLISHED:
         p_data(dul, memoryview(body))
         return
+    if pdu_type == _RELEASE_RQ and _settings.before_release is not None:
+        _settings.before_release(dul)
     try:
         pdu, event = dul._decode_pdu(bytearray(header) + body)
     except Exception:

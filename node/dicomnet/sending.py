@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
@@ -23,6 +26,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from node.dicomnet import command_sets
+from node.dicomnet.file_meta import HEAD_BYTES, file_meta
 
 #: A DIMSE message's P-DATA requests are queued for the DUL thread in batches of this many bytes.
 BATCH_BYTES = 4 * 1024 * 1024
@@ -83,24 +87,72 @@ def _send_store_request(dimse: DIMSEServiceProvider, primitive: Any, context_id:
                                          primitive.Priority, primitive.AffectedSOPInstanceUID)
     path, offset = where
     with open(path, "rb") as file:
-        left = os.fstat(file.fileno()).st_size - offset
-        if len(command) > fragment or left <= 0:
-            return False
-        file.seek(offset)
-        parts: list[bytes | memoryview] = [_pdu_header(context_id, 0x03, len(command)), command]
-        step = max(1, BATCH_BYTES // fragment) * fragment
-        while left:
-            chunk = memoryview(file.read(min(step, left)))
-            if not chunk:
-                raise OSError(f"{path} shrank while it was sent")
-            left -= len(chunk)
-            for start in range(0, len(chunk), fragment):
-                piece = chunk[start:start + fragment]
-                last = not left and start + fragment >= len(chunk)
-                parts += [_pdu_header(context_id, 0x02 if last else 0x00, len(piece)), piece]
-            dimse.dul.send_pdu(_Encoded(b"".join(parts)))
-            parts = []
+        return _send_file(dimse, context_id, command, file, offset)
+
+
+def _send_file(dimse: DIMSEServiceProvider, context_id: int, command: bytes, file: BinaryIO, offset: int) -> bool:
+    """Queue a C-STORE request's command and the data set that starts at ``offset`` of ``file``
+    as P-DATA-TF PDUs of the peer's length; False (nothing sent) when they would not fit."""
+    fragment = dimse.maximum_pdu_size - 6
+    left = os.fstat(file.fileno()).st_size - offset
+    if len(command) > fragment or left <= 0:
+        return False
+    file.seek(offset)
+    parts: list[bytes | memoryview] = [_pdu_header(context_id, 0x03, len(command)), command]
+    step = max(1, BATCH_BYTES // fragment) * fragment
+    while left:
+        chunk = memoryview(file.read(min(step, left)))
+        if not chunk:
+            raise OSError(f"{file.name} shrank while it was sent")
+        left -= len(chunk)
+        for start in range(0, len(chunk), fragment):
+            piece = chunk[start:start + fragment]
+            last = not left and start + fragment >= len(chunk)
+            parts += [_pdu_header(context_id, 0x02 if last else 0x00, len(piece)), piece]
+        dimse.dul.send_pdu(_Encoded(b"".join(parts)))
+        parts = []
     return True
+
+
+def store_file(assoc: Association, context_id: int, message_id: int, path: Path) -> int | None:
+    """C-STORE the PS3.10 file at ``path`` on ``context_id``; the response's status, or None
+    (no valid response: the association is aborted, as pynetdicom does). ``send_c_store`` for a
+    file without pydicom reading its file meta, nor a request primitive and status data set
+    built and validated. ValueError (nothing sent): file meta not laid out as the node's writers
+    write it. The reactor stays paused until ``resume_reactor``."""
+    with open(path, "rb") as file:
+        head = file.read(HEAD_BYTES)
+        meta = file_meta(head)
+        if meta.size + 8 > len(head):  # the file meta did not end inside ``head``
+            raise ValueError(f"{path.name}: its file meta is longer than expected")
+        offset = meta.size
+        command = command_sets.store_request(meta.sop_class, message_id, 2, meta.sop_instance)  # priority medium
+        _pause_reactor(assoc)
+        if not _send_file(assoc.dimse, context_id, command, file, offset):
+            raise ValueError(f"{path.name}: its command does not fit the peer's PDU length")
+        _, response = assoc.dimse.get_msg(block=True)
+    if response is None:
+        assoc._handle_no_response()
+        return None
+    status = response.Status if response.is_valid_response else None
+    if status is None:
+        assoc.abort()
+        return None
+    return int(status)
+
+
+def _pause_reactor(assoc: Association) -> None:
+    """Pause the association's reactor, as ``send_c_store`` does, so that the caller takes the
+    response; once for a whole batch of files, not for each (a hand-off between threads each)."""
+    if assoc._reactor_checkpoint.is_set():
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+
+
+def resume_reactor(assoc: Association) -> None:
+    """Let the association's reactor run again after ``store_file`` (before a release)."""
+    assoc._reactor_checkpoint.set()
 
 
 def _pdu_header(context_id: int, control: int, length: int) -> bytes:

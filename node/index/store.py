@@ -132,43 +132,23 @@ class SeriesIndex(Database):
         counts once. Returns the earlier copy's path when it lay elsewhere (another study or
         series): the caller removes that file, so no reconcile keeps two copies. A late instance
         of a complete series re-opens it with a new generation, for its route to decide again."""
+        return self.record_instances([(rec, assoc_id)])[0]
+
+    def record_instances(self, rows: Sequence[tuple[InstanceRecord, str | None]]) -> list[Path | None]:
+        """``record_instance`` for several instances in one transaction (the receiver's group
+        commit): one earlier copy's path, or None, per row."""
         now = time.time()
         with self._tx() as db:
-            old = db.execute(
-                "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
-            ).fetchone()
-            db.execute(
-                "INSERT INTO studies(study_uid, first_received, last_received) VALUES (?, ?, ?)"
-                " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
-                (rec.study_uid, now, now),
-            )
-            db.execute(
-                "INSERT INTO series(series_uid, study_uid, modality, state, first_received,"
-                " last_received, sample_path) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                " generation = CASE WHEN state = ? THEN generation ELSE generation + 1 END,"
-                " state = ?",  # states.REOPEN, for a series no longer receiving
-                (rec.series_uid, rec.study_uid, rec.modality, SeriesState.RECEIVING, now, now,
-                 str(rec.path), SeriesState.RECEIVING, states.REOPEN.target),
-            )
-            db.execute(
-                "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class, transfer_syntax,"
-                " path, size, received_at, association) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
-                " study_uid = excluded.study_uid, sop_class = excluded.sop_class,"
-                " transfer_syntax = excluded.transfer_syntax, path = excluded.path,"
-                " size = excluded.size, received_at = excluded.received_at,"
-                " association = excluded.association",
-                (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
-                 str(rec.path), rec.size, now, assoc_id),
-            )
-            _count_moved(db, old, rec)
-            if assoc_id is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
-                    (assoc_id, rec.series_uid),
-                )
-        return Path(old["path"]) if old is not None and old["path"] != str(rec.path) else None
+            return [_record(db, rec, assoc_id, now) for rec, assoc_id in rows]
+
+    def oldest_open_association(self, receiver_pids: Sequence[int] | None = None) -> float | None:
+        """When the oldest association still open (of these receivers, or of any) was opened."""
+        where, args = "", tuple[int, ...]()
+        if receiver_pids is not None:
+            where, args = f" AND receiver_pid IN ({','.join('?' * len(receiver_pids))})", tuple(receiver_pids)
+        row = self._db.execute(f"SELECT MIN(opened_at) FROM associations WHERE closed_at IS NULL{where}",
+                               args).fetchone()
+        return None if row[0] is None else float(row[0])
 
     # ---- completion and routing ------------------------------------------------------------
 
@@ -306,6 +286,45 @@ class SeriesIndex(Database):
         row = self._db.execute("SELECT forced_at FROM forced_studies WHERE study_uid = ?",
                                (study_uid,)).fetchone()
         return None if row is None else float(row["forced_at"])
+
+
+def _record(db: sqlite3.Connection, rec: InstanceRecord, assoc_id: str | None, now: float) -> Path | None:
+    """One instance's rows (``SeriesIndex.record_instance``), in the caller's transaction."""
+    old = db.execute(
+        "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+    ).fetchone()
+    db.execute(
+        "INSERT INTO studies(study_uid, first_received, last_received) VALUES (?, ?, ?)"
+        " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
+        (rec.study_uid, now, now),
+    )
+    db.execute(
+        "INSERT INTO series(series_uid, study_uid, modality, state, first_received,"
+        " last_received, sample_path) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
+        " generation = CASE WHEN state = ? THEN generation ELSE generation + 1 END,"
+        " state = ?",  # states.REOPEN, for a series no longer receiving
+        (rec.series_uid, rec.study_uid, rec.modality, SeriesState.RECEIVING, now, now,
+         str(rec.path), SeriesState.RECEIVING, states.REOPEN.target),
+    )
+    db.execute(
+        "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class, transfer_syntax,"
+        " path, size, received_at, association) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+        " study_uid = excluded.study_uid, sop_class = excluded.sop_class,"
+        " transfer_syntax = excluded.transfer_syntax, path = excluded.path,"
+        " size = excluded.size, received_at = excluded.received_at,"
+        " association = excluded.association",
+        (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
+         str(rec.path), rec.size, now, assoc_id),
+    )
+    _count_moved(db, old, rec)
+    if assoc_id is not None:
+        db.execute(
+            "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
+            (assoc_id, rec.series_uid),
+        )
+    return Path(old["path"]) if old is not None and old["path"] != str(rec.path) else None
 
 
 def _count_moved(db: sqlite3.Connection, old: sqlite3.Row | None, rec: InstanceRecord) -> None:

@@ -1,15 +1,16 @@
-"""Index rows that a power cut took away, written again from the spool.
+"""Index rows that a crash or a power cut took away, written again from the spool.
 
-The receiver commits its instance rows without a disk flush (``Index(durable_commits=False)``):
-each row points at a file that was already fsynced and renamed into the spool, so a power cut
-can lose the last rows but never the files. At the first start after a reboot, every spool file
-the index does not know is read (its header only) and indexed again, so every acknowledged
-instance is completed and routed as if its row had never been lost. A clean restart of the
-service skips the walk: the rows of a process that stopped are already on disk.
+The receiver commits its rows after the status, in groups and without a disk flush
+(``node.receive.row_batch``): each points at a file already fsynced in the spool, so a crash can
+lose the last rows, never the files. A spool file the index does not know is read (its header)
+and indexed again: in the series folders changed since a dead receiver's open associations began
+(at its restart, at start after a kill), and everywhere at the first start after a reboot. A
+clean restart skips both walks: the rows of a process that stopped are already committed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom.filereader
@@ -22,6 +23,9 @@ from node.receive.scp import past_identifying_attributes
 from node.receive.spool import Spool
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+#: A folder's change time (the file system's coarse clock) may read a little before the
+#: receiver's clock did when the association opened.
+CLOCK_SLACK_SECONDS = 2.0
 _BOOT_KEY = "boot_id"
 
 
@@ -36,20 +40,46 @@ def reindex_after_reboot(spool: Spool, index: Index) -> int:
     return added
 
 
-def reindex_spool(spool: Spool, index: Index) -> int:
-    """Index every instance file of the spool that has no row; returns how many were added.
+def reindex_open_associations(spool: Spool, index: Index, receiver_pids: Sequence[int] | None = None) -> int:
+    """Index the files of associations a receiver never closed (it died, or the node was killed):
+    it acknowledged them before committing their rows (``node.receive.row_batch``). Only the
+    series folders changed since the oldest of those associations opened are read."""
+    since = index.oldest_open_association(receiver_pids)
+    return 0 if since is None else reindex_spool(spool, index, changed_since=since - CLOCK_SLACK_SECONDS)
+
+
+def recover_receiver(spool: Spool, index: Index, pid: int) -> None:
+    """After a receiving process died: its acknowledged instances indexed, its associations
+    closed, the data sets it was receiving (never answered) removed."""
+    reindex_open_associations(spool, index, [pid])
+    index.close_associations_of([pid])
+    spool.clear_partial_writes(pid)
+
+
+def reindex_spool(spool: Spool, index: Index, changed_since: float | None = None) -> int:
+    """Index every instance file of the spool that has no row (in the series folders changed
+    since ``changed_since``, when given); returns how many were added.
 
     Series folder by series folder: a file's path names its series, so the index is asked for
     one series' rows at a time (through its series index) and a year of instance rows is never
     held in memory at once."""
     added = 0
     for folder in spool.series_folders():
+        if changed_since is not None and not _changed_since(folder, changed_since):
+            continue
         known = {str(path) for path in index.instance_paths(folder.name)}
         added += sum(_reindex_file(spool, index, path) for path in sorted(folder.glob("*.dcm"))
                      if str(path) not in known)
     if added:
         logs.info("reconcile.reindexed", instances=added)
     return added
+
+
+def _changed_since(folder: Path, moment: float) -> bool:
+    try:
+        return folder.stat().st_mtime >= moment
+    except FileNotFoundError:  # removed meanwhile (retention)
+        return False
 
 
 def _reindex_file(spool: Spool, index: Index, path: Path) -> bool:

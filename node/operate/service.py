@@ -32,7 +32,7 @@ from node.index.store import Index
 from node.isolation import isolated
 from node.operate.monitoring import MonitoringServer
 from node.operate.notify import Notifier, Watcher
-from node.operate.reconcile import reindex_after_reboot
+from node.operate.reconcile import recover_receiver, reindex_after_reboot, reindex_open_associations
 from node.operate.retention import Retention
 from node.operate.web import WebServer
 from node.receive.scp import Receiver
@@ -126,7 +126,7 @@ class Node:
         """Pick up where a crash or a stop left off: every unfinished thing is in the index."""
         spool = Spool(self.config.node.spool)
         partial = spool.clear_partial_writes()
-        reindexed = reindex_after_reboot(spool, self.index)
+        reindexed = reindex_after_reboot(spool, self.index) + reindex_open_associations(spool, self.index)
         closed = self.index.close_associations_of(None)
         requeued = self.index.requeue_running_jobs(None)
         logs.info("node.recovered", partial_writes_removed=partial, instances_reindexed=reindexed,
@@ -349,10 +349,10 @@ class Node:
         assert child.process is not None
         pid, code = child.process.pid, child.process.exitcode
         logs.error("node.child_died", role=child.role, pid=pid, exit_code=code)
-        if pid is not None:  # None: it never started, so it held no association
+        if pid is not None and child.role in RECEIVING_ROLES:  # None: it never started
+            recover_receiver(Spool(self.config.node.spool), self.index, pid)
+        elif pid is not None:
             self.index.close_associations_of([pid])
-            if child.role in RECEIVING_ROLES:  # the data sets it was receiving, never answered
-                Spool(self.config.node.spool).clear_partial_writes(pid)
         self._spawn(child)
 
     # ---- stop ------------------------------------------------------------------------------
@@ -372,6 +372,7 @@ class Node:
             # a sender in a hanging webhook's POST holds nothing: its message is sent again next start
             thread.join(timeout=1 if thread.name.startswith(NOTIFY_THREAD) else 30)
         delivered = self._deliver_due()
+        reindex_open_associations(Spool(self.config.node.spool), self.index)  # of a receiver killed at the grace's end
         self.index.close_associations_of(None)
         if self._monitor is not None:
             self._monitor.stop()

@@ -4,9 +4,10 @@ The DIMSE receiver (node.receive.scp) and the STOW-RS receiver (node.receive.sto
 data set to a spool part file as it arrives, then hand it here: its structure is walked where it
 lies and its identifying attributes read on the same walk (``screen``), checked against what its
 carrier claimed (the C-STORE command, or the part's file meta and the URL's study), and then it
-is fsynced, renamed into the spool and indexed before the caller answers success, or kept in the
-quarantine folder with the reason. So a success status, 0x0000 or HTTP 200, means the same thing
-whichever way an instance came.
+is fsynced and renamed into the spool before the caller answers success, or kept in the
+quarantine folder with the reason; its index row is committed with others within milliseconds
+(``node.receive.row_batch``) and always before its association is marked closed. So a success
+status, 0x0000 or HTTP 200, means the same thing whichever way an instance came.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from node import logs
 from node.index.store import Index, InstanceRecord
+from node.receive.row_batch import RowBatch
 from node.receive.screening import StructureError, check_structure, inflated, uid_problem
 from node.receive.spool import PartFile, Spool
 
@@ -157,8 +158,9 @@ class Intake:
     def __init__(self, spool: Spool, index: Index) -> None:
         self.spool = spool
         self.index = index
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._registered: set[str] = set()
+        self.rows = RowBatch(index, self._lock, spool.remove_replaced)
 
     def take(self, arrival: Arrival, source: Source | None) -> Stored | StoreRefusal:
         """Check one arrived data set, then make it durable under its name and index it, or keep it
@@ -204,27 +206,27 @@ class Intake:
         replacing = path.exists()
         arrival.part.commit(path)
         try:
-            replaced = self._index_instance(record, source)
+            self._index_instance(record, source)
         except sqlite3.Error:
             # Unacknowledged and unindexed, the new file must go (the sender will send it again);
             # a file that replaced an indexed instance stays, its row still points at it.
             if not replacing:
                 path.unlink(missing_ok=True)
             raise
-        if replaced is not None:
-            self.spool.remove_replaced(replaced)
         return stored
 
-    def _index_instance(self, record: InstanceRecord, source: Source | None) -> Path | None:
+    def _index_instance(self, record: InstanceRecord, source: Source | None) -> None:
         with self._lock:
             if source is not None and source.association not in self._registered:
                 self.index.open_association(source.association, source.sender, source.address, source.pid)
                 self._registered.add(source.association)
-            return self.index.record_instance(record, None if source is None else source.association)
+            self.rows.add(record, None if source is None else source.association)
 
     def end(self, association: str) -> None:
-        """The association (or request) is over: completion may settle the series it carried."""
+        """The association (or request) is over: its rows are committed, then completion may
+        settle the series it carried."""
         if association in self._registered:
             self._registered.discard(association)
             with self._lock:
+                self.rows.commit_logged()
                 self.index.close_association(association)

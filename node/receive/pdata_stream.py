@@ -309,7 +309,7 @@ def _command_complete(dul: DULServiceProvider, stream: _Stream, context_id: int)
             if stream.current.part is not None:
                 stream.current.part.discard()
             stream.current = None
-    fields = command_fields(b"".join(fragment[1:] for fragment in stream.command))
+    fields = command_sets.command_fields(b"".join(fragment[1:] for fragment in stream.command), _US_TAGS)
     stream.handed_data = None
     context = dul.assoc._accepted_cx.get(context_id)
     if (fields is None or context is None or fields.get(_COMMAND_FIELD) != _C_STORE_RQ
@@ -401,25 +401,6 @@ def _failed(incoming: Incoming, error: OSError) -> None:
     if incoming.part is not None:
         incoming.part.discard()
         incoming.part = None
-
-
-def command_fields(command: bytes) -> dict[int, bytes | int] | None:
-    """The command set's elements (implicit VR little endian): US values as ints, others as
-    bytes; None when the elements do not add up (pynetdicom then refuses the message itself)."""
-    fields: dict[int, bytes | int] = {}
-    pos, end = 0, len(command)
-    while pos < end:
-        if pos + 8 > end:
-            return None
-        group, element, length = struct.unpack_from("<HHI", command, pos)
-        pos += 8
-        if pos + length > end:
-            return None
-        value = command[pos:pos + length]
-        pos += length
-        tag = group << 16 | element
-        fields[tag] = int.from_bytes(value, "little") if tag in _US_TAGS else value
-    return fields
 
 
 def _text(value: bytes | int | None) -> str:

@@ -2,9 +2,10 @@
 
 A data set is written to a spool part file as its P-DATA arrives (``node.receive.pdata_stream``;
 ``node.receive.stock_store`` on stock pynetdicom, when the speed-ups are off), walked where it
-lies, then fsynced, renamed into the spool and indexed before the 0x0000 status goes back: a
-success status survives a crash. A refused data set gets a DIMSE failure status and is kept in
-the spool's quarantine with the reason. Receiver processes share one port (SO_REUSEPORT).
+lies, then fsynced and renamed into the spool before the 0x0000 status goes back (its index row
+follows within milliseconds, ``node.receive.row_batch``): a success status survives a crash. A
+refused data set gets a DIMSE failure status and is kept in the spool's quarantine with the
+reason. Receiver processes share one port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import logs
 from node.config import Config
-from node.dicomnet import patches
+from node.dicomnet import patches, pdu_guard
 from node.index.store import Index
 from node.receive import pdata_stream, stock_store
 from node.receive.intake import (
@@ -424,6 +425,8 @@ class Receiver:
         return self.spool.free_bytes() >= self._min_free
 
     def serve_forever(self) -> None:
+        # a sender that saw its release answered finds its instances' rows in the index
+        pdu_guard.before_release(lambda _dul: self.intake.rows.commit_logged())
         if patches.install(patches.RECEIVER, self.config.node.max_pdu, pdata_stream.read):
             pdata_stream.install(self.spool, self._has_room, self.answer_in_reader)
         else:
@@ -453,4 +456,5 @@ class Receiver:
             # list, which a server made with make_server is not on.
             socketserver.TCPServer.shutdown(self._server)
             self._server.server_close()
+        self.intake.rows.commit_logged()
 

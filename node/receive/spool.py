@@ -25,6 +25,9 @@ from node.receive.screening import uid_problem
 
 #: Nothing radnode creates is readable by other users: files 0640, folders 0750 at most.
 PRIVATE_UMASK = 0o027
+#: How much of a data set is gathered in memory before it is written (a 512 x 512 CT slice is
+#: 0.5 MiB): memory held per data set being received.
+BUFFER_BYTES = 2 * 1024 * 1024
 
 
 def keep_private() -> None:
@@ -134,14 +137,20 @@ class Spool:
 class PartFile:
     """A file written under ``tmp/`` that appears at its final name only once it is durable.
 
-    The receiver streams a data set into one fragment by fragment as the P-DATA arrives, so an
-    instance is never assembled in memory; ``commit`` makes it durable and gives it its name.
+    The receiver streams a data set into one fragment by fragment as the P-DATA arrives: its
+    first ``BUFFER_BYTES`` are gathered in memory and written with one call (each ``write`` to
+    a new file costs the kernel more than the copy), the rest as it comes, so memory stays
+    bounded; ``commit`` makes it durable and gives it its name.
     """
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.size = 0
         self._fd: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read by ``mapped``
+        #: Every byte written so far while they fit ``BUFFER_BYTES`` (None once the file outgrew
+        #: it), of which the first ``_handed`` were handed to the kernel.
+        self._memory: bytearray | None = bytearray()
+        self._handed = 0
         #: Whether every byte written so far is on the disk (``sync``).
         self._synced = False
         #: ``sync`` may run in one thread while another commits or discards the file.
@@ -152,15 +161,34 @@ class PartFile:
         view = memoryview(data)
         self.size += len(view)
         self._synced = False
-        while view:
-            view = view[os.write(self._fd, view):]
+        with self._lock:
+            if self._memory is not None and self.size <= BUFFER_BYTES:
+                self._memory += view
+                return
+            self._flush()
+            self._memory = None
+        _write_all(self._fd, view)
+
+    def _flush(self) -> None:
+        """Hand what is gathered to the kernel (the caller holds the lock)."""
+        if self._memory is None or self._fd is None:
+            return
+        with memoryview(self._memory) as whole:
+            while self._handed < len(whole):  # counted as it goes: a failed write is retried from there
+                self._handed += os.write(self._fd, whole[self._handed:])
 
     @contextlib.contextmanager
-    def mapped(self) -> Iterator[mmap.mmap]:
-        """What was written so far, mapped into memory read-only (not read, not opened again)."""
+    def mapped(self) -> Iterator[memoryview | mmap.mmap]:
+        """What was written so far, read-only: from memory while it all fits there, else the file
+        mapped into memory (not read, not opened again)."""
         with self._lock:
             assert self._fd is not None, "map of a committed or discarded part file"
-            mapping = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            view = None if self._memory is None else memoryview(self._memory).toreadonly()
+        if view is not None:
+            with view:
+                yield view
+            return
+        mapping = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         with mapping:
             yield mapping
 
@@ -170,6 +198,10 @@ class PartFile:
         set, so that ``commit``'s flush finds most of the data already on its way. A no-op
         where the call does not exist; ``commit`` flushes and reports errors either way."""
         with self._lock:
+            try:
+                self._flush()
+            except OSError:
+                return  # a full disk: ``commit`` writes again and reports it
             if self._fd is not None and not self._synced and _sync_file_range is not None:
                 _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
@@ -182,6 +214,7 @@ class PartFile:
             if self._fd is None or self._synced:
                 return
             try:
+                self._flush()
                 os.fdatasync(self._fd)
             except OSError:
                 return
@@ -196,6 +229,7 @@ class PartFile:
             with self._lock:
                 assert self._fd is not None, "commit of a committed or discarded part file"
                 try:
+                    self._flush()
                     if not self._synced:
                         os.fdatasync(self._fd)
                 finally:
@@ -219,6 +253,7 @@ class PartFile:
     def discard(self) -> None:
         """Remove the file; it was never acknowledged. Safe to call more than once."""
         with self._lock:
+            self._memory = None
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -268,6 +303,11 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = _libc_sync_file_range()
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -3,8 +3,8 @@
 With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each data set to a temporary file of its
 own, behind its file meta, and hands the EVT_C_STORE handler its ``event.dataset_path``. Here the
 data set moves into a spool part file behind the file meta the fast path writes, so the receiver
-answers it as it answers a streamed one (``Receiver.answer_store``: checked, fsynced, renamed into
-the spool and indexed before the status goes back) and the spool holds the same bytes.
+answers it as it answers a streamed one (``Receiver.answer_store``: checked, fsynced and renamed
+into the spool before the status goes back) and the spool holds the same bytes.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
@@ -26,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from python_multipart.exceptions import MultipartParseError
@@ -34,6 +32,7 @@ from python_multipart.multipart import MultipartParser, MultipartState
 
 from node import logs
 from node.config import Config, DicomwebSettings
+from node.dicomnet.file_meta import HEAD_BYTES, FileMeta, file_meta
 from node.index.store import Index
 from node.receive.intake import (
     CANNOT_UNDERSTAND,
@@ -58,9 +57,8 @@ if TYPE_CHECKING:  # defined by python-multipart for type checkers only
 #: Failure reasons STOW-RS takes from DIMSE (PS3.4 Annex B.2.3, PS3.7 C): SOP class or transfer syntax refused.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-#: Bytes read from the socket per step, and what a part's file meta may take at most.
+#: Bytes read from the socket per step.
 _STEP = 64 * 1024
-_MAX_FILE_META = 64 * 1024
 #: A body refused before it was read is read and dropped up to this size (``_drained``).
 _DRAIN = 4 * 1024 * 1024
 _DICOM_JSON = "application/dicom+json"
@@ -80,14 +78,6 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class FileMeta:
-    transfer_syntax: str
-    sop_class: str
-    sop_instance: str
-    size: int  # preamble, "DICM" and the group 0x0002 elements
-
-
 @dataclass
 class Outcome:
     """One part's fate: stored, or refused with a status (its UIDs as far as they are known)."""
@@ -97,33 +87,10 @@ class Outcome:
     refusal: StoreRefusal | None = None
 
 
-def read_file_meta(path: Path) -> FileMeta:
+def read_file_meta(part: PartFile) -> FileMeta:
     """The PS3.10 file meta at the start of a part: raises ValueError when it is not one."""
-    with open(path, "rb") as stream:
-        head = stream.read(132 + _MAX_FILE_META)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise ValueError("not a DICOM PS3.10 file (no DICM prefix after the 128-byte preamble)")
-    values: dict[int, str] = {}
-    pos = 132
-    while pos + 8 <= len(head):
-        group, element, vr = struct.unpack_from("<HH2s", head, pos)
-        if group != 0x0002:
-            break
-        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
-            if pos + 12 > len(head):
-                break
-            length, start = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
-        else:
-            length, start = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
-        if start + length > len(head):
-            raise ValueError("file meta element runs past the file meta's limit")
-        values[element] = head[start:start + length].decode("latin-1").rstrip("\x00 ")
-        pos = start + length
-    missing = [name for element, name in ((0x0002, "MediaStorageSOPClassUID"), (0x0003, "MediaStorageSOPInstanceUID"),
-                                          (0x0010, "TransferSyntaxUID")) if not values.get(element)]
-    if missing:
-        raise ValueError(f"file meta lacks {', '.join(missing)}")
-    return FileMeta(values[0x0010], values[0x0002], values[0x0003], pos)
+    with part.mapped() as data:
+        return file_meta(data[:HEAD_BYTES])
 
 
 def body_chunks(handler: BaseHTTPRequestHandler, settings: DicomwebSettings) -> Iterator[bytes]:
@@ -362,7 +329,7 @@ class StowReceiver:
     def take(self, part: PartFile, source: Source, study: str | None) -> Outcome:
         """One received part through the intake: its file meta says its UIDs and transfer syntax."""
         try:
-            meta = read_file_meta(part.tmp)
+            meta = read_file_meta(part)
         except ValueError as error:
             refusal = StoreRefusal(CANNOT_UNDERSTAND, str(error))
             self.intake.quarantine(part, refusal)

@@ -113,3 +113,30 @@ def test_a_c_store_request_command_is_the_bytes_pynetdicom_would_send():
         message.primitive_to_message(primitive)
         expected = encode(message.command_set, True, True)
         assert command_sets.store_request(sop_class, message_id, priority, sop_uid) == expected
+
+
+def test_a_c_store_response_read_lean_is_the_primitive_pynetdicom_decodes_from_the_same_bytes():
+    from pynetdicom.dimse_messages import C_STORE_RSP
+
+    from node.dicomnet import responses
+
+    for status, sop_uid, message_id in ((0x0000, "1.2.3.4", 1), (0xB000, "1.2.3.45", 65535), (0xA700, "1.2.3", 7)):
+        sent = C_STORE()
+        sent.MessageIDBeingRespondedTo = message_id
+        sent.AffectedSOPClassUID = CTImageStorage
+        sent.AffectedSOPInstanceUID = sop_uid
+        sent.Status = status
+        message = C_STORE_RSP()
+        message.primitive_to_message(sent)
+        command = encode(message.command_set, True, True)
+        decoded = C_STORE_RSP()
+        decoded.command_set = pydicom.dcmread(io.BytesIO(command), force=True)  # as pynetdicom reads it
+        theirs, ours = decoded.message_to_primitive(), responses.store_response(command)
+        assert ours is not None and ours.is_valid_response
+        for field in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            assert getattr(ours, field) == getattr(theirs, field), field
+    # a response with an element the lean reader does not read is left to pynetdicom
+    sent.ErrorComment = "disk full"
+    message = C_STORE_RSP()
+    message.primitive_to_message(sent)
+    assert responses.store_response(encode(message.command_set, True, True)) is None
