@@ -16,13 +16,14 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
 from pipelines.writers.identity import Algorithm, Identity, content_date_time
 from pipelines.writers.series import ResultKind, result_series_number
-from pipelines.writers.source import drop_invalid_items
+from pipelines.writers.source import drop_invalid_items, header_copy
 
 #: Attributes that describe the source's pixel values or file, not the derived image's.
 _STALE = (
@@ -37,6 +38,7 @@ _STALE = (
     "ContributingEquipmentSequence",
     "DataSetTrailingPadding",
 )
+_STALE_TAGS = frozenset(Tag(keyword) for keyword in _STALE)
 
 
 def make_derived_series(
@@ -127,12 +129,10 @@ def _derived_slice(
     derivation: Code,
     derivation_description: str,
 ) -> Dataset:
-    ds = copy.deepcopy(source)
-    drop_invalid_items(ds)
     # Top-level private tags carry vendor pixel calibrations that no longer hold; private tags
     # nested in reference sequences are left alone (walking every sequence doubles the cost).
-    for element in [e for e in ds if e.tag.is_private or e.tag.element == 0 or e.keyword in _STALE]:
-        del ds[element.tag]
+    ds = header_copy(source, _STALE_TAGS)
+    drop_invalid_items(ds)
     if not ds.get("SpecificCharacterSet"):
         ds.pop("SpecificCharacterSet", None)
     if not any(k in ds for k in ("BodyPartExamined", "Laterality", "ImageLaterality")):
@@ -150,7 +150,7 @@ def _derived_slice(
     ds.DerivationDescription = derivation_description[:1024]
     ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(derivation)]
     ds.SourceImageSequence = [_source_reference(source)]
-    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), copy.deepcopy(equipment)]
+    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), header_copy(equipment)]
     ds.Manufacturer = identity.manufacturer
     ds.ManufacturerModelName = identity.model_name
     ds.SoftwareVersions = identity.software_versions
