@@ -93,7 +93,12 @@ def _invalid_items(dataset: Dataset) -> dict[str, set[int]]:
 
 
 def _present(item: Dataset, keyword: str) -> bool:
-    return str(item.get(keyword, "") or "").strip() != ""
+    """True when the item holds a non-blank value; a raw value is read as its bytes, undecoded."""
+    element = item.get_item(keyword)
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        return value.strip(b" \x00") != b""
+    return str(value or "").strip() != ""
 
 
 def _is_reference(item: Dataset) -> bool:
