@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Container, Iterable
 
-from pydicom.datadict import keyword_for_tag
+from pydicom._dicom_dict import DicomDictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -24,6 +24,9 @@ _REFERENCE_SEQUENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
 _REFERENCE_ATTRIBUTES = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
 #: A code item (PS3.3 Table 8.8-1) needs one of these, a scheme and a meaning.
 _CODE_VALUES = ("CodeValue", "LongCodeValue", "URNCodeValue")
+#: {tag: keyword} of the sequences checked: the reference sequences and every code sequence.
+_CHECKED = {tag: entry[4] for tag, entry in DicomDictionary.items()
+            if entry[4] in _REFERENCE_SEQUENCES or entry[4].endswith("CodeSequence")}
 
 
 def copyable(source: Dataset) -> Dataset:
@@ -80,13 +83,11 @@ def _invalid_items(dataset: Dataset) -> dict[str, set[int]]:
     """{sequence keyword: indices of its invalid items} for the sequences checked here; the
     other elements are left undecoded (decoding a whole header costs more than the check)."""
     found: dict[str, set[int]] = {}
-    for tag in dataset.keys():
-        keyword = keyword_for_tag(tag)
-        if keyword not in _REFERENCE_SEQUENCES and not keyword.endswith("CodeSequence"):
-            continue
+    for tag in dataset.keys() & _CHECKED.keys():
         element = dataset[tag]
         if element.VR != "SQ":
             continue
+        keyword = _CHECKED[tag]
         valid = _is_reference if keyword in _REFERENCE_SEQUENCES else _is_code
         found[keyword] = {n for n, item in enumerate(element.value) if not valid(item)}
     return found
