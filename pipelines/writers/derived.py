@@ -9,7 +9,7 @@ the only way to keep a model's output on the same grid as the images it was comp
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -51,8 +51,9 @@ def make_derived_series(
     derivation_description: str,
     derivation: Code = IMAGE_PROCESSING,
     series_number: int | None = None,
-) -> list[Dataset]:
-    """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume).
+) -> Iterator[Dataset]:
+    """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume),
+    made as they are taken (checked at once): ``write_datasets`` writes each while the next is made.
 
     Each image keeps its source's Instance Number, so a viewer scrolls both alike. Stored values
     use each source slice's rescale and are clipped to its pixel representation, so an
@@ -77,7 +78,7 @@ def make_derived_series(
     date, time = content_date_time()
     equipment = identity.processing_equipment(algorithm)
     number = series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES)
-    return [
+    return (
         _derived_slice(
             source, values[k], identity, series_uid, instance_number, date, time,
             equipment=equipment,
@@ -87,7 +88,7 @@ def make_derived_series(
             derivation_description=derivation_description,
         )
         for k, (source, instance_number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))
-    ]
+    )
 
 
 def _instance_numbers(sources: Sequence[Dataset]) -> list[int]:

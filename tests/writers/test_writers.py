@@ -597,8 +597,8 @@ def test_derived_series_keeps_geometry_and_saturates_out_of_range_values(
 
 def test_derived_series_copies_the_source_headers_and_leaves_them_as_they_were(chest):
     before = [copy.deepcopy(source) for source in chest.sources]
-    derived = make_derived_series(chest, chest.array, IDENTITY, algorithm=ALGORITHM,
-                                  series_description="copy check", derivation_description="copy check")
+    derived = list(make_derived_series(chest, chest.array, IDENTITY, algorithm=ALGORITHM,
+                                       series_description="copy check", derivation_description="copy check"))
     derived[0].ReferencedImageSequence = []  # an edit of a result must not reach its source
     derived[1].ImagePositionPatient = [0, 0, 0]
     assert list(chest.sources) == before
