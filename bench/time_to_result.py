@@ -1,6 +1,6 @@
 """Time to result: the last image of a 30-slice CT to its results stored in Orthanc, warm node.
 
-    python3 -m bench.time_to_result [--repeat 5] [--pipeline hu-threshold] [--settle 2]
+    python3 -m bench.time_to_result [--repeat 5] [--pipeline hu-threshold] [--settle 2] [--baseline DIR]
 
 Starts Orthanc as the PACS and a real ``radnode serve`` (one worker) that routes every CT to
 ``--pipeline`` (the tests' HU threshold, whose inference is a comparison, or the shipped
@@ -11,7 +11,10 @@ Each hop is read from the node's own records: the index's timestamps (last insta
 the association, completion, job queued, claimed, finished), the worker's
 ``job.start`` log line and the pipeline's stage seconds in the job summary. Prints the median
 (and range) of each hop, the total less the pipeline's inference (issue #67's target: <= 2.5 s),
-and the node's own hops: the total less the settle time and the whole pipeline.
+and the node's own hops: the total less the settle time and the whole pipeline. ``--baseline DIR``
+(a checkout, e.g. ``git worktree add /tmp/base main``) starts a second node from that code beside
+the first, sends each study to one and then the other, and prints both tables and their ratios:
+before and after under the same load.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.support.harness import NodeProcess, node_config, threshold_pipeline
+from tests.support.harness import REPO, NodeProcess, node_config, threshold_pipeline
 from tests.support.kill_trials import fresh_series
 from tests.support.peers import Orthanc, storescu
 from training.data_folder import DATA_ROOT
@@ -57,33 +60,56 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--pipeline", default="hu-threshold", choices=["hu-threshold", "ct-denoise"])
     parser.add_argument("--settle", type=float, default=2.0, help="[completion] settle_seconds (2: the default)")
+    parser.add_argument("--baseline", type=Path, default=None, help="a checkout to time beside this one")
     args = parser.parse_args()
     sources = sorted(SOURCES.glob("*.dcm"))
     load_before = os.getloadavg()
+    code = {"this checkout": REPO} | ({f"baseline {args.baseline}": args.baseline.resolve()} if args.baseline else {})
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in code}
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         orthanc = Orthanc(workdir / "orthanc").start()
-        node = start_node(workdir, orthanc, args.pipeline, args.settle)
+        nodes: dict[str, NodeProcess] = {}
         try:
-            send_and_wait(node, orthanc, sources, workdir / "warm")
-            runs = [send_and_wait(node, orthanc, sources, workdir / f"run{n}") for n in range(args.repeat)]
+            for n, (name, checkout) in enumerate(code.items()):
+                nodes[name] = start_node(workdir / f"node{n}", orthanc, args.pipeline, args.settle, checkout)
+                send_and_wait(nodes[name], orthanc, sources, workdir / f"warm{n}")
+            for n in range(args.repeat):  # alternately, so that both see the same load
+                for k, (name, node) in enumerate(nodes.items()):
+                    runs[name].append(send_and_wait(node, orthanc, sources, workdir / f"run{n}-node{k}"))
         finally:
-            node.stop()
+            for node in nodes.values():
+                node.stop()
             orthanc.stop()
-    report(runs, args, load_before)
+    for name, timed in runs.items():
+        report(timed, args, load_before, name)
+    if args.baseline:
+        compare(list(runs.values()))
     return 0
 
 
-def start_node(workdir: Path, orthanc: Orthanc, pipeline: str, settle: float) -> NodeProcess:
+class CheckoutNode(NodeProcess):
+    """``radnode serve`` run from a given checkout (its own code and test pipelines)."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, checkout: Path) -> None:
+        super().__init__(config, workdir)
+        self.checkout = checkout
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.checkout)}
+
+
+def start_node(workdir: Path, orthanc: Orthanc, pipeline: str, settle: float, checkout: Path) -> NodeProcess:
     pipelines = threshold_pipeline() if pipeline == "hu-threshold" else {"ct-denoise": {"device": "cpu"}}
     config = node_config(
-        workdir / "node", completion={"settle_seconds": settle, "quiet_seconds": 30.0},
+        workdir, completion={"settle_seconds": settle, "quiet_seconds": 30.0},
         workers={"count": 1},
         destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
         routes=[{"name": "ct", "pipeline": pipeline, "destinations": ["pacs"], "match": {"Modality": "CT"}}],
         pipelines=pipelines)
-    (workdir / "node").mkdir()
-    node = NodeProcess(config, workdir / "node").start()
+    workdir.mkdir()
+    node = CheckoutNode(config, workdir, checkout).start()
     deadline = time.monotonic() + 300  # the worker loads its pipeline (torch) before it takes a job
     while '"pipeline.loaded"' not in node.logs():
         if time.monotonic() > deadline:
@@ -165,11 +191,11 @@ def job_start(log: Path, job_id: int) -> float:
     raise LookupError(f"no job.start line for job {job_id}")
 
 
-def report(runs: list[dict[str, float]], args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
+def report(runs: list[dict[str, float]], args: argparse.Namespace, load_before: tuple[float, ...], code: str) -> None:
     def row(name: str, values: list[float]) -> None:
         print(f"  {name:26s} {statistics.median(values):7.3f} s   ({min(values):.3f} - {max(values):.3f})")
 
-    print(f"last image -> results in Orthanc, {args.pipeline}, 30-slice CT, settle_seconds = {args.settle:g}, "
+    print(f"{code}: last image -> results in Orthanc, {args.pipeline}, 30-slice CT, settle_seconds = {args.settle:g}, "
           f"warm node, median of {len(runs)} (range); load average {load_before[0]:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
     for name, begin, end in HOPS:
@@ -184,6 +210,20 @@ def report(runs: list[dict[str, float]], args: argparse.Namespace, load_before: 
     row("  of which not settle", [t - i - (r["complete"] - r["released"]) for t, i, r in zip(totals, inference, runs)])
     row("the node's own hops", [t - (r["complete"] - r["released"]) - (r["pipeline end"] - r["job start"])
                                 for t, r in zip(totals, runs)])
+
+
+def compare(runs: list[list[dict[str, float]]]) -> None:
+    """This checkout's medians over the baseline's: the total, the part beyond settle, the pipeline."""
+    def median(timed: list[dict[str, float]], begin: str, end: str) -> float:
+        return statistics.median(r[end] - r[begin] for r in timed)
+
+    ours, base = runs
+    for name, begin, end in (("total", "last image", "in Orthanc"), ("pipeline", "job start", "pipeline end")):
+        print(f"this checkout / baseline, {name}: {median(ours, begin, end):.3f} / {median(base, begin, end):.3f} s "
+              f"= {median(ours, begin, end) / median(base, begin, end):.2f}")
+    beyond = [[r["in Orthanc"] - r["complete"] for r in timed] for timed in runs]
+    print(f"this checkout / baseline, beyond the settle: {statistics.median(beyond[0]):.3f} / "
+          f"{statistics.median(beyond[1]):.3f} s = {statistics.median(beyond[0]) / statistics.median(beyond[1]):.2f}")
 
 
 if __name__ == "__main__":

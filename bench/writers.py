@@ -119,8 +119,8 @@ def main() -> None:
         report(f"SR, 5 findings, {args.slices}-image library", started,
                write_datasets([sr], out / "sr"))
         started = clock()
-        derived = make_derived_series(volume, volume.array * 0.9, identity, algorithm=algorithm,
-                                      series_description="bench", derivation_description="bench")
+        derived = list(make_derived_series(volume, volume.array * 0.9, identity, algorithm=algorithm,
+                                           series_description="bench", derivation_description="bench"))
         report(f"derived series, {len(derived)} slices", started,
                write_datasets(derived, out / "derived"))
 

@@ -9,20 +9,21 @@ the only way to keep a model's output on the same grid as the images it was comp
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
 from pipelines.writers.identity import Algorithm, Identity, content_date_time
 from pipelines.writers.series import ResultKind, result_series_number
-from pipelines.writers.source import drop_invalid_items
+from pipelines.writers.source import drop_invalid_items, header_copy
 
 #: Attributes that describe the source's pixel values or file, not the derived image's.
 _STALE = (
@@ -37,6 +38,7 @@ _STALE = (
     "ContributingEquipmentSequence",
     "DataSetTrailingPadding",
 )
+_STALE_TAGS = frozenset(Tag(keyword) for keyword in _STALE)
 
 
 def make_derived_series(
@@ -49,8 +51,9 @@ def make_derived_series(
     derivation_description: str,
     derivation: Code = IMAGE_PROCESSING,
     series_number: int | None = None,
-) -> list[Dataset]:
-    """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume).
+) -> Iterator[Dataset]:
+    """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume),
+    made as they are taken (checked at once): ``write_datasets`` writes each while the next is made.
 
     Each image keeps its source's Instance Number, so a viewer scrolls both alike. Stored values
     use each source slice's rescale and are clipped to its pixel representation, so an
@@ -75,7 +78,7 @@ def make_derived_series(
     date, time = content_date_time()
     equipment = identity.processing_equipment(algorithm)
     number = series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES)
-    return [
+    return (
         _derived_slice(
             source, values[k], identity, series_uid, instance_number, date, time,
             equipment=equipment,
@@ -85,7 +88,7 @@ def make_derived_series(
             derivation_description=derivation_description,
         )
         for k, (source, instance_number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))
-    ]
+    )
 
 
 def _instance_numbers(sources: Sequence[Dataset]) -> list[int]:
@@ -127,12 +130,10 @@ def _derived_slice(
     derivation: Code,
     derivation_description: str,
 ) -> Dataset:
-    ds = copy.deepcopy(source)
-    drop_invalid_items(ds)
     # Top-level private tags carry vendor pixel calibrations that no longer hold; private tags
     # nested in reference sequences are left alone (walking every sequence doubles the cost).
-    for element in [e for e in ds if e.tag.is_private or e.tag.element == 0 or e.keyword in _STALE]:
-        del ds[element.tag]
+    ds = header_copy(source, _STALE_TAGS)
+    drop_invalid_items(ds)
     if not ds.get("SpecificCharacterSet"):
         ds.pop("SpecificCharacterSet", None)
     if not any(k in ds for k in ("BodyPartExamined", "Laterality", "ImageLaterality")):
@@ -150,7 +151,7 @@ def _derived_slice(
     ds.DerivationDescription = derivation_description[:1024]
     ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(derivation)]
     ds.SourceImageSequence = [_source_reference(source)]
-    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), copy.deepcopy(equipment)]
+    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), header_copy(equipment)]
     ds.Manufacturer = identity.manufacturer
     ds.ManufacturerModelName = identity.model_name
     ds.SoftwareVersions = identity.software_versions

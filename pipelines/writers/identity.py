@@ -11,6 +11,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, TypedDict
 
@@ -30,8 +31,10 @@ MAX_UID_ROOT_LENGTH = 40
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.?$")
 
 
+@cache
 def software_version() -> str:
-    """The installed radnode version; a source checkout that was never installed says so."""
+    """The installed radnode version; a source checkout that was never installed says so.
+    Looked up once: each look-up reads the package metadata (2 ms, twice per derived slice)."""
     try:
         return version("radnode")
     except PackageNotFoundError:

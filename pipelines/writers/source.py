@@ -10,8 +10,12 @@ a sequence left empty is removed (these sequences are Type 3 in the patient and 
 from __future__ import annotations
 
 import copy
+from collections.abc import Container, Iterable
 
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from pipelines.volume import Volume
 
@@ -20,6 +24,9 @@ _REFERENCE_SEQUENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
 _REFERENCE_ATTRIBUTES = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
 #: A code item (PS3.3 Table 8.8-1) needs one of these, a scheme and a meaning.
 _CODE_VALUES = ("CodeValue", "LongCodeValue", "URNCodeValue")
+#: {tag: keyword} of the sequences checked: the reference sequences and every code sequence.
+_CHECKED = {tag: entry[4] for tag, entry in DicomDictionary.items()
+            if entry[4] in _REFERENCE_SEQUENCES or entry[4].endswith("CodeSequence")}
 
 
 def copyable(source: Dataset) -> Dataset:
@@ -44,25 +51,55 @@ def drop_invalid_items(dataset: Dataset) -> None:
             del dataset[keyword]
 
 
-def _invalid_items(dataset: Dataset) -> dict[str, set[int]]:
-    """{sequence keyword: indices of its invalid items} for the sequences checked here."""
-    found: dict[str, set[int]] = {}
-    for element in dataset:
-        keyword = element.keyword
-        if element.VR != "SQ" or not keyword:
-            continue
-        if keyword in _REFERENCE_SEQUENCES:
-            valid = _is_reference
-        elif keyword.endswith("CodeSequence"):
-            valid = _is_code
+def header_copy(source: Dataset, dropped: Container[int] = ()) -> Dataset:
+    """A copy of ``source``'s top level without its private, group length and ``dropped`` tags.
+
+    Raw (undecoded, immutable) elements are shared and decoded ones copied shallowly, so setting
+    a value on the copy never reaches the source; sequence items are copied the same way. A
+    ``copy.deepcopy`` of a CT header was most of the time it takes to write a derived slice."""
+    kept = [tag for tag in source.keys() if not (tag.is_private or tag.element == 0 or tag in dropped)]
+    return _copy_of(source, kept)
+
+
+def _copy_of(dataset: Dataset, tags: Iterable[BaseTag]) -> Dataset:
+    copied = Dataset()
+    for tag in tags:
+        element = dataset.get_item(tag)
+        if element.is_raw:
+            copied[tag] = element
+        elif element.VR == "SQ":
+            sequence = DataElement(tag, "SQ", [_copy_of(item, item.keys()) for item in element.value])
+            sequence.is_undefined_length = element.is_undefined_length  # encoded as the source was
+            copied[tag] = sequence
         else:
+            copied[tag] = copy.copy(element)
+    implicit, little = dataset.original_encoding
+    copied.set_original_encoding(implicit, little, dataset.original_character_set)
+    copied.is_undefined_length_sequence_item = dataset.is_undefined_length_sequence_item
+    return copied
+
+
+def _invalid_items(dataset: Dataset) -> dict[str, set[int]]:
+    """{sequence keyword: indices of its invalid items} for the sequences checked here; the
+    other elements are left undecoded (decoding a whole header costs more than the check)."""
+    found: dict[str, set[int]] = {}
+    for tag in dataset.keys() & _CHECKED.keys():
+        element = dataset[tag]
+        if element.VR != "SQ":
             continue
+        keyword = _CHECKED[tag]
+        valid = _is_reference if keyword in _REFERENCE_SEQUENCES else _is_code
         found[keyword] = {n for n, item in enumerate(element.value) if not valid(item)}
     return found
 
 
 def _present(item: Dataset, keyword: str) -> bool:
-    return str(item.get(keyword, "") or "").strip() != ""
+    """True when the item holds a non-blank value; a raw value is read as its bytes, undecoded."""
+    element = item.get_item(keyword)
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        return value.strip(b" \x00") != b""
+    return str(value or "").strip() != ""
 
 
 def _is_reference(item: Dataset) -> bool:

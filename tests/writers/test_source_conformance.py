@@ -66,7 +66,7 @@ def test_invalid_study_references_in_the_source_give_no_dciodvfy_error(tmp_path)
     derived = make_derived_series(volume, volume.array.astype(np.float32), IDENTITY, algorithm=ALGORITHM,
                                   series_description="radnode test: copy",
                                   derivation_description="identity transform")
-    written = write_datasets([seg, sr, *derived[:1]], tmp_path / "out")
+    written = write_datasets([seg, sr, next(derived)], tmp_path / "out")
     for path in (w.path for w in written):
         report = dciodvfy(path)
         assert report.errors == [], f"{pydicom.dcmread(path).Modality}: {report.errors}"

@@ -7,6 +7,7 @@ validated with dciodvfy, and stored into a real Orthanc over C-STORE.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -14,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes as dicom_codes
+from pydicom.tag import Tag
 
 from node.operate.findings import finding_lines
 from pipelines.volume import Volume, load_series
@@ -38,6 +40,13 @@ HIGHDICOM = DATA / "reference-seg-sr" / "highdicom"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.777"
 IDENTITY = Identity(uid_root=UID_ROOT)
 ALGORITHM = Algorithm("radnode-test-model", "1.2.3")
+#: what a derived image states anew; every other attribute it keeps is its source's
+DERIVED_REWRITES = (
+    "SOPInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "SeriesDescription", "SeriesDate",
+    "ContentDate", "InstanceCreationDate", "SeriesTime", "ContentTime", "InstanceCreationTime", "ImageType",
+    "DerivationDescription", "DerivationCodeSequence", "SourceImageSequence", "ContributingEquipmentSequence",
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber", "PixelData",
+)
 #: One voxel that is asymmetric in all three axes, so a flip or transpose cannot go unnoticed.
 ASYMMETRIC_VOXEL = (7, 100, 400)
 NODULE_BLOCK = (slice(10, 14), slice(200, 230), slice(100, 120))
@@ -584,6 +593,20 @@ def test_derived_series_keeps_geometry_and_saturates_out_of_range_values(
                         "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
             assert ds[keyword].value == source[keyword].value
         assert not any(element.tag.is_private for element in ds)
+
+
+def test_derived_series_copies_the_source_headers_and_leaves_them_as_they_were(chest):
+    before = [copy.deepcopy(source) for source in chest.sources]
+    derived = list(make_derived_series(chest, chest.array, IDENTITY, algorithm=ALGORITHM,
+                                       series_description="copy check", derivation_description="copy check"))
+    derived[0].ReferencedImageSequence = []  # an edit of a result must not reach its source
+    derived[1].ImagePositionPatient = [0, 0, 0]
+    assert list(chest.sources) == before
+    rewritten = {Tag(keyword) for keyword in DERIVED_REWRITES}
+    for ds, source in zip(derived[2:], before[2:]):
+        kept = [t for t in source.keys() if t in ds and t not in rewritten]
+        assert len(kept) > 50 and all(ds[t] == source[t] for t in kept)
+        assert not any(tag.is_private for tag in ds.keys()) and "PixelData" not in source
 
 
 def test_stored_values_saturate_instead_of_wrapping():
