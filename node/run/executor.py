@@ -138,7 +138,7 @@ class ProcessExecutor(Executor):
             return
         for child in self._children:
             if child.process.pid == job.worker_pid:
-                child.process.kill()
+                self._kill(child)  # reaped here, so that no later round sees it free and gives it a job
 
     def supervise(self) -> None:
         """Replace children that stopped making progress, then those that died."""
