@@ -4,7 +4,8 @@
 
 reproduces the shipped weights from ``../shared/data`` in about 10 minutes on two CPU cores
 (faster on a GPU). Where the shared data is not at hand (a lent GPU machine), ``--data``
-takes a training pack instead (``pack``: the same scans as one file). Steps:
+takes a training pack instead (``pack``: the same scans as one file). A run longer than one
+sitting takes ``--checkpoint DIR`` and, run again, resumes where it stopped (``checkpoint``). Steps:
 
 1. Load the training scans (``data.TRAINING``) and calibrate each one's full-dose photon count
    from its own measured noise, with the FBP filter that matches its kernel (``noise``).
@@ -51,6 +52,7 @@ from pipelines.denoise.params import RESTORE_MEAN_SIGMA_MM, DenoiseParams
 from pipelines.model_folder import folder_digest, load_params, require_folder
 from training.data_folder import DATA_ROOT
 from training.denoise import pack
+from training.denoise.checkpoint import Checkpoint, Streams
 from training.denoise.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from training.denoise.lesions import lesion_image
 from training.denoise.noise import (
@@ -217,28 +219,61 @@ def _applies(share: float, rng: np.random.Generator) -> bool:
 
 def simulate(scans: list[Scan], photons: list[float], rng: np.random.Generator,
              generator: torch.Generator, mix: NoiseMix, input_mean_target: bool = False,
-             every_family: bool = False, specialist: str | None = None, beam: Beam = PARALLEL) -> list[Realization]:
+             every_family: bool = False, specialist: str | None = None, beam: Beam = PARALLEL,
+             checkpoint: Checkpoint | None = None) -> list[Realization]:
     """Noise realizations of every slice; with ``input_mean_target`` each also carries its mean.
 
-    The mean is computed, not drawn, so both kinds of target see the same noise stream.
+    The mean is computed, not drawn, so both kinds of target see the same noise stream. With a
+    ``checkpoint``, scans simulated before are read back instead of drawn again.
     """
-    realizations = []
+    realizations, streams = [], Streams(rng, generator)
     for s, (scan, full_dose) in enumerate(zip(scans, photons)):
-        per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
-        filters = noise_families(scan.filter_name, every_family, specialist)
-        for k, hu in enumerate(scan.hu):
-            sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
-            for _ in range(per_slice):
-                dose = effective_dose(scan, rng, mix)
-                filter_name = str(rng.choice(filters))
-                photons_added = added_photons(scan.slice_photons(full_dose, k), dose)
-                electronic = added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose)
-                noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic, beam)
-                expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic, beam)
-                            .astype(np.float16)
-                            if input_mean_target else None)
-                realizations.append(Realization(s, k, noise.astype(np.float16), expected, FAMILIES.index(filter_name)))
+        saved = None if checkpoint is None else checkpoint.load_scan(s, streams)
+        if saved is not None:
+            realizations += _from_arrays(s, saved)
+            continue
+        drawn = _simulate_scan(s, scan, full_dose, streams, mix, input_mean_target,
+                               noise_families(scan.filter_name, every_family, specialist), beam)
+        if checkpoint is not None:
+            checkpoint.save_scan(s, _as_arrays(drawn), streams)
+        realizations += drawn
     return realizations
+
+
+def _simulate_scan(s: int, scan: Scan, full_dose: float, streams: Streams, mix: NoiseMix, input_mean_target: bool,
+                   filters: tuple[str, ...], beam: Beam) -> list[Realization]:
+    """Scan ``s``'s realizations, each slice's several draws in turn."""
+    realizations = []
+    per_slice = REALIZATIONS_PER_SLICE["few" if len(scan.hu) <= FEW_SLICES else "many"]
+    rng, generator = streams.rng, streams.generator
+    for k, hu in enumerate(scan.hu):
+        sim = SliceScan.of(hu, scan.pixel_spacing_mm, scan.kvp)
+        for _ in range(per_slice):
+            dose = effective_dose(scan, rng, mix)
+            filter_name = str(rng.choice(filters))
+            photons_added = added_photons(scan.slice_photons(full_dose, k), dose)
+            electronic = added_electronic_noise(ELECTRONIC_NOISE_COUNTS, dose)
+            noise = sim.acquisition_noise(photons_added, filter_name, generator, electronic, beam)
+            expected = (sim.expected_acquisition_error(photons_added, filter_name, electronic, beam)
+                        .astype(np.float16)
+                        if input_mean_target else None)
+            realizations.append(Realization(s, k, noise.astype(np.float16), expected, FAMILIES.index(filter_name)))
+    return realizations
+
+
+def _as_arrays(realizations: list[Realization]) -> dict[str, np.ndarray]:
+    """One scan's realizations as the arrays a checkpoint keeps."""
+    arrays = {"slice": np.array([r.slice for r in realizations]), "family": np.array([r.family for r in realizations]),
+              "noise": np.stack([r.noise for r in realizations])}
+    if realizations[0].expected is not None:
+        arrays["expected"] = np.stack([r.expected for r in realizations if r.expected is not None])
+    return arrays
+
+
+def _from_arrays(s: int, arrays: dict[str, np.ndarray]) -> list[Realization]:
+    expected = arrays.get("expected")
+    return [Realization(s, int(k), arrays["noise"][i], None if expected is None else expected[i], int(f))
+            for i, (k, f) in enumerate(zip(arrays["slice"], arrays["family"]))]
 
 
 def draw_groups(scans: list[Scan], realizations: list[Realization], recipe: Recipe) -> list[np.ndarray]:
@@ -321,8 +356,8 @@ def starting_network(arch: Architecture, init: Path | None) -> ResidualDenoiser:
 
 
 def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDenoiser, prep: Preprocessing,
-        rng: np.random.Generator, device: str, iterations: int, recipe: Recipe,
-        learning_rate: float = LEARNING_RATE) -> tuple[ResidualDenoiser, list[float]]:
+        streams: Streams, device: str, iterations: int, recipe: Recipe,
+        learning_rate: float = LEARNING_RATE, checkpoint: Checkpoint | None = None) -> tuple[ResidualDenoiser, list[float]]:
     # Module.to takes memory_format (torch._C._nn._parse_to), but torch's overloads of it leave it out.
     network = network.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # Patches come from scans of 0.56-0.82 mm pixels: their median sets the high-pass in pixels.
@@ -330,9 +365,16 @@ def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDen
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=learning_rate / 100)
     groups = draw_groups(scans, realizations, recipe)
-    losses, running = [], 0.0
-    for step in range(1, iterations + 1):
-        x, y, family = patch_batch(scans, realizations, groups, rng, prep, recipe.lesion_share)
+    losses, running, done = [], 0.0, 0
+    saved = None if checkpoint is None else checkpoint.load_fit(streams)
+    if saved is not None:
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        losses, running, done = list(saved["losses"]), float(saved["running"]), int(saved["step"])
+        print(f"resumed at step {done}/{iterations} from {checkpoint.folder}", flush=True)  # type: ignore[union-attr]
+    for step in range(done + 1, iterations + 1):
+        x, y, family = patch_batch(scans, realizations, groups, streams.rng, prep, recipe.lesion_share)
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
         output = network(x, family.to(device)) if recipe.conditioned else network(x)
         predicted = keep_mean(x, output, (sigma_px, sigma_px))
@@ -347,6 +389,10 @@ def fit(scans: list[Scan], realizations: list[Realization], network: ResidualDen
             losses.append(rmse_hu)
             print(f"step {step}/{iterations}: training RMSE {rmse_hu:.1f} HU", flush=True)
             running = 0.0
+        if checkpoint is not None and (step % checkpoint.fit_every == 0 or step == iterations):
+            checkpoint.save_fit(step, {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "schedule": schedule.state_dict(), "losses": losses, "running": running},
+                                streams)
     return network.cpu().eval(), losses
 
 
@@ -396,9 +442,10 @@ class Trained:
 
 
 def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int, device: str,
-                  init: Path | None = None, learning_rate: float = LEARNING_RATE) -> Trained:
+                  init: Path | None = None, learning_rate: float = LEARNING_RATE,
+                  checkpoint: Checkpoint | None = None) -> Trained:
     """Calibrate, simulate and fit: the whole training on scans already loaded (from scratch, or
-    fine-tuning the model folder ``init``)."""
+    fine-tuning the model folder ``init``), resumed from ``checkpoint`` where it stopped."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -408,14 +455,14 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
         print(f"{scan.name}: {len(scan.hu)} slices, kernel {scan.kernel} ~ {scan.filter_name}, "
               f"full-dose photons/ray {full_dose:.3g}", flush=True)
     realizations = simulate(scans, photons, rng, generator, recipe.mix, recipe.input_mean_target, recipe.every_family,
-                            recipe.specialist, recipe.beam)
+                            recipe.specialist, recipe.beam, checkpoint)
     simulated_s = time.monotonic() - started
     print(f"{len(realizations)} noise realizations ({recipe.name}) in {simulated_s:.0f} s", flush=True)
 
     arch = Architecture(families=len(FAMILIES) if recipe.conditioned else 0)
     prep = Preprocessing(halo=arch.layers * arch.downscale, restore_mean_sigma_mm=recipe.restore_mean_sigma_mm)
-    network, losses = fit(scans, realizations, starting_network(arch, init), prep, rng, device, iterations, recipe,
-                          learning_rate)
+    network, losses = fit(scans, realizations, starting_network(arch, init), prep, Streams(rng, generator), device,
+                          iterations, recipe, learning_rate, checkpoint)
     record = {
         "seed": seed,
         "device": device,
@@ -451,6 +498,14 @@ def train_network(scans: list[Scan], recipe: Recipe, seed: int, iterations: int,
     return Trained(network, arch, prep, record)
 
 
+def run_settings(args: argparse.Namespace, source: dict[str, str]) -> dict[str, Any]:
+    """What a checkpoint must share with the command that resumes it (the device may differ)."""
+    init = None if args.init is None else folder_digest(args.init)
+    return {"recipe": args.recipe, "seed": args.seed, "iterations": args.iterations,
+            "learning_rate": args.learning_rate, "init": init, "data": source,
+            "slice_stride": args.slice_stride, "slice_gap_mm": args.slice_gap_mm}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -472,14 +527,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slice-gap-mm", type=float, default=0.0,
                         help="keep slices about this far apart (data.thin_slices; 0: every slice); "
                              "a pack is thinned when it is written")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a folder where the run keeps its simulated noise and fit, and resumes from them "
+                             "when run again with the same settings")
     args = parser.parse_args(argv)
 
     from pipelines.base import resolve_device
 
     scans, source = training_scans(args.data, args.slice_gap_mm)
     scans = [scan.subset(slice(None, None, args.slice_stride)) for scan in scans]
+    checkpoint = None if args.checkpoint is None else Checkpoint(args.checkpoint, run_settings(args, source)).open()
     trained = train_network(scans, RECIPES[args.recipe], args.seed, args.iterations, resolve_device(args.device),
-                            args.init, args.learning_rate)
+                            args.init, args.learning_rate, checkpoint)
     write_weights(args.out, trained.network, trained.arch,
                   replace(trained.prep, restore_mean_sigma_mm=args.restore_scale_mm))
     record = {"command": training_command("training.denoise.train", argv), **trained.record,

@@ -620,3 +620,55 @@ def test_the_prelog_filter_smooths_only_low_count_rays_and_only_along_their_dete
     impulse[5, 100] = 1.0
     assert float(prelog_filter(impulse, transmission, beam)[torch.arange(64) != 5].abs().max()) == 0.0
     assert torch.equal(prelog_filter(error, transmission, PARALLEL), error)
+
+
+class _Killed(Exception):
+    """Stands for the process being killed at a checkpoint."""
+
+
+def test_a_training_run_killed_mid_simulation_and_mid_fit_resumes_to_the_weights_of_an_unbroken_run(tmp_path, monkeypatch):
+    from pipelines.denoise.inference import Preprocessing
+    from pipelines.denoise.model import Architecture
+    from training.denoise import train as training
+    from training.denoise.checkpoint import Checkpoint, Streams
+    from training.denoise.data import Scan
+    from training.denoise.train import MIXES, RECIPES, fit, simulate, starting_network
+
+    monkeypatch.setitem(training.REALIZATIONS_PER_SLICE, "few", 3)  # for the test's time only
+
+    scans = [Scan("disk", water_disk(55)[None], 0.7, "STANDARD"), Scan("small disk", water_disk(45)[None], 0.7, "B70f")]
+    recipe = RECIPES["scan-thickness"]
+    settings = {"recipe": recipe.name, "seed": 3}
+
+    class KilledOnce(Checkpoint):
+        def save_scan(self, index, arrays, streams):
+            super().save_scan(index, arrays, streams)
+            if index == 0:
+                raise _Killed
+
+        def save_fit(self, step, state, streams):
+            super().save_fit(step, state, streams)
+            if step == 2:
+                raise _Killed
+
+    def train(checkpoint=None):
+        """What ``train_network`` does after the photon calibration, on a stream seeded like it."""
+        torch.manual_seed(3)
+        streams = Streams(np.random.default_rng(3), torch.Generator().manual_seed(3))
+        realizations = simulate(scans, [1e5, 1e5], streams.rng, streams.generator, MIXES["scan-thickness"],
+                                checkpoint=checkpoint)
+        torch.manual_seed(99)  # another run's global stream: the checkpoint must put the run's back
+        network, _ = fit(scans, realizations, starting_network(Architecture(), None), Preprocessing(halo=8), streams,
+                         "cpu", 3, recipe, checkpoint=checkpoint)
+        return network.state_dict()
+
+    unbroken = train()
+    folder = tmp_path / "run"
+    for _ in range(2):  # killed after the first scan's noise, then after the fit's second step
+        with pytest.raises(_Killed):
+            train(KilledOnce(folder, settings, fit_every=2).open())
+    assert sorted(p.name for p in folder.iterdir()) == ["fit.pt", "run.json", "scan-000.npz", "scan-001.npz"]
+    resumed = train(Checkpoint(folder, settings, fit_every=2).open())
+    assert all(torch.equal(unbroken[name], resumed[name]) for name in unbroken)
+    with pytest.raises(SystemExit, match=r"belongs to another run \(it differs in \['seed'\]\)"):
+        Checkpoint(folder, {**settings, "seed": 4}).open()
