@@ -54,7 +54,8 @@ MAX_SUBSOLIDS = 50
 #: Juxtapleural nodules (Armato et al. 2001): the lung mask closed by a ball of this radius (mm),
 #: less the mask, leaves the notches a nodule on the pleura bites out of the lung. Components of
 #: soft tissue (mean HU below ``PLEURA_MAX_HU``: not bone or contrast) of ``PLEURA_DIAMETER_MM``,
-#: the ``MAX_PLEURA`` largest, take places in the budget before the blobs.
+#: the ``MAX_PLEURA`` largest, come on top of ``MAX_CANDIDATES``: taking the weakest blobs' places
+#: cost other nodules their candidates (training/nodule/LOG.md, "Juxtapleural candidates").
 PLEURA_BALL_MM = 10.0
 PLEURA_DIAMETER_MM = (4.0, 30.0)
 PLEURA_MAX_HU = 100.0
@@ -122,8 +123,8 @@ def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None, ground_glass:
     subsolids = (sorted(subsolid_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_SUBSOLIDS]
                  if ground_glass else [])
     pleura = sorted(pleural_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_PLEURA]
-    components = solids + subsolids + pleura
-    found = components + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
+    components = solids + subsolids
+    found = components + pleura + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
     shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]
     return CandidateScan(grid, lungs, region, merge(shifted))
 
