@@ -4,10 +4,9 @@ A learned model with few real examples misses what it has not seen, so the first
 classical and generous and a small learned scorer (``scorer``) sorts its candidates, all on a 2 mm
 RAS grid (``grid``). It looks in each lung closed per slice by its convex hull (notches a lesion
 bites out come back), and finds blobs (scale-normalised LoG maxima), large solid components after
-an opening (so a mass is boxed whole, vessels cut off), ground-glass components (too faint for
-the LoG at their size) and the pleura's indentations (a nodule on the wall, weak for the LoG),
-within a per-scan budget. Nearly concentric candidates are merged (``merge``). Sizes and reasons:
-docs/nodule.md.
+an opening (so a mass is boxed whole, vessels cut off) and ground-glass components (too faint for
+the LoG at their size), within a per-scan budget. Nearly concentric candidates are merged
+(``merge``). The sizes and reasons of each rule: docs/nodule.md.
 """
 
 from __future__ import annotations
@@ -51,15 +50,6 @@ SUBSOLID_SMOOTHING_MM = 3.0
 SUBSOLID_OPENING_MM = 4.0
 SUBSOLID_DIAMETER_MM = (8.0, 60.0)
 MAX_SUBSOLIDS = 50
-#: Juxtapleural nodules (Armato et al. 2001): the lung mask closed by a ball of this radius (mm),
-#: less the mask, leaves the notches a nodule on the pleura bites out of the lung. Components of
-#: soft tissue (mean HU below ``PLEURA_MAX_HU``: not bone or contrast) of ``PLEURA_DIAMETER_MM``,
-#: the ``MAX_PLEURA`` largest, come on top of ``MAX_CANDIDATES``: taking the weakest blobs' places
-#: cost other nodules their candidates (training/nodule/LOG.md, "Juxtapleural candidates").
-PLEURA_BALL_MM = 10.0
-PLEURA_DIAMETER_MM = (4.0, 30.0)
-PLEURA_MAX_HU = 100.0
-MAX_PLEURA = 50
 #: Intensity range the LoG sees: lung to soft tissue; bone and contrast would dominate otherwise.
 LOG_RANGE_HU = (-1000.0, 150.0)
 
@@ -71,7 +61,7 @@ class Candidate:
     center: np.ndarray   # (3,) grid index
     box: np.ndarray      # (6,) x0 y0 z0 x1 y1 z1, voxel edges
     diameter_mm: float
-    source: str          # "blob", "solid", "subsolid" or "pleura"
+    source: str          # "blob", "solid" or "subsolid"
     response: float      # LoG response (blob) or mean HU (solid, subsolid)
 
 
@@ -122,9 +112,8 @@ def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None, ground_glass:
     solids = sorted(solid_candidates(hu, inside), key=lambda c: -c.diameter_mm)[:MAX_SOLIDS]
     subsolids = (sorted(subsolid_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_SUBSOLIDS]
                  if ground_glass else [])
-    pleura = sorted(pleural_candidates(hu, lungs[crop]), key=lambda c: -c.diameter_mm)[:MAX_PLEURA]
     components = solids + subsolids
-    found = components + pleura + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
+    found = components + blob_candidates(hu, inside)[: MAX_CANDIDATES - len(components)]
     shifted = [dataclasses.replace(c, center=c.center + low, box=c.box + np.concatenate([low, low])) for c in found]
     return CandidateScan(grid, lungs, region, merge(shifted))
 
@@ -218,30 +207,6 @@ def subsolid_candidates(hu: np.ndarray, lungs: np.ndarray) -> list[Candidate]:
     radius = SUBSOLID_OPENING_MM / (2 * GRID_MM)
     opened = ndi.distance_transform_edt(ndi.distance_transform_edt(ground_glass) <= radius) <= radius
     return _component_candidates(ndi.label(opened)[0], coarse, SUBSOLID_DIAMETER_MM, "subsolid")
-
-
-def pleural_candidates(hu: np.ndarray, lungs: np.ndarray) -> list[Candidate]:
-    """Soft tissue in the pleura's notches: the lungs closed by a rolling ball of ``PLEURA_BALL_MM``
-    (a distance-map dilation, then erosion), less the lungs. A nodule on the wall is a hemisphere
-    on tissue of its own density, which the LoG barely answers; the ball does not fit in its notch,
-    while the wall's curves (ribs, diaphragm) are wider than the ball and leave little."""
-    radius = PLEURA_BALL_MM / GRID_MM
-    grown = ndi.distance_transform_edt(~lungs) <= radius
-    notches = (ndi.distance_transform_edt(grown) > radius) & ~lungs & (hu > SOLID_HU)
-    labels, count = ndi.label(notches)
-    if count == 0:
-        return []
-    sizes = ndi.sum_labels(notches, labels, index=np.arange(1, count + 1))
-    found = []
-    for n, where in enumerate(ndi.find_objects(labels), start=1):
-        diameter = 2 * (3 * sizes[n - 1] / (4 * np.pi)) ** (1 / 3) * GRID_MM
-        part = labels[where] == n
-        mean_hu = float(hu[where][part].mean())
-        if PLEURA_DIAMETER_MM[0] <= diameter <= PLEURA_DIAMETER_MM[1] and mean_hu < PLEURA_MAX_HU:
-            centre = np.array(ndi.center_of_mass(part)) + np.array([s.start for s in where])
-            box = np.array([s.start - 0.5 for s in where] + [s.stop - 0.5 for s in where], dtype=np.float64)
-            found.append(Candidate(centre, box, float(diameter), "pleura", mean_hu))
-    return found
 
 
 def _component_candidates(labels: np.ndarray, coarse: np.ndarray, diameters_mm: tuple[float, float],

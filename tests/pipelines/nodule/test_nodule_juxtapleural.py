@@ -1,12 +1,11 @@
 """A small solid nodule on the pleura gets a candidate and is reported (issue 64 item 4).
 
-A nodule on the chest wall is a hemisphere on tissue of its own density: the LoG barely answers
-it and the blobness test takes it for a bump on a plate, so before the pleura's notches became a
-candidate source (``candidates.pleural_candidates``) such a nodule had no candidate at all and no
-scorer could find it. Here: one 8 mm solid nodule inserted against the pleura of lidc-idri-0001
-(as acquired) at a place where the other three sources give it none. The shipped scorer ranks its
-candidate 0.43, below its threshold (0.726): it is not reported yet (training/nodule/LOG.md,
-"Juxtapleural candidates"); what this test holds is that it can be.
+Juxtapleural nodules are the candidate stage's weak spot: of those the FROC bench inserts (all
+sizes and kinds) 28 % get a candidate, against 59-73 % elsewhere; a hemisphere on a wall of its own
+density answers the LoG weakly and can fail its blobness test (training/nodule/LOG.md,
+"Juxtapleural candidates", where a source from the pleura's notches was tried and rejected). This
+holds what works today: one 8 mm solid nodule inserted against the left anterior pleura of
+lidc-idri-0001 (as acquired) is boxed by a blob, scored above the threshold and reported once.
 """
 
 from __future__ import annotations
@@ -17,21 +16,23 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from pipelines.base import PipelineSettings
 from pipelines.nodule import candidates
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector, corners_lps
 from pipelines.nodule.detector import Detection
 from pipelines.nodule.harmonize import harmonize
+from pipelines.nodule.pipeline import NoduleDetection
 from training.nodule import evaluate, patients, sites, synthesis
 
 LIDC = "ct-chest/lidc-idri-0001/ct"
 NODULE_MM = 8.0
-#: The seed of ``synthesis.pick_center`` that puts the nodule on the left lateral pleura, low in the chest.
-SEED = 11
+#: The seed of ``synthesis.pick_center`` that puts the nodule on the left anterior pleura.
+SEED = 1
 
 
 @pytest.fixture(scope="module")
 def juxtapleural(data_dir):
-    """lidc-idri-0001 with the nodule inserted (harmonized, as the pipeline reads it), and its LPS box."""
+    """lidc-idri-0001 as acquired with the nodule inserted, and the nodule's LPS box."""
     volume = patients.load(data_dir, "lidc-idri-0001", LIDC).volume
     lungs = sites.lungs_of(volume)
     spacing = np.asarray(volume.spacing[::-1])
@@ -47,17 +48,15 @@ def juxtapleural(data_dir):
 
 
 @pytest.mark.slow
-def test_an_8_mm_solid_nodule_on_the_pleura_gets_a_candidate_only_from_the_pleuras_notches(juxtapleural, monkeypatch):
+def test_an_8_mm_solid_nodule_on_the_pleura_gets_a_candidate_and_is_reported_once_at_its_size(juxtapleural):
     volume, box = juxtapleural
-    grid = CandidateDetector.load(DEFAULT_SCORER_DIR, "cpu").grid(harmonize(volume).volume)
-
-    def on_nodule() -> list[candidates.Candidate]:
-        scan = candidates.find_on_grid(grid)
-        return [c for c in scan.candidates if evaluate.hits(Detection(c.box, corners_lps(scan, c), 0.0), box)]
-
-    found = on_nodule()
-    # Measured: one notch candidate of 7.1 mm (equivalent diameter) on the 8 mm nodule.
-    assert [c.source for c in found] == ["pleura"], f"on the nodule: {[(c.source, c.diameter_mm) for c in found]}"
-    assert 4.0 <= found[0].diameter_mm <= NODULE_MM + 2.0
-    monkeypatch.setattr(candidates, "MAX_PLEURA", 0)
-    assert on_nodule() == [], "without the notches the other sources box it too: pick a nodule they miss"
+    detector = CandidateDetector.load(DEFAULT_SCORER_DIR, "cpu")
+    grid = detector.grid(harmonize(volume).volume)
+    scan = candidates.find_on_grid(grid)
+    on = [c for c in scan.candidates if evaluate.hits(Detection(c.box, corners_lps(scan, c), 0.0), box)]
+    assert on, "no candidate on the nodule"
+    pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(DEFAULT_SCORER_DIR)))
+    found = [(d.score, m.diameter_mm) for d, m in pipeline.search(volume).nodules if evaluate.hits(d, box)]
+    # Measured: one finding, score 0.95 against the shipped threshold 0.726, long axis 8.3 mm.
+    assert len(found) == 1, f"findings on the nodule: {found}"
+    assert abs(found[0][1] - NODULE_MM) <= 2.0, f"the nodule measures {found[0][1]:.1f} mm"
