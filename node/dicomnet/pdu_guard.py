@@ -200,9 +200,10 @@ def _inbox(dul: DULServiceProvider, transport: AssociationSocket) -> _Inbox | No
 
 
 def buffered(transport: object) -> bool:
-    """Whether the connection's inbox holds bytes not yet parsed (select cannot see them)."""
+    """Whether the connection, still open, holds bytes in its inbox not yet parsed (select cannot
+    see them)."""
     inbox: _Inbox | None = getattr(transport, "_radnode_inbox", None)
-    return inbox is not None and inbox.end > inbox.start
+    return inbox is not None and inbox.end > inbox.start and getattr(transport, "socket", None) is not None
 
 
 def _deadline(dul: DULServiceProvider) -> float:
