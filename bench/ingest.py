@@ -23,6 +23,7 @@ Orthanc's DICOMweb plugin at >= 0.9x its own C-STORE rate to the same Orthanc.
 
     python3 bench/ingest.py [--slices 300] [--repeat 3] [--receivers 2] [--delivery-only]
                             [--stow-only] [--per-request 20] [--connections 4]
+                            [--baseline CHECKOUT] [--receive-only]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
+from bench.ingest_profile import Checkout  # noqa: E402
 from node.config import Route, parse_config  # noqa: E402
 from node.deliver.dispatcher import Dispatcher  # noqa: E402
 from node.index.store import Index, ResultFile  # noqa: E402
@@ -160,8 +162,10 @@ def jpeg_ls_sends(sends: Sends, folder: Path) -> Sends:
                  [jpeg_ls(series, folder / f"four-{i}") for i, series in enumerate(sends.four)])
 
 
-def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[str, ...] = ()) -> None:
-    """Every receiver on the same sends, then the ratios the targets are stated in (module docstring)."""
+def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[str, ...] = (),
+           baseline: Path | None = None) -> None:
+    """Every receiver on the same sends, then the ratios the targets are stated in (module docstring);
+    with ``baseline`` (another checkout), its radnode too, as a fourth receiver in the same turns."""
     paths = sends.one[0]
     print(f"{series}: {len(paths)} images, {sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KiB "
           "each on average", flush=True)
@@ -182,15 +186,24 @@ def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[
         running.callback(orthanc.stop)
         peers = [Peer("radnode", node.port, "RADNODE"), Peer("storescp", port, "STORESCP"),
                  Peer("orthanc", orthanc.dicom_port, orthanc.aet)]
+        if baseline is not None:
+            (tmp / "baseline").mkdir()
+            before = Checkout(node_config(tmp / "baseline", node={"receivers": receivers},
+                                           completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
+                               tmp / "baseline", baseline.resolve()).start()
+            running.callback(before.stop)
+            peers.append(Peer("baseline", before.port, "RADNODE"))
         results, flush = measure(peers, sends, propose, tmp / "flush", paths[0])
-    ours, scp_rates, orthanc_rates = results["radnode"], results["storescp"], results["orthanc"]
+    scp_rates, orthanc_rates = results["storescp"], results["orthanc"]
     floor = {k: 1 / (1 / scp_rates[k] + flush) for k in ("one", "four")}
     print(f"  spool durable write of one image here: {flush * 1000:.2f} ms (median); storescp takes "
           f"{1000 / scp_rates['one']:.2f} ms per image over one association, so the durable floor is "
           f"{floor['one']:.0f} img/s (1 association), {floor['four']:.0f} img/s (4)")
-    for name, reference in (("storescp", scp_rates), ("orthanc", orthanc_rates), ("durable floor", floor)):
-        print(f"  radnode/{name + ':':15s} 1 association {ours['one'] / reference['one']:5.2f}x   "
-              f"4 associations {ours['four'] / reference['four']:5.2f}x", flush=True)
+    for node_name in [name for name in ("radnode", "baseline") if name in results]:
+        ours = results[node_name]
+        for name, reference in (("storescp", scp_rates), ("orthanc", orthanc_rates), ("durable floor", floor)):
+            print(f"  {node_name}/{name + ':':15s} 1 association {ours['one'] / reference['one']:5.2f}x   "
+                  f"4 associations {ours['four'] / reference['four']:5.2f}x", flush=True)
 
 
 def derived_series(paths: list[Path], folder: Path) -> list[Path]:
@@ -317,6 +330,8 @@ def main() -> None:
     parser.add_argument("--stow-only", action="store_true", help="only the dispatcher's STOW-RS vs C-STORE part")
     parser.add_argument("--per-request", type=int, default=20, help="STOW-RS instances per request")
     parser.add_argument("--connections", type=int, default=4, help="STOW-RS requests in flight at once")
+    parser.add_argument("--baseline", type=Path, help="another checkout: its radnode receives too, in the same turns")
+    parser.add_argument("--receive-only", action="store_true", help="only the uncompressed CT's receiving part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -328,11 +343,15 @@ def main() -> None:
                           args.connections)
             return
         sends = fresh_sends(tmp / "series", args.slices, args.repeat)
+        if args.receive_only:
+            ingest("CT, explicit VR little endian", sends, tmp, args.receivers, baseline=args.baseline)
+            return
         compressed = jpeg_ls_sends(sends, tmp / "series-jpeg-ls")
         (tmp / "ct").mkdir()
-        ingest("CT, explicit VR little endian", sends, tmp / "ct", args.receivers)
+        ingest("CT, explicit VR little endian", sends, tmp / "ct", args.receivers, baseline=args.baseline)
         (tmp / "jls").mkdir()
-        ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers, propose=("--propose-jls-lossless",))
+        ingest("CT, JPEG-LS lossless", compressed, tmp / "jls", args.receivers, propose=("--propose-jls-lossless",),
+               baseline=args.baseline)
         delivery(sends.one[0], tmp, args.repeat)
         stow_delivery(sends.one[0], tmp, args.repeat, args.per_request, args.connections)
 

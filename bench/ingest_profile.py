@@ -80,7 +80,7 @@ def top_functions(raw: Path, count: int) -> tuple[list[tuple[str, int]], list[tu
     return own.most_common(count), total.most_common(count), samples
 
 
-class _Checkout(NodeProcess):
+class Checkout(NodeProcess):
     """``radnode serve`` run from another checkout's code."""
 
     def __init__(self, config: dict[str, object], workdir: Path, code: Path) -> None:
@@ -103,7 +103,7 @@ def compare(baseline: Path, slices: int, sends: int) -> None:
                 (tmp / name).mkdir()
                 config = node_config(tmp / name, node={"receivers": 1},
                                      completion={"settle_seconds": 3600, "quiet_seconds": 3600})
-                nodes[name] = _Checkout(config, tmp / name, code).start()
+                nodes[name] = Checkout(config, tmp / name, code).start()
             runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in nodes}
             for name, node in nodes.items():
                 storescu(node.port, repeated_series(tmp / f"warm-{name}", 10))
