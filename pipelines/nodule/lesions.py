@@ -7,8 +7,7 @@ only findings that lie in the lung.
 - **In the lung.** A finding is kept when most of what surrounds it is aerated lung
   (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
   round. The rule judges the merged lesion, so a mass is judged whole.
-- **Not a calcified granuloma.** A small finding denser on average than any soft tissue
-  (``CALCIFIED_HU``) is calcified throughout: a benign pattern, not reported as a nodule.
+- **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
 """
 
 from __future__ import annotations
