@@ -414,12 +414,13 @@ def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.n
 
 def _body(solid: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """``solid`` opened by a ball of ``BODY_SHARE`` of its thickest diameter, the part holding
-    ``seed``: a mass is a ball or half-ball, a structure the closing took in beside it (the aorta,
-    the heart, the mediastinal fat) joins it by a neck (LOG, "The mass's body and its halo")."""
+    ``seed`` when that is still a mass (``MASS_MM``): a mass is a ball or half-ball, a structure the
+    closing took in beside it (the aorta, the heart) joins it by a neck (LOG, "The mass's body")."""
     diameter = BODY_SHARE * 2.0 * float(ndi.distance_transform_edt(solid, sampling=spacing).max())
     if diameter <= VESSEL_CUT_MM:
         return solid
-    return _connected_to(_opened(solid, spacing, diameter), seed)
+    body = _connected_to(_opened(solid, spacing, diameter), seed)
+    return body if long_axis_mm(body, spacing) >= MASS_MM else solid
 
 
 def _halo(hu: np.ndarray, solid: np.ndarray, inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
