@@ -7,6 +7,7 @@ only findings that lie in the lung.
 - **In the lung.** A finding is kept when most of what surrounds it is aerated lung
   (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
   round. The rule judges the merged lesion, so a mass is judged whole.
+- **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from pipelines.nodule.parenchyma import MIN_LUNG_CONTACT, Parenchyma
 from pipelines.volume import Volume
 
 Found = tuple[Detection, Measurement]
+
+#: A finding smaller than ``CALCIFIED_MM`` whose segment's mean is above ``CALCIFIED_HU`` is a
+#: calcified granuloma (diffuse calcification: benign by the Fleischner Society's glossary); soft
+#: tissue, even enhanced, stays below about 150 HU and its partial-volume rim lowers the mean further.
+CALCIFIED_HU = 200.0
+CALCIFIED_MM = 10.0
 
 
 def merge_touching(volume: Volume, found: list[Found]) -> list[Found]:
@@ -60,3 +67,10 @@ def in_lung(lungs: Parenchyma, found: list[Found]) -> tuple[list[Found], int]:
     kept = [(detection, measured) for detection, measured in found
             if detection.mass or lungs.lung_contact(measured) >= MIN_LUNG_CONTACT]
     return kept, len(found) - len(kept)
+
+
+def not_calcified(found: list[Found]) -> list[Found]:
+    """``found`` without small findings calcified throughout (``CALCIFIED_HU``); masses stay."""
+    return [(detection, measured) for detection, measured in found
+            if detection.mass or measured.diameter_mm >= CALCIFIED_MM or measured.mean_hu is None
+            or measured.mean_hu <= CALCIFIED_HU]

@@ -65,6 +65,14 @@ HALO_MM = 15.0
 #: ``HALO_OPENING_MM``, so that the vessels beside a mass and the lung's partial-volume rims are not halo.
 HALO_SMOOTHING_MM = 1.5
 HALO_OPENING_MM = 6.0
+#: A halo surrounds the solid part: ground glass is the mass's halo only where it covers at least
+#: this share of the ``HALO_RING_MM`` ring of lung around the solid part (a part-solid mass 0.8,
+#: A0002's real mass 0.3; a solid mass's neighbouring dependent or partial-volume lung 0.02).
+MIN_HALO_COVER = 0.1
+HALO_RING_MM = 3.0
+#: The solid part is the mass's body: opened by a ball of this share of its thickest diameter, so
+#: that the vessels, heart, fat or bone it touches beyond a neck thinner than that are cut off.
+BODY_SHARE = 0.5
 #: The solid part is segmented on the source slices within this distance of its coarse component.
 EDGE_MM = 2.0
 #: Vessels up to this thickness (mm) are cut off the solid part on the source slices.
@@ -395,15 +403,38 @@ def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.n
     seed = component[np.ix_(*coarse)]
     hu = ndi.gaussian_filter(volume.array[window].astype(np.float32), SMOOTHING_MM / spacing_kji)
     near = ndi.distance_transform_edt(~seed, sampling=spacing_kji) <= EDGE_MM
-    solid = _connected_to(_opened((hu > SOLID_HU) & inside & near, spacing_kji, VESSEL_CUT_MM), seed)
+    solid = _body(_connected_to(_opened((hu > SOLID_HU) & inside & near, spacing_kji, VESSEL_CUT_MM), seed),
+                  seed, spacing_kji)
     if not solid.any():
         return None
-    blurred = ndi.gaussian_filter(hu, HALO_SMOOTHING_MM / spacing_kji)
-    halo = ((blurred > GROUND_GLASS_HU) & (hu <= SOLID_HU) & inside
-            & (ndi.distance_transform_edt(~solid, sampling=spacing_kji) <= HALO_MM))
-    whole = _connected_to(_opened(halo, spacing_kji, HALO_OPENING_MM) | solid, solid)
+    whole = _connected_to(_halo(hu, solid, inside, spacing_kji) | solid, solid)
     measured = measure_mask(volume, window, whole)
     return dataclasses.replace(measured, solid_diameter_mm=long_axis_mm(solid, spacing_kji))
+
+
+def _body(solid: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """``solid`` opened by a ball of ``BODY_SHARE`` of its thickest diameter, the part holding
+    ``seed`` when that is still a mass (``MASS_MM``): a mass is a ball or half-ball, a structure the
+    closing took in beside it (the aorta, the heart) joins it by a neck (LOG, "The mass's body")."""
+    diameter = BODY_SHARE * 2.0 * float(ndi.distance_transform_edt(solid, sampling=spacing).max())
+    if diameter <= VESSEL_CUT_MM:
+        return solid
+    body = _connected_to(_opened(solid, spacing, diameter), seed)
+    return body if long_axis_mm(body, spacing) >= MASS_MM else solid
+
+
+def _halo(hu: np.ndarray, solid: np.ndarray, inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The ground glass around ``solid`` (within ``HALO_MM``, opened), or nothing when it covers
+    less than ``MIN_HALO_COVER`` of the lung right around it: then it is the lung's own dependent
+    or partial-volume density beside a solid mass, not a halo."""
+    gap = ndi.distance_transform_edt(~solid, sampling=spacing)
+    blurred = ndi.gaussian_filter(hu, HALO_SMOOTHING_MM / spacing)
+    halo = _opened((blurred > GROUND_GLASS_HU) & (hu <= SOLID_HU) & inside & (gap <= HALO_MM), spacing,
+                   HALO_OPENING_MM)
+    ring = (gap > 0) & (gap <= HALO_RING_MM) & inside & (hu <= SOLID_HU)
+    if not ring.any() or halo[ring].mean() < MIN_HALO_COVER:
+        return np.zeros_like(halo)
+    return halo
 
 
 def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:

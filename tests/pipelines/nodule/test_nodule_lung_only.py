@@ -34,6 +34,8 @@ LIDC_0003 = "ct-chest/lidc-idri-0003/ct"
 OESOPHAGUS_BOX_LPS = ((-15.8, -133.8, -81.0), (0.2, -117.8, -65.0))
 #: A finding is in the mediastinum when its centre is, or more than this share of its voxels.
 MEDIASTINAL_SHARE = 0.5
+#: C3N-00247's calcified focus (6.9 mm, 363 HU), a false positive of the shipped scorer before (issue 64).
+CALCIFIED_FOCUS_LPS = (-19.0, -232.0, -157.0)
 #: The A0002 mass's long axis on the two kernels: measured 86.8 mm (B40f) and 83.5 mm (B70f), 4 %
 #: (79.6 and 75.0 mm, 6 %, before the mass safety net segmented its ground-glass halo).
 SAME_SIZE_TOLERANCE = 0.15
@@ -53,18 +55,36 @@ def _index(volume: Volume, lps) -> tuple[int, int, int]:
     return int(k), int(j), int(i)
 
 
-@pytest.mark.slow
-def test_on_c3n_00247_the_tumour_is_reported_and_nothing_whose_centre_is_in_the_mediastinum(data_dir):
+@pytest.fixture(scope="module")
+def c3n_found(data_dir):
+    """C3N-00247 as acquired and what the shipped pipeline reports on it."""
     series = patients.load(data_dir, "cptac-luad-C3N-00247", C3N)
+    return series, shipped().search(series.volume).nodules
+
+
+@pytest.mark.slow
+def test_on_c3n_00247_the_tumour_is_reported_and_nothing_whose_centre_is_in_the_mediastinum(c3n_found):
+    series, found = c3n_found
     mediastinum = mediastinum_mask(series.volume)
     old = measure(series.volume, *source_box(series.volume, np.array(OESOPHAGUS_BOX_LPS)))
     assert old is not None and _mediastinal_share(mediastinum, old) > MEDIASTINAL_SHARE, "the mask misses the old finding"
-    found = shipped().search(series.volume).nodules
     tumour = series.lesions[0]
     assert any(evaluate.hits(d, tumour.lps_box) for d, _ in found), "the tumour (25.4 mm) is not reported"
     inside = [(m.center_lps, _mediastinal_share(mediastinum, m)) for _, m in found
               if mediastinum[_index(series.volume, m.center_lps)] or _mediastinal_share(mediastinum, m) > MEDIASTINAL_SHARE]
     assert inside == [], inside
+
+
+@pytest.mark.slow
+def test_the_calcified_granuloma_of_c3n_00247_is_not_reported_as_a_nodule(c3n_found):
+    """The 6.9 mm focus at LPS [-19, -232, -157], segment mean 363 HU, scored 0.823 by the shipped
+    scorer, is calcified throughout (``lesions.not_calcified``: below 10 mm, mean above 200 HU)."""
+    series, found = c3n_found
+    spacing = np.asarray(series.volume.spacing[::-1])
+    focus = series.volume.lps_to_kji(np.array(CALCIFIED_FOCUS_LPS))
+    near = [m.center_lps for _, m in found
+            if np.linalg.norm((series.volume.lps_to_kji(np.asarray(m.center_lps)) - focus) * spacing) < 5.0]
+    assert near == [], near
 
 
 def _mediastinal_share(mediastinum: np.ndarray, measured: Measurement) -> float:
