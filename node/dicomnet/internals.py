@@ -120,8 +120,6 @@ def _functions() -> tuple[Function, ...]:
                  (REACTOR,)),
         Function("AssociationSocket.__init__", lambda: AssociationSocket.__init__,
                  ("self", "assoc", "client_socket", "address"), ("socket", "_create_socket"), (SENDING, GUARD)),
-        Function("AssociationSocket.ready", lambda: AssociationSocket.ready.fget,  # type: ignore[attr-defined]
-                 ("self",), ("select",), (REACTOR,)),
         Function("AssociationSocket._create_socket", lambda: AssociationSocket._create_socket,
                  ("self", "address"), (), (SENDING,)),
         Function("AssociationServer.get_request", lambda: AssociationServer.get_request, ("self",),

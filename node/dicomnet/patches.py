@@ -70,20 +70,6 @@ def _around(wrapper: Callable[..., Any]) -> Callable[[Any], Any]:
     return replace
 
 
-def _around_property(wrapper: Callable[..., Any]) -> Callable[[Any], Any]:
-    """Replace a property with one whose getter calls ``wrapper(original_getter, self)``."""
-
-    def replace(original: property) -> property:
-        getter = original.fget
-
-        def get(self: Any) -> Any:
-            return wrapper(getter, self)
-
-        return property(replacing(getter, get))
-
-    return replace
-
-
 def _action(function: Callable[..., str]) -> Callable[[Any], Any]:
     """Replace a state machine action's function, keeping its description and next state."""
     return lambda entry: (entry[0], replacing(entry[1], function), entry[2])
@@ -95,10 +81,6 @@ TABLE: tuple[Patch, ...] = (
           "cannot grow the receiver or hold its threads; nothing is read after an abort (Sta13)",
           "a hook for the PDU reader, or pynetdicom's reader enforcing the negotiated maximum, a "
           "deadline per PDU and closing in Sta13", mandatory=True, roles=frozenset({RECEIVER})),
-    Patch(AssociationSocket, "ready", _around_property(reactor.ready),
-          "the PDU reader reads ahead into a buffer (one recv for several PDUs, one waiting read for a "
-          "body): ready is true while it holds bytes, which select cannot see",
-          "a PDU reader that buffers its socket (or the reader hook above)", roles=frozenset({RECEIVER})),
     Patch(pynetdicom.dul, "time", lambda _: reactor.TIME,
           "the DUL thread waits on its socket and queues instead of polling every millisecond", _EVENT_DRIVEN),
     Patch(pynetdicom.association, "time", lambda _: reactor.TIME,
@@ -145,7 +127,7 @@ def install(role: str, max_pdu: int = 0, p_data: pdu_guard.PDataReader | None = 
     Raises PynetdicomMismatch when the guard itself cannot be installed."""
     speedups = speedups_allowed()
     if role == RECEIVER:
-        pdu_guard.configure(max_pdu, p_data if speedups else None, read_ahead=speedups)
+        pdu_guard.configure(max_pdu, p_data if speedups else None)
     for row in TABLE:
         if role in row.roles and (row.mandatory or speedups) and row.target not in _done:
             _apply(row)

@@ -5,8 +5,7 @@ deadline once the socket turns readable; a hostile peer could grow the receiver 
 threads for minutes. This reader aborts (Evt19) a PDU longer than ``pdu_limit`` before reading its
 body, closes a connection whose PDU misses its deadline (the ARTIM timer before the association,
 the network timeout after) and stops reading in Sta13, as dcmtk storescp and Orthanc do. P-DATA-TF
-PDUs of an established association go to the receiver's P-DATA reader when one is configured;
-an established plain TCP connection is read ahead into an ``_Inbox`` (``ready`` tells the DUL).
+PDUs of an established association go to the receiver's P-DATA reader when one is configured.
 The cases and measurements are in docs/receive-speed.md.
 """
 
@@ -34,9 +33,6 @@ _ESTABLISHED = "Sta6"
 #: States before an A-ASSOCIATE-RQ was read: idle (the connection's event not yet handled) and
 #: awaiting the request, when the ARTIM timer runs.
 _BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
-#: Bytes read ahead per established plain TCP connection (a CT slice is 0.5 MiB); a longer PDU
-#: is read into a buffer of its own.
-INBOX_BYTES = 1024 * 1024
 
 
 class _Stalled(Exception):
@@ -65,25 +61,22 @@ class _Settings:
     max_pdu: int = 0
     p_data: PDataReader | None = None
     before_release: ReleaseHook | None = None
-    #: Whether established connections are read ahead (``_Inbox``): only where ``ready`` knows.
-    read_ahead: bool = False
 
 
 _settings = _Settings()
 
 
-def configure(max_pdu: int, p_data: PDataReader | None = None, read_ahead: bool = False) -> None:
-    """The limit on P-DATA-TF PDUs (the node's ``max_pdu``; 0: ``UNLIMITED_PDATA_BYTES``), who
-    reads their bodies (None: pynetdicom) and whether to read ahead (the patch table's ``ready``
-    row installed)."""
+def configure(max_pdu: int, p_data: PDataReader | None = None) -> None:
+    """The limit on P-DATA-TF PDUs (the node's ``max_pdu``; 0: ``UNLIMITED_PDATA_BYTES``) and
+    who reads their bodies (None: pynetdicom)."""
     global _settings
-    _settings = _Settings(max_pdu, p_data, _settings.before_release, read_ahead)
+    _settings = _Settings(max_pdu, p_data, _settings.before_release)
 
 
 def before_release(hook: ReleaseHook | None) -> None:
     """What runs when a peer asks to release its association, before it is answered."""
     global _settings
-    _settings = _Settings(_settings.max_pdu, _settings.p_data, hook, _settings.read_ahead)
+    _settings = _Settings(_settings.max_pdu, _settings.p_data, hook)
 
 
 def read_pdu_data(dul: DULServiceProvider) -> None:
@@ -95,13 +88,11 @@ def read_pdu_data(dul: DULServiceProvider) -> None:
         transport.close()  # Evt17, as when the peer closes
         return
     deadline = _deadline(dul)
-    inbox = _inbox(dul, transport)
     try:
-        first = _recv_exactly(transport, 6, deadline) if inbox is None else inbox.take(transport, 6, deadline)
-        if first is None:
+        header = _recv_exactly(transport, 6, deadline)
+        if header is None:
             dul.event_queue.put("Evt17")  # transport closed
             return
-        header = bytes(first)
         pdu_type, _, length = struct.unpack(">BBL", header)
     except _Stalled as stalled:
         _close_stalled(dul, transport, str(stalled))
@@ -116,7 +107,7 @@ def read_pdu_data(dul: DULServiceProvider) -> None:
         dul.event_queue.put("Evt19")
         return
     try:
-        body = _recv_exactly(transport, length, deadline) if inbox is None else inbox.take(transport, length, deadline)
+        body = _recv_exactly(transport, length, deadline)
     except _Stalled as stalled:
         _close_stalled(dul, transport, str(stalled))
         return
@@ -130,80 +121,12 @@ def read_pdu_data(dul: DULServiceProvider) -> None:
     if pdu_type == _RELEASE_RQ and _settings.before_release is not None:
         _settings.before_release(dul)
     try:
-        pdu, event = dul._decode_pdu(bytearray(header) + body)  # a copy: the inbox is read into again
+        pdu, event = dul._decode_pdu(bytearray(header) + body)
     except Exception:
         dul.event_queue.put("Evt19")
         return
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
-
-
-class _Inbox:
-    """What was read from an established plain TCP connection and not yet parsed.
-
-    One ``recv`` takes whatever has arrived, up to ``INBOX_BYTES``: a C-STORE's command PDU, the
-    data set's PDU header and body, usually whole. pynetdicom's loop selected before each PDU and
-    read header and body apart: 12 ``recv`` and 12 ``select`` per CT image."""
-
-    def __init__(self) -> None:
-        self.data = memoryview(bytearray(INBOX_BYTES))
-        self.start = self.end = 0
-
-    def take(self, transport: AssociationSocket, length: int, deadline: float) -> memoryview | None:
-        """The next ``length`` bytes (valid until the next ``take``), or None if the connection
-        closed or failed first; raises _Stalled when ``deadline`` passes first."""
-        raw = transport.socket
-        try:
-            if length > len(self.data):
-                return self._take_apart(raw, length, deadline)  # type: ignore[arg-type]
-            if self.start + length > len(self.data):
-                self.data[:self.end - self.start] = self.data[self.start:self.end]
-                self.start, self.end = 0, self.end - self.start
-            if not self._fill(raw, self.start + length, deadline):  # type: ignore[arg-type]
-                return None
-        except (OSError, AttributeError, ValueError):
-            return None
-        view = self.data[self.start:self.start + length]
-        self.start += length
-        if self.start == self.end:
-            self.start = self.end = 0
-        return view
-
-    def _fill(self, raw: socket.socket, until: int, deadline: float) -> bool:
-        """Read until ``self.end`` reaches ``until``, each read taking whatever has arrived up to
-        the room left (so often the next PDUs too); False if the connection closed first."""
-        self.end += _receive_waiting(raw, self.data[self.end:], deadline, until - self.end)
-        return self.end >= until
-
-    def _take_apart(self, raw: socket.socket, length: int, deadline: float) -> memoryview | None:
-        """A PDU longer than the inbox, in a buffer of its own (what was read ahead first)."""
-        body = bytearray(length)
-        ahead = self.end - self.start
-        body[:ahead] = self.data[self.start:self.end]
-        self.start = self.end = 0
-        whole = _receive_waiting(raw, memoryview(body)[ahead:], deadline) == length - ahead
-        return memoryview(body) if whole else None
-
-
-def _inbox(dul: DULServiceProvider, transport: AssociationSocket) -> _Inbox | None:
-    """The connection's inbox once the association is established over plain TCP (before that,
-    and over TLS, each PDU is read apart: a connection that never gets that far costs no inbox)."""
-    inbox: _Inbox | None = getattr(transport, "_radnode_inbox", None)
-    if inbox is not None or not _settings.read_ahead or dul.state_machine.current_state != _ESTABLISHED:
-        return inbox
-    raw = transport.socket
-    if not isinstance(raw, socket.socket) or isinstance(raw, ssl.SSLSocket) or raw.gettimeout() is not None:
-        return None
-    inbox = _Inbox()
-    transport._radnode_inbox = inbox  # type: ignore[attr-defined]  # read by ``ready``
-    return inbox
-
-
-def buffered(transport: object) -> bool:
-    """Whether the connection, still open, holds bytes in its inbox not yet parsed (select cannot
-    see them)."""
-    inbox: _Inbox | None = getattr(transport, "_radnode_inbox", None)
-    return inbox is not None and inbox.end > inbox.start and getattr(transport, "socket", None) is not None
 
 
 def _deadline(dul: DULServiceProvider) -> float:
@@ -241,37 +164,33 @@ def _recv_exactly(transport: AssociationSocket, length: int, deadline: float) ->
         waiting = raw.gettimeout() is None and not isinstance(raw, ssl.SSLSocket)  # type: ignore[union-attr]
     except AttributeError:
         return None
+    receive = _receive_waiting if waiting else _receive_with_timeouts
     try:
-        if waiting:
-            whole = _receive_waiting(raw, memoryview(body), deadline) == length  # type: ignore[arg-type]
-        else:
-            whole = _receive_with_timeouts(raw, memoryview(body), deadline)  # type: ignore[arg-type]
+        whole = receive(raw, memoryview(body), deadline)  # type: ignore[arg-type]
     except (OSError, AttributeError, ValueError):
         return None
     return body if whole else None
 
 
-def _receive_waiting(raw: socket.socket, view: memoryview, deadline: float, needed: int | None = None) -> int:
-    """Read into ``view`` from a blocking socket (a plain TCP connection) until ``needed`` bytes
-    (all of ``view``) came; returns how many did (fewer: it closed). Each read takes what has
+def _receive_waiting(raw: socket.socket, view: memoryview, deadline: float) -> bool:
+    """Fill ``view`` from a blocking socket (a plain TCP connection): each read takes what has
     arrived without waiting, and only when nothing has does it wait, until ``deadline``. One
     system call per read: a socket with a timeout is polled before every read, and setting
     that timeout before each read switched its mode twice (two more calls)."""
-    needed = len(view) if needed is None else needed
-    got = 0
-    while got < needed:
+    length = len(view)
+    while view:
         try:
-            count = raw.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
+            got = raw.recv_into(view, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Stalled(f"{got} of {needed} bytes") from None
+                raise _Stalled(f"{length - len(view)} of {length} bytes") from None
             select.select([raw], [], [], left)
             continue
-        if not count:
-            break
-        got += count
-    return got
+        if not got:
+            return False
+        view = view[got:]
+    return True
 
 
 def _receive_with_timeouts(raw: socket.socket, view: memoryview, deadline: float) -> bool:

@@ -22,8 +22,6 @@ from typing import Any
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from node.dicomnet import pdu_guard
-
 #: The longest a DUL thread waits with nothing readable and nothing queued: its timers (ARTIM)
 #: are looked at this often. Everything it has to act on wakes it at once.
 IDLE_WAIT_SECONDS = 0.05
@@ -137,11 +135,6 @@ def _nudge(dul: DULServiceProvider) -> None:
         dimse.msg_queue.not_empty.notify_all()
 
 
-def ready(original: Any, transport: Any) -> bool:
-    """``AssociationSocket.ready``, true as well while the PDU reader holds bytes it read ahead."""
-    return pdu_guard.buffered(transport) or bool(original(transport))
-
-
 def waking(original: Any, dul: DULServiceProvider) -> None:
     original(dul)
     dul._radnode_wake.signal()  # type: ignore[attr-defined]
@@ -210,8 +203,6 @@ def _wait_for_work(dul: DULServiceProvider, seconds: float) -> None:
             return
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return  # decrypted bytes already buffered: select would not see them
-        if pdu_guard.buffered(transport):
-            return  # bytes the PDU reader read ahead: select would not see them either
         try:
             readable, _, _ = select.select([raw, wake.fd], [], [], IDLE_WAIT_SECONDS)
         except (OSError, ValueError):  # closed under us: the reactor notices on its next read

@@ -11,7 +11,6 @@ leave the index are typed records (``InstanceRow``, ``SeriesRow``, ``Job``), rea
 
 from __future__ import annotations
 
-import collections
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -140,15 +139,7 @@ class SeriesIndex(Database):
         commit): one earlier copy's path, or None, per row."""
         now = time.time()
         with self._tx() as db:
-            for rec in {rec.series_uid: rec for rec, _ in reversed(rows)}.values():
-                _open_series(db, rec, now)  # once per series: the rows share ``now``
-            counts: collections.Counter[str] = collections.Counter()
-            replaced = [_record(db, rec, assoc_id, now, counts) for rec, assoc_id in rows]
-            db.executemany("UPDATE series SET instance_count = instance_count + ? WHERE series_uid = ?",
-                           [(count, series) for series, count in counts.items() if count])
-            db.executemany("INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
-                           dict.fromkeys((assoc_id, rec.series_uid) for rec, assoc_id in rows if assoc_id))
-            return replaced
+            return [_record(db, rec, assoc_id, now) for rec, assoc_id in rows]
 
     def oldest_open_association(self, receiver_pids: Sequence[int] | None = None) -> float | None:
         """When the oldest association still open (of these receivers, or of any) was opened."""
@@ -297,9 +288,11 @@ class SeriesIndex(Database):
         return None if row is None else float(row["forced_at"])
 
 
-def _open_series(db: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
-    """The study and series rows of an instance being recorded: a series no longer receiving is
-    re-opened with a new generation."""
+def _record(db: sqlite3.Connection, rec: InstanceRecord, assoc_id: str | None, now: float) -> Path | None:
+    """One instance's rows (``SeriesIndex.record_instance``), in the caller's transaction."""
+    old = db.execute(
+        "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+    ).fetchone()
     db.execute(
         "INSERT INTO studies(study_uid, first_received, last_received) VALUES (?, ?, ?)"
         " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
@@ -314,15 +307,6 @@ def _open_series(db: sqlite3.Connection, rec: InstanceRecord, now: float) -> Non
         (rec.series_uid, rec.study_uid, rec.modality, SeriesState.RECEIVING, now, now,
          str(rec.path), SeriesState.RECEIVING, states.REOPEN.target),
     )
-
-
-def _record(db: sqlite3.Connection, rec: InstanceRecord, assoc_id: str | None, now: float,
-            counts: collections.Counter[str]) -> Path | None:
-    """One instance's row (``SeriesIndex.record_instance``) after ``_open_series``, in the caller's
-    transaction; the series counts it changes are added to ``counts``."""
-    old = db.execute(
-        "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
-    ).fetchone()
     db.execute(
         "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class, transfer_syntax,"
         " path, size, received_at, association) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -334,19 +318,25 @@ def _record(db: sqlite3.Connection, rec: InstanceRecord, assoc_id: str | None, n
         (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class, rec.transfer_syntax,
          str(rec.path), rec.size, now, assoc_id),
     )
-    _count_moved(db, old, rec, counts)
+    _count_moved(db, old, rec)
+    if assoc_id is not None:
+        db.execute(
+            "INSERT OR IGNORE INTO association_series(association, series_uid) VALUES (?, ?)",
+            (assoc_id, rec.series_uid),
+        )
     return Path(old["path"]) if old is not None and old["path"] != str(rec.path) else None
 
 
-def _count_moved(db: sqlite3.Connection, old: sqlite3.Row | None, rec: InstanceRecord,
-                 counts: collections.Counter[str]) -> None:
+def _count_moved(db: sqlite3.Connection, old: sqlite3.Row | None, rec: InstanceRecord) -> None:
     """Series counts after ``record_instance``: a new instance counts once in its series; one
     sent again under another series moves its count, and a moved file's old series takes its
     header from a file it still has."""
     if old is None or old["series_uid"] != rec.series_uid:
-        counts[rec.series_uid] += 1
+        db.execute("UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
+                   (rec.series_uid,))
     if old is not None and old["series_uid"] != rec.series_uid:
-        counts[old["series_uid"]] -= 1
+        db.execute("UPDATE series SET instance_count = instance_count - 1 WHERE series_uid = ?",
+                   (old["series_uid"],))
     if old is not None and old["path"] != str(rec.path):
         db.execute(
             "UPDATE series SET sample_path = COALESCE((SELECT path FROM instances"

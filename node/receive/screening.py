@@ -55,9 +55,6 @@ _STRUCTS = {order: (struct.Struct(order + "HHI"), struct.Struct(order + "I"), st
 _EXPLICIT_HEADERS = {order: struct.Struct(order + "HH2sH") for order in "<>"}
 #: VRs with a 4-byte length that hold a value, not items (sequences and UN take the general way).
 _LONG_VALUE_VRS = _LONG_VRS - {b"SQ", b"UN"}
-#: VRs with a 2-byte length.
-_SHORT_VRS = _VR_BYTES - _LONG_VRS
-_NOTHING: frozenset[int] = frozenset()
 #: Implicit VR carries no VR: the dictionary says which elements are sequences.
 _SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
@@ -217,30 +214,29 @@ def _plain_elements(view: memoryview, pos: int, top: _Frame, order: str, element
     undefined length (nearly all of them), and return (position, elements counted) where the
     general loop takes over: at anything else, at a length that does not fit (the general loop
     then says why) or at the frame's end. The same checks as the general loop, with less work
-    per element (names bound locally, one set per kind of VR): this runs on every instance."""
-    unpack, unpack_long = _EXPLICIT_HEADERS[order].unpack_from, _STRUCTS[order][1].unpack_from
-    long_vrs, short_vrs, wanted = _LONG_VALUE_VRS, _SHORT_VRS, collect if collected is not None else _NOTHING
+    per element: this walk runs on every received instance."""
+    header = _EXPLICIT_HEADERS[order]
+    long_length = _STRUCTS[order][1]
     end = top.end if top.end is not None else top.limit
-    limit, most = top.limit, max_elements - elements
-    counted = 0
-    while pos + 8 <= end and counted < most:
-        group, element, vr, length = unpack(view, pos)
-        if vr in long_vrs:
+    limit = top.limit
+    while pos + 8 <= end and elements < max_elements:
+        group, element, vr, length = header.unpack_from(view, pos)
+        if vr in _LONG_VALUE_VRS:
             if pos + 12 > limit:
                 break
-            length = unpack_long(view, pos + 8)[0]
+            length = long_length.unpack_from(view, pos + 8)[0]
             start = pos + 12
-        elif vr in short_vrs and group != 0xFFFE:
+        elif vr in _VR_BYTES and vr not in _LONG_VRS and group != 0xFFFE:
             start = pos + 8
         else:
             break
         if length == _UNDEFINED or start + length > limit:
             break
-        counted += 1
-        if (group << 16 | element) in wanted:
-            collected[group << 16 | element] = bytes(view[start:start + length])  # type: ignore[index]
+        elements += 1
+        if collected is not None and (group << 16 | element) in collect:
+            collected[group << 16 | element] = bytes(view[start:start + length])
         pos = start + length
-    return pos, elements + counted
+    return pos, elements
 
 
 def _sequence(parent: _Frame, end: int | None, implicit: bool, max_depth: int) -> _Frame:
