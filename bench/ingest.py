@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ct_series import repeated_series  # noqa: E402
-from bench.ingest_profile import Checkout  # noqa: E402
 from node.config import Route, parse_config  # noqa: E402
 from node.deliver.dispatcher import Dispatcher  # noqa: E402
 from node.index.store import Index, ResultFile  # noqa: E402
@@ -188,7 +187,7 @@ def ingest(series: str, sends: Sends, tmp: Path, receivers: int, propose: tuple[
                  Peer("orthanc", orthanc.dicom_port, orthanc.aet)]
         if baseline is not None:
             (tmp / "baseline").mkdir()
-            before = Checkout(node_config(tmp / "baseline", node={"receivers": receivers},
+            before = NodeProcess(node_config(tmp / "baseline", node={"receivers": receivers},
                                            completion={"settle_seconds": 3600, "quiet_seconds": 3600}),
                                tmp / "baseline", baseline.resolve()).start()
             running.callback(before.stop)

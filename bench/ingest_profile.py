@@ -80,18 +80,6 @@ def top_functions(raw: Path, count: int) -> tuple[list[tuple[str, int]], list[tu
     return own.most_common(count), total.most_common(count), samples
 
 
-class Checkout(NodeProcess):
-    """``radnode serve`` run from another checkout's code."""
-
-    def __init__(self, config: dict[str, object], workdir: Path, code: Path) -> None:
-        super().__init__(config, workdir)
-        self.code = code
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.code)}
-
-
 def compare(baseline: Path, slices: int, sends: int) -> None:
     """CPU per image and images/s of this checkout's receiver and ``baseline``'s, in turns."""
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -103,7 +91,7 @@ def compare(baseline: Path, slices: int, sends: int) -> None:
                 (tmp / name).mkdir()
                 config = node_config(tmp / name, node={"receivers": 1},
                                      completion={"settle_seconds": 3600, "quiet_seconds": 3600})
-                nodes[name] = Checkout(config, tmp / name, code).start()
+                nodes[name] = NodeProcess(config, tmp / name, code).start()
             runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in nodes}
             for name, node in nodes.items():
                 storescu(node.port, repeated_series(tmp / f"warm-{name}", 10))

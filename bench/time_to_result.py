@@ -88,18 +88,6 @@ def main() -> int:
     return 0
 
 
-class CheckoutNode(NodeProcess):
-    """``radnode serve`` run from a given checkout (its own code and test pipelines)."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, checkout: Path) -> None:
-        super().__init__(config, workdir)
-        self.checkout = checkout
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.checkout)}
-
-
 def start_node(workdir: Path, orthanc: Orthanc, pipeline: str, settle: float, checkout: Path) -> NodeProcess:
     pipelines = threshold_pipeline() if pipeline == "hu-threshold" else {"ct-denoise": {"device": "cpu"}}
     config = node_config(
@@ -109,7 +97,7 @@ def start_node(workdir: Path, orthanc: Orthanc, pipeline: str, settle: float, ch
         routes=[{"name": "ct", "pipeline": pipeline, "destinations": ["pacs"], "match": {"Modality": "CT"}}],
         pipelines=pipelines)
     workdir.mkdir()
-    node = CheckoutNode(config, workdir, checkout).start()
+    node = NodeProcess(config, workdir, checkout).start()
     deadline = time.monotonic() + 300  # the worker loads its pipeline (torch) before it takes a job
     while '"pipeline.loaded"' not in node.logs():
         if time.monotonic() > deadline:

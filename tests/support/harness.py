@@ -90,10 +90,12 @@ def threshold_pipeline(**options: Any) -> dict[str, Any]:
 
 
 class NodeProcess:
-    """``radnode serve`` as a child process with its own config and spool."""
+    """``radnode serve`` as a child process with its own config and spool, running the code of
+    ``code`` (this checkout by default; a bench's ``--baseline`` gives another)."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, code: Path = REPO) -> None:
         self.config = config
+        self.code = code
         self.workdir = workdir
         self.config_path = write_toml(config, workdir / "config.toml")
         self.port: int = config["node"]["port"]
@@ -102,7 +104,7 @@ class NodeProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(REPO)}
+        return {**os.environ, "PYTHONPATH": str(self.code)}
 
     def start(self) -> NodeProcess:
         return self.launch().wait_started()
