@@ -33,9 +33,8 @@ from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
-from pipelines.writers.derived import make_derived_series
+from pipelines.writers.derived import write_derived_series
 from pipelines.writers.identity import Algorithm
-from pipelines.writers.output import write_datasets
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
 
@@ -67,10 +66,11 @@ class CTDenoise(ModelPipeline):
         outside = volume.array < self.denoiser.for_family(family.family).preprocessing.clip[0]
         denoised[outside] = volume.array[outside]
         source_description = str(volume.sources[0].get("SeriesDescription", "")).strip()
-        datasets = make_derived_series(
+        outputs = write_derived_series(
             volume,
             denoised,
             self.identity,
+            job.output_dir,
             algorithm=Algorithm(f"radnode {self.name}", f"model sha256 {self.model_digest[:16]}"),
             series_description=f"{SERIES_DESCRIPTION_PREFIX} {source_description}".strip(),
             derivation_description=(
@@ -79,7 +79,6 @@ class CTDenoise(ModelPipeline):
                 "geometry and rescale unchanged"
             ),
         )
-        outputs = write_datasets(datasets, job.output_dir)
         clock.lap("write")
         return JobResult.written(
             outputs,

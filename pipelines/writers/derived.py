@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -19,9 +22,11 @@ from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from pipelines.processes import MIN_CORES, default_processes, discard, pool
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
 from pipelines.writers.identity import Algorithm, Identity, content_date_time
+from pipelines.writers.output import WrittenObject, write_dataset, write_datasets
 from pipelines.writers.series import ResultKind, result_series_number
 from pipelines.writers.source import drop_invalid_items, header_copy
 
@@ -39,6 +44,59 @@ _STALE = (
     "DataSetTrailingPadding",
 )
 _STALE_TAGS = frozenset(Tag(keyword) for keyword in _STALE)
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What every slice of one derived series shares. Picklable, so writer processes make slices."""
+
+    identity: Identity
+    series_uid: str
+    date: str
+    time: str
+    equipment: Dataset
+    series_description: str
+    series_number: int
+    derivation: Code
+    derivation_description: str
+
+    def slice(self, source: Dataset, stored: np.ndarray, instance_number: int) -> Dataset:
+        """The derived instance of ``source`` holding ``stored`` (its stored integers)."""
+        # Top-level private tags carry vendor pixel calibrations that no longer hold; private tags
+        # nested in reference sequences are left alone (walking every sequence doubles the cost).
+        ds = header_copy(source, _STALE_TAGS)
+        drop_invalid_items(ds)
+        if not ds.get("SpecificCharacterSet"):
+            ds.pop("SpecificCharacterSet", None)
+        if not any(k in ds for k in ("BodyPartExamined", "Laterality", "ImageLaterality")):
+            # Laterality is required (2C) when the body part may be paired; unknown part, unknown side.
+            ds.Laterality = ""
+
+        ds.SOPInstanceUID = self.identity.new_uid()
+        ds.SeriesInstanceUID = self.series_uid
+        ds.SeriesNumber = self.series_number
+        ds.InstanceNumber = instance_number
+        ds.SeriesDescription = self.series_description[:64]
+        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = self.date
+        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = self.time
+        ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:3]]
+        ds.DerivationDescription = self.derivation_description[:1024]
+        ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(self.derivation)]
+        ds.SourceImageSequence = [_source_reference(source)]
+        ds.ContributingEquipmentSequence = [_acquisition_equipment(source), header_copy(self.equipment)]
+        ds.Manufacturer = self.identity.manufacturer
+        ds.ManufacturerModelName = self.identity.model_name
+        ds.SoftwareVersions = self.identity.software_versions
+        ds.DeviceSerialNumber = self.identity.station_name
+
+        pixel_vr = "OW" if int(source.BitsAllocated) > 8 else "OB"
+        ds.add_new("PixelData", pixel_vr, stored.tobytes())
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.ImplementationVersionName = f"radnode {self.identity.software_versions}"[:16]
+        return ds
 
 
 def make_derived_series(
@@ -59,6 +117,69 @@ def make_derived_series(
     use each source slice's rescale and are clipped to its pixel representation, so an
     out-of-range output saturates instead of wrapping (a wrapped -3000 HU shows as bright bone).
     """
+    header = _series_header(volume, values, identity, algorithm, series_description, derivation_description,
+                            derivation, series_number)
+    return (header.slice(source, stored_values(values[k], source), number)
+            for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources))))
+
+
+def write_derived_series(
+    volume: Volume,
+    values: np.ndarray,
+    identity: Identity,
+    directory: Path,
+    *,
+    algorithm: Algorithm,
+    series_description: str,
+    derivation_description: str,
+    derivation: Code = IMAGE_PROCESSING,
+    series_number: int | None = None,
+    processes: int | None = None,
+) -> list[WrittenObject]:
+    """``make_derived_series`` written to ``directory`` (``write_datasets``' guarantees), by
+    ``processes`` writer processes (default ``processes.default_processes()``; 0: threads)."""
+    workers = default_processes() if processes is None else processes
+    if workers == 0 or len(volume.sources) < 2 * workers:
+        return write_datasets(make_derived_series(
+            volume, values, identity, algorithm=algorithm, series_description=series_description,
+            derivation_description=derivation_description, derivation=derivation,
+            series_number=series_number), directory)
+    header = _series_header(volume, values, identity, algorithm, series_description, derivation_description,
+                            derivation, series_number)
+    items = [(source, stored_values(values[k], source), number)
+             for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))]
+    directory.mkdir(parents=True, exist_ok=True)
+    chunks = [items[i::2 * workers] for i in range(2 * workers)]
+    try:
+        written = list(pool(workers).map(_write_slices, [header] * len(chunks), [directory] * len(chunks), chunks))
+    except BrokenProcessPool as exc:
+        discard()
+        raise RuntimeError(
+            "a process writing the derived series died (out of memory?); the job can be retried, "
+            "and a machine short of memory writes with threads if given fewer than "
+            f"{MIN_CORES} cores"
+        ) from exc
+    # chunk i holds slices i, i + n, i + 2n, ...: put the records back in slice order
+    return [written[k % len(chunks)][k // len(chunks)] for k in range(len(items))]
+
+
+def _write_slices(header: SeriesHeader, directory: Path,
+                  items: list[tuple[Dataset, np.ndarray, int]]) -> list[WrittenObject]:
+    """One writer process's share of a derived series."""
+    return [write_dataset(header.slice(source, stored, number), directory) for source, stored, number in items]
+
+
+def _series_header(
+    volume: Volume,
+    values: np.ndarray,
+    identity: Identity,
+    algorithm: Algorithm,
+    series_description: str,
+    derivation_description: str,
+    derivation: Code,
+    series_number: int | None,
+) -> SeriesHeader:
+    """The shared header of a derived series, once ``values`` is checked against ``volume``."""
     if values.shape != volume.array.shape:
         raise ValueError(
             f"derived values {values.shape} do not match the volume {volume.array.shape}: a "
@@ -74,20 +195,17 @@ def make_derived_series(
             "the source is an enhanced multi-frame instance; derived series are written only "
             "for single-frame sources (write a SEG, or convert the source first)"
         )
-    series_uid = identity.new_uid()
     date, time = content_date_time()
-    equipment = identity.processing_equipment(algorithm)
-    number = series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES)
-    return (
-        _derived_slice(
-            source, values[k], identity, series_uid, instance_number, date, time,
-            equipment=equipment,
-            series_description=series_description,
-            series_number=number,
-            derivation=derivation,
-            derivation_description=derivation_description,
-        )
-        for k, (source, instance_number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))
+    return SeriesHeader(
+        identity=identity,
+        series_uid=identity.new_uid(),
+        date=date,
+        time=time,
+        equipment=identity.processing_equipment(algorithm),
+        series_description=series_description,
+        series_number=series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES),
+        derivation=derivation,
+        derivation_description=derivation_description,
     )
 
 
@@ -111,60 +229,13 @@ def stored_values(values: np.ndarray, source: Dataset) -> np.ndarray:
     signed = int(source.PixelRepresentation) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     dtype = np.dtype(f"{'i' if signed else 'u'}{int(source.BitsAllocated) // 8}")
-    raw = np.rint((values.astype(np.float64) - intercept) / slope)
-    return np.clip(raw, low, high).astype(dtype)
-
-
-def _derived_slice(
-    source: Dataset,
-    values: np.ndarray,
-    identity: Identity,
-    series_uid: str,
-    instance_number: int,
-    date: str,
-    time: str,
-    *,
-    equipment: Dataset,
-    series_description: str,
-    series_number: int,
-    derivation: Code,
-    derivation_description: str,
-) -> Dataset:
-    # Top-level private tags carry vendor pixel calibrations that no longer hold; private tags
-    # nested in reference sequences are left alone (walking every sequence doubles the cost).
-    ds = header_copy(source, _STALE_TAGS)
-    drop_invalid_items(ds)
-    if not ds.get("SpecificCharacterSet"):
-        ds.pop("SpecificCharacterSet", None)
-    if not any(k in ds for k in ("BodyPartExamined", "Laterality", "ImageLaterality")):
-        # Laterality is required (2C) when the body part may be paired; unknown part, unknown side.
-        ds.Laterality = ""
-
-    ds.SOPInstanceUID = identity.new_uid()
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = instance_number
-    ds.SeriesDescription = series_description[:64]
-    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
-    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
-    ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:3]]
-    ds.DerivationDescription = derivation_description[:1024]
-    ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(derivation)]
-    ds.SourceImageSequence = [_source_reference(source)]
-    ds.ContributingEquipmentSequence = [_acquisition_equipment(source), header_copy(equipment)]
-    ds.Manufacturer = identity.manufacturer
-    ds.ManufacturerModelName = identity.model_name
-    ds.SoftwareVersions = identity.software_versions
-    ds.DeviceSerialNumber = identity.station_name
-
-    pixel_vr = "OW" if int(source.BitsAllocated) > 8 else "OB"
-    ds.add_new("PixelData", pixel_vr, stored_values(values, source).tobytes())
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationVersionName = f"radnode {identity.software_versions}"[:16]
-    return ds
+    # float32 in place: exact for every stored integer up to 2**24, and a third of float64's passes.
+    raw: np.ndarray = np.subtract(values, intercept, dtype=np.float32)
+    if slope != 1:
+        raw /= slope
+    np.rint(raw, out=raw)
+    np.clip(raw, low, high, out=raw)
+    return raw.astype(dtype)
 
 
 def _source_reference(source: Dataset) -> Dataset:

@@ -44,10 +44,11 @@ def write_datasets(datasets: Iterable[Dataset], directory: Path) -> list[Written
     """
     directory.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(WRITER_THREADS) as pool:
-        return list(pool.map(lambda dataset: _write(dataset, directory), datasets))
+        return list(pool.map(lambda dataset: write_dataset(dataset, directory), datasets))
 
 
-def _write(dataset: Dataset, directory: Path) -> WrittenObject:
+def write_dataset(dataset: Dataset, directory: Path) -> WrittenObject:
+    """One object written as ``write_datasets`` writes each (``directory`` must exist)."""
     final = directory / f"{dataset.SOPInstanceUID}.dcm"
     temporary = final.with_suffix(".tmp")
     with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_MODE), "wb") as handle:

@@ -20,7 +20,7 @@ from pydicom.tag import Tag
 from node.operate.findings import finding_lines
 from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
-from pipelines.writers.derived import make_derived_series, stored_values
+from pipelines.writers.derived import make_derived_series, stored_values, write_derived_series
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import largest_outline
@@ -607,6 +607,29 @@ def test_derived_series_copies_the_source_headers_and_leaves_them_as_they_were(c
         kept = [t for t in source.keys() if t in ds and t not in rewritten]
         assert len(kept) > 50 and all(ds[t] == source[t] for t in kept)
         assert not any(tag.is_private for tag in ds.keys()) and "PixelData" not in source
+
+
+#: What two writings of one series state differently: new UIDs, and the time they were made.
+WRITTEN_ANEW = {"SOPInstanceUID", "SeriesInstanceUID", "SeriesDate", "SeriesTime", "ContentDate", "ContentTime",
+                "InstanceCreationDate", "InstanceCreationTime"}
+
+
+def test_writer_processes_write_each_slice_as_the_threads_do_and_keep_slice_order(chest, derived_values, tmp_path):
+    """A GPU server writes a derived series with processes (``pipelines.processes``): every file
+    must be what the threads write, and the records must come back in slice order."""
+    options = {"algorithm": ALGORITHM, "series_description": "writer check", "derivation_description": "writer check"}
+    by_threads = write_derived_series(chest, derived_values, IDENTITY, tmp_path / "threads", processes=0, **options)
+    by_processes = write_derived_series(chest, derived_values, IDENTITY, tmp_path / "processes", processes=2,
+                                        **options)
+
+    assert len(by_processes) == len(by_threads) == len(chest.sources) >= 4
+    assert len({record.series_uid for record in by_processes}) == 1
+    for thread_record, record, source in zip(by_threads, by_processes, chest.sources):
+        ours, reference = pydicom.dcmread(record.path), pydicom.dcmread(thread_record.path)
+        assert record.path.name == f"{ours.SOPInstanceUID}.dcm" == f"{record.sop_uid}.dcm"
+        assert ours.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        differing = {element.keyword for element in reference if ours.get(element.tag) != element}
+        assert differing <= WRITTEN_ANEW and ours.PixelData == reference.PixelData
 
 
 def test_stored_values_saturate_instead_of_wrapping():

@@ -1,0 +1,76 @@
+"""Worker processes for the per-slice DICOM encoding of a large series, where cores are spare.
+
+pydicom builds and encodes a file element by element in Python, holding the GIL, so writer threads
+overlap only the disk: on a 16-core GPU server the 300 files of a denoised series took most of the
+job while one core worked (README, "On a GPU"). A machine of few cores keeps threads, because its
+other cores serve the receiver and the other workers.
+
+The pool is started once per process and kept (a worker process runs many jobs). Its processes
+come from a fork server that has imported only the writers: none inherits a model, a CUDA context
+or a lock another thread held at the fork.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+#: Below this many cores, writing stays in threads of the job's own process.
+MIN_CORES = 8
+#: At most this many processes, and at most half the cores: the GPU worker and the receiver keep theirs.
+MAX_PROCESSES = 8
+#: How often a writer looks whether the process it writes for still lives.
+WATCH_SECONDS = 1.0
+#: What the fork server imports once, so that each process starts ready to write.
+PRELOAD = ["pipelines.writers.derived"]
+
+_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_size = 0
+
+
+def default_processes() -> int:
+    """How many processes write a series on this machine; 0 means threads (few cores)."""
+    cores = len(os.sched_getaffinity(0))
+    return min(MAX_PROCESSES, cores // 2) if cores >= MIN_CORES else 0
+
+
+def pool(processes: int) -> ProcessPoolExecutor:
+    """This process's pool of ``processes`` writer processes, started on first use and kept."""
+    global _pool, _size
+    with _lock:
+        if _pool is None or _size != processes:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(PRELOAD)
+            _pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_die_with,
+                                        initargs=(os.getpid(),))
+            _size = processes
+        return _pool
+
+
+def discard() -> None:
+    """Forget a pool whose process died, so that the next job starts a whole one."""
+    global _pool
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
+
+
+def _die_with(worker: int) -> None:
+    """End this writer once ``worker`` (the job's process) is gone. The node kills a wedged worker;
+    its writers hold the fork server open, so nothing else would ever end them."""
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="radnode-writer-watch", daemon=True).start()

@@ -1,0 +1,57 @@
+"""Writer processes (``pipelines.processes``): how many a machine gets, and that they end with the
+worker that started them. That they write what the threads write: tests/writers/test_writers.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import processes
+
+REPO = Path(__file__).resolve().parents[2]
+#: A worker process that starts the writers, says their process IDs and then hangs, as a wedged job would.
+WEDGED_WORKER = """
+import os, sys, time
+from pipelines import processes
+if __name__ == "__main__":
+    pool = processes.pool(2)
+    pids = {pool.submit(os.getpid).result() for _ in range(4)}
+    print(*pids, flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_writers_of_a_killed_worker_are_gone_within_seconds_instead_of_living_on(tmp_path):
+    script = tmp_path / "wedged_worker.py"
+    script.write_text(WEDGED_WORKER)
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert worker.stdout is not None
+    writers = [int(pid) for pid in worker.stdout.readline().split()]
+    assert writers and all(_alive(pid) for pid in writers)
+
+    worker.kill()  # as the node's executor kills a wedged worker
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in writers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in writers), "writer processes outlived their worker"
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(2, 0), (4, 0), (8, 4), (16, 8), (64, 8)])
+def test_a_small_node_writes_with_threads_and_a_gpu_server_with_half_its_cores(monkeypatch, cores, expected):
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert processes.default_processes() == expected
