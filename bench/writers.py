@@ -21,7 +21,7 @@ import pydicom
 
 from pipelines.volume import Volume
 from pipelines.writers import codes
-from pipelines.writers.derived import make_derived_series
+from pipelines.writers.derived import Derivation, make_derived_series
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import WrittenObject, write_datasets
 from pipelines.writers.seg import FrameCompression, Segment, make_segmentation
@@ -119,8 +119,8 @@ def main() -> None:
         report(f"SR, 5 findings, {args.slices}-image library", started,
                write_datasets([sr], out / "sr"))
         started = clock()
-        derived = list(make_derived_series(volume, volume.array * 0.9, identity, algorithm=algorithm,
-                                           series_description="bench", derivation_description="bench"))
+        derived = list(make_derived_series(volume, volume.array * 0.9, identity,
+                                           Derivation(algorithm, "bench", "bench")))
         report(f"derived series, {len(derived)} slices", started,
                write_datasets(derived, out / "derived"))
 

@@ -33,7 +33,7 @@ from pipelines.model_pipeline import ModelPipeline
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
 from pipelines.volume import Volume
-from pipelines.writers.derived import write_derived_series
+from pipelines.writers.derived import Derivation, write_derived_series
 from pipelines.writers.identity import Algorithm
 
 SERIES_DESCRIPTION_PREFIX = "DENOISED by radnode"
@@ -66,19 +66,13 @@ class CTDenoise(ModelPipeline):
         outside = volume.array < self.denoiser.for_family(family.family).preprocessing.clip[0]
         denoised[outside] = volume.array[outside]
         source_description = str(volume.sources[0].get("SeriesDescription", "")).strip()
-        outputs = write_derived_series(
-            volume,
-            denoised,
-            self.identity,
-            job.output_dir,
-            algorithm=Algorithm(f"radnode {self.name}", f"model sha256 {self.model_digest[:16]}"),
-            series_description=f"{SERIES_DESCRIPTION_PREFIX} {source_description}".strip(),
-            derivation_description=(
-                f"Noise reduction by radnode {self.name} (residual CNN, model folder "
-                f"{self.model_dir.name}, sha256 {self.model_digest[:16]}); pixel data only, "
-                "geometry and rescale unchanged"
-            ),
+        derivation = Derivation(
+            Algorithm(f"radnode {self.name}", f"model sha256 {self.model_digest[:16]}"),
+            f"{SERIES_DESCRIPTION_PREFIX} {source_description}".strip(),
+            f"Noise reduction by radnode {self.name} (residual CNN, model folder {self.model_dir.name}, "
+            f"sha256 {self.model_digest[:16]}); pixel data only, geometry and rescale unchanged",
         )
+        outputs = write_derived_series(volume, denoised, self.identity, derivation, job.output_dir)
         clock.lap("write")
         return JobResult.written(
             outputs,

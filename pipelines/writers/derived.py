@@ -47,18 +47,29 @@ _STALE_TAGS = frozenset(Tag(keyword) for keyword in _STALE)
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """What made a derived series and how it names itself in the viewer's series list."""
+
+    algorithm: Algorithm
+    series_description: str
+    #: DerivationDescription: the transform in words, for the radiologist who opens the header
+    description: str
+    code: Code = IMAGE_PROCESSING
+    #: None: numbered after the source series (``writers.series``)
+    series_number: int | None = None
+
+
+@dataclass(frozen=True)
 class SeriesHeader:
     """What every slice of one derived series shares. Picklable, so writer processes make slices."""
 
     identity: Identity
+    derivation: Derivation
     series_uid: str
+    series_number: int
     date: str
     time: str
     equipment: Dataset
-    series_description: str
-    series_number: int
-    derivation: Code
-    derivation_description: str
 
     def slice(self, source: Dataset, stored: np.ndarray, instance_number: int) -> Dataset:
         """The derived instance of ``source`` holding ``stored`` (its stored integers)."""
@@ -76,12 +87,12 @@ class SeriesHeader:
         ds.SeriesInstanceUID = self.series_uid
         ds.SeriesNumber = self.series_number
         ds.InstanceNumber = instance_number
-        ds.SeriesDescription = self.series_description[:64]
+        ds.SeriesDescription = self.derivation.series_description[:64]
         ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = self.date
         ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = self.time
         ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:3]]
-        ds.DerivationDescription = self.derivation_description[:1024]
-        ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(self.derivation)]
+        ds.DerivationDescription = self.derivation.description[:1024]
+        ds.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(self.derivation.code)]
         ds.SourceImageSequence = [_source_reference(source)]
         ds.ContributingEquipmentSequence = [_acquisition_equipment(source), header_copy(self.equipment)]
         ds.Manufacturer = self.identity.manufacturer
@@ -99,17 +110,8 @@ class SeriesHeader:
         return ds
 
 
-def make_derived_series(
-    volume: Volume,
-    values: np.ndarray,
-    identity: Identity,
-    *,
-    algorithm: Algorithm,
-    series_description: str,
-    derivation_description: str,
-    derivation: Code = IMAGE_PROCESSING,
-    series_number: int | None = None,
-) -> Iterator[Dataset]:
+def make_derived_series(volume: Volume, values: np.ndarray, identity: Identity,
+                        derivation: Derivation) -> Iterator[Dataset]:
     """One new instance per slice of ``values`` (modality units, e.g. HU, shaped like the volume),
     made as they are taken (checked at once): ``write_datasets`` writes each while the next is made.
 
@@ -117,35 +119,19 @@ def make_derived_series(
     use each source slice's rescale and are clipped to its pixel representation, so an
     out-of-range output saturates instead of wrapping (a wrapped -3000 HU shows as bright bone).
     """
-    header = _series_header(volume, values, identity, algorithm, series_description, derivation_description,
-                            derivation, series_number)
+    header = _series_header(volume, values, identity, derivation)
     return (header.slice(source, stored_values(values[k], source), number)
             for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources))))
 
 
-def write_derived_series(
-    volume: Volume,
-    values: np.ndarray,
-    identity: Identity,
-    directory: Path,
-    *,
-    algorithm: Algorithm,
-    series_description: str,
-    derivation_description: str,
-    derivation: Code = IMAGE_PROCESSING,
-    series_number: int | None = None,
-    processes: int | None = None,
-) -> list[WrittenObject]:
+def write_derived_series(volume: Volume, values: np.ndarray, identity: Identity, derivation: Derivation,
+                         directory: Path, processes: int | None = None) -> list[WrittenObject]:
     """``make_derived_series`` written to ``directory`` (``write_datasets``' guarantees), by
     ``processes`` writer processes (default ``processes.default_processes()``; 0: threads)."""
     workers = default_processes() if processes is None else processes
     if workers == 0 or len(volume.sources) < 2 * workers:
-        return write_datasets(make_derived_series(
-            volume, values, identity, algorithm=algorithm, series_description=series_description,
-            derivation_description=derivation_description, derivation=derivation,
-            series_number=series_number), directory)
-    header = _series_header(volume, values, identity, algorithm, series_description, derivation_description,
-                            derivation, series_number)
+        return write_datasets(make_derived_series(volume, values, identity, derivation), directory)
+    header = _series_header(volume, values, identity, derivation)
     items = [(source, stored_values(values[k], source), number)
              for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))]
     directory.mkdir(parents=True, exist_ok=True)
@@ -169,16 +155,7 @@ def _write_slices(header: SeriesHeader, directory: Path,
     return [write_dataset(header.slice(source, stored, number), directory) for source, stored, number in items]
 
 
-def _series_header(
-    volume: Volume,
-    values: np.ndarray,
-    identity: Identity,
-    algorithm: Algorithm,
-    series_description: str,
-    derivation_description: str,
-    derivation: Code,
-    series_number: int | None,
-) -> SeriesHeader:
+def _series_header(volume: Volume, values: np.ndarray, identity: Identity, derivation: Derivation) -> SeriesHeader:
     """The shared header of a derived series, once ``values`` is checked against ``volume``."""
     if values.shape != volume.array.shape:
         raise ValueError(
@@ -198,14 +175,12 @@ def _series_header(
     date, time = content_date_time()
     return SeriesHeader(
         identity=identity,
+        derivation=derivation,
         series_uid=identity.new_uid(),
+        series_number=derivation.series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES),
         date=date,
         time=time,
-        equipment=identity.processing_equipment(algorithm),
-        series_description=series_description,
-        series_number=series_number or result_series_number(volume.sources[0], ResultKind.DERIVED_IMAGES),
-        derivation=derivation,
-        derivation_description=derivation_description,
+        equipment=identity.processing_equipment(derivation.algorithm),
     )
 
 

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
-from pipelines.writers.derived import make_derived_series
+from pipelines.writers.derived import Derivation, make_derived_series
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.key_images import LUNG_WINDOW, YELLOW, KeyFinding, Page, Region, make_key_images
 from pipelines.writers.key_objects import with_key_objects
@@ -62,8 +62,8 @@ def _result(chest: Volume) -> list[Dataset]:
 @pytest.fixture(scope="module")
 def written(chest: Volume, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
     """Every object of the result and the derived series, as read back from their files."""
-    derived = make_derived_series(chest, chest.array * 0.5, IDENTITY, algorithm=ALGORITHM,
-                                  series_description="radnode test: HU x 0.5", derivation_description="test")
+    derived = make_derived_series(chest, chest.array * 0.5, IDENTITY,
+                                  Derivation(ALGORITHM, "radnode test: HU x 0.5", "test"))
     files = write_datasets([*_result(chest), *derived], tmp_path_factory.mktemp("air"))
     return [pydicom.dcmread(f.path, stop_before_pixels=True) for f in files]
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from pipelines.volume import load_series
 from pipelines.writers import codes
-from pipelines.writers.derived import make_derived_series
+from pipelines.writers.derived import Derivation, make_derived_series
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
 from pipelines.writers.seg import Segment, make_segmentation
@@ -63,9 +63,8 @@ def test_invalid_study_references_in_the_source_give_no_dciodvfy_error(tmp_path)
     sr = make_measurement_report(
         volume, [Finding("dense", codes.LUNG_NODULE, volume_mm3=100.0, segment_number=1)], ALGORITHM,
         IDENTITY, looked_for=codes.LUNG_NODULE, segmentation=seg)
-    derived = make_derived_series(volume, volume.array.astype(np.float32), IDENTITY, algorithm=ALGORITHM,
-                                  series_description="radnode test: copy",
-                                  derivation_description="identity transform")
+    derived = make_derived_series(volume, volume.array.astype(np.float32), IDENTITY,
+                                  Derivation(ALGORITHM, "radnode test: copy", "identity transform"))
     written = write_datasets([seg, sr, next(derived)], tmp_path / "out")
     for path in (w.path for w in written):
         report = dciodvfy(path)

@@ -20,7 +20,7 @@ from pydicom.tag import Tag
 from node.operate.findings import finding_lines
 from pipelines.volume import Volume, load_series
 from pipelines.writers import codes
-from pipelines.writers.derived import make_derived_series, stored_values, write_derived_series
+from pipelines.writers.derived import Derivation, make_derived_series, stored_values, write_derived_series
 from pipelines.writers.identity import Algorithm, Identity
 from pipelines.writers.output import write_datasets
 from pipelines.writers.presentation_state import largest_outline
@@ -159,11 +159,8 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
     write("sr_chest_none", make_measurement_report(
         chest, [], ALGORITHM, IDENTITY, looked_for=codes.LUNG_NODULE
     ))
-    write("derived_chest", *make_derived_series(
-        chest, derived_values, IDENTITY, algorithm=ALGORITHM,
-        series_description="radnode test: HU x 0.5 - 100",
-        derivation_description="test transform of the source HU (x 0.5 - 100)",
-    ))
+    write("derived_chest", *make_derived_series(chest, derived_values, IDENTITY, Derivation(
+        ALGORITHM, "radnode test: HU x 0.5 - 100", "test transform of the source HU (x 0.5 - 100)")))
 
     overlap_segments = [Segment(s, f"region-{n}") for n, s in enumerate(PARTIAL_OVERLAP_STRUCTURES)]
     ct3_seg = make_segmentation(ct3, dcmqi_overlaps, overlap_segments, ALGORITHM, IDENTITY)
@@ -184,10 +181,8 @@ def products(tmp_path_factory, chest, ct3, multiframe, chest_mask, dcmqi_overlap
             ALGORITHM, IDENTITY, looked_for=codes.NEOPLASM, segmentation=ct3_seg,
             case_quality=CaseQuality(0.91, False, "self-consistency 0.91, at or above 0.71"),
         ))
-    write("derived_ct3", *make_derived_series(
-        ct3, ct3.array, IDENTITY, algorithm=ALGORITHM, series_description="radnode test: copy",
-        derivation_description="identity transform",
-    ))
+    write("derived_ct3", *make_derived_series(ct3, ct3.array, IDENTITY,
+                                              Derivation(ALGORITHM, "radnode test: copy", "identity transform")))
     mf_mask = (multiframe.array > 0).astype(np.uint8)
     mf_seg = make_segmentation(
         multiframe, mf_mask, [Segment(codes.NEOPLASM, "mf")], ALGORITHM, IDENTITY
@@ -597,8 +592,7 @@ def test_derived_series_keeps_geometry_and_saturates_out_of_range_values(
 
 def test_derived_series_copies_the_source_headers_and_leaves_them_as_they_were(chest):
     before = [copy.deepcopy(source) for source in chest.sources]
-    derived = list(make_derived_series(chest, chest.array, IDENTITY, algorithm=ALGORITHM,
-                                       series_description="copy check", derivation_description="copy check"))
+    derived = list(make_derived_series(chest, chest.array, IDENTITY, Derivation(ALGORITHM, "copy check", "copy check")))
     derived[0].ReferencedImageSequence = []  # an edit of a result must not reach its source
     derived[1].ImagePositionPatient = [0, 0, 0]
     assert list(chest.sources) == before
@@ -617,10 +611,10 @@ WRITTEN_ANEW = {"SOPInstanceUID", "SeriesInstanceUID", "SeriesDate", "SeriesTime
 def test_writer_processes_write_each_slice_as_the_threads_do_and_keep_slice_order(chest, derived_values, tmp_path):
     """A GPU server writes a derived series with processes (``pipelines.processes``): every file
     must be what the threads write, and the records must come back in slice order."""
-    options = {"algorithm": ALGORITHM, "series_description": "writer check", "derivation_description": "writer check"}
-    by_threads = write_derived_series(chest, derived_values, IDENTITY, tmp_path / "threads", processes=0, **options)
-    by_processes = write_derived_series(chest, derived_values, IDENTITY, tmp_path / "processes", processes=2,
-                                        **options)
+    derivation = Derivation(ALGORITHM, "writer check", "writer check")
+    by_threads = write_derived_series(chest, derived_values, IDENTITY, derivation, tmp_path / "threads", processes=0)
+    by_processes = write_derived_series(chest, derived_values, IDENTITY, derivation, tmp_path / "processes",
+                                        processes=2)
 
     assert len(by_processes) == len(by_threads) == len(chest.sources) >= 4
     assert len({record.series_uid for record in by_processes}) == 1
