@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 #: Below this many cores, writing stays in threads of the job's own process.
 MIN_CORES = 8
@@ -24,6 +25,9 @@ MIN_CORES = 8
 MAX_PROCESSES = 8
 #: How often a writer looks whether the process it writes for still lives.
 WATCH_SECONDS = 1.0
+#: Where the container's CPU quota is read (cgroup v2, else v1).
+CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 #: What the fork server imports once, so that each process starts ready to write.
 PRELOAD = ["pipelines.writers.derived"]
 
@@ -34,8 +38,33 @@ _size = 0
 
 def default_processes() -> int:
     """How many processes write a series on this machine; 0 means threads (few cores)."""
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     return min(MAX_PROCESSES, cores // 2) if cores >= MIN_CORES else 0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on, and no more than its container's CPU quota allows (a
+    pod limited to 2 CPUs on a 64-core host sees all 64 in its affinity)."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs of the cgroup's CFS quota (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), None
+    when unlimited or unreadable."""
+    try:
+        quota, period = CGROUP_V2_MAX.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = (CGROUP_V1 / "cpu.cfs_quota_us").read_text(), (CGROUP_V1 / "cpu.cfs_period_us").read_text()
+        except OSError:
+            return None
+    try:
+        limit, length = float(quota), float(period)
+    except ValueError:  # "max": no quota
+        return None
+    return limit / length if limit > 0 and length > 0 else None
 
 
 def pool(processes: int) -> ProcessPoolExecutor:

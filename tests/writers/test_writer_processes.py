@@ -51,7 +51,26 @@ def test_writers_of_a_killed_worker_are_gone_within_seconds_instead_of_living_on
     assert not any(_alive(pid) for pid in writers), "writer processes outlived their worker"
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(2, 0), (4, 0), (8, 4), (16, 8), (64, 8)])
-def test_a_small_node_writes_with_threads_and_a_gpu_server_with_half_its_cores(monkeypatch, cores, expected):
+@pytest.mark.parametrize(("cores", "cpu_max", "expected"), [
+    (2, "max 100000", 0), (4, "max 100000", 0), (8, "max 100000", 4), (16, "max 100000", 8), (64, "max 100000", 8),
+    (64, "200000 100000", 0),  # a pod limited to 2 CPUs on a 64-core host
+    (64, "1200000 100000", 6),
+])
+def test_a_small_node_writes_with_threads_and_a_gpu_server_with_half_its_cores(monkeypatch, tmp_path, cores,
+                                                                               cpu_max, expected):
     monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    monkeypatch.setattr(processes, "CGROUP_V2_MAX", tmp_path / "cpu.max")
     assert processes.default_processes() == expected
+
+
+def test_a_cgroup_v1_quota_counts_and_no_readable_quota_leaves_the_affinity(monkeypatch, tmp_path):
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: set(range(32)))
+    monkeypatch.setattr(processes, "CGROUP_V2_MAX", tmp_path / "absent")
+    monkeypatch.setattr(processes, "CGROUP_V1", tmp_path)
+    assert processes.usable_cores() == 32
+    (tmp_path / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    assert processes.usable_cores() == 3
+    (tmp_path / "cpu.cfs_quota_us").write_text("-1\n")
+    assert processes.usable_cores() == 32
