@@ -331,7 +331,7 @@ def test_values_beyond_the_stored_range_saturate_never_wrap(spool_series, tmp_pa
 
 def test_a_pipeline_that_writes_none_of_its_3_images_fails_the_saturation_check(spool_series, tmp_path,
                                                                                 monkeypatch):
-    monkeypatch.setattr("pipelines.denoise.pipeline.write_datasets", lambda datasets, folder: [])
+    monkeypatch.setattr("pipelines.denoise.pipeline.write_derived_series", lambda *_args, **_kwargs: [])
     sources = spool_series[SATURATED_SLICES]
     result = offset_pipeline(tmp_path / "model", 10_000.0).run(
         JobInput(series={"series": sources}, output_dir=tmp_path / "out"))
