@@ -7,8 +7,8 @@
 # GPU, each warm (model loaded once) and the median of REPEAT runs (default 5), then one table
 # (bench/gpu_table.py) of what OUT_DIR holds. The node end to end with the GPU worker
 # (bench/time_to_result.py) runs when dcmtk's storescu and Orthanc are installed. Each step has its
-# own time limit; on an H100 (2026-11-27) the four pipeline steps took 45, 74, 90 and 41 s with
-# REPEAT 5, 3, 3 and 2 (most of it making the input series); REPEAT=3 keeps the whole under 5 minutes.
+# own time limit; on an H100 (2026-11-27) the four pipeline steps took 22, 64, 84 and 64 s with
+# REPEAT=3 (most of it making the input series), which keeps the whole under 5 minutes.
 #
 #     bench/gpu_all.sh [OUT_DIR [STEP...]]   # OUT_DIR default gpu-timings; STEP: ct-denoise nodule-detection
 #                                            # tumor-segmentation lung-bundle nnunet time-to-result (default all)
