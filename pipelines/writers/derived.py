@@ -120,8 +120,7 @@ def make_derived_series(volume: Volume, values: np.ndarray, identity: Identity,
     out-of-range output saturates instead of wrapping (a wrapped -3000 HU shows as bright bone).
     """
     header = _series_header(volume, values, identity, derivation)
-    return (header.slice(source, stored_values(values[k], source), number)
-            for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources))))
+    return (header.slice(*item) for item in _slices(volume, values))
 
 
 def write_derived_series(volume: Volume, values: np.ndarray, identity: Identity, derivation: Derivation,
@@ -132,8 +131,7 @@ def write_derived_series(volume: Volume, values: np.ndarray, identity: Identity,
     if workers == 0 or len(volume.sources) < 2 * workers:
         return write_datasets(make_derived_series(volume, values, identity, derivation), directory)
     header = _series_header(volume, values, identity, derivation)
-    items = [(source, stored_values(values[k], source), number)
-             for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources)))]
+    items = list(_slices(volume, values))
     directory.mkdir(parents=True, exist_ok=True)
     chunks = [items[i::2 * workers] for i in range(2 * workers)]
     try:
@@ -141,12 +139,17 @@ def write_derived_series(volume: Volume, values: np.ndarray, identity: Identity,
     except BrokenProcessPool as exc:
         discard()
         raise RuntimeError(
-            "a process writing the derived series died (out of memory?); the job can be retried, "
-            "and a machine short of memory writes with threads if given fewer than "
-            f"{MIN_CORES} cores"
+            "a process writing the derived series died (out of memory?); retry the job, and if it "
+            f"dies again give the worker fewer than {MIN_CORES} cores, which writes with threads"
         ) from exc
     # chunk i holds slices i, i + n, i + 2n, ...: put the records back in slice order
     return [written[k % len(chunks)][k // len(chunks)] for k in range(len(items))]
+
+
+def _slices(volume: Volume, values: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray, int]]:
+    """Each slice's source header, stored integers and Instance Number, in the volume's order."""
+    for k, (source, number) in enumerate(zip(volume.sources, _instance_numbers(volume.sources))):
+        yield source, stored_values(values[k], source), number
 
 
 def _write_slices(header: SeriesHeader, directory: Path,
