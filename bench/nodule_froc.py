@@ -57,7 +57,9 @@ from pipelines.base import PipelineSettings
 from pipelines.model_folder import load_params
 from pipelines.nodule import masses as mass_rule
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
+from pipelines.nodule.detector import Detection
 from pipelines.nodule.harmonize import harmonize
+from pipelines.nodule.measure import Measurement
 from pipelines.nodule.params import ScorerParams
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.volume import Volume
@@ -118,49 +120,68 @@ def masses(pipeline: NoduleDetection, runs: tuple[int, ...] = tuple(range(len(MA
         lungs = sites.lungs_of(series.volume)
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
         for run in runs:
-            wall_mm, medial_mm = MASS_RUNS[run]
             for kind in MASS_KINDS:
-                array = series.volume.array.copy()
-                rng = np.random.default_rng(SEED + run)
-                truths = []
-                for wall, side, height, size in (("posterior", "right", 0.5, wall_mm), ("mediastinum", "left", 0.7, medial_mm)):
-                    centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
-                    if not _clear(series.volume, centre, size / 2, real):
-                        side = "left" if side == "right" else "right"
-                        centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
-                    spec = synthesis.NoduleSpec(size, kind=kind, solid_hu=35.0, core_fraction=MASS_CORE)
-                    inserted = synthesis.insert(array, np.asarray(series.volume.spacing[::-1]), centre, spec, rng)
-                    truths.append({"site": wall, "side": side, "mm": size, "kind": kind,
-                                   "box": _box(series.volume, inserted)})
-                volume = dataclasses.replace(series.volume, array=array)
-                started = time.process_time()
-                reported = pipeline.search(volume).nodules
-                seconds = time.process_time() - started
-                mediastinum = mediastinum_mask(volume)
-                for truth in truths:
-                    on = [(d, m) for d, m in reported if evaluate.hits(d, truth["box"])]
-                    best = max(on, key=lambda f: f[1].diameter_mm, default=None)
-                    rows.append({"series": series.name, "kernel": kernel, "site": truth["site"], "side": truth["side"],
-                                 "mm": truth["mm"], "kind": truth["kind"], "found": best is not None,
-                                 "findings": len(on),
-                                 "measured_mm": None if best is None else round(best[1].diameter_mm, 1),
-                                 "solid_mm": None if best is None or best[1].solid_diameter_mm is None
-                                 else round(best[1].solid_diameter_mm, 1),
-                                 "mass_rule": None if best is None else best[0].mass,
-                                 "score": None if best is None else round(best[0].score, 3)})
-                    print("   ", rows[-1], flush=True)
-                boxes = [t["box"] for t in truths] + real
-                others = [(d, m) for d, m in reported if not any(evaluate.hits(d, b) for b in boxes)]
-                centred = [m for _, m in others
-                           if mediastinum[tuple(np.round(volume.lps_to_kji(np.asarray(m.center_lps))).astype(int))]]
-                scans.append({"series": series.name, "kernel": kernel, "run": run, "kind": kind,
-                              "false_positives": [{"mm": round(m.diameter_mm, 1), "score": round(d.score, 3),
-                                                   "mass_rule": d.mass,
-                                                   "center_lps": [round(c) for c in m.center_lps]} for d, m in others],
-                              "mediastinal": len(centred), "cpu_s": round(seconds, 1)})
-                print(series.name, kernel, run, kind, "fps", scans[-1]["false_positives"],
-                      "mediastinal", len(centred), f"{seconds:.0f} s", flush=True)
+                for volume, truths in _mass_copies(series, lungs, real, run, kind):
+                    started = time.process_time()
+                    reported = pipeline.search(volume).nodules
+                    seconds = time.process_time() - started
+                    rows += [_mass_row(series.name, kernel, truth, reported) for truth in truths]
+                    scans.append(_mass_scan(series.name, kernel, run, kind, volume, truths, real, reported, seconds))
     return {"summary": _mass_summary(rows, scans), "masses": rows, "scans": scans}
+
+
+def _mass_copies(series: patients.Series, lungs: np.ndarray, real: list[np.ndarray], run: int,
+                 kind: str) -> list[tuple[Volume, list[dict[str, Any]]]]:
+    """The run's two masses in one copy of the series, or each in a copy of its own when they would
+    come within ``APART_MM`` of each other (both moved into one lung by real lesions: touching, they
+    would be one lesion). The random draws are the same either way."""
+    wall_mm, medial_mm = MASS_RUNS[run]
+    spacing = np.asarray(series.volume.spacing[::-1])
+    rng = np.random.default_rng(SEED + run)
+    copies: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+    for wall, side, height, size in (("posterior", "right", 0.5, wall_mm), ("mediastinum", "left", 0.7, medial_mm)):
+        centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
+        if not _clear(series.volume, centre, size / 2, real):
+            side = "left" if side == "right" else "right"
+            centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
+        placed = [(c, t) for c, t in copies if _clear(series.volume, centre, size / 2, [x["box"] for x in t])]
+        array, truths = placed[0] if placed else (series.volume.array.copy(), [])
+        if not placed:
+            copies.append((array, truths))
+        spec = synthesis.NoduleSpec(size, kind=kind, solid_hu=35.0, core_fraction=MASS_CORE)
+        inserted = synthesis.insert(array, spacing, centre, spec, rng)
+        truths.append({"site": wall, "side": side, "mm": size, "kind": kind, "box": _box(series.volume, inserted)})
+    return [(dataclasses.replace(series.volume, array=array), truths) for array, truths in copies]
+
+
+def _mass_row(series: str, kernel: str, truth: dict[str, Any], reported: list[tuple[Detection, Measurement]]) -> dict[str, Any]:
+    """Whether an inserted mass was reported, and as what (the largest finding on it)."""
+    on = [(d, m) for d, m in reported if evaluate.hits(d, truth["box"])]
+    best = max(on, key=lambda f: f[1].diameter_mm, default=None)
+    row = {"series": series, "kernel": kernel, "site": truth["site"], "side": truth["side"],
+           "mm": truth["mm"], "kind": truth["kind"], "found": best is not None, "findings": len(on),
+           "measured_mm": None if best is None else round(best[1].diameter_mm, 1),
+           "solid_mm": None if best is None or best[1].solid_diameter_mm is None else round(best[1].solid_diameter_mm, 1),
+           "mass_rule": None if best is None else best[0].mass,
+           "score": None if best is None else round(best[0].score, 3)}
+    print("   ", row, flush=True)
+    return row
+
+
+def _mass_scan(series: str, kernel: str, run: int, kind: str, volume: Volume, truths: list[dict[str, Any]],
+               real: list[np.ndarray], reported: list[tuple[Detection, Measurement]], seconds: float) -> dict[str, Any]:
+    """One search's findings on no inserted or real lesion, and how many are centred in the mediastinum."""
+    mediastinum = mediastinum_mask(volume)
+    boxes = [t["box"] for t in truths] + real
+    others = [(d, m) for d, m in reported if not any(evaluate.hits(d, b) for b in boxes)]
+    centred = [m for _, m in others if mediastinum[tuple(np.round(volume.lps_to_kji(np.asarray(m.center_lps))).astype(int))]]
+    scan = {"series": series, "kernel": kernel, "run": run, "kind": kind, "masses": len(truths),
+            "false_positives": [{"mm": round(m.diameter_mm, 1), "score": round(d.score, 3), "mass_rule": d.mass,
+                                 "center_lps": [round(c) for c in m.center_lps]} for d, m in others],
+            "mediastinal": len(centred), "cpu_s": round(seconds, 1)}
+    print(series, kernel, run, kind, "fps", scan["false_positives"], "mediastinal", len(centred), f"{seconds:.0f} s",
+          flush=True)
+    return scan
 
 
 def _mass_summary(rows: list[dict[str, Any]], scans: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,7 +190,7 @@ def _mass_summary(rows: list[dict[str, Any]], scans: list[dict[str, Any]]) -> di
         within = [r for r in found if abs(r["measured_mm"] - r["mm"]) <= EXTENT_TOLERANCE * r["mm"]]
         return f"{len(found)}/{len(selected)} found, {len(within)}/{len(found)} extent within 20 %"
 
-    table = {f"{site}, {kernel}": share([r for r in rows if r["site"] == site and r["kernel"] == kernel])
+    table: dict[str, Any] = {f"{site}, {kernel}": share([r for r in rows if r["site"] == site and r["kernel"] == kernel])
              for site in ("posterior", "mediastinum") for kernel in ("sharp", "soft")}
     table.update({f"{mm:g} mm": share([r for r in rows if r["mm"] == mm]) for mm in sorted({r["mm"] for r in rows})})
     table.update({kind: share([r for r in rows if r["kind"] == kind]) for kind in MASS_KINDS})

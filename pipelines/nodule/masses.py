@@ -21,7 +21,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
-from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma
+from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma, shell
 from pipelines.volume import Volume
 
 #: The size from which a solid lesion is reported whatever the scorer says (mm, long axis of the
@@ -376,13 +376,12 @@ def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope,
     low = np.maximum(where.min(axis=0) - margin, 0)
     high = np.minimum(where.max(axis=0) + margin + 1, component.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    distance = ndi.distance_transform_edt(~component[crop], sampling=lungs.spacing)
-    shell = (distance > 0) & (distance <= SHELL_MM)
+    ring = shell(component[crop], lungs.spacing)
     if rest is not None:
-        shell &= ~rest[crop]
-    if not shell.any():
+        ring &= ~rest[crop]
+    if not ring.any():
         return 0.0, 0.0
-    return float(lungs.aerated[crop][shell].mean()), float(around.mediastinum[crop][shell].mean())
+    return float(lungs.aerated[crop][ring].mean()), float(around.mediastinum[crop][ring].mean())
 
 
 def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,

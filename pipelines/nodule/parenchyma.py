@@ -62,9 +62,8 @@ class Parenchyma:
         low = np.maximum(np.argwhere(mask).min(axis=0) - margin, 0)
         high = np.minimum(np.argwhere(mask).max(axis=0) + margin + 1, mask.shape)
         crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-        distance = ndi.distance_transform_edt(~mask[crop], sampling=self.spacing)
-        shell = (distance > 0) & (distance <= SHELL_MM)
-        return float(self.aerated[crop][shell].mean()) if shell.any() else 0.0
+        around = shell(mask[crop], self.spacing)
+        return float(self.aerated[crop][around].mean()) if around.any() else 0.0
 
     def _subsampled(self, measured: Measurement) -> np.ndarray:
         """The finding's source-voxel mask on the subsampled grid: coarse voxel c stands for the
@@ -75,6 +74,16 @@ class Parenchyma:
         coarse = np.zeros(self.aerated.shape, dtype=bool)
         coarse[tuple(index.T)] = True
         return coarse
+
+
+def shell(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The ``SHELL_MM`` shell around ``mask``, reaching at least the next voxel along each axis: on
+    slices thicker than the shell (5-8 mm series) the slices above and below are what surrounds a
+    finding there, and a shell of in-plane rings alone misses the lung over and under it."""
+    reach = np.maximum(SHELL_MM, spacing)
+    distance = ndi.distance_transform_edt(~mask, sampling=spacing * (SHELL_MM / reach))
+    around: np.ndarray = (distance > 0) & (distance <= SHELL_MM + 1e-6)
+    return around
 
 
 def parenchyma(volume: Volume) -> Parenchyma:
