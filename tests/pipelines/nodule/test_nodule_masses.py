@@ -21,7 +21,7 @@ from pipelines.base import PipelineSettings
 from pipelines.nodule import masses
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.harmonize import harmonize
-from pipelines.nodule.parenchyma import parenchyma
+from pipelines.nodule.parenchyma import SHELL_MM, parenchyma, shell
 from pipelines.nodule.pipeline import MIN_SIDE_ML, NoduleDetection
 from tests.pipelines.nodule.test_nodule_lung_only import phantom
 from tests.support.mediastinum import mediastinum_mask
@@ -29,6 +29,7 @@ from training.nodule import evaluate, patients, sites, synthesis
 from training.nodule.reconstruction import Reconstruction, reconstruct
 
 C3N = "ct-chest/cptac-luad-C3N-00247"
+A0002 = "ct-chest/lung-pet-ct-dx-A0002/B40f"
 MASS_MM = 50.0
 #: (side, wall, height) of the two masses: posterior chest wall, and beside the aortic arch.
 SITES = (("right", "posterior", 0.5), ("left", "mediastinum", 0.7))
@@ -105,6 +106,41 @@ def test_an_80_mm_mass_filling_the_back_corner_of_the_lung_is_one_mass_of_its_si
     centres = [with_mass.lps_to_kji(np.asarray(m.measured.center_lps)) for m in found]
     assert len(found) == 1 and np.all((centres[0] >= low) & (centres[0] <= high)), centres
     assert abs(found[0].measured.diameter_mm - 80.0) <= EXTENT_TOLERANCE * 80.0, found[0].measured.diameter_mm
+
+
+@pytest.mark.slow
+def test_an_80_mm_mass_on_8_mm_slices_is_one_mass_of_its_size(data_dir):
+    """On A0002's 8 mm slices a 4 mm shell held no voxel of the slices above and below a mass, so
+    the lung over and under it was not counted: an 80 mm mass against the posterior wall of the
+    left lung touched lung on 0.34 of its shell, under ``MIN_LUNG_CONTACT``, and was not reported.
+    The shell now reaches the next slice (``parenchyma.shell``). Measured: 88.4 mm, lung contact
+    0.47, beside the real 83.5 mm tumour of the right lung."""
+    volume = patients.load(data_dir, "lung-pet-ct-dx-A0002", A0002).volume
+    array = volume.array.copy()
+    centre = sites.site(volume, sites.lungs_of(volume), "left", "posterior", 0.5, 40.0)
+    inserted = synthesis.insert(array, np.asarray(volume.spacing[::-1]), centre,
+                                synthesis.NoduleSpec(80.0, solid_hu=35.0), np.random.default_rng(1))
+    with_mass = harmonize(dataclasses.replace(volume, array=array)).volume
+    found, _ = masses.find(with_mass, parenchyma(with_mass))
+    low, high = np.array(inserted.box[:3]), np.array(inserted.box[3:])
+    on = [m for m in found if np.all((with_mass.lps_to_kji(np.asarray(m.measured.center_lps)) >= low)
+                                     & (with_mass.lps_to_kji(np.asarray(m.measured.center_lps)) <= high))]
+    assert len(on) == 1, [m.measured.diameter_mm for m in found]
+    assert abs(on[0].measured.diameter_mm - 80.0) <= EXTENT_TOLERANCE * 80.0, on[0].measured.diameter_mm
+
+
+def test_the_shell_around_a_finding_on_thick_slices_holds_the_slices_above_and_below():
+    """A finding one slice thick: on 8 mm slices its shell is the slice above, the slice below and
+    a 4 mm ring in its own slice (a 4 mm ball's shell reached no other slice: the lung over and
+    under a finding was not counted); on 2 mm slices it is the 4 mm ball's shell, two slices deep."""
+    mask = np.zeros((5, 21, 21), dtype=bool)
+    mask[2, 8:13, 8:13] = True
+    thick = shell(mask, np.array([8.0, 1.0, 1.0]))
+    assert thick[1, 10, 10] and thick[3, 10, 10] and not thick[0].any() and not thick[4].any()
+    thin = shell(mask, np.array([2.0, 1.0, 1.0]))
+    assert thin[0, 10, 10] and thin[4, 10, 10]
+    for ring in (thick[2], thin[2]):
+        assert ring[10, 8 - int(SHELL_MM)] and not ring[10, 8 - int(SHELL_MM) - 1]
 
 
 def test_none_detected_needs_both_lungs_the_envelope_counts_each_side():
