@@ -59,12 +59,14 @@ class Scan:
     #: Per-slice tube output relative to the scan's mean (tube-current modulation); None: flat.
     relative_dose: np.ndarray | None = None
     slice_thickness_mm: float | None = None
+    #: Distance between neighbouring slices (a folder's series; None for one file).
+    slice_spacing_mm: float | None = None
 
     def subset(self, slices: int | slice | list[int]) -> Scan:
         """The same scan restricted to some slices (an index, slice or list of them)."""
         dose = None if self.relative_dose is None else self.relative_dose[slices]
         return Scan(self.name, self.hu[slices], self.pixel_spacing_mm, self.kernel, self.kvp, dose,
-                    self.slice_thickness_mm)
+                    self.slice_thickness_mm, self.slice_spacing_mm)
 
     def slice_photons(self, full_dose: float, k: int) -> float:
         """Photons per ray of slice ``k``: the scan's calibrated count times its tube output."""
@@ -118,10 +120,10 @@ def load_scan(data_root: Path, relative: str) -> Scan:
         raise FileNotFoundError(f"{path} not found: is ../shared/data beside the repository?")
     if path.is_dir():
         volume = load_series(sorted(p for p in path.iterdir() if p.is_file()), min_slices=1)
-        headers, hu, (col_mm, row_mm, _) = list(volume.sources), volume.array, volume.spacing
+        headers, hu, (col_mm, row_mm, spacing_mm) = list(volume.sources), volume.array, volume.spacing
     else:
         header, hu, (row_mm, col_mm) = _single_image(path)
-        headers = [header]
+        headers, spacing_mm = [header], None
     if abs(col_mm - row_mm) > 1e-3 * row_mm:
         raise ValueError(f"{relative}: the noise simulator needs square pixels, got {row_mm} x {col_mm} mm")
     header = headers[0]
@@ -129,7 +131,7 @@ def load_scan(data_root: Path, relative: str) -> Scan:
     thickness = float(header.SliceThickness) if header.get("SliceThickness") not in (None, "") else None
     return Scan(name=relative, hu=hu, pixel_spacing_mm=row_mm, kernel=kernel_name(header), kvp=kvp,
                 relative_dose=relative_tube_output([tube_output(h) for h in headers]),
-                slice_thickness_mm=thickness)
+                slice_thickness_mm=thickness, slice_spacing_mm=spacing_mm)
 
 
 def tube_output(header: Dataset) -> float | None:

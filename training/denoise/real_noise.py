@@ -10,9 +10,9 @@ estimator's own bias cancels in the ratio:
   so only homogeneous pixels are used). Simulated: one sinogram draw reconstructed with the sharp
   and the medium family's filter, the same difference.
 - ``neighbours``: C3N-00247's slice less the mean of its two neighbours (3 mm apart), in homogeneous
-  tissue. Anatomy changing over 3 mm adds to it (low frequencies, a few %), and the helical
-  z-interpolation correlates neighbouring slices' noise, which lowers it: its magnitude is
-  biased, its shape and spatial properties much less. Simulated: three independent draws.
+  tissue. Anatomy changing over 3 mm adds to it (low frequencies, a few %), and neighbouring
+  slices share noise where their slice sensitivity profiles overlap, which lowers it. Simulated:
+  three draws mixed to that overlap's correlation (``ssp_correlation``), so both sides share it.
 
 The full-dose photons per ray are ``data.full_dose_photons``' (the training's calibration); the
 simulation's quarter-dose noise is the same noise at a third of the photons, so every property
@@ -205,9 +205,28 @@ def twin_pools(data_root: Path, beam: Beam, seed: int, slices: int = SLICES,
     return real, sim, photons
 
 
+def ssp_correlation(thickness_mm: float, distance_mm: float) -> float:
+    """The noise correlation of two slices ``distance_mm`` apart whose slice sensitivity profiles
+    are Gaussians of FWHM ``thickness_mm`` (the nominal thickness): the overlap of the two profiles,
+    exp(-d^2 / (4 s^2)). 0.25 for neighbours as far apart as they are thick (a triangular profile
+    gives the same)."""
+    sigma = thickness_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return math.exp(-(distance_mm**2) / (4.0 * sigma**2))
+
+
+def correlated(draws: list[np.ndarray], thickness_mm: float, spacing_mm: float) -> list[np.ndarray]:
+    """Independent draws of consecutive slices mixed so that each pair shares the noise their
+    profiles share (``ssp_correlation``), each keeping its variance."""
+    n = len(draws)
+    matrix = np.array([[ssp_correlation(thickness_mm, abs(i - j) * spacing_mm) for j in range(n)] for i in range(n)])
+    factor = np.linalg.cholesky(matrix)
+    return [sum(factor[i, j] * draws[j] for j in range(i + 1)) for i in range(n)]
+
+
 def neighbour_pools(data_root: Path, beam: Beam, seed: int, slices: int = SLICES,
                     electronic_noise: float = ELECTRONIC_NOISE_COUNTS) -> tuple[Pool, Pool, float]:
-    """Real (slice - mean of neighbours) and simulated (three independent draws) pools on C3N-00247."""
+    """Real (slice - mean of neighbours) and simulated (three draws, correlated as the slices'
+    profiles overlap) pools on C3N-00247."""
     scan_all: Scan = load_scan(data_root, NEIGHBOURS)
     photons = full_dose_photons(scan_all, torch.Generator().manual_seed(seed), beam, electronic_noise)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -222,6 +241,8 @@ def neighbour_pools(data_root: Path, beam: Beam, seed: int, slices: int = SLICES
                                              electronic_noise, beam))
             if j == k:
                 centre = s
+        if scan_all.slice_thickness_mm and scan_all.slice_spacing_mm:
+            draws = correlated(draws, scan_all.slice_thickness_mm, scan_all.slice_spacing_mm)
         smooth = ndimage.gaussian_filter(reference.astype(np.float64), 2.0)
         mask = homogeneous(reference) & (np.abs(smooth - ndimage.gaussian_filter(
             (scan_all.hu[k - 1] + scan_all.hu[k + 1]).astype(np.float64) / 2, 2.0)) < 5.0)

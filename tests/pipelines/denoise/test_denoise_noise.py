@@ -672,3 +672,25 @@ def test_a_training_run_killed_mid_simulation_and_mid_fit_resumes_to_the_weights
     assert all(torch.equal(unbroken[name], resumed[name]) for name in unbroken)
     with pytest.raises(SystemExit, match=r"belongs to another run \(it differs in \['seed'\]\)"):
         Checkpoint(folder, {**settings, "seed": 4}).open()
+
+
+def test_simulated_neighbour_slices_share_the_noise_their_slice_profiles_share():
+    """``real_noise`` compares a real slice less its neighbours with simulated slices; real 3 mm
+    slices 3 mm apart share a quarter of their noise (two Gaussian profiles of FWHM 3 mm, 3 mm
+    apart, overlap by exp(-d^2 / (4 s^2)) = 0.25), so the simulated draws are mixed to that correlation, each
+    keeping its variance, and the slice-less-neighbours SD falls to sqrt(1 - 0.5 + 0.002) of
+    independent draws' (0.82)."""
+    from training.denoise.real_noise import correlated, ssp_correlation
+
+    assert ssp_correlation(3.0, 3.0) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    draws = [rng.standard_normal((512, 512)) for _ in range(3)]
+    mixed = correlated(draws, 3.0, 3.0)
+    # 512^2 samples: a correlation's standard error is 0.002; the tolerances are 5 of them.
+    assert [float(np.std(m)) for m in mixed] == pytest.approx([1.0, 1.0, 1.0], abs=0.01)
+    assert float(np.corrcoef(mixed[0].ravel(), mixed[1].ravel())[0, 1]) == pytest.approx(0.25, abs=0.01)
+    assert float(np.corrcoef(mixed[1].ravel(), mixed[2].ravel())[0, 1]) == pytest.approx(0.25, abs=0.01)
+    assert float(np.corrcoef(mixed[0].ravel(), mixed[2].ravel())[0, 1]) == pytest.approx(0.004, abs=0.01)
+    independent = np.std(draws[1] - (draws[0] + draws[2]) / 2)
+    neighbours = np.std(mixed[1] - (mixed[0] + mixed[2]) / 2)
+    assert neighbours / independent == pytest.approx(np.sqrt((1.5 - 0.5 + 0.002) / 1.5), abs=0.01)
