@@ -106,6 +106,7 @@ class NoduleDetection(ModelPipeline):
         self.empty_seg = self.options.empty_seg
         self.min_lung_ml = self.options.min_lung_ml
         self.min_extent_mm = self.options.min_extent_mm
+        self.max_slice_mm = self.options.max_slice_mm
         self.lung_margin_mm = self.options.lung_margin_mm
 
     def run(self, job: JobInput) -> JobResult:
@@ -114,6 +115,7 @@ class NoduleDetection(ModelPipeline):
         clock.lap("load")
         if self.bundle is not None:
             return self.run_bundle(job, volume, clock)
+        _validated_slices(volume, self.max_slice_mm)
         found = self.search(volume, clock)
         nodules = found.nodules
         if not nodules and min(found.sides_ml) < MIN_SIDE_ML:
@@ -419,6 +421,18 @@ def _box_measurement(volume: Volume, box: Any, window: tuple[slice, slice, slice
         window=window, mask=mask, diameter_mm=float(max(box.size_mm[0], box.size_mm[1])),
         volume_mm3=None, mean_hu=None, center_lps=as_point(box.center_lps),
     )
+
+
+def _validated_slices(volume: Volume, max_slice_mm: float) -> None:
+    """Not applicable on slices thicker, or farther apart, than the detector was validated on:
+    there "none detected" would be a claim nobody measured."""
+    nominal = volume.sources[0].get("SliceThickness") if volume.sources else None
+    slices_mm = max(float(volume.spacing[2]), float(nominal) if nominal not in (None, "") else 0.0)
+    if slices_mm > max_slice_mm + 0.01:
+        raise NotApplicable(
+            f"slices of {slices_mm:g} mm: nodule detection is validated on slices of at most {max_slice_mm:g} mm "
+            "(options.max_slice_mm); send a thinner reconstruction of the scan"
+        )
 
 
 def _ct_volume(paths: list[Path], min_extent_mm: float) -> Volume:

@@ -327,6 +327,15 @@ def test_tiny_series_is_not_applicable(pipeline, data_dir, tmp_path):
         pipeline.run(JobInput(series={"series": files}, output_dir=tmp_path / "out"))
 
 
+def test_a_series_of_slices_thicker_than_validated_is_not_applicable_instead_of_none_detected(
+        pipeline, data_dir, tmp_path):
+    """Every other slice of the 8 mm chest series (the thickest the detector was validated on) is a
+    16 mm series: no "none detected" or finding is written, and the reason names the thickness."""
+    files = rewrite_series(chest_files(data_dir)[::2], tmp_path / "thick", SliceThickness="16")
+    with pytest.raises(NotApplicable, match="slices of 16 mm: nodule detection is validated on slices of at most 8 mm"):
+        pipeline.run(JobInput(series={"series": files}, output_dir=tmp_path / "out"))
+
+
 def test_ct_without_lungs_is_not_applicable(pipeline, data_dir, tmp_path):
     files = water_phantom(data_dir, tmp_path / "phantom")
     with pytest.raises(NotApplicable, match="aerated lung"):
