@@ -75,6 +75,14 @@ class Volume:
         return [str(ds.SOPInstanceUID) for ds in self.sources]
 
     @property
+    def slice_mm(self) -> float:
+        """How much of the patient one slice stands for: the larger of the slice spacing and the
+        nominal SliceThickness (overlapping slices are as thick as their thickness, gapped ones as
+        their spacing)."""
+        nominal = self.sources[0].get("SliceThickness") if self.sources else None
+        return max(float(self.spacing[2]), float(nominal) if nominal not in (None, "") else 0.0)
+
+    @property
     def is_multiframe(self) -> bool:
         """True when the slices are frames of enhanced (multi-frame) instances."""
         return "PerFrameFunctionalGroupsSequence" in self.sources[0]

@@ -346,8 +346,7 @@ def mass_gate_mm(volume: Volume) -> float:
     solid chord is 2 sqrt(R^2 - (f T)^2) when the slab's face passes through its middle: 29.96 mm
     on 1.25 mm slices, 29.4 on 5 mm, 28.3 on 8 mm. Gating at that keeps a 30 mm mass a mass on thick
     slices (LOG, "A 30 mm mass on thick slices is still a mass")."""
-    nominal = volume.sources[0].get("SliceThickness") if volume.sources else None
-    thickness = max(float(volume.spacing[2]), float(nominal) if nominal not in (None, "") else 0.0)
+    thickness = volume.slice_mm
     share = (SOLID_HU - LUNG_HU) / (TISSUE_HU - LUNG_HU)
     radius = MASS_MM / 2.0
     return 2.0 * math.sqrt(max(radius**2 - (share * thickness) ** 2, 0.0))

@@ -426,8 +426,7 @@ def _box_measurement(volume: Volume, box: Any, window: tuple[slice, slice, slice
 def _validated_slices(volume: Volume, max_slice_mm: float) -> None:
     """Not applicable on slices thicker, or farther apart, than the detector was validated on:
     there "none detected" would be a claim nobody measured."""
-    nominal = volume.sources[0].get("SliceThickness") if volume.sources else None
-    slices_mm = max(float(volume.spacing[2]), float(nominal) if nominal not in (None, "") else 0.0)
+    slices_mm = volume.slice_mm
     if slices_mm > max_slice_mm + 0.01:
         raise NotApplicable(
             f"slices of {slices_mm:g} mm: nodule detection is validated on slices of at most {max_slice_mm:g} mm "
