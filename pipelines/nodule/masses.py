@@ -70,10 +70,11 @@ HALO_MM = 15.0
 #: ``HALO_OPENING_MM``, so that the vessels beside a mass and the lung's partial-volume rims are not halo.
 HALO_SMOOTHING_MM = 1.5
 HALO_OPENING_MM = 6.0
-#: A halo surrounds the solid part: ground glass is the mass's halo only where it covers at least
-#: this share of the ``HALO_RING_MM`` ring of lung around the solid part (a part-solid mass 0.8,
-#: A0002's real mass 0.3; a solid mass's neighbouring dependent or partial-volume lung 0.02).
-MIN_HALO_COVER = 0.1
+#: A halo surrounds the solid part: a piece of ground glass is the mass's halo only where it alone
+#: covers at least this share of the ``HALO_RING_MM`` ring of lung around the solid part (a
+#: part-solid mass's band 0.86-0.90; a vessel partial-volumed beside a mass on 8 mm slices 0.12 at
+#: most, a solid mass's dependent lung 0.02): a crescent over a quarter of its outline.
+MIN_HALO_COVER = 0.25
 HALO_RING_MM = 3.0
 #: The solid part is the mass's body: opened by a ball of this share of its thickest diameter, so
 #: that the vessels, heart, fat or bone it touches beyond a neck thinner than that are cut off.
@@ -233,9 +234,11 @@ def _column_span(filled: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Mass:
-    """A mass found by the safety net: its segmentation on the source slices and its shell's contacts."""
+    """A mass found by the safety net: its segmentation on the source slices, its surroundings
+    (``Segment``) and its shell's contacts."""
 
     measured: Measurement
+    surroundings: Measurement
     lung_contact: float
     mediastinal_contact: float
     fill: float
@@ -333,10 +336,10 @@ def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.nda
     lung_contact, mediastinal = _contacts(component, lungs, around, rest)
     if lung_contact < (MIN_LUNG_CONTACT if rest is None else MIN_PIECE_LUNG_CONTACT) or mediastinal > MAX_MEDIASTINAL_CONTACT:
         return None
-    measured = segment(volume, lungs, around, component, offset)
-    if measured is None or (measured.solid_diameter_mm or 0.0) < mass_gate_mm(volume):
+    found = segment(volume, lungs, around, component, offset)
+    if found is None or (found.measured.solid_diameter_mm or 0.0) < mass_gate_mm(volume):
         return None
-    return Mass(measured, lung_contact, mediastinal, fill)
+    return Mass(found.measured, found.surroundings, lung_contact, mediastinal, fill)
 
 
 def mass_gate_mm(volume: Volume) -> float:
@@ -402,10 +405,20 @@ def _contacts(component: np.ndarray, lungs: Parenchyma, around: Envelope,
     return float(lungs.aerated[crop][ring].mean()), float(around.mediastinum[crop][ring].mean())
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A mass on the source slices: ``measured``, its solid part and its halo (the solid part's long
+    axis kept); ``surroundings``, that with every piece of ground glass around it, halo or not: a
+    finding there is the mass's spicule or vessel, not a lesion of its own."""
+
+    measured: Measurement
+    surroundings: Measurement
+
+
 def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.ndarray,
-            offset: np.ndarray) -> Measurement | None:
+            offset: np.ndarray) -> Segment | None:
     """The mass on the source slices: its solid part (near the coarse ``component``, in the
-    envelope) and the ground glass around it, as one segment; the solid part's long axis kept.
+    envelope) and the ground glass around it (``Segment``).
     ``component`` and the envelope are on a crop of the parenchyma grid starting at ``offset``."""
     stride = lungs.stride
     spacing_kji = np.asarray(volume.spacing[::-1], dtype=np.float64)
@@ -424,9 +437,11 @@ def segment(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.n
                   seed, spacing_kji, mass_gate_mm(volume))
     if not solid.any():
         return None
-    whole = _connected_to(_halo(hu, solid, inside, spacing_kji) | solid, solid)
+    glass, halo = _ground_glass(hu, solid, inside, spacing_kji)
+    whole = _connected_to(halo | solid, solid)
     measured = measure_mask(volume, window, whole)
-    return dataclasses.replace(measured, solid_diameter_mm=long_axis_mm(solid, spacing_kji))
+    return Segment(dataclasses.replace(measured, solid_diameter_mm=long_axis_mm(solid, spacing_kji)),
+                   measure_mask(volume, window, _connected_to(glass | solid, solid)))
 
 
 def _body(solid: np.ndarray, seed: np.ndarray, spacing: np.ndarray, gate_mm: float) -> np.ndarray:
@@ -440,18 +455,23 @@ def _body(solid: np.ndarray, seed: np.ndarray, spacing: np.ndarray, gate_mm: flo
     return body if long_axis_mm(body, spacing) >= gate_mm else solid
 
 
-def _halo(hu: np.ndarray, solid: np.ndarray, inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """The ground glass around ``solid`` (within ``HALO_MM``, opened), or nothing when it covers
-    less than ``MIN_HALO_COVER`` of the lung right around it: then it is the lung's own dependent
-    or partial-volume density beside a solid mass, not a halo."""
+def _ground_glass(hu: np.ndarray, solid: np.ndarray, inside: np.ndarray,
+                  spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ground glass around ``solid`` (within ``HALO_MM``, opened), and its halo: the pieces
+    that each cover at least ``MIN_HALO_COVER`` of the lung right around ``solid``. A smaller piece
+    is the lung's own dependent or partial-volume density, or a vessel beside the mass smeared by a
+    thick slice (LOG, "A halo is one piece"): summed, such pieces can cover as much as a halo does."""
     gap = ndi.distance_transform_edt(~solid, sampling=spacing)
     blurred = ndi.gaussian_filter(hu, HALO_SMOOTHING_MM / spacing)
-    halo = _opened((blurred > GROUND_GLASS_HU) & (hu <= SOLID_HU) & inside & (gap <= HALO_MM), spacing,
-                   HALO_OPENING_MM)
+    glass = _opened((blurred > GROUND_GLASS_HU) & (hu <= SOLID_HU) & inside & (gap <= HALO_MM), spacing,
+                    HALO_OPENING_MM)
     ring = (gap > 0) & (gap <= HALO_RING_MM) & inside & (hu <= SOLID_HU)
-    if not ring.any() or halo[ring].mean() < MIN_HALO_COVER:
-        return np.zeros_like(halo)
-    return halo
+    pieces, count = ndi.label(glass)
+    if not ring.any() or count == 0:
+        return glass, np.zeros_like(glass)
+    cover = np.bincount(pieces[ring], minlength=count + 1)[1:] / ring.sum()
+    halo: np.ndarray = np.isin(pieces, np.flatnonzero(cover >= MIN_HALO_COVER) + 1)
+    return glass, halo
 
 
 def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:

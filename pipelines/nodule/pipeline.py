@@ -40,7 +40,7 @@ from pipelines.nodule.harmonize import Harmonized, harmonize
 from pipelines.nodule.lesions import in_lung, merge_touching, not_calcified
 from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
-from pipelines.nodule.measure import Measurement, as_point, measure, source_box
+from pipelines.nodule.measure import Measurement, as_point, measure, source_box, touch
 from pipelines.nodule.parenchyma import parenchyma
 from pipelines.priors import PriorComparison, Priors, match, study_date, tracking_ids
 from pipelines.scanner_input import scanner_ct_volume
@@ -212,6 +212,7 @@ class NoduleDetection(ModelPipeline):
                 measured_detections.append((detection, measured))
         parenchyma_ = parenchyma(volume)
         found_masses, around = masses.find(volume, parenchyma_)
+        measured_detections = [found for found in measured_detections if not _in_surroundings(found[1], found_masses)]
         measured_detections += [(_mass_detection(volume, m.measured, near), m.measured) for m in found_masses]
         measured_detections.sort(key=lambda found: -found[0].score)
         found = merge_touching(volume, measured_detections)
@@ -385,6 +386,12 @@ def examined(found: Search) -> str:
     if min(first, second) < MIN_SIDE_ML:
         return f"Examined: one lung only ({max(first, second):.0f} mL); the other is not in the series."
     return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL)."
+
+
+def _in_surroundings(measured: Measurement, found_masses: list[masses.Mass]) -> bool:
+    """Whether ``measured`` lies in a mass's ground glass without touching the mass as measured:
+    a spicule or vessel of the mass, folded into it (``masses.Segment``)."""
+    return any(touch(m.surroundings, measured) and not touch(m.measured, measured) for m in found_masses)
 
 
 def _mass_detection(volume: Volume, measured: Measurement, scored: list[Detection]) -> Detection:

@@ -36,8 +36,8 @@ OESOPHAGUS_BOX_LPS = ((-15.8, -133.8, -81.0), (0.2, -117.8, -65.0))
 MEDIASTINAL_SHARE = 0.5
 #: C3N-00247's calcified focus (6.9 mm, 363 HU), a false positive of the shipped scorer before (issue 64).
 CALCIFIED_FOCUS_LPS = (-19.0, -232.0, -157.0)
-#: The A0002 mass's long axis on the two kernels: measured 86.8 mm (B40f) and 83.5 mm (B70f), 4 %
-#: (79.6 and 75.0 mm, 6 %, before the mass safety net segmented its ground-glass halo).
+#: The A0002 mass's long axis on the two kernels: measured 79.6 mm (B40f) and 75.0 mm (B70f), 6 %
+#: (86.8 and 83.5 mm, 4 %, while the vessels and spicules around it were taken as its halo).
 SAME_SIZE_TOLERANCE = 0.15
 
 
