@@ -19,6 +19,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from pipelines.shared_array import SharedArray, shared_copy
+
 #: Below this many cores, writing stays in threads of the job's own process.
 MIN_CORES = 8
 #: At most this many processes, and at most half the cores: the GPU worker and the receiver keep theirs.
@@ -34,6 +38,7 @@ PRELOAD = ["pipelines.writers.derived"]
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _size = 0
+_maps_shared: bool | None = None
 
 
 def default_processes() -> int:
@@ -80,6 +85,24 @@ def pool(processes: int) -> ProcessPoolExecutor:
                                         initargs=(os.getpid(),))
             _size = processes
         return _pool
+
+
+def maps_shared_arrays(processes: int) -> bool:
+    """Whether the pool's processes can map this process's shared arrays (``shared_array``): a
+    /proc mounted to hide other processes forbids it. Asked of the pool once."""
+    global _maps_shared
+    if _maps_shared is None:
+        probe = np.arange(4, dtype=np.int16)
+        with shared_copy(probe) as shared:
+            try:
+                _maps_shared = pool(processes).submit(_first, shared).result() == 0
+            except OSError:
+                _maps_shared = False
+    return _maps_shared
+
+
+def _first(shared: SharedArray) -> int:
+    return int(shared.open()[0])
 
 
 def discard() -> None:

@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from pipelines.distance import inside_distance
+
 #: A series with at least this share of voxels at exactly 0 (or its minimum) may be skull-stripped.
 STRIPPED_BACKGROUND_SHARE = 0.2
 #: No brain is larger (mL): a "stripped" foreground beyond it is a head with its air zeroed.
@@ -107,7 +109,7 @@ def skull_on_brain(work: sitk.Image) -> np.ndarray:
     if core.sum() < 100:
         core = head
     level = float(np.median(smooth[core]))
-    depth = ndimage.distance_transform_edt(head, sampling=spacing[::-1])
+    depth = inside_distance(head, spacing[::-1])
     band = head & (depth >= SCALP_MM) & (smooth >= BAND[0] * level) & (smooth <= BAND[1] * level)
     seed = ndimage.binary_erosion(band, _ball(_radius(ERODE_MM, spacing), spacing))
     components, count = ndimage.label(seed)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from pipelines.distance import inside_distance
+
 THIN_MM = 16.0
 ELONGATED = 3.0
 EDGE_MM = 10.0
@@ -22,7 +24,7 @@ ALONG_SHARE = 0.5
 
 def along_dura(brain: np.ndarray, spacing_kji: tuple[float, ...]) -> np.ndarray:
     """Voxels of the brain within ``EDGE_MM`` of its outer surface or ``MIDLINE_MM`` of its midline."""
-    depth = ndimage.distance_transform_edt(brain, sampling=spacing_kji)
+    depth = inside_distance(brain, spacing_kji)
     columns = np.arange(brain.shape[2], dtype=np.float64)
     count = brain.sum(axis=2)
     centre = (brain * columns).sum(axis=2) / np.maximum(count, 1)   # (k, j): the row's left-right centre

@@ -11,6 +11,7 @@ through the ``TumorSegmenter`` protocol (``segmented``); the steps at length: do
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,7 @@ from pipelines.tumor.preprocess import (
     zscore_channels,
 )
 from pipelines.tumor.quality import LOW_CONFIDENCE, Quality, assess
-from pipelines.tumor.registration import RegistrationError, align
+from pipelines.tumor.registration import Alignment, RegistrationError, align
 from pipelines.tumor.segmented import AlignedStudy, Segmented
 from pipelines.tumor.validation import DISPLAY, UNVALIDATED, choose_inputs
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
@@ -338,24 +339,38 @@ def _align_contrasts(volumes: Mapping[str, Volume], images: Mapping[str, sitk.Im
     transforms: dict[str, sitk.Transform] = {reference_role: sitk.Transform()}
     registration: dict[str, dict[str, bool | float | str]] = {}
     left_out: dict[str, str] = {}
-    for role in present:
-        if role == reference_role:
-            continue
-        if _shares_grid(volumes[reference_role], volumes[role], images[reference_role], images[role]):
+    others = [role for role in present if role != reference_role]
+    moved = [role for role in others
+             if not _shares_grid(volumes[reference_role], volumes[role], images[reference_role], images[role])]
+    outcomes = _registered(images, moved, reference_role)
+    for role in others:
+        outcome = outcomes.get(role)
+        if outcome is None:
             transforms[role] = sitk.Transform()
             registration[role] = {"registered": False, "why": "same frame of reference and grid as the reference"}
-            continue
-        try:
-            alignment = align(images[reference_role], images[role], DISPLAY[role])
-        except RegistrationError as error:
-            left_out[role] = f"not aligned to {DISPLAY[reference_role]}: {'; '.join(error.problems)}"
-            continue
-        transforms[role] = alignment.transform
-        registration[role] = {"rotation_deg": round(alignment.rotation_deg, 2),
-                              "shift_mm": round(alignment.translation_mm, 2),
-                              "head_overlap": round(alignment.overlap, 3),
-                              "edge_alignment": round(alignment.edge_alignment, 3)}
+        elif isinstance(outcome, RegistrationError):
+            left_out[role] = f"not aligned to {DISPLAY[reference_role]}: {'; '.join(outcome.problems)}"
+        else:
+            transforms[role] = outcome.transform
+            registration[role] = {"rotation_deg": round(outcome.rotation_deg, 2),
+                                  "shift_mm": round(outcome.translation_mm, 2),
+                                  "head_overlap": round(outcome.overlap, 3),
+                                  "edge_alignment": round(outcome.edge_alignment, 3)}
     return Alignments(transforms, registration, left_out)
+
+
+def _registered(images: Mapping[str, sitk.Image], roles: Sequence[str],
+                reference_role: str) -> dict[str, Alignment | RegistrationError]:
+    """Each role registered to the reference, all at once: ITK releases the GIL and one
+    registration keeps few of a server's cores busy (docs/tumor-pipeline.md)."""
+    def one(role: str) -> Alignment | RegistrationError:
+        try:
+            return align(images[reference_role], images[role], DISPLAY[role])
+        except RegistrationError as error:
+            return error
+
+    with ThreadPoolExecutor(max(1, len(roles))) as pool:
+        return dict(zip(roles, pool.map(one, roles)))
 
 
 def _shares_grid(reference: Volume, other: Volume, reference_image: sitk.Image, other_image: sitk.Image) -> bool:

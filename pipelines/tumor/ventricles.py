@@ -14,6 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pipelines.distance import inside_distance
+
 #: CSF on T1c and FLAIR: darker than this share of the brain's median (tissue is 0.65-1.55 of it,
 #: ``brain_extraction.BAND``)
 CSF_RATIO = 0.6
@@ -34,7 +36,7 @@ def ventricle_mask(reference: sitk.Image, brain: sitk.Image) -> np.ndarray:
     if not inside.any() or float(image[inside].min()) < 0:  # negative: normalized, not scanner units
         return np.zeros(inside.shape, dtype=bool)
     spacing = reference.GetSpacing()[::-1]  # (k, j, i)
-    depth = ndimage.distance_transform_edt(inside, sampling=spacing)
+    depth = inside_distance(inside, spacing)
     dark: np.ndarray = inside & (image < CSF_RATIO * float(np.median(image[inside]))) & (depth > DEEP_MM)
     components, count = ndimage.label(dark, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
@@ -49,7 +51,7 @@ def clear_ventricles(labels: np.ndarray, ventricles: np.ndarray, spacing_kji: tu
     """``labels`` without periventricular caps and without core-less tumor inside the ventricles."""
     if not ventricles.any() or not labels.any():
         return labels
-    near = ndimage.distance_transform_edt(~ventricles, sampling=spacing_kji) <= PERIVENTRICULAR_MM
+    near = inside_distance(~ventricles, spacing_kji) <= PERIVENTRICULAR_MM
     components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
     result = labels.copy()
     for component, box in enumerate(ndimage.find_objects(components), start=1):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import highdicom as hd
@@ -22,7 +24,8 @@ from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pipelines.processes import MIN_CORES, default_processes, discard, pool
+from pipelines.processes import MIN_CORES, default_processes, discard, maps_shared_arrays, pool
+from pipelines.shared_array import SharedArray, shared_copy
 from pipelines.volume import Volume
 from pipelines.writers.codes import IMAGE_PROCESSING
 from pipelines.writers.identity import Algorithm, Identity, content_date_time
@@ -126,24 +129,38 @@ def make_derived_series(volume: Volume, values: np.ndarray, identity: Identity,
 def write_derived_series(volume: Volume, values: np.ndarray, identity: Identity, derivation: Derivation,
                          directory: Path, processes: int | None = None) -> list[WrittenObject]:
     """``make_derived_series`` written to ``directory`` (``write_datasets``' guarantees), by
-    ``processes`` writer processes (default ``processes.default_processes()``; 0: threads)."""
+    ``processes`` writer processes (default ``processes.default_processes()``; 0: threads), which
+    read ``values`` from one shared copy (``shared_array``)."""
     workers = default_processes() if processes is None else processes
-    if workers == 0 or len(volume.sources) < 2 * workers:
+    if workers == 0 or len(volume.sources) < 2 * workers or not _processes_ready(workers):
         return write_datasets(make_derived_series(volume, values, identity, derivation), directory)
     header = _series_header(volume, values, identity, derivation)
-    items = list(_slices(volume, values))
+    items = list(enumerate(zip(volume.sources, _instance_numbers(volume.sources))))
     directory.mkdir(parents=True, exist_ok=True)
     chunks = [items[i::2 * workers] for i in range(2 * workers)]
+    with shared_copy(values) as shared, _pool_errors():
+        written = list(pool(workers).map(_write_slices, repeat(header), repeat(directory), repeat(shared), chunks))
+    # chunk i holds slices i, i + n, i + 2n, ...: put the records back in slice order
+    return [written[k % len(chunks)][k // len(chunks)] for k in range(len(items))]
+
+
+def _processes_ready(workers: int) -> bool:
+    """Whether the writer processes can read the job's shared arrays (asked once per pool)."""
+    with _pool_errors():
+        return maps_shared_arrays(workers)
+
+
+@contextmanager
+def _pool_errors() -> Iterator[None]:
+    """A writer process that died becomes an error saying what to do; the next job gets a new pool."""
     try:
-        written = list(pool(workers).map(_write_slices, [header] * len(chunks), [directory] * len(chunks), chunks))
+        yield
     except BrokenProcessPool as exc:
         discard()
         raise RuntimeError(
             "a process writing the derived series died (out of memory?); retry the job, and if it "
             f"dies again give the worker fewer than {MIN_CORES} cores, which writes with threads"
         ) from exc
-    # chunk i holds slices i, i + n, i + 2n, ...: put the records back in slice order
-    return [written[k % len(chunks)][k // len(chunks)] for k in range(len(items))]
 
 
 def _slices(volume: Volume, values: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray, int]]:
@@ -152,10 +169,12 @@ def _slices(volume: Volume, values: np.ndarray) -> Iterator[tuple[Dataset, np.nd
         yield source, stored_values(values[k], source), number
 
 
-def _write_slices(header: SeriesHeader, directory: Path,
-                  items: list[tuple[Dataset, np.ndarray, int]]) -> list[WrittenObject]:
-    """One writer process's share of a derived series."""
-    return [write_dataset(header.slice(source, stored, number), directory) for source, stored, number in items]
+def _write_slices(header: SeriesHeader, directory: Path, shared: SharedArray,
+                  items: list[tuple[int, tuple[Dataset, int]]]) -> list[WrittenObject]:
+    """One writer process's share of a derived series: slice ``k`` of the shared values for each item."""
+    values = shared.open()
+    return [write_dataset(header.slice(source, stored_values(values[k], source), number), directory)
+            for k, (source, number) in items]
 
 
 def _series_header(volume: Volume, values: np.ndarray, identity: Identity, derivation: Derivation) -> SeriesHeader:

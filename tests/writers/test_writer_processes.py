@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import processes
+from pipelines.shared_array import SharedArray, shared_copy
 
 REPO = Path(__file__).resolve().parents[2]
 #: A worker process that starts the writers, says their process IDs and then hangs, as a wedged job would.
@@ -74,3 +76,32 @@ def test_a_cgroup_v1_quota_counts_and_no_readable_quota_leaves_the_affinity(monk
     assert processes.usable_cores() == 3
     (tmp_path / "cpu.cfs_quota_us").write_text("-1\n")
     assert processes.usable_cores() == 32
+
+
+def _memory_files() -> list[str]:
+    """This process's open anonymous memory files, as /proc names them."""
+    names = []
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            names.append(os.readlink(entry))
+        except OSError:
+            continue
+    return [name for name in names if name.startswith("/memfd:")]
+
+
+def test_writer_processes_read_the_jobs_array_in_place_and_nothing_of_it_outlives_the_block():
+    """A derived series' values reach the writers as one shared copy, not pickled per chunk
+    (``pipelines.shared_array``); the copy is gone with the block, so a long-running worker
+    does not accumulate a series' worth of memory per job."""
+    values = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    before = _memory_files()
+    with shared_copy(values) as shared:
+        assert len(_memory_files()) == len(before) + 1
+        read = processes.pool(2).submit(_slice_sum, shared, 2).result()
+    assert read == float(values[2].sum())
+    assert processes.maps_shared_arrays(2)
+    assert _memory_files() == before
+
+
+def _slice_sum(shared: SharedArray, k: int) -> float:
+    return float(shared.open()[k].sum())
