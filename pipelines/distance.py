@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def inside_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def inside_distance(mask: np.ndarray, spacing: Sequence[float] | np.ndarray) -> np.ndarray:
     """Per voxel of ``mask`` (array order), the distance in mm to the nearest voxel outside it,
     0 outside: ``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``, to float32
     precision. ``spacing`` is in the array's axis order. A mask with no voxel outside it gives

@@ -19,6 +19,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from scipy import ndimage as ndi
 
+from pipelines.distance import inside_distance
 from pipelines.nodule.lungs import lung_mask
 from pipelines.volume import Volume
 from pipelines.writers.codes import AnatomicLocation
@@ -142,7 +143,7 @@ def _separate(grid: _Grid) -> _Lungs:
     """Lungs 1 and 2: cores grown back, or the mask split at the midline when no cores are found."""
     x = grid.lps(np.argwhere(grid.mask))[:, 0]
     midline = float(x.min() + x.max()) / 2
-    depth = ndi.distance_transform_edt(grid.mask, sampling=grid.spacing)
+    depth = inside_distance(grid.mask, grid.spacing)
     for radius in CORE_RADII_MM:
         cores = _two_cores(grid, depth > radius, midline)
         if cores is not None:
@@ -169,8 +170,8 @@ def _two_cores(grid: _Grid, core: np.ndarray, midline: float) -> np.ndarray | No
 
 def _grow(grid: _Grid, cores: np.ndarray, reach_mm: float) -> np.ndarray:
     """Each core grown within the mask up to ``reach_mm``, the nearer core winning."""
-    to_first = ndi.distance_transform_edt(cores != 1, sampling=grid.spacing)
-    to_second = ndi.distance_transform_edt(cores != 2, sampling=grid.spacing)
+    to_first = inside_distance(cores != 1, grid.spacing)
+    to_second = inside_distance(cores != 2, grid.spacing)
     lungs = np.zeros(cores.shape, dtype=np.uint8)
     lungs[grid.mask & (to_first <= reach_mm) & (to_first <= to_second)] = 1
     lungs[grid.mask & (to_second <= reach_mm) & (to_second < to_first)] = 2

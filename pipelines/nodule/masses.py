@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
+from pipelines.distance import inside_distance
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
 from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma, shell
 from pipelines.volume import Volume
@@ -171,15 +172,26 @@ def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndar
     out = lung.copy()
     reach = BACK_MM / spacing[1]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
-        hull = convex_hull_image(lung[k])
-        bays, count = _bay_pieces(hull & ~lung[k], spacing[1:])
+        box = _lung_box(lung[k])
+        plane = lung[k][box]
+        hull = convex_hull_image(plane)
+        bays, count = _bay_pieces(hull & ~plane, spacing[1:])
         if count == 0:
             continue
         rows = np.broadcast_to(back * np.arange(bays.shape[0])[:, None], bays.shape)
         deepest = np.asarray(ndi.maximum(rows, bays, index=np.arange(1, count + 1)))
         keep = np.flatnonzero(deepest >= rows[hull].max() - reach) + 1
-        out[k] |= np.isin(bays, keep)
+        out[k][box] |= np.isin(bays, keep)
     return out
+
+
+def _lung_box(plane: np.ndarray) -> tuple[slice, slice]:
+    """The lung's bounding box on one slice with one empty pixel around it (where the slice has
+    one): hull, bays and their distance maps all lie inside it, so working on it gives what the
+    whole slice gives, in a fraction of the time."""
+    where = np.argwhere(plane)
+    low, high = where.min(axis=0) - 1, where.max(axis=0) + 2
+    return slice(max(int(low[0]), 0), int(high[0])), slice(max(int(low[1]), 0), int(high[1]))
 
 
 def _bay_pieces(bays: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, int]:
@@ -204,8 +216,8 @@ def _closed(lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     low, high = where.min(axis=0), where.max(axis=0) + 1
     crop = tuple(slice(int(x), int(y)) for x, y in zip(low, high))
     padded = np.pad(lung[crop], [(int(m), int(m)) for m in margin])
-    grown = ndi.distance_transform_edt(~padded, sampling=spacing) <= CLOSING_MM
-    shrunk = ndi.distance_transform_edt(grown, sampling=spacing) > CLOSING_MM
+    grown = inside_distance(~padded, spacing) <= CLOSING_MM
+    shrunk = inside_distance(grown, spacing) > CLOSING_MM
     closed = lung.copy()
     closed[crop] |= shrunk[tuple(slice(int(m), int(m) + int(y - x)) for m, x, y in zip(margin, low, high))]
     return closed
