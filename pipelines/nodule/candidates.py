@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import ball, convex_hull_object
 from skimage.segmentation import watershed
 
+from pipelines.components import component_sizes
 from pipelines.nodule.grid import ModelGrid, to_model_grid
 from pipelines.nodule.lungs import lung_mask
 from pipelines.volume import Volume
@@ -217,7 +218,7 @@ def _component_candidates(labels: np.ndarray, coarse: np.ndarray, diameters_mm: 
     if count == 0:
         return []
     step = 2 * GRID_MM
-    sizes = ndi.sum_labels(labels > 0, labels, index=np.arange(1, count + 1))
+    sizes = component_sizes(labels, count)
     found = []
     for n, where in enumerate(ndi.find_objects(labels), start=1):
         if where is None:

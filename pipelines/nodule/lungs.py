@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from pipelines.components import component_sizes
+
 #: Aerated lung is well below this (about -850 HU); soft tissue is above it.
 AIR_HU = -400.0
 #: A component of inner air smaller than this fraction of the largest one is bowel gas or trachea.
@@ -41,7 +43,7 @@ def inner_air(hu: np.ndarray, slice_axis: int) -> np.ndarray:
             continue
         for side in (0, -1):
             outside.update(np.unique(np.take(labels, side, axis=axis)).tolist())
-    sizes = ndi.sum_labels(np.ones(hu.shape), labels, index=np.arange(1, count + 1))
+    sizes = component_sizes(labels, count)
     inner = [n for n in range(1, count + 1) if n not in outside]
     if not inner:
         return np.zeros(hu.shape, dtype=bool)

@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
+from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
 from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma, shell
@@ -283,7 +284,7 @@ def find(volume: Volume, lungs: Parenchyma) -> tuple[list[Mass], Envelope]:
         return [], around
     voxel_mm3 = float(np.prod(lungs.spacing))
     smallest = np.pi / 6 * MIN_EQUIVALENT_MM**3 / voxel_mm3
-    sizes = ndi.sum_labels(opened, labels, index=np.arange(1, count + 1))
+    sizes = component_sizes(labels, count)
     masses = []
     for n, where in enumerate(ndi.find_objects(labels), start=1):
         if where is None or sizes[n - 1] < smallest:

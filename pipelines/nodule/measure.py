@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from pipelines.components import component_sizes
 from pipelines.volume import Volume
 
 #: Density of the aerated lung around a nodule, when the box holds too little lung to measure it.
@@ -157,7 +158,7 @@ def _component_at(mask: np.ndarray, core: np.ndarray) -> np.ndarray | None:
     labels, count = ndi.label(mask)
     if count == 0:
         return None
-    overlap = ndi.sum_labels(core, labels, index=np.arange(1, count + 1))
+    overlap = component_sizes(labels, count, core)
     if overlap.max() == 0:
         return None
     component: np.ndarray = labels == int(np.argmax(overlap)) + 1

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipelines.base import NotApplicable
+from pipelines.components import component_sizes
 from pipelines.volume import Volume
 
 #: Body Part Examined values (DICOM PS3.16 Annex L and common scanner spellings) that hold a brain.
@@ -57,8 +58,8 @@ def body_size_mm(image: sitk.Image) -> tuple[float, float]:
     components, count = ndimage.label(foreground)
     if count == 0:
         return 0.0, 0.0
-    sizes = ndimage.sum(foreground, components, index=np.arange(1, count + 1))
-    box = ndimage.find_objects((components == 1 + int(np.argmax(sizes))).astype(np.int32))[0]
+    sizes = component_sizes(components, count)
+    box = ndimage.find_objects(components)[int(np.argmax(sizes))]
     corners = [(x, y, z) for z in (box[0].start, box[0].stop - 1) for y in (box[1].start, box[1].stop - 1)
                for x in (box[2].start, box[2].stop - 1)]
     points = np.array([image.TransformIndexToPhysicalPoint(corner) for corner in corners])

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
 
 #: A series with at least this share of voxels at exactly 0 (or its minimum) may be skull-stripped.
@@ -115,8 +116,8 @@ def skull_on_brain(work: sitk.Image) -> np.ndarray:
     components, count = ndimage.label(seed)
     if count == 0:
         return np.zeros_like(head)
-    overlap = ndimage.sum(core, components, index=np.arange(1, count + 1))
-    sizes = ndimage.sum(seed, components, index=np.arange(1, count + 1))
+    overlap = component_sizes(components, count, core)
+    sizes = component_sizes(components, count)
     best = 1 + int(np.argmax(overlap + 1e-3 * sizes))
     brain = components == best
     brain = ndimage.binary_dilation(brain, _ball(_radius(ERODE_MM, spacing), spacing)) & band
@@ -147,7 +148,7 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     components, count = ndimage.label(mask)
     if count <= 1:
         return mask
-    sizes = ndimage.sum(mask, components, index=np.arange(1, count + 1))
+    sizes = component_sizes(components, count)
     return np.asarray(components == 1 + int(np.argmax(sizes)))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pipelines.components import component_sizes
 from pipelines.tumor.contrasts import CHANNELS
 
 #: A series with at least this share of exact zeros is taken as skull-stripped (zero = not brain).
@@ -123,7 +124,7 @@ def drop_small_tumors(labels: np.ndarray, voxel_ml: float, min_ml: float) -> np.
     components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return labels
-    sizes = ndimage.sum(labels > 0, components, index=np.arange(1, count + 1)) * voxel_ml
+    sizes = component_sizes(components, count) * voxel_ml
     small = np.nonzero(sizes < min_ml)[0] + 1
     return np.where(np.isin(components, small), 0, labels).astype(labels.dtype)
 

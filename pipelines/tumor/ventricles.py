@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
 
 #: CSF on T1c and FLAIR: darker than this share of the brain's median (tissue is 0.65-1.55 of it,
@@ -42,7 +43,7 @@ def ventricle_mask(reference: sitk.Image, brain: sitk.Image) -> np.ndarray:
     if count == 0:
         return dark
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    sizes = ndimage.sum(dark, components, index=np.arange(1, count + 1)) * voxel_ml
+    sizes = component_sizes(components, count) * voxel_ml
     ventricles: np.ndarray = np.isin(components, np.nonzero(sizes >= MIN_VENTRICLE_ML)[0] + 1)
     return ventricles
 

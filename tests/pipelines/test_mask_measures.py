@@ -1,10 +1,11 @@
-"""The multithreaded distance map the lung and brain rules use gives scipy's exact map."""
+"""The multithreaded distance map and the component sizes the lung and brain rules use give scipy's results."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
+from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
 
 
@@ -30,3 +31,14 @@ def test_inside_distance_is_scipys_exact_map_to_a_micrometre_with_anisotropic_sp
 def test_inside_distance_of_a_mask_filling_the_array_is_infinite_and_of_an_empty_mask_zero() -> None:
     assert np.isinf(inside_distance(np.ones((4, 5, 6), dtype=bool), (1.0, 1.0, 1.0))).all()
     assert (inside_distance(np.zeros((4, 5, 6), dtype=bool), (1.0, 1.0, 1.0)) == 0).all()
+
+
+def test_component_sizes_are_scipys_sums_over_each_label_plain_and_weighted() -> None:
+    holes = ~_blobby_mask()  # the outside and the holes: many components of different sizes
+    components, count = ndimage.label(holes)
+    assert count > 3
+    index = np.arange(1, count + 1)
+    np.testing.assert_array_equal(component_sizes(components, count), ndimage.sum(holes, components, index=index))
+    core = np.zeros(holes.shape, dtype=bool)
+    core[10:30] = True
+    np.testing.assert_array_equal(component_sizes(components, count, core), ndimage.sum(core, components, index=index))
