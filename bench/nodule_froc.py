@@ -18,7 +18,8 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
 
 - ``masses``: runs of two masses, one against the posterior chest wall (right lung, half its
   height) and one against the mediastinum (left lung, posterior medial border at 0.7 of its
-  height: beside the aortic arch), ``training.nodule.sites``; each moves to the other lung when a real
+  height: beside the aortic arch), ``training.nodule.sites``; each moves down its lung where less
+  than half of it would lie in that lung (LIDC-0002's junction line), to the other lung when a real
   lesion is in the way, and when that brings the two together each is inserted alone, in its own
   copy of the series (``_mass_copies``). Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
   0.7 of the diameter). Through ``NoduleDetection.search`` (shipped scorer folder): found when a

@@ -11,6 +11,11 @@ patient's left, +y posterior, +z superior), so the same call means the same plac
 - ``"mediastinum"``: the lung's most medial point on that slice, in its posterior part
   (``POSTERIOR_QUANTILE``), the centre ``INSET`` of a radius laterally: at about 0.7 of the left
   lung's height, beside the aortic arch.
+
+A mass placed so is a lung mass only while most of it lies in that lung: where the lungs meet
+behind the trachea (the posterior junction line), the most medial point is the tip of a recess
+and a mass there is a mediastinal one, which the pipeline must not report. The site then moves
+down the lung (``MIN_LUNG_SHARE``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ POSTERIOR_QUANTILE = 0.75
 #: mm wide) or a sliver; the lungs' pieces are larger, apart from their apices.
 MIN_PIECE_MM2 = 700.0
 WALLS = ("posterior", "lateral", "anterior", "mediastinum")
+#: At least this share of the mass's ball lies in the lung it is placed in, else the site moves
+#: down that lung in steps of ``HEIGHT_STEP`` of its height, to ``LOWEST_HEIGHT`` at most.
+MIN_LUNG_SHARE = 0.5
+HEIGHT_STEP = 0.05
+LOWEST_HEIGHT = 0.3
 
 
 def lungs_of(volume: Volume) -> np.ndarray:
@@ -51,12 +61,37 @@ def lungs_of(volume: Volume) -> np.ndarray:
 
 def site(volume: Volume, lungs: np.ndarray, side: str, wall: str, height: float, radius_mm: float) -> np.ndarray:
     """The centre (continuous k, j, i) of a mass of ``radius_mm`` against ``wall`` of the ``side``
-    ("left" or "right") lung at ``height`` of its extent."""
+    ("left" or "right") lung at ``height`` of its extent, or lower down that lung where less than
+    ``MIN_LUNG_SHARE`` of the mass would lie in it (at ``height`` still when no height passes)."""
     points = np.argwhere(lungs)
     lps = volume.kji_to_lps(points.astype(np.float64))
     midline = (lps[:, 0].min() + lps[:, 0].max()) / 2
     mine = lps[:, 0] > midline if side == "left" else lps[:, 0] <= midline
-    points, lps = points[mine], lps[mine]
+    own = np.zeros_like(lungs)
+    own[tuple(points[mine].T)] = True
+    heights = np.arange(height, LOWEST_HEIGHT - 1e-9, -HEIGHT_STEP)
+    for level in heights:
+        centre = _border_site(volume, lps[mine], side, wall, float(level), radius_mm)
+        if lung_share(volume, own, centre, radius_mm) >= MIN_LUNG_SHARE:
+            return centre
+    return _border_site(volume, lps[mine], side, wall, height, radius_mm)
+
+
+def lung_share(volume: Volume, lung: np.ndarray, centre: np.ndarray, radius_mm: float) -> float:
+    """The share of the ball of ``radius_mm`` around ``centre`` (k, j, i) that lies in ``lung``."""
+    step = np.asarray(volume.spacing[::-1])
+    low = np.maximum(np.floor(centre - radius_mm / step).astype(int), 0)
+    high = np.minimum(np.ceil(centre + radius_mm / step).astype(int) + 1, lung.shape)
+    axes = [(np.arange(a, b) - c) * s for a, b, c, s in zip(low, high, centre, step)]
+    ball = sum(np.square(a).reshape([-1 if n == m else 1 for n in range(3)]) for m, a in enumerate(axes)) <= radius_mm ** 2
+    inside = lung[tuple(slice(a, b) for a, b in zip(low, high))] & ball
+    full = 4 / 3 * np.pi * radius_mm ** 3 / float(np.prod(step))
+    return float(inside.sum() / full)
+
+
+def _border_site(volume: Volume, lps: np.ndarray, side: str, wall: str, height: float, radius_mm: float) -> np.ndarray:
+    """The centre (k, j, i) ``INSET`` of a radius inside the lung (its points ``lps``) from its
+    border toward ``wall`` on the slice at ``height``."""
     z = lps[:, 2].min() + height * (lps[:, 2].max() - lps[:, 2].min())
     level = np.abs(lps[:, 2] - z) <= max(volume.spacing[2], 1.0) / 2 + 1e-3
     if not level.any():

@@ -274,3 +274,19 @@ def test_solid_masses_of_lidc_0003_keep_neither_the_vessels_behind_a_neck_nor_a_
     for box, size in zip(boxes, (80.0, 50.0)):
         on = _sizes_on(volume, found, box)
         assert len(on) == 1 and abs(on[0] - size) <= EXTENT_TOLERANCE * size, (size, on)
+
+
+def test_a_bench_mass_beside_the_mediastinum_lies_mostly_in_the_lung_not_at_the_junction_line(data_dir):
+    """On LIDC-0002 both lungs meet behind the trachea at 0.55-0.7 of the left lung's height, and a
+    30 mm mass against that recess's tip held 0.12 of its ball in the lung: a mediastinal mass. The
+    site moves down the lung to where half of it lies in that lung and none in the other (measured:
+    0.82 and 0.00, at 0.5 of the height)."""
+    volume = patients.load(data_dir, "lidc-idri-0002", "ct-chest/lidc-idri-0002/ct").volume
+    lungs = sites.lungs_of(volume)
+    left = np.zeros_like(lungs)
+    points = np.argwhere(lungs)
+    x = volume.kji_to_lps(points.astype(np.float64))[:, 0]
+    left[tuple(points[x > (x.min() + x.max()) / 2].T)] = True
+    centre = sites.site(volume, lungs, "left", "mediastinum", 0.7, 15.0)
+    assert sites.lung_share(volume, left, centre, 15.0) >= sites.MIN_LUNG_SHARE
+    assert sites.lung_share(volume, lungs & ~left, centre, 15.0) == 0.0
