@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipelines.distance import inside_distance
+from pipelines.tumor.brain_mask import BrainMask
 
 THIN_MM = 16.0
 ELONGATED = 3.0
@@ -22,9 +22,9 @@ MIDLINE_MM = 8.0
 ALONG_SHARE = 0.5
 
 
-def along_dura(brain: np.ndarray, spacing_kji: tuple[float, ...]) -> np.ndarray:
+def along_dura(mask: BrainMask) -> np.ndarray:
     """Voxels of the brain within ``EDGE_MM`` of its outer surface or ``MIDLINE_MM`` of its midline."""
-    depth = inside_distance(brain, spacing_kji)
+    brain, spacing_kji, depth = mask.inside, mask.spacing_kji, mask.depth_mm
     columns = np.arange(brain.shape[2], dtype=np.float64)
     count = brain.sum(axis=2)
     centre = (brain * columns).sum(axis=2) / np.maximum(count, 1)   # (k, j): the row's left-right centre
@@ -44,11 +44,11 @@ def is_dural(lesion: np.ndarray, near: np.ndarray, spacing_kji: tuple[float, ...
     return volume_mm3 >= ELONGATED * sphere_mm3 and float(near[lesion].mean()) >= ALONG_SHARE
 
 
-def clear_dura(labels: np.ndarray, brain: np.ndarray, spacing_kji: tuple[float, ...]) -> np.ndarray:
+def clear_dura(labels: np.ndarray, brain: BrainMask) -> np.ndarray:
     """``labels`` without the lesions the module's rule calls dura."""
     if not labels.any():
         return labels
-    near = along_dura(brain, spacing_kji)
+    near = along_dura(brain)
     components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
     result = labels.copy()
     for component, box in enumerate(ndimage.find_objects(components), start=1):
@@ -56,6 +56,6 @@ def clear_dura(labels: np.ndarray, brain: np.ndarray, spacing_kji: tuple[float, 
             continue
         padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)  # an edge for the distance
         lesion = components[padded] == component
-        if is_dural(lesion, near[padded], spacing_kji):
+        if is_dural(lesion, near[padded], brain.spacing_kji):
             result[padded][lesion] = 0
     return result

@@ -37,6 +37,7 @@ from pipelines.timing import StageClock
 from pipelines.tumor import contract
 from pipelines.tumor.anatomy import check_brain_series, check_brain_volume
 from pipelines.tumor.brain_extraction import extract_brain
+from pipelines.tumor.brain_mask import BrainMask
 from pipelines.tumor.contract import MIN_TUMOR_ML, TumorSummary
 from pipelines.tumor.contrasts import ANCHORS, CHANNELS, choose_reference
 from pipelines.tumor.dura import clear_dura
@@ -510,9 +511,10 @@ def post_process(prediction: Prediction, segmenter: Segmenter, images: Mapping[s
         labels = fill_enclosed_core(labels)
     if segmenter.format.require_core and "t1c" in images:
         labels = drop_tumors_without_core(labels)
+    mask = BrainMask(sitk.GetArrayFromImage(brain) > 0, reference.GetSpacing()[::-1])
     if reference_role == "t1c":  # CSF is dark on T1c; on a FLAIR reference sulci and cisterns pass for ventricles
-        labels = clear_ventricles(labels, ventricle_mask(reference, brain), reference.GetSpacing()[::-1])
-    labels = clear_dura(labels, sitk.GetArrayFromImage(brain) > 0, reference.GetSpacing()[::-1])
+        labels = clear_ventricles(labels, ventricle_mask(reference, mask), mask.spacing_kji)
+    labels = clear_dura(labels, mask)
     labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     cleared = clear_isolated_edema(labels, reference.GetSpacing()[::-1]) if "t1c" in images else Cleared(labels, ())

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
+from pipelines.tumor.brain_mask import BrainMask
 
 #: CSF on T1c and FLAIR: darker than this share of the brain's median (tissue is 0.65-1.55 of it,
 #: ``brain_extraction.BAND``)
@@ -30,15 +31,14 @@ PERIVENTRICULAR_MM = 6.0
 CAP_SHARE = 0.5
 
 
-def ventricle_mask(reference: sitk.Image, brain: sitk.Image) -> np.ndarray:
+def ventricle_mask(reference: sitk.Image, brain: BrainMask) -> np.ndarray:
     """The ventricles on the reference grid (array order k, j, i), by the module's rule."""
     image = sitk.GetArrayFromImage(reference).astype(np.float32)
-    inside = sitk.GetArrayFromImage(brain) > 0
+    inside = brain.inside
     if not inside.any() or float(image[inside].min()) < 0:  # negative: normalized, not scanner units
         return np.zeros(inside.shape, dtype=bool)
-    spacing = reference.GetSpacing()[::-1]  # (k, j, i)
-    depth = inside_distance(inside, spacing)
-    dark: np.ndarray = inside & (image < CSF_RATIO * float(np.median(image[inside]))) & (depth > DEEP_MM)
+    spacing = brain.spacing_kji
+    dark: np.ndarray = inside & (image < CSF_RATIO * float(np.median(image[inside]))) & (brain.depth_mm > DEEP_MM)
     components, count = ndimage.label(dark, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return dark

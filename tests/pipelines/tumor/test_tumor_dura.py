@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.tumor.brain_mask import BrainMask
 from pipelines.tumor.dura import clear_dura
 
 SPACING = (2.0, 2.0, 2.0)
@@ -22,7 +23,7 @@ def test_a_sheet_along_the_falx_goes_and_a_mass_beside_it_stays():
     labels = np.zeros(brain.shape, dtype=np.uint8)
     labels[20:40, 20:60, 31:33] = 2          # 4 mm thick, 80 x 40 mm: edema "along the falx", 6.4 mL
     labels[22:30, 30:38, 10:18] = 4          # a 16 mm enhancing mass 30 mm off the midline, 4.1 mL
-    kept = clear_dura(labels, brain, SPACING)
+    kept = clear_dura(labels, BrainMask(brain, SPACING))
     assert not kept[:, :, 31:33].any()
     assert (kept[22:30, 30:38, 10:18] == 4).all()
 
@@ -33,7 +34,7 @@ def test_a_vein_along_the_surface_goes_but_a_nodule_at_the_surface_stays():
     labels[18:42, 38:41, 2:5] = 4       # 6 mm across, 48 mm long, on the right convexity: a vein, 1.7 mL
     labels[26:33, 2:9, 28:35] = 4       # a 14 mm nodule at the frontal pole's surface, 2.7 mL
     labels[~brain] = 0
-    kept = clear_dura(labels, brain, SPACING)
+    kept = clear_dura(labels, BrainMask(brain, SPACING))
     assert not kept[18:42, 38:41, 2:5].any()
     assert (kept[26:33, 2:9, 28:35] == labels[26:33, 2:9, 28:35]).all() and kept[26:33, 2:9, 28:35].any()
 
@@ -42,4 +43,4 @@ def test_a_thin_lesion_deep_in_the_brain_is_not_dura():
     brain = _brain()
     labels = np.zeros(brain.shape, dtype=np.uint8)
     labels[26:34, 25:55, 16:18] = 2          # a 4 mm sheet 30 mm off the midline, 40 mm deep
-    assert (clear_dura(labels, brain, SPACING) == labels).all()
+    assert (clear_dura(labels, BrainMask(brain, SPACING)) == labels).all()

@@ -9,11 +9,17 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipelines.tumor.brain_extraction import extract_brain
+from pipelines.tumor.brain_mask import BrainMask
 from pipelines.tumor.orientation import canonical
 from pipelines.tumor.ventricles import clear_ventricles, ventricle_mask
 from training.tumor.data import load_clinical
 
 SPACING = (2.0, 2.0, 2.0)
+
+
+def _mask(brain: sitk.Image) -> BrainMask:
+    """The brain image as the rules read it: boolean (k, j, i) and the spacing in that order."""
+    return BrainMask(sitk.GetArrayFromImage(brain) > 0, brain.GetSpacing()[::-1])
 
 
 def _phantom() -> tuple[sitk.Image, sitk.Image, np.ndarray]:
@@ -31,7 +37,7 @@ def _phantom() -> tuple[sitk.Image, sitk.Image, np.ndarray]:
 
 def test_a_periventricular_cap_goes_a_cored_lesion_at_the_ventricle_stays_whole():
     image, brain, ventricle = _phantom()
-    found = ventricle_mask(image, brain)
+    found = ventricle_mask(image, _mask(brain))
     assert (found == ventricle).all()
     labels = np.zeros(found.shape, dtype=np.uint8)
     cap = ndimage.binary_dilation(ventricle, iterations=2) & ~ventricle  # 4 mm of edema around it
@@ -55,7 +61,7 @@ def test_a_cored_lesion_reaching_into_the_ventricle_is_kept_whole():
     lesion = ndimage.binary_dilation(ventricle, iterations=3)
     labels[lesion] = 2
     labels[ventricle] = 4  # enhancing tumor filling the ventricle (an ependymal spread)
-    assert (clear_ventricles(labels, ventricle_mask(image, brain), SPACING) == labels).all()
+    assert (clear_ventricles(labels, ventricle_mask(image, _mask(brain)), SPACING) == labels).all()
 
 
 @pytest.mark.slow
@@ -64,7 +70,7 @@ def test_a_cap_around_the_real_ventricles_of_tcga_fg_6692_is_removed(data_dir):
     its ventricles (18.9 mL here; lateral ventricles, frontal horns and atria on its axial slices) and
     a 4 mm cap of synthetic edema around them, which must all go."""
     t1c = canonical(load_clinical("t1c", data_dir))
-    ventricles = ventricle_mask(t1c, extract_brain(t1c))
+    ventricles = ventricle_mask(t1c, _mask(extract_brain(t1c)))
     voxel_ml = float(np.prod(t1c.GetSpacing())) / 1000.0
     print(f"ventricles {ventricles.sum() * voxel_ml:.1f} mL")
     assert 10 < ventricles.sum() * voxel_ml < 40
@@ -79,4 +85,4 @@ def test_a_normalized_image_has_no_ventricles_to_find():
     nothing there, so nothing is taken for ventricles and no label is cleared."""
     image, brain, _ = _phantom()
     zscored = (image - 800.0) / 200.0
-    assert not ventricle_mask(zscored, brain).any()
+    assert not ventricle_mask(zscored, _mask(brain)).any()
