@@ -515,7 +515,7 @@ def post_process(prediction: Prediction, segmenter: Segmenter, images: Mapping[s
     if reference_role == "t1c":  # CSF is dark on T1c; on a FLAIR reference sulci and cisterns pass for ventricles
         labels = clear_ventricles(labels, ventricle_mask(reference, mask), mask.spacing_kji)
     labels = clear_dura(labels, mask)
-    labels[sitk.GetArrayViewFromImage(brain) == 0] = 0  # nothing outside the brain, ever
+    labels[~mask.inside] = 0  # nothing outside the brain, ever
     labels = drop_small_tumors(labels, float(np.prod(reference.GetSpacing())) / 1000.0, min_tumor_ml)
     cleared = clear_isolated_edema(labels, reference.GetSpacing()[::-1]) if "t1c" in images else Cleared(labels, ())
     clock.lap("postprocessing")
