@@ -379,14 +379,15 @@ class Beam:
     as ``exp(k * (peak line integral - its mean))``, as angular tube-current modulation does (more
     photons through the long lateral paths, fewer streaks); 0: constant. The photons per ray are
     rescaled to the same mean over body rays, so the photon calibration's meaning is kept.
-    ``prelog_threshold``, ``prelog_width``: the scanner's adaptive filtering of low-count rays
-    (``prelog_filter``); 0: none.
+    ``prelog_threshold``, ``prelog_width`` (detector bins), ``prelog_view_width`` (views): the
+    scanner's adaptive filtering of low-count rays (``prelog_filter``); 0: none.
     """
 
     bowtie_water_mm: float = 0.0
     angular_modulation: float = 0.0
     prelog_threshold: float = 0.0
     prelog_width: float = 0.0
+    prelog_view_width: float = 0.0
 
 
 #: Width steps (``prelog_filter``) between no smoothing and ``Beam.prelog_width``; a ray's width is
@@ -394,33 +395,45 @@ class Beam:
 PRELOG_STEPS = 8
 
 
-def _row_gaussian(error: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``error`` (views, bins) smoothed along each detector row by a Gaussian of SD ``sigma`` bins."""
-    if sigma <= 0:
-        return error
-    radius = max(1, math.ceil(4 * sigma))
+def _gaussian(error: torch.Tensor, sigma_views: float, sigma_bins: float) -> torch.Tensor:
+    """``error`` (views over 180 degrees, bins) smoothed by a Gaussian of SD ``sigma_views`` across
+    views and ``sigma_bins`` along each detector row; past 180 degrees a view is its mirror (the
+    view at theta + 180 is the one at theta reversed along the row)."""
+    smoothed = error
+    if sigma_bins > 0:
+        radius = max(1, math.ceil(4 * sigma_bins))
+        padded = torch.nn.functional.pad(smoothed[:, None, :], (radius, radius), mode="replicate")
+        smoothed = torch.nn.functional.conv1d(padded, _taps(sigma_bins, radius, error.dtype))[:, 0, :]
+    if sigma_views > 0:
+        radius = max(1, math.ceil(4 * sigma_views))
+        mirrored = torch.roll(torch.flip(smoothed, dims=[1]), 1, dims=1)
+        padded = torch.cat([mirrored[-radius:], smoothed, mirrored[:radius]])
+        smoothed = torch.nn.functional.conv1d(padded.T[:, None, :], _taps(sigma_views, radius, error.dtype))[:, 0, :].T
+    return smoothed
+
+
+def _taps(sigma: float, radius: int, dtype: torch.dtype) -> torch.Tensor:
+    """A normalised Gaussian of SD ``sigma`` over -radius..radius, as a conv1d kernel."""
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(error.dtype)
-    padded = torch.nn.functional.pad(error[:, None, :], (radius, radius), mode="replicate")
-    smoothed: torch.Tensor = torch.nn.functional.conv1d(padded, kernel[None, None, :])[:, 0, :]
-    return smoothed
+    return (kernel / kernel.sum()).to(dtype)[None, None, :]
 
 
 def prelog_filter(error: torch.Tensor, transmission: torch.Tensor, beam: Beam) -> torch.Tensor:
     """The scanner's adaptive filtering of low-count rays (Hsieh 1998; Kachelriess et al. 2001, MAF).
 
     A ray whose ``transmission`` (expected count over the beam's mean unattenuated count) is below
-    ``beam.prelog_threshold`` is replaced by a Gaussian mean along its detector row, SD
-    ``prelog_width * (1 - transmission / threshold)`` bins: wider as fewer photons arrive. Linear
-    in ``error``, so an expected error is filtered alike (training/denoise/LOG.md, "Pre-log")."""
-    if beam.prelog_threshold <= 0 or beam.prelog_width <= 0:
+    ``beam.prelog_threshold`` is replaced by a Gaussian mean of its neighbours, SD
+    ``prelog_width`` bins along its detector row and ``prelog_view_width`` views across views, both
+    times ``1 - transmission / threshold``: wider as fewer photons arrive. Linear in ``error``, so
+    an expected error is filtered alike (training/denoise/LOG.md, "Pre-log")."""
+    if beam.prelog_threshold <= 0 or (beam.prelog_width <= 0 and beam.prelog_view_width <= 0):
         return error
-    sigma = beam.prelog_width * (1 - transmission.double() / beam.prelog_threshold).clamp(min=0)
-    position = sigma / beam.prelog_width * PRELOG_STEPS
+    position = (1 - transmission.double() / beam.prelog_threshold).clamp(min=0) * PRELOG_STEPS
     below = position.floor().clamp(max=PRELOG_STEPS - 1)
     share = (position - below).to(error.dtype)
-    levels = [_row_gaussian(error, beam.prelog_width * k / PRELOG_STEPS) for k in range(PRELOG_STEPS + 1)]
+    levels = [_gaussian(error, beam.prelog_view_width * k / PRELOG_STEPS, beam.prelog_width * k / PRELOG_STEPS)
+              for k in range(PRELOG_STEPS + 1)]
     stack = torch.stack(levels)
     index = below.long()[None]
     lower = stack.gather(0, index)[0]

@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--angular-modulation", type=float, default=0.0, help="noise.Beam.angular_modulation")
     parser.add_argument("--prelog-threshold", type=float, default=0.0, help="noise.Beam.prelog_threshold")
     parser.add_argument("--prelog-width", type=float, default=0.0, help="noise.Beam.prelog_width (bins)")
+    parser.add_argument("--prelog-view-width", type=float, default=0.0, help="noise.Beam.prelog_view_width (views)")
     parser.add_argument("--electronic-noise", type=float, default=ELECTRONIC_NOISE_COUNTS,
                         help="detector noise (counts, SD) of the simulated draws")
     parser.add_argument("--slices", type=int, default=SLICES)
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from training.data_folder import DATA_ROOT
 
-    beam = Beam(args.bowtie_water_mm, args.angular_modulation, args.prelog_threshold, args.prelog_width)
+    beam = Beam(args.bowtie_water_mm, args.angular_modulation, args.prelog_threshold, args.prelog_width,
+                args.prelog_view_width)
     result = table(DATA_ROOT, beam, args.seed, args.slices, args.electronic_noise)
     print_table(result)
     if args.json:
