@@ -444,8 +444,10 @@ def prelog_filter(error: torch.Tensor, transmission: torch.Tensor, beam: Beam) -
 #: Today's beam: flat photons over every ray.
 PARALLEL = Beam()
 #: The beam whose noise matches real sharp-kernel noise best (``real_noise``; training/denoise/LOG.md,
-#: "Real against simulated sharp noise").
-MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
+#: "Real against simulated sharp noise" and "Pre-log filtering across views"): a bowtie, angular
+#: modulation, and the rays under e^-5 of the unattenuated count smoothed across up to 4 views.
+MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5, prelog_threshold=math.exp(-5.0),
+                    prelog_view_width=4.0)
 
 
 @dataclass(frozen=True)
@@ -631,8 +633,22 @@ def calibrate_photons(
             scale = relative_dose[k] if relative_dose is not None else 1.0
             noise = scans[k].acquisition_noise(photons * scale, filter_name, generator, electronic_noise, beam)
             rois.append(detrend(tiles(noise)[flat[k]]))
-        photons *= flat_noise_power(np.concatenate(rois), pixel_spacing_mm) / measured
+        photons = portable_photons(photons * flat_noise_power(np.concatenate(rois), pixel_spacing_mm) / measured)
     return photons
+
+
+#: Significant digits kept of a calibrated photon count (``portable_photons``).
+PORTABLE_PHOTON_DIGITS = 4
+
+
+def portable_photons(photons: float) -> float:
+    """``photons`` rounded to ``PORTABLE_PHOTON_DIGITS`` significant digits (0.05 % at most).
+
+    The count is a ratio of noise powers summed from float32 reconstructions, whose last bits
+    differ between CPUs; every expected count is a multiple of it, so a 1e-7 difference moves
+    hundreds of them across ``portable_counts``' rounding and every later draw changes: the same
+    seed gave another simulation on another machine (training/denoise/LOG.md, eleventh session)."""
+    return float(f"{photons:.{PORTABLE_PHOTON_DIGITS - 1}e}")
 
 
 def _calibrate_on_local_sd(
@@ -656,4 +672,4 @@ def _calibrate_on_local_sd(
         simulated.append(uniform_noise_std(noise, mask) / math.sqrt(scale))
     if not measured:
         raise ValueError("no slice has a uniform soft-tissue region to calibrate the noise on")
-    return reference_photons * (float(np.mean(simulated)) / float(np.mean(measured))) ** 2
+    return portable_photons(reference_photons * (float(np.mean(simulated)) / float(np.mean(measured))) ** 2)

@@ -622,6 +622,48 @@ def test_the_prelog_filter_smooths_only_low_count_rays_and_only_along_their_dete
     assert torch.equal(prelog_filter(error, transmission, PARALLEL), error)
 
 
+def test_the_prelog_filter_across_views_spreads_a_starved_ray_over_its_neighbouring_views_and_past_180_degrees() -> None:
+    """MAF smooths across views too (``Beam.prelog_view_width``): a starved ray's error is shared by
+    the same bin of its neighbouring views, never by other bins of its own view, and the view before
+    the first is the last one reversed along the row (theta - 180 degrees)."""
+    views, bins = 720, 64
+    transmission = torch.zeros((views, bins), dtype=torch.float64)  # every ray starved
+    beam = Beam(prelog_threshold=0.05, prelog_view_width=4.0)
+    impulse = torch.zeros_like(transmission)
+    impulse[1, 10] = 1.0
+    spread = prelog_filter(impulse, transmission, beam)
+    assert float(spread[:, torch.arange(bins) != 10][2:-30].abs().max()) == 0.0  # its row's other bins untouched
+    assert float(spread[5, 10]) > 0.01 and float(spread[1, 10]) < 0.2  # shared over views (a Gaussian of SD 4: 0.0997)
+    assert float(spread[-2, bins - 10]) > 0.01  # and across the 180-degree seam, onto the mirrored bin
+    assert float(spread.sum()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_last_bit_difference_in_the_measured_noise_power_gives_the_same_calibrated_photons(monkeypatch) -> None:
+    """Another CPU's FFT sums a noise power differently in its last bits; the calibrated photon count,
+    which every expected count is a multiple of, must not change with it, or every draw that follows
+    differs (``portable_photons``)."""
+    from training.denoise import noise
+
+    disk = water_disk(120, 256) + 40.0 * (water_disk(120, 256) == 0)  # soft tissue, flat ROIs
+    exact = noise.flat_noise_power
+
+    def calibrate(nudge: float) -> float:
+        calls = []
+
+        def nudged(rois: np.ndarray, mm: float) -> float:  # the simulated side's powers, not the real one
+            calls.append(1)
+            return exact(rois, mm) * (1 + nudge * (len(calls) > 1))
+
+        monkeypatch.setattr(noise, "flat_noise_power", nudged)
+        noisy = disk + np.random.default_rng(0).normal(0, 20, disk.shape).astype(np.float32)
+        return calibrate_photons([noisy], 0.7, "hann", torch.Generator().manual_seed(2))
+
+    photons = calibrate(0.0)
+    assert calibrate(1e-7) == photons
+    assert float(f"{photons:.3e}") == photons  # four significant digits
+    monkeypatch.undo()
+
+
 class _Killed(Exception):
     """Stands for the process being killed at a checkpoint."""
 
