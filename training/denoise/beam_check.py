@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.denoise.inference import Denoiser
@@ -41,9 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="a sharp model folder (one network)")
     parser.add_argument("--baseline", type=Path, help="the shipped sharp folder, on the same noise")
     parser.add_argument("--held-out", type=Path, required=True, help="pack of the held-out sharp scan")
-    parser.add_argument("--prelog-threshold", type=float, default=0.0,
-                        help="also the matched simulation with this pre-log filter (noise.Beam.prelog_threshold)")
-    parser.add_argument("--prelog-width", type=float, default=2.0, help="its noise.Beam.prelog_width (bins)")
     parser.add_argument("--only-matched", action="store_true", help="leave out the shipped simulation")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -55,9 +52,6 @@ def main(argv: list[str] | None = None) -> None:
     beams = {"shipped simulation": PARALLEL, "matched simulation": MATCHED_BEAM}
     if args.only_matched:
         del beams["shipped simulation"]
-    if args.prelog_threshold > 0:
-        beams["matched simulation + pre-log filter"] = replace(
-            MATCHED_BEAM, prelog_threshold=args.prelog_threshold, prelog_width=args.prelog_width)
     for name, beam in beams.items():
         report = kernel_report(model, scan, EVALUATION_SEED, with_bm3d=False, baseline=baseline, beam=beam)
         result[name] = {"beam": asdict(beam), "gain_over_oracle_gaussian_db": gains(report), "report": report}
