@@ -443,9 +443,12 @@ def prelog_filter(error: torch.Tensor, transmission: torch.Tensor, beam: Beam) -
 
 #: Today's beam: flat photons over every ray.
 PARALLEL = Beam()
-#: The beam whose noise matches real sharp-kernel noise best (``real_noise``; training/denoise/LOG.md,
-#: "Real against simulated sharp noise" and "Pre-log filtering across views"): a bowtie, angular
-#: modulation, and the rays under e^-5 of the unattenuated count smoothed across up to 4 views.
+#: A bowtie and angular tube-current modulation: the beam the shipped sharp weights were trained on
+#: (training/denoise/LOG.md, "Real against simulated sharp noise").
+BOWTIE_MODULATED = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
+#: The beam whose noise matches real sharp-kernel noise best (``real_noise``): the above, and the
+#: rays under e^-5 of the unattenuated count smoothed across up to 4 views (LOG, "Pre-log
+#: filtering across views").
 MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5, prelog_threshold=math.exp(-5.0),
                     prelog_view_width=4.0)
 

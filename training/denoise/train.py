@@ -56,6 +56,7 @@ from training.denoise.checkpoint import Checkpoint, Streams
 from training.denoise.data import TRAINING, Scan, full_dose_photons, load_scan, thin_slices
 from training.denoise.lesions import lesion_image
 from training.denoise.noise import (
+    BOWTIE_MODULATED,
     ELECTRONIC_NOISE_COUNTS,
     MATCHED_BEAM,
     N_VIEWS,
@@ -167,7 +168,10 @@ RECIPES = {
                                input_mean_target=True, specialist="sharp"),
     "sharp-specialist-matched-beam": Recipe("sharp-specialist-matched-beam", MIXES["scan-thickness"],
                                             noise_weighted=True, balanced=True, input_mean_target=True,
-                                            specialist="sharp", beam=MATCHED_BEAM),
+                                            specialist="sharp", beam=BOWTIE_MODULATED),
+    "sharp-specialist-filtered-beam": Recipe("sharp-specialist-filtered-beam", MIXES["scan-thickness"],
+                                             noise_weighted=True, balanced=True, input_mean_target=True,
+                                             specialist="sharp", beam=MATCHED_BEAM),
 }
 #: The shipped weights' recipe (training/denoise/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
