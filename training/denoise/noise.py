@@ -43,7 +43,7 @@ a fraction of a second on a CPU instead of seconds for rotation-based projectors
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -390,8 +390,8 @@ class Beam:
     prelog_view_width: float = 0.0
 
 
-#: Width steps (``prelog_filter``) between no smoothing and ``Beam.prelog_width``; a ray's width is
-#: interpolated between the two nearest.
+#: Width steps (``prelog_filter``) between no smoothing and the beam's full pre-log widths; a ray's
+#: width is interpolated between the two nearest.
 PRELOG_STEPS = 8
 
 
@@ -449,8 +449,7 @@ BOWTIE_MODULATED = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
 #: The beam whose noise matches real sharp-kernel noise best (``real_noise``): the above, and the
 #: rays under e^-5 of the unattenuated count smoothed across up to 4 views (LOG, "Pre-log
 #: filtering across views").
-MATCHED_BEAM = Beam(bowtie_water_mm=100.0, angular_modulation=0.5, prelog_threshold=math.exp(-5.0),
-                    prelog_view_width=4.0)
+MATCHED_BEAM = replace(BOWTIE_MODULATED, prelog_threshold=math.exp(-5.0), prelog_view_width=4.0)
 
 
 @dataclass(frozen=True)
