@@ -133,7 +133,7 @@ def test_the_noise_floor_reads_noise_left_in_the_output_and_not_a_fixed_bias(dat
     assert offset["truth_max_hu"] == pytest.approx(3.0, abs=1e-3) and offset["noise_floor_hu"] < 1e-3, offset
     # measured: the unchanged input reads a floor of 3.68 HU beside a maximum of 3.63 HU (2 draws)
     assert left["noise_floor_hu"] > 0.5 * left["max_hu"] > 0, left
-    # and where the floor is above 1 HU the draws go on, four times as many (2 -> 8 here)
+    # and where the floor is above TRUTH_FLOOR_HU the draws go on, four times as many (2 -> 8 here)
     more = evaluate.known_truth_deviation(unchanged, scan, evaluate.EVALUATION_SEED, draws=2, most_draws=8)
     assert more["draws"] == 8 and more["noise_floor_hu"] < left["noise_floor_hu"], more
 
