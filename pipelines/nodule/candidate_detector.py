@@ -46,7 +46,7 @@ class CandidateDetector:
     """A loaded scorer folder on one device; ``detect(grid)`` gives every candidate, scored."""
 
     def __init__(self, nets: list[scorer.ScorerNet], settings: ScorerSettings, device: str) -> None:
-        self.nets = [net.to(device).eval() for net in nets]
+        self.nets = [scorer.frozen(net.to(device)) for net in nets]
         self.settings = settings
         self.device = device
 

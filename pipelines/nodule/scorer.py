@@ -11,12 +11,14 @@ enough (about 60 k parameters) to train on a CPU in minutes; ``train_scorer`` tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 if TYPE_CHECKING:  # scoring cached patches needs no DICOM stack (train_scorer on a GPU machine)
     from pipelines.nodule.candidates import Candidate, CandidateScan
@@ -53,6 +55,17 @@ class ScorerNet(nn.Module):
         return logits.squeeze(1)
 
 
+def frozen(net: ScorerNet) -> nn.Module:
+    """``net`` for inference only: each BatchNorm folded into its convolution (torch.fx's
+    ``fuse``) and the weights channels-last, a layout oneDNN convolves and pools several times
+    faster on a CPU. Its probabilities agree with ``net``'s to float rounding."""
+    fused: nn.Module = fuse(net.eval())
+    for parameter in fused.parameters():  # Module.to(memory_format=...) is untyped in torch's stubs
+        if parameter.dim() == 5:
+            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
+    return fused
+
+
 def inputs(scan: CandidateScan, candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
     """(patches uint8 (n, 2, 24, 24, 24), scalars float32 (n, 2)) for the candidates of a scan."""
     low, high = HU_RANGE
@@ -76,14 +89,14 @@ def as_input(patches: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(patches)).to(device).float().div_(255.0)
 
 
-def score(net: ScorerNet, patches: np.ndarray, scalars: np.ndarray, device: str = "cpu",
+def score(net: nn.Module, patches: np.ndarray, scalars: np.ndarray, device: str = "cpu",
           batch: int = 64) -> np.ndarray:
     """Probabilities (sigmoid of the logits) in the candidates' order."""
     probabilities: np.ndarray = _member_scores([net], patches, scalars, device, batch)[0]
     return probabilities
 
 
-def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
+def mean_score(nets: Sequence[nn.Module], patches: np.ndarray, scalars: np.ndarray, device: str = "cpu") -> np.ndarray:
     """The members' probabilities averaged: a scorer folder may hold several scorers (the inner
     scorers of each fold, or two weightings of the positives; training/nodule/LOG.md,
     "Weighting chosen on the inner folds")."""
@@ -91,7 +104,7 @@ def mean_score(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, 
     return mean
 
 
-def _member_scores(nets: list[ScorerNet], patches: np.ndarray, scalars: np.ndarray, device: str,
+def _member_scores(nets: Sequence[nn.Module], patches: np.ndarray, scalars: np.ndarray, device: str,
                    batch: int = 64) -> np.ndarray:
     """(members, candidates) probabilities; each batch is made a float tensor once for all members."""
     out: list[list[np.ndarray]] = [[] for _ in nets]
