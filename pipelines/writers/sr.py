@@ -128,20 +128,12 @@ def make_measurement_report(
         procedure_reported=procedure.code if procedure else PROCEDURE_BY_MODALITY.get(volume.modality, IMAGING_PROCEDURE),
         imaging_measurements=groups,
     )
-    # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
-    # multi-frame images keep in functional groups; those are referenced as evidence only.
-    if not volume.is_multiframe:
-        root = report[0].ContentSequence
-        measurements = next(
-            n for n, item in enumerate(root) if item.name == codes.DCM.ImagingMeasurements
-        )
-        root.insert(measurements, _image_library(sources, procedure.region if procedure else None))
     if case_quality is not None:
         report[0].ContentSequence.append(_quality_evaluations(case_quality))
     evidence = sources + ([segmentation] if segmentation is not None else [])
     summary = f"{len(findings)} {looked_for.label.lower()}(s)" if findings else (
         "not measured" if not_measured else "none detected")
-    return hd.sr.Comprehensive3DSR(
+    document = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
         **identity.new_object(series_number or result_series_number(volume.sources[0], ResultKind.REPORT)),
@@ -151,6 +143,22 @@ def make_measurement_report(
         specific_character_set=volume.sources[0].get("SpecificCharacterSet") or None,
         contributing_equipment=[identity.processing_equipment(algorithm)],
     )
+    # highdicom describes library entries from top-level PixelSpacing etc., which enhanced
+    # multi-frame images keep in functional groups; those are referenced as evidence only.
+    if not volume.is_multiframe:
+        _add_image_library(document, _image_library(sources, procedure.region if procedure else None))
+    return document
+
+
+def _add_image_library(document: hd.sr.Comprehensive3DSR, library: hd.sr.ContainerContentItem) -> None:
+    """TID 1600 before the Imaging Measurements, in the document's dataset and in its typed content.
+
+    Added to the built document: highdicom's constructor deep-copies the content tree and walks it
+    twice for references, and a library of every source image (all of them evidence already)
+    would be most of that tree."""
+    for root in (document.ContentSequence, document.content[0].ContentSequence):
+        measurements = next(n for n, item in enumerate(root) if item.name == codes.DCM.ImagingMeasurements)
+        root.insert(measurements, library)
 
 
 def _image_library(sources: Sequence[Dataset], region: Code | None) -> hd.sr.ContainerContentItem:
