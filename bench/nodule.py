@@ -1,7 +1,7 @@
 """How long ``nodule-detection`` takes for a 300-slice 512 x 512 chest CT, per stage, and its peak memory.
 
-Targets: under 60 s on 2 CPU cores, under 3 s on one H100, peak RSS under 3 GB for a
-600-slice CT. The series is the real chest CT ../shared/data/ct-chest/cptac-luad-C3N-00247
+Targets: under 15 s on 2 CPU cores (issue #64), under 2 s on one GPU (issue #67), peak RSS
+under 3 GB for a 600-slice CT. The series is the real chest CT ../shared/data/ct-chest/cptac-luad-C3N-00247
 (99 x 3 mm slices) resampled along z to ``--slices`` thinner slices over the same 297 mm, by
 linear interpolation between neighbouring real slices: one real chest, as a thin-slice scanner
 would deliver it. The pipeline runs exactly as a worker runs it (shipped weights, SEG + SR
