@@ -22,6 +22,7 @@ from skimage.segmentation import watershed
 from pipelines.components import component_sizes
 from pipelines.nodule.grid import ModelGrid, to_model_grid
 from pipelines.nodule.lungs import lung_mask
+from pipelines.threads import map_on_cores
 from pipelines.volume import Volume
 
 GRID_MM = 2.0
@@ -122,9 +123,12 @@ def find_on_grid(grid: ModelGrid, lungs: np.ndarray | None = None, ground_glass:
 def lung_region(lungs: np.ndarray) -> np.ndarray:
     """The lungs with their notches closed: per axial slice, each lung's convex hull, grown."""
     hull = np.zeros_like(lungs)
-    for z in range(lungs.shape[2]):
+
+    def close(z: int) -> None:  # slices are independent: each thread fills its own
         if lungs[:, :, z].any():
             hull[:, :, z] = convex_hull_object(lungs[:, :, z], connectivity=2)
+
+    map_on_cores(close, range(lungs.shape[2]))
     grow = max(int(round(REGION_MARGIN_MM / GRID_MM)), 1)
     region: np.ndarray = ndi.binary_dilation(hull | lungs, structure=ball(grow).astype(bool))
     return region
@@ -138,8 +142,9 @@ def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     vessel: about 0, a plate such as a fissure: two about 0): Li et al.'s dot filter.
     """
     image = np.clip(hu, *LOG_RANGE_HU).astype(np.float32)
-    smoothed = [ndi.gaussian_filter(image, s / GRID_MM) for s in LOG_SIGMAS_MM]
-    stack = np.stack([-(s / GRID_MM) ** 2 * ndi.laplace(g) for s, g in zip(LOG_SIGMAS_MM, smoothed)])
+    smoothed = map_on_cores(lambda sigma_mm: ndi.gaussian_filter(image, sigma_mm / GRID_MM), LOG_SIGMAS_MM)
+    stack = np.stack(map_on_cores(lambda scale: -(LOG_SIGMAS_MM[scale] / GRID_MM) ** 2 * ndi.laplace(smoothed[scale]),
+                                  range(len(LOG_SIGMAS_MM))))
     peaks = (stack >= LOG_MIN_RESPONSE) & region[None] & (smoothed[0] >= MIN_CENTRE_HU)[None]
     peaks &= stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))
     found: list[Candidate] = []

@@ -13,13 +13,13 @@ The measured noise indices: docs/nodule.md.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from pipelines.processes import usable_cores
+from pipelines.threads import map_on_cores
 from pipelines.volume import Volume
 
 #: Above this noise index (HU) a series is a sharp reconstruction: a standard kernel's is 15-17.
@@ -83,16 +83,14 @@ def _sample(array: np.ndarray) -> np.ndarray:
 def _softened(array: np.ndarray, sigma_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
     """``array`` (float32) with each slice smoothed by an in-plane Gaussian of ``sigma_mm``.
 
-    scipy filters on one core; no slice needs another, so slabs of slices are filtered at once
-    on every core, each into its part of the result (the same values as one call)."""
+    No slice needs another, so slabs of slices are filtered at once on every core, each into its
+    part of the result."""
     sigmas = (0.0, sigma_mm / pixel_mm[0], sigma_mm / pixel_mm[1])
     smoothed = np.empty(array.shape, dtype=np.float32)
-    cores = usable_cores()
-    bounds = np.linspace(0, len(array), min(len(array), 4 * cores) + 1).astype(int)
+    bounds = np.linspace(0, len(array), min(len(array), 4 * usable_cores()) + 1).astype(int)
 
-    def smooth(start: int, stop: int) -> None:
-        ndi.gaussian_filter(array[start:stop], sigmas, output=smoothed[start:stop])
+    def smooth(slab: tuple[int, int]) -> None:
+        ndi.gaussian_filter(array[slab[0]:slab[1]], sigmas, output=smoothed[slab[0]:slab[1]])
 
-    with ThreadPoolExecutor(cores) as pool:
-        list(pool.map(smooth, bounds[:-1], bounds[1:]))
+    map_on_cores(smooth, list(zip(bounds[:-1], bounds[1:])))
     return smoothed

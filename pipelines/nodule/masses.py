@@ -25,6 +25,7 @@ from pipelines.components import component_sizes
 from pipelines.distance import inside_distance
 from pipelines.nodule.measure import Measurement, long_axis_mm, measure_mask, voxel_window
 from pipelines.nodule.parenchyma import SHELL_MM, Parenchyma, shell
+from pipelines.threads import map_on_cores
 from pipelines.volume import Volume
 
 #: The size from which a solid lesion is reported whatever the scorer says (mm, long axis of the
@@ -120,7 +121,7 @@ class Envelope:
 def envelope(lungs: Parenchyma, back: int = 1) -> Envelope:
     """The envelope of ``lungs``, on their grid: the lungs' own shape, no HU needed. ``back``: +1
     when rows increase towards the patient's back (as axial CT is stored), -1 when they decrease."""
-    filled = np.stack([ndi.binary_fill_holes(plane) for plane in lungs.aerated])
+    filled = np.stack(map_on_cores(ndi.binary_fill_holes, list(lungs.aerated)))
     columns = np.flatnonzero(filled.any(axis=(0, 1)))
     if not len(columns):
         empty = np.zeros(filled.shape, dtype=bool)
@@ -177,17 +178,20 @@ def _with_back_bays(lung: np.ndarray, spacing: np.ndarray, back: int) -> np.ndar
     heart in, and so would a mass bay joined to the notch by a neck (docs/nodule.md)."""
     out = lung.copy()
     reach = BACK_MM / spacing[1]
-    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+
+    def add_back_bays(k: int) -> None:  # slices are independent: each thread fills its own
         box = _lung_box(lung[k])
         plane = lung[k][box]
         hull = convex_hull_image(plane)
         bays, count = _bay_pieces(hull & ~plane, spacing[1:])
         if count == 0:
-            continue
+            return
         rows = np.broadcast_to(back * np.arange(bays.shape[0])[:, None], bays.shape)
         deepest = np.asarray(ndi.maximum(rows, bays, index=np.arange(1, count + 1)))
         keep = np.flatnonzero(deepest >= rows[hull].max() - reach) + 1
         out[k][box] |= np.isin(bays, keep)
+
+    map_on_cores(add_back_bays, np.flatnonzero(lung.any(axis=(1, 2))).tolist())
     return out
 
 
