@@ -142,9 +142,14 @@ def blob_candidates(hu: np.ndarray, region: np.ndarray) -> list[Candidate]:
     vessel: about 0, a plate such as a fissure: two about 0): Li et al.'s dot filter.
     """
     image = np.clip(hu, *LOG_RANGE_HU).astype(np.float32)
-    smoothed = map_on_cores(lambda sigma_mm: ndi.gaussian_filter(image, sigma_mm / GRID_MM), LOG_SIGMAS_MM)
-    stack = np.stack(map_on_cores(lambda scale: -(LOG_SIGMAS_MM[scale] / GRID_MM) ** 2 * ndi.laplace(smoothed[scale]),
-                                  range(len(LOG_SIGMAS_MM))))
+
+    def scale_space(sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """The image smoothed at one scale and its normalised LoG response."""
+        smoothed = ndi.gaussian_filter(image, sigma_mm / GRID_MM)
+        return smoothed, -(sigma_mm / GRID_MM) ** 2 * ndi.laplace(smoothed)
+
+    smoothed, responses = zip(*map_on_cores(scale_space, LOG_SIGMAS_MM), strict=True)
+    stack = np.stack(responses)
     peaks = (stack >= LOG_MIN_RESPONSE) & region[None] & (smoothed[0] >= MIN_CENTRE_HU)[None]
     peaks &= stack == ndi.maximum_filter(stack, size=(3, 3, 3, 3))
     found: list[Candidate] = []
