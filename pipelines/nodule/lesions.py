@@ -8,14 +8,17 @@ only findings that lie in the lung.
   (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
   round. The rule judges the merged lesion, so a mass is judged whole.
 - **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
+- **Not a spur of the skeleton.** A dense finding joined to bone that runs on beyond it (an
+  osteophyte bulging into the paravertebral lung, a rib's end) is the skeleton (``not_skeletal``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from pipelines.nodule.detector import Detection
-from pipelines.nodule.measure import Measurement, touch, union
+from pipelines.nodule.measure import Measurement, touch, union, voxel_window
 from pipelines.nodule.parenchyma import MIN_LUNG_CONTACT, Parenchyma
 from pipelines.volume import Volume
 
@@ -26,6 +29,9 @@ Found = tuple[Detection, Measurement]
 #: tissue, even enhanced, stays below about 150 HU and its partial-volume rim lowers the mean further.
 CALCIFIED_HU = 200.0
 CALCIFIED_MM = 10.0
+#: A dense finding whose dense voxels run on, through voxels above ``CALCIFIED_HU``, this far (mm)
+#: beyond its segment's window is part of the skeleton; a calcified granuloma stands alone.
+SKELETON_REACH_MM = 20.0
 
 
 def merge_touching(volume: Volume, found: list[Found]) -> list[Found]:
@@ -74,3 +80,30 @@ def not_calcified(found: list[Found]) -> list[Found]:
     return [(detection, measured) for detection, measured in found
             if detection.mass or measured.diameter_mm >= CALCIFIED_MM or measured.mean_hu is None
             or measured.mean_hu <= CALCIFIED_HU]
+
+
+def not_skeletal(volume: Volume, found: list[Found]) -> list[Found]:
+    """``found`` without dense findings (mean above ``CALCIFIED_HU``) joined to the skeleton
+    (``joined_to_bone``); masses stay, judged by their own rule (``masses``)."""
+    return [(detection, measured) for detection, measured in found
+            if detection.mass or measured.mean_hu is None or measured.mean_hu <= CALCIFIED_HU
+            or not joined_to_bone(volume, measured)]
+
+
+def joined_to_bone(volume: Volume, measured: Measurement) -> bool:
+    """Whether the segment's voxels above ``CALCIFIED_HU`` connect (26-connected, through voxels
+    above it) to dense tissue reaching ``SKELETON_REACH_MM`` beyond the segment's window."""
+    spacing_kji = np.asarray(volume.spacing[::-1], dtype=float)
+    reach = np.ceil(SKELETON_REACH_MM / spacing_kji).astype(int)
+    start = np.array([s.start for s in measured.window])
+    stop = np.array([s.stop for s in measured.window])
+    low, high = np.maximum(start - reach, 0), np.minimum(stop + reach, volume.array.shape)
+    dense = volume.array[voxel_window(low, high)] > CALCIFIED_HU
+    seeds = np.zeros_like(dense)
+    seeds[voxel_window(start - low, stop - low)] = measured.mask & dense[voxel_window(start - low, stop - low)]
+    if not seeds.any():
+        return False
+    components, _ = ndi.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
+    joined = np.isin(components, np.unique(components[seeds]))
+    faces = [joined.take(end, axis=axis) for axis in range(3) for end in (0, -1)]
+    return any(face.any() for face in faces)

@@ -37,7 +37,7 @@ from pipelines.nodule.contract import BundleNoduleSummary, FoundBox, FoundNodule
 from pipelines.nodule.detector import Detection, Detector, NoduleDetector
 from pipelines.nodule.grid import ModelGrid
 from pipelines.nodule.harmonize import Harmonized, harmonize
-from pipelines.nodule.lesions import in_lung, merge_touching, not_calcified
+from pipelines.nodule.lesions import in_lung, merge_touching, not_calcified, not_skeletal
 from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box, touch
@@ -216,7 +216,7 @@ class NoduleDetection(ModelPipeline):
         measured_detections += [(_mass_detection(volume, m.measured, near), m.measured) for m in found_masses]
         measured_detections.sort(key=lambda found: -found[0].score)
         found = merge_touching(volume, measured_detections)
-        kept, outside = in_lung(parenchyma_, not_calcified(found)) if found else ([], 0)
+        kept, outside = in_lung(parenchyma_, not_skeletal(volume, not_calcified(found))) if found else ([], 0)
         return kept, outside, around.sides_ml
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
