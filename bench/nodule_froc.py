@@ -38,6 +38,11 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   candidates and nodules, one table each (training/nodule/LOG.md, "Small solid nodules against vessels").
   ``--keep DIR`` saves each scan's candidates and nodules there; ``--kept DIR`` scores those
   instead of inserting anew (a scorer trained later, on the same candidates, in seconds).
+  ``--as-reported`` (with ``--folds``) counts what the pipeline reports instead of the scored
+  candidates: its own tail (``pipeline.reported``: measured, merged, in the lung, not calcified, not
+  bone, the masses of the safety net) at every threshold of ``REPORT_GRID``; the first scan of each
+  series and kernel also runs through the pipeline itself, which must agree (training/nodule/LOG.md,
+  "The FROC on what the pipeline reports").
 """
 
 from __future__ import annotations
@@ -61,9 +66,10 @@ from pipelines.nodule import masses as mass_rule
 from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR, CandidateDetector
 from pipelines.nodule.detector import Detection
 from pipelines.nodule.harmonize import harmonize
-from pipelines.nodule.measure import Measurement
+from pipelines.nodule.measure import Measurement, measure, source_box
 from pipelines.nodule.params import ScorerParams
-from pipelines.nodule.pipeline import NoduleDetection
+from pipelines.nodule.parenchyma import Parenchyma, parenchyma
+from pipelines.nodule.pipeline import NoduleDetection, reported
 from pipelines.volume import Volume
 from training.data_folder import DATA_ROOT
 from training.nodule import evaluate, patients, sites, synthesis
@@ -85,6 +91,8 @@ NODULES_PER_RUN = 12
 #: Inserted nodules keep this far (mm) from each other and from real lesions, beyond their radii.
 APART_MM = 20.0
 FP_RATES = (0.5, 1.0, 2.0, 4.0)
+#: The score thresholds ``--as-reported`` runs the pipeline's tail at (each fold's own is added).
+REPORT_GRID = tuple(round(0.2 + 0.025 * n, 3) for n in range(32))
 
 
 def variants(only: tuple[str, ...] = ()) -> Iterator[tuple[patients.Series, str]]:
@@ -214,6 +222,8 @@ class NoduleScan:
     truths: list[evaluate.Truth]
     real: list[np.ndarray]
     candidates: evaluate.Scorable
+    #: the harmonized series with the nodules in it (None for a kept scan: ``--as-reported`` needs it)
+    volume: Volume | None = None
 
 
 def nodule_scans(types: tuple[str, ...], ground_glass: bool, keep: Path | None = None,
@@ -248,7 +258,7 @@ def nodule_scans(types: tuple[str, ...], ground_glass: bool, keep: Path | None =
                 inserted_here.append(evaluate.Truth(_box(series.volume, inserted), mm, f"{kind}|{where}"))
             volume = harmonize(dataclasses.replace(series.volume, array=array)).volume
             scan = NoduleScan(series.name, series.patient, kernel, start, inserted_here, real,
-                              evaluate.scorable(volume, ground_glass))
+                              evaluate.scorable(volume, ground_glass), volume)
             if keep is not None:
                 _save(scan, keep / f"scan-{count:03d}.npz")
             count += 1
@@ -324,17 +334,136 @@ def _froc_table(scans: list[dict[str, Any]], truths: list[list[evaluate.Truth]],
         row["any candidate"] = round(len(hit) / max(total, 1), 2)
         return row
 
-    table: dict[str, Any] = {}
-    for mm in NODULE_MM:
-        for kind in NODULE_KINDS:
-            table[f"{mm:g} mm {kind}"] = group(lambda t, mm=mm, kind=kind: t.diameter_mm == mm and t.kind.startswith(kind + "|"))
-    for where in sorted({t.kind.split("|")[1] for ts in truths for t in ts}):
-        table[where] = group(lambda t, where=where: t.kind.endswith("|" + where))
-    table["solid >= 6 mm"] = group(lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|"))
-    table["solid >= 6 mm, not perifissural"] = group(
-        lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|") and not t.kind.endswith("|perifissural"))
+    table: dict[str, Any] = {name: group(select) for name, select in _groups(truths).items()}
     table["fp per scan at threshold"] = round(sum(s >= threshold for scan, threshold in zip(scans, thresholds)
                                                   for s, k in scan["marks"] if k == "fp") / count, 2)
+    return table
+
+
+def _groups(truths: list[list[evaluate.Truth]]) -> dict[str, Any]:
+    """The table's rows: each size and kind, each site, and solid >= 6 mm (with and without perifissural)."""
+    groups: dict[str, Any] = {}
+    for mm in NODULE_MM:
+        for kind in NODULE_KINDS:
+            groups[f"{mm:g} mm {kind}"] = lambda t, mm=mm, kind=kind: t.diameter_mm == mm and t.kind.startswith(kind + "|")
+    for where in sorted({t.kind.split("|")[1] for ts in truths for t in ts}):
+        groups[where] = lambda t, where=where: t.kind.endswith("|" + where)
+    groups["solid >= 6 mm"] = lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|")
+    groups["solid >= 6 mm, not perifissural"] = (
+        lambda t: t.diameter_mm >= 6 and t.kind.startswith("solid|") and not t.kind.endswith("|perifissural"))
+    return groups
+
+
+def as_reported(scans: Iterator[NoduleScan], folders: dict[str, Path]) -> dict[str, Any]:
+    """The FROC table of each scorer folder counted on what the pipeline reports (``pipeline.reported``,
+    the pipeline's own tail) at every threshold of ``REPORT_GRID`` and at each fold's own, leave one
+    patient out; the first scan of each series and kernel is also run through the pipeline itself
+    at its fold's threshold, to check that the two agree."""
+    runs: dict[str, list[dict[float, tuple[int, frozenset[int]]]]] = {n: [] for n in folders}
+    thresholds: dict[str, list[float]] = {n: [] for n in folders}
+    truths: list[list[evaluate.Truth]] = []
+    checks: list[dict[str, Any]] = []
+    loaded: dict[Path, CandidateDetector] = {}
+    checked: set[tuple[str, str]] = set()
+    for scan in scans:
+        if scan.volume is None:
+            raise SystemExit("--as-reported needs the scans' volumes: insert anew (not --kept)")
+        truths.append(scan.truths)
+        lungs = parenchyma(scan.volume)
+        found_masses, _ = mass_rule.find(scan.volume, lungs)
+        measured: dict[bytes, Measurement | None] = {}
+        for name, folder in folders.items():
+            where = patients.folds_of(folder) / scan.patient
+            if where not in loaded:
+                loaded[where] = CandidateDetector.load(where, "cpu")
+            threshold = loaded[where].settings.report_threshold
+            near = evaluate.scored_by(loaded[where], scan.candidates)
+            judged = _reported_at(scan, lungs, found_masses, near, measured, sorted({*REPORT_GRID, threshold}))
+            runs[name].append(judged)
+            thresholds[name].append(threshold)
+            print(name, scan.series, scan.kernel, scan.start, "at the fold's threshold: false positives",
+                  judged[threshold][0], f"nodules {len(judged[threshold][1])}/{len(scan.truths)}", flush=True)
+            if (scan.series, scan.kernel) not in checked:
+                checks.append(_check(scan, where, judged[threshold]))
+        checked.add((scan.series, scan.kernel))
+    return {"tables": {n: _reported_table(runs[n], truths, thresholds[n]) for n in folders}, "scans": len(truths),
+            "checks": checks, "leave_one_patient_out": True}
+
+
+def _reported_at(scan: NoduleScan, lungs: Parenchyma, found_masses: list[mass_rule.Mass], near: list[Detection],
+                 measured: dict[bytes, Measurement | None], grid: list[float]) -> dict[float, tuple[int, frozenset[int]]]:
+    """Per threshold: the reported false positives and the inserted nodules found (their indices)."""
+    assert scan.volume is not None
+    volume = scan.volume
+    judged: dict[float, tuple[int, frozenset[int]]] = {}
+    previous: tuple[int, ...] | None = None
+    for threshold in sorted(grid, reverse=True):
+        above = [d for d in near if d.score >= threshold]
+        key = tuple(id(d) for d in above)
+        if key != previous:
+            pairs = []
+            for d in above:
+                box = d.lps_corners.tobytes()
+                if box not in measured:
+                    measured[box] = measure(volume, *source_box(volume, d.lps_corners))
+                if measured[box] is not None:
+                    pairs.append((d, measured[box]))
+            lesions, _ = reported(volume, lungs, found_masses, near, pairs)
+            outcome = _judge(scan, [d for d, _ in lesions])
+            previous = key
+        judged[threshold] = outcome
+    return judged
+
+
+def _judge(scan: NoduleScan, lesions: list[Detection]) -> tuple[int, frozenset[int]]:
+    """How many reported lesions are false positives, and which inserted nodules they find."""
+    found = {n for d in lesions for n, t in enumerate(scan.truths) if evaluate.hits(d, t.lps_box)}
+    false = sum(not any(evaluate.hits(d, t.lps_box) for t in scan.truths)
+                and not any(evaluate.hits(d, box) for box in scan.real) for d in lesions)
+    return false, frozenset(found)
+
+
+def _check(scan: NoduleScan, fold: Path, judged: tuple[int, frozenset[int]]) -> dict[str, Any]:
+    """The pipeline itself on the scan, at the fold's threshold, against the bench's tail there."""
+    assert scan.volume is not None
+    pipeline = NoduleDetection(PipelineSettings(name="nodule-detection", device="cpu", model=str(fold)))
+    itself = _judge(scan, [d for d, _ in pipeline.search(scan.volume).nodules])
+    check = {"series": scan.series, "kernel": scan.kernel, "fold": fold.name,
+             "pipeline": [itself[0], sorted(itself[1])], "bench": [judged[0], sorted(judged[1])],
+             "agree": itself == judged}
+    print("CHECK", json.dumps(check), flush=True)
+    return check
+
+
+def _reported_table(runs: list[dict[float, tuple[int, frozenset[int]]]], truths: list[list[evaluate.Truth]],
+                    thresholds: list[float]) -> dict[str, Any]:
+    """Sensitivity at each rate of reported false positives per scan: at the lowest grid threshold
+    where the false positives over all scans, at it and every higher one, stay within the rate."""
+    count = len(runs)
+    totals = {t: sum(run[t][0] for run in runs) for t in REPORT_GRID}
+    cuts: dict[str, float] = {}
+    for rate in FP_RATES:
+        cut = float("inf")  # no grid threshold stays within the rate: nothing is found at it
+        for t in sorted(REPORT_GRID, reverse=True):
+            if totals[t] > rate * count:
+                break
+            cut = t
+        cuts[f"{rate:g}"] = cut
+
+    def group(select: Any) -> dict[str, Any]:
+        members = [(n_scan, n) for n_scan, ts in enumerate(truths) for n, t in enumerate(ts) if select(t)]
+        total = max(len(members), 1)
+        row: dict[str, Any] = {"n": len(members)}
+        for rate, cut in cuts.items():
+            row[rate] = round(sum(n in runs[s][cut][1] for s, n in members) / total, 2) if cut != float("inf") else 0.0
+        row["at threshold"] = round(sum(n in runs[s][thresholds[s]][1] for s, n in members) / total, 2)
+        return row
+
+    table: dict[str, Any] = {name: group(select) for name, select in _groups(truths).items()}
+    table["threshold at each rate"] = {rate: cut for rate, cut in cuts.items()}
+    table["grid floor"] = {rate: cut == min(REPORT_GRID) for rate, cut in cuts.items()}
+    table["fp per scan at threshold"] = round(sum(run[t][0] for run, t in zip(runs, thresholds)) / count, 2)
+    table["fp per scan at each grid threshold"] = {f"{t:.3f}": round(totals[t] / count, 2) for t in REPORT_GRID}
     return table
 
 
@@ -364,6 +493,9 @@ def main() -> None:
                              "(leave one patient out); several are scored on the same candidates")
     parser.add_argument("--keep", type=Path, help="nodules: save each scan's candidates in this folder")
     parser.add_argument("--kept", type=Path, help="nodules: score the scans saved by --keep instead of inserting anew")
+    parser.add_argument("--as-reported", action="store_true",
+                        help="nodules, with --folds: count what the pipeline reports (its own tail at every "
+                             "threshold of REPORT_GRID), not the scored candidates")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "nodules":
@@ -376,7 +508,9 @@ def main() -> None:
                  else nodule_scans(tuple(args.types), ground_glass.pop(), args.keep, tuple(args.patients)))
         if args.patients:
             scans = (scan for scan in scans if any(part in scan.patient for part in args.patients))
-        result = nodules(scans, folders, bool(args.folds))
+        if args.as_reported and not args.folds:
+            parser.error("--as-reported scores leave one patient out: give --folds")
+        result = as_reported(scans, folders) if args.as_reported else nodules(scans, folders, bool(args.folds))
     else:
         if args.without_mass_net:
             mass_rule.MASS_MM = float("inf")

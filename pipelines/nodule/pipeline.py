@@ -41,7 +41,7 @@ from pipelines.nodule.lesions import in_lung, merge_touching, not_calcified, not
 from pipelines.nodule.location import lung_sides
 from pipelines.nodule.lungs import lung_mask, lung_volume_ml
 from pipelines.nodule.measure import Measurement, as_point, measure, source_box, touch
-from pipelines.nodule.parenchyma import parenchyma
+from pipelines.nodule.parenchyma import Parenchyma, parenchyma
 from pipelines.priors import PriorComparison, Priors, match, study_date, tracking_ids
 from pipelines.scanner_input import scanner_ct_volume
 from pipelines.timing import StageClock
@@ -212,11 +212,7 @@ class NoduleDetection(ModelPipeline):
                 measured_detections.append((detection, measured))
         parenchyma_ = parenchyma(volume)
         found_masses, around = masses.find(volume, parenchyma_)
-        measured_detections = [found for found in measured_detections if not _in_surroundings(found[1], found_masses)]
-        measured_detections += [(_mass_detection(volume, m.measured, near), m.measured) for m in found_masses]
-        measured_detections.sort(key=lambda found: -found[0].score)
-        found = merge_touching(volume, measured_detections)
-        kept, outside = in_lung(parenchyma_, not_skeletal(volume, not_calcified(found))) if found else ([], 0)
+        kept, outside = reported(volume, parenchyma_, found_masses, near, measured_detections)
         return kept, outside, around.sides_ml
 
     def results(self, volume: Volume, nodules: list[tuple[Detection, Measurement]],
@@ -386,6 +382,21 @@ def examined(found: Search) -> str:
     if min(first, second) < MIN_SIDE_ML:
         return f"Examined: one lung only ({max(first, second):.0f} mL); the other is not in the series."
     return f"Examined: both lungs ({first:.0f} mL and {second:.0f} mL)."
+
+
+def reported(
+    volume: Volume, parenchyma_: Parenchyma, found_masses: list[masses.Mass], near: list[Detection],
+    measured_detections: list[tuple[Detection, Measurement]],
+) -> tuple[list[tuple[Detection, Measurement]], int]:
+    """What a radiologist is sent from the measured detections at the threshold (``near``: every
+    fused detection near the lungs, best first) and the masses of the safety net: one finding per
+    lesion, in the lung, neither calcified nor bone, best score first; and how many lesions were
+    left out as outside the lung. The FROC bench runs it too, at many thresholds (``bench/nodule_froc.py``)."""
+    found = [pair for pair in measured_detections if not _in_surroundings(pair[1], found_masses)]
+    found += [(_mass_detection(volume, m.measured, near), m.measured) for m in found_masses]
+    found.sort(key=lambda pair: -pair[0].score)
+    lesions = merge_touching(volume, found)
+    return in_lung(parenchyma_, not_skeletal(volume, not_calcified(lesions))) if lesions else ([], 0)
 
 
 def _in_surroundings(measured: Measurement, found_masses: list[masses.Mass]) -> bool:
