@@ -1,15 +1,13 @@
 """From measured detections to lesions a radiologist would count: one finding per lesion, and
 only findings that lie in the lung.
 
-- **One finding per lesion.** Boxes of different sizes and sources land on one lesion, and
-  ``fuse_nested`` folds only nested boxes; so detections whose segmentations touch in 3D
-  (26-connected) are one lesion, measured once on their union, keeping the best score.
-- **In the lung.** A finding is kept when most of what surrounds it is aerated lung
-  (``parenchyma``): the oesophagus, the liver dome, a hilar vessel are not lung nodules however
-  round. The rule judges the merged lesion, so a mass is judged whole.
+- **One finding per lesion.** Detections whose segmentations touch in 3D (26-connected) are one
+  lesion, measured once on their union, keeping the best score (``fuse_nested`` folds only nested boxes).
+- **In the lung.** A finding is kept when most of what surrounds it is aerated lung (``parenchyma``);
+  the rule judges the merged lesion, so a mass is judged whole.
 - **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
-- **Not a spur of the skeleton.** A dense finding joined to bone that runs on beyond it (an
-  osteophyte bulging into the paravertebral lung, a rib's end) is the skeleton (``not_skeletal``).
+- **Not a spur of the skeleton.** A dense finding joined to bone running on beyond it (an
+  osteophyte bulging into the paravertebral lung) is the skeleton (``not_skeletal``). docs/nodule.md has more.
 """
 
 from __future__ import annotations
