@@ -149,12 +149,13 @@ def toolbox_sets(toolbox: Path) -> list[ImageSet]:
     return [ImageSet("toolbox", dose, *toolbox_images(toolbox, "fbp", dose), truth, background) for dose in TOOLBOX_DOSES]
 
 
-def simulated_sets(n_per_class: int) -> list[ImageSet]:
-    """``lcd_phantom``'s study at each dose, ``n_per_class`` images per class, held-out seeds."""
+def simulated_sets(n_per_class: int, seed: int = SIMULATED_SEED) -> list[ImageSet]:
+    """``lcd_phantom``'s study at each dose, ``n_per_class`` images per class, held-out seeds
+    (``seed`` + dose)."""
     truth, background = lcd_phantom.cct189_truth(), lcd_phantom.cct189_background()
     return [
         ImageSet("simulated", dose,
-                 *lcd_phantom.simulated_study(n_per_class, dose / 100.0, SIMULATED_FAMILY, SIMULATED_SEED + dose),
+                 *lcd_phantom.simulated_study(n_per_class, dose / 100.0, SIMULATED_FAMILY, seed + dose),
                  truth, background)
         for dose in TOOLBOX_DOSES
     ]
@@ -313,6 +314,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--family", choices=FAMILIES, help="kernel family for a denoiser that takes one (default: it decides)")
     parser.add_argument("--bm3d-doses", default=",".join(str(d) for d in TOOLBOX_DOSES),
                         help="doses (percent, comma-separated) BM3D runs at; empty: none")
+    parser.add_argument("--seed", type=int, default=SIMULATED_SEED,
+                        help="the simulated study's seeds are this plus the dose: another judges a candidate on new images")
     parser.add_argument("--out", type=Path, help="write every number here (JSON)")
     return parser.parse_args(argv)
 
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     inserts = find_inserts(sets[0].truth)
     tables = {"toolbox": sets}
     if args.simulated:
-        tables["simulated"] = simulated_sets(args.simulated)
+        tables["simulated"] = simulated_sets(args.simulated, args.seed)
         if lcd_phantom.phantom_inserts() != inserts:
             raise SystemExit("the simulated phantom's inserts differ from the toolbox's")
     records: dict[str, list[dict[str, Any]]] = {}
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         report = {"toolbox": str(args.toolbox), "toolbox_commit": "fe94e61", "weights": str(args.weights),
                   "family": args.family, "pixel_mm": lcd_phantom.PIXEL_MM, "simulated_per_class": args.simulated,
-                  "simulated_family": SIMULATED_FAMILY, "simulated_seed": SIMULATED_SEED, "bm3d_doses": bm3d_doses,
+                  "simulated_family": SIMULATED_FAMILY, "simulated_seed": args.seed, "bm3d_doses": bm3d_doses,
                   "strengths": list(STRENGTHS), "seconds": elapsed, "results": records}
         args.out.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.out}")

@@ -495,9 +495,9 @@ def kernel_comparison(denoiser: Denoiser, scans: dict[str, Scan], args: argparse
     if args.out is None:
         raise SystemExit("--kernels-only writes its own file: give --out (evaluation.json is the full evaluation)")
     baseline = Denoiser.load(args.baseline, "cpu") if args.baseline else None
-    kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d, baseline)
+    kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), args.seed, not args.no_bm3d, baseline)
                for kernel, scan in scans.items()}
-    args.out.write_text(json.dumps({"command": command, "held_out": HELD_OUT_BY_KERNEL, "seed": EVALUATION_SEED,
+    args.out.write_text(json.dumps({"command": command, "held_out": HELD_OUT_BY_KERNEL, "seed": args.seed,
                                     "kernels": kernels}, indent=2) + "\n")
     print_tables(kernels)
 
@@ -512,30 +512,34 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --kernels-only: a second model folder (the shipped one) on the same noise")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only the per-kernel tables (what a ship rule compares), not the bias measurements")
+    parser.add_argument("--seed", type=int, default=EVALUATION_SEED,
+                        help="the held-out noise's seed: another one judges a candidate on draws not yet seen")
+    parser.add_argument("--kernels", nargs="+", choices=list(HELD_OUT_BY_KERNEL), default=list(HELD_OUT_BY_KERNEL),
+                        help="only these held-out kernels (a candidate that changes one family's weights)")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
     denoiser = Denoiser.load(args.weights, "cpu")
-    scans = {kernel: load_scan(args.data, name) for kernel, name in HELD_OUT_BY_KERNEL.items()}
+    scans = {kernel: load_scan(args.data, HELD_OUT_BY_KERNEL[kernel]) for kernel in args.kernels}
     if args.kernels_only:
         kernel_comparison(denoiser, scans, args, training_command("training.denoise.evaluate", argv))
         return
     if args.baseline:
         raise SystemExit("--baseline compares the kernel tables: add --kernels-only")
-    kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), EVALUATION_SEED, not args.no_bm3d)
+    kernels = {kernel: kernel_report(denoiser, evaluation_slices(scan), args.seed, not args.no_bm3d)
                for kernel, scan in scans.items()}
     report: dict[str, Any] = {
-        "command": "python -m training.denoise.evaluate --weights " + str(args.weights)
-        + (" --no-bm3d" if args.no_bm3d else ""),
+        "command": training_command("training.denoise.evaluate", argv),
         "held_out": HELD_OUT_BY_KERNEL,
         "window_hu": list(WINDOW),
-        "seed": EVALUATION_SEED,
+        "seed": args.seed,
         "electronic_noise_counts": ELECTRONIC_NOISE_COUNTS,
         "kernels": kernels,
         "real_series_15mm_bias": {kernel: real_series_bias(denoiser, scan) for kernel, scan in scans.items()},
-        "known_truth_15mm_bias": {kernel: known_truth_deviation(denoiser, evaluation_slices(scan), EVALUATION_SEED)
+        "known_truth_15mm_bias": {kernel: known_truth_deviation(denoiser, evaluation_slices(scan), args.seed)
                                    for kernel, scan in scans.items()},
-        "real_noise_B70f": real_noise_check(denoiser, scans["B70f"], scans["B40f"].hu),
+        "real_noise_B70f": real_noise_check(denoiser, scans["B70f"], load_scan(args.data, HELD_OUT_BY_KERNEL["B40f"]).hu)
+        if "B70f" in scans else None,
         "seconds": round(time.monotonic() - started),
     }
     out = args.out or args.weights / "evaluation.json"
@@ -544,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nreal series, no simulation: 15 mm bias", json.dumps(report["real_series_15mm_bias"], indent=1))
     print(f"known truth, quarter dose, {TRUTH_DRAWS}-{TRUTH_MOST_DRAWS} draws: 15 mm bias",
           json.dumps(report["known_truth_15mm_bias"], indent=1))
-    print(json.dumps({k: v for k, v in report["real_noise_B70f"].items() if k != "profile"}, indent=1))
+    if report["real_noise_B70f"] is not None:
+        print(json.dumps({k: v for k, v in report["real_noise_B70f"].items() if k != "profile"}, indent=1))
     print(f"({HELD_OUT} and {HELD_OUT_SHARP} are one acquisition; {report['seconds']} s)")
 
 
