@@ -53,6 +53,10 @@ MAX_MEDIASTINAL_CONTACT = 0.3
 #: extent (a ball 1, a half-ball against the wall 0.5); the hilar vessels, which the closing takes
 #: in, branch (0.03-0.24 on the shared scans).
 MIN_FILL = 0.3
+#: A mass is a lump: it holds a ball of this share of the mass gate's diameter (the smallest mass, a
+#: 30 mm ball at least half in its lung, holds one of 15 mm); the rim of the mediastinum that the
+#: closing takes into a lung where the mediastinum's outline is concave holds 13 mm (LOG, "A mass is a lump").
+MIN_BALL_SHARE = 0.5
 #: A component that fails the rule whole is tried in pieces split at its necks, from distance
 #: maxima at least this far apart (mm): a mass joined to the mediastinum is a piece of its own.
 PIECE_MM = 20.0
@@ -342,6 +346,13 @@ def _fill(mask: np.ndarray, spacing: np.ndarray) -> float:
     return float(len(where) * np.prod(spacing) / (np.pi / 6 * extent_mm**3))
 
 
+def _ball_mm(mask: np.ndarray, spacing: np.ndarray) -> float:
+    """The diameter (mm) of the largest ball ``mask`` holds: a sheet's thickness, a lump's width."""
+    where = np.argwhere(mask)
+    crop = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
+    return 2.0 * float(inside_distance(np.pad(mask[crop], 1), spacing).max())
+
+
 def _back(volume: Volume) -> int:
     """+1 when ``volume``'s rows run towards the patient's back (LPS +y), else -1."""
     ends = volume.kji_to_lps(np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
@@ -353,7 +364,7 @@ def _mass(volume: Volume, lungs: Parenchyma, around: Envelope, component: np.nda
     """``component`` (or a piece of one, the rest of it in ``rest``) as a mass when it is one by
     this module's rule, else None; ``offset``: the crop's first voxel on the parenchyma grid."""
     fill = _fill(component, lungs.spacing)
-    if fill < MIN_FILL:
+    if fill < MIN_FILL or _ball_mm(component, lungs.spacing) < MIN_BALL_SHARE * mass_gate_mm(volume):
         return None
     lung_contact, mediastinal = _contacts(component, lungs, around, rest)
     if lung_contact < (MIN_LUNG_CONTACT if rest is None else MIN_PIECE_LUNG_CONTACT) or mediastinal > MAX_MEDIASTINAL_CONTACT:
