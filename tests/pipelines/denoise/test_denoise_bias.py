@@ -58,7 +58,8 @@ def test_held_out_real_anatomy_keeps_its_local_mean_at_quarter_dose_against_a_kn
                                                most_draws=evaluate.TRUTH_DRAWS)
     # measured 2026-11-24 on these 2 slices, 32 draws, against the input: B40f 0.97, B70f 1.32, STANDARD
     # 1.18 HU max (against the truth 0.97, 1.30, 1.27; noise floor 0.16, 0.30, 0.68; 10-12 s each); B70f
-    # by the sharp weights of 2026-11-26: 0.95 HU (truth 0.94, floor 0.34). On the evaluation's 28-30
+    # by the sharp weights of 2026-11-26: 0.95 HU (truth 0.94, floor 0.34); at their 0.75 mm restore
+    # scale (2026-11-29) 0.92 HU (1.15 at 1.0 mm; floor 0.41). On the evaluation's 28-30
     # slices under today's simulation: 0.92, 1.42 and 2.40 HU (training/denoise/LOG.md,
     # "Per-family weights: outcome")
     assert deviation["max_hu"] <= MAX_BIAS_HU, deviation
