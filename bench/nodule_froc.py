@@ -76,7 +76,7 @@ from training.nodule import evaluate, patients, sites, synthesis
 from training.nodule.reconstruction import Reconstruction, other_kernel, reconstruct, source_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.mediastinum import mediastinum_mask  # noqa: E402  (the independent mask the tests use)
+from tests.support.mediastinum import centred_in, mediastinum_mask  # noqa: E402  (the independent mask the tests use)
 
 SEED = 20261126
 #: (posterior wall mm, mediastinal mm) per run, each run once solid and once part-solid.
@@ -184,7 +184,7 @@ def _mass_scan(series: str, kernel: str, run: int, kind: str, volume: Volume, tr
     mediastinum = mediastinum_mask(volume)
     boxes = [t["box"] for t in truths] + real
     others = [(d, m) for d, m in reported if not any(evaluate.hits(d, b) for b in boxes)]
-    centred = [m for _, m in others if mediastinum[tuple(np.round(volume.lps_to_kji(np.asarray(m.center_lps))).astype(int))]]
+    centred = [m for _, m in others if centred_in(mediastinum, volume, m.center_lps)]
     scan = {"series": series, "kernel": kernel, "run": run, "kind": kind, "masses": len(truths),
             "false_positives": [{"mm": round(m.diameter_mm, 1), "score": round(d.score, 3), "mass_rule": d.mass,
                                  "center_lps": [round(c) for c in m.center_lps]} for d, m in others],

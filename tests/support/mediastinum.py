@@ -36,6 +36,11 @@ def mediastinum_mask(volume: Volume) -> np.ndarray:
     return mask
 
 
+def centred_in(mask: np.ndarray, volume: Volume, centre_lps) -> bool:
+    """Whether a finding centred at ``centre_lps`` (mm) lies in ``mask`` (``mediastinum_mask``'s)."""
+    return bool(mask[tuple(np.round(volume.lps_to_kji(np.asarray(centre_lps, dtype=float))).astype(int))])
+
+
 def _two_lungs(plane: np.ndarray, pixel_mm2: float) -> tuple[np.ndarray, np.ndarray] | None:
     """The two largest lung pieces of a slice, the one on the image's left first; None without two."""
     labels, count = ndi.label(plane)
