@@ -42,30 +42,13 @@ DATA_FIXTURES = frozenset({"data_dir"})
 #: asking for one is marked ``peers``, and ``slow`` too: starting and stopping Orthanc alone takes
 #: 3-5 s on 2 cores (measured: 3.5 s to stop it after test_writers.py), a Ray cluster far longer.
 PEER_FIXTURES = frozenset({"orthanc", "cluster"})
-#: The test files that take longest (worker seconds, ``--durations=0``, 2026-11-29: 365 down to
-#: 70 s), started first: pytest-xdist hands whole files to idle workers in collection order
-#: (``--no-loadscope-reorder``; its default order, most tests first, left the one-test files of
-#: 190 s to the end), so a long file started last no longer keeps one worker busy alone at the end.
-#: A file not listed keeps its place after these; a listed file that is gone is ignored.
-LONGEST_FILES = (
-    "tests/run/test_ray_cluster.py", "tests/pipelines/nodule/test_nodule_masses.py",
-    "tests/pipelines/tumor/test_tumor_clinical_heldout.py", "tests/pipelines/bundles/test_bundle_brats_agreement.py",
-    "tests/pipelines/bundles/test_nnunet.py", "tests/pipelines/denoise/test_denoise_bias.py",
-    "tests/pipelines/denoise/test_denoise_lcd.py", "tests/run/test_recovery.py", "tests/receive/test_stow_receive.py",
-    "tests/writers/test_ohif_viewer.py", "tests/receive/test_network_abuse.py", "tests/pipelines/denoise/test_denoise_nps.py",
-    "tests/pipelines/tumor/test_tumor_model.py", "tests/pipelines/tumor/test_tumor_pipeline.py",
-    "tests/pipelines/denoise/test_denoise_quality.py", "tests/retrieve/test_backfill.py",
-    "tests/pipelines/nodule/test_nodule_real_lesions.py", "tests/retrieve/test_priors.py",
-    "tests/pipelines/nodule/test_nodule_e2e.py", "tests/deliver/test_delivery_and_shutdown.py",
-)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by the fixtures it uses, before ``-m`` deselects by marks (tryfirst: this
     runs ahead of pytest's own deselection). A ``long`` test is ``slow`` as well: a ``-m`` on the
-    command line replaces the ``-m 'not long'`` of addopts, and the fast loop must still leave it out.
-    Then the longest files go first (``_longest_files_first``)."""
+    command line replaces the ``-m 'not long'`` of addopts, and the fast loop must still leave it out."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & DATA_FIXTURES:
@@ -75,14 +58,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("long") is not None:
             item.add_marker(pytest.mark.slow)
-    _longest_files_first(items)
-
-
-def _longest_files_first(items: list[pytest.Item]) -> None:
-    """``LONGEST_FILES`` first, in that order; every other file, and every file's own tests, in
-    collection order (a stable sort, the same in every worker, as pytest-xdist requires)."""
-    rank = {name: n for n, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 #: Programs whose start makes a test a ``peers`` test, besides dcmtk's and dicom3tools' own
