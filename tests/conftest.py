@@ -160,7 +160,7 @@ def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
     pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     yield pacs
-    pacs.stop()
+    pacs.kill()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import logs
-from node.config import Config, ConfigError, builtin_config, load_config
+from node.config import Config, ConfigError, Route, builtin_config, load_config
 from node.index.db import Listing
 from node.index.states import DeliveryState, JobState
 from node.operate import backfill_cli
@@ -209,8 +209,25 @@ def _scan(folder: Path) -> tuple[dict[str, list[Path]], dict[str, pydicom.Datase
     return by_series, headers, skipped
 
 
-def _run(config: Config, args: argparse.Namespace) -> int:
+def _study_batches(route: Route, by_series: dict[str, list[Path]],
+                   headers: dict[str, pydicom.Dataset]) -> dict[str, dict[str, list[Path]]]:
+    """One batch per study in the folder, of the series the route's selectors pick from that study
+    alone: a folder of several studies never gives one patient's T1c with another's FLAIR."""
     from node.route.router import assign_inputs
+
+    studies: dict[str, list[str]] = defaultdict(list)
+    for uid in by_series:
+        studies[str(headers[uid].get("StudyInstanceUID", ""))].append(uid)
+    batches = {}
+    for study_uid, uids in studies.items():
+        found = [(_FolderSeries(uid, len(by_series[uid]), 0.0, tuple(by_series[uid])), headers[uid]) for uid in uids]
+        assigned = assign_inputs(route, found)  # type: ignore[arg-type]
+        batches["study" if len(studies) == 1 else f"study {study_uid}"] = {
+            role: by_series[uid] for role, uid in assigned.items()}
+    return batches
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
     from node.run.invoke import PipelineCache
     from pipelines.base import SERIES_ROLE
     from pipelines.model_folder import ModelFolderError
@@ -236,9 +253,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             print(f"radnode: {args.pipeline} takes several series ({', '.join(roles)}); add a study-level "
                   f"route for it to the config so its input selectors can pick them", file=sys.stderr)
             return 2
-        found = [(_FolderSeries(uid, len(p), 0.0, tuple(p)), headers[uid]) for uid, p in by_series.items()]
-        assigned = assign_inputs(route, found)  # type: ignore[arg-type]
-        batches = {"study": {role: by_series[uid] for role, uid in assigned.items()}}
+        batches = _study_batches(route, by_series, headers)
     args.output.mkdir(parents=True, exist_ok=True)
     outcomes = {label: _run_one(pipeline, label, series, args) for label, series in batches.items()}
     if skipped:

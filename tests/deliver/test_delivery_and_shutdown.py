@@ -35,7 +35,7 @@ def test_shipped_defaults_retry_a_delivery_for_a_day_at_most_ten_minutes_apart()
 @pytest.mark.slow
 def test_a_delivery_outlives_a_pacs_outage_and_goes_dead_only_after_its_window(tmp_path, data_dir):
     pacs = Orthanc(tmp_path / "orthanc").start()
-    pacs.stop()  # down when the first result is ready
+    pacs.kill()  # down when the first result is ready
     # 14.4 s: the test's stand-in for the default 24 h. The 7th try comes 4.9 s after the first, so
     # the PACS has over 9 s to come up before the window closes, on a loaded machine too.
     retry_hours = 0.004
@@ -69,7 +69,7 @@ def test_a_delivery_outlives_a_pacs_outage_and_goes_dead_only_after_its_window(t
         wait_until(lambda: len(index.deliveries("sent")) == 2, 30, what="delivery after radnode retry")
     finally:
         node.stop()
-        pacs.stop()
+        pacs.kill()
 
 
 def test_sigterm_delivers_a_job_finished_in_the_grace_and_hands_back_a_longer_one(tmp_path, orthanc, data_dir):

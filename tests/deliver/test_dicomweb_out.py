@@ -110,7 +110,7 @@ def test_a_derived_series_reaches_orthanc_by_stow_rs_in_batches_byte_for_byte(tm
         check = index.destination_checks()["pacs"]
         assert check.ok and check.detail == f"delivery {delivery.id} sent"
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -135,7 +135,7 @@ def test_an_instance_orthanc_refuses_fails_its_delivery_with_the_failure_reason(
         assert len(sop_uids(orthanc)) == 3, "the others were stored"
         assert not index.destination_checks()["pacs"].ok
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -183,7 +183,7 @@ def test_orthanc_down_mid_delivery_loses_nothing_and_stores_each_instance_once(t
         assert tries[-1].error == "" and len(tries) == delivery.attempts >= 5
         assert all("no HTTP answer from STOW-RS" in t.error for t in tries[:-1]), tries
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -208,7 +208,7 @@ def test_a_dicomweb_delivery_goes_dead_after_its_tries_and_radnode_retry_sends_i
         tries = index.delivery_attempts(delivery.id)
         assert [t.error == "" for t in tries] == [False, False, True], "the history keeps the dead tries"
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -242,7 +242,7 @@ def test_basic_auth_from_a_file_over_https_verified_against_the_ca_file_and_not_
             answer = httpx.get(f"{url}/instances", auth=("radnode", "s3cret-pw"), verify=ssl.create_default_context(cafile=ca[0]))
             assert len(answer.json()) == 2
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 BEARER_FILTER = """
@@ -277,7 +277,7 @@ def test_a_bearer_token_from_a_file_reaches_the_server(tmp_path, data_dir):
         assert dispatcher.tick() == 1
         assert len(orthanc.get("/instances")) == 2  # type: ignore[arg-type]
     finally:
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -311,7 +311,7 @@ def test_the_node_delivers_by_stow_rs_and_health_cli_and_web_name_the_destinatio
         assert echo.returncode == 1 and "no HTTP answer from STOW-RS" in echo.stdout + echo.stderr
     finally:
         node.stop()
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.parametrize(("destination", "problem"), [

@@ -42,7 +42,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_health_metrics_and_retention_over_a_study_lifecycle(tmp_path: Path, orthanc, data_dir):
-    retention = {"instances_days": 40 / DAY, "results_days": 40 / DAY, "interval_minutes": 2 / 60}
+    retention = {"instances_days": 25 / DAY, "results_days": 25 / DAY, "interval_minutes": 2 / 60}
     node = start_node(tmp_path, orthanc, retention=retention)
     try:
         status, body = node.http("/health")
@@ -67,7 +67,7 @@ def test_health_metrics_and_retention_over_a_study_lifecycle(tmp_path: Path, ort
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
         assert str(header.PatientID) not in text and str(header.PatientName) not in text
 
-        # 40 s after the last image, with everything delivered, the spool lets the study go.
+        # 25 s after the last image, with everything delivered, the spool lets the study go.
         wait_until(lambda: index.count_instances() == 0 and not result_dir.exists(), 120,
                    what="retention sweep")
         assert not list((tmp_path / "spool" / "instances").rglob("*.dcm"))

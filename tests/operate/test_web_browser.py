@@ -152,7 +152,7 @@ def story(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     finally:
         driver.quit()
         node.stop()
-        orthanc.stop()
+        orthanc.kill()
         if os.environ.get("RADNODE_SCREENSHOTS"):
             shutil.copytree(shots, os.environ["RADNODE_SCREENSHOTS"], dirs_exist_ok=True)
 

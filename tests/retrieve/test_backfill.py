@@ -67,7 +67,7 @@ def site(tmp_path: Path, data_dir: Path):
     config["sources"] = [pacs.destination()]
     config["node"]["port"] = node_port
     yield config, pacs, model
-    pacs.stop()
+    pacs.kill()
 
 
 def upload(pacs: Orthanc, studies: dict[str, list[Path]]) -> None:

@@ -72,7 +72,7 @@ def pacs(tmp_path: Path):
     # the PACS answers only AE titles it knows (the node's, as for backfill)
     orthanc = Orthanc(tmp_path / "orthanc", modalities={"radnode": ["RADNODE", "127.0.0.1", free_port()]}).start()
     yield orthanc
-    orthanc.stop()
+    orthanc.kill()
 
 
 def config_for(tmp_path: Path, port: int) -> Config:
@@ -120,7 +120,7 @@ def site(tmp_path: Path):
     node = NodeProcess(config, tmp_path).start()
     yield node, pacs
     node.stop()
-    pacs.stop()
+    pacs.kill()
 
 
 def run_on_node(node: NodeProcess, files: list[Path], jobs: int) -> pydicom.Dataset:

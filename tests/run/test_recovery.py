@@ -69,7 +69,7 @@ def test_kill_9_while_receiving_loses_no_acknowledged_instance(tmp_path, orthanc
 @pytest.mark.slow
 def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
-    orthanc.stop()  # the PACS is down when the result is ready
+    orthanc.kill()  # the PACS is down when the result is ready
     node = start_node(tmp_path, orthanc)
     try:
         files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
@@ -93,14 +93,14 @@ def test_pacs_down_results_are_retried_and_arrive_once(tmp_path, data_dir):
         assert stats["CountInstances"] == len(sent_uids)
     finally:
         node.stop()
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
 @pytest.mark.slow
 def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
     orthanc = Orthanc(tmp_path / "orthanc").start()
-    orthanc.stop()
+    orthanc.kill()
     node = start_node(tmp_path, orthanc, delivery={"max_attempts": 2, "backoff_seconds": 0.2})
     try:
         files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))[:5]
@@ -114,7 +114,7 @@ def test_dead_delivery_is_listed_and_retried_on_request(tmp_path, data_dir):
         wait_until(lambda: index.deliveries("sent"), 60, what="delivery after retry")
     finally:
         node.stop()
-        orthanc.stop()
+        orthanc.kill()
 
 
 @pytest.mark.peers
@@ -168,7 +168,9 @@ def lose_last_rows(index_path: Path, count: int) -> list[str]:
 def test_instances_whose_rows_a_power_cut_lost_are_indexed_and_processed_after_reboot(
         tmp_path, orthanc, data_dir):
     files = sorted((data_dir / "ct-chest" / "lung-pet-ct-dx-A0002" / "B40f").glob("*.dcm"))
-    node = start_node(tmp_path, orthanc, completion={"settle_seconds": 30.0})
+    # the kill comes within a second of the last image: 10 s keeps the series unsettled until
+    # then, and after the reboot it completes 10 s after its last image (the quiet time)
+    node = start_node(tmp_path, orthanc, completion={"settle_seconds": 10.0, "quiet_seconds": 10.0})
     assert storescu(node.port, files).returncode == 0  # all acknowledged
     node.kill()  # before the series settles
     lost = lose_last_rows(Path(node.config["node"]["spool"]) / "index.sqlite", 12)

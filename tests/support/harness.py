@@ -168,10 +168,10 @@ class NodeProcess:
     def index(self) -> Index:
         return Index(Path(self.config["node"]["spool"]) / "index.sqlite")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "node.operate.cli", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, env=self.env, timeout=120,
+            capture_output=True, text=True, env=self.env, timeout=timeout,
         )
 
     def http(self, path: str) -> tuple[int, str]:

@@ -94,6 +94,9 @@ class StowUpload:
         from dicomweb_client.api import DICOMwebClient
 
         self.client = DICOMwebClient(f"http://127.0.0.1:{port}")
+        # dicomweb-client tries a request that raised 5 times, 31 s of back-off: the upload a kill
+        # broke ends at once, as ``acknowledged`` needs; the trial sends the rest again itself
+        self.client.set_http_retry_params(retry=False)
         self.files = files
         self.stored: list[str] = []
         self.thread = threading.Thread(target=self._send, daemon=True)

@@ -103,6 +103,7 @@ def build_case(root: Path, *, folds: tuple[int, ...] = (0,), region_based: bool 
     if not (raw / "dataset.json").is_file():
         write_raw_dataset(raw, region_based, shrink)
     if not (folder / "plans.json").is_file():
+        share_fingerprint(Path(env["nnUNet_preprocessed"]), name)
         plan(dataset_id, env, Path(env["nnUNet_preprocessed"]) / name, folder)
     missing = [fold for fold in folds if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()]
     if missing:
@@ -199,6 +200,18 @@ def run_tool(tool: str, args: list[str], env: dict[str, str]) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+
+
+def share_fingerprint(preprocessed_root: Path, name: str) -> None:
+    """The other variant's fingerprint, when it has one, as this one's: the two hold the same images
+    and label files, and nnU-Net plans from a fingerprint it finds instead of extracting it again
+    (20 of the 27 s its planning takes here)."""
+    target = preprocessed_root / name / "dataset_fingerprint.json"
+    for _, other in DATASETS.values():
+        source = preprocessed_root / other / "dataset_fingerprint.json"
+        if other != name and source.is_file() and not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 def plan(dataset_id: int, env: dict[str, str], preprocessed: Path, folder: Path) -> None:

@@ -243,4 +243,4 @@ def test_orthanc_stores_and_renders_the_key_images_and_the_presentation_state(wr
             preview = Image.open(io.BytesIO(pacs.get_bytes(f"/instances/{instance['ID']}/preview")))
             assert preview.mode == "RGB" and preview.width >= 768, (preview.mode, preview.size)
     finally:
-        pacs.stop()
+        pacs.kill()

@@ -55,7 +55,7 @@ def _store(pacs: Orthanc, files: list[Path], propose: tuple[str, ...] = ("--requ
 def pacs(tmp_path_factory):
     orthanc = Orthanc(tmp_path_factory.mktemp("orthanc"), dicomweb=True).start()
     yield orthanc
-    orthanc.stop()
+    orthanc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def viewer(tmp_path):
     """A second PACS, whose viewer shows no SEG: its destination asks for key images only."""
     pacs = Orthanc(tmp_path / "viewer", aet="VIEWER").start()
     yield pacs
-    pacs.stop()
+    pacs.kill()
 
 
 @pytest.fixture

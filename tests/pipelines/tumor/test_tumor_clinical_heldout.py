@@ -3,10 +3,10 @@
 QIN-BRAIN-DSC 13-16 and Brain-Tumor-Progression 10 and 11 (before and after treatment), 6
 patients nobody trained, tuned or chose a model on (``../shared/data/mr-brain/clinical-t1c-
 heldout``). Each is written as a DICOM MR series on the geometry recovered from the head
-(``clinical_t1c.recover_geometry``: 0.8-1.0 mm pixels, 6 mm slices) and run offline with the
-shipped study route's selectors. The reference is the TCIA "MaskTumor" series: the tumor core
-(TC, enhancing lesion and necrosis), so the SEG's necrosis and enhancing segments are scored
-against it.
+(``clinical_t1c.recover_geometry``: 0.8-1.0 mm pixels, 6 mm slices) and the eight studies are run
+offline by one ``radnode run`` over their folder, with the shipped study route's selectors. The
+reference is the TCIA "MaskTumor" series: the tumor core (TC, enhancing lesion and necrosis), so
+the SEG's necrosis and enhancing segments are scored against it.
 
 The floors are the measured TC Dice of the model serving T1c alone minus ``MARGIN``; that model
 is weak on these scans (pipelines/tumor/MODEL_CARD.md says so and why), so most floors are low:
@@ -15,6 +15,8 @@ they catch a change that makes it worse, and the per-case numbers are printed.
 
 from __future__ import annotations
 
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +62,43 @@ def assert_inside_the_brain(seg: pydicom.Dataset, source: list[Path]) -> None:
     assert not (labelled & ~brain).any(), f"{(labelled & ~brain).sum()} segment voxels outside the extracted brain"
 
 
+@dataclass(frozen=True)
+class OfflineRun:
+    """The held-out studies, each in its own subfolder of one input folder, through one ``radnode
+    run``: its answer, and each case's series, reference core and result files."""
+
+    ran: subprocess.CompletedProcess[str]
+    cases: dict[str, tuple[list[Path], np.ndarray]]
+    outputs: dict[str, list[Path]]
+
+
+@pytest.fixture(scope="module")
+def offline_run(data_dir, tmp_path_factory) -> OfflineRun:
+    """As a site runs a model over past studies: one folder, one command, a result per study (its
+    objects told apart by StudyInstanceUID); the model loads once instead of once per case."""
+    root = tmp_path_factory.mktemp("heldout")
+    cases = {name: heldout_case(data_dir, name, root / "studies" / name) for name in HELDOUT_CASES}
+    config = node_config(root, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": UNVALIDATED_T1C},
+                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}])
+    ran = NodeProcess(config, root).cli("run", "--pipeline", "tumor-segmentation", "--input", str(root / "studies"),
+                                        "--output", str(root / "out"), timeout=600)
+    print(ran.stdout)
+    by_study: dict[str, list[Path]] = {}
+    for path in (root / "out").iterdir() if (root / "out").is_dir() else ():
+        by_study.setdefault(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID), []).append(path)
+    outputs = {name: by_study.get(str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), [])
+               for name, (paths, _) in cases.items()}
+    return OfflineRun(ran, cases, outputs)
+
+
 @pytest.mark.peers
 @pytest.mark.parametrize("name", HELDOUT_CASES)
-def test_a_held_out_clinical_t1c_through_radnode_run_scores_its_floor_inside_the_brain(data_dir, tmp_path, name):
-    paths, reference = heldout_case(data_dir, name, tmp_path / "study")
-    config = node_config(tmp_path, routes=[TUMOR_ROUTE], pipelines={"tumor-segmentation": UNVALIDATED_T1C},
-                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}])
-    ran = NodeProcess(config, tmp_path).cli("run", "--pipeline", "tumor-segmentation",
-                                            "--input", str(tmp_path / "study"), "--output", str(tmp_path / "out"))
-    assert ran.returncode == 0, ran.stderr
-    print(ran.stdout)
-    outputs = {pydicom.dcmread(p).Modality: p for p in (tmp_path / "out").iterdir()}
+def test_a_held_out_clinical_t1c_through_radnode_run_scores_its_floor_inside_the_brain(offline_run, name):
+    assert offline_run.ran.returncode == 0, offline_run.ran.stderr
+    paths, reference = offline_run.cases[name]
+    outputs = {pydicom.dcmread(p).Modality: p for p in offline_run.outputs[name]}
     assert "SR" in outputs
-    for path in (tmp_path / "out").iterdir():
+    for path in offline_run.outputs[name]:
         assert not dciodvfy(path).errors, path.name
     if "SEG" not in outputs:  # nothing reported: the case scores 0
         score = 0.0
