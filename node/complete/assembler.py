@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,14 +143,30 @@ class Assembler:
         receiving = self.index.receiving_series()
         due: list[float] = []
         for series in receiving:
-            isolated("completion", series.series_uid, lambda: self._complete(series, now, due),
+            isolated("completion", series.series_uid,
+                     lambda: self._unless_moved(series, lambda: self._complete(series, now, due), due, now),
                      lambda reason: self._set_aside(series, reason))
         complete = self.index.series_to_route()  # with the series completed just now
         for series in complete:
-            isolated("router", series.series_uid, lambda: self._route(series),
+            isolated("router", series.series_uid,
+                     lambda: self._unless_moved(series, lambda: self._route(series), due, now),
                      lambda reason: self._set_aside(series, reason))
         self.studies.tick(now, {series.study_uid for series in (*receiving, *complete)})
         return min(due, default=None)
+
+    def _unless_moved(self, series: SeriesRow, step: Callable[[], None], due: list[float], now: float) -> None:
+        """``step`` on the series as this pass read it. An instance sent again under another
+        series moves its file, so a file the row names may be gone by the time it is read: then
+        the series is judged again at once, on the index as it is by then (emptied, it is set
+        aside as such). A file gone while the row still names it is the series' failure."""
+        try:
+            step()
+        except FileNotFoundError:
+            current = self.index.series(series.series_uid)
+            if current is not None and (current.sample_path, current.instance_count) == (
+                    series.sample_path, series.instance_count):
+                raise
+            due.append(now)
 
     def _complete(self, series: SeriesRow, now: float, due: list[float]) -> None:
         """Complete ``series`` if its rule holds now; otherwise add to ``due`` when it may."""

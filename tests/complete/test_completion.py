@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -15,7 +16,7 @@ from node.complete import assembler as assembler_module
 from node.complete.assembler import Assembler, Timing, series_is_complete
 from node.config import parse_config
 from node.index.store import Index, InstanceRecord, SeriesRow
-from tests.support.harness import threshold_pipeline
+from tests.support.harness import threshold_pipeline, threshold_route
 
 TIMING = Timing(settle_seconds=2.0, quiet_seconds=30.0)
 
@@ -240,4 +241,47 @@ def test_series_headers_held_in_memory_are_bounded_and_reread_when_needed(tmp_pa
     inputs = {j.subject: j.inputs for j in index.jobs()}
     assert inputs == {s.uid: {"t1c": t1c, "flair": flair} for s, t1c, flair in zip(studies, t1cs, flairs)}
     assert assembler.cached_headers() == 0, "a study that ran keeps no header in memory"
+    index.close()
+
+
+class ResentDuringThePass(Index):
+    """The real index, with the receiver's commit that sends a series' instances again under
+    another series landing just after the completion pass has read its rows (``moved``)."""
+
+    moved: Callable[[], None] | None = None
+
+    def receiving_series(self) -> list[SeriesRow]:
+        rows = super().receiving_series()
+        if self.moved is not None:
+            self.moved()
+            self.moved = None
+        return rows
+
+
+def test_a_series_emptied_while_a_completion_pass_reads_it_is_set_aside_as_emptied_not_as_a_missing_file(tmp_path):
+    """Seen once in a full run under load: the pass read series C's row, its files then moved to D,
+    and C was set aside with "FileNotFoundError" instead of "no instances left"."""
+    index = ResentDuringThePass(tmp_path / "index.sqlite")
+    assembler = Assembler(config(tmp_path, [threshold_route()]), index)
+    study = Study(index, tmp_path)
+    emptied = study.series("CT", "AX 5mm", count=2)
+    resent = generate_uid()
+
+    def send_again_under_another_series() -> None:
+        for source in index.instance_paths(emptied):
+            ds = pydicom.dcmread(source)
+            ds.SeriesInstanceUID = resent
+            path = tmp_path / f"{resent}-{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            earlier = index.record_instance(InstanceRecord(ds.SOPInstanceUID, resent, study.uid, "CT",
+                                                           ds.SOPClassUID, ExplicitVRLittleEndian, path, 1), None)
+            assert earlier is not None
+            earlier.unlink()  # as the receiver removes the earlier copy
+
+    index.moved = send_again_under_another_series
+    assembler.tick(time.time() + 60)
+    assembler.tick(time.time() + 60)
+    reasons = {p.subject: p.reason for p in index.problems()}
+    assert reasons.get(emptied, "").startswith("no instances left"), reasons
+    assert index.series(resent).instance_count == 2
     index.close()
