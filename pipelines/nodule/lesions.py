@@ -3,6 +3,8 @@ only findings that lie in the lung.
 
 - **One finding per lesion.** Detections whose segmentations touch in 3D (26-connected) are one
   lesion, measured once on their union, keeping the best score (``fuse_nested`` folds only nested boxes).
+  Two masses of the safety net stay two: each is a lump the net judged whole, and a tumour touching a
+  hilar mass is measured as two, not as one lesion across both (training/nodule/LOG.md).
 - **In the lung.** A finding is kept when most of what surrounds it is aerated lung (``parenchyma``);
   the rule judges the merged lesion, so a mass is judged whole.
 - **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
@@ -36,11 +38,12 @@ def merge_touching(volume: Volume, found: list[Found]) -> list[Found]:
     """``found`` (best score first) with every group of touching segmentations measured as one.
 
     A lesion takes each later detection that touches it, and a detection that touches two
-    lesions joins them; each keeps the place of its best-scored member, so the order stays best first.
+    lesions joins them, but never two masses of the safety net (``_joinable``); each keeps the
+    place of its best-scored member, so the order stays best first.
     """
     lesions: list[Found] = []
     for detection, measured in found:
-        touching = [n for n, (_, lesion) in enumerate(lesions) if touch(lesion, measured)]
+        touching = _joinable(detection, [n for n, (_, lesion) in enumerate(lesions) if touch(lesion, measured)], lesions)
         if not touching:
             lesions.append((detection, measured))
             continue
@@ -53,6 +56,19 @@ def merge_touching(volume: Volume, found: list[Found]) -> list[Found]:
         for n in reversed(others):
             del lesions[n]
     return lesions
+
+
+def _joinable(detection: Detection, touching: list[int], lesions: list[Found]) -> list[int]:
+    """The lesions among ``touching`` that ``detection`` may join: all of them, but at most one
+    holding a mass of the safety net, counting ``detection`` itself (the best-scored one)."""
+    joinable, holds_mass = [], detection.mass
+    for n in touching:
+        if lesions[n][0].mass:
+            if holds_mass:
+                continue
+            holds_mass = True
+        joinable.append(n)
+    return joinable
 
 
 def _joined(first: Detection, second: Detection) -> Detection:

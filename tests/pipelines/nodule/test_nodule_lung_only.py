@@ -23,7 +23,7 @@ from pipelines.nodule.candidate_detector import DEFAULT_SCORER_DIR
 from pipelines.nodule.detector import Detection
 from pipelines.nodule.harmonize import SHARP_NOISE_HU, TARGET_NOISE_HU, harmonize
 from pipelines.nodule.lesions import CALCIFIED_HU, CALCIFIED_MM, in_lung, merge_touching, not_skeletal
-from pipelines.nodule.measure import Measurement, measure, measure_mask, source_box, voxel_window
+from pipelines.nodule.measure import Measurement, measure, measure_mask, source_box, touch, voxel_window
 from pipelines.nodule.parenchyma import MIN_LUNG_CONTACT, parenchyma
 from pipelines.nodule.pipeline import NoduleDetection
 from pipelines.volume import Volume
@@ -232,3 +232,19 @@ def test_touching_segmentations_are_one_lesion_measured_once_with_the_best_score
     assert joined.volume_mm3 is not None and joined.volume_mm3 < separate_mm3  # the overlap counted once
     assert joined.diameter_mm >= 2 * first.diameter_mm, (joined.diameter_mm, first.diameter_mm)  # 13 voxels end to end
     assert merged[1][1] is apart
+
+
+def test_a_mass_touching_another_mass_of_the_safety_net_is_measured_on_its_own_not_as_one_lesion_across_both():
+    """LIDC-0002's bench copy: a 65 mm part-solid mass whose halo touches the 36 mm hilar "mass"
+    was one 82 mm lesion (69.9 mm alone). A scorer finding touching both joins the better mass only."""
+    volume = phantom()
+    tumour = ball(volume, (25, 48, 33), 5)
+    hilar = ball(volume, (25, 48, 44), 5)  # 11 voxels apart: the two balls lie side by side
+    bridge = ball(volume, (25, 48, 38), 1)  # a scorer finding on the seam, touching both
+    found = [(Detection(np.zeros(6), np.tile(np.asarray(m.center_lps), (8, 1)), score, mass), m)
+             for score, mass, m in ((0.72, True, tumour), (0.6, False, bridge), (0.51, True, hilar))]
+    assert touch(tumour, hilar)
+    merged = merge_touching(volume, found)
+    assert [(round(d.score, 2), d.mass) for d, _ in merged] == [(0.72, True), (0.51, True)]
+    assert merged[0][1].diameter_mm == pytest.approx(tumour.diameter_mm, abs=2.0)  # 20 mm, not 42 across both
+    assert merged[1][1] is hilar
