@@ -2,14 +2,12 @@
 only findings that lie in the lung.
 
 - **One finding per lesion.** Detections whose segmentations touch in 3D (26-connected) are one
-  lesion, measured once on their union, keeping the best score (``fuse_nested`` folds only nested boxes).
-  Two masses of the safety net stay two: each is a lump the net judged whole, and a tumour touching a
-  hilar mass is measured as two, not as one lesion across both (training/nodule/LOG.md).
+  lesion, measured once on their union, keeping the best score; but two masses of the safety net,
+  each a lump the net judged whole, stay two (a tumour touching a hilar mass).
 - **In the lung.** A finding is kept when most of what surrounds it is aerated lung (``parenchyma``);
   the rule judges the merged lesion, so a mass is judged whole.
 - **Not a calcified granuloma.** A small finding denser than soft tissue is benign (``not_calcified``).
-- **Not a spur of the skeleton.** A dense finding joined to bone running on beyond it (an
-  osteophyte bulging into the paravertebral lung) is the skeleton (``not_skeletal``). docs/nodule.md has more.
+- **Not a spur of the skeleton.** A dense finding joined to bone beyond it (``not_skeletal``). docs/nodule.md has more.
 """
 
 from __future__ import annotations
