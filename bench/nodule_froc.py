@@ -20,8 +20,10 @@ acquisition reconstructed B40f and B70f, read as it is. The rule and the targets
   height) and one against the mediastinum (left lung, posterior medial border at 0.7 of its
   height: beside the aortic arch), ``training.nodule.sites``; each moves down its lung where less
   than half of it would lie in that lung (LIDC-0002's junction line), to the other lung when a real
-  lesion is in the way, and when that brings the two together each is inserted alone, in its own
-  copy of the series (``_mass_copies``). Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
+  lesion is in the way, and up or down either lung until it is clear of every real lesion by
+  ``APART_MM`` (``_clear_site``; a mass with no clear site is not inserted and is printed as not
+  placed); when that brings the two together each is inserted alone, in its own copy of the series
+  (``_mass_copies``). Sizes 30-80 mm, solid or part-solid (ground-glass halo around a core of
   0.7 of the diameter). Through ``NoduleDetection.search`` (shipped scorer folder): found when a
   reported finding's box centre lies in the inserted box (+2 mm); its long axis against the
   inserted diameter; reported findings centred in the mediastinum (``tests.support.mediastinum``'s
@@ -83,6 +85,8 @@ SEED = 20261126
 MASS_RUNS = ((30.0, 65.0), (50.0, 80.0), (65.0, 30.0), (80.0, 50.0))
 MASS_KINDS = ("solid", "part-solid")
 MASS_CORE = 0.7
+#: The highest share of a lung's height a mass is moved up to when real lesions lie at its run's.
+HIGHEST_MASS_HEIGHT = 0.8
 EXTENT_TOLERANCE = 0.20
 NODULE_MM = (4.0, 6.0, 8.0, 10.0)
 NODULE_KINDS = ("solid", "part-solid", "ground-glass")
@@ -125,35 +129,41 @@ def _clear(volume: Volume, centre: np.ndarray, radius: float, lesions: list[np.n
 
 def masses(pipeline: NoduleDetection, runs: tuple[int, ...] = tuple(range(len(MASS_RUNS))),
            only: tuple[str, ...] = ()) -> dict[str, Any]:
-    rows, scans = [], []
+    rows, scans, unplaced = [], [], []
     for series, kernel in variants(only):
         lungs = sites.lungs_of(series.volume)
         real = [les.lps_box for les in series.lesions] + list(series.ignore)
         for run in runs:
             for kind in MASS_KINDS:
-                for volume, truths in _mass_copies(series, lungs, real, run, kind):
+                copies, left_out = _mass_copies(series, lungs, real, run, kind)
+                unplaced += [{"series": series.name, "kernel": kernel, **mass} for mass in left_out]
+                for volume, truths in copies:
                     started = time.process_time()
                     reported = pipeline.search(volume).nodules
                     seconds = time.process_time() - started
                     rows += [_mass_row(series.name, kernel, truth, reported) for truth in truths]
                     scans.append(_mass_scan(series.name, kernel, run, kind, volume, truths, real, reported, seconds))
-    return {"summary": _mass_summary(rows, scans), "masses": rows, "scans": scans}
+    summary = {**_mass_summary(rows, scans), "masses not placed (no site clear of real lesions)": len(unplaced)}
+    return {"summary": summary, "masses": rows, "scans": scans, "not_placed": unplaced}
 
 
 def _mass_copies(series: patients.Series, lungs: np.ndarray, real: list[np.ndarray], run: int,
-                 kind: str) -> list[tuple[Volume, list[dict[str, Any]]]]:
+                 kind: str) -> tuple[list[tuple[Volume, list[dict[str, Any]]]], list[dict[str, Any]]]:
     """The run's two masses in one copy of the series, or each in a copy of its own when they would
     come within ``APART_MM`` of each other (both moved into one lung by real lesions: touching, they
-    would be one lesion). The random draws are the same either way."""
+    would be one lesion), and the masses no site clear of real lesions was found for."""
     wall_mm, medial_mm = MASS_RUNS[run]
     spacing = np.asarray(series.volume.spacing[::-1])
     rng = np.random.default_rng(SEED + run)
     copies: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+    unplaced: list[dict[str, Any]] = []
     for wall, side, height, size in (("posterior", "right", 0.5, wall_mm), ("mediastinum", "left", 0.7, medial_mm)):
-        centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
-        if not _clear(series.volume, centre, size / 2, real):
-            side = "left" if side == "right" else "right"
-            centre = sites.site(series.volume, lungs, side, wall, height, size / 2)
+        site = _clear_site(series.volume, lungs, real, wall, side, height, size)
+        if site is None:
+            unplaced.append({"run": run, "site": wall, "mm": size, "kind": kind})
+            print("    not placed:", series.name, unplaced[-1], flush=True)
+            continue
+        side, centre = site
         placed = [(c, t) for c, t in copies if _clear(series.volume, centre, size / 2, [x["box"] for x in t])]
         array, truths = placed[0] if placed else (series.volume.array.copy(), [])
         if not placed:
@@ -161,7 +171,25 @@ def _mass_copies(series: patients.Series, lungs: np.ndarray, real: list[np.ndarr
         spec = synthesis.NoduleSpec(size, kind=kind, solid_hu=35.0, core_fraction=MASS_CORE)
         inserted = synthesis.insert(array, spacing, centre, spec, rng)
         truths.append({"site": wall, "side": side, "mm": size, "kind": kind, "box": _box(series.volume, inserted)})
-    return [(dataclasses.replace(series.volume, array=array), truths) for array, truths in copies]
+    return [(dataclasses.replace(series.volume, array=array), truths) for array, truths in copies], unplaced
+
+
+def _clear_site(volume: Volume, lungs: np.ndarray, real: list[np.ndarray], wall: str, side: str, height: float,
+                size: float) -> tuple[str, np.ndarray] | None:
+    """The first site of a mass ``size`` mm clear of every real lesion (``_clear``): the run's
+    ``height`` in its own lung, then in the other, then heights moving away from it, below before
+    above, each lung in that order; None where no site is clear (the mass is not inserted)."""
+    other = "left" if side == "right" else "right"
+    steps = int(round((HIGHEST_MASS_HEIGHT - sites.LOWEST_HEIGHT) / sites.HEIGHT_STEP))
+    offsets = [0.0] + [sign * n * sites.HEIGHT_STEP for n in range(1, steps + 1) for sign in (-1, 1)]
+    for level in (round(height + o, 3) for o in offsets):
+        if not sites.LOWEST_HEIGHT <= level <= HIGHEST_MASS_HEIGHT:
+            continue
+        for lung in (side, other):
+            centre = sites.site(volume, lungs, lung, wall, level, size / 2)
+            if _clear(volume, centre, size / 2, real):
+                return lung, centre
+    return None
 
 
 def _mass_row(series: str, kernel: str, truth: dict[str, Any], reported: list[tuple[Detection, Measurement]]) -> dict[str, Any]:
