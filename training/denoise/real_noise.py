@@ -27,12 +27,14 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from pipelines.noise_power import ROI_PX, detrend, flat_tiles, rois_nps, tiles
+from pipelines.threads import map_on_cores
 from training.denoise.data import Scan, full_dose_photons, load_scan, spread_slices
 from training.denoise.noise import ELECTRONIC_NOISE_COUNTS, PARALLEL, Beam, SliceScan
 
@@ -266,6 +268,28 @@ def table(data_root: Path, beam: Beam = PARALLEL, seed: int = 0, slices: int = S
     return out
 
 
+def over_seeds(tables: list[dict[str, object]]) -> dict[str, object]:
+    """One table of ``tables`` (the same scans, one draw each): the simulated side the mean of the
+    draws', with each property's range over them (``simulated_range``) and each draw's count out."""
+    out: dict[str, object] = {**tables[0], "seeds": len(tables)}
+    for method in ("twin", "neighbours"):
+        parts = [cast(dict[str, dict[str, float]], t[method]) for t in tables]
+        real = parts[0]["real"]
+        draws = {k: [part["simulated"][k] for part in parts] for k in real}
+        mean = {k: float(np.mean(v)) for k, v in draws.items()}
+        out[method] = {**parts[0], "simulated": mean,
+                       "simulated_range": {k: (min(v), max(v)) for k, v in draws.items()},
+                       "ratio": {k: mean[k] / real[k] if real[k] else float("nan") for k in real}}
+    out["out_per_draw"] = [_count_out(t) for t in tables]
+    return out
+
+
+def _count_out(result: dict[str, object]) -> int:
+    """How many properties of one table are not ``within``."""
+    parts = [cast(dict[str, dict[str, float]], result[method]) for method in ("twin", "neighbours")]
+    return sum(not within(k, part["real"][k], part["simulated"][k]) for part in parts for k in part["real"])
+
+
 def within(key: str, real: float, simulated: float) -> bool:
     """The LOG's verdict: within ``TOLERANCE`` of the real value; a power share under ``SMALL_SHARE``
     within ``SHARE_MARGIN`` of it (its ratio is noise)."""
@@ -281,13 +305,15 @@ def print_table(result: dict[str, object]) -> None:
         part = result[method]
         assert isinstance(part, dict)
         print(f"\n{method} (full-dose photons/ray {part['photons']})")
-        print(f"{'property':24s} {'real':>8s} {'simulated':>10s} {'ratio':>7s}  within")
+        print(f"{'property':24s} {'real':>8s} {'simulated':>10s} {'ratio':>7s}  within  draws' range")
+        spread = part.get("simulated_range", {})
         for key, real in part["real"].items():
             ok = within(key, real, part["simulated"][key])
             out, judged = out + (not ok), judged + 1
+            low_high = f"  {spread[key][0] / real:.3f}-{spread[key][1] / real:.3f}" if key in spread and real else ""
             print(f"{key:24s} {real:8.3f} {part['simulated'][key]:10.3f} {part['ratio'][key]:7.3f}  "
-                  f"{'yes' if ok else 'NO'}")
-    print(f"\nout: {out} of {judged}")
+                  f"{'yes' if ok else 'NO':6s}{low_high}")
+    print(f"\nout: {out} of {judged}" + (f" (each draw alone: {result['out_per_draw']})" if "out_per_draw" in result else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="detector noise (counts, SD) of the simulated draws")
     parser.add_argument("--slices", type=int, default=SLICES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="draws (seeds SEED, SEED+1, ...): judged on the mean of their simulated values")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -308,7 +336,9 @@ def main(argv: list[str] | None = None) -> None:
 
     beam = Beam(args.bowtie_water_mm, args.angular_modulation, args.prelog_threshold, args.prelog_width,
                 args.prelog_view_width)
-    result = table(DATA_ROOT, beam, args.seed, args.slices, args.electronic_noise)
+    seeds = range(args.seed, args.seed + args.seeds)
+    tables = map_on_cores(lambda seed: table(DATA_ROOT, beam, seed, args.slices, args.electronic_noise), seeds)
+    result = tables[0] if len(tables) == 1 else over_seeds(tables)
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

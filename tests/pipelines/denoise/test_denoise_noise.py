@@ -740,3 +740,23 @@ def test_simulated_neighbour_slices_share_the_noise_their_slice_profiles_share()
     independent = np.std(draws[1] - (draws[0] + draws[2]) / 2)
     neighbours = np.std(mixed[1] - (mixed[0] + mixed[2]) / 2)
     assert neighbours / independent == pytest.approx(np.sqrt((1.5 - 0.5 + 0.002) / 1.5), abs=0.01)
+
+
+def test_the_real_noise_table_over_several_draws_judges_the_mean_of_the_draws_and_counts_each_draw_alone():
+    """``real_noise --seeds N``: one draw's verdict moves with the draw (4 or 5 of 22 out on seeds
+    0 and 1), so the table judges the mean of N draws against the one real measurement, and prints
+    each draw's own count beside it. Here a property whose draws read 1.2 and 1.0 of real is within
+    (mean 1.1) while the first draw alone is out."""
+    from training.denoise.real_noise import over_seeds
+
+    def one_draw(simulated_sd: float) -> dict[str, object]:
+        part = {"photons": 1, "real": {"sd_hu": 10.0, "low_share": 0.04},
+                "simulated": {"sd_hu": simulated_sd, "low_share": 0.05}, "ratio": {}}
+        return {"beam": {}, "twin": part, "neighbours": part}
+
+    table = over_seeds([one_draw(12.0), one_draw(10.0)])
+    twin = table["twin"]
+    assert isinstance(twin, dict)
+    assert twin["ratio"]["sd_hu"] == pytest.approx(1.1)
+    assert twin["simulated_range"]["sd_hu"] == (10.0, 12.0)
+    assert table["out_per_draw"] == [2, 0]  # the first draw's sd_hu out on both estimators
