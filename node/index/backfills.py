@@ -113,12 +113,13 @@ class BackfillIndex(Database):
         return [Backfill(**{**dict(r), "state": BackfillState(r["state"]), "request": json.loads(r["request"])})
                 for r in rows]
 
-    def record_found(self, backfill_id: int, studies: Sequence[FoundStudy]) -> bool:
-        """querying -> retrieving with the studies its query found (each once); False: the
-        backfill was cancelled meanwhile and nothing was recorded."""
+    def record_found(self, backfill_id: int, studies: Sequence[FoundStudy], missing: str = "") -> bool:
+        """querying -> retrieving with the studies its query found (each once), ``missing`` saying
+        how many listed ones the PACS did not know; False: the backfill was cancelled meanwhile
+        and nothing was recorded."""
         now = time.time()
         with self._tx() as db:
-            if not states.apply(db, states.BACKFILLS, states.FOUND, backfill_id, {}):
+            if not states.apply(db, states.BACKFILLS, states.FOUND, backfill_id, {"reason": missing}):
                 return False
             db.executemany("INSERT OR IGNORE INTO backfill_studies(backfill_id, study_uid, accession, state,"
                            " found_at) VALUES (?, ?, ?, ?, ?)",

@@ -65,14 +65,16 @@ class Backfiller:
     def _query(self, backfill_id: int, source_name: str, query: StudyQuery) -> None:
         try:
             source = self.config.source(source_name)
-            studies = find_studies(self.config, source, query)
+            answer = find_studies(self.config, source, query)
         except (PacsError, ConfigError, OSError) as error:
             if self.index.fail_query(backfill_id, str(error)):
                 logs.error("backfill.query_failed", backfill=backfill_id, source=source_name, reason=str(error))
             return
-        if self.index.record_found(backfill_id, studies):
-            logs.info("backfill.queried", backfill=backfill_id, source=source_name, studies=len(studies),
-                      asked=len(query.accessions) + len(query.study_uids) or None)
+        listed = len(query.accessions) + len(query.study_uids)
+        missing = f"{len(answer.not_found)} of {listed} listed not found at {source_name}" if answer.not_found else ""
+        if self.index.record_found(backfill_id, answer.studies, missing):
+            logs.info("backfill.queried", backfill=backfill_id, source=source_name, studies=len(answer.studies),
+                      asked=listed or None, not_found=len(answer.not_found) or None)
 
     def _retrieve(self) -> None:
         """Start retrieves while fewer than ``retrieves_in_flight`` are under way: first those a

@@ -6,6 +6,7 @@ restart; ``find`` is the plain C-FIND that other uses (priors of a finding) buil
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -21,6 +22,9 @@ from node.index.backfills import FoundStudy
 
 #: C-FIND statuses (PS3.4 C.4.1.1.4): pending while identifiers come, success at the end
 _PENDING = (0xFF00, 0xFF01)
+#: a listed study the PACS answered nothing for is asked once more after this, on a new
+#: association: the PACS may still be storing it, or lost the answer under load
+ASK_AGAIN_SECONDS = 2.0
 
 
 class PacsError(Exception):
@@ -58,27 +62,55 @@ class StudyQuery:
 
 def find(config: Config, source: Source, level: str, keys: Dataset) -> list[Dataset]:
     """One C-FIND at ``level`` (STUDY, SERIES) with ``keys``: the identifiers the PACS answered."""
-    return list(_find_all(config, source, level, [keys]))
+    return [identifier for _, identifier in _find_each(config, source, level, [keys])]
 
 
-def find_studies(config: Config, source: Source, query: StudyQuery) -> list[FoundStudy]:
+@dataclass(frozen=True)
+class Answer:
+    """What the PACS answered a backfill's query with."""
+
+    studies: list[FoundStudy]
+    #: listed accession numbers and Study Instance UIDs no study answered to, asked twice
+    #: (identifying: the validation export shows them, a log or a page only their count)
+    not_found: tuple[str, ...] = ()
+
+
+def find_studies(config: Config, source: Source, query: StudyQuery) -> Answer:
     """The studies of ``query``, each once, in the order the PACS named them."""
     if query.is_list():
-        asked = [_study_keys(AccessionNumber=a) for a in query.accessions]
-        asked += [_study_keys(StudyInstanceUID=u) for u in query.study_uids]
-    else:
-        dates = f"{query.date_from}-{query.date_to}" if query.date_from or query.date_to else ""
-        asked = [_study_keys(StudyDate=dates, ModalitiesInStudy=query.modality,
-                             StudyDescription=query.description)]
+        return _find_listed(config, source, query)
+    dates = f"{query.date_from}-{query.date_to}" if query.date_from or query.date_to else ""
+    asked = [_study_keys(StudyDate=dates, ModalitiesInStudy=query.modality, StudyDescription=query.description)]
     found: dict[str, FoundStudy] = {}
-    for answer in _find_all(config, source, "STUDY", asked):
-        uid = str(answer.get("StudyInstanceUID", ""))
-        if uid and uid not in found:
-            found[uid] = FoundStudy(uid, str(answer.get("AccessionNumber", "") or ""))
+    for _, answer in _find_each(config, source, "STUDY", asked):
+        _add_study(found, answer)
     studies = list(found.values())
-    if query.body_part and not query.is_list():
+    if query.body_part:
         studies = [s for s in studies if _has_series(config, source, s.study_uid, query)]
-    return studies
+    return Answer(studies)
+
+
+def _find_listed(config: Config, source: Source, query: StudyQuery) -> Answer:
+    """Each listed study; what nothing answered to is asked once more (``ASK_AGAIN_SECONDS``)."""
+    missing = [("AccessionNumber", a) for a in query.accessions] + [("StudyInstanceUID", u) for u in query.study_uids]
+    found: dict[str, FoundStudy] = {}
+    for attempt in range(2):
+        if attempt:
+            time.sleep(ASK_AGAIN_SECONDS)
+        answered = set()
+        for i, answer in _find_each(config, source, "STUDY", [_study_keys(**{k: v}) for k, v in missing]):
+            answered.add(i)
+            _add_study(found, answer)
+        missing = [key for i, key in enumerate(missing) if i not in answered]
+        if not missing:
+            break
+    return Answer(list(found.values()), tuple(value for _, value in missing))
+
+
+def _add_study(found: dict[str, FoundStudy], answer: Dataset) -> None:
+    uid = str(answer.get("StudyInstanceUID", ""))
+    if uid and uid not in found:
+        found[uid] = FoundStudy(uid, str(answer.get("AccessionNumber", "") or ""))
 
 
 def _has_series(config: Config, source: Source, study_uid: str, query: StudyQuery) -> bool:
@@ -101,17 +133,19 @@ def _keys(**values: str) -> Dataset:
     return ds
 
 
-def _find_all(config: Config, source: Source, level: str, asked: Sequence[Dataset]) -> Iterator[Dataset]:
-    """Every identifier the PACS answers to each of ``asked``, on one association."""
+def _find_each(config: Config, source: Source, level: str,
+               asked: Sequence[Dataset]) -> Iterator[tuple[int, Dataset]]:
+    """Every identifier the PACS answers to each of ``asked``, with the key's place in
+    ``asked``, on one association."""
     with association(config, source, StudyRootQueryRetrieveInformationModelFind) as assoc:
-        for keys in asked:
+        for place, keys in enumerate(asked):
             keys.QueryRetrieveLevel = level
             for status, identifier in assoc.send_c_find(keys, StudyRootQueryRetrieveInformationModelFind):
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code is None:
                     raise PacsError(f"{source.name}: no answer to the C-FIND (the association was lost)")
                 if code in _PENDING and identifier is not None:
-                    yield identifier
+                    yield place, identifier
                 elif code not in _PENDING and code != 0x0000:
                     raise PacsError(f"{source.name}: the C-FIND was refused with status 0x{code:04X}")
 

@@ -80,15 +80,16 @@ def backfill_done(node: NodeProcess, backfill_id: int, timeout: float) -> None:
                f"backfill {backfill_id} done")
 
 
-def test_a_backfill_by_accession_list_resumes_after_kill_9_and_runs_each_study_once(site, tmp_path, data_dir):
+def test_a_backfill_by_accession_list_resumes_after_kill_9_runs_each_study_once_and_names_the_one_not_found(
+        site, tmp_path, data_dir):
     config, pacs, model = site
     studies = make_studies(data_dir, tmp_path / "studies", STUDIES, "20261005")
     upload(pacs, studies)
-    (tmp_path / "accessions.txt").write_text("\n".join(studies) + "\n")
+    (tmp_path / "accessions.txt").write_text("\n".join([*studies, "ACC9999"]) + "\n")  # not in the PACS
     node = NodeProcess(config, tmp_path).start()
     created = node.cli("backfill", "--accessions", str(tmp_path / "accessions.txt"))
     assert created.returncode == 0, created.stderr
-    assert "backfill 1 created: 20 listed studies" in created.stdout
+    assert "backfill 1 created: 21 listed studies" in created.stdout
     index = node.index()
     wait_until(lambda: index.progress(1).run >= 5, 120, 0.2, "5 studies run")
     node.kill_group()  # mid-backfill: studies retrieving, a job running, others queued
@@ -109,17 +110,21 @@ def test_a_backfill_by_accession_list_resumes_after_kill_9_and_runs_each_study_o
     assert len(reports) == STUDIES  # one report a study reached the PACS
 
     status = node.cli("backfill", "--status", "1")
-    assert "20/20 run" in status.stdout and "ACC0" not in status.stdout, status.stdout
+    assert "20/20 run" in status.stdout and "(1 of 21 listed not found at pacs)" in status.stdout, status.stdout
+    assert "ACC0" not in status.stdout and "ACC9999" not in status.stdout, status.stdout
     exported = node.cli("backfill", "--report", str(tmp_path / "out.csv"), "--id", "1")
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    missing = rows.pop()  # the listed accession the PACS did not know: the export's last row
+    assert (missing["accession"], missing["outcome"], missing["job"]) == ("ACC9999", "not found at pacs", "")
     assert sorted(r["accession"] for r in rows) == sorted(studies)  # one finding a study: one row each
     digest = index.job(jobs[0].id).summary.model_sha256
     assert digest and len(digest) == 64
     assert {r["model_sha256"] for r in rows} == {digest}
     assert all(r["finding_id"] == "dense-1" and "Volume" in r["size"] and r["delivered_at"] for r in rows), rows[0]
     assert "PatientName" not in rows[0]
-    assert "ACC0" not in node.logs()  # accession numbers stay in the export
+    logs = node.logs()
+    assert "ACC0" not in logs and "ACC9999" not in logs  # accession numbers stay in the export
     node.stop()
 
 
