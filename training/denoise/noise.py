@@ -443,13 +443,16 @@ def prelog_filter(error: torch.Tensor, transmission: torch.Tensor, beam: Beam) -
 
 #: Today's beam: flat photons over every ray.
 PARALLEL = Beam()
-#: A bowtie and angular tube-current modulation: the beam the shipped sharp weights were trained on
+#: A bowtie and angular tube-current modulation: the beam the 2026-11-27 sharp weights were trained on
 #: (training/denoise/LOG.md, "Real against simulated sharp noise").
 BOWTIE_MODULATED = Beam(bowtie_water_mm=100.0, angular_modulation=0.5)
-#: The beam whose noise matches real sharp-kernel noise best (``real_noise``): the above, and the
-#: rays under e^-5 of the unattenuated count smoothed across up to 4 views (LOG, "Pre-log
-#: filtering across views").
-MATCHED_BEAM = replace(BOWTIE_MODULATED, prelog_threshold=math.exp(-5.0), prelog_view_width=4.0)
+#: The above, and the rays under e^-5 of the unattenuated count smoothed across up to 4 views
+#: (LOG, "Pre-log filtering across views").
+FILTERED_BEAM = replace(BOWTIE_MODULATED, prelog_threshold=math.exp(-5.0), prelog_view_width=4.0)
+#: The beam whose noise matches real sharp-kernel noise best (``real_noise`` on 24 slices and four
+#: draws: 2 of 22 properties out) and the shipped sharp weights' beam: the above with a bowtie as
+#: thick as 120 mm of water at the edge (LOG, "The beam grid again, on the 24-slice four-draw table").
+MATCHED_BEAM = replace(FILTERED_BEAM, bowtie_water_mm=120.0)
 
 
 @dataclass(frozen=True)

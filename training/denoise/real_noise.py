@@ -8,7 +8,8 @@ estimator's own bias cancels in the ratio:
   one acquisition's noise; the difference keeps the part the sharp kernel passes and the medium
   one does not (above ~0.25 cycles/mm) and no anatomy where the anatomy is flat (edges remain,
   so only homogeneous pixels are used). Simulated: one sinogram draw reconstructed with the sharp
-  and the medium family's filter, the same difference.
+  family's filter, passed through 1 - H, H the real pair's own transfer (``kernel_transfer``): the
+  medium family's window is GE STANDARD's, not B40f's, and would put its own mismatch in the twin.
 - ``neighbours``: C3N-00247's slice less the mean of its two neighbours (3 mm apart), in homogeneous
   tissue. Anatomy changing over 3 mm adds to it (low frequencies, a few %), and neighbouring
   slices share noise where their slice sensitivity profiles overlap, which lowers it. Simulated:
@@ -189,19 +190,38 @@ class Pool:
         )
 
 
+def kernel_transfer(sharp: np.ndarray, medium: np.ndarray) -> np.ndarray:
+    """H at each frequency of a slice (FFT order): the medium reconstruction over the sharp one,
+    from slice stacks of one acquisition. Both are FBP of the same raw data, so F_medium =
+    H(|k|) F_sharp for anatomy and noise alike; H is the radial mean of Re(F_medium conj F_sharp)
+    / |F_sharp|^2 over the slices, in steps of one frequency bin."""
+    rows, cols = sharp.shape[-2:]
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(rows) * rows, np.fft.fftfreq(cols) * cols, indexing="ij"))
+    bins = np.rint(radius).astype(int).ravel()
+    cross, power = np.zeros(bins.max() + 1), np.zeros(bins.max() + 1)
+    for sharp_slice, medium_slice in zip(sharp, medium, strict=True):
+        f_sharp, f_medium = np.fft.fft2(sharp_slice.astype(np.float64)), np.fft.fft2(medium_slice.astype(np.float64))
+        cross += np.bincount(bins, (f_medium * np.conj(f_sharp)).real.ravel(), len(cross))
+        power += np.bincount(bins, (np.abs(f_sharp) ** 2).ravel(), len(power))
+    transfer: np.ndarray = (cross / np.maximum(power, np.finfo(float).tiny))[bins].reshape(rows, cols)
+    return transfer
+
+
 def twin_pools(data_root: Path, beam: Beam, seed: int, slices: int = SLICES,
                electronic_noise: float = ELECTRONIC_NOISE_COUNTS) -> tuple[Pool, Pool, float]:
-    """Real (B70f - B40f) and simulated (sharp - medium filter, one draw) pools on A0002."""
+    """Real (B70f - B40f) and simulated (sharp filter through 1 - H, one draw) pools on A0002."""
     sharp, medium = load_scan(data_root, TWIN_SHARP), load_scan(data_root, TWIN_MEDIUM)
     photons = full_dose_photons(sharp, torch.Generator().manual_seed(seed), beam, electronic_noise)
     generator = torch.Generator().manual_seed(seed + 1)
+    measured = spread_slices(len(sharp.hu), slices)
+    keep = 1.0 - kernel_transfer(sharp.hu[measured], medium.hu[measured])
     real, sim = Pool.empty(), Pool.empty()
-    for k in spread_slices(len(sharp.hu), slices):
+    for k in measured:
         reference = medium.hu[k]
         scan = SliceScan.of(sharp.hu[k], sharp.pixel_spacing_mm, sharp.kvp)
         mask, path, radius = homogeneous(reference), path_index(scan), body_radius(reference)
         error = scan.sinogram_error(sharp.slice_photons(photons, k), generator, electronic_noise, beam)
-        noise = scan._reconstructed_hu(error, "sharp") - scan._reconstructed_hu(error, "medium")
+        noise = np.fft.ifft2(np.fft.fft2(scan._reconstructed_hu(error, "sharp")) * keep).real
         real.add(sharp.hu[k].astype(np.float64) - reference, reference, mask, path, radius, sharp.pixel_spacing_mm)
         sim.add(noise, reference, mask, path, radius, sharp.pixel_spacing_mm)
     return real, sim, photons

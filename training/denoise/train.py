@@ -58,6 +58,7 @@ from training.denoise.lesions import lesion_image
 from training.denoise.noise import (
     BOWTIE_MODULATED,
     ELECTRONIC_NOISE_COUNTS,
+    FILTERED_BEAM,
     MATCHED_BEAM,
     N_VIEWS,
     PARALLEL,
@@ -171,7 +172,10 @@ RECIPES = {
                                             specialist="sharp", beam=BOWTIE_MODULATED),
     "sharp-specialist-filtered-beam": Recipe("sharp-specialist-filtered-beam", MIXES["scan-thickness"],
                                              noise_weighted=True, balanced=True, input_mean_target=True,
-                                             specialist="sharp", beam=MATCHED_BEAM),
+                                             specialist="sharp", beam=FILTERED_BEAM),
+    "sharp-specialist-bowtie-120": Recipe("sharp-specialist-bowtie-120", MIXES["scan-thickness"],
+                                          noise_weighted=True, balanced=True, input_mean_target=True,
+                                          specialist="sharp", beam=MATCHED_BEAM),
 }
 #: The shipped weights' recipe (training/denoise/LOG.md, "Training towards the input's expected image: outcome").
 DEFAULT_RECIPE = "noise-weighted-balanced-input-mean"
