@@ -31,6 +31,9 @@ class Backfill:
     reason: str
     created_at: float
     finished_at: float | None
+    #: listed keys the PACS answered nothing for, (AccessionNumber or StudyInstanceUID, value);
+    #: identifying: the validation export shows them, the status line and the page only their count
+    not_found: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,16 +113,19 @@ class BackfillIndex(Database):
 
     def _backfills(self, where: str, args: tuple[Any, ...]) -> list[Backfill]:
         rows = self._db.execute(f"SELECT * FROM backfills {where} ORDER BY id", args).fetchall()
-        return [Backfill(**{**dict(r), "state": BackfillState(r["state"]), "request": json.loads(r["request"])})
-                for r in rows]
+        return [Backfill(**{**dict(r), "state": BackfillState(r["state"]), "request": json.loads(r["request"]),
+                            "not_found": tuple((k, v) for k, v in json.loads(r["not_found"]))}) for r in rows]
 
-    def record_found(self, backfill_id: int, studies: Sequence[FoundStudy], missing: str = "") -> bool:
-        """querying -> retrieving with the studies its query found (each once), ``missing`` saying
-        how many listed ones the PACS did not know; False: the backfill was cancelled meanwhile
-        and nothing was recorded."""
+    def record_found(self, backfill_id: int, studies: Sequence[FoundStudy],
+                     not_found: Sequence[tuple[str, str]] = (), listed: int = 0, source: str = "") -> bool:
+        """querying -> retrieving with the studies its query found (each once) and the ``listed``
+        ones ``source`` did not know, counted in the reason; False: the backfill was cancelled
+        meanwhile and nothing was recorded."""
         now = time.time()
+        reason = f"{len(not_found)} of {listed} listed not found at {source}" if not_found else ""
         with self._tx() as db:
-            if not states.apply(db, states.BACKFILLS, states.FOUND, backfill_id, {"reason": missing}):
+            if not states.apply(db, states.BACKFILLS, states.FOUND, backfill_id,
+                                {"reason": reason, "not_found": json.dumps(list(not_found))}):
                 return False
             db.executemany("INSERT OR IGNORE INTO backfill_studies(backfill_id, study_uid, accession, state,"
                            " found_at) VALUES (?, ?, ?, ?, ?)",

@@ -229,7 +229,8 @@ CREATE TABLE IF NOT EXISTS backfills (
     state TEXT NOT NULL {states.schema_check(states.BACKFILLS)},
     reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    not_found TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS backfill_studies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -273,6 +274,7 @@ _ADDED_COLUMNS = (
     ("results", "transfer_syntax", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "heartbeat_at", "REAL"),
     ("jobs", "lane", "TEXT NOT NULL DEFAULT 'live'"),
+    ("backfills", "not_found", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 #: The index holds patient-linked rows (UIDs, paths): owner only, whatever the umask.

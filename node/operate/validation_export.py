@@ -18,16 +18,17 @@ from dataclasses import dataclass, fields
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from node.index.backfills import Backfill, BackfillStudy
-from node.index.states import BackfillState, JobState, RetrieveState
+from node.index.backfills import BackfillStudy
+from node.index.states import JobState, RetrieveState
 from node.index.store import Index, Job
 from node.operate.findings import FindingRecord, finding_records
 from node.result_formats import format_of
-from node.retrieve.query import StudyQuery
 
 #: units of a finding's size; any other measurement with a unit goes with the other values
 _SIZE_UNITS = ("mm", "mm2", "mm3", "cm", "cm2", "cm3", "ml", "mL", "l")
 _PATIENT = ("PatientName", "PatientID")
+#: the export's column of a listed key the PACS did not know
+_LISTED_COLUMN = {"AccessionNumber": "accession", "StudyInstanceUID": "study_uid"}
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,16 @@ def columns(with_patient_data: bool = False) -> list[str]:
 
 def rows(index: Index, backfill_id: int, with_patient_data: bool = False) -> Iterator[dict[str, str]]:
     """The export's rows, study by study in the order the query found them."""
-    studies = index.backfill_studies(backfill_id)
-    for study in studies:
+    for study in index.backfill_studies(backfill_id):
         patient = _patient(index, study.study_uid) if with_patient_data else {}
         for row in _study_rows(index, study):
             yield {**vars(row), **patient}
     backfill = index.backfill(backfill_id)
-    if backfill is not None and backfill.state in (BackfillState.RETRIEVING, BackfillState.DONE):
-        for row in _not_found_rows(backfill, studies):
-            yield {**vars(row), **(dict.fromkeys(_PATIENT, "") if with_patient_data else {})}
+    if backfill is None:
+        return
+    for keyword, value in backfill.not_found:  # the listed keys the PACS did not know, last
+        row = _empty(dict(backfill=str(backfill_id), **{_LISTED_COLUMN[keyword]: value}), f"not found at {backfill.source}")
+        yield {**vars(row), **(dict.fromkeys(_PATIENT, "") if with_patient_data else {})}
 
 
 def write_csv(index: Index, backfill_id: int, with_patient_data: bool = False) -> str:
@@ -101,17 +103,6 @@ def _study_rows(index: Index, study: BackfillStudy) -> Iterator[Row]:
             yield _empty(about, about["outcome"])
         for record in found:
             yield Row(**{**_blank(), **about, **_finding_columns(record)})
-
-
-def _not_found_rows(backfill: Backfill, studies: list[BackfillStudy]) -> Iterator[Row]:
-    """A row for each listed accession number or Study Instance UID the PACS answered nothing
-    for (asked twice: ``node.retrieve.query``), so that the export accounts for the whole list."""
-    query = StudyQuery.from_stored(backfill.request)
-    source = f"not found at {backfill.source}"
-    for accession in sorted(set(query.accessions) - {s.accession for s in studies}):
-        yield _empty(dict(backfill=str(backfill.id), accession=accession), source)
-    for study_uid in sorted(set(query.study_uids) - {s.study_uid for s in studies}):
-        yield _empty(dict(backfill=str(backfill.id), study_uid=study_uid), source)
 
 
 def _findings(index: Index, job: Job) -> list[FindingRecord]:

@@ -71,8 +71,7 @@ class Backfiller:
                 logs.error("backfill.query_failed", backfill=backfill_id, source=source_name, reason=str(error))
             return
         listed = len(query.accessions) + len(query.study_uids)
-        missing = f"{len(answer.not_found)} of {listed} listed not found at {source_name}" if answer.not_found else ""
-        if self.index.record_found(backfill_id, answer.studies, missing):
+        if self.index.record_found(backfill_id, answer.studies, answer.not_found, listed, source_name):
             logs.info("backfill.queried", backfill=backfill_id, source=source_name, studies=len(answer.studies),
                       asked=listed or None, not_found=len(answer.not_found) or None)
 

@@ -70,9 +70,9 @@ class Answer:
     """What the PACS answered a backfill's query with."""
 
     studies: list[FoundStudy]
-    #: listed accession numbers and Study Instance UIDs no study answered to, asked twice
-    #: (identifying: the validation export shows them, a log or a page only their count)
-    not_found: tuple[str, ...] = ()
+    #: listed keys no study answered to, asked twice: (AccessionNumber or StudyInstanceUID,
+    #: value); identifying: the validation export shows them, a log or a page only their count
+    not_found: tuple[tuple[str, str], ...] = ()
 
 
 def find_studies(config: Config, source: Source, query: StudyQuery) -> Answer:
@@ -104,7 +104,7 @@ def _find_listed(config: Config, source: Source, query: StudyQuery) -> Answer:
         missing = [key for i, key in enumerate(missing) if i not in answered]
         if not missing:
             break
-    return Answer(list(found.values()), tuple(value for _, value in missing))
+    return Answer(list(found.values()), tuple(missing))
 
 
 def _add_study(found: dict[str, FoundStudy], answer: Dataset) -> None:
