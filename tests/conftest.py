@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,48 +58,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("long") is not None:
             item.add_marker(pytest.mark.slow)
-    items.sort(key=file_rank(items))
-
-
-#: The test files that run longest on 2 cores (``--durations``, 2026-11-29: 100-200 s each), in
-#: that order. They start first so the two workers finish together: xdist's own order (files with
-#: more tests first) left the one-test 148 s BraTS check and the nodule e2e for last, with the
-#: other worker idle (a replay of the run's durations: about 100 s of the 29 minutes). A file
-#: that gets faster here costs nothing; a new long one belongs in the list.
-LONGEST_FILES = (
-    "tests/pipelines/denoise/test_denoise_lcd.py",
-    "tests/run/test_ray_cluster.py",
-    "tests/pipelines/bundles/test_bundle_brats_agreement.py",
-    "tests/pipelines/denoise/test_denoise_bias.py",
-    "tests/writers/test_ohif_viewer.py",
-    "tests/pipelines/denoise/test_denoise_nps.py",
-    "tests/pipelines/nodule/test_nodule_masses.py",
-    "tests/pipelines/bundles/test_nnunet.py",
-    "tests/pipelines/tumor/test_tumor_clinical_heldout.py",
-    "tests/pipelines/tumor/test_tumor_model.py",
-)
-
-
-def file_rank(items: list[pytest.Item]) -> Callable[[pytest.Item], tuple[int, int]]:
-    """The order xdist hands out whole files in (``--dist loadfile --no-loadscope-reorder``): the
-    ``LONGEST_FILES`` first, then the others by their number of tests, most first (xdist's own
-    rule); a file's tests keep their order (the sort is stable)."""
-    moved = [path for path in LONGEST_FILES if not (REPO / path).is_file()]
-    if moved:
-        raise pytest.UsageError(f"tests/conftest.py LONGEST_FILES names {moved}, which do not exist: update the list")
-    counts = Counter(file_of(item) for item in items)
-
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        path = file_of(item)
-        listed = LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
-        return listed, -counts[path]
-
-    return rank
-
-
-def file_of(item: pytest.Item) -> str:
-    """The item's file as the repository names it (``tests/...py``), xdist's unit of work here."""
-    return item.nodeid.split("::")[0]
 
 
 #: Programs whose start makes a test a ``peers`` test, besides dcmtk's and dicom3tools' own
