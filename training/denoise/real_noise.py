@@ -18,7 +18,9 @@ estimator's own bias cancels in the ratio:
 The full-dose photons per ray are ``data.full_dose_photons``' (the training's calibration); the
 simulation's quarter-dose noise is the same noise at a third of the photons, so every property
 but the magnitude is the quarter-dose noise's too (the electronic share aside). Properties:
-``Properties``. ``PYTHONPATH=$PWD python -m training.denoise.real_noise`` prints the table.
+``Properties``; the twin adds ``PHOTON_RATIO``: B70f and B40f are one acquisition, so the photons
+each one's calibration implies should agree (real value 1). ``PYTHONPATH=$PWD python -m
+training.denoise.real_noise`` prints the table.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ BONE_HU, NEAR_BONE_MM = 300.0, 25.0
 TOLERANCE = 0.15
 #: A power share below this is judged by its difference, within ``SHARE_MARGIN``, not its ratio.
 SMALL_SHARE, SHARE_MARGIN = 0.05, 0.03
+#: The twin's extra property: full-dose photons per ray B70f's calibration implies over B40f's.
+PHOTON_RATIO = "photons_sharp_over_medium"
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,14 @@ def twin_pools(data_root: Path, beam: Beam, seed: int, slices: int = SLICES,
     return real, sim, photons
 
 
+def medium_photons(data_root: Path, beam: Beam, seed: int, electronic_noise: float) -> float:
+    """The full-dose photons per ray A0002's B40f implies (its family's window), calibrated as the
+    twin's B70f is: the raw data are one, so a sharp window that passes too much noise per photon
+    shows as B70f implying more photons than B40f."""
+    medium = load_scan(data_root, TWIN_MEDIUM)
+    return full_dose_photons(medium, torch.Generator().manual_seed(seed), beam, electronic_noise)
+
+
 def ssp_correlation(thickness_mm: float, distance_mm: float) -> float:
     """The noise correlation of two slices ``distance_mm`` apart whose slice sensitivity profiles
     are Gaussians of FWHM ``thickness_mm`` (the nominal thickness): the overlap of the two profiles,
@@ -283,6 +295,8 @@ def table(data_root: Path, beam: Beam = PARALLEL, seed: int = 0, slices: int = S
         real, sim, photons = pools(data_root, beam, seed, slices, electronic_noise)
         pixel = (load_scan(data_root, TWIN_SHARP if method == "twin" else NEIGHBOURS)).pixel_spacing_mm
         r, s = asdict(real.properties(pixel)), asdict(sim.properties(pixel))
+        if method == "twin":
+            r[PHOTON_RATIO], s[PHOTON_RATIO] = 1.0, photons / medium_photons(data_root, beam, seed, electronic_noise)
         out[method] = {"photons": round(photons), "real": r, "simulated": s,
                        "ratio": {k: s[k] / r[k] if r[k] else float("nan") for k in r}}
     return out
